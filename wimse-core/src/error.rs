@@ -1,0 +1,272 @@
+//! One error type for the crate. [`ErrorKind`] names the check that failed; its
+//! [`reason`](ErrorKind::reason) is the stable code used in logs, problem bodies and the CLI.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::id::IdentifierError;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. Every variant names one failed check; match on it rather than on messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    // ---- request framing (400) ----
+    /// No `Workload-Identity-Token` field.
+    MissingWit,
+    /// More than one `Workload-Identity-Token` field, or a comma-joined list.
+    DuplicateWit,
+    /// No `Authorization: WPT …` field.
+    MissingWpt,
+    /// More than one `Authorization` field.
+    DuplicateAuthorization,
+    /// A bearer token was sent beside the WPT (wpt-02 forbids it).
+    BearerWithWpt,
+    /// The `Authorization` field is not `WPT <token68>`.
+    MalformedAuthorization,
+    /// A context-token field (`Txn-Token` or one bound by `oth`) appears more than once.
+    DuplicateContextToken,
+    /// A token or field value is larger than the configured limit.
+    OversizedToken,
+    /// A header field value is not visible ASCII.
+    InvalidHeaderValue,
+
+    // ---- token syntax (401) ----
+    /// Not a compact JWS `b64url.b64url.b64url`, bad base64url, or a header/payload that is not a JSON object.
+    MalformedToken,
+    /// A JSON object in the token repeats a member name.
+    DuplicateJsonMember,
+    /// The JOSE header lists `crit` extensions; none are understood.
+    UnsupportedCriticalHeader,
+    /// `alg` is `none`, symmetric, unknown, or not supported by this crate.
+    UnsupportedAlgorithm,
+    /// A required claim is absent or has the wrong JSON type.
+    MissingClaim(&'static str),
+
+    // ---- WIT (401) ----
+    /// The WIT's `typ` is not exactly `wit+jwt`.
+    WitWrongType,
+    /// The WIT's `sub` is not a valid Workload Identifier.
+    InvalidSubject(IdentifierError),
+    /// The trust domain of `sub` has no configured trust anchors.
+    UntrustedTrustDomain,
+    /// The WIT's `alg` is not allowed for its trust domain.
+    DisallowedAlgorithm,
+    /// No anchor key matches the WIT's `kid` (or, without `kid`, the choice is ambiguous).
+    UnknownKey,
+    /// The WIT signature does not verify with the anchor key.
+    InvalidWitSignature,
+    /// The WIT has expired.
+    ExpiredWit,
+    /// The WIT's `nbf` is in the future.
+    WitNotYetValid,
+    /// The WIT's `exp` is further in the future than the maximum WIT lifetime.
+    WitLifetimeTooLong,
+    /// `cnf.jwk` is missing, private, without `alg`, or inconsistent with its `alg`.
+    InvalidConfirmationKey,
+
+    // ---- WPT (401) ----
+    /// The WPT's `typ` is not exactly `wpt+jwt`.
+    WptWrongType,
+    /// The WPT's `alg` is not string-equal to the WIT's `cnf.jwk.alg`.
+    WptAlgorithmMismatch,
+    /// The WPT signature does not verify with `cnf.jwk`.
+    InvalidWptSignature,
+    /// The WPT has expired.
+    ExpiredWpt,
+    /// The WPT's `exp` is further away than the maximum proof lifetime.
+    WptLifetimeTooLong,
+    /// `aud` is not one of the configured audiences.
+    AudienceMismatch,
+    /// `wth` is not the hash of the WIT presented with the proof.
+    WitBindingMismatch,
+    /// `tth` and the `Txn-Token` field disagree (either is missing, or the hash differs).
+    TxnTokenBindingMismatch,
+    /// An `oth` entry does not match its field (absent, repeated, or a different hash), or a
+    /// configured context token is present but not covered by `oth`.
+    OtherTokenBindingMismatch,
+    /// `oth` names a context token this service is not configured to understand.
+    UnsupportedOtherToken,
+    /// The proof's `jti` was already seen from this sender.
+    ReplayedProof,
+
+    // ---- service state (503) ----
+    /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
+    ReplayCacheFull,
+
+    // ---- keys and configuration (not request errors) ----
+    /// A key could not be parsed, generated or used.
+    InvalidKey,
+    /// A configuration value is invalid (trust bundle, audience, leeway…).
+    InvalidConfiguration,
+    /// A cryptographic operation failed for a reason other than a bad signature.
+    Crypto,
+}
+
+impl ErrorKind {
+    /// A stable, snake_case code naming the failed check.
+    pub fn reason(&self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            MissingWit => "missing_wit",
+            DuplicateWit => "duplicate_wit",
+            MissingWpt => "missing_wpt",
+            DuplicateAuthorization => "duplicate_authorization",
+            BearerWithWpt => "bearer_with_wpt",
+            MalformedAuthorization => "malformed_authorization",
+            DuplicateContextToken => "duplicate_context_token",
+            OversizedToken => "oversized_token",
+            InvalidHeaderValue => "invalid_header_value",
+            MalformedToken => "malformed_token",
+            DuplicateJsonMember => "duplicate_json_member",
+            UnsupportedCriticalHeader => "unsupported_critical_header",
+            UnsupportedAlgorithm => "unsupported_algorithm",
+            MissingClaim(_) => "missing_claim",
+            WitWrongType => "wit_wrong_type",
+            InvalidSubject(_) => "invalid_subject",
+            UntrustedTrustDomain => "untrusted_trust_domain",
+            DisallowedAlgorithm => "disallowed_algorithm",
+            UnknownKey => "unknown_key",
+            InvalidWitSignature => "invalid_wit_signature",
+            ExpiredWit => "expired_wit",
+            WitNotYetValid => "wit_not_yet_valid",
+            WitLifetimeTooLong => "wit_lifetime_too_long",
+            InvalidConfirmationKey => "invalid_confirmation_key",
+            WptWrongType => "wpt_wrong_type",
+            WptAlgorithmMismatch => "wpt_algorithm_mismatch",
+            InvalidWptSignature => "invalid_wpt_signature",
+            ExpiredWpt => "expired_wpt",
+            WptLifetimeTooLong => "wpt_lifetime_too_long",
+            AudienceMismatch => "audience_mismatch",
+            WitBindingMismatch => "wit_binding_mismatch",
+            TxnTokenBindingMismatch => "txn_token_binding_mismatch",
+            OtherTokenBindingMismatch => "other_token_binding_mismatch",
+            UnsupportedOtherToken => "unsupported_other_token",
+            ReplayedProof => "replayed_proof",
+            ReplayCacheFull => "replay_cache_full",
+            InvalidKey => "invalid_key",
+            InvalidConfiguration => "invalid_configuration",
+            Crypto => "crypto",
+        }
+    }
+
+    /// A short human description of the failed check (never contains token material).
+    pub fn description(&self) -> Cow<'static, str> {
+        use ErrorKind::*;
+        Cow::Borrowed(match self {
+            MissingWit => "the Workload-Identity-Token field is missing",
+            DuplicateWit => "more than one Workload-Identity-Token value",
+            MissingWpt => "no `Authorization: WPT` field",
+            DuplicateAuthorization => "more than one Authorization field",
+            BearerWithWpt => "a bearer token was sent beside the WPT",
+            MalformedAuthorization => "the Authorization field is not `WPT <token>`",
+            DuplicateContextToken => "a context-token field appears more than once",
+            OversizedToken => "a token is larger than the configured limit",
+            InvalidHeaderValue => "a header value is not visible ASCII",
+            MalformedToken => "the token is not a well-formed compact JWS",
+            DuplicateJsonMember => "a JSON object in the token repeats a member",
+            UnsupportedCriticalHeader => "the token has critical header extensions",
+            UnsupportedAlgorithm => "the token's algorithm is not an accepted asymmetric algorithm",
+            MissingClaim(name) => return Cow::Owned(format!("claim `{name}` is missing or has the wrong type")),
+            WitWrongType => "the WIT's typ is not wit+jwt",
+            InvalidSubject(e) => return Cow::Owned(format!("the WIT's sub is not a valid workload identifier: {e}")),
+            UntrustedTrustDomain => "the trust domain of the WIT's sub is not trusted",
+            DisallowedAlgorithm => "the WIT's algorithm is not allowed for its trust domain",
+            UnknownKey => "no trust anchor key matches the WIT",
+            InvalidWitSignature => "the WIT signature is invalid",
+            ExpiredWit => "the WIT has expired",
+            WitNotYetValid => "the WIT is not yet valid",
+            WitLifetimeTooLong => "the WIT expires too far in the future",
+            InvalidConfirmationKey => "the WIT's cnf.jwk is not an acceptable public key",
+            WptWrongType => "the WPT's typ is not wpt+jwt",
+            WptAlgorithmMismatch => "the WPT's alg differs from the WIT's cnf.jwk.alg",
+            InvalidWptSignature => "the WPT signature is invalid",
+            ExpiredWpt => "the WPT has expired",
+            WptLifetimeTooLong => "the WPT expires too far in the future",
+            AudienceMismatch => "the WPT's aud is not an audience of this service",
+            WitBindingMismatch => "the WPT's wth does not match the WIT",
+            TxnTokenBindingMismatch => "the WPT's tth does not match the Txn-Token field",
+            OtherTokenBindingMismatch => "the WPT's oth does not match the request's context tokens",
+            UnsupportedOtherToken => "the WPT's oth names a context token this service does not understand",
+            ReplayedProof => "the proof was already used",
+            ReplayCacheFull => "the replay cache is full",
+            InvalidKey => "invalid key",
+            InvalidConfiguration => "invalid configuration",
+            Crypto => "cryptographic operation failed",
+        })
+    }
+}
+
+/// The crate's error: a [`ErrorKind`] plus optional detail for logs. The detail never contains
+/// raw tokens, only names and sizes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error(Box<Inner>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct Inner {
+    kind: ErrorKind,
+    detail: Option<Cow<'static, str>>,
+}
+
+impl Error {
+    /// An error of `kind` without detail.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self(Box::new(Inner { kind, detail: None }))
+    }
+
+    /// An error of `kind` with a detail for logs (must not contain token material).
+    pub fn with_detail(kind: ErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self(Box::new(Inner { kind, detail: Some(detail.into()) }))
+    }
+
+    /// The failed check.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0.kind
+    }
+
+    /// Consumes the error, returning the failed check.
+    pub fn into_kind(self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// The detail, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.0.detail.as_deref()
+    }
+
+    /// Shorthand for `self.kind().reason()`.
+    pub fn reason(&self) -> &'static str {
+        self.0.kind.reason()
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Self::new(kind)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.0.kind);
+        if let Some(detail) = &self.0.detail {
+            d.field("detail", detail);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.kind.description())?;
+        if let Some(detail) = &self.0.detail {
+            write!(f, " ({detail})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,206 @@
+//! HTTP framing shared by every adapter: reading the WIMSE fields from a request's headers, and
+//! turning any [`Error`] into the same status, challenge and RFC 9457 problem body everywhere.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::draft::{AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Read access to request header fields, so the core works with any framework's header map
+/// (`http` 1.x here; actix-web's `http` 0.2 map in its adapter).
+pub trait HeaderSource {
+    /// Every value of the field `name` (lower case), in order.
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl HeaderSource for HeaderMap {
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl HeaderSource for [(String, String)] {
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        let name = name.to_owned();
+        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(&name)).map(|(_, v)| v.as_bytes())
+    }
+}
+
+/// The credentials of a WIT + WPT request, as sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WptCredentials<'a> {
+    /// The `Workload-Identity-Token` value.
+    pub wit: &'a str,
+    /// The token after `Authorization: WPT`.
+    pub wpt: &'a str,
+    /// The `Txn-Token` value, if present.
+    pub txn_token: Option<&'a str>,
+}
+
+fn as_visible_ascii(value: &[u8]) -> Result<&str> {
+    if !value.iter().all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\t') {
+        return Err(ErrorKind::InvalidHeaderValue.into());
+    }
+    // Visible ASCII is valid UTF-8.
+    std::str::from_utf8(value).map(|v| v.trim_matches([' ', '\t'])).map_err(|_| ErrorKind::InvalidHeaderValue.into())
+}
+
+fn oversized(name: &str, len: usize, max: usize) -> Error {
+    Error::with_detail(ErrorKind::OversizedToken, format!("{name}: {len} bytes > {max}"))
+}
+
+/// The value of a field that may appear at most once. `duplicate` is the error for a repeat or a
+/// comma-joined list.
+pub fn single_value<'a, H: HeaderSource + ?Sized>(headers: &'a H, name: &str, max_len: usize, duplicate: ErrorKind) -> Result<Option<&'a str>> {
+    let mut values = headers.header_values(name);
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(duplicate.into());
+    }
+    if first.len() > max_len {
+        return Err(oversized(name, first.len(), max_len));
+    }
+    let value = as_visible_ascii(first)?;
+    if value.contains(',') {
+        return Err(Error::with_detail(duplicate, "comma-joined values"));
+    }
+    Ok(Some(value))
+}
+
+/// Reads the WIT, the WPT and the `Txn-Token` (wpt-02 framing): exactly one
+/// `Workload-Identity-Token`, exactly one `Authorization` field with scheme `WPT` (any case),
+/// no bearer token beside it, each no larger than `max_token_len` bytes.
+pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(headers: &H, max_token_len: usize) -> Result<WptCredentials<'_>> {
+    let wit = single_value(headers, WIT_HEADER, max_token_len, ErrorKind::DuplicateWit)?.ok_or(Error::new(ErrorKind::MissingWit))?;
+
+    let scheme_len = WPT_AUTH_SCHEME.len() + 1;
+    let mut auth = headers.header_values(AUTHORIZATION_HEADER);
+    let first = auth.next().ok_or(Error::new(ErrorKind::MissingWpt))?;
+    if let Some(second) = auth.next() {
+        let has_bearer = [first, second].into_iter().chain(auth).any(|v| scheme_of(v).eq_ignore_ascii_case(b"bearer"));
+        return Err(if has_bearer { ErrorKind::BearerWithWpt } else { ErrorKind::DuplicateAuthorization }.into());
+    }
+    if first.len() > max_token_len + scheme_len + 8 {
+        return Err(oversized(AUTHORIZATION_HEADER, first.len(), max_token_len));
+    }
+    let value = as_visible_ascii(first)?;
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case(WPT_AUTH_SCHEME) {
+        // A lone bearer (or other) credential is not a WIMSE proof: the caller has to authenticate.
+        return Err(Error::with_detail(ErrorKind::MissingWpt, "Authorization scheme is not WPT"));
+    }
+    let wpt = rest.trim_start_matches([' ', '\t']);
+    if wpt.is_empty() || wpt.contains([' ', '\t', ',']) {
+        return Err(ErrorKind::MalformedAuthorization.into());
+    }
+    if wpt.len() > max_token_len {
+        return Err(oversized(AUTHORIZATION_HEADER, wpt.len(), max_token_len));
+    }
+    let txn_token = single_value(headers, TXN_TOKEN_HEADER, max_token_len, ErrorKind::DuplicateContextToken)?;
+    Ok(WptCredentials { wit, wpt, txn_token })
+}
+
+fn scheme_of(value: &[u8]) -> &[u8] {
+    value.split(|b| *b == b' ' || *b == b'\t').next().unwrap_or_default()
+}
+
+/// An RFC 9457 problem details body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Problem {
+    /// `urn:wimse-rs:problem:<reason>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Human-readable summary of the failed check.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// The stable reason code (extension member).
+    pub reason: &'static str,
+}
+
+/// How a rejected request is answered. Every adapter uses this, so all answer alike:
+///
+/// | errors | status | challenge |
+/// |---|---|---|
+/// | duplicate or malformed fields, oversized values, a bearer token beside the WPT | 400 | none |
+/// | missing, invalid, expired, unbound or replayed credentials | 401 | `WWW-Authenticate: WPT` |
+/// | replay cache full | 503 | none |
+/// | key or configuration errors | 500 | none |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    status: StatusCode,
+    challenge: bool,
+    problem: Problem,
+}
+
+impl Rejection {
+    /// The answer to a request that failed with `error`.
+    pub fn from_error(error: &Error) -> Self {
+        use ErrorKind::*;
+        let kind = error.kind();
+        let (status, challenge) = match kind {
+            DuplicateWit | DuplicateAuthorization | BearerWithWpt | MalformedAuthorization | DuplicateContextToken | OversizedToken | InvalidHeaderValue => {
+                (StatusCode::BAD_REQUEST, false)
+            }
+            ReplayCacheFull => (StatusCode::SERVICE_UNAVAILABLE, false),
+            InvalidKey | InvalidConfiguration | Crypto => (StatusCode::INTERNAL_SERVER_ERROR, false),
+            _ => (StatusCode::UNAUTHORIZED, true),
+        };
+        let problem = Problem {
+            type_uri: format!("{PROBLEM_TYPE_BASE}{}", kind.reason()),
+            title: kind.description().into_owned(),
+            status: status.as_u16(),
+            reason: kind.reason(),
+        };
+        Self { status, challenge, problem }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The `WWW-Authenticate` value, for credential failures.
+    pub fn challenge(&self) -> Option<&'static str> {
+        self.challenge.then_some(WPT_CHALLENGE)
+    }
+
+    /// The problem details.
+    pub fn problem(&self) -> &Problem {
+        &self.problem
+    }
+
+    /// Response headers: `Content-Type: application/problem+json`, `Cache-Control: no-store`,
+    /// and the challenge if any.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(challenge) = self.challenge() {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        headers
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.problem).unwrap_or_default()
+    }
+
+    /// A complete response.
+    pub fn into_response(self) -> http::Response<Vec<u8>> {
+        let mut response = http::Response::new(self.body());
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers();
+        response
+    }
+}
+
+impl From<&Error> for Rejection {
+    fn from(error: &Error) -> Self {
+        Self::from_error(error)
+    }
+}

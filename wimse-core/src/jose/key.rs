@@ -1,0 +1,463 @@
+//! Parsed public and private keys. Keys are parsed and checked once, when imported; signing and
+//! verification then only run the algorithm.
+
+use std::fmt;
+
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use rand_core::OsRng;
+
+use super::{Algorithm, Backend, Jwk, b64url_decode, b64url_encode};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Smallest RSA modulus accepted, in bytes (2048 bits; RFC 7518 §3.3).
+const MIN_RSA_MODULUS_BYTES: usize = 256;
+/// Largest RSA modulus accepted, in bytes (8192 bits): bounds the cost of a hostile key.
+const MAX_RSA_MODULUS_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    P256,
+    P384,
+    Ed25519,
+    Rsa,
+}
+
+impl KeyKind {
+    fn accepts(self, alg: Algorithm) -> bool {
+        match self {
+            KeyKind::P256 => alg == Algorithm::ES256,
+            KeyKind::P384 => alg == Algorithm::ES384,
+            KeyKind::Ed25519 => alg == Algorithm::EdDSA,
+            KeyKind::Rsa => alg.key_type() == "RSA",
+        }
+    }
+
+    /// The one algorithm a key of this kind can be used with, if there is only one.
+    fn only_algorithm(self) -> Option<Algorithm> {
+        match self {
+            KeyKind::P256 => Some(Algorithm::ES256),
+            KeyKind::P384 => Some(Algorithm::ES384),
+            KeyKind::Ed25519 => Some(Algorithm::EdDSA),
+            KeyKind::Rsa => None,
+        }
+    }
+}
+
+fn invalid(detail: &'static str) -> Error {
+    Error::with_detail(ErrorKind::InvalidKey, detail)
+}
+
+fn decode_fixed(value: Option<&String>, len: usize, what: &'static str) -> Result<Vec<u8>> {
+    let bytes = b64url_decode(value.ok_or_else(|| invalid(what))?).map_err(|_| invalid(what))?;
+    if bytes.len() != len {
+        return Err(invalid(what));
+    }
+    Ok(bytes)
+}
+
+/// A public key ready to verify signatures: an issuer's trust-anchor key or a workload's `cnf.jwk`.
+#[derive(Clone)]
+pub struct PublicKey {
+    kind: KeyKind,
+    alg: Option<Algorithm>,
+    decoding: DecodingKey,
+    jwk: Jwk,
+}
+
+impl PublicKey {
+    /// Imports a public JWK. Private members are refused. The key is pinned to its `alg` when the
+    /// JWK has one; otherwise EC and OKP keys are pinned to their only algorithm and RSA keys may
+    /// be used with any RSA algorithm.
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self> {
+        if jwk.has_private_members() {
+            return Err(invalid("a public key must not contain private members"));
+        }
+        let alg = jwk.alg.as_deref().map(str::parse::<Algorithm>).transpose().map_err(|_| invalid("unsupported alg"))?;
+        let (kind, decoding) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+            ("EC", Some("P-256")) => {
+                let (x, y) = (decode_fixed(jwk.x.as_ref(), 32, "EC x")?, decode_fixed(jwk.y.as_ref(), 32, "EC y")?);
+                let point = [&[4u8][..], &x, &y].concat();
+                p256::PublicKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-256 point"))?;
+                (KeyKind::P256, DecodingKey::from_ec_der(&point))
+            }
+            ("EC", Some("P-384")) => {
+                let (x, y) = (decode_fixed(jwk.x.as_ref(), 48, "EC x")?, decode_fixed(jwk.y.as_ref(), 48, "EC y")?);
+                let point = [&[4u8][..], &x, &y].concat();
+                p384::PublicKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-384 point"))?;
+                (KeyKind::P384, DecodingKey::from_ec_der(&point))
+            }
+            ("OKP", Some("Ed25519")) => {
+                let x = decode_fixed(jwk.x.as_ref(), 32, "OKP x")?;
+                let bytes: [u8; 32] = x.as_slice().try_into().map_err(|_| invalid("OKP x"))?;
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("not an Ed25519 point"))?;
+                (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
+            }
+            ("RSA", _) => {
+                let n = b64url_decode(jwk.n.as_deref().ok_or_else(|| invalid("RSA n"))?).map_err(|_| invalid("RSA n"))?;
+                let e = b64url_decode(jwk.e.as_deref().ok_or_else(|| invalid("RSA e"))?).map_err(|_| invalid("RSA e"))?;
+                if n.first() == Some(&0) || !(MIN_RSA_MODULUS_BYTES..=MAX_RSA_MODULUS_BYTES).contains(&n.len()) {
+                    return Err(invalid("RSA modulus must be 2048 to 8192 bits"));
+                }
+                if e.is_empty() || e.len() > 4 || e.first() == Some(&0) {
+                    return Err(invalid("RSA exponent"));
+                }
+                (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+            }
+            _ => return Err(invalid("unsupported kty/crv")),
+        };
+        if let Some(alg) = alg {
+            if !kind.accepts(alg) {
+                return Err(invalid("alg does not fit the key type"));
+            }
+        }
+        Ok(Self { kind, alg: alg.or(kind.only_algorithm()), decoding, jwk: jwk.to_public() })
+    }
+
+    /// The algorithm this key is pinned to, if any (always set for EC and OKP keys).
+    pub fn algorithm(&self) -> Option<Algorithm> {
+        self.alg
+    }
+
+    /// Whether a signature made with `alg` may be checked with this key.
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        self.kind.accepts(alg) && self.alg.is_none_or(|pinned| pinned == alg)
+    }
+
+    /// The key id, if the JWK has one.
+    pub fn kid(&self) -> Option<&str> {
+        self.jwk.kid.as_deref()
+    }
+
+    /// The public JWK.
+    pub fn jwk(&self) -> &Jwk {
+        &self.jwk
+    }
+
+    /// RFC 7638 thumbprint of the key.
+    pub fn thumbprint(&self) -> String {
+        // `from_jwk` checked every member the thumbprint needs.
+        self.jwk.thumbprint().unwrap_or_default()
+    }
+
+    /// Verifies `signature` over `message` with `alg`. Returns `false` for a wrong signature or
+    /// an algorithm the key does not accept.
+    pub fn verify(&self, backend: Backend, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        if !self.accepts(alg) {
+            return false;
+        }
+        match (backend.provider().verifier_factory)(&alg.to_jsonwebtoken(), &self.decoding) {
+            Ok(verifier) => verifier.verify(message, &signature.to_vec()).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey").field("kind", &self.kind).field("alg", &self.alg).field("kid", &self.kid()).finish()
+    }
+}
+
+/// A private key that signs WITs (issuers) or WPTs (workloads). `Debug` never prints key material.
+#[derive(Clone)]
+pub struct SigningKey {
+    alg: Algorithm,
+    encoding: EncodingKey,
+    public: PublicKey,
+    private_jwk: Jwk,
+}
+
+impl SigningKey {
+    /// Generates a fresh key for `alg` from the operating system's CSPRNG. RSA keys are not
+    /// generated here: import them with [`SigningKey::from_jwk`].
+    pub fn generate(alg: Algorithm) -> Result<Self> {
+        let jwk = match alg {
+            Algorithm::ES256 => {
+                let secret = p256::SecretKey::random(&mut OsRng);
+                ec_private_jwk("P-256", &secret.to_bytes(), &secret.public_key().to_sec1_bytes())
+            }
+            Algorithm::ES384 => {
+                let secret = p384::SecretKey::random(&mut OsRng);
+                ec_private_jwk("P-384", &secret.to_bytes(), &secret.public_key().to_sec1_bytes())
+            }
+            Algorithm::EdDSA => {
+                let secret = ed25519_dalek::SigningKey::generate(&mut OsRng);
+                Jwk {
+                    kty: "OKP".into(),
+                    crv: Some("Ed25519".into()),
+                    x: Some(b64url_encode(secret.verifying_key().to_bytes())),
+                    d: Some(b64url_encode(secret.to_bytes())),
+                    ..Jwk::default()
+                }
+            }
+            _ => return Err(invalid("RSA key generation is not supported; import an RSA JWK")),
+        };
+        let mut jwk = jwk;
+        jwk.alg = Some(alg.as_str().into());
+        Self::from_jwk(&jwk)
+    }
+
+    /// Imports a private JWK (EC P-256/P-384, OKP Ed25519, or RSA with all CRT members).
+    /// The private and public members must agree. RSA keys need `alg`.
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self> {
+        let d = b64url_decode(jwk.d.as_deref().ok_or_else(|| invalid("not a private key (no `d`)"))?)
+            .map_err(|_| invalid("private member d"))?;
+        let public = PublicKey::from_jwk(&jwk.to_public())?;
+        let alg = public.alg.ok_or_else(|| invalid("an RSA signing key needs `alg`"))?;
+        let encoding = match public.kind {
+            KeyKind::P256 => {
+                let secret = p256::SecretKey::from_slice(&d).map_err(|_| invalid("P-256 d"))?;
+                check_same_public(&secret.public_key().to_sec1_bytes(), &public)?;
+                EncodingKey::from_ec_der(pkcs8_p256(&secret)?.as_slice())
+            }
+            KeyKind::P384 => {
+                let secret = p384::SecretKey::from_slice(&d).map_err(|_| invalid("P-384 d"))?;
+                check_same_public(&secret.public_key().to_sec1_bytes(), &public)?;
+                EncodingKey::from_ec_der(pkcs8_p384(&secret)?.as_slice())
+            }
+            KeyKind::Ed25519 => {
+                let seed: [u8; 32] = d.as_slice().try_into().map_err(|_| invalid("Ed25519 d"))?;
+                let secret = ed25519_dalek::SigningKey::from_bytes(&seed);
+                let x = public.jwk.x.as_deref().unwrap_or_default();
+                if b64url_encode(secret.verifying_key().to_bytes()) != x {
+                    return Err(invalid("private and public members disagree"));
+                }
+                use ed25519_dalek::pkcs8::EncodePrivateKey;
+                let der = secret.to_pkcs8_der().map_err(|_| invalid("Ed25519 PKCS#8"))?;
+                EncodingKey::from_ed_der(der.as_bytes())
+            }
+            KeyKind::Rsa => EncodingKey::from_rsa_der(&rsa_pkcs1_der(jwk, d)?),
+        };
+        // Build a signer once so a broken key fails here, not on the first request.
+        (Backend::default().provider().signer_factory)(&alg.to_jsonwebtoken(), &encoding)
+            .map_err(|_| invalid("the backend refused the private key"))?;
+        let mut private_jwk = jwk.clone();
+        private_jwk.alg = Some(alg.as_str().into());
+        let mut public = public;
+        public.jwk.alg = Some(alg.as_str().into());
+        Ok(Self { alg, encoding, public, private_jwk })
+    }
+
+    /// Imports a PKCS#8 PEM private key for `alg` (ES256, ES384 or EdDSA).
+    pub fn from_pkcs8_pem(pem: &str, alg: Algorithm) -> Result<Self> {
+        use p256::pkcs8::DecodePrivateKey;
+        let jwk = match alg {
+            Algorithm::ES256 => {
+                let s = p256::SecretKey::from_pkcs8_pem(pem).map_err(|_| invalid("not a P-256 PKCS#8 PEM key"))?;
+                ec_private_jwk("P-256", &s.to_bytes(), &s.public_key().to_sec1_bytes())
+            }
+            Algorithm::ES384 => {
+                let s = p384::SecretKey::from_pkcs8_pem(pem).map_err(|_| invalid("not a P-384 PKCS#8 PEM key"))?;
+                ec_private_jwk("P-384", &s.to_bytes(), &s.public_key().to_sec1_bytes())
+            }
+            Algorithm::EdDSA => {
+                let s = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|_| invalid("not an Ed25519 PKCS#8 PEM key"))?;
+                Jwk {
+                    kty: "OKP".into(),
+                    crv: Some("Ed25519".into()),
+                    x: Some(b64url_encode(s.verifying_key().to_bytes())),
+                    d: Some(b64url_encode(s.to_bytes())),
+                    ..Jwk::default()
+                }
+            }
+            _ => return Err(invalid("PEM import supports ES256, ES384 and EdDSA; import RSA keys as JWK")),
+        };
+        let mut jwk = jwk;
+        jwk.alg = Some(alg.as_str().into());
+        Self::from_jwk(&jwk)
+    }
+
+    /// Sets the key id carried by the public JWK (and the `kid` of tokens an issuer signs).
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        let kid = kid.into();
+        self.private_jwk.kid = Some(kid.clone());
+        self.public.jwk.kid = Some(kid);
+        self
+    }
+
+    /// The algorithm this key signs with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> Option<&str> {
+        self.public.kid()
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The public JWK (with `alg`, and `kid` if set): what goes into a WIT's `cnf.jwk` or a JWKS.
+    pub fn public_jwk(&self) -> &Jwk {
+        &self.public.jwk
+    }
+
+    /// The private JWK, for storing the key. Handle with care.
+    pub fn to_private_jwk(&self) -> Jwk {
+        self.private_jwk.clone()
+    }
+
+    /// Signs `message` with the key's algorithm.
+    pub fn sign(&self, backend: Backend, message: &[u8]) -> Result<Vec<u8>> {
+        let signer = (backend.provider().signer_factory)(&self.alg.to_jsonwebtoken(), &self.encoding)
+            .map_err(|_| Error::with_detail(ErrorKind::Crypto, "could not build a signer"))?;
+        signer.try_sign(message).map_err(|_| Error::with_detail(ErrorKind::Crypto, "signing failed"))
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey").field("alg", &self.alg).field("kid", &self.kid()).finish_non_exhaustive()
+    }
+}
+
+fn ec_private_jwk(crv: &str, d: &[u8], sec1_uncompressed: &[u8]) -> Jwk {
+    let coords = &sec1_uncompressed[1..];
+    let (x, y) = coords.split_at(coords.len() / 2);
+    Jwk {
+        kty: "EC".into(),
+        crv: Some(crv.into()),
+        x: Some(b64url_encode(x)),
+        y: Some(b64url_encode(y)),
+        d: Some(b64url_encode(d)),
+        ..Jwk::default()
+    }
+}
+
+fn check_same_public(sec1_uncompressed: &[u8], public: &PublicKey) -> Result<()> {
+    let derived = ec_private_jwk("", &[], sec1_uncompressed);
+    if derived.x != public.jwk.x || derived.y != public.jwk.y {
+        return Err(invalid("private and public members disagree"));
+    }
+    Ok(())
+}
+
+fn pkcs8_p256(secret: &p256::SecretKey) -> Result<Vec<u8>> {
+    use p256::pkcs8::EncodePrivateKey;
+    Ok(secret.to_pkcs8_der().map_err(|_| invalid("P-256 PKCS#8"))?.as_bytes().to_vec())
+}
+
+fn pkcs8_p384(secret: &p384::SecretKey) -> Result<Vec<u8>> {
+    use p384::pkcs8::EncodePrivateKey;
+    Ok(secret.to_pkcs8_der().map_err(|_| invalid("P-384 PKCS#8"))?.as_bytes().to_vec())
+}
+
+/// Builds a PKCS#1 `RSAPrivateKey` (RFC 8017 A.1.2) from the JWK's members: both backends take
+/// this form, and building it by hand avoids depending on the `rsa` crate with aws-lc-rs.
+fn rsa_pkcs1_der(jwk: &Jwk, d: Vec<u8>) -> Result<Vec<u8>> {
+    let member = |m: &Option<String>, name: &'static str| -> Result<Vec<u8>> {
+        b64url_decode(m.as_deref().ok_or_else(|| invalid(name))?).map_err(|_| invalid(name))
+    };
+    let ints = [
+        vec![0u8],
+        member(&jwk.n, "RSA n")?,
+        member(&jwk.e, "RSA e")?,
+        d,
+        member(&jwk.p, "RSA p")?,
+        member(&jwk.q, "RSA q")?,
+        member(&jwk.dp, "RSA dp")?,
+        member(&jwk.dq, "RSA dq")?,
+        member(&jwk.qi, "RSA qi")?,
+    ];
+    let mut body = Vec::new();
+    for int in &ints {
+        let trimmed = match int.iter().position(|&b| b != 0) {
+            Some(i) => &int[i..],
+            None => &[0u8][..],
+        };
+        let pad = trimmed[0] & 0x80 != 0;
+        body.push(0x02);
+        der_len(&mut body, trimmed.len() + usize::from(pad));
+        if pad {
+            body.push(0);
+        }
+        body.extend_from_slice(trimmed);
+    }
+    let mut der = vec![0x30];
+    der_len(&mut der, body.len());
+    der.extend_from_slice(&body);
+    Ok(der)
+}
+
+fn der_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_sign_and_verify_on_every_backend() {
+        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+            let key = SigningKey::generate(alg).unwrap();
+            let jwk = key.to_private_jwk();
+            let reimported = SigningKey::from_jwk(&jwk).unwrap();
+            assert_eq!(reimported.public_jwk(), key.public_jwk());
+            for signer in Backend::available() {
+                let sig = key.sign(signer, b"msg").unwrap();
+                for verifier in Backend::available() {
+                    assert!(key.public_key().verify(verifier, alg, b"msg", &sig), "{alg} {signer:?}->{verifier:?}");
+                    assert!(!key.public_key().verify(verifier, alg, b"msh", &sig));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rsa_keys_are_not_generated() {
+        assert_eq!(SigningKey::generate(Algorithm::RS256).unwrap_err().kind(), &ErrorKind::InvalidKey);
+    }
+
+    #[test]
+    fn mismatched_private_and_public_members_are_refused() {
+        let a = SigningKey::generate(Algorithm::ES256).unwrap().to_private_jwk();
+        let b = SigningKey::generate(Algorithm::ES256).unwrap().to_private_jwk();
+        let mixed = Jwk { d: b.d.clone(), ..a.clone() };
+        assert_eq!(SigningKey::from_jwk(&mixed).unwrap_err().kind(), &ErrorKind::InvalidKey);
+        let a = SigningKey::generate(Algorithm::EdDSA).unwrap().to_private_jwk();
+        let b = SigningKey::generate(Algorithm::EdDSA).unwrap().to_private_jwk();
+        assert!(SigningKey::from_jwk(&Jwk { d: b.d.clone(), ..a }).is_err());
+    }
+
+    #[test]
+    fn public_key_pins_algorithm() {
+        let key = SigningKey::generate(Algorithm::ES256).unwrap();
+        let public = key.public_key();
+        assert!(public.accepts(Algorithm::ES256));
+        assert!(!public.accepts(Algorithm::ES384));
+        assert!(!public.accepts(Algorithm::RS256));
+        let sig = key.sign(Backend::default(), b"m").unwrap();
+        assert!(!public.verify(Backend::default(), Algorithm::ES384, b"m", &sig));
+    }
+
+    #[test]
+    fn bad_points_and_sizes_are_refused() {
+        let mut jwk = SigningKey::generate(Algorithm::ES256).unwrap().public_jwk().clone();
+        jwk.y = Some(b64url_encode([1u8; 32]));
+        assert!(PublicKey::from_jwk(&jwk).is_err());
+        jwk.y = Some(b64url_encode([1u8; 31]));
+        assert!(PublicKey::from_jwk(&jwk).is_err());
+        let rsa_small = Jwk { kty: "RSA".into(), n: Some(b64url_encode([0xc5u8; 128])), e: Some("AQAB".into()), ..Jwk::default() };
+        assert!(PublicKey::from_jwk(&rsa_small).is_err());
+    }
+
+    #[test]
+    fn der_lengths() {
+        let mut v = Vec::new();
+        der_len(&mut v, 5);
+        der_len(&mut v, 200);
+        der_len(&mut v, 1000);
+        assert_eq!(v, [5, 0x81, 200, 0x82, 0x03, 0xe8]);
+    }
+}

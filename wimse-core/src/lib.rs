@@ -1,0 +1,49 @@
+//! # wimse-core
+//!
+//! The protocol core of the [WIMSE] workload-to-workload drafts, with no web framework and no
+//! async runtime: Workload Identifiers, JOSE keys, Workload Identity Tokens (WIT), Workload
+//! Proof Tokens (WPT), trust anchors, replay protection, and the HTTP framing every adapter shares.
+//!
+//! Implemented revisions: `draft-ietf-wimse-identifier-03`, `draft-ietf-wimse-workload-creds-02`
+//! (WIT), `draft-ietf-wimse-wpt-02` (WPT in `Authorization: WPT …`). See [`draft`].
+//!
+//! ## Decisions on points the drafts leave open
+//! - `typ` is compared exactly: `wit+jwt` and `wpt+jwt`. The `application/` spellings are
+//!   refused, as are the legacy `wimse-id+jwt`/`wimse-proof+jwt`.
+//! - A WPT `aud` must be a single string; arrays are refused.
+//! - Identifiers are compared as complete strings and must be canonical (lower-case scheme and
+//!   trust domain, no percent-encoding, no dot segments); see [`id`].
+//!
+//! ## Crypto backends
+//! Feature `aws-lc-rs` (default) or `rust-crypto` (pure Rust). With both, [`jose::Backend`]
+//! picks aws-lc-rs by default and nothing panics.
+//!
+//! [WIMSE]: https://datatracker.ietf.org/wg/wimse/about/
+
+pub mod draft;
+mod error;
+pub mod http;
+pub mod id;
+pub mod jose;
+pub mod replay;
+pub mod time;
+pub mod trust;
+pub mod verify;
+pub mod wit;
+pub mod wpt;
+
+pub use error::{Error, ErrorKind, Result};
+
+/// The types most programs need.
+pub mod prelude {
+    pub use crate::error::{Error, ErrorKind};
+    pub use crate::http::{HeaderSource, Rejection};
+    pub use crate::id::{TrustDomain, WorkloadId};
+    pub use crate::jose::{Algorithm, Backend, Jwk, PublicKey, SigningKey};
+    pub use crate::replay::{InMemoryReplayCache, ReplayCache};
+    pub use crate::time::{Clock, FixedClock, SystemClock};
+    pub use crate::trust::{TrustAnchors, TrustStore};
+    pub use crate::verify::{RequestView, VerifiedCaller, Verifier, VerifierConfig};
+    pub use crate::wit::WitIssuer;
+    pub use crate::wpt::WptBuilder;
+}

@@ -1,0 +1,139 @@
+//! Replay protection: a proof identifier (`jti`) is accepted once per sender while it is valid.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::sync::Mutex;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Remembers proof identifiers until they expire.
+///
+/// Implementations must be atomic: of two concurrent calls with the same `(scope, id)`, exactly
+/// one may succeed. A cache that cannot answer must fail closed.
+pub trait ReplayCache: Send + Sync + fmt::Debug {
+    /// Records `id` within `scope` (the sender) until `expires_at` (seconds since the epoch).
+    ///
+    /// Returns `Ok(())` the first time, [`ErrorKind::ReplayedProof`] when the pair is still
+    /// remembered, and [`ErrorKind::ReplayCacheFull`] when it cannot remember more.
+    fn check_and_insert(&self, scope: &str, id: &str, expires_at: u64, now: u64) -> Result<()>;
+}
+
+/// A bounded in-memory [`ReplayCache`] for one process.
+///
+/// Entries are dropped once expired. When `capacity` live entries are held, new proofs are
+/// refused ([`ErrorKind::ReplayCacheFull`]) instead of forgetting live entries, which would open
+/// a replay window. Replicas do not share it: use a shared cache when requests are load-balanced.
+pub struct InMemoryReplayCache {
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    expiry_by_key: HashMap<String, u64>,
+    by_expiry: BinaryHeap<Reverse<(u64, String)>>,
+}
+
+impl State {
+    fn purge_expired(&mut self, now: u64) {
+        while let Some(Reverse((expires_at, _))) = self.by_expiry.peek() {
+            if *expires_at > now {
+                break;
+            }
+            if let Some(Reverse((expires_at, key))) = self.by_expiry.pop() {
+                if self.expiry_by_key.get(&key) == Some(&expires_at) {
+                    self.expiry_by_key.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Default capacity: about 100k live proofs (a few tens of MB at most).
+pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+
+impl InMemoryReplayCache {
+    /// A cache holding at most `capacity` live entries.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, state: Mutex::new(State::default()) }
+    }
+
+    /// Number of live entries (expired ones may linger until the next insert).
+    pub fn len(&self) -> usize {
+        self.state.lock().map(|s| s.expiry_by_key.len()).unwrap_or(0)
+    }
+
+    /// Whether the cache holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for InMemoryReplayCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_REPLAY_CAPACITY)
+    }
+}
+
+impl fmt::Debug for InMemoryReplayCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryReplayCache").field("capacity", &self.capacity).field("len", &self.len()).finish()
+    }
+}
+
+impl ReplayCache for InMemoryReplayCache {
+    fn check_and_insert(&self, scope: &str, id: &str, expires_at: u64, now: u64) -> Result<()> {
+        // Length-prefixing the scope makes the key unambiguous whatever bytes `id` holds.
+        let key = format!("{}:{scope}{id}", scope.len());
+        // A poisoned lock means another thread panicked mid-update: fail closed.
+        let mut state = self.state.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheFull, "replay cache poisoned"))?;
+        state.purge_expired(now);
+        if let Some(&until) = state.expiry_by_key.get(&key) {
+            if until > now {
+                return Err(ErrorKind::ReplayedProof.into());
+            }
+        }
+        if state.expiry_by_key.len() >= self.capacity {
+            return Err(Error::with_detail(ErrorKind::ReplayCacheFull, format!("{} live entries", self.capacity)));
+        }
+        state.expiry_by_key.insert(key.clone(), expires_at);
+        state.by_expiry.push(Reverse((expires_at, key)));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_use_is_a_replay_until_expiry() {
+        let cache = InMemoryReplayCache::new(10);
+        cache.check_and_insert("spiffe://a/b", "j1", 100, 50).unwrap();
+        assert_eq!(cache.check_and_insert("spiffe://a/b", "j1", 100, 60).unwrap_err().kind(), &ErrorKind::ReplayedProof);
+        // Same jti from another sender is a different proof.
+        cache.check_and_insert("spiffe://a/c", "j1", 100, 60).unwrap();
+        // After expiry the entry is gone (the proof itself would be refused as expired anyway).
+        cache.check_and_insert("spiffe://a/b", "j1", 200, 100).unwrap();
+    }
+
+    #[test]
+    fn scope_and_id_cannot_collide() {
+        let cache = InMemoryReplayCache::new(10);
+        cache.check_and_insert("ab", "c", 100, 0).unwrap();
+        cache.check_and_insert("a", "bc", 100, 0).unwrap();
+    }
+
+    #[test]
+    fn full_cache_fails_closed_then_recovers_after_expiry() {
+        let cache = InMemoryReplayCache::new(2);
+        cache.check_and_insert("s", "1", 100, 0).unwrap();
+        cache.check_and_insert("s", "2", 150, 0).unwrap();
+        assert_eq!(cache.check_and_insert("s", "3", 100, 10).unwrap_err().kind(), &ErrorKind::ReplayCacheFull);
+        // The live entries are still remembered.
+        assert_eq!(cache.check_and_insert("s", "1", 100, 10).unwrap_err().kind(), &ErrorKind::ReplayedProof);
+        cache.check_and_insert("s", "3", 200, 100).unwrap();
+        assert_eq!(cache.len(), 2);
+    }
+}

@@ -1,0 +1,166 @@
+//! Trust anchors: which issuer keys may sign WITs for which trust domain.
+//!
+//! Keys are configured out of band, per trust domain, and are never taken from a token (no `jku`,
+//! `x5u`, `jwk` header, or `iss`-derived URL is ever followed). A trust domain can hold several
+//! keys at once, which is how issuer keys rotate: add the new key, then remove the old one after
+//! the last WIT signed by it has expired.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::draft::SPIFFE_BUNDLE_WIT_USE;
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::TrustDomain;
+use crate::jose::{Algorithm, Jwk, PublicKey, json};
+
+/// Issuer algorithms accepted by default: the ones the drafts and SPIFFE name for issuers.
+pub const DEFAULT_ISSUER_ALGORITHMS: [Algorithm; 5] =
+    [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256];
+
+/// The anchors of one trust domain: its issuer keys and the algorithms they may sign with.
+#[derive(Debug, Clone)]
+pub struct TrustAnchors {
+    keys: Vec<PublicKey>,
+    algorithms: Vec<Algorithm>,
+}
+
+impl Default for TrustAnchors {
+    fn default() -> Self {
+        Self { keys: Vec::new(), algorithms: DEFAULT_ISSUER_ALGORITHMS.to_vec() }
+    }
+}
+
+fn config_error(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::with_detail(ErrorKind::InvalidConfiguration, detail)
+}
+
+impl TrustAnchors {
+    /// No keys yet, default algorithm allowlist.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an issuer key.
+    pub fn with_key(mut self, key: PublicKey) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    /// Replaces the algorithm allowlist for this trust domain.
+    pub fn with_algorithms(mut self, algorithms: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = algorithms.into_iter().collect();
+        self
+    }
+
+    /// Reads a JWKS (`{"keys":[…]}`). Keys of unsupported types are skipped; a key with private
+    /// members, or a set with no usable key, is a configuration error.
+    pub fn from_jwks_json(json: &str) -> Result<Self> {
+        Self::from_key_set(json, |_| true)
+    }
+
+    /// Reads a SPIFFE trust bundle (a JWKS with `use` per key) and keeps the WIT signing keys
+    /// (`use` = `wit-svid`).
+    pub fn from_spiffe_bundle_json(json: &str) -> Result<Self> {
+        Self::from_key_set(json, |jwk| jwk.key_use.as_deref() == Some(SPIFFE_BUNDLE_WIT_USE))
+    }
+
+    fn from_key_set(text: &str, keep: impl Fn(&Jwk) -> bool) -> Result<Self> {
+        let map = json::parse_object(text.as_bytes()).map_err(|e| config_error(format!("key set: {e}")))?;
+        let Some(Value::Array(entries)) = map.get("keys") else {
+            return Err(config_error("key set has no `keys` array"));
+        };
+        let mut anchors = Self::new();
+        for entry in entries {
+            let jwk = Jwk::from_value(entry.clone()).map_err(|e| config_error(format!("key set entry: {e}")))?;
+            if jwk.has_private_members() {
+                return Err(config_error("a trust anchor must not contain private key material"));
+            }
+            if !keep(&jwk) {
+                continue;
+            }
+            match PublicKey::from_jwk(&jwk) {
+                Ok(key) => anchors.keys.push(key),
+                Err(e) => tracing::warn!(kid = jwk.kid.as_deref(), error = %e, "skipping unusable trust anchor key"),
+            }
+        }
+        if anchors.keys.is_empty() {
+            return Err(config_error("key set has no usable key"));
+        }
+        Ok(anchors)
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// The algorithm allowlist.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// Chooses the key for a token signed with `alg` and carrying `kid` (creds §3): with `kid`,
+    /// the key with that exact id; without, the only key that accepts `alg`.
+    pub(crate) fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&PublicKey> {
+        if !self.algorithms.contains(&alg) {
+            return Err(Error::with_detail(ErrorKind::DisallowedAlgorithm, format!("alg {alg}")));
+        }
+        let mut candidates = self.keys.iter().filter(|k| k.accepts(alg) && (kid.is_none() || k.kid() == kid));
+        match (candidates.next(), candidates.next()) {
+            (Some(key), None) => Ok(key),
+            (None, _) => Err(Error::with_detail(ErrorKind::UnknownKey, "no anchor key matches kid and alg")),
+            (Some(_), Some(_)) => Err(Error::with_detail(ErrorKind::UnknownKey, "ambiguous anchor key (several match)")),
+        }
+    }
+}
+
+/// Trust anchors for every trusted trust domain. A trust domain that is not here is not trusted.
+#[derive(Debug, Clone, Default)]
+pub struct TrustStore {
+    domains: HashMap<TrustDomain, TrustAnchors>,
+}
+
+impl TrustStore {
+    /// An empty store (trusts nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the anchors of `domain`, replacing any before.
+    pub fn insert(&mut self, domain: TrustDomain, anchors: TrustAnchors) {
+        self.domains.insert(domain, anchors);
+    }
+
+    /// Builder form of [`insert`](Self::insert).
+    pub fn with(mut self, domain: TrustDomain, anchors: TrustAnchors) -> Self {
+        self.insert(domain, anchors);
+        self
+    }
+
+    /// Adds one key to `domain`, creating the domain's anchors if needed.
+    pub fn add_key(&mut self, domain: TrustDomain, key: PublicKey) {
+        let anchors = self.domains.remove(&domain).unwrap_or_default();
+        self.domains.insert(domain, anchors.with_key(key));
+    }
+
+    /// Removes a trust domain.
+    pub fn remove(&mut self, domain: &TrustDomain) -> Option<TrustAnchors> {
+        self.domains.remove(domain)
+    }
+
+    /// The anchors of `domain`.
+    pub fn get(&self, domain: &TrustDomain) -> Option<&TrustAnchors> {
+        self.domains.get(domain)
+    }
+
+    /// Number of trusted trust domains.
+    pub fn len(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// Whether no trust domain is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+}

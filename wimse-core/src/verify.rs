@@ -1,0 +1,355 @@
+//! The inbound path: a request's headers in, a [`VerifiedCaller`] or a named rejection out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{HeaderSource, extract_wpt_credentials, single_value};
+use crate::id::{IdentifierPolicy, WorkloadId};
+use crate::jose::{Algorithm, Backend};
+use crate::replay::{InMemoryReplayCache, ReplayCache};
+use crate::time::{Clock, SystemClock};
+use crate::trust::TrustStore;
+use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, WitValidation, validate_wit};
+use crate::wpt::{ProofContext, WptValidation, validate_wpt};
+
+/// Verifier settings. Build with [`VerifierConfig::new`] and the `with_*` methods; the defaults
+/// are the secure ones.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VerifierConfig {
+    /// Exact `aud` values naming this service (deployment-specific audiences).
+    pub audiences: Vec<String>,
+    /// External origins of this service (`https://api.example`). A WPT whose `aud` is an origin
+    /// followed by the request path (without query) is for this service. This is how services
+    /// behind proxies are configured: the origin is what callers dial, never the `Host` field.
+    pub origins: Vec<String>,
+    /// Clock leeway in seconds (at most 300). Defaults to 30.
+    pub leeway: u64,
+    /// Longest WIT lifetime accepted, in seconds. Defaults to 24 hours.
+    pub max_wit_lifetime: u64,
+    /// Longest WPT lifetime accepted, in seconds. Defaults to 300.
+    pub max_wpt_lifetime: u64,
+    /// Largest token accepted, in bytes. Defaults to 8 KiB.
+    pub max_token_len: usize,
+    /// Algorithms a WIT's `cnf.jwk` may name.
+    pub pop_algorithms: Vec<Algorithm>,
+    /// Lower-case names of context-token fields (besides `Txn-Token`) bound through `oth`.
+    pub context_tokens: Vec<String>,
+    /// Identifier rules for `sub`.
+    pub identifier_policy: IdentifierPolicy,
+    /// Crypto backend.
+    pub backend: Backend,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        let wit = WitValidation::default();
+        Self {
+            audiences: Vec::new(),
+            origins: Vec::new(),
+            leeway: wit.leeway,
+            max_wit_lifetime: wit.max_lifetime,
+            max_wpt_lifetime: WptValidation::default().max_lifetime,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            pop_algorithms: wit.pop_algorithms,
+            context_tokens: Vec::new(),
+            identifier_policy: IdentifierPolicy::default(),
+            backend: Backend::default(),
+        }
+    }
+}
+
+impl VerifierConfig {
+    /// Defaults; add at least one audience or origin.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Accepts WPTs whose `aud` is exactly `aud`.
+    pub fn with_audience(mut self, aud: impl Into<String>) -> Self {
+        self.audiences.push(aud.into());
+        self
+    }
+    /// Accepts WPTs whose `aud` is `origin` + request path.
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origins.push(origin.into().trim_end_matches('/').to_owned());
+        self
+    }
+    /// Sets the clock leeway (seconds).
+    pub fn with_leeway(mut self, secs: u64) -> Self {
+        self.leeway = secs;
+        self
+    }
+    /// Sets the longest accepted WPT lifetime (seconds).
+    pub fn with_max_wpt_lifetime(mut self, secs: u64) -> Self {
+        self.max_wpt_lifetime = secs;
+        self
+    }
+    /// Sets the longest accepted WIT lifetime (seconds).
+    pub fn with_max_wit_lifetime(mut self, secs: u64) -> Self {
+        self.max_wit_lifetime = secs;
+        self
+    }
+    /// Understands the context-token field `name` in `oth`.
+    pub fn with_context_token(mut self, name: impl Into<String>) -> Self {
+        self.context_tokens.push(name.into().to_ascii_lowercase());
+        self
+    }
+    /// Chooses the crypto backend.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |d: &'static str| Err(Error::with_detail(ErrorKind::InvalidConfiguration, d));
+        if self.audiences.is_empty() && self.origins.is_empty() {
+            return bad("no audience or origin configured: every WPT would be refused");
+        }
+        if self.leeway > MAX_LEEWAY_SECS {
+            return bad("leeway above 300 seconds");
+        }
+        let reserved = [AUTHORIZATION_HEADER, WIT_HEADER, TXN_TOKEN_HEADER];
+        if self.context_tokens.iter().any(|n| reserved.contains(&n.as_str()) || n.is_empty()) {
+            return bad("context tokens cannot be Authorization, Workload-Identity-Token or Txn-Token");
+        }
+        Ok(())
+    }
+
+    fn audience_matches(&self, aud: &str, path: &str) -> bool {
+        self.audiences.iter().any(|a| a == aud)
+            || self.origins.iter().any(|o| aud.strip_prefix(o.as_str()) == Some(path_without_query(path)))
+    }
+}
+
+fn path_without_query(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    match &path[..end] {
+        "" => "/",
+        p => p,
+    }
+}
+
+/// The parts of an inbound request the verifier reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a, H: ?Sized> {
+    /// Request target path (query allowed; it is ignored for the audience).
+    pub path: &'a str,
+    /// The header fields.
+    pub headers: &'a H,
+}
+
+/// How the caller proved possession of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProofMethod {
+    /// A WIT + WPT (wpt-02).
+    Wpt {
+        /// The proof's `jti`.
+        jti: String,
+        /// The proof's expiry.
+        exp: u64,
+    },
+}
+
+/// An authenticated caller. Only a [`Verifier`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCaller {
+    id: WorkloadId,
+    method: ProofMethod,
+    wit_exp: u64,
+    wit_iss: Option<String>,
+    wit_jti: Option<String>,
+    key_thumbprint: String,
+    txn_token: Option<String>,
+    context_tokens: BTreeMap<String, String>,
+}
+
+impl VerifiedCaller {
+    /// The caller's Workload Identifier (the WIT's `sub`).
+    pub fn id(&self) -> &WorkloadId {
+        &self.id
+    }
+    /// How possession was proven.
+    pub fn method(&self) -> &ProofMethod {
+        &self.method
+    }
+    /// When the caller's WIT expires.
+    pub fn wit_expires_at(&self) -> u64 {
+        self.wit_exp
+    }
+    /// The WIT's `iss`, for audit.
+    pub fn wit_issuer(&self) -> Option<&str> {
+        self.wit_iss.as_deref()
+    }
+    /// The WIT's `jti`, for audit.
+    pub fn wit_id(&self) -> Option<&str> {
+        self.wit_jti.as_deref()
+    }
+    /// RFC 7638 thumbprint of the caller's confirmation key.
+    pub fn key_thumbprint(&self) -> &str {
+        &self.key_thumbprint
+    }
+    /// The `Txn-Token` value, present only when the proof bound it (`tth`).
+    pub fn txn_token(&self) -> Option<&str> {
+        self.txn_token.as_deref()
+    }
+    /// Context tokens bound by `oth`, by lower-case field name. Tokens not bound never appear.
+    pub fn context_tokens(&self) -> &BTreeMap<String, String> {
+        &self.context_tokens
+    }
+}
+
+/// Verifies WIMSE requests. Cheap to clone; share one per service.
+///
+/// ```
+/// use wimse_core::prelude::*;
+///
+/// let now = 1_800_000_000;
+/// let issuer_key = SigningKey::generate(Algorithm::ES256)?;
+/// let workload_key = SigningKey::generate(Algorithm::ES256)?;
+/// let id: WorkloadId = "spiffe://prod.example/orders".parse()?;
+/// let wit = WitIssuer::new(issuer_key.clone()).issue(&id, workload_key.public_jwk(), now)?;
+/// let wpt = WptBuilder::new(&workload_key, &wit, "https://payments.example/charge").sign(now)?;
+///
+/// let trust = TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
+/// let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?
+///     .with_clock(FixedClock::new(now));
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("workload-identity-token", wit.parse()?);
+/// headers.insert("authorization", format!("WPT {wpt}").parse()?);
+/// let caller = verifier.verify(&RequestView { path: "/charge?id=7", headers: &headers })?;
+/// assert_eq!(caller.id(), &id);
+///
+/// // The same proof again is a replay.
+/// let again = verifier.verify(&RequestView { path: "/charge", headers: &headers });
+/// assert_eq!(again.unwrap_err().kind(), &ErrorKind::ReplayedProof);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Verifier {
+    trust: Arc<TrustStore>,
+    config: Arc<VerifierConfig>,
+    wit_validation: Arc<WitValidation>,
+    wpt_validation: Arc<WptValidation>,
+    replay: Arc<dyn ReplayCache>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier").field("trust_domains", &self.trust.len()).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier with an in-memory replay cache and the system clock. Fails on a configuration
+    /// that would refuse everything or weaken checks beyond the bounds (no audience, leeway > 300 s).
+    pub fn new(trust: TrustStore, config: VerifierConfig) -> Result<Self> {
+        config.validate()?;
+        let mut wit_validation = WitValidation::default();
+        wit_validation.leeway = config.leeway;
+        wit_validation.max_lifetime = config.max_wit_lifetime;
+        wit_validation.pop_algorithms = config.pop_algorithms.clone();
+        wit_validation.max_token_len = config.max_token_len;
+        wit_validation.identifier_policy = config.identifier_policy.clone();
+        wit_validation.backend = config.backend;
+        let mut wpt_validation = WptValidation::default();
+        wpt_validation.leeway = config.leeway;
+        wpt_validation.max_lifetime = config.max_wpt_lifetime;
+        wpt_validation.max_token_len = config.max_token_len;
+        wpt_validation.context_tokens = config.context_tokens.clone();
+        wpt_validation.backend = config.backend;
+        Ok(Self {
+            trust: Arc::new(trust),
+            config: Arc::new(config),
+            wit_validation: Arc::new(wit_validation),
+            wpt_validation: Arc::new(wpt_validation),
+            replay: Arc::new(InMemoryReplayCache::default()),
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Uses another replay cache (shared between replicas, or sized differently).
+    pub fn with_replay_cache(mut self, cache: impl ReplayCache + 'static) -> Self {
+        self.replay = Arc::new(cache);
+        self
+    }
+
+    /// Uses another clock.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Verifies a WIT + WPT request. Rejections are logged with their reason, never with tokens.
+    pub fn verify<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+        let result = self.verify_wpt_request(request);
+        match &result {
+            Ok(caller) => tracing::debug!(caller = %caller.id(), "wimse: caller verified"),
+            Err(e) => tracing::warn!(reason = e.reason(), detail = e.detail(), "wimse: request rejected"),
+        }
+        result
+    }
+
+    fn verify_wpt_request<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+        let now = self.clock.now();
+        let credentials = extract_wpt_credentials(request.headers, self.config.max_token_len)?;
+        let mut context = ProofContext { txn_token: credentials.txn_token, other_tokens: BTreeMap::new() };
+        for name in &self.config.context_tokens {
+            if let Some(value) = single_value(request.headers, name, self.config.max_token_len, ErrorKind::DuplicateContextToken)? {
+                context.other_tokens.insert(name.clone(), value);
+            }
+        }
+
+        let wit = validate_wit(credentials.wit, &self.trust, &self.wit_validation, now)?;
+        let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
+        let wpt = validate_wpt(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, self.replay.as_ref(), now)?;
+
+        let claims = wit.claims();
+        Ok(VerifiedCaller {
+            id: claims.sub.clone(),
+            method: ProofMethod::Wpt { jti: wpt.jti, exp: wpt.exp },
+            wit_exp: claims.exp,
+            wit_iss: claims.iss.clone(),
+            wit_jti: claims.jti.clone(),
+            key_thumbprint: wit.cnf_key().thumbprint(),
+            txn_token: context.txn_token.map(str::to_owned),
+            context_tokens: context.other_tokens.into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_matching_uses_configuration_only() {
+        let cfg = VerifierConfig::new().with_audience("urn:svc:payments").with_origin("https://pay.example/");
+        assert!(cfg.audience_matches("urn:svc:payments", "/anything"));
+        assert!(cfg.audience_matches("https://pay.example/charge", "/charge?x=1"));
+        assert!(cfg.audience_matches("https://pay.example/", ""));
+        assert!(!cfg.audience_matches("https://pay.example/charge", "/refund"));
+        assert!(!cfg.audience_matches("https://pay.example.evil/charge", "/charge"));
+        assert!(!cfg.audience_matches("https://pay.example/charge?x=1", "/charge?x=1"));
+    }
+
+    #[test]
+    fn unsafe_configurations_are_refused() {
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new()).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_leeway(301)).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_context_token("Authorization")).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    }
+}

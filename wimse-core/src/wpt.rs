@@ -1,0 +1,245 @@
+//! Workload Proof Tokens (draft-ietf-wimse-wpt-02): creating and validating.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::draft::WPT_TYP;
+use crate::error::{Error, ErrorKind, Result};
+use crate::jose::{Backend, SigningKey, jws};
+use crate::replay::ReplayCache;
+use crate::wit::{DEFAULT_MAX_TOKEN_LEN, VerifiedWit, random_id, token_hash};
+
+/// Longest `jti` accepted, in bytes: bounds what the replay cache stores per proof.
+pub const MAX_JTI_LEN: usize = 256;
+
+/// Builds a WPT for one request.
+///
+/// ```
+/// use wimse_core::jose::{Algorithm, SigningKey};
+/// use wimse_core::wpt::WptBuilder;
+///
+/// let key = SigningKey::generate(Algorithm::ES256)?;
+/// let wit = "eyJ…the WIT string as sent…";
+/// let wpt = WptBuilder::new(&key, wit, "https://api.example/orders")
+///     .txn_token("txn-token-value")
+///     .sign(1_800_000_000)?;
+/// assert_eq!(wpt.split('.').count(), 3);
+/// # Ok::<(), wimse_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct WptBuilder<'a> {
+    key: &'a SigningKey,
+    wit: &'a str,
+    aud: &'a str,
+    lifetime: u64,
+    txn_token: Option<&'a str>,
+    other_tokens: Vec<(String, &'a str)>,
+    backend: Backend,
+}
+
+impl<'a> WptBuilder<'a> {
+    /// A proof by `key` (the WIT's confirmation key) for `wit`, addressed to `aud` (the target
+    /// URI without query and fragment, or the audience the recipient configured).
+    pub fn new(key: &'a SigningKey, wit: &'a str, aud: &'a str) -> Self {
+        Self { key, wit, aud, lifetime: 60, txn_token: None, other_tokens: Vec::new(), backend: Backend::default() }
+    }
+
+    /// Lifetime in seconds (default 60; keep it short).
+    pub fn lifetime(mut self, secs: u64) -> Self {
+        self.lifetime = secs;
+        self
+    }
+
+    /// Binds the request's `Txn-Token` field value (`tth`).
+    pub fn txn_token(mut self, value: &'a str) -> Self {
+        self.txn_token = Some(value);
+        self
+    }
+
+    /// Binds another context-token field (`oth`), by header name and value as sent.
+    pub fn other_token(mut self, header_name: &str, value: &'a str) -> Self {
+        self.other_tokens.push((header_name.to_ascii_lowercase(), value));
+        self
+    }
+
+    /// Chooses the crypto backend.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Signs the proof, valid from `now` for the lifetime, with a fresh 128-bit `jti`.
+    pub fn sign(&self, now: u64) -> Result<String> {
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            aud: &'a str,
+            exp: u64,
+            jti: String,
+            wth: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tth: Option<String>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            oth: BTreeMap<&'a str, String>,
+        }
+        let claims = Claims {
+            aud: self.aud,
+            exp: now.saturating_add(self.lifetime),
+            jti: random_id(),
+            wth: token_hash(self.wit),
+            tth: self.txn_token.map(token_hash),
+            oth: self.other_tokens.iter().map(|(n, v)| (n.as_str(), token_hash(trim_ows(v)))).collect(),
+        };
+        jws::sign(WPT_TYP, None, &claims, self.key, self.backend)
+    }
+}
+
+/// Trims leading and trailing spaces and tabs (the `oth` default profile hashes the trimmed value).
+pub(crate) fn trim_ows(value: &str) -> &str {
+    value.trim_matches([' ', '\t'])
+}
+
+/// How WPTs are validated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WptValidation {
+    /// Clock leeway for `exp`, in seconds. Defaults to 30.
+    pub leeway: u64,
+    /// Proofs expiring more than this many seconds from now are refused. Defaults to 300.
+    pub max_lifetime: u64,
+    /// Largest token accepted, in bytes.
+    pub max_token_len: usize,
+    /// Lower-case names of context-token fields this service understands in `oth`.
+    pub context_tokens: Vec<String>,
+    /// Crypto backend.
+    pub backend: Backend,
+}
+
+impl Default for WptValidation {
+    fn default() -> Self {
+        Self { leeway: 30, max_lifetime: 300, max_token_len: DEFAULT_MAX_TOKEN_LEN, context_tokens: Vec::new(), backend: Backend::default() }
+    }
+}
+
+/// What the request around a WPT carries, as the recipient sees it.
+#[derive(Debug, Clone, Default)]
+pub struct ProofContext<'a> {
+    /// The `Txn-Token` field value, if present.
+    pub txn_token: Option<&'a str>,
+    /// Values of the configured context-token fields present in the request, by lower-case name.
+    pub other_tokens: BTreeMap<String, &'a str>,
+}
+
+/// The checked claims of a WPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifiedWpt {
+    /// The audience the proof was addressed to.
+    pub aud: String,
+    /// Expiry.
+    pub exp: u64,
+    /// The proof id.
+    pub jti: String,
+}
+
+/// Validates a WPT against an already validated WIT, in the order of wpt-02 §2 with explicit
+/// typing first: `typ`, `alg` = `cnf.jwk.alg`, signature, `exp` and maximum lifetime, `aud`,
+/// `wth`, `tth`, `oth`, and last the replay check (so a bad proof never uses up a `jti`).
+///
+/// `audience_ok` decides whether an `aud` value names this service; it must come from
+/// configuration, never from the request's `Host`.
+pub fn validate_wpt(
+    token: &str,
+    wit: &VerifiedWit,
+    context: &ProofContext<'_>,
+    audience_ok: impl Fn(&str) -> bool,
+    cfg: &WptValidation,
+    replay: &dyn ReplayCache,
+    now: u64,
+) -> Result<VerifiedWpt> {
+    let jws = jws::parse(token, cfg.max_token_len)?;
+    if jws.header_str("typ")? != Some(WPT_TYP) {
+        return Err(ErrorKind::WptWrongType.into());
+    }
+    jws.reject_crit()?;
+    // String equality with cnf.jwk.alg, before the value is interpreted at all.
+    if jws.header_str("alg")? != Some(wit.cnf_algorithm().as_str()) {
+        return Err(ErrorKind::WptAlgorithmMismatch.into());
+    }
+    if !wit.cnf_key().verify(cfg.backend, wit.cnf_algorithm(), jws.signing_input.as_bytes(), &jws.signature) {
+        return Err(ErrorKind::InvalidWptSignature.into());
+    }
+    let claims = &jws.claims;
+
+    let exp = claims.get("exp").and_then(Value::as_u64).ok_or(Error::new(ErrorKind::MissingClaim("exp")))?;
+    if now >= exp.saturating_add(cfg.leeway) {
+        return Err(ErrorKind::ExpiredWpt.into());
+    }
+    if exp > now.saturating_add(cfg.max_lifetime).saturating_add(cfg.leeway) {
+        return Err(ErrorKind::WptLifetimeTooLong.into());
+    }
+
+    // A WPT names one recipient: an array `aud` is refused (the draft shows only strings).
+    let aud = match claims.get("aud") {
+        Some(Value::String(aud)) => aud,
+        _ => return Err(ErrorKind::MissingClaim("aud").into()),
+    };
+    if !audience_ok(aud) {
+        return Err(ErrorKind::AudienceMismatch.into());
+    }
+
+    match claims.get("wth") {
+        Some(Value::String(wth)) if wth == wit.hash() => {}
+        Some(Value::String(_)) => return Err(ErrorKind::WitBindingMismatch.into()),
+        _ => return Err(ErrorKind::MissingClaim("wth").into()),
+    }
+
+    check_tth(claims.get("tth"), context.txn_token)?;
+    check_oth(claims.get("oth"), context, &cfg.context_tokens)?;
+
+    let jti = match claims.get("jti") {
+        Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => jti,
+        _ => return Err(ErrorKind::MissingClaim("jti").into()),
+    };
+    replay.check_and_insert(wit.subject().as_str(), jti, exp.saturating_add(cfg.leeway), now)?;
+    Ok(VerifiedWpt { aud: aud.clone(), exp, jti: jti.clone() })
+}
+
+fn check_tth(tth: Option<&Value>, txn_token: Option<&str>) -> Result<()> {
+    let mismatch = |d: &'static str| Error::with_detail(ErrorKind::TxnTokenBindingMismatch, d);
+    match (tth, txn_token) {
+        (None, None) => Ok(()),
+        (Some(Value::String(tth)), Some(token)) if *tth == token_hash(token) => Ok(()),
+        (Some(Value::String(_)), Some(_)) => Err(mismatch("tth differs from the Txn-Token hash")),
+        (Some(_), None) => Err(mismatch("tth present but no Txn-Token field")),
+        (None, Some(_)) => Err(mismatch("Txn-Token present but not bound by tth")),
+        (Some(_), Some(_)) => Err(mismatch("tth is not a string")),
+    }
+}
+
+fn check_oth(oth: Option<&Value>, context: &ProofContext<'_>, understood: &[String]) -> Result<()> {
+    let mismatch = |d: String| Error::with_detail(ErrorKind::OtherTokenBindingMismatch, d);
+    let entries = match oth {
+        None => &serde_json::Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ErrorKind::MissingClaim("oth").into()),
+    };
+    for (name, hash) in entries {
+        if !understood.iter().any(|u| u == name) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(Error::with_detail(ErrorKind::UnsupportedOtherToken, format!("oth entry `{shown}`")));
+        }
+        let Some(value) = context.other_tokens.get(name) else {
+            return Err(mismatch(format!("oth entry `{name}` but no such field")));
+        };
+        if hash.as_str() != Some(token_hash(trim_ows(value)).as_str()) {
+            return Err(mismatch(format!("oth entry `{name}` does not match its field")));
+        }
+    }
+    // A context token that is present but not bound must not ride along unchecked.
+    if let Some(name) = context.other_tokens.keys().find(|name| !entries.contains_key(name.as_str())) {
+        return Err(mismatch(format!("`{name}` field present but not bound by oth")));
+    }
+    Ok(())
+}
