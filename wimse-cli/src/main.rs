@@ -1,1 +1,88 @@
-fn main() {}
+//! `wimse`: keys, Workload Identity Tokens, Workload Proof Tokens, and checking WIMSE requests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod files;
+mod inspect;
+mod keys;
+mod request;
+mod sign;
+mod tokens;
+mod verify;
+
+/// WIMSE workload identity from the command line (identifier-03, workload-creds-02, wpt-02).
+#[derive(Debug, Parser)]
+#[command(name = "wimse", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate and convert keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Workload Identity Tokens.
+    #[command(subcommand)]
+    Wit(WitCommand),
+    /// Workload Proof Tokens.
+    #[command(subcommand)]
+    Wpt(WptCommand),
+    /// Decode a token and explain it. Verifies nothing.
+    Inspect(inspect::InspectArgs),
+    /// Verify the WIT + WPT of a raw HTTP/1.1 request; prints JSON, exits 1 on rejection.
+    Verify(verify::VerifyArgs),
+    /// Add a WIT and a fresh WPT to a raw HTTP/1.1 request.
+    Sign(sign::SignArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate a private key (JWK).
+    Generate(keys::GenerateArgs),
+    /// Print the public JWK of a private key.
+    Public(keys::PublicArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum WitCommand {
+    /// Issue a WIT, as an identity server would.
+    Issue(tokens::WitIssueArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum WptCommand {
+    /// Create a WPT for one request.
+    New(tokens::WptNewArgs),
+}
+
+/// Where a command writes its main output.
+#[derive(Debug, Args)]
+struct Output {
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+type CliResult = Result<ExitCode, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
+        Command::Key(KeyCommand::Public(args)) => keys::public(args),
+        Command::Wit(WitCommand::Issue(args)) => tokens::wit_issue(args),
+        Command::Wpt(WptCommand::New(args)) => tokens::wpt_new(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Sign(args) => sign::run(args),
+    };
+    result.unwrap_or_else(|message| {
+        eprintln!("wimse: {message}");
+        ExitCode::from(2)
+    })
+}

@@ -5,7 +5,9 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
 
-use crate::draft::{AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE};
+use crate::draft::{
+    AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE,
+};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Read access to request header fields, so the core works with any framework's header map
@@ -53,7 +55,12 @@ fn oversized(name: &str, len: usize, max: usize) -> Error {
 
 /// The value of a field that may appear at most once. `duplicate` is the error for a repeat or a
 /// comma-joined list.
-pub fn single_value<'a, H: HeaderSource + ?Sized>(headers: &'a H, name: &str, max_len: usize, duplicate: ErrorKind) -> Result<Option<&'a str>> {
+pub fn single_value<'a, H: HeaderSource + ?Sized>(
+    headers: &'a H,
+    name: &str,
+    max_len: usize,
+    duplicate: ErrorKind,
+) -> Result<Option<&'a str>> {
     let mut values = headers.header_values(name);
     let Some(first) = values.next() else { return Ok(None) };
     if values.next().is_some() {
@@ -72,8 +79,12 @@ pub fn single_value<'a, H: HeaderSource + ?Sized>(headers: &'a H, name: &str, ma
 /// Reads the WIT, the WPT and the `Txn-Token` (wpt-02 framing): exactly one
 /// `Workload-Identity-Token`, exactly one `Authorization` field with scheme `WPT` (any case),
 /// no bearer token beside it, each no larger than `max_token_len` bytes.
-pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(headers: &H, max_token_len: usize) -> Result<WptCredentials<'_>> {
-    let wit = single_value(headers, WIT_HEADER, max_token_len, ErrorKind::DuplicateWit)?.ok_or(Error::new(ErrorKind::MissingWit))?;
+pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(
+    headers: &H,
+    max_token_len: usize,
+) -> Result<WptCredentials<'_>> {
+    let wit = single_value(headers, WIT_HEADER, max_token_len, ErrorKind::DuplicateWit)?
+        .ok_or(Error::new(ErrorKind::MissingWit))?;
 
     let scheme_len = WPT_AUTH_SCHEME.len() + 1;
     let mut auth = headers.header_values(AUTHORIZATION_HEADER);
@@ -142,9 +153,13 @@ impl Rejection {
         use ErrorKind::*;
         let kind = error.kind();
         let (status, challenge) = match kind {
-            DuplicateWit | DuplicateAuthorization | BearerWithWpt | MalformedAuthorization | DuplicateContextToken | OversizedToken | InvalidHeaderValue => {
-                (StatusCode::BAD_REQUEST, false)
-            }
+            DuplicateWit
+            | DuplicateAuthorization
+            | BearerWithWpt
+            | MalformedAuthorization
+            | DuplicateContextToken
+            | OversizedToken
+            | InvalidHeaderValue => (StatusCode::BAD_REQUEST, false),
             ReplayCacheFull => (StatusCode::SERVICE_UNAVAILABLE, false),
             InvalidKey | InvalidConfiguration | Crypto => (StatusCode::INTERNAL_SERVER_ERROR, false),
             _ => (StatusCode::UNAUTHORIZED, true),

@@ -173,9 +173,8 @@ fn check_trust_domain_name(host: &str) -> Result<(), IdentifierError> {
     if host.len() > MAX_TRUST_DOMAIN_LEN {
         return Err(IdentifierError::TrustDomainTooLong);
     }
-    let valid_chars = host
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+    let valid_chars =
+        host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
     if !valid_chars || host.split('.').any(str::is_empty) {
         return Err(IdentifierError::InvalidTrustDomain);
     }
@@ -201,9 +200,9 @@ fn check_path(scheme: &str, path: &str) -> Result<(), IdentifierError> {
             "." | ".." => return Err(IdentifierError::DotSegment),
             _ => {}
         }
-        let ok = segment.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (!spiffe && b == b'~')
-        });
+        let ok = segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (!spiffe && b == b'~'));
         if !ok {
             return Err(IdentifierError::InvalidPathChar);
         }

@@ -87,7 +87,8 @@ impl ReplayCache for InMemoryReplayCache {
         // Length-prefixing the scope makes the key unambiguous whatever bytes `id` holds.
         let key = format!("{}:{scope}{id}", scope.len());
         // A poisoned lock means another thread panicked mid-update: fail closed.
-        let mut state = self.state.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheFull, "replay cache poisoned"))?;
+        let mut state =
+            self.state.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheFull, "replay cache poisoned"))?;
         state.purge_expired(now);
         if let Some(&until) = state.expiry_by_key.get(&key) {
             if until > now {
@@ -111,7 +112,10 @@ mod tests {
     fn second_use_is_a_replay_until_expiry() {
         let cache = InMemoryReplayCache::new(10);
         cache.check_and_insert("spiffe://a/b", "j1", 100, 50).unwrap();
-        assert_eq!(cache.check_and_insert("spiffe://a/b", "j1", 100, 60).unwrap_err().kind(), &ErrorKind::ReplayedProof);
+        assert_eq!(
+            cache.check_and_insert("spiffe://a/b", "j1", 100, 60).unwrap_err().kind(),
+            &ErrorKind::ReplayedProof
+        );
         // Same jti from another sender is a different proof.
         cache.check_and_insert("spiffe://a/c", "j1", 100, 60).unwrap();
         // After expiry the entry is gone (the proof itself would be refused as expired anyway).

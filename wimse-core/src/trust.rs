@@ -110,7 +110,9 @@ impl TrustAnchors {
         match (candidates.next(), candidates.next()) {
             (Some(key), None) => Ok(key),
             (None, _) => Err(Error::with_detail(ErrorKind::UnknownKey, "no anchor key matches kid and alg")),
-            (Some(_), Some(_)) => Err(Error::with_detail(ErrorKind::UnknownKey, "ambiguous anchor key (several match)")),
+            (Some(_), Some(_)) => {
+                Err(Error::with_detail(ErrorKind::UnknownKey, "ambiguous anchor key (several match)"))
+            }
         }
     }
 }

@@ -241,7 +241,10 @@ pub struct Verifier {
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier").field("trust_domains", &self.trust.len()).field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("trust_domains", &self.trust.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -305,14 +308,24 @@ impl Verifier {
         let credentials = extract_wpt_credentials(request.headers, self.config.max_token_len)?;
         let mut context = ProofContext { txn_token: credentials.txn_token, other_tokens: BTreeMap::new() };
         for name in &self.config.context_tokens {
-            if let Some(value) = single_value(request.headers, name, self.config.max_token_len, ErrorKind::DuplicateContextToken)? {
+            if let Some(value) =
+                single_value(request.headers, name, self.config.max_token_len, ErrorKind::DuplicateContextToken)?
+            {
                 context.other_tokens.insert(name.clone(), value);
             }
         }
 
         let wit = validate_wit(credentials.wit, &self.trust, &self.wit_validation, now)?;
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let wpt = validate_wpt(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, self.replay.as_ref(), now)?;
+        let wpt = validate_wpt(
+            credentials.wpt,
+            &wit,
+            &context,
+            audience_ok,
+            &self.wpt_validation,
+            self.replay.as_ref(),
+            now,
+        )?;
 
         let claims = wit.claims();
         Ok(VerifiedCaller {
@@ -347,9 +360,14 @@ mod tests {
     fn unsafe_configurations_are_refused() {
         let err = Verifier::new(TrustStore::new(), VerifierConfig::new()).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
-        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_leeway(301)).unwrap_err();
+        let err =
+            Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_leeway(301)).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
-        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_context_token("Authorization")).unwrap_err();
+        let err = Verifier::new(
+            TrustStore::new(),
+            VerifierConfig::new().with_audience("a").with_context_token("Authorization"),
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
     }
 }

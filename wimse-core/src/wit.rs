@@ -155,7 +155,13 @@ impl Default for WitValidation {
         Self {
             leeway: 30,
             max_lifetime: 24 * 3600,
-            pop_algorithms: vec![Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::PS256, Algorithm::RS256],
+            pop_algorithms: vec![
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::EdDSA,
+                Algorithm::PS256,
+                Algorithm::RS256,
+            ],
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
             identifier_policy: IdentifierPolicy::default(),
             backend: Backend::default(),
@@ -228,13 +234,14 @@ pub fn validate_wit(token: &str, trust: &TrustStore, cfg: &WitValidation, now: u
     let alg = jws.algorithm()?;
 
     let sub = match jws.claims.get("sub") {
-        Some(Value::String(s)) => WorkloadId::parse_with(s, &cfg.identifier_policy).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?,
+        Some(Value::String(s)) => {
+            WorkloadId::parse_with(s, &cfg.identifier_policy).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?
+        }
         _ => return Err(ErrorKind::MissingClaim("sub").into()),
     };
     let domain = sub.trust_domain();
-    let anchors = trust
-        .get(&domain)
-        .ok_or_else(|| Error::with_detail(ErrorKind::UntrustedTrustDomain, domain.to_string()))?;
+    let anchors =
+        trust.get(&domain).ok_or_else(|| Error::with_detail(ErrorKind::UntrustedTrustDomain, domain.to_string()))?;
     let kid = jws.header_str("kid")?;
     let key = anchors.select(kid, alg)?;
     if !key.verify(cfg.backend, alg, jws.signing_input.as_bytes(), &jws.signature) {
@@ -278,7 +285,12 @@ fn confirmation_key(claims: &Map<String, Value>, allowed: &[Algorithm]) -> Resul
     if jwk.has_private_members() {
         return Err(bad("cnf.jwk contains private key material"));
     }
-    let alg: Algorithm = jwk.alg.as_deref().ok_or_else(|| bad("cnf.jwk has no alg"))?.parse().map_err(|_| bad("cnf.jwk.alg is not an accepted asymmetric algorithm"))?;
+    let alg: Algorithm = jwk
+        .alg
+        .as_deref()
+        .ok_or_else(|| bad("cnf.jwk has no alg"))?
+        .parse()
+        .map_err(|_| bad("cnf.jwk.alg is not an accepted asymmetric algorithm"))?;
     if !allowed.contains(&alg) {
         return Err(bad("cnf.jwk.alg is not allowed"));
     }

@@ -118,7 +118,13 @@ pub struct WptValidation {
 
 impl Default for WptValidation {
     fn default() -> Self {
-        Self { leeway: 30, max_lifetime: 300, max_token_len: DEFAULT_MAX_TOKEN_LEN, context_tokens: Vec::new(), backend: Backend::default() }
+        Self {
+            leeway: 30,
+            max_lifetime: 300,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            context_tokens: Vec::new(),
+            backend: Backend::default(),
+        }
     }
 }
 

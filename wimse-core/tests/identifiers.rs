@@ -9,7 +9,8 @@ use wimse_core::id::{IdentifierError, TrustDomain, WorkloadId};
 /// we refuse every non-canonical spelling instead, and a trust-domain-only ID is not a workload.
 #[test]
 fn sanguinehost_spiffe_id_cases() {
-    let cases: Value = serde_json::from_str(&common::testdata("identifiers/sanguinehost-spiffe-id-parse-cases.json")).unwrap();
+    let cases: Value =
+        serde_json::from_str(&common::testdata("identifiers/sanguinehost-spiffe-id-parse-cases.json")).unwrap();
     let mut checked = 0;
     for case in cases["cases"].as_array().unwrap() {
         let input = case["input"].as_str().unwrap();
@@ -70,7 +71,8 @@ fn our_verdicts_name_the_rule() {
 /// hierarchical-matching attacks, evaluated on what the identifier layer decides.
 #[test]
 fn fkautz_counterexamples() {
-    let cases: Value = serde_json::from_str(&common::testdata("identifiers/fkautz-identifier-policy-cases.json")).unwrap();
+    let cases: Value =
+        serde_json::from_str(&common::testdata("identifiers/fkautz-identifier-policy-cases.json")).unwrap();
 
     let privileged = WorkloadId::parse(cases["canonicalization"]["privileged_subject"].as_str().unwrap()).unwrap();
     for case in cases["canonicalization"]["cases"].as_array().unwrap() {
@@ -84,7 +86,11 @@ fn fkautz_counterexamples() {
     let binding = &cases["issuer_origin_binding"];
     for case in binding["cases"].as_array().unwrap() {
         let origins: Vec<TrustDomain> = binding["authorized_origins_by_issuer"][case["issuer"].as_str().unwrap()]
-            .as_array().unwrap().iter().map(|o| o.as_str().unwrap().parse().unwrap()).collect();
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap().parse().unwrap())
+            .collect();
         let subject = WorkloadId::parse(case["subject"].as_str().unwrap()).unwrap();
         let allowed = origins.iter().any(|o| subject.is_in(o));
         assert_eq!(allowed, case["expect"].as_str().unwrap().starts_with("ALLOW"), "{case}");

@@ -37,7 +37,11 @@ fn alg_none_is_refused() {
     let none_sig = format!("{none}AAAA");
     assert_eq!(kind(f.verify_wit(&none_sig)), ErrorKind::UnsupportedAlgorithm);
     // A WPT with alg none never matches cnf.jwk.alg.
-    let wpt = format!("{}.{}.AAAA", b64url_encode(r#"{"alg":"none","typ":"wpt+jwt"}"#), b64url_encode(wpt_claims(&f.wit, NOW + 60, "")));
+    let wpt = format!(
+        "{}.{}.AAAA",
+        b64url_encode(r#"{"alg":"none","typ":"wpt+jwt"}"#),
+        b64url_encode(wpt_claims(&f.wit, NOW + 60, ""))
+    );
     assert_eq!(kind(f.verify(&f.headers(&f.wit, &wpt))), ErrorKind::WptAlgorithmMismatch);
 }
 
@@ -55,7 +59,11 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
 #[test]
 fn hs256_with_the_public_key_as_secret_is_refused() {
     let f = Fixture::new();
-    let input = format!("{}.{}", b64url_encode(r#"{"alg":"HS256","typ":"wit+jwt","kid":"k1"}"#), b64url_encode(wit_claims(&f, NOW + 600, "")));
+    let input = format!(
+        "{}.{}",
+        b64url_encode(r#"{"alg":"HS256","typ":"wit+jwt","kid":"k1"}"#),
+        b64url_encode(wit_claims(&f, NOW + 600, ""))
+    );
     for secret in [f.issuer_key.public_jwk().to_json(), f.issuer_key.public_key().thumbprint()] {
         let token = format!("{input}.{}", b64url_encode(hmac_sha256(secret.as_bytes(), input.as_bytes())));
         assert_eq!(kind(f.verify_wit(&token)), ErrorKind::UnsupportedAlgorithm);
@@ -82,7 +90,11 @@ fn wrong_and_legacy_wit_typ_values_are_refused() {
 fn wrong_and_legacy_wpt_typ_values_are_refused() {
     let f = Fixture::new();
     for typ in ["JWT", "wit+jwt", "wimse-proof+jwt", "application/wpt+jwt", "WPT+JWT"] {
-        let wpt = raw_token(&format!(r#"{{"alg":"ES256","typ":"{typ}"}}"#), &wpt_claims(&f.wit, NOW + 60, ""), &f.workload_key);
+        let wpt = raw_token(
+            &format!(r#"{{"alg":"ES256","typ":"{typ}"}}"#),
+            &wpt_claims(&f.wit, NOW + 60, ""),
+            &f.workload_key,
+        );
         assert_eq!(kind(f.verify(&f.headers(&f.wit, &wpt))), ErrorKind::WptWrongType, "typ {typ}");
     }
     // The WIT presented as the proof.
@@ -94,7 +106,10 @@ fn a_wit_signed_with_another_trust_domains_key_is_refused() {
     let f = Fixture::new();
     let other_issuer = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k1");
     let mut trust = f.trust.clone();
-    trust.insert("spiffe://other.example".parse().unwrap(), TrustAnchors::new().with_key(other_issuer.public_key().clone()));
+    trust.insert(
+        "spiffe://other.example".parse().unwrap(),
+        TrustAnchors::new().with_key(other_issuer.public_key().clone()),
+    );
     let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
     let verify = |wit: &str| {
         let wpt = WptBuilder::new(&f.workload_key, wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
@@ -104,13 +119,18 @@ fn a_wit_signed_with_another_trust_domains_key_is_refused() {
     let forged = WitIssuer::new(other_issuer.clone()).issue(&f.id, f.workload_key.public_jwk(), NOW).unwrap();
     assert_eq!(kind(verify(&forged)), ErrorKind::InvalidWitSignature);
     // With a kid prod.example does not have, no key is even tried.
-    let forged = WitIssuer::new(other_issuer.clone().with_kid("k9")).issue(&f.id, f.workload_key.public_jwk(), NOW).unwrap();
+    let forged =
+        WitIssuer::new(other_issuer.clone().with_kid("k9")).issue(&f.id, f.workload_key.public_jwk(), NOW).unwrap();
     assert_eq!(kind(verify(&forged)), ErrorKind::UnknownKey);
     // Its own identities verify.
-    let own = WitIssuer::new(other_issuer.clone()).issue(&"spiffe://other.example/x".parse().unwrap(), f.workload_key.public_jwk(), NOW).unwrap();
+    let own = WitIssuer::new(other_issuer.clone())
+        .issue(&"spiffe://other.example/x".parse().unwrap(), f.workload_key.public_jwk(), NOW)
+        .unwrap();
     verify(&own).unwrap();
     // Same authority, other scheme: a different, untrusted trust domain.
-    let wimse = WitIssuer::new(f.issuer_key.clone()).issue(&"wimse://prod.example/ns/orders".parse().unwrap(), f.workload_key.public_jwk(), NOW).unwrap();
+    let wimse = WitIssuer::new(f.issuer_key.clone())
+        .issue(&"wimse://prod.example/ns/orders".parse().unwrap(), f.workload_key.public_jwk(), NOW)
+        .unwrap();
     assert_eq!(kind(verify(&wimse)), ErrorKind::UntrustedTrustDomain);
 }
 
@@ -122,11 +142,19 @@ fn wit_lifetime_checks() {
     // Within the 30 s leeway.
     f.verify_wit(&token(wit_claims(&f, NOW - 29, ""))).unwrap();
     assert_eq!(kind(f.verify_wit(&token(wit_claims(&f, NOW + 365 * 86400, "")))), ErrorKind::WitLifetimeTooLong);
-    assert_eq!(kind(f.verify_wit(&token(wit_claims(&f, NOW + 600, &format!(r#","nbf":{}"#, NOW + 120))))), ErrorKind::WitNotYetValid);
+    assert_eq!(
+        kind(f.verify_wit(&token(wit_claims(&f, NOW + 600, &format!(r#","nbf":{}"#, NOW + 120))))),
+        ErrorKind::WitNotYetValid
+    );
     f.verify_wit(&token(wit_claims(&f, NOW + 600, &format!(r#","nbf":{}"#, NOW + 10)))).unwrap();
     let no_exp = format!(r#"{{"sub":"{}","cnf":{{"jwk":{}}}}}"#, f.id, f.workload_key.public_jwk().to_json());
     assert_eq!(kind(f.verify_wit(&token(no_exp))), ErrorKind::MissingClaim("exp"));
-    let string_exp = format!(r#"{{"sub":"{}","exp":"{}","cnf":{{"jwk":{}}}}}"#, f.id, NOW + 60, f.workload_key.public_jwk().to_json());
+    let string_exp = format!(
+        r#"{{"sub":"{}","exp":"{}","cnf":{{"jwk":{}}}}}"#,
+        f.id,
+        NOW + 60,
+        f.workload_key.public_jwk().to_json()
+    );
     assert_eq!(kind(f.verify_wit(&token(string_exp))), ErrorKind::MissingClaim("exp"));
 }
 
@@ -150,7 +178,14 @@ fn bad_confirmation_keys_are_refused() {
     let ed_key = SigningKey::generate(Algorithm::EdDSA).unwrap();
     let ed_as_es = ed_key.public_jwk().to_json().replace(r#""alg":"EdDSA""#, r#""alg":"ES256""#);
     assert_ne!(no_alg, public);
-    for (label, jwk) in [("private", private), ("no alg", no_alg), ("hs256", hs), ("alg/curve", wrong_curve), ("okp as es256", ed_as_es), ("not an object", "\"x\"".to_owned())] {
+    for (label, jwk) in [
+        ("private", private),
+        ("no alg", no_alg),
+        ("hs256", hs),
+        ("alg/curve", wrong_curve),
+        ("okp as es256", ed_as_es),
+        ("not an object", "\"x\"".to_owned()),
+    ] {
         let claims = format!(r#"{{"sub":"{}","exp":{},"cnf":{{"jwk":{jwk}}}}}"#, f.id, NOW + 600);
         let wit = raw_token(WIT_HEADER, &claims, &f.issuer_key);
         assert_eq!(kind(f.verify_wit(&wit)), ErrorKind::InvalidConfirmationKey, "{label}");
@@ -276,8 +311,15 @@ fn duplicate_json_members_are_refused() {
     let claims = wit_claims(&f, NOW + 600, r#","sub":"spiffe://prod.example/ns/admin""#);
     assert_eq!(kind(f.verify_wit(&raw_token(WIT_HEADER, &claims, &f.issuer_key))), ErrorKind::DuplicateJsonMember);
     let header = r#"{"alg":"ES256","typ":"wit+jwt","kid":"k1","typ":"wit+jwt"}"#;
-    assert_eq!(kind(f.verify_wit(&raw_token(header, &wit_claims(&f, NOW + 600, ""), &f.issuer_key))), ErrorKind::DuplicateJsonMember);
-    let wpt = raw_token(r#"{"alg":"ES256","typ":"wpt+jwt"}"#, &wpt_claims(&f.wit, NOW + 60, r#","aud":"https://evil.example/charge""#), &f.workload_key);
+    assert_eq!(
+        kind(f.verify_wit(&raw_token(header, &wit_claims(&f, NOW + 600, ""), &f.issuer_key))),
+        ErrorKind::DuplicateJsonMember
+    );
+    let wpt = raw_token(
+        r#"{"alg":"ES256","typ":"wpt+jwt"}"#,
+        &wpt_claims(&f.wit, NOW + 60, r#","aud":"https://evil.example/charge""#),
+        &f.workload_key,
+    );
     assert_eq!(kind(f.verify(&f.headers(&f.wit, &wpt))), ErrorKind::DuplicateJsonMember);
 }
 
@@ -285,7 +327,10 @@ fn duplicate_json_members_are_refused() {
 fn critical_header_extensions_are_refused() {
     let f = Fixture::new();
     let header = r#"{"alg":"ES256","typ":"wit+jwt","kid":"k1","crit":["exp"]}"#;
-    assert_eq!(kind(f.verify_wit(&raw_token(header, &wit_claims(&f, NOW + 600, ""), &f.issuer_key))), ErrorKind::UnsupportedCriticalHeader);
+    assert_eq!(
+        kind(f.verify_wit(&raw_token(header, &wit_claims(&f, NOW + 600, ""), &f.issuer_key))),
+        ErrorKind::UnsupportedCriticalHeader
+    );
 }
 
 #[test]
@@ -313,7 +358,10 @@ fn key_selection_and_rotation() {
 fn per_trust_domain_algorithm_allowlist() {
     let f = Fixture::with_algs(Algorithm::ES384, Algorithm::ES256);
     f.verify_wit(&f.wit).unwrap();
-    let trust = TrustStore::new().with(f.id.trust_domain(), TrustAnchors::new().with_key(f.issuer_key.public_key().clone()).with_algorithms([Algorithm::ES256]));
+    let trust = TrustStore::new().with(
+        f.id.trust_domain(),
+        TrustAnchors::new().with_key(f.issuer_key.public_key().clone()).with_algorithms([Algorithm::ES256]),
+    );
     let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
     let err = verifier.verify(&RequestView { path: PATH, headers: &f.headers(&f.wit, &f.wpt()) }).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::DisallowedAlgorithm);
@@ -322,8 +370,18 @@ fn per_trust_domain_algorithm_allowlist() {
 #[test]
 fn subject_must_be_a_strict_identifier() {
     let f = Fixture::new();
-    for sub in ["spiffe://prod.example/ns/%6Frders", "spiffe://PROD.example/ns/orders", "spiffe://prod.example/ns/../admin", "spiffe://prod.example:443/ns/orders", "not a uri"] {
-        let claims = format!(r#"{{"sub":"{sub}","exp":{},"cnf":{{"jwk":{}}}}}"#, NOW + 600, f.workload_key.public_jwk().to_json());
+    for sub in [
+        "spiffe://prod.example/ns/%6Frders",
+        "spiffe://PROD.example/ns/orders",
+        "spiffe://prod.example/ns/../admin",
+        "spiffe://prod.example:443/ns/orders",
+        "not a uri",
+    ] {
+        let claims = format!(
+            r#"{{"sub":"{sub}","exp":{},"cnf":{{"jwk":{}}}}}"#,
+            NOW + 600,
+            f.workload_key.public_jwk().to_json()
+        );
         let err = kind(f.verify_wit(&raw_token(WIT_HEADER, &claims, &f.issuer_key)));
         assert!(matches!(err, ErrorKind::InvalidSubject(_)), "{sub}: {err:?}");
     }
@@ -344,7 +402,11 @@ fn context_token_binding() {
     h.insert("txn-token", HeaderValue::from_static("txn"));
     assert_eq!(kind(verify(&h)), ErrorKind::TxnTokenBindingMismatch);
     // Bound and present.
-    let wpt = WptBuilder::new(&f.workload_key, &f.wit, &aud).txn_token("txn").other_token("X-Ctx", "  ctx-value ").sign(NOW).unwrap();
+    let wpt = WptBuilder::new(&f.workload_key, &f.wit, &aud)
+        .txn_token("txn")
+        .other_token("X-Ctx", "  ctx-value ")
+        .sign(NOW)
+        .unwrap();
     let mut h = f.headers(&f.wit, &wpt);
     h.insert("txn-token", HeaderValue::from_static("txn"));
     h.insert("x-ctx", HeaderValue::from_static("ctx-value"));
@@ -375,7 +437,15 @@ fn audience_comes_from_configuration_not_host() {
     h.insert("host", HeaderValue::from_static("attacker.example"));
     h.insert("x-forwarded-host", HeaderValue::from_static("attacker.example"));
     assert_eq!(kind(f.verify(&h)), ErrorKind::AudienceMismatch);
-    let array_aud = raw_token(r#"{"alg":"ES256","typ":"wpt+jwt"}"#, &wpt_claims(&f.wit, NOW + 60, "").replacen(&format!(r#""aud":"{ORIGIN}{PATH}""#), &format!(r#""aud":["{ORIGIN}{PATH}"]"#), 1), &f.workload_key);
+    let array_aud = raw_token(
+        r#"{"alg":"ES256","typ":"wpt+jwt"}"#,
+        &wpt_claims(&f.wit, NOW + 60, "").replacen(
+            &format!(r#""aud":"{ORIGIN}{PATH}""#),
+            &format!(r#""aud":["{ORIGIN}{PATH}"]"#),
+            1,
+        ),
+        &f.workload_key,
+    );
     assert_eq!(kind(f.verify(&f.headers(&f.wit, &array_aud))), ErrorKind::MissingClaim("aud"));
 }
 
@@ -409,13 +479,15 @@ fn rsa_issuers_sign_rs256_and_ps256_wits() {
     let jwk = Jwk::from_json(&testdata("drafts/rfc9421-test-key-rsa.jwk.json")).unwrap();
     assert!(SigningKey::from_jwk(&jwk).is_err(), "an RSA key without alg is ambiguous");
     for alg in ["RS256", "PS256"] {
-        let mut value: serde_json::Value = serde_json::from_str(&testdata("drafts/rfc9421-test-key-rsa.jwk.json")).unwrap();
+        let mut value: serde_json::Value =
+            serde_json::from_str(&testdata("drafts/rfc9421-test-key-rsa.jwk.json")).unwrap();
         value["alg"] = alg.into();
         let issuer_key = SigningKey::from_jwk(&Jwk::from_json(&value.to_string()).unwrap()).unwrap();
         assert_eq!(issuer_key.public_key().thumbprint(), "BHj8s0GPnMEQtkaULIM-PLgEhLBbuGUQ1vMxmBWZzEo");
         let f = Fixture::new();
         let wit = WitIssuer::new(issuer_key.clone()).issue(&f.id, f.workload_key.public_jwk(), NOW).unwrap();
-        let trust = TrustStore::new().with(f.id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
+        let trust =
+            TrustStore::new().with(f.id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
         let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
         let wpt = WptBuilder::new(&f.workload_key, &wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
         verifier.verify(&RequestView { path: PATH, headers: &f.headers(&wit, &wpt) }).unwrap();
@@ -427,8 +499,14 @@ fn tokens_cross_backends() {
     for issuer_backend in Backend::available() {
         for verifier_backend in Backend::available() {
             let f = Fixture::with_algs(Algorithm::EdDSA, Algorithm::ES384);
-            let wit = WitIssuer::new(f.issuer_key.clone()).with_backend(issuer_backend).issue(&f.id, f.workload_key.public_jwk(), NOW).unwrap();
-            let wpt = WptBuilder::new(&f.workload_key, &wit, &format!("{ORIGIN}{PATH}")).backend(issuer_backend).sign(NOW).unwrap();
+            let wit = WitIssuer::new(f.issuer_key.clone())
+                .with_backend(issuer_backend)
+                .issue(&f.id, f.workload_key.public_jwk(), NOW)
+                .unwrap();
+            let wpt = WptBuilder::new(&f.workload_key, &wit, &format!("{ORIGIN}{PATH}"))
+                .backend(issuer_backend)
+                .sign(NOW)
+                .unwrap();
             let verifier = f.verifier_with(f.config().with_backend(verifier_backend));
             verifier.verify(&RequestView { path: PATH, headers: &f.headers(&wit, &wpt) }).unwrap();
         }

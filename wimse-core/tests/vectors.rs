@@ -40,9 +40,9 @@ fn str_field(v: &Value, name: &str) -> Option<String> {
 }
 
 fn other_tokens(v: &Value) -> Option<BTreeMap<String, String>> {
-    v.get("other_tokens").and_then(Value::as_object).map(|m| {
-        m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect()
-    })
+    v.get("other_tokens")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect())
 }
 
 /// Runs one case through the full request path: headers in, Verifier, frozen clock, leeway 0.
@@ -94,7 +94,11 @@ fn check_suite(file: &str) {
             audience: str_field(neg, "audience").unwrap_or_else(|| base.audience.clone()),
             wit: str_field(neg, "wit").unwrap_or_else(|| base.wit.clone()),
             proof: str_field(neg, "proof").unwrap_or_else(|| base.proof.clone()),
-            txn_token: if neg.get("no_txn_token").is_some() { None } else { str_field(neg, "txn_token").or_else(|| base.txn_token.clone()) },
+            txn_token: if neg.get("no_txn_token").is_some() {
+                None
+            } else {
+                str_field(neg, "txn_token").or_else(|| base.txn_token.clone())
+            },
             other_tokens: other_tokens(neg).unwrap_or_else(|| base.other_tokens.clone()),
         };
         let err = run(&suite, &case).expect_err(&format!("{file}/{id}: accepted"));
@@ -117,10 +121,12 @@ fn kanywst_v6_wpt_eddsa() {
 fn kanywst_flat_wpt02_requests() {
     for alg in ["es256", "eddsa"] {
         let (target, headers) = request_headers(&testdata(&format!("kanywst-wimsey/wpt02-{alg}.request.http")));
-        let mut issuer: Value = serde_json::from_str(&testdata(&format!("kanywst-wimsey/wpt02-{alg}.issuer-public.jwk.json"))).unwrap();
+        let mut issuer: Value =
+            serde_json::from_str(&testdata(&format!("kanywst-wimsey/wpt02-{alg}.issuer-public.jwk.json"))).unwrap();
         issuer["kid"] = "issuer-key-1".into();
         let anchor = PublicKey::from_jwk(&Jwk::from_json(&issuer.to_string()).unwrap()).unwrap();
-        let trust = TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().with_key(anchor));
+        let trust =
+            TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().with_key(anchor));
         let config = VerifierConfig::new().with_origin("https://workload.example.com").with_context_token("ctx-token");
         let verifier = Verifier::new(trust, config).unwrap().with_clock(FixedClock::new(1_700_000_000));
         let caller = verifier.verify(&RequestView { path: &target, headers: &headers }).unwrap();
@@ -128,13 +134,17 @@ fn kanywst_flat_wpt02_requests() {
         // The flat WIT and WPT files are the tokens in the request.
         assert_eq!(headers["workload-identity-token"], testdata(&format!("kanywst-wimsey/wpt02-{alg}.wit.jwt")).trim());
         // The PoP private key reproduces the WIT's cnf.jwk.
-        let pop = SigningKey::from_jwk(&Jwk::from_json(&testdata(&format!("kanywst-wimsey/wpt02-{alg}.pop-private.jwk.json"))).unwrap()).unwrap();
+        let pop = SigningKey::from_jwk(
+            &Jwk::from_json(&testdata(&format!("kanywst-wimsey/wpt02-{alg}.pop-private.jwk.json"))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(pop.public_key().thumbprint(), caller.key_thumbprint());
     }
 }
 
 fn latest_trust() -> TrustStore {
-    let issuer = PublicKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-latest-issuer-pubkey.jwk.json")).unwrap()).unwrap();
+    let issuer =
+        PublicKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-latest-issuer-pubkey.jwk.json")).unwrap()).unwrap();
     TrustStore::new().with("wimse://example.com".parse().unwrap(), TrustAnchors::new().with_key(issuer))
 }
 
@@ -157,13 +167,19 @@ fn draft_latest_wit_validates_and_hashes() {
     let late = validate_wit(wit.trim(), &latest_trust(), &draft_validation(), 1_745_512_510).unwrap_err();
     assert_eq!(late.kind(), &ErrorKind::ExpiredWit);
     // The header file carries the same token.
-    assert_eq!(testdata("drafts/wimse-latest-wit-header.txt").trim(), format!("Workload-Identity-Token: {}", wit.trim()));
+    assert_eq!(
+        testdata("drafts/wimse-latest-wit-header.txt").trim(),
+        format!("Workload-Identity-Token: {}", wit.trim())
+    );
 }
 
 #[test]
 fn draft_latest_keys_match_the_tokens() {
-    let workload = SigningKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-latest-workload-key.jwk.json")).unwrap()).unwrap();
-    let issuer_private = SigningKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-latest-issuer-privkey.jwk.json")).unwrap()).unwrap();
+    let workload =
+        SigningKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-latest-workload-key.jwk.json")).unwrap()).unwrap();
+    let issuer_private =
+        SigningKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-latest-issuer-privkey.jwk.json")).unwrap())
+            .unwrap();
     let issuer_public = Jwk::from_json(&testdata("drafts/wimse-latest-issuer-pubkey.jwk.json")).unwrap();
     assert_eq!(issuer_private.public_jwk().x, issuer_public.x);
     assert_eq!(issuer_private.public_jwk().y, issuer_public.y);
@@ -189,10 +205,17 @@ fn draft_latest_wpt_validates_as_a_token() {
     let mut cfg = WptValidation::default();
     cfg.leeway = 0;
     // The example carries `ath` (removed in wpt-02): an unknown claim now, and ignored.
-    let proof = validate_wpt(wpt.trim(), &verified, &ProofContext::default(), aud_ok, &cfg, &cache, 1_745_510_000).unwrap();
+    let proof =
+        validate_wpt(wpt.trim(), &verified, &ProofContext::default(), aud_ok, &cfg, &cache, 1_745_510_000).unwrap();
     assert_eq!(proof.jti, "__bwc4ESC3acc2LTC1-_x");
-    assert_eq!(token_hash(testdata("drafts/wimse-latest-access-token.txt").trim()), "CL4wjfpRmNf-bdYIbYLnV9d5rMARGwKYE10wUwzC0jI");
-    assert_eq!(token_hash("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"), "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo");
+    assert_eq!(
+        token_hash(testdata("drafts/wimse-latest-access-token.txt").trim()),
+        "CL4wjfpRmNf-bdYIbYLnV9d5rMARGwKYE10wUwzC0jI"
+    );
+    assert_eq!(
+        token_hash("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"),
+        "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+    );
 }
 
 /// The draft example request uses the pre-wpt-02 transport (`Workload-Proof-Token` plus a bearer
@@ -200,7 +223,8 @@ fn draft_latest_wpt_validates_as_a_token() {
 #[test]
 fn draft_latest_request_framing_is_the_old_transport() {
     let (target, headers) = request_headers(&testdata("drafts/wimse-latest-wpt-request.http"));
-    let verifier = Verifier::new(latest_trust(), VerifierConfig::new().with_origin("https://workload.example.com")).unwrap()
+    let verifier = Verifier::new(latest_trust(), VerifierConfig::new().with_origin("https://workload.example.com"))
+        .unwrap()
         .with_clock(FixedClock::new(1_745_510_000));
     let err = verifier.verify(&RequestView { path: &target, headers: &headers }).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::MissingWpt);
@@ -224,14 +248,18 @@ fn unmerged_oth_example_binds_its_context_token() {
     assert_eq!(token_hash("some-example-other-token"), "x-Uy6Ch_xn3AbUVKDjPMQQugtcn2erLWrkvVWAmKl1k");
     // Another value of the same field breaks the binding.
     context.other_tokens.insert("x-custom-token".into(), "some-other-value");
-    let err = validate_wpt(wpt.trim(), &verified, &context, aud_ok, &cfg, &InMemoryReplayCache::default(), 1_745_509_000).unwrap_err();
+    let err =
+        validate_wpt(wpt.trim(), &verified, &context, aud_ok, &cfg, &InMemoryReplayCache::default(), 1_745_509_000)
+            .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::OtherTokenBindingMismatch);
 }
 
 #[test]
 fn legacy_draft_tokens_fail_the_typ_checks() {
-    let s2s05_issuer = PublicKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-s2s05-issuer-pubkey.jwk.json")).unwrap()).unwrap();
-    let trust = TrustStore::new().with("wimse://example.com".parse().unwrap(), TrustAnchors::new().with_key(s2s05_issuer));
+    let s2s05_issuer =
+        PublicKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-s2s05-issuer-pubkey.jwk.json")).unwrap()).unwrap();
+    let trust =
+        TrustStore::new().with("wimse://example.com".parse().unwrap(), TrustAnchors::new().with_key(s2s05_issuer));
     for file in ["drafts/wimse-s2s05-wit.jwt", "drafts/wimse-s2s02-wit.jwt"] {
         let err = validate_wit(testdata(file).trim(), &trust, &draft_validation(), 1_700_000_000).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::WitWrongType, "{file}");
@@ -239,7 +267,16 @@ fn legacy_draft_tokens_fail_the_typ_checks() {
     let wit = testdata("drafts/wimse-latest-wit.jwt");
     let verified = validate_wit(wit.trim(), &latest_trust(), &draft_validation(), 1_745_510_000).unwrap();
     for file in ["drafts/wimse-s2s05-wpt.jwt", "drafts/wimse-s2s02-wpt.jwt"] {
-        let err = validate_wpt(testdata(file).trim(), &verified, &ProofContext::default(), |_| true, &WptValidation::default(), &InMemoryReplayCache::default(), 1_745_510_000).unwrap_err();
+        let err = validate_wpt(
+            testdata(file).trim(),
+            &verified,
+            &ProofContext::default(),
+            |_| true,
+            &WptValidation::default(),
+            &InMemoryReplayCache::default(),
+            1_745_510_000,
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::WptWrongType, "{file}");
     }
 }

@@ -76,8 +76,7 @@ impl Jwk {
     }
 
     pub(crate) fn from_value(value: Value) -> Result<Self> {
-        serde_json::from_value(value)
-            .map_err(|e| Error::with_detail(ErrorKind::InvalidKey, format!("JWK: {e}")))
+        serde_json::from_value(value).map_err(|e| Error::with_detail(ErrorKind::InvalidKey, format!("JWK: {e}")))
     }
 
     /// JSON text of this JWK (private members included if present).

@@ -63,14 +63,18 @@ impl UnverifiedJws<'_> {
 
     /// The header `alg`, parsed against the allowlist of asymmetric algorithms.
     pub fn algorithm(&self) -> Result<Algorithm> {
-        self.header_str("alg")?
-            .ok_or_else(|| Error::with_detail(ErrorKind::UnsupportedAlgorithm, "no alg"))?
-            .parse()
+        self.header_str("alg")?.ok_or_else(|| Error::with_detail(ErrorKind::UnsupportedAlgorithm, "no alg"))?.parse()
     }
 }
 
 /// Serializes and signs a token with `key`. `typ` and `kid` go in the header with `alg`.
-pub fn sign(typ: &str, kid: Option<&str>, claims: &impl Serialize, key: &SigningKey, backend: Backend) -> Result<String> {
+pub fn sign(
+    typ: &str,
+    kid: Option<&str>,
+    claims: &impl Serialize,
+    key: &SigningKey,
+    backend: Backend,
+) -> Result<String> {
     #[derive(Serialize)]
     struct Header<'a> {
         alg: &'static str,
@@ -104,7 +108,12 @@ mod tests {
         assert_eq!(jws.header_str("typ").unwrap(), Some("x+jwt"));
         assert_eq!(jws.header_str("kid").unwrap(), Some("k1"));
         assert_eq!(jws.algorithm().unwrap(), Algorithm::ES256);
-        assert!(key.public_key().verify(Backend::default(), Algorithm::ES256, jws.signing_input.as_bytes(), &jws.signature));
+        assert!(key.public_key().verify(
+            Backend::default(),
+            Algorithm::ES256,
+            jws.signing_input.as_bytes(),
+            &jws.signature
+        ));
         assert_eq!(parse(&token, 10).unwrap_err().kind(), &ErrorKind::OversizedToken);
     }
 

@@ -72,7 +72,8 @@ impl PublicKey {
         if jwk.has_private_members() {
             return Err(invalid("a public key must not contain private members"));
         }
-        let alg = jwk.alg.as_deref().map(str::parse::<Algorithm>).transpose().map_err(|_| invalid("unsupported alg"))?;
+        let alg =
+            jwk.alg.as_deref().map(str::parse::<Algorithm>).transpose().map_err(|_| invalid("unsupported alg"))?;
         let (kind, decoding) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
             ("EC", Some("P-256")) => {
                 let (x, y) = (decode_fixed(jwk.x.as_ref(), 32, "EC x")?, decode_fixed(jwk.y.as_ref(), 32, "EC y")?);
@@ -93,8 +94,10 @@ impl PublicKey {
                 (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
             }
             ("RSA", _) => {
-                let n = b64url_decode(jwk.n.as_deref().ok_or_else(|| invalid("RSA n"))?).map_err(|_| invalid("RSA n"))?;
-                let e = b64url_decode(jwk.e.as_deref().ok_or_else(|| invalid("RSA e"))?).map_err(|_| invalid("RSA e"))?;
+                let n =
+                    b64url_decode(jwk.n.as_deref().ok_or_else(|| invalid("RSA n"))?).map_err(|_| invalid("RSA n"))?;
+                let e =
+                    b64url_decode(jwk.e.as_deref().ok_or_else(|| invalid("RSA e"))?).map_err(|_| invalid("RSA e"))?;
                 if n.first() == Some(&0) || !(MIN_RSA_MODULUS_BYTES..=MAX_RSA_MODULUS_BYTES).contains(&n.len()) {
                     return Err(invalid("RSA modulus must be 2048 to 8192 bits"));
                 }
@@ -251,7 +254,8 @@ impl SigningKey {
                 ec_private_jwk("P-384", &s.to_bytes(), &s.public_key().to_sec1_bytes())
             }
             Algorithm::EdDSA => {
-                let s = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|_| invalid("not an Ed25519 PKCS#8 PEM key"))?;
+                let s = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+                    .map_err(|_| invalid("not an Ed25519 PKCS#8 PEM key"))?;
                 Jwk {
                     kty: "OKP".into(),
                     crv: Some("Ed25519".into()),
@@ -448,7 +452,8 @@ mod tests {
         assert!(PublicKey::from_jwk(&jwk).is_err());
         jwk.y = Some(b64url_encode([1u8; 31]));
         assert!(PublicKey::from_jwk(&jwk).is_err());
-        let rsa_small = Jwk { kty: "RSA".into(), n: Some(b64url_encode([0xc5u8; 128])), e: Some("AQAB".into()), ..Jwk::default() };
+        let rsa_small =
+            Jwk { kty: "RSA".into(), n: Some(b64url_encode([0xc5u8; 128])), e: Some("AQAB".into()), ..Jwk::default() };
         assert!(PublicKey::from_jwk(&rsa_small).is_err());
     }
 

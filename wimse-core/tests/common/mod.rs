@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use wimse_core::jose::{b64url_encode, Backend};
+use wimse_core::jose::{Backend, b64url_encode};
 use wimse_core::prelude::*;
 
 pub const NOW: u64 = 1_800_000_000;
@@ -24,7 +24,10 @@ pub fn request_headers(raw: &str) -> (String, HeaderMap) {
     let mut headers = HeaderMap::new();
     for line in lines.take_while(|l| !l.trim().is_empty()) {
         let (name, value) = line.split_once(':').expect("header line");
-        headers.append(HeaderName::from_bytes(name.trim().as_bytes()).unwrap(), HeaderValue::from_str(value.trim()).unwrap());
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            HeaderValue::from_str(value.trim()).unwrap(),
+        );
     }
     (target, headers)
 }
@@ -47,8 +50,12 @@ impl Fixture {
         let issuer_key = SigningKey::generate(issuer).unwrap().with_kid("k1");
         let workload_key = SigningKey::generate(workload).unwrap();
         let id: WorkloadId = "spiffe://prod.example/ns/orders".parse().unwrap();
-        let wit = WitIssuer::new(issuer_key.clone()).with_issuer("https://issuer.prod.example").issue(&id, workload_key.public_jwk(), NOW - 60).unwrap();
-        let trust = TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
+        let wit = WitIssuer::new(issuer_key.clone())
+            .with_issuer("https://issuer.prod.example")
+            .issue(&id, workload_key.public_jwk(), NOW - 60)
+            .unwrap();
+        let trust =
+            TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
         Self { issuer_key, workload_key, id, wit, trust }
     }
 
@@ -96,11 +103,7 @@ pub fn raw_token(header: &str, claims: &str, key: &SigningKey) -> String {
 
 /// Claims JSON of a WIT for the fixture workload, with `extra` members appended verbatim.
 pub fn wit_claims(f: &Fixture, exp: u64, extra: &str) -> String {
-    format!(
-        r#"{{"sub":"{}","exp":{exp},"cnf":{{"jwk":{}}}{extra}}}"#,
-        f.id,
-        f.workload_key.public_jwk().to_json()
-    )
+    format!(r#"{{"sub":"{}","exp":{exp},"cnf":{{"jwk":{}}}{extra}}}"#, f.id, f.workload_key.public_jwk().to_json())
 }
 
 pub fn wpt_claims(wit: &str, exp: u64, extra: &str) -> String {

@@ -1,0 +1,89 @@
+//! `wimse sign`: add a WIT and a fresh WPT to a raw request, as a WIMSE client would.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use wimse_core::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
+use wimse_core::wpt::WptBuilder;
+
+use crate::files::{now_or, read_input, read_signing_key, read_token};
+use crate::request::RawRequest;
+use crate::{CliResult, Output};
+
+#[derive(Debug, Args)]
+pub(crate) struct SignArgs {
+    /// Raw HTTP/1.1 request file (`-` for standard input).
+    #[arg(long)]
+    request: PathBuf,
+    /// The workload's private JWK.
+    #[arg(long)]
+    key: PathBuf,
+    /// File holding the workload's WIT.
+    #[arg(long)]
+    wit: PathBuf,
+    /// Audience. Defaults to https://HOST/PATH from the request (query dropped).
+    #[arg(long)]
+    aud: Option<String>,
+    /// Proof lifetime in seconds.
+    #[arg(long, default_value_t = 60)]
+    ttl: u64,
+    /// A context-token field of the request to bind with `oth` (repeatable). `Txn-Token` is always bound.
+    #[arg(long = "bind", value_name = "HEADER")]
+    bind: Vec<String>,
+    /// Sign as of this Unix time instead of now.
+    #[arg(long)]
+    now: Option<u64>,
+    #[command(flatten)]
+    output: Output,
+}
+
+fn header_str<'a>(request: &'a RawRequest, name: &str) -> Result<Option<&'a str>, String> {
+    request.header(name).map(|v| std::str::from_utf8(v).map_err(|_| format!("{name} is not text"))).transpose()
+}
+
+pub(crate) fn run(args: SignArgs) -> CliResult {
+    let mut request = RawRequest::parse(&read_input(&args.request)?)?;
+    if request.has_header(AUTHORIZATION_HEADER) {
+        return Err(
+            "the request already has an Authorization field; a WPT cannot travel beside another credential (wpt-02)"
+                .into(),
+        );
+    }
+    if request.has_header(WIT_HEADER) {
+        return Err("the request already has a Workload-Identity-Token".into());
+    }
+    let key = read_signing_key(&args.key)?;
+    let wit = read_token(&args.wit)?;
+    let aud = match args.aud {
+        Some(aud) => aud,
+        None => {
+            let host = header_str(&request, "host")?.ok_or("no Host field: give --aud")?;
+            let path = request.path();
+            format!("https://{host}{}", &path[..path.find('?').unwrap_or(path.len())])
+        }
+    };
+    let mut builder = WptBuilder::new(&key, &wit, &aud).lifetime(args.ttl);
+    let txn_token = header_str(&request, TXN_TOKEN_HEADER)?.map(str::to_owned);
+    if let Some(txn) = &txn_token {
+        builder = builder.txn_token(txn);
+    }
+    let mut bound = Vec::new();
+    for name in &args.bind {
+        let value =
+            header_str(&request, name)?.ok_or_else(|| format!("--bind {name}: no such field in the request"))?;
+        bound.push((name.clone(), value.to_owned()));
+    }
+    for (name, value) in &bound {
+        builder = builder.other_token(name, value);
+    }
+    let wpt = builder.sign(now_or(args.now)).map_err(|e| e.to_string())?;
+    request.headers.push(("Workload-Identity-Token".into(), wit.into_bytes()));
+    request.headers.push(("Authorization".into(), format!("WPT {wpt}").into_bytes()));
+    let bytes = request.to_bytes();
+    match &args.output.out {
+        Some(path) => std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

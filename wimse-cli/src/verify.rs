@@ -1,0 +1,124 @@
+//! `wimse verify`: check a raw request the way a WIMSE server would.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+use wimse_core::http::Rejection;
+use wimse_core::id::TrustDomain;
+use wimse_core::prelude::*;
+use wimse_core::verify::ProofMethod;
+
+use crate::CliResult;
+use crate::files::{now_or, read_input, read_text};
+use crate::inspect::utc;
+use crate::request::RawRequest;
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Raw HTTP/1.1 request file (`-` for standard input).
+    #[arg(long)]
+    request: PathBuf,
+    /// Issuer key of a trust domain, as DOMAIN=FILE with a JWK, a JWKS or a SPIFFE bundle
+    /// (repeatable; several keys of one domain are all trusted).
+    #[arg(long = "trust-anchor", value_name = "DOMAIN=FILE", required = true)]
+    trust_anchors: Vec<String>,
+    /// An exact `aud` value naming this service (repeatable).
+    #[arg(long = "audience")]
+    audiences: Vec<String>,
+    /// An external origin of this service, e.g. https://api.example; `aud` must be origin + path (repeatable).
+    #[arg(long = "origin")]
+    origins: Vec<String>,
+    /// A context-token field bound through `oth` that this service understands (repeatable).
+    #[arg(long = "context-token")]
+    context_tokens: Vec<String>,
+    /// Clock leeway in seconds.
+    #[arg(long, default_value_t = 30)]
+    leeway: u64,
+    /// Verify as of this Unix time instead of now.
+    #[arg(long)]
+    now: Option<u64>,
+}
+
+fn trust_store(specs: &[String]) -> Result<TrustStore, String> {
+    let mut store = TrustStore::new();
+    for spec in specs {
+        let (domain, file) =
+            spec.split_once('=').ok_or_else(|| format!("--trust-anchor {spec}: expected DOMAIN=FILE"))?;
+        let domain = TrustDomain::parse(domain)
+            .map_err(|e| format!("--trust-anchor {domain}: {e} (write it as scheme://name)"))?;
+        let text = read_text(file.as_ref())?;
+        let keys: Vec<PublicKey> = if text.contains("\"keys\"") {
+            let anchors = if text.contains("wit-svid") {
+                TrustAnchors::from_spiffe_bundle_json(&text)
+            } else {
+                TrustAnchors::from_jwks_json(&text)
+            };
+            anchors.map_err(|e| format!("{file}: {e}"))?.keys().to_vec()
+        } else {
+            let jwk = Jwk::from_json(&text).map_err(|e| format!("{file}: {e}"))?;
+            vec![PublicKey::from_jwk(&jwk.to_public()).map_err(|e| format!("{file}: {e}"))?]
+        };
+        for key in keys {
+            store.add_key(domain.clone(), key);
+        }
+    }
+    Ok(store)
+}
+
+pub(crate) fn run(args: VerifyArgs) -> CliResult {
+    let request = RawRequest::parse(&read_input(&args.request)?)?;
+    let headers = request.header_map()?;
+    let mut config = VerifierConfig::new().with_leeway(args.leeway);
+    for aud in &args.audiences {
+        config = config.with_audience(aud);
+    }
+    for origin in &args.origins {
+        config = config.with_origin(origin);
+    }
+    for name in &args.context_tokens {
+        config = config.with_context_token(name);
+    }
+    let now = now_or(args.now);
+    let verifier = Verifier::new(trust_store(&args.trust_anchors)?, config)
+        .map_err(|e| format!("{e} (give --audience or --origin)"))?
+        .with_clock(FixedClock::new(now));
+
+    let (out, code) = match verifier.verify(&RequestView { path: request.path(), headers: &headers }) {
+        Ok(caller) => {
+            let (method, jti, proof_expires) = match caller.method() {
+                ProofMethod::Wpt { jti, exp } => ("wpt", Some(jti.as_str()), Some(utc(*exp))),
+                _ => ("other", None, None),
+            };
+            let out = json!({
+                "verified": true,
+                "caller": {
+                    "id": caller.id(),
+                    "trust_domain": caller.id().trust_domain(),
+                    "method": method,
+                    "proof_jti": jti,
+                    "proof_expires": proof_expires,
+                    "wit_expires": utc(caller.wit_expires_at()),
+                    "wit_issuer": caller.wit_issuer(),
+                    "key_thumbprint": caller.key_thumbprint(),
+                    "txn_token_bound": caller.txn_token().is_some(),
+                    "context_tokens_bound": caller.context_tokens().keys().collect::<Vec<_>>(),
+                },
+            });
+            (out, ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let rejection = Rejection::from_error(&e);
+            let out = json!({
+                "verified": false,
+                "reason": e.reason(),
+                "message": e.to_string(),
+                "status": rejection.status().as_u16(),
+            });
+            (out, ExitCode::FAILURE)
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(code)
+}

@@ -1,0 +1,254 @@
+//! The README's CLI round trip: keys -> WIT -> signed request -> `wimse verify`, and tampering.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const NOW: &str = "1800000000";
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wimse-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+    fn s(&self, file: &str) -> String {
+        self.path(file).display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wimse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wimse")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = wimse(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Generates keys, a WIT, and a signed request; returns the directory.
+fn setup(name: &str, alg: &str) -> Dir {
+    let d = Dir::new(name);
+    ok(&["key", "generate", "--alg", "ES256", "--kid", "issuer-1", "-o", &d.s("issuer.jwk")]);
+    ok(&["key", "public", "--key", &d.s("issuer.jwk"), "-o", &d.s("issuer.pub.jwk")]);
+    ok(&["key", "generate", "--alg", alg, "-o", &d.s("workload.jwk")]);
+    ok(&[
+        "wit",
+        "issue",
+        "--issuer-key",
+        &d.s("issuer.jwk"),
+        "--sub",
+        "spiffe://prod.example/orders",
+        "--workload-key",
+        &d.s("workload.jwk"),
+        "--now",
+        NOW,
+        "-o",
+        &d.s("wit.jwt"),
+    ]);
+    std::fs::write(d.path("request.http"), "POST /charge?id=7 HTTP/1.1\r\nHost: payments.example\r\nTxn-Token: txn-1\r\nX-Ctx: ctx-1\r\n\r\n{\"amount\":1}").unwrap();
+    ok(&[
+        "sign",
+        "--request",
+        &d.s("request.http"),
+        "--key",
+        &d.s("workload.jwk"),
+        "--wit",
+        &d.s("wit.jwt"),
+        "--bind",
+        "X-Ctx",
+        "--now",
+        NOW,
+        "-o",
+        &d.s("signed.http"),
+    ]);
+    d
+}
+
+fn verify(d: &Dir, request: &Path, extra: &[&str]) -> (bool, Value) {
+    let request = request.display().to_string();
+    let anchor = format!("spiffe://prod.example={}", d.s("issuer.pub.jwk"));
+    let mut args = vec![
+        "verify",
+        "--request",
+        &request,
+        "--trust-anchor",
+        &anchor,
+        "--origin",
+        "https://payments.example",
+        "--context-token",
+        "x-ctx",
+    ];
+    if !extra.contains(&"--now") {
+        args.extend_from_slice(&["--now", NOW]);
+    }
+    args.extend_from_slice(extra);
+    let out = wimse(&args);
+    let json: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(json["verified"].as_bool().unwrap(), out.status.success());
+    (out.status.success(), json)
+}
+
+#[test]
+fn round_trip_is_accepted() {
+    for alg in ["ES256", "EdDSA", "ES384"] {
+        let d = setup(&format!("ok-{alg}"), alg);
+        let (accepted, json) = verify(&d, &d.path("signed.http"), &[]);
+        assert!(accepted, "{json}");
+        assert_eq!(json["caller"]["id"], "spiffe://prod.example/orders");
+        assert_eq!(json["caller"]["txn_token_bound"], true);
+        assert_eq!(json["caller"]["context_tokens_bound"][0], "x-ctx");
+        // The body is passed through unchanged.
+        assert!(std::fs::read_to_string(d.path("signed.http")).unwrap().ends_with("\r\n\r\n{\"amount\":1}"));
+    }
+}
+
+fn rejected_with(d: &Dir, request: &Path, extra: &[&str], reason: &str) {
+    let (accepted, json) = verify(d, request, extra);
+    assert!(!accepted, "accepted: {json}");
+    assert_eq!(json["reason"], reason, "{json}");
+}
+
+/// Replaces `from` with `to` once in the signed request and writes it to `file`.
+fn tampered(d: &Dir, from: &str, to: &str, file: &str) -> PathBuf {
+    let text = std::fs::read_to_string(d.path("signed.http")).unwrap();
+    assert!(text.contains(from), "{from} not in request");
+    std::fs::write(d.path(file), text.replacen(from, to, 1)).unwrap();
+    d.path(file)
+}
+
+#[test]
+fn tampering_with_any_token_is_rejected() {
+    let d = setup("tamper", "ES256");
+    let signed = std::fs::read_to_string(d.path("signed.http")).unwrap();
+    let wit = std::fs::read_to_string(d.path("wit.jwt")).unwrap().trim().to_owned();
+    let wpt = signed.lines().find_map(|l| l.strip_prefix("Authorization: WPT ")).unwrap().trim().to_owned();
+
+    // A changed WIT signature or payload.
+    let flip = |token: &str, part: usize| {
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let first = parts[part].remove(4);
+        parts[part].insert(4, if first == 'A' { 'B' } else { 'A' });
+        parts.join(".")
+    };
+    rejected_with(&d, &tampered(&d, &wit, &flip(&wit, 2), "t1.http"), &[], "invalid_wit_signature");
+    let bad_payload = tampered(&d, &wit, &flip(&wit, 1), "t2.http");
+    let (accepted, json) = verify(&d, &bad_payload, &[]);
+    assert!(!accepted, "{json}");
+    rejected_with(&d, &tampered(&d, &wpt, &flip(&wpt, 2), "t3.http"), &[], "invalid_wpt_signature");
+    rejected_with(
+        &d,
+        &tampered(&d, "Txn-Token: txn-1", "Txn-Token: txn-2", "t4.http"),
+        &[],
+        "txn_token_binding_mismatch",
+    );
+    rejected_with(&d, &tampered(&d, "X-Ctx: ctx-1", "X-Ctx: ctx-2", "t5.http"), &[], "other_token_binding_mismatch");
+    rejected_with(&d, &tampered(&d, "POST /charge", "POST /refund", "t6.http"), &[], "audience_mismatch");
+    rejected_with(&d, &d.path("signed.http"), &["--now", "1800000400"], "expired_wpt");
+    rejected_with(&d, &d.path("request.http"), &[], "missing_wit");
+}
+
+#[test]
+fn untrusted_issuer_is_rejected() {
+    let d = setup("untrusted", "ES256");
+    ok(&["key", "generate", "--kid", "issuer-1", "-o", &d.s("other.jwk")]);
+    ok(&["key", "public", "--key", &d.s("other.jwk"), "-o", &d.s("issuer.pub.jwk")]);
+    rejected_with(&d, &d.path("signed.http"), &[], "invalid_wit_signature");
+    let out = wimse(&[
+        "verify",
+        "--request",
+        &d.s("signed.http"),
+        "--trust-anchor",
+        &format!("spiffe://other.example={}", d.s("issuer.pub.jwk")),
+        "--origin",
+        "https://payments.example",
+        "--now",
+        NOW,
+    ]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["reason"], "untrusted_trust_domain");
+    assert_eq!(json["status"], 401);
+}
+
+#[test]
+fn wpt_new_and_stdin_request() {
+    let d = setup("wptnew", "EdDSA");
+    let wpt = ok(&[
+        "wpt",
+        "new",
+        "--key",
+        &d.s("workload.jwk"),
+        "--wit",
+        &d.s("wit.jwt"),
+        "--aud",
+        "urn:svc:payments",
+        "--now",
+        NOW,
+    ]);
+    let wit = std::fs::read_to_string(d.path("wit.jwt")).unwrap();
+    let request = format!(
+        "GET /x HTTP/1.1\nHost: h\nWorkload-Identity-Token: {}\nAuthorization: WPT {}\n\n",
+        wit.trim(),
+        wpt.trim()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wimse"))
+        .args([
+            "verify",
+            "--request",
+            "-",
+            "--trust-anchor",
+            &format!("spiffe://prod.example={}", d.s("issuer.pub.jwk")),
+            "--audience",
+            "urn:svc:payments",
+            "--now",
+            NOW,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), request.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn inspect_explains_without_verifying() {
+    let d = setup("inspect", "ES256");
+    let out: Value = serde_json::from_str(&ok(&["inspect", &d.s("wit.jwt"), "--now", NOW])).unwrap();
+    assert_eq!(out["kind"], "WIT");
+    assert_eq!(out["verified"], false);
+    assert_eq!(out["claims"]["sub"], "spiffe://prod.example/orders");
+    let bad = wimse(&["inspect", "not-a-token"]);
+    assert!(!bad.status.success());
+    let json: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(json["error"], "malformed_token");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = setup("usage", "ES256");
+    let out =
+        wimse(&["sign", "--request", &d.s("signed.http"), "--key", &d.s("workload.jwk"), "--wit", &d.s("wit.jwt")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Authorization"));
+    let out = wimse(&["verify", "--request", &d.s("signed.http"), "--trust-anchor", "prod.example=x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = wimse(&["key", "generate", "--alg", "HS256"]);
+    assert_eq!(out.status.code(), Some(2));
+}
