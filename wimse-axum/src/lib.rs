@@ -1,1 +1,10 @@
-//! placeholder
+//! # wimse-axum
+//!
+//! WIMSE workload identity for axum: axum extractors for the verified caller and rejections that answer with the core's status, challenge and problem body.
+//!
+//! **Status:** the adapter itself is being built (see the workspace README's feature table).
+//! Today the crate re-exports [`wimse_core`], whose [`Verifier`](wimse_core::verify::Verifier),
+//! [`WptBuilder`](wimse_core::wpt::WptBuilder) and [`Rejection`](wimse_core::http::Rejection)
+//! are what the adapter wraps.
+
+pub use wimse_core;

@@ -22,7 +22,7 @@ pub(crate) struct SignArgs {
     /// File holding the workload's WIT.
     #[arg(long)]
     wit: PathBuf,
-    /// Audience. Defaults to https://HOST/PATH from the request (query dropped).
+    /// Audience. Defaults to `https://HOST/PATH` from the request (query dropped).
     #[arg(long)]
     aud: Option<String>,
     /// Proof lifetime in seconds.

@@ -27,7 +27,7 @@ pub(crate) struct VerifyArgs {
     /// An exact `aud` value naming this service (repeatable).
     #[arg(long = "audience")]
     audiences: Vec<String>,
-    /// An external origin of this service, e.g. https://api.example; `aud` must be origin + path (repeatable).
+    /// An external origin of this service, e.g. `https://api.example`; `aud` must be origin + path (repeatable).
     #[arg(long = "origin")]
     origins: Vec<String>,
     /// A context-token field bound through `oth` that this service understands (repeatable).

@@ -23,13 +23,6 @@ impl HeaderSource for HeaderMap {
     }
 }
 
-impl HeaderSource for [(String, String)] {
-    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
-        let name = name.to_owned();
-        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(&name)).map(|(_, v)| v.as_bytes())
-    }
-}
-
 /// The credentials of a WIT + WPT request, as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WptCredentials<'a> {

@@ -41,10 +41,10 @@ impl State {
             if *expires_at > now {
                 break;
             }
-            if let Some(Reverse((expires_at, key))) = self.by_expiry.pop() {
-                if self.expiry_by_key.get(&key) == Some(&expires_at) {
-                    self.expiry_by_key.remove(&key);
-                }
+            if let Some(Reverse((expires_at, key))) = self.by_expiry.pop()
+                && self.expiry_by_key.get(&key) == Some(&expires_at)
+            {
+                self.expiry_by_key.remove(&key);
             }
         }
     }
@@ -90,10 +90,8 @@ impl ReplayCache for InMemoryReplayCache {
         let mut state =
             self.state.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheFull, "replay cache poisoned"))?;
         state.purge_expired(now);
-        if let Some(&until) = state.expiry_by_key.get(&key) {
-            if until > now {
-                return Err(ErrorKind::ReplayedProof.into());
-            }
+        if state.expiry_by_key.get(&key).is_some_and(|&until| until > now) {
+            return Err(ErrorKind::ReplayedProof.into());
         }
         if state.expiry_by_key.len() >= self.capacity {
             return Err(Error::with_detail(ErrorKind::ReplayCacheFull, format!("{} live entries", self.capacity)));

@@ -48,3 +48,18 @@ impl Clock for FixedClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks() {
+        let clock = FixedClock::new(10);
+        clock.advance(5);
+        assert_eq!(clock.now(), 15);
+        clock.set(3);
+        assert_eq!(clock.now(), 3);
+        assert!(SystemClock.now() > 1_700_000_000);
+    }
+}

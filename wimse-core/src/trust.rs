@@ -166,3 +166,56 @@ impl TrustStore {
         self.domains.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::SigningKey;
+
+    fn key_json(kid: &str, key_use: Option<&str>) -> (SigningKey, String) {
+        let key = SigningKey::generate(Algorithm::ES256).unwrap().with_kid(kid);
+        let mut jwk = key.public_jwk().clone();
+        jwk.key_use = key_use.map(str::to_owned);
+        (key, jwk.to_json())
+    }
+
+    #[test]
+    fn jwks_and_spiffe_bundles() {
+        let (_, a) = key_json("a", Some("wit-svid"));
+        let (_, b) = key_json("b", Some("x509-svid"));
+        let unsupported = r#"{"kty":"EC","crv":"P-521","x":"AA","y":"AA"}"#;
+        let set = format!(r#"{{"keys":[{a},{b},{unsupported}],"spiffe_sequence":3}}"#);
+        let jwks = TrustAnchors::from_jwks_json(&set).unwrap();
+        assert_eq!(jwks.keys().len(), 2, "unsupported key types are skipped");
+        let bundle = TrustAnchors::from_spiffe_bundle_json(&set).unwrap();
+        assert_eq!(bundle.keys().iter().map(|k| k.kid()).collect::<Vec<_>>(), [Some("a")]);
+        assert_eq!(bundle.algorithms(), DEFAULT_ISSUER_ALGORITHMS);
+    }
+
+    #[test]
+    fn bad_key_sets_are_configuration_errors() {
+        let private = SigningKey::generate(Algorithm::ES256).unwrap().to_private_jwk().to_json();
+        for text in [format!(r#"{{"keys":[{private}]}}"#), "{}".into(), r#"{"keys":[]}"#.into(), "[".into()] {
+            let err = TrustAnchors::from_jwks_json(&text).unwrap_err();
+            assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration, "{text:.40}");
+        }
+    }
+
+    #[test]
+    fn store_add_and_remove() {
+        let domain: TrustDomain = "spiffe://a.example".parse().unwrap();
+        let mut store = TrustStore::new();
+        assert!(store.is_empty());
+        let (k1, _) = key_json("1", None);
+        let (k2, _) = key_json("2", None);
+        store.add_key(domain.clone(), k1.public_key().clone());
+        store.add_key(domain.clone(), k2.public_key().clone());
+        assert_eq!(store.len(), 1);
+        let anchors = store.get(&domain).unwrap();
+        assert_eq!(anchors.select(Some("2"), Algorithm::ES256).unwrap().kid(), Some("2"));
+        assert_eq!(anchors.select(None, Algorithm::ES256).unwrap_err().kind(), &ErrorKind::UnknownKey);
+        assert_eq!(anchors.select(Some("2"), Algorithm::ES384).unwrap_err().kind(), &ErrorKind::UnknownKey);
+        assert!(store.remove(&domain).is_some());
+        assert!(store.get(&domain).is_none());
+    }
+}

@@ -253,19 +253,21 @@ impl Verifier {
     /// that would refuse everything or weaken checks beyond the bounds (no audience, leeway > 300 s).
     pub fn new(trust: TrustStore, config: VerifierConfig) -> Result<Self> {
         config.validate()?;
-        let mut wit_validation = WitValidation::default();
-        wit_validation.leeway = config.leeway;
-        wit_validation.max_lifetime = config.max_wit_lifetime;
-        wit_validation.pop_algorithms = config.pop_algorithms.clone();
-        wit_validation.max_token_len = config.max_token_len;
-        wit_validation.identifier_policy = config.identifier_policy.clone();
-        wit_validation.backend = config.backend;
-        let mut wpt_validation = WptValidation::default();
-        wpt_validation.leeway = config.leeway;
-        wpt_validation.max_lifetime = config.max_wpt_lifetime;
-        wpt_validation.max_token_len = config.max_token_len;
-        wpt_validation.context_tokens = config.context_tokens.clone();
-        wpt_validation.backend = config.backend;
+        let wit_validation = WitValidation {
+            leeway: config.leeway,
+            max_lifetime: config.max_wit_lifetime,
+            pop_algorithms: config.pop_algorithms.clone(),
+            max_token_len: config.max_token_len,
+            identifier_policy: config.identifier_policy.clone(),
+            backend: config.backend,
+        };
+        let wpt_validation = WptValidation {
+            leeway: config.leeway,
+            max_lifetime: config.max_wpt_lifetime,
+            max_token_len: config.max_token_len,
+            context_tokens: config.context_tokens.clone(),
+            backend: config.backend,
+        };
         Ok(Self {
             trust: Arc::new(trust),
             config: Arc::new(config),

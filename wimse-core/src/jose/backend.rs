@@ -9,28 +9,17 @@ compile_error!("wimse-core needs a crypto backend: enable the `aws-lc-rs` (defau
 ///
 /// With both features enabled, [`Backend::default`] is aws-lc-rs and the other stays available
 /// for comparison; nothing panics, and no process-wide state is installed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Backend {
     /// aws-lc-rs (feature `aws-lc-rs`).
     #[cfg(feature = "aws-lc-rs")]
+    #[default]
     AwsLc,
     /// RustCrypto: p256, p384, ed25519-dalek, rsa (feature `rust-crypto`).
     #[cfg(feature = "rust-crypto")]
+    #[cfg_attr(not(feature = "aws-lc-rs"), default)]
     RustCrypto,
-}
-
-impl Default for Backend {
-    fn default() -> Self {
-        #[cfg(feature = "aws-lc-rs")]
-        {
-            Backend::AwsLc
-        }
-        #[cfg(not(feature = "aws-lc-rs"))]
-        {
-            Backend::RustCrypto
-        }
-    }
 }
 
 impl Backend {

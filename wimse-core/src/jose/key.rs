@@ -108,10 +108,8 @@ impl PublicKey {
             }
             _ => return Err(invalid("unsupported kty/crv")),
         };
-        if let Some(alg) = alg {
-            if !kind.accepts(alg) {
-                return Err(invalid("alg does not fit the key type"));
-            }
+        if alg.is_some_and(|alg| !kind.accepts(alg)) {
+            return Err(invalid("alg does not fit the key type"));
         }
         Ok(Self { kind, alg: alg.or(kind.only_algorithm()), decoding, jwk: jwk.to_public() })
     }
@@ -455,6 +453,25 @@ mod tests {
         let rsa_small =
             Jwk { kty: "RSA".into(), n: Some(b64url_encode([0xc5u8; 128])), e: Some("AQAB".into()), ..Jwk::default() };
         assert!(PublicKey::from_jwk(&rsa_small).is_err());
+    }
+
+    #[test]
+    fn pkcs8_pem_import_matches_the_key() {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let p256 = p256::SecretKey::random(&mut OsRng);
+        let pem = p256.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let key = SigningKey::from_pkcs8_pem(&pem, Algorithm::ES256).unwrap();
+        assert_eq!(key.public_jwk().x, ec_private_jwk("", &[], &p256.public_key().to_sec1_bytes()).x);
+        let p384 = p384::SecretKey::random(&mut OsRng);
+        let pem = p384.to_pkcs8_pem(LineEnding::LF).unwrap();
+        assert_eq!(SigningKey::from_pkcs8_pem(&pem, Algorithm::ES384).unwrap().algorithm(), Algorithm::ES384);
+        let ed = ed25519_dalek::SigningKey::generate(&mut OsRng);
+        let pem = ed.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let key = SigningKey::from_pkcs8_pem(&pem, Algorithm::EdDSA).unwrap();
+        assert_eq!(key.public_jwk().x.as_deref(), Some(b64url_encode(ed.verifying_key().to_bytes()).as_str()));
+        // A key of another curve, or RSA, is refused.
+        assert!(SigningKey::from_pkcs8_pem(&pem, Algorithm::ES256).is_err());
+        assert!(SigningKey::from_pkcs8_pem(&pem, Algorithm::RS256).is_err());
     }
 
     #[test]
