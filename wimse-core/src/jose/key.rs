@@ -182,14 +182,7 @@ impl SigningKey {
                 ec_private_jwk("P-384", &secret.to_bytes(), &secret.public_key().to_sec1_bytes())
             }
             Algorithm::EdDSA => {
-                let secret = ed25519_dalek::SigningKey::generate(&mut OsRng);
-                Jwk {
-                    kty: "OKP".into(),
-                    crv: Some("Ed25519".into()),
-                    x: Some(b64url_encode(secret.verifying_key().to_bytes())),
-                    d: Some(b64url_encode(secret.to_bytes())),
-                    ..Jwk::default()
-                }
+                okp_private_jwk(&ed25519_dalek::SigningKey::generate(&mut OsRng))
             }
             _ => return Err(invalid("RSA key generation is not supported; import an RSA JWK")),
         };
@@ -254,13 +247,7 @@ impl SigningKey {
             Algorithm::EdDSA => {
                 let s = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
                     .map_err(|_| invalid("not an Ed25519 PKCS#8 PEM key"))?;
-                Jwk {
-                    kty: "OKP".into(),
-                    crv: Some("Ed25519".into()),
-                    x: Some(b64url_encode(s.verifying_key().to_bytes())),
-                    d: Some(b64url_encode(s.to_bytes())),
-                    ..Jwk::default()
-                }
+                okp_private_jwk(&s)
             }
             _ => return Err(invalid("PEM import supports ES256, ES384 and EdDSA; import RSA keys as JWK")),
         };
@@ -325,6 +312,16 @@ fn ec_private_jwk(crv: &str, d: &[u8], sec1_uncompressed: &[u8]) -> Jwk {
         x: Some(b64url_encode(x)),
         y: Some(b64url_encode(y)),
         d: Some(b64url_encode(d)),
+        ..Jwk::default()
+    }
+}
+
+fn okp_private_jwk(secret: &ed25519_dalek::SigningKey) -> Jwk {
+    Jwk {
+        kty: "OKP".into(),
+        crv: Some("Ed25519".into()),
+        x: Some(b64url_encode(secret.verifying_key().to_bytes())),
+        d: Some(b64url_encode(secret.to_bytes())),
         ..Jwk::default()
     }
 }
