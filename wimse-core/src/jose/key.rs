@@ -181,9 +181,7 @@ impl SigningKey {
                 let secret = p384::SecretKey::random(&mut OsRng);
                 ec_private_jwk("P-384", &secret.to_bytes(), &secret.public_key().to_sec1_bytes())
             }
-            Algorithm::EdDSA => {
-                okp_private_jwk(&ed25519_dalek::SigningKey::generate(&mut OsRng))
-            }
+            Algorithm::EdDSA => okp_private_jwk(&ed25519_dalek::SigningKey::generate(&mut OsRng)),
             _ => return Err(invalid("RSA key generation is not supported; import an RSA JWK")),
         };
         let mut jwk = jwk;
