@@ -1,10 +1,101 @@
 //! # wimse-axum
 //!
-//! WIMSE workload identity for axum: axum extractors for the verified caller and rejections that answer with the core's status, challenge and problem body.
+//! WIMSE workload identity for axum: the [`Caller`] extractor hands handlers the verified
+//! caller that [`WimseLayer`] put into the request, and [`WimseRejection`] answers like every
+//! other wimse adapter (status, `WWW-Authenticate: WPT`, RFC 9457 problem body).
 //!
-//! **Status:** the adapter itself is being built (see the workspace README's feature table).
-//! Today the crate re-exports [`wimse_core`], whose [`Verifier`](wimse_core::verify::Verifier),
-//! [`WptBuilder`](wimse_core::wpt::WptBuilder) and [`Rejection`](wimse_core::http::Rejection)
-//! are what the adapter wraps.
+//! ```
+//! use axum::{Router, routing::get};
+//! use wimse_axum::{Caller, RequirePolicyLayer, WimseLayer};
+//! use wimse_core::prelude::*;
+//!
+//! async fn whoami(Caller(caller): Caller) -> String {
+//!     format!("hello {}", caller.id())
+//! }
+//!
+//! async fn health(caller: Option<Caller>) -> &'static str {
+//!     if caller.is_some() { "ok (authenticated)" } else { "ok" }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let issuer = SigningKey::generate(Algorithm::ES256)?;
+//! let trust = TrustStore::new().with(
+//!     "spiffe://prod.example".parse()?,
+//!     TrustAnchors::new().with_key(issuer.public_key().clone()),
+//! );
+//! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://orders.example"))?;
+//! let admins = Policy::named("admin").allow(Rule::exact("spiffe://prod.example/ops".parse()?));
+//!
+//! let app: Router = Router::new()
+//!     .route("/admin", get(whoami).route_layer(RequirePolicyLayer::new(admins)))
+//!     .route("/whoami", get(whoami))
+//!     .route("/health", get(health))
+//!     // Optional: requests without credentials pass (as `None`); bad credentials are refused.
+//!     .layer(WimseLayer::new(verifier).optional());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::ops::Deref;
+
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_core::response::{IntoResponse, Response};
+use http::request::Parts;
+use wimse_core::http::Rejection;
+use wimse_core::verify::VerifiedCaller;
+use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
+pub use wimse_tower::{RequirePolicyLayer, WimseLayer, WimseSignLayer};
+
+/// Extracts the [`VerifiedCaller`] put into the request by [`WimseLayer`].
+///
+/// Without one (no layer, or an optional layer and a request without credentials) the handler
+/// is not called and the client gets a 401 with `WWW-Authenticate: WPT`. Use `Option<Caller>`
+/// to accept anonymous requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub VerifiedCaller);
+
+impl Deref for Caller {
+    type Target = VerifiedCaller;
+
+    fn deref(&self) -> &VerifiedCaller {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = WimseRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<VerifiedCaller>().cloned().map(Caller).ok_or_else(|| {
+            WimseRejection::from(Error::with_detail(ErrorKind::MissingWit, "handler requires a verified caller"))
+        })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<VerifiedCaller>().cloned().map(Caller))
+    }
+}
+
+/// A WIMSE rejection as an axum response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WimseRejection(pub Rejection);
+
+impl From<Error> for WimseRejection {
+    fn from(error: Error) -> Self {
+        Self(Rejection::from_error(&error))
+    }
+}
+
+impl IntoResponse for WimseRejection {
+    fn into_response(self) -> Response {
+        let (parts, body) = self.0.into_response().into_parts();
+        (parts.status, parts.headers, body).into_response()
+    }
+}

@@ -92,6 +92,14 @@ pub enum ErrorKind {
     /// The proof's `jti` was already seen from this sender.
     ReplayedProof,
 
+    // ---- authorization (403) ----
+    /// The caller is authenticated but a policy does not allow it.
+    PolicyDenied,
+
+    // ---- client side ----
+    /// The signer has no usable credentials (missing, unreadable, mismatched or expired).
+    CredentialsUnavailable,
+
     // ---- service state (503) ----
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull,
@@ -145,6 +153,8 @@ impl ErrorKind {
             OtherTokenBindingMismatch => "other_token_binding_mismatch",
             UnsupportedOtherToken => "unsupported_other_token",
             ReplayedProof => "replayed_proof",
+            PolicyDenied => "policy_denied",
+            CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
             InvalidKey => "invalid_key",
             InvalidConfiguration => "invalid_configuration",
@@ -191,6 +201,8 @@ impl ErrorKind {
             OtherTokenBindingMismatch => "the WPT's oth does not match the request's context tokens",
             UnsupportedOtherToken => "the WPT's oth names a context token this service does not understand",
             ReplayedProof => "the proof was already used",
+            PolicyDenied => "the caller is not allowed by policy",
+            CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",
             InvalidKey => "invalid key",
             InvalidConfiguration => "invalid configuration",

@@ -131,6 +131,7 @@ pub struct Problem {
 /// |---|---|---|
 /// | duplicate or malformed fields, oversized values, a bearer token beside the WPT | 400 | none |
 /// | missing, invalid, expired, unbound or replayed credentials | 401 | `WWW-Authenticate: WPT` |
+/// | authenticated caller refused by a policy | 403 | none |
 /// | replay cache full | 503 | none |
 /// | key or configuration errors | 500 | none |
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,8 +154,11 @@ impl Rejection {
             | DuplicateContextToken
             | OversizedToken
             | InvalidHeaderValue => (StatusCode::BAD_REQUEST, false),
+            PolicyDenied => (StatusCode::FORBIDDEN, false),
             ReplayCacheFull => (StatusCode::SERVICE_UNAVAILABLE, false),
-            InvalidKey | InvalidConfiguration | Crypto => (StatusCode::INTERNAL_SERVER_ERROR, false),
+            InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable => {
+                (StatusCode::INTERNAL_SERVER_ERROR, false)
+            }
             _ => (StatusCode::UNAUTHORIZED, true),
         };
         let problem = Problem {

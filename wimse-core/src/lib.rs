@@ -20,12 +20,15 @@
 //!
 //! [WIMSE]: https://datatracker.ietf.org/wg/wimse/about/
 
+pub mod cred;
 pub mod draft;
 mod error;
 pub mod http;
 pub mod id;
 pub mod jose;
+pub mod policy;
 pub mod replay;
+pub mod sign;
 pub mod time;
 pub mod trust;
 pub mod verify;
@@ -36,11 +39,14 @@ pub use error::{Error, ErrorKind, Result};
 
 /// The types most programs need.
 pub mod prelude {
+    pub use crate::cred::{CredentialSource, Credentials, FileCredentials, StaticCredentials};
     pub use crate::error::{Error, ErrorKind};
     pub use crate::http::{HeaderSource, Rejection};
     pub use crate::id::{TrustDomain, WorkloadId};
     pub use crate::jose::{Algorithm, Backend, Jwk, PublicKey, SigningKey};
+    pub use crate::policy::{Policy, Rule};
     pub use crate::replay::{InMemoryReplayCache, ReplayCache};
+    pub use crate::sign::Signer;
     pub use crate::time::{Clock, FixedClock, SystemClock};
     pub use crate::trust::{TrustAnchors, TrustStore};
     pub use crate::verify::{RequestView, VerifiedCaller, Verifier, VerifierConfig};

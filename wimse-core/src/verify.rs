@@ -297,10 +297,24 @@ impl Verifier {
 
     /// Verifies a WIT + WPT request. Rejections are logged with their reason, never with tokens.
     pub fn verify<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+        let span = tracing::info_span!(
+            "wimse_verify",
+            mode = "wpt",
+            caller = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            reason = tracing::field::Empty
+        );
+        let _entered = span.enter();
         let result = self.verify_wpt_request(request);
         match &result {
-            Ok(caller) => tracing::debug!(caller = %caller.id(), "wimse: caller verified"),
-            Err(e) => tracing::warn!(reason = e.reason(), detail = e.detail(), "wimse: request rejected"),
+            Ok(caller) => {
+                span.record("caller", caller.id().as_str()).record("decision", "allow");
+                tracing::debug!(caller = %caller.id(), "wimse: caller verified");
+            }
+            Err(e) => {
+                span.record("decision", "reject").record("reason", e.reason());
+                tracing::warn!(reason = e.reason(), detail = e.detail(), "wimse: request rejected");
+            }
         }
         result
     }

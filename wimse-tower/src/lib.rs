@@ -1,10 +1,55 @@
 //! # wimse-tower
 //!
-//! WIMSE workload identity for tower: Tower server layer (verifies callers, puts a `VerifiedCaller` in request extensions) and client layer (adds a WIT and a fresh WPT to each outgoing request).
+//! WIMSE workload identity as tower middleware: [`WimseLayer`] verifies callers on a server,
+//! [`WimseSignLayer`] signs requests on a client, and [`RequirePolicyLayer`] applies an
+//! authorization policy per route.
 //!
-//! **Status:** the adapter itself is being built (see the workspace README's feature table).
-//! Today the crate re-exports [`wimse_core`], whose [`Verifier`](wimse_core::verify::Verifier),
-//! [`WptBuilder`](wimse_core::wpt::WptBuilder) and [`Rejection`](wimse_core::http::Rejection)
-//! are what the adapter wraps.
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use wimse_core::prelude::*;
+//! use wimse_tower::WimseLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let issuer = SigningKey::generate(Algorithm::ES256)?;
+//! let trust = TrustStore::new().with(
+//!     "spiffe://prod.example".parse()?,
+//!     TrustAnchors::new().with_key(issuer.public_key().clone()),
+//! );
+//! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://orders.example"))?;
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(WimseLayer::new(verifier).policy(Policy::named("orders").allow(Rule::path_prefix("spiffe://prod.example/front")?)))
+//!     .service(service_fn(|req: Request<String>| async move {
+//!         let caller = req.extensions().get::<VerifiedCaller>().expect("set by WimseLayer");
+//!         Ok::<_, Infallible>(Response::new(format!("hello {}", caller.id())))
+//!     }));
+//!
+//! // A request without credentials is answered by the layer itself.
+//! let response = service.oneshot(Request::new(String::new())).await?;
+//! assert_eq!(response.status(), 401);
+//! assert_eq!(response.headers()["www-authenticate"], "WPT");
+//! # Ok(())
+//! # }
+//! ```
 
+mod client;
+mod require;
+mod server;
+
+pub use client::{SignFuture, WimseSign, WimseSignLayer};
+pub use require::{RequirePolicy, RequirePolicyLayer};
+pub use server::{ResponseFuture, Wimse, WimseBody, WimseLayer};
 pub use wimse_core;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{Either, Full};
+use wimse_core::http::Rejection;
+
+/// A response carrying a rejection's status, headers and problem body.
+pub(crate) fn rejection_response<B>(rejection: Rejection) -> Response<Either<B, Full<Bytes>>> {
+    rejection.into_response().map(|body| Either::Right(Full::new(Bytes::from(body))))
+}

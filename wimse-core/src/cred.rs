@@ -1,0 +1,206 @@
+//! Client-side credentials: the workload's current WIT and the private key it is bound to.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::WorkloadId;
+use crate::jose::{Jwk, PublicKey, SigningKey, jws};
+use crate::wit::DEFAULT_MAX_TOKEN_LEN;
+
+fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::with_detail(ErrorKind::CredentialsUnavailable, detail)
+}
+
+/// A WIT and its confirmation key, checked to belong together.
+#[derive(Clone)]
+pub struct Credentials {
+    wit: Arc<str>,
+    key: SigningKey,
+    subject: WorkloadId,
+    expires_at: u64,
+}
+
+impl Credentials {
+    /// Pairs a WIT with its private key. The WIT's `cnf.jwk` must be this key's public key with
+    /// the same `alg`; its `sub` and `exp` are read (the signature is the recipient's business).
+    pub fn new(wit: impl Into<String>, key: SigningKey) -> Result<Self> {
+        let wit: String = wit.into();
+        let jws = jws::parse(wit.trim(), DEFAULT_MAX_TOKEN_LEN).map_err(|e| unavailable(format!("WIT: {e}")))?;
+        let sub = jws.claims.get("sub").and_then(Value::as_str).ok_or_else(|| unavailable("WIT has no sub"))?;
+        let subject = WorkloadId::parse(sub).map_err(|e| unavailable(format!("WIT sub: {e}")))?;
+        let expires_at = jws.claims.get("exp").and_then(Value::as_u64).ok_or_else(|| unavailable("WIT has no exp"))?;
+        let cnf = jws
+            .claims
+            .get("cnf")
+            .and_then(|c| c.get("jwk"))
+            .cloned()
+            .ok_or_else(|| unavailable("WIT has no cnf.jwk"))?;
+        let cnf = PublicKey::from_jwk(&Jwk::from_value(cnf)?).map_err(|e| unavailable(format!("WIT cnf.jwk: {e}")))?;
+        if cnf.thumbprint() != key.public_key().thumbprint() || cnf.algorithm() != Some(key.algorithm()) {
+            return Err(unavailable("the key is not the WIT's confirmation key"));
+        }
+        Ok(Self { wit: Arc::from(wit.trim()), key, subject, expires_at })
+    }
+
+    /// The WIT as sent.
+    pub fn wit(&self) -> &str {
+        &self.wit
+    }
+    /// The confirmation key.
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+    /// The workload identifier in the WIT.
+    pub fn subject(&self) -> &WorkloadId {
+        &self.subject
+    }
+    /// The WIT's expiry.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("subject", &self.subject)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a signer gets its current credentials. Implementations renew them before they expire.
+pub trait CredentialSource: Send + Sync + fmt::Debug {
+    /// Credentials valid at `now`; [`ErrorKind::CredentialsUnavailable`] when there are none.
+    fn credentials(&self, now: u64) -> Result<Arc<Credentials>>;
+}
+
+/// Fixed credentials (tests, short jobs). Refused once the WIT has expired: a key must not be
+/// used past its credential.
+#[derive(Debug, Clone)]
+pub struct StaticCredentials(Arc<Credentials>);
+
+impl StaticCredentials {
+    /// Wraps `credentials`.
+    pub fn new(credentials: Credentials) -> Self {
+        Self(Arc::new(credentials))
+    }
+}
+
+impl CredentialSource for StaticCredentials {
+    fn credentials(&self, now: u64) -> Result<Arc<Credentials>> {
+        if now >= self.0.expires_at {
+            return Err(unavailable("the WIT has expired"));
+        }
+        Ok(self.0.clone())
+    }
+}
+
+/// Credentials read from a WIT file and a private-JWK file, as delivered by an agent that
+/// rotates them (SPIFFE helper, Kubernetes projected volume, CI runner).
+///
+/// The files are re-read every `recheck_every` seconds and whenever the WIT is within
+/// `renew_before` seconds of expiry. Changes are detected by content, not modification time
+/// (mtimes are coarse, and volume updates may keep them). A half-rotated pair (new WIT, old key)
+/// does not replace the current credentials; it is retried on the next check.
+pub struct FileCredentials {
+    wit_path: PathBuf,
+    key_path: PathBuf,
+    recheck_every: u64,
+    renew_before: u64,
+    state: Mutex<FileState>,
+}
+
+#[derive(Default)]
+struct FileState {
+    current: Option<Arc<Credentials>>,
+    digest: [u8; 32],
+    checked_at: u64,
+}
+
+impl FileCredentials {
+    /// Reads both files now; fails if they do not hold matching credentials.
+    pub fn new(wit_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>, now: u64) -> Result<Self> {
+        let source = Self {
+            wit_path: wit_path.into(),
+            key_path: key_path.into(),
+            recheck_every: 30,
+            renew_before: 300,
+            state: Mutex::new(FileState::default()),
+        };
+        {
+            let mut state = source.lock()?;
+            source.reload(&mut state, now)?;
+        }
+        Ok(source)
+    }
+
+    /// How often the files are re-read, in seconds (default 30).
+    pub fn recheck_every(mut self, secs: u64) -> Self {
+        self.recheck_every = secs;
+        self
+    }
+
+    /// How long before the WIT's expiry the files are re-read on every use, in seconds (default 300).
+    pub fn renew_before(mut self, secs: u64) -> Self {
+        self.renew_before = secs;
+        self
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, FileState>> {
+        self.state.lock().map_err(|_| unavailable("credential state poisoned"))
+    }
+
+    fn read(&self) -> Result<(String, String)> {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| unavailable(format!("{}: {e}", p.display())));
+        Ok((read(&self.wit_path)?, read(&self.key_path)?))
+    }
+
+    fn reload(&self, state: &mut FileState, now: u64) -> Result<()> {
+        state.checked_at = now;
+        let (wit, key) = self.read()?;
+        let digest: [u8; 32] =
+            Sha256::new().chain_update(wit.as_bytes()).chain_update([0]).chain_update(key.as_bytes()).finalize().into();
+        if state.current.is_some() && digest == state.digest {
+            return Ok(());
+        }
+        let key = SigningKey::from_jwk(&Jwk::from_json(&key).map_err(|e| unavailable(format!("key file: {e}")))?)
+            .map_err(|e| unavailable(format!("key file: {e}")))?;
+        let credentials = Credentials::new(wit, key)?;
+        tracing::info!(subject = %credentials.subject(), expires_at = credentials.expires_at(), "wimse: loaded workload credentials");
+        state.current = Some(Arc::new(credentials));
+        state.digest = digest;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for FileCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileCredentials")
+            .field("wit_path", &self.wit_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialSource for FileCredentials {
+    fn credentials(&self, now: u64) -> Result<Arc<Credentials>> {
+        let mut state = self.lock()?;
+        let due = now >= state.checked_at.saturating_add(self.recheck_every)
+            || state.current.as_ref().is_none_or(|c| now.saturating_add(self.renew_before) >= c.expires_at);
+        if due {
+            if let Err(e) = self.reload(&mut state, now) {
+                tracing::warn!(error = %e, "wimse: could not reload workload credentials; keeping the current ones");
+            }
+        }
+        match &state.current {
+            Some(c) if now < c.expires_at => Ok(c.clone()),
+            _ => Err(unavailable("the WIT has expired and no renewed one was found")),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Who may call: authorization policies over verified callers.
+//!
+//! A [`Policy`] has deny rules and allow rules. Deny rules are checked first; then the caller
+//! must match at least one allow rule. A policy without allow rules denies everyone.
+//! Identifiers are compared as complete URIs; a path prefix matches only at segment boundaries
+//! and never across trust domains.
+//!
+//! ```
+//! use wimse_core::policy::{Policy, Rule};
+//!
+//! let policy = Policy::named("orders-api")
+//!     .allow(Rule::path_prefix("spiffe://prod.example/ns/front")?)
+//!     .allow(Rule::exact("spiffe://prod.example/ns/batch/nightly".parse()?))
+//!     .deny(Rule::exact("spiffe://prod.example/ns/front/legacy".parse()?));
+//! assert!(policy.allows_id(&"spiffe://prod.example/ns/front/web".parse()?));
+//! assert!(!policy.allows_id(&"spiffe://prod.example/ns/frontier".parse()?));
+//! assert!(!policy.allows_id(&"spiffe://prod.example/ns/front/legacy".parse()?));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{IdentifierError, TrustDomain, WorkloadId};
+use crate::verify::VerifiedCaller;
+
+type CallerFn = dyn Fn(&VerifiedCaller) -> bool + Send + Sync;
+
+/// One condition on a caller.
+#[derive(Clone)]
+pub struct Rule(RuleKind);
+
+#[derive(Clone)]
+enum RuleKind {
+    Any,
+    Exact(WorkloadId),
+    OneOf(BTreeSet<WorkloadId>),
+    TrustDomain(TrustDomain),
+    PathPrefix(WorkloadId),
+    AllOf(Vec<Rule>),
+    AnyOf(Vec<Rule>),
+    Not(Box<Rule>),
+    Fn(Arc<CallerFn>),
+}
+
+impl Rule {
+    /// Every verified caller.
+    pub fn any() -> Self {
+        Rule(RuleKind::Any)
+    }
+
+    /// Exactly this workload.
+    pub fn exact(id: WorkloadId) -> Self {
+        Rule(RuleKind::Exact(id))
+    }
+
+    /// Any of these workloads.
+    pub fn one_of(ids: impl IntoIterator<Item = WorkloadId>) -> Self {
+        Rule(RuleKind::OneOf(ids.into_iter().collect()))
+    }
+
+    /// Every workload of a trust domain (an explicit origin-wide grant).
+    pub fn trust_domain(domain: TrustDomain) -> Self {
+        Rule(RuleKind::TrustDomain(domain))
+    }
+
+    /// `prefix` itself and every workload below it: `spiffe://d/ns/pay` matches `spiffe://d/ns/pay`
+    /// and `spiffe://d/ns/pay/worker`, not `spiffe://d/ns/payroll`. The prefix must be a valid
+    /// workload identifier, so an origin-wide prefix is refused (use [`Rule::trust_domain`]).
+    pub fn path_prefix(prefix: &str) -> std::result::Result<Self, IdentifierError> {
+        Ok(Rule(RuleKind::PathPrefix(WorkloadId::parse(prefix)?)))
+    }
+
+    /// All of `rules` match (true when empty).
+    pub fn all_of(rules: impl IntoIterator<Item = Rule>) -> Self {
+        Rule(RuleKind::AllOf(rules.into_iter().collect()))
+    }
+
+    /// At least one of `rules` matches (false when empty).
+    pub fn any_of(rules: impl IntoIterator<Item = Rule>) -> Self {
+        Rule(RuleKind::AnyOf(rules.into_iter().collect()))
+    }
+
+    /// `rule` does not match.
+    #[allow(clippy::should_implement_trait)]
+    pub fn not(rule: Rule) -> Self {
+        Rule(RuleKind::Not(Box::new(rule)))
+    }
+
+    /// A custom condition.
+    pub fn from_fn(f: impl Fn(&VerifiedCaller) -> bool + Send + Sync + 'static) -> Self {
+        Rule(RuleKind::Fn(Arc::new(f)))
+    }
+
+    fn matches(&self, caller: Option<&VerifiedCaller>, id: &WorkloadId) -> bool {
+        match &self.0 {
+            RuleKind::Any => true,
+            RuleKind::Exact(want) => want == id,
+            RuleKind::OneOf(set) => set.contains(id),
+            RuleKind::TrustDomain(domain) => id.is_in(domain),
+            RuleKind::PathPrefix(prefix) => {
+                id.as_str().strip_prefix(prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            RuleKind::AllOf(rules) => rules.iter().all(|r| r.matches(caller, id)),
+            RuleKind::AnyOf(rules) => rules.iter().any(|r| r.matches(caller, id)),
+            RuleKind::Not(rule) => !rule.matches(caller, id),
+            // A closure needs the whole caller; with only an identifier it cannot match.
+            RuleKind::Fn(f) => caller.is_some_and(|c| f(c)),
+        }
+    }
+}
+
+impl fmt::Debug for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            RuleKind::Any => f.write_str("any"),
+            RuleKind::Exact(id) => write!(f, "exact({id})"),
+            RuleKind::OneOf(ids) => f.debug_set().entries(ids.iter().map(|i| i.as_str())).finish(),
+            RuleKind::TrustDomain(d) => write!(f, "trust_domain({d})"),
+            RuleKind::PathPrefix(p) => write!(f, "path_prefix({p})"),
+            RuleKind::AllOf(r) => f.debug_tuple("all_of").field(r).finish(),
+            RuleKind::AnyOf(r) => f.debug_tuple("any_of").field(r).finish(),
+            RuleKind::Not(r) => f.debug_tuple("not").field(r).finish(),
+            RuleKind::Fn(_) => f.write_str("fn"),
+        }
+    }
+}
+
+/// A named set of deny and allow rules. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    name: Arc<str>,
+    deny: Vec<Rule>,
+    allow: Vec<Rule>,
+}
+
+impl Policy {
+    /// An empty policy (denies everyone until an allow rule is added). The name appears in logs.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: Arc::from(name.into()), deny: Vec::new(), allow: Vec::new() }
+    }
+
+    /// A policy that allows every verified caller.
+    pub fn allow_all() -> Self {
+        Self::named("allow-all").allow(Rule::any())
+    }
+
+    /// Adds an allow rule.
+    pub fn allow(mut self, rule: Rule) -> Self {
+        self.allow.push(rule);
+        self
+    }
+
+    /// Adds a deny rule (checked before every allow rule).
+    pub fn deny(mut self, rule: Rule) -> Self {
+        self.deny.push(rule);
+        self
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn decide(&self, caller: Option<&VerifiedCaller>, id: &WorkloadId) -> Result<()> {
+        if self.deny.iter().any(|r| r.matches(caller, id)) {
+            return Err(Error::with_detail(ErrorKind::PolicyDenied, format!("policy `{}`: deny rule", self.name)));
+        }
+        if self.allow.iter().any(|r| r.matches(caller, id)) {
+            return Ok(());
+        }
+        Err(Error::with_detail(ErrorKind::PolicyDenied, format!("policy `{}`: no allow rule", self.name)))
+    }
+
+    /// Checks a verified caller; [`ErrorKind::PolicyDenied`] (HTTP 403) when refused.
+    pub fn check(&self, caller: &VerifiedCaller) -> Result<()> {
+        let decision = self.decide(Some(caller), caller.id());
+        if let Err(e) = &decision {
+            tracing::warn!(policy = %self.name, caller = %caller.id(), detail = e.detail(), "wimse: caller denied by policy");
+        }
+        decision
+    }
+
+    /// Whether an identifier alone is allowed (closure rules never match here).
+    pub fn allows_id(&self, id: &WorkloadId) -> bool {
+        self.decide(None, id).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> WorkloadId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prefix_respects_segments_and_domains() {
+        let rule = Rule::path_prefix("wimse://trust.example/service/pay").unwrap();
+        let p = Policy::named("t").allow(rule);
+        assert!(p.allows_id(&id("wimse://trust.example/service/pay")));
+        assert!(p.allows_id(&id("wimse://trust.example/service/pay/worker")));
+        assert!(!p.allows_id(&id("wimse://trust.example/service/payroll-attacker")));
+        assert!(!p.allows_id(&id("wimse://attacker.example/service/pay/worker")));
+        assert!(!p.allows_id(&id("spiffe://trust.example/service/pay/worker")));
+        assert!(Rule::path_prefix("wimse://trust.example").is_err());
+        assert!(Rule::path_prefix("wimse://trust.example/").is_err());
+    }
+
+    #[test]
+    fn combinators_and_deny_first() {
+        let a = id("spiffe://d/a");
+        let b = id("spiffe://d/b");
+        let c = id("spiffe://e/c");
+        let domain: TrustDomain = "spiffe://d".parse().unwrap();
+        let p = Policy::named("p")
+            .allow(Rule::any_of([Rule::trust_domain(domain.clone()), Rule::exact(c.clone())]))
+            .deny(Rule::all_of([Rule::trust_domain(domain), Rule::not(Rule::one_of([a.clone()]))]));
+        assert!(p.allows_id(&a));
+        assert!(!p.allows_id(&b), "deny wins over allow");
+        assert!(p.allows_id(&c));
+        assert!(!Policy::named("empty").allows_id(&a));
+        assert!(Policy::allow_all().allows_id(&c));
+        assert!(!Policy::named("f").allow(Rule::from_fn(|_| true)).allows_id(&a), "closures need a caller");
+        assert!(Policy::named("n").allow(Rule::all_of([])).allows_id(&a));
+        assert!(!Policy::named("n").allow(Rule::any_of([])).allows_id(&a));
+        assert_eq!(format!("{:?}", Rule::not(Rule::any())), "not(any)");
+    }
+}

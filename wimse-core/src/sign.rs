@@ -1,0 +1,144 @@
+//! The outbound path: credentials in, `Workload-Identity-Token` and `Authorization: WPT` out.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, Uri};
+
+use crate::cred::CredentialSource;
+use crate::draft::{TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME};
+use crate::error::{Error, ErrorKind, Result};
+use crate::jose::Backend;
+use crate::time::{Clock, SystemClock};
+use crate::wpt::WptBuilder;
+
+/// The audience of a request to `uri`: scheme, authority and path, without query and fragment
+/// (wpt-02 §2). `None` for a URI without scheme or authority.
+pub fn audience_for(uri: &Uri) -> Option<String> {
+    Some(format!("{}://{}{}", uri.scheme_str()?, uri.authority()?, uri.path()))
+}
+
+/// A request extension that sets the audience of one outgoing request, overriding the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudienceOverride(pub String);
+
+/// Signs outgoing requests with the workload's current credentials. Cheap to clone.
+#[derive(Clone)]
+pub struct Signer {
+    source: Arc<dyn CredentialSource>,
+    lifetime: u64,
+    context_tokens: Arc<[String]>,
+    clock: Arc<dyn Clock>,
+    backend: Backend,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer").field("source", &self.source).field("lifetime", &self.lifetime).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A signer using `source`, with 60-second proofs.
+    pub fn new(source: impl CredentialSource + 'static) -> Self {
+        Self {
+            source: Arc::new(source),
+            lifetime: 60,
+            context_tokens: Arc::from([]),
+            clock: Arc::new(SystemClock),
+            backend: Backend::default(),
+        }
+    }
+
+    /// Proof lifetime in seconds.
+    pub fn with_lifetime(mut self, secs: u64) -> Self {
+        self.lifetime = secs;
+        self
+    }
+
+    /// Context-token fields (besides `Txn-Token`) to bind with `oth` when a request carries them.
+    pub fn with_context_tokens(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.context_tokens = names.into_iter().map(|n| n.into().to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// Uses another clock.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Chooses the crypto backend.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Adds a WIT and a fresh WPT for `aud` to `headers`.
+    ///
+    /// Any `Workload-Identity-Token` or `Authorization: WPT` already there (for instance copied
+    /// from an inbound request) is replaced: inbound credentials are never forwarded. Another
+    /// `Authorization` scheme is an error, since a WPT cannot travel beside it. A `Txn-Token`
+    /// field is bound with `tth`, configured context tokens with `oth`.
+    pub fn sign_headers(&self, headers: &mut HeaderMap, aud: &str) -> Result<()> {
+        self.sign_headers_binding(headers, aud, &[])
+    }
+
+    /// Like [`sign_headers`](Self::sign_headers), also binding the fields named in `extra`
+    /// (lower-case) with `oth` when present.
+    pub fn sign_headers_binding(&self, headers: &mut HeaderMap, aud: &str, extra: &[String]) -> Result<()> {
+        for value in headers.get_all(AUTHORIZATION) {
+            let scheme = value.as_bytes().split(|b| *b == b' ').next().unwrap_or_default();
+            if !scheme.eq_ignore_ascii_case(WPT_AUTH_SCHEME.as_bytes()) {
+                return Err(Error::with_detail(
+                    ErrorKind::BearerWithWpt,
+                    "outgoing request already has another Authorization credential",
+                ));
+            }
+        }
+        let now = self.clock.now();
+        let credentials = self.source.credentials(now)?;
+        let text = |name: &str| -> Result<Option<&str>> {
+            let mut values = headers.get_all(name).iter();
+            let value =
+                values.next().map(|v| v.to_str().map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))).transpose()?;
+            if values.next().is_some() {
+                return Err(Error::with_detail(ErrorKind::DuplicateContextToken, format!("two `{name}` fields")));
+            }
+            Ok(value)
+        };
+        let mut builder =
+            WptBuilder::new(credentials.key(), credentials.wit(), aud).lifetime(self.lifetime).backend(self.backend);
+        if let Some(txn) = text(TXN_TOKEN_HEADER)? {
+            builder = builder.txn_token(txn);
+        }
+        for name in self.context_tokens.iter().chain(extra.iter().filter(|n| !self.context_tokens.contains(n))) {
+            if let Some(value) = text(name)? {
+                builder = builder.other_token(name, value);
+            }
+        }
+        let wpt = builder.sign(now)?;
+        let invalid = |_| Error::new(ErrorKind::InvalidHeaderValue);
+        let mut wit = HeaderValue::from_str(credentials.wit()).map_err(invalid)?;
+        wit.set_sensitive(true);
+        let mut authorization = HeaderValue::from_str(&format!("{WPT_AUTH_SCHEME} {wpt}")).map_err(invalid)?;
+        authorization.set_sensitive(true);
+        headers.insert(WIT_HEADER, wit);
+        headers.insert(AUTHORIZATION, authorization);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_drops_query_and_fragment() {
+        let uri: Uri = "https://api.example:8443/a/b?c=d".parse().unwrap();
+        assert_eq!(audience_for(&uri).as_deref(), Some("https://api.example:8443/a/b"));
+        assert_eq!(audience_for(&"/relative".parse().unwrap()), None);
+        assert_eq!(audience_for(&"http://h".parse().unwrap()).as_deref(), Some("http://h/"));
+    }
+}

@@ -1,0 +1,68 @@
+//! Per-route authorization: apply a [`Policy`] to the caller a [`WimseLayer`](crate::WimseLayer)
+//! verified (for axum, with `route_layer`).
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+use wimse_core::http::Rejection;
+use wimse_core::policy::Policy;
+use wimse_core::verify::VerifiedCaller;
+use wimse_core::{Error, ErrorKind};
+
+use crate::rejection_response;
+use crate::server::{ResponseFuture, WimseBody};
+
+/// Requires a verified caller allowed by a policy: 401 with a challenge when the request has no
+/// [`VerifiedCaller`], 403 when the policy denies it.
+#[derive(Debug, Clone)]
+pub struct RequirePolicyLayer {
+    policy: Policy,
+}
+
+impl RequirePolicyLayer {
+    /// Applies `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> Layer<S> for RequirePolicyLayer {
+    type Service = RequirePolicy<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequirePolicy { inner, policy: self.policy.clone() }
+    }
+}
+
+/// The service made by [`RequirePolicyLayer`].
+#[derive(Debug, Clone)]
+pub struct RequirePolicy<S> {
+    inner: S,
+    policy: Policy,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequirePolicy<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<WimseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let decision = match req.extensions().get::<VerifiedCaller>() {
+            Some(caller) => self.policy.check(caller),
+            None => Err(Error::with_detail(ErrorKind::MissingWit, "route requires a verified caller")),
+        };
+        match decision {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Err(e) => ResponseFuture::rejected(rejection_response(Rejection::from_error(&e))),
+        }
+    }
+}
