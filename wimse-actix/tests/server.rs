@@ -1,0 +1,77 @@
+//! A real actix-web server on loopback, called by real reqwest clients.
+
+use actix_web::{App, HttpServer, web};
+use wimse_actix::{Caller, Wimse, WimseConfig};
+use wimse_testkit::{ALLOWED, Deployment, run_cases};
+
+async fn whoami(caller: Caller) -> String {
+    caller.id().to_string()
+}
+
+async fn maybe(caller: Option<Caller>) -> String {
+    caller.map(|c| c.id().to_string()).unwrap_or_else(|| "anonymous".into())
+}
+
+fn listener() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    (listener, base)
+}
+
+#[actix_web::test]
+async fn case_table_with_config_in_app_data() {
+    let deployment = Deployment::new();
+    let (listener, base) = listener();
+    let config = WimseConfig::new(deployment.verifier(&base)).policy(deployment.policy());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(config.clone()))
+            .wrap(Wimse::from_app_data())
+            .route("/whoami", web::get().to(whoami))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    run_cases(&deployment, &base).await;
+    handle.stop(true).await;
+}
+
+#[actix_web::test]
+async fn optional_authentication_and_missing_config() {
+    let deployment = Deployment::new();
+    let (listener, base) = listener();
+    let config = WimseConfig::new(deployment.verifier(&base)).optional();
+    let server = HttpServer::new(move || {
+        App::new()
+            .service(
+                web::scope("/opt")
+                    .wrap(Wimse::new(config.clone()))
+                    .route("/maybe", web::get().to(maybe))
+                    .route("/who", web::get().to(whoami)),
+            )
+            .service(web::scope("/unconfigured").wrap(Wimse::from_app_data()).route("/who", web::get().to(whoami)))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+
+    let plain = reqwest::Client::new();
+    assert_eq!(plain.get(format!("{base}/opt/maybe")).send().await.unwrap().text().await.unwrap(), "anonymous");
+    let signed = deployment.client(ALLOWED).get(format!("{base}/opt/maybe")).send().await.unwrap();
+    assert_eq!(signed.text().await.unwrap(), ALLOWED);
+    let anonymous = plain.get(format!("{base}/opt/who")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["www-authenticate"], "WPT");
+    let bad = plain.get(format!("{base}/opt/maybe")).header("authorization", "WPT x.y.z").send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+    // No configuration anywhere: fail closed.
+    let unconfigured = deployment.client(ALLOWED).get(format!("{base}/unconfigured/who")).send().await.unwrap();
+    assert_eq!(unconfigured.status(), 500);
+    handle.stop(true).await;
+}
