@@ -1,0 +1,165 @@
+//! Client side: credentials, credential sources and the Signer, checked by the Verifier.
+
+mod common;
+
+use common::*;
+use http::{HeaderMap, HeaderValue};
+use wimse_core::prelude::*;
+
+fn credentials(f: &Fixture) -> Credentials {
+    Credentials::new(f.wit.clone(), f.workload_key.clone()).unwrap()
+}
+
+fn verify(verifier: &Verifier, headers: &HeaderMap) -> Result<VerifiedCaller, Error> {
+    verifier.verify(&RequestView { path: PATH, headers })
+}
+
+#[test]
+fn credentials_must_match_their_wit() {
+    let f = Fixture::new();
+    let c = credentials(&f);
+    assert_eq!(c.subject(), &f.id);
+    assert_eq!(c.expires_at(), NOW - 60 + 3600);
+    let other = SigningKey::generate(Algorithm::ES256).unwrap();
+    assert_eq!(Credentials::new(f.wit.clone(), other).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+    assert_eq!(Credentials::new("not a token", f.workload_key.clone()).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+    assert!(!format!("{c:?}").contains(&f.wit[..20]), "Debug does not print the WIT");
+}
+
+#[test]
+fn static_credentials_stop_at_expiry() {
+    let f = Fixture::new();
+    let source = StaticCredentials::new(credentials(&f));
+    assert!(source.credentials(NOW).is_ok());
+    assert_eq!(source.credentials(NOW + 3600).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+}
+
+#[test]
+fn signer_output_verifies_and_binds_context_tokens() {
+    let f = Fixture::new();
+    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW)).with_context_tokens(["X-Ctx"]);
+    let verifier = f.verifier_with(f.config().with_context_token("x-ctx"));
+    let mut headers = HeaderMap::new();
+    headers.insert("txn-token", HeaderValue::from_static("txn-1"));
+    headers.insert("x-ctx", HeaderValue::from_static("ctx-1"));
+    // Inbound credentials copied by mistake are replaced, never forwarded.
+    headers.insert("workload-identity-token", HeaderValue::from_static("inbound.wit.token"));
+    headers.insert("authorization", HeaderValue::from_static("WPT inbound.proof.token"));
+    signer.sign_headers(&mut headers, &format!("{ORIGIN}{PATH}")).unwrap();
+    assert_eq!(headers.get_all("authorization").iter().count(), 1);
+    assert_ne!(headers["workload-identity-token"], "inbound.wit.token");
+    assert!(headers["authorization"].is_sensitive());
+    let caller = verify(&verifier, &headers).unwrap();
+    assert_eq!(caller.txn_token(), Some("txn-1"));
+    assert_eq!(caller.context_tokens()["x-ctx"], "ctx-1");
+
+    // Per-call extra bindings.
+    let mut headers = HeaderMap::new();
+    headers.insert("x-ctx", HeaderValue::from_static("ctx-2"));
+    let plain = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    plain.sign_headers_binding(&mut headers, &format!("{ORIGIN}{PATH}"), &["x-ctx".into()]).unwrap();
+    assert_eq!(verify(&verifier, &headers).unwrap().context_tokens()["x-ctx"], "ctx-2");
+}
+
+#[test]
+fn signer_refuses_what_it_cannot_sign() {
+    let f = Fixture::new();
+    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    let mut bearer = HeaderMap::new();
+    bearer.insert("authorization", HeaderValue::from_static("Bearer abc"));
+    assert_eq!(signer.sign_headers(&mut bearer, "https://a/b").unwrap_err().kind(), &ErrorKind::BearerWithWpt);
+    let mut two = HeaderMap::new();
+    two.append("txn-token", HeaderValue::from_static("a"));
+    two.append("txn-token", HeaderValue::from_static("b"));
+    assert_eq!(signer.sign_headers(&mut two, "https://a/b").unwrap_err().kind(), &ErrorKind::DuplicateContextToken);
+    let expired = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW + 7200));
+    assert_eq!(expired.sign_headers(&mut HeaderMap::new(), "https://a/b").unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+}
+
+struct Files(std::path::PathBuf);
+
+impl Files {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wimse-core-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn write(&self, wit: &str, key: &SigningKey) {
+        std::fs::write(self.0.join("wit.jwt"), wit).unwrap();
+        std::fs::write(self.0.join("key.jwk"), key.to_private_jwk().to_json()).unwrap();
+    }
+    fn source(&self, now: u64) -> Result<FileCredentials, Error> {
+        FileCredentials::new(self.0.join("wit.jwt"), self.0.join("key.jwk"), now)
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn file_credentials_follow_rotation_by_content() {
+    let f = Fixture::new();
+    let files = Files::new("rotation");
+    files.write(&f.wit, &f.workload_key);
+    let source = files.source(NOW).unwrap().recheck_every(30).renew_before(300);
+    let first = source.credentials(NOW).unwrap();
+    assert_eq!(first.wit(), f.wit);
+
+    // The agent writes a new key and WIT (same file names; mtime is not consulted).
+    let new_key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let new_wit = WitIssuer::new(f.issuer_key.clone()).issue(&f.id, new_key.public_jwk(), NOW + 10).unwrap();
+    files.write(&new_wit, &new_key);
+    // Before the recheck interval the current pair is kept.
+    assert_eq!(source.credentials(NOW + 10).unwrap().wit(), f.wit);
+    assert_eq!(source.credentials(NOW + 31).unwrap().wit(), new_wit);
+
+    // A half-written rotation (new WIT, old key) is not taken.
+    let newer_wit = WitIssuer::new(f.issuer_key.clone()).issue(&f.id, f.workload_key.public_jwk(), NOW + 40).unwrap();
+    std::fs::write(files.0.join("wit.jwt"), &newer_wit).unwrap();
+    assert_eq!(source.credentials(NOW + 62).unwrap().wit(), new_wit);
+    // The agent finishes: the pair now matches.
+    std::fs::write(files.0.join("key.jwk"), f.workload_key.to_private_jwk().to_json()).unwrap();
+    assert_eq!(source.credentials(NOW + 93).unwrap().wit(), newer_wit);
+
+    // Signed requests verify with whichever pair is current.
+    let signer = Signer::new(source).with_clock(FixedClock::new(NOW + 93));
+    let mut headers = HeaderMap::new();
+    signer.sign_headers(&mut headers, &format!("{ORIGIN}{PATH}")).unwrap();
+    let verifier = Verifier::new(f.trust.clone(), f.config()).unwrap().with_clock(FixedClock::new(NOW + 93));
+    verify(&verifier, &headers).unwrap();
+}
+
+#[test]
+fn file_credentials_expire_without_renewal() {
+    let f = Fixture::new();
+    let files = Files::new("expiry");
+    files.write(&f.wit, &f.workload_key);
+    let source = files.source(NOW).unwrap();
+    let expiry = NOW - 60 + 3600;
+    assert!(source.credentials(expiry - 1).is_ok());
+    assert_eq!(source.credentials(expiry).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+    // Unreadable or mismatched files at start are an error, not a silent empty source.
+    std::fs::write(files.0.join("key.jwk"), SigningKey::generate(Algorithm::ES256).unwrap().to_private_jwk().to_json()).unwrap();
+    assert_eq!(files.source(NOW).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+    std::fs::remove_file(files.0.join("wit.jwt")).unwrap();
+    assert_eq!(files.source(NOW).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+}
+
+#[test]
+fn policies_apply_to_verified_callers() {
+    let f = Fixture::new();
+    let caller = f.verify(&f.headers(&f.wit, &f.wpt())).unwrap();
+    let allow = Policy::named("orders").allow(Rule::trust_domain(f.id.trust_domain()));
+    allow.check(&caller).unwrap();
+    let deny = allow.clone().deny(Rule::from_fn(|c: &VerifiedCaller| c.txn_token().is_none()));
+    let err = deny.check(&caller).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::PolicyDenied);
+    assert!(err.detail().unwrap().contains("orders"));
+    let rejection = wimse_core::http::Rejection::from_error(&err);
+    assert_eq!(rejection.status(), 403);
+    assert_eq!(rejection.challenge(), None);
+}

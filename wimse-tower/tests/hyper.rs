@@ -1,0 +1,104 @@
+//! The tower layers between a real hyper server and a real hyper-util client on loopback.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use wimse_core::prelude::*;
+use wimse_core::sign::AudienceOverride;
+use wimse_testkit::{ALLOWED, DENIED, Deployment};
+use wimse_tower::{WimseLayer, WimseSignLayer};
+
+async fn handler(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let caller = req.extensions().get::<VerifiedCaller>().expect("WimseLayer sets the caller");
+    let body = format!("{} txn={}", caller.id(), caller.txn_token().unwrap_or("-"));
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// Serves `handler` behind `WimseLayer` on 127.0.0.1:0; returns the base URL.
+async fn serve(deployment: &Deployment) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let layer = WimseLayer::new(deployment.verifier(&base)).policy(deployment.policy());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = TowerToHyperService::new(ServiceBuilder::new().layer(layer.clone()).service(service_fn(handler)));
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    base
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn body(response: Response<Incoming>) -> String {
+    String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn signed_hyper_client_calls_verified_hyper_server() {
+    let deployment = Deployment::new();
+    let base = serve(&deployment).await;
+    let signing = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(client());
+
+    let request = Request::get(format!("{base}/orders?id=1")).header("txn-token", "txn-42").body(Full::default()).unwrap();
+    let response = signing.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await, format!("{ALLOWED} txn=txn-42"));
+
+    // A fresh proof per request: the same client can call again.
+    let again = signing.clone().oneshot(Request::get(format!("{base}/orders")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+
+    // Unsigned, and signed by a caller the policy refuses.
+    let unsigned = client().oneshot(Request::get(format!("{base}/orders")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unsigned.headers()["www-authenticate"], "WPT");
+    let denied = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(DENIED))).service(client());
+    let response = denied.oneshot(Request::get(format!("{base}/orders")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(body(response).await.contains("policy_denied"));
+}
+
+#[tokio::test]
+async fn audience_alias_and_override() {
+    let deployment = Deployment::new();
+    let base = serve(&deployment).await;
+    // The server is known to callers as its origin; an alias that names another audience fails.
+    let aliased = ServiceBuilder::new()
+        .layer(WimseSignLayer::new(deployment.signer(ALLOWED)).audience_alias(|_| Some("https://wrong.example/x".into())))
+        .service(client());
+    let response = aliased.clone().oneshot(Request::get(format!("{base}/x")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // A per-request override wins over the alias.
+    let mut request = Request::get(format!("{base}/x")).body(Full::default()).unwrap();
+    request.extensions_mut().insert(AudienceOverride(format!("{base}/x")));
+    assert_eq!(aliased.oneshot(request).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn signing_errors_fail_the_call() {
+    let deployment = Deployment::new();
+    let signing = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(service_fn(
+        |_req: Request<Full<Bytes>>| async { Ok::<_, Infallible>(Response::new(())) },
+    ));
+    // A relative URI has no audience.
+    let err = signing.clone().oneshot(Request::get("/relative").body(Full::default()).unwrap()).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Error>().unwrap().kind(), &ErrorKind::InvalidConfiguration);
+    // A bearer token cannot travel beside the WPT.
+    let request = Request::get("http://a.example/").header("authorization", "Bearer t").body(Full::default()).unwrap();
+    let err = signing.oneshot(request).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Error>().unwrap().kind(), &ErrorKind::BearerWithWpt);
+}
