@@ -41,6 +41,11 @@ impl Deployment {
         Self { issuer: WitIssuer::new(key("prod-1")), rogue: WitIssuer::new(key("prod-1")) }
     }
 
+    /// The trusted issuer's public key, to write out as a trust anchor.
+    pub fn issuer_public_jwk(&self) -> &Jwk {
+        self.issuer.public_key().jwk()
+    }
+
     /// Trust anchors: only `spiffe://prod.example` is trusted.
     pub fn trust(&self) -> TrustStore {
         TrustStore::new().with(
