@@ -19,7 +19,8 @@ fn cli_verify(deployment: &Deployment, method: &Method, url: &str, headers: &Hea
     let dir = std::env::temp_dir().join(format!("wimse-cli-adapters-{}-{unique}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let uri: http::Uri = url.parse().unwrap();
-    let mut raw = format!("{method} {} HTTP/1.1\r\nHost: {}\r\n", uri.path_and_query().unwrap(), uri.authority().unwrap());
+    let mut raw =
+        format!("{method} {} HTTP/1.1\r\nHost: {}\r\n", uri.path_and_query().unwrap(), uri.authority().unwrap());
     for (name, value) in headers {
         raw.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
     }
@@ -64,7 +65,12 @@ struct Capture(Arc<Mutex<Option<(Method, String, HeaderMap)>>>);
 
 #[async_trait::async_trait]
 impl Middleware for Capture {
-    async fn handle(&self, req: reqwest::Request, _: &mut Extensions, _: Next<'_>) -> reqwest_middleware::Result<reqwest::Response> {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        _: &mut Extensions,
+        _: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
         *self.0.lock().unwrap() = Some((req.method().clone(), req.url().to_string(), req.headers().clone()));
         Ok(reqwest::Response::from(Response::new("")))
     }

@@ -22,7 +22,10 @@ fn credentials_must_match_their_wit() {
     assert_eq!(c.expires_at(), NOW - 60 + 3600);
     let other = SigningKey::generate(Algorithm::ES256).unwrap();
     assert_eq!(Credentials::new(f.wit.clone(), other).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
-    assert_eq!(Credentials::new("not a token", f.workload_key.clone()).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+    assert_eq!(
+        Credentials::new("not a token", f.workload_key.clone()).unwrap_err().kind(),
+        &ErrorKind::CredentialsUnavailable
+    );
     assert!(!format!("{c:?}").contains(&f.wit[..20]), "Debug does not print the WIT");
 }
 
@@ -37,7 +40,9 @@ fn static_credentials_stop_at_expiry() {
 #[test]
 fn signer_output_verifies_and_binds_context_tokens() {
     let f = Fixture::new();
-    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW)).with_context_tokens(["X-Ctx"]);
+    let signer = Signer::new(StaticCredentials::new(credentials(&f)))
+        .with_clock(FixedClock::new(NOW))
+        .with_context_tokens(["X-Ctx"]);
     let verifier = f.verifier_with(f.config().with_context_token("x-ctx"));
     let mut headers = HeaderMap::new();
     headers.insert("txn-token", HeaderValue::from_static("txn-1"));
@@ -73,7 +78,10 @@ fn signer_refuses_what_it_cannot_sign() {
     two.append("txn-token", HeaderValue::from_static("b"));
     assert_eq!(signer.sign_headers(&mut two, "https://a/b").unwrap_err().kind(), &ErrorKind::DuplicateContextToken);
     let expired = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW + 7200));
-    assert_eq!(expired.sign_headers(&mut HeaderMap::new(), "https://a/b").unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+    assert_eq!(
+        expired.sign_headers(&mut HeaderMap::new(), "https://a/b").unwrap_err().kind(),
+        &ErrorKind::CredentialsUnavailable
+    );
 }
 
 struct Files(std::path::PathBuf);
@@ -143,7 +151,8 @@ fn file_credentials_expire_without_renewal() {
     assert!(source.credentials(expiry - 1).is_ok());
     assert_eq!(source.credentials(expiry).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
     // Unreadable or mismatched files at start are an error, not a silent empty source.
-    std::fs::write(files.0.join("key.jwk"), SigningKey::generate(Algorithm::ES256).unwrap().to_private_jwk().to_json()).unwrap();
+    std::fs::write(files.0.join("key.jwk"), SigningKey::generate(Algorithm::ES256).unwrap().to_private_jwk().to_json())
+        .unwrap();
     assert_eq!(files.source(NOW).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
     std::fs::remove_file(files.0.join("wit.jwt")).unwrap();
     assert_eq!(files.source(NOW).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);

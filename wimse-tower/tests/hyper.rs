@@ -30,9 +30,11 @@ async fn serve(deployment: &Deployment) -> String {
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let service = TowerToHyperService::new(ServiceBuilder::new().layer(layer.clone()).service(service_fn(handler)));
+            let service =
+                TowerToHyperService::new(ServiceBuilder::new().layer(layer.clone()).service(service_fn(handler)));
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -53,17 +55,20 @@ async fn signed_hyper_client_calls_verified_hyper_server() {
     let base = serve(&deployment).await;
     let signing = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(client());
 
-    let request = Request::get(format!("{base}/orders?id=1")).header("txn-token", "txn-42").body(Full::default()).unwrap();
+    let request =
+        Request::get(format!("{base}/orders?id=1")).header("txn-token", "txn-42").body(Full::default()).unwrap();
     let response = signing.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body(response).await, format!("{ALLOWED} txn=txn-42"));
 
     // A fresh proof per request: the same client can call again.
-    let again = signing.clone().oneshot(Request::get(format!("{base}/orders")).body(Full::default()).unwrap()).await.unwrap();
+    let again =
+        signing.clone().oneshot(Request::get(format!("{base}/orders")).body(Full::default()).unwrap()).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
 
     // Unsigned, and signed by a caller the policy refuses.
-    let unsigned = client().oneshot(Request::get(format!("{base}/orders")).body(Full::default()).unwrap()).await.unwrap();
+    let unsigned =
+        client().oneshot(Request::get(format!("{base}/orders")).body(Full::default()).unwrap()).await.unwrap();
     assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(unsigned.headers()["www-authenticate"], "WPT");
     let denied = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(DENIED))).service(client());
@@ -78,9 +83,12 @@ async fn audience_alias_and_override() {
     let base = serve(&deployment).await;
     // The server is known to callers as its origin; an alias that names another audience fails.
     let aliased = ServiceBuilder::new()
-        .layer(WimseSignLayer::new(deployment.signer(ALLOWED)).audience_alias(|_| Some("https://wrong.example/x".into())))
+        .layer(
+            WimseSignLayer::new(deployment.signer(ALLOWED)).audience_alias(|_| Some("https://wrong.example/x".into())),
+        )
         .service(client());
-    let response = aliased.clone().oneshot(Request::get(format!("{base}/x")).body(Full::default()).unwrap()).await.unwrap();
+    let response =
+        aliased.clone().oneshot(Request::get(format!("{base}/x")).body(Full::default()).unwrap()).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // A per-request override wins over the alias.
     let mut request = Request::get(format!("{base}/x")).body(Full::default()).unwrap();
@@ -91,9 +99,9 @@ async fn audience_alias_and_override() {
 #[tokio::test]
 async fn signing_errors_fail_the_call() {
     let deployment = Deployment::new();
-    let signing = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(service_fn(
-        |_req: Request<Full<Bytes>>| async { Ok::<_, Infallible>(Response::new(())) },
-    ));
+    let signing = ServiceBuilder::new()
+        .layer(WimseSignLayer::new(deployment.signer(ALLOWED)))
+        .service(service_fn(|_req: Request<Full<Bytes>>| async { Ok::<_, Infallible>(Response::new(())) }));
     // A relative URI has no audience.
     let err = signing.clone().oneshot(Request::get("/relative").body(Full::default()).unwrap()).await.unwrap_err();
     assert_eq!(err.downcast_ref::<Error>().unwrap().kind(), &ErrorKind::InvalidConfiguration);

@@ -1,0 +1,200 @@
+//! A call chain on loopback, every hop authenticated with WIT + WPT:
+//!
+//! ```text
+//! front (reqwest) --> orders (axum) --> billing (actix-web)
+//! ```
+//!
+//! An in-process identity server for `spiffe://prod.example` issues each workload a key and a
+//! WIT. Each server verifies its caller, applies its policy, and prints who called. A
+//! `Txn-Token` travels unchanged across all hops, bound by `tth` on each. Then a workload the
+//! policies do not allow is refused, and `front` cannot skip `orders` to reach `billing`.
+//!
+//! Run: `cargo run -p wimse-examples --bin call-chain` (exits 0 when every check holds).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use wimse_core::prelude::*;
+use wimse_reqwest::WimseMiddleware;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const TXN_TOKEN: &str = "txn.order-7d1f.purchase";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The identity server of the trust domain: issues WITs and publishes its key as the anchor.
+struct IdentityServer {
+    issuer: WitIssuer,
+}
+
+impl IdentityServer {
+    fn new() -> Result<Self, Error> {
+        let key = SigningKey::generate(Algorithm::ES256)?.with_kid("prod-2026-11");
+        Ok(Self { issuer: WitIssuer::new(key).with_issuer("https://issuer.prod.example").with_lifetime(3600) })
+    }
+
+    fn trust(&self) -> Result<TrustStore, Error> {
+        let anchors = TrustAnchors::new().with_key(self.issuer.public_key().clone());
+        Ok(TrustStore::new().with("spiffe://prod.example".parse()?, anchors))
+    }
+
+    /// What a workload gets at start-up: a fresh key and a WIT binding its identifier to it.
+    fn enroll(&self, id: &str) -> Result<Signer, Error> {
+        let key = SigningKey::generate(Algorithm::ES256)?;
+        let wit = self.issuer.issue(&id.parse()?, key.public_jwk(), now())?;
+        Ok(Signer::new(StaticCredentials::new(Credentials::new(wit, key)?)))
+    }
+}
+
+fn client(signer: Signer) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new()).with(WimseMiddleware::new(signer)).build()
+}
+
+fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
+    Ok(Verifier::new(ids.trust()?, VerifierConfig::new().with_origin(origin))?)
+}
+
+// ---- billing: actix-web ----
+
+async fn charge(caller: wimse_actix::Caller) -> String {
+    let txn = caller.txn_token().unwrap_or("none");
+    println!("[billing] verified caller {} | txn-token {txn}", caller.id());
+    format!("charged (billing saw txn-token {txn})")
+}
+
+fn start_billing(ids: &IdentityServer) -> Result<String, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders".parse()?));
+    let config = wimse_actix::WimseConfig::new(verifier(ids, &base)?).policy(policy);
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(actix_web::web::Data::new(config.clone()))
+            .wrap(wimse_actix::Wimse::from_app_data())
+            .route("/charge", actix_web::web::post().to(charge))
+    })
+    .workers(1)
+    .listen(listener)?
+    .run();
+    // actix-web runs on its own single-threaded runtime.
+    std::thread::spawn(move || actix_web::rt::System::new().block_on(server));
+    Ok(base)
+}
+
+// ---- orders: axum ----
+
+struct Orders {
+    billing: String,
+    client: ClientWithMiddleware,
+}
+
+async fn place_order(
+    State(orders): State<Arc<Orders>>,
+    wimse_axum::Caller(caller): wimse_axum::Caller,
+) -> Result<String, (StatusCode, String)> {
+    let txn = caller.txn_token();
+    println!("[orders]  verified caller {} | txn-token {}", caller.id(), txn.unwrap_or("none"));
+    // Forward the transaction token only because the caller's proof bound it (tth); the
+    // inbound WIT and proof are never forwarded: the client signs with orders' own credentials.
+    let mut request = orders.client.post(format!("{}/charge", orders.billing));
+    if let Some(txn) = txn {
+        request = request.header("txn-token", txn);
+    }
+    let response = request.send().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    if !status.is_success() {
+        return Err((StatusCode::BAD_GATEWAY, format!("billing answered {status}: {body}")));
+    }
+    Ok(format!("order placed; {body}"))
+}
+
+async fn start_orders(ids: &IdentityServer, billing: String) -> Result<String, Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let policy = Policy::named("orders").allow(Rule::exact("spiffe://prod.example/front".parse()?));
+    let state = Arc::new(Orders { billing, client: client(ids.enroll("spiffe://prod.example/orders")?) });
+    let app = axum::Router::new()
+        .route("/orders", post(place_order))
+        .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy))
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(base)
+}
+
+// ---- the chain ----
+
+struct Answer {
+    status: u16,
+    challenge: Option<String>,
+    body: String,
+}
+
+async fn call(client: &ClientWithMiddleware, url: &str) -> Result<Answer, Error> {
+    let response = client.post(url).header("txn-token", TXN_TOKEN).send().await?;
+    let status = response.status().as_u16();
+    let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok(Answer { status, challenge, body: response.text().await? })
+}
+
+fn expect(ok: bool, what: &str) -> Result<(), Error> {
+    if ok {
+        println!("  ok: {what}");
+        Ok(())
+    } else {
+        Err(format!("check failed: {what}").into())
+    }
+}
+
+async fn run() -> Result<(), Error> {
+    let ids = IdentityServer::new()?;
+    let billing = start_billing(&ids)?;
+    let orders = start_orders(&ids, billing.clone()).await?;
+    println!("identity server: spiffe://prod.example | orders (axum) {orders} | billing (actix-web) {billing}\n");
+
+    println!("== front -> orders -> billing, with Txn-Token {TXN_TOKEN}");
+    let front = client(ids.enroll("spiffe://prod.example/front")?);
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders")).await?;
+    println!("[front]   {status} {body}");
+    expect(status == 200, "the chain succeeds")?;
+    expect(body.contains(&format!("billing saw txn-token {TXN_TOKEN}")), "the Txn-Token arrived unchanged at billing")?;
+
+    println!("\n== intruder (valid WIT, not allowed by orders' policy) -> orders");
+    let intruder = client(ids.enroll("spiffe://prod.example/intruder")?);
+    let Answer { status, body, .. } = call(&intruder, &format!("{orders}/orders")).await?;
+    println!("[intruder] {status} {body}");
+    expect(status == 403 && body.contains("policy_denied"), "orders refuses the intruder with 403")?;
+
+    println!("\n== front -> billing directly (billing only accepts orders)");
+    let Answer { status, body, .. } = call(&front, &format!("{billing}/charge")).await?;
+    println!("[front]   {status} {body}");
+    expect(status == 403, "billing refuses front")?;
+
+    println!("\n== an unsigned request -> orders");
+    let anonymous = ClientBuilder::new(reqwest::Client::new()).build();
+    let Answer { status, challenge, .. } = call(&anonymous, &format!("{orders}/orders")).await?;
+    println!("[anonymous] {status} WWW-Authenticate: {}", challenge.as_deref().unwrap_or("-"));
+    expect(status == 401 && challenge.as_deref() == Some("WPT"), "orders asks for credentials")?;
+
+    println!("\nall hops behaved as expected");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("call-chain: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
