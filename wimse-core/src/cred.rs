@@ -193,10 +193,8 @@ impl CredentialSource for FileCredentials {
         let mut state = self.lock()?;
         let due = now >= state.checked_at.saturating_add(self.recheck_every)
             || state.current.as_ref().is_none_or(|c| now.saturating_add(self.renew_before) >= c.expires_at);
-        if due {
-            if let Err(e) = self.reload(&mut state, now) {
-                tracing::warn!(error = %e, "wimse: could not reload workload credentials; keeping the current ones");
-            }
+        if due && let Err(e) = self.reload(&mut state, now) {
+            tracing::warn!(error = %e, "wimse: could not reload workload credentials; keeping the current ones");
         }
         match &state.current {
             Some(c) if now < c.expires_at => Ok(c.clone()),

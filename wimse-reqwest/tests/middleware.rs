@@ -1,0 +1,107 @@
+//! The middleware's per-request options, checked by the core verifier on the captured request.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Extensions, HeaderMap};
+use reqwest_middleware::{ClientBuilder, Middleware, Next};
+use wimse_core::prelude::*;
+use wimse_reqwest::{AudienceOverride, ContextTokens, WimseMiddleware, audience_for_url};
+use wimse_testkit::{ALLOWED, Deployment};
+
+/// Records the outgoing request instead of sending it.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Option<(String, HeaderMap)>>>);
+
+#[async_trait::async_trait]
+impl Middleware for Capture {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        _: &mut Extensions,
+        _: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        *self.0.lock().unwrap() = Some((req.url().path().to_owned(), req.headers().clone()));
+        Ok(reqwest::Response::from(http::Response::new("")))
+    }
+}
+
+fn client(middleware: WimseMiddleware, capture: &Capture) -> reqwest_middleware::ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new()).with(middleware).with(capture.clone()).build()
+}
+
+fn verify(verifier: &Verifier, capture: &Capture) -> Result<VerifiedCaller, Error> {
+    let (path, headers) = capture.0.lock().unwrap().take().unwrap();
+    verifier.verify(&RequestView { path: &path, headers: &headers })
+}
+
+#[tokio::test]
+async fn audience_defaults_to_the_url_and_can_be_overridden() {
+    let deployment = Deployment::new();
+    let capture = Capture::default();
+    let client = client(WimseMiddleware::new(deployment.signer(ALLOWED)), &capture);
+    let verifier = deployment.verifier("https://api.example:8443");
+
+    client.get("https://api.example:8443/v1/items?x=1#f").send().await.unwrap();
+    assert_eq!(verify(&verifier, &capture).unwrap().id().as_str(), ALLOWED);
+
+    let by_name = Verifier::new(deployment.trust(), VerifierConfig::new().with_audience("urn:svc:items")).unwrap();
+    client
+        .get("https://10.0.0.7/v1/items")
+        .with_extension(AudienceOverride("urn:svc:items".into()))
+        .send()
+        .await
+        .unwrap();
+    verify(&by_name, &capture).unwrap();
+
+    let aliased = self::client(
+        WimseMiddleware::new(deployment.signer(ALLOWED))
+            .audience_alias(|url| (url.host_str() == Some("10.0.0.7")).then(|| "urn:svc:items".into())),
+        &capture,
+    );
+    aliased.get("https://10.0.0.7/v1/items").send().await.unwrap();
+    verify(&by_name, &capture).unwrap();
+    assert_eq!(audience_for_url(&"https://a.example/p?q#f".parse().unwrap()), "https://a.example/p");
+}
+
+#[tokio::test]
+async fn per_request_context_tokens_are_added_and_bound() {
+    let deployment = Deployment::new();
+    let capture = Capture::default();
+    let client = client(WimseMiddleware::new(deployment.signer(ALLOWED)), &capture);
+    let verifier = Verifier::new(
+        deployment.trust(),
+        VerifierConfig::new().with_origin("https://api.example").with_context_token("x-tenant-token"),
+    )
+    .unwrap();
+    client
+        .post("https://api.example/v1")
+        .header("txn-token", "txn-1")
+        .with_extension(ContextTokens(vec![("X-Tenant-Token".into(), "tenant-42".into())]))
+        .send()
+        .await
+        .unwrap();
+    let caller = verify(&verifier, &capture).unwrap();
+    assert_eq!(caller.txn_token(), Some("txn-1"));
+    assert_eq!(caller.context_tokens()["x-tenant-token"], "tenant-42");
+}
+
+#[tokio::test]
+async fn signing_failures_stop_the_request() {
+    let deployment = Deployment::new();
+    let capture = Capture::default();
+    let client = client(WimseMiddleware::new(deployment.signer(ALLOWED)), &capture);
+    let err = client.get("https://api.example/").bearer_auth("t").send().await.unwrap_err();
+    assert!(matches!(err, reqwest_middleware::Error::Middleware(_)));
+    assert!(capture.0.lock().unwrap().is_none(), "nothing was sent");
+}
+
+#[test]
+fn expected_identity_hook() {
+    let deployment = Deployment::new();
+    let middleware = WimseMiddleware::new(deployment.signer(ALLOWED)).expected_identity(|url| {
+        (url.host_str() == Some("billing.internal")).then(|| "spiffe://prod.example/billing".parse().unwrap())
+    });
+    let billing = middleware.expected_identity_for(&"https://billing.internal/x".parse().unwrap());
+    assert_eq!(billing.unwrap().as_str(), "spiffe://prod.example/billing");
+    assert!(middleware.expected_identity_for(&"https://other.internal/x".parse().unwrap()).is_none());
+}
