@@ -42,7 +42,7 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transfor
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::future::LocalBoxFuture;
-use wimse_core::http::{HeaderSource, Rejection};
+use wimse_core::http::{HeaderSource, Rejection, has_wimse_credentials};
 use wimse_core::policy::Policy;
 use wimse_core::verify::{RequestView, VerifiedCaller, Verifier};
 use wimse_core::{Error, ErrorKind};
@@ -79,10 +79,7 @@ impl WimseConfig {
 
     fn authenticate(&self, req: &ServiceRequest) -> Result<Option<VerifiedCaller>, Error> {
         let headers = ActixHeaders(req.headers());
-        if self.optional
-            && !req.headers().contains_key("workload-identity-token")
-            && !req.headers().contains_key("authorization")
-        {
+        if self.optional && !has_wimse_credentials(&headers) {
             return Ok(None);
         }
         let caller = self.verifier.verify(&RequestView { path: req.path(), headers: &headers })?;

@@ -63,6 +63,8 @@ async fn optional_authentication_and_missing_config() {
 
     let plain = reqwest::Client::new();
     assert_eq!(plain.get(format!("{base}/opt/maybe")).send().await.unwrap().text().await.unwrap(), "anonymous");
+    let bearer = plain.get(format!("{base}/opt/maybe")).bearer_auth("t").send().await.unwrap();
+    assert_eq!(bearer.text().await.unwrap(), "anonymous");
     let signed = deployment.client(ALLOWED).get(format!("{base}/opt/maybe")).send().await.unwrap();
     assert_eq!(signed.text().await.unwrap(), ALLOWED);
     let anonymous = plain.get(format!("{base}/opt/who")).send().await.unwrap();

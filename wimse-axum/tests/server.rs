@@ -50,6 +50,9 @@ async fn per_route_policy_and_optional_authentication() {
 
     let plain = reqwest::Client::new();
     assert_eq!(plain.get(format!("{base}/maybe")).send().await.unwrap().text().await.unwrap(), "anonymous");
+    // A bearer-only request is left to other authentication.
+    let bearer = plain.get(format!("{base}/maybe")).bearer_auth("t").send().await.unwrap();
+    assert_eq!(bearer.text().await.unwrap(), "anonymous");
     let signed = deployment.client(DENIED).get(format!("{base}/maybe")).send().await.unwrap();
     assert_eq!(signed.text().await.unwrap(), DENIED);
     // A handler that requires a caller, on an optional layer, refuses anonymous requests itself.

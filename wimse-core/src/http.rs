@@ -106,6 +106,17 @@ pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(
     Ok(WptCredentials { wit, wpt, txn_token })
 }
 
+/// Whether a request carries any WIMSE credential: a `Workload-Identity-Token` field or an
+/// `Authorization` field with the `WPT` scheme. Optional authentication lets requests without
+/// one through (a bearer-only request is left to other authentication); requests with one
+/// must verify.
+pub fn has_wimse_credentials<H: HeaderSource + ?Sized>(headers: &H) -> bool {
+    headers.header_values(WIT_HEADER).next().is_some()
+        || headers
+            .header_values(AUTHORIZATION_HEADER)
+            .any(|v| scheme_of(v).eq_ignore_ascii_case(WPT_AUTH_SCHEME.as_bytes()))
+}
+
 fn scheme_of(value: &[u8]) -> &[u8] {
     value.split(|b| *b == b' ' || *b == b'\t').next().unwrap_or_default()
 }

@@ -10,8 +10,7 @@ use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::draft::{AUTHORIZATION_HEADER, WIT_HEADER};
-use wimse_core::http::Rejection;
+use wimse_core::http::{Rejection, has_wimse_credentials};
 use wimse_core::policy::Policy;
 use wimse_core::verify::{RequestView, VerifiedCaller, Verifier};
 
@@ -51,7 +50,7 @@ impl WimseLayer {
 
     fn authenticate<B>(&self, req: &Request<B>) -> Result<Option<VerifiedCaller>, Rejection> {
         let headers = req.headers();
-        if self.optional && !headers.contains_key(WIT_HEADER) && !headers.contains_key(AUTHORIZATION_HEADER) {
+        if self.optional && !has_wimse_credentials(headers) {
             return Ok(None);
         }
         let caller = self
