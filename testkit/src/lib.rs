@@ -1,10 +1,11 @@
 //! Test fixtures shared by the adapter crates: a small deployment (identity server, trust
 //! anchors, workloads) and the case table every server adapter must pass, run over real HTTP.
 
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use http::{Extensions, HeaderMap, Method};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use wimse_core::prelude::*;
 use wimse_core::sign::AudienceOverride;
 use wimse_reqwest::WimseMiddleware;
@@ -86,6 +87,46 @@ impl Deployment {
 /// A reqwest client with the WIMSE middleware for `signer`.
 pub fn client_with(signer: Signer) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new()).with(WimseMiddleware::new(signer)).build()
+}
+
+/// A request as the wire would carry it, recorded by [`Capture`].
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Method.
+    pub method: Method,
+    /// Full URL.
+    pub url: reqwest::Url,
+    /// Header fields.
+    pub headers: HeaderMap,
+}
+
+/// A last reqwest middleware that records the request instead of sending it, and answers an
+/// empty 200.
+#[derive(Debug, Clone, Default)]
+pub struct Capture(Arc<Mutex<Option<Captured>>>);
+
+impl Capture {
+    /// The last recorded request, taken out.
+    pub fn take(&self) -> Option<Captured> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for Capture {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        _: &mut Extensions,
+        _: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let captured =
+            Captured { method: req.method().clone(), url: req.url().clone(), headers: req.headers().clone() };
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(captured);
+        }
+        Ok(reqwest::Response::from(http::Response::new("")))
+    }
 }
 
 /// What a case expects back.

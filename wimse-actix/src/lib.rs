@@ -42,52 +42,18 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transfor
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::future::LocalBoxFuture;
-use wimse_core::http::{HeaderSource, Rejection, has_wimse_credentials};
-use wimse_core::policy::Policy;
-use wimse_core::verify::{RequestView, VerifiedCaller, Verifier};
+use wimse_core::http::{HeaderSource, Rejection};
+use wimse_core::verify::{Guard, RequestView, VerifiedCaller};
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
 
-/// What the middleware checks. Put it in app data (`web::Data<WimseConfig>`) or give it to
-/// [`Wimse::new`].
-#[derive(Debug, Clone)]
-pub struct WimseConfig {
-    verifier: Verifier,
-    policy: Option<Policy>,
-    optional: bool,
-}
+/// What the middleware checks: the core [`Guard`] (verifier, optional policy, required or
+/// optional). Put it in app data (`web::Data<WimseConfig>`) or give it to [`Wimse::new`].
+pub type WimseConfig = Guard;
 
-impl WimseConfig {
-    /// Requires valid credentials on every request.
-    pub fn new(verifier: Verifier) -> Self {
-        Self { verifier, policy: None, optional: false }
-    }
-
-    /// Lets requests without any WIMSE credentials through (no [`Caller`]); requests with
-    /// credentials must still verify.
-    pub fn optional(mut self) -> Self {
-        self.optional = true;
-        self
-    }
-
-    /// Applies a policy to every verified caller (403 when denied).
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = Some(policy);
-        self
-    }
-
-    fn authenticate(&self, req: &ServiceRequest) -> Result<Option<VerifiedCaller>, Error> {
-        let headers = ActixHeaders(req.headers());
-        if self.optional && !has_wimse_credentials(&headers) {
-            return Ok(None);
-        }
-        let caller = self.verifier.verify(&RequestView { path: req.path(), headers: &headers })?;
-        if let Some(policy) = &self.policy {
-            policy.check(&caller)?;
-        }
-        Ok(Some(caller))
-    }
+fn authenticate(config: &WimseConfig, req: &ServiceRequest) -> Result<Option<VerifiedCaller>, Error> {
+    config.check(&RequestView { path: req.path(), headers: &ActixHeaders(req.headers()) })
 }
 
 /// actix-web's header map (from `http` 0.2) seen through the core's [`HeaderSource`].
@@ -159,9 +125,9 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let outcome = match &self.config {
-            Some(config) => config.authenticate(&req),
+            Some(config) => authenticate(config, &req),
             None => match req.app_data::<web::Data<WimseConfig>>() {
-                Some(config) => config.authenticate(&req),
+                Some(config) => authenticate(config, &req),
                 None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no WimseConfig in app data")),
             },
         };

@@ -5,11 +5,11 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::{Extensions, HeaderMap, Method, Request, Response};
-use reqwest_middleware::{ClientBuilder, Middleware, Next};
+use http::{HeaderMap, Method, Request, Response};
+use reqwest_middleware::ClientBuilder;
 use serde_json::Value;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
-use wimse_testkit::{ALLOWED, Deployment};
+use wimse_testkit::{ALLOWED, Capture, Deployment};
 use wimse_tower::WimseSignLayer;
 
 /// Writes a raw HTTP/1.1 request and runs `wimse verify` on it.
@@ -59,23 +59,6 @@ async fn tower_client_layer_output_verifies_with_the_cli() {
     assert_eq!(out["caller"]["txn_token_bound"], true);
 }
 
-/// Records the outgoing request instead of sending it.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<(Method, String, HeaderMap)>>>);
-
-#[async_trait::async_trait]
-impl Middleware for Capture {
-    async fn handle(
-        &self,
-        req: reqwest::Request,
-        _: &mut Extensions,
-        _: Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        *self.0.lock().unwrap() = Some((req.method().clone(), req.url().to_string(), req.headers().clone()));
-        Ok(reqwest::Response::from(Response::new("")))
-    }
-}
-
 #[tokio::test]
 async fn reqwest_middleware_output_verifies_with_the_cli() {
     let deployment = Deployment::new();
@@ -85,8 +68,8 @@ async fn reqwest_middleware_output_verifies_with_the_cli() {
         .with(capture.clone())
         .build();
     client.post("http://billing.example:8080/charge?x=1").header("txn-token", "txn-8").send().await.unwrap();
-    let (method, url, headers) = capture.0.lock().unwrap().take().unwrap();
-    let out = cli_verify(&deployment, &method, &url, &headers);
+    let sent = capture.take().unwrap();
+    let out = cli_verify(&deployment, &sent.method, sent.url.as_str(), &sent.headers);
     assert_eq!(out["verified"], true, "{out}");
     assert_eq!(out["caller"]["txn_token_bound"], true);
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use crate::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::{HeaderSource, extract_wpt_credentials, single_value};
+use crate::http::{HeaderSource, extract_wpt_credentials, has_wimse_credentials, single_value};
 use crate::id::{IdentifierPolicy, WorkloadId};
 use crate::jose::{Algorithm, Backend};
+use crate::policy::Policy;
 use crate::replay::{InMemoryReplayCache, ReplayCache};
 use crate::time::{Clock, SystemClock};
 use crate::trust::TrustStore;
@@ -354,6 +355,48 @@ impl Verifier {
             txn_token: context.txn_token.map(str::to_owned),
             context_tokens: context.other_tokens.into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
         })
+    }
+}
+
+/// What a server adapter applies to each request: a [`Verifier`], optionally a [`Policy`], and
+/// whether anonymous requests may pass. Every adapter wraps one, so all decide alike.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    verifier: Verifier,
+    policy: Option<Policy>,
+    optional: bool,
+}
+
+impl Guard {
+    /// Requires valid credentials on every request.
+    pub fn new(verifier: Verifier) -> Self {
+        Self { verifier, policy: None, optional: false }
+    }
+
+    /// Lets requests without any WIMSE credentials through, with no caller (see
+    /// [`has_wimse_credentials`]). Requests that carry credentials must still verify.
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    /// Applies `policy` to every verified caller (403 when denied).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The verified (and allowed) caller, `None` for an anonymous request an optional guard
+    /// lets through, or the rejection.
+    pub fn check<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<Option<VerifiedCaller>> {
+        if self.optional && !has_wimse_credentials(request.headers) {
+            return Ok(None);
+        }
+        let caller = self.verifier.verify(request)?;
+        if let Some(policy) = &self.policy {
+            policy.check(&caller)?;
+        }
+        Ok(Some(caller))
     }
 }
 

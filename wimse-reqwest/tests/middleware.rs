@@ -1,37 +1,17 @@
 //! The middleware's per-request options, checked by the core verifier on the captured request.
 
-use std::sync::{Arc, Mutex};
-
-use http::{Extensions, HeaderMap};
-use reqwest_middleware::{ClientBuilder, Middleware, Next};
+use reqwest_middleware::ClientBuilder;
 use wimse_core::prelude::*;
 use wimse_reqwest::{AudienceOverride, ContextTokens, WimseMiddleware, audience_for_url};
-use wimse_testkit::{ALLOWED, Deployment};
-
-/// Records the outgoing request instead of sending it.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<(String, HeaderMap)>>>);
-
-#[async_trait::async_trait]
-impl Middleware for Capture {
-    async fn handle(
-        &self,
-        req: reqwest::Request,
-        _: &mut Extensions,
-        _: Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        *self.0.lock().unwrap() = Some((req.url().path().to_owned(), req.headers().clone()));
-        Ok(reqwest::Response::from(http::Response::new("")))
-    }
-}
+use wimse_testkit::{ALLOWED, Capture, Deployment};
 
 fn client(middleware: WimseMiddleware, capture: &Capture) -> reqwest_middleware::ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new()).with(middleware).with(capture.clone()).build()
 }
 
 fn verify(verifier: &Verifier, capture: &Capture) -> Result<VerifiedCaller, Error> {
-    let (path, headers) = capture.0.lock().unwrap().take().unwrap();
-    verifier.verify(&RequestView { path: &path, headers: &headers })
+    let sent = capture.take().unwrap();
+    verifier.verify(&RequestView { path: sent.url.path(), headers: &sent.headers })
 }
 
 #[tokio::test]
@@ -92,7 +72,7 @@ async fn signing_failures_stop_the_request() {
     let client = client(WimseMiddleware::new(deployment.signer(ALLOWED)), &capture);
     let err = client.get("https://api.example/").bearer_auth("t").send().await.unwrap_err();
     assert!(matches!(err, reqwest_middleware::Error::Middleware(_)));
-    assert!(capture.0.lock().unwrap().is_none(), "nothing was sent");
+    assert!(capture.take().is_none(), "nothing was sent");
 }
 
 #[test]

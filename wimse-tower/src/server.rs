@@ -10,9 +10,9 @@ use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::http::{Rejection, has_wimse_credentials};
+use wimse_core::http::Rejection;
 use wimse_core::policy::Policy;
-use wimse_core::verify::{RequestView, VerifiedCaller, Verifier};
+use wimse_core::verify::{Guard, RequestView, Verifier};
 
 use crate::rejection_response;
 
@@ -24,43 +24,30 @@ pub type WimseBody<B> = Either<B, Full<Bytes>>;
 /// `WWW-Authenticate: WPT`, 400, or 403 for a policy) and never reach the inner service.
 #[derive(Debug, Clone)]
 pub struct WimseLayer {
-    verifier: Verifier,
-    policy: Option<Policy>,
-    optional: bool,
+    guard: Guard,
 }
 
 impl WimseLayer {
     /// Requires every request to carry valid credentials.
     pub fn new(verifier: Verifier) -> Self {
-        Self { verifier, policy: None, optional: false }
+        Self { guard: Guard::new(verifier) }
     }
 
     /// Lets requests with no WIMSE credentials at all through, without a `VerifiedCaller`.
     /// Requests that carry credentials must still verify.
-    pub fn optional(mut self) -> Self {
-        self.optional = true;
-        self
+    pub fn optional(self) -> Self {
+        Self { guard: self.guard.optional() }
     }
 
     /// Applies `policy` to every verified caller (403 when denied).
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = Some(policy);
-        self
+    pub fn policy(self, policy: Policy) -> Self {
+        Self { guard: self.guard.policy(policy) }
     }
+}
 
-    fn authenticate<B>(&self, req: &Request<B>) -> Result<Option<VerifiedCaller>, Rejection> {
-        let headers = req.headers();
-        if self.optional && !has_wimse_credentials(headers) {
-            return Ok(None);
-        }
-        let caller = self
-            .verifier
-            .verify(&RequestView { path: req.uri().path(), headers })
-            .map_err(|e| Rejection::from_error(&e))?;
-        if let Some(policy) = &self.policy {
-            policy.check(&caller).map_err(|e| Rejection::from_error(&e))?;
-        }
-        Ok(Some(caller))
+impl From<Guard> for WimseLayer {
+    fn from(guard: Guard) -> Self {
+        Self { guard }
     }
 }
 
@@ -114,14 +101,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match self.layer.authenticate(&req) {
+        match self.layer.guard.check(&RequestView { path: req.uri().path(), headers: req.headers() }) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     req.extensions_mut().insert(caller);
                 }
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Err(rejection) => ResponseFuture::rejected(rejection_response(rejection)),
+            Err(error) => ResponseFuture::rejected(rejection_response(Rejection::from_error(&error))),
         }
     }
 }
