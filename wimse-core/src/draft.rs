@@ -10,6 +10,8 @@ pub mod revisions {
     pub const WORKLOAD_CREDS: &str = "draft-ietf-wimse-workload-creds-02";
     /// Workload Proof Token.
     pub const WPT: &str = "draft-ietf-wimse-wpt-02";
+    /// HTTP Message Signatures profile.
+    pub const HTTP_SIGNATURE: &str = "draft-ietf-wimse-http-signature-08";
 }
 
 /// Header field carrying the WIT (workload-creds-02 §5.1.1).
@@ -38,3 +40,19 @@ pub const PROBLEM_TYPE_BASE: &str = "urn:wimse-rs:problem:";
 
 /// `use` value of WIT signing keys in a SPIFFE trust bundle (SPIFFE WIT-SVID).
 pub const SPIFFE_BUNDLE_WIT_USE: &str = "wit-svid";
+
+/// `tag` of the WIMSE HTTP message signature (http-signature-08).
+pub const HTTPSIG_TAG: &str = "wimse-workload-to-workload";
+/// Label this crate gives its signatures (receivers find the signature by tag, not label).
+pub const HTTPSIG_LABEL: &str = "wimse";
+/// RFC 9421 `Signature-Input` field.
+pub const SIGNATURE_INPUT_HEADER: &str = "signature-input";
+/// RFC 9421 `Signature` field.
+pub const SIGNATURE_HEADER: &str = "signature";
+/// Problem type of every rejected signed request (http-signature-08; the body does not say
+/// which check failed). The draft names the fragment; the base is this project's.
+pub const SIGNATURE_INVALID_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signature-invalid";
+/// Problem type when a signed response was asked for and this server does not sign responses.
+pub const SIGNED_RESPONSE_UNSUPPORTED_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unsupported";
+/// Problem type when this server signs responses, but cannot sign this one.
+pub const SIGNED_RESPONSE_UNAVAILABLE_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unavailable";

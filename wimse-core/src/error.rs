@@ -92,6 +92,42 @@ pub enum ErrorKind {
     /// The proof's `jti` was already seen from this sender.
     ReplayedProof,
 
+    // ---- HTTP message signatures (400 for requests, http-signature-08) ----
+    /// `Signature-Input`/`Signature` are not valid Structured Fields, repeat a label, disagree,
+    /// or use components outside the profile.
+    SignatureMalformed,
+    /// No signature is tagged `wimse-workload-to-workload`.
+    NoWimseSignature,
+    /// More than one signature is tagged `wimse-workload-to-workload`.
+    AmbiguousWimseSignature,
+    /// The only signature has another `tag`.
+    SignatureWrongTag,
+    /// A required signature parameter (`created`, `expires`, `nonce`, `tag`, `wimse-aud`,
+    /// `wimse-req-nonce`) is missing.
+    MissingSignatureParameter,
+    /// A forbidden signature parameter (`keyid`, `alg`; `wimse-aud` on a response) is present.
+    ForbiddenSignatureParameter,
+    /// A component the profile or the configuration requires is not covered.
+    MissingCoveredComponent,
+    /// `created` is in the future.
+    SignatureCreatedInFuture,
+    /// `expires` has passed.
+    SignatureExpired,
+    /// The signature is older than the maximum age.
+    SignatureTooOld,
+    /// `expires - created` is longer than allowed.
+    SignatureLifetimeTooLong,
+    /// The signature does not verify with the WIT's `cnf.jwk`.
+    InvalidHttpSignature,
+    /// The body does not match `Content-Digest`, or no supported digest is present.
+    ContentDigestMismatch,
+    /// A signed response's `wimse-req-nonce` is not the request's nonce.
+    RequestNonceMismatch,
+    /// A body is larger than the configured limit (413).
+    BodyTooLarge,
+    /// The client asked for a signed response and this server does not sign responses (501).
+    SignedResponseUnsupported,
+
     // ---- authorization (403) ----
     /// The caller is authenticated but a policy does not allow it.
     PolicyDenied,
@@ -153,6 +189,22 @@ impl ErrorKind {
             OtherTokenBindingMismatch => "other_token_binding_mismatch",
             UnsupportedOtherToken => "unsupported_other_token",
             ReplayedProof => "replayed_proof",
+            SignatureMalformed => "signature_malformed",
+            NoWimseSignature => "no_wimse_signature",
+            AmbiguousWimseSignature => "ambiguous_wimse_signature",
+            SignatureWrongTag => "wrong_tag",
+            MissingSignatureParameter => "missing_parameter",
+            ForbiddenSignatureParameter => "forbidden_parameter",
+            MissingCoveredComponent => "missing_required_component",
+            SignatureCreatedInFuture => "created_in_future",
+            SignatureExpired => "signature_expired",
+            SignatureTooOld => "too_old",
+            SignatureLifetimeTooLong => "signature_lifetime_too_long",
+            InvalidHttpSignature => "invalid_signature",
+            ContentDigestMismatch => "content_digest_mismatch",
+            RequestNonceMismatch => "request_nonce_mismatch",
+            BodyTooLarge => "body_too_large",
+            SignedResponseUnsupported => "signed_response_unsupported",
             PolicyDenied => "policy_denied",
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
@@ -201,6 +253,22 @@ impl ErrorKind {
             OtherTokenBindingMismatch => "the WPT's oth does not match the request's context tokens",
             UnsupportedOtherToken => "the WPT's oth names a context token this service does not understand",
             ReplayedProof => "the proof was already used",
+            SignatureMalformed => "the signature fields are malformed",
+            NoWimseSignature => "no WIMSE signature",
+            AmbiguousWimseSignature => "more than one WIMSE signature",
+            SignatureWrongTag => "the signature's tag is not wimse-workload-to-workload",
+            MissingSignatureParameter => "a required signature parameter is missing",
+            ForbiddenSignatureParameter => "a forbidden signature parameter is present",
+            MissingCoveredComponent => "a required component is not covered by the signature",
+            SignatureCreatedInFuture => "the signature is created in the future",
+            SignatureExpired => "the signature has expired",
+            SignatureTooOld => "the signature is too old",
+            SignatureLifetimeTooLong => "the signature's lifetime is too long",
+            InvalidHttpSignature => "the HTTP signature is invalid",
+            ContentDigestMismatch => "the body does not match its Content-Digest",
+            RequestNonceMismatch => "the response's wimse-req-nonce is not the request's nonce",
+            BodyTooLarge => "the body is larger than allowed",
+            SignedResponseUnsupported => "this server does not sign responses",
             PolicyDenied => "the caller is not allowed by policy",
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",

@@ -24,6 +24,7 @@ pub mod cred;
 pub mod draft;
 mod error;
 pub mod http;
+pub mod httpsig;
 pub mod id;
 pub mod jose;
 pub mod policy;

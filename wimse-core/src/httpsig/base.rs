@@ -1,0 +1,120 @@
+//! The signature base (RFC 9421 §2.5) over a framework-neutral view of a message.
+
+use std::fmt::Write as _;
+
+use super::sf::ComponentId;
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::HeaderSource;
+
+/// What the signature base reads from a request. Values are as received: nothing is
+/// normalized beyond what RFC 9421 §2.2 prescribes.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a, H: ?Sized> {
+    /// The method, e.g. `POST`.
+    pub method: &'a str,
+    /// The URI scheme (`https`), for `@scheme` and `@target-uri`.
+    pub scheme: &'a str,
+    /// The authority (`api.example:8443`), for `@authority` and `@target-uri`.
+    pub authority: &'a str,
+    /// The absolute path (`/orders`); empty means `/`.
+    pub path: &'a str,
+    /// The query without `?`, if the target has one (even empty).
+    pub query: Option<&'a str>,
+    /// The header fields.
+    pub headers: &'a H,
+}
+
+/// What the signature base reads from a response.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseParts<'a, H: ?Sized> {
+    /// The status code.
+    pub status: u16,
+    /// The header fields.
+    pub headers: &'a H,
+}
+
+fn missing(component: &ComponentId) -> Error {
+    Error::with_detail(ErrorKind::MissingCoveredComponent, format!("{component} is not in the message"))
+}
+
+/// The value of a header field for the base: all field lines, trimmed, joined with `", "`.
+pub(crate) fn field_value<H: HeaderSource + ?Sized>(headers: &H, name: &str) -> Result<Option<String>> {
+    let mut combined: Option<String> = None;
+    for value in headers.header_values(name) {
+        let text = std::str::from_utf8(value).map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))?;
+        let text = text.trim_matches([' ', '\t']);
+        match &mut combined {
+            Some(c) => {
+                c.push_str(", ");
+                c.push_str(text);
+            }
+            None => combined = Some(text.to_owned()),
+        }
+    }
+    Ok(combined)
+}
+
+fn request_component<H: HeaderSource + ?Sized>(req: &RequestParts<'_, H>, id: &ComponentId) -> Result<String> {
+    let path = if req.path.is_empty() { "/" } else { req.path };
+    Ok(match id.name.as_str() {
+        "@method" => req.method.to_owned(),
+        "@scheme" => req.scheme.to_ascii_lowercase(),
+        "@authority" => req.authority.to_ascii_lowercase(),
+        "@path" => path.to_owned(),
+        "@query" => format!("?{}", req.query.unwrap_or_default()),
+        "@request-target" => match req.query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        },
+        "@target-uri" => {
+            let query = req.query.map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{}://{}{path}{query}", req.scheme.to_ascii_lowercase(), req.authority.to_ascii_lowercase())
+        }
+        name if name.starts_with('@') => {
+            return Err(Error::with_detail(ErrorKind::SignatureMalformed, format!("unsupported component {id}")));
+        }
+        name => field_value(req.headers, name)?.ok_or_else(|| missing(id))?,
+    })
+}
+
+/// Builds the signature base of a request (`response` is `None`) or a response (components
+/// with `;req` read from `request`). `signature_params` is the `@signature-params` value.
+pub fn signature_base<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
+    components: &[ComponentId],
+    signature_params: &str,
+    request: Option<&RequestParts<'_, Q>>,
+    response: Option<&ResponseParts<'_, R>>,
+) -> Result<String> {
+    let mut base = String::with_capacity(256);
+    for id in components {
+        if id.other_params {
+            return Err(Error::with_detail(ErrorKind::SignatureMalformed, format!("unsupported parameters on {id}")));
+        }
+        let value = match (response, id.req) {
+            (Some(res), false) => match id.name.as_str() {
+                "@status" => res.status.to_string(),
+                name if name.starts_with('@') => {
+                    return Err(Error::with_detail(ErrorKind::SignatureMalformed, format!("{id} in a response")));
+                }
+                name => field_value(res.headers, name)?.ok_or_else(|| missing(id))?,
+            },
+            (Some(_), true) | (None, false) => {
+                let req = request.ok_or_else(|| missing(id))?;
+                if id.name == "@status" {
+                    return Err(Error::with_detail(ErrorKind::SignatureMalformed, "@status in a request"));
+                }
+                request_component(req, id)?
+            }
+            (None, true) => {
+                return Err(Error::with_detail(ErrorKind::SignatureMalformed, "`req` in a request signature"));
+            }
+        };
+        // Values with a newline would let one component forge another's line.
+        if value.contains(['\n', '\r']) {
+            return Err(Error::new(ErrorKind::InvalidHeaderValue));
+        }
+        let _ = writeln!(base, "{id}: {value}");
+    }
+    let _ = write!(base, "\"@signature-params\": {signature_params}");
+    Ok(base)
+}

@@ -1,0 +1,450 @@
+//! HTTP Message Signatures (RFC 9421) as profiled by draft-ietf-wimse-http-signature-08.
+//!
+//! The profile in brief: the caller signs `@method`, `@path`, `@query` (CONNECT: `@method`,
+//! `@authority`) and each of `content-type`, `content-digest`, `authorization`, `txn-token` and
+//! `workload-identity-token` that is present, with the key of its WIT and `cnf.jwk.alg`.
+//! Parameters `created`, `expires`, `nonce`, `tag="wimse-workload-to-workload"` and `wimse-aud`
+//! are required, `keyid` and `alg` forbidden. A signed response covers `@status`, the request's
+//! `@method`/`@path`/`@query` (`;req`), the responder's WIT and its content fields, and carries
+//! `wimse-req-nonce`. The WIMSE signature is found by its tag, never by its label.
+
+mod base;
+mod digest;
+mod sf;
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http::{HeaderMap, HeaderValue};
+use sfv::{BareItem, Parameters};
+
+pub use base::{RequestParts, ResponseParts, signature_base};
+pub use digest::{content_digest, verify_content_digest};
+pub use sf::{ComponentId, ParsedSignature, parse_signatures};
+
+use crate::draft::{HTTPSIG_LABEL, HTTPSIG_TAG, SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER, WIT_HEADER};
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::HeaderSource;
+use crate::jose::{Backend, SigningKey};
+use crate::replay::ReplayCache;
+use crate::wit::{VerifiedWit, random_id};
+use sf::key;
+
+/// Header fields covered whenever present (http-signature-08).
+pub const COVERED_IF_PRESENT: [&str; 5] =
+    ["content-type", "content-digest", "authorization", "txn-token", "workload-identity-token"];
+
+/// Whether a request carries a WIMSE HTTP signature attempt (any `Signature-Input` field).
+pub fn has_signature<H: HeaderSource + ?Sized>(headers: &H) -> bool {
+    headers.header_values(SIGNATURE_INPUT_HEADER).next().is_some()
+}
+
+fn text_values<'h, H: HeaderSource + ?Sized>(headers: &'h H, name: &str) -> Result<Vec<&'h str>> {
+    headers
+        .header_values(name)
+        .map(|v| std::str::from_utf8(v).map_err(|_| Error::new(ErrorKind::InvalidHeaderValue)))
+        .collect()
+}
+
+/// Settings for checking signatures.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SignatureValidation {
+    /// Clock leeway in seconds for `created` and `expires`. Defaults to 30.
+    pub leeway: u64,
+    /// Signatures created longer ago than this (seconds) are refused, even if unexpired. Defaults to 300.
+    pub max_age: u64,
+    /// `expires - created` may not exceed this (seconds). Defaults to 300.
+    pub max_lifetime: u64,
+    /// Components the signature must cover besides the profile's.
+    pub required_components: Vec<String>,
+    /// Crypto backend.
+    pub backend: Backend,
+}
+
+impl Default for SignatureValidation {
+    fn default() -> Self {
+        Self {
+            leeway: 30,
+            max_age: 300,
+            max_lifetime: 300,
+            required_components: Vec::new(),
+            backend: Backend::default(),
+        }
+    }
+}
+
+/// A verified WIMSE signature's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifiedSignature {
+    /// `nonce`.
+    pub nonce: String,
+    /// `created`.
+    pub created: u64,
+    /// `expires`.
+    pub expires: u64,
+    /// `wimse-aud` (requests).
+    pub aud: Option<String>,
+    /// `wimse-sign-response` (requests): the caller requires a signed response.
+    pub sign_response: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request,
+    Response,
+}
+
+/// Finds the one WIMSE signature: the member tagged `wimse-workload-to-workload`.
+fn select(signatures: Vec<ParsedSignature>) -> Result<ParsedSignature> {
+    let single = signatures.len() == 1;
+    let mut tagged = Vec::new();
+    let mut untagged = Vec::new();
+    for sig in signatures {
+        if sig.str_param("tag").ok().flatten() == Some(HTTPSIG_TAG) { tagged.push(sig) } else { untagged.push(sig) }
+    }
+    match (tagged.len(), untagged.pop()) {
+        (1, _) => Ok(tagged.remove(0)),
+        (0, Some(only)) if single => match only.params.get("tag") {
+            None => Err(Error::with_detail(ErrorKind::MissingSignatureParameter, "tag")),
+            Some(_) => Err(ErrorKind::SignatureWrongTag.into()),
+        },
+        (0, _) => Err(ErrorKind::NoWimseSignature.into()),
+        _ => Err(ErrorKind::AmbiguousWimseSignature.into()),
+    }
+}
+
+fn required<T>(value: Option<T>, name: &'static str) -> Result<T> {
+    value.ok_or_else(|| Error::with_detail(ErrorKind::MissingSignatureParameter, name))
+}
+
+/// Parameter and time checks shared by requests and responses.
+fn check_params(sig: &ParsedSignature, kind: Kind, cfg: &SignatureValidation, now: u64) -> Result<VerifiedSignature> {
+    let forbidden: &[&str] = match kind {
+        Kind::Request => &["keyid", "alg"],
+        Kind::Response => &["keyid", "alg", "wimse-aud", "wimse-sign-response"],
+    };
+    if let Some(name) = forbidden.iter().find(|name| sig.params.contains_key(**name)) {
+        return Err(Error::with_detail(ErrorKind::ForbiddenSignatureParameter, *name));
+    }
+    let created = required(sig.int_param("created")?, "created")?;
+    let expires = required(sig.int_param("expires")?, "expires")?;
+    let nonce = required(sig.str_param("nonce")?, "nonce")?.to_owned();
+    required(sig.str_param("tag")?, "tag")?;
+    let aud = sig.str_param("wimse-aud")?.map(str::to_owned);
+    if kind == Kind::Request {
+        required(aud.as_ref(), "wimse-aud")?;
+    } else {
+        required(sig.str_param("wimse-req-nonce")?, "wimse-req-nonce")?;
+    }
+    let (Ok(created), Ok(expires)) = (u64::try_from(created), u64::try_from(expires)) else {
+        return Err(Error::with_detail(ErrorKind::SignatureMalformed, "negative time"));
+    };
+    if created > now.saturating_add(cfg.leeway) {
+        return Err(ErrorKind::SignatureCreatedInFuture.into());
+    }
+    if now >= expires.saturating_add(cfg.leeway) {
+        return Err(ErrorKind::SignatureExpired.into());
+    }
+    if now.saturating_sub(created) > cfg.max_age.saturating_add(cfg.leeway) {
+        return Err(ErrorKind::SignatureTooOld.into());
+    }
+    if expires < created || expires - created > cfg.max_lifetime {
+        return Err(ErrorKind::SignatureLifetimeTooLong.into());
+    }
+    Ok(VerifiedSignature {
+        nonce,
+        created,
+        expires,
+        aud,
+        sign_response: sig.bool_param("wimse-sign-response")?.unwrap_or(false),
+    })
+}
+
+fn check_coverage<H: HeaderSource + ?Sized>(
+    sig: &ParsedSignature,
+    must: &[ComponentId],
+    headers: &H,
+    extra: &[String],
+) -> Result<()> {
+    let covered = |id: &ComponentId| sig.components.contains(id);
+    let missing = |id: &ComponentId| Error::with_detail(ErrorKind::MissingCoveredComponent, id.to_string());
+    for id in must {
+        if !covered(id) {
+            return Err(missing(id));
+        }
+    }
+    for name in COVERED_IF_PRESENT.iter().copied().chain(extra.iter().map(String::as_str)) {
+        let id = ComponentId::new(name);
+        let present = headers.header_values(name).next().is_some();
+        let required_anyway = extra.iter().any(|e| e == name);
+        if (present || required_anyway) && !covered(&id) {
+            return Err(missing(&id));
+        }
+    }
+    Ok(())
+}
+
+fn request_must_cover<H: ?Sized>(req: &RequestParts<'_, H>, response: bool) -> Vec<ComponentId> {
+    let make = |name: &str| if response { ComponentId::req(name) } else { ComponentId::new(name) };
+    if req.method.eq_ignore_ascii_case("CONNECT") {
+        vec![make("@method"), make("@authority")]
+    } else {
+        vec![make("@method"), make("@path"), make("@query")]
+    }
+}
+
+fn check_body<H: HeaderSource + ?Sized>(headers: &H, body: Option<&[u8]>) -> Result<()> {
+    let digests = text_values(headers, "content-digest")?;
+    match body {
+        Some(body) if !body.is_empty() || !digests.is_empty() => {
+            if digests.is_empty() {
+                return Err(Error::with_detail(ErrorKind::MissingCoveredComponent, "a body without Content-Digest"));
+            }
+            verify_content_digest(&digests, body)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn verify_bytes(sig: &ParsedSignature, base: &str, wit: &VerifiedWit, backend: Backend) -> Result<()> {
+    if wit.cnf_key().verify(backend, wit.cnf_algorithm(), base.as_bytes(), &sig.value) {
+        Ok(())
+    } else {
+        Err(ErrorKind::InvalidHttpSignature.into())
+    }
+}
+
+fn no_headers() -> &'static HeaderMap {
+    static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(HeaderMap::new)
+}
+
+/// Verifies the WIMSE signature of a request whose WIT (`wit`, from the same request) was
+/// already validated. `body` is the received content when the request has one; it is checked
+/// against `Content-Digest`. The nonce is recorded in `replay` per sender.
+pub fn verify_request<H: HeaderSource + ?Sized>(
+    req: &RequestParts<'_, H>,
+    body: Option<&[u8]>,
+    wit: &VerifiedWit,
+    audience_ok: impl Fn(&str) -> bool,
+    cfg: &SignatureValidation,
+    replay: &dyn ReplayCache,
+    now: u64,
+) -> Result<VerifiedSignature> {
+    let inputs = text_values(req.headers, SIGNATURE_INPUT_HEADER)?;
+    let values = text_values(req.headers, SIGNATURE_HEADER)?;
+    if inputs.is_empty() {
+        return Err(ErrorKind::NoWimseSignature.into());
+    }
+    let sig = select(parse_signatures(&inputs, &values)?)?;
+    let verified = check_params(&sig, Kind::Request, cfg, now)?;
+    check_coverage(&sig, &request_must_cover(req, false), req.headers, &cfg.required_components)?;
+    if req.method.eq_ignore_ascii_case("CONNECT")
+        && sig.components.iter().any(|c| c.name == "@path" || c.name == "@query")
+    {
+        return Err(Error::with_detail(ErrorKind::SignatureMalformed, "CONNECT must not cover @path or @query"));
+    }
+    if !verified.aud.as_deref().is_some_and(&audience_ok) {
+        return Err(ErrorKind::AudienceMismatch.into());
+    }
+    let base = signature_base::<H, HeaderMap>(&sig.components, &sig.signature_params, Some(req), None)?;
+    verify_bytes(&sig, &base, wit, cfg.backend)?;
+    check_body(req.headers, body)?;
+    replay.check_and_insert(
+        &format!("httpsig {}", wit.subject()),
+        &verified.nonce,
+        verified.expires.saturating_add(cfg.leeway),
+        now,
+    )?;
+    Ok(verified)
+}
+
+/// Verifies a signed response against the request it answers. `server_wit` is the responder's
+/// WIT (from the response's `Workload-Identity-Token`, validated by the caller) and
+/// `request_nonce` the nonce of the request's signature.
+pub fn verify_response<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
+    req: &RequestParts<'_, Q>,
+    res: &ResponseParts<'_, R>,
+    body: Option<&[u8]>,
+    server_wit: &VerifiedWit,
+    request_nonce: &str,
+    cfg: &SignatureValidation,
+    now: u64,
+) -> Result<VerifiedSignature> {
+    let inputs = text_values(res.headers, SIGNATURE_INPUT_HEADER)?;
+    let values = text_values(res.headers, SIGNATURE_HEADER)?;
+    if inputs.is_empty() {
+        return Err(ErrorKind::NoWimseSignature.into());
+    }
+    let sig = select(parse_signatures(&inputs, &values)?)?;
+    let verified = check_params(&sig, Kind::Response, cfg, now)?;
+    let mut must = vec![ComponentId::new("@status")];
+    must.extend(request_must_cover(req, true));
+    check_coverage(&sig, &must, res.headers, &cfg.required_components)?;
+    if sig.str_param("wimse-req-nonce")? != Some(request_nonce) {
+        return Err(ErrorKind::RequestNonceMismatch.into());
+    }
+    let base = signature_base(&sig.components, &sig.signature_params, Some(req), Some(res))?;
+    verify_bytes(&sig, &base, server_wit, cfg.backend)?;
+    check_body(res.headers, body)?;
+    Ok(verified)
+}
+
+/// How to sign a message.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SignOptions {
+    /// Signature lifetime in seconds (`expires - created`). Defaults to 60.
+    pub lifetime: u64,
+    /// Crypto backend.
+    pub backend: Backend,
+}
+
+impl Default for SignOptions {
+    fn default() -> Self {
+        Self { lifetime: 60, backend: Backend::default() }
+    }
+}
+
+/// What a request signature needs to be remembered for its response.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestSignature {
+    /// The request's `nonce`, which a signed response must carry back.
+    pub nonce: String,
+    /// Whether a signed response was required.
+    pub sign_response: bool,
+}
+
+impl fmt::Debug for RequestSignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestSignature").field("sign_response", &self.sign_response).finish_non_exhaustive()
+    }
+}
+
+fn params(created: u64, lifetime: u64, nonce: &str) -> Result<Parameters> {
+    let string = |s: &str| {
+        sfv::String::from_string(s.to_owned())
+            .map(BareItem::String)
+            .map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))
+    };
+    let int = |v: u64| {
+        i64::try_from(v)
+            .ok()
+            .and_then(|v| sfv::Integer::try_from(v).ok())
+            .map(BareItem::Integer)
+            .ok_or_else(|| Error::new(ErrorKind::Crypto))
+    };
+    let mut p = Parameters::new();
+    p.insert(key("created"), int(created)?);
+    p.insert(key("expires"), int(created.saturating_add(lifetime))?);
+    p.insert(key("nonce"), string(nonce)?);
+    p.insert(key("tag"), string(HTTPSIG_TAG)?);
+    Ok(p)
+}
+
+fn covered_fields(headers: &HeaderMap) -> impl Iterator<Item = ComponentId> + '_ {
+    COVERED_IF_PRESENT.into_iter().filter(|name| headers.contains_key(*name)).map(ComponentId::new)
+}
+
+fn attach(headers: &mut HeaderMap, signature_params: &str, signature: &[u8]) -> Result<()> {
+    let invalid = |_| Error::new(ErrorKind::InvalidHeaderValue);
+    let input = HeaderValue::from_str(&format!("{HTTPSIG_LABEL}={signature_params}")).map_err(invalid)?;
+    let value = HeaderValue::from_str(&format!("{HTTPSIG_LABEL}=:{}:", STANDARD.encode(signature))).map_err(invalid)?;
+    headers.insert(SIGNATURE_INPUT_HEADER, input);
+    headers.insert(SIGNATURE_HEADER, value);
+    Ok(())
+}
+
+fn set_wit_and_digest(headers: &mut HeaderMap, wit: &str, body: Option<&[u8]>) -> Result<()> {
+    let invalid = |_| Error::new(ErrorKind::InvalidHeaderValue);
+    let mut wit = HeaderValue::from_str(wit).map_err(invalid)?;
+    wit.set_sensitive(true);
+    headers.insert(WIT_HEADER, wit);
+    headers.remove("content-digest");
+    if let Some(body) = body.filter(|b| !b.is_empty()) {
+        headers.insert("content-digest", HeaderValue::from_str(&content_digest(body)).map_err(invalid)?);
+    }
+    Ok(())
+}
+
+/// Signs a request: sets `Workload-Identity-Token`, `Content-Digest` (when there is a body),
+/// `Signature-Input` and `Signature` in `req.headers`. Signatures already present (an inbound
+/// request's) are replaced. `aud` is the `wimse-aud` value.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_request(
+    headers: &mut HeaderMap,
+    method: &str,
+    scheme: &str,
+    authority: &str,
+    path: &str,
+    query: Option<&str>,
+    body: Option<&[u8]>,
+    wit: &str,
+    key: &SigningKey,
+    aud: &str,
+    sign_response: bool,
+    options: &SignOptions,
+    now: u64,
+) -> Result<RequestSignature> {
+    set_wit_and_digest(headers, wit, body)?;
+    let req = RequestParts { method, scheme, authority, path, query, headers: no_headers() };
+    let mut components = request_must_cover(&req, false);
+    components.extend(covered_fields(headers));
+    let nonce = random_id();
+    let mut p = params(now, options.lifetime, &nonce)?;
+    p.insert(
+        key_of("wimse-aud"),
+        sfv::String::from_string(aud.to_owned())
+            .map(BareItem::String)
+            .map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))?,
+    );
+    if sign_response {
+        p.insert(key_of("wimse-sign-response"), BareItem::Boolean(true));
+    }
+    let signature_params = sf::serialize_inner_list(&sf::inner_list(&components, p)?)?;
+    let req = RequestParts { headers: &*headers, ..req };
+    let base = signature_base::<HeaderMap, HeaderMap>(&components, &signature_params, Some(&req), None)?;
+    let signature = key.sign(options.backend, base.as_bytes())?;
+    attach(headers, &signature_params, &signature)?;
+    Ok(RequestSignature { nonce, sign_response })
+}
+
+fn key_of(name: &str) -> sfv::Key {
+    key(name)
+}
+
+/// Signs a response to `req` (whose signature had nonce `request_nonce`): sets the responder's
+/// `Workload-Identity-Token`, `Content-Digest` (when there is a body), `Signature-Input` and
+/// `Signature` in `headers`.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_response<Q: HeaderSource + ?Sized>(
+    headers: &mut HeaderMap,
+    status: u16,
+    req: &RequestParts<'_, Q>,
+    body: Option<&[u8]>,
+    wit: &str,
+    key: &SigningKey,
+    request_nonce: &str,
+    options: &SignOptions,
+    now: u64,
+) -> Result<()> {
+    set_wit_and_digest(headers, wit, body)?;
+    let mut components = vec![ComponentId::new("@status")];
+    components.extend(request_must_cover(req, true));
+    components.extend(covered_fields(headers).filter(|c| c.name != "authorization" && c.name != "txn-token"));
+    let mut p = params(now, options.lifetime, &random_id())?;
+    p.insert(
+        key_of("wimse-req-nonce"),
+        sfv::String::from_string(request_nonce.to_owned())
+            .map(BareItem::String)
+            .map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))?,
+    );
+    let signature_params = sf::serialize_inner_list(&sf::inner_list(&components, p)?)?;
+    let res = ResponseParts { status, headers: &*headers };
+    let base = signature_base(&components, &signature_params, Some(req), Some(&res))?;
+    let signature = key.sign(options.backend, base.as_bytes())?;
+    attach(headers, &signature_params, &signature)
+}
