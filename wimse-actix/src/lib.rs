@@ -53,7 +53,7 @@ pub use wimse_core;
 pub type WimseConfig = Guard;
 
 fn authenticate(config: &WimseConfig, req: &ServiceRequest) -> Result<Option<VerifiedCaller>, Error> {
-    config.check(&RequestView { path: req.path(), headers: &ActixHeaders(req.headers()) })
+    config.check(&RequestView::new(req.path(), &ActixHeaders(req.headers())))
 }
 
 /// actix-web's header map (from `http` 0.2) seen through the core's [`HeaderSource`].

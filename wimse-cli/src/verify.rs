@@ -85,7 +85,7 @@ pub(crate) fn run(args: VerifyArgs) -> CliResult {
         .map_err(|e| format!("{e} (give --audience or --origin)"))?
         .with_clock(FixedClock::new(now));
 
-    let (out, code) = match verifier.verify(&RequestView { path: request.path(), headers: &headers }) {
+    let (out, code) = match verifier.verify(&RequestView::new(request.path(), &headers)) {
         Ok(caller) => {
             let (method, jti, proof_expires) = match caller.method() {
                 ProofMethod::Wpt { jti, exp } => ("wpt", Some(jti.as_str()), Some(utc(*exp))),

@@ -100,7 +100,7 @@ fn benches(c: &mut Criterion) {
                         headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}")).unwrap());
                         headers
                     },
-                    |headers| verifier.verify(&RequestView { path: "/charge", headers: &headers }).unwrap(),
+                    |headers| verifier.verify(&RequestView::new("/charge", &headers)).unwrap(),
                     criterion::BatchSize::SmallInput,
                 )
             });

@@ -131,6 +131,8 @@ pub enum ErrorKind {
     // ---- authorization (403) ----
     /// The caller is authenticated but a policy does not allow it.
     PolicyDenied,
+    /// A peer (e.g. the server that signed a response) is not the workload expected for it.
+    UnexpectedPeer,
 
     // ---- client side ----
     /// The signer has no usable credentials (missing, unreadable, mismatched or expired).
@@ -206,6 +208,7 @@ impl ErrorKind {
             BodyTooLarge => "body_too_large",
             SignedResponseUnsupported => "signed_response_unsupported",
             PolicyDenied => "policy_denied",
+            UnexpectedPeer => "unexpected_peer",
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
             InvalidKey => "invalid_key",
@@ -270,6 +273,7 @@ impl ErrorKind {
             BodyTooLarge => "the body is larger than allowed",
             SignedResponseUnsupported => "this server does not sign responses",
             PolicyDenied => "the caller is not allowed by policy",
+            UnexpectedPeer => "the peer is not the expected workload",
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",
             InvalidKey => "invalid key",
@@ -288,17 +292,18 @@ pub struct Error(Box<Inner>);
 struct Inner {
     kind: ErrorKind,
     detail: Option<Cow<'static, str>>,
+    signature_mode: bool,
 }
 
 impl Error {
     /// An error of `kind` without detail.
     pub fn new(kind: ErrorKind) -> Self {
-        Self(Box::new(Inner { kind, detail: None }))
+        Self(Box::new(Inner { kind, detail: None, signature_mode: false }))
     }
 
     /// An error of `kind` with a detail for logs (must not contain token material).
     pub fn with_detail(kind: ErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self(Box::new(Inner { kind, detail: Some(detail.into()) }))
+        Self(Box::new(Inner { kind, detail: Some(detail.into()), signature_mode: false }))
     }
 
     /// The failed check.
@@ -314,6 +319,18 @@ impl Error {
     /// The detail, if any.
     pub fn detail(&self) -> Option<&str> {
         self.0.detail.as_deref()
+    }
+
+    /// Marks the error as a failure of an HTTP-signature request, which http-signature-08 answers
+    /// with a generic 400 (see [`crate::http::Rejection`]).
+    pub fn in_signature_mode(mut self) -> Self {
+        self.0.signature_mode = true;
+        self
+    }
+
+    /// Whether the error is about an HTTP-signature request.
+    pub fn is_signature_mode(&self) -> bool {
+        self.0.signature_mode
     }
 
     /// Shorthand for `self.kind().reason()`.

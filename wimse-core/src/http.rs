@@ -6,7 +6,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::draft::{
-    AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE,
+    AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, SIGNATURE_INPUT_HEADER, SIGNATURE_INVALID_PROBLEM,
+    SIGNED_RESPONSE_UNSUPPORTED_PROBLEM, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -112,6 +113,7 @@ pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(
 /// must verify.
 pub fn has_wimse_credentials<H: HeaderSource + ?Sized>(headers: &H) -> bool {
     headers.header_values(WIT_HEADER).next().is_some()
+        || headers.header_values(SIGNATURE_INPUT_HEADER).next().is_some()
         || headers
             .header_values(AUTHORIZATION_HEADER)
             .any(|v| scheme_of(v).eq_ignore_ascii_case(WPT_AUTH_SCHEME.as_bytes()))
@@ -132,8 +134,10 @@ pub struct Problem {
     pub title: String,
     /// The HTTP status code.
     pub status: u16,
-    /// The stable reason code (extension member).
-    pub reason: &'static str,
+    /// The stable reason code (extension member); absent for signed requests, whose rejections
+    /// do not say which check failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// How a rejected request is answered. Every adapter uses this, so all answer alike:
@@ -165,18 +169,35 @@ impl Rejection {
             | DuplicateContextToken
             | OversizedToken
             | InvalidHeaderValue => (StatusCode::BAD_REQUEST, false),
-            PolicyDenied => (StatusCode::FORBIDDEN, false),
+            PolicyDenied | UnexpectedPeer => (StatusCode::FORBIDDEN, false),
+            BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
+            SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),
             ReplayCacheFull => (StatusCode::SERVICE_UNAVAILABLE, false),
             InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable => {
                 (StatusCode::INTERNAL_SERVER_ERROR, false)
             }
+            // http-signature-08: any failure of a signed request is a 400 that does not say
+            // which check failed (the logs do).
+            _ if error.is_signature_mode() => {
+                let problem = Problem {
+                    type_uri: SIGNATURE_INVALID_PROBLEM.to_owned(),
+                    title: "the signed request is invalid".to_owned(),
+                    status: 400,
+                    reason: None,
+                };
+                return Self { status: StatusCode::BAD_REQUEST, challenge: false, problem };
+            }
             _ => (StatusCode::UNAUTHORIZED, true),
         };
+        let type_uri = match kind {
+            SignedResponseUnsupported => SIGNED_RESPONSE_UNSUPPORTED_PROBLEM.to_owned(),
+            _ => format!("{PROBLEM_TYPE_BASE}{}", kind.reason()),
+        };
         let problem = Problem {
-            type_uri: format!("{PROBLEM_TYPE_BASE}{}", kind.reason()),
+            type_uri,
             title: kind.description().into_owned(),
             status: status.as_u16(),
-            reason: kind.reason(),
+            reason: Some(kind.reason()),
         };
         Self { status, challenge, problem }
     }

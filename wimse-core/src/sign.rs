@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use crate::cred::CredentialSource;
 use crate::draft::{TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME};
 use crate::error::{Error, ErrorKind, Result};
+use crate::httpsig::{self, RequestParts, RequestSignature, SignOptions};
 use crate::jose::Backend;
 use crate::time::{Clock, SystemClock};
 use crate::wpt::WptBuilder;
@@ -127,6 +128,77 @@ impl Signer {
         headers.insert(WIT_HEADER, wit);
         headers.insert(AUTHORIZATION, authorization);
         Ok(())
+    }
+}
+
+impl Signer {
+    fn sign_options(&self) -> SignOptions {
+        SignOptions { lifetime: self.lifetime, backend: self.backend }
+    }
+
+    /// Signs a request with an HTTP message signature (http-signature-08) instead of a WPT:
+    /// sets the WIT, `Content-Digest` for a body, `Signature-Input` and `Signature`.
+    /// `sign_response` asks the server to sign its response; keep the returned nonce to check it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign_request_signature(
+        &self,
+        headers: &mut HeaderMap,
+        method: &str,
+        scheme: &str,
+        authority: &str,
+        path: &str,
+        query: Option<&str>,
+        body: Option<&[u8]>,
+        aud: &str,
+        sign_response: bool,
+    ) -> Result<RequestSignature> {
+        if headers.get_all(AUTHORIZATION).iter().any(|v| v.as_bytes().starts_with(b"WPT ")) {
+            headers.remove(AUTHORIZATION);
+        }
+        let now = self.clock.now();
+        let credentials = self.source.credentials(now)?;
+        let options = self.sign_options();
+        httpsig::sign_request(
+            headers,
+            method,
+            scheme,
+            authority,
+            path,
+            query,
+            body,
+            credentials.wit(),
+            credentials.key(),
+            aud,
+            sign_response,
+            &options,
+            now,
+        )
+    }
+
+    /// Signs a response to a signed request whose nonce was `request_nonce`, with this
+    /// workload's credentials.
+    pub fn sign_response_headers<H: crate::http::HeaderSource + ?Sized>(
+        &self,
+        headers: &mut HeaderMap,
+        status: u16,
+        request: &RequestParts<'_, H>,
+        body: Option<&[u8]>,
+        request_nonce: &str,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let credentials = self.source.credentials(now)?;
+        let options = self.sign_options();
+        httpsig::sign_response(
+            headers,
+            status,
+            request,
+            body,
+            credentials.wit(),
+            credentials.key(),
+            request_nonce,
+            &options,
+            now,
+        )
     }
 }
 

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use crate::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{HeaderSource, extract_wpt_credentials, has_wimse_credentials, single_value};
+use crate::httpsig::{self, RequestParts, SignatureValidation, has_signature};
 use crate::id::{IdentifierPolicy, WorkloadId};
 use crate::jose::{Algorithm, Backend};
 use crate::policy::Policy;
 use crate::replay::{InMemoryReplayCache, ReplayCache};
 use crate::time::{Clock, SystemClock};
 use crate::trust::TrustStore;
-use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, WitValidation, validate_wit};
+use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
 use crate::wpt::{ProofContext, WptValidation, validate_wpt};
 
 /// Verifier settings. Build with [`VerifierConfig::new`] and the `with_*` methods; the defaults
@@ -43,6 +44,12 @@ pub struct VerifierConfig {
     pub identifier_policy: IdentifierPolicy,
     /// Crypto backend.
     pub backend: Backend,
+    /// Accept WIT + WPT requests. Defaults to `true`.
+    pub accept_wpt: bool,
+    /// Accept WIT + HTTP message signature requests. Defaults to `true`.
+    pub accept_http_signatures: bool,
+    /// HTTP signatures created longer ago than this are refused (seconds). Defaults to 300.
+    pub max_signature_age: u64,
 }
 
 impl Default for VerifierConfig {
@@ -59,11 +66,26 @@ impl Default for VerifierConfig {
             context_tokens: Vec::new(),
             identifier_policy: IdentifierPolicy::default(),
             backend: Backend::default(),
+            accept_wpt: true,
+            accept_http_signatures: true,
+            max_signature_age: 300,
         }
     }
 }
 
 impl VerifierConfig {
+    /// Accepts only WPT requests.
+    pub fn only_wpt(mut self) -> Self {
+        self.accept_http_signatures = false;
+        self.accept_wpt = true;
+        self
+    }
+    /// Accepts only HTTP-signature requests.
+    pub fn only_http_signatures(mut self) -> Self {
+        self.accept_wpt = false;
+        self.accept_http_signatures = true;
+        self
+    }
     /// Defaults; add at least one audience or origin.
     pub fn new() -> Self {
         Self::default()
@@ -109,6 +131,9 @@ impl VerifierConfig {
         if self.audiences.is_empty() && self.origins.is_empty() {
             return bad("no audience or origin configured: every WPT would be refused");
         }
+        if !self.accept_wpt && !self.accept_http_signatures {
+            return bad("neither WPT nor HTTP signatures accepted: every request would be refused");
+        }
         if self.leeway > MAX_LEEWAY_SECS {
             return bad("leeway above 300 seconds");
         }
@@ -135,11 +160,43 @@ fn path_without_query(path: &str) -> &str {
 
 /// The parts of an inbound request the verifier reads.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RequestView<'a, H: ?Sized> {
-    /// Request target path (query allowed; it is ignored for the audience).
+    /// The method (`GET` unless set).
+    pub method: &'a str,
+    /// Request target path, with the query if any (ignored for the audience).
     pub path: &'a str,
+    /// The authority the request was sent to (`Host` / `:authority`); signed only on CONNECT.
+    pub authority: &'a str,
     /// The header fields.
     pub headers: &'a H,
+    /// The received body, when the adapter read it (needed to check a `Content-Digest`).
+    pub body: Option<&'a [u8]>,
+}
+
+impl<'a, H: ?Sized> RequestView<'a, H> {
+    /// A `GET` of `path` (with query) with these headers and no body.
+    pub fn new(path: &'a str, headers: &'a H) -> Self {
+        Self { method: "GET", path, authority: "", headers, body: None }
+    }
+
+    /// Sets the method.
+    pub fn method(mut self, method: &'a str) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// Sets the authority.
+    pub fn authority(mut self, authority: &'a str) -> Self {
+        self.authority = authority;
+        self
+    }
+
+    /// Sets the received body.
+    pub fn body(mut self, body: &'a [u8]) -> Self {
+        self.body = Some(body);
+        self
+    }
 }
 
 /// How the caller proved possession of its key.
@@ -153,6 +210,25 @@ pub enum ProofMethod {
         /// The proof's expiry.
         exp: u64,
     },
+    /// A WIT + HTTP message signature (http-signature-08).
+    HttpSignature {
+        /// The signature's `nonce` (a signed response carries it back).
+        nonce: String,
+        /// The signature's expiry.
+        expires: u64,
+        /// The caller asked for a signed response (`wimse-sign-response`).
+        sign_response: bool,
+    },
+}
+
+impl ProofMethod {
+    /// `"wpt"` or `"http-signature"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProofMethod::Wpt { .. } => "wpt",
+            ProofMethod::HttpSignature { .. } => "http-signature",
+        }
+    }
 }
 
 /// An authenticated caller. Only a [`Verifier`] makes one.
@@ -222,11 +298,11 @@ impl VerifiedCaller {
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("workload-identity-token", wit.parse()?);
 /// headers.insert("authorization", format!("WPT {wpt}").parse()?);
-/// let caller = verifier.verify(&RequestView { path: "/charge?id=7", headers: &headers })?;
+/// let caller = verifier.verify(&RequestView::new("/charge?id=7", &headers))?;
 /// assert_eq!(caller.id(), &id);
 ///
 /// // The same proof again is a replay.
-/// let again = verifier.verify(&RequestView { path: "/charge", headers: &headers });
+/// let again = verifier.verify(&RequestView::new("/charge", &headers));
 /// assert_eq!(again.unwrap_err().kind(), &ErrorKind::ReplayedProof);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -236,6 +312,7 @@ pub struct Verifier {
     config: Arc<VerifierConfig>,
     wit_validation: Arc<WitValidation>,
     wpt_validation: Arc<WptValidation>,
+    signature_validation: Arc<SignatureValidation>,
     replay: Arc<dyn ReplayCache>,
     clock: Arc<dyn Clock>,
 }
@@ -269,7 +346,14 @@ impl Verifier {
             context_tokens: config.context_tokens.clone(),
             backend: config.backend,
         };
+        let signature_validation = SignatureValidation {
+            leeway: config.leeway,
+            max_age: config.max_signature_age,
+            backend: config.backend,
+            ..SignatureValidation::default()
+        };
         Ok(Self {
+            signature_validation: Arc::new(signature_validation),
             trust: Arc::new(trust),
             config: Arc::new(config),
             wit_validation: Arc::new(wit_validation),
@@ -298,15 +382,20 @@ impl Verifier {
 
     /// Verifies a WIT + WPT request. Rejections are logged with their reason, never with tokens.
     pub fn verify<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+        let signed = has_signature(request.headers);
         let span = tracing::info_span!(
             "wimse_verify",
-            mode = "wpt",
+            mode = if signed { "http-signature" } else { "wpt" },
             caller = tracing::field::Empty,
             decision = tracing::field::Empty,
             reason = tracing::field::Empty
         );
         let _entered = span.enter();
-        let result = self.verify_wpt_request(request);
+        let result = if signed {
+            self.verify_signed_request(request).map_err(Error::in_signature_mode)
+        } else {
+            self.verify_wpt_request(request)
+        };
         match &result {
             Ok(caller) => {
                 span.record("caller", caller.id().as_str()).record("decision", "allow");
@@ -320,7 +409,75 @@ impl Verifier {
         result
     }
 
+    fn verify_signed_request<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+        if !self.config.accept_http_signatures {
+            return Err(Error::with_detail(ErrorKind::NoWimseSignature, "HTTP signatures are not accepted here"));
+        }
+        let now = self.clock.now();
+        let wit = single_value(request.headers, WIT_HEADER, self.config.max_token_len, ErrorKind::DuplicateWit)?
+            .ok_or(Error::new(ErrorKind::MissingWit))?;
+        let wit = validate_wit(wit, &self.trust, &self.wit_validation, now)?;
+        let (path, query) = match request.path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (request.path, None),
+        };
+        let parts = RequestParts {
+            method: request.method,
+            scheme: "https",
+            authority: request.authority,
+            path,
+            query,
+            headers: request.headers,
+        };
+        let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
+        let sig = httpsig::verify_request(
+            &parts,
+            request.body,
+            &wit,
+            audience_ok,
+            &self.signature_validation,
+            self.replay.as_ref(),
+            now,
+        )?;
+        // Covered context tokens are authenticated by the signature.
+        let txn_token = single_value(
+            request.headers,
+            TXN_TOKEN_HEADER,
+            self.config.max_token_len,
+            ErrorKind::DuplicateContextToken,
+        )?;
+        Ok(self.caller(
+            &wit,
+            ProofMethod::HttpSignature { nonce: sig.nonce, expires: sig.expires, sign_response: sig.sign_response },
+            txn_token,
+            BTreeMap::new(),
+        ))
+    }
+
+    fn caller(
+        &self,
+        wit: &VerifiedWit,
+        method: ProofMethod,
+        txn_token: Option<&str>,
+        context: BTreeMap<String, &str>,
+    ) -> VerifiedCaller {
+        let claims = wit.claims();
+        VerifiedCaller {
+            id: claims.sub.clone(),
+            method,
+            wit_exp: claims.exp,
+            wit_iss: claims.iss.clone(),
+            wit_jti: claims.jti.clone(),
+            key_thumbprint: wit.cnf_key().thumbprint(),
+            txn_token: txn_token.map(str::to_owned),
+            context_tokens: context.into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
+        }
+    }
+
     fn verify_wpt_request<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+        if !self.config.accept_wpt {
+            return Err(Error::with_detail(ErrorKind::MissingWpt, "WPT requests are not accepted here"));
+        }
         let now = self.clock.now();
         let credentials = extract_wpt_credentials(request.headers, self.config.max_token_len)?;
         let mut context = ProofContext { txn_token: credentials.txn_token, other_tokens: BTreeMap::new() };
@@ -344,17 +501,7 @@ impl Verifier {
             now,
         )?;
 
-        let claims = wit.claims();
-        Ok(VerifiedCaller {
-            id: claims.sub.clone(),
-            method: ProofMethod::Wpt { jti: wpt.jti, exp: wpt.exp },
-            wit_exp: claims.exp,
-            wit_iss: claims.iss.clone(),
-            wit_jti: claims.jti.clone(),
-            key_thumbprint: wit.cnf_key().thumbprint(),
-            txn_token: context.txn_token.map(str::to_owned),
-            context_tokens: context.other_tokens.into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
-        })
+        Ok(self.caller(&wit, ProofMethod::Wpt { jti: wpt.jti, exp: wpt.exp }, context.txn_token, context.other_tokens))
     }
 }
 

@@ -66,7 +66,7 @@ fn run(suite: &Value, case: &Case) -> Result<VerifiedCaller, Error> {
     for (name, value) in &case.other_tokens {
         headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
     }
-    verifier.verify(&RequestView { path: "/path", headers: &headers })
+    verifier.verify(&RequestView::new("/path", &headers))
 }
 
 fn check_suite(file: &str) {
@@ -129,7 +129,7 @@ fn kanywst_flat_wpt02_requests() {
             TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().with_key(anchor));
         let config = VerifierConfig::new().with_origin("https://workload.example.com").with_context_token("ctx-token");
         let verifier = Verifier::new(trust, config).unwrap().with_clock(FixedClock::new(1_700_000_000));
-        let caller = verifier.verify(&RequestView { path: &target, headers: &headers }).unwrap();
+        let caller = verifier.verify(&RequestView::new(&target, &headers)).unwrap();
         assert_eq!(caller.id().as_str(), "spiffe://example.org/workload/api");
         // The flat WIT and WPT files are the tokens in the request.
         assert_eq!(headers["workload-identity-token"], testdata(&format!("kanywst-wimsey/wpt02-{alg}.wit.jwt")).trim());
@@ -226,7 +226,7 @@ fn draft_latest_request_framing_is_the_old_transport() {
     let verifier = Verifier::new(latest_trust(), VerifierConfig::new().with_origin("https://workload.example.com"))
         .unwrap()
         .with_clock(FixedClock::new(1_745_510_000));
-    let err = verifier.verify(&RequestView { path: &target, headers: &headers }).unwrap_err();
+    let err = verifier.verify(&RequestView::new(&target, &headers)).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::MissingWpt);
 }
 

@@ -1,25 +1,32 @@
 //! # wimse-reqwest
 //!
-//! A [`reqwest_middleware::Middleware`] that gives every outgoing request a WIT and a fresh WPT.
+//! A [`reqwest_middleware::Middleware`] that authenticates every outgoing request as the
+//! workload: a WIT plus a fresh WPT (default), or a WIT plus an HTTP message signature
+//! (http-signature-08), optionally asking for a signed response and verifying it.
 //!
 //! ```no_run
 //! use reqwest_middleware::ClientBuilder;
 //! use wimse_core::prelude::*;
 //! use wimse_reqwest::WimseMiddleware;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(trust: TrustStore) -> Result<(), Box<dyn std::error::Error>> {
 //! let now = 1_800_000_000;
 //! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk", now)?;
 //! let client = ClientBuilder::new(reqwest::Client::new())
 //!     .with(WimseMiddleware::new(Signer::new(credentials)))
 //!     .build();
 //! let response = client.get("https://billing.internal/invoices").header("txn-token", "…").send().await?;
+//!
+//! // Signatures over method, path, query and body, with a signed response from the server:
+//! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk", now)?;
+//! let signing = WimseMiddleware::new(Signer::new(credentials)).http_signatures().signed_responses(trust);
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! Per request, an [`AudienceOverride`] or [`ContextTokens`] in the request's extensions
-//! (`RequestBuilder::with_extension`) changes the audience or adds context tokens bound by `oth`.
+//! Per request, an [`AudienceOverride`], [`ContextTokens`] or [`ProofMode`] in the request's
+//! extensions (`RequestBuilder::with_extension`) changes the audience, adds context tokens, or
+//! picks the proof mode.
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,14 +35,32 @@ use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, Url};
 use reqwest_middleware::{Middleware, Next, Result};
 pub use wimse_core;
+use wimse_core::httpsig::{self, RequestParts, ResponseParts, SignatureValidation};
 use wimse_core::id::WorkloadId;
 pub use wimse_core::sign::AudienceOverride;
 use wimse_core::sign::Signer;
+use wimse_core::time::{Clock, SystemClock};
+use wimse_core::trust::TrustStore;
+use wimse_core::wit::{WitValidation, validate_wit};
 use wimse_core::{Error, ErrorKind};
 
 /// Context tokens to add to one request and bind with `oth`: `(header name, value)` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContextTokens(pub Vec<(String, String)>);
+
+/// How a request proves the workload's identity. Set per client, or per request as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProofMode {
+    /// WIT + `Authorization: WPT` (wpt-02).
+    #[default]
+    Wpt,
+    /// WIT + HTTP message signature (http-signature-08); `sign_response` asks the server to
+    /// sign its response, which is then required.
+    HttpSignature {
+        /// Require a signed response.
+        sign_response: bool,
+    },
+}
 
 type UrlFn<T> = dyn Fn(&Url) -> Option<T> + Send + Sync;
 
@@ -43,13 +68,19 @@ type UrlFn<T> = dyn Fn(&Url) -> Option<T> + Send + Sync;
 #[derive(Clone)]
 pub struct WimseMiddleware {
     signer: Signer,
+    mode: ProofMode,
     alias: Option<Arc<UrlFn<String>>>,
     expected_identity: Option<Arc<UrlFn<WorkloadId>>>,
+    responses: Option<Arc<TrustStore>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for WimseMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WimseMiddleware").field("signer", &self.signer).finish_non_exhaustive()
+        f.debug_struct("WimseMiddleware")
+            .field("signer", &self.signer)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,10 +92,44 @@ pub fn audience_for_url(url: &Url) -> String {
     aud.to_string()
 }
 
+fn middleware_error(error: Error) -> reqwest_middleware::Error {
+    tracing::warn!(reason = error.reason(), detail = error.detail(), "wimse: request failed on the client");
+    reqwest_middleware::Error::middleware(error)
+}
+
 impl WimseMiddleware {
-    /// Signs with `signer`.
+    /// Signs with `signer`, using WPTs.
     pub fn new(signer: Signer) -> Self {
-        Self { signer, alias: None, expected_identity: None }
+        Self {
+            signer,
+            mode: ProofMode::Wpt,
+            alias: None,
+            expected_identity: None,
+            responses: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses HTTP message signatures instead of WPTs.
+    pub fn http_signatures(mut self) -> Self {
+        self.mode = ProofMode::HttpSignature { sign_response: self.responses.is_some() };
+        self
+    }
+
+    /// Verifies signed responses with these trust anchors. Any signed response is then verified
+    /// (and refused if invalid); in HTTP-signature mode every response must be signed.
+    pub fn signed_responses(mut self, trust: TrustStore) -> Self {
+        self.responses = Some(Arc::new(trust));
+        if let ProofMode::HttpSignature { .. } = self.mode {
+            self.mode = ProofMode::HttpSignature { sign_response: true };
+        }
+        self
+    }
+
+    /// Uses another clock for response checks (the signer has its own).
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// Maps a URL to the audience its server expects; `None` uses the URL itself.
@@ -73,9 +138,8 @@ impl WimseMiddleware {
         self
     }
 
-    /// Maps a URL to the Workload Identifier its server must have. The deployment-defined
-    /// mapping the identifier draft requires; used by modes that authenticate the server
-    /// (signed responses, mutual TLS).
+    /// Maps a URL to the Workload Identifier its server must have (the deployment-defined
+    /// mapping the identifier draft requires). A signed response from another identity is refused.
     pub fn expected_identity(mut self, map: impl Fn(&Url) -> Option<WorkloadId> + Send + Sync + 'static) -> Self {
         self.expected_identity = Some(Arc::new(map));
         self
@@ -86,33 +150,156 @@ impl WimseMiddleware {
         self.expected_identity.as_ref().and_then(|map| map(url))
     }
 
-    fn sign(&self, req: &mut Request, extensions: &Extensions) -> std::result::Result<(), Error> {
-        let aud = match extensions.get::<AudienceOverride>() {
+    fn audience(&self, req: &Request, extensions: &Extensions) -> String {
+        match extensions.get::<AudienceOverride>() {
             Some(AudienceOverride(aud)) => aud.clone(),
             None => {
                 self.alias.as_ref().and_then(|alias| alias(req.url())).unwrap_or_else(|| audience_for_url(req.url()))
             }
-        };
-        let mut extra = Vec::new();
+        }
+    }
+
+    fn add_context_tokens(req: &mut Request, extensions: &Extensions) -> std::result::Result<Vec<String>, Error> {
+        let mut names = Vec::new();
         if let Some(ContextTokens(tokens)) = extensions.get::<ContextTokens>() {
             for (name, value) in tokens {
                 let invalid = || Error::with_detail(ErrorKind::InvalidHeaderValue, format!("context token `{name}`"));
                 let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
                 req.headers_mut().insert(header.clone(), HeaderValue::from_str(value).map_err(|_| invalid())?);
-                extra.push(header.as_str().to_owned());
+                names.push(header.as_str().to_owned());
             }
         }
-        self.signer.sign_headers_binding(req.headers_mut(), &aud, &extra)
+        Ok(names)
+    }
+
+    /// Signs `req`; returns the request signature's nonce in HTTP-signature mode.
+    fn sign(
+        &self,
+        req: &mut Request,
+        extensions: &Extensions,
+        mode: ProofMode,
+    ) -> std::result::Result<Option<httpsig::RequestSignature>, Error> {
+        let aud = self.audience(req, extensions);
+        let extra = Self::add_context_tokens(req, extensions)?;
+        match mode {
+            ProofMode::Wpt => self.signer.sign_headers_binding(req.headers_mut(), &aud, &extra).map(|()| None),
+            ProofMode::HttpSignature { sign_response } => {
+                let body = match req.body() {
+                    None => None,
+                    Some(body) => Some(body.as_bytes().ok_or_else(|| {
+                        Error::with_detail(
+                            ErrorKind::InvalidConfiguration,
+                            "a streaming body cannot be signed: its Content-Digest needs the bytes",
+                        )
+                    })?),
+                };
+                let url = req.url().clone();
+                let authority = match url.port() {
+                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+                    None => url.host_str().unwrap_or_default().to_owned(),
+                };
+                let body = body.map(<[u8]>::to_vec);
+                let method = req.method().as_str().to_owned();
+                let signature = self.signer.sign_request_signature(
+                    req.headers_mut(),
+                    &method,
+                    url.scheme(),
+                    &authority,
+                    url.path(),
+                    url.query(),
+                    body.as_deref(),
+                    &aud,
+                    sign_response,
+                )?;
+                Ok(Some(signature))
+            }
+        }
+    }
+
+    /// Verifies a signed response (required when it was asked for).
+    async fn check_response(
+        &self,
+        response: Response,
+        request: (reqwest::Method, Url, http::HeaderMap),
+        signature: Option<httpsig::RequestSignature>,
+    ) -> std::result::Result<Response, Error> {
+        let signed = httpsig::has_signature(response.headers());
+        let required = signature.as_ref().is_some_and(|s| s.sign_response);
+        if !signed && !required {
+            return Ok(response);
+        }
+        let (Some(trust), Some(signature)) = (self.responses.as_ref(), signature) else {
+            if required {
+                return Err(Error::with_detail(
+                    ErrorKind::InvalidConfiguration,
+                    "signed responses required but no trust anchors",
+                ));
+            }
+            // A signed response to a WPT request: no nonce to bind it to, nothing to verify against.
+            return Ok(response);
+        };
+        if !signed {
+            return Err(Error::with_detail(ErrorKind::NoWimseSignature, "the response is not signed"));
+        }
+        let now = self.clock.now();
+        let status = response.status();
+        let version = response.version();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|_| Error::with_detail(ErrorKind::ContentDigestMismatch, "the response body could not be read"))?;
+        let wit = headers
+            .get(wimse_core::draft::WIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::new(ErrorKind::MissingWit))?;
+        let server = validate_wit(wit, trust, &WitValidation::default(), now)?;
+        let (method, url, req_headers) = request;
+        if let Some(expected) = self.expected_identity_for(&url)
+            && server.subject() != &expected
+        {
+            return Err(Error::with_detail(
+                ErrorKind::UnexpectedPeer,
+                format!("response signed by {}", server.subject()),
+            ));
+        }
+        let authority = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let req = RequestParts {
+            method: method.as_str(),
+            scheme: url.scheme(),
+            authority: &authority,
+            path: url.path(),
+            query: url.query(),
+            headers: &req_headers,
+        };
+        let res = ResponseParts { status: status.as_u16(), headers: &headers };
+        httpsig::verify_response(
+            &req,
+            &res,
+            Some(&body),
+            &server,
+            &signature.nonce,
+            &SignatureValidation::default(),
+            now,
+        )?;
+        let mut rebuilt = http::Response::new(body);
+        *rebuilt.status_mut() = status;
+        *rebuilt.version_mut() = version;
+        *rebuilt.headers_mut() = headers;
+        Ok(Response::from(rebuilt))
     }
 }
 
 #[async_trait::async_trait]
 impl Middleware for WimseMiddleware {
     async fn handle(&self, mut req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
-        if let Err(e) = self.sign(&mut req, extensions) {
-            tracing::warn!(reason = e.reason(), detail = e.detail(), "wimse: could not sign request");
-            return Err(reqwest_middleware::Error::middleware(e));
-        }
-        next.run(req, extensions).await
+        let mode = extensions.get::<ProofMode>().copied().unwrap_or(self.mode);
+        let signature = self.sign(&mut req, extensions, mode).map_err(middleware_error)?;
+        let request = (req.method().clone(), req.url().clone(), req.headers().clone());
+        let response = next.run(req, extensions).await?;
+        self.check_response(response, request, signature).await.map_err(middleware_error)
     }
 }

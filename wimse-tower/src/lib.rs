@@ -9,7 +9,7 @@
 //! use http::{Request, Response};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use wimse_core::prelude::*;
-//! use wimse_tower::WimseLayer;
+//! use wimse_tower::{WimseLayer, WimseRequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,7 +22,7 @@
 //!
 //! let service = ServiceBuilder::new()
 //!     .layer(WimseLayer::new(verifier).policy(Policy::named("orders").allow(Rule::path_prefix("spiffe://prod.example/front")?)))
-//!     .service(service_fn(|req: Request<String>| async move {
+//!     .service(service_fn(|req: Request<WimseRequestBody<String>>| async move {
 //!         let caller = req.extensions().get::<VerifiedCaller>().expect("set by WimseLayer");
 //!         Ok::<_, Infallible>(Response::new(format!("hello {}", caller.id())))
 //!     }));
@@ -41,7 +41,7 @@ mod server;
 
 pub use client::{SignFuture, WimseSign, WimseSignLayer};
 pub use require::{RequirePolicy, RequirePolicyLayer};
-pub use server::{ResponseFuture, Wimse, WimseBody, WimseLayer};
+pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, Wimse, WimseBody, WimseLayer, WimseRequestBody};
 pub use wimse_core;
 
 use bytes::Bytes;

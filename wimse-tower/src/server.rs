@@ -1,4 +1,4 @@
-//! The server layer: verifies the caller of every request.
+//! The server layer: verifies the caller of every request, and signs responses when asked.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -6,48 +6,81 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Either, Full};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 use wimse_core::http::Rejection;
+use wimse_core::httpsig::{RequestParts, has_signature};
 use wimse_core::policy::Policy;
-use wimse_core::verify::{Guard, RequestView, Verifier};
+use wimse_core::sign::Signer;
+use wimse_core::verify::{Guard, ProofMethod, RequestView, VerifiedCaller, Verifier};
+use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
 
-/// Body of responses from [`Wimse`]: the inner service's body, or a rejection's problem JSON.
+/// Body of responses from [`Wimse`]: the inner service's body, or a rejection's problem JSON
+/// (or a signed response's buffered body).
 pub type WimseBody<B> = Either<B, Full<Bytes>>;
 
-/// Verifies WIT + `Authorization: WPT` on every request and puts the [`VerifiedCaller`] into
-/// the request extensions. Rejected requests are answered by the layer (401 with
-/// `WWW-Authenticate: WPT`, 400, or 403 for a policy) and never reach the inner service.
+/// Body of requests passed on by [`Wimse`]: the original body, or the buffered bytes that a
+/// signed request's `Content-Digest` was checked against (the handler sees exactly those).
+pub type WimseRequestBody<B> = Either<B, Full<Bytes>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest body buffered by default to check a signed request's `Content-Digest` (1 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// Verifies the caller of every request: WIT + `Authorization: WPT`, or WIT + HTTP message
+/// signature. Puts the [`VerifiedCaller`] into the request extensions. Rejected requests are
+/// answered by the layer (401 with `WWW-Authenticate: WPT`, 400, 403 for a policy, 413 for a
+/// body over the limit) and never reach the inner service.
+///
+/// Signed requests with a body are buffered (up to [`body_limit`](Self::body_limit)) so the
+/// `Content-Digest` can be checked; WPT requests are streamed untouched. When a signed request
+/// asks for a signed response (`wimse-sign-response`), the layer signs it with the credentials
+/// given to [`sign_responses`](Self::sign_responses), or answers 501 if none were given: never
+/// an unsigned success.
 #[derive(Debug, Clone)]
 pub struct WimseLayer {
     guard: Guard,
+    body_limit: usize,
+    responses: Option<Signer>,
 }
 
 impl WimseLayer {
     /// Requires every request to carry valid credentials.
     pub fn new(verifier: Verifier) -> Self {
-        Self { guard: Guard::new(verifier) }
+        Self::from(Guard::new(verifier))
     }
 
     /// Lets requests with no WIMSE credentials at all through, without a `VerifiedCaller`.
     /// Requests that carry credentials must still verify.
     pub fn optional(self) -> Self {
-        Self { guard: self.guard.optional() }
+        Self { guard: self.guard.optional(), ..self }
     }
 
     /// Applies `policy` to every verified caller (403 when denied).
     pub fn policy(self, policy: Policy) -> Self {
-        Self { guard: self.guard.policy(policy) }
+        Self { guard: self.guard.policy(policy), ..self }
+    }
+
+    /// The largest signed-request body buffered for its digest (default 1 MiB; beyond: 413).
+    pub fn body_limit(self, bytes: usize) -> Self {
+        Self { body_limit: bytes, ..self }
+    }
+
+    /// Signs responses that callers ask to be signed, with this service's own credentials.
+    pub fn sign_responses(self, signer: Signer) -> Self {
+        Self { responses: Some(signer), ..self }
     }
 }
 
 impl From<Guard> for WimseLayer {
     fn from(guard: Guard) -> Self {
-        Self { guard }
+        Self { guard, body_limit: DEFAULT_BODY_LIMIT, responses: None }
     }
 }
 
@@ -88,21 +121,49 @@ impl<S> Wimse<S> {
     }
 }
 
+fn path_and_query<B>(req: &Request<B>) -> &str {
+    req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+fn authority<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or_default()
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Wimse<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<WimseRequestBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = Response<WimseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match self.layer.guard.check(&RequestView { path: req.uri().path(), headers: req.headers() }) {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if has_signature(req.headers()) {
+            // The inner service was made ready by `poll_ready`; hand that one to the future and
+            // keep a fresh clone (the usual tower pattern for services called from a future).
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture::boxed(Box::pin(signed(self.layer.clone(), inner, req)));
+        }
+        let view = RequestView::new(path_and_query(&req), req.headers()).method(req.method().as_str());
+        match self.layer.guard.check(&view.authority(authority(&req))) {
             Ok(caller) => {
+                let mut req = req.map(Either::Left);
                 if let Some(caller) = caller {
                     req.extensions_mut().insert(caller);
                 }
@@ -113,23 +174,112 @@ where
     }
 }
 
+fn reject<B>(error: &Error) -> Response<WimseBody<B>> {
+    rejection_response(Rejection::from_error(error))
+}
+
+/// The signed-request path: buffer the body, verify, call the inner service, sign the response.
+async fn signed<S, ReqBody, ResBody>(
+    layer: WimseLayer,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<WimseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<WimseRequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, layer.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let error = if too_large {
+                Error::with_detail(ErrorKind::BodyTooLarge, format!("over {} bytes", layer.body_limit))
+            } else {
+                Error::with_detail(ErrorKind::SignatureMalformed, "the request body could not be read")
+                    .in_signature_mode()
+            };
+            return Ok(reject(&error));
+        }
+    };
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    let authority = parts.uri.authority().map(|a| a.as_str()).or(host).unwrap_or_default();
+    let view = RequestView::new(path, &parts.headers).method(parts.method.as_str()).authority(authority).body(&body);
+    let caller = match layer.guard.check(&view) {
+        Ok(caller) => caller,
+        Err(error) => return Ok(reject(&error)),
+    };
+    let request_nonce = match caller.as_ref().map(VerifiedCaller::method) {
+        Some(ProofMethod::HttpSignature { nonce, sign_response: true, .. }) => {
+            if layer.responses.is_none() {
+                return Ok(reject(&Error::new(ErrorKind::SignedResponseUnsupported)));
+            }
+            Some(nonce.clone())
+        }
+        _ => None,
+    };
+    // Kept to build the response signature's `;req` components.
+    let (method, uri, req_headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
+    if let Some(caller) = caller {
+        req.extensions_mut().insert(caller);
+    }
+    let response = inner.call(req).await?;
+    let (Some(nonce), Some(signer)) = (request_nonce, layer.responses.as_ref()) else {
+        return Ok(response.map(Either::Left));
+    };
+    let (mut res_parts, res_body) = response.into_parts();
+    let res_body = match Limited::new(res_body, layer.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Ok(reject(&Error::with_detail(
+                ErrorKind::SignedResponseUnsupported,
+                "the response could not be buffered for signing",
+            )));
+        }
+    };
+    let (path, query) = match uri.path_and_query() {
+        Some(pq) => (pq.path(), pq.query()),
+        None => ("/", None),
+    };
+    let host = req_headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    let authority = uri.authority().map(|a| a.as_str()).or(host).unwrap_or_default();
+    let req_parts =
+        RequestParts { method: method.as_str(), scheme: "https", authority, path, query, headers: &req_headers };
+    let status = res_parts.status.as_u16();
+    if let Err(error) =
+        signer.sign_response_headers(&mut res_parts.headers, status, &req_parts, Some(&res_body), &nonce)
+    {
+        tracing::warn!(reason = error.reason(), "wimse: could not sign the response");
+        return Ok(reject(&Error::with_detail(ErrorKind::SignedResponseUnsupported, "response signing failed")));
+    }
+    Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
+}
+
+type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<WimseBody<B>>, E>> + Send>>;
+
 pin_project! {
-    /// Response future of [`Wimse`].
-    pub struct ResponseFuture<F, B> {
+    /// Response future of [`Wimse`] and [`RequirePolicy`](crate::RequirePolicy).
+    pub struct ResponseFuture<F, B, E> {
         #[pin]
-        kind: Kind<F, B>,
+        kind: Kind<F, B, E>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, B> {
+    enum Kind<F, B, E> {
         Inner { #[pin] future: F },
         Rejected { response: Option<Response<WimseBody<B>>> },
+        Boxed { future: BoxedResponse<B, E> },
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
+impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(future: F) -> Self {
         Self { kind: Kind::Inner { future } }
     }
@@ -137,9 +287,13 @@ impl<F, B> ResponseFuture<F, B> {
     pub(crate) fn rejected(response: Response<WimseBody<B>>) -> Self {
         Self { kind: Kind::Rejected { response: Some(response) } }
     }
+
+    fn boxed(future: BoxedResponse<B, E>) -> Self {
+        Self { kind: Kind::Boxed { future } }
+    }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
@@ -149,6 +303,7 @@ where
         match self.project().kind.project() {
             KindProj::Inner { future } => Poll::Ready(ready!(future.poll(cx)).map(|r| r.map(Either::Left))),
             KindProj::Rejected { response } => Poll::Ready(Ok(response.take().unwrap_or_else(polled_after_ready))),
+            KindProj::Boxed { future } => future.as_mut().poll(cx),
         }
     }
 }

@@ -14,9 +14,9 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 use wimse_core::prelude::*;
 use wimse_core::sign::AudienceOverride;
 use wimse_testkit::{ALLOWED, DENIED, Deployment};
-use wimse_tower::{WimseLayer, WimseSignLayer};
+use wimse_tower::{WimseLayer, WimseRequestBody, WimseSignLayer};
 
-async fn handler(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handler(req: Request<WimseRequestBody<Incoming>>) -> Result<Response<Full<Bytes>>, Infallible> {
     let caller = req.extensions().get::<VerifiedCaller>().expect("WimseLayer sets the caller");
     let body = format!("{} txn={}", caller.id(), caller.txn_token().unwrap_or("-"));
     Ok(Response::new(Full::new(Bytes::from(body))))

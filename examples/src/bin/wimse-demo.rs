@@ -49,7 +49,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let trust =
         TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
     let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
-    let request = RequestView { path: "/charge", headers: &headers };
+    let request = RequestView::new("/charge", &headers);
     let caller = verifier.verify(&request)?;
     println!("verified caller: {} (key {})", caller.id(), caller.key_thumbprint());
 
@@ -63,8 +63,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let forged_wpt = WptBuilder::new(&workload_key, &forged, "https://payments.example/charge").sign(now)?;
     headers.insert("workload-identity-token", HeaderValue::from_str(&forged)?);
     headers.insert("authorization", HeaderValue::from_str(&format!("WPT {forged_wpt}"))?);
-    let refused =
-        verifier.verify(&RequestView { path: "/charge", headers: &headers }).err().ok_or("forgery was accepted")?;
+    let refused = verifier.verify(&RequestView::new("/charge", &headers)).err().ok_or("forgery was accepted")?;
     explain(&refused);
 
     println!("\nall checks behaved as expected");
