@@ -8,7 +8,7 @@ use http::{Extensions, HeaderMap, Method};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use wimse_core::prelude::*;
 use wimse_core::sign::AudienceOverride;
-use wimse_reqwest::WimseMiddleware;
+use wimse_reqwest::{ProofMode, WimseMiddleware};
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -198,4 +198,111 @@ pub async fn run_cases(deployment: &Deployment, base: &str) {
 
     let denied = deployment.client(DENIED).get(&url).send().await.expect("send");
     check("policy-denied caller", denied, rejected(403, false, "policy_denied")).await;
+}
+
+/// The workload that signs responses in [`run_signature_cases`].
+pub const SERVER: &str = "spiffe://prod.example/server";
+/// The body limit the servers of [`run_signature_cases`] are configured with.
+pub const SIGNATURE_BODY_LIMIT: usize = 64;
+
+/// A client signing as `id` with HTTP message signatures, verifying signed responses as
+/// coming from [`SERVER`].
+pub fn signature_client(deployment: &Deployment, id: &str, server: &str) -> ClientWithMiddleware {
+    let expected: WorkloadId = server.parse().expect("id");
+    ClientBuilder::new(reqwest::Client::new())
+        .with(
+            WimseMiddleware::new(deployment.signer(id))
+                .http_signatures()
+                .signed_responses(deployment.trust())
+                .expected_identity(move |_| Some(expected.clone())),
+        )
+        .build()
+}
+
+/// Signs a request without sending it, returning its headers.
+async fn signed_headers(deployment: &Deployment, url: &str, body: &str, mode: ProofMode) -> HeaderMap {
+    let capture = Capture::default();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseMiddleware::new(deployment.signer(ALLOWED)))
+        .with(capture.clone())
+        .build();
+    // A client that cannot check a signed response ends the captured exchange in an error.
+    let _ = client.post(url).body(body.to_owned()).with_extension(mode).send().await;
+    capture.take().expect("captured").headers
+}
+
+async fn status_and_body(response: reqwest::Response) -> (u16, String) {
+    (response.status().as_u16(), response.text().await.expect("body"))
+}
+
+/// Runs the HTTP-signature cases against two servers serving `POST /pay` behind the adapter
+/// under test, configured with [`Deployment::verifier`] for their base URL and a body limit of
+/// [`SIGNATURE_BODY_LIMIT`], answering `"{caller id} {proof method} {body}"`. `signing` signs
+/// responses as [`SERVER`]; `plain` does not sign responses.
+pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_server: &str) {
+    let plain = reqwest::Client::new();
+    let url = format!("{signing}/pay?order=7");
+
+    // A signed request and its signed response, verified by the client.
+    let response =
+        signature_client(deployment, ALLOWED, SERVER).post(&url).body("amount=1").send().await.expect("send");
+    assert!(response.headers().contains_key("signature-input"), "the response is signed");
+    assert_eq!(status_and_body(response).await, (200, format!("{ALLOWED} http-signature amount=1")));
+    // The client refuses a valid signed response from another workload than the one expected.
+    let err = signature_client(deployment, ALLOWED, "spiffe://prod.example/other")
+        .post(&url)
+        .body("x")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expected workload"), "{err}");
+    // Both modes are accepted by default; the mode is chosen per request too.
+    let wpt = deployment.client(ALLOWED).post(&url).body("b").send().await.expect("send");
+    assert_eq!(status_and_body(wpt).await, (200, format!("{ALLOWED} wpt b")));
+    let mode = ProofMode::HttpSignature { sign_response: false };
+    let per_request = deployment.client(ALLOWED).post(&url).body("c").with_extension(mode).send().await.expect("send");
+    assert_eq!(status_and_body(per_request).await, (200, format!("{ALLOWED} http-signature c")));
+
+    // Tampering with anything covered: 400 with the generic problem type.
+    let headers = signed_headers(deployment, &url, "amount=1", mode).await;
+    let invalid = |(status, body): (u16, String), what: &str| {
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(body.contains("wimse-signature-invalid"), "{what}: {body}");
+        assert!(!body.contains("reason"), "{what}: the body does not say which check failed: {body}");
+    };
+    let send = |method: reqwest::Method, url: String, headers: HeaderMap, body: &'static str| {
+        let request = plain.request(method, url).headers(headers).body(body);
+        async move { status_and_body(request.send().await.expect("send")).await }
+    };
+    invalid(send(reqwest::Method::POST, format!("{signing}/pay?order=8"), headers.clone(), "amount=1").await, "query");
+    invalid(
+        send(reqwest::Method::POST, format!("{signing}/refund?order=7"), headers.clone(), "amount=1").await,
+        "path",
+    );
+    invalid(send(reqwest::Method::PUT, url.clone(), headers.clone(), "amount=1").await, "method");
+    invalid(send(reqwest::Method::POST, url.clone(), headers.clone(), "amount=9").await, "body");
+    let mut other_wit = headers.clone();
+    let second = signed_headers(deployment, &url, "amount=1", mode).await;
+    other_wit.insert("workload-identity-token", second["workload-identity-token"].clone());
+    invalid(send(reqwest::Method::POST, url.clone(), other_wit, "amount=1").await, "WIT");
+    // The untampered request passes once; then its nonce is a replay.
+    let first = send(reqwest::Method::POST, url.clone(), headers.clone(), "amount=1").await;
+    assert_eq!(first, (200, format!("{ALLOWED} http-signature amount=1")));
+    invalid(send(reqwest::Method::POST, url.clone(), headers, "amount=1").await, "replay");
+
+    // A body over the limit: 413.
+    let big = "x".repeat(SIGNATURE_BODY_LIMIT + 1);
+    let headers = signed_headers(deployment, &url, &big, mode).await;
+    let (status, _) = status_and_body(plain.post(&url).headers(headers).body(big).send().await.expect("send")).await;
+    assert_eq!(status, 413);
+
+    // Asking a server that does not sign responses for a signed response: 501, never an
+    // unsigned success; the signing client refuses the exchange.
+    let plain_url = format!("{plain_server}/pay");
+    let headers = signed_headers(deployment, &plain_url, "x", ProofMode::HttpSignature { sign_response: true }).await;
+    let (status, body) =
+        status_and_body(plain.post(&plain_url).headers(headers).body("x").send().await.expect("send")).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("wimse-signed-response-unsupported"), "{body}");
+    assert!(signature_client(deployment, ALLOWED, SERVER).post(&plain_url).body("x").send().await.is_err());
 }

@@ -37,12 +37,15 @@ use std::future::{Ready, ready};
 use std::ops::Deref;
 use std::rc::Rc;
 
-use actix_web::body::EitherBody;
+use actix_web::body::{EitherBody, MessageBody, to_bytes_limited};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
+use actix_web::web::BytesMut;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use wimse_core::http::{HeaderSource, Rejection};
+use wimse_core::httpsig::{RequestParts, has_signature};
 use wimse_core::verify::{Guard, RequestView, VerifiedCaller};
 use wimse_core::{Error, ErrorKind};
 
@@ -52,8 +55,19 @@ pub use wimse_core;
 /// optional). Put it in app data (`web::Data<WimseConfig>`) or give it to [`Wimse::new`].
 pub type WimseConfig = Guard;
 
-fn authenticate(config: &WimseConfig, req: &ServiceRequest) -> Result<Option<VerifiedCaller>, Error> {
-    config.check(&RequestView::new(req.path(), &ActixHeaders(req.headers())))
+fn authenticate(
+    config: &WimseConfig,
+    req: &ServiceRequest,
+    body: Option<&[u8]>,
+) -> Result<Option<VerifiedCaller>, Error> {
+    let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let headers = ActixHeaders(req.headers());
+    let connection = req.connection_info();
+    let mut view = RequestView::new(target, &headers).method(req.method().as_str()).authority(connection.host());
+    if let Some(body) = body {
+        view = view.body(body);
+    }
+    config.check(&view)
 }
 
 /// actix-web's header map (from `http` 0.2) seen through the core's [`HeaderSource`].
@@ -87,7 +101,7 @@ impl Wimse {
 impl<S, B> Transform<S, ServiceRequest> for Wimse
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
@@ -115,7 +129,7 @@ impl<S> fmt::Debug for WimseMiddleware<S> {
 impl<S, B> Service<ServiceRequest> for WimseMiddleware<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
@@ -124,14 +138,21 @@ where
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let outcome = match &self.config {
-            Some(config) => authenticate(config, &req),
+        let config = match &self.config {
+            Some(config) => Ok(Guard::clone(config)),
             None => match req.app_data::<web::Data<WimseConfig>>() {
-                Some(config) => authenticate(config, &req),
+                Some(config) => Ok(Guard::clone(config)),
                 None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no WimseConfig in app data")),
             },
         };
-        match outcome {
+        let config = match config {
+            Ok(config) => config,
+            Err(error) => return reject(req, &error),
+        };
+        if has_signature(&ActixHeaders(req.headers())) {
+            return Box::pin(signed(config, self.service.clone(), req));
+        }
+        match authenticate(&config, &req, None) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     req.extensions_mut().insert(caller);
@@ -139,12 +160,110 @@ where
                 let future = self.service.call(req);
                 Box::pin(async move { future.await.map(ServiceResponse::map_into_left_body) })
             }
-            Err(error) => {
-                let response = rejection_response(&Rejection::from_error(&error));
-                Box::pin(ready(Ok(req.into_response(response).map_into_right_body())))
-            }
+            Err(error) => reject(req, &error),
         }
     }
+}
+
+fn reject<B: 'static>(
+    req: ServiceRequest,
+    error: &Error,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<B>>, actix_web::Error>> {
+    let response = rejection_response(&Rejection::from_error(error));
+    Box::pin(ready(Ok(req.into_response(response).map_into_right_body())))
+}
+
+/// actix-web's (`http` 0.2) header map copied into an `http` 1 map, for signing.
+fn http1_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(name.as_str().as_bytes()), http::HeaderValue::from_bytes(value.as_bytes()))
+        {
+            out.append(name, value);
+        }
+    }
+    out
+}
+
+/// The signed-request path: buffer the body, verify, call the service, sign the response.
+async fn signed<S, B>(
+    guard: Guard,
+    service: Rc<S>,
+    mut req: ServiceRequest,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    let limit = guard.max_body();
+    let mut payload = req.take_payload();
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            let error = Error::with_detail(ErrorKind::SignatureMalformed, "the request body could not be read");
+            return reject(req, &error.in_signature_mode()).await;
+        };
+        if body.len() + chunk.len() > limit {
+            return reject(req, &Error::with_detail(ErrorKind::BodyTooLarge, format!("over {limit} bytes"))).await;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    let caller = match authenticate(&guard, &req, Some(&body)) {
+        Ok(caller) => caller,
+        Err(error) => return reject(req, &error).await,
+    };
+    let nonce = match guard.response_nonce(caller.as_ref()) {
+        Ok(nonce) => nonce,
+        Err(error) => return reject(req, &error).await,
+    };
+    let request_headers = http1_headers(req.headers());
+    let (method, path, query) = (req.method().to_string(), req.path().to_owned(), req.query_string().to_owned());
+    let authority = req.connection_info().host().to_owned();
+    req.set_payload(Payload::from(body));
+    if let Some(caller) = caller {
+        req.extensions_mut().insert(caller);
+    }
+    let response = service.call(req).await?;
+    let (Some(nonce), Some(signer)) = (nonce, guard.response_signer()) else {
+        return Ok(response.map_into_left_body());
+    };
+    let (http_req, response) = response.into_parts();
+    let status = response.status();
+    let mut headers = http1_headers(response.headers());
+    let unavailable = |detail: &'static str| Error::with_detail(ErrorKind::SignedResponseUnsupported, detail);
+    let outcome = match to_bytes_limited(response.into_body(), limit).await {
+        Ok(Ok(bytes)) => {
+            let query = (!query.is_empty()).then_some(query.as_str());
+            let parts = RequestParts {
+                method: &method,
+                scheme: "https",
+                authority: &authority,
+                path: &path,
+                query,
+                headers: &request_headers,
+            };
+            signer
+                .sign_response_headers(&mut headers, status.as_u16(), &parts, Some(&bytes), &nonce)
+                .map(|()| bytes)
+                .map_err(|_| unavailable("response signing failed"))
+        }
+        _ => Err(unavailable("the response could not be buffered for signing")),
+    };
+    let response = match outcome {
+        Ok(bytes) => {
+            let mut builder = HttpResponse::build(status);
+            for (name, value) in &headers {
+                if let Ok(value) = value.to_str() {
+                    builder.append_header((name.as_str(), value));
+                }
+            }
+            builder.body(bytes)
+        }
+        Err(error) => rejection_response(&Rejection::from_error(&error)),
+    };
+    Ok(ServiceResponse::new(http_req, response).map_into_right_body())
 }
 
 fn rejection_response(rejection: &Rejection) -> HttpResponse {

@@ -12,6 +12,7 @@ use crate::id::{IdentifierPolicy, WorkloadId};
 use crate::jose::{Algorithm, Backend};
 use crate::policy::Policy;
 use crate::replay::{InMemoryReplayCache, ReplayCache};
+use crate::sign::Signer;
 use crate::time::{Clock, SystemClock};
 use crate::trust::TrustStore;
 use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
@@ -512,12 +513,54 @@ pub struct Guard {
     verifier: Verifier,
     policy: Option<Policy>,
     optional: bool,
+    body_limit: usize,
+    responses: Option<Signer>,
 }
+
+/// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
+/// (or to sign a response): 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
 impl Guard {
     /// Requires valid credentials on every request.
     pub fn new(verifier: Verifier) -> Self {
-        Self { verifier, policy: None, optional: false }
+        Self { verifier, policy: None, optional: false, body_limit: DEFAULT_BODY_LIMIT, responses: None }
+    }
+
+    /// The largest body buffered for a signed request's digest or a signed response
+    /// (default [`DEFAULT_BODY_LIMIT`]); larger request bodies are answered with 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Signs the responses that callers ask to be signed (`wimse-sign-response`), with this
+    /// service's own credentials. Without it such requests are answered with 501.
+    pub fn sign_responses(mut self, signer: Signer) -> Self {
+        self.responses = Some(signer);
+        self
+    }
+
+    /// The body limit.
+    pub fn max_body(&self) -> usize {
+        self.body_limit
+    }
+
+    /// The response signer, if responses are signed.
+    pub fn response_signer(&self) -> Option<&Signer> {
+        self.responses.as_ref()
+    }
+
+    /// The nonce a response must be signed for: `Ok(None)` when the caller did not ask,
+    /// [`ErrorKind::SignedResponseUnsupported`] when it asked and this service does not sign.
+    pub fn response_nonce(&self, caller: Option<&VerifiedCaller>) -> Result<Option<String>> {
+        match caller.map(VerifiedCaller::method) {
+            Some(ProofMethod::HttpSignature { nonce, sign_response: true, .. }) => match self.responses {
+                Some(_) => Ok(Some(nonce.clone())),
+                None => Err(ErrorKind::SignedResponseUnsupported.into()),
+            },
+            _ => Ok(None),
+        }
     }
 
     /// Lets requests without any WIMSE credentials through, with no caller (see

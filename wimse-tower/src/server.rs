@@ -15,7 +15,7 @@ use wimse_core::http::Rejection;
 use wimse_core::httpsig::{RequestParts, has_signature};
 use wimse_core::policy::Policy;
 use wimse_core::sign::Signer;
-use wimse_core::verify::{Guard, ProofMethod, RequestView, VerifiedCaller, Verifier};
+use wimse_core::verify::{Guard, RequestView, Verifier};
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
@@ -30,8 +30,7 @@ pub type WimseRequestBody<B> = Either<B, Full<Bytes>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Largest body buffered by default to check a signed request's `Content-Digest` (1 MiB).
-pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+pub use wimse_core::verify::DEFAULT_BODY_LIMIT;
 
 /// Verifies the caller of every request: WIT + `Authorization: WPT`, or WIT + HTTP message
 /// signature. Puts the [`VerifiedCaller`] into the request extensions. Rejected requests are
@@ -46,8 +45,6 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct WimseLayer {
     guard: Guard,
-    body_limit: usize,
-    responses: Option<Signer>,
 }
 
 impl WimseLayer {
@@ -59,28 +56,28 @@ impl WimseLayer {
     /// Lets requests with no WIMSE credentials at all through, without a `VerifiedCaller`.
     /// Requests that carry credentials must still verify.
     pub fn optional(self) -> Self {
-        Self { guard: self.guard.optional(), ..self }
+        Self { guard: self.guard.optional() }
     }
 
     /// Applies `policy` to every verified caller (403 when denied).
     pub fn policy(self, policy: Policy) -> Self {
-        Self { guard: self.guard.policy(policy), ..self }
+        Self { guard: self.guard.policy(policy) }
     }
 
     /// The largest signed-request body buffered for its digest (default 1 MiB; beyond: 413).
     pub fn body_limit(self, bytes: usize) -> Self {
-        Self { body_limit: bytes, ..self }
+        Self { guard: self.guard.body_limit(bytes) }
     }
 
     /// Signs responses that callers ask to be signed, with this service's own credentials.
     pub fn sign_responses(self, signer: Signer) -> Self {
-        Self { responses: Some(signer), ..self }
+        Self { guard: self.guard.sign_responses(signer) }
     }
 }
 
 impl From<Guard> for WimseLayer {
     fn from(guard: Guard) -> Self {
-        Self { guard, body_limit: DEFAULT_BODY_LIMIT, responses: None }
+        Self { guard }
     }
 }
 
@@ -192,12 +189,12 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, layer.body_limit).collect().await {
+    let body = match Limited::new(body, layer.guard.max_body()).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
             let error = if too_large {
-                Error::with_detail(ErrorKind::BodyTooLarge, format!("over {} bytes", layer.body_limit))
+                Error::with_detail(ErrorKind::BodyTooLarge, format!("over {} bytes", layer.guard.max_body()))
             } else {
                 Error::with_detail(ErrorKind::SignatureMalformed, "the request body could not be read")
                     .in_signature_mode()
@@ -213,14 +210,9 @@ where
         Ok(caller) => caller,
         Err(error) => return Ok(reject(&error)),
     };
-    let request_nonce = match caller.as_ref().map(VerifiedCaller::method) {
-        Some(ProofMethod::HttpSignature { nonce, sign_response: true, .. }) => {
-            if layer.responses.is_none() {
-                return Ok(reject(&Error::new(ErrorKind::SignedResponseUnsupported)));
-            }
-            Some(nonce.clone())
-        }
-        _ => None,
+    let request_nonce = match layer.guard.response_nonce(caller.as_ref()) {
+        Ok(nonce) => nonce,
+        Err(error) => return Ok(reject(&error)),
     };
     // Kept to build the response signature's `;req` components.
     let (method, uri, req_headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
@@ -229,11 +221,11 @@ where
         req.extensions_mut().insert(caller);
     }
     let response = inner.call(req).await?;
-    let (Some(nonce), Some(signer)) = (request_nonce, layer.responses.as_ref()) else {
+    let (Some(nonce), Some(signer)) = (request_nonce, layer.guard.response_signer()) else {
         return Ok(response.map(Either::Left));
     };
     let (mut res_parts, res_body) = response.into_parts();
-    let res_body = match Limited::new(res_body, layer.body_limit).collect().await {
+    let res_body = match Limited::new(res_body, layer.guard.max_body()).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             return Ok(reject(&Error::with_detail(

@@ -1,0 +1,37 @@
+//! HTTP-signature mode end to end against a real actix-web server.
+
+use actix_web::{App, HttpServer, web};
+use wimse_actix::{Caller, Wimse, WimseConfig};
+use wimse_testkit::{Deployment, SERVER, SIGNATURE_BODY_LIMIT, run_signature_cases};
+
+async fn echo(caller: Caller, body: String) -> String {
+    format!("{} {} {body}", caller.id(), caller.method().name())
+}
+
+fn serve(deployment: &Deployment, sign_responses: bool) -> (String, actix_web::dev::ServerHandle) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = WimseConfig::new(deployment.verifier(&base)).body_limit(SIGNATURE_BODY_LIMIT);
+    if sign_responses {
+        config = config.sign_responses(deployment.signer(SERVER));
+    }
+    let server =
+        HttpServer::new(move || App::new().wrap(Wimse::new(config.clone())).route("/pay", web::post().to(echo)))
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (base, handle)
+}
+
+#[actix_web::test]
+async fn signature_cases() {
+    let deployment = Deployment::new();
+    let (signing, a) = serve(&deployment, true);
+    let (plain, b) = serve(&deployment, false);
+    run_signature_cases(&deployment, &signing, &plain).await;
+    a.stop(true).await;
+    b.stop(true).await;
+}
