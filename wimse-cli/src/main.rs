@@ -12,6 +12,7 @@ mod request;
 mod sign;
 mod tokens;
 mod verify;
+mod verify_response;
 
 /// WIMSE workload identity from the command line (identifier-03, workload-creds-02, wpt-02).
 #[derive(Debug, Parser)]
@@ -34,10 +35,12 @@ enum Command {
     Wpt(WptCommand),
     /// Decode a token and explain it. Verifies nothing.
     Inspect(inspect::InspectArgs),
-    /// Verify the WIT + WPT of a raw HTTP/1.1 request; prints JSON, exits 1 on rejection.
+    /// Verify the WIT + WPT (or WIT + HTTP signature) of a raw HTTP/1.1 request; prints JSON, exits 1 on rejection.
     Verify(verify::VerifyArgs),
-    /// Add a WIT and a fresh WPT to a raw HTTP/1.1 request.
+    /// Add a WIT and a fresh WPT (or an HTTP message signature) to a raw HTTP/1.1 request.
     Sign(sign::SignArgs),
+    /// Verify the signature of a raw HTTP/1.1 response to a signed request; prints JSON, exits 1 on rejection.
+    VerifyResponse(verify_response::VerifyResponseArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Sign(args) => sign::run(args),
+        Command::VerifyResponse(args) => verify_response::run(args),
     };
     result.unwrap_or_else(|message| {
         eprintln!("wimse: {message}");

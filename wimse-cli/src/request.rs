@@ -57,13 +57,7 @@ impl RawRequest {
     }
 
     pub(crate) fn header_map(&self) -> Result<HeaderMap, String> {
-        let mut map = HeaderMap::new();
-        for (name, value) in &self.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-            let value = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for {name}"))?;
-            map.append(name, value);
-        }
-        Ok(map)
+        to_header_map(&self.headers)
     }
 
     /// Serializes with CRLF line ends.
@@ -79,6 +73,46 @@ impl RawRequest {
         out.extend_from_slice(&self.body);
         out
     }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawResponse {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Parses a response (CRLF or LF line ends).
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut storage);
+        let httparse::Status::Complete(body_start) =
+            response.parse(bytes).map_err(|e| format!("not an HTTP/1.1 response: {e}"))?
+        else {
+            return Err("incomplete HTTP response".into());
+        };
+        Ok(Self {
+            status: response.code.unwrap_or_default(),
+            headers: response.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
+            body: bytes[body_start..].to_vec(),
+        })
+    }
+
+    pub(crate) fn header_map(&self) -> Result<HeaderMap, String> {
+        to_header_map(&self.headers)
+    }
+}
+
+fn to_header_map(headers: &[(String, Vec<u8>)]) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for {name}"))?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 #[cfg(test)]
@@ -97,5 +131,9 @@ mod tests {
         assert_eq!(absolute.path(), "/x/y?z");
         assert!(RawRequest::parse(b"garbage\x00\n\n").is_err());
         assert!(RawRequest::parse(b"GET / HTTP/1.1\nHost").is_err());
+        let response = RawResponse::parse(b"HTTP/1.1 201 Created\nX: 1\n\nok").unwrap();
+        assert_eq!((response.status, response.body.as_slice()), (201, &b"ok"[..]));
+        assert_eq!(response.header_map().unwrap()["x"], "1");
+        assert!(RawResponse::parse(b"HTTP/1.1 200 OK\nX: 1\n").is_err());
     }
 }

@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use wimse_core::cred::{Credentials, StaticCredentials};
 use wimse_core::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
+use wimse_core::jose::SigningKey;
+use wimse_core::sign::Signer;
+use wimse_core::time::FixedClock;
 use wimse_core::wpt::WptBuilder;
 
 use crate::files::{now_or, read_input, read_signing_key, read_token};
@@ -31,6 +35,12 @@ pub(crate) struct SignArgs {
     /// A context-token field of the request to bind with `oth` (repeatable). `Txn-Token` is always bound.
     #[arg(long = "bind", value_name = "HEADER")]
     bind: Vec<String>,
+    /// Proof mode: `wpt` (WIT + `Authorization: WPT`) or `httpsig` (WIT + HTTP message signature).
+    #[arg(long, default_value = "wpt", value_parser = ["wpt", "httpsig"])]
+    mode: String,
+    /// With `--mode httpsig`: ask the server to sign its response (`wimse-sign-response`).
+    #[arg(long)]
+    sign_response: bool,
     /// Sign as of this Unix time instead of now.
     #[arg(long)]
     now: Option<u64>,
@@ -55,7 +65,7 @@ pub(crate) fn run(args: SignArgs) -> CliResult {
     }
     let key = read_signing_key(&args.key)?;
     let wit = read_token(&args.wit)?;
-    let aud = match args.aud {
+    let aud = match args.aud.clone() {
         Some(aud) => aud,
         None => {
             let host = header_str(&request, "host")?.ok_or("no Host field: give --aud")?;
@@ -63,6 +73,10 @@ pub(crate) fn run(args: SignArgs) -> CliResult {
             format!("https://{host}{}", &path[..path.find('?').unwrap_or(path.len())])
         }
     };
+    if args.mode == "httpsig" {
+        sign_httpsig(&mut request, key, wit, &aud, &args)?;
+        return write_request(&request, &args.output);
+    }
     let mut builder = WptBuilder::new(&key, &wit, &aud).lifetime(args.ttl);
     let txn_token = header_str(&request, TXN_TOKEN_HEADER)?.map(str::to_owned);
     if let Some(txn) = &txn_token {
@@ -80,10 +94,67 @@ pub(crate) fn run(args: SignArgs) -> CliResult {
     let wpt = builder.sign(now_or(args.now)).map_err(|e| e.to_string())?;
     request.headers.push(("Workload-Identity-Token".into(), wit.into_bytes()));
     request.headers.push(("Authorization".into(), format!("WPT {wpt}").into_bytes()));
+    write_request(&request, &args.output)
+}
+
+fn write_request(request: &RawRequest, output: &Output) -> CliResult {
     let bytes = request.to_bytes();
-    match &args.output.out {
+    match &output.out {
         Some(path) => std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?,
         None => std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Signs with an HTTP message signature: the request's method, path, query, body and fields.
+fn sign_httpsig(
+    request: &mut RawRequest,
+    key: SigningKey,
+    wit: String,
+    aud: &str,
+    args: &SignArgs,
+) -> Result<(), String> {
+    let credentials = Credentials::new(wit, key).map_err(|e| e.to_string())?;
+    let signer = Signer::new(StaticCredentials::new(credentials))
+        .with_lifetime(args.ttl)
+        .with_clock(FixedClock::new(now_or(args.now)));
+    let mut headers = request.header_map()?;
+    let host = header_str(request, "host")?.unwrap_or_default().to_owned();
+    let target = request.path().to_owned();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target.as_str(), None),
+    };
+    let body = (!request.body.is_empty()).then_some(request.body.as_slice());
+    signer
+        .sign_request_signature(
+            &mut headers,
+            &request.method,
+            "https",
+            &host,
+            path,
+            query,
+            body,
+            aud,
+            args.sign_response,
+        )
+        .map_err(|e| e.to_string())?;
+    // Keep the original fields in order and append what signing added.
+    for name in ["workload-identity-token", "content-digest", "signature-input", "signature"] {
+        if let Some(value) = headers.get(name) {
+            request.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            request.headers.push((canonical(name), value.as_bytes().to_vec()));
+        }
+    }
+    Ok(())
+}
+
+fn canonical(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }

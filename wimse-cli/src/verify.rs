@@ -41,7 +41,7 @@ pub(crate) struct VerifyArgs {
     now: Option<u64>,
 }
 
-fn trust_store(specs: &[String]) -> Result<TrustStore, String> {
+pub(crate) fn trust_store(specs: &[String]) -> Result<TrustStore, String> {
     let mut store = TrustStore::new();
     for spec in specs {
         let (domain, file) =
@@ -85,19 +85,25 @@ pub(crate) fn run(args: VerifyArgs) -> CliResult {
         .map_err(|e| format!("{e} (give --audience or --origin)"))?
         .with_clock(FixedClock::new(now));
 
-    let (out, code) = match verifier.verify(&RequestView::new(request.path(), &headers)) {
+    let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default().to_owned();
+    let view = RequestView::new(request.path(), &headers).method(&request.method).authority(&host).body(&request.body);
+    let (out, code) = match verifier.verify(&view) {
         Ok(caller) => {
-            let (method, jti, proof_expires) = match caller.method() {
-                ProofMethod::Wpt { jti, exp } => ("wpt", Some(jti.as_str()), Some(utc(*exp))),
-                _ => ("other", None, None),
+            let method = caller.method().name();
+            let (jti, proof_expires) = match caller.method() {
+                ProofMethod::Wpt { jti, exp } => (Some(jti.as_str()), Some(utc(*exp))),
+                ProofMethod::HttpSignature { nonce, expires, .. } => (Some(nonce.as_str()), Some(utc(*expires))),
+                _ => (None, None),
             };
+            let sign_response = matches!(caller.method(), ProofMethod::HttpSignature { sign_response: true, .. });
             let out = json!({
                 "verified": true,
                 "caller": {
                     "id": caller.id(),
                     "trust_domain": caller.id().trust_domain(),
                     "method": method,
-                    "proof_jti": jti,
+                    "proof_id": jti,
+                    "signed_response_requested": sign_response,
                     "proof_expires": proof_expires,
                     "wit_expires": utc(caller.wit_expires_at()),
                     "wit_issuer": caller.wit_issuer(),

@@ -252,3 +252,147 @@ fn usage_errors_exit_2() {
     let out = wimse(&["key", "generate", "--alg", "HS256"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn http_signature_round_trip_and_signed_response() {
+    let d = setup("httpsig", "ES256");
+    ok(&[
+        "sign",
+        "--mode",
+        "httpsig",
+        "--sign-response",
+        "--request",
+        &d.s("request.http"),
+        "--key",
+        &d.s("workload.jwk"),
+        "--wit",
+        &d.s("wit.jwt"),
+        "--now",
+        NOW,
+        "-o",
+        &d.s("sig.http"),
+    ]);
+    let signed = std::fs::read_to_string(d.path("sig.http")).unwrap();
+    assert!(signed.contains("Signature-Input: wimse=(\"@method\" \"@path\" \"@query\""), "{signed}");
+    assert!(signed.contains("Content-Digest: sha-256=:"));
+    let (accepted, json) = verify(&d, &d.path("sig.http"), &[]);
+    assert!(accepted, "{json}");
+    assert_eq!(json["caller"]["method"], "http-signature");
+    assert_eq!(json["caller"]["signed_response_requested"], true);
+    rejected_with(
+        &d,
+        &tampered_file(&d, "sig.http", "{\"amount\":1}", "{\"amount\":9}", "s1.http"),
+        &[],
+        "content_digest_mismatch",
+    );
+    rejected_with(
+        &d,
+        &tampered_file(&d, "sig.http", "POST /charge?id=7", "POST /charge?id=8", "s2.http"),
+        &[],
+        "invalid_signature",
+    );
+    rejected_with(
+        &d,
+        &tampered_file(&d, "sig.http", "POST /charge", "PUT /charge", "s3.http"),
+        &[],
+        "invalid_signature",
+    );
+
+    // The server (another workload of the same trust domain) signs its response.
+    ok(&["key", "generate", "-o", &d.s("server.jwk")]);
+    ok(&[
+        "wit",
+        "issue",
+        "--issuer-key",
+        &d.s("issuer.jwk"),
+        "--sub",
+        "spiffe://prod.example/payments",
+        "--workload-key",
+        &d.s("server.jwk"),
+        "--now",
+        NOW,
+        "-o",
+        &d.s("server.wit"),
+    ]);
+    let server_key = wimse_core::jose::SigningKey::from_jwk(
+        &wimse_core::jose::Jwk::from_json(&std::fs::read_to_string(d.path("server.jwk")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let server_wit = std::fs::read_to_string(d.path("server.wit")).unwrap().trim().to_owned();
+    let nonce = signed.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let req_headers = {
+        let mut h = http::HeaderMap::new();
+        for line in signed.split("\r\n\r\n").next().unwrap().lines().skip(1) {
+            let (n, v) = line.split_once(": ").unwrap();
+            h.append(http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    };
+    let req = wimse_core::httpsig::RequestParts {
+        method: "POST",
+        scheme: "https",
+        authority: "payments.example",
+        path: "/charge",
+        query: Some("id=7"),
+        headers: &req_headers,
+    };
+    let mut res_headers = http::HeaderMap::new();
+    res_headers.insert("content-type", "application/json".parse().unwrap());
+    let body = b"{\"charged\":true}";
+    wimse_core::httpsig::sign_response(
+        &mut res_headers,
+        200,
+        &req,
+        Some(body),
+        &server_wit,
+        &server_key,
+        &nonce,
+        &Default::default(),
+        NOW.parse().unwrap(),
+    )
+    .unwrap();
+    let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+    for (n, v) in &res_headers {
+        raw.push_str(&format!("{n}: {}\r\n", v.to_str().unwrap()));
+    }
+    raw.push_str("\r\n{\"charged\":true}");
+    std::fs::write(d.path("response.http"), &raw).unwrap();
+    let anchor = format!("spiffe://prod.example={}", d.s("issuer.pub.jwk"));
+    let signed_request = d.s("sig.http");
+    let check = |response: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify-response",
+            "--request",
+            &signed_request,
+            "--response",
+            response,
+            "--trust-anchor",
+            &anchor,
+            "--now",
+            NOW,
+        ];
+        args.extend_from_slice(extra);
+        let out = wimse(&args);
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["verified"].as_bool().unwrap(), out.status.success());
+        json
+    };
+    let json = check(&d.s("response.http"), &["--expect-server", "spiffe://prod.example/payments"]);
+    assert_eq!(json["verified"], true, "{json}");
+    assert_eq!(json["server"], "spiffe://prod.example/payments");
+    assert_eq!(
+        check(&d.s("response.http"), &["--expect-server", "spiffe://prod.example/other"])["reason"],
+        "unexpected_peer"
+    );
+    std::fs::write(d.path("r2.http"), raw.replace("HTTP/1.1 200 OK", "HTTP/1.1 201 Created")).unwrap();
+    assert_eq!(check(&d.s("r2.http"), &[])["reason"], "invalid_signature");
+    std::fs::write(d.path("r3.http"), raw.replace("{\"charged\":true}", "{\"charged\":false}")).unwrap();
+    assert_eq!(check(&d.s("r3.http"), &[])["reason"], "content_digest_mismatch");
+}
+
+fn tampered_file(d: &Dir, source: &str, from: &str, to: &str, file: &str) -> PathBuf {
+    let text = std::fs::read_to_string(d.path(source)).unwrap();
+    assert!(text.contains(from), "{from} not in {source}");
+    std::fs::write(d.path(file), text.replacen(from, to, 1)).unwrap();
+    d.path(file)
+}

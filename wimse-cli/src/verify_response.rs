@@ -1,0 +1,90 @@
+//! `wimse verify-response`: check a signed response the way the client that sent the request would.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+use wimse_core::draft::{HTTPSIG_TAG, WIT_HEADER};
+use wimse_core::httpsig::{RequestParts, ResponseParts, SignatureValidation, parse_signatures, verify_response};
+use wimse_core::id::WorkloadId;
+use wimse_core::wit::{WitValidation, validate_wit};
+use wimse_core::{Error, ErrorKind};
+
+use crate::CliResult;
+use crate::files::{now_or, read_input};
+use crate::request::{RawRequest, RawResponse};
+use crate::verify::trust_store;
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyResponseArgs {
+    /// The signed request as it was sent (its signature's nonce must come back).
+    #[arg(long)]
+    request: PathBuf,
+    /// The raw HTTP/1.1 response.
+    #[arg(long)]
+    response: PathBuf,
+    /// Issuer key of a trust domain, as DOMAIN=FILE (repeatable).
+    #[arg(long = "trust-anchor", value_name = "DOMAIN=FILE", required = true)]
+    trust_anchors: Vec<String>,
+    /// The workload identifier the server must have.
+    #[arg(long)]
+    expect_server: Option<String>,
+    /// Verify as of this Unix time instead of now.
+    #[arg(long)]
+    now: Option<u64>,
+}
+
+fn request_nonce(request: &RawRequest) -> Result<String, Error> {
+    let values = |name: &str| -> Vec<&str> {
+        request
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .collect()
+    };
+    let signatures = parse_signatures(&values("signature-input"), &values("signature"))?;
+    let ours = signatures.iter().find(|s| s.str_param("tag").ok().flatten() == Some(HTTPSIG_TAG));
+    ours.and_then(|s| s.str_param("nonce").ok().flatten())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::with_detail(ErrorKind::NoWimseSignature, "the request has no WIMSE signature"))
+}
+
+fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse) -> Result<WorkloadId, Error> {
+    let now = now_or(args.now);
+    let trust = trust_store(&args.trust_anchors).map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e))?;
+    let bad = |e: String| Error::with_detail(ErrorKind::InvalidHeaderValue, e);
+    let req_headers = request.header_map().map_err(bad)?;
+    let res_headers = response.header_map().map_err(bad)?;
+    let wit = res_headers.get(WIT_HEADER).and_then(|v| v.to_str().ok()).ok_or(Error::new(ErrorKind::MissingWit))?;
+    let server = validate_wit(wit, &trust, &WitValidation::default(), now)?;
+    if let Some(expected) = &args.expect_server
+        && server.subject().as_str() != expected
+    {
+        return Err(Error::with_detail(ErrorKind::UnexpectedPeer, format!("signed by {}", server.subject())));
+    }
+    let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
+    let target = request.path();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let req =
+        RequestParts { method: &request.method, scheme: "https", authority: host, path, query, headers: &req_headers };
+    let res = ResponseParts { status: response.status, headers: &res_headers };
+    let nonce = request_nonce(request)?;
+    verify_response(&req, &res, Some(&response.body), &server, &nonce, &SignatureValidation::default(), now)?;
+    Ok(server.subject().clone())
+}
+
+pub(crate) fn run(args: VerifyResponseArgs) -> CliResult {
+    let request = RawRequest::parse(&read_input(&args.request)?)?;
+    let response = RawResponse::parse(&read_input(&args.response)?)?;
+    let (out, code) = match check(&args, &request, &response) {
+        Ok(server) => (json!({"verified": true, "server": server}), ExitCode::SUCCESS),
+        Err(e) => (json!({"verified": false, "reason": e.reason(), "message": e.to_string()}), ExitCode::FAILURE),
+    };
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(code)
+}
