@@ -5,11 +5,13 @@ fn call_chain_runs_end_to_end() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_call-chain")).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        stdout.contains("[orders]  verified caller spiffe://prod.example/front | txn-token txn.order-7d1f.purchase")
-    );
-    assert!(
-        stdout.contains("[billing] verified caller spiffe://prod.example/orders | txn-token txn.order-7d1f.purchase")
-    );
-    assert!(stdout.contains("all hops behaved as expected"));
+    for line in [
+        "[orders]  verified caller spiffe://prod.example/front | wpt | txn-token txn.order-7d1f.purchase",
+        "[billing] verified caller spiffe://prod.example/orders | wpt | txn-token txn.order-7d1f.purchase",
+        "[billing] verified caller spiffe://prod.example/orders | http-signature | txn-token txn.order-7d1f.purchase",
+        "billing's response is signed by spiffe://prod.example/billing: verified",
+        "all hops behaved as expected",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in\n{stdout}");
+    }
 }

@@ -108,5 +108,72 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(validate, benches);
+/// Signing and verifying an HTTP message signature over a request with a 1 KiB body (the
+/// Content-Digest is computed and checked inside).
+fn signatures(c: &mut Criterion) {
+    use wimse_core::httpsig::{self, RequestParts, SignOptions, SignatureValidation};
+    let body = vec![b'x'; 1024];
+    for alg in [Algorithm::ES256, Algorithm::EdDSA] {
+        let s = setup(alg, alg);
+        let wit = validate_wit(&s.wit, &s.trust, &WitValidation::default(), NOW).unwrap();
+        for backend in Backend::available() {
+            let id = format!("{}/{alg}", backend.name());
+            let mut options = SignOptions::default();
+            options.backend = backend;
+            let sign = |headers: &mut HeaderMap| {
+                headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+                httpsig::sign_request(
+                    headers,
+                    "POST",
+                    "https",
+                    "payments.example",
+                    "/charge",
+                    Some("id=7"),
+                    Some(&body),
+                    &s.wit,
+                    &s.workload_key,
+                    AUD,
+                    false,
+                    &options,
+                    NOW,
+                )
+                .unwrap()
+            };
+            c.bench_function(&format!("httpsig_sign_request_1k/{id}"), |b| {
+                b.iter(|| {
+                    let mut headers = HeaderMap::new();
+                    sign(&mut headers)
+                })
+            });
+            let mut headers = HeaderMap::new();
+            sign(&mut headers);
+            let mut cfg = SignatureValidation::default();
+            cfg.backend = backend;
+            let parts = RequestParts {
+                method: "POST",
+                scheme: "https",
+                authority: "payments.example",
+                path: "/charge",
+                query: Some("id=7"),
+                headers: &headers,
+            };
+            c.bench_function(&format!("httpsig_verify_request_1k/{id}"), |b| {
+                b.iter(|| {
+                    httpsig::verify_request(
+                        black_box(&parts),
+                        Some(&body),
+                        &wit,
+                        |a| a == AUD,
+                        &cfg,
+                        &NoReplayCheck,
+                        NOW,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(validate, benches, signatures);
 criterion_main!(validate);

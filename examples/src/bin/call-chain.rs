@@ -1,13 +1,16 @@
-//! A call chain on loopback, every hop authenticated with WIT + WPT:
+//! A call chain on loopback, every hop authenticated with a WIT and a proof of possession:
 //!
 //! ```text
-//! front (reqwest) --> orders (axum) --> billing (actix-web)
+//! front (reqwest) --WPT--> orders (axum) --WPT--> billing (actix-web)
+//! front (reqwest) --WPT--> orders (axum) --HTTP signature, signed response--> billing
 //! ```
 //!
 //! An in-process identity server for `spiffe://prod.example` issues each workload a key and a
 //! WIT. Each server verifies its caller, applies its policy, and prints who called. A
-//! `Txn-Token` travels unchanged across all hops, bound by `tth` on each. Then a workload the
-//! policies do not allow is refused, and `front` cannot skip `orders` to reach `billing`.
+//! `Txn-Token` travels unchanged across all hops, bound by `tth` on each WPT hop and covered by
+//! the signature on the signed hop, where billing also signs its response and orders verifies
+//! it against billing's expected identity. Then a workload the policies do not allow is
+//! refused, and `front` cannot skip `orders` to reach `billing`.
 //!
 //! Run: `cargo run -p wimse-examples --bin call-chain` (exits 0 when every check holds).
 
@@ -20,7 +23,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use wimse_core::prelude::*;
-use wimse_reqwest::WimseMiddleware;
+use wimse_reqwest::{ProofMode, WimseMiddleware};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -66,7 +69,7 @@ fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
 
 async fn charge(caller: wimse_actix::Caller) -> String {
     let txn = caller.txn_token().unwrap_or("none");
-    println!("[billing] verified caller {} | txn-token {txn}", caller.id());
+    println!("[billing] verified caller {} | {} | txn-token {txn}", caller.id(), caller.method().name());
     format!("charged (billing saw txn-token {txn})")
 }
 
@@ -74,7 +77,9 @@ fn start_billing(ids: &IdentityServer) -> Result<String, Error> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
     let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders".parse()?));
-    let config = wimse_actix::WimseConfig::new(verifier(ids, &base)?).policy(policy);
+    let config = wimse_actix::WimseConfig::new(verifier(ids, &base)?)
+        .policy(policy)
+        .sign_responses(ids.enroll("spiffe://prod.example/billing")?);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(actix_web::web::Data::new(config.clone()))
@@ -100,16 +105,41 @@ async fn place_order(
     State(orders): State<Arc<Orders>>,
     wimse_axum::Caller(caller): wimse_axum::Caller,
 ) -> Result<String, (StatusCode, String)> {
+    call_billing(&orders, &caller, ProofMode::Wpt).await
+}
+
+async fn place_order_signed(
+    State(orders): State<Arc<Orders>>,
+    wimse_axum::Caller(caller): wimse_axum::Caller,
+) -> Result<String, (StatusCode, String)> {
+    call_billing(&orders, &caller, ProofMode::HttpSignature { sign_response: true }).await
+}
+
+async fn call_billing(
+    orders: &Orders,
+    caller: &VerifiedCaller,
+    mode: ProofMode,
+) -> Result<String, (StatusCode, String)> {
     let txn = caller.txn_token();
-    println!("[orders]  verified caller {} | txn-token {}", caller.id(), txn.unwrap_or("none"));
+    println!(
+        "[orders]  verified caller {} | {} | txn-token {}",
+        caller.id(),
+        caller.method().name(),
+        txn.unwrap_or("none")
+    );
     // Forward the transaction token only because the caller's proof bound it (tth); the
     // inbound WIT and proof are never forwarded: the client signs with orders' own credentials.
-    let mut request = orders.client.post(format!("{}/charge", orders.billing));
+    let mut request = orders.client.post(format!("{}/charge", orders.billing)).with_extension(mode);
     if let Some(txn) = txn {
         request = request.header("txn-token", txn);
     }
     let response = request.send().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
     let status = response.status();
+    if response.headers().contains_key("signature-input") {
+        // The middleware has verified it (or the call would have failed): billing's own
+        // signature over status, body and this request.
+        println!("[orders]  billing's response is signed by spiffe://prod.example/billing: verified");
+    }
     let body = response.text().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
     if !status.is_success() {
         return Err((StatusCode::BAD_GATEWAY, format!("billing answered {status}: {body}")));
@@ -121,9 +151,16 @@ async fn start_orders(ids: &IdentityServer, billing: String) -> Result<String, E
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let policy = Policy::named("orders").allow(Rule::exact("spiffe://prod.example/front".parse()?));
-    let state = Arc::new(Orders { billing, client: client(ids.enroll("spiffe://prod.example/orders")?) });
+    // Orders verifies billing's signed responses against billing's expected identity.
+    let billing_id: WorkloadId = "spiffe://prod.example/billing".parse()?;
+    let middleware = WimseMiddleware::new(ids.enroll("spiffe://prod.example/orders")?)
+        .signed_responses(ids.trust()?)
+        .expected_identity(move |_| Some(billing_id.clone()));
+    let state =
+        Arc::new(Orders { billing, client: ClientBuilder::new(reqwest::Client::new()).with(middleware).build() });
     let app = axum::Router::new()
         .route("/orders", post(place_order))
+        .route("/orders-signed", post(place_order_signed))
         .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy))
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -166,6 +203,15 @@ async fn run() -> Result<(), Error> {
     println!("[front]   {status} {body}");
     expect(status == 200, "the chain succeeds")?;
     expect(body.contains(&format!("billing saw txn-token {TXN_TOKEN}")), "the Txn-Token arrived unchanged at billing")?;
+
+    println!("\n== front -> orders -> billing, the second hop with an HTTP signature and a signed response");
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders-signed")).await?;
+    println!("[front]   {status} {body}");
+    expect(status == 200, "the mixed chain succeeds")?;
+    expect(
+        body.contains(&format!("billing saw txn-token {TXN_TOKEN}")),
+        "the Txn-Token arrived unchanged, covered by the signature",
+    )?;
 
     println!("\n== intruder (valid WIT, not allowed by orders' policy) -> orders");
     let intruder = client(ids.enroll("spiffe://prod.example/intruder")?);
