@@ -232,7 +232,7 @@ where
     let (http_req, response) = response.into_parts();
     let status = response.status();
     let mut headers = http1_headers(response.headers());
-    let unavailable = |detail: &'static str| Error::with_detail(ErrorKind::SignedResponseUnsupported, detail);
+    let unavailable = |detail: &'static str| Error::with_detail(ErrorKind::SignedResponseUnavailable, detail);
     let outcome = match to_bytes_limited(response.into_body(), limit).await {
         Ok(Ok(bytes)) => {
             let query = (!query.is_empty()).then_some(query.as_str());

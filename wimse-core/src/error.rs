@@ -127,6 +127,8 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The client asked for a signed response and this server does not sign responses (501).
     SignedResponseUnsupported,
+    /// This server signs responses but could not sign this one (400).
+    SignedResponseUnavailable,
 
     // ---- authorization (403) ----
     /// The caller is authenticated but a policy does not allow it.
@@ -207,6 +209,7 @@ impl ErrorKind {
             RequestNonceMismatch => "request_nonce_mismatch",
             BodyTooLarge => "body_too_large",
             SignedResponseUnsupported => "signed_response_unsupported",
+            SignedResponseUnavailable => "signed_response_unavailable",
             PolicyDenied => "policy_denied",
             UnexpectedPeer => "unexpected_peer",
             CredentialsUnavailable => "credentials_unavailable",
@@ -272,6 +275,7 @@ impl ErrorKind {
             RequestNonceMismatch => "the response's wimse-req-nonce is not the request's nonce",
             BodyTooLarge => "the body is larger than allowed",
             SignedResponseUnsupported => "this server does not sign responses",
+            SignedResponseUnavailable => "this response could not be signed",
             PolicyDenied => "the caller is not allowed by policy",
             UnexpectedPeer => "the peer is not the expected workload",
             CredentialsUnavailable => "no usable workload credentials",

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::draft::{
     AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, SIGNATURE_INPUT_HEADER, SIGNATURE_INVALID_PROBLEM,
-    SIGNED_RESPONSE_UNSUPPORTED_PROBLEM, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE,
+    SIGNED_RESPONSE_UNAVAILABLE_PROBLEM, SIGNED_RESPONSE_UNSUPPORTED_PROBLEM, TXN_TOKEN_HEADER, WIT_HEADER,
+    WPT_AUTH_SCHEME, WPT_CHALLENGE,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -172,6 +173,7 @@ impl Rejection {
             PolicyDenied | UnexpectedPeer => (StatusCode::FORBIDDEN, false),
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
             SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),
+            SignedResponseUnavailable => (StatusCode::BAD_REQUEST, false),
             ReplayCacheFull => (StatusCode::SERVICE_UNAVAILABLE, false),
             InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable => {
                 (StatusCode::INTERNAL_SERVER_ERROR, false)
@@ -191,6 +193,7 @@ impl Rejection {
         };
         let type_uri = match kind {
             SignedResponseUnsupported => SIGNED_RESPONSE_UNSUPPORTED_PROBLEM.to_owned(),
+            SignedResponseUnavailable => SIGNED_RESPONSE_UNAVAILABLE_PROBLEM.to_owned(),
             _ => format!("{PROBLEM_TYPE_BASE}{}", kind.reason()),
         };
         let problem = Problem {

@@ -515,6 +515,7 @@ pub struct Guard {
     optional: bool,
     body_limit: usize,
     responses: Option<Signer>,
+    sign_all: bool,
 }
 
 /// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
@@ -524,7 +525,14 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 impl Guard {
     /// Requires valid credentials on every request.
     pub fn new(verifier: Verifier) -> Self {
-        Self { verifier, policy: None, optional: false, body_limit: DEFAULT_BODY_LIMIT, responses: None }
+        Self {
+            verifier,
+            policy: None,
+            optional: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+            responses: None,
+            sign_all: false,
+        }
     }
 
     /// The largest body buffered for a signed request's digest or a signed response
@@ -538,6 +546,13 @@ impl Guard {
     /// service's own credentials. Without it such requests are answered with 501.
     pub fn sign_responses(mut self, signer: Signer) -> Self {
         self.responses = Some(signer);
+        self
+    }
+
+    /// Signs the response to every HTTP-signature request, asked or not (local policy; needs
+    /// [`sign_responses`](Self::sign_responses)).
+    pub fn always_sign_responses(mut self) -> Self {
+        self.sign_all = true;
         self
     }
 
@@ -559,6 +574,9 @@ impl Guard {
                 Some(_) => Ok(Some(nonce.clone())),
                 None => Err(ErrorKind::SignedResponseUnsupported.into()),
             },
+            Some(ProofMethod::HttpSignature { nonce, .. }) if self.sign_all && self.responses.is_some() => {
+                Ok(Some(nonce.clone()))
+            }
             _ => Ok(None),
         }
     }
@@ -603,6 +621,41 @@ mod tests {
         assert!(!cfg.audience_matches("https://pay.example/charge", "/refund"));
         assert!(!cfg.audience_matches("https://pay.example.evil/charge", "/charge"));
         assert!(!cfg.audience_matches("https://pay.example/charge?x=1", "/charge?x=1"));
+    }
+
+    #[test]
+    fn response_signing_decisions() {
+        use crate::cred::StaticCredentials;
+        use crate::jose::{Algorithm, SigningKey};
+        let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
+        let key = SigningKey::generate(Algorithm::ES256).unwrap();
+        let wit = crate::wit::WitIssuer::new(issuer)
+            .issue(&"spiffe://a.example/s".parse().unwrap(), key.public_jwk(), 1)
+            .unwrap();
+        let signer = Signer::new(StaticCredentials::new(crate::cred::Credentials::new(wit, key).unwrap()));
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        let caller = |sign_response| VerifiedCaller {
+            id: "spiffe://a.example/c".parse().unwrap(),
+            method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
+            wit_exp: 2,
+            wit_iss: None,
+            wit_jti: None,
+            key_thumbprint: String::new(),
+            txn_token: None,
+            context_tokens: BTreeMap::new(),
+        };
+        let plain = Guard::new(verifier.clone());
+        assert_eq!(
+            plain.response_nonce(Some(&caller(true))).unwrap_err().kind(),
+            &ErrorKind::SignedResponseUnsupported
+        );
+        assert_eq!(plain.response_nonce(Some(&caller(false))).unwrap(), None);
+        let signing = Guard::new(verifier.clone()).sign_responses(signer.clone());
+        assert_eq!(signing.response_nonce(Some(&caller(true))).unwrap().as_deref(), Some("n"));
+        assert_eq!(signing.response_nonce(Some(&caller(false))).unwrap(), None);
+        let always = Guard::new(verifier).sign_responses(signer).always_sign_responses();
+        assert_eq!(always.response_nonce(Some(&caller(false))).unwrap().as_deref(), Some("n"));
+        assert_eq!(always.response_nonce(None).unwrap(), None);
     }
 
     #[test]

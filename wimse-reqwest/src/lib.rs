@@ -184,6 +184,13 @@ impl WimseMiddleware {
         match mode {
             ProofMode::Wpt => self.signer.sign_headers_binding(req.headers_mut(), &aud, &extra).map(|()| None),
             ProofMode::HttpSignature { sign_response } => {
+                let url = req.url().clone();
+                let authority = match url.port() {
+                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+                    None => url.host_str().unwrap_or_default().to_owned(),
+                };
+                // Sign into a detached header map so the body can be borrowed, not copied.
+                let mut headers = std::mem::take(req.headers_mut());
                 let body = match req.body() {
                     None => None,
                     Some(body) => Some(body.as_bytes().ok_or_else(|| {
@@ -193,25 +200,19 @@ impl WimseMiddleware {
                         )
                     })?),
                 };
-                let url = req.url().clone();
-                let authority = match url.port() {
-                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-                    None => url.host_str().unwrap_or_default().to_owned(),
-                };
-                let body = body.map(<[u8]>::to_vec);
-                let method = req.method().as_str().to_owned();
                 let signature = self.signer.sign_request_signature(
-                    req.headers_mut(),
-                    &method,
+                    &mut headers,
+                    req.method().as_str(),
                     url.scheme(),
                     &authority,
                     url.path(),
                     url.query(),
-                    body.as_deref(),
+                    body,
                     &aud,
                     sign_response,
-                )?;
-                Ok(Some(signature))
+                );
+                *req.headers_mut() = headers;
+                Ok(Some(signature?))
             }
         }
     }

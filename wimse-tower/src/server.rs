@@ -73,6 +73,12 @@ impl WimseLayer {
     pub fn sign_responses(self, signer: Signer) -> Self {
         Self { guard: self.guard.sign_responses(signer) }
     }
+
+    /// Signs the response to every HTTP-signature request, asked or not (needs
+    /// [`sign_responses`](Self::sign_responses)).
+    pub fn always_sign_responses(self) -> Self {
+        Self { guard: self.guard.always_sign_responses() }
+    }
 }
 
 impl From<Guard> for WimseLayer {
@@ -247,7 +253,7 @@ where
         signer.sign_response_headers(&mut res_parts.headers, status, &req_parts, Some(&res_body), &nonce)
     {
         tracing::warn!(reason = error.reason(), "wimse: could not sign the response");
-        return Ok(reject(&Error::with_detail(ErrorKind::SignedResponseUnsupported, "response signing failed")));
+        return Ok(reject(&Error::with_detail(ErrorKind::SignedResponseUnavailable, "response signing failed")));
     }
     Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
 }
