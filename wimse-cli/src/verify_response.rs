@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::json;
-use wimse_core::draft::{HTTPSIG_TAG, WIT_HEADER};
-use wimse_core::httpsig::{RequestParts, ResponseParts, SignatureValidation, parse_signatures, verify_response};
+use wimse_core::draft::HTTPSIG_TAG;
+use wimse_core::httpsig::{RequestParts, ResponseParts, parse_signatures};
 use wimse_core::id::WorkloadId;
-use wimse_core::wit::{WitValidation, validate_wit};
+use wimse_core::sign::ResponseVerifier;
+use wimse_core::time::FixedClock;
 use wimse_core::{Error, ErrorKind};
 
 use crate::CliResult;
@@ -52,18 +53,17 @@ fn request_nonce(request: &RawRequest) -> Result<String, Error> {
 }
 
 fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse) -> Result<WorkloadId, Error> {
-    let now = now_or(args.now);
     let trust = trust_store(&args.trust_anchors).map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e))?;
+    let verifier = ResponseVerifier::new(trust).with_clock(FixedClock::new(now_or(args.now)));
     let bad = |e: String| Error::with_detail(ErrorKind::InvalidHeaderValue, e);
     let req_headers = request.header_map().map_err(bad)?;
     let res_headers = response.header_map().map_err(bad)?;
-    let wit = res_headers.get(WIT_HEADER).and_then(|v| v.to_str().ok()).ok_or(Error::new(ErrorKind::MissingWit))?;
-    let server = validate_wit(wit, &trust, &WitValidation::default(), now)?;
-    if let Some(expected) = &args.expect_server
-        && server.subject().as_str() != expected
-    {
-        return Err(Error::with_detail(ErrorKind::UnexpectedPeer, format!("signed by {}", server.subject())));
-    }
+    let expected = args
+        .expect_server
+        .as_deref()
+        .map(WorkloadId::parse)
+        .transpose()
+        .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, format!("--expect-server: {e}")))?;
     let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
     let target = request.path();
     let (path, query) = match target.split_once('?') {
@@ -73,9 +73,7 @@ fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse
     let req =
         RequestParts { method: &request.method, scheme: "https", authority: host, path, query, headers: &req_headers };
     let res = ResponseParts { status: response.status, headers: &res_headers };
-    let nonce = request_nonce(request)?;
-    verify_response(&req, &res, Some(&response.body), &server, &nonce, &SignatureValidation::default(), now)?;
-    Ok(server.subject().clone())
+    verifier.verify(&req, &res, &response.body, &request_nonce(request)?, expected.as_ref())
 }
 
 pub(crate) fn run(args: VerifyResponseArgs) -> CliResult {

@@ -9,9 +9,13 @@ use http::{HeaderMap, HeaderValue, Uri};
 use crate::cred::CredentialSource;
 use crate::draft::{TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME};
 use crate::error::{Error, ErrorKind, Result};
-use crate::httpsig::{self, RequestParts, RequestSignature, SignOptions};
+use crate::http::{HeaderSource, single_value};
+use crate::httpsig::{self, RequestParts, RequestSignature, ResponseParts, SignOptions, SignatureValidation};
+use crate::id::WorkloadId;
 use crate::jose::Backend;
 use crate::time::{Clock, SystemClock};
+use crate::trust::TrustStore;
+use crate::wit::{WitValidation, validate_wit};
 use crate::wpt::WptBuilder;
 
 /// The audience of a request to `uri`: scheme, authority and path, without query and fragment
@@ -199,6 +203,62 @@ impl Signer {
             &options,
             now,
         )
+    }
+}
+
+/// Checks signed responses on the client: the responder's WIT against trust anchors, its
+/// identity against the one expected for the URL, then the signature, `wimse-req-nonce` and
+/// `Content-Digest`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ResponseVerifier {
+    trust: Arc<TrustStore>,
+    validation: Arc<WitValidation>,
+    signatures: Arc<SignatureValidation>,
+    clock: Arc<dyn Clock>,
+}
+
+impl ResponseVerifier {
+    /// Trusts responders whose WITs chain to `trust`.
+    pub fn new(trust: TrustStore) -> Self {
+        Self {
+            trust: Arc::new(trust),
+            validation: Arc::new(WitValidation::default()),
+            signatures: Arc::new(SignatureValidation::default()),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses another clock.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Verifies the signed response `res` (with body `body`) to `req`, whose signature had
+    /// `request_nonce`. With `expected`, the responder must be that workload
+    /// ([`ErrorKind::UnexpectedPeer`] otherwise). Returns the responder's identifier.
+    pub fn verify<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestParts<'_, Q>,
+        res: &ResponseParts<'_, R>,
+        body: &[u8],
+        request_nonce: &str,
+        expected: Option<&WorkloadId>,
+    ) -> Result<WorkloadId> {
+        let now = self.clock.now();
+        let wit = single_value(res.headers, WIT_HEADER, self.validation.max_token_len, ErrorKind::DuplicateWit)?
+            .ok_or(Error::new(ErrorKind::MissingWit))?;
+        let server = validate_wit(wit, &self.trust, &self.validation, now)?;
+        if let Some(expected) = expected
+            && server.subject() != expected
+        {
+            return Err(Error::with_detail(
+                ErrorKind::UnexpectedPeer,
+                format!("response signed by {}", server.subject()),
+            ));
+        }
+        httpsig::verify_response(req, res, Some(body), &server, request_nonce, &self.signatures, now)?;
+        Ok(server.subject().clone())
     }
 }
 

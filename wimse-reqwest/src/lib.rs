@@ -35,13 +35,11 @@ use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, Url};
 use reqwest_middleware::{Middleware, Next, Result};
 pub use wimse_core;
-use wimse_core::httpsig::{self, RequestParts, ResponseParts, SignatureValidation};
+use wimse_core::httpsig::{self, RequestParts, ResponseParts};
 use wimse_core::id::WorkloadId;
 pub use wimse_core::sign::AudienceOverride;
-use wimse_core::sign::Signer;
-use wimse_core::time::{Clock, SystemClock};
+use wimse_core::sign::{ResponseVerifier, Signer};
 use wimse_core::trust::TrustStore;
-use wimse_core::wit::{WitValidation, validate_wit};
 use wimse_core::{Error, ErrorKind};
 
 /// Context tokens to add to one request and bind with `oth`: `(header name, value)` pairs.
@@ -71,8 +69,7 @@ pub struct WimseMiddleware {
     mode: ProofMode,
     alias: Option<Arc<UrlFn<String>>>,
     expected_identity: Option<Arc<UrlFn<WorkloadId>>>,
-    responses: Option<Arc<TrustStore>>,
-    clock: Arc<dyn Clock>,
+    responses: Option<ResponseVerifier>,
 }
 
 impl fmt::Debug for WimseMiddleware {
@@ -100,14 +97,7 @@ fn middleware_error(error: Error) -> reqwest_middleware::Error {
 impl WimseMiddleware {
     /// Signs with `signer`, using WPTs.
     pub fn new(signer: Signer) -> Self {
-        Self {
-            signer,
-            mode: ProofMode::Wpt,
-            alias: None,
-            expected_identity: None,
-            responses: None,
-            clock: Arc::new(SystemClock),
-        }
+        Self { signer, mode: ProofMode::Wpt, alias: None, expected_identity: None, responses: None }
     }
 
     /// Uses HTTP message signatures instead of WPTs.
@@ -119,16 +109,16 @@ impl WimseMiddleware {
     /// Verifies signed responses with these trust anchors. Any signed response is then verified
     /// (and refused if invalid); in HTTP-signature mode every response must be signed.
     pub fn signed_responses(mut self, trust: TrustStore) -> Self {
-        self.responses = Some(Arc::new(trust));
+        self.responses = Some(ResponseVerifier::new(trust));
         if let ProofMode::HttpSignature { .. } = self.mode {
             self.mode = ProofMode::HttpSignature { sign_response: true };
         }
         self
     }
 
-    /// Uses another clock for response checks (the signer has its own).
-    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = Arc::new(clock);
+    /// Uses another response verifier (for instance with a test clock).
+    pub fn with_response_verifier(mut self, verifier: ResponseVerifier) -> Self {
+        self.responses = Some(verifier);
         self
     }
 
@@ -229,20 +219,20 @@ impl WimseMiddleware {
         if !signed && !required {
             return Ok(response);
         }
-        let (Some(trust), Some(signature)) = (self.responses.as_ref(), signature) else {
-            if required {
-                return Err(Error::with_detail(
-                    ErrorKind::InvalidConfiguration,
-                    "signed responses required but no trust anchors",
-                ));
-            }
-            // A signed response to a WPT request: no nonce to bind it to, nothing to verify against.
+        let Some(signature) = signature else {
+            // A signed response to a WPT request: it carries no request nonce to bind it to.
             return Ok(response);
+        };
+        // A signed response must be validated even when it was not asked for (http-signature-08).
+        let Some(verifier) = self.responses.as_ref() else {
+            return Err(Error::with_detail(
+                ErrorKind::InvalidConfiguration,
+                "the response is signed but no trust anchors were given to check it (WimseMiddleware::signed_responses)",
+            ));
         };
         if !signed {
             return Err(Error::with_detail(ErrorKind::NoWimseSignature, "the response is not signed"));
         }
-        let now = self.clock.now();
         let status = response.status();
         let version = response.version();
         let headers = response.headers().clone();
@@ -250,20 +240,7 @@ impl WimseMiddleware {
             .bytes()
             .await
             .map_err(|_| Error::with_detail(ErrorKind::ContentDigestMismatch, "the response body could not be read"))?;
-        let wit = headers
-            .get(wimse_core::draft::WIT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Error::new(ErrorKind::MissingWit))?;
-        let server = validate_wit(wit, trust, &WitValidation::default(), now)?;
         let (method, url, req_headers) = request;
-        if let Some(expected) = self.expected_identity_for(&url)
-            && server.subject() != &expected
-        {
-            return Err(Error::with_detail(
-                ErrorKind::UnexpectedPeer,
-                format!("response signed by {}", server.subject()),
-            ));
-        }
         let authority = match url.port() {
             Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
@@ -277,15 +254,7 @@ impl WimseMiddleware {
             headers: &req_headers,
         };
         let res = ResponseParts { status: status.as_u16(), headers: &headers };
-        httpsig::verify_response(
-            &req,
-            &res,
-            Some(&body),
-            &server,
-            &signature.nonce,
-            &SignatureValidation::default(),
-            now,
-        )?;
+        verifier.verify(&req, &res, &body, &signature.nonce, self.expected_identity_for(&url).as_ref())?;
         let mut rebuilt = http::Response::new(body);
         *rebuilt.status_mut() = status;
         *rebuilt.version_mut() = version;
