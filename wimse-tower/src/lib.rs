@@ -1,8 +1,9 @@
 //! # wimse-tower
 //!
-//! WIMSE workload identity as tower middleware: [`WimseLayer`] verifies callers on a server,
-//! [`WimseSignLayer`] signs requests on a client, and [`RequirePolicyLayer`] applies an
-//! authorization policy per route.
+//! WIMSE workload identity as tower middleware: [`WimseLayer`] verifies callers on a server
+//! (WPT or HTTP-signature mode, and signs responses when asked), [`WimseSignLayer`] (WPT) and
+//! [`WimseSignatureLayer`] (HTTP signatures, signed responses) sign requests on a client, and
+//! [`RequirePolicyLayer`] applies an authorization policy per route.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -38,10 +39,12 @@
 mod client;
 mod require;
 mod server;
+mod signature;
 
 pub use client::{SignFuture, WimseSign, WimseSignLayer};
 pub use require::{RequirePolicy, RequirePolicyLayer};
 pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, Wimse, WimseBody, WimseLayer, WimseRequestBody};
+pub use signature::{SignatureFuture, WimseSignature, WimseSignatureLayer};
 pub use wimse_core;
 
 use bytes::Bytes;

@@ -110,3 +110,57 @@ async fn signing_errors_fail_the_call() {
     let err = signing.oneshot(request).await.unwrap_err();
     assert_eq!(err.downcast_ref::<Error>().unwrap().kind(), &ErrorKind::BearerWithWpt);
 }
+
+/// HTTP-signature mode between the hyper client and server, with a signed response.
+#[tokio::test]
+async fn signature_layer_with_signed_responses() {
+    use wimse_testkit::SERVER;
+    use wimse_tower::WimseSignatureLayer;
+    let deployment = Deployment::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let layer = WimseLayer::new(deployment.verifier(&base)).sign_responses(deployment.signer(SERVER));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service =
+                TowerToHyperService::new(ServiceBuilder::new().layer(layer.clone()).service(service_fn(handler)));
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    let expected: WorkloadId = SERVER.parse().unwrap();
+    let signing = ServiceBuilder::new()
+        .layer(
+            WimseSignatureLayer::new(deployment.signer(ALLOWED))
+                .signed_responses(deployment.trust())
+                .expected_identity(move |_| Some(expected.clone())),
+        )
+        .service(client());
+    let request = Request::post(format!("{base}/orders?id=3"))
+        .header("txn-token", "txn-9")
+        .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
+        .unwrap();
+    let response = signing.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("signature"));
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(bytes, format!("{ALLOWED} txn=txn-9"));
+
+    // A client expecting another server refuses the signed response.
+    let other: WorkloadId = "spiffe://prod.example/other".parse().unwrap();
+    let suspicious = ServiceBuilder::new()
+        .layer(
+            WimseSignatureLayer::new(deployment.signer(ALLOWED))
+                .signed_responses(deployment.trust())
+                .expected_identity(move |_| Some(other.clone())),
+        )
+        .service(client());
+    let err = suspicious
+        .oneshot(Request::get(format!("{base}/orders")).body(Full::<Bytes>::default()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.downcast_ref::<Error>().unwrap().kind(), &ErrorKind::UnexpectedPeer);
+}
