@@ -24,9 +24,14 @@ async fn handler(req: Request<WimseRequestBody<Incoming>>) -> Result<Response<Fu
 
 /// Serves `handler` behind `WimseLayer` on 127.0.0.1:0; returns the base URL.
 async fn serve(deployment: &Deployment) -> String {
+    serve_with(|base| WimseLayer::new(deployment.verifier(base)).policy(deployment.policy())).await
+}
+
+/// Serves `handler` behind the layer `make` builds for the base URL.
+async fn serve_with(make: impl FnOnce(&str) -> WimseLayer) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let layer = WimseLayer::new(deployment.verifier(&base)).policy(deployment.policy());
+    let layer = make(&base);
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
@@ -117,20 +122,7 @@ async fn signature_layer_with_signed_responses() {
     use wimse_testkit::SERVER;
     use wimse_tower::WimseSignatureLayer;
     let deployment = Deployment::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let layer = WimseLayer::new(deployment.verifier(&base)).sign_responses(deployment.signer(SERVER));
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service =
-                TowerToHyperService::new(ServiceBuilder::new().layer(layer.clone()).service(service_fn(handler)));
-            tokio::spawn(async move {
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
+    let base = serve_with(|base| WimseLayer::new(deployment.verifier(base)).sign_responses(deployment.signer(SERVER))).await;
     let expected: WorkloadId = SERVER.parse().unwrap();
     let signing = ServiceBuilder::new()
         .layer(
