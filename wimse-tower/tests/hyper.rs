@@ -122,7 +122,8 @@ async fn signature_layer_with_signed_responses() {
     use wimse_testkit::SERVER;
     use wimse_tower::WimseSignatureLayer;
     let deployment = Deployment::new();
-    let base = serve_with(|base| WimseLayer::new(deployment.verifier(base)).sign_responses(deployment.signer(SERVER))).await;
+    let base =
+        serve_with(|base| WimseLayer::new(deployment.verifier(base)).sign_responses(deployment.signer(SERVER))).await;
     let expected: WorkloadId = SERVER.parse().unwrap();
     let signing = ServiceBuilder::new()
         .layer(
