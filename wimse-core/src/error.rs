@@ -133,6 +133,9 @@ pub enum ErrorKind {
     // ---- authorization (403) ----
     /// The caller is authenticated but a policy does not allow it.
     PolicyDenied,
+    /// A certificate is not a valid Workload Identity Certificate (no single URI SAN naming a
+    /// workload, unparsable).
+    InvalidCertificate,
     /// A peer (e.g. the server that signed a response) is not the workload expected for it.
     UnexpectedPeer,
 
@@ -211,6 +214,7 @@ impl ErrorKind {
             SignedResponseUnsupported => "signed_response_unsupported",
             SignedResponseUnavailable => "signed_response_unavailable",
             PolicyDenied => "policy_denied",
+            InvalidCertificate => "invalid_certificate",
             UnexpectedPeer => "unexpected_peer",
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
@@ -277,6 +281,7 @@ impl ErrorKind {
             SignedResponseUnsupported => "this server does not sign responses",
             SignedResponseUnavailable => "this response could not be signed",
             PolicyDenied => "the caller is not allowed by policy",
+            InvalidCertificate => "the certificate is not a valid workload identity certificate",
             UnexpectedPeer => "the peer is not the expected workload",
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",

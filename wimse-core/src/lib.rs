@@ -33,6 +33,8 @@ pub mod sign;
 pub mod time;
 pub mod trust;
 pub mod verify;
+#[cfg(feature = "mtls")]
+pub mod wic;
 pub mod wit;
 pub mod wpt;
 

@@ -33,7 +33,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use wimse_core::verify::DEFAULT_BODY_LIMIT;
 
 /// Verifies the caller of every request: WIT + `Authorization: WPT`, or WIT + HTTP message
-/// signature. Puts the [`VerifiedCaller`] into the request extensions. Rejected requests are
+/// signature. Puts the [`VerifiedCaller`](wimse_core::verify::VerifiedCaller) into the request extensions. Rejected requests are
 /// answered by the layer (401 with `WWW-Authenticate: WPT`, 400, 403 for a policy, 413 for a
 /// body over the limit) and never reach the inner service.
 ///

@@ -1,0 +1,583 @@
+//! Workload Identity Certificates and mutual TLS (workload-creds-02 §6.1, mutual-tls-03).
+//!
+//! A WIC is an X.509 certificate naming its workload in exactly one URI SAN. Peers verify each
+//! other in the TLS handshake: the chain against the anchors of the trust domain named by that
+//! URI (never another domain's), the extended key usage, the validity period, and on the client
+//! the expected server identity. The rustls verifiers here do that; the anchors and the local
+//! certificate can be swapped while running, and new handshakes use the new material.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{TrustDomain, WorkloadId};
+use crate::jose::b64url_encode;
+
+fn cert_error(kind: ErrorKind, detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::with_detail(kind, detail)
+}
+
+fn tls_error(error: Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
+}
+
+/// The WIMSE error behind a rustls certificate error, if there is one.
+pub fn wimse_error(error: &rustls::Error) -> Option<&Error> {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => inner.downcast_ref::<Error>(),
+        _ => None,
+    }
+}
+
+/// The single Workload Identifier of a certificate: its one URI SAN, parsed strictly.
+/// A certificate with no URI SAN, or more than one, names no workload.
+pub fn workload_id_of(cert: &CertificateDer<'_>) -> Result<WorkloadId> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|_| cert_error(ErrorKind::InvalidCertificate, "not an X.509 certificate"))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|_| cert_error(ErrorKind::InvalidCertificate, "malformed subjectAltName"))?
+        .ok_or_else(|| cert_error(ErrorKind::InvalidCertificate, "no subjectAltName"))?;
+    let mut uris = san.value.general_names.iter().filter_map(|name| match name {
+        GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    match (uris.next(), uris.next()) {
+        (Some(uri), None) => {
+            WorkloadId::parse(uri).map_err(|e| cert_error(ErrorKind::InvalidCertificate, format!("URI SAN: {e}")))
+        }
+        (None, _) => Err(cert_error(ErrorKind::InvalidCertificate, "no URI SAN")),
+        (Some(_), Some(_)) => Err(cert_error(ErrorKind::InvalidCertificate, "more than one URI SAN")),
+    }
+}
+
+/// What a WIC may be used for (its extended key usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WicUsage {
+    /// `id-kp-clientAuth`.
+    Client,
+    /// `id-kp-serverAuth`.
+    Server,
+    /// Both.
+    ClientAndServer,
+}
+
+/// Options for issuing a WIC.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WicOptions {
+    /// Extended key usage.
+    pub usage: WicUsage,
+    /// Start of validity (seconds since the epoch).
+    pub not_before: u64,
+    /// End of validity (seconds since the epoch).
+    pub not_after: u64,
+    /// DNS names for a server certificate (clients connecting by name check them).
+    pub dns_names: Vec<String>,
+    /// IP addresses for a server certificate.
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+impl WicOptions {
+    /// Valid from `now` for `lifetime` seconds, for `usage`.
+    pub fn new(usage: WicUsage, now: u64, lifetime: u64) -> Self {
+        Self {
+            usage,
+            not_before: now.saturating_sub(60),
+            not_after: now.saturating_add(lifetime),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+        }
+    }
+
+    /// Adds a DNS name SAN.
+    pub fn dns_name(mut self, name: impl Into<String>) -> Self {
+        self.dns_names.push(name.into());
+        self
+    }
+
+    /// Adds an IP address SAN.
+    pub fn ip_address(mut self, ip: IpAddr) -> Self {
+        self.ip_addresses.push(ip);
+        self
+    }
+}
+
+fn offset_time(secs: u64) -> Result<time::OffsetDateTime> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .ok_or_else(|| cert_error(ErrorKind::InvalidConfiguration, "time out of range"))
+}
+
+fn rcgen_error(e: rcgen::Error) -> Error {
+    cert_error(ErrorKind::Crypto, format!("certificate generation: {e}"))
+}
+
+/// A workload's certificate chain and private key.
+pub struct WorkloadCertificate {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl WorkloadCertificate {
+    /// From a chain (leaf first) and a PKCS#8 private key.
+    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivatePkcs8KeyDer<'static>) -> Result<Self> {
+        let leaf = chain.first().ok_or_else(|| cert_error(ErrorKind::InvalidCertificate, "empty chain"))?;
+        workload_id_of(leaf)?;
+        Ok(Self { chain, key })
+    }
+
+    /// The chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The workload it names.
+    pub fn workload_id(&self) -> Result<WorkloadId> {
+        workload_id_of(&self.chain[0])
+    }
+
+    /// The private key (PKCS#8 DER).
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    /// The chain and key as rustls signs with them.
+    pub fn certified_key(&self, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>> {
+        let signing_key = provider
+            .key_provider
+            .load_private_key(self.private_key())
+            .map_err(|_| cert_error(ErrorKind::InvalidKey, "unusable certificate key"))?;
+        Ok(Arc::new(CertifiedKey::new(self.chain.clone(), signing_key)))
+    }
+}
+
+impl Clone for WorkloadCertificate {
+    fn clone(&self) -> Self {
+        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl fmt::Debug for WorkloadCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadCertificate").field("id", &self.workload_id().ok()).finish_non_exhaustive()
+    }
+}
+
+/// A certificate authority for one trust domain: what an identity server issues WICs with.
+pub struct WicAuthority {
+    domain: TrustDomain,
+    issuer: Issuer<'static, KeyPair>,
+    certificate: CertificateDer<'static>,
+}
+
+impl fmt::Debug for WicAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WicAuthority").field("domain", &self.domain).finish_non_exhaustive()
+    }
+}
+
+impl WicAuthority {
+    /// A new self-signed CA for `domain`, valid from `now` for `lifetime` seconds.
+    pub fn new(domain: TrustDomain, now: u64, lifetime: u64) -> Result<Self> {
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, format!("WIMSE CA {domain}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = offset_time(now.saturating_sub(60))?;
+        params.not_after = offset_time(now.saturating_add(lifetime))?;
+        let certificate = params.self_signed(&key).map_err(rcgen_error)?.der().clone();
+        Ok(Self { domain, issuer: Issuer::new(params, key), certificate })
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.domain
+    }
+
+    /// The CA certificate: the trust anchor to distribute.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.certificate
+    }
+
+    /// Issues a WIC for `id` with a fresh P-256 key. `id` must be in this authority's trust
+    /// domain: an identity server issues only its own identifiers.
+    pub fn issue(&self, id: &WorkloadId, options: &WicOptions) -> Result<WorkloadCertificate> {
+        if !id.is_in(&self.domain) {
+            return Err(cert_error(ErrorKind::InvalidConfiguration, format!("{id} is not in {}", self.domain)));
+        }
+        self.issue_with_uris(&[id.as_str()], options)
+    }
+
+    /// Issues a certificate with exactly these URI SANs. For tests of peers that must refuse
+    /// malformed certificates; use [`issue`](Self::issue) otherwise.
+    pub fn issue_with_uris(&self, uris: &[&str], options: &WicOptions) -> Result<WorkloadCertificate> {
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, uris.first().copied().unwrap_or("workload"));
+        for uri in uris {
+            let uri = rcgen::string::Ia5String::try_from(*uri).map_err(rcgen_error)?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        for name in &options.dns_names {
+            let name = rcgen::string::Ia5String::try_from(name.as_str()).map_err(rcgen_error)?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        for ip in &options.ip_addresses {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match options.usage {
+            WicUsage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            WicUsage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            WicUsage::ClientAndServer => vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth],
+        };
+        params.not_before = offset_time(options.not_before)?;
+        params.not_after = offset_time(options.not_after)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
+        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+        Ok(WorkloadCertificate { chain: vec![cert.der().clone(), self.certificate.clone()], key })
+    }
+}
+
+/// Per-trust-domain CA anchors, shared by verifiers and replaceable at run time.
+#[derive(Clone)]
+pub struct WicAnchors {
+    provider: Arc<CryptoProvider>,
+    domains: Arc<RwLock<HashMap<TrustDomain, DomainVerifiers>>>,
+}
+
+#[derive(Clone)]
+struct DomainVerifiers {
+    client: Arc<dyn ClientCertVerifier>,
+    server: Arc<WebPkiServerVerifier>,
+}
+
+impl fmt::Debug for WicAnchors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domains: Vec<String> =
+            self.domains.read().map(|d| d.keys().map(ToString::to_string).collect()).unwrap_or_default();
+        f.debug_struct("WicAnchors").field("domains", &domains).finish()
+    }
+}
+
+impl WicAnchors {
+    /// No trusted domains yet, with rustls' aws-lc-rs provider.
+    pub fn new() -> Self {
+        Self::with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+
+    /// No trusted domains yet, with this crypto provider.
+    pub fn with_provider(provider: Arc<CryptoProvider>) -> Self {
+        Self { provider, domains: Arc::new(RwLock::new(HashMap::new())) }
+    }
+
+    /// The crypto provider.
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    /// Sets (or replaces) the CA certificates of `domain`. Handshakes after this use them.
+    pub fn set(&self, domain: TrustDomain, cas: impl IntoIterator<Item = CertificateDer<'static>>) -> Result<()> {
+        let mut roots = RootCertStore::empty();
+        for ca in cas {
+            roots.add(ca).map_err(|e| cert_error(ErrorKind::InvalidConfiguration, format!("trust anchor: {e}")))?;
+        }
+        let roots = Arc::new(roots);
+        let config =
+            |e: rustls::server::VerifierBuilderError| cert_error(ErrorKind::InvalidConfiguration, e.to_string());
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), self.provider.clone())
+            .build()
+            .map_err(config)?;
+        let server =
+            WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone()).build().map_err(config)?;
+        let mut domains =
+            self.domains.write().map_err(|_| cert_error(ErrorKind::InvalidConfiguration, "anchor store poisoned"))?;
+        domains.insert(domain, DomainVerifiers { client, server });
+        Ok(())
+    }
+
+    /// Stops trusting `domain`.
+    pub fn remove(&self, domain: &TrustDomain) {
+        if let Ok(mut domains) = self.domains.write() {
+            domains.remove(domain);
+        }
+    }
+
+    fn for_peer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+    ) -> std::result::Result<(WorkloadId, DomainVerifiers), rustls::Error> {
+        let id = workload_id_of(end_entity).map_err(tls_error)?;
+        let domains = self.domains.read().map_err(|_| rustls::Error::General("anchor store poisoned".into()))?;
+        let verifiers = domains
+            .get(&id.trust_domain())
+            .cloned()
+            .ok_or_else(|| tls_error(cert_error(ErrorKind::UntrustedTrustDomain, id.trust_domain().to_string())))?;
+        Ok((id, verifiers))
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+
+    fn verify12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+}
+
+impl Default for WicAnchors {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Verifies client WICs on a server: one URI SAN, chain to that trust domain's anchors,
+/// `clientAuth` EKU, validity. Client certificates are required.
+#[derive(Debug, Clone)]
+pub struct WicClientVerifier {
+    anchors: WicAnchors,
+}
+
+impl WicClientVerifier {
+    /// Verifies against `anchors`.
+    pub fn new(anchors: WicAnchors) -> Self {
+        Self { anchors }
+    }
+}
+
+impl ClientCertVerifier for WicClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let (id, verifiers) = self.anchors.for_peer(end_entity)?;
+        let verified = verifiers.client.verify_client_cert(end_entity, intermediates, now);
+        if let Err(e) = &verified {
+            tracing::warn!(peer = %id, error = %e, "wimse: client certificate refused");
+        }
+        verified
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.anchors.verify12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.anchors.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.anchors.schemes()
+    }
+}
+
+type ExpectedFn = dyn Fn(&ServerName<'_>) -> Option<WorkloadId> + Send + Sync;
+
+/// Verifies server WICs on a client: one URI SAN, chain to that trust domain's anchors,
+/// `serverAuth` EKU, validity, the name the client connected to (DNS-ID or IP per RFC 9525),
+/// and the workload expected for that name.
+#[derive(Clone)]
+pub struct WicServerVerifier {
+    anchors: WicAnchors,
+    expected: Option<Arc<ExpectedFn>>,
+}
+
+impl fmt::Debug for WicServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WicServerVerifier").field("anchors", &self.anchors).finish_non_exhaustive()
+    }
+}
+
+impl WicServerVerifier {
+    /// Verifies against `anchors`; any workload of a trusted domain is accepted until
+    /// [`expect`](Self::expect) narrows it.
+    pub fn new(anchors: WicAnchors) -> Self {
+        Self { anchors, expected: None }
+    }
+
+    /// Maps the server name the client connects to onto the workload it must be.
+    pub fn expect(mut self, map: impl Fn(&ServerName<'_>) -> Option<WorkloadId> + Send + Sync + 'static) -> Self {
+        self.expected = Some(Arc::new(map));
+        self
+    }
+}
+
+impl ServerCertVerifier for WicServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let (id, verifiers) = self.anchors.for_peer(end_entity)?;
+        verifiers.server.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if let Some(expected) = self.expected.as_ref().and_then(|map| map(server_name))
+            && expected != id
+        {
+            return Err(tls_error(cert_error(ErrorKind::UnexpectedPeer, format!("{server_name:?} presented {id}"))));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.anchors.verify12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.anchors.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.anchors.schemes()
+    }
+}
+
+/// This workload's current certificate, for both ends of rustls, replaceable at run time
+/// (rotation: new handshakes present the new certificate).
+#[derive(Clone)]
+pub struct CurrentCertificate {
+    provider: Arc<CryptoProvider>,
+    current: Arc<RwLock<Arc<CertifiedKey>>>,
+}
+
+impl fmt::Debug for CurrentCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CurrentCertificate").finish_non_exhaustive()
+    }
+}
+
+impl CurrentCertificate {
+    /// Starts with `certificate`.
+    pub fn new(certificate: &WorkloadCertificate, provider: Arc<CryptoProvider>) -> Result<Self> {
+        let current = certificate.certified_key(&provider)?;
+        Ok(Self { provider, current: Arc::new(RwLock::new(current)) })
+    }
+
+    /// Replaces the certificate.
+    pub fn set(&self, certificate: &WorkloadCertificate) -> Result<()> {
+        let key = certificate.certified_key(&self.provider)?;
+        *self
+            .current
+            .write()
+            .map_err(|_| cert_error(ErrorKind::InvalidConfiguration, "certificate store poisoned"))? = key;
+        Ok(())
+    }
+
+    fn get(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+}
+
+impl ResolvesClientCert for CurrentCertificate {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A server config that requires and verifies client WICs and presents `certificate`.
+/// Session resumption is off, so every connection is verified against current anchors.
+pub fn server_config(anchors: &WicAnchors, certificate: CurrentCertificate) -> Result<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(anchors.provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cert_error(ErrorKind::InvalidConfiguration, e.to_string()))?
+        .with_client_cert_verifier(Arc::new(WicClientVerifier::new(anchors.clone())))
+        .with_cert_resolver(Arc::new(certificate));
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// A client config that presents `certificate` and verifies the server with `verifier`.
+/// Session resumption is off.
+pub fn client_config(verifier: WicServerVerifier, certificate: CurrentCertificate) -> Result<rustls::ClientConfig> {
+    let mut config = rustls::ClientConfig::builder_with_provider(verifier.anchors.provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cert_error(ErrorKind::InvalidConfiguration, e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(certificate));
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// The identity of a peer whose chain rustls has verified with a [`WicClientVerifier`] or
+/// [`WicServerVerifier`]: its workload identifier and a SHA-256 fingerprint of its leaf.
+pub fn verified_peer(peer_certificates: &[CertificateDer<'_>]) -> Result<(WorkloadId, String)> {
+    let leaf =
+        peer_certificates.first().ok_or_else(|| cert_error(ErrorKind::InvalidCertificate, "no peer certificate"))?;
+    Ok((workload_id_of(leaf)?, b64url_encode(Sha256::digest(leaf.as_ref()))))
+}
