@@ -47,6 +47,9 @@ use wimse_core::verify::VerifiedCaller;
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
+
+#[cfg(feature = "tls")]
+pub mod tls;
 pub use wimse_tower::{RequirePolicyLayer, WimseLayer, WimseSignLayer};
 
 /// Extracts the [`VerifiedCaller`] put into the request by [`WimseLayer`].

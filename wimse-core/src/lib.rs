@@ -52,7 +52,7 @@ pub mod prelude {
     pub use crate::sign::Signer;
     pub use crate::time::{Clock, FixedClock, SystemClock};
     pub use crate::trust::{TrustAnchors, TrustStore};
-    pub use crate::verify::{RequestView, VerifiedCaller, Verifier, VerifierConfig};
+    pub use crate::verify::{Guard, RequestView, TlsPeer, VerifiedCaller, Verifier, VerifierConfig};
     pub use crate::wit::WitIssuer;
     pub use crate::wpt::WptBuilder;
 }

@@ -211,6 +211,12 @@ pub enum ProofMethod {
         /// The proof's expiry.
         exp: u64,
     },
+    /// Mutual TLS with a Workload Identity Certificate (mutual-tls-03): the identity comes from
+    /// the verified client certificate of the connection.
+    MutualTls {
+        /// base64url SHA-256 of the client's leaf certificate.
+        certificate_fingerprint: String,
+    },
     /// A WIT + HTTP message signature (http-signature-08).
     HttpSignature {
         /// The signature's `nonce` (a signed response carries it back).
@@ -228,6 +234,7 @@ impl ProofMethod {
         match self {
             ProofMethod::Wpt { .. } => "wpt",
             ProofMethod::HttpSignature { .. } => "http-signature",
+            ProofMethod::MutualTls { .. } => "mtls",
         }
     }
 }
@@ -243,6 +250,38 @@ pub struct VerifiedCaller {
     key_thumbprint: String,
     txn_token: Option<String>,
     context_tokens: BTreeMap<String, String>,
+}
+
+/// The caller authenticated by the TLS layer (mutual TLS), put into request extensions by a
+/// TLS-terminating adapter. A [`Guard`] uses it when the request carries no application-level
+/// credentials; headers can never override it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer(VerifiedCaller);
+
+impl TlsPeer {
+    /// The caller.
+    pub fn caller(&self) -> &VerifiedCaller {
+        &self.0
+    }
+}
+
+#[cfg(feature = "mtls")]
+impl TlsPeer {
+    /// The peer of a connection whose client certificate chain rustls verified with a
+    /// [`WicClientVerifier`](crate::wic::WicClientVerifier).
+    pub fn from_verified_chain(peer_certificates: &[rustls::pki_types::CertificateDer<'_>]) -> Result<Self> {
+        let (id, fingerprint) = crate::wic::verified_peer(peer_certificates)?;
+        Ok(Self(VerifiedCaller {
+            id,
+            method: ProofMethod::MutualTls { certificate_fingerprint: fingerprint.clone() },
+            wit_exp: 0,
+            wit_iss: None,
+            wit_jti: None,
+            key_thumbprint: fingerprint,
+            txn_token: None,
+            context_tokens: BTreeMap::new(),
+        }))
+    }
 }
 
 impl VerifiedCaller {
@@ -597,10 +636,22 @@ impl Guard {
     /// The verified (and allowed) caller, `None` for an anonymous request an optional guard
     /// lets through, or the rejection.
     pub fn check<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<Option<VerifiedCaller>> {
-        if self.optional && !has_wimse_credentials(request.headers) {
-            return Ok(None);
-        }
-        let caller = self.verifier.verify(request)?;
+        self.check_with_tls(request, None)
+    }
+
+    /// Like [`check`](Self::check) on a connection whose TLS layer authenticated `tls`.
+    /// Application-level credentials, when present, are verified and take precedence; without
+    /// them the TLS peer is the caller (and the policy applies to it the same way).
+    pub fn check_with_tls<H: HeaderSource + ?Sized>(
+        &self,
+        request: &RequestView<'_, H>,
+        tls: Option<&TlsPeer>,
+    ) -> Result<Option<VerifiedCaller>> {
+        let caller = match (has_wimse_credentials(request.headers), tls) {
+            (false, Some(peer)) => peer.caller().clone(),
+            (false, None) if self.optional => return Ok(None),
+            _ => self.verifier.verify(request)?,
+        };
         if let Some(policy) = &self.policy {
             policy.check(&caller)?;
         }

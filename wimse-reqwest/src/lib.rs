@@ -42,6 +42,15 @@ use wimse_core::sign::{ResponseVerifier, Signer};
 use wimse_core::trust::TrustStore;
 use wimse_core::{Error, ErrorKind};
 
+/// A reqwest client builder that authenticates with mutual TLS (feature `mtls`): it presents the
+/// workload's certificate and verifies servers with `config` (see
+/// [`wimse_core::wic::client_config`], whose server verifier maps each host to the workload it
+/// must be).
+#[cfg(feature = "mtls")]
+pub fn mtls_client_builder(config: rustls::ClientConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(config)
+}
+
 /// Context tokens to add to one request and bind with `oth`: `(header name, value)` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContextTokens(pub Vec<(String, String)>);

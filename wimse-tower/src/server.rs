@@ -15,7 +15,7 @@ use wimse_core::http::Rejection;
 use wimse_core::httpsig::{RequestParts, has_signature};
 use wimse_core::policy::Policy;
 use wimse_core::sign::Signer;
-use wimse_core::verify::{Guard, RequestView, Verifier};
+use wimse_core::verify::{Guard, RequestView, TlsPeer, Verifier};
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
@@ -164,7 +164,8 @@ where
             return ResponseFuture::boxed(Box::pin(signed(self.layer.clone(), inner, req)));
         }
         let view = RequestView::new(path_and_query(&req), req.headers()).method(req.method().as_str());
-        match self.layer.guard.check(&view.authority(authority(&req))) {
+        let tls = req.extensions().get::<TlsPeer>();
+        match self.layer.guard.check_with_tls(&view.authority(authority(&req)), tls) {
             Ok(caller) => {
                 let mut req = req.map(Either::Left);
                 if let Some(caller) = caller {
@@ -212,7 +213,7 @@ where
     let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
     let authority = parts.uri.authority().map(|a| a.as_str()).or(host).unwrap_or_default();
     let view = RequestView::new(path, &parts.headers).method(parts.method.as_str()).authority(authority).body(&body);
-    let caller = match layer.guard.check(&view) {
+    let caller = match layer.guard.check_with_tls(&view, parts.extensions.get::<TlsPeer>()) {
         Ok(caller) => caller,
         Err(error) => return Ok(reject(&error)),
     };

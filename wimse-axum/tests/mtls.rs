@@ -1,0 +1,102 @@
+//! axum over rustls with mutual TLS: the client certificate's workload is the caller, the policy
+//! applies to it, and reqwest presents a WIC and checks the server's identity.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use reqwest_middleware::ClientBuilder;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpListener;
+use wimse_axum::{Caller, WimseLayer};
+use wimse_core::prelude::*;
+use wimse_core::wic::{
+    CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
+};
+use wimse_reqwest::{WimseMiddleware, mtls_client_builder};
+use wimse_testkit::{ALLOWED, DENIED, Deployment};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LEDGER: &str = "spiffe://prod.example/ledger";
+
+async fn whoami(Caller(caller): Caller) -> String {
+    format!("{} {}", caller.id(), caller.method().name())
+}
+
+struct Setup {
+    ca: WicAuthority,
+    anchors: WicAnchors,
+    base: String,
+}
+
+async fn start(deployment: &Deployment) -> Setup {
+    let t = wimse_testkit::now();
+    let ca = WicAuthority::new("spiffe://prod.example".parse().unwrap(), t, 86_400).unwrap();
+    let anchors = WicAnchors::new();
+    anchors.set(ca.trust_domain().clone(), [ca.certificate().clone()]).unwrap();
+    let server_cert =
+        ca.issue(&LEDGER.parse().unwrap(), &WicOptions::new(WicUsage::Server, t, 3600).ip_address(LOCALHOST)).unwrap();
+    let config =
+        server_config(&anchors, CurrentCertificate::new(&server_cert, anchors.provider().clone()).unwrap()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let policy = Policy::named("ledger")
+        .allow(Rule::one_of([ALLOWED.parse().unwrap(), "spiffe://prod.example/orders".parse().unwrap()]));
+    let app =
+        Router::new().route("/whoami", get(whoami)).layer(WimseLayer::new(deployment.verifier(&base)).policy(policy));
+    tokio::spawn(wimse_axum::tls::serve(listener, Arc::new(config), app));
+    Setup { ca, anchors, base }
+}
+
+fn client(setup: &Setup, id: &str, expect: &str) -> reqwest::Client {
+    let t = wimse_testkit::now();
+    let cert = setup.ca.issue(&id.parse().unwrap(), &WicOptions::new(WicUsage::Client, t, 3600)).unwrap();
+    let expected: WorkloadId = expect.parse().unwrap();
+    let verifier = WicServerVerifier::new(setup.anchors.clone())
+        .expect(move |name| matches!(name, ServerName::IpAddress(_)).then(|| expected.clone()));
+    let current = CurrentCertificate::new(&cert, setup.anchors.provider().clone()).unwrap();
+    mtls_client_builder(client_config(verifier, current).unwrap()).build().unwrap()
+}
+
+#[tokio::test]
+async fn mutual_tls_callers() {
+    let deployment = Deployment::new();
+    let setup = start(&deployment).await;
+    let url = format!("{}/whoami", setup.base);
+
+    let orders = client(&setup, "spiffe://prod.example/orders", LEDGER);
+    let response = orders.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "spiffe://prod.example/orders mtls");
+
+    // The policy applies to mTLS callers as to the others.
+    let denied = client(&setup, DENIED, LEDGER).get(&url).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+
+    // The client refuses a server that is not the workload it expects for that address.
+    assert!(
+        client(&setup, "spiffe://prod.example/orders", "spiffe://prod.example/billing").get(&url).send().await.is_err()
+    );
+
+    // No client certificate: no connection.
+    let verifier = WicServerVerifier::new(setup.anchors.clone());
+    let anonymous = rustls::ClientConfig::builder_with_provider(setup.anchors.provider().clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let anonymous = mtls_client_builder(anonymous).build().unwrap();
+    assert!(anonymous.get(&url).send().await.is_err());
+
+    // Application-level credentials on an mTLS connection are verified and take precedence:
+    // headers never silently replace the TLS identity, they must prove their own.
+    let front = ClientBuilder::new(client(&setup, "spiffe://prod.example/orders", LEDGER))
+        .with(WimseMiddleware::new(deployment.signer(ALLOWED)))
+        .build();
+    let response = front.get(&url).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), format!("{ALLOWED} wpt"));
+    let forged = orders.get(&url).header("workload-identity-token", "x.y.z").send().await.unwrap();
+    assert_eq!(forged.status(), 401);
+}
