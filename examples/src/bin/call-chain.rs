@@ -1,8 +1,8 @@
 //! A call chain on loopback, every hop authenticated with a WIT and a proof of possession:
 //!
 //! ```text
-//! front (reqwest) --WPT--> orders (axum) --WPT--> billing (actix-web)
-//! front (reqwest) --WPT--> orders (axum) --HTTP signature, signed response--> billing
+//! front (reqwest) --WPT--> orders (axum) --WPT--> billing (actix-web) --mTLS--> ledger (axum over rustls)
+//! front (reqwest) --WPT--> orders (axum) --HTTP signature, signed response--> billing --mTLS--> ledger
 //! ```
 //!
 //! An in-process identity server for `spiffe://prod.example` issues each workload a key and a
@@ -23,6 +23,9 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use wimse_core::prelude::*;
+use wimse_core::wic::{
+    CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
+};
 use wimse_reqwest::{ProofMode, WimseMiddleware};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -33,15 +36,31 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The identity server of the trust domain: issues WITs and publishes its key as the anchor.
+/// The identity server of the trust domain: issues WITs and WICs, and publishes its keys.
 struct IdentityServer {
     issuer: WitIssuer,
+    wic: WicAuthority,
+    wic_anchors: WicAnchors,
 }
 
 impl IdentityServer {
     fn new() -> Result<Self, Error> {
         let key = SigningKey::generate(Algorithm::ES256)?.with_kid("prod-2026-11");
-        Ok(Self { issuer: WitIssuer::new(key).with_issuer("https://issuer.prod.example").with_lifetime(3600) })
+        let wic = WicAuthority::new("spiffe://prod.example".parse()?, now(), 86_400)?;
+        let wic_anchors = WicAnchors::new();
+        wic_anchors.set(wic.trust_domain().clone(), [wic.certificate().clone()])?;
+        Ok(Self {
+            issuer: WitIssuer::new(key).with_issuer("https://issuer.prod.example").with_lifetime(3600),
+            wic,
+            wic_anchors,
+        })
+    }
+
+    /// A Workload Identity Certificate for `id`, as the workload's current TLS certificate.
+    fn enroll_wic(&self, id: &str, usage: WicUsage) -> Result<CurrentCertificate, Error> {
+        let options = WicOptions::new(usage, now(), 3600).ip_address(std::net::Ipv4Addr::LOCALHOST.into());
+        let certificate = self.wic.issue(&id.parse()?, &options)?;
+        Ok(CurrentCertificate::new(&certificate, self.wic_anchors.provider().clone())?)
     }
 
     fn trust(&self) -> Result<TrustStore, Error> {
@@ -67,13 +86,53 @@ fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
 
 // ---- billing: actix-web ----
 
-async fn charge(caller: wimse_actix::Caller) -> String {
-    let txn = caller.txn_token().unwrap_or("none");
-    println!("[billing] verified caller {} | {} | txn-token {txn}", caller.id(), caller.method().name());
-    format!("charged (billing saw txn-token {txn})")
+/// How billing reaches the ledger: over mutual TLS, with its own certificate.
+struct Ledger {
+    url: String,
+    client: reqwest::Client,
 }
 
-fn start_billing(ids: &IdentityServer) -> Result<String, Error> {
+async fn charge(caller: wimse_actix::Caller, ledger: actix_web::web::Data<Ledger>) -> actix_web::HttpResponse {
+    let txn = caller.txn_token().unwrap_or("none");
+    println!("[billing] verified caller {} | {} | txn-token {txn}", caller.id(), caller.method().name());
+    let recorded = match ledger.client.post(&ledger.url).send().await {
+        Ok(response) if response.status().is_success() => response.text().await.unwrap_or_default(),
+        Ok(response) => {
+            return actix_web::HttpResponse::BadGateway().body(format!("ledger answered {}", response.status()));
+        }
+        Err(e) => return actix_web::HttpResponse::BadGateway().body(format!("ledger unreachable: {e}")),
+    };
+    actix_web::HttpResponse::Ok().body(format!("charged (billing saw txn-token {txn}); {recorded}"))
+}
+
+// ---- ledger: axum over rustls, mutual TLS ----
+
+async fn record(wimse_axum::Caller(caller): wimse_axum::Caller) -> String {
+    println!("[ledger]  verified caller {} | {}", caller.id(), caller.method().name());
+    format!("ledger recorded it for {}", caller.id())
+}
+
+async fn start_ledger(ids: &IdentityServer) -> Result<String, Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("https://{}", listener.local_addr()?);
+    let tls = server_config(&ids.wic_anchors, ids.enroll_wic("spiffe://prod.example/ledger", WicUsage::Server)?)?;
+    let policy = Policy::named("ledger").allow(Rule::exact("spiffe://prod.example/billing".parse()?));
+    let app = axum::Router::new()
+        .route("/record", post(record))
+        .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy));
+    tokio::spawn(wimse_axum::tls::serve(listener, Arc::new(tls), app));
+    Ok(base)
+}
+
+fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Error> {
+    // Billing presents its WIC to the ledger and requires the ledger's identity in return.
+    let ledger_id: WorkloadId = "spiffe://prod.example/ledger".parse()?;
+    let server_check = WicServerVerifier::new(ids.wic_anchors.clone()).expect(move |_| Some(ledger_id.clone()));
+    let tls = client_config(server_check, ids.enroll_wic("spiffe://prod.example/billing", WicUsage::Client)?)?;
+    let ledger = actix_web::web::Data::new(Ledger {
+        url: format!("{ledger}/record"),
+        client: wimse_reqwest::mtls_client_builder(tls).build()?,
+    });
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
     let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders".parse()?));
@@ -83,6 +142,7 @@ fn start_billing(ids: &IdentityServer) -> Result<String, Error> {
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(actix_web::web::Data::new(config.clone()))
+            .app_data(ledger.clone())
             .wrap(wimse_actix::Wimse::from_app_data())
             .route("/charge", actix_web::web::post().to(charge))
     })
@@ -193,16 +253,23 @@ fn expect(ok: bool, what: &str) -> Result<(), Error> {
 
 async fn run() -> Result<(), Error> {
     let ids = IdentityServer::new()?;
-    let billing = start_billing(&ids)?;
+    let ledger = start_ledger(&ids).await?;
+    let billing = start_billing(&ids, &ledger)?;
     let orders = start_orders(&ids, billing.clone()).await?;
-    println!("identity server: spiffe://prod.example | orders (axum) {orders} | billing (actix-web) {billing}\n");
+    println!(
+        "identity server: spiffe://prod.example | orders (axum) {orders} | billing (actix-web) {billing} | ledger (axum, mTLS) {ledger}\n"
+    );
 
-    println!("== front -> orders -> billing, with Txn-Token {TXN_TOKEN}");
+    println!("== front -> orders -> billing -> ledger, with Txn-Token {TXN_TOKEN}");
     let front = client(ids.enroll("spiffe://prod.example/front")?);
     let Answer { status, body, .. } = call(&front, &format!("{orders}/orders")).await?;
     println!("[front]   {status} {body}");
     expect(status == 200, "the chain succeeds")?;
     expect(body.contains(&format!("billing saw txn-token {TXN_TOKEN}")), "the Txn-Token arrived unchanged at billing")?;
+    expect(
+        body.contains("ledger recorded it for spiffe://prod.example/billing"),
+        "the mTLS hop authenticated billing",
+    )?;
 
     println!("\n== front -> orders -> billing, the second hop with an HTTP signature and a signed response");
     let Answer { status, body, .. } = call(&front, &format!("{orders}/orders-signed")).await?;
