@@ -13,6 +13,7 @@ mod sign;
 mod tokens;
 mod verify;
 mod verify_response;
+mod wic;
 
 /// WIMSE workload identity from the command line (identifier-03, workload-creds-02, wpt-02).
 #[derive(Debug, Parser)]
@@ -33,6 +34,9 @@ enum Command {
     /// Workload Proof Tokens.
     #[command(subcommand)]
     Wpt(WptCommand),
+    /// Workload Identity Certificates (X.509, for mutual TLS).
+    #[command(subcommand)]
+    Wic(WicCommand),
     /// Decode a token and explain it. Verifies nothing.
     Inspect(inspect::InspectArgs),
     /// Verify the WIT + WPT (or WIT + HTTP signature) of a raw HTTP/1.1 request; prints JSON, exits 1 on rejection.
@@ -58,6 +62,16 @@ enum WitCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum WicCommand {
+    /// Create a certificate authority for a trust domain.
+    Ca(wic::CaArgs),
+    /// Issue a WIC for a workload.
+    Issue(wic::IssueArgs),
+    /// Verify a WIC chain: identity, trust domain anchors, EKU, expiry (and server name).
+    Verify(wic::VerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum WptCommand {
     /// Create a WPT for one request.
     New(tokens::WptNewArgs),
@@ -80,6 +94,9 @@ fn main() -> ExitCode {
         Command::Key(KeyCommand::Public(args)) => keys::public(args),
         Command::Wit(WitCommand::Issue(args)) => tokens::wit_issue(args),
         Command::Wpt(WptCommand::New(args)) => tokens::wpt_new(args),
+        Command::Wic(WicCommand::Ca(args)) => wic::ca(args),
+        Command::Wic(WicCommand::Issue(args)) => wic::issue(args),
+        Command::Wic(WicCommand::Verify(args)) => wic::verify(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Sign(args) => sign::run(args),

@@ -396,3 +396,101 @@ fn tampered_file(d: &Dir, source: &str, from: &str, to: &str, file: &str) -> Pat
     std::fs::write(d.path(file), text.replacen(from, to, 1)).unwrap();
     d.path(file)
 }
+
+#[test]
+fn workload_identity_certificates() {
+    let d = Dir::new("wic");
+    let anchor = |domain: &str, file: &str| format!("{domain}={}", d.s(file));
+    ok(&[
+        "wic",
+        "ca",
+        "--trust-domain",
+        "spiffe://prod.example",
+        "--now",
+        NOW,
+        "--out-cert",
+        &d.s("ca.pem"),
+        "--out-key",
+        &d.s("ca.key"),
+    ]);
+    ok(&[
+        "wic",
+        "ca",
+        "--trust-domain",
+        "spiffe://other.example",
+        "--now",
+        NOW,
+        "--out-cert",
+        &d.s("other.pem"),
+        "--out-key",
+        &d.s("other.key"),
+    ]);
+    let issue = |sub: &str, usage: &str, out: &str, extra: &[&str]| {
+        let (cert, key) = (d.s(&format!("{out}.pem")), d.s(&format!("{out}.key")));
+        let (ca_cert, ca_key) = (d.s("ca.pem"), d.s("ca.key"));
+        let mut args = vec![
+            "wic",
+            "issue",
+            "--ca-cert",
+            &ca_cert,
+            "--ca-key",
+            &ca_key,
+            "--trust-domain",
+            "spiffe://prod.example",
+            "--sub",
+            sub,
+            "--usage",
+            usage,
+            "--now",
+            NOW,
+            "--out-cert",
+            &cert,
+            "--out-key",
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        let out = wimse(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    issue("spiffe://prod.example/orders", "client", "orders", &[]);
+    issue("spiffe://prod.example/payments", "server", "payments", &["--dns", "payments.internal", "--ip", "127.0.0.1"]);
+    let verify = |cert: &str, extra: &[&str]| {
+        let prod = anchor("spiffe://prod.example", "ca.pem");
+        let mut args = vec!["wic", "verify", "--cert", cert, "--trust-anchor", &prod];
+        args.extend_from_slice(extra);
+        let out = wimse(&args);
+        let json: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(json["verified"].as_bool().unwrap(), out.status.success());
+        json
+    };
+    let orders = d.s("orders.pem");
+    let payments = d.s("payments.pem");
+    let json = verify(&orders, &["--now", NOW, "--expect", "spiffe://prod.example/orders"]);
+    assert_eq!(json["id"], "spiffe://prod.example/orders", "{json}");
+    assert_eq!(
+        verify(&payments, &["--usage", "server", "--server-name", "payments.internal", "--now", NOW])["verified"],
+        true
+    );
+    // Wrong EKU, wrong server name, expired, unexpected identity.
+    assert_eq!(verify(&payments, &["--usage", "client", "--now", NOW])["verified"], false);
+    assert_eq!(
+        verify(&payments, &["--usage", "server", "--server-name", "billing.internal", "--now", NOW])["verified"],
+        false
+    );
+    assert_eq!(verify(&orders, &["--now", "1800007200"])["verified"], false);
+    assert_eq!(verify(&orders, &["--now", NOW, "--expect", "spiffe://prod.example/x"])["reason"], "unexpected_peer");
+    // Only other.example's CA trusted: prod.example is not a trusted trust domain.
+    let out = wimse(&[
+        "wic",
+        "verify",
+        "--cert",
+        &orders,
+        "--trust-anchor",
+        &anchor("spiffe://other.example", "other.pem"),
+        "--now",
+        NOW,
+    ]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["reason"], "untrusted_trust_domain");
+}

@@ -171,6 +171,42 @@ impl WorkloadCertificate {
     }
 }
 
+impl WorkloadCertificate {
+    /// The chain and the PKCS#8 private key as PEM.
+    pub fn to_pem(&self) -> (String, String) {
+        let chain = self.chain.iter().map(|c| pem("CERTIFICATE", c.as_ref())).collect::<String>();
+        (chain, pem("PRIVATE KEY", self.key.secret_pkcs8_der()))
+    }
+
+    /// Loads a chain (leaf first) and a PKCS#8 private key from PEM.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|_| cert_error(ErrorKind::InvalidKey, "not a PKCS#8 PEM private key"))?;
+        Self::new(certificates_from_pem(chain_pem)?, key)
+    }
+}
+
+/// Every certificate in a PEM text, in order.
+pub fn certificates_from_pem(text: &str) -> Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| cert_error(ErrorKind::InvalidCertificate, "malformed PEM certificate"))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 impl Clone for WorkloadCertificate {
     fn clone(&self) -> Self {
         Self { chain: self.chain.clone(), key: self.key.clone_key() }
@@ -208,6 +244,22 @@ impl WicAuthority {
         params.not_after = offset_time(now.saturating_add(lifetime))?;
         let certificate = params.self_signed(&key).map_err(rcgen_error)?.der().clone();
         Ok(Self { domain, issuer: Issuer::new(params, key), certificate })
+    }
+
+    /// Loads a CA from its certificate and private key (PEM), for `domain`.
+    pub fn from_pem(domain: TrustDomain, certificate_pem: &str, key_pem: &str) -> Result<Self> {
+        let certificate = certificates_from_pem(certificate_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| cert_error(ErrorKind::InvalidCertificate, "no CA certificate in the PEM"))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|_| cert_error(ErrorKind::InvalidKey, "not a PEM private key"))?;
+        let issuer = Issuer::from_ca_cert_der(&certificate, key).map_err(rcgen_error)?;
+        Ok(Self { domain, issuer, certificate })
+    }
+
+    /// The CA certificate and private key as PEM, to store the CA.
+    pub fn to_pem(&self) -> (String, String) {
+        (pem("CERTIFICATE", self.certificate.as_ref()), self.issuer.key().serialize_pem())
     }
 
     /// The trust domain.
