@@ -46,10 +46,35 @@ use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use wimse_core::http::{HeaderSource, Rejection};
 use wimse_core::httpsig::{RequestParts, has_signature};
-use wimse_core::verify::{Guard, RequestView, VerifiedCaller};
+use wimse_core::verify::{Guard, RequestView, TlsPeer, VerifiedCaller};
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
+
+/// Mutual TLS (feature `tls`): serve with `HttpServer::listen_rustls_0_23` and a config from
+/// [`wimse_core::wic::server_config`], and pass [`tls::on_connect`] to `HttpServer::on_connect`.
+#[cfg(feature = "tls")]
+pub mod tls {
+    use std::any::Any;
+
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::dev::Extensions;
+    use actix_web::rt::net::TcpStream;
+    use wimse_core::verify::TlsPeer;
+
+    /// Records the workload of a connection's verified client certificate as its [`TlsPeer`],
+    /// which the [`Wimse`](crate::Wimse) middleware then treats as the caller.
+    pub fn on_connect(connection: &dyn Any, data: &mut Extensions) {
+        let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else { return };
+        let Some(certificates) = stream.get_ref().1.peer_certificates() else { return };
+        match TlsPeer::from_verified_chain(certificates) {
+            Ok(peer) => {
+                data.insert(peer);
+            }
+            Err(error) => tracing::warn!(reason = error.reason(), "wimse: peer certificate names no workload"),
+        }
+    }
+}
 
 /// What the middleware checks: the core [`Guard`] (verifier, optional policy, required or
 /// optional). Put it in app data (`web::Data<WimseConfig>`) or give it to [`Wimse::new`].
@@ -67,7 +92,7 @@ fn authenticate(
     if let Some(body) = body {
         view = view.body(body);
     }
-    config.check(&view)
+    config.check_with_tls(&view, req.conn_data::<TlsPeer>())
 }
 
 /// actix-web's header map (from `http` 0.2) seen through the core's [`HeaderSource`].
