@@ -100,3 +100,28 @@ async fn mutual_tls_callers() {
     let forged = orders.get(&url).header("workload-identity-token", "x.y.z").send().await.unwrap();
     assert_eq!(forged.status(), 401);
 }
+
+/// The tower client side: hyper-util's client over the WIMSE mTLS connector.
+#[tokio::test]
+async fn tower_client_over_mutual_tls() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let deployment = Deployment::new();
+    let setup = start(&deployment).await;
+    let t = wimse_testkit::now();
+    let cert = setup
+        .ca
+        .issue(&"spiffe://prod.example/orders".parse().unwrap(), &WicOptions::new(WicUsage::Client, t, 3600))
+        .unwrap();
+    let expected: WorkloadId = LEDGER.parse().unwrap();
+    let verifier = WicServerVerifier::new(setup.anchors.clone()).expect(move |_| Some(expected.clone()));
+    let current = CurrentCertificate::new(&cert, setup.anchors.provider().clone()).unwrap();
+    let connector = wimse_tower::mtls_connector(client_config(verifier, current).unwrap());
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let response = client.get(format!("{}/whoami", setup.base).parse().unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "spiffe://prod.example/orders mtls");
+}

@@ -37,11 +37,15 @@
 //! ```
 
 mod client;
+#[cfg(feature = "mtls")]
+mod mtls;
 mod require;
 mod server;
 mod signature;
 
 pub use client::{SignFuture, WimseSign, WimseSignLayer};
+#[cfg(feature = "mtls")]
+pub use mtls::mtls_connector;
 pub use require::{RequirePolicy, RequirePolicyLayer};
 pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, Wimse, WimseBody, WimseLayer, WimseRequestBody};
 pub use signature::{SignatureFuture, WimseSignature, WimseSignatureLayer};
