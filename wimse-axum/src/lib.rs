@@ -48,6 +48,8 @@ use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
 
+#[cfg(feature = "issuer")]
+pub mod issuer;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub use wimse_tower::{RequirePolicyLayer, WimseLayer, WimseSignLayer};

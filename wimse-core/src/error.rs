@@ -139,6 +139,13 @@ pub enum ErrorKind {
     /// A peer (e.g. the server that signed a response) is not the workload expected for it.
     UnexpectedPeer,
 
+    // ---- identity server ----
+    /// The bootstrap credential (platform token or dev secret) is missing, invalid, expired or
+    /// from an unknown issuer (401).
+    BootstrapTokenInvalid,
+    /// The authenticated client may not obtain this identifier (403).
+    IssuanceDenied,
+
     // ---- client side ----
     /// The signer has no usable credentials (missing, unreadable, mismatched or expired).
     CredentialsUnavailable,
@@ -214,6 +221,8 @@ impl ErrorKind {
             SignedResponseUnsupported => "signed_response_unsupported",
             SignedResponseUnavailable => "signed_response_unavailable",
             PolicyDenied => "policy_denied",
+            BootstrapTokenInvalid => "bootstrap_token_invalid",
+            IssuanceDenied => "issuance_denied",
             InvalidCertificate => "invalid_certificate",
             UnexpectedPeer => "unexpected_peer",
             CredentialsUnavailable => "credentials_unavailable",
@@ -281,6 +290,8 @@ impl ErrorKind {
             SignedResponseUnsupported => "this server does not sign responses",
             SignedResponseUnavailable => "this response could not be signed",
             PolicyDenied => "the caller is not allowed by policy",
+            BootstrapTokenInvalid => "the bootstrap credential is not valid",
+            IssuanceDenied => "the client may not obtain this identifier",
             InvalidCertificate => "the certificate is not a valid workload identity certificate",
             UnexpectedPeer => "the peer is not the expected workload",
             CredentialsUnavailable => "no usable workload credentials",

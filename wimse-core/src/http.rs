@@ -170,7 +170,8 @@ impl Rejection {
             | DuplicateContextToken
             | OversizedToken
             | InvalidHeaderValue => (StatusCode::BAD_REQUEST, false),
-            PolicyDenied | UnexpectedPeer => (StatusCode::FORBIDDEN, false),
+            PolicyDenied | UnexpectedPeer | IssuanceDenied => (StatusCode::FORBIDDEN, false),
+            BootstrapTokenInvalid => (StatusCode::UNAUTHORIZED, false),
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
             SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),
             SignedResponseUnavailable => (StatusCode::BAD_REQUEST, false),

@@ -26,6 +26,7 @@ mod error;
 pub mod http;
 pub mod httpsig;
 pub mod id;
+pub mod issuer;
 pub mod jose;
 pub mod policy;
 pub mod replay;

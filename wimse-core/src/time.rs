@@ -10,6 +10,13 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> u64;
 }
 
+/// A shared clock is a clock (so a test can keep a handle on a [`FixedClock`] it gave away).
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
+    fn now(&self) -> u64 {
+        (**self).now()
+    }
+}
+
 /// The operating system's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -1,0 +1,231 @@
+//! A real identity server on loopback: bootstrap authentication, issuance policy, bundles,
+//! key rotation and restarts.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use wimse_core::issuer::{IdentityServer, IssuerConfig};
+use wimse_core::jose::{Backend, jws};
+use wimse_core::prelude::*;
+use wimse_core::wit::{WitValidation, validate_wit};
+
+const NOW: u64 = 1_800_000_000;
+const PLATFORM_ISS: &str = "https://kubernetes.default.svc";
+
+struct Platform {
+    key: SigningKey,
+}
+
+impl Platform {
+    fn new() -> Self {
+        Self { key: SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k8s-1") }
+    }
+
+    /// A service-account token as a Kubernetes cluster would project it.
+    fn token(&self, iss: &str, sub: &str, exp: u64) -> String {
+        let claims = json!({"iss": iss, "sub": sub, "aud": ["wimse-issuer"], "exp": exp, "iat": NOW - 10});
+        jws::sign("JWT", Some("k8s-1"), &claims, &self.key, Backend::default()).unwrap()
+    }
+}
+
+fn config(platform: &Platform, store: &std::path::Path) -> Value {
+    json!({
+        "trust_domain": "spiffe://prod.example",
+        "issuer": "https://issuer.prod.example",
+        "key_store": store,
+        "rotation_period": 3600,
+        "platforms": [{"name": "cluster", "issuer": PLATFORM_ISS, "audience": "wimse-issuer",
+                       "jwks": {"keys": [platform.key.public_jwk()]}}],
+        "clients": [
+            {"name": "payments-sa", "platform": "cluster", "subject": "system:serviceaccount:prod:payments",
+             "allowed": ["spiffe://prod.example/ns/prod/sa/payments"], "max_lifetime": 1800},
+            {"name": "batch", "platform": "cluster", "subject": "system:serviceaccount:prod:batch",
+             "allowed_prefixes": ["spiffe://prod.example/ns/batch"], "max_lifetime": 600}
+        ]
+    })
+}
+
+fn store_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wimse-issuer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("keys.json")
+}
+
+async fn serve(server: Arc<IdentityServer>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, wimse_axum::issuer::router(server)).await.unwrap() });
+    base
+}
+
+async fn request_wit(base: &str, bootstrap: &str, sub: &str, key: &SigningKey) -> (u16, Value) {
+    let body = json!({"sub": sub, "jwk": key.public_jwk(), "lifetime": 3600});
+    let response =
+        reqwest::Client::new().post(format!("{base}/v1/wit")).bearer_auth(bootstrap).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn anchors(base: &str) -> TrustStore {
+    let bundle = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().text().await.unwrap();
+    TrustStore::new()
+        .with("spiffe://prod.example".parse().unwrap(), TrustAnchors::from_spiffe_bundle_json(&bundle).unwrap())
+}
+
+fn validate(wit: &str, trust: &TrustStore, now: u64) -> Result<WorkloadId, Error> {
+    validate_wit(wit, trust, &WitValidation::default(), now).map(|w| w.subject().clone())
+}
+
+#[tokio::test]
+async fn issuance_policy_bootstrap_and_bundles() {
+    let platform = Platform::new();
+    let clock = Arc::new(FixedClock::new(NOW));
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("policy"))).unwrap();
+    let server = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    let base = serve(server).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let payments = "spiffe://prod.example/ns/prod/sa/payments";
+    let sa = "system:serviceaccount:prod:payments";
+
+    let (status, body) = request_wit(&base, &platform.token(PLATFORM_ISS, sa, NOW + 600), payments, &key).await;
+    assert_eq!(status, 200, "{body}");
+    let wit = body["wit"].as_str().unwrap();
+    assert_eq!(body["expires_at"], NOW + 1800, "capped at the client's max_lifetime");
+    assert_eq!(validate(wit, &anchors(&base).await, NOW).unwrap().as_str(), payments);
+
+    // Limited authority: another identifier, or a sibling of a prefix grant.
+    let (status, body) = request_wit(
+        &base,
+        &platform.token(PLATFORM_ISS, sa, NOW + 600),
+        "spiffe://prod.example/ns/prod/sa/admin",
+        &key,
+    )
+    .await;
+    assert_eq!((status, body["reason"].as_str()), (403, Some("issuance_denied")));
+    let batch = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:batch", NOW + 600);
+    assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batch/nightly", &key).await.0, 200);
+    assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batchx/nightly", &key).await.0, 403);
+    assert_eq!(request_wit(&base, &batch, "spiffe://other.example/ns/batch/x", &key).await.0, 403);
+
+    // Bootstrap credentials: expired, unknown issuer, unknown subject, forged, none.
+    let expired = platform.token(PLATFORM_ISS, sa, NOW - 1);
+    assert_eq!(request_wit(&base, &expired, payments, &key).await.1["reason"], "bootstrap_token_invalid");
+    let stranger = platform.token("https://other-cluster", sa, NOW + 600);
+    assert_eq!(request_wit(&base, &stranger, payments, &key).await.0, 401);
+    let unknown_sa = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:nobody", NOW + 600);
+    assert_eq!(request_wit(&base, &unknown_sa, payments, &key).await.0, 403);
+    let forged = Platform::new().token(PLATFORM_ISS, sa, NOW + 600);
+    assert_eq!(request_wit(&base, &forged, payments, &key).await.0, 401);
+    let none = reqwest::Client::new()
+        .post(format!("{base}/v1/wit"))
+        .json(&json!({"sub": payments, "jwk": key.public_jwk()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    // A private key in the request is refused.
+    let private = json!({"sub": payments, "jwk": key.to_private_jwk()});
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/wit"))
+        .bearer_auth(platform.token(PLATFORM_ISS, sa, NOW + 600))
+        .json(&private)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Both bundle formats publish the same keys.
+    let jwks: Value = reqwest::get(format!("{base}/v1/bundle/jwks")).await.unwrap().json().await.unwrap();
+    let spiffe: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"], spiffe["keys"]);
+    assert_eq!(spiffe["keys"][0]["use"], "wit-svid");
+    assert!(spiffe["keys"][0].get("d").is_none(), "no private material is published");
+    assert_eq!(spiffe["spiffe_refresh_hint"], 300);
+}
+
+#[tokio::test]
+async fn rotation_with_overlap_and_restart() {
+    let platform = Platform::new();
+    let store = store_path("rotation");
+    let clock = Arc::new(FixedClock::new(NOW));
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store)).unwrap();
+    let server = Arc::new(IdentityServer::new(config.clone(), clock.clone()).unwrap());
+    let base = serve(server.clone()).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let payments = "spiffe://prod.example/ns/prod/sa/payments";
+    let sa = "system:serviceaccount:prod:payments";
+
+    // Issued late in the first key's period, so it outlives the rotation.
+    clock.set(NOW + 3000);
+    let first = request_wit(&base, &platform.token(PLATFORM_ISS, sa, NOW + 7200), payments, &key).await.1["wit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sequence = |v: &Value| v["spiffe_sequence"].as_u64().unwrap();
+    let before: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
+
+    // Past the rotation period: a new key signs, the old one stays published for its WITs.
+    clock.set(NOW + 3601);
+    let second = request_wit(&base, &platform.token(PLATFORM_ISS, sa, NOW + 7200), payments, &key).await.1["wit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let after: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
+    assert!(sequence(&after) > sequence(&before));
+    assert_eq!(after["keys"].as_array().unwrap().len(), 2);
+    let trust = anchors(&base).await;
+    validate(&first, &trust, NOW + 3601).unwrap();
+    validate(&second, &trust, NOW + 3601).unwrap();
+    let kid = |wit: &str| jws::parse(wit, 8192).unwrap().header_str("kid").unwrap().unwrap().to_owned();
+    assert_ne!(kid(&first), kid(&second));
+
+    // A restarted server (same key store) still publishes the keys of what it issued.
+    let restarted = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    validate(
+        &second,
+        &restarted.anchors().map(|a| TrustStore::new().with("spiffe://prod.example".parse().unwrap(), a)).unwrap(),
+        NOW + 3601,
+    )
+    .unwrap();
+
+    // Once nothing the old key signed can be valid, it is dropped from the bundle.
+    clock.set(NOW + 3601 + 3600 + 1800 + 1);
+    server.rotate_if_due().unwrap();
+    let later: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
+    assert!(later["keys"].as_array().unwrap().iter().all(|k| k["kid"] != kid(&first).as_str()));
+}
+
+#[test]
+fn bad_configuration_names_the_field() {
+    let platform = Platform::new();
+    let base = config(&platform, &store_path("config"));
+    let check = |patch: &dyn Fn(&mut Value), field: &str| {
+        let mut value = base.clone();
+        patch(&mut value);
+        let config: IssuerConfig = serde_json::from_value(value).unwrap();
+        let err = IdentityServer::new(config, FixedClock::new(NOW)).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+        assert!(err.detail().unwrap().starts_with(field), "{err:?}");
+    };
+    check(&|v| v["trust_domain"] = "prod.example".into(), "trust_domain");
+    check(&|v| v["algorithm"] = "HS256".into(), "algorithm");
+    check(&|v| v["clients"][0]["allowed"][0] = "spiffe://other.example/x".into(), "clients[0].allowed[0]");
+    check(&|v| v["clients"][0]["platform"] = "nowhere".into(), "clients[0].platform");
+    check(
+        &|v| v["clients"][1]["allowed_prefixes"][0] = "spiffe://prod.example".into(),
+        "clients[1].allowed_prefixes[0]",
+    );
+    check(&|v| v["clients"][0]["max_lifetime"] = 0.into(), "clients[0].max_lifetime");
+    check(&|v| v["clients"][0]["dev_secret"] = "0123456789abcdef".into(), "clients[0]");
+    check(&|v| v["platforms"][0]["jwks"] = json!({"keys": []}), "platforms[0].jwks");
+    check(
+        &|v| v["clients"][0] = json!({"name": "dev", "dev_secret": "0123456789abcdef", "allowed": ["spiffe://prod.example/x"], "max_lifetime": 60}),
+        "clients[0].dev_secret",
+    );
+    // Unknown fields are refused by the parser.
+    let mut value = base.clone();
+    value["rotation"] = 5.into();
+    assert!(serde_json::from_value::<IssuerConfig>(value).is_err());
+}
