@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod files;
 mod inspect;
+mod issuer;
 mod keys;
 mod request;
 mod sign;
@@ -37,6 +38,9 @@ enum Command {
     /// Workload Identity Certificates (X.509, for mutual TLS).
     #[command(subcommand)]
     Wic(WicCommand),
+    /// Run an identity server.
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
     /// Decode a token and explain it. Verifies nothing.
     Inspect(inspect::InspectArgs),
     /// Verify the WIT + WPT (or WIT + HTTP signature) of a raw HTTP/1.1 request; prints JSON, exits 1 on rejection.
@@ -59,6 +63,12 @@ enum KeyCommand {
 enum WitCommand {
     /// Issue a WIT, as an identity server would.
     Issue(tokens::WitIssueArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum IssuerCommand {
+    /// Serve the identity server's HTTP API with a configuration file.
+    Serve(issuer::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +107,7 @@ fn main() -> ExitCode {
         Command::Wic(WicCommand::Ca(args)) => wic::ca(args),
         Command::Wic(WicCommand::Issue(args)) => wic::issue(args),
         Command::Wic(WicCommand::Verify(args)) => wic::verify(args),
+        Command::Issuer(IssuerCommand::Serve(args)) => issuer::serve(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Sign(args) => sign::run(args),

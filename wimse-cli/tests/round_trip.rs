@@ -494,3 +494,56 @@ fn workload_identity_certificates() {
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["reason"], "untrusted_trust_domain");
 }
+
+#[test]
+fn issuer_serve_refuses_bad_configuration_and_serves_bundles() {
+    let d = Dir::new("issuer");
+    let config = serde_json::json!({
+        "trust_domain": "spiffe://prod.example",
+        "key_store": d.path("keys.json"),
+        "dev_mode": true,
+        "clients": [{"name": "dev", "dev_secret": "0123456789abcdef0123", "allowed": ["spiffe://prod.example/dev"], "max_lifetime": 600}]
+    });
+    let mut bad = config.clone();
+    bad["clients"][0]["allowed"][0] = "spiffe://other.example/dev".into();
+    std::fs::write(d.path("bad.json"), bad.to_string()).unwrap();
+    let out = wimse(&["issuer", "serve", "--config", &d.s("bad.json"), "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("clients[0].allowed[0]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(d.path("good.json"), config.to_string()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wimse"))
+        .args(["issuer", "serve", "--config", &d.s("good.json"), "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bundle, issued) = runtime.block_on(async {
+        let bundle: Value =
+            reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().text().await.unwrap().parse().unwrap();
+        let key = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::EdDSA).unwrap();
+        let body = serde_json::json!({"sub": "spiffe://prod.example/dev", "jwk": key.public_jwk()});
+        let response = reqwest::Client::new()
+            .post(format!("{base}/v1/wit"))
+            .bearer_auth("0123456789abcdef0123")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (bundle, response.status().as_u16())
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(bundle["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(issued, 200);
+    assert!(d.path("keys.json").exists(), "the key store was written");
+}
