@@ -157,14 +157,18 @@ async fn rotation_with_overlap_and_restart() {
     let payments = "spiffe://prod.example/ns/prod/sa/payments";
     let sa = "system:serviceaccount:prod:payments";
 
-    // Issued late in the first key's period, so it outlives the rotation.
+    let sequence = |v: &Value| v["spiffe_sequence"].as_u64().unwrap();
+    let before: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
+    assert_eq!(before["keys"].as_array().unwrap().len(), 1);
+    // Issued late in the first key's period, so it outlives the rotation. By then the next key
+    // is already published (two refresh hints ahead), but does not sign yet.
     clock.set(NOW + 3000);
     let first = request_wit(&base, &platform.token(PLATFORM_ISS, sa, NOW + 7200), payments, &key).await.1["wit"]
         .as_str()
         .unwrap()
         .to_owned();
-    let sequence = |v: &Value| v["spiffe_sequence"].as_u64().unwrap();
-    let before: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
+    let published: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
+    assert_eq!(published["keys"].as_array().unwrap().len(), 2);
 
     // Past the rotation period: a new key signs, the old one stays published for its WITs.
     clock.set(NOW + 3601);
@@ -173,7 +177,7 @@ async fn rotation_with_overlap_and_restart() {
         .unwrap()
         .to_owned();
     let after: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
-    assert!(sequence(&after) > sequence(&before));
+    assert!(sequence(&after) > sequence(&before), "{before} {after}");
     assert_eq!(after["keys"].as_array().unwrap().len(), 2);
     let trust = anchors(&base).await;
     validate(&first, &trust, NOW + 3601).unwrap();
@@ -228,4 +232,133 @@ fn bad_configuration_names_the_field() {
     let mut value = base.clone();
     value["rotation"] = 5.into();
     assert!(serde_json::from_value::<IssuerConfig>(value).is_err());
+}
+
+/// Verifiers fetch the bundle, follow rotations with no failed request, serve stale keys while
+/// the issuer is down, then answer 503.
+#[tokio::test]
+async fn verifiers_follow_the_bundle() {
+    use wimse_reqwest::BundleSource;
+    let platform = Platform::new();
+    let clock = Arc::new(FixedClock::new(NOW));
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("bundle"))).unwrap();
+    let server = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = wimse_axum::issuer::router(server.clone());
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let verifier =
+        Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin("https://api.example").with_leeway(0))
+            .unwrap()
+            .with_clock(clock.clone());
+    let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
+    let source =
+        BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe")).with_clock(clock.clone()).max_stale(900);
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let payments = "spiffe://prod.example/ns/prod/sa/payments";
+    let sa = "system:serviceaccount:prod:payments";
+    let call = |wit: &str| {
+        let wpt = WptBuilder::new(&key, wit, "https://api.example/x").sign(clock.now()).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("workload-identity-token", wit.parse().unwrap());
+        headers.insert("authorization", format!("WPT {wpt}").parse().unwrap());
+        verifier.verify(&RequestView::new("/x", &headers)).map(|c| c.id().clone())
+    };
+    let issue = |now: u64| {
+        let token = platform.token(PLATFORM_ISS, sa, now + 600);
+        let base = base.clone();
+        let key = key.clone();
+        async move { request_wit(&base, &token, payments, &key).await.1["wit"].as_str().unwrap().to_owned() }
+    };
+
+    // Known domain, keys not fetched yet: 503, not 401.
+    verifier.trust().set(domain.clone(), TrustAnchors::new().with_valid_until(0));
+    let wit = issue(NOW).await;
+    assert_eq!(call(&wit).unwrap_err().kind(), &ErrorKind::TrustAnchorsUnavailable);
+    assert!(verifier.trust().take_refresh_request(&domain), "the verifier asked for a refresh");
+
+    // Refreshing on the hint while the issuer rotates twice: every call succeeds.
+    source.refresh(verifier.trust()).await.unwrap();
+    for step in 0..26u64 {
+        clock.set(NOW + step * 300);
+        source.refresh(verifier.trust()).await.unwrap();
+        let wit = issue(clock.now()).await;
+        assert_eq!(call(&wit).unwrap().as_str(), payments, "step {step}");
+    }
+
+    // The issuer goes down: the last keys serve until they are stale, then 503.
+    serving.abort();
+    let _ = serving.await;
+    let wit = issue_direct(&server, &platform, &key, clock.now());
+    assert!(source.refresh(verifier.trust()).await.is_err());
+    call(&wit).unwrap();
+    clock.advance(901);
+    let late = issue_direct(&server, &platform, &key, clock.now());
+    assert_eq!(call(&late).unwrap_err().kind(), &ErrorKind::TrustAnchorsUnavailable);
+    assert_eq!(wimse_core::http::Rejection::from_error(&call(&late).unwrap_err()).status(), 503);
+}
+
+fn issue_direct(server: &IdentityServer, platform: &Platform, key: &SigningKey, now: u64) -> String {
+    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", now + 600);
+    server.issue_wit(&token, "spiffe://prod.example/ns/prod/sa/payments", key.public_jwk(), None).unwrap().wit
+}
+
+/// A bundle whose sequence goes backwards is refused and the anchors stay as they were.
+#[tokio::test]
+async fn bundle_sequence_never_goes_backwards() {
+    use axum::routing::get;
+    use wimse_reqwest::BundleSource;
+    let issuer_key = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("a");
+    let mut jwk = serde_json::to_value(issuer_key.public_jwk()).unwrap();
+    jwk["use"] = "wit-svid".into();
+    let bundle =
+        Arc::new(std::sync::Mutex::new(json!({"keys": [jwk], "spiffe_sequence": 5, "spiffe_refresh_hint": 60})));
+    let served = bundle.clone();
+    let app = axum::Router::new().route("/b", get(move || async move { axum::Json(served.lock().unwrap().clone()) }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/b", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let trust = wimse_core::trust::TrustHandle::default();
+    let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
+    let source = BundleSource::new(domain.clone(), url).with_clock(FixedClock::new(NOW));
+    assert_eq!(source.refresh(&trust).await.unwrap(), 60);
+    bundle.lock().unwrap()["spiffe_sequence"] = 3.into();
+    bundle.lock().unwrap()["keys"] = json!([]);
+    let err = source.refresh(&trust).await.unwrap_err();
+    assert!(err.detail().unwrap().contains("backwards"), "{err:?}");
+    assert_eq!(trust.read(|s| s.get(&domain).unwrap().keys().len()), 1, "the anchors were kept");
+    // A later sequence that drops a key replaces the anchors.
+    let other = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("b");
+    let mut jwk = serde_json::to_value(other.public_jwk()).unwrap();
+    jwk["use"] = "wit-svid".into();
+    *bundle.lock().unwrap() = json!({"keys": [jwk], "spiffe_sequence": 6});
+    source.refresh(&trust).await.unwrap();
+    assert_eq!(trust.read(|s| s.get(&domain).unwrap().keys()[0].kid().map(str::to_owned)), Some("b".to_owned()));
+}
+
+/// The background refresher fetches on its own and answers a verifier's refresh request.
+#[tokio::test]
+async fn background_refresh() {
+    use wimse_reqwest::BundleSource;
+    let platform = Platform::new();
+    let clock = Arc::new(FixedClock::new(NOW));
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("spawn"))).unwrap();
+    let base = serve(Arc::new(IdentityServer::new(config, clock.clone()).unwrap())).await;
+    let trust = wimse_core::trust::TrustHandle::default();
+    let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
+    let task = BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe"))
+        .with_clock(clock.clone())
+        .spawn(trust.clone());
+    // Wait (bounded) for the first fetch to land.
+    let usable = || trust.read(|s| s.get(&domain).is_some_and(|a| a.usable_at(NOW)));
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !usable() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the bundle was fetched");
+    task.abort();
 }

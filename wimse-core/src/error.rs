@@ -151,6 +151,8 @@ pub enum ErrorKind {
     CredentialsUnavailable,
 
     // ---- service state (503) ----
+    /// The trust domain is trusted but its keys are not available (never fetched, or stale).
+    TrustAnchorsUnavailable,
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull,
 
@@ -227,6 +229,7 @@ impl ErrorKind {
             UnexpectedPeer => "unexpected_peer",
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
+            TrustAnchorsUnavailable => "trust_anchors_unavailable",
             InvalidKey => "invalid_key",
             InvalidConfiguration => "invalid_configuration",
             Crypto => "crypto",
@@ -296,6 +299,7 @@ impl ErrorKind {
             UnexpectedPeer => "the peer is not the expected workload",
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",
+            TrustAnchorsUnavailable => "the trust domain's keys are not available",
             InvalidKey => "invalid key",
             InvalidConfiguration => "invalid configuration",
             Crypto => "cryptographic operation failed",

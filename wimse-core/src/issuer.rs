@@ -113,6 +113,8 @@ struct Client {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredKey {
     created: u64,
+    /// When it starts signing; published in the bundle from `created` on.
+    active_from: u64,
     jwk: Jwk,
 }
 
@@ -256,24 +258,44 @@ impl IdentityServer {
         std::fs::rename(&tmp, path).map_err(Self::store_error)
     }
 
-    /// Makes a new signing key when the current one is older than the rotation period, and
-    /// drops keys no WIT signed by them can still be valid for. Returns whether anything changed.
+    /// Keys are published before they sign: the next key appears in the bundle two refresh
+    /// hints before it becomes active, so verifiers that refresh on the hint never see a WIT
+    /// signed by a key they do not have.
+    fn prepublish(&self) -> u64 {
+        self.config.refresh_hint.saturating_mul(2)
+    }
+
+    /// Publishes the next signing key when the active one is due for rotation, and drops keys
+    /// no WIT signed by them can still be valid for. Returns whether anything changed.
     pub fn rotate_if_due(&self) -> Result<bool> {
         let now = self.clock.now();
         let mut store = self.store.write().map_err(Self::store_error)?;
-        let newest = store.keys.iter().map(|k| k.created).max();
         let mut changed = false;
-        if newest.is_none_or(|created| now >= created.saturating_add(self.config.rotation_period)) {
+        let active_from = store.keys.iter().map(|k| k.active_from).filter(|&t| t <= now).max();
+        let pending = store.keys.iter().any(|k| k.active_from > now);
+        let due = match active_from {
+            None => Some(now),
+            Some(from)
+                if !pending
+                    && now.saturating_add(self.prepublish()) >= from.saturating_add(self.config.rotation_period) =>
+            {
+                Some(now.saturating_add(self.prepublish()).max(from.saturating_add(1)))
+            }
+            _ => None,
+        };
+        if let Some(active_from) = due {
             let kid = format!("{}-{now}", self.alg);
             let key = SigningKey::generate(self.alg)?.with_kid(kid);
-            store.keys.push(StoredKey { created: now, jwk: key.to_private_jwk() });
+            store.keys.push(StoredKey { created: now, active_from, jwk: key.to_private_jwk() });
             changed = true;
         }
-        // A key stops signing at the next rotation; WITs it signed live at most 24 h after that.
+        // A key is retired once a later key has been active for longer than any WIT lives.
         let max_wit = self.clients.iter().map(|c| c.config.max_lifetime).max().unwrap_or(0);
-        let newest = store.keys.iter().map(|k| k.created).max().unwrap_or(now);
+        let activations: Vec<u64> = store.keys.iter().map(|k| k.active_from).collect();
         let before = store.keys.len();
-        store.keys.retain(|k| k.created == newest || now < k.created + self.config.rotation_period + max_wit);
+        store.keys.retain(|k| {
+            !activations.iter().any(|&later| later > k.active_from && now >= later.saturating_add(max_wit))
+        });
         changed |= store.keys.len() != before;
         if changed {
             store.sequence += 1;
@@ -284,9 +306,15 @@ impl IdentityServer {
     }
 
     fn active_key(&self) -> Result<SigningKey> {
+        let now = self.clock.now();
         let store = self.store.read().map_err(Self::store_error)?;
-        let newest = store.keys.iter().max_by_key(|k| k.created).ok_or_else(|| Self::store_error("no signing key"))?;
-        SigningKey::from_jwk(&newest.jwk)
+        let active = store
+            .keys
+            .iter()
+            .filter(|k| k.active_from <= now)
+            .max_by_key(|k| k.active_from)
+            .ok_or_else(|| Self::store_error("no active signing key"))?;
+        SigningKey::from_jwk(&active.jwk)
     }
 
     /// The trust domain.

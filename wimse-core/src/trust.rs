@@ -23,11 +23,12 @@ pub const DEFAULT_ISSUER_ALGORITHMS: [Algorithm; 5] =
 pub struct TrustAnchors {
     keys: Vec<PublicKey>,
     algorithms: Vec<Algorithm>,
+    valid_until: Option<u64>,
 }
 
 impl Default for TrustAnchors {
     fn default() -> Self {
-        Self { keys: Vec::new(), algorithms: DEFAULT_ISSUER_ALGORITHMS.to_vec() }
+        Self { keys: Vec::new(), algorithms: DEFAULT_ISSUER_ALGORITHMS.to_vec(), valid_until: None }
     }
 }
 
@@ -90,6 +91,24 @@ impl TrustAnchors {
         Ok(anchors)
     }
 
+    /// Marks the anchors as usable until `when` (seconds since the epoch): a fetched bundle
+    /// that could not be refreshed goes stale, and verification then answers 503 rather than
+    /// trusting keys indefinitely.
+    pub fn with_valid_until(mut self, when: u64) -> Self {
+        self.valid_until = Some(when);
+        self
+    }
+
+    /// Until when the anchors may be used, if limited.
+    pub fn valid_until(&self) -> Option<u64> {
+        self.valid_until
+    }
+
+    /// Whether the anchors can verify anything at `now` (have keys, and are not stale).
+    pub fn usable_at(&self, now: u64) -> bool {
+        !self.keys.is_empty() && self.valid_until.is_none_or(|until| now < until)
+    }
+
     /// The keys.
     pub fn keys(&self) -> &[PublicKey] {
         &self.keys
@@ -114,6 +133,55 @@ impl TrustAnchors {
                 Err(Error::with_detail(ErrorKind::UnknownKey, "ambiguous anchor key (several match)"))
             }
         }
+    }
+}
+
+/// A shared, updatable [`TrustStore`]: what a [`Verifier`](crate::verify::Verifier) reads on
+/// every request and a bundle fetcher replaces in the background. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct TrustHandle {
+    store: std::sync::Arc<std::sync::RwLock<TrustStore>>,
+    wanted: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<TrustDomain>>>,
+}
+
+impl TrustHandle {
+    /// A handle on `store`.
+    pub fn new(store: TrustStore) -> Self {
+        Self { store: std::sync::Arc::new(std::sync::RwLock::new(store)), wanted: Default::default() }
+    }
+
+    /// Replaces the anchors of `domain` (new requests use them).
+    pub fn set(&self, domain: TrustDomain, anchors: TrustAnchors) {
+        if let Ok(mut store) = self.store.write() {
+            store.insert(domain, anchors);
+        }
+    }
+
+    /// Stops trusting `domain`.
+    pub fn remove(&self, domain: &TrustDomain) {
+        if let Ok(mut store) = self.store.write() {
+            store.remove(domain);
+        }
+    }
+
+    /// Runs `f` on the current store.
+    pub fn read<T>(&self, f: impl FnOnce(&TrustStore) -> T) -> T {
+        match self.store.read() {
+            Ok(store) => f(&store),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    /// Asks the fetcher of `domain` to refresh soon (a token named a key it does not have).
+    pub fn request_refresh(&self, domain: &TrustDomain) {
+        if let Ok(mut wanted) = self.wanted.lock() {
+            wanted.insert(domain.clone());
+        }
+    }
+
+    /// Whether a refresh of `domain` was asked for since the last call (clears the request).
+    pub fn take_refresh_request(&self, domain: &TrustDomain) -> bool {
+        self.wanted.lock().map(|mut wanted| wanted.remove(domain)).unwrap_or(false)
     }
 }
 

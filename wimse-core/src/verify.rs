@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::replay::{InMemoryReplayCache, ReplayCache};
 use crate::sign::Signer;
 use crate::time::{Clock, SystemClock};
-use crate::trust::TrustStore;
+use crate::trust::{TrustHandle, TrustStore};
 use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
 use crate::wpt::{ProofContext, WptValidation, validate_wpt};
 
@@ -348,7 +348,7 @@ impl VerifiedCaller {
 /// ```
 #[derive(Clone)]
 pub struct Verifier {
-    trust: Arc<TrustStore>,
+    trust: TrustHandle,
     config: Arc<VerifierConfig>,
     wit_validation: Arc<WitValidation>,
     wpt_validation: Arc<WptValidation>,
@@ -360,13 +360,19 @@ pub struct Verifier {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("trust_domains", &self.trust.len())
+            .field("trust_domains", &self.trust.read(TrustStore::len))
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Verifier {
+    /// A verifier whose anchors are `trust` (shared with whoever updates them).
+    pub fn with_trust_handle(mut self, trust: TrustHandle) -> Self {
+        self.trust = trust;
+        self
+    }
+
     /// A verifier with an in-memory replay cache and the system clock. Fails on a configuration
     /// that would refuse everything or weaken checks beyond the bounds (no audience, leeway > 300 s).
     pub fn new(trust: TrustStore, config: VerifierConfig) -> Result<Self> {
@@ -394,7 +400,7 @@ impl Verifier {
         };
         Ok(Self {
             signature_validation: Arc::new(signature_validation),
-            trust: Arc::new(trust),
+            trust: TrustHandle::new(trust),
             config: Arc::new(config),
             wit_validation: Arc::new(wit_validation),
             wpt_validation: Arc::new(wpt_validation),
@@ -456,7 +462,7 @@ impl Verifier {
         let now = self.clock.now();
         let wit = single_value(request.headers, WIT_HEADER, self.config.max_token_len, ErrorKind::DuplicateWit)?
             .ok_or(Error::new(ErrorKind::MissingWit))?;
-        let wit = validate_wit(wit, &self.trust, &self.wit_validation, now)?;
+        let wit = self.validate_wit(wit, now)?;
         let (path, query) = match request.path.split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (request.path, None),
@@ -494,6 +500,26 @@ impl Verifier {
         ))
     }
 
+    /// Validates a WIT against the current anchors; a token naming a key the anchors do not
+    /// have asks the bundle fetcher for a refresh.
+    fn validate_wit(&self, wit: &str, now: u64) -> Result<VerifiedWit> {
+        let result = self.trust.read(|trust| validate_wit(wit, trust, &self.wit_validation, now));
+        if let Err(error) = &result
+            && matches!(error.kind(), ErrorKind::UnknownKey | ErrorKind::TrustAnchorsUnavailable)
+            && let Ok(jws) = crate::jose::jws::parse(wit, self.wit_validation.max_token_len)
+            && let Some(Ok(sub)) = jws.claims.get("sub").and_then(serde_json::Value::as_str).map(WorkloadId::parse)
+        {
+            self.trust.request_refresh(&sub.trust_domain());
+        }
+        result
+    }
+
+    /// The handle on this verifier's trust anchors, to update them while serving (see
+    /// `wimse_reqwest::BundleSource`).
+    pub fn trust(&self) -> &TrustHandle {
+        &self.trust
+    }
+
     fn caller(
         &self,
         wit: &VerifiedWit,
@@ -529,7 +555,7 @@ impl Verifier {
             }
         }
 
-        let wit = validate_wit(credentials.wit, &self.trust, &self.wit_validation, now)?;
+        let wit = self.validate_wit(credentials.wit, now)?;
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
         let wpt = validate_wpt(
             credentials.wpt,

@@ -243,6 +243,9 @@ pub fn validate_wit(token: &str, trust: &TrustStore, cfg: &WitValidation, now: u
     let anchors =
         trust.get(&domain).ok_or_else(|| Error::with_detail(ErrorKind::UntrustedTrustDomain, domain.to_string()))?;
     let kid = jws.header_str("kid")?;
+    if !anchors.usable_at(now) {
+        return Err(Error::with_detail(ErrorKind::TrustAnchorsUnavailable, domain.to_string()));
+    }
     let key = anchors.select(kid, alg)?;
     if !key.verify(cfg.backend, alg, jws.signing_input.as_bytes(), &jws.signature) {
         return Err(ErrorKind::InvalidWitSignature.into());

@@ -28,8 +28,12 @@
 //! extensions (`RequestBuilder::with_extension`) changes the audience, adds context tokens, or
 //! picks the proof mode.
 
+mod bundle;
+
 use std::fmt;
 use std::sync::Arc;
+
+pub use bundle::BundleSource;
 
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, Url};
