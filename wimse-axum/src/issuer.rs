@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/wit` | `Authorization: Bearer <platform token or dev secret>`, JSON `{"sub", "jwk", "lifetime"?}` → `{"wit", "expires_at"}` |
+//! | `POST /v1/token` | RFC 8693 token exchange (form: `grant_type`, `subject_token`, `subject_token_type`, `wimse_jwk`) → `{"access_token": <WIT>, "issued_token_type", "token_type": "N_A", "expires_in"}` |
 //! | `GET /v1/bundle/jwks` | the signing keys as a JWKS |
 //! | `GET /v1/bundle/spiffe` | the signing keys as a SPIFFE bundle (`spiffe_sequence`, `spiffe_refresh_hint`) |
 
@@ -12,10 +13,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Form, Json, Router};
 use serde::Deserialize;
 use wimse_core::http::Rejection;
-use wimse_core::issuer::IdentityServer;
+use wimse_core::issuer::{IdentityServer, JWT_TOKEN_TYPE};
 use wimse_core::jose::Jwk;
 use wimse_core::{Error, ErrorKind};
 
@@ -58,6 +59,48 @@ async fn issue_wit(
     }
 }
 
+/// RFC 8693 §2.1 request parameters (form-encoded). `wimse_jwk` is the public JWK the issued WIT
+/// binds (token exchange has no standard parameter for it).
+#[derive(Debug, Deserialize)]
+struct ExchangeRequest {
+    grant_type: String,
+    subject_token: String,
+    subject_token_type: String,
+    wimse_jwk: String,
+}
+
+/// RFC 6749 §5.2 error response.
+fn oauth_error(error: &Error) -> Response {
+    let code = match error.kind() {
+        ErrorKind::UnsupportedTokenType => "unsupported_token_type",
+        ErrorKind::ExchangeRefused => "invalid_grant",
+        _ => "invalid_request",
+    };
+    let body = serde_json::json!({"error": code, "error_description": error.kind().description()});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+async fn token_exchange(State(server): State<Arc<IdentityServer>>, Form(request): Form<ExchangeRequest>) -> Response {
+    if request.grant_type != "urn:ietf:params:oauth:grant-type:token-exchange" {
+        let body = serde_json::json!({"error": "unsupported_grant_type"});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    let jwk = match Jwk::from_json(&request.wimse_jwk) {
+        Ok(jwk) => jwk,
+        Err(error) => return oauth_error(&error),
+    };
+    match server.exchange(&request.subject_token, &request.subject_token_type, &jwk) {
+        Ok(issued) => Json(serde_json::json!({
+            "access_token": issued.wit,
+            "issued_token_type": JWT_TOKEN_TYPE,
+            "token_type": "N_A",
+            "expires_in": issued.expires_at.saturating_sub(issued.issued_at),
+        }))
+        .into_response(),
+        Err(error) => oauth_error(&error),
+    }
+}
+
 async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
     if let Err(error) = server.rotate_if_due() {
         return problem(&error);
@@ -76,6 +119,7 @@ async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
 pub fn router(server: Arc<IdentityServer>) -> Router {
     Router::new()
         .route("/v1/wit", post(issue_wit))
+        .route("/v1/token", post(token_exchange))
         .route("/v1/bundle/jwks", get(jwks))
         .route("/v1/bundle/spiffe", get(spiffe_bundle))
         .with_state(server)

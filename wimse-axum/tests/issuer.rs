@@ -362,3 +362,115 @@ async fn background_refresh() {
     .expect("the bundle was fetched");
     task.abort();
 }
+
+/// RFC 8693 token exchange for each input profile, and its refusals.
+#[tokio::test]
+async fn token_exchange_profiles() {
+    let platform = Platform::new();
+    let authorization_server = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("as-1");
+    let partner_spire = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("spire-1");
+    let mut config = config(&platform, &store_path("exchange"));
+    config["exchange"] = json!([
+        {"name": "oauth", "kind": "access-token", "issuer": "https://as.partner.example", "audience": "wimse-issuer",
+         "jwks": {"keys": [authorization_server.public_jwk()]}, "subject_template": "spiffe://prod.example/partners/oauth/{sub}", "max_lifetime": 300},
+        {"name": "partner-spiffe", "kind": "jwt-svid", "issuer": "https://spire.partner.example", "audience": "wimse-issuer",
+         "jwks": {"keys": [partner_spire.public_jwk()]}, "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600}
+    ]);
+    let config: IssuerConfig = serde_json::from_value(config).unwrap();
+    let server = Arc::new(IdentityServer::new(config, FixedClock::new(NOW)).unwrap());
+    let base = serve(server).await;
+    let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let at = |typ: &str, sub: &str, exp: u64, aud: &str| {
+        let header = format!(r#"{{"alg":"ES256","typ":"{typ}","kid":"as-1"}}"#);
+        let claims = json!({"iss": "https://as.partner.example", "sub": sub, "aud": aud, "exp": exp, "client_id": "c1", "iat": NOW});
+        raw_jwt(&header, &claims, &authorization_server)
+    };
+    let svid = |sub: &str| {
+        let claims =
+            json!({"iss": "https://spire.partner.example", "sub": sub, "aud": ["wimse-issuer"], "exp": NOW + 300});
+        jws::sign("JWT", Some("spire-1"), &claims, &partner_spire, Backend::default()).unwrap()
+    };
+    let exchange = |token: String, token_type: &str| {
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+            ("subject_token", token),
+            ("subject_token_type", token_type.to_owned()),
+            ("wimse_jwk", key.public_jwk().to_json()),
+        ];
+        let url = format!("{base}/v1/token");
+        async move {
+            let response = reqwest::Client::new().post(url).form(&form).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+    const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+    let domain = TrustStore::new().with(
+        "spiffe://prod.example".parse().unwrap(),
+        TrustAnchors::from_spiffe_bundle_json(
+            &reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().text().await.unwrap(),
+        )
+        .unwrap(),
+    );
+
+    // An RFC 9068 access token.
+    let (status, body) = exchange(at("at+jwt", "svc-42", NOW + 600, "wimse-issuer"), AT).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "N_A");
+    assert_eq!(body["expires_in"], 300);
+    assert_eq!(
+        validate(body["access_token"].as_str().unwrap(), &domain, NOW).unwrap().as_str(),
+        "spiffe://prod.example/partners/oauth/svc-42"
+    );
+    // A JWT-SVID from a partner trust domain: crossing into this one.
+    let (status, body) = exchange(svid("spiffe://partner.example/ns/web"), JWT).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        validate(body["access_token"].as_str().unwrap(), &domain, NOW).unwrap().as_str(),
+        "spiffe://prod.example/partners/partner.example/ns/web"
+    );
+
+    // Refusals.
+    let refused = |(status, body): (u16, Value), error: &str, what: &str| {
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"], error, "{what}: {body}");
+    };
+    refused(
+        exchange(at("JWT", "svc-42", NOW + 600, "wimse-issuer"), AT).await,
+        "invalid_grant",
+        "access token without at+jwt",
+    );
+    refused(exchange(at("at+jwt", "svc-42", NOW - 1, "wimse-issuer"), AT).await, "invalid_grant", "expired");
+    refused(exchange(at("at+jwt", "svc-42", NOW + 600, "someone-else"), AT).await, "invalid_grant", "audience");
+    refused(exchange(at("at+jwt", "../admin", NOW + 600, "wimse-issuer"), AT).await, "invalid_grant", "unsafe subject");
+    refused(
+        exchange(at("at+jwt", "svc-42", NOW + 600, "wimse-issuer"), JWT).await,
+        "invalid_grant",
+        "wrong token type for the issuer",
+    );
+    refused(
+        exchange(at("at+jwt", "svc-42", NOW + 600, "wimse-issuer"), "urn:ietf:params:oauth:token-type:saml2").await,
+        "unsupported_token_type",
+        "saml",
+    );
+    refused(exchange(svid("wimse://partner.example/ns/web"), JWT).await, "invalid_grant", "not a SPIFFE ID");
+    refused(
+        exchange(platform.token(PLATFORM_ISS, "x", NOW + 60), JWT).await,
+        "invalid_grant",
+        "no profile for the platform issuer",
+    );
+    let forged = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("spire-1");
+    let claims = json!({"iss": "https://spire.partner.example", "sub": "spiffe://partner.example/x", "aud": "wimse-issuer", "exp": NOW + 60});
+    refused(
+        exchange(jws::sign("JWT", Some("spire-1"), &claims, &forged, Backend::default()).unwrap(), JWT).await,
+        "invalid_grant",
+        "forged",
+    );
+}
+
+fn raw_jwt(header: &str, claims: &Value, key: &SigningKey) -> String {
+    use wimse_core::jose::b64url_encode;
+    let input = format!("{}.{}", b64url_encode(header), b64url_encode(claims.to_string()));
+    let signature = key.sign(Backend::default(), input.as_bytes()).unwrap();
+    format!("{input}.{}", b64url_encode(signature))
+}

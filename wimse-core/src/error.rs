@@ -145,6 +145,11 @@ pub enum ErrorKind {
     BootstrapTokenInvalid,
     /// The authenticated client may not obtain this identifier (403).
     IssuanceDenied,
+    /// A token exchange was refused: the subject token is invalid or maps to no identifier
+    /// (RFC 8693 `invalid_grant`).
+    ExchangeRefused,
+    /// The subject token type is not supported (RFC 8693 `unsupported_token_type`).
+    UnsupportedTokenType,
 
     // ---- client side ----
     /// The signer has no usable credentials (missing, unreadable, mismatched or expired).
@@ -225,6 +230,8 @@ impl ErrorKind {
             PolicyDenied => "policy_denied",
             BootstrapTokenInvalid => "bootstrap_token_invalid",
             IssuanceDenied => "issuance_denied",
+            ExchangeRefused => "invalid_grant",
+            UnsupportedTokenType => "unsupported_token_type",
             InvalidCertificate => "invalid_certificate",
             UnexpectedPeer => "unexpected_peer",
             CredentialsUnavailable => "credentials_unavailable",
@@ -295,6 +302,8 @@ impl ErrorKind {
             PolicyDenied => "the caller is not allowed by policy",
             BootstrapTokenInvalid => "the bootstrap credential is not valid",
             IssuanceDenied => "the client may not obtain this identifier",
+            ExchangeRefused => "the token exchange was refused",
+            UnsupportedTokenType => "the subject token type is not supported",
             InvalidCertificate => "the certificate is not a valid workload identity certificate",
             UnexpectedPeer => "the peer is not the expected workload",
             CredentialsUnavailable => "no usable workload credentials",

@@ -16,6 +16,11 @@ use crate::time::Clock;
 use crate::trust::TrustAnchors;
 use crate::wit::WitIssuer;
 
+/// RFC 8693 token type of OAuth access tokens.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 8693 token type of JWTs (JWT-SVIDs, platform tokens; and of the issued WIT).
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
 fn config_error(field: impl Into<String>, problem: impl std::fmt::Display) -> Error {
     Error::with_detail(ErrorKind::InvalidConfiguration, format!("{}: {problem}", field.into()))
 }
@@ -60,6 +65,40 @@ pub struct ClientConfig {
     pub max_lifetime: u64,
 }
 
+/// The kind of token a [`ExchangeProfile`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExchangeKind {
+    /// An OAuth JWT access token (RFC 9068): `typ` must be `at+jwt`.
+    AccessToken,
+    /// A SPIFFE JWT-SVID: `sub` is a SPIFFE ID; the template may use `{trust_domain}` and `{path}`.
+    JwtSvid,
+    /// Any JWT from the issuer (a platform token).
+    Jwt,
+}
+
+/// A token-exchange profile (RFC 8693): which tokens from another system are exchanged for WITs
+/// of this trust domain, and how their subject maps onto a workload identifier.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeProfile {
+    /// Name, for audit records.
+    pub name: String,
+    /// What the incoming token is.
+    pub kind: ExchangeKind,
+    /// The exact `iss` of incoming tokens.
+    pub issuer: String,
+    /// The `aud` they must carry for this identity server.
+    pub audience: String,
+    /// The issuer's keys (a JWKS), configured out of band.
+    pub jwks: Value,
+    /// The identifier issued, e.g. `spiffe://prod.example/partners/{sub}`. `{sub}` must be a
+    /// single safe path segment (`[A-Za-z0-9._-]`) or the exchange is refused.
+    pub subject_template: String,
+    /// Longest WIT lifetime issued, in seconds.
+    pub max_lifetime: u64,
+}
+
 /// The identity server's configuration (a JSON file for `wimse issuer serve`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +127,9 @@ pub struct IssuerConfig {
     pub platforms: Vec<PlatformConfig>,
     /// Clients.
     pub clients: Vec<ClientConfig>,
+    /// Token-exchange profiles.
+    #[serde(default)]
+    pub exchange: Vec<ExchangeProfile>,
 }
 
 fn default_alg() -> String {
@@ -110,6 +152,11 @@ struct Client {
     rule: Rule,
 }
 
+struct Exchange {
+    profile: ExchangeProfile,
+    keys: TrustAnchors,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredKey {
     created: u64,
@@ -129,6 +176,8 @@ struct KeyStore {
 pub struct IssuedWit {
     /// The WIT.
     pub wit: String,
+    /// When it was issued.
+    pub issued_at: u64,
     /// Its expiry.
     pub expires_at: u64,
 }
@@ -140,6 +189,7 @@ pub struct IdentityServer {
     alg: Algorithm,
     platforms: Vec<Platform>,
     clients: Vec<Client>,
+    exchanges: Vec<Exchange>,
     store: RwLock<KeyStore>,
     clock: Arc<dyn Clock>,
 }
@@ -218,11 +268,24 @@ impl IdentityServer {
             }
             clients.push(Client { config: c.clone(), rule: Rule::any_of(rules) });
         }
+        let mut exchanges = Vec::new();
+        for (i, p) in config.exchange.iter().enumerate() {
+            let keys = TrustAnchors::from_jwks_json(&p.jwks.to_string())
+                .map_err(|e| config_error(format!("exchange[{i}].jwks"), e))?;
+            if !p.subject_template.starts_with(&format!("{domain}/")) {
+                return Err(config_error(format!("exchange[{i}].subject_template"), format!("not in {domain}")));
+            }
+            if p.max_lifetime == 0 || p.max_lifetime > 86_400 {
+                return Err(config_error(format!("exchange[{i}].max_lifetime"), "must be between 1 and 86400 seconds"));
+            }
+            exchanges.push(Exchange { profile: p.clone(), keys });
+        }
         let server = Self {
             domain,
             alg,
             platforms,
             clients,
+            exchanges,
             store: RwLock::new(KeyStore::default()),
             clock: Arc::new(clock),
             config,
@@ -333,29 +396,9 @@ impl IdentityServer {
         let iss = token.claims.get("iss").and_then(Value::as_str).ok_or_else(|| denied("no iss"))?;
         let platform =
             self.platforms.iter().find(|p| p.config.issuer == iss).ok_or_else(|| denied("unknown issuer"))?;
-        let alg = token.algorithm()?;
-        let kid = token.header_str("kid")?;
-        let key: &PublicKey = platform.keys.select(kid, alg).map_err(|_| denied("no platform key matches"))?;
-        if !key.verify(crate::jose::Backend::default(), alg, token.signing_input.as_bytes(), &token.signature) {
-            return Err(denied("bad signature"));
-        }
-        let now = self.clock.now();
-        let exp = token.claims.get("exp").and_then(Value::as_u64).ok_or_else(|| denied("no exp"))?;
-        if now >= exp {
-            return Err(denied("expired"));
-        }
-        if token.claims.get("nbf").and_then(Value::as_u64).is_some_and(|nbf| nbf > now + 30) {
-            return Err(denied("not yet valid"));
-        }
-        let audience_ok = match token.claims.get("aud") {
-            Some(Value::String(aud)) => aud == &platform.config.audience,
-            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(&platform.config.audience)),
-            _ => false,
-        };
-        if !audience_ok {
-            return Err(denied("wrong audience"));
-        }
-        let sub = token.claims.get("sub").and_then(Value::as_str).ok_or_else(|| denied("no sub"))?;
+        let claims =
+            validate_external(&token, &platform.keys, &platform.config.audience, self.clock.now()).map_err(denied)?;
+        let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| denied("no sub"))?;
         self.clients
             .iter()
             .find(|c| {
@@ -388,7 +431,73 @@ impl IdentityServer {
         let now = self.clock.now();
         let wit = issuer.issue(&id, public_jwk, now)?;
         tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIT issued");
-        Ok(IssuedWit { wit, expires_at: now + lifetime })
+        Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
+    }
+
+    /// Token exchange (RFC 8693): validates `subject_token` (of `subject_token_type`) against the
+    /// profile of its issuer, maps its subject onto an identifier of this trust domain, and
+    /// issues a WIT for it bound to `public_jwk`.
+    pub fn exchange(&self, subject_token: &str, subject_token_type: &str, public_jwk: &Jwk) -> Result<IssuedWit> {
+        let refused = |d: String| Error::with_detail(ErrorKind::ExchangeRefused, d);
+        let accepted: &[ExchangeKind] = match subject_token_type {
+            ACCESS_TOKEN_TYPE => &[ExchangeKind::AccessToken],
+            JWT_TOKEN_TYPE => &[ExchangeKind::Jwt, ExchangeKind::JwtSvid],
+            _ => return Err(Error::with_detail(ErrorKind::UnsupportedTokenType, "subject_token_type")),
+        };
+        let token = jws::parse(subject_token, 16 * 1024).map_err(|e| refused(format!("subject_token: {e}")))?;
+        let iss = token.claims.get("iss").and_then(Value::as_str).ok_or_else(|| refused("no iss".into()))?;
+        let exchange = self
+            .exchanges
+            .iter()
+            .find(|x| x.profile.issuer == iss && accepted.contains(&x.profile.kind))
+            .ok_or_else(|| refused("no exchange profile for this issuer and token type".into()))?;
+        let typ = token.header_str("typ")?.map(str::to_ascii_lowercase);
+        let typ_ok = match exchange.profile.kind {
+            ExchangeKind::AccessToken => matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")),
+            ExchangeKind::JwtSvid => matches!(typ.as_deref(), None | Some("jwt" | "jose")),
+            ExchangeKind::Jwt => true,
+        };
+        if !typ_ok {
+            return Err(refused(format!("typ {typ:?} does not fit profile `{}`", exchange.profile.name)));
+        }
+        let claims = validate_external(&token, &exchange.keys, &exchange.profile.audience, self.clock.now())
+            .map_err(|d| refused(d.to_owned()))?;
+        let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| refused("no sub".into()))?;
+        let safe =
+            |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let mut mapped = exchange.profile.subject_template.clone();
+        if exchange.profile.kind == ExchangeKind::JwtSvid {
+            let svid = WorkloadId::parse(sub).map_err(|e| refused(format!("JWT-SVID sub: {e}")))?;
+            if svid.scheme() != "spiffe" {
+                return Err(refused("JWT-SVID sub is not a SPIFFE ID".into()));
+            }
+            mapped = mapped
+                .replace("{trust_domain}", svid.trust_domain_name())
+                .replace("{path}", svid.path().trim_start_matches('/'));
+        }
+        if mapped.contains("{sub}") {
+            if !safe(sub) {
+                return Err(refused("sub is not a single safe path segment".into()));
+            }
+            mapped = mapped.replace("{sub}", sub);
+        }
+        let id = WorkloadId::parse(&mapped).map_err(|e| refused(format!("mapped identifier: {e}")))?;
+        if !id.is_in(&self.domain) {
+            return Err(refused(format!("{id} is not in {}", self.domain)));
+        }
+        if public_jwk.has_private_members() {
+            return Err(Error::with_detail(ErrorKind::InvalidKey, "send the public key only"));
+        }
+        self.rotate_if_due()?;
+        let lifetime = exchange.profile.max_lifetime;
+        let mut issuer = WitIssuer::new(self.active_key()?).with_lifetime(lifetime);
+        if let Some(iss) = &self.config.issuer {
+            issuer = issuer.with_issuer(iss.clone());
+        }
+        let now = self.clock.now();
+        let wit = issuer.issue(&id, public_jwk, now)?;
+        tracing::info!(target: "wimse::audit", profile = %exchange.profile.name, subject = sub, issued = %id, "token exchanged for a WIT");
+        Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
     }
 
     /// The public signing keys as a JWKS.
@@ -426,6 +535,39 @@ impl IdentityServer {
     pub fn anchors(&self) -> Result<TrustAnchors> {
         TrustAnchors::from_spiffe_bundle_json(&self.spiffe_bundle().to_string())
     }
+}
+
+/// Checks an externally issued JWT (platform token, access token, JWT-SVID) whose issuer was
+/// already matched: key from the configured keys by `kid`, signature, `exp`, `nbf`, `aud`.
+/// Returns the claims, or the name of the failed check.
+fn validate_external(
+    token: &jws::UnverifiedJws<'_>,
+    keys: &TrustAnchors,
+    audience: &str,
+    now: u64,
+) -> std::result::Result<serde_json::Map<String, Value>, &'static str> {
+    let alg = token.algorithm().map_err(|_| "unsupported alg")?;
+    let kid = token.header_str("kid").map_err(|_| "malformed kid")?;
+    let key: &PublicKey = keys.select(kid, alg).map_err(|_| "no issuer key matches")?;
+    if !key.verify(crate::jose::Backend::default(), alg, token.signing_input.as_bytes(), &token.signature) {
+        return Err("bad signature");
+    }
+    let exp = token.claims.get("exp").and_then(Value::as_u64).ok_or("no exp")?;
+    if now >= exp {
+        return Err("expired");
+    }
+    if token.claims.get("nbf").and_then(Value::as_u64).is_some_and(|nbf| nbf > now + 30) {
+        return Err("not yet valid");
+    }
+    let audience_ok = match token.claims.get("aud") {
+        Some(Value::String(aud)) => aud == audience,
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err("wrong audience");
+    }
+    Ok(token.claims.clone())
 }
 
 /// Reads and checks a configuration file (JSON).
