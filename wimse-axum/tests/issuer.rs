@@ -474,3 +474,60 @@ fn raw_jwt(header: &str, claims: &Value, key: &SigningKey) -> String {
     let signature = key.sign(Backend::default(), input.as_bytes()).unwrap();
     format!("{input}.{}", b64url_encode(signature))
 }
+
+/// Workloads obtain their WITs from the identity server (bootstrap token read from a file, as a
+/// projected service-account token would be) and renew them with a new key each time.
+#[tokio::test]
+async fn credentials_from_the_identity_server() {
+    use wimse_reqwest::{Bootstrap, IssuerCredentials};
+    let platform = Platform::new();
+    let clock = Arc::new(FixedClock::new(NOW));
+    let store = store_path("credentials");
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store)).unwrap();
+    let server = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    let base = serve(server.clone()).await;
+    let token_file = store.with_file_name("token");
+    std::fs::write(&token_file, platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 3600))
+        .unwrap();
+    let payments = "spiffe://prod.example/ns/prod/sa/payments";
+
+    let source = IssuerCredentials::connect_with(
+        &base,
+        payments,
+        Bootstrap::TokenFile(token_file.clone()),
+        reqwest::Client::new(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let first = source.credentials(NOW).unwrap();
+    assert_eq!(first.subject().as_str(), payments);
+    assert_eq!(first.expires_at(), NOW + 1800);
+
+    // The signer and a verifier agree.
+    let verifier = Verifier::new(server_trust(&server), VerifierConfig::new().with_origin("https://api.example"))
+        .unwrap()
+        .with_clock(clock.clone());
+    let signer = Signer::new(source.clone()).with_clock(clock.clone());
+    let mut headers = http::HeaderMap::new();
+    signer.sign_headers(&mut headers, "https://api.example/x").unwrap();
+    assert_eq!(verifier.verify(&RequestView::new("/x", &headers)).unwrap().id().as_str(), payments);
+
+    // Renewal: a new WIT with a new key; the kubelet rotated the token file meanwhile.
+    clock.set(NOW + 1300);
+    std::fs::write(&token_file, platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 7200))
+        .unwrap();
+    source.renew().await.unwrap();
+    let second = source.credentials(NOW + 1300).unwrap();
+    assert_ne!(second.wit(), first.wit());
+    assert_ne!(second.key().public_key().thumbprint(), first.key().public_key().thumbprint());
+    // A refused renewal (token for another account) keeps the current WIT until it expires.
+    std::fs::write(&token_file, platform.token(PLATFORM_ISS, "system:serviceaccount:prod:batch", NOW + 7200)).unwrap();
+    assert!(source.renew().await.is_err());
+    assert_eq!(source.credentials(NOW + 1400).unwrap().wit(), second.wit());
+    assert_eq!(source.credentials(NOW + 1300 + 1800).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+}
+
+fn server_trust(server: &IdentityServer) -> TrustStore {
+    TrustStore::new().with(server.trust_domain().clone(), server.anchors().unwrap())
+}

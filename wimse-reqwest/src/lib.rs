@@ -29,11 +29,13 @@
 //! picks the proof mode.
 
 mod bundle;
+mod issuer_source;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use bundle::BundleSource;
+pub use issuer_source::{Bootstrap, IssuerCredentials, renewal_time};
 
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, Url};
