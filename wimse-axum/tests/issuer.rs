@@ -373,6 +373,8 @@ async fn token_exchange_profiles() {
     config["exchange"] = json!([
         {"name": "oauth", "kind": "access-token", "issuer": "https://as.partner.example", "audience": "wimse-issuer",
          "jwks": {"keys": [authorization_server.public_jwk()]}, "subject_template": "spiffe://prod.example/partners/oauth/{sub}", "max_lifetime": 300},
+        {"name": "ci", "kind": "jwt", "issuer": "https://ci.example", "audience": "wimse-issuer",
+         "jwks": {"keys": [platform.key.public_jwk()]}, "subject_template": "spiffe://prod.example/ci/{sub}", "max_lifetime": 120},
         {"name": "partner-spiffe", "kind": "jwt-svid", "issuer": "https://spire.partner.example", "audience": "wimse-issuer",
          "jwks": {"keys": [partner_spire.public_jwk()]}, "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600}
     ]);
@@ -428,6 +430,15 @@ async fn token_exchange_profiles() {
     assert_eq!(
         validate(body["access_token"].as_str().unwrap(), &domain, NOW).unwrap().as_str(),
         "spiffe://prod.example/partners/partner.example/ns/web"
+    );
+
+    // A CI system's OIDC token (generic JWT profile).
+    let ci = platform.token("https://ci.example", "deploy-job", NOW + 60);
+    let (status, body) = exchange(ci, JWT).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        validate(body["access_token"].as_str().unwrap(), &domain, NOW).unwrap().as_str(),
+        "spiffe://prod.example/ci/deploy-job"
     );
 
     // Refusals.

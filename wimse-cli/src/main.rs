@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod exchange;
 mod files;
 mod inspect;
 mod issuer;
@@ -41,6 +42,12 @@ enum Command {
     /// Run an identity server.
     #[command(subcommand)]
     Issuer(IssuerCommand),
+    /// Exchange a token of another system for a WIT (RFC 8693).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Trust bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Decode a token and explain it. Verifies nothing.
     Inspect(inspect::InspectArgs),
     /// Verify the WIT + WPT (or WIT + HTTP signature) of a raw HTTP/1.1 request; prints JSON, exits 1 on rejection.
@@ -63,6 +70,18 @@ enum KeyCommand {
 enum WitCommand {
     /// Issue a WIT, as an identity server would.
     Issue(tokens::WitIssueArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Exchange a subject token at an identity server for a WIT bound to a key.
+    Exchange(exchange::ExchangeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Fetch and check a trust bundle (SPIFFE bundle or JWKS).
+    Fetch(exchange::FetchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +127,8 @@ fn main() -> ExitCode {
         Command::Wic(WicCommand::Issue(args)) => wic::issue(args),
         Command::Wic(WicCommand::Verify(args)) => wic::verify(args),
         Command::Issuer(IssuerCommand::Serve(args)) => issuer::serve(args),
+        Command::Token(TokenCommand::Exchange(args)) => exchange::exchange(args),
+        Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Sign(args) => sign::run(args),

@@ -498,7 +498,10 @@ fn workload_identity_certificates() {
 #[test]
 fn issuer_serve_refuses_bad_configuration_and_serves_bundles() {
     let d = Dir::new("issuer");
+    let ci_key = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::ES256).unwrap().with_kid("ci");
     let config = serde_json::json!({
+        "exchange": [{"name": "ci", "kind": "jwt", "issuer": "https://ci.example", "audience": "wimse", "jwks": {"keys": [ci_key.public_jwk()]},
+                      "subject_template": "spiffe://prod.example/ci/{sub}", "max_lifetime": 300}],
         "trust_domain": "spiffe://prod.example",
         "key_store": d.path("keys.json"),
         "dev_mode": true,
@@ -541,6 +544,44 @@ fn issuer_serve_refuses_bad_configuration_and_serves_bundles() {
             .unwrap();
         (bundle, response.status().as_u16())
     });
+    // `wimse bundle fetch` writes a checked bundle usable as a trust anchor.
+    ok(&["bundle", "fetch", "--url", &format!("{base}/v1/bundle/spiffe"), "-o", &d.s("bundle.json")]);
+    let fetched: Value = serde_json::from_str(&std::fs::read_to_string(d.path("bundle.json")).unwrap()).unwrap();
+    assert_eq!(fetched["keys"], bundle["keys"]);
+    // `wimse token exchange` with no exchange profile configured is refused.
+    ok(&["key", "generate", "-o", &d.s("w.jwk")]);
+    std::fs::write(d.path("subject.jwt"), "a.b.c").unwrap();
+    let refused = wimse(&[
+        "token",
+        "exchange",
+        "--issuer",
+        &base,
+        "--subject-token",
+        &d.s("subject.jwt"),
+        "--key",
+        &d.s("w.jwk"),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid_grant"));
+    // And a CI token is exchanged for a WIT.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({"iss": "https://ci.example", "sub": "deploy", "aud": "wimse", "exp": now + 60});
+    let ci_token = wimse_core::jose::jws::sign("JWT", Some("ci"), &claims, &ci_key, Default::default()).unwrap();
+    std::fs::write(d.path("ci.jwt"), ci_token).unwrap();
+    ok(&[
+        "token",
+        "exchange",
+        "--issuer",
+        &base,
+        "--subject-token",
+        &d.s("ci.jwt"),
+        "--key",
+        &d.s("w.jwk"),
+        "-o",
+        &d.s("ci.wit"),
+    ]);
+    let inspected: Value = serde_json::from_str(&ok(&["inspect", &d.s("ci.wit")])).unwrap();
+    assert_eq!(inspected["claims"]["sub"], "spiffe://prod.example/ci/deploy");
     child.kill().unwrap();
     let _ = child.wait();
     assert_eq!(bundle["keys"].as_array().unwrap().len(), 1);
