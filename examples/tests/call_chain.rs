@@ -11,6 +11,7 @@ fn call_chain_runs_end_to_end() {
         "[billing] verified caller spiffe://prod.example/orders | http-signature | txn-token txn.order-7d1f.purchase",
         "billing's response is signed by spiffe://prod.example/billing: verified",
         "[ledger]  verified caller spiffe://prod.example/billing | mtls",
+        "[orders]  verified caller spiffe://prod.example/partners/partner.example/ns/web | wpt",
         "all hops behaved as expected",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in\n{stdout}");

@@ -5,8 +5,10 @@
 //! front (reqwest) --WPT--> orders (axum) --HTTP signature, signed response--> billing --mTLS--> ledger
 //! ```
 //!
-//! An in-process identity server for `spiffe://prod.example` issues each workload a key and a
-//! WIT. Each server verifies its caller, applies its policy, and prints who called. A
+//! An identity server for `spiffe://prod.example` runs on loopback; each workload generates a key
+//! and obtains its WIT from it over HTTP (dev-mode bootstrap secrets), verifiers follow its
+//! published bundle, and a partner workload of `partner.example` exchanges its JWT-SVID for a WIT
+//! (RFC 8693). Each server verifies its caller, applies its policy, and prints who called. A
 //! `Txn-Token` travels unchanged across all hops, bound by `tth` on each WPT hop and covered by
 //! the signature on the signed hop, where billing also signs its response and orders verifies
 //! it against billing's expected identity. Then a workload the policies do not allow is
@@ -22,11 +24,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use serde_json::{Value, json};
+use wimse_core::issuer::IssuerConfig;
 use wimse_core::prelude::*;
+use wimse_core::trust::TrustHandle;
 use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
-use wimse_reqwest::{ProofMode, WimseMiddleware};
+use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, ProofMode, WimseMiddleware};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,24 +41,67 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The identity server of the trust domain: issues WITs and WICs, and publishes its keys.
+/// The workloads the identity server knows (each may obtain only its own identifier).
+const WORKLOADS: [&str; 4] = [
+    "spiffe://prod.example/front",
+    "spiffe://prod.example/orders",
+    "spiffe://prod.example/billing",
+    "spiffe://prod.example/intruder",
+];
+/// The identifier a partner workload gets through token exchange.
+const PARTNER: &str = "spiffe://prod.example/partners/partner.example/ns/web";
+
+/// The identity server of `spiffe://prod.example`, running on loopback: workloads obtain their
+/// WITs from it over HTTP, verifiers follow its published bundle, and partners exchange their
+/// JWT-SVIDs for WITs. (WICs for the mTLS hop still come from an in-process CA.)
 struct IdentityServer {
-    issuer: WitIssuer,
+    base: String,
+    trust: TrustHandle,
     wic: WicAuthority,
     wic_anchors: WicAnchors,
+    partner_spire: SigningKey,
+}
+
+/// The dev-mode bootstrap secret of a workload (a real deployment uses platform tokens).
+fn dev_secret(id: &str) -> String {
+    format!("demo-dev-secret:{id}")
 }
 
 impl IdentityServer {
-    fn new() -> Result<Self, Error> {
-        let key = SigningKey::generate(Algorithm::ES256)?.with_kid("prod-2026-11");
+    async fn start() -> Result<Self, Error> {
+        let partner_spire = SigningKey::generate(Algorithm::ES256)?.with_kid("partner-spire-1");
+        let store = std::env::temp_dir().join(format!("wimse-call-chain-{}-keys.json", std::process::id()));
+        let _ = std::fs::remove_file(&store);
+        let clients: Vec<Value> = WORKLOADS
+            .iter()
+            .map(|id| json!({"name": id, "dev_secret": dev_secret(id), "allowed": [id], "max_lifetime": 3600}))
+            .collect();
+        let config: IssuerConfig = serde_json::from_value(json!({
+            "trust_domain": "spiffe://prod.example",
+            "issuer": "https://issuer.prod.example",
+            "key_store": store,
+            "dev_mode": true,
+            "clients": clients,
+            "exchange": [{"name": "partner.example", "kind": "jwt-svid", "issuer": "https://spire.partner.example",
+                          "audience": "spiffe://prod.example", "jwks": {"keys": [partner_spire.public_jwk()]},
+                          "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600}]
+        }))?;
+        let server = Arc::new(wimse_core::issuer::IdentityServer::new(config, SystemClock)?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, wimse_axum::issuer::router(server)).await });
+
+        // Verifiers follow the published bundle: fetched now, then refreshed in the background.
+        let trust = TrustHandle::default();
+        let domain: TrustDomain = "spiffe://prod.example".parse()?;
+        let bundle = format!("{base}/v1/bundle/spiffe");
+        BundleSource::new(domain.clone(), bundle.clone()).refresh(&trust).await?;
+        let _refresher = BundleSource::new(domain, bundle).spawn(trust.clone());
+
         let wic = WicAuthority::new("spiffe://prod.example".parse()?, now(), 86_400)?;
         let wic_anchors = WicAnchors::new();
         wic_anchors.set(wic.trust_domain().clone(), [wic.certificate().clone()])?;
-        Ok(Self {
-            issuer: WitIssuer::new(key).with_issuer("https://issuer.prod.example").with_lifetime(3600),
-            wic,
-            wic_anchors,
-        })
+        Ok(Self { base, trust, wic, wic_anchors, partner_spire })
     }
 
     /// A Workload Identity Certificate for `id`, as the workload's current TLS certificate.
@@ -63,15 +111,44 @@ impl IdentityServer {
         Ok(CurrentCertificate::new(&certificate, self.wic_anchors.provider().clone())?)
     }
 
+    /// The anchors as verifiers see them (kept current by the bundle refresher).
     fn trust(&self) -> Result<TrustStore, Error> {
-        let anchors = TrustAnchors::new().with_key(self.issuer.public_key().clone());
-        Ok(TrustStore::new().with("spiffe://prod.example".parse()?, anchors))
+        let domain: TrustDomain = "spiffe://prod.example".parse()?;
+        let anchors = self.trust.read(|store| store.get(&domain).cloned()).ok_or("no bundle yet")?;
+        Ok(TrustStore::new().with(domain, anchors))
     }
 
-    /// What a workload gets at start-up: a fresh key and a WIT binding its identifier to it.
-    fn enroll(&self, id: &str) -> Result<Signer, Error> {
+    /// What a workload does at start-up: obtain a WIT (and a fresh key) from the identity
+    /// server, and keep renewing it.
+    async fn enroll(&self, id: &str) -> Result<Signer, Error> {
+        let credentials = IssuerCredentials::connect(&self.base, id, Bootstrap::Token(dev_secret(id))).await?;
+        let _renewal = credentials.spawn_renewal();
+        Ok(Signer::new(credentials))
+    }
+
+    /// A workload of partner.example: its SPIRE issues it a JWT-SVID, which it exchanges here
+    /// (RFC 8693) for a WIT of this trust domain.
+    async fn partner_exchange(&self) -> Result<Signer, Error> {
+        let claims = json!({"iss": "https://spire.partner.example", "sub": "spiffe://partner.example/ns/web",
+                            "aud": ["spiffe://prod.example"], "exp": now() + 300});
+        let svid = wimse_core::jose::jws::sign(
+            "JWT",
+            Some("partner-spire-1"),
+            &claims,
+            &self.partner_spire,
+            Default::default(),
+        )?;
         let key = SigningKey::generate(Algorithm::ES256)?;
-        let wit = self.issuer.issue(&id.parse()?, key.public_jwk(), now())?;
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+            ("subject_token", svid),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".to_owned()),
+            ("wimse_jwk", key.public_jwk().to_json()),
+        ];
+        let answer: Value = serde_json::from_str(
+            &reqwest::Client::new().post(format!("{}/v1/token", self.base)).form(&form).send().await?.text().await?,
+        )?;
+        let wit = answer["access_token"].as_str().ok_or("token exchange refused")?;
         Ok(Signer::new(StaticCredentials::new(Credentials::new(wit, key)?)))
     }
 }
@@ -81,7 +158,8 @@ fn client(signer: Signer) -> ClientWithMiddleware {
 }
 
 fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
-    Ok(Verifier::new(ids.trust()?, VerifierConfig::new().with_origin(origin))?)
+    Ok(Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(origin))?
+        .with_trust_handle(ids.trust.clone()))
 }
 
 // ---- billing: actix-web ----
@@ -124,7 +202,7 @@ async fn start_ledger(ids: &IdentityServer) -> Result<String, Error> {
     Ok(base)
 }
 
-fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Error> {
+async fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Error> {
     // Billing presents its WIC to the ledger and requires the ledger's identity in return.
     let ledger_id: WorkloadId = "spiffe://prod.example/ledger".parse()?;
     let server_check = WicServerVerifier::new(ids.wic_anchors.clone()).expect(move |_| Some(ledger_id.clone()));
@@ -138,7 +216,7 @@ fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Error> {
     let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders".parse()?));
     let config = wimse_actix::WimseConfig::new(verifier(ids, &base)?)
         .policy(policy)
-        .sign_responses(ids.enroll("spiffe://prod.example/billing")?);
+        .sign_responses(ids.enroll("spiffe://prod.example/billing").await?);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(actix_web::web::Data::new(config.clone()))
@@ -210,10 +288,11 @@ async fn call_billing(
 async fn start_orders(ids: &IdentityServer, billing: String) -> Result<String, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let policy = Policy::named("orders").allow(Rule::exact("spiffe://prod.example/front".parse()?));
+    let policy =
+        Policy::named("orders").allow(Rule::one_of(["spiffe://prod.example/front".parse()?, PARTNER.parse()?]));
     // Orders verifies billing's signed responses against billing's expected identity.
     let billing_id: WorkloadId = "spiffe://prod.example/billing".parse()?;
-    let middleware = WimseMiddleware::new(ids.enroll("spiffe://prod.example/orders")?)
+    let middleware = WimseMiddleware::new(ids.enroll("spiffe://prod.example/orders").await?)
         .signed_responses(ids.trust()?)
         .expected_identity(move |_| Some(billing_id.clone()));
     let state =
@@ -252,16 +331,15 @@ fn expect(ok: bool, what: &str) -> Result<(), Error> {
 }
 
 async fn run() -> Result<(), Error> {
-    let ids = IdentityServer::new()?;
+    let ids = IdentityServer::start().await?;
     let ledger = start_ledger(&ids).await?;
-    let billing = start_billing(&ids, &ledger)?;
+    let billing = start_billing(&ids, &ledger).await?;
     let orders = start_orders(&ids, billing.clone()).await?;
-    println!(
-        "identity server: spiffe://prod.example | orders (axum) {orders} | billing (actix-web) {billing} | ledger (axum, mTLS) {ledger}\n"
-    );
+    println!("identity server for spiffe://prod.example: {}", ids.base);
+    println!("orders (axum) {orders} | billing (actix-web) {billing} | ledger (axum, mTLS) {ledger}\n");
 
     println!("== front -> orders -> billing -> ledger, with Txn-Token {TXN_TOKEN}");
-    let front = client(ids.enroll("spiffe://prod.example/front")?);
+    let front = client(ids.enroll("spiffe://prod.example/front").await?);
     let Answer { status, body, .. } = call(&front, &format!("{orders}/orders")).await?;
     println!("[front]   {status} {body}");
     expect(status == 200, "the chain succeeds")?;
@@ -280,8 +358,14 @@ async fn run() -> Result<(), Error> {
         "the Txn-Token arrived unchanged, covered by the signature",
     )?;
 
+    println!("\n== partner.example/ns/web: JWT-SVID -> token exchange -> orders, across trust domains");
+    let partner = client(ids.partner_exchange().await?);
+    let Answer { status, body, .. } = call(&partner, &format!("{orders}/orders")).await?;
+    println!("[partner] {status} {body}");
+    expect(status == 200, "the partner's exchanged WIT is accepted")?;
+
     println!("\n== intruder (valid WIT, not allowed by orders' policy) -> orders");
-    let intruder = client(ids.enroll("spiffe://prod.example/intruder")?);
+    let intruder = client(ids.enroll("spiffe://prod.example/intruder").await?);
     let Answer { status, body, .. } = call(&intruder, &format!("{orders}/orders")).await?;
     println!("[intruder] {status} {body}");
     expect(status == 403 && body.contains("policy_denied"), "orders refuses the intruder with 403")?;
