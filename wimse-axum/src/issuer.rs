@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `POST /v1/wit` | `Authorization: Bearer <platform token or dev secret>`, JSON `{"sub", "jwk", "lifetime"?}` → `{"wit", "expires_at"}` |
 //! | `POST /v1/token` | RFC 8693 token exchange (form: `grant_type`, `subject_token`, `subject_token_type`, `wimse_jwk`) → `{"access_token": <WIT>, "issued_token_type", "token_type": "N_A", "expires_in"}` |
+//! | `POST /v1/wic` | `Authorization: Bearer …`, JSON `{"sub", "spki" (base64 DER), "usage": "client"\|"server"\|"both", "dns"?, "ip"?}` → `{"chain_pem", "expires_at"}` |
+//! | `GET /v1/bundle/x509` | the WIC certificate authority (PEM) |
 //! | `GET /v1/bundle/jwks` | the signing keys as a JWKS |
 //! | `GET /v1/bundle/spiffe` | the signing keys as a SPIFFE bundle (`spiffe_sequence`, `spiffe_refresh_hint`) |
 
@@ -45,12 +47,7 @@ async fn issue_wit(
     headers: HeaderMap,
     Json(request): Json<WitRequest>,
 ) -> Response {
-    let bootstrap = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    let Some(bootstrap) = bootstrap else {
+    let Some(bootstrap) = bearer(&headers) else {
         return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
     };
     match server.issue_wit(bootstrap, &request.sub, &request.jwk, request.lifetime) {
@@ -101,6 +98,62 @@ async fn token_exchange(State(server): State<Arc<IdentityServer>>, Form(request)
     }
 }
 
+/// The body of `POST /v1/wic`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WicRequest {
+    sub: String,
+    spki: String,
+    #[serde(default)]
+    usage: Option<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    ip: Vec<std::net::IpAddr>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
+async fn issue_wic(
+    State(server): State<Arc<IdentityServer>>,
+    headers: HeaderMap,
+    Json(request): Json<WicRequest>,
+) -> Response {
+    use base64::Engine as _;
+    use wimse_core::wic::{WicUsage, chain_to_pem};
+    let Some(bootstrap) = bearer(&headers) else {
+        return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
+    };
+    let usage = match request.usage.as_deref() {
+        None | Some("client") => WicUsage::Client,
+        Some("server") => WicUsage::Server,
+        Some("both") => WicUsage::ClientAndServer,
+        Some(_) => return problem(&Error::with_detail(ErrorKind::InvalidKey, "usage is client, server or both")),
+    };
+    let Ok(spki) = base64::engine::general_purpose::STANDARD.decode(&request.spki) else {
+        return problem(&Error::with_detail(ErrorKind::InvalidKey, "spki is not base64"));
+    };
+    match server.issue_wic(bootstrap, &request.sub, &spki, usage, &request.dns, &request.ip) {
+        Ok((chain, expires_at)) => {
+            Json(serde_json::json!({"chain_pem": chain_to_pem(&chain), "expires_at": expires_at})).into_response()
+        }
+        Err(error) => problem(&error),
+    }
+}
+
+async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
+    match server.wic_bundle_pem() {
+        Ok(pem) => ([("content-type", "application/x-pem-file")], pem).into_response(),
+        Err(error) => problem(&error),
+    }
+}
+
 async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
     if let Err(error) = server.rotate_if_due() {
         return problem(&error);
@@ -120,6 +173,8 @@ pub fn router(server: Arc<IdentityServer>) -> Router {
     Router::new()
         .route("/v1/wit", post(issue_wit))
         .route("/v1/token", post(token_exchange))
+        .route("/v1/wic", post(issue_wic))
+        .route("/v1/bundle/x509", get(x509_bundle))
         .route("/v1/bundle/jwks", get(jwks))
         .route("/v1/bundle/spiffe", get(spiffe_bundle))
         .with_state(server)

@@ -542,3 +542,37 @@ async fn credentials_from_the_identity_server() {
 fn server_trust(server: &IdentityServer) -> TrustStore {
     TrustStore::new().with(server.trust_domain().clone(), server.anchors().unwrap())
 }
+
+/// WICs from the identity server: the workload keeps its key and sends only its public key;
+/// the chain verifies against the published X.509 bundle; the per-client authority applies.
+#[tokio::test]
+async fn wic_issuance() {
+    use base64::Engine as _;
+    use rustls::server::danger::ClientCertVerifier;
+    use wimse_core::wic::{WicAnchors, WicClientVerifier, certificates_from_pem, workload_id_of};
+    let platform = Platform::new();
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("wic"))).unwrap();
+    let base = serve(Arc::new(IdentityServer::new(config, SystemClock).unwrap())).await;
+    let now = wimse_testkit::now();
+    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", now + 600);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let spki = base64::engine::general_purpose::STANDARD.encode(rcgen::PublicKeyData::subject_public_key_info(&key));
+    let request = |sub: &str| {
+        let body = json!({"sub": sub, "spki": spki, "usage": "client"});
+        reqwest::Client::new().post(format!("{base}/v1/wic")).bearer_auth(&token).json(&body).send()
+    };
+    let response = request("spiffe://prod.example/ns/prod/sa/payments").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let chain = certificates_from_pem(body["chain_pem"].as_str().unwrap()).unwrap();
+    assert_eq!(workload_id_of(&chain[0]).unwrap().as_str(), "spiffe://prod.example/ns/prod/sa/payments");
+
+    let ca_pem = reqwest::get(format!("{base}/v1/bundle/x509")).await.unwrap().text().await.unwrap();
+    let anchors = WicAnchors::new();
+    anchors.set("spiffe://prod.example".parse().unwrap(), certificates_from_pem(&ca_pem).unwrap()).unwrap();
+    WicClientVerifier::new(anchors)
+        .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
+        .unwrap();
+
+    assert_eq!(request("spiffe://prod.example/ns/prod/sa/admin").await.unwrap().status(), 403);
+}

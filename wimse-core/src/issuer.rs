@@ -169,6 +169,9 @@ struct StoredKey {
 struct KeyStore {
     sequence: u64,
     keys: Vec<StoredKey>,
+    /// The WIC certificate authority (certificate and key, PEM), made on first start.
+    #[serde(default)]
+    wic_ca: Option<(String, String)>,
 }
 
 /// The result of an issuance.
@@ -310,6 +313,8 @@ impl IdentityServer {
         }
         *self.store.write().map_err(Self::store_error)? = store;
         self.rotate_if_due()?;
+        #[cfg(feature = "mtls")]
+        self.ensure_wic_ca()?;
         Ok(())
     }
 
@@ -498,6 +503,62 @@ impl IdentityServer {
         let wit = issuer.issue(&id, public_jwk, now)?;
         tracing::info!(target: "wimse::audit", profile = %exchange.profile.name, subject = sub, issued = %id, "token exchanged for a WIT");
         Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
+    }
+
+    #[cfg(feature = "mtls")]
+    fn ensure_wic_ca(&self) -> Result<()> {
+        let mut store = self.store.write().map_err(Self::store_error)?;
+        if store.wic_ca.is_none() {
+            let ca = crate::wic::WicAuthority::new(self.domain.clone(), self.clock.now(), 10 * 365 * 86_400)?;
+            store.wic_ca = Some(ca.to_pem());
+            self.save(&store)?;
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "mtls")]
+    fn wic_authority(&self) -> Result<crate::wic::WicAuthority> {
+        let store = self.store.read().map_err(Self::store_error)?;
+        let (cert, key) = store.wic_ca.as_ref().ok_or_else(|| Self::store_error("no WIC authority"))?;
+        crate::wic::WicAuthority::from_pem(self.domain.clone(), cert, key)
+    }
+
+    /// The WIC authority's certificate (PEM): the X.509 trust anchor of this trust domain.
+    #[cfg(feature = "mtls")]
+    pub fn wic_bundle_pem(&self) -> Result<String> {
+        let store = self.store.read().map_err(Self::store_error)?;
+        store.wic_ca.as_ref().map(|(cert, _)| cert.clone()).ok_or_else(|| Self::store_error("no WIC authority"))
+    }
+
+    /// Issues a Workload Identity Certificate for `sub` certifying the workload's public key
+    /// (`spki_der`), under the same per-client authority as WITs. Returns the chain (leaf first)
+    /// and its expiry.
+    #[cfg(feature = "mtls")]
+    pub fn issue_wic(
+        &self,
+        bootstrap: &str,
+        sub: &str,
+        spki_der: &[u8],
+        usage: crate::wic::WicUsage,
+        dns_names: &[String],
+        ip_addresses: &[std::net::IpAddr],
+    ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, u64)> {
+        let client = self.authenticate(bootstrap)?;
+        let id = WorkloadId::parse(sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
+        if !crate::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
+            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "WIC issuance refused");
+            return Err(Error::with_detail(
+                ErrorKind::IssuanceDenied,
+                format!("{} may not obtain {id}", client.config.name),
+            ));
+        }
+        let now = self.clock.now();
+        let mut options = crate::wic::WicOptions::new(usage, now, client.config.max_lifetime);
+        options.dns_names = dns_names.to_vec();
+        options.ip_addresses = ip_addresses.to_vec();
+        let chain = self.wic_authority()?.issue_for_key(&id, spki_der, &options)?;
+        tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, "WIC issued");
+        Ok((chain, options.not_after))
     }
 
     /// The public signing keys as a JWKS.

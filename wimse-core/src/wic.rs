@@ -281,36 +281,65 @@ impl WicAuthority {
         self.issue_with_uris(&[id.as_str()], options)
     }
 
+    /// Issues a WIC for `id` certifying a key the workload holds (its SubjectPublicKeyInfo, DER):
+    /// what an identity server does, since the private key never leaves the workload. Returns
+    /// the chain, leaf first.
+    pub fn issue_for_key(
+        &self,
+        id: &WorkloadId,
+        spki_der: &[u8],
+        options: &WicOptions,
+    ) -> Result<Vec<CertificateDer<'static>>> {
+        if !id.is_in(&self.domain) {
+            return Err(cert_error(ErrorKind::InvalidConfiguration, format!("{id} is not in {}", self.domain)));
+        }
+        let public = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|_| cert_error(ErrorKind::InvalidKey, "not a SubjectPublicKeyInfo"))?;
+        let params = leaf_params(&[id.as_str()], options)?;
+        let cert = params.signed_by(&public, &self.issuer).map_err(rcgen_error)?;
+        Ok(vec![cert.der().clone(), self.certificate.clone()])
+    }
+
     /// Issues a certificate with exactly these URI SANs. For tests of peers that must refuse
     /// malformed certificates; use [`issue`](Self::issue) otherwise.
     pub fn issue_with_uris(&self, uris: &[&str], options: &WicOptions) -> Result<WorkloadCertificate> {
         let key = KeyPair::generate().map_err(rcgen_error)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, uris.first().copied().unwrap_or("workload"));
-        for uri in uris {
-            let uri = rcgen::string::Ia5String::try_from(*uri).map_err(rcgen_error)?;
-            params.subject_alt_names.push(SanType::URI(uri));
-        }
-        for name in &options.dns_names {
-            let name = rcgen::string::Ia5String::try_from(name.as_str()).map_err(rcgen_error)?;
-            params.subject_alt_names.push(SanType::DnsName(name));
-        }
-        for ip in &options.ip_addresses {
-            params.subject_alt_names.push(SanType::IpAddress(*ip));
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = match options.usage {
-            WicUsage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            WicUsage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            WicUsage::ClientAndServer => vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth],
-        };
-        params.not_before = offset_time(options.not_before)?;
-        params.not_after = offset_time(options.not_after)?;
+        let params = leaf_params(uris, options)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
         let key = PrivatePkcs8KeyDer::from(key.serialize_der());
         Ok(WorkloadCertificate { chain: vec![cert.der().clone(), self.certificate.clone()], key })
     }
+}
+
+fn leaf_params(uris: &[&str], options: &WicOptions) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, uris.first().copied().unwrap_or("workload"));
+    for uri in uris {
+        let uri = rcgen::string::Ia5String::try_from(*uri).map_err(rcgen_error)?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    for name in &options.dns_names {
+        let name = rcgen::string::Ia5String::try_from(name.as_str()).map_err(rcgen_error)?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    for ip in &options.ip_addresses {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match options.usage {
+        WicUsage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        WicUsage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        WicUsage::ClientAndServer => vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth],
+    };
+    params.not_before = offset_time(options.not_before)?;
+    params.not_after = offset_time(options.not_after)?;
+    Ok(params)
+}
+
+/// Every certificate of a chain as PEM.
+pub fn chain_to_pem(chain: &[CertificateDer<'_>]) -> String {
+    chain.iter().map(|c| pem("CERTIFICATE", c.as_ref())).collect()
 }
 
 /// Per-trust-domain CA anchors, shared by verifiers and replaceable at run time.
