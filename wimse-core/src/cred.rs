@@ -101,8 +101,32 @@ impl CredentialSource for StaticCredentials {
     }
 }
 
+/// Writes `contents` to `path` the way the practices draft asks delivery agents to: into a
+/// temporary file in the same directory, flushed, then renamed over the target, so a reader
+/// never sees a half-written credential.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes a WIT and its private JWK as a pair for [`FileCredentials`]: the key first, then the
+/// WIT, each atomically (a reader that sees the new WIT finds its key already there).
+pub fn write_credential_files(
+    wit_path: &std::path::Path,
+    key_path: &std::path::Path,
+    credentials: &Credentials,
+) -> std::io::Result<()> {
+    write_atomically(key_path, credentials.key().to_private_jwk().to_json().as_bytes())?;
+    write_atomically(wit_path, credentials.wit().as_bytes())
+}
+
 /// Credentials read from a WIT file and a private-JWK file, as delivered by an agent that
-/// rotates them (SPIFFE helper, Kubernetes projected volume, CI runner).
+/// rotates them (SPIFFE helper, Kubernetes projected volume, CI runner); see
+/// [`write_credential_files`] for the writer's side.
 ///
 /// The files are re-read every `recheck_every` seconds and whenever the WIT is within
 /// `renew_before` seconds of expiry. Changes are detected by content, not modification time

@@ -117,10 +117,11 @@ fn file_credentials_follow_rotation_by_content() {
     let first = source.credentials(NOW).unwrap();
     assert_eq!(first.wit(), f.wit);
 
-    // The agent writes a new key and WIT (same file names; mtime is not consulted).
+    // The agent writes a new key and WIT atomically (same file names; mtime is not consulted).
     let new_key = SigningKey::generate(Algorithm::EdDSA).unwrap();
     let new_wit = WitIssuer::new(f.issuer_key.clone()).issue(&f.id, new_key.public_jwk(), NOW + 10).unwrap();
-    files.write(&new_wit, &new_key);
+    let pair = Credentials::new(new_wit.clone(), new_key.clone()).unwrap();
+    wimse_core::cred::write_credential_files(&files.0.join("wit.jwt"), &files.0.join("key.jwk"), &pair).unwrap();
     // Before the recheck interval the current pair is kept.
     assert_eq!(source.credentials(NOW + 10).unwrap().wit(), f.wit);
     assert_eq!(source.credentials(NOW + 31).unwrap().wit(), new_wit);

@@ -20,7 +20,19 @@ pub enum Bootstrap {
     Token(String),
 }
 
+/// Where Kubernetes projects a pod's default service-account token.
+pub const KUBERNETES_SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
 impl Bootstrap {
+    /// The pod's projected service-account token: the path in `WIMSE_BOOTSTRAP_TOKEN_FILE`
+    /// (a projected volume with this identity server as its audience, as the practices draft
+    /// recommends), else [`KUBERNETES_SERVICE_ACCOUNT_TOKEN`].
+    pub fn kubernetes() -> Self {
+        let path =
+            std::env::var_os("WIMSE_BOOTSTRAP_TOKEN_FILE").unwrap_or_else(|| KUBERNETES_SERVICE_ACCOUNT_TOKEN.into());
+        Bootstrap::TokenFile(PathBuf::from(path))
+    }
+
     fn token(&self) -> Result<String, Error> {
         match self {
             Bootstrap::Token(token) => Ok(token.clone()),
@@ -186,6 +198,20 @@ impl CredentialSource for IssuerCredentials {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kubernetes_bootstrap_path() {
+        match super::Bootstrap::kubernetes() {
+            super::Bootstrap::TokenFile(path) => {
+                let expected = std::env::var_os("WIMSE_BOOTSTRAP_TOKEN_FILE")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| super::KUBERNETES_SERVICE_ACCOUNT_TOKEN.into());
+                assert_eq!(path, expected);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(super::Bootstrap::TokenFile("/nonexistent/token".into()).token().is_err());
+    }
+
     #[test]
     fn renewal_happens_at_two_thirds_minus_jitter() {
         assert_eq!(super::renewal_time(1000, 4000, 0.0), 3000);

@@ -35,7 +35,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use bundle::BundleSource;
-pub use issuer_source::{Bootstrap, IssuerCredentials, renewal_time};
+pub use issuer_source::{Bootstrap, IssuerCredentials, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time};
 
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, Url};
