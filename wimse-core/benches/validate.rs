@@ -65,6 +65,14 @@ fn benches(c: &mut Criterion) {
                 b.iter(|| validate_wit(black_box(&s.wit), &s.trust, &wit_cfg, NOW).unwrap())
             });
 
+            // The floor: one bare signature verification over a WPT-sized signing input.
+            let message = s.wpt.rsplit_once('.').unwrap().0.as_bytes();
+            let signature = s.workload_key.sign(backend, message).unwrap();
+            let public = s.workload_key.public_key();
+            c.bench_with_input(BenchmarkId::new("bare_signature_verify", &id), &s, |b, _| {
+                b.iter(|| assert!(public.verify(backend, alg, black_box(message), &signature)))
+            });
+
             let verified = validate_wit(&s.wit, &s.trust, &wit_cfg, NOW).unwrap();
             let mut wpt_cfg = WptValidation::default();
             wpt_cfg.backend = backend;
@@ -76,7 +84,8 @@ fn benches(c: &mut Criterion) {
                 })
             });
 
-            // The whole request path: framing, WIT, WPT, in-memory replay cache. Proofs are made
+            // The whole request path: framing, WIT (from the verified-WIT cache after the first
+            // request), WPT, in-memory replay cache. Proofs are made
             // in the untimed setup so each timed call sees a fresh `jti`; the clock advances one
             // second per 100 requests, so about 9000 proofs are live in the cache at any time.
             let clock = SharedClock(Arc::new(FixedClock::new(NOW)));

@@ -142,18 +142,25 @@ impl TrustAnchors {
 pub struct TrustHandle {
     store: std::sync::Arc<std::sync::RwLock<TrustStore>>,
     wanted: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<TrustDomain>>>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TrustHandle {
     /// A handle on `store`.
     pub fn new(store: TrustStore) -> Self {
-        Self { store: std::sync::Arc::new(std::sync::RwLock::new(store)), wanted: Default::default() }
+        Self {
+            store: std::sync::Arc::new(std::sync::RwLock::new(store)),
+            wanted: Default::default(),
+            generation: Default::default(),
+        }
     }
 
-    /// Replaces the anchors of `domain` (new requests use them).
+    /// Replaces the anchors of `domain` (new requests use them, and cached WIT validations
+    /// are dropped).
     pub fn set(&self, domain: TrustDomain, anchors: TrustAnchors) {
         if let Ok(mut store) = self.store.write() {
             store.insert(domain, anchors);
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -161,7 +168,13 @@ impl TrustHandle {
     pub fn remove(&self, domain: &TrustDomain) {
         if let Ok(mut store) = self.store.write() {
             store.remove(domain);
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// A number that changes whenever the anchors change (cache invalidation).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs `f` on the current store.

@@ -51,6 +51,9 @@ pub struct VerifierConfig {
     pub accept_http_signatures: bool,
     /// HTTP signatures created longer ago than this are refused (seconds). Defaults to 300.
     pub max_signature_age: u64,
+    /// How many verified WITs are remembered (by their SHA-256) so a steady caller's WIT is
+    /// verified once, not on every request. 0 disables the cache. Defaults to 10 000.
+    pub wit_cache_capacity: usize,
 }
 
 impl Default for VerifierConfig {
@@ -70,6 +73,7 @@ impl Default for VerifierConfig {
             accept_wpt: true,
             accept_http_signatures: true,
             max_signature_age: 300,
+            wit_cache_capacity: 10_000,
         }
     }
 }
@@ -353,6 +357,7 @@ pub struct Verifier {
     wit_validation: Arc<WitValidation>,
     wpt_validation: Arc<WptValidation>,
     signature_validation: Arc<SignatureValidation>,
+    wit_cache: Arc<WitCache>,
     replay: Arc<dyn ReplayCache>,
     clock: Arc<dyn Clock>,
 }
@@ -399,6 +404,7 @@ impl Verifier {
             ..SignatureValidation::default()
         };
         Ok(Self {
+            wit_cache: Arc::new(WitCache::new(config.wit_cache_capacity)),
             signature_validation: Arc::new(signature_validation),
             trust: TrustHandle::new(trust),
             config: Arc::new(config),
@@ -502,8 +508,16 @@ impl Verifier {
 
     /// Validates a WIT against the current anchors; a token naming a key the anchors do not
     /// have asks the bundle fetcher for a refresh.
-    fn validate_wit(&self, wit: &str, now: u64) -> Result<VerifiedWit> {
-        let result = self.trust.read(|trust| validate_wit(wit, trust, &self.wit_validation, now));
+    fn validate_wit(&self, wit: &str, now: u64) -> Result<Arc<VerifiedWit>> {
+        let generation = self.trust.generation();
+        let key = crate::wit::token_hash(wit);
+        if let Some(hit) = self.wit_cache.get(&key, generation, now, &self.wit_validation) {
+            return Ok(hit);
+        }
+        let result = self.trust.read(|trust| validate_wit(wit, trust, &self.wit_validation, now)).map(Arc::new);
+        if let Ok(verified) = &result {
+            self.wit_cache.insert(key, verified.clone(), generation, now);
+        }
         if let Err(error) = &result
             && matches!(error.kind(), ErrorKind::UnknownKey | ErrorKind::TrustAnchorsUnavailable)
             && let Ok(jws) = crate::jose::jws::parse(wit, self.wit_validation.max_token_len)
@@ -512,6 +526,11 @@ impl Verifier {
             self.trust.request_refresh(&sub.trust_domain());
         }
         result
+    }
+
+    /// How many verified WITs are cached.
+    pub fn cached_wits(&self) -> usize {
+        self.wit_cache.len()
     }
 
     /// The handle on this verifier's trust anchors, to update them while serving (see
@@ -568,6 +587,52 @@ impl Verifier {
         )?;
 
         Ok(self.caller(&wit, ProofMethod::Wpt { jti: wpt.jti, exp: wpt.exp }, context.txn_token, context.other_tokens))
+    }
+}
+
+/// Verified WITs by the SHA-256 of the token, valid while the anchors they were checked against
+/// are unchanged. Time-dependent checks are repeated on every hit; only the signature, the
+/// parsing and the key checks are saved. Bounded: when full of unexpired entries, new WITs are
+/// simply not cached (verification is unaffected). Only WITs that verified enter, so invalid
+/// tokens cannot grow it.
+struct WitCache {
+    capacity: usize,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Arc<VerifiedWit>, u64)>>,
+}
+
+impl WitCache {
+    fn new(capacity: usize) -> Self {
+        Self { capacity, entries: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    fn get(&self, key: &str, generation: u64, now: u64, cfg: &WitValidation) -> Option<Arc<VerifiedWit>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let entries = self.entries.lock().ok()?;
+        let (wit, cached_generation) = entries.get(key)?;
+        let claims = wit.claims();
+        let still_valid = *cached_generation == generation
+            && now < claims.exp.saturating_add(cfg.leeway)
+            && claims.nbf.is_none_or(|nbf| nbf <= now.saturating_add(cfg.leeway));
+        still_valid.then(|| wit.clone())
+    }
+
+    fn insert(&self, key: String, wit: Arc<VerifiedWit>, generation: u64, now: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.len() >= self.capacity {
+            entries.retain(|_, (w, g)| *g == generation && now < w.claims().exp);
+        }
+        if entries.len() < self.capacity {
+            entries.insert(key, (wit, generation));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 }
 
