@@ -74,6 +74,13 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Publishes when a workload's current WIT expires (`wimse_credential_expires_at_seconds`), so
+/// a renewal that stopped working shows up before requests fail.
+pub fn record_expiry(credentials: &Credentials) {
+    metrics::gauge!("wimse_credential_expires_at_seconds", "workload" => credentials.subject().to_string())
+        .set(credentials.expires_at() as f64);
+}
+
 /// Where a signer gets its current credentials. Implementations renew them before they expire.
 pub trait CredentialSource: Send + Sync + fmt::Debug {
     /// Credentials valid at `now`; [`ErrorKind::CredentialsUnavailable`] when there are none.
@@ -197,6 +204,7 @@ impl FileCredentials {
             .map_err(|e| unavailable(format!("key file: {e}")))?;
         let credentials = Credentials::new(wit, key)?;
         tracing::info!(subject = %credentials.subject(), expires_at = credentials.expires_at(), "wimse: loaded workload credentials");
+        record_expiry(&credentials);
         state.current = Some(Arc::new(credentials));
         state.digest = digest;
         Ok(())

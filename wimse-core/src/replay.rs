@@ -91,6 +91,7 @@ impl ReplayCache for InMemoryReplayCache {
             self.state.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheFull, "replay cache poisoned"))?;
         state.purge_expired(now);
         if state.expiry_by_key.get(&key).is_some_and(|&until| until > now) {
+            metrics::counter!("wimse_replay_cache_hits_total").increment(1);
             return Err(ErrorKind::ReplayedProof.into());
         }
         if state.expiry_by_key.len() >= self.capacity {

@@ -448,14 +448,18 @@ impl Verifier {
         } else {
             self.verify_wpt_request(request)
         };
+        let mode = if signed { "http-signature" } else { "wpt" };
         match &result {
             Ok(caller) => {
                 span.record("caller", caller.id().as_str()).record("decision", "allow");
-                tracing::debug!(caller = %caller.id(), "wimse: caller verified");
+                tracing::info!(target: "wimse::audit", caller = %caller.id(), mode, decision = "allow", "request authenticated");
+                metrics::counter!("wimse_verifications_total", "mode" => mode, "result" => "allow", "reason" => "ok")
+                    .increment(1);
             }
             Err(e) => {
                 span.record("decision", "reject").record("reason", e.reason());
-                tracing::warn!(reason = e.reason(), detail = e.detail(), "wimse: request rejected");
+                tracing::warn!(target: "wimse::audit", mode, decision = "reject", reason = e.reason(), detail = e.detail(), "request rejected");
+                metrics::counter!("wimse_verifications_total", "mode" => mode, "result" => "reject", "reason" => e.reason()).increment(1);
             }
         }
         result
@@ -512,8 +516,10 @@ impl Verifier {
         let generation = self.trust.generation();
         let key = crate::wit::token_hash(wit);
         if let Some(hit) = self.wit_cache.get(&key, generation, now, &self.wit_validation) {
+            metrics::counter!("wimse_wit_cache_total", "result" => "hit").increment(1);
             return Ok(hit);
         }
+        metrics::counter!("wimse_wit_cache_total", "result" => "miss").increment(1);
         let result = self.trust.read(|trust| validate_wit(wit, trust, &self.wit_validation, now)).map(Arc::new);
         if let Ok(verified) = &result {
             self.wit_cache.insert(key, verified.clone(), generation, now);

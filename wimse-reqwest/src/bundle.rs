@@ -85,6 +85,13 @@ impl BundleSource {
     /// Fetches the bundle once and, if it is acceptable, makes it the domain's anchors.
     /// Returns the refresh hint in seconds.
     pub async fn refresh(&self, trust: &TrustHandle) -> Result<u64, Error> {
+        let result = self.fetch(trust).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("wimse_bundle_refreshes_total", "trust_domain" => self.domain.to_string(), "result" => outcome).increment(1);
+        result
+    }
+
+    async fn fetch(&self, trust: &TrustHandle) -> Result<u64, Error> {
         let now = self.clock.now();
         if let Ok(mut state) = self.state.lock() {
             state.last_attempt = Some(now);

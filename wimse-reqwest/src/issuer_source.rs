@@ -145,6 +145,7 @@ impl IssuerCredentials {
         let credentials = Credentials::new(wit, key)?;
         let issued_at = issued["issued_at"].as_u64().unwrap_or_else(|| inner.clock.now());
         tracing::info!(sub = %credentials.subject(), expires_at = credentials.expires_at(), "wimse: obtained a WIT");
+        wimse_core::cred::record_expiry(&credentials);
         *inner.current.write().map_err(|_| unavailable("credential state poisoned"))? =
             Some((Arc::new(credentials), issued_at));
         Ok(())
