@@ -7,8 +7,11 @@ use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use wimse_core::prelude::*;
 
+/// A recorded metric: name, labels, value.
+type Recorded = (String, Vec<(String, String)>, DebugValue);
+
 /// The value of the counter `name` whose labels include all of `labels`.
-fn counter(snapshot: &[(String, Vec<(String, String)>, DebugValue)], name: &str, labels: &[(&str, &str)]) -> u64 {
+fn counter(snapshot: &[Recorded], name: &str, labels: &[(&str, &str)]) -> u64 {
     snapshot
         .iter()
         .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
@@ -32,7 +35,7 @@ fn verifications_and_caches_are_counted() {
         verifier.verify(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
         wimse_core::cred::record_expiry(&Credentials::new(f.wit.clone(), f.workload_key.clone()).unwrap());
     });
-    let snapshot: Vec<_> = snapshotter
+    let snapshot: Vec<Recorded> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
