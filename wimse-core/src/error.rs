@@ -158,6 +158,8 @@ pub enum ErrorKind {
     // ---- service state (503) ----
     /// The trust domain is trusted but its keys are not available (never fetched, or stale).
     TrustAnchorsUnavailable,
+    /// The shared replay cache cannot be reached and fails closed.
+    ReplayCacheUnavailable,
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull,
 
@@ -237,6 +239,7 @@ impl ErrorKind {
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
             TrustAnchorsUnavailable => "trust_anchors_unavailable",
+            ReplayCacheUnavailable => "replay_cache_unavailable",
             InvalidKey => "invalid_key",
             InvalidConfiguration => "invalid_configuration",
             Crypto => "crypto",
@@ -309,6 +312,7 @@ impl ErrorKind {
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",
             TrustAnchorsUnavailable => "the trust domain's keys are not available",
+            ReplayCacheUnavailable => "the replay cache is unavailable",
             InvalidKey => "invalid key",
             InvalidConfiguration => "invalid configuration",
             Crypto => "cryptographic operation failed",

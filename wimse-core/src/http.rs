@@ -175,7 +175,9 @@ impl Rejection {
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
             SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),
             SignedResponseUnavailable => (StatusCode::BAD_REQUEST, false),
-            ReplayCacheFull | TrustAnchorsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, false),
+            ReplayCacheFull | TrustAnchorsUnavailable | ReplayCacheUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, false)
+            }
             InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable => {
                 (StatusCode::INTERNAL_SERVER_ERROR, false)
             }

@@ -103,6 +103,134 @@ impl ReplayCache for InMemoryReplayCache {
     }
 }
 
+/// What a shared replay cache does when its store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenUnavailable {
+    /// Refuse the proof ([`ErrorKind::ReplayCacheUnavailable`], 503). The default.
+    #[default]
+    FailClosed,
+    /// Accept the proof without a replay check (logged). Only where availability matters more
+    /// than replay protection.
+    FailOpen,
+}
+
+/// A [`ReplayCache`] on Redis (feature `redis`), shared by every replica: a proof accepted by
+/// one is refused by all. Each check is one `SET key 1 NX EXAT <expiry>`; connections are pooled,
+/// and connecting, reading and writing are bounded by a timeout.
+///
+/// The call is synchronous: on an async server it holds a worker thread for one loopback or
+/// LAN round trip (bounded by the timeout).
+#[cfg(feature = "redis")]
+pub struct RedisReplayCache {
+    client: redis::Client,
+    pool: Mutex<Vec<redis::Connection>>,
+    max_idle: usize,
+    timeout: std::time::Duration,
+    when_unavailable: WhenUnavailable,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Debug for RedisReplayCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisReplayCache").field("when_unavailable", &self.when_unavailable).finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisReplayCache {
+    /// A cache on the Redis server at `url` (`redis://host:port/db`). Fails closed, 250 ms
+    /// timeouts, keys prefixed `wimse:replay:`.
+    pub fn new(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, format!("redis url: {e}")))?;
+        Ok(Self {
+            client,
+            pool: Mutex::new(Vec::new()),
+            max_idle: 16,
+            timeout: std::time::Duration::from_millis(250),
+            when_unavailable: WhenUnavailable::FailClosed,
+            prefix: "wimse:replay:".into(),
+        })
+    }
+
+    /// What to do when Redis cannot be reached.
+    pub fn when_unavailable(mut self, policy: WhenUnavailable) -> Self {
+        self.when_unavailable = policy;
+        self
+    }
+
+    /// The bound on connecting, reading and writing.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let connection = self.client.get_connection_with_timeout(self.timeout)?;
+        connection.set_read_timeout(Some(self.timeout))?;
+        connection.set_write_timeout(Some(self.timeout))?;
+        Ok(connection)
+    }
+
+    fn set_nx(connection: &mut redis::Connection, key: &str, expires_at: u64) -> redis::RedisResult<bool> {
+        let reply: Option<String> =
+            redis::cmd("SET").arg(key).arg(1).arg("NX").arg("EXAT").arg(expires_at).query(connection)?;
+        Ok(reply.is_some())
+    }
+
+    fn give_back(&self, connection: redis::Connection) {
+        if let Ok(mut pool) = self.pool.lock()
+            && pool.len() < self.max_idle
+        {
+            pool.push(connection);
+        }
+    }
+
+    /// `SET key 1 NX EXAT expires_at`: true when the key was new. A pooled connection that
+    /// fails (the server restarted) is dropped and the command retried once on a new one.
+    fn set_if_absent(&self, key: &str, expires_at: u64) -> redis::RedisResult<bool> {
+        let pooled = self.pool.lock().ok().and_then(|mut pool| pool.pop());
+        if let Some(mut connection) = pooled
+            && let Ok(new) = Self::set_nx(&mut connection, key, expires_at)
+        {
+            self.give_back(connection);
+            return Ok(new);
+        }
+        let mut connection = self.connect()?;
+        let new = Self::set_nx(&mut connection, key, expires_at)?;
+        self.give_back(connection);
+        Ok(new)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl ReplayCache for RedisReplayCache {
+    fn check_and_insert(&self, scope: &str, id: &str, expires_at: u64, now: u64) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        // A fixed-size key whatever the scope and id: hash of the unambiguous pair.
+        let digest =
+            Sha256::new().chain_update(scope.len().to_be_bytes()).chain_update(scope).chain_update(id).finalize();
+        let key = format!("{}{}", self.prefix, crate::jose::b64url_encode(digest));
+        match self.set_if_absent(&key, expires_at.max(now.saturating_add(1))) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                metrics::counter!("wimse_replay_cache_hits_total").increment(1);
+                Err(ErrorKind::ReplayedProof.into())
+            }
+            Err(error) => match self.when_unavailable {
+                WhenUnavailable::FailClosed => {
+                    Err(Error::with_detail(ErrorKind::ReplayCacheUnavailable, format!("redis: {error}")))
+                }
+                WhenUnavailable::FailOpen => {
+                    tracing::warn!(error = %error, "wimse: replay cache unavailable; accepting without a replay check");
+                    Ok(())
+                }
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
