@@ -412,9 +412,8 @@ impl IdentityServer {
             .ok_or_else(|| Error::with_detail(ErrorKind::IssuanceDenied, "no client for this platform subject"))
     }
 
-    /// Issues a WIT for `sub` bound to `public_jwk`, for the client `bootstrap` authenticates.
-    /// The lifetime is capped at the client's maximum.
-    pub fn issue_wit(&self, bootstrap: &str, sub: &str, public_jwk: &Jwk, lifetime: Option<u64>) -> Result<IssuedWit> {
+    /// The client `bootstrap` authenticates, if it may obtain `sub`.
+    fn authorize(&self, bootstrap: &str, sub: &str) -> Result<(&Client, WorkloadId)> {
         let client = self.authenticate(bootstrap)?;
         let id = WorkloadId::parse(sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
         if !crate::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
@@ -424,6 +423,13 @@ impl IdentityServer {
                 format!("{} may not obtain {id}", client.config.name),
             ));
         }
+        Ok((client, id))
+    }
+
+    /// Issues a WIT for `sub` bound to `public_jwk`, for the client `bootstrap` authenticates.
+    /// The lifetime is capped at the client's maximum.
+    pub fn issue_wit(&self, bootstrap: &str, sub: &str, public_jwk: &Jwk, lifetime: Option<u64>) -> Result<IssuedWit> {
+        let (client, id) = self.authorize(bootstrap, sub)?;
         if public_jwk.has_private_members() {
             return Err(Error::with_detail(ErrorKind::InvalidKey, "send the public key only"));
         }
@@ -543,15 +549,7 @@ impl IdentityServer {
         dns_names: &[String],
         ip_addresses: &[std::net::IpAddr],
     ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, u64)> {
-        let client = self.authenticate(bootstrap)?;
-        let id = WorkloadId::parse(sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
-        if !crate::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
-            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "WIC issuance refused");
-            return Err(Error::with_detail(
-                ErrorKind::IssuanceDenied,
-                format!("{} may not obtain {id}", client.config.name),
-            ));
-        }
+        let (client, id) = self.authorize(bootstrap, sub)?;
         let now = self.clock.now();
         let mut options = crate::wic::WicOptions::new(usage, now, client.config.max_lifetime);
         options.dns_names = dns_names.to_vec();
