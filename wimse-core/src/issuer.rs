@@ -393,7 +393,10 @@ impl IdentityServer {
     fn authenticate(&self, bootstrap: &str) -> Result<&Client> {
         let denied = |d: &'static str| Error::with_detail(ErrorKind::BootstrapTokenInvalid, d);
         if self.config.dev_mode
-            && let Some(client) = self.clients.iter().find(|c| c.config.dev_secret.as_deref() == Some(bootstrap))
+            && let Some(client) = self
+                .clients
+                .iter()
+                .find(|c| c.config.dev_secret.as_deref().is_some_and(|secret| constant_time_eq(secret, bootstrap)))
         {
             return Ok(client);
         }
@@ -594,6 +597,11 @@ impl IdentityServer {
     pub fn anchors(&self) -> Result<TrustAnchors> {
         TrustAnchors::from_spiffe_bundle_json(&self.spiffe_bundle().to_string())
     }
+}
+
+/// Compares two secrets in time that depends only on their lengths, not on where they differ.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Checks an externally issued JWT (platform token, access token, JWT-SVID) whose issuer was
