@@ -576,3 +576,17 @@ async fn wic_issuance() {
 
     assert_eq!(request("spiffe://prod.example/ns/prod/sa/admin").await.unwrap().status(), 403);
 }
+
+/// A bundle endpoint that answers with an endless body is cut off, not buffered.
+#[tokio::test]
+async fn oversized_bundles_are_refused() {
+    use axum::routing::get;
+    use wimse_reqwest::BundleSource;
+    let app = axum::Router::new().route("/b", get(|| async { "x".repeat(2 << 20) }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/b", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let trust = wimse_core::trust::TrustHandle::default();
+    let err = BundleSource::new("spiffe://prod.example".parse().unwrap(), url).refresh(&trust).await.unwrap_err();
+    assert!(err.detail().unwrap().contains("larger than"), "{err:?}");
+}

@@ -39,6 +39,25 @@ impl std::fmt::Debug for BundleSource {
     }
 }
 
+/// Largest bundle or identity-server answer read, in bytes: a hostile or broken endpoint
+/// cannot make the client allocate without bound.
+pub(crate) const MAX_DOCUMENT: usize = 1 << 20;
+
+/// Reads a response body as text, refusing more than `cap` bytes.
+pub(crate) async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<String, String> {
+    if response.content_length().is_some_and(|len| len > cap as u64) {
+        return Err(format!("answer larger than {cap} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("answer larger than {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "answer is not UTF-8".to_owned())
+}
+
 fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::with_detail(ErrorKind::TrustAnchorsUnavailable, detail)
 }
@@ -101,7 +120,7 @@ impl BundleSource {
         if !response.status().is_success() {
             return Err(unavailable(format!("bundle fetch: HTTP {}", response.status())));
         }
-        let text = response.text().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
+        let text = read_capped(response, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
         let json: Value = serde_json::from_str(&text).map_err(|_| unavailable("the bundle is not JSON"))?;
         let sequence = json.get("spiffe_sequence").and_then(Value::as_u64);
         let hint = json.get("spiffe_refresh_hint").and_then(Value::as_u64).unwrap_or(300).clamp(1, 86_400);

@@ -133,7 +133,9 @@ impl IssuerCredentials {
             .await
             .map_err(|e| unavailable(format!("identity server: {e}")))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| unavailable(format!("identity server: {e}")))?;
+        let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT)
+            .await
+            .map_err(|e| unavailable(format!("identity server: {e}")))?;
         if !status.is_success() {
             let reason =
                 serde_json::from_str::<Value>(&text).ok().and_then(|v| v["reason"].as_str().map(str::to_owned));
