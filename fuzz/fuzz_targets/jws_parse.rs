@@ -1,0 +1,14 @@
+//! Compact JWS parsing: framing, strict base64url, strict JSON with duplicate detection.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(jws) = wimse_core::jose::jws::parse(text, 64 * 1024) {
+            let _ = jws.algorithm();
+            let _ = jws.header_str("typ");
+            let _ = jws.reject_crit();
+        }
+    }
+});
