@@ -10,7 +10,6 @@ mod files;
 mod inspect;
 mod issuer;
 mod keys;
-mod request;
 mod sign;
 mod tokens;
 mod verify;

@@ -12,8 +12,8 @@ use wimse_core::time::FixedClock;
 use wimse_core::wpt::WptBuilder;
 
 use crate::files::{now_or, read_input, read_signing_key, read_token};
-use crate::request::RawRequest;
 use crate::{CliResult, Output};
+use wimse_core::raw::RawRequest;
 
 #[derive(Debug, Args)]
 pub(crate) struct SignArgs {
@@ -53,7 +53,7 @@ fn header_str<'a>(request: &'a RawRequest, name: &str) -> Result<Option<&'a str>
 }
 
 pub(crate) fn run(args: SignArgs) -> CliResult {
-    let mut request = RawRequest::parse(&read_input(&args.request)?)?;
+    let mut request = RawRequest::parse(&read_input(&args.request)?).map_err(|e| e.to_string())?;
     if request.has_header(AUTHORIZATION_HEADER) {
         return Err(
             "the request already has an Authorization field; a WPT cannot travel beside another credential (wpt-02)"
@@ -118,7 +118,7 @@ fn sign_httpsig(
     let signer = Signer::new(StaticCredentials::new(credentials))
         .with_lifetime(args.ttl)
         .with_clock(FixedClock::new(now_or(args.now)));
-    let mut headers = request.header_map()?;
+    let mut headers = request.header_map().map_err(|e| e.to_string())?;
     let host = header_str(request, "host")?.unwrap_or_default().to_owned();
     let target = request.path().to_owned();
     let (path, query) = match target.split_once('?') {

@@ -13,7 +13,7 @@ use wimse_core::verify::ProofMethod;
 use crate::CliResult;
 use crate::files::{now_or, read_input, read_text};
 use crate::inspect::utc;
-use crate::request::RawRequest;
+use wimse_core::raw::RawRequest;
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
@@ -68,8 +68,8 @@ pub(crate) fn trust_store(specs: &[String]) -> Result<TrustStore, String> {
 }
 
 pub(crate) fn run(args: VerifyArgs) -> CliResult {
-    let request = RawRequest::parse(&read_input(&args.request)?)?;
-    let headers = request.header_map()?;
+    let request = RawRequest::parse(&read_input(&args.request)?).map_err(|e| e.to_string())?;
+    let headers = request.header_map().map_err(|e| e.to_string())?;
     let mut config = VerifierConfig::new().with_leeway(args.leeway);
     for aud in &args.audiences {
         config = config.with_audience(aud);

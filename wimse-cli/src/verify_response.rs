@@ -14,8 +14,8 @@ use wimse_core::{Error, ErrorKind};
 
 use crate::CliResult;
 use crate::files::{now_or, read_input};
-use crate::request::{RawRequest, RawResponse};
 use crate::verify::trust_store;
+use wimse_core::raw::{RawHttpError, RawRequest, RawResponse};
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyResponseArgs {
@@ -55,7 +55,7 @@ fn request_nonce(request: &RawRequest) -> Result<String, Error> {
 fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse) -> Result<WorkloadId, Error> {
     let trust = trust_store(&args.trust_anchors).map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e))?;
     let verifier = ResponseVerifier::new(trust).with_clock(FixedClock::new(now_or(args.now)));
-    let bad = |e: String| Error::with_detail(ErrorKind::InvalidHeaderValue, e);
+    let bad = |e: RawHttpError| Error::with_detail(ErrorKind::InvalidHeaderValue, e.to_string());
     let req_headers = request.header_map().map_err(bad)?;
     let res_headers = response.header_map().map_err(bad)?;
     let expected = args
@@ -77,8 +77,8 @@ fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse
 }
 
 pub(crate) fn run(args: VerifyResponseArgs) -> CliResult {
-    let request = RawRequest::parse(&read_input(&args.request)?)?;
-    let response = RawResponse::parse(&read_input(&args.response)?)?;
+    let request = RawRequest::parse(&read_input(&args.request)?).map_err(|e| e.to_string())?;
+    let response = RawResponse::parse(&read_input(&args.response)?).map_err(|e| e.to_string())?;
     let (out, code) = match check(&args, &request, &response) {
         Ok(server) => (json!({"verified": true, "server": server}), ExitCode::SUCCESS),
         Err(e) => (json!({"verified": false, "reason": e.reason(), "message": e.to_string()}), ExitCode::FAILURE),

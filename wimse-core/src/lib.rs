@@ -29,6 +29,8 @@ pub mod id;
 pub mod issuer;
 pub mod jose;
 pub mod policy;
+#[cfg(feature = "raw-http")]
+pub mod raw;
 pub mod replay;
 pub mod sign;
 pub mod time;

@@ -1,0 +1,198 @@
+//! Raw HTTP/1.1 messages, as read from and written to files (feature `raw-http`): what the
+//! `wimse` CLI verifies and signs. Parsing is bounded (128 header fields) and never panics.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+const MAX_HEADERS: usize = 128;
+
+/// Why a raw HTTP message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RawHttpError {
+    /// The bytes are not an HTTP/1.1 message of the expected kind (request or response).
+    #[error("not an HTTP/1.1 {kind}: {reason}")]
+    Malformed {
+        /// `request` or `response`.
+        kind: &'static str,
+        /// What the parser objected to.
+        reason: String,
+    },
+    /// The message ends inside its head.
+    #[error("incomplete HTTP {0}")]
+    Incomplete(&'static str),
+    /// A field name is not a valid HTTP token.
+    #[error("invalid header name {0:?}")]
+    InvalidHeaderName(String),
+    /// A field value holds bytes that HTTP forbids.
+    #[error("invalid value for header {0}")]
+    InvalidHeaderValue(String),
+}
+
+/// A parsed request; header values kept as bytes, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRequest {
+    /// The method.
+    pub method: String,
+    /// The request target as written (origin-form or absolute-form).
+    pub target: String,
+    /// Header fields in order, values as bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body (everything after the empty line).
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// Parses a request. Line ends may be CRLF or LF; a file that stops after the last header
+    /// line (no empty line) is taken to have no body.
+    pub fn parse(bytes: &[u8]) -> Result<Self, RawHttpError> {
+        if let Some(request) = Self::parse_complete(bytes)? {
+            return Ok(request);
+        }
+        // One more try with the missing empty line; never more (no unbounded retries).
+        let mut terminated = bytes.to_vec();
+        terminated.extend_from_slice(b"\r\n");
+        match Self::parse_complete(&terminated)? {
+            Some(request) if request.body.is_empty() => Ok(request),
+            _ => Err(RawHttpError::Incomplete("request")),
+        }
+    }
+
+    fn parse_complete(bytes: &[u8]) -> Result<Option<Self>, RawHttpError> {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut storage);
+        let status =
+            request.parse(bytes).map_err(|e| RawHttpError::Malformed { kind: "request", reason: e.to_string() })?;
+        let httparse::Status::Complete(body_start) = status else { return Ok(None) };
+        Ok(Some(Self {
+            method: request.method.unwrap_or_default().to_owned(),
+            target: request.path.unwrap_or_default().to_owned(),
+            headers: request.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
+            body: bytes[body_start..].to_vec(),
+        }))
+    }
+
+    /// The path and query of the target (absolute-form targets are reduced to their path).
+    pub fn path(&self) -> &str {
+        match self.target.split_once("://") {
+            Some((_, rest)) => rest.find('/').map(|i| &rest[i..]).unwrap_or("/"),
+            None => &self.target,
+        }
+    }
+
+    /// The first value of the field `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+
+    /// Whether the field `name` is present.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    /// The fields as an `http` header map.
+    pub fn header_map(&self) -> Result<HeaderMap, RawHttpError> {
+        to_header_map(&self.headers)
+    }
+
+    /// Serializes with CRLF line ends.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.target).into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header fields in order, values as bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Parses a response (CRLF or LF line ends).
+    pub fn parse(bytes: &[u8]) -> Result<Self, RawHttpError> {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut storage);
+        let httparse::Status::Complete(body_start) =
+            response.parse(bytes).map_err(|e| RawHttpError::Malformed { kind: "response", reason: e.to_string() })?
+        else {
+            return Err(RawHttpError::Incomplete("response"));
+        };
+        Ok(Self {
+            status: response.code.unwrap_or_default(),
+            headers: response.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
+            body: bytes[body_start..].to_vec(),
+        })
+    }
+
+    /// The fields as an `http` header map.
+    pub fn header_map(&self) -> Result<HeaderMap, RawHttpError> {
+        to_header_map(&self.headers)
+    }
+}
+
+fn to_header_map(headers: &[(String, Vec<u8>)]) -> Result<HeaderMap, RawHttpError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| RawHttpError::InvalidHeaderName(name.clone()))?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| RawHttpError::InvalidHeaderValue(name.to_string()))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lf_and_crlf_and_round_trips() {
+        let lf = RawRequest::parse(b"POST /p?q=1 HTTP/1.1\nHost: a.example\nX: 1\n\nbody").unwrap();
+        assert_eq!((lf.method.as_str(), lf.path(), lf.body.as_slice()), ("POST", "/p?q=1", &b"body"[..]));
+        let again = RawRequest::parse(&lf.to_bytes()).unwrap();
+        assert_eq!(again, lf);
+        let unterminated = RawRequest::parse(b"GET / HTTP/1.1\nHost: a\n").unwrap();
+        assert_eq!(unterminated.header("host"), Some(&b"a"[..]));
+        let absolute = RawRequest::parse(b"GET https://a.example/x/y?z HTTP/1.1\n\n").unwrap();
+        assert_eq!(absolute.path(), "/x/y?z");
+        assert!(RawRequest::parse(b"garbage\x00\n\n").is_err());
+        assert!(RawRequest::parse(b"GET / HTTP/1.1\nHost").is_err());
+        let response = RawResponse::parse(b"HTTP/1.1 201 Created\nX: 1\n\nok").unwrap();
+        assert_eq!((response.status, response.body.as_slice()), (201, &b"ok"[..]));
+        assert_eq!(response.header_map().unwrap()["x"], "1");
+        assert_eq!(RawResponse::parse(b"HTTP/1.1 200 OK\nX: 1\n"), Err(RawHttpError::Incomplete("response")));
+    }
+
+    #[test]
+    fn names_each_failure() {
+        assert!(matches!(
+            RawRequest::parse(b"HTTP/1.1 200 OK\n\n"),
+            Err(RawHttpError::Malformed { kind: "request", .. })
+        ));
+        assert_eq!(RawRequest::parse(b"GET / HTTP/1.1\nHost: a"), Err(RawHttpError::Incomplete("request")));
+        let too_many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\n")).collect();
+        let err = RawRequest::parse(format!("GET / HTTP/1.1\n{too_many}\n").as_bytes()).unwrap_err();
+        assert!(matches!(err, RawHttpError::Malformed { .. }), "{err}");
+        let bad_name = RawRequest { headers: vec![("a b".into(), b"v".to_vec())], ..parse_ok(b"GET / HTTP/1.1\n\n") };
+        assert_eq!(bad_name.header_map(), Err(RawHttpError::InvalidHeaderName("a b".into())));
+        let bad_value = RawRequest { headers: vec![("x".into(), b"a\nb".to_vec())], ..bad_name };
+        assert_eq!(bad_value.header_map(), Err(RawHttpError::InvalidHeaderValue("x".into())));
+    }
+
+    fn parse_ok(bytes: &[u8]) -> RawRequest {
+        RawRequest::parse(bytes).unwrap()
+    }
+}
