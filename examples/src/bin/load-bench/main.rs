@@ -1,0 +1,270 @@
+//! Load benchmark: an axum and an actix-web server on loopback, each in four configurations
+//! (no authentication, WPT, HTTP message signatures, mutual TLS), driven from this process
+//! while the server runs in a child process.
+//!
+//! For every configuration the driver starts a fresh server process, checks that it really
+//! authenticates (an anonymous request is refused, an authenticated one names the caller and
+//! the proof mode), sends a warm-up, then a bounded number of requests over a fixed number of
+//! keep-alive connections, and prints requests per second, p50/p99 latency and the server
+//! process's CPU time per request (user + system, from `/proc`, so Linux only). Proofs are
+//! created before the timed phase, so the driver spends its time on HTTP only. It also
+//! measures one bare signature verification of the client's algorithm with the same backend in
+//! this process: the floor a verifying server cannot go below.
+//!
+//! Run: `cargo run --release -p wimse-examples --bin load-bench`
+//! (`-- --help` lists the options: request count, connections, algorithm, backend, filter).
+
+mod driver;
+mod server;
+mod setup;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use wimse_core::prelude::*;
+
+use crate::driver::Row;
+use crate::setup::Deployment;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The server framework under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framework {
+    Axum,
+    Actix,
+}
+
+impl Framework {
+    const ALL: [Framework; 2] = [Framework::Axum, Framework::Actix];
+
+    fn name(self) -> &'static str {
+        match self {
+            Framework::Axum => "axum",
+            Framework::Actix => "actix-web",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// How callers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    Wpt,
+    HttpSignature,
+    Mtls,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::None, Mode::Wpt, Mode::HttpSignature, Mode::Mtls];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Wpt => "wpt",
+            Mode::HttpSignature => "http-signature",
+            Mode::Mtls => "mtls",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    fn scheme(self) -> &'static str {
+        if self == Mode::Mtls { "https" } else { "http" }
+    }
+}
+
+/// Command-line options of the driver.
+#[derive(Debug, Clone)]
+struct Options {
+    requests: usize,
+    warmup: usize,
+    concurrency: usize,
+    algorithm: Algorithm,
+    backend: Backend,
+    only: Option<String>,
+}
+
+const USAGE: &str = "usage: load-bench [--requests N] [--warmup N] [--concurrency N] [--alg ES256|ES384|EdDSA]
+                  [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING]
+defaults: 20000 requests and 1000 warm-up requests per configuration, 16 connections, ES256,
+the default backend; --only keeps the configurations whose name (e.g. `axum wpt`) contains SUBSTRING";
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, Error> {
+        let mut options = Options {
+            requests: 20_000,
+            warmup: 1_000,
+            concurrency: 16,
+            algorithm: Algorithm::ES256,
+            backend: Backend::default(),
+            only: None,
+        };
+        while let Some(flag) = args.next() {
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let count = |v: &str| -> Result<usize, Error> {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{flag}: not a positive number").into())
+            };
+            match flag.as_str() {
+                "--requests" => options.requests = count(&value)?,
+                "--warmup" => options.warmup = count(&value)?,
+                "--concurrency" => options.concurrency = count(&value)?,
+                "--alg" => {
+                    options.algorithm = value.parse().map_err(|_| format!("--alg: unknown algorithm {value}"))?
+                }
+                "--backend" => options.backend = backend(&value)?,
+                "--only" => options.only = Some(value),
+                _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
+            }
+        }
+        if !matches!(options.algorithm, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA) {
+            return Err("--alg: workload keys are ES256, ES384 or EdDSA".into());
+        }
+        Ok(options)
+    }
+}
+
+fn backend(name: &str) -> Result<Backend, Error> {
+    Backend::available()
+        .into_iter()
+        .find(|b| b.name() == name)
+        .ok_or_else(|| format!("backend {name} is not compiled in (features aws-lc-rs, rust-crypto)").into())
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn ratio(cpu: Option<Duration>, floor: Duration) -> String {
+    cpu.map_or_else(|| "n/a".to_owned(), |cpu| format!("{:.2}x", cpu.as_secs_f64() / floor.as_secs_f64()))
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} CPUs, {model}")
+}
+
+/// Prints the results as a Markdown table, with each row's CPU per request against the bare
+/// verification and against the same framework without authentication.
+fn print_table(rows: &[Row], floor: Duration, options: &Options) {
+    let alg = options.algorithm.as_str();
+    println!(
+        "\n| server | proof | requests/s | p50 | p99 | server CPU per request | ÷ one bare {alg} verification | over no auth |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        let baseline = rows.iter().find(|r| r.framework == row.framework && r.mode == Mode::None);
+        let over = match (row.cpu_per_request, baseline.and_then(|b| b.cpu_per_request)) {
+            (Some(cpu), Some(base)) if row.mode != Mode::None => micros(cpu.saturating_sub(base)),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            row.framework.name(),
+            row.mode.name(),
+            row.requests_per_second,
+            millis(row.p50),
+            millis(row.p99),
+            row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros),
+            ratio(row.cpu_per_request, floor),
+            over,
+        );
+    }
+    for row in rows.iter().filter(|r| r.mode == Mode::Wpt) {
+        println!(
+            "\n{} WPT server: CPU per request {} = {} one bare {alg} verification ({})",
+            row.framework.name(),
+            row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros),
+            ratio(row.cpu_per_request, floor),
+            micros(floor),
+        );
+    }
+}
+
+fn drive(options: &Options) -> Result<(), Error> {
+    println!(
+        "load-bench: {} requests (+{} warm-up) per configuration over {} connections, {} with {}; {}",
+        options.requests,
+        options.warmup,
+        options.concurrency,
+        options.algorithm.as_str(),
+        options.backend.name(),
+        machine(),
+    );
+    let deployment = Deployment::new(options)?;
+    let floor = deployment.bare_verification_cost()?;
+    println!(
+        "one bare {} signature verification ({}): {}",
+        options.algorithm.as_str(),
+        options.backend.name(),
+        micros(floor)
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut rows = Vec::new();
+    for framework in Framework::ALL {
+        for mode in Mode::ALL {
+            let name = format!("{} {}", framework.name(), mode.name());
+            if options.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
+                continue;
+            }
+            let row = runtime
+                .block_on(driver::run(framework, mode, &deployment, options))
+                .map_err(|e| format!("{name}: {e}"))?;
+            println!(
+                "{name}: {:.0} requests/s, CPU per request {}",
+                row.requests_per_second,
+                row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros)
+            );
+            rows.push(row);
+        }
+    }
+    if rows.is_empty() {
+        return Err("--only matched no configuration".into());
+    }
+    print_table(&rows, floor, options);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let mut args = std::env::args().skip(1).peekable();
+    let result = if args.peek().map(String::as_str) == Some("serve") {
+        args.next();
+        server::main(args)
+    } else {
+        Options::parse(args).and_then(|options| drive(&options))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

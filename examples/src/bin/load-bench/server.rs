@@ -1,0 +1,139 @@
+//! `load-bench serve <framework> <mode>`: one server process. It reads its [`ServerSetup`] from
+//! standard input, binds `127.0.0.1:0`, prints `listening <address>` and serves `GET /bench`
+//! until it is killed. Authenticated configurations answer with the caller and its proof mode.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use wimse_core::prelude::*;
+use wimse_core::wic::{CurrentCertificate, WicAnchors, WorkloadCertificate, certificates_from_pem, server_config};
+
+use crate::setup::{CLIENT_ID, PROOF_LIFETIME, ServerSetup, TRUST_DOMAIN};
+use crate::{Error, Framework, Mode};
+
+/// How an authenticated server checks its callers.
+struct Auth {
+    verifier: Verifier,
+    policy: Policy,
+    tls: Option<rustls::ServerConfig>,
+}
+
+impl Auth {
+    fn new(setup: &ServerSetup, mode: Mode, origin: &str) -> Result<Self, Error> {
+        let backend = crate::backend(&setup.backend)?;
+        let mut config =
+            VerifierConfig::new().with_origin(origin).with_backend(backend).with_max_wpt_lifetime(PROOF_LIFETIME);
+        config = match mode {
+            Mode::Wpt => config.only_wpt(),
+            Mode::HttpSignature => config.only_http_signatures(),
+            Mode::None | Mode::Mtls => config,
+        };
+        let trust = TrustStore::new().with(
+            setup_domain()?,
+            TrustAnchors::from_jwks_json(&setup.trust_jwks)?.with_algorithms([Algorithm::ES256]),
+        );
+        let verifier = Verifier::new(trust, config)?.with_replay_cache(InMemoryReplayCache::new(setup.replay_capacity));
+        let policy = Policy::named("load-bench").allow(Rule::exact(CLIENT_ID.parse()?));
+        let tls = if mode == Mode::Mtls {
+            let anchors = WicAnchors::new();
+            anchors.set(setup_domain()?, certificates_from_pem(&setup.wic_ca_pem)?)?;
+            let certificate = WorkloadCertificate::from_pem(&setup.server_chain_pem, &setup.server_key_pem)?;
+            Some(server_config(&anchors, CurrentCertificate::new(&certificate, anchors.provider().clone())?)?)
+        } else {
+            None
+        };
+        Ok(Self { verifier, policy, tls })
+    }
+}
+
+fn setup_domain() -> Result<TrustDomain, Error> {
+    Ok(TRUST_DOMAIN.parse()?)
+}
+
+async fn anonymous() -> &'static str {
+    "anonymous"
+}
+
+async fn whoami_axum(wimse_axum::Caller(caller): wimse_axum::Caller) -> String {
+    format!("{} {}", caller.id(), caller.method().name())
+}
+
+async fn whoami_actix(caller: wimse_actix::Caller) -> String {
+    format!("{} {}", caller.id(), caller.method().name())
+}
+
+pub(crate) fn main(mut args: impl Iterator<Item = String>) -> Result<(), Error> {
+    let usage = "usage: load-bench serve <axum|actix-web> <none|wpt|http-signature|mtls> (setup JSON on stdin)";
+    let framework = args.next().as_deref().and_then(Framework::parse).ok_or(usage)?;
+    let mode = args.next().as_deref().and_then(Mode::parse).ok_or(usage)?;
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input)?;
+    let setup: ServerSetup = serde_json::from_str(&input)?;
+
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let auth = match mode {
+        Mode::None => None,
+        _ => Some(Auth::new(&setup, mode, &format!("{}://{address}", mode.scheme()))?),
+    };
+    // The listener is bound: connections wait in its backlog until the server runs.
+    println!("listening {address}");
+    std::io::stdout().flush()?;
+    match framework {
+        Framework::Axum => serve_axum(listener, auth),
+        Framework::Actix => serve_actix(listener, auth),
+    }
+}
+
+/// axum on a multi-threaded tokio runtime (one worker per CPU).
+fn serve_axum(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
+    use axum::Router;
+    use axum::routing::get;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let Some(auth) = auth else {
+            return Ok(axum::serve(listener, Router::new().route("/bench", get(anonymous))).await?);
+        };
+        let app = Router::new()
+            .route("/bench", get(whoami_axum))
+            .layer(wimse_axum::WimseLayer::new(auth.verifier).policy(auth.policy));
+        match auth.tls {
+            Some(tls) => wimse_axum::tls::serve(listener, Arc::new(tls), app).await?,
+            None => axum::serve(listener, app).await?,
+        }
+        Ok(())
+    })
+}
+
+/// actix-web with one worker per CPU.
+fn serve_actix(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
+    use actix_web::{App, HttpServer, web};
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    actix_web::rt::System::new().block_on(async move {
+        let server = match auth {
+            None => HttpServer::new(|| App::new().route("/bench", web::get().to(anonymous)))
+                .workers(workers)
+                .listen(listener)?
+                .run(),
+            Some(auth) => {
+                let config = wimse_actix::WimseConfig::new(auth.verifier).policy(auth.policy);
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .wrap(wimse_actix::Wimse::new(config.clone()))
+                        .route("/bench", web::get().to(whoami_actix))
+                })
+                .workers(workers);
+                match auth.tls {
+                    Some(tls) => server.on_connect(wimse_actix::tls::on_connect).listen_rustls_0_23(listener, tls)?,
+                    None => server.listen(listener)?,
+                }
+                .run()
+            }
+        };
+        server.await?;
+        Ok(())
+    })
+}

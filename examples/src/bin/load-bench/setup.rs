@@ -1,0 +1,121 @@
+//! The deployment under test: an identity server's key and WIC authority (held by the driver),
+//! the client's credentials, and what each server process is given on its standard input.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use wimse_core::prelude::*;
+use wimse_core::wic::{WicAnchors, WicAuthority, WicOptions, WicUsage, WorkloadCertificate};
+
+use crate::{Error, Options};
+
+/// The calling workload.
+pub(crate) const CLIENT_ID: &str = "spiffe://bench.example/client";
+/// The server workload (the identity in its WIC).
+pub(crate) const SERVER_ID: &str = "spiffe://bench.example/server";
+pub(crate) const TRUST_DOMAIN: &str = "spiffe://bench.example";
+/// Proofs are all created before the timed phase, so they must outlive it.
+pub(crate) const PROOF_LIFETIME: u64 = 300;
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What a server process needs, sent as JSON on its standard input (no key material on disk).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ServerSetup {
+    /// The identity server's public keys (JWKS) for WIT validation.
+    pub(crate) trust_jwks: String,
+    /// The WIC authority's certificate (PEM): the mTLS trust anchor.
+    pub(crate) wic_ca_pem: String,
+    /// The server's own WIC chain and PKCS#8 key (PEM).
+    pub(crate) server_chain_pem: String,
+    pub(crate) server_key_pem: String,
+    /// Crypto backend name.
+    pub(crate) backend: String,
+    /// Replay-cache capacity: every proof of a run stays live until it expires.
+    pub(crate) replay_capacity: usize,
+}
+
+/// Everything the driver holds.
+pub(crate) struct Deployment {
+    pub(crate) server: ServerSetup,
+    pub(crate) signer: Signer,
+    pub(crate) client_wic: WorkloadCertificate,
+    pub(crate) wic_anchors: WicAnchors,
+    client_key: SigningKey,
+    client_wit: String,
+    algorithm: Algorithm,
+    backend: Backend,
+}
+
+impl Deployment {
+    pub(crate) fn new(options: &Options) -> Result<Self, Error> {
+        let t = now();
+        let issuer = WitIssuer::new(SigningKey::generate(Algorithm::ES256)?.with_kid("bench-1"))
+            .with_backend(options.backend)
+            .with_lifetime(3600);
+        let client_key = SigningKey::generate(options.algorithm)?;
+        let client_wit = issuer.issue(&CLIENT_ID.parse()?, client_key.public_jwk(), t)?;
+        let credentials = Credentials::new(client_wit.clone(), client_key.clone())?;
+        let signer = Signer::new(StaticCredentials::new(credentials))
+            .with_lifetime(PROOF_LIFETIME)
+            .with_backend(options.backend);
+
+        let authority = WicAuthority::new(TRUST_DOMAIN.parse()?, t, 86_400)?;
+        let wic_anchors = WicAnchors::new();
+        wic_anchors.set(authority.trust_domain().clone(), [authority.certificate().clone()])?;
+        let server_wic = authority.issue(
+            &SERVER_ID.parse()?,
+            &WicOptions::new(WicUsage::Server, t, 3600).ip_address(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        )?;
+        let client_wic = authority.issue(&CLIENT_ID.parse()?, &WicOptions::new(WicUsage::Client, t, 3600))?;
+        let (server_chain_pem, server_key_pem) = server_wic.to_pem();
+        let server = ServerSetup {
+            trust_jwks: serde_json::json!({"keys": [issuer.public_key().jwk()]}).to_string(),
+            wic_ca_pem: authority.to_pem().0,
+            server_chain_pem,
+            server_key_pem,
+            backend: options.backend.name().to_owned(),
+            replay_capacity: (options.requests + options.warmup + 1_000).max(100_000),
+        };
+        Ok(Self {
+            server,
+            signer,
+            client_wic,
+            wic_anchors,
+            client_key,
+            client_wit,
+            algorithm: options.algorithm,
+            backend: options.backend,
+        })
+    }
+
+    /// The median cost of one bare signature verification of a WPT-sized signing input with
+    /// the client's key: what a server pays at least per authenticated request.
+    pub(crate) fn bare_verification_cost(&self) -> Result<Duration, Error> {
+        const ROUNDS: usize = 7;
+        const PER_ROUND: u32 = 500;
+        let wpt = WptBuilder::new(&self.client_key, &self.client_wit, "http://127.0.0.1:1/bench")
+            .backend(self.backend)
+            .sign(now())?;
+        let message = wpt.rsplit_once('.').ok_or("a WPT has three parts")?.0.as_bytes();
+        let signature = self.client_key.sign(self.backend, message)?;
+        let public = self.client_key.public_key();
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for _ in 0..=ROUNDS {
+            let start = Instant::now();
+            for _ in 0..PER_ROUND {
+                if !public.verify(self.backend, self.algorithm, black_box(message), black_box(&signature)) {
+                    return Err("the bare verification failed".into());
+                }
+            }
+            rounds.push(start.elapsed() / PER_ROUND);
+        }
+        rounds.remove(0); // the first round warms caches up
+        rounds.sort();
+        Ok(rounds[rounds.len() / 2])
+    }
+}

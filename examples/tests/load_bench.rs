@@ -1,0 +1,63 @@
+//! The load benchmark program runs every configuration end to end (a short run: the numbers of
+//! a debug build mean nothing, but each server must authenticate and answer every request).
+
+use std::process::Command;
+
+fn load_bench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_load-bench")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_configuration_runs_and_is_tabulated() {
+    let (ok, stdout, stderr) = load_bench(&["--requests", "200", "--warmup", "20", "--concurrency", "4"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("one bare ES256 signature verification"), "{stdout}");
+    for framework in ["axum", "actix-web"] {
+        for mode in ["none", "wpt", "http-signature", "mtls"] {
+            let row = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("| {framework} | {mode} |")))
+                .unwrap_or_else(|| panic!("no row for {framework} {mode} in\n{stdout}"));
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 8, "{row}");
+            let rps: f64 = cells[2].parse().unwrap_or_else(|_| panic!("requests/s in {row}"));
+            assert!(rps > 0.0, "{row}");
+            for latency in &cells[3..5] {
+                assert!(latency.ends_with(" ms"), "{row}");
+            }
+            // CPU time comes from /proc on Linux.
+            assert!(cells[5].ends_with(" µs") && cells[6].ends_with('x'), "{row}");
+        }
+        assert!(stdout.contains(&format!("{framework} WPT server: CPU per request")), "{stdout}");
+    }
+}
+
+#[test]
+fn a_filter_runs_only_matching_configurations() {
+    let (ok, stdout, stderr) =
+        load_bench(&["--requests", "50", "--warmup", "5", "--alg", "EdDSA", "--only", "axum wpt"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("one bare EdDSA signature verification"), "{stdout}");
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| axum") || l.starts_with("| actix")).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(rows[0].starts_with("| axum | wpt |"), "{stdout}");
+}
+
+#[test]
+fn bad_options_are_refused_with_a_message() {
+    let (ok, _, stderr) = load_bench(&["--requests", "0"]);
+    assert!(!ok && stderr.contains("--requests: not a positive number"), "{stderr}");
+    let (ok, _, stderr) = load_bench(&["--alg", "RS256"]);
+    assert!(!ok && stderr.contains("ES256, ES384 or EdDSA"), "{stderr}");
+    let (ok, _, stderr) = load_bench(&["--only", "nothing-matches"]);
+    assert!(!ok && stderr.contains("matched no configuration"), "{stderr}");
+    let (ok, stdout, _) = load_bench(&["--help"]);
+    assert!(ok && stdout.contains("usage: load-bench"), "{stdout}");
+    let (ok, _, stderr) = load_bench(&["serve", "nginx", "wpt"]);
+    assert!(!ok && stderr.contains("usage: load-bench serve"), "{stderr}");
+}
