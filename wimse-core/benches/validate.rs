@@ -73,6 +73,11 @@ fn benches(c: &mut Criterion) {
                 b.iter(|| assert!(public.verify(backend, alg, black_box(message), &signature)))
             });
 
+            // The client side: a fresh WPT per request.
+            c.bench_with_input(BenchmarkId::new("wpt_sign", &id), &s, |b, s| {
+                b.iter(|| WptBuilder::new(&s.workload_key, black_box(&s.wit), AUD).backend(backend).sign(NOW).unwrap())
+            });
+
             let verified = validate_wit(&s.wit, &s.trust, &wit_cfg, NOW).unwrap();
             let mut wpt_cfg = WptValidation::default();
             wpt_cfg.backend = backend;
@@ -117,10 +122,10 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-/// Signing and verifying an HTTP message signature over a request with a 1 KiB body (the
-/// Content-Digest is computed and checked inside).
+/// Signing and verifying an HTTP message signature over a request, then over its response,
+/// each with a 1 KiB body (the Content-Digest is computed and checked inside).
 fn signatures(c: &mut Criterion) {
-    use wimse_core::httpsig::{self, RequestParts, SignOptions, SignatureValidation};
+    use wimse_core::httpsig::{self, RequestParts, ResponseParts, SignOptions, SignatureValidation};
     let body = vec![b'x'; 1024];
     for alg in [Algorithm::ES256, Algorithm::EdDSA] {
         let s = setup(alg, alg);
@@ -129,7 +134,7 @@ fn signatures(c: &mut Criterion) {
             let id = format!("{}/{alg}", backend.name());
             let mut options = SignOptions::default();
             options.backend = backend;
-            let sign = |headers: &mut HeaderMap| {
+            let sign = |headers: &mut HeaderMap, sign_response: bool| {
                 headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
                 httpsig::sign_request(
                     headers,
@@ -142,7 +147,7 @@ fn signatures(c: &mut Criterion) {
                     &s.wit,
                     &s.workload_key,
                     AUD,
-                    false,
+                    sign_response,
                     &options,
                     NOW,
                 )
@@ -151,11 +156,11 @@ fn signatures(c: &mut Criterion) {
             c.bench_function(&format!("httpsig_sign_request_1k/{id}"), |b| {
                 b.iter(|| {
                     let mut headers = HeaderMap::new();
-                    sign(&mut headers)
+                    sign(&mut headers, false)
                 })
             });
             let mut headers = HeaderMap::new();
-            sign(&mut headers);
+            sign(&mut headers, false);
             let mut cfg = SignatureValidation::default();
             cfg.backend = backend;
             let parts = RequestParts {
@@ -178,6 +183,42 @@ fn signatures(c: &mut Criterion) {
                         NOW,
                     )
                     .unwrap()
+                })
+            });
+
+            // A signed response (1 KiB body) to a request that asked for one.
+            let mut request_headers = HeaderMap::new();
+            let sent = sign(&mut request_headers, true);
+            let request = RequestParts { headers: &request_headers, ..parts };
+            let sign_response = |headers: &mut HeaderMap| {
+                headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+                httpsig::sign_response(
+                    headers,
+                    200,
+                    &request,
+                    Some(&body),
+                    &s.wit,
+                    &s.workload_key,
+                    &sent.nonce,
+                    &options,
+                    NOW,
+                )
+                .unwrap()
+            };
+            c.bench_function(&format!("httpsig_sign_response_1k/{id}"), |b| {
+                b.iter(|| {
+                    let mut headers = HeaderMap::new();
+                    sign_response(&mut headers);
+                    headers
+                })
+            });
+            let mut response_headers = HeaderMap::new();
+            sign_response(&mut response_headers);
+            let response = ResponseParts { status: 200, headers: &response_headers };
+            c.bench_function(&format!("httpsig_verify_response_1k/{id}"), |b| {
+                b.iter(|| {
+                    httpsig::verify_response(black_box(&request), &response, Some(&body), &wit, &sent.nonce, &cfg, NOW)
+                        .unwrap()
                 })
             });
         }

@@ -2,10 +2,12 @@
 //! verification then only run the algorithm.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use rand_core::OsRng;
 
+use super::prepared::{ParsedPublic, ParsedSecret, PreparedPublic, PreparedSecret};
 use super::{Algorithm, Backend, Jwk, b64url_decode, b64url_encode};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -47,6 +49,12 @@ fn invalid(detail: &'static str) -> Error {
     Error::with_detail(ErrorKind::InvalidKey, detail)
 }
 
+/// The uncompressed SEC1 point of an EC JWK whose coordinates are `len` bytes each.
+fn ec_point(jwk: &Jwk, len: usize) -> Result<Vec<u8>> {
+    let (x, y) = (decode_fixed(jwk.x.as_ref(), len, "EC x")?, decode_fixed(jwk.y.as_ref(), len, "EC y")?);
+    Ok([&[4u8][..], &x, &y].concat())
+}
+
 fn decode_fixed(value: Option<&String>, len: usize, what: &'static str) -> Result<Vec<u8>> {
     let bytes = b64url_decode(value.ok_or_else(|| invalid(what))?).map_err(|_| invalid(what))?;
     if bytes.len() != len {
@@ -60,8 +68,13 @@ fn decode_fixed(value: Option<&String>, len: usize, what: &'static str) -> Resul
 pub struct PublicKey {
     kind: KeyKind,
     alg: Option<Algorithm>,
-    decoding: DecodingKey,
+    /// EC and Ed25519 keys, ready for either backend; `None` for RSA.
+    prepared: Option<PreparedPublic>,
+    /// RSA keys, verified through jsonwebtoken.
+    decoding: Option<DecodingKey>,
     jwk: Jwk,
+    /// Computed on first use: a verifier needs it once per caller, not per request.
+    thumbprint: OnceLock<String>,
 }
 
 impl PublicKey {
@@ -74,24 +87,25 @@ impl PublicKey {
         }
         let alg =
             jwk.alg.as_deref().map(str::parse::<Algorithm>).transpose().map_err(|_| invalid("unsupported alg"))?;
-        let (kind, decoding) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        let (kind, parsed) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
             ("EC", Some("P-256")) => {
-                let (x, y) = (decode_fixed(jwk.x.as_ref(), 32, "EC x")?, decode_fixed(jwk.y.as_ref(), 32, "EC y")?);
-                let point = [&[4u8][..], &x, &y].concat();
-                p256::PublicKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-256 point"))?;
-                (KeyKind::P256, DecodingKey::from_ec_der(&point))
+                let point = ec_point(jwk, 32)?;
+                let key =
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-256 point"))?;
+                (KeyKind::P256, Ok(ParsedPublic::P256(key)))
             }
             ("EC", Some("P-384")) => {
-                let (x, y) = (decode_fixed(jwk.x.as_ref(), 48, "EC x")?, decode_fixed(jwk.y.as_ref(), 48, "EC y")?);
-                let point = [&[4u8][..], &x, &y].concat();
-                p384::PublicKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-384 point"))?;
-                (KeyKind::P384, DecodingKey::from_ec_der(&point))
+                let point = ec_point(jwk, 48)?;
+                let key =
+                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-384 point"))?;
+                (KeyKind::P384, Ok(ParsedPublic::P384(key)))
             }
             ("OKP", Some("Ed25519")) => {
                 let x = decode_fixed(jwk.x.as_ref(), 32, "OKP x")?;
                 let bytes: [u8; 32] = x.as_slice().try_into().map_err(|_| invalid("OKP x"))?;
-                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("not an Ed25519 point"))?;
-                (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
+                let key =
+                    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("not an Ed25519 point"))?;
+                (KeyKind::Ed25519, Ok(ParsedPublic::Ed25519(key)))
             }
             ("RSA", _) => {
                 let n =
@@ -104,14 +118,25 @@ impl PublicKey {
                 if e.is_empty() || e.len() > 4 || e.first() == Some(&0) {
                     return Err(invalid("RSA exponent"));
                 }
-                (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+                (KeyKind::Rsa, Err(DecodingKey::from_rsa_raw_components(&n, &e)))
             }
             _ => return Err(invalid("unsupported kty/crv")),
         };
         if alg.is_some_and(|alg| !kind.accepts(alg)) {
             return Err(invalid("alg does not fit the key type"));
         }
-        Ok(Self { kind, alg: alg.or(kind.only_algorithm()), decoding, jwk: jwk.to_public() })
+        let (prepared, decoding) = match parsed {
+            Ok(parsed) => (Some(PreparedPublic::new(parsed)), None),
+            Err(rsa) => (None, Some(rsa)),
+        };
+        Ok(Self {
+            kind,
+            alg: alg.or(kind.only_algorithm()),
+            prepared,
+            decoding,
+            jwk: jwk.to_public(),
+            thumbprint: OnceLock::new(),
+        })
     }
 
     /// The algorithm this key is pinned to, if any (always set for EC and OKP keys).
@@ -136,8 +161,9 @@ impl PublicKey {
 
     /// RFC 7638 thumbprint of the key.
     pub fn thumbprint(&self) -> String {
-        // `from_jwk` checked every member the thumbprint needs.
-        self.jwk.thumbprint().unwrap_or_default()
+        // `from_jwk` checked every member the thumbprint needs; `kid` and `alg`, which may be
+        // set later, are not part of it.
+        self.thumbprint.get_or_init(|| self.jwk.thumbprint().unwrap_or_default()).clone()
     }
 
     /// Verifies `signature` over `message` with `alg`. Returns `false` for a wrong signature or
@@ -146,7 +172,11 @@ impl PublicKey {
         if !self.accepts(alg) {
             return false;
         }
-        match (backend.provider().verifier_factory)(&alg.to_jsonwebtoken(), &self.decoding) {
+        if let Some(prepared) = &self.prepared {
+            return prepared.verify(backend, message, signature);
+        }
+        let Some(decoding) = &self.decoding else { return false };
+        match (backend.provider().verifier_factory)(&alg.to_jsonwebtoken(), decoding) {
             Ok(verifier) => verifier.verify(message, &signature.to_vec()).is_ok(),
             Err(_) => false,
         }
@@ -163,7 +193,10 @@ impl fmt::Debug for PublicKey {
 #[derive(Clone)]
 pub struct SigningKey {
     alg: Algorithm,
-    encoding: EncodingKey,
+    /// EC and Ed25519 keys, ready for either backend.
+    prepared: Option<PreparedSecret>,
+    /// RSA keys, signed with through jsonwebtoken.
+    encoding: Option<EncodingKey>,
     public: PublicKey,
     private_jwk: Jwk,
 }
@@ -196,16 +229,16 @@ impl SigningKey {
             .map_err(|_| invalid("private member d"))?;
         let public = PublicKey::from_jwk(&jwk.to_public())?;
         let alg = public.alg.ok_or_else(|| invalid("an RSA signing key needs `alg`"))?;
-        let encoding = match public.kind {
+        let (prepared, encoding) = match public.kind {
             KeyKind::P256 => {
                 let secret = p256::SecretKey::from_slice(&d).map_err(|_| invalid("P-256 d"))?;
                 check_same_public(&secret.public_key().to_sec1_bytes(), &public)?;
-                EncodingKey::from_ec_der(pkcs8_p256(&secret)?.as_slice())
+                (Some(PreparedSecret::new(ParsedSecret::P256(secret.into()))?), None)
             }
             KeyKind::P384 => {
                 let secret = p384::SecretKey::from_slice(&d).map_err(|_| invalid("P-384 d"))?;
                 check_same_public(&secret.public_key().to_sec1_bytes(), &public)?;
-                EncodingKey::from_ec_der(pkcs8_p384(&secret)?.as_slice())
+                (Some(PreparedSecret::new(ParsedSecret::P384(secret.into()))?), None)
             }
             KeyKind::Ed25519 => {
                 let seed: [u8; 32] = d.as_slice().try_into().map_err(|_| invalid("Ed25519 d"))?;
@@ -214,20 +247,21 @@ impl SigningKey {
                 if b64url_encode(secret.verifying_key().to_bytes()) != x {
                     return Err(invalid("private and public members disagree"));
                 }
-                use ed25519_dalek::pkcs8::EncodePrivateKey;
-                let der = secret.to_pkcs8_der().map_err(|_| invalid("Ed25519 PKCS#8"))?;
-                EncodingKey::from_ed_der(der.as_bytes())
+                (Some(PreparedSecret::new(ParsedSecret::Ed25519(secret))?), None)
             }
-            KeyKind::Rsa => EncodingKey::from_rsa_der(&rsa_pkcs1_der(jwk, d)?),
+            KeyKind::Rsa => {
+                let encoding = EncodingKey::from_rsa_der(&rsa_pkcs1_der(jwk, d)?);
+                // Build a signer once so a broken key fails here, not on the first request.
+                (Backend::default().provider().signer_factory)(&alg.to_jsonwebtoken(), &encoding)
+                    .map_err(|_| invalid("the backend refused the private key"))?;
+                (None, Some(encoding))
+            }
         };
-        // Build a signer once so a broken key fails here, not on the first request.
-        (Backend::default().provider().signer_factory)(&alg.to_jsonwebtoken(), &encoding)
-            .map_err(|_| invalid("the backend refused the private key"))?;
         let mut private_jwk = jwk.clone();
         private_jwk.alg = Some(alg.as_str().into());
         let mut public = public;
         public.jwk.alg = Some(alg.as_str().into());
-        Ok(Self { alg, encoding, public, private_jwk })
+        Ok(Self { alg, prepared, encoding, public, private_jwk })
     }
 
     /// Imports a PKCS#8 PEM private key for `alg` (ES256, ES384 or EdDSA).
@@ -289,7 +323,11 @@ impl SigningKey {
 
     /// Signs `message` with the key's algorithm.
     pub fn sign(&self, backend: Backend, message: &[u8]) -> Result<Vec<u8>> {
-        let signer = (backend.provider().signer_factory)(&self.alg.to_jsonwebtoken(), &self.encoding)
+        if let Some(prepared) = &self.prepared {
+            return prepared.sign(backend, message);
+        }
+        let encoding = self.encoding.as_ref().ok_or_else(|| Error::with_detail(ErrorKind::Crypto, "no signing key"))?;
+        let signer = (backend.provider().signer_factory)(&self.alg.to_jsonwebtoken(), encoding)
             .map_err(|_| Error::with_detail(ErrorKind::Crypto, "could not build a signer"))?;
         signer.try_sign(message).map_err(|_| Error::with_detail(ErrorKind::Crypto, "signing failed"))
     }
@@ -330,16 +368,6 @@ fn check_same_public(sec1_uncompressed: &[u8], public: &PublicKey) -> Result<()>
         return Err(invalid("private and public members disagree"));
     }
     Ok(())
-}
-
-fn pkcs8_p256(secret: &p256::SecretKey) -> Result<Vec<u8>> {
-    use p256::pkcs8::EncodePrivateKey;
-    Ok(secret.to_pkcs8_der().map_err(|_| invalid("P-256 PKCS#8"))?.as_bytes().to_vec())
-}
-
-fn pkcs8_p384(secret: &p384::SecretKey) -> Result<Vec<u8>> {
-    use p384::pkcs8::EncodePrivateKey;
-    Ok(secret.to_pkcs8_der().map_err(|_| invalid("P-384 PKCS#8"))?.as_bytes().to_vec())
 }
 
 /// Builds a PKCS#1 `RSAPrivateKey` (RFC 8017 A.1.2) from the JWK's members: both backends take
@@ -409,6 +437,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The keys prepared once per key must decide exactly as jsonwebtoken's providers, which
+    /// parse the key on every call, on valid, altered and foreign signatures.
+    #[test]
+    fn prepared_keys_agree_with_jsonwebtoken() {
+        let reference = |key: &PublicKey, backend: Backend, alg: Algorithm, message: &[u8], signature: &[u8]| {
+            let jwk = key.jwk();
+            let decoding = match alg {
+                Algorithm::EdDSA => DecodingKey::from_ed_der(&b64url_decode(jwk.x.as_deref().unwrap()).unwrap()),
+                _ => DecodingKey::from_ec_der(&ec_point(jwk, if alg == Algorithm::ES256 { 32 } else { 48 }).unwrap()),
+            };
+            (backend.provider().verifier_factory)(&alg.to_jsonwebtoken(), &decoding)
+                .unwrap()
+                .verify(message, &signature.to_vec())
+                .is_ok()
+        };
+        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+            let key = SigningKey::generate(alg).unwrap();
+            let other = SigningKey::generate(alg).unwrap();
+            for backend in Backend::available() {
+                let good = key.sign(backend, b"message").unwrap();
+                let mut flipped = good.clone();
+                flipped[5] ^= 1;
+                let cases: [(&[u8], Vec<u8>, bool); 6] = [
+                    (b"message", good.clone(), true),
+                    (b"messagf", good.clone(), false),
+                    (b"message", flipped, false),
+                    (b"message", good[..good.len() - 1].to_vec(), false),
+                    (b"message", Vec::new(), false),
+                    (b"message", other.sign(backend, b"message").unwrap(), false),
+                ];
+                for verifier in Backend::available() {
+                    for (i, (message, signature, expected)) in cases.iter().enumerate() {
+                        let ours = key.public_key().verify(verifier, alg, message, signature);
+                        assert_eq!(ours, *expected, "{alg} case {i} {backend:?}->{verifier:?}");
+                        assert_eq!(ours, reference(key.public_key(), verifier, alg, message, signature), "case {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn thumbprint_is_computed_once_and_ignores_kid() {
+        let key = SigningKey::generate(Algorithm::ES256).unwrap();
+        let before = key.public_key().thumbprint();
+        assert_eq!(before, key.public_jwk().thumbprint().unwrap());
+        let named = key.with_kid("k1");
+        assert_eq!(named.public_key().thumbprint(), before);
     }
 
     #[test]

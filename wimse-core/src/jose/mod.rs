@@ -12,6 +12,7 @@ pub(crate) mod json;
 pub mod jwk;
 pub mod jws;
 mod key;
+mod prepared;
 
 use std::fmt;
 use std::str::FromStr;
