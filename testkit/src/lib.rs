@@ -247,6 +247,8 @@ pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_s
     let response =
         signature_client(deployment, ALLOWED, SERVER).post(&url).body("amount=1").send().await.expect("send");
     assert!(response.headers().contains_key("signature-input"), "the response is signed");
+    // The middleware rebuilds the response after checking it: its URL survives.
+    assert_eq!(response.url().as_str(), url, "the verified response keeps its URL");
     assert_eq!(status_and_body(response).await, (200, format!("{ALLOWED} http-signature amount=1")));
     // The client refuses a valid signed response from another workload than the one expected.
     let err = signature_client(deployment, ALLOWED, "spiffe://prod.example/other")

@@ -38,7 +38,7 @@ pub use bundle::BundleSource;
 pub use issuer_source::{Bootstrap, IssuerCredentials, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time};
 
 use http::{Extensions, HeaderName, HeaderValue};
-use reqwest::{Request, Response, Url};
+use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next, Result};
 pub use wimse_core;
 use wimse_core::httpsig::{self, RequestParts, ResponseParts};
@@ -251,6 +251,9 @@ impl WimseMiddleware {
         let status = response.status();
         let version = response.version();
         let headers = response.headers().clone();
+        // Kept for the rebuilt response: its final URL (after redirects) and extensions.
+        let response_url = response.url().clone();
+        let extensions = response.extensions().clone();
         let body = response
             .bytes()
             .await
@@ -270,10 +273,14 @@ impl WimseMiddleware {
         };
         let res = ResponseParts { status: status.as_u16(), headers: &headers };
         verifier.verify(&req, &res, &body, &signature.nonce, self.expected_identity_for(&url).as_ref())?;
-        let mut rebuilt = http::Response::new(body);
-        *rebuilt.status_mut() = status;
-        *rebuilt.version_mut() = version;
+        let mut rebuilt = http::Response::builder()
+            .status(status)
+            .version(version)
+            .url(response_url)
+            .body(body)
+            .map_err(|_| Error::with_detail(ErrorKind::InvalidHeaderValue, "the response could not be rebuilt"))?;
         *rebuilt.headers_mut() = headers;
+        rebuilt.extensions_mut().extend(extensions);
         Ok(Response::from(rebuilt))
     }
 }
