@@ -212,6 +212,27 @@ fn http1_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMa
 }
 
 /// The signed-request path: buffer the body, verify, call the service, sign the response.
+/// What a response signature covers of its request (`;req` components).
+struct SignedRequest {
+    headers: http::HeaderMap,
+    method: String,
+    path: String,
+    query: String,
+    authority: String,
+}
+
+impl SignedRequest {
+    fn of(req: &ServiceRequest) -> Self {
+        Self {
+            headers: http1_headers(req.headers()),
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            query: req.query_string().to_owned(),
+            authority: req.connection_info().host().to_owned(),
+        }
+    }
+}
+
 async fn signed<S, B>(
     guard: Guard,
     service: Rc<S>,
@@ -243,15 +264,18 @@ where
         Ok(nonce) => nonce,
         Err(error) => return reject(req, &error).await,
     };
-    let request_headers = http1_headers(req.headers());
-    let (method, path, query) = (req.method().to_string(), req.path().to_owned(), req.query_string().to_owned());
-    let authority = req.connection_info().host().to_owned();
+    // Kept to build the response signature's `;req` components, when there will be one.
+    let signing = match (nonce, guard.response_signer()) {
+        (Some(nonce), Some(signer)) => Some((nonce, signer, SignedRequest::of(&req))),
+        _ => None,
+    };
     req.set_payload(Payload::from(body));
     if let Some(caller) = caller {
         req.extensions_mut().insert(caller);
     }
     let response = service.call(req).await?;
-    let (Some(nonce), Some(signer)) = (nonce, guard.response_signer()) else {
+    let Some((nonce, signer, SignedRequest { headers: request_headers, method, path, query, authority })) = signing
+    else {
         return Ok(response.map_into_left_body());
     };
     let (http_req, response) = response.into_parts();

@@ -221,14 +221,19 @@ where
         Ok(nonce) => nonce,
         Err(error) => return Ok(reject(&error)),
     };
-    // Kept to build the response signature's `;req` components.
-    let (method, uri, req_headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    // Kept to build the response signature's `;req` components, when there will be one.
+    let signing = match (request_nonce, layer.guard.response_signer()) {
+        (Some(nonce), Some(signer)) => {
+            Some((nonce, signer, parts.method.clone(), parts.uri.clone(), parts.headers.clone()))
+        }
+        _ => None,
+    };
     let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
     if let Some(caller) = caller {
         req.extensions_mut().insert(caller);
     }
     let response = inner.call(req).await?;
-    let (Some(nonce), Some(signer)) = (request_nonce, layer.guard.response_signer()) else {
+    let Some((nonce, signer, method, uri, req_headers)) = signing else {
         return Ok(response.map(Either::Left));
     };
     let (mut res_parts, res_body) = response.into_parts();

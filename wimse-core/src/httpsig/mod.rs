@@ -404,7 +404,7 @@ pub fn sign_request(
     if sign_response {
         p.insert(key_of("wimse-sign-response"), BareItem::Boolean(true));
     }
-    let signature_params = sf::serialize_inner_list(&sf::inner_list(&components, p)?)?;
+    let signature_params = sf::serialize_inner_list(&sf::inner_list(&components, p)?);
     let req = RequestParts { headers: &*headers, ..req };
     let base = signature_base::<HeaderMap, HeaderMap>(&components, &signature_params, Some(&req), None)?;
     let signature = key.sign(options.backend, base.as_bytes())?;
@@ -442,7 +442,7 @@ pub fn sign_response<Q: HeaderSource + ?Sized>(
             .map(BareItem::String)
             .map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))?,
     );
-    let signature_params = sf::serialize_inner_list(&sf::inner_list(&components, p)?)?;
+    let signature_params = sf::serialize_inner_list(&sf::inner_list(&components, p)?);
     let res = ResponseParts { status, headers: &*headers };
     let base = signature_base(&components, &signature_params, Some(req), Some(&res))?;
     let signature = key.sign(options.backend, base.as_bytes())?;

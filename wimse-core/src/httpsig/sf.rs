@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use sfv::visitor::{DictionaryVisitor, EntryVisitor};
-use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, KeyRef, ListEntry, Parameters, Parser};
+use sfv::{BareItem, Dictionary, InnerList, Item, KeyRef, ListEntry, Parameters, Parser};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -149,9 +149,14 @@ pub(crate) fn parse_dictionary(values: &[&str]) -> Result<Dictionary> {
 }
 
 /// Serializes an inner list with parameters, as `@signature-params` and `Signature-Input` carry it.
-pub(crate) fn serialize_inner_list(list: &InnerList) -> Result<String> {
-    let as_list: sfv::List = vec![ListEntry::InnerList(list.clone())];
-    as_list.serialize().ok_or_else(|| malformed("empty signature parameters"))
+pub(crate) fn serialize_inner_list(list: &InnerList) -> String {
+    let mut out = String::new();
+    let mut serializer = sfv::ListSerializer::with_buffer(&mut out);
+    let mut inner = serializer.inner_list();
+    inner.items(&list.items);
+    let _ = inner.finish().parameters(&list.params);
+    let _ = serializer.finish();
+    out
 }
 
 /// Builds the inner list for `components` and `params` (in order).
@@ -194,8 +199,8 @@ pub fn parse_signatures(inputs: &[&str], signatures: &[&str]) -> Result<Vec<Pars
         out.push(ParsedSignature {
             label: label.as_str().to_owned(),
             components,
-            params: list.params.clone(),
-            signature_params: serialize_inner_list(&list)?,
+            signature_params: serialize_inner_list(&list),
+            params: list.params,
             value,
         });
     }
