@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use wimse_core::cred::{Credentials, StaticCredentials};
 use wimse_core::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
+use wimse_core::httpsig::OutgoingRequest;
 use wimse_core::jose::SigningKey;
 use wimse_core::sign::Signer;
 use wimse_core::time::FixedClock;
@@ -126,19 +127,17 @@ fn sign_httpsig(
         None => (target.as_str(), None),
     };
     let body = (!request.body.is_empty()).then_some(request.body.as_slice());
-    signer
-        .sign_request_signature(
-            &mut headers,
-            &request.method,
-            "https",
-            &host,
-            path,
-            query,
-            body,
-            aud,
-            args.sign_response,
-        )
-        .map_err(|e| e.to_string())?;
+    let outgoing = OutgoingRequest {
+        method: &request.method,
+        scheme: "https",
+        authority: &host,
+        path,
+        query,
+        body,
+        aud,
+        sign_response: args.sign_response,
+    };
+    signer.sign_request_signature(&mut headers, &outgoing).map_err(|e| e.to_string())?;
     // Keep the original fields in order and append what signing added.
     for name in ["workload-identity-token", "content-digest", "signature-input", "signature"] {
         if let Some(value) = headers.get(name) {

@@ -125,7 +125,7 @@ fn benches(c: &mut Criterion) {
 /// Signing and verifying an HTTP message signature over a request, then over its response,
 /// each with a 1 KiB body (the Content-Digest is computed and checked inside).
 fn signatures(c: &mut Criterion) {
-    use wimse_core::httpsig::{self, RequestParts, ResponseParts, SignOptions, SignatureValidation};
+    use wimse_core::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts, SignOptions, SignatureValidation};
     let body = vec![b'x'; 1024];
     for alg in [Algorithm::ES256, Algorithm::EdDSA] {
         let s = setup(alg, alg);
@@ -136,22 +136,17 @@ fn signatures(c: &mut Criterion) {
             options.backend = backend;
             let sign = |headers: &mut HeaderMap, sign_response: bool| {
                 headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
-                httpsig::sign_request(
-                    headers,
-                    "POST",
-                    "https",
-                    "payments.example",
-                    "/charge",
-                    Some("id=7"),
-                    Some(&body),
-                    &s.wit,
-                    &s.workload_key,
-                    AUD,
+                let request = OutgoingRequest {
+                    method: "POST",
+                    scheme: "https",
+                    authority: "payments.example",
+                    path: "/charge",
+                    query: Some("id=7"),
+                    body: Some(&body),
+                    aud: AUD,
                     sign_response,
-                    &options,
-                    NOW,
-                )
-                .unwrap()
+                };
+                httpsig::sign_request(headers, &request, &s.wit, &s.workload_key, &options, NOW).unwrap()
             };
             c.bench_function(&format!("httpsig_sign_request_1k/{id}"), |b| {
                 b.iter(|| {

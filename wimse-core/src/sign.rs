@@ -142,41 +142,19 @@ impl Signer {
 
     /// Signs a request with an HTTP message signature (http-signature-08) instead of a WPT:
     /// sets the WIT, `Content-Digest` for a body, `Signature-Input` and `Signature`.
-    /// `sign_response` asks the server to sign its response; keep the returned nonce to check it.
-    #[allow(clippy::too_many_arguments)]
+    /// `request.sign_response` asks the server to sign its response; keep the returned nonce
+    /// to check it.
     pub fn sign_request_signature(
         &self,
         headers: &mut HeaderMap,
-        method: &str,
-        scheme: &str,
-        authority: &str,
-        path: &str,
-        query: Option<&str>,
-        body: Option<&[u8]>,
-        aud: &str,
-        sign_response: bool,
+        request: &httpsig::OutgoingRequest<'_>,
     ) -> Result<RequestSignature> {
         if headers.get_all(AUTHORIZATION).iter().any(|v| v.as_bytes().starts_with(b"WPT ")) {
             headers.remove(AUTHORIZATION);
         }
         let now = self.clock.now();
         let credentials = self.source.credentials(now)?;
-        let options = self.sign_options();
-        httpsig::sign_request(
-            headers,
-            method,
-            scheme,
-            authority,
-            path,
-            query,
-            body,
-            credentials.wit(),
-            credentials.key(),
-            aud,
-            sign_response,
-            &options,
-            now,
-        )
+        httpsig::sign_request(headers, request, credentials.wit(), credentials.key(), &self.sign_options(), now)
     }
 
     /// Signs a response to a signed request whose nonce was `request_nonce`, with this

@@ -6,7 +6,8 @@ use common::{request_headers, testdata};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use wimse_core::httpsig::{
-    self, ParsedSignature, RequestParts, ResponseParts, SignatureValidation, parse_signatures, signature_base,
+    self, OutgoingRequest, ParsedSignature, RequestParts, ResponseParts, SignatureValidation, parse_signatures,
+    signature_base,
 };
 use wimse_core::prelude::*;
 use wimse_core::wit::{VerifiedWit, WitValidation, validate_wit};
@@ -293,18 +294,21 @@ fn our_signatures_round_trip_requests_and_responses() {
         headers.insert("txn-token", HeaderValue::from_static("txn-1"));
         let body = br#"{"amount":1}"#;
         let aud = "https://api.example/pay";
+        let request = OutgoingRequest {
+            method: "POST",
+            scheme: "https",
+            authority: "api.example",
+            path: "/pay",
+            query: Some("x=1"),
+            body: Some(body),
+            aud,
+            sign_response: true,
+        };
         let sent = httpsig::sign_request(
             &mut headers,
-            "POST",
-            "https",
-            "api.example",
-            "/pay",
-            Some("x=1"),
-            Some(body),
+            &request,
             &client_wit,
             &client_key,
-            aud,
-            true,
             &httpsig::SignOptions::default(),
             now,
         )
@@ -420,22 +424,17 @@ fn connect_requests_cover_the_authority() {
         .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
     let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
     let mut headers = HeaderMap::new();
-    httpsig::sign_request(
-        &mut headers,
-        "CONNECT",
-        "https",
-        "db.internal:5432",
-        "",
-        None,
-        None,
-        &wit,
-        &key,
-        "db.internal:5432",
-        false,
-        &httpsig::SignOptions::default(),
-        now,
-    )
-    .unwrap();
+    let request = OutgoingRequest {
+        method: "CONNECT",
+        scheme: "https",
+        authority: "db.internal:5432",
+        path: "",
+        query: None,
+        body: None,
+        aud: "db.internal:5432",
+        sign_response: false,
+    };
+    httpsig::sign_request(&mut headers, &request, &wit, &key, &httpsig::SignOptions::default(), now).unwrap();
     assert!(headers["signature-input"].to_str().unwrap().starts_with("wimse=(\"@method\" \"@authority\""));
     let req = RequestParts {
         method: "CONNECT",

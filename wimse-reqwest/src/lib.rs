@@ -41,7 +41,7 @@ use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next, Result};
 pub use wimse_core;
-use wimse_core::httpsig::{self, RequestParts, ResponseParts};
+use wimse_core::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts};
 use wimse_core::id::WorkloadId;
 pub use wimse_core::sign::AudienceOverride;
 use wimse_core::sign::{ResponseVerifier, Signer};
@@ -205,17 +205,17 @@ impl WimseMiddleware {
                         )
                     })?),
                 };
-                let signature = self.signer.sign_request_signature(
-                    &mut headers,
-                    req.method().as_str(),
-                    url.scheme(),
-                    &authority,
-                    url.path(),
-                    url.query(),
+                let request = OutgoingRequest {
+                    method: req.method().as_str(),
+                    scheme: url.scheme(),
+                    authority: &authority,
+                    path: url.path(),
+                    query: url.query(),
                     body,
-                    &aud,
+                    aud: &aud,
                     sign_response,
-                );
+                };
+                let signature = self.signer.sign_request_signature(&mut headers, &request);
                 *req.headers_mut() = headers;
                 Ok(Some(signature?))
             }

@@ -12,7 +12,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::httpsig::{RequestParts, ResponseParts, has_signature};
+use wimse_core::httpsig::{OutgoingRequest, RequestParts, ResponseParts, has_signature};
 use wimse_core::id::WorkloadId;
 use wimse_core::sign::{AudienceOverride, ResponseVerifier, Signer, audience_for};
 use wimse_core::trust::TrustStore;
@@ -157,17 +157,17 @@ where
     let scheme = uri.scheme_str().unwrap_or("https");
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
     let (path, query) = (uri.path(), uri.query());
-    let signature = layer.signer.sign_request_signature(
-        &mut parts.headers,
-        parts.method.as_str(),
+    let request = OutgoingRequest {
+        method: parts.method.as_str(),
         scheme,
         authority,
         path,
         query,
-        Some(&body),
-        &aud,
-        layer.responses.is_some(),
-    )?;
+        body: Some(&body),
+        aud: &aud,
+        sign_response: layer.responses.is_some(),
+    };
+    let signature = layer.signer.sign_request_signature(&mut parts.headers, &request)?;
     let (method, req_headers) = (parts.method.clone(), parts.headers.clone());
     let response = inner.call(Request::from_parts(parts, Full::new(body))).await.map_err(Into::into)?;
     let Some(verifier) = layer.responses.as_ref() else {

@@ -370,25 +370,39 @@ fn set_wit_and_digest(headers: &mut HeaderMap, wit: &str, body: Option<&[u8]>) -
     Ok(())
 }
 
+/// A request to sign: what its derived components come from, its body and its recipient.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingRequest<'a> {
+    /// Method (`@method`).
+    pub method: &'a str,
+    /// Scheme the client uses (`https`).
+    pub scheme: &'a str,
+    /// Host and port as the client dials them (`@authority`).
+    pub authority: &'a str,
+    /// Path (`@path`).
+    pub path: &'a str,
+    /// Query without `?` (`@query`), if any.
+    pub query: Option<&'a str>,
+    /// The content, when the request has one: `Content-Digest` is set for it.
+    pub body: Option<&'a [u8]>,
+    /// The recipient (`wimse-aud`).
+    pub aud: &'a str,
+    /// Asks the server to sign its response (`wimse-sign-response`).
+    pub sign_response: bool,
+}
+
 /// Signs a request: sets `Workload-Identity-Token`, `Content-Digest` (when there is a body),
-/// `Signature-Input` and `Signature` in `req.headers`. Signatures already present (an inbound
-/// request's) are replaced. `aud` is the `wimse-aud` value.
-#[allow(clippy::too_many_arguments)]
+/// `Signature-Input` and `Signature` in `headers`. Signatures already present (an inbound
+/// request's) are replaced.
 pub fn sign_request(
     headers: &mut HeaderMap,
-    method: &str,
-    scheme: &str,
-    authority: &str,
-    path: &str,
-    query: Option<&str>,
-    body: Option<&[u8]>,
+    request: &OutgoingRequest<'_>,
     wit: &str,
     key: &SigningKey,
-    aud: &str,
-    sign_response: bool,
     options: &SignOptions,
     now: u64,
 ) -> Result<RequestSignature> {
+    let OutgoingRequest { method, scheme, authority, path, query, body, aud, sign_response } = *request;
     set_wit_and_digest(headers, wit, body)?;
     let req = RequestParts { method, scheme, authority, path, query, headers: no_headers() };
     let mut components = request_must_cover(&req, false);

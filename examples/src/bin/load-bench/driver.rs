@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use rustls::pki_types::ServerName;
+use wimse_core::httpsig::OutgoingRequest;
 use wimse_core::sign::audience_for;
 use wimse_core::wic::{CurrentCertificate, WicServerVerifier, client_config};
 
@@ -122,17 +123,17 @@ fn proofs(mode: Mode, deployment: &Deployment, url: &reqwest::Url, count: usize)
             match mode {
                 Mode::Wpt => deployment.signer.sign_headers(&mut headers, &aud)?,
                 Mode::HttpSignature => {
-                    deployment.signer.sign_request_signature(
-                        &mut headers,
-                        "GET",
-                        url.scheme(),
-                        &authority,
-                        url.path(),
-                        None,
-                        None,
-                        &aud,
-                        false,
-                    )?;
+                    let request = OutgoingRequest {
+                        method: "GET",
+                        scheme: url.scheme(),
+                        authority: &authority,
+                        path: url.path(),
+                        query: None,
+                        body: None,
+                        aud: &aud,
+                        sign_response: false,
+                    };
+                    deployment.signer.sign_request_signature(&mut headers, &request)?;
                 }
                 Mode::None | Mode::Mtls => {}
             }
