@@ -339,14 +339,13 @@ fn http_signature_round_trip_and_signed_response() {
     let mut res_headers = http::HeaderMap::new();
     res_headers.insert("content-type", "application/json".parse().unwrap());
     let body = b"{\"charged\":true}";
+    let response = wimse_core::httpsig::OutgoingResponse { status: 200, body: Some(body), request_nonce: &nonce };
     wimse_core::httpsig::sign_response(
         &mut res_headers,
-        200,
+        &response,
         &req,
-        Some(body),
         &server_wit,
         &server_key,
-        &nonce,
         &Default::default(),
         NOW.parse().unwrap(),
     )

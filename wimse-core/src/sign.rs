@@ -170,17 +170,8 @@ impl Signer {
         let now = self.clock.now();
         let credentials = self.source.credentials(now)?;
         let options = self.sign_options();
-        httpsig::sign_response(
-            headers,
-            status,
-            request,
-            body,
-            credentials.wit(),
-            credentials.key(),
-            request_nonce,
-            &options,
-            now,
-        )
+        let response = httpsig::OutgoingResponse { status, body, request_nonce };
+        httpsig::sign_response(headers, &response, request, credentials.wit(), credentials.key(), &options, now)
     }
 }
 

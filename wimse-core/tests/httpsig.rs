@@ -6,8 +6,8 @@ use common::{request_headers, testdata};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use wimse_core::httpsig::{
-    self, OutgoingRequest, ParsedSignature, RequestParts, ResponseParts, SignatureValidation, parse_signatures,
-    signature_base,
+    self, OutgoingRequest, OutgoingResponse, ParsedSignature, RequestParts, ResponseParts, SignatureValidation,
+    parse_signatures, signature_base,
 };
 use wimse_core::prelude::*;
 use wimse_core::wit::{VerifiedWit, WitValidation, validate_wit};
@@ -376,14 +376,13 @@ fn our_signatures_round_trip_requests_and_responses() {
 
         let mut res_headers = HeaderMap::new();
         res_headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        let response = OutgoingResponse { status: 201, body: Some(b"ok"), request_nonce: &got.nonce };
         httpsig::sign_response(
             &mut res_headers,
-            201,
+            &response,
             &req,
-            Some(b"ok"),
             &server_wit,
             &server_key,
-            &got.nonce,
             &httpsig::SignOptions::default(),
             now,
         )

@@ -430,21 +430,29 @@ fn key_of(name: &str) -> sfv::Key {
     key(name)
 }
 
-/// Signs a response to `req` (whose signature had nonce `request_nonce`): sets the responder's
-/// `Workload-Identity-Token`, `Content-Digest` (when there is a body), `Signature-Input` and
-/// `Signature` in `headers`.
-#[allow(clippy::too_many_arguments)]
+/// A response to sign, and the nonce of the signed request it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingResponse<'a> {
+    /// Status code (`@status`).
+    pub status: u16,
+    /// The content, when the response has one: `Content-Digest` is set for it.
+    pub body: Option<&'a [u8]>,
+    /// The request signature's `nonce` (`wimse-req-nonce`).
+    pub request_nonce: &'a str,
+}
+
+/// Signs a response to `req`: sets the responder's `Workload-Identity-Token`, `Content-Digest`
+/// (when there is a body), `Signature-Input` and `Signature` in `headers`.
 pub fn sign_response<Q: HeaderSource + ?Sized>(
     headers: &mut HeaderMap,
-    status: u16,
+    response: &OutgoingResponse<'_>,
     req: &RequestParts<'_, Q>,
-    body: Option<&[u8]>,
     wit: &str,
     key: &SigningKey,
-    request_nonce: &str,
     options: &SignOptions,
     now: u64,
 ) -> Result<()> {
+    let OutgoingResponse { status, body, request_nonce } = *response;
     set_wit_and_digest(headers, wit, body)?;
     let mut components = vec![ComponentId::new("@status")];
     components.extend(request_must_cover(req, true));
