@@ -63,15 +63,30 @@ fn decode_fixed(value: Option<&String>, len: usize, what: &'static str) -> Resul
     Ok(bytes)
 }
 
+/// How a public key verifies.
+#[derive(Clone)]
+enum Verifying {
+    /// EC and Ed25519 keys, parsed for either backend.
+    Prepared(PreparedPublic),
+    /// RSA keys (issuers only), through jsonwebtoken.
+    Rsa(DecodingKey),
+}
+
+/// How a private key signs.
+#[derive(Clone)]
+enum Signing {
+    /// EC and Ed25519 keys, parsed for either backend.
+    Prepared(Box<PreparedSecret>),
+    /// RSA keys (issuers only), through jsonwebtoken.
+    Rsa(EncodingKey),
+}
+
 /// A public key ready to verify signatures: an issuer's trust-anchor key or a workload's `cnf.jwk`.
 #[derive(Clone)]
 pub struct PublicKey {
     kind: KeyKind,
     alg: Option<Algorithm>,
-    /// EC and Ed25519 keys, ready for either backend; `None` for RSA.
-    prepared: Option<PreparedPublic>,
-    /// RSA keys, verified through jsonwebtoken.
-    decoding: Option<DecodingKey>,
+    verifying: Verifying,
     jwk: Jwk,
     /// Computed on first use: a verifier needs it once per caller, not per request.
     thumbprint: OnceLock<String>,
@@ -87,25 +102,26 @@ impl PublicKey {
         }
         let alg =
             jwk.alg.as_deref().map(str::parse::<Algorithm>).transpose().map_err(|_| invalid("unsupported alg"))?;
-        let (kind, parsed) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        let prepared = |parsed| Verifying::Prepared(PreparedPublic::new(parsed));
+        let (kind, verifying) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
             ("EC", Some("P-256")) => {
                 let point = ec_point(jwk, 32)?;
                 let key =
                     p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-256 point"))?;
-                (KeyKind::P256, Ok(ParsedPublic::P256(key)))
+                (KeyKind::P256, prepared(ParsedPublic::P256(key)))
             }
             ("EC", Some("P-384")) => {
                 let point = ec_point(jwk, 48)?;
                 let key =
                     p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| invalid("not a P-384 point"))?;
-                (KeyKind::P384, Ok(ParsedPublic::P384(key)))
+                (KeyKind::P384, prepared(ParsedPublic::P384(key)))
             }
             ("OKP", Some("Ed25519")) => {
                 let x = decode_fixed(jwk.x.as_ref(), 32, "OKP x")?;
                 let bytes: [u8; 32] = x.as_slice().try_into().map_err(|_| invalid("OKP x"))?;
                 let key =
                     ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("not an Ed25519 point"))?;
-                (KeyKind::Ed25519, Ok(ParsedPublic::Ed25519(key)))
+                (KeyKind::Ed25519, prepared(ParsedPublic::Ed25519(key)))
             }
             ("RSA", _) => {
                 let n =
@@ -118,22 +134,17 @@ impl PublicKey {
                 if e.is_empty() || e.len() > 4 || e.first() == Some(&0) {
                     return Err(invalid("RSA exponent"));
                 }
-                (KeyKind::Rsa, Err(DecodingKey::from_rsa_raw_components(&n, &e)))
+                (KeyKind::Rsa, Verifying::Rsa(DecodingKey::from_rsa_raw_components(&n, &e)))
             }
             _ => return Err(invalid("unsupported kty/crv")),
         };
         if alg.is_some_and(|alg| !kind.accepts(alg)) {
             return Err(invalid("alg does not fit the key type"));
         }
-        let (prepared, decoding) = match parsed {
-            Ok(parsed) => (Some(PreparedPublic::new(parsed)), None),
-            Err(rsa) => (None, Some(rsa)),
-        };
         Ok(Self {
             kind,
             alg: alg.or(kind.only_algorithm()),
-            prepared,
-            decoding,
+            verifying,
             jwk: jwk.to_public(),
             thumbprint: OnceLock::new(),
         })
@@ -172,13 +183,12 @@ impl PublicKey {
         if !self.accepts(alg) {
             return false;
         }
-        if let Some(prepared) = &self.prepared {
-            return prepared.verify(backend, message, signature);
-        }
-        let Some(decoding) = &self.decoding else { return false };
-        match (backend.provider().verifier_factory)(&alg.to_jsonwebtoken(), decoding) {
-            Ok(verifier) => verifier.verify(message, &signature.to_vec()).is_ok(),
-            Err(_) => false,
+        match &self.verifying {
+            Verifying::Prepared(key) => key.verify(backend, message, signature),
+            Verifying::Rsa(key) => match (backend.provider().verifier_factory)(&alg.to_jsonwebtoken(), key) {
+                Ok(verifier) => verifier.verify(message, &signature.to_vec()).is_ok(),
+                Err(_) => false,
+            },
         }
     }
 }
@@ -193,10 +203,7 @@ impl fmt::Debug for PublicKey {
 #[derive(Clone)]
 pub struct SigningKey {
     alg: Algorithm,
-    /// EC and Ed25519 keys, ready for either backend.
-    prepared: Option<PreparedSecret>,
-    /// RSA keys, signed with through jsonwebtoken.
-    encoding: Option<EncodingKey>,
+    signing: Signing,
     public: PublicKey,
     private_jwk: Jwk,
 }
@@ -229,16 +236,16 @@ impl SigningKey {
             .map_err(|_| invalid("private member d"))?;
         let public = PublicKey::from_jwk(&jwk.to_public())?;
         let alg = public.alg.ok_or_else(|| invalid("an RSA signing key needs `alg`"))?;
-        let (prepared, encoding) = match public.kind {
+        let signing = match public.kind {
             KeyKind::P256 => {
                 let secret = p256::SecretKey::from_slice(&d).map_err(|_| invalid("P-256 d"))?;
                 check_same_public(&secret.public_key().to_sec1_bytes(), &public)?;
-                (Some(PreparedSecret::new(ParsedSecret::P256(secret.into()))?), None)
+                Signing::Prepared(Box::new(PreparedSecret::new(ParsedSecret::P256(secret.into()))?))
             }
             KeyKind::P384 => {
                 let secret = p384::SecretKey::from_slice(&d).map_err(|_| invalid("P-384 d"))?;
                 check_same_public(&secret.public_key().to_sec1_bytes(), &public)?;
-                (Some(PreparedSecret::new(ParsedSecret::P384(secret.into()))?), None)
+                Signing::Prepared(Box::new(PreparedSecret::new(ParsedSecret::P384(secret.into()))?))
             }
             KeyKind::Ed25519 => {
                 let seed: [u8; 32] = d.as_slice().try_into().map_err(|_| invalid("Ed25519 d"))?;
@@ -247,21 +254,21 @@ impl SigningKey {
                 if b64url_encode(secret.verifying_key().to_bytes()) != x {
                     return Err(invalid("private and public members disagree"));
                 }
-                (Some(PreparedSecret::new(ParsedSecret::Ed25519(secret))?), None)
+                Signing::Prepared(Box::new(PreparedSecret::new(ParsedSecret::Ed25519(secret))?))
             }
             KeyKind::Rsa => {
                 let encoding = EncodingKey::from_rsa_der(&rsa_pkcs1_der(jwk, d)?);
                 // Build a signer once so a broken key fails here, not on the first request.
                 (Backend::default().provider().signer_factory)(&alg.to_jsonwebtoken(), &encoding)
                     .map_err(|_| invalid("the backend refused the private key"))?;
-                (None, Some(encoding))
+                Signing::Rsa(encoding)
             }
         };
         let mut private_jwk = jwk.clone();
         private_jwk.alg = Some(alg.as_str().into());
         let mut public = public;
         public.jwk.alg = Some(alg.as_str().into());
-        Ok(Self { alg, prepared, encoding, public, private_jwk })
+        Ok(Self { alg, signing, public, private_jwk })
     }
 
     /// Imports a PKCS#8 PEM private key for `alg` (ES256, ES384 or EdDSA).
@@ -323,11 +330,11 @@ impl SigningKey {
 
     /// Signs `message` with the key's algorithm.
     pub fn sign(&self, backend: Backend, message: &[u8]) -> Result<Vec<u8>> {
-        if let Some(prepared) = &self.prepared {
-            return prepared.sign(backend, message);
-        }
-        let encoding = self.encoding.as_ref().ok_or_else(|| Error::with_detail(ErrorKind::Crypto, "no signing key"))?;
-        let signer = (backend.provider().signer_factory)(&self.alg.to_jsonwebtoken(), encoding)
+        let key = match &self.signing {
+            Signing::Prepared(key) => return key.sign(backend, message),
+            Signing::Rsa(key) => key,
+        };
+        let signer = (backend.provider().signer_factory)(&self.alg.to_jsonwebtoken(), key)
             .map_err(|_| Error::with_detail(ErrorKind::Crypto, "could not build a signer"))?;
         signer.try_sign(message).map_err(|_| Error::with_detail(ErrorKind::Crypto, "signing failed"))
     }
