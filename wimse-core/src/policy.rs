@@ -132,14 +132,14 @@ impl fmt::Debug for Rule {
 #[derive(Debug, Clone)]
 pub struct Policy {
     name: Arc<str>,
-    deny: Vec<Rule>,
-    allow: Vec<Rule>,
+    deny: Arc<Vec<Rule>>,
+    allow: Arc<Vec<Rule>>,
 }
 
 impl Policy {
     /// An empty policy (denies everyone until an allow rule is added). The name appears in logs.
     pub fn named(name: impl Into<String>) -> Self {
-        Self { name: Arc::from(name.into()), deny: Vec::new(), allow: Vec::new() }
+        Self { name: Arc::from(name.into()), deny: Arc::default(), allow: Arc::default() }
     }
 
     /// A policy that allows every verified caller.
@@ -149,13 +149,13 @@ impl Policy {
 
     /// Adds an allow rule.
     pub fn allow(mut self, rule: Rule) -> Self {
-        self.allow.push(rule);
+        Arc::make_mut(&mut self.allow).push(rule);
         self
     }
 
     /// Adds a deny rule (checked before every allow rule).
     pub fn deny(mut self, rule: Rule) -> Self {
-        self.deny.push(rule);
+        Arc::make_mut(&mut self.deny).push(rule);
         self
     }
 

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -44,7 +45,8 @@ pub use wimse_core::verify::DEFAULT_BODY_LIMIT;
 /// an unsigned success.
 #[derive(Debug, Clone)]
 pub struct WimseLayer {
-    guard: Guard,
+    // Shared: axum and tower clone the service for every request.
+    guard: Arc<Guard>,
 }
 
 impl WimseLayer {
@@ -56,34 +58,34 @@ impl WimseLayer {
     /// Lets requests with no WIMSE credentials at all through, without a `VerifiedCaller`.
     /// Requests that carry credentials must still verify.
     pub fn optional(self) -> Self {
-        Self { guard: self.guard.optional() }
+        Self::from(Arc::unwrap_or_clone(self.guard).optional())
     }
 
     /// Applies `policy` to every verified caller (403 when denied).
     pub fn policy(self, policy: Policy) -> Self {
-        Self { guard: self.guard.policy(policy) }
+        Self::from(Arc::unwrap_or_clone(self.guard).policy(policy))
     }
 
     /// The largest signed-request body buffered for its digest (default 1 MiB; beyond: 413).
     pub fn body_limit(self, bytes: usize) -> Self {
-        Self { guard: self.guard.body_limit(bytes) }
+        Self::from(Arc::unwrap_or_clone(self.guard).body_limit(bytes))
     }
 
     /// Signs responses that callers ask to be signed, with this service's own credentials.
     pub fn sign_responses(self, signer: Signer) -> Self {
-        Self { guard: self.guard.sign_responses(signer) }
+        Self::from(Arc::unwrap_or_clone(self.guard).sign_responses(signer))
     }
 
     /// Signs the response to every HTTP-signature request, asked or not (needs
     /// [`sign_responses`](Self::sign_responses)).
     pub fn always_sign_responses(self) -> Self {
-        Self { guard: self.guard.always_sign_responses() }
+        Self::from(Arc::unwrap_or_clone(self.guard).always_sign_responses())
     }
 }
 
 impl From<Guard> for WimseLayer {
     fn from(guard: Guard) -> Self {
-        Self { guard }
+        Self { guard: Arc::new(guard) }
     }
 }
 
