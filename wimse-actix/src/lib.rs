@@ -107,13 +107,13 @@ impl HeaderSource for ActixHeaders<'_> {
 /// The middleware factory (`App::wrap`, `Scope::wrap`, `Resource::wrap`).
 #[derive(Debug, Clone)]
 pub struct Wimse {
-    config: Option<Rc<WimseConfig>>,
+    config: Option<web::Data<WimseConfig>>,
 }
 
 impl Wimse {
     /// Uses `config`.
     pub fn new(config: WimseConfig) -> Self {
-        Self { config: Some(Rc::new(config)) }
+        Self { config: Some(web::Data::new(config)) }
     }
 
     /// Reads a `web::Data<WimseConfig>` from app data on each request. Without one, requests
@@ -142,7 +142,7 @@ where
 /// The middleware service made by [`Wimse`].
 pub struct WimseMiddleware<S> {
     service: Rc<S>,
-    config: Option<Rc<WimseConfig>>,
+    config: Option<web::Data<WimseConfig>>,
 }
 
 impl<S> fmt::Debug for WimseMiddleware<S> {
@@ -163,12 +163,10 @@ where
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let config = match &self.config {
-            Some(config) => Ok(Guard::clone(config)),
-            None => match req.app_data::<web::Data<WimseConfig>>() {
-                Some(config) => Ok(Guard::clone(config)),
-                None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no WimseConfig in app data")),
-            },
+        // Shared, not copied: the configuration is behind an `Arc` either way.
+        let config = match self.config.as_ref().or_else(|| req.app_data::<web::Data<WimseConfig>>()) {
+            Some(config) => Ok(config.clone()),
+            None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no WimseConfig in app data")),
         };
         let config = match config {
             Ok(config) => config,
@@ -234,7 +232,7 @@ impl SignedRequest {
 }
 
 async fn signed<S, B>(
-    guard: Guard,
+    guard: web::Data<WimseConfig>,
     service: Rc<S>,
     mut req: ServiceRequest,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error>
