@@ -7,6 +7,60 @@
 //! are required, `keyid` and `alg` forbidden. A signed response covers `@status`, the request's
 //! `@method`/`@path`/`@query` (`;req`), the responder's WIT and its content fields, and carries
 //! `wimse-req-nonce`. The WIMSE signature is found by its tag, never by its label.
+//!
+//! A caller signs a request; the receiver checks the WIT against its trust anchors, then the
+//! signature, the audience and the nonce (a second delivery is a replay):
+//!
+//! ```
+//! use http::HeaderMap;
+//! use wimse_core::httpsig::{self, OutgoingRequest, RequestParts, SignOptions, SignatureValidation};
+//! use wimse_core::prelude::*;
+//! use wimse_core::wit::{WitValidation, validate_wit};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let now = 1_800_000_000;
+//! let issuer = SigningKey::generate(Algorithm::ES256)?.with_kid("k1");
+//! let workload_key = SigningKey::generate(Algorithm::ES256)?;
+//! let id: WorkloadId = "spiffe://prod.example/orders".parse()?;
+//! let wit = WitIssuer::new(issuer.clone()).issue(&id, workload_key.public_jwk(), now)?;
+//!
+//! // The caller.
+//! let mut headers = HeaderMap::new();
+//! let request = OutgoingRequest {
+//!     method: "POST",
+//!     scheme: "https",
+//!     authority: "billing.example",
+//!     path: "/charge",
+//!     query: None,
+//!     body: Some(b"amount=1"),
+//!     aud: "https://billing.example/charge",
+//!     sign_response: false,
+//! };
+//! httpsig::sign_request(&mut headers, &request, &wit, &workload_key, &SignOptions::default(), now)?;
+//!
+//! // The receiver: anchors and audience come from its configuration, never from the request.
+//! let anchors = TrustAnchors::new().with_key(issuer.public_key().clone());
+//! let trust = TrustStore::new().with(id.trust_domain(), anchors);
+//! let caller_wit = validate_wit(headers["workload-identity-token"].to_str()?, &trust, &WitValidation::default(), now)?;
+//! let parts = RequestParts {
+//!     method: "POST",
+//!     scheme: "https",
+//!     authority: "billing.example",
+//!     path: "/charge",
+//!     query: None,
+//!     headers: &headers,
+//! };
+//! let replay = InMemoryReplayCache::default();
+//! let cfg = SignatureValidation::default();
+//! let for_us = |aud: &str| aud == "https://billing.example/charge";
+//! httpsig::verify_request(&parts, Some(b"amount=1"), &caller_wit, for_us, &cfg, &replay, now)?;
+//! assert_eq!(caller_wit.subject(), &id);
+//!
+//! let again = httpsig::verify_request(&parts, Some(b"amount=1"), &caller_wit, for_us, &cfg, &replay, now);
+//! assert_eq!(again.unwrap_err().kind(), &ErrorKind::ReplayedProof);
+//! # Ok(())
+//! # }
+//! ```
 
 mod base;
 mod digest;
