@@ -222,6 +222,7 @@ fn bad_configuration_names_the_field() {
         "clients[1].allowed_prefixes[0]",
     );
     check(&|v| v["clients"][0]["max_lifetime"] = 0.into(), "clients[0].max_lifetime");
+    check(&|v| v["clients"][1]["max_wic_lifetime"] = 90_000.into(), "clients[1].max_wic_lifetime");
     check(&|v| v["clients"][0]["dev_secret"] = "0123456789abcdef".into(), "clients[0]");
     check(&|v| v["platforms"][0]["jwks"] = json!({"keys": []}), "platforms[0].jwks");
     check(
@@ -551,7 +552,10 @@ async fn wic_issuance() {
     use rustls::server::danger::ClientCertVerifier;
     use wimse_core::wic::{WicAnchors, WicClientVerifier, certificates_from_pem, workload_id_of};
     let platform = Platform::new();
-    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("wic"))).unwrap();
+    // WICs may live longer than the client's WITs (1800 s).
+    let mut value = config(&platform, &store_path("wic"));
+    value["clients"][0]["max_wic_lifetime"] = 7200.into();
+    let config: IssuerConfig = serde_json::from_value(value).unwrap();
     let base = serve(Arc::new(IdentityServer::new(config, SystemClock).unwrap())).await;
     let now = wimse_testkit::now();
     let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", now + 600);
@@ -564,6 +568,8 @@ async fn wic_issuance() {
     let response = request("spiffe://prod.example/ns/prod/sa/payments").await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
+    let lifetime = body["expires_at"].as_u64().unwrap() - now;
+    assert!((7190..=7210).contains(&lifetime), "the WIC lives max_wic_lifetime, not max_lifetime: {lifetime}");
     let chain = certificates_from_pem(body["chain_pem"].as_str().unwrap()).unwrap();
     assert_eq!(workload_id_of(&chain[0]).unwrap().as_str(), "spiffe://prod.example/ns/prod/sa/payments");
 

@@ -63,6 +63,9 @@ pub struct ClientConfig {
     pub allowed_prefixes: Vec<String>,
     /// Longest WIT lifetime it may obtain, in seconds.
     pub max_lifetime: u64,
+    /// Longest WIC lifetime it may obtain, in seconds (1 to 86400). Defaults to `max_lifetime`.
+    #[serde(default)]
+    pub max_wic_lifetime: Option<u64>,
 }
 
 /// The kind of token a [`ExchangeProfile`] accepts.
@@ -268,6 +271,9 @@ impl IdentityServer {
             }
             if c.max_lifetime == 0 || c.max_lifetime > 86_400 {
                 return Err(config_error(field("max_lifetime"), "must be between 1 and 86400 seconds"));
+            }
+            if c.max_wic_lifetime.is_some_and(|secs| secs == 0 || secs > 86_400) {
+                return Err(config_error(field("max_wic_lifetime"), "must be between 1 and 86400 seconds"));
             }
             clients.push(Client { config: c.clone(), rule: Rule::any_of(rules) });
         }
@@ -554,7 +560,8 @@ impl IdentityServer {
     ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, u64)> {
         let (client, id) = self.authorize(bootstrap, sub)?;
         let now = self.clock.now();
-        let mut options = crate::wic::WicOptions::new(usage, now, client.config.max_lifetime);
+        let lifetime = client.config.max_wic_lifetime.unwrap_or(client.config.max_lifetime);
+        let mut options = crate::wic::WicOptions::new(usage, now, lifetime);
         options.dns_names = dns_names.to_vec();
         options.ip_addresses = ip_addresses.to_vec();
         let chain = self.wic_authority()?.issue_for_key(&id, spki_der, &options)?;
