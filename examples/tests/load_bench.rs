@@ -54,6 +54,8 @@ fn bad_options_are_refused_with_a_message() {
     assert!(!ok && stderr.contains("--requests: not a positive number"), "{stderr}");
     let (ok, _, stderr) = load_bench(&["--alg", "RS256"]);
     assert!(!ok && stderr.contains("ES256, ES384 or EdDSA"), "{stderr}");
+    let (ok, _, stderr) = load_bench(&["--backend", "openssl"]);
+    assert!(!ok && stderr.contains("backend openssl is not compiled in"), "{stderr}");
     let (ok, _, stderr) = load_bench(&["--only", "nothing-matches"]);
     assert!(!ok && stderr.contains("matched no configuration"), "{stderr}");
     let (ok, stdout, _) = load_bench(&["--help"]);

@@ -229,4 +229,14 @@ mod tests {
         assert!(!Policy::named("n").allow(Rule::any_of([])).allows_id(&a));
         assert_eq!(format!("{:?}", Rule::not(Rule::any())), "not(any)");
     }
+
+    #[test]
+    fn clones_share_rules_until_one_is_extended() {
+        let a = id("spiffe://d/a");
+        let base = Policy::named("base").allow(Rule::exact(a.clone()));
+        let stricter = base.clone().deny(Rule::exact(a.clone()));
+        let wider = base.clone().allow(Rule::any());
+        assert!(base.allows_id(&a) && !stricter.allows_id(&a), "a deny on a clone leaves the original alone");
+        assert!(wider.allows_id(&id("spiffe://d/other")) && !base.allows_id(&id("spiffe://d/other")));
+    }
 }

@@ -149,12 +149,14 @@ fn aws_lc_key_pair(parsed: &ParsedSecret) -> Result<AwsLcKeyPair> {
     use aws_lc_rs::signature::{
         ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
     };
+    // The scalar's temporary copy is wiped once aws-lc-rs has its own.
+    use p256::elliptic_curve::zeroize::Zeroizing;
     let refused = |_| crypto("aws-lc-rs refused the private key");
     Ok(match parsed {
         ParsedSecret::P256(key) => AwsLcKeyPair::Ecdsa(
             EcdsaKeyPair::from_private_key_and_public_key(
                 &ECDSA_P256_SHA256_FIXED_SIGNING,
-                &key.to_bytes(),
+                &Zeroizing::new(key.to_bytes()),
                 key.verifying_key().to_encoded_point(false).as_bytes(),
             )
             .map_err(refused)?,
@@ -162,7 +164,7 @@ fn aws_lc_key_pair(parsed: &ParsedSecret) -> Result<AwsLcKeyPair> {
         ParsedSecret::P384(key) => AwsLcKeyPair::Ecdsa(
             EcdsaKeyPair::from_private_key_and_public_key(
                 &ECDSA_P384_SHA384_FIXED_SIGNING,
-                &key.to_bytes(),
+                &Zeroizing::new(key.to_bytes()),
                 key.verifying_key().to_encoded_point(false).as_bytes(),
             )
             .map_err(refused)?,
