@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let body = parts.next().unwrap_or_default();
     let view = RequestView::new("/x?y", &headers).method("POST").authority("api.example").body(body);
-    if let Err(error) = verifier().verify(&view) {
+    if let Err(error) = verifier().verify_sync(&view) {
         let _ = wimse_core::http::Rejection::from_error(&error).body();
     }
 });

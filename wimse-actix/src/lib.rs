@@ -44,9 +44,11 @@ use actix_web::web::BytesMut;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
+use wimse_core::caller::{PendingCaller, TlsPeer, VerifiedCaller};
+use wimse_core::guard::Guard;
 use wimse_core::http::{HeaderSource, Rejection};
 use wimse_core::httpsig::{RequestParts, has_signature};
-use wimse_core::verify::{Guard, RequestView, TlsPeer, VerifiedCaller};
+use wimse_core::verify::RequestView;
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
@@ -60,7 +62,7 @@ pub mod tls {
     use actix_tls::accept::rustls_0_23::TlsStream;
     use actix_web::dev::Extensions;
     use actix_web::rt::net::TcpStream;
-    use wimse_core::verify::TlsPeer;
+    use wimse_core::caller::TlsPeer;
 
     /// Records the workload of a connection's verified client certificate as its [`TlsPeer`],
     /// which the [`Wimse`](crate::Wimse) middleware then treats as the caller.
@@ -80,11 +82,9 @@ pub mod tls {
 /// optional). Put it in app data (`web::Data<WimseConfig>`) or give it to [`Wimse::new`].
 pub type WimseConfig = Guard;
 
-fn authenticate(
-    config: &WimseConfig,
-    req: &ServiceRequest,
-    body: Option<&[u8]>,
-) -> Result<Option<VerifiedCaller>, Error> {
+/// Stages 1–3 of the pipeline (framing, credentials, policy); the claim follows in
+/// [`Guard::confirm`].
+fn admit(config: &WimseConfig, req: &ServiceRequest, body: Option<&[u8]>) -> Result<Option<PendingCaller>, Error> {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let headers = ActixHeaders(req.headers());
     let connection = req.connection_info();
@@ -92,7 +92,7 @@ fn authenticate(
     if let Some(body) = body {
         view = view.body(body);
     }
-    config.check_with_tls(&view, req.conn_data::<TlsPeer>())
+    config.admit(&view, req.conn_data::<TlsPeer>())
 }
 
 /// actix-web's header map (from `http` 0.2) seen through the core's [`HeaderSource`].
@@ -175,16 +175,32 @@ where
         if has_signature(&ActixHeaders(req.headers())) {
             return Box::pin(signed(config, self.service.clone(), req));
         }
-        match authenticate(&config, &req, None) {
-            Ok(caller) => {
-                if let Some(caller) = caller {
-                    req.extensions_mut().insert(caller);
-                }
-                let future = self.service.call(req);
-                Box::pin(async move { future.await.map(ServiceResponse::map_into_left_body) })
+        let pending = match admit(&config, &req, None) {
+            Ok(pending) => pending,
+            Err(error) => return reject(req, &error),
+        };
+        let confirm = match pending.map(|pending| config.confirm(pending).into_ready()) {
+            None => None,
+            Some(Ok(Ok(caller))) => Some(Ok(caller)),
+            Some(Ok(Err(error))) => return reject(req, &error),
+            Some(Err(confirm)) => Some(Err(confirm)),
+        };
+        let service = self.service.clone();
+        Box::pin(async move {
+            let caller = match confirm {
+                None => None,
+                Some(Ok(caller)) => Some(caller),
+                // A shared store: wait for its answer without blocking the worker.
+                Some(Err(confirm)) => match confirm.await {
+                    Ok(caller) => Some(caller),
+                    Err(error) => return reject(req, &error).await,
+                },
+            };
+            if let Some(caller) = caller {
+                req.extensions_mut().insert(caller);
             }
-            Err(error) => reject(req, &error),
-        }
+            service.call(req).await.map(ServiceResponse::map_into_left_body)
+        })
     }
 }
 
@@ -254,8 +270,12 @@ where
         body.extend_from_slice(&chunk);
     }
     let body = body.freeze();
-    let caller = match authenticate(&guard, &req, Some(&body)) {
-        Ok(caller) => caller,
+    let caller = match admit(&guard, &req, Some(&body)) {
+        Ok(Some(pending)) => match guard.confirm(pending).await {
+            Ok(caller) => Some(caller),
+            Err(error) => return reject(req, &error).await,
+        },
+        Ok(None) => None,
         Err(error) => return reject(req, &error).await,
     };
     let nonce = match guard.response_nonce(caller.as_ref()) {

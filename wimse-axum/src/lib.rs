@@ -42,8 +42,8 @@ use std::ops::Deref;
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
+use wimse_core::caller::VerifiedCaller;
 use wimse_core::http::Rejection;
-use wimse_core::verify::VerifiedCaller;
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;

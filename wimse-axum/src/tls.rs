@@ -12,7 +12,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use wimse_core::verify::TlsPeer;
+use wimse_core::caller::TlsPeer;
 
 /// Accepts TLS connections on `listener` with `config` (see
 /// [`wimse_core::wic::server_config`]) and serves `service` (an axum `Router`, say) on each.

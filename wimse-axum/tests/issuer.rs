@@ -264,7 +264,7 @@ async fn verifiers_follow_the_bundle() {
         let mut headers = http::HeaderMap::new();
         headers.insert("workload-identity-token", wit.parse().unwrap());
         headers.insert("authorization", format!("WPT {wpt}").parse().unwrap());
-        verifier.verify(&RequestView::new("/x", &headers)).map(|c| c.id().clone())
+        verifier.verify_sync(&RequestView::new("/x", &headers)).map(|c| c.id().clone())
     };
     let issue = |now: u64| {
         let token = platform.token(PLATFORM_ISS, sa, now + 600);
@@ -523,7 +523,7 @@ async fn credentials_from_the_identity_server() {
     let signer = Signer::new(source.clone()).with_clock(clock.clone());
     let mut headers = http::HeaderMap::new();
     signer.sign_headers(&mut headers, "https://api.example/x").unwrap();
-    assert_eq!(verifier.verify(&RequestView::new("/x", &headers)).unwrap().id().as_str(), payments);
+    assert_eq!(verifier.verify_sync(&RequestView::new("/x", &headers)).unwrap().id().as_str(), payments);
 
     // Renewal: a new WIT with a new key; the kubelet rotated the token file meanwhile.
     clock.set(NOW + 1300);

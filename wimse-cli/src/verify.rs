@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::json;
+use wimse_core::caller::ProofMethod;
 use wimse_core::http::Rejection;
 use wimse_core::id::TrustDomain;
 use wimse_core::prelude::*;
-use wimse_core::verify::ProofMethod;
 
 use crate::CliResult;
 use crate::files::{now_or, read_input, read_text};
@@ -87,7 +87,7 @@ pub(crate) fn run(args: VerifyArgs) -> CliResult {
 
     let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default().to_owned();
     let view = RequestView::new(request.path(), &headers).method(&request.method).authority(&host).body(&request.body);
-    let (out, code) = match verifier.verify(&view) {
+    let (out, code) = match verifier.verify_sync(&view) {
         Ok(caller) => {
             let method = caller.method().name();
             let (jti, proof_expires) = match caller.method() {

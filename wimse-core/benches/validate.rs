@@ -15,16 +15,6 @@ use wimse_core::wpt::{ProofContext, WptValidation, validate_wpt};
 const NOW: u64 = 1_800_000_000;
 const AUD: &str = "https://payments.example/charge";
 
-/// Accepts every proof, so the WPT bench measures validation, not cache growth.
-#[derive(Debug)]
-struct NoReplayCheck;
-
-impl ReplayCache for NoReplayCheck {
-    fn check_and_insert(&self, _: &str, _: &str, _: u64, _: u64) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
 /// A clock the bench moves forward, so replay-cache entries expire as they would in service.
 #[derive(Debug, Clone)]
 struct SharedClock(Arc<FixedClock>);
@@ -83,10 +73,7 @@ fn benches(c: &mut Criterion) {
             wpt_cfg.backend = backend;
             let context = ProofContext::default();
             c.bench_with_input(BenchmarkId::new("wpt_validate", &id), &s, |b, s| {
-                b.iter(|| {
-                    validate_wpt(black_box(&s.wpt), &verified, &context, |a| a == AUD, &wpt_cfg, &NoReplayCheck, NOW)
-                        .unwrap()
-                })
+                b.iter(|| validate_wpt(black_box(&s.wpt), &verified, &context, |a| a == AUD, &wpt_cfg, NOW).unwrap())
             });
 
             // The whole request path: framing, WIT (from the verified-WIT cache after the first
@@ -114,7 +101,7 @@ fn benches(c: &mut Criterion) {
                         headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}")).unwrap());
                         headers
                     },
-                    |headers| verifier.verify(&RequestView::new("/charge", &headers)).unwrap(),
+                    |headers| verifier.verify_sync(&RequestView::new("/charge", &headers)).unwrap(),
                     criterion::BatchSize::SmallInput,
                 )
             });
@@ -170,16 +157,7 @@ fn signatures(c: &mut Criterion) {
             };
             c.bench_function(&format!("httpsig_verify_request_1k/{id}"), |b| {
                 b.iter(|| {
-                    httpsig::verify_request(
-                        black_box(&parts),
-                        Some(&body),
-                        &wit,
-                        |a| a == AUD,
-                        &cfg,
-                        &NoReplayCheck,
-                        NOW,
-                    )
-                    .unwrap()
+                    httpsig::verify_request(black_box(&parts), Some(&body), &wit, |a| a == AUD, &cfg, NOW).unwrap()
                 })
             });
 

@@ -162,6 +162,9 @@ pub enum ErrorKind {
     ReplayCacheUnavailable,
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull,
+    /// The caller holds its whole share of the replay store's live entries (429 with
+    /// `Retry-After`): one workload cannot exhaust the store for the others.
+    ReplayQuotaExceeded,
 
     // ---- keys and configuration (not request errors) ----
     /// A key could not be parsed, generated or used.
@@ -238,6 +241,7 @@ impl ErrorKind {
             UnexpectedPeer => "unexpected_peer",
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
+            ReplayQuotaExceeded => "replay_quota_exceeded",
             TrustAnchorsUnavailable => "trust_anchors_unavailable",
             ReplayCacheUnavailable => "replay_cache_unavailable",
             InvalidKey => "invalid_key",
@@ -311,6 +315,7 @@ impl ErrorKind {
             UnexpectedPeer => "the peer is not the expected workload",
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",
+            ReplayQuotaExceeded => "the caller has too many live proofs",
             TrustAnchorsUnavailable => "the trust domain's keys are not available",
             ReplayCacheUnavailable => "the replay cache is unavailable",
             InvalidKey => "invalid key",
@@ -330,17 +335,18 @@ struct Inner {
     kind: ErrorKind,
     detail: Option<Cow<'static, str>>,
     signature_mode: bool,
+    retry_after: Option<u64>,
 }
 
 impl Error {
     /// An error of `kind` without detail.
     pub fn new(kind: ErrorKind) -> Self {
-        Self(Box::new(Inner { kind, detail: None, signature_mode: false }))
+        Self(Box::new(Inner { kind, detail: None, signature_mode: false, retry_after: None }))
     }
 
     /// An error of `kind` with a detail for logs (must not contain token material).
     pub fn with_detail(kind: ErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self(Box::new(Inner { kind, detail: Some(detail.into()), signature_mode: false }))
+        Self(Box::new(Inner { kind, detail: Some(detail.into()), signature_mode: false, retry_after: None }))
     }
 
     /// The failed check.
@@ -363,6 +369,17 @@ impl Error {
     pub fn in_signature_mode(mut self) -> Self {
         self.0.signature_mode = true;
         self
+    }
+
+    /// Adds a hint for when the request may succeed again, in seconds (sent as `Retry-After`).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.0.retry_after = Some(secs);
+        self
+    }
+
+    /// When the request may succeed again, in seconds, if known.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.0.retry_after
     }
 
     /// Whether the error is about an HTTP-signature request.

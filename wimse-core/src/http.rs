@@ -148,13 +148,15 @@ pub struct Problem {
 /// | duplicate or malformed fields, oversized values, a bearer token beside the WPT | 400 | none |
 /// | missing, invalid, expired, unbound or replayed credentials | 401 | `WWW-Authenticate: WPT` |
 /// | authenticated caller refused by a policy | 403 | none |
-/// | replay cache full | 503 | none |
+/// | caller over its replay quota | 429 (`Retry-After`) | none |
+/// | replay store full, unavailable or recovering; trust anchors stale | 503 | none |
 /// | key or configuration errors | 500 | none |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     status: StatusCode,
     challenge: bool,
     problem: Problem,
+    retry_after: Option<u64>,
 }
 
 impl Rejection {
@@ -178,6 +180,7 @@ impl Rejection {
             ReplayCacheFull | TrustAnchorsUnavailable | ReplayCacheUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, false)
             }
+            ReplayQuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, false),
             InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable => {
                 (StatusCode::INTERNAL_SERVER_ERROR, false)
             }
@@ -190,7 +193,7 @@ impl Rejection {
                     status: 400,
                     reason: None,
                 };
-                return Self { status: StatusCode::BAD_REQUEST, challenge: false, problem };
+                return Self { status: StatusCode::BAD_REQUEST, challenge: false, problem, retry_after: None };
             }
             _ => (StatusCode::UNAUTHORIZED, true),
         };
@@ -205,7 +208,7 @@ impl Rejection {
             status: status.as_u16(),
             reason: Some(kind.reason()),
         };
-        Self { status, challenge, problem }
+        Self { status, challenge, problem, retry_after: error.retry_after() }
     }
 
     /// The status code.
@@ -223,14 +226,22 @@ impl Rejection {
         &self.problem
     }
 
+    /// When to retry, in seconds (`Retry-After`), if the rejection says.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     /// Response headers: `Content-Type: application/problem+json`, `Cache-Control: no-store`,
-    /// and the challenge if any.
+    /// the challenge and `Retry-After` if any.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(challenge) = self.challenge() {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         headers
     }

@@ -20,9 +20,12 @@
 //!
 //! [WIMSE]: https://datatracker.ietf.org/wg/wimse/about/
 
+mod audit;
+pub mod caller;
 pub mod cred;
 pub mod draft;
 mod error;
+pub mod guard;
 pub mod http;
 pub mod httpsig;
 pub mod id;
@@ -39,23 +42,26 @@ pub mod verify;
 #[cfg(feature = "mtls")]
 pub mod wic;
 pub mod wit;
+mod wit_cache;
 pub mod wpt;
 
 pub use error::{Error, ErrorKind, Result};
 
 /// The types most programs need.
 pub mod prelude {
+    pub use crate::caller::{TlsPeer, VerifiedCaller};
     pub use crate::cred::{CredentialSource, Credentials, FileCredentials, StaticCredentials};
     pub use crate::error::{Error, ErrorKind};
+    pub use crate::guard::Guard;
     pub use crate::http::{HeaderSource, Rejection};
     pub use crate::id::{TrustDomain, WorkloadId};
     pub use crate::jose::{Algorithm, Backend, Jwk, PublicKey, SigningKey};
     pub use crate::policy::{Policy, Rule};
-    pub use crate::replay::{InMemoryReplayCache, ReplayCache};
+    pub use crate::replay::{InMemoryReplayStore, ReplayStore};
     pub use crate::sign::Signer;
     pub use crate::time::{Clock, FixedClock, SystemClock};
     pub use crate::trust::{TrustAnchors, TrustStore};
-    pub use crate::verify::{Guard, RequestView, TlsPeer, VerifiedCaller, Verifier, VerifierConfig};
+    pub use crate::verify::{RequestView, Verifier, VerifierConfig};
     pub use crate::wit::WitIssuer;
     pub use crate::wpt::WptBuilder;
 }

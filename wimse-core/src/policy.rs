@@ -22,9 +22,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::caller::VerifiedCaller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{IdentifierError, TrustDomain, WorkloadId};
-use crate::verify::VerifiedCaller;
 
 type CallerFn = dyn Fn(&VerifiedCaller) -> bool + Send + Sync;
 
@@ -174,13 +174,10 @@ impl Policy {
         Err(Error::with_detail(ErrorKind::PolicyDenied, format!("policy `{}`: no allow rule", self.name)))
     }
 
-    /// Checks a verified caller; [`ErrorKind::PolicyDenied`] (HTTP 403) when refused.
+    /// Checks a verified caller; [`ErrorKind::PolicyDenied`] (HTTP 403) when refused. The
+    /// error's detail names the policy; the adapter logs it once as the request's audit event.
     pub fn check(&self, caller: &VerifiedCaller) -> Result<()> {
-        let decision = self.decide(Some(caller), caller.id());
-        if let Err(e) = &decision {
-            tracing::warn!(policy = %self.name, caller = %caller.id(), detail = e.detail(), "wimse: caller denied by policy");
-        }
-        decision
+        self.decide(Some(caller), caller.id())
     }
 
     /// Whether an identifier alone is allowed (closure rules never match here).

@@ -1,109 +1,440 @@
-//! Replay protection: a proof identifier (`jti`) is accepted once per sender while it is valid.
+//! Replay protection: every proof is claimed once while it could still be accepted.
+//!
+//! The inbound pipeline ([`crate::verify`]) claims a proof last: after its credentials
+//! verified and after the policy allowed the caller, so a refused caller costs nothing shared.
+//! A claim is a fixed-size [`ReplayClaim`] (a digest of the sender and the proof id, or of the
+//! HTTP-signature nonce alone), so no input makes an entry larger.
+//!
+//! Two bounds keep one caller from exhausting the store for the others:
+//! - a [`ReplayStore`] holds a bounded number of live claims ([`InMemoryReplayStore`] refuses
+//!   more with 503 rather than forgetting live ones);
+//! - a [`CallerQuota`] lets no single workload identity hold more than its share of live claims
+//!   (429 with `Retry-After` for that caller only).
+//!
+//! Stores answer with a [`Claim`], a future that is ready at once for the in-memory store (no
+//! allocation, no runtime needed) and asynchronous for a shared store such as
+//! [`RedisReplayStore`] (feature `redis`), which never blocks a runtime thread.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::id::WorkloadId;
 
-/// Remembers proof identifiers until they expire.
+/// Longest proof identifier accepted (a WPT `jti` or an HTTP-signature `nonce`), in bytes.
+/// Longer ones are refused before anything is stored.
+pub const MAX_PROOF_ID_LEN: usize = 256;
+
+/// One proof to remember: a 128-bit digest naming it, and how long it must be remembered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ReplayClaim {
+    key: u128,
+    expires_at: u64,
+    earliest_claim: u64,
+}
+
+impl fmt::Debug for ReplayClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayClaim")
+            .field("key", &format_args!("{:032x}", self.key))
+            .field("expires_at", &self.expires_at)
+            .field("earliest_claim", &self.earliest_claim)
+            .finish()
+    }
+}
+
+fn digest(parts: &[&[u8]]) -> u128 {
+    let mut hash = Sha256::new();
+    for part in parts {
+        // Length-prefixed, so no two part lists hash the same bytes.
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let out = hash.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&out[..16]);
+    u128::from_be_bytes(first)
+}
+
+impl ReplayClaim {
+    /// A WPT: its `jti` is unique per sender (wpt-02), so the claim names both.
+    /// `expires_at` is the last moment the proof is accepted (`exp` + leeway) and
+    /// `earliest_claim` the first moment any verifier could have accepted it.
+    pub fn wpt(sender: &WorkloadId, jti: &str, expires_at: u64, earliest_claim: u64) -> Self {
+        Self { key: digest(&[b"wpt", sender.as_str().as_bytes(), jti.as_bytes()]), expires_at, earliest_claim }
+    }
+
+    /// An HTTP-signature nonce: refused a second time whoever sends it (http-signature-07+).
+    pub fn signature_nonce(nonce: &str, expires_at: u64, earliest_claim: u64) -> Self {
+        Self { key: digest(&[b"httpsig-nonce", nonce.as_bytes()]), expires_at, earliest_claim }
+    }
+
+    /// The 128-bit digest naming the proof.
+    pub fn key(&self) -> u128 {
+        self.key
+    }
+
+    /// Until when (seconds since the epoch) the proof must be remembered.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+
+    /// The earliest moment a verifier could have accepted the proof. A store that lost its
+    /// state at time `t` refuses proofs with `earliest_claim <= t`: they may have been
+    /// accepted before the loss.
+    pub fn earliest_claim(&self) -> u64 {
+        self.earliest_claim
+    }
+}
+
+/// Remembers claimed proofs until they expire. Shared by every request of a verifier (and, for
+/// a shared store, by every replica).
 ///
-/// Implementations must be atomic: of two concurrent calls with the same `(scope, id)`, exactly
-/// one may succeed. A cache that cannot answer must fail closed.
-pub trait ReplayCache: Send + Sync + fmt::Debug {
-    /// Records `id` within `scope` (the sender) until `expires_at` (seconds since the epoch).
-    ///
-    /// Returns `Ok(())` the first time, [`ErrorKind::ReplayedProof`] when the pair is still
-    /// remembered, and [`ErrorKind::ReplayCacheFull`] when it cannot remember more.
-    fn check_and_insert(&self, scope: &str, id: &str, expires_at: u64, now: u64) -> Result<()>;
+/// Implementations must be atomic: of two concurrent claims with the same key, exactly one
+/// succeeds. A store that cannot answer fails closed.
+pub trait ReplayStore: Send + Sync + fmt::Debug {
+    /// Claims `claim` at `now` (seconds since the epoch). The [`Claim`] resolves to `Ok(())` the
+    /// first time, [`ErrorKind::ReplayedProof`] while the claim is remembered, and
+    /// [`ErrorKind::ReplayCacheFull`] / [`ErrorKind::ReplayCacheUnavailable`] when the store
+    /// cannot remember it.
+    fn claim(&self, claim: &ReplayClaim, now: u64) -> Claim;
 }
 
-/// A bounded in-memory [`ReplayCache`] for one process.
-///
-/// Entries are dropped once expired. When `capacity` live entries are held, new proofs are
-/// refused ([`ErrorKind::ReplayCacheFull`]) instead of forgetting live entries, which would open
-/// a replay window. Replicas do not share it: use a shared cache when requests are load-balanced.
-pub struct InMemoryReplayCache {
-    capacity: usize,
-    state: Mutex<State>,
+type BoxedClaim = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
+
+/// The answer of a [`ReplayStore`]: ready at once (in-memory stores, no allocation) or a
+/// future (shared stores). Poll it or `.await` it; [`Claim::into_ready`] takes a ready answer
+/// without a runtime.
+#[must_use = "a claim does nothing until its answer is taken"]
+pub struct Claim(ClaimState);
+
+enum ClaimState {
+    Ready(Option<Result<()>>),
+    Pending(BoxedClaim),
 }
 
-#[derive(Default)]
-struct State {
-    expiry_by_key: HashMap<String, u64>,
-    by_expiry: BinaryHeap<Reverse<(u64, String)>>,
-}
+impl Claim {
+    /// An answer known now.
+    pub fn ready(result: Result<()>) -> Self {
+        Self(ClaimState::Ready(Some(result)))
+    }
 
-impl State {
-    fn purge_expired(&mut self, now: u64) {
-        while let Some(Reverse((expires_at, _))) = self.by_expiry.peek() {
-            if *expires_at > now {
-                break;
-            }
-            if let Some(Reverse((expires_at, key))) = self.by_expiry.pop()
-                && self.expiry_by_key.get(&key) == Some(&expires_at)
-            {
-                self.expiry_by_key.remove(&key);
-            }
+    /// An answer still to come.
+    pub fn pending(future: impl Future<Output = Result<()>> + Send + 'static) -> Self {
+        Self(ClaimState::Pending(Box::pin(future)))
+    }
+
+    /// The answer if it is known now, otherwise the claim itself back.
+    pub fn into_ready(self) -> std::result::Result<Result<()>, Self> {
+        match self.0 {
+            ClaimState::Ready(Some(result)) => Ok(result),
+            state => Err(Self(state)),
         }
     }
 }
 
-/// Default capacity: about 100k live proofs (a few tens of MB at most).
-pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
-
-impl InMemoryReplayCache {
-    /// A cache holding at most `capacity` live entries.
-    pub fn new(capacity: usize) -> Self {
-        Self { capacity, state: Mutex::new(State::default()) }
-    }
-
-    /// Number of live entries (expired ones may linger until the next insert).
-    pub fn len(&self) -> usize {
-        self.state.lock().map(|s| s.expiry_by_key.len()).unwrap_or(0)
-    }
-
-    /// Whether the cache holds no entries.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            ClaimState::Ready(_) => "Claim::Ready",
+            ClaimState::Pending(_) => "Claim::Pending",
+        })
     }
 }
 
-impl Default for InMemoryReplayCache {
+impl Future for Claim {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match &mut self.0 {
+            ClaimState::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(Error::with_detail(ErrorKind::ReplayCacheUnavailable, "polled twice"))),
+            ),
+            ClaimState::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Claim keys are SHA-256 output: their own bits are a good hash, and an attacker cannot aim
+/// them at one bucket without breaking SHA-256.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= value as u64;
+    }
+}
+
+type ClaimMap = HashMap<u128, u64, BuildHasherDefault<DigestHasher>>;
+
+/// Number of independently locked shards: many cores verify at once without meeting on one lock.
+const SHARDS: usize = 32;
+
+/// Expired entries are swept at least this often (seconds), and at once when a shard is full.
+const SWEEP_INTERVAL: u64 = 5;
+
+struct Shard {
+    entries: ClaimMap,
+    next_sweep: u64,
+    last_sweep: u64,
+}
+
+impl Shard {
+    fn sweep(&mut self, now: u64) {
+        self.entries.retain(|_, expires_at| *expires_at > now);
+        self.last_sweep = now;
+        self.next_sweep = now.saturating_add(SWEEP_INTERVAL);
+    }
+}
+
+/// A bounded, sharded in-memory [`ReplayStore`] for one process. Every claim is answered at
+/// once, without allocation beyond the table itself.
+///
+/// Each live claim costs one table slot of 24 bytes of key and expiry plus the hash table's
+/// control byte and spare capacity: about 28–56 bytes (measured in `tests/replay_store.rs`).
+/// The default capacity of 1 000 000 claims is therefore at most about 56 MB. When a shard is
+/// full of live claims, new proofs are refused ([`ErrorKind::ReplayCacheFull`], 503) rather than
+/// forgetting live ones, which would open a replay window. Replicas do not share it: use a
+/// shared store when requests are load-balanced.
+pub struct InMemoryReplayStore {
+    capacity: usize,
+    per_shard: usize,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// Default capacity of [`InMemoryReplayStore`]: one million live claims (about 56 MB at most).
+pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
+
+impl InMemoryReplayStore {
+    /// A store holding at most about `capacity` live claims (split evenly over its shards).
+    pub fn new(capacity: usize) -> Self {
+        // Small stores get fewer shards, so the capacity stays close to what was asked.
+        let count = capacity.clamp(1, SHARDS);
+        let per_shard = capacity.div_ceil(count).max(1);
+        let shards = (0..count)
+            .map(|_| Mutex::new(Shard { entries: ClaimMap::default(), next_sweep: 0, last_sweep: 0 }))
+            .collect();
+        Self { capacity, per_shard, shards }
+    }
+
+    /// The configured capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of entries held (expired ones linger until the next sweep of their shard).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|s| s.entries.len()).unwrap_or(0)).sum()
+    }
+
+    /// Whether the store holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn claim_now(&self, claim: &ReplayClaim, now: u64) -> Result<()> {
+        let shard = &self.shards[((claim.key >> 64) as usize) % self.shards.len()];
+        // A poisoned lock means another thread panicked mid-update: fail closed.
+        let mut shard =
+            shard.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheUnavailable, "replay store poisoned"))?;
+        if now >= shard.next_sweep {
+            shard.sweep(now);
+        }
+        if let Some(&until) = shard.entries.get(&claim.key) {
+            if until > now {
+                metrics::counter!("wimse_replay_cache_hits_total").increment(1);
+                return Err(ErrorKind::ReplayedProof.into());
+            }
+        } else if shard.entries.len() >= self.per_shard {
+            // Full: sweep once per second at most, then refuse if still full.
+            if shard.last_sweep < now {
+                shard.sweep(now);
+            }
+            if shard.entries.len() >= self.per_shard {
+                return Err(Error::with_detail(ErrorKind::ReplayCacheFull, "in-memory replay store full"));
+            }
+        }
+        shard.entries.insert(claim.key, claim.expires_at);
+        Ok(())
+    }
+}
+
+impl Default for InMemoryReplayStore {
     fn default() -> Self {
         Self::new(DEFAULT_REPLAY_CAPACITY)
     }
 }
 
-impl fmt::Debug for InMemoryReplayCache {
+impl fmt::Debug for InMemoryReplayStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InMemoryReplayCache").field("capacity", &self.capacity).field("len", &self.len()).finish()
+        f.debug_struct("InMemoryReplayStore").field("capacity", &self.capacity).field("len", &self.len()).finish()
     }
 }
 
-impl ReplayCache for InMemoryReplayCache {
-    fn check_and_insert(&self, scope: &str, id: &str, expires_at: u64, now: u64) -> Result<()> {
-        // Length-prefixing the scope makes the key unambiguous whatever bytes `id` holds.
-        let key = format!("{}:{scope}{id}", scope.len());
-        // A poisoned lock means another thread panicked mid-update: fail closed.
-        let mut state =
-            self.state.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheFull, "replay cache poisoned"))?;
-        state.purge_expired(now);
-        if state.expiry_by_key.get(&key).is_some_and(|&until| until > now) {
-            metrics::counter!("wimse_replay_cache_hits_total").increment(1);
-            return Err(ErrorKind::ReplayedProof.into());
+impl ReplayStore for InMemoryReplayStore {
+    fn claim(&self, claim: &ReplayClaim, now: u64) -> Claim {
+        Claim::ready(self.claim_now(claim, now))
+    }
+}
+
+/// Default per-caller share of live claims: 100 000 (a tenth of the default in-memory
+/// capacity), enough for about 1 100 requests per second from one workload with 60-second
+/// proofs and the default 30-second leeway.
+pub const DEFAULT_CALLER_QUOTA: usize = 100_000;
+
+/// Live claims of one caller, counted per expiry second.
+#[derive(Default)]
+struct CallerClaims {
+    live: usize,
+    by_expiry: BTreeMap<u64, u32>,
+}
+
+impl CallerClaims {
+    fn expire(&mut self, now: u64) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            self.live -= *entry.get() as usize;
+            entry.remove();
         }
-        if state.expiry_by_key.len() >= self.capacity {
-            return Err(Error::with_detail(ErrorKind::ReplayCacheFull, format!("{} live entries", self.capacity)));
+    }
+}
+
+/// How many live claims each workload identity holds, so none can hold more than `limit`.
+///
+/// Kept in memory by each verifier (also in front of a shared store, where the bound is
+/// per replica: with `n` replicas one caller holds at most `n × limit` shared entries). Counts
+/// are kept per expiry second, so memory is bounded by the callers with live claims times the
+/// longest proof lifetime, never by the request rate.
+pub struct CallerQuota {
+    limit: usize,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<u64, CallerClaims, BuildHasherDefault<DigestHasher>>>]>,
+}
+
+impl fmt::Debug for CallerQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallerQuota").field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
+/// A caller, as the quota knows it: a keyed hash of its identifier (not guessable, so no two
+/// identities can be made to share a count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaOwner(u64);
+
+impl CallerQuota {
+    /// At most `limit` live claims per caller.
+    pub fn new(limit: usize) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect();
+        Self { limit, hasher: RandomState::new(), shards }
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The quota owner for `id`.
+    pub fn owner(&self, id: &WorkloadId) -> QuotaOwner {
+        QuotaOwner(self.hasher.hash_one(id.as_str()))
+    }
+
+    fn shard(&self, owner: QuotaOwner) -> &Mutex<HashMap<u64, CallerClaims, BuildHasherDefault<DigestHasher>>> {
+        &self.shards[(owner.0 >> 32) as usize % SHARDS]
+    }
+
+    /// Counts one more live claim for `owner` until `expires_at`, or refuses it with
+    /// [`ErrorKind::ReplayQuotaExceeded`] and the seconds until the caller's oldest claim ends.
+    pub fn reserve(&self, owner: QuotaOwner, expires_at: u64, now: u64) -> Result<()> {
+        let mut shard = self
+            .shard(owner)
+            .lock()
+            .map_err(|_| Error::with_detail(ErrorKind::ReplayCacheUnavailable, "caller quota poisoned"))?;
+        let claims = shard.entry(owner.0).or_default();
+        claims.expire(now);
+        if claims.live >= self.limit {
+            let retry = claims.by_expiry.keys().next().map_or(1, |first| first.saturating_sub(now).max(1));
+            return Err(Error::with_detail(ErrorKind::ReplayQuotaExceeded, format!("{} live proofs", self.limit))
+                .with_retry_after(retry));
         }
-        state.expiry_by_key.insert(key.clone(), expires_at);
-        state.by_expiry.push(Reverse((expires_at, key)));
+        claims.live += 1;
+        *claims.by_expiry.entry(expires_at).or_default() += 1;
         Ok(())
     }
+
+    /// Gives back a reservation whose claim did not enter the store (replayed, or the store
+    /// failed).
+    pub fn release(&self, owner: QuotaOwner, expires_at: u64) {
+        let Ok(mut shard) = self.shard(owner).lock() else { return };
+        let Some(claims) = shard.get_mut(&owner.0) else { return };
+        if let Some(count) = claims.by_expiry.get_mut(&expires_at) {
+            *count -= 1;
+            claims.live -= 1;
+            if *count == 0 {
+                claims.by_expiry.remove(&expires_at);
+            }
+        }
+        if claims.live == 0 {
+            shard.remove(&owner.0);
+        }
+    }
+
+    /// Live claims counted for `owner` at `now`.
+    pub fn live(&self, owner: QuotaOwner, now: u64) -> usize {
+        let Ok(mut shard) = self.shard(owner).lock() else { return 0 };
+        let Some(claims) = shard.get_mut(&owner.0) else { return 0 };
+        claims.expire(now);
+        claims.live
+    }
+
+    /// Drops the counts of callers whose claims have all expired (the verifier calls this on
+    /// its own from time to time).
+    pub fn sweep(&self, now: u64) {
+        for shard in self.shards.iter() {
+            if let Ok(mut shard) = shard.lock() {
+                shard.retain(|_, claims| {
+                    claims.expire(now);
+                    claims.live > 0
+                });
+            }
+        }
+    }
+
+    /// Callers with live claims counted.
+    pub fn callers(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|s| s.len()).unwrap_or(0)).sum()
+    }
 }
 
-/// What a shared replay cache does when its store cannot be reached.
+impl Default for CallerQuota {
+    fn default() -> Self {
+        Self::new(DEFAULT_CALLER_QUOTA)
+    }
+}
+
+/// What a shared replay store does when it cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WhenUnavailable {
     /// Refuse the proof ([`ErrorKind::ReplayCacheUnavailable`], 503). The default.
@@ -114,157 +445,83 @@ pub enum WhenUnavailable {
     FailOpen,
 }
 
-/// A [`ReplayCache`] on Redis (feature `redis`), shared by every replica: a proof accepted by
-/// one is refused by all. Each check is one `SET key 1 NX EXAT <expiry>`; connections are pooled,
-/// and connecting, reading and writing are bounded by a timeout.
-///
-/// The call is synchronous: on an async server it holds a worker thread for one loopback or
-/// LAN round trip (bounded by the timeout).
 #[cfg(feature = "redis")]
-pub struct RedisReplayCache {
-    client: redis::Client,
-    pool: Mutex<Vec<redis::Connection>>,
-    max_idle: usize,
-    timeout: std::time::Duration,
-    when_unavailable: WhenUnavailable,
-    prefix: String,
-}
-
+mod redis_store;
 #[cfg(feature = "redis")]
-impl fmt::Debug for RedisReplayCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisReplayCache").field("when_unavailable", &self.when_unavailable).finish_non_exhaustive()
-    }
-}
-
-#[cfg(feature = "redis")]
-impl RedisReplayCache {
-    /// A cache on the Redis server at `url` (`redis://host:port/db`). Fails closed, 250 ms
-    /// timeouts, keys prefixed `wimse:replay:`.
-    pub fn new(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, format!("redis url: {e}")))?;
-        Ok(Self {
-            client,
-            pool: Mutex::new(Vec::new()),
-            max_idle: 16,
-            timeout: std::time::Duration::from_millis(250),
-            when_unavailable: WhenUnavailable::FailClosed,
-            prefix: "wimse:replay:".into(),
-        })
-    }
-
-    /// What to do when Redis cannot be reached.
-    pub fn when_unavailable(mut self, policy: WhenUnavailable) -> Self {
-        self.when_unavailable = policy;
-        self
-    }
-
-    /// The bound on connecting, reading and writing.
-    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let connection = self.client.get_connection_with_timeout(self.timeout)?;
-        connection.set_read_timeout(Some(self.timeout))?;
-        connection.set_write_timeout(Some(self.timeout))?;
-        Ok(connection)
-    }
-
-    fn set_nx(connection: &mut redis::Connection, key: &str, expires_at: u64) -> redis::RedisResult<bool> {
-        let reply: Option<String> =
-            redis::cmd("SET").arg(key).arg(1).arg("NX").arg("EXAT").arg(expires_at).query(connection)?;
-        Ok(reply.is_some())
-    }
-
-    fn give_back(&self, connection: redis::Connection) {
-        if let Ok(mut pool) = self.pool.lock()
-            && pool.len() < self.max_idle
-        {
-            pool.push(connection);
-        }
-    }
-
-    /// `SET key 1 NX EXAT expires_at`: true when the key was new. A pooled connection that
-    /// fails (the server restarted) is dropped and the command retried once on a new one.
-    fn set_if_absent(&self, key: &str, expires_at: u64) -> redis::RedisResult<bool> {
-        let pooled = self.pool.lock().ok().and_then(|mut pool| pool.pop());
-        if let Some(mut connection) = pooled
-            && let Ok(new) = Self::set_nx(&mut connection, key, expires_at)
-        {
-            self.give_back(connection);
-            return Ok(new);
-        }
-        let mut connection = self.connect()?;
-        let new = Self::set_nx(&mut connection, key, expires_at)?;
-        self.give_back(connection);
-        Ok(new)
-    }
-}
-
-#[cfg(feature = "redis")]
-impl ReplayCache for RedisReplayCache {
-    fn check_and_insert(&self, scope: &str, id: &str, expires_at: u64, now: u64) -> Result<()> {
-        use sha2::{Digest, Sha256};
-        // A fixed-size key whatever the scope and id: hash of the unambiguous pair.
-        let digest =
-            Sha256::new().chain_update(scope.len().to_be_bytes()).chain_update(scope).chain_update(id).finalize();
-        let key = format!("{}{}", self.prefix, crate::jose::b64url_encode(digest));
-        match self.set_if_absent(&key, expires_at.max(now.saturating_add(1))) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                metrics::counter!("wimse_replay_cache_hits_total").increment(1);
-                Err(ErrorKind::ReplayedProof.into())
-            }
-            Err(error) => match self.when_unavailable {
-                WhenUnavailable::FailClosed => {
-                    Err(Error::with_detail(ErrorKind::ReplayCacheUnavailable, format!("redis: {error}")))
-                }
-                WhenUnavailable::FailOpen => {
-                    tracing::warn!(error = %error, "wimse: replay cache unavailable; accepting without a replay check");
-                    Ok(())
-                }
-            },
-        }
-    }
-}
+pub use redis_store::RedisReplayStore;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> WorkloadId {
+        s.parse().unwrap()
+    }
+
+    fn claim(store: &InMemoryReplayStore, c: &ReplayClaim, now: u64) -> Result<()> {
+        store.claim(c, now).into_ready().unwrap()
+    }
+
     #[test]
-    fn second_use_is_a_replay_until_expiry() {
-        let cache = InMemoryReplayCache::new(10);
-        cache.check_and_insert("spiffe://a/b", "j1", 100, 50).unwrap();
-        assert_eq!(
-            cache.check_and_insert("spiffe://a/b", "j1", 100, 60).unwrap_err().kind(),
-            &ErrorKind::ReplayedProof
-        );
+    fn second_claim_is_a_replay_until_expiry() {
+        let store = InMemoryReplayStore::new(64);
+        let a = id("spiffe://a/b");
+        claim(&store, &ReplayClaim::wpt(&a, "j1", 100, 0), 50).unwrap();
+        let again = claim(&store, &ReplayClaim::wpt(&a, "j1", 100, 0), 60).unwrap_err();
+        assert_eq!(again.kind(), &ErrorKind::ReplayedProof);
         // Same jti from another sender is a different proof.
-        cache.check_and_insert("spiffe://a/c", "j1", 100, 60).unwrap();
+        claim(&store, &ReplayClaim::wpt(&id("spiffe://a/c"), "j1", 100, 0), 60).unwrap();
         // After expiry the entry is gone (the proof itself would be refused as expired anyway).
-        cache.check_and_insert("spiffe://a/b", "j1", 200, 100).unwrap();
+        claim(&store, &ReplayClaim::wpt(&a, "j1", 200, 0), 100).unwrap();
     }
 
     #[test]
-    fn scope_and_id_cannot_collide() {
-        let cache = InMemoryReplayCache::new(10);
-        cache.check_and_insert("ab", "c", 100, 0).unwrap();
-        cache.check_and_insert("a", "bc", 100, 0).unwrap();
+    fn nonces_are_claimed_whoever_sends_them() {
+        let store = InMemoryReplayStore::new(64);
+        claim(&store, &ReplayClaim::signature_nonce("n", 100, 0), 10).unwrap();
+        let err = claim(&store, &ReplayClaim::signature_nonce("n", 100, 0), 10).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::ReplayedProof);
+        // A WPT jti equal to a nonce is another proof.
+        claim(&store, &ReplayClaim::wpt(&id("spiffe://a/b"), "n", 100, 0), 10).unwrap();
     }
 
     #[test]
-    fn full_cache_fails_closed_then_recovers_after_expiry() {
-        let cache = InMemoryReplayCache::new(2);
-        cache.check_and_insert("s", "1", 100, 0).unwrap();
-        cache.check_and_insert("s", "2", 150, 0).unwrap();
-        assert_eq!(cache.check_and_insert("s", "3", 100, 10).unwrap_err().kind(), &ErrorKind::ReplayCacheFull);
-        // The live entries are still remembered.
-        assert_eq!(cache.check_and_insert("s", "1", 100, 10).unwrap_err().kind(), &ErrorKind::ReplayedProof);
-        cache.check_and_insert("s", "3", 200, 100).unwrap();
-        assert_eq!(cache.len(), 2);
+    fn sender_and_id_cannot_collide() {
+        let (ab, a) = (id("spiffe://a/b"), id("spiffe://a/bc"));
+        assert_ne!(ReplayClaim::wpt(&ab, "c", 1, 0).key(), ReplayClaim::wpt(&a, "", 1, 0).key());
+    }
+
+    #[test]
+    fn full_store_fails_closed_then_recovers_after_expiry() {
+        let store = InMemoryReplayStore::new(SHARDS); // one entry per shard
+        let mut claims = (0u32..).map(|i| ReplayClaim::signature_nonce(&i.to_string(), 100, 0));
+        // Fill one shard, then a claim for the same shard is refused.
+        let first = claims.next().unwrap();
+        claim(&store, &first, 10).unwrap();
+        let shard_of = |c: &ReplayClaim| ((c.key >> 64) as usize) % SHARDS;
+        let same = claims.find(|c| shard_of(c) == shard_of(&first)).unwrap();
+        assert_eq!(claim(&store, &same, 10).unwrap_err().kind(), &ErrorKind::ReplayCacheFull);
+        // The live entry is still remembered; after it expires the shard takes new claims.
+        assert_eq!(claim(&store, &first, 10).unwrap_err().kind(), &ErrorKind::ReplayedProof);
+        claim(&store, &same, 101).unwrap();
+    }
+
+    #[test]
+    fn quota_refuses_one_caller_not_the_others() {
+        let quota = CallerQuota::new(2);
+        let (a, b) = (quota.owner(&id("spiffe://d/a")), quota.owner(&id("spiffe://d/b")));
+        quota.reserve(a, 40, 0).unwrap();
+        quota.reserve(a, 50, 0).unwrap();
+        let err = quota.reserve(a, 60, 10).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::ReplayQuotaExceeded);
+        assert_eq!(err.retry_after(), Some(30), "until the oldest claim ends");
+        quota.reserve(b, 60, 10).unwrap();
+        // A released reservation and an expired claim both free a place.
+        quota.release(a, 50);
+        quota.reserve(a, 70, 10).unwrap();
+        assert_eq!(quota.live(a, 45), 1);
+        quota.reserve(a, 80, 45).unwrap();
+        quota.sweep(100);
+        assert_eq!(quota.callers(), 0);
     }
 }

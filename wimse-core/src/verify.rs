@@ -1,21 +1,29 @@
-//! The inbound path: a request's headers in, a [`VerifiedCaller`] or a named rejection out.
+//! The inbound path's credential and claim stages: a request's headers in, a
+//! [`VerifiedCaller`] or a named rejection out. Adapters drive it through a
+//! [`Guard`](crate::guard::Guard), which adds the policy between the two.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use crate::audit;
+use crate::caller::{PendingCaller, ProofMethod, VerifiedCaller};
 use crate::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::{HeaderSource, extract_wpt_credentials, has_wimse_credentials, single_value};
+use crate::http::{HeaderSource, extract_wpt_credentials, single_value};
 use crate::httpsig::{self, RequestParts, SignatureValidation, has_signature};
-use crate::id::{IdentifierPolicy, WorkloadId};
+use crate::id::IdentifierPolicy;
 use crate::jose::{Algorithm, Backend};
-use crate::policy::Policy;
-use crate::replay::{InMemoryReplayCache, ReplayCache};
-use crate::sign::Signer;
+use crate::replay::{
+    CallerQuota, Claim, DEFAULT_CALLER_QUOTA, InMemoryReplayStore, QuotaOwner, ReplayClaim, ReplayStore,
+};
 use crate::time::{Clock, SystemClock};
 use crate::trust::{TrustHandle, TrustStore};
 use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
+use crate::wit_cache::WitCache;
 use crate::wpt::{ProofContext, WptValidation, validate_wpt};
 
 /// Verifier settings. Build with [`VerifierConfig::new`] and the `with_*` methods; the defaults
@@ -54,6 +62,11 @@ pub struct VerifierConfig {
     /// How many verified WITs are remembered (by their SHA-256) so a steady caller's WIT is
     /// verified once, not on every request. 0 disables the cache. Defaults to 10 000.
     pub wit_cache_capacity: usize,
+    /// Most live replay claims one workload identity may hold (see
+    /// [`CallerQuota`](crate::replay::CallerQuota)); past it that caller gets 429 with
+    /// `Retry-After` while the others go on. Defaults to
+    /// [`DEFAULT_CALLER_QUOTA`](crate::replay::DEFAULT_CALLER_QUOTA) (100 000).
+    pub caller_quota: usize,
 }
 
 impl Default for VerifierConfig {
@@ -74,6 +87,7 @@ impl Default for VerifierConfig {
             accept_http_signatures: true,
             max_signature_age: 300,
             wit_cache_capacity: 10_000,
+            caller_quota: DEFAULT_CALLER_QUOTA,
         }
     }
 }
@@ -130,11 +144,19 @@ impl VerifierConfig {
         self.backend = backend;
         self
     }
+    /// Sets the most live replay claims one caller may hold.
+    pub fn with_caller_quota(mut self, claims: usize) -> Self {
+        self.caller_quota = claims;
+        self
+    }
 
     fn validate(&self) -> Result<()> {
         let bad = |d: &'static str| Err(Error::with_detail(ErrorKind::InvalidConfiguration, d));
         if self.audiences.is_empty() && self.origins.is_empty() {
             return bad("no audience or origin configured: every WPT would be refused");
+        }
+        if self.caller_quota == 0 {
+            return bad("caller_quota is 0: every proof would be refused");
         }
         if !self.accept_wpt && !self.accept_http_signatures {
             return bad("neither WPT nor HTTP signatures accepted: every request would be refused");
@@ -204,125 +226,6 @@ impl<'a, H: ?Sized> RequestView<'a, H> {
     }
 }
 
-/// How the caller proved possession of its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ProofMethod {
-    /// A WIT + WPT (wpt-02).
-    Wpt {
-        /// The proof's `jti`.
-        jti: String,
-        /// The proof's expiry.
-        exp: u64,
-    },
-    /// Mutual TLS with a Workload Identity Certificate (mutual-tls-03): the identity comes from
-    /// the verified client certificate of the connection.
-    MutualTls {
-        /// base64url SHA-256 of the client's leaf certificate.
-        certificate_fingerprint: String,
-    },
-    /// A WIT + HTTP message signature (http-signature-08).
-    HttpSignature {
-        /// The signature's `nonce` (a signed response carries it back).
-        nonce: String,
-        /// The signature's expiry.
-        expires: u64,
-        /// The caller asked for a signed response (`wimse-sign-response`).
-        sign_response: bool,
-    },
-}
-
-impl ProofMethod {
-    /// `"wpt"` or `"http-signature"`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ProofMethod::Wpt { .. } => "wpt",
-            ProofMethod::HttpSignature { .. } => "http-signature",
-            ProofMethod::MutualTls { .. } => "mtls",
-        }
-    }
-}
-
-/// An authenticated caller. Only a [`Verifier`] makes one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedCaller {
-    id: WorkloadId,
-    method: ProofMethod,
-    wit_exp: u64,
-    wit_iss: Option<String>,
-    wit_jti: Option<String>,
-    key_thumbprint: String,
-    txn_token: Option<String>,
-    context_tokens: BTreeMap<String, String>,
-}
-
-/// The caller authenticated by the TLS layer (mutual TLS), put into request extensions by a
-/// TLS-terminating adapter. A [`Guard`] uses it when the request carries no application-level
-/// credentials; headers can never override it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsPeer(VerifiedCaller);
-
-impl TlsPeer {
-    /// The caller.
-    pub fn caller(&self) -> &VerifiedCaller {
-        &self.0
-    }
-}
-
-#[cfg(feature = "mtls")]
-impl TlsPeer {
-    /// The peer of a connection whose client certificate chain rustls verified with a
-    /// [`WicClientVerifier`](crate::wic::WicClientVerifier).
-    pub fn from_verified_chain(peer_certificates: &[rustls::pki_types::CertificateDer<'_>]) -> Result<Self> {
-        let (id, fingerprint) = crate::wic::verified_peer(peer_certificates)?;
-        Ok(Self(VerifiedCaller {
-            id,
-            method: ProofMethod::MutualTls { certificate_fingerprint: fingerprint.clone() },
-            wit_exp: 0,
-            wit_iss: None,
-            wit_jti: None,
-            key_thumbprint: fingerprint,
-            txn_token: None,
-            context_tokens: BTreeMap::new(),
-        }))
-    }
-}
-
-impl VerifiedCaller {
-    /// The caller's Workload Identifier (the WIT's `sub`).
-    pub fn id(&self) -> &WorkloadId {
-        &self.id
-    }
-    /// How possession was proven.
-    pub fn method(&self) -> &ProofMethod {
-        &self.method
-    }
-    /// When the caller's WIT expires.
-    pub fn wit_expires_at(&self) -> u64 {
-        self.wit_exp
-    }
-    /// The WIT's `iss`, for audit.
-    pub fn wit_issuer(&self) -> Option<&str> {
-        self.wit_iss.as_deref()
-    }
-    /// The WIT's `jti`, for audit.
-    pub fn wit_id(&self) -> Option<&str> {
-        self.wit_jti.as_deref()
-    }
-    /// RFC 7638 thumbprint of the caller's confirmation key.
-    pub fn key_thumbprint(&self) -> &str {
-        &self.key_thumbprint
-    }
-    /// The `Txn-Token` value, present only when the proof bound it (`tth`).
-    pub fn txn_token(&self) -> Option<&str> {
-        self.txn_token.as_deref()
-    }
-    /// Context tokens bound by `oth`, by lower-case field name. Tokens not bound never appear.
-    pub fn context_tokens(&self) -> &BTreeMap<String, String> {
-        &self.context_tokens
-    }
-}
-
 /// Verifies WIMSE requests. Cheap to clone; share one per service.
 ///
 /// ```
@@ -342,11 +245,13 @@ impl VerifiedCaller {
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("workload-identity-token", wit.parse()?);
 /// headers.insert("authorization", format!("WPT {wpt}").parse()?);
-/// let caller = verifier.verify(&RequestView::new("/charge?id=7", &headers))?;
+/// // With the in-memory replay store the answer is ready at once; `verify(..).await` works
+/// // with every store.
+/// let caller = verifier.verify_sync(&RequestView::new("/charge?id=7", &headers))?;
 /// assert_eq!(caller.id(), &id);
 ///
 /// // The same proof again is a replay.
-/// let again = verifier.verify(&RequestView::new("/charge", &headers));
+/// let again = verifier.verify_sync(&RequestView::new("/charge", &headers));
 /// assert_eq!(again.unwrap_err().kind(), &ErrorKind::ReplayedProof);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -358,7 +263,8 @@ pub struct Verifier {
     wpt_validation: Arc<WptValidation>,
     signature_validation: Arc<SignatureValidation>,
     wit_cache: Arc<WitCache>,
-    replay: Arc<dyn ReplayCache>,
+    replay: Arc<dyn ReplayStore>,
+    quota: Arc<CallerQuota>,
     clock: Arc<dyn Clock>,
 }
 
@@ -404,20 +310,22 @@ impl Verifier {
             ..SignatureValidation::default()
         };
         Ok(Self {
+            quota: Arc::new(CallerQuota::new(config.caller_quota)),
             wit_cache: Arc::new(WitCache::new(config.wit_cache_capacity)),
             signature_validation: Arc::new(signature_validation),
             trust: TrustHandle::new(trust),
             config: Arc::new(config),
             wit_validation: Arc::new(wit_validation),
             wpt_validation: Arc::new(wpt_validation),
-            replay: Arc::new(InMemoryReplayCache::default()),
+            replay: Arc::new(InMemoryReplayStore::default()),
             clock: Arc::new(SystemClock),
         })
     }
 
-    /// Uses another replay cache (shared between replicas, or sized differently).
-    pub fn with_replay_cache(mut self, cache: impl ReplayCache + 'static) -> Self {
-        self.replay = Arc::new(cache);
+    /// Uses another replay store (shared between replicas, or sized differently). The default
+    /// is an [`InMemoryReplayStore`] of default capacity.
+    pub fn with_replay_store(mut self, store: impl ReplayStore + 'static) -> Self {
+        self.replay = Arc::new(store);
         self
     }
 
@@ -432,40 +340,79 @@ impl Verifier {
         &self.config
     }
 
-    /// Verifies a WIT + WPT request. Rejections are logged with their reason, never with tokens.
-    pub fn verify<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+    /// Stages 1–2 of the inbound pipeline: reads the request's credentials and checks them
+    /// (CPU only, no I/O). The caller still has to be [confirmed](Self::confirm) against
+    /// replay. Rejections are logged (target `wimse::audit`) with their reason, never tokens.
+    pub fn authenticate<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<PendingCaller> {
         let signed = has_signature(request.headers);
-        let span = tracing::info_span!(
-            "wimse_verify",
-            mode = if signed { "http-signature" } else { "wpt" },
-            caller = tracing::field::Empty,
-            decision = tracing::field::Empty,
-            reason = tracing::field::Empty
-        );
-        let _entered = span.enter();
         let result = if signed {
-            self.verify_signed_request(request).map_err(Error::in_signature_mode)
+            self.signed_request_credentials(request).map_err(Error::in_signature_mode)
         } else {
-            self.verify_wpt_request(request)
+            self.wpt_request_credentials(request)
         };
-        let mode = if signed { "http-signature" } else { "wpt" };
-        match &result {
-            Ok(caller) => {
-                span.record("caller", caller.id().as_str()).record("decision", "allow");
-                tracing::info!(target: "wimse::audit", caller = %caller.id(), mode, decision = "allow", "request authenticated");
-                metrics::counter!("wimse_verifications_total", "mode" => mode, "result" => "allow", "reason" => "ok")
-                    .increment(1);
-            }
-            Err(e) => {
-                span.record("decision", "reject").record("reason", e.reason());
-                tracing::warn!(target: "wimse::audit", mode, decision = "reject", reason = e.reason(), detail = e.detail(), "request rejected");
-                metrics::counter!("wimse_verifications_total", "mode" => mode, "result" => "reject", "reason" => e.reason()).increment(1);
-            }
+        if let Err(error) = &result {
+            audit::rejected(if signed { "http-signature" } else { "wpt" }, None, error);
         }
         result
     }
 
-    fn verify_signed_request<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+    /// Stage 4: claims the caller's proof, within the caller's quota, in the replay store.
+    /// Resolves to the [`VerifiedCaller`], or to [`ErrorKind::ReplayedProof`],
+    /// [`ErrorKind::ReplayQuotaExceeded`] (429), [`ErrorKind::ReplayCacheFull`] or
+    /// [`ErrorKind::ReplayCacheUnavailable`] (503). Ready at once with the in-memory store.
+    pub fn confirm(&self, pending: PendingCaller) -> Confirm {
+        let PendingCaller { caller, claim } = pending;
+        let Some(claim) = claim else {
+            audit::allowed(caller.method.name(), &caller.id);
+            return Confirm::done(Ok(caller));
+        };
+        let now = self.clock.now();
+        let owner = self.quota.owner(&caller.id);
+        if let Err(error) = self.quota.reserve(owner, claim.expires_at(), now) {
+            return Confirm::done(Err(settle_rejection(&caller, error)));
+        }
+        let waiting = Waiting {
+            claim: self.replay.claim(&claim, now),
+            caller: Some(caller),
+            quota: self.quota.clone(),
+            owner,
+            expires_at: claim.expires_at(),
+        };
+        let mut confirm = Confirm(ConfirmState::Waiting(waiting));
+        // The in-memory store has answered already: settle without a poll.
+        if let ConfirmState::Waiting(waiting) = &mut confirm.0
+            && let Some(result) = waiting.try_settle()
+        {
+            return Confirm::done(result);
+        }
+        confirm
+    }
+
+    /// The credential and claim stages together, without a policy (adapters use a
+    /// [`Guard`](crate::guard::Guard)): `verifier.verify(&request).await`.
+    pub fn verify<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Confirm {
+        match self.authenticate(request) {
+            Ok(pending) => self.confirm(pending),
+            Err(error) => Confirm::done(Err(error)),
+        }
+    }
+
+    /// [`verify`](Self::verify) for synchronous callers (tools, tests) whose replay store answers
+    /// at once, like the in-memory store. With an asynchronous store (Redis) it fails closed
+    /// with [`ErrorKind::ReplayCacheUnavailable`]: use `verify(..).await` there.
+    pub fn verify_sync<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+        self.verify(request).into_ready().unwrap_or_else(|_| {
+            Err(Error::with_detail(
+                ErrorKind::ReplayCacheUnavailable,
+                "the replay store is asynchronous: use `verify(..).await`",
+            ))
+        })
+    }
+
+    fn signed_request_credentials<H: HeaderSource + ?Sized>(
+        &self,
+        request: &RequestView<'_, H>,
+    ) -> Result<PendingCaller> {
         if !self.config.accept_http_signatures {
             return Err(Error::with_detail(ErrorKind::NoWimseSignature, "HTTP signatures are not accepted here"));
         }
@@ -486,15 +433,7 @@ impl Verifier {
             headers: request.headers,
         };
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let sig = httpsig::verify_request(
-            &parts,
-            request.body,
-            &wit,
-            audience_ok,
-            &self.signature_validation,
-            self.replay.as_ref(),
-            now,
-        )?;
+        let sig = httpsig::verify_request(&parts, request.body, &wit, audience_ok, &self.signature_validation, now)?;
         // Covered context tokens are authenticated by the signature.
         let txn_token = single_value(
             request.headers,
@@ -502,12 +441,15 @@ impl Verifier {
             self.config.max_token_len,
             ErrorKind::DuplicateContextToken,
         )?;
-        Ok(self.caller(
-            &wit,
-            ProofMethod::HttpSignature { nonce: sig.nonce, expires: sig.expires, sign_response: sig.sign_response },
-            txn_token,
-            BTreeMap::new(),
-        ))
+        let leeway = self.config.leeway;
+        let claim = ReplayClaim::signature_nonce(
+            &sig.nonce,
+            sig.expires.saturating_add(leeway),
+            sig.created.saturating_sub(leeway),
+        );
+        let method =
+            ProofMethod::HttpSignature { nonce: sig.nonce, expires: sig.expires, sign_response: sig.sign_response };
+        Ok(PendingCaller { caller: self.caller(&wit, method, txn_token, BTreeMap::new()), claim: Some(claim) })
     }
 
     /// Validates a WIT against the current anchors; a token naming a key the anchors do not
@@ -520,18 +462,28 @@ impl Verifier {
             return Ok(hit);
         }
         metrics::counter!("wimse_wit_cache_total", "result" => "miss").increment(1);
-        let result = self.trust.read(|trust| validate_wit(wit, trust, &self.wit_validation, now)).map(Arc::new);
-        if let Ok(verified) = &result {
-            self.wit_cache.insert(key, verified.clone(), generation, now);
+        let result: Result<(Arc<VerifiedWit>, Option<u64>)> = self.trust.read(|trust| {
+            let verified = validate_wit(wit, trust, &self.wit_validation, now)?;
+            // Stale anchors refuse cached WITs exactly like uncached ones (`max_stale`).
+            let usable_until = trust.get(&verified.subject().trust_domain()).and_then(|a| a.valid_until());
+            Ok((Arc::new(verified), usable_until))
+        });
+        match result {
+            Ok((verified, usable_until)) => {
+                self.wit_cache.insert(key, verified.clone(), generation, usable_until, now);
+                Ok(verified)
+            }
+            Err(error) => {
+                if matches!(error.kind(), ErrorKind::UnknownKey | ErrorKind::TrustAnchorsUnavailable)
+                    && let Ok(jws) = crate::jose::jws::parse(wit, self.wit_validation.max_token_len)
+                    && let Some(Ok(sub)) =
+                        jws.claims.get("sub").and_then(serde_json::Value::as_str).map(crate::id::WorkloadId::parse)
+                {
+                    self.trust.request_refresh(&sub.trust_domain());
+                }
+                Err(error)
+            }
         }
-        if let Err(error) = &result
-            && matches!(error.kind(), ErrorKind::UnknownKey | ErrorKind::TrustAnchorsUnavailable)
-            && let Ok(jws) = crate::jose::jws::parse(wit, self.wit_validation.max_token_len)
-            && let Some(Ok(sub)) = jws.claims.get("sub").and_then(serde_json::Value::as_str).map(WorkloadId::parse)
-        {
-            self.trust.request_refresh(&sub.trust_domain());
-        }
-        result
     }
 
     /// How many verified WITs are cached.
@@ -543,6 +495,11 @@ impl Verifier {
     /// `wimse_reqwest::BundleSource`).
     pub fn trust(&self) -> &TrustHandle {
         &self.trust
+    }
+
+    /// The per-caller quota on live replay claims.
+    pub fn caller_quota(&self) -> &CallerQuota {
+        &self.quota
     }
 
     fn caller(
@@ -565,7 +522,7 @@ impl Verifier {
         }
     }
 
-    fn verify_wpt_request<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
+    fn wpt_request_credentials<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<PendingCaller> {
         if !self.config.accept_wpt {
             return Err(Error::with_detail(ErrorKind::MissingWpt, "WPT requests are not accepted here"));
         }
@@ -582,177 +539,118 @@ impl Verifier {
 
         let wit = self.validate_wit(credentials.wit, now)?;
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let wpt = validate_wpt(
-            credentials.wpt,
-            &wit,
-            &context,
-            audience_ok,
-            &self.wpt_validation,
-            self.replay.as_ref(),
-            now,
-        )?;
-
-        Ok(self.caller(&wit, ProofMethod::Wpt { jti: wpt.jti, exp: wpt.exp }, context.txn_token, context.other_tokens))
+        let wpt = validate_wpt(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, now)?;
+        let leeway = self.config.leeway;
+        // A verifier accepts a WPT only while `exp <= now + max lifetime + leeway`: no verifier
+        // could have accepted it before `exp - max lifetime - leeway`.
+        let earliest = wpt.exp.saturating_sub(self.config.max_wpt_lifetime.saturating_add(leeway));
+        let claim = ReplayClaim::wpt(wit.subject(), &wpt.jti, wpt.exp.saturating_add(leeway), earliest);
+        let method = ProofMethod::Wpt { jti: wpt.jti, exp: wpt.exp };
+        let caller = self.caller(&wit, method, context.txn_token, context.other_tokens);
+        Ok(PendingCaller { caller, claim: Some(claim) })
     }
 }
 
-/// Verified WITs by the SHA-256 of the token, valid while the anchors they were checked against
-/// are unchanged. Time-dependent checks are repeated on every hit; only the signature, the
-/// parsing and the key checks are saved. Bounded: when full of unexpired entries, new WITs are
-/// simply not cached (verification is unaffected). Only WITs that verified enter, so invalid
-/// tokens cannot grow it.
-struct WitCache {
-    capacity: usize,
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Arc<VerifiedWit>, u64)>>,
+fn settle_rejection(caller: &VerifiedCaller, error: Error) -> Error {
+    let error = match caller.method {
+        ProofMethod::HttpSignature { .. } => error.in_signature_mode(),
+        _ => error,
+    };
+    audit::rejected(caller.method.name(), Some(&caller.id), &error);
+    error
 }
 
-impl WitCache {
-    fn new(capacity: usize) -> Self {
-        Self { capacity, entries: std::sync::Mutex::new(std::collections::HashMap::new()) }
-    }
+/// The answer of [`Verifier::confirm`] (and so of [`Verifier::verify`] and
+/// [`Guard::confirm`](crate::guard::Guard::confirm)): a future resolving to the
+/// [`VerifiedCaller`] once its proof is claimed. Ready at once with the in-memory store
+/// ([`into_ready`](Self::into_ready) takes the answer without a runtime). Dropped before it
+/// resolves, it gives the caller's quota back.
+#[must_use = "the caller is verified only once the confirmation resolves"]
+#[derive(Debug)]
+pub struct Confirm(ConfirmState);
 
-    fn get(&self, key: &str, generation: u64, now: u64, cfg: &WitValidation) -> Option<Arc<VerifiedWit>> {
-        if self.capacity == 0 {
-            return None;
-        }
-        let entries = self.entries.lock().ok()?;
-        let (wit, cached_generation) = entries.get(key)?;
-        let claims = wit.claims();
-        let still_valid = *cached_generation == generation
-            && now < claims.exp.saturating_add(cfg.leeway)
-            && claims.nbf.is_none_or(|nbf| nbf <= now.saturating_add(cfg.leeway));
-        still_valid.then(|| wit.clone())
-    }
-
-    fn insert(&self, key: String, wit: Arc<VerifiedWit>, generation: u64, now: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        let Ok(mut entries) = self.entries.lock() else { return };
-        if entries.len() >= self.capacity {
-            entries.retain(|_, (w, g)| *g == generation && now < w.claims().exp);
-        }
-        if entries.len() < self.capacity {
-            entries.insert(key, (wit, generation));
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
-    }
+#[derive(Debug)]
+enum ConfirmState {
+    Done(Option<Result<VerifiedCaller>>),
+    Waiting(Waiting),
 }
 
-/// What a server adapter applies to each request: a [`Verifier`], optionally a [`Policy`], and
-/// whether anonymous requests may pass. Every adapter wraps one, so all decide alike.
-#[derive(Debug, Clone)]
-pub struct Guard {
-    verifier: Verifier,
-    policy: Option<Policy>,
-    optional: bool,
-    body_limit: usize,
-    responses: Option<Signer>,
-    sign_all: bool,
+#[derive(Debug)]
+struct Waiting {
+    claim: Claim,
+    caller: Option<VerifiedCaller>,
+    quota: Arc<CallerQuota>,
+    owner: QuotaOwner,
+    expires_at: u64,
 }
 
-/// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
-/// (or to sign a response): 1 MiB.
-pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
-
-impl Guard {
-    /// Requires valid credentials on every request.
-    pub fn new(verifier: Verifier) -> Self {
-        Self {
-            verifier,
-            policy: None,
-            optional: false,
-            body_limit: DEFAULT_BODY_LIMIT,
-            responses: None,
-            sign_all: false,
-        }
-    }
-
-    /// The largest body buffered for a signed request's digest or a signed response
-    /// (default [`DEFAULT_BODY_LIMIT`]); larger request bodies are answered with 413.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
-    }
-
-    /// Signs the responses that callers ask to be signed (`wimse-sign-response`), with this
-    /// service's own credentials. Without it such requests are answered with 501.
-    pub fn sign_responses(mut self, signer: Signer) -> Self {
-        self.responses = Some(signer);
-        self
-    }
-
-    /// Signs the response to every HTTP-signature request, asked or not (local policy; needs
-    /// [`sign_responses`](Self::sign_responses)).
-    pub fn always_sign_responses(mut self) -> Self {
-        self.sign_all = true;
-        self
-    }
-
-    /// The body limit.
-    pub fn max_body(&self) -> usize {
-        self.body_limit
-    }
-
-    /// The response signer, if responses are signed.
-    pub fn response_signer(&self) -> Option<&Signer> {
-        self.responses.as_ref()
-    }
-
-    /// The nonce a response must be signed for: `Ok(None)` when the caller did not ask,
-    /// [`ErrorKind::SignedResponseUnsupported`] when it asked and this service does not sign.
-    pub fn response_nonce(&self, caller: Option<&VerifiedCaller>) -> Result<Option<String>> {
-        match caller.map(VerifiedCaller::method) {
-            Some(ProofMethod::HttpSignature { nonce, sign_response: true, .. }) => match self.responses {
-                Some(_) => Ok(Some(nonce.clone())),
-                None => Err(ErrorKind::SignedResponseUnsupported.into()),
-            },
-            Some(ProofMethod::HttpSignature { nonce, .. }) if self.sign_all && self.responses.is_some() => {
-                Ok(Some(nonce.clone()))
+impl Waiting {
+    fn settle(&mut self, result: Result<()>) -> Result<VerifiedCaller> {
+        let caller = self.caller.take().ok_or_else(|| {
+            Error::with_detail(ErrorKind::ReplayCacheUnavailable, "confirmation polled after completion")
+        })?;
+        match result {
+            Ok(()) => {
+                audit::allowed(caller.method.name(), &caller.id);
+                Ok(caller)
             }
-            _ => Ok(None),
+            Err(error) => {
+                self.quota.release(self.owner, self.expires_at);
+                Err(settle_rejection(&caller, error))
+            }
         }
     }
 
-    /// Lets requests without any WIMSE credentials through, with no caller (see
-    /// [`has_wimse_credentials`]). Requests that carry credentials must still verify.
-    pub fn optional(mut self) -> Self {
-        self.optional = true;
-        self
-    }
-
-    /// Applies `policy` to every verified caller (403 when denied).
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = Some(policy);
-        self
-    }
-
-    /// The verified (and allowed) caller, `None` for an anonymous request an optional guard
-    /// lets through, or the rejection.
-    pub fn check<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<Option<VerifiedCaller>> {
-        self.check_with_tls(request, None)
-    }
-
-    /// Like [`check`](Self::check) on a connection whose TLS layer authenticated `tls`.
-    /// Application-level credentials, when present, are verified and take precedence; without
-    /// them the TLS peer is the caller (and the policy applies to it the same way).
-    pub fn check_with_tls<H: HeaderSource + ?Sized>(
-        &self,
-        request: &RequestView<'_, H>,
-        tls: Option<&TlsPeer>,
-    ) -> Result<Option<VerifiedCaller>> {
-        let caller = match (has_wimse_credentials(request.headers), tls) {
-            (false, Some(peer)) => peer.caller().clone(),
-            (false, None) if self.optional => return Ok(None),
-            _ => self.verifier.verify(request)?,
-        };
-        if let Some(policy) = &self.policy {
-            policy.check(&caller)?;
+    /// Settles without polling when the store answered at once.
+    fn try_settle(&mut self) -> Option<Result<VerifiedCaller>> {
+        let claim = std::mem::replace(&mut self.claim, Claim::ready(Ok(())));
+        match claim.into_ready() {
+            Ok(result) => Some(self.settle(result)),
+            Err(pending) => {
+                self.claim = pending;
+                None
+            }
         }
-        Ok(Some(caller))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Abandoned before the store answered: the claim may or may not have landed; giving
+        // the quota back errs on the side of the caller (the quota is a bound, not a ledger).
+        if self.caller.is_some() {
+            self.quota.release(self.owner, self.expires_at);
+        }
+    }
+}
+
+impl Confirm {
+    fn done(result: Result<VerifiedCaller>) -> Self {
+        Self(ConfirmState::Done(Some(result)))
+    }
+
+    /// The answer if it is known now, otherwise the confirmation back (to `.await`).
+    pub fn into_ready(self) -> std::result::Result<Result<VerifiedCaller>, Self> {
+        match self.0 {
+            ConfirmState::Done(Some(result)) => Ok(result),
+            state => Err(Self(state)),
+        }
+    }
+}
+
+impl Future for Confirm {
+    type Output = Result<VerifiedCaller>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            ConfirmState::Done(result) => Poll::Ready(result.take().unwrap_or_else(|| {
+                Err(Error::with_detail(ErrorKind::ReplayCacheUnavailable, "confirmation polled after completion"))
+            })),
+            ConfirmState::Waiting(waiting) => match Pin::new(&mut waiting.claim).poll(cx) {
+                Poll::Ready(result) => Poll::Ready(waiting.settle(result)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -772,41 +670,6 @@ mod tests {
     }
 
     #[test]
-    fn response_signing_decisions() {
-        use crate::cred::StaticCredentials;
-        use crate::jose::{Algorithm, SigningKey};
-        let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
-        let key = SigningKey::generate(Algorithm::ES256).unwrap();
-        let wit = crate::wit::WitIssuer::new(issuer)
-            .issue(&"spiffe://a.example/s".parse().unwrap(), key.public_jwk(), 1)
-            .unwrap();
-        let signer = Signer::new(StaticCredentials::new(crate::cred::Credentials::new(wit, key).unwrap()));
-        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
-        let caller = |sign_response| VerifiedCaller {
-            id: "spiffe://a.example/c".parse().unwrap(),
-            method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
-            wit_exp: 2,
-            wit_iss: None,
-            wit_jti: None,
-            key_thumbprint: String::new(),
-            txn_token: None,
-            context_tokens: BTreeMap::new(),
-        };
-        let plain = Guard::new(verifier.clone());
-        assert_eq!(
-            plain.response_nonce(Some(&caller(true))).unwrap_err().kind(),
-            &ErrorKind::SignedResponseUnsupported
-        );
-        assert_eq!(plain.response_nonce(Some(&caller(false))).unwrap(), None);
-        let signing = Guard::new(verifier.clone()).sign_responses(signer.clone());
-        assert_eq!(signing.response_nonce(Some(&caller(true))).unwrap().as_deref(), Some("n"));
-        assert_eq!(signing.response_nonce(Some(&caller(false))).unwrap(), None);
-        let always = Guard::new(verifier).sign_responses(signer).always_sign_responses();
-        assert_eq!(always.response_nonce(Some(&caller(false))).unwrap().as_deref(), Some("n"));
-        assert_eq!(always.response_nonce(None).unwrap(), None);
-    }
-
-    #[test]
     fn unsafe_configurations_are_refused() {
         let err = Verifier::new(TrustStore::new(), VerifierConfig::new()).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
@@ -818,6 +681,9 @@ mod tests {
             VerifierConfig::new().with_audience("a").with_context_token("Authorization"),
         )
         .unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_caller_quota(0))
+            .unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
     }
 }

@@ -8,11 +8,11 @@ use serde_json::Value;
 use crate::draft::WPT_TYP;
 use crate::error::{Error, ErrorKind, Result};
 use crate::jose::{Backend, SigningKey, jws};
-use crate::replay::ReplayCache;
+use crate::replay::MAX_PROOF_ID_LEN;
 use crate::wit::{DEFAULT_MAX_TOKEN_LEN, VerifiedWit, random_id, token_hash};
 
-/// Longest `jti` accepted, in bytes: bounds what the replay cache stores per proof.
-pub const MAX_JTI_LEN: usize = 256;
+/// Longest `jti` accepted, in bytes.
+pub const MAX_JTI_LEN: usize = MAX_PROOF_ID_LEN;
 
 /// Builds a WPT for one request.
 ///
@@ -151,7 +151,12 @@ pub struct VerifiedWpt {
 
 /// Validates a WPT against an already validated WIT, in the order of wpt-02 §2 with explicit
 /// typing first: `typ`, `alg` = `cnf.jwk.alg`, signature, `exp` and maximum lifetime, `aud`,
-/// `wth`, `tth`, `oth`, and last the replay check (so a bad proof never uses up a `jti`).
+/// `wth`, `tth`, `oth` and the `jti`'s presence and length.
+///
+/// It does not check for replay: the caller claims
+/// [`ReplayClaim::wpt`](crate::replay::ReplayClaim::wpt) in a
+/// [`ReplayStore`](crate::replay::ReplayStore) afterwards (the [`Verifier`](crate::verify::Verifier)
+/// does, after the policy), so a bad proof or a refused caller never uses up a slot.
 ///
 /// `audience_ok` decides whether an `aud` value names this service; it must come from
 /// configuration, never from the request's `Host`.
@@ -161,7 +166,6 @@ pub fn validate_wpt(
     context: &ProofContext<'_>,
     audience_ok: impl Fn(&str) -> bool,
     cfg: &WptValidation,
-    replay: &dyn ReplayCache,
     now: u64,
 ) -> Result<VerifiedWpt> {
     let jws = jws::parse(token, cfg.max_token_len)?;
@@ -208,7 +212,6 @@ pub fn validate_wpt(
         Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => jti,
         _ => return Err(ErrorKind::MissingClaim("jti").into()),
     };
-    replay.check_and_insert(wit.subject().as_str(), jti, exp.saturating_add(cfg.leeway), now)?;
     Ok(VerifiedWpt { aud: aud.clone(), exp, jti: jti.clone() })
 }
 

@@ -11,7 +11,7 @@ fn credentials(f: &Fixture) -> Credentials {
 }
 
 fn verify(verifier: &Verifier, headers: &HeaderMap) -> Result<VerifiedCaller, Error> {
-    verifier.verify(&RequestView::new(PATH, headers))
+    verifier.verify_sync(&RequestView::new(PATH, headers))
 }
 
 #[test]

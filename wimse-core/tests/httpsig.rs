@@ -185,15 +185,7 @@ fn verify_request_case(suite: &Suite, case: &Value) -> Result<httpsig::VerifiedS
         cfg.required_components = required.iter().map(|c| c.as_str().unwrap().trim_matches('"').to_owned()).collect();
     }
     let body = str_or(case, s, "body");
-    httpsig::verify_request(
-        &parts(request, &headers),
-        Some(body.as_bytes()),
-        &wit,
-        |aud| aud == audience,
-        &cfg,
-        &InMemoryReplayCache::default(),
-        now,
-    )
+    httpsig::verify_request(&parts(request, &headers), Some(body.as_bytes()), &wit, |aud| aud == audience, &cfg, now)
 }
 
 #[test]
@@ -221,7 +213,6 @@ fn kanywst_httpsig_nonce_replay() {
     let now = s["verify_now"].as_u64().unwrap();
     let headers = headers_of(&s["request"], s["signature_input"].as_str().unwrap(), s["signature"].as_str().unwrap());
     let wit = suite.validate_wit(headers["workload-identity-token"].to_str().unwrap(), now);
-    let cache = InMemoryReplayCache::default();
     let body = s["body"].as_str().unwrap().as_bytes();
     let verify = || {
         httpsig::verify_request(
@@ -230,12 +221,17 @@ fn kanywst_httpsig_nonce_replay() {
             &wit,
             |_| true,
             &SignatureValidation::default(),
-            &cache,
             now,
         )
     };
-    verify().unwrap();
-    assert_eq!(verify().unwrap_err().kind(), &ErrorKind::ReplayedProof);
+    // The signature verifies each time; the nonce is claimed once, whoever sends it.
+    let store = wimse_core::replay::InMemoryReplayStore::default();
+    let claim = |sig: httpsig::VerifiedSignature| {
+        let claim = wimse_core::replay::ReplayClaim::signature_nonce(&sig.nonce, sig.expires + 30, sig.created);
+        store.claim(&claim, now).into_ready().expect("in-memory stores answer at once")
+    };
+    claim(verify().unwrap()).unwrap();
+    assert_eq!(claim(verify().unwrap()).unwrap_err().kind(), &ErrorKind::ReplayedProof);
 }
 
 fn verify_response_case(suite: &Suite, case: &Value) -> Result<httpsig::VerifiedSignature, Error> {
@@ -322,17 +318,9 @@ fn our_signatures_round_trip_requests_and_responses() {
             headers: &headers,
         };
         let client = validate_wit(&client_wit, &trust, &WitValidation::default(), now).unwrap();
-        let cache = InMemoryReplayCache::default();
-        let got = httpsig::verify_request(
-            &req,
-            Some(body),
-            &client,
-            |a| a == aud,
-            &SignatureValidation::default(),
-            &cache,
-            now,
-        )
-        .unwrap();
+        let got =
+            httpsig::verify_request(&req, Some(body), &client, |a| a == aud, &SignatureValidation::default(), now)
+                .unwrap();
         assert!(got.sign_response);
         assert_eq!(got.nonce, sent.nonce);
         let input = headers["signature-input"].to_str().unwrap();
@@ -351,16 +339,9 @@ fn our_signatures_round_trip_requests_and_responses() {
         }
         // Tampering with what is covered breaks it.
         let tampered = RequestParts { path: "/refund", ..req };
-        let err = httpsig::verify_request(
-            &tampered,
-            Some(body),
-            &client,
-            |_| true,
-            &SignatureValidation::default(),
-            &InMemoryReplayCache::default(),
-            now,
-        )
-        .unwrap_err();
+        let err =
+            httpsig::verify_request(&tampered, Some(body), &client, |_| true, &SignatureValidation::default(), now)
+                .unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidHttpSignature);
         let err = httpsig::verify_request(
             &req,
@@ -368,7 +349,6 @@ fn our_signatures_round_trip_requests_and_responses() {
             &client,
             |_| true,
             &SignatureValidation::default(),
-            &InMemoryReplayCache::default(),
             now,
         )
         .unwrap_err();
@@ -443,26 +423,9 @@ fn connect_requests_cover_the_authority() {
         query: None,
         headers: &headers,
     };
-    httpsig::verify_request(
-        &req,
-        None,
-        &verified,
-        |_| true,
-        &SignatureValidation::default(),
-        &InMemoryReplayCache::default(),
-        now,
-    )
-    .unwrap();
+    httpsig::verify_request(&req, None, &verified, |_| true, &SignatureValidation::default(), now).unwrap();
     let elsewhere = RequestParts { authority: "evil.internal:5432", ..req };
-    let err = httpsig::verify_request(
-        &elsewhere,
-        None,
-        &verified,
-        |_| true,
-        &SignatureValidation::default(),
-        &InMemoryReplayCache::default(),
-        now,
-    )
-    .unwrap_err();
+    let err = httpsig::verify_request(&elsewhere, None, &verified, |_| true, &SignatureValidation::default(), now)
+        .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::InvalidHttpSignature);
 }

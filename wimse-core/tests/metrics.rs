@@ -30,9 +30,9 @@ fn verifications_and_caches_are_counted() {
         let f = Fixture::new();
         let verifier = f.verifier();
         let headers = f.headers(&f.wit, &f.wpt());
-        verifier.verify(&RequestView::new(PATH, &headers)).unwrap();
-        verifier.verify(&RequestView::new(PATH, &headers)).unwrap_err();
-        verifier.verify(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
+        verifier.verify_sync(&RequestView::new(PATH, &headers)).unwrap();
+        verifier.verify_sync(&RequestView::new(PATH, &headers)).unwrap_err();
+        verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
         wimse_core::cred::record_expiry(&Credentials::new(f.wit.clone(), f.workload_key.clone()).unwrap());
     });
     let snapshot: Vec<Recorded> = snapshotter

@@ -22,7 +22,7 @@ fn the_happy_path_is_accepted() {
     assert_eq!(caller.id(), &f.id);
     assert_eq!(caller.wit_issuer(), Some("https://issuer.prod.example"));
     assert_eq!(caller.key_thumbprint(), f.workload_key.public_key().thumbprint());
-    assert!(matches!(caller.method(), wimse_core::verify::ProofMethod::Wpt { .. }));
+    assert!(matches!(caller.method(), wimse_core::caller::ProofMethod::Wpt { .. }));
     // The hand-built token path used below also works when nothing is wrong.
     let wit = raw_token(WIT_HEADER, &wit_claims(&f, NOW + 600, ""), &f.issuer_key);
     f.verify_wit(&wit).unwrap();
@@ -113,7 +113,7 @@ fn a_wit_signed_with_another_trust_domains_key_is_refused() {
     let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
     let verify = |wit: &str| {
         let wpt = WptBuilder::new(&f.workload_key, wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
-        verifier.verify(&RequestView::new(PATH, &f.headers(wit, &wpt)))
+        verifier.verify_sync(&RequestView::new(PATH, &f.headers(wit, &wpt)))
     };
     // other.example's issuer signs an identity in prod.example: prod.example's key does not verify it.
     let forged = WitIssuer::new(other_issuer.clone()).issue(&f.id, f.workload_key.public_jwk(), NOW).unwrap();
@@ -221,23 +221,23 @@ fn replayed_jti_is_refused_per_sender() {
     let f = Fixture::new();
     let verifier = f.verifier();
     let headers = f.headers(&f.wit, &f.wpt());
-    verifier.verify(&RequestView::new(PATH, &headers)).unwrap();
-    assert_eq!(kind(verifier.verify(&RequestView::new(PATH, &headers))), ErrorKind::ReplayedProof);
+    verifier.verify_sync(&RequestView::new(PATH, &headers)).unwrap();
+    assert_eq!(kind(verifier.verify_sync(&RequestView::new(PATH, &headers))), ErrorKind::ReplayedProof);
     // A fresh proof is fine.
-    verifier.verify(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
+    verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
     // A rejected proof does not use up its jti.
     let wpt = f.wpt();
-    let bad_path = verifier.verify(&RequestView::new("/elsewhere", &f.headers(&f.wit, &wpt)));
+    let bad_path = verifier.verify_sync(&RequestView::new("/elsewhere", &f.headers(&f.wit, &wpt)));
     assert_eq!(kind(bad_path), ErrorKind::AudienceMismatch);
-    verifier.verify(&RequestView::new(PATH, &f.headers(&f.wit, &wpt))).unwrap();
+    verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &wpt))).unwrap();
 }
 
 #[test]
 fn a_full_replay_cache_fails_closed() {
     let f = Fixture::new();
-    let verifier = f.verifier().with_replay_cache(InMemoryReplayCache::new(1));
-    verifier.verify(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
-    let err = verifier.verify(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap_err();
+    let verifier = f.verifier().with_replay_store(InMemoryReplayStore::new(1));
+    verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
+    let err = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::ReplayCacheFull);
     assert_eq!(Rejection::from_error(&err).status(), 503);
 }
@@ -342,7 +342,7 @@ fn key_selection_and_rotation() {
     let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
     let verify = |wit: &str| {
         let wpt = WptBuilder::new(&f.workload_key, wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
-        verifier.verify(&RequestView::new(PATH, &f.headers(wit, &wpt)))
+        verifier.verify_sync(&RequestView::new(PATH, &f.headers(wit, &wpt)))
     };
     // During rotation both keys are trusted, each chosen by kid.
     verify(&f.wit).unwrap();
@@ -363,7 +363,7 @@ fn per_trust_domain_algorithm_allowlist() {
         TrustAnchors::new().with_key(f.issuer_key.public_key().clone()).with_algorithms([Algorithm::ES256]),
     );
     let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
-    let err = verifier.verify(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap_err();
+    let err = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::DisallowedAlgorithm);
 }
 
@@ -395,7 +395,7 @@ fn context_token_binding() {
     let config = f.config().with_context_token("x-ctx");
     let verifier = f.verifier_with(config);
     let aud = format!("{ORIGIN}{PATH}");
-    let verify = |headers: &HeaderMap| verifier.verify(&RequestView::new(PATH, headers));
+    let verify = |headers: &HeaderMap| verifier.verify_sync(&RequestView::new(PATH, headers));
 
     // Txn-Token present but not bound.
     let mut h = f.headers(&f.wit, &f.wpt());
@@ -490,7 +490,7 @@ fn rsa_issuers_sign_rs256_and_ps256_wits() {
             TrustStore::new().with(f.id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
         let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
         let wpt = WptBuilder::new(&f.workload_key, &wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
-        verifier.verify(&RequestView::new(PATH, &f.headers(&wit, &wpt))).unwrap();
+        verifier.verify_sync(&RequestView::new(PATH, &f.headers(&wit, &wpt))).unwrap();
     }
 }
 
@@ -508,7 +508,7 @@ fn tokens_cross_backends() {
                 .sign(NOW)
                 .unwrap();
             let verifier = f.verifier_with(f.config().with_backend(verifier_backend));
-            verifier.verify(&RequestView::new(PATH, &f.headers(&wit, &wpt))).unwrap();
+            verifier.verify_sync(&RequestView::new(PATH, &f.headers(&wit, &wpt))).unwrap();
         }
     }
 }

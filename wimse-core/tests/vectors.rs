@@ -8,7 +8,6 @@ use common::{request_headers, testdata};
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 use wimse_core::prelude::*;
-use wimse_core::replay::InMemoryReplayCache;
 use wimse_core::wit::{WitValidation, token_hash, validate_wit};
 use wimse_core::wpt::{ProofContext, WptValidation, validate_wpt};
 
@@ -66,7 +65,7 @@ fn run(suite: &Value, case: &Case) -> Result<VerifiedCaller, Error> {
     for (name, value) in &case.other_tokens {
         headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
     }
-    verifier.verify(&RequestView::new("/path", &headers))
+    verifier.verify_sync(&RequestView::new("/path", &headers))
 }
 
 fn check_suite(file: &str) {
@@ -129,7 +128,7 @@ fn kanywst_flat_wpt02_requests() {
             TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().with_key(anchor));
         let config = VerifierConfig::new().with_origin("https://workload.example.com").with_context_token("ctx-token");
         let verifier = Verifier::new(trust, config).unwrap().with_clock(FixedClock::new(1_700_000_000));
-        let caller = verifier.verify(&RequestView::new(&target, &headers)).unwrap();
+        let caller = verifier.verify_sync(&RequestView::new(&target, &headers)).unwrap();
         assert_eq!(caller.id().as_str(), "spiffe://example.org/workload/api");
         // The flat WIT and WPT files are the tokens in the request.
         assert_eq!(headers["workload-identity-token"], testdata(&format!("kanywst-wimsey/wpt02-{alg}.wit.jwt")).trim());
@@ -200,13 +199,11 @@ fn draft_latest_wpt_validates_as_a_token() {
     let wit = testdata("drafts/wimse-latest-wit.jwt");
     let verified = validate_wit(wit.trim(), &latest_trust(), &draft_validation(), 1_745_510_000).unwrap();
     let wpt = testdata("drafts/wimse-latest-wpt.jwt");
-    let cache = InMemoryReplayCache::default();
     let aud_ok = |aud: &str| aud == "https://workload.example.com/path";
     let mut cfg = WptValidation::default();
     cfg.leeway = 0;
     // The example carries `ath` (removed in wpt-02): an unknown claim now, and ignored.
-    let proof =
-        validate_wpt(wpt.trim(), &verified, &ProofContext::default(), aud_ok, &cfg, &cache, 1_745_510_000).unwrap();
+    let proof = validate_wpt(wpt.trim(), &verified, &ProofContext::default(), aud_ok, &cfg, 1_745_510_000).unwrap();
     assert_eq!(proof.jti, "__bwc4ESC3acc2LTC1-_x");
     assert_eq!(
         token_hash(testdata("drafts/wimse-latest-access-token.txt").trim()),
@@ -226,7 +223,7 @@ fn draft_latest_request_framing_is_the_old_transport() {
     let verifier = Verifier::new(latest_trust(), VerifierConfig::new().with_origin("https://workload.example.com"))
         .unwrap()
         .with_clock(FixedClock::new(1_745_510_000));
-    let err = verifier.verify(&RequestView::new(&target, &headers)).unwrap_err();
+    let err = verifier.verify_sync(&RequestView::new(&target, &headers)).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::MissingWpt);
 }
 
@@ -242,15 +239,12 @@ fn unmerged_oth_example_binds_its_context_token() {
     cfg.max_lifetime = u64::MAX / 4; // the example's lifetime is not what this test is about
     let mut context = ProofContext::default();
     context.other_tokens.insert("x-custom-token".into(), headers["x-custom-token"].to_str().unwrap());
-    let cache = InMemoryReplayCache::default();
     let aud_ok = |aud: &str| aud == "https://workload.example.com/path";
-    validate_wpt(wpt.trim(), &verified, &context, aud_ok, &cfg, &cache, 1_745_509_000).unwrap();
+    validate_wpt(wpt.trim(), &verified, &context, aud_ok, &cfg, 1_745_509_000).unwrap();
     assert_eq!(token_hash("some-example-other-token"), "x-Uy6Ch_xn3AbUVKDjPMQQugtcn2erLWrkvVWAmKl1k");
     // Another value of the same field breaks the binding.
     context.other_tokens.insert("x-custom-token".into(), "some-other-value");
-    let err =
-        validate_wpt(wpt.trim(), &verified, &context, aud_ok, &cfg, &InMemoryReplayCache::default(), 1_745_509_000)
-            .unwrap_err();
+    let err = validate_wpt(wpt.trim(), &verified, &context, aud_ok, &cfg, 1_745_509_000).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::OtherTokenBindingMismatch);
 }
 
@@ -273,7 +267,6 @@ fn legacy_draft_tokens_fail_the_typ_checks() {
             &ProofContext::default(),
             |_| true,
             &WptValidation::default(),
-            &InMemoryReplayCache::default(),
             1_745_510_000,
         )
         .unwrap_err();

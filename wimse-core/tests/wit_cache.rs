@@ -16,7 +16,7 @@ fn setup() -> (Fixture, Verifier, Arc<FixedClock>) {
 
 fn call(f: &Fixture, verifier: &Verifier, wit: &str, now: u64) -> Result<VerifiedCaller, Error> {
     let wpt = WptBuilder::new(&f.workload_key, wit, &format!("{ORIGIN}{PATH}")).sign(now).unwrap();
-    verifier.verify(&RequestView::new(PATH, &f.headers(wit, &wpt)))
+    verifier.verify_sync(&RequestView::new(PATH, &f.headers(wit, &wpt)))
 }
 
 #[test]

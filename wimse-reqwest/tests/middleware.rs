@@ -11,7 +11,7 @@ fn client(middleware: WimseMiddleware, capture: &Capture) -> reqwest_middleware:
 
 fn verify(verifier: &Verifier, capture: &Capture) -> Result<VerifiedCaller, Error> {
     let sent = capture.take().unwrap();
-    verifier.verify(&RequestView::new(sent.url.path(), &sent.headers))
+    verifier.verify_sync(&RequestView::new(sent.url.path(), &sent.headers))
 }
 
 #[tokio::test]

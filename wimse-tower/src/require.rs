@@ -6,9 +6,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
+use wimse_core::caller::VerifiedCaller;
 use wimse_core::http::Rejection;
 use wimse_core::policy::Policy;
-use wimse_core::verify::VerifiedCaller;
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;

@@ -12,11 +12,13 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use wimse_core::caller::TlsPeer;
+use wimse_core::guard::Guard;
 use wimse_core::http::Rejection;
 use wimse_core::httpsig::{RequestParts, has_signature};
 use wimse_core::policy::Policy;
 use wimse_core::sign::Signer;
-use wimse_core::verify::{Guard, RequestView, TlsPeer, Verifier};
+use wimse_core::verify::{RequestView, Verifier};
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
@@ -31,10 +33,10 @@ pub type WimseRequestBody<B> = Either<B, Full<Bytes>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub use wimse_core::verify::DEFAULT_BODY_LIMIT;
+pub use wimse_core::guard::DEFAULT_BODY_LIMIT;
 
 /// Verifies the caller of every request: WIT + `Authorization: WPT`, or WIT + HTTP message
-/// signature. Puts the [`VerifiedCaller`](wimse_core::verify::VerifiedCaller) into the request extensions. Rejected requests are
+/// signature. Puts the [`VerifiedCaller`](wimse_core::caller::VerifiedCaller) into the request extensions. Rejected requests are
 /// answered by the layer (401 with `WWW-Authenticate: WPT`, 400, 403 for a policy, 413 for a
 /// body over the limit) and never reach the inner service.
 ///
@@ -167,15 +169,34 @@ where
         }
         let view = RequestView::new(path_and_query(&req), req.headers()).method(req.method().as_str());
         let tls = req.extensions().get::<TlsPeer>();
-        match self.layer.guard.check_with_tls(&view.authority(authority(&req)), tls) {
-            Ok(caller) => {
+        let pending = match self.layer.guard.admit(&view.authority(authority(&req)), tls) {
+            Ok(Some(pending)) => pending,
+            Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left))),
+            Err(error) => return ResponseFuture::rejected(reject(&error)),
+        };
+        match self.layer.guard.confirm(pending).into_ready() {
+            // The in-memory store answers at once: no allocation, no extra poll.
+            Ok(Ok(caller)) => {
                 let mut req = req.map(Either::Left);
-                if let Some(caller) = caller {
-                    req.extensions_mut().insert(caller);
-                }
+                req.extensions_mut().insert(caller);
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Err(error) => ResponseFuture::rejected(rejection_response(Rejection::from_error(&error))),
+            Ok(Err(error)) => ResponseFuture::rejected(reject(&error)),
+            // A shared store answers later; the request waits without holding a thread.
+            Err(confirm) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::boxed(Box::pin(async move {
+                    match confirm.await {
+                        Ok(caller) => {
+                            let mut req = req.map(Either::Left);
+                            req.extensions_mut().insert(caller);
+                            inner.call(req).await.map(|response| response.map(Either::Left))
+                        }
+                        Err(error) => Ok(reject(&error)),
+                    }
+                }))
+            }
         }
     }
 }
@@ -215,8 +236,12 @@ where
     let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
     let authority = parts.uri.authority().map(|a| a.as_str()).or(host).unwrap_or_default();
     let view = RequestView::new(path, &parts.headers).method(parts.method.as_str()).authority(authority).body(&body);
-    let caller = match layer.guard.check_with_tls(&view, parts.extensions.get::<TlsPeer>()) {
-        Ok(caller) => caller,
+    let caller = match layer.guard.admit(&view, parts.extensions.get::<TlsPeer>()) {
+        Ok(Some(pending)) => match layer.guard.confirm(pending).await {
+            Ok(caller) => Some(caller),
+            Err(error) => return Ok(reject(&error)),
+        },
+        Ok(None) => None,
         Err(error) => return Ok(reject(&error)),
     };
     let request_nonce = match layer.guard.response_nonce(caller.as_ref()) {

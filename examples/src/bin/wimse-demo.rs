@@ -50,11 +50,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
     let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
     let request = RequestView::new("/charge", &headers);
-    let caller = verifier.verify(&request)?;
+    let caller = verifier.verify_sync(&request)?;
     println!("verified caller: {} (key {})", caller.id(), caller.key_thumbprint());
 
     step("the same request again is a replay");
-    let replay = verifier.verify(&request).err().ok_or("replay was accepted")?;
+    let replay = verifier.verify_sync(&request).err().ok_or("replay was accepted")?;
     explain(&replay);
 
     step("a WIT from an untrusted issuer for the same identity");
@@ -63,7 +63,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let forged_wpt = WptBuilder::new(&workload_key, &forged, "https://payments.example/charge").sign(now)?;
     headers.insert("workload-identity-token", HeaderValue::from_str(&forged)?);
     headers.insert("authorization", HeaderValue::from_str(&format!("WPT {forged_wpt}"))?);
-    let refused = verifier.verify(&RequestView::new("/charge", &headers)).err().ok_or("forgery was accepted")?;
+    let refused = verifier.verify_sync(&RequestView::new("/charge", &headers)).err().ok_or("forgery was accepted")?;
     explain(&refused);
 
     println!("\nall checks behaved as expected");

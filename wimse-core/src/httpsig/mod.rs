@@ -17,7 +17,16 @@
 //! use wimse_core::prelude::*;
 //! use wimse_core::wit::{WitValidation, validate_wit};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use wimse_core::replay::ReplayClaim;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> { block_on(run()) }
+//! # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     let mut f = std::pin::pin!(f);
+//! #     match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+//! #         std::task::Poll::Ready(out) => out,
+//! #         std::task::Poll::Pending => unreachable!("the in-memory store answers at once"),
+//! #     }
+//! # }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let now = 1_800_000_000;
 //! let issuer = SigningKey::generate(Algorithm::ES256)?.with_kid("k1");
 //! let workload_key = SigningKey::generate(Algorithm::ES256)?;
@@ -50,13 +59,16 @@
 //!     query: None,
 //!     headers: &headers,
 //! };
-//! let replay = InMemoryReplayCache::default();
 //! let cfg = SignatureValidation::default();
 //! let for_us = |aud: &str| aud == "https://billing.example/charge";
-//! httpsig::verify_request(&parts, Some(b"amount=1"), &caller_wit, for_us, &cfg, &replay, now)?;
+//! let signature = httpsig::verify_request(&parts, Some(b"amount=1"), &caller_wit, for_us, &cfg, now)?;
 //! assert_eq!(caller_wit.subject(), &id);
 //!
-//! let again = httpsig::verify_request(&parts, Some(b"amount=1"), &caller_wit, for_us, &cfg, &replay, now);
+//! // The nonce is claimed once in a replay store (a `Verifier` does this for you).
+//! let replay = InMemoryReplayStore::default();
+//! let claim = ReplayClaim::signature_nonce(&signature.nonce, signature.expires + 30, signature.created - 30);
+//! replay.claim(&claim, now).await?;
+//! let again = replay.claim(&claim, now).await;
 //! assert_eq!(again.unwrap_err().kind(), &ErrorKind::ReplayedProof);
 //! # Ok(())
 //! # }
@@ -81,7 +93,7 @@ use crate::draft::{HTTPSIG_LABEL, HTTPSIG_TAG, SIGNATURE_HEADER, SIGNATURE_INPUT
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::HeaderSource;
 use crate::jose::{Backend, SigningKey};
-use crate::replay::ReplayCache;
+use crate::replay::MAX_PROOF_ID_LEN;
 use crate::wit::{VerifiedWit, random_id};
 use sf::key;
 
@@ -170,6 +182,21 @@ fn select(signatures: Vec<ParsedSignature>) -> Result<ParsedSignature> {
     }
 }
 
+/// Largest `Signature-Input` plus `Signature` accepted, in bytes: room for several signatures
+/// (a proxy's beside the WIMSE one) while refusing megabyte parameters before parsing them.
+pub const MAX_SIGNATURE_FIELDS_LEN: usize = 16 * 1024;
+
+fn check_field_size(inputs: &[&str], values: &[&str]) -> Result<()> {
+    let len: usize = inputs.iter().chain(values).map(|v| v.len()).sum();
+    if len > MAX_SIGNATURE_FIELDS_LEN {
+        return Err(Error::with_detail(
+            ErrorKind::OversizedToken,
+            format!("Signature-Input and Signature: {len} bytes > {MAX_SIGNATURE_FIELDS_LEN}"),
+        ));
+    }
+    Ok(())
+}
+
 fn required<T>(value: Option<T>, name: &'static str) -> Result<T> {
     value.ok_or_else(|| Error::with_detail(ErrorKind::MissingSignatureParameter, name))
 }
@@ -185,7 +212,11 @@ fn check_params(sig: &ParsedSignature, kind: Kind, cfg: &SignatureValidation, no
     }
     let created = required(sig.int_param("created")?, "created")?;
     let expires = required(sig.int_param("expires")?, "expires")?;
-    let nonce = required(sig.str_param("nonce")?, "nonce")?.to_owned();
+    let nonce = required(sig.str_param("nonce")?, "nonce")?;
+    if nonce.is_empty() || nonce.len() > MAX_PROOF_ID_LEN {
+        return Err(Error::with_detail(ErrorKind::SignatureMalformed, "nonce empty or longer than 256 bytes"));
+    }
+    let nonce = nonce.to_owned();
     required(sig.str_param("tag")?, "tag")?;
     let aud = sig.str_param("wimse-aud")?.map(str::to_owned);
     if kind == Kind::Request {
@@ -278,14 +309,16 @@ fn no_headers() -> &'static HeaderMap {
 
 /// Verifies the WIMSE signature of a request whose WIT (`wit`, from the same request) was
 /// already validated. `body` is the received content when the request has one; it is checked
-/// against `Content-Digest`. The nonce is recorded in `replay` per sender.
+/// against `Content-Digest`. The nonce is not claimed here: claim
+/// [`ReplayClaim::signature_nonce`](crate::replay::ReplayClaim::signature_nonce) in a
+/// [`ReplayStore`](crate::replay::ReplayStore) afterwards (a [`Verifier`](crate::verify::Verifier)
+/// does, after the policy).
 pub fn verify_request<H: HeaderSource + ?Sized>(
     req: &RequestParts<'_, H>,
     body: Option<&[u8]>,
     wit: &VerifiedWit,
     audience_ok: impl Fn(&str) -> bool,
     cfg: &SignatureValidation,
-    replay: &dyn ReplayCache,
     now: u64,
 ) -> Result<VerifiedSignature> {
     let inputs = text_values(req.headers, SIGNATURE_INPUT_HEADER)?;
@@ -293,6 +326,7 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
     if inputs.is_empty() {
         return Err(ErrorKind::NoWimseSignature.into());
     }
+    check_field_size(&inputs, &values)?;
     let sig = select(parse_signatures(&inputs, &values)?)?;
     let verified = check_params(&sig, Kind::Request, cfg, now)?;
     check_coverage(&sig, &request_must_cover(req, false), req.headers, &cfg.required_components)?;
@@ -307,12 +341,6 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
     let base = signature_base::<H, HeaderMap>(&sig.components, &sig.signature_params, Some(req), None)?;
     verify_bytes(&sig, &base, wit, cfg.backend)?;
     check_body(req.headers, body)?;
-    replay.check_and_insert(
-        &format!("httpsig {}", wit.subject()),
-        &verified.nonce,
-        verified.expires.saturating_add(cfg.leeway),
-        now,
-    )?;
     Ok(verified)
 }
 
@@ -333,6 +361,7 @@ pub fn verify_response<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
     if inputs.is_empty() {
         return Err(ErrorKind::NoWimseSignature.into());
     }
+    check_field_size(&inputs, &values)?;
     let sig = select(parse_signatures(&inputs, &values)?)?;
     let verified = check_params(&sig, Kind::Response, cfg, now)?;
     let mut must = vec![ComponentId::new("@status")];

@@ -83,7 +83,7 @@ impl Fixture {
     }
 
     pub fn verify(&self, headers: &HeaderMap) -> Result<VerifiedCaller, Error> {
-        self.verifier().verify(&RequestView::new(PATH, headers))
+        self.verifier().verify_sync(&RequestView::new(PATH, headers))
     }
 
     /// Verifies a request carrying `wit` with a fresh, valid WPT for it.

@@ -33,7 +33,7 @@ impl Auth {
             setup_domain()?,
             TrustAnchors::from_jwks_json(&setup.trust_jwks)?.with_algorithms([Algorithm::ES256]),
         );
-        let verifier = Verifier::new(trust, config)?.with_replay_cache(InMemoryReplayCache::new(setup.replay_capacity));
+        let verifier = Verifier::new(trust, config)?.with_replay_store(InMemoryReplayStore::new(setup.replay_capacity));
         let policy = Policy::named("load-bench").allow(Rule::exact(CLIENT_ID.parse()?));
         let tls = if mode == Mode::Mtls {
             let anchors = WicAnchors::new();

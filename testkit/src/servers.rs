@@ -1,0 +1,269 @@
+//! External servers the tests start themselves, on loopback: `redis-server` alone or as a
+//! three-node Redis Cluster.
+//!
+//! A test that needs a server it cannot find prints `skipped: <server> not found` and passes,
+//! unless `WIMSE_REQUIRE_<SERVER>=1` is set (`.ci/run` installs the servers and sets it), in
+//! which case a missing server is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Finds `binary` on `PATH`.
+pub fn find_binary(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(binary)).find(|candidate| candidate.is_file())
+}
+
+/// `Some(path)` of `binary`, or `None` after printing `skipped: <binary> not found`; panics
+/// instead when `WIMSE_REQUIRE_<var>=1`.
+pub fn require_binary(binary: &str, var: &str) -> Option<PathBuf> {
+    if let Some(path) = find_binary(binary) {
+        return Some(path);
+    }
+    let variable = format!("WIMSE_REQUIRE_{var}");
+    if std::env::var(&variable).is_ok_and(|v| v == "1") {
+        panic!("{binary} not found, and {variable}=1 requires it");
+    }
+    println!("skipped: {binary} not found");
+    None
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server on port {port} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `redis-server` on a loopback port, without persistence, killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    binary: PathBuf,
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port, or `None` (the test is skipped) when `redis-server` is not
+    /// installed and `WIMSE_REQUIRE_REDIS` is not set.
+    pub fn start() -> Option<Self> {
+        let binary = require_binary("redis-server", "REDIS")?;
+        Some(Self::spawn(binary, free_port(), Vec::new()))
+    }
+
+    fn spawn(binary: PathBuf, port: u16, extra: Vec<String>) -> Self {
+        let mut server = Self { binary, port, extra, child: None };
+        server.restart();
+        server
+    }
+
+    /// The `redis://` URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (its data is gone: no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it if running and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut args = vec![
+            "--port".to_owned(),
+            self.port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let child = Command::new(&self.binary)
+            .args(&args)
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("running"), "STOP");
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.as_ref().expect("running"), "CONT");
+    }
+
+    /// Runs one command and returns its reply as text (for test set-up and assertions).
+    pub fn command(&self, args: &[&str]) -> String {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(5)).expect("redis connection");
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        let value: redis::Value = cmd.query(&mut connection).expect("redis command");
+        format!("{value:?}")
+    }
+
+    /// Number of keys in the current database.
+    pub fn key_count(&self) -> usize {
+        let reply = self.command(&["DBSIZE"]);
+        reply.trim_start_matches("int(").trim_end_matches(')').parse().unwrap_or(usize::MAX)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server must be resumed to die cleanly.
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+        }
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters on loopback, slots split evenly, no replicas.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    /// Starts the cluster, or `None` when `redis-server` is missing (see [`RedisServer::start`]).
+    pub fn start() -> Option<Self> {
+        let binary = require_binary("redis-server", "REDIS")?;
+        let dir = TempDir::new("wimse-redis-cluster");
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                let port = free_port();
+                let conf = dir.path().join(format!("nodes-{i}-{port}.conf"));
+                let extra = vec![
+                    "--cluster-enabled".to_owned(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf.display().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ];
+                RedisServer::spawn(binary.clone(), port, extra)
+            })
+            .collect();
+        let cluster = Self { nodes, _dir: dir };
+        cluster.form();
+        Some(cluster)
+    }
+
+    fn form(&self) {
+        const SLOTS: u32 = 16384;
+        let per = SLOTS / 3;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let first = per * i as u32;
+            let last = if i == 2 { SLOTS - 1 } else { per * (i as u32 + 1) - 1 };
+            node.command(&["CLUSTER", "ADDSLOTSRANGE", &first.to_string(), &last.to_string()]);
+        }
+        for node in &self.nodes[1..] {
+            self.nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &node.port().to_string()]);
+        }
+        self.wait_ok();
+    }
+
+    /// Waits (bounded) until every node reports `cluster_state:ok` and knows all three.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.nodes.iter().all(|n| {
+                let info = n.command(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The nodes' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// Restarts every node empty and forms the cluster again (data lost on all of them).
+    pub fn restart_all_empty(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+            // The cluster configuration file would bring the old membership back; start clean.
+            if let Some(conf) = node.extra.iter().position(|a| a == "--cluster-config-file") {
+                let _ = std::fs::remove_file(&node.extra[conf + 1]);
+            }
+            node.restart();
+        }
+        self.form();
+    }
+
+    /// Keys held across the cluster.
+    pub fn key_count(&self) -> usize {
+        self.nodes.iter().map(RedisServer::key_count).sum()
+    }
+}
+
+/// A temporary directory removed when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/<prefix>-<pid>-<n>`.
+    pub fn new(prefix: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        Self(dir)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

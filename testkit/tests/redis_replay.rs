@@ -1,0 +1,169 @@
+//! The shared replay store against a real `redis-server` and a real three-node Redis Cluster on
+//! loopback, started by the tests (skipped loudly without `redis-server`, unless
+//! `WIMSE_REQUIRE_REDIS=1`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+use wimse_core::prelude::*;
+use wimse_core::replay::{RedisReplayStore, WhenUnavailable};
+use wimse_testkit::servers::{RedisCluster, RedisServer};
+use wimse_testkit::{ALLOWED, Deployment, now};
+
+const ORIGIN: &str = "https://payments.example";
+const PATH: &str = "/charge";
+
+/// A caller, its proofs at chosen times, and replicas sharing one clock.
+struct Scenario {
+    deployment: Deployment,
+    credentials: Credentials,
+    clock: Arc<FixedClock>,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        let deployment = Deployment::new();
+        let credentials = deployment.credentials(ALLOWED, false, 0);
+        Self { deployment, credentials, clock: Arc::new(FixedClock::new(now())) }
+    }
+
+    fn replica(&self, store: RedisReplayStore) -> Verifier {
+        let config = VerifierConfig::new().with_origin(ORIGIN);
+        Verifier::new(self.deployment.trust(), config)
+            .expect("verifier")
+            .with_clock(self.clock.clone())
+            .with_replay_store(store)
+    }
+
+    /// A request with a fresh WPT made at the shared clock's time.
+    fn request(&self) -> HeaderMap {
+        let now = self.clock.now();
+        let wpt = WptBuilder::new(self.credentials.key(), self.credentials.wit(), &format!("{ORIGIN}{PATH}"))
+            .sign(now)
+            .expect("wpt");
+        let mut headers = HeaderMap::new();
+        headers.insert("workload-identity-token", HeaderValue::from_str(self.credentials.wit()).expect("wit"));
+        headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}")).expect("wpt"));
+        headers
+    }
+
+    /// Past the recovery window of a new epoch: the default WPT lifetime bound plus leeway.
+    fn pass_recovery_window(&self) {
+        self.clock.advance(331);
+    }
+}
+
+async fn verify(verifier: &Verifier, headers: &HeaderMap) -> Result<VerifiedCaller, Error> {
+    verifier.verify(&RequestView::new(PATH, headers)).await
+}
+
+fn is_new_epoch(result: &Result<VerifiedCaller, Error>) -> bool {
+    result.as_ref().is_err_and(|e| {
+        e.kind() == &ErrorKind::ReplayCacheUnavailable && e.detail().is_some_and(|d| d.contains("epoch"))
+    })
+}
+
+fn kind(result: Result<VerifiedCaller, Error>) -> ErrorKind {
+    result.expect_err("refused").into_kind()
+}
+
+/// Retries (bounded) while the store is unreachable: a cluster that was just re-formed takes a
+/// moment to answer every slot.
+async fn verify_when_reachable(verifier: &Verifier, headers: &HeaderMap) -> Result<VerifiedCaller, Error> {
+    for _ in 0..50 {
+        let result = verify(verifier, headers).await;
+        let unreachable = result.as_ref().is_err_and(|e| {
+            e.kind() == &ErrorKind::ReplayCacheUnavailable && e.detail().is_some_and(|d| d.starts_with("redis"))
+        });
+        if !unreachable {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    verify(verifier, headers).await
+}
+
+/// Two replicas on one store: the first claim starts an epoch (older proofs are refused), then
+/// each proof is accepted exactly once across both; after the store loses everything, a proof
+/// accepted before the loss is still refused, and fresh proofs work again once the window passes.
+async fn exactly_once_across_a_loss(s: &Scenario, a: &Verifier, b: &Verifier, lose_everything: impl FnOnce()) {
+    // A brand-new store cannot tell it is new: proofs that could predate it are refused.
+    assert!(is_new_epoch(&verify_when_reachable(a, &s.request()).await));
+    s.pass_recovery_window();
+
+    let proof = s.request();
+    verify(a, &proof).await.expect("accepted by replica A");
+    assert_eq!(kind(verify(b, &proof).await), ErrorKind::ReplayedProof, "replayed to replica B");
+    assert_eq!(kind(verify(a, &proof).await), ErrorKind::ReplayedProof, "replayed to replica A");
+    let second = s.request();
+    verify(b, &second).await.expect("a fresh proof on replica B");
+
+    lose_everything();
+    // The proof accepted before the loss is not accepted again, on either replica.
+    assert!(is_new_epoch(&verify_when_reachable(b, &proof).await), "replay after the store lost its state");
+    assert!(is_new_epoch(&verify_when_reachable(a, &proof).await));
+    assert!(is_new_epoch(&verify(a, &second).await));
+
+    s.pass_recovery_window();
+    let fresh = s.request();
+    verify(b, &fresh).await.expect("a proof made after the loss");
+    assert_eq!(kind(verify(a, &fresh).await), ErrorKind::ReplayedProof);
+}
+
+#[tokio::test]
+async fn replicas_on_one_redis_accept_each_proof_once_even_across_a_restart() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let s = Scenario::new();
+    let store = || RedisReplayStore::new(&redis.url()).expect("store");
+    let (a, b) = (s.replica(store()), s.replica(store()));
+    let url = redis.url();
+    exactly_once_across_a_loss(&s, &a, &b, || redis.restart()).await;
+    assert!(redis.key_count() >= 2, "claims and epoch markers live in Redis");
+    drop(url);
+}
+
+#[tokio::test]
+async fn a_stalled_or_stopped_redis_fails_closed_or_open_as_configured() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let s = Scenario::new();
+    let store = RedisReplayStore::new(&redis.url()).expect("store").timeout(Duration::from_millis(300));
+    let closed = s.replica(store);
+    let open =
+        s.replica(RedisReplayStore::new(&redis.url()).expect("store").when_unavailable(WhenUnavailable::FailOpen));
+    assert!(is_new_epoch(&verify(&closed, &s.request()).await));
+    s.pass_recovery_window();
+    verify(&closed, &s.request()).await.expect("accepted");
+
+    // Frozen: the claim times out (no thread is blocked; this test runs on one).
+    redis.pause();
+    let stalled = verify(&closed, &s.request()).await;
+    assert_eq!(kind(stalled), ErrorKind::ReplayCacheUnavailable);
+    redis.resume();
+    verify(&closed, &s.request()).await.expect("recovers once Redis answers again");
+
+    // Gone: fail closed (503), or open when so configured.
+    redis.kill();
+    let err = verify(&closed, &s.request()).await.expect_err("fails closed");
+    assert_eq!(err.kind(), &ErrorKind::ReplayCacheUnavailable);
+    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 503);
+    verify(&open, &s.request()).await.expect("fails open");
+}
+
+#[tokio::test]
+async fn replicas_on_a_redis_cluster_accept_each_proof_once_even_across_a_restart() {
+    let Some(mut cluster) = RedisCluster::start() else { return };
+    let s = Scenario::new();
+    let store = || RedisReplayStore::cluster(cluster.urls()).expect("store").timeout(Duration::from_secs(2));
+    let (a, b) = (s.replica(store()), s.replica(store()));
+    // Claims spread over the cluster's nodes (hash-tagged buckets).
+    for _ in 0..3 {
+        let _ = verify_when_reachable(&a, &s.request()).await;
+    }
+    exactly_once_across_a_loss(&s, &a, &b, || cluster.restart_all_empty()).await;
+    for _ in 0..40 {
+        verify(&a, &s.request()).await.expect("fresh proofs");
+    }
+    let holding = cluster.nodes().iter().filter(|n| n.key_count() > 0).count();
+    assert!(holding >= 2, "claims land on several nodes, not one ({holding})");
+}

@@ -1,0 +1,27 @@
+//! One audit event per request, with the final decision (target `wimse::audit`), and the
+//! matching metrics. Never logs tokens.
+
+use crate::error::Error;
+use crate::id::WorkloadId;
+
+/// The request was let through as `caller`.
+pub(crate) fn allowed(mode: &'static str, caller: &WorkloadId) {
+    tracing::info!(target: "wimse::audit", caller = %caller, mode, decision = "allow", "request authenticated");
+    metrics::counter!("wimse_verifications_total", "mode" => mode, "result" => "allow", "reason" => "ok").increment(1);
+}
+
+/// The request was refused (`caller` when the credentials had verified).
+pub(crate) fn rejected(mode: &'static str, caller: Option<&WorkloadId>, error: &Error) {
+    let reason = error.reason();
+    match caller {
+        Some(caller) => tracing::warn!(
+            target: "wimse::audit", caller = %caller, mode, decision = "reject", reason, detail = error.detail(),
+            "request rejected"
+        ),
+        None => tracing::warn!(
+            target: "wimse::audit", mode, decision = "reject", reason, detail = error.detail(), "request rejected"
+        ),
+    }
+    metrics::counter!("wimse_verifications_total", "mode" => mode, "result" => "reject", "reason" => reason)
+        .increment(1);
+}

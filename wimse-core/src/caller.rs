@@ -1,0 +1,160 @@
+//! Who called: the [`VerifiedCaller`] the inbound pipeline hands to handlers, and the
+//! [`PendingCaller`] it holds between checking the credentials and claiming the proof.
+
+use std::collections::BTreeMap;
+
+use crate::id::WorkloadId;
+use crate::replay::ReplayClaim;
+
+/// How the caller proved possession of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProofMethod {
+    /// A WIT + WPT (wpt-02).
+    Wpt {
+        /// The proof's `jti`.
+        jti: String,
+        /// The proof's expiry.
+        exp: u64,
+    },
+    /// Mutual TLS with a Workload Identity Certificate (mutual-tls-03): the identity comes from
+    /// the verified client certificate of the connection.
+    MutualTls {
+        /// base64url SHA-256 of the client's leaf certificate.
+        certificate_fingerprint: String,
+    },
+    /// A WIT + HTTP message signature (http-signature-08).
+    HttpSignature {
+        /// The signature's `nonce` (a signed response carries it back).
+        nonce: String,
+        /// The signature's expiry.
+        expires: u64,
+        /// The caller asked for a signed response (`wimse-sign-response`).
+        sign_response: bool,
+    },
+}
+
+impl ProofMethod {
+    /// `"wpt"` or `"http-signature"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProofMethod::Wpt { .. } => "wpt",
+            ProofMethod::HttpSignature { .. } => "http-signature",
+            ProofMethod::MutualTls { .. } => "mtls",
+        }
+    }
+}
+
+/// An authenticated caller. Only a [`Verifier`](crate::verify::Verifier) makes one, and only
+/// after the proof was claimed in its replay store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCaller {
+    pub(crate) id: WorkloadId,
+    pub(crate) method: ProofMethod,
+    pub(crate) wit_exp: u64,
+    pub(crate) wit_iss: Option<String>,
+    pub(crate) wit_jti: Option<String>,
+    pub(crate) key_thumbprint: String,
+    pub(crate) txn_token: Option<String>,
+    pub(crate) context_tokens: BTreeMap<String, String>,
+}
+
+/// The caller authenticated by the TLS layer (mutual TLS), put into request extensions by a
+/// TLS-terminating adapter. A [`Guard`](crate::guard::Guard) uses it when the request carries no application-level
+/// credentials; headers can never override it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer(pub(crate) VerifiedCaller);
+
+impl TlsPeer {
+    /// The caller.
+    pub fn caller(&self) -> &VerifiedCaller {
+        &self.0
+    }
+}
+
+#[cfg(feature = "mtls")]
+impl TlsPeer {
+    /// The peer of a connection whose client certificate chain rustls verified with a
+    /// [`WicClientVerifier`](crate::wic::WicClientVerifier).
+    pub fn from_verified_chain(peer_certificates: &[rustls::pki_types::CertificateDer<'_>]) -> crate::Result<Self> {
+        let (id, fingerprint) = crate::wic::verified_peer(peer_certificates)?;
+        Ok(Self(VerifiedCaller {
+            id,
+            method: ProofMethod::MutualTls { certificate_fingerprint: fingerprint.clone() },
+            wit_exp: 0,
+            wit_iss: None,
+            wit_jti: None,
+            key_thumbprint: fingerprint,
+            txn_token: None,
+            context_tokens: BTreeMap::new(),
+        }))
+    }
+}
+
+impl VerifiedCaller {
+    /// The caller's Workload Identifier (the WIT's `sub`).
+    pub fn id(&self) -> &WorkloadId {
+        &self.id
+    }
+    /// How possession was proven.
+    pub fn method(&self) -> &ProofMethod {
+        &self.method
+    }
+    /// When the caller's WIT expires.
+    pub fn wit_expires_at(&self) -> u64 {
+        self.wit_exp
+    }
+    /// The WIT's `iss`, for audit.
+    pub fn wit_issuer(&self) -> Option<&str> {
+        self.wit_iss.as_deref()
+    }
+    /// The WIT's `jti`, for audit.
+    pub fn wit_id(&self) -> Option<&str> {
+        self.wit_jti.as_deref()
+    }
+    /// RFC 7638 thumbprint of the caller's confirmation key.
+    pub fn key_thumbprint(&self) -> &str {
+        &self.key_thumbprint
+    }
+    /// The `Txn-Token` value, present only when the proof bound it (`tth`).
+    pub fn txn_token(&self) -> Option<&str> {
+        self.txn_token.as_deref()
+    }
+    /// Context tokens bound by `oth`, by lower-case field name. Tokens not bound never appear.
+    pub fn context_tokens(&self) -> &BTreeMap<String, String> {
+        &self.context_tokens
+    }
+}
+
+/// A caller whose credentials verified but whose proof is not yet claimed against replay.
+/// The policy runs on it (a refused caller never costs a replay slot); only
+/// [`Verifier::confirm`](crate::verify::Verifier::confirm) turns it into a [`VerifiedCaller`],
+/// so no adapter can hand a caller to a handler without the claim.
+#[derive(Debug)]
+pub struct PendingCaller {
+    pub(crate) caller: VerifiedCaller,
+    pub(crate) claim: Option<ReplayClaim>,
+}
+
+impl PendingCaller {
+    /// The caller's Workload Identifier.
+    pub fn id(&self) -> &WorkloadId {
+        &self.caller.id
+    }
+
+    /// How possession was proven.
+    pub fn method(&self) -> &ProofMethod {
+        &self.caller.method
+    }
+
+    /// The proof to claim (`None` for a TLS peer: the handshake was the proof).
+    pub fn claim(&self) -> Option<&ReplayClaim> {
+        self.claim.as_ref()
+    }
+}
+
+impl From<&TlsPeer> for PendingCaller {
+    fn from(peer: &TlsPeer) -> Self {
+        Self { caller: peer.0.clone(), claim: None }
+    }
+}

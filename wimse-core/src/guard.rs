@@ -1,0 +1,204 @@
+//! What a server adapter applies to each request: the inbound pipeline as one value.
+//!
+//! 1. *framing and mode*: the adapter builds a [`RequestView`]; the headers say which proof
+//!    (WIT + WPT, WIT + WIMSE-tagged HTTP signature, or the TLS peer's certificate);
+//! 2. *credentials* ([`Verifier::authenticate`]): synchronous, CPU only: the WIT (through the
+//!    verified-WIT cache), the proof's signature, audience and lifetimes;
+//! 3. *policy*: before any shared state is touched, so a refused caller costs nothing shared;
+//! 4. *replay claim* ([`Guard::confirm`]): asynchronous, through the caller's quota into the
+//!    [`ReplayStore`](crate::replay::ReplayStore); ready at once for the in-memory store;
+//! 5. the handler, with the [`VerifiedCaller`] in the request extensions.
+//!
+//! Per-route policies applied after the adapter's layer (`RequirePolicyLayer`, actix scopes)
+//! run after the claim; there the per-caller quota is what protects other callers.
+
+use crate::audit;
+use crate::caller::{PendingCaller, ProofMethod, TlsPeer, VerifiedCaller};
+use crate::error::{ErrorKind, Result};
+use crate::http::{HeaderSource, has_wimse_credentials};
+use crate::policy::Policy;
+use crate::sign::Signer;
+use crate::verify::{Confirm, RequestView, Verifier};
+
+/// What a server adapter applies to each request: a [`Verifier`], optionally a [`Policy`], and
+/// whether anonymous requests may pass. Every adapter wraps one, so all decide alike.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    verifier: Verifier,
+    policy: Option<Policy>,
+    optional: bool,
+    body_limit: usize,
+    responses: Option<Signer>,
+    sign_all: bool,
+}
+
+/// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
+/// (or to sign a response): 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+impl Guard {
+    /// Requires valid credentials on every request.
+    pub fn new(verifier: Verifier) -> Self {
+        Self {
+            verifier,
+            policy: None,
+            optional: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+            responses: None,
+            sign_all: false,
+        }
+    }
+
+    /// The largest body buffered for a signed request's digest or a signed response
+    /// (default [`DEFAULT_BODY_LIMIT`]); larger request bodies are answered with 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Signs the responses that callers ask to be signed (`wimse-sign-response`), with this
+    /// service's own credentials. Without it such requests are answered with 501.
+    pub fn sign_responses(mut self, signer: Signer) -> Self {
+        self.responses = Some(signer);
+        self
+    }
+
+    /// Signs the response to every HTTP-signature request, asked or not (local policy; needs
+    /// [`sign_responses`](Self::sign_responses)).
+    pub fn always_sign_responses(mut self) -> Self {
+        self.sign_all = true;
+        self
+    }
+
+    /// The body limit.
+    pub fn max_body(&self) -> usize {
+        self.body_limit
+    }
+
+    /// The response signer, if responses are signed.
+    pub fn response_signer(&self) -> Option<&Signer> {
+        self.responses.as_ref()
+    }
+
+    /// The nonce a response must be signed for: `Ok(None)` when the caller did not ask,
+    /// [`ErrorKind::SignedResponseUnsupported`] when it asked and this service does not sign.
+    pub fn response_nonce(&self, caller: Option<&VerifiedCaller>) -> Result<Option<String>> {
+        match caller.map(VerifiedCaller::method) {
+            Some(ProofMethod::HttpSignature { nonce, sign_response: true, .. }) => match self.responses {
+                Some(_) => Ok(Some(nonce.clone())),
+                None => Err(ErrorKind::SignedResponseUnsupported.into()),
+            },
+            Some(ProofMethod::HttpSignature { nonce, .. }) if self.sign_all && self.responses.is_some() => {
+                Ok(Some(nonce.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Lets requests without any WIMSE credentials through, with no caller (see
+    /// [`has_wimse_credentials`]). Requests that carry credentials must still verify.
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    /// Applies `policy` to every verified caller (403 when denied).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Stages 1–3 of the inbound pipeline: framing, credentials (CPU only, no I/O) and the
+    /// policy. Returns the caller still to be [confirmed](Self::confirm) against replay, `None`
+    /// for an anonymous request an optional guard lets through, or the rejection. A caller the
+    /// policy refuses is rejected here, before the replay store is touched.
+    ///
+    /// `tls` is the peer a TLS-terminating adapter authenticated (mutual TLS).
+    /// Application-level credentials, when present, are verified and take precedence; without
+    /// them the TLS peer is the caller (and the policy applies to it the same way).
+    pub fn admit<H: HeaderSource + ?Sized>(
+        &self,
+        request: &RequestView<'_, H>,
+        tls: Option<&TlsPeer>,
+    ) -> Result<Option<PendingCaller>> {
+        let pending = match (has_wimse_credentials(request.headers), tls) {
+            (false, Some(peer)) => PendingCaller::from(peer),
+            (false, None) if self.optional => return Ok(None),
+            _ => self.verifier.authenticate(request)?,
+        };
+        if let Some(policy) = &self.policy
+            && let Err(error) = policy.check(&pending.caller)
+        {
+            audit::rejected(pending.method().name(), Some(pending.id()), &error);
+            return Err(error);
+        }
+        Ok(Some(pending))
+    }
+
+    /// Stage 4: claims the caller's proof in the verifier's replay store (see
+    /// [`Verifier::confirm`]). Ready at once with the in-memory store.
+    pub fn confirm(&self, pending: PendingCaller) -> Confirm {
+        self.verifier.confirm(pending)
+    }
+
+    /// The whole pipeline for one request: [`admit`](Self::admit), then
+    /// [`confirm`](Self::confirm).
+    pub async fn check<H: HeaderSource + ?Sized>(
+        &self,
+        request: &RequestView<'_, H>,
+        tls: Option<&TlsPeer>,
+    ) -> Result<Option<VerifiedCaller>> {
+        match self.admit(request, tls)? {
+            Some(pending) => self.confirm(pending).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_signing_decisions() {
+        use crate::cred::StaticCredentials;
+        use crate::jose::{Algorithm, SigningKey};
+        use crate::trust::TrustStore;
+        use crate::verify::VerifierConfig;
+        use std::collections::BTreeMap;
+        let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
+        let key = SigningKey::generate(Algorithm::ES256).unwrap();
+        let wit = crate::wit::WitIssuer::new(issuer)
+            .issue(&"spiffe://a.example/s".parse().unwrap(), key.public_jwk(), 1)
+            .unwrap();
+        let signer = Signer::new(StaticCredentials::new(crate::cred::Credentials::new(wit, key).unwrap()));
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        let caller = |sign_response| VerifiedCaller {
+            id: "spiffe://a.example/c".parse().unwrap(),
+            method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
+            wit_exp: 2,
+            wit_iss: None,
+            wit_jti: None,
+            key_thumbprint: String::new(),
+            txn_token: None,
+            context_tokens: BTreeMap::new(),
+        };
+        let plain = Guard::new(verifier.clone());
+        assert_eq!(
+            plain.response_nonce(Some(&caller(true))).unwrap_err().kind(),
+            &ErrorKind::SignedResponseUnsupported
+        );
+        assert_eq!(plain.response_nonce(Some(&caller(false))).unwrap(), None);
+        let signing = Guard::new(verifier.clone()).sign_responses(signer.clone());
+        assert_eq!(signing.response_nonce(Some(&caller(true))).unwrap().as_deref(), Some("n"));
+        assert_eq!(signing.response_nonce(Some(&caller(false))).unwrap(), None);
+        let always = Guard::new(verifier).sign_responses(signer).always_sign_responses();
+        assert_eq!(always.response_nonce(Some(&caller(false))).unwrap().as_deref(), Some("n"));
+        assert_eq!(always.response_nonce(None).unwrap(), None);
+    }
+}

@@ -1,0 +1,66 @@
+//! The verified-WIT cache: a steady caller's WIT is verified once, not on every request.
+
+use std::sync::Arc;
+
+use crate::wit::{VerifiedWit, WitValidation};
+
+struct Entry {
+    wit: Arc<VerifiedWit>,
+    generation: u64,
+    usable_until: Option<u64>,
+}
+
+/// Verified WITs by the SHA-256 of the token, valid while the anchors they were checked against
+/// are unchanged and not stale (`valid_until` of the trust domain's anchors, so `max_stale`
+/// refuses a cached WIT exactly like an uncached one). Time-dependent checks are repeated on every hit; only the signature, the
+/// parsing and the key checks are saved. Bounded: when full of unexpired entries, new WITs are
+/// simply not cached (verification is unaffected). Only WITs that verified enter, so invalid
+/// tokens cannot grow it.
+pub(crate) struct WitCache {
+    capacity: usize,
+    entries: std::sync::Mutex<std::collections::HashMap<String, Entry>>,
+}
+
+impl WitCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { capacity, entries: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    pub(crate) fn get(&self, key: &str, generation: u64, now: u64, cfg: &WitValidation) -> Option<Arc<VerifiedWit>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let entries = self.entries.lock().ok()?;
+        let Entry { wit, generation: cached_generation, usable_until } = entries.get(key)?;
+        let claims = wit.claims();
+        let still_valid = *cached_generation == generation
+            && usable_until.is_none_or(|until| now < until)
+            && now < claims.exp.saturating_add(cfg.leeway)
+            && claims.nbf.is_none_or(|nbf| nbf <= now.saturating_add(cfg.leeway));
+        still_valid.then(|| wit.clone())
+    }
+
+    pub(crate) fn insert(
+        &self,
+        key: String,
+        wit: Arc<VerifiedWit>,
+        generation: u64,
+        usable_until: Option<u64>,
+        now: u64,
+    ) {
+        if self.capacity == 0 {
+            return;
+        }
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.len() >= self.capacity {
+            entries.retain(|_, e| e.generation == generation && now < e.wit.claims().exp);
+        }
+        if entries.len() < self.capacity {
+            entries.insert(key, Entry { wit, generation, usable_until });
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+}
