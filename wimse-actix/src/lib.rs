@@ -179,11 +179,13 @@ where
             Ok(pending) => pending,
             Err(error) => return reject(req, &error),
         };
-        let confirm = match pending.map(|pending| config.confirm(pending).into_ready()) {
+        let confirm = match pending.map(|pending| config.confirm(pending)) {
             None => None,
-            Some(Ok(Ok(caller))) => Some(Ok(caller)),
-            Some(Ok(Err(error))) => return reject(req, &error),
-            Some(Err(confirm)) => Some(Err(confirm)),
+            Some(mut confirm) => match confirm.take_ready() {
+                Some(Ok(caller)) => Some(Ok(caller)),
+                Some(Err(error)) => return reject(req, &error),
+                None => Some(Err(confirm)),
+            },
         };
         let service = self.service.clone();
         Box::pin(async move {

@@ -401,7 +401,7 @@ impl Verifier {
     /// at once, like the in-memory store. With an asynchronous store (Redis) it fails closed
     /// with [`ErrorKind::ReplayCacheUnavailable`]: use `verify(..).await` there.
     pub fn verify_sync<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Result<VerifiedCaller> {
-        self.verify(request).into_ready().unwrap_or_else(|_| {
+        self.verify(request).take_ready().unwrap_or_else(|| {
             Err(Error::with_detail(
                 ErrorKind::ReplayCacheUnavailable,
                 "the replay store is asynchronous: use `verify(..).await`",
@@ -563,7 +563,7 @@ fn settle_rejection(caller: &VerifiedCaller, error: Error) -> Error {
 /// The answer of [`Verifier::confirm`] (and so of [`Verifier::verify`] and
 /// [`Guard::confirm`](crate::guard::Guard::confirm)): a future resolving to the
 /// [`VerifiedCaller`] once its proof is claimed. Ready at once with the in-memory store
-/// ([`into_ready`](Self::into_ready) takes the answer without a runtime). Dropped before it
+/// ([`take_ready`](Self::take_ready) takes the answer without a runtime). Dropped before it
 /// resolves, it gives the caller's quota back.
 #[must_use = "the caller is verified only once the confirmation resolves"]
 #[derive(Debug)]
@@ -629,11 +629,11 @@ impl Confirm {
         Self(ConfirmState::Done(Some(result)))
     }
 
-    /// The answer if it is known now, otherwise the confirmation back (to `.await`).
-    pub fn into_ready(self) -> std::result::Result<Result<VerifiedCaller>, Self> {
-        match self.0 {
-            ConfirmState::Done(Some(result)) => Ok(result),
-            state => Err(Self(state)),
+    /// Takes the answer if it is known now (`None`: `.await` the confirmation).
+    pub fn take_ready(&mut self) -> Option<Result<VerifiedCaller>> {
+        match &mut self.0 {
+            ConfirmState::Done(result) => result.take(),
+            ConfirmState::Waiting(_) => None,
         }
     }
 }

@@ -72,3 +72,25 @@ fn invalid_tokens_never_enter_and_the_cache_is_bounded() {
     call(&f, &verifier, &f.wit, NOW).unwrap();
     assert_eq!(verifier.cached_wits(), 0);
 }
+
+#[test]
+fn stale_anchors_refuse_cached_wits_like_uncached_ones() {
+    let (f, verifier, clock) = setup();
+    let domain = f.id.trust_domain();
+    let anchors = || TrustAnchors::new().with_key(f.issuer_key.public_key().clone());
+    // A fetched bundle usable until NOW + 100 (its `max_stale`).
+    verifier.trust().set(domain.clone(), anchors().with_valid_until(NOW + 100));
+    call(&f, &verifier, &f.wit, NOW).unwrap();
+    assert_eq!(verifier.cached_wits(), 1);
+    clock.set(NOW + 100);
+    // The cached WIT and a WIT never seen before get the same answer: 503.
+    let cached = call(&f, &verifier, &f.wit, NOW + 100).unwrap_err();
+    let fresh = WitIssuer::new(f.issuer_key.clone()).issue(&f.id, f.workload_key.public_jwk(), NOW + 50).unwrap();
+    let uncached = call(&f, &verifier, &fresh, NOW + 100).unwrap_err();
+    assert_eq!(cached.kind(), &ErrorKind::TrustAnchorsUnavailable);
+    assert_eq!(uncached.kind(), cached.kind());
+    assert_eq!(wimse_core::http::Rejection::from_error(&cached).status(), 503);
+    // A refreshed bundle brings both back.
+    verifier.trust().set(domain, anchors().with_valid_until(NOW + 1000));
+    call(&f, &verifier, &f.wit, NOW + 100).unwrap();
+}

@@ -174,16 +174,17 @@ where
             Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left))),
             Err(error) => return ResponseFuture::rejected(reject(&error)),
         };
-        match self.layer.guard.confirm(pending).into_ready() {
+        let mut confirm = self.layer.guard.confirm(pending);
+        match confirm.take_ready() {
             // The in-memory store answers at once: no allocation, no extra poll.
-            Ok(Ok(caller)) => {
+            Some(Ok(caller)) => {
                 let mut req = req.map(Either::Left);
                 req.extensions_mut().insert(caller);
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Ok(Err(error)) => ResponseFuture::rejected(reject(&error)),
+            Some(Err(error)) => ResponseFuture::rejected(reject(&error)),
             // A shared store answers later; the request waits without holding a thread.
-            Err(confirm) => {
+            None => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::boxed(Box::pin(async move {

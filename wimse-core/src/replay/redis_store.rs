@@ -34,6 +34,16 @@ end
 return {'REPLAY', ''}
 ";
 
+/// Reads a bucket's epoch marker, creating it (ARGV[1]) when missing.
+const ENSURE_EPOCH_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[1])
+  epoch = ARGV[1]
+end
+return epoch
+";
+
 /// A bucket's epoch as a replica knows it: the marker's value and when that epoch began.
 #[derive(Debug, Clone)]
 struct Epoch {
@@ -52,7 +62,7 @@ impl Epoch {
 #[derive(Clone)]
 enum Target {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 #[derive(Clone)]
@@ -74,6 +84,7 @@ struct Inner {
     connection: tokio::sync::Mutex<Option<Connection>>,
     epochs: [Mutex<Option<Epoch>>; BUCKETS],
     script: redis::Script,
+    ensure_epoch: redis::Script,
 }
 
 /// A [`ReplayStore`] on Redis or Redis Cluster, shared by every replica: a proof accepted by
@@ -130,7 +141,7 @@ impl RedisReplayStore {
             .retries(1)
             .build()
             .map_err(config_error)?;
-        Ok(Self::with_target(Target::Cluster(client)))
+        Ok(Self::with_target(Target::Cluster(Box::new(client))))
     }
 
     fn with_target(target: Target) -> Self {
@@ -176,6 +187,7 @@ impl Inner {
             connection: tokio::sync::Mutex::new(None),
             epochs: Default::default(),
             script: redis::Script::new(CLAIM_SCRIPT),
+            ensure_epoch: redis::Script::new(ENSURE_EPOCH_SCRIPT),
         }
     }
 
@@ -260,7 +272,16 @@ impl Inner {
                     return Ok(Err(ErrorKind::ReplayedProof.into()));
                 }
                 _ => match Epoch::parse(marker) {
-                    Some(epoch) => self.learn_epoch(bucket, epoch),
+                    Some(epoch) => {
+                        let created_here = epoch.marker == fresh;
+                        self.learn_epoch(bucket, epoch);
+                        if created_here {
+                            // This store is new or lost its state: start every bucket's epoch
+                            // now, so the recovery window is the same for all of them instead
+                            // of opening again at each bucket's first use.
+                            self.ensure_epochs(connection, &fresh).await?;
+                        }
+                    }
                     None => {
                         return Ok(Err(Error::with_detail(
                             ErrorKind::ReplayCacheUnavailable,
@@ -271,6 +292,17 @@ impl Inner {
             }
         }
         Ok(Err(Error::with_detail(ErrorKind::ReplayCacheUnavailable, "the replay store's epoch keeps changing")))
+    }
+
+    async fn ensure_epochs<C: ConnectionLike>(&self, connection: &mut C, fresh: &str) -> redis::RedisResult<()> {
+        for bucket in 0..BUCKETS {
+            let key = format!("{}{{{bucket}}}:epoch", self.settings.prefix);
+            let marker: String = self.ensure_epoch.key(key).arg(fresh).invoke_async(connection).await?;
+            if let Some(epoch) = Epoch::parse(marker) {
+                self.learn_epoch(bucket, epoch);
+            }
+        }
+        Ok(())
     }
 
     async fn claim(&self, claim: ReplayClaim, now: u64) -> Result<()> {
