@@ -2,9 +2,11 @@
 //! [`PendingCaller`] it holds between checking the credentials and claiming the proof.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::id::WorkloadId;
 use crate::replay::ReplayClaim;
+use crate::wit::VerifiedWit;
 
 /// How the caller proved possession of its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,13 +53,34 @@ impl ProofMethod {
 pub struct VerifiedCaller {
     pub(crate) id: WorkloadId,
     pub(crate) method: ProofMethod,
-    pub(crate) wit_exp: u64,
-    pub(crate) wit_iss: Option<String>,
-    pub(crate) wit_jti: Option<String>,
-    pub(crate) key_thumbprint: String,
+    pub(crate) credential: Credential,
     pub(crate) txn_token: Option<String>,
     pub(crate) context_tokens: BTreeMap<String, String>,
 }
+
+/// What the caller's identity rests on. A WIT is shared with the verified-WIT cache, so making
+/// a caller copies nothing.
+#[derive(Debug, Clone)]
+pub(crate) enum Credential {
+    Wit(Arc<VerifiedWit>),
+    #[cfg_attr(not(feature = "mtls"), allow(dead_code))]
+    Certificate {
+        fingerprint: String,
+    },
+}
+
+impl PartialEq for Credential {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // The same token (its hash) means the same claims and key.
+            (Credential::Wit(a), Credential::Wit(b)) => a.hash() == b.hash(),
+            (Credential::Certificate { fingerprint: a }, Credential::Certificate { fingerprint: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Credential {}
 
 /// The caller authenticated by the TLS layer (mutual TLS), put into request extensions by a
 /// TLS-terminating adapter. A [`Guard`](crate::guard::Guard) uses it when the request carries no application-level
@@ -81,10 +104,7 @@ impl TlsPeer {
         Ok(Self(VerifiedCaller {
             id,
             method: ProofMethod::MutualTls { certificate_fingerprint: fingerprint.clone() },
-            wit_exp: 0,
-            wit_iss: None,
-            wit_jti: None,
-            key_thumbprint: fingerprint,
+            credential: Credential::Certificate { fingerprint },
             txn_token: None,
             context_tokens: BTreeMap::new(),
         }))
@@ -100,21 +120,32 @@ impl VerifiedCaller {
     pub fn method(&self) -> &ProofMethod {
         &self.method
     }
-    /// When the caller's WIT expires.
+    /// When the caller's WIT expires (0 for a mutual-TLS caller).
     pub fn wit_expires_at(&self) -> u64 {
-        self.wit_exp
+        self.wit().map_or(0, |wit| wit.claims().exp)
     }
     /// The WIT's `iss`, for audit.
     pub fn wit_issuer(&self) -> Option<&str> {
-        self.wit_iss.as_deref()
+        self.wit()?.claims().iss.as_deref()
     }
     /// The WIT's `jti`, for audit.
     pub fn wit_id(&self) -> Option<&str> {
-        self.wit_jti.as_deref()
+        self.wit()?.claims().jti.as_deref()
     }
-    /// RFC 7638 thumbprint of the caller's confirmation key.
+    /// RFC 7638 thumbprint of the caller's confirmation key (for a mutual-TLS caller, the
+    /// base64url SHA-256 of its certificate).
     pub fn key_thumbprint(&self) -> &str {
-        &self.key_thumbprint
+        match &self.credential {
+            Credential::Wit(wit) => wit.cnf_key().thumbprint(),
+            Credential::Certificate { fingerprint } => fingerprint,
+        }
+    }
+    /// The caller's verified WIT (`None` for a mutual-TLS caller).
+    pub fn wit(&self) -> Option<&VerifiedWit> {
+        match &self.credential {
+            Credential::Wit(wit) => Some(wit),
+            Credential::Certificate { .. } => None,
+        }
     }
     /// The `Txn-Token` value, present only when the proof bound it (`tth`).
     pub fn txn_token(&self) -> Option<&str> {

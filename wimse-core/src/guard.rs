@@ -181,10 +181,7 @@ mod tests {
         let caller = |sign_response| VerifiedCaller {
             id: "spiffe://a.example/c".parse().unwrap(),
             method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
-            wit_exp: 2,
-            wit_iss: None,
-            wit_jti: None,
-            key_thumbprint: String::new(),
+            credential: crate::caller::Credential::Certificate { fingerprint: String::new() },
             txn_token: None,
             context_tokens: BTreeMap::new(),
         };

@@ -79,11 +79,11 @@ pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(
     max_token_len: usize,
 ) -> Result<WptCredentials<'_>> {
     let wit = single_value(headers, WIT_HEADER, max_token_len, ErrorKind::DuplicateWit)?
-        .ok_or(Error::new(ErrorKind::MissingWit))?;
+        .ok_or_else(|| Error::new(ErrorKind::MissingWit))?;
 
     let scheme_len = WPT_AUTH_SCHEME.len() + 1;
     let mut auth = headers.header_values(AUTHORIZATION_HEADER);
-    let first = auth.next().ok_or(Error::new(ErrorKind::MissingWpt))?;
+    let first = auth.next().ok_or_else(|| Error::new(ErrorKind::MissingWpt))?;
     if let Some(second) = auth.next() {
         let has_bearer = [first, second].into_iter().chain(auth).any(|v| scheme_of(v).eq_ignore_ascii_case(b"bearer"));
         return Err(if has_bearer { ErrorKind::BearerWithWpt } else { ErrorKind::DuplicateAuthorization }.into());

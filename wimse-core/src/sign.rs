@@ -216,7 +216,7 @@ impl ResponseVerifier {
     ) -> Result<WorkloadId> {
         let now = self.clock.now();
         let wit = single_value(res.headers, WIT_HEADER, self.validation.max_token_len, ErrorKind::DuplicateWit)?
-            .ok_or(Error::new(ErrorKind::MissingWit))?;
+            .ok_or_else(|| Error::new(ErrorKind::MissingWit))?;
         let server = validate_wit(wit, &self.trust, &self.validation, now)?;
         if let Some(expected) = expected
             && server.subject() != expected

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::audit;
-use crate::caller::{PendingCaller, ProofMethod, VerifiedCaller};
+use crate::caller::{Credential, PendingCaller, ProofMethod, VerifiedCaller};
 use crate::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{HeaderSource, extract_wpt_credentials, single_value};
@@ -24,7 +24,7 @@ use crate::time::{Clock, SystemClock};
 use crate::trust::{TrustHandle, TrustStore};
 use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
 use crate::wit_cache::WitCache;
-use crate::wpt::{ProofContext, WptValidation, validate_wpt};
+use crate::wpt::{ProofContext, WptValidation};
 
 /// Verifier settings. Build with [`VerifierConfig::new`] and the `with_*` methods; the defaults
 /// are the secure ones.
@@ -59,8 +59,9 @@ pub struct VerifierConfig {
     pub accept_http_signatures: bool,
     /// HTTP signatures created longer ago than this are refused (seconds). Defaults to 300.
     pub max_signature_age: u64,
-    /// How many verified WITs are remembered (by their SHA-256) so a steady caller's WIT is
-    /// verified once, not on every request. 0 disables the cache. Defaults to 10 000.
+    /// How many verified WITs are remembered (with the token, so at most this many times
+    /// `max_token_len` bytes) so a steady caller's WIT is verified once, not on every request.
+    /// 0 disables the cache. Defaults to 10 000.
     pub wit_cache_capacity: usize,
     /// Most live replay claims one workload identity may hold (see
     /// [`CallerQuota`](crate::replay::CallerQuota)); past it that caller gets 429 with
@@ -418,7 +419,7 @@ impl Verifier {
         }
         let now = self.clock.now();
         let wit = single_value(request.headers, WIT_HEADER, self.config.max_token_len, ErrorKind::DuplicateWit)?
-            .ok_or(Error::new(ErrorKind::MissingWit))?;
+            .ok_or_else(|| Error::new(ErrorKind::MissingWit))?;
         let wit = self.validate_wit(wit, now)?;
         let (path, query) = match request.path.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -456,8 +457,7 @@ impl Verifier {
     /// have asks the bundle fetcher for a refresh.
     fn validate_wit(&self, wit: &str, now: u64) -> Result<Arc<VerifiedWit>> {
         let generation = self.trust.generation();
-        let key = crate::wit::token_hash(wit);
-        if let Some(hit) = self.wit_cache.get(&key, generation, now, &self.wit_validation) {
+        if let Some(hit) = self.wit_cache.get(wit, generation, now, &self.wit_validation) {
             metrics::counter!("wimse_wit_cache_total", "result" => "hit").increment(1);
             return Ok(hit);
         }
@@ -470,7 +470,7 @@ impl Verifier {
         });
         match result {
             Ok((verified, usable_until)) => {
-                self.wit_cache.insert(key, verified.clone(), generation, usable_until, now);
+                self.wit_cache.insert(wit, verified.clone(), generation, usable_until, now);
                 Ok(verified)
             }
             Err(error) => {
@@ -504,19 +504,15 @@ impl Verifier {
 
     fn caller(
         &self,
-        wit: &VerifiedWit,
+        wit: &Arc<VerifiedWit>,
         method: ProofMethod,
         txn_token: Option<&str>,
         context: BTreeMap<String, &str>,
     ) -> VerifiedCaller {
-        let claims = wit.claims();
         VerifiedCaller {
-            id: claims.sub.clone(),
+            id: wit.claims().sub.clone(),
             method,
-            wit_exp: claims.exp,
-            wit_iss: claims.iss.clone(),
-            wit_jti: claims.jti.clone(),
-            key_thumbprint: wit.cnf_key().thumbprint(),
+            credential: Credential::Wit(wit.clone()),
             txn_token: txn_token.map(str::to_owned),
             context_tokens: context.into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
         }
@@ -539,13 +535,13 @@ impl Verifier {
 
         let wit = self.validate_wit(credentials.wit, now)?;
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let wpt = validate_wpt(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, now)?;
+        let (exp, jti) = crate::wpt::check(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, now)?;
         let leeway = self.config.leeway;
         // A verifier accepts a WPT only while `exp <= now + max lifetime + leeway`: no verifier
         // could have accepted it before `exp - max lifetime - leeway`.
-        let earliest = wpt.exp.saturating_sub(self.config.max_wpt_lifetime.saturating_add(leeway));
-        let claim = ReplayClaim::wpt(wit.subject(), &wpt.jti, wpt.exp.saturating_add(leeway), earliest);
-        let method = ProofMethod::Wpt { jti: wpt.jti, exp: wpt.exp };
+        let earliest = exp.saturating_sub(self.config.max_wpt_lifetime.saturating_add(leeway));
+        let claim = ReplayClaim::wpt(wit.subject(), &jti, exp.saturating_add(leeway), earliest);
+        let method = ProofMethod::Wpt { jti, exp };
         let caller = self.caller(&wit, method, context.txn_token, context.other_tokens);
         Ok(PendingCaller { caller, claim: Some(claim) })
     }

@@ -210,7 +210,7 @@ impl VerifiedWit {
 fn claim_u64(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>> {
     match claims.get(name) {
         None => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or(Error::new(ErrorKind::MissingClaim(name))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| Error::new(ErrorKind::MissingClaim(name))),
     }
 }
 
@@ -252,7 +252,7 @@ pub fn validate_wit(token: &str, trust: &TrustStore, cfg: &WitValidation, now: u
     }
 
     let claims = &jws.claims;
-    let exp = claim_u64(claims, "exp")?.ok_or(Error::new(ErrorKind::MissingClaim("exp")))?;
+    let exp = claim_u64(claims, "exp")?.ok_or_else(|| Error::new(ErrorKind::MissingClaim("exp")))?;
     if now >= exp.saturating_add(cfg.leeway) {
         return Err(ErrorKind::ExpiredWit.into());
     }

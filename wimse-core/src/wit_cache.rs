@@ -10,7 +10,8 @@ struct Entry {
     usable_until: Option<u64>,
 }
 
-/// Verified WITs by the SHA-256 of the token, valid while the anchors they were checked against
+/// Verified WITs by the token (each at most `max_token_len` bytes, so the cache holds at most
+/// capacity × that), valid while the anchors they were checked against
 /// are unchanged and not stale (`valid_until` of the trust domain's anchors, so `max_stale`
 /// refuses a cached WIT exactly like an uncached one). Time-dependent checks are repeated on every hit; only the signature, the
 /// parsing and the key checks are saved. Bounded: when full of unexpired entries, new WITs are
@@ -18,20 +19,22 @@ struct Entry {
 /// tokens cannot grow it.
 pub(crate) struct WitCache {
     capacity: usize,
-    entries: std::sync::Mutex<std::collections::HashMap<String, Entry>>,
+    // Keyed by the token itself: a hit costs one hash of the token and no allocation (the
+    // `wth` a WPT must carry is kept in the entry). A read lock, so hits do not queue.
+    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Entry>>,
 }
 
 impl WitCache {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity, entries: std::sync::Mutex::new(std::collections::HashMap::new()) }
+        Self { capacity, entries: std::sync::RwLock::new(std::collections::HashMap::new()) }
     }
 
-    pub(crate) fn get(&self, key: &str, generation: u64, now: u64, cfg: &WitValidation) -> Option<Arc<VerifiedWit>> {
+    pub(crate) fn get(&self, token: &str, generation: u64, now: u64, cfg: &WitValidation) -> Option<Arc<VerifiedWit>> {
         if self.capacity == 0 {
             return None;
         }
-        let entries = self.entries.lock().ok()?;
-        let Entry { wit, generation: cached_generation, usable_until } = entries.get(key)?;
+        let entries = self.entries.read().ok()?;
+        let Entry { wit, generation: cached_generation, usable_until } = entries.get(token)?;
         let claims = wit.claims();
         let still_valid = *cached_generation == generation
             && usable_until.is_none_or(|until| now < until)
@@ -42,7 +45,7 @@ impl WitCache {
 
     pub(crate) fn insert(
         &self,
-        key: String,
+        token: &str,
         wit: Arc<VerifiedWit>,
         generation: u64,
         usable_until: Option<u64>,
@@ -51,16 +54,16 @@ impl WitCache {
         if self.capacity == 0 {
             return;
         }
-        let Ok(mut entries) = self.entries.lock() else { return };
+        let Ok(mut entries) = self.entries.write() else { return };
         if entries.len() >= self.capacity {
             entries.retain(|_, e| e.generation == generation && now < e.wit.claims().exp);
         }
         if entries.len() < self.capacity {
-            entries.insert(key, Entry { wit, generation, usable_until });
+            entries.insert(token.into(), Entry { wit, generation, usable_until });
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries.read().map(|e| e.len()).unwrap_or(0)
     }
 }

@@ -7,9 +7,12 @@ use serde_json::Value;
 
 use crate::draft::WPT_TYP;
 use crate::error::{Error, ErrorKind, Result};
-use crate::jose::{Backend, SigningKey, jws};
+use crate::jose::{Backend, SigningKey, b64url_decode_into, jws};
 use crate::replay::MAX_PROOF_ID_LEN;
 use crate::wit::{DEFAULT_MAX_TOKEN_LEN, VerifiedWit, random_id, token_hash};
+
+mod token;
+use token::{Number, Text};
 
 /// Longest `jti` accepted, in bytes.
 pub const MAX_JTI_LEN: usize = MAX_PROOF_ID_LEN;
@@ -168,21 +171,60 @@ pub fn validate_wpt(
     cfg: &WptValidation,
     now: u64,
 ) -> Result<VerifiedWpt> {
-    let jws = jws::parse(token, cfg.max_token_len)?;
-    if jws.header_str("typ")? != Some(WPT_TYP) {
-        return Err(ErrorKind::WptWrongType.into());
+    let mut aud = String::new();
+    let (exp, jti) = check(token, wit, context, |a| audience_ok(a).then(|| aud.push_str(a)).is_some(), cfg, now)?;
+    Ok(VerifiedWpt { aud, exp, jti })
+}
+
+/// [`validate_wpt`] for the verifier's hot path: the proof's expiry and `jti` only.
+pub(crate) fn check(
+    token: &str,
+    wit: &VerifiedWit,
+    context: &ProofContext<'_>,
+    mut audience_ok: impl FnMut(&str) -> bool,
+    cfg: &WptValidation,
+    now: u64,
+) -> Result<(u64, String)> {
+    if token.len() > cfg.max_token_len {
+        return Err(Error::with_detail(
+            ErrorKind::OversizedToken,
+            format!("{} bytes > {}", token.len(), cfg.max_token_len),
+        ));
     }
-    jws.reject_crit()?;
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(Error::with_detail(ErrorKind::MalformedToken, "not three dot-separated parts"));
+    };
+    // Decoded on the stack: a typical proof needs no allocation to be read.
+    let (mut header_buf, mut claims_buf, mut signature_buf) = ([0u8; 256], [0u8; 1024], [0u8; 512]);
+    let header_bytes = b64url_decode_into(h, &mut header_buf)?;
+    let claims_bytes = b64url_decode_into(p, &mut claims_buf)?;
+    let signature = b64url_decode_into(s, &mut signature_buf)?;
+    let header = token::header(&header_bytes)?;
+    let claims = token::claims(&claims_bytes)?;
+
+    let not_a_string =
+        |name: &str| Error::with_detail(ErrorKind::MalformedToken, format!("header `{name}` is not a string"));
+    match &header.typ {
+        Text::Str(typ) if typ == WPT_TYP => {}
+        Text::Other => return Err(not_a_string("typ")),
+        _ => return Err(ErrorKind::WptWrongType.into()),
+    }
+    if header.crit {
+        return Err(ErrorKind::UnsupportedCriticalHeader.into());
+    }
     // String equality with cnf.jwk.alg, before the value is interpreted at all.
-    if jws.header_str("alg")? != Some(wit.cnf_algorithm().as_str()) {
-        return Err(ErrorKind::WptAlgorithmMismatch.into());
+    match &header.alg {
+        Text::Str(alg) if alg == wit.cnf_algorithm().as_str() => {}
+        Text::Other => return Err(not_a_string("alg")),
+        _ => return Err(ErrorKind::WptAlgorithmMismatch.into()),
     }
-    if !wit.cnf_key().verify(cfg.backend, wit.cnf_algorithm(), jws.signing_input.as_bytes(), &jws.signature) {
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    if !wit.cnf_key().verify(cfg.backend, wit.cnf_algorithm(), signing_input.as_bytes(), &signature) {
         return Err(ErrorKind::InvalidWptSignature.into());
     }
-    let claims = &jws.claims;
 
-    let exp = claims.get("exp").and_then(Value::as_u64).ok_or(Error::new(ErrorKind::MissingClaim("exp")))?;
+    let Number::U64(exp) = claims.exp else { return Err(ErrorKind::MissingClaim("exp").into()) };
     if now >= exp.saturating_add(cfg.leeway) {
         return Err(ErrorKind::ExpiredWpt.into());
     }
@@ -191,39 +233,35 @@ pub fn validate_wpt(
     }
 
     // A WPT names one recipient: an array `aud` is refused (the draft shows only strings).
-    let aud = match claims.get("aud") {
-        Some(Value::String(aud)) => aud,
-        _ => return Err(ErrorKind::MissingClaim("aud").into()),
-    };
+    let Some(aud) = claims.aud.as_str() else { return Err(ErrorKind::MissingClaim("aud").into()) };
     if !audience_ok(aud) {
         return Err(ErrorKind::AudienceMismatch.into());
     }
 
-    match claims.get("wth") {
-        Some(Value::String(wth)) if wth == wit.hash() => {}
-        Some(Value::String(_)) => return Err(ErrorKind::WitBindingMismatch.into()),
+    match &claims.wth {
+        Text::Str(wth) if wth == wit.hash() => {}
+        Text::Str(_) => return Err(ErrorKind::WitBindingMismatch.into()),
         _ => return Err(ErrorKind::MissingClaim("wth").into()),
     }
 
-    check_tth(claims.get("tth"), context.txn_token)?;
-    check_oth(claims.get("oth"), context, &cfg.context_tokens)?;
+    check_tth(&claims.tth, context.txn_token)?;
+    check_oth(claims.oth.as_ref(), context, &cfg.context_tokens)?;
 
-    let jti = match claims.get("jti") {
-        Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => jti,
-        _ => return Err(ErrorKind::MissingClaim("jti").into()),
-    };
-    Ok(VerifiedWpt { aud: aud.clone(), exp, jti: jti.clone() })
+    match claims.jti.as_str() {
+        Some(jti) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => Ok((exp, jti.to_owned())),
+        _ => Err(ErrorKind::MissingClaim("jti").into()),
+    }
 }
 
-fn check_tth(tth: Option<&Value>, txn_token: Option<&str>) -> Result<()> {
+fn check_tth(tth: &Text<'_>, txn_token: Option<&str>) -> Result<()> {
     let mismatch = |d: &'static str| Error::with_detail(ErrorKind::TxnTokenBindingMismatch, d);
     match (tth, txn_token) {
-        (None, None) => Ok(()),
-        (Some(Value::String(tth)), Some(token)) if *tth == token_hash(token) => Ok(()),
-        (Some(Value::String(_)), Some(_)) => Err(mismatch("tth differs from the Txn-Token hash")),
-        (Some(_), None) => Err(mismatch("tth present but no Txn-Token field")),
-        (None, Some(_)) => Err(mismatch("Txn-Token present but not bound by tth")),
-        (Some(_), Some(_)) => Err(mismatch("tth is not a string")),
+        (Text::Absent, None) => Ok(()),
+        (Text::Str(tth), Some(token)) if *tth == token_hash(token) => Ok(()),
+        (Text::Str(_), Some(_)) => Err(mismatch("tth differs from the Txn-Token hash")),
+        (_, None) => Err(mismatch("tth present but no Txn-Token field")),
+        (Text::Absent, Some(_)) => Err(mismatch("Txn-Token present but not bound by tth")),
+        (Text::Other, Some(_)) => Err(mismatch("tth is not a string")),
     }
 }
 

@@ -64,7 +64,7 @@ fn hs256_with_the_public_key_as_secret_is_refused() {
         b64url_encode(r#"{"alg":"HS256","typ":"wit+jwt","kid":"k1"}"#),
         b64url_encode(wit_claims(&f, NOW + 600, ""))
     );
-    for secret in [f.issuer_key.public_jwk().to_json(), f.issuer_key.public_key().thumbprint()] {
+    for secret in [f.issuer_key.public_jwk().to_json(), f.issuer_key.public_key().thumbprint().to_owned()] {
         let token = format!("{input}.{}", b64url_encode(hmac_sha256(secret.as_bytes(), input.as_bytes())));
         assert_eq!(kind(f.verify_wit(&token)), ErrorKind::UnsupportedAlgorithm);
     }

@@ -12,18 +12,12 @@ use serde_json::{Map, Value};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Nesting deeper than this is refused (serde_json's own limit is 128; tokens need 3).
-const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 
 /// Parses `bytes` as a JSON object, refusing duplicate member names anywhere.
 pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictValue { depth: 0 }.deserialize(&mut de).map_err(|e| {
-        if e.to_string().starts_with(DUPLICATE) {
-            Error::with_detail(ErrorKind::DuplicateJsonMember, e.to_string())
-        } else {
-            Error::with_detail(ErrorKind::MalformedToken, "not valid JSON")
-        }
-    })?;
+    let value = StrictValue { depth: 0 }.deserialize(&mut de).map_err(|e| strict_error(&e))?;
     de.end().map_err(|_| Error::with_detail(ErrorKind::MalformedToken, "trailing data after JSON"))?;
     match value {
         Value::Object(map) => Ok(map),
@@ -33,8 +27,8 @@ pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>> {
 
 const DUPLICATE: &str = "duplicate member";
 
-struct StrictValue {
-    depth: usize,
+pub(crate) struct StrictValue {
+    pub(crate) depth: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for StrictValue {
@@ -97,6 +91,118 @@ impl<'de> Visitor<'de> for StrictValue {
             out.insert(key, value);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// Checks a JSON value without keeping it: duplicate member names are still refused at every
+/// level, and depth is bounded. Allocates only for nested objects (to remember their names).
+pub(crate) struct StrictIgnore {
+    pub(crate) depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictIgnore {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictIgnore {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(de::Error::custom("nesting too deep"));
+        }
+        while seq.next_element_seed(StrictIgnore { depth })?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(de::Error::custom("nesting too deep"));
+        }
+        let mut names = MemberNames::default();
+        while let Some(key) = map.next_key_seed(NameSeed)? {
+            names.insert(key)?;
+            map.next_value_seed(StrictIgnore { depth })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a member name, borrowing it from the input when it has no escapes (serde's own
+/// `Cow<str>` always copies).
+pub(crate) struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = std::borrow::Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+}
+
+/// The member names of one object seen so far, to refuse a repeat.
+#[derive(Default)]
+pub(crate) struct MemberNames<'de>(Vec<std::borrow::Cow<'de, str>>);
+
+impl<'de> MemberNames<'de> {
+    /// Records `name`, or fails if it was already seen.
+    pub(crate) fn insert<E: de::Error>(&mut self, name: std::borrow::Cow<'de, str>) -> std::result::Result<(), E> {
+        if self.0.contains(&name) {
+            let shown: String = name.chars().take(32).collect();
+            return Err(E::custom(format!("{DUPLICATE} `{shown}`")));
+        }
+        self.0.push(name);
+        Ok(())
+    }
+}
+
+/// Maps a strict-parsing error to the crate's error kinds.
+pub(crate) fn strict_error(e: &serde_json::Error) -> Error {
+    if e.to_string().starts_with(DUPLICATE) {
+        Error::with_detail(ErrorKind::DuplicateJsonMember, e.to_string())
+    } else {
+        Error::with_detail(ErrorKind::MalformedToken, "not valid JSON")
     }
 }
 

@@ -171,10 +171,10 @@ impl PublicKey {
     }
 
     /// RFC 7638 thumbprint of the key.
-    pub fn thumbprint(&self) -> String {
+    pub fn thumbprint(&self) -> &str {
         // `from_jwk` checked every member the thumbprint needs; `kid` and `alg`, which may be
         // set later, are not part of it.
-        self.thumbprint.get_or_init(|| self.jwk.thumbprint().unwrap_or_default()).clone()
+        self.thumbprint.get_or_init(|| self.jwk.thumbprint().unwrap_or_default())
     }
 
     /// Verifies `signature` over `message` with `alg`. Returns `false` for a wrong signature or
@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn thumbprint_is_computed_once_and_ignores_kid() {
         let key = SigningKey::generate(Algorithm::ES256).unwrap();
-        let before = key.public_key().thumbprint();
+        let before = key.public_key().thumbprint().to_owned();
         assert_eq!(before, key.public_jwk().thumbprint().unwrap());
         let named = key.with_kid("k1");
         assert_eq!(named.public_key().thumbprint(), before);

@@ -160,3 +160,18 @@ pub fn b64url_encode(bytes: impl AsRef<[u8]>) -> String {
 pub fn b64url_decode(s: &str) -> Result<Vec<u8>> {
     B64URL.decode(s).map_err(|_| Error::with_detail(ErrorKind::MalformedToken, "invalid base64url"))
 }
+
+/// Decodes base64url into `stack` when it fits (no allocation), into a new vector otherwise.
+/// Empty input is refused (no JWS part may be empty).
+pub(crate) fn b64url_decode_into<'b>(s: &str, stack: &'b mut [u8]) -> Result<std::borrow::Cow<'b, [u8]>> {
+    let invalid = || Error::with_detail(ErrorKind::MalformedToken, "a part is empty or not base64url");
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    if base64::decoded_len_estimate(s.len()) <= stack.len() {
+        let len = B64URL.decode_slice(s, stack).map_err(|_| invalid())?;
+        Ok(std::borrow::Cow::Borrowed(&stack[..len]))
+    } else {
+        B64URL.decode(s).map(std::borrow::Cow::Owned).map_err(|_| invalid())
+    }
+}
