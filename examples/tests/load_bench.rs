@@ -17,35 +17,43 @@ fn every_configuration_runs_and_is_tabulated() {
     let (ok, stdout, stderr) = load_bench(&["--requests", "200", "--warmup", "20", "--concurrency", "4"]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("one bare ES256 signature verification"), "{stdout}");
+    // The Redis rows run where redis-server is installed (always in CI).
+    let redis = wimse_testkit::servers::find_binary("redis-server").is_some();
+    let mut expected = vec![("none", "-"), ("wpt", "memory"), ("http-signature", "memory"), ("mtls", "-")];
+    if redis {
+        expected.extend([("wpt", "redis"), ("wpt", "redis-cluster")]);
+    } else {
+        assert!(stdout.contains("skipped: the Redis rows (redis-server not found)"), "{stdout}");
+    }
     for framework in ["axum", "actix-web"] {
-        for mode in ["none", "wpt", "http-signature", "mtls"] {
+        for (mode, store) in &expected {
             let row = stdout
                 .lines()
-                .find(|l| l.starts_with(&format!("| {framework} | {mode} |")))
-                .unwrap_or_else(|| panic!("no row for {framework} {mode} in\n{stdout}"));
+                .find(|l| l.starts_with(&format!("| {framework} | {mode} | {store} |")))
+                .unwrap_or_else(|| panic!("no row for {framework} {mode} {store} in\n{stdout}"));
             let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-            assert_eq!(cells.len(), 8, "{row}");
-            let rps: f64 = cells[2].parse().unwrap_or_else(|_| panic!("requests/s in {row}"));
+            assert_eq!(cells.len(), 9, "{row}");
+            let rps: f64 = cells[3].parse().unwrap_or_else(|_| panic!("requests/s in {row}"));
             assert!(rps > 0.0, "{row}");
-            for latency in &cells[3..5] {
+            for latency in &cells[4..6] {
                 assert!(latency.ends_with(" ms"), "{row}");
             }
             // CPU time comes from /proc on Linux.
-            assert!(cells[5].ends_with(" µs") && cells[6].ends_with('x'), "{row}");
+            assert!(cells[6].ends_with(" µs") && cells[7].ends_with('x'), "{row}");
         }
-        assert!(stdout.contains(&format!("{framework} WPT server: CPU per request")), "{stdout}");
+        assert!(stdout.contains(&format!("{framework} WPT server (memory store): CPU per request")), "{stdout}");
     }
 }
 
 #[test]
 fn a_filter_runs_only_matching_configurations() {
     let (ok, stdout, stderr) =
-        load_bench(&["--requests", "50", "--warmup", "5", "--alg", "EdDSA", "--only", "axum wpt"]);
+        load_bench(&["--requests", "50", "--warmup", "5", "--alg", "EdDSA", "--only", "axum wpt memory"]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("one bare EdDSA signature verification"), "{stdout}");
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| axum") || l.starts_with("| actix")).collect();
     assert_eq!(rows.len(), 1, "{stdout}");
-    assert!(rows[0].starts_with("| axum | wpt |"), "{stdout}");
+    assert!(rows[0].starts_with("| axum | wpt | memory |"), "{stdout}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 #[derive(Clone)]
 pub struct Credentials {
     wit: Arc<str>,
+    wit_hash: Arc<str>,
     key: SigningKey,
     subject: WorkloadId,
     expires_at: u64,
@@ -44,12 +45,17 @@ impl Credentials {
         if cnf.thumbprint() != key.public_key().thumbprint() || cnf.algorithm() != Some(key.algorithm()) {
             return Err(unavailable("the key is not the WIT's confirmation key"));
         }
-        Ok(Self { wit: Arc::from(wit.trim()), key, subject, expires_at })
+        let wit = wit.trim();
+        Ok(Self { wit: Arc::from(wit), wit_hash: Arc::from(crate::wit::token_hash(wit)), key, subject, expires_at })
     }
 
     /// The WIT as sent.
     pub fn wit(&self) -> &str {
         &self.wit
+    }
+    /// base64url(SHA-256(WIT)): the `wth` of every proof, computed once.
+    pub fn wit_hash(&self) -> &str {
+        &self.wit_hash
     }
     /// The confirmation key.
     pub fn key(&self) -> &SigningKey {

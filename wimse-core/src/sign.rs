@@ -113,8 +113,10 @@ impl Signer {
             }
             Ok(value)
         };
-        let mut builder =
-            WptBuilder::new(credentials.key(), credentials.wit(), aud).lifetime(self.lifetime).backend(self.backend);
+        let mut builder = WptBuilder::new(credentials.key(), credentials.wit(), aud)
+            .wit_hash(credentials.wit_hash())
+            .lifetime(self.lifetime)
+            .backend(self.backend);
         if let Some(txn) = text(TXN_TOKEN_HEADER)? {
             builder = builder.txn_token(txn);
         }

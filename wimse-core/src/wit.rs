@@ -125,10 +125,19 @@ impl WitIssuer {
     }
 }
 
-/// 128 bits from the OS CSPRNG, base64url: a collision-resistant token id.
+/// 128 bits from a CSPRNG, base64url: a collision-resistant token id (`jti`, nonce).
+///
+/// With aws-lc-rs, its user-space DRBG (seeded and reseeded from the OS) answers without a
+/// system call per id; otherwise the OS generator does.
 pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
-    OsRng.fill_bytes(&mut bytes);
+    #[cfg(feature = "aws-lc-rs")]
+    let filled = aws_lc_rs::rand::fill(&mut bytes).is_ok();
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let filled = false;
+    if !filled {
+        OsRng.fill_bytes(&mut bytes);
+    }
     b64url_encode(bytes)
 }
 

@@ -35,6 +35,7 @@ pub const MAX_JTI_LEN: usize = MAX_PROOF_ID_LEN;
 pub struct WptBuilder<'a> {
     key: &'a SigningKey,
     wit: &'a str,
+    wit_hash: Option<&'a str>,
     aud: &'a str,
     lifetime: u64,
     txn_token: Option<&'a str>,
@@ -46,7 +47,24 @@ impl<'a> WptBuilder<'a> {
     /// A proof by `key` (the WIT's confirmation key) for `wit`, addressed to `aud` (the target
     /// URI without query and fragment, or the audience the recipient configured).
     pub fn new(key: &'a SigningKey, wit: &'a str, aud: &'a str) -> Self {
-        Self { key, wit, aud, lifetime: 60, txn_token: None, other_tokens: Vec::new(), backend: Backend::default() }
+        Self {
+            key,
+            wit,
+            wit_hash: None,
+            aud,
+            lifetime: 60,
+            txn_token: None,
+            other_tokens: Vec::new(),
+            backend: Backend::default(),
+        }
+    }
+
+    /// The WIT's hash (`wth`), when the caller keeps it (see
+    /// [`Credentials::wit_hash`](crate::cred::Credentials::wit_hash)); computed from the WIT
+    /// otherwise.
+    pub fn wit_hash(mut self, hash: &'a str) -> Self {
+        self.wit_hash = Some(hash);
+        self
     }
 
     /// Lifetime in seconds (default 60; keep it short).
@@ -80,7 +98,7 @@ impl<'a> WptBuilder<'a> {
             aud: &'a str,
             exp: u64,
             jti: String,
-            wth: String,
+            wth: std::borrow::Cow<'a, str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             tth: Option<String>,
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -90,7 +108,10 @@ impl<'a> WptBuilder<'a> {
             aud: self.aud,
             exp: now.saturating_add(self.lifetime),
             jti: random_id(),
-            wth: token_hash(self.wit),
+            wth: match self.wit_hash {
+                Some(hash) => std::borrow::Cow::Borrowed(hash),
+                None => std::borrow::Cow::Owned(token_hash(self.wit)),
+            },
             tth: self.txn_token.map(token_hash),
             oth: self.other_tokens.iter().map(|(n, v)| (n.as_str(), token_hash(trim_ows(v)))).collect(),
         };

@@ -12,14 +12,13 @@ use wimse_core::httpsig::OutgoingRequest;
 use wimse_core::sign::audience_for;
 use wimse_core::wic::{CurrentCertificate, WicServerVerifier, client_config};
 
-use crate::setup::{CLIENT_ID, Deployment, SERVER_ID};
-use crate::{Error, Framework, Mode, Options};
+use crate::setup::{CLIENT_ID, Deployment, SERVER_ID, ServerSetup};
+use crate::{Config, Error, Framework, Mode, Options};
 
 /// The measurements of one configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
-    pub(crate) framework: Framework,
-    pub(crate) mode: Mode,
+    pub(crate) config: Config,
     pub(crate) requests_per_second: f64,
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
@@ -34,7 +33,7 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(framework: Framework, mode: Mode, deployment: &Deployment) -> Result<Self, Error> {
+    fn start(framework: Framework, mode: Mode, setup: &ServerSetup) -> Result<Self, Error> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve", framework.name(), mode.name()])
             .stdin(Stdio::piped())
@@ -44,7 +43,7 @@ impl ServerProcess {
         let mut stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut server = Self { child, address: String::new() };
-        stdin.write_all(serde_json::to_string(&deployment.server)?.as_bytes())?;
+        stdin.write_all(serde_json::to_string(setup)?.as_bytes())?;
         drop(stdin);
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -215,12 +214,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Runs one configuration.
 pub(crate) async fn run(
-    framework: Framework,
-    mode: Mode,
+    config: Config,
+    setup: &ServerSetup,
     deployment: &Deployment,
     options: &Options,
 ) -> Result<Row, Error> {
-    let server = ServerProcess::start(framework, mode, deployment)?;
+    let mode = config.mode;
+    let server = ServerProcess::start(config.framework, mode, setup)?;
     let url: reqwest::Url = format!("{}://{}/bench", mode.scheme(), server.address).parse()?;
     check_authentication(mode, deployment, options, &url).await?;
 
@@ -237,8 +237,7 @@ pub(crate) async fn run(
     latencies.sort();
     let requests = u32::try_from(options.requests)?;
     Ok(Row {
-        framework,
-        mode,
+        config,
         requests_per_second: options.requests as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),

@@ -1,6 +1,8 @@
-//! Load benchmark: an axum and an actix-web server on loopback, each in four configurations
-//! (no authentication, WPT, HTTP message signatures, mutual TLS), driven from this process
-//! while the server runs in a child process.
+//! Load benchmark: an axum and an actix-web server on loopback, each in six configurations
+//! (no authentication; WPT with the in-memory replay store, with Redis and with a three-node
+//! Redis Cluster; HTTP message signatures; mutual TLS), driven from this process while the
+//! server runs in a child process. The Redis rows need `redis-server` (the driver starts it and
+//! the cluster on loopback); without it they are skipped with a message.
 //!
 //! For every configuration the driver starts a fresh server process, checks that it really
 //! authenticates (an anonymous request is refused, an authenticated one names the caller and
@@ -15,6 +17,7 @@
 //! (`-- --help` lists the options: request count, connections, algorithm, backend, filter).
 
 mod driver;
+mod redis;
 mod server;
 mod setup;
 
@@ -80,6 +83,61 @@ impl Mode {
     }
 }
 
+/// Where an authenticated server claims proofs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Memory,
+    Redis,
+    RedisCluster,
+}
+
+impl Store {
+    fn name(self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::Redis => "redis",
+            Store::RedisCluster => "redis-cluster",
+        }
+    }
+}
+
+/// One configuration: a framework, a proof mode, and (for WPT and HTTP signatures) a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Config {
+    framework: Framework,
+    mode: Mode,
+    store: Store,
+}
+
+impl Config {
+    fn all() -> Vec<Config> {
+        let mut all = Vec::new();
+        for framework in Framework::ALL {
+            for mode in Mode::ALL {
+                all.push(Config { framework, mode, store: Store::Memory });
+            }
+            for store in [Store::Redis, Store::RedisCluster] {
+                all.push(Config { framework, mode: Mode::Wpt, store });
+            }
+        }
+        all
+    }
+
+    /// Whether proofs are claimed in a replay store (mTLS and no-auth requests carry none).
+    fn claims(self) -> bool {
+        matches!(self.mode, Mode::Wpt | Mode::HttpSignature)
+    }
+
+    /// `axum wpt redis`, `axum mtls`: what `--only` matches.
+    fn name(self) -> String {
+        if self.claims() {
+            format!("{} {} {}", self.framework.name(), self.mode.name(), self.store.name())
+        } else {
+            format!("{} {}", self.framework.name(), self.mode.name())
+        }
+    }
+}
+
 /// Command-line options of the driver.
 #[derive(Debug, Clone)]
 struct Options {
@@ -94,7 +152,8 @@ struct Options {
 const USAGE: &str = "usage: load-bench [--requests N] [--warmup N] [--concurrency N] [--alg ES256|ES384|EdDSA]
                   [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING]
 defaults: 20000 requests and 1000 warm-up requests per configuration, 16 connections, ES256,
-the default backend; --only keeps the configurations whose name (e.g. `axum wpt`) contains SUBSTRING";
+the default backend; --only keeps the configurations whose name (e.g. `axum wpt memory`,
+`actix-web wpt redis-cluster`, `axum mtls`) contains SUBSTRING";
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, Error> {
@@ -171,19 +230,20 @@ fn machine() -> String {
 fn print_table(rows: &[Row], floor: Duration, options: &Options) {
     let alg = options.algorithm.as_str();
     println!(
-        "\n| server | proof | requests/s | p50 | p99 | server CPU per request | ÷ one bare {alg} verification | over no auth |"
+        "\n| server | proof | replay store | requests/s | p50 | p99 | server CPU per request | ÷ one bare {alg} verification | over no auth |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in rows {
-        let baseline = rows.iter().find(|r| r.framework == row.framework && r.mode == Mode::None);
+        let baseline = rows.iter().find(|r| r.config.framework == row.config.framework && r.config.mode == Mode::None);
         let over = match (row.cpu_per_request, baseline.and_then(|b| b.cpu_per_request)) {
-            (Some(cpu), Some(base)) if row.mode != Mode::None => micros(cpu.saturating_sub(base)),
+            (Some(cpu), Some(base)) if row.config.mode != Mode::None => micros(cpu.saturating_sub(base)),
             _ => "-".to_owned(),
         };
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
-            row.framework.name(),
-            row.mode.name(),
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            row.config.framework.name(),
+            row.config.mode.name(),
+            if row.config.claims() { row.config.store.name() } else { "-" },
             row.requests_per_second,
             millis(row.p50),
             millis(row.p99),
@@ -192,10 +252,11 @@ fn print_table(rows: &[Row], floor: Duration, options: &Options) {
             over,
         );
     }
-    for row in rows.iter().filter(|r| r.mode == Mode::Wpt) {
+    for row in rows.iter().filter(|r| r.config.mode == Mode::Wpt) {
         println!(
-            "\n{} WPT server: CPU per request {} = {} one bare {alg} verification ({})",
-            row.framework.name(),
+            "\n{} WPT server ({} store): CPU per request {} = {} one bare {alg} verification ({})",
+            row.config.framework.name(),
+            row.config.store.name(),
             row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros),
             ratio(row.cpu_per_request, floor),
             micros(floor),
@@ -215,25 +276,40 @@ fn drive(options: &Options) -> Result<(), Error> {
     );
     let deployment = Deployment::new(options)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut selected: Vec<Config> = Config::all()
+        .into_iter()
+        .filter(|c| options.only.as_ref().is_none_or(|only| c.name().contains(only.as_str())))
+        .collect();
+    if selected.is_empty() {
+        return Err("--only matched no configuration".into());
+    }
+    let redis = if selected.iter().any(|c| c.store != Store::Memory) {
+        let redis = runtime.block_on(redis::Redis::start())?;
+        if redis.is_none() {
+            println!("skipped: the Redis rows (redis-server not found)");
+            selected.retain(|c| c.store == Store::Memory);
+        }
+        redis
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     let mut floor_rounds = Vec::new();
-    for framework in Framework::ALL {
-        for mode in Mode::ALL {
-            let name = format!("{} {}", framework.name(), mode.name());
-            if options.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
-                continue;
-            }
-            floor_rounds.extend(deployment.bare_verification_rounds()?);
-            let row = runtime
-                .block_on(driver::run(framework, mode, &deployment, options))
-                .map_err(|e| format!("{name}: {e}"))?;
-            println!(
-                "{name}: {:.0} requests/s, CPU per request {}",
-                row.requests_per_second,
-                row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros)
-            );
-            rows.push(row);
+    for config in selected {
+        let name = config.name();
+        let mut setup = deployment.server.clone();
+        if let Some(redis) = redis.as_ref().filter(|_| config.store != Store::Memory) {
+            setup.replay = runtime.block_on(redis.replay_setup(config.store));
         }
+        floor_rounds.extend(deployment.bare_verification_rounds()?);
+        let row =
+            runtime.block_on(driver::run(config, &setup, &deployment, options)).map_err(|e| format!("{name}: {e}"))?;
+        println!(
+            "{name}: {:.0} requests/s, CPU per request {}",
+            row.requests_per_second,
+            row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros)
+        );
+        rows.push(row);
     }
     if rows.is_empty() {
         return Err("--only matched no configuration".into());

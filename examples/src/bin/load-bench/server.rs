@@ -7,10 +7,14 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use wimse_core::prelude::*;
+use wimse_core::replay::RedisReplayStore;
 use wimse_core::wic::{CurrentCertificate, WicAnchors, WorkloadCertificate, certificates_from_pem, server_config};
 
-use crate::setup::{CLIENT_ID, PROOF_LIFETIME, ServerSetup, TRUST_DOMAIN};
+use crate::setup::{CLIENT_ID, PROOF_LIFETIME, ReplaySetup, ServerSetup, TRUST_DOMAIN};
 use crate::{Error, Framework, Mode};
+
+/// Generous for a loaded loopback Redis: a claim that times out stops the run (503).
+const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How an authenticated server checks its callers.
 struct Auth {
@@ -33,7 +37,14 @@ impl Auth {
             setup_domain()?,
             TrustAnchors::from_jwks_json(&setup.trust_jwks)?.with_algorithms([Algorithm::ES256]),
         );
-        let verifier = Verifier::new(trust, config)?.with_replay_store(InMemoryReplayStore::new(setup.replay_capacity));
+        let verifier = Verifier::new(trust, config)?;
+        let verifier = match &setup.replay {
+            ReplaySetup::Memory(capacity) => verifier.with_replay_store(InMemoryReplayStore::new(*capacity)),
+            ReplaySetup::Redis(url) => verifier.with_replay_store(RedisReplayStore::new(url)?.timeout(REDIS_TIMEOUT)),
+            ReplaySetup::Cluster(nodes) => {
+                verifier.with_replay_store(RedisReplayStore::cluster(nodes)?.timeout(REDIS_TIMEOUT))
+            }
+        };
         let policy = Policy::named("load-bench").allow(Rule::exact(CLIENT_ID.parse()?));
         let tls = if mode == Mode::Mtls {
             let anchors = WicAnchors::new();
