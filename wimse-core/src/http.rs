@@ -36,14 +36,23 @@ pub struct WptCredentials<'a> {
     pub txn_token: Option<&'a str>,
 }
 
-fn as_visible_ascii(value: &[u8]) -> Result<&str> {
-    // No early exit, so the loop vectorises (tokens are a few hundred bytes to 8 KiB).
-    let visible = value.iter().fold(true, |ok, &b| ok & (matches!(b, b'!'..=b'~') | (b == b' ') | (b == b'\t')));
+/// A field value checked to be visible ASCII (spaces and tabs allowed), trimmed, and whether
+/// it holds a comma: one pass without early exit, so it vectorises (tokens are a few hundred
+/// bytes to 8 KiB).
+fn scan_visible_ascii(value: &[u8]) -> Result<(&str, bool)> {
+    let (visible, comma) = value.iter().fold((true, false), |(ok, comma), &b| {
+        (ok & (matches!(b, b'!'..=b'~') | (b == b' ') | (b == b'\t')), comma | (b == b','))
+    });
     if !visible {
         return Err(ErrorKind::InvalidHeaderValue.into());
     }
     // Visible ASCII is valid UTF-8.
-    std::str::from_utf8(value).map(|v| v.trim_matches([' ', '\t'])).map_err(|_| ErrorKind::InvalidHeaderValue.into())
+    let text = std::str::from_utf8(value).map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))?;
+    Ok((text.trim_matches([' ', '\t']), comma))
+}
+
+fn as_visible_ascii(value: &[u8]) -> Result<&str> {
+    scan_visible_ascii(value).map(|(text, _)| text)
 }
 
 fn oversized(name: &str, len: usize, max: usize) -> Error {
@@ -66,8 +75,8 @@ pub fn single_value<'a, H: HeaderSource + ?Sized>(
     if first.len() > max_len {
         return Err(oversized(name, first.len(), max_len));
     }
-    let value = as_visible_ascii(first)?;
-    if value.contains(',') {
+    let (value, comma) = scan_visible_ascii(first)?;
+    if comma {
         return Err(Error::with_detail(duplicate, "comma-joined values"));
     }
     Ok(Some(value))
