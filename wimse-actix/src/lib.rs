@@ -1,8 +1,15 @@
 //! # wimse-actix
 //!
 //! WIMSE workload identity for actix-web: the [`Wimse`] middleware verifies the caller of every
-//! request (WIT + `Authorization: WPT`), and the [`Caller`] extractor hands it to handlers.
-//! Rejections are answered exactly like the tower and axum adapters do.
+//! request (WIT + `Authorization: WPT`, WIT + HTTP message signature, or a mutual-TLS peer with
+//! feature `tls`), and the [`Caller`] extractor hands it to handlers. Rejections are answered
+//! exactly like the tower and axum adapters do.
+//!
+//! The middleware runs the pipeline of [`Guard`](wimse_core::guard::Guard): credentials, then the
+//! configured policy, then the replay claim (awaited without blocking the worker when the
+//! store is shared). A `Wimse` wrapped on a scope with its own policy refuses callers before
+//! their proof is claimed; checks in handlers run after it, where the per-caller quota protects
+//! the other callers.
 //!
 //! ```
 //! use actix_web::{App, web};

@@ -158,7 +158,8 @@ pub enum ErrorKind {
     // ---- service state (503) ----
     /// The trust domain is trusted but its keys are not available (never fetched, or stale).
     TrustAnchorsUnavailable,
-    /// The shared replay cache cannot be reached and fails closed.
+    /// The replay store cannot answer (unreachable, too slow, or recovering from lost state) and
+    /// fails closed.
     ReplayCacheUnavailable,
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull,

@@ -1,5 +1,11 @@
 //! Per-route authorization: apply a [`Policy`] to the caller a [`WimseLayer`](crate::WimseLayer)
 //! verified (for axum, with `route_layer`).
+//!
+//! Order: a per-route policy runs after the layer has claimed the caller's proof against replay,
+//! so a caller it refuses has used a replay slot; the per-caller quota
+//! ([`VerifierConfig::caller_quota`](wimse_core::verify::VerifierConfig::caller_quota)) keeps such
+//! a caller from exhausting the store for others. A policy given to the layer itself
+//! ([`WimseLayer::policy`](crate::WimseLayer::policy)) runs before the claim.
 
 use std::task::{Context, Poll};
 

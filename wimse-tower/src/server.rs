@@ -36,7 +36,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use wimse_core::guard::DEFAULT_BODY_LIMIT;
 
 /// Verifies the caller of every request: WIT + `Authorization: WPT`, or WIT + HTTP message
-/// signature. Puts the [`VerifiedCaller`](wimse_core::caller::VerifiedCaller) into the request extensions. Rejected requests are
+/// signature, through the pipeline of [`Guard`](wimse_core::guard::Guard): credentials, then
+/// the policy, then the replay claim (a shared store is awaited without holding a thread; the
+/// in-memory store answers at once, without boxing). Puts the [`VerifiedCaller`](wimse_core::caller::VerifiedCaller) into the request extensions. Rejected requests are
 /// answered by the layer (401 with `WWW-Authenticate: WPT`, 400, 403 for a policy, 413 for a
 /// body over the limit) and never reach the inner service.
 ///

@@ -146,14 +146,14 @@ struct Options {
     concurrency: usize,
     algorithm: Algorithm,
     backend: Backend,
-    only: Option<String>,
+    only: Vec<String>,
 }
 
 const USAGE: &str = "usage: load-bench [--requests N] [--warmup N] [--concurrency N] [--alg ES256|ES384|EdDSA]
                   [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING]
 defaults: 20000 requests and 1000 warm-up requests per configuration, 16 connections, ES256,
 the default backend; --only keeps the configurations whose name (e.g. `axum wpt memory`,
-`actix-web wpt redis-cluster`, `axum mtls`) contains SUBSTRING";
+`actix-web wpt redis-cluster`, `axum mtls`) contains SUBSTRING (repeat it to keep several)";
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, Error> {
@@ -163,7 +163,7 @@ impl Options {
             concurrency: 16,
             algorithm: Algorithm::ES256,
             backend: Backend::default(),
-            only: None,
+            only: Vec::new(),
         };
         while let Some(flag) = args.next() {
             let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -181,7 +181,7 @@ impl Options {
                     options.algorithm = value.parse().map_err(|_| format!("--alg: unknown algorithm {value}"))?
                 }
                 "--backend" => options.backend = backend(&value)?,
-                "--only" => options.only = Some(value),
+                "--only" => options.only.push(value),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
             }
         }
@@ -253,13 +253,18 @@ fn print_table(rows: &[Row], floor: Duration, options: &Options) {
         );
     }
     for row in rows.iter().filter(|r| r.config.mode == Mode::Wpt) {
+        let framework = row.config.framework;
+        let serving = rows.iter().find(|r| r.config.framework == framework && r.config.mode == Mode::None);
+        // What a verifying server cannot go below: serving a request plus one verification.
+        let least = serving.and_then(|r| r.cpu_per_request).map(|serving| serving + floor);
         println!(
-            "\n{} WPT server ({} store): CPU per request {} = {} one bare {alg} verification ({})",
-            row.config.framework.name(),
+            "\n{} WPT server ({} store): CPU per request {} = {} one bare {alg} verification ({}); {} (serving without authentication + one bare verification)",
+            framework.name(),
             row.config.store.name(),
             row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros),
             ratio(row.cpu_per_request, floor),
             micros(floor),
+            least.map_or_else(|| "n/a".to_owned(), |least| ratio(row.cpu_per_request, least)),
         );
     }
 }
@@ -278,7 +283,7 @@ fn drive(options: &Options) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut selected: Vec<Config> = Config::all()
         .into_iter()
-        .filter(|c| options.only.as_ref().is_none_or(|only| c.name().contains(only.as_str())))
+        .filter(|c| options.only.is_empty() || options.only.iter().any(|only| c.name().contains(only.as_str())))
         .collect();
     if selected.is_empty() {
         return Err("--only matched no configuration".into());

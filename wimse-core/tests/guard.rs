@@ -1,0 +1,57 @@
+//! The pipeline as adapters drive it: credentials, then the policy, then the replay claim.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use wimse_core::guard::Guard;
+use wimse_core::prelude::*;
+
+#[tokio::test]
+async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
+    let f = Fixture::new();
+    let store = Arc::new(InMemoryReplayStore::new(100));
+    let verifier = f.verifier_with(f.config().with_caller_quota(2)).with_replay_store(store.clone());
+    let refusing = Guard::new(verifier.clone()).policy(Policy::named("nobody"));
+    let headers = f.headers(&f.wit, &f.wpt());
+    let err = refusing.check(&RequestView::new(PATH, &headers), None).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::PolicyDenied);
+    assert!(err.detail().is_some_and(|d| d.contains("nobody")), "the detail names the policy");
+    assert!(store.is_empty(), "a refused caller costs no replay slot");
+
+    // The same proof is still good for a guard that allows the caller: it was never claimed.
+    let allowing = Guard::new(verifier.clone()).policy(Policy::allow_all());
+    let pending = allowing.admit(&RequestView::new(PATH, &headers), None).unwrap().unwrap();
+    assert_eq!(pending.id(), &f.id);
+    assert!(pending.claim().is_some());
+    let caller = allowing.confirm(pending).await.unwrap();
+    assert_eq!(caller.id(), &f.id);
+    assert_eq!(caller.wit().map(|w| w.hash()), Some(wimse_core::wit::token_hash(&f.wit).as_str()));
+    assert_eq!(store.len(), 1);
+    let owner = verifier.caller_quota().owner(&f.id);
+    assert_eq!(verifier.caller_quota().live(owner, NOW), 1);
+
+    // A replay gives its quota unit back; a second fresh proof fills the quota of 2.
+    let again = allowing.check(&RequestView::new(PATH, &headers), None).await.unwrap_err();
+    assert_eq!(again.kind(), &ErrorKind::ReplayedProof);
+    assert_eq!(verifier.caller_quota().live(owner, NOW), 1);
+    allowing.check(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt())), None).await.unwrap();
+    let over = allowing.check(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt())), None).await.unwrap_err();
+    assert_eq!(over.kind(), &ErrorKind::ReplayQuotaExceeded);
+    let rejection = wimse_core::http::Rejection::from_error(&over);
+    assert_eq!(rejection.status(), 429);
+    assert_eq!(rejection.headers()["retry-after"], "90", "until the oldest claim (exp + leeway) ends");
+    assert_eq!(store.len(), 2, "the refused proof was not stored");
+}
+
+#[tokio::test]
+async fn anonymous_requests_pass_an_optional_guard_only() {
+    let f = Fixture::new();
+    let empty = http::HeaderMap::new();
+    let optional = Guard::new(f.verifier()).optional();
+    assert!(optional.check(&RequestView::new(PATH, &empty), None).await.unwrap().is_none());
+    let required = Guard::new(f.verifier());
+    let err = required.check(&RequestView::new(PATH, &empty), None).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::MissingWit);
+}
