@@ -121,10 +121,13 @@ impl Guard {
         request: &RequestView<'_, H>,
         tls: Option<&TlsPeer>,
     ) -> Result<Option<PendingCaller>> {
-        let pending = match (has_wimse_credentials(request.headers), tls) {
-            (false, Some(peer)) => PendingCaller::from(peer),
-            (false, None) if self.optional => return Ok(None),
-            _ => self.verifier.authenticate(request)?,
+        // Only an optional guard or a TLS peer needs to know whether credentials are present;
+        // otherwise the verifier reads them (and names what is missing).
+        let lenient = tls.is_some() || self.optional;
+        let pending = match (lenient && !has_wimse_credentials(request.headers), tls) {
+            (true, Some(peer)) => PendingCaller::from(peer),
+            (true, None) => return Ok(None),
+            (false, _) => self.verifier.authenticate(request)?,
         };
         if let Some(policy) = &self.policy
             && let Err(error) = policy.check(&pending.caller)

@@ -455,7 +455,8 @@ impl Default for CallerQuota {
     }
 }
 
-/// What a shared replay store does when it cannot be reached.
+/// What a shared replay store does when it cannot be reached. A store that answers that it is
+/// recovering from lost state always refuses (that is an answer, not an outage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WhenUnavailable {
     /// Refuse the proof ([`ErrorKind::ReplayCacheUnavailable`], 503). The default.
