@@ -5,7 +5,7 @@
 //! feature `tls`), and the [`Caller`] extractor hands it to handlers. Rejections are answered
 //! exactly like the tower and axum adapters do.
 //!
-//! The middleware runs the pipeline of [`Guard`](wimse_core::guard::Guard): credentials, then the
+//! The middleware runs the pipeline of [`Guard`]: credentials, then the
 //! configured policy, then the replay claim (awaited without blocking the worker when the
 //! store is shared). A `Wimse` wrapped on a scope with its own policy refuses callers before
 //! their proof is claimed; checks in handlers run after it, where the per-caller quota protects

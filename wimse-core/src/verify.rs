@@ -64,9 +64,9 @@ pub struct VerifierConfig {
     /// 0 disables the cache. Defaults to 10 000.
     pub wit_cache_capacity: usize,
     /// Most live replay claims one workload identity may hold (see
-    /// [`CallerQuota`](crate::replay::CallerQuota)); past it that caller gets 429 with
+    /// [`CallerQuota`]); past it that caller gets 429 with
     /// `Retry-After` while the others go on. Defaults to
-    /// [`DEFAULT_CALLER_QUOTA`](crate::replay::DEFAULT_CALLER_QUOTA) (100 000).
+    /// [`DEFAULT_CALLER_QUOTA`] (100 000).
     pub caller_quota: usize,
 }
 
