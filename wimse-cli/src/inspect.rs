@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::{Map, Value, json};
-use wimse_core::draft::{WIT_TYP, WPT_TYP};
+use wimse_core::draft::{WIT_TYP, WPT_TYP, typ_is};
 use wimse_core::id::WorkloadId;
 use wimse_core::jose::jws;
 
@@ -35,8 +35,8 @@ pub(crate) fn run(args: InspectArgs) -> CliResult {
     let now = now_or(args.now);
     let typ = parsed.header.get("typ").and_then(Value::as_str);
     let kind = match typ {
-        Some(WIT_TYP) => "WIT",
-        Some(WPT_TYP) => "WPT",
+        Some(typ) if typ_is(typ, WIT_TYP) => "WIT",
+        Some(typ) if typ_is(typ, WPT_TYP) => "WPT",
         _ => "unknown",
     };
     let out = json!({

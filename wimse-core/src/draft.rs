@@ -25,10 +25,23 @@ pub const WPT_CHALLENGE: &str = "WPT";
 /// Header field of a Transaction Token, bound by the WPT `tth` claim.
 pub const TXN_TOKEN_HEADER: &str = "txn-token";
 
-/// JOSE `typ` of a WIT (exact match; see the crate docs for why `application/wit+jwt` is refused).
+/// JOSE `typ` of a WIT, as emitted (the short form; see [`typ_is`] for what is accepted).
 pub const WIT_TYP: &str = "wit+jwt";
-/// JOSE `typ` of a WPT (exact match).
+/// JOSE `typ` of a WPT, as emitted (the short form).
 pub const WPT_TYP: &str = "wpt+jwt";
+
+/// Whether a received `typ` names the media type whose short form is `short` (`wit+jwt`):
+/// RFC 7515 §4.1.9 has a recipient treat a value without `/` as if `application/` were
+/// prepended, and media types compare case-insensitively. So `wit+jwt`, `application/wit+jwt`
+/// and `WIT+JWT` match; anything else (surrounding spaces, parameters, legacy names) does not.
+pub fn typ_is(typ: &str, short: &str) -> bool {
+    let full = match typ.split_once('/') {
+        None => typ,
+        Some((kind, subtype)) if kind.eq_ignore_ascii_case("application") => subtype,
+        Some(_) => return false,
+    };
+    full.eq_ignore_ascii_case(short)
+}
 /// Media type of a WIT.
 pub const WIT_MEDIA_TYPE: &str = "application/wit+jwt";
 /// Media type of a WPT.

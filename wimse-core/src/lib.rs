@@ -8,8 +8,9 @@
 //! (WIT), `draft-ietf-wimse-wpt-02` (WPT in `Authorization: WPT …`). See [`draft`].
 //!
 //! ## Decisions on points the drafts leave open
-//! - `typ` is compared exactly: `wit+jwt` and `wpt+jwt`. The `application/` spellings are
-//!   refused, as are the legacy `wimse-id+jwt`/`wimse-proof+jwt`.
+//! - `typ` follows RFC 7515 §4.1.9: `wit+jwt` / `application/wit+jwt` (and `wpt+jwt` /
+//!   `application/wpt+jwt`) in any case are accepted; everything else, including the legacy
+//!   `wimse-id+jwt`/`wimse-proof+jwt`, is refused. Producers emit the short form.
 //! - A WPT `aud` must be a single string; arrays are refused.
 //! - Identifiers are compared as complete strings and must be canonical (lower-case scheme and
 //!   trust domain, no percent-encoding, no dot segments); see [`id`].

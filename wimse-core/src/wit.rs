@@ -231,12 +231,13 @@ fn claim_str(claims: &Map<String, Value>, name: &'static str) -> Result<Option<S
     }
 }
 
-/// Validates a WIT in the order of the digest's section 2.6: framing, exact `typ`, `alg`,
+/// Validates a WIT in the order of the digest's section 2.6: framing, `typ` (`wit+jwt` or
+/// `application/wit+jwt`, any case), `alg`,
 /// `sub` and its trust domain, the anchor key of that trust domain, the signature, the
 /// lifetime, then `cnf.jwk`. Unknown claims are ignored.
 pub fn validate_wit(token: &str, trust: &TrustStore, cfg: &WitValidation, now: u64) -> Result<VerifiedWit> {
     let jws = jws::parse(token, cfg.max_token_len)?;
-    if jws.header_str("typ")? != Some(WIT_TYP) {
+    if !jws.header_str("typ")?.is_some_and(|typ| crate::draft::typ_is(typ, WIT_TYP)) {
         return Err(ErrorKind::WitWrongType.into());
     }
     jws.reject_crit()?;

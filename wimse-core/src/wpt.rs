@@ -227,7 +227,7 @@ pub(crate) fn check(
     let not_a_string =
         |name: &str| Error::with_detail(ErrorKind::MalformedToken, format!("header `{name}` is not a string"));
     match &header.typ {
-        Text::Str(typ) if typ == WPT_TYP => {}
+        Text::Str(typ) if crate::draft::typ_is(typ, WPT_TYP) => {}
         Text::Other => return Err(not_a_string("typ")),
         _ => return Err(ErrorKind::WptWrongType.into()),
     }

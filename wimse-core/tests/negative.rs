@@ -70,11 +70,30 @@ fn hs256_with_the_public_key_as_secret_is_refused() {
     }
 }
 
+/// RFC 7515 §4.1.9: `application/` may be omitted, and media types compare case-insensitively.
+#[test]
+fn media_type_spellings_of_typ_are_accepted() {
+    let f = Fixture::new();
+    let claims = wit_claims(&f, NOW + 600, "");
+    for typ in ["application/wit+jwt", "APPLICATION/WIT+JWT", "Wit+Jwt", "application/WIT+jwt"] {
+        let wit = raw_token(&format!(r#"{{"alg":"ES256","typ":"{typ}","kid":"k1"}}"#), &claims, &f.issuer_key);
+        f.verify_wit(&wit).unwrap_or_else(|e| panic!("typ {typ}: {e}"));
+    }
+    for typ in ["application/wpt+jwt", "WPT+JWT", "Application/Wpt+Jwt"] {
+        let wpt = raw_token(
+            &format!(r#"{{"alg":"ES256","typ":"{typ}"}}"#),
+            &wpt_claims(&f.wit, NOW + 60, ""),
+            &f.workload_key,
+        );
+        f.verify(&f.headers(&f.wit, &wpt)).unwrap_or_else(|e| panic!("typ {typ}: {e}"));
+    }
+}
+
 #[test]
 fn wrong_and_legacy_wit_typ_values_are_refused() {
     let f = Fixture::new();
     let claims = wit_claims(&f, NOW + 600, "");
-    for typ in ["JWT", "jwt", "wpt+jwt", "wimse-id+jwt", "application/wit+jwt", "WIT+JWT", "wit+jwt "] {
+    for typ in ["JWT", "jwt", "wpt+jwt", "wimse-id+jwt", "text/wit+jwt", "application/wimse-id+jwt", "wit+jwt "] {
         let token = raw_token(&format!(r#"{{"alg":"ES256","typ":"{typ}","kid":"k1"}}"#), &claims, &f.issuer_key);
         assert_eq!(kind(f.verify_wit(&token)), ErrorKind::WitWrongType, "typ {typ}");
     }
@@ -89,7 +108,7 @@ fn wrong_and_legacy_wit_typ_values_are_refused() {
 #[test]
 fn wrong_and_legacy_wpt_typ_values_are_refused() {
     let f = Fixture::new();
-    for typ in ["JWT", "wit+jwt", "wimse-proof+jwt", "application/wpt+jwt", "WPT+JWT"] {
+    for typ in ["JWT", "wit+jwt", "wimse-proof+jwt", "application/wimse-proof+jwt", "application/wpt+jwt;v=1"] {
         let wpt = raw_token(
             &format!(r#"{{"alg":"ES256","typ":"{typ}"}}"#),
             &wpt_claims(&f.wit, NOW + 60, ""),
