@@ -107,6 +107,9 @@ pub enum ErrorKind {
     MissingSignatureParameter,
     /// A forbidden signature parameter (`keyid`, `alg`; `wimse-aud` on a response) is present.
     ForbiddenSignatureParameter,
+    /// The signature covers a component the profile forbids (a CONNECT covering `@path` or
+    /// `@query`).
+    ForbiddenComponent,
     /// A component the profile or the configuration requires is not covered.
     MissingCoveredComponent,
     /// `created` is in the future.
@@ -222,6 +225,7 @@ impl ErrorKind {
             SignatureWrongTag => "wrong_tag",
             MissingSignatureParameter => "missing_parameter",
             ForbiddenSignatureParameter => "forbidden_parameter",
+            ForbiddenComponent => "forbidden_component",
             MissingCoveredComponent => "missing_required_component",
             SignatureCreatedInFuture => "created_in_future",
             SignatureExpired => "signature_expired",
@@ -296,6 +300,7 @@ impl ErrorKind {
             SignatureWrongTag => "the signature's tag is not wimse-workload-to-workload",
             MissingSignatureParameter => "a required signature parameter is missing",
             ForbiddenSignatureParameter => "a forbidden signature parameter is present",
+            ForbiddenComponent => "the signature covers a forbidden component",
             MissingCoveredComponent => "a required component is not covered by the signature",
             SignatureCreatedInFuture => "the signature is created in the future",
             SignatureExpired => "the signature has expired",

@@ -429,3 +429,112 @@ fn connect_requests_cover_the_authority() {
         .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::InvalidHttpSignature);
 }
+
+/// RFC 9421 §2.2.3: `@authority` omits the scheme's default port, so a CONNECT to `host:443`
+/// signed as sent verifies whether the receiver sees `host:443` or `HOST`.
+#[test]
+fn authority_drops_the_default_port() {
+    let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let now = 1_800_000_000;
+    let wit =
+        WitIssuer::new(issuer.clone()).issue(&"spiffe://d.example/x".parse().unwrap(), key.public_jwk(), now).unwrap();
+    let trust = TrustStore::new()
+        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
+    let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
+    let mut headers = HeaderMap::new();
+    let request = OutgoingRequest {
+        method: "CONNECT",
+        scheme: "https",
+        authority: "proxy.example:443",
+        path: "",
+        query: None,
+        body: None,
+        aud: "proxy.example",
+        sign_response: false,
+    };
+    httpsig::sign_request(&mut headers, &request, &wit, &key, &httpsig::SignOptions::default(), now).unwrap();
+    let input = headers["signature-input"].to_str().unwrap().to_owned();
+    let signature = headers["signature"].to_str().unwrap().to_owned();
+    let parsed = httpsig::parse_signatures(&[&input], &[&signature]).unwrap().remove(0);
+    let req = |authority| RequestParts {
+        method: "CONNECT",
+        scheme: "https",
+        authority,
+        path: "",
+        query: None,
+        headers: &headers,
+    };
+    let base = httpsig::signature_base::<HeaderMap, HeaderMap>(
+        &parsed.components,
+        &parsed.signature_params,
+        Some(&req("proxy.example:443")),
+        None,
+    )
+    .unwrap();
+    assert!(base.starts_with("\"@method\": CONNECT\n\"@authority\": proxy.example\n"), "{base}");
+    for authority in ["proxy.example:443", "PROXY.example"] {
+        httpsig::verify_request(&req(authority), None, &verified, |_| true, &SignatureValidation::default(), now)
+            .unwrap_or_else(|e| panic!("{authority}: {e}"));
+    }
+    let other_port = httpsig::verify_request(
+        &req("proxy.example:8443"),
+        None,
+        &verified,
+        |_| true,
+        &SignatureValidation::default(),
+        now,
+    );
+    assert_eq!(other_port.unwrap_err().kind(), &ErrorKind::InvalidHttpSignature);
+}
+
+/// A CONNECT signature covering `@path` is refused with its own reason.
+#[test]
+fn connect_covering_the_path_is_a_forbidden_component() {
+    let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let now = 1_800_000_000;
+    let wit =
+        WitIssuer::new(issuer.clone()).issue(&"spiffe://d.example/x".parse().unwrap(), key.public_jwk(), now).unwrap();
+    let trust = TrustStore::new()
+        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
+    let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("workload-identity-token", HeaderValue::from_str(&wit).unwrap());
+    let input = format!(
+        "wimse=(\"@method\" \"@authority\" \"@path\" \"workload-identity-token\");created={now};expires={};nonce=\"bm9uY2Utbm9uY2U\";tag=\"wimse-workload-to-workload\";wimse-aud=\"db.internal\"",
+        now + 60
+    );
+    let placeholder = "wimse=:AAAA:";
+    let parsed = httpsig::parse_signatures(&[&input], &[placeholder]).unwrap().remove(0);
+    let req = RequestParts {
+        method: "CONNECT",
+        scheme: "https",
+        authority: "db.internal:5432",
+        path: "/x",
+        query: None,
+        headers: &headers,
+    };
+    let base =
+        httpsig::signature_base::<HeaderMap, HeaderMap>(&parsed.components, &parsed.signature_params, Some(&req), None)
+            .unwrap();
+    let signature = key.sign(Backend::default(), base.as_bytes()).unwrap();
+    headers.insert("signature-input", HeaderValue::from_str(&input).unwrap());
+    let value = format!("wimse=:{}:", {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(signature)
+    });
+    headers.insert("signature", HeaderValue::from_str(&value).unwrap());
+    let req = RequestParts {
+        method: "CONNECT",
+        scheme: "https",
+        authority: "db.internal:5432",
+        path: "/x",
+        query: None,
+        headers: &headers,
+    };
+    let err =
+        httpsig::verify_request(&req, None, &verified, |_| true, &SignatureValidation::default(), now).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::ForbiddenComponent);
+    assert_eq!(err.reason(), "forbidden_component");
+}

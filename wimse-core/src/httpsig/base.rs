@@ -59,7 +59,7 @@ fn request_component<H: HeaderSource + ?Sized>(req: &RequestParts<'_, H>, id: &C
     Ok(match id.name.as_str() {
         "@method" => req.method.to_owned(),
         "@scheme" => req.scheme.to_ascii_lowercase(),
-        "@authority" => req.authority.to_ascii_lowercase(),
+        "@authority" => normalized_authority(req.scheme, req.authority),
         "@path" => path.to_owned(),
         "@query" => format!("?{}", req.query.unwrap_or_default()),
         "@request-target" => match req.query {
@@ -68,7 +68,11 @@ fn request_component<H: HeaderSource + ?Sized>(req: &RequestParts<'_, H>, id: &C
         },
         "@target-uri" => {
             let query = req.query.map(|q| format!("?{q}")).unwrap_or_default();
-            format!("{}://{}{path}{query}", req.scheme.to_ascii_lowercase(), req.authority.to_ascii_lowercase())
+            format!(
+                "{}://{}{path}{query}",
+                req.scheme.to_ascii_lowercase(),
+                normalized_authority(req.scheme, req.authority)
+            )
         }
         name if name.starts_with('@') => {
             return Err(Error::with_detail(ErrorKind::SignatureMalformed, format!("unsupported component {id}")));
@@ -117,4 +121,40 @@ pub fn signature_base<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
     }
     let _ = write!(base, "\"@signature-params\": {signature_params}");
     Ok(base)
+}
+
+/// RFC 9421 §2.2.3: `@authority` is the host lower-cased, with the port only when it is not the
+/// scheme's default (`api.example:443` over https is `api.example`). A CONNECT to `host:443`
+/// therefore covers `host`.
+pub(crate) fn normalized_authority(scheme: &str, authority: &str) -> String {
+    let lower = authority.to_ascii_lowercase();
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else if scheme.eq_ignore_ascii_case("http") {
+        ":80"
+    } else {
+        return lower;
+    };
+    match lower.strip_suffix(default) {
+        // Not `[::1]:8443` cut in the middle: what is left must end the host.
+        Some(host) if !host.is_empty() && !host.ends_with(':') => host.to_owned(),
+        _ => lower,
+    }
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::normalized_authority;
+
+    #[test]
+    fn default_ports_are_dropped_and_hosts_lower_cased() {
+        assert_eq!(normalized_authority("https", "API.Example:443"), "api.example");
+        assert_eq!(normalized_authority("http", "api.example:80"), "api.example");
+        assert_eq!(normalized_authority("https", "api.example:8443"), "api.example:8443");
+        assert_eq!(normalized_authority("https", "api.example:80"), "api.example:80");
+        assert_eq!(normalized_authority("http", "api.example:443"), "api.example:443");
+        assert_eq!(normalized_authority("https", "[::1]:443"), "[::1]");
+        assert_eq!(normalized_authority("https", "api.example:1443"), "api.example:1443");
+        assert_eq!(normalized_authority("https", "api.example"), "api.example");
+    }
 }

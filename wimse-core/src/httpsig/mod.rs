@@ -333,7 +333,7 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
     if req.method.eq_ignore_ascii_case("CONNECT")
         && sig.components.iter().any(|c| c.name == "@path" || c.name == "@query")
     {
-        return Err(Error::with_detail(ErrorKind::SignatureMalformed, "CONNECT must not cover @path or @query"));
+        return Err(Error::with_detail(ErrorKind::ForbiddenComponent, "CONNECT must not cover @path or @query"));
     }
     if !verified.aud.as_deref().is_some_and(&audience_ok) {
         return Err(ErrorKind::AudienceMismatch.into());
