@@ -90,9 +90,17 @@ async fn mutual_tls_callers() {
     let anonymous = mtls_client_builder(anonymous).build().unwrap();
     assert!(anonymous.get(&url).send().await.is_err());
 
-    // Application-level credentials on an mTLS connection are verified and take precedence:
-    // headers never silently replace the TLS identity, they must prove their own.
-    let front = ClientBuilder::new(client(&setup, "spiffe://prod.example/orders", LEDGER))
+    // Application-level credentials on an mTLS connection are verified and must name the
+    // connection's workload (mutual-tls-03): another workload's valid WPT is refused...
+    let other = ClientBuilder::new(client(&setup, "spiffe://prod.example/orders", LEDGER))
+        .with(WimseMiddleware::new(deployment.signer(ALLOWED)))
+        .build();
+    let response = other.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "tls_peer_mismatch");
+    // ...while the same workload's is the caller, with its proof mode.
+    let front = ClientBuilder::new(client(&setup, ALLOWED, LEDGER))
         .with(WimseMiddleware::new(deployment.signer(ALLOWED)))
         .build();
     let response = front.get(&url).send().await.unwrap();

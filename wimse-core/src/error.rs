@@ -141,6 +141,10 @@ pub enum ErrorKind {
     InvalidCertificate,
     /// A peer (e.g. the server that signed a response) is not the workload expected for it.
     UnexpectedPeer,
+    /// A request over a mutual-TLS connection carries credentials of another workload than the
+    /// connection's certificate, and the guard does not let application credentials replace
+    /// the TLS identity (403).
+    TlsPeerMismatch,
 
     // ---- identity server ----
     /// The bootstrap credential (platform token or dev secret) is missing, invalid, expired or
@@ -244,6 +248,7 @@ impl ErrorKind {
             UnsupportedTokenType => "unsupported_token_type",
             InvalidCertificate => "invalid_certificate",
             UnexpectedPeer => "unexpected_peer",
+            TlsPeerMismatch => "tls_peer_mismatch",
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
             ReplayQuotaExceeded => "replay_quota_exceeded",
@@ -319,6 +324,7 @@ impl ErrorKind {
             UnsupportedTokenType => "the subject token type is not supported",
             InvalidCertificate => "the certificate is not a valid workload identity certificate",
             UnexpectedPeer => "the peer is not the expected workload",
+            TlsPeerMismatch => "the request's credentials name another workload than its TLS connection",
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",
             ReplayQuotaExceeded => "the caller has too many live proofs",

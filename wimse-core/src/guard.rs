@@ -30,6 +30,7 @@ pub struct Guard {
     body_limit: usize,
     responses: Option<Signer>,
     sign_all: bool,
+    application_identity: bool,
 }
 
 /// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
@@ -46,6 +47,7 @@ impl Guard {
             body_limit: DEFAULT_BODY_LIMIT,
             responses: None,
             sign_all: false,
+            application_identity: false,
         }
     }
 
@@ -102,6 +104,15 @@ impl Guard {
         self
     }
 
+    /// Lets a request's WIT and proof name another workload than the mutual-TLS certificate of
+    /// its connection, and be the caller (mutual-tls-03: only where that is "protected and
+    /// authorized by another mechanism", e.g. a trusted proxy that connects for many
+    /// workloads). By default such a request is refused ([`ErrorKind::TlsPeerMismatch`], 403).
+    pub fn allow_application_identity(mut self) -> Self {
+        self.application_identity = true;
+        self
+    }
+
     /// Applies `policy` to every verified caller (403 when denied).
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
@@ -113,9 +124,11 @@ impl Guard {
     /// for an anonymous request an optional guard lets through, or the rejection. A caller the
     /// policy refuses is rejected here, before the replay store is touched.
     ///
-    /// `tls` is the peer a TLS-terminating adapter authenticated (mutual TLS).
-    /// Application-level credentials, when present, are verified and take precedence; without
-    /// them the TLS peer is the caller (and the policy applies to it the same way).
+    /// `tls` is the peer a TLS-terminating adapter authenticated (mutual TLS). Without
+    /// application-level credentials the TLS peer is the caller (and the policy applies to it
+    /// the same way). Credentials that are present are verified, and must name the same
+    /// workload as the peer unless [`allow_application_identity`](Self::allow_application_identity)
+    /// was chosen.
     pub fn admit<H: HeaderSource + ?Sized>(
         &self,
         request: &RequestView<'_, H>,
@@ -129,6 +142,17 @@ impl Guard {
             (true, None) => return Ok(None),
             (false, _) => self.verifier.authenticate(request)?,
         };
+        if let Some(peer) = tls
+            && peer.caller().id() != pending.id()
+            && !self.application_identity
+        {
+            let error = crate::Error::with_detail(
+                ErrorKind::TlsPeerMismatch,
+                format!("TLS peer {}, request credentials {}", peer.caller().id(), pending.id()),
+            );
+            audit::rejected(pending.method().name(), Some(pending.id()), &error);
+            return Err(error);
+        }
         if let Some(policy) = &self.policy
             && let Err(error) = policy.check(&pending.caller)
         {

@@ -183,7 +183,7 @@ impl Rejection {
             | DuplicateContextToken
             | OversizedToken
             | InvalidHeaderValue => (StatusCode::BAD_REQUEST, false),
-            PolicyDenied | UnexpectedPeer | IssuanceDenied => (StatusCode::FORBIDDEN, false),
+            PolicyDenied | UnexpectedPeer | IssuanceDenied | TlsPeerMismatch => (StatusCode::FORBIDDEN, false),
             BootstrapTokenInvalid => (StatusCode::UNAUTHORIZED, false),
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
             SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),

@@ -55,3 +55,35 @@ async fn anonymous_requests_pass_an_optional_guard_only() {
     let err = required.check(&RequestView::new(PATH, &empty), None).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::MissingWit);
 }
+
+/// mutual-tls-03: an application credential replaces the TLS identity only when configured to.
+#[tokio::test]
+async fn credentials_of_another_workload_than_the_tls_peer_are_refused_by_default() {
+    use wimse_core::wic::{WicAuthority, WicOptions, WicUsage};
+    let f = Fixture::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ca = WicAuthority::new(f.id.trust_domain(), now, 3600).unwrap();
+    let peer_of = |id: &str| {
+        let cert = ca.issue(&id.parse().unwrap(), &WicOptions::new(WicUsage::Client, now, 600)).unwrap();
+        TlsPeer::from_verified_chain(cert.chain()).unwrap()
+    };
+    let proxy = peer_of("spiffe://prod.example/ns/proxy");
+    let same = peer_of(f.id.as_str());
+    let guard = Guard::new(f.verifier());
+
+    let headers = f.headers(&f.wit, &f.wpt());
+    let err = guard.check(&RequestView::new(PATH, &headers), Some(&proxy)).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::TlsPeerMismatch);
+    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 403);
+    // The same workload on both layers is fine; so is the TLS peer alone.
+    let caller = guard.check(&RequestView::new(PATH, &headers), Some(&same)).await.unwrap().unwrap();
+    assert_eq!(caller.method().name(), "wpt");
+    let empty = http::HeaderMap::new();
+    let caller = guard.check(&RequestView::new(PATH, &empty), Some(&proxy)).await.unwrap().unwrap();
+    assert_eq!(caller.method().name(), "mtls");
+    // Configured for a trusted proxy, the application credential is the caller.
+    let proxied = Guard::new(f.verifier()).allow_application_identity();
+    let caller =
+        proxied.check(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt())), Some(&proxy)).await.unwrap().unwrap();
+    assert_eq!(caller.id(), &f.id);
+}
