@@ -6,9 +6,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::draft::{
-    AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, SIGNATURE_INPUT_HEADER, SIGNATURE_INVALID_PROBLEM,
-    SIGNED_RESPONSE_UNAVAILABLE_PROBLEM, SIGNED_RESPONSE_UNSUPPORTED_PROBLEM, TXN_TOKEN_HEADER, WIT_HEADER,
-    WPT_AUTH_SCHEME, WPT_CHALLENGE,
+    AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, SIGNATURE_INVALID_PROBLEM, SIGNED_RESPONSE_UNAVAILABLE_PROBLEM,
+    SIGNED_RESPONSE_UNSUPPORTED_PROBLEM, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -125,7 +124,7 @@ pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(
 /// must verify.
 pub fn has_wimse_credentials<H: HeaderSource + ?Sized>(headers: &H) -> bool {
     headers.header_values(WIT_HEADER).next().is_some()
-        || headers.header_values(SIGNATURE_INPUT_HEADER).next().is_some()
+        || crate::httpsig::has_signature(headers)
         || headers
             .header_values(AUTHORIZATION_HEADER)
             .any(|v| scheme_of(v).eq_ignore_ascii_case(WPT_AUTH_SCHEME.as_bytes()))

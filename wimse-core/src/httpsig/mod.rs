@@ -101,9 +101,17 @@ use sf::key;
 pub const COVERED_IF_PRESENT: [&str; 5] =
     ["content-type", "content-digest", "authorization", "txn-token", "workload-identity-token"];
 
-/// Whether a request carries a WIMSE HTTP signature attempt (any `Signature-Input` field).
+/// Whether a message carries a WIMSE HTTP signature: a `Signature-Input` member tagged
+/// `wimse-workload-to-workload`. Signatures with other tags (a proxy's own, say) do not count,
+/// so a WPT request may carry them. Free when there is no `Signature-Input`; otherwise a
+/// substring test, and a parse only when the tag appears.
 pub fn has_signature<H: HeaderSource + ?Sized>(headers: &H) -> bool {
-    headers.header_values(SIGNATURE_INPUT_HEADER).next().is_some()
+    if headers.header_values(SIGNATURE_INPUT_HEADER).next().is_none() {
+        return false;
+    }
+    // A field that is not text cannot be parsed; let the signature path say so.
+    let Ok(inputs) = text_values(headers, SIGNATURE_INPUT_HEADER) else { return true };
+    sf::has_tagged_signature(&inputs, HTTPSIG_TAG)
 }
 
 fn text_values<'h, H: HeaderSource + ?Sized>(headers: &'h H, name: &str) -> Result<Vec<&'h str>> {
@@ -161,25 +169,6 @@ pub struct VerifiedSignature {
 enum Kind {
     Request,
     Response,
-}
-
-/// Finds the one WIMSE signature: the member tagged `wimse-workload-to-workload`.
-fn select(signatures: Vec<ParsedSignature>) -> Result<ParsedSignature> {
-    let single = signatures.len() == 1;
-    let mut tagged = Vec::new();
-    let mut untagged = Vec::new();
-    for sig in signatures {
-        if sig.str_param("tag").ok().flatten() == Some(HTTPSIG_TAG) { tagged.push(sig) } else { untagged.push(sig) }
-    }
-    match (tagged.len(), untagged.pop()) {
-        (1, _) => Ok(tagged.remove(0)),
-        (0, Some(only)) if single => match only.params.get("tag") {
-            None => Err(Error::with_detail(ErrorKind::MissingSignatureParameter, "tag")),
-            Some(_) => Err(ErrorKind::SignatureWrongTag.into()),
-        },
-        (0, _) => Err(ErrorKind::NoWimseSignature.into()),
-        _ => Err(ErrorKind::AmbiguousWimseSignature.into()),
-    }
 }
 
 /// Largest `Signature-Input` plus `Signature` accepted, in bytes: room for several signatures
@@ -327,7 +316,7 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
         return Err(ErrorKind::NoWimseSignature.into());
     }
     check_field_size(&inputs, &values)?;
-    let sig = select(parse_signatures(&inputs, &values)?)?;
+    let sig = sf::tagged_signature(&inputs, &values, HTTPSIG_TAG)?;
     let verified = check_params(&sig, Kind::Request, cfg, now)?;
     check_coverage(&sig, &request_must_cover(req, false), req.headers, &cfg.required_components)?;
     if req.method.eq_ignore_ascii_case("CONNECT")
@@ -362,7 +351,7 @@ pub fn verify_response<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
         return Err(ErrorKind::NoWimseSignature.into());
     }
     check_field_size(&inputs, &values)?;
-    let sig = select(parse_signatures(&inputs, &values)?)?;
+    let sig = sf::tagged_signature(&inputs, &values, HTTPSIG_TAG)?;
     let verified = check_params(&sig, Kind::Response, cfg, now)?;
     let mut must = vec![ComponentId::new("@status")];
     must.extend(request_must_cover(req, true));

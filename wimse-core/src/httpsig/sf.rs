@@ -171,41 +171,93 @@ pub fn parse_signatures(inputs: &[&str], signatures: &[&str]) -> Result<Vec<Pars
     let mut values = parse_dictionary(signatures)?;
     let mut out = Vec::with_capacity(inputs.len());
     for (label, entry) in inputs {
-        let ListEntry::InnerList(list) = entry else {
-            return Err(malformed(format!("Signature-Input `{}` is not an inner list", label.as_str())));
-        };
-        let value = match values.shift_remove(label.as_str()) {
-            Some(ListEntry::Item(Item { bare_item: BareItem::ByteSequence(bytes), .. })) => bytes,
-            Some(_) => return Err(malformed(format!("Signature `{}` is not a byte sequence", label.as_str()))),
-            None => return Err(malformed(format!("no Signature for label `{}`", label.as_str()))),
-        };
-        let mut components = Vec::with_capacity(list.items.len());
-        for item in &list.items {
-            let BareItem::String(name) = &item.bare_item else {
-                return Err(malformed("a covered component is not a string"));
-            };
-            let mut id = ComponentId::new(name.as_str());
-            for (param, value) in &item.params {
-                match (param.as_str(), value) {
-                    ("req", BareItem::Boolean(true)) => id.req = true,
-                    _ => id.other_params = true,
-                }
-            }
-            if components.contains(&id) {
-                return Err(malformed(format!("component {id} covered twice")));
-            }
-            components.push(id);
-        }
-        out.push(ParsedSignature {
-            label: label.as_str().to_owned(),
-            components,
-            signature_params: serialize_inner_list(&list),
-            params: list.params,
-            value,
-        });
+        out.push(build(label.as_str(), entry, &mut values)?);
     }
     if let Some((label, _)) = values.first() {
         return Err(malformed(format!("Signature `{}` has no Signature-Input", label.as_str())));
     }
     Ok(out)
+}
+
+/// Whether a dictionary member's parameters carry `tag` = `tag`.
+fn tagged(entry: &ListEntry, tag: &str) -> bool {
+    match entry {
+        ListEntry::InnerList(list) => {
+            list.params.get("tag").is_some_and(|v| matches!(v, BareItem::String(s) if s.as_str() == tag))
+        }
+        ListEntry::Item(_) => false,
+    }
+}
+
+/// The one signature tagged `tag` (http-signature-08 §3: found by its tag, never by its label).
+/// Signatures with other tags (a proxy's, say) are skipped without being interpreted, so a
+/// malformed one does not fail the message. A message with a single signature, untagged or
+/// tagged otherwise, is reported as such (missing or wrong `tag`); with several and none
+/// tagged, there is no WIMSE signature. Two tagged signatures are ambiguous.
+pub(crate) fn tagged_signature(inputs: &[&str], signatures: &[&str], tag: &str) -> Result<ParsedSignature> {
+    let inputs = parse_dictionary(inputs)?;
+    let mut values = parse_dictionary(signatures)?;
+    let mut matching = inputs.iter().filter(|(_, entry)| tagged(entry, tag));
+    match (matching.next(), matching.next()) {
+        (Some((label, entry)), None) => build(label.as_str(), entry.clone(), &mut values),
+        (Some(_), Some(_)) => Err(ErrorKind::AmbiguousWimseSignature.into()),
+        (None, _) if inputs.len() == 1 => {
+            let (label, entry) = inputs.into_iter().next().ok_or_else(|| Error::new(ErrorKind::NoWimseSignature))?;
+            let single = build(label.as_str(), entry, &mut values)?;
+            match single.params.get("tag") {
+                None => Err(Error::with_detail(ErrorKind::MissingSignatureParameter, "tag")),
+                Some(_) => Err(ErrorKind::SignatureWrongTag.into()),
+            }
+        }
+        (None, _) => Err(ErrorKind::NoWimseSignature.into()),
+    }
+}
+
+/// Whether `Signature-Input` values hold a signature tagged `tag`. A cheap substring test
+/// first (the tag must appear literally); only then the field is parsed. A field that names the
+/// tag but does not parse counts as a (malformed) tagged signature, so its sender hears why.
+pub(crate) fn has_tagged_signature(inputs: &[&str], tag: &str) -> bool {
+    if !inputs.iter().any(|v| v.contains(tag)) {
+        return false;
+    }
+    match parse_dictionary(inputs) {
+        Ok(dict) => dict.iter().any(|(_, entry)| tagged(entry, tag)),
+        Err(_) => true,
+    }
+}
+
+/// One signature: its covered components and parameters, and its value from `values`.
+fn build(label: &str, entry: ListEntry, values: &mut Dictionary) -> Result<ParsedSignature> {
+    let ListEntry::InnerList(list) = entry else {
+        return Err(malformed(format!("Signature-Input `{label}` is not an inner list")));
+    };
+    let value = match values.shift_remove(label) {
+        Some(ListEntry::Item(Item { bare_item: BareItem::ByteSequence(bytes), .. })) => bytes,
+        Some(_) => return Err(malformed(format!("Signature `{label}` is not a byte sequence"))),
+        None => return Err(malformed(format!("no Signature for label `{label}`"))),
+    };
+    let mut components = Vec::with_capacity(list.items.len());
+    for item in &list.items {
+        let BareItem::String(name) = &item.bare_item else {
+            return Err(malformed("a covered component is not a string"));
+        };
+        let mut id = ComponentId::new(name.as_str());
+        for (param, value) in &item.params {
+            match (param.as_str(), value) {
+                ("req", BareItem::Boolean(true)) => id.req = true,
+                _ => id.other_params = true,
+            }
+        }
+        if components.contains(&id) {
+            return Err(malformed(format!("component {id} covered twice")));
+        }
+        components.push(id);
+    }
+    Ok(ParsedSignature {
+        label: label.to_owned(),
+        components,
+        signature_params: serialize_inner_list(&list),
+        params: list.params,
+        value,
+    })
 }
