@@ -145,6 +145,11 @@ fn sign_httpsig(
             request.headers.push((canonical(name), value.as_bytes().to_vec()));
         }
     }
+    // The signed file frames its own body (RFC 9112 §6.3), so an editor's trailing newline
+    // does not become part of it.
+    if !request.body.is_empty() && !request.has_header("content-length") {
+        request.headers.push(("Content-Length".into(), request.body.len().to_string().into_bytes()));
+    }
     Ok(())
 }
 

@@ -275,6 +275,11 @@ fn http_signature_round_trip_and_signed_response() {
     let signed = std::fs::read_to_string(d.path("sig.http")).unwrap();
     assert!(signed.contains("Signature-Input: wimse=(\"@method\" \"@path\" \"@query\""), "{signed}");
     assert!(signed.contains("Content-Digest: sha-256=:"));
+    assert!(signed.contains("Content-Length: 12\r\n"), "{signed}");
+    // A trailing newline after the body (an editor's) is not part of it: Content-Length frames it.
+    std::fs::write(d.path("sig-newline.http"), format!("{signed}\n")).unwrap();
+    let (accepted, json) = verify(&d, &d.path("sig-newline.http"), &[]);
+    assert!(accepted, "{json}");
     let (accepted, json) = verify(&d, &d.path("sig.http"), &[]);
     assert!(accepted, "{json}");
     assert_eq!(json["caller"]["method"], "http-signature");

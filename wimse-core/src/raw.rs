@@ -37,13 +37,43 @@ pub struct RawRequest {
     pub target: String,
     /// Header fields in order, values as bytes.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// The body (everything after the empty line).
+    /// The body: `Content-Length` bytes after the empty line when the field is present
+    /// (RFC 9112 §6.3; what follows, such as a trailing newline, is not part of it), otherwise
+    /// everything after the empty line.
     pub body: Vec<u8>,
+}
+
+/// The body of a message whose head ended at `rest`: `Content-Length` bytes when the field is
+/// present (several fields must agree), the rest of the input otherwise. A `Transfer-Encoding`
+/// is refused: these are files, not streams.
+fn framed_body(kind: &'static str, headers: &[httparse::Header<'_>], rest: &[u8]) -> Result<Vec<u8>, RawHttpError> {
+    let malformed = |reason: &str| RawHttpError::Malformed { kind, reason: reason.to_owned() };
+    if headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+        return Err(malformed("Transfer-Encoding is not supported in a message file; use Content-Length"));
+    }
+    let mut length = None;
+    for header in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
+        let value = std::str::from_utf8(header.value).map(str::trim).unwrap_or_default();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(malformed("Content-Length is not a number"));
+        }
+        let parsed: usize = value.parse().map_err(|_| malformed("Content-Length is too large"))?;
+        if length.is_some_and(|earlier| earlier != parsed) {
+            return Err(malformed("Content-Length fields disagree"));
+        }
+        length = Some(parsed);
+    }
+    match length {
+        None => Ok(rest.to_vec()),
+        Some(length) if length <= rest.len() => Ok(rest[..length].to_vec()),
+        Some(_) => Err(RawHttpError::Incomplete(kind)),
+    }
 }
 
 impl RawRequest {
     /// Parses a request. Line ends may be CRLF or LF; a file that stops after the last header
-    /// line (no empty line) is taken to have no body.
+    /// line (no empty line) is taken to have no body; the body's length is `Content-Length`
+    /// when the field is present.
     pub fn parse(bytes: &[u8]) -> Result<Self, RawHttpError> {
         if let Some(request) = Self::parse_complete(bytes)? {
             return Ok(request);
@@ -67,7 +97,7 @@ impl RawRequest {
             method: request.method.unwrap_or_default().to_owned(),
             target: request.path.unwrap_or_default().to_owned(),
             headers: request.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
-            body: bytes[body_start..].to_vec(),
+            body: framed_body("request", request.headers, &bytes[body_start..])?,
         }))
     }
 
@@ -121,7 +151,8 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    /// Parses a response (CRLF or LF line ends).
+    /// Parses a response (CRLF or LF line ends); the body's length is `Content-Length` when the
+    /// field is present.
     pub fn parse(bytes: &[u8]) -> Result<Self, RawHttpError> {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut storage);
@@ -133,7 +164,7 @@ impl RawResponse {
         Ok(Self {
             status: response.code.unwrap_or_default(),
             headers: response.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
-            body: bytes[body_start..].to_vec(),
+            body: framed_body("response", response.headers, &bytes[body_start..])?,
         })
     }
 
@@ -190,6 +221,34 @@ mod tests {
         assert_eq!(bad_name.header_map(), Err(RawHttpError::InvalidHeaderName("a b".into())));
         let bad_value = RawRequest { headers: vec![("x".into(), b"a\nb".to_vec())], ..bad_name };
         assert_eq!(bad_value.header_map(), Err(RawHttpError::InvalidHeaderValue("x".into())));
+    }
+
+    #[test]
+    fn content_length_frames_the_body() {
+        let request = parse_ok(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody\n");
+        assert_eq!(request.body, b"body", "the trailing newline is not part of the body");
+        let none = parse_ok(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n\n");
+        assert!(none.body.is_empty());
+        let response = RawResponse::parse(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok\n\n").unwrap();
+        assert_eq!(response.body, b"ok");
+        assert_eq!(
+            RawRequest::parse(b"POST / HTTP/1.1\nContent-Length: 9\n\nbody"),
+            Err(RawHttpError::Incomplete("request"))
+        );
+        for bad in [
+            &b"POST / HTTP/1.1\nContent-Length: -1\n\n"[..],
+            b"POST / HTTP/1.1\nContent-Length: 1\nContent-Length: 2\n\nab",
+            b"POST / HTTP/1.1\nContent-Length: 99999999999999999999999\n\n",
+            b"POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(RawRequest::parse(bad), Err(RawHttpError::Malformed { .. })),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Without the field, the rest of the file is the body (hand-written files).
+        assert_eq!(parse_ok(b"POST / HTTP/1.1\n\nrest\n").body, b"rest\n");
     }
 
     fn parse_ok(bytes: &[u8]) -> RawRequest {
