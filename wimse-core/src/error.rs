@@ -179,6 +179,10 @@ pub enum ErrorKind {
     InvalidKey,
     /// A configuration value is invalid (trust bundle, audience, leeway…).
     InvalidConfiguration,
+    /// A signed message has content (or a `Content-Digest`) but the integration did not hand the
+    /// body to the verifier, so the digest could not be checked (500: a bug in the integration,
+    /// refused rather than skipped).
+    BodyNotSupplied,
     /// A cryptographic operation failed for a reason other than a bad signature.
     Crypto,
 }
@@ -256,6 +260,7 @@ impl ErrorKind {
             ReplayCacheUnavailable => "replay_cache_unavailable",
             InvalidKey => "invalid_key",
             InvalidConfiguration => "invalid_configuration",
+            BodyNotSupplied => "body_not_supplied",
             Crypto => "crypto",
         }
     }
@@ -332,6 +337,7 @@ impl ErrorKind {
             ReplayCacheUnavailable => "the replay cache is unavailable",
             InvalidKey => "invalid key",
             InvalidConfiguration => "invalid configuration",
+            BodyNotSupplied => "the message body was not given to the verifier",
             Crypto => "cryptographic operation failed",
         })
     }

@@ -191,7 +191,7 @@ impl Rejection {
                 (StatusCode::SERVICE_UNAVAILABLE, false)
             }
             ReplayQuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, false),
-            InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable => {
+            InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable | BodyNotSupplied => {
                 (StatusCode::INTERNAL_SERVER_ERROR, false)
             }
             // http-signature-08: any failure of a signed request is a 400 that does not say

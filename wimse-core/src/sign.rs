@@ -13,6 +13,7 @@ use crate::http::{HeaderSource, single_value};
 use crate::httpsig::{self, RequestParts, RequestSignature, ResponseParts, SignOptions, SignatureValidation};
 use crate::id::WorkloadId;
 use crate::jose::Backend;
+use crate::replay::{InMemoryReplayStore, ReplayClaim, ReplayStore};
 use crate::time::{Clock, SystemClock};
 use crate::trust::TrustStore;
 use crate::wit::{WitValidation, validate_wit};
@@ -186,16 +187,23 @@ pub struct ResponseVerifier {
     validation: Arc<WitValidation>,
     signatures: Arc<SignatureValidation>,
     clock: Arc<dyn Clock>,
+    nonces: Arc<InMemoryReplayStore>,
 }
 
+/// Response nonces a client remembers (each for its signature's lifetime).
+const RESPONSE_NONCE_CAPACITY: usize = 100_000;
+
 impl ResponseVerifier {
-    /// Trusts responders whose WITs chain to `trust`.
+    /// Trusts responders whose WITs chain to `trust`. Remembers the nonces of verified responses
+    /// (up to 100 000 live ones) and refuses a response whose nonce it has seen
+    /// (http-signature-08: clients SHOULD).
     pub fn new(trust: TrustStore) -> Self {
         Self {
             trust: Arc::new(trust),
             validation: Arc::new(WitValidation::default()),
             signatures: Arc::new(SignatureValidation::default()),
             clock: Arc::new(SystemClock),
+            nonces: Arc::new(InMemoryReplayStore::new(RESPONSE_NONCE_CAPACITY)),
         }
     }
 
@@ -207,7 +215,8 @@ impl ResponseVerifier {
 
     /// Verifies the signed response `res` (with body `body`) to `req`, whose signature had
     /// `request_nonce`. With `expected`, the responder must be that workload
-    /// ([`ErrorKind::UnexpectedPeer`] otherwise). Returns the responder's identifier.
+    /// ([`ErrorKind::UnexpectedPeer`] otherwise). A response whose own `nonce` was seen before
+    /// is a replay ([`ErrorKind::ReplayedProof`]). Returns the responder's identifier.
     pub fn verify<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
         &self,
         req: &RequestParts<'_, Q>,
@@ -228,7 +237,18 @@ impl ResponseVerifier {
                 format!("response signed by {}", server.subject()),
             ));
         }
-        httpsig::verify_response(req, res, Some(body), &server, request_nonce, &self.signatures, now)?;
+        let signature = httpsig::verify_response(req, res, Some(body), &server, request_nonce, &self.signatures, now)?;
+        let leeway = self.signatures.leeway;
+        let claim = ReplayClaim::signature_nonce(
+            &signature.nonce,
+            signature.expires.saturating_add(leeway),
+            signature.created.saturating_sub(leeway),
+        );
+        // The in-memory store answers at once.
+        self.nonces
+            .claim(&claim, now)
+            .into_ready()
+            .unwrap_or_else(|_| Err(ErrorKind::ReplayCacheUnavailable.into()))?;
         Ok(server.subject().clone())
     }
 }

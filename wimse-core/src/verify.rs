@@ -198,7 +198,10 @@ pub struct RequestView<'a, H: ?Sized> {
     pub authority: &'a str,
     /// The header fields.
     pub headers: &'a H,
-    /// The received body, when the adapter read it (needed to check a `Content-Digest`).
+    /// The received body, when the adapter read it. A signed request with content must be
+    /// given its body ([`body`](Self::body)): without it, one that has a `Content-Digest`, a
+    /// non-zero `Content-Length` or a `Transfer-Encoding` is refused
+    /// ([`ErrorKind::BodyNotSupplied`]), never accepted unchecked.
     pub body: Option<&'a [u8]>,
 }
 

@@ -238,12 +238,17 @@ impl WimseMiddleware {
             // A signed response to a WPT request: it carries no request nonce to bind it to.
             return Ok(response);
         };
-        // A signed response must be validated even when it was not asked for (http-signature-08).
+        // A server MAY sign a response it was not asked to sign: checked when this client can
+        // (it has trust anchors), otherwise ignored (http-signature-08).
         let Some(verifier) = self.responses.as_ref() else {
-            return Err(Error::with_detail(
-                ErrorKind::InvalidConfiguration,
-                "the response is signed but no trust anchors were given to check it (WimseMiddleware::signed_responses)",
-            ));
+            if required {
+                return Err(Error::with_detail(
+                    ErrorKind::InvalidConfiguration,
+                    "a signed response was asked for but no trust anchors were given to check it (WimseMiddleware::signed_responses)",
+                ));
+            }
+            tracing::debug!("wimse: unsolicited signed response not checked (no trust anchors for responses)");
+            return Ok(response);
         };
         if !signed {
             return Err(Error::with_detail(ErrorKind::NoWimseSignature, "the response is not signed"));

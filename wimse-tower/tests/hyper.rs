@@ -157,3 +157,21 @@ async fn signature_layer_with_signed_responses() {
         .unwrap_err();
     assert_eq!(err.downcast_ref::<Error>().unwrap().kind(), &ErrorKind::UnexpectedPeer);
 }
+
+/// A server MAY sign a response it was not asked to sign: a client without trust anchors for
+/// responses leaves it alone instead of failing the call.
+#[tokio::test]
+async fn unsolicited_signed_responses_are_ignored_without_anchors() {
+    use wimse_testkit::SERVER;
+    use wimse_tower::WimseSignatureLayer;
+    let deployment = Deployment::new();
+    let base = serve_with(|base| {
+        WimseLayer::new(deployment.verifier(base)).sign_responses(deployment.signer(SERVER)).always_sign_responses()
+    })
+    .await;
+    let plain = ServiceBuilder::new().layer(WimseSignatureLayer::new(deployment.signer(ALLOWED))).service(client());
+    let response =
+        plain.oneshot(Request::get(format!("{base}/orders")).body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("signature"), "the server signed it unasked");
+}

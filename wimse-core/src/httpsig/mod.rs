@@ -270,17 +270,32 @@ fn request_must_cover<H: ?Sized>(req: &RequestParts<'_, H>, response: bool) -> V
     }
 }
 
+/// Checks the content against `Content-Digest`. `body` is `None` only when the message has no
+/// content: a message that announces one (`Content-Digest`, a non-zero `Content-Length`, or a
+/// `Transfer-Encoding`) while the caller supplied none fails closed, so a digest can never go
+/// unchecked because an integration forgot to hand the body over.
 fn check_body<H: HeaderSource + ?Sized>(headers: &H, body: Option<&[u8]>) -> Result<()> {
     let digests = text_values(headers, "content-digest")?;
-    match body {
-        Some(body) if !body.is_empty() || !digests.is_empty() => {
-            if digests.is_empty() {
-                return Err(Error::with_detail(ErrorKind::MissingCoveredComponent, "a body without Content-Digest"));
-            }
-            verify_content_digest(&digests, body)
+    let Some(body) = body else {
+        let announced_length = headers
+            .header_values("content-length")
+            .any(|v| std::str::from_utf8(v).map(str::trim).is_ok_and(|v| v != "0"));
+        let chunked = headers.header_values("transfer-encoding").next().is_some();
+        if !digests.is_empty() || announced_length || chunked {
+            return Err(Error::with_detail(
+                ErrorKind::BodyNotSupplied,
+                "the message has content (or a Content-Digest) but it was not given to the verifier",
+            ));
         }
-        _ => Ok(()),
+        return Ok(());
+    };
+    if body.is_empty() && digests.is_empty() {
+        return Ok(());
     }
+    if digests.is_empty() {
+        return Err(Error::with_detail(ErrorKind::MissingCoveredComponent, "a body without Content-Digest"));
+    }
+    verify_content_digest(&digests, body)
 }
 
 fn verify_bytes(sig: &ParsedSignature, base: &str, wit: &VerifiedWit, backend: Backend) -> Result<()> {

@@ -1,0 +1,50 @@
+//! A `Content-Digest` can never go unchecked: a verifier that was not given the body of a
+//! message with content refuses it.
+
+mod common;
+
+use common::*;
+use http::{HeaderMap, HeaderValue};
+use wimse_core::httpsig::{OutgoingRequest, SignOptions, sign_request};
+use wimse_core::prelude::*;
+
+fn signed_post(f: &Fixture, body: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let request = OutgoingRequest {
+        method: "POST",
+        scheme: "https",
+        authority: "payments.example",
+        path: PATH,
+        query: None,
+        body: Some(body),
+        aud: &format!("{ORIGIN}{PATH}"),
+        sign_response: false,
+    };
+    sign_request(&mut headers, &request, &f.wit, &f.workload_key, &SignOptions::default(), NOW).unwrap();
+    headers
+}
+
+#[test]
+fn a_body_that_was_not_handed_over_fails_closed() {
+    let f = Fixture::new();
+    let verifier = f.verifier();
+    let view = |h| RequestView::new(PATH, h).method("POST").authority("payments.example");
+    let headers = signed_post(&f, b"amount=1");
+    // Forgetting `.body(..)`: refused, not accepted with the digest unchecked.
+    let err = verifier.verify_sync(&view(&headers)).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::BodyNotSupplied);
+    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 500);
+    // A body announced only by Content-Length (no digest) is refused the same way...
+    let mut no_digest = signed_post(&f, b"");
+    no_digest.insert("content-length", HeaderValue::from_static("8"));
+    assert_eq!(verifier.verify_sync(&view(&no_digest)).unwrap_err().kind(), &ErrorKind::BodyNotSupplied);
+    // ...and with the body handed over, a body without a digest is refused by the profile.
+    let err = verifier.verify_sync(&view(&no_digest).body(b"amount=1")).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::MissingCoveredComponent);
+    // The body handed over: checked, and accepted when it matches.
+    let err = verifier.verify_sync(&view(&headers).body(b"amount=9")).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::ContentDigestMismatch);
+    verifier.verify_sync(&view(&headers).body(b"amount=1")).unwrap();
+    // A request without content needs no body.
+    verifier.verify_sync(&view(&signed_post(&f, b""))).unwrap();
+}

@@ -1,0 +1,68 @@
+//! Clients check signed responses, and remember their nonces (http-signature-08: a response
+//! nonce seen twice is a replay).
+
+mod common;
+
+use common::*;
+use http::HeaderMap;
+use wimse_core::httpsig::{OutgoingRequest, OutgoingResponse, RequestParts, ResponseParts, SignOptions};
+use wimse_core::prelude::*;
+use wimse_core::sign::ResponseVerifier;
+
+#[test]
+fn a_replayed_response_is_refused() {
+    let f = Fixture::new();
+    let server_key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let server_id: WorkloadId = "spiffe://prod.example/ns/payments".parse().unwrap();
+    let server_wit = WitIssuer::new(f.issuer_key.clone()).issue(&server_id, server_key.public_jwk(), NOW).unwrap();
+
+    let mut req_headers = HeaderMap::new();
+    let outgoing = OutgoingRequest {
+        method: "GET",
+        scheme: "https",
+        authority: "payments.example",
+        path: PATH,
+        query: None,
+        body: None,
+        aud: &format!("{ORIGIN}{PATH}"),
+        sign_response: true,
+    };
+    let sent = wimse_core::httpsig::sign_request(
+        &mut req_headers,
+        &outgoing,
+        &f.wit,
+        &f.workload_key,
+        &SignOptions::default(),
+        NOW,
+    )
+    .unwrap();
+    let req = RequestParts {
+        method: "GET",
+        scheme: "https",
+        authority: "payments.example",
+        path: PATH,
+        query: None,
+        headers: &req_headers,
+    };
+    let mut res_headers = HeaderMap::new();
+    let response = OutgoingResponse { status: 200, body: Some(b"ok"), request_nonce: &sent.nonce };
+    wimse_core::httpsig::sign_response(
+        &mut res_headers,
+        &response,
+        &req,
+        &server_wit,
+        &server_key,
+        &SignOptions::default(),
+        NOW,
+    )
+    .unwrap();
+    let res = ResponseParts { status: 200, headers: &res_headers };
+
+    let verifier = ResponseVerifier::new(f.trust.clone()).with_clock(FixedClock::new(NOW));
+    assert_eq!(verifier.verify(&req, &res, b"ok", &sent.nonce, Some(&server_id)).unwrap(), server_id);
+    let again = verifier.verify(&req, &res, b"ok", &sent.nonce, Some(&server_id)).unwrap_err();
+    assert_eq!(again.kind(), &ErrorKind::ReplayedProof);
+    // Clones share what they remember.
+    let clone = verifier.clone();
+    assert_eq!(clone.verify(&req, &res, b"ok", &sent.nonce, None).unwrap_err().kind(), &ErrorKind::ReplayedProof);
+}
