@@ -17,9 +17,10 @@ use wimse_core::raw::RawRequest;
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// Raw HTTP/1.1 request file (`-` for standard input).
-    #[arg(long)]
-    request: PathBuf,
+    /// Raw HTTP/1.1 request file (`-` for standard input). Repeat it to verify several requests
+    /// with one replay store, in order: the same request twice shows the replay refused.
+    #[arg(long = "request", required = true)]
+    requests: Vec<PathBuf>,
     /// Issuer key of a trust domain, as DOMAIN=FILE with a JWK, a JWKS or a SPIFFE bundle
     /// (repeatable; several keys of one domain are all trusted).
     #[arg(long = "trust-anchor", value_name = "DOMAIN=FILE", required = true)]
@@ -36,6 +37,13 @@ pub(crate) struct VerifyArgs {
     /// Clock leeway in seconds.
     #[arg(long, default_value_t = 30)]
     leeway: u64,
+    /// Refuse HTTP signatures created longer ago than this (seconds).
+    #[arg(long = "max-age", default_value_t = 300)]
+    max_age: u64,
+    /// A component HTTP signatures must cover besides the profile's, e.g. `@authority` or
+    /// `x-request-id` (repeatable).
+    #[arg(long = "require-component")]
+    required_components: Vec<String>,
     /// Verify as of this Unix time instead of now.
     #[arg(long)]
     now: Option<u64>,
@@ -67,10 +75,34 @@ pub(crate) fn trust_store(specs: &[String]) -> Result<TrustStore, String> {
     Ok(store)
 }
 
+/// Verifies every request in order; prints one JSON result (or an array for several) and exits
+/// 1 when any was refused. A configuration error is printed as JSON too, and exits 2.
 pub(crate) fn run(args: VerifyArgs) -> CliResult {
-    let request = RawRequest::parse(&read_input(&args.request)?).map_err(|e| e.to_string())?;
-    let headers = request.header_map().map_err(|e| e.to_string())?;
-    let mut config = VerifierConfig::new().with_leeway(args.leeway);
+    let verifier = match verifier(&args) {
+        Ok(verifier) => verifier,
+        Err(message) => {
+            let out = json!({"verified": false, "reason": "invalid_configuration", "message": message});
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut results = Vec::with_capacity(args.requests.len());
+    let mut all_verified = true;
+    for path in &args.requests {
+        let (out, verified) = match RawRequest::parse(&read_input(path)?) {
+            Ok(request) => verify_one(&verifier, &request)?,
+            Err(e) => (json!({"verified": false, "reason": "malformed_request", "message": e.to_string()}), false),
+        };
+        all_verified &= verified;
+        results.push(out);
+    }
+    let out = if results.len() == 1 { results.remove(0) } else { serde_json::Value::Array(results) };
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(if all_verified { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn verifier(args: &VerifyArgs) -> Result<Verifier, String> {
+    let mut config = VerifierConfig::new().with_leeway(args.leeway).with_max_signature_age(args.max_age);
     for aud in &args.audiences {
         config = config.with_audience(aud);
     }
@@ -80,14 +112,20 @@ pub(crate) fn run(args: VerifyArgs) -> CliResult {
     for name in &args.context_tokens {
         config = config.with_context_token(name);
     }
+    for component in &args.required_components {
+        config = config.with_required_component(component);
+    }
     let now = now_or(args.now);
-    let verifier = Verifier::new(trust_store(&args.trust_anchors)?, config)
+    Ok(Verifier::new(trust_store(&args.trust_anchors)?, config)
         .map_err(|e| format!("{e} (give --audience or --origin)"))?
-        .with_clock(FixedClock::new(now));
+        .with_clock(FixedClock::new(now)))
+}
 
+fn verify_one(verifier: &Verifier, request: &RawRequest) -> Result<(serde_json::Value, bool), String> {
+    let headers = request.header_map().map_err(|e| e.to_string())?;
     let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default().to_owned();
     let view = RequestView::new(request.path(), &headers).method(&request.method).authority(&host).body(&request.body);
-    let (out, code) = match verifier.verify_sync(&view) {
+    Ok(match verifier.verify_sync(&view) {
         Ok(caller) => {
             let method = caller.method().name();
             let (jti, proof_expires) = match caller.method() {
@@ -112,7 +150,7 @@ pub(crate) fn run(args: VerifyArgs) -> CliResult {
                     "context_tokens_bound": caller.context_tokens().keys().collect::<Vec<_>>(),
                 },
             });
-            (out, ExitCode::SUCCESS)
+            (out, true)
         }
         Err(e) => {
             let rejection = Rejection::from_error(&e);
@@ -122,9 +160,7 @@ pub(crate) fn run(args: VerifyArgs) -> CliResult {
                 "message": e.to_string(),
                 "status": rejection.status().as_u16(),
             });
-            (out, ExitCode::FAILURE)
+            (out, false)
         }
-    };
-    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    Ok(code)
+    })
 }

@@ -118,6 +118,34 @@ fn round_trip_is_accepted() {
     }
 }
 
+/// Several requests in one run share one replay store: the same request twice is a replay.
+#[test]
+fn a_replay_shows_within_one_run() {
+    let d = setup("replay", "ES256");
+    let signed = d.s("signed.http");
+    let anchor = format!("spiffe://prod.example={}", d.s("issuer.pub.jwk"));
+    let args = [
+        "verify",
+        "--request",
+        &signed,
+        "--request",
+        &signed,
+        "--trust-anchor",
+        &anchor,
+        "--origin",
+        "https://payments.example",
+        "--context-token",
+        "x-ctx",
+        "--now",
+        NOW,
+    ];
+    let out = wimse(&args);
+    assert_eq!(out.status.code(), Some(1), "one of them was refused");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["verified"], true, "{json}");
+    assert_eq!((json[1]["verified"].as_bool(), json[1]["reason"].as_str()), (Some(false), Some("replayed_proof")));
+}
+
 fn rejected_with(d: &Dir, request: &Path, extra: &[&str], reason: &str) {
     let (accepted, json) = verify(d, request, extra);
     assert!(!accepted, "accepted: {json}");
@@ -249,6 +277,13 @@ fn usage_errors_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Authorization"));
     let out = wimse(&["verify", "--request", &d.s("signed.http"), "--trust-anchor", "prod.example=x"]);
     assert_eq!(out.status.code(), Some(2));
+    // A configuration the verifier refuses is reported as JSON like any other failure.
+    let anchor = format!("spiffe://prod.example={}", d.s("issuer.pub.jwk"));
+    let out = wimse(&["verify", "--request", &d.s("signed.http"), "--trust-anchor", &anchor]);
+    assert_eq!(out.status.code(), Some(2));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((json["verified"].as_bool(), json["reason"].as_str()), (Some(false), Some("invalid_configuration")));
+    assert!(json["message"].as_str().unwrap().contains("--audience or --origin"), "{json}");
     let out = wimse(&["key", "generate", "--alg", "HS256"]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -280,6 +315,10 @@ fn http_signature_round_trip_and_signed_response() {
     std::fs::write(d.path("sig-newline.http"), format!("{signed}\n")).unwrap();
     let (accepted, json) = verify(&d, &d.path("sig-newline.http"), &[]);
     assert!(accepted, "{json}");
+    // A component the signature does not cover, when required, and a signature too old.
+    rejected_with(&d, &d.path("sig.http"), &["--require-component", "x-request-id"], "missing_required_component");
+    let later = (NOW.parse::<u64>().unwrap() + 30).to_string();
+    rejected_with(&d, &d.path("sig.http"), &["--max-age", "10", "--now", &later, "--leeway", "0"], "too_old");
     let (accepted, json) = verify(&d, &d.path("sig.http"), &[]);
     assert!(accepted, "{json}");
     assert_eq!(json["caller"]["method"], "http-signature");

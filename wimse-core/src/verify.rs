@@ -59,6 +59,9 @@ pub struct VerifierConfig {
     pub accept_http_signatures: bool,
     /// HTTP signatures created longer ago than this are refused (seconds). Defaults to 300.
     pub max_signature_age: u64,
+    /// Components an HTTP signature must cover besides the profile's (lower-case field names
+    /// or derived components such as `@authority`). Defaults to none.
+    pub required_components: Vec<String>,
     /// How many verified WITs are remembered (with the token, so at most this many times
     /// `max_token_len` bytes) so a steady caller's WIT is verified once, not on every request.
     /// 0 disables the cache. Defaults to 10 000.
@@ -87,6 +90,7 @@ impl Default for VerifierConfig {
             accept_wpt: true,
             accept_http_signatures: true,
             max_signature_age: 300,
+            required_components: Vec::new(),
             wit_cache_capacity: 10_000,
             caller_quota: DEFAULT_CALLER_QUOTA,
         }
@@ -143,6 +147,16 @@ impl VerifierConfig {
     /// Chooses the crypto backend.
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+    /// Sets the maximum age of an HTTP signature (seconds since its `created`).
+    pub fn with_max_signature_age(mut self, secs: u64) -> Self {
+        self.max_signature_age = secs;
+        self
+    }
+    /// Requires HTTP signatures to cover `component` too (a field name or a derived component).
+    pub fn with_required_component(mut self, component: impl Into<String>) -> Self {
+        self.required_components.push(component.into().to_ascii_lowercase());
         self
     }
     /// Sets the most live replay claims one caller may hold.
@@ -310,6 +324,7 @@ impl Verifier {
         let signature_validation = SignatureValidation {
             leeway: config.leeway,
             max_age: config.max_signature_age,
+            required_components: config.required_components.clone(),
             backend: config.backend,
             ..SignatureValidation::default()
         };
