@@ -11,6 +11,7 @@ mod inspect;
 mod issuer;
 mod keys;
 mod sign;
+mod sign_response;
 mod tokens;
 mod verify;
 mod verify_response;
@@ -55,6 +56,8 @@ enum Command {
     Sign(sign::SignArgs),
     /// Verify the signature of a raw HTTP/1.1 response to a signed request; prints JSON, exits 1 on rejection.
     VerifyResponse(verify_response::VerifyResponseArgs),
+    /// Sign a raw HTTP/1.1 response to a signed request, as the server (its WIT, `wimse-req-nonce`).
+    SignResponse(sign_response::SignResponseArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::SignResponse(args) => sign_response::run(args),
         Command::Sign(args) => sign::run(args),
         Command::VerifyResponse(args) => verify_response::run(args),
     };

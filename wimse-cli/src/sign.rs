@@ -153,7 +153,7 @@ fn sign_httpsig(
     Ok(())
 }
 
-fn canonical(name: &str) -> String {
+pub(crate) fn canonical(name: &str) -> String {
     name.split('-')
         .map(|part| {
             let mut chars = part.chars();

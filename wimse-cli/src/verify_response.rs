@@ -28,6 +28,9 @@ pub(crate) struct VerifyResponseArgs {
     /// Issuer key of a trust domain, as DOMAIN=FILE (repeatable).
     #[arg(long = "trust-anchor", value_name = "DOMAIN=FILE", required = true)]
     trust_anchors: Vec<String>,
+    /// The request signature's nonce, when the request file does not carry its signature.
+    #[arg(long)]
+    nonce: Option<String>,
     /// The workload identifier the server must have.
     #[arg(long)]
     expect_server: Option<String>,
@@ -36,7 +39,7 @@ pub(crate) struct VerifyResponseArgs {
     now: Option<u64>,
 }
 
-fn request_nonce(request: &RawRequest) -> Result<String, Error> {
+pub(crate) fn request_nonce(request: &RawRequest) -> Result<String, Error> {
     let values = |name: &str| -> Vec<&str> {
         request
             .headers
@@ -73,7 +76,11 @@ fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse
     let req =
         RequestParts { method: &request.method, scheme: "https", authority: host, path, query, headers: &req_headers };
     let res = ResponseParts { status: response.status, headers: &res_headers };
-    verifier.verify(&req, &res, &response.body, &request_nonce(request)?, expected.as_ref())
+    let nonce = match &args.nonce {
+        Some(nonce) => nonce.clone(),
+        None => request_nonce(request)?,
+    };
+    verifier.verify(&req, &res, &response.body, &nonce, expected.as_ref())
 }
 
 pub(crate) fn run(args: VerifyResponseArgs) -> CliResult {

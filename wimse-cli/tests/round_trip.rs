@@ -431,6 +431,61 @@ fn http_signature_round_trip_and_signed_response() {
     assert_eq!(check(&d.s("r2.http"), &[])["reason"], "invalid_signature");
     std::fs::write(d.path("r3.http"), raw.replace("{\"charged\":true}", "{\"charged\":false}")).unwrap();
     assert_eq!(check(&d.s("r3.http"), &[])["reason"], "content_digest_mismatch");
+
+    // Two CLIs can exchange signed responses: `sign-response` signs what `verify-response` checks.
+    std::fs::write(d.path("plain.http"), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npaid").unwrap();
+    ok(&[
+        "sign-response",
+        "--request",
+        &signed_request,
+        "--response",
+        &d.s("plain.http"),
+        "--key",
+        &d.s("server.jwk"),
+        "--wit",
+        &d.s("server.wit"),
+        "--now",
+        NOW,
+        "-o",
+        &d.s("cli-response.http"),
+    ]);
+    let signed_response = std::fs::read_to_string(d.path("cli-response.http")).unwrap();
+    assert!(signed_response.contains("wimse-req-nonce=") && signed_response.contains("Content-Length: 4\r\n"));
+    let json = check(&d.s("cli-response.http"), &["--expect-server", "spiffe://prod.example/payments"]);
+    assert_eq!(json["verified"], true, "{json}");
+    // With the nonce given on the command line, the request file need not carry its signature.
+    let bare_request = d.path("bare-request.http");
+    std::fs::write(&bare_request, "POST /charge?id=7 HTTP/1.1\r\nHost: payments.example\r\n\r\n").unwrap();
+    let out = wimse(&[
+        "verify-response",
+        "--request",
+        &bare_request.display().to_string(),
+        "--response",
+        &d.s("cli-response.http"),
+        "--trust-anchor",
+        &anchor,
+        "--nonce",
+        &nonce,
+        "--now",
+        NOW,
+    ]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["verified"], true, "{json}");
+    let wrong = wimse(&[
+        "verify-response",
+        "--request",
+        &bare_request.display().to_string(),
+        "--response",
+        &d.s("cli-response.http"),
+        "--trust-anchor",
+        &anchor,
+        "--nonce",
+        "bm90LXRoZS1ub25jZQ",
+        "--now",
+        NOW,
+    ]);
+    let json: Value = serde_json::from_slice(&wrong.stdout).unwrap();
+    assert_eq!(json["reason"], "request_nonce_mismatch", "{json}");
 }
 
 fn tampered_file(d: &Dir, source: &str, from: &str, to: &str, file: &str) -> PathBuf {

@@ -172,6 +172,21 @@ impl RawResponse {
     pub fn header_map(&self) -> Result<HeaderMap, RawHttpError> {
         to_header_map(&self.headers)
     }
+
+    /// Serializes with CRLF line ends (the reason phrase is the status's canonical one).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let reason = http::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status).into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
 }
 
 fn to_header_map(headers: &[(String, Vec<u8>)]) -> Result<HeaderMap, RawHttpError> {
@@ -231,6 +246,8 @@ mod tests {
         assert!(none.body.is_empty());
         let response = RawResponse::parse(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok\n\n").unwrap();
         assert_eq!(response.body, b"ok");
+        assert_eq!(RawResponse::parse(&response.to_bytes()).unwrap(), response);
+        assert!(response.to_bytes().starts_with(b"HTTP/1.1 200 OK\r\n"));
         assert_eq!(
             RawRequest::parse(b"POST / HTTP/1.1\nContent-Length: 9\n\nbody"),
             Err(RawHttpError::Incomplete("request"))
