@@ -5,12 +5,23 @@
 //! are different workloads. Nothing is ever percent-decoded, case-folded or dot-segment-resolved:
 //! a non-canonical spelling is refused, so two identifiers are the same exactly when their bytes are.
 //!
-//! Rules applied to every scheme: an absolute RFC 3986 URI (checked with `fluent-uri`), a lower-case
-//! scheme, a non-empty authority that is a lower-case DNS-style name `[a-z0-9._-]` (no userinfo, no
-//! port, IP literals refused unless [`IdentifierPolicy::allow_ip_trust_domains`]), at most 255 bytes of
-//! trust domain and 2048 bytes in all, no query or fragment, no percent-encoding, and a path of
-//! non-empty segments without `.`/`..` made of `[A-Za-z0-9._~-]`. For `spiffe` the SPIFFE-ID rules
-//! also apply (`~` is not allowed in path segments).
+//! Rules applied to every scheme, as identifier-03 §4 asks: an absolute RFC 3986 URI (checked
+//! with `fluent-uri`) with a non-empty authority (the trust domain), and no query, fragment,
+//! userinfo or port; at most 2048 bytes. For `spiffe` the SPIFFE-ID rules apply on top: path
+//! segments of `[A-Za-z0-9._-]`. Other schemes (`wimse`, …) accept every path character
+//! identifier-03 does (RFC 3986 `pchar`: unreserved, sub-delims, `:` and `@`).
+//!
+//! Restrictions kept for every scheme, each because identifiers are compared as exact strings
+//! and one identifier must not have two spellings (a deny rule written for one spelling would
+//! miss the other):
+//! - the scheme and the trust domain are lower case (RFC 3986 compares them case-insensitively);
+//! - the trust domain is a DNS-style name `[a-z0-9._-]` of at most 255 bytes (identifier-03: it
+//!   SHOULD be a domain name the organisation owns); IP literals are refused unless
+//!   [`IdentifierPolicy::allow_ip_trust_domains`] (identifier-03: legacy compatibility only);
+//! - no percent-encoding (`%41` and `A` would name one workload twice; identifier-03 leaves
+//!   percent-encoding and non-ASCII open, its issue #10);
+//! - a path of non-empty segments without `.`/`..` (dot segments and empty segments give the same
+//!   resource several spellings), so a workload identifier has a path and no trailing `/`.
 //!
 //! ```
 //! use wimse_core::id::{WorkloadId, TrustDomain};
@@ -200,9 +211,29 @@ fn check_path(scheme: &str, path: &str) -> Result<(), IdentifierError> {
             "." | ".." => return Err(IdentifierError::DotSegment),
             _ => {}
         }
-        let ok = segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (!spiffe && b == b'~'));
+        // SPIFFE-ID: `[A-Za-z0-9._-]`. Other schemes: every RFC 3986 `pchar` identifier-03
+        // allows (unreserved, sub-delims, `:`, `@`) except percent-encoding (see the module docs).
+        let ok = segment.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'.' | b'_' | b'-')
+                || (!spiffe
+                    && matches!(
+                        b,
+                        b'~' | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                            | b':'
+                            | b'@'
+                    ))
+        });
         if !ok {
             return Err(IdentifierError::InvalidPathChar);
         }

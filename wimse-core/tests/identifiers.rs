@@ -54,7 +54,11 @@ fn our_verdicts_name_the_rule() {
         ("spiffe://twn.network/x y", NotAUri),
         ("spiffe://twn.network/a/./b", DotSegment),
         ("spiffe://twn.network/~a", InvalidPathChar),
-        ("wimse://twn.network/a:b", InvalidPathChar),
+        ("spiffe://twn.network/a:b", InvalidPathChar),
+        ("spiffe://twn.network/a@b", InvalidPathChar),
+        ("wimse://twn.network/a%3Ab", PercentEncoded),
+        ("wimse://twn.network/a/../b", DotSegment),
+        ("wimse://twn.network/a[b", NotAUri),
         ("", Empty),
         ("wimse://ex.org/ü", NotAUri),
     ];
@@ -63,8 +67,17 @@ fn our_verdicts_name_the_rule() {
     }
     assert_eq!(WorkloadId::parse(&format!("spiffe://{}/x", "a".repeat(256))), Err(TrustDomainTooLong));
     assert_eq!(WorkloadId::parse(&format!("spiffe://a/{}", "x".repeat(2040))), Err(TooLong));
-    // `~` is unreserved and allowed outside the spiffe scheme.
-    WorkloadId::parse("wimse://twn.network/~a").unwrap();
+    // identifier-03 §4: outside the spiffe scheme, every RFC 3986 path character (`pchar`) is
+    // allowed: unreserved (`~`), sub-delims, `:` and `@`.
+    for ok in [
+        "wimse://twn.network/~a",
+        "wimse://twn.network/ns:payments",
+        "wimse://twn.network/team@payments",
+        "wimse://twn.network/a!$&'()*+,;=b",
+        "urn-like://twn.network/k8s:ns=prod;sa=api",
+    ] {
+        assert_eq!(WorkloadId::parse(ok).map(|id| id.as_str().to_owned()).as_deref(), Ok(ok), "{ok}");
+    }
 }
 
 /// fkautz/wimse-security-counterexamples: canonicalization, issuer origin binding and
