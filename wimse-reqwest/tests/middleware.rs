@@ -85,3 +85,43 @@ fn expected_identity_hook() {
     assert_eq!(billing.unwrap().as_str(), "spiffe://prod.example/billing");
     assert!(middleware.expected_identity_for(&"https://other.internal/x".parse().unwrap()).is_none());
 }
+
+/// Answers every request with a response carrying a WIMSE-tagged signature (unchecked content):
+/// a server that signs responses nobody asked it to sign.
+#[derive(Debug, Clone)]
+struct SigningServer;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for SigningServer {
+    async fn handle(
+        &self,
+        _: reqwest::Request,
+        _: &mut http::Extensions,
+        _: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let response = http::Response::builder()
+            .header("signature-input", r#"wimse=("@status");created=1;expires=2;nonce="n";tag="wimse-workload-to-workload";wimse-req-nonce="x""#)
+            .header("signature", "wimse=:AAAA:")
+            .body("unsolicited")
+            .unwrap();
+        Ok(reqwest::Response::from(response))
+    }
+}
+
+/// A server MAY sign a response it was not asked to sign: without trust anchors for responses
+/// the client leaves it alone; with them, it checks it (and this one is forged).
+#[tokio::test]
+async fn unsolicited_signed_responses_are_checked_only_with_anchors() {
+    let deployment = Deployment::new();
+    let plain = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseMiddleware::new(deployment.signer(ALLOWED)).http_signatures())
+        .with(SigningServer)
+        .build();
+    let response = plain.get("https://api.example/v1").send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "unsolicited");
+    let checking = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseMiddleware::new(deployment.signer(ALLOWED)).http_signatures().signed_responses(deployment.trust()))
+        .with(SigningServer)
+        .build();
+    assert!(checking.get("https://api.example/v1").send().await.is_err(), "a forged signed response is refused");
+}
