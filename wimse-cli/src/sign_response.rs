@@ -5,13 +5,12 @@ use std::process::ExitCode;
 
 use clap::Args;
 use wimse_core::cred::{Credentials, StaticCredentials};
-use wimse_core::httpsig::RequestParts;
 use wimse_core::raw::{RawRequest, RawResponse};
 use wimse_core::sign::Signer;
 use wimse_core::time::FixedClock;
 
 use crate::files::{now_or, read_input, read_signing_key, read_token};
-use crate::verify_response::request_nonce;
+use crate::verify_response::{request_nonce, request_parts};
 use crate::{CliResult, Output};
 
 #[derive(Debug, Args)]
@@ -54,14 +53,7 @@ pub(crate) fn run(args: SignResponseArgs) -> CliResult {
         .with_lifetime(args.ttl)
         .with_clock(FixedClock::new(now_or(args.now)));
     let req_headers = request.header_map().map_err(|e| e.to_string())?;
-    let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
-    let target = request.path();
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let req =
-        RequestParts { method: &request.method, scheme: "https", authority: host, path, query, headers: &req_headers };
+    let req = request_parts(&request, &req_headers);
     let mut headers = response.header_map().map_err(|e| e.to_string())?;
     let body = (!response.body.is_empty()).then_some(response.body.as_slice());
     signer.sign_response_headers(&mut headers, response.status, &req, body, &nonce).map_err(|e| e.to_string())?;

@@ -39,6 +39,21 @@ pub(crate) struct VerifyResponseArgs {
     now: Option<u64>,
 }
 
+/// What a response signature covers of the request it answers, read from a request file (its
+/// `Host` is the authority; the scheme is `https`).
+pub(crate) fn request_parts<'a>(
+    request: &'a RawRequest,
+    headers: &'a http::HeaderMap,
+) -> RequestParts<'a, http::HeaderMap> {
+    let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
+    let target = request.path();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    RequestParts { method: &request.method, scheme: "https", authority: host, path, query, headers }
+}
+
 pub(crate) fn request_nonce(request: &RawRequest) -> Result<String, Error> {
     let values = |name: &str| -> Vec<&str> {
         request
@@ -67,14 +82,7 @@ fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse
         .map(WorkloadId::parse)
         .transpose()
         .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, format!("--expect-server: {e}")))?;
-    let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default();
-    let target = request.path();
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let req =
-        RequestParts { method: &request.method, scheme: "https", authority: host, path, query, headers: &req_headers };
+    let req = request_parts(request, &req_headers);
     let res = ResponseParts { status: response.status, headers: &res_headers };
     let nonce = match &args.nonce {
         Some(nonce) => nonce.clone(),

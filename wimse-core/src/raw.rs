@@ -126,16 +126,7 @@ impl RawRequest {
 
     /// Serializes with CRLF line ends.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.target).into_bytes();
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
-        out
+        serialize(format!("{} {} HTTP/1.1\r\n", self.method, self.target), &self.headers, &self.body)
     }
 }
 
@@ -176,17 +167,22 @@ impl RawResponse {
     /// Serializes with CRLF line ends (the reason phrase is the status's canonical one).
     pub fn to_bytes(&self) -> Vec<u8> {
         let reason = http::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status).into_bytes();
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
-        out
+        serialize(format!("HTTP/1.1 {} {reason}\r\n", self.status), &self.headers, &self.body)
     }
+}
+
+/// A start line, the fields and the body, with CRLF line ends.
+fn serialize(start_line: String, headers: &[(String, Vec<u8>)], body: &[u8]) -> Vec<u8> {
+    let mut out = start_line.into_bytes();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 fn to_header_map(headers: &[(String, Vec<u8>)]) -> Result<HeaderMap, RawHttpError> {

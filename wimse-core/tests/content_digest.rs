@@ -5,23 +5,10 @@ mod common;
 
 use common::*;
 use http::{HeaderMap, HeaderValue};
-use wimse_core::httpsig::{OutgoingRequest, SignOptions, sign_request};
 use wimse_core::prelude::*;
 
 fn signed_post(f: &Fixture, body: &[u8]) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    let request = OutgoingRequest {
-        method: "POST",
-        scheme: "https",
-        authority: "payments.example",
-        path: PATH,
-        query: None,
-        body: Some(body),
-        aud: &format!("{ORIGIN}{PATH}"),
-        sign_response: false,
-    };
-    sign_request(&mut headers, &request, &f.wit, &f.workload_key, &SignOptions::default(), NOW).unwrap();
-    headers
+    f.signed_request("POST", Some(body), false)
 }
 
 #[test]

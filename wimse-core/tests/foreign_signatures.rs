@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use http::{HeaderMap, HeaderValue};
-use wimse_core::httpsig::{OutgoingRequest, SignOptions, has_signature, sign_request};
+use wimse_core::httpsig::has_signature;
 use wimse_core::prelude::*;
 
 fn add_foreign(headers: &mut HeaderMap, input: &str, signature: &str) {
@@ -34,18 +34,7 @@ fn a_wpt_request_may_carry_a_proxys_signature() {
 #[test]
 fn a_malformed_foreign_signature_does_not_fail_the_wimse_one() {
     let f = Fixture::new();
-    let mut headers = HeaderMap::new();
-    let request = OutgoingRequest {
-        method: "GET",
-        scheme: "https",
-        authority: "payments.example",
-        path: PATH,
-        query: None,
-        body: None,
-        aud: &format!("{ORIGIN}{PATH}"),
-        sign_response: false,
-    };
-    sign_request(&mut headers, &request, &f.wit, &f.workload_key, &SignOptions::default(), NOW).unwrap();
+    let mut headers = f.signed_request("GET", None, false);
     // A foreign member that covers a component twice and has no Signature value.
     headers.append("signature-input", HeaderValue::from_static(r#"proxy=("@path" "@path");tag="edge-proxy""#));
     assert!(has_signature(&headers));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use http::{HeaderMap, HeaderValue};
-use wimse_core::httpsig::{MAX_SIGNATURE_FIELDS_LEN, OutgoingRequest, SignOptions, sign_request};
+use wimse_core::httpsig::MAX_SIGNATURE_FIELDS_LEN;
 use wimse_core::prelude::*;
 
 fn verifier_with_store(f: &Fixture) -> (Verifier, Arc<InMemoryReplayStore>) {
@@ -48,22 +48,6 @@ fn oversized_jtis_are_refused_and_never_stored() {
     assert_eq!(store.len(), 1);
 }
 
-fn signed_headers(f: &Fixture) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    let request = OutgoingRequest {
-        method: "GET",
-        scheme: "https",
-        authority: "payments.example",
-        path: PATH,
-        query: None,
-        body: None,
-        aud: &format!("{ORIGIN}{PATH}"),
-        sign_response: false,
-    };
-    sign_request(&mut headers, &request, &f.wit, &f.workload_key, &SignOptions::default(), NOW).unwrap();
-    headers
-}
-
 /// Replaces the nonce of a signed request (the signature no longer matches, which does not
 /// matter: the size checks come first, and nothing is stored for an invalid request).
 fn with_nonce(headers: &HeaderMap, nonce: &str) -> HeaderMap {
@@ -80,7 +64,7 @@ fn with_nonce(headers: &HeaderMap, nonce: &str) -> HeaderMap {
 fn oversized_nonces_are_refused_and_never_stored() {
     let f = Fixture::new();
     let (verifier, store) = verifier_with_store(&f);
-    let headers = signed_headers(&f);
+    let headers = f.signed_request("GET", None, false);
     let view = |h: &HeaderMap| verifier.verify_sync(&RequestView::new(PATH, h).authority("payments.example"));
     // Megabyte parameters are refused before the fields are even parsed.
     for size in [MAX_SIGNATURE_FIELDS_LEN, 1 << 20] {

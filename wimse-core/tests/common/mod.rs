@@ -86,6 +86,25 @@ impl Fixture {
         self.verifier().verify_sync(&RequestView::new(PATH, headers))
     }
 
+    /// The headers of a request to `ORIGIN` + `PATH` signed with an HTTP message signature.
+    pub fn signed_request(&self, method: &str, body: Option<&[u8]>, sign_response: bool) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let request = wimse_core::httpsig::OutgoingRequest {
+            method,
+            scheme: "https",
+            authority: "payments.example",
+            path: PATH,
+            query: None,
+            body,
+            aud: &format!("{ORIGIN}{PATH}"),
+            sign_response,
+        };
+        let options = wimse_core::httpsig::SignOptions::default();
+        wimse_core::httpsig::sign_request(&mut headers, &request, &self.wit, &self.workload_key, &options, NOW)
+            .unwrap();
+        headers
+    }
+
     /// Verifies a request carrying `wit` with a fresh, valid WPT for it.
     pub fn verify_wit(&self, wit: &str) -> Result<VerifiedCaller, Error> {
         let wpt = WptBuilder::new(&self.workload_key, wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
