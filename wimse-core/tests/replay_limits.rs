@@ -80,3 +80,47 @@ fn oversized_nonces_are_refused_and_never_stored() {
     assert_eq!(view(&headers).unwrap_err().kind(), &ErrorKind::ReplayedProof);
     assert_eq!(store.len(), 1);
 }
+
+/// http-signature-07+: a nonce is refused a second time whoever sends it, even in a request
+/// another workload signed correctly.
+#[test]
+fn a_nonce_is_claimed_once_whoever_sends_it() {
+    use base64::Engine as _;
+    let f = Fixture::new();
+    let verifier = f.verifier();
+    let view = |h| RequestView::new(PATH, h).authority("payments.example");
+    let first = f.signed_request("GET", None, false);
+    verifier.verify_sync(&view(&first)).unwrap();
+    let input = first["signature-input"].to_str().unwrap().to_owned();
+
+    // Another workload of the trust domain signs a request carrying the same nonce.
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let other: WorkloadId = "spiffe://prod.example/ns/billing".parse().unwrap();
+    let wit = WitIssuer::new(f.issuer_key.clone()).issue(&other, key.public_jwk(), NOW - 60).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("workload-identity-token", HeaderValue::from_str(&wit).unwrap());
+    let parsed = wimse_core::httpsig::parse_signatures(&[&input], &["wimse=:AAAA:"]).unwrap().remove(0);
+    let parts = wimse_core::httpsig::RequestParts {
+        method: "GET",
+        scheme: "https",
+        authority: "payments.example",
+        path: PATH,
+        query: None,
+        headers: &headers,
+    };
+    let base = wimse_core::httpsig::signature_base::<HeaderMap, HeaderMap>(
+        &parsed.components,
+        &parsed.signature_params,
+        Some(&parts),
+        None,
+    )
+    .unwrap();
+    let signature = key.sign(Default::default(), base.as_bytes()).unwrap();
+    headers.insert("signature-input", HeaderValue::from_str(&input).unwrap());
+    let value = format!("wimse=:{}:", base64::engine::general_purpose::STANDARD.encode(signature));
+    headers.insert("signature", HeaderValue::from_str(&value).unwrap());
+    let err = verifier.verify_sync(&view(&headers)).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::ReplayedProof, "{err}");
+    // The same request on a fresh verifier is valid: only the nonce was already used.
+    assert_eq!(f.verifier().verify_sync(&view(&headers)).unwrap().id(), &other);
+}
