@@ -201,6 +201,34 @@ async fn rotation_with_overlap_and_restart() {
     assert!(later["keys"].as_array().unwrap().iter().all(|k| k["kid"] != kid(&first).as_str()));
 }
 
+/// The key store holds private keys: written owner-only through an exclusive temporary file,
+/// and refused at start when others may read it.
+#[cfg(unix)]
+#[test]
+fn the_key_store_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let platform = Platform::new();
+    let path = store_path("modes");
+    let load = || {
+        let config: IssuerConfig = serde_json::from_value(config(&platform, &path)).unwrap();
+        IdentityServer::new(config, FixedClock::new(NOW))
+    };
+    load().unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary file is left behind");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = load().unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    assert!(err.detail().unwrap().contains("chmod 600"), "{err:?}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    load().unwrap();
+}
+
 #[test]
 fn bad_configuration_names_the_field() {
     let platform = Platform::new();
@@ -223,6 +251,7 @@ fn bad_configuration_names_the_field() {
     );
     check(&|v| v["clients"][0]["max_lifetime"] = 0.into(), "clients[0].max_lifetime");
     check(&|v| v["clients"][1]["max_wic_lifetime"] = 90_000.into(), "clients[1].max_wic_lifetime");
+    check(&|v| v["clients"][0]["allowed_dns_names"] = json!(["*.*.example"]), "clients[0].allowed_dns_names[0]");
     check(&|v| v["clients"][0]["dev_secret"] = "0123456789abcdef".into(), "clients[0]");
     check(&|v| v["platforms"][0]["jwks"] = json!({"keys": []}), "platforms[0].jwks");
     check(
@@ -581,6 +610,59 @@ async fn wic_issuance() {
         .unwrap();
 
     assert_eq!(request("spiffe://prod.example/ns/prod/sa/admin").await.unwrap().status(), 403);
+}
+
+/// A client obtains server names in its WIC only from its configured allowlist: none by
+/// default, exact names and `*.suffix` patterns otherwise; IP addresses likewise.
+#[tokio::test]
+async fn wic_server_names_come_from_the_allowlist() {
+    use base64::Engine as _;
+    use wimse_core::wic::certificates_from_pem;
+    let platform = Platform::new();
+    let mut value = config(&platform, &store_path("wic-sans"));
+    let strict: IssuerConfig = serde_json::from_value(value.clone()).unwrap();
+    value["clients"][0]["allowed_dns_names"] = json!(["payments.prod.example", "*.payments.svc.prod.example"]);
+    value["clients"][0]["allowed_ip_addresses"] = json!(["10.0.0.7"]);
+    let granted: IssuerConfig = serde_json::from_value(value).unwrap();
+    let now = wimse_testkit::now();
+    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", now + 600);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let spki = base64::engine::general_purpose::STANDARD.encode(rcgen::PublicKeyData::subject_public_key_info(&key));
+    let sub = "spiffe://prod.example/ns/prod/sa/payments";
+    for (config, allowed) in [(strict, false), (granted, true)] {
+        let base = serve(Arc::new(IdentityServer::new(config, SystemClock).unwrap())).await;
+        let request = |dns: Value, ip: Value| {
+            let body = json!({"sub": sub, "spki": spki, "usage": "server", "dns": dns, "ip": ip});
+            reqwest::Client::new().post(format!("{base}/v1/wic")).bearer_auth(&token).json(&body).send()
+        };
+        // The red-team requests: another service's name, a wildcard over the trust domain, loopback.
+        for (dns, ip) in [
+            (json!(["billing.prod.example"]), json!([])),
+            (json!(["*.prod.example"]), json!([])),
+            (json!([]), json!(["127.0.0.1"])),
+        ] {
+            let response = request(dns.clone(), ip.clone()).await.unwrap();
+            assert_eq!(response.status(), 403, "{dns} {ip}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["reason"], "issuance_denied");
+        }
+        let response = request(json!(["payments.prod.example", "a.payments.svc.prod.example"]), json!(["10.0.0.7"]))
+            .await
+            .unwrap();
+        assert_eq!(response.status() == 200, allowed, "granted names");
+        if allowed {
+            let body: Value = response.json().await.unwrap();
+            let chain = certificates_from_pem(body["chain_pem"].as_str().unwrap()).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+            let sans = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+            assert!(
+                sans.contains("DNSName(\"a.payments.svc.prod.example\")") && sans.contains("IPAddress([10, 0, 0, 7])"),
+                "{sans}"
+            );
+        }
+        // Without server names, a client gets its identity WIC as before.
+        assert_eq!(request(json!([]), json!([])).await.unwrap().status(), 200);
+    }
 }
 
 /// A bundle endpoint that answers with an endless body is cut off, not buffered.

@@ -50,6 +50,17 @@ pub(crate) fn write_output(out: &Output, text: &str) -> Result<(), String> {
     }
 }
 
+/// Writes private key material: owner-only (0600), through an exclusive temporary file and a
+/// rename; to standard output without `-o`.
+pub(crate) fn write_private(out: Option<&Path>, text: &str) -> Result<(), String> {
+    match out {
+        Some(path) => {
+            wimse_core::cred::write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => std::io::stdout().write_all(text.as_bytes()).map_err(|e| e.to_string()),
+    }
+}
+
 pub(crate) fn now_or(now: Option<u64>) -> u64 {
     now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
 }

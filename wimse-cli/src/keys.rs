@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use wimse_core::jose::{Algorithm, SigningKey};
 
-use crate::files::{read_signing_key, write_output};
+use crate::files::{read_signing_key, write_output, write_private};
 use crate::{CliResult, Output};
 
 #[derive(Debug, Args)]
@@ -36,7 +36,7 @@ pub(crate) fn generate(args: GenerateArgs) -> CliResult {
     if let Some(kid) = args.kid {
         key = key.with_kid(kid);
     }
-    write_output(&args.output, &format!("{}\n", key.to_private_jwk().to_json()))?;
+    write_private(args.output.out.as_deref(), &format!("{}\n", key.to_private_jwk().to_json()))?;
     Ok(ExitCode::SUCCESS)
 }
 

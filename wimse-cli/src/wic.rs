@@ -50,7 +50,7 @@ pub(crate) fn ca(args: CaArgs) -> CliResult {
     let ca = WicAuthority::new(domain(&args.trust_domain)?, now_or(args.now), args.ttl).map_err(|e| e.to_string())?;
     let (cert, key) = ca.to_pem();
     write(&args.out_cert, &cert)?;
-    write(&args.out_key, &key)?;
+    crate::files::write_private(Some(&args.out_key), &key)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -117,7 +117,7 @@ pub(crate) fn issue(args: IssueArgs) -> CliResult {
     let certificate = ca.issue(&sub, &options).map_err(|e| e.to_string())?;
     let (chain, key) = certificate.to_pem();
     write(&args.out_cert, &chain)?;
-    write(&args.out_key, &key)?;
+    crate::files::write_private(Some(&args.out_key), &key)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -104,6 +104,21 @@ fn verify(d: &Dir, request: &Path, extra: &[&str]) -> (bool, Value) {
     (out.status.success(), json)
 }
 
+/// Private keys are written readable by their owner only; public ones as usual.
+#[cfg(unix)]
+#[test]
+fn private_key_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = setup("modes", "ES256");
+    let mode = |file: &str| std::fs::metadata(d.path(file)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("issuer.jwk"), 0o600);
+    assert_eq!(mode("workload.jwk"), 0o600);
+    // Written again over an existing file, it stays owner-only.
+    ok(&["key", "generate", "-o", &d.s("workload.jwk")]);
+    assert_eq!(mode("workload.jwk"), 0o600);
+    assert_ne!(mode("issuer.pub.jwk") & 0o044, 0, "public keys are not secret");
+}
+
 #[test]
 fn round_trip_is_accepted() {
     for alg in ["ES256", "EdDSA", "ES384"] {

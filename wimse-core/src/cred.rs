@@ -116,14 +116,52 @@ impl CredentialSource for StaticCredentials {
 
 /// Writes `contents` to `path` the way the practices draft asks delivery agents to: into a
 /// temporary file in the same directory, flushed, then renamed over the target, so a reader
-/// never sees a half-written credential.
+/// never sees a half-written credential. The file is created readable by its owner only (0600
+/// on Unix): it may hold private keys.
 pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    // An exclusive, unpredictable temporary name next to the target: nobody can have prepared
+    // it (a symlink, a file with looser permissions), and two writers never share one.
+    let tmp = path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), crate::wit::random_id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // The rename itself is durable once the directory is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Refuses a file holding private keys that its group or others may read (Unix permissions;
+/// elsewhere nothing is checked).
+pub fn check_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is readable or writable by group or others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Writes a WIT and its private JWK as a pair for [`FileCredentials`]: the key first, then the

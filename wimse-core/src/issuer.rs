@@ -66,6 +66,51 @@ pub struct ClientConfig {
     /// Longest WIC lifetime it may obtain, in seconds (1 to 86400). Defaults to `max_lifetime`.
     #[serde(default)]
     pub max_wic_lifetime: Option<u64>,
+    /// DNS names it may put in a WIC's subject alternative names: exact names
+    /// (`billing.prod.example`) or `*.suffix` patterns, which allow any name with at least one
+    /// more label (`*.svc.prod.example` allows `a.svc.prod.example`, not `svc.prod.example`,
+    /// and a wildcard SAN only if the same pattern is listed). None by default: a client can
+    /// name only its workload identifier.
+    #[serde(default)]
+    pub allowed_dns_names: Vec<String>,
+    /// IP addresses it may put in a WIC's subject alternative names. None by default.
+    #[serde(default)]
+    pub allowed_ip_addresses: Vec<std::net::IpAddr>,
+}
+
+#[cfg_attr(not(feature = "mtls"), allow(dead_code))]
+/// Whether `name` (a requested DNS SAN) is allowed by `allowlist` (exact names and `*.suffix`
+/// patterns, compared case-insensitively).
+fn dns_name_allowed(allowlist: &[String], name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    allowlist.iter().any(|allowed| {
+        let allowed = allowed.to_ascii_lowercase();
+        if allowed == name {
+            return true;
+        }
+        match allowed.strip_prefix("*.") {
+            // One or more labels before the suffix, none of them a wildcard.
+            Some(suffix) => name
+                .strip_suffix(suffix)
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|head| !head.is_empty() && !head.contains('*')),
+            None => false,
+        }
+    })
+}
+
+/// A DNS name or `*.suffix` pattern of an allowlist: lower-case-insensitive LDH labels.
+fn valid_dns_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// The kind of token a [`ExchangeProfile`] accepts.
@@ -272,6 +317,14 @@ impl IdentityServer {
             if c.max_lifetime == 0 || c.max_lifetime > 86_400 {
                 return Err(config_error(field("max_lifetime"), "must be between 1 and 86400 seconds"));
             }
+            for (j, pattern) in c.allowed_dns_names.iter().enumerate() {
+                if !valid_dns_pattern(pattern) {
+                    return Err(config_error(
+                        field(&format!("allowed_dns_names[{j}]")),
+                        "not a DNS name or a *.suffix pattern",
+                    ));
+                }
+            }
             if c.max_wic_lifetime.is_some_and(|secs| secs == 0 || secs > 86_400) {
                 return Err(config_error(field("max_wic_lifetime"), "must be between 1 and 86400 seconds"));
             }
@@ -310,7 +363,11 @@ impl IdentityServer {
     fn load_or_create(&self) -> Result<()> {
         let path = &self.config.key_store;
         let store = match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str::<KeyStore>(&text).map_err(Self::store_error)?,
+            Ok(text) => {
+                // It holds the signing keys and the WIC authority's key.
+                crate::cred::check_private_file(path).map_err(Self::store_error)?;
+                serde_json::from_str::<KeyStore>(&text).map_err(Self::store_error)?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyStore::default(),
             Err(e) => return Err(Self::store_error(e)),
         };
@@ -325,11 +382,8 @@ impl IdentityServer {
     }
 
     fn save(&self, store: &KeyStore) -> Result<()> {
-        let path = &self.config.key_store;
-        let tmp = path.with_extension("tmp");
         let text = serde_json::to_string_pretty(store).map_err(Self::store_error)?;
-        std::fs::write(&tmp, text).map_err(Self::store_error)?;
-        std::fs::rename(&tmp, path).map_err(Self::store_error)
+        crate::cred::write_atomically(&self.config.key_store, text.as_bytes()).map_err(Self::store_error)
     }
 
     /// Keys are published before they sign: the next key appears in the bundle two refresh
@@ -559,6 +613,19 @@ impl IdentityServer {
         ip_addresses: &[std::net::IpAddr],
     ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, u64)> {
         let (client, id) = self.authorize(bootstrap, sub)?;
+        // Server names go into certificates that mTLS clients trust for those names: a client
+        // may name only what its configuration grants.
+        let refuse = |what: String| {
+            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, refused = %what, "WIC refused");
+            Error::with_detail(ErrorKind::IssuanceDenied, format!("{what} is not allowed for this client"))
+        };
+        if let Some(name) = dns_names.iter().find(|n| !dns_name_allowed(&client.config.allowed_dns_names, n)) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(refuse(format!("DNS name `{shown}`")));
+        }
+        if let Some(ip) = ip_addresses.iter().find(|ip| !client.config.allowed_ip_addresses.contains(ip)) {
+            return Err(refuse(format!("IP address {ip}")));
+        }
         let now = self.clock.now();
         let lifetime = client.config.max_wic_lifetime.unwrap_or(client.config.max_lifetime);
         let mut options = crate::wic::WicOptions::new(usage, now, lifetime);
@@ -648,4 +715,34 @@ fn validate_external(
 pub fn load_config(path: &std::path::Path) -> Result<IssuerConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| config_error(path.display().to_string(), e))?;
     serde_json::from_str(&text).map_err(|e| config_error(path.display().to_string(), e))
+}
+
+#[cfg(test)]
+mod san_tests {
+    use super::{dns_name_allowed, valid_dns_pattern};
+
+    #[test]
+    fn dns_allowlists_match_exact_names_and_suffix_patterns() {
+        let list = ["billing.prod.example".to_owned(), "*.svc.prod.example".to_owned()];
+        assert!(dns_name_allowed(&list, "billing.prod.example"));
+        assert!(dns_name_allowed(&list, "BILLING.prod.example"));
+        assert!(dns_name_allowed(&list, "a.svc.prod.example"));
+        assert!(dns_name_allowed(&list, "a.b.svc.prod.example"));
+        assert!(dns_name_allowed(&list, "*.svc.prod.example"), "the listed pattern itself");
+        for refused in [
+            "svc.prod.example",
+            "evilsvc.prod.example",
+            "*.prod.example",
+            "prod.example",
+            "127.0.0.1",
+            "x.*.svc.prod.example",
+        ] {
+            assert!(!dns_name_allowed(&list, refused), "{refused}");
+        }
+        assert!(!dns_name_allowed(&[], "billing.prod.example"), "none by default");
+        assert!(valid_dns_pattern("*.svc.prod.example") && valid_dns_pattern("a-b.example"));
+        for bad in ["", "*", "*.", "a..b", "-a.example", "a*.example", "*.*.example", "a b.example"] {
+            assert!(!valid_dns_pattern(bad), "{bad}");
+        }
+    }
 }
