@@ -135,9 +135,14 @@ pub(crate) struct VerifyArgs {
     /// For a server certificate: the DNS name or IP address the client connects to.
     #[arg(long)]
     server_name: Option<String>,
-    /// The workload the certificate must name.
+    /// The workload the certificate must name (required for a server certificate, unless
+    /// `--any-workload`).
     #[arg(long)]
     expect: Option<String>,
+    /// For a server certificate: accept any workload of a trusted domain for that name (weaker:
+    /// a DNS name in a WIC proves only that some trusted workload obtained it).
+    #[arg(long)]
+    any_workload: bool,
     /// As of this Unix time instead of now.
     #[arg(long)]
     now: Option<u64>,
@@ -179,7 +184,20 @@ fn check(args: &VerifyArgs) -> Result<WorkloadId, (String, String)> {
             .as_deref()
             .ok_or_else(|| usage_error("--server-name is needed for a server certificate".into()))?;
         let name = ServerName::try_from(name.to_owned()).map_err(|e| usage_error(format!("--server-name: {e}")))?;
-        WicServerVerifier::new(anchors).verify_server_cert(leaf, &chain[1..], &name, &[], now).map_err(refused)?;
+        let verifier = match (&args.expect, args.any_workload) {
+            (Some(expected), _) => {
+                let expected = WorkloadId::parse(expected).map_err(|e| usage_error(format!("--expect: {e}")))?;
+                WicServerVerifier::new(anchors).expect(move |_| Some(expected.clone()))
+            }
+            (None, true) => WicServerVerifier::new(anchors).any_trusted_workload(),
+            (None, false) => {
+                return Err(usage_error(
+                    "--expect is needed for a server certificate: the workload that must serve that name (or --any-workload)"
+                        .into(),
+                ));
+            }
+        };
+        verifier.verify_server_cert(leaf, &chain[1..], &name, &[], now).map_err(refused)?;
     }
     Ok(id)
 }

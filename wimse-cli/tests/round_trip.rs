@@ -581,14 +581,20 @@ fn workload_identity_certificates() {
     let payments = d.s("payments.pem");
     let json = verify(&orders, &["--now", NOW, "--expect", "spiffe://prod.example/orders"]);
     assert_eq!(json["id"], "spiffe://prod.example/orders", "{json}");
-    assert_eq!(
-        verify(&payments, &["--usage", "server", "--server-name", "payments.internal", "--now", NOW])["verified"],
-        true
-    );
+    let server = ["--usage", "server", "--server-name", "payments.internal", "--now", NOW];
+    let expect_payments = ["--expect", "spiffe://prod.example/payments"];
+    assert_eq!(verify(&payments, &[&server[..], &expect_payments[..]].concat())["verified"], true);
+    // A server certificate is checked against the workload expected for the name.
+    let json = verify(&payments, &server);
+    assert_eq!(json["reason"], "invalid_configuration", "--expect is required: {json}");
+    assert_eq!(verify(&payments, &[&server[..], &["--any-workload"][..]].concat())["verified"], true);
+    let json = verify(&payments, &[&server[..], &["--expect", "spiffe://prod.example/billing"][..]].concat());
+    assert_eq!(json["reason"], "unexpected_peer", "{json}");
     // Wrong EKU, wrong server name, expired, unexpected identity.
     assert_eq!(verify(&payments, &["--usage", "client", "--now", NOW])["verified"], false);
     assert_eq!(
-        verify(&payments, &["--usage", "server", "--server-name", "billing.internal", "--now", NOW])["verified"],
+        verify(&payments, &["--usage", "server", "--server-name", "billing.internal", "--now", NOW, "--any-workload"])
+            ["verified"],
         false
     );
     assert_eq!(verify(&orders, &["--now", "1800007200"])["verified"], false);

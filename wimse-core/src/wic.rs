@@ -509,10 +509,17 @@ type ExpectedFn = dyn Fn(&ServerName<'_>) -> Option<WorkloadId> + Send + Sync;
 /// Verifies server WICs on a client: one URI SAN, chain to that trust domain's anchors,
 /// `serverAuth` EKU, validity, the name the client connected to (DNS-ID or IP per RFC 9525),
 /// and the workload expected for that name.
+///
+/// By default a server is accepted only when [`expect`](Self::expect) names the workload that
+/// must serve the name the client connects to: a DNS name in a WIC proves only that some
+/// trusted workload obtained it, so without the mapping any workload of a trusted domain could
+/// impersonate any server. [`any_trusted_workload`](Self::any_trusted_workload) is the weaker,
+/// explicit choice.
 #[derive(Clone)]
 pub struct WicServerVerifier {
     anchors: WicAnchors,
     expected: Option<Arc<ExpectedFn>>,
+    any_workload: bool,
 }
 
 impl fmt::Debug for WicServerVerifier {
@@ -522,15 +529,26 @@ impl fmt::Debug for WicServerVerifier {
 }
 
 impl WicServerVerifier {
-    /// Verifies against `anchors`; any workload of a trusted domain is accepted until
-    /// [`expect`](Self::expect) narrows it.
+    /// Verifies against `anchors`; add [`expect`](Self::expect) (or, knowingly,
+    /// [`any_trusted_workload`](Self::any_trusted_workload)): until then every server is
+    /// refused ([`ErrorKind::UnexpectedPeer`]).
     pub fn new(anchors: WicAnchors) -> Self {
-        Self { anchors, expected: None }
+        Self { anchors, expected: None, any_workload: false }
     }
 
-    /// Maps the server name the client connects to onto the workload it must be.
+    /// Maps the server name the client connects to onto the workload it must be. A name the map
+    /// does not know (`None`) is refused unless [`any_trusted_workload`](Self::any_trusted_workload)
+    /// was chosen.
     pub fn expect(mut self, map: impl Fn(&ServerName<'_>) -> Option<WorkloadId> + Send + Sync + 'static) -> Self {
         self.expected = Some(Arc::new(map));
+        self
+    }
+
+    /// Accepts any workload of a trusted domain for a server name [`expect`](Self::expect) does
+    /// not map: only where every workload that can obtain a WIC naming a server is trusted to
+    /// serve it (the identity server's per-client `allowed_dns_names` is then the only guard).
+    pub fn any_trusted_workload(mut self) -> Self {
+        self.any_workload = true;
         self
     }
 }
@@ -546,12 +564,17 @@ impl ServerCertVerifier for WicServerVerifier {
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let (id, verifiers) = self.anchors.for_peer(end_entity)?;
         verifiers.server.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        if let Some(expected) = self.expected.as_ref().and_then(|map| map(server_name))
-            && expected != id
-        {
-            return Err(tls_error(cert_error(ErrorKind::UnexpectedPeer, format!("{server_name:?} presented {id}"))));
+        match self.expected.as_ref().and_then(|map| map(server_name)) {
+            Some(expected) if expected != id => {
+                Err(tls_error(cert_error(ErrorKind::UnexpectedPeer, format!("{server_name:?} presented {id}"))))
+            }
+            Some(_) => Ok(ServerCertVerified::assertion()),
+            None if self.any_workload => Ok(ServerCertVerified::assertion()),
+            None => Err(tls_error(cert_error(
+                ErrorKind::UnexpectedPeer,
+                format!("no workload is expected for {server_name:?} (WicServerVerifier::expect)"),
+            ))),
         }
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
