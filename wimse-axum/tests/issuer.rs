@@ -109,6 +109,10 @@ async fn issuance_policy_bootstrap_and_bundles() {
     assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batchx/nightly", &key).await.0, 403);
     assert_eq!(request_wit(&base, &batch, "spiffe://other.example/ns/batch/x", &key).await.0, 403);
 
+    // Platform tokens that expire a century from now are refused like forged ones.
+    let century = platform.token(PLATFORM_ISS, sa, NOW + 100 * 365 * 86_400);
+    assert_eq!(request_wit(&base, &century, payments, &key).await.0, 401);
+
     // Bootstrap credentials: expired, unknown issuer, unknown subject, forged, none.
     let expired = platform.token(PLATFORM_ISS, sa, NOW - 1);
     assert_eq!(request_wit(&base, &expired, payments, &key).await.1["reason"], "bootstrap_token_invalid");
@@ -252,6 +256,14 @@ fn bad_configuration_names_the_field() {
     check(&|v| v["clients"][0]["max_lifetime"] = 0.into(), "clients[0].max_lifetime");
     check(&|v| v["clients"][1]["max_wic_lifetime"] = 90_000.into(), "clients[1].max_wic_lifetime");
     check(&|v| v["clients"][0]["allowed_dns_names"] = json!(["*.*.example"]), "clients[0].allowed_dns_names[0]");
+    check(&|v| v["platforms"][0]["max_token_lifetime"] = 0.into(), "platforms[0].max_token_lifetime");
+    check(
+        &|v| {
+            v["exchange"] = json!([{"name": "s", "kind": "jwt-svid", "issuer": "https://spire.x", "audience": "a",
+                "jwks": v["platforms"][0]["jwks"].clone(), "subject_template": "spiffe://prod.example/p/{path}", "max_lifetime": 60}])
+        },
+        "exchange[0].subject_trust_domain",
+    );
     check(&|v| v["clients"][0]["dev_secret"] = "0123456789abcdef".into(), "clients[0]");
     check(&|v| v["platforms"][0]["jwks"] = json!({"keys": []}), "platforms[0].jwks");
     check(
@@ -406,7 +418,8 @@ async fn token_exchange_profiles() {
         {"name": "ci", "kind": "jwt", "issuer": "https://ci.example", "audience": "wimse-issuer",
          "jwks": {"keys": [platform.key.public_jwk()]}, "subject_template": "spiffe://prod.example/ci/{sub}", "max_lifetime": 120},
         {"name": "partner-spiffe", "kind": "jwt-svid", "issuer": "https://spire.partner.example", "audience": "wimse-issuer",
-         "jwks": {"keys": [partner_spire.public_jwk()]}, "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600}
+         "jwks": {"keys": [partner_spire.public_jwk()]}, "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600,
+         "subject_trust_domain": "spiffe://partner.example"}
     ]);
     let config: IssuerConfig = serde_json::from_value(config).unwrap();
     let server = Arc::new(IdentityServer::new(config, FixedClock::new(NOW)).unwrap());
@@ -495,6 +508,21 @@ async fn token_exchange_profiles() {
         "saml",
     );
     refused(exchange(svid("wimse://partner.example/ns/web"), JWT).await, "invalid_grant", "not a SPIFFE ID");
+    // The partner's SPIRE speaks for partner.example only: not for this trust domain's admin.
+    refused(exchange(svid("spiffe://prod.example/admin"), JWT).await, "invalid_grant", "another trust domain's SVID");
+    refused(exchange(svid("spiffe://third.example/x"), JWT).await, "invalid_grant", "a third trust domain's SVID");
+    // Tokens that expire a century from now, or that declare critical extensions, are refused.
+    refused(
+        exchange(at("at+jwt", "svc-42", NOW + 100 * 365 * 86_400, "wimse-issuer"), AT).await,
+        "invalid_grant",
+        "century",
+    );
+    let crit = raw_jwt(
+        r#"{"alg":"ES256","typ":"at+jwt","kid":"as-1","crit":["x-ext"],"x-ext":1}"#,
+        &json!({"iss": "https://as.partner.example", "sub": "svc-42", "aud": "wimse-issuer", "exp": NOW + 600}),
+        &authorization_server,
+    );
+    refused(exchange(crit, AT).await, "invalid_grant", "crit");
     refused(
         exchange(platform.token(PLATFORM_ISS, "x", NOW + 60), JWT).await,
         "invalid_grant",

@@ -38,6 +38,15 @@ pub struct PlatformConfig {
     pub audience: String,
     /// Its signing keys (a JWKS), configured out of band.
     pub jwks: Value,
+    /// Platform tokens that expire further ahead than this are refused, in seconds (1 to
+    /// 604800). Defaults to 86400: projected service-account tokens live an hour, CI OIDC
+    /// tokens minutes; a token valid for years is a leaked-forever credential.
+    #[serde(default = "default_external_lifetime")]
+    pub max_token_lifetime: u64,
+}
+
+fn default_external_lifetime() -> u64 {
+    86_400
 }
 
 /// A client: who, authenticated how, may obtain which identifiers.
@@ -145,6 +154,15 @@ pub struct ExchangeProfile {
     pub subject_template: String,
     /// Longest WIT lifetime issued, in seconds.
     pub max_lifetime: u64,
+    /// Incoming tokens that expire further ahead than this are refused, in seconds (1 to
+    /// 604800). Defaults to 86400.
+    #[serde(default = "default_external_lifetime")]
+    pub max_token_lifetime: u64,
+    /// For `jwt-svid`: the one SPIFFE trust domain whose SVIDs this profile exchanges (e.g.
+    /// `spiffe://partner.example`); required, so a partner's issuer cannot speak for another
+    /// trust domain (this one included).
+    #[serde(default)]
+    pub subject_trust_domain: Option<String>,
 }
 
 /// The identity server's configuration (a JSON file for `wimse issuer serve`).
@@ -266,6 +284,12 @@ impl IdentityServer {
             if p.issuer.is_empty() || p.audience.is_empty() {
                 return Err(config_error(format!("platforms[{i}]"), "issuer and audience must be set"));
             }
+            if p.max_token_lifetime == 0 || p.max_token_lifetime > 604_800 {
+                return Err(config_error(
+                    format!("platforms[{i}].max_token_lifetime"),
+                    "must be between 1 and 604800 seconds",
+                ));
+            }
             platforms.push(Platform { config: p.clone(), keys });
         }
         let mut clients = Vec::new();
@@ -339,6 +363,31 @@ impl IdentityServer {
             }
             if p.max_lifetime == 0 || p.max_lifetime > 86_400 {
                 return Err(config_error(format!("exchange[{i}].max_lifetime"), "must be between 1 and 86400 seconds"));
+            }
+            if p.max_token_lifetime == 0 || p.max_token_lifetime > 604_800 {
+                return Err(config_error(
+                    format!("exchange[{i}].max_token_lifetime"),
+                    "must be between 1 and 604800 seconds",
+                ));
+            }
+            match (p.kind, &p.subject_trust_domain) {
+                (ExchangeKind::JwtSvid, None) => {
+                    return Err(config_error(
+                        format!("exchange[{i}].subject_trust_domain"),
+                        "a jwt-svid profile names the trust domain whose SVIDs it exchanges",
+                    ));
+                }
+                (_, Some(td)) => {
+                    let td = TrustDomain::parse(td)
+                        .map_err(|e| config_error(format!("exchange[{i}].subject_trust_domain"), e))?;
+                    if p.kind != ExchangeKind::JwtSvid || td.scheme() != "spiffe" {
+                        return Err(config_error(
+                            format!("exchange[{i}].subject_trust_domain"),
+                            "only for jwt-svid profiles, as spiffe://name",
+                        ));
+                    }
+                }
+                (_, None) => {}
             }
             exchanges.push(Exchange { profile: p.clone(), keys });
         }
@@ -464,8 +513,14 @@ impl IdentityServer {
         let iss = token.claims.get("iss").and_then(Value::as_str).ok_or_else(|| denied("no iss"))?;
         let platform =
             self.platforms.iter().find(|p| p.config.issuer == iss).ok_or_else(|| denied("unknown issuer"))?;
-        let claims =
-            validate_external(&token, &platform.keys, &platform.config.audience, self.clock.now()).map_err(denied)?;
+        let claims = validate_external(
+            &token,
+            &platform.keys,
+            &platform.config.audience,
+            platform.config.max_token_lifetime,
+            self.clock.now(),
+        )
+        .map_err(denied)?;
         let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| denied("no sub"))?;
         self.clients
             .iter()
@@ -534,8 +589,14 @@ impl IdentityServer {
         if !typ_ok {
             return Err(refused(format!("typ {typ:?} does not fit profile `{}`", exchange.profile.name)));
         }
-        let claims = validate_external(&token, &exchange.keys, &exchange.profile.audience, self.clock.now())
-            .map_err(|d| refused(d.to_owned()))?;
+        let claims = validate_external(
+            &token,
+            &exchange.keys,
+            &exchange.profile.audience,
+            exchange.profile.max_token_lifetime,
+            self.clock.now(),
+        )
+        .map_err(|d| refused(d.to_owned()))?;
         let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| refused("no sub".into()))?;
         let safe =
             |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -544,6 +605,15 @@ impl IdentityServer {
             let svid = WorkloadId::parse(sub).map_err(|e| refused(format!("JWT-SVID sub: {e}")))?;
             if svid.scheme() != "spiffe" {
                 return Err(refused("JWT-SVID sub is not a SPIFFE ID".into()));
+            }
+            // Checked at start: a jwt-svid profile names its trust domain.
+            if exchange.profile.subject_trust_domain.as_deref() != Some(svid.trust_domain().as_str()) {
+                return Err(refused(format!(
+                    "profile `{}` exchanges SVIDs of {}, not of {}",
+                    exchange.profile.name,
+                    exchange.profile.subject_trust_domain.as_deref().unwrap_or("no trust domain"),
+                    svid.trust_domain()
+                )));
             }
             mapped = mapped
                 .replace("{trust_domain}", svid.trust_domain_name())
@@ -679,14 +749,18 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 /// Checks an externally issued JWT (platform token, access token, JWT-SVID) whose issuer was
-/// already matched: key from the configured keys by `kid`, signature, `exp`, `nbf`, `aud`.
+/// already matched: no `crit`, key from the configured keys by `kid`, signature, `exp` (and at
+/// most `max_lifetime` ahead, with 30 s leeway), `nbf`, `aud`.
 /// Returns the claims, or the name of the failed check.
 fn validate_external(
     token: &jws::UnverifiedJws<'_>,
     keys: &TrustAnchors,
     audience: &str,
+    max_lifetime: u64,
     now: u64,
 ) -> std::result::Result<serde_json::Map<String, Value>, &'static str> {
+    // No JWS extension is understood, so none may be critical (RFC 7515 §4.1.11).
+    token.reject_crit().map_err(|_| "unsupported crit")?;
     let alg = token.algorithm().map_err(|_| "unsupported alg")?;
     let kid = token.header_str("kid").map_err(|_| "malformed kid")?;
     let key: &PublicKey = keys.select(kid, alg).map_err(|_| "no issuer key matches")?;
@@ -696,6 +770,9 @@ fn validate_external(
     let exp = token.claims.get("exp").and_then(Value::as_u64).ok_or("no exp")?;
     if now >= exp {
         return Err("expired");
+    }
+    if exp > now.saturating_add(max_lifetime).saturating_add(30) {
+        return Err("expires too far ahead");
     }
     if token.claims.get("nbf").and_then(Value::as_u64).is_some_and(|nbf| nbf > now + 30) {
         return Err("not yet valid");

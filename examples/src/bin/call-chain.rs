@@ -84,7 +84,8 @@ impl IdentityServer {
             "clients": clients,
             "exchange": [{"name": "partner.example", "kind": "jwt-svid", "issuer": "https://spire.partner.example",
                           "audience": "spiffe://prod.example", "jwks": {"keys": [partner_spire.public_jwk()]},
-                          "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600}]
+                          "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600,
+                          "subject_trust_domain": "spiffe://partner.example"}]
         }))?;
         let server = Arc::new(wimse_core::issuer::IdentityServer::new(config, SystemClock)?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
