@@ -706,3 +706,43 @@ async fn oversized_bundles_are_refused() {
     let err = BundleSource::new("spiffe://prod.example".parse().unwrap(), url).refresh(&trust).await.unwrap_err();
     assert!(err.detail().unwrap().contains("larger than"), "{err:?}");
 }
+
+/// A signing key stays published as long as any WIT it signed can live, including WITs issued
+/// by token exchange with a longer lifetime than any client's.
+#[test]
+fn keys_outlive_the_longest_exchanged_wit() {
+    let platform = Platform::new();
+    let clock = Arc::new(FixedClock::new(NOW));
+    let mut value = config(&platform, &store_path("retire"));
+    value["exchange"] = json!([{"name": "ci", "kind": "jwt", "issuer": "https://ci.example", "audience": "wimse-issuer",
+        "jwks": {"keys": [platform.key.public_jwk()]}, "subject_template": "spiffe://prod.example/ci/{sub}", "max_lifetime": 3600}]);
+    let config: IssuerConfig = serde_json::from_value(value).unwrap();
+    let server = IdentityServer::new(config, clock.clone()).unwrap();
+    let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    // Exchanged late in the first key's period: it lives an hour, past the next rotation.
+    clock.set(NOW + 3500);
+    let ci = platform.token("https://ci.example", "deploy", NOW + 3600);
+    let issued = server.exchange(&ci, "urn:ietf:params:oauth:token-type:jwt", key.public_jwk()).unwrap();
+    assert_eq!(issued.expires_at, NOW + 3500 + 3600);
+    let anchors_at = |t: u64| {
+        clock.set(t);
+        server.rotate_if_due().unwrap();
+        TrustStore::new().with("spiffe://prod.example".parse().unwrap(), server.anchors().unwrap())
+    };
+    // Just before the exchanged WIT expires (long past the clients' longest WIT, 1800 s, after
+    // the next key took over), the old key is still there.
+    let t = issued.expires_at - 60;
+    validate(&issued.wit, &anchors_at(t), t).unwrap();
+    // Once no WIT it signed can be valid, it goes.
+    let t = NOW + 4 * 3600;
+    let trust = anchors_at(t);
+    let kid = jws::parse(&issued.wit, 8192).unwrap().header_str("kid").unwrap().unwrap().to_owned();
+    assert!(
+        trust
+            .get(&"spiffe://prod.example".parse().unwrap())
+            .unwrap()
+            .keys()
+            .iter()
+            .all(|k| k.kid() != Some(kid.as_str()))
+    );
+}

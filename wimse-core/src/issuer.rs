@@ -442,6 +442,13 @@ impl IdentityServer {
         self.config.refresh_hint.saturating_mul(2)
     }
 
+    /// The longest lifetime of any WIT this server issues (clients and exchange profiles).
+    fn longest_wit_lifetime(&self) -> u64 {
+        let clients = self.clients.iter().map(|c| c.config.max_lifetime);
+        let exchanges = self.exchanges.iter().map(|x| x.profile.max_lifetime);
+        clients.chain(exchanges).max().unwrap_or(0)
+    }
+
     /// Publishes the next signing key when the active one is due for rotation, and drops keys
     /// no WIT signed by them can still be valid for. Returns whether anything changed.
     pub fn rotate_if_due(&self) -> Result<bool> {
@@ -466,8 +473,9 @@ impl IdentityServer {
             store.keys.push(StoredKey { created: now, active_from, jwk: key.to_private_jwk() });
             changed = true;
         }
-        // A key is retired once a later key has been active for longer than any WIT lives.
-        let max_wit = self.clients.iter().map(|c| c.config.max_lifetime).max().unwrap_or(0);
+        // A key is retired once a later key has been active for longer than any WIT it signed
+        // can live: issued to a client or through a token exchange.
+        let max_wit = self.longest_wit_lifetime();
         let activations: Vec<u64> = store.keys.iter().map(|k| k.active_from).collect();
         let before = store.keys.len();
         store.keys.retain(|k| {
