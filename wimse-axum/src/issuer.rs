@@ -38,8 +38,35 @@ fn problem(error: &Error) -> Response {
         ErrorKind::InvalidSubject(_) | ErrorKind::InvalidKey => StatusCode::BAD_REQUEST,
         _ => rejection.status(),
     };
-    let (_, body) = rejection.into_response().into_parts();
-    (status, [("content-type", "application/problem+json")], body).into_response()
+    let (parts, body) = rejection.into_response().into_parts();
+    let mut response = (status, body).into_response();
+    // Content-Type, Cache-Control and Retry-After as the rejection set them.
+    response.headers_mut().extend(parts.headers);
+    response.headers_mut().remove(axum::http::header::WWW_AUTHENTICATE);
+    response
+}
+
+/// Per source address: refused while over its request budget or after repeated failed
+/// authentications (which it counts). Needs the peer address (`ConnectInfo<SocketAddr>`:
+/// serve with `into_make_service_with_connect_info`); without it, only the per-client limits apply.
+async fn limit_sources(
+    State(server): State<Arc<IdentityServer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let source = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
+    if let Some(source) = source
+        && let Err(error) = server.admit_source(source)
+    {
+        return problem(&error);
+    }
+    let response = next.run(request).await;
+    if let Some(source) = source
+        && response.status() == StatusCode::UNAUTHORIZED
+    {
+        server.record_failed_authentication(source);
+    }
+    response
 }
 
 async fn issue_wit(
@@ -168,12 +195,17 @@ async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
     Json(server.spiffe_bundle()).into_response()
 }
 
-/// The HTTP API of `server`.
+/// The HTTP API of `server`. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so the per-source-address limits
+/// apply (see [`IssuerConfig::rate_limits`](wimse_core::issuer::IssuerConfig::rate_limits)).
 pub fn router(server: Arc<IdentityServer>) -> Router {
-    Router::new()
+    let issuance = Router::new()
         .route("/v1/wit", post(issue_wit))
         .route("/v1/token", post(token_exchange))
         .route("/v1/wic", post(issue_wic))
+        .route_layer(axum::middleware::from_fn_with_state(server.clone(), limit_sources));
+    Router::new()
+        .merge(issuance)
         .route("/v1/bundle/x509", get(x509_bundle))
         .route("/v1/bundle/jwks", get(jwks))
         .route("/v1/bundle/spiffe", get(spiffe_bundle))

@@ -56,7 +56,8 @@ fn store_path(name: &str) -> std::path::PathBuf {
 async fn serve(server: Arc<IdentityServer>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, wimse_axum::issuer::router(server)).await.unwrap() });
+    let app = wimse_axum::issuer::router(server).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     base
 }
 
@@ -745,4 +746,57 @@ fn keys_outlive_the_longest_exchanged_wit() {
             .iter()
             .all(|k| k.kid() != Some(kid.as_str()))
     );
+}
+
+/// Rate limits: a client over its issuance budget gets 429 with Retry-After while another client
+/// goes on; a source address that keeps failing authentication is refused outright, valid
+/// credentials or not, until its budget refills.
+#[tokio::test]
+async fn issuance_and_failed_authentications_are_rate_limited() {
+    let platform = Platform::new();
+    let mut value = config(&platform, &store_path("rate"));
+    value["rate_limits"] = json!({
+        "per_client": {"burst": 3, "per_minute": 1},
+        "per_source": {"burst": 100, "per_minute": 600},
+        "failed_authentications": {"burst": 5, "per_minute": 1}
+    });
+    let clock = Arc::new(FixedClock::new(NOW));
+    let config: IssuerConfig = serde_json::from_value(value).unwrap();
+    let base = serve(Arc::new(IdentityServer::new(config, clock.clone()).unwrap())).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let payments = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    let batch = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:batch", NOW + 600);
+    let payments_id = "spiffe://prod.example/ns/prod/sa/payments";
+    for _ in 0..3 {
+        assert_eq!(request_wit(&base, &payments, payments_id, &key).await.0, 200);
+    }
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/wit"))
+        .bearer_auth(&payments)
+        .json(&json!({"sub": payments_id, "jwk": key.public_jwk()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "rate_limited");
+    // Another client is not affected.
+    assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batch/nightly", &key).await.0, 200);
+    // A minute later the budget has one more request.
+    clock.set(NOW + 60);
+    assert_eq!(request_wit(&base, &payments, payments_id, &key).await.0, 200);
+
+    // Wrong credentials from this address: five are answered 401, then the address is refused.
+    for _ in 0..5 {
+        assert_eq!(request_wit(&base, "wrong-secret-0123456789", payments_id, &key).await.0, 401);
+    }
+    assert_eq!(request_wit(&base, "wrong-secret-0123456789", payments_id, &key).await.0, 429);
+    let (status, body) = request_wit(&base, &batch, "spiffe://prod.example/ns/batch/nightly", &key).await;
+    assert_eq!((status, body["reason"].as_str()), (429, Some("rate_limited")), "even with valid credentials");
+    // Bundles stay reachable: verifiers must always be able to refresh.
+    assert_eq!(reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().status(), 200);
+    clock.set(NOW + 60 + 120);
+    assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batch/nightly", &key).await.0, 200);
 }

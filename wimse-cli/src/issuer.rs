@@ -31,7 +31,7 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         println!("wimse issuer for {} listening on http://{address}", server.trust_domain());
         let app = wimse_axum::issuer::router(server);
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })

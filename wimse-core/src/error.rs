@@ -173,6 +173,9 @@ pub enum ErrorKind {
     /// The caller holds its whole share of the replay store's live entries (429 with
     /// `Retry-After`): one workload cannot exhaust the store for the others.
     ReplayQuotaExceeded,
+    /// The caller (a client, or a source address) is over its rate limit (429 with
+    /// `Retry-After`).
+    RateLimited,
 
     // ---- keys and configuration (not request errors) ----
     /// A key could not be parsed, generated or used.
@@ -256,6 +259,7 @@ impl ErrorKind {
             CredentialsUnavailable => "credentials_unavailable",
             ReplayCacheFull => "replay_cache_full",
             ReplayQuotaExceeded => "replay_quota_exceeded",
+            RateLimited => "rate_limited",
             TrustAnchorsUnavailable => "trust_anchors_unavailable",
             ReplayCacheUnavailable => "replay_cache_unavailable",
             InvalidKey => "invalid_key",
@@ -333,6 +337,7 @@ impl ErrorKind {
             CredentialsUnavailable => "no usable workload credentials",
             ReplayCacheFull => "the replay cache is full",
             ReplayQuotaExceeded => "the caller has too many live proofs",
+            RateLimited => "too many requests",
             TrustAnchorsUnavailable => "the trust domain's keys are not available",
             ReplayCacheUnavailable => "the replay cache is unavailable",
             InvalidKey => "invalid key",

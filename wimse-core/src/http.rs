@@ -190,7 +190,7 @@ impl Rejection {
             ReplayCacheFull | TrustAnchorsUnavailable | ReplayCacheUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, false)
             }
-            ReplayQuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, false),
+            ReplayQuotaExceeded | RateLimited => (StatusCode::TOO_MANY_REQUESTS, false),
             InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable | BodyNotSupplied => {
                 (StatusCode::INTERNAL_SERVER_ERROR, false)
             }

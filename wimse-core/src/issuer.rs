@@ -12,6 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{TrustDomain, WorkloadId};
 use crate::jose::{Algorithm, Jwk, PublicKey, SigningKey, jws};
 use crate::policy::Rule;
+use crate::rate::{Rate, RateLimiter};
 use crate::time::Clock;
 use crate::trust::TrustAnchors;
 use crate::wit::WitIssuer;
@@ -165,6 +166,30 @@ pub struct ExchangeProfile {
     pub subject_trust_domain: Option<String>,
 }
 
+/// How often callers may ask. Over a limit the request is refused with 429
+/// (`rate_limited`) and `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Issuance per client (WITs and WICs) and per exchange profile: 30 at once, 120 a minute.
+    pub per_client: Rate,
+    /// Requests per source address, whoever they claim to be: 60 at once, 600 a minute.
+    pub per_source: Rate,
+    /// Failed authentications per source address: after 10 at once (then 10 a minute), the
+    /// address is refused until its budget refills, valid credentials or not.
+    pub failed_authentications: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_client: Rate { burst: 30, per_minute: 120 },
+            per_source: Rate { burst: 60, per_minute: 600 },
+            failed_authentications: Rate { burst: 10, per_minute: 10 },
+        }
+    }
+}
+
 /// The identity server's configuration (a JSON file for `wimse issuer serve`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +221,9 @@ pub struct IssuerConfig {
     /// Token-exchange profiles.
     #[serde(default)]
     pub exchange: Vec<ExchangeProfile>,
+    /// Rate limits on issuance and authentication (defaults in [`RateLimits`]).
+    #[serde(default)]
+    pub rate_limits: RateLimits,
 }
 
 fn default_alg() -> String {
@@ -261,6 +289,9 @@ pub struct IdentityServer {
     exchanges: Vec<Exchange>,
     store: RwLock<KeyStore>,
     clock: Arc<dyn Clock>,
+    per_client: RateLimiter<String>,
+    per_source: RateLimiter<std::net::IpAddr>,
+    failures: RateLimiter<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for IdentityServer {
@@ -276,6 +307,16 @@ impl IdentityServer {
         let alg: Algorithm = config.algorithm.parse().map_err(|e: Error| config_error("algorithm", e))?;
         if config.rotation_period == 0 {
             return Err(config_error("rotation_period", "must be positive"));
+        }
+        let limits = &config.rate_limits;
+        for (name, rate) in [
+            ("per_client", limits.per_client),
+            ("per_source", limits.per_source),
+            ("failed_authentications", limits.failed_authentications),
+        ] {
+            if rate.burst == 0 || rate.per_minute == 0 {
+                return Err(config_error(format!("rate_limits.{name}"), "burst and per_minute must be positive"));
+            }
         }
         let mut platforms = Vec::new();
         for (i, p) in config.platforms.iter().enumerate() {
@@ -399,6 +440,9 @@ impl IdentityServer {
             exchanges,
             store: RwLock::new(KeyStore::default()),
             clock: Arc::new(clock),
+            per_client: RateLimiter::new(config.rate_limits.per_client),
+            per_source: RateLimiter::new(config.rate_limits.per_source),
+            failures: RateLimiter::new(config.rate_limits.failed_authentications),
             config,
         };
         server.load_or_create()?;
@@ -538,9 +582,39 @@ impl IdentityServer {
             .ok_or_else(|| Error::with_detail(ErrorKind::IssuanceDenied, "no client for this platform subject"))
     }
 
+    /// Takes one request from `key`'s issuance budget.
+    fn limit(&self, key: &str) -> Result<()> {
+        self.per_client.take(&key.to_owned(), 1, self.clock.now()).map_err(|retry| {
+            tracing::warn!(target: "wimse::audit", who = key, "issuance rate limited");
+            Error::with_detail(ErrorKind::RateLimited, format!("{key}: too many requests")).with_retry_after(retry)
+        })
+    }
+
+    /// Admits one request from `source` (the HTTP adapter calls this with the peer address):
+    /// refused while the address has spent its failed-authentication budget, or is over its
+    /// request budget.
+    pub fn admit_source(&self, source: std::net::IpAddr) -> Result<()> {
+        let now = self.clock.now();
+        let limited = |retry: u64, what: &str| {
+            Error::with_detail(ErrorKind::RateLimited, format!("{source}: {what}")).with_retry_after(retry)
+        };
+        self.failures
+            .would_allow(&source, 1, now)
+            .map_err(|retry| limited(retry, "too many failed authentications"))?;
+        self.per_source.take(&source, 1, now).map_err(|retry| limited(retry, "too many requests"))
+    }
+
+    /// Counts a failed authentication from `source`.
+    pub fn record_failed_authentication(&self, source: std::net::IpAddr) {
+        if self.failures.take(&source, 1, self.clock.now()).is_err() {
+            tracing::warn!(target: "wimse::audit", %source, "source refused after repeated failed authentications");
+        }
+    }
+
     /// The client `bootstrap` authenticates, if it may obtain `sub`.
     fn authorize(&self, bootstrap: &str, sub: &str) -> Result<(&Client, WorkloadId)> {
         let client = self.authenticate(bootstrap)?;
+        self.limit(&format!("client {}", client.config.name))?;
         let id = WorkloadId::parse(sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
         if !crate::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
             tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "issuance refused");
@@ -597,6 +671,7 @@ impl IdentityServer {
         if !typ_ok {
             return Err(refused(format!("typ {typ:?} does not fit profile `{}`", exchange.profile.name)));
         }
+        self.limit(&format!("exchange {}", exchange.profile.name))?;
         let claims = validate_external(
             &token,
             &exchange.keys,

@@ -33,6 +33,7 @@ pub mod id;
 pub mod issuer;
 pub mod jose;
 pub mod policy;
+pub mod rate;
 #[cfg(feature = "raw-http")]
 pub mod raw;
 pub mod replay;
