@@ -394,14 +394,8 @@ fn our_signatures_round_trip_requests_and_responses() {
 
 #[test]
 fn connect_requests_cover_the_authority() {
-    let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
-    let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let now = 1_800_000_000;
-    let wit =
-        WitIssuer::new(issuer.clone()).issue(&"spiffe://d.example/x".parse().unwrap(), key.public_jwk(), now).unwrap();
-    let trust = TrustStore::new()
-        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
-    let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
+    let (key, wit, verified) = workload(now);
     let mut headers = HeaderMap::new();
     let request = OutgoingRequest {
         method: "CONNECT",
@@ -434,14 +428,8 @@ fn connect_requests_cover_the_authority() {
 /// signed as sent verifies whether the receiver sees `host:443` or `HOST`.
 #[test]
 fn authority_drops_the_default_port() {
-    let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
-    let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let now = 1_800_000_000;
-    let wit =
-        WitIssuer::new(issuer.clone()).issue(&"spiffe://d.example/x".parse().unwrap(), key.public_jwk(), now).unwrap();
-    let trust = TrustStore::new()
-        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
-    let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
+    let (key, wit, verified) = workload(now);
     let mut headers = HeaderMap::new();
     let request = OutgoingRequest {
         method: "CONNECT",
@@ -491,14 +479,8 @@ fn authority_drops_the_default_port() {
 /// A CONNECT signature covering `@path` is refused with its own reason.
 #[test]
 fn connect_covering_the_path_is_a_forbidden_component() {
-    let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
-    let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let now = 1_800_000_000;
-    let wit =
-        WitIssuer::new(issuer.clone()).issue(&"spiffe://d.example/x".parse().unwrap(), key.public_jwk(), now).unwrap();
-    let trust = TrustStore::new()
-        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
-    let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
+    let (key, wit, verified) = workload(now);
     let mut headers = HeaderMap::new();
     headers.insert("workload-identity-token", HeaderValue::from_str(&wit).unwrap());
     let input = format!(
@@ -537,4 +519,16 @@ fn connect_covering_the_path_is_a_forbidden_component() {
         httpsig::verify_request(&req, None, &verified, |_| true, &SignatureValidation::default(), now).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::ForbiddenComponent);
     assert_eq!(err.reason(), "forbidden_component");
+}
+
+/// A workload of `spiffe://d.example` with its key, its WIT and that WIT validated.
+fn workload(now: u64) -> (SigningKey, String, VerifiedWit) {
+    let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let wit =
+        WitIssuer::new(issuer.clone()).issue(&"spiffe://d.example/x".parse().unwrap(), key.public_jwk(), now).unwrap();
+    let trust = TrustStore::new()
+        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
+    let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
+    (key, wit, verified)
 }
