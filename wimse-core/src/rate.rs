@@ -59,7 +59,8 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 
     /// Takes `cost` requests' worth from `key`'s bucket, or returns the seconds until it could.
     pub fn take(&self, key: &K, cost: u32, now: u64) -> Result<(), u64> {
-        let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
+        // A panic elsewhere must neither lift the limits nor lock everyone out: keep the counts.
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !buckets.contains_key(key) && buckets.len() >= MAX_KEYS {
             let capacity = self.capacity();
             buckets.retain(|_, bucket| {
@@ -92,7 +93,7 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 
     /// Whether `key` could take `cost` now, without taking it.
     pub fn would_allow(&self, key: &K, cost: u32, now: u64) -> Result<(), u64> {
-        let Ok(buckets) = self.buckets.lock() else { return Ok(()) };
+        let buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(mut bucket) = buckets.get(key).copied() else { return Ok(()) };
         self.refill(&mut bucket, now);
         let cost = u64::from(cost) * 1000;
