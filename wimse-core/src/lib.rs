@@ -27,6 +27,7 @@ pub mod cred;
 pub mod draft;
 mod error;
 pub mod guard;
+pub mod health;
 pub mod http;
 pub mod httpsig;
 pub mod id;

@@ -37,6 +37,7 @@ pub struct Signer {
     context_tokens: Arc<[String]>,
     clock: Arc<dyn Clock>,
     backend: Backend,
+    health: Arc<crate::health::Health>,
 }
 
 impl fmt::Debug for Signer {
@@ -54,6 +55,34 @@ impl Signer {
             context_tokens: Arc::from([]),
             clock: Arc::new(SystemClock),
             backend: Backend::default(),
+            health: Arc::new(crate::health::Health::new(60)),
+        }
+    }
+
+    /// Logs that a request could not be signed: a warning when signing starts failing, then
+    /// at most one a minute (with the number left out) while it keeps failing, so an outage of
+    /// the credential source does not log once per request. Clients call this on every failure
+    /// and [`signed`](Self::signed) on every success.
+    pub fn log_failure(&self, error: &Error) {
+        use crate::health::Report;
+        match self.health.failed(self.clock.now()) {
+            Report::StartedFailing => {
+                tracing::warn!(reason = error.reason(), detail = error.detail(), "wimse: requests cannot be signed")
+            }
+            Report::StillFailing { left_out } => tracing::warn!(
+                reason = error.reason(),
+                detail = error.detail(),
+                failures_not_logged = left_out,
+                "wimse: requests still cannot be signed"
+            ),
+            Report::Quiet => {}
+        }
+    }
+
+    /// Records a signed request; logs once when signing works again after failures.
+    pub fn signed(&self) {
+        if self.health.succeeded() {
+            tracing::info!("wimse: requests are signed again");
         }
     }
 

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use wimse_core::health::{Health, Report};
 use wimse_core::id::TrustDomain;
 use wimse_core::time::{Clock, SystemClock};
 use wimse_core::trust::{TrustAnchors, TrustHandle};
@@ -13,24 +14,80 @@ use wimse_core::{Error, ErrorKind};
 /// URL (such as the identity server's `/v1/bundle/spiffe`).
 ///
 /// Refreshes on the bundle's `spiffe_refresh_hint`, and early (rate-limited) when a verifier
-/// met a key id it does not know. When the endpoint is down the last good keys keep serving
-/// until they are `max_stale` seconds old; then verification for the domain answers 503. A
-/// bundle whose `spiffe_sequence` goes backwards is refused; keys absent from a new bundle are
-/// dropped.
+/// met a key id it does not know. Every fetch is bounded by a timeout (10 s by default), so an
+/// endpoint that hangs cannot stop refreshing. When the endpoint is down the last good keys keep
+/// serving until they are `max_stale` seconds old; then verification for the domain answers
+/// 503. Keys absent from a new bundle are dropped.
+///
+/// **Sequence and key-store epoch.** A bundle whose `spiffe_sequence` goes backwards is refused
+/// (a rollback, or a stale replica). The identity server also publishes the identity of its key
+/// store, [`STORE_EPOCH_MEMBER`]; when a key store is lost and recreated, its sequence restarts
+/// but its epoch is new, and the new store's bundle is accepted at once. A bundle of an epoch
+/// that was replaced earlier is refused: the old store coming back is a rollback too.
 pub struct BundleSource {
     domain: TrustDomain,
     url: String,
-    client: reqwest::Client,
+    client: std::sync::OnceLock<reqwest::Client>,
     max_stale: u64,
     min_interval: u64,
+    timeout: Duration,
     clock: Arc<dyn Clock>,
+    health: Health,
     state: Mutex<State>,
 }
+
+/// The bundle member naming the identity server's key store (a random identifier made with the
+/// store): `"wimse_key_store_epoch"`. A JWK Set member that other SPIFFE consumers ignore.
+pub const STORE_EPOCH_MEMBER: &str = "wimse_key_store_epoch";
+
+/// Epochs remembered as replaced, to refuse their return.
+const REPLACED_EPOCHS: usize = 16;
 
 #[derive(Default)]
 struct State {
     sequence: Option<u64>,
+    epoch: Option<String>,
+    replaced: std::collections::VecDeque<String>,
     last_attempt: Option<u64>,
+    stale_reported: bool,
+}
+
+impl State {
+    /// Checks a bundle's sequence and epoch against what was accepted before.
+    fn admit(&self, sequence: Option<u64>, epoch: Option<&str>) -> Result<(), Error> {
+        if let Some(epoch) = epoch {
+            if self.replaced.iter().any(|old| old == epoch) {
+                return Err(unavailable("bundle of a key store that was replaced (rollback refused)"));
+            }
+            if self.epoch.as_deref().is_some_and(|current| current != epoch) {
+                // A new key store: its sequence starts over.
+                return Ok(());
+            }
+        }
+        if let (Some(seen), Some(new)) = (self.sequence, sequence)
+            && new < seen
+        {
+            return Err(unavailable(format!("bundle sequence went backwards ({new} < {seen})")));
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, sequence: Option<u64>, epoch: Option<String>) {
+        if let Some(epoch) = epoch {
+            if self.epoch.as_ref().is_some_and(|current| *current != epoch) {
+                tracing::warn!(new_epoch = %epoch, "wimse: the identity server's key store was replaced; following its new keys");
+                if let Some(old) = self.epoch.take() {
+                    self.replaced.push_back(old);
+                }
+                if self.replaced.len() > REPLACED_EPOCHS {
+                    self.replaced.pop_front();
+                }
+                self.sequence = None;
+            }
+            self.epoch = Some(epoch);
+        }
+        self.sequence = sequence.or(self.sequence);
+    }
 }
 
 impl std::fmt::Debug for BundleSource {
@@ -64,15 +121,18 @@ fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 
 impl BundleSource {
     /// Fetches `domain`'s bundle from `url`. Defaults: keys go stale one hour after the last
-    /// successful fetch; at most one early refresh every 10 seconds.
+    /// successful fetch; at most one early refresh (or retry after a failure) every 10 seconds;
+    /// 10 seconds per fetch.
     pub fn new(domain: TrustDomain, url: impl Into<String>) -> Self {
         Self {
             domain,
             url: url.into(),
-            client: reqwest::Client::new(),
+            client: std::sync::OnceLock::new(),
             max_stale: 3600,
             min_interval: 10,
+            timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            health: Health::new(60),
             state: Mutex::new(State::default()),
         }
     }
@@ -83,15 +143,22 @@ impl BundleSource {
         self
     }
 
-    /// The shortest time between two early refreshes, in seconds.
+    /// The shortest time between two early refreshes, and the wait before retrying a failed
+    /// one, in seconds.
     pub fn min_interval(mut self, secs: u64) -> Self {
         self.min_interval = secs;
         self
     }
 
-    /// Uses this HTTP client (for TLS settings, proxies, timeouts).
-    pub fn with_client(mut self, client: reqwest::Client) -> Self {
-        self.client = client;
+    /// The longest one fetch may take, answer included.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Uses this HTTP client (for TLS settings, proxies). The fetch timeout applies on top.
+    pub fn with_client(self, client: reqwest::Client) -> Self {
+        let _ = self.client.set(client);
         self
     }
 
@@ -101,13 +168,23 @@ impl BundleSource {
         self
     }
 
-    /// Fetches the bundle once and, if it is acceptable, makes it the domain's anchors.
-    /// Returns the refresh hint in seconds.
+    /// Fetches the bundle once, within the timeout, and, if it is acceptable, makes it the
+    /// domain's anchors. Returns the refresh hint in seconds.
     pub async fn refresh(&self, trust: &TrustHandle) -> Result<u64, Error> {
-        let result = self.fetch(trust).await;
+        let result = match tokio::time::timeout(self.timeout, self.fetch(trust)).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(format!("bundle fetch: no answer within {:?}", self.timeout))),
+        };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("wimse_bundle_refreshes_total", "trust_domain" => self.domain.to_string(), "result" => outcome).increment(1);
         result
+    }
+
+    /// The HTTP client, made once (with the timeout) unless one was given.
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder().connect_timeout(self.timeout).timeout(self.timeout).build().unwrap_or_default()
+        })
     }
 
     async fn fetch(&self, trust: &TrustHandle) -> Result<u64, Error> {
@@ -116,29 +193,30 @@ impl BundleSource {
             state.last_attempt = Some(now);
         }
         let response =
-            self.client.get(&self.url).send().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
+            self.client().get(&self.url).send().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
         if !response.status().is_success() {
             return Err(unavailable(format!("bundle fetch: HTTP {}", response.status())));
         }
         let text = read_capped(response, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
         let json: Value = serde_json::from_str(&text).map_err(|_| unavailable("the bundle is not JSON"))?;
         let sequence = json.get("spiffe_sequence").and_then(Value::as_u64);
+        let epoch = json.get(STORE_EPOCH_MEMBER).and_then(Value::as_str).filter(|e| !e.is_empty() && e.len() <= 128);
         let hint = json.get("spiffe_refresh_hint").and_then(Value::as_u64).unwrap_or(300).clamp(1, 86_400);
         let mut state = self.state.lock().map_err(|_| unavailable("bundle state poisoned"))?;
-        if let (Some(seen), Some(new)) = (state.sequence, sequence)
-            && new < seen
-        {
-            return Err(unavailable(format!("bundle sequence went backwards ({new} < {seen})")));
-        }
+        state.admit(sequence, epoch)?;
         let anchors = TrustAnchors::from_spiffe_bundle_json(&text).map_err(|e| unavailable(format!("bundle: {e}")))?;
-        state.sequence = sequence.or(state.sequence);
+        state.accept(sequence, epoch.map(str::to_owned));
+        state.stale_reported = false;
         trust.set(self.domain.clone(), anchors.with_valid_until(now.saturating_add(self.max_stale)));
-        tracing::info!(trust_domain = %self.domain, sequence, "wimse: trust bundle refreshed");
+        tracing::debug!(trust_domain = %self.domain, sequence, "wimse: trust bundle refreshed");
         Ok(hint)
     }
 
     /// Refreshes in the background until the task is dropped or aborted. Until the first
     /// successful fetch the domain has no usable keys (503).
+    ///
+    /// Logs a warning when refreshing starts failing, a reminder a minute while it fails, an
+    /// error once when the anchors go stale, and one event when refreshing works again.
     pub fn spawn(self, trust: TrustHandle) -> tokio::task::JoinHandle<()> {
         if !trust.read(|store| store.get(&self.domain).is_some()) {
             trust.set(self.domain.clone(), TrustAnchors::new().with_valid_until(0));
@@ -150,16 +228,54 @@ impl BundleSource {
                 let early = trust.take_refresh_request(&self.domain) && self.early_allowed(now);
                 if now >= next || early {
                     next = match self.refresh(&trust).await {
-                        Ok(hint) => now.saturating_add(hint),
+                        Ok(hint) => {
+                            if self.health.succeeded() {
+                                tracing::info!(trust_domain = %self.domain, "wimse: trust bundle refreshed again");
+                            }
+                            now.saturating_add(hint)
+                        }
                         Err(error) => {
-                            tracing::warn!(trust_domain = %self.domain, reason = error.reason(), detail = error.detail(), "wimse: keeping the last trust bundle");
+                            self.report_failure(&error);
                             now.saturating_add(self.min_interval.max(1))
                         }
                     };
                 }
+                self.report_stale(&trust);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
+    }
+
+    fn report_failure(&self, error: &Error) {
+        match self.health.failed(self.clock.now()) {
+            Report::StartedFailing => tracing::warn!(
+                trust_domain = %self.domain,
+                reason = error.reason(),
+                detail = error.detail(),
+                "wimse: trust bundle refresh failed; keeping the last bundle until it goes stale"
+            ),
+            Report::StillFailing { left_out } => tracing::warn!(
+                trust_domain = %self.domain,
+                reason = error.reason(),
+                detail = error.detail(),
+                failures_not_logged = left_out,
+                "wimse: trust bundle refresh still failing"
+            ),
+            Report::Quiet => {}
+        }
+    }
+
+    /// Logs once when the domain's anchors go stale (verification for it now answers 503).
+    fn report_stale(&self, trust: &TrustHandle) {
+        let now = self.clock.now();
+        let stale = trust.read(|store| {
+            store.get(&self.domain).is_some_and(|anchors| !anchors.keys().is_empty() && !anchors.usable_at(now))
+        });
+        let Ok(mut state) = self.state.lock() else { return };
+        if stale && !state.stale_reported {
+            state.stale_reported = true;
+            tracing::error!(trust_domain = %self.domain, max_stale = self.max_stale, "wimse: trust bundle is stale; verification for this trust domain fails until a refresh succeeds");
+        }
     }
 
     fn early_allowed(&self, now: u64) -> bool {
@@ -167,5 +283,33 @@ impl BundleSource {
             .lock()
             .map(|s| s.last_attempt.is_none_or(|last| now >= last.saturating_add(self.min_interval)))
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+
+    #[test]
+    fn sequence_and_epoch_rules() {
+        let mut state = State::default();
+        state.admit(Some(4), Some("a")).unwrap();
+        state.accept(Some(4), Some("a".into()));
+        assert!(state.admit(Some(3), Some("a")).is_err(), "rollback within a store");
+        assert!(state.admit(Some(3), None).is_err(), "no epoch: sequence alone");
+        state.admit(Some(4), Some("a")).unwrap();
+        // The store was lost: a new epoch restarts the sequence.
+        state.admit(Some(1), Some("b")).unwrap();
+        state.accept(Some(1), Some("b".into()));
+        assert_eq!(state.sequence, Some(1));
+        state.admit(Some(2), Some("b")).unwrap();
+        assert!(state.admit(Some(9), Some("a")).is_err(), "the replaced store cannot come back");
+        assert!(state.admit(Some(0), Some("b")).is_err());
+        for i in 0..40 {
+            let epoch = format!("e{i}");
+            state.admit(Some(1), Some(&epoch)).unwrap();
+            state.accept(Some(1), Some(epoch));
+        }
+        assert!(state.replaced.len() <= super::REPLACED_EPOCHS, "bounded memory");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wimse_core::cred::{CredentialSource, Credentials};
+use wimse_core::health::{Health, Report};
 use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::time::{Clock, SystemClock};
 use wimse_core::{Error, ErrorKind};
@@ -33,10 +34,11 @@ impl Bootstrap {
         Bootstrap::TokenFile(PathBuf::from(path))
     }
 
-    fn token(&self) -> Result<String, Error> {
+    async fn token(&self) -> Result<String, Error> {
         match self {
             Bootstrap::Token(token) => Ok(token.clone()),
-            Bootstrap::TokenFile(path) => std::fs::read_to_string(path)
+            Bootstrap::TokenFile(path) => tokio::fs::read_to_string(path)
+                .await
                 .map(|t| t.trim().to_owned())
                 .map_err(|e| Error::with_detail(ErrorKind::CredentialsUnavailable, format!("{}: {e}", path.display()))),
         }
@@ -44,8 +46,13 @@ impl Bootstrap {
 }
 
 /// A [`CredentialSource`] backed by an identity server's `POST /v1/wit`: a fresh key pair per
-/// WIT (workload-creds-02 §9.4), renewed at about two thirds of its lifetime with jitter, and
-/// retried with backoff while the current WIT is still valid.
+/// WIT (workload-creds-02 §9.4), renewed between half and two thirds of its lifetime (a point
+/// drawn at random per WIT, so workloads spread out), and retried on failure with jittered
+/// backoff capped at the retry interval, before and after the WIT expired alike: the workload
+/// recovers within one retry interval of the identity server's return.
+///
+/// Every call to the identity server is bounded by a timeout, so a server that accepts
+/// connections and never answers cannot stop renewal.
 #[derive(Clone)]
 pub struct IssuerCredentials {
     inner: Arc<Inner>,
@@ -58,7 +65,16 @@ struct Inner {
     bootstrap: Bootstrap,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
-    current: RwLock<Option<(Arc<Credentials>, u64)>>,
+    timeout: Duration,
+    retry_interval: Duration,
+    health: Health,
+    current: RwLock<Option<Current>>,
+}
+
+struct Current {
+    credentials: Arc<Credentials>,
+    /// When to renew, in seconds since the epoch (fractional: the jitter is finer than a second).
+    renew_at: f64,
 }
 
 impl std::fmt::Debug for IssuerCredentials {
@@ -74,25 +90,129 @@ fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::with_detail(ErrorKind::CredentialsUnavailable, detail)
 }
 
-/// When to renew a credential issued at `issued_at` and expiring at `expires_at`: at two thirds
-/// of its lifetime, moved earlier by up to a tenth of it (`jitter` in `[0, 1)`), so replicas do
-/// not renew in lockstep.
-pub fn renewal_time(issued_at: u64, expires_at: u64, jitter: f64) -> u64 {
-    let lifetime = expires_at.saturating_sub(issued_at);
-    let spread = (lifetime as f64 / 10.0 * jitter.clamp(0.0, 1.0)) as u64;
-    issued_at + lifetime * 2 / 3 - spread.min(lifetime * 2 / 3)
+/// When to renew a credential issued at `issued_at` and expiring at `expires_at` (seconds):
+/// between half and two thirds of its lifetime, `jitter` in `[0, 1)` picking the point.
+pub fn renewal_time(issued_at: u64, expires_at: u64, jitter: f64) -> f64 {
+    let lifetime = expires_at.saturating_sub(issued_at) as f64;
+    issued_at as f64 + lifetime * (2.0 / 3.0 - jitter.clamp(0.0, 1.0) / 6.0)
 }
 
-fn jitter() -> f64 {
+/// How long to wait after `failures` consecutive failed attempts (1 or more): doubling from half
+/// a second, capped at `interval`, then spread over its upper half by `jitter` in `[0, 1)`.
+/// Never longer than `interval`, so a workload retries at least once per interval for as long
+/// as the identity server is away, and recovers within one interval of its return.
+pub fn retry_delay(failures: u32, interval: Duration, jitter: f64) -> Duration {
+    let doubled = Duration::from_millis(500).saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    doubled.min(interval).mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A number in `[0, 1)` that differs between processes and calls. Not for secrets: it only
+/// spreads renewals and retries.
+pub(crate) fn jitter() -> f64 {
     use std::hash::{BuildHasher, RandomState};
-    // Not for secrets: only to spread renewals.
-    (RandomState::new().hash_one(std::time::SystemTime::now()) % 1000) as f64 / 1000.0
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded from the OS once per thread, then varied per instance.
+    let seed = (CALLS.fetch_add(1, Ordering::Relaxed), std::time::SystemTime::now());
+    (RandomState::new().hash_one(seed) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Settings of [`IssuerCredentials`] before the first WIT is obtained.
+#[derive(Debug)]
+pub struct IssuerCredentialsBuilder {
+    url: String,
+    sub: String,
+    bootstrap: Bootstrap,
+    client: Option<reqwest::Client>,
+    clock: Arc<dyn Clock>,
+    timeout: Duration,
+    retry_interval: Duration,
+}
+
+impl IssuerCredentialsBuilder {
+    /// Uses this HTTP client (TLS settings, proxies). The per-call timeout applies on top.
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Uses another clock.
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The longest one call to the identity server may take, answer included. Default 10 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest wait between two attempts while renewal fails. Default 10 s.
+    pub fn retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Obtains the first WIT.
+    pub async fn connect(self) -> Result<IssuerCredentials, Error> {
+        let client = match self.client {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .connect_timeout(self.timeout)
+                .timeout(self.timeout)
+                .build()
+                .map_err(|e| unavailable(format!("HTTP client: {e}")))?,
+        };
+        let source = IssuerCredentials {
+            inner: Arc::new(Inner {
+                url: self.url,
+                sub: self.sub,
+                algorithm: Algorithm::ES256,
+                bootstrap: self.bootstrap,
+                client,
+                clock: self.clock,
+                timeout: self.timeout,
+                retry_interval: self.retry_interval,
+                health: Health::new(60),
+                current: RwLock::new(None),
+            }),
+        };
+        source.renew().await?;
+        Ok(source)
+    }
+}
+
+/// A failed call to the identity server, with its `Retry-After` if it sent one.
+struct Refused {
+    error: Error,
+    retry_after: Option<u64>,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Self { error, retry_after: None }
+    }
 }
 
 impl IssuerCredentials {
-    /// Obtains a first WIT for `sub` from the identity server at `url` (its base URL).
+    /// Settings for credentials of `sub` from the identity server at `url` (its base URL).
+    pub fn builder(url: impl Into<String>, sub: impl Into<String>, bootstrap: Bootstrap) -> IssuerCredentialsBuilder {
+        IssuerCredentialsBuilder {
+            url: url.into(),
+            sub: sub.into(),
+            bootstrap,
+            client: None,
+            clock: Arc::new(SystemClock),
+            timeout: Duration::from_secs(10),
+            retry_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// Obtains a first WIT for `sub` from the identity server at `url` (its base URL), with the
+    /// default settings.
     pub async fn connect(url: impl Into<String>, sub: impl Into<String>, bootstrap: Bootstrap) -> Result<Self, Error> {
-        Self::connect_with(url, sub, bootstrap, reqwest::Client::new(), SystemClock).await
+        Self::builder(url, sub, bootstrap).connect().await
     }
 
     /// Like [`connect`](Self::connect), with an HTTP client and a clock.
@@ -103,43 +223,49 @@ impl IssuerCredentials {
         client: reqwest::Client,
         clock: impl Clock + 'static,
     ) -> Result<Self, Error> {
-        let source = Self {
-            inner: Arc::new(Inner {
-                url: url.into(),
-                sub: sub.into(),
-                algorithm: Algorithm::ES256,
-                bootstrap,
-                client,
-                clock: Arc::new(clock),
-                current: RwLock::new(None),
-            }),
-        };
-        source.renew().await?;
-        Ok(source)
+        Self::builder(url, sub, bootstrap).client(client).clock(clock).connect().await
     }
 
-    /// Obtains a new WIT (with a new key) now.
+    /// Obtains a new WIT (with a new key) now, within the call timeout.
     pub async fn renew(&self) -> Result<(), Error> {
+        self.try_renew().await.map_err(|refused| refused.error)
+    }
+
+    async fn try_renew(&self) -> Result<(), Refused> {
+        let inner = &self.inner;
+        match tokio::time::timeout(inner.timeout, self.obtain()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(unavailable(format!("identity server: no answer within {:?}", inner.timeout)).into()),
+        }
+    }
+
+    async fn obtain(&self) -> Result<(), Refused> {
         let inner = &self.inner;
         let key = SigningKey::generate(inner.algorithm)?;
         let body = json!({"sub": inner.sub, "jwk": key.public_jwk()});
         let response = inner
             .client
             .post(format!("{}/v1/wit", inner.url.trim_end_matches('/')))
-            .bearer_auth(inner.bootstrap.token()?)
+            .bearer_auth(inner.bootstrap.token().await?)
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
             .await
             .map_err(|e| unavailable(format!("identity server: {e}")))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT)
             .await
             .map_err(|e| unavailable(format!("identity server: {e}")))?;
         if !status.is_success() {
             let reason =
                 serde_json::from_str::<Value>(&text).ok().and_then(|v| v["reason"].as_str().map(str::to_owned));
-            return Err(unavailable(format!("identity server answered {status} ({})", reason.unwrap_or_default())));
+            let error = unavailable(format!("identity server answered {status} ({})", reason.unwrap_or_default()));
+            return Err(Refused { error, retry_after });
         }
         let issued: Value =
             serde_json::from_str(&text).map_err(|_| unavailable("identity server answer is not JSON"))?;
@@ -148,44 +274,85 @@ impl IssuerCredentials {
         let issued_at = issued["issued_at"].as_u64().unwrap_or_else(|| inner.clock.now());
         tracing::info!(sub = %credentials.subject(), expires_at = credentials.expires_at(), "wimse: obtained a WIT");
         wimse_core::cred::record_expiry(&credentials);
+        // Drawn once per WIT: workloads that obtained theirs together renew apart.
+        let renew_at = renewal_time(issued_at, credentials.expires_at(), jitter());
         *inner.current.write().map_err(|_| unavailable("credential state poisoned"))? =
-            Some((Arc::new(credentials), issued_at));
+            Some(Current { credentials: Arc::new(credentials), renew_at });
         Ok(())
     }
 
-    /// Renews in the background until the task is aborted: at [`renewal_time`], retrying with
-    /// exponential backoff (1 s to 60 s) on failure.
+    /// When the current WIT is due for renewal and when it expires (seconds).
+    fn schedule(&self) -> Option<(f64, u64)> {
+        let current = self.inner.current.read().ok()?;
+        current.as_ref().map(|c| (c.renew_at, c.credentials.expires_at()))
+    }
+
+    /// Renews in the background until the task is aborted: at [`renewal_time`], and after a
+    /// failure again after [`retry_delay`] (honouring a longer `Retry-After` from the server up
+    /// to the WIT's expiry). Logs when renewal starts failing, a reminder a minute while it
+    /// fails, once when the WIT expires, and once when renewal works again.
     pub fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {
         let source = self.clone();
         tokio::spawn(async move {
-            let mut backoff = 1u64;
+            let inner = &source.inner;
+            let mut failures = 0u32;
+            let mut expiry_reported = false;
             loop {
-                let due = source
-                    .inner
-                    .current
-                    .read()
-                    .ok()
-                    .and_then(|c| c.as_ref().map(|(c, issued)| renewal_time(*issued, c.expires_at(), jitter())))
-                    .unwrap_or(0);
-                let now = source.inner.clock.now();
-                if now < due {
-                    tokio::time::sleep(Duration::from_secs((due - now).min(60))).await;
+                let now = inner.clock.now();
+                let schedule = source.schedule();
+                let wait = schedule.map_or(0.0, |(renew_at, _)| renew_at - now as f64);
+                if failures == 0 && wait > 0.0 {
+                    // Re-checked at least every 30 s, so clock changes are noticed.
+                    tokio::time::sleep(Duration::from_secs_f64(wait.min(30.0))).await;
                     continue;
                 }
-                match source.renew().await {
-                    Ok(()) => backoff = 1,
-                    Err(error) => {
-                        tracing::warn!(
-                            reason = error.reason(),
-                            detail = error.detail(),
-                            "wimse: WIT renewal failed; retrying"
-                        );
-                        tokio::time::sleep(Duration::from_secs(backoff)).await;
-                        backoff = (backoff * 2).min(60);
+                match source.try_renew().await {
+                    Ok(()) => {
+                        if inner.health.succeeded() {
+                            tracing::info!(sub = %inner.sub, failed_attempts = failures, "wimse: WIT renewal works again");
+                        }
+                        failures = 0;
+                        expiry_reported = false;
+                    }
+                    Err(refused) => {
+                        failures = failures.saturating_add(1);
+                        let now = inner.clock.now();
+                        source.report_failure(&refused.error, now);
+                        let expires_at = schedule.map_or(0, |(_, expires_at)| expires_at);
+                        if now >= expires_at && !expiry_reported {
+                            expiry_reported = true;
+                            tracing::error!(sub = %inner.sub, "wimse: the WIT expired and could not be renewed; requests cannot be signed until the identity server answers");
+                        }
+                        let mut delay = retry_delay(failures, inner.retry_interval, jitter());
+                        // A rate-limited workload waits as told, but not past its WIT's expiry.
+                        if let Some(after) = refused.retry_after {
+                            let until_expiry = expires_at.saturating_sub(now);
+                            delay = delay.max(Duration::from_secs(after.min(until_expiry)));
+                        }
+                        tokio::time::sleep(delay).await;
                     }
                 }
             }
         })
+    }
+
+    fn report_failure(&self, error: &Error, now: u64) {
+        match self.inner.health.failed(now) {
+            Report::StartedFailing => tracing::warn!(
+                sub = %self.inner.sub,
+                reason = error.reason(),
+                detail = error.detail(),
+                "wimse: WIT renewal failed; retrying"
+            ),
+            Report::StillFailing { left_out } => tracing::warn!(
+                sub = %self.inner.sub,
+                reason = error.reason(),
+                detail = error.detail(),
+                failures_not_logged = left_out,
+                "wimse: WIT renewal still failing"
+            ),
+            Report::Quiet => {}
+        }
     }
 }
 
@@ -193,7 +360,7 @@ impl CredentialSource for IssuerCredentials {
     fn credentials(&self, now: u64) -> Result<Arc<Credentials>, Error> {
         let current = self.inner.current.read().map_err(|_| unavailable("credential state poisoned"))?;
         match current.as_ref() {
-            Some((credentials, _)) if now < credentials.expires_at() => Ok(credentials.clone()),
+            Some(current) if now < current.credentials.expires_at() => Ok(current.credentials.clone()),
             _ => Err(unavailable("the WIT expired and was not renewed")),
         }
     }
@@ -201,8 +368,10 @@ impl CredentialSource for IssuerCredentials {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn kubernetes_bootstrap_path() {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn kubernetes_bootstrap_path() {
         match super::Bootstrap::kubernetes() {
             super::Bootstrap::TokenFile(path) => {
                 let expected = std::env::var_os("WIMSE_BOOTSTRAP_TOKEN_FILE")
@@ -212,15 +381,41 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(super::Bootstrap::TokenFile("/nonexistent/token".into()).token().is_err());
+        assert!(super::Bootstrap::TokenFile("/nonexistent/token".into()).token().await.is_err());
     }
 
     #[test]
-    fn renewal_happens_at_two_thirds_minus_jitter() {
-        assert_eq!(super::renewal_time(1000, 4000, 0.0), 3000);
-        assert_eq!(super::renewal_time(1000, 4000, 0.999), 2701);
-        assert_eq!(super::renewal_time(1000, 1000, 0.5), 1000);
-        let j = super::jitter();
-        assert!((0.0..1.0).contains(&j));
+    fn renewal_happens_between_half_and_two_thirds() {
+        assert_eq!(super::renewal_time(1000, 4000, 0.0), 3000.0);
+        assert!((super::renewal_time(1000, 4000, 0.999) - 2500.5).abs() < 0.01);
+        assert_eq!(super::renewal_time(1000, 1000, 0.5), 1000.0);
+    }
+
+    #[test]
+    fn jitter_spreads_workloads() {
+        let draws: Vec<f64> = (0..1000).map(|_| super::jitter()).collect();
+        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
+        // A thousand draws fill all ten deciles: not rounded, not constant.
+        for decile in 0..10 {
+            let low = decile as f64 / 10.0;
+            assert!(draws.iter().any(|&j| j >= low && j < low + 0.1), "nothing in [{low}, {})", low + 0.1);
+        }
+        let mut distinct = draws.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        assert!(distinct.len() > 990);
+    }
+
+    #[test]
+    fn retries_back_off_up_to_the_interval_and_stay_there() {
+        let interval = Duration::from_secs(10);
+        assert_eq!(super::retry_delay(1, interval, 0.999_999).as_millis(), 499);
+        assert_eq!(super::retry_delay(1, interval, 0.0), Duration::from_millis(250));
+        assert_eq!(super::retry_delay(3, interval, 0.0), Duration::from_secs(1));
+        for failures in [6, 7, 50, u32::MAX] {
+            let delay = super::retry_delay(failures, interval, 0.0);
+            assert_eq!(delay, Duration::from_secs(5), "after {failures} failures");
+            assert!(super::retry_delay(failures, interval, 0.999_999) <= interval);
+        }
     }
 }

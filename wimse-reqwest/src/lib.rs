@@ -34,8 +34,10 @@ mod issuer_source;
 use std::fmt;
 use std::sync::Arc;
 
-pub use bundle::BundleSource;
-pub use issuer_source::{Bootstrap, IssuerCredentials, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time};
+pub use bundle::{BundleSource, STORE_EPOCH_MEMBER};
+pub use issuer_source::{
+    Bootstrap, IssuerCredentials, IssuerCredentialsBuilder, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
+};
 
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
@@ -104,8 +106,9 @@ pub fn audience_for_url(url: &Url) -> String {
     aud.to_string()
 }
 
+/// A response that failed its checks (each one is an event worth a log line: a peer answered).
 fn middleware_error(error: Error) -> reqwest_middleware::Error {
-    tracing::warn!(reason = error.reason(), detail = error.detail(), "wimse: request failed on the client");
+    tracing::warn!(reason = error.reason(), detail = error.detail(), "wimse: response refused on the client");
     reqwest_middleware::Error::middleware(error)
 }
 
@@ -294,7 +297,17 @@ impl WimseMiddleware {
 impl Middleware for WimseMiddleware {
     async fn handle(&self, mut req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
         let mode = extensions.get::<ProofMode>().copied().unwrap_or(self.mode);
-        let signature = self.sign(&mut req, extensions, mode).map_err(middleware_error)?;
+        let signature = match self.sign(&mut req, extensions, mode) {
+            Ok(signature) => {
+                self.signer.signed();
+                signature
+            }
+            Err(error) => {
+                // Rate-limited: a credential outage must not log once per request.
+                self.signer.log_failure(&error);
+                return Err(reqwest_middleware::Error::middleware(error));
+            }
+        };
         let request = (req.method().clone(), req.url().clone(), req.headers().clone());
         let response = next.run(req, extensions).await?;
         self.check_response(response, request, signature).await.map_err(middleware_error)

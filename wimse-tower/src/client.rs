@@ -87,9 +87,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.layer.sign(&mut req) {
-            Ok(()) => SignFuture { future: Some(self.inner.call(req)), error: None },
+            Ok(()) => {
+                self.layer.signer.signed();
+                SignFuture { future: Some(self.inner.call(req)), error: None }
+            }
             Err(e) => {
-                tracing::warn!(reason = e.reason(), detail = e.detail(), "wimse: could not sign request");
+                // Rate-limited: a credential outage must not log once per request.
+                self.layer.signer.log_failure(&e);
                 SignFuture { future: None, error: Some(e) }
             }
         }

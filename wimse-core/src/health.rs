@@ -1,0 +1,114 @@
+//! Logging a recurring failure without flooding: one event when something starts failing, at
+//! most one reminder per interval while it keeps failing (with how many were left out), and one
+//! event when it recovers.
+//!
+//! ```
+//! use wimse_core::health::{Health, Report};
+//!
+//! let health = Health::new(60);
+//! assert_eq!(health.failed(1_000), Report::StartedFailing);
+//! assert_eq!(health.failed(1_001), Report::Quiet);
+//! assert_eq!(health.failed(1_060), Report::StillFailing { left_out: 1 });
+//! assert!(health.succeeded());
+//! assert!(!health.succeeded(), "one recovery event");
+//! ```
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The state of one recurring operation (a background refresh, request signing).
+#[derive(Debug)]
+pub struct Health {
+    remind_every: u64,
+    /// Mirrors `state.failing`, so that a success on a hot path costs one atomic load.
+    failing: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    failing: bool,
+    last_report: u64,
+    left_out: u64,
+}
+
+/// What to log about one failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// It was healthy until now: log it.
+    StartedFailing,
+    /// It is still failing and a reminder is due: log it, with the number of failures left out since the last one.
+    StillFailing {
+        /// Failures not logged since the last event.
+        left_out: u64,
+    },
+    /// Logged recently: stay quiet.
+    Quiet,
+}
+
+impl Health {
+    /// Reminds at most once every `remind_every` seconds while failing.
+    pub fn new(remind_every: u64) -> Self {
+        Self { remind_every, failing: AtomicBool::new(false), state: Mutex::new(State::default()) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Counters only: a panic elsewhere cannot leave them in a state worth refusing.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a failure at `now` (seconds) and says whether to log it.
+    pub fn failed(&self, now: u64) -> Report {
+        let mut state = self.state();
+        if !state.failing {
+            *state = State { failing: true, last_report: now, left_out: 0 };
+            self.failing.store(true, Ordering::Release);
+            return Report::StartedFailing;
+        }
+        if now >= state.last_report.saturating_add(self.remind_every) {
+            let left_out = std::mem::take(&mut state.left_out);
+            state.last_report = now;
+            return Report::StillFailing { left_out };
+        }
+        state.left_out += 1;
+        Report::Quiet
+    }
+
+    /// Records a success; true when it was failing until now (log the recovery).
+    pub fn succeeded(&self) -> bool {
+        if !self.failing.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut state = self.state();
+        self.failing.store(false, Ordering::Release);
+        std::mem::replace(&mut state.failing, false)
+    }
+
+    /// Whether the last outcome was a failure.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Health, Report};
+
+    #[test]
+    fn one_event_per_state_change_and_rare_reminders() {
+        let health = Health::new(10);
+        assert!(!health.succeeded(), "healthy from the start: nothing to report");
+        assert_eq!(health.failed(100), Report::StartedFailing);
+        assert!(health.is_failing());
+        for now in 101..110 {
+            assert_eq!(health.failed(now), Report::Quiet);
+        }
+        assert_eq!(health.failed(110), Report::StillFailing { left_out: 9 });
+        assert_eq!(health.failed(111), Report::Quiet);
+        assert_eq!(health.failed(125), Report::StillFailing { left_out: 1 });
+        assert!(health.succeeded());
+        assert!(!health.is_failing());
+        assert!(!health.succeeded());
+        assert_eq!(health.failed(126), Report::StartedFailing, "a new outage is reported at once");
+    }
+}
