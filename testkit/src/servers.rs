@@ -1,5 +1,5 @@
 //! External servers the tests start themselves, on loopback: `redis-server` alone or as a
-//! three-node Redis Cluster.
+//! three-node Redis Cluster, and a throwaway PostgreSQL cluster.
 //!
 //! A test that needs a server it cannot find prints `skipped: <server> not found` and passes,
 //! unless `WIMSE_REQUIRE_<SERVER>=1` is set (`.ci/run` installs the servers and sets it), in
@@ -242,6 +242,192 @@ impl RedisCluster {
     /// Keys held across the cluster.
     pub fn key_count(&self) -> usize {
         self.nodes.iter().map(RedisServer::key_count).sum()
+    }
+}
+
+/// The processes whose parent is `parent` (from `/proc`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    .is_some_and(|ppid| ppid == parent)
+            })
+        })
+        .collect()
+}
+
+/// Finds PostgreSQL's server binaries: `postgres` on `PATH`, else the newest
+/// `/usr/lib/postgresql/<version>/bin` (where Debian installs them, off `PATH`).
+fn find_postgres() -> Option<PathBuf> {
+    if let Some(path) = find_binary("postgres") {
+        return Some(path.canonicalize().unwrap_or(path));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, entry.path().join("bin/postgres"))))
+        .filter(|(_, path)| path.is_file())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, path)| path)
+}
+
+fn output(command: &mut Command) -> String {
+    let out = command.output().expect("command runs");
+    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A throwaway PostgreSQL cluster: `initdb` into a temporary directory, `postgres` on a
+/// loopback port with trust authentication for the local user `wimse`, its socket inside its
+/// data directory, no fsync. As root (which PostgreSQL refuses), it runs as the `postgres`
+/// user, else `nobody`. It and its backends are killed when dropped.
+#[derive(Debug)]
+pub struct PostgresServer {
+    bin: PathBuf,
+    dir: TempDir,
+    port: u16,
+    /// uid and gid to run as, when the tests run as root.
+    run_as: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl PostgresServer {
+    /// Creates and starts one on a free port, or `None` (the test is skipped, printing
+    /// `skipped: postgres not found`) when PostgreSQL is not installed and
+    /// `WIMSE_REQUIRE_POSTGRES` is not set.
+    pub fn start() -> Option<Self> {
+        let Some(postgres) = find_postgres() else {
+            // Not on PATH either: prints the skip line, or panics when it is required.
+            require_binary("postgres", "POSTGRES");
+            return None;
+        };
+        let bin = postgres.parent().expect("bin directory").to_path_buf();
+        let dir = TempDir::new("wimse-postgres");
+        let run_as = (output(Command::new("id").arg("-u")) == "0").then(|| {
+            let user = if output(Command::new("getent").arg("passwd")).lines().any(|l| l.starts_with("postgres:")) {
+                "postgres"
+            } else {
+                "nobody"
+            };
+            let uid = output(Command::new("id").args(["-u", user])).parse().expect("uid");
+            let gid = output(Command::new("id").args(["-g", user])).parse().expect("gid");
+            (uid, gid)
+        });
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster directory");
+        }
+        let mut server = Self { bin, dir, port: free_port(), run_as, child: None };
+        let data = server.data();
+        let status = server
+            .command("initdb")
+            .args(["-D", &data, "-U", "wimse", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        server.restart();
+        Some(server)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// A command for one of the server binaries, as the unprivileged user when needed.
+    fn command(&self, binary: &str) -> Command {
+        let program = self.bin.join(binary);
+        let mut command = match self.run_as {
+            Some((uid, gid)) => {
+                // setpriv execs in place: the process is PostgreSQL itself, so signals reach it.
+                let mut command = Command::new("setpriv");
+                command.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={gid}"),
+                    "--clear-groups".to_owned(),
+                    "--".to_owned(),
+                ]);
+                command.arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        command.current_dir(self.dir.path());
+        command
+    }
+
+    /// A libpq connection string for the database `postgres` as user `wimse`.
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=wimse dbname=postgres connect_timeout=5", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Starts it (again) on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let data = self.data();
+        let mut command = self.command("postgres");
+        command
+            .args(["-D", &data, "-p", &self.port.to_string(), "-k", &data])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(command.spawn().expect("postgres starts"));
+        // Accepting TCP is not yet accepting queries; callers retry their first connection.
+        wait_for_port(self.port);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Signals the server and every process it started (each backend is a process group of
+    /// its own, so signalling the group is not enough).
+    fn signal_group(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let mut pids = vec![child.id()];
+        pids.extend(children_of(child.id()));
+        let status = Command::new("kill").arg(format!("-{name}")).args(pids.iter().map(u32::to_string)).status();
+        assert!(status.is_ok(), "kill -{name} failed");
+    }
+
+    /// Freezes every process of the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal_group("STOP");
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_group("CONT");
+    }
+
+    /// Stops it (fast shutdown; the data stays).
+    pub fn stop(&mut self) {
+        if self.child.is_some() {
+            self.signal_group("CONT");
+            self.signal_group("INT");
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let mut pids = vec![child.id()];
+            pids.extend(children_of(child.id()));
+            let _ = Command::new("kill").arg("-KILL").args(pids.iter().map(u32::to_string)).status();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -48,8 +48,6 @@ use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
 
-#[cfg(feature = "issuer")]
-pub mod issuer;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub use wimse_tower::{RequirePolicyLayer, WimseLayer, WimseSignLayer};

@@ -118,8 +118,19 @@ struct Output {
 
 type CliResult = Result<ExitCode, String>;
 
+/// Logs to standard error, filtered by `RUST_LOG`; by default the identity server logs at
+/// `info` (start, key creation, rotation, store loss, issuance), other commands only errors
+/// (their answer is their output).
+fn install_logging(serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if serving { "info" } else { "error" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_logging(matches!(cli.command, Command::Issuer(_)));
     let result = match cli.command {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),

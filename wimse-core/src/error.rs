@@ -168,6 +168,9 @@ pub enum ErrorKind {
     /// The replay store cannot answer (unreachable, too slow, or recovering from lost state) and
     /// fails closed.
     ReplayCacheUnavailable,
+    /// The identity server's key store (its file, or PostgreSQL) cannot be read or written:
+    /// nothing is issued until it answers.
+    KeyStoreUnavailable,
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull,
     /// The caller holds its whole share of the replay store's live entries (429 with
@@ -262,6 +265,7 @@ impl ErrorKind {
             RateLimited => "rate_limited",
             TrustAnchorsUnavailable => "trust_anchors_unavailable",
             ReplayCacheUnavailable => "replay_cache_unavailable",
+            KeyStoreUnavailable => "key_store_unavailable",
             InvalidKey => "invalid_key",
             InvalidConfiguration => "invalid_configuration",
             BodyNotSupplied => "body_not_supplied",
@@ -340,6 +344,7 @@ impl ErrorKind {
             RateLimited => "too many requests",
             TrustAnchorsUnavailable => "the trust domain's keys are not available",
             ReplayCacheUnavailable => "the replay cache is unavailable",
+            KeyStoreUnavailable => "the identity server's key store is unavailable",
             InvalidKey => "invalid key",
             InvalidConfiguration => "invalid configuration",
             BodyNotSupplied => "the message body was not given to the verifier",

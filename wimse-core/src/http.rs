@@ -187,7 +187,7 @@ impl Rejection {
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
             SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),
             SignedResponseUnavailable => (StatusCode::BAD_REQUEST, false),
-            ReplayCacheFull | TrustAnchorsUnavailable | ReplayCacheUnavailable => {
+            ReplayCacheFull | TrustAnchorsUnavailable | ReplayCacheUnavailable | KeyStoreUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, false)
             }
             ReplayQuotaExceeded | RateLimited => (StatusCode::TOO_MANY_REQUESTS, false),

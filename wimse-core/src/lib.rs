@@ -31,7 +31,6 @@ pub mod health;
 pub mod http;
 pub mod httpsig;
 pub mod id;
-pub mod issuer;
 pub mod jose;
 pub mod policy;
 pub mod rate;

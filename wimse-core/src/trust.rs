@@ -32,6 +32,11 @@ impl Default for TrustAnchors {
     }
 }
 
+/// The SPIFFE bundle member in which a WIMSE identity server names its key store (a random
+/// identifier made with the store): verifiers accept a new store's keys after a disaster, and
+/// refuse a replaced store's return. A JWK Set member other consumers ignore (RFC 7517 §5).
+pub const STORE_EPOCH_MEMBER: &str = "wimse_key_store_epoch";
+
 fn config_error(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::with_detail(ErrorKind::InvalidConfiguration, detail)
 }
@@ -121,7 +126,8 @@ impl TrustAnchors {
 
     /// Chooses the key for a token signed with `alg` and carrying `kid` (creds §3): with `kid`,
     /// the key with that exact id; without, the only key that accepts `alg`.
-    pub(crate) fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&PublicKey> {
+    /// Fails when `alg` is not allowed, or when no key or more than one key fits.
+    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&PublicKey> {
         if !self.algorithms.contains(&alg) {
             return Err(Error::with_detail(ErrorKind::DisallowedAlgorithm, format!("alg {alg}")));
         }

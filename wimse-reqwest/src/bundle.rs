@@ -36,9 +36,7 @@ pub struct BundleSource {
     state: Mutex<State>,
 }
 
-/// The bundle member naming the identity server's key store (a random identifier made with the
-/// store): `"wimse_key_store_epoch"`. A JWK Set member that other SPIFFE consumers ignore.
-pub const STORE_EPOCH_MEMBER: &str = "wimse_key_store_epoch";
+pub use wimse_core::trust::STORE_EPOCH_MEMBER;
 
 /// Epochs remembered as replaced, to refuse their return.
 const REPLACED_EPOCHS: usize = 16;

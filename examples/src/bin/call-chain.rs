@@ -25,12 +25,12 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde_json::{Value, json};
-use wimse_core::issuer::IssuerConfig;
 use wimse_core::prelude::*;
 use wimse_core::trust::TrustHandle;
 use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
+use wimse_issuer::IssuerConfig;
 use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, ProofMode, WimseMiddleware};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -87,10 +87,11 @@ impl IdentityServer {
                           "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600,
                           "subject_trust_domain": "spiffe://partner.example"}]
         }))?;
-        let server = Arc::new(wimse_core::issuer::IdentityServer::new(config, SystemClock)?);
+        let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await?);
+        let _maintenance = server.spawn_maintenance();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(async move { axum::serve(listener, wimse_axum::issuer::router(server)).await });
+        tokio::spawn(async move { axum::serve(listener, wimse_issuer::router(server)).await });
 
         // Verifiers follow the published bundle: fetched now, then refreshed in the background.
         let trust = TrustHandle::default();

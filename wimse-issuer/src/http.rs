@@ -1,4 +1,4 @@
-//! The identity server's HTTP API (feature `issuer`), over [`wimse_core::issuer::IdentityServer`].
+//! The identity server's HTTP API (axum), over [`IdentityServer`].
 //!
 //! | route | what |
 //! |---|---|
@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::{IdentityServer, JWT_TOKEN_TYPE};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +19,6 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use wimse_core::http::Rejection;
-use wimse_core::issuer::{IdentityServer, JWT_TOKEN_TYPE};
 use wimse_core::jose::Jwk;
 use wimse_core::{Error, ErrorKind};
 
@@ -77,7 +77,7 @@ async fn issue_wit(
     let Some(bootstrap) = bearer(&headers) else {
         return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
     };
-    match server.issue_wit(bootstrap, &request.sub, &request.jwk, request.lifetime) {
+    match server.issue_wit(bootstrap, &request.sub, &request.jwk, request.lifetime).await {
         Ok(issued) => Json(issued).into_response(),
         Err(error) => problem(&error),
     }
@@ -113,7 +113,7 @@ async fn token_exchange(State(server): State<Arc<IdentityServer>>, Form(request)
         Ok(jwk) => jwk,
         Err(error) => return oauth_error(&error),
     };
-    match server.exchange(&request.subject_token, &request.subject_token_type, &jwk) {
+    match server.exchange(&request.subject_token, &request.subject_token_type, &jwk).await {
         Ok(issued) => Json(serde_json::json!({
             "access_token": issued.wit,
             "issued_token_type": JWT_TOKEN_TYPE,
@@ -166,7 +166,7 @@ async fn issue_wic(
     let Ok(spki) = base64::engine::general_purpose::STANDARD.decode(&request.spki) else {
         return problem(&Error::with_detail(ErrorKind::InvalidKey, "spki is not base64"));
     };
-    match server.issue_wic(bootstrap, &request.sub, &spki, usage, &request.dns, &request.ip) {
+    match server.issue_wic(bootstrap, &request.sub, &spki, usage, &request.dns, &request.ip).await {
         Ok((chain, expires_at)) => {
             Json(serde_json::json!({"chain_pem": chain_to_pem(&chain), "expires_at": expires_at})).into_response()
         }
@@ -181,23 +181,19 @@ async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
     }
 }
 
+// Bundles are served from memory: rotation runs on a timer (`IdentityServer::spawn_maintenance`),
+// and verification keeps working while the key store is unreachable.
 async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
-    if let Err(error) = server.rotate_if_due() {
-        return problem(&error);
-    }
     Json(server.jwks()).into_response()
 }
 
 async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
-    if let Err(error) = server.rotate_if_due() {
-        return problem(&error);
-    }
     Json(server.spiffe_bundle()).into_response()
 }
 
 /// The HTTP API of `server`. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so the per-source-address limits
-/// apply (see [`IssuerConfig::rate_limits`](wimse_core::issuer::IssuerConfig::rate_limits)).
+/// apply (see [`IssuerConfig::rate_limits`](crate::IssuerConfig::rate_limits)).
 pub fn router(server: Arc<IdentityServer>) -> Router {
     let issuance = Router::new()
         .route("/v1/wit", post(issue_wit))

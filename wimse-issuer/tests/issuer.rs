@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use wimse_core::issuer::{IdentityServer, IssuerConfig};
 use wimse_core::jose::{Backend, jws};
 use wimse_core::prelude::*;
 use wimse_core::wit::{WitValidation, validate_wit};
+use wimse_issuer::{IdentityServer, IssuerConfig};
 
 const NOW: u64 = 1_800_000_000;
 const PLATFORM_ISS: &str = "https://kubernetes.default.svc";
@@ -56,7 +56,7 @@ fn store_path(name: &str) -> std::path::PathBuf {
 async fn serve(server: Arc<IdentityServer>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = wimse_axum::issuer::router(server).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = wimse_issuer::router(server).into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     base
 }
@@ -84,7 +84,7 @@ async fn issuance_policy_bootstrap_and_bundles() {
     let platform = Platform::new();
     let clock = Arc::new(FixedClock::new(NOW));
     let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("policy"))).unwrap();
-    let server = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    let server = Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap());
     let base = serve(server).await;
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let payments = "spiffe://prod.example/ns/prod/sa/payments";
@@ -156,7 +156,7 @@ async fn rotation_with_overlap_and_restart() {
     let store = store_path("rotation");
     let clock = Arc::new(FixedClock::new(NOW));
     let config: IssuerConfig = serde_json::from_value(config(&platform, &store)).unwrap();
-    let server = Arc::new(IdentityServer::new(config.clone(), clock.clone()).unwrap());
+    let server = Arc::new(IdentityServer::open(config.clone(), clock.clone()).await.unwrap());
     let base = serve(server.clone()).await;
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let payments = "spiffe://prod.example/ns/prod/sa/payments";
@@ -168,6 +168,7 @@ async fn rotation_with_overlap_and_restart() {
     // Issued late in the first key's period, so it outlives the rotation. By then the next key
     // is already published (two refresh hints ahead), but does not sign yet.
     clock.set(NOW + 3000);
+    server.maintain().await.unwrap();
     let first = request_wit(&base, &platform.token(PLATFORM_ISS, sa, NOW + 7200), payments, &key).await.1["wit"]
         .as_str()
         .unwrap()
@@ -177,6 +178,7 @@ async fn rotation_with_overlap_and_restart() {
 
     // Past the rotation period: a new key signs, the old one stays published for its WITs.
     clock.set(NOW + 3601);
+    server.maintain().await.unwrap();
     let second = request_wit(&base, &platform.token(PLATFORM_ISS, sa, NOW + 7200), payments, &key).await.1["wit"]
         .as_str()
         .unwrap()
@@ -191,7 +193,7 @@ async fn rotation_with_overlap_and_restart() {
     assert_ne!(kid(&first), kid(&second));
 
     // A restarted server (same key store) still publishes the keys of what it issued.
-    let restarted = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    let restarted = Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap());
     validate(
         &second,
         &restarted.anchors().map(|a| TrustStore::new().with("spiffe://prod.example".parse().unwrap(), a)).unwrap(),
@@ -201,7 +203,7 @@ async fn rotation_with_overlap_and_restart() {
 
     // Once nothing the old key signed can be valid, it is dropped from the bundle.
     clock.set(NOW + 3601 + 3600 + 1800 + 1);
-    server.rotate_if_due().unwrap();
+    server.maintain().await.unwrap();
     let later: Value = reqwest::get(format!("{base}/v1/bundle/spiffe")).await.unwrap().json().await.unwrap();
     assert!(later["keys"].as_array().unwrap().iter().all(|k| k["kid"] != kid(&first).as_str()));
 }
@@ -209,16 +211,16 @@ async fn rotation_with_overlap_and_restart() {
 /// The key store holds private keys: written owner-only through an exclusive temporary file,
 /// and refused at start when others may read it.
 #[cfg(unix)]
-#[test]
-fn the_key_store_is_private() {
+#[tokio::test]
+async fn the_key_store_is_private() {
     use std::os::unix::fs::PermissionsExt as _;
     let platform = Platform::new();
     let path = store_path("modes");
     let load = || {
         let config: IssuerConfig = serde_json::from_value(config(&platform, &path)).unwrap();
-        IdentityServer::new(config, FixedClock::new(NOW))
+        IdentityServer::open(config, FixedClock::new(NOW))
     };
-    load().unwrap();
+    load().await.unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
@@ -227,50 +229,51 @@ fn the_key_store_is_private() {
         .collect();
     assert!(leftovers.is_empty(), "no temporary file is left behind");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = load().unwrap_err();
+    let err = load().await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
     assert!(err.detail().unwrap().contains("chmod 600"), "{err:?}");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    load().unwrap();
+    load().await.unwrap();
 }
 
-#[test]
-fn bad_configuration_names_the_field() {
+#[tokio::test]
+async fn bad_configuration_names_the_field() {
     let platform = Platform::new();
     let base = config(&platform, &store_path("config"));
-    let check = |patch: &dyn Fn(&mut Value), field: &str| {
+    let check = async |patch: &dyn Fn(&mut Value), field: &str| {
         let mut value = base.clone();
         patch(&mut value);
         let config: IssuerConfig = serde_json::from_value(value).unwrap();
-        let err = IdentityServer::new(config, FixedClock::new(NOW)).unwrap_err();
+        let err = IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
         assert!(err.detail().unwrap().starts_with(field), "{err:?}");
     };
-    check(&|v| v["trust_domain"] = "prod.example".into(), "trust_domain");
-    check(&|v| v["algorithm"] = "HS256".into(), "algorithm");
-    check(&|v| v["clients"][0]["allowed"][0] = "spiffe://other.example/x".into(), "clients[0].allowed[0]");
-    check(&|v| v["clients"][0]["platform"] = "nowhere".into(), "clients[0].platform");
+    check(&|v| v["trust_domain"] = "prod.example".into(), "trust_domain").await;
+    check(&|v| v["algorithm"] = "HS256".into(), "algorithm").await;
+    check(&|v| v["clients"][0]["allowed"][0] = "spiffe://other.example/x".into(), "clients[0].allowed[0]").await;
+    check(&|v| v["clients"][0]["platform"] = "nowhere".into(), "clients[0].platform").await;
     check(
         &|v| v["clients"][1]["allowed_prefixes"][0] = "spiffe://prod.example".into(),
         "clients[1].allowed_prefixes[0]",
-    );
-    check(&|v| v["clients"][0]["max_lifetime"] = 0.into(), "clients[0].max_lifetime");
-    check(&|v| v["clients"][1]["max_wic_lifetime"] = 90_000.into(), "clients[1].max_wic_lifetime");
-    check(&|v| v["clients"][0]["allowed_dns_names"] = json!(["*.*.example"]), "clients[0].allowed_dns_names[0]");
-    check(&|v| v["platforms"][0]["max_token_lifetime"] = 0.into(), "platforms[0].max_token_lifetime");
+    )
+    .await;
+    check(&|v| v["clients"][0]["max_lifetime"] = 0.into(), "clients[0].max_lifetime").await;
+    check(&|v| v["clients"][1]["max_wic_lifetime"] = 90_000.into(), "clients[1].max_wic_lifetime").await;
+    check(&|v| v["clients"][0]["allowed_dns_names"] = json!(["*.*.example"]), "clients[0].allowed_dns_names[0]").await;
+    check(&|v| v["platforms"][0]["max_token_lifetime"] = 0.into(), "platforms[0].max_token_lifetime").await;
     check(
         &|v| {
             v["exchange"] = json!([{"name": "s", "kind": "jwt-svid", "issuer": "https://spire.x", "audience": "a",
                 "jwks": v["platforms"][0]["jwks"].clone(), "subject_template": "spiffe://prod.example/p/{path}", "max_lifetime": 60}])
         },
         "exchange[0].subject_trust_domain",
-    );
-    check(&|v| v["clients"][0]["dev_secret"] = "0123456789abcdef".into(), "clients[0]");
-    check(&|v| v["platforms"][0]["jwks"] = json!({"keys": []}), "platforms[0].jwks");
+    ).await;
+    check(&|v| v["clients"][0]["dev_secret"] = "0123456789abcdef".into(), "clients[0]").await;
+    check(&|v| v["platforms"][0]["jwks"] = json!({"keys": []}), "platforms[0].jwks").await;
     check(
         &|v| v["clients"][0] = json!({"name": "dev", "dev_secret": "0123456789abcdef", "allowed": ["spiffe://prod.example/x"], "max_lifetime": 60}),
         "clients[0].dev_secret",
-    );
+    ).await;
     // Unknown fields are refused by the parser.
     let mut value = base.clone();
     value["rotation"] = 5.into();
@@ -285,10 +288,10 @@ async fn verifiers_follow_the_bundle() {
     let platform = Platform::new();
     let clock = Arc::new(FixedClock::new(NOW));
     let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("bundle"))).unwrap();
-    let server = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    let server = Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = wimse_axum::issuer::router(server.clone());
+    let app = wimse_issuer::router(server.clone());
     let serving = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let verifier =
@@ -325,6 +328,7 @@ async fn verifiers_follow_the_bundle() {
     source.refresh(verifier.trust()).await.unwrap();
     for step in 0..26u64 {
         clock.set(NOW + step * 300);
+        server.maintain().await.unwrap();
         source.refresh(verifier.trust()).await.unwrap();
         let wit = issue(clock.now()).await;
         assert_eq!(call(&wit).unwrap().as_str(), payments, "step {step}");
@@ -333,18 +337,18 @@ async fn verifiers_follow_the_bundle() {
     // The issuer goes down: the last keys serve until they are stale, then 503.
     serving.abort();
     let _ = serving.await;
-    let wit = issue_direct(&server, &platform, &key, clock.now());
+    let wit = issue_direct(&server, &platform, &key, clock.now()).await;
     assert!(source.refresh(verifier.trust()).await.is_err());
     call(&wit).unwrap();
     clock.advance(901);
-    let late = issue_direct(&server, &platform, &key, clock.now());
+    let late = issue_direct(&server, &platform, &key, clock.now()).await;
     assert_eq!(call(&late).unwrap_err().kind(), &ErrorKind::TrustAnchorsUnavailable);
     assert_eq!(wimse_core::http::Rejection::from_error(&call(&late).unwrap_err()).status(), 503);
 }
 
-fn issue_direct(server: &IdentityServer, platform: &Platform, key: &SigningKey, now: u64) -> String {
+async fn issue_direct(server: &IdentityServer, platform: &Platform, key: &SigningKey, now: u64) -> String {
     let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", now + 600);
-    server.issue_wit(&token, "spiffe://prod.example/ns/prod/sa/payments", key.public_jwk(), None).unwrap().wit
+    server.issue_wit(&token, "spiffe://prod.example/ns/prod/sa/payments", key.public_jwk(), None).await.unwrap().wit
 }
 
 /// A bundle whose sequence goes backwards is refused and the anchors stay as they were.
@@ -388,7 +392,7 @@ async fn background_refresh() {
     let platform = Platform::new();
     let clock = Arc::new(FixedClock::new(NOW));
     let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("spawn"))).unwrap();
-    let base = serve(Arc::new(IdentityServer::new(config, clock.clone()).unwrap())).await;
+    let base = serve(Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap())).await;
     let trust = wimse_core::trust::TrustHandle::default();
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
     let task = BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe"))
@@ -423,7 +427,7 @@ async fn token_exchange_profiles() {
          "subject_trust_domain": "spiffe://partner.example"}
     ]);
     let config: IssuerConfig = serde_json::from_value(config).unwrap();
-    let server = Arc::new(IdentityServer::new(config, FixedClock::new(NOW)).unwrap());
+    let server = Arc::new(IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap());
     let base = serve(server).await;
     let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
     let at = |typ: &str, sub: &str, exp: u64, aud: &str| {
@@ -554,7 +558,7 @@ async fn credentials_from_the_identity_server() {
     let clock = Arc::new(FixedClock::new(NOW));
     let store = store_path("credentials");
     let config: IssuerConfig = serde_json::from_value(config(&platform, &store)).unwrap();
-    let server = Arc::new(IdentityServer::new(config, clock.clone()).unwrap());
+    let server = Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap());
     let base = serve(server.clone()).await;
     let token_file = store.with_file_name("token");
     std::fs::write(&token_file, platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 3600))
@@ -614,7 +618,7 @@ async fn wic_issuance() {
     let mut value = config(&platform, &store_path("wic"));
     value["clients"][0]["max_wic_lifetime"] = 7200.into();
     let config: IssuerConfig = serde_json::from_value(value).unwrap();
-    let base = serve(Arc::new(IdentityServer::new(config, SystemClock).unwrap())).await;
+    let base = serve(Arc::new(IdentityServer::open(config, SystemClock).await.unwrap())).await;
     let now = wimse_testkit::now();
     let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", now + 600);
     let key = rcgen::KeyPair::generate().unwrap();
@@ -659,7 +663,7 @@ async fn wic_server_names_come_from_the_allowlist() {
     let spki = base64::engine::general_purpose::STANDARD.encode(rcgen::PublicKeyData::subject_public_key_info(&key));
     let sub = "spiffe://prod.example/ns/prod/sa/payments";
     for (config, allowed) in [(strict, false), (granted, true)] {
-        let base = serve(Arc::new(IdentityServer::new(config, SystemClock).unwrap())).await;
+        let base = serve(Arc::new(IdentityServer::open(config, SystemClock).await.unwrap())).await;
         let request = |dns: Value, ip: Value| {
             let body = json!({"sub": sub, "spki": spki, "usage": "server", "dns": dns, "ip": ip});
             reqwest::Client::new().post(format!("{base}/v1/wic")).bearer_auth(&token).json(&body).send()
@@ -710,33 +714,33 @@ async fn oversized_bundles_are_refused() {
 
 /// A signing key stays published as long as any WIT it signed can live, including WITs issued
 /// by token exchange with a longer lifetime than any client's.
-#[test]
-fn keys_outlive_the_longest_exchanged_wit() {
+#[tokio::test]
+async fn keys_outlive_the_longest_exchanged_wit() {
     let platform = Platform::new();
     let clock = Arc::new(FixedClock::new(NOW));
     let mut value = config(&platform, &store_path("retire"));
     value["exchange"] = json!([{"name": "ci", "kind": "jwt", "issuer": "https://ci.example", "audience": "wimse-issuer",
         "jwks": {"keys": [platform.key.public_jwk()]}, "subject_template": "spiffe://prod.example/ci/{sub}", "max_lifetime": 3600}]);
     let config: IssuerConfig = serde_json::from_value(value).unwrap();
-    let server = IdentityServer::new(config, clock.clone()).unwrap();
+    let server = IdentityServer::open(config, clock.clone()).await.unwrap();
     let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
     // Exchanged late in the first key's period: it lives an hour, past the next rotation.
     clock.set(NOW + 3500);
     let ci = platform.token("https://ci.example", "deploy", NOW + 3600);
-    let issued = server.exchange(&ci, "urn:ietf:params:oauth:token-type:jwt", key.public_jwk()).unwrap();
+    let issued = server.exchange(&ci, "urn:ietf:params:oauth:token-type:jwt", key.public_jwk()).await.unwrap();
     assert_eq!(issued.expires_at, NOW + 3500 + 3600);
-    let anchors_at = |t: u64| {
+    let anchors_at = async |t: u64| {
         clock.set(t);
-        server.rotate_if_due().unwrap();
+        server.maintain().await.unwrap();
         TrustStore::new().with("spiffe://prod.example".parse().unwrap(), server.anchors().unwrap())
     };
     // Just before the exchanged WIT expires (long past the clients' longest WIT, 1800 s, after
     // the next key took over), the old key is still there.
     let t = issued.expires_at - 60;
-    validate(&issued.wit, &anchors_at(t), t).unwrap();
+    validate(&issued.wit, &anchors_at(t).await, t).unwrap();
     // Once no WIT it signed can be valid, it goes.
     let t = NOW + 4 * 3600;
-    let trust = anchors_at(t);
+    let trust = anchors_at(t).await;
     let kid = jws::parse(&issued.wit, 8192).unwrap().header_str("kid").unwrap().unwrap().to_owned();
     assert!(
         trust
@@ -762,7 +766,7 @@ async fn issuance_and_failed_authentications_are_rate_limited() {
     });
     let clock = Arc::new(FixedClock::new(NOW));
     let config: IssuerConfig = serde_json::from_value(value).unwrap();
-    let base = serve(Arc::new(IdentityServer::new(config, clock.clone()).unwrap())).await;
+    let base = serve(Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap())).await;
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let payments = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
     let batch = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:batch", NOW + 600);

@@ -1,0 +1,289 @@
+//! The identity server's configuration (a JSON file for `wimse issuer serve`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use wimse_core::rate::Rate;
+use wimse_core::{Error, ErrorKind, Result};
+
+pub(crate) fn config_error(field: impl Into<String>, problem: impl std::fmt::Display) -> Error {
+    Error::with_detail(ErrorKind::InvalidConfiguration, format!("{}: {problem}", field.into()))
+}
+
+/// PostgreSQL storage: several replicas share keys, rotate once between them, and write an
+/// audit row per issuance.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string or URL, e.g. `host=/run/postgresql dbname=wimse user=wimse`
+    /// or `postgres://wimse@db.internal/wimse`. A password belongs in `PGPASSWORD`-style
+    /// configuration of the deployment, not here.
+    pub url: String,
+    /// A file holding the key-encryption key: 32 random bytes, base64 (standard or URL-safe),
+    /// mode 0600. Private keys are stored sealed with it (AES-256-GCM), never in the clear.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Else the name of an environment variable holding the key-encryption key (base64).
+    /// Defaults to `WIMSE_ISSUER_KEK`.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// How long one database operation may take, in milliseconds. Defaults to 5000.
+    #[serde(default = "default_db_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_db_timeout() -> u64 {
+    5000
+}
+
+/// A platform whose tokens bootstrap workloads (a Kubernetes cluster's service-account issuer,
+/// a CI system's OIDC issuer).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Name used by clients to refer to this platform.
+    pub name: String,
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// The `aud` its tokens must carry for this identity server.
+    pub audience: String,
+    /// Its signing keys (a JWKS), configured out of band.
+    pub jwks: Value,
+    /// Platform tokens that expire further ahead than this are refused, in seconds (1 to
+    /// 604800). Defaults to 86400: projected service-account tokens live an hour, CI OIDC
+    /// tokens minutes; a token valid for years is a leaked-forever credential.
+    #[serde(default = "default_external_lifetime")]
+    pub max_token_lifetime: u64,
+}
+
+fn default_external_lifetime() -> u64 {
+    86_400
+}
+
+/// A client: who, authenticated how, may obtain which identifiers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Name, for audit records.
+    pub name: String,
+    /// The platform whose token authenticates this client (with `subject`).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// The `sub` of that platform token.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// A static secret instead of a platform token: only accepted in `dev_mode`.
+    #[serde(default)]
+    pub dev_secret: Option<String>,
+    /// Identifiers it may obtain, exactly.
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// Identifier prefixes it may obtain (segment boundaries respected).
+    #[serde(default)]
+    pub allowed_prefixes: Vec<String>,
+    /// Longest WIT lifetime it may obtain, in seconds.
+    pub max_lifetime: u64,
+    /// Longest WIC lifetime it may obtain, in seconds (1 to 86400). Defaults to `max_lifetime`.
+    #[serde(default)]
+    pub max_wic_lifetime: Option<u64>,
+    /// DNS names it may put in a WIC's subject alternative names: exact names
+    /// (`billing.prod.example`) or `*.suffix` patterns, which allow any name with at least one
+    /// more label (`*.svc.prod.example` allows `a.svc.prod.example`, not `svc.prod.example`,
+    /// and a wildcard SAN only if the same pattern is listed). None by default: a client can
+    /// name only its workload identifier.
+    #[serde(default)]
+    pub allowed_dns_names: Vec<String>,
+    /// IP addresses it may put in a WIC's subject alternative names. None by default.
+    #[serde(default)]
+    pub allowed_ip_addresses: Vec<std::net::IpAddr>,
+}
+
+/// Whether `name` (a requested DNS SAN) is allowed by `allowlist` (exact names and `*.suffix`
+/// patterns, compared case-insensitively).
+pub(crate) fn dns_name_allowed(allowlist: &[String], name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    allowlist.iter().any(|allowed| {
+        let allowed = allowed.to_ascii_lowercase();
+        if allowed == name {
+            return true;
+        }
+        match allowed.strip_prefix("*.") {
+            // One or more labels before the suffix, none of them a wildcard.
+            Some(suffix) => name
+                .strip_suffix(suffix)
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|head| !head.is_empty() && !head.contains('*')),
+            None => false,
+        }
+    })
+}
+
+/// A DNS name or `*.suffix` pattern of an allowlist: lower-case-insensitive LDH labels.
+pub(crate) fn valid_dns_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The kind of token a [`ExchangeProfile`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExchangeKind {
+    /// An OAuth JWT access token (RFC 9068): `typ` must be `at+jwt`.
+    AccessToken,
+    /// A SPIFFE JWT-SVID: `sub` is a SPIFFE ID; the template may use `{trust_domain}` and `{path}`.
+    JwtSvid,
+    /// Any JWT from the issuer (a platform token).
+    Jwt,
+}
+
+/// A token-exchange profile (RFC 8693): which tokens from another system are exchanged for WITs
+/// of this trust domain, and how their subject maps onto a workload identifier.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeProfile {
+    /// Name, for audit records.
+    pub name: String,
+    /// What the incoming token is.
+    pub kind: ExchangeKind,
+    /// The exact `iss` of incoming tokens.
+    pub issuer: String,
+    /// The `aud` they must carry for this identity server.
+    pub audience: String,
+    /// The issuer's keys (a JWKS), configured out of band.
+    pub jwks: Value,
+    /// The identifier issued, e.g. `spiffe://prod.example/partners/{sub}`. `{sub}` must be a
+    /// single safe path segment (`[A-Za-z0-9._-]`) or the exchange is refused.
+    pub subject_template: String,
+    /// Longest WIT lifetime issued, in seconds.
+    pub max_lifetime: u64,
+    /// Incoming tokens that expire further ahead than this are refused, in seconds (1 to
+    /// 604800). Defaults to 86400.
+    #[serde(default = "default_external_lifetime")]
+    pub max_token_lifetime: u64,
+    /// For `jwt-svid`: the one SPIFFE trust domain whose SVIDs this profile exchanges (e.g.
+    /// `spiffe://partner.example`); required, so a partner's issuer cannot speak for another
+    /// trust domain (this one included).
+    #[serde(default)]
+    pub subject_trust_domain: Option<String>,
+}
+
+/// How often callers may ask. Over a limit the request is refused with 429
+/// (`rate_limited`) and `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Issuance per client (WITs and WICs) and per exchange profile: 30 at once, 120 a minute.
+    pub per_client: Rate,
+    /// Requests per source address, whoever they claim to be: 60 at once, 600 a minute.
+    pub per_source: Rate,
+    /// Failed authentications per source address: after 10 at once (then 10 a minute), the
+    /// address is refused until its budget refills, valid credentials or not.
+    pub failed_authentications: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_client: Rate { burst: 30, per_minute: 120 },
+            per_source: Rate { burst: 60, per_minute: 600 },
+            failed_authentications: Rate { burst: 10, per_minute: 10 },
+        }
+    }
+}
+
+/// The identity server's configuration (a JSON file for `wimse issuer serve`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The trust domain it issues for, e.g. `spiffe://prod.example`.
+    pub trust_domain: String,
+    /// The `iss` claim of issued WITs.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Where signing keys are kept across restarts, on one node: a JSON file (0600). Set this
+    /// or `postgres`.
+    #[serde(default)]
+    pub key_store: Option<PathBuf>,
+    /// Keys, rotation and audit rows in PostgreSQL, shared by several replicas. Set this or
+    /// `key_store`.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
+    /// Signing key algorithm. Defaults to ES256.
+    #[serde(default = "default_alg")]
+    pub algorithm: String,
+    /// A new signing key is made after this many seconds. Defaults to one day.
+    #[serde(default = "default_rotation")]
+    pub rotation_period: u64,
+    /// `spiffe_refresh_hint` of the published bundle, in seconds. Defaults to 300.
+    #[serde(default = "default_refresh_hint")]
+    pub refresh_hint: u64,
+    /// Accept `dev_secret` clients. Never in production.
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// Platforms whose tokens bootstrap workloads.
+    #[serde(default)]
+    pub platforms: Vec<PlatformConfig>,
+    /// Clients.
+    pub clients: Vec<ClientConfig>,
+    /// Token-exchange profiles.
+    #[serde(default)]
+    pub exchange: Vec<ExchangeProfile>,
+    /// Rate limits on issuance and authentication (defaults in [`RateLimits`]).
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+fn default_alg() -> String {
+    "ES256".into()
+}
+fn default_rotation() -> u64 {
+    86_400
+}
+fn default_refresh_hint() -> u64 {
+    300
+}
+
+/// Reads and checks a configuration file (JSON).
+pub fn load_config(path: &std::path::Path) -> Result<IssuerConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| config_error(path.display().to_string(), e))?;
+    serde_json::from_str(&text).map_err(|e| config_error(path.display().to_string(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dns_name_allowed, valid_dns_pattern};
+
+    #[test]
+    fn dns_allowlists_match_exact_names_and_suffix_patterns() {
+        let list = ["billing.prod.example".to_owned(), "*.svc.prod.example".to_owned()];
+        assert!(dns_name_allowed(&list, "billing.prod.example"));
+        assert!(dns_name_allowed(&list, "BILLING.prod.example"));
+        assert!(dns_name_allowed(&list, "a.svc.prod.example"));
+        assert!(dns_name_allowed(&list, "a.b.svc.prod.example"));
+        assert!(dns_name_allowed(&list, "*.svc.prod.example"), "the listed pattern itself");
+        for refused in [
+            "svc.prod.example",
+            "evilsvc.prod.example",
+            "*.prod.example",
+            "prod.example",
+            "127.0.0.1",
+            "x.*.svc.prod.example",
+        ] {
+            assert!(!dns_name_allowed(&list, refused), "{refused}");
+        }
+        assert!(!dns_name_allowed(&[], "billing.prod.example"), "none by default");
+        assert!(valid_dns_pattern("*.svc.prod.example") && valid_dns_pattern("a-b.example"));
+        for bad in ["", "*", "*.", "a..b", "-a.example", "a*.example", "*.*.example", "a b.example"] {
+            assert!(!valid_dns_pattern(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The identity server's durable state (signing keys, the WIC authority, the bundle sequence,
+//! the key-store epoch) and the rules that change it: creation, rotation with pre-publication,
+//! retirement.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use wimse_core::id::TrustDomain;
+use wimse_core::jose::{Algorithm, Jwk, SigningKey};
+use wimse_core::{Error, ErrorKind, Result};
+
+/// One signing key.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct StoredKey {
+    pub(crate) created: u64,
+    /// When it starts signing; published in the bundle from `created` on.
+    pub(crate) active_from: u64,
+    pub(crate) jwk: Jwk,
+}
+
+/// What an identity server keeps across restarts and shares between replicas. Holds private
+/// keys: storages keep it private (a 0600 file) or sealed (PostgreSQL). `Debug` shows no key.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyState {
+    /// The identity of this store: random, made with it, published in the bundle so verifiers
+    /// can tell a new store (after a disaster) from a rollback of this one. Empty in files
+    /// written before epochs existed; one is assigned on load.
+    #[serde(default)]
+    pub(crate) epoch: String,
+    /// The bundle's `spiffe_sequence`: incremented on every change of the published keys.
+    pub(crate) sequence: u64,
+    pub(crate) keys: Vec<StoredKey>,
+    /// The WIC certificate authority (certificate and key, PEM), made on first start.
+    #[serde(default)]
+    pub(crate) wic_ca: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyState")
+            .field("epoch", &self.epoch)
+            .field("sequence", &self.sequence)
+            .field("key_ids", &self.keys.iter().map(|k| k.jwk.kid.as_deref().unwrap_or("")).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How keys rotate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RotationPolicy {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) rotation_period: u64,
+    /// How long before it signs a new key is published (two refresh hints).
+    pub(crate) prepublish: u64,
+    /// The longest lifetime of anything a key signs: it is kept that long after its successor
+    /// became active.
+    pub(crate) longest_lifetime: u64,
+}
+
+/// What [`KeyState::maintain`] changed, for the logs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    pub(crate) created: Vec<(String, u64)>,
+    pub(crate) retired: Vec<String>,
+    pub(crate) wic_authority_created: bool,
+}
+
+impl Changes {
+    #[cfg(test)]
+    pub(crate) fn any(&self) -> bool {
+        !self.created.is_empty() || !self.retired.is_empty() || self.wic_authority_created
+    }
+}
+
+/// 128 random bits as hex.
+pub(crate) fn random_id() -> String {
+    use rand_core::{OsRng, RngCore};
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn store_error(e: impl std::fmt::Display) -> Error {
+    Error::with_detail(ErrorKind::KeyStoreUnavailable, format!("key store: {e}"))
+}
+
+impl KeyState {
+    /// A new, empty store with a fresh epoch.
+    pub(crate) fn new() -> Self {
+        Self { epoch: random_id(), ..Self::default() }
+    }
+
+    /// This store's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The bundle sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The key ids, oldest first.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().filter_map(|k| k.jwk.kid.as_deref())
+    }
+
+    /// Checks every key parses; gives an epoch to a store written before epochs existed.
+    pub(crate) fn checked(mut self) -> Result<Self> {
+        for key in &self.keys {
+            SigningKey::from_jwk(&key.jwk).map_err(store_error)?;
+        }
+        if self.epoch.is_empty() {
+            self.epoch = random_id();
+        }
+        Ok(self)
+    }
+
+    /// Publishes the next signing key when the active one is due for rotation, drops keys
+    /// nothing signed by them can still need, and makes the WIC authority if there is none.
+    /// Deterministic in the state and `now` (except for the new key itself), so replicas that
+    /// apply it to the same state under one lock agree on whether anything is due.
+    pub(crate) fn maintain(&mut self, now: u64, policy: &RotationPolicy, domain: &TrustDomain) -> Result<Changes> {
+        let mut changes = Changes::default();
+        let active_from = self.keys.iter().map(|k| k.active_from).filter(|&t| t <= now).max();
+        let pending = self.keys.iter().any(|k| k.active_from > now);
+        let due = match active_from {
+            // No key yet (a new store): it signs at once; verifiers accept a new epoch's keys.
+            None if !pending => Some(now),
+            Some(from)
+                if !pending && now.saturating_add(policy.prepublish) >= from.saturating_add(policy.rotation_period) =>
+            {
+                Some(now.saturating_add(policy.prepublish).max(from.saturating_add(1)))
+            }
+            _ => None,
+        };
+        if let Some(active_from) = due {
+            let kid = format!("{}-{now}-{}", policy.algorithm, &random_id()[..8]);
+            let key = SigningKey::generate(policy.algorithm)?.with_kid(kid.clone());
+            self.keys.push(StoredKey { created: now, active_from, jwk: key.to_private_jwk() });
+            changes.created.push((kid, active_from));
+        }
+        // A key is retired once a later key has been active for longer than anything it signed
+        // can live.
+        let activations: Vec<u64> = self.keys.iter().map(|k| k.active_from).collect();
+        self.keys.retain(|k| {
+            let retire = activations.iter().any(|&later| {
+                later > k.active_from && later <= now && now >= later.saturating_add(policy.longest_lifetime)
+            });
+            if retire {
+                changes.retired.push(k.jwk.kid.clone().unwrap_or_default());
+            }
+            !retire
+        });
+        if self.wic_ca.is_none() {
+            let ca = wimse_core::wic::WicAuthority::new(domain.clone(), now, 10 * 365 * 86_400)?;
+            self.wic_ca = Some(ca.to_pem());
+            changes.wic_authority_created = true;
+        }
+        if !changes.created.is_empty() || !changes.retired.is_empty() {
+            self.sequence += 1;
+        }
+        Ok(changes)
+    }
+
+    /// The public keys, as bundle entries.
+    pub(crate) fn public_keys(&self) -> Vec<Value> {
+        self.keys
+            .iter()
+            .map(|k| {
+                let mut public = serde_json::to_value(k.jwk.to_public()).unwrap_or(Value::Null);
+                public["use"] = wimse_core::draft::SPIFFE_BUNDLE_WIT_USE.into();
+                public
+            })
+            .collect()
+    }
+}
+
+/// A [`KeyState`] with its keys parsed once, for signing on the request path.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub(crate) state: KeyState,
+    signers: Vec<(u64, SigningKey)>,
+    wic_authority: Option<wimse_core::wic::WicAuthority>,
+}
+
+impl Loaded {
+    pub(crate) fn new(state: KeyState, domain: &TrustDomain) -> Result<Self> {
+        let mut signers = Vec::with_capacity(state.keys.len());
+        for key in &state.keys {
+            signers.push((key.active_from, SigningKey::from_jwk(&key.jwk).map_err(store_error)?));
+        }
+        let wic_authority = match &state.wic_ca {
+            Some((cert, key)) => Some(wimse_core::wic::WicAuthority::from_pem(domain.clone(), cert, key)?),
+            None => None,
+        };
+        Ok(Self { state, signers, wic_authority })
+    }
+
+    /// The key that signs at `now`: the most recently activated one.
+    pub(crate) fn active_key(&self, now: u64) -> Result<&SigningKey> {
+        self.signers
+            .iter()
+            .filter(|(from, _)| *from <= now)
+            .max_by_key(|(from, _)| *from)
+            .map(|(_, key)| key)
+            .ok_or_else(|| store_error("no active signing key"))
+    }
+
+    pub(crate) fn wic_authority(&self) -> Result<&wimse_core::wic::WicAuthority> {
+        self.wic_authority.as_ref().ok_or_else(|| store_error("no WIC authority"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KeyState, RotationPolicy};
+    use wimse_core::jose::Algorithm;
+
+    fn policy() -> RotationPolicy {
+        RotationPolicy { algorithm: Algorithm::ES256, rotation_period: 1000, prepublish: 100, longest_lifetime: 300 }
+    }
+
+    #[test]
+    fn rotation_prepublishes_and_retires_after_the_longest_lifetime() {
+        let domain = "spiffe://prod.example".parse().unwrap();
+        let mut state = KeyState::new();
+        let changes = state.maintain(10_000, &policy(), &domain).unwrap();
+        assert_eq!(changes.created.len(), 1);
+        assert!(changes.wic_authority_created);
+        assert_eq!(state.sequence, 1);
+        assert!(!state.maintain(10_500, &policy(), &domain).unwrap().any(), "not due");
+        // Due at 11_000: published at 10_900, signing from 11_000.
+        let changes = state.maintain(10_900, &policy(), &domain).unwrap();
+        assert_eq!(changes.created[0].1, 11_000);
+        assert_eq!(state.keys.len(), 2);
+        assert!(!state.maintain(10_950, &policy(), &domain).unwrap().any(), "one pending key at a time");
+        // The old key stays until its last WIT expired: 11_000 + 300.
+        assert!(!state.maintain(11_299, &policy(), &domain).unwrap().any());
+        let changes = state.maintain(11_300, &policy(), &domain).unwrap();
+        assert_eq!(changes.retired.len(), 1);
+        assert_eq!(state.keys.len(), 1);
+        assert_eq!(state.sequence, 3);
+        let loaded = super::Loaded::new(state.clone(), &domain).unwrap();
+        assert_eq!(loaded.active_key(11_300).unwrap().kid(), state.keys[0].jwk.kid.as_deref());
+    }
+
+    #[test]
+    fn old_files_get_an_epoch_and_debug_shows_no_key() {
+        let domain = "spiffe://prod.example".parse().unwrap();
+        let mut state = KeyState::new();
+        state.maintain(1, &policy(), &domain).unwrap();
+        let mut json = serde_json::to_value(&state).unwrap();
+        json.as_object_mut().unwrap().remove("epoch");
+        let old: KeyState = serde_json::from_value(json).unwrap();
+        let upgraded = old.checked().unwrap();
+        assert_eq!(upgraded.epoch.len(), 32);
+        assert_ne!(upgraded.epoch, state.epoch);
+        let shown = format!("{upgraded:?}");
+        assert!(!shown.contains("\"d\"") && !shown.contains("PRIVATE"), "{shown}");
+    }
+}

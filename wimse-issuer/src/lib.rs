@@ -1,0 +1,61 @@
+//! A WIMSE identity server: it authenticates workloads (platform tokens such as Kubernetes
+//! projected service-account tokens or CI OIDC tokens), issues each the Workload Identity Tokens
+//! (WITs) and Workload Identity Certificates (WICs) its configuration grants and no more,
+//! exchanges other systems' tokens for WITs (RFC 8693), and publishes its keys as a SPIFFE trust
+//! bundle.
+//!
+//! - [`IdentityServer`]: the logic, framework-free; [`router`] serves it over HTTP (axum).
+//! - Keys rotate on a timer ([`IdentityServer::spawn_maintenance`]), are published two refresh
+//!   hints before they sign, and are retired after the longest lifetime of anything they signed.
+//! - Storage behind one seam, [`KeyStorage`]: [`FileStorage`] (one node, the default) or, with
+//!   the `postgres` feature, `PostgresStorage` for several replicas (private keys sealed with a
+//!   key-encryption key, rotation once across replicas, an audit row per issuance).
+//! - The bundle names the key store's epoch ([`STORE_EPOCH_MEMBER`]): after a disaster that
+//!   loses the store, verifiers accept the new store's keys without accepting a rollback.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use wimse_core::jose::{Algorithm, SigningKey};
+//! use wimse_core::time::SystemClock;
+//! use wimse_issuer::{IdentityServer, IssuerConfig};
+//!
+//! let dir = std::env::temp_dir().join(format!("wimse-issuer-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let config: IssuerConfig = serde_json::from_value(serde_json::json!({
+//!     "trust_domain": "spiffe://prod.example",
+//!     "key_store": dir.join("keys.json"),
+//!     "dev_mode": true,
+//!     "clients": [{ "name": "demo", "dev_secret": "a-long-dev-secret", "allowed": ["spiffe://prod.example/demo"], "max_lifetime": 600 }]
+//! }))?;
+//! let server = IdentityServer::open(config, SystemClock).await?;
+//! let workload_key = SigningKey::generate(Algorithm::ES256)?;
+//! let issued = server.issue_wit("a-long-dev-secret", "spiffe://prod.example/demo", &workload_key.public_jwk(), None).await?;
+//! assert_eq!(issued.expires_at - issued.issued_at, 600);
+//! # let _ = std::fs::remove_dir_all(dir); Ok(()) }
+//! ```
+
+mod config;
+mod http;
+mod keys;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+mod seal;
+mod server;
+mod store;
+
+pub use config::{
+    ClientConfig, ExchangeKind, ExchangeProfile, IssuerConfig, PlatformConfig, PostgresConfig, RateLimits, load_config,
+};
+pub use http::router;
+pub use keys::KeyState;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStorage;
+pub use server::{IdentityServer, IssuedWit};
+pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage};
+pub use wimse_core::trust::STORE_EPOCH_MEMBER;
+
+/// RFC 8693 token type of OAuth access tokens.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 8693 token type of JWTs (JWT-SVIDs, platform tokens; and of the issued WIT).
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";

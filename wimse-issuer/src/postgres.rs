@@ -1,0 +1,240 @@
+//! PostgreSQL storage for several identity-server replicas (feature `postgres`).
+//!
+//! - One row per trust domain in `wimse_issuer_state` holds the whole [`KeyState`] sealed with
+//!   the key-encryption key (AES-256-GCM, the trust domain as associated data): the database
+//!   never sees a private key in the clear. The epoch and sequence are stored beside it in the
+//!   clear, for operators.
+//! - Changes (rotation, retirement) run in a transaction under a transaction-scoped advisory
+//!   lock per trust domain, so replicas that find a rotation due at the same moment make exactly
+//!   one new key: the second one sees the first one's key and has nothing to do.
+//! - Every issuance and exchange is a row of `wimse_issuer_audit` (who, what identifier,
+//!   lifetime, key id, replica; never a token), written before the credential is handed out:
+//!   while PostgreSQL is down, issuance answers 503 and verification is unaffected.
+//! - Each operation is bounded by `timeout_ms`; a connection that failed or timed out is dropped
+//!   and made again on the next operation.
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+use wimse_core::{Error, ErrorKind, Result};
+
+use crate::config::PostgresConfig;
+use crate::keys::KeyState;
+use crate::seal::Kek;
+use crate::store::{Change, IssuanceRecord, KeyStorage, unavailable};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS wimse_issuer_state (
+    trust_domain text PRIMARY KEY,
+    epoch text NOT NULL,
+    sequence bigint NOT NULL,
+    sealed bytea NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS wimse_issuer_audit (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL,
+    trust_domain text NOT NULL,
+    replica text NOT NULL,
+    kind text NOT NULL,
+    client text NOT NULL,
+    identifier text NOT NULL,
+    lifetime bigint NOT NULL,
+    key_id text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS wimse_issuer_audit_at ON wimse_issuer_audit (trust_domain, at);
+";
+
+/// Keys, rotation and audit rows in PostgreSQL. See the [module documentation](self).
+pub struct PostgresStorage {
+    url: String,
+    trust_domain: String,
+    kek: Kek,
+    timeout: std::time::Duration,
+    /// Transactions (one at a time).
+    admin: Mutex<Option<Client>>,
+    /// Reads and audit rows (concurrent, pipelined on one connection).
+    queries: Mutex<Option<std::sync::Arc<Client>>>,
+}
+
+impl std::fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStorage").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+fn db_error(e: impl std::fmt::Display) -> Error {
+    unavailable(format!("postgres: {e}"))
+}
+
+impl PostgresStorage {
+    /// Reads the key-encryption key, connects and creates the tables if they are missing.
+    pub async fn connect(config: &PostgresConfig, trust_domain: &str) -> Result<Self> {
+        let kek = match (&config.kek_file, &config.kek_env) {
+            (Some(path), None) => Kek::from_file(path)?,
+            (None, variable) => Kek::from_env(variable.as_deref().unwrap_or("WIMSE_ISSUER_KEK"))?,
+            (Some(_), Some(_)) => {
+                return Err(Error::with_detail(
+                    ErrorKind::InvalidConfiguration,
+                    "postgres: set kek_file or kek_env, not both",
+                ));
+            }
+        };
+        if config.timeout_ms == 0 {
+            return Err(Error::with_detail(ErrorKind::InvalidConfiguration, "postgres.timeout_ms: must be positive"));
+        }
+        let storage = Self {
+            url: config.url.clone(),
+            trust_domain: trust_domain.to_owned(),
+            kek,
+            timeout: std::time::Duration::from_millis(config.timeout_ms),
+            admin: Mutex::new(None),
+            queries: Mutex::new(None),
+        };
+        storage
+            .bounded(async {
+                let mut admin = storage.admin.lock().await;
+                let client = storage.admin_client(&mut admin).await?;
+                // Replicas starting together: one creates the tables, the others wait for it.
+                let tx = client.transaction().await.map_err(db_error)?;
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext('wimse-issuer-schema'))", &[])
+                    .await
+                    .map_err(db_error)?;
+                tx.batch_execute(SCHEMA).await.map_err(db_error)?;
+                tx.commit().await.map_err(db_error)
+            })
+            .await?;
+        Ok(storage)
+    }
+
+    async fn open_connection(&self) -> Result<Client> {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.map_err(db_error)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "wimse issuer: PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn admin_client<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client> {
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.open_connection().await?);
+        }
+        slot.as_mut().ok_or_else(|| db_error("no connection"))
+    }
+
+    async fn query_client(&self) -> Result<std::sync::Arc<Client>> {
+        let mut slot = self.queries.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let client = std::sync::Arc::new(self.open_connection().await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `operation` within the timeout; on failure the connections are dropped, so the
+    /// next operation starts on fresh ones (a stalled server leaves no half-used connection).
+    async fn bounded<T>(&self, operation: impl Future<Output = Result<T>>) -> Result<T> {
+        let outcome = match tokio::time::timeout(self.timeout, operation).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(db_error(format!("no answer within {:?}", self.timeout))),
+        };
+        if outcome.as_ref().is_err_and(|e| e.kind() == &ErrorKind::KeyStoreUnavailable) {
+            if let Ok(mut admin) = self.admin.try_lock() {
+                *admin = None;
+            }
+            *self.queries.lock().await = None;
+        }
+        outcome
+    }
+
+    fn unseal(&self, sealed: &[u8]) -> Result<KeyState> {
+        let json = self.kek.open(sealed, self.trust_domain.as_bytes())?;
+        serde_json::from_slice(&json).map_err(|e| db_error(format!("stored state: {e}")))
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStorage for PostgresStorage {
+    fn describe(&self) -> String {
+        "postgres".to_owned()
+    }
+
+    async fn load(&self) -> Result<Option<KeyState>> {
+        self.bounded(async {
+            let client = self.query_client().await?;
+            let row = client
+                .query_opt("SELECT sealed FROM wimse_issuer_state WHERE trust_domain = $1", &[&self.trust_domain])
+                .await
+                .map_err(db_error)?;
+            row.map(|row| self.unseal(row.get::<_, &[u8]>(0))).transpose()
+        })
+        .await
+    }
+
+    async fn update(&self, change: &mut Change<'_>) -> Result<KeyState> {
+        let mut admin = self.admin.lock().await;
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let client = self.admin_client(&mut admin).await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('wimse-issuer:' || $1::text))", &[&self.trust_domain])
+                .await
+                .map_err(db_error)?;
+            let row = tx
+                .query_opt("SELECT sealed FROM wimse_issuer_state WHERE trust_domain = $1", &[&self.trust_domain])
+                .await
+                .map_err(db_error)?;
+            let current = row.map(|row| self.unseal(row.get::<_, &[u8]>(0))).transpose()?;
+            let Some(next) = change(current.clone())? else {
+                tx.commit().await.map_err(db_error)?;
+                return current.ok_or_else(|| db_error("nothing stored"));
+            };
+            let plaintext = serde_json::to_vec(&next).map_err(db_error)?;
+            let sealed = self.kek.seal(&plaintext, self.trust_domain.as_bytes())?;
+            let sequence = i64::try_from(next.sequence()).map_err(db_error)?;
+            tx.execute(
+                "INSERT INTO wimse_issuer_state (trust_domain, epoch, sequence, sealed) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (trust_domain) DO UPDATE
+                 SET epoch = EXCLUDED.epoch, sequence = EXCLUDED.sequence, sealed = EXCLUDED.sealed, updated_at = now()",
+                &[&self.trust_domain, &next.epoch(), &sequence, &sealed],
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(next)
+        })
+        .await
+        .unwrap_or_else(|_| Err(db_error(format!("no answer within {:?}", self.timeout))));
+        if outcome.as_ref().is_err_and(|e| e.kind() == &ErrorKind::KeyStoreUnavailable) {
+            *admin = None;
+        }
+        outcome
+    }
+
+    async fn record(&self, record: &IssuanceRecord) -> Result<()> {
+        self.bounded(async {
+            let client = self.query_client().await?;
+            let lifetime = i64::try_from(record.lifetime).map_err(db_error)?;
+            client
+                .execute(
+                    "INSERT INTO wimse_issuer_audit (at, trust_domain, replica, kind, client, identifier, lifetime, key_id)
+                     VALUES (to_timestamp($1), $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &(record.at as f64),
+                        &self.trust_domain,
+                        &record.replica,
+                        &record.kind,
+                        &record.client,
+                        &record.identifier,
+                        &lifetime,
+                        &record.key_id,
+                    ],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,119 @@
+//! Where the identity server keeps its [`KeyState`] and audit records: one seam, two
+//! implementations. [`FileStorage`] is the embedded default (one node, nothing to install);
+//! `PostgresStorage` (feature `postgres`) serves several replicas.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use wimse_core::{Error, ErrorKind, Result};
+
+use crate::keys::KeyState;
+
+/// A change to the stored state, applied under the storage's lock: given what is stored
+/// (`None`: nothing yet), returns the state to write, or `None` to leave it as it is.
+pub type Change<'a> = dyn FnMut(Option<KeyState>) -> Result<Option<KeyState>> + Send + 'a;
+
+/// One issuance, for the audit trail. Never holds a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssuanceRecord {
+    /// When, in seconds since the epoch.
+    pub at: u64,
+    /// `wit`, `exchange` or `wic`.
+    pub kind: &'static str,
+    /// The client (or exchange profile) that asked.
+    pub client: String,
+    /// The identifier issued.
+    pub identifier: String,
+    /// Its lifetime in seconds.
+    pub lifetime: u64,
+    /// The signing key's id (for a WIC, the authority).
+    pub key_id: String,
+    /// The replica that issued it.
+    pub replica: String,
+}
+
+/// Durable storage of an identity server's keys.
+#[async_trait::async_trait]
+pub trait KeyStorage: Send + Sync + std::fmt::Debug + 'static {
+    /// What it is, for the logs (a path, a database; never a secret).
+    fn describe(&self) -> String;
+
+    /// The stored state, if any.
+    async fn load(&self) -> Result<Option<KeyState>>;
+
+    /// Applies `change` atomically: no other replica changes the state between the read and the
+    /// write. Returns the state stored afterwards.
+    async fn update(&self, change: &mut Change<'_>) -> Result<KeyState>;
+
+    /// Records an issuance before the credential is handed out; an error refuses the issuance.
+    async fn record(&self, record: &IssuanceRecord) -> Result<()>;
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::with_detail(ErrorKind::KeyStoreUnavailable, format!("key store: {e}"))
+}
+
+/// The state in one JSON file, written atomically with mode 0600 and refused when group- or
+/// world-readable. Issuance records go to the audit log (`wimse::audit`) only.
+#[derive(Debug)]
+pub struct FileStorage {
+    path: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl FileStorage {
+    /// The store at `path` (created on the first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), lock: tokio::sync::Mutex::new(()) }
+    }
+
+    async fn read(&self) -> Result<Option<KeyState>> {
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                // It holds the signing keys and the WIC authority's key.
+                wimse_core::cred::check_private_file(&path).map_err(|e| invalid(&path, e))?;
+                serde_json::from_str::<KeyState>(&text).map(Some).map_err(|e| invalid(&path, e))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(format!("{}: {e}", path.display()))),
+        });
+        read.await.map_err(unavailable)?
+    }
+}
+
+/// A store that exists but cannot be used as it is: a configuration problem, not an outage.
+fn invalid(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
+    Error::with_detail(ErrorKind::InvalidConfiguration, format!("key_store {}: {e}", path.display()))
+}
+
+#[async_trait::async_trait]
+impl KeyStorage for FileStorage {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    async fn load(&self) -> Result<Option<KeyState>> {
+        let _guard = self.lock.lock().await;
+        self.read().await
+    }
+
+    async fn update(&self, change: &mut Change<'_>) -> Result<KeyState> {
+        let _guard = self.lock.lock().await;
+        let current = self.read().await?;
+        let Some(next) = change(current.clone())? else {
+            return current.ok_or_else(|| unavailable("nothing stored"));
+        };
+        let text = serde_json::to_vec_pretty(&next).map_err(unavailable)?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || wimse_core::cred::write_atomically(&path, &text))
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| unavailable(format!("{}: {e}", self.path.display())))?;
+        Ok(next)
+    }
+
+    async fn record(&self, _record: &IssuanceRecord) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! PostgreSQL storage against a real, throwaway PostgreSQL cluster: sealed keys, one rotation
+//! across replicas, audit rows, a lost row, a wrong key-encryption key, and PostgreSQL down
+//! (issuance 503, bundles still served). Skipped without PostgreSQL unless
+//! `WIMSE_REQUIRE_POSTGRES=1`.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use wimse_core::ErrorKind;
+use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::time::FixedClock;
+use wimse_issuer::{IdentityServer, IssuerConfig};
+use wimse_testkit::servers::{PostgresServer, TempDir};
+
+const NOW: u64 = 1_800_000_000;
+const SECRET: &str = "a-dev-secret-for-tests";
+const SUB: &str = "spiffe://prod.example/demo";
+
+fn kek_file(dir: &TempDir, byte: u8) -> std::path::PathBuf {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.path().join(format!("kek-{byte}"));
+    std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn config(postgres: &PostgresServer, kek: &std::path::Path) -> IssuerConfig {
+    serde_json::from_value(json!({
+        "trust_domain": "spiffe://prod.example",
+        "postgres": {"url": postgres.url(), "kek_file": kek, "timeout_ms": 1500},
+        "rotation_period": 3600,
+        "refresh_hint": 60,
+        "dev_mode": true,
+        "clients": [{"name": "demo", "dev_secret": SECRET, "allowed": [SUB], "max_lifetime": 600}]
+    }))
+    .unwrap()
+}
+
+async fn sql(postgres: &PostgresServer) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Opens a replica, retrying while a just-started PostgreSQL does not accept queries yet.
+async fn replica(config: IssuerConfig, clock: Arc<FixedClock>) -> IdentityServer {
+    for _ in 0..50 {
+        match IdentityServer::open(config.clone(), clock.clone()).await {
+            Ok(server) => return server,
+            Err(e) if e.kind() == &ErrorKind::KeyStoreUnavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    panic!("PostgreSQL did not come up")
+}
+
+fn kids(bundle: &Value) -> Vec<String> {
+    bundle["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn replicas_share_sealed_keys_rotate_once_and_audit_every_issuance() {
+    let Some(postgres) = PostgresServer::start() else { return };
+    let dir = TempDir::new("wimse-issuer-pg");
+    let kek = kek_file(&dir, 1);
+    let clock = Arc::new(FixedClock::new(NOW));
+    let a = replica(config(&postgres, &kek), clock.clone()).await;
+    let b = replica(config(&postgres, &kek), clock.clone()).await;
+    assert_eq!(a.key_state(), b.key_state(), "one store, one epoch");
+    assert_eq!(kids(&a.spiffe_bundle()), kids(&b.spiffe_bundle()));
+
+    // Private keys are sealed: the row holds neither a JWK's `d` nor the CA's PEM key.
+    let db = sql(&postgres).await;
+    let row = db.query_one("SELECT sealed, epoch, sequence FROM wimse_issuer_state", &[]).await.unwrap();
+    let sealed: Vec<u8> = row.get(0);
+    let text = String::from_utf8_lossy(&sealed);
+    assert!(!text.contains("\"d\"") && !text.contains("PRIVATE KEY") && !text.contains("kty"), "sealed");
+    assert_eq!(row.get::<_, String>(1), a.key_state().0);
+
+    // Rotation due on both at once: exactly one new key.
+    clock.set(NOW + 3600 - 60);
+    let (ra, rb) = tokio::join!(a.maintain(), b.maintain());
+    assert!(ra.unwrap() | rb.unwrap());
+    a.maintain().await.unwrap();
+    b.maintain().await.unwrap();
+    let published = kids(&a.spiffe_bundle());
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(published, kids(&b.spiffe_bundle()));
+    assert_eq!(a.key_state(), b.key_state());
+
+    // Issuance through either replica: one audit row each, no token in it.
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let from_a = a.issue_wit(SECRET, SUB, key.public_jwk(), Some(300)).await.unwrap();
+    // Pre-published two refresh hints (120 s) ahead of signing.
+    clock.set(NOW + 3540 + 120);
+    let from_b = b.issue_wit(SECRET, SUB, key.public_jwk(), None).await.unwrap();
+    let rows = db
+        .query("SELECT kind, client, identifier, lifetime, key_id, replica FROM wimse_issuer_audit ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<_, String>(0), "wit");
+    assert_eq!(rows[0].get::<_, String>(1), "demo");
+    assert_eq!(rows[0].get::<_, String>(2), SUB);
+    assert_eq!(rows[0].get::<_, i64>(3), 300);
+    assert_eq!(rows[1].get::<_, i64>(3), 600);
+    assert_ne!(rows[0].get::<_, String>(5), rows[1].get::<_, String>(5), "two replicas");
+    assert_ne!(rows[0].get::<_, String>(4), rows[1].get::<_, String>(4), "the second key signs after activation");
+    for row in &rows {
+        for column in [0, 1, 2, 4, 5] {
+            let value: String = row.get(column);
+            assert!(!value.starts_with("eyJ") && !from_a.wit.contains(&value) && !from_b.wit.contains(&value));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lost_row_is_written_back_and_a_wrong_kek_refuses_to_start() {
+    let Some(postgres) = PostgresServer::start() else { return };
+    let dir = TempDir::new("wimse-issuer-pg");
+    let kek = kek_file(&dir, 2);
+    let clock = Arc::new(FixedClock::new(NOW));
+    let a = replica(config(&postgres, &kek), clock.clone()).await;
+    let before = a.key_state();
+    let db = sql(&postgres).await;
+    db.execute("DELETE FROM wimse_issuer_state", &[]).await.unwrap();
+    a.maintain().await.unwrap();
+    let row = db.query_one("SELECT epoch FROM wimse_issuer_state", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), before.0, "the replica's keys, same epoch");
+
+    let wrong = kek_file(&dir, 3);
+    let err = IdentityServer::open(config(&postgres, &wrong), clock.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    assert!(err.detail().unwrap().contains("key-encryption key"), "{err:?}");
+
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = IdentityServer::open(config(&postgres, &kek), clock).await.unwrap_err();
+    assert!(err.detail().unwrap().contains("kek_file"), "{err:?}");
+}
+
+/// PostgreSQL frozen: issuance answers 503 `key_store_unavailable` within the database timeout,
+/// the bundle is still served (verification is unaffected), and issuance resumes when it thaws.
+#[tokio::test]
+async fn postgres_down_refuses_issuance_and_keeps_bundles() {
+    let Some(postgres) = PostgresServer::start() else { return };
+    let dir = TempDir::new("wimse-issuer-pg");
+    let kek = kek_file(&dir, 4);
+    let clock = Arc::new(FixedClock::new(NOW));
+    let server = Arc::new(replica(config(&postgres, &kek), clock.clone()).await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = wimse_issuer::router(server.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let http = reqwest::Client::new();
+    let issue = || {
+        http.post(format!("{base}/v1/wit"))
+            .bearer_auth(SECRET)
+            .json(&json!({"sub": SUB, "jwk": key.public_jwk()}))
+            .send()
+    };
+    assert_eq!(issue().await.unwrap().status(), 200);
+
+    postgres.pause();
+    let refused = issue().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["reason"], "key_store_unavailable");
+    assert!(server.maintain().await.is_err(), "maintenance fails too, and says so");
+    let bundle = http.get(format!("{base}/v1/bundle/spiffe")).send().await.unwrap();
+    assert_eq!(bundle.status(), 200);
+    let anchors = wimse_core::trust::TrustAnchors::from_spiffe_bundle_json(&bundle.text().await.unwrap()).unwrap();
+    assert!(!anchors.keys().is_empty());
+
+    postgres.resume();
+    let mut recovered = false;
+    for _ in 0..20 {
+        if issue().await.unwrap().status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "issuance resumes once PostgreSQL answers");
+}
