@@ -1,0 +1,127 @@
+//! A real `wimse issuer serve` process for the fault and high-availability tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wimse_core::id::TrustDomain;
+use wimse_core::time::{Clock as _, SystemClock};
+use wimse_core::trust::TrustHandle;
+use wimse_core::wit::{WitValidation, validate_wit};
+
+pub const SECRET: &str = "a-dev-secret-for-fault-tests";
+pub const SUB: &str = "spiffe://prod.example/demo";
+
+/// One identity-server process on a fixed loopback port, its log in a file.
+pub struct IssuerProcess {
+    config: PathBuf,
+    log: PathBuf,
+    port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl IssuerProcess {
+    /// Starts `wimse issuer serve --config <config>` on a free port.
+    pub fn start(config: &Path, log: &Path) -> Self {
+        Self::start_with_env(config, log, Vec::new())
+    }
+
+    pub fn start_with_env(config: &Path, log: &Path, env: Vec<(String, String)>) -> Self {
+        let mut process = Self {
+            config: config.to_owned(),
+            log: log.to_owned(),
+            port: wimse_testkit::servers::free_port(),
+            env,
+            child: None,
+        };
+        process.restart();
+        process
+    }
+
+    /// Starts it again (after [`kill`](Self::kill)) on the same port, appending to its log.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wimse"))
+            .args(["issuer", "serve", "--config"])
+            .arg(&self.config)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // The first line says it listens; anything else means it did not start.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "issuer did not start: {line:?}\n{}", self.log_text());
+        self.child = Some(child);
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Freezes it: connections are accepted by the kernel, nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Kills it (SIGKILL: no goodbye).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for IssuerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+        }
+        self.kill();
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; returns how long that took, or `None` after
+/// `limit`.
+pub async fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Whether `wit` verifies against the anchors `trust` holds now.
+pub fn verifies(trust: &TrustHandle, wit: &str) -> bool {
+    trust.read(|store| validate_wit(wit, store, &WitValidation::default(), SystemClock.now()).is_ok())
+}
+
+pub fn domain() -> TrustDomain {
+    "spiffe://prod.example".parse().unwrap()
+}
