@@ -394,7 +394,12 @@ impl PostgresServer {
         let child = self.child.as_ref().expect("running");
         let mut pids = vec![child.id()];
         pids.extend(children_of(child.id()));
-        let status = Command::new("kill").arg(format!("-{name}")).args(pids.iter().map(u32::to_string)).status();
+        // A backend may exit between listing and signalling: its "no such process" is fine.
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .args(pids.iter().map(u32::to_string))
+            .stderr(Stdio::null())
+            .status();
         assert!(status.is_ok(), "kill -{name} failed");
     }
 
@@ -425,7 +430,8 @@ impl Drop for PostgresServer {
         if let Some(mut child) = self.child.take() {
             let mut pids = vec![child.id()];
             pids.extend(children_of(child.id()));
-            let _ = Command::new("kill").arg("-KILL").args(pids.iter().map(u32::to_string)).status();
+            let _ =
+                Command::new("kill").arg("-KILL").args(pids.iter().map(u32::to_string)).stderr(Stdio::null()).status();
             let _ = child.wait();
         }
     }
