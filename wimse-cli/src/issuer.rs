@@ -33,14 +33,13 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, "wimse issuer: started");
         println!("wimse issuer for {} listening on http://{address}", server.trust_domain());
         // Rotation and replica synchronisation run on a timer, not on traffic.
-        let maintenance = server.spawn_maintenance();
+        server.start_maintenance();
         let app = wimse_issuer::router(server);
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await;
-        maintenance.abort();
         served.map_err(|e| e.to_string())?;
         tracing::info!("wimse issuer: stopped");
         Ok(ExitCode::SUCCESS)

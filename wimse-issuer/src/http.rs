@@ -181,7 +181,7 @@ async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
     }
 }
 
-// Bundles are served from memory: rotation runs on a timer (`IdentityServer::spawn_maintenance`),
+// Bundles are served from memory: rotation runs on a timer (`IdentityServer::start_maintenance`),
 // and verification keeps working while the key store is unreachable.
 async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
     Json(server.jwks()).into_response()
@@ -194,7 +194,11 @@ async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
 /// The HTTP API of `server`. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so the per-source-address limits
 /// apply (see [`IssuerConfig::rate_limits`](crate::IssuerConfig::rate_limits)).
+///
+/// Starts the server's key maintenance (rotation on a timer) if it is not running yet: see
+/// [`IdentityServer::start_maintenance`].
 pub fn router(server: Arc<IdentityServer>) -> Router {
+    server.start_maintenance();
     let issuance = Router::new()
         .route("/v1/wit", post(issue_wit))
         .route("/v1/token", post(token_exchange))

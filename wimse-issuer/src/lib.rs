@@ -5,7 +5,7 @@
 //! bundle.
 //!
 //! - [`IdentityServer`]: the logic, framework-free; [`router`] serves it over HTTP (axum).
-//! - Keys rotate on a timer ([`IdentityServer::spawn_maintenance`]), are published two refresh
+//! - Keys rotate on a timer ([`IdentityServer::start_maintenance`]), are published two refresh
 //!   hints before they sign, and are retired after the longest lifetime of anything they signed.
 //! - Storage behind one seam, [`KeyStorage`]: [`FileStorage`] (one node, the default) or, with
 //!   the `postgres` feature, `PostgresStorage` for several replicas (private keys sealed with a

@@ -117,16 +117,12 @@ mod backend {
 
     pub(super) fn seal(kek: &[u8; 32], nonce: &[u8; 12], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
         let cipher = Aes256Gcm::new_from_slice(kek).map_err(|_| Error::new(ErrorKind::Crypto))?;
-        cipher
-            .encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad })
-            .map_err(|_| Error::new(ErrorKind::Crypto))
+        cipher.encrypt(&Nonce::from(*nonce), Payload { msg: plaintext, aad }).map_err(|_| Error::new(ErrorKind::Crypto))
     }
 
     pub(super) fn open(kek: &[u8; 32], nonce: &[u8; 12], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
         let cipher = Aes256Gcm::new_from_slice(kek).map_err(|_| Error::new(ErrorKind::Crypto))?;
-        cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
-            .map_err(|_| Error::new(ErrorKind::Crypto))
+        cipher.decrypt(&Nonce::from(*nonce), Payload { msg: sealed, aad }).map_err(|_| Error::new(ErrorKind::Crypto))
     }
 }
 

@@ -56,6 +56,7 @@ pub struct IdentityServer {
     storage: Arc<dyn KeyStorage>,
     keys: RwLock<Loaded>,
     replica: String,
+    maintenance_started: std::sync::atomic::AtomicBool,
     clock: Arc<dyn Clock>,
     per_client: RateLimiter<String>,
     per_source: RateLimiter<std::net::IpAddr>,
@@ -232,6 +233,7 @@ impl IdentityServer {
             storage,
             keys: RwLock::new(Loaded::default()),
             replica: crate::keys::random_id()[..12].to_owned(),
+            maintenance_started: std::sync::atomic::AtomicBool::new(false),
             clock: Arc::new(clock),
             per_client: RateLimiter::new(config.rate_limits.per_client),
             per_source: RateLimiter::new(config.rate_limits.per_source),
@@ -271,7 +273,7 @@ impl IdentityServer {
         clients.chain(exchanges).max().unwrap_or(0)
     }
 
-    /// How often [`spawn_maintenance`](Self::spawn_maintenance) runs: half a refresh hint, at
+    /// How often [`start_maintenance`](Self::start_maintenance) runs: half a refresh hint, at
     /// most a minute. Other replicas' new keys are published within it; a due rotation happens
     /// within it (keys are pre-published two hints ahead, so that is early enough).
     pub fn maintenance_interval(&self) -> std::time::Duration {
@@ -327,33 +329,46 @@ impl IdentityServer {
         Ok(changed)
     }
 
-    /// Runs [`maintain`](Self::maintain) every [`maintenance_interval`](Self::maintenance_interval)
-    /// until the task is aborted: rotation happens on time whether requests arrive or not.
+    /// Starts the task that runs [`maintain`](Self::maintain) every
+    /// [`maintenance_interval`](Self::maintenance_interval), once: later calls do nothing and
+    /// return false. [`router`](crate::router) calls it, so serving the API is enough; rotation
+    /// then happens on time whether requests arrive or not. The task ends when the last `Arc`
+    /// of the server is dropped. Needs a tokio runtime (without one it logs and returns false).
+    ///
     /// Storage failures are logged (a warning when they start, one a minute while they last,
     /// one event when it works again); issuance meanwhile goes on with the keys in memory.
-    pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let server = Arc::clone(self);
-        tokio::spawn(async move {
+    pub fn start_maintenance(self: &Arc<Self>) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(trust_domain = %self.domain, "wimse issuer: no tokio runtime; keys do not rotate until maintenance is started in one");
+            return false;
+        };
+        if self.maintenance_started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return false;
+        }
+        let weak = Arc::downgrade(self);
+        let interval = self.maintenance_interval();
+        runtime.spawn(async move {
             let health = wimse_core::health::Health::new(60);
-            let mut ticker = tokio::time::interval(server.maintenance_interval());
+            let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
+                let Some(server) = weak.upgrade() else { return };
                 match server.maintain().await {
                     Ok(_) => {
                         if health.succeeded() {
                             tracing::info!(trust_domain = %server.domain, "wimse issuer: key store reachable again");
                         }
                     }
-                    Err(error) => match health.failed(server.clock.now()) {
-                        wimse_core::health::Report::Quiet => {}
-                        _ => {
-                            tracing::warn!(trust_domain = %server.domain, reason = error.reason(), detail = error.detail(), "wimse issuer: key maintenance failed; issuing with the keys in memory")
+                    Err(error) => {
+                        if health.failed(server.clock.now()) != wimse_core::health::Report::Quiet {
+                            tracing::warn!(trust_domain = %server.domain, reason = error.reason(), detail = error.detail(), "wimse issuer: key maintenance failed; issuing with the keys in memory");
                         }
-                    },
+                    }
                 }
             }
-        })
+        });
+        true
     }
 
     fn read_keys<T>(&self, f: impl FnOnce(&Loaded) -> T) -> T {

@@ -804,3 +804,48 @@ async fn issuance_and_failed_authentications_are_rate_limited() {
     clock.set(NOW + 60 + 120);
     assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batch/nightly", &key).await.0, 200);
 }
+
+/// Serving the API starts rotation on a timer: a due rotation happens with no request at all.
+#[tokio::test]
+async fn serving_rotates_on_a_timer() {
+    let platform = Platform::new();
+    let clock = Arc::new(FixedClock::new(NOW));
+    let mut value = config(&platform, &store_path("timer"));
+    value["refresh_hint"] = 2.into();
+    let config: IssuerConfig = serde_json::from_value(value).unwrap();
+    let server = Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap());
+    assert_eq!(server.maintenance_interval(), std::time::Duration::from_secs(1));
+    let _base = serve(server.clone()).await;
+    assert!(!server.start_maintenance(), "started once, by the router");
+    let (_, before) = server.key_state();
+    clock.set(NOW + 3600);
+    let mut rotated = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if server.key_state().1 > before {
+            rotated = true;
+            break;
+        }
+    }
+    assert!(rotated, "no rotation without traffic");
+    assert_eq!(server.jwks()["keys"].as_array().unwrap().len(), 2);
+}
+
+/// A key store deleted under a running server is written back from the keys in memory: same
+/// epoch, same keys, so verifiers see nothing.
+#[tokio::test]
+async fn a_deleted_key_store_is_written_back() {
+    let platform = Platform::new();
+    let path = store_path("deleted");
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &path)).unwrap();
+    let server = IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap();
+    let before = server.key_state();
+    let bundle = server.spiffe_bundle();
+    std::fs::remove_file(&path).unwrap();
+    server.maintain().await.unwrap();
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(stored["epoch"], before.0.as_str());
+    assert_eq!(server.key_state(), before);
+    assert_eq!(server.spiffe_bundle(), bundle);
+    assert_eq!(bundle[wimse_issuer::STORE_EPOCH_MEMBER], before.0.as_str());
+}

@@ -88,7 +88,6 @@ impl IdentityServer {
                           "subject_trust_domain": "spiffe://partner.example"}]
         }))?;
         let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await?);
-        let _maintenance = server.spawn_maintenance();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, wimse_issuer::router(server)).await });
