@@ -1,17 +1,4 @@
 //! PostgreSQL storage for several identity-server replicas (feature `postgres`).
-//!
-//! - One row per trust domain in `wimse_issuer_state` holds the whole [`KeyState`] sealed with
-//!   the key-encryption key (AES-256-GCM, the trust domain as associated data): the database
-//!   never sees a private key in the clear. The epoch and sequence are stored beside it in the
-//!   clear, for operators.
-//! - Changes (rotation, retirement) run in a transaction under a transaction-scoped advisory
-//!   lock per trust domain, so replicas that find a rotation due at the same moment make exactly
-//!   one new key: the second one sees the first one's key and has nothing to do.
-//! - Every issuance and exchange is a row of `wimse_issuer_audit` (who, what identifier,
-//!   lifetime, key id, replica; never a token), written before the credential is handed out:
-//!   while PostgreSQL is down, issuance answers 503 and verification is unaffected.
-//! - Each operation is bounded by `timeout_ms`; a connection that failed or timed out is dropped
-//!   and made again on the next operation.
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
@@ -44,7 +31,21 @@ CREATE TABLE IF NOT EXISTS wimse_issuer_audit (
 CREATE INDEX IF NOT EXISTS wimse_issuer_audit_at ON wimse_issuer_audit (trust_domain, at);
 ";
 
-/// Keys, rotation and audit rows in PostgreSQL. See the [module documentation](self).
+/// Keys, rotation and audit rows in PostgreSQL, for several identity-server replicas (feature
+/// `postgres`).
+///
+/// - One row per trust domain in `wimse_issuer_state` holds the whole [`KeyState`] sealed with
+///   the key-encryption key (AES-256-GCM, the trust domain as associated data): the database
+///   never sees a private key in the clear. The epoch and sequence are stored beside it in the
+///   clear, for operators.
+/// - Changes (rotation, retirement) run in a transaction under a transaction-scoped advisory
+///   lock per trust domain, so replicas that find a rotation due at the same moment make exactly
+///   one new key: the second one sees the first one's key and has nothing to do.
+/// - Every issuance and exchange is a row of `wimse_issuer_audit` (who, what identifier,
+///   lifetime, key id, replica; never a token), written before the credential is handed out:
+///   while PostgreSQL is down, issuance answers 503 and verification is unaffected.
+/// - Each operation is bounded by `timeout_ms`; a connection that failed or timed out is dropped
+///   and made again on the next operation.
 pub struct PostgresStorage {
     url: String,
     trust_domain: String,
