@@ -56,18 +56,12 @@ pub(crate) fn trust_store(specs: &[String]) -> Result<TrustStore, String> {
             spec.split_once('=').ok_or_else(|| format!("--trust-anchor {spec}: expected DOMAIN=FILE"))?;
         let domain = TrustDomain::parse(domain)
             .map_err(|e| format!("--trust-anchor {domain}: {e} (write it as scheme://name)"))?;
-        let text = read_text(file.as_ref())?;
-        let keys: Vec<PublicKey> = if text.contains("\"keys\"") {
-            let anchors = if text.contains("wit-svid") {
-                TrustAnchors::from_spiffe_bundle_json(&text)
-            } else {
-                TrustAnchors::from_jwks_json(&text)
-            };
-            anchors.map_err(|e| format!("{file}: {e}"))?.keys().to_vec()
+        let anchors = if file == "-" {
+            TrustAnchors::from_json(&read_text(file.as_ref())?).map_err(|e| format!("{file}: {e}"))?
         } else {
-            let jwk = Jwk::from_json(&text).map_err(|e| format!("{file}: {e}"))?;
-            vec![PublicKey::from_jwk(&jwk.to_public()).map_err(|e| format!("{file}: {e}"))?]
+            TrustAnchors::from_file(file).map_err(|e| e.detail().unwrap_or(file).to_owned())?
         };
+        let keys = anchors.keys().to_vec();
         for key in keys {
             store.add_key(domain.clone(), key);
         }

@@ -37,6 +37,17 @@ impl Default for TrustAnchors {
 /// refuse a replaced store's return. A JWK Set member other consumers ignore (RFC 7517 §5).
 pub const STORE_EPOCH_MEMBER: &str = "wimse_key_store_epoch";
 
+/// Reads a UTF-8 file of at most `cap` bytes.
+fn read_bounded(path: &std::path::Path, cap: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {cap} bytes")));
+    }
+    Ok(text)
+}
+
 fn config_error(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::with_detail(ErrorKind::InvalidConfiguration, detail)
 }
@@ -69,6 +80,56 @@ impl TrustAnchors {
     /// (`use` = `wit-svid`).
     pub fn from_spiffe_bundle_json(json: &str) -> Result<Self> {
         Self::from_key_set(json, |jwk| jwk.key_use.as_deref() == Some(SPIFFE_BUNDLE_WIT_USE))
+    }
+
+    /// Reads trust anchors in any of the forms they are published in: one public JWK (what
+    /// `wimse key public` writes), a JWKS, or a SPIFFE trust bundle (recognised by its
+    /// `spiffe_sequence` / `spiffe_refresh_hint` members or `use: "wit-svid"` keys; only WIT keys
+    /// are kept). Private key material is refused in every form.
+    ///
+    /// ```
+    /// use wimse_core::jose::{Algorithm, SigningKey};
+    /// use wimse_core::trust::TrustAnchors;
+    ///
+    /// let issuer = SigningKey::generate(Algorithm::ES256)?.with_kid("issuer-1");
+    /// let one_jwk = serde_json::to_string(&issuer.public_jwk())?;
+    /// assert_eq!(TrustAnchors::from_json(&one_jwk)?.keys().len(), 1);
+    /// let jwks = format!(r#"{{"keys":[{one_jwk}]}}"#);
+    /// assert_eq!(TrustAnchors::from_json(&jwks)?.keys().len(), 1);
+    /// let private = serde_json::to_string(&issuer.to_private_jwk())?;
+    /// assert!(TrustAnchors::from_json(&private).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_json(text: &str) -> Result<Self> {
+        let map = json::parse_object(text.as_bytes()).map_err(|e| config_error(format!("trust anchors: {e}")))?;
+        match map.get("keys") {
+            Some(Value::Array(entries)) => {
+                let spiffe = map.contains_key("spiffe_sequence")
+                    || map.contains_key("spiffe_refresh_hint")
+                    || entries.iter().any(|e| e.get("use").and_then(Value::as_str) == Some(SPIFFE_BUNDLE_WIT_USE));
+                if spiffe { Self::from_spiffe_bundle_json(text) } else { Self::from_jwks_json(text) }
+            }
+            Some(_) => Err(config_error("trust anchors: `keys` is not an array")),
+            None if map.contains_key("kty") => {
+                let jwk = Jwk::from_json(text).map_err(|e| config_error(format!("trust anchor JWK: {e}")))?;
+                if jwk.has_private_members() {
+                    return Err(config_error("a trust anchor must not contain private key material"));
+                }
+                let key = PublicKey::from_jwk(&jwk).map_err(|e| config_error(format!("trust anchor JWK: {e}")))?;
+                Ok(Self::new().with_key(key))
+            }
+            None => Err(config_error("trust anchors: neither a JWK, a JWKS nor a SPIFFE bundle")),
+        }
+    }
+
+    /// Reads trust anchors from a file holding a JWK, a JWKS or a SPIFFE bundle (see
+    /// [`from_json`](Self::from_json)). Errors name the file. At most 1 MiB is read.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let named = |e: String| config_error(format!("{}: {e}", path.display()));
+        let text = read_bounded(path, 1 << 20).map_err(|e| named(e.to_string()))?;
+        Self::from_json(&text)
+            .map_err(|e| named(e.detail().map_or_else(|| e.kind().description().into_owned(), str::to_owned)))
     }
 
     fn from_key_set(text: &str, keep: impl Fn(&Jwk) -> bool) -> Result<Self> {

@@ -183,13 +183,48 @@ impl VerifierConfig {
         if self.context_tokens.iter().any(|n| reserved.contains(&n.as_str()) || n.is_empty()) {
             return bad("context tokens cannot be Authorization, Workload-Identity-Token or Txn-Token");
         }
+        if let Some(origin) = self.origins.iter().find(|o| !is_origin(o)) {
+            return Err(Error::with_detail(
+                ErrorKind::InvalidConfiguration,
+                format!("origin {origin:?} is not scheme://authority (e.g. https://api.example)"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Adds what this service accepts to an `audience_mismatch` (the received `aud` is already
+    /// in it), so a misconfigured audience shows in the logs at once.
+    fn explain_audience(&self, error: Error, path: &str) -> Error {
+        if error.kind() != &ErrorKind::AudienceMismatch {
+            return error;
+        }
+        let origins: Vec<String> = self.origins.iter().map(|o| format!("{o}{}", path_without_query(path))).collect();
+        let signature_mode = error.is_signature_mode();
+        let explained = Error::with_detail(
+            ErrorKind::AudienceMismatch,
+            format!(
+                "{}; this service accepts {:?} (audiences) or {:?} (origins + path)",
+                error.detail().unwrap_or("no aud"),
+                self.audiences,
+                origins
+            ),
+        );
+        if signature_mode { explained.in_signature_mode() } else { explained }
     }
 
     fn audience_matches(&self, aud: &str, path: &str) -> bool {
         self.audiences.iter().any(|a| a == aud)
             || self.origins.iter().any(|o| aud.strip_prefix(o.as_str()) == Some(path_without_query(path)))
     }
+}
+
+/// `scheme://authority` with an http(s) scheme and nothing after the authority.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else { return false };
+    matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@', ' '])
+        && authority.parse::<http::uri::Authority>().is_ok()
 }
 
 fn path_without_query(path: &str) -> &str {
@@ -452,7 +487,8 @@ impl Verifier {
             headers: request.headers,
         };
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let sig = httpsig::verify_request(&parts, request.body, &wit, audience_ok, &self.signature_validation, now)?;
+        let sig = httpsig::verify_request(&parts, request.body, &wit, audience_ok, &self.signature_validation, now)
+            .map_err(|e| self.config.explain_audience(e, request.path))?;
         // Covered context tokens are authenticated by the signature.
         let txn_token = single_value(
             request.headers,
@@ -553,7 +589,8 @@ impl Verifier {
 
         let wit = self.validate_wit(credentials.wit, now)?;
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let (exp, jti) = crate::wpt::check(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, now)?;
+        let (exp, jti) = crate::wpt::check(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, now)
+            .map_err(|e| self.config.explain_audience(e, request.path))?;
         let leeway = self.config.leeway;
         // A verifier accepts a WPT only while `exp <= now + max lifetime + leeway`: no verifier
         // could have accepted it before `exp - max lifetime - leeway`.

@@ -182,6 +182,13 @@ pub struct VerifiedWpt {
 /// [`ReplayStore`](crate::replay::ReplayStore) afterwards (the [`Verifier`](crate::verify::Verifier)
 /// does, after the policy), so a bad proof or a refused caller never uses up a slot.
 ///
+/// An `audience_mismatch` naming the received `aud` (quoted and cut at 128 characters: it is
+/// the sender's, not a secret, but it goes to logs).
+pub(crate) fn audience_mismatch(aud: &str) -> Error {
+    let shown: String = aud.chars().take(128).collect();
+    Error::with_detail(ErrorKind::AudienceMismatch, format!("received aud {shown:?}"))
+}
+
 /// `audience_ok` decides whether an `aud` value names this service; it must come from
 /// configuration, never from the request's `Host`.
 pub fn validate_wpt(
@@ -256,7 +263,7 @@ pub(crate) fn check(
     // A WPT names one recipient: an array `aud` is refused (the draft shows only strings).
     let Some(aud) = claims.aud.as_str() else { return Err(ErrorKind::MissingClaim("aud").into()) };
     if !audience_ok(aud) {
-        return Err(ErrorKind::AudienceMismatch.into());
+        return Err(audience_mismatch(aud));
     }
 
     match &claims.wth {

@@ -531,3 +531,40 @@ fn tokens_cross_backends() {
         }
     }
 }
+
+/// An audience mismatch says what was received and what this service accepts (in the error's
+/// detail, for the logs; never the token), in both proof modes; an origin that is not
+/// `scheme://authority` is refused when the verifier is built.
+#[test]
+fn audience_errors_explain_and_origins_are_validated() {
+    use wimse_core::prelude::*;
+    for bad in
+        ["127.0.0.1:18083", "api.example", "https://api.example/v1", "ftp://api.example", "https://", "https://a b"]
+    {
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(bad)).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration, "{bad}");
+        assert!(err.detail().unwrap().contains("scheme://authority"), "{bad}: {err:?}");
+    }
+    for good in ["https://api.example", "http://127.0.0.1:18083/", "https://[::1]:8443"] {
+        Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(good)).unwrap();
+    }
+
+    // WPT mode: the received aud and what this service accepts.
+    let f = Fixture::new();
+    let verifier = f.verifier_with(f.config().with_audience("urn:svc:payments"));
+    let wpt = WptBuilder::new(&f.workload_key, &f.wit, "https://other.example/pay").sign(NOW).unwrap();
+    let err = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &wpt))).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::AudienceMismatch);
+    let detail = err.detail().unwrap();
+    assert!(detail.contains("\"https://other.example/pay\""), "{detail}");
+    assert!(detail.contains("urn:svc:payments") && detail.contains(&format!("{ORIGIN}{PATH}")), "{detail}");
+    assert!(!detail.contains(&f.wit[..30]) && !detail.contains(&wpt[..30]), "no token in the detail");
+    // Signature mode: explained in the logs, and still a plain 400 for the caller.
+    let signed = f.signed_request("GET", None, false);
+    let verifier = f.verifier_with(VerifierConfig::new().with_origin("https://elsewhere.example"));
+    let err = verifier.verify_sync(&RequestView::new(PATH, &signed).authority("payments.example")).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::AudienceMismatch);
+    assert!(err.is_signature_mode());
+    assert!(err.detail().unwrap().contains("https://elsewhere.example/charge"), "{err:?}");
+    assert_eq!(Rejection::from_error(&err).status(), 400);
+}

@@ -339,8 +339,10 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
     {
         return Err(Error::with_detail(ErrorKind::ForbiddenComponent, "CONNECT must not cover @path or @query"));
     }
-    if !verified.aud.as_deref().is_some_and(&audience_ok) {
-        return Err(ErrorKind::AudienceMismatch.into());
+    match verified.aud.as_deref() {
+        Some(aud) if audience_ok(aud) => {}
+        Some(aud) => return Err(crate::wpt::audience_mismatch(aud)),
+        None => return Err(Error::with_detail(ErrorKind::AudienceMismatch, "no wimse-aud parameter")),
     }
     let base = signature_base::<H, HeaderMap>(&sig.components, &sig.signature_params, Some(req), None)?;
     verify_bytes(&sig, &base, wit, cfg.backend)?;
