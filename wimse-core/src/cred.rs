@@ -199,8 +199,25 @@ struct FileState {
 }
 
 impl FileCredentials {
-    /// Reads both files now; fails if they do not hold matching credentials.
-    pub fn new(wit_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>, now: u64) -> Result<Self> {
+    /// Reads both files now (on the system clock); fails if they do not hold matching, unexpired
+    /// credentials.
+    ///
+    /// ```no_run
+    /// use wimse_core::cred::FileCredentials;
+    /// use wimse_core::sign::Signer;
+    ///
+    /// // Files a node agent or a Kubernetes volume keeps current; re-read as they change.
+    /// let credentials = FileCredentials::new("/run/wimse/wit.jwt", "/run/wimse/key.jwk")?;
+    /// let signer = Signer::new(credentials);
+    /// # Ok::<(), wimse_core::Error>(())
+    /// ```
+    pub fn new(wit_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>) -> Result<Self> {
+        use crate::time::Clock as _;
+        Self::new_at(wit_path, key_path, crate::time::SystemClock.now())
+    }
+
+    /// Like [`new`](Self::new), as of `now` (seconds since the epoch; for tests and tools).
+    pub fn new_at(wit_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>, now: u64) -> Result<Self> {
         let source = Self {
             wit_path: wit_path.into(),
             key_path: key_path.into(),
@@ -211,6 +228,13 @@ impl FileCredentials {
         {
             let mut state = source.lock()?;
             source.reload(&mut state, now)?;
+            if let Some(current) = state.current.as_ref().filter(|c| now >= c.expires_at) {
+                return Err(unavailable(format!(
+                    "{}: the WIT expired at {} (now {now})",
+                    source.wit_path.display(),
+                    current.expires_at
+                )));
+            }
         }
         Ok(source)
     }

@@ -98,7 +98,7 @@ impl Files {
         std::fs::write(self.0.join("key.jwk"), key.to_private_jwk().to_json()).unwrap();
     }
     fn source(&self, now: u64) -> Result<FileCredentials, Error> {
-        FileCredentials::new(self.0.join("wit.jwt"), self.0.join("key.jwk"), now)
+        FileCredentials::new_at(self.0.join("wit.jwt"), self.0.join("key.jwk"), now)
     }
 }
 
@@ -172,4 +172,22 @@ fn policies_apply_to_verified_callers() {
     let rejection = wimse_core::http::Rejection::from_error(&err);
     assert_eq!(rejection.status(), 403);
     assert_eq!(rejection.challenge(), None);
+}
+
+/// `FileCredentials::new` reads the files on the system clock: a WIT valid now loads, one that
+/// expired an hour ago by the system clock does not.
+#[test]
+fn file_credentials_on_the_system_clock() {
+    use wimse_core::time::{Clock as _, SystemClock};
+    let f = Fixture::new();
+    let files = Files::new("system-clock");
+    let now = SystemClock.now();
+    let expired = WitIssuer::new(f.issuer_key.clone()).issue(&f.id, f.workload_key.public_jwk(), now - 7200).unwrap();
+    files.write(&expired, &f.workload_key);
+    let (wit, key) = (files.0.join("wit.jwt"), files.0.join("key.jwk"));
+    assert_eq!(FileCredentials::new(&wit, &key).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
+    let fresh = WitIssuer::new(f.issuer_key.clone()).issue(&f.id, f.workload_key.public_jwk(), now).unwrap();
+    files.write(&fresh, &f.workload_key);
+    let source = FileCredentials::new(&wit, &key).unwrap();
+    assert_eq!(source.credentials(now).unwrap().wit(), fresh);
 }

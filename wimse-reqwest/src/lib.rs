@@ -10,15 +10,14 @@
 //! use wimse_reqwest::WimseMiddleware;
 //!
 //! # async fn run(trust: TrustStore) -> Result<(), Box<dyn std::error::Error>> {
-//! let now = 1_800_000_000;
-//! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk", now)?;
+//! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk")?;
 //! let client = ClientBuilder::new(reqwest::Client::new())
 //!     .with(WimseMiddleware::new(Signer::new(credentials)))
 //!     .build();
 //! let response = client.get("https://billing.internal/invoices").header("txn-token", "…").send().await?;
 //!
 //! // Signatures over method, path, query and body, with a signed response from the server:
-//! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk", now)?;
+//! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk")?;
 //! let signing = WimseMiddleware::new(Signer::new(credentials)).http_signatures().signed_responses(trust);
 //! # Ok(())
 //! # }
