@@ -1,6 +1,7 @@
 //! Test fixtures shared by the adapter crates: a small deployment (identity server, trust
 //! anchors, workloads) and the case table every server adapter must pass, run over real HTTP.
 
+pub mod logs;
 pub mod servers;
 
 use std::sync::{Arc, Mutex};

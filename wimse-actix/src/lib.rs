@@ -177,7 +177,13 @@ where
         };
         let config = match config {
             Ok(config) => config,
-            Err(error) => return reject(req, &error),
+            Err(error) => {
+                tracing::error!(
+                    "wimse: Wimse::from_app_data() found no web::Data<WimseConfig>; refusing every request (500)"
+                );
+                wimse_core::audit::rejected("none", None, &error);
+                return reject(req, &error);
+            }
         };
         if has_signature(&ActixHeaders(req.headers())) {
             return Box::pin(signed(config, self.service.clone(), req));

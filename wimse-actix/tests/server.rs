@@ -41,6 +41,7 @@ async fn case_table_with_config_in_app_data() {
 
 #[actix_web::test]
 async fn optional_authentication_and_missing_config() {
+    let logs = wimse_testkit::logs::Logs::global();
     let deployment = Deployment::new();
     let (listener, base) = listener();
     let config = WimseConfig::new(deployment.verifier(&base)).optional();
@@ -75,5 +76,9 @@ async fn optional_authentication_and_missing_config() {
     // No configuration anywhere: fail closed.
     let unconfigured = deployment.client(ALLOWED).get(format!("{base}/unconfigured/who")).send().await.unwrap();
     assert_eq!(unconfigured.status(), 500);
+    // Said in the logs: what is missing, and the refusal on the audit target.
+    assert!(!logs.lines_with(&["ERROR", "no web::Data<WimseConfig>"]).is_empty(), "{}", logs.text());
+    let audit = logs.lines_with(&["wimse::audit", r#"reason="invalid_configuration""#, "no WimseConfig in app data"]);
+    assert_eq!(audit.len(), 1, "{}", logs.text());
     handle.stop(true).await;
 }

@@ -65,3 +65,40 @@ async fn per_route_policy_and_optional_authentication() {
     let ok = deployment.client(ALLOWED).get(format!("{base}/whoami")).send().await.unwrap();
     assert_eq!(ok.text().await.unwrap(), ALLOWED);
 }
+
+/// Every refusal is logged once on `wimse::audit` with its reason: a layer policy's denial is
+/// the request's only event (no "allow" first), a route policy's denial and an anonymous caller
+/// on a route that needs one are logged by the route layer.
+#[tokio::test]
+async fn every_refusal_is_logged_with_its_final_decision() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let deployment = Deployment::new();
+    let base = serve(|base| {
+        let guarded = Router::new()
+            .route("/layer", get(whoami))
+            .layer(WimseLayer::new(deployment.verifier(&base)).policy(deployment.policy()));
+        Router::new()
+            .route("/route", get(whoami).route_layer(RequirePolicyLayer::new(deployment.policy())))
+            .layer(WimseLayer::new(deployment.verifier(&base)).optional())
+            .merge(guarded)
+    })
+    .await;
+    let layer_probe = "spiffe://prod.example/audit-probe-layer";
+    let denied = deployment.client(layer_probe).get(format!("{base}/layer")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let lines = logs.lines_with(&["wimse::audit", layer_probe]);
+    assert_eq!(lines.len(), 1, "one event for the request: {lines:?}");
+    assert!(lines[0].contains(r#"decision="reject""#) && lines[0].contains(r#"reason="policy_denied""#), "{lines:?}");
+    assert!(lines[0].contains("policy `testkit`"), "the policy's name: {lines:?}");
+
+    let route_probe = "spiffe://prod.example/audit-probe-route";
+    let denied = deployment.client(route_probe).get(format!("{base}/route")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let rejected = logs.lines_with(&["wimse::audit", route_probe, r#"decision="reject""#, "policy `testkit`"]);
+    assert_eq!(rejected.len(), 1, "{}", logs.text());
+
+    let anonymous = reqwest::get(format!("{base}/route")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let lines = logs.lines_with(&["wimse::audit", r#"mode="none""#, "route requires a verified caller"]);
+    assert!(!lines.is_empty(), "{}", logs.text());
+}

@@ -1,11 +1,15 @@
 //! One audit event per request, with the final decision (target `wimse::audit`), and the
 //! matching metrics. Never logs tokens.
+//!
+//! The verifier and [`Guard`](crate::guard::Guard) write these events themselves; adapters call
+//! [`rejected`] for refusals they decide on their own (a route-level policy, a missing
+//! configuration), so that every refusal is logged once with its reason.
 
 use crate::error::Error;
 use crate::id::WorkloadId;
 
 /// The request was let through as `caller`.
-pub(crate) fn allowed(mode: &'static str, caller: &WorkloadId) {
+pub fn allowed(mode: &'static str, caller: &WorkloadId) {
     tracing::info!(target: "wimse::audit", caller = %caller, mode, decision = "allow", "request authenticated");
     // Literal labels make a static metrics key: no allocation per allowed request.
     macro_rules! allowed_in {
@@ -22,8 +26,10 @@ pub(crate) fn allowed(mode: &'static str, caller: &WorkloadId) {
     .increment(1);
 }
 
-/// The request was refused (`caller` when the credentials had verified).
-pub(crate) fn rejected(mode: &'static str, caller: Option<&WorkloadId>, error: &Error) {
+/// The request was refused (`caller` when the credentials had verified). `mode` is the proof
+/// method's name (`wpt`, `http-signature`, `mtls`), or `none` when the request had no verified
+/// credentials.
+pub fn rejected(mode: &'static str, caller: Option<&WorkloadId>, error: &Error) {
     let reason = error.reason();
     match caller {
         Some(caller) => tracing::warn!(

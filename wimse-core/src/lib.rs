@@ -21,7 +21,7 @@
 //!
 //! [WIMSE]: https://datatracker.ietf.org/wg/wimse/about/
 
-mod audit;
+pub mod audit;
 pub mod caller;
 pub mod cred;
 pub mod draft;

@@ -68,7 +68,17 @@ where
         };
         match decision {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
-            Err(e) => ResponseFuture::rejected(rejection_response(Rejection::from_error(&e))),
+            Err(e) => {
+                // The route's own decision, logged like the layer's (the caller may have
+                // passed the layer: this event is the request's final one).
+                let caller = req.extensions().get::<VerifiedCaller>();
+                wimse_core::audit::rejected(
+                    caller.map_or("none", |c| c.method().name()),
+                    caller.map(VerifiedCaller::id),
+                    &e,
+                );
+                ResponseFuture::rejected(rejection_response(Rejection::from_error(&e)))
+            }
         }
     }
 }
