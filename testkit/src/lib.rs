@@ -11,7 +11,7 @@ use http::{Extensions, HeaderMap, Method};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use wimse_core::prelude::*;
 use wimse_core::sign::AudienceOverride;
-use wimse_reqwest::{ProofMode, WimseMiddleware};
+use wimse_reqwest::{ProofMode, WimseSignMiddleware};
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -65,7 +65,7 @@ impl Deployment {
 
     /// The policy of the case table: only [`ALLOWED`].
     pub fn policy(&self) -> Policy {
-        Policy::named("testkit").allow(Rule::exact(ALLOWED.parse().expect("id")))
+        Policy::named("testkit").allow(Rule::exact(ALLOWED).expect("id"))
     }
 
     /// Credentials for `id` from the trusted issuer (or the rogue one), issued `age` seconds ago.
@@ -89,7 +89,7 @@ impl Deployment {
 
 /// A reqwest client with the WIMSE middleware for `signer`.
 pub fn client_with(signer: Signer) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new()).with(WimseMiddleware::new(signer)).build()
+    ClientBuilder::new(reqwest::Client::new()).with(WimseSignMiddleware::new(signer)).build()
 }
 
 /// A request as the wire would carry it, recorded by [`Capture`].
@@ -214,7 +214,7 @@ pub fn signature_client(deployment: &Deployment, id: &str, server: &str) -> Clie
     let expected: WorkloadId = server.parse().expect("id");
     ClientBuilder::new(reqwest::Client::new())
         .with(
-            WimseMiddleware::new(deployment.signer(id))
+            WimseSignMiddleware::new(deployment.signer(id))
                 .http_signatures()
                 .signed_responses(deployment.trust())
                 .expected_identity(move |_| Some(expected.clone())),
@@ -226,7 +226,7 @@ pub fn signature_client(deployment: &Deployment, id: &str, server: &str) -> Clie
 async fn signed_headers(deployment: &Deployment, url: &str, body: &str, mode: ProofMode) -> HeaderMap {
     let capture = Capture::default();
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(WimseMiddleware::new(deployment.signer(ALLOWED)))
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)))
         .with(capture.clone())
         .build();
     // A client that cannot check a signed response ends the captured exchange in an error.

@@ -1,19 +1,19 @@
 //! # wimse-actix
 //!
-//! WIMSE workload identity for actix-web: the [`Wimse`] middleware verifies the caller of every
+//! WIMSE workload identity for actix-web: the [`WimseAuth`] middleware verifies the caller of every
 //! request (WIT + `Authorization: WPT`, WIT + HTTP message signature, or a mutual-TLS peer with
 //! feature `tls`), and the [`Caller`] extractor hands it to handlers. Rejections are answered
 //! exactly like the tower and axum adapters do.
 //!
 //! The middleware runs the pipeline of [`Guard`]: credentials, then the
 //! configured policy, then the replay claim (awaited without blocking the worker when the
-//! store is shared). A `Wimse` wrapped on a scope with its own policy refuses callers before
+//! store is shared). A `WimseAuth` wrapped on a scope with its own policy refuses callers before
 //! their proof is claimed; checks in handlers run after it, where the per-caller quota protects
 //! the other callers.
 //!
 //! ```
 //! use actix_web::{App, web};
-//! use wimse_actix::{Caller, Wimse, WimseConfig};
+//! use wimse_actix::{Caller, WimseAuth, Guard};
 //! use wimse_core::prelude::*;
 //!
 //! async fn whoami(caller: Caller) -> String {
@@ -27,12 +27,12 @@
 //!     TrustAnchors::new().with_key(issuer.public_key().clone()),
 //! );
 //! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://billing.example"))?;
-//! let config = WimseConfig::new(verifier).policy(Policy::named("billing").allow(Rule::path_prefix("spiffe://prod.example/orders")?));
+//! let config = Guard::new(verifier).policy(Policy::named("billing").allow(Rule::path_prefix("spiffe://prod.example/orders")?));
 //!
 //! // Configure once through app data; the middleware reads it from there.
 //! let app = App::new()
 //!     .app_data(web::Data::new(config))
-//!     .wrap(Wimse::from_app_data())
+//!     .wrap(WimseAuth::from_app_data())
 //!     .route("/whoami", web::get().to(whoami));
 //! # let _ = app;
 //! # Ok(())
@@ -52,13 +52,15 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use wimse_core::caller::{PendingCaller, TlsPeer, VerifiedCaller};
-use wimse_core::guard::Guard;
 use wimse_core::http::{HeaderSource, Rejection};
 use wimse_core::httpsig::{RequestParts, has_signature};
 use wimse_core::verify::RequestView;
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
+/// What the middleware checks: the verifier, an optional policy, required or optional
+/// authentication. Put it in app data (`web::Data<Guard>`) or give it to [`WimseAuth::new`].
+pub use wimse_core::guard::Guard;
 
 /// Mutual TLS (feature `tls`): serve with `HttpServer::listen_rustls_0_23` and a config from
 /// [`wimse_core::wic::server_config`], and pass [`tls::on_connect`] to `HttpServer::on_connect`.
@@ -72,7 +74,7 @@ pub mod tls {
     use wimse_core::caller::TlsPeer;
 
     /// Records the workload of a connection's verified client certificate as its [`TlsPeer`],
-    /// which the [`Wimse`](crate::Wimse) middleware then treats as the caller.
+    /// which the [`WimseAuth`](crate::WimseAuth) middleware then treats as the caller.
     pub fn on_connect(connection: &dyn Any, data: &mut Extensions) {
         let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else { return };
         let Some(certificates) = stream.get_ref().1.peer_certificates() else { return };
@@ -85,13 +87,9 @@ pub mod tls {
     }
 }
 
-/// What the middleware checks: the core [`Guard`] (verifier, optional policy, required or
-/// optional). Put it in app data (`web::Data<WimseConfig>`) or give it to [`Wimse::new`].
-pub type WimseConfig = Guard;
-
 /// Stages 1–3 of the pipeline (framing, credentials, policy); the claim follows in
 /// [`Guard::confirm`].
-fn admit(config: &WimseConfig, req: &ServiceRequest, body: Option<&[u8]>) -> Result<Option<PendingCaller>, Error> {
+fn admit(config: &Guard, req: &ServiceRequest, body: Option<&[u8]>) -> Result<Option<PendingCaller>, Error> {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let headers = ActixHeaders(req.headers());
     let connection = req.connection_info();
@@ -113,52 +111,52 @@ impl HeaderSource for ActixHeaders<'_> {
 
 /// The middleware factory (`App::wrap`, `Scope::wrap`, `Resource::wrap`).
 #[derive(Debug, Clone)]
-pub struct Wimse {
-    config: Option<web::Data<WimseConfig>>,
+pub struct WimseAuth {
+    config: Option<web::Data<Guard>>,
 }
 
-impl Wimse {
+impl WimseAuth {
     /// Uses `config`.
-    pub fn new(config: WimseConfig) -> Self {
+    pub fn new(config: Guard) -> Self {
         Self { config: Some(web::Data::new(config)) }
     }
 
-    /// Reads a `web::Data<WimseConfig>` from app data on each request. Without one, requests
+    /// Reads a `web::Data<Guard>` from app data on each request. Without one, requests
     /// are refused with a 500 (fail closed).
     pub fn from_app_data() -> Self {
         Self { config: None }
     }
 }
 
-impl<S, B> Transform<S, ServiceRequest> for Wimse
+impl<S, B> Transform<S, ServiceRequest> for WimseAuth
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
     B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
-    type Transform = WimseMiddleware<S>;
+    type Transform = WimseAuthMiddleware<S>;
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(WimseMiddleware { service: Rc::new(service), config: self.config.clone() }))
+        ready(Ok(WimseAuthMiddleware { service: Rc::new(service), config: self.config.clone() }))
     }
 }
 
-/// The middleware service made by [`Wimse`].
-pub struct WimseMiddleware<S> {
+/// The middleware service made by [`WimseAuth`].
+pub struct WimseAuthMiddleware<S> {
     service: Rc<S>,
-    config: Option<web::Data<WimseConfig>>,
+    config: Option<web::Data<Guard>>,
 }
 
-impl<S> fmt::Debug for WimseMiddleware<S> {
+impl<S> fmt::Debug for WimseAuthMiddleware<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WimseMiddleware").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("WimseAuthMiddleware").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-impl<S, B> Service<ServiceRequest> for WimseMiddleware<S>
+impl<S, B> Service<ServiceRequest> for WimseAuthMiddleware<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
     B: MessageBody + 'static,
@@ -171,15 +169,15 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         // Shared, not copied: the configuration is behind an `Arc` either way.
-        let config = match self.config.as_ref().or_else(|| req.app_data::<web::Data<WimseConfig>>()) {
+        let config = match self.config.as_ref().or_else(|| req.app_data::<web::Data<Guard>>()) {
             Some(config) => Ok(config.clone()),
-            None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no WimseConfig in app data")),
+            None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no Guard in app data")),
         };
         let config = match config {
             Ok(config) => config,
             Err(error) => {
                 tracing::error!(
-                    "wimse: Wimse::from_app_data() found no web::Data<WimseConfig>; refusing every request (500)"
+                    "wimse: WimseAuth::from_app_data() found no web::Data<Guard>; refusing every request (500)"
                 );
                 wimse_core::audit::rejected("none", None, &error);
                 return reject(req, &error);
@@ -263,7 +261,7 @@ impl SignedRequest {
 }
 
 async fn signed<S, B>(
-    guard: web::Data<WimseConfig>,
+    guard: web::Data<Guard>,
     service: Rc<S>,
     mut req: ServiceRequest,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error>
@@ -359,7 +357,7 @@ fn rejection_response(rejection: &Rejection) -> HttpResponse {
     builder.body(rejection.body())
 }
 
-/// Extracts the [`VerifiedCaller`] put into the request by [`Wimse`]. Without one the handler
+/// Extracts the [`VerifiedCaller`] put into the request by [`WimseAuth`]. Without one the handler
 /// is not called (401 with `WWW-Authenticate: WPT`); use `Option<Caller>` to allow anonymous requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub VerifiedCaller);
@@ -373,7 +371,7 @@ impl Deref for Caller {
 }
 
 impl FromRequest for Caller {
-    type Error = WimseError;
+    type Error = WimseRejection;
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
@@ -387,21 +385,21 @@ impl FromRequest for Caller {
 
 /// A WIMSE rejection as an actix-web error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WimseError(pub Rejection);
+pub struct WimseRejection(pub Rejection);
 
-impl From<Error> for WimseError {
+impl From<Error> for WimseRejection {
     fn from(error: Error) -> Self {
         Self(Rejection::from_error(&error))
     }
 }
 
-impl fmt::Display for WimseError {
+impl fmt::Display for WimseRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.problem().title)
     }
 }
 
-impl ResponseError for WimseError {
+impl ResponseError for WimseRejection {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.0.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }

@@ -1,7 +1,7 @@
 //! HTTP-signature mode end to end against a real actix-web server.
 
 use actix_web::{App, HttpServer, web};
-use wimse_actix::{Caller, Wimse, WimseConfig};
+use wimse_actix::{Caller, Guard, WimseAuth};
 use wimse_testkit::{Deployment, SERVER, SIGNATURE_BODY_LIMIT, run_signature_cases};
 
 async fn echo(caller: Caller, body: String) -> String {
@@ -11,12 +11,12 @@ async fn echo(caller: Caller, body: String) -> String {
 fn serve(deployment: &Deployment, sign_responses: bool) -> (String, actix_web::dev::ServerHandle) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = WimseConfig::new(deployment.verifier(&base)).body_limit(SIGNATURE_BODY_LIMIT);
+    let mut config = Guard::new(deployment.verifier(&base)).body_limit(SIGNATURE_BODY_LIMIT);
     if sign_responses {
         config = config.sign_responses(deployment.signer(SERVER));
     }
     let server =
-        HttpServer::new(move || App::new().wrap(Wimse::new(config.clone())).route("/pay", web::post().to(echo)))
+        HttpServer::new(move || App::new().wrap(WimseAuth::new(config.clone())).route("/pay", web::post().to(echo)))
             .workers(1)
             .listen(listener)
             .unwrap()

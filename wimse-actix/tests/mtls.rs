@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use actix_web::{App, HttpServer, web};
 use rustls::pki_types::ServerName;
-use wimse_actix::{Caller, Wimse, WimseConfig};
+use wimse_actix::{Caller, Guard, WimseAuth};
 use wimse_core::prelude::*;
 use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
@@ -36,15 +36,16 @@ async fn mutual_tls_callers() {
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("https://{}", listener.local_addr().unwrap());
-    let policy = Policy::named("ledger").allow(Rule::exact("spiffe://prod.example/billing".parse().unwrap()));
-    let config = WimseConfig::new(deployment.verifier(&base)).policy(policy);
-    let server =
-        HttpServer::new(move || App::new().wrap(Wimse::new(config.clone())).route("/whoami", web::get().to(whoami)))
-            .on_connect(wimse_actix::tls::on_connect)
-            .workers(1)
-            .listen_rustls_0_23(listener, tls)
-            .unwrap()
-            .run();
+    let policy = Policy::named("ledger").allow(Rule::exact("spiffe://prod.example/billing").unwrap());
+    let config = Guard::new(deployment.verifier(&base)).policy(policy);
+    let server = HttpServer::new(move || {
+        App::new().wrap(WimseAuth::new(config.clone())).route("/whoami", web::get().to(whoami))
+    })
+    .on_connect(wimse_actix::tls::on_connect)
+    .workers(1)
+    .listen_rustls_0_23(listener, tls)
+    .unwrap()
+    .run();
     let handle = server.handle();
     actix_web::rt::spawn(server);
 

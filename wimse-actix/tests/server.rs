@@ -1,7 +1,7 @@
 //! A real actix-web server on loopback, called by real reqwest clients.
 
 use actix_web::{App, HttpServer, web};
-use wimse_actix::{Caller, Wimse, WimseConfig};
+use wimse_actix::{Caller, Guard, WimseAuth};
 use wimse_testkit::{ALLOWED, Deployment, run_cases};
 
 async fn whoami(caller: Caller) -> String {
@@ -22,11 +22,11 @@ fn listener() -> (std::net::TcpListener, String) {
 async fn case_table_with_config_in_app_data() {
     let deployment = Deployment::new();
     let (listener, base) = listener();
-    let config = WimseConfig::new(deployment.verifier(&base)).policy(deployment.policy());
+    let config = Guard::new(deployment.verifier(&base)).policy(deployment.policy());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(config.clone()))
-            .wrap(Wimse::from_app_data())
+            .wrap(WimseAuth::from_app_data())
             .route("/whoami", web::get().to(whoami))
     })
     .workers(1)
@@ -44,16 +44,16 @@ async fn optional_authentication_and_missing_config() {
     let logs = wimse_testkit::logs::Logs::global();
     let deployment = Deployment::new();
     let (listener, base) = listener();
-    let config = WimseConfig::new(deployment.verifier(&base)).optional();
+    let config = Guard::new(deployment.verifier(&base)).optional();
     let server = HttpServer::new(move || {
         App::new()
             .service(
                 web::scope("/opt")
-                    .wrap(Wimse::new(config.clone()))
+                    .wrap(WimseAuth::new(config.clone()))
                     .route("/maybe", web::get().to(maybe))
                     .route("/who", web::get().to(whoami)),
             )
-            .service(web::scope("/unconfigured").wrap(Wimse::from_app_data()).route("/who", web::get().to(whoami)))
+            .service(web::scope("/unconfigured").wrap(WimseAuth::from_app_data()).route("/who", web::get().to(whoami)))
     })
     .workers(1)
     .listen(listener)
@@ -77,8 +77,8 @@ async fn optional_authentication_and_missing_config() {
     let unconfigured = deployment.client(ALLOWED).get(format!("{base}/unconfigured/who")).send().await.unwrap();
     assert_eq!(unconfigured.status(), 500);
     // Said in the logs: what is missing, and the refusal on the audit target.
-    assert!(!logs.lines_with(&["ERROR", "no web::Data<WimseConfig>"]).is_empty(), "{}", logs.text());
-    let audit = logs.lines_with(&["wimse::audit", r#"reason="invalid_configuration""#, "no WimseConfig in app data"]);
+    assert!(!logs.lines_with(&["ERROR", "no web::Data<Guard>"]).is_empty(), "{}", logs.text());
+    let audit = logs.lines_with(&["wimse::audit", r#"reason="invalid_configuration""#, "no Guard in app data"]);
     assert_eq!(audit.len(), 1, "{}", logs.text());
     handle.stop(true).await;
 }

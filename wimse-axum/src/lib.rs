@@ -24,7 +24,7 @@
 //!     TrustAnchors::new().with_key(issuer.public_key().clone()),
 //! );
 //! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://orders.example"))?;
-//! let admins = Policy::named("admin").allow(Rule::exact("spiffe://prod.example/ops".parse()?));
+//! let admins = Policy::named("admin").allow(Rule::exact("spiffe://prod.example/ops")?);
 //!
 //! let app: Router = Router::new()
 //!     .route("/admin", get(whoami).route_layer(RequirePolicyLayer::new(admins)))

@@ -14,7 +14,7 @@ use wimse_core::prelude::*;
 use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
-use wimse_reqwest::{WimseMiddleware, mtls_client_builder};
+use wimse_reqwest::{WimseSignMiddleware, mtls_client_builder};
 use wimse_testkit::{ALLOWED, DENIED, Deployment};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -93,7 +93,7 @@ async fn mutual_tls_callers() {
     // Application-level credentials on an mTLS connection are verified and must name the
     // connection's workload (mutual-tls-03): another workload's valid WPT is refused...
     let other = ClientBuilder::new(client(&setup, "spiffe://prod.example/orders", LEDGER))
-        .with(WimseMiddleware::new(deployment.signer(ALLOWED)))
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)))
         .build();
     let response = other.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 403);
@@ -101,7 +101,7 @@ async fn mutual_tls_callers() {
     assert_eq!(body["reason"], "tls_peer_mismatch");
     // ...while the same workload's is the caller, with its proof mode.
     let front = ClientBuilder::new(client(&setup, ALLOWED, LEDGER))
-        .with(WimseMiddleware::new(deployment.signer(ALLOWED)))
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)))
         .build();
     let response = front.get(&url).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), format!("{ALLOWED} wpt"));

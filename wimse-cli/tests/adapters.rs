@@ -64,7 +64,7 @@ async fn reqwest_middleware_output_verifies_with_the_cli() {
     let deployment = Deployment::new();
     let capture = Capture::default();
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(wimse_reqwest::WimseMiddleware::new(deployment.signer(ALLOWED)))
+        .with(wimse_reqwest::WimseSignMiddleware::new(deployment.signer(ALLOWED)))
         .with(capture.clone())
         .build();
     client.post("http://billing.example:8080/charge?x=1").header("txn-token", "txn-8").send().await.unwrap();

@@ -10,8 +10,8 @@
 //!
 //! let policy = Policy::named("orders-api")
 //!     .allow(Rule::path_prefix("spiffe://prod.example/ns/front")?)
-//!     .allow(Rule::exact("spiffe://prod.example/ns/batch/nightly".parse()?))
-//!     .deny(Rule::exact("spiffe://prod.example/ns/front/legacy".parse()?));
+//!     .allow(Rule::exact("spiffe://prod.example/ns/batch/nightly")?)
+//!     .deny(Rule::exact("spiffe://prod.example/ns/front/legacy")?);
 //! assert!(policy.allows_id(&"spiffe://prod.example/ns/front/web".parse()?));
 //! assert!(!policy.allows_id(&"spiffe://prod.example/ns/frontier".parse()?));
 //! assert!(!policy.allows_id(&"spiffe://prod.example/ns/front/legacy".parse()?));
@@ -51,8 +51,13 @@ impl Rule {
         Rule(RuleKind::Any)
     }
 
-    /// Exactly this workload.
-    pub fn exact(id: WorkloadId) -> Self {
+    /// Exactly the workload `id` (parsed here, like [`path_prefix`](Self::path_prefix)).
+    pub fn exact(id: &str) -> std::result::Result<Self, IdentifierError> {
+        Ok(Self::workload(WorkloadId::parse(id)?))
+    }
+
+    /// Exactly this (already parsed) workload.
+    pub fn workload(id: WorkloadId) -> Self {
         Rule(RuleKind::Exact(id))
     }
 
@@ -214,7 +219,7 @@ mod tests {
         let c = id("spiffe://e/c");
         let domain: TrustDomain = "spiffe://d".parse().unwrap();
         let p = Policy::named("p")
-            .allow(Rule::any_of([Rule::trust_domain(domain.clone()), Rule::exact(c.clone())]))
+            .allow(Rule::any_of([Rule::trust_domain(domain.clone()), Rule::workload(c.clone())]))
             .deny(Rule::all_of([Rule::trust_domain(domain), Rule::not(Rule::one_of([a.clone()]))]));
         assert!(p.allows_id(&a));
         assert!(!p.allows_id(&b), "deny wins over allow");
@@ -230,8 +235,8 @@ mod tests {
     #[test]
     fn clones_share_rules_until_one_is_extended() {
         let a = id("spiffe://d/a");
-        let base = Policy::named("base").allow(Rule::exact(a.clone()));
-        let stricter = base.clone().deny(Rule::exact(a.clone()));
+        let base = Policy::named("base").allow(Rule::workload(a.clone()));
+        let stricter = base.clone().deny(Rule::workload(a.clone()));
         let wider = base.clone().allow(Rule::any());
         assert!(base.allows_id(&a) && !stricter.allows_id(&a), "a deny on a clone leaves the original alone");
         assert!(wider.allows_id(&id("spiffe://d/other")) && !base.allows_id(&id("spiffe://d/other")));

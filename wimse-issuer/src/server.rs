@@ -158,7 +158,7 @@ impl IdentityServer {
                 if !id.is_in(&domain) {
                     return Err(config_error(field(&format!("allowed[{j}]")), format!("not in {domain}")));
                 }
-                rules.push(Rule::exact(id));
+                rules.push(Rule::workload(id));
             }
             for (j, prefix) in c.allowed_prefixes.iter().enumerate() {
                 let rule =

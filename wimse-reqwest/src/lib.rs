@@ -7,18 +7,18 @@
 //! ```no_run
 //! use reqwest_middleware::ClientBuilder;
 //! use wimse_core::prelude::*;
-//! use wimse_reqwest::WimseMiddleware;
+//! use wimse_reqwest::WimseSignMiddleware;
 //!
 //! # async fn run(trust: TrustStore) -> Result<(), Box<dyn std::error::Error>> {
 //! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk")?;
 //! let client = ClientBuilder::new(reqwest::Client::new())
-//!     .with(WimseMiddleware::new(Signer::new(credentials)))
+//!     .with(WimseSignMiddleware::new(Signer::new(credentials)))
 //!     .build();
 //! let response = client.get("https://billing.internal/invoices").header("txn-token", "…").send().await?;
 //!
 //! // Signatures over method, path, query and body, with a signed response from the server:
 //! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk")?;
-//! let signing = WimseMiddleware::new(Signer::new(credentials)).http_signatures().signed_responses(trust);
+//! let signing = WimseSignMiddleware::new(Signer::new(credentials)).http_signatures().signed_responses(trust);
 //! # Ok(())
 //! # }
 //! ```
@@ -80,7 +80,7 @@ type UrlFn<T> = dyn Fn(&Url) -> Option<T> + Send + Sync;
 
 /// Signs each request with the workload's current credentials.
 #[derive(Clone)]
-pub struct WimseMiddleware {
+pub struct WimseSignMiddleware {
     signer: Signer,
     mode: ProofMode,
     alias: Option<Arc<UrlFn<String>>>,
@@ -88,9 +88,9 @@ pub struct WimseMiddleware {
     responses: Option<ResponseVerifier>,
 }
 
-impl fmt::Debug for WimseMiddleware {
+impl fmt::Debug for WimseSignMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WimseMiddleware")
+        f.debug_struct("WimseSignMiddleware")
             .field("signer", &self.signer)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
@@ -111,7 +111,7 @@ fn middleware_error(error: Error) -> reqwest_middleware::Error {
     reqwest_middleware::Error::middleware(error)
 }
 
-impl WimseMiddleware {
+impl WimseSignMiddleware {
     /// Signs with `signer`, using WPTs.
     pub fn new(signer: Signer) -> Self {
         Self { signer, mode: ProofMode::Wpt, alias: None, expected_identity: None, responses: None }
@@ -246,7 +246,7 @@ impl WimseMiddleware {
             if required {
                 return Err(Error::with_detail(
                     ErrorKind::InvalidConfiguration,
-                    "a signed response was asked for but no trust anchors were given to check it (WimseMiddleware::signed_responses)",
+                    "a signed response was asked for but no trust anchors were given to check it (WimseSignMiddleware::signed_responses)",
                 ));
             }
             tracing::debug!("wimse: unsolicited signed response not checked (no trust anchors for responses)");
@@ -293,7 +293,7 @@ impl WimseMiddleware {
 }
 
 #[async_trait::async_trait]
-impl Middleware for WimseMiddleware {
+impl Middleware for WimseSignMiddleware {
     async fn handle(&self, mut req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
         let mode = extensions.get::<ProofMode>().copied().unwrap_or(self.mode);
         let signature = match self.sign(&mut req, extensions, mode) {

@@ -2,10 +2,10 @@
 
 use reqwest_middleware::ClientBuilder;
 use wimse_core::prelude::*;
-use wimse_reqwest::{AudienceOverride, ContextTokens, WimseMiddleware, audience_for_url};
+use wimse_reqwest::{AudienceOverride, ContextTokens, WimseSignMiddleware, audience_for_url};
 use wimse_testkit::{ALLOWED, Capture, Deployment};
 
-fn client(middleware: WimseMiddleware, capture: &Capture) -> reqwest_middleware::ClientWithMiddleware {
+fn client(middleware: WimseSignMiddleware, capture: &Capture) -> reqwest_middleware::ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new()).with(middleware).with(capture.clone()).build()
 }
 
@@ -18,7 +18,7 @@ fn verify(verifier: &Verifier, capture: &Capture) -> Result<VerifiedCaller, Erro
 async fn audience_defaults_to_the_url_and_can_be_overridden() {
     let deployment = Deployment::new();
     let capture = Capture::default();
-    let client = client(WimseMiddleware::new(deployment.signer(ALLOWED)), &capture);
+    let client = client(WimseSignMiddleware::new(deployment.signer(ALLOWED)), &capture);
     let verifier = deployment.verifier("https://api.example:8443");
 
     client.get("https://api.example:8443/v1/items?x=1#f").send().await.unwrap();
@@ -34,7 +34,7 @@ async fn audience_defaults_to_the_url_and_can_be_overridden() {
     verify(&by_name, &capture).unwrap();
 
     let aliased = self::client(
-        WimseMiddleware::new(deployment.signer(ALLOWED))
+        WimseSignMiddleware::new(deployment.signer(ALLOWED))
             .audience_alias(|url| (url.host_str() == Some("10.0.0.7")).then(|| "urn:svc:items".into())),
         &capture,
     );
@@ -47,7 +47,7 @@ async fn audience_defaults_to_the_url_and_can_be_overridden() {
 async fn per_request_context_tokens_are_added_and_bound() {
     let deployment = Deployment::new();
     let capture = Capture::default();
-    let client = client(WimseMiddleware::new(deployment.signer(ALLOWED)), &capture);
+    let client = client(WimseSignMiddleware::new(deployment.signer(ALLOWED)), &capture);
     let verifier = Verifier::new(
         deployment.trust(),
         VerifierConfig::new().with_origin("https://api.example").with_context_token("x-tenant-token"),
@@ -69,7 +69,7 @@ async fn per_request_context_tokens_are_added_and_bound() {
 async fn signing_failures_stop_the_request() {
     let deployment = Deployment::new();
     let capture = Capture::default();
-    let client = client(WimseMiddleware::new(deployment.signer(ALLOWED)), &capture);
+    let client = client(WimseSignMiddleware::new(deployment.signer(ALLOWED)), &capture);
     let err = client.get("https://api.example/").bearer_auth("t").send().await.unwrap_err();
     assert!(matches!(err, reqwest_middleware::Error::Middleware(_)));
     assert!(capture.take().is_none(), "nothing was sent");
@@ -78,7 +78,7 @@ async fn signing_failures_stop_the_request() {
 #[test]
 fn expected_identity_hook() {
     let deployment = Deployment::new();
-    let middleware = WimseMiddleware::new(deployment.signer(ALLOWED)).expected_identity(|url| {
+    let middleware = WimseSignMiddleware::new(deployment.signer(ALLOWED)).expected_identity(|url| {
         (url.host_str() == Some("billing.internal")).then(|| "spiffe://prod.example/billing".parse().unwrap())
     });
     let billing = middleware.expected_identity_for(&"https://billing.internal/x".parse().unwrap());
@@ -114,13 +114,15 @@ impl reqwest_middleware::Middleware for SigningServer {
 async fn unsolicited_signed_responses_are_checked_only_with_anchors() {
     let deployment = Deployment::new();
     let plain = ClientBuilder::new(reqwest::Client::new())
-        .with(WimseMiddleware::new(deployment.signer(ALLOWED)).http_signatures())
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).http_signatures())
         .with(SigningServer)
         .build();
     let response = plain.get("https://api.example/v1").send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "unsolicited");
     let checking = ClientBuilder::new(reqwest::Client::new())
-        .with(WimseMiddleware::new(deployment.signer(ALLOWED)).http_signatures().signed_responses(deployment.trust()))
+        .with(
+            WimseSignMiddleware::new(deployment.signer(ALLOWED)).http_signatures().signed_responses(deployment.trust()),
+        )
         .with(SigningServer)
         .build();
     assert!(checking.get("https://api.example/v1").send().await.is_err(), "a forged signed response is refused");

@@ -47,7 +47,7 @@ pub use client::{SignFuture, WimseSign, WimseSignLayer};
 #[cfg(feature = "mtls")]
 pub use mtls::mtls_connector;
 pub use require::{RequirePolicy, RequirePolicyLayer};
-pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, Wimse, WimseBody, WimseLayer, WimseRequestBody};
+pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, WimseBody, WimseLayer, WimseRequestBody, WimseService};
 pub use signature::{SignatureFuture, WimseSignature, WimseSignatureLayer};
 pub use wimse_core;
 

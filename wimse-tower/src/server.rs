@@ -23,11 +23,11 @@ use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
 
-/// Body of responses from [`Wimse`]: the inner service's body, or a rejection's problem JSON
+/// Body of responses from [`WimseService`]: the inner service's body, or a rejection's problem JSON
 /// (or a signed response's buffered body).
 pub type WimseBody<B> = Either<B, Full<Bytes>>;
 
-/// Body of requests passed on by [`Wimse`]: the original body, or the buffered bytes that a
+/// Body of requests passed on by [`WimseService`]: the original body, or the buffered bytes that a
 /// signed request's `Content-Digest` was checked against (the handler sees exactly those).
 pub type WimseRequestBody<B> = Either<B, Full<Bytes>>;
 
@@ -94,21 +94,21 @@ impl From<Guard> for WimseLayer {
 }
 
 impl<S> Layer<S> for WimseLayer {
-    type Service = Wimse<S>;
+    type Service = WimseService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Wimse { inner, layer: self.clone() }
+        WimseService { inner, layer: self.clone() }
     }
 }
 
 /// The service made by [`WimseLayer`].
 #[derive(Debug, Clone)]
-pub struct Wimse<S> {
+pub struct WimseService<S> {
     inner: S,
     layer: WimseLayer,
 }
 
-impl<S> Wimse<S> {
+impl<S> WimseService<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, layer: WimseLayer) -> Self {
         Self { inner, layer }
@@ -142,7 +142,7 @@ fn authority<B>(req: &Request<B>) -> &str {
         .unwrap_or_default()
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Wimse<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for WimseService<S>
 where
     S: Service<Request<WimseRequestBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -297,7 +297,7 @@ where
 type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<WimseBody<B>>, E>> + Send>>;
 
 pin_project! {
-    /// Response future of [`Wimse`] and [`RequirePolicy`](crate::RequirePolicy).
+    /// Response future of [`WimseService`] and [`RequirePolicy`](crate::RequirePolicy).
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         kind: Kind<F, B, E>,

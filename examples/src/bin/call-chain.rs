@@ -31,7 +31,7 @@ use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
 use wimse_issuer::IssuerConfig;
-use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, ProofMode, WimseMiddleware};
+use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, ProofMode, WimseSignMiddleware};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -155,7 +155,7 @@ impl IdentityServer {
 }
 
 fn client(signer: Signer) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new()).with(WimseMiddleware::new(signer)).build()
+    ClientBuilder::new(reqwest::Client::new()).with(WimseSignMiddleware::new(signer)).build()
 }
 
 fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
@@ -195,7 +195,7 @@ async fn start_ledger(ids: &IdentityServer) -> Result<String, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("https://{}", listener.local_addr()?);
     let tls = server_config(&ids.wic_anchors, ids.enroll_wic("spiffe://prod.example/ledger", WicUsage::Server)?)?;
-    let policy = Policy::named("ledger").allow(Rule::exact("spiffe://prod.example/billing".parse()?));
+    let policy = Policy::named("ledger").allow(Rule::exact("spiffe://prod.example/billing")?);
     let app = axum::Router::new()
         .route("/record", post(record))
         .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy));
@@ -214,15 +214,15 @@ async fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Err
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
-    let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders".parse()?));
-    let config = wimse_actix::WimseConfig::new(verifier(ids, &base)?)
+    let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders")?);
+    let config = wimse_actix::Guard::new(verifier(ids, &base)?)
         .policy(policy)
         .sign_responses(ids.enroll("spiffe://prod.example/billing").await?);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(actix_web::web::Data::new(config.clone()))
             .app_data(ledger.clone())
-            .wrap(wimse_actix::Wimse::from_app_data())
+            .wrap(wimse_actix::WimseAuth::from_app_data())
             .route("/charge", actix_web::web::post().to(charge))
     })
     .workers(1)
@@ -293,7 +293,7 @@ async fn start_orders(ids: &IdentityServer, billing: String) -> Result<String, E
         Policy::named("orders").allow(Rule::one_of(["spiffe://prod.example/front".parse()?, PARTNER.parse()?]));
     // Orders verifies billing's signed responses against billing's expected identity.
     let billing_id: WorkloadId = "spiffe://prod.example/billing".parse()?;
-    let middleware = WimseMiddleware::new(ids.enroll("spiffe://prod.example/orders").await?)
+    let middleware = WimseSignMiddleware::new(ids.enroll("spiffe://prod.example/orders").await?)
         .signed_responses(ids.trust()?)
         .expected_identity(move |_| Some(billing_id.clone()));
     let state =

@@ -45,7 +45,7 @@ impl Auth {
                 verifier.with_replay_store(RedisReplayStore::cluster(nodes)?.timeout(REDIS_TIMEOUT))
             }
         };
-        let policy = Policy::named("load-bench").allow(Rule::exact(CLIENT_ID.parse()?));
+        let policy = Policy::named("load-bench").allow(Rule::exact(CLIENT_ID)?);
         let tls = if mode == Mode::Mtls {
             let anchors = WicAnchors::new();
             anchors.set(setup_domain()?, certificates_from_pem(&setup.wic_ca_pem)?)?;
@@ -130,10 +130,10 @@ fn serve_actix(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
                 .listen(listener)?
                 .run(),
             Some(auth) => {
-                let config = wimse_actix::WimseConfig::new(auth.verifier).policy(auth.policy);
+                let config = wimse_actix::Guard::new(auth.verifier).policy(auth.policy);
                 let server = HttpServer::new(move || {
                     App::new()
-                        .wrap(wimse_actix::Wimse::new(config.clone()))
+                        .wrap(wimse_actix::WimseAuth::new(config.clone()))
                         .route("/bench", web::get().to(whoami_actix))
                 })
                 .workers(workers);
