@@ -57,6 +57,9 @@ use wimse_core::httpsig::{RequestParts, has_signature};
 use wimse_core::verify::RequestView;
 use wimse_core::{Error, ErrorKind};
 
+mod require;
+
+pub use require::{RequirePolicy, RequirePolicyMiddleware};
 pub use wimse_core;
 /// What the middleware checks: the verifier, an optional policy, required or optional
 /// authentication. Put it in app data (`web::Data<Guard>`) or give it to [`WimseAuth::new`].
@@ -346,7 +349,7 @@ where
     Ok(ServiceResponse::new(http_req, response).map_into_right_body())
 }
 
-fn rejection_response(rejection: &Rejection) -> HttpResponse {
+pub(crate) fn rejection_response(rejection: &Rejection) -> HttpResponse {
     let status = StatusCode::from_u16(rejection.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
     for (name, value) in rejection.headers().iter() {

@@ -82,3 +82,46 @@ async fn optional_authentication_and_missing_config() {
     assert_eq!(audit.len(), 1, "{}", logs.text());
     handle.stop(true).await;
 }
+
+/// A policy per scope, as easy as axum's `route_layer`: the app verifies callers (optionally),
+/// `/admin` lets only the allowed workload in, public routes stay open.
+#[actix_web::test]
+async fn per_scope_policy() {
+    use wimse_actix::RequirePolicy;
+    use wimse_testkit::DENIED;
+    let logs = wimse_testkit::logs::Logs::global();
+    let deployment = Deployment::new();
+    let (listener, base) = listener();
+    let guard = Guard::new(deployment.verifier(&base)).optional();
+    let policy = deployment.policy();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(WimseAuth::new(guard.clone()))
+            .route("/public", web::get().to(maybe))
+            .service(web::scope("/admin").wrap(RequirePolicy::new(policy.clone())).route("/who", web::get().to(whoami)))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+
+    let allowed = deployment.client(ALLOWED).get(format!("{base}/admin/who")).send().await.unwrap();
+    assert_eq!((allowed.status().as_u16(), allowed.text().await.unwrap()), (200, ALLOWED.to_owned()));
+    let denied = deployment.client(DENIED).get(format!("{base}/admin/who")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&denied.text().await.unwrap()).unwrap();
+    assert_eq!(body["reason"], "policy_denied");
+    let anonymous = reqwest::get(format!("{base}/admin/who")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["www-authenticate"], "WPT");
+    let public = reqwest::get(format!("{base}/public")).await.unwrap();
+    assert_eq!(public.text().await.unwrap(), "anonymous");
+    assert!(!logs.lines_with(&["wimse::audit", "scope requires a verified caller"]).is_empty());
+    let probe = "spiffe://prod.example/scope-probe";
+    assert_eq!(deployment.client(probe).get(format!("{base}/admin/who")).send().await.unwrap().status(), 403);
+    let rejected = logs.lines_with(&["wimse::audit", probe, r#"decision="reject""#, "policy `testkit`"]);
+    assert_eq!(rejected.len(), 1, "{}", logs.text());
+    handle.stop(true).await;
+}
