@@ -23,8 +23,12 @@ pub(crate) struct VerifyArgs {
     requests: Vec<PathBuf>,
     /// Issuer key of a trust domain, as DOMAIN=FILE with a JWK, a JWKS or a SPIFFE bundle
     /// (repeatable; several keys of one domain are all trusted).
-    #[arg(long = "trust-anchor", value_name = "DOMAIN=FILE", required = true)]
+    #[arg(long = "trust-anchor", value_name = "DOMAIN=FILE", required_unless_present = "config")]
     trust_anchors: Vec<String>,
+    /// Verifier settings (`[verifier]` of a JSON or TOML settings file, see
+    /// `wimse_core::config`), then the `WIMSE_*` variables; the options here add to them.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// An exact `aud` value naming this service (repeatable).
     #[arg(long = "audience")]
     audiences: Vec<String>,
@@ -34,12 +38,12 @@ pub(crate) struct VerifyArgs {
     /// A context-token field bound through `oth` that this service understands (repeatable).
     #[arg(long = "context-token")]
     context_tokens: Vec<String>,
-    /// Clock leeway in seconds.
-    #[arg(long, default_value_t = 30)]
-    leeway: u64,
-    /// Refuse HTTP signatures created longer ago than this (seconds).
-    #[arg(long = "max-age", default_value_t = 300)]
-    max_age: u64,
+    /// Clock leeway in seconds [default: 30, or the settings'].
+    #[arg(long)]
+    leeway: Option<u64>,
+    /// Refuse HTTP signatures created longer ago than this, in seconds [default: 300, or the settings'].
+    #[arg(long = "max-age")]
+    max_age: Option<u64>,
     /// A component HTTP signatures must cover besides the profile's, e.g. `@authority` or
     /// `x-request-id` (repeatable).
     #[arg(long = "require-component")]
@@ -50,7 +54,10 @@ pub(crate) struct VerifyArgs {
 }
 
 pub(crate) fn trust_store(specs: &[String]) -> Result<TrustStore, String> {
-    let mut store = TrustStore::new();
+    add_trust_anchors(TrustStore::new(), specs)
+}
+
+fn add_trust_anchors(mut store: TrustStore, specs: &[String]) -> Result<TrustStore, String> {
     for spec in specs {
         let (domain, file) =
             spec.split_once('=').ok_or_else(|| format!("--trust-anchor {spec}: expected DOMAIN=FILE"))?;
@@ -96,21 +103,20 @@ pub(crate) fn run(args: VerifyArgs) -> CliResult {
 }
 
 fn verifier(args: &VerifyArgs) -> Result<Verifier, String> {
-    let mut config = VerifierConfig::new().with_leeway(args.leeway).with_max_signature_age(args.max_age);
-    for aud in &args.audiences {
-        config = config.with_audience(aud);
-    }
-    for origin in &args.origins {
-        config = config.with_origin(origin);
-    }
-    for name in &args.context_tokens {
-        config = config.with_context_token(name);
-    }
-    for component in &args.required_components {
-        config = config.with_required_component(component);
-    }
+    let mut settings = match &args.config {
+        Some(path) => wimse_core::config::Settings::load(path).map_err(|e| e.to_string())?.verifier,
+        None => wimse_core::config::VerifierSettings::default(),
+    };
+    settings.audiences.extend(args.audiences.iter().cloned());
+    settings.origins.extend(args.origins.iter().cloned());
+    settings.context_tokens.extend(args.context_tokens.iter().cloned());
+    settings.required_components.extend(args.required_components.iter().cloned());
+    settings.leeway = args.leeway.or(settings.leeway);
+    settings.max_signature_age = args.max_age.or(settings.max_signature_age);
+    let trust = settings.trust_store().map_err(|e| e.to_string())?;
+    let trust = add_trust_anchors(trust, &args.trust_anchors)?;
     let now = now_or(args.now);
-    Ok(Verifier::new(trust_store(&args.trust_anchors)?, config)
+    Ok(Verifier::new(trust, settings.config())
         .map_err(|e| format!("{e} (give --audience or --origin)"))?
         .with_clock(FixedClock::new(now)))
 }

@@ -707,3 +707,34 @@ fn issuer_serve_refuses_bad_configuration_and_serves_bundles() {
     assert_eq!(issued, 200);
     assert!(d.path("keys.json").exists(), "the key store was written");
 }
+
+/// The verifier from a settings file (TOML) and `WIMSE_*` variables instead of options.
+#[test]
+fn verify_reads_settings_and_the_environment() {
+    let d = setup("settings", "ES256");
+    let settings = format!(
+        "[verifier]\ncontext_tokens = [\"x-ctx\"]\n\n[[verifier.trust]]\ntrust_domain = \"spiffe://prod.example\"\nfile = \"{}\"\n",
+        d.s("issuer.pub.jwk")
+    );
+    std::fs::write(d.path("verifier.toml"), settings).unwrap();
+    let run = |origin: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wimse"))
+            .args(["verify", "--request", &d.s("signed.http"), "--config", &d.s("verifier.toml"), "--now", NOW])
+            .env("WIMSE_ORIGINS", origin)
+            .output()
+            .unwrap()
+    };
+    let out = run("https://payments.example");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["caller"]["id"], "spiffe://prod.example/orders");
+    // The environment decides the origin: another one refuses the request.
+    let out = run("https://elsewhere.example");
+    assert_eq!(out.status.code(), Some(1));
+    // A bad settings file is a configuration error naming the file and field (exit 2).
+    std::fs::write(d.path("bad.toml"), "[verifier]\naudiances = [\"x\"]\n").unwrap();
+    let out = wimse(&["verify", "--request", &d.s("signed.http"), "--config", &d.s("bad.toml")]);
+    assert_eq!(out.status.code(), Some(2));
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("bad.toml") && shown.contains("audiances"), "{shown}");
+}

@@ -23,6 +23,7 @@
 
 pub mod audit;
 pub mod caller;
+pub mod config;
 pub mod cred;
 pub mod draft;
 mod error;

@@ -1,0 +1,407 @@
+//! Configuration as data: a verifier, a policy and a credential source from a JSON or TOML file
+//! (feature `toml`) and `WIMSE_*` environment variables, so operators change an audience or a
+//! trust bundle path without changing code. Errors name the field.
+//!
+//! ```toml
+//! [verifier]
+//! origins = ["https://payments.example"]        # or audiences = ["urn:svc:payments"]
+//! leeway = 30                                    # seconds, at most 300
+//! proofs = "both"                                # "wpt", "http-signature" or "both"
+//!
+//! [[verifier.trust]]
+//! trust_domain = "spiffe://prod.example"
+//! file = "/etc/wimse/prod.example.bundle.json"    # a JWK, a JWKS or a SPIFFE bundle
+//!
+//! [policy]
+//! name = "payments"
+//! allow = { workloads = ["spiffe://prod.example/orders"], prefixes = ["spiffe://prod.example/batch"] }
+//! deny = { workloads = ["spiffe://prod.example/batch/legacy"] }
+//!
+//! [credentials]
+//! wit_file = "/run/wimse/wit.jwt"
+//! key_file = "/run/wimse/key.jwk"
+//! ```
+//!
+//! Environment variables override the file (lists are comma-separated):
+//!
+//! | variable | field |
+//! |---|---|
+//! | `WIMSE_AUDIENCES` | `verifier.audiences` |
+//! | `WIMSE_ORIGINS` | `verifier.origins` |
+//! | `WIMSE_TRUST` | `verifier.trust`, as `spiffe://domain=/path/to/file,…` |
+//! | `WIMSE_LEEWAY` | `verifier.leeway` |
+//! | `WIMSE_PROOFS` | `verifier.proofs` |
+//! | `WIMSE_POLICY_ALLOW` | `policy.allow.workloads` |
+//! | `WIMSE_WIT_FILE` | `credentials.wit_file` |
+//! | `WIMSE_KEY_FILE` | `credentials.key_file` |
+//!
+//! ```
+//! use wimse_core::config::Settings;
+//!
+//! let settings = Settings::from_json(r#"{"verifier": {"origins": ["https://payments.example"]},
+//!                                        "policy": {"name": "payments", "allow": {"workloads": ["spiffe://prod.example/orders"]}}}"#)?
+//!     .with_env_from([("WIMSE_AUDIENCES", "urn:svc:payments")])?;
+//! let verifier = settings.verifier()?;
+//! let policy = settings.policy()?;
+//! assert_eq!(verifier.config().audiences, ["urn:svc:payments"]);
+//! assert_eq!(policy.name(), "payments");
+//! # Ok::<(), wimse_core::Error>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cred::FileCredentials;
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{TrustDomain, WorkloadId};
+use crate::policy::{Policy, Rule};
+use crate::trust::{TrustAnchors, TrustStore};
+use crate::verify::{Verifier, VerifierConfig};
+
+fn invalid(field: impl std::fmt::Display, problem: impl std::fmt::Display) -> Error {
+    Error::with_detail(ErrorKind::InvalidConfiguration, format!("{field}: {problem}"))
+}
+
+/// Everything a service reads; each part is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How requests are verified.
+    #[serde(default)]
+    pub verifier: VerifierSettings,
+    /// Who may call.
+    #[serde(default)]
+    pub policy: Option<PolicySettings>,
+    /// This workload's own credentials, for the calls it makes.
+    #[serde(default)]
+    pub credentials: Option<CredentialSettings>,
+}
+
+/// Which proofs a verifier accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proofs {
+    /// WIT + WPT and WIT + HTTP message signature (the default).
+    #[default]
+    Both,
+    /// WIT + WPT only.
+    Wpt,
+    /// WIT + HTTP message signature only.
+    HttpSignature,
+}
+
+/// A verifier as data; see [`VerifierConfig`] for the meaning and defaults of each field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierSettings {
+    /// Exact `aud` values naming this service.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// External origins of this service (`scheme://authority`); `aud` is origin + path.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Trust anchors, one entry per file.
+    #[serde(default)]
+    pub trust: Vec<TrustSettings>,
+    /// Clock leeway in seconds (at most 300). Default 30.
+    #[serde(default)]
+    pub leeway: Option<u64>,
+    /// Longest WPT lifetime accepted, seconds. Default 300.
+    #[serde(default)]
+    pub max_wpt_lifetime: Option<u64>,
+    /// Longest WIT lifetime accepted, seconds. Default 86400.
+    #[serde(default)]
+    pub max_wit_lifetime: Option<u64>,
+    /// Oldest HTTP signature accepted, seconds. Default 300.
+    #[serde(default)]
+    pub max_signature_age: Option<u64>,
+    /// Which proofs are accepted. Default both.
+    #[serde(default)]
+    pub proofs: Proofs,
+    /// Context-token fields (besides `Txn-Token`) bound through `oth`.
+    #[serde(default)]
+    pub context_tokens: Vec<String>,
+    /// Components HTTP signatures must cover besides the profile's.
+    #[serde(default)]
+    pub required_components: Vec<String>,
+    /// Most live replay claims per caller. Default 100000.
+    #[serde(default)]
+    pub caller_quota: Option<usize>,
+}
+
+/// The anchors of one trust domain, from a file holding a JWK, a JWKS or a SPIFFE bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSettings {
+    /// The trust domain, e.g. `spiffe://prod.example`.
+    pub trust_domain: String,
+    /// The file.
+    pub file: PathBuf,
+}
+
+/// A policy as data: allowed unless a deny rule matches; no allow rule matching means denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Its name, in refusals and logs.
+    pub name: String,
+    /// Who is allowed.
+    #[serde(default)]
+    pub allow: RuleSettings,
+    /// Who is refused even if allowed.
+    #[serde(default)]
+    pub deny: RuleSettings,
+}
+
+/// Workloads by exact identifier, by path prefix (segment boundaries respected), or whole trust
+/// domains; any one matching is a match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    /// Exact workload identifiers.
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    /// Identifier prefixes: `spiffe://d/batch` matches itself and `spiffe://d/batch/nightly`.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// Every workload of these trust domains.
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+}
+
+/// Credentials from two files a node agent or a volume keeps current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSettings {
+    /// The WIT (compact JWS).
+    pub wit_file: PathBuf,
+    /// The workload's private key (JWK), 0600.
+    pub key_file: PathBuf,
+    /// How often the files are re-read, seconds. Default 30.
+    #[serde(default)]
+    pub recheck_every: Option<u64>,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect()
+}
+
+impl Settings {
+    /// Parses JSON.
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| invalid("settings", e))
+    }
+
+    /// Parses TOML.
+    #[cfg(feature = "toml")]
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| invalid("settings", e.to_string().trim_end()))
+    }
+
+    /// Reads a file: TOML when it ends in `.toml` (feature `toml`), JSON otherwise. Errors name
+    /// the file and the field.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let named = |e: Error| invalid(path.display(), e.detail().unwrap_or_default());
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(path.display(), e))?;
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            #[cfg(feature = "toml")]
+            return Self::from_toml(&text).map_err(named);
+            #[cfg(not(feature = "toml"))]
+            return Err(invalid(path.display(), "TOML needs the `toml` feature of wimse-core"));
+        }
+        Self::from_json(&text).map_err(named)
+    }
+
+    /// [`from_file`](Self::from_file), then the `WIMSE_*` variables of this process.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_file(path)?.with_env()
+    }
+
+    /// Applies the `WIMSE_*` variables of this process (see the module documentation).
+    pub fn with_env(self) -> Result<Self> {
+        let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("WIMSE_")).collect();
+        self.with_env_from(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Applies `WIMSE_*` variables given as pairs (for tests and for other sources).
+    pub fn with_env_from<'a>(mut self, vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+        for (name, value) in vars {
+            let number = |field: &str| {
+                value.trim().parse::<u64>().map_err(|_| invalid(format!("{name} ({field})"), "not a number"))
+            };
+            match name {
+                "WIMSE_AUDIENCES" => self.verifier.audiences = list(value),
+                "WIMSE_ORIGINS" => self.verifier.origins = list(value),
+                "WIMSE_TRUST" => {
+                    self.verifier.trust = list(value)
+                        .into_iter()
+                        .map(|entry| {
+                            let (domain, file) = entry.split_once('=').ok_or_else(|| {
+                                invalid("WIMSE_TRUST (verifier.trust)", format!("{entry:?} is not DOMAIN=FILE"))
+                            })?;
+                            Ok(TrustSettings { trust_domain: domain.to_owned(), file: file.into() })
+                        })
+                        .collect::<Result<_>>()?
+                }
+                "WIMSE_LEEWAY" => self.verifier.leeway = Some(number("verifier.leeway")?),
+                "WIMSE_PROOFS" => {
+                    self.verifier.proofs = serde_json::from_value(serde_json::Value::String(value.trim().into()))
+                        .map_err(|_| invalid("WIMSE_PROOFS (verifier.proofs)", "not wpt, http-signature or both"))?
+                }
+                "WIMSE_POLICY_ALLOW" => {
+                    let policy =
+                        self.policy.get_or_insert_with(|| PolicySettings { name: "env".into(), ..Default::default() });
+                    policy.allow.workloads = list(value);
+                }
+                "WIMSE_WIT_FILE" | "WIMSE_KEY_FILE" => {
+                    let credentials = self.credentials.get_or_insert_with(|| CredentialSettings {
+                        wit_file: PathBuf::new(),
+                        key_file: PathBuf::new(),
+                        recheck_every: None,
+                    });
+                    if name == "WIMSE_WIT_FILE" {
+                        credentials.wit_file = value.into();
+                    } else {
+                        credentials.key_file = value.into();
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(self)
+    }
+
+    /// The verifier these settings describe, its trust anchors read from their files.
+    pub fn verifier(&self) -> Result<Verifier> {
+        self.verifier.build()
+    }
+
+    /// The policy, or an error naming `policy` when there is none.
+    pub fn policy(&self) -> Result<Policy> {
+        self.policy.as_ref().ok_or_else(|| invalid("policy", "missing"))?.build()
+    }
+
+    /// The credential source, or an error naming `credentials` when there is none.
+    pub fn credentials(&self) -> Result<FileCredentials> {
+        self.credentials.as_ref().ok_or_else(|| invalid("credentials", "missing"))?.build()
+    }
+}
+
+impl VerifierSettings {
+    /// The [`VerifierConfig`] (no files read).
+    pub fn config(&self) -> VerifierConfig {
+        let mut config = VerifierConfig::new();
+        for audience in &self.audiences {
+            config = config.with_audience(audience.clone());
+        }
+        for origin in &self.origins {
+            config = config.with_origin(origin.clone());
+        }
+        if let Some(leeway) = self.leeway {
+            config = config.with_leeway(leeway);
+        }
+        if let Some(secs) = self.max_wpt_lifetime {
+            config = config.with_max_wpt_lifetime(secs);
+        }
+        if let Some(secs) = self.max_wit_lifetime {
+            config = config.with_max_wit_lifetime(secs);
+        }
+        if let Some(secs) = self.max_signature_age {
+            config = config.with_max_signature_age(secs);
+        }
+        for name in &self.context_tokens {
+            config = config.with_context_token(name.clone());
+        }
+        for component in &self.required_components {
+            config = config.with_required_component(component.clone());
+        }
+        if let Some(quota) = self.caller_quota {
+            config = config.with_caller_quota(quota);
+        }
+        match self.proofs {
+            Proofs::Both => config,
+            Proofs::Wpt => config.only_wpt(),
+            Proofs::HttpSignature => config.only_http_signatures(),
+        }
+    }
+
+    /// The trust store, read from the files.
+    pub fn trust_store(&self) -> Result<TrustStore> {
+        let mut store = TrustStore::new();
+        for (i, entry) in self.trust.iter().enumerate() {
+            let domain = TrustDomain::parse(&entry.trust_domain)
+                .map_err(|e| invalid(format!("verifier.trust[{i}].trust_domain"), e))?;
+            let anchors = TrustAnchors::from_file(&entry.file)
+                .map_err(|e| invalid(format!("verifier.trust[{i}].file"), e.detail().unwrap_or_default()))?;
+            for key in anchors.keys() {
+                store.add_key(domain.clone(), key.clone());
+            }
+        }
+        Ok(store)
+    }
+
+    /// The verifier.
+    pub fn build(&self) -> Result<Verifier> {
+        if self.trust.is_empty() {
+            return Err(invalid("verifier.trust", "no trust anchors: every caller would be refused"));
+        }
+        let trust = self.trust_store()?;
+        Verifier::new(trust, self.config()).map_err(|e| invalid("verifier", e.detail().unwrap_or_default()))
+    }
+}
+
+impl RuleSettings {
+    fn rules(&self, field: &str) -> Result<Vec<Rule>> {
+        let mut rules = Vec::new();
+        for (i, id) in self.workloads.iter().enumerate() {
+            rules.push(Rule::workload(
+                WorkloadId::parse(id).map_err(|e| invalid(format!("{field}.workloads[{i}]"), e))?,
+            ));
+        }
+        for (i, prefix) in self.prefixes.iter().enumerate() {
+            rules.push(Rule::path_prefix(prefix).map_err(|e| invalid(format!("{field}.prefixes[{i}]"), e))?);
+        }
+        for (i, domain) in self.trust_domains.iter().enumerate() {
+            rules.push(Rule::trust_domain(
+                TrustDomain::parse(domain).map_err(|e| invalid(format!("{field}.trust_domains[{i}]"), e))?,
+            ));
+        }
+        Ok(rules)
+    }
+}
+
+impl PolicySettings {
+    /// The policy.
+    pub fn build(&self) -> Result<Policy> {
+        if self.name.is_empty() {
+            return Err(invalid("policy.name", "empty"));
+        }
+        let allow = self.allow.rules("policy.allow")?;
+        if allow.is_empty() {
+            return Err(invalid("policy.allow", "no rule: every caller would be refused"));
+        }
+        let mut policy = Policy::named(self.name.clone()).allow(Rule::any_of(allow));
+        let deny = self.deny.rules("policy.deny")?;
+        if !deny.is_empty() {
+            policy = policy.deny(Rule::any_of(deny));
+        }
+        Ok(policy)
+    }
+}
+
+impl CredentialSettings {
+    /// The credential source (both files read now, on the system clock).
+    pub fn build(&self) -> Result<FileCredentials> {
+        if self.wit_file.as_os_str().is_empty() || self.key_file.as_os_str().is_empty() {
+            return Err(invalid("credentials", "set both wit_file and key_file"));
+        }
+        let source = FileCredentials::new(&self.wit_file, &self.key_file)
+            .map_err(|e| invalid("credentials", e.detail().unwrap_or_default()))?;
+        Ok(match self.recheck_every {
+            Some(secs) => source.recheck_every(secs),
+            None => source,
+        })
+    }
+}
