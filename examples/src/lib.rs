@@ -1,0 +1,84 @@
+//! What the adapter examples share: a throwaway trust domain on disk, laid out the way a
+//! deployment lays it out (a trust-anchor file, a settings file, credential files a node agent
+//! keeps current), so each example configures itself exactly as a real service would.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wimse_core::cred::{Credentials, FileCredentials, write_credential_files};
+use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::wit::WitIssuer;
+
+/// The workload every example's policy lets in.
+pub const ALLOWED: &str = "spiffe://prod.example/orders";
+/// A workload of the same trust domain the policy refuses.
+pub const DENIED: &str = "spiffe://prod.example/intruder";
+
+/// A trust domain for one run of an example, in a temporary directory removed on drop.
+#[derive(Debug)]
+pub struct Demo {
+    dir: PathBuf,
+    issuer: SigningKey,
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+impl Demo {
+    /// An identity-server key for `spiffe://prod.example`, its public key written as the trust
+    /// anchor file `issuer.pub.jwk`.
+    pub fn new(name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("wimse-example-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let issuer = SigningKey::generate(Algorithm::ES256)?.with_kid("issuer-1");
+        std::fs::write(dir.join("issuer.pub.jwk"), serde_json::to_string(issuer.public_jwk())?)?;
+        Ok(Self { dir, issuer })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `service.toml`: verify callers of `origin` against the anchor file, let only
+    /// [`ALLOWED`] in. Returns its path.
+    pub fn settings(&self, origin: &str) -> Result<PathBuf> {
+        let path = self.dir.join("service.toml");
+        let anchor = self.dir.join("issuer.pub.jwk");
+        std::fs::write(
+            &path,
+            format!(
+                "[verifier]\norigins = [\"{origin}\"]\n\n[[verifier.trust]]\ntrust_domain = \"spiffe://prod.example\"\nfile = \"{}\"\n\n[policy]\nname = \"example\"\nallow = {{ workloads = [\"{ALLOWED}\"] }}\n",
+                anchor.display()
+            ),
+        )?;
+        Ok(path)
+    }
+
+    /// Issues a WIT for `id` (a fresh key), writes `<name>.wit.jwt` and `<name>.key.jwk` as an
+    /// agent would, and reads them back as [`FileCredentials`].
+    pub fn credentials(&self, id: &str) -> Result<FileCredentials> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let key = SigningKey::generate(Algorithm::ES256)?;
+        let wit = WitIssuer::new(self.issuer.clone()).with_lifetime(600).issue(&id.parse()?, key.public_jwk(), now)?;
+        let name = id.rsplit('/').next().unwrap_or("workload");
+        let (wit_path, key_path) = (self.dir.join(format!("{name}.wit.jwt")), self.dir.join(format!("{name}.key.jwk")));
+        write_credential_files(&wit_path, &key_path, &Credentials::new(wit, key)?)?;
+        Ok(FileCredentials::new(wit_path, key_path)?)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Prints one exchange and checks its status; the examples exit non-zero on a surprise.
+pub fn expect(label: &str, status: u16, body: &str, expected: u16) -> Result<()> {
+    let body: String = body.chars().take(140).collect();
+    println!("{label:<34} -> {status} {body}");
+    if status != expected {
+        return Err(format!("{label}: expected {expected}, got {status}").into());
+    }
+    Ok(())
+}

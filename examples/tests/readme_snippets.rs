@@ -1,0 +1,59 @@
+// The README's Rust snippets, verbatim, one module each: `readme.rs` checks that every
+// ```rust block of the README appears here, and compiling this file checks the code.
+
+mod server {
+    use axum::{Router, routing::post};
+    use wimse_axum::{Caller, WimseLayer};
+    use wimse_core::prelude::*;
+
+    fn orders_service() -> Result<Router, Box<dyn std::error::Error>> {
+        // A JWK, a JWKS or a SPIFFE bundle; errors name the file.
+        let anchors = TrustAnchors::from_file("/etc/wimse/prod.example.bundle.json")?;
+        let trust = TrustStore::new().with("spiffe://prod.example".parse()?, anchors);
+        let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://orders.example"))?;
+        let policy = Policy::named("orders").allow(Rule::exact("spiffe://prod.example/front")?);
+        Ok(Router::new()
+            .route("/orders", post(|Caller(caller): Caller| async move { format!("hello {}", caller.id()) }))
+            .layer(WimseLayer::new(verifier).policy(policy)))
+    }
+
+    #[test]
+    fn runs_and_names_the_missing_file() {
+        let err = orders_service().unwrap_err();
+        assert!(err.to_string().contains("/etc/wimse/prod.example.bundle.json"), "{err}");
+    }
+}
+
+mod settings {
+    use wimse_axum::WimseLayer;
+    use wimse_core::config::Settings;
+
+    fn layer_from_settings() -> Result<WimseLayer, wimse_core::Error> {
+        // [verifier] origins, audiences, trust files; [policy] allow / deny.
+        let settings = Settings::load("/etc/wimse/service.toml")?;
+        Ok(WimseLayer::new(settings.verifier()?).policy(settings.policy()?))
+    }
+
+    #[test]
+    fn runs_and_names_the_missing_file() {
+        let err = layer_from_settings().unwrap_err();
+        assert!(err.detail().unwrap().contains("/etc/wimse/service.toml"), "{err:?}");
+    }
+}
+
+mod client {
+    use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+    use wimse_core::prelude::*;
+    use wimse_reqwest::WimseSignMiddleware;
+
+    fn workload_client() -> Result<ClientWithMiddleware, wimse_core::Error> {
+        let signer = Signer::new(FileCredentials::new("/run/wimse/wit.jwt", "/run/wimse/key.jwk")?);
+        Ok(ClientBuilder::new(reqwest::Client::new()).with(WimseSignMiddleware::new(signer)).build())
+    }
+
+    #[test]
+    fn runs_and_names_the_missing_file() {
+        let err = workload_client().unwrap_err();
+        assert!(err.detail().unwrap().contains("/run/wimse/wit.jwt"), "{err:?}");
+    }
+}
