@@ -1,8 +1,8 @@
 //! The README's code cannot rot: every ```rust block in it must appear verbatim in
-//! `readme_snippets.rs`, which this test target compiles (and whose functions it runs).
+//! `readme/snippets.rs`, which this test target compiles (and whose functions it runs).
 
 mod readme_snippets {
-    include!("readme_snippets.rs");
+    include!("readme/snippets.rs");
 }
 
 /// The ```rust blocks of the README, each as its lines.
@@ -24,7 +24,7 @@ fn rust_blocks(readme: &str) -> Vec<Vec<String>> {
 fn every_readme_snippet_is_compiled() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let snippets = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme_snippets.rs")).unwrap();
+    let snippets = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readme/snippets.rs")).unwrap();
     // Compare ignoring indentation: the snippets sit one module deep.
     let snippet_lines: Vec<&str> = snippets.lines().map(str::trim).collect();
     let blocks = rust_blocks(&readme);
@@ -32,6 +32,6 @@ fn every_readme_snippet_is_compiled() {
     for block in blocks {
         let wanted: Vec<&str> = block.iter().map(|l| l.trim()).collect();
         let found = snippet_lines.windows(wanted.len()).any(|window| window == wanted.as_slice());
-        assert!(found, "README block not in readme_snippets.rs (copy it there):\n{}", block.join("\n"));
+        assert!(found, "README block not in readme/snippets.rs (copy it there):\n{}", block.join("\n"));
     }
 }
