@@ -60,6 +60,13 @@ use wimse_core::{Error, ErrorKind};
 mod require;
 
 pub use require::{RequirePolicy, RequirePolicyMiddleware};
+
+/// What an actix-web service needs: the middleware, the extractor, the rejection, and the core
+/// prelude (which has [`Guard`]).
+pub mod prelude {
+    pub use crate::{Caller, RequirePolicy, WimseAuth, WimseRejection};
+    pub use wimse_core::prelude::*;
+}
 pub use wimse_core;
 /// What the middleware checks: the verifier, an optional policy, required or optional
 /// authentication. Put it in app data (`web::Data<Guard>`) or give it to [`WimseAuth::new`].

@@ -52,6 +52,12 @@ pub use wimse_core;
 pub mod tls;
 pub use wimse_tower::{RequirePolicyLayer, WimseLayer, WimseSignLayer};
 
+/// What an axum service needs: the layers, the extractor, the rejection, and the core prelude.
+pub mod prelude {
+    pub use crate::{Caller, RequirePolicyLayer, WimseLayer, WimseRejection, WimseSignLayer};
+    pub use wimse_core::prelude::*;
+}
+
 /// Extracts the [`VerifiedCaller`] put into the request by [`WimseLayer`].
 ///
 /// Without one (no layer, or an optional layer and a request without credentials) the handler

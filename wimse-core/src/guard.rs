@@ -22,6 +22,23 @@ use crate::verify::{Confirm, RequestView, Verifier};
 
 /// What a server adapter applies to each request: a [`Verifier`], optionally a [`Policy`], and
 /// whether anonymous requests may pass. Every adapter wraps one, so all decide alike.
+///
+/// ```
+/// use wimse_core::prelude::*;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let issuer = SigningKey::generate(Algorithm::ES256)?;
+/// let trust = TrustStore::new().with("spiffe://prod.example".parse()?, TrustAnchors::new().with_key(issuer.public_key().clone()));
+/// let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
+/// let guard = Guard::new(verifier).policy(Policy::named("payments").allow(Rule::exact("spiffe://prod.example/orders")?));
+///
+/// // An unsigned request: refused with its reason, before any handler runs.
+/// let headers = http::HeaderMap::new();
+/// let refused = guard.admit(&RequestView::new("/charge", &headers), None).unwrap_err();
+/// assert_eq!(refused.reason(), "missing_wit");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Guard {
     verifier: Verifier,

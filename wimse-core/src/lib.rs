@@ -7,6 +7,23 @@
 //! Implemented revisions: `draft-ietf-wimse-identifier-03`, `draft-ietf-wimse-workload-creds-02`
 //! (WIT), `draft-ietf-wimse-wpt-02` (WPT in `Authorization: WPT …`). See [`draft`].
 //!
+//! ## Where to start
+//! - Serving: [`guard::Guard`] (verifier + policy) through an adapter, or
+//!   [`verify::Verifier`] directly; settings from a file with [`config::Settings`]; trust
+//!   anchors from files with [`trust::TrustAnchors::from_file`].
+//! - Calling: [`sign::Signer`] over a [`cred::CredentialSource`] (files, static, or an identity
+//!   server through `wimse-reqwest`).
+//! - Everything common is in [`prelude`].
+//!
+//! ## Adapters
+//! | crate | for |
+//! |---|---|
+//! | [`wimse-tower`](https://docs.rs/wimse-tower) | tower layers: verify (`WimseLayer`), per-route policy, sign outgoing requests (`WimseSignLayer`) |
+//! | [`wimse-axum`](https://docs.rs/wimse-axum) | axum extractors (`Caller`) and rejections, mutual TLS serving |
+//! | [`wimse-actix`](https://docs.rs/wimse-actix) | actix-web middleware (`WimseAuth`, `RequirePolicy`) and extractors |
+//! | [`wimse-reqwest`](https://docs.rs/wimse-reqwest) | reqwest middleware (`WimseSignMiddleware`), bundle refresh, identity-server credentials |
+//! | [`wimse-issuer`](https://docs.rs/wimse-issuer) | an identity server |
+//!
 //! ## Decisions on points the drafts leave open
 //! - `typ` follows RFC 7515 §4.1.9: `wit+jwt` / `application/wit+jwt` (and `wpt+jwt` /
 //!   `application/wpt+jwt`) in any case are accepted; everything else, including the legacy

@@ -30,6 +30,23 @@ pub fn audience_for(uri: &Uri) -> Option<String> {
 pub struct AudienceOverride(pub String);
 
 /// Signs outgoing requests with the workload's current credentials. Cheap to clone.
+///
+/// ```
+/// use wimse_core::prelude::*;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let issuer = SigningKey::generate(Algorithm::ES256)?;
+/// # let key = SigningKey::generate(Algorithm::ES256)?;
+/// # let now = 1_800_000_000;
+/// # let wit = WitIssuer::new(issuer).issue(&"spiffe://prod.example/orders".parse()?, key.public_jwk(), now)?;
+/// let signer = Signer::new(StaticCredentials::new(Credentials::new(wit, key)?)).with_clock(FixedClock::new(now));
+/// let mut headers = http::HeaderMap::new();
+/// signer.sign_headers(&mut headers, "https://payments.example/charge")?;
+/// assert!(headers.contains_key("workload-identity-token"));
+/// assert!(headers["authorization"].to_str()?.starts_with("WPT "));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Signer {
     source: Arc<dyn CredentialSource>,

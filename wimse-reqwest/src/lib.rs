@@ -42,6 +42,13 @@ use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next, Result};
 pub use wimse_core;
+
+/// What a reqwest client needs: the middleware, per-request options, credential sources and
+/// bundle refresh, and the core prelude.
+pub mod prelude {
+    pub use crate::{Bootstrap, BundleSource, ContextTokens, IssuerCredentials, ProofMode, WimseSignMiddleware};
+    pub use wimse_core::prelude::*;
+}
 use wimse_core::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts};
 use wimse_core::id::WorkloadId;
 pub use wimse_core::sign::AudienceOverride;

@@ -51,6 +51,12 @@ pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, WimseBody, WimseLayer, Wims
 pub use signature::{SignatureFuture, WimseSignature, WimseSignatureLayer};
 pub use wimse_core;
 
+/// The layers and the core prelude.
+pub mod prelude {
+    pub use crate::{RequirePolicyLayer, WimseLayer, WimseSignLayer};
+    pub use wimse_core::prelude::*;
+}
+
 use bytes::Bytes;
 use http::Response;
 use http_body_util::{Either, Full};

@@ -47,6 +47,28 @@ pub use wimse_core::guard::DEFAULT_BODY_LIMIT;
 /// asks for a signed response (`wimse-sign-response`), the layer signs it with the credentials
 /// given to [`sign_responses`](Self::sign_responses), or answers 501 if none were given: never
 /// an unsigned success.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use wimse_core::prelude::*;
+/// use wimse_tower::WimseLayer;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let issuer = SigningKey::generate(Algorithm::ES256)?;
+/// let trust = TrustStore::new().with("spiffe://prod.example".parse()?, TrustAnchors::new().with_key(issuer.public_key().clone()));
+/// let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
+/// let policy = Policy::named("payments").allow(Rule::exact("spiffe://prod.example/orders")?);
+/// let service = ServiceBuilder::new()
+///     .layer(WimseLayer::new(verifier).policy(policy))
+///     .service_fn(|request: http::Request<String>| async move {
+///         // Only verified, allowed callers get here.
+///         let caller = request.extensions().get::<VerifiedCaller>().expect("set by the layer");
+///         Ok::<_, std::convert::Infallible>(http::Response::new(format!("hello {}", caller.id())))
+///     });
+/// # let _ = service;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct WimseLayer {
     // Shared: axum and tower clone the service for every request.

@@ -5,9 +5,8 @@
 
 use actix_web::{App, HttpServer, web};
 use reqwest_middleware::ClientBuilder;
-use wimse_actix::{Caller, Guard, RequirePolicy, WimseAuth};
+use wimse_actix::prelude::*;
 use wimse_core::config::Settings;
-use wimse_core::sign::Signer;
 use wimse_examples::{ALLOWED, DENIED, Demo, expect};
 use wimse_reqwest::WimseSignMiddleware;
 

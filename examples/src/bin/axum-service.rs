@@ -7,9 +7,8 @@
 use axum::Router;
 use axum::routing::get;
 use reqwest_middleware::ClientBuilder;
-use wimse_axum::{Caller, WimseLayer};
+use wimse_axum::prelude::*;
 use wimse_core::config::Settings;
-use wimse_core::sign::Signer;
 use wimse_examples::{ALLOWED, DENIED, Demo, expect};
 use wimse_reqwest::WimseSignMiddleware;
 
