@@ -1,5 +1,8 @@
 //! # wimse-actix
 //!
+//! The protocol is [`wimse_core`] (re-exported; its front page lists every adapter); [`prelude`]
+//! has what a program needs. A runnable example: `cargo run -p wimse-examples --bin actix-service`.
+//!
 //! WIMSE workload identity for actix-web: the [`WimseAuth`] middleware verifies the caller of every
 //! request (WIT + `Authorization: WPT`, WIT + HTTP message signature, or a mutual-TLS peer with
 //! feature `tls`), and the [`Caller`] extractor hands it to handlers. Rejections are answered

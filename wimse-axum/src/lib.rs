@@ -1,5 +1,8 @@
 //! # wimse-axum
 //!
+//! The protocol is [`wimse_core`] (re-exported; its front page lists every adapter); [`prelude`]
+//! has what a program needs. A runnable example: `cargo run -p wimse-examples --bin axum-service`.
+//!
 //! WIMSE workload identity for axum: the [`Caller`] extractor hands handlers the verified
 //! caller that [`WimseLayer`] put into the request, and [`WimseRejection`] answers like every
 //! other wimse adapter (status, `WWW-Authenticate: WPT`, RFC 9457 problem body).

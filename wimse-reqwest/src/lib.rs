@@ -1,6 +1,9 @@
 //! # wimse-reqwest
 //!
-//! A [`reqwest_middleware::Middleware`] that authenticates every outgoing request as the
+//! The protocol is [`wimse_core`] (re-exported; its front page lists every adapter); [`prelude`]
+//! has what a program needs. A runnable example: `cargo run -p wimse-examples --bin reqwest-client`.
+//!
+//! A [`reqwest_middleware::Middleware`](https://docs.rs/reqwest-middleware/latest/reqwest_middleware/trait.Middleware.html) that authenticates every outgoing request as the
 //! workload: a WIT plus a fresh WPT (default), or a WIT plus an HTTP message signature
 //! (http-signature-08), optionally asking for a signed response and verifying it.
 //!

@@ -1,5 +1,8 @@
 //! # wimse-tower
 //!
+//! The protocol is [`wimse_core`] (re-exported; its front page lists every adapter); [`prelude`]
+//! has what a program needs. A runnable example: `cargo run -p wimse-examples --bin tower-client`.
+//!
 //! WIMSE workload identity as tower middleware: [`WimseLayer`] verifies callers on a server
 //! (WPT or HTTP-signature mode, and signs responses when asked), [`WimseSignLayer`] (WPT) and
 //! [`WimseSignatureLayer`] (HTTP signatures, signed responses) sign requests on a client, and
