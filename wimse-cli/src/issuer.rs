@@ -45,3 +45,22 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplaceArgs {
+    /// The identity server's configuration file (its key store or PostgreSQL).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Writes a new key store over the configured one and prints `{"old_epoch", "new_epoch"}`.
+pub(crate) fn replace_key_store(args: ReplaceArgs) -> CliResult {
+    let config = load_config(&args.config).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let server = IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?;
+        let (old_epoch, new_epoch) = server.replace_key_store().await.map_err(|e| e.to_string())?;
+        println!("{}", serde_json::json!({"old_epoch": old_epoch, "new_epoch": new_epoch}));
+        Ok(ExitCode::SUCCESS)
+    })
+}

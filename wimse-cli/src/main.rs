@@ -90,6 +90,9 @@ enum BundleCommand {
 enum IssuerCommand {
     /// Serve the identity server's HTTP API with a configuration file.
     Serve(issuer::ServeArgs),
+    /// Replace the key store on purpose (after a compromise): a new epoch, new signing keys and
+    /// WIC authority; every credential issued before stops verifying. Running replicas follow.
+    ReplaceKeyStore(issuer::ReplaceArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         Command::Wic(WicCommand::Issue(args)) => wic::issue(args),
         Command::Wic(WicCommand::Verify(args)) => wic::verify(args),
         Command::Issuer(IssuerCommand::Serve(args)) => issuer::serve(args),
+        Command::Issuer(IssuerCommand::ReplaceKeyStore(args)) => issuer::replace_key_store(args),
         Command::Token(TokenCommand::Exchange(args)) => exchange::exchange(args),
         Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),
         Command::Inspect(args) => inspect::run(args),

@@ -140,3 +140,48 @@ async fn verifiers_follow_a_new_key_store_and_the_issuer_rotates_on_its_own() {
     // And the renewing client is back too.
     assert!(time_until(Duration::from_secs(10), || healthy(&credentials, &trust)).await.is_some());
 }
+
+/// `wimse issuer replace-key-store` under a running issuer: the issuer follows the new epoch at
+/// its next maintenance, and the verifier follows it too.
+#[tokio::test]
+async fn replacing_the_key_store_under_a_running_issuer() {
+    let dir = TempDir::new("wimse-fault-replace");
+    let config = write_config(&dir, 3600);
+    let issuer = IssuerProcess::start(&config, &dir.path().join("issuer.log"));
+    let trust = TrustHandle::default();
+    let _refresh = bundle_source(&issuer).spawn(trust.clone());
+    let old = IssuerCredentials::connect(issuer.base(), SUB, Bootstrap::Token(SECRET.into())).await.unwrap();
+    let old_wit = old.credentials(SystemClock.now()).unwrap().wit().to_owned();
+    assert!(time_until(Duration::from_secs(5), || verifies(&trust, &old_wit)).await.is_some());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
+        .args(["issuer", "replace-key-store", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let epochs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(epochs["old_epoch"], epochs["new_epoch"]);
+
+    // The running issuer follows within its maintenance interval; new WITs verify, the old one
+    // no longer does once the verifier refreshed.
+    let new_epoch = epochs["new_epoch"].as_str().unwrap().to_owned();
+    let mut followed = false;
+    for _ in 0..100 {
+        let bundle = reqwest::get(format!("{}/v1/bundle/spiffe", issuer.base())).await.unwrap().text().await.unwrap();
+        if bundle.contains(&new_epoch) {
+            followed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(followed, "{}", issuer.log_text());
+    let new = IssuerCredentials::connect(issuer.base(), SUB, Bootstrap::Token(SECRET.into())).await.unwrap();
+    let new_wit = new.credentials(SystemClock.now()).unwrap().wit().to_owned();
+    assert!(
+        time_until(Duration::from_secs(10), || verifies(&trust, &new_wit) && !verifies(&trust, &old_wit))
+            .await
+            .is_some()
+    );
+    assert!(issuer.log_text().contains("the key store was replaced"), "{}", issuer.log_text());
+}

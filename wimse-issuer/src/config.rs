@@ -12,8 +12,8 @@ pub(crate) fn config_error(field: impl Into<String>, problem: impl std::fmt::Dis
 }
 
 /// PostgreSQL storage: several replicas share keys, rotate once between them, and write an
-/// audit row per issuance.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// audit row per issuance. `Debug` does not show the connection string (it may hold a password).
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// A libpq connection string or URL, e.g. `host=/run/postgresql dbname=wimse user=wimse`
@@ -31,6 +31,30 @@ pub struct PostgresConfig {
     /// How long one database operation may take, in milliseconds. Defaults to 5000.
     #[serde(default = "default_db_timeout")]
     pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("kek_file", &self.kek_file)
+            .field("kek_env", &self.kek_env)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("name", &self.name)
+            .field("platform", &self.platform)
+            .field("subject", &self.subject)
+            .field("dev_secret", &self.dev_secret.as_ref().map(|_| ".."))
+            .field("allowed", &self.allowed)
+            .field("allowed_prefixes", &self.allowed_prefixes)
+            .field("max_lifetime", &self.max_lifetime)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_db_timeout() -> u64 {
@@ -61,8 +85,9 @@ fn default_external_lifetime() -> u64 {
     86_400
 }
 
-/// A client: who, authenticated how, may obtain which identifiers.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A client: who, authenticated how, may obtain which identifiers. `Debug` does not show
+/// `dev_secret`.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// Name, for audit records.
@@ -285,5 +310,22 @@ mod tests {
         for bad in ["", "*", "*.", "a..b", "-a.example", "a*.example", "*.*.example", "a b.example"] {
             assert!(!valid_dns_pattern(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config: super::IssuerConfig = serde_json::from_value(serde_json::json!({
+            "trust_domain": "spiffe://prod.example",
+            "postgres": {"url": "postgres://wimse:hunter2@db/wimse"},
+            "dev_mode": true,
+            "clients": [{"name": "demo", "dev_secret": "a-very-secret-dev-secret", "allowed": ["spiffe://prod.example/x"], "max_lifetime": 60}]
+        }))
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("a-very-secret"), "{shown}");
+        assert!(shown.contains("demo"));
     }
 }

@@ -62,7 +62,8 @@ async fn limit_sources(
     }
     let response = next.run(request).await;
     if let Some(source) = source
-        && response.status() == StatusCode::UNAUTHORIZED
+        && (response.status() == StatusCode::UNAUTHORIZED
+            || response.extensions().get::<FailedAuthentication>().is_some())
     {
         server.record_failed_authentication(source);
     }
@@ -93,15 +94,30 @@ struct ExchangeRequest {
     wimse_jwk: String,
 }
 
-/// RFC 6749 §5.2 error response.
+/// Marks a response to a request whose credentials did not verify (a refused subject token),
+/// so the per-source failure count includes it although it is not a 401.
+#[derive(Debug, Clone, Copy)]
+struct FailedAuthentication;
+
+/// RFC 6749 §5.2 error response; rate limits (429 with `Retry-After`) and an unavailable key
+/// store (503) keep their status.
 fn oauth_error(error: &Error) -> Response {
-    let code = match error.kind() {
-        ErrorKind::UnsupportedTokenType => "unsupported_token_type",
-        ErrorKind::ExchangeRefused => "invalid_grant",
-        _ => "invalid_request",
+    let (status, code) = match error.kind() {
+        ErrorKind::UnsupportedTokenType => (StatusCode::BAD_REQUEST, "unsupported_token_type"),
+        ErrorKind::ExchangeRefused => (StatusCode::BAD_REQUEST, "invalid_grant"),
+        ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
+        ErrorKind::KeyStoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
     };
     let body = serde_json::json!({"error": code, "error_description": error.kind().description()});
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if let Some(retry) = error.retry_after() {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry.into());
+    }
+    if error.kind() == &ErrorKind::ExchangeRefused {
+        response.extensions_mut().insert(FailedAuthentication);
+    }
+    response
 }
 
 async fn token_exchange(State(server): State<Arc<IdentityServer>>, Form(request): Form<ExchangeRequest>) -> Response {

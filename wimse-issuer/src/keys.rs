@@ -32,6 +32,73 @@ pub struct KeyState {
     /// The WIC certificate authority (certificate and key, PEM), made on first start.
     #[serde(default)]
     pub(crate) wic_ca: Option<(String, String)>,
+    /// Epochs this store replaced (most recent last, at most [`REPLACED_EPOCHS`]): a replica
+    /// that finds one of them stored again treats it as a rollback, not as a new store.
+    #[serde(default)]
+    pub(crate) replaced: Vec<String>,
+}
+
+/// How many replaced epochs a store remembers.
+const REPLACED_EPOCHS: usize = 16;
+
+/// How [`reconcile`] arrived at the state to keep, for the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reconciled {
+    /// What is stored (or nothing changed).
+    Stored,
+    /// Nothing was stored and this replica had nothing: a new store.
+    Created,
+    /// Nothing was stored but this replica had keys: the store was lost; written back.
+    Restored,
+    /// The stored state is another store (a new epoch): followed.
+    Replaced { old_epoch: String },
+    /// The stored state is older than this replica's, or diverged from it (same epoch): the
+    /// union of both key sets is written back with a higher sequence, so no published key is
+    /// lost and verifiers never see the sequence go backwards.
+    Merged { stored_sequence: u64 },
+    /// A store this one replaced came back (a restored backup): this replica's is written back.
+    RollbackRefused { stale_epoch: String },
+}
+
+/// Chooses the state to keep from what is `stored` and what this replica has (`ours`, empty
+/// before the first load).
+pub(crate) fn reconcile(stored: Option<KeyState>, ours: &KeyState) -> Result<(KeyState, Reconciled)> {
+    let ours_known = !ours.epoch.is_empty();
+    let Some(stored) = stored else {
+        if ours.keys.is_empty() {
+            return Ok((KeyState::new(), Reconciled::Created));
+        }
+        let mut restored = ours.clone();
+        restored.sequence += 1;
+        return Ok((restored, Reconciled::Restored));
+    };
+    let stored = stored.checked()?;
+    if !ours_known || stored == *ours {
+        return Ok((stored, Reconciled::Stored));
+    }
+    if stored.epoch != ours.epoch {
+        if ours.replaced.contains(&stored.epoch) {
+            let mut kept = ours.clone();
+            kept.sequence = kept.sequence.max(stored.sequence) + 1;
+            return Ok((kept, Reconciled::RollbackRefused { stale_epoch: stored.epoch }));
+        }
+        let old_epoch = ours.epoch.clone();
+        return Ok((stored, Reconciled::Replaced { old_epoch }));
+    }
+    let missing: Vec<&StoredKey> =
+        ours.keys.iter().filter(|k| !stored.keys.iter().any(|s| s.jwk.kid == k.jwk.kid)).collect();
+    if stored.sequence > ours.sequence && missing.is_empty() {
+        return Ok((stored, Reconciled::Stored));
+    }
+    // Older than ours, or as new but different (two replicas wrote back diverging states):
+    // keep every key either side published.
+    let stored_sequence = stored.sequence;
+    let mut merged = stored;
+    merged.keys.extend(missing.into_iter().cloned());
+    merged.keys.sort_by_key(|k| k.active_from);
+    merged.wic_ca = merged.wic_ca.or_else(|| ours.wic_ca.clone());
+    merged.sequence = merged.sequence.max(ours.sequence) + 1;
+    Ok((merged, Reconciled::Merged { stored_sequence }))
 }
 
 impl std::fmt::Debug for KeyState {
@@ -87,6 +154,18 @@ impl KeyState {
     /// A new, empty store with a fresh epoch.
     pub(crate) fn new() -> Self {
         Self { epoch: random_id(), ..Self::default() }
+    }
+
+    /// A new, empty store that replaces `old` (on purpose: after a compromise, or to drop every
+    /// key at once): a fresh epoch, `old`'s epoch remembered as replaced.
+    pub(crate) fn replacing(old: Option<&KeyState>) -> Self {
+        let mut replaced = old.map(|o| o.replaced.clone()).unwrap_or_default();
+        if let Some(old) = old.filter(|o| !o.epoch.is_empty()) {
+            replaced.push(old.epoch.clone());
+        }
+        let excess = replaced.len().saturating_sub(REPLACED_EPOCHS);
+        replaced.drain(..excess);
+        Self { replaced, ..Self::new() }
     }
 
     /// This store's epoch.
@@ -257,5 +336,77 @@ mod tests {
         assert_ne!(upgraded.epoch, state.epoch);
         let shown = format!("{upgraded:?}");
         assert!(!shown.contains("\"d\"") && !shown.contains("PRIVATE"), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::{KeyState, Reconciled, RotationPolicy, reconcile};
+    use wimse_core::jose::Algorithm;
+
+    fn policy() -> RotationPolicy {
+        RotationPolicy { algorithm: Algorithm::ES256, rotation_period: 1000, prepublish: 100, longest_lifetime: 300 }
+    }
+
+    fn kids(state: &KeyState) -> Vec<String> {
+        state.key_ids().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn replicas_never_go_backwards_nor_lose_a_published_key() {
+        let domain = "spiffe://prod.example".parse().unwrap();
+        let mut a = KeyState::new();
+        a.maintain(10_000, &policy(), &domain).unwrap();
+        let b = a.clone(); // replica B, one step behind
+        a.maintain(10_900, &policy(), &domain).unwrap(); // A published the next key (seq 2)
+        assert_eq!(a.sequence, 2);
+
+        // First load: whatever is stored.
+        assert_eq!(reconcile(Some(a.clone()), &KeyState::default()).unwrap().1, Reconciled::Stored);
+        // Normal progress: B follows A.
+        let (kept, how) = reconcile(Some(a.clone()), &b).unwrap();
+        assert_eq!((kids(&kept), how), (kids(&a), Reconciled::Stored));
+        // A stale write (B's older state stored again): A keeps its keys, at a higher sequence.
+        let (kept, how) = reconcile(Some(b.clone()), &a).unwrap();
+        assert_eq!(how, Reconciled::Merged { stored_sequence: 1 });
+        assert_eq!(kids(&kept), kids(&a));
+        assert_eq!(kept.sequence, 3);
+        // Diverged at the same sequence (B restored after a loss and rotated on its own).
+        let mut diverged = b.clone();
+        diverged.maintain(10_901, &policy(), &domain).unwrap();
+        assert_eq!(diverged.sequence, a.sequence);
+        let (kept, how) = reconcile(Some(diverged.clone()), &a).unwrap();
+        assert!(matches!(how, Reconciled::Merged { .. }));
+        assert_eq!(kept.keys.len(), 3, "both pending keys kept");
+        assert!(kept.sequence > a.sequence);
+        // Lost: written back above anything published.
+        let (kept, how) = reconcile(None, &a).unwrap();
+        assert_eq!((how, kept.sequence, kept.epoch.clone()), (Reconciled::Restored, 3, a.epoch.clone()));
+        assert_eq!(reconcile(None, &KeyState::default()).unwrap().1, Reconciled::Created);
+    }
+
+    #[test]
+    fn a_replaced_store_is_followed_and_cannot_come_back() {
+        let domain = "spiffe://prod.example".parse().unwrap();
+        let mut old = KeyState::new();
+        old.maintain(10_000, &policy(), &domain).unwrap();
+        let mut new = KeyState::replacing(Some(&old));
+        new.maintain(10_010, &policy(), &domain).unwrap();
+        assert_ne!(new.epoch, old.epoch);
+        assert!(kids(&new).iter().all(|k| !kids(&old).contains(k)), "every key is new");
+        assert_ne!(new.wic_ca, old.wic_ca, "the WIC authority too");
+        // A replica on the old store follows the new one.
+        let (kept, how) = reconcile(Some(new.clone()), &old).unwrap();
+        assert_eq!(how, Reconciled::Replaced { old_epoch: old.epoch.clone() });
+        assert_eq!(kept, new);
+        // The old store restored from a backup is refused.
+        let (kept, how) = reconcile(Some(old.clone()), &new).unwrap();
+        assert_eq!(how, Reconciled::RollbackRefused { stale_epoch: old.epoch.clone() });
+        assert_eq!(kids(&kept), kids(&new));
+        let mut chain = new.clone();
+        for _ in 0..40 {
+            chain = KeyState::replacing(Some(&chain));
+        }
+        assert_eq!(chain.replaced.len(), 16, "bounded");
     }
 }

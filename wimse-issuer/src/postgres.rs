@@ -35,9 +35,10 @@ CREATE INDEX IF NOT EXISTS wimse_issuer_audit_at ON wimse_issuer_audit (trust_do
 /// `postgres`).
 ///
 /// - One row per trust domain in `wimse_issuer_state` holds the whole [`KeyState`] sealed with
-///   the key-encryption key (AES-256-GCM, the trust domain as associated data): the database
-///   never sees a private key in the clear. The epoch and sequence are stored beside it in the
-///   clear, for operators.
+///   the key-encryption key (AES-256-GCM): the database never sees a private key in the clear.
+///   The epoch and sequence are stored beside it in the clear, for operators, and are bound into
+///   the seal with the trust domain, so no column can be swapped between rows. A whole older row
+///   put back opens, but replicas refuse to go backwards (see [`IdentityServer::maintain`](crate::IdentityServer::maintain)).
 /// - Changes (rotation, retirement) run in a transaction under a transaction-scoped advisory
 ///   lock per trust domain, so replicas that find a rotation due at the same moment make exactly
 ///   one new key: the second one sees the first one's key and has nothing to do.
@@ -150,9 +151,24 @@ impl PostgresStorage {
         outcome
     }
 
-    fn unseal(&self, sealed: &[u8]) -> Result<KeyState> {
-        let json = self.kek.open(sealed, self.trust_domain.as_bytes())?;
-        serde_json::from_slice(&json).map_err(|e| db_error(format!("stored state: {e}")))
+    /// What a sealed row is bound to: its trust domain, epoch and sequence (the clear columns),
+    /// so that no column can be swapped without the seal failing.
+    fn associated_data(&self, epoch: &str, sequence: i64) -> Vec<u8> {
+        format!("wimse-issuer-state\n{}\n{epoch}\n{sequence}", self.trust_domain).into_bytes()
+    }
+
+    /// Opens a `(sealed, epoch, sequence)` row; a malformed row is an error, never a panic.
+    fn unseal(&self, row: &tokio_postgres::Row) -> Result<KeyState> {
+        let malformed = |e: tokio_postgres::Error| db_error(format!("malformed state row: {e}"));
+        let sealed: Vec<u8> = row.try_get(0).map_err(malformed)?;
+        let epoch: String = row.try_get(1).map_err(malformed)?;
+        let sequence: i64 = row.try_get(2).map_err(malformed)?;
+        let json = self.kek.open(&sealed, &self.associated_data(&epoch, sequence))?;
+        let state: KeyState = serde_json::from_slice(&json).map_err(|e| db_error(format!("stored state: {e}")))?;
+        if state.epoch() != epoch || i64::try_from(state.sequence()).ok() != Some(sequence) {
+            return Err(db_error("stored state does not match its row"));
+        }
+        Ok(state)
     }
 }
 
@@ -166,10 +182,13 @@ impl KeyStorage for PostgresStorage {
         self.bounded(async {
             let client = self.query_client().await?;
             let row = client
-                .query_opt("SELECT sealed FROM wimse_issuer_state WHERE trust_domain = $1", &[&self.trust_domain])
+                .query_opt(
+                    "SELECT sealed, epoch, sequence FROM wimse_issuer_state WHERE trust_domain = $1",
+                    &[&self.trust_domain],
+                )
                 .await
                 .map_err(db_error)?;
-            row.map(|row| self.unseal(row.get::<_, &[u8]>(0))).transpose()
+            row.map(|row| self.unseal(&row)).transpose()
         })
         .await
     }
@@ -183,17 +202,20 @@ impl KeyStorage for PostgresStorage {
                 .await
                 .map_err(db_error)?;
             let row = tx
-                .query_opt("SELECT sealed FROM wimse_issuer_state WHERE trust_domain = $1", &[&self.trust_domain])
+                .query_opt(
+                    "SELECT sealed, epoch, sequence FROM wimse_issuer_state WHERE trust_domain = $1",
+                    &[&self.trust_domain],
+                )
                 .await
                 .map_err(db_error)?;
-            let current = row.map(|row| self.unseal(row.get::<_, &[u8]>(0))).transpose()?;
+            let current = row.map(|row| self.unseal(&row)).transpose()?;
             let Some(next) = change(current.clone())? else {
                 tx.commit().await.map_err(db_error)?;
                 return current.ok_or_else(|| db_error("nothing stored"));
             };
             let plaintext = serde_json::to_vec(&next).map_err(db_error)?;
-            let sealed = self.kek.seal(&plaintext, self.trust_domain.as_bytes())?;
             let sequence = i64::try_from(next.sequence()).map_err(db_error)?;
+            let sealed = self.kek.seal(&plaintext, &self.associated_data(next.epoch(), sequence))?;
             tx.execute(
                 "INSERT INTO wimse_issuer_state (trust_domain, epoch, sequence, sealed) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (trust_domain) DO UPDATE

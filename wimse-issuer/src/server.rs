@@ -15,7 +15,7 @@ use wimse_core::wit::WitIssuer;
 use wimse_core::{Error, ErrorKind, Result};
 
 use crate::config::*;
-use crate::keys::{Changes, KeyState, Loaded, RotationPolicy};
+use crate::keys::{Changes, KeyState, Loaded, Reconciled, RotationPolicy, reconcile};
 use crate::store::{FileStorage, IssuanceRecord, KeyStorage};
 use crate::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
 
@@ -57,6 +57,8 @@ pub struct IdentityServer {
     keys: RwLock<Loaded>,
     replica: String,
     maintenance_started: std::sync::atomic::AtomicBool,
+    /// Serialises [`maintain`](Self::maintain).
+    maintenance: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     per_client: RateLimiter<String>,
     per_source: RateLimiter<std::net::IpAddr>,
@@ -97,8 +99,12 @@ impl IdentityServer {
     ) -> Result<Self> {
         let domain = TrustDomain::parse(&config.trust_domain).map_err(|e| config_error("trust_domain", e))?;
         let alg: Algorithm = config.algorithm.parse().map_err(|e: Error| config_error("algorithm", e))?;
-        if config.rotation_period == 0 {
-            return Err(config_error("rotation_period", "must be positive"));
+        if config.refresh_hint == 0 || config.refresh_hint > 86_400 {
+            return Err(config_error("refresh_hint", "must be between 1 and 86400 seconds"));
+        }
+        // A key is published two refresh hints before it signs: the period must be longer.
+        if config.rotation_period <= config.refresh_hint.saturating_mul(2) {
+            return Err(config_error("rotation_period", "must be longer than two refresh hints"));
         }
         let limits = &config.rate_limits;
         for (name, rate) in [
@@ -234,6 +240,7 @@ impl IdentityServer {
             keys: RwLock::new(Loaded::default()),
             replica: crate::keys::random_id()[..12].to_owned(),
             maintenance_started: std::sync::atomic::AtomicBool::new(false),
+            maintenance: tokio::sync::Mutex::new(()),
             clock: Arc::new(clock),
             per_client: RateLimiter::new(config.rate_limits.per_client),
             per_source: RateLimiter::new(config.rate_limits.per_source),
@@ -285,33 +292,25 @@ impl IdentityServer {
     /// When the storage lost its state, this replica's keys are written back; when another
     /// store replaced it (a new epoch), this replica follows.
     pub async fn maintain(&self) -> Result<bool> {
+        // One at a time: a slow run must not install an older state after a faster one.
+        let _running = self.maintenance.lock().await;
         let now = self.clock.now();
         let policy = self.rotation_policy();
         let ours = self.read_keys(|loaded| loaded.state.clone());
         let mut changes = Changes::default();
-        let mut restored = false;
+        let mut how = Reconciled::Stored;
         let state = self
             .storage
             .update(&mut |stored: Option<KeyState>| {
-                let mut state = match stored {
-                    Some(stored) => stored.checked()?,
-                    None if !ours.keys.is_empty() => {
-                        restored = true;
-                        ours.clone()
-                    }
-                    None => KeyState::new(),
-                };
-                let before = state.clone();
+                let (mut state, reconciled) = reconcile(stored.clone(), &ours)?;
+                how = reconciled;
                 changes = state.maintain(now, &policy, &self.domain)?;
-                Ok((state != before || restored).then_some(state))
+                // Written whenever it differs from what is stored (an epoch given to an old
+                // file, a merge, a rotation).
+                Ok((stored.as_ref() != Some(&state)).then_some(state))
             })
             .await?;
-        if restored {
-            tracing::error!(trust_domain = %self.domain, storage = %self.storage.describe(), epoch = %state.epoch(), "wimse issuer: the key store was lost; wrote this replica's keys back");
-        }
-        if !ours.epoch().is_empty() && ours.epoch() != state.epoch() {
-            tracing::warn!(trust_domain = %self.domain, old_epoch = %ours.epoch(), epoch = %state.epoch(), "wimse issuer: the key store was replaced; following its keys");
-        }
+        self.log_reconciled(&how, &state);
         for (kid, active_from) in &changes.created {
             tracing::info!(target: "wimse::audit", trust_domain = %self.domain, kid = %kid, active_from, sequence = state.sequence(), "wimse issuer: signing key created");
         }
@@ -321,12 +320,57 @@ impl IdentityServer {
         if changes.wic_authority_created {
             tracing::info!(target: "wimse::audit", trust_domain = %self.domain, "wimse issuer: WIC certificate authority created");
         }
-        let changed = ours.sequence() != state.sequence() || ours.epoch() != state.epoch();
-        if changed || ours.keys.is_empty() {
+        let changed = state != ours;
+        if changed {
             let loaded = Loaded::new(state, &self.domain)?;
             *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = loaded;
         }
         Ok(changed)
+    }
+
+    fn log_reconciled(&self, how: &Reconciled, state: &KeyState) {
+        let (domain, storage, epoch, sequence) =
+            (&self.domain, self.storage.describe(), state.epoch(), state.sequence());
+        match how {
+            Reconciled::Stored => {}
+            Reconciled::Created => {
+                tracing::info!(trust_domain = %domain, %storage, %epoch, "wimse issuer: key store created")
+            }
+            Reconciled::Restored => {
+                tracing::error!(trust_domain = %domain, %storage, %epoch, sequence, "wimse issuer: the key store was lost; wrote this replica's keys back")
+            }
+            Reconciled::Replaced { old_epoch } => {
+                tracing::warn!(trust_domain = %domain, %old_epoch, %epoch, "wimse issuer: the key store was replaced; following its keys")
+            }
+            Reconciled::Merged { stored_sequence } => {
+                tracing::error!(trust_domain = %domain, %storage, stored_sequence, sequence, "wimse issuer: the stored keys were older than or diverged from this replica's; wrote back the union")
+            }
+            Reconciled::RollbackRefused { stale_epoch } => {
+                tracing::error!(trust_domain = %domain, %storage, %stale_epoch, %epoch, "wimse issuer: a replaced key store came back (a restored backup?); kept the current one")
+            }
+        }
+    }
+
+    /// Replaces the key store on purpose (after a compromise, or to drop every key at once): a
+    /// new epoch, new signing keys, a new WIC authority; the old epoch is remembered so that it
+    /// cannot come back. Other replicas follow at their next maintenance; verifiers accept the
+    /// new epoch at their next refresh (or at once, on the first unknown `kid`). Every WIT and
+    /// WIC issued before is invalid from then on.
+    pub async fn replace_key_store(&self) -> Result<(String, String)> {
+        let old = {
+            let _running = self.maintenance.lock().await;
+            let mut old_epoch = String::new();
+            self.storage
+                .update(&mut |stored: Option<KeyState>| {
+                    old_epoch = stored.as_ref().map(|s| s.epoch().to_owned()).unwrap_or_default();
+                    Ok(Some(KeyState::replacing(stored.as_ref())))
+                })
+                .await?;
+            old_epoch
+        };
+        tracing::warn!(target: "wimse::audit", trust_domain = %self.domain, old_epoch = %old, "wimse issuer: key store replaced on request");
+        self.maintain().await?;
+        Ok((old, self.key_state().0))
     }
 
     /// Starts the task that runs [`maintain`](Self::maintain) every
@@ -354,7 +398,17 @@ impl IdentityServer {
             loop {
                 ticker.tick().await;
                 let Some(server) = weak.upgrade() else { return };
-                match server.maintain().await {
+                // Run apart so that a panic (a bug, a malformed row) is logged and the timer
+                // goes on, instead of ending rotation silently.
+                let run = tokio::spawn({
+                    let server = server.clone();
+                    async move { server.maintain().await }
+                });
+                let outcome = run.await.unwrap_or_else(|panic| {
+                    tracing::error!(trust_domain = %server.domain, %panic, "wimse issuer: key maintenance panicked");
+                    Err(Error::with_detail(ErrorKind::KeyStoreUnavailable, "key maintenance panicked"))
+                });
+                match outcome {
                     Ok(_) => {
                         if health.succeeded() {
                             tracing::info!(trust_domain = %server.domain, "wimse issuer: key store reachable again");
@@ -456,6 +510,7 @@ impl IdentityServer {
     /// refused while the address has spent its failed-authentication budget, or is over its
     /// request budget.
     pub fn admit_source(&self, source: std::net::IpAddr) -> Result<()> {
+        let source = source_key(source);
         let now = self.clock.now();
         let limited = |retry: u64, what: &str| {
             Error::with_detail(ErrorKind::RateLimited, format!("{source}: {what}")).with_retry_after(retry)
@@ -468,6 +523,7 @@ impl IdentityServer {
 
     /// Counts a failed authentication from `source`.
     pub fn record_failed_authentication(&self, source: std::net::IpAddr) {
+        let source = source_key(source);
         if self.failures.take(&source, 1, self.clock.now()).is_err() {
             tracing::warn!(target: "wimse::audit", %source, "source refused after repeated failed authentications");
         }
@@ -535,7 +591,6 @@ impl IdentityServer {
         if !typ_ok {
             return Err(refused(format!("typ {typ:?} does not fit profile `{}`", exchange.profile.name)));
         }
-        self.limit(&format!("exchange {}", exchange.profile.name))?;
         let claims = validate_external(
             &token,
             &exchange.keys,
@@ -544,6 +599,9 @@ impl IdentityServer {
             self.clock.now(),
         )
         .map_err(|d| refused(d.to_owned()))?;
+        // Counted only once the token verified: a caller who merely knows the issuer's name
+        // cannot spend the profile's budget (failed attempts count against its address).
+        self.limit(&format!("exchange {}", exchange.profile.name))?;
         let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| refused("no sub".into()))?;
         let safe =
             |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -659,6 +717,18 @@ impl IdentityServer {
     }
 }
 
+/// The key a source address is limited under: IPv4 addresses as they are (IPv4-mapped IPv6
+/// ones too), IPv6 addresses by their /64, which one host can rotate through at will.
+fn source_key(source: std::net::IpAddr) -> std::net::IpAddr {
+    match source {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
 /// Compares two secrets in time that depends only on their lengths, not on where they differ.
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -702,4 +772,17 @@ fn validate_external(
         return Err("wrong audience");
     }
     Ok(token.claims.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipv6_sources_are_limited_by_their_64() {
+        let key = |s: &str| super::source_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
 }

@@ -261,6 +261,8 @@ async fn bad_configuration_names_the_field() {
     check(&|v| v["clients"][1]["max_wic_lifetime"] = 90_000.into(), "clients[1].max_wic_lifetime").await;
     check(&|v| v["clients"][0]["allowed_dns_names"] = json!(["*.*.example"]), "clients[0].allowed_dns_names[0]").await;
     check(&|v| v["platforms"][0]["max_token_lifetime"] = 0.into(), "platforms[0].max_token_lifetime").await;
+    check(&|v| v["refresh_hint"] = 0.into(), "refresh_hint").await;
+    check(&|v| v["refresh_hint"] = 1800.into(), "rotation_period").await;
     check(
         &|v| {
             v["exchange"] = json!([{"name": "s", "kind": "jwt-svid", "issuer": "https://spire.x", "audience": "a",
@@ -417,6 +419,8 @@ async fn token_exchange_profiles() {
     let authorization_server = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("as-1");
     let partner_spire = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("spire-1");
     let mut config = config(&platform, &store_path("exchange"));
+    // Many refused exchanges from one address on purpose: they count as failed authentications.
+    config["rate_limits"] = json!({"failed_authentications": {"burst": 1000, "per_minute": 1000}});
     config["exchange"] = json!([
         {"name": "oauth", "kind": "access-token", "issuer": "https://as.partner.example", "audience": "wimse-issuer",
          "jwks": {"keys": [authorization_server.public_jwk()]}, "subject_template": "spiffe://prod.example/partners/oauth/{sub}", "max_lifetime": 300},
@@ -832,7 +836,7 @@ async fn serving_rotates_on_a_timer() {
 }
 
 /// A key store deleted under a running server is written back from the keys in memory: same
-/// epoch, same keys, so verifiers see nothing.
+/// epoch, same keys, a higher sequence (so verifiers that saw the old one accept it).
 #[tokio::test]
 async fn a_deleted_key_store_is_written_back() {
     let platform = Platform::new();
@@ -845,7 +849,78 @@ async fn a_deleted_key_store_is_written_back() {
     server.maintain().await.unwrap();
     let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(stored["epoch"], before.0.as_str());
-    assert_eq!(server.key_state(), before);
-    assert_eq!(server.spiffe_bundle(), bundle);
+    assert_eq!(server.key_state(), (before.0.clone(), before.1 + 1));
+    assert_eq!(server.spiffe_bundle()["keys"], bundle["keys"]);
     assert_eq!(bundle[wimse_issuer::STORE_EPOCH_MEMBER], before.0.as_str());
+}
+
+/// Exchanges: a token that does not verify spends nothing of the profile's budget but counts as
+/// a failed authentication of its source; over a limit the answer is 429 with `Retry-After`.
+#[tokio::test]
+async fn exchange_limits_count_only_verified_tokens() {
+    let platform = Platform::new();
+    let forger = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k8s-1");
+    let limited = |failures: u32| {
+        let mut value = config(&platform, &store_path(&format!("exchange-limits-{failures}")));
+        value["rate_limits"] = json!({"per_client": {"burst": 1, "per_minute": 1},
+                                      "failed_authentications": {"burst": failures, "per_minute": 1}});
+        value["exchange"] = json!([{"name": "ci", "kind": "jwt", "issuer": "https://ci.example", "audience": "wimse-issuer",
+            "jwks": {"keys": [platform.key.public_jwk()]}, "subject_template": "spiffe://prod.example/ci/{sub}", "max_lifetime": 120}]);
+        serde_json::from_value::<IssuerConfig>(value).unwrap()
+    };
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let exchange = |base: String, signer: &SigningKey| {
+        let claims = json!({"iss": "https://ci.example", "sub": "deploy", "aud": "wimse-issuer", "exp": NOW + 60});
+        let token = jws::sign("JWT", Some("k8s-1"), &claims, signer, Backend::default()).unwrap();
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+            ("subject_token", token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".to_owned()),
+            ("wimse_jwk", key.public_jwk().to_json()),
+        ];
+        async move {
+            let response = reqwest::Client::new().post(format!("{base}/v1/token")).form(&form).send().await.unwrap();
+            let retry_after = response.headers().get("retry-after").is_some();
+            (response.status().as_u16(), retry_after, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let base = serve(Arc::new(IdentityServer::open(limited(100), FixedClock::new(NOW)).await.unwrap())).await;
+    for _ in 0..5 {
+        let (status, _, body) = exchange(base.clone(), &forger).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
+    }
+    let (status, _, body) = exchange(base.clone(), &platform.key).await;
+    assert_eq!(status, 200, "forged tokens spent nothing of the profile's budget: {body}");
+    let (status, retry_after, body) = exchange(base.clone(), &platform.key).await;
+    assert_eq!((status, retry_after, body["error"].as_str()), (429, true, Some("slow_down")));
+
+    let base = serve(Arc::new(IdentityServer::open(limited(2), FixedClock::new(NOW)).await.unwrap())).await;
+    for _ in 0..2 {
+        assert_eq!(exchange(base.clone(), &forger).await.0, 400);
+    }
+    let (status, retry_after, _) = exchange(base, &platform.key).await;
+    assert_eq!((status, retry_after), (429, true), "the source spent its failed-authentication budget");
+}
+
+/// Replacing the key store on purpose (after a compromise): a new epoch, every key and the WIC
+/// authority new, WITs signed before no longer verify against the bundle.
+#[tokio::test]
+async fn replacing_the_key_store_drops_every_key() {
+    let platform = Platform::new();
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("replace"))).unwrap();
+    let server = IdentityServer::open(config.clone(), FixedClock::new(NOW)).await.unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let old_wit = issue_direct(&server, &platform, &key, NOW).await;
+    let old_ca = server.wic_bundle_pem().unwrap();
+    let (old_epoch, new_epoch) = server.replace_key_store().await.unwrap();
+    assert_ne!(old_epoch, new_epoch);
+    assert_eq!(server.key_state().0, new_epoch);
+    assert_ne!(server.wic_bundle_pem().unwrap(), old_ca);
+    let trust = TrustStore::new().with("spiffe://prod.example".parse().unwrap(), server.anchors().unwrap());
+    assert!(validate(&old_wit, &trust, NOW).is_err(), "the old keys are gone");
+    validate(&issue_direct(&server, &platform, &key, NOW).await, &trust, NOW).unwrap();
+    // A restarted replica reads the new store.
+    let restarted = IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap();
+    assert_eq!(restarted.key_state(), server.key_state());
 }

@@ -62,12 +62,14 @@ impl State {
                 return Ok(());
             }
         }
-        if let (Some(seen), Some(new)) = (self.sequence, sequence)
-            && new < seen
-        {
-            return Err(unavailable(format!("bundle sequence went backwards ({new} < {seen})")));
+        match (self.sequence, sequence) {
+            (Some(seen), Some(new)) if new < seen => {
+                Err(unavailable(format!("bundle sequence went backwards ({new} < {seen})")))
+            }
+            // A plain JWKS after a sequenced bundle would switch rollback protection off.
+            (Some(_), None) => Err(unavailable("bundle has no spiffe_sequence, after one that had")),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn accept(&mut self, sequence: Option<u64>, epoch: Option<String>) {
@@ -295,6 +297,8 @@ mod tests {
         state.accept(Some(4), Some("a".into()));
         assert!(state.admit(Some(3), Some("a")).is_err(), "rollback within a store");
         assert!(state.admit(Some(3), None).is_err(), "no epoch: sequence alone");
+        assert!(state.admit(None, Some("a")).is_err(), "no sequence after one was seen");
+        assert!(State::default().admit(None, None).is_ok(), "a plain JWKS source stays usable");
         state.admit(Some(4), Some("a")).unwrap();
         // The store was lost: a new epoch restarts the sequence.
         state.admit(Some(1), Some("b")).unwrap();

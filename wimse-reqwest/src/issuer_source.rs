@@ -11,14 +11,23 @@ use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::time::{Clock, SystemClock};
 use wimse_core::{Error, ErrorKind};
 
-/// How the workload authenticates to the identity server.
-#[derive(Debug, Clone)]
+/// How the workload authenticates to the identity server. `Debug` never shows a token.
+#[derive(Clone)]
 pub enum Bootstrap {
     /// A token re-read from a file on every request (a Kubernetes projected service-account
     /// token, which the kubelet rotates in place).
     TokenFile(PathBuf),
     /// A fixed token or dev secret.
     Token(String),
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bootstrap::TokenFile(path) => f.debug_tuple("TokenFile").field(path).finish(),
+            Bootstrap::Token(_) => f.write_str("Token(..)"),
+        }
+    }
 }
 
 /// Where Kubernetes projects a pod's default service-account token.
@@ -382,6 +391,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(super::Bootstrap::TokenFile("/nonexistent/token".into()).token().await.is_err());
+        let secret = super::Bootstrap::Token("s3cret-dev-token".into());
+        assert_eq!(format!("{secret:?}"), "Token(..)");
+        let builder = super::IssuerCredentials::builder("http://127.0.0.1:1", "spiffe://d/x", secret);
+        assert!(!format!("{builder:?}").contains("s3cret"));
     }
 
     #[test]
