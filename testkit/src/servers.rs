@@ -294,6 +294,7 @@ pub struct PostgresServer {
     port: u16,
     /// uid and gid to run as, when the tests run as root.
     run_as: Option<(u32, u32)>,
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -322,7 +323,7 @@ impl PostgresServer {
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster directory");
         }
-        let mut server = Self { bin, dir, port: free_port(), run_as, child: None };
+        let mut server = Self { bin, dir, port: free_port(), run_as, tls: false, child: None };
         let data = server.data();
         let status = server
             .command("initdb")
@@ -372,11 +373,31 @@ impl PostgresServer {
         self.port
     }
 
+    /// Restarts it serving TLS too, with this certificate chain and key (PEM), written into
+    /// its data directory owner-only as PostgreSQL requires.
+    pub fn enable_tls(&mut self, chain_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.dir.path().join("data");
+        for (name, contents) in [("server.crt", chain_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, contents).expect("write TLS file");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown TLS file");
+            }
+        }
+        self.tls = true;
+        self.restart();
+    }
+
     /// Starts it (again) on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
         let data = self.data();
         let mut command = self.command("postgres");
+        if self.tls {
+            command.args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"]);
+        }
         command
             .args(["-D", &data, "-p", &self.port.to_string(), "-k", &data])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"])
@@ -454,6 +475,13 @@ impl TempDir {
     /// Its path.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// Writes `contents` to the file `name` in it; returns the file's path.
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write a temporary file");
+        path
     }
 }
 

@@ -31,6 +31,16 @@ pub struct PostgresConfig {
     /// How long one database operation may take, in milliseconds. Defaults to 5000.
     #[serde(default = "default_db_timeout")]
     pub timeout_ms: u64,
+    /// The certificate authority (PEM) of PostgreSQL's server certificate: connections then use
+    /// TLS (`sslmode=require`, the server's name verified). Required unless every host of `url`
+    /// is on this machine (a Unix socket, `localhost`, a loopback address) or
+    /// `insecure_plaintext` is set.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Talk to a remote PostgreSQL without TLS (audit rows, the login and sealed keys cross the
+    /// network in the clear). Off by default.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -39,6 +49,8 @@ impl std::fmt::Debug for PostgresConfig {
             .field("kek_file", &self.kek_file)
             .field("kek_env", &self.kek_env)
             .field("timeout_ms", &self.timeout_ms)
+            .field("ca_file", &self.ca_file)
+            .field("insecure_plaintext", &self.insecure_plaintext)
             .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,9 @@
 //! PostgreSQL storage for several identity-server replicas (feature `postgres`).
 
 use tokio::sync::Mutex;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use wimse_core::{Error, ErrorKind, Result};
 
 use crate::config::PostgresConfig;
@@ -47,8 +49,12 @@ CREATE INDEX IF NOT EXISTS wimse_issuer_audit_at ON wimse_issuer_audit (trust_do
 ///   while PostgreSQL is down, issuance answers 503 and verification is unaffected.
 /// - Each operation is bounded by `timeout_ms`; a connection that failed or timed out is dropped
 ///   and made again on the next operation.
+/// - Connections use TLS (rustls, `sslmode=require`, the server's name checked against
+///   `ca_file`) whenever PostgreSQL is not on this host; plaintext to a remote server needs
+///   `insecure_plaintext`.
 pub struct PostgresStorage {
-    url: String,
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     trust_domain: String,
     kek: Kek,
     timeout: std::time::Duration,
@@ -68,6 +74,42 @@ fn db_error(e: impl std::fmt::Display) -> Error {
     unavailable(format!("postgres: {e}"))
 }
 
+fn config_error(field: &str, e: impl std::fmt::Display) -> Error {
+    Error::with_detail(ErrorKind::InvalidConfiguration, format!("postgres.{field}: {e}"))
+}
+
+/// Whether every host is on this machine: a Unix socket, `localhost` or a loopback address.
+fn all_local(config: &tokio_postgres::Config) -> bool {
+    let loopback =
+        |name: &str| name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let hosts_local = config.get_hosts().iter().all(|host| match host {
+        Host::Tcp(name) => loopback(name),
+        Host::Unix(_) => true,
+    });
+    hosts_local && config.get_hostaddrs().iter().all(|ip| ip.is_loopback())
+}
+
+/// TLS with the roots in `ca_file` (PEM), through aws-lc-rs.
+fn tls_connector(ca_file: &std::path::Path) -> Result<MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let field = |e: &dyn std::fmt::Display| config_error("ca_file", format!("{}: {e}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca_file).map_err(|e| field(&e))? {
+        roots.add(certificate.map_err(|e| field(&e))?).map_err(|e| field(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(field(&"no certificate"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| field(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 impl PostgresStorage {
     /// Reads the key-encryption key, connects and creates the tables if they are missing.
     pub async fn connect(config: &PostgresConfig, trust_domain: &str) -> Result<Self> {
@@ -84,8 +126,26 @@ impl PostgresStorage {
         if config.timeout_ms == 0 {
             return Err(Error::with_detail(ErrorKind::InvalidConfiguration, "postgres.timeout_ms: must be positive"));
         }
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| config_error("url", e))?;
+        let tls = match (&config.ca_file, config.insecure_plaintext || all_local(&pg)) {
+            (Some(ca_file), _) => {
+                pg.ssl_mode(SslMode::Require);
+                Some(tls_connector(ca_file)?)
+            }
+            (None, true) => None,
+            (None, false) => {
+                return Err(config_error(
+                    "ca_file",
+                    "PostgreSQL is not on this host: give its certificate authority (TLS), or set insecure_plaintext",
+                ));
+            }
+        };
+        if tls.is_none() && !all_local(&pg) {
+            tracing::warn!("wimse issuer: talking to a remote PostgreSQL without TLS (insecure_plaintext)");
+        }
         let storage = Self {
-            url: config.url.clone(),
+            config: pg,
+            tls,
             trust_domain: trust_domain.to_owned(),
             kek,
             timeout: std::time::Duration::from_millis(config.timeout_ms),
@@ -109,13 +169,20 @@ impl PostgresStorage {
     }
 
     async fn open_connection(&self) -> Result<Client> {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.map_err(db_error)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "wimse issuer: PostgreSQL connection closed");
+        let closed =
+            |error: tokio_postgres::Error| tracing::debug!(%error, "wimse issuer: PostgreSQL connection closed");
+        match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await.map_err(db_error)?;
+                tokio::spawn(async move { connection.await.map_err(closed) });
+                Ok(client)
             }
-        });
-        Ok(client)
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(db_error)?;
+                tokio::spawn(async move { connection.await.map_err(closed) });
+                Ok(client)
+            }
+        }
     }
 
     async fn admin_client<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client> {

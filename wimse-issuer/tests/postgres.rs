@@ -187,3 +187,61 @@ async fn postgres_down_refuses_issuance_and_keeps_bundles() {
     }
     assert!(recovered, "issuance resumes once PostgreSQL answers");
 }
+
+/// A CA and a certificate for `localhost` signed by it: (CA PEM, chain PEM, key PEM).
+fn tls_material() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&server_key, &issuer).unwrap();
+    (ca.pem(), server.pem(), server_key.serialize_pem())
+}
+
+/// With `ca_file` the storage speaks TLS and checks the server's certificate; a remote server
+/// without TLS settings is refused at start.
+#[tokio::test]
+async fn tls_to_postgres() {
+    let Some(mut postgres) = PostgresServer::start() else { return };
+    let dir = TempDir::new("wimse-issuer-pg-tls");
+    let (ca, chain, key) = tls_material();
+    postgres.enable_tls(&chain, &key);
+    let ca_file = dir.write_file("ca.pem", &ca);
+    let (other_ca, _, _) = tls_material();
+    let other_ca_file = dir.write_file("other-ca.pem", &other_ca);
+    let kek = kek_file(&dir, 5);
+    let with = |url: String, ca_file: Option<&std::path::Path>| -> IssuerConfig {
+        let mut config = config(&postgres, &kek);
+        let postgres = config.postgres.as_mut().unwrap();
+        postgres.url = url;
+        postgres.ca_file = ca_file.map(Into::into);
+        config
+    };
+    let url = format!("host=localhost port={} user=wimse dbname=postgres", postgres.port());
+    let server = replica(with(url.clone(), Some(&ca_file)), Arc::new(FixedClock::new(NOW))).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    server.issue_wit(SECRET, SUB, key.public_jwk(), None).await.unwrap();
+    // The audit row went over TLS: PostgreSQL says which connections use it.
+    let db = sql(&postgres).await;
+    let tls_sessions: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND usename = 'wimse'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls_sessions >= 1, "the storage's connections use TLS");
+
+    // A certificate from another authority is refused.
+    let err = IdentityServer::open(with(url, Some(&other_ca_file)), FixedClock::new(NOW)).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::KeyStoreUnavailable, "{err:?}");
+    // A remote host without TLS settings does not start (nothing is sent).
+    let remote = "host=db.prod.example user=wimse dbname=wimse".to_owned();
+    let err = IdentityServer::open(with(remote, None), FixedClock::new(NOW)).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    assert!(err.detail().unwrap().contains("postgres.ca_file"), "{err:?}");
+}
