@@ -57,6 +57,7 @@ fn healthy(credentials: &IssuerCredentials, trust: &TrustHandle) -> bool {
 
 #[tokio::test]
 async fn a_hung_issuer_does_not_wedge_renewal_or_bundle_refresh() {
+    let logs = wimse_testkit::logs::Logs::global();
     let dir = TempDir::new("wimse-fault-hung");
     let issuer = IssuerProcess::start(&write_config(&dir, 3600), &dir.path().join("issuer.log"));
     let credentials = credentials(&issuer).await;
@@ -77,6 +78,12 @@ async fn a_hung_issuer_does_not_wedge_renewal_or_bundle_refresh() {
     let recovery = recovery.expect("clients never recovered from a hung issuer");
     eprintln!("hung issuer: recovered {recovery:?} after it answered again");
     assert!(recovery <= RETRY + TIMEOUT + SLACK, "recovered after {recovery:?}");
+    // One event per state change, not one per attempt: the outage took ~10 attempts of each.
+    // (Other tests of this binary may log too, but none hangs its issuer this long.)
+    assert_eq!(logs.lines_with(&["trust bundle is stale"]).len(), 1, "{}", logs.text());
+    assert!(logs.lines_with(&["WIT renewal failed; retrying"]).len() <= 4, "at most one per test: {}", logs.text());
+    assert!(!logs.lines_with(&["trust bundle refreshed again"]).is_empty(), "{}", logs.text());
+    assert!(!logs.lines_with(&["WIT renewal works again"]).is_empty(), "{}", logs.text());
 }
 
 #[tokio::test]

@@ -127,3 +127,21 @@ async fn unsolicited_signed_responses_are_checked_only_with_anchors() {
         .build();
     assert!(checking.get("https://api.example/v1").send().await.is_err(), "a forged signed response is refused");
 }
+
+/// An outage of the credential source logs once when signing starts failing (not once per
+/// request), and once when it works again.
+#[tokio::test]
+async fn signing_failures_are_logged_once_per_outage() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let deployment = Deployment::new();
+    // Credentials that expired an hour ago: every request fails to sign.
+    let expired = StaticCredentials::new(deployment.credentials(ALLOWED, false, 7200));
+    let capture = Capture::default();
+    let client = client(WimseSignMiddleware::new(Signer::new(expired)), &capture);
+    for _ in 0..50 {
+        assert!(client.get("https://api.example/").send().await.is_err());
+    }
+    let warnings = logs.lines_with(&["WARN", "requests cannot be signed"]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("credentials_unavailable"));
+}
