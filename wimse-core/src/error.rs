@@ -157,6 +157,9 @@ pub enum ErrorKind {
     ExchangeRefused,
     /// The subject token type is not supported (RFC 8693 `unsupported_token_type`).
     UnsupportedTokenType,
+    /// A DPoP proof (RFC 9449) is missing or fails a check (`invalid_dpop_proof`); the detail
+    /// names the check.
+    InvalidDpopProof,
 
     // ---- client side ----
     /// The signer has no usable credentials (missing, unreadable, mismatched or expired).
@@ -256,6 +259,7 @@ impl ErrorKind {
             IssuanceDenied => "issuance_denied",
             ExchangeRefused => "invalid_grant",
             UnsupportedTokenType => "unsupported_token_type",
+            InvalidDpopProof => "invalid_dpop_proof",
             InvalidCertificate => "invalid_certificate",
             UnexpectedPeer => "unexpected_peer",
             TlsPeerMismatch => "tls_peer_mismatch",
@@ -335,6 +339,7 @@ impl ErrorKind {
             IssuanceDenied => "the client may not obtain this identifier",
             ExchangeRefused => "the token exchange was refused",
             UnsupportedTokenType => "the subject token type is not supported",
+            InvalidDpopProof => "the DPoP proof is invalid",
             InvalidCertificate => "the certificate is not a valid workload identity certificate",
             UnexpectedPeer => "the peer is not the expected workload",
             TlsPeerMismatch => "the request's credentials name another workload than its TLS connection",

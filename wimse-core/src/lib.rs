@@ -42,6 +42,7 @@ pub mod audit;
 pub mod caller;
 pub mod config;
 pub mod cred;
+pub mod dpop;
 pub mod draft;
 mod error;
 pub mod guard;

@@ -77,6 +77,12 @@ impl ReplayClaim {
         Self { key: digest(&[b"httpsig-nonce", nonce.as_bytes()]), expires_at, earliest_claim }
     }
 
+    /// Any other single-use token: `id` (a `jti`) unique within `namespace` (e.g. an
+    /// assertion's issuer), remembered until `expires_at`.
+    pub fn token(namespace: &str, id: &str, expires_at: u64, earliest_claim: u64) -> Self {
+        Self { key: digest(&[b"token", namespace.as_bytes(), id.as_bytes()]), expires_at, earliest_claim }
+    }
+
     /// The 128-bit digest naming the proof.
     pub fn key(&self) -> u128 {
         self.key

@@ -61,6 +61,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("name", &self.name)
             .field("platform", &self.platform)
             .field("subject", &self.subject)
+            .field("claims", &self.claims)
             .field("dev_secret", &self.dev_secret.as_ref().map(|_| ".."))
             .field("allowed", &self.allowed)
             .field("allowed_prefixes", &self.allowed_prefixes)
@@ -91,6 +92,24 @@ pub struct PlatformConfig {
     /// tokens minutes; a token valid for years is a leaked-forever credential.
     #[serde(default = "default_external_lifetime")]
     pub max_token_lifetime: u64,
+    /// The `typ` values its tokens may carry (compared case-insensitively; `none` for a header
+    /// without `typ`, as Kubernetes service-account tokens are). Defaults to
+    /// `authorization-grant+jwt` (what rfc7523bis and the practices draft ask for) and `JWT`
+    /// (for compatibility).
+    #[serde(default = "default_token_types")]
+    pub token_types: Vec<String>,
+    /// Refuse its tokens without a `jti` when they come as RFC 7523 assertions (each `jti` is
+    /// accepted once, until the token expires). Default true.
+    #[serde(default = "default_true")]
+    pub require_jti: bool,
+}
+
+fn default_token_types() -> Vec<String> {
+    vec!["authorization-grant+jwt".into(), "JWT".into()]
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_external_lifetime() -> u64 {
@@ -107,9 +126,16 @@ pub struct ClientConfig {
     /// The platform whose token authenticates this client (with `subject`).
     #[serde(default)]
     pub platform: Option<String>,
-    /// The `sub` of that platform token.
+    /// The `sub` of that platform token (optional when `claims` names the workload).
     #[serde(default)]
     pub subject: Option<String>,
+    /// Conditions on the platform token's other claims, all of which must hold: a JSON pointer
+    /// (RFC 6901) to the claim, and the string it must equal or a list of strings it may equal.
+    /// For a Kubernetes service-account token `{"/kubernetes.io/namespace": "prod",
+    /// "/kubernetes.io/serviceaccount/name": "payments"}`; for a CI token
+    /// `{"/repository": "org/app", "/ref": ["refs/heads/main"]}`.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, Value>,
     /// A static secret instead of a platform token: only accepted in `dev_mode`.
     #[serde(default)]
     pub dev_secret: Option<String>,
@@ -274,6 +300,11 @@ pub struct IssuerConfig {
     /// Token-exchange profiles.
     #[serde(default)]
     pub exchange: Vec<ExchangeProfile>,
+    /// The token endpoint's URI as clients address it (e.g.
+    /// `https://issuer.prod.example/v1/token`): the one audience RFC 7523 assertions must carry,
+    /// and the `htu` of their DPoP proofs. Without it the jwt-bearer grant is off.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
     /// Rate limits on issuance and authentication (defaults in [`RateLimits`]).
     #[serde(default)]
     pub rate_limits: RateLimits,

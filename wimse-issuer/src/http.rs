@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/wit` | `Authorization: Bearer <platform token or dev secret>`, JSON `{"sub", "jwk", "lifetime"?}` → `{"wit", "expires_at"}` |
-//! | `POST /v1/token` | RFC 8693 token exchange (form: `grant_type`, `subject_token`, `subject_token_type`, `wimse_jwk`) → `{"access_token": <WIT>, "issued_token_type", "token_type": "N_A", "expires_in"}` |
+//! | `POST /v1/token` | RFC 8693 token exchange (form: `grant_type`, `subject_token`, `subject_token_type`, `wimse_jwk`) → `{"access_token": <WIT>, "issued_token_type", "token_type": "N_A", "expires_in"}`; RFC 7523 jwt-bearer grant (`assertion`, `scope`?, `DPoP` header) or client assertion → `{"access_token": <WIT bound to the DPoP key>, "token_type": "DPoP", …}` |
 //! | `POST /v1/wic` | `Authorization: Bearer …`, JSON `{"sub", "spki" (base64 DER), "usage": "client"\|"server"\|"both", "dns"?, "ip"?}` → `{"chain_pem", "expires_at"}` |
 //! | `GET /v1/bundle/x509` | the WIC certificate authority (PEM) |
 //! | `GET /v1/bundle/jwks` | the signing keys as a JWKS |
@@ -84,14 +84,33 @@ async fn issue_wit(
     }
 }
 
-/// RFC 8693 §2.1 request parameters (form-encoded). `wimse_jwk` is the public JWK the issued WIT
-/// binds (token exchange has no standard parameter for it).
+/// The token endpoint's parameters (form-encoded), for every grant it serves:
+/// - RFC 8693 token exchange: `subject_token`, `subject_token_type`, and `wimse_jwk` (the public
+///   JWK the WIT binds; token exchange has no standard parameter for it);
+/// - RFC 7523 §2.1 jwt-bearer grant: `assertion` (a platform token), optional `scope` (the
+///   identifier), a `DPoP` header (RFC 9449) whose key the WIT binds;
+/// - RFC 7523 §2.2 client authentication: `grant_type=client_credentials` with
+///   `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer` and
+///   `client_assertion`, treated like the grant.
 #[derive(Debug, Deserialize)]
-struct ExchangeRequest {
+struct TokenRequest {
     grant_type: String,
-    subject_token: String,
-    subject_token_type: String,
-    wimse_jwk: String,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    wimse_jwk: Option<String>,
+    assertion: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
+    scope: Option<String>,
+}
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const CLIENT_ASSERTION_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+fn missing(parameter: &'static str) -> Response {
+    let body = serde_json::json!({"error": "invalid_request", "error_description": format!("{parameter} is missing")});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// Marks a response to a request whose credentials did not verify (a refused subject token),
@@ -104,7 +123,9 @@ struct FailedAuthentication;
 fn oauth_error(error: &Error) -> Response {
     let (status, code) = match error.kind() {
         ErrorKind::UnsupportedTokenType => (StatusCode::BAD_REQUEST, "unsupported_token_type"),
-        ErrorKind::ExchangeRefused => (StatusCode::BAD_REQUEST, "invalid_grant"),
+        ErrorKind::ExchangeRefused | ErrorKind::IssuanceDenied => (StatusCode::BAD_REQUEST, "invalid_grant"),
+        ErrorKind::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
+        ErrorKind::InvalidSubject(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
         ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
         ErrorKind::KeyStoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         _ => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -114,22 +135,54 @@ fn oauth_error(error: &Error) -> Response {
     if let Some(retry) = error.retry_after() {
         response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry.into());
     }
-    if error.kind() == &ErrorKind::ExchangeRefused {
+    if matches!(error.kind(), ErrorKind::ExchangeRefused | ErrorKind::InvalidDpopProof) {
         response.extensions_mut().insert(FailedAuthentication);
     }
     response
 }
 
-async fn token_exchange(State(server): State<Arc<IdentityServer>>, Form(request): Form<ExchangeRequest>) -> Response {
-    if request.grant_type != "urn:ietf:params:oauth:grant-type:token-exchange" {
-        let body = serde_json::json!({"error": "unsupported_grant_type"});
-        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+async fn token(
+    State(server): State<Arc<IdentityServer>>,
+    headers: HeaderMap,
+    Form(request): Form<TokenRequest>,
+) -> Response {
+    let assertion = match (request.grant_type.as_str(), request.client_assertion_type.as_deref()) {
+        (TOKEN_EXCHANGE, _) => return token_exchange(&server, request).await,
+        (JWT_BEARER, _) => request.assertion,
+        ("client_credentials", Some(CLIENT_ASSERTION_JWT)) => request.client_assertion,
+        _ => {
+            let body = serde_json::json!({"error": "unsupported_grant_type"});
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    let Some(assertion) = assertion else { return missing("assertion") };
+    let dpop = match headers.get_all("dpop").iter().collect::<Vec<_>>().as_slice() {
+        [] => None,
+        [one] => one.to_str().ok(),
+        _ => return oauth_error(&Error::with_detail(ErrorKind::InvalidDpopProof, "more than one DPoP header")),
+    };
+    match server.jwt_bearer_grant(&assertion, dpop, request.scope.as_deref()).await {
+        Ok(issued) => Json(serde_json::json!({
+            "access_token": issued.wit,
+            "issued_token_type": JWT_TOKEN_TYPE,
+            "token_type": "DPoP",
+            "expires_in": issued.expires_at.saturating_sub(issued.issued_at),
+        }))
+        .into_response(),
+        Err(error) => oauth_error(&error),
     }
-    let jwk = match Jwk::from_json(&request.wimse_jwk) {
+}
+
+async fn token_exchange(server: &IdentityServer, request: TokenRequest) -> Response {
+    let (Some(subject_token), Some(subject_token_type)) = (request.subject_token, request.subject_token_type) else {
+        return missing("subject_token");
+    };
+    let Some(jwk) = request.wimse_jwk else { return missing("wimse_jwk") };
+    let jwk = match Jwk::from_json(&jwk) {
         Ok(jwk) => jwk,
         Err(error) => return oauth_error(&error),
     };
-    match server.exchange(&request.subject_token, &request.subject_token_type, &jwk).await {
+    match server.exchange(&subject_token, &subject_token_type, &jwk).await {
         Ok(issued) => Json(serde_json::json!({
             "access_token": issued.wit,
             "issued_token_type": JWT_TOKEN_TYPE,
@@ -217,7 +270,7 @@ pub fn router(server: Arc<IdentityServer>) -> Router {
     server.start_maintenance();
     let issuance = Router::new()
         .route("/v1/wit", post(issue_wit))
-        .route("/v1/token", post(token_exchange))
+        .route("/v1/token", post(token))
         .route("/v1/wic", post(issue_wic))
         .route_layer(axum::middleware::from_fn_with_state(server.clone(), limit_sources));
     Router::new()

@@ -10,6 +10,7 @@ use crate::config::PostgresConfig;
 use crate::keys::KeyState;
 use crate::seal::Kek;
 use crate::store::{Change, IssuanceRecord, KeyStorage, unavailable};
+use wimse_core::replay::ReplayClaim;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS wimse_issuer_state (
@@ -31,6 +32,10 @@ CREATE TABLE IF NOT EXISTS wimse_issuer_audit (
     key_id text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS wimse_issuer_audit_at ON wimse_issuer_audit (trust_domain, at);
+CREATE TABLE IF NOT EXISTS wimse_issuer_seen (
+    key bytea PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
 ";
 
 /// Keys, rotation and audit rows in PostgreSQL, for several identity-server replicas (feature
@@ -276,6 +281,8 @@ impl KeyStorage for PostgresStorage {
                 .await
                 .map_err(db_error)?;
             let current = row.map(|row| self.unseal(&row)).transpose()?;
+            // Housekeeping once per maintenance: forget single-use tokens past their expiry.
+            tx.execute("DELETE FROM wimse_issuer_seen WHERE expires_at < now()", &[]).await.map_err(db_error)?;
             let Some(next) = change(current.clone())? else {
                 tx.commit().await.map_err(db_error)?;
                 return current.ok_or_else(|| db_error("nothing stored"));
@@ -300,6 +307,25 @@ impl KeyStorage for PostgresStorage {
             *admin = None;
         }
         outcome
+    }
+
+    async fn claim_once(&self, claim: &ReplayClaim, _now: u64) -> Result<()> {
+        self.bounded(async {
+            let client = self.query_client().await?;
+            let key = claim.key().to_be_bytes().to_vec();
+            let inserted = client
+                .execute(
+                    "INSERT INTO wimse_issuer_seen (key, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT (key) DO NOTHING",
+                    &[&key, &(claim.expires_at() as f64)],
+                )
+                .await
+                .map_err(db_error)?;
+            if inserted == 0 {
+                return Err(wimse_core::ErrorKind::ReplayedProof.into());
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn record(&self, record: &IssuanceRecord) -> Result<()> {

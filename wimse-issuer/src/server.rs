@@ -9,6 +9,7 @@ use wimse_core::id::{TrustDomain, WorkloadId};
 use wimse_core::jose::{Algorithm, Jwk, PublicKey, jws};
 use wimse_core::policy::Rule;
 use wimse_core::rate::RateLimiter;
+use wimse_core::replay::ReplayClaim;
 use wimse_core::time::Clock;
 use wimse_core::trust::{STORE_EPOCH_MEMBER, TrustAnchors};
 use wimse_core::wit::WitIssuer;
@@ -32,6 +33,14 @@ struct Client {
 struct Exchange {
     profile: ExchangeProfile,
     keys: TrustAnchors,
+}
+
+/// What a validated platform token contributes beyond its client.
+struct PlatformToken {
+    issuer: String,
+    jti: Option<String>,
+    expires_at: u64,
+    require_jti: bool,
 }
 
 /// The result of an issuance.
@@ -129,15 +138,30 @@ impl IdentityServer {
                     "must be between 1 and 604800 seconds",
                 ));
             }
+            if p.token_types.is_empty() {
+                return Err(config_error(format!("platforms[{i}].token_types"), "accept at least one typ"));
+            }
             platforms.push(Platform { config: p.clone(), keys });
         }
         let mut clients = Vec::new();
         for (i, c) in config.clients.iter().enumerate() {
             let field = |name: &str| format!("clients[{i}].{name}");
+            for (pointer, condition) in &c.claims {
+                let strings = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string));
+                if !pointer.starts_with('/') || !(condition.is_string() || strings(condition)) {
+                    return Err(config_error(
+                        field(&format!("claims[{pointer:?}]")),
+                        "a JSON pointer (/claim/member) to a string, or a non-empty list of strings",
+                    ));
+                }
+            }
             match (&c.platform, &c.subject, &c.dev_secret) {
-                (Some(platform), Some(_), None) => {
+                (Some(platform), subject, None) => {
                     if !platforms.iter().any(|p| &p.config.name == platform) {
                         return Err(config_error(field("platform"), format!("no platform named `{platform}`")));
+                    }
+                    if subject.is_none() && c.claims.is_empty() {
+                        return Err(config_error(field("subject"), "name the platform subject, or claims to match"));
                     }
                 }
                 (None, None, Some(secret)) => {
@@ -154,7 +178,7 @@ impl IdentityServer {
                 _ => {
                     return Err(config_error(
                         format!("clients[{i}]"),
-                        "set either platform and subject, or dev_secret",
+                        "set either platform (with subject or claims), or dev_secret",
                     ));
                 }
             }
@@ -229,6 +253,13 @@ impl IdentityServer {
                 (_, None) => {}
             }
             exchanges.push(Exchange { profile: p.clone(), keys });
+        }
+        if let Some(endpoint) = &config.token_endpoint {
+            let uri: axum::http::Uri = endpoint.parse().map_err(|e| config_error("token_endpoint", e))?;
+            if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.authority().is_none() || uri.query().is_some()
+            {
+                return Err(config_error("token_endpoint", "an absolute http(s) URI without query"));
+            }
         }
         let server = Self {
             domain,
@@ -468,7 +499,6 @@ impl IdentityServer {
     }
 
     fn authenticate(&self, bootstrap: &str) -> Result<&Client> {
-        let denied = |d: &'static str| Error::with_detail(ErrorKind::BootstrapTokenInvalid, d);
         if self.config.dev_mode
             && let Some(client) = self
                 .clients
@@ -477,25 +507,127 @@ impl IdentityServer {
         {
             return Ok(client);
         }
-        let token = jws::parse(bootstrap, 16 * 1024).map_err(|_| denied("not a JWT"))?;
-        let iss = token.claims.get("iss").and_then(Value::as_str).ok_or_else(|| denied("no iss"))?;
-        let platform =
-            self.platforms.iter().find(|p| p.config.issuer == iss).ok_or_else(|| denied("unknown issuer"))?;
-        let claims = validate_external(
-            &token,
-            &platform.keys,
-            &platform.config.audience,
-            platform.config.max_token_lifetime,
-            self.clock.now(),
-        )
-        .map_err(denied)?;
-        let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| denied("no sub"))?;
-        self.clients
+        let denied = |e: Error| match e.kind() {
+            ErrorKind::ExchangeRefused => {
+                Error::with_detail(ErrorKind::BootstrapTokenInvalid, e.detail().unwrap_or("").to_owned())
+            }
+            _ => e,
+        };
+        let (client, _) = self.platform_token(bootstrap, None, self.clock.now()).map_err(denied)?;
+        Ok(client)
+    }
+
+    /// Validates a platform token and finds the client it authenticates, the same way for the
+    /// bearer bootstrap (`audience` None: the platform's configured audience) and for RFC 7523
+    /// assertions (`audience` the token endpoint): a configured issuer (no discovery), its
+    /// `typ` policy, its keys, one audience, bounded lifetime, then the client whose platform,
+    /// subject and claim conditions all match. Errors are `ExchangeRefused` naming the check.
+    fn platform_token(&self, token: &str, audience: Option<&str>, now: u64) -> Result<(&Client, PlatformToken)> {
+        let refused = |d: String| Error::with_detail(ErrorKind::ExchangeRefused, d);
+        let parsed = jws::parse(token, 16 * 1024).map_err(|_| refused("not a JWT".into()))?;
+        let iss = parsed.claims.get("iss").and_then(Value::as_str).ok_or_else(|| refused("no iss".into()))?;
+        let platform = self
+            .platforms
+            .iter()
+            .find(|p| p.config.issuer == iss)
+            .ok_or_else(|| refused("issuer not on the allowlist".into()))?;
+        let typ = parsed.header_str("typ").map_err(|_| refused("typ".into()))?.unwrap_or("none");
+        if !platform.config.token_types.iter().any(|t| t.eq_ignore_ascii_case(typ)) {
+            return Err(refused(format!("typ {typ:?} not accepted for platform `{}`", platform.config.name)));
+        }
+        let audience = audience.unwrap_or(&platform.config.audience);
+        let claims = validate_external(&parsed, &platform.keys, audience, platform.config.max_token_lifetime, now)
+            .map_err(|d| refused(d.to_owned()))?;
+        let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| refused("no sub".into()))?;
+        let claims_value = Value::Object(claims.clone());
+        let conditions_hold = |c: &Client| {
+            c.config.claims.iter().all(|(pointer, condition)| {
+                let Some(actual) = claims_value.pointer(pointer).and_then(Value::as_str) else { return false };
+                match condition {
+                    Value::String(expected) => expected == actual,
+                    Value::Array(allowed) => allowed.iter().any(|a| a.as_str() == Some(actual)),
+                    _ => false,
+                }
+            })
+        };
+        let client = self
+            .clients
             .iter()
             .find(|c| {
-                c.config.platform.as_deref() == Some(&platform.config.name) && c.config.subject.as_deref() == Some(sub)
+                c.config.platform.as_deref() == Some(&platform.config.name)
+                    && c.config.subject.as_deref().is_none_or(|s| s == sub)
+                    && conditions_hold(c)
             })
-            .ok_or_else(|| Error::with_detail(ErrorKind::IssuanceDenied, "no client for this platform subject"))
+            .ok_or_else(|| {
+                tracing::warn!(target: "wimse::audit", platform = %platform.config.name, sub, "platform token matches no client (subject or claim conditions)");
+                Error::with_detail(ErrorKind::IssuanceDenied, "no client for this platform token (subject or claim conditions)")
+            })?;
+        let token = PlatformToken {
+            issuer: iss.to_owned(),
+            jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
+            require_jti: platform.config.require_jti,
+        };
+        Ok((client, token))
+    }
+
+    /// RFC 7523 §2.1 (and §2.2 through `client_assertion`): a platform token as the grant, the
+    /// WIT bound to the key of the request's DPoP proof (RFC 9449). `scope`, if given, names
+    /// the identifier; else the client's one exact identifier. Each assertion `jti` and each
+    /// proof `jti` is accepted once.
+    pub async fn jwt_bearer_grant(
+        &self,
+        assertion: &str,
+        dpop: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<IssuedWit> {
+        let endpoint = self.config.token_endpoint.as_deref().ok_or_else(|| {
+            Error::with_detail(ErrorKind::UnsupportedTokenType, "the jwt-bearer grant needs token_endpoint configured")
+        })?;
+        let now = self.clock.now();
+        let dpop = dpop.ok_or_else(|| Error::with_detail(ErrorKind::InvalidDpopProof, "no DPoP proof"))?;
+        let validation = wimse_core::dpop::DpopValidation::default();
+        let proof = wimse_core::dpop::verify(dpop, "POST", endpoint, &validation, now)?;
+        let (client, token) = self.platform_token(assertion, Some(endpoint), now)?;
+        let refused = |d: &'static str| Error::with_detail(ErrorKind::ExchangeRefused, d);
+        match (&token.jti, token.require_jti) {
+            (Some(jti), _) => {
+                let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
+                self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
+                    ErrorKind::ReplayedProof => refused("assertion jti already used"),
+                    _ => e,
+                })?;
+            }
+            (None, true) => return Err(refused("the assertion has no jti")),
+            (None, false) => {}
+        }
+        let proof_expiry = proof.iat.saturating_add(validation.max_age + validation.leeway);
+        let claim = ReplayClaim::token("dpop", &proof.jti, proof_expiry, now);
+        self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
+            ErrorKind::ReplayedProof => Error::with_detail(ErrorKind::InvalidDpopProof, "DPoP proof jti already used"),
+            _ => e,
+        })?;
+        self.limit(&format!("client {}", client.config.name))?;
+        let sub = match scope {
+            Some(scope) => scope.to_owned(),
+            None => match client.config.allowed.as_slice() {
+                [only] if client.config.allowed_prefixes.is_empty() => only.clone(),
+                _ => return Err(Error::with_detail(ErrorKind::IssuanceDenied, "name the identifier in scope")),
+            },
+        };
+        let id = WorkloadId::parse(&sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
+        if !wimse_core::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
+            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "issuance refused");
+            return Err(Error::with_detail(
+                ErrorKind::IssuanceDenied,
+                format!("{} may not obtain {id}", client.config.name),
+            ));
+        }
+        let lifetime = client.config.max_lifetime;
+        let (wit, kid) = self.sign_wit(&id, &proof.jwk, lifetime, now)?;
+        self.record("jwt-bearer", &client.config.name, &id, lifetime, kid, now).await?;
+        tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIT issued for an RFC 7523 assertion");
+        Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
     }
 
     /// Takes one request from `key`'s issuance budget.
@@ -763,9 +895,11 @@ fn validate_external(
     if token.claims.get("nbf").and_then(Value::as_u64).is_some_and(|nbf| nbf > now + 30) {
         return Err("not yet valid");
     }
+    // One audience per token (workload-identity-practices): a token also meant for another
+    // service is refused here.
     let audience_ok = match token.claims.get("aud") {
         Some(Value::String(aud)) => aud == audience,
-        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+        Some(Value::Array(auds)) => auds.len() == 1 && auds[0].as_str() == Some(audience),
         _ => false,
     };
     if !audience_ok {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use wimse_core::{Error, ErrorKind, Result};
 
 use crate::keys::KeyState;
+use wimse_core::replay::{InMemoryReplayStore, ReplayClaim, ReplayStore as _};
 
 /// A change to the stored state, applied under the storage's lock: given what is stored
 /// (`None`: nothing yet), returns the state to write, or `None` to leave it as it is.
@@ -47,6 +48,11 @@ pub trait KeyStorage: Send + Sync + std::fmt::Debug + 'static {
 
     /// Records an issuance before the credential is handed out; an error refuses the issuance.
     async fn record(&self, record: &IssuanceRecord) -> Result<()>;
+
+    /// Claims a single-use token (an assertion's or a DPoP proof's `jti`) until it expires:
+    /// [`ErrorKind::ReplayedProof`] if it was claimed before, by this replica or (with shared
+    /// storage) any other.
+    async fn claim_once(&self, claim: &ReplayClaim, now: u64) -> Result<()>;
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -59,12 +65,14 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
 pub struct FileStorage {
     path: PathBuf,
     lock: tokio::sync::Mutex<()>,
+    /// Single-use tokens, in memory (one node).
+    seen: InMemoryReplayStore,
 }
 
 impl FileStorage {
     /// The store at `path` (created on the first write).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), lock: tokio::sync::Mutex::new(()) }
+        Self { path: path.into(), lock: tokio::sync::Mutex::new(()), seen: InMemoryReplayStore::new(100_000) }
     }
 
     async fn read(&self) -> Result<Option<KeyState>> {
@@ -115,5 +123,12 @@ impl KeyStorage for FileStorage {
 
     async fn record(&self, _record: &IssuanceRecord) -> Result<()> {
         Ok(())
+    }
+
+    async fn claim_once(&self, claim: &ReplayClaim, now: u64) -> Result<()> {
+        match self.seen.claim(claim, now).into_ready() {
+            Ok(result) => result,
+            Err(pending) => pending.await,
+        }
     }
 }

@@ -92,6 +92,24 @@ pub fn sign(
     Ok(token)
 }
 
+/// Serializes and signs a token whose header is `header` plus `alg` (for headers other than
+/// `typ` and `kid`, such as a DPoP proof's `jwk`).
+pub fn sign_with_header(
+    mut header: Map<String, Value>,
+    claims: &impl Serialize,
+    key: &SigningKey,
+    backend: Backend,
+) -> Result<String> {
+    header.insert("alg".into(), key.algorithm().as_str().into());
+    let mut token = b64url_encode(to_json(&header)?);
+    token.push('.');
+    token.push_str(&b64url_encode(to_json(claims)?));
+    let signature = key.sign(backend, token.as_bytes())?;
+    token.push('.');
+    token.push_str(&b64url_encode(signature));
+    Ok(token)
+}
+
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|_| Error::with_detail(ErrorKind::Crypto, "could not serialize token"))
 }

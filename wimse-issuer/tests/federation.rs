@@ -1,0 +1,254 @@
+//! RFC 7523 federation at the identity server's token endpoint: a platform token (here shaped
+//! like a Kubernetes projected service-account token) as the jwt-bearer grant or as a client
+//! assertion, the WIT bound to the request's DPoP key (RFC 9449), claim conditions in the
+//! issuance policy, and every refusal the practices draft asks for.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use wimse_core::dpop;
+use wimse_core::jose::{Algorithm, Backend, SigningKey, jws};
+use wimse_core::prelude::*;
+use wimse_core::wit::{WitValidation, validate_wit};
+use wimse_issuer::{IdentityServer, IssuerConfig};
+
+const K8S: &str = "https://kubernetes.default.svc";
+const PAYMENTS: &str = "spiffe://prod.example/ns/prod/sa/payments";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+fn now() -> u64 {
+    SystemClock.now()
+}
+
+struct Federation {
+    base: String,
+    endpoint: String,
+    cluster: SigningKey,
+    http: reqwest::Client,
+}
+
+impl Federation {
+    async fn start(name: &str) -> Self {
+        let cluster = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k8s-1");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let endpoint = format!("{base}/v1/token");
+        let dir = std::env::temp_dir().join(format!("wimse-federation-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config: IssuerConfig = serde_json::from_value(json!({
+            "trust_domain": "spiffe://prod.example",
+            "key_store": dir.join("keys.json"),
+            "token_endpoint": endpoint,
+            "platforms": [{"name": "cluster", "issuer": K8S, "audience": "wimse-issuer",
+                           "jwks": {"keys": [cluster.public_jwk()]}, "max_token_lifetime": 3600,
+                           "token_types": ["authorization-grant+jwt", "JWT", "none"]}],
+            "clients": [{"name": "payments", "platform": "cluster",
+                         "claims": {"/kubernetes.io/namespace": "prod", "/kubernetes.io/serviceaccount/name": ["payments", "payments-canary"]},
+                         "allowed": [PAYMENTS], "max_lifetime": 600}],
+            "rate_limits": {"failed_authentications": {"burst": 1000, "per_minute": 1000}}
+        }))
+        .unwrap();
+        let server = Arc::new(IdentityServer::open(config, SystemClock).await.unwrap());
+        let app = wimse_issuer::router(server).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base, endpoint, cluster, http: reqwest::Client::new() }
+    }
+
+    /// A projected service-account token for `namespace`/`name`, audience `aud`.
+    fn platform_token(
+        &self,
+        typ: Option<&str>,
+        aud: &str,
+        namespace: &str,
+        name: &str,
+        exp: u64,
+        key: &SigningKey,
+    ) -> String {
+        use rand_core::RngCore as _;
+        let mut jti = [0u8; 8];
+        rand_core::OsRng.fill_bytes(&mut jti);
+        let claims = json!({
+            "iss": K8S, "sub": format!("system:serviceaccount:{namespace}:{name}"), "aud": [aud],
+            "exp": exp, "iat": now(), "nbf": now(), "jti": format!("{jti:?}"),
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "u-1"}}
+        });
+        let mut header = serde_json::Map::new();
+        header.insert("kid".into(), "k8s-1".into());
+        if let Some(typ) = typ {
+            header.insert("typ".into(), typ.into());
+        }
+        jws::sign_with_header(header, &claims, key, Backend::default()).unwrap()
+    }
+
+    fn good_token(&self) -> String {
+        self.platform_token(Some("JWT"), &self.endpoint, "prod", "payments", now() + 600, &self.cluster)
+    }
+
+    async fn grant(&self, form: &[(&str, &str)], dpop: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(&self.endpoint).form(form);
+        if let Some(proof) = dpop {
+            request = request.header("dpop", proof);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn trust(&self) -> TrustStore {
+        let bundle = reqwest::get(format!("{}/v1/bundle/spiffe", self.base)).await.unwrap().text().await.unwrap();
+        TrustStore::new()
+            .with("spiffe://prod.example".parse().unwrap(), TrustAnchors::from_spiffe_bundle_json(&bundle).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_platform_token_and_a_dpop_proof_get_a_wit_bound_to_the_proof_key() {
+    let f = Federation::start("ok").await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let token = f.good_token();
+    let (status, body) = f.grant(&[("grant_type", JWT_BEARER), ("assertion", &token)], Some(&proof)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    assert_eq!(body["expires_in"], 600);
+    let wit = validate_wit(body["access_token"].as_str().unwrap(), &f.trust().await, &WitValidation::default(), now())
+        .unwrap();
+    assert_eq!(wit.subject().as_str(), PAYMENTS);
+    assert_eq!(wit.cnf_key().thumbprint(), key.public_key().thumbprint(), "bound to the DPoP key");
+
+    // RFC 7523 §2.2: the same platform token as JWT client authentication.
+    let token = f.good_token();
+    let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", token.as_str()),
+        ("scope", PAYMENTS),
+    ];
+    let (status, body) = f.grant(&form, Some(&proof)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn what_the_practices_draft_asks_to_refuse_is_refused() {
+    let f = Federation::start("refusals").await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let rogue = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k8s-1");
+    let t = now();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown issuer's key",
+            f.platform_token(Some("JWT"), &f.endpoint, "prod", "payments", t + 600, &rogue),
+            "invalid_grant",
+        ),
+        (
+            "wrong audience",
+            f.platform_token(Some("JWT"), "https://other.example/token", "prod", "payments", t + 600, &f.cluster),
+            "invalid_grant",
+        ),
+        (
+            "the bootstrap audience",
+            f.platform_token(Some("JWT"), "wimse-issuer", "prod", "payments", t + 600, &f.cluster),
+            "invalid_grant",
+        ),
+        (
+            "expired",
+            f.platform_token(Some("JWT"), &f.endpoint, "prod", "payments", t - 60, &f.cluster),
+            "invalid_grant",
+        ),
+        (
+            "over-long",
+            f.platform_token(Some("JWT"), &f.endpoint, "prod", "payments", t + 7200, &f.cluster),
+            "invalid_grant",
+        ),
+        (
+            "typ not accepted",
+            f.platform_token(Some("at+jwt"), &f.endpoint, "prod", "payments", t + 600, &f.cluster),
+            "invalid_grant",
+        ),
+        (
+            "claim condition: namespace",
+            f.platform_token(Some("JWT"), &f.endpoint, "dev", "payments", t + 600, &f.cluster),
+            "invalid_grant",
+        ),
+        (
+            "claim condition: account",
+            f.platform_token(None, &f.endpoint, "prod", "billing", t + 600, &f.cluster),
+            "invalid_grant",
+        ),
+    ];
+    for (what, token, error) in cases {
+        let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+        let (status, body) = f.grant(&[("grant_type", JWT_BEARER), ("assertion", &token)], Some(&proof)).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some(error)), "{what}: {body}");
+    }
+    // An issuer that is not on the allowlist at all.
+    let mut other = f.good_token();
+    other = {
+        let parsed = jws::parse(&other, 16 * 1024).unwrap();
+        let mut claims = parsed.claims.clone();
+        claims.insert("iss".into(), "https://evil.example".into());
+        jws::sign("JWT", Some("k8s-1"), &claims, &f.cluster, Backend::default()).unwrap()
+    };
+    let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    assert_eq!(
+        f.grant(&[("grant_type", JWT_BEARER), ("assertion", &other)], Some(&proof)).await.1["error"],
+        "invalid_grant"
+    );
+
+    // DPoP: missing, for another URI, signed by one key with another's jwk, replayed.
+    let token = f.good_token();
+    let form = [("grant_type", JWT_BEARER), ("assertion", token.as_str())];
+    assert_eq!(f.grant(&form, None).await.1["error"], "invalid_dpop_proof");
+    let elsewhere = dpop::proof(&key, "POST", "https://other.example/token", now()).unwrap();
+    assert_eq!(f.grant(&form, Some(&elsewhere)).await.1["error"], "invalid_dpop_proof");
+    let mut header = serde_json::Map::new();
+    header.insert("typ".into(), "dpop+jwt".into());
+    header.insert(
+        "jwk".into(),
+        serde_json::to_value(SigningKey::generate(Algorithm::ES256).unwrap().public_jwk()).unwrap(),
+    );
+    let claims = json!({"jti": "j-1", "htm": "POST", "htu": f.endpoint, "iat": now()});
+    let swapped = jws::sign_with_header(header, &claims, &key, Backend::default()).unwrap();
+    assert_eq!(f.grant(&form, Some(&swapped)).await.1["error"], "invalid_dpop_proof");
+    // A good request, then the same assertion again with a fresh proof, then the same proof.
+    let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    assert_eq!(f.grant(&form, Some(&proof)).await.0, 200);
+    let fresh = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let (status, body) = f.grant(&form, Some(&fresh)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "replayed assertion jti: {body}");
+    let another = f.good_token();
+    let (status, body) = f.grant(&[("grant_type", JWT_BEARER), ("assertion", &another)], Some(&proof)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_dpop_proof")), "replayed proof: {body}");
+    // An identifier the client may not have, and an unknown grant.
+    let token = f.good_token();
+    let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let form = [("grant_type", JWT_BEARER), ("assertion", token.as_str()), ("scope", "spiffe://prod.example/admin")];
+    assert_eq!(f.grant(&form, Some(&proof)).await.1["error"], "invalid_grant");
+    assert_eq!(f.grant(&[("grant_type", "password")], None).await.1["error"], "unsupported_grant_type");
+}
+
+/// The bearer bootstrap goes through the same validation and claim conditions.
+#[tokio::test]
+async fn the_bearer_bootstrap_uses_the_same_claim_conditions() {
+    let f = Federation::start("bearer").await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let request = |token: String| {
+        f.http
+            .post(format!("{}/v1/wit", f.base))
+            .bearer_auth(token)
+            .json(&json!({"sub": PAYMENTS, "jwk": key.public_jwk()}))
+            .send()
+    };
+    let ok = f.platform_token(Some("JWT"), "wimse-issuer", "prod", "payments-canary", now() + 600, &f.cluster);
+    assert_eq!(request(ok).await.unwrap().status(), 200);
+    let other_namespace = f.platform_token(Some("JWT"), "wimse-issuer", "dev", "payments", now() + 600, &f.cluster);
+    assert_eq!(request(other_namespace).await.unwrap().status(), 403);
+    let two_audiences = {
+        let parsed = jws::parse(&f.good_token(), 16 * 1024).unwrap().claims.clone();
+        let mut claims = parsed;
+        claims.insert("aud".into(), json!(["wimse-issuer", "https://kubernetes.default.svc"]));
+        jws::sign("JWT", Some("k8s-1"), &claims, &f.cluster, Backend::default()).unwrap()
+    };
+    assert_eq!(request(two_audiences).await.unwrap().status(), 401, "one audience per token");
+}
