@@ -71,13 +71,28 @@ fn without_query(uri: &str) -> &str {
 
 /// A proof for a `htm` request to `htu`, signed with `key`, its public key in the header.
 pub fn proof(key: &SigningKey, htm: &str, htu: &str, now: u64) -> Result<String> {
+    sign_proof(key, htm, htu, now, None)
+}
+
+/// A proof for a request to a resource server that carries the DPoP-bound `access_token`
+/// (with `ath`, its SHA-256 hash, RFC 9449 §4.2).
+pub fn proof_for_token(key: &SigningKey, htm: &str, htu: &str, now: u64, access_token: &str) -> Result<String> {
+    use sha2::{Digest as _, Sha256};
+    let ath = crate::jose::b64url_encode(Sha256::digest(access_token.as_bytes()));
+    sign_proof(key, htm, htu, now, Some(&ath))
+}
+
+fn sign_proof(key: &SigningKey, htm: &str, htu: &str, now: u64, ath: Option<&str>) -> Result<String> {
     use rand_core::{OsRng, RngCore};
     let mut id = [0u8; 16];
     OsRng.fill_bytes(&mut id);
     let mut header = Map::new();
     header.insert("typ".into(), DPOP_TYP.into());
     header.insert("jwk".into(), serde_json::to_value(key.public_jwk()).map_err(|_| ErrorKind::Crypto)?);
-    let claims = json!({"jti": crate::jose::b64url_encode(id), "htm": htm, "htu": without_query(htu), "iat": now});
+    let mut claims = json!({"jti": crate::jose::b64url_encode(id), "htm": htm, "htu": without_query(htu), "iat": now});
+    if let Some(ath) = ath {
+        claims["ath"] = ath.into();
+    }
     jws::sign_with_header(header, &claims, key, Backend::default())
 }
 

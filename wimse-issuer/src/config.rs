@@ -98,10 +98,13 @@ pub struct PlatformConfig {
     /// (for compatibility).
     #[serde(default = "default_token_types")]
     pub token_types: Vec<String>,
-    /// Refuse its tokens without a `jti` when they come as RFC 7523 assertions (each `jti` is
-    /// accepted once, until the token expires). Default true.
+    /// As RFC 7523 assertions, each token is accepted once (by `jti`, until it expires; a token
+    /// without `jti` is refused). Default true. Platforms whose tokens are meant to be presented
+    /// again for their whole lifetime, such as Kubernetes projected service-account tokens
+    /// (rotated only at 80% of their TTL), need `false`: replay protection then rests on their
+    /// short lifetime, their audience (this token endpoint only) and the DPoP binding.
     #[serde(default = "default_true")]
-    pub require_jti: bool,
+    pub single_use: bool,
 }
 
 fn default_token_types() -> Vec<String> {

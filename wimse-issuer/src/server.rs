@@ -40,7 +40,7 @@ struct PlatformToken {
     issuer: String,
     jti: Option<String>,
     expires_at: u64,
-    require_jti: bool,
+    single_use: bool,
 }
 
 /// The result of an issuance.
@@ -566,7 +566,7 @@ impl IdentityServer {
             issuer: iss.to_owned(),
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
-            require_jti: platform.config.require_jti,
+            single_use: platform.config.single_use,
         };
         Ok((client, token))
     }
@@ -590,16 +590,13 @@ impl IdentityServer {
         let proof = wimse_core::dpop::verify(dpop, "POST", endpoint, &validation, now)?;
         let (client, token) = self.platform_token(assertion, Some(endpoint), now)?;
         let refused = |d: &'static str| Error::with_detail(ErrorKind::ExchangeRefused, d);
-        match (&token.jti, token.require_jti) {
-            (Some(jti), _) => {
-                let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
-                self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
-                    ErrorKind::ReplayedProof => refused("assertion jti already used"),
-                    _ => e,
-                })?;
-            }
-            (None, true) => return Err(refused("the assertion has no jti")),
-            (None, false) => {}
+        if token.single_use {
+            let jti = token.jti.as_deref().ok_or_else(|| refused("the assertion has no jti"))?;
+            let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
+            self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
+                ErrorKind::ReplayedProof => refused("assertion jti already used"),
+                _ => e,
+            })?;
         }
         let proof_expiry = proof.iat.saturating_add(validation.max_age + validation.leeway);
         let claim = ReplayClaim::token("dpop", &proof.jti, proof_expiry, now);

@@ -29,6 +29,10 @@ struct Federation {
 
 impl Federation {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, true).await
+    }
+
+    async fn start_with(name: &str, single_use: bool) -> Self {
         let cluster = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k8s-1");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -42,7 +46,7 @@ impl Federation {
             "token_endpoint": endpoint,
             "platforms": [{"name": "cluster", "issuer": K8S, "audience": "wimse-issuer",
                            "jwks": {"keys": [cluster.public_jwk()]}, "max_token_lifetime": 3600,
-                           "token_types": ["authorization-grant+jwt", "JWT", "none"]}],
+                           "token_types": ["authorization-grant+jwt", "JWT", "none"], "single_use": single_use}],
             "clients": [{"name": "payments", "platform": "cluster",
                          "claims": {"/kubernetes.io/namespace": "prod", "/kubernetes.io/serviceaccount/name": ["payments", "payments-canary"]},
                          "allowed": [PAYMENTS], "max_lifetime": 600}],
@@ -251,4 +255,87 @@ async fn the_bearer_bootstrap_uses_the_same_claim_conditions() {
         jws::sign("JWT", Some("k8s-1"), &claims, &f.cluster, Backend::default()).unwrap()
     };
     assert_eq!(request(two_audiences).await.unwrap().status(), 401, "one audience per token");
+}
+
+/// A workload renews its WIT through the RFC 7523 grant from a projected token file, as a
+/// Kubernetes pod would: the file is re-read for every renewal (a rotated token is used at
+/// once), each WIT is bound to a fresh key, and requests signed with it verify.
+#[tokio::test]
+async fn issuer_credentials_federate_from_a_token_file() {
+    use wimse_reqwest::{Bootstrap, IssuerCredentials, PlatformToken};
+    // Projected service-account tokens are presented again until the kubelet rotates them.
+    let f = Federation::start_with("credentials", false).await;
+    let dir = std::env::temp_dir().join(format!("wimse-federation-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, f.good_token()).unwrap();
+    let credentials =
+        IssuerCredentials::connect(f.base.clone(), PAYMENTS, Bootstrap::Assertion(PlatformToken::File(file.clone())))
+            .await
+            .unwrap();
+    let first = credentials.credentials(now()).unwrap();
+    assert_eq!(first.subject().as_str(), PAYMENTS);
+    validate_wit(first.wit(), &f.trust().await, &WitValidation::default(), now()).unwrap();
+    // The same (reusable) token renews again, with a new key.
+    credentials.renew().await.unwrap();
+    let second = credentials.credentials(now()).unwrap();
+    assert_ne!(first.key().public_key().thumbprint(), second.key().public_key().thumbprint());
+    // The kubelet rotates the file; an invalid token in it is refused with the server's reason.
+    std::fs::write(&file, f.platform_token(Some("JWT"), &f.endpoint, "dev", "payments", now() + 600, &f.cluster))
+        .unwrap();
+    let err = credentials.renew().await.unwrap_err();
+    assert!(err.detail().unwrap().contains("invalid_grant"), "{err:?}");
+    assert!(!err.detail().unwrap().contains("eyJ"), "no token in errors");
+    std::fs::write(&file, f.good_token()).unwrap();
+    credentials.renew().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The client-side grant against this server: an access token (here a DPoP-bound WIT) from a
+/// platform token, cached, and put on requests with a DPoP proof by the middleware.
+#[tokio::test]
+async fn the_generic_assertion_grant_and_middleware() {
+    use wimse_reqwest::{AssertionGrant, OAuthTokenMiddleware, PlatformToken};
+    let f = Federation::start_with("generic", false).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let grant = AssertionGrant::new(f.endpoint.clone(), PlatformToken::Static(f.good_token()))
+        .scope(PAYMENTS)
+        .dpop(key.clone());
+    let token = grant.token().await.unwrap();
+    assert_eq!(token.token_type, "DPoP");
+    assert!(Arc::ptr_eq(&token, &grant.token().await.unwrap()), "cached until shortly before expiry");
+    assert!(!format!("{token:?}").contains(&token.token[..20]), "Debug shows no token");
+    let wit = validate_wit(&token.token, &f.trust().await, &WitValidation::default(), now()).unwrap();
+    assert_eq!(wit.cnf_key().thumbprint(), key.public_key().thumbprint());
+
+    // The middleware: `Authorization: DPoP <token>` and a proof bound to it (`ath`).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/invoices", listener.local_addr().unwrap());
+    let seen: Arc<std::sync::Mutex<Option<http::HeaderMap>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/invoices",
+        axum::routing::get(move |headers: http::HeaderMap| {
+            *record.lock().unwrap() = Some(headers);
+            async { "ok" }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client =
+        reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(OAuthTokenMiddleware::new(grant)).build();
+    assert_eq!(client.get(format!("{api}?page=2")).send().await.unwrap().status(), 200);
+    let headers = seen.lock().unwrap().take().unwrap();
+    assert_eq!(headers["authorization"].to_str().unwrap(), format!("DPoP {}", token.token));
+    let proof = headers["dpop"].to_str().unwrap();
+    let verified = dpop::verify(proof, "GET", &api, &dpop::DpopValidation::default(), now()).unwrap();
+    assert_eq!(&verified.jwk, key.public_jwk());
+    let claims = jws::parse(proof, 8192).unwrap().claims;
+    use sha2::Digest as _;
+    let ath = wimse_core::jose::b64url_encode(sha2::Sha256::digest(token.token.as_bytes()));
+    assert_eq!(claims["ath"], ath.as_str());
+
+    // A server that refuses: the error names its answer, never the assertion.
+    let bad = AssertionGrant::new(f.endpoint.clone(), PlatformToken::Static("not.a.jwt".into())).dpop(key);
+    let err = bad.token().await.unwrap_err();
+    assert!(err.detail().unwrap().contains("400 Bad Request: invalid_grant"), "{err:?}");
 }

@@ -19,6 +19,10 @@ pub enum Bootstrap {
     TokenFile(PathBuf),
     /// A fixed token or dev secret.
     Token(String),
+    /// The platform token as an RFC 7523 assertion at the identity server's token endpoint
+    /// (`<url>/v1/token`), each new key proven with a DPoP proof: the standard federation flow
+    /// (workload-identity-practices), read anew for every renewal.
+    Assertion(crate::PlatformToken),
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -26,6 +30,7 @@ impl std::fmt::Debug for Bootstrap {
         match self {
             Bootstrap::TokenFile(path) => f.debug_tuple("TokenFile").field(path).finish(),
             Bootstrap::Token(_) => f.write_str("Token(..)"),
+            Bootstrap::Assertion(platform) => f.debug_tuple("Assertion").field(platform).finish(),
         }
     }
 }
@@ -50,6 +55,7 @@ impl Bootstrap {
                 .await
                 .map(|t| t.trim().to_owned())
                 .map_err(|e| Error::with_detail(ErrorKind::CredentialsUnavailable, format!("{}: {e}", path.display()))),
+            Bootstrap::Assertion(_) => Err(unavailable("an assertion is not a bearer token")),
         }
     }
 }
@@ -251,16 +257,31 @@ impl IssuerCredentials {
     async fn obtain(&self) -> Result<(), Refused> {
         let inner = &self.inner;
         let key = SigningKey::generate(inner.algorithm)?;
-        let body = json!({"sub": inner.sub, "jwk": key.public_jwk()});
-        let response = inner
-            .client
-            .post(format!("{}/v1/wit", inner.url.trim_end_matches('/')))
-            .bearer_auth(inner.bootstrap.token().await?)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("identity server: {e}")))?;
+        let base = inner.url.trim_end_matches('/');
+        let request = match &inner.bootstrap {
+            Bootstrap::Assertion(platform) => {
+                let token_url = format!("{base}/v1/token");
+                let now = inner.clock.now();
+                let assertion = platform.read(&inner.client, now).await?;
+                let proof = wimse_core::dpop::proof(&key, "POST", &token_url, now)?;
+                let form = [
+                    ("grant_type", crate::JWT_BEARER_GRANT),
+                    ("assertion", assertion.as_str()),
+                    ("scope", inner.sub.as_str()),
+                ];
+                inner.client.post(token_url).header("dpop", proof).form(&form)
+            }
+            bearer => {
+                let body = json!({"sub": inner.sub, "jwk": key.public_jwk()});
+                inner
+                    .client
+                    .post(format!("{base}/v1/wit"))
+                    .bearer_auth(bearer.token().await?)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+            }
+        };
+        let response = request.send().await.map_err(|e| unavailable(format!("identity server: {e}")))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -271,14 +292,18 @@ impl IssuerCredentials {
             .await
             .map_err(|e| unavailable(format!("identity server: {e}")))?;
         if !status.is_success() {
-            let reason =
-                serde_json::from_str::<Value>(&text).ok().and_then(|v| v["reason"].as_str().map(str::to_owned));
+            let reason = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["reason"].as_str().or_else(|| v["error"].as_str()).map(str::to_owned));
             let error = unavailable(format!("identity server answered {status} ({})", reason.unwrap_or_default()));
             return Err(Refused { error, retry_after });
         }
         let issued: Value =
             serde_json::from_str(&text).map_err(|_| unavailable("identity server answer is not JSON"))?;
-        let wit = issued["wit"].as_str().ok_or_else(|| unavailable("no wit in the answer"))?;
+        let wit = issued["wit"]
+            .as_str()
+            .or_else(|| issued["access_token"].as_str())
+            .ok_or_else(|| unavailable("no wit in the answer"))?;
         let credentials = Credentials::new(wit, key)?;
         let issued_at = issued["issued_at"].as_u64().unwrap_or_else(|| inner.clock.now());
         tracing::info!(sub = %credentials.subject(), expires_at = credentials.expires_at(), "wimse: obtained a WIT");

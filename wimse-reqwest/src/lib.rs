@@ -30,12 +30,16 @@
 //! extensions (`RequestBuilder::with_extension`) changes the audience, adds context tokens, or
 //! picks the proof mode.
 
+mod assertion;
 mod bundle;
 mod issuer_source;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use assertion::{
+    AccessToken, AssertionGrant, JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, OAuthTokenMiddleware, PlatformToken,
+};
 pub use bundle::{BundleSource, STORE_EPOCH_MEMBER};
 pub use issuer_source::{
     Bootstrap, IssuerCredentials, IssuerCredentialsBuilder, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,

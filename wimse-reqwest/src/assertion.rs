@@ -1,0 +1,365 @@
+//! Federation from the client side (workload-identity-practices, RFC 7521/7523): the platform's
+//! credential for this workload (a projected token file, a CI OIDC token, a WIT) goes as a
+//! jwt-bearer assertion to **any** RFC 7523 authorization server, and the access token it
+//! answers with goes on outbound requests to OAuth-protected APIs.
+//!
+//! ```no_run
+//! use reqwest_middleware::ClientBuilder;
+//! use wimse_reqwest::{AssertionGrant, OAuthTokenMiddleware, PlatformToken};
+//!
+//! # fn main() {
+//! // The projected service-account token, re-read for every exchange (the kubelet rotates it).
+//! let grant = AssertionGrant::new(
+//!     "https://login.partner.example/oauth2/token",
+//!     PlatformToken::File("/var/run/secrets/tokens/partner-token".into()),
+//! )
+//! .scope("invoices.read");
+//! let client = ClientBuilder::new(reqwest::Client::new()).with(OAuthTokenMiddleware::new(grant)).build();
+//! # let _ = client;
+//! # }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Extensions;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use serde_json::Value;
+use wimse_core::cred::CredentialSource;
+use wimse_core::jose::SigningKey;
+use wimse_core::time::{Clock, SystemClock};
+use wimse_core::{Error, ErrorKind};
+
+/// The RFC 7523 grant type.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The RFC 7523 client assertion type.
+pub const JWT_BEARER_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::with_detail(ErrorKind::CredentialsUnavailable, detail)
+}
+
+/// Where the platform's token for this workload comes from. It is read anew for every exchange,
+/// so a token the platform rotated in place is never used stale. `Debug` shows no token.
+#[derive(Clone)]
+pub enum PlatformToken {
+    /// A file the platform rewrites (a Kubernetes projected service-account token,
+    /// `AZURE_FEDERATED_TOKEN_FILE`, `AWS_WEB_IDENTITY_TOKEN_FILE`).
+    File(PathBuf),
+    /// GitHub Actions OIDC, from `ACTIONS_ID_TOKEN_REQUEST_URL` and
+    /// `ACTIONS_ID_TOKEN_REQUEST_TOKEN` (the job needs `permissions: id-token: write`), with
+    /// this audience.
+    GitHubActions {
+        /// The `aud` to ask for (the authorization server's token endpoint).
+        audience: String,
+    },
+    /// The workload's current WIT, as the assertion toward another trust domain.
+    Wit(Arc<dyn CredentialSource>),
+    /// A fixed token.
+    Static(String),
+}
+
+impl std::fmt::Debug for PlatformToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlatformToken::File(path) => f.debug_tuple("File").field(path).finish(),
+            PlatformToken::GitHubActions { audience } => {
+                f.debug_struct("GitHubActions").field("audience", audience).finish()
+            }
+            PlatformToken::Wit(source) => f.debug_tuple("Wit").field(source).finish(),
+            PlatformToken::Static(_) => f.write_str("Static(..)"),
+        }
+    }
+}
+
+impl PlatformToken {
+    /// Reads the token now.
+    pub async fn read(&self, http: &reqwest::Client, now: u64) -> Result<String, Error> {
+        match self {
+            PlatformToken::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| unavailable(format!("platform token {}: {e}", path.display()))),
+            PlatformToken::Static(token) => Ok(token.clone()),
+            PlatformToken::Wit(source) => Ok(source.credentials(now)?.wit().to_owned()),
+            PlatformToken::GitHubActions { audience } => {
+                let var = |name: &'static str| {
+                    std::env::var(name).map_err(|_| unavailable(format!("{name} is not set (id-token: write?)")))
+                };
+                let (url, bearer) = (var("ACTIONS_ID_TOKEN_REQUEST_URL")?, var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")?);
+                let response = http
+                    .get(url)
+                    .query(&[("audience", audience)])
+                    .bearer_auth(bearer)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(format!("GitHub OIDC: {e}")))?;
+                let status = response.status();
+                let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT)
+                    .await
+                    .map_err(|e| unavailable(format!("GitHub OIDC: {e}")))?;
+                if !status.is_success() {
+                    return Err(unavailable(format!("GitHub OIDC answered {status}")));
+                }
+                let body: Value = serde_json::from_str(&text).map_err(|_| unavailable("GitHub OIDC: not JSON"))?;
+                body["value"].as_str().map(str::to_owned).ok_or_else(|| unavailable("GitHub OIDC: no value"))
+            }
+        }
+    }
+}
+
+/// An access token from an authorization server. `Debug` shows no token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// The token.
+    pub token: String,
+    /// `Bearer`, or `DPoP` when bound to the grant's DPoP key.
+    pub token_type: String,
+    /// When it expires (seconds since the epoch).
+    pub expires_at: u64,
+    /// The granted scope, if the server said.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client of an RFC 7523 authorization server: the platform token as a jwt-bearer grant (or
+/// as a client assertion), optionally with a DPoP proof (RFC 9449), the answer cached until
+/// shortly before it expires.
+pub struct AssertionGrant {
+    token_url: String,
+    platform: PlatformToken,
+    http: reqwest::Client,
+    form: Vec<(&'static str, String)>,
+    as_client_assertion: bool,
+    dpop: Option<SigningKey>,
+    timeout: Duration,
+    refresh_before: u64,
+    clock: Arc<dyn Clock>,
+    cached: Mutex<Option<Arc<AccessToken>>>,
+    /// One request at a time refreshes the cache.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for AssertionGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssertionGrant")
+            .field("token_url", &self.token_url)
+            .field("platform", &self.platform)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AssertionGrant {
+    /// Exchanges `platform`'s token at `token_url` with the jwt-bearer grant.
+    pub fn new(token_url: impl Into<String>, platform: PlatformToken) -> Self {
+        Self {
+            token_url: token_url.into(),
+            platform,
+            http: reqwest::Client::new(),
+            form: Vec::new(),
+            as_client_assertion: false,
+            dpop: None,
+            timeout: Duration::from_secs(10),
+            refresh_before: 60,
+            clock: Arc::new(SystemClock),
+            cached: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Asks for `scope`.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.form.push(("scope", scope.into()));
+        self
+    }
+
+    /// Names the resource the token is for (RFC 8707).
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.form.push(("resource", resource.into()));
+        self
+    }
+
+    /// Sends `client_id` too (some servers want it with the grant).
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.form.push(("client_id", client_id.into()));
+        self
+    }
+
+    /// Sends the token as RFC 7523 §2.2 client authentication with the `client_credentials`
+    /// grant (as Entra workload identity expects) instead of as the grant.
+    pub fn as_client_assertion(mut self) -> Self {
+        self.as_client_assertion = true;
+        self
+    }
+
+    /// Proves possession of `key` with a DPoP proof on every token request, so the token is
+    /// bound to it (and sent with a proof per request by [`OAuthTokenMiddleware`]).
+    pub fn dpop(mut self, key: SigningKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
+    /// Uses this HTTP client.
+    pub fn with_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// The longest a token request may take. Default 10 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long before expiry a cached token is replaced, in seconds. Default 60.
+    pub fn refresh_before(mut self, secs: u64) -> Self {
+        self.refresh_before = secs;
+        self
+    }
+
+    /// Uses another clock.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The DPoP key, if the grant uses one.
+    pub fn dpop_key(&self) -> Option<&SigningKey> {
+        self.dpop.as_ref()
+    }
+
+    /// A token valid for at least `refresh_before` more seconds: the cached one, or a new one.
+    pub async fn token(&self) -> Result<Arc<AccessToken>, Error> {
+        let fresh = |now: u64| {
+            let cached = self.cached.lock().ok()?.clone()?;
+            (now.saturating_add(self.refresh_before) < cached.expires_at).then_some(cached)
+        };
+        if let Some(token) = fresh(self.clock.now()) {
+            return Ok(token);
+        }
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(token) = fresh(self.clock.now()) {
+            return Ok(token);
+        }
+        let token = Arc::new(self.request().await?);
+        if let Ok(mut cached) = self.cached.lock() {
+            *cached = Some(token.clone());
+        }
+        Ok(token)
+    }
+
+    /// Asks the authorization server for a new token now (not cached).
+    pub async fn request(&self) -> Result<AccessToken, Error> {
+        match tokio::time::timeout(self.timeout, self.exchange()).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(format!("{}: no answer within {:?}", self.token_url, self.timeout))),
+        }
+    }
+
+    async fn exchange(&self) -> Result<AccessToken, Error> {
+        let now = self.clock.now();
+        let assertion = self.platform.read(&self.http, now).await?;
+        let mut form: Vec<(&str, String)> = if self.as_client_assertion {
+            vec![
+                ("grant_type", "client_credentials".into()),
+                ("client_assertion_type", JWT_BEARER_CLIENT_ASSERTION.into()),
+                ("client_assertion", assertion),
+            ]
+        } else {
+            vec![("grant_type", JWT_BEARER_GRANT.into()), ("assertion", assertion)]
+        };
+        form.extend(self.form.iter().cloned());
+        let mut request = self.http.post(&self.token_url).form(&form);
+        if let Some(key) = &self.dpop {
+            request = request.header("dpop", wimse_core::dpop::proof(key, "POST", &self.token_url, now)?);
+        }
+        let response = request.send().await.map_err(|e| unavailable(format!("{}: {e}", self.token_url)))?;
+        let status = response.status();
+        let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT)
+            .await
+            .map_err(|e| unavailable(format!("{}: {e}", self.token_url)))?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            // RFC 6749 §5.2: say what the server said, never the assertion.
+            let field = |name: &str| body[name].as_str().map(|s| s.chars().take(200).collect::<String>());
+            return Err(unavailable(format!(
+                "{} answered {status}: {} {}",
+                self.token_url,
+                field("error").unwrap_or_default(),
+                field("error_description").unwrap_or_default()
+            )));
+        }
+        let token = body["access_token"].as_str().ok_or_else(|| unavailable("no access_token in the answer"))?;
+        let expires_in = body["expires_in"].as_u64().unwrap_or(300);
+        Ok(AccessToken {
+            token: token.to_owned(),
+            token_type: body["token_type"].as_str().unwrap_or("Bearer").to_owned(),
+            expires_at: now.saturating_add(expires_in),
+            scope: body["scope"].as_str().map(str::to_owned),
+        })
+    }
+}
+
+/// Puts the grant's access token on every outgoing request: `Authorization: Bearer <token>`, or
+/// for a DPoP-bound token `Authorization: DPoP <token>` with a fresh DPoP proof (with `ath`).
+#[derive(Debug, Clone)]
+pub struct OAuthTokenMiddleware {
+    grant: Arc<AssertionGrant>,
+}
+
+impl OAuthTokenMiddleware {
+    /// Uses `grant` (shared by clones).
+    pub fn new(grant: AssertionGrant) -> Self {
+        Self { grant: Arc::new(grant) }
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for OAuthTokenMiddleware {
+    async fn handle(
+        &self,
+        mut req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let token = self.grant.token().await.map_err(reqwest_middleware::Error::middleware)?;
+        let mut url = req.url().clone();
+        url.set_query(None);
+        url.set_fragment(None);
+        let (scheme, proof) = match (token.token_type.eq_ignore_ascii_case("dpop"), self.grant.dpop_key()) {
+            (true, Some(key)) => {
+                let proof = wimse_core::dpop::proof_for_token(
+                    key,
+                    req.method().as_str(),
+                    url.as_str(),
+                    self.grant.clock.now(),
+                    &token.token,
+                )
+                .map_err(reqwest_middleware::Error::middleware)?;
+                ("DPoP", Some(proof))
+            }
+            _ => ("Bearer", None),
+        };
+        let value = http::HeaderValue::from_str(&format!("{scheme} {}", token.token)).map_err(|_| {
+            reqwest_middleware::Error::middleware(unavailable("the access token is not a header value"))
+        })?;
+        req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        if let Some(proof) = proof {
+            let proof = http::HeaderValue::from_str(&proof)
+                .map_err(|_| reqwest_middleware::Error::middleware(unavailable("DPoP proof")))?;
+            req.headers_mut().insert("dpop", proof);
+        }
+        next.run(req, extensions).await
+    }
+}
