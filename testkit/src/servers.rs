@@ -490,3 +490,80 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A Python with Authlib, Flask and joserfc: `WIMSE_OAUTH_PYTHON`, else `python3` on `PATH`.
+/// Without one, prints `skipped: authlib not found` and returns `None`, or panics when
+/// `WIMSE_REQUIRE_OAUTH_AS=1`.
+pub fn oauth_python() -> Option<PathBuf> {
+    let candidates =
+        std::env::var_os("WIMSE_OAUTH_PYTHON").map(PathBuf::from).into_iter().chain(find_binary("python3"));
+    for python in candidates {
+        let ok = Command::new(&python)
+            .args(["-c", "import authlib, flask, joserfc"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(python);
+        }
+    }
+    if std::env::var("WIMSE_REQUIRE_OAUTH_AS").is_ok_and(|v| v == "1") {
+        panic!(
+            "no Python with authlib, flask and joserfc (WIMSE_OAUTH_PYTHON), and WIMSE_REQUIRE_OAUTH_AS=1 requires it"
+        );
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: authlib not found");
+    None
+}
+
+/// The third-party OAuth fixture (Authlib server, joserfc client).
+pub fn authlib_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("oauth/authlib_fixture.py")
+}
+
+/// An RFC 7523 authorization server built on Authlib, on a loopback port, trusting one platform
+/// issuer with the given JWKS. Killed when dropped.
+#[derive(Debug)]
+pub struct AuthlibServer {
+    port: u16,
+    _dir: TempDir,
+    child: Child,
+}
+
+impl AuthlibServer {
+    /// Starts it, or `None` when no suitable Python is installed (see [`oauth_python`]).
+    pub fn start(issuer: &str, jwks: &serde_json::Value) -> Option<Self> {
+        let python = oauth_python()?;
+        let port = free_port();
+        let dir = TempDir::new("wimse-authlib");
+        let config = serde_json::json!({
+            "issuer": issuer, "jwks": jwks, "port": port,
+            "token_endpoint": format!("http://127.0.0.1:{port}/token"),
+        });
+        let path = dir.write_file("config.json", &config.to_string());
+        let child = Command::new(python)
+            .arg(authlib_fixture())
+            .arg("server")
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the Authlib server starts");
+        wait_for_port(port);
+        Some(Self { port, _dir: dir, child })
+    }
+
+    /// Its token endpoint (also the audience it requires).
+    pub fn token_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+}
+
+impl Drop for AuthlibServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

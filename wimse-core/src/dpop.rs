@@ -52,7 +52,8 @@ impl Default for DpopValidation {
 /// A proof that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedDpop {
-    /// The public key the client proved it holds (what a bound token's `cnf` names).
+    /// The public key the client proved it holds (what a bound token's `cnf` names), with
+    /// `alg` set to the proof's algorithm.
     pub jwk: Jwk,
     /// Its `jti`, for the replay check (the caller remembers it for `max_age` + leeway).
     pub jti: String,
@@ -110,9 +111,16 @@ pub fn verify(proof: &str, htm: &str, htu: &str, cfg: &DpopValidation, now: u64)
         return Err(invalid("alg not allowed"));
     }
     let jwk = token.header.get("jwk").cloned().ok_or_else(|| invalid("no jwk"))?;
-    let jwk = Jwk::from_value(jwk).map_err(|_| invalid("jwk"))?;
+    let mut jwk = Jwk::from_value(jwk).map_err(|_| invalid("jwk"))?;
     if jwk.has_private_members() {
         return Err(invalid("jwk holds private key material"));
+    }
+    // Clients rarely put `alg` in the proof's jwk; the proof's own `alg` is what the key
+    // signs with (and what a bound WIT's `cnf.jwk` must name).
+    match jwk.alg.as_deref() {
+        None => jwk.alg = Some(alg.as_str().to_owned()),
+        Some(named) if named == alg.as_str() => {}
+        Some(_) => return Err(invalid("jwk alg differs from the proof's alg")),
     }
     let key = PublicKey::from_jwk(&jwk).map_err(|_| invalid("jwk"))?;
     if !key.verify(cfg.backend, alg, token.signing_input.as_bytes(), &token.signature) {
