@@ -91,3 +91,65 @@ pub(crate) fn fetch(args: FetchArgs) -> CliResult {
     write_output(&args.output, &format!("{text}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct AssertArgs {
+    /// The authorization server's token endpoint (also the assertion's expected audience).
+    #[arg(long)]
+    token_url: String,
+    /// File holding the platform token (a projected service-account token, a CI OIDC token, a
+    /// WIT; `-` for standard input), sent as the RFC 7523 assertion.
+    #[arg(long)]
+    assertion: PathBuf,
+    /// The scope to ask for (at a WIMSE identity server: the workload identifier).
+    #[arg(long)]
+    scope: Option<String>,
+    /// The resource the token is for (RFC 8707).
+    #[arg(long)]
+    resource: Option<String>,
+    /// Send it as RFC 7523 client authentication (`client_credentials` with
+    /// `client_assertion`) instead of as the grant.
+    #[arg(long)]
+    client_assertion: bool,
+    /// A private JWK to prove with DPoP (RFC 9449); the token is then bound to it.
+    #[arg(long)]
+    dpop_key: Option<PathBuf>,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// `wimse token assert`: an access token from any RFC 7523 authorization server. Prints
+/// `{"access_token", "token_type", "expires_at", "scope"}`; exits 1 when refused.
+pub(crate) fn assert(args: AssertArgs) -> CliResult {
+    use wimse_reqwest::{AssertionGrant, PlatformToken};
+    let assertion = read_token(&args.assertion)?;
+    let mut grant = AssertionGrant::new(args.token_url.clone(), PlatformToken::Static(assertion));
+    if let Some(scope) = args.scope {
+        grant = grant.scope(scope);
+    }
+    if let Some(resource) = args.resource {
+        grant = grant.resource(resource);
+    }
+    if args.client_assertion {
+        grant = grant.as_client_assertion();
+    }
+    if let Some(path) = &args.dpop_key {
+        grant = grant.dpop(read_signing_key(path)?);
+    }
+    match runtime()?.block_on(grant.request()) {
+        Ok(token) => {
+            let json = serde_json::json!({
+                "access_token": token.token,
+                "token_type": token.token_type,
+                "expires_at": token.expires_at,
+                "scope": token.scope,
+            });
+            write_output(&args.output, &format!("{json}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("wimse: token refused: {}", error.detail().unwrap_or(&error.kind().description()));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

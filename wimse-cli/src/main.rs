@@ -78,6 +78,9 @@ enum WitCommand {
 enum TokenCommand {
     /// Exchange a subject token at an identity server for a WIT bound to a key.
     Exchange(exchange::ExchangeArgs),
+    /// Obtain an access token from any RFC 7523 authorization server with a platform token as
+    /// the assertion (optionally DPoP-bound).
+    Assert(exchange::AssertArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
         Command::Issuer(IssuerCommand::Serve(args)) => issuer::serve(args),
         Command::Issuer(IssuerCommand::ReplaceKeyStore(args)) => issuer::replace_key_store(args),
         Command::Token(TokenCommand::Exchange(args)) => exchange::exchange(args),
+        Command::Token(TokenCommand::Assert(args)) => exchange::assert(args),
         Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
