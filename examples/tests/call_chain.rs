@@ -6,6 +6,7 @@ fn call_chain_runs_end_to_end() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for line in [
+        "[front]   WIT from its projected service-account token (RFC 7523 grant, DPoP-bound key)",
         "[orders]  verified caller spiffe://prod.example/front | wpt | txn-token txn.order-7d1f.purchase",
         "[billing] verified caller spiffe://prod.example/orders | wpt | txn-token txn.order-7d1f.purchase",
         "[billing] verified caller spiffe://prod.example/orders | http-signature | txn-token txn.order-7d1f.purchase",

@@ -31,7 +31,7 @@ use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
 use wimse_issuer::IssuerConfig;
-use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, ProofMode, WimseSignMiddleware};
+use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, PlatformToken, ProofMode, WimseSignMiddleware};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -42,6 +42,8 @@ fn now() -> u64 {
 }
 
 /// The workloads the identity server knows (each may obtain only its own identifier).
+const FRONT: &str = "spiffe://prod.example/front";
+
 const WORKLOADS: [&str; 4] = [
     "spiffe://prod.example/front",
     "spiffe://prod.example/orders",
@@ -60,7 +62,12 @@ struct IdentityServer {
     wic: WicAuthority,
     wic_anchors: WicAnchors,
     partner_spire: SigningKey,
+    /// The key of the (simulated) Kubernetes cluster's service-account token issuer.
+    cluster: SigningKey,
 }
+
+/// The (simulated) Kubernetes API server that issues projected service-account tokens.
+const CLUSTER_ISSUER: &str = "https://kubernetes.default.svc";
 
 /// The dev-mode bootstrap secret of a workload (a real deployment uses platform tokens).
 fn dev_secret(id: &str) -> String {
@@ -72,15 +79,26 @@ impl IdentityServer {
         let partner_spire = SigningKey::generate(Algorithm::ES256)?.with_kid("partner-spire-1");
         let store = std::env::temp_dir().join(format!("wimse-call-chain-{}-keys.json", std::process::id()));
         let _ = std::fs::remove_file(&store);
-        let clients: Vec<Value> = WORKLOADS
+        let cluster = SigningKey::generate(Algorithm::ES256)?.with_kid("cluster-sa-1");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        // `front` federates the standard way: its pod's projected service-account token is an
+        // RFC 7523 assertion, matched by namespace and service account. The others use dev secrets.
+        let mut clients: Vec<Value> = WORKLOADS
             .iter()
+            .filter(|id| **id != FRONT)
             .map(|id| json!({"name": id, "dev_secret": dev_secret(id), "allowed": [id], "max_lifetime": 3600}))
             .collect();
+        clients.push(json!({"name": "front", "platform": "cluster", "allowed": [FRONT], "max_lifetime": 3600,
+                            "claims": {"/kubernetes.io/namespace": "shop", "/kubernetes.io/serviceaccount/name": "front"}}));
         let config: IssuerConfig = serde_json::from_value(json!({
             "trust_domain": "spiffe://prod.example",
             "issuer": "https://issuer.prod.example",
             "key_store": store,
             "dev_mode": true,
+            "token_endpoint": format!("{base}/v1/token"),
+            "platforms": [{"name": "cluster", "issuer": CLUSTER_ISSUER, "audience": "wimse-issuer",
+                           "jwks": {"keys": [cluster.public_jwk()]}, "single_use": false}],
             "clients": clients,
             "exchange": [{"name": "partner.example", "kind": "jwt-svid", "issuer": "https://spire.partner.example",
                           "audience": "spiffe://prod.example", "jwks": {"keys": [partner_spire.public_jwk()]},
@@ -88,8 +106,6 @@ impl IdentityServer {
                           "subject_trust_domain": "spiffe://partner.example"}]
         }))?;
         let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, wimse_issuer::router(server)).await });
 
         // Verifiers follow the published bundle: fetched now, then refreshed in the background.
@@ -102,7 +118,7 @@ impl IdentityServer {
         let wic = WicAuthority::new("spiffe://prod.example".parse()?, now(), 86_400)?;
         let wic_anchors = WicAnchors::new();
         wic_anchors.set(wic.trust_domain().clone(), [wic.certificate().clone()])?;
-        Ok(Self { base, trust, wic, wic_anchors, partner_spire })
+        Ok(Self { base, trust, wic, wic_anchors, partner_spire, cluster })
     }
 
     /// A Workload Identity Certificate for `id`, as the workload's current TLS certificate.
@@ -123,6 +139,25 @@ impl IdentityServer {
     /// server, and keep renewing it.
     async fn enroll(&self, id: &str) -> Result<Signer, Error> {
         let credentials = IssuerCredentials::connect(&self.base, id, Bootstrap::Token(dev_secret(id))).await?;
+        let _renewal = credentials.spawn_renewal();
+        Ok(Signer::new(credentials))
+    }
+
+    /// What `front`'s pod has: a projected service-account token file for this identity server
+    /// (as the kubelet writes it), exchanged through the RFC 7523 grant for a WIT bound to a
+    /// fresh key proven with DPoP. The file is re-read at every renewal.
+    async fn enroll_from_projected_token(&self) -> Result<Signer, Error> {
+        let claims = json!({
+            "iss": CLUSTER_ISSUER, "sub": "system:serviceaccount:shop:front", "aud": format!("{}/v1/token", self.base),
+            "iat": now(), "exp": now() + 3600,
+            "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "front", "uid": "4f1e"}}
+        });
+        let token = wimse_core::jose::jws::sign("JWT", self.cluster.kid(), &claims, &self.cluster, Default::default())?;
+        let path = std::env::temp_dir().join(format!("wimse-call-chain-{}-front-token", std::process::id()));
+        std::fs::write(&path, token)?;
+        let bootstrap = Bootstrap::Assertion(PlatformToken::File(path));
+        let credentials = IssuerCredentials::connect(&self.base, FRONT, bootstrap).await?;
+        println!("[front]   WIT from its projected service-account token (RFC 7523 grant, DPoP-bound key)");
         let _renewal = credentials.spawn_renewal();
         Ok(Signer::new(credentials))
     }
@@ -340,7 +375,7 @@ async fn run() -> Result<(), Error> {
     println!("orders (axum) {orders} | billing (actix-web) {billing} | ledger (axum, mTLS) {ledger}\n");
 
     println!("== front -> orders -> billing -> ledger, with Txn-Token {TXN_TOKEN}");
-    let front = client(ids.enroll("spiffe://prod.example/front").await?);
+    let front = client(ids.enroll_from_projected_token().await?);
     let Answer { status, body, .. } = call(&front, &format!("{orders}/orders")).await?;
     println!("[front]   {status} {body}");
     expect(status == 200, "the chain succeeds")?;
