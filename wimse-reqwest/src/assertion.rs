@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +35,8 @@ use wimse_core::{Error, ErrorKind};
 
 /// The RFC 7523 grant type.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The RFC 8693 grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The RFC 7523 client assertion type.
 pub const JWT_BEARER_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -55,6 +58,16 @@ pub enum PlatformToken {
         /// The `aud` to ask for (the authorization server's token endpoint).
         audience: String,
     },
+    /// A CI OIDC endpoint in GitHub's shape, given explicitly: `GET url&audience=…` with
+    /// `Authorization: Bearer request_token` answers `{"value": "<jwt>"}`.
+    OidcEndpoint {
+        /// The request URL (GitHub's `ACTIONS_ID_TOKEN_REQUEST_URL`).
+        url: String,
+        /// The bearer token for it (GitHub's `ACTIONS_ID_TOKEN_REQUEST_TOKEN`).
+        request_token: String,
+        /// The `aud` to ask for.
+        audience: String,
+    },
     /// The workload's current WIT, as the assertion toward another trust domain.
     Wit(Arc<dyn CredentialSource>),
     /// A fixed token.
@@ -67,6 +80,9 @@ impl std::fmt::Debug for PlatformToken {
             PlatformToken::File(path) => f.debug_tuple("File").field(path).finish(),
             PlatformToken::GitHubActions { audience } => {
                 f.debug_struct("GitHubActions").field("audience", audience).finish()
+            }
+            PlatformToken::OidcEndpoint { url, audience, .. } => {
+                f.debug_struct("OidcEndpoint").field("url", url).field("audience", audience).finish_non_exhaustive()
             }
             PlatformToken::Wit(source) => f.debug_tuple("Wit").field(source).finish(),
             PlatformToken::Static(_) => f.write_str("Static(..)"),
@@ -88,23 +104,30 @@ impl PlatformToken {
                 let var = |name: &'static str| {
                     std::env::var(name).map_err(|_| unavailable(format!("{name} is not set (id-token: write?)")))
                 };
-                let (url, bearer) = (var("ACTIONS_ID_TOKEN_REQUEST_URL")?, var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")?);
+                let endpoint = PlatformToken::OidcEndpoint {
+                    url: var("ACTIONS_ID_TOKEN_REQUEST_URL")?,
+                    request_token: var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")?,
+                    audience: audience.clone(),
+                };
+                Box::pin(endpoint.read(http, now)).await
+            }
+            PlatformToken::OidcEndpoint { url, request_token, audience } => {
                 let response = http
                     .get(url)
                     .query(&[("audience", audience)])
-                    .bearer_auth(bearer)
+                    .bearer_auth(request_token)
                     .send()
                     .await
-                    .map_err(|e| unavailable(format!("GitHub OIDC: {e}")))?;
+                    .map_err(|e| unavailable(format!("CI OIDC endpoint: {e}")))?;
                 let status = response.status();
                 let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT)
                     .await
-                    .map_err(|e| unavailable(format!("GitHub OIDC: {e}")))?;
+                    .map_err(|e| unavailable(format!("CI OIDC endpoint: {e}")))?;
                 if !status.is_success() {
-                    return Err(unavailable(format!("GitHub OIDC answered {status}")));
+                    return Err(unavailable(format!("CI OIDC endpoint answered {status}")));
                 }
-                let body: Value = serde_json::from_str(&text).map_err(|_| unavailable("GitHub OIDC: not JSON"))?;
-                body["value"].as_str().map(str::to_owned).ok_or_else(|| unavailable("GitHub OIDC: no value"))
+                let body: Value = serde_json::from_str(&text).map_err(|_| unavailable("CI OIDC endpoint: not JSON"))?;
+                body["value"].as_str().map(str::to_owned).ok_or_else(|| unavailable("CI OIDC endpoint: no value"))
             }
         }
     }
@@ -133,6 +156,25 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
+/// How the platform token is presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    /// RFC 7523 §2.1 `assertion` with the jwt-bearer grant.
+    Grant,
+    /// RFC 7523 §2.2 `client_assertion` with the `client_credentials` grant.
+    ClientAssertion,
+    /// RFC 8693 `subject_token` of this type (identity chaining across domains).
+    TokenExchange(String),
+}
+
+/// Most resources a grant keeps a token for.
+const MAX_RESOURCES: usize = 64;
+
+/// A request extension naming the resource (RFC 8707) one request's token is for; the
+/// middleware then uses a token obtained for it (cached per resource).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenResource(pub String);
+
 /// A client of an RFC 7523 authorization server: the platform token as a jwt-bearer grant (or
 /// as a client assertion), optionally with a DPoP proof (RFC 9449), the answer cached until
 /// shortly before it expires.
@@ -140,13 +182,14 @@ pub struct AssertionGrant {
     token_url: String,
     platform: PlatformToken,
     http: reqwest::Client,
-    form: Vec<(&'static str, String)>,
-    as_client_assertion: bool,
+    form: Vec<(String, String)>,
+    mode: Mode,
     dpop: Option<SigningKey>,
     timeout: Duration,
     refresh_before: u64,
     clock: Arc<dyn Clock>,
-    cached: Mutex<Option<Arc<AccessToken>>>,
+    /// Tokens per resource (`None`: the grant's own parameters only), at most [`MAX_RESOURCES`].
+    cached: Mutex<HashMap<Option<String>, Arc<AccessToken>>>,
     /// One request at a time refreshes the cache.
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -168,38 +211,49 @@ impl AssertionGrant {
             platform,
             http: reqwest::Client::new(),
             form: Vec::new(),
-            as_client_assertion: false,
+            mode: Mode::Grant,
             dpop: None,
             timeout: Duration::from_secs(10),
             refresh_before: 60,
             clock: Arc::new(SystemClock),
-            cached: Mutex::new(None),
+            cached: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Asks for `scope`.
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.form.push(("scope", scope.into()));
-        self
+    pub fn scope(self, scope: impl Into<String>) -> Self {
+        self.param("scope", scope)
     }
 
-    /// Names the resource the token is for (RFC 8707).
-    pub fn resource(mut self, resource: impl Into<String>) -> Self {
-        self.form.push(("resource", resource.into()));
-        self
+    /// Names the resource the token is for (RFC 8707); see also [`TokenResource`] per request.
+    pub fn resource(self, resource: impl Into<String>) -> Self {
+        self.param("resource", resource)
     }
 
     /// Sends `client_id` too (some servers want it with the grant).
-    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.form.push(("client_id", client_id.into()));
+    pub fn client_id(self, client_id: impl Into<String>) -> Self {
+        self.param("client_id", client_id)
+    }
+
+    /// Sends another form parameter with every token request.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.form.push((name.into(), value.into()));
         self
     }
 
     /// Sends the token as RFC 7523 §2.2 client authentication with the `client_credentials`
     /// grant (as Entra workload identity expects) instead of as the grant.
     pub fn as_client_assertion(mut self) -> Self {
-        self.as_client_assertion = true;
+        self.mode = Mode::ClientAssertion;
+        self
+    }
+
+    /// Sends the token as an RFC 8693 `subject_token` of `subject_token_type` (e.g.
+    /// `urn:ietf:params:oauth:token-type:jwt`), for identity chaining at a token-exchange
+    /// server, instead of as an RFC 7523 grant.
+    pub fn token_exchange(mut self, subject_token_type: impl Into<String>) -> Self {
+        self.mode = Mode::TokenExchange(subject_token_type.into());
         self
     }
 
@@ -241,8 +295,15 @@ impl AssertionGrant {
 
     /// A token valid for at least `refresh_before` more seconds: the cached one, or a new one.
     pub async fn token(&self) -> Result<Arc<AccessToken>, Error> {
+        self.token_for(None).await
+    }
+
+    /// Like [`token`](Self::token), for `resource` (RFC 8707) when given: tokens are cached
+    /// per resource.
+    pub async fn token_for(&self, resource: Option<&str>) -> Result<Arc<AccessToken>, Error> {
+        let key = resource.map(str::to_owned);
         let fresh = |now: u64| {
-            let cached = self.cached.lock().ok()?.clone()?;
+            let cached = self.cached.lock().ok()?.get(&key).cloned()?;
             (now.saturating_add(self.refresh_before) < cached.expires_at).then_some(cached)
         };
         if let Some(token) = fresh(self.clock.now()) {
@@ -252,34 +313,52 @@ impl AssertionGrant {
         if let Some(token) = fresh(self.clock.now()) {
             return Ok(token);
         }
-        let token = Arc::new(self.request().await?);
+        let token = Arc::new(self.request_for(resource).await?);
         if let Ok(mut cached) = self.cached.lock() {
-            *cached = Some(token.clone());
+            if cached.len() >= MAX_RESOURCES && !cached.contains_key(&key) {
+                let now = self.clock.now();
+                cached.retain(|_, t| t.expires_at > now);
+                if cached.len() >= MAX_RESOURCES {
+                    cached.clear();
+                }
+            }
+            cached.insert(key, token.clone());
         }
         Ok(token)
     }
 
     /// Asks the authorization server for a new token now (not cached).
     pub async fn request(&self) -> Result<AccessToken, Error> {
-        match tokio::time::timeout(self.timeout, self.exchange()).await {
+        self.request_for(None).await
+    }
+
+    async fn request_for(&self, resource: Option<&str>) -> Result<AccessToken, Error> {
+        match tokio::time::timeout(self.timeout, self.exchange(resource)).await {
             Ok(result) => result,
             Err(_) => Err(unavailable(format!("{}: no answer within {:?}", self.token_url, self.timeout))),
         }
     }
 
-    async fn exchange(&self) -> Result<AccessToken, Error> {
+    async fn exchange(&self, resource: Option<&str>) -> Result<AccessToken, Error> {
         let now = self.clock.now();
         let assertion = self.platform.read(&self.http, now).await?;
-        let mut form: Vec<(&str, String)> = if self.as_client_assertion {
-            vec![
-                ("grant_type", "client_credentials".into()),
-                ("client_assertion_type", JWT_BEARER_CLIENT_ASSERTION.into()),
-                ("client_assertion", assertion),
-            ]
-        } else {
-            vec![("grant_type", JWT_BEARER_GRANT.into()), ("assertion", assertion)]
+        let mut form: Vec<(String, String)> = match &self.mode {
+            Mode::Grant => vec![("grant_type".into(), JWT_BEARER_GRANT.into()), ("assertion".into(), assertion)],
+            Mode::ClientAssertion => vec![
+                ("grant_type".into(), "client_credentials".into()),
+                ("client_assertion_type".into(), JWT_BEARER_CLIENT_ASSERTION.into()),
+                ("client_assertion".into(), assertion),
+            ],
+            Mode::TokenExchange(token_type) => vec![
+                ("grant_type".into(), TOKEN_EXCHANGE_GRANT.into()),
+                ("subject_token".into(), assertion),
+                ("subject_token_type".into(), token_type.clone()),
+            ],
         };
         form.extend(self.form.iter().cloned());
+        if let Some(resource) = resource {
+            form.push(("resource".into(), resource.to_owned()));
+        }
         let mut request = self.http.post(&self.token_url).form(&form);
         if let Some(key) = &self.dpop {
             request = request.header("dpop", wimse_core::dpop::proof(key, "POST", &self.token_url, now)?);
@@ -313,6 +392,7 @@ impl AssertionGrant {
 
 /// Puts the grant's access token on every outgoing request: `Authorization: Bearer <token>`, or
 /// for a DPoP-bound token `Authorization: DPoP <token>` with a fresh DPoP proof (with `ath`).
+/// A [`TokenResource`] in a request's extensions asks for a token for that resource.
 #[derive(Debug, Clone)]
 pub struct OAuthTokenMiddleware {
     grant: Arc<AssertionGrant>,
@@ -333,7 +413,8 @@ impl Middleware for OAuthTokenMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let token = self.grant.token().await.map_err(reqwest_middleware::Error::middleware)?;
+        let resource = extensions.get::<TokenResource>().map(|r| r.0.clone());
+        let token = self.grant.token_for(resource.as_deref()).await.map_err(reqwest_middleware::Error::middleware)?;
         let mut url = req.url().clone();
         url.set_query(None);
         url.set_fragment(None);

@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 pub use assertion::{
     AccessToken, AssertionGrant, JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, OAuthTokenMiddleware, PlatformToken,
+    TOKEN_EXCHANGE_GRANT, TokenResource,
 };
 pub use bundle::{BundleSource, STORE_EPOCH_MEMBER};
 pub use issuer_source::{
