@@ -176,6 +176,9 @@ pub enum ErrorKind {
     KeyStoreUnavailable,
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull,
+    /// The request uses a proof this kind of request cannot carry (an HTTP message signature on
+    /// a gRPC call, whose body is a stream: use a WPT).
+    UnsupportedProof,
     /// The caller holds its whole share of the replay store's live entries (429 with
     /// `Retry-After`): one workload cannot exhaust the store for the others.
     ReplayQuotaExceeded,
@@ -267,6 +270,7 @@ impl ErrorKind {
             ReplayCacheFull => "replay_cache_full",
             ReplayQuotaExceeded => "replay_quota_exceeded",
             RateLimited => "rate_limited",
+            UnsupportedProof => "unsupported_proof",
             TrustAnchorsUnavailable => "trust_anchors_unavailable",
             ReplayCacheUnavailable => "replay_cache_unavailable",
             KeyStoreUnavailable => "key_store_unavailable",
@@ -347,6 +351,7 @@ impl ErrorKind {
             ReplayCacheFull => "the replay cache is full",
             ReplayQuotaExceeded => "the caller has too many live proofs",
             RateLimited => "too many requests",
+            UnsupportedProof => "this request cannot carry that proof (gRPC: use a WPT)",
             TrustAnchorsUnavailable => "the trust domain's keys are not available",
             ReplayCacheUnavailable => "the replay cache is unavailable",
             KeyStoreUnavailable => "the identity server's key store is unavailable",

@@ -181,6 +181,7 @@ impl Rejection {
             | MalformedAuthorization
             | DuplicateContextToken
             | OversizedToken
+            | UnsupportedProof
             | InvalidHeaderValue => (StatusCode::BAD_REQUEST, false),
             PolicyDenied | UnexpectedPeer | IssuanceDenied | TlsPeerMismatch => (StatusCode::FORBIDDEN, false),
             BootstrapTokenInvalid => (StatusCode::UNAUTHORIZED, false),
@@ -268,6 +269,43 @@ impl Rejection {
         *response.headers_mut() = self.headers();
         response
     }
+
+    /// The gRPC status code for this rejection (gRPC's HTTP-to-status mapping, with 403 as
+    /// `PERMISSION_DENIED` and 429 as `RESOURCE_EXHAUSTED`).
+    pub fn grpc_code(&self) -> u32 {
+        match self.status.as_u16() {
+            400 | 413 => 3, // INVALID_ARGUMENT
+            401 => 16,      // UNAUTHENTICATED
+            403 => 7,       // PERMISSION_DENIED
+            429 => 8,       // RESOURCE_EXHAUSTED
+            501 => 12,      // UNIMPLEMENTED
+            503 => 14,      // UNAVAILABLE
+            _ => 13,        // INTERNAL
+        }
+    }
+
+    /// The rejection as a gRPC "trailers-only" answer: HTTP 200, `content-type:
+    /// application/grpc`, `grpc-status` and `grpc-message` (the reason code), and
+    /// `Retry-After` / `WWW-Authenticate` as for HTTP. A gRPC client then reports the status
+    /// instead of failing to parse a problem document.
+    pub fn into_grpc_response(self) -> http::Response<Vec<u8>> {
+        let mut headers = self.headers();
+        headers.remove(http::header::CONTENT_TYPE);
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+        let message = self.problem.reason.unwrap_or("rejected");
+        if let Ok(value) = HeaderValue::from_str(message) {
+            headers.insert("grpc-message", value);
+        }
+        let mut response = http::Response::new(Vec::new());
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`).
+pub fn is_grpc<H: HeaderSource + ?Sized>(headers: &H) -> bool {
+    headers.header_values("content-type").next().is_some_and(|v| v.starts_with(b"application/grpc"))
 }
 
 impl From<&Error> for Rejection {

@@ -65,7 +65,10 @@ use http::Response;
 use http_body_util::{Either, Full};
 use wimse_core::http::Rejection;
 
-/// A response carrying a rejection's status, headers and problem body.
-pub(crate) fn rejection_response<B>(rejection: Rejection) -> Response<Either<B, Full<Bytes>>> {
-    rejection.into_response().map(|body| Either::Right(Full::new(Bytes::from(body))))
+/// A response carrying a rejection's status, headers and problem body; for a gRPC request, the
+/// same rejection as a gRPC status (so tonic clients see `UNAUTHENTICATED`,
+/// `PERMISSION_DENIED`, … instead of a parse error).
+pub(crate) fn rejection_response<B>(rejection: Rejection, grpc: bool) -> Response<Either<B, Full<Bytes>>> {
+    let response = if grpc { rejection.into_grpc_response() } else { rejection.into_response() };
+    response.map(|body| Either::Right(Full::new(Bytes::from(body))))
 }

@@ -62,6 +62,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let grpc = wimse_core::http::is_grpc(req.headers());
         let decision = match req.extensions().get::<VerifiedCaller>() {
             Some(caller) => self.policy.check(caller),
             None => Err(Error::with_detail(ErrorKind::MissingWit, "route requires a verified caller")),
@@ -77,7 +78,7 @@ where
                     caller.map(VerifiedCaller::id),
                     &e,
                 );
-                ResponseFuture::rejected(rejection_response(Rejection::from_error(&e)))
+                ResponseFuture::rejected(rejection_response(Rejection::from_error(&e), grpc))
             }
         }
     }

@@ -184,7 +184,18 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let grpc = wimse_core::http::is_grpc(req.headers());
         if has_signature(req.headers()) {
+            if grpc {
+                // A gRPC body is a stream the signature's Content-Digest cannot cover before
+                // it ends: refuse plainly rather than buffer a stream.
+                let error = Error::with_detail(
+                    ErrorKind::UnsupportedProof,
+                    "HTTP message signatures are not supported for gRPC; use a WPT",
+                );
+                wimse_core::audit::rejected("http-signature", None, &error);
+                return ResponseFuture::rejected(reject(&error, true));
+            }
             // The inner service was made ready by `poll_ready`; hand that one to the future and
             // keep a fresh clone (the usual tower pattern for services called from a future).
             let clone = self.inner.clone();
@@ -196,7 +207,7 @@ where
         let pending = match self.layer.guard.admit(&view.authority(authority(&req)), tls) {
             Ok(Some(pending)) => pending,
             Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left))),
-            Err(error) => return ResponseFuture::rejected(reject(&error)),
+            Err(error) => return ResponseFuture::rejected(reject(&error, grpc)),
         };
         let mut confirm = self.layer.guard.confirm(pending);
         match confirm.take_ready() {
@@ -206,7 +217,7 @@ where
                 req.extensions_mut().insert(caller);
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Some(Err(error)) => ResponseFuture::rejected(reject(&error)),
+            Some(Err(error)) => ResponseFuture::rejected(reject(&error, grpc)),
             // A shared store answers later; the request waits without holding a thread.
             None => {
                 let clone = self.inner.clone();
@@ -218,7 +229,7 @@ where
                             req.extensions_mut().insert(caller);
                             inner.call(req).await.map(|response| response.map(Either::Left))
                         }
-                        Err(error) => Ok(reject(&error)),
+                        Err(error) => Ok(reject(&error, grpc)),
                     }
                 }))
             }
@@ -226,8 +237,8 @@ where
     }
 }
 
-fn reject<B>(error: &Error) -> Response<WimseBody<B>> {
-    rejection_response(Rejection::from_error(error))
+fn reject<B>(error: &Error, grpc: bool) -> Response<WimseBody<B>> {
+    rejection_response(Rejection::from_error(error), grpc)
 }
 
 /// The signed-request path: buffer the body, verify, call the inner service, sign the response.
@@ -254,7 +265,7 @@ where
                 Error::with_detail(ErrorKind::SignatureMalformed, "the request body could not be read")
                     .in_signature_mode()
             };
-            return Ok(reject(&error));
+            return Ok(reject(&error, false));
         }
     };
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -264,14 +275,14 @@ where
     let caller = match layer.guard.admit(&view, parts.extensions.get::<TlsPeer>()) {
         Ok(Some(pending)) => match layer.guard.confirm(pending).await {
             Ok(caller) => Some(caller),
-            Err(error) => return Ok(reject(&error)),
+            Err(error) => return Ok(reject(&error, false)),
         },
         Ok(None) => None,
-        Err(error) => return Ok(reject(&error)),
+        Err(error) => return Ok(reject(&error, false)),
     };
     let request_nonce = match layer.guard.response_nonce(caller.as_ref()) {
         Ok(nonce) => nonce,
-        Err(error) => return Ok(reject(&error)),
+        Err(error) => return Ok(reject(&error, false)),
     };
     // Kept to build the response signature's `;req` components, when there will be one.
     let signing = match (request_nonce, layer.guard.response_signer()) {
@@ -292,10 +303,13 @@ where
     let res_body = match Limited::new(res_body, layer.guard.max_body()).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return Ok(reject(&Error::with_detail(
-                ErrorKind::SignedResponseUnsupported,
-                "the response could not be buffered for signing",
-            )));
+            return Ok(reject(
+                &Error::with_detail(
+                    ErrorKind::SignedResponseUnsupported,
+                    "the response could not be buffered for signing",
+                ),
+                false,
+            ));
         }
     };
     let (path, query) = match uri.path_and_query() {
@@ -311,7 +325,7 @@ where
         signer.sign_response_headers(&mut res_parts.headers, status, &req_parts, Some(&res_body), &nonce)
     {
         tracing::warn!(reason = error.reason(), "wimse: could not sign the response");
-        return Ok(reject(&Error::with_detail(ErrorKind::SignedResponseUnavailable, "response signing failed")));
+        return Ok(reject(&Error::with_detail(ErrorKind::SignedResponseUnavailable, "response signing failed"), false));
     }
     Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
 }
