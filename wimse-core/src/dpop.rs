@@ -168,9 +168,11 @@ mod tests {
         assert_eq!(detail(verify(&good, "POST", "https://other.example/v1/token", &cfg, NOW)), "htu");
         assert_eq!(detail(verify(&good, "POST", URL, &cfg, NOW + 66)), "iat too old");
         assert_eq!(detail(verify(&good, "POST", URL, &cfg, NOW - 6)), "iat in the future");
-        let mut tampered = good.clone();
-        tampered.pop();
-        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        // A character inside the signature (the last one also carries padding bits).
+        let mut tampered = good.clone().into_bytes();
+        let at = tampered.len() - 5;
+        tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
         assert_eq!(detail(verify(&tampered, "POST", URL, &cfg, NOW)), "signature");
         // A proof signed by one key carrying another's jwk.
         let other = SigningKey::generate(Algorithm::ES256).unwrap();

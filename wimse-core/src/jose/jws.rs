@@ -75,33 +75,27 @@ pub fn sign(
     key: &SigningKey,
     backend: Backend,
 ) -> Result<String> {
-    #[derive(Serialize)]
-    struct Header<'a> {
-        alg: &'static str,
-        typ: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        kid: Option<&'a str>,
+    let mut header = Map::new();
+    header.insert("typ".into(), typ.into());
+    if let Some(kid) = kid {
+        header.insert("kid".into(), kid.into());
     }
-    let header = Header { alg: key.algorithm().as_str(), typ, kid };
-    let mut token = b64url_encode(to_json(&header)?);
-    token.push('.');
-    token.push_str(&b64url_encode(to_json(claims)?));
-    let signature = key.sign(backend, token.as_bytes())?;
-    token.push('.');
-    token.push_str(&b64url_encode(signature));
-    Ok(token)
+    sign_with_header(header, claims, key, backend)
 }
 
 /// Serializes and signs a token whose header is `header` plus `alg` (for headers other than
 /// `typ` and `kid`, such as a DPoP proof's `jwk`).
 pub fn sign_with_header(
-    mut header: Map<String, Value>,
+    header: Map<String, Value>,
     claims: &impl Serialize,
     key: &SigningKey,
     backend: Backend,
 ) -> Result<String> {
-    header.insert("alg".into(), key.algorithm().as_str().into());
-    let mut token = b64url_encode(to_json(&header)?);
+    // `alg` first, as producers conventionally write it.
+    let mut ordered = Map::new();
+    ordered.insert("alg".into(), key.algorithm().as_str().into());
+    ordered.extend(header);
+    let mut token = b64url_encode(to_json(&ordered)?);
     token.push('.');
     token.push_str(&b64url_encode(to_json(claims)?));
     let signature = key.sign(backend, token.as_bytes())?;
