@@ -10,7 +10,7 @@
 //! let url = "https://issuer.prod.example/v1/token";
 //! let proof = dpop::proof(&key, "POST", url, 1_800_000_000)?;
 //! let verified = dpop::verify(&proof, "POST", url, &DpopValidation::default(), 1_800_000_000)?;
-//! assert_eq!(&verified.jwk, key.public_jwk());
+//! assert_eq!(verified.jwk.thumbprint()?, key.public_jwk().thumbprint()?);
 //! # Ok::<(), wimse_core::Error>(())
 //! ```
 
@@ -141,7 +141,12 @@ pub fn verify(proof: &str, htm: &str, htu: &str, cfg: &DpopValidation, now: u64)
     if iat.saturating_add(cfg.max_age).saturating_add(cfg.leeway) < now {
         return Err(invalid("iat too old"));
     }
-    Ok(VerifiedDpop { jwk: jwk.to_public(), jti: jti.to_owned(), iat })
+    // The caller's `kid` and `use` say nothing this server vouches for: not copied into a
+    // bound token's `cnf`.
+    let mut jwk = jwk.to_public();
+    jwk.kid = None;
+    jwk.key_use = None;
+    Ok(VerifiedDpop { jwk, jti: jti.to_owned(), iat })
 }
 
 #[cfg(test)]
@@ -163,7 +168,8 @@ mod tests {
         let cfg = DpopValidation::default();
         let good = proof(&key, "POST", &format!("{URL}?x=1"), NOW).unwrap();
         let verified = verify(&good, "POST", URL, &cfg, NOW + 10).unwrap();
-        assert_eq!(&verified.jwk, key.public_jwk());
+        assert_eq!(verified.jwk.thumbprint().unwrap(), key.public_jwk().thumbprint().unwrap());
+        assert_eq!(verified.jwk.alg.as_deref(), Some("ES256"));
         assert_eq!(detail(verify(&good, "GET", URL, &cfg, NOW)), "htm");
         assert_eq!(detail(verify(&good, "POST", "https://other.example/v1/token", &cfg, NOW)), "htu");
         assert_eq!(detail(verify(&good, "POST", URL, &cfg, NOW + 66)), "iat too old");

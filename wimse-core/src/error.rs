@@ -157,6 +157,11 @@ pub enum ErrorKind {
     ExchangeRefused,
     /// The subject token type is not supported (RFC 8693 `unsupported_token_type`).
     UnsupportedTokenType,
+    /// The token endpoint does not serve this grant (RFC 6749 `unsupported_grant_type`).
+    UnsupportedGrantType,
+    /// The requested scope (at the identity server: the identifier) is not granted (RFC 6749
+    /// `invalid_scope`).
+    InvalidScope,
     /// A DPoP proof (RFC 9449) is missing or fails a check (`invalid_dpop_proof`); the detail
     /// names the check.
     InvalidDpopProof,
@@ -263,6 +268,8 @@ impl ErrorKind {
             ExchangeRefused => "invalid_grant",
             UnsupportedTokenType => "unsupported_token_type",
             InvalidDpopProof => "invalid_dpop_proof",
+            UnsupportedGrantType => "unsupported_grant_type",
+            InvalidScope => "invalid_scope",
             InvalidCertificate => "invalid_certificate",
             UnexpectedPeer => "unexpected_peer",
             TlsPeerMismatch => "tls_peer_mismatch",
@@ -344,6 +351,8 @@ impl ErrorKind {
             ExchangeRefused => "the token exchange was refused",
             UnsupportedTokenType => "the subject token type is not supported",
             InvalidDpopProof => "the DPoP proof is invalid",
+            UnsupportedGrantType => "the grant type is not supported",
+            InvalidScope => "the requested scope is not granted",
             InvalidCertificate => "the certificate is not a valid workload identity certificate",
             UnexpectedPeer => "the peer is not the expected workload",
             TlsPeerMismatch => "the request's credentials name another workload than its TLS connection",

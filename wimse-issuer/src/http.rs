@@ -92,7 +92,7 @@ async fn issue_wit(
 /// - RFC 7523 §2.2 client authentication: `grant_type=client_credentials` with
 ///   `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer` and
 ///   `client_assertion`, treated like the grant.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TokenRequest {
     grant_type: String,
     subject_token: Option<String>,
@@ -102,6 +102,16 @@ struct TokenRequest {
     client_assertion_type: Option<String>,
     client_assertion: Option<String>,
     scope: Option<String>,
+}
+
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens.
+        f.debug_struct("TokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -125,7 +135,11 @@ fn oauth_error(error: &Error) -> Response {
         ErrorKind::UnsupportedTokenType => (StatusCode::BAD_REQUEST, "unsupported_token_type"),
         ErrorKind::ExchangeRefused | ErrorKind::IssuanceDenied => (StatusCode::BAD_REQUEST, "invalid_grant"),
         ErrorKind::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
-        ErrorKind::InvalidSubject(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+        ErrorKind::InvalidSubject(_) | ErrorKind::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
+        ErrorKind::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+        ErrorKind::ReplayCacheFull | ErrorKind::ReplayCacheUnavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        }
         ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
         ErrorKind::KeyStoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         _ => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -144,8 +158,13 @@ fn oauth_error(error: &Error) -> Response {
 async fn token(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
-    Form(request): Form<TokenRequest>,
+    request: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    // RFC 6749 §5.2 even for a malformed request (a missing or repeated parameter).
+    let Ok(Form(request)) = request else {
+        let body = serde_json::json!({"error": "invalid_request", "error_description": "malformed token request"});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    };
     let assertion = match (request.grant_type.as_str(), request.client_assertion_type.as_deref()) {
         (TOKEN_EXCHANGE, _) => return token_exchange(&server, request).await,
         (JWT_BEARER, _) => request.assertion,

@@ -256,9 +256,28 @@ impl IdentityServer {
         }
         if let Some(endpoint) = &config.token_endpoint {
             let uri: axum::http::Uri = endpoint.parse().map_err(|e| config_error("token_endpoint", e))?;
-            if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.authority().is_none() || uri.query().is_some()
-            {
-                return Err(config_error("token_endpoint", "an absolute http(s) URI without query"));
+            let loopback = uri.host().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            });
+            let scheme_ok = uri.scheme_str() == Some("https") || (uri.scheme_str() == Some("http") && loopback);
+            if !scheme_ok || uri.authority().is_none() || uri.query().is_some() {
+                return Err(config_error(
+                    "token_endpoint",
+                    "an absolute https URI without query (http only on loopback)",
+                ));
+            }
+            // The grant's audience must be its own: a token for the bearer bootstrap or an
+            // exchange profile must not double as an RFC 7523 assertion, nor the reverse.
+            let mut shared =
+                config.platforms.iter().map(|p| &p.audience).chain(config.exchange.iter().map(|x| &x.audience));
+            if shared.any(|audience| audience == endpoint) {
+                return Err(config_error("token_endpoint", "also a platform's or exchange profile's audience"));
+            }
+        }
+        for (i, p) in config.platforms.iter().enumerate() {
+            if config.platforms[..i].iter().any(|q| q.issuer == p.issuer || q.name == p.name) {
+                return Err(config_error(format!("platforms[{i}]"), "another platform has the same name or issuer"));
             }
         }
         let server = Self {
@@ -582,7 +601,7 @@ impl IdentityServer {
         scope: Option<&str>,
     ) -> Result<IssuedWit> {
         let endpoint = self.config.token_endpoint.as_deref().ok_or_else(|| {
-            Error::with_detail(ErrorKind::UnsupportedTokenType, "the jwt-bearer grant needs token_endpoint configured")
+            Error::with_detail(ErrorKind::UnsupportedGrantType, "the jwt-bearer grant needs token_endpoint configured")
         })?;
         let now = self.clock.now();
         let dpop = dpop.ok_or_else(|| Error::with_detail(ErrorKind::InvalidDpopProof, "no DPoP proof"))?;
@@ -590,6 +609,25 @@ impl IdentityServer {
         let proof = wimse_core::dpop::verify(dpop, "POST", endpoint, &validation, now)?;
         let (client, token) = self.platform_token(assertion, Some(endpoint), now)?;
         let refused = |d: &'static str| Error::with_detail(ErrorKind::ExchangeRefused, d);
+        // Authorize and rate-limit first: a refusal must not spend a single-use assertion, and
+        // the budget protects the replay store.
+        self.limit(&format!("client {}", client.config.name))?;
+        let sub = match scope {
+            Some(scope) => scope.to_owned(),
+            None => match client.config.allowed.as_slice() {
+                [only] if client.config.allowed_prefixes.is_empty() => only.clone(),
+                _ => return Err(Error::with_detail(ErrorKind::InvalidScope, "name the identifier in scope")),
+            },
+        };
+        let id =
+            WorkloadId::parse(&sub).map_err(|_| Error::with_detail(ErrorKind::InvalidScope, "not an identifier"))?;
+        if !wimse_core::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
+            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "issuance refused");
+            return Err(Error::with_detail(
+                ErrorKind::InvalidScope,
+                format!("{} may not obtain {id}", client.config.name),
+            ));
+        }
         if token.single_use {
             let jti = token.jti.as_deref().ok_or_else(|| refused("the assertion has no jti"))?;
             let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
@@ -604,22 +642,6 @@ impl IdentityServer {
             ErrorKind::ReplayedProof => Error::with_detail(ErrorKind::InvalidDpopProof, "DPoP proof jti already used"),
             _ => e,
         })?;
-        self.limit(&format!("client {}", client.config.name))?;
-        let sub = match scope {
-            Some(scope) => scope.to_owned(),
-            None => match client.config.allowed.as_slice() {
-                [only] if client.config.allowed_prefixes.is_empty() => only.clone(),
-                _ => return Err(Error::with_detail(ErrorKind::IssuanceDenied, "name the identifier in scope")),
-            },
-        };
-        let id = WorkloadId::parse(&sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
-        if !wimse_core::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
-            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "issuance refused");
-            return Err(Error::with_detail(
-                ErrorKind::IssuanceDenied,
-                format!("{} may not obtain {id}", client.config.name),
-            ));
-        }
         let lifetime = client.config.max_lifetime;
         let (wit, kid) = self.sign_wit(&id, &proof.jwk, lifetime, now)?;
         self.record("jwt-bearer", &client.config.name, &id, lifetime, kid, now).await?;
@@ -889,8 +911,10 @@ fn validate_external(
     if exp > now.saturating_add(max_lifetime).saturating_add(30) {
         return Err("expires too far ahead");
     }
-    if token.claims.get("nbf").and_then(Value::as_u64).is_some_and(|nbf| nbf > now + 30) {
-        return Err("not yet valid");
+    match token.claims.get("nbf").map(Value::as_u64) {
+        Some(Some(nbf)) if nbf > now + 30 => return Err("not yet valid"),
+        Some(None) => return Err("malformed nbf"),
+        _ => {}
     }
     // One audience per token (workload-identity-practices): a token also meant for another
     // service is refused here.

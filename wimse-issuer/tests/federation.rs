@@ -228,8 +228,23 @@ async fn what_the_practices_draft_asks_to_refuse_is_refused() {
     let token = f.good_token();
     let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
     let form = [("grant_type", JWT_BEARER), ("assertion", token.as_str()), ("scope", "spiffe://prod.example/admin")];
-    assert_eq!(f.grant(&form, Some(&proof)).await.1["error"], "invalid_grant");
+    assert_eq!(f.grant(&form, Some(&proof)).await.1["error"], "invalid_scope");
     assert_eq!(f.grant(&[("grant_type", "password")], None).await.1["error"], "unsupported_grant_type");
+    // A refused scope did not spend the assertion: the same token with the right scope works.
+    let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let form = [("grant_type", JWT_BEARER), ("assertion", token.as_str())];
+    assert_eq!(f.grant(&form, Some(&proof)).await.0, 200);
+    // A malformed request is an RFC 6749 error too (a repeated parameter).
+    let response = f
+        .http
+        .post(&f.endpoint)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("grant_type={JWT_BEARER}&grant_type=password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_request");
 }
 
 /// The bearer bootstrap goes through the same validation and claim conditions.
@@ -321,14 +336,15 @@ async fn the_generic_assertion_grant_and_middleware() {
         }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let client =
-        reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(OAuthTokenMiddleware::new(grant)).build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(OAuthTokenMiddleware::new(grant).for_origin(api.trim_end_matches("/invoices")))
+        .build();
     assert_eq!(client.get(format!("{api}?page=2")).send().await.unwrap().status(), 200);
     let headers = seen.lock().unwrap().take().unwrap();
     assert_eq!(headers["authorization"].to_str().unwrap(), format!("DPoP {}", token.token));
     let proof = headers["dpop"].to_str().unwrap();
     let verified = dpop::verify(proof, "GET", &api, &dpop::DpopValidation::default(), now()).unwrap();
-    assert_eq!(&verified.jwk, key.public_jwk());
+    assert_eq!(verified.jwk.thumbprint().unwrap(), key.public_jwk().thumbprint().unwrap());
     let claims = jws::parse(proof, 8192).unwrap().claims;
     use sha2::Digest as _;
     let ath = wimse_core::jose::b64url_encode(sha2::Sha256::digest(token.token.as_bytes()));
@@ -338,4 +354,47 @@ async fn the_generic_assertion_grant_and_middleware() {
     let bad = AssertionGrant::new(f.endpoint.clone(), PlatformToken::Static("not.a.jwt".into())).dpop(key);
     let err = bad.token().await.unwrap_err();
     assert!(err.detail().unwrap().contains("400 Bad Request: invalid_grant"), "{err:?}");
+}
+
+/// Configurations that would weaken the grant are refused at start, naming the field.
+#[tokio::test]
+async fn risky_grant_configurations_are_refused() {
+    let cluster = SigningKey::generate(Algorithm::ES256).unwrap();
+    let dir = std::env::temp_dir().join(format!("wimse-federation-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = |patch: &dyn Fn(&mut Value)| {
+        let mut value = json!({
+            "trust_domain": "spiffe://prod.example",
+            "key_store": dir.join("keys.json"),
+            "token_endpoint": "https://issuer.prod.example/v1/token",
+            "platforms": [{"name": "cluster", "issuer": K8S, "audience": "wimse-issuer", "jwks": {"keys": [cluster.public_jwk()]}}],
+            "clients": [{"name": "payments", "platform": "cluster", "subject": "s", "allowed": [PAYMENTS], "max_lifetime": 600}]
+        });
+        patch(&mut value);
+        let config: IssuerConfig = serde_json::from_value(value).unwrap();
+        async move { IdentityServer::open(config, SystemClock).await }
+    };
+    open(&|_| {}).await.unwrap();
+    for (patch, field) in [
+        (
+            Box::new(|v: &mut Value| v["platforms"][0]["audience"] = "https://issuer.prod.example/v1/token".into())
+                as Box<dyn Fn(&mut Value)>,
+            "token_endpoint",
+        ),
+        (
+            Box::new(|v: &mut Value| v["token_endpoint"] = "http://issuer.prod.example/v1/token".into()),
+            "token_endpoint",
+        ),
+        (
+            Box::new(|v: &mut Value| {
+                let again = v["platforms"][0].clone();
+                v["platforms"].as_array_mut().unwrap().push(again);
+            }),
+            "platforms[1]",
+        ),
+    ] {
+        let err = open(&*patch).await.unwrap_err();
+        assert!(err.detail().unwrap().starts_with(field), "{err:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

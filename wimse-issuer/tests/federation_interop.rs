@@ -71,7 +71,10 @@ async fn our_client_gets_a_token_from_authlib() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(OAuthTokenMiddleware::new(AssertionGrant::new(endpoint, PlatformToken::File(file)).scope("invoices")))
+        .with(
+            OAuthTokenMiddleware::new(AssertionGrant::new(endpoint, PlatformToken::File(file)).scope("invoices"))
+                .for_origin(api.trim_end_matches("/invoices")),
+        )
         .build();
     let seen = client.get(&api).send().await.unwrap().text().await.unwrap();
     assert!(seen.starts_with("Bearer ") && seen.len() > 20, "{seen}");
@@ -132,5 +135,5 @@ async fn a_joserfc_client_gets_a_wit_from_our_identity_server() {
     assert_eq!(wit.cnf_key().thumbprint(), answer["dpop_jkt"].as_str().unwrap());
 
     let refused = tokio::task::spawn_blocking(move || run("spiffe://prod.example/admin")).await.unwrap();
-    assert_eq!((refused["status"].as_u64(), refused["body"]["error"].as_str()), (Some(400), Some("invalid_grant")));
+    assert_eq!((refused["status"].as_u64(), refused["body"]["error"].as_str()), (Some(400), Some("invalid_scope")));
 }

@@ -14,7 +14,8 @@
 //!     PlatformToken::File("/var/run/secrets/tokens/partner-token".into()),
 //! )
 //! .scope("invoices.read");
-//! let client = ClientBuilder::new(reqwest::Client::new()).with(OAuthTokenMiddleware::new(grant)).build();
+//! let middleware = OAuthTokenMiddleware::new(grant).for_origin("https://invoices.partner.example");
+//! let client = ClientBuilder::new(reqwest::Client::new()).with(middleware).build();
 //! # let _ = client;
 //! # }
 //! ```
@@ -133,6 +134,19 @@ impl PlatformToken {
     }
 }
 
+/// Whether `url` is https, or http to a loopback host.
+fn secure_or_loopback(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else { return false };
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|host| {
+            host == "localhost"
+                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
+}
+
 /// An access token from an authorization server. `Debug` shows no token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken {
@@ -209,7 +223,9 @@ impl AssertionGrant {
         Self {
             token_url: token_url.into(),
             platform,
-            http: reqwest::Client::new(),
+            // No redirects: the assertion is in the form body, which a 307/308 would re-send to
+            // wherever the redirect points.
+            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default(),
             form: Vec::new(),
             mode: Mode::Grant,
             dpop: None,
@@ -340,6 +356,9 @@ impl AssertionGrant {
     }
 
     async fn exchange(&self, resource: Option<&str>) -> Result<AccessToken, Error> {
+        if !secure_or_loopback(&self.token_url) {
+            return Err(unavailable(format!("{}: assertions go only over https (or to loopback)", self.token_url)));
+        }
         let now = self.clock.now();
         let assertion = self.platform.read(&self.http, now).await?;
         let mut form: Vec<(String, String)> = match &self.mode {
@@ -393,15 +412,27 @@ impl AssertionGrant {
 /// Puts the grant's access token on every outgoing request: `Authorization: Bearer <token>`, or
 /// for a DPoP-bound token `Authorization: DPoP <token>` with a fresh DPoP proof (with `ath`).
 /// A [`TokenResource`] in a request's extensions asks for a token for that resource.
+///
+/// The token goes only to the origins given with [`for_origin`](Self::for_origin): a request
+/// anywhere else (a pagination link, a redirect target, a webhook URL) fails instead of
+/// carrying it.
 #[derive(Debug, Clone)]
 pub struct OAuthTokenMiddleware {
     grant: Arc<AssertionGrant>,
+    origins: Arc<[String]>,
 }
 
 impl OAuthTokenMiddleware {
-    /// Uses `grant` (shared by clones).
+    /// Uses `grant` (shared by clones). Add the API's origin with [`for_origin`](Self::for_origin).
     pub fn new(grant: AssertionGrant) -> Self {
-        Self { grant: Arc::new(grant) }
+        Self { grant: Arc::new(grant), origins: Arc::from([]) }
+    }
+
+    /// Sends the token to `origin` (`scheme://host[:port]`, as in `https://api.example`).
+    pub fn for_origin(self, origin: impl Into<String>) -> Self {
+        let mut origins = self.origins.to_vec();
+        origins.push(origin.into().trim_end_matches('/').to_ascii_lowercase());
+        Self { grant: self.grant, origins: origins.into() }
     }
 }
 
@@ -413,12 +444,23 @@ impl Middleware for OAuthTokenMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        let origin = req.url().origin().ascii_serialization();
+        if !self.origins.contains(&origin) {
+            return Err(reqwest_middleware::Error::middleware(unavailable(format!(
+                "{origin} is not an origin this access token is for"
+            ))));
+        }
         let resource = extensions.get::<TokenResource>().map(|r| r.0.clone());
         let token = self.grant.token_for(resource.as_deref()).await.map_err(reqwest_middleware::Error::middleware)?;
         let mut url = req.url().clone();
         url.set_query(None);
         url.set_fragment(None);
         let (scheme, proof) = match (token.token_type.eq_ignore_ascii_case("dpop"), self.grant.dpop_key()) {
+            (true, None) => {
+                return Err(reqwest_middleware::Error::middleware(unavailable(
+                    "a DPoP-bound token needs the grant's DPoP key",
+                )));
+            }
             (true, Some(key)) => {
                 let proof = wimse_core::dpop::proof_for_token(
                     key,

@@ -173,9 +173,11 @@ impl IssuerCredentialsBuilder {
     pub async fn connect(self) -> Result<IssuerCredentials, Error> {
         let client = match self.client {
             Some(client) => client,
+            // No redirects: a bootstrap token or an assertion must not follow one elsewhere.
             None => reqwest::Client::builder()
                 .connect_timeout(self.timeout)
                 .timeout(self.timeout)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| unavailable(format!("HTTP client: {e}")))?,
         };

@@ -104,8 +104,9 @@ async fn platform_tokens_from_a_ci_oidc_endpoint_and_from_the_wit() {
 async fn tokens_are_cached_per_resource_and_refusals_are_explained() {
     let (base, seen) = authorization_server().await;
     let grant = AssertionGrant::new(format!("{base}/token"), PlatformToken::Static("platform-token".into()));
-    let client =
-        reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(OAuthTokenMiddleware::new(grant)).build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(OAuthTokenMiddleware::new(grant).for_origin(&base))
+        .build();
     let call = |resource: Option<&'static str>| {
         let mut request = client.get(format!("{base}/api"));
         if let Some(resource) = resource {
@@ -119,6 +120,12 @@ async fn tokens_are_cached_per_resource_and_refusals_are_explained() {
     assert_eq!(call(Some("https://a.example")).await, "Bearer tok-jwt-bearer-https://a.example");
     assert_eq!(call(None).await, "Bearer tok-jwt-bearer-");
     assert_eq!(seen.lock().unwrap().len(), 3, "one token request per resource, then the cache");
+    // Another origin never gets the token.
+    let elsewhere = client.get("http://127.0.0.2:9/api").send().await.unwrap_err();
+    assert!(elsewhere.to_string().contains("not an origin this access token is for"), "{elsewhere}");
+    // Assertions never go over plain http to a remote host.
+    let remote = AssertionGrant::new("http://auth.example/token", PlatformToken::Static("t".into()));
+    assert!(remote.request().await.unwrap_err().detail().unwrap().contains("only over https"));
 
     let refused = AssertionGrant::new(format!("{base}/token"), PlatformToken::Static("bad".into()));
     let err = refused.request().await.unwrap_err();
