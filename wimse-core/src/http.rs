@@ -303,6 +303,24 @@ impl Rejection {
     }
 }
 
+/// Whether `host` (a URI host: a name, an IPv4 address, or an IPv6 address with or without
+/// brackets) is this machine: `localhost` or a loopback address. Plaintext is acceptable only to
+/// such hosts.
+///
+/// ```
+/// use wimse_core::http::is_loopback_host;
+/// assert!(is_loopback_host("localhost") && is_loopback_host("127.0.0.1") && is_loopback_host("[::1]"));
+/// assert!(!is_loopback_host("db.internal") && !is_loopback_host("10.0.0.1") && !is_loopback_host("127.0.0.1.nip.io"));
+/// ```
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether a request is gRPC (`content-type: application/grpc…`).
 pub fn is_grpc<H: HeaderSource + ?Sized>(headers: &H) -> bool {
     headers.header_values("content-type").next().is_some_and(|v| v.starts_with(b"application/grpc"))

@@ -85,10 +85,8 @@ fn config_error(field: &str, e: impl std::fmt::Display) -> Error {
 
 /// Whether every host is on this machine: a Unix socket, `localhost` or a loopback address.
 fn all_local(config: &tokio_postgres::Config) -> bool {
-    let loopback =
-        |name: &str| name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     let hosts_local = config.get_hosts().iter().all(|host| match host {
-        Host::Tcp(name) => loopback(name),
+        Host::Tcp(name) => wimse_core::http::is_loopback_host(name),
         Host::Unix(_) => true,
     });
     hosts_local && config.get_hostaddrs().iter().all(|ip| ip.is_loopback())

@@ -256,10 +256,7 @@ impl IdentityServer {
         }
         if let Some(endpoint) = &config.token_endpoint {
             let uri: axum::http::Uri = endpoint.parse().map_err(|e| config_error("token_endpoint", e))?;
-            let loopback = uri.host().is_some_and(|h| {
-                h == "localhost"
-                    || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            });
+            let loopback = uri.host().is_some_and(wimse_core::http::is_loopback_host);
             let scheme_ok = uri.scheme_str() == Some("https") || (uri.scheme_str() == Some("http") && loopback);
             if !scheme_ok || uri.authority().is_none() || uri.query().is_some() {
                 return Err(config_error(

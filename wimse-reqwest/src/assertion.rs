@@ -139,10 +139,7 @@ fn secure_or_loopback(url: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(url) else { return false };
     match url.scheme() {
         "https" => true,
-        "http" => url.host_str().is_some_and(|host| {
-            host == "localhost"
-                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        }),
+        "http" => url.host_str().is_some_and(wimse_core::http::is_loopback_host),
         _ => false,
     }
 }

@@ -84,6 +84,22 @@ async fn platform_tokens_from_a_ci_oidc_endpoint_and_from_the_wit() {
     assert_eq!(field(&form, "assertion").unwrap(), format!("ci-token:Bearer runner-secret:{base}/token:true"));
     assert_eq!(field(&form, "grant_type").unwrap(), "urn:ietf:params:oauth:grant-type:jwt-bearer");
 
+    // RFC 7523 §2.2: the token as client authentication, with the grant's fixed parameters.
+    let grant = AssertionGrant::new(format!("{base}/token"), PlatformToken::Static("platform-token".into()))
+        .as_client_assertion()
+        .client_id("app-1")
+        .resource("https://api.example")
+        .scope("read");
+    assert_eq!(grant.request().await.unwrap().token, "tok-client_credentials-https://api.example");
+    let form = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        field(&form, "client_assertion_type").unwrap(),
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    );
+    assert_eq!(field(&form, "client_assertion").unwrap(), "platform-token");
+    assert_eq!((field(&form, "client_id").unwrap(), field(&form, "scope").unwrap()), ("app-1".into(), "read".into()));
+    assert!(field(&form, "assertion").is_none());
+
     // The WIT toward another trust domain, by RFC 8693 token exchange (identity chaining).
     let deployment = Deployment::new();
     let credentials = deployment.credentials(ALLOWED, false, 0);
