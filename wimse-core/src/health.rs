@@ -15,6 +15,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The state of one recurring operation (a background refresh, request signing).
 #[derive(Debug)]
@@ -88,6 +89,33 @@ impl Health {
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Acquire)
     }
+}
+
+/// When to renew a credential issued at `issued_at` and expiring at `expires_at` (seconds):
+/// between half and two thirds of its lifetime, `jitter` in `[0, 1)` picking the point.
+pub fn renewal_time(issued_at: u64, expires_at: u64, jitter: f64) -> f64 {
+    let lifetime = expires_at.saturating_sub(issued_at) as f64;
+    issued_at as f64 + lifetime * (2.0 / 3.0 - jitter.clamp(0.0, 1.0) / 6.0)
+}
+
+/// How long to wait after `failures` consecutive failed attempts (1 or more): doubling from half
+/// a second, capped at `interval`, then spread over its upper half by `jitter` in `[0, 1)`.
+/// Never longer than `interval`, so a workload retries at least once per interval for as long
+/// as the identity server is away, and recovers within one interval of its return.
+pub fn retry_delay(failures: u32, interval: Duration, jitter: f64) -> Duration {
+    let doubled = Duration::from_millis(500).saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    doubled.min(interval).mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A number in `[0, 1)` that differs between processes and calls. Not for secrets: it only
+/// spreads renewals and retries.
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded from the OS once per thread, then varied per instance.
+    let seed = (CALLS.fetch_add(1, Ordering::Relaxed), std::time::SystemTime::now());
+    (RandomState::new().hash_one(seed) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

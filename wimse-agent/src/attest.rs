@@ -1,0 +1,235 @@
+//! Who is calling: the kernel's peer credentials of the socket (uid, gid, pid, recorded when
+//! the caller connected) and what `/proc/<pid>` says about that process.
+//!
+//! A pid can be reused: the caller may exit and another process may get its pid before the
+//! agent reads `/proc`. Attestation therefore refuses a process that started after the
+//! connection was accepted (pid reuse), one whose effective uid or gid differs from the
+//! socket's (setuid since connecting), and one that changes while it is read. What it cannot
+//! see: a caller that forks, keeps the connection in the child and executes another binary in
+//! the parent is attested by the parent's new executable. `uid`/`gid` selectors do not have this
+//! weakness; an `exe` selector identifies a binary that a caller able to start it can claim, so
+//! combine it with `uid` where that matters.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The socket's peer credentials and when the connection was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Effective user id at connect time.
+    pub uid: u32,
+    /// Effective group id at connect time.
+    pub gid: u32,
+    /// The connecting process (absent on systems that do not report it).
+    pub pid: Option<i32>,
+    /// Milliseconds since boot (`/proc/uptime`'s clock) when the agent accepted the connection.
+    pub accepted_at_ms: u64,
+}
+
+/// An attested caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+    /// Process id.
+    pub pid: i32,
+    /// Its executable, when the agent may read it.
+    pub exe: Option<PathBuf>,
+}
+
+/// Why a caller could not be attested (answered with `PermissionDenied`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestationError {
+    /// The kernel reported no pid for the peer.
+    #[error("the caller's process id is unknown")]
+    NoPid,
+    /// The process is gone.
+    #[error("the calling process exited before it could be attested")]
+    ProcessGone,
+    /// The pid now belongs to a process that started after the connection.
+    #[error("the caller's pid belongs to a process started after the connection (pid reused)")]
+    PidReused,
+    /// The process's credentials are not the socket's.
+    #[error("the calling process's uid/gid changed since it connected")]
+    CredentialsChanged,
+    /// The process changed while it was read.
+    #[error("the calling process changed during attestation")]
+    Changed,
+    /// `/proc` could not be read or parsed.
+    #[error("the caller could not be attested: {0}")]
+    Proc(String),
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux architecture).
+const TICKS_PER_SECOND: u64 = 100;
+/// Process start times have 10 ms granularity and uptime is read at 10 ms; this much slack
+/// keeps a process that connected right after starting from looking reused.
+const START_SLACK_MS: u64 = 20;
+
+/// Reads callers' processes from `/proc` (or another root, for tests).
+#[derive(Debug, Clone)]
+pub struct Attestor {
+    proc_root: PathBuf,
+    /// Uptime (ms) at `anchor`: uptime later is this plus the elapsed monotonic time.
+    uptime_at_anchor_ms: u64,
+    anchor: Instant,
+}
+
+impl Attestor {
+    /// An attestor of this machine's processes.
+    pub fn new() -> std::io::Result<Self> {
+        Self::with_proc_root("/proc")
+    }
+
+    /// An attestor reading `proc_root` instead of `/proc` (its `uptime` and `<pid>/` entries).
+    pub fn with_proc_root(proc_root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let proc_root = proc_root.into();
+        let uptime = std::fs::read_to_string(proc_root.join("uptime"))?;
+        let seconds: f64 = uptime
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable uptime"))?;
+        Ok(Self { proc_root, uptime_at_anchor_ms: (seconds * 1000.0) as u64, anchor: Instant::now() })
+    }
+
+    /// Milliseconds since boot, now (no I/O).
+    pub fn uptime_ms(&self) -> u64 {
+        self.uptime_at_anchor_ms + self.anchor.elapsed().as_millis() as u64
+    }
+
+    /// Attests `peer`. Reads `/proc`: call it off the async runtime's threads.
+    pub fn attest(&self, peer: &PeerCredentials) -> Result<Caller, AttestationError> {
+        let pid = peer.pid.filter(|pid| *pid > 0).ok_or(AttestationError::NoPid)?;
+        let dir = self.proc_root.join(pid.to_string());
+        let started = start_time_ms(&dir)?;
+        if started > peer.accepted_at_ms + START_SLACK_MS {
+            return Err(AttestationError::PidReused);
+        }
+        let (uid, gid) = effective_ids(&dir)?;
+        if (uid, gid) != (peer.uid, peer.gid) {
+            return Err(AttestationError::CredentialsChanged);
+        }
+        // Another user's executable may be unreadable without privileges: no `exe` then.
+        let exe = std::fs::read_link(dir.join("exe")).ok();
+        if start_time_ms(&dir)? != started || effective_ids(&dir)? != (uid, gid) {
+            return Err(AttestationError::Changed);
+        }
+        Ok(Caller { uid, gid, pid, exe })
+    }
+}
+
+fn read(path: &Path) -> Result<String, AttestationError> {
+    std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => AttestationError::ProcessGone,
+        _ => AttestationError::Proc(format!("{}: {e}", path.display())),
+    })
+}
+
+/// Field 22 of `stat` (start time in ticks since boot), in milliseconds.
+fn start_time_ms(dir: &Path) -> Result<u64, AttestationError> {
+    let stat = read(&dir.join("stat"))?;
+    // The command name (field 2) is in parentheses and may contain spaces and parentheses.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| malformed("stat"))?;
+    let ticks: u64 =
+        after_name.split_whitespace().nth(19).and_then(|s| s.parse().ok()).ok_or_else(|| malformed("stat"))?;
+    Ok(ticks.saturating_mul(1000 / TICKS_PER_SECOND))
+}
+
+/// The effective uid and gid from `status` (`Uid:`/`Gid:` lines: real, effective, saved, fs).
+fn effective_ids(dir: &Path) -> Result<(u32, u32), AttestationError> {
+    let status = read(&dir.join("status"))?;
+    let effective = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            .and_then(|id| id.parse::<u32>().ok())
+            .ok_or_else(|| malformed("status"))
+    };
+    Ok((effective("Uid:")?, effective("Gid:")?))
+}
+
+fn malformed(file: &str) -> AttestationError {
+    AttestationError::Proc(format!("malformed /proc {file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake `/proc` with one process.
+    fn fake_proc(pid: i32, start_ticks: u64, uid: u32, exe: &str) -> wimse_testkit::servers::TempDir {
+        let root = wimse_testkit::servers::TempDir::new("attest");
+        root.write_file("uptime", "1000.00 1500.00\n");
+        let dir = root.path().join(pid.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let stat = format!(
+            "{pid} (my (odd) name) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 1 1 0 0 20 0 1 0 {start_ticks} 1000 100\n"
+        );
+        std::fs::write(dir.join("stat"), stat).unwrap();
+        std::fs::write(
+            dir.join("status"),
+            format!("Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t20\t20\t20\t20\n"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+        root
+    }
+
+    fn peer(pid: i32, uid: u32, accepted_at_ms: u64) -> PeerCredentials {
+        PeerCredentials { uid, gid: 20, pid: Some(pid), accepted_at_ms }
+    }
+
+    #[test]
+    fn reads_the_process() {
+        let root = fake_proc(42, 50_000, 1001, "/usr/bin/payments");
+        let attestor = Attestor::with_proc_root(root.path()).unwrap();
+        let caller = attestor.attest(&peer(42, 1001, 900_000)).unwrap();
+        assert_eq!(caller, Caller { uid: 1001, gid: 20, pid: 42, exe: Some("/usr/bin/payments".into()) });
+        assert!(attestor.uptime_ms() >= 1_000_000);
+    }
+
+    #[test]
+    fn refuses_reused_pids_changed_credentials_and_gone_processes() {
+        // Started at 600 s since boot, the connection was accepted at 500 s: another process.
+        let root = fake_proc(42, 60_000, 1001, "/usr/bin/payments");
+        let attestor = Attestor::with_proc_root(root.path()).unwrap();
+        assert_eq!(attestor.attest(&peer(42, 1001, 500_000)), Err(AttestationError::PidReused));
+        assert!(attestor.attest(&peer(42, 1001, 600_010)).is_ok(), "within the start-time slack");
+        assert_eq!(attestor.attest(&peer(42, 0, 900_000)), Err(AttestationError::CredentialsChanged));
+        assert_eq!(attestor.attest(&peer(43, 1001, 900_000)), Err(AttestationError::ProcessGone));
+        assert_eq!(
+            attestor.attest(&PeerCredentials { pid: None, ..peer(42, 1001, 900_000) }),
+            Err(AttestationError::NoPid)
+        );
+        std::fs::write(root.path().join("42/stat"), "42 (x) S").unwrap();
+        assert!(matches!(attestor.attest(&peer(42, 1001, 900_000)), Err(AttestationError::Proc(_))));
+    }
+
+    #[test]
+    fn attests_this_process() {
+        let attestor = Attestor::new().unwrap();
+        let me = std::process::id() as i32;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let id = |name: &str| -> u32 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let peer =
+            PeerCredentials { uid: id("Uid:"), gid: id("Gid:"), pid: Some(me), accepted_at_ms: attestor.uptime_ms() };
+        let caller = attestor.attest(&peer).unwrap();
+        assert_eq!(caller.exe, std::env::current_exe().ok());
+        assert_eq!(attestor.attest(&PeerCredentials { accepted_at_ms: 0, ..peer }), Err(AttestationError::PidReused));
+    }
+}

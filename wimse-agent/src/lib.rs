@@ -1,0 +1,151 @@
+//! `wimse agent`: a node agent that serves the SPIFFE Workload API to the workloads on its
+//! machine.
+//!
+//! It listens on a Unix socket and serves the WIT-SVID profile (`FetchWITSVID`,
+//! `FetchWITBundles`) and the X.509-SVID profile (`FetchX509SVID`, `FetchX509Bundles`). Each
+//! call must carry `workload.spiffe.io: true` (else `InvalidArgument`); its caller is attested
+//! from the socket's peer credentials (uid, gid, pid, and the executable read from `/proc`) and
+//! matched against the registration entries of the configuration (no match: `PermissionDenied`).
+//! For every identity of its entries the agent generates a key, obtains a WIT (and a WIC) from
+//! the identity server, where the agent is one client authorized for those identifiers, renews
+//! them between half and two thirds of their lifetime, and streams every change to the
+//! workloads holding that identity. While the identity server is unreachable it keeps serving
+//! what it holds until expiry, and says so in its logs and metrics.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use wimse_agent::{Agent, AgentConfig};
+//!
+//! let config = AgentConfig::from_file("/etc/wimse/agent.json".as_ref())?;
+//! let agent = Agent::start(config)?;
+//! agent.serve(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod attest;
+mod config;
+mod issuance;
+mod listener;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wimse_workload_api::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+pub use config::{AgentConfig, IssuerConnection, Limits, RegistrationEntry, Selectors};
+pub use issuance::{IdentityCredentials, Snapshot};
+
+use crate::attest::Attestor;
+use crate::issuance::Issuance;
+
+/// A running agent: its credentials are maintained from [`start`](Self::start) on; serve them
+/// with [`serve`](Self::serve). Dropping it stops the maintenance.
+#[derive(Debug)]
+pub struct Agent {
+    issuance: Arc<Issuance>,
+    attestor: Arc<Attestor>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+impl Agent {
+    /// Starts obtaining and renewing the credentials of every identity of `config` (on the
+    /// current Tokio runtime), attesting callers through `/proc`.
+    pub fn start(config: AgentConfig) -> wimse_core::Result<Self> {
+        let attestor = Attestor::new().map_err(|e| {
+            wimse_core::Error::with_detail(wimse_core::ErrorKind::InvalidConfiguration, format!("/proc: {e}"))
+        })?;
+        Self::start_with(config, attestor)
+    }
+
+    /// Like [`start`](Self::start) with another attestor (tests read a fake `/proc`).
+    pub fn start_with(config: AgentConfig, attestor: Attestor) -> wimse_core::Result<Self> {
+        config.validate()?;
+        let issuance = Arc::new(Issuance::new(config)?);
+        let mut tasks = vec![tokio::spawn(issuance.clone().maintain_bundles())];
+        let mut started = Vec::new();
+        for entry in &issuance.config().entries {
+            // One task per identity, even when several entries name it.
+            if !started.contains(&entry.spiffe_id) {
+                started.push(entry.spiffe_id.clone());
+                tasks.push(tokio::spawn(issuance.clone().maintain(entry.clone())));
+            }
+        }
+        Ok(Self { issuance, attestor: Arc::new(attestor), tasks })
+    }
+
+    /// The credentials and bundles served now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.issuance.snapshot.borrow().clone()
+    }
+
+    /// Notified whenever the served credentials or bundles change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.issuance.snapshot.subscribe()
+    }
+
+    /// Waits until every identity has credentials and the bundles are fetched, up to `timeout`.
+    /// Returns whether they are.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let wanted = self.issuance.config().identities();
+        let x509 = self.issuance.config().x509;
+        let mut updates = self.subscribe();
+        let complete = |s: &Snapshot| {
+            wanted.iter().all(|id| s.identities.contains_key(id))
+                && !s.wit_bundles.is_empty()
+                && (!x509 || !s.x509_bundles.is_empty())
+        };
+        tokio::time::timeout(timeout, updates.wait_for(|s| complete(s))).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Obtains new keys and credentials for every identity now (the workloads' streams carry
+    /// them at once), as on a schedule.
+    pub fn rotate(&self) {
+        self.issuance.rotate_all();
+    }
+
+    /// Serves the Workload API on the configured socket until `shutdown` completes.
+    pub async fn serve(&self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let config = self.issuance.config();
+        let listener = listener::bind(&config.socket)?;
+        tracing::info!(socket = %config.socket.display(), entries = config.entries.len(), "wimse agent: serving the Workload API");
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves the Workload API on `listener` until `shutdown` completes.
+    pub async fn serve_on(
+        &self,
+        listener: tokio::net::UnixListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let config = self.issuance.config();
+        let limits = config.limits;
+        let service = service::WorkloadApi::new(
+            self.issuance.snapshot.subscribe(),
+            config.entries.clone(),
+            self.attestor.clone(),
+            limits,
+            config.trust_domain.to_string(),
+        );
+        let service = SpiffeWorkloadApiServer::new(service).max_decoding_message_size(limits.max_request_bytes);
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            // A dead peer (its process frozen, say) is noticed and its connection closed.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(listener::incoming(listener, self.attestor.clone(), limits), shutdown)
+            .await
+            .map_err(std::io::Error::other)
+    }
+}

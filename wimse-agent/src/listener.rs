@@ -1,0 +1,149 @@
+//! The Unix socket: accepted connections carry the peer's credentials; connections over the
+//! per-uid or total limit are closed at once, so one workload cannot exhaust the agent's file
+//! descriptors for the others.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::attest::{Attestor, PeerCredentials};
+use crate::config::Limits;
+
+/// Binds `path`, replacing a stale socket file (and nothing else), readable and writable by
+/// every local user: who gets what is decided by attestation, not by file permissions.
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(listener)
+}
+
+/// Open connections, in total and per uid.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    total: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+/// Holds one connection's place in [`Counts`] until it closes.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    uid: u32,
+}
+
+impl Slot {
+    fn take(counts: &Arc<Mutex<Counts>>, uid: u32, limits: &Limits) -> Option<Self> {
+        let mut guard = counts.lock().ok()?;
+        let mine = guard.per_uid.get(&uid).copied().unwrap_or(0);
+        if guard.total >= limits.max_connections || mine >= limits.max_connections_per_uid {
+            return None;
+        }
+        guard.total += 1;
+        guard.per_uid.insert(uid, mine + 1);
+        metrics::gauge!("wimse_agent_connections").set(guard.total as f64);
+        Some(Self { counts: counts.clone(), uid })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.counts.lock() {
+            guard.total = guard.total.saturating_sub(1);
+            if let Some(n) = guard.per_uid.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    guard.per_uid.remove(&self.uid);
+                }
+            }
+            metrics::gauge!("wimse_agent_connections").set(guard.total as f64);
+        }
+    }
+}
+
+/// An accepted connection and who is on the other end.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    stream: UnixStream,
+    peer: PeerCredentials,
+    _slot: Slot,
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = PeerCredentials;
+    fn connect_info(&self) -> PeerCredentials {
+        self.peer
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The connections of `listener`, each with its peer credentials, within `limits`.
+pub(crate) fn incoming(
+    listener: UnixListener,
+    attestor: Arc<Attestor>,
+    limits: Limits,
+) -> impl futures_util::Stream<Item = std::io::Result<Connection>> {
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    futures_util::stream::unfold((listener, attestor, counts), move |(listener, attestor, counts)| async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
+                    tracing::warn!(%error, "wimse agent: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let accepted_at_ms = attestor.uptime_ms();
+            let Ok(cred) = stream.peer_cred() else {
+                tracing::warn!("wimse agent: a connection without peer credentials; closed");
+                continue;
+            };
+            let peer = PeerCredentials { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), accepted_at_ms };
+            match Slot::take(&counts, peer.uid, &limits) {
+                Some(slot) => {
+                    let connection = Connection { stream, peer, _slot: slot };
+                    return Some((Ok(connection), (listener, attestor, counts)));
+                }
+                None => {
+                    metrics::counter!("wimse_agent_refused_total", "reason" => "connection_limit").increment(1);
+                    tracing::debug!(uid = peer.uid, pid = peer.pid, "wimse agent: connection limit reached; closed");
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,365 @@
+//! The `SpiffeWorkloadAPI` service: every call is checked for the security header, its caller
+//! attested and matched to registration entries, then answered from the credential snapshot
+//! and followed as the snapshot changes.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::Stream;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use wimse_core::id::WorkloadId;
+use wimse_core::rate::{Rate, RateLimiter};
+use wimse_workload_api::proto::spiffe_workload_api_server::SpiffeWorkloadApi;
+use wimse_workload_api::proto::{
+    WitBundlesRequest, WitBundlesResponse, Witsvid, WitsvidRequest, WitsvidResponse, X509BundlesRequest,
+    X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
+};
+
+use crate::attest::{Attestor, Caller, PeerCredentials};
+use crate::config::{Limits, RegistrationEntry};
+use crate::issuance::Snapshot;
+
+type Messages<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
+
+/// The service state shared by all calls.
+pub(crate) struct WorkloadApi {
+    pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) entries: Arc<Vec<RegistrationEntry>>,
+    pub(crate) attestor: Arc<Attestor>,
+    pub(crate) limits: Limits,
+    pub(crate) trust_domain: String,
+    streams: Arc<Mutex<HashMap<u32, usize>>>,
+    /// Refusals are logged at most this often per uid (and always counted).
+    refusal_logs: RateLimiter<u32>,
+}
+
+impl WorkloadApi {
+    pub(crate) fn new(
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        entries: Vec<RegistrationEntry>,
+        attestor: Arc<Attestor>,
+        limits: Limits,
+        trust_domain: String,
+    ) -> Self {
+        Self {
+            snapshot,
+            entries: Arc::new(entries),
+            attestor,
+            limits,
+            trust_domain,
+            streams: Arc::default(),
+            refusal_logs: RateLimiter::new(Rate { burst: 10, per_minute: 10 }),
+        }
+    }
+}
+
+/// One open stream of a uid, released when the stream is dropped (the client went away).
+struct StreamSlot {
+    streams: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut streams) = self.streams.lock() {
+            if let Some(n) = streams.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    streams.remove(&self.uid);
+                }
+            }
+        }
+        metrics::gauge!("wimse_agent_streams").decrement(1.0);
+    }
+}
+
+/// An authorized call: who, which identities, and its stream slot.
+struct Authorized {
+    caller: Caller,
+    identities: Vec<(WorkloadId, String)>,
+    slot: StreamSlot,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl WorkloadApi {
+    fn refuse(
+        &self,
+        rpc: &'static str,
+        reason: &'static str,
+        peer: Option<&PeerCredentials>,
+        status: Status,
+    ) -> Status {
+        metrics::counter!("wimse_agent_refused_total", "reason" => reason).increment(1);
+        let uid = peer.map_or(u32::MAX, |p| p.uid);
+        if self.refusal_logs.take(&uid, 1, now()).is_ok() {
+            tracing::warn!(
+                rpc,
+                reason,
+                uid = peer.map(|p| p.uid),
+                pid = peer.and_then(|p| p.pid),
+                detail = status.message(),
+                "wimse agent: call refused"
+            );
+        }
+        status
+    }
+
+    /// The checks every call passes: the security header, attestation, at least one entry, a
+    /// free stream slot.
+    async fn authorize<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Authorized, Status> {
+        let peer = request.extensions().get::<PeerCredentials>().copied();
+        let header = request.metadata().get(wimse_workload_api::SECURITY_HEADER);
+        if header.is_none_or(|v| v.as_bytes() != b"true") {
+            let status = Status::invalid_argument("security header missing from request (workload.spiffe.io: true)");
+            return Err(self.refuse(rpc, "missing_security_header", peer.as_ref(), status));
+        }
+        let Some(peer) = peer else {
+            return Err(self.refuse(
+                rpc,
+                "no_peer_credentials",
+                None,
+                Status::permission_denied("no peer credentials"),
+            ));
+        };
+        let attestor = self.attestor.clone();
+        let caller = match tokio::task::spawn_blocking(move || attestor.attest(&peer)).await {
+            Ok(Ok(caller)) => caller,
+            Ok(Err(error)) => {
+                return Err(self.refuse(
+                    rpc,
+                    "attestation_failed",
+                    Some(&peer),
+                    Status::permission_denied(error.to_string()),
+                ));
+            }
+            Err(_) => return Err(Status::internal("attestation task failed")),
+        };
+        let mut identities: Vec<(WorkloadId, String)> = Vec::new();
+        for entry in self.entries.iter().filter(|entry| matches(entry, &caller)) {
+            if !identities.iter().any(|(id, _)| id == &entry.spiffe_id) {
+                identities.push((entry.spiffe_id.clone(), entry.hint.clone()));
+            }
+        }
+        if identities.is_empty() {
+            let detail = format!(
+                "no registration entry matches this caller (uid {}, gid {}, exe {})",
+                caller.uid,
+                caller.gid,
+                caller.exe.as_ref().map_or("unknown".into(), |p| p.display().to_string())
+            );
+            return Err(self.refuse(rpc, "no_matching_entry", Some(&peer), Status::permission_denied(detail)));
+        }
+        let slot = {
+            let mut streams = self.streams.lock().map_err(|_| Status::internal("stream table poisoned"))?;
+            let open = streams.entry(caller.uid).or_insert(0);
+            if *open >= self.limits.max_streams_per_uid {
+                drop(streams);
+                let status = Status::resource_exhausted(format!(
+                    "this uid holds {} open Workload API streams, the most allowed",
+                    self.limits.max_streams_per_uid
+                ));
+                return Err(self.refuse(rpc, "stream_limit", Some(&peer), status));
+            }
+            *open += 1;
+            metrics::gauge!("wimse_agent_streams").increment(1.0);
+            StreamSlot { streams: self.streams.clone(), uid: caller.uid }
+        };
+        metrics::counter!("wimse_agent_calls_total", "rpc" => rpc).increment(1);
+        tracing::debug!(rpc, uid = caller.uid, pid = caller.pid, identities = identities.len(), "wimse agent: call");
+        Ok(Authorized { caller, identities, slot })
+    }
+
+    /// The stream of messages `build` makes from each snapshot, sent when they change. `build`
+    /// failing ends the stream with its status (credentials not issued yet, or expired).
+    fn follow<M>(
+        &self,
+        slot: StreamSlot,
+        build: impl Fn(&Snapshot) -> Result<M, Status> + Send + Sync + 'static,
+    ) -> Result<Messages<M>, Status>
+    where
+        M: PartialEq + Clone + Send + 'static,
+    {
+        let mut snapshot = self.snapshot.clone();
+        let first = build(&snapshot.borrow_and_update())?;
+        let build = Arc::new(build);
+        let state = Follow { snapshot, pending: Some(first), last: None, _slot: slot, done: false };
+        let stream = futures_util::stream::unfold(state, move |mut state| {
+            let build = build.clone();
+            async move {
+                if state.done {
+                    return None;
+                }
+                if let Some(message) = state.pending.take() {
+                    state.last = Some(message.clone());
+                    return Some((Ok(message), state));
+                }
+                loop {
+                    // The agent is shutting down when the sender is gone.
+                    state.snapshot.changed().await.ok()?;
+                    let built = build(&state.snapshot.borrow_and_update());
+                    match built {
+                        Ok(message) if state.last.as_ref() == Some(&message) => continue,
+                        Ok(message) => {
+                            state.last = Some(message.clone());
+                            return Some((Ok(message), state));
+                        }
+                        Err(status) => {
+                            state.done = true;
+                            return Some((Err(status), state));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+/// The state of one followed stream.
+struct Follow<M> {
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    pending: Option<M>,
+    /// The last message sent: an unchanged message is not sent again.
+    last: Option<M>,
+    _slot: StreamSlot,
+    done: bool,
+}
+
+fn matches(entry: &RegistrationEntry, caller: &Caller) -> bool {
+    let selectors = &entry.selectors;
+    selectors.uid.is_none_or(|uid| uid == caller.uid)
+        && selectors.gid.is_none_or(|gid| gid == caller.gid)
+        && selectors.exe.as_ref().is_none_or(|exe| caller.exe.as_ref() == Some(exe))
+}
+
+fn not_ready() -> Status {
+    Status::unavailable(
+        "credentials for this workload are not issued yet (or expired while the identity server is unreachable); retry",
+    )
+}
+
+/// The WIT-SVIDs of `identities` that are valid now.
+fn wit_svids(snapshot: &Snapshot, identities: &[(WorkloadId, String)]) -> Result<WitsvidResponse, Status> {
+    let now = now();
+    let svids: Vec<Witsvid> = identities
+        .iter()
+        .filter_map(|(id, hint)| {
+            let credentials = snapshot.identities.get(id).filter(|c| c.wit_expires_at > now)?;
+            Some(Witsvid {
+                spiffe_id: id.to_string(),
+                wit_svid: credentials.wit.to_string(),
+                wit_svid_key: credentials.wit_key.to_string(),
+                hint: hint.clone(),
+            })
+        })
+        .collect();
+    if svids.is_empty() { Err(not_ready()) } else { Ok(WitsvidResponse { svids }) }
+}
+
+/// The X.509-SVIDs of `identities` that are valid now, with their trust domain's CAs and the
+/// other trust domains' as federated bundles.
+fn x509_svids(snapshot: &Snapshot, identities: &[(WorkloadId, String)]) -> Result<X509svidResponse, Status> {
+    let now = now();
+    let svids: Vec<X509svid> = identities
+        .iter()
+        .filter_map(|(id, hint)| {
+            let (chain, key, expires_at) = snapshot.identities.get(id)?.x509.as_ref()?;
+            let bundle = snapshot.x509_bundles.get(&id.trust_domain().to_string())?;
+            (*expires_at > now).then(|| X509svid {
+                spiffe_id: id.to_string(),
+                x509_svid: chain.to_vec(),
+                x509_svid_key: key.to_vec(),
+                bundle: bundle.clone(),
+                hint: hint.clone(),
+            })
+        })
+        .collect();
+    if svids.is_empty() {
+        return Err(not_ready());
+    }
+    let own: Vec<String> = identities.iter().map(|(id, _)| id.trust_domain().to_string()).collect();
+    let federated_bundles = snapshot
+        .x509_bundles
+        .iter()
+        .filter(|(td, _)| !own.contains(td))
+        .map(|(td, der)| (td.clone(), der.clone()))
+        .collect();
+    Ok(X509svidResponse { svids, crl: Vec::new(), federated_bundles })
+}
+
+fn wit_bundles(snapshot: &Snapshot, own: &str) -> Result<WitBundlesResponse, Status> {
+    if !snapshot.wit_bundles.contains_key(own) {
+        return Err(Status::unavailable("the trust bundle is not fetched yet; retry"));
+    }
+    Ok(WitBundlesResponse { bundles: snapshot.wit_bundles.iter().map(|(k, v)| (k.clone(), v.clone())).collect() })
+}
+
+fn x509_bundles(snapshot: &Snapshot, own: &str) -> Result<X509BundlesResponse, Status> {
+    if !snapshot.x509_bundles.contains_key(own) {
+        return Err(Status::unavailable("the trust bundle is not fetched yet; retry"));
+    }
+    Ok(X509BundlesResponse {
+        crl: Vec::new(),
+        bundles: snapshot.x509_bundles.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    })
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = Messages<X509svidResponse>;
+    type FetchX509BundlesStream = Messages<X509BundlesResponse>;
+    type FetchWITSVIDStream = Messages<WitsvidResponse>;
+    type FetchWITBundlesStream = Messages<WitBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let call = self.authorize(&request, "FetchX509SVID").await?;
+        let identities = call.identities;
+        self.follow(call.slot, move |snapshot| x509_svids(snapshot, &identities)).map(Response::new)
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let call = self.authorize(&request, "FetchX509Bundles").await?;
+        let own = self.trust_domain.clone();
+        self.follow(call.slot, move |snapshot| x509_bundles(snapshot, &own)).map(Response::new)
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        request: Request<WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        let call = self.authorize(&request, "FetchWITSVID").await?;
+        let mut identities = call.identities;
+        let wanted = &request.get_ref().spiffe_id;
+        if !wanted.is_empty() {
+            let wanted = WorkloadId::parse(wanted)
+                .map_err(|e| Status::invalid_argument(format!("spiffe_id is not a SPIFFE ID: {e}")))?;
+            identities.retain(|(id, _)| id == &wanted);
+            if identities.is_empty() {
+                let status = Status::permission_denied(format!("this caller is not entitled to {wanted}"));
+                return Err(self.refuse("FetchWITSVID", "identity_not_entitled", None, status));
+            }
+        }
+        tracing::debug!(uid = call.caller.uid, "wimse agent: WIT-SVID stream");
+        self.follow(call.slot, move |snapshot| wit_svids(snapshot, &identities)).map(Response::new)
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        request: Request<WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        let call = self.authorize(&request, "FetchWITBundles").await?;
+        let own = self.trust_domain.clone();
+        self.follow(call.slot, move |snapshot| wit_bundles(snapshot, &own)).map(Response::new)
+    }
+}

@@ -1,0 +1,182 @@
+//! `wimse agent` over a real Unix socket, with a real identity server on loopback: an
+//! independent client (the `spiffe` crate), our WIT-SVID client, rotation reaching a
+//! long-running client, and the refusals of the Workload Endpoint standard.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DOMAIN, Issuer, entry_for_me, my_ids, start_agent};
+use serde_json::json;
+use wimse_core::cred::CredentialSource;
+use wimse_core::id::WorkloadId;
+use wimse_core::trust::{TrustHandle, TrustStore};
+use wimse_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use wimse_workload_api::proto::{WitsvidRequest, X509BundlesResponse};
+use wimse_workload_api::{WitBundleWatch, WitSvidSource, WorkloadApiClient, WorkloadApiError, X509SvidWatch};
+
+fn now() -> u64 {
+    wimse_testkit::now()
+}
+
+/// The `spiffe` crate (a third-party Workload API client) fetches its X.509 context and the
+/// bundles from our agent.
+#[tokio::test]
+async fn spiffe_crate_fetches_x509_svids_and_bundles() {
+    let issuer = Issuer::start(600).await;
+    let agent = start_agent(&issuer, json!([entry_for_me("/ns/payments", "internal")]), json!({})).await;
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint.to_string()).await.unwrap();
+    let context = client.fetch_x509_context().await.unwrap();
+    let svid = context.default_svid().expect("an X.509-SVID");
+    assert_eq!(svid.spiffe_id().to_string(), format!("{DOMAIN}/ns/payments"));
+    assert_eq!(svid.hint(), Some("internal"));
+    let domain = spiffe::TrustDomain::new("prod.example").unwrap();
+    let bundle = context.bundle_set().get(&domain).expect("the trust domain's bundle");
+    assert!(!bundle.authorities().is_empty());
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    assert_eq!(bundles.get(&domain).unwrap().authorities(), bundle.authorities());
+    // The SVID chains to the bundle as a TLS peer would check it.
+    let anchors = wimse_core::wic::WicAnchors::new();
+    let watch = X509SvidWatch::start(agent.endpoint.clone(), anchors.clone(), None).await.unwrap();
+    let ours = watch.current().unwrap();
+    assert_eq!(ours.spiffe_id.as_str(), format!("{DOMAIN}/ns/payments"));
+    assert_eq!(ours.certificate.chain()[0].as_ref(), svid.cert_chain()[0].as_ref());
+    use rustls::server::danger::ClientCertVerifier as _;
+    let verifier = wimse_core::wic::WicClientVerifier::new(anchors);
+    let chain = ours.certificate.chain();
+    verifier.verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now()).unwrap();
+}
+
+/// Our client: a WIT-SVID signs a request that a verifier fed by the WIT bundle stream accepts;
+/// a rotation at the agent reaches the long-running client without a restart.
+#[tokio::test]
+async fn wit_svids_sign_verify_and_rotate() {
+    let issuer = Issuer::start(600).await;
+    let entries = json!([entry_for_me("/ns/payments", "internal"), entry_for_me("/ns/payments-admin", "external")]);
+    let agent = start_agent(&issuer, entries, json!({})).await;
+
+    // Both identities arrive; the hint picks one.
+    let client = WorkloadApiClient::new(agent.endpoint.clone());
+    let all = client.fetch_wit_svids(None, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let source = WitSvidSource::builder(agent.endpoint.clone()).hint("external").start().await.unwrap();
+    let first = source.credentials(now()).unwrap();
+    assert_eq!(first.subject().as_str(), format!("{DOMAIN}/ns/payments-admin"));
+    let admin: WorkloadId = format!("{DOMAIN}/ns/payments").parse().unwrap();
+    let only = client.fetch_wit_svids(Some(&admin), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].hint, "internal");
+
+    // A verifier whose anchors come from the agent's WIT bundle stream accepts the signature.
+    let trust = TrustHandle::new(TrustStore::new());
+    let _bundles = WitBundleWatch::start(agent.endpoint.clone(), trust.clone()).await.unwrap();
+    let domain: wimse_core::id::TrustDomain = DOMAIN.parse().unwrap();
+    let anchors = trust.read(|store| store.get(&domain).cloned()).expect("WIT anchors from the agent");
+    let verifier = wimse_core::verify::Verifier::new(
+        TrustStore::new().with(domain, anchors),
+        wimse_core::verify::VerifierConfig::new().with_origin("https://orders.prod.example"),
+    )
+    .unwrap();
+    let signer = wimse_core::sign::Signer::new(source.clone());
+    let mut headers = http::HeaderMap::new();
+    signer.sign_headers(&mut headers, "https://orders.prod.example/v1/orders").unwrap();
+    let caller = verifier.verify_sync(&wimse_core::verify::RequestView::new("/v1/orders", &headers)).unwrap();
+    assert_eq!(caller.id().as_str(), format!("{DOMAIN}/ns/payments-admin"));
+
+    // Rotation: new keys and WITs reach the running source through its stream.
+    let mut updates = source.subscribe();
+    agent.agent.rotate();
+    tokio::time::timeout(Duration::from_secs(10), updates.changed()).await.unwrap().unwrap();
+    let rotated = source.credentials(now()).unwrap();
+    assert_ne!(rotated.wit(), first.wit());
+    assert_ne!(rotated.key().public_key().thumbprint(), first.key().public_key().thumbprint());
+    assert!(source.is_following());
+}
+
+/// Refusals, each with its own gRPC status: no security header, an unregistered caller, an
+/// identity the caller is not entitled to, a malformed or oversized request, too many streams.
+#[tokio::test]
+async fn refusals_have_clear_statuses() {
+    let issuer = Issuer::start(600).await;
+    let entries = json!([entry_for_me("/ns/payments", "")]);
+    let agent = start_agent(&issuer, entries, json!({"limits": {"max_streams_per_uid": 3}})).await;
+    let raw = SpiffeWorkloadApiClient::new(agent.endpoint.channel());
+
+    // No `workload.spiffe.io: true`: InvalidArgument, which our client does not retry.
+    let status = raw.clone().fetch_witsvid(WitsvidRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let mut request = tonic::Request::new(WitsvidRequest::default());
+    request.metadata_mut().insert("workload.spiffe.io", "false".parse().unwrap());
+    assert_eq!(raw.clone().fetch_witsvid(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    let client = WorkloadApiClient::new(agent.endpoint.clone());
+    // An identity of the trust domain this caller has no entry for.
+    let other: WorkloadId = format!("{DOMAIN}/ns/billing").parse().unwrap();
+    let error = client.fetch_wit_svids(Some(&other), Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(error, WorkloadApiError::PermissionDenied(_)), "{error}");
+
+    let with_header = |id: &str| {
+        let mut request = tonic::Request::new(WitsvidRequest { spiffe_id: id.into() });
+        request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        request
+    };
+    let status = raw.clone().fetch_witsvid(with_header("not a spiffe id")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    // Larger than max_request_bytes (4 KiB): refused before it is decoded.
+    let status = raw.clone().fetch_witsvid(with_header(&"a".repeat(64 * 1024))).await.unwrap_err();
+    assert!(matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{status:?}");
+    // Bytes that do not decode as a WITSVIDRequest (field 1 not UTF-8).
+    let mut grpc = tonic::client::Grpc::new(agent.endpoint.channel());
+    grpc.ready().await.unwrap();
+    let mut request =
+        tonic::Request::new(X509BundlesResponse { crl: vec![vec![0xff, 0xfe, 0xfd]], ..Default::default() });
+    request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchWITSVID");
+    let codec = tonic_prost::ProstCodec::<X509BundlesResponse, wimse_workload_api::proto::WitsvidResponse>::default();
+    let status = grpc.server_streaming(request, path, codec).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+
+    // Streams per uid: three open, the fourth refused, one closed makes room again.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(client.stream_wit_svids(None).await.unwrap());
+    }
+    let error = client.stream_wit_svids(None).await.unwrap_err();
+    assert!(matches!(error, WorkloadApiError::Status { code: tonic::Code::ResourceExhausted, .. }), "{error}");
+    drop(open.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        match client.stream_wit_svids(None).await {
+            Ok(stream) => {
+                again = Some(stream);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(again.is_some(), "a closed stream frees its slot");
+    // The JWT-SVID profile is not served: clients of the standard get Unimplemented.
+    let mut jwt = tonic::client::Grpc::new(agent.endpoint.channel());
+    jwt.ready().await.unwrap();
+    let mut request = tonic::Request::new(X509BundlesResponse::default());
+    request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+    let codec = tonic_prost::ProstCodec::<X509BundlesResponse, X509BundlesResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchJWTBundles");
+    assert_eq!(jwt.server_streaming(request, path, codec).await.unwrap_err().code(), tonic::Code::Unimplemented);
+}
+
+/// A caller no entry matches gets PermissionDenied, and our client says so at start.
+#[tokio::test]
+async fn unregistered_caller_is_denied() {
+    let issuer = Issuer::start(600).await;
+    let someone_else = my_ids().0.wrapping_add(4242);
+    let entries = json!([{"spiffe_id": format!("{DOMAIN}/ns/payments"), "selectors": {"uid": someone_else}}]);
+    let agent = start_agent(&issuer, entries, json!({})).await;
+    let error = WitSvidSource::builder(agent.endpoint.clone()).start().await.unwrap_err();
+    assert!(
+        matches!(error, WorkloadApiError::PermissionDenied(ref m) if m.contains("no registration entry")),
+        "{error}"
+    );
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint.to_string()).await.unwrap();
+    assert!(client.fetch_x509_context().await.is_err());
+}

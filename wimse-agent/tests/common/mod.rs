@@ -1,0 +1,134 @@
+//! A real identity server on loopback and a real agent on a Unix socket, for the tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wimse_agent::{Agent, AgentConfig};
+use wimse_core::time::SystemClock;
+use wimse_testkit::servers::TempDir;
+use wimse_workload_api::Endpoint;
+
+pub const DOMAIN: &str = "spiffe://prod.example";
+pub const AGENT_SECRET: &str = "node-agent-dev-secret-0123456789";
+
+/// The effective uid and gid of this process.
+pub fn my_ids() -> (u32, u32) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let id = |name: &str| -> u32 {
+        status.lines().find_map(|l| l.strip_prefix(name)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (id("Uid:"), id("Gid:"))
+}
+
+/// A running identity server whose answers can be turned into 503s (an outage).
+pub struct Issuer {
+    pub base: String,
+    pub down: Arc<AtomicBool>,
+    _dir: TempDir,
+}
+
+impl Issuer {
+    /// `max_lifetime`: the WITs' (and WICs') lifetime in seconds.
+    pub async fn start(max_lifetime: u64) -> Self {
+        let dir = TempDir::new("wimse-agent-issuer");
+        let config: wimse_issuer::IssuerConfig = serde_json::from_value(json!({
+            "trust_domain": DOMAIN,
+            "issuer": "https://issuer.prod.example",
+            "key_store": dir.path().join("keys.json"),
+            "dev_mode": true,
+            "clients": [{"name": "node-agent", "dev_secret": AGENT_SECRET, "allowed_prefixes": [format!("{DOMAIN}/ns")],
+                         "max_lifetime": max_lifetime, "allowed_dns_names": ["*.svc.prod.example"]}],
+            "rate_limits": {"per_client": {"burst": 1000, "per_minute": 6000}}
+        }))
+        .unwrap();
+        let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await.unwrap());
+        let down = Arc::new(AtomicBool::new(false));
+        let flag = down.clone();
+        let router = wimse_issuer::router(server).layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let down = flag.load(Ordering::SeqCst);
+                async move {
+                    if down {
+                        return axum::response::IntoResponse::into_response(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        );
+                    }
+                    next.run(request).await
+                }
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { base, down, _dir: dir }
+    }
+}
+
+/// An agent serving on a socket in a temporary directory.
+pub struct RunningAgent {
+    pub agent: Arc<Agent>,
+    pub endpoint: Endpoint,
+    pub socket: std::path::PathBuf,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    dir: TempDir,
+}
+
+impl RunningAgent {
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// The agent's configuration: `entries` as JSON, `extra` merged at the top level.
+pub fn agent_config(issuer: &Issuer, dir: &std::path::Path, entries: Value, extra: Value) -> AgentConfig {
+    let token = dir.join("agent-token");
+    std::fs::write(&token, AGENT_SECRET).unwrap();
+    let mut config = json!({
+        "socket": dir.join("agent.sock"),
+        "trust_domain": DOMAIN,
+        "issuer": {"url": issuer.base, "token_file": token, "retry_interval_ms": 200, "timeout_ms": 2000},
+        "entries": entries,
+    });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
+    AgentConfig::from_json(&config.to_string()).unwrap()
+}
+
+/// Starts an agent with `entries` and waits until it holds every credential.
+pub async fn start_agent(issuer: &Issuer, entries: Value, extra: Value) -> RunningAgent {
+    let dir = TempDir::new("wimse-agent");
+    let config = agent_config(issuer, dir.path(), entries, extra);
+    let socket = config.socket.clone();
+    let agent = Arc::new(Agent::start(config).unwrap());
+    assert!(agent.ready(Duration::from_secs(20)).await, "the agent obtained its credentials");
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = agent.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(async {
+                stopped.await.ok();
+            })
+            .await
+            .unwrap();
+    });
+    // The socket exists once bound.
+    for _ in 0..200 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
+    RunningAgent { agent, endpoint, socket, _shutdown: shutdown, dir }
+}
+
+/// An entry for this very process (its uid).
+pub fn entry_for_me(path: &str, hint: &str) -> Value {
+    json!({"spiffe_id": format!("{DOMAIN}{path}"), "selectors": {"uid": my_ids().0}, "hint": hint,
+           "dns_names": ["api.svc.prod.example"]})
+}

@@ -1,0 +1,250 @@
+//! One-shot fetches and raw streams from a Workload API endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use tonic::transport::Channel;
+use wimse_core::cred::Credentials;
+use wimse_core::id::{TrustDomain, WorkloadId};
+use wimse_core::jose::{Jwk, SigningKey, jws};
+use wimse_core::trust::TrustAnchors;
+use wimse_core::wic::WorkloadCertificate;
+
+use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use crate::proto::{WitBundlesRequest, WitsvidRequest, X509svidRequest};
+use crate::{Endpoint, SECURITY_HEADER, WorkloadApiError};
+
+pub(crate) const WIT_PROFILE: &str = "the WIT-SVID profile";
+pub(crate) const X509_PROFILE: &str = "the X.509-SVID profile";
+
+/// Responses larger than this are refused (a WIT-SVID response is a few kilobytes per identity).
+const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+
+/// A WIT-SVID: the WIT of one identity with its private key, checked to belong together.
+#[derive(Debug, Clone)]
+pub struct WitSvid {
+    /// The identity.
+    pub spiffe_id: WorkloadId,
+    /// The operator's hint (empty when none).
+    pub hint: String,
+    /// The WIT and its key, ready for a [`Signer`](wimse_core::sign::Signer).
+    pub credentials: Arc<Credentials>,
+}
+
+/// An X.509-SVID: one identity's certificate chain and key, and its trust domain's CAs.
+#[derive(Debug, Clone)]
+pub struct X509Svid {
+    /// The identity.
+    pub spiffe_id: WorkloadId,
+    /// The operator's hint (empty when none).
+    pub hint: String,
+    /// The certificate chain (leaf first) and its key.
+    pub certificate: WorkloadCertificate,
+    /// The CA certificates of its trust domain.
+    pub bundle: Vec<CertificateDer<'static>>,
+}
+
+/// One complete `FetchX509SVID` message: the SVIDs and every trust domain's CA certificates
+/// (the SVIDs' own and the federated ones).
+#[derive(Debug, Clone)]
+pub struct X509SvidUpdate {
+    /// The SVIDs, in the server's order.
+    pub svids: Vec<X509Svid>,
+    /// CA certificates per trust domain.
+    pub bundles: Vec<(TrustDomain, Vec<CertificateDer<'static>>)>,
+}
+
+/// A Workload API client: every request carries `workload.spiffe.io: true`.
+#[derive(Debug, Clone)]
+pub struct WorkloadApiClient {
+    inner: SpiffeWorkloadApiClient<Channel>,
+    endpoint: Endpoint,
+}
+
+fn invalid(detail: impl Into<String>) -> WorkloadApiError {
+    WorkloadApiError::InvalidResponse(detail.into())
+}
+
+impl WorkloadApiClient {
+    /// A client of `endpoint` (connected on first use).
+    pub fn new(endpoint: Endpoint) -> Self {
+        let inner = SpiffeWorkloadApiClient::new(endpoint.channel()).max_decoding_message_size(MAX_RESPONSE);
+        Self { inner, endpoint }
+    }
+
+    /// A client of the endpoint in `SPIFFE_ENDPOINT_SOCKET`.
+    pub fn from_env() -> Result<Self, WorkloadApiError> {
+        Ok(Self::new(Endpoint::from_env()?))
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn request<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(SECURITY_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+        request
+    }
+
+    /// Opens the `FetchWITSVID` stream (for `spiffe_id` only, or every identity of this process).
+    pub async fn stream_wit_svids(
+        &self,
+        spiffe_id: Option<&WorkloadId>,
+    ) -> Result<tonic::Streaming<crate::proto::WitsvidResponse>, WorkloadApiError> {
+        let request = WitsvidRequest { spiffe_id: spiffe_id.map(|id| id.as_str().to_owned()).unwrap_or_default() };
+        let response = self.inner.clone().fetch_witsvid(Self::request(request)).await;
+        response.map(tonic::Response::into_inner).map_err(|s| WorkloadApiError::from_status(&s, WIT_PROFILE))
+    }
+
+    /// Opens the `FetchWITBundles` stream.
+    pub async fn stream_wit_bundles(
+        &self,
+    ) -> Result<tonic::Streaming<crate::proto::WitBundlesResponse>, WorkloadApiError> {
+        let response = self.inner.clone().fetch_wit_bundles(Self::request(WitBundlesRequest {})).await;
+        response.map(tonic::Response::into_inner).map_err(|s| WorkloadApiError::from_status(&s, WIT_PROFILE))
+    }
+
+    /// Opens the `FetchX509SVID` stream.
+    pub async fn stream_x509_svids(
+        &self,
+    ) -> Result<tonic::Streaming<crate::proto::X509svidResponse>, WorkloadApiError> {
+        let response = self.inner.clone().fetch_x509svid(Self::request(X509svidRequest {})).await;
+        response.map(tonic::Response::into_inner).map_err(|s| WorkloadApiError::from_status(&s, X509_PROFILE))
+    }
+
+    /// The current WIT-SVIDs (the first message of the stream), within `timeout`.
+    pub async fn fetch_wit_svids(
+        &self,
+        spiffe_id: Option<&WorkloadId>,
+        timeout: Duration,
+    ) -> Result<Vec<WitSvid>, WorkloadApiError> {
+        let stream = self.stream_wit_svids(spiffe_id);
+        let message = first(stream, timeout, WIT_PROFILE).await?;
+        parse_wit_svids(message)
+    }
+
+    /// The current WIT bundles (the first message of the stream), within `timeout`.
+    pub async fn fetch_wit_bundles(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<(TrustDomain, TrustAnchors)>, WorkloadApiError> {
+        let message = first(self.stream_wit_bundles(), timeout, WIT_PROFILE).await?;
+        parse_wit_bundles(message)
+    }
+
+    /// The current X.509-SVIDs and bundles (the first message of the stream), within `timeout`.
+    pub async fn fetch_x509_svids(&self, timeout: Duration) -> Result<X509SvidUpdate, WorkloadApiError> {
+        let message = first(self.stream_x509_svids(), timeout, X509_PROFILE).await?;
+        parse_x509_svids(message)
+    }
+}
+
+async fn first<M>(
+    open: impl Future<Output = Result<tonic::Streaming<M>, WorkloadApiError>>,
+    timeout: Duration,
+    profile: &'static str,
+) -> Result<M, WorkloadApiError> {
+    let fetch = async {
+        let mut stream = open.await?;
+        match stream.message().await {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => Err(WorkloadApiError::NoAnswer("the stream ended before its first message".into())),
+            Err(status) => Err(WorkloadApiError::from_status(&status, profile)),
+        }
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .unwrap_or_else(|_| Err(WorkloadApiError::NoAnswer(format!("nothing within {timeout:?}"))))
+}
+
+/// Checks every WIT-SVID of a message against the profile: the WIT parses, names the SPIFFE ID
+/// it is delivered for, has a `kid` and no `aud`, and its `cnf` is the delivered key.
+pub(crate) fn parse_wit_svids(message: crate::proto::WitsvidResponse) -> Result<Vec<WitSvid>, WorkloadApiError> {
+    if message.svids.is_empty() {
+        return Err(invalid("a WIT-SVID response without SVIDs"));
+    }
+    message
+        .svids
+        .into_iter()
+        .map(|svid| {
+            let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
+            let token = jws::parse(svid.wit_svid.trim(), wimse_core::wit::DEFAULT_MAX_TOKEN_LEN)
+                .map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
+            if !token.header.get("kid").is_some_and(|k| k.as_str().is_some_and(|k| !k.is_empty())) {
+                return Err(invalid(format!("WIT-SVID of {spiffe_id} has no kid")));
+            }
+            if token.claims.contains_key("aud") {
+                return Err(invalid(format!("WIT-SVID of {spiffe_id} has an aud claim")));
+            }
+            let jwk = Jwk::from_json(&svid.wit_svid_key).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
+            let key = SigningKey::from_jwk(&jwk).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
+            let credentials =
+                Credentials::new(svid.wit_svid, key).map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
+            if credentials.subject() != &spiffe_id {
+                return Err(invalid(format!("a WIT-SVID for {} delivered as {spiffe_id}", credentials.subject())));
+            }
+            Ok(WitSvid { spiffe_id, hint: svid.hint, credentials: Arc::new(credentials) })
+        })
+        .collect()
+}
+
+/// Reads every trust domain's JWKS; each key must have a `kid`, unique within its set.
+pub(crate) fn parse_wit_bundles(
+    message: crate::proto::WitBundlesResponse,
+) -> Result<Vec<(TrustDomain, TrustAnchors)>, WorkloadApiError> {
+    let mut bundles: Vec<(TrustDomain, TrustAnchors)> = Vec::with_capacity(message.bundles.len());
+    for (domain, jwks) in message.bundles {
+        let domain = TrustDomain::parse(&domain).map_err(|e| invalid(format!("bundle key {domain:?}: {e}")))?;
+        let anchors = TrustAnchors::from_jwks_json(&jwks).map_err(|e| invalid(format!("bundle of {domain}: {e}")))?;
+        let mut kids: Vec<&str> = Vec::with_capacity(anchors.keys().len());
+        for key in anchors.keys() {
+            match key.kid() {
+                Some(kid) if !kid.is_empty() && !kids.contains(&kid) => kids.push(kid),
+                Some(_) => return Err(invalid(format!("bundle of {domain}: a kid is empty or repeated"))),
+                None => return Err(invalid(format!("bundle of {domain}: a key has no kid"))),
+            }
+        }
+        bundles.push((domain, anchors));
+    }
+    Ok(bundles)
+}
+
+/// Reads the SVIDs (leaf first, the key PKCS#8) and every trust domain's CA certificates.
+pub(crate) fn parse_x509_svids(message: crate::proto::X509svidResponse) -> Result<X509SvidUpdate, WorkloadApiError> {
+    if message.svids.is_empty() {
+        return Err(invalid("an X.509-SVID response without SVIDs"));
+    }
+    let mut bundles: Vec<(TrustDomain, Vec<CertificateDer<'static>>)> = Vec::new();
+    let mut svids = Vec::with_capacity(message.svids.len());
+    for svid in message.svids {
+        let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
+        let chain = crate::der::split_certificates(&svid.x509_svid)
+            .map_err(|e| invalid(format!("certificate chain of {spiffe_id}: {e}")))?;
+        let key = PrivatePkcs8KeyDer::from(svid.x509_svid_key);
+        let certificate =
+            WorkloadCertificate::new(chain, key).map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: {e}")))?;
+        let named = certificate.workload_id().map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: {e}")))?;
+        if named != spiffe_id {
+            return Err(invalid(format!("an X.509-SVID for {named} delivered as {spiffe_id}")));
+        }
+        let bundle =
+            crate::der::split_certificates(&svid.bundle).map_err(|e| invalid(format!("bundle of {spiffe_id}: {e}")))?;
+        let domain = spiffe_id.trust_domain();
+        if !bundles.iter().any(|(d, _)| d == &domain) {
+            bundles.push((domain, bundle.clone()));
+        }
+        svids.push(X509Svid { spiffe_id, hint: svid.hint, certificate, bundle });
+    }
+    for (domain, der) in message.federated_bundles {
+        let domain =
+            TrustDomain::parse(&domain).map_err(|e| invalid(format!("federated bundle key {domain:?}: {e}")))?;
+        let cas = crate::der::split_certificates(&der).map_err(|e| invalid(format!("bundle of {domain}: {e}")))?;
+        if !bundles.iter().any(|(d, _)| d == &domain) {
+            bundles.push((domain, cas));
+        }
+    }
+    Ok(X509SvidUpdate { svids, bundles })
+}
