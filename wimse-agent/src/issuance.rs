@@ -229,8 +229,6 @@ impl Issuance {
     }
 
     fn failed(&self, what: &str, error: &Error) {
-        metrics::gauge!("wimse_agent_issuer_reachable").set(0.0);
-        metrics::counter!("wimse_agent_issuer_failures_total").increment(1);
         let cached = self.snapshot.borrow().identities.len();
         match self.health.failed(now()) {
             Report::StartedFailing => tracing::warn!(
@@ -245,6 +243,8 @@ impl Issuance {
             ),
             Report::Quiet => {}
         }
+        metrics::counter!("wimse_agent_issuer_failures_total").increment(1);
+        metrics::gauge!("wimse_agent_issuer_reachable").set(0.0);
     }
 
     /// Keeps one identity's credentials current until the task is aborted.
