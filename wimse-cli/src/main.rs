@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod agent;
 mod exchange;
 mod files;
 mod inspect;
@@ -42,6 +43,9 @@ enum Command {
     /// Run an identity server.
     #[command(subcommand)]
     Issuer(IssuerCommand),
+    /// Run a node agent (the SPIFFE Workload API on a Unix socket), or fetch from one.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Exchange a token of another system for a WIT (RFC 8693).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -99,6 +103,14 @@ enum IssuerCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Serve the SPIFFE Workload API (WIT-SVIDs and X.509-SVIDs) to this machine's workloads.
+    Serve(agent::ServeArgs),
+    /// Fetch this process's SVIDs from a Workload API endpoint and print them (no keys).
+    Fetch(agent::FetchArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum WicCommand {
     /// Create a certificate authority for a trust domain.
     Ca(wic::CaArgs),
@@ -124,7 +136,7 @@ struct Output {
 
 type CliResult = Result<ExitCode, String>;
 
-/// Logs to standard error, filtered by `RUST_LOG`; by default the identity server logs at
+/// Logs to standard error, filtered by `RUST_LOG`; by default the identity server and the agent log at
 /// `info` (start, key creation, rotation, store loss, issuance), other commands only errors
 /// (their answer is their output).
 fn install_logging(serving: bool) {
@@ -136,7 +148,7 @@ fn install_logging(serving: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_logging(matches!(cli.command, Command::Issuer(_)));
+    install_logging(matches!(cli.command, Command::Issuer(_) | Command::Agent(AgentCommand::Serve(_))));
     let result = match cli.command {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),
@@ -147,6 +159,8 @@ fn main() -> ExitCode {
         Command::Wic(WicCommand::Verify(args)) => wic::verify(args),
         Command::Issuer(IssuerCommand::Serve(args)) => issuer::serve(args),
         Command::Issuer(IssuerCommand::ReplaceKeyStore(args)) => issuer::replace_key_store(args),
+        Command::Agent(AgentCommand::Serve(args)) => agent::serve(args),
+        Command::Agent(AgentCommand::Fetch(args)) => agent::fetch(args),
         Command::Token(TokenCommand::Exchange(args)) => exchange::exchange(args),
         Command::Token(TokenCommand::Assert(args)) => exchange::assert(args),
         Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),
