@@ -13,6 +13,8 @@ fn call_chain_runs_end_to_end() {
         "billing's response is signed by spiffe://prod.example/billing: verified",
         "[ledger]  verified caller spiffe://prod.example/billing | mtls",
         "[orders]  verified caller spiffe://prod.example/partners/partner.example/ns/web | wpt",
+        "[orders] WIT-SVID from the node agent at unix://",
+        "ok: the chain succeeds with WIT-SVIDs from the agent",
         "all hops behaved as expected",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in\n{stdout}");

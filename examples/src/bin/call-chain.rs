@@ -12,7 +12,9 @@
 //! `Txn-Token` travels unchanged across all hops, bound by `tth` on each WPT hop and covered by
 //! the signature on the signed hop, where billing also signs its response and orders verifies
 //! it against billing's expected identity. Then a workload the policies do not allow is
-//! refused, and `front` cannot skip `orders` to reach `billing`.
+//! refused, and `front` cannot skip `orders` to reach `billing`. Finally the chain runs again
+//! with every workload's WIT delivered by a `wimse agent`: the SPIFFE Workload API on a Unix
+//! socket (WIT-SVID profile), the agent obtaining the credentials from the identity server.
 //!
 //! Run: `cargo run -p wimse-examples --bin call-chain` (exits 0 when every check holds).
 
@@ -31,6 +33,7 @@ use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
 use wimse_issuer::IssuerConfig;
+use wimse_workload_api::WitSvidSource;
 use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, PlatformToken, ProofMode, WimseSignMiddleware};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -64,7 +67,12 @@ struct IdentityServer {
     partner_spire: SigningKey,
     /// The key of the (simulated) Kubernetes cluster's service-account token issuer.
     cluster: SigningKey,
+    /// Once set, workloads obtain their WITs from this node agent instead.
+    agent: std::sync::OnceLock<wimse_workload_api::Endpoint>,
 }
+
+/// The node agent's bootstrap secret (a real deployment uses the agent's platform token).
+const AGENT_SECRET: &str = "demo-dev-secret:node-agent";
 
 /// The (simulated) Kubernetes API server that issues projected service-account tokens.
 const CLUSTER_ISSUER: &str = "https://kubernetes.default.svc";
@@ -89,6 +97,9 @@ impl IdentityServer {
             .filter(|id| **id != FRONT)
             .map(|id| json!({"name": id, "dev_secret": dev_secret(id), "allowed": [id], "max_lifetime": 3600}))
             .collect();
+        // The node agent may obtain the identities of the workloads on its node.
+        clients.push(json!({"name": "node-agent", "dev_secret": AGENT_SECRET, "max_lifetime": 3600,
+                            "allowed": [FRONT, "spiffe://prod.example/orders", "spiffe://prod.example/billing"]}));
         clients.push(json!({"name": "front", "platform": "cluster", "allowed": [FRONT], "max_lifetime": 3600,
                             "claims": {"/kubernetes.io/namespace": "shop", "/kubernetes.io/serviceaccount/name": "front"}}));
         let config: IssuerConfig = serde_json::from_value(json!({
@@ -118,7 +129,7 @@ impl IdentityServer {
         let wic = WicAuthority::new("spiffe://prod.example".parse()?, now(), 86_400)?;
         let wic_anchors = WicAnchors::new();
         wic_anchors.set(wic.trust_domain().clone(), [wic.certificate().clone()])?;
-        Ok(Self { base, trust, wic, wic_anchors, partner_spire, cluster })
+        Ok(Self { base, trust, wic, wic_anchors, partner_spire, cluster, agent: Default::default() })
     }
 
     /// A Workload Identity Certificate for `id`, as the workload's current TLS certificate.
@@ -138,6 +149,13 @@ impl IdentityServer {
     /// What a workload does at start-up: obtain a WIT (and a fresh key) from the identity
     /// server, and keep renewing it.
     async fn enroll(&self, id: &str) -> Result<Signer, Error> {
+        if let Some(endpoint) = self.agent.get() {
+            // From the Workload API: the WIT-SVID of this identity, renewed through the stream.
+            let source = WitSvidSource::builder(endpoint.clone()).spiffe_id(id.parse()?).start().await?;
+            let short = id.rsplit('/').next().unwrap_or(id);
+            println!("[{short}] WIT-SVID from the node agent at {endpoint}");
+            return Ok(Signer::new(source));
+        }
         let credentials = IssuerCredentials::connect(&self.base, id, Bootstrap::Token(dev_secret(id))).await?;
         let _renewal = credentials.spawn_renewal();
         Ok(Signer::new(credentials))
@@ -186,6 +204,44 @@ impl IdentityServer {
         )?;
         let wit = answer["access_token"].as_str().ok_or("token exchange refused")?;
         Ok(Signer::new(StaticCredentials::new(Credentials::new(wit, key)?)))
+    }
+}
+
+impl IdentityServer {
+    /// Starts a node agent serving front, orders and billing (all in this process, so all
+    /// selected by its uid) on a Unix socket, and makes `enroll` use it.
+    async fn start_agent(&self) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Error> {
+        let dir = std::env::temp_dir().join(format!("wimse-call-chain-{}-agent", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let uid = std::fs::read_to_string("/proc/self/status")?
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:").and_then(|ids| ids.split_whitespace().nth(1)?.parse::<u32>().ok()))
+            .ok_or("no uid")?;
+        let entries: Vec<Value> = [FRONT, "spiffe://prod.example/orders", "spiffe://prod.example/billing"]
+            .iter()
+            .map(|id| json!({"spiffe_id": id, "selectors": {"uid": uid}}))
+            .collect();
+        wimse_core::cred::write_atomically(&dir.join("token"), AGENT_SECRET.as_bytes())?;
+        let config = wimse_agent::AgentConfig::from_json(
+            &json!({
+                "socket": dir.join("agent.sock"), "trust_domain": "spiffe://prod.example", "x509": false,
+                "issuer": {"url": self.base, "token_file": dir.join("token")}, "entries": entries
+            })
+            .to_string(),
+        )?;
+        let socket = config.socket.clone();
+        let agent = Arc::new(wimse_agent::Agent::start(config)?);
+        if !agent.ready(std::time::Duration::from_secs(20)).await {
+            return Err("the node agent obtained no credentials".into());
+        }
+        let serving = agent.clone();
+        let task = tokio::spawn(async move { serving.serve(std::future::pending()).await });
+        while !socket.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        println!("node agent: unix://{} (entries: front, orders, billing, selected by uid {uid})", socket.display());
+        let _ = self.agent.set(wimse_workload_api::Endpoint::parse(&format!("unix://{}", socket.display()))?);
+        Ok(task)
     }
 }
 
@@ -416,6 +472,19 @@ async fn run() -> Result<(), Error> {
     let Answer { status, challenge, .. } = call(&anonymous, &format!("{orders}/orders")).await?;
     println!("[anonymous] {status} WWW-Authenticate: {}", challenge.as_deref().unwrap_or("-"));
     expect(status == 401 && challenge.as_deref() == Some("WPT"), "orders asks for credentials")?;
+
+    println!("\n== the chain again, every workload's WIT from a node agent (SPIFFE Workload API, WIT-SVIDs)");
+    let _agent = ids.start_agent().await?;
+    let ledger = start_ledger(&ids).await?;
+    let billing = start_billing(&ids, &ledger).await?;
+    let orders = start_orders(&ids, billing.clone()).await?;
+    let front = client(ids.enroll(FRONT).await?);
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders")).await?;
+    println!("[front]   {status} {body}");
+    expect(status == 200, "the chain succeeds with WIT-SVIDs from the agent")?;
+    expect(body.contains("ledger recorded it for spiffe://prod.example/billing"), "every hop verified")?;
+    _agent.abort();
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("wimse-call-chain-{}-agent", std::process::id())));
 
     println!("\nall hops behaved as expected");
     Ok(())
