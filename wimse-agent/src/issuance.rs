@@ -29,15 +29,32 @@ pub struct IdentityCredentials {
     pub wit_key: Arc<str>,
     /// When the WIT expires.
     pub wit_expires_at: u64,
-    /// The X.509-SVID: DER certificates concatenated (leaf first), PKCS#8 key, expiry.
-    pub x509: Option<(Arc<[u8]>, Arc<[u8]>, u64)>,
+    /// The X.509-SVID, when the agent serves them.
+    pub x509: Option<X509Credentials>,
+}
+
+/// An X.509-SVID in the Workload API's encoding. `Debug` does not show the key.
+#[derive(Clone)]
+pub struct X509Credentials {
+    /// DER certificates concatenated, the leaf first.
+    pub chain: Arc<[u8]>,
+    /// The private key, PKCS#8 DER.
+    pub key: Arc<[u8]>,
+    /// When the certificate expires.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for X509Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509Credentials").field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for IdentityCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityCredentials")
             .field("wit_expires_at", &self.wit_expires_at)
-            .field("x509", &self.x509.as_ref().map(|(_, _, expires_at)| expires_at))
+            .field("x509", &self.x509)
             .finish_non_exhaustive()
     }
 }
@@ -152,7 +169,7 @@ impl Issuance {
         })
     }
 
-    async fn obtain_x509(&self, entry: &RegistrationEntry) -> Result<(Arc<[u8]>, Arc<[u8]>, u64), Error> {
+    async fn obtain_x509(&self, entry: &RegistrationEntry) -> Result<X509Credentials, Error> {
         let key = rcgen::KeyPair::generate().map_err(|e| unavailable(format!("X.509 key: {e}")))?;
         let spki =
             base64::engine::general_purpose::STANDARD.encode(rcgen::PublicKeyData::subject_public_key_info(&key));
@@ -162,7 +179,7 @@ impl Issuance {
         let chain = wimse_core::wic::certificates_from_pem(pem)?;
         let expires_at = issued["expires_at"].as_u64().ok_or_else(|| unavailable("no expires_at in the answer"))?;
         let der = wimse_workload_api::der::concat_certificates(&chain);
-        Ok((Arc::from(der), Arc::from(key.serialize_der()), expires_at))
+        Ok(X509Credentials { chain: Arc::from(der), key: Arc::from(key.serialize_der()), expires_at })
     }
 
     async fn fetch_bundles(&self) -> Result<(), Error> {
@@ -261,7 +278,7 @@ impl Issuance {
                     let expires_at = credentials
                         .x509
                         .as_ref()
-                        .map_or(credentials.wit_expires_at, |(_, _, x)| (*x).min(credentials.wit_expires_at));
+                        .map_or(credentials.wit_expires_at, |x509| x509.expires_at.min(credentials.wit_expires_at));
                     tracing::info!(spiffe_id = %entry.spiffe_id, expires_at, "wimse agent: obtained credentials");
                     self.publish(&entry.spiffe_id, Some(credentials));
                     let renew_at = renewal_time(issued_at, expires_at, jitter());

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use wimse_workload_api::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use config::{AgentConfig, IssuerConnection, Limits, RegistrationEntry, Selectors};
-pub use issuance::{IdentityCredentials, Snapshot};
+pub use issuance::{IdentityCredentials, Snapshot, X509Credentials};
 
 use crate::attest::Attestor;
 use crate::issuance::Issuance;

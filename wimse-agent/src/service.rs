@@ -63,12 +63,12 @@ struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        if let Ok(mut streams) = self.streams.lock() {
-            if let Some(n) = streams.get_mut(&self.uid) {
-                *n -= 1;
-                if *n == 0 {
-                    streams.remove(&self.uid);
-                }
+        if let Ok(mut streams) = self.streams.lock()
+            && let Some(n) = streams.get_mut(&self.uid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.uid);
             }
         }
         metrics::gauge!("wimse_agent_streams").decrement(1.0);
@@ -268,12 +268,12 @@ fn x509_svids(snapshot: &Snapshot, identities: &[(WorkloadId, String)]) -> Resul
     let svids: Vec<X509svid> = identities
         .iter()
         .filter_map(|(id, hint)| {
-            let (chain, key, expires_at) = snapshot.identities.get(id)?.x509.as_ref()?;
+            let x509 = snapshot.identities.get(id)?.x509.as_ref()?;
             let bundle = snapshot.x509_bundles.get(&id.trust_domain().to_string())?;
-            (*expires_at > now).then(|| X509svid {
+            (x509.expires_at > now).then(|| X509svid {
                 spiffe_id: id.to_string(),
-                x509_svid: chain.to_vec(),
-                x509_svid_key: key.to_vec(),
+                x509_svid: x509.chain.to_vec(),
+                x509_svid_key: x509.key.to_vec(),
                 bundle: bundle.clone(),
                 hint: hint.clone(),
             })

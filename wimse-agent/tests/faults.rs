@@ -159,7 +159,8 @@ async fn endpoint_without_the_wit_profile_is_reported_without_retries() {
     );
     let endpoint = Endpoint::parse(&format!("unix://{}", path.display())).unwrap();
     let started = std::time::Instant::now();
-    let error = WitSvidSource::builder(endpoint.clone()).retry_interval(Duration::from_millis(100)).start().await.unwrap_err();
+    let error =
+        WitSvidSource::builder(endpoint.clone()).retry_interval(Duration::from_millis(100)).start().await.unwrap_err();
     assert!(matches!(error, WorkloadApiError::Unimplemented { .. }), "{error}");
     assert!(!error.is_retryable());
     assert!(error.to_string().contains("does not implement the WIT-SVID profile"), "{error}");

@@ -43,7 +43,10 @@ async fn fetch(binary: &Path, socket: &Path, uid: Option<u32>) -> (i32, Value, S
 }
 
 fn ids(svids: &Value) -> Vec<String> {
-    svids["svids"].as_array().map(|a| a.iter().map(|s| s["spiffe_id"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+    svids["svids"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s["spiffe_id"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,7 +173,8 @@ pub(crate) fn parse_wit_svids(message: crate::proto::WitsvidResponse) -> Result<
             let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
             let token = jws::parse(svid.wit_svid.trim(), wimse_core::wit::DEFAULT_MAX_TOKEN_LEN)
                 .map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
-            if !token.header.get("kid").is_some_and(|k| k.as_str().is_some_and(|k| !k.is_empty())) {
+            let kid = token.header.get("kid").and_then(|k| k.as_str());
+            if kid.is_none_or(str::is_empty) {
                 return Err(invalid(format!("WIT-SVID of {spiffe_id} has no kid")));
             }
             if token.claims.contains_key("aud") {

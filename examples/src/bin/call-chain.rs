@@ -33,8 +33,8 @@ use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
 use wimse_issuer::IssuerConfig;
-use wimse_workload_api::WitSvidSource;
 use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, PlatformToken, ProofMode, WimseSignMiddleware};
+use wimse_workload_api::WitSvidSource;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -484,7 +484,8 @@ async fn run() -> Result<(), Error> {
     expect(status == 200, "the chain succeeds with WIT-SVIDs from the agent")?;
     expect(body.contains("ledger recorded it for spiffe://prod.example/billing"), "every hop verified")?;
     _agent.abort();
-    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("wimse-call-chain-{}-agent", std::process::id())));
+    let _ =
+        std::fs::remove_dir_all(std::env::temp_dir().join(format!("wimse-call-chain-{}-agent", std::process::id())));
 
     println!("\nall hops behaved as expected");
     Ok(())
