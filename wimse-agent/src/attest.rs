@@ -22,8 +22,8 @@ pub struct PeerCredentials {
     pub gid: u32,
     /// The connecting process (absent on systems that do not report it).
     pub pid: Option<i32>,
-    /// Milliseconds since boot (`/proc/uptime`'s clock) when the agent accepted the connection.
-    pub accepted_at_ms: u64,
+    /// When the agent accepted the connection.
+    pub accepted: Instant,
 }
 
 /// An attested caller.
@@ -73,9 +73,6 @@ const START_SLACK_MS: u64 = 20;
 #[derive(Debug, Clone)]
 pub struct Attestor {
     proc_root: PathBuf,
-    /// Uptime (ms) at `anchor`: uptime later is this plus the elapsed monotonic time.
-    uptime_at_anchor_ms: u64,
-    anchor: Instant,
 }
 
 impl Attestor {
@@ -85,28 +82,30 @@ impl Attestor {
     }
 
     /// An attestor reading `proc_root` instead of `/proc` (its `uptime` and `<pid>/` entries).
+    /// Fails when `uptime` cannot be read.
     pub fn with_proc_root(proc_root: impl Into<PathBuf>) -> std::io::Result<Self> {
-        let proc_root = proc_root.into();
-        let uptime = std::fs::read_to_string(proc_root.join("uptime"))?;
-        let seconds: f64 = uptime
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable uptime"))?;
-        Ok(Self { proc_root, uptime_at_anchor_ms: (seconds * 1000.0) as u64, anchor: Instant::now() })
+        let attestor = Self { proc_root: proc_root.into() };
+        attestor.uptime_ms().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(attestor)
     }
 
-    /// Milliseconds since boot, now (no I/O).
-    pub fn uptime_ms(&self) -> u64 {
-        self.uptime_at_anchor_ms + self.anchor.elapsed().as_millis() as u64
+    /// Milliseconds since boot (the clock of process start times), read now.
+    fn uptime_ms(&self) -> Result<u64, AttestationError> {
+        let uptime = read(&self.proc_root.join("uptime"))?;
+        let seconds: f64 =
+            uptime.split_whitespace().next().and_then(|s| s.parse().ok()).ok_or_else(|| malformed("uptime"))?;
+        Ok((seconds * 1000.0) as u64)
     }
 
     /// Attests `peer`. Reads `/proc`: call it off the async runtime's threads.
     pub fn attest(&self, peer: &PeerCredentials) -> Result<Caller, AttestationError> {
         let pid = peer.pid.filter(|pid| *pid > 0).ok_or(AttestationError::NoPid)?;
+        // The accept time on the boot clock: read now, minus the (short) monotonic time since.
+        // Reading it now rather than anchoring it once keeps it right across a machine suspend.
+        let accepted_at_ms = self.uptime_ms()?.saturating_sub(peer.accepted.elapsed().as_millis() as u64);
         let dir = self.proc_root.join(pid.to_string());
         let started = start_time_ms(&dir)?;
-        if started > peer.accepted_at_ms + START_SLACK_MS {
+        if started > accepted_at_ms + START_SLACK_MS {
             return Err(AttestationError::PidReused);
         }
         let (uid, gid) = effective_ids(&dir)?;
@@ -161,10 +160,10 @@ fn malformed(file: &str) -> AttestationError {
 mod tests {
     use super::*;
 
-    /// A fake `/proc` with one process.
+    /// A fake `/proc` with one process, `uptime` seconds after boot.
     fn fake_proc(pid: i32, start_ticks: u64, uid: u32, exe: &str) -> wimse_testkit::servers::TempDir {
         let root = wimse_testkit::servers::TempDir::new("attest");
-        root.write_file("uptime", "1000.00 1500.00\n");
+        set_uptime(&root, 1000);
         let dir = root.path().join(pid.to_string());
         std::fs::create_dir(&dir).unwrap();
         let stat = format!(
@@ -180,17 +179,21 @@ mod tests {
         root
     }
 
-    fn peer(pid: i32, uid: u32, accepted_at_ms: u64) -> PeerCredentials {
-        PeerCredentials { uid, gid: 20, pid: Some(pid), accepted_at_ms }
+    fn set_uptime(root: &wimse_testkit::servers::TempDir, seconds: u64) {
+        root.write_file("uptime", &format!("{seconds}.00 1500.00\n"));
+    }
+
+    /// A connection from `pid` accepted just now.
+    fn peer(pid: i32, uid: u32) -> PeerCredentials {
+        PeerCredentials { uid, gid: 20, pid: Some(pid), accepted: Instant::now() }
     }
 
     #[test]
     fn reads_the_process() {
         let root = fake_proc(42, 50_000, 1001, "/usr/bin/payments");
         let attestor = Attestor::with_proc_root(root.path()).unwrap();
-        let caller = attestor.attest(&peer(42, 1001, 900_000)).unwrap();
+        let caller = attestor.attest(&peer(42, 1001)).unwrap();
         assert_eq!(caller, Caller { uid: 1001, gid: 20, pid: 42, exe: Some("/usr/bin/payments".into()) });
-        assert!(attestor.uptime_ms() >= 1_000_000);
     }
 
     #[test]
@@ -198,16 +201,19 @@ mod tests {
         // Started at 600 s since boot, the connection was accepted at 500 s: another process.
         let root = fake_proc(42, 60_000, 1001, "/usr/bin/payments");
         let attestor = Attestor::with_proc_root(root.path()).unwrap();
-        assert_eq!(attestor.attest(&peer(42, 1001, 500_000)), Err(AttestationError::PidReused));
-        assert!(attestor.attest(&peer(42, 1001, 600_010)).is_ok(), "within the start-time slack");
-        assert_eq!(attestor.attest(&peer(42, 0, 900_000)), Err(AttestationError::CredentialsChanged));
-        assert_eq!(attestor.attest(&peer(43, 1001, 900_000)), Err(AttestationError::ProcessGone));
-        assert_eq!(
-            attestor.attest(&PeerCredentials { pid: None, ..peer(42, 1001, 900_000) }),
-            Err(AttestationError::NoPid)
-        );
+        set_uptime(&root, 500);
+        assert_eq!(attestor.attest(&peer(42, 1001)), Err(AttestationError::PidReused));
+        // Accepted 1 s ago, boot clock now at 601 s: the process started before.
+        set_uptime(&root, 601);
+        let earlier =
+            PeerCredentials { accepted: Instant::now() - std::time::Duration::from_secs(1), ..peer(42, 1001) };
+        assert!(attestor.attest(&earlier).is_ok(), "within the start-time slack");
+        set_uptime(&root, 900);
+        assert_eq!(attestor.attest(&peer(42, 0)), Err(AttestationError::CredentialsChanged));
+        assert_eq!(attestor.attest(&peer(43, 1001)), Err(AttestationError::ProcessGone));
+        assert_eq!(attestor.attest(&PeerCredentials { pid: None, ..peer(42, 1001) }), Err(AttestationError::NoPid));
         std::fs::write(root.path().join("42/stat"), "42 (x) S").unwrap();
-        assert!(matches!(attestor.attest(&peer(42, 1001, 900_000)), Err(AttestationError::Proc(_))));
+        assert!(matches!(attestor.attest(&peer(42, 1001)), Err(AttestationError::Proc(_))));
     }
 
     #[test]
@@ -226,10 +232,14 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        let peer =
-            PeerCredentials { uid: id("Uid:"), gid: id("Gid:"), pid: Some(me), accepted_at_ms: attestor.uptime_ms() };
+        let peer = PeerCredentials { uid: id("Uid:"), gid: id("Gid:"), pid: Some(me), accepted: Instant::now() };
         let caller = attestor.attest(&peer).unwrap();
         assert_eq!(caller.exe, std::env::current_exe().ok());
-        assert_eq!(attestor.attest(&PeerCredentials { accepted_at_ms: 0, ..peer }), Err(AttestationError::PidReused));
+        // A connection accepted before this process started cannot have come from it.
+        let uptime: f64 =
+            std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        if let Some(boot) = Instant::now().checked_sub(std::time::Duration::from_secs_f64(uptime - 0.5)) {
+            assert_eq!(attestor.attest(&PeerCredentials { accepted: boot, ..peer }), Err(AttestationError::PidReused));
+        }
     }
 }

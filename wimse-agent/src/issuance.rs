@@ -17,6 +17,7 @@ use wimse_core::health::{Health, Report, jitter, renewal_time, retry_delay};
 use wimse_core::id::WorkloadId;
 use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::{Error, ErrorKind};
+use wimse_reqwest::{MAX_DOCUMENT, read_capped};
 
 use crate::config::{AgentConfig, RegistrationEntry};
 
@@ -140,7 +141,9 @@ impl Issuance {
             .await
             .map_err(|e| unavailable(format!("identity server: {e}")))?;
         let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
+        let text =
+            read_capped(response, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("identity server: {e}")))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !status.is_success() {
             let reason = value["reason"].as_str().or_else(|| value["error"].as_str()).unwrap_or_default();
             return Err(unavailable(format!("identity server answered {status} ({reason})")));
@@ -188,7 +191,7 @@ impl Issuance {
         if !jwks.status().is_success() {
             return Err(unavailable(format!("WIT bundle: {}", jwks.status())));
         }
-        let jwks = jwks.text().await.map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
+        let jwks = read_capped(jwks, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
         // Checked before it is served: every key a public JWK with a kid.
         let anchors = wimse_core::trust::TrustAnchors::from_jwks_json(&jwks)?;
         if anchors.keys().iter().any(|k| k.kid().is_none()) {
@@ -200,7 +203,7 @@ impl Issuance {
             if !pem.status().is_success() {
                 return Err(unavailable(format!("X.509 bundle: {}", pem.status())));
             }
-            let pem = pem.text().await.map_err(|e| unavailable(format!("X.509 bundle: {e}")))?;
+            let pem = read_capped(pem, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("X.509 bundle: {e}")))?;
             let cas = wimse_core::wic::certificates_from_pem(&pem)?;
             x509 = Some(wimse_workload_api::der::concat_certificates(&cas));
         }

@@ -18,7 +18,8 @@
 //!
 //! let config = AgentConfig::from_file("/etc/wimse/agent.json".as_ref())?;
 //! let agent = Agent::start(config)?;
-//! agent.serve(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! // Until the process ends; pass a shutdown future (a signal, say) to stop earlier.
+//! agent.serve(std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -144,7 +145,7 @@ impl Agent {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
-            .serve_with_incoming_shutdown(listener::incoming(listener, self.attestor.clone(), limits), shutdown)
+            .serve_with_incoming_shutdown(listener::incoming(listener, limits), shutdown)
             .await
             .map_err(std::io::Error::other)
     }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::attest::{Attestor, PeerCredentials};
+use crate::attest::PeerCredentials;
 use crate::config::Limits;
 
 /// Binds `path`, replacing a stale socket file (and nothing else), readable and writable by
@@ -113,11 +113,10 @@ impl AsyncWrite for Connection {
 /// The connections of `listener`, each with its peer credentials, within `limits`.
 pub(crate) fn incoming(
     listener: UnixListener,
-    attestor: Arc<Attestor>,
     limits: Limits,
 ) -> impl futures_util::Stream<Item = std::io::Result<Connection>> {
     let counts = Arc::new(Mutex::new(Counts::default()));
-    futures_util::stream::unfold((listener, attestor, counts), move |(listener, attestor, counts)| async move {
+    futures_util::stream::unfold((listener, counts), move |(listener, counts)| async move {
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -128,16 +127,16 @@ pub(crate) fn incoming(
                     continue;
                 }
             };
-            let accepted_at_ms = attestor.uptime_ms();
+            let accepted = std::time::Instant::now();
             let Ok(cred) = stream.peer_cred() else {
                 tracing::warn!("wimse agent: a connection without peer credentials; closed");
                 continue;
             };
-            let peer = PeerCredentials { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), accepted_at_ms };
+            let peer = PeerCredentials { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), accepted };
             match Slot::take(&counts, peer.uid, &limits) {
                 Some(slot) => {
                     let connection = Connection { stream, peer, _slot: slot };
-                    return Some((Ok(connection), (listener, attestor, counts)));
+                    return Some((Ok(connection), (listener, counts)));
                 }
                 None => {
                     metrics::counter!("wimse_agent_refused_total", "reason" => "connection_limit").increment(1);

@@ -98,10 +98,11 @@ impl std::fmt::Debug for BundleSource {
 
 /// Largest bundle or identity-server answer read, in bytes: a hostile or broken endpoint
 /// cannot make the client allocate without bound.
-pub(crate) const MAX_DOCUMENT: usize = 1 << 20;
+pub const MAX_DOCUMENT: usize = 1 << 20;
 
-/// Reads a response body as text, refusing more than `cap` bytes.
-pub(crate) async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<String, String> {
+/// Reads a response body as text, refusing more than `cap` bytes (by `Content-Length` before
+/// reading, and while reading for bodies without one) and bodies that are not UTF-8.
+pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<String, String> {
     if response.content_length().is_some_and(|len| len > cap as u64) {
         return Err(format!("answer larger than {cap} bytes"));
     }

@@ -41,7 +41,7 @@ pub use assertion::{
     AccessToken, AssertionGrant, JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, OAuthTokenMiddleware, PlatformToken,
     TOKEN_EXCHANGE_GRANT, TokenResource,
 };
-pub use bundle::{BundleSource, STORE_EPOCH_MEMBER};
+pub use bundle::{BundleSource, MAX_DOCUMENT, STORE_EPOCH_MEMBER, read_capped};
 pub use issuer_source::{
     Bootstrap, IssuerCredentials, IssuerCredentialsBuilder, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
 };

@@ -249,3 +249,99 @@ pub(crate) fn parse_x509_svids(message: crate::proto::X509svidResponse) -> Resul
     }
     Ok(X509SvidUpdate { svids, bundles })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use wimse_core::jose::{Algorithm, SigningKey, jws};
+
+    use super::*;
+    use crate::proto::{WitBundlesResponse, Witsvid, WitsvidResponse};
+
+    const ID: &str = "spiffe://prod.example/ns/payments";
+
+    struct Fixture {
+        issuer: SigningKey,
+        workload: SigningKey,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                issuer: SigningKey::generate(Algorithm::ES256).unwrap().with_kid("issuer-1"),
+                workload: SigningKey::generate(Algorithm::ES256).unwrap(),
+            }
+        }
+
+        fn wit(&self, kid: Option<&str>, extra: serde_json::Value) -> String {
+            let mut claims = json!({"sub": ID, "exp": 4_000_000_000u64, "cnf": {"jwk": self.workload.public_jwk()}});
+            claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            jws::sign("wit+jwt", kid, &claims, &self.issuer, Default::default()).unwrap()
+        }
+
+        fn response(&self, spiffe_id: &str, wit: String, key: &SigningKey) -> WitsvidResponse {
+            let wit_svid_key = serde_json::to_string(&key.to_private_jwk()).unwrap();
+            WitsvidResponse {
+                svids: vec![Witsvid {
+                    spiffe_id: spiffe_id.into(),
+                    wit_svid: wit,
+                    wit_svid_key,
+                    hint: "internal".into(),
+                }],
+            }
+        }
+    }
+
+    fn refused(response: WitsvidResponse, expected: &str) {
+        match parse_wit_svids(response) {
+            Err(WorkloadApiError::InvalidResponse(detail)) => assert!(detail.contains(expected), "{detail}"),
+            other => panic!("expected a refusal with {expected:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wit_svids_are_checked_against_the_profile() {
+        let f = Fixture::new();
+        let svids = parse_wit_svids(f.response(ID, f.wit(Some("issuer-1"), json!({})), &f.workload)).unwrap();
+        assert_eq!((svids[0].spiffe_id.as_str(), svids[0].hint.as_str()), (ID, "internal"));
+        assert_eq!(svids[0].credentials.subject().as_str(), ID);
+
+        refused(f.response(ID, f.wit(None, json!({})), &f.workload), "has no kid");
+        refused(f.response(ID, f.wit(Some("issuer-1"), json!({"aud": "x"})), &f.workload), "has an aud claim");
+        let other_key = SigningKey::generate(Algorithm::ES256).unwrap();
+        refused(f.response(ID, f.wit(Some("issuer-1"), json!({})), &other_key), "confirmation key");
+        refused(
+            f.response("spiffe://prod.example/ns/admin", f.wit(Some("issuer-1"), json!({})), &f.workload),
+            "delivered as",
+        );
+        refused(f.response("not a spiffe id", f.wit(Some("issuer-1"), json!({})), &f.workload), "spiffe_id");
+        refused(f.response(ID, "not.a.token".into(), &f.workload), "WIT-SVID of");
+        refused(WitsvidResponse { svids: Vec::new() }, "without SVIDs");
+    }
+
+    #[test]
+    fn wit_bundles_need_unique_kids() {
+        let a = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("a");
+        let b = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("b");
+        let unnamed = SigningKey::generate(Algorithm::ES256).unwrap();
+        let bundle = |keys: Vec<&SigningKey>| {
+            let keys: Vec<_> = keys.into_iter().map(|k| k.public_jwk().clone()).collect();
+            WitBundlesResponse {
+                bundles: [("spiffe://prod.example".to_owned(), json!({"keys": keys}).to_string())].into(),
+            }
+        };
+        let parsed = parse_wit_bundles(bundle(vec![&a, &b])).unwrap();
+        assert_eq!(parsed[0].0.as_str(), "spiffe://prod.example");
+        assert_eq!(parsed[0].1.keys().len(), 2);
+        for (keys, expected) in [(vec![&a, &unnamed], "has no kid"), (vec![&a, &a], "repeated")] {
+            match parse_wit_bundles(bundle(keys)) {
+                Err(WorkloadApiError::InvalidResponse(detail)) => assert!(detail.contains(expected), "{detail}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let bad_domain = WitBundlesResponse {
+            bundles: [("https://prod.example".to_owned(), json!({"keys": []}).to_string())].into(),
+        };
+        assert!(parse_wit_bundles(bad_domain).is_err());
+    }
+}
