@@ -126,6 +126,23 @@ impl WorkloadApi {
                 Status::permission_denied("no peer credentials"),
             ));
         };
+        // The slot first, keyed by the kernel-reported uid: a caller flooding calls holds at most
+        // its stream limit of attestations (blocking-pool work) at once.
+        let slot = {
+            let mut streams = self.streams.lock().map_err(|_| Status::internal("stream table poisoned"))?;
+            let open = streams.entry(peer.uid).or_insert(0);
+            if *open >= self.limits.max_streams_per_uid {
+                drop(streams);
+                let status = Status::resource_exhausted(format!(
+                    "this uid holds {} open Workload API streams, the most allowed",
+                    self.limits.max_streams_per_uid
+                ));
+                return Err(self.refuse(rpc, "stream_limit", Some(&peer), status));
+            }
+            *open += 1;
+            metrics::gauge!("wimse_agent_streams").increment(1.0);
+            StreamSlot { streams: self.streams.clone(), uid: peer.uid }
+        };
         let attestor = self.attestor.clone();
         let caller = match tokio::task::spawn_blocking(move || attestor.attest(&peer)).await {
             Ok(Ok(caller)) => caller,
@@ -154,21 +171,6 @@ impl WorkloadApi {
             );
             return Err(self.refuse(rpc, "no_matching_entry", Some(&peer), Status::permission_denied(detail)));
         }
-        let slot = {
-            let mut streams = self.streams.lock().map_err(|_| Status::internal("stream table poisoned"))?;
-            let open = streams.entry(caller.uid).or_insert(0);
-            if *open >= self.limits.max_streams_per_uid {
-                drop(streams);
-                let status = Status::resource_exhausted(format!(
-                    "this uid holds {} open Workload API streams, the most allowed",
-                    self.limits.max_streams_per_uid
-                ));
-                return Err(self.refuse(rpc, "stream_limit", Some(&peer), status));
-            }
-            *open += 1;
-            metrics::gauge!("wimse_agent_streams").increment(1.0);
-            StreamSlot { streams: self.streams.clone(), uid: caller.uid }
-        };
         metrics::counter!("wimse_agent_calls_total", "rpc" => rpc).increment(1);
         tracing::debug!(rpc, uid = caller.uid, pid = caller.pid, identities = identities.len(), "wimse agent: call");
         Ok(Authorized { caller, identities, slot })
