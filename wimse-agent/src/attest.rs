@@ -9,6 +9,12 @@
 //! the parent is attested by the parent's new executable. `uid`/`gid` selectors do not have this
 //! weakness; an `exe` selector identifies a binary that a caller able to start it can claim, so
 //! combine it with `uid` where that matters.
+//!
+//! An `exe` selector is matched by the file, not by its path: the device and inode behind
+//! `/proc/<pid>/exe` must be those of the configured path as the agent sees it. A path is only
+//! a name in the caller's mount namespace, where an unprivileged user namespace can bind-mount
+//! any binary over `/usr/bin/payments`.
+//! The fork-then-exec case above remains.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,8 +41,22 @@ pub struct Caller {
     pub gid: u32,
     /// Process id.
     pub pid: i32,
-    /// Its executable, when the agent may read it.
+    /// Its executable's path as the caller's mount namespace names it (for logs), when the
+    /// agent may read it.
     pub exe: Option<PathBuf>,
+    /// Its executable's file: device and inode, when the agent may read it.
+    pub exe_file: Option<(u64, u64)>,
+}
+
+impl Caller {
+    /// Whether the caller runs the file at `path` (as the agent's mount namespace sees it):
+    /// the same device and inode, whatever the caller's namespace calls it. Reads the file
+    /// system: call it off the async runtime's threads.
+    pub fn runs(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(running) = self.exe_file else { return false };
+        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == running)
+    }
 }
 
 /// Why a caller could not be attested (answered with `PermissionDenied`).
@@ -114,10 +134,15 @@ impl Attestor {
         }
         // Another user's executable may be unreadable without privileges: no `exe` then.
         let exe = std::fs::read_link(dir.join("exe")).ok();
+        // The file the process runs (the link resolves in the kernel, not by its path text).
+        let exe_file = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir.join("exe")).ok().map(|m| (m.dev(), m.ino()))
+        };
         if start_time_ms(&dir)? != started || effective_ids(&dir)? != (uid, gid) {
             return Err(AttestationError::Changed);
         }
-        Ok(Caller { uid, gid, pid, exe })
+        Ok(Caller { uid, gid, pid, exe, exe_file })
     }
 }
 
@@ -193,7 +218,29 @@ mod tests {
         let root = fake_proc(42, 50_000, 1001, "/usr/bin/payments");
         let attestor = Attestor::with_proc_root(root.path()).unwrap();
         let caller = attestor.attest(&peer(42, 1001)).unwrap();
-        assert_eq!(caller, Caller { uid: 1001, gid: 20, pid: 42, exe: Some("/usr/bin/payments".into()) });
+        assert_eq!(
+            (caller.uid, caller.gid, caller.pid, caller.exe.as_deref()),
+            (1001, 20, 42, Some(Path::new("/usr/bin/payments")))
+        );
+    }
+
+    /// A selector names a file: a copy at another inode, or the same path text naming another
+    /// file (a bind mount in the caller's namespace), does not match.
+    #[test]
+    fn executables_are_matched_by_file_not_by_path() {
+        let bin = wimse_testkit::servers::TempDir::new("attest-bin");
+        let real = bin.write_file("payments", "#!/bin/true\n");
+        let copy = bin.write_file("impostor", "#!/bin/true\n");
+        let root = fake_proc(42, 50_000, 1001, real.to_str().unwrap());
+        let caller = Attestor::with_proc_root(root.path()).unwrap().attest(&peer(42, 1001)).unwrap();
+        assert!(caller.runs(&real));
+        assert!(!caller.runs(&copy), "same content, another file");
+        assert!(!caller.runs(Path::new("/nonexistent/payments")));
+        // The caller's namespace names its own binary /usr/bin/payments; the agent's file there differs.
+        let root = fake_proc(42, 50_000, 1001, copy.to_str().unwrap());
+        let mut caller = Attestor::with_proc_root(root.path()).unwrap().attest(&peer(42, 1001)).unwrap();
+        caller.exe = Some(real.clone());
+        assert!(!caller.runs(&real));
     }
 
     #[test]
@@ -235,6 +282,7 @@ mod tests {
         let peer = PeerCredentials { uid: id("Uid:"), gid: id("Gid:"), pid: Some(me), accepted: Instant::now() };
         let caller = attestor.attest(&peer).unwrap();
         assert_eq!(caller.exe, std::env::current_exe().ok());
+        assert!(caller.runs(&std::env::current_exe().unwrap()));
         // A connection accepted before this process started cannot have come from it.
         let uptime: f64 =
             std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();

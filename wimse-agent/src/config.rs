@@ -125,12 +125,15 @@ impl Selectors {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Open connections, all callers. Default 4096.
+    /// Open connections, all callers. Default 768: below the usual limit of 1024 open files,
+    /// with room for the agent's own. Raise the process's `RLIMIT_NOFILE` before raising this.
     pub max_connections: usize,
     /// Open connections per uid. Default 256.
     pub max_connections_per_uid: usize,
     /// Open streams per uid, all its connections together. Default 256.
     pub max_streams_per_uid: usize,
+    /// Open streams, all callers. Default 4096.
+    pub max_streams: usize,
     /// Concurrent streams per connection (HTTP/2). Default 32.
     pub max_streams_per_connection: u32,
     /// The largest request message, in bytes. Default 4096 (requests carry at most a SPIFFE ID).
@@ -140,9 +143,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 4096,
+            max_connections: 768,
             max_connections_per_uid: 256,
             max_streams_per_uid: 256,
+            max_streams: 4096,
             max_streams_per_connection: 32,
             max_request_bytes: 4096,
         }
@@ -183,16 +187,19 @@ impl AgentConfig {
                 return Err(invalid(&field, "exe must be an absolute path"));
             }
         }
-        let url = &self.issuer.url;
-        let https = url.starts_with("https://");
-        let loopback = url.strip_prefix("http://").map(|rest| rest.split('/').next().unwrap_or_default()).is_some_and(
-            |authority| {
-                let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
-                wimse_core::http::is_loopback_host(host.trim_start_matches('[').trim_end_matches(']'))
-            },
-        );
-        if !https && !loopback {
+        if !wimse_reqwest::secure_or_loopback(&self.issuer.url) {
             return Err(invalid("issuer.url", "must be https (http only on loopback)"));
+        }
+        for (i, entry) in self.entries.iter().enumerate() {
+            // One identity is issued once, with one set of DNS names.
+            if let Some(first) = self.entries[..i].iter().find(|e| e.spiffe_id == entry.spiffe_id)
+                && first.dns_names != entry.dns_names
+            {
+                return Err(invalid(
+                    format!("entries[{i}]"),
+                    format!("{} is listed with other dns_names before", entry.spiffe_id),
+                ));
+            }
         }
         match (&self.issuer.token_file, &self.issuer.token_env) {
             (Some(_), Some(_)) => return Err(invalid("issuer", "token_file and token_env are exclusive")),
@@ -203,6 +210,7 @@ impl AgentConfig {
         if limits.max_connections == 0
             || limits.max_connections_per_uid == 0
             || limits.max_streams_per_uid == 0
+            || limits.max_streams == 0
             || limits.max_streams_per_connection == 0
             || limits.max_request_bytes < 64
         {
@@ -273,6 +281,14 @@ mod tests {
         let mut v = base();
         v["entries"][0]["selectors"]["pid"] = 5.into();
         bad.push((v, "unknown field"));
+        let mut v = base();
+        v["issuer"]["url"] = "http://localhost:80@issuer.evil.example/".into();
+        bad.push((v, "https"));
+        let mut v = base();
+        v["entries"].as_array_mut().unwrap().push(
+            json!({"spiffe_id": "spiffe://prod.example/payments", "selectors": {"gid": 5}, "dns_names": ["a.example"]}),
+        );
+        bad.push((v, "other dns_names"));
         for (value, expected) in bad {
             let error = check(value).unwrap_err().to_string();
             assert!(error.contains(expected), "{error} lacks {expected}");

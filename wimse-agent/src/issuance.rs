@@ -12,26 +12,41 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use wimse_core::health::{Health, Report, jitter, renewal_time, retry_delay};
 use wimse_core::id::WorkloadId;
 use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::time::{Clock, SystemClock};
 use wimse_core::{Error, ErrorKind};
 use wimse_reqwest::{MAX_DOCUMENT, read_capped};
 
 use crate::config::{AgentConfig, RegistrationEntry};
 
-/// An identity's current credentials, in the Workload API's encodings.
-#[derive(Clone)]
+/// An identity's current credentials, in the Workload API's encodings. Each part is renewed
+/// on its own: a failing WIC does not hold the WIT back.
+#[derive(Debug, Clone, Default)]
 pub struct IdentityCredentials {
+    /// The WIT-SVID, once issued.
+    pub wit: Option<WitCredentials>,
+    /// The X.509-SVID, when the agent serves them and once issued.
+    pub x509: Option<X509Credentials>,
+}
+
+/// A WIT-SVID in the Workload API's encoding. `Debug` does not show the key.
+#[derive(Clone)]
+pub struct WitCredentials {
     /// The WIT (compact JWS).
     pub wit: Arc<str>,
     /// Its private key as a JWK JSON document.
-    pub wit_key: Arc<str>,
+    pub key: Arc<str>,
     /// When the WIT expires.
-    pub wit_expires_at: u64,
-    /// The X.509-SVID, when the agent serves them.
-    pub x509: Option<X509Credentials>,
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for WitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WitCredentials").field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
 }
 
 /// An X.509-SVID in the Workload API's encoding. `Debug` does not show the key.
@@ -51,15 +66,6 @@ impl std::fmt::Debug for X509Credentials {
     }
 }
 
-impl std::fmt::Debug for IdentityCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityCredentials")
-            .field("wit_expires_at", &self.wit_expires_at)
-            .field("x509", &self.x509)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Everything the agent serves, as of one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -71,15 +77,36 @@ pub struct Snapshot {
     pub x509_bundles: BTreeMap<String, Vec<u8>>,
 }
 
+/// One newly issued part.
+pub(crate) enum Issued {
+    Wit(WitCredentials),
+    X509(X509Credentials),
+}
+
 /// Obtains and renews the credentials of every identity of the configuration.
 #[derive(Debug)]
 pub(crate) struct Issuance {
     config: AgentConfig,
     client: reqwest::Client,
     pub(crate) snapshot: watch::Sender<Arc<Snapshot>>,
-    health: Health,
-    /// Per identity: wakes its renewal task now (a forced rotation).
-    rotate: HashMap<WorkloadId, Arc<Notify>>,
+    /// Counts forced rotations: every renewal task wakes when it changes.
+    rotation: watch::Sender<u64>,
+}
+
+/// The part of an identity's credentials one renewal task keeps current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Wit,
+    X509,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Wit => "WIT",
+            Part::X509 => "X.509-SVID",
+        }
+    }
 }
 
 fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
@@ -87,7 +114,7 @@ fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemClock.now()
 }
 
 impl Issuance {
@@ -100,9 +127,8 @@ impl Issuance {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| unavailable(format!("HTTP client: {e}")))?;
-        let rotate = config.identities().into_iter().map(|id| (id, Arc::new(Notify::new()))).collect();
         metrics::gauge!("wimse_agent_issuer_reachable").set(0.0);
-        Ok(Self { config, client, snapshot: watch::Sender::new(Arc::default()), health: Health::new(60), rotate })
+        Ok(Self { config, client, snapshot: watch::Sender::new(Arc::default()), rotation: watch::Sender::new(0) })
     }
 
     pub(crate) fn config(&self) -> &AgentConfig {
@@ -111,7 +137,7 @@ impl Issuance {
 
     /// Renews every identity's credentials now (new keys).
     pub(crate) fn rotate_all(&self) {
-        self.rotate.values().for_each(|n| n.notify_one());
+        self.rotation.send_modify(|n| *n += 1);
     }
 
     async fn token(&self) -> Result<String, Error> {
@@ -151,25 +177,18 @@ impl Issuance {
         Ok(value)
     }
 
-    /// A new key and WIT (and WIC) for `entry`'s identity.
-    async fn obtain(&self, entry: &RegistrationEntry) -> Result<IdentityCredentials, Error> {
-        let id = entry.spiffe_id.as_str();
+    /// A new key and WIT for `entry`'s identity.
+    async fn obtain_wit(&self, entry: &RegistrationEntry) -> Result<WitCredentials, Error> {
         // ES256: the WIT-SVID profile does not allow EdDSA.
         let key = SigningKey::generate(Algorithm::ES256)?;
-        let issued = self.post("/v1/wit", json!({"sub": id, "jwk": key.public_jwk()})).await?;
+        let issued = self.post("/v1/wit", json!({"sub": entry.spiffe_id.as_str(), "jwk": key.public_jwk()})).await?;
         let wit = issued["wit"].as_str().ok_or_else(|| unavailable("no wit in the answer"))?;
         let credentials = wimse_core::cred::Credentials::new(wit, key.clone())?;
         if credentials.subject() != &entry.spiffe_id {
             return Err(unavailable(format!("the identity server issued a WIT for {}", credentials.subject())));
         }
         let wit_key = serde_json::to_string(&key.to_private_jwk()).map_err(|e| unavailable(e.to_string()))?;
-        let x509 = if self.config.x509 { Some(self.obtain_x509(entry).await?) } else { None };
-        Ok(IdentityCredentials {
-            wit: Arc::from(wit),
-            wit_key: Arc::from(wit_key),
-            wit_expires_at: credentials.expires_at(),
-            x509,
-        })
+        Ok(WitCredentials { wit: Arc::from(wit), key: Arc::from(wit_key), expires_at: credentials.expires_at() })
     }
 
     async fn obtain_x509(&self, entry: &RegistrationEntry) -> Result<X509Credentials, Error> {
@@ -192,11 +211,8 @@ impl Issuance {
             return Err(unavailable(format!("WIT bundle: {}", jwks.status())));
         }
         let jwks = read_capped(jwks, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
-        // Checked before it is served: every key a public JWK with a kid.
-        let anchors = wimse_core::trust::TrustAnchors::from_jwks_json(&jwks)?;
-        if anchors.keys().iter().any(|k| k.kid().is_none()) {
-            return Err(unavailable("WIT bundle: a key without kid"));
-        }
+        // Checked before it is served, as its clients will read it.
+        wimse_workload_api::wit_bundle_anchors(&jwks).map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
         let mut x509 = None;
         if self.config.x509 {
             let pem = get("/v1/bundle/x509").await.map_err(|e| unavailable(format!("identity server: {e}")))?;
@@ -224,33 +240,48 @@ impl Issuance {
         Ok(())
     }
 
-    fn publish(&self, id: &WorkloadId, credentials: Option<IdentityCredentials>) {
+    /// Replaces (or, with `None`, withdraws) one part of `id`'s credentials.
+    fn publish(&self, id: &WorkloadId, part: Part, issued: Option<Issued>) {
+        if let Some(Issued::Wit(wit)) = &issued {
+            metrics::gauge!("wimse_agent_credentials_expire_at_seconds", "spiffe_id" => id.to_string())
+                .set(wit.expires_at as f64);
+        }
         self.snapshot.send_modify(|current| {
             let mut next = Snapshot::clone(current);
-            match credentials {
-                Some(credentials) => {
-                    metrics::gauge!("wimse_agent_credentials_expire_at_seconds", "spiffe_id" => id.to_string())
-                        .set(credentials.wit_expires_at as f64);
-                    next.identities.insert(id.clone(), credentials);
-                }
-                None => {
-                    next.identities.remove(id);
-                }
+            let credentials = next.identities.entry(id.clone()).or_default();
+            match (part, issued) {
+                (_, Some(Issued::Wit(wit))) => credentials.wit = Some(wit),
+                (_, Some(Issued::X509(x509))) => credentials.x509 = Some(x509),
+                (Part::Wit, None) => credentials.wit = None,
+                (Part::X509, None) => credentials.x509 = None,
+            }
+            if credentials.wit.is_none() && credentials.x509.is_none() {
+                next.identities.remove(id);
             }
             *current = Arc::new(next);
         });
     }
 
-    fn succeeded(&self) {
-        metrics::gauge!("wimse_agent_issuer_reachable").set(1.0);
-        if self.health.succeeded() {
-            tracing::info!(issuer = %self.config.issuer.url, "wimse agent: the identity server answers again");
+    /// `part` of `id` as served now, with its expiry.
+    fn served_expiry(&self, id: &WorkloadId, part: Part) -> Option<u64> {
+        let snapshot = self.snapshot.borrow();
+        let credentials = snapshot.identities.get(id)?;
+        match part {
+            Part::Wit => credentials.wit.as_ref().map(|w| w.expires_at),
+            Part::X509 => credentials.x509.as_ref().map(|x| x.expires_at),
         }
     }
 
-    fn failed(&self, what: &str, error: &Error) {
+    fn succeeded(&self, health: &Health, what: &str) {
+        metrics::gauge!("wimse_agent_issuer_reachable").set(1.0);
+        if health.succeeded() {
+            tracing::info!(issuer = %self.config.issuer.url, what, "wimse agent: the identity server answers again");
+        }
+    }
+
+    fn failed(&self, health: &Health, what: &str, error: &Error) {
         let cached = self.snapshot.borrow().identities.len();
-        match self.health.failed(now()) {
+        match health.failed(now()) {
             Report::StartedFailing => tracing::warn!(
                 issuer = %self.config.issuer.url, what, reason = error.reason(), detail = error.detail(),
                 cached_identities = cached,
@@ -267,66 +298,70 @@ impl Issuance {
         metrics::gauge!("wimse_agent_issuer_reachable").set(0.0);
     }
 
-    /// Keeps one identity's credentials current until the task is aborted.
-    pub(crate) async fn maintain(self: Arc<Self>, entry: RegistrationEntry) {
-        let retry_interval = Duration::from_millis(self.config.issuer.retry_interval_ms.max(100));
-        let rotate = self.rotate.get(&entry.spiffe_id).cloned().unwrap_or_default();
-        let mut failures = 0u32;
-        loop {
-            match self.obtain(&entry).await {
-                Ok(credentials) => {
-                    self.succeeded();
-                    failures = 0;
-                    let issued_at = now();
-                    let expires_at = credentials
-                        .x509
-                        .as_ref()
-                        .map_or(credentials.wit_expires_at, |x509| x509.expires_at.min(credentials.wit_expires_at));
-                    tracing::info!(spiffe_id = %entry.spiffe_id, expires_at, "wimse agent: obtained credentials");
-                    self.publish(&entry.spiffe_id, Some(credentials));
-                    let renew_at = renewal_time(issued_at, expires_at, jitter());
-                    let wait = Duration::from_secs_f64((renew_at - issued_at as f64).max(1.0));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = rotate.notified() => {}
-                    }
-                }
-                Err(error) => {
-                    self.failed(&format!("credentials for {}", entry.spiffe_id), &error);
-                    failures = failures.saturating_add(1);
-                    self.expire(&entry.spiffe_id);
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_delay(failures, retry_interval, jitter())) => {}
-                        _ = rotate.notified() => {}
-                    }
-                }
-            }
+    async fn obtain(&self, entry: &RegistrationEntry, part: Part) -> Result<(Issued, u64), Error> {
+        let issued = match part {
+            Part::Wit => self.obtain_wit(entry).await.map(|wit| (wit.expires_at, Issued::Wit(wit)))?,
+            Part::X509 => self.obtain_x509(entry).await.map(|x509| (x509.expires_at, Issued::X509(x509)))?,
+        };
+        // Something already expired (a skewed clock) would be renewed in a tight loop.
+        if issued.0 <= now() {
+            return Err(unavailable(format!("the identity server issued an expired {}", part.name())));
         }
+        Ok((issued.1, issued.0))
     }
 
-    /// Stops serving `id`'s credentials once they have expired.
-    fn expire(&self, id: &WorkloadId) {
-        let expired = self.snapshot.borrow().identities.get(id).is_some_and(|c| c.wit_expires_at <= now());
-        if expired {
-            tracing::error!(spiffe_id = %id, "wimse agent: credentials expired while the identity server was unreachable; no longer served");
-            self.publish(id, None);
+    /// Keeps one part of one identity's credentials current until the task is aborted: renews
+    /// between half and two thirds of the lifetime, retries failures with backoff, stops
+    /// serving what expired, and renews at once on a forced rotation.
+    pub(crate) async fn maintain(self: Arc<Self>, entry: RegistrationEntry, part: Part) {
+        let retry_interval = Duration::from_millis(self.config.issuer.retry_interval_ms.max(100));
+        let mut rotation = self.rotation.subscribe();
+        let what = format!("{} of {}", part.name(), entry.spiffe_id);
+        let health = Health::new(60);
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.obtain(&entry, part).await {
+                Ok((issued, expires_at)) => {
+                    self.succeeded(&health, &what);
+                    failures = 0;
+                    let issued_at = now();
+                    tracing::info!(spiffe_id = %entry.spiffe_id, part = part.name(), expires_at, "wimse agent: obtained credentials");
+                    self.publish(&entry.spiffe_id, part, Some(issued));
+                    let renew_at = renewal_time(issued_at, expires_at, jitter());
+                    Duration::from_secs_f64((renew_at - issued_at as f64).max(1.0))
+                }
+                Err(error) => {
+                    self.failed(&health, &what, &error);
+                    failures = failures.saturating_add(1);
+                    if self.served_expiry(&entry.spiffe_id, part).is_some_and(|expires_at| expires_at <= now()) {
+                        tracing::error!(spiffe_id = %entry.spiffe_id, part = part.name(), "wimse agent: credentials expired while the identity server was unreachable; no longer served");
+                        self.publish(&entry.spiffe_id, part, None);
+                    }
+                    retry_delay(failures, retry_interval, jitter())
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = rotation.changed() => {}
+            }
         }
     }
 
     /// Keeps the bundles current until the task is aborted.
     pub(crate) async fn maintain_bundles(self: Arc<Self>) {
         let refresh = Duration::from_secs(self.config.issuer.bundle_refresh_secs.max(1));
+        let health = Health::new(60);
         let retry_interval = Duration::from_millis(self.config.issuer.retry_interval_ms.max(100));
         let mut failures = 0u32;
         loop {
             let wait = match self.fetch_bundles().await {
                 Ok(()) => {
-                    self.succeeded();
+                    self.succeeded(&health, "bundles");
                     failures = 0;
                     refresh
                 }
                 Err(error) => {
-                    self.failed("bundles", &error);
+                    self.failed(&health, "bundles", &error);
                     failures = failures.saturating_add(1);
                     retry_delay(failures, retry_interval.min(refresh), jitter())
                 }

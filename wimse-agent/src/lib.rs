@@ -30,6 +30,7 @@ mod config;
 mod issuance;
 mod listener;
 mod service;
+mod slots;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,10 +40,10 @@ use tokio::sync::watch;
 use wimse_workload_api::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use config::{AgentConfig, IssuerConnection, Limits, RegistrationEntry, Selectors};
-pub use issuance::{IdentityCredentials, Snapshot, X509Credentials};
+pub use issuance::{IdentityCredentials, Snapshot, WitCredentials, X509Credentials};
 
 use crate::attest::Attestor;
-use crate::issuance::Issuance;
+use crate::issuance::{Issuance, Part};
 
 /// A running agent: its credentials are maintained from [`start`](Self::start) on; serve them
 /// with [`serve`](Self::serve). Dropping it stops the maintenance.
@@ -79,7 +80,10 @@ impl Agent {
             // One task per identity, even when several entries name it.
             if !started.contains(&entry.spiffe_id) {
                 started.push(entry.spiffe_id.clone());
-                tasks.push(tokio::spawn(issuance.clone().maintain(entry.clone())));
+                tasks.push(tokio::spawn(issuance.clone().maintain(entry.clone(), Part::Wit)));
+                if issuance.config().x509 {
+                    tasks.push(tokio::spawn(issuance.clone().maintain(entry.clone(), Part::X509)));
+                }
             }
         }
         Ok(Self { issuance, attestor: Arc::new(attestor), tasks })
@@ -102,7 +106,7 @@ impl Agent {
         let x509 = self.issuance.config().x509;
         let mut updates = self.subscribe();
         let complete = |s: &Snapshot| {
-            wanted.iter().all(|id| s.identities.contains_key(id))
+            wanted.iter().all(|id| s.identities.get(id).is_some_and(|c| c.wit.is_some() && (!x509 || c.x509.is_some())))
                 && !s.wit_bundles.is_empty()
                 && (!x509 || !s.x509_bundles.is_empty())
         };
@@ -110,7 +114,8 @@ impl Agent {
     }
 
     /// Obtains new keys and credentials for every identity now (the workloads' streams carry
-    /// them at once), as on a schedule.
+    /// them at once), as on a schedule. Renewal tasks in the middle of an issuance renew again
+    /// when it ends.
     pub fn rotate(&self) {
         self.issuance.rotate_all();
     }

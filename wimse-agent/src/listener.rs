@@ -2,10 +2,9 @@
 //! per-uid or total limit are closed at once, so one workload cannot exhaust the agent's file
 //! descriptors for the others.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -13,6 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::attest::PeerCredentials;
 use crate::config::Limits;
+use crate::slots::{Place, Places};
 
 /// Binds `path`, replacing a stale socket file (and nothing else), readable and writable by
 /// every local user: who gets what is decided by attestation, not by file permissions.
@@ -34,55 +34,12 @@ pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Open connections, in total and per uid.
-#[derive(Debug, Default)]
-pub(crate) struct Counts {
-    total: usize,
-    per_uid: HashMap<u32, usize>,
-}
-
-/// Holds one connection's place in [`Counts`] until it closes.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    counts: Arc<Mutex<Counts>>,
-    uid: u32,
-}
-
-impl Slot {
-    fn take(counts: &Arc<Mutex<Counts>>, uid: u32, limits: &Limits) -> Option<Self> {
-        let mut guard = counts.lock().ok()?;
-        let mine = guard.per_uid.get(&uid).copied().unwrap_or(0);
-        if guard.total >= limits.max_connections || mine >= limits.max_connections_per_uid {
-            return None;
-        }
-        guard.total += 1;
-        guard.per_uid.insert(uid, mine + 1);
-        metrics::gauge!("wimse_agent_connections").set(guard.total as f64);
-        Some(Self { counts: counts.clone(), uid })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut guard) = self.counts.lock() {
-            guard.total = guard.total.saturating_sub(1);
-            if let Some(n) = guard.per_uid.get_mut(&self.uid) {
-                *n -= 1;
-                if *n == 0 {
-                    guard.per_uid.remove(&self.uid);
-                }
-            }
-            metrics::gauge!("wimse_agent_connections").set(guard.total as f64);
-        }
-    }
-}
-
 /// An accepted connection and who is on the other end.
 #[derive(Debug)]
 pub(crate) struct Connection {
     stream: UnixStream,
     peer: PeerCredentials,
-    _slot: Slot,
+    _place: Place,
 }
 
 impl tonic::transport::server::Connected for Connection {
@@ -115,34 +72,49 @@ pub(crate) fn incoming(
     listener: UnixListener,
     limits: Limits,
 ) -> impl futures_util::Stream<Item = std::io::Result<Connection>> {
-    let counts = Arc::new(Mutex::new(Counts::default()));
-    futures_util::stream::unfold((listener, counts), move |(listener, counts)| async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors, say: wait a little instead of spinning.
-                    tracing::warn!(%error, "wimse agent: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let places = Places::new(limits.max_connections, limits.max_connections_per_uid, "wimse_agent_connections");
+    let accept_errors = Arc::new(wimse_core::health::Health::new(60));
+    futures_util::stream::unfold(
+        (listener, places, accept_errors),
+        move |(listener, places, accept_errors)| async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors, say: wait a little instead of spinning, and log it
+                        // once, then once a minute.
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        if accept_errors.failed(now) != wimse_core::health::Report::Quiet {
+                            tracing::warn!(%error, "wimse agent: accept failed");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let accepted = std::time::Instant::now();
+                let Ok(cred) = stream.peer_cred() else {
+                    tracing::warn!("wimse agent: a connection without peer credentials; closed");
                     continue;
-                }
-            };
-            let accepted = std::time::Instant::now();
-            let Ok(cred) = stream.peer_cred() else {
-                tracing::warn!("wimse agent: a connection without peer credentials; closed");
-                continue;
-            };
-            let peer = PeerCredentials { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), accepted };
-            match Slot::take(&counts, peer.uid, &limits) {
-                Some(slot) => {
-                    let connection = Connection { stream, peer, _slot: slot };
-                    return Some((Ok(connection), (listener, counts)));
-                }
-                None => {
-                    metrics::counter!("wimse_agent_refused_total", "reason" => "connection_limit").increment(1);
-                    tracing::debug!(uid = peer.uid, pid = peer.pid, "wimse agent: connection limit reached; closed");
+                };
+                let peer = PeerCredentials { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), accepted };
+                match places.take(peer.uid) {
+                    Ok(place) => {
+                        accept_errors.succeeded();
+                        let connection = Connection { stream, peer, _place: place };
+                        return Some((Ok(connection), (listener, places, accept_errors)));
+                    }
+                    Err(_) => {
+                        metrics::counter!("wimse_agent_refused_total", "reason" => "connection_limit").increment(1);
+                        tracing::debug!(
+                            uid = peer.uid,
+                            pid = peer.pid,
+                            "wimse agent: connection limit reached; closed"
+                        );
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }

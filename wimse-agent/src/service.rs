@@ -2,9 +2,8 @@
 //! attested and matched to registration entries, then answered from the credential snapshot
 //! and followed as the snapshot changes.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::Stream;
 use tokio::sync::watch;
@@ -20,6 +19,7 @@ use wimse_workload_api::proto::{
 use crate::attest::{Attestor, Caller, PeerCredentials};
 use crate::config::{Limits, RegistrationEntry};
 use crate::issuance::Snapshot;
+use crate::slots::{Full, Place, Places};
 
 type Messages<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
 
@@ -28,9 +28,8 @@ pub(crate) struct WorkloadApi {
     pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
     pub(crate) entries: Arc<Vec<RegistrationEntry>>,
     pub(crate) attestor: Arc<Attestor>,
-    pub(crate) limits: Limits,
     pub(crate) trust_domain: String,
-    streams: Arc<Mutex<HashMap<u32, usize>>>,
+    streams: Arc<Places>,
     /// Refusals are logged at most this often per uid (and always counted).
     refusal_logs: RateLimiter<u32>,
 }
@@ -47,43 +46,23 @@ impl WorkloadApi {
             snapshot,
             entries: Arc::new(entries),
             attestor,
-            limits,
             trust_domain,
-            streams: Arc::default(),
+            streams: Places::new(limits.max_streams, limits.max_streams_per_uid, "wimse_agent_streams"),
             refusal_logs: RateLimiter::new(Rate { burst: 10, per_minute: 10 }),
         }
     }
 }
 
-/// One open stream of a uid, released when the stream is dropped (the client went away).
-struct StreamSlot {
-    streams: Arc<Mutex<HashMap<u32, usize>>>,
-    uid: u32,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Ok(mut streams) = self.streams.lock()
-            && let Some(n) = streams.get_mut(&self.uid)
-        {
-            *n -= 1;
-            if *n == 0 {
-                streams.remove(&self.uid);
-            }
-        }
-        metrics::gauge!("wimse_agent_streams").decrement(1.0);
-    }
-}
-
 /// An authorized call: who, which identities, and its stream slot.
 struct Authorized {
+    peer: PeerCredentials,
     caller: Caller,
     identities: Vec<(WorkloadId, String)>,
-    slot: StreamSlot,
+    slot: Place,
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    wimse_core::time::Clock::now(&wimse_core::time::SystemClock)
 }
 
 impl WorkloadApi {
@@ -128,24 +107,35 @@ impl WorkloadApi {
         };
         // The slot first, keyed by the kernel-reported uid: a caller flooding calls holds at most
         // its stream limit of attestations (blocking-pool work) at once.
-        let slot = {
-            let mut streams = self.streams.lock().map_err(|_| Status::internal("stream table poisoned"))?;
-            let open = streams.entry(peer.uid).or_insert(0);
-            if *open >= self.limits.max_streams_per_uid {
-                drop(streams);
-                let status = Status::resource_exhausted(format!(
-                    "this uid holds {} open Workload API streams, the most allowed",
-                    self.limits.max_streams_per_uid
-                ));
-                return Err(self.refuse(rpc, "stream_limit", Some(&peer), status));
+        let slot = match self.streams.take(peer.uid) {
+            Ok(slot) => slot,
+            Err(full) => {
+                let detail = match full {
+                    Full::Uid => format!(
+                        "this uid holds {} open Workload API streams, the most allowed",
+                        self.streams.max_per_uid()
+                    ),
+                    Full::Total => "the agent holds as many Workload API streams as it allows; retry".to_owned(),
+                };
+                return Err(self.refuse(rpc, "stream_limit", Some(&peer), Status::resource_exhausted(detail)));
             }
-            *open += 1;
-            metrics::gauge!("wimse_agent_streams").increment(1.0);
-            StreamSlot { streams: self.streams.clone(), uid: peer.uid }
         };
         let attestor = self.attestor.clone();
-        let caller = match tokio::task::spawn_blocking(move || attestor.attest(&peer)).await {
-            Ok(Ok(caller)) => caller,
+        let entries = self.entries.clone();
+        // Attestation and `exe` matching read /proc and stat files: off the runtime's threads.
+        let attested = tokio::task::spawn_blocking(move || {
+            attestor.attest(&peer).map(|caller| {
+                let mut identities: Vec<(WorkloadId, String)> = Vec::new();
+                for entry in entries.iter().filter(|entry| matches(entry, &caller)) {
+                    if !identities.iter().any(|(id, _)| id == &entry.spiffe_id) {
+                        identities.push((entry.spiffe_id.clone(), entry.hint.clone()));
+                    }
+                }
+                (caller, identities)
+            })
+        });
+        let (caller, identities) = match attested.await {
+            Ok(Ok(attested)) => attested,
             Ok(Err(error)) => {
                 return Err(self.refuse(
                     rpc,
@@ -156,12 +146,6 @@ impl WorkloadApi {
             }
             Err(_) => return Err(Status::internal("attestation task failed")),
         };
-        let mut identities: Vec<(WorkloadId, String)> = Vec::new();
-        for entry in self.entries.iter().filter(|entry| matches(entry, &caller)) {
-            if !identities.iter().any(|(id, _)| id == &entry.spiffe_id) {
-                identities.push((entry.spiffe_id.clone(), entry.hint.clone()));
-            }
-        }
         if identities.is_empty() {
             let detail = format!(
                 "no registration entry matches this caller (uid {}, gid {}, exe {})",
@@ -173,14 +157,14 @@ impl WorkloadApi {
         }
         metrics::counter!("wimse_agent_calls_total", "rpc" => rpc).increment(1);
         tracing::debug!(rpc, uid = caller.uid, pid = caller.pid, identities = identities.len(), "wimse agent: call");
-        Ok(Authorized { caller, identities, slot })
+        Ok(Authorized { peer, caller, identities, slot })
     }
 
     /// The stream of messages `build` makes from each snapshot, sent when they change. `build`
     /// failing ends the stream with its status (credentials not issued yet, or expired).
     fn follow<M>(
         &self,
-        slot: StreamSlot,
+        slot: Place,
         build: impl Fn(&Snapshot) -> Result<M, Status> + Send + Sync + 'static,
     ) -> Result<Messages<M>, Status>
     where
@@ -228,15 +212,16 @@ struct Follow<M> {
     pending: Option<M>,
     /// The last message sent: an unchanged message is not sent again.
     last: Option<M>,
-    _slot: StreamSlot,
+    _slot: Place,
     done: bool,
 }
 
+/// Whether `caller` has every property `entry` selects. Stats the `exe` file: blocking.
 fn matches(entry: &RegistrationEntry, caller: &Caller) -> bool {
     let selectors = &entry.selectors;
     selectors.uid.is_none_or(|uid| uid == caller.uid)
         && selectors.gid.is_none_or(|gid| gid == caller.gid)
-        && selectors.exe.as_ref().is_none_or(|exe| caller.exe.as_ref() == Some(exe))
+        && selectors.exe.as_ref().is_none_or(|exe| caller.runs(exe))
 }
 
 fn not_ready() -> Status {
@@ -251,11 +236,11 @@ fn wit_svids(snapshot: &Snapshot, identities: &[(WorkloadId, String)]) -> Result
     let svids: Vec<Witsvid> = identities
         .iter()
         .filter_map(|(id, hint)| {
-            let credentials = snapshot.identities.get(id).filter(|c| c.wit_expires_at > now)?;
+            let credentials = snapshot.identities.get(id)?.wit.as_ref().filter(|c| c.expires_at > now)?;
             Some(Witsvid {
                 spiffe_id: id.to_string(),
                 wit_svid: credentials.wit.to_string(),
-                wit_svid_key: credentials.wit_key.to_string(),
+                wit_svid_key: credentials.key.to_string(),
                 hint: hint.clone(),
             })
         })
@@ -349,7 +334,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             identities.retain(|(id, _)| id == &wanted);
             if identities.is_empty() {
                 let status = Status::permission_denied(format!("this caller is not entitled to {wanted}"));
-                return Err(self.refuse("FetchWITSVID", "identity_not_entitled", None, status));
+                return Err(self.refuse("FetchWITSVID", "identity_not_entitled", Some(&call.peer), status));
             }
         }
         tracing::debug!(uid = call.caller.uid, "wimse agent: WIT-SVID stream");

@@ -172,11 +172,42 @@ async fn unregistered_caller_is_denied() {
     let someone_else = my_ids().0.wrapping_add(4242);
     let entries = json!([{"spiffe_id": format!("{DOMAIN}/ns/payments"), "selectors": {"uid": someone_else}}]);
     let agent = start_agent(&issuer, entries, json!({})).await;
-    let error = WitSvidSource::builder(agent.endpoint.clone()).start().await.unwrap_err();
+    let error =
+        WitSvidSource::builder(agent.endpoint.clone()).timeout(Duration::from_secs(1)).start().await.unwrap_err();
     assert!(
         matches!(error, WorkloadApiError::PermissionDenied(ref m) if m.contains("no registration entry")),
         "{error}"
     );
     let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint.to_string()).await.unwrap();
     assert!(client.fetch_x509_context().await.is_err());
+}
+
+/// Connections over a uid's limit are closed at once; a closed connection frees its place.
+#[tokio::test]
+async fn connections_over_the_per_uid_limit_are_closed() {
+    let issuer = Issuer::start(600).await;
+    let entries = json!([entry_for_me("/ns/payments", "")]);
+    let agent = start_agent(&issuer, entries, json!({"limits": {"max_connections_per_uid": 2}})).await;
+    let connect = || async {
+        let client = WorkloadApiClient::new(agent.endpoint.clone());
+        let stream = client.stream_wit_svids(None).await;
+        (client, stream)
+    };
+    let (first, first_stream) = connect().await;
+    let (_second, second_stream) = connect().await;
+    assert!(first_stream.is_ok() && second_stream.is_ok());
+    let (_third, third_stream) = connect().await;
+    let error = third_stream.unwrap_err();
+    // The connection is closed before HTTP/2 starts: tonic reports a transport error.
+    assert!(matches!(error, WorkloadApiError::Status { .. }) && error.is_retryable(), "{error}");
+    drop((first, first_stream));
+    let mut reconnected = false;
+    for _ in 0..100 {
+        if connect().await.1.is_ok() {
+            reconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reconnected, "a closed connection frees its place");
 }

@@ -170,3 +170,28 @@ async fn endpoint_without_the_wit_profile_is_reported_without_retries() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one call per profile RPC, no retries");
 }
+
+/// The identity server refuses an identity's WIC (a DNS name the agent may not ask for): its
+/// WIT is still served, and the refusal is logged.
+#[tokio::test]
+async fn a_refused_wic_does_not_hold_back_the_wit() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let issuer = Issuer::start(600).await;
+    let dir = wimse_testkit::servers::TempDir::new("wimse-agent-wic-refused");
+    let id: wimse_core::id::WorkloadId = format!("{}/ns/named", common::DOMAIN).parse().unwrap();
+    let entries =
+        json!([{"spiffe_id": id, "selectors": {"uid": common::my_ids().0}, "dns_names": ["db.evil.example"]}]);
+    let agent = wimse_agent::Agent::start(common::agent_config(&issuer, dir.path(), entries, json!({}))).unwrap();
+    let mut updates = agent.subscribe();
+    // (`wait_for` returns a read guard of the snapshot: dropped at once, not held.)
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        updates.wait_for(|s| s.identities.get(&id).is_some_and(|c| c.wit.is_some())),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    assert!(served, "the WIT is served");
+    assert!(!agent.ready(Duration::from_millis(300)).await, "no X.509-SVID for it");
+    assert!(agent.snapshot().identities[&id].x509.is_none());
+    assert!(!logs.lines_with(&["identity server failed", "X.509-SVID of", "/ns/named"]).is_empty());
+}

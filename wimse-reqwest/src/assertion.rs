@@ -134,8 +134,9 @@ impl PlatformToken {
     }
 }
 
-/// Whether `url` is https, or http to a loopback host.
-fn secure_or_loopback(url: &str) -> bool {
+/// Whether `url` is https, or http to a loopback host (the URL parsed, so user info such as
+/// `http://localhost:80@elsewhere/` cannot pass for loopback).
+pub fn secure_or_loopback(url: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(url) else { return false };
     match url.scheme() {
         "https" => true,

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 pub use assertion::{
     AccessToken, AssertionGrant, JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, OAuthTokenMiddleware, PlatformToken,
-    TOKEN_EXCHANGE_GRANT, TokenResource,
+    TOKEN_EXCHANGE_GRANT, TokenResource, secure_or_loopback,
 };
 pub use bundle::{BundleSource, MAX_DOCUMENT, STORE_EPOCH_MEMBER, read_capped};
 pub use issuer_source::{

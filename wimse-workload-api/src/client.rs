@@ -142,72 +142,91 @@ impl WorkloadApiClient {
     }
 }
 
+/// Opens a stream and reads its first message.
+pub(crate) async fn open_first<M>(
+    open: impl Future<Output = Result<tonic::Streaming<M>, WorkloadApiError>>,
+    profile: &'static str,
+) -> Result<(M, tonic::Streaming<M>), WorkloadApiError> {
+    let mut stream = open.await?;
+    match stream.message().await {
+        Ok(Some(message)) => Ok((message, stream)),
+        Ok(None) => Err(WorkloadApiError::NoAnswer("the stream ended before its first message".into())),
+        Err(status) => Err(WorkloadApiError::from_status(&status, profile)),
+    }
+}
+
 async fn first<M>(
     open: impl Future<Output = Result<tonic::Streaming<M>, WorkloadApiError>>,
     timeout: Duration,
     profile: &'static str,
 ) -> Result<M, WorkloadApiError> {
-    let fetch = async {
-        let mut stream = open.await?;
-        match stream.message().await {
-            Ok(Some(message)) => Ok(message),
-            Ok(None) => Err(WorkloadApiError::NoAnswer("the stream ended before its first message".into())),
-            Err(status) => Err(WorkloadApiError::from_status(&status, profile)),
-        }
-    };
-    tokio::time::timeout(timeout, fetch)
-        .await
-        .unwrap_or_else(|_| Err(WorkloadApiError::NoAnswer(format!("nothing within {timeout:?}"))))
+    match tokio::time::timeout(timeout, open_first(open, profile)).await {
+        Ok(outcome) => outcome.map(|(message, _)| message),
+        Err(_) => Err(WorkloadApiError::NoAnswer(format!("nothing within {timeout:?}"))),
+    }
 }
 
-/// Checks every WIT-SVID of a message against the profile: the WIT parses, names the SPIFFE ID
-/// it is delivered for, has a `kid` and no `aud`, and its `cnf` is the delivered key.
+/// The signature algorithms the WIT-SVID profile allows (header `alg` and `cnf.jwk.alg`).
+const WIT_SVID_ALGORITHMS: [&str; 9] =
+    ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"];
+
+/// Clock leeway for a WIT-SVID's `nbf`, in seconds.
+const NBF_LEEWAY: u64 = 60;
+
+/// Checks every WIT-SVID of a message against the profile (see [`parse_wit_svid`]).
 pub(crate) fn parse_wit_svids(message: crate::proto::WitsvidResponse) -> Result<Vec<WitSvid>, WorkloadApiError> {
     if message.svids.is_empty() {
         return Err(invalid("a WIT-SVID response without SVIDs"));
     }
-    message
-        .svids
-        .into_iter()
-        .map(|svid| {
-            let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
-            let token = jws::parse(svid.wit_svid.trim(), wimse_core::wit::DEFAULT_MAX_TOKEN_LEN)
-                .map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
-            let kid = token.header.get("kid").and_then(|k| k.as_str());
-            if kid.is_none_or(str::is_empty) {
-                return Err(invalid(format!("WIT-SVID of {spiffe_id} has no kid")));
-            }
-            if token.claims.contains_key("aud") {
-                return Err(invalid(format!("WIT-SVID of {spiffe_id} has an aud claim")));
-            }
-            let jwk = Jwk::from_json(&svid.wit_svid_key).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
-            let key = SigningKey::from_jwk(&jwk).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
-            let credentials =
-                Credentials::new(svid.wit_svid, key).map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
-            if credentials.subject() != &spiffe_id {
-                return Err(invalid(format!("a WIT-SVID for {} delivered as {spiffe_id}", credentials.subject())));
-            }
-            Ok(WitSvid { spiffe_id, hint: svid.hint, credentials: Arc::new(credentials) })
-        })
-        .collect()
+    message.svids.into_iter().map(parse_wit_svid).collect()
 }
 
-/// Reads every trust domain's JWKS; each key must have a `kid`, unique within its set.
+/// Checks one WIT-SVID against the profile: the WIT parses, is typed `wit+jwt`, is signed with
+/// an allowed algorithm, has a `kid` and no `aud`, is not valid only in the future, names the
+/// SPIFFE ID it is delivered for, and its `cnf` is the delivered key (of an allowed algorithm).
+pub(crate) fn parse_wit_svid(svid: crate::proto::Witsvid) -> Result<WitSvid, WorkloadApiError> {
+    let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
+    let refuse = |what: &str| invalid(format!("WIT-SVID of {spiffe_id}: {what}"));
+    let token = jws::parse(svid.wit_svid.trim(), wimse_core::wit::DEFAULT_MAX_TOKEN_LEN)
+        .map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
+    let header = |name: &str| token.header.get(name).and_then(|v| v.as_str());
+    if header("typ").is_none_or(|typ| !wimse_core::draft::typ_is(typ, wimse_core::draft::WIT_TYP)) {
+        return Err(refuse("typ is not wit+jwt"));
+    }
+    if header("alg").is_none_or(|alg| !WIT_SVID_ALGORITHMS.contains(&alg)) {
+        return Err(refuse("alg is not one the WIT-SVID profile allows"));
+    }
+    if header("kid").is_none_or(str::is_empty) {
+        return Err(refuse("has no kid"));
+    }
+    if token.claims.contains_key("aud") {
+        return Err(refuse("has an aud claim"));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if token.claims.get("nbf").and_then(|v| v.as_u64()).is_some_and(|nbf| nbf > now + NBF_LEEWAY) {
+        return Err(refuse("not valid yet (nbf)"));
+    }
+    let jwk = Jwk::from_json(&svid.wit_svid_key).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
+    let key = SigningKey::from_jwk(&jwk).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
+    if !WIT_SVID_ALGORITHMS.contains(&key.algorithm().as_str()) {
+        return Err(refuse("the key's algorithm is not one the WIT-SVID profile allows"));
+    }
+    let credentials =
+        Credentials::new(svid.wit_svid, key).map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
+    if credentials.subject() != &spiffe_id {
+        return Err(invalid(format!("a WIT-SVID for {} delivered as {spiffe_id}", credentials.subject())));
+    }
+    Ok(WitSvid { spiffe_id, hint: svid.hint, credentials: Arc::new(credentials) })
+}
+
+/// Reads every trust domain's JWKS (see [`wit_bundle_anchors`](crate::wit_bundle_anchors)).
 pub(crate) fn parse_wit_bundles(
     message: crate::proto::WitBundlesResponse,
 ) -> Result<Vec<(TrustDomain, TrustAnchors)>, WorkloadApiError> {
     let mut bundles: Vec<(TrustDomain, TrustAnchors)> = Vec::with_capacity(message.bundles.len());
     for (domain, jwks) in message.bundles {
         let domain = TrustDomain::parse(&domain).map_err(|e| invalid(format!("bundle key {domain:?}: {e}")))?;
-        let anchors = TrustAnchors::from_jwks_json(&jwks).map_err(|e| invalid(format!("bundle of {domain}: {e}")))?;
-        let mut kids: Vec<&str> = Vec::with_capacity(anchors.keys().len());
-        for key in anchors.keys() {
-            match key.kid() {
-                Some(kid) if !kid.is_empty() && !kids.contains(&kid) => kids.push(kid),
-                Some(_) => return Err(invalid(format!("bundle of {domain}: a kid is empty or repeated"))),
-                None => return Err(invalid(format!("bundle of {domain}: a key has no kid"))),
-            }
-        }
+        let anchors = crate::wit_bundle_anchors(&jwks).map_err(|e| invalid(format!("bundle of {domain}: {e}")))?;
         bundles.push((domain, anchors));
     }
     Ok(bundles)
@@ -218,28 +237,48 @@ pub(crate) fn parse_x509_svids(message: crate::proto::X509svidResponse) -> Resul
     if message.svids.is_empty() {
         return Err(invalid("an X.509-SVID response without SVIDs"));
     }
-    let mut bundles: Vec<(TrustDomain, Vec<CertificateDer<'static>>)> = Vec::new();
-    let mut svids = Vec::with_capacity(message.svids.len());
-    for svid in message.svids {
-        let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
-        let chain = crate::der::split_certificates(&svid.x509_svid)
-            .map_err(|e| invalid(format!("certificate chain of {spiffe_id}: {e}")))?;
-        let key = PrivatePkcs8KeyDer::from(svid.x509_svid_key);
-        let certificate =
-            WorkloadCertificate::new(chain, key).map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: {e}")))?;
-        let named = certificate.workload_id().map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: {e}")))?;
-        if named != spiffe_id {
-            return Err(invalid(format!("an X.509-SVID for {named} delivered as {spiffe_id}")));
-        }
-        let bundle =
-            crate::der::split_certificates(&svid.bundle).map_err(|e| invalid(format!("bundle of {spiffe_id}: {e}")))?;
-        let domain = spiffe_id.trust_domain();
-        if !bundles.iter().any(|(d, _)| d == &domain) {
-            bundles.push((domain, bundle.clone()));
-        }
-        svids.push(X509Svid { spiffe_id, hint: svid.hint, certificate, bundle });
+    let svids = message.svids.into_iter().map(parse_x509_svid).collect::<Result<Vec<_>, _>>()?;
+    let bundles = x509_bundles(&svids, message.federated_bundles)?;
+    Ok(X509SvidUpdate { svids, bundles })
+}
+
+/// Reads one X.509-SVID: its chain names the SPIFFE ID it is delivered for and its key is the
+/// leaf's.
+pub(crate) fn parse_x509_svid(svid: crate::proto::X509svid) -> Result<X509Svid, WorkloadApiError> {
+    let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
+    let chain = crate::der::split_certificates(&svid.x509_svid)
+        .map_err(|e| invalid(format!("certificate chain of {spiffe_id}: {e}")))?;
+    let key = PrivatePkcs8KeyDer::from(svid.x509_svid_key);
+    let certificate =
+        WorkloadCertificate::new(chain, key).map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: {e}")))?;
+    let named = certificate.workload_id().map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: {e}")))?;
+    if named != spiffe_id {
+        return Err(invalid(format!("an X.509-SVID for {named} delivered as {spiffe_id}")));
     }
-    for (domain, der) in message.federated_bundles {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let certified =
+        certificate.certified_key(&provider).map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: {e}")))?;
+    certified
+        .keys_match()
+        .map_err(|e| invalid(format!("X.509-SVID of {spiffe_id}: the key is not the certificate's ({e})")))?;
+    let bundle =
+        crate::der::split_certificates(&svid.bundle).map_err(|e| invalid(format!("bundle of {spiffe_id}: {e}")))?;
+    Ok(X509Svid { spiffe_id, hint: svid.hint, certificate, bundle })
+}
+
+/// Every trust domain's CA certificates: the SVIDs' own, then the federated ones.
+pub(crate) fn x509_bundles(
+    svids: &[X509Svid],
+    federated: std::collections::HashMap<String, Vec<u8>>,
+) -> Result<Vec<(TrustDomain, Vec<CertificateDer<'static>>)>, WorkloadApiError> {
+    let mut bundles: Vec<(TrustDomain, Vec<CertificateDer<'static>>)> = Vec::new();
+    for svid in svids {
+        let domain = svid.spiffe_id.trust_domain();
+        if !bundles.iter().any(|(d, _)| d == &domain) {
+            bundles.push((domain, svid.bundle.clone()));
+        }
+    }
+    for (domain, der) in federated {
         let domain =
             TrustDomain::parse(&domain).map_err(|e| invalid(format!("federated bundle key {domain:?}: {e}")))?;
         let cas = crate::der::split_certificates(&der).map_err(|e| invalid(format!("bundle of {domain}: {e}")))?;
@@ -247,7 +286,7 @@ pub(crate) fn parse_x509_svids(message: crate::proto::X509svidResponse) -> Resul
             bundles.push((domain, cas));
         }
     }
-    Ok(X509SvidUpdate { svids, bundles })
+    Ok(bundles)
 }
 
 #[cfg(test)]
@@ -317,6 +356,18 @@ mod tests {
         refused(f.response("not a spiffe id", f.wit(Some("issuer-1"), json!({})), &f.workload), "spiffe_id");
         refused(f.response(ID, "not.a.token".into(), &f.workload), "WIT-SVID of");
         refused(WitsvidResponse { svids: Vec::new() }, "without SVIDs");
+        refused(f.response(ID, f.wit(Some("issuer-1"), json!({"nbf": 4_000_000_000u64})), &f.workload), "nbf");
+        let claims = json!({"sub": ID, "exp": 4_000_000_000u64, "cnf": {"jwk": f.workload.public_jwk()}});
+        let untyped = jws::sign("JWT", Some("issuer-1"), &claims, &f.issuer, Default::default()).unwrap();
+        refused(f.response(ID, untyped, &f.workload), "typ");
+        // EdDSA is not in the profile's list, for the issuer's signature or the workload's key.
+        let ed_issuer = SigningKey::generate(Algorithm::EdDSA).unwrap();
+        let ed_signed = jws::sign("wit+jwt", Some("ed-1"), &claims, &ed_issuer, Default::default()).unwrap();
+        refused(f.response(ID, ed_signed, &f.workload), "alg");
+        let ed_workload = SigningKey::generate(Algorithm::EdDSA).unwrap();
+        let ed_claims = json!({"sub": ID, "exp": 4_000_000_000u64, "cnf": {"jwk": ed_workload.public_jwk()}});
+        let ed_cnf = jws::sign("wit+jwt", Some("issuer-1"), &ed_claims, &f.issuer, Default::default()).unwrap();
+        refused(f.response(ID, ed_cnf, &ed_workload), "key's algorithm");
     }
 
     #[test]

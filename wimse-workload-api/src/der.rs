@@ -29,7 +29,12 @@ fn der_len(bytes: &[u8]) -> Result<usize, &'static str> {
             return Err("unsupported DER length");
         }
         let len_bytes = bytes.get(2..2 + count).ok_or("truncated DER header")?;
-        (2 + count, len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize))
+        let len = len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        // DER uses the shortest form: no leading zero byte, no long form below 128.
+        if len_bytes[0] == 0 || len < 0x80 {
+            return Err("non-minimal DER length");
+        }
+        (2 + count, len)
     };
     let total = header.checked_add(content).ok_or("DER length overflows")?;
     if total > bytes.len() {

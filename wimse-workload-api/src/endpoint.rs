@@ -56,8 +56,13 @@ impl Endpoint {
     #[cfg(feature = "client")]
     pub fn channel(&self) -> tonic::transport::Channel {
         // The URI is only a placeholder: the connector below decides where to connect.
+        // HTTP/2 pings find a dead endpoint (a half-open TCP connection), so a stream that can
+        // no longer deliver rotations or revocations ends and is re-opened.
         let lazy = tonic::transport::Endpoint::from_static("http://workload-api.localhost")
-            .connect_timeout(std::time::Duration::from_secs(5));
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         match self.clone() {
             Endpoint::Unix(path) => lazy.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let path = path.clone();

@@ -37,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bundle;
 pub mod der;
 mod endpoint;
 mod error;
@@ -47,6 +48,7 @@ mod client;
 #[cfg(feature = "client")]
 mod source;
 
+pub use bundle::wit_bundle_anchors;
 pub use endpoint::{ENDPOINT_ENV, Endpoint};
 pub use error::WorkloadApiError;
 

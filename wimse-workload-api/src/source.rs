@@ -14,10 +14,13 @@ use tokio::sync::watch;
 use wimse_core::cred::{CredentialSource, Credentials};
 use wimse_core::health::{Health, Report, jitter, retry_delay};
 use wimse_core::id::{TrustDomain, WorkloadId};
+use wimse_core::time::{Clock, SystemClock};
 use wimse_core::trust::TrustHandle;
 use wimse_core::wic::{CurrentCertificate, WicAnchors};
 
-use crate::client::{WIT_PROFILE, X509_PROFILE, parse_wit_bundles, parse_wit_svids, parse_x509_svids};
+use crate::client::{
+    WIT_PROFILE, X509_PROFILE, open_first, parse_wit_bundles, parse_wit_svid, parse_x509_svid, x509_bundles,
+};
 use crate::{Endpoint, WitSvid, WorkloadApiClient, WorkloadApiError, X509Svid};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,24 +68,37 @@ trait Stream: Send + 'static {
     fn revoke(&mut self);
 }
 
-/// Opens `stream` and applies its first message within `timeout`: the caller learns at once
-/// that the endpoint is missing, refuses this process, or lacks the profile.
+/// Opens `stream` and applies its first message, retrying what can be retried (the endpoint
+/// not listening yet, `Unavailable` while it starts, `PermissionDenied` until an entry appears)
+/// with backoff until `timeout`: a workload starting next to its agent waits for it. The last
+/// error is returned at the deadline; `Unimplemented` and `InvalidArgument` at once.
 async fn start<S: Stream>(
     client: &WorkloadApiClient,
     stream: &mut S,
     timeout: Duration,
+    retry_interval: Duration,
 ) -> Result<tonic::Streaming<S::Message>, WorkloadApiError> {
-    let first = async {
-        let mut messages = stream.open(client).await?;
-        match messages.message().await {
-            Ok(Some(message)) => stream.apply(message).map(|()| messages),
-            Ok(None) => Err(WorkloadApiError::NoAnswer("the stream ended before its first message".into())),
-            Err(status) => Err(WorkloadApiError::from_status(&status, stream.profile())),
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut failures = 0u32;
+    loop {
+        let attempt = async {
+            let (message, messages) = open_first(stream.open(client), stream.profile()).await?;
+            stream.apply(message).map(|()| messages)
+        };
+        let error = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(messages)) => return Ok(messages),
+            Ok(Err(error)) if !error.is_retryable() => return Err(error),
+            Ok(Err(error)) => error,
+            Err(_) => return Err(WorkloadApiError::NoAnswer(format!("nothing within {timeout:?}"))),
+        };
+        failures = failures.saturating_add(1);
+        let wake = tokio::time::Instant::now() + retry_delay(failures, retry_interval, jitter());
+        if wake >= deadline {
+            return Err(error);
         }
-    };
-    tokio::time::timeout(timeout, first)
-        .await
-        .unwrap_or_else(|_| Err(WorkloadApiError::NoAnswer(format!("nothing within {timeout:?}"))))
+        tracing::debug!(endpoint = %client.endpoint(), %error, "wimse: {} not available yet; retrying", S::WHAT);
+        tokio::time::sleep_until(wake).await;
+    }
 }
 
 /// Follows `stream` until it cannot help: reconnects after errors with backoff, logs a failure
@@ -129,7 +145,7 @@ async fn follow<S: Stream>(
             return;
         }
         failures = failures.saturating_add(1);
-        match health.failed(now()) {
+        match health.failed(SystemClock.now()) {
             Report::StartedFailing => {
                 tracing::warn!(endpoint = %client.endpoint(), %error, "wimse: {} stream failed; reconnecting", S::WHAT)
             }
@@ -143,10 +159,6 @@ async fn follow<S: Stream>(
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 // ---- WIT-SVIDs -------------------------------------------------------------------------------
 
 /// Which WIT-SVID of a response a [`WitSvidSource`] uses.
@@ -157,19 +169,18 @@ struct Choice {
 }
 
 impl Choice {
-    fn pick(&self, svids: Vec<WitSvid>) -> Result<WitSvid, WorkloadApiError> {
-        let mut candidates = svids.into_iter().filter(|svid| {
-            self.spiffe_id.as_ref().is_none_or(|id| &svid.spiffe_id == id)
-                && self.hint.as_ref().is_none_or(|hint| &svid.hint == hint)
-        });
-        // On duplicate hints the first wins, as the standard says.
-        candidates.next().ok_or_else(|| {
-            WorkloadApiError::InvalidResponse(format!(
-                "no WIT-SVID{}{} in the response",
-                self.spiffe_id.as_ref().map(|id| format!(" for {id}")).unwrap_or_default(),
-                self.hint.as_ref().map(|h| format!(" with hint {h:?}")).unwrap_or_default()
-            ))
-        })
+    /// Whether the SVID delivered for `spiffe_id` with `hint` is the one to use.
+    fn accepts(&self, spiffe_id: &str, hint: &str) -> bool {
+        self.spiffe_id.as_ref().is_none_or(|id| id.as_str() == spiffe_id)
+            && self.hint.as_ref().is_none_or(|wanted| wanted == hint)
+    }
+
+    fn missing(&self) -> WorkloadApiError {
+        WorkloadApiError::InvalidResponse(format!(
+            "no WIT-SVID{}{} in the response",
+            self.spiffe_id.as_ref().map(|id| format!(" for {id}")).unwrap_or_default(),
+            self.hint.as_ref().map(|h| format!(" with hint {h:?}")).unwrap_or_default()
+        ))
     }
 }
 
@@ -194,7 +205,15 @@ impl Stream for WitSvids {
         WIT_PROFILE
     }
     fn apply(&mut self, message: Self::Message) -> Result<(), WorkloadApiError> {
-        let svid = self.choice.pick(parse_wit_svids(message)?)?;
+        // On duplicate hints the first wins, as the standard says; only the chosen SVID is
+        // parsed, so a broken other identity does not hold this one back.
+        let chosen = message.svids.into_iter().find(|svid| self.choice.accepts(&svid.spiffe_id, &svid.hint));
+        let Some(chosen) = chosen else {
+            // Each message is complete: an SVID it no longer carries must not be used.
+            self.revoke();
+            return Err(self.choice.missing());
+        };
+        let svid = parse_wit_svid(chosen)?;
         let changed = self.current.borrow().as_ref().is_none_or(|old| old.credentials.wit() != svid.credentials.wit());
         if changed {
             tracing::info!(
@@ -261,7 +280,7 @@ impl WitSvidSourceBuilder {
         let client = WorkloadApiClient::new(self.endpoint);
         let current = Arc::new(watch::Sender::new(None));
         let mut stream = WitSvids { choice: self.choice, current: current.clone() };
-        let messages = start(&client, &mut stream, self.timeout).await?;
+        let messages = start(&client, &mut stream, self.timeout, self.retry_interval).await?;
         let task = Arc::new(Task::new());
         task.set(tokio::spawn(follow(client, stream, Some(messages), self.retry_interval)));
         Ok(WitSvidSource { current, task })
@@ -380,9 +399,10 @@ impl WitBundleWatch {
         let updates = Arc::new(watch::Sender::new(0));
         let receiver = updates.subscribe();
         let mut stream = WitBundles { trust, applied: Vec::new(), updates };
-        let messages = start(&client, &mut stream, timeout).await?;
+        let retry_interval = retry_interval.max(Duration::from_millis(100));
+        let messages = start(&client, &mut stream, timeout, retry_interval).await?;
         let task = Task::new();
-        task.set(tokio::spawn(follow(client, stream, Some(messages), retry_interval.max(Duration::from_millis(100)))));
+        task.set(tokio::spawn(follow(client, stream, Some(messages), retry_interval)));
         Ok(Self { updates: receiver, _task: task })
     }
 
@@ -417,29 +437,37 @@ impl Stream for X509Svids {
         X509_PROFILE
     }
     fn apply(&mut self, message: Self::Message) -> Result<(), WorkloadApiError> {
-        let update = parse_x509_svids(message)?;
-        let svid = update
-            .svids
-            .into_iter()
-            .find(|svid| self.hint.as_ref().is_none_or(|hint| &svid.hint == hint))
-            .ok_or_else(|| WorkloadApiError::InvalidResponse(format!("no X.509-SVID with hint {:?}", self.hint)))?;
+        let chosen = message.svids.into_iter().find(|svid| self.hint.as_ref().is_none_or(|hint| &svid.hint == hint));
+        let Some(chosen) = chosen else {
+            self.revoke();
+            return Err(WorkloadApiError::InvalidResponse(format!("no X.509-SVID with hint {:?}", self.hint)));
+        };
+        let svid = parse_x509_svid(chosen)?;
+        let bundles = x509_bundles(std::slice::from_ref(&svid), message.federated_bundles)?;
         let invalid = |e: wimse_core::Error| WorkloadApiError::InvalidResponse(e.to_string());
+        // Everything is checked before anything changes: no half-applied update.
+        let scratch = WicAnchors::with_provider(self.anchors.provider().clone());
+        for (domain, cas) in &bundles {
+            scratch.set(domain.clone(), cas.clone()).map_err(invalid)?;
+        }
+        let certificate = match &self.certificate {
+            Some(current) => {
+                svid.certificate.certified_key(self.anchors.provider()).map_err(invalid)?;
+                current.clone()
+            }
+            None => CurrentCertificate::new(&svid.certificate, self.anchors.provider().clone()).map_err(invalid)?,
+        };
         // The anchors first: a peer with the new CA must not be refused once our new certificate is out.
-        let domains: Vec<TrustDomain> = update.bundles.iter().map(|(d, _)| d.clone()).collect();
-        for (domain, cas) in update.bundles {
+        let domains: Vec<TrustDomain> = bundles.iter().map(|(d, _)| d.clone()).collect();
+        for (domain, cas) in bundles {
             self.anchors.set(domain, cas).map_err(invalid)?;
         }
         for gone in self.applied.iter().filter(|d| !domains.contains(d)) {
             self.anchors.remove(gone);
         }
         self.applied = domains;
-        match &self.certificate {
-            Some(current) => current.set(&svid.certificate).map_err(invalid)?,
-            None => {
-                self.certificate =
-                    Some(CurrentCertificate::new(&svid.certificate, self.anchors.provider().clone()).map_err(invalid)?)
-            }
-        }
+        certificate.set(&svid.certificate).map_err(invalid)?;
+        self.certificate = Some(certificate);
         tracing::info!(sub = %svid.spiffe_id, "wimse: X.509-SVID from the Workload API");
         self.current.send_replace(Some(svid));
         Ok(())
@@ -478,7 +506,7 @@ impl X509SvidWatch {
             applied: Vec::new(),
             current: current.clone(),
         };
-        let messages = start(&client, &mut stream, DEFAULT_TIMEOUT).await?;
+        let messages = start(&client, &mut stream, DEFAULT_TIMEOUT, DEFAULT_RETRY_INTERVAL).await?;
         let certificate = stream.certificate.clone().ok_or_else(|| {
             WorkloadApiError::InvalidResponse("the first X.509-SVID message had no usable SVID".into())
         })?;
