@@ -8,9 +8,17 @@
 use crate::error::Error;
 use crate::id::WorkloadId;
 
-/// The request was let through as `caller`.
-pub fn allowed(mode: &'static str, caller: &WorkloadId) {
-    tracing::info!(target: "wimse::audit", caller = %caller, mode, decision = "allow", "request authenticated");
+/// The request was let through as `caller`, within transaction `txn` (its verified Txn-Token's
+/// id) if any.
+pub fn allowed(mode: &'static str, caller: &WorkloadId, txn: Option<&str>) {
+    match txn {
+        Some(txn) => {
+            tracing::info!(target: "wimse::audit", caller = %caller, mode, txn, decision = "allow", "request authenticated")
+        }
+        None => {
+            tracing::info!(target: "wimse::audit", caller = %caller, mode, decision = "allow", "request authenticated")
+        }
+    }
     // Literal labels make a static metrics key: no allocation per allowed request.
     macro_rules! allowed_in {
         ($mode:literal) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::id::WorkloadId;
 use crate::replay::ReplayClaim;
+use crate::txn::VerifiedTxnToken;
 use crate::wit::VerifiedWit;
 
 /// How the caller proved possession of its key.
@@ -55,6 +56,7 @@ pub struct VerifiedCaller {
     pub(crate) method: ProofMethod,
     pub(crate) credential: Credential,
     pub(crate) txn_token: Option<String>,
+    pub(crate) transaction: Option<Arc<VerifiedTxnToken>>,
     pub(crate) context_tokens: BTreeMap<String, String>,
 }
 
@@ -106,6 +108,7 @@ impl TlsPeer {
             method: ProofMethod::MutualTls { certificate_fingerprint: fingerprint.clone() },
             credential: Credential::Certificate { fingerprint },
             txn_token: None,
+            transaction: None,
             context_tokens: BTreeMap::new(),
         }))
     }
@@ -147,9 +150,16 @@ impl VerifiedCaller {
             Credential::Certificate { .. } => None,
         }
     }
-    /// The `Txn-Token` value, present only when the proof bound it (`tth`).
+    /// The `Txn-Token` value exactly as received, present only when the proof bound it (`tth`,
+    /// or the signature covered it) or the caller's mutual-TLS connection carried it. Forward
+    /// this, unchanged, on the calls made for this request within the trust domain.
     pub fn txn_token(&self) -> Option<&str> {
         self.txn_token.as_deref()
+    }
+    /// The verified transaction (`txn`, `sub`, `scope`, context) of the request's Txn-Token,
+    /// when the verifier validates Txn-Tokens ([`VerifierConfig::with_txn_tokens`](crate::verify::VerifierConfig::with_txn_tokens)).
+    pub fn transaction(&self) -> Option<&VerifiedTxnToken> {
+        self.transaction.as_deref()
     }
     /// Context tokens bound by `oth`, by lower-case field name. Tokens not bound never appear.
     pub fn context_tokens(&self) -> &BTreeMap<String, String> {

@@ -58,6 +58,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{TrustDomain, WorkloadId};
 use crate::policy::{Policy, Rule};
 use crate::trust::{TrustAnchors, TrustStore};
+use crate::txn::TxnTokenValidation;
 use crate::verify::{Verifier, VerifierConfig};
 
 fn invalid(field: impl std::fmt::Display, problem: impl std::fmt::Display) -> Error {
@@ -129,6 +130,30 @@ pub struct VerifierSettings {
     /// Most live replay claims per caller. Default 100000.
     #[serde(default)]
     pub caller_quota: Option<usize>,
+    /// Validate `Txn-Token`s (Transaction Tokens). Default: not validated.
+    #[serde(default)]
+    pub txn_tokens: Option<TxnTokenSettings>,
+}
+
+/// How Txn-Tokens are validated; see [`TxnTokenValidation`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnTokenSettings {
+    /// The trust domain (its TTS keys verify, its name is the only accepted `aud`).
+    pub trust_domain: String,
+    /// The accepted `aud` if not the trust domain's name.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Every request must carry one. Default false (an invalid one is refused either way).
+    #[serde(default)]
+    pub required: bool,
+    /// Longest accepted lifetime, seconds. Default 600.
+    #[serde(default)]
+    pub max_lifetime: Option<u64>,
+    /// The TTS keys (JWK, JWKS or SPIFFE bundle file); default: the trust domain's entry in
+    /// `trust` (the identity server is the TTS).
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
 }
 
 /// The anchors of one trust domain, from a file holding a JWK, a JWKS or a SPIFFE bundle.
@@ -153,6 +178,24 @@ pub struct PolicySettings {
     /// Who is refused even if allowed.
     #[serde(default)]
     pub deny: RuleSettings,
+    /// What every allowed call must also carry.
+    #[serde(default)]
+    pub require: RequireSettings,
+}
+
+/// Requirements on every call, besides who makes it: the transaction it is part of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequireSettings {
+    /// A verified Txn-Token.
+    #[serde(default)]
+    pub transaction: bool,
+    /// Scope values the Txn-Token must all have (its purpose).
+    #[serde(default)]
+    pub txn_scopes: Vec<String>,
+    /// Subjects, one of which the Txn-Token must be for.
+    #[serde(default)]
+    pub txn_subjects: Vec<String>,
 }
 
 /// Workloads by exact identifier, by path prefix (segment boundaries respected), or whole trust
@@ -321,6 +364,11 @@ impl VerifierSettings {
         if let Some(quota) = self.caller_quota {
             config = config.with_caller_quota(quota);
         }
+        if let Some(txn) = &self.txn_tokens
+            && let Ok(validation) = txn.validation()
+        {
+            config = config.with_txn_tokens(validation);
+        }
         match self.proofs {
             Proofs::Both => config,
             Proofs::Wpt => config.only_wpt(),
@@ -349,7 +397,50 @@ impl VerifierSettings {
             return Err(invalid("verifier.trust", "no trust anchors: every caller would be refused"));
         }
         let trust = self.trust_store()?;
-        Verifier::new(trust, self.config()).map_err(|e| invalid("verifier", e.detail().unwrap_or_default()))
+        let mut verifier =
+            Verifier::new(trust, self.config()).map_err(|e| invalid("verifier", e.detail().unwrap_or_default()))?;
+        if let Some(txn) = &self.txn_tokens {
+            let validation = txn.validation()?;
+            if let Some(file) = &txn.keys_file {
+                let keys = TrustAnchors::from_file(file)
+                    .map_err(|e| invalid("verifier.txn_tokens.keys_file", e.detail().unwrap_or_default()))?;
+                let handle = crate::trust::TrustHandle::new(TrustStore::new().with(validation.trust_domain, keys));
+                verifier = verifier.with_txn_token_keys(handle);
+            }
+        }
+        Ok(verifier)
+    }
+}
+
+impl TxnTokenSettings {
+    /// The validation settings.
+    pub fn validation(&self) -> Result<TxnTokenValidation> {
+        let domain =
+            TrustDomain::parse(&self.trust_domain).map_err(|e| invalid("verifier.txn_tokens.trust_domain", e))?;
+        let mut validation = TxnTokenValidation::new(domain);
+        if let Some(audience) = &self.audience {
+            validation = validation.with_audience(audience.clone());
+        }
+        if let Some(secs) = self.max_lifetime {
+            validation = validation.with_max_lifetime(secs);
+        }
+        if self.required {
+            validation = validation.required();
+        }
+        Ok(validation)
+    }
+}
+
+impl RequireSettings {
+    fn rules(&self) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self.txn_scopes.iter().map(|s| Rule::txn_scope(s.clone())).collect();
+        if self.transaction {
+            rules.push(Rule::transaction());
+        }
+        if !self.txn_subjects.is_empty() {
+            rules.push(Rule::any_of(self.txn_subjects.iter().map(|s| Rule::txn_subject(s.clone()))));
+        }
+        rules
     }
 }
 
@@ -387,6 +478,9 @@ impl PolicySettings {
         let deny = self.deny.rules("policy.deny")?;
         if !deny.is_empty() {
             policy = policy.deny(Rule::any_of(deny));
+        }
+        for rule in self.require.rules() {
+            policy = policy.require(rule);
         }
         Ok(policy)
     }

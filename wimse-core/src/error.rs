@@ -92,6 +92,30 @@ pub enum ErrorKind {
     /// The proof's `jti` was already seen from this sender.
     ReplayedProof,
 
+    // ---- Txn-Token (400; 403 when missing where required) ----
+    /// A Txn-Token is required here and the request has none (403).
+    MissingTxnToken,
+    /// The Txn-Token is not a well-formed compact JWS, or its header is unusable (`crit`, no
+    /// or an unsupported `alg`).
+    TxnTokenMalformed,
+    /// The Txn-Token's `typ` is not `txntoken+jwt`.
+    TxnTokenWrongType,
+    /// No Transaction Token Service key matches the Txn-Token's `kid` and `alg`: it was not
+    /// signed by this trust domain's TTS.
+    TxnTokenUnknownKey,
+    /// The Txn-Token's signature does not verify with the TTS key.
+    InvalidTxnTokenSignature,
+    /// The Txn-Token's `aud` is not this trust domain.
+    TxnTokenAudienceMismatch,
+    /// The Txn-Token has expired.
+    ExpiredTxnToken,
+    /// The Txn-Token's `iat` is in the future.
+    TxnTokenNotYetValid,
+    /// The Txn-Token lives longer than the maximum Txn-Token lifetime.
+    TxnTokenLifetimeTooLong,
+    /// A required Txn-Token claim is absent or has the wrong JSON type.
+    TxnTokenMissingClaim(&'static str),
+
     // ---- HTTP message signatures (400 for requests, http-signature-08) ----
     /// `Signature-Input`/`Signature` are not valid Structured Fields, repeat a label, disagree,
     /// or use components outside the profile.
@@ -244,6 +268,16 @@ impl ErrorKind {
             OtherTokenBindingMismatch => "other_token_binding_mismatch",
             UnsupportedOtherToken => "unsupported_other_token",
             ReplayedProof => "replayed_proof",
+            MissingTxnToken => "missing_txn_token",
+            TxnTokenMalformed => "txn_token_malformed",
+            TxnTokenWrongType => "txn_token_wrong_type",
+            TxnTokenUnknownKey => "txn_token_unknown_key",
+            InvalidTxnTokenSignature => "invalid_txn_token_signature",
+            TxnTokenAudienceMismatch => "txn_token_audience_mismatch",
+            ExpiredTxnToken => "expired_txn_token",
+            TxnTokenNotYetValid => "txn_token_not_yet_valid",
+            TxnTokenLifetimeTooLong => "txn_token_lifetime_too_long",
+            TxnTokenMissingClaim(_) => "txn_token_missing_claim",
             SignatureMalformed => "signature_malformed",
             NoWimseSignature => "no_wimse_signature",
             AmbiguousWimseSignature => "ambiguous_wimse_signature",
@@ -327,6 +361,18 @@ impl ErrorKind {
             OtherTokenBindingMismatch => "the WPT's oth does not match the request's context tokens",
             UnsupportedOtherToken => "the WPT's oth names a context token this service does not understand",
             ReplayedProof => "the proof was already used",
+            MissingTxnToken => "a Txn-Token is required and the request has none",
+            TxnTokenMalformed => "the Txn-Token is not a well-formed signed token",
+            TxnTokenWrongType => "the Txn-Token's typ is not txntoken+jwt",
+            TxnTokenUnknownKey => "the Txn-Token was not signed by this trust domain's Transaction Token Service",
+            InvalidTxnTokenSignature => "the Txn-Token signature is invalid",
+            TxnTokenAudienceMismatch => "the Txn-Token is for another trust domain",
+            ExpiredTxnToken => "the Txn-Token has expired",
+            TxnTokenNotYetValid => "the Txn-Token is issued in the future",
+            TxnTokenLifetimeTooLong => "the Txn-Token lives longer than allowed",
+            TxnTokenMissingClaim(name) => {
+                return Cow::Owned(format!("Txn-Token claim `{name}` is missing or has the wrong type"));
+            }
             SignatureMalformed => "the signature fields are malformed",
             NoWimseSignature => "no WIMSE signature",
             AmbiguousWimseSignature => "more than one WIMSE signature",

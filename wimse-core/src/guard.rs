@@ -155,7 +155,7 @@ impl Guard {
         // otherwise the verifier reads them (and names what is missing).
         let lenient = tls.is_some() || self.optional;
         let pending = match (lenient && !has_wimse_credentials(request.headers), tls) {
-            (true, Some(peer)) => PendingCaller::from(peer),
+            (true, Some(peer)) => self.tls_caller(peer, request)?,
             (true, None) => return Ok(None),
             (false, _) => self.verifier.authenticate(request)?,
         };
@@ -177,6 +177,31 @@ impl Guard {
             return Err(error);
         }
         Ok(Some(pending))
+    }
+
+    /// The TLS peer as the caller, with the `Txn-Token` its connection carried (the mutual-TLS
+    /// channel is what binds it; mutual-tls-03 has no token binding), validated as configured.
+    fn tls_caller<H: HeaderSource + ?Sized>(
+        &self,
+        peer: &TlsPeer,
+        request: &RequestView<'_, H>,
+    ) -> Result<PendingCaller> {
+        let mut pending = PendingCaller::from(peer);
+        let checked = crate::http::single_value(
+            request.headers,
+            crate::draft::TXN_TOKEN_HEADER,
+            self.verifier.config().max_token_len,
+            ErrorKind::DuplicateContextToken,
+        )
+        .and_then(|txn| {
+            pending.caller.txn_token = txn.map(str::to_owned);
+            self.verifier.attach_transaction(&mut pending.caller)
+        });
+        if let Err(error) = checked {
+            audit::rejected(pending.method().name(), Some(pending.id()), &error);
+            return Err(error);
+        }
+        Ok(pending)
     }
 
     /// Stage 4: claims the caller's proof in the verifier's replay store (see
@@ -227,6 +252,7 @@ mod tests {
             method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
             credential: crate::caller::Credential::Certificate { fingerprint: String::new() },
             txn_token: None,
+            transaction: None,
             context_tokens: BTreeMap::new(),
         };
         let plain = Guard::new(verifier.clone());

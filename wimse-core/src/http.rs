@@ -156,8 +156,9 @@ pub struct Problem {
 /// | errors | status | challenge |
 /// |---|---|---|
 /// | duplicate or malformed fields, oversized values, a bearer token beside the WPT | 400 | none |
+/// | an invalid `Txn-Token` (each check its own reason) | 400 | none |
 /// | missing, invalid, expired, unbound or replayed credentials | 401 | `WWW-Authenticate: WPT` |
-/// | authenticated caller refused by a policy | 403 | none |
+/// | authenticated caller refused by a policy, or without a required `Txn-Token` | 403 | none |
 /// | caller over its replay quota | 429 (`Retry-After`) | none |
 /// | replay store full, unavailable or recovering; trust anchors stale | 503 | none |
 /// | key or configuration errors | 500 | none |
@@ -182,8 +183,19 @@ impl Rejection {
             | DuplicateContextToken
             | OversizedToken
             | UnsupportedProof
-            | InvalidHeaderValue => (StatusCode::BAD_REQUEST, false),
-            PolicyDenied | UnexpectedPeer | IssuanceDenied | TlsPeerMismatch => (StatusCode::FORBIDDEN, false),
+            | InvalidHeaderValue
+            | TxnTokenMalformed
+            | TxnTokenWrongType
+            | TxnTokenUnknownKey
+            | InvalidTxnTokenSignature
+            | TxnTokenAudienceMismatch
+            | ExpiredTxnToken
+            | TxnTokenNotYetValid
+            | TxnTokenLifetimeTooLong
+            | TxnTokenMissingClaim(_) => (StatusCode::BAD_REQUEST, false),
+            PolicyDenied | MissingTxnToken | UnexpectedPeer | IssuanceDenied | TlsPeerMismatch => {
+                (StatusCode::FORBIDDEN, false)
+            }
             BootstrapTokenInvalid => (StatusCode::UNAUTHORIZED, false),
             BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
             SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),

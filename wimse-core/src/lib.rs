@@ -58,12 +58,13 @@ pub mod raw;
 pub mod replay;
 pub mod sign;
 pub mod time;
+mod token_cache;
 pub mod trust;
+pub mod txn;
 pub mod verify;
 #[cfg(feature = "mtls")]
 pub mod wic;
 pub mod wit;
-mod wit_cache;
 pub mod wpt;
 
 pub use error::{Error, ErrorKind, Result};

@@ -43,6 +43,9 @@ enum RuleKind {
     AnyOf(Vec<Rule>),
     Not(Box<Rule>),
     Fn(Arc<CallerFn>),
+    Transaction,
+    TxnScope(String),
+    TxnSubject(String),
 }
 
 impl Rule {
@@ -94,6 +97,22 @@ impl Rule {
         Rule(RuleKind::Not(Box::new(rule)))
     }
 
+    /// The request carries a verified Txn-Token (see [`crate::txn`]; the verifier must validate
+    /// Txn-Tokens, else no caller has a transaction).
+    pub fn transaction() -> Self {
+        Rule(RuleKind::Transaction)
+    }
+
+    /// The request's verified Txn-Token has `scope` among its scope values (its purpose).
+    pub fn txn_scope(scope: impl Into<String>) -> Self {
+        Rule(RuleKind::TxnScope(scope.into()))
+    }
+
+    /// The request's verified Txn-Token is for `subject` (its `sub`, exactly).
+    pub fn txn_subject(subject: impl Into<String>) -> Self {
+        Rule(RuleKind::TxnSubject(subject.into()))
+    }
+
     /// A custom condition.
     pub fn from_fn(f: impl Fn(&VerifiedCaller) -> bool + Send + Sync + 'static) -> Self {
         Rule(RuleKind::Fn(Arc::new(f)))
@@ -113,6 +132,14 @@ impl Rule {
             RuleKind::Not(rule) => !rule.matches(caller, id),
             // A closure needs the whole caller; with only an identifier it cannot match.
             RuleKind::Fn(f) => caller.is_some_and(|c| f(c)),
+            // So do transaction rules.
+            RuleKind::Transaction => caller.is_some_and(|c| c.transaction().is_some()),
+            RuleKind::TxnScope(scope) => {
+                caller.and_then(VerifiedCaller::transaction).is_some_and(|t| t.has_scope(scope))
+            }
+            RuleKind::TxnSubject(sub) => {
+                caller.and_then(VerifiedCaller::transaction).is_some_and(|t| t.subject() == sub)
+            }
         }
     }
 }
@@ -129,6 +156,9 @@ impl fmt::Debug for Rule {
             RuleKind::AnyOf(r) => f.debug_tuple("any_of").field(r).finish(),
             RuleKind::Not(r) => f.debug_tuple("not").field(r).finish(),
             RuleKind::Fn(_) => f.write_str("fn"),
+            RuleKind::Transaction => f.write_str("transaction"),
+            RuleKind::TxnScope(s) => write!(f, "txn_scope({s})"),
+            RuleKind::TxnSubject(s) => write!(f, "txn_subject({s})"),
         }
     }
 }
@@ -138,13 +168,14 @@ impl fmt::Debug for Rule {
 pub struct Policy {
     name: Arc<str>,
     deny: Arc<Vec<Rule>>,
+    require: Arc<Vec<Rule>>,
     allow: Arc<Vec<Rule>>,
 }
 
 impl Policy {
     /// An empty policy (denies everyone until an allow rule is added). The name appears in logs.
     pub fn named(name: impl Into<String>) -> Self {
-        Self { name: Arc::from(name.into()), deny: Arc::default(), allow: Arc::default() }
+        Self { name: Arc::from(name.into()), deny: Arc::default(), require: Arc::default(), allow: Arc::default() }
     }
 
     /// A policy that allows every verified caller.
@@ -164,6 +195,14 @@ impl Policy {
         self
     }
 
+    /// Adds a requirement: every caller must match it, whoever it is (checked after the deny
+    /// rules, before the allow rules). E.g. `require(Rule::txn_scope("orders.purchase"))`: only
+    /// calls made within a transaction for that purpose.
+    pub fn require(mut self, rule: Rule) -> Self {
+        Arc::make_mut(&mut self.require).push(rule);
+        self
+    }
+
     /// The policy's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -172,6 +211,12 @@ impl Policy {
     fn decide(&self, caller: Option<&VerifiedCaller>, id: &WorkloadId) -> Result<()> {
         if self.deny.iter().any(|r| r.matches(caller, id)) {
             return Err(Error::with_detail(ErrorKind::PolicyDenied, format!("policy `{}`: deny rule", self.name)));
+        }
+        if let Some(unmet) = self.require.iter().find(|r| !r.matches(caller, id)) {
+            return Err(Error::with_detail(
+                ErrorKind::PolicyDenied,
+                format!("policy `{}`: requirement {unmet:?} not met", self.name),
+            ));
         }
         if self.allow.iter().any(|r| r.matches(caller, id)) {
             return Ok(());

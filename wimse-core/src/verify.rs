@@ -21,9 +21,10 @@ use crate::replay::{
     CallerQuota, Claim, DEFAULT_CALLER_QUOTA, InMemoryReplayStore, QuotaOwner, ReplayClaim, ReplayStore,
 };
 use crate::time::{Clock, SystemClock};
+use crate::token_cache::{TokenCache, WitCache};
 use crate::trust::{TrustHandle, TrustStore};
+use crate::txn::{TxnTokenValidation, VerifiedTxnToken};
 use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
-use crate::wit_cache::WitCache;
 use crate::wpt::{ProofContext, WptValidation};
 
 /// Verifier settings. Build with [`VerifierConfig::new`] and the `with_*` methods; the defaults
@@ -71,6 +72,10 @@ pub struct VerifierConfig {
     /// `Retry-After` while the others go on. Defaults to
     /// [`DEFAULT_CALLER_QUOTA`] (100 000).
     pub caller_quota: usize,
+    /// How a request's `Txn-Token` is checked. `None` (the default): it is not validated, only
+    /// its binding to the proof (`tth`, signature coverage) is, and
+    /// [`VerifiedCaller::transaction`] is always `None`.
+    pub txn_tokens: Option<TxnTokenValidation>,
 }
 
 impl Default for VerifierConfig {
@@ -93,6 +98,7 @@ impl Default for VerifierConfig {
             required_components: Vec::new(),
             wit_cache_capacity: 10_000,
             caller_quota: DEFAULT_CALLER_QUOTA,
+            txn_tokens: None,
         }
     }
 }
@@ -159,6 +165,13 @@ impl VerifierConfig {
         self.required_components.push(component.into().to_ascii_lowercase());
         self
     }
+    /// Validates every request's `Txn-Token` (and requires one if `validation.required`); see
+    /// [`crate::txn`]. The TTS keys are the anchors of `validation.trust_domain` in this
+    /// verifier's trust store unless [`Verifier::with_txn_token_keys`] names others.
+    pub fn with_txn_tokens(mut self, validation: TxnTokenValidation) -> Self {
+        self.txn_tokens = Some(validation);
+        self
+    }
     /// Sets the most live replay claims one caller may hold.
     pub fn with_caller_quota(mut self, claims: usize) -> Self {
         self.caller_quota = claims;
@@ -178,6 +191,9 @@ impl VerifierConfig {
         }
         if self.leeway > MAX_LEEWAY_SECS {
             return bad("leeway above 300 seconds");
+        }
+        if let Some(txn) = &self.txn_tokens {
+            txn.check_bounds()?;
         }
         let reserved = [AUTHORIZATION_HEADER, WIT_HEADER, TXN_TOKEN_HEADER];
         if self.context_tokens.iter().any(|n| reserved.contains(&n.as_str()) || n.is_empty()) {
@@ -316,6 +332,8 @@ pub struct Verifier {
     wpt_validation: Arc<WptValidation>,
     signature_validation: Arc<SignatureValidation>,
     wit_cache: Arc<WitCache>,
+    txn_keys: Option<TrustHandle>,
+    txn_cache: Arc<TokenCache<VerifiedTxnToken>>,
     replay: Arc<dyn ReplayStore>,
     quota: Arc<CallerQuota>,
     clock: Arc<dyn Clock>,
@@ -366,6 +384,12 @@ impl Verifier {
         Ok(Self {
             quota: Arc::new(CallerQuota::new(config.caller_quota)),
             wit_cache: Arc::new(WitCache::new(config.wit_cache_capacity)),
+            txn_keys: None,
+            txn_cache: Arc::new(TokenCache::new(if config.txn_tokens.is_some() {
+                config.wit_cache_capacity
+            } else {
+                0
+            })),
             signature_validation: Arc::new(signature_validation),
             trust: TrustHandle::new(trust),
             config: Arc::new(config),
@@ -380,6 +404,14 @@ impl Verifier {
     /// is an [`InMemoryReplayStore`] of default capacity.
     pub fn with_replay_store(mut self, store: impl ReplayStore + 'static) -> Self {
         self.replay = Arc::new(store);
+        self
+    }
+
+    /// Verifies Txn-Tokens with the anchors `keys` holds for the configured trust domain (a
+    /// Transaction Token Service other than the identity server that signs WITs), instead of
+    /// this verifier's own trust store.
+    pub fn with_txn_token_keys(mut self, keys: TrustHandle) -> Self {
+        self.txn_keys = Some(keys);
         self
     }
 
@@ -404,10 +436,59 @@ impl Verifier {
         } else {
             self.wpt_request_credentials(request)
         };
+        // The Txn-Token's own validity, checked after (and independently of) its binding.
+        let result = result.and_then(|mut pending| {
+            self.attach_transaction(&mut pending.caller)?;
+            Ok(pending)
+        });
         if let Err(error) = &result {
             audit::rejected(if signed { "http-signature" } else { "wpt" }, None, error);
         }
         result
+    }
+
+    /// Checks the caller's `Txn-Token` (already read and bound) as configured, and attaches the
+    /// verified transaction. Without a Txn-Token configuration it does nothing.
+    pub(crate) fn attach_transaction(&self, caller: &mut VerifiedCaller) -> Result<()> {
+        let Some(cfg) = &self.config.txn_tokens else { return Ok(()) };
+        let Some(raw) = caller.txn_token.as_deref() else {
+            return match cfg.required {
+                true => Err(Error::with_detail(ErrorKind::MissingTxnToken, "no Txn-Token field")),
+                false => Ok(()),
+            };
+        };
+        caller.transaction = Some(self.validate_txn_token(raw, cfg)?);
+        Ok(())
+    }
+
+    /// Validates a Txn-Token against the TTS keys, through the verified-token cache: the same
+    /// transaction's token is verified once per verifier, not on every hop's request.
+    fn validate_txn_token(&self, raw: &str, cfg: &TxnTokenValidation) -> Result<Arc<VerifiedTxnToken>> {
+        let keys = self.txn_keys.as_ref().unwrap_or(&self.trust);
+        let now = self.clock.now();
+        let generation = keys.generation();
+        if let Some(hit) = self.txn_cache.get(raw, generation, now, cfg.leeway) {
+            metrics::counter!("wimse_txn_token_cache_total", "result" => "hit").increment(1);
+            return Ok(hit);
+        }
+        metrics::counter!("wimse_txn_token_cache_total", "result" => "miss").increment(1);
+        let result = keys.read(|store| {
+            let verified = crate::txn::validate(raw, store, cfg, now)?;
+            Ok::<_, Error>((Arc::new(verified), store.get(&cfg.trust_domain).and_then(|a| a.valid_until())))
+        });
+        match result {
+            Ok((verified, usable_until)) => {
+                self.txn_cache.insert(raw, verified.clone(), generation, usable_until, now);
+                Ok(verified)
+            }
+            Err(error) => {
+                // A new TTS key not fetched yet: ask the bundle refresher (rate-limited there).
+                if matches!(error.kind(), ErrorKind::TxnTokenUnknownKey | ErrorKind::TrustAnchorsUnavailable) {
+                    keys.request_refresh(&cfg.trust_domain);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Stage 4: claims the caller's proof, within the caller's quota, in the replay store.
@@ -417,7 +498,7 @@ impl Verifier {
     pub fn confirm(&self, pending: PendingCaller) -> Confirm {
         let PendingCaller { caller, claim } = pending;
         let Some(claim) = claim else {
-            audit::allowed(caller.method.name(), &caller.id);
+            audit::allowed(caller.method.name(), &caller.id, caller.transaction().map(|t| t.txn()));
             return Confirm::done(Ok(caller));
         };
         let now = self.clock.now();
@@ -511,7 +592,7 @@ impl Verifier {
     /// have asks the bundle fetcher for a refresh.
     fn validate_wit(&self, wit: &str, now: u64) -> Result<Arc<VerifiedWit>> {
         let generation = self.trust.generation();
-        if let Some(hit) = self.wit_cache.get(wit, generation, now, &self.wit_validation) {
+        if let Some(hit) = self.wit_cache.get(wit, generation, now, self.wit_validation.leeway) {
             metrics::counter!("wimse_wit_cache_total", "result" => "hit").increment(1);
             return Ok(hit);
         }
@@ -568,6 +649,7 @@ impl Verifier {
             method,
             credential: Credential::Wit(wit.clone()),
             txn_token: txn_token.map(str::to_owned),
+            transaction: None,
             context_tokens: context.into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
         }
     }
@@ -642,7 +724,7 @@ impl Waiting {
         })?;
         match result {
             Ok(()) => {
-                audit::allowed(caller.method.name(), &caller.id);
+                audit::allowed(caller.method.name(), &caller.id, caller.transaction().map(|t| t.txn()));
                 Ok(caller)
             }
             Err(error) => {

@@ -1,62 +1,80 @@
-//! The verified-WIT cache: a steady caller's WIT is verified once, not on every request.
+//! The verified-token caches: a steady caller's WIT, and a transaction's Txn-Token, are
+//! verified once, not on every request.
 
 use std::sync::Arc;
 
-use crate::wit::{VerifiedWit, WitValidation};
+/// The time bounds a cached token is rechecked against on every hit.
+pub(crate) trait TimeBound {
+    fn expires_at(&self) -> u64;
+    fn not_before(&self) -> Option<u64>;
+}
 
-struct Entry {
-    wit: Arc<VerifiedWit>,
+impl TimeBound for crate::wit::VerifiedWit {
+    fn expires_at(&self) -> u64 {
+        self.claims().exp
+    }
+    fn not_before(&self) -> Option<u64> {
+        self.claims().nbf
+    }
+}
+
+impl TimeBound for crate::txn::VerifiedTxnToken {
+    fn expires_at(&self) -> u64 {
+        self.expires_at()
+    }
+    fn not_before(&self) -> Option<u64> {
+        Some(self.issued_at())
+    }
+}
+
+/// The verified-WIT cache.
+pub(crate) type WitCache = TokenCache<crate::wit::VerifiedWit>;
+
+struct Entry<T> {
+    wit: Arc<T>,
     generation: u64,
     usable_until: Option<u64>,
 }
 
-/// Verified WITs by the token (each at most `max_token_len` bytes, so the cache holds at most
+/// Verified tokens (WITs, Txn-Tokens) by the token (each at most `max_token_len` bytes, so the cache holds at most
 /// capacity × that), valid while the anchors they were checked against
 /// are unchanged and not stale (`valid_until` of the trust domain's anchors, so `max_stale`
 /// refuses a cached WIT exactly like an uncached one). Time-dependent checks are repeated on every hit; only the signature, the
 /// parsing and the key checks are saved. Bounded: when full of unexpired entries, new WITs are
 /// simply not cached (verification is unaffected). Only WITs that verified enter, so invalid
 /// tokens cannot grow it.
-pub(crate) struct WitCache {
+pub(crate) struct TokenCache<T> {
     capacity: usize,
     // Keyed by the token itself: a hit costs one hash of the token and no allocation (the
     // `wth` a WPT must carry is kept in the entry). A read lock, so hits do not queue.
-    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Entry>>,
+    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Entry<T>>>,
 }
 
-impl WitCache {
+impl<T: TimeBound> TokenCache<T> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self { capacity, entries: std::sync::RwLock::new(std::collections::HashMap::new()) }
     }
 
-    pub(crate) fn get(&self, token: &str, generation: u64, now: u64, cfg: &WitValidation) -> Option<Arc<VerifiedWit>> {
+    pub(crate) fn get(&self, token: &str, generation: u64, now: u64, leeway: u64) -> Option<Arc<T>> {
         if self.capacity == 0 {
             return None;
         }
         let entries = self.entries.read().ok()?;
         let Entry { wit, generation: cached_generation, usable_until } = entries.get(token)?;
-        let claims = wit.claims();
         let still_valid = *cached_generation == generation
             && usable_until.is_none_or(|until| now < until)
-            && now < claims.exp.saturating_add(cfg.leeway)
-            && claims.nbf.is_none_or(|nbf| nbf <= now.saturating_add(cfg.leeway));
+            && now < wit.expires_at().saturating_add(leeway)
+            && wit.not_before().is_none_or(|nbf| nbf <= now.saturating_add(leeway));
         still_valid.then(|| wit.clone())
     }
 
-    pub(crate) fn insert(
-        &self,
-        token: &str,
-        wit: Arc<VerifiedWit>,
-        generation: u64,
-        usable_until: Option<u64>,
-        now: u64,
-    ) {
+    pub(crate) fn insert(&self, token: &str, wit: Arc<T>, generation: u64, usable_until: Option<u64>, now: u64) {
         if self.capacity == 0 {
             return;
         }
         let Ok(mut entries) = self.entries.write() else { return };
         if entries.len() >= self.capacity {
-            entries.retain(|_, e| e.generation == generation && now < e.wit.claims().exp);
+            entries.retain(|_, e| e.generation == generation && now < e.wit.expires_at());
         }
         if entries.len() < self.capacity {
             entries.insert(token.into(), Entry { wit, generation, usable_until });

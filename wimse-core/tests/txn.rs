@@ -1,0 +1,324 @@
+//! Transaction Tokens at a verifier: each validation rule refused with its own kind, the `tth`
+//! binding and the token's own validity checked independently, policies over the transaction.
+
+mod common;
+
+use common::*;
+use http::{HeaderMap, HeaderValue};
+use serde_json::json;
+use wimse_core::http::Rejection;
+use wimse_core::prelude::*;
+use wimse_core::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, VerifiedTxnToken, validate};
+
+const FRONT: &str = "spiffe://prod.example/front";
+
+fn domain() -> TrustDomain {
+    "spiffe://prod.example".parse().unwrap()
+}
+
+/// The TTS of prod.example: here the identity server's key (the fixture's WIT issuer).
+fn tts(f: &Fixture) -> TxnTokenIssuer {
+    TxnTokenIssuer::new(f.issuer_key.clone(), &domain()).with_issuer("https://issuer.prod.example")
+}
+
+fn txn_token(f: &Fixture) -> String {
+    tts(f).issue(&NewTxnToken::new("user-1842", "orders.purchase orders.read").requested_by(FRONT), NOW - 5).unwrap()
+}
+
+fn verifier(f: &Fixture, validation: TxnTokenValidation) -> Verifier {
+    f.verifier_with(f.config().with_txn_tokens(validation))
+}
+
+/// A request with a fresh WPT binding `txn` (by `tth`).
+fn request(f: &Fixture, txn: &str) -> HeaderMap {
+    let wpt = WptBuilder::new(&f.workload_key, &f.wit, &format!("{ORIGIN}{PATH}")).txn_token(txn).sign(NOW).unwrap();
+    let mut headers = f.headers(&f.wit, &wpt);
+    headers.insert("txn-token", HeaderValue::from_str(txn).unwrap());
+    headers
+}
+
+fn refused(verifier: &Verifier, headers: &HeaderMap) -> ErrorKind {
+    verifier.verify_sync(&RequestView::new(PATH, headers)).expect_err("accepted").into_kind()
+}
+
+/// Signs claims with the fixture's TTS key under the given header (tokens the issuer never makes).
+fn forged(f: &Fixture, header: &str, claims: serde_json::Value) -> String {
+    raw_token(header, &claims.to_string(), &f.issuer_key)
+}
+
+const TXN_HEADER: &str = r#"{"alg":"ES256","typ":"txntoken+jwt","kid":"k1"}"#;
+
+fn claims() -> serde_json::Value {
+    json!({"aud": "spiffe://prod.example", "iat": NOW - 5, "exp": NOW + 120, "txn": "t-1",
+           "sub": "user-1842", "scope": "orders.purchase", "req_wl": FRONT})
+}
+
+#[test]
+fn a_valid_txn_token_is_exposed_on_the_caller() {
+    let f = Fixture::new();
+    let token = txn_token(&f);
+    let caller = verifier(&f, TxnTokenValidation::new(domain()))
+        .verify_sync(&RequestView::new(PATH, &request(&f, &token)))
+        .unwrap();
+    let txn = caller.transaction().expect("transaction");
+    assert_eq!(txn.subject(), "user-1842");
+    assert!(txn.has_scope("orders.purchase") && txn.has_scope("orders.read") && !txn.has_scope("orders"));
+    assert_eq!(txn.requesting_workloads(), [FRONT.to_owned()]);
+    assert_eq!(txn.issuer(), Some("https://issuer.prod.example"));
+    assert_eq!(txn.expires_at(), NOW - 5 + 300);
+    assert_eq!(caller.txn_token(), Some(token.as_str()), "the raw token, to forward unchanged");
+    // Without a Txn-Token configuration the binding is still checked but nothing is validated.
+    let caller = f.verifier().verify_sync(&RequestView::new(PATH, &request(&f, "not-even-a-jwt"))).unwrap();
+    assert!(caller.transaction().is_none());
+}
+
+#[test]
+fn required_or_optional() {
+    let f = Fixture::new();
+    let plain = f.headers(&f.wit, &f.wpt());
+    let optional = verifier(&f, TxnTokenValidation::new(domain()));
+    assert!(optional.verify_sync(&RequestView::new(PATH, &plain)).unwrap().transaction().is_none());
+    let required = verifier(&f, TxnTokenValidation::new(domain()).required());
+    let kind = refused(&required, &plain);
+    assert_eq!(kind, ErrorKind::MissingTxnToken);
+    assert_eq!(Rejection::from_error(&kind.into()).status(), 403);
+    // Where optional, an invalid one is still refused.
+    assert_eq!(refused(&optional, &request(&f, "garbage")), ErrorKind::TxnTokenMalformed);
+}
+
+#[test]
+fn each_validation_rule_has_its_own_refusal() {
+    let f = Fixture::new();
+    let v = verifier(&f, TxnTokenValidation::new(domain()));
+    let check = |token: &str| refused(&v, &request(&f, token));
+    let with = |patch: serde_json::Value| {
+        let mut c = claims();
+        for (k, val) in patch.as_object().unwrap() {
+            if val.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = val.clone();
+            }
+        }
+        forged(&f, TXN_HEADER, c)
+    };
+    // The hand-built path is accepted when nothing is wrong.
+    assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &with(json!({}))))).is_ok());
+
+    assert_eq!(check(&"a".repeat(9000)), ErrorKind::OversizedToken);
+    assert_eq!(check("a.b"), ErrorKind::TxnTokenMalformed);
+    let no_alg = format!("{}.e30.AAAA", wimse_core::jose::b64url_encode(r#"{"typ":"txntoken+jwt"}"#));
+    assert_eq!(check(&no_alg), ErrorKind::TxnTokenMalformed, "no alg");
+    let hs256 = format!("{}.e30.AAAA", wimse_core::jose::b64url_encode(r#"{"typ":"txntoken+jwt","alg":"HS256"}"#));
+    assert_eq!(check(&hs256), ErrorKind::TxnTokenMalformed, "symmetric alg");
+    let wrong_typ = raw_token(r#"{"alg":"ES256","typ":"wit+jwt","kid":"k1"}"#, &claims().to_string(), &f.issuer_key);
+    assert_eq!(check(&wrong_typ), ErrorKind::TxnTokenWrongType);
+    let no_typ = raw_token(r#"{"alg":"ES256","kid":"k1"}"#, &claims().to_string(), &f.issuer_key);
+    assert_eq!(check(&no_typ), ErrorKind::TxnTokenWrongType);
+    let crit = raw_token(
+        r#"{"alg":"ES256","typ":"txntoken+jwt","kid":"k1","crit":["x"],"x":1}"#,
+        &claims().to_string(),
+        &f.issuer_key,
+    );
+    assert_eq!(check(&crit), ErrorKind::TxnTokenMalformed);
+    // Minted by a workload (its own key, a valid tth binding): no TTS key matches.
+    let by_workload = raw_token(TXN_HEADER, &claims().to_string(), &f.workload_key);
+    assert_eq!(
+        check(&by_workload),
+        ErrorKind::InvalidTxnTokenSignature,
+        "kid k1 names the TTS key; the signature is not its"
+    );
+    let workload_kid =
+        raw_token(r#"{"alg":"ES256","typ":"txntoken+jwt","kid":"mine"}"#, &claims().to_string(), &f.workload_key);
+    assert_eq!(check(&workload_kid), ErrorKind::TxnTokenUnknownKey);
+    let mut tampered = with(json!({})).split('.').map(str::to_owned).collect::<Vec<_>>();
+    tampered[1] = wimse_core::jose::b64url_encode(claims().to_string().replace("orders.purchase", "orders.refund"));
+    assert_eq!(check(&tampered.join(".")), ErrorKind::InvalidTxnTokenSignature);
+
+    assert_eq!(check(&with(json!({"aud": "spiffe://partner.example"}))), ErrorKind::TxnTokenAudienceMismatch);
+    assert_eq!(
+        check(&with(json!({"aud": ["spiffe://prod.example", "spiffe://partner.example"]}))),
+        ErrorKind::TxnTokenAudienceMismatch
+    );
+    assert_eq!(check(&with(json!({"aud": 7}))), ErrorKind::TxnTokenAudienceMismatch);
+    assert_eq!(check(&with(json!({"exp": NOW - 31}))), ErrorKind::ExpiredTxnToken);
+    assert_eq!(check(&with(json!({"iat": NOW + 31, "exp": NOW + 100}))), ErrorKind::TxnTokenNotYetValid);
+    assert_eq!(check(&with(json!({"iat": NOW - 5, "exp": NOW + 3600}))), ErrorKind::TxnTokenLifetimeTooLong);
+    assert_eq!(check(&with(json!({"iat": NOW - 700, "exp": NOW + 10}))), ErrorKind::TxnTokenLifetimeTooLong);
+    for claim in ["aud", "iat", "exp", "txn", "sub", "scope", "req_wl"] {
+        assert_eq!(check(&with(json!({claim: null}))), ErrorKind::TxnTokenMissingClaim(claim), "{claim}");
+    }
+    assert_eq!(check(&with(json!({"txn": 5}))), ErrorKind::TxnTokenMissingClaim("txn"));
+    assert_eq!(check(&with(json!({"scope": ""}))), ErrorKind::TxnTokenMissingClaim("scope"));
+    assert_eq!(check(&with(json!({"req_wl": [FRONT]}))), ErrorKind::TxnTokenMissingClaim("req_wl"), "-10: one string");
+    assert_eq!(check(&with(json!({"req_wl_chain": [FRONT, 3]}))), ErrorKind::TxnTokenMissingClaim("req_wl_chain"));
+    // Claims the draft does not define are ignored (-10 §9.2).
+    assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &with(json!({"x-extra": {"a": 1}}))))).is_ok());
+    assert_eq!(check(&with(json!({"tctx": "x"}))), ErrorKind::TxnTokenMissingClaim("tctx"));
+    assert_eq!(check(&with(json!({"rctx": []}))), ErrorKind::TxnTokenMissingClaim("rctx"));
+    // Every one of them is a 400 that names its check.
+    let rejection = Rejection::from_error(&ErrorKind::TxnTokenAudienceMismatch.into());
+    assert_eq!((rejection.status().as_u16(), rejection.problem().reason), (400, Some("txn_token_audience_mismatch")));
+}
+
+#[test]
+fn binding_and_validity_are_checked_independently() {
+    let f = Fixture::new();
+    let v = verifier(&f, TxnTokenValidation::new(domain()));
+    let valid = txn_token(&f);
+    // A valid Txn-Token replayed under a proof that bound another token: the binding fails.
+    let wpt = WptBuilder::new(&f.workload_key, &f.wit, &format!("{ORIGIN}{PATH}"))
+        .txn_token("another-token")
+        .sign(NOW)
+        .unwrap();
+    let mut headers = f.headers(&f.wit, &wpt);
+    headers.insert("txn-token", HeaderValue::from_str(&valid).unwrap());
+    assert_eq!(refused(&v, &headers), ErrorKind::TxnTokenBindingMismatch);
+    // A proof without tth beside a valid token: refused for the binding too.
+    let mut headers = f.headers(&f.wit, &f.wpt());
+    headers.insert("txn-token", HeaderValue::from_str(&valid).unwrap());
+    assert_eq!(refused(&v, &headers), ErrorKind::TxnTokenBindingMismatch);
+    // A correct binding of an invalid token: refused for the token.
+    let expired = tts(&f).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW - 400).unwrap();
+    assert_eq!(refused(&v, &request(&f, &expired)), ErrorKind::ExpiredTxnToken);
+    // Duplicate fields are framing errors.
+    let mut headers = request(&f, &valid);
+    headers.append("txn-token", HeaderValue::from_str(&valid).unwrap());
+    assert_eq!(refused(&v, &headers), ErrorKind::DuplicateContextToken);
+}
+
+#[test]
+fn signed_requests_name_the_txn_check_too() {
+    let f = Fixture::new();
+    let v = verifier(&f, TxnTokenValidation::new(domain()));
+    let sign = |txn: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("txn-token", HeaderValue::from_str(txn).unwrap());
+        let request = wimse_core::httpsig::OutgoingRequest {
+            method: "POST",
+            scheme: "https",
+            authority: "payments.example",
+            path: PATH,
+            query: None,
+            body: None,
+            aud: &format!("{ORIGIN}{PATH}"),
+            sign_response: false,
+        };
+        let options = wimse_core::httpsig::SignOptions::default();
+        wimse_core::httpsig::sign_request(&mut headers, &request, &f.wit, &f.workload_key, &options, NOW).unwrap();
+        headers
+    };
+    let ok = v.verify_sync(&RequestView::new(PATH, &sign(&txn_token(&f))).method("POST")).unwrap();
+    assert_eq!(ok.transaction().unwrap().subject(), "user-1842");
+    let foreign = forged(
+        &f,
+        TXN_HEADER,
+        json!({"aud": "spiffe://partner.example", "iat": NOW, "exp": NOW + 60,
+        "txn": "t", "sub": "u", "scope": "s", "req_wl": FRONT}),
+    );
+    let error = v.verify_sync(&RequestView::new(PATH, &sign(&foreign)).method("POST")).unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::TxnTokenAudienceMismatch);
+    assert_eq!(Rejection::from_error(&error).problem().reason, Some("txn_token_audience_mismatch"));
+}
+
+#[test]
+fn a_separate_tts_key_source() {
+    let f = Fixture::new();
+    let tts_key = SigningKey::generate(Algorithm::EdDSA).unwrap().with_kid("tts-1");
+    let keys = wimse_core::trust::TrustHandle::new(
+        TrustStore::new().with(domain(), TrustAnchors::new().with_key(tts_key.public_key().clone())),
+    );
+    let v = verifier(&f, TxnTokenValidation::new(domain())).with_txn_token_keys(keys.clone());
+    let token =
+        TxnTokenIssuer::new(tts_key, &domain()).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW).unwrap();
+    assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).unwrap().transaction().is_some());
+    // The identity server's key is not a TTS key here.
+    assert_eq!(refused(&v, &request(&f, &txn_token(&f))), ErrorKind::TxnTokenUnknownKey);
+    // TTS keys removed: the cached token is not used, the keys are unavailable (503).
+    keys.remove(&domain());
+    assert_eq!(refused(&v, &request(&f, &token)), ErrorKind::TrustAnchorsUnavailable);
+}
+
+#[test]
+fn a_cached_token_still_expires() {
+    let f = Fixture::new();
+    let clock = std::sync::Arc::new(FixedClock::new(NOW));
+    let v = Verifier::new(f.trust.clone(), f.config().with_txn_tokens(TxnTokenValidation::new(domain())))
+        .unwrap()
+        .with_clock(clock.clone());
+    let token = tts(&f).with_lifetime(60).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW).unwrap();
+    assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).is_ok());
+    assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).is_ok(), "from the cache");
+    clock.advance(91);
+    let wpt =
+        WptBuilder::new(&f.workload_key, &f.wit, &format!("{ORIGIN}{PATH}")).txn_token(&token).sign(NOW + 91).unwrap();
+    let mut headers = f.headers(&f.wit, &wpt);
+    headers.insert("txn-token", HeaderValue::from_str(&token).unwrap());
+    assert_eq!(refused(&v, &headers), ErrorKind::ExpiredTxnToken);
+}
+
+#[test]
+fn policies_over_the_transaction() {
+    let f = Fixture::new();
+    let token = txn_token(&f);
+    let v = verifier(&f, TxnTokenValidation::new(domain()));
+    let caller = v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).unwrap();
+    let base = || Policy::named("orders").allow(Rule::workload(f.id.clone()));
+    assert!(base().require(Rule::txn_scope("orders.purchase")).check(&caller).is_ok());
+    let denied = base().require(Rule::txn_scope("orders.refund")).check(&caller).unwrap_err();
+    assert_eq!(denied.kind(), &ErrorKind::PolicyDenied);
+    assert!(denied.detail().unwrap().contains("txn_scope(orders.refund)"), "{denied:?}");
+    assert!(base().require(Rule::txn_subject("user-1842")).check(&caller).is_ok());
+    assert!(base().require(Rule::txn_subject("user-1")).check(&caller).is_err());
+    assert!(base().deny(Rule::txn_subject("user-1842")).check(&caller).is_err(), "deny first");
+    // A caller without a transaction meets no transaction rule.
+    let plain = v.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
+    assert!(base().require(Rule::transaction()).check(&plain).is_err());
+    assert!(base().require(Rule::transaction()).check(&caller).is_ok());
+    // Identity-only checks (issuance) never satisfy them.
+    assert!(!base().require(Rule::transaction()).allows_id(&f.id));
+    // The same from a configuration file.
+    let settings = wimse_core::config::Settings::from_json(
+        &json!({"policy": {"name": "orders", "allow": {"workloads": [f.id.as_str()]},
+                           "require": {"txn_scopes": ["orders.purchase"], "txn_subjects": ["user-1842", "user-2"]}}})
+        .to_string(),
+    )
+    .unwrap();
+    assert!(settings.policy().unwrap().check(&caller).is_ok());
+    assert!(settings.policy().unwrap().check(&plain).is_err());
+}
+
+#[test]
+fn replacement_narrows_and_keeps_the_transaction() {
+    let f = Fixture::new();
+    let cfg = TxnTokenValidation::new(domain());
+    let original: VerifiedTxnToken = validate(&txn_token(&f), &f.trust, &cfg, NOW).unwrap();
+    let orders = "spiffe://prod.example/orders";
+    let narrowed = NewTxnToken::replacing(&original, "orders.read", orders).unwrap();
+    let replacement = validate(&tts(&f).issue(&narrowed, NOW + 10).unwrap(), &f.trust, &cfg, NOW + 10).unwrap();
+    assert_eq!(replacement.txn(), original.txn());
+    assert_eq!(replacement.subject(), original.subject());
+    assert_eq!(replacement.scope(), "orders.read");
+    assert_eq!(replacement.requesting_workloads(), [FRONT.to_owned(), orders.to_owned()]);
+    assert_eq!(replacement.expires_at(), original.expires_at(), "never outlives the original");
+    for wider in ["orders.refund", "orders.read orders.admin", "", "  "] {
+        assert_eq!(
+            NewTxnToken::replacing(&original, wider, orders).unwrap_err().kind(),
+            &ErrorKind::InvalidScope,
+            "{wider:?}"
+        );
+    }
+}
+
+#[test]
+fn configuration_bounds() {
+    let f = Fixture::new();
+    let too_lenient = f.config().with_txn_tokens(TxnTokenValidation::new(domain()).with_leeway(301));
+    assert_eq!(Verifier::new(f.trust.clone(), too_lenient).unwrap_err().kind(), &ErrorKind::InvalidConfiguration);
+    let bad = wimse_core::config::Settings::from_json(
+        &json!({"verifier": {"origins": [ORIGIN], "trust": [], "txn_tokens": {"trust_domain": "not a domain"}}})
+            .to_string(),
+    )
+    .unwrap();
+    assert!(bad.verifier.txn_tokens.as_ref().unwrap().validation().is_err());
+}
