@@ -189,6 +189,9 @@ pub enum ErrorKind {
     /// A DPoP proof (RFC 9449) is missing or fails a check (`invalid_dpop_proof`); the detail
     /// names the check.
     InvalidDpopProof,
+    /// A token exchange names an `audience` this server does not issue for (RFC 8693
+    /// `invalid_target`).
+    InvalidTarget,
 
     // ---- client side ----
     /// The signer has no usable credentials (missing, unreadable, mismatched or expired).
@@ -302,6 +305,7 @@ impl ErrorKind {
             ExchangeRefused => "invalid_grant",
             UnsupportedTokenType => "unsupported_token_type",
             InvalidDpopProof => "invalid_dpop_proof",
+            InvalidTarget => "invalid_target",
             UnsupportedGrantType => "unsupported_grant_type",
             InvalidScope => "invalid_scope",
             InvalidCertificate => "invalid_certificate",
@@ -397,6 +401,7 @@ impl ErrorKind {
             ExchangeRefused => "the token exchange was refused",
             UnsupportedTokenType => "the subject token type is not supported",
             InvalidDpopProof => "the DPoP proof is invalid",
+            InvalidTarget => "the requested audience is not served here",
             UnsupportedGrantType => "the grant type is not supported",
             InvalidScope => "the requested scope is not granted",
             InvalidCertificate => "the certificate is not a valid workload identity certificate",

@@ -192,7 +192,8 @@ impl Rejection {
             | ExpiredTxnToken
             | TxnTokenNotYetValid
             | TxnTokenLifetimeTooLong
-            | TxnTokenMissingClaim(_) => (StatusCode::BAD_REQUEST, false),
+            | TxnTokenMissingClaim(_)
+            | InvalidTarget => (StatusCode::BAD_REQUEST, false),
             PolicyDenied | MissingTxnToken | UnexpectedPeer | IssuanceDenied | TlsPeerMismatch => {
                 (StatusCode::FORBIDDEN, false)
             }

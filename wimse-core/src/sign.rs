@@ -76,6 +76,12 @@ impl Signer {
         }
     }
 
+    /// The current credentials (this workload's WIT and key), now: e.g. to sign a self-signed
+    /// subject token for the Transaction Token Service.
+    pub fn credentials(&self) -> Result<Arc<crate::cred::Credentials>> {
+        self.source.credentials(self.clock.now())
+    }
+
     /// Logs that a request could not be signed: a warning when signing starts failing, then
     /// at most one a minute (with the number left out) while it keeps failing, so an outage of
     /// the credential source does not log once per request. Clients call this on every failure

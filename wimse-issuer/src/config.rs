@@ -311,6 +311,75 @@ pub struct IssuerConfig {
     /// Rate limits on issuance and authentication (defaults in [`RateLimits`]).
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Serve as the trust domain's Transaction Token Service at `token_endpoint` (needs it).
+    #[serde(default)]
+    pub txn_tokens: Option<TxnTokenServiceConfig>,
+}
+
+/// The Transaction Token Service (draft-ietf-oauth-transaction-tokens-10): which workloads may
+/// ask for Txn-Tokens, for which purposes (`scope` values) and on the strength of which subject
+/// tokens. A workload not listed is refused; nothing is granted by default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnTokenServiceConfig {
+    /// Lifetime of the Txn-Tokens issued, seconds (1 to 600). Defaults to 300.
+    #[serde(default = "default_txn_lifetime")]
+    pub lifetime: u64,
+    /// Issuers of the external tokens (users' access tokens, ID tokens) presented as subjects.
+    #[serde(default)]
+    pub subject_issuers: Vec<SubjectIssuer>,
+    /// Who may ask for what.
+    pub requesters: Vec<TxnRequester>,
+}
+
+fn default_txn_lifetime() -> u64 {
+    300
+}
+
+/// An issuer of subject tokens the TTS accepts (validated like exchange profiles: signature
+/// with the configured keys, `exp`, `nbf`, one `aud`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectIssuer {
+    /// Name, referred to by [`TxnRequester::subject_issuers`].
+    pub name: String,
+    /// `access-token` (an RFC 9068 JWT access token, `typ` `at+jwt`, whose `scope` bounds the
+    /// Txn-Token's) or `jwt` (e.g. an OpenID Connect ID token; the requester's configured scopes
+    /// bound it).
+    pub kind: ExchangeKind,
+    /// The exact `iss`.
+    pub issuer: String,
+    /// The `aud` its tokens must carry for this TTS.
+    pub audience: String,
+    /// Its keys (a JWKS), configured out of band.
+    pub jwks: Value,
+    /// Tokens expiring further ahead are refused, seconds (1 to 604800). Defaults to 86400.
+    #[serde(default = "default_external_lifetime")]
+    pub max_token_lifetime: u64,
+}
+
+/// Workloads that may request Txn-Tokens, and what for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRequester {
+    /// Exact workload identifiers.
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    /// Identifier prefixes (segment boundaries respected).
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// The `scope` values (purposes) they may request; a request naming another is refused
+    /// (`invalid_scope`).
+    pub scopes: Vec<String>,
+    /// The subject token types they may present: `access_token`, `id_token`, `jwt` (from
+    /// [`subject_issuers`](Self::subject_issuers)), `self_signed` (a JWT the workload signs
+    /// with its WIT key, for transactions it starts), `unsigned_json` (`{"sub": …}`: the workload
+    /// names the subject), `txn_token` (replacement: a narrower Txn-Token of the same
+    /// transaction). Full RFC 8693 URNs are accepted too.
+    pub subject_token_types: Vec<String>,
+    /// The names of the [`SubjectIssuer`]s whose tokens they may present.
+    #[serde(default)]
+    pub subject_issuers: Vec<String>,
 }
 
 fn default_alg() -> String {

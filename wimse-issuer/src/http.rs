@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/wit` | `Authorization: Bearer <platform token or dev secret>`, JSON `{"sub", "jwk", "lifetime"?}` → `{"wit", "expires_at"}` |
 //! | `POST /v1/token` | RFC 8693 token exchange (form: `grant_type`, `subject_token`, `subject_token_type`, `wimse_jwk`) → `{"access_token": <WIT>, "issued_token_type", "token_type": "N_A", "expires_in"}`; RFC 7523 jwt-bearer grant (`assertion`, `scope`?, `DPoP` header) or client assertion → `{"access_token": <WIT bound to the DPoP key>, "token_type": "DPoP", …}` |
+//! | `POST /v1/token` (Txn-Tokens) | RFC 8693 with `requested_token_type=urn:ietf:params:oauth:token-type:txn_token`, `audience` (the trust domain), `scope`, `subject_token`, `subject_token_type`, `request_context`?, `request_details`?; the requesting workload sends its `Workload-Identity-Token` and `Authorization: WPT` (`aud` = the token endpoint) → `{"access_token": <Txn-Token>, "issued_token_type": "…:txn_token", "token_type": "N_A", "expires_in"}` |
 //! | `POST /v1/wic` | `Authorization: Bearer …`, JSON `{"sub", "spki" (base64 DER), "usage": "client"\|"server"\|"both", "dns"?, "ip"?}` → `{"chain_pem", "expires_at"}` |
 //! | `GET /v1/bundle/x509` | the WIC certificate authority (PEM) |
 //! | `GET /v1/bundle/jwks` | the signing keys as a JWKS |
@@ -20,6 +21,7 @@ use axum::{Form, Json, Router};
 use serde::Deserialize;
 use wimse_core::http::Rejection;
 use wimse_core::jose::Jwk;
+use wimse_core::txn::TXN_TOKEN_TYPE;
 use wimse_core::{Error, ErrorKind};
 
 /// The body of `POST /v1/wit`.
@@ -102,6 +104,10 @@ struct TokenRequest {
     client_assertion_type: Option<String>,
     client_assertion: Option<String>,
     scope: Option<String>,
+    requested_token_type: Option<String>,
+    audience: Option<String>,
+    request_context: Option<String>,
+    request_details: Option<String>,
 }
 
 impl std::fmt::Debug for TokenRequest {
@@ -166,6 +172,9 @@ async fn token(
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     };
     let assertion = match (request.grant_type.as_str(), request.client_assertion_type.as_deref()) {
+        (TOKEN_EXCHANGE, _) if request.requested_token_type.as_deref() == Some(TXN_TOKEN_TYPE) => {
+            return txn_token_exchange(&server, &headers, request).await;
+        }
         (TOKEN_EXCHANGE, _) => return token_exchange(&server, request).await,
         (JWT_BEARER, _) => request.assertion,
         ("client_credentials", Some(CLIENT_ASSERTION_JWT)) => request.client_assertion,
@@ -210,6 +219,70 @@ async fn token_exchange(server: &IdentityServer, request: TokenRequest) -> Respo
         }))
         .into_response(),
         Err(error) => oauth_error(&error),
+    }
+}
+
+/// RFC 6749 §5.2 answer of the Transaction Token Service: `invalid_client` (401) when the
+/// requester's WIT + WPT did not verify, `unauthorized_client` when it may not request this,
+/// `invalid_scope`, `invalid_target`, `invalid_request` for an invalid subject token.
+fn txn_error(error: &Error) -> Response {
+    let (status, code) = match error.kind() {
+        ErrorKind::IssuanceDenied => (StatusCode::BAD_REQUEST, "unauthorized_client"),
+        ErrorKind::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
+        ErrorKind::InvalidTarget => (StatusCode::BAD_REQUEST, "invalid_target"),
+        ErrorKind::ExchangeRefused | ErrorKind::UnsupportedTokenType => (StatusCode::BAD_REQUEST, "invalid_request"),
+        _ if Rejection::from_error(error).status() == StatusCode::UNAUTHORIZED => {
+            (StatusCode::UNAUTHORIZED, "invalid_client")
+        }
+        _ => return oauth_error(error),
+    };
+    let body = serde_json::json!({"error": code, "error_description": error.kind().description()});
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6749 §5.2: a 401 names the scheme the client should authenticate with.
+        response
+            .headers_mut()
+            .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("WPT"));
+    }
+    if error.kind() == &ErrorKind::ExchangeRefused {
+        response.extensions_mut().insert(FailedAuthentication);
+    }
+    response
+}
+
+/// The Transaction Token Service (draft-ietf-oauth-transaction-tokens-10 §11): the requester
+/// authenticates with its WIT + WPT (`aud` = the token endpoint).
+async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, request: TokenRequest) -> Response {
+    let requester = match server.authenticate_requester(headers).await {
+        Ok(requester) => requester,
+        Err(error) => return txn_error(&error),
+    };
+    let (Some(subject_token), Some(subject_token_type)) = (&request.subject_token, &request.subject_token_type) else {
+        return missing("subject_token");
+    };
+    let (Some(audience), Some(scope)) = (&request.audience, &request.scope) else {
+        return missing("audience or scope");
+    };
+    let txn_request = crate::TxnTokenRequest {
+        audience,
+        scope,
+        subject_token,
+        subject_token_type,
+        request_context: request.request_context.as_deref(),
+        request_details: request.request_details.as_deref(),
+    };
+    match server.issue_txn_token(&requester, &txn_request).await {
+        Ok(issued) => {
+            let body = Json(serde_json::json!({
+                "access_token": issued.token,
+                "issued_token_type": TXN_TOKEN_TYPE,
+                "token_type": "N_A",
+                "expires_in": issued.expires_in,
+            }));
+            ([(axum::http::header::CACHE_CONTROL, "no-store")], body).into_response()
+        }
+        Err(error) => txn_error(&error),
     }
 }
 

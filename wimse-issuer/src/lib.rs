@@ -43,9 +43,11 @@ mod postgres;
 mod seal;
 mod server;
 mod store;
+mod tts;
 
 pub use config::{
-    ClientConfig, ExchangeKind, ExchangeProfile, IssuerConfig, PlatformConfig, PostgresConfig, RateLimits, load_config,
+    ClientConfig, ExchangeKind, ExchangeProfile, IssuerConfig, PlatformConfig, PostgresConfig, RateLimits,
+    SubjectIssuer, TxnRequester, TxnTokenServiceConfig, load_config,
 };
 pub use http::router;
 pub use keys::KeyState;
@@ -53,6 +55,7 @@ pub use keys::KeyState;
 pub use postgres::PostgresStorage;
 pub use server::{IdentityServer, IssuedWit};
 pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage};
+pub use tts::{IssuedTxnToken, TxnTokenRequest};
 pub use wimse_core::trust::STORE_EPOCH_MEMBER;
 
 /// RFC 8693 token type of OAuth access tokens.

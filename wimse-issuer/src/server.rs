@@ -56,22 +56,23 @@ pub struct IssuedWit {
 
 /// An identity server for one trust domain. Cheap to share behind an `Arc`.
 pub struct IdentityServer {
-    domain: TrustDomain,
-    config: IssuerConfig,
+    pub(crate) domain: TrustDomain,
+    pub(crate) config: IssuerConfig,
     alg: Algorithm,
     platforms: Vec<Platform>,
     clients: Vec<Client>,
     exchanges: Vec<Exchange>,
-    storage: Arc<dyn KeyStorage>,
+    pub(crate) storage: Arc<dyn KeyStorage>,
     keys: RwLock<Loaded>,
     replica: String,
     maintenance_started: std::sync::atomic::AtomicBool,
     /// Serialises [`maintain`](Self::maintain).
     maintenance: tokio::sync::Mutex<()>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     per_client: RateLimiter<String>,
     per_source: RateLimiter<std::net::IpAddr>,
     failures: RateLimiter<std::net::IpAddr>,
+    pub(crate) tts: Option<crate::tts::Tts>,
 }
 
 impl std::fmt::Debug for IdentityServer {
@@ -277,7 +278,13 @@ impl IdentityServer {
                 return Err(config_error(format!("platforms[{i}]"), "another platform has the same name or issuer"));
             }
         }
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let tts = match &config.txn_tokens {
+            Some(tts) => Some(crate::tts::Tts::new(tts, &domain, &config, storage.clone(), clock.clone())?),
+            None => None,
+        };
         let server = Self {
+            tts,
             domain,
             alg,
             platforms,
@@ -288,7 +295,7 @@ impl IdentityServer {
             replica: crate::keys::random_id()[..12].to_owned(),
             maintenance_started: std::sync::atomic::AtomicBool::new(false),
             maintenance: tokio::sync::Mutex::new(()),
-            clock: Arc::new(clock),
+            clock,
             per_client: RateLimiter::new(config.rate_limits.per_client),
             per_source: RateLimiter::new(config.rate_limits.per_source),
             failures: RateLimiter::new(config.rate_limits.failed_authentications),
@@ -472,7 +479,7 @@ impl IdentityServer {
         true
     }
 
-    fn read_keys<T>(&self, f: impl FnOnce(&Loaded) -> T) -> T {
+    pub(crate) fn read_keys<T>(&self, f: impl FnOnce(&Loaded) -> T) -> T {
         f(&self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
@@ -488,7 +495,7 @@ impl IdentityServer {
     }
 
     /// Records an issuance in the storage (an audit row with PostgreSQL) before it is handed out.
-    async fn record(
+    pub(crate) async fn record(
         &self,
         kind: &'static str,
         client: &str,
@@ -647,7 +654,7 @@ impl IdentityServer {
     }
 
     /// Takes one request from `key`'s issuance budget.
-    fn limit(&self, key: &str) -> Result<()> {
+    pub(crate) fn limit(&self, key: &str) -> Result<()> {
         self.per_client.take(&key.to_owned(), 1, self.clock.now()).map_err(|retry| {
             tracing::warn!(target: "wimse::audit", who = key, "issuance rate limited");
             Error::with_detail(ErrorKind::RateLimited, format!("{key}: too many requests")).with_retry_after(retry)
@@ -886,7 +893,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 /// already matched: no `crit`, key from the configured keys by `kid`, signature, `exp` (and at
 /// most `max_lifetime` ahead, with 30 s leeway), `nbf`, `aud`.
 /// Returns the claims, or the name of the failed check.
-fn validate_external(
+pub(crate) fn validate_external(
     token: &jws::UnverifiedJws<'_>,
     keys: &TrustAnchors,
     audience: &str,

@@ -1,0 +1,518 @@
+//! The Transaction Token Service (draft-ietf-oauth-transaction-tokens-10 §10–11): at the edge of
+//! a call chain, a workload that authenticated with its own WIT + WPT exchanges the subject of
+//! the transaction (a user's access token, an ID token, a token it signs itself for work it
+//! starts, or an unsigned `{"sub": …}`) for a short-lived Txn-Token of this trust domain, with
+//! the purpose (`scope`) its configuration allows. A Txn-Token of the same transaction can be
+//! exchanged for a narrower one (replacement).
+//!
+//! Refusals, each distinct: an unauthenticated requester (`invalid_client`), one not allowed to
+//! request Txn-Tokens or not with this kind of subject token (`unauthorized_client`), a purpose
+//! not granted or wider than the subject token's (`invalid_scope`), an invalid subject token
+//! (`invalid_request`), an audience other than this trust domain (`invalid_target`).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use wimse_core::caller::VerifiedCaller;
+use wimse_core::id::{TrustDomain, WorkloadId};
+use wimse_core::jose::{PublicKey, jws};
+use wimse_core::policy::{Policy, Rule};
+use wimse_core::replay::{Claim, ReplayClaim, ReplayStore};
+use wimse_core::time::Clock;
+use wimse_core::trust::{TrustAnchors, TrustHandle, TrustStore};
+use wimse_core::txn::{
+    NewTxnToken, SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, TxnTokenIssuer, TxnTokenValidation, UNSIGNED_JSON_TYPE,
+};
+use wimse_core::verify::{RequestView, Verifier, VerifierConfig};
+use wimse_core::{Error, ErrorKind, Result};
+
+use crate::config::{ExchangeKind, IssuerConfig, SubjectIssuer, TxnRequester, TxnTokenServiceConfig, config_error};
+use crate::server::{IdentityServer, validate_external};
+use crate::store::KeyStorage;
+use crate::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
+
+/// RFC 8693 token type of OpenID Connect ID tokens.
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// Largest `request_context` / `request_details` accepted (they become `rctx` / `tctx`).
+const MAX_CONTEXT_LEN: usize = 2048;
+/// Largest subject token accepted.
+const MAX_SUBJECT_TOKEN_LEN: usize = 16 * 1024;
+/// Longest lifetime of a self-signed subject token, seconds.
+const MAX_SELF_SIGNED_LIFETIME: u64 = 300;
+/// Most scope values in one request.
+const MAX_SCOPE_VALUES: usize = 16;
+
+/// What a workload asks the Transaction Token Service for: the RFC 8693 parameters of the
+/// profile (`grant_type` and `requested_token_type` are checked by the HTTP layer).
+#[derive(Clone, Copy)]
+pub struct TxnTokenRequest<'a> {
+    /// `audience`: must be this trust domain.
+    pub audience: &'a str,
+    /// `scope`: the purpose, space-separated values.
+    pub scope: &'a str,
+    /// `subject_token`.
+    pub subject_token: &'a str,
+    /// `subject_token_type`.
+    pub subject_token_type: &'a str,
+    /// `request_context`: a JSON object, becomes `rctx`.
+    pub request_context: Option<&'a str>,
+    /// `request_details`: a JSON object, becomes `tctx`.
+    pub request_details: Option<&'a str>,
+}
+
+impl std::fmt::Debug for TxnTokenRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the subject token.
+        f.debug_struct("TxnTokenRequest")
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
+            .field("subject_token_type", &self.subject_token_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An issued Txn-Token.
+#[derive(Debug, Clone)]
+pub struct IssuedTxnToken {
+    /// The Txn-Token (compact JWS).
+    pub token: String,
+    /// Its transaction id (`txn`), for logs.
+    pub txn: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+/// The subject token types by short name (configuration) and URN (requests).
+fn subject_type(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "access_token" | ACCESS_TOKEN_TYPE => ACCESS_TOKEN_TYPE,
+        "id_token" | ID_TOKEN_TYPE => ID_TOKEN_TYPE,
+        "jwt" | JWT_TOKEN_TYPE => JWT_TOKEN_TYPE,
+        "self_signed" | SELF_SIGNED_TYPE => SELF_SIGNED_TYPE,
+        "unsigned_json" | UNSIGNED_JSON_TYPE => UNSIGNED_JSON_TYPE,
+        "txn_token" | TXN_TOKEN_TYPE => TXN_TOKEN_TYPE,
+        _ => return None,
+    })
+}
+
+struct Requester {
+    who: Policy,
+    scopes: Vec<String>,
+    types: Vec<&'static str>,
+    issuers: Vec<String>,
+}
+
+/// The TTS part of an [`IdentityServer`].
+pub(crate) struct Tts {
+    lifetime: u64,
+    /// The TTS identifier a self-signed subject token's `aud` names: the token endpoint.
+    identifier: String,
+    subject_issuers: Vec<(SubjectIssuer, TrustAnchors)>,
+    requesters: Vec<Requester>,
+    /// Authenticates requesters (WIT + WPT for the token endpoint) against this server's own
+    /// keys, claiming each proof in the key storage (shared by every replica on PostgreSQL).
+    verifier: Verifier,
+    anchors: TrustHandle,
+    /// The key state (epoch, sequence) whose keys `anchors` holds.
+    applied: Mutex<Option<(String, u64)>>,
+}
+
+/// Proof `jti`s claimed in the identity server's storage, so a WPT sent to one replica is
+/// refused by every other.
+struct StorageReplay(Arc<dyn KeyStorage>);
+
+impl std::fmt::Debug for StorageReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageReplay")
+    }
+}
+
+impl ReplayStore for StorageReplay {
+    fn claim(&self, claim: &ReplayClaim, now: u64) -> Claim {
+        let (storage, claim) = (self.0.clone(), *claim);
+        Claim::pending(async move { storage.claim_once(&claim, now).await })
+    }
+}
+
+impl Tts {
+    pub(crate) fn new(
+        config: &TxnTokenServiceConfig,
+        domain: &TrustDomain,
+        issuer: &IssuerConfig,
+        storage: Arc<dyn KeyStorage>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let field = |name: String| format!("txn_tokens.{name}");
+        if config.lifetime == 0 || config.lifetime > 600 {
+            return Err(config_error(
+                field("lifetime".into()),
+                "must be between 1 and 600 seconds (Txn-Tokens are short-lived)",
+            ));
+        }
+        let endpoint = issuer.token_endpoint.clone().ok_or_else(|| {
+            config_error(field("".into()).trim_end_matches('.'), "needs token_endpoint (the requesters' WPT audience)")
+        })?;
+        let mut subject_issuers = Vec::new();
+        for (i, s) in config.subject_issuers.iter().enumerate() {
+            let keys = TrustAnchors::from_jwks_json(&s.jwks.to_string())
+                .map_err(|e| config_error(field(format!("subject_issuers[{i}].jwks")), e))?;
+            if s.issuer.is_empty() || s.audience.is_empty() || s.audience == endpoint {
+                return Err(config_error(
+                    field(format!("subject_issuers[{i}]")),
+                    "issuer and audience must be set (and the audience not the token endpoint)",
+                ));
+            }
+            if s.kind == ExchangeKind::JwtSvid {
+                return Err(config_error(field(format!("subject_issuers[{i}].kind")), "access-token or jwt"));
+            }
+            if s.max_token_lifetime == 0 || s.max_token_lifetime > 604_800 {
+                return Err(config_error(
+                    field(format!("subject_issuers[{i}].max_token_lifetime")),
+                    "must be between 1 and 604800 seconds",
+                ));
+            }
+            if config.subject_issuers[..i].iter().any(|o| o.name == s.name || o.issuer == s.issuer) {
+                return Err(config_error(
+                    field(format!("subject_issuers[{i}]")),
+                    "another has the same name or issuer",
+                ));
+            }
+            subject_issuers.push((s.clone(), keys));
+        }
+        let mut requesters = Vec::new();
+        for (i, r) in config.requesters.iter().enumerate() {
+            requesters.push(
+                requester(r, domain, &subject_issuers)
+                    .map_err(|e| config_error(field(format!("requesters[{i}]")), e))?,
+            );
+        }
+        let anchors = TrustHandle::default();
+        let verifier =
+            Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience(endpoint.clone()).only_wpt())?
+                .with_trust_handle(anchors.clone())
+                .with_replay_store(StorageReplay(storage))
+                .with_clock(clock);
+        Ok(Self {
+            lifetime: config.lifetime,
+            identifier: endpoint,
+            subject_issuers,
+            requesters,
+            verifier,
+            anchors,
+            applied: Mutex::new(None),
+        })
+    }
+}
+
+fn requester(
+    r: &TxnRequester,
+    domain: &TrustDomain,
+    issuers: &[(SubjectIssuer, TrustAnchors)],
+) -> std::result::Result<Requester, String> {
+    let mut rules = Vec::new();
+    for id in &r.workloads {
+        let id = WorkloadId::parse(id).map_err(|e| format!("workloads: {e}"))?;
+        if !id.is_in(domain) {
+            return Err(format!("{id} is not in {domain}"));
+        }
+        rules.push(Rule::workload(id));
+    }
+    for prefix in &r.prefixes {
+        if !prefix.starts_with(&format!("{domain}/")) {
+            return Err(format!("prefix {prefix} is not in {domain}"));
+        }
+        rules.push(Rule::path_prefix(prefix).map_err(|e| format!("prefixes: {e}"))?);
+    }
+    if rules.is_empty() {
+        return Err("names no workload".into());
+    }
+    if r.scopes.is_empty() || r.scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+        return Err("scopes: at least one, each a single non-empty value".into());
+    }
+    let types = r
+        .subject_token_types
+        .iter()
+        .map(|t| subject_type(t).ok_or_else(|| format!("unknown subject token type `{t}`")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if types.is_empty() {
+        return Err("subject_token_types: at least one".into());
+    }
+    let external = types.iter().any(|t| [ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE].contains(t));
+    if external && r.subject_issuers.is_empty() {
+        return Err("external subject token types need subject_issuers".into());
+    }
+    if let Some(unknown) = r.subject_issuers.iter().find(|n| !issuers.iter().any(|(s, _)| &s.name == *n)) {
+        return Err(format!("no subject issuer named `{unknown}`"));
+    }
+    Ok(Requester {
+        who: Policy::named("txn-token requesters").allow(Rule::any_of(rules)),
+        scopes: r.scopes.clone(),
+        types,
+        issuers: r.subject_issuers.clone(),
+    })
+}
+
+/// The subject of the transaction, as the subject token established it.
+struct Subject {
+    sub: String,
+    /// The scope the subject token carries, when it carries one: the Txn-Token's bound.
+    scope: Option<String>,
+    /// When the subject token expires: the Txn-Token never outlives it.
+    expires_at: Option<u64>,
+    /// A replacement: the token it replaces.
+    replaces: Option<wimse_core::txn::VerifiedTxnToken>,
+}
+
+fn refused(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::with_detail(ErrorKind::ExchangeRefused, detail)
+}
+
+fn json_object(text: Option<&str>, name: &'static str) -> Result<Option<Map<String, Value>>> {
+    let Some(text) = text else { return Ok(None) };
+    if text.len() > MAX_CONTEXT_LEN {
+        return Err(refused(format!("{name} is larger than {MAX_CONTEXT_LEN} bytes")));
+    }
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(Some(map)),
+        _ => Err(refused(format!("{name} is not a JSON object"))),
+    }
+}
+
+impl IdentityServer {
+    fn tts(&self) -> Result<&Tts> {
+        self.tts.as_ref().ok_or_else(|| {
+            Error::with_detail(ErrorKind::UnsupportedTokenType, "this identity server is no Transaction Token Service")
+        })
+    }
+
+    /// Authenticates a workload asking the Transaction Token Service: its WIT (from this
+    /// server) and a WPT for the token endpoint, claimed once across replicas.
+    pub async fn authenticate_requester(&self, headers: &axum::http::HeaderMap) -> Result<VerifiedCaller> {
+        let tts = self.tts()?;
+        let state = self.key_state();
+        {
+            let mut applied = tts.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if applied.as_ref() != Some(&state) {
+                tts.anchors.set(self.domain.clone(), self.anchors()?);
+                *applied = Some(state);
+            }
+        }
+        tts.verifier.verify(&RequestView::new("/v1/token", headers).method("POST")).await
+    }
+
+    /// Issues a Txn-Token to `requester` (authenticated with
+    /// [`authenticate_requester`](Self::authenticate_requester)) as the configuration allows.
+    pub async fn issue_txn_token(
+        &self,
+        requester: &VerifiedCaller,
+        request: &TxnTokenRequest<'_>,
+    ) -> Result<IssuedTxnToken> {
+        let tts = self.tts()?;
+        if request.audience != self.domain.as_str() {
+            return Err(Error::with_detail(
+                ErrorKind::InvalidTarget,
+                format!("this service issues for {}", self.domain),
+            ));
+        }
+        let who = requester.id();
+        let denied = |detail: String| {
+            tracing::warn!(target: "wimse::audit", requester = %who, refused = %detail, "Txn-Token refused");
+            Error::with_detail(ErrorKind::IssuanceDenied, detail)
+        };
+        let entries: Vec<&Requester> = tts.requesters.iter().filter(|r| r.who.allows_id(who)).collect();
+        if entries.is_empty() {
+            return Err(denied(format!("{who} may not request Txn-Tokens")));
+        }
+        // Requests name types by URN (RFC 8693 §3); refresh tokens are never subjects (§13.3).
+        let token_type = subject_type(request.subject_token_type)
+            .filter(|_| request.subject_token_type.starts_with("urn:"))
+            .ok_or_else(|| Error::with_detail(ErrorKind::UnsupportedTokenType, "subject_token_type"))?;
+        let entries: Vec<&Requester> = entries.into_iter().filter(|r| r.types.contains(&token_type)).collect();
+        if entries.is_empty() {
+            return Err(denied(format!("{who} may not present subject tokens of type {token_type}")));
+        }
+        let scopes: Vec<&str> = request.scope.split(' ').filter(|s| !s.is_empty()).collect();
+        if scopes.is_empty() || scopes.len() > MAX_SCOPE_VALUES || scopes.iter().any(|s| s.len() > 128) {
+            return Err(Error::with_detail(ErrorKind::InvalidScope, "scope: 1 to 16 values"));
+        }
+        // Counted once the requester is known to be allowed, before the subject token's work.
+        self.limit(&format!("txn-token {who}"))?;
+        let now = self.clock.now();
+        let (subject, issuer) = self.subject(tts, requester, token_type, request.subject_token, now)?;
+        let entry = entries
+            .iter()
+            .filter(|r| issuer.is_none_or(|name| r.issuers.iter().any(|n| n == name)))
+            .find(|r| scopes.iter().all(|s| r.scopes.iter().any(|g| g == s)));
+        if entry.is_none() {
+            tracing::warn!(target: "wimse::audit", requester = %who, scope = request.scope, "Txn-Token scope refused");
+            return Err(Error::with_detail(ErrorKind::InvalidScope, format!("{who} may not request this scope")));
+        }
+        // Never wider than what the subject token carries (§13.6).
+        if let Some(bound) = &subject.scope
+            && let Some(wider) = scopes.iter().find(|s| !bound.split(' ').any(|b| b == **s))
+        {
+            return Err(Error::with_detail(
+                ErrorKind::InvalidScope,
+                format!("`{wider}` is not in the subject token's scope"),
+            ));
+        }
+        let scope = scopes.join(" ");
+        let token = match &subject.replaces {
+            Some(original) => NewTxnToken::replacing(original, &scope, who.as_str())?,
+            None => {
+                let mut token = NewTxnToken::new(subject.sub.clone(), scope.clone()).requested_by(who.as_str());
+                if let Some(tctx) = json_object(request.request_details, "request_details")? {
+                    token = token.context(tctx);
+                }
+                if let Some(rctx) = json_object(request.request_context, "request_context")? {
+                    token = token.request_context(rctx);
+                }
+                token.not_after = subject.expires_at;
+                token
+            }
+        };
+        let key = self.read_keys(|loaded| loaded.active_key(now).cloned())?;
+        let kid = key.kid().unwrap_or_default().to_owned();
+        let mut issuer = TxnTokenIssuer::new(key, &self.domain).with_lifetime(tts.lifetime);
+        if let Some(iss) = &self.config.issuer {
+            issuer = issuer.with_issuer(iss.clone());
+        }
+        let signed = issuer.issue(&token, now)?;
+        let verified = wimse_core::txn::validate(
+            &signed,
+            &TrustStore::new().with(self.domain.clone(), self.anchors()?),
+            &TxnTokenValidation::new(self.domain.clone()).with_max_lifetime(tts.lifetime),
+            now,
+        )?;
+        let expires_in = verified.expires_at().saturating_sub(now);
+        self.record("txn-token", who.as_str(), who, expires_in, kid, now).await?;
+        tracing::info!(target: "wimse::audit", requester = %who, txn = verified.txn(), scope, subject_token_type = token_type,
+            replacement = subject.replaces.is_some(), expires_in, "Txn-Token issued");
+        Ok(IssuedTxnToken { token: signed, txn: verified.txn().to_owned(), expires_in })
+    }
+
+    /// Validates the subject token; returns the subject and the name of its issuer, if external.
+    fn subject<'t>(
+        &self,
+        tts: &'t Tts,
+        requester: &VerifiedCaller,
+        token_type: &'static str,
+        token: &str,
+        now: u64,
+    ) -> Result<(Subject, Option<&'t str>)> {
+        if token.len() > MAX_SUBJECT_TOKEN_LEN {
+            return Err(refused("subject_token is too large"));
+        }
+        match token_type {
+            UNSIGNED_JSON_TYPE => {
+                let Ok(Value::Object(object)) = serde_json::from_str::<Value>(token) else {
+                    return Err(refused("subject_token is not a JSON object"));
+                };
+                let sub = object.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
+                let sub = sub.ok_or_else(|| refused("subject_token has no sub"))?.to_owned();
+                Ok((Subject { sub, scope: None, expires_at: None, replaces: None }, None))
+            }
+            SELF_SIGNED_TYPE => {
+                let wit = requester
+                    .wit()
+                    .ok_or_else(|| refused("self-signed subject tokens need a WIT-authenticated requester"))?;
+                let sub = self_signed(token, requester.id(), wit.cnf_key(), &tts.identifier, now)?;
+                Ok((Subject { sub, scope: None, expires_at: None, replaces: None }, None))
+            }
+            TXN_TOKEN_TYPE => {
+                let keys = TrustStore::new().with(self.domain.clone(), self.anchors()?);
+                let original =
+                    wimse_core::txn::validate(token, &keys, &TxnTokenValidation::new(self.domain.clone()), now)
+                        .map_err(|e| refused(format!("subject Txn-Token: {}", e.reason())))?;
+                let sub = original.subject().to_owned();
+                Ok((
+                    Subject {
+                        sub,
+                        scope: Some(original.scope().to_owned()),
+                        expires_at: Some(original.expires_at()),
+                        replaces: Some(original),
+                    },
+                    None,
+                ))
+            }
+            _ => {
+                let parsed = jws::parse(token, MAX_SUBJECT_TOKEN_LEN)
+                    .map_err(|e| refused(format!("subject_token: {}", e.reason())))?;
+                let iss = parsed
+                    .claims
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| refused("subject_token has no iss"))?;
+                let (issuer, keys) = tts
+                    .subject_issuers
+                    .iter()
+                    .find(|(s, _)| s.issuer == iss)
+                    .ok_or_else(|| refused("no subject issuer is configured for this iss"))?;
+                let access = issuer.kind == ExchangeKind::AccessToken;
+                if access != (token_type == ACCESS_TOKEN_TYPE) {
+                    return Err(refused(format!("subject issuer `{}` does not issue this token type", issuer.name)));
+                }
+                let typ = parsed.header_str("typ")?.map(str::to_ascii_lowercase);
+                if access && !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {
+                    return Err(refused("an access token's typ must be at+jwt"));
+                }
+                let claims = validate_external(&parsed, keys, &issuer.audience, issuer.max_token_lifetime, now)
+                    .map_err(|d| refused(format!("subject_token: {d}")))?;
+                let sub = claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
+                let sub = sub.ok_or_else(|| refused("subject_token has no sub"))?.to_owned();
+                let scope = match (access, claims.get("scope")) {
+                    (_, Some(Value::String(scope))) => Some(scope.clone()),
+                    // An access token whose scope is unknown bounds nothing: refused (§13.14).
+                    (true, _) => {
+                        return Err(Error::with_detail(ErrorKind::InvalidScope, "the access token carries no scope"));
+                    }
+                    (false, None) => None,
+                    (false, Some(_)) => return Err(refused("subject_token scope is not a string")),
+                };
+                let expires_at = claims.get("exp").and_then(Value::as_u64);
+                Ok((Subject { sub, scope, expires_at, replaces: None }, Some(issuer.name.as_str())))
+            }
+        }
+    }
+}
+
+/// A self-signed subject token (§11.2.1): a JWT the requester signed with its WIT key, `iss` its
+/// identifier, `aud` this TTS (the token endpoint), `iat` and `exp` at most 5 minutes apart.
+/// Returns its `sub`.
+fn self_signed(token: &str, requester: &WorkloadId, key: &PublicKey, tts: &str, now: u64) -> Result<String> {
+    let parsed =
+        jws::parse(token, MAX_SUBJECT_TOKEN_LEN).map_err(|e| refused(format!("subject_token: {}", e.reason())))?;
+    parsed.reject_crit().map_err(|_| refused("subject_token has crit"))?;
+    // Not another WIMSE token of the requester's (a proof, a WIT) mistaken for this one.
+    let typ = parsed.header_str("typ")?.unwrap_or("jwt").to_ascii_lowercase();
+    if !matches!(typ.as_str(), "jwt" | "application/jwt") {
+        return Err(refused("a self-signed subject token's typ is JWT"));
+    }
+    let alg = parsed.algorithm().map_err(|_| refused("subject_token alg"))?;
+    if !key.accepts(alg)
+        || !key.verify(wimse_core::jose::Backend::default(), alg, parsed.signing_input.as_bytes(), &parsed.signature)
+    {
+        return Err(refused("the self-signed subject token is not signed with the requester's key"));
+    }
+    let claims = &parsed.claims;
+    if claims.get("iss").and_then(Value::as_str) != Some(requester.as_str()) {
+        return Err(refused("the self-signed subject token's iss is not the requester"));
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => aud == tts,
+        Some(Value::Array(auds)) => auds.len() == 1 && auds[0].as_str() == Some(tts),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(refused("the self-signed subject token's aud is not this service"));
+    }
+    let (Some(iat), Some(exp)) = (claims.get("iat").and_then(Value::as_u64), claims.get("exp").and_then(Value::as_u64))
+    else {
+        return Err(refused("the self-signed subject token needs iat and exp"));
+    };
+    if now >= exp || iat > now + 30 || exp.saturating_sub(iat) > MAX_SELF_SIGNED_LIFETIME {
+        return Err(refused("the self-signed subject token is expired, not yet valid, or too long-lived"));
+    }
+    let sub = claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
+    Ok(sub.ok_or_else(|| refused("subject_token has no sub"))?.to_owned())
+}

@@ -1,0 +1,337 @@
+//! The identity server as the Transaction Token Service, on loopback: workloads authenticate
+//! with WIT + WPT, exchange a user's access token (or a token of their own, or a Txn-Token to
+//! narrow) for a Txn-Token; every refusal is distinct.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use wimse_core::jose::{Backend, jws};
+use wimse_core::prelude::*;
+use wimse_core::txn::{TxnTokenValidation, VerifiedTxnToken, validate};
+use wimse_issuer::{IdentityServer, IssuerConfig};
+use wimse_reqwest::{Bootstrap, IssuerCredentials, TxnTokenRequest, TxnTokenService, self_signed_subject};
+
+const FRONT: &str = "spiffe://prod.example/front";
+const ORDERS: &str = "spiffe://prod.example/orders";
+const INTRUDER: &str = "spiffe://prod.example/intruder";
+const IDP: &str = "https://idp.prod.example";
+const API: &str = "https://api.prod.example";
+
+fn now() -> u64 {
+    wimse_testkit::now()
+}
+
+fn secret(id: &str) -> String {
+    format!("dev-secret-for:{id}")
+}
+
+struct Setup {
+    base: String,
+    server: Arc<IdentityServer>,
+    idp: SigningKey,
+    domain: TrustDomain,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        let idp = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("idp-1");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("wimse-tts-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let clients: Vec<Value> = [FRONT, ORDERS, INTRUDER]
+            .iter()
+            .map(|id| json!({"name": id, "dev_secret": secret(id), "allowed": [id], "max_lifetime": 600}))
+            .collect();
+        let config: IssuerConfig = serde_json::from_value(json!({
+            "trust_domain": "spiffe://prod.example",
+            "issuer": "https://issuer.prod.example",
+            "key_store": dir.join("keys.json"),
+            "dev_mode": true,
+            "token_endpoint": format!("{base}/v1/token"),
+            "clients": clients,
+            "txn_tokens": {
+                "lifetime": 120,
+                "subject_issuers": [{"name": "users", "kind": "access-token", "issuer": IDP, "audience": API,
+                                     "jwks": {"keys": [idp.public_jwk()]}}],
+                "requesters": [
+                    {"workloads": [FRONT], "scopes": ["orders.purchase", "orders.read", "orders.admin"],
+                     "subject_token_types": ["access_token"], "subject_issuers": ["users"]},
+                    {"workloads": [ORDERS], "scopes": ["orders.read"], "subject_token_types": ["txn_token", "self_signed"]}
+                ]
+            }
+        }))
+        .unwrap();
+        let server = Arc::new(IdentityServer::open(config, SystemClock).await.unwrap());
+        let app = wimse_issuer::router(server.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base, server, idp, domain: "spiffe://prod.example".parse().unwrap() }
+    }
+
+    async fn signer(&self, id: &str) -> Signer {
+        Signer::new(IssuerCredentials::connect(&self.base, id, Bootstrap::Token(secret(id))).await.unwrap())
+    }
+
+    async fn tts(&self, id: &str) -> TxnTokenService {
+        TxnTokenService::new(self.signer(id).await, format!("{}/v1/token", self.base), &self.domain).unwrap()
+    }
+
+    /// A user's access token from the IdP (RFC 9068).
+    fn access_token(&self, claims: Value) -> String {
+        let mut base = json!({"iss": IDP, "sub": "user-1842", "aud": API, "scope": "orders.purchase orders.read",
+                              "iat": now(), "exp": now() + 600, "client_id": "shop-web"});
+        for (k, v) in claims.as_object().unwrap() {
+            if v.is_null() {
+                base.as_object_mut().unwrap().remove(k);
+            } else {
+                base[k] = v.clone();
+            }
+        }
+        jws::sign("at+jwt", Some("idp-1"), &base, &self.idp, Backend::default()).unwrap()
+    }
+
+    fn check(&self, token: &str) -> VerifiedTxnToken {
+        let keys = TrustStore::new().with(self.domain.clone(), self.server.anchors().unwrap());
+        validate(token, &keys, &TxnTokenValidation::new(self.domain.clone()), now()).unwrap()
+    }
+}
+
+fn kind<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorKind {
+    result.expect_err("issued").into_kind()
+}
+
+#[tokio::test]
+async fn txn_tokens_for_users_at_the_edge() {
+    let s = Setup::start().await;
+    let front = s.tts(FRONT).await;
+    let request = TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.purchase")
+        .request_details(json!({"action": "purchase", "order": "7d1f"}))
+        .request_context(json!({"channel": "web"}));
+    let issued = front.request(&request).await.unwrap();
+    let txn = s.check(&issued.token);
+    assert_eq!(txn.subject(), "user-1842");
+    assert_eq!(txn.scope(), "orders.purchase");
+    assert_eq!(txn.requesting_workloads(), [FRONT.to_owned()]);
+    assert_eq!(txn.transaction_context().unwrap()["order"], "7d1f");
+    assert_eq!(txn.request_context().unwrap()["channel"], "web");
+    assert_eq!(txn.issuer(), Some("https://issuer.prod.example"));
+    assert!(issued.expires_in <= 120 && issued.expires_in > 100, "{}", issued.expires_in);
+    let user_token = s.access_token(json!({}));
+    let user_signature = user_token.rsplit('.').next().unwrap();
+    assert!(!issued.token.contains(user_signature), "the access token is not embedded");
+    // Each transaction gets its own id.
+    let again =
+        front.request(&TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.read")).await.unwrap();
+    assert_ne!(s.check(&again.token).txn(), txn.txn());
+    // Never outlives the user's access token.
+    let short = s.access_token(json!({"exp": now() + 30}));
+    let brief = front.request(&TxnTokenRequest::for_access_token(short, "orders.read")).await.unwrap();
+    assert!(brief.expires_in <= 30);
+}
+
+#[tokio::test]
+async fn refusals_are_distinct() {
+    let s = Setup::start().await;
+    let front = s.tts(FRONT).await;
+    let user = |claims: Value| s.access_token(claims);
+    let ask = |token: String, scope: &str| TxnTokenRequest::for_access_token(token, scope);
+
+    // A purpose this workload may not ask for.
+    assert_eq!(kind(front.request(&ask(user(json!({})), "orders.refund")).await), ErrorKind::InvalidScope);
+    // One it may ask for, but wider than the user's token.
+    assert_eq!(kind(front.request(&ask(user(json!({})), "orders.admin")).await), ErrorKind::InvalidScope);
+    // An access token whose scope is unknown bounds nothing.
+    assert_eq!(kind(front.request(&ask(user(json!({"scope": null})), "orders.read")).await), ErrorKind::InvalidScope);
+    // Invalid subject tokens.
+    for bad in [
+        user(json!({"exp": now() - 60})),
+        user(json!({"aud": "https://other.example"})),
+        user(json!({"iss": "https://evil.example"})),
+        jws::sign(
+            "at+jwt",
+            Some("idp-1"),
+            &json!({"iss": IDP, "sub": "u", "aud": API, "scope": "orders.read", "exp": now() + 60}),
+            &SigningKey::generate(Algorithm::ES256).unwrap(),
+            Backend::default(),
+        )
+        .unwrap(),
+        jws::sign(
+            "JWT",
+            Some("idp-1"),
+            &json!({"iss": IDP, "sub": "u", "aud": API, "scope": "orders.read", "exp": now() + 60}),
+            &s.idp,
+            Backend::default(),
+        )
+        .unwrap(),
+        "not a token".to_owned(),
+        "x".repeat(20_000),
+    ] {
+        assert_eq!(kind(front.request(&ask(bad, "orders.read")).await), ErrorKind::ExchangeRefused);
+    }
+    // Not a requester at all, and a type this requester may not present.
+    let intruder = s.tts(INTRUDER).await;
+    assert_eq!(kind(intruder.request(&ask(user(json!({})), "orders.read")).await), ErrorKind::IssuanceDenied);
+    assert_eq!(
+        kind(front.request(&TxnTokenRequest::unsigned("user-9", "orders.read")).await),
+        ErrorKind::IssuanceDenied
+    );
+    // Refresh tokens are never subjects; unknown types neither.
+    let refresh = TxnTokenRequest::new("r", "urn:ietf:params:oauth:token-type:refresh_token", "orders.read");
+    assert_eq!(kind(front.request(&refresh).await), ErrorKind::ExchangeRefused);
+    // Another trust domain's Txn-Token.
+    let partner = TxnTokenService::new(
+        s.signer(FRONT).await,
+        format!("{}/v1/token", s.base),
+        &"spiffe://partner.example".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kind(partner.request(&ask(user(json!({})), "orders.read")).await), ErrorKind::InvalidTarget);
+}
+
+#[tokio::test]
+async fn the_requester_must_prove_its_wit() {
+    let s = Setup::start().await;
+    let endpoint = format!("{}/v1/token", s.base);
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+        ("requested_token_type", "urn:ietf:params:oauth:token-type:txn_token".to_owned()),
+        ("audience", "spiffe://prod.example".to_owned()),
+        ("scope", "orders.read".to_owned()),
+        ("subject_token", s.access_token(json!({}))),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token".to_owned()),
+    ];
+    let http = reqwest::Client::new();
+    let anonymous = http.post(&endpoint).form(&form).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["www-authenticate"], "WPT");
+    assert_eq!(anonymous.json::<Value>().await.unwrap()["error"], "invalid_client");
+    // One proof, sent twice: the second is a replay.
+    let signer = s.signer(FRONT).await;
+    let mut headers = http::HeaderMap::new();
+    signer.sign_headers(&mut headers, &endpoint).unwrap();
+    let send = || http.post(&endpoint).headers(headers.clone()).form(&form).send();
+    assert_eq!(send().await.unwrap().status(), 200);
+    let replayed = send().await.unwrap();
+    assert_eq!(replayed.status(), 401);
+    assert_eq!(replayed.json::<Value>().await.unwrap()["error"], "invalid_client");
+    // A proof for another audience.
+    let mut headers = http::HeaderMap::new();
+    signer.sign_headers(&mut headers, "https://orders.prod.example/").unwrap();
+    let wrong = http.post(&endpoint).headers(headers).form(&form).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+}
+
+#[tokio::test]
+async fn replacement_and_internal_transactions() {
+    let s = Setup::start().await;
+    let front = s.tts(FRONT).await;
+    let wide = front
+        .request(&TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.purchase orders.read"))
+        .await
+        .unwrap();
+    let original = s.check(&wide.token);
+    let orders_signer = s.signer(ORDERS).await;
+    let orders = TxnTokenService::new(orders_signer.clone(), format!("{}/v1/token", s.base), &s.domain).unwrap();
+    // Narrowed by the next hop: same transaction and subject, the chain of requesters kept.
+    let narrow = orders.request(&TxnTokenRequest::replacing(&wide.token, "orders.read")).await.unwrap();
+    let replacement = s.check(&narrow.token);
+    assert_eq!(
+        (replacement.txn(), replacement.subject(), replacement.scope()),
+        (original.txn(), "user-1842", "orders.read")
+    );
+    assert_eq!(replacement.requesting_workloads(), [FRONT.to_owned(), ORDERS.to_owned()]);
+    assert!(replacement.expires_at() <= original.expires_at());
+    // Never wider than the token replaced, nor than the requester's grant.
+    let only_read = orders.request(&TxnTokenRequest::replacing(&narrow.token, "orders.read")).await.unwrap();
+    assert_eq!(s.check(&only_read.token).scope(), "orders.read");
+    let front_narrow = front
+        .request(&TxnTokenRequest::for_access_token(
+            s.access_token(json!({"scope": "orders.purchase"})),
+            "orders.purchase",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(orders.request(&TxnTokenRequest::replacing(&front_narrow.token, "orders.read")).await),
+        ErrorKind::InvalidScope
+    );
+    // A Txn-Token minted by a workload is no subject.
+    let forged = jws::sign(
+        "txntoken+jwt",
+        None,
+        &json!({"aud": "spiffe://prod.example", "iat": now(), "exp": now() + 60,
+        "txn": "t", "sub": "admin", "scope": "orders.read", "req_wl": FRONT}),
+        orders_signer.credentials().unwrap().key(),
+        Backend::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        kind(orders.request(&TxnTokenRequest::replacing(forged, "orders.read")).await),
+        ErrorKind::ExchangeRefused
+    );
+
+    // A transaction orders starts itself (a batch job), with a self-signed subject token.
+    let subject = self_signed_subject(&orders_signer, orders.endpoint(), "batch-job-7", now()).unwrap();
+    let batch = orders.request(&TxnTokenRequest::self_signed(subject, "orders.read")).await.unwrap();
+    assert_eq!(s.check(&batch.token).subject(), "batch-job-7");
+    let elsewhere =
+        self_signed_subject(&orders_signer, "https://other-tts.example/token", "batch-job-7", now()).unwrap();
+    assert_eq!(
+        kind(orders.request(&TxnTokenRequest::self_signed(elsewhere, "orders.read")).await),
+        ErrorKind::ExchangeRefused
+    );
+    // Signed by another workload's key: not this requester's.
+    let front_signer = s.signer(FRONT).await;
+    let theirs = self_signed_subject(&front_signer, orders.endpoint(), "batch-job-7", now()).unwrap();
+    assert_eq!(
+        kind(orders.request(&TxnTokenRequest::self_signed(theirs, "orders.read")).await),
+        ErrorKind::ExchangeRefused
+    );
+}
+
+#[tokio::test]
+async fn configuration_is_checked() {
+    let base = json!({"trust_domain": "spiffe://prod.example", "key_store": std::env::temp_dir().join("wimse-tts-cfg-never-opened.json"),
+                      "dev_mode": true, "clients": [{"name": "a", "dev_secret": "0123456789abcdefg", "allowed": [FRONT], "max_lifetime": 60}]});
+    let with = |txn: Value, endpoint: bool| {
+        let mut c = base.clone();
+        c["txn_tokens"] = txn;
+        if endpoint {
+            c["token_endpoint"] = json!("http://127.0.0.1:1/v1/token");
+        }
+        serde_json::from_value::<IssuerConfig>(c).unwrap()
+    };
+    let requester = json!({"workloads": [FRONT], "scopes": ["a"], "subject_token_types": ["self_signed"]});
+    for (txn, endpoint, field) in [
+        (json!({"requesters": [requester]}), false, "token_endpoint"),
+        (json!({"lifetime": 3600, "requesters": [requester]}), true, "lifetime"),
+        (
+            json!({"requesters": [{"workloads": ["spiffe://other.example/x"], "scopes": ["a"], "subject_token_types": ["self_signed"]}]}),
+            true,
+            "not in",
+        ),
+        (
+            json!({"requesters": [{"workloads": [FRONT], "scopes": ["a b"], "subject_token_types": ["self_signed"]}]}),
+            true,
+            "scopes",
+        ),
+        (
+            json!({"requesters": [{"workloads": [FRONT], "scopes": ["a"], "subject_token_types": ["refresh_token"]}]}),
+            true,
+            "unknown subject token type",
+        ),
+        (
+            json!({"requesters": [{"workloads": [FRONT], "scopes": ["a"], "subject_token_types": ["access_token"]}]}),
+            true,
+            "subject_issuers",
+        ),
+    ] {
+        let error = IdentityServer::open(with(txn, endpoint), SystemClock).await.unwrap_err();
+        assert_eq!(error.kind(), &ErrorKind::InvalidConfiguration);
+        assert!(error.detail().unwrap().contains(field), "{error:?} should name {field}");
+    }
+}

@@ -1,0 +1,189 @@
+//! Transaction Tokens on the client side: obtaining one from the trust domain's Transaction
+//! Token Service (draft-ietf-oauth-transaction-tokens-10 §11, RFC 8693), authenticated with this
+//! workload's own WIT + WPT.
+//!
+//! Forwarding the token of the request being served is the job of [`WimseSignMiddleware`]:
+//! put [`TxnToken`] in the outbound request's extensions (or set the `Txn-Token` field) and
+//! name the origins of this trust domain with
+//! [`WimseSignMiddleware::trust_domain_origins`]; the token then goes, bound to each request's
+//! proof, to those origins only.
+
+use reqwest_middleware::ClientWithMiddleware;
+use serde_json::Value;
+use wimse_core::id::TrustDomain;
+use wimse_core::sign::Signer;
+use wimse_core::txn::{SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, UNSIGNED_JSON_TYPE};
+
+/// RFC 8693 token type of OAuth access tokens.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+use wimse_core::{Error, ErrorKind};
+
+use crate::{WimseSignMiddleware, read_capped, secure_or_loopback};
+
+/// The Txn-Token to forward on an outbound request (a request extension): exactly the value
+/// received, e.g. `TxnToken(caller.txn_token().unwrap().to_owned())`. Added, and bound to the
+/// proof, only for origins of this trust domain
+/// ([`WimseSignMiddleware::trust_domain_origins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnToken(pub String);
+
+/// A Txn-Token request: the subject of the transaction and its purpose.
+#[derive(Debug, Clone)]
+pub struct TxnTokenRequest {
+    scope: String,
+    subject_token: String,
+    subject_token_type: String,
+    request_context: Option<Value>,
+    request_details: Option<Value>,
+}
+
+impl TxnTokenRequest {
+    /// For the user whose OAuth access token (RFC 9068 JWT) the edge received, for `scope`.
+    pub fn for_access_token(access_token: impl Into<String>, scope: impl Into<String>) -> Self {
+        Self::new(access_token, ACCESS_TOKEN_TYPE, scope)
+    }
+
+    /// A replacement of `txn_token` (the one received) with a narrower `scope`.
+    pub fn replacing(txn_token: impl Into<String>, scope: impl Into<String>) -> Self {
+        Self::new(txn_token, TXN_TOKEN_TYPE, scope)
+    }
+
+    /// For a transaction this workload starts on behalf of `subject` (`unsigned_json`: the TTS
+    /// must allow this workload to name subjects).
+    pub fn unsigned(subject: &str, scope: impl Into<String>) -> Self {
+        Self::new(serde_json::json!({ "sub": subject }).to_string(), UNSIGNED_JSON_TYPE, scope)
+    }
+
+    /// For a transaction this workload starts itself on behalf of `subject`: a `self_signed`
+    /// subject token ([`self_signed_subject`]).
+    pub fn self_signed(token: impl Into<String>, scope: impl Into<String>) -> Self {
+        Self::new(token, SELF_SIGNED_TYPE, scope)
+    }
+
+    /// Any subject token with its RFC 8693 type URN.
+    pub fn new(
+        subject_token: impl Into<String>,
+        subject_token_type: impl Into<String>,
+        scope: impl Into<String>,
+    ) -> Self {
+        Self {
+            scope: scope.into(),
+            subject_token: subject_token.into(),
+            subject_token_type: subject_token_type.into(),
+            request_context: None,
+            request_details: None,
+        }
+    }
+
+    /// `request_context` (a JSON object; the TTS may copy it into `rctx`).
+    pub fn request_context(mut self, context: Value) -> Self {
+        self.request_context = Some(context);
+        self
+    }
+
+    /// `request_details` (a JSON object; the TTS may copy it into `tctx`).
+    pub fn request_details(mut self, details: Value) -> Self {
+        self.request_details = Some(details);
+        self
+    }
+}
+
+/// A self-signed subject token (draft -10 §11.2.1) for `subject`: `iss` this workload, `aud` the
+/// TTS (its token endpoint), valid for one minute, signed with this workload's key.
+pub fn self_signed_subject(signer: &Signer, tts: &str, subject: &str, now: u64) -> Result<String, Error> {
+    let credentials = signer.credentials()?;
+    let claims = serde_json::json!({
+        "iss": credentials.subject().as_str(), "sub": subject, "aud": tts, "iat": now, "exp": now + 60,
+    });
+    wimse_core::jose::jws::sign("JWT", None, &claims, credentials.key(), Default::default())
+}
+
+/// An issued Txn-Token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedTxnToken {
+    /// The token, to send as `Txn-Token` (wrap it in [`TxnToken`]).
+    pub token: String,
+    /// Seconds until it expires, as the TTS said.
+    pub expires_in: u64,
+}
+
+/// A client of the trust domain's Transaction Token Service.
+#[derive(Debug, Clone)]
+pub struct TxnTokenService {
+    client: ClientWithMiddleware,
+    endpoint: String,
+    audience: String,
+}
+
+impl TxnTokenService {
+    /// The TTS at `endpoint` (its token endpoint: https, or http on loopback) of `trust_domain`;
+    /// requests are authenticated with `signer`'s WIT + WPT.
+    pub fn new(signer: Signer, endpoint: impl Into<String>, trust_domain: &TrustDomain) -> Result<Self, Error> {
+        let endpoint = endpoint.into();
+        if !secure_or_loopback(&endpoint) {
+            return Err(Error::with_detail(
+                ErrorKind::InvalidConfiguration,
+                "the Transaction Token Service must be https (http only on loopback)",
+            ));
+        }
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(WimseSignMiddleware::new(signer))
+            .build();
+        Ok(Self { client, endpoint, audience: trust_domain.as_str().to_owned() })
+    }
+
+    /// The token endpoint (what a self-signed subject token's `aud` names).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Asks for a Txn-Token. A refusal keeps the TTS's error code in the detail and maps it to a
+    /// kind: `invalid_scope` → [`ErrorKind::InvalidScope`], `unauthorized_client` →
+    /// [`ErrorKind::IssuanceDenied`], `invalid_target` → [`ErrorKind::InvalidTarget`],
+    /// `invalid_client` → [`ErrorKind::CredentialsUnavailable`], others →
+    /// [`ErrorKind::ExchangeRefused`] (503/429 → [`ErrorKind::KeyStoreUnavailable`] /
+    /// [`ErrorKind::RateLimited`]).
+    pub async fn request(&self, request: &TxnTokenRequest) -> Result<IssuedTxnToken, Error> {
+        let mut form = vec![
+            ("grant_type", crate::TOKEN_EXCHANGE_GRANT.to_owned()),
+            ("requested_token_type", TXN_TOKEN_TYPE.to_owned()),
+            ("audience", self.audience.clone()),
+            ("scope", request.scope.clone()),
+            ("subject_token", request.subject_token.clone()),
+            ("subject_token_type", request.subject_token_type.clone()),
+        ];
+        if let Some(context) = &request.request_context {
+            form.push(("request_context", context.to_string()));
+        }
+        if let Some(details) = &request.request_details {
+            form.push(("request_details", details.to_string()));
+        }
+        let unavailable =
+            |e: String| Error::with_detail(ErrorKind::KeyStoreUnavailable, format!("Transaction Token Service: {e}"));
+        let response =
+            self.client.post(&self.endpoint).form(&form).send().await.map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = read_capped(response, 64 * 1024).await.map_err(unavailable)?;
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status != 200 {
+            let code = answer["error"].as_str().unwrap_or("no error code").to_owned();
+            let kind = match (status, code.as_str()) {
+                (429, _) => ErrorKind::RateLimited,
+                (503, _) => ErrorKind::KeyStoreUnavailable,
+                (_, "invalid_scope") => ErrorKind::InvalidScope,
+                (_, "unauthorized_client") => ErrorKind::IssuanceDenied,
+                (_, "invalid_target") => ErrorKind::InvalidTarget,
+                (_, "invalid_client") => ErrorKind::CredentialsUnavailable,
+                _ => ErrorKind::ExchangeRefused,
+            };
+            return Err(Error::with_detail(kind, format!("Transaction Token Service answered {status} {code}")));
+        }
+        let refused = |d: &'static str| Error::with_detail(ErrorKind::ExchangeRefused, d);
+        if answer["issued_token_type"].as_str() != Some(TXN_TOKEN_TYPE) || answer["token_type"].as_str() != Some("N_A")
+        {
+            return Err(refused("the answer is not a Txn-Token (issued_token_type, token_type N_A)"));
+        }
+        let token = answer["access_token"].as_str().ok_or_else(|| refused("no access_token in the answer"))?;
+        Ok(IssuedTxnToken { token: token.to_owned(), expires_in: answer["expires_in"].as_u64().unwrap_or(0) })
+    }
+}
