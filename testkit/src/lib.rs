@@ -30,6 +30,8 @@ pub const DENIED: &str = "spiffe://prod.example/intruder";
 pub struct Deployment {
     issuer: WitIssuer,
     rogue: WitIssuer,
+    tts: wimse_core::txn::TxnTokenIssuer,
+    rogue_tts: wimse_core::txn::TxnTokenIssuer,
 }
 
 impl Default for Deployment {
@@ -42,7 +44,12 @@ impl Deployment {
     /// Fresh keys for both issuers.
     pub fn new() -> Self {
         let key = |kid: &str| SigningKey::generate(Algorithm::ES256).expect("key generation").with_kid(kid);
-        Self { issuer: WitIssuer::new(key("prod-1")), rogue: WitIssuer::new(key("prod-1")) }
+        let (issuer, rogue) = (key("prod-1"), key("prod-1"));
+        let domain: TrustDomain = TRUST_DOMAIN.parse().expect("trust domain");
+        // The identity server is the Transaction Token Service: the same key signs Txn-Tokens.
+        let tts = wimse_core::txn::TxnTokenIssuer::new(issuer.clone(), &domain);
+        let rogue_tts = wimse_core::txn::TxnTokenIssuer::new(rogue.clone(), &domain);
+        Self { issuer: WitIssuer::new(issuer), rogue: WitIssuer::new(rogue), tts, rogue_tts }
     }
 
     /// The trusted issuer's public key, to write out as a trust anchor.
@@ -79,6 +86,23 @@ impl Deployment {
     /// A signer for `id`.
     pub fn signer(&self, id: &str) -> Signer {
         Signer::new(StaticCredentials::new(self.credentials(id, false, 0)))
+    }
+
+    /// A Txn-Token from the trust domain's TTS (or, `rogue`, from a key nobody trusts with the
+    /// same `kid`) for `sub` with purpose `scope`, requested by [`ALLOWED`].
+    pub fn txn_token(&self, sub: &str, scope: &str, rogue: bool) -> String {
+        let tts = if rogue { &self.rogue_tts } else { &self.tts };
+        tts.issue(&wimse_core::txn::NewTxnToken::new(sub, scope).requested_by(ALLOWED), now()).expect("issue")
+    }
+
+    /// A verifier for `origin` that validates Txn-Tokens (required or not).
+    pub fn txn_verifier(&self, origin: &str, required: bool) -> Verifier {
+        let mut txn = wimse_core::txn::TxnTokenValidation::new(TRUST_DOMAIN.parse().expect("trust domain"));
+        if required {
+            txn = txn.required();
+        }
+        Verifier::new(self.trust(), VerifierConfig::new().with_origin(origin).with_txn_tokens(txn))
+            .expect("verifier config")
     }
 
     /// A reqwest client signing as `id`.

@@ -67,7 +67,7 @@ pub use require::{RequirePolicy, RequirePolicyMiddleware};
 /// What an actix-web service needs: the middleware, the extractor, the rejection, and the core
 /// prelude (which has [`Guard`]).
 pub mod prelude {
-    pub use crate::{Caller, RequirePolicy, WimseAuth, WimseRejection};
+    pub use crate::{Caller, RequirePolicy, Transaction, WimseAuth, WimseRejection};
     pub use wimse_core::prelude::*;
 }
 pub use wimse_core;
@@ -393,6 +393,35 @@ impl FromRequest for Caller {
             caller
                 .ok_or_else(|| Error::with_detail(ErrorKind::MissingWit, "handler requires a verified caller").into()),
         )
+    }
+}
+
+/// Extracts the verified transaction (the request's Txn-Token, validated by a verifier
+/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::verify::VerifierConfig::with_txn_tokens));
+/// 403 `missing_txn_token` without one. Use `Option<Transaction>` where it is optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction(pub std::sync::Arc<wimse_core::txn::VerifiedTxnToken>);
+
+impl Deref for Transaction {
+    type Target = wimse_core::txn::VerifiedTxnToken;
+
+    fn deref(&self) -> &wimse_core::txn::VerifiedTxnToken {
+        &self.0
+    }
+}
+
+impl FromRequest for Transaction {
+    type Error = WimseRejection;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let extensions = req.extensions();
+        let caller = extensions.get::<VerifiedCaller>();
+        ready(caller.and_then(VerifiedCaller::shared_transaction).map(Transaction).ok_or_else(|| {
+            let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
+            wimse_core::audit::rejected("none", caller.map(VerifiedCaller::id), &error);
+            error.into()
+        }))
     }
 }
 

@@ -41,12 +41,14 @@
 
 use std::convert::Infallible;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use wimse_core::caller::VerifiedCaller;
 use wimse_core::http::Rejection;
+use wimse_core::txn::VerifiedTxnToken;
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
@@ -57,7 +59,7 @@ pub use wimse_tower::{RequirePolicyLayer, WimseLayer, WimseSignLayer};
 
 /// What an axum service needs: the layers, the extractor, the rejection, and the core prelude.
 pub mod prelude {
-    pub use crate::{Caller, RequirePolicyLayer, WimseLayer, WimseRejection, WimseSignLayer};
+    pub use crate::{Caller, RequirePolicyLayer, Transaction, WimseLayer, WimseRejection, WimseSignLayer};
     pub use wimse_core::prelude::*;
 }
 
@@ -92,6 +94,59 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<VerifiedCaller>().cloned().map(Caller))
+    }
+}
+
+/// Extracts the verified transaction (the request's Txn-Token, validated by a verifier
+/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::verify::VerifierConfig::with_txn_tokens)).
+///
+/// Without one the handler is not called and the client gets 403 `missing_txn_token`. Use
+/// `Option<Transaction>` where a transaction is optional.
+///
+/// ```
+/// use wimse_axum::{Caller, Transaction};
+///
+/// async fn purchase(Caller(caller): Caller, txn: Transaction) -> String {
+///     format!("{} buys for {} (txn {}, purpose {})", caller.id(), txn.subject(), txn.txn(), txn.scope())
+/// }
+/// # let _ = axum::Router::<()>::new().route("/purchase", axum::routing::post(purchase));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction(pub Arc<VerifiedTxnToken>);
+
+impl Deref for Transaction {
+    type Target = VerifiedTxnToken;
+
+    fn deref(&self) -> &VerifiedTxnToken {
+        &self.0
+    }
+}
+
+fn transaction(parts: &Parts) -> Option<Transaction> {
+    parts.extensions.get::<VerifiedCaller>().and_then(VerifiedCaller::shared_transaction).map(Transaction)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Transaction {
+    type Rejection = WimseRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        transaction(parts).ok_or_else(|| {
+            let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
+            wimse_core::audit::rejected(
+                "none",
+                parts.extensions.get::<VerifiedCaller>().map(VerifiedCaller::id),
+                &error,
+            );
+            WimseRejection::from(error)
+        })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Transaction {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(transaction(parts))
     }
 }
 

@@ -21,7 +21,10 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const LEDGER: &str = "spiffe://prod.example/ledger";
 
 async fn whoami(Caller(caller): Caller) -> String {
-    format!("{} {}", caller.id(), caller.method().name())
+    match caller.transaction() {
+        Some(txn) => format!("{} {} for {}", caller.id(), caller.method().name(), txn.subject()),
+        None => format!("{} {}", caller.id(), caller.method().name()),
+    }
 }
 
 struct Setup {
@@ -43,8 +46,9 @@ async fn start(deployment: &Deployment) -> Setup {
     let base = format!("https://{}", listener.local_addr().unwrap());
     let policy = Policy::named("ledger")
         .allow(Rule::one_of([ALLOWED.parse().unwrap(), "spiffe://prod.example/orders".parse().unwrap()]));
-    let app =
-        Router::new().route("/whoami", get(whoami)).layer(WimseLayer::new(deployment.verifier(&base)).policy(policy));
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        .layer(WimseLayer::new(deployment.txn_verifier(&base, false)).policy(policy));
     tokio::spawn(wimse_axum::tls::serve(listener, Arc::new(config), app));
     Setup { ca, anchors, base }
 }
@@ -69,6 +73,16 @@ async fn mutual_tls_callers() {
     let response = orders.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "spiffe://prod.example/orders mtls");
+
+    // The connection carries the caller's Txn-Token (mutual-tls-03 binds no token: the
+    // authenticated channel does); it is validated like any other.
+    let txn = deployment.txn_token("user-1842", "orders.read", false);
+    let response = orders.get(&url).header("txn-token", &txn).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "spiffe://prod.example/orders mtls for user-1842");
+    let forged = deployment.txn_token("user-1842", "orders.read", true);
+    let response = orders.get(&url).header("txn-token", &forged).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["reason"], "invalid_txn_token_signature");
 
     // The policy applies to mTLS callers as to the others.
     let denied = client(&setup, DENIED, LEDGER).get(&url).send().await.unwrap();

@@ -161,6 +161,10 @@ impl VerifiedCaller {
     pub fn transaction(&self) -> Option<&VerifiedTxnToken> {
         self.transaction.as_deref()
     }
+    /// The verified transaction, shared (what extractors hand out without copying it).
+    pub fn shared_transaction(&self) -> Option<Arc<VerifiedTxnToken>> {
+        self.transaction.clone()
+    }
     /// Context tokens bound by `oth`, by lower-case field name. Tokens not bound never appear.
     pub fn context_tokens(&self) -> &BTreeMap<String, String> {
         &self.context_tokens

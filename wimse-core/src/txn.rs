@@ -453,3 +453,65 @@ impl TxnTokenIssuer {
         jws::sign(TXN_TOKEN_TYP, self.key.kid(), &claims, &self.key, self.backend)
     }
 }
+
+/// The Txn-Token to forward on an outbound request (a request extension for the client
+/// adapters): exactly the value received, e.g. `TxnToken(caller.txn_token().unwrap().to_owned())`.
+/// Sent, bound to the request's proof, only to origins of this trust domain
+/// ([`TxnForwarding`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnToken(pub String);
+
+/// Where a Txn-Token may go: the origins (`scheme://host[:port]`) of this trust domain's
+/// services. A Txn-Token is valid only in its trust domain (draft -10 §14), so the client
+/// adapters add it (from a [`TxnToken`] extension) to requests for these origins and remove
+/// any `Txn-Token` field from requests to every other origin.
+///
+/// ```
+/// use wimse_core::txn::{TxnForwarding, TxnToken};
+///
+/// let forwarding = TxnForwarding::new(["https://billing.prod.example"]);
+/// let token = TxnToken("eyJ…".into());
+/// let mut headers = http::HeaderMap::new();
+/// forwarding.apply("https://billing.prod.example", &mut headers, Some(&token))?;
+/// assert_eq!(headers["txn-token"], "eyJ…");
+/// forwarding.apply("https://api.partner.example", &mut headers, Some(&token))?;
+/// assert!(headers.get("txn-token").is_none());
+/// # Ok::<(), wimse_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnForwarding {
+    origins: std::sync::Arc<[String]>,
+}
+
+impl TxnForwarding {
+    /// Forwarding to these origins only (compared in lower case, without a trailing `/`).
+    pub fn new(origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let origins: Vec<String> =
+            origins.into_iter().map(|o| o.into().trim_end_matches('/').to_ascii_lowercase()).collect();
+        Self { origins: origins.into() }
+    }
+
+    /// Whether `origin` is in the trust domain.
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.origins.contains(&origin)
+    }
+
+    /// Adds `token` to a request for `origin` inside the trust domain (replacing any field set
+    /// by hand); removes the `Txn-Token` field from one outside it.
+    pub fn apply(&self, origin: &str, headers: &mut http::HeaderMap, token: Option<&TxnToken>) -> Result<()> {
+        if !self.allows(origin) {
+            if headers.remove(crate::draft::TXN_TOKEN_HEADER).is_some() || token.is_some() {
+                tracing::debug!(origin, "wimse: Txn-Token not sent outside the trust domain");
+                metrics::counter!("wimse_txn_token_dropped_total").increment(1);
+            }
+            return Ok(());
+        }
+        if let Some(TxnToken(token)) = token {
+            let value = http::HeaderValue::from_str(token)
+                .map_err(|_| Error::with_detail(ErrorKind::InvalidHeaderValue, "the Txn-Token is not a field value"))?;
+            headers.insert(crate::draft::TXN_TOKEN_HEADER, value);
+        }
+        Ok(())
+    }
+}

@@ -46,7 +46,8 @@ pub use bundle::{BundleSource, MAX_DOCUMENT, STORE_EPOCH_MEMBER, read_capped};
 pub use issuer_source::{
     Bootstrap, IssuerCredentials, IssuerCredentialsBuilder, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
 };
-pub use txn::{ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnToken, TxnTokenRequest, TxnTokenService, self_signed_subject};
+pub use txn::{ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnTokenRequest, TxnTokenService, self_signed_subject};
+pub use wimse_core::txn::{TxnForwarding, TxnToken};
 
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
@@ -103,7 +104,7 @@ pub struct WimseSignMiddleware {
     alias: Option<Arc<UrlFn<String>>>,
     expected_identity: Option<Arc<UrlFn<WorkloadId>>>,
     responses: Option<ResponseVerifier>,
-    txn_origins: Option<Arc<[String]>>,
+    txn_forwarding: Option<TxnForwarding>,
 }
 
 impl fmt::Debug for WimseSignMiddleware {
@@ -132,7 +133,14 @@ fn middleware_error(error: Error) -> reqwest_middleware::Error {
 impl WimseSignMiddleware {
     /// Signs with `signer`, using WPTs.
     pub fn new(signer: Signer) -> Self {
-        Self { signer, mode: ProofMode::Wpt, alias: None, expected_identity: None, responses: None, txn_origins: None }
+        Self {
+            signer,
+            mode: ProofMode::Wpt,
+            alias: None,
+            expected_identity: None,
+            responses: None,
+            txn_forwarding: None,
+        }
     }
 
     /// Uses HTTP message signatures instead of WPTs.
@@ -173,35 +181,12 @@ impl WimseSignMiddleware {
     /// The origins (`scheme://host[:port]`) of the services of this workload's trust domain: a
     /// `Txn-Token` (the field, or a [`TxnToken`] extension) is sent to these only and removed
     /// from requests to any other origin, since a Txn-Token must not leave its trust domain
-    /// (draft-ietf-oauth-transaction-tokens-10 §14). Without this setting a [`TxnToken`]
-    /// extension is never sent, and a `Txn-Token` field set by the application is sent as is.
+    /// (draft-ietf-oauth-transaction-tokens-10 §14; see [`TxnForwarding`]). Without this
+    /// setting a [`TxnToken`] extension is never sent, and a `Txn-Token` field set by the
+    /// application is sent as is.
     pub fn trust_domain_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        let origins: Vec<String> =
-            origins.into_iter().map(|o| o.into().trim_end_matches('/').to_ascii_lowercase()).collect();
-        self.txn_origins = Some(origins.into());
+        self.txn_forwarding = Some(TxnForwarding::new(origins));
         self
-    }
-
-    /// Adds the Txn-Token to forward, or removes it, as [`trust_domain_origins`](Self::trust_domain_origins) says.
-    fn forward_txn_token(&self, req: &mut Request, extensions: &Extensions) -> std::result::Result<(), Error> {
-        let Some(origins) = &self.txn_origins else { return Ok(()) };
-        let origin = req.url().origin().ascii_serialization().to_ascii_lowercase();
-        if !origins.contains(&origin) {
-            if req.headers_mut().remove(wimse_core::draft::TXN_TOKEN_HEADER).is_some()
-                || extensions.get::<TxnToken>().is_some()
-            {
-                tracing::debug!(%origin, "wimse: Txn-Token not sent outside the trust domain");
-                metrics::counter!("wimse_txn_token_dropped_total").increment(1);
-            }
-            return Ok(());
-        }
-        if let Some(TxnToken(token)) = extensions.get::<TxnToken>() {
-            let value = HeaderValue::from_str(token).map_err(|_| {
-                Error::with_detail(ErrorKind::InvalidHeaderValue, "the Txn-Token is not a valid field value")
-            })?;
-            req.headers_mut().insert(wimse_core::draft::TXN_TOKEN_HEADER, value);
-        }
-        Ok(())
     }
 
     /// The identity the server at `url` must have, if the mapping names one.
@@ -239,7 +224,10 @@ impl WimseSignMiddleware {
         mode: ProofMode,
     ) -> std::result::Result<Option<httpsig::RequestSignature>, Error> {
         let aud = self.audience(req, extensions);
-        self.forward_txn_token(req, extensions)?;
+        if let Some(forwarding) = &self.txn_forwarding {
+            let origin = req.url().origin().ascii_serialization();
+            forwarding.apply(&origin, req.headers_mut(), extensions.get::<TxnToken>())?;
+        }
         let extra = Self::add_context_tokens(req, extensions)?;
         match mode {
             ProofMode::Wpt => self.signer.sign_headers_binding(req.headers_mut(), &aud, &extra).map(|()| None),

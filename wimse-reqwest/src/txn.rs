@@ -3,7 +3,7 @@
 //! workload's own WIT + WPT.
 //!
 //! Forwarding the token of the request being served is the job of [`WimseSignMiddleware`]:
-//! put [`TxnToken`] in the outbound request's extensions (or set the `Txn-Token` field) and
+//! put [`TxnToken`](crate::TxnToken) in the outbound request's extensions (or set the `Txn-Token` field) and
 //! name the origins of this trust domain with
 //! [`WimseSignMiddleware::trust_domain_origins`]; the token then goes, bound to each request's
 //! proof, to those origins only.
@@ -19,13 +19,6 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 use wimse_core::{Error, ErrorKind};
 
 use crate::{WimseSignMiddleware, read_capped, secure_or_loopback};
-
-/// The Txn-Token to forward on an outbound request (a request extension): exactly the value
-/// received, e.g. `TxnToken(caller.txn_token().unwrap().to_owned())`. Added, and bound to the
-/// proof, only for origins of this trust domain
-/// ([`WimseSignMiddleware::trust_domain_origins`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnToken(pub String);
 
 /// A Txn-Token request: the subject of the transaction and its purpose.
 #[derive(Debug, Clone)]
@@ -101,7 +94,7 @@ pub fn self_signed_subject(signer: &Signer, tts: &str, subject: &str, now: u64) 
 /// An issued Txn-Token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedTxnToken {
-    /// The token, to send as `Txn-Token` (wrap it in [`TxnToken`]).
+    /// The token, to send as `Txn-Token` (wrap it in [`TxnToken`](crate::TxnToken)).
     pub token: String,
     /// Seconds until it expires, as the TTS said.
     pub expires_in: u64,

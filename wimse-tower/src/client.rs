@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 use wimse_core::sign::{AudienceOverride, Signer, audience_for};
+use wimse_core::txn::{TxnForwarding, TxnToken};
 use wimse_core::{Error, ErrorKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,6 +24,7 @@ type AudienceFn = dyn Fn(&Uri) -> Option<String> + Send + Sync;
 pub struct WimseSignLayer {
     signer: Signer,
     alias: Option<Arc<AudienceFn>>,
+    txn_forwarding: Option<TxnForwarding>,
 }
 
 impl std::fmt::Debug for WimseSignLayer {
@@ -34,7 +36,7 @@ impl std::fmt::Debug for WimseSignLayer {
 impl WimseSignLayer {
     /// Signs with `signer`.
     pub fn new(signer: Signer) -> Self {
-        Self { signer, alias: None }
+        Self { signer, alias: None, txn_forwarding: None }
     }
 
     /// Maps a request URI to the audience its server expects (for servers known by another
@@ -44,7 +46,25 @@ impl WimseSignLayer {
         self
     }
 
+    /// The origins of this trust domain's services: a `Txn-Token` (a [`TxnToken`] extension,
+    /// or the field) goes to these only and is removed from requests to any other origin (see
+    /// [`TxnForwarding`]). Without this setting a [`TxnToken`] extension is never sent.
+    pub fn trust_domain_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.txn_forwarding = Some(TxnForwarding::new(origins));
+        self
+    }
+
     fn sign<B>(&self, req: &mut Request<B>) -> Result<(), Error> {
+        if let Some(forwarding) = &self.txn_forwarding {
+            let uri = req.uri();
+            let origin = match (uri.scheme_str(), uri.authority()) {
+                (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+                // A relative URI names no origin: nothing is forwarded.
+                _ => String::new(),
+            };
+            let token = req.extensions().get::<TxnToken>().cloned();
+            forwarding.apply(&origin, req.headers_mut(), token.as_ref())?;
+        }
         let aud = match req.extensions().get::<AudienceOverride>() {
             Some(AudienceOverride(aud)) => aud.clone(),
             None => {

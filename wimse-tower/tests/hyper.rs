@@ -175,3 +175,28 @@ async fn unsolicited_signed_responses_are_ignored_without_anchors() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().contains_key("signature"), "the server signed it unasked");
 }
+
+#[tokio::test]
+async fn txn_tokens_are_forwarded_within_the_trust_domain_only() {
+    let deployment = Deployment::new();
+    let token = deployment.txn_token("user-1842", "orders.read", false);
+    // The inner service reports the Txn-Token and the tth binding it received.
+    let echo = service_fn(|req: Request<Full<Bytes>>| async move {
+        let txn = req.headers().get("txn-token").map(|v| v.to_str().unwrap().to_owned());
+        Ok::<_, Infallible>(Response::new(txn))
+    });
+    let layer = WimseSignLayer::new(deployment.signer(ALLOWED)).trust_domain_origins(["http://billing.prod.example"]);
+    let client = ServiceBuilder::new().layer(layer).service(echo);
+    let call = |uri: &str, by_hand: bool| {
+        let mut req = Request::post(uri).body(Full::<Bytes>::default()).unwrap();
+        req.extensions_mut().insert(wimse_core::txn::TxnToken(token.clone()));
+        if by_hand {
+            req.headers_mut().insert("txn-token", token.parse().unwrap());
+        }
+        client.clone().oneshot(req)
+    };
+    let inside = call("http://billing.prod.example/charge", false).await.unwrap();
+    assert_eq!(inside.into_body().as_deref(), Some(token.as_str()));
+    let outside = call("https://api.partner.example/charge", true).await.unwrap();
+    assert_eq!(outside.into_body(), None, "dropped, even when set by hand");
+}

@@ -1,0 +1,150 @@
+//! Txn-Tokens through the axum adapter on loopback: the `Transaction` extractor, required and
+//! optional validation, purpose policies per route, forged and foreign tokens, and forwarding
+//! by the reqwest middleware only within the trust domain.
+
+use axum::Router;
+use axum::routing::post;
+use reqwest_middleware::ClientBuilder;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use wimse_axum::{Caller, RequirePolicyLayer, Transaction, WimseLayer};
+use wimse_core::prelude::*;
+use wimse_core::txn::{NewTxnToken, TxnTokenIssuer};
+use wimse_reqwest::{TxnToken, WimseSignMiddleware};
+use wimse_testkit::{ALLOWED, Deployment};
+
+async fn purchase(Caller(caller): Caller, txn: Transaction) -> String {
+    format!("{} for {} txn {} purpose {}", caller.id(), txn.subject(), txn.txn(), txn.scope())
+}
+
+async fn status(txn: Option<Transaction>) -> String {
+    txn.map_or("no transaction".to_owned(), |t| format!("txn {}", t.txn()))
+}
+
+async fn answer(response: reqwest::Response) -> (u16, String) {
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn reason(body: &str) -> String {
+    serde_json::from_str::<Value>(body).map(|v| v["reason"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn transactions_are_verified_and_extracted() {
+    let deployment = Deployment::new();
+    // Optional validation: extractors decide per route.
+    let base = serve_with(&deployment, false).await;
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).trust_domain_origins([base.clone()]))
+        .build();
+    let token = deployment.txn_token("user-1842", "orders.purchase", false);
+    let with_txn =
+        |path: &str, token: &str| client.post(format!("{base}{path}")).with_extension(TxnToken(token.to_owned()));
+
+    let (status, body) = answer(with_txn("/purchase", &token).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with(&format!("{ALLOWED} for user-1842 txn ")) && body.ends_with("purpose orders.purchase"),
+        "{body}"
+    );
+
+    // The handler needs a transaction; none was sent.
+    let (status, body) = answer(client.post(format!("{base}/purchase")).send().await.unwrap()).await;
+    assert_eq!((status, reason(&body).as_str()), (403, "missing_txn_token"));
+    let (status, body) = answer(client.post(format!("{base}/status")).send().await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (200, "no transaction"));
+
+    // A route whose policy requires another purpose.
+    let (status, body) = answer(with_txn("/refund", &token).send().await.unwrap()).await;
+    assert_eq!((status, reason(&body).as_str()), (403, "policy_denied"));
+    let refund = deployment.txn_token("user-1842", "orders.refund", false);
+    assert_eq!(answer(with_txn("/refund", &refund).send().await.unwrap()).await.0, 200);
+
+    // Forged: bound by tth like any other, signed by a key that is not the TTS's.
+    let forged = deployment.txn_token("user-1842", "orders.refund", true);
+    let (status, body) = answer(with_txn("/refund", &forged).send().await.unwrap()).await;
+    assert_eq!((status, reason(&body).as_str()), (400, "invalid_txn_token_signature"));
+    // Minted by a workload with its own key and kid.
+    let own = TxnTokenIssuer::new(
+        SigningKey::generate(Algorithm::ES256).unwrap().with_kid("mine"),
+        &"spiffe://prod.example".parse().unwrap(),
+    )
+    .issue(&NewTxnToken::new("admin", "orders.refund").requested_by(ALLOWED), wimse_testkit::now())
+    .unwrap();
+    let (status, body) = answer(with_txn("/status", &own).send().await.unwrap()).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (400, "txn_token_unknown_key"),
+        "optional, yet an invalid one is refused"
+    );
+    // For another trust domain.
+    let partner = TxnTokenIssuer::new(
+        SigningKey::generate(Algorithm::ES256).unwrap().with_kid("prod-1"),
+        &"spiffe://partner.example".parse().unwrap(),
+    )
+    .issue(&NewTxnToken::new("u", "orders.purchase").requested_by(ALLOWED), wimse_testkit::now())
+    .unwrap();
+    let (status, body) = answer(with_txn("/status", &partner).send().await.unwrap()).await;
+    assert_eq!(status, 400, "{body}");
+    // Sent without the proof binding it (a raw field next to a WPT that has no tth).
+    let unbound =
+        ClientBuilder::new(reqwest::Client::new()).with(WimseSignMiddleware::new(deployment.signer(ALLOWED))).build();
+    let mut request = unbound.post(format!("{base}/status")).build().unwrap();
+    let signed = deployment.signer(ALLOWED);
+    signed.sign_headers(request.headers_mut(), &format!("{base}/status")).unwrap();
+    request.headers_mut().insert("txn-token", token.parse().unwrap());
+    let (status, body) = answer(reqwest::Client::new().execute(request).await.unwrap()).await;
+    assert_eq!((status, reason(&body).as_str()), (401, "txn_token_binding_mismatch"));
+}
+
+async fn serve_with(deployment: &Deployment, required: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let refunds = Policy::named("refunds").allow(Rule::any()).require(Rule::txn_scope("orders.refund"));
+    let app = Router::new()
+        .route("/purchase", post(purchase))
+        .route("/refund", post(purchase).route_layer(RequirePolicyLayer::new(refunds)))
+        .route("/status", post(status))
+        .layer(WimseLayer::new(deployment.txn_verifier(&base, required)));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn required_transactions_and_forwarding_within_the_trust_domain() {
+    let deployment = Deployment::new();
+    let inside = serve_with(&deployment, true).await;
+    let token = deployment.txn_token("user-1842", "orders.purchase", false);
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).trust_domain_origins([inside.clone()]))
+        .build();
+    // Required: even a route without the extractor refuses a request without one.
+    let (status, body) = answer(client.post(format!("{inside}/status")).send().await.unwrap()).await;
+    assert_eq!((status, reason(&body).as_str()), (403, "missing_txn_token"));
+    let (status, body) =
+        answer(client.post(format!("{inside}/status")).with_extension(TxnToken(token.clone())).send().await.unwrap())
+            .await;
+    assert_eq!(status, 200, "{body}");
+    // To an origin outside the trust domain (a partner's) neither the extension nor a field
+    // set by hand is sent; the request is still signed. Within it, the token is bound by tth.
+    let capture = wimse_testkit::Capture::default();
+    let recording = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).trust_domain_origins([inside.clone()]))
+        .with(capture.clone())
+        .build();
+    let partner = "https://api.partner.example/orders";
+    recording.post(partner).with_extension(TxnToken(token.clone())).header("txn-token", &token).send().await.unwrap();
+    let seen = capture.take().expect("request captured");
+    assert!(seen.headers.get("txn-token").is_none(), "the Txn-Token left the trust domain");
+    assert!(seen.headers.get("workload-identity-token").is_some(), "still signed");
+    recording.post(format!("{inside}/status")).with_extension(TxnToken(token.clone())).send().await.unwrap();
+    let seen = capture.take().expect("request captured");
+    assert_eq!(seen.headers["txn-token"], token.as_str(), "forwarded exactly as received");
+    // Without the origins configured, a TxnToken extension is never sent.
+    let unconfigured = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)))
+        .with(capture.clone())
+        .build();
+    unconfigured.post(format!("{inside}/status")).with_extension(TxnToken(token)).send().await.unwrap();
+    assert!(capture.take().unwrap().headers.get("txn-token").is_none());
+}
