@@ -21,6 +21,12 @@ pub(crate) struct InspectArgs {
     now: Option<u64>,
 }
 
+impl InspectArgs {
+    pub(crate) fn new(token: String, now: Option<u64>) -> Self {
+        Self { token, now }
+    }
+}
+
 pub(crate) fn run(args: InspectArgs) -> CliResult {
     let path = PathBuf::from(&args.token);
     let token = if args.token == "-" || path.is_file() { read_token(&path)? } else { args.token.trim().to_owned() };
@@ -37,6 +43,7 @@ pub(crate) fn run(args: InspectArgs) -> CliResult {
     let kind = match typ {
         Some(typ) if typ_is(typ, WIT_TYP) => "WIT",
         Some(typ) if typ_is(typ, WPT_TYP) => "WPT",
+        Some(typ) if typ_is(typ, wimse_core::txn::TXN_TOKEN_TYP) => "Txn-Token",
         _ => "unknown",
     };
     let out = json!({
@@ -56,8 +63,20 @@ fn explain(kind: &str, header: &Map<String, Value>, claims: &Map<String, Value>,
     match kind {
         "WIT" => notes.push("Workload Identity Token (workload-creds-02): binds `sub` to the key in `cnf.jwk`".into()),
         "WPT" => notes.push("Workload Proof Token (wpt-02): proves possession of a WIT's key for one request".into()),
+        "Txn-Token" => {
+            notes.push("Transaction Token (draft-ietf-oauth-transaction-tokens-10): the context of one call chain, valid only in its trust domain (aud)".into());
+            for (name, what) in [("txn", "transaction id"), ("scope", "purpose"), ("req_wl", "requested by")] {
+                if let Some(value) = claims.get(name).and_then(Value::as_str) {
+                    notes.push(format!("{what}: {value}"));
+                }
+            }
+            if let Some(sub) = claims.get("sub").and_then(Value::as_str) {
+                notes.push(format!("on behalf of subject {sub}"));
+            }
+            return times_and_audience(notes, claims, now);
+        }
         _ => notes.push(format!(
-            "typ {:?} is neither wit+jwt nor wpt+jwt: a WIMSE verifier refuses this token",
+            "typ {:?} is not wit+jwt, wpt+jwt or txntoken+jwt: a WIMSE verifier refuses this token",
             header.get("typ")
         )),
     }
@@ -76,14 +95,7 @@ fn explain(kind: &str, header: &Map<String, Value>, claims: &Map<String, Value>,
     if let Some(alg) = claims.get("cnf").and_then(|c| c.get("jwk")).and_then(|j| j.get("alg")) {
         notes.push(format!("proofs must use alg {alg} (cnf.jwk.alg)"));
     }
-    for (name, what) in [("iat", "issued"), ("nbf", "not valid before"), ("exp", "expires")] {
-        if let Some(t) = claims.get(name).and_then(Value::as_u64) {
-            notes.push(format!("{what} {} ({})", utc(t), relative(t, now)));
-        }
-    }
-    if let Some(aud) = claims.get("aud") {
-        notes.push(format!("audience {aud}"));
-    }
+    notes = times_and_audience(notes, claims, now);
     for (name, what) in
         [("wth", "bound to a WIT by hash"), ("tth", "bound to a Txn-Token"), ("oth", "bound to other context tokens")]
     {
@@ -93,6 +105,18 @@ fn explain(kind: &str, header: &Map<String, Value>, claims: &Map<String, Value>,
     }
     if claims.contains_key("ath") {
         notes.push("has `ath` (removed in wpt-02; a wpt-02 verifier ignores it)".into());
+    }
+    notes
+}
+
+fn times_and_audience(mut notes: Vec<String>, claims: &Map<String, Value>, now: u64) -> Vec<String> {
+    for (name, what) in [("iat", "issued"), ("nbf", "not valid before"), ("exp", "expires")] {
+        if let Some(t) = claims.get(name).and_then(Value::as_u64) {
+            notes.push(format!("{what} {} ({})", utc(t), relative(t, now)));
+        }
+    }
+    if let Some(aud) = claims.get("aud") {
+        notes.push(format!("audience {aud}"));
     }
     notes
 }

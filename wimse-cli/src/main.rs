@@ -14,6 +14,7 @@ mod keys;
 mod sign;
 mod sign_response;
 mod tokens;
+mod txn;
 mod verify;
 mod verify_response;
 mod wic;
@@ -49,6 +50,9 @@ enum Command {
     /// Exchange a token of another system for a WIT (RFC 8693).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Transaction Tokens: issue (locally, or from a Transaction Token Service), inspect, verify.
+    #[command(subcommand)]
+    Txn(TxnCommand),
     /// Trust bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -62,6 +66,17 @@ enum Command {
     VerifyResponse(verify_response::VerifyResponseArgs),
     /// Sign a raw HTTP/1.1 response to a signed request, as the server (its WIT, `wimse-req-nonce`).
     SignResponse(sign_response::SignResponseArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TxnCommand {
+    /// Obtain a Txn-Token from a Transaction Token Service (`--tts`), or sign one locally as a
+    /// TTS would (`--tts-key`).
+    Issue(txn::IssueArgs),
+    /// Decode a Txn-Token and explain it. Verifies nothing.
+    Inspect(txn::InspectArgs),
+    /// Verify a Txn-Token against the TTS keys; prints JSON, exits 1 on rejection.
+    Verify(txn::VerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +168,9 @@ fn main() -> ExitCode {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),
         Command::Wit(WitCommand::Issue(args)) => tokens::wit_issue(args),
+        Command::Txn(TxnCommand::Issue(args)) => txn::issue(args),
+        Command::Txn(TxnCommand::Inspect(args)) => txn::inspect(args),
+        Command::Txn(TxnCommand::Verify(args)) => txn::verify(args),
         Command::Wpt(WptCommand::New(args)) => tokens::wpt_new(args),
         Command::Wic(WicCommand::Ca(args)) => wic::ca(args),
         Command::Wic(WicCommand::Issue(args)) => wic::issue(args),
