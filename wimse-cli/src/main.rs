@@ -72,7 +72,7 @@ enum Command {
 enum TxnCommand {
     /// Obtain a Txn-Token from a Transaction Token Service (`--tts`), or sign one locally as a
     /// TTS would (`--tts-key`).
-    Issue(txn::IssueArgs),
+    Issue(Box<txn::IssueArgs>),
     /// Decode a Txn-Token and explain it. Verifies nothing.
     Inspect(txn::InspectArgs),
     /// Verify a Txn-Token against the TTS keys; prints JSON, exits 1 on rejection.
@@ -168,7 +168,7 @@ fn main() -> ExitCode {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),
         Command::Wit(WitCommand::Issue(args)) => tokens::wit_issue(args),
-        Command::Txn(TxnCommand::Issue(args)) => txn::issue(args),
+        Command::Txn(TxnCommand::Issue(args)) => txn::issue(*args),
         Command::Txn(TxnCommand::Inspect(args)) => txn::inspect(args),
         Command::Txn(TxnCommand::Verify(args)) => txn::verify(args),
         Command::Wpt(WptCommand::New(args)) => tokens::wpt_new(args),
