@@ -8,11 +8,18 @@
 //! An identity server for `spiffe://prod.example` runs on loopback; each workload generates a key
 //! and obtains its WIT from it over HTTP (dev-mode bootstrap secrets), verifiers follow its
 //! published bundle, and a partner workload of `partner.example` exchanges its JWT-SVID for a WIT
-//! (RFC 8693). Each server verifies its caller, applies its policy, and prints who called. A
-//! `Txn-Token` travels unchanged across all hops, bound by `tth` on each WPT hop and covered by
-//! the signature on the signed hop, where billing also signs its response and orders verifies
-//! it against billing's expected identity. Then a workload the policies do not allow is
-//! refused, and `front` cannot skip `orders` to reach `billing`. Finally the chain runs again
+//! (RFC 8693). Each server verifies its caller, applies its policy, and prints who called.
+//!
+//! The identity server is also the trust domain's Transaction Token Service: `front` exchanges
+//! the user's access token (from the shop's login service) for a Txn-Token with purpose
+//! `orders.purchase` (draft-ietf-oauth-transaction-tokens-10). It travels unchanged across all
+//! hops, bound by `tth` on each WPT hop, covered by the signature on the signed hop, carried by
+//! the mTLS connection to the ledger; every hop requires it, verifies it against the identity
+//! server's keys and prints its transaction id and purpose. A route that requires another
+//! purpose answers 403, a Txn-Token a workload signed itself is refused, and orders' call to
+//! partner.example leaves it out. Billing also signs its response and orders verifies it
+//! against billing's expected identity. Then a workload the policies do not allow is refused,
+//! and `front` cannot skip `orders` to reach `billing`. Finally the chain runs again
 //! with every workload's WIT delivered by a `wimse agent`: the SPIFFE Workload API on a Unix
 //! socket (WIT-SVID profile), the agent obtaining the credentials from the identity server.
 //!
@@ -29,16 +36,22 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde_json::{Value, json};
 use wimse_core::prelude::*;
 use wimse_core::trust::TrustHandle;
+use wimse_core::txn::{TxnToken, TxnTokenValidation};
 use wimse_core::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
 use wimse_issuer::IssuerConfig;
-use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials, PlatformToken, ProofMode, WimseSignMiddleware};
+use wimse_reqwest::{
+    Bootstrap, BundleSource, IssuerCredentials, PlatformToken, ProofMode, TxnTokenRequest, TxnTokenService,
+    WimseSignMiddleware,
+};
 use wimse_workload_api::WitSvidSource;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const TXN_TOKEN: &str = "txn.order-7d1f.purchase";
+/// The shop's login service, which issues users' access tokens (RFC 9068) for the shop's API.
+const USER_IDP: &str = "https://login.shop.example";
+const SHOP_API: &str = "https://api.shop.example";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -67,6 +80,8 @@ struct IdentityServer {
     partner_spire: SigningKey,
     /// The key of the (simulated) Kubernetes cluster's service-account token issuer.
     cluster: SigningKey,
+    /// The key of the (simulated) login service that issues users' access tokens.
+    user_idp: SigningKey,
     /// Once set, workloads obtain their WITs from this node agent instead.
     agent: std::sync::OnceLock<wimse_workload_api::Endpoint>,
 }
@@ -88,6 +103,7 @@ impl IdentityServer {
         let store = std::env::temp_dir().join(format!("wimse-call-chain-{}-keys.json", std::process::id()));
         let _ = std::fs::remove_file(&store);
         let cluster = SigningKey::generate(Algorithm::ES256)?.with_kid("cluster-sa-1");
+        let user_idp = SigningKey::generate(Algorithm::ES256)?.with_kid("login-1");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         // `front` federates the standard way: its pod's projected service-account token is an
@@ -114,7 +130,20 @@ impl IdentityServer {
             "exchange": [{"name": "partner.example", "kind": "jwt-svid", "issuer": "https://spire.partner.example",
                           "audience": "spiffe://prod.example", "jwks": {"keys": [partner_spire.public_jwk()]},
                           "subject_template": "spiffe://prod.example/partners/{trust_domain}/{path}", "max_lifetime": 600,
-                          "subject_trust_domain": "spiffe://partner.example"}]
+                          "subject_trust_domain": "spiffe://partner.example"}],
+            // The Transaction Token Service: front turns users' access tokens into Txn-Tokens
+            // for purchases and reads; partners start their own transactions (self-signed).
+            "txn_tokens": {
+                "lifetime": 300,
+                "subject_issuers": [{"name": "shop-users", "kind": "access-token", "issuer": USER_IDP,
+                                     "audience": SHOP_API, "jwks": {"keys": [user_idp.public_jwk()]}}],
+                "requesters": [
+                    {"workloads": [FRONT], "scopes": ["orders.purchase", "orders.read"],
+                     "subject_token_types": ["access_token"], "subject_issuers": ["shop-users"]},
+                    {"prefixes": ["spiffe://prod.example/partners"], "scopes": ["orders.purchase"],
+                     "subject_token_types": ["self_signed"]}
+                ]
+            }
         }))?;
         let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await?);
         tokio::spawn(async move { axum::serve(listener, wimse_issuer::router(server)).await });
@@ -129,7 +158,7 @@ impl IdentityServer {
         let wic = WicAuthority::new("spiffe://prod.example".parse()?, now(), 86_400)?;
         let wic_anchors = WicAnchors::new();
         wic_anchors.set(wic.trust_domain().clone(), [wic.certificate().clone()])?;
-        Ok(Self { base, trust, wic, wic_anchors, partner_spire, cluster, agent: Default::default() })
+        Ok(Self { base, trust, wic, wic_anchors, partner_spire, cluster, user_idp, agent: Default::default() })
     }
 
     /// A Workload Identity Certificate for `id`, as the workload's current TLS certificate.
@@ -178,6 +207,21 @@ impl IdentityServer {
         println!("[front]   WIT from its projected service-account token (RFC 7523 grant, DPoP-bound key)");
         let _renewal = credentials.spawn_renewal();
         Ok(Signer::new(credentials))
+    }
+
+    /// What the user's browser sends to the shop: an access token from the login service for
+    /// user alice, allowing purchases and reads.
+    fn user_access_token(&self) -> Result<String, Error> {
+        let claims = json!({"iss": USER_IDP, "sub": "alice", "aud": SHOP_API, "client_id": "shop-web",
+                            "scope": "orders.purchase orders.read", "iat": now(), "exp": now() + 900});
+        Ok(wimse_core::jose::jws::sign("at+jwt", self.user_idp.kid(), &claims, &self.user_idp, Default::default())?)
+    }
+
+    /// A Txn-Token from the Transaction Token Service, asked for by the workload `signer` signs as.
+    async fn txn_token(&self, signer: &Signer, request: TxnTokenRequest) -> Result<String, Error> {
+        let tts =
+            TxnTokenService::new(signer.clone(), format!("{}/v1/token", self.base), &"spiffe://prod.example".parse()?)?;
+        Ok(tts.request(&request).await?.token)
     }
 
     /// A workload of partner.example: its SPIRE issues it a JWT-SVID, which it exchanges here
@@ -245,13 +289,23 @@ impl IdentityServer {
     }
 }
 
-fn client(signer: Signer) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new()).with(WimseSignMiddleware::new(signer)).build()
+/// A client signing as `signer`'s workload, forwarding Txn-Tokens to `in_domain` origins only.
+fn client(signer: Signer, in_domain: &[&str]) -> ClientWithMiddleware {
+    let middleware = WimseSignMiddleware::new(signer).trust_domain_origins(in_domain.iter().copied());
+    ClientBuilder::new(reqwest::Client::new()).with(middleware).build()
 }
 
+/// Every service of prod.example requires a Txn-Token, verified with the identity server's keys
+/// (it is the Transaction Token Service), next to the caller's WIT and proof.
 fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
-    Ok(Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(origin))?
+    let txn = TxnTokenValidation::new("spiffe://prod.example".parse()?).required();
+    Ok(Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(origin).with_txn_tokens(txn))?
         .with_trust_handle(ids.trust.clone()))
+}
+
+/// How a hop names the transaction it serves.
+fn txn_summary(caller: &VerifiedCaller) -> String {
+    caller.transaction().map_or("no transaction".into(), |t| format!("txn {} purpose {}", t.txn(), t.scope()))
 }
 
 // ---- billing: actix-web ----
@@ -263,23 +317,35 @@ struct Ledger {
 }
 
 async fn charge(caller: wimse_actix::Caller, ledger: actix_web::web::Data<Ledger>) -> actix_web::HttpResponse {
-    let txn = caller.txn_token().unwrap_or("none");
-    println!("[billing] verified caller {} | {} | txn-token {txn}", caller.id(), caller.method().name());
-    let recorded = match ledger.client.post(&ledger.url).send().await {
+    let txn = txn_summary(&caller);
+    println!("[billing] verified caller {} | {} | {txn}", caller.id(), caller.method().name());
+    // The ledger is in the trust domain: the Txn-Token goes along exactly as received, carried
+    // by the mutual-TLS connection.
+    let mut request = ledger.client.post(&ledger.url);
+    if let Some(token) = caller.txn_token() {
+        request = request.header("txn-token", token);
+    }
+    let recorded = match request.send().await {
         Ok(response) if response.status().is_success() => response.text().await.unwrap_or_default(),
         Ok(response) => {
             return actix_web::HttpResponse::BadGateway().body(format!("ledger answered {}", response.status()));
         }
         Err(e) => return actix_web::HttpResponse::BadGateway().body(format!("ledger unreachable: {e}")),
     };
-    actix_web::HttpResponse::Ok().body(format!("charged (billing saw txn-token {txn}); {recorded}"))
+    actix_web::HttpResponse::Ok().body(format!("charged (billing saw {txn}); {recorded}"))
 }
 
 // ---- ledger: axum over rustls, mutual TLS ----
 
-async fn record(wimse_axum::Caller(caller): wimse_axum::Caller) -> String {
-    println!("[ledger]  verified caller {} | {}", caller.id(), caller.method().name());
-    format!("ledger recorded it for {}", caller.id())
+async fn record(wimse_axum::Caller(caller): wimse_axum::Caller, txn: wimse_axum::Transaction) -> String {
+    println!(
+        "[ledger]  verified caller {} | {} | txn {} purpose {}",
+        caller.id(),
+        caller.method().name(),
+        txn.txn(),
+        txn.scope()
+    );
+    format!("ledger recorded it for {} (user {})", caller.id(), txn.subject())
 }
 
 async fn start_ledger(ids: &IdentityServer) -> Result<String, Error> {
@@ -328,6 +394,7 @@ async fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Err
 
 struct Orders {
     billing: String,
+    partner: String,
     client: ClientWithMiddleware,
 }
 
@@ -335,7 +402,21 @@ async fn place_order(
     State(orders): State<Arc<Orders>>,
     wimse_axum::Caller(caller): wimse_axum::Caller,
 ) -> Result<String, (StatusCode, String)> {
-    call_billing(&orders, &caller, ProofMode::Wpt).await
+    let charged = call_billing(&orders, &caller, ProofMode::Wpt).await?;
+    // A shipping quote from partner.example: another trust domain, where the Txn-Token is
+    // meaningless, so the client leaves it out.
+    let mut quote = orders.client.post(&orders.partner);
+    if let Some(token) = caller.txn_token() {
+        quote = quote.with_extension(TxnToken(token.to_owned()));
+    }
+    let quote = quote.send().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let quote = quote.text().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(format!("{charged}; {quote}"))
+}
+
+/// Refunds need a transaction for that purpose: the route's policy says so.
+async fn refund(wimse_axum::Caller(caller): wimse_axum::Caller) -> String {
+    format!("refunded for {}", txn_summary(&caller))
 }
 
 async fn place_order_signed(
@@ -350,18 +431,12 @@ async fn call_billing(
     caller: &VerifiedCaller,
     mode: ProofMode,
 ) -> Result<String, (StatusCode, String)> {
-    let txn = caller.txn_token();
-    println!(
-        "[orders]  verified caller {} | {} | txn-token {}",
-        caller.id(),
-        caller.method().name(),
-        txn.unwrap_or("none")
-    );
-    // Forward the transaction token only because the caller's proof bound it (tth); the
-    // inbound WIT and proof are never forwarded: the client signs with orders' own credentials.
+    println!("[orders]  verified caller {} | {} | {}", caller.id(), caller.method().name(), txn_summary(caller));
+    // Forward the Txn-Token exactly as received (the middleware binds it to orders' own proof,
+    // and sends it within the trust domain only); the inbound WIT and proof are never forwarded.
     let mut request = orders.client.post(format!("{}/charge", orders.billing)).with_extension(mode);
-    if let Some(txn) = txn {
-        request = request.header("txn-token", txn);
+    if let Some(token) = caller.txn_token() {
+        request = request.with_extension(TxnToken(token.to_owned()));
     }
     let response = request.send().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
     let status = response.status();
@@ -377,7 +452,23 @@ async fn call_billing(
     Ok(format!("order placed; {body}"))
 }
 
-async fn start_orders(ids: &IdentityServer, billing: String) -> Result<String, Error> {
+// ---- partner.example: a shipping service of another trust domain ----
+
+async fn quote(headers: axum::http::HeaderMap) -> String {
+    let seen = if headers.contains_key("txn-token") { "received a Txn-Token" } else { "saw no Txn-Token" };
+    println!("[partner] shipping quote requested; partner.example {seen}");
+    format!("partner.example {seen}")
+}
+
+async fn start_partner() -> Result<String, Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}/quote", listener.local_addr()?);
+    let app = axum::Router::new().route("/quote", post(quote));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(base)
+}
+
+async fn start_orders(ids: &IdentityServer, billing: String, partner: String) -> Result<String, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let policy =
@@ -386,12 +477,15 @@ async fn start_orders(ids: &IdentityServer, billing: String) -> Result<String, E
     let billing_id: WorkloadId = "spiffe://prod.example/billing".parse()?;
     let middleware = WimseSignMiddleware::new(ids.enroll("spiffe://prod.example/orders").await?)
         .signed_responses(ids.trust()?)
-        .expected_identity(move |_| Some(billing_id.clone()));
-    let state =
-        Arc::new(Orders { billing, client: ClientBuilder::new(reqwest::Client::new()).with(middleware).build() });
+        .expected_identity(move |_| Some(billing_id.clone()))
+        .trust_domain_origins([billing.as_str()]);
+    let client = ClientBuilder::new(reqwest::Client::new()).with(middleware).build();
+    let state = Arc::new(Orders { billing, partner, client });
+    let refunds = Policy::named("refunds").allow(Rule::any()).require(Rule::txn_scope("orders.refund"));
     let app = axum::Router::new()
         .route("/orders", post(place_order))
         .route("/orders-signed", post(place_order_signed))
+        .route("/refunds", post(refund).route_layer(wimse_axum::RequirePolicyLayer::new(refunds)))
         .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy))
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -406,8 +500,12 @@ struct Answer {
     body: String,
 }
 
-async fn call(client: &ClientWithMiddleware, url: &str) -> Result<Answer, Error> {
-    let response = client.post(url).header("txn-token", TXN_TOKEN).send().await?;
+async fn call(client: &ClientWithMiddleware, url: &str, txn: Option<&str>) -> Result<Answer, Error> {
+    let mut request = client.post(url);
+    if let Some(txn) = txn {
+        request = request.with_extension(TxnToken(txn.to_owned()));
+    }
+    let response = request.send().await?;
     let status = response.status().as_u16();
     let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned);
     Ok(Answer { status, challenge, body: response.text().await? })
@@ -424,52 +522,99 @@ fn expect(ok: bool, what: &str) -> Result<(), Error> {
 
 async fn run() -> Result<(), Error> {
     let ids = IdentityServer::start().await?;
+    let partner_api = start_partner().await?;
     let ledger = start_ledger(&ids).await?;
     let billing = start_billing(&ids, &ledger).await?;
-    let orders = start_orders(&ids, billing.clone()).await?;
-    println!("identity server for spiffe://prod.example: {}", ids.base);
-    println!("orders (axum) {orders} | billing (actix-web) {billing} | ledger (axum, mTLS) {ledger}\n");
+    let orders = start_orders(&ids, billing.clone(), partner_api.clone()).await?;
+    println!("identity server and Transaction Token Service for spiffe://prod.example: {}", ids.base);
+    println!("orders (axum) {orders} | billing (actix-web) {billing} | ledger (axum, mTLS) {ledger}");
+    println!("partner.example shipping service {partner_api}\n");
+    let in_domain = [orders.as_str(), billing.as_str()];
 
-    println!("== front -> orders -> billing -> ledger, with Txn-Token {TXN_TOKEN}");
-    let front = client(ids.enroll_from_projected_token().await?);
-    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders")).await?;
+    println!("== front: the user's access token -> a Txn-Token from the Transaction Token Service");
+    let front_signer = ids.enroll_from_projected_token().await?;
+    let txn = ids
+        .txn_token(
+            &front_signer,
+            TxnTokenRequest::for_access_token(ids.user_access_token()?, "orders.purchase")
+                .request_details(json!({"action": "purchase", "order": "7d1f"})),
+        )
+        .await?;
+    let verified = wimse_core::txn::validate(
+        &txn,
+        &ids.trust()?,
+        &TxnTokenValidation::new("spiffe://prod.example".parse()?),
+        now(),
+    )?;
+    println!("[front]   Txn-Token for {} | txn {} purpose {}", verified.subject(), verified.txn(), verified.scope());
+    let summary = format!("txn {} purpose orders.purchase", verified.txn());
+
+    println!("\n== front -> orders -> billing -> ledger, with the Txn-Token");
+    let front = client(front_signer.clone(), &in_domain);
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders"), Some(&txn)).await?;
     println!("[front]   {status} {body}");
     expect(status == 200, "the chain succeeds")?;
-    expect(body.contains(&format!("billing saw txn-token {TXN_TOKEN}")), "the Txn-Token arrived unchanged at billing")?;
+    expect(body.contains(&format!("billing saw {summary}")), "billing verified the same transaction")?;
     expect(
-        body.contains("ledger recorded it for spiffe://prod.example/billing"),
-        "the mTLS hop authenticated billing",
+        body.contains("ledger recorded it for spiffe://prod.example/billing (user alice)"),
+        "the mTLS hop authenticated billing and verified the transaction",
     )?;
+    expect(body.contains("partner.example saw no Txn-Token"), "the Txn-Token did not cross to partner.example")?;
 
     println!("\n== front -> orders -> billing, the second hop with an HTTP signature and a signed response");
-    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders-signed")).await?;
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders-signed"), Some(&txn)).await?;
     println!("[front]   {status} {body}");
     expect(status == 200, "the mixed chain succeeds")?;
     expect(
-        body.contains(&format!("billing saw txn-token {TXN_TOKEN}")),
+        body.contains(&format!("billing saw {summary}")),
         "the Txn-Token arrived unchanged, covered by the signature",
     )?;
 
-    println!("\n== partner.example/ns/web: JWT-SVID -> token exchange -> orders, across trust domains");
-    let partner = client(ids.partner_exchange().await?);
-    let Answer { status, body, .. } = call(&partner, &format!("{orders}/orders")).await?;
-    println!("[partner] {status} {body}");
-    expect(status == 200, "the partner's exchanged WIT is accepted")?;
+    println!("\n== front -> orders/refunds with the purchase transaction (the route requires orders.refund)");
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/refunds"), Some(&txn)).await?;
+    println!("[front]   {status} {body}");
+    expect(status == 403 && body.contains("policy_denied"), "a hop whose policy requires another purpose answers 403")?;
 
-    println!("\n== intruder (valid WIT, not allowed by orders' policy) -> orders");
-    let intruder = client(ids.enroll("spiffe://prod.example/intruder").await?);
-    let Answer { status, body, .. } = call(&intruder, &format!("{orders}/orders")).await?;
+    println!("\n== front -> orders with a Txn-Token front signed itself (bound by tth, wrong signer)");
+    let kid =
+        ids.trust()?.get(&"spiffe://prod.example".parse()?).and_then(|a| a.keys().first()?.kid().map(str::to_owned));
+    let own_key = front_signer.credentials()?.key().clone().with_kid(kid.unwrap_or_default());
+    let forged = wimse_core::txn::TxnTokenIssuer::new(own_key, &"spiffe://prod.example".parse()?)
+        .issue(&wimse_core::txn::NewTxnToken::new("alice", "orders.refund").requested_by(FRONT), now())?;
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/refunds"), Some(&forged)).await?;
+    println!("[front]   {status} {body}");
+    expect(status == 400 && body.contains("invalid_txn_token_signature"), "the forged Txn-Token is refused")?;
+
+    println!("\n== front -> orders without a Txn-Token");
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders"), None).await?;
+    println!("[front]   {status} {body}");
+    expect(status == 403 && body.contains("missing_txn_token"), "orders requires a transaction")?;
+
+    println!("\n== partner.example/ns/web: JWT-SVID -> token exchange -> orders, across trust domains");
+    let partner_signer = ids.partner_exchange().await?;
+    // The partner starts its own transaction (a self-signed subject token) at prod.example's TTS.
+    let endpoint = format!("{}/v1/token", ids.base);
+    let subject = wimse_reqwest::self_signed_subject(&partner_signer, &endpoint, "partner.example", now())?;
+    let partner_txn = ids.txn_token(&partner_signer, TxnTokenRequest::self_signed(subject, "orders.purchase")).await?;
+    let partner = client(partner_signer, &in_domain);
+    let Answer { status, body, .. } = call(&partner, &format!("{orders}/orders"), Some(&partner_txn)).await?;
+    println!("[partner] {status} {body}");
+    expect(status == 200, "the partner's exchanged WIT and its own transaction are accepted")?;
+
+    println!("\n== intruder (valid WIT, a copied valid Txn-Token, not allowed by orders' policy) -> orders");
+    let intruder = client(ids.enroll("spiffe://prod.example/intruder").await?, &in_domain);
+    let Answer { status, body, .. } = call(&intruder, &format!("{orders}/orders"), Some(&txn)).await?;
     println!("[intruder] {status} {body}");
     expect(status == 403 && body.contains("policy_denied"), "orders refuses the intruder with 403")?;
 
     println!("\n== front -> billing directly (billing only accepts orders)");
-    let Answer { status, body, .. } = call(&front, &format!("{billing}/charge")).await?;
+    let Answer { status, body, .. } = call(&front, &format!("{billing}/charge"), Some(&txn)).await?;
     println!("[front]   {status} {body}");
     expect(status == 403, "billing refuses front")?;
 
     println!("\n== an unsigned request -> orders");
     let anonymous = ClientBuilder::new(reqwest::Client::new()).build();
-    let Answer { status, challenge, .. } = call(&anonymous, &format!("{orders}/orders")).await?;
+    let Answer { status, challenge, .. } = call(&anonymous, &format!("{orders}/orders"), None).await?;
     println!("[anonymous] {status} WWW-Authenticate: {}", challenge.as_deref().unwrap_or("-"));
     expect(status == 401 && challenge.as_deref() == Some("WPT"), "orders asks for credentials")?;
 
@@ -477,9 +622,13 @@ async fn run() -> Result<(), Error> {
     let _agent = ids.start_agent().await?;
     let ledger = start_ledger(&ids).await?;
     let billing = start_billing(&ids, &ledger).await?;
-    let orders = start_orders(&ids, billing.clone()).await?;
-    let front = client(ids.enroll(FRONT).await?);
-    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders")).await?;
+    let orders = start_orders(&ids, billing.clone(), partner_api).await?;
+    let front_signer = ids.enroll(FRONT).await?;
+    let txn = ids
+        .txn_token(&front_signer, TxnTokenRequest::for_access_token(ids.user_access_token()?, "orders.purchase"))
+        .await?;
+    let front = client(front_signer, &[orders.as_str(), billing.as_str()]);
+    let Answer { status, body, .. } = call(&front, &format!("{orders}/orders"), Some(&txn)).await?;
     println!("[front]   {status} {body}");
     expect(status == 200, "the chain succeeds with WIT-SVIDs from the agent")?;
     expect(body.contains("ledger recorded it for spiffe://prod.example/billing"), "every hop verified")?;
