@@ -230,5 +230,71 @@ fn signatures(c: &mut Criterion) {
     }
 }
 
-criterion_group!(validate, benches, signatures);
+/// What a Txn-Token adds per request: its validation alone (one signature check), and the whole
+/// request path with a Txn-Token bound by `tth`, once for a steady transaction (its token
+/// verified once, then from the cache) and once with a new transaction per request.
+fn txn_tokens(c: &mut Criterion) {
+    use wimse_core::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
+    let alg = Algorithm::ES256;
+    let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
+    let issuer_key = SigningKey::generate(alg).unwrap().with_kid("k1");
+    let workload_key = SigningKey::generate(alg).unwrap();
+    let id: WorkloadId = "spiffe://prod.example/orders".parse().unwrap();
+    let wit =
+        WitIssuer::new(issuer_key.clone()).with_lifetime(86_000).issue(&id, workload_key.public_jwk(), NOW).unwrap();
+    let trust = TrustStore::new().with(domain.clone(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
+    let tts = TxnTokenIssuer::new(issuer_key, &domain).with_lifetime(600);
+    let new_txn = |n: u64| {
+        let mut tctx = serde_json::Map::new();
+        tctx.insert("order".into(), serde_json::Value::from(n));
+        tts.issue(
+            &NewTxnToken::new("user-1842", "orders.purchase").requested_by("spiffe://prod.example/front").context(tctx),
+            NOW,
+        )
+        .unwrap()
+    };
+    for backend in Backend::available() {
+        let bench_id = format!("{}/{alg}", backend.name());
+        let mut cfg = TxnTokenValidation::new(domain.clone());
+        cfg.backend = backend;
+        let token = new_txn(0);
+        c.bench_function(&format!("txn_token_validate/{bench_id}"), |b| {
+            b.iter(|| validate(black_box(&token), &trust, &cfg, NOW).unwrap())
+        });
+        for (name, steady) in [("verify_request_with_txn_steady", true), ("verify_request_with_txn_new", false)] {
+            let clock = SharedClock(Arc::new(FixedClock::new(NOW)));
+            let verifier = Verifier::new(
+                trust.clone(),
+                VerifierConfig::new()
+                    .with_origin("https://payments.example")
+                    .with_backend(backend)
+                    .with_txn_tokens(TxnTokenValidation::new(domain.clone()).required()),
+            )
+            .unwrap()
+            .with_clock(clock.clone());
+            let mut made = 0u64;
+            c.bench_function(&format!("{name}/{bench_id}"), |b| {
+                b.iter_batched(
+                    || {
+                        made += 1;
+                        if made.is_multiple_of(100) {
+                            clock.0.advance(1);
+                        }
+                        let txn = if steady { token.clone() } else { new_txn(made) };
+                        let wpt = WptBuilder::new(&workload_key, &wit, AUD).txn_token(&txn).sign(clock.now()).unwrap();
+                        let mut headers = HeaderMap::new();
+                        headers.insert("workload-identity-token", HeaderValue::from_str(&wit).unwrap());
+                        headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}")).unwrap());
+                        headers.insert("txn-token", HeaderValue::from_str(&txn).unwrap());
+                        headers
+                    },
+                    |headers| verifier.verify_sync(&RequestView::new("/charge", &headers)).unwrap(),
+                    criterion::BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+}
+
+criterion_group!(validate, benches, signatures, txn_tokens);
 criterion_main!(validate);

@@ -2,6 +2,7 @@
 //! verified once, not on every request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The time bounds a cached token is rechecked against on every hit.
 pub(crate) trait TimeBound {
@@ -48,11 +49,17 @@ pub(crate) struct TokenCache<T> {
     // Keyed by the token itself: a hit costs one hash of the token and no allocation (the
     // `wth` a WPT must carry is kept in the entry). A read lock, so hits do not queue.
     entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Entry<T>>>,
+    /// When the last sweep of a full cache ran (seconds).
+    swept_at: AtomicU64,
 }
 
 impl<T: TimeBound> TokenCache<T> {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity, entries: std::sync::RwLock::new(std::collections::HashMap::new()) }
+        Self {
+            capacity,
+            entries: std::sync::RwLock::new(std::collections::HashMap::new()),
+            swept_at: AtomicU64::new(0),
+        }
     }
 
     pub(crate) fn get(&self, token: &str, generation: u64, now: u64, leeway: u64) -> Option<Arc<T>> {
@@ -73,7 +80,10 @@ impl<T: TimeBound> TokenCache<T> {
             return;
         }
         let Ok(mut entries) = self.entries.write() else { return };
-        if entries.len() >= self.capacity {
+        // Full: sweep out what expired, at most once a second. A cache full of live entries is
+        // then not rescanned on every insert (a flood of distinct valid tokens would make each
+        // request pay a scan of the whole cache); new tokens are simply not cached until then.
+        if entries.len() >= self.capacity && self.swept_at.swap(now, Ordering::Relaxed) < now {
             entries.retain(|_, e| e.generation == generation && now < e.wit.expires_at());
         }
         if entries.len() < self.capacity {
@@ -83,5 +93,40 @@ impl<T: TimeBound> TokenCache<T> {
 
     pub(crate) fn len(&self) -> usize {
         self.entries.read().map(|e| e.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Token(u64);
+
+    impl TimeBound for Token {
+        fn expires_at(&self) -> u64 {
+            self.0
+        }
+        fn not_before(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_full_cache_is_swept_at_most_once_a_second() {
+        let cache = TokenCache::new(2);
+        cache.insert("a", Arc::new(Token(105)), 1, None, 100);
+        cache.insert("b", Arc::new(Token(200)), 1, None, 100);
+        cache.insert("c", Arc::new(Token(200)), 1, None, 100);
+        assert_eq!(cache.len(), 2, "full of live entries: not cached");
+        assert!(cache.get("c", 1, 100, 0).is_none());
+        // `a` expires at 105; the sweep at 100 already ran, so nothing is rescanned in that second.
+        cache.insert("c", Arc::new(Token(200)), 1, None, 100);
+        assert_eq!(cache.len(), 2);
+        cache.insert("c", Arc::new(Token(200)), 1, None, 106);
+        assert!(cache.get("c", 1, 106, 0).is_some(), "swept the expired entry, then cached");
+        assert!(cache.get("a", 1, 106, 0).is_none());
+        // Entries of an older generation of anchors are never hits.
+        assert!(cache.get("b", 2, 106, 0).is_none());
     }
 }
