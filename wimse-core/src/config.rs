@@ -364,10 +364,13 @@ impl VerifierSettings {
         if let Some(quota) = self.caller_quota {
             config = config.with_caller_quota(quota);
         }
-        if let Some(txn) = &self.txn_tokens
-            && let Ok(validation) = txn.validation()
-        {
-            config = config.with_txn_tokens(validation);
+        if let Some(txn) = &self.txn_tokens {
+            config.txn_tokens = Some(match txn.validation() {
+                Ok(validation) => validation,
+                // Fail closed: a verifier made from this configuration refuses to start rather
+                // than skip the Txn-Token checks the settings asked for.
+                Err(_) => TxnTokenValidation::unusable(),
+            });
         }
         match self.proofs {
             Proofs::Both => config,

@@ -118,6 +118,13 @@ impl TxnTokenValidation {
         self
     }
 
+    /// A validation no verifier accepts (an empty audience): what settings with an invalid
+    /// Txn-Token section turn into, so they fail at start instead of disabling the checks.
+    pub(crate) fn unusable() -> Self {
+        let domain = TrustDomain::parse("spiffe://invalid").unwrap_or_else(|_| unreachable!("a valid literal"));
+        Self { audience: String::new(), ..Self::new(domain) }
+    }
+
     pub(crate) fn check_bounds(&self) -> Result<()> {
         let bad = |d: &'static str| Err(Error::with_detail(ErrorKind::InvalidConfiguration, d));
         if self.leeway > MAX_LEEWAY_SECS {

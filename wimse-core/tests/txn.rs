@@ -321,4 +321,35 @@ fn configuration_bounds() {
     )
     .unwrap();
     assert!(bad.verifier.txn_tokens.as_ref().unwrap().validation().is_err());
+    // Fail closed: the config alone (no files) makes a verifier that refuses to start.
+    let refused = Verifier::new(f.trust.clone(), bad.verifier.config().with_origin(ORIGIN)).unwrap_err();
+    assert_eq!(refused.kind(), &ErrorKind::InvalidConfiguration);
+}
+
+#[test]
+fn settings_with_a_separate_tts_key_file() {
+    let f = Fixture::new();
+    let dir = std::env::temp_dir().join(format!("wimse-txn-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tts_key = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("tts-1");
+    std::fs::write(dir.join("issuer.jwk"), f.issuer_key.public_jwk().to_json()).unwrap();
+    std::fs::write(dir.join("tts.jwk"), tts_key.public_jwk().to_json()).unwrap();
+    let settings = wimse_core::config::Settings::from_json(
+        &json!({"verifier": {"origins": [ORIGIN],
+            "trust": [{"trust_domain": "spiffe://prod.example", "file": dir.join("issuer.jwk")}],
+            "txn_tokens": {"trust_domain": "spiffe://prod.example", "required": true, "keys_file": dir.join("tts.jwk")}}})
+        .to_string(),
+    )
+    .unwrap();
+    let v = settings.verifier.build().unwrap().with_clock(FixedClock::new(NOW));
+    assert_eq!(refused(&v, &f.headers(&f.wit, &f.wpt())), ErrorKind::MissingTxnToken);
+    let token =
+        TxnTokenIssuer::new(tts_key, &domain()).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW).unwrap();
+    assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).unwrap().transaction().is_some());
+    assert_eq!(
+        refused(&v, &request(&f, &txn_token(&f))),
+        ErrorKind::TxnTokenUnknownKey,
+        "the WIT issuer is not the TTS here"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
