@@ -57,3 +57,28 @@ mod client {
         assert!(err.detail().unwrap().contains("/run/wimse/wit.jwt"), "{err:?}");
     }
 }
+
+mod transactions {
+    use wimse_core::prelude::*;
+    use wimse_core::txn::TxnTokenValidation;
+
+    fn orders_verifier(trust: TrustStore) -> Result<(Verifier, Policy), Box<dyn std::error::Error>> {
+        let domain: TrustDomain = "spiffe://prod.example".parse()?;
+        // Required here; optional verifiers let requests without one pass, but refuse invalid ones.
+        let txn = TxnTokenValidation::new(domain).required();
+        let config = VerifierConfig::new().with_origin("https://orders.prod.example").with_txn_tokens(txn);
+        let verifier = Verifier::new(trust, config)?;
+        // The purpose; also Rule::txn_subject and Rule::transaction.
+        let refunds = Policy::named("refunds")
+            .allow(Rule::exact("spiffe://prod.example/front")?)
+            .require(Rule::txn_scope("orders.refund"));
+        Ok((verifier, refunds))
+    }
+
+    #[test]
+    fn builds() {
+        let (verifier, policy) = orders_verifier(TrustStore::new()).unwrap();
+        assert!(verifier.config().txn_tokens.as_ref().is_some_and(|t| t.required));
+        assert_eq!(policy.name(), "refunds");
+    }
+}
