@@ -148,3 +148,38 @@ async fn required_transactions_and_forwarding_within_the_trust_domain() {
     unconfigured.post(format!("{inside}/status")).with_extension(TxnToken(token)).send().await.unwrap();
     assert!(capture.take().unwrap().headers.get("txn-token").is_none());
 }
+
+#[tokio::test]
+async fn a_txn_token_does_not_follow_a_redirect_out_of_the_trust_domain() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let deployment = Deployment::new();
+    // partner.example's server notes whether a Txn-Token reached it.
+    let reached = Arc::new(AtomicBool::new(false));
+    let seen = reached.clone();
+    let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let partner_url = format!("http://{}/quote", partner.local_addr().unwrap());
+    let app = Router::new().route(
+        "/quote",
+        post(move |headers: axum::http::HeaderMap| async move {
+            seen.store(headers.contains_key("txn-token"), Ordering::SeqCst);
+            "quote"
+        }),
+    );
+    tokio::spawn(async move { axum::serve(partner, app).await.unwrap() });
+    // An in-domain service that redirects (307 keeps the method and the fields) to the partner.
+    let inside = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inside_url = format!("http://{}", inside.local_addr().unwrap());
+    let target = partner_url.clone();
+    let app = Router::new().route("/moved", post(move || async move { axum::response::Redirect::temporary(&target) }));
+    tokio::spawn(async move { axum::serve(inside, app).await.unwrap() });
+
+    let http = reqwest::Client::builder().redirect(wimse_reqwest::same_origin_redirects()).build().unwrap();
+    let client = ClientBuilder::new(http)
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).trust_domain_origins([inside_url.clone()]))
+        .build();
+    let token = deployment.txn_token("user-1842", "orders.purchase", false);
+    let response = client.post(format!("{inside_url}/moved")).with_extension(TxnToken(token)).send().await.unwrap();
+    assert_eq!(response.status(), 307, "not followed to another origin");
+    assert!(!reached.load(Ordering::SeqCst));
+}

@@ -116,9 +116,13 @@ fn verifier(args: &VerifyArgs) -> Result<Verifier, String> {
     let trust = settings.trust_store().map_err(|e| e.to_string())?;
     let trust = add_trust_anchors(trust, &args.trust_anchors)?;
     let now = now_or(args.now);
-    Ok(Verifier::new(trust, settings.config())
+    let mut verifier = Verifier::new(trust, settings.config())
         .map_err(|e| format!("{e} (give --audience or --origin)"))?
-        .with_clock(FixedClock::new(now)))
+        .with_clock(FixedClock::new(now));
+    if let Some(keys) = settings.txn_token_keys().map_err(|e| e.to_string())? {
+        verifier = verifier.with_txn_token_keys(keys);
+    }
+    Ok(verifier)
 }
 
 fn verify_one(verifier: &Verifier, request: &RawRequest) -> Result<(serde_json::Value, bool), String> {

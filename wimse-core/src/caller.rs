@@ -50,7 +50,7 @@ impl ProofMethod {
 
 /// An authenticated caller. Only a [`Verifier`](crate::verify::Verifier) makes one, and only
 /// after the proof was claimed in its replay store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct VerifiedCaller {
     pub(crate) id: WorkloadId,
     pub(crate) method: ProofMethod,
@@ -58,6 +58,20 @@ pub struct VerifiedCaller {
     pub(crate) txn_token: Option<String>,
     pub(crate) transaction: Option<Arc<VerifiedTxnToken>>,
     pub(crate) context_tokens: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for VerifiedCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens: the Txn-Token by hash, context tokens by name.
+        f.debug_struct("VerifiedCaller")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("credential", &self.credential)
+            .field("txn_token_hash", &self.txn_token.as_deref().map(crate::wit::token_hash))
+            .field("transaction", &self.transaction)
+            .field("context_tokens", &self.context_tokens.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What the caller's identity rests on. A WIT is shared with the verified-WIT cache, so making

@@ -402,16 +402,23 @@ impl VerifierSettings {
         let trust = self.trust_store()?;
         let mut verifier =
             Verifier::new(trust, self.config()).map_err(|e| invalid("verifier", e.detail().unwrap_or_default()))?;
-        if let Some(txn) = &self.txn_tokens {
-            let validation = txn.validation()?;
-            if let Some(file) = &txn.keys_file {
-                let keys = TrustAnchors::from_file(file)
-                    .map_err(|e| invalid("verifier.txn_tokens.keys_file", e.detail().unwrap_or_default()))?;
-                let handle = crate::trust::TrustHandle::new(TrustStore::new().with(validation.trust_domain, keys));
-                verifier = verifier.with_txn_token_keys(handle);
-            }
+        if let Some(keys) = self.txn_token_keys()? {
+            verifier = verifier.with_txn_token_keys(keys);
         }
         Ok(verifier)
+    }
+}
+
+impl VerifierSettings {
+    /// The TTS keys of `txn_tokens.keys_file`, if the settings name one (else the verifier's
+    /// trust anchors verify Txn-Tokens). Errors name the field.
+    pub fn txn_token_keys(&self) -> Result<Option<crate::trust::TrustHandle>> {
+        let Some(txn) = &self.txn_tokens else { return Ok(None) };
+        let validation = txn.validation()?;
+        let Some(file) = &txn.keys_file else { return Ok(None) };
+        let keys = TrustAnchors::from_file(file)
+            .map_err(|e| invalid("verifier.txn_tokens.keys_file", e.detail().unwrap_or_default()))?;
+        Ok(Some(crate::trust::TrustHandle::new(TrustStore::new().with(validation.trust_domain, keys))))
     }
 }
 

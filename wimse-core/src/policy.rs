@@ -98,7 +98,8 @@ impl Rule {
     }
 
     /// The request carries a verified Txn-Token (see [`crate::txn`]; the verifier must validate
-    /// Txn-Tokens, else no caller has a transaction).
+    /// Txn-Tokens, else no caller has a transaction). Transaction rules need the whole caller:
+    /// in [`Policy::allows_id`] they never match (so a `not(..)` of one always does).
     pub fn transaction() -> Self {
         Rule(RuleKind::Transaction)
     }

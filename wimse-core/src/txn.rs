@@ -42,15 +42,15 @@ use crate::jose::{Backend, SigningKey, jws};
 use crate::trust::TrustStore;
 use crate::wit::{MAX_LEEWAY_SECS, random_id, token_hash};
 
-/// JOSE `typ` of a Txn-Token (draft -10 §4.1), as emitted; `application/txntoken+jwt` and any
+/// JOSE `typ` of a Txn-Token (draft -10 §9.1), as emitted; `application/txntoken+jwt` and any
 /// case are accepted too (RFC 7515 §4.1.9).
 pub const TXN_TOKEN_TYP: &str = "txntoken+jwt";
 /// The RFC 8693 token type of a Txn-Token (`requested_token_type`, `issued_token_type`, and
 /// `subject_token_type` of a replacement request).
 pub const TXN_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:txn_token";
-/// Subject token type for a transaction a workload starts itself (draft -10 §7.1).
+/// Subject token type for a transaction a workload starts itself (draft -10 §11.2.1).
 pub const SELF_SIGNED_TYPE: &str = "urn:ietf:params:oauth:token-type:self_signed";
-/// Subject token type of an unsigned JSON object naming the subject (draft -10 §7.1).
+/// Subject token type of an unsigned JSON object naming the subject (draft -10 §11.2.2).
 pub const UNSIGNED_JSON_TYPE: &str = "urn:ietf:params:oauth:token-type:unsigned_json";
 /// The private claim holding the workloads that requested the tokens a replacement replaced,
 /// first first (`req_wl` names only the latest requester in draft -10).
@@ -137,7 +137,8 @@ impl TxnTokenValidation {
     }
 }
 
-/// A Txn-Token whose signature, type, audience, times and claims verified.
+/// A Txn-Token whose signature, type, audience, times and claims verified. (Its `Debug` shows
+/// the claims, which may name a person: log [`txn`](Self::txn) and [`hash`](Self::hash).)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedTxnToken {
     txn: String,
@@ -260,8 +261,12 @@ pub fn validate(token: &str, keys: &TrustStore, cfg: &TxnTokenValidation, now: u
     if now >= exp.saturating_add(cfg.leeway) {
         return Err(ErrorKind::ExpiredTxnToken.into());
     }
-    if iat > now.saturating_add(cfg.leeway) {
+    let nbf = claims.get("nbf").map(|v| v.as_u64().ok_or_else(|| missing("nbf"))).transpose()?;
+    if iat > now.saturating_add(cfg.leeway) || nbf.is_some_and(|nbf| nbf > now.saturating_add(cfg.leeway)) {
         return Err(ErrorKind::TxnTokenNotYetValid.into());
+    }
+    if exp <= iat {
+        return Err(Error::with_detail(ErrorKind::TxnTokenMalformed, "exp is not after iat"));
     }
     if exp.saturating_sub(iat) > cfg.max_lifetime
         || exp > now.saturating_add(cfg.max_lifetime).saturating_add(cfg.leeway)
@@ -465,8 +470,15 @@ impl TxnTokenIssuer {
 /// adapters): exactly the value received, e.g. `TxnToken(caller.txn_token().unwrap().to_owned())`.
 /// Sent, bound to the request's proof, only to origins of this trust domain
 /// ([`TxnForwarding`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TxnToken(pub String);
+
+impl std::fmt::Debug for TxnToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token (draft -10 §15.2): its hash.
+        f.debug_tuple("TxnToken").field(&token_hash(&self.0)).finish()
+    }
+}
 
 /// Where a Txn-Token may go: the origins (`scheme://host[:port]`) of this trust domain's
 /// services. A Txn-Token is valid only in its trust domain (draft -10 §14), so the client
@@ -491,17 +503,17 @@ pub struct TxnForwarding {
 }
 
 impl TxnForwarding {
-    /// Forwarding to these origins only (compared in lower case, without a trailing `/`).
+    /// Forwarding to these origins only: `scheme://host[:port]` (http or https; compared in
+    /// lower case, without a default port or a trailing `/`). An entry that is not such an
+    /// origin (a path, user info) never matches.
     pub fn new(origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        let origins: Vec<String> =
-            origins.into_iter().map(|o| o.into().trim_end_matches('/').to_ascii_lowercase()).collect();
+        let origins: Vec<String> = origins.into_iter().filter_map(|o| normalized_origin(&o.into())).collect();
         Self { origins: origins.into() }
     }
 
     /// Whether `origin` is in the trust domain.
     pub fn allows(&self, origin: &str) -> bool {
-        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        self.origins.contains(&origin)
+        normalized_origin(origin).is_some_and(|origin| self.origins.contains(&origin))
     }
 
     /// Adds `token` to a request for `origin` inside the trust domain (replacing any field set
@@ -509,6 +521,7 @@ impl TxnForwarding {
     pub fn apply(&self, origin: &str, headers: &mut http::HeaderMap, token: Option<&TxnToken>) -> Result<()> {
         if !self.allows(origin) {
             if headers.remove(crate::draft::TXN_TOKEN_HEADER).is_some() || token.is_some() {
+                let origin = normalized_origin(origin).unwrap_or_else(|| "(not an origin)".into());
                 tracing::debug!(origin, "wimse: Txn-Token not sent outside the trust domain");
                 metrics::counter!("wimse_txn_token_dropped_total").increment(1);
             }
@@ -520,5 +533,43 @@ impl TxnForwarding {
             headers.insert(crate::draft::TXN_TOKEN_HEADER, value);
         }
         Ok(())
+    }
+}
+
+/// `scheme://host[:port]` in lower case without the scheme's default port, or `None` for
+/// anything else (other schemes, user info, a path or query).
+fn normalized_origin(origin: &str) -> Option<String> {
+    let uri: http::Uri = origin.trim_end_matches('/').parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return None;
+    }
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let host = authority.host().to_ascii_lowercase();
+    Some(match authority.port_u16() {
+        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn origins_are_compared_normalized() {
+        let forwarding =
+            super::TxnForwarding::new(["https://Billing.Prod.Example:443/", "http://127.0.0.1:8080", "https://x/path"]);
+        assert!(forwarding.allows("https://billing.prod.example"));
+        assert!(forwarding.allows("HTTPS://billing.prod.example:443"));
+        assert!(forwarding.allows("http://127.0.0.1:8080/"));
+        assert!(!forwarding.allows("http://127.0.0.1:8081"));
+        assert!(!forwarding.allows("https://user@billing.prod.example"), "user info");
+        assert!(!forwarding.allows("https://billing.prod.example.evil"));
+        assert!(!forwarding.allows("https://x"), "an entry with a path matches nothing");
+        assert!(!forwarding.allows("ftp://billing.prod.example"));
     }
 }

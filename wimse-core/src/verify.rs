@@ -352,7 +352,14 @@ impl Verifier {
     /// A verifier whose anchors are `trust` (shared with whoever updates them).
     pub fn with_trust_handle(mut self, trust: TrustHandle) -> Self {
         self.trust = trust;
+        // Generations count per handle: a cache filled under another handle must not answer.
+        self.wit_cache = Arc::new(WitCache::new(self.config.wit_cache_capacity));
+        self.txn_cache = Arc::new(TokenCache::new(self.txn_cache_capacity()));
         self
+    }
+
+    fn txn_cache_capacity(&self) -> usize {
+        if self.config.txn_tokens.is_some() { self.config.wit_cache_capacity } else { 0 }
     }
 
     /// A verifier with an in-memory replay cache and the system clock. Fails on a configuration
@@ -412,6 +419,7 @@ impl Verifier {
     /// this verifier's own trust store.
     pub fn with_txn_token_keys(mut self, keys: TrustHandle) -> Self {
         self.txn_keys = Some(keys);
+        self.txn_cache = Arc::new(TokenCache::new(self.txn_cache_capacity()));
         self
     }
 

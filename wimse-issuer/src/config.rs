@@ -330,10 +330,18 @@ pub struct TxnTokenServiceConfig {
     pub subject_issuers: Vec<SubjectIssuer>,
     /// Who may ask for what.
     pub requesters: Vec<TxnRequester>,
+    /// Txn-Tokens per requesting workload: 200 at once, 6000 a minute by default (an edge asks
+    /// once per external request; this budget is its own, apart from WIT issuance).
+    #[serde(default = "default_txn_rate")]
+    pub rate_limit: Rate,
 }
 
 fn default_txn_lifetime() -> u64 {
     300
+}
+
+fn default_txn_rate() -> Rate {
+    Rate { burst: 200, per_minute: 6000 }
 }
 
 /// An issuer of subject tokens the TTS accepts (validated like exchange profiles: signature

@@ -245,9 +245,9 @@ fn txn_error(error: &Error) -> Response {
             .headers_mut()
             .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("WPT"));
     }
-    if error.kind() == &ErrorKind::ExchangeRefused {
-        response.extensions_mut().insert(FailedAuthentication);
-    }
+    // Only the requester's own failed authentication counts against its address (the 401s): an
+    // invalid subject token comes from the requester's caller (a user on the internet), and
+    // must not get the edge's address refused.
     response
 }
 
@@ -364,6 +364,8 @@ pub fn router(server: Arc<IdentityServer>) -> Router {
         .route("/v1/wit", post(issue_wit))
         .route("/v1/token", post(token))
         .route("/v1/wic", post(issue_wic))
+        // Every issuance request is small (a token, a JWK, a public key).
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .route_layer(axum::middleware::from_fn_with_state(server.clone(), limit_sources));
     Router::new()
         .merge(issuance)

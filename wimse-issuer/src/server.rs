@@ -851,13 +851,15 @@ impl IdentityServer {
     /// The public signing keys as a SPIFFE trust bundle, with sequence number, refresh hint,
     /// and the key store's epoch ([`STORE_EPOCH_MEMBER`]).
     pub fn spiffe_bundle(&self) -> Value {
-        self.read_keys(|loaded| {
-            json!({
-                "keys": loaded.state.public_keys(),
-                "spiffe_sequence": loaded.state.sequence(),
-                "spiffe_refresh_hint": self.config.refresh_hint,
-                STORE_EPOCH_MEMBER: loaded.state.epoch(),
-            })
+        self.read_keys(|loaded| self.spiffe_bundle_of(loaded))
+    }
+
+    pub(crate) fn spiffe_bundle_of(&self, loaded: &Loaded) -> Value {
+        json!({
+            "keys": loaded.state.public_keys(),
+            "spiffe_sequence": loaded.state.sequence(),
+            "spiffe_refresh_hint": self.config.refresh_hint,
+            STORE_EPOCH_MEMBER: loaded.state.epoch(),
         })
     }
 

@@ -72,7 +72,7 @@ impl std::fmt::Debug for TxnTokenRequest<'_> {
 }
 
 /// An issued Txn-Token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IssuedTxnToken {
     /// The Txn-Token (compact JWS).
     pub token: String,
@@ -80,6 +80,15 @@ pub struct IssuedTxnToken {
     pub txn: String,
     /// Seconds until it expires.
     pub expires_in: u64,
+}
+
+impl std::fmt::Debug for IssuedTxnToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedTxnToken")
+            .field("txn", &self.txn)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The subject token types by short name (configuration) and URN (requests).
@@ -115,6 +124,8 @@ pub(crate) struct Tts {
     anchors: TrustHandle,
     /// The key state (epoch, sequence) whose keys `anchors` holds.
     applied: Mutex<Option<(String, u64)>>,
+    /// Txn-Tokens per requester.
+    per_requester: wimse_core::rate::RateLimiter<WorkloadId>,
 }
 
 /// Proof `jti`s claimed in the identity server's storage, so a WPT sent to one replica is
@@ -143,6 +154,9 @@ impl Tts {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let field = |name: String| format!("txn_tokens.{name}");
+        if config.rate_limit.burst == 0 || config.rate_limit.per_minute == 0 {
+            return Err(config_error(field("rate_limit".into()), "burst and per_minute must be positive"));
+        }
         if config.lifetime == 0 || config.lifetime > 600 {
             return Err(config_error(
                 field("lifetime".into()),
@@ -187,11 +201,13 @@ impl Tts {
             );
         }
         let anchors = TrustHandle::default();
-        let verifier =
-            Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience(endpoint.clone()).only_wpt())?
-                .with_trust_handle(anchors.clone())
-                .with_replay_store(StorageReplay(storage))
-                .with_clock(clock);
+        // A small quota of live proofs per requester: the storage's replay claims are shared with
+        // the DPoP and assertion grants, and one workload must not fill them.
+        let verifier_config = VerifierConfig::new().with_audience(endpoint.clone()).only_wpt().with_caller_quota(1000);
+        let verifier = Verifier::new(TrustStore::new(), verifier_config)?
+            .with_trust_handle(anchors.clone())
+            .with_replay_store(StorageReplay(storage))
+            .with_clock(clock);
         Ok(Self {
             lifetime: config.lifetime,
             identifier: endpoint,
@@ -200,6 +216,7 @@ impl Tts {
             verifier,
             anchors,
             applied: Mutex::new(None),
+            per_requester: wimse_core::rate::RateLimiter::new(config.rate_limit),
         })
     }
 }
@@ -289,15 +306,25 @@ impl IdentityServer {
     /// server) and a WPT for the token endpoint, claimed once across replicas.
     pub async fn authenticate_requester(&self, headers: &axum::http::HeaderMap) -> Result<VerifiedCaller> {
         let tts = self.tts()?;
-        let state = self.key_state();
         {
             let mut applied = tts.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // The state and its keys read together, so the anchors always match the state noted.
+            let (state, bundle) = self.read_keys(|loaded| {
+                ((loaded.state.epoch().to_owned(), loaded.state.sequence()), self.spiffe_bundle_of(loaded))
+            });
             if applied.as_ref() != Some(&state) {
-                tts.anchors.set(self.domain.clone(), self.anchors()?);
+                tts.anchors.set(self.domain.clone(), TrustAnchors::from_spiffe_bundle_json(&bundle.to_string())?);
                 *applied = Some(state);
             }
         }
-        tts.verifier.verify(&RequestView::new("/v1/token", headers).method("POST")).await
+        let pending = tts.verifier.authenticate(&RequestView::new("/v1/token", headers).method("POST"))?;
+        // Only a workload that may ask at all spends a replay claim.
+        if !tts.requesters.iter().any(|r| r.who.allows_id(pending.id())) {
+            tracing::warn!(target: "wimse::audit", requester = %pending.id(), "Txn-Token refused: not a requester");
+            let detail = format!("{} may not request Txn-Tokens", pending.id());
+            return Err(Error::with_detail(ErrorKind::IssuanceDenied, detail));
+        }
+        tts.verifier.confirm(pending).await
     }
 
     /// Issues a Txn-Token to `requester` (authenticated with
@@ -335,15 +362,24 @@ impl IdentityServer {
         if scopes.is_empty() || scopes.len() > MAX_SCOPE_VALUES || scopes.iter().any(|s| s.len() > 128) {
             return Err(Error::with_detail(ErrorKind::InvalidScope, "scope: 1 to 16 values"));
         }
-        // Counted once the requester is known to be allowed, before the subject token's work.
-        self.limit(&format!("txn-token {who}"))?;
+        // Counted once the requester is known to be allowed, before the subject token's work;
+        // a budget of its own (an edge asks once per external request).
+        tts.per_requester.take(who, 1, self.clock.now()).map_err(|retry| {
+            tracing::warn!(target: "wimse::audit", requester = %who, "Txn-Token requests rate limited");
+            Error::with_detail(ErrorKind::RateLimited, format!("{who}: too many Txn-Token requests"))
+                .with_retry_after(retry)
+        })?;
         let now = self.clock.now();
         let (subject, issuer) = self.subject(tts, requester, token_type, request.subject_token, now)?;
-        let entry = entries
-            .iter()
-            .filter(|r| issuer.is_none_or(|name| r.issuers.iter().any(|n| n == name)))
-            .find(|r| scopes.iter().all(|s| r.scopes.iter().any(|g| g == s)));
-        if entry.is_none() {
+        let entries: Vec<&&Requester> =
+            entries.iter().filter(|r| issuer.is_none_or(|name| r.issuers.iter().any(|n| n == name))).collect();
+        if entries.is_empty() {
+            return Err(denied(format!(
+                "{who} may not present tokens of subject issuer `{}`",
+                issuer.unwrap_or_default()
+            )));
+        }
+        if !entries.iter().any(|r| scopes.iter().all(|s| r.scopes.iter().any(|g| g == s))) {
             tracing::warn!(target: "wimse::audit", requester = %who, scope = request.scope, "Txn-Token scope refused");
             return Err(Error::with_detail(ErrorKind::InvalidScope, format!("{who} may not request this scope")));
         }
@@ -358,15 +394,25 @@ impl IdentityServer {
         }
         let scope = scopes.join(" ");
         let token = match &subject.replaces {
+            Some(_) if request.request_details.is_some() || request.request_context.is_some() => {
+                return Err(refused("a replacement keeps the original's tctx and rctx"));
+            }
             Some(original) => NewTxnToken::replacing(original, &scope, who.as_str())?,
             None => {
                 let mut token = NewTxnToken::new(subject.sub.clone(), scope.clone()).requested_by(who.as_str());
                 if let Some(tctx) = json_object(request.request_details, "request_details")? {
                     token = token.context(tctx);
                 }
-                if let Some(rctx) = json_object(request.request_context, "request_context")? {
-                    token = token.request_context(rctx);
-                }
+                // The TTS is authoritative for `rctx`: what vouched for the subject is asserted
+                // here, over anything the requester sent, so a receiver can tell a user's access
+                // token from a subject a workload named itself.
+                let mut rctx = json_object(request.request_context, "request_context")?.unwrap_or_default();
+                rctx.insert("subject_token_type".into(), Value::from(token_type));
+                match issuer {
+                    Some(name) => rctx.insert("subject_issuer".into(), Value::from(name)),
+                    None => rctx.remove("subject_issuer"),
+                };
+                token = token.request_context(rctx);
                 token.not_after = subject.expires_at;
                 token
             }
@@ -385,6 +431,9 @@ impl IdentityServer {
             now,
         )?;
         let expires_in = verified.expires_at().saturating_sub(now);
+        if expires_in == 0 {
+            return Err(refused("the subject token expires now"));
+        }
         self.record("txn-token", who.as_str(), who, expires_in, kid, now).await?;
         tracing::info!(target: "wimse::audit", requester = %who, txn = verified.txn(), scope, subject_token_type = token_type,
             replacement = subject.replaces.is_some(), expires_in, "Txn-Token issued");
@@ -421,9 +470,10 @@ impl IdentityServer {
             }
             TXN_TOKEN_TYPE => {
                 let keys = TrustStore::new().with(self.domain.clone(), self.anchors()?);
-                let original =
-                    wimse_core::txn::validate(token, &keys, &TxnTokenValidation::new(self.domain.clone()), now)
-                        .map_err(|e| refused(format!("subject Txn-Token: {}", e.reason())))?;
+                // No leeway: an expired Txn-Token is never replaced (§13.15).
+                let strict = TxnTokenValidation::new(self.domain.clone()).with_leeway(0);
+                let original = wimse_core::txn::validate(token, &keys, &strict, now)
+                    .map_err(|e| refused(format!("subject Txn-Token: {}", e.reason())))?;
                 let sub = original.subject().to_owned();
                 Ok((
                     Subject {
@@ -455,6 +505,11 @@ impl IdentityServer {
                 let typ = parsed.header_str("typ")?.map(str::to_ascii_lowercase);
                 if access && !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {
                     return Err(refused("an access token's typ must be at+jwt"));
+                }
+                // Never a WIMSE token (explicit typing keeps them apart).
+                if typ.as_deref().is_some_and(|t| ["wit+jwt", "wpt+jwt", "txntoken+jwt"].iter().any(|w| t.ends_with(w)))
+                {
+                    return Err(refused("a WIMSE token is not a subject token of this type"));
                 }
                 let claims = validate_external(&parsed, keys, &issuer.audience, issuer.max_token_lifetime, now)
                     .map_err(|d| refused(format!("subject_token: {d}")))?;

@@ -118,6 +118,17 @@ async fn txn_tokens_for_users_at_the_edge() {
     assert_eq!(txn.requesting_workloads(), [FRONT.to_owned()]);
     assert_eq!(txn.transaction_context().unwrap()["order"], "7d1f");
     assert_eq!(txn.request_context().unwrap()["channel"], "web");
+    // What vouched for the subject, asserted by the TTS over anything the requester sends.
+    assert_eq!(txn.request_context().unwrap()["subject_token_type"], "urn:ietf:params:oauth:token-type:access_token");
+    assert_eq!(txn.request_context().unwrap()["subject_issuer"], "users");
+    let spoofed = front
+        .request(
+            &TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.read")
+                .request_context(json!({"subject_token_type": "forged", "subject_issuer": "forged"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.check(&spoofed.token).request_context().unwrap()["subject_issuer"], "users");
     assert_eq!(txn.issuer(), Some("https://issuer.prod.example"));
     assert!(issued.expires_in <= 120 && issued.expires_in > 100, "{}", issued.expires_in);
     let user_token = s.access_token(json!({}));
@@ -182,6 +193,12 @@ async fn refusals_are_distinct() {
     // Refresh tokens are never subjects; unknown types neither.
     let refresh = TxnTokenRequest::new("r", "urn:ietf:params:oauth:token-type:refresh_token", "orders.read");
     assert_eq!(kind(front.request(&refresh).await), ErrorKind::ExchangeRefused);
+    // Many invalid subject tokens (a user's garbage, passed on by the edge) do not get the
+    // edge's address refused: only the requester's own failed authentications count.
+    for _ in 0..15 {
+        assert_eq!(kind(front.request(&ask("garbage".into(), "orders.read")).await), ErrorKind::ExchangeRefused);
+    }
+    assert!(front.request(&ask(user(json!({})), "orders.read")).await.is_ok());
     // Another trust domain's Txn-Token.
     let partner = TxnTokenService::new(
         s.signer(FRONT).await,

@@ -46,7 +46,9 @@ pub use bundle::{BundleSource, MAX_DOCUMENT, STORE_EPOCH_MEMBER, read_capped};
 pub use issuer_source::{
     Bootstrap, IssuerCredentials, IssuerCredentialsBuilder, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
 };
-pub use txn::{ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnTokenRequest, TxnTokenService, self_signed_subject};
+pub use txn::{
+    ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnTokenRequest, TxnTokenService, same_origin_redirects, self_signed_subject,
+};
 pub use wimse_core::txn::{TxnForwarding, TxnToken};
 
 use http::{Extensions, HeaderName, HeaderValue};
@@ -183,7 +185,8 @@ impl WimseSignMiddleware {
     /// from requests to any other origin, since a Txn-Token must not leave its trust domain
     /// (draft-ietf-oauth-transaction-tokens-10 §14; see [`TxnForwarding`]). Without this
     /// setting a [`TxnToken`] extension is never sent, and a `Txn-Token` field set by the
-    /// application is sent as is.
+    /// application is sent as is. Redirects happen below the middleware: give the client
+    /// [`same_origin_redirects`] (or no redirects) so a Txn-Token cannot follow one elsewhere.
     pub fn trust_domain_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.txn_forwarding = Some(TxnForwarding::new(origins));
         self

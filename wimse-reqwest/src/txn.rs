@@ -21,13 +21,23 @@ use wimse_core::{Error, ErrorKind};
 use crate::{WimseSignMiddleware, read_capped, secure_or_loopback};
 
 /// A Txn-Token request: the subject of the transaction and its purpose.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TxnTokenRequest {
     scope: String,
     subject_token: String,
     subject_token_type: String,
     request_context: Option<Value>,
     request_details: Option<Value>,
+}
+
+impl std::fmt::Debug for TxnTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the subject token (a user's access token, a Txn-Token).
+        f.debug_struct("TxnTokenRequest")
+            .field("scope", &self.scope)
+            .field("subject_token_type", &self.subject_token_type)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TxnTokenRequest {
@@ -92,12 +102,21 @@ pub fn self_signed_subject(signer: &Signer, tts: &str, subject: &str, now: u64) 
 }
 
 /// An issued Txn-Token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct IssuedTxnToken {
     /// The token, to send as `Txn-Token` (wrap it in [`TxnToken`](crate::TxnToken)).
     pub token: String,
     /// Seconds until it expires, as the TTS said.
     pub expires_in: u64,
+}
+
+impl std::fmt::Debug for IssuedTxnToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedTxnToken")
+            .field("token_hash", &wimse_core::wit::token_hash(&self.token))
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 /// A client of the trust domain's Transaction Token Service.
@@ -119,9 +138,13 @@ impl TxnTokenService {
                 "the Transaction Token Service must be https (http only on loopback)",
             ));
         }
-        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-            .with(WimseSignMiddleware::new(signer))
-            .build();
+        // No redirects: reqwest would send the form (a user's access token) to wherever one points.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e.to_string()))?;
+        let client = reqwest_middleware::ClientBuilder::new(http).with(WimseSignMiddleware::new(signer)).build();
         Ok(Self { client, endpoint, audience: trust_domain.as_str().to_owned() })
     }
 
@@ -179,4 +202,24 @@ impl TxnTokenService {
         let token = answer["access_token"].as_str().ok_or_else(|| refused("no access_token in the answer"))?;
         Ok(IssuedTxnToken { token: token.to_owned(), expires_in: answer["expires_in"].as_u64().unwrap_or(0) })
     }
+}
+
+/// A redirect policy that follows redirects within one origin only (at most 10). A reqwest
+/// client follows redirects below its middleware, so a `Txn-Token` sent to an origin of the
+/// trust domain would follow a redirect anywhere: build clients that forward Txn-Tokens with
+/// this policy (or `Policy::none()`).
+///
+/// ```
+/// let http = reqwest::Client::builder().redirect(wimse_reqwest::same_origin_redirects()).build()?;
+/// # Ok::<(), reqwest::Error>(())
+/// ```
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt.previous().last().is_some_and(|previous| previous.origin() == attempt.url().origin());
+        match (same, attempt.previous().len()) {
+            (true, 0..10) => attempt.follow(),
+            (true, _) => attempt.error("too many redirects"),
+            (false, _) => attempt.stop(),
+        }
+    })
 }

@@ -57,9 +57,10 @@ impl WimseSignLayer {
     fn sign<B>(&self, req: &mut Request<B>) -> Result<(), Error> {
         if let Some(forwarding) = &self.txn_forwarding {
             let uri = req.uri();
+            // Scheme and authority; `TxnForwarding` normalizes them (and refuses user info). A
+            // relative URI names no origin: nothing is forwarded.
             let origin = match (uri.scheme_str(), uri.authority()) {
                 (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
-                // A relative URI names no origin: nothing is forwarded.
                 _ => String::new(),
             };
             let token = req.extensions().get::<TxnToken>().cloned();
