@@ -245,3 +245,49 @@ async fn tls_to_postgres() {
     assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
     assert!(err.detail().unwrap().contains("postgres.ca_file"), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_txn_token_request_proof_is_claimed_once_across_replicas() {
+    let Some(postgres) = PostgresServer::start() else { return };
+    let dir = TempDir::new("wimse-issuer-pg-tts");
+    let kek = kek_file(&dir, 3);
+    let clock = Arc::new(FixedClock::new(NOW));
+    let endpoint = "https://issuer.prod.example/v1/token";
+    let mut config = config(&postgres, &kek);
+    config.token_endpoint = Some(endpoint.into());
+    config.txn_tokens = Some(
+        serde_json::from_value(json!({"requesters": [{"workloads": [SUB], "scopes": ["orders.read"],
+                                                      "subject_token_types": ["unsigned_json"]}]}))
+        .unwrap(),
+    );
+    let a = replica(config.clone(), clock.clone()).await;
+    let b = replica(config, clock.clone()).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let wit = a.issue_wit(SECRET, SUB, key.public_jwk(), None).await.unwrap().wit;
+    let wpt = wimse_core::wpt::WptBuilder::new(&key, &wit, endpoint).sign(NOW).unwrap();
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("workload-identity-token", wit.parse().unwrap());
+    headers.insert("authorization", format!("WPT {wpt}").parse().unwrap());
+    let requester = a.authenticate_requester(&headers).await.unwrap();
+    // The same proof at the other replica: already claimed in PostgreSQL.
+    assert_eq!(b.authenticate_requester(&headers).await.unwrap_err().kind(), &ErrorKind::ReplayedProof);
+    let request = wimse_issuer::TxnTokenRequest {
+        audience: "spiffe://prod.example",
+        scope: "orders.read",
+        subject_token: r#"{"sub":"batch-7"}"#,
+        subject_token_type: "urn:ietf:params:oauth:token-type:unsigned_json",
+        request_context: None,
+        request_details: None,
+    };
+    let issued = a.issue_txn_token(&requester, &request).await.unwrap();
+    // Any replica's keys verify it; the issuance is audited in PostgreSQL.
+    let keys =
+        wimse_core::trust::TrustStore::new().with("spiffe://prod.example".parse().unwrap(), b.anchors().unwrap());
+    let validation = wimse_core::txn::TxnTokenValidation::new("spiffe://prod.example".parse().unwrap());
+    let txn = wimse_core::txn::validate(&issued.token, &keys, &validation, NOW).unwrap();
+    assert_eq!((txn.subject(), txn.txn()), ("batch-7", issued.txn.as_str()));
+    let db = sql(&postgres).await;
+    let kinds: Vec<String> =
+        db.query("SELECT kind FROM wimse_issuer_audit", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(kinds.iter().any(|k| k == "txn-token"), "{kinds:?}");
+}
