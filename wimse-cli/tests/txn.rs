@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
+mod common;
+
 const NOW: &str = "1800000000";
 
 fn dir(name: &str) -> PathBuf {
@@ -127,13 +129,7 @@ fn issue_from_a_transaction_token_service() {
         "txn_tokens": {"requesters": [{"workloads": [front], "scopes": ["orders.read"], "subject_token_types": ["unsigned_json", "self_signed"]}]}
     });
     std::fs::write(d.join("issuer.json"), config.to_string()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wimse"))
-        .args(["issuer", "serve", "--config", &p("issuer.json"), "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let mut issuer = common::IssuerProcess::start_on(&d.join("issuer.json"), &d.join("issuer.log"), Vec::new(), port);
     // The workload's credentials, from the identity server.
     ok(&["key", "generate", "-o", &p("front.jwk")]);
     let key: Value = serde_json::from_str(&std::fs::read_to_string(d.join("front.jwk")).unwrap()).unwrap();
@@ -198,7 +194,6 @@ fn issue_from_a_transaction_token_service() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    issuer.kill();
     let _ = std::fs::remove_dir_all(&d);
 }

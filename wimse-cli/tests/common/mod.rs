@@ -31,13 +31,12 @@ impl IssuerProcess {
     }
 
     pub fn start_with_env(config: &Path, log: &Path, env: Vec<(String, String)>) -> Self {
-        let mut process = Self {
-            config: config.to_owned(),
-            log: log.to_owned(),
-            port: wimse_testkit::servers::free_port(),
-            env,
-            child: None,
-        };
+        Self::start_on(config, log, env, wimse_testkit::servers::free_port())
+    }
+
+    /// Starts it on `port` (for a configuration that names its own URL).
+    pub fn start_on(config: &Path, log: &Path, env: Vec<(String, String)>, port: u16) -> Self {
+        let mut process = Self { config: config.to_owned(), log: log.to_owned(), port, env, child: None };
         process.restart();
         process
     }
