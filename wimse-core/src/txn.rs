@@ -423,6 +423,12 @@ impl TxnTokenIssuer {
     /// Signs `token` at `now`: `req_wl` is the last requesting workload, the earlier ones (of
     /// a replacement) go in [`REQ_WL_CHAIN`].
     pub fn issue(&self, token: &NewTxnToken, now: u64) -> Result<String> {
+        self.issue_signed(token, now).map(|signed| signed.token)
+    }
+
+    /// Like [`issue`](Self::issue), also saying the `txn` and `exp` it chose. Refuses a token
+    /// that would already be expired (`not_after` not after `now`).
+    pub fn issue_signed(&self, token: &NewTxnToken, now: u64) -> Result<SignedTxnToken> {
         if token.sub.is_empty() || token.scope.split(' ').all(str::is_empty) || token.requesting_workloads.is_empty() {
             return Err(Error::with_detail(ErrorKind::InvalidConfiguration, "a Txn-Token needs sub, scope and req_wl"));
         }
@@ -446,6 +452,9 @@ impl TxnTokenIssuer {
         }
         let txn = token.txn.clone().unwrap_or_else(random_id);
         let exp = now.saturating_add(self.lifetime).min(token.not_after.unwrap_or(u64::MAX));
+        if exp <= now {
+            return Err(Error::with_detail(ErrorKind::ExpiredTxnToken, "it would expire before it is issued"));
+        }
         let Some((req_wl, req_wl_chain)) = token.requesting_workloads.split_last() else {
             return Err(Error::with_detail(ErrorKind::InvalidConfiguration, "a Txn-Token needs req_wl"));
         };
@@ -462,7 +471,28 @@ impl TxnTokenIssuer {
             tctx: token.tctx.as_ref(),
             rctx: token.rctx.as_ref(),
         };
-        jws::sign(TXN_TOKEN_TYP, self.key.kid(), &claims, &self.key, self.backend)
+        let signed = jws::sign(TXN_TOKEN_TYP, self.key.kid(), &claims, &self.key, self.backend)?;
+        Ok(SignedTxnToken { token: signed, txn, expires_at: exp })
+    }
+}
+
+/// A Txn-Token just signed, with what its issuer chose.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedTxnToken {
+    /// The token (compact JWS).
+    pub token: String,
+    /// Its transaction id.
+    pub txn: String,
+    /// Its `exp`.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for SignedTxnToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedTxnToken")
+            .field("txn", &self.txn)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }
 

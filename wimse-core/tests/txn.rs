@@ -301,6 +301,10 @@ fn replacement_narrows_and_keeps_the_transaction() {
     assert_eq!(replacement.scope(), "orders.read");
     assert_eq!(replacement.requesting_workloads(), [FRONT.to_owned(), orders.to_owned()]);
     assert_eq!(replacement.expires_at(), original.expires_at(), "never outlives the original");
+    let signed = tts(&f).issue_signed(&narrowed, NOW + 10).unwrap();
+    assert_eq!((signed.txn.as_str(), signed.expires_at), (original.txn(), original.expires_at()));
+    let too_late = tts(&f).issue(&narrowed, original.expires_at()).unwrap_err();
+    assert_eq!(too_late.kind(), &ErrorKind::ExpiredTxnToken, "never issued already expired");
     for wider in ["orders.refund", "orders.read orders.admin", "", "  "] {
         assert_eq!(
             NewTxnToken::replacing(&original, wider, orders).unwrap_err().kind(),

@@ -423,21 +423,15 @@ impl IdentityServer {
         if let Some(iss) = &self.config.issuer {
             issuer = issuer.with_issuer(iss.clone());
         }
-        let signed = issuer.issue(&token, now)?;
-        let verified = wimse_core::txn::validate(
-            &signed,
-            &TrustStore::new().with(self.domain.clone(), self.anchors()?),
-            &TxnTokenValidation::new(self.domain.clone()).with_max_lifetime(tts.lifetime),
-            now,
-        )?;
-        let expires_in = verified.expires_at().saturating_sub(now);
-        if expires_in == 0 {
-            return Err(refused("the subject token expires now"));
-        }
+        let signed = issuer.issue_signed(&token, now).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredTxnToken => refused("the subject token expires now"),
+            _ => e,
+        })?;
+        let expires_in = signed.expires_at.saturating_sub(now);
         self.record("txn-token", who.as_str(), who, expires_in, kid, now).await?;
-        tracing::info!(target: "wimse::audit", requester = %who, txn = verified.txn(), scope, subject_token_type = token_type,
+        tracing::info!(target: "wimse::audit", requester = %who, txn = signed.txn, scope, subject_token_type = token_type,
             replacement = subject.replaces.is_some(), expires_in, "Txn-Token issued");
-        Ok(IssuedTxnToken { token: signed, txn: verified.txn().to_owned(), expires_in })
+        Ok(IssuedTxnToken { token: signed.token, txn: signed.txn, expires_in })
     }
 
     /// Validates the subject token; returns the subject and the name of its issuer, if external.
@@ -469,10 +463,12 @@ impl IdentityServer {
                 Ok((Subject { sub, scope: None, expires_at: None, replaces: None }, None))
             }
             TXN_TOKEN_TYPE => {
-                let keys = TrustStore::new().with(self.domain.clone(), self.anchors()?);
-                // No leeway: an expired Txn-Token is never replaced (§13.15).
+                // No leeway: an expired Txn-Token is never replaced (§13.15). The keys are the
+                // ones the requester was just authenticated with.
                 let strict = TxnTokenValidation::new(self.domain.clone()).with_leeway(0);
-                let original = wimse_core::txn::validate(token, &keys, &strict, now)
+                let original = tts
+                    .anchors
+                    .read(|keys| wimse_core::txn::validate(token, keys, &strict, now))
                     .map_err(|e| refused(format!("subject Txn-Token: {}", e.reason())))?;
                 let sub = original.subject().to_owned();
                 Ok((
