@@ -334,6 +334,10 @@ pub struct TxnTokenServiceConfig {
     /// once per external request; this budget is its own, apart from WIT issuance).
     #[serde(default = "default_txn_rate")]
     pub rate_limit: Rate,
+    /// Prepended to subjects a requester names itself (`self_signed`, `unsigned_json`), e.g.
+    /// `internal:`, so they never look like a user of a subject issuer.
+    #[serde(default)]
+    pub named_subject_prefix: Option<String>,
 }
 
 fn default_txn_lifetime() -> u64 {
@@ -364,6 +368,10 @@ pub struct SubjectIssuer {
     /// Tokens expiring further ahead are refused, seconds (1 to 604800). Defaults to 86400.
     #[serde(default = "default_external_lifetime")]
     pub max_token_lifetime: u64,
+    /// Prepended to the `sub` of its tokens (e.g. `shop-users:`), so the subjects of several
+    /// issuers never collide in the trust domain (the draft has the TTS keep `sub` unique).
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
 }
 
 /// Workloads that may request Txn-Tokens, and what for.

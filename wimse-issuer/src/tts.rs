@@ -126,6 +126,8 @@ pub(crate) struct Tts {
     applied: Mutex<Option<(String, u64)>>,
     /// Txn-Tokens per requester.
     per_requester: wimse_core::rate::RateLimiter<WorkloadId>,
+    /// Prepended to subjects requesters name themselves.
+    named_subject_prefix: String,
 }
 
 /// Proof `jti`s claimed in the identity server's storage, so a WPT sent to one replica is
@@ -217,6 +219,7 @@ impl Tts {
             anchors,
             applied: Mutex::new(None),
             per_requester: wimse_core::rate::RateLimiter::new(config.rate_limit),
+            named_subject_prefix: config.named_subject_prefix.clone().unwrap_or_default(),
         })
     }
 }
@@ -452,7 +455,8 @@ impl IdentityServer {
                     return Err(refused("subject_token is not a JSON object"));
                 };
                 let sub = object.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
-                let sub = sub.ok_or_else(|| refused("subject_token has no sub"))?.to_owned();
+                let sub =
+                    format!("{}{}", tts.named_subject_prefix, sub.ok_or_else(|| refused("subject_token has no sub"))?);
                 Ok((Subject { sub, scope: None, expires_at: None, replaces: None }, None))
             }
             SELF_SIGNED_TYPE => {
@@ -460,6 +464,7 @@ impl IdentityServer {
                     .wit()
                     .ok_or_else(|| refused("self-signed subject tokens need a WIT-authenticated requester"))?;
                 let sub = self_signed(token, requester.id(), wit.cnf_key(), &tts.identifier, now)?;
+                let sub = format!("{}{sub}", tts.named_subject_prefix);
                 Ok((Subject { sub, scope: None, expires_at: None, replaces: None }, None))
             }
             TXN_TOKEN_TYPE => {
@@ -510,7 +515,8 @@ impl IdentityServer {
                 let claims = validate_external(&parsed, keys, &issuer.audience, issuer.max_token_lifetime, now)
                     .map_err(|d| refused(format!("subject_token: {d}")))?;
                 let sub = claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
-                let sub = sub.ok_or_else(|| refused("subject_token has no sub"))?.to_owned();
+                let sub = sub.ok_or_else(|| refused("subject_token has no sub"))?;
+                let sub = format!("{}{sub}", issuer.subject_prefix.as_deref().unwrap_or_default());
                 let scope = match (access, claims.get("scope")) {
                     (_, Some(Value::String(scope))) => Some(scope.clone()),
                     // An access token whose scope is unknown bounds nothing: refused (§13.14).

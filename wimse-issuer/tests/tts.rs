@@ -57,7 +57,8 @@ impl Setup {
             "txn_tokens": {
                 "lifetime": 120,
                 "subject_issuers": [{"name": "users", "kind": "access-token", "issuer": IDP, "audience": API,
-                                     "jwks": {"keys": [idp.public_jwk()]}}],
+                                     "jwks": {"keys": [idp.public_jwk()]}, "subject_prefix": "users:"}],
+                "named_subject_prefix": "internal:",
                 "requesters": [
                     {"workloads": [FRONT], "scopes": ["orders.purchase", "orders.read", "orders.admin"],
                      "subject_token_types": ["access_token"], "subject_issuers": ["users"]},
@@ -113,7 +114,7 @@ async fn txn_tokens_for_users_at_the_edge() {
         .request_context(json!({"channel": "web"}));
     let issued = front.request(&request).await.unwrap();
     let txn = s.check(&issued.token);
-    assert_eq!(txn.subject(), "user-1842");
+    assert_eq!(txn.subject(), "users:user-1842", "the issuer's subjects are kept apart");
     assert_eq!(txn.scope(), "orders.purchase");
     assert_eq!(txn.requesting_workloads(), [FRONT.to_owned()]);
     assert_eq!(txn.transaction_context().unwrap()["order"], "7d1f");
@@ -258,7 +259,7 @@ async fn replacement_and_internal_transactions() {
     let replacement = s.check(&narrow.token);
     assert_eq!(
         (replacement.txn(), replacement.subject(), replacement.scope()),
-        (original.txn(), "user-1842", "orders.read")
+        (original.txn(), "users:user-1842", "orders.read")
     );
     assert_eq!(replacement.requesting_workloads(), [FRONT.to_owned(), ORDERS.to_owned()]);
     assert!(replacement.expires_at() <= original.expires_at());
@@ -294,7 +295,7 @@ async fn replacement_and_internal_transactions() {
     // A transaction orders starts itself (a batch job), with a self-signed subject token.
     let subject = self_signed_subject(&orders_signer, orders.endpoint(), "batch-job-7", now()).unwrap();
     let batch = orders.request(&TxnTokenRequest::self_signed(subject, "orders.read")).await.unwrap();
-    assert_eq!(s.check(&batch.token).subject(), "batch-job-7");
+    assert_eq!(s.check(&batch.token).subject(), "internal:batch-job-7", "never mistaken for a user");
     let elsewhere =
         self_signed_subject(&orders_signer, "https://other-tts.example/token", "batch-job-7", now()).unwrap();
     assert_eq!(
