@@ -365,8 +365,8 @@ impl NewTxnToken {
     /// `scope` whose values are all the original's. It never outlives the original (the draft
     /// lets a TTS extend it; this one does not). [`ErrorKind::InvalidScope`] if `scope` widens.
     pub fn replacing(original: &VerifiedTxnToken, scope: &str, requester: impl Into<String>) -> Result<Self> {
-        let narrower = !scope.split(' ').all(|s| s.is_empty())
-            && scope.split(' ').filter(|s| !s.is_empty()).all(|s| original.has_scope(s));
+        let mut values = scope.split(' ').filter(|s| !s.is_empty()).peekable();
+        let narrower = values.peek().is_some() && values.all(|s| original.has_scope(s));
         if !narrower {
             return Err(Error::with_detail(ErrorKind::InvalidScope, "a replacement may only narrow the scope"));
         }
