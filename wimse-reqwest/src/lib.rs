@@ -14,10 +14,14 @@
 //!
 //! # async fn run(trust: TrustStore) -> Result<(), Box<dyn std::error::Error>> {
 //! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk")?;
-//! let client = ClientBuilder::new(reqwest::Client::new())
-//!     .with(WimseSignMiddleware::new(Signer::new(credentials)))
+//! // Txn-Tokens go to the trust domain's origins only, and never follow a redirect elsewhere.
+//! let http = reqwest::Client::builder().redirect(wimse_reqwest::same_origin_redirects()).build()?;
+//! let client = ClientBuilder::new(http)
+//!     .with(WimseSignMiddleware::new(Signer::new(credentials)).trust_domain_origins(["https://billing.internal"]))
 //!     .build();
-//! let response = client.get("https://billing.internal/invoices").header("txn-token", "…").send().await?;
+//! // The Txn-Token of the request being served, exactly as received (`caller.txn_token()`).
+//! let txn = wimse_reqwest::TxnToken("eyJ…".into());
+//! let response = client.get("https://billing.internal/invoices").with_extension(txn).send().await?;
 //!
 //! // Signatures over method, path, query and body, with a signed response from the server:
 //! let credentials = FileCredentials::new("/var/run/wimse/wit.jwt", "/var/run/wimse/key.jwk")?;
@@ -26,9 +30,10 @@
 //! # }
 //! ```
 //!
-//! Per request, an [`AudienceOverride`], [`ContextTokens`] or [`ProofMode`] in the request's
-//! extensions (`RequestBuilder::with_extension`) changes the audience, adds context tokens, or
-//! picks the proof mode.
+//! Per request, an [`AudienceOverride`], [`ContextTokens`], [`TxnToken`] or [`ProofMode`] in the
+//! request's extensions (`RequestBuilder::with_extension`) changes the audience, adds context
+//! tokens or the Txn-Token to forward, or picks the proof mode. [`TxnTokenService`] obtains
+//! Txn-Tokens from the trust domain's Transaction Token Service.
 
 mod assertion;
 mod bundle;
@@ -59,7 +64,10 @@ pub use wimse_core;
 /// What a reqwest client needs: the middleware, per-request options, credential sources and
 /// bundle refresh, and the core prelude.
 pub mod prelude {
-    pub use crate::{Bootstrap, BundleSource, ContextTokens, IssuerCredentials, ProofMode, WimseSignMiddleware};
+    pub use crate::{
+        Bootstrap, BundleSource, ContextTokens, IssuerCredentials, ProofMode, TxnToken, TxnTokenRequest,
+        TxnTokenService, WimseSignMiddleware,
+    };
     pub use wimse_core::prelude::*;
 }
 use wimse_core::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts};
