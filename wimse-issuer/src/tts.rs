@@ -311,11 +311,17 @@ impl IdentityServer {
         let tts = self.tts()?;
         {
             let mut applied = tts.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            // The state and its keys read together, so the anchors always match the state noted.
-            let (state, bundle) = self.read_keys(|loaded| {
-                ((loaded.state.epoch().to_owned(), loaded.state.sequence()), self.spiffe_bundle_of(loaded))
+            // The state and its keys read together, so the anchors always match the state noted;
+            // the bundle is built only when the state changed (a rotation), not per request.
+            let changed = self.read_keys(|loaded| {
+                let unchanged = applied.as_ref().is_some_and(|(epoch, sequence)| {
+                    epoch == loaded.state.epoch() && *sequence == loaded.state.sequence()
+                });
+                (!unchanged).then(|| {
+                    ((loaded.state.epoch().to_owned(), loaded.state.sequence()), self.spiffe_bundle_of(loaded))
+                })
             });
-            if applied.as_ref() != Some(&state) {
+            if let Some((state, bundle)) = changed {
                 tts.anchors.set(self.domain.clone(), TrustAnchors::from_spiffe_bundle_json(&bundle.to_string())?);
                 *applied = Some(state);
             }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use wimse_core::time::FixedClock;
+
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wimse_core::jose::{Backend, jws};
@@ -352,4 +354,48 @@ async fn configuration_is_checked() {
         assert_eq!(error.kind(), &ErrorKind::InvalidConfiguration);
         assert!(error.detail().unwrap().contains(field), "{error:?} should name {field}");
     }
+}
+
+#[tokio::test]
+async fn requesters_are_verified_with_the_keys_after_a_rotation() {
+    const T0: u64 = 1_800_000_000;
+    let dir = std::env::temp_dir().join(format!("wimse-tts-rotation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let endpoint = "https://issuer.prod.example/v1/token";
+    let config: IssuerConfig = serde_json::from_value(json!({
+        "trust_domain": "spiffe://prod.example", "key_store": dir.join("keys.json"), "dev_mode": true,
+        "rotation_period": 3600, "refresh_hint": 300, "token_endpoint": endpoint,
+        "clients": [{"name": "front", "dev_secret": secret(FRONT), "allowed": [FRONT], "max_lifetime": 600}],
+        "txn_tokens": {"requesters": [{"workloads": [FRONT], "scopes": ["orders.read"], "subject_token_types": ["unsigned_json"]}]}
+    }))
+    .unwrap();
+    let clock = Arc::new(FixedClock::new(T0));
+    let server = IdentityServer::open(config, clock.clone()).await.unwrap();
+    let authenticate = |at: u64| {
+        let server = &server;
+        async move {
+            let key = SigningKey::generate(Algorithm::ES256).unwrap();
+            let wit = server.issue_wit(&secret(FRONT), FRONT, key.public_jwk(), None).await.unwrap().wit;
+            let wpt = WptBuilder::new(&key, &wit, endpoint).sign(at).unwrap();
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert("workload-identity-token", wit.parse().unwrap());
+            headers.insert("authorization", format!("WPT {wpt}").parse().unwrap());
+            (
+                server.authenticate_requester(&headers).await,
+                wimse_core::jose::jws::parse(&wit, 8192).unwrap().header["kid"].clone(),
+            )
+        }
+    };
+    let (first, first_kid) = authenticate(T0).await;
+    first.unwrap();
+    // Two rotation periods later the WITs are signed by keys created since.
+    for step in 1..=16 {
+        clock.set(T0 + step * 450);
+        server.maintain().await.unwrap();
+    }
+    let (later, later_kid) = authenticate(T0 + 16 * 450).await;
+    assert_ne!(first_kid, later_kid, "a new signing key");
+    later.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
