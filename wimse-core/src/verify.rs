@@ -354,12 +354,8 @@ impl Verifier {
         self.trust = trust;
         // Generations count per handle: a cache filled under another handle must not answer.
         self.wit_cache = Arc::new(WitCache::new(self.config.wit_cache_capacity));
-        self.txn_cache = Arc::new(TokenCache::new(self.txn_cache_capacity()));
+        self.txn_cache = Arc::new(TokenCache::new(txn_cache_capacity(&self.config)));
         self
-    }
-
-    fn txn_cache_capacity(&self) -> usize {
-        if self.config.txn_tokens.is_some() { self.config.wit_cache_capacity } else { 0 }
     }
 
     /// A verifier with an in-memory replay cache and the system clock. Fails on a configuration
@@ -392,11 +388,7 @@ impl Verifier {
             quota: Arc::new(CallerQuota::new(config.caller_quota)),
             wit_cache: Arc::new(WitCache::new(config.wit_cache_capacity)),
             txn_keys: None,
-            txn_cache: Arc::new(TokenCache::new(if config.txn_tokens.is_some() {
-                config.wit_cache_capacity
-            } else {
-                0
-            })),
+            txn_cache: Arc::new(TokenCache::new(txn_cache_capacity(&config))),
             signature_validation: Arc::new(signature_validation),
             trust: TrustHandle::new(trust),
             config: Arc::new(config),
@@ -419,7 +411,7 @@ impl Verifier {
     /// this verifier's own trust store.
     pub fn with_txn_token_keys(mut self, keys: TrustHandle) -> Self {
         self.txn_keys = Some(keys);
-        self.txn_cache = Arc::new(TokenCache::new(self.txn_cache_capacity()));
+        self.txn_cache = Arc::new(TokenCache::new(txn_cache_capacity(&self.config)));
         self
     }
 
@@ -690,6 +682,11 @@ impl Verifier {
         let caller = self.caller(&wit, method, context.txn_token, context.other_tokens);
         Ok(PendingCaller { caller, claim: Some(claim) })
     }
+}
+
+/// Txn-Tokens are cached like WITs, and not at all when they are not validated.
+fn txn_cache_capacity(config: &VerifierConfig) -> usize {
+    if config.txn_tokens.is_some() { config.wit_cache_capacity } else { 0 }
 }
 
 fn settle_rejection(caller: &VerifiedCaller, error: Error) -> Error {
