@@ -64,7 +64,7 @@ fn explain(kind: &str, header: &Map<String, Value>, claims: &Map<String, Value>,
         "WIT" => notes.push("Workload Identity Token (workload-creds-02): binds `sub` to the key in `cnf.jwk`".into()),
         "WPT" => notes.push("Workload Proof Token (wpt-02): proves possession of a WIT's key for one request".into()),
         "Txn-Token" => {
-            notes.push("Transaction Token (draft-ietf-oauth-transaction-tokens-10): the context of one call chain, valid only in its trust domain (aud)".into());
+            notes.push("Transaction Token (draft-ietf-oauth-transaction-tokens-11): the context of one call chain, valid only in its trust domain (aud)".into());
             for (name, what) in [("txn", "transaction id"), ("scope", "purpose"), ("req_wl", "requested by")] {
                 if let Some(value) = claims.get(name).and_then(Value::as_str) {
                     notes.push(format!("{what}: {value}"));

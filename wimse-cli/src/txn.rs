@@ -1,4 +1,4 @@
-//! `wimse txn issue | inspect | verify`: Transaction Tokens (draft-ietf-oauth-transaction-tokens-10).
+//! `wimse txn issue | inspect | verify`: Transaction Tokens (draft-ietf-oauth-transaction-tokens-11).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,7 +13,7 @@ pub mod revisions {
     /// HTTP Message Signatures profile.
     pub const HTTP_SIGNATURE: &str = "draft-ietf-wimse-http-signature-08";
     /// Transaction Tokens (OAuth WG): format, validation, the TTS's RFC 8693 profile.
-    pub const TXN_TOKENS: &str = "draft-ietf-oauth-transaction-tokens-10";
+    pub const TXN_TOKENS: &str = "draft-ietf-oauth-transaction-tokens-11";
 }
 
 /// Header field carrying the WIT (workload-creds-02 §5.1.1).

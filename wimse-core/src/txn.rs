@@ -1,4 +1,4 @@
-//! Transaction Tokens (`draft-ietf-oauth-transaction-tokens-10`): the signed context of one
+//! Transaction Tokens (`draft-ietf-oauth-transaction-tokens-11`): the signed context of one
 //! call chain — who it is for (`sub`), why (`scope`), under which transaction id (`txn`) —
 //! that the Transaction Token Service (TTS) of a trust domain issues at the edge and every
 //! workload of the chain verifies and forwards unchanged in the `Txn-Token` field.

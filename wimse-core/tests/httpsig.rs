@@ -424,27 +424,29 @@ fn connect_requests_cover_the_authority() {
     assert_eq!(err.kind(), &ErrorKind::InvalidHttpSignature);
 }
 
-/// RFC 9421 §2.2.3: `@authority` omits the scheme's default port, so a CONNECT to `host:443`
-/// signed as sent verifies whether the receiver sees `host:443` or `HOST`.
+/// A CONNECT target is in authority-form (RFC 9110 §9.3.6), which keeps its port: an independent
+/// implementation signs `CONNECT ledger.example:443` over `"@authority": ledger.example:443`.
+/// Its signature base is written here as that implementation builds it, signed with the
+/// workload's key, and must verify here; ours must produce the same base, in both directions
+/// and for the signed response (`"@authority";req`).
 #[test]
-fn authority_drops_the_default_port() {
+fn connect_keeps_the_default_port_of_its_authority_form_target() {
+    use base64::Engine as _;
     let now = 1_800_000_000;
     let (key, wit, verified) = workload(now);
     let mut headers = HeaderMap::new();
-    let request = OutgoingRequest {
-        method: "CONNECT",
-        scheme: "https",
-        authority: "proxy.example:443",
-        path: "",
-        query: None,
-        body: None,
-        aud: "proxy.example",
-        sign_response: false,
-    };
-    httpsig::sign_request(&mut headers, &request, &wit, &key, &httpsig::SignOptions::default(), now).unwrap();
-    let input = headers["signature-input"].to_str().unwrap().to_owned();
-    let signature = headers["signature"].to_str().unwrap().to_owned();
-    let parsed = httpsig::parse_signatures(&[&input], &[&signature]).unwrap().remove(0);
+    headers.insert("workload-identity-token", HeaderValue::from_str(&wit).unwrap());
+    let params = format!(
+        "(\"@method\" \"@authority\" \"workload-identity-token\");created={now};expires={};nonce=\"aW50ZXJvcC1ub25jZQ\";tag=\"wimse-workload-to-workload\";wimse-aud=\"ledger.example:443\"",
+        now + 60
+    );
+    let theirs = format!(
+        "\"@method\": CONNECT\n\"@authority\": ledger.example:443\n\"workload-identity-token\": {wit}\n\"@signature-params\": {params}"
+    );
+    let signature = key.sign(Backend::default(), theirs.as_bytes()).unwrap();
+    headers.insert("signature-input", HeaderValue::from_str(&format!("sig1={params}")).unwrap());
+    let value = format!("sig1=:{}:", base64::engine::general_purpose::STANDARD.encode(signature));
+    headers.insert("signature", HeaderValue::from_str(&value).unwrap());
     let req = |authority| RequestParts {
         method: "CONNECT",
         scheme: "https",
@@ -453,27 +455,116 @@ fn authority_drops_the_default_port() {
         query: None,
         headers: &headers,
     };
-    let base = httpsig::signature_base::<HeaderMap, HeaderMap>(
+    let cfg = SignatureValidation::default();
+    httpsig::verify_request(&req("ledger.example:443"), None, &verified, |_| true, &cfg, now)
+        .expect("the independent implementation's CONNECT signature verifies");
+    let parsed = signatures(&headers).remove(0);
+    let ours = signature_base::<HeaderMap, HeaderMap>(
         &parsed.components,
         &parsed.signature_params,
-        Some(&req("proxy.example:443")),
+        Some(&req("LEDGER.example:443")),
         None,
     )
     .unwrap();
-    assert!(base.starts_with("\"@method\": CONNECT\n\"@authority\": proxy.example\n"), "{base}");
-    for authority in ["proxy.example:443", "PROXY.example"] {
-        httpsig::verify_request(&req(authority), None, &verified, |_| true, &SignatureValidation::default(), now)
-            .unwrap_or_else(|e| panic!("{authority}: {e}"));
+    assert_eq!(ours, theirs, "the same base, host lower-cased, port kept");
+    // Another port, or the port dropped, is another target.
+    for other in ["ledger.example:8443", "ledger.example"] {
+        let err = httpsig::verify_request(&req(other), None, &verified, |_| true, &cfg, now).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidHttpSignature, "{other}");
     }
-    let other_port = httpsig::verify_request(
-        &req("proxy.example:8443"),
-        None,
-        &verified,
-        |_| true,
-        &SignatureValidation::default(),
+
+    // Our signature of the same CONNECT covers the port too.
+    let mut signed = HeaderMap::new();
+    let request = OutgoingRequest {
+        method: "CONNECT",
+        scheme: "https",
+        authority: "ledger.example:443",
+        path: "",
+        query: None,
+        body: None,
+        aud: "ledger.example:443",
+        sign_response: true,
+    };
+    let sent = httpsig::sign_request(&mut signed, &request, &wit, &key, &httpsig::SignOptions::default(), now).unwrap();
+    let parsed = signatures(&signed).remove(0);
+    let connect = RequestParts { headers: &signed, ..req("ledger.example:443") };
+    let base =
+        signature_base::<HeaderMap, HeaderMap>(&parsed.components, &parsed.signature_params, Some(&connect), None)
+            .unwrap();
+    assert!(base.starts_with("\"@method\": CONNECT\n\"@authority\": ledger.example:443\n"), "{base}");
+    httpsig::verify_request(&connect, None, &verified, |_| true, &cfg, now).unwrap();
+
+    // The signed response covers `"@authority";req` with the port as well.
+    let (server_key, server_wit, server_verified) = workload(now);
+    let mut res_headers = HeaderMap::new();
+    let response = OutgoingResponse { status: 200, body: None, request_nonce: &sent.nonce };
+    httpsig::sign_response(
+        &mut res_headers,
+        &response,
+        &connect,
+        &server_wit,
+        &server_key,
+        &httpsig::SignOptions::default(),
         now,
+    )
+    .unwrap();
+    let parsed = signatures(&res_headers).remove(0);
+    let res = ResponseParts { status: 200, headers: &res_headers };
+    let base = signature_base(&parsed.components, &parsed.signature_params, Some(&connect), Some(&res)).unwrap();
+    assert!(base.contains("\"@authority\";req: ledger.example:443\n"), "{base}");
+    httpsig::verify_response(&connect, &res, None, &server_verified, &sent.nonce, &cfg, now).unwrap();
+    let elsewhere = RequestParts { authority: "ledger.example", ..connect };
+    let err = httpsig::verify_response(&elsewhere, &res, None, &server_verified, &sent.nonce, &cfg, now).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidHttpSignature);
+}
+
+/// The neighbour of the CONNECT rule: an origin- or absolute-form target of an https URI still
+/// drops the default port (RFC 9421 §2.2.3), so `api.example:443` and `API.example` are one
+/// `@authority`, while `:8443` is another.
+#[test]
+fn other_methods_drop_the_default_port() {
+    use base64::Engine as _;
+    let now = 1_800_000_000;
+    let (key, wit, verified) = workload(now);
+    // The profile does not cover @authority for GET: sign it explicitly, and require it.
+    let mut cfg = SignatureValidation::default();
+    cfg.required_components.push("@authority".into());
+    let input = format!(
+        "wimse=(\"@method\" \"@authority\" \"@path\" \"@query\" \"workload-identity-token\");created={now};expires={};nonce=\"YXV0aG9yaXR5LW5vbmNl\";tag=\"wimse-workload-to-workload\";wimse-aud=\"https://api.example/x\"",
+        now + 60
     );
-    assert_eq!(other_port.unwrap_err().kind(), &ErrorKind::InvalidHttpSignature);
+    let mut headers = HeaderMap::new();
+    headers.insert("workload-identity-token", HeaderValue::from_str(&wit).unwrap());
+    let parsed = parse_signatures(&[&input], &["wimse=:AAAA:"]).unwrap().remove(0);
+    let parts = RequestParts {
+        method: "GET",
+        scheme: "https",
+        authority: "api.example:443",
+        path: "/x",
+        query: None,
+        headers: &headers,
+    };
+    let base = signature_base::<HeaderMap, HeaderMap>(&parsed.components, &parsed.signature_params, Some(&parts), None)
+        .unwrap();
+    assert!(base.contains("\"@authority\": api.example\n"), "{base}");
+    let signature = key.sign(Backend::default(), base.as_bytes()).unwrap();
+    headers.insert("signature-input", HeaderValue::from_str(&input).unwrap());
+    let value = format!("wimse=:{}:", base64::engine::general_purpose::STANDARD.encode(signature));
+    headers.insert("signature", HeaderValue::from_str(&value).unwrap());
+    let at = |authority| RequestParts {
+        method: "GET",
+        scheme: "https",
+        authority,
+        path: "/x",
+        query: None,
+        headers: &headers,
+    };
+    for same in ["api.example:443", "API.example", "api.example"] {
+        httpsig::verify_request(&at(same), None, &verified, |_| true, &cfg, now)
+            .unwrap_or_else(|e| panic!("{same}: {e}"));
+    }
+    let err = httpsig::verify_request(&at("api.example:8443"), None, &verified, |_| true, &cfg, now).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidHttpSignature);
 }
 
 /// A CONNECT signature covering `@path` is refused with its own reason.

@@ -316,7 +316,7 @@ pub struct IssuerConfig {
     pub txn_tokens: Option<TxnTokenServiceConfig>,
 }
 
-/// The Transaction Token Service (draft-ietf-oauth-transaction-tokens-10): which workloads may
+/// The Transaction Token Service (draft-ietf-oauth-transaction-tokens-11): which workloads may
 /// ask for Txn-Tokens, for which purposes (`scope` values) and on the strength of which subject
 /// tokens. A workload not listed is refused; nothing is granted by default.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -251,7 +251,7 @@ fn txn_error(error: &Error) -> Response {
     response
 }
 
-/// The Transaction Token Service (draft-ietf-oauth-transaction-tokens-10 §11): the requester
+/// The Transaction Token Service (draft-ietf-oauth-transaction-tokens-11 §11): the requester
 /// authenticates with its WIT + WPT (`aud` = the token endpoint).
 async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, request: TokenRequest) -> Response {
     let requester = match server.authenticate_requester(headers).await {

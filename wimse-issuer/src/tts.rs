@@ -1,4 +1,4 @@
-//! The Transaction Token Service (draft-ietf-oauth-transaction-tokens-10 §10–11): at the edge of
+//! The Transaction Token Service (draft-ietf-oauth-transaction-tokens-11 §10–11): at the edge of
 //! a call chain, a workload that authenticated with its own WIT + WPT exchanges the subject of
 //! the transaction (a user's access token, an ID token, a token it signs itself for work it
 //! starts, or an unsigned `{"sub": …}`) for a short-lived Txn-Token of this trust domain, with

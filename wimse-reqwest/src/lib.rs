@@ -191,7 +191,7 @@ impl WimseSignMiddleware {
     /// The origins (`scheme://host[:port]`) of the services of this workload's trust domain: a
     /// `Txn-Token` (the field, or a [`TxnToken`] extension) is sent to these only and removed
     /// from requests to any other origin, since a Txn-Token must not leave its trust domain
-    /// (draft-ietf-oauth-transaction-tokens-10 §14; see [`TxnForwarding`]). Without this
+    /// (draft-ietf-oauth-transaction-tokens-11 §14; see [`TxnForwarding`]). Without this
     /// setting a [`TxnToken`] extension is never sent, and a `Txn-Token` field set by the
     /// application is sent as is. Redirects happen below the middleware: give the client
     /// [`same_origin_redirects`] (or no redirects) so a Txn-Token cannot follow one elsewhere.
@@ -244,10 +244,7 @@ impl WimseSignMiddleware {
             ProofMode::Wpt => self.signer.sign_headers_binding(req.headers_mut(), &aud, &extra).map(|()| None),
             ProofMode::HttpSignature { sign_response } => {
                 let url = req.url().clone();
-                let authority = match url.port() {
-                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-                    None => url.host_str().unwrap_or_default().to_owned(),
-                };
+                let authority = signed_authority(req.method(), &url);
                 // Sign into a detached header map so the body can be borrowed, not copied.
                 let mut headers = std::mem::take(req.headers_mut());
                 let body = match req.body() {
@@ -318,10 +315,7 @@ impl WimseSignMiddleware {
             .await
             .map_err(|_| Error::with_detail(ErrorKind::ContentDigestMismatch, "the response body could not be read"))?;
         let (method, url, req_headers) = request;
-        let authority = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
+        let authority = signed_authority(&method, &url);
         let req = RequestParts {
             method: method.as_str(),
             scheme: url.scheme(),
@@ -362,5 +356,36 @@ impl Middleware for WimseSignMiddleware {
         let request = (req.method().clone(), req.url().clone(), req.headers().clone());
         let response = next.run(req, extensions).await?;
         self.check_response(response, request, signature).await.map_err(middleware_error)
+    }
+}
+
+/// `@authority` as this client sends it. `url` drops a scheme's default port, which RFC 9421
+/// §2.2.3 also drops for http(s) targets; a CONNECT target is in authority-form and keeps its
+/// port, so it is put back (`CONNECT ledger.example:443`).
+fn signed_authority(method: &reqwest::Method, url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    let port = if method == reqwest::Method::CONNECT { url.port_or_known_default() } else { url.port() };
+    match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::signed_authority;
+    use reqwest::Method;
+    use reqwest::Url;
+
+    #[test]
+    fn connect_keeps_the_default_port_other_methods_drop_it() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(signed_authority(&Method::CONNECT, &url("https://ledger.example")), "ledger.example:443");
+        assert_eq!(signed_authority(&Method::CONNECT, &url("https://ledger.example:443")), "ledger.example:443");
+        assert_eq!(signed_authority(&Method::CONNECT, &url("http://ledger.example")), "ledger.example:80");
+        assert_eq!(signed_authority(&Method::CONNECT, &url("https://ledger.example:5432")), "ledger.example:5432");
+        assert_eq!(signed_authority(&Method::GET, &url("https://api.example:443/x")), "api.example");
+        assert_eq!(signed_authority(&Method::GET, &url("https://api.example:8443/x")), "api.example:8443");
+        assert_eq!(signed_authority(&Method::GET, &url("http://[::1]:8080/")), "[::1]:8080");
     }
 }

@@ -1,5 +1,5 @@
 //! Transaction Tokens on the client side: obtaining one from the trust domain's Transaction
-//! Token Service (draft-ietf-oauth-transaction-tokens-10 §11, RFC 8693), authenticated with this
+//! Token Service (draft-ietf-oauth-transaction-tokens-11 §11, RFC 8693), authenticated with this
 //! workload's own WIT + WPT.
 //!
 //! Forwarding the token of the request being served is the job of [`WimseSignMiddleware`]:

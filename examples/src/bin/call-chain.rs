@@ -12,7 +12,7 @@
 //!
 //! The identity server is also the trust domain's Transaction Token Service: `front` exchanges
 //! the user's access token (from the shop's login service) for a Txn-Token with purpose
-//! `orders.purchase` (draft-ietf-oauth-transaction-tokens-10). It travels unchanged across all
+//! `orders.purchase` (draft-ietf-oauth-transaction-tokens-11). It travels unchanged across all
 //! hops, bound by `tth` on each WPT hop, covered by the signature on the signed hop, carried by
 //! the mTLS connection to the ledger; every hop requires it, verifies it against the identity
 //! server's keys and prints its transaction id and purpose. A route that requires another

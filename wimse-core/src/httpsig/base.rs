@@ -59,7 +59,7 @@ fn request_component<H: HeaderSource + ?Sized>(req: &RequestParts<'_, H>, id: &C
     Ok(match id.name.as_str() {
         "@method" => req.method.to_owned(),
         "@scheme" => req.scheme.to_ascii_lowercase(),
-        "@authority" => normalized_authority(req.scheme, req.authority),
+        "@authority" => authority_component(req),
         "@path" => path.to_owned(),
         "@query" => format!("?{}", req.query.unwrap_or_default()),
         "@request-target" => match req.query {
@@ -68,11 +68,7 @@ fn request_component<H: HeaderSource + ?Sized>(req: &RequestParts<'_, H>, id: &C
         },
         "@target-uri" => {
             let query = req.query.map(|q| format!("?{q}")).unwrap_or_default();
-            format!(
-                "{}://{}{path}{query}",
-                req.scheme.to_ascii_lowercase(),
-                normalized_authority(req.scheme, req.authority)
-            )
+            format!("{}://{}{path}{query}", req.scheme.to_ascii_lowercase(), authority_component(req))
         }
         name if name.starts_with('@') => {
             return Err(Error::with_detail(ErrorKind::SignatureMalformed, format!("unsupported component {id}")));
@@ -123,9 +119,21 @@ pub fn signature_base<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
     Ok(base)
 }
 
-/// RFC 9421 §2.2.3: `@authority` is the host lower-cased, with the port only when it is not the
-/// scheme's default (`api.example:443` over https is `api.example`). A CONNECT to `host:443`
-/// therefore covers `host`.
+/// `@authority` of a request. RFC 9421 §2.2.3 normalizes the authority of an http(s) URI
+/// (origin- or absolute-form targets): lower-cased, the scheme's default port dropped. A CONNECT
+/// target is in authority-form (RFC 9110 §9.3.6), which is not a URI and must carry its port: it
+/// is covered as sent, lower-cased, port included (`CONNECT ledger.example:443` covers
+/// `ledger.example:443`, as independent implementations sign it).
+fn authority_component<H: ?Sized>(req: &RequestParts<'_, H>) -> String {
+    if req.method.eq_ignore_ascii_case("CONNECT") {
+        req.authority.to_ascii_lowercase()
+    } else {
+        normalized_authority(req.scheme, req.authority)
+    }
+}
+
+/// RFC 9421 §2.2.3: the authority of an http(s) URI, lower-cased, with the port only when it is
+/// not the scheme's default (`api.example:443` over https is `api.example`).
 pub(crate) fn normalized_authority(scheme: &str, authority: &str) -> String {
     let lower = authority.to_ascii_lowercase();
     let default = if scheme.eq_ignore_ascii_case("https") {
