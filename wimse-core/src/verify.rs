@@ -434,7 +434,12 @@ impl Verifier {
         let result = if signed {
             self.signed_request_credentials(request).map_err(Error::in_signature_mode)
         } else {
-            self.wpt_request_credentials(request)
+            self.wpt_request_credentials(request).map_err(|error| match error.kind() {
+                // Neither a WPT nor a WIMSE signature, but a signature of some kind: say what is
+                // wrong with it rather than send its author looking for a WPT.
+                ErrorKind::MissingWpt => httpsig::why_no_wimse_signature(request.headers).unwrap_or(error),
+                _ => error,
+            })
         };
         // The Txn-Token's own validity, checked after (and independently of) its binding.
         let result = result.and_then(|mut pending| {

@@ -114,6 +114,22 @@ pub fn has_signature<H: HeaderSource + ?Sized>(headers: &H) -> bool {
     sf::has_tagged_signature(&inputs, HTTPSIG_TAG)
 }
 
+/// Why a message that carries `Signature-Input` has no WIMSE signature (`None` when it has no
+/// `Signature-Input`, or has a WIMSE-tagged signature): the only signature has no `tag`
+/// (`missing_parameter`) or another tag (`wrong_tag`), or none of several is tagged
+/// (`no_wimse_signature`, naming the tags seen). Only labels and tags are read: a foreign
+/// signature is never interpreted. A verifier says this instead of `missing_wpt` when a request
+/// has neither a WPT nor a WIMSE signature, so the sender looks at its signature's tag.
+pub fn why_no_wimse_signature<H: HeaderSource + ?Sized>(headers: &H) -> Option<Error> {
+    if headers.header_values(SIGNATURE_INPUT_HEADER).next().is_none() || has_signature(headers) {
+        return None;
+    }
+    Some(match text_values(headers, SIGNATURE_INPUT_HEADER) {
+        Ok(inputs) => sf::why_untagged(&inputs, HTTPSIG_TAG),
+        Err(error) => error,
+    })
+}
+
 fn text_values<'h, H: HeaderSource + ?Sized>(headers: &'h H, name: &str) -> Result<Vec<&'h str>> {
     headers
         .header_values(name)

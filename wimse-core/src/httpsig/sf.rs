@@ -191,26 +191,74 @@ fn tagged(entry: &ListEntry, tag: &str) -> bool {
 
 /// The one signature tagged `tag` (http-signature-08 §3: found by its tag, never by its label).
 /// Signatures with other tags (a proxy's, say) are skipped without being interpreted, so a
-/// malformed one does not fail the message. A message with a single signature, untagged or
-/// tagged otherwise, is reported as such (missing or wrong `tag`); with several and none
-/// tagged, there is no WIMSE signature. Two tagged signatures are ambiguous.
+/// malformed one does not fail the message. Without one, [`why_untagged`] says what was found;
+/// two tagged signatures are ambiguous.
 pub(crate) fn tagged_signature(inputs: &[&str], signatures: &[&str], tag: &str) -> Result<ParsedSignature> {
-    let inputs = parse_dictionary(inputs)?;
+    let parsed = parse_dictionary(inputs)?;
     let mut values = parse_dictionary(signatures)?;
-    let mut matching = inputs.iter().filter(|(_, entry)| tagged(entry, tag));
+    let mut matching = parsed.iter().filter(|(_, entry)| tagged(entry, tag));
     match (matching.next(), matching.next()) {
         (Some((label, entry)), None) => build(label.as_str(), entry.clone(), &mut values),
         (Some(_), Some(_)) => Err(ErrorKind::AmbiguousWimseSignature.into()),
-        (None, _) if inputs.len() == 1 => {
-            let (label, entry) = inputs.into_iter().next().ok_or_else(|| Error::new(ErrorKind::NoWimseSignature))?;
-            let single = build(label.as_str(), entry, &mut values)?;
-            match single.params.get("tag") {
-                None => Err(Error::with_detail(ErrorKind::MissingSignatureParameter, "tag")),
-                Some(_) => Err(ErrorKind::SignatureWrongTag.into()),
-            }
-        }
-        (None, _) => Err(ErrorKind::NoWimseSignature.into()),
+        (None, _) => Err(why_untagged(inputs, tag)),
     }
+}
+
+/// Why `Signature-Input` values hold no signature tagged `tag`, reading only labels and tags
+/// (a foreign signature is never interpreted): the only signature has no `tag`
+/// ([`ErrorKind::MissingSignatureParameter`]) or another one ([`ErrorKind::SignatureWrongTag`]);
+/// with several, none is tagged ([`ErrorKind::NoWimseSignature`], naming the tags seen). The
+/// detail quotes what the sender wrote, cut short and limited to visible ASCII.
+pub(crate) fn why_untagged(inputs: &[&str], tag: &str) -> Error {
+    let Ok(dict) = parse_dictionary(inputs) else {
+        return Error::with_detail(
+            ErrorKind::NoWimseSignature,
+            format!("Signature-Input does not parse, and no signature in it is tagged \"{tag}\""),
+        );
+    };
+    let tags: Vec<Option<String>> = dict.iter().map(|(_, entry)| tag_of(entry)).collect();
+    match tags.as_slice() {
+        [] => Error::with_detail(ErrorKind::NoWimseSignature, "Signature-Input is empty"),
+        [None] => Error::with_detail(
+            ErrorKind::MissingSignatureParameter,
+            format!("tag: the only signature has none; a WIMSE signature carries tag=\"{tag}\""),
+        ),
+        [Some(other)] => Error::with_detail(
+            ErrorKind::SignatureWrongTag,
+            format!("the only signature is tagged \"{other}\", not \"{tag}\""),
+        ),
+        several => {
+            const LISTED: usize = 5;
+            let mut seen: Vec<String> = several
+                .iter()
+                .take(LISTED)
+                .map(|t| t.as_ref().map_or_else(|| "(no tag)".to_owned(), |t| format!("\"{t}\"")))
+                .collect();
+            if several.len() > LISTED {
+                seen.push(format!("and {} more", several.len() - LISTED));
+            }
+            Error::with_detail(
+                ErrorKind::NoWimseSignature,
+                format!("{} signatures, none tagged \"{tag}\"; tags seen: {}", several.len(), seen.join(", ")),
+            )
+        }
+    }
+}
+
+/// A member's `tag`, as a short printable quote (`None` when it has none).
+fn tag_of(entry: &ListEntry) -> Option<String> {
+    const SHOWN: usize = 32;
+    let ListEntry::InnerList(list) = entry else { return None };
+    let text = match list.params.get("tag")? {
+        BareItem::String(s) => s.as_str().to_owned(),
+        BareItem::Token(t) => t.as_str().to_owned(),
+        _ => "(not a string)".to_owned(),
+    };
+    let mut shown: String = text.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(SHOWN).collect();
+    if text.len() > SHOWN {
+        shown.push('…');
+    }
+    Some(shown)
 }
 
 /// Whether `Signature-Input` values hold a signature tagged `tag`. A cheap substring test
