@@ -9,417 +9,283 @@ use crate::id::IdentifierError;
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong. Every variant names one failed check; match on it rather than on messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
+/// How a rejection of each kind is answered over HTTP (see [`crate::http::Rejection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A failure of the caller's credentials: 401 with `WWW-Authenticate: WPT` (and, for a
+    /// signed request, the generic 400 that http-signature-08 prescribes).
+    Credential,
+    /// This status, whatever the proof mode, without a challenge.
+    Status(u16),
+}
+
+/// Defines [`ErrorKind`] and, in the same row, each kind's reason code, [`Answer`] and
+/// description: adding a kind is one row. A kind that carries a value gives a sample of it for
+/// [`ErrorKind::all`].
+macro_rules! error_kinds {
+    ($(
+        $(#[doc = $doc:literal])*
+        $kind:ident $(($field:ty = $sample:expr))? => $reason:literal, $answer:expr, $description:literal;
+    )*) => {
+        /// What went wrong. Every variant names one failed check; match on it rather than on
+        /// messages. Reason codes, answers and descriptions are one table (this file).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum ErrorKind {
+            $( $(#[doc = $doc])* $kind $(($field))?, )*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in the table's order (a sample value for kinds that carry one).
+            pub fn all() -> Vec<ErrorKind> {
+                vec![$( ErrorKind::$kind $(($sample))? ),*]
+            }
+
+            /// The kind's row: reason code, answer, description, and the value it carries.
+            fn row(&self) -> (&'static str, Answer, &'static str, Option<String>) {
+                match self {
+                    $( ErrorKind::$kind $((error_kinds!(@bind value $field)))? =>
+                        ($reason, $answer, $description, error_kinds!(@text value $($field)?)), )*
+                }
+            }
+        }
+    };
+    (@bind $value:ident $field:ty) => { $value };
+    (@text $value:ident) => { None };
+    (@text $value:ident $field:ty) => { Some($value.to_string()) };
+}
+
+error_kinds! {
     // ---- request framing (400) ----
     /// No `Workload-Identity-Token` field.
-    MissingWit,
+    MissingWit => "missing_wit", Answer::Credential, "the Workload-Identity-Token field is missing";
     /// More than one `Workload-Identity-Token` field, or a comma-joined list.
-    DuplicateWit,
+    DuplicateWit => "duplicate_wit", Answer::Status(400), "more than one Workload-Identity-Token value";
     /// No `Authorization: WPT …` field.
-    MissingWpt,
+    MissingWpt => "missing_wpt", Answer::Credential, "no `Authorization: WPT` field";
     /// More than one `Authorization` field.
-    DuplicateAuthorization,
+    DuplicateAuthorization => "duplicate_authorization", Answer::Status(400), "more than one Authorization field";
     /// A bearer token was sent beside the WPT (wpt-02 forbids it).
-    BearerWithWpt,
+    BearerWithWpt => "bearer_with_wpt", Answer::Status(400), "a bearer token was sent beside the WPT";
     /// The `Authorization` field is not `WPT <token68>`.
-    MalformedAuthorization,
+    MalformedAuthorization => "malformed_authorization", Answer::Status(400), "the Authorization field is not `WPT <token>`";
     /// A context-token field (`Txn-Token` or one bound by `oth`) appears more than once.
-    DuplicateContextToken,
+    DuplicateContextToken => "duplicate_context_token", Answer::Status(400), "a context-token field appears more than once";
     /// A token or field value is larger than the configured limit.
-    OversizedToken,
+    OversizedToken => "oversized_token", Answer::Status(400), "a token is larger than the configured limit";
     /// A header field value is not visible ASCII.
-    InvalidHeaderValue,
-
+    InvalidHeaderValue => "invalid_header_value", Answer::Status(400), "a header value is not visible ASCII";
     // ---- token syntax (401) ----
     /// Not a compact JWS `b64url.b64url.b64url`, bad base64url, or a header/payload that is not a JSON object.
-    MalformedToken,
+    MalformedToken => "malformed_token", Answer::Credential, "the token is not a well-formed compact JWS";
     /// A JSON object in the token repeats a member name.
-    DuplicateJsonMember,
+    DuplicateJsonMember => "duplicate_json_member", Answer::Credential, "a JSON object in the token repeats a member";
     /// The JOSE header lists `crit` extensions; none are understood.
-    UnsupportedCriticalHeader,
+    UnsupportedCriticalHeader => "unsupported_critical_header", Answer::Credential, "the token has critical header extensions";
     /// `alg` is `none`, symmetric, unknown, or not supported by this crate.
-    UnsupportedAlgorithm,
+    UnsupportedAlgorithm => "unsupported_algorithm", Answer::Credential, "the token's algorithm is not an accepted asymmetric algorithm";
     /// A required claim is absent or has the wrong JSON type.
-    MissingClaim(&'static str),
-
+    MissingClaim(&'static str = "exp") => "missing_claim", Answer::Credential, "a required claim is missing or has the wrong type";
     // ---- WIT (401) ----
     /// The WIT's `typ` is not exactly `wit+jwt`.
-    WitWrongType,
+    WitWrongType => "wit_wrong_type", Answer::Credential, "the WIT's typ is not wit+jwt";
     /// The WIT's `sub` is not a valid Workload Identifier.
-    InvalidSubject(IdentifierError),
+    InvalidSubject(IdentifierError = IdentifierError::Empty) => "invalid_subject", Answer::Credential, "the WIT's sub is not a valid workload identifier";
     /// The trust domain of `sub` has no configured trust anchors.
-    UntrustedTrustDomain,
+    UntrustedTrustDomain => "untrusted_trust_domain", Answer::Credential, "the trust domain of the WIT's sub is not trusted";
     /// The WIT's `alg` is not allowed for its trust domain.
-    DisallowedAlgorithm,
+    DisallowedAlgorithm => "disallowed_algorithm", Answer::Credential, "the WIT's algorithm is not allowed for its trust domain";
     /// No anchor key matches the WIT's `kid` (or, without `kid`, the choice is ambiguous).
-    UnknownKey,
+    UnknownKey => "unknown_key", Answer::Credential, "no trust anchor key matches the WIT";
     /// The WIT signature does not verify with the anchor key.
-    InvalidWitSignature,
+    InvalidWitSignature => "invalid_wit_signature", Answer::Credential, "the WIT signature is invalid";
     /// The WIT has expired.
-    ExpiredWit,
+    ExpiredWit => "expired_wit", Answer::Credential, "the WIT has expired";
     /// The WIT's `nbf` is in the future.
-    WitNotYetValid,
+    WitNotYetValid => "wit_not_yet_valid", Answer::Credential, "the WIT is not yet valid";
     /// The WIT's `exp` is further in the future than the maximum WIT lifetime.
-    WitLifetimeTooLong,
+    WitLifetimeTooLong => "wit_lifetime_too_long", Answer::Credential, "the WIT expires too far in the future";
     /// `cnf.jwk` is missing, private, without `alg`, or inconsistent with its `alg`.
-    InvalidConfirmationKey,
-
+    InvalidConfirmationKey => "invalid_confirmation_key", Answer::Credential, "the WIT's cnf.jwk is not an acceptable public key";
     // ---- WPT (401) ----
     /// The WPT's `typ` is not exactly `wpt+jwt`.
-    WptWrongType,
+    WptWrongType => "wpt_wrong_type", Answer::Credential, "the WPT's typ is not wpt+jwt";
     /// The WPT's `alg` is not string-equal to the WIT's `cnf.jwk.alg`.
-    WptAlgorithmMismatch,
+    WptAlgorithmMismatch => "wpt_algorithm_mismatch", Answer::Credential, "the WPT's alg differs from the WIT's cnf.jwk.alg";
     /// The WPT signature does not verify with `cnf.jwk`.
-    InvalidWptSignature,
+    InvalidWptSignature => "invalid_wpt_signature", Answer::Credential, "the WPT signature is invalid";
     /// The WPT has expired.
-    ExpiredWpt,
+    ExpiredWpt => "expired_wpt", Answer::Credential, "the WPT has expired";
     /// The WPT's `exp` is further away than the maximum proof lifetime.
-    WptLifetimeTooLong,
+    WptLifetimeTooLong => "wpt_lifetime_too_long", Answer::Credential, "the WPT expires too far in the future";
     /// `aud` is not one of the configured audiences.
-    AudienceMismatch,
+    AudienceMismatch => "audience_mismatch", Answer::Credential, "the WPT's aud is not an audience of this service";
     /// `wth` is not the hash of the WIT presented with the proof.
-    WitBindingMismatch,
+    WitBindingMismatch => "wit_binding_mismatch", Answer::Credential, "the WPT's wth does not match the WIT";
     /// `tth` and the `Txn-Token` field disagree (either is missing, or the hash differs).
-    TxnTokenBindingMismatch,
+    TxnTokenBindingMismatch => "txn_token_binding_mismatch", Answer::Credential, "the WPT's tth does not match the Txn-Token field";
     /// An `oth` entry does not match its field (absent, repeated, or a different hash), or a
     /// configured context token is present but not covered by `oth`.
-    OtherTokenBindingMismatch,
+    OtherTokenBindingMismatch => "other_token_binding_mismatch", Answer::Credential, "the WPT's oth does not match the request's context tokens";
     /// `oth` names a context token this service is not configured to understand.
-    UnsupportedOtherToken,
+    UnsupportedOtherToken => "unsupported_other_token", Answer::Credential, "the WPT's oth names a context token this service does not understand";
     /// The proof's `jti` was already seen from this sender.
-    ReplayedProof,
-
+    ReplayedProof => "replayed_proof", Answer::Credential, "the proof was already used";
     // ---- Txn-Token (400; 403 when missing where required) ----
     /// A Txn-Token is required here and the request has none (403).
-    MissingTxnToken,
+    MissingTxnToken => "missing_txn_token", Answer::Status(403), "a Txn-Token is required and the request has none";
     /// The Txn-Token is not a well-formed compact JWS, or its header is unusable (`crit`, no
     /// or an unsupported `alg`).
-    TxnTokenMalformed,
+    TxnTokenMalformed => "txn_token_malformed", Answer::Status(400), "the Txn-Token is not a well-formed signed token";
     /// The Txn-Token's `typ` is not `txntoken+jwt`.
-    TxnTokenWrongType,
+    TxnTokenWrongType => "txn_token_wrong_type", Answer::Status(400), "the Txn-Token's typ is not txntoken+jwt";
     /// No Transaction Token Service key matches the Txn-Token's `kid` and `alg`: it was not
     /// signed by this trust domain's TTS.
-    TxnTokenUnknownKey,
+    TxnTokenUnknownKey => "txn_token_unknown_key", Answer::Status(400), "the Txn-Token was not signed by this trust domain's Transaction Token Service";
     /// The Txn-Token's signature does not verify with the TTS key.
-    InvalidTxnTokenSignature,
+    InvalidTxnTokenSignature => "invalid_txn_token_signature", Answer::Status(400), "the Txn-Token signature is invalid";
     /// The Txn-Token's `aud` is not this trust domain.
-    TxnTokenAudienceMismatch,
+    TxnTokenAudienceMismatch => "txn_token_audience_mismatch", Answer::Status(400), "the Txn-Token is for another trust domain";
     /// The Txn-Token has expired.
-    ExpiredTxnToken,
+    ExpiredTxnToken => "expired_txn_token", Answer::Status(400), "the Txn-Token has expired";
     /// The Txn-Token's `iat` is in the future.
-    TxnTokenNotYetValid,
+    TxnTokenNotYetValid => "txn_token_not_yet_valid", Answer::Status(400), "the Txn-Token is issued in the future";
     /// The Txn-Token lives longer than the maximum Txn-Token lifetime.
-    TxnTokenLifetimeTooLong,
+    TxnTokenLifetimeTooLong => "txn_token_lifetime_too_long", Answer::Status(400), "the Txn-Token lives longer than allowed";
     /// A required Txn-Token claim is absent or has the wrong JSON type.
-    TxnTokenMissingClaim(&'static str),
-
+    TxnTokenMissingClaim(&'static str = "exp") => "txn_token_missing_claim", Answer::Status(400), "a required Txn-Token claim is missing or has the wrong type";
     // ---- HTTP message signatures (400 for requests, http-signature-08) ----
     /// `Signature-Input`/`Signature` are not valid Structured Fields, repeat a label, disagree,
     /// or use components outside the profile.
-    SignatureMalformed,
+    SignatureMalformed => "signature_malformed", Answer::Credential, "the signature fields are malformed";
     /// No signature is tagged `wimse-workload-to-workload`.
-    NoWimseSignature,
+    NoWimseSignature => "no_wimse_signature", Answer::Credential, "no WIMSE signature";
     /// More than one signature is tagged `wimse-workload-to-workload`.
-    AmbiguousWimseSignature,
+    AmbiguousWimseSignature => "ambiguous_wimse_signature", Answer::Credential, "more than one WIMSE signature";
     /// The only signature has another `tag`.
-    SignatureWrongTag,
+    SignatureWrongTag => "wrong_tag", Answer::Credential, "the signature's tag is not wimse-workload-to-workload";
     /// A required signature parameter (`created`, `expires`, `nonce`, `tag`, `wimse-aud`,
     /// `wimse-req-nonce`) is missing.
-    MissingSignatureParameter,
+    MissingSignatureParameter => "missing_parameter", Answer::Credential, "a required signature parameter is missing";
     /// A forbidden signature parameter (`keyid`, `alg`; `wimse-aud` on a response) is present.
-    ForbiddenSignatureParameter,
+    ForbiddenSignatureParameter => "forbidden_parameter", Answer::Credential, "a forbidden signature parameter is present";
     /// The signature covers a component the profile forbids (a CONNECT covering `@path` or
     /// `@query`).
-    ForbiddenComponent,
+    ForbiddenComponent => "forbidden_component", Answer::Credential, "the signature covers a forbidden component";
     /// A component the profile or the configuration requires is not covered.
-    MissingCoveredComponent,
+    MissingCoveredComponent => "missing_required_component", Answer::Credential, "a required component is not covered by the signature";
     /// `created` is in the future.
-    SignatureCreatedInFuture,
+    SignatureCreatedInFuture => "created_in_future", Answer::Credential, "the signature is created in the future";
     /// `expires` has passed.
-    SignatureExpired,
+    SignatureExpired => "signature_expired", Answer::Credential, "the signature has expired";
     /// The signature is older than the maximum age.
-    SignatureTooOld,
+    SignatureTooOld => "too_old", Answer::Credential, "the signature is too old";
     /// `expires - created` is longer than allowed.
-    SignatureLifetimeTooLong,
+    SignatureLifetimeTooLong => "signature_lifetime_too_long", Answer::Credential, "the signature's lifetime is too long";
     /// The signature does not verify with the WIT's `cnf.jwk`.
-    InvalidHttpSignature,
+    InvalidHttpSignature => "invalid_signature", Answer::Credential, "the HTTP signature is invalid";
     /// The body does not match `Content-Digest`, or no supported digest is present.
-    ContentDigestMismatch,
+    ContentDigestMismatch => "content_digest_mismatch", Answer::Credential, "the body does not match its Content-Digest";
     /// A signed response's `wimse-req-nonce` is not the request's nonce.
-    RequestNonceMismatch,
+    RequestNonceMismatch => "request_nonce_mismatch", Answer::Credential, "the response's wimse-req-nonce is not the request's nonce";
     /// A body is larger than the configured limit (413).
-    BodyTooLarge,
+    BodyTooLarge => "body_too_large", Answer::Status(413), "the body is larger than allowed";
     /// The client asked for a signed response and this server does not sign responses (501).
-    SignedResponseUnsupported,
+    SignedResponseUnsupported => "signed_response_unsupported", Answer::Status(501), "this server does not sign responses";
     /// This server signs responses but could not sign this one (400).
-    SignedResponseUnavailable,
-
+    SignedResponseUnavailable => "signed_response_unavailable", Answer::Status(400), "this response could not be signed";
     // ---- authorization (403) ----
     /// The caller is authenticated but a policy does not allow it.
-    PolicyDenied,
+    PolicyDenied => "policy_denied", Answer::Status(403), "the caller is not allowed by policy";
     /// A certificate is not a valid Workload Identity Certificate (no single URI SAN naming a
     /// workload, unparsable).
-    InvalidCertificate,
+    InvalidCertificate => "invalid_certificate", Answer::Credential, "the certificate is not a valid workload identity certificate";
     /// A peer (e.g. the server that signed a response) is not the workload expected for it.
-    UnexpectedPeer,
+    UnexpectedPeer => "unexpected_peer", Answer::Status(403), "the peer is not the expected workload";
     /// A request over a mutual-TLS connection carries credentials of another workload than the
     /// connection's certificate, and the guard does not let application credentials replace
     /// the TLS identity (403).
-    TlsPeerMismatch,
-
+    TlsPeerMismatch => "tls_peer_mismatch", Answer::Status(403), "the request's credentials name another workload than its TLS connection";
     // ---- identity server ----
     /// The bootstrap credential (platform token or dev secret) is missing, invalid, expired or
     /// from an unknown issuer (401).
-    BootstrapTokenInvalid,
+    BootstrapTokenInvalid => "bootstrap_token_invalid", Answer::Status(401), "the bootstrap credential is not valid";
     /// The authenticated client may not obtain this identifier (403).
-    IssuanceDenied,
+    IssuanceDenied => "issuance_denied", Answer::Status(403), "the client may not obtain this identifier";
     /// A token exchange was refused: the subject token is invalid or maps to no identifier
     /// (RFC 8693 `invalid_grant`).
-    ExchangeRefused,
+    ExchangeRefused => "invalid_grant", Answer::Credential, "the token exchange was refused";
     /// The subject token type is not supported (RFC 8693 `unsupported_token_type`).
-    UnsupportedTokenType,
+    UnsupportedTokenType => "unsupported_token_type", Answer::Credential, "the subject token type is not supported";
     /// The token endpoint does not serve this grant (RFC 6749 `unsupported_grant_type`).
-    UnsupportedGrantType,
+    UnsupportedGrantType => "unsupported_grant_type", Answer::Credential, "the grant type is not supported";
     /// The requested scope (at the identity server: the identifier) is not granted (RFC 6749
     /// `invalid_scope`).
-    InvalidScope,
+    InvalidScope => "invalid_scope", Answer::Credential, "the requested scope is not granted";
     /// A DPoP proof (RFC 9449) is missing or fails a check (`invalid_dpop_proof`); the detail
     /// names the check.
-    InvalidDpopProof,
+    InvalidDpopProof => "invalid_dpop_proof", Answer::Credential, "the DPoP proof is invalid";
     /// A token exchange names an `audience` this server does not issue for (RFC 8693
     /// `invalid_target`).
-    InvalidTarget,
-
+    InvalidTarget => "invalid_target", Answer::Status(400), "the requested audience is not served here";
     // ---- client side ----
     /// The signer has no usable credentials (missing, unreadable, mismatched or expired).
-    CredentialsUnavailable,
-
+    CredentialsUnavailable => "credentials_unavailable", Answer::Status(500), "no usable workload credentials";
     // ---- service state (503) ----
     /// The trust domain is trusted but its keys are not available (never fetched, or stale).
-    TrustAnchorsUnavailable,
+    TrustAnchorsUnavailable => "trust_anchors_unavailable", Answer::Status(503), "the trust domain's keys are not available";
     /// The replay store cannot answer (unreachable, too slow, or recovering from lost state) and
     /// fails closed.
-    ReplayCacheUnavailable,
+    ReplayCacheUnavailable => "replay_cache_unavailable", Answer::Status(503), "the replay cache is unavailable";
     /// The identity server's key store (its file, or PostgreSQL) cannot be read or written:
     /// nothing is issued until it answers.
-    KeyStoreUnavailable,
+    KeyStoreUnavailable => "key_store_unavailable", Answer::Status(503), "the identity server's key store is unavailable";
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
-    ReplayCacheFull,
+    ReplayCacheFull => "replay_cache_full", Answer::Status(503), "the replay cache is full";
     /// The request uses a proof this kind of request cannot carry (an HTTP message signature on
     /// a gRPC call, whose body is a stream: use a WPT).
-    UnsupportedProof,
+    UnsupportedProof => "unsupported_proof", Answer::Status(400), "this request cannot carry that proof (gRPC: use a WPT)";
     /// The caller holds its whole share of the replay store's live entries (429 with
     /// `Retry-After`): one workload cannot exhaust the store for the others.
-    ReplayQuotaExceeded,
+    ReplayQuotaExceeded => "replay_quota_exceeded", Answer::Status(429), "the caller has too many live proofs";
     /// The caller (a client, or a source address) is over its rate limit (429 with
     /// `Retry-After`).
-    RateLimited,
-
+    RateLimited => "rate_limited", Answer::Status(429), "too many requests";
     // ---- keys and configuration (not request errors) ----
     /// A key could not be parsed, generated or used.
-    InvalidKey,
+    InvalidKey => "invalid_key", Answer::Status(500), "invalid key";
     /// A configuration value is invalid (trust bundle, audience, leeway…).
-    InvalidConfiguration,
+    InvalidConfiguration => "invalid_configuration", Answer::Status(500), "invalid configuration";
     /// A signed message has content (or a `Content-Digest`) but the integration did not hand the
     /// body to the verifier, so the digest could not be checked (500: a bug in the integration,
     /// refused rather than skipped).
-    BodyNotSupplied,
+    BodyNotSupplied => "body_not_supplied", Answer::Status(500), "the message body was not given to the verifier";
     /// A cryptographic operation failed for a reason other than a bad signature.
-    Crypto,
+    Crypto => "crypto", Answer::Status(500), "cryptographic operation failed";
 }
 
 impl ErrorKind {
     /// A stable, snake_case code naming the failed check.
     pub fn reason(&self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            MissingWit => "missing_wit",
-            DuplicateWit => "duplicate_wit",
-            MissingWpt => "missing_wpt",
-            DuplicateAuthorization => "duplicate_authorization",
-            BearerWithWpt => "bearer_with_wpt",
-            MalformedAuthorization => "malformed_authorization",
-            DuplicateContextToken => "duplicate_context_token",
-            OversizedToken => "oversized_token",
-            InvalidHeaderValue => "invalid_header_value",
-            MalformedToken => "malformed_token",
-            DuplicateJsonMember => "duplicate_json_member",
-            UnsupportedCriticalHeader => "unsupported_critical_header",
-            UnsupportedAlgorithm => "unsupported_algorithm",
-            MissingClaim(_) => "missing_claim",
-            WitWrongType => "wit_wrong_type",
-            InvalidSubject(_) => "invalid_subject",
-            UntrustedTrustDomain => "untrusted_trust_domain",
-            DisallowedAlgorithm => "disallowed_algorithm",
-            UnknownKey => "unknown_key",
-            InvalidWitSignature => "invalid_wit_signature",
-            ExpiredWit => "expired_wit",
-            WitNotYetValid => "wit_not_yet_valid",
-            WitLifetimeTooLong => "wit_lifetime_too_long",
-            InvalidConfirmationKey => "invalid_confirmation_key",
-            WptWrongType => "wpt_wrong_type",
-            WptAlgorithmMismatch => "wpt_algorithm_mismatch",
-            InvalidWptSignature => "invalid_wpt_signature",
-            ExpiredWpt => "expired_wpt",
-            WptLifetimeTooLong => "wpt_lifetime_too_long",
-            AudienceMismatch => "audience_mismatch",
-            WitBindingMismatch => "wit_binding_mismatch",
-            TxnTokenBindingMismatch => "txn_token_binding_mismatch",
-            OtherTokenBindingMismatch => "other_token_binding_mismatch",
-            UnsupportedOtherToken => "unsupported_other_token",
-            ReplayedProof => "replayed_proof",
-            MissingTxnToken => "missing_txn_token",
-            TxnTokenMalformed => "txn_token_malformed",
-            TxnTokenWrongType => "txn_token_wrong_type",
-            TxnTokenUnknownKey => "txn_token_unknown_key",
-            InvalidTxnTokenSignature => "invalid_txn_token_signature",
-            TxnTokenAudienceMismatch => "txn_token_audience_mismatch",
-            ExpiredTxnToken => "expired_txn_token",
-            TxnTokenNotYetValid => "txn_token_not_yet_valid",
-            TxnTokenLifetimeTooLong => "txn_token_lifetime_too_long",
-            TxnTokenMissingClaim(_) => "txn_token_missing_claim",
-            SignatureMalformed => "signature_malformed",
-            NoWimseSignature => "no_wimse_signature",
-            AmbiguousWimseSignature => "ambiguous_wimse_signature",
-            SignatureWrongTag => "wrong_tag",
-            MissingSignatureParameter => "missing_parameter",
-            ForbiddenSignatureParameter => "forbidden_parameter",
-            ForbiddenComponent => "forbidden_component",
-            MissingCoveredComponent => "missing_required_component",
-            SignatureCreatedInFuture => "created_in_future",
-            SignatureExpired => "signature_expired",
-            SignatureTooOld => "too_old",
-            SignatureLifetimeTooLong => "signature_lifetime_too_long",
-            InvalidHttpSignature => "invalid_signature",
-            ContentDigestMismatch => "content_digest_mismatch",
-            RequestNonceMismatch => "request_nonce_mismatch",
-            BodyTooLarge => "body_too_large",
-            SignedResponseUnsupported => "signed_response_unsupported",
-            SignedResponseUnavailable => "signed_response_unavailable",
-            PolicyDenied => "policy_denied",
-            BootstrapTokenInvalid => "bootstrap_token_invalid",
-            IssuanceDenied => "issuance_denied",
-            ExchangeRefused => "invalid_grant",
-            UnsupportedTokenType => "unsupported_token_type",
-            InvalidDpopProof => "invalid_dpop_proof",
-            InvalidTarget => "invalid_target",
-            UnsupportedGrantType => "unsupported_grant_type",
-            InvalidScope => "invalid_scope",
-            InvalidCertificate => "invalid_certificate",
-            UnexpectedPeer => "unexpected_peer",
-            TlsPeerMismatch => "tls_peer_mismatch",
-            CredentialsUnavailable => "credentials_unavailable",
-            ReplayCacheFull => "replay_cache_full",
-            ReplayQuotaExceeded => "replay_quota_exceeded",
-            RateLimited => "rate_limited",
-            UnsupportedProof => "unsupported_proof",
-            TrustAnchorsUnavailable => "trust_anchors_unavailable",
-            ReplayCacheUnavailable => "replay_cache_unavailable",
-            KeyStoreUnavailable => "key_store_unavailable",
-            InvalidKey => "invalid_key",
-            InvalidConfiguration => "invalid_configuration",
-            BodyNotSupplied => "body_not_supplied",
-            Crypto => "crypto",
-        }
+        self.row().0
+    }
+
+    /// How a rejection of this kind is answered.
+    pub fn answer(&self) -> Answer {
+        self.row().1
+    }
+
+    /// The description without the value a kind may carry (the same for every `MissingClaim`).
+    pub fn summary(&self) -> &'static str {
+        self.row().2
     }
 
     /// A short human description of the failed check (never contains token material).
     pub fn description(&self) -> Cow<'static, str> {
-        use ErrorKind::*;
-        Cow::Borrowed(match self {
-            MissingWit => "the Workload-Identity-Token field is missing",
-            DuplicateWit => "more than one Workload-Identity-Token value",
-            MissingWpt => "no `Authorization: WPT` field",
-            DuplicateAuthorization => "more than one Authorization field",
-            BearerWithWpt => "a bearer token was sent beside the WPT",
-            MalformedAuthorization => "the Authorization field is not `WPT <token>`",
-            DuplicateContextToken => "a context-token field appears more than once",
-            OversizedToken => "a token is larger than the configured limit",
-            InvalidHeaderValue => "a header value is not visible ASCII",
-            MalformedToken => "the token is not a well-formed compact JWS",
-            DuplicateJsonMember => "a JSON object in the token repeats a member",
-            UnsupportedCriticalHeader => "the token has critical header extensions",
-            UnsupportedAlgorithm => "the token's algorithm is not an accepted asymmetric algorithm",
-            MissingClaim(name) => return Cow::Owned(format!("claim `{name}` is missing or has the wrong type")),
-            WitWrongType => "the WIT's typ is not wit+jwt",
-            InvalidSubject(e) => return Cow::Owned(format!("the WIT's sub is not a valid workload identifier: {e}")),
-            UntrustedTrustDomain => "the trust domain of the WIT's sub is not trusted",
-            DisallowedAlgorithm => "the WIT's algorithm is not allowed for its trust domain",
-            UnknownKey => "no trust anchor key matches the WIT",
-            InvalidWitSignature => "the WIT signature is invalid",
-            ExpiredWit => "the WIT has expired",
-            WitNotYetValid => "the WIT is not yet valid",
-            WitLifetimeTooLong => "the WIT expires too far in the future",
-            InvalidConfirmationKey => "the WIT's cnf.jwk is not an acceptable public key",
-            WptWrongType => "the WPT's typ is not wpt+jwt",
-            WptAlgorithmMismatch => "the WPT's alg differs from the WIT's cnf.jwk.alg",
-            InvalidWptSignature => "the WPT signature is invalid",
-            ExpiredWpt => "the WPT has expired",
-            WptLifetimeTooLong => "the WPT expires too far in the future",
-            AudienceMismatch => "the WPT's aud is not an audience of this service",
-            WitBindingMismatch => "the WPT's wth does not match the WIT",
-            TxnTokenBindingMismatch => "the WPT's tth does not match the Txn-Token field",
-            OtherTokenBindingMismatch => "the WPT's oth does not match the request's context tokens",
-            UnsupportedOtherToken => "the WPT's oth names a context token this service does not understand",
-            ReplayedProof => "the proof was already used",
-            MissingTxnToken => "a Txn-Token is required and the request has none",
-            TxnTokenMalformed => "the Txn-Token is not a well-formed signed token",
-            TxnTokenWrongType => "the Txn-Token's typ is not txntoken+jwt",
-            TxnTokenUnknownKey => "the Txn-Token was not signed by this trust domain's Transaction Token Service",
-            InvalidTxnTokenSignature => "the Txn-Token signature is invalid",
-            TxnTokenAudienceMismatch => "the Txn-Token is for another trust domain",
-            ExpiredTxnToken => "the Txn-Token has expired",
-            TxnTokenNotYetValid => "the Txn-Token is issued in the future",
-            TxnTokenLifetimeTooLong => "the Txn-Token lives longer than allowed",
-            TxnTokenMissingClaim(name) => {
-                return Cow::Owned(format!("Txn-Token claim `{name}` is missing or has the wrong type"));
-            }
-            SignatureMalformed => "the signature fields are malformed",
-            NoWimseSignature => "no WIMSE signature",
-            AmbiguousWimseSignature => "more than one WIMSE signature",
-            SignatureWrongTag => "the signature's tag is not wimse-workload-to-workload",
-            MissingSignatureParameter => "a required signature parameter is missing",
-            ForbiddenSignatureParameter => "a forbidden signature parameter is present",
-            ForbiddenComponent => "the signature covers a forbidden component",
-            MissingCoveredComponent => "a required component is not covered by the signature",
-            SignatureCreatedInFuture => "the signature is created in the future",
-            SignatureExpired => "the signature has expired",
-            SignatureTooOld => "the signature is too old",
-            SignatureLifetimeTooLong => "the signature's lifetime is too long",
-            InvalidHttpSignature => "the HTTP signature is invalid",
-            ContentDigestMismatch => "the body does not match its Content-Digest",
-            RequestNonceMismatch => "the response's wimse-req-nonce is not the request's nonce",
-            BodyTooLarge => "the body is larger than allowed",
-            SignedResponseUnsupported => "this server does not sign responses",
-            SignedResponseUnavailable => "this response could not be signed",
-            PolicyDenied => "the caller is not allowed by policy",
-            BootstrapTokenInvalid => "the bootstrap credential is not valid",
-            IssuanceDenied => "the client may not obtain this identifier",
-            ExchangeRefused => "the token exchange was refused",
-            UnsupportedTokenType => "the subject token type is not supported",
-            InvalidDpopProof => "the DPoP proof is invalid",
-            InvalidTarget => "the requested audience is not served here",
-            UnsupportedGrantType => "the grant type is not supported",
-            InvalidScope => "the requested scope is not granted",
-            InvalidCertificate => "the certificate is not a valid workload identity certificate",
-            UnexpectedPeer => "the peer is not the expected workload",
-            TlsPeerMismatch => "the request's credentials name another workload than its TLS connection",
-            CredentialsUnavailable => "no usable workload credentials",
-            ReplayCacheFull => "the replay cache is full",
-            ReplayQuotaExceeded => "the caller has too many live proofs",
-            RateLimited => "too many requests",
-            UnsupportedProof => "this request cannot carry that proof (gRPC: use a WPT)",
-            TrustAnchorsUnavailable => "the trust domain's keys are not available",
-            ReplayCacheUnavailable => "the replay cache is unavailable",
-            KeyStoreUnavailable => "the identity server's key store is unavailable",
-            InvalidKey => "invalid key",
-            InvalidConfiguration => "invalid configuration",
-            BodyNotSupplied => "the message body was not given to the verifier",
-            Crypto => "cryptographic operation failed",
-        })
+        match self.row() {
+            (_, _, text, None) => Cow::Borrowed(text),
+            (_, _, text, Some(value)) => Cow::Owned(format!("{text}: {value}")),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::draft::{
     AUTHORIZATION_HEADER, PROBLEM_TYPE_BASE, SIGNATURE_INVALID_PROBLEM, SIGNED_RESPONSE_UNAVAILABLE_PROBLEM,
     SIGNED_RESPONSE_UNSUPPORTED_PROBLEM, TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME, WPT_CHALLENGE,
 };
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Answer, Error, ErrorKind, Result};
 
 /// Read access to request header fields, so the core works with any framework's header map
 /// (`http` 1.x here; actix-web's `http` 0.2 map in its adapter).
@@ -175,42 +175,11 @@ impl Rejection {
     pub fn from_error(error: &Error) -> Self {
         use ErrorKind::*;
         let kind = error.kind();
-        let (status, challenge) = match kind {
-            DuplicateWit
-            | DuplicateAuthorization
-            | BearerWithWpt
-            | MalformedAuthorization
-            | DuplicateContextToken
-            | OversizedToken
-            | UnsupportedProof
-            | InvalidHeaderValue
-            | TxnTokenMalformed
-            | TxnTokenWrongType
-            | TxnTokenUnknownKey
-            | InvalidTxnTokenSignature
-            | TxnTokenAudienceMismatch
-            | ExpiredTxnToken
-            | TxnTokenNotYetValid
-            | TxnTokenLifetimeTooLong
-            | TxnTokenMissingClaim(_)
-            | InvalidTarget => (StatusCode::BAD_REQUEST, false),
-            PolicyDenied | MissingTxnToken | UnexpectedPeer | IssuanceDenied | TlsPeerMismatch => {
-                (StatusCode::FORBIDDEN, false)
-            }
-            BootstrapTokenInvalid => (StatusCode::UNAUTHORIZED, false),
-            BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false),
-            SignedResponseUnsupported => (StatusCode::NOT_IMPLEMENTED, false),
-            SignedResponseUnavailable => (StatusCode::BAD_REQUEST, false),
-            ReplayCacheFull | TrustAnchorsUnavailable | ReplayCacheUnavailable | KeyStoreUnavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, false)
-            }
-            ReplayQuotaExceeded | RateLimited => (StatusCode::TOO_MANY_REQUESTS, false),
-            InvalidKey | InvalidConfiguration | Crypto | CredentialsUnavailable | BodyNotSupplied => {
-                (StatusCode::INTERNAL_SERVER_ERROR, false)
-            }
+        let (status, challenge) = match kind.answer() {
+            Answer::Status(code) => (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), false),
             // http-signature-08: any failure of a signed request is a 400 that does not say
             // which check failed (the logs do).
-            _ if error.is_signature_mode() => {
+            Answer::Credential if error.is_signature_mode() => {
                 let problem = Problem {
                     type_uri: SIGNATURE_INVALID_PROBLEM.to_owned(),
                     title: "the signed request is invalid".to_owned(),
@@ -219,7 +188,7 @@ impl Rejection {
                 };
                 return Self { status: StatusCode::BAD_REQUEST, challenge: false, problem, retry_after: None };
             }
-            _ => (StatusCode::UNAUTHORIZED, true),
+            Answer::Credential => (StatusCode::UNAUTHORIZED, true),
         };
         let type_uri = match kind {
             SignedResponseUnsupported => SIGNED_RESPONSE_UNSUPPORTED_PROBLEM.to_owned(),

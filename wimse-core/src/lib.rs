@@ -67,7 +67,7 @@ pub mod wic;
 pub mod wit;
 pub mod wpt;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Answer, Error, ErrorKind, Result};
 
 /// The types most programs need.
 pub mod prelude {
