@@ -231,6 +231,8 @@ pub async fn run_cases(deployment: &Deployment, base: &str) {
 pub const SERVER: &str = "spiffe://prod.example/server";
 /// The body limit the servers of [`run_signature_cases`] are configured with.
 pub const SIGNATURE_BODY_LIMIT: usize = 64;
+/// The body deadline the servers of [`run_signature_cases`] are configured with.
+pub const SIGNATURE_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A client signing as `id` with HTTP message signatures, verifying signed responses as
 /// coming from [`SERVER`].
@@ -262,9 +264,33 @@ async fn status_and_body(response: reqwest::Response) -> (u16, String) {
     (response.status().as_u16(), response.text().await.expect("body"))
 }
 
+/// Sends `headers` for `POST path` announcing a body of `announced` bytes, never sends the body,
+/// and returns the status of the answer (the server must answer without the body, or when its
+/// body deadline passes).
+async fn status_without_body(base: &str, path: &str, headers: &HeaderMap, announced: usize) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {announced}\r\n");
+    for (name, value) in headers {
+        if name != "content-length" && name != "host" {
+            head.push_str(&format!("{name}: {}\r\n", value.to_str().expect("ascii")));
+        }
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 12];
+    // Bounded only so a regression fails instead of hanging: the servers' deadline is 1 s.
+    tokio::time::timeout(std::time::Duration::from_secs(30), stream.read_exact(&mut answer))
+        .await
+        .expect("an answer without the body")
+        .expect("read");
+    String::from_utf8_lossy(&answer[9..12]).parse().expect("status")
+}
+
 /// Runs the HTTP-signature cases against two servers serving `POST /pay` behind the adapter
-/// under test, configured with [`Deployment::verifier`] for their base URL and a body limit of
-/// [`SIGNATURE_BODY_LIMIT`], answering `"{caller id} {proof method} {body}"`. `signing` signs
+/// under test, configured with [`Deployment::verifier`] for their base URL, a body limit of
+/// [`SIGNATURE_BODY_LIMIT`] and a body deadline of [`SIGNATURE_BODY_DEADLINE`], answering `"{caller id} {proof method} {body}"`. `signing` signs
 /// responses as [`SERVER`]; `plain` does not sign responses.
 pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_server: &str) {
     let plain = reqwest::Client::new();
@@ -318,6 +344,23 @@ pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_s
     let first = send(reqwest::Method::POST, url.clone(), headers.clone(), "amount=1").await;
     assert_eq!(first, (200, format!("{ALLOWED} http-signature amount=1")));
     invalid(send(reqwest::Method::POST, url.clone(), headers, "amount=1").await, "replay");
+
+    // Nothing is read of a body before its header fields passed every check: a signed request
+    // whose WIT is from an untrusted issuer, or that was signed for another service, is answered
+    // at once (400) though its announced body never comes; an allowed caller's body that never
+    // comes is waited for until the deadline (408).
+    let rogue = deployment.credentials(ALLOWED, true, 0);
+    let mut untrusted = signed_headers(deployment, &url, "amount=1", mode).await;
+    untrusted.insert("workload-identity-token", rogue.wit().parse().expect("header"));
+    assert_eq!(status_without_body(signing, "/pay?order=7", &untrusted, 50).await, 400, "untrusted WIT");
+    let elsewhere = signed_headers(deployment, &format!("{plain_server}/pay?order=7"), "amount=1", mode).await;
+    assert_eq!(status_without_body(signing, "/pay?order=7", &elsewhere, 50).await, 400, "another audience");
+    let allowed = signed_headers(deployment, &url, "amount=1", mode).await;
+    assert_eq!(status_without_body(signing, "/pay?order=7", &allowed, 8).await, 408, "allowed, body never sent");
+    // A signed response asked of a server that signs none: 501 before the body, too.
+    let plain_url = format!("{plain_server}/pay");
+    let ask = signed_headers(deployment, &plain_url, "x", ProofMode::HttpSignature { sign_response: true }).await;
+    assert_eq!(status_without_body(plain_server, "/pay", &ask, 1).await, 501, "no response signing");
 
     // A body over the limit: 413.
     let big = "x".repeat(SIGNATURE_BODY_LIMIT + 1);

@@ -55,8 +55,9 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use wimse_core::caller::{PendingCaller, TlsPeer, VerifiedCaller};
+use wimse_core::exchange::{BodyFailure, ResponseSigner};
 use wimse_core::http::{HeaderSource, Rejection};
-use wimse_core::httpsig::{RequestParts, has_signature};
+use wimse_core::httpsig::has_signature;
 use wimse_core::verify::RequestView;
 use wimse_core::{Error, ErrorKind};
 
@@ -102,14 +103,11 @@ pub mod tls {
 
 /// Stages 1–3 of the pipeline (framing, credentials, policy); the claim follows in
 /// [`Guard::confirm`].
-fn admit(config: &Guard, req: &ServiceRequest, body: Option<&[u8]>) -> Result<Option<PendingCaller>, Error> {
+fn admit(config: &Guard, req: &ServiceRequest) -> Result<Option<PendingCaller>, Error> {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let headers = ActixHeaders(req.headers());
     let connection = req.connection_info();
-    let mut view = RequestView::new(target, &headers).method(req.method().as_str()).authority(connection.host());
-    if let Some(body) = body {
-        view = view.body(body);
-    }
+    let view = RequestView::new(target, &headers).method(req.method().as_str()).authority(connection.host());
     config.admit(&view, req.conn_data::<TlsPeer>())
 }
 
@@ -199,7 +197,7 @@ where
         if has_signature(&ActixHeaders(req.headers())) {
             return Box::pin(signed(config, self.service.clone(), req));
         }
-        let pending = match admit(&config, &req, None) {
+        let pending = match admit(&config, &req) {
             Ok(pending) => pending,
             Err(error) => return reject(req, &error),
         };
@@ -251,28 +249,8 @@ fn http1_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMa
     out
 }
 
-/// The signed-request path: buffer the body, verify, call the service, sign the response.
-/// What a response signature covers of its request (`;req` components).
-struct SignedRequest {
-    headers: http::HeaderMap,
-    method: String,
-    path: String,
-    query: String,
-    authority: String,
-}
-
-impl SignedRequest {
-    fn of(req: &ServiceRequest) -> Self {
-        Self {
-            headers: http1_headers(req.headers()),
-            method: req.method().to_string(),
-            path: req.path().to_owned(),
-            query: req.query_string().to_owned(),
-            authority: req.connection_info().host().to_owned(),
-        }
-    }
-}
-
+/// The signed-request path (the steps are [`wimse_core::exchange`]'s): the header checks, the
+/// body within its limit and deadline, the claim, the service, the signed response.
 async fn signed<S, B>(
     guard: web::Data<Guard>,
     service: Rc<S>,
@@ -282,67 +260,39 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
     B: MessageBody + 'static,
 {
-    let limit = guard.max_body();
-    let mut payload = req.take_payload();
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            let error = Error::with_detail(ErrorKind::SignatureMalformed, "the request body could not be read");
-            return reject(req, &error.in_signature_mode()).await;
-        };
-        if body.len() + chunk.len() > limit {
-            return reject(req, &Error::with_detail(ErrorKind::BodyTooLarge, format!("over {limit} bytes"))).await;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
-    let caller = match admit(&guard, &req, Some(&body)) {
-        Ok(Some(pending)) => match guard.confirm(pending).await {
-            Ok(caller) => Some(caller),
-            Err(error) => return reject(req, &error).await,
-        },
-        Ok(None) => None,
+    let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    let headers = ActixHeaders(req.headers());
+    let connection = req.connection_info().clone();
+    let view = RequestView::new(&target, &headers).method(req.method().as_str()).authority(connection.host());
+    let exchange = match guard.signed_exchange(view, req.conn_data::<TlsPeer>()) {
+        Ok(exchange) => exchange,
         Err(error) => return reject(req, &error).await,
     };
-    let nonce = match guard.response_nonce(caller.as_ref()) {
-        Ok(nonce) => nonce,
-        Err(error) => return reject(req, &error).await,
+    let read =
+        actix_web::rt::time::timeout(exchange.body_deadline(), read_body(req.take_payload(), exchange.body_limit()));
+    let body = match read.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(failure)) => return reject(req, &exchange.refuse_body(failure)).await,
+        Err(_) => return reject(req, &exchange.refuse_body(BodyFailure::TimedOut)).await,
     };
-    // Kept to build the response signature's `;req` components, when there will be one.
-    let signing = match (nonce, guard.response_signer()) {
-        (Some(nonce), Some(signer)) => Some((nonce, signer, SignedRequest::of(&req))),
-        _ => None,
+    let admitted = match exchange.admit_body(&body).await {
+        Ok(admitted) => admitted,
+        Err(error) => return reject(req, &error).await,
     };
     req.set_payload(Payload::from(body));
-    if let Some(caller) = caller {
+    if let Some(caller) = admitted.caller {
         req.extensions_mut().insert(caller);
     }
     let response = service.call(req).await?;
-    let Some((nonce, signer, SignedRequest { headers: request_headers, method, path, query, authority })) = signing
-    else {
+    let Some(signer) = admitted.response else {
         return Ok(response.map_into_left_body());
     };
     let (http_req, response) = response.into_parts();
     let status = response.status();
     let mut headers = http1_headers(response.headers());
-    let unavailable = |detail: &'static str| Error::with_detail(ErrorKind::SignedResponseUnavailable, detail);
-    let outcome = match to_bytes_limited(response.into_body(), limit).await {
-        Ok(Ok(bytes)) => {
-            let query = (!query.is_empty()).then_some(query.as_str());
-            let parts = RequestParts {
-                method: &method,
-                scheme: "https",
-                authority: &authority,
-                path: &path,
-                query,
-                headers: &request_headers,
-            };
-            signer
-                .sign_response_headers(&mut headers, status.as_u16(), &parts, Some(&bytes), &nonce)
-                .map(|()| bytes)
-                .map_err(|_| unavailable("response signing failed"))
-        }
-        _ => Err(unavailable("the response could not be buffered for signing")),
+    let outcome = match to_bytes_limited(response.into_body(), guard.max_body()).await {
+        Ok(Ok(bytes)) => signer.sign(status.as_u16(), &mut headers, &bytes).map(|()| bytes),
+        _ => Err(ResponseSigner::unbufferable()),
     };
     let response = match outcome {
         Ok(bytes) => {
@@ -357,6 +307,19 @@ where
         Err(error) => rejection_response(&Rejection::from_error(&error)),
     };
     Ok(ServiceResponse::new(http_req, response).map_into_right_body())
+}
+
+/// Reads a whole payload of at most `limit` bytes.
+async fn read_body(mut payload: Payload, limit: usize) -> Result<web::Bytes, BodyFailure> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| BodyFailure::Unreadable)?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyFailure::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 pub(crate) fn rejection_response(rejection: &Rejection) -> HttpResponse {

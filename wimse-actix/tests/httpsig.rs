@@ -2,7 +2,7 @@
 
 use actix_web::{App, HttpServer, web};
 use wimse_actix::{Caller, Guard, WimseAuth};
-use wimse_testkit::{Deployment, SERVER, SIGNATURE_BODY_LIMIT, run_signature_cases};
+use wimse_testkit::{Deployment, SERVER, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_signature_cases};
 
 async fn echo(caller: Caller, body: String) -> String {
     format!("{} {} {body}", caller.id(), caller.method().name())
@@ -11,7 +11,8 @@ async fn echo(caller: Caller, body: String) -> String {
 fn serve(deployment: &Deployment, sign_responses: bool) -> (String, actix_web::dev::ServerHandle) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = Guard::new(deployment.verifier(&base)).body_limit(SIGNATURE_BODY_LIMIT);
+    let mut config =
+        Guard::new(deployment.verifier(&base)).body_limit(SIGNATURE_BODY_LIMIT).body_deadline(SIGNATURE_BODY_DEADLINE);
     if sign_responses {
         config = config.sign_responses(deployment.signer(SERVER));
     }

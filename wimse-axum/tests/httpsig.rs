@@ -5,7 +5,7 @@ use axum::Router;
 use axum::routing::post;
 use tokio::net::TcpListener;
 use wimse_axum::{Caller, WimseLayer};
-use wimse_testkit::{Deployment, SERVER, SIGNATURE_BODY_LIMIT, run_signature_cases};
+use wimse_testkit::{Deployment, SERVER, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_signature_cases};
 
 async fn echo(Caller(caller): Caller, body: String) -> String {
     format!("{} {} {body}", caller.id(), caller.method().name())
@@ -14,7 +14,9 @@ async fn echo(Caller(caller): Caller, body: String) -> String {
 async fn serve(deployment: &Deployment, sign_responses: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let mut layer = WimseLayer::new(deployment.verifier(&base)).body_limit(SIGNATURE_BODY_LIMIT);
+    let mut layer = WimseLayer::new(deployment.verifier(&base))
+        .body_limit(SIGNATURE_BODY_LIMIT)
+        .body_deadline(SIGNATURE_BODY_DEADLINE);
     if sign_responses {
         layer = layer.sign_responses(deployment.signer(SERVER));
     }

@@ -193,6 +193,9 @@ impl VerifiedCaller {
 pub struct PendingCaller {
     pub(crate) caller: VerifiedCaller,
     pub(crate) claim: Option<ReplayClaim>,
+    /// A signed request admitted on its header fields whose body is still to be checked: the
+    /// `Content-Digest` values it must match. Confirming fails closed while it is set.
+    pub(crate) content: Option<Vec<String>>,
 }
 
 impl PendingCaller {
@@ -210,10 +213,31 @@ impl PendingCaller {
     pub fn claim(&self) -> Option<&ReplayClaim> {
         self.claim.as_ref()
     }
+
+    /// Whether the caller was admitted on its header fields and its body must still be checked
+    /// ([`body_received`](Self::body_received)) before it can be confirmed.
+    pub fn awaits_body(&self) -> bool {
+        self.content.is_some()
+    }
+
+    /// Checks the body of a signed request admitted before its body was read (see
+    /// [`RequestView::body_follows`](crate::verify::RequestView::body_follows)) against the
+    /// request's `Content-Digest`. A caller without a pending body passes unchanged.
+    pub fn body_received(mut self, body: &[u8]) -> crate::Result<Self> {
+        if let Some(digests) = self.content.take() {
+            let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
+            if let Err(error) = crate::httpsig::check_content(&digests, body) {
+                let error = error.in_signature_mode();
+                crate::audit::rejected(self.caller.method.name(), Some(&self.caller.id), &error);
+                return Err(error);
+            }
+        }
+        Ok(self)
+    }
 }
 
 impl From<&TlsPeer> for PendingCaller {
     fn from(peer: &TlsPeer) -> Self {
-        Self { caller: peer.0.clone(), claim: None }
+        Self { caller: peer.0.clone(), claim: None, content: None }
     }
 }

@@ -190,6 +190,8 @@ error_kinds! {
     RequestNonceMismatch => "request_nonce_mismatch", Answer::Credential, "the response's wimse-req-nonce is not the request's nonce";
     /// A body is larger than the configured limit (413).
     BodyTooLarge => "body_too_large", Answer::Status(413), "the body is larger than allowed";
+    /// The body of a signed request did not arrive within the server's deadline (408).
+    BodyTimeout => "body_timeout", Answer::Status(408), "the body did not arrive in time";
     /// The client asked for a signed response and this server does not sign responses (501).
     SignedResponseUnsupported => "signed_response_unsupported", Answer::Status(501), "this server does not sign responses";
     /// This server signs responses but could not sign this one (400).

@@ -12,6 +12,8 @@
 //! Per-route policies applied after the adapter's layer (`RequirePolicyLayer`, actix scopes)
 //! run after the claim; there the per-caller quota is what protects other callers.
 
+use std::time::Duration;
+
 use crate::audit;
 use crate::caller::{PendingCaller, ProofMethod, TlsPeer, VerifiedCaller};
 use crate::error::{ErrorKind, Result};
@@ -45,6 +47,7 @@ pub struct Guard {
     policy: Option<Policy>,
     optional: bool,
     body_limit: usize,
+    body_time: Duration,
     responses: Option<Signer>,
     sign_all: bool,
     application_identity: bool,
@@ -54,6 +57,10 @@ pub struct Guard {
 /// (or to sign a response): 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
+/// How long an adapter waits by default for the whole body of a signed request that passed its
+/// header checks: 10 seconds.
+pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(10);
+
 impl Guard {
     /// Requires valid credentials on every request.
     pub fn new(verifier: Verifier) -> Self {
@@ -62,6 +69,7 @@ impl Guard {
             policy: None,
             optional: false,
             body_limit: DEFAULT_BODY_LIMIT,
+            body_time: DEFAULT_BODY_DEADLINE,
             responses: None,
             sign_all: false,
             application_identity: false,
@@ -72,6 +80,13 @@ impl Guard {
     /// (default [`DEFAULT_BODY_LIMIT`]); larger request bodies are answered with 413.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// How long the whole body of a signed request may take to arrive once its header fields
+    /// passed (default [`DEFAULT_BODY_DEADLINE`]); slower bodies are answered with 408.
+    pub fn body_deadline(mut self, deadline: Duration) -> Self {
+        self.body_time = deadline;
         self
     }
 
@@ -92,6 +107,11 @@ impl Guard {
     /// The body limit.
     pub fn max_body(&self) -> usize {
         self.body_limit
+    }
+
+    /// The body deadline.
+    pub fn max_body_time(&self) -> Duration {
+        self.body_time
     }
 
     /// The response signer, if responses are signed.

@@ -45,6 +45,7 @@ pub mod cred;
 pub mod dpop;
 pub mod draft;
 mod error;
+pub mod exchange;
 pub mod guard;
 pub mod health;
 pub mod http;

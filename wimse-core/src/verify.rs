@@ -268,12 +268,25 @@ pub struct RequestView<'a, H: ?Sized> {
     /// non-zero `Content-Length` or a `Transfer-Encoding` is refused
     /// ([`ErrorKind::BodyNotSupplied`]), never accepted unchecked.
     pub body: Option<&'a [u8]>,
+    /// The body has not been read yet: check what the header fields can tell, and leave the
+    /// body to [`PendingCaller::body_received`].
+    body_follows: bool,
 }
 
 impl<'a, H: ?Sized> RequestView<'a, H> {
     /// A `GET` of `path` (with query) with these headers and no body.
     pub fn new(path: &'a str, headers: &'a H) -> Self {
-        Self { method: "GET", path, authority: "", headers, body: None }
+        Self { method: "GET", path, authority: "", headers, body: None, body_follows: false }
+    }
+
+    /// Says the body is still to be read: a signed request is then checked on its header fields
+    /// alone (WIT, signature, audience, parameters, and the policy), so a server reads the body
+    /// only of a caller that passed them, and the returned [`PendingCaller`] must be given the
+    /// body ([`PendingCaller::body_received`]) before it can be confirmed.
+    pub fn body_follows(mut self) -> Self {
+        self.body_follows = true;
+        self.body = None;
+        self
     }
 
     /// Sets the method.
@@ -501,7 +514,12 @@ impl Verifier {
     /// [`ErrorKind::ReplayQuotaExceeded`] (429), [`ErrorKind::ReplayCacheFull`] or
     /// [`ErrorKind::ReplayCacheUnavailable`] (503). Ready at once with the in-memory store.
     pub fn confirm(&self, pending: PendingCaller) -> Confirm {
-        let PendingCaller { caller, claim } = pending;
+        let PendingCaller { caller, claim, content } = pending;
+        if content.is_some() {
+            // Admitted on its header fields, and nobody checked its body: fail closed.
+            let error = Error::with_detail(ErrorKind::BodyNotSupplied, "the signed request's body was never checked");
+            return Confirm::done(Err(settle_rejection(&caller, error)));
+        }
         let Some(claim) = claim else {
             audit::allowed(caller.method.name(), &caller.id, caller.transaction().map(|t| t.txn()));
             return Confirm::done(Ok(caller));
@@ -573,8 +591,15 @@ impl Verifier {
             headers: request.headers,
         };
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let sig = httpsig::verify_request(&parts, request.body, &wit, audience_ok, &self.signature_validation, now)
-            .map_err(|e| self.config.explain_audience(e, request.path))?;
+        let (sig, content) = if request.body_follows {
+            let sig = httpsig::verify_request_headers(&parts, &wit, audience_ok, &self.signature_validation, now);
+            let digests = field_lines(request.headers, "content-digest")?;
+            (sig, Some(digests))
+        } else {
+            let sig = httpsig::verify_request(&parts, request.body, &wit, audience_ok, &self.signature_validation, now);
+            (sig, None)
+        };
+        let sig = sig.map_err(|e| self.config.explain_audience(e, request.path))?;
         // Covered context tokens are authenticated by the signature.
         let txn_token = single_value(
             request.headers,
@@ -590,7 +615,8 @@ impl Verifier {
         );
         let method =
             ProofMethod::HttpSignature { nonce: sig.nonce, expires: sig.expires, sign_response: sig.sign_response };
-        Ok(PendingCaller { caller: self.caller(&wit, method, txn_token, BTreeMap::new()), claim: Some(claim) })
+        let caller = self.caller(&wit, method, txn_token, BTreeMap::new());
+        Ok(PendingCaller { caller, claim: Some(claim), content })
     }
 
     /// Validates a WIT against the current anchors; a token naming a key the anchors do not
@@ -685,8 +711,17 @@ impl Verifier {
         let claim = ReplayClaim::wpt(wit.subject(), &jti, exp.saturating_add(leeway), earliest);
         let method = ProofMethod::Wpt { jti, exp };
         let caller = self.caller(&wit, method, context.txn_token, context.other_tokens);
-        Ok(PendingCaller { caller, claim: Some(claim) })
+        Ok(PendingCaller { caller, claim: Some(claim), content: None })
     }
+}
+
+/// Every field line of `name` as text (a signed request's `Content-Digest`, kept until its body
+/// arrives; the header fields' own size limit bounds them).
+fn field_lines<H: HeaderSource + ?Sized>(headers: &H, name: &str) -> Result<Vec<String>> {
+    headers
+        .header_values(name)
+        .map(|v| std::str::from_utf8(v).map(str::to_owned).map_err(|_| Error::new(ErrorKind::InvalidHeaderValue)))
+        .collect()
 }
 
 /// Txn-Tokens are cached like WITs, and not at all when they are not validated.

@@ -13,9 +13,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 use wimse_core::caller::TlsPeer;
+use wimse_core::exchange::{BodyFailure, ResponseSigner};
 use wimse_core::guard::Guard;
 use wimse_core::http::Rejection;
-use wimse_core::httpsig::{RequestParts, has_signature};
+use wimse_core::httpsig::has_signature;
 use wimse_core::policy::Policy;
 use wimse_core::sign::Signer;
 use wimse_core::verify::{RequestView, Verifier};
@@ -95,6 +96,12 @@ impl WimseLayer {
     /// The largest signed-request body buffered for its digest (default 1 MiB; beyond: 413).
     pub fn body_limit(self, bytes: usize) -> Self {
         Self::from(Arc::unwrap_or_clone(self.guard).body_limit(bytes))
+    }
+
+    /// How long a signed request's body may take to arrive once its header fields passed
+    /// (default 10 s; beyond: 408). Nothing is read of a body before its headers are checked.
+    pub fn body_deadline(self, deadline: std::time::Duration) -> Self {
+        Self::from(Arc::unwrap_or_clone(self.guard).body_deadline(deadline))
     }
 
     /// Signs responses that callers ask to be signed, with this service's own credentials.
@@ -241,7 +248,8 @@ fn reject<B>(error: &Error, grpc: bool) -> Response<WimseBody<B>> {
     rejection_response(Rejection::from_error(error), grpc)
 }
 
-/// The signed-request path: buffer the body, verify, call the inner service, sign the response.
+/// The signed-request path (the steps are [`wimse_core::exchange`]'s): the header checks, the
+/// body within its limit and deadline, the claim, the inner service, the signed response.
 async fn signed<S, ReqBody, ResBody>(
     layer: WimseLayer,
     mut inner: S,
@@ -255,77 +263,42 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, layer.guard.max_body()).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-            let error = if too_large {
-                Error::with_detail(ErrorKind::BodyTooLarge, format!("over {} bytes", layer.guard.max_body()))
-            } else {
-                Error::with_detail(ErrorKind::SignatureMalformed, "the request body could not be read")
-                    .in_signature_mode()
-            };
-            return Ok(reject(&error, false));
-        }
-    };
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
     let authority = parts.uri.authority().map(|a| a.as_str()).or(host).unwrap_or_default();
-    let view = RequestView::new(path, &parts.headers).method(parts.method.as_str()).authority(authority).body(&body);
-    let caller = match layer.guard.admit(&view, parts.extensions.get::<TlsPeer>()) {
-        Ok(Some(pending)) => match layer.guard.confirm(pending).await {
-            Ok(caller) => Some(caller),
-            Err(error) => return Ok(reject(&error, false)),
-        },
-        Ok(None) => None,
+    let view = RequestView::new(path, &parts.headers).method(parts.method.as_str()).authority(authority);
+    let exchange = match layer.guard.signed_exchange(view, parts.extensions.get::<TlsPeer>()) {
+        Ok(exchange) => exchange,
         Err(error) => return Ok(reject(&error, false)),
     };
-    let request_nonce = match layer.guard.response_nonce(caller.as_ref()) {
-        Ok(nonce) => nonce,
-        Err(error) => return Ok(reject(&error, false)),
-    };
-    // Kept to build the response signature's `;req` components, when there will be one.
-    let signing = match (request_nonce, layer.guard.response_signer()) {
-        (Some(nonce), Some(signer)) => {
-            Some((nonce, signer, parts.method.clone(), parts.uri.clone(), parts.headers.clone()))
+    let read = tokio::time::timeout(exchange.body_deadline(), Limited::new(body, exchange.body_limit()).collect());
+    let body = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Ok(reject(&exchange.refuse_body(BodyFailure::TooLarge), false));
         }
-        _ => None,
+        Ok(Err(_)) => return Ok(reject(&exchange.refuse_body(BodyFailure::Unreadable), false)),
+        Err(_) => return Ok(reject(&exchange.refuse_body(BodyFailure::TimedOut), false)),
+    };
+    let admitted = match exchange.admit_body(&body).await {
+        Ok(admitted) => admitted,
+        Err(error) => return Ok(reject(&error, false)),
     };
     let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
-    if let Some(caller) = caller {
+    if let Some(caller) = admitted.caller {
         req.extensions_mut().insert(caller);
     }
     let response = inner.call(req).await?;
-    let Some((nonce, signer, method, uri, req_headers)) = signing else {
+    let Some(signer) = admitted.response else {
         return Ok(response.map(Either::Left));
     };
     let (mut res_parts, res_body) = response.into_parts();
-    let res_body = match Limited::new(res_body, layer.guard.max_body()).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return Ok(reject(
-                &Error::with_detail(
-                    ErrorKind::SignedResponseUnsupported,
-                    "the response could not be buffered for signing",
-                ),
-                false,
-            ));
-        }
+    let Ok(collected) = Limited::new(res_body, layer.guard.max_body()).collect().await else {
+        return Ok(reject(&ResponseSigner::unbufferable(), false));
     };
-    let (path, query) = match uri.path_and_query() {
-        Some(pq) => (pq.path(), pq.query()),
-        None => ("/", None),
-    };
-    let host = req_headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
-    let authority = uri.authority().map(|a| a.as_str()).or(host).unwrap_or_default();
-    let req_parts =
-        RequestParts { method: method.as_str(), scheme: "https", authority, path, query, headers: &req_headers };
-    let status = res_parts.status.as_u16();
-    if let Err(error) =
-        signer.sign_response_headers(&mut res_parts.headers, status, &req_parts, Some(&res_body), &nonce)
-    {
-        tracing::warn!(reason = error.reason(), "wimse: could not sign the response");
-        return Ok(reject(&Error::with_detail(ErrorKind::SignedResponseUnavailable, "response signing failed"), false));
+    let res_body = collected.to_bytes();
+    if let Err(error) = signer.sign(res_parts.status.as_u16(), &mut res_parts.headers, &res_body) {
+        return Ok(reject(&error, false));
     }
     Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
 }

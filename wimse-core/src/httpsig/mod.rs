@@ -305,13 +305,7 @@ fn check_body<H: HeaderSource + ?Sized>(headers: &H, body: Option<&[u8]>) -> Res
         }
         return Ok(());
     };
-    if body.is_empty() && digests.is_empty() {
-        return Ok(());
-    }
-    if digests.is_empty() {
-        return Err(Error::with_detail(ErrorKind::MissingCoveredComponent, "a body without Content-Digest"));
-    }
-    verify_content_digest(&digests, body)
+    check_content(&digests, body)
 }
 
 fn verify_bytes(sig: &ParsedSignature, base: &str, wit: &VerifiedWit, backend: Backend) -> Result<()> {
@@ -341,6 +335,21 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
     cfg: &SignatureValidation,
     now: u64,
 ) -> Result<VerifiedSignature> {
+    let verified = verify_request_headers(req, wit, audience_ok, cfg, now)?;
+    check_body(req.headers, body)?;
+    Ok(verified)
+}
+
+/// [`verify_request`] without the content: everything the header fields can tell (parameters,
+/// coverage, audience, the signature over its base, which covers `Content-Digest`). A server
+/// checks this before it reads a byte of the body, then the body with [`check_content`].
+pub fn verify_request_headers<H: HeaderSource + ?Sized>(
+    req: &RequestParts<'_, H>,
+    wit: &VerifiedWit,
+    audience_ok: impl Fn(&str) -> bool,
+    cfg: &SignatureValidation,
+    now: u64,
+) -> Result<VerifiedSignature> {
     let inputs = text_values(req.headers, SIGNATURE_INPUT_HEADER)?;
     let values = text_values(req.headers, SIGNATURE_HEADER)?;
     if inputs.is_empty() {
@@ -362,8 +371,19 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
     }
     let base = signature_base::<H, HeaderMap>(&sig.components, &sig.signature_params, Some(req), None)?;
     verify_bytes(&sig, &base, wit, cfg.backend)?;
-    check_body(req.headers, body)?;
     Ok(verified)
+}
+
+/// Checks a received body against the `Content-Digest` values of its message (all field lines,
+/// as sent): a body needs a digest, and the digest must match; an empty body needs none.
+pub fn check_content(digests: &[&str], body: &[u8]) -> Result<()> {
+    if body.is_empty() && digests.is_empty() {
+        return Ok(());
+    }
+    if digests.is_empty() {
+        return Err(Error::with_detail(ErrorKind::MissingCoveredComponent, "a body without Content-Digest"));
+    }
+    verify_content_digest(digests, body)
 }
 
 /// Verifies a signed response against the request it answers. `server_wit` is the responder's

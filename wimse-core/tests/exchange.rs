@@ -1,0 +1,94 @@
+//! The server side of a signed exchange (`wimse_core::exchange`): every header check before the
+//! body is read, the body against `Content-Digest` after, the claim last, and no way to confirm a
+//! caller whose body was never checked.
+
+mod common;
+
+use common::*;
+use wimse_core::exchange::BodyFailure;
+use wimse_core::prelude::*;
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => unreachable!("the in-memory store answers at once"),
+    }
+}
+
+fn view(headers: &http::HeaderMap) -> RequestView<'_, http::HeaderMap> {
+    RequestView::new(PATH, headers).method("POST").authority("payments.example")
+}
+
+#[test]
+fn the_body_is_checked_after_the_headers_and_before_the_claim() {
+    let f = Fixture::new();
+    let headers = f.signed_request("POST", Some(b"amount=1"), false);
+    let guard = Guard::new(f.verifier());
+    // Another body than the signed one: refused after the headers passed, nonce not claimed.
+    let exchange = guard.signed_exchange(view(&headers), None).unwrap();
+    let err = block_on(exchange.admit_body(b"amount=9")).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::ContentDigestMismatch);
+    assert!(err.is_signature_mode());
+    // The same request with its own body passes: the refused one claimed nothing.
+    let exchange = guard.signed_exchange(view(&headers), None).unwrap();
+    let admitted = block_on(exchange.admit_body(b"amount=1")).unwrap();
+    assert_eq!(admitted.caller.unwrap().id(), &f.id);
+    assert!(admitted.response.is_none(), "no signed response asked for");
+    // And now its nonce is a replay.
+    let exchange = guard.signed_exchange(view(&headers), None).unwrap();
+    assert_eq!(block_on(exchange.admit_body(b"amount=1")).unwrap_err().kind(), &ErrorKind::ReplayedProof);
+    // A body where the signature covers no Content-Digest is refused too.
+    let bodiless = f.signed_request("POST", None, false);
+    let exchange = guard.signed_exchange(view(&bodiless), None).unwrap();
+    assert_eq!(block_on(exchange.admit_body(b"smuggled")).unwrap_err().kind(), &ErrorKind::MissingCoveredComponent);
+}
+
+#[test]
+fn header_failures_come_before_the_body() {
+    let f = Fixture::new();
+    let headers = f.signed_request("POST", Some(b"amount=1"), false);
+    // A verifier that takes only WPTs refuses the signed request from its headers.
+    let only_wpt = Guard::new(f.verifier_with(f.config().only_wpt()));
+    let err = only_wpt.signed_exchange(view(&headers), None).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::NoWimseSignature);
+    // The policy too.
+    let denying = Guard::new(f.verifier()).policy(Policy::named("nobody"));
+    assert_eq!(denying.signed_exchange(view(&headers), None).unwrap_err().kind(), &ErrorKind::PolicyDenied);
+    // A signed response asked of a guard that signs none: 501 before the body.
+    let asking = f.signed_request("POST", Some(b"amount=1"), true);
+    let guard = Guard::new(f.verifier());
+    let err = guard.signed_exchange(view(&asking), None).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::SignedResponseUnsupported);
+}
+
+#[test]
+fn body_failures_are_named() {
+    let f = Fixture::new();
+    let headers = f.signed_request("POST", Some(b"amount=1"), false);
+    let guard = Guard::new(f.verifier()).body_limit(10).body_deadline(std::time::Duration::from_millis(250));
+    let exchange = guard.signed_exchange(view(&headers), None).unwrap();
+    assert_eq!(exchange.body_limit(), 10);
+    assert_eq!(exchange.body_deadline(), std::time::Duration::from_millis(250));
+    let status = |failure| Rejection::from_error(&exchange.refuse_body(failure)).status().as_u16();
+    assert_eq!(status(BodyFailure::TooLarge), 413);
+    assert_eq!(status(BodyFailure::TimedOut), 408);
+    assert_eq!(exchange.refuse_body(BodyFailure::TimedOut).kind(), &ErrorKind::BodyTimeout);
+    assert_eq!(status(BodyFailure::Unreadable), 400);
+}
+
+#[test]
+fn a_caller_admitted_on_its_headers_cannot_be_confirmed_without_its_body() {
+    let f = Fixture::new();
+    let headers = f.signed_request("POST", Some(b"amount=1"), false);
+    let verifier = f.verifier();
+    let pending = verifier.authenticate(&view(&headers).body_follows()).unwrap();
+    assert!(pending.awaits_body());
+    let err = verifier.confirm(pending).take_ready().unwrap().unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::BodyNotSupplied);
+    // Given its body, the same request confirms (the refused confirmation claimed nothing).
+    let pending = verifier.authenticate(&view(&headers).body_follows()).unwrap();
+    let pending = pending.body_received(b"amount=1").unwrap();
+    assert!(!pending.awaits_body());
+    verifier.confirm(pending).take_ready().unwrap().unwrap();
+}
