@@ -51,6 +51,9 @@ pub struct Guard {
     responses: Option<Signer>,
     sign_all: bool,
     application_identity: bool,
+    routes: Vec<(String, Policy)>,
+    streams_end_at_expiry: bool,
+    max_stream_age: Option<Duration>,
 }
 
 /// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
@@ -73,6 +76,9 @@ impl Guard {
             responses: None,
             sign_all: false,
             application_identity: false,
+            routes: Vec::new(),
+            streams_end_at_expiry: true,
+            max_stream_age: None,
         }
     }
 
@@ -150,10 +156,66 @@ impl Guard {
         self
     }
 
-    /// Applies `policy` to every verified caller (403 when denied).
+    /// Applies `policy` to every verified caller (403 when denied), except on the paths a
+    /// [`route_policy`](Self::route_policy) covers.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
+    }
+
+    /// Applies `policy` instead of the general one to requests whose path is `route` (exactly),
+    /// or starts with `route` when it ends with `/`; the longest matching route wins. For gRPC a
+    /// route is a method (`/orders.v1.Orders/Cancel`) or a service (`/orders.v1.Orders/`); with
+    /// a general policy that allows nobody, unlisted methods are refused. Checked before the
+    /// proof is claimed, like the general policy. Paths are compared byte for byte as received
+    /// (no decoding, no dot segments resolved): for REST routes, prefer the framework's own
+    /// per-route layers, which see its routing.
+    pub fn route_policy(mut self, route: impl Into<String>, policy: Policy) -> Self {
+        self.routes.push((route.into(), policy));
+        // Longest first, so the first match is the most specific.
+        self.routes.sort_by_key(|(route, _)| std::cmp::Reverse(route.len()));
+        self
+    }
+
+    /// The policy that applies to `path` (a request target; its query is ignored).
+    pub fn policy_for(&self, path: &str) -> Option<&Policy> {
+        let path = path.split_once('?').map_or(path, |(path, _)| path);
+        let route = self.routes.iter().find(|(route, _)| match route.strip_suffix('/') {
+            Some(_) => path.starts_with(route.as_str()),
+            None => path == route,
+        });
+        route.map(|(_, policy)| policy).or(self.policy.as_ref())
+    }
+
+    /// Lets streamed responses (gRPC streams) run on after the caller's credentials expired.
+    /// By default a stream ends with `UNAUTHENTICATED` when the WIT that opened it expires
+    /// (after the verifier's leeway), as a new call with it would be refused.
+    pub fn keep_streams_past_expiry(mut self) -> Self {
+        self.streams_end_at_expiry = false;
+        self
+    }
+
+    /// Ends every streamed response after `age` at most, whatever the credentials (mutual-TLS
+    /// callers included, whose certificate expiry does not end a stream).
+    pub fn max_stream_age(mut self, age: Duration) -> Self {
+        self.max_stream_age = Some(age);
+        self
+    }
+
+    /// How much longer a streamed response to `caller` may run: until its credentials expire
+    /// (unless [`keep_streams_past_expiry`](Self::keep_streams_past_expiry)) and within
+    /// [`max_stream_age`](Self::max_stream_age); `None` when neither bounds it.
+    pub fn stream_deadline(&self, caller: Option<&VerifiedCaller>) -> Option<Duration> {
+        let expiry =
+            caller.filter(|_| self.streams_end_at_expiry).map(VerifiedCaller::wit_expires_at).filter(|exp| *exp > 0);
+        let by_credentials = expiry.map(|exp| {
+            let until = exp.saturating_add(self.verifier.config().leeway);
+            Duration::from_secs(until.saturating_sub(self.verifier.now()))
+        });
+        match (by_credentials, self.max_stream_age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Stages 1–3 of the inbound pipeline: framing, credentials (CPU only, no I/O) and the
@@ -190,7 +252,7 @@ impl Guard {
             audit::rejected(pending.method().name(), Some(pending.id()), &error);
             return Err(error);
         }
-        if let Some(policy) = &self.policy
+        if let Some(policy) = self.policy_for(request.path)
             && let Err(error) = policy.check(&pending.caller)
         {
             audit::rejected(pending.method().name(), Some(pending.id()), &error);
@@ -287,5 +349,70 @@ mod tests {
         let always = Guard::new(verifier).sign_responses(signer).always_sign_responses();
         assert_eq!(always.response_nonce(Some(&caller(false))).unwrap().as_deref(), Some("n"));
         assert_eq!(always.response_nonce(None).unwrap(), None);
+    }
+
+    #[test]
+    fn route_policies_choose_the_longest_route_exact_or_prefix() {
+        use crate::policy::Rule;
+        use crate::trust::TrustStore;
+        use crate::verify::VerifierConfig;
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        let named = |name: &str| Policy::named(name).allow(Rule::any());
+        let guard = Guard::new(verifier)
+            .policy(named("general"))
+            .route_policy("/pkg.Svc/", named("service"))
+            .route_policy("/pkg.Svc/Get", named("get"));
+        let name = |path: &str| guard.policy_for(path).map(Policy::name);
+        assert_eq!(name("/pkg.Svc/Get"), Some("get"));
+        assert_eq!(name("/pkg.Svc/Get?x=1"), Some("get"), "the query is not part of the route");
+        assert_eq!(name("/pkg.Svc/GetAll"), Some("service"), "an exact route is not a prefix");
+        assert_eq!(name("/pkg.Svc/"), Some("service"));
+        assert_eq!(name("/pkg.Svc"), Some("general"), "a prefix route needs its slash");
+        assert_eq!(name("/pkg.SvcX/Get"), Some("general"));
+        assert_eq!(name("/other"), Some("general"));
+    }
+
+    #[test]
+    fn streams_end_with_the_credentials_or_their_age() {
+        use crate::time::FixedClock;
+        use crate::trust::TrustStore;
+        use crate::verify::VerifierConfig;
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_leeway(5))
+            .unwrap()
+            .with_clock(FixedClock::new(1_000));
+        let issuer = crate::jose::SigningKey::generate(crate::jose::Algorithm::ES256).unwrap();
+        let key = crate::jose::SigningKey::generate(crate::jose::Algorithm::ES256).unwrap();
+        let wit = crate::wit::WitIssuer::new(issuer.clone())
+            .with_lifetime(100)
+            .issue(&"spiffe://a.example/c".parse().unwrap(), key.public_jwk(), 950)
+            .unwrap();
+        let trust = TrustStore::new().with(
+            "spiffe://a.example".parse().unwrap(),
+            crate::trust::TrustAnchors::new().with_key(issuer.public_key().clone()),
+        );
+        let validated = crate::wit::validate_wit(&wit, &trust, &Default::default(), 1_000).unwrap();
+        let caller = VerifiedCaller {
+            id: validated.subject().clone(),
+            method: ProofMethod::Wpt { jti: "j".into(), exp: 1_010 },
+            credential: crate::caller::Credential::Wit(std::sync::Arc::new(validated)),
+            txn_token: None,
+            transaction: None,
+            context_tokens: Default::default(),
+        };
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        // WIT exp 1050 + leeway 5, now 1000: 55 s.
+        let guard = Guard::new(verifier);
+        assert_eq!(secs(guard.stream_deadline(Some(&caller))), Some(55));
+        assert_eq!(
+            secs(guard.clone().max_stream_age(Duration::from_secs(10)).stream_deadline(Some(&caller))),
+            Some(10)
+        );
+        assert_eq!(
+            secs(guard.clone().max_stream_age(Duration::from_secs(99)).stream_deadline(Some(&caller))),
+            Some(55)
+        );
+        assert_eq!(guard.clone().keep_streams_past_expiry().stream_deadline(Some(&caller)), None);
+        assert_eq!(secs(guard.clone().max_stream_age(Duration::from_secs(7)).stream_deadline(None)), Some(7));
+        assert_eq!(guard.stream_deadline(None), None);
     }
 }

@@ -303,9 +303,31 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether a request is gRPC (`content-type: application/grpc…`).
+/// Whether a message's content is gRPC: a `content-type` whose media type is `application/grpc`
+/// or one of its variants (`application/grpc+proto`, `application/grpc-web`, parameters after
+/// `;`), compared case-insensitively as media types are. Such a body is a stream: an HTTP
+/// signature cannot cover it.
 pub fn is_grpc<H: HeaderSource + ?Sized>(headers: &H) -> bool {
-    headers.header_values("content-type").next().is_some_and(|v| v.starts_with(b"application/grpc"))
+    const GRPC: &[u8] = b"application/grpc";
+    headers.header_values("content-type").next().is_some_and(|value| {
+        let value = value.trim_ascii_start();
+        value.len() >= GRPC.len()
+            && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(value.get(GRPC.len()), None | Some(b'+' | b'-' | b';' | b' ' | b'\t'))
+    })
+}
+
+/// Whether a refusal is answered the gRPC way (HTTP 200 with `grpc-status`, a "trailers-only"
+/// response; see [`Rejection::into_grpc_response`]): only for what is a gRPC call by the
+/// protocol's own definition, an HTTP/2 request with a gRPC content type and `te: trailers`.
+/// Anything else, a REST route called with a borrowed gRPC content type included, is refused
+/// with its HTTP status, never with a 200.
+pub fn answers_as_grpc<H: HeaderSource + ?Sized>(version: http::Version, headers: &H) -> bool {
+    version == http::Version::HTTP_2
+        && is_grpc(headers)
+        && headers
+            .header_values("te")
+            .any(|v| v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers")))
 }
 
 impl From<&Error> for Rejection {

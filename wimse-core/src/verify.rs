@@ -434,6 +434,11 @@ impl Verifier {
         self
     }
 
+    /// The current time on this verifier's clock (seconds since the epoch).
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &VerifierConfig {
         &self.config

@@ -45,6 +45,7 @@ mod mtls;
 mod require;
 mod server;
 mod signature;
+mod stream;
 
 pub use client::{SignFuture, WimseSign, WimseSignLayer};
 #[cfg(feature = "mtls")]
@@ -52,6 +53,7 @@ pub use mtls::mtls_connector;
 pub use require::{RequirePolicy, RequirePolicyLayer};
 pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, WimseBody, WimseLayer, WimseRequestBody, WimseService};
 pub use signature::{SignatureFuture, WimseSignature, WimseSignatureLayer};
+pub use stream::ExpiringBody;
 pub use wimse_core;
 
 /// The layers and the core prelude.

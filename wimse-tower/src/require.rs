@@ -62,13 +62,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let grpc = wimse_core::http::is_grpc(req.headers());
+        let grpc = wimse_core::http::answers_as_grpc(req.version(), req.headers());
         let decision = match req.extensions().get::<VerifiedCaller>() {
             Some(caller) => self.policy.check(caller),
             None => Err(Error::with_detail(ErrorKind::MissingWit, "route requires a verified caller")),
         };
         match decision {
-            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
             Err(e) => {
                 // The route's own decision, logged like the layer's (the caller may have
                 // passed the layer: this event is the request's final one).

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::caller::TlsPeer;
+use wimse_core::caller::{TlsPeer, VerifiedCaller};
 use wimse_core::exchange::{BodyFailure, ResponseSigner};
 use wimse_core::guard::Guard;
 use wimse_core::http::Rejection;
@@ -23,10 +23,12 @@ use wimse_core::verify::{RequestView, Verifier};
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
+use crate::stream::ExpiringBody;
 
-/// Body of responses from [`WimseService`]: the inner service's body, or a rejection's problem JSON
-/// (or a signed response's buffered body).
-pub type WimseBody<B> = Either<B, Full<Bytes>>;
+/// Body of responses from [`WimseService`]: the inner service's body (ended when a gRPC
+/// caller's credentials expire, see [`ExpiringBody`]), or a rejection's problem JSON (or a
+/// signed response's buffered body).
+pub type WimseBody<B> = Either<ExpiringBody<B>, Full<Bytes>>;
 
 /// Body of requests passed on by [`WimseService`]: the original body, or the buffered bytes that a
 /// signed request's `Content-Digest` was checked against (the handler sees exactly those).
@@ -91,6 +93,24 @@ impl WimseLayer {
     /// Applies `policy` to every verified caller (403 when denied).
     pub fn policy(self, policy: Policy) -> Self {
         Self::from(Arc::unwrap_or_clone(self.guard).policy(policy))
+    }
+
+    /// Applies `policy` instead of the general one on `route` (an exact path, or a prefix
+    /// ending in `/`; for gRPC a method `/pkg.Service/Method` or a service `/pkg.Service/`);
+    /// see [`Guard::route_policy`]. Checked before the proof is claimed.
+    pub fn route_policy(self, route: impl Into<String>, policy: Policy) -> Self {
+        Self::from(Arc::unwrap_or_clone(self.guard).route_policy(route, policy))
+    }
+
+    /// Lets gRPC streams run on after the caller's credentials expired (by default a stream
+    /// ends with `UNAUTHENTICATED`, `credentials_expired`, when the WIT that opened it expires).
+    pub fn keep_streams_past_expiry(self) -> Self {
+        Self::from(Arc::unwrap_or_clone(self.guard).keep_streams_past_expiry())
+    }
+
+    /// Ends every gRPC stream after `age` at most (mutual-TLS callers included).
+    pub fn max_stream_age(self, age: std::time::Duration) -> Self {
+        Self::from(Arc::unwrap_or_clone(self.guard).max_stream_age(age))
     }
 
     /// The largest signed-request body buffered for its digest (default 1 MiB; beyond: 413).
@@ -191,9 +211,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let grpc = wimse_core::http::is_grpc(req.headers());
+        let grpc = wimse_core::http::answers_as_grpc(req.version(), req.headers());
         if has_signature(req.headers()) {
-            if grpc {
+            if wimse_core::http::is_grpc(req.headers()) {
                 // A gRPC body is a stream the signature's Content-Digest cannot cover before
                 // it ends: refuse plainly rather than buffer a stream.
                 let error = Error::with_detail(
@@ -201,7 +221,7 @@ where
                     "HTTP message signatures are not supported for gRPC; use a WPT",
                 );
                 wimse_core::audit::rejected("http-signature", None, &error);
-                return ResponseFuture::rejected(reject(&error, true));
+                return ResponseFuture::rejected(reject(&error, grpc));
             }
             // The inner service was made ready by `poll_ready`; hand that one to the future and
             // keep a fresh clone (the usual tower pattern for services called from a future).
@@ -213,28 +233,32 @@ where
         let tls = req.extensions().get::<TlsPeer>();
         let pending = match self.layer.guard.admit(&view.authority(authority(&req)), tls) {
             Ok(Some(pending)) => pending,
-            Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left))),
+            Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left)), None),
             Err(error) => return ResponseFuture::rejected(reject(&error, grpc)),
         };
         let mut confirm = self.layer.guard.confirm(pending);
         match confirm.take_ready() {
             // The in-memory store answers at once: no allocation, no extra poll.
             Some(Ok(caller)) => {
+                let deadline = stream_deadline(&self.layer.guard, grpc, &caller);
                 let mut req = req.map(Either::Left);
                 req.extensions_mut().insert(caller);
-                ResponseFuture::inner(self.inner.call(req))
+                ResponseFuture::inner(self.inner.call(req), deadline)
             }
             Some(Err(error)) => ResponseFuture::rejected(reject(&error, grpc)),
             // A shared store answers later; the request waits without holding a thread.
             None => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
+                let guard = self.layer.guard.clone();
                 ResponseFuture::boxed(Box::pin(async move {
                     match confirm.await {
                         Ok(caller) => {
+                            let deadline = stream_deadline(&guard, grpc, &caller);
                             let mut req = req.map(Either::Left);
                             req.extensions_mut().insert(caller);
-                            inner.call(req).await.map(|response| response.map(Either::Left))
+                            let response = inner.call(req).await?;
+                            Ok(response.map(|body| Either::Left(ExpiringBody::new(body, deadline))))
                         }
                         Err(error) => Ok(reject(&error, grpc)),
                     }
@@ -242,6 +266,14 @@ where
             }
         }
     }
+}
+
+/// When a gRPC call's response (maybe a stream) must end: when the caller's credentials do.
+fn stream_deadline(guard: &Guard, grpc: bool, caller: &VerifiedCaller) -> Option<tokio::time::Instant> {
+    if !grpc {
+        return None;
+    }
+    guard.stream_deadline(Some(caller)).map(|left| tokio::time::Instant::now() + left)
 }
 
 fn reject<B>(error: &Error, grpc: bool) -> Response<WimseBody<B>> {
@@ -290,7 +322,7 @@ where
     }
     let response = inner.call(req).await?;
     let Some(signer) = admitted.response else {
-        return Ok(response.map(Either::Left));
+        return Ok(response.map(|body| Either::Left(ExpiringBody::unbounded(body))));
     };
     let (mut res_parts, res_body) = response.into_parts();
     let Ok(collected) = Limited::new(res_body, layer.guard.max_body()).collect().await else {
@@ -316,15 +348,16 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Inner { #[pin] future: F },
+        Inner { #[pin] future: F, deadline: Option<tokio::time::Instant> },
         Rejected { response: Option<Response<WimseBody<B>>> },
         Boxed { future: BoxedResponse<B, E> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn inner(future: F) -> Self {
-        Self { kind: Kind::Inner { future } }
+    /// The inner service's answer, its body ended at `deadline` if one is given.
+    pub(crate) fn inner(future: F, deadline: Option<tokio::time::Instant>) -> Self {
+        Self { kind: Kind::Inner { future, deadline } }
     }
 
     pub(crate) fn rejected(response: Response<WimseBody<B>>) -> Self {
@@ -344,7 +377,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { future } => Poll::Ready(ready!(future.poll(cx)).map(|r| r.map(Either::Left))),
+            KindProj::Inner { future, deadline } => {
+                let deadline = *deadline;
+                Poll::Ready(
+                    ready!(future.poll(cx)).map(|r| r.map(|body| Either::Left(ExpiringBody::new(body, deadline)))),
+                )
+            }
             KindProj::Rejected { response } => Poll::Ready(Ok(response.take().unwrap_or_else(polled_after_ready))),
             KindProj::Boxed { future } => future.as_mut().poll(cx),
         }

@@ -176,3 +176,241 @@ async fn http_signatures_are_refused_for_grpc() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert_eq!(status.message(), "unsupported_proof");
 }
+
+/// The message of `rpc Ticks(Hello) returns (stream Hello)`: one message every 50 ms, forever.
+struct TicksMethod;
+
+impl tonic::server::ServerStreamingService<Hello> for TicksMethod {
+    type Response = Hello;
+    type ResponseStream = Pin<Box<dyn futures_core::Stream<Item = Result<Hello, tonic::Status>> + Send>>;
+    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(&mut self, _: tonic::Request<Hello>) -> Self::Future {
+        Box::pin(async move {
+            let ticks = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Some((Ok(Hello { text: n.to_string() }), n + 1))
+            });
+            Ok(tonic::Response::new(Box::pin(ticks) as Self::ResponseStream))
+        })
+    }
+}
+
+/// A service with `Hello` (unary), `Ticks` (server streaming) and `Other` (unary); `Other`
+/// answers with the method name, so a test sees which calls got through.
+#[derive(Clone)]
+struct Streams;
+
+impl tonic::server::NamedService for Streams {
+    const NAME: &'static str = "wimse.test.Streams";
+}
+
+impl<B> tower::Service<http::Request<B>> for Streams
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(match request.uri().path() {
+                "/wimse.test.Streams/Ticks" => grpc.server_streaming(TicksMethod, request).await,
+                "/wimse.test.Streams/Hello" | "/wimse.test.Streams/Other" => grpc.unary(HelloMethod, request).await,
+                _ => tonic::Status::unimplemented("no such method").into_http(),
+            })
+        })
+    }
+}
+
+/// A tonic server of [`Streams`] behind `layer` (which `make` builds for the server's origin),
+/// accepting header lists up to 64 KiB.
+async fn serve_streams(make: impl FnOnce(&str) -> WimseLayer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let layer = make(&origin);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_max_header_list_size(64 * 1024)
+            .layer(layer)
+            .add_service(Streams)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap()
+    });
+    origin
+}
+
+async fn call<S>(channel: S, method: &'static str) -> Result<String, tonic::Status>
+where
+    S: tonic::client::GrpcService<tonic::body::Body>,
+    S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.into().to_string()))?;
+    let path = http::uri::PathAndQuery::from_static(method);
+    let response: tonic::Response<Hello> =
+        grpc.unary(tonic::Request::new(Hello { text: "hi".into() }), path, tonic_prost::ProstCodec::default()).await?;
+    Ok(response.into_inner().text)
+}
+
+/// A stream opened with a WIT that expires 2 s later ends with `UNAUTHENTICATED`
+/// (`credentials_expired`) at that moment (the verifier's leeway is 0 here), instead of living on.
+#[tokio::test]
+async fn a_stream_ends_when_the_credentials_that_opened_it_expire() {
+    let deployment = Deployment::new();
+    let origin = serve_streams(|origin| {
+        let config = VerifierConfig::new().with_origin(origin).with_leeway(0);
+        WimseLayer::new(Verifier::new(deployment.trust(), config).unwrap())
+    })
+    .await;
+    // Issued an hour minus two seconds ago by an issuer of one-hour WITs.
+    let expiring = Signer::new(StaticCredentials::new(deployment.credentials(ALLOWED, false, 3600 - 2)));
+    let channel = tonic::transport::Endpoint::from_shared(origin.clone()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(signed_channel(channel, expiring, &origin));
+    grpc.ready().await.map_err(|e| e.into().to_string()).unwrap();
+    let path = http::uri::PathAndQuery::from_static("/wimse.test.Streams/Ticks");
+    let response = grpc
+        .server_streaming(tonic::Request::new(Hello { text: String::new() }), path, tonic_prost::ProstCodec::default())
+        .await
+        .unwrap();
+    let mut stream: tonic::Streaming<Hello> = response.into_inner();
+    let mut received = 0;
+    // Bounded only so a regression fails rather than hangs; the stream ends on its own.
+    let end = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => received += 1,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends when the WIT expires");
+    let status = end.expect("ended with a status, not cleanly");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert_eq!(status.message(), "credentials_expired");
+    assert!(received > 0, "the stream ran until then");
+}
+
+/// Authorization per gRPC method: a general policy that allows nobody, a method-level policy
+/// for `Hello`; `Other` (unlisted) is refused before the handler, even for an allowed caller.
+#[tokio::test]
+async fn per_method_policies() {
+    let deployment = Deployment::new();
+    let origin = serve_streams(|origin| {
+        let readers = Policy::named("hello-callers").allow(Rule::exact(ALLOWED).unwrap());
+        WimseLayer::new(deployment.verifier(origin))
+            .policy(Policy::named("unlisted-methods"))
+            .route_policy("/wimse.test.Streams/Hello", readers)
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(origin.clone()).unwrap().connect().await.unwrap();
+    let allowed = signed_channel(channel.clone(), deployment.signer(ALLOWED), &origin);
+    assert_eq!(call(allowed.clone(), "/wimse.test.Streams/Hello").await.unwrap(), format!("hi, {ALLOWED}"));
+    let status = call(allowed, "/wimse.test.Streams/Other").await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (tonic::Code::PermissionDenied, "policy_denied"));
+    let denied = signed_channel(channel, deployment.signer(DENIED), &origin);
+    let status = call(denied, "/wimse.test.Streams/Hello").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+}
+
+/// gRPC is recognised by its media type whatever its case, so a signature cannot slip a
+/// stream past the layer as `Application/gRPC`; refusals are gRPC statuses only for gRPC calls
+/// (HTTP/2 with `te: trailers`): a plain HTTP/1.1 request borrowing the content type gets its
+/// HTTP status, never a 200.
+#[tokio::test]
+async fn grpc_is_told_by_its_media_type_and_protocol() {
+    let deployment = Deployment::new();
+    let origin = serve_streams(|origin| WimseLayer::new(deployment.verifier(origin))).await;
+    let signer = deployment.signer(ALLOWED);
+    let mut headers = http::HeaderMap::new();
+    let request = wimse_core::httpsig::OutgoingRequest {
+        method: "POST",
+        scheme: "http",
+        authority: origin.trim_start_matches("http://"),
+        path: "/wimse.test.Streams/Hello",
+        query: None,
+        body: None,
+        aud: &format!("{origin}/wimse.test.Streams/Hello"),
+        sign_response: false,
+    };
+    signer.sign_request_signature(&mut headers, &request).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(origin.clone()).unwrap().connect().await.unwrap();
+    let shouting = ServiceBuilder::new()
+        .map_request(move |mut request: http::Request<tonic::body::Body>| {
+            request.headers_mut().extend(headers.clone());
+            request.headers_mut().insert("content-type", http::HeaderValue::from_static("Application/gRPC+proto"));
+            request
+        })
+        .service(channel);
+    let status = call(shouting, "/wimse.test.Streams/Hello").await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "unsupported_proof"));
+
+    // HTTP/1.1 with a gRPC content type is no gRPC call: 401, not a trailers-only 200. (The
+    // server speaks HTTP/2 only, so this goes to a plain hyper server with the same layer.)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let layer = WimseLayer::new(deployment.verifier(&base));
+    tokio::spawn(async move {
+        let app = ServiceBuilder::new().layer(layer).service(tower::service_fn(|_: http::Request<_>| async {
+            Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"rest"))))
+        }));
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await
+            .unwrap();
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{base}/orders"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("grpc-status").is_none());
+}
+
+/// Header lists beyond h2's default 16 KiB reach the layer when the server allows them (tonic:
+/// `http2_max_header_list_size`), which then answers with gRPC statuses: three fields of 8 KiB
+/// are read (and this junk WIT refused as `malformed_token`), a 9 KiB token is `oversized_token`.
+#[tokio::test]
+async fn large_credentials_get_grpc_statuses() {
+    let deployment = Deployment::new();
+    let origin = serve_streams(|origin| WimseLayer::new(deployment.verifier(origin))).await;
+    let channel = tonic::transport::Endpoint::from_shared(origin.clone()).unwrap().connect().await.unwrap();
+    let with = |fields: Vec<(&'static str, String)>| {
+        ServiceBuilder::new()
+            .map_request(move |mut request: http::Request<tonic::body::Body>| {
+                for (name, value) in &fields {
+                    request.headers_mut().insert(*name, http::HeaderValue::from_str(value).unwrap());
+                }
+                request
+            })
+            .service(channel.clone())
+    };
+    let eight_k = "a".repeat(8000);
+    let three = with(vec![
+        ("workload-identity-token", format!("{eight_k}.b.c")),
+        ("authorization", format!("WPT {eight_k}.b.c")),
+        ("txn-token", eight_k.clone()),
+    ]);
+    let status = call(three, "/wimse.test.Streams/Hello").await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (tonic::Code::Unauthenticated, "malformed_token"));
+    let nine_k = with(vec![("workload-identity-token", "a".repeat(9000))]);
+    let status = call(nine_k, "/wimse.test.Streams/Hello").await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "oversized_token"));
+}
