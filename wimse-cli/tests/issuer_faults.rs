@@ -24,13 +24,17 @@ const RETRY: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(2);
 
 fn write_config(dir: &TempDir, rotation_period: u64) -> std::path::PathBuf {
+    write_config_with(dir, rotation_period, 4)
+}
+
+fn write_config_with(dir: &TempDir, rotation_period: u64, max_lifetime: u64) -> std::path::PathBuf {
     let config = json!({
         "trust_domain": "spiffe://prod.example",
         "key_store": dir.path().join("keys.json"),
         "rotation_period": rotation_period,
         "refresh_hint": 1,
         "dev_mode": true,
-        "clients": [{"name": "demo", "dev_secret": SECRET, "allowed": [SUB], "max_lifetime": 4}]
+        "clients": [{"name": "demo", "dev_secret": SECRET, "allowed": [SUB], "max_lifetime": max_lifetime}]
     });
     let path = dir.path().join("issuer.json");
     std::fs::write(&path, config.to_string()).unwrap();
@@ -191,4 +195,44 @@ async fn replacing_the_key_store_under_a_running_issuer() {
             .is_some()
     );
     assert!(issuer.log_text().contains("the key store was replaced"), "{}", issuer.log_text());
+}
+
+/// After a key-store loss, a workload holding a long-lived WIT signed by a lost key renews as
+/// soon as its renewal task sees that the identity server no longer publishes that key (here
+/// checked every second), not at its scheduled renewal half an hour later: every verifier
+/// refuses that WIT as `unknown_key` meanwhile.
+#[tokio::test]
+async fn a_wit_signed_by_a_lost_key_is_renewed_at_once() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let dir = TempDir::new("wimse-fault-lost-long");
+    let store = dir.path().join("keys.json");
+    let mut issuer = IssuerProcess::start(&write_config_with(&dir, 3600, 3600), &dir.path().join("issuer.log"));
+    let trust = TrustHandle::default();
+    let _refresh = bundle_source(&issuer).spawn(trust.clone());
+    let credentials = IssuerCredentials::builder(issuer.base(), SUB, Bootstrap::Token(SECRET.into()))
+        .timeout(TIMEOUT)
+        .retry_interval(RETRY)
+        .key_check_interval(Some(Duration::from_secs(1)))
+        .connect()
+        .await
+        .unwrap();
+    let _renewal = credentials.spawn_renewal();
+    assert!(time_until(Duration::from_secs(5), || healthy(&credentials, &trust)).await.is_some());
+    let before = credentials.credentials(SystemClock.now()).unwrap();
+    assert!(before.expires_at() > SystemClock.now() + 3000, "an hour-long WIT, renewed in 30-40 minutes");
+
+    issuer.kill();
+    std::fs::remove_file(&store).unwrap();
+    issuer.restart();
+    // The verifier follows the new store and refuses the old WIT...
+    let lost = time_until(Duration::from_secs(15), || !verifies(&trust, before.wit())).await;
+    assert!(lost.is_some(), "the verifier never followed the new store");
+    // ...and the workload is accepted again soon after.
+    let recovery = time_until(Duration::from_secs(20), || healthy(&credentials, &trust)).await;
+    let recovery = recovery.expect("the workload kept a WIT no verifier accepts");
+    eprintln!("key store lost: the workload was accepted again {recovery:?} after the verifier followed");
+    assert!(recovery <= Duration::from_secs(1) + TIMEOUT + SLACK, "renewed after {recovery:?}");
+    let after = credentials.credentials(SystemClock.now()).unwrap();
+    assert_ne!(after.issuer_kid(), before.issuer_kid());
+    assert!(logs.text().contains("no longer publishes the key that signed this WIT"), "the renewal says why");
 }

@@ -24,6 +24,7 @@ pub struct Credentials {
     key: SigningKey,
     subject: WorkloadId,
     expires_at: u64,
+    issuer_kid: Option<Arc<str>>,
 }
 
 impl Credentials {
@@ -45,8 +46,10 @@ impl Credentials {
         if cnf.thumbprint() != key.public_key().thumbprint() || cnf.algorithm() != Some(key.algorithm()) {
             return Err(unavailable("the key is not the WIT's confirmation key"));
         }
+        let issuer_kid = jws.header.get("kid").and_then(Value::as_str).map(Arc::from);
         let wit = wit.trim();
-        Ok(Self { wit: Arc::from(wit), wit_hash: Arc::from(crate::wit::token_hash(wit)), key, subject, expires_at })
+        let wit_hash = Arc::from(crate::wit::token_hash(wit));
+        Ok(Self { wit: Arc::from(wit), wit_hash, key, subject, expires_at, issuer_kid })
     }
 
     /// The WIT as sent.
@@ -68,6 +71,12 @@ impl Credentials {
     /// The WIT's expiry.
     pub fn expires_at(&self) -> u64 {
         self.expires_at
+    }
+    /// The `kid` of the identity-server key that signed the WIT, if its header names one. When
+    /// the identity server no longer publishes that key (its key store was lost or replaced),
+    /// verifiers refuse the WIT as `unknown_key`: renew then.
+    pub fn issuer_kid(&self) -> Option<&str> {
+        self.issuer_kid.as_deref()
     }
 }
 

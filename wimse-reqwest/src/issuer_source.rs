@@ -82,6 +82,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     timeout: Duration,
     retry_interval: Duration,
+    key_check: Option<Duration>,
     health: Health,
     current: RwLock<Option<Current>>,
 }
@@ -118,7 +119,12 @@ pub struct IssuerCredentialsBuilder {
     clock: Arc<dyn Clock>,
     timeout: Duration,
     retry_interval: Duration,
+    key_check: Option<Duration>,
 }
+
+/// How often, by default, a renewing workload checks that the identity server still publishes
+/// the key that signed its WIT.
+pub const DEFAULT_KEY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 impl IssuerCredentialsBuilder {
     /// Uses this HTTP client (TLS settings, proxies). The per-call timeout applies on top.
@@ -145,6 +151,16 @@ impl IssuerCredentialsBuilder {
         self
     }
 
+    /// How often the renewal task checks that the identity server still publishes the key that
+    /// signed the current WIT (`GET /v1/bundle/jwks`, spread with jitter between half and the
+    /// whole interval); when it does not (the key store was lost or replaced, so every verifier
+    /// refuses the WIT as `unknown_key`), the WIT is renewed at once instead of at its scheduled
+    /// time. Default [`DEFAULT_KEY_CHECK_INTERVAL`]; `None` turns the check off.
+    pub fn key_check_interval(mut self, interval: Option<Duration>) -> Self {
+        self.key_check = interval.map(|i| i.max(Duration::from_millis(100)));
+        self
+    }
+
     /// Obtains the first WIT.
     pub async fn connect(self) -> Result<IssuerCredentials, Error> {
         let client = match self.client {
@@ -167,6 +183,7 @@ impl IssuerCredentialsBuilder {
                 clock: self.clock,
                 timeout: self.timeout,
                 retry_interval: self.retry_interval,
+                key_check: self.key_check,
                 health: Health::new(60),
                 current: RwLock::new(None),
             }),
@@ -199,6 +216,7 @@ impl IssuerCredentials {
             clock: Arc::new(SystemClock),
             timeout: Duration::from_secs(10),
             retry_interval: Duration::from_secs(10),
+            key_check: Some(DEFAULT_KEY_CHECK_INTERVAL),
         }
     }
 
@@ -309,14 +327,30 @@ impl IssuerCredentials {
             let inner = &source.inner;
             let mut failures = 0u32;
             let mut expiry_reported = false;
+            let next_check =
+                || inner.key_check.map(|every| tokio::time::Instant::now() + every.mul_f64(0.5 + jitter() / 2.0));
+            let mut key_check_at = next_check();
             loop {
                 let now = inner.clock.now();
                 let schedule = source.schedule();
                 let wait = schedule.map_or(0.0, |(renew_at, _)| renew_at - now as f64);
                 if failures == 0 && wait > 0.0 {
-                    // Re-checked at least every 30 s, so clock changes are noticed.
-                    tokio::time::sleep(Duration::from_secs_f64(wait.min(30.0))).await;
-                    continue;
+                    let until_check = key_check_at.map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
+                    if until_check == Some(Duration::ZERO) {
+                        key_check_at = next_check();
+                        if source.signing_key_published().await {
+                            continue;
+                        }
+                        tracing::warn!(
+                            sub = %inner.sub,
+                            "wimse: the identity server no longer publishes the key that signed this WIT (its key store was lost or replaced); renewing now"
+                        );
+                    } else {
+                        // Re-checked at least every 30 s, so clock changes are noticed.
+                        let sleep = Duration::from_secs_f64(wait.min(30.0));
+                        tokio::time::sleep(until_check.map_or(sleep, |c| c.min(sleep))).await;
+                        continue;
+                    }
                 }
                 match source.try_renew().await {
                     Ok(()) => {
@@ -346,6 +380,30 @@ impl IssuerCredentials {
                 }
             }
         })
+    }
+
+    /// Whether the identity server's JWKS still has the key that signed the current WIT. Any
+    /// doubt (no WIT, no `kid`, the server unreachable or answering nonsense) counts as yes:
+    /// the scheduled renewal and its retries handle outages.
+    async fn signing_key_published(&self) -> bool {
+        let inner = &self.inner;
+        let kid = match inner.current.read().ok().and_then(|c| c.as_ref()?.credentials.issuer_kid().map(str::to_owned))
+        {
+            Some(kid) => kid,
+            None => return true,
+        };
+        let url = format!("{}/v1/bundle/jwks", inner.url.trim_end_matches('/'));
+        let fetch = async {
+            let response = inner.client.get(url).send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT).await.ok()?;
+            serde_json::from_str::<Value>(&text).ok()
+        };
+        let Ok(Some(jwks)) = tokio::time::timeout(inner.timeout, fetch).await else { return true };
+        let Some(keys) = jwks["keys"].as_array() else { return true };
+        keys.iter().any(|key| key["kid"].as_str() == Some(kid.as_str()))
     }
 
     fn report_failure(&self, error: &Error, now: u64) {

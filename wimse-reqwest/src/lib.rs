@@ -49,7 +49,8 @@ pub use assertion::{
 };
 pub use bundle::{BundleSource, MAX_DOCUMENT, STORE_EPOCH_MEMBER, read_capped};
 pub use issuer_source::{
-    Bootstrap, IssuerCredentials, IssuerCredentialsBuilder, KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
+    Bootstrap, DEFAULT_KEY_CHECK_INTERVAL, IssuerCredentials, IssuerCredentialsBuilder,
+    KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
 };
 pub use txn::{
     ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnTokenRequest, TxnTokenService, same_origin_redirects, self_signed_subject,
