@@ -100,10 +100,26 @@ async fn exactly_once_across_a_loss(s: &Scenario, a: &Verifier, b: &Verifier, lo
     verify(b, &second).await.expect("a fresh proof on replica B");
 
     lose_everything();
-    // The proof accepted before the loss is not accepted again, on either replica.
-    assert!(is_new_epoch(&verify_when_reachable(b, &proof).await), "replay after the store lost its state");
-    assert!(is_new_epoch(&verify_when_reachable(a, &proof).await));
-    assert!(is_new_epoch(&verify(a, &second).await));
+    // The proofs accepted before the loss are not accepted again, on either replica: refused
+    // as possibly predating the new epoch, or, once the replicas re-seeded it, as replays.
+    let refused = |result: Result<VerifiedCaller, Error>, what: &str| {
+        assert!(is_new_epoch(&result) || kind(result) == ErrorKind::ReplayedProof, "{what}");
+    };
+    refused(verify_when_reachable(b, &proof).await, "replay after the store lost its state");
+    refused(verify_when_reachable(a, &proof).await, "the same on the other replica");
+    refused(verify(a, &second).await, "the other replica's proof");
+    // Re-seeded within seconds: replays are then named as such.
+    let mut named = false;
+    for _ in 0..50 {
+        if kind(verify(a, &proof).await) == ErrorKind::ReplayedProof
+            && kind(verify(b, &second).await) == ErrorKind::ReplayedProof
+        {
+            named = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(named, "the replicas re-seeded the new epoch with the claims they accepted");
 
     s.pass_recovery_window();
     let fresh = s.request();
@@ -166,4 +182,135 @@ async fn replicas_on_a_redis_cluster_accept_each_proof_once_even_across_a_restar
     }
     let holding = cluster.nodes().iter().filter(|n| n.key_count() > 0).count();
     assert!(holding >= 2, "claims land on several nodes, not one ({holding})");
+}
+
+/// A clock that follows the system clock shifted by a chosen number of seconds: proofs are made
+/// and checked in real time, and a test can step past a brand-new store's recovery window.
+#[derive(Debug, Default)]
+struct ShiftedClock(std::sync::atomic::AtomicU64);
+
+impl wimse_core::time::Clock for ShiftedClock {
+    fn now(&self) -> u64 {
+        now() + self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// With the project's defaults (60-second WPTs, a 300-second maximum lifetime and 30 seconds of
+/// leeway), steady traffic on two replicas across a Redis restart that loses everything: the
+/// refusals last seconds (the replicas re-seed the new epoch with the claims they accepted),
+/// not the ~270 seconds until every older proof expired, and no proof is ever accepted twice,
+/// however often it is replayed to either replica.
+#[tokio::test]
+async fn a_redis_that_loses_everything_refuses_for_seconds_and_never_twice() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let deployment = Deployment::new();
+    let credentials = deployment.credentials(ALLOWED, false, 0);
+    let clock = Arc::new(ShiftedClock::default());
+    let replica = || {
+        let config = VerifierConfig::new().with_origin(ORIGIN);
+        Verifier::new(deployment.trust(), config)
+            .expect("verifier")
+            .with_clock(clock.clone())
+            .with_replay_store(RedisReplayStore::new(&redis.url()).expect("store"))
+    };
+    let replicas = [replica(), replica()];
+    let request = || {
+        let wpt = WptBuilder::new(credentials.key(), credentials.wit(), &format!("{ORIGIN}{PATH}"))
+            .sign(clock.now())
+            .expect("wpt");
+        let mut headers = HeaderMap::new();
+        headers.insert("workload-identity-token", HeaderValue::from_str(credentials.wit()).expect("wit"));
+        headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}")).expect("wpt"));
+        headers
+    };
+    // A brand-new store refuses proofs that could predate it: step past that once.
+    let _ = verify_when_reachable(&replicas[0], &request()).await;
+    clock.0.store(331, std::sync::atomic::Ordering::Relaxed);
+    verify_when_reachable(&replicas[1], &request()).await.expect("steady state");
+
+    let mut accepted: Vec<HeaderMap> = Vec::new();
+    let mut twice = 0;
+    let mut refused_since: Option<std::time::Instant> = None;
+    let mut longest_refusal = Duration::ZERO;
+    let mut restarted_at = None;
+    let started = std::time::Instant::now();
+    let mut round = 0usize;
+    while started.elapsed() < Duration::from_secs(12) {
+        round += 1;
+        if restarted_at.is_none() && started.elapsed() > Duration::from_secs(3) {
+            redis.restart();
+            restarted_at = Some(std::time::Instant::now());
+        }
+        let target = &replicas[round % 2];
+        let proof = request();
+        match verify(target, &proof).await {
+            Ok(_) => {
+                if let Some(since) = refused_since.take() {
+                    longest_refusal = longest_refusal.max(since.elapsed());
+                }
+                accepted.push(proof);
+            }
+            Err(error) => {
+                assert_eq!(error.kind(), &ErrorKind::ReplayCacheUnavailable, "{error}");
+                refused_since.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        // Every few rounds, replay an accepted proof to the other replica.
+        if round.is_multiple_of(3) && !accepted.is_empty() {
+            let old = &accepted[round % accepted.len()];
+            if verify(&replicas[(round + 1) % 2], old).await.is_ok() {
+                twice += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(restarted_at.is_some());
+    assert!(refused_since.is_none(), "the replicas accept fresh proofs again after the loss");
+    assert_eq!(twice, 0, "a proof was accepted twice");
+    eprintln!(
+        "Redis lost everything: fresh proofs refused for {longest_refusal:?} at most; {} accepted",
+        accepted.len()
+    );
+    assert!(longest_refusal < Duration::from_secs(5), "refused for {longest_refusal:?}");
+    // Every proof accepted before the loss is still refused by both replicas.
+    for proof in &accepted {
+        for replica in &replicas {
+            assert!(verify(replica, proof).await.is_err());
+        }
+    }
+}
+
+/// A replica that accepted a proof and is gone when Redis loses everything (it crashed with it)
+/// can re-seed nothing: the others must not claim older proofs on its behalf. Its proof stays
+/// refused (503, re-seeding impossible) on both survivors, as does every proof that could
+/// predate the new epoch, until the window passes.
+#[tokio::test]
+async fn a_replica_gone_with_redis_blocks_reseeding() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let s = Scenario::new();
+    let store = || RedisReplayStore::new(&redis.url()).expect("store");
+    let (a, b) = (s.replica(store()), s.replica(store()));
+    let gone_store = store();
+    gone_store.join().await.expect("registered");
+    let gone = s.replica(gone_store.clone());
+    assert!(is_new_epoch(&verify_when_reachable(&a, &s.request()).await));
+    s.pass_recovery_window();
+    verify(&b, &s.request()).await.expect("steady state");
+    let proof = s.request();
+    verify(&gone, &proof).await.expect("accepted by the replica about to go");
+    drop((gone, gone_store));
+
+    redis.restart();
+    for _ in 0..20 {
+        for replica in [&a, &b] {
+            let result = verify_when_reachable(replica, &proof).await;
+            assert!(is_new_epoch(&result), "{result:?}");
+            let detail = result.unwrap_err().detail().unwrap_or_default().to_owned();
+            assert!(detail.contains("epoch"), "{detail}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the window, fresh proofs work; the gone replica's proof has expired meanwhile.
+    s.pass_recovery_window();
+    verify(&a, &s.request()).await.expect("a proof made after the loss");
 }

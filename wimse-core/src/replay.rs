@@ -474,7 +474,7 @@ pub enum WhenUnavailable {
 }
 
 #[cfg(feature = "redis")]
-mod redis_store;
+pub mod redis_store;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisReplayStore;
 
