@@ -107,6 +107,10 @@ error_kinds! {
     WitLifetimeTooLong => "wit_lifetime_too_long", Answer::Credential, "the WIT expires too far in the future";
     /// `cnf.jwk` is missing, private, without `alg`, or inconsistent with its `alg`.
     InvalidConfirmationKey => "invalid_confirmation_key", Answer::Credential, "the WIT's cnf.jwk is not an acceptable public key";
+    /// The WIT has no `kid` and its profile (SPIFFE WIT-SVID) requires one.
+    MissingKeyId => "missing_kid", Answer::Credential, "the WIT has no kid and its profile requires one";
+    /// The token carries a claim its profile forbids (a WIT-SVID's `aud`).
+    ForbiddenClaim(&'static str = "aud") => "forbidden_claim", Answer::Credential, "the token carries a claim its profile forbids";
     // ---- WPT (401) ----
     /// The WPT's `typ` is not exactly `wpt+jwt`.
     WptWrongType => "wpt_wrong_type", Answer::Credential, "the WPT's typ is not wpt+jwt";

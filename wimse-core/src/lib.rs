@@ -66,6 +66,7 @@ pub mod verify;
 #[cfg(feature = "mtls")]
 pub mod wic;
 pub mod wit;
+pub mod wit_svid;
 pub mod wpt;
 
 pub use error::{Answer, Error, ErrorKind, Result};
