@@ -623,3 +623,46 @@ fn workload(now: u64) -> (SigningKey, String, VerifiedWit) {
     let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
     (key, wit, verified)
 }
+
+/// The response to a CONNECT may not cover the request's `@path;req` either.
+#[test]
+fn a_connect_response_covering_the_path_is_refused() {
+    use base64::Engine as _;
+    let now = 1_800_000_000;
+    let (server_key, server_wit, server_verified) = workload(now);
+    let mut res_headers = HeaderMap::new();
+    res_headers.insert("workload-identity-token", HeaderValue::from_str(&server_wit).unwrap());
+    let params = format!(
+        "(\"@status\" \"@method\";req \"@authority\";req \"@path\";req \"workload-identity-token\");created={now};expires={};nonce=\"cmVzcG9uc2Utbm9uY2U\";tag=\"wimse-workload-to-workload\";wimse-req-nonce=\"cmVxdWVzdA\"",
+        now + 60
+    );
+    let req_headers = HeaderMap::new();
+    let connect = RequestParts {
+        method: "CONNECT",
+        scheme: "https",
+        authority: "ledger.example:443",
+        path: "",
+        query: None,
+        headers: &req_headers,
+    };
+    let input = format!("sig={params}");
+    let parsed = parse_signatures(&[&input], &["sig=:AAAA:"]).unwrap().remove(0);
+    let res = ResponseParts { status: 200, headers: &res_headers };
+    let base = signature_base(&parsed.components, &parsed.signature_params, Some(&connect), Some(&res)).unwrap();
+    let signature = server_key.sign(Backend::default(), base.as_bytes()).unwrap();
+    res_headers.insert("signature-input", HeaderValue::from_str(&input).unwrap());
+    let value = format!("sig=:{}:", base64::engine::general_purpose::STANDARD.encode(signature));
+    res_headers.insert("signature", HeaderValue::from_str(&value).unwrap());
+    let res = ResponseParts { status: 200, headers: &res_headers };
+    let err = httpsig::verify_response(
+        &connect,
+        &res,
+        None,
+        &server_verified,
+        "cmVxdWVzdA",
+        &SignatureValidation::default(),
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::ForbiddenComponent);
+}

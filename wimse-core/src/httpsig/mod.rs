@@ -277,6 +277,17 @@ fn check_coverage<H: HeaderSource + ?Sized>(
     Ok(())
 }
 
+/// A CONNECT target has no path or query: a signature of the request or of its response that
+/// covers them (`@path`, `@query`, or `;req`) is refused.
+fn refuse_connect_path<H: ?Sized>(req: &RequestParts<'_, H>, sig: &ParsedSignature) -> Result<()> {
+    if req.method.eq_ignore_ascii_case("CONNECT")
+        && sig.components.iter().any(|c| c.name == "@path" || c.name == "@query")
+    {
+        return Err(Error::with_detail(ErrorKind::ForbiddenComponent, "CONNECT must not cover @path or @query"));
+    }
+    Ok(())
+}
+
 fn request_must_cover<H: ?Sized>(req: &RequestParts<'_, H>, response: bool) -> Vec<ComponentId> {
     let make = |name: &str| if response { ComponentId::req(name) } else { ComponentId::new(name) };
     if req.method.eq_ignore_ascii_case("CONNECT") {
@@ -359,11 +370,7 @@ pub fn verify_request_headers<H: HeaderSource + ?Sized>(
     let sig = sf::tagged_signature(&inputs, &values, HTTPSIG_TAG)?;
     let verified = check_params(&sig, Kind::Request, cfg, now)?;
     check_coverage(&sig, &request_must_cover(req, false), req.headers, &cfg.required_components)?;
-    if req.method.eq_ignore_ascii_case("CONNECT")
-        && sig.components.iter().any(|c| c.name == "@path" || c.name == "@query")
-    {
-        return Err(Error::with_detail(ErrorKind::ForbiddenComponent, "CONNECT must not cover @path or @query"));
-    }
+    refuse_connect_path(req, &sig)?;
     match verified.aud.as_deref() {
         Some(aud) if audience_ok(aud) => {}
         Some(aud) => return Err(crate::wpt::audience_mismatch(aud)),
@@ -409,6 +416,7 @@ pub fn verify_response<Q: HeaderSource + ?Sized, R: HeaderSource + ?Sized>(
     let mut must = vec![ComponentId::new("@status")];
     must.extend(request_must_cover(req, true));
     check_coverage(&sig, &must, res.headers, &cfg.required_components)?;
+    refuse_connect_path(req, &sig)?;
     if sig.str_param("wimse-req-nonce")? != Some(request_nonce) {
         return Err(ErrorKind::RequestNonceMismatch.into());
     }
