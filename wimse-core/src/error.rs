@@ -176,6 +176,10 @@ pub enum ErrorKind {
     BootstrapTokenInvalid,
     /// The authenticated client may not obtain this identifier (403).
     IssuanceDenied,
+    /// A name requested for a certificate's subject alternative names is not a valid DNS name
+    /// (LDH labels of 1 to 63 bytes, at most 253 bytes, internationalized names as A-labels)
+    /// or not a unicast host address (400).
+    InvalidSubjectAltName,
     /// A token exchange was refused: the subject token is invalid or maps to no identifier
     /// (RFC 8693 `invalid_grant`).
     ExchangeRefused,
@@ -302,6 +306,7 @@ impl ErrorKind {
             PolicyDenied => "policy_denied",
             BootstrapTokenInvalid => "bootstrap_token_invalid",
             IssuanceDenied => "issuance_denied",
+            InvalidSubjectAltName => "invalid_subject_alt_name",
             ExchangeRefused => "invalid_grant",
             UnsupportedTokenType => "unsupported_token_type",
             InvalidDpopProof => "invalid_dpop_proof",
@@ -398,6 +403,7 @@ impl ErrorKind {
             PolicyDenied => "the caller is not allowed by policy",
             BootstrapTokenInvalid => "the bootstrap credential is not valid",
             IssuanceDenied => "the client may not obtain this identifier",
+            InvalidSubjectAltName => "a requested DNS name or IP address is not a valid server name",
             ExchangeRefused => "the token exchange was refused",
             UnsupportedTokenType => "the subject token type is not supported",
             InvalidDpopProof => "the DPoP proof is invalid",

@@ -193,7 +193,8 @@ impl Rejection {
             | TxnTokenNotYetValid
             | TxnTokenLifetimeTooLong
             | TxnTokenMissingClaim(_)
-            | InvalidTarget => (StatusCode::BAD_REQUEST, false),
+            | InvalidTarget
+            | InvalidSubjectAltName => (StatusCode::BAD_REQUEST, false),
             PolicyDenied | MissingTxnToken | UnexpectedPeer | IssuanceDenied | TlsPeerMismatch => {
                 (StatusCode::FORBIDDEN, false)
             }
