@@ -30,6 +30,14 @@ struct Client {
     rule: Rule,
 }
 
+impl Client {
+    /// The longest WIC the client may obtain: `max_wic_lifetime`, by default the client's WIT
+    /// lifetime (workload-creds, next revision: WIC lifetimes on a similar scale to WITs).
+    fn wic_lifetime(&self) -> u64 {
+        self.config.max_wic_lifetime.unwrap_or(self.config.max_lifetime)
+    }
+}
+
 struct Exchange {
     profile: ExchangeProfile,
     keys: TrustAnchors,
@@ -41,6 +49,23 @@ struct PlatformToken {
     jti: Option<String>,
     expires_at: u64,
     single_use: bool,
+}
+
+/// What a client asks for in a Workload Identity Certificate ([`IdentityServer::issue_wic`]).
+#[derive(Debug, Clone)]
+pub struct WicRequest<'a> {
+    /// The workload identifier.
+    pub sub: &'a str,
+    /// The workload's public key: an X.509 SubjectPublicKeyInfo, DER.
+    pub spki_der: &'a [u8],
+    /// What the certificate is for (its extended key usage).
+    pub usage: wimse_core::wic::WicUsage,
+    /// DNS names for its subject alternative names (a server certificate).
+    pub dns_names: &'a [String],
+    /// IP addresses for its subject alternative names.
+    pub ip_addresses: &'a [std::net::IpAddr],
+    /// Its lifetime in seconds, at most the client's maximum (the maximum when `None`).
+    pub lifetime: Option<u64>,
 }
 
 /// The result of an issuance.
@@ -211,6 +236,11 @@ impl IdentityServer {
                         field(&format!("allowed_dns_names[{j}]")),
                         "not a DNS name or a *.suffix pattern",
                     ));
+                }
+            }
+            for (j, ip) in c.allowed_ip_addresses.iter().enumerate() {
+                if let Err(e) = wimse_core::wic::check_ip_address(*ip) {
+                    return Err(config_error(field(&format!("allowed_ip_addresses[{j}]")), e));
                 }
             }
             if c.max_wic_lifetime.is_some_and(|secs| secs == 0 || secs > 86_400) {
@@ -806,40 +836,54 @@ impl IdentityServer {
             .ok_or_else(|| crate::store::unavailable("no WIC authority"))
     }
 
-    /// Issues a Workload Identity Certificate for `sub` certifying the workload's public key
-    /// (`spki_der`), under the same per-client authority as WITs. Returns the chain (leaf first)
-    /// and its expiry.
+    /// Issues a Workload Identity Certificate for the request's `sub` certifying the workload's
+    /// public key, under the same per-client authority as WITs. The key must satisfy the policy
+    /// of WIT confirmation keys (`invalid_key`); DNS names and IP addresses must be valid server
+    /// names (`invalid_subject_alt_name`, 400) and granted by the client's `allowed_dns_names`
+    /// and `allowed_ip_addresses` (`issuance_denied`, 403). The lifetime is the one asked for,
+    /// capped at the client's maximum. Returns the chain (leaf first) and its expiry.
     pub async fn issue_wic(
         &self,
         bootstrap: &str,
-        sub: &str,
-        spki_der: &[u8],
-        usage: wimse_core::wic::WicUsage,
-        dns_names: &[String],
-        ip_addresses: &[std::net::IpAddr],
+        request: &WicRequest<'_>,
     ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, u64)> {
-        let (client, id) = self.authorize(bootstrap, sub)?;
+        let (client, id) = self.authorize(bootstrap, request.sub)?;
+        let refuse = |error: Error| {
+            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, reason = error.reason(), detail = error.detail(), "WIC refused");
+            error
+        };
+        // Only names a TLS client can match: whatever the allowlist says.
+        for name in request.dns_names {
+            wimse_core::wic::check_dns_name(name).map_err(refuse)?;
+        }
+        for ip in request.ip_addresses {
+            wimse_core::wic::check_ip_address(*ip).map_err(refuse)?;
+        }
         // Server names go into certificates that mTLS clients trust for those names: a client
         // may name only what its configuration grants.
-        let refuse = |what: String| {
-            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, refused = %what, "WIC refused");
-            Error::with_detail(ErrorKind::IssuanceDenied, format!("{what} is not allowed for this client"))
+        let denied = |what: String| {
+            refuse(Error::with_detail(ErrorKind::IssuanceDenied, format!("{what} is not allowed for this client")))
         };
-        if let Some(name) = dns_names.iter().find(|n| !dns_name_allowed(&client.config.allowed_dns_names, n)) {
-            let shown: String = name.chars().take(64).collect();
-            return Err(refuse(format!("DNS name `{shown}`")));
+        if let Some(name) = request.dns_names.iter().find(|n| !dns_name_allowed(&client.config.allowed_dns_names, n)) {
+            return Err(denied(format!("DNS name `{name}`")));
         }
-        if let Some(ip) = ip_addresses.iter().find(|ip| !client.config.allowed_ip_addresses.contains(ip)) {
-            return Err(refuse(format!("IP address {ip}")));
+        if let Some(ip) = request.ip_addresses.iter().find(|ip| !client.config.allowed_ip_addresses.contains(ip)) {
+            return Err(denied(format!("IP address {ip}")));
         }
         let now = self.clock.now();
-        let lifetime = client.config.max_wic_lifetime.unwrap_or(client.config.max_lifetime);
-        let mut options = wimse_core::wic::WicOptions::new(usage, now, lifetime);
-        options.dns_names = dns_names.to_vec();
-        options.ip_addresses = ip_addresses.to_vec();
-        let chain = self.read_keys(|loaded| loaded.wic_authority()?.issue_for_key(&id, spki_der, &options))?;
+        let max = client.wic_lifetime();
+        let lifetime = request.lifetime.unwrap_or(max).clamp(1, max);
+        let mut options = wimse_core::wic::WicOptions::new(request.usage, now, lifetime);
+        options.dns_names = request.dns_names.to_vec();
+        options.ip_addresses = request.ip_addresses.to_vec();
+        let chain = self
+            .read_keys(|loaded| loaded.wic_authority()?.issue_for_key(&id, request.spki_der, &options))
+            .map_err(|error| match error.kind() {
+                ErrorKind::InvalidKey | ErrorKind::InvalidSubjectAltName => refuse(error),
+                _ => error,
+            })?;
         self.record("wic", &client.config.name, &id, lifetime, "wic-authority".to_owned(), now).await?;
-        tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, "WIC issued");
+        tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIC issued");
         Ok((chain, options.not_after))
     }
 
