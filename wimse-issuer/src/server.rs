@@ -662,22 +662,31 @@ impl IdentityServer {
                 format!("{} may not obtain {id}", client.config.name),
             ));
         }
-        if token.single_use {
-            let jti = token.jti.as_deref().ok_or_else(|| refused("the assertion has no jti"))?;
-            let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
-            self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
-                ErrorKind::ReplayedProof => refused("assertion jti already used"),
-                _ => e,
-            })?;
-        }
+        let single_use_jti = match (token.single_use, token.jti.as_deref()) {
+            (true, None) => return Err(refused("the assertion has no jti")),
+            (true, Some(jti)) => Some(jti),
+            (false, _) => None,
+        };
+        // Signed before anything is spent, so that a signing failure (no active key) spends
+        // nothing; discarded if a claim below fails.
+        let lifetime = client.config.max_lifetime;
+        let (wit, kid) = self.sign_wit(&id, &proof.jwk, lifetime, now)?;
+        // The proof is claimed before the assertion: a replayed proof (or a replay store that
+        // cannot answer) must not spend the single-use assertion, which the client keeps and
+        // may present again with a fresh proof. A replayed assertion spends only its proof.
         let proof_expiry = proof.iat.saturating_add(validation.max_age + validation.leeway);
         let claim = ReplayClaim::token("dpop", &proof.jti, proof_expiry, now);
         self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
             ErrorKind::ReplayedProof => Error::with_detail(ErrorKind::InvalidDpopProof, "DPoP proof jti already used"),
             _ => e,
         })?;
-        let lifetime = client.config.max_lifetime;
-        let (wit, kid) = self.sign_wit(&id, &proof.jwk, lifetime, now)?;
+        if let Some(jti) = single_use_jti {
+            let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
+            self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
+                ErrorKind::ReplayedProof => refused("assertion jti already used"),
+                _ => e,
+            })?;
+        }
         self.record("jwt-bearer", &client.config.name, &id, lifetime, kid, now).await?;
         tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIT issued for an RFC 7523 assertion");
         Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
