@@ -386,7 +386,7 @@ impl IdentityServer {
         let state = self
             .storage
             .update(&mut |stored: Option<KeyState>| {
-                let (mut state, reconciled) = reconcile(stored.clone(), &ours)?;
+                let (mut state, reconciled) = reconcile(stored.clone(), &ours, now, &policy)?;
                 how = reconciled;
                 changes = state.maintain(now, &policy, &self.domain)?;
                 // Written whenever it differs from what is stored (an epoch given to an old
