@@ -273,7 +273,9 @@ impl Default for RateLimits {
 pub struct IssuerConfig {
     /// The trust domain it issues for, e.g. `spiffe://prod.example`.
     pub trust_domain: String,
-    /// The `iss` claim of issued WITs.
+    /// The `iss` claim of issued WITs (none by default). For a `spiffe://` trust domain its
+    /// WITs are WIT-SVIDs, whose `iss` SHOULD NOT be compatible with OpenID Connect Discovery
+    /// (an `https` URL without query or fragment): the server logs a warning at start if it is.
     #[serde(default)]
     pub issuer: Option<String>,
     /// Where signing keys are kept across restarts, on one node: a JSON file (0600). Set this

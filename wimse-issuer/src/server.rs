@@ -308,6 +308,13 @@ impl IdentityServer {
                 return Err(config_error(format!("platforms[{i}]"), "another platform has the same name or issuer"));
             }
         }
+        if let Some(iss) = &config.issuer
+            && domain.scheme() == "spiffe"
+            && wimse_core::draft::oidc_discovery_compatible(iss)
+        {
+            // Allowed (creds §5.1.3 even suggests an https iss), but its WITs are WIT-SVIDs.
+            tracing::warn!(trust_domain = %domain, issuer = %iss, "wimse issuer: `issuer` is an https URL without query or fragment, a value compatible with OpenID Connect Discovery, which the SPIFFE WIT-SVID profile (section 3.7) says a WIT-SVID's iss SHOULD NOT be (a relying party could take the WIT for an OIDC ID token without proof of possession); leave `issuer` unset or use another form, such as the trust domain's spiffe:// ID");
+        }
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let tts = match &config.txn_tokens {
             Some(tts) => Some(crate::tts::Tts::new(tts, &domain, &config, storage.clone(), clock.clone())?),
