@@ -71,6 +71,22 @@ pub fn oidc_discovery_compatible(iss: &str) -> bool {
         && uri.fragment().is_none()
 }
 
+/// `tag` of the WIMSE HTTP message signature (http-signature-08).
+pub const HTTPSIG_TAG: &str = "wimse-workload-to-workload";
+/// Label this crate gives its signatures (receivers find the signature by tag, not label).
+pub const HTTPSIG_LABEL: &str = "wimse";
+/// RFC 9421 `Signature-Input` field.
+pub const SIGNATURE_INPUT_HEADER: &str = "signature-input";
+/// RFC 9421 `Signature` field.
+pub const SIGNATURE_HEADER: &str = "signature";
+/// Problem type of every rejected signed request (http-signature-08; the body does not say
+/// which check failed). The draft names the fragment; the base is this project's.
+pub const SIGNATURE_INVALID_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signature-invalid";
+/// Problem type when a signed response was asked for and this server does not sign responses.
+pub const SIGNED_RESPONSE_UNSUPPORTED_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unsupported";
+/// Problem type when this server signs responses, but cannot sign this one.
+pub const SIGNED_RESPONSE_UNAVAILABLE_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unavailable";
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -93,19 +109,3 @@ mod tests {
         }
     }
 }
-
-/// `tag` of the WIMSE HTTP message signature (http-signature-08).
-pub const HTTPSIG_TAG: &str = "wimse-workload-to-workload";
-/// Label this crate gives its signatures (receivers find the signature by tag, not label).
-pub const HTTPSIG_LABEL: &str = "wimse";
-/// RFC 9421 `Signature-Input` field.
-pub const SIGNATURE_INPUT_HEADER: &str = "signature-input";
-/// RFC 9421 `Signature` field.
-pub const SIGNATURE_HEADER: &str = "signature";
-/// Problem type of every rejected signed request (http-signature-08; the body does not say
-/// which check failed). The draft names the fragment; the base is this project's.
-pub const SIGNATURE_INVALID_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signature-invalid";
-/// Problem type when a signed response was asked for and this server does not sign responses.
-pub const SIGNED_RESPONSE_UNSUPPORTED_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unsupported";
-/// Problem type when this server signs responses, but cannot sign this one.
-pub const SIGNED_RESPONSE_UNAVAILABLE_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unavailable";

@@ -366,7 +366,7 @@ mod tests {
             assert_eq!(kids(TrustAnchors::from_spiffe_bundle_json(&all).unwrap()), ["wit"], "{members}");
             assert_eq!(kids(TrustAnchors::from_json(&all).unwrap()), ["wit"], "{members}");
             // A bundle without WIT-SVID keys gives no anchors, not its JWT-SVID or X.509 keys.
-            for others in [format!("{jwt}"), format!("{x509},{jwt}"), format!("{jwt},{unknown},{untyped}")] {
+            for others in [jwt.clone(), format!("{x509},{jwt}"), format!("{jwt},{unknown},{untyped}")] {
                 let bundle = format!(r#"{{"keys":[{others}]{members}}}"#);
                 let err = TrustAnchors::from_json(&bundle).unwrap_err();
                 assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration, "{bundle}");
