@@ -56,6 +56,21 @@ pub const PROBLEM_TYPE_BASE: &str = "urn:wimse-rs:problem:";
 /// `use` value of WIT signing keys in a SPIFFE trust bundle (SPIFFE WIT-SVID).
 pub const SPIFFE_BUNDLE_WIT_USE: &str = "wit-svid";
 
+/// Whether `iss` is a value compatible with OpenID Connect Discovery, which the SPIFFE WIT-SVID
+/// profile (§3.7) says a WIT-SVID's `iss` SHOULD NOT be, "to prevent the validation and
+/// acceptance of the WIT-SVID as an OIDC ID Token without validation of a proof of possession".
+/// The profile does not define the term; this reads it as OpenID Connect Core defines an Issuer
+/// Identifier: an `https` URL with a host and no query or fragment (discovery then fetches
+/// `<iss>/.well-known/openid-configuration`). A `spiffe://` or `http:` URI, a URN, or an `https`
+/// URL with a query or fragment is not.
+pub fn oidc_discovery_compatible(iss: &str) -> bool {
+    let Ok(uri) = fluent_uri::Uri::parse(iss) else { return false };
+    uri.scheme().as_str().eq_ignore_ascii_case("https")
+        && uri.authority().is_some_and(|authority| !authority.host().is_empty())
+        && uri.query().is_none()
+        && uri.fragment().is_none()
+}
+
 /// `tag` of the WIMSE HTTP message signature (http-signature-08).
 pub const HTTPSIG_TAG: &str = "wimse-workload-to-workload";
 /// Label this crate gives its signatures (receivers find the signature by tag, not label).
@@ -71,3 +86,26 @@ pub const SIGNATURE_INVALID_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signatur
 pub const SIGNED_RESPONSE_UNSUPPORTED_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unsupported";
 /// Problem type when this server signs responses, but cannot sign this one.
 pub const SIGNED_RESPONSE_UNAVAILABLE_PROBLEM: &str = "urn:wimse-rs:problem:wimse-signed-response-unavailable";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn oidc_discovery_compatible_issuers() {
+        for yes in ["https://issuer.prod.example", "https://issuer.prod.example/", "HTTPS://a.example:8443/td/prod"] {
+            assert!(super::oidc_discovery_compatible(yes), "{yes}");
+        }
+        for no in [
+            "spiffe://prod.example",
+            "http://issuer.prod.example",
+            "urn:wimse:prod",
+            "https://issuer.prod.example/?td=prod",
+            "https://issuer.prod.example/#prod",
+            "https:///path",
+            "https:issuer",
+            "issuer.prod.example",
+            "",
+        ] {
+            assert!(!super::oidc_discovery_compatible(no), "{no}");
+        }
+    }
+}

@@ -37,6 +37,11 @@ impl Default for TrustAnchors {
 /// refuse a replaced store's return. A JWK Set member other consumers ignore (RFC 7517 §5).
 pub const STORE_EPOCH_MEMBER: &str = "wimse_key_store_epoch";
 
+/// Whether a JWK `use` value names a SPIFFE SVID type (SPIFFE bundle §4.2.2, WIT-SVID §6.1).
+fn is_svid_use(key_use: &str) -> bool {
+    matches!(key_use, "x509-svid" | "jwt-svid") || key_use == SPIFFE_BUNDLE_WIT_USE
+}
+
 /// Reads a UTF-8 file of at most `cap` bytes.
 fn read_bounded(path: &std::path::Path, cap: u64) -> std::io::Result<String> {
     use std::io::Read as _;
@@ -77,15 +82,18 @@ impl TrustAnchors {
     }
 
     /// Reads a SPIFFE trust bundle (a JWKS with `use` per key) and keeps the WIT signing keys
-    /// (`use` = `wit-svid`).
+    /// (`use` = `wit-svid`, WIT-SVID profile §6.2): keys for other SVID types (`jwt-svid`,
+    /// `x509-svid`), with an unknown `use` or none are ignored, and a bundle with no `wit-svid`
+    /// key is an error (its trust domain does not support WIT-SVIDs).
     pub fn from_spiffe_bundle_json(json: &str) -> Result<Self> {
         Self::from_key_set(json, |jwk| jwk.key_use.as_deref() == Some(SPIFFE_BUNDLE_WIT_USE))
     }
 
     /// Reads trust anchors in any of the forms they are published in: one public JWK (what
     /// `wimse key public` writes), a JWKS, or a SPIFFE trust bundle (recognised by its
-    /// `spiffe_sequence` / `spiffe_refresh_hint` members or `use: "wit-svid"` keys; only WIT keys
-    /// are kept). Private key material is refused in every form.
+    /// `spiffe_sequence` / `spiffe_refresh_hint` members or by keys whose `use` names an SVID
+    /// type: `wit-svid`, `jwt-svid`, `x509-svid`; only `wit-svid` keys are kept, as the WIT-SVID
+    /// profile §6.2 asks). Private key material is refused in every form.
     ///
     /// ```
     /// use wimse_core::jose::{Algorithm, SigningKey};
@@ -104,9 +112,11 @@ impl TrustAnchors {
         let map = json::parse_object(text.as_bytes()).map_err(|e| config_error(format!("trust anchors: {e}")))?;
         match map.get("keys") {
             Some(Value::Array(entries)) => {
+                // A key typed for any SVID marks a SPIFFE bundle (its `spiffe_*` members are
+                // optional): its JWT-SVID and X.509-SVID authorities are never WIT anchors.
                 let spiffe = map.contains_key("spiffe_sequence")
                     || map.contains_key("spiffe_refresh_hint")
-                    || entries.iter().any(|e| e.get("use").and_then(Value::as_str) == Some(SPIFFE_BUNDLE_WIT_USE));
+                    || entries.iter().any(|e| e.get("use").and_then(Value::as_str).is_some_and(is_svid_use));
                 if spiffe { Self::from_spiffe_bundle_json(text) } else { Self::from_jwks_json(text) }
             }
             Some(_) => Err(config_error("trust anchors: `keys` is not an array")),
@@ -338,6 +348,38 @@ mod tests {
         let bundle = TrustAnchors::from_spiffe_bundle_json(&set).unwrap();
         assert_eq!(bundle.keys().iter().map(|k| k.kid()).collect::<Vec<_>>(), [Some("a")]);
         assert_eq!(bundle.algorithms(), DEFAULT_ISSUER_ALGORITHMS);
+    }
+
+    /// WIT-SVID profile §6.2: only `wit-svid` keys of a SPIFFE bundle are WIT anchors, whether
+    /// or not the bundle has its optional `spiffe_*` members.
+    #[test]
+    fn spiffe_bundles_give_only_their_wit_svid_keys() {
+        let (_, wit) = key_json("wit", Some("wit-svid"));
+        let (_, jwt) = key_json("jwt", Some("jwt-svid"));
+        let (_, x509) = key_json("x509", Some("x509-svid"));
+        let (_, unknown) = key_json("unknown", Some("wit-svid-v2"));
+        let (_, untyped) = key_json("untyped", None);
+        let kids =
+            |anchors: TrustAnchors| anchors.keys().iter().map(|k| k.kid().unwrap().to_owned()).collect::<Vec<_>>();
+        for members in ["", r#","spiffe_sequence":7"#, r#","spiffe_refresh_hint":300"#] {
+            let all = format!(r#"{{"keys":[{jwt},{x509},{unknown},{untyped},{wit}]{members}}}"#);
+            assert_eq!(kids(TrustAnchors::from_spiffe_bundle_json(&all).unwrap()), ["wit"], "{members}");
+            assert_eq!(kids(TrustAnchors::from_json(&all).unwrap()), ["wit"], "{members}");
+            // A bundle without WIT-SVID keys gives no anchors, not its JWT-SVID or X.509 keys.
+            for others in [jwt.clone(), format!("{x509},{jwt}"), format!("{jwt},{unknown},{untyped}")] {
+                let bundle = format!(r#"{{"keys":[{others}]{members}}}"#);
+                let err = TrustAnchors::from_json(&bundle).unwrap_err();
+                assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration, "{bundle}");
+                assert!(err.detail().unwrap().contains("no usable key"), "{err:?}");
+                assert!(TrustAnchors::from_spiffe_bundle_json(&bundle).is_err());
+            }
+        }
+        // A plain JWKS (keys without `use`, or RFC 7517's `sig`) is not a SPIFFE bundle.
+        let (_, sig) = key_json("sig", Some("sig"));
+        assert_eq!(
+            kids(TrustAnchors::from_json(&format!(r#"{{"keys":[{sig},{untyped}]}}"#)).unwrap()),
+            ["sig", "untyped"]
+        );
     }
 
     #[test]

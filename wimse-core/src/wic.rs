@@ -90,9 +90,10 @@ pub struct WicOptions {
     pub not_before: u64,
     /// End of validity (seconds since the epoch).
     pub not_after: u64,
-    /// DNS names for a server certificate (clients connecting by name check them).
+    /// DNS names for a server certificate (clients connecting by name check them); each must
+    /// pass [`check_dns_name`].
     pub dns_names: Vec<String>,
-    /// IP addresses for a server certificate.
+    /// IP addresses for a server certificate; each must pass [`check_ip_address`].
     pub ip_addresses: Vec<IpAddr>,
 }
 
@@ -118,6 +119,91 @@ impl WicOptions {
     pub fn ip_address(mut self, ip: IpAddr) -> Self {
         self.ip_addresses.push(ip);
         self
+    }
+}
+
+/// The longest DNS name accepted, in bytes (RFC 1035 §2.3.4, without the root's trailing dot).
+const MAX_DNS_NAME: usize = 253;
+/// The longest DNS label, in bytes (RFC 1035 §2.3.4).
+const MAX_DNS_LABEL: usize = 63;
+
+fn san_error(detail: String) -> Error {
+    cert_error(ErrorKind::InvalidSubjectAltName, detail)
+}
+
+/// A name as it may appear in a log line: at most 64 characters, control characters escaped.
+fn shown(name: &str) -> String {
+    let head: String = name.chars().take(64).collect();
+    let ellipsis = if head.len() < name.len() { "…" } else { "" };
+    format!("{:?}{ellipsis}", head)
+}
+
+/// Checks a DNS name for a certificate's subject alternative names: RFC 5280 §4.2.1.6 asks for
+/// the preferred name syntax (RFC 1034 §3.5, with RFC 1123's leading digits), so labels of 1 to
+/// 63 ASCII letters, digits and hyphens, neither starting nor ending with a hyphen, at most 253
+/// bytes in all, and no trailing dot. An internationalized name is sent as its A-labels
+/// (`xn--…`, RFC 5890); raw Unicode is refused with a message saying so. The last label may not
+/// be all digits (such a name is an IP address: send it as one). A wildcard is only a whole
+/// leftmost `*` label followed by at least two labels (`*.svc.example`). Letters keep their
+/// case (names compare case-insensitively). Errors are [`ErrorKind::InvalidSubjectAltName`].
+pub fn check_dns_name(name: &str) -> Result<()> {
+    let refuse = |why: &str| Err(san_error(format!("DNS name {}: {why}", shown(name))));
+    if !name.is_ascii() {
+        return refuse("not ASCII; send an internationalized name as its A-labels (xn--…, RFC 5890)");
+    }
+    if name.is_empty() {
+        return refuse("empty");
+    }
+    if name.len() > MAX_DNS_NAME {
+        return refuse("longer than 253 bytes");
+    }
+    if name.ends_with('.') {
+        return refuse("ends with a dot (send the name without the root's trailing dot)");
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let (first, rest) = match labels.split_first() {
+        Some((&"*", rest)) if rest.len() >= 2 => (None, rest),
+        Some((&"*", _)) => return refuse("a wildcard needs at least two labels after it"),
+        _ => (Some(labels[0]), &labels[1..]),
+    };
+    for label in first.into_iter().chain(rest.iter().copied()) {
+        if label.is_empty() {
+            return refuse("has an empty label");
+        }
+        if label.len() > MAX_DNS_LABEL {
+            return refuse("has a label longer than 63 bytes");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return refuse("a label has a character other than a letter, digit or hyphen");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return refuse("a label starts or ends with a hyphen");
+        }
+    }
+    if labels.last().is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit())) {
+        return refuse("the last label is all digits (an IP address is sent as one)");
+    }
+    Ok(())
+}
+
+/// Checks an IP address for a certificate's subject alternative names: a unicast address a
+/// server can hold. Refused: unspecified (`0.0.0.0`, `::`), IPv4 "this network" (`0.0.0.0/8`),
+/// the limited broadcast and the reserved `240.0.0.0/4`, multicast, and IPv4-mapped IPv6
+/// addresses (`::ffff:a.b.c.d`: send the IPv4 address). Errors are
+/// [`ErrorKind::InvalidSubjectAltName`].
+pub fn check_ip_address(ip: IpAddr) -> Result<()> {
+    let why = match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.octets()[0] == 0 => Some("unspecified or \"this network\""),
+        IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] >= 240 => Some("broadcast or reserved"),
+        IpAddr::V4(v4) if v4.is_multicast() => Some("multicast"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(v6) if v6.is_multicast() => Some("multicast"),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some("IPv4-mapped (send the IPv4 address)"),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(san_error(format!("IP address {ip}: {why}, not a server's address"))),
+        None => Ok(()),
     }
 }
 
@@ -283,7 +369,9 @@ impl WicAuthority {
 
     /// Issues a WIC for `id` certifying a key the workload holds (its SubjectPublicKeyInfo, DER):
     /// what an identity server does, since the private key never leaves the workload. Returns
-    /// the chain, leaf first.
+    /// the chain, leaf first. The key must pass [`PublicKey::from_spki_der`](crate::jose::PublicKey::from_spki_der)
+    /// (the policy of WIT confirmation keys; [`ErrorKind::InvalidKey`] otherwise), and every DNS
+    /// name and IP address [`check_dns_name`] and [`check_ip_address`].
     pub fn issue_for_key(
         &self,
         id: &WorkloadId,
@@ -293,6 +381,8 @@ impl WicAuthority {
         if !id.is_in(&self.domain) {
             return Err(cert_error(ErrorKind::InvalidConfiguration, format!("{id} is not in {}", self.domain)));
         }
+        // The key policy of WITs' `cnf` keys (curves, RSA sizes): one policy for both credentials.
+        crate::jose::PublicKey::from_spki_der(spki_der)?;
         let public = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|_| cert_error(ErrorKind::InvalidKey, "not a SubjectPublicKeyInfo"))?;
         let params = leaf_params(&[id.as_str()], options)?;
@@ -319,10 +409,12 @@ fn leaf_params(uris: &[&str], options: &WicOptions) -> Result<CertificateParams>
         params.subject_alt_names.push(SanType::URI(uri));
     }
     for name in &options.dns_names {
+        check_dns_name(name)?;
         let name = rcgen::string::Ia5String::try_from(name.as_str()).map_err(rcgen_error)?;
         params.subject_alt_names.push(SanType::DnsName(name));
     }
     for ip in &options.ip_addresses {
+        check_ip_address(*ip)?;
         params.subject_alt_names.push(SanType::IpAddress(*ip));
     }
     params.is_ca = IsCa::ExplicitNoCa;
@@ -684,4 +776,89 @@ pub fn verified_peer(peer_certificates: &[CertificateDer<'_>]) -> Result<(Worklo
     let leaf =
         peer_certificates.first().ok_or_else(|| cert_error(ErrorKind::InvalidCertificate, "no peer certificate"))?;
     Ok((workload_id_of(leaf)?, b64url_encode(Sha256::digest(leaf.as_ref()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_dns_name, check_ip_address};
+    use crate::error::ErrorKind;
+
+    fn refused(name: &str) {
+        let err = check_dns_name(name).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidSubjectAltName, "{name:?}");
+    }
+
+    #[test]
+    fn dns_names_are_ldh_labels_within_their_limits() {
+        let label = |n: usize| "a".repeat(n);
+        for ok in [
+            "a.svc.prod.example",
+            "API-1.Svc.Prod.Example",
+            "xn--bcher-kva.svc.prod.example",
+            "*.svc.prod.example",
+            "1a.example",
+            "localhost",
+        ] {
+            check_dns_name(ok).unwrap();
+        }
+        check_dns_name(&format!("{}.example", label(63))).unwrap();
+        // 253 bytes: 3 labels of 63, one of 61, and 3 dots.
+        let longest = format!("{0}.{0}.{0}.{1}", label(63), label(61));
+        assert_eq!(longest.len(), 253);
+        check_dns_name(&longest).unwrap();
+        for bad in [
+            "",
+            ".",
+            "a..b.example",
+            ".a.example",
+            "a.example.",
+            "evil.example\u{0}.svc.prod.example",
+            "a/b.example",
+            "a:443.example",
+            "user@a.example",
+            "a b.example",
+            "a\nb.example",
+            "-a.example",
+            "a-.example",
+            "a_b.example",
+            "bücher.example",
+            "*.example",
+            "*",
+            "a.*.example.com",
+            "*a.example.com",
+            "**.example.com",
+            "10.0.0.1",
+            "a.123",
+        ] {
+            refused(bad);
+        }
+        refused(&format!("{}.example", label(64)));
+        refused(&format!("{}.example", label(300)));
+        refused(&format!("{0}.{0}.{0}.{1}", label(63), label(62)));
+        let err = check_dns_name("bücher.example").unwrap_err();
+        assert!(err.detail().unwrap().contains("A-labels (xn--"), "{err:?}");
+        let err = check_dns_name("a\nb.example").unwrap_err();
+        assert!(!err.detail().unwrap().contains('\n'), "control characters are escaped in the detail");
+    }
+
+    #[test]
+    fn ip_addresses_are_unicast_host_addresses() {
+        for ok in ["10.1.2.3", "127.0.0.1", "192.0.2.7", "223.255.255.254", "::1", "2001:db8::7", "fe80::1"] {
+            check_ip_address(ok.parse().unwrap()).unwrap();
+        }
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "240.0.0.1",
+            "224.0.0.1",
+            "239.1.2.3",
+            "::",
+            "ff02::1",
+            "::ffff:10.1.2.3",
+        ] {
+            let err = check_ip_address(bad.parse().unwrap()).unwrap_err();
+            assert_eq!(err.kind(), &ErrorKind::InvalidSubjectAltName, "{bad}");
+        }
+    }
 }

@@ -150,17 +150,25 @@ pub struct ClientConfig {
     pub allowed_prefixes: Vec<String>,
     /// Longest WIT lifetime it may obtain, in seconds.
     pub max_lifetime: u64,
-    /// Longest WIC lifetime it may obtain, in seconds (1 to 86400). Defaults to `max_lifetime`.
+    /// Longest WIC lifetime it may obtain, in seconds (1 to 86400). Defaults to `max_lifetime`,
+    /// the client's WIT lifetime: the next workload-creds revision asks for WIC lifetimes "on a
+    /// similar scale to WITs" and does not rely on revocation (no CRL), so a short lifetime is
+    /// what limits a stolen key. A request may ask for less (`lifetime`), never for more.
     #[serde(default)]
     pub max_wic_lifetime: Option<u64>,
     /// DNS names it may put in a WIC's subject alternative names: exact names
     /// (`billing.prod.example`) or `*.suffix` patterns, which allow any name with at least one
     /// more label (`*.svc.prod.example` allows `a.svc.prod.example`, not `svc.prod.example`,
     /// and a wildcard SAN only if the same pattern is listed). None by default: a client can
-    /// name only its workload identifier.
+    /// name only its workload identifier. Whatever the list allows, a requested name must be a
+    /// valid DNS name (LDH labels of 1 to 63 bytes, at most 253 bytes, no trailing dot,
+    /// internationalized names as `xn--` A-labels) or it is refused with 400
+    /// `invalid_subject_alt_name`.
     #[serde(default)]
     pub allowed_dns_names: Vec<String>,
-    /// IP addresses it may put in a WIC's subject alternative names. None by default.
+    /// IP addresses it may put in a WIC's subject alternative names. None by default. Only
+    /// unicast host addresses: unspecified, broadcast, reserved, multicast and IPv4-mapped IPv6
+    /// addresses are refused here at start and in requests (400 `invalid_subject_alt_name`).
     #[serde(default)]
     pub allowed_ip_addresses: Vec<std::net::IpAddr>,
 }
@@ -185,18 +193,11 @@ pub(crate) fn dns_name_allowed(allowlist: &[String], name: &str) -> bool {
     })
 }
 
-/// A DNS name or `*.suffix` pattern of an allowlist: lower-case-insensitive LDH labels.
+/// A DNS name or `*.suffix` pattern of an allowlist: a valid DNS name (see
+/// [`wimse_core::wic::check_dns_name`]), optionally behind one leading `*.`.
 pub(crate) fn valid_dns_pattern(pattern: &str) -> bool {
     let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    !name.contains('*') && wimse_core::wic::check_dns_name(name).is_ok()
 }
 
 /// The kind of token a [`ExchangeProfile`] accepts.
@@ -272,7 +273,9 @@ impl Default for RateLimits {
 pub struct IssuerConfig {
     /// The trust domain it issues for, e.g. `spiffe://prod.example`.
     pub trust_domain: String,
-    /// The `iss` claim of issued WITs.
+    /// The `iss` claim of issued WITs (none by default). For a `spiffe://` trust domain its
+    /// WITs are WIT-SVIDs, whose `iss` SHOULD NOT be compatible with OpenID Connect Discovery
+    /// (an `https` URL without query or fragment): the server logs a warning at start if it is.
     #[serde(default)]
     pub issuer: Option<String>,
     /// Where signing keys are kept across restarts, on one node: a JSON file (0600). Set this

@@ -5,7 +5,7 @@
 //! | `POST /v1/wit` | `Authorization: Bearer <platform token or dev secret>`, JSON `{"sub", "jwk", "lifetime"?}` → `{"wit", "expires_at"}` |
 //! | `POST /v1/token` | RFC 8693 token exchange (form: `grant_type`, `subject_token`, `subject_token_type`, `wimse_jwk`) → `{"access_token": <WIT>, "issued_token_type", "token_type": "N_A", "expires_in"}`; RFC 7523 jwt-bearer grant (`assertion`, `scope`?, `DPoP` header) or client assertion → `{"access_token": <WIT bound to the DPoP key>, "token_type": "DPoP", …}` |
 //! | `POST /v1/token` (Txn-Tokens) | RFC 8693 with `requested_token_type=urn:ietf:params:oauth:token-type:txn_token`, `audience` (the trust domain), `scope`, `subject_token`, `subject_token_type`, `request_context`?, `request_details`?; the requesting workload sends its `Workload-Identity-Token` and `Authorization: WPT` (`aud` = the token endpoint) → `{"access_token": <Txn-Token>, "issued_token_type": "…:txn_token", "token_type": "N_A", "expires_in"}` |
-//! | `POST /v1/wic` | `Authorization: Bearer …`, JSON `{"sub", "spki" (base64 DER), "usage": "client"\|"server"\|"both", "dns"?, "ip"?}` → `{"chain_pem", "expires_at"}` |
+//! | `POST /v1/wic` | `Authorization: Bearer …`, JSON `{"sub", "spki" (base64 DER), "usage": "client"\|"server"\|"both", "dns"?, "ip"?, "lifetime"?}` → `{"chain_pem", "expires_at"}` |
 //! | `GET /v1/bundle/x509` | the WIC certificate authority (PEM) |
 //! | `GET /v1/bundle/jwks` | the signing keys as a JWKS |
 //! | `GET /v1/bundle/spiffe` | the signing keys as a SPIFFE bundle (`spiffe_sequence`, `spiffe_refresh_hint`) |
@@ -40,7 +40,15 @@ fn problem(error: &Error) -> Response {
         ErrorKind::InvalidSubject(_) | ErrorKind::InvalidKey => StatusCode::BAD_REQUEST,
         _ => rejection.status(),
     };
-    let (parts, body) = rejection.into_response().into_parts();
+    let (parts, mut body) = rejection.into_response().into_parts();
+    // What was wrong with the request's own name or key is told to its sender (RFC 9457
+    // `detail`): which name, which check, what to send instead.
+    if let (ErrorKind::InvalidSubjectAltName | ErrorKind::InvalidKey, Some(detail)) = (error.kind(), error.detail())
+        && let Ok(mut problem) = serde_json::from_slice::<serde_json::Value>(&body)
+    {
+        problem["detail"] = detail.into();
+        body = serde_json::to_vec(&problem).unwrap_or(body);
+    }
     let mut response = (status, body).into_response();
     // Content-Type, Cache-Control and Retry-After as the rejection set them.
     response.headers_mut().extend(parts.headers);
@@ -289,15 +297,18 @@ async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, reques
 /// The body of `POST /v1/wic`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WicRequest {
+struct WicBody {
     sub: String,
     spki: String,
     #[serde(default)]
     usage: Option<String>,
     #[serde(default)]
     dns: Vec<String>,
+    /// Parsed here, so a malformed address is a 400 naming it rather than a JSON error.
     #[serde(default)]
-    ip: Vec<std::net::IpAddr>,
+    ip: Vec<String>,
+    #[serde(default)]
+    lifetime: Option<u64>,
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -311,7 +322,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn issue_wic(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
-    Json(request): Json<WicRequest>,
+    Json(request): Json<WicBody>,
 ) -> Response {
     use base64::Engine as _;
     use wimse_core::wic::{WicUsage, chain_to_pem};
@@ -327,7 +338,26 @@ async fn issue_wic(
     let Ok(spki) = base64::engine::general_purpose::STANDARD.decode(&request.spki) else {
         return problem(&Error::with_detail(ErrorKind::InvalidKey, "spki is not base64"));
     };
-    match server.issue_wic(bootstrap, &request.sub, &spki, usage, &request.dns, &request.ip).await {
+    let mut ip_addresses = Vec::with_capacity(request.ip.len());
+    for ip in &request.ip {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip_addresses.push(ip),
+            Err(_) => {
+                let shown: String = ip.chars().take(64).collect();
+                let detail = format!("{shown:?} is not an IP address");
+                return problem(&Error::with_detail(ErrorKind::InvalidSubjectAltName, detail));
+            }
+        }
+    }
+    let wic = crate::WicRequest {
+        sub: &request.sub,
+        spki_der: &spki,
+        usage,
+        dns_names: &request.dns,
+        ip_addresses: &ip_addresses,
+        lifetime: request.lifetime,
+    };
+    match server.issue_wic(bootstrap, &wic).await {
         Ok((chain, expires_at)) => {
             Json(serde_json::json!({"chain_pem": chain_to_pem(&chain), "expires_at": expires_at})).into_response()
         }

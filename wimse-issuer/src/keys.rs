@@ -52,17 +52,38 @@ pub(crate) enum Reconciled {
     Restored,
     /// The stored state is another store (a new epoch): followed.
     Replaced { old_epoch: String },
-    /// The stored state is older than this replica's, or diverged from it (same epoch): the
-    /// union of both key sets is written back with a higher sequence, so no published key is
-    /// lost and verifiers never see the sequence go backwards.
+    /// The stored state is older than this replica's, or diverged from it (same epoch; a key
+    /// this replica has is missing although no replica could have retired it yet): the union
+    /// of both key sets is written back with a higher sequence, so no published key is lost and
+    /// verifiers never see the sequence go backwards. Not a key another replica retired.
     Merged { stored_sequence: u64 },
     /// A store this one replaced came back (a restored backup): this replica's is written back.
     RollbackRefused { stale_epoch: String },
 }
 
+/// How far another replica's clock may run ahead of this one's when it retires a key: a key
+/// whose retirement is due within this by this replica's clock was retired, not lost.
+const PEER_CLOCK_SKEW: u64 = 60;
+
+/// Whether `key`, missing from `stored`, was retired there by the rule of [`KeyState::maintain`]
+/// (a later key of `stored` has been active longer than anything `key` signed can live), as
+/// another replica applies it at `now` give or take [`PEER_CLOCK_SKEW`].
+fn retired_in(stored: &KeyState, key: &StoredKey, now: u64, policy: &RotationPolicy) -> bool {
+    stored.keys.iter().any(|later| {
+        later.active_from > key.active_from
+            && now.saturating_add(PEER_CLOCK_SKEW) >= later.active_from.saturating_add(policy.longest_lifetime)
+    })
+}
+
 /// Chooses the state to keep from what is `stored` and what this replica has (`ours`, empty
-/// before the first load).
-pub(crate) fn reconcile(stored: Option<KeyState>, ours: &KeyState) -> Result<(KeyState, Reconciled)> {
+/// before the first load), at `now` under `policy` (which tells a key another replica retired
+/// from a key lost by a stale write).
+pub(crate) fn reconcile(
+    stored: Option<KeyState>,
+    ours: &KeyState,
+    now: u64,
+    policy: &RotationPolicy,
+) -> Result<(KeyState, Reconciled)> {
     let ours_known = !ours.epoch.is_empty();
     let Some(stored) = stored else {
         if ours.keys.is_empty() {
@@ -87,7 +108,9 @@ pub(crate) fn reconcile(stored: Option<KeyState>, ours: &KeyState) -> Result<(Ke
     }
     let missing: Vec<&StoredKey> =
         ours.keys.iter().filter(|k| !stored.keys.iter().any(|s| s.jwk.kid == k.jwk.kid)).collect();
-    if stored.sequence > ours.sequence && missing.is_empty() {
+    // Newer, and every key it lacks was retired on time by another replica: routine progress.
+    // (A key missing for any other reason is a stale write or a divergence, merged below.)
+    if stored.sequence > ours.sequence && missing.iter().all(|k| retired_in(&stored, k, now, policy)) {
         return Ok((stored, Reconciled::Stored));
     }
     // Older than ours, or as new but different (two replicas wrote back diverging states):
@@ -362,12 +385,12 @@ mod reconcile_tests {
         assert_eq!(a.sequence, 2);
 
         // First load: whatever is stored.
-        assert_eq!(reconcile(Some(a.clone()), &KeyState::default()).unwrap().1, Reconciled::Stored);
+        assert_eq!(reconcile(Some(a.clone()), &KeyState::default(), 10_901, &policy()).unwrap().1, Reconciled::Stored);
         // Normal progress: B follows A.
-        let (kept, how) = reconcile(Some(a.clone()), &b).unwrap();
+        let (kept, how) = reconcile(Some(a.clone()), &b, 10_901, &policy()).unwrap();
         assert_eq!((kids(&kept), how), (kids(&a), Reconciled::Stored));
         // A stale write (B's older state stored again): A keeps its keys, at a higher sequence.
-        let (kept, how) = reconcile(Some(b.clone()), &a).unwrap();
+        let (kept, how) = reconcile(Some(b.clone()), &a, 10_901, &policy()).unwrap();
         assert_eq!(how, Reconciled::Merged { stored_sequence: 1 });
         assert_eq!(kids(&kept), kids(&a));
         assert_eq!(kept.sequence, 3);
@@ -375,14 +398,14 @@ mod reconcile_tests {
         let mut diverged = b.clone();
         diverged.maintain(10_901, &policy(), &domain).unwrap();
         assert_eq!(diverged.sequence, a.sequence);
-        let (kept, how) = reconcile(Some(diverged.clone()), &a).unwrap();
+        let (kept, how) = reconcile(Some(diverged.clone()), &a, 10_901, &policy()).unwrap();
         assert!(matches!(how, Reconciled::Merged { .. }));
         assert_eq!(kept.keys.len(), 3, "both pending keys kept");
         assert!(kept.sequence > a.sequence);
         // Lost: written back above anything published.
-        let (kept, how) = reconcile(None, &a).unwrap();
+        let (kept, how) = reconcile(None, &a, 10_901, &policy()).unwrap();
         assert_eq!((how, kept.sequence, kept.epoch.clone()), (Reconciled::Restored, 3, a.epoch.clone()));
-        assert_eq!(reconcile(None, &KeyState::default()).unwrap().1, Reconciled::Created);
+        assert_eq!(reconcile(None, &KeyState::default(), 10_901, &policy()).unwrap().1, Reconciled::Created);
     }
 
     #[test]
@@ -396,11 +419,11 @@ mod reconcile_tests {
         assert!(kids(&new).iter().all(|k| !kids(&old).contains(k)), "every key is new");
         assert_ne!(new.wic_ca, old.wic_ca, "the WIC authority too");
         // A replica on the old store follows the new one.
-        let (kept, how) = reconcile(Some(new.clone()), &old).unwrap();
+        let (kept, how) = reconcile(Some(new.clone()), &old, 10_901, &policy()).unwrap();
         assert_eq!(how, Reconciled::Replaced { old_epoch: old.epoch.clone() });
         assert_eq!(kept, new);
         // The old store restored from a backup is refused.
-        let (kept, how) = reconcile(Some(old.clone()), &new).unwrap();
+        let (kept, how) = reconcile(Some(old.clone()), &new, 10_901, &policy()).unwrap();
         assert_eq!(how, Reconciled::RollbackRefused { stale_epoch: old.epoch.clone() });
         assert_eq!(kids(&kept), kids(&new));
         let mut chain = new.clone();
@@ -408,5 +431,45 @@ mod reconcile_tests {
             chain = KeyState::replacing(Some(&chain));
         }
         assert_eq!(chain.replaced.len(), 16, "bounded");
+    }
+
+    /// Another replica's routine retirement is followed as it is (no merge, no write-back, the
+    /// sequence as that replica left it); a key missing before anyone could retire it is still
+    /// a divergence.
+    #[test]
+    fn a_peer_retirement_is_not_a_divergence() {
+        let domain = "spiffe://prod.example".parse().unwrap();
+        let mut a = KeyState::new();
+        a.maintain(10_000, &policy(), &domain).unwrap();
+        a.maintain(10_900, &policy(), &domain).unwrap(); // the next key, active from 11_000
+        let b = a.clone();
+        // A retires the first key at 11_300 (11_000 + the longest lifetime).
+        let changes = a.maintain(11_300, &policy(), &domain).unwrap();
+        assert_eq!((changes.retired.len(), a.sequence), (1, 3));
+        for b_now in [11_300, 11_301, 11_240, 11_400] {
+            let (kept, how) = reconcile(Some(a.clone()), &b, b_now, &policy()).unwrap();
+            assert_eq!((how, kept.sequence), (Reconciled::Stored, 3), "B at {b_now}");
+            assert_eq!(kept, a);
+            // B's own maintenance then has nothing left to do: nothing is written back.
+            let mut next = kept.clone();
+            assert!(!next.maintain(b_now, &policy(), &domain).unwrap().any());
+            assert_eq!(next, a);
+        }
+        // Long before the key was due (B's clock more than a minute behind, or a store that
+        // lost the key): not a retirement.
+        let (kept, how) = reconcile(Some(a.clone()), &b, 11_239, &policy()).unwrap();
+        assert_eq!(how, Reconciled::Merged { stored_sequence: 3 });
+        assert_eq!(kids(&kept), kids(&b), "the missing key is kept");
+        // A newer store that lost a key nobody retired (the active one): a divergence.
+        let mut lost = b.clone();
+        lost.keys.remove(1);
+        lost.sequence = 5;
+        let (kept, how) = reconcile(Some(lost), &b, 11_300, &policy()).unwrap();
+        assert_eq!(how, Reconciled::Merged { stored_sequence: 5 });
+        assert_eq!(kids(&kept), kids(&b));
+        // A stale backup restored under A (older, with the retired key): still refused.
+        let (kept, how) = reconcile(Some(b.clone()), &a, 11_300, &policy()).unwrap();
+        assert_eq!(how, Reconciled::Merged { stored_sequence: 2 });
+        assert!(kept.sequence > a.sequence);
     }
 }

@@ -53,7 +53,7 @@ pub use http::router;
 pub use keys::KeyState;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
-pub use server::{IdentityServer, IssuedWit};
+pub use server::{IdentityServer, IssuedWit, WicRequest};
 pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage};
 pub use tts::{IssuedTxnToken, TxnTokenRequest};
 pub use wimse_core::trust::STORE_EPOCH_MEMBER;

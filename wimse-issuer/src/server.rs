@@ -30,6 +30,14 @@ struct Client {
     rule: Rule,
 }
 
+impl Client {
+    /// The longest WIC the client may obtain: `max_wic_lifetime`, by default the client's WIT
+    /// lifetime (workload-creds, next revision: WIC lifetimes on a similar scale to WITs).
+    fn wic_lifetime(&self) -> u64 {
+        self.config.max_wic_lifetime.unwrap_or(self.config.max_lifetime)
+    }
+}
+
 struct Exchange {
     profile: ExchangeProfile,
     keys: TrustAnchors,
@@ -41,6 +49,23 @@ struct PlatformToken {
     jti: Option<String>,
     expires_at: u64,
     single_use: bool,
+}
+
+/// What a client asks for in a Workload Identity Certificate ([`IdentityServer::issue_wic`]).
+#[derive(Debug, Clone)]
+pub struct WicRequest<'a> {
+    /// The workload identifier.
+    pub sub: &'a str,
+    /// The workload's public key: an X.509 SubjectPublicKeyInfo, DER.
+    pub spki_der: &'a [u8],
+    /// What the certificate is for (its extended key usage).
+    pub usage: wimse_core::wic::WicUsage,
+    /// DNS names for its subject alternative names (a server certificate).
+    pub dns_names: &'a [String],
+    /// IP addresses for its subject alternative names.
+    pub ip_addresses: &'a [std::net::IpAddr],
+    /// Its lifetime in seconds, at most the client's maximum (the maximum when `None`).
+    pub lifetime: Option<u64>,
 }
 
 /// The result of an issuance.
@@ -213,6 +238,11 @@ impl IdentityServer {
                     ));
                 }
             }
+            for (j, ip) in c.allowed_ip_addresses.iter().enumerate() {
+                if let Err(e) = wimse_core::wic::check_ip_address(*ip) {
+                    return Err(config_error(field(&format!("allowed_ip_addresses[{j}]")), e));
+                }
+            }
             if c.max_wic_lifetime.is_some_and(|secs| secs == 0 || secs > 86_400) {
                 return Err(config_error(field("max_wic_lifetime"), "must be between 1 and 86400 seconds"));
             }
@@ -277,6 +307,13 @@ impl IdentityServer {
             if config.platforms[..i].iter().any(|q| q.issuer == p.issuer || q.name == p.name) {
                 return Err(config_error(format!("platforms[{i}]"), "another platform has the same name or issuer"));
             }
+        }
+        if let Some(iss) = &config.issuer
+            && domain.scheme() == "spiffe"
+            && wimse_core::draft::oidc_discovery_compatible(iss)
+        {
+            // Allowed (creds §5.1.3 even suggests an https iss), but its WITs are WIT-SVIDs.
+            tracing::warn!(trust_domain = %domain, issuer = %iss, "wimse issuer: `issuer` is an https URL without query or fragment, a value compatible with OpenID Connect Discovery, which the SPIFFE WIT-SVID profile (section 3.7) says a WIT-SVID's iss SHOULD NOT be (a relying party could take the WIT for an OIDC ID token without proof of possession); leave `issuer` unset or use another form, such as the trust domain's spiffe:// ID");
         }
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let tts = match &config.txn_tokens {
@@ -356,7 +393,7 @@ impl IdentityServer {
         let state = self
             .storage
             .update(&mut |stored: Option<KeyState>| {
-                let (mut state, reconciled) = reconcile(stored.clone(), &ours)?;
+                let (mut state, reconciled) = reconcile(stored.clone(), &ours, now, &policy)?;
                 how = reconciled;
                 changes = state.maintain(now, &policy, &self.domain)?;
                 // Written whenever it differs from what is stored (an epoch given to an old
@@ -632,22 +669,31 @@ impl IdentityServer {
                 format!("{} may not obtain {id}", client.config.name),
             ));
         }
-        if token.single_use {
-            let jti = token.jti.as_deref().ok_or_else(|| refused("the assertion has no jti"))?;
-            let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
-            self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
-                ErrorKind::ReplayedProof => refused("assertion jti already used"),
-                _ => e,
-            })?;
-        }
+        let single_use_jti = match (token.single_use, token.jti.as_deref()) {
+            (true, None) => return Err(refused("the assertion has no jti")),
+            (true, Some(jti)) => Some(jti),
+            (false, _) => None,
+        };
+        // Signed before anything is spent, so that a signing failure (no active key) spends
+        // nothing; discarded if a claim below fails.
+        let lifetime = client.config.max_lifetime;
+        let (wit, kid) = self.sign_wit(&id, &proof.jwk, lifetime, now)?;
+        // The proof is claimed before the assertion: a replayed proof (or a replay store that
+        // cannot answer) must not spend the single-use assertion, which the client keeps and
+        // may present again with a fresh proof. A replayed assertion spends only its proof.
         let proof_expiry = proof.iat.saturating_add(validation.max_age + validation.leeway);
         let claim = ReplayClaim::token("dpop", &proof.jti, proof_expiry, now);
         self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
             ErrorKind::ReplayedProof => Error::with_detail(ErrorKind::InvalidDpopProof, "DPoP proof jti already used"),
             _ => e,
         })?;
-        let lifetime = client.config.max_lifetime;
-        let (wit, kid) = self.sign_wit(&id, &proof.jwk, lifetime, now)?;
+        if let Some(jti) = single_use_jti {
+            let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
+            self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
+                ErrorKind::ReplayedProof => refused("assertion jti already used"),
+                _ => e,
+            })?;
+        }
         self.record("jwt-bearer", &client.config.name, &id, lifetime, kid, now).await?;
         tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIT issued for an RFC 7523 assertion");
         Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
@@ -806,40 +852,54 @@ impl IdentityServer {
             .ok_or_else(|| crate::store::unavailable("no WIC authority"))
     }
 
-    /// Issues a Workload Identity Certificate for `sub` certifying the workload's public key
-    /// (`spki_der`), under the same per-client authority as WITs. Returns the chain (leaf first)
-    /// and its expiry.
+    /// Issues a Workload Identity Certificate for the request's `sub` certifying the workload's
+    /// public key, under the same per-client authority as WITs. The key must satisfy the policy
+    /// of WIT confirmation keys (`invalid_key`); DNS names and IP addresses must be valid server
+    /// names (`invalid_subject_alt_name`, 400) and granted by the client's `allowed_dns_names`
+    /// and `allowed_ip_addresses` (`issuance_denied`, 403). The lifetime is the one asked for,
+    /// capped at the client's maximum. Returns the chain (leaf first) and its expiry.
     pub async fn issue_wic(
         &self,
         bootstrap: &str,
-        sub: &str,
-        spki_der: &[u8],
-        usage: wimse_core::wic::WicUsage,
-        dns_names: &[String],
-        ip_addresses: &[std::net::IpAddr],
+        request: &WicRequest<'_>,
     ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, u64)> {
-        let (client, id) = self.authorize(bootstrap, sub)?;
+        let (client, id) = self.authorize(bootstrap, request.sub)?;
+        let refuse = |error: Error| {
+            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, reason = error.reason(), detail = error.detail(), "WIC refused");
+            error
+        };
+        // Only names a TLS client can match: whatever the allowlist says.
+        for name in request.dns_names {
+            wimse_core::wic::check_dns_name(name).map_err(refuse)?;
+        }
+        for ip in request.ip_addresses {
+            wimse_core::wic::check_ip_address(*ip).map_err(refuse)?;
+        }
         // Server names go into certificates that mTLS clients trust for those names: a client
         // may name only what its configuration grants.
-        let refuse = |what: String| {
-            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, refused = %what, "WIC refused");
-            Error::with_detail(ErrorKind::IssuanceDenied, format!("{what} is not allowed for this client"))
+        let denied = |what: String| {
+            refuse(Error::with_detail(ErrorKind::IssuanceDenied, format!("{what} is not allowed for this client")))
         };
-        if let Some(name) = dns_names.iter().find(|n| !dns_name_allowed(&client.config.allowed_dns_names, n)) {
-            let shown: String = name.chars().take(64).collect();
-            return Err(refuse(format!("DNS name `{shown}`")));
+        if let Some(name) = request.dns_names.iter().find(|n| !dns_name_allowed(&client.config.allowed_dns_names, n)) {
+            return Err(denied(format!("DNS name `{name}`")));
         }
-        if let Some(ip) = ip_addresses.iter().find(|ip| !client.config.allowed_ip_addresses.contains(ip)) {
-            return Err(refuse(format!("IP address {ip}")));
+        if let Some(ip) = request.ip_addresses.iter().find(|ip| !client.config.allowed_ip_addresses.contains(ip)) {
+            return Err(denied(format!("IP address {ip}")));
         }
         let now = self.clock.now();
-        let lifetime = client.config.max_wic_lifetime.unwrap_or(client.config.max_lifetime);
-        let mut options = wimse_core::wic::WicOptions::new(usage, now, lifetime);
-        options.dns_names = dns_names.to_vec();
-        options.ip_addresses = ip_addresses.to_vec();
-        let chain = self.read_keys(|loaded| loaded.wic_authority()?.issue_for_key(&id, spki_der, &options))?;
+        let max = client.wic_lifetime();
+        let lifetime = request.lifetime.unwrap_or(max).clamp(1, max);
+        let mut options = wimse_core::wic::WicOptions::new(request.usage, now, lifetime);
+        options.dns_names = request.dns_names.to_vec();
+        options.ip_addresses = request.ip_addresses.to_vec();
+        let chain = self
+            .read_keys(|loaded| loaded.wic_authority()?.issue_for_key(&id, request.spki_der, &options))
+            .map_err(|error| match error.kind() {
+                ErrorKind::InvalidKey | ErrorKind::InvalidSubjectAltName => refuse(error),
+                _ => error,
+            })?;
         self.record("wic", &client.config.name, &id, lifetime, "wic-authority".to_owned(), now).await?;
-        tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, "WIC issued");
+        tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIC issued");
         Ok((chain, options.not_after))
     }
 

@@ -25,6 +25,7 @@ struct Federation {
     endpoint: String,
     cluster: SigningKey,
     http: reqwest::Client,
+    server: Arc<IdentityServer>,
 }
 
 impl Federation {
@@ -54,9 +55,9 @@ impl Federation {
         }))
         .unwrap();
         let server = Arc::new(IdentityServer::open(config, SystemClock).await.unwrap());
-        let app = wimse_issuer::router(server).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let app = wimse_issuer::router(server.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base, endpoint, cluster, http: reqwest::Client::new() }
+        Self { base, endpoint, cluster, http: reqwest::Client::new(), server }
     }
 
     /// A projected service-account token for `namespace`/`name`, audience `aud`.
@@ -245,6 +246,45 @@ async fn what_the_practices_draft_asks_to_refuse_is_refused() {
         .unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_request");
+}
+
+/// Red team, issue 23 item 11: a fresh assertion sent with a replayed DPoP proof was refused
+/// and spent, so the client's retry with a fresh proof was refused as a replayed assertion. The
+/// proof is claimed first: a refused proof leaves the assertion usable. A replayed assertion
+/// with a fresh proof is still refused, as a replayed assertion.
+#[tokio::test]
+async fn a_replayed_proof_does_not_spend_the_assertion() {
+    let f = Federation::start("replayed-proof").await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let grant = async |token: &str, proof: &str| {
+        f.grant(&[("grant_type", JWT_BEARER), ("assertion", token)], Some(proof)).await
+    };
+    // A proof is used once, with another assertion.
+    let used = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    assert_eq!(grant(&f.good_token(), &used).await.0, 200);
+
+    // A fresh assertion with the replayed proof: refused for the proof.
+    let token = f.good_token();
+    let (status, body) = grant(&token, &used).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_dpop_proof")), "{body}");
+    // The client retries the same assertion with a fresh proof: it was not spent.
+    let fresh = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let (status, body) = grant(&token, &fresh).await;
+    assert_eq!(status, 200, "the assertion survived the refused proof: {body}");
+    let wit = validate_wit(body["access_token"].as_str().unwrap(), &f.trust().await, &WitValidation::default(), now())
+        .unwrap();
+    assert_eq!(wit.cnf_key().thumbprint(), key.public_key().thumbprint());
+
+    // The neighbour: now spent, the assertion is refused with a fresh proof, as a replay.
+    let another = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let (status, body) = grant(&token, &another).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    let again = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let err = f.server.jwt_bearer_grant(&token, Some(&again), None).await.unwrap_err();
+    assert_eq!((err.kind(), err.detail()), (&ErrorKind::ExchangeRefused, Some("assertion jti already used")));
+    // A replayed assertion with a replayed proof: the proof is what is refused first.
+    let err = f.server.jwt_bearer_grant(&token, Some(&used), None).await.unwrap_err();
+    assert_eq!((err.kind(), err.detail()), (&ErrorKind::InvalidDpopProof, Some("DPoP proof jti already used")));
 }
 
 /// The bearer bootstrap goes through the same validation and claim conditions.

@@ -924,3 +924,37 @@ async fn replacing_the_key_store_drops_every_key() {
     let restarted = IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap();
     assert_eq!(restarted.key_state(), server.key_state());
 }
+
+/// SPIFFE WIT-SVID profile §3.7: a WIT-SVID's `iss` SHOULD NOT be compatible with OpenID Connect
+/// Discovery (an https URL without query or fragment). An identity server of a `spiffe://`
+/// trust domain configured with one warns once at start, naming it; other forms, and other
+/// trust domains (whose WITs are no WIT-SVIDs, and creds §5.1.3 allows an https `iss`), do not.
+#[tokio::test]
+async fn an_oidc_discovery_shaped_issuer_is_warned_about_at_start() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let platform = Platform::new();
+    let warnings = |iss: &str| {
+        let field = format!("issuer={iss}");
+        let lines = logs.lines_with(&["WARN", "OpenID Connect Discovery"]);
+        lines.iter().filter(|line| line.split(' ').any(|word| word == field)).count()
+    };
+    let open = async |name: &str, trust_domain: &str, iss: &str| {
+        let mut value = config(&platform, &store_path(name));
+        value["trust_domain"] = trust_domain.into();
+        value["issuer"] = iss.into();
+        let prefix = format!("{trust_domain}/ns");
+        value["clients"] = json!([{"name": "c", "platform": "cluster", "subject": "s", "allowed_prefixes": [prefix], "max_lifetime": 60}]);
+        IdentityServer::open(serde_json::from_value(value).unwrap(), FixedClock::new(NOW)).await.unwrap()
+    };
+    let shaped = "https://oidc-shaped.prod.example/wit";
+    open("oidc-1", "spiffe://prod.example", shaped).await;
+    assert_eq!(warnings(shaped), 1, "{}", logs.text());
+    for (name, trust_domain, iss) in [
+        ("oidc-2", "spiffe://prod.example", "spiffe://prod.example"),
+        ("oidc-3", "spiffe://prod.example", "https://oidc-shaped.prod.example/wit?profile=wit-svid"),
+        ("oidc-4", "wimse://prod.example", "https://oidc-shaped.prod.example/wimse"),
+    ] {
+        open(name, trust_domain, iss).await;
+        assert_eq!(warnings(iss), 0, "{iss} for {trust_domain}");
+    }
+}

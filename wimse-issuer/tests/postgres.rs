@@ -291,3 +291,109 @@ async fn a_txn_token_request_proof_is_claimed_once_across_replicas() {
         db.query("SELECT kind FROM wimse_issuer_audit", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert!(kinds.iter().any(|k| k == "txn-token"), "{kinds:?}");
 }
+
+/// A verifier alternating between replicas, admitting bundles as `BundleSource` does: within one
+/// key-store epoch the sequence may not go backwards.
+#[derive(Default)]
+struct Alternating {
+    epoch: Option<String>,
+    seen: Vec<u64>,
+}
+
+impl Alternating {
+    fn read(&mut self, replica: &IdentityServer) {
+        let bundle = replica.spiffe_bundle();
+        let epoch = bundle[wimse_issuer::STORE_EPOCH_MEMBER].as_str().unwrap().to_owned();
+        assert_eq!(self.epoch.get_or_insert_with(|| epoch.clone()), &epoch, "one store throughout");
+        self.seen.push(bundle["spiffe_sequence"].as_u64().unwrap());
+    }
+
+    fn rollbacks(&self) -> usize {
+        self.seen.windows(2).filter(|pair| pair[1] < pair[0]).count()
+    }
+}
+
+/// The row's sequence and its row version (`xmin` changes with every write).
+async fn stored_version(db: &tokio_postgres::Client) -> (i64, String) {
+    let row = db.query_one("SELECT sequence, xmin::text FROM wimse_issuer_state", &[]).await.unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Issue 23 item 16: one replica's routine retirement looked like divergence to the other,
+/// which logged an ERROR, wrote back the union (the retired key again) and jumped the sequence
+/// by two, so that a verifier reading that replica and then the first saw the sequence fall.
+/// Now a rotation and a retirement on replica A are adopted by replica B as they are: no ERROR,
+/// no write by B, the sequence up by exactly the two steps taken, and no rollback for a
+/// verifier reading each replica after its latest maintenance, in turn. A stale backup put back
+/// is still a divergence: logged, and the union written back above every published sequence.
+#[tokio::test]
+async fn a_peer_retirement_is_adopted_without_a_merge() {
+    let Some(postgres) = PostgresServer::start() else { return };
+    let logs = wimse_testkit::logs::Logs::global();
+    let dir = TempDir::new("wimse-issuer-pg-retire");
+    let kek = kek_file(&dir, 6);
+    let mut config = config(&postgres, &kek);
+    // Its own trust domain, so the log lines checked are this test's.
+    config.trust_domain = "spiffe://retire.example".into();
+    config.clients[0].allowed = vec!["spiffe://retire.example/demo".into()];
+    let errors = || logs.lines_with(&["ERROR", "spiffe://retire.example"]);
+    let clock = Arc::new(FixedClock::new(NOW));
+    let a = replica(config.clone(), clock.clone()).await;
+    let b = replica(config, clock.clone()).await;
+    let db = sql(&postgres).await;
+    let backup = db.query_one("SELECT epoch, sequence, sealed FROM wimse_issuer_state", &[]).await.unwrap();
+    let (start, _) = stored_version(&db).await;
+    let mut verifier = Alternating::default();
+    verifier.read(&a);
+    verifier.read(&b);
+
+    // Rotation (period 3600 s, published two refresh hints, 120 s, ahead), on A.
+    clock.set(NOW + 3600 - 120);
+    assert!(a.maintain().await.unwrap());
+    verifier.read(&a);
+    let written = stored_version(&db).await;
+    assert_eq!(written.0, start + 1);
+    assert!(b.maintain().await.unwrap());
+    assert_eq!(stored_version(&db).await, written, "B wrote nothing");
+    verifier.read(&b);
+    verifier.read(&a);
+    assert_eq!(kids(&a.spiffe_bundle()).len(), 2);
+
+    // Retirement of the first key once the second has signed for the longest WIT lifetime
+    // (600 s), on A; B adopts it at its next maintenance.
+    clock.set(NOW + 3600 + 600);
+    assert!(a.maintain().await.unwrap());
+    verifier.read(&a);
+    let retired = stored_version(&db).await;
+    assert_eq!(retired.0, start + 2, "one step for the retirement");
+    assert!(b.maintain().await.unwrap());
+    assert_eq!(stored_version(&db).await, retired, "B wrote nothing back");
+    verifier.read(&b);
+    verifier.read(&a);
+    assert!(!a.maintain().await.unwrap() && !b.maintain().await.unwrap(), "nothing left to do");
+    verifier.read(&a);
+    verifier.read(&b);
+    assert_eq!(stored_version(&db).await, retired);
+    assert_eq!(a.key_state(), b.key_state());
+    assert_eq!(b.key_state().1, (start + 2) as u64);
+    assert_eq!(kids(&b.spiffe_bundle()).len(), 1);
+    assert_eq!(verifier.rollbacks(), 0, "sequences seen: {:?}", verifier.seen);
+    assert_eq!(errors(), Vec::<String>::new());
+
+    // A stale backup of the same store put back: a divergence, logged, the keys the replicas
+    // published kept, and a sequence above everything published.
+    let (epoch, sequence, sealed): (String, i64, Vec<u8>) = (backup.get(0), backup.get(1), backup.get(2));
+    db.execute("UPDATE wimse_issuer_state SET epoch = $1, sequence = $2, sealed = $3", &[&epoch, &sequence, &sealed])
+        .await
+        .unwrap();
+    let current = kids(&a.spiffe_bundle());
+    a.maintain().await.unwrap();
+    b.maintain().await.unwrap();
+    verifier.read(&a);
+    verifier.read(&b);
+    let diverged = logs.lines_with(&["ERROR", "spiffe://retire.example", "diverged"]);
+    assert_eq!(diverged.len(), 1, "{diverged:?}");
+    assert!(stored_version(&db).await.0 > start + 2);
+    assert!(kids(&b.spiffe_bundle()).iter().all(|kid| current.contains(kid)) && kids(&b.spiffe_bundle()) == current);
+    assert_eq!(verifier.rollbacks(), 0, "sequences seen: {:?}", verifier.seen);
+}

@@ -195,12 +195,37 @@ pub(crate) fn parse_wit_svid(svid: crate::proto::Witsvid) -> Result<WitSvid, Wor
     if !wimse_core::wit_svid::ALGORITHMS.contains(&key.algorithm().as_str()) {
         return Err(refuse("the key's algorithm is not one the WIT-SVID profile allows"));
     }
+    let iss = token.claims.get("iss").and_then(|v| v.as_str()).map(str::to_owned);
     let credentials =
         Credentials::new(svid.wit_svid, key).map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
     if credentials.subject() != &spiffe_id {
         return Err(invalid(format!("a WIT-SVID for {} delivered as {spiffe_id}", credentials.subject())));
     }
+    if let Some(iss) = iss {
+        warn_oidc_shaped_issuer(&spiffe_id, &iss);
+    }
     Ok(WitSvid { spiffe_id, hint: svid.hint, credentials: Arc::new(credentials) })
+}
+
+/// How many distinct issuers [`warn_oidc_shaped_issuer`] remembers: a misconfigured issuer
+/// gets one warning, and a hostile endpoint cannot grow the set without bound.
+const WARNED_ISSUERS: usize = 64;
+
+/// Warns, once per value, that a WIT-SVID's `iss` is compatible with OpenID Connect Discovery:
+/// the WIT-SVID profile (§3.7) says it SHOULD NOT be, so that no relying party takes the
+/// WIT-SVID for an ID token without a proof of possession. The SVID is still used (a SHOULD
+/// NOT, and the issuer's to fix).
+fn warn_oidc_shaped_issuer(spiffe_id: &WorkloadId, iss: &str) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if !wimse_core::draft::oidc_discovery_compatible(iss) {
+        return;
+    }
+    let mut warned = WARNED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if warned.len() >= WARNED_ISSUERS || warned.iter().any(|seen| seen == iss) {
+        return;
+    }
+    warned.push(iss.to_owned());
+    tracing::warn!(%spiffe_id, iss, "wimse: a WIT-SVID's iss is an https URL without query or fragment, a value compatible with OpenID Connect Discovery, which the SPIFFE WIT-SVID profile (section 3.7) says it SHOULD NOT be (a relying party could take it for an OIDC ID token without proof of possession); the issuer should omit iss or use another form");
 }
 
 /// Reads every trust domain's JWKS (see [`wit_bundle_anchors`](crate::wit_bundle_anchors)).
@@ -352,6 +377,62 @@ mod tests {
         let ed_claims = json!({"sub": ID, "exp": 4_000_000_000u64, "cnf": {"jwk": ed_workload.public_jwk()}});
         let ed_cnf = jws::sign("wit+jwt", Some("issuer-1"), &ed_claims, &f.issuer, Default::default()).unwrap();
         refused(f.response(ID, ed_cnf, &ed_workload), "cnf.jwk.alg is not one the WIT-SVID profile allows");
+    }
+
+    /// WIT-SVID profile §3.7: an OIDC-Discovery-shaped `iss` is warned about once per value
+    /// (the SVID is still accepted); other forms are not.
+    #[test]
+    fn an_oidc_discovery_shaped_issuer_is_warned_about_once() {
+        let logs = wimse_testkit::logs::Logs::global();
+        let f = Fixture::new();
+        let warned =
+            |iss: &str| logs.lines_with(&["WARN", "OpenID Connect Discovery", &format!("iss=\"{iss}\"")]).len();
+        let shaped = "https://oidc-shaped.prod.example/wit-svid";
+        for _ in 0..3 {
+            let wit = f.wit(Some("issuer-1"), json!({"iss": shaped}));
+            parse_wit_svids(f.response(ID, wit, &f.workload)).unwrap();
+        }
+        assert_eq!(warned(shaped), 1, "{}", logs.text());
+        let other = "https://oidc-shaped.prod.example/other";
+        parse_wit_svids(f.response(ID, f.wit(Some("issuer-1"), json!({"iss": other})), &f.workload)).unwrap();
+        assert_eq!(warned(other), 1, "once per value");
+        for fine in ["spiffe://prod.example", "https://oidc-shaped.prod.example/wit-svid?td=prod", "urn:prod"] {
+            parse_wit_svids(f.response(ID, f.wit(Some("issuer-1"), json!({"iss": fine})), &f.workload)).unwrap();
+            assert_eq!(warned(fine), 0, "{fine}");
+        }
+    }
+
+    /// WIT-SVID profile §6.2: only `wit-svid` keys of a SPIFFE bundle are WIT anchors; JWT-SVID
+    /// and X.509-SVID authorities, unknown uses and untyped keys are ignored; a bundle with
+    /// none is refused.
+    #[test]
+    fn wit_bundles_take_only_wit_svid_keys() {
+        let typed = |kid: &str, key_use: Option<&str>| {
+            let mut jwk =
+                serde_json::to_value(SigningKey::generate(Algorithm::ES256).unwrap().with_kid(kid).public_jwk())
+                    .unwrap();
+            if let Some(key_use) = key_use {
+                jwk["use"] = key_use.into();
+            }
+            jwk
+        };
+        let bundle = |keys: Vec<serde_json::Value>| WitBundlesResponse {
+            bundles: [("spiffe://prod.example".to_owned(), json!({"keys": keys}).to_string())].into(),
+        };
+        let others = vec![
+            typed("jwt", Some("jwt-svid")),
+            typed("x509", Some("x509-svid")),
+            typed("unknown", Some("future-svid")),
+            typed("untyped", None),
+        ];
+        let mut all = others.clone();
+        all.push(typed("wit", Some("wit-svid")));
+        let parsed = parse_wit_bundles(bundle(all)).unwrap();
+        assert_eq!(parsed[0].1.keys().iter().map(|k| k.kid().unwrap()).collect::<Vec<_>>(), ["wit"]);
+        match parse_wit_bundles(bundle(others)) {
+            Err(WorkloadApiError::InvalidResponse(detail)) => assert!(detail.contains("no usable key"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

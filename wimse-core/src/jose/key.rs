@@ -150,6 +150,82 @@ impl PublicKey {
         })
     }
 
+    /// Imports an X.509 SubjectPublicKeyInfo (DER), as a workload sends it to have a certificate
+    /// issued: EC P-256 or P-384 (an uncompressed point), Ed25519, or RSA (`rsaEncryption`).
+    /// The key then goes through [`from_jwk`](Self::from_jwk)'s checks (the point is on its
+    /// curve, an RSA modulus has 2048 to 8192 bits), so a certificate certifies only a key a
+    /// WIT's `cnf` would accept: one key policy for both credentials. Other algorithms and
+    /// curves, and trailing or malformed DER, are refused ([`ErrorKind::InvalidKey`]).
+    #[cfg(feature = "mtls")]
+    pub fn from_spki_der(der: &[u8]) -> Result<Self> {
+        use x509_parser::oid_registry::{
+            OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+        };
+        use x509_parser::prelude::FromDer as _;
+        use x509_parser::public_key::RSAPublicKey;
+        use x509_parser::x509::SubjectPublicKeyInfo;
+
+        let (rest, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|_| invalid("not a SubjectPublicKeyInfo"))?;
+        if !rest.is_empty() {
+            return Err(invalid("data after the SubjectPublicKeyInfo"));
+        }
+        let (algorithm, parameters) = (&spki.algorithm.algorithm, spki.algorithm.parameters.as_ref());
+        if spki.subject_public_key.unused_bits != 0 {
+            return Err(invalid("the public key is not a whole number of bytes"));
+        }
+        let key: &[u8] = &spki.subject_public_key.data;
+        let mut jwk = Jwk::default();
+        if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+            let curve =
+                parameters.and_then(|p| p.as_oid().ok()).ok_or_else(|| invalid("EC key without a named curve"))?;
+            let (crv, len) = if curve == OID_EC_P256 {
+                ("P-256", 32)
+            } else if curve == OID_NIST_EC_P384 {
+                ("P-384", 48)
+            } else {
+                return Err(invalid("unsupported EC curve (P-256 and P-384 are accepted)"));
+            };
+            if key.len() != 1 + 2 * len || key[0] != 4 {
+                return Err(invalid("the EC point is not an uncompressed point of its curve"));
+            }
+            jwk.kty = "EC".into();
+            jwk.crv = Some(crv.into());
+            jwk.x = Some(b64url_encode(&key[1..=len]));
+            jwk.y = Some(b64url_encode(&key[1 + len..]));
+        } else if *algorithm == OID_SIG_ED25519 {
+            // RFC 8410 §3: the parameters are absent.
+            if parameters.is_some() {
+                return Err(invalid("Ed25519 key with algorithm parameters"));
+            }
+            jwk.kty = "OKP".into();
+            jwk.crv = Some("Ed25519".into());
+            jwk.x = Some(b64url_encode(key));
+        } else if *algorithm == OID_PKCS1_RSAENCRYPTION {
+            // RFC 3279 §2.3.1: the parameters are NULL.
+            if parameters.is_none_or(|p| p.as_null().is_err()) {
+                return Err(invalid("RSA key whose algorithm parameters are not NULL"));
+            }
+            let (rest, rsa) = RSAPublicKey::from_der(key).map_err(|_| invalid("not an RSA public key"))?;
+            if !rest.is_empty() {
+                return Err(invalid("data after the RSA public key"));
+            }
+            if [rsa.modulus, rsa.exponent].iter().any(|int| int.first().is_none_or(|b| b & 0x80 != 0)) {
+                return Err(invalid("RSA modulus or exponent is empty or negative"));
+            }
+            // DER integers carry a leading zero byte when their top bit is set; JWK values do not.
+            let unsigned = |bytes: &[u8]| {
+                let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+                b64url_encode(&bytes[start..])
+            };
+            jwk.kty = "RSA".into();
+            jwk.n = Some(unsigned(rsa.modulus));
+            jwk.e = Some(unsigned(rsa.exponent));
+        } else {
+            return Err(invalid("unsupported public key algorithm (EC P-256/P-384, Ed25519 or RSA)"));
+        }
+        Self::from_jwk(&jwk)
+    }
+
     /// The algorithm this key is pinned to, if any (always set for EC and OKP keys).
     pub fn algorithm(&self) -> Option<Algorithm> {
         self.alg
@@ -561,5 +637,90 @@ mod tests {
         der_len(&mut v, 200);
         der_len(&mut v, 1000);
         assert_eq!(v, [5, 0x81, 200, 0x82, 0x03, 0xe8]);
+    }
+}
+
+#[cfg(all(test, feature = "mtls"))]
+mod spki_tests {
+    use super::*;
+
+    fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        der_len(&mut out, body.len());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A SubjectPublicKeyInfo: the algorithm OID (DER, with its tag), its parameters, the key.
+    fn spki(algorithm: &[u8], parameters: Option<&[u8]>, key: &[u8]) -> Vec<u8> {
+        let identifier = der(0x30, &[algorithm, parameters.unwrap_or_default()].concat());
+        der(0x30, &[identifier, der(0x03, &[&[0u8][..], key].concat())].concat())
+    }
+
+    const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P521: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
+    const SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+    const RSA_ENCRYPTION: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    const NULL: &[u8] = &[0x05, 0x00];
+
+    /// An RSA public key whose modulus has `bits` bits (its value does not matter here).
+    fn rsa(bits: usize) -> Vec<u8> {
+        let modulus = [&[0u8][..], &vec![0xc5u8; bits / 8]].concat();
+        let key = der(0x30, &[der(0x02, &modulus), der(0x02, &[1, 0, 1])].concat());
+        spki(RSA_ENCRYPTION, Some(NULL), &key)
+    }
+
+    fn refused(der: &[u8], what: &str) {
+        let err = PublicKey::from_spki_der(der).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidKey, "{what}: {err:?}");
+    }
+
+    #[test]
+    fn spki_keys_get_the_jwk_key_policy() {
+        for (alg, rcgen_alg) in [
+            (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+            (Algorithm::ES384, &rcgen::PKCS_ECDSA_P384_SHA384),
+            (Algorithm::EdDSA, &rcgen::PKCS_ED25519),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
+            let key = PublicKey::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&pair)).unwrap();
+            assert_eq!(key.algorithm(), Some(alg));
+            // The same key as the workload would put in a WIT's cnf.
+            let raw = pair.public_key_raw();
+            let x = match alg {
+                Algorithm::EdDSA => raw.to_vec(),
+                _ => raw[1..=(raw.len() - 1) / 2].to_vec(),
+            };
+            assert_eq!(key.jwk().x.as_deref(), Some(b64url_encode(x).as_str()), "{alg}");
+        }
+        let rsa_2048 = PublicKey::from_spki_der(&rsa(2048)).unwrap();
+        assert!(rsa_2048.accepts(Algorithm::RS256) && rsa_2048.accepts(Algorithm::PS256));
+        assert_eq!(rsa_2048.jwk().n.as_deref(), Some(b64url_encode([0xc5u8; 256]).as_str()), "no DER sign byte");
+        PublicKey::from_spki_der(&rsa(8192)).unwrap();
+
+        refused(&rsa(1024), "RSA-1024");
+        refused(&rsa(2040), "RSA just under 2048 bits");
+        refused(&rsa(8200), "RSA over 8192 bits");
+        let point = [&[4u8][..], &[7u8; 64]].concat();
+        refused(&spki(EC_PUBLIC_KEY, Some(P521), &[&[4u8][..], &[7u8; 132]].concat()), "P-521");
+        refused(&spki(EC_PUBLIC_KEY, Some(SECP256K1), &point), "secp256k1");
+        refused(&spki(EC_PUBLIC_KEY, None, &point), "no curve");
+        refused(&spki(EC_PUBLIC_KEY, Some(P256), &point), "a point off the curve");
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = p256.public_key_raw();
+        let compressed = [&[2 + (raw[64] & 1)][..], &raw[1..33]].concat();
+        refused(&spki(EC_PUBLIC_KEY, Some(P256), &compressed), "a compressed point");
+        refused(&spki(ED25519, Some(NULL), &[9u8; 32]), "Ed25519 with parameters");
+        refused(&spki(ED25519, None, &[9u8; 31]), "a short Ed25519 key");
+        refused(
+            &spki(RSA_ENCRYPTION, None, &der(0x30, &[der(0x02, &[1; 256]), der(0x02, &[3])].concat())),
+            "RSA, no NULL",
+        );
+        refused(&[rcgen::PublicKeyData::subject_public_key_info(&p256), vec![0]].concat(), "trailing data");
+        refused(b"not DER at all", "garbage");
+        refused(&[], "empty");
+        refused(&rcgen::PublicKeyData::subject_public_key_info(&p256)[..40], "truncated");
     }
 }
