@@ -288,10 +288,6 @@ impl ErrorKind {
     /// The description without the value a kind may carry (the same for every `MissingClaim`).
     pub fn summary(&self) -> &'static str {
         self.row().2
-    /// A name requested for a certificate's subject alternative names is not a valid DNS name
-    /// (LDH labels of 1 to 63 bytes, at most 253 bytes, internationalized names as A-labels)
-    /// or not a unicast host address (400).
-    InvalidSubjectAltName => "invalid_subject_alt_name", Answer::Status(400), "a requested DNS name or IP address is not a valid server name";
     }
 
     /// A short human description of the failed check (never contains token material).
@@ -300,10 +296,6 @@ impl ErrorKind {
             (_, _, text, None) => Cow::Borrowed(text),
             (_, _, text, Some(value)) => Cow::Owned(format!("{text}: {value}")),
         }
-    /// A name requested for a certificate's subject alternative names is not a valid DNS name
-    /// (LDH labels of 1 to 63 bytes, at most 253 bytes, internationalized names as A-labels)
-    /// or not a unicast host address (400).
-    InvalidSubjectAltName => "invalid_subject_alt_name", Answer::Status(400), "a requested DNS name or IP address is not a valid server name";
     }
 }
 
