@@ -82,3 +82,23 @@ mod transactions {
         assert_eq!(policy.name(), "refunds");
     }
 }
+
+mod grpc_methods {
+    use wimse_core::prelude::*;
+    use wimse_tower::WimseLayer;
+
+    fn per_method(verifier: Verifier, domain: TrustDomain) -> Result<WimseLayer, Box<dyn std::error::Error>> {
+        let layer = WimseLayer::new(verifier)
+            .policy(Policy::named("unlisted-methods")) // allows nobody
+            .route_policy("/orders.v1.Orders/Get", Policy::named("readers").allow(Rule::trust_domain(domain)))
+            .route_policy("/orders.v1.Orders/", Policy::named("writers").allow(Rule::exact("spiffe://prod.example/front")?));
+        // tonic: Server::builder().layer(layer).add_service(OrdersServer::new(orders))
+        Ok(layer)
+    }
+
+    #[test]
+    fn builds() {
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        per_method(verifier, "spiffe://prod.example".parse().unwrap()).unwrap();
+    }
+}
