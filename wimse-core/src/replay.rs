@@ -193,12 +193,30 @@ impl Hasher for DigestHasher {
             self.0 ^= u64::from_le_bytes(word);
         }
     }
-    fn write_u128(&mut self, value: u128) {
-        self.0 ^= value as u64;
+    fn write_u64(&mut self, value: u64) {
+        self.0 ^= value;
     }
 }
 
-type ClaimMap = HashMap<u128, u64, BuildHasherDefault<DigestHasher>>;
+/// A claim's 128-bit key as two words: aligned to 8 bytes, so a table slot (key and expiry) is
+/// 24 bytes, where a `u128` key would make it 32. Hashed by its low word (the high one picks
+/// the shard).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SlotKey(u64, u64);
+
+impl SlotKey {
+    fn of(key: u128) -> Self {
+        Self(key as u64, (key >> 64) as u64)
+    }
+}
+
+impl std::hash::Hash for SlotKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+type ClaimMap = HashMap<SlotKey, u64, BuildHasherDefault<DigestHasher>>;
 
 /// Number of independently locked shards: many cores verify at once without meeting on one lock.
 const SHARDS: usize = 32;
@@ -224,9 +242,8 @@ impl Shard {
 /// once, without allocation beyond the table itself.
 ///
 /// Each live claim costs one table slot of 24 bytes of key and expiry plus the hash table's
-/// control byte and spare capacity: about 28–56 bytes (measured in `tests/replay_store.rs`).
-/// The default capacity of 1 000 000 claims is therefore at most about 56 MB (43 bytes per claim
-/// measured with 200 000 live claims). When a shard is
+/// control byte and spare capacity. Full, the default store (1 000 000 claims) holds 52.4 MB
+/// (`cargo test -p wimse-core --test replay_store -- --nocapture` prints it). When a shard is
 /// full of live claims, new proofs are refused ([`ErrorKind::ReplayCacheFull`], 503) rather than
 /// forgetting live ones, which would open a replay window. Replicas do not share it: use a
 /// shared store when requests are load-balanced.
@@ -236,7 +253,7 @@ pub struct InMemoryReplayStore {
     shards: Box<[Mutex<Shard>]>,
 }
 
-/// Default capacity of [`InMemoryReplayStore`]: one million live claims (about 56 MB at most).
+/// Default capacity of [`InMemoryReplayStore`]: one million live claims (52.4 MB when full).
 pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
 
 impl InMemoryReplayStore {
@@ -274,7 +291,8 @@ impl InMemoryReplayStore {
         if now >= shard.next_sweep {
             shard.sweep(now);
         }
-        if let Some(&until) = shard.entries.get(&claim.key) {
+        let key = SlotKey::of(claim.key);
+        if let Some(&until) = shard.entries.get(&key) {
             if until > now {
                 metrics::counter!("wimse_replay_cache_hits_total").increment(1);
                 return Err(ErrorKind::ReplayedProof.into());
@@ -288,7 +306,7 @@ impl InMemoryReplayStore {
                 return Err(Error::with_detail(ErrorKind::ReplayCacheFull, "in-memory replay store full"));
             }
         }
-        shard.entries.insert(claim.key, claim.expires_at);
+        shard.entries.insert(key, claim.expires_at);
         Ok(())
     }
 }
