@@ -1,8 +1,12 @@
 //! The verified-token caches: a steady caller's WIT, and a transaction's Txn-Token, are
 //! verified once, not on every request.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
 
 /// The time bounds a cached token is rechecked against on every hit.
 pub(crate) trait TimeBound {
@@ -37,37 +41,58 @@ struct Entry<T> {
     usable_until: Option<u64>,
 }
 
-/// Verified tokens (WITs, Txn-Tokens) by the token (each at most `max_token_len` bytes, so the cache holds at most
-/// capacity × that), valid while the anchors they were checked against
-/// are unchanged and not stale (`valid_until` of the trust domain's anchors, so `max_stale`
-/// refuses a cached WIT exactly like an uncached one). Time-dependent checks are repeated on every hit; only the signature, the
-/// parsing and the key checks are saved. Bounded: when full of unexpired entries, new WITs are
-/// simply not cached (verification is unaffected). Only WITs that verified enter, so invalid
-/// tokens cannot grow it.
+/// A token's SHA-256: the cache's key, 32 bytes where the token is a few hundred to 8 KiB.
+type TokenDigest = [u8; 32];
+
+/// The digest's own bits are a good hash: only verified tokens enter, and nobody aims SHA-256
+/// outputs at one bucket.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // The array's own bytes (its length prefix goes through `write_usize`, ignored).
+        if let Some(word) = bytes.get(..8) {
+            self.0 = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Verified tokens (WITs, Txn-Tokens) by the SHA-256 of the token, valid while the anchors they
+/// were checked against are unchanged and not stale (`valid_until` of the trust domain's anchors,
+/// so `max_stale` refuses a cached WIT exactly like an uncached one). Time-dependent checks are
+/// repeated on every hit; only the signature, the parsing and the key checks are saved. Bounded:
+/// when full of unexpired entries, new WITs are simply not cached (verification is unaffected).
+/// Only WITs that verified enter, so invalid tokens cannot grow it.
 pub(crate) struct TokenCache<T> {
     capacity: usize,
-    // Keyed by the token itself: a hit costs one hash of the token and no allocation (the
-    // `wth` a WPT must carry is kept in the entry). A read lock, so hits do not queue.
-    entries: std::sync::RwLock<std::collections::HashMap<Box<str>, Entry<T>>>,
+    // Keyed by the token's digest: a hit costs one SHA-256 of the token (about what hashing and
+    // comparing the token itself cost) and keeps no copy of it. A read lock, so hits do not queue.
+    entries: std::sync::RwLock<HashMap<TokenDigest, Entry<T>, BuildHasherDefault<DigestHasher>>>,
     /// When the last sweep of a full cache ran (seconds).
     swept_at: AtomicU64,
 }
 
 impl<T: TimeBound> TokenCache<T> {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            entries: std::sync::RwLock::new(std::collections::HashMap::new()),
-            swept_at: AtomicU64::new(0),
-        }
+        Self { capacity, entries: std::sync::RwLock::new(HashMap::default()), swept_at: AtomicU64::new(0) }
     }
 
     pub(crate) fn get(&self, token: &str, generation: u64, now: u64, leeway: u64) -> Option<Arc<T>> {
         if self.capacity == 0 {
             return None;
         }
+        let key = digest(token);
         let entries = self.entries.read().ok()?;
-        let Entry { wit, generation: cached_generation, usable_until } = entries.get(token)?;
+        let Entry { wit, generation: cached_generation, usable_until } = entries.get(&key)?;
         let still_valid = *cached_generation == generation
             && usable_until.is_none_or(|until| now < until)
             && now < wit.expires_at().saturating_add(leeway)
@@ -87,7 +112,7 @@ impl<T: TimeBound> TokenCache<T> {
             entries.retain(|_, e| e.generation == generation && now < e.wit.expires_at());
         }
         if entries.len() < self.capacity {
-            entries.insert(token.into(), Entry { wit, generation, usable_until });
+            entries.insert(digest(token), Entry { wit, generation, usable_until });
         }
     }
 

@@ -37,8 +37,6 @@ pub struct WitClaims {
     pub nbf: Option<u64>,
     /// Token id, for audit only (not a replay key).
     pub jti: Option<String>,
-    /// The workload's public key (`cnf.jwk`).
-    pub cnf_jwk: Jwk,
 }
 
 /// Issues WITs: the identity server's part.
@@ -274,20 +272,19 @@ pub fn validate_wit(token: &str, trust: &TrustStore, cfg: &WitValidation, now: u
         return Err(ErrorKind::WitNotYetValid.into());
     }
 
-    let (cnf_jwk, cnf_key, cnf_alg) = confirmation_key(claims, &cfg.pop_algorithms)?;
+    let (cnf_key, cnf_alg) = confirmation_key(claims, &cfg.pop_algorithms)?;
     let claims = WitClaims {
         exp,
         nbf,
         iss: claim_str(claims, "iss")?,
         iat: claim_u64(claims, "iat")?,
         jti: claim_str(claims, "jti")?,
-        cnf_jwk,
         sub,
     };
     Ok(VerifiedWit { claims, cnf_key, cnf_alg, hash: token_hash(token), kid: kid.map(str::to_owned) })
 }
 
-fn confirmation_key(claims: &Map<String, Value>, allowed: &[Algorithm]) -> Result<(Jwk, PublicKey, Algorithm)> {
+fn confirmation_key(claims: &Map<String, Value>, allowed: &[Algorithm]) -> Result<(PublicKey, Algorithm)> {
     let bad = |detail: &'static str| Error::with_detail(ErrorKind::InvalidConfirmationKey, detail);
     let jwk_value = claims
         .get("cnf")
@@ -308,5 +305,5 @@ fn confirmation_key(claims: &Map<String, Value>, allowed: &[Algorithm]) -> Resul
         return Err(bad("cnf.jwk.alg is not allowed"));
     }
     let key = PublicKey::from_jwk(&jwk).map_err(|_| bad("cnf.jwk is not a valid key for its alg"))?;
-    Ok((jwk, key, alg))
+    Ok((key, alg))
 }

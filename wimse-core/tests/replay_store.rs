@@ -51,7 +51,12 @@ fn memory_per_live_claim_is_bounded_whatever_the_input() {
     let store = InMemoryReplayStore::default();
     let region = Region::new(GLOBAL);
     let mut stored = 0u64;
-    while store.claim(&ReplayClaim::signature_nonce(&stored.to_string(), NOW + 60, NOW - 270), NOW).into_ready().unwrap().is_ok() {
+    while store
+        .claim(&ReplayClaim::signature_nonce(&stored.to_string(), NOW + 60, NOW - 270), NOW)
+        .into_ready()
+        .unwrap()
+        .is_ok()
+    {
         stored += 1;
     }
     let stats = region.change();

@@ -184,7 +184,7 @@ fn draft_latest_keys_match_the_tokens() {
     assert_eq!(issuer_private.public_jwk().y, issuer_public.y);
     let wit = testdata("drafts/wimse-latest-wit.jwt");
     let verified = validate_wit(wit.trim(), &latest_trust(), &draft_validation(), 1_745_510_000).unwrap();
-    assert_eq!(workload.public_jwk().x, verified.claims().cnf_jwk.x);
+    assert_eq!(workload.public_jwk().x, verified.cnf_key().jwk().x);
     // Computed thumbprints from the vector notes.
     assert_eq!(workload.public_key().thumbprint(), "sWptYalQwqq7mvswEtvcpHYbrI-lqgVH7SdfkHinUzI");
     assert_eq!(issuer_private.public_key().thumbprint(), "-PTiuiMwpW_0dv_Y5tpXxsmMU-XmSZwUNdKRS79oyYk");
