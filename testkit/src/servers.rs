@@ -2,8 +2,9 @@
 //! three-node Redis Cluster, and a throwaway PostgreSQL cluster.
 //!
 //! A test that needs a server it cannot find prints `skipped: <server> not found` and passes,
-//! unless `WIMSE_REQUIRE_<SERVER>=1` is set (`.ci/run` installs the servers and sets it), in
-//! which case a missing server is a failure.
+//! unless `WIMSE_REQUIRE_<SERVER>` is set to a true value (`1`, `true`, `yes` or `on`, in any
+//! case; `.ci/run` installs the servers and sets it), in which case a missing server is a
+//! failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,20 +16,46 @@ pub fn find_binary(binary: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(binary)).find(|candidate| candidate.is_file())
 }
 
+/// Reads a `WIMSE_REQUIRE_*` value: `Some(true)` for `1`, `true`, `yes`, `on`, `Some(false)`
+/// for `0`, `false`, `no`, `off` and the empty string (any case, surrounding blanks ignored),
+/// `None` for anything else.
+pub fn flag_value(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "" | "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `WIMSE_REQUIRE_<var>` asks for the server `var` (unset: no). A value that is neither
+/// true nor false panics: a misspelt setting in CI must not turn into silently skipped tests.
+pub fn required(var: &str) -> bool {
+    let variable = format!("WIMSE_REQUIRE_{var}");
+    match std::env::var(&variable) {
+        Err(std::env::VarError::NotPresent) => false,
+        Err(std::env::VarError::NotUnicode(_)) => panic!("{variable} is not UTF-8"),
+        Ok(value) => flag_value(&value)
+            .unwrap_or_else(|| panic!("{variable}={value:?}: expected 1, true, yes or on (or 0, false, no, off)")),
+    }
+}
+
+/// Prints `skipped: <what>` where it is seen: straight to the process's stderr, since the test
+/// harness captures `println!` of passing tests.
+pub fn skipped(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {what}");
+}
+
 /// `Some(path)` of `binary`, or `None` after printing `skipped: <binary> not found`; panics
-/// instead when `WIMSE_REQUIRE_<var>=1`.
+/// instead when [`required`]`(var)`.
 pub fn require_binary(binary: &str, var: &str) -> Option<PathBuf> {
     if let Some(path) = find_binary(binary) {
         return Some(path);
     }
-    let variable = format!("WIMSE_REQUIRE_{var}");
-    if std::env::var(&variable).is_ok_and(|v| v == "1") {
-        panic!("{binary} not found, and {variable}=1 requires it");
+    if required(var) {
+        panic!("{binary} not found, and WIMSE_REQUIRE_{var} requires it");
     }
-    // Straight to the process's stderr: the test harness captures `println!`, and this line
-    // must be seen.
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "skipped: {binary} not found");
+    skipped(&format!("{binary} not found"));
     None
 }
 
@@ -493,7 +520,7 @@ impl Drop for TempDir {
 
 /// A Python with Authlib, Flask and joserfc: `WIMSE_OAUTH_PYTHON`, else `python3` on `PATH`.
 /// Without one, prints `skipped: authlib not found` and returns `None`, or panics when
-/// `WIMSE_REQUIRE_OAUTH_AS=1`.
+/// [`required`]`("OAUTH_AS")`.
 pub fn oauth_python() -> Option<PathBuf> {
     let candidates =
         std::env::var_os("WIMSE_OAUTH_PYTHON").map(PathBuf::from).into_iter().chain(find_binary("python3"));
@@ -508,13 +535,12 @@ pub fn oauth_python() -> Option<PathBuf> {
             return Some(python);
         }
     }
-    if std::env::var("WIMSE_REQUIRE_OAUTH_AS").is_ok_and(|v| v == "1") {
+    if required("OAUTH_AS") {
         panic!(
-            "no Python with authlib, flask and joserfc (WIMSE_OAUTH_PYTHON), and WIMSE_REQUIRE_OAUTH_AS=1 requires it"
+            "no Python with authlib, flask and joserfc (WIMSE_OAUTH_PYTHON), and WIMSE_REQUIRE_OAUTH_AS requires it"
         );
     }
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "skipped: authlib not found");
+    skipped("authlib not found");
     None
 }
 
@@ -565,5 +591,23 @@ impl Drop for AuthlibServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flag_value;
+
+    #[test]
+    fn require_flags_accept_every_usual_spelling() {
+        for yes in ["1", "true", "TRUE", "True", "yes", "Yes", "on", "ON", " 1 "] {
+            assert_eq!(flag_value(yes), Some(true), "{yes:?}");
+        }
+        for no in ["", "0", "false", "FALSE", "no", "No", "off", "OFF"] {
+            assert_eq!(flag_value(no), Some(false), "{no:?}");
+        }
+        for unknown in ["2", "y", "enabled", "tru", "1 1"] {
+            assert_eq!(flag_value(unknown), None, "{unknown:?}");
+        }
     }
 }
