@@ -350,7 +350,7 @@ impl PostgresServer {
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster directory");
         }
-        let mut server = Self { bin, dir, port: free_port(), run_as, tls: false, child: None };
+        let mut server = Self { bin, dir, port: 0, run_as, tls: false, child: None };
         let data = server.data();
         let status = server
             .command("initdb")
@@ -360,8 +360,15 @@ impl PostgresServer {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
-        server.restart();
-        Some(server)
+        // A port found free may be taken before PostgreSQL binds it (by anything on this
+        // machine): PostgreSQL then exits, and another port is tried.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.launch() {
+                return Some(server);
+            }
+        }
+        panic!("postgres did not start on any of 5 free ports");
     }
 
     fn data(&self) -> String {
@@ -420,6 +427,13 @@ impl PostgresServer {
     /// Starts it (again) on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
+        assert!(self.launch(), "postgres exited at start (port {} taken?)", self.port);
+    }
+
+    /// Starts the server on `self.port` and waits until it accepts connections; `false` when it
+    /// exited instead (the port was taken), so that a listener that is not ours is never
+    /// mistaken for it.
+    fn launch(&mut self) -> bool {
         let data = self.data();
         let mut command = self.command("postgres");
         if self.tls {
@@ -430,10 +444,23 @@ impl PostgresServer {
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.child = Some(command.spawn().expect("postgres starts"));
+        let mut child = command.spawn().expect("postgres starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            assert!(Instant::now() < deadline, "postgres on port {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Accepting TCP is not yet accepting queries; callers retry their first connection.
-        wait_for_port(self.port);
         std::thread::sleep(Duration::from_millis(300));
+        // Still running: the port it listens on is its own.
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        self.child = Some(child);
+        true
     }
 
     /// Signals the server and every process it started (each backend is a process group of
