@@ -1,16 +1,5 @@
 //! Workload identifier and trust domain parsing; a parsed identifier must round-trip.
+//! The body is `src/identifier.rs`; `cargo test -p wimse-core --test fuzz_seeds` runs it over `seeds/identifier/`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use wimse_core::id::{TrustDomain, WorkloadId};
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(id) = WorkloadId::parse(text) {
-            assert_eq!(id.as_str(), text);
-            assert!(id.is_in(&id.trust_domain()));
-            assert_eq!(WorkloadId::parse(id.as_str()).as_ref(), Ok(&id));
-        }
-        let _ = TrustDomain::parse(text);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wimse_fuzz::identifier::run(data));

@@ -1,18 +1,5 @@
 //! The raw HTTP/1.1 reader of the CLI: parse, and a parsed request must survive a round trip.
+//! The body is `src/raw_request.rs`; `cargo test -p wimse-core --test fuzz_seeds` runs it over `seeds/raw_request/`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use wimse_core::raw::{RawRequest, RawResponse};
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(request) = RawRequest::parse(data) {
-        let _ = request.path();
-        let _ = request.header_map();
-        if let Ok(again) = RawRequest::parse(&request.to_bytes()) {
-            assert_eq!(again.method, request.method);
-        }
-    }
-    if let Ok(response) = RawResponse::parse(data) {
-        let _ = response.header_map();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wimse_fuzz::raw_request::run(data));

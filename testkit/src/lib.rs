@@ -376,5 +376,11 @@ pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_s
         status_and_body(plain.post(&plain_url).headers(headers).body("x").send().await.expect("send")).await;
     assert_eq!(status, 501, "{body}");
     assert!(body.contains("wimse-signed-response-unsupported"), "{body}");
-    assert!(signature_client(deployment, ALLOWED, SERVER).post(&plain_url).body("x").send().await.is_err());
+    let refused = signature_client(deployment, ALLOWED, SERVER).post(&plain_url).body("x").send().await;
+    let refused = match refused.expect_err("an unsigned answer to a request for a signed one is refused") {
+        reqwest_middleware::Error::Middleware(error) => error,
+        other => panic!("{other:?}"),
+    };
+    let kind = refused.downcast_ref::<Error>().map(|e| e.kind().clone());
+    assert_eq!(kind, Some(ErrorKind::NoWimseSignature), "{refused:?}");
 }

@@ -2,8 +2,9 @@
 //! three-node Redis Cluster, and a throwaway PostgreSQL cluster.
 //!
 //! A test that needs a server it cannot find prints `skipped: <server> not found` and passes,
-//! unless `WIMSE_REQUIRE_<SERVER>=1` is set (`.ci/run` installs the servers and sets it), in
-//! which case a missing server is a failure.
+//! unless `WIMSE_REQUIRE_<SERVER>` is set to a true value (`1`, `true`, `yes` or `on`, in any
+//! case; `.ci/run` installs the servers and sets it), in which case a missing server is a
+//! failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,20 +16,46 @@ pub fn find_binary(binary: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(binary)).find(|candidate| candidate.is_file())
 }
 
+/// Reads a `WIMSE_REQUIRE_*` value: `Some(true)` for `1`, `true`, `yes`, `on`, `Some(false)`
+/// for `0`, `false`, `no`, `off` and the empty string (any case, surrounding blanks ignored),
+/// `None` for anything else.
+pub fn flag_value(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "" | "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `WIMSE_REQUIRE_<var>` asks for the server `var` (unset: no). A value that is neither
+/// true nor false panics: a misspelt setting in CI must not turn into silently skipped tests.
+pub fn required(var: &str) -> bool {
+    let variable = format!("WIMSE_REQUIRE_{var}");
+    match std::env::var(&variable) {
+        Err(std::env::VarError::NotPresent) => false,
+        Err(std::env::VarError::NotUnicode(_)) => panic!("{variable} is not UTF-8"),
+        Ok(value) => flag_value(&value)
+            .unwrap_or_else(|| panic!("{variable}={value:?}: expected 1, true, yes or on (or 0, false, no, off)")),
+    }
+}
+
+/// Prints `skipped: <what>` where it is seen: straight to the process's stderr, since the test
+/// harness captures `println!` of passing tests.
+pub fn skipped(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {what}");
+}
+
 /// `Some(path)` of `binary`, or `None` after printing `skipped: <binary> not found`; panics
-/// instead when `WIMSE_REQUIRE_<var>=1`.
+/// instead when [`required`]`(var)`.
 pub fn require_binary(binary: &str, var: &str) -> Option<PathBuf> {
     if let Some(path) = find_binary(binary) {
         return Some(path);
     }
-    let variable = format!("WIMSE_REQUIRE_{var}");
-    if std::env::var(&variable).is_ok_and(|v| v == "1") {
-        panic!("{binary} not found, and {variable}=1 requires it");
+    if required(var) {
+        panic!("{binary} not found, and WIMSE_REQUIRE_{var} requires it");
     }
-    // Straight to the process's stderr: the test harness captures `println!`, and this line
-    // must be seen.
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "skipped: {binary} not found");
+    skipped(&format!("{binary} not found"));
     None
 }
 
@@ -323,7 +350,7 @@ impl PostgresServer {
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster directory");
         }
-        let mut server = Self { bin, dir, port: free_port(), run_as, tls: false, child: None };
+        let mut server = Self { bin, dir, port: 0, run_as, tls: false, child: None };
         let data = server.data();
         let status = server
             .command("initdb")
@@ -333,8 +360,15 @@ impl PostgresServer {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
-        server.restart();
-        Some(server)
+        // A port found free may be taken before PostgreSQL binds it (by anything on this
+        // machine): PostgreSQL then exits, and another port is tried.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.launch() {
+                return Some(server);
+            }
+        }
+        panic!("postgres did not start on any of 5 free ports");
     }
 
     fn data(&self) -> String {
@@ -393,6 +427,13 @@ impl PostgresServer {
     /// Starts it (again) on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
+        assert!(self.launch(), "postgres exited at start (port {} taken?)", self.port);
+    }
+
+    /// Starts the server on `self.port` and waits until it accepts connections; `false` when it
+    /// exited instead (the port was taken), so that a listener that is not ours is never
+    /// mistaken for it.
+    fn launch(&mut self) -> bool {
         let data = self.data();
         let mut command = self.command("postgres");
         if self.tls {
@@ -403,10 +444,23 @@ impl PostgresServer {
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.child = Some(command.spawn().expect("postgres starts"));
+        let mut child = command.spawn().expect("postgres starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            assert!(Instant::now() < deadline, "postgres on port {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Accepting TCP is not yet accepting queries; callers retry their first connection.
-        wait_for_port(self.port);
         std::thread::sleep(Duration::from_millis(300));
+        // Still running: the port it listens on is its own.
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        self.child = Some(child);
+        true
     }
 
     /// Signals the server and every process it started (each backend is a process group of
@@ -493,7 +547,7 @@ impl Drop for TempDir {
 
 /// A Python with Authlib, Flask and joserfc: `WIMSE_OAUTH_PYTHON`, else `python3` on `PATH`.
 /// Without one, prints `skipped: authlib not found` and returns `None`, or panics when
-/// `WIMSE_REQUIRE_OAUTH_AS=1`.
+/// [`required`]`("OAUTH_AS")`.
 pub fn oauth_python() -> Option<PathBuf> {
     let candidates =
         std::env::var_os("WIMSE_OAUTH_PYTHON").map(PathBuf::from).into_iter().chain(find_binary("python3"));
@@ -508,13 +562,12 @@ pub fn oauth_python() -> Option<PathBuf> {
             return Some(python);
         }
     }
-    if std::env::var("WIMSE_REQUIRE_OAUTH_AS").is_ok_and(|v| v == "1") {
+    if required("OAUTH_AS") {
         panic!(
-            "no Python with authlib, flask and joserfc (WIMSE_OAUTH_PYTHON), and WIMSE_REQUIRE_OAUTH_AS=1 requires it"
+            "no Python with authlib, flask and joserfc (WIMSE_OAUTH_PYTHON), and WIMSE_REQUIRE_OAUTH_AS requires it"
         );
     }
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "skipped: authlib not found");
+    skipped("authlib not found");
     None
 }
 
@@ -565,5 +618,23 @@ impl Drop for AuthlibServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flag_value;
+
+    #[test]
+    fn require_flags_accept_every_usual_spelling() {
+        for yes in ["1", "true", "TRUE", "True", "yes", "Yes", "on", "ON", " 1 "] {
+            assert_eq!(flag_value(yes), Some(true), "{yes:?}");
+        }
+        for no in ["", "0", "false", "FALSE", "no", "No", "off", "OFF"] {
+            assert_eq!(flag_value(no), Some(false), "{no:?}");
+        }
+        for unknown in ["2", "y", "enabled", "tru", "1 1"] {
+            assert_eq!(flag_value(unknown), None, "{unknown:?}");
+        }
     }
 }

@@ -165,6 +165,29 @@ async fn refusals_have_clear_statuses() {
     assert_eq!(jwt.server_streaming(request, path, codec).await.unwrap_err().code(), tonic::Code::Unimplemented);
 }
 
+/// The `gid` selector: an entry for this process's group serves it, one for another group does
+/// not, and selectors combine (this uid with another gid matches nothing). Runs as any user.
+#[tokio::test]
+async fn gid_selectors_match_the_callers_group() {
+    let issuer = Issuer::start(600).await;
+    let (uid, gid) = my_ids();
+    let other = gid.wrapping_add(4242);
+    let entries = json!([
+        {"spiffe_id": format!("{DOMAIN}/ns/by-gid"), "selectors": {"gid": gid}},
+        {"spiffe_id": format!("{DOMAIN}/ns/other-gid"), "selectors": {"gid": other}},
+        {"spiffe_id": format!("{DOMAIN}/ns/uid-and-other-gid"), "selectors": {"uid": uid, "gid": other}},
+    ]);
+    let agent = start_agent(&issuer, entries, json!({})).await;
+    let client = WorkloadApiClient::new(agent.endpoint.clone());
+    let svids = client.fetch_wit_svids(None, Duration::from_secs(5)).await.unwrap();
+    let ids: Vec<&str> = svids.iter().map(|svid| svid.spiffe_id.as_str()).collect();
+    assert_eq!(ids, [format!("{DOMAIN}/ns/by-gid")]);
+    // Asking for another group's identity by name is refused too.
+    let other: WorkloadId = format!("{DOMAIN}/ns/other-gid").parse().unwrap();
+    let error = client.fetch_wit_svids(Some(&other), Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(error, WorkloadApiError::PermissionDenied(_)), "{error}");
+}
+
 /// A caller no entry matches gets PermissionDenied, and our client says so at start.
 #[tokio::test]
 async fn unregistered_caller_is_denied() {

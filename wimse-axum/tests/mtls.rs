@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use wimse_axum::{Caller, WimseLayer};
 use wimse_core::prelude::*;
 use wimse_core::wic::{
-    CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
+    CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config,
+    server_config, wimse_error,
 };
 use wimse_reqwest::{WimseSignMiddleware, mtls_client_builder};
 use wimse_testkit::{ALLOWED, DENIED, Deployment};
@@ -53,6 +54,17 @@ async fn start(deployment: &Deployment) -> Setup {
     Setup { ca, anchors, base }
 }
 
+/// The rustls error under a client error (reqwest -> hyper -> io::Error(s) -> rustls::Error):
+/// `io::Error::source` skips the error it wraps, so a wrapped error is looked into as well.
+fn tls_error(error: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls.clone());
+    }
+    let wrapped = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+    let wrapped = wrapped.map(|inner| inner as &(dyn std::error::Error + 'static));
+    wrapped.and_then(tls_error).or_else(|| error.source().and_then(tls_error))
+}
+
 fn client(setup: &Setup, id: &str, expect: &str) -> reqwest::Client {
     let t = wimse_testkit::now();
     let cert = setup.ca.issue(&id.parse().unwrap(), &WicOptions::new(WicUsage::Client, t, 3600)).unwrap();
@@ -89,12 +101,21 @@ async fn mutual_tls_callers() {
     assert_eq!(denied.status(), 403);
 
     // The client refuses a server that is not the workload it expects for that address.
-    assert!(
-        client(&setup, "spiffe://prod.example/orders", "spiffe://prod.example/billing").get(&url).send().await.is_err()
-    );
+    let error = client(&setup, "spiffe://prod.example/orders", "spiffe://prod.example/billing")
+        .get(&url)
+        .send()
+        .await
+        .unwrap_err();
+    let tls = tls_error(&error).unwrap_or_else(|| panic!("not a TLS error: {error:?}"));
+    assert_eq!(wimse_error(&tls).map(|e| e.kind().clone()), Some(ErrorKind::UnexpectedPeer), "{tls:?}");
 
-    // No client certificate: no connection.
-    let verifier = WicServerVerifier::new(setup.anchors.clone());
+    // No client certificate: the server refuses the connection. The client trusts the server
+    // (the same verifier the clients above use), so the refusal is the server's: its
+    // `certificate_required` alert (TLS 1.3), and its log line.
+    let logs = wimse_testkit::logs::Logs::global();
+    let expected: WorkloadId = LEDGER.parse().unwrap();
+    let verifier = WicServerVerifier::new(setup.anchors.clone())
+        .expect(move |name| matches!(name, ServerName::IpAddress(_)).then(|| expected.clone()));
     let anonymous = rustls::ClientConfig::builder_with_provider(setup.anchors.provider().clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -102,7 +123,11 @@ async fn mutual_tls_callers() {
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     let anonymous = mtls_client_builder(anonymous).build().unwrap();
-    assert!(anonymous.get(&url).send().await.is_err());
+    let error = anonymous.get(&url).send().await.unwrap_err();
+    let tls = tls_error(&error).unwrap_or_else(|| panic!("not a TLS error: {error:?}"));
+    assert_eq!(tls, rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired));
+    let refused = logs.lines_with(&["WARN", "TLS handshake refused", "peer sent no certificates"]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
 
     // Application-level credentials on an mTLS connection are verified and must name the
     // connection's workload (mutual-tls-03): another workload's valid WPT is refused...

@@ -30,12 +30,13 @@ fn copy_binary(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// Runs `binary agent fetch` (as `uid` when given) and returns its exit code, stdout, stderr.
-async fn fetch(binary: &Path, socket: &Path, uid: Option<u32>) -> (i32, Value, String) {
+/// Runs `binary agent fetch` (as `(uid, gid)` when given) and returns its exit code, stdout,
+/// stderr.
+async fn fetch(binary: &Path, socket: &Path, ids: Option<(u32, u32)>) -> (i32, Value, String) {
     let mut command = tokio::process::Command::new(binary);
     command.args(["agent", "fetch", "--timeout", "5", "--socket", &format!("unix://{}", socket.display())]);
-    if let Some(uid) = uid {
-        command.uid(uid).gid(uid);
+    if let Some((uid, gid)) = ids {
+        command.uid(uid).gid(gid);
     }
     let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
     let stdout = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
@@ -76,6 +77,7 @@ async fn processes_get_the_identities_of_their_entries() {
     ];
     if root {
         entries.push(json!({"spiffe_id": format!("{DOMAIN}/ns/delta"), "selectors": {"uid": 64001}}));
+        entries.push(json!({"spiffe_id": format!("{DOMAIN}/ns/epsilon"), "selectors": {"gid": 64005}}));
     }
     std::fs::write(dir.path().join("token"), SECRET).unwrap();
     let socket = dir.path().join("agent.sock");
@@ -106,12 +108,15 @@ async fn processes_get_the_identities_of_their_entries() {
     if root {
         // Same executable as alpha, another uid: alpha's entry (uid + exe) does not match,
         // delta's (uid 64001) does.
-        let (code, svids, stderr) = fetch(&alpha, &socket, Some(64001)).await;
+        let (code, svids, stderr) = fetch(&alpha, &socket, Some((64001, 64001))).await;
         assert_eq!((code, ids(&svids)), (0, vec![format!("{DOMAIN}/ns/delta")]), "{stderr}");
-        let (code, _, stderr) = fetch(&alpha, &socket, Some(64002)).await;
+        let (code, _, stderr) = fetch(&alpha, &socket, Some((64002, 64002))).await;
         assert_eq!(code, 1, "uid 64002 has no entry: {stderr}");
-        assert!(stderr.contains("uid 64002"), "{stderr}");
+        assert!(stderr.contains("PermissionDenied") && stderr.contains("uid 64002"), "{stderr}");
+        // Another uid in group 64005: epsilon's entry (gid 64005) matches, by group alone.
+        let (code, svids, stderr) = fetch(&alpha, &socket, Some((64006, 64005))).await;
+        assert_eq!((code, ids(&svids)), (0, vec![format!("{DOMAIN}/ns/epsilon")]), "{stderr}");
     } else {
-        println!("skipped: the different-uid cases need root");
+        wimse_testkit::servers::skipped("the different-uid and different-gid cases need root");
     }
 }

@@ -59,10 +59,13 @@ impl Pki {
     }
 }
 
-/// The outcome of one connection, seen from both ends: the verified peer id or the rustls error.
+/// The outcome of one connection, seen from both ends: the verified peer id or the rustls error,
+/// and the SHA-256 fingerprint of the leaf certificate the server presented (when the client
+/// accepted it).
 struct Outcome {
     server: Result<WorkloadId, rustls::Error>,
     client: Result<WorkloadId, rustls::Error>,
+    served: Option<String>,
 }
 
 fn rustls_error(e: std::io::Error) -> rustls::Error {
@@ -87,6 +90,7 @@ async fn connect(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Outcom
         Ok::<_, rustls::Error>(peer.0)
     });
     let stream = TcpStream::connect(addr).await.unwrap();
+    let mut served = None;
     let client_side = async {
         let mut tls = TlsConnector::from(client)
             .connect(ServerName::IpAddress(LOCALHOST.into()), stream)
@@ -94,6 +98,7 @@ async fn connect(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Outcom
             .map_err(rustls_error)?;
         let peer = verified_peer(tls.get_ref().1.peer_certificates().unwrap_or_default())
             .map_err(|e| rustls::Error::General(e.to_string()))?;
+        served = Some(peer.1);
         // With TLS 1.3 a refused client certificate is reported after the handshake.
         tls.write_all(b"x").await.map_err(rustls_error)?;
         let mut byte = [0u8; 1];
@@ -102,7 +107,7 @@ async fn connect(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Outcom
     };
     let client = client_side.await;
     let server = server_side.await.unwrap();
-    Outcome { server, client }
+    Outcome { server, client, served }
 }
 
 /// The chain does not lead to an anchor of the peer's trust domain (no issuer of that name, or
@@ -142,7 +147,17 @@ async fn client_certificates_that_must_be_refused() {
         .unwrap();
     let outcome = connect(server.clone(), Arc::new(pki.client_config(&cert, expect))).await;
     assert!(untrusted_chain(&outcome.server), "{:?}", outcome.server);
-    assert!(outcome.client.is_err());
+    // The client hears the server's refusal as the alert for that error.
+    assert!(
+        matches!(
+            outcome.client,
+            Err(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA | rustls::AlertDescription::DecryptError
+            ))
+        ),
+        "{:?}",
+        outcome.client
+    );
 
     // Two URI SANs.
     let cert = pki
@@ -173,11 +188,9 @@ async fn client_certificates_that_must_be_refused() {
     let outcome = connect(server.clone(), Arc::new(pki.client_config(&cert, expect))).await;
     assert_eq!(wimse_kind(outcome.server.as_ref().unwrap_err()), Some(ErrorKind::UntrustedTrustDomain));
     // The issuer API itself refuses identifiers outside its domain.
-    assert!(
-        pki.ca
-            .issue(&"spiffe://other.example/x".parse().unwrap(), &WicOptions::new(WicUsage::Client, t, 3600))
-            .is_err()
-    );
+    let outside =
+        pki.ca.issue(&"spiffe://other.example/x".parse().unwrap(), &WicOptions::new(WicUsage::Client, t, 3600));
+    assert_eq!(outside.unwrap_err().kind(), &ErrorKind::InvalidConfiguration);
 
     // Expired.
     let mut expired = WicOptions::new(WicUsage::Client, t - 7200, 3600);
@@ -229,7 +242,16 @@ async fn the_client_checks_the_server_identity() {
     let server = Arc::new(pki.server_config(pki.current(&client_only)));
     let outcome =
         connect(server, Arc::new(pki.client_config(&pki.client_cert(), "spiffe://prod.example/payments"))).await;
-    assert!(outcome.client.is_err());
+    assert!(
+        matches!(
+            outcome.client,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
+            ))
+        ),
+        "{:?}",
+        outcome.client
+    );
 }
 
 #[tokio::test]
@@ -240,20 +262,23 @@ async fn server_certificate_rotation_without_failed_connections() {
     let server = Arc::new(pki.server_config(current.clone()));
     let client = Arc::new(pki.client_config(&pki.client_cert(), "spiffe://prod.example/payments"));
     let fingerprint = |cert: &WorkloadCertificate| verified_peer(cert.chain()).unwrap().1;
-    let mut seen = Vec::new();
+    let second = pki.server_cert();
+    assert_ne!(fingerprint(&second), fingerprint(&first), "two certificates (same workload, new key and serial)");
     for round in 0..6 {
+        // Rotated between rounds 2 and 3, while the server keeps serving.
         if round == 3 {
-            let second = pki.server_cert();
-            assert_ne!(fingerprint(&second), fingerprint(&first));
             current.set(&second).unwrap();
-            seen.push(fingerprint(&second));
         }
         let outcome = connect(server.clone(), client.clone()).await;
         assert_eq!(outcome.client.unwrap().as_str(), "spiffe://prod.example/payments", "round {round}");
-        outcome.server.unwrap();
+        assert_eq!(outcome.server.unwrap().as_str(), "spiffe://prod.example/orders", "round {round}");
+        let expected = if round < 3 { &first } else { &second };
+        assert_eq!(outcome.served, Some(fingerprint(expected)), "round {round}: the certificate served");
     }
-    assert_eq!(seen.len(), 1);
-    // Anchor rotation: once the CA is no longer trusted, new handshakes fail.
+    // Anchor rotation: once the CA is no longer trusted, new handshakes fail, and the client
+    // says why (the server's trust domain has no anchors left).
     pki.anchors.remove(pki.ca.trust_domain());
-    assert!(connect(server, client).await.client.is_err());
+    let outcome = connect(server, client).await;
+    assert_eq!(wimse_kind(outcome.client.as_ref().unwrap_err()), Some(ErrorKind::UntrustedTrustDomain));
+    assert_eq!(outcome.served, None);
 }

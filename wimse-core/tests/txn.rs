@@ -145,6 +145,24 @@ fn each_validation_rule_has_its_own_refusal() {
     assert_eq!(check(&with(json!({"iat": NOW + 31, "exp": NOW + 100}))), ErrorKind::TxnTokenNotYetValid);
     assert_eq!(check(&with(json!({"iat": NOW - 5, "exp": NOW + 3600}))), ErrorKind::TxnTokenLifetimeTooLong);
     assert_eq!(check(&with(json!({"iat": NOW - 700, "exp": NOW + 10}))), ErrorKind::TxnTokenLifetimeTooLong);
+    // `nbf` in the future (beyond the 30 s leeway) is refused like a future `iat`; at the edge
+    // of the leeway, and in the past, it is accepted; a non-numeric one is malformed.
+    let accepted = |token: &str| v.verify_sync(&RequestView::new(PATH, &request(&f, token))).map(|_| ());
+    assert_eq!(check(&with(json!({"nbf": NOW + 31}))), ErrorKind::TxnTokenNotYetValid);
+    assert_eq!(check(&with(json!({"nbf": NOW + 3600}))), ErrorKind::TxnTokenNotYetValid);
+    assert_eq!(accepted(&with(json!({"nbf": NOW + 30}))), Ok(()));
+    assert_eq!(accepted(&with(json!({"nbf": NOW - 5}))), Ok(()));
+    assert_eq!(check(&with(json!({"nbf": "soon"}))), ErrorKind::TxnTokenMissingClaim("nbf"));
+    // `exp` not after `iat` (both within the validity window, so no other check refuses it).
+    let not_after_iat = |iat: u64, exp: u64| {
+        let error = v.verify_sync(&RequestView::new(PATH, &request(&f, &with(json!({"iat": iat, "exp": exp})))));
+        let error = error.expect_err("accepted");
+        (error.kind().clone(), error.detail().map(str::to_owned))
+    };
+    let malformed = (ErrorKind::TxnTokenMalformed, Some("exp is not after iat".to_owned()));
+    assert_eq!(not_after_iat(NOW + 10, NOW + 10), malformed, "exp == iat");
+    assert_eq!(not_after_iat(NOW + 10, NOW + 5), malformed, "exp < iat");
+    assert_eq!(accepted(&with(json!({"iat": NOW + 10, "exp": NOW + 11}))), Ok(()), "exp one second after iat");
     for claim in ["aud", "iat", "exp", "txn", "sub", "scope", "req_wl"] {
         assert_eq!(check(&with(json!({claim: null}))), ErrorKind::TxnTokenMissingClaim(claim), "{claim}");
     }

@@ -158,7 +158,7 @@ fn oauth_error(error: &Error) -> Response {
         ErrorKind::KeyStoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         _ => (StatusCode::BAD_REQUEST, "invalid_request"),
     };
-    let body = serde_json::json!({"error": code, "error_description": error.kind().description()});
+    let body = serde_json::json!({"error": code, "error_description": grant_description(error)});
     let mut response = (status, Json(body)).into_response();
     if let Some(retry) = error.retry_after() {
         response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry.into());
@@ -167,6 +167,30 @@ fn oauth_error(error: &Error) -> Response {
         response.extensions_mut().insert(FailedAuthentication);
     }
     response
+}
+
+/// `error_description` of an RFC 6749 error: the kind's description, and for a refused grant
+/// (`invalid_grant`) also the check that failed, so a client's operator can tell an expired
+/// assertion from a wrong audience. The detail is the server's own wording (never a token),
+/// kept within RFC 6749's character set (`"` becomes `'`, `\` `/`, anything else outside
+/// printable ASCII `?`) and to 200 characters, since a few details quote a claim's value.
+fn grant_description(error: &Error) -> String {
+    let description = error.kind().description();
+    let detail = match (error.kind(), error.detail()) {
+        (ErrorKind::ExchangeRefused | ErrorKind::IssuanceDenied, Some(detail)) => detail,
+        _ => return description.into_owned(),
+    };
+    let detail: String = detail
+        .chars()
+        .take(200)
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect();
+    format!("{description}: {detail}")
 }
 
 async fn token(
@@ -403,4 +427,21 @@ pub fn router(server: Arc<IdentityServer>) -> Router {
         .route("/v1/bundle/jwks", get(jwks))
         .route("/v1/bundle/spiffe", get(spiffe_bundle))
         .with_state(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grant_description;
+    use wimse_core::{Error, ErrorKind};
+
+    #[test]
+    fn a_refused_grant_says_which_check_failed_in_rfc_6749_characters() {
+        let refused = Error::with_detail(ErrorKind::ExchangeRefused, "typ \"a\\b\u{e9}\n\" not accepted");
+        assert_eq!(grant_description(&refused), "the token exchange was refused: typ 'a/b??' not accepted");
+        let long = Error::with_detail(ErrorKind::ExchangeRefused, "x".repeat(10_000));
+        assert_eq!(grant_description(&long).len(), "the token exchange was refused: ".len() + 200);
+        // Other errors keep their description only.
+        let dpop = Error::with_detail(ErrorKind::InvalidDpopProof, "DPoP proof jti already used");
+        assert_eq!(grant_description(&dpop), ErrorKind::InvalidDpopProof.description());
+    }
 }

@@ -140,53 +140,67 @@ async fn what_the_practices_draft_asks_to_refuse_is_refused() {
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let rogue = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k8s-1");
     let t = now();
-    let cases: Vec<(&str, String, &str)> = vec![
+    // Each refusal names its check in `error_description` (after the kind's description).
+    const REFUSED: &str = "the token exchange was refused: ";
+    const NO_CLIENT: &str =
+        "the client may not obtain this identifier: no client for this platform token (subject or claim conditions)";
+    let refused = |check: &str| format!("{REFUSED}{check}");
+    let cases: Vec<(&str, String, String)> = vec![
         (
             "unknown issuer's key",
             f.platform_token(Some("JWT"), &f.endpoint, "prod", "payments", t + 600, &rogue),
-            "invalid_grant",
+            refused("bad signature"),
         ),
         (
             "wrong audience",
             f.platform_token(Some("JWT"), "https://other.example/token", "prod", "payments", t + 600, &f.cluster),
-            "invalid_grant",
+            refused("wrong audience"),
         ),
         (
             "the bootstrap audience",
             f.platform_token(Some("JWT"), "wimse-issuer", "prod", "payments", t + 600, &f.cluster),
-            "invalid_grant",
+            refused("wrong audience"),
         ),
         (
             "expired",
             f.platform_token(Some("JWT"), &f.endpoint, "prod", "payments", t - 60, &f.cluster),
-            "invalid_grant",
+            refused("expired"),
         ),
         (
             "over-long",
             f.platform_token(Some("JWT"), &f.endpoint, "prod", "payments", t + 7200, &f.cluster),
-            "invalid_grant",
+            refused("expires too far ahead"),
         ),
         (
             "typ not accepted",
             f.platform_token(Some("at+jwt"), &f.endpoint, "prod", "payments", t + 600, &f.cluster),
-            "invalid_grant",
+            refused("typ 'at+jwt' not accepted for platform `cluster`"),
         ),
+        // The claim conditions: each token differs from a good one in that one claim only.
         (
             "claim condition: namespace",
             f.platform_token(Some("JWT"), &f.endpoint, "dev", "payments", t + 600, &f.cluster),
-            "invalid_grant",
+            NO_CLIENT.to_owned(),
         ),
         (
             "claim condition: account",
-            f.platform_token(None, &f.endpoint, "prod", "billing", t + 600, &f.cluster),
-            "invalid_grant",
+            f.platform_token(Some("JWT"), &f.endpoint, "prod", "billing", t + 600, &f.cluster),
+            NO_CLIENT.to_owned(),
         ),
     ];
-    for (what, token, error) in cases {
+    for (what, token, description) in cases {
         let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
         let (status, body) = f.grant(&[("grant_type", JWT_BEARER), ("assertion", &token)], Some(&proof)).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some(error)), "{what}: {body}");
+        assert_eq!(
+            (status, body["error"].as_str(), body["error_description"].as_str()),
+            (400, Some("invalid_grant"), Some(description.as_str())),
+            "{what}: {body}"
+        );
     }
+    // The same good token is accepted (nothing else in the cases above was wrong).
+    let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let good = f.platform_token(Some("JWT"), &f.endpoint, "prod", "payments", t + 600, &f.cluster);
+    assert_eq!(f.grant(&[("grant_type", JWT_BEARER), ("assertion", &good)], Some(&proof)).await.0, 200);
     // An issuer that is not on the allowlist at all.
     let mut other = f.good_token();
     other = {
@@ -196,9 +210,10 @@ async fn what_the_practices_draft_asks_to_refuse_is_refused() {
         jws::sign("JWT", Some("k8s-1"), &claims, &f.cluster, Backend::default()).unwrap()
     };
     let proof = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
+    let body = f.grant(&[("grant_type", JWT_BEARER), ("assertion", &other)], Some(&proof)).await.1;
     assert_eq!(
-        f.grant(&[("grant_type", JWT_BEARER), ("assertion", &other)], Some(&proof)).await.1["error"],
-        "invalid_grant"
+        (body["error"].as_str(), body["error_description"].as_str()),
+        (Some("invalid_grant"), Some(refused("issuer not on the allowlist").as_str()))
     );
 
     // DPoP: missing, for another URI, signed by one key with another's jwk, replayed.
@@ -221,7 +236,11 @@ async fn what_the_practices_draft_asks_to_refuse_is_refused() {
     assert_eq!(f.grant(&form, Some(&proof)).await.0, 200);
     let fresh = dpop::proof(&key, "POST", &f.endpoint, now()).unwrap();
     let (status, body) = f.grant(&form, Some(&fresh)).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "replayed assertion jti: {body}");
+    assert_eq!(
+        (status, body["error"].as_str(), body["error_description"].as_str()),
+        (400, Some("invalid_grant"), Some(refused("assertion jti already used").as_str())),
+        "replayed assertion jti: {body}"
+    );
     let another = f.good_token();
     let (status, body) = f.grant(&[("grant_type", JWT_BEARER), ("assertion", &another)], Some(&proof)).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_dpop_proof")), "replayed proof: {body}");
@@ -302,14 +321,18 @@ async fn the_bearer_bootstrap_uses_the_same_claim_conditions() {
     let ok = f.platform_token(Some("JWT"), "wimse-issuer", "prod", "payments-canary", now() + 600, &f.cluster);
     assert_eq!(request(ok).await.unwrap().status(), 200);
     let other_namespace = f.platform_token(Some("JWT"), "wimse-issuer", "dev", "payments", now() + 600, &f.cluster);
-    assert_eq!(request(other_namespace).await.unwrap().status(), 403);
+    let response = request(other_namespace).await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.json::<Value>().await.unwrap()["reason"], "issuance_denied");
     let two_audiences = {
         let parsed = jws::parse(&f.good_token(), 16 * 1024).unwrap().claims.clone();
         let mut claims = parsed;
         claims.insert("aud".into(), json!(["wimse-issuer", "https://kubernetes.default.svc"]));
         jws::sign("JWT", Some("k8s-1"), &claims, &f.cluster, Backend::default()).unwrap()
     };
-    assert_eq!(request(two_audiences).await.unwrap().status(), 401, "one audience per token");
+    let response = request(two_audiences).await.unwrap();
+    assert_eq!(response.status(), 401, "one audience per token");
+    assert_eq!(response.json::<Value>().await.unwrap()["reason"], "bootstrap_token_invalid");
 }
 
 /// A workload renews its WIT through the RFC 7523 grant from a projected token file, as a

@@ -85,10 +85,25 @@ async fn issuance_policy_bootstrap_and_bundles() {
     let clock = Arc::new(FixedClock::new(NOW));
     let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("policy"))).unwrap();
     let server = Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap());
-    let base = serve(server).await;
+    let base = serve(server.clone()).await;
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let payments = "spiffe://prod.example/ns/prod/sa/payments";
     let sa = "system:serviceaccount:prod:payments";
+    // A refusal over HTTP: its status and reason; and the check that failed, which the problem
+    // body does not say, from the same request made to the server directly.
+    let refused = |bootstrap: String, sub: &'static str| {
+        let (base, server, key) = (&base, &server, &key);
+        async move {
+            let (status, body) = request_wit(base, &bootstrap, sub, key).await;
+            let error = server.issue_wit(&bootstrap, sub, key.public_jwk(), Some(3600)).await.unwrap_err();
+            (
+                status,
+                body["reason"].as_str().unwrap_or_default().to_owned(),
+                error.detail().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    let says = |status: u16, reason: &str, detail: &str| (status, reason.to_owned(), detail.to_owned());
 
     let (status, body) = request_wit(&base, &platform.token(PLATFORM_ISS, sa, NOW + 600), payments, &key).await;
     assert_eq!(status, 200, "{body}");
@@ -107,22 +122,29 @@ async fn issuance_policy_bootstrap_and_bundles() {
     assert_eq!((status, body["reason"].as_str()), (403, Some("issuance_denied")));
     let batch = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:batch", NOW + 600);
     assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batch/nightly", &key).await.0, 200);
-    assert_eq!(request_wit(&base, &batch, "spiffe://prod.example/ns/batchx/nightly", &key).await.0, 403);
-    assert_eq!(request_wit(&base, &batch, "spiffe://other.example/ns/batch/x", &key).await.0, 403);
+    let denied = "batch may not obtain";
+    let (status, reason, detail) = refused(batch.clone(), "spiffe://prod.example/ns/batchx/nightly").await;
+    assert_eq!((status, reason.as_str()), (403, "issuance_denied"));
+    assert!(detail.starts_with(denied), "{detail}");
+    let (status, reason, detail) = refused(batch.clone(), "spiffe://other.example/ns/batch/x").await;
+    assert_eq!((status, reason.as_str()), (403, "issuance_denied"));
+    assert!(detail.starts_with(denied), "{detail}");
 
     // Platform tokens that expire a century from now are refused like forged ones.
     let century = platform.token(PLATFORM_ISS, sa, NOW + 100 * 365 * 86_400);
-    assert_eq!(request_wit(&base, &century, payments, &key).await.0, 401);
+    let invalid = "bootstrap_token_invalid";
+    assert_eq!(refused(century, payments).await, says(401, invalid, "expires too far ahead"));
 
     // Bootstrap credentials: expired, unknown issuer, unknown subject, forged, none.
     let expired = platform.token(PLATFORM_ISS, sa, NOW - 1);
-    assert_eq!(request_wit(&base, &expired, payments, &key).await.1["reason"], "bootstrap_token_invalid");
+    assert_eq!(refused(expired, payments).await, says(401, invalid, "expired"));
     let stranger = platform.token("https://other-cluster", sa, NOW + 600);
-    assert_eq!(request_wit(&base, &stranger, payments, &key).await.0, 401);
+    assert_eq!(refused(stranger, payments).await, says(401, invalid, "issuer not on the allowlist"));
     let unknown_sa = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:nobody", NOW + 600);
-    assert_eq!(request_wit(&base, &unknown_sa, payments, &key).await.0, 403);
+    let no_client = "no client for this platform token (subject or claim conditions)";
+    assert_eq!(refused(unknown_sa, payments).await, says(403, "issuance_denied", no_client));
     let forged = Platform::new().token(PLATFORM_ISS, sa, NOW + 600);
-    assert_eq!(request_wit(&base, &forged, payments, &key).await.0, 401);
+    assert_eq!(refused(forged, payments).await, says(401, invalid, "bad signature"));
     let none = reqwest::Client::new()
         .post(format!("{base}/v1/wit"))
         .json(&json!({"sub": payments, "jwk": key.public_jwk()}))
@@ -130,6 +152,7 @@ async fn issuance_policy_bootstrap_and_bundles() {
         .await
         .unwrap();
     assert_eq!(none.status(), 401);
+    assert_eq!(none.json::<Value>().await.unwrap()["reason"], invalid);
     // A private key in the request is refused.
     let private = json!({"sub": payments, "jwk": key.to_private_jwk()});
     let response = reqwest::Client::new()
@@ -140,6 +163,7 @@ async fn issuance_policy_bootstrap_and_bundles() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["reason"], "invalid_key");
 
     // Both bundle formats publish the same keys.
     let jwks: Value = reqwest::get(format!("{base}/v1/bundle/jwks")).await.unwrap().json().await.unwrap();
@@ -340,7 +364,7 @@ async fn verifiers_follow_the_bundle() {
     serving.abort();
     let _ = serving.await;
     let wit = issue_direct(&server, &platform, &key, clock.now()).await;
-    assert!(source.refresh(verifier.trust()).await.is_err());
+    assert_eq!(source.refresh(verifier.trust()).await.unwrap_err().kind(), &ErrorKind::TrustAnchorsUnavailable);
     call(&wit).unwrap();
     clock.advance(901);
     let late = issue_direct(&server, &platform, &key, clock.now()).await;
@@ -601,7 +625,9 @@ async fn credentials_from_the_identity_server() {
     assert_ne!(second.key().public_key().thumbprint(), first.key().public_key().thumbprint());
     // A refused renewal (token for another account) keeps the current WIT until it expires.
     std::fs::write(&token_file, platform.token(PLATFORM_ISS, "system:serviceaccount:prod:batch", NOW + 7200)).unwrap();
-    assert!(source.renew().await.is_err());
+    let refused = source.renew().await.unwrap_err();
+    assert_eq!(refused.kind(), &ErrorKind::CredentialsUnavailable);
+    assert!(refused.detail().unwrap().ends_with("403 Forbidden (issuance_denied)"), "{refused:?}");
     assert_eq!(source.credentials(NOW + 1400).unwrap().wit(), second.wit());
     assert_eq!(source.credentials(NOW + 1300 + 1800).unwrap_err().kind(), &ErrorKind::CredentialsUnavailable);
 }
@@ -646,7 +672,9 @@ async fn wic_issuance() {
         .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
         .unwrap();
 
-    assert_eq!(request("spiffe://prod.example/ns/prod/sa/admin").await.unwrap().status(), 403);
+    let response = request("spiffe://prod.example/ns/prod/sa/admin").await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.json::<Value>().await.unwrap()["reason"], "issuance_denied");
 }
 
 /// A client obtains server names in its WIC only from its configured allowlist: none by
@@ -798,7 +826,8 @@ async fn issuance_and_failed_authentications_are_rate_limited() {
 
     // Wrong credentials from this address: five are answered 401, then the address is refused.
     for _ in 0..5 {
-        assert_eq!(request_wit(&base, "wrong-secret-0123456789", payments_id, &key).await.0, 401);
+        let (status, body) = request_wit(&base, "wrong-secret-0123456789", payments_id, &key).await;
+        assert_eq!((status, body["reason"].as_str()), (401, Some("bootstrap_token_invalid")));
     }
     assert_eq!(request_wit(&base, "wrong-secret-0123456789", payments_id, &key).await.0, 429);
     let (status, body) = request_wit(&base, &batch, "spiffe://prod.example/ns/batch/nightly", &key).await;
@@ -897,7 +926,9 @@ async fn exchange_limits_count_only_verified_tokens() {
 
     let base = serve(Arc::new(IdentityServer::open(limited(2), FixedClock::new(NOW)).await.unwrap())).await;
     for _ in 0..2 {
-        assert_eq!(exchange(base.clone(), &forger).await.0, 400);
+        let (status, _, body) = exchange(base.clone(), &forger).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
+        assert_eq!(body["error_description"], "the token exchange was refused: bad signature");
     }
     let (status, retry_after, _) = exchange(base, &platform.key).await;
     assert_eq!((status, retry_after), (429, true), "the source spent its failed-authentication budget");
@@ -918,7 +949,7 @@ async fn replacing_the_key_store_drops_every_key() {
     assert_eq!(server.key_state().0, new_epoch);
     assert_ne!(server.wic_bundle_pem().unwrap(), old_ca);
     let trust = TrustStore::new().with("spiffe://prod.example".parse().unwrap(), server.anchors().unwrap());
-    assert!(validate(&old_wit, &trust, NOW).is_err(), "the old keys are gone");
+    assert_eq!(validate(&old_wit, &trust, NOW).unwrap_err().kind(), &ErrorKind::UnknownKey, "the old keys are gone");
     validate(&issue_direct(&server, &platform, &key, NOW).await, &trust, NOW).unwrap();
     // A restarted replica reads the new store.
     let restarted = IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap();

@@ -228,7 +228,11 @@ async fn the_requester_must_prove_its_wit() {
     let anonymous = http.post(&endpoint).form(&form).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     assert_eq!(anonymous.headers()["www-authenticate"], "WPT");
-    assert_eq!(anonymous.json::<Value>().await.unwrap()["error"], "invalid_client");
+    let body = anonymous.json::<Value>().await.unwrap();
+    assert_eq!(
+        (&body["error"], &body["error_description"]),
+        (&json!("invalid_client"), &json!(ErrorKind::MissingWit.description()))
+    );
     // One proof, sent twice: the second is a replay.
     let signer = s.signer(FRONT).await;
     let mut headers = http::HeaderMap::new();
@@ -237,12 +241,21 @@ async fn the_requester_must_prove_its_wit() {
     assert_eq!(send().await.unwrap().status(), 200);
     let replayed = send().await.unwrap();
     assert_eq!(replayed.status(), 401);
-    assert_eq!(replayed.json::<Value>().await.unwrap()["error"], "invalid_client");
+    let body = replayed.json::<Value>().await.unwrap();
+    assert_eq!(
+        (&body["error"], &body["error_description"]),
+        (&json!("invalid_client"), &json!(ErrorKind::ReplayedProof.description()))
+    );
     // A proof for another audience.
     let mut headers = http::HeaderMap::new();
     signer.sign_headers(&mut headers, "https://orders.prod.example/").unwrap();
     let wrong = http.post(&endpoint).headers(headers).form(&form).send().await.unwrap();
     assert_eq!(wrong.status(), 401);
+    let body = wrong.json::<Value>().await.unwrap();
+    assert_eq!(
+        (&body["error"], &body["error_description"]),
+        (&json!("invalid_client"), &json!(ErrorKind::AudienceMismatch.description()))
+    );
 }
 
 #[tokio::test]

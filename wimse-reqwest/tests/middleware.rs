@@ -1,9 +1,10 @@
 //! The middleware's per-request options, checked by the core verifier on the captured request.
 
 use reqwest_middleware::ClientBuilder;
+use wimse_core::httpsig::RequestParts;
 use wimse_core::prelude::*;
 use wimse_reqwest::{AudienceOverride, ContextTokens, WimseSignMiddleware, audience_for_url};
-use wimse_testkit::{ALLOWED, Capture, Deployment};
+use wimse_testkit::{ALLOWED, Capture, Deployment, SERVER};
 
 fn client(middleware: WimseSignMiddleware, capture: &Capture) -> reqwest_middleware::ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new()).with(middleware).with(capture.clone()).build()
@@ -86,46 +87,122 @@ fn expected_identity_hook() {
     assert!(middleware.expected_identity_for(&"https://other.internal/x".parse().unwrap()).is_none());
 }
 
-/// Answers every request with a response carrying a WIMSE-tagged signature (unchecked content):
-/// a server that signs responses nobody asked it to sign.
+/// What the signing server breaks in its response: one thing at a time, so each refusal can
+/// only come from the check that looks at that thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forgery {
+    /// A correctly signed response.
+    Nothing,
+    /// One byte of the signature changed.
+    Signature,
+    /// The body changed after signing (its `Content-Digest` no longer matches).
+    Body,
+    /// Signed as the answer to another request (`wimse-req-nonce`).
+    RequestNonce,
+    /// The responder's WIT left out.
+    Wit,
+    /// The responder's WIT from an issuer nobody trusts (same `kid`, another key).
+    Issuer,
+    /// Signed ten minutes ago: the signature has expired.
+    Age,
+}
+
+/// Answers every request with a response signed by [`SERVER`] although nobody asked it to
+/// sign (no `wimse-sign-response`), broken as `forgery` says.
 #[derive(Debug, Clone)]
-struct SigningServer;
+struct SigningServer {
+    signer: Signer,
+    forgery: Forgery,
+}
+
+impl SigningServer {
+    fn new(deployment: &Deployment, forgery: Forgery) -> Self {
+        let credentials = deployment.credentials(SERVER, forgery == Forgery::Issuer, 0);
+        let mut signer = Signer::new(StaticCredentials::new(credentials));
+        if forgery == Forgery::Age {
+            signer = signer.with_clock(FixedClock::new(wimse_testkit::now() - 600));
+        }
+        Self { signer, forgery }
+    }
+}
 
 #[async_trait::async_trait]
 impl reqwest_middleware::Middleware for SigningServer {
     async fn handle(
         &self,
-        _: reqwest::Request,
+        request: reqwest::Request,
         _: &mut http::Extensions,
         _: reqwest_middleware::Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let response = http::Response::builder()
-            .header("signature-input", r#"wimse=("@status");created=1;expires=2;nonce="n";tag="wimse-workload-to-workload";wimse-req-nonce="x""#)
-            .header("signature", "wimse=:AAAA:")
-            .body("unsolicited")
-            .unwrap();
+        let input = request.headers()["signature-input"].to_str().unwrap();
+        let nonce = input.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let nonce = if self.forgery == Forgery::RequestNonce { "another-request".to_owned() } else { nonce };
+        let url = request.url();
+        let parts = RequestParts {
+            method: request.method().as_str(),
+            scheme: url.scheme(),
+            authority: url.host_str().unwrap(),
+            path: url.path(),
+            query: url.query(),
+            headers: request.headers(),
+        };
+        let mut headers = http::HeaderMap::new();
+        self.signer.sign_response_headers(&mut headers, 200, &parts, Some(b"unsolicited"), &nonce).unwrap();
+        let mut body = "unsolicited";
+        match self.forgery {
+            Forgery::Signature => {
+                // `wimse=:<base64>:`: its first base64 character becomes another one.
+                let signature = headers["signature"].to_str().unwrap().to_owned();
+                let (label, value) = signature.split_once(':').unwrap();
+                let first = if value.starts_with('A') { 'B' } else { 'A' };
+                headers.insert("signature", format!("{label}:{first}{}", &value[1..]).parse().unwrap());
+            }
+            Forgery::Body => body = "unsolicitEd",
+            Forgery::Wit => {
+                headers.remove("workload-identity-token");
+            }
+            Forgery::Nothing | Forgery::RequestNonce | Forgery::Issuer | Forgery::Age => {}
+        }
+        let mut response = http::Response::builder().body(body).unwrap();
+        *response.headers_mut() = headers;
         Ok(reqwest::Response::from(response))
     }
 }
 
 /// A server MAY sign a response it was not asked to sign: without trust anchors for responses
-/// the client leaves it alone; with them, it checks it (and this one is forged).
+/// the client leaves it alone; with them, it checks it, and each forgery is refused by the
+/// check it breaks.
 #[tokio::test]
 async fn unsolicited_signed_responses_are_checked_only_with_anchors() {
     let deployment = Deployment::new();
-    let plain = ClientBuilder::new(reqwest::Client::new())
-        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).http_signatures())
-        .with(SigningServer)
-        .build();
-    let response = plain.get("https://api.example/v1").send().await.unwrap();
+    let client = |forgery: Forgery, anchors: bool| {
+        let mut middleware = WimseSignMiddleware::new(deployment.signer(ALLOWED)).http_signatures();
+        if anchors {
+            middleware = middleware.signed_responses(deployment.trust());
+        }
+        let server = SigningServer::new(&deployment, forgery);
+        ClientBuilder::new(reqwest::Client::new()).with(middleware).with(server).build()
+    };
+    // Without anchors even a forged one is left alone (nobody asked for it).
+    let response = client(Forgery::Signature, false).get("https://api.example/v1").send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "unsolicited");
-    let checking = ClientBuilder::new(reqwest::Client::new())
-        .with(
-            WimseSignMiddleware::new(deployment.signer(ALLOWED)).http_signatures().signed_responses(deployment.trust()),
-        )
-        .with(SigningServer)
-        .build();
-    assert!(checking.get("https://api.example/v1").send().await.is_err(), "a forged signed response is refused");
+    // With anchors the intact one is accepted...
+    let response = client(Forgery::Nothing, true).get("https://api.example/v1").send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "unsolicited");
+    // ...and each forgery is refused with its own kind.
+    for (forgery, kind) in [
+        (Forgery::Signature, ErrorKind::InvalidHttpSignature),
+        (Forgery::Body, ErrorKind::ContentDigestMismatch),
+        (Forgery::RequestNonce, ErrorKind::RequestNonceMismatch),
+        (Forgery::Wit, ErrorKind::MissingWit),
+        (Forgery::Issuer, ErrorKind::InvalidWitSignature),
+        (Forgery::Age, ErrorKind::SignatureExpired),
+    ] {
+        let error = client(forgery, true).get("https://api.example/v1").send().await.unwrap_err();
+        let reqwest_middleware::Error::Middleware(error) = &error else { panic!("{forgery:?}: {error:?}") };
+        let error = error.downcast_ref::<Error>().unwrap_or_else(|| panic!("{forgery:?}: {error:?}"));
+        assert_eq!(error.kind(), &kind, "{forgery:?}: {error:?}");
+    }
 }
 
 /// An outage of the credential source logs once when signing starts failing (not once per
