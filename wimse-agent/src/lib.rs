@@ -26,7 +26,9 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+mod authority;
 mod config;
+mod hpack;
 mod issuance;
 mod listener;
 mod service;

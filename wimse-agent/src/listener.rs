@@ -1,16 +1,19 @@
 //! The Unix socket: accepted connections carry the peer's credentials; connections over the
 //! per-uid or total limit are closed at once, so one workload cannot exhaust the agent's file
-//! descriptors for the others.
+//! descriptors for the others. What a client sends goes through the
+//! `:authority` rewriter (`authority.rs`) before h2 reads it.
 
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::attest::PeerCredentials;
+use crate::authority::Rewriter;
 use crate::config::Limits;
 use crate::slots::{Place, Places};
 
@@ -39,6 +42,9 @@ pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub(crate) struct Connection {
     stream: UnixStream,
     peer: PeerCredentials,
+    rewriter: Rewriter,
+    /// The client's bytes, `:authority` rewritten, waiting for h2 to read them.
+    for_h2: BytesMut,
     _place: Place,
 }
 
@@ -50,8 +56,35 @@ impl tonic::transport::server::Connected for Connection {
 }
 
 impl AsyncRead for Connection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.for_h2.is_empty() {
+                let n = this.for_h2.len().min(buf.remaining());
+                buf.put_slice(&this.for_h2.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let before = this.rewriter.rewritten;
+            if let Err(error) = this.rewriter.feed(read.filled(), &mut this.for_h2) {
+                let peer = &this.peer;
+                metrics::counter!("wimse_agent_refused_total", "reason" => "http2_protocol_error").increment(1);
+                tracing::debug!(uid = peer.uid, pid = peer.pid, %error, "wimse agent: HTTP/2 protocol error; connection closed");
+                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error)));
+            }
+            if before == 0 && this.rewriter.rewritten > 0 {
+                metrics::counter!("wimse_agent_authority_rewritten_total").increment(1);
+                tracing::debug!(
+                    uid = this.peer.uid,
+                    "wimse agent: a client sent a :authority that is not one (its socket path); read as localhost"
+                );
+            }
+        }
     }
 }
 
@@ -102,7 +135,13 @@ pub(crate) fn incoming(
                 match places.take(peer.uid) {
                     Ok(place) => {
                         accept_errors.succeeded();
-                        let connection = Connection { stream, peer, _place: place };
+                        let connection = Connection {
+                            stream,
+                            peer,
+                            rewriter: Rewriter::default(),
+                            for_h2: BytesMut::new(),
+                            _place: place,
+                        };
                         return Some((Ok(connection), (listener, places, accept_errors)));
                     }
                     Err(_) => {
