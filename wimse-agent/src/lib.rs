@@ -152,7 +152,7 @@ impl Agent {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
-            .serve_with_incoming_shutdown(listener::incoming(listener, limits), shutdown)
+            .serve_with_incoming_shutdown(listener::incoming(listener, limits, self.attestor.clone()), shutdown)
             .await
             .map_err(std::io::Error::other)
     }
