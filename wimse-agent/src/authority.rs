@@ -302,6 +302,52 @@ fn write_frame(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, parts: &[&[
     parts.iter().for_each(|part| out.extend_from_slice(part));
 }
 
+/// The fuzz target's entry (feature `fuzzing`; not an API). The first byte sets the size of the
+/// pieces the rest is fed in, after the preface. Then what h2 would read is checked: frames
+/// within 16 KiB, no padding, and header blocks that decode without the dynamic table and
+/// carry only valid authorities. Panics when a check fails.
+#[cfg(any(test, feature = "fuzzing"))]
+#[allow(unreachable_pub)] // public for the fuzz target only
+pub fn fuzz(data: &[u8]) {
+    let Some((&piece, data)) = data.split_first() else { return };
+    let input = [PREFACE, data].concat();
+    let mut rewriter = Rewriter::default();
+    let mut out = BytesMut::new();
+    for chunk in input.chunks(usize::from(piece).max(1)) {
+        if rewriter.feed(chunk, &mut out).is_err() {
+            break;
+        }
+    }
+    let mut rest = out.strip_prefix(PREFACE).expect("the preface first");
+    let mut decoder = hpack::Decoder::new(HEADER_TABLE_SIZE);
+    let mut block = Vec::new();
+    while rest.len() >= FRAME_HEADER {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        let Some(payload) = rest.get(FRAME_HEADER..FRAME_HEADER + length) else { break };
+        let (kind, flags) = (rest[3], rest[4]);
+        rest = &rest[FRAME_HEADER + length..];
+        match kind {
+            HEADERS => {
+                assert!(length <= MAX_FRAME && flags & PADDED == 0);
+                block = payload[if flags & PRIORITY != 0 { 5 } else { 0 }..].to_vec();
+            }
+            CONTINUATION => {
+                assert!(length <= MAX_FRAME);
+                block.extend_from_slice(payload);
+            }
+            _ => continue,
+        }
+        if flags & END_HEADERS != 0 {
+            // An empty authority made `localhost` grows the list a little: room for that.
+            let fields = decoder.decode(&block, 2 * MAX_LIST).expect("the rewritten block decodes");
+            for (name, value) in fields {
+                assert!(name != b":authority" || http::uri::Authority::try_from(value.as_slice()).is_ok());
+            }
+            assert_eq!(decoder.decode(&[0xbe], MAX_LIST), Err(HpackError::BadIndex(62)), "no indexing");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,5 +706,33 @@ mod tests {
             if result.is_ok() { accepted += 1 } else { refused += 1 }
         }
         assert!(accepted > 1000 && refused > 1000, "{accepted} accepted, {refused} refused");
+    }
+
+    /// The fuzz target's seeds and mutations of them pass the target's checks (what h2 reads
+    /// is well-formed), so `cargo test` runs them too.
+    #[test]
+    fn fuzz_seeds_and_their_mutations_pass_the_checks() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/authority_rewriter");
+        let seeds: Vec<Vec<u8>> =
+            std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+        assert!(seeds.len() >= 5);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for seed in &seeds {
+            fuzz(seed);
+            for _ in 0..2_000 {
+                let mut input = seed.clone();
+                for _ in 0..1 + random() % 4 {
+                    let at = random() as usize % input.len();
+                    input[at] = random() as u8;
+                }
+                fuzz(&input);
+            }
+        }
     }
 }
