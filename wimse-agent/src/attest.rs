@@ -1,21 +1,39 @@
 //! Who is calling: the kernel's peer credentials of the socket (uid, gid, pid, recorded when
 //! the caller connected) and what `/proc/<pid>` says about that process.
 //!
+//! A connection is attested once, when the agent accepts it: the process, its start time and
+//! the executable file it runs are recorded ([`ConnectedPeer`]). Each call on the connection is
+//! attested again and must find the same process running the same executable file: a process
+//! that connected and then called `exec` (and any process it handed the connection to, such as a
+//! child that kept the socket across a fork) is refused with
+//! [`AttestationError::ExecutableChanged`], a connecting process that exited with
+//! [`AttestationError::ProcessGone`]. Re-executing the same file is not a change.
+//!
 //! A pid can be reused: the caller may exit and another process may get its pid before the
-//! agent reads `/proc`. Attestation therefore refuses a process that started after the
-//! connection was accepted (pid reuse), one whose effective uid or gid differs from the
-//! socket's (setuid since connecting), and one that changes while it is read. What it cannot
-//! see: a caller that forks, keeps the connection in the child and executes another binary in
-//! the parent is attested by the parent's new executable. `uid`/`gid` selectors do not have this
-//! weakness; an `exe` selector identifies a binary that a caller able to start it can claim, so
-//! combine it with `uid` where that matters.
+//! agent reads `/proc`. Where the kernel gives a pidfd for the peer (`SO_PEERPIDFD`, Linux 6.5
+//! and later), the accept-time attestation checks through it that the process read in `/proc`
+//! is the one that connected; later calls require the same start time. On older kernels the
+//! start time must precede the accept. A process whose effective uid or gid differs from the
+//! socket's (setuid since connecting), or that changes while it is read, is refused too.
+//!
+//! What remains possible: a process that calls `exec` between its `connect` and the agent's
+//! accept-time attestation (microseconds when the agent is idle, longer when it is busy) is
+//! attested as the executable it started, and so is any process holding that connection. More
+//! generally an `exe` selector identifies a binary, not who controls the process running it:
+//! whoever can start that binary chooses its environment (`LD_PRELOAD`, a debugger, the race
+//! above) and can obtain its identity. `uid`/`gid` selectors do not depend on the executable;
+//! combine `exe` with a `uid` that only the intended workload runs as where that matters. The
+//! connection is served as long as its connecting process runs the attested file: a process it
+//! hands the socket to while it does (by `fork`, or over `SCM_RIGHTS`) is served as it. On
+//! older kernels, a connecting process that exits and whose pid is taken by a process started
+//! before the accept is not told apart.
 //!
 //! An `exe` selector is matched by the file, not by its path: the device and inode behind
 //! `/proc/<pid>/exe` must be those of the configured path as the agent sees it. A path is only
 //! a name in the caller's mount namespace, where an unprivileged user namespace can bind-mount
 //! any binary over `/usr/bin/payments`.
-//! The fork-then-exec case above remains.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,6 +64,8 @@ pub struct Caller {
     pub exe: Option<PathBuf>,
     /// Its executable's file: device and inode, when the agent may read it.
     pub exe_file: Option<(u64, u64)>,
+    /// When the process started, in milliseconds since boot (10 ms resolution).
+    pub started_ms: u64,
 }
 
 impl Caller {
@@ -67,7 +87,7 @@ pub enum AttestationError {
     #[error("the caller's process id is unknown")]
     NoPid,
     /// The process is gone.
-    #[error("the calling process exited before it could be attested")]
+    #[error("the process that opened this connection has exited")]
     ProcessGone,
     /// The pid now belongs to a process that started after the connection.
     #[error("the caller's pid belongs to a process started after the connection (pid reused)")]
@@ -81,6 +101,36 @@ pub enum AttestationError {
     /// `/proc` could not be read or parsed.
     #[error("the caller could not be attested: {0}")]
     Proc(String),
+    /// The connecting process runs another executable file than when its connection was
+    /// accepted: it called `exec` since (the connection may be held by another process).
+    #[error(
+        "the process that opened this connection runs another executable than when it connected (exec after connect); open a new connection"
+    )]
+    ExecutableChanged,
+}
+
+impl AttestationError {
+    /// A short name for metrics and logs (`wimse_agent_refused_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoPid => "no_pid",
+            Self::ProcessGone => "process_gone",
+            Self::PidReused => "pid_reused",
+            Self::CredentialsChanged => "credentials_changed",
+            Self::Changed => "process_changed",
+            Self::Proc(_) => "proc_unreadable",
+            Self::ExecutableChanged => "executable_changed",
+        }
+    }
+}
+
+/// A connection's peer, attested when the agent accepted the connection.
+#[derive(Debug, Clone)]
+pub struct ConnectedPeer {
+    /// The socket's peer credentials.
+    pub credentials: PeerCredentials,
+    /// The connecting process at accept time, or why it could not be attested.
+    pub at_accept: Result<Caller, AttestationError>,
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux architecture).
@@ -142,8 +192,65 @@ impl Attestor {
         if start_time_ms(&dir)? != started || effective_ids(&dir)? != (uid, gid) {
             return Err(AttestationError::Changed);
         }
-        Ok(Caller { uid, gid, pid, exe, exe_file })
+        Ok(Caller { uid, gid, pid, exe, exe_file, started_ms: started })
     }
+
+    /// Attests a connection as it is accepted. `pidfd` (from [`peer_pidfd`]) proves that the
+    /// process read in `/proc` is the one that connected, not a later owner of its pid. Reads
+    /// `/proc`: call it off the async runtime's threads.
+    pub fn attest_connection(&self, credentials: PeerCredentials, pidfd: Option<OwnedFd>) -> ConnectedPeer {
+        let at_accept = self.attest(&credentials).and_then(|caller| {
+            // After the reads: a pidfd's process still holding the pid held it all along.
+            match pidfd.map(|fd| pidfd_pid(&fd)).transpose()? {
+                Some(pid) if pid != caller.pid => Err(AttestationError::ProcessGone),
+                _ => Ok(caller),
+            }
+        });
+        ConnectedPeer { credentials, at_accept }
+    }
+
+    /// Attests a call on the connection of `peer`: the process that connected, still running
+    /// the executable it ran when the connection was accepted. Reads `/proc`: call it off the
+    /// async runtime's threads.
+    pub fn attest_call(&self, peer: &ConnectedPeer) -> Result<Caller, AttestationError> {
+        let accepted = peer.at_accept.as_ref().map_err(Clone::clone)?;
+        let now = self.attest(&peer.credentials)?;
+        if now.started_ms != accepted.started_ms {
+            return Err(AttestationError::PidReused);
+        }
+        match (accepted.exe_file, now.exe_file) {
+            (Some(_), None) => Err(AttestationError::ProcessGone), // a zombie has no executable
+            (before, after) if before != after => Err(AttestationError::ExecutableChanged),
+            _ => Ok(now),
+        }
+    }
+}
+
+/// A pidfd for the process at the other end of `socket` (`SO_PEERPIDFD`), where the kernel
+/// offers one (Linux 6.5 and later); `None` elsewhere.
+pub fn peer_pidfd(socket: &impl AsFd) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerPidfd).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
+
+/// The pid of a pidfd's process (`Pid:` in its fdinfo), or `ProcessGone` once it has exited
+/// and been reaped (`-1`), when its pid may belong to another process.
+fn pidfd_pid(pidfd: &OwnedFd) -> Result<i32, AttestationError> {
+    use std::os::fd::AsRawFd;
+    let info = read(Path::new(&format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())))?;
+    let pid = info
+        .lines()
+        .find_map(|line| line.strip_prefix("Pid:"))
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .ok_or_else(|| malformed("fdinfo of a pidfd"))?;
+    if pid > 0 { Ok(pid) } else { Err(AttestationError::ProcessGone) }
 }
 
 fn read(path: &Path) -> Result<String, AttestationError> {
@@ -289,5 +396,87 @@ mod tests {
         if let Some(boot) = Instant::now().checked_sub(std::time::Duration::from_secs_f64(uptime - 0.5)) {
             assert_eq!(attestor.attest(&PeerCredentials { accepted: boot, ..peer }), Err(AttestationError::PidReused));
         }
+    }
+
+    /// A call is served while the connecting process runs the file it ran at accept; another
+    /// file (an exec since), a new start time (pid reuse) or no process is refused, and an
+    /// accept-time failure stays.
+    #[test]
+    fn calls_need_the_process_and_executable_of_the_accept() {
+        let bin = wimse_testkit::servers::TempDir::new("attest-exec");
+        let python = bin.write_file("python", "#!/bin/true\n");
+        let sleeper = bin.write_file("sleeper", "#!/bin/true\n");
+        let root = fake_proc(42, 50_000, 1001, python.to_str().unwrap());
+        let attestor = Attestor::with_proc_root(root.path()).unwrap();
+        let connected = attestor.attest_connection(peer(42, 1001), None);
+        let at_accept = connected.at_accept.clone().unwrap();
+        assert!(at_accept.runs(&python));
+        assert_eq!(attestor.attest_call(&connected), Ok(at_accept.clone()));
+
+        let exe = root.path().join("42/exe");
+        std::fs::remove_file(&exe).unwrap();
+        std::os::unix::fs::symlink(&sleeper, &exe).unwrap();
+        assert_eq!(attestor.attest_call(&connected), Err(AttestationError::ExecutableChanged));
+        // The same file again (a re-exec) is no change.
+        std::fs::remove_file(&exe).unwrap();
+        std::os::unix::fs::symlink(&python, &exe).unwrap();
+        assert_eq!(attestor.attest_call(&connected), Ok(at_accept));
+        // A zombie has no executable any more.
+        std::fs::remove_file(&exe).unwrap();
+        assert_eq!(attestor.attest_call(&connected), Err(AttestationError::ProcessGone));
+        std::os::unix::fs::symlink(&python, &exe).unwrap();
+
+        // Another process with the pid, started (a tick) later.
+        let stat = std::fs::read_to_string(root.path().join("42/stat")).unwrap();
+        std::fs::write(root.path().join("42/stat"), stat.replace(" 50000 ", " 50001 ")).unwrap();
+        assert_eq!(attestor.attest_call(&connected), Err(AttestationError::PidReused));
+        std::fs::remove_dir_all(root.path().join("42")).unwrap();
+        assert_eq!(attestor.attest_call(&connected), Err(AttestationError::ProcessGone));
+
+        let refused = attestor.attest_connection(peer(43, 1001), None);
+        assert_eq!(refused.at_accept, Err(AttestationError::ProcessGone));
+        assert_eq!(attestor.attest_call(&refused), Err(AttestationError::ProcessGone));
+    }
+
+    /// Through a pidfd, a peer that exited and was reaped before the accept is told apart from
+    /// a process that has its pid now (here: a fake `/proc` entry that started earlier).
+    #[tokio::test]
+    async fn a_pidfd_tells_the_connecting_process_from_a_later_owner_of_its_pid() {
+        // This process on both ends: its own pid.
+        let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
+        let Some(pidfd) = peer_pidfd(&ours) else {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: no SO_PEERPIDFD (Linux 6.5+)");
+            return;
+        };
+        assert_eq!(pidfd_pid(&pidfd), Ok(std::process::id() as i32));
+
+        let Some(python) = wimse_testkit::servers::find_binary("python3") else {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: python3 not found");
+            return;
+        };
+        let dir = wimse_testkit::servers::TempDir::new("attest-pidfd");
+        let path = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let connect = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])";
+        let status = tokio::process::Command::new(python).args(["-c", connect]).arg(&path).status().await.unwrap();
+        assert!(status.success(), "connected, exited, reaped");
+        let (stream, _) = listener.accept().await.unwrap();
+        let cred = stream.peer_cred().unwrap();
+        let pid = cred.pid().unwrap();
+        let pidfd = peer_pidfd(&stream).expect("a pidfd");
+        assert_eq!(pidfd_pid(&pidfd), Err(AttestationError::ProcessGone));
+
+        // `/proc` shows a process with that pid, started before the accept and with the same uid.
+        let root = fake_proc(pid, 50_000, cred.uid(), "/usr/bin/payments");
+        let status = std::fs::read_to_string(root.path().join(format!("{pid}/status"))).unwrap();
+        let gid = cred.gid();
+        std::fs::write(root.path().join(format!("{pid}/status")), status.replace("\t20", &format!("\t{gid}"))).unwrap();
+        let attestor = Attestor::with_proc_root(root.path()).unwrap();
+        let credentials = PeerCredentials { uid: cred.uid(), gid, pid: Some(pid), accepted: Instant::now() };
+        assert!(attestor.attest_connection(credentials, None).at_accept.is_ok(), "without the pidfd: fooled");
+        let connected = attestor.attest_connection(credentials, Some(pidfd));
+        assert_eq!(connected.at_accept, Err(AttestationError::ProcessGone));
     }
 }

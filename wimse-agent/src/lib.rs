@@ -4,8 +4,10 @@
 //! It listens on a Unix socket and serves the WIT-SVID profile (`FetchWITSVID`,
 //! `FetchWITBundles`) and the X.509-SVID profile (`FetchX509SVID`, `FetchX509Bundles`). Each
 //! call must carry `workload.spiffe.io: true` (else `InvalidArgument`); its caller is attested
-//! from the socket's peer credentials (uid, gid, pid, and the executable read from `/proc`) and
-//! matched against the registration entries of the configuration (no match: `PermissionDenied`).
+//! from the socket's peer credentials (uid, gid, pid, and the executable read from `/proc`, when
+//! the connection is accepted and again for each call: see [`attest`]) and matched against the
+//! registration entries of the configuration (no match: `PermissionDenied`). Clients whose
+//! `:authority` is the socket's path (gRPC's C core, grpc-java, grpc-swift) are served.
 //! For every identity of its entries the agent generates a key, obtains a WIT (and a WIC) from
 //! the identity server, where the agent is one client authorized for those identifiers, renews
 //! them between half and two thirds of their lifetime, and streams every change to the
@@ -26,7 +28,9 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+mod authority;
 mod config;
+mod hpack;
 mod issuance;
 mod listener;
 mod service;
@@ -39,6 +43,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use wimse_workload_api::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use authority::fuzz as fuzz_authority_rewriter;
 pub use config::{AgentConfig, IssuerConnection, Limits, RegistrationEntry, Selectors};
 pub use issuance::{IdentityCredentials, Snapshot, WitCredentials, X509Credentials};
 
@@ -150,7 +157,7 @@ impl Agent {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
-            .serve_with_incoming_shutdown(listener::incoming(listener, limits), shutdown)
+            .serve_with_incoming_shutdown(listener::incoming(listener, limits, self.attestor.clone()), shutdown)
             .await
             .map_err(std::io::Error::other)
     }

@@ -1,16 +1,19 @@
-//! The Unix socket: accepted connections carry the peer's credentials; connections over the
-//! per-uid or total limit are closed at once, so one workload cannot exhaust the agent's file
-//! descriptors for the others.
+//! The Unix socket: accepted connections are attested at once and carry that attestation;
+//! connections over the per-uid or total limit are closed at once, so one workload cannot
+//! exhaust the agent's file descriptors for the others. What a client sends goes through the
+//! `:authority` rewriter (`authority.rs`) before h2 reads it.
 
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::attest::PeerCredentials;
+use crate::attest::{Attestor, ConnectedPeer, PeerCredentials};
+use crate::authority::Rewriter;
 use crate::config::Limits;
 use crate::slots::{Place, Places};
 
@@ -38,20 +41,50 @@ pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
 #[derive(Debug)]
 pub(crate) struct Connection {
     stream: UnixStream,
-    peer: PeerCredentials,
+    peer: ConnectedPeer,
+    rewriter: Rewriter,
+    /// The client's bytes, `:authority` rewritten, waiting for h2 to read them.
+    for_h2: BytesMut,
     _place: Place,
 }
 
 impl tonic::transport::server::Connected for Connection {
-    type ConnectInfo = PeerCredentials;
-    fn connect_info(&self) -> PeerCredentials {
-        self.peer
+    type ConnectInfo = ConnectedPeer;
+    fn connect_info(&self) -> ConnectedPeer {
+        self.peer.clone()
     }
 }
 
 impl AsyncRead for Connection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.for_h2.is_empty() {
+                let n = this.for_h2.len().min(buf.remaining());
+                buf.put_slice(&this.for_h2.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let before = this.rewriter.rewritten;
+            if let Err(error) = this.rewriter.feed(read.filled(), &mut this.for_h2) {
+                let peer = &this.peer.credentials;
+                metrics::counter!("wimse_agent_refused_total", "reason" => "http2_protocol_error").increment(1);
+                tracing::debug!(uid = peer.uid, pid = peer.pid, %error, "wimse agent: HTTP/2 protocol error; connection closed");
+                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error)));
+            }
+            if before == 0 && this.rewriter.rewritten > 0 {
+                metrics::counter!("wimse_agent_authority_rewritten_total").increment(1);
+                tracing::debug!(
+                    uid = this.peer.credentials.uid,
+                    "wimse agent: a client sent a :authority that is not one (its socket path); read as localhost"
+                );
+            }
+        }
     }
 }
 
@@ -67,16 +100,17 @@ impl AsyncWrite for Connection {
     }
 }
 
-/// The connections of `listener`, each with its peer credentials, within `limits`.
+/// The connections of `listener`, each attested by `attestor` as it is accepted, within `limits`.
 pub(crate) fn incoming(
     listener: UnixListener,
     limits: Limits,
+    attestor: Arc<Attestor>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Connection>> {
     let places = Places::new(limits.max_connections, limits.max_connections_per_uid, "wimse_agent_connections");
     let accept_errors = Arc::new(wimse_core::health::Health::new(60));
     futures_util::stream::unfold(
-        (listener, places, accept_errors),
-        move |(listener, places, accept_errors)| async move {
+        (listener, places, accept_errors, attestor),
+        move |(listener, places, accept_errors, attestor)| async move {
             loop {
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => stream,
@@ -102,8 +136,22 @@ pub(crate) fn incoming(
                 match places.take(peer.uid) {
                     Ok(place) => {
                         accept_errors.succeeded();
-                        let connection = Connection { stream, peer, _place: place };
-                        return Some((Ok(connection), (listener, places, accept_errors)));
+                        // Before anything is read from it: what ran the process when it connected.
+                        let pidfd = crate::attest::peer_pidfd(&stream);
+                        let attesting = attestor.clone();
+                        let Ok(peer) =
+                            tokio::task::spawn_blocking(move || attesting.attest_connection(peer, pidfd)).await
+                        else {
+                            continue;
+                        };
+                        let connection = Connection {
+                            stream,
+                            peer,
+                            rewriter: Rewriter::default(),
+                            for_h2: BytesMut::new(),
+                            _place: place,
+                        };
+                        return Some((Ok(connection), (listener, places, accept_errors, attestor)));
                     }
                     Err(_) => {
                         metrics::counter!("wimse_agent_refused_total", "reason" => "connection_limit").increment(1);

@@ -1,6 +1,7 @@
 //! The `SpiffeWorkloadAPI` service: every call is checked for the security header, its caller
 //! attested and matched to registration entries, then answered from the credential snapshot
-//! and followed as the snapshot changes.
+//! and followed as the snapshot changes; before each later message of a stream the caller is
+//! attested again.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use wimse_workload_api::proto::{
     X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
 };
 
-use crate::attest::{Attestor, Caller, PeerCredentials};
+use crate::attest::{Attestor, Caller, ConnectedPeer, PeerCredentials};
 use crate::config::{Limits, RegistrationEntry};
 use crate::issuance::Snapshot;
 use crate::slots::{Full, Place, Places};
@@ -30,8 +31,34 @@ pub(crate) struct WorkloadApi {
     pub(crate) attestor: Arc<Attestor>,
     pub(crate) trust_domain: String,
     streams: Arc<Places>,
-    /// Refusals are logged at most this often per uid (and always counted).
-    refusal_logs: RateLimiter<u32>,
+    refusals: Arc<Refusals>,
+}
+
+/// Counts every refusal and logs it, at most ten a minute per uid.
+struct Refusals(RateLimiter<u32>);
+
+impl Refusals {
+    fn refuse(
+        &self,
+        rpc: &'static str,
+        reason: &'static str,
+        peer: Option<&PeerCredentials>,
+        status: Status,
+    ) -> Status {
+        metrics::counter!("wimse_agent_refused_total", "reason" => reason).increment(1);
+        let uid = peer.map_or(u32::MAX, |p| p.uid);
+        if self.0.take(&uid, 1, now()).is_ok() {
+            tracing::warn!(
+                rpc,
+                reason,
+                uid = peer.map(|p| p.uid),
+                pid = peer.and_then(|p| p.pid),
+                detail = status.message(),
+                "wimse agent: call refused"
+            );
+        }
+        status
+    }
 }
 
 impl WorkloadApi {
@@ -48,14 +75,15 @@ impl WorkloadApi {
             attestor,
             trust_domain,
             streams: Places::new(limits.max_streams, limits.max_streams_per_uid, "wimse_agent_streams"),
-            refusal_logs: RateLimiter::new(Rate { burst: 10, per_minute: 10 }),
+            refusals: Arc::new(Refusals(RateLimiter::new(Rate { burst: 10, per_minute: 10 }))),
         }
     }
 }
 
-/// An authorized call: who, which identities, and its stream slot.
+/// An authorized call: which method, who, which identities, and its stream slot.
 struct Authorized {
-    peer: PeerCredentials,
+    rpc: &'static str,
+    peer: ConnectedPeer,
     caller: Caller,
     identities: Vec<(WorkloadId, String)>,
     slot: Place,
@@ -73,29 +101,17 @@ impl WorkloadApi {
         peer: Option<&PeerCredentials>,
         status: Status,
     ) -> Status {
-        metrics::counter!("wimse_agent_refused_total", "reason" => reason).increment(1);
-        let uid = peer.map_or(u32::MAX, |p| p.uid);
-        if self.refusal_logs.take(&uid, 1, now()).is_ok() {
-            tracing::warn!(
-                rpc,
-                reason,
-                uid = peer.map(|p| p.uid),
-                pid = peer.and_then(|p| p.pid),
-                detail = status.message(),
-                "wimse agent: call refused"
-            );
-        }
-        status
+        self.refusals.refuse(rpc, reason, peer, status)
     }
 
     /// The checks every call passes: the security header, attestation, at least one entry, a
     /// free stream slot.
     async fn authorize<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Authorized, Status> {
-        let peer = request.extensions().get::<PeerCredentials>().copied();
+        let peer = request.extensions().get::<ConnectedPeer>().cloned();
         let header = request.metadata().get(wimse_workload_api::SECURITY_HEADER);
         if header.is_none_or(|v| v.as_bytes() != b"true") {
             let status = Status::invalid_argument("security header missing from request (workload.spiffe.io: true)");
-            return Err(self.refuse(rpc, "missing_security_header", peer.as_ref(), status));
+            return Err(self.refuse(rpc, "missing_security_header", peer.as_ref().map(|p| &p.credentials), status));
         }
         let Some(peer) = peer else {
             return Err(self.refuse(
@@ -107,7 +123,7 @@ impl WorkloadApi {
         };
         // The slot first, keyed by the kernel-reported uid: a caller flooding calls holds at most
         // its stream limit of attestations (blocking-pool work) at once.
-        let slot = match self.streams.take(peer.uid) {
+        let slot = match self.streams.take(peer.credentials.uid) {
             Ok(slot) => slot,
             Err(full) => {
                 let detail = match full {
@@ -117,14 +133,20 @@ impl WorkloadApi {
                     ),
                     Full::Total => "the agent holds as many Workload API streams as it allows; retry".to_owned(),
                 };
-                return Err(self.refuse(rpc, "stream_limit", Some(&peer), Status::resource_exhausted(detail)));
+                return Err(self.refuse(
+                    rpc,
+                    "stream_limit",
+                    Some(&peer.credentials),
+                    Status::resource_exhausted(detail),
+                ));
             }
         };
         let attestor = self.attestor.clone();
         let entries = self.entries.clone();
+        let connected = peer.clone();
         // Attestation and `exe` matching read /proc and stat files: off the runtime's threads.
         let attested = tokio::task::spawn_blocking(move || {
-            attestor.attest(&peer).map(|caller| {
+            attestor.attest_call(&connected).map(|caller| {
                 let mut identities: Vec<(WorkloadId, String)> = Vec::new();
                 for entry in entries.iter().filter(|entry| matches(entry, &caller)) {
                     if !identities.iter().any(|(id, _)| id == &entry.spiffe_id) {
@@ -137,12 +159,8 @@ impl WorkloadApi {
         let (caller, identities) = match attested.await {
             Ok(Ok(attested)) => attested,
             Ok(Err(error)) => {
-                return Err(self.refuse(
-                    rpc,
-                    "attestation_failed",
-                    Some(&peer),
-                    Status::permission_denied(error.to_string()),
-                ));
+                let status = Status::permission_denied(error.to_string());
+                return Err(self.refuse(rpc, error.reason(), Some(&peer.credentials), status));
             }
             Err(_) => return Err(Status::internal("attestation task failed")),
         };
@@ -153,18 +171,20 @@ impl WorkloadApi {
                 caller.gid,
                 caller.exe.as_ref().map_or("unknown".into(), |p| p.display().to_string())
             );
-            return Err(self.refuse(rpc, "no_matching_entry", Some(&peer), Status::permission_denied(detail)));
+            let status = Status::permission_denied(detail);
+            return Err(self.refuse(rpc, "no_matching_entry", Some(&peer.credentials), status));
         }
         metrics::counter!("wimse_agent_calls_total", "rpc" => rpc).increment(1);
         tracing::debug!(rpc, uid = caller.uid, pid = caller.pid, identities = identities.len(), "wimse agent: call");
-        Ok(Authorized { peer, caller, identities, slot })
+        Ok(Authorized { rpc, peer, caller, identities, slot })
     }
 
     /// The stream of messages `build` makes from each snapshot, sent when they change. `build`
-    /// failing ends the stream with its status (credentials not issued yet, or expired).
+    /// failing ends the stream with its status (credentials not issued yet, or expired), and so
+    /// does the caller failing attestation again before a later message.
     fn follow<M>(
         &self,
-        slot: Place,
+        call: Authorized,
         build: impl Fn(&Snapshot) -> Result<M, Status> + Send + Sync + 'static,
     ) -> Result<Messages<M>, Status>
     where
@@ -173,7 +193,19 @@ impl WorkloadApi {
         let mut snapshot = self.snapshot.clone();
         let first = build(&snapshot.borrow_and_update())?;
         let build = Arc::new(build);
-        let state = Follow { snapshot, pending: Some(first), last: None, _slot: slot, done: false };
+        let state = Follow {
+            snapshot,
+            pending: Some(first),
+            last: None,
+            caller: Reattest {
+                rpc: call.rpc,
+                peer: call.peer,
+                attestor: self.attestor.clone(),
+                refusals: self.refusals.clone(),
+            },
+            _slot: call.slot,
+            done: false,
+        };
         let stream = futures_util::stream::unfold(state, move |mut state| {
             let build = build.clone();
             async move {
@@ -191,6 +223,10 @@ impl WorkloadApi {
                     match built {
                         Ok(message) if state.last.as_ref() == Some(&message) => continue,
                         Ok(message) => {
+                            if let Err(status) = state.caller.attest_again().await {
+                                state.done = true;
+                                return Some((Err(status), state));
+                            }
                             state.last = Some(message.clone());
                             return Some((Ok(message), state));
                         }
@@ -212,8 +248,33 @@ struct Follow<M> {
     pending: Option<M>,
     /// The last message sent: an unchanged message is not sent again.
     last: Option<M>,
+    caller: Reattest,
     _slot: Place,
     done: bool,
+}
+
+/// What a stream needs to attest its caller again.
+struct Reattest {
+    rpc: &'static str,
+    peer: ConnectedPeer,
+    attestor: Arc<Attestor>,
+    refusals: Arc<Refusals>,
+}
+
+impl Reattest {
+    /// The caller still passes attestation: its connection's process has neither exited nor
+    /// run another executable since the stream began.
+    async fn attest_again(&self) -> Result<(), Status> {
+        let (attestor, peer) = (self.attestor.clone(), self.peer.clone());
+        match tokio::task::spawn_blocking(move || attestor.attest_call(&peer)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => {
+                let status = Status::permission_denied(error.to_string());
+                Err(self.refusals.refuse(self.rpc, error.reason(), Some(&self.peer.credentials), status))
+            }
+            Err(_) => Err(Status::internal("attestation task failed")),
+        }
+    }
 }
 
 /// Whether `caller` has every property `entry` selects. Stats the `exe` file: blocking.
@@ -307,9 +368,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let call = self.authorize(&request, "FetchX509SVID").await?;
-        let identities = call.identities;
-        self.follow(call.slot, move |snapshot| x509_svids(snapshot, &identities)).map(Response::new)
+        let mut call = self.authorize(&request, "FetchX509SVID").await?;
+        let identities = std::mem::take(&mut call.identities);
+        self.follow(call, move |snapshot| x509_svids(snapshot, &identities)).map(Response::new)
     }
 
     async fn fetch_x509_bundles(
@@ -318,15 +379,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let call = self.authorize(&request, "FetchX509Bundles").await?;
         let own = self.trust_domain.clone();
-        self.follow(call.slot, move |snapshot| x509_bundles(snapshot, &own)).map(Response::new)
+        self.follow(call, move |snapshot| x509_bundles(snapshot, &own)).map(Response::new)
     }
 
     async fn fetch_witsvid(
         &self,
         request: Request<WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        let call = self.authorize(&request, "FetchWITSVID").await?;
-        let mut identities = call.identities;
+        let mut call = self.authorize(&request, "FetchWITSVID").await?;
+        let mut identities = std::mem::take(&mut call.identities);
         let wanted = &request.get_ref().spiffe_id;
         if !wanted.is_empty() {
             let wanted = WorkloadId::parse(wanted)
@@ -334,11 +395,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
             identities.retain(|(id, _)| id == &wanted);
             if identities.is_empty() {
                 let status = Status::permission_denied(format!("this caller is not entitled to {wanted}"));
-                return Err(self.refuse("FetchWITSVID", "identity_not_entitled", Some(&call.peer), status));
+                return Err(self.refuse("FetchWITSVID", "identity_not_entitled", Some(&call.peer.credentials), status));
             }
         }
         tracing::debug!(uid = call.caller.uid, "wimse agent: WIT-SVID stream");
-        self.follow(call.slot, move |snapshot| wit_svids(snapshot, &identities)).map(Response::new)
+        self.follow(call, move |snapshot| wit_svids(snapshot, &identities)).map(Response::new)
     }
 
     async fn fetch_wit_bundles(
@@ -347,6 +408,6 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
         let call = self.authorize(&request, "FetchWITBundles").await?;
         let own = self.trust_domain.clone();
-        self.follow(call.slot, move |snapshot| wit_bundles(snapshot, &own)).map(Response::new)
+        self.follow(call, move |snapshot| wit_bundles(snapshot, &own)).map(Response::new)
     }
 }

@@ -132,3 +132,58 @@ pub fn entry_for_me(path: &str, hint: &str) -> Value {
     json!({"spiffe_id": format!("{DOMAIN}{path}"), "selectors": {"uid": my_ids().0}, "hint": hint,
            "dns_names": ["api.svc.prod.example"]})
 }
+
+/// A Python with the PyPI `spiffe` and `h2` packages: `WIMSE_SPIFFE_PYTHON`, else `python3` on
+/// `PATH` (`.ci/run` makes a venv with pinned versions). Without one, prints
+/// `skipped: python spiffe package not found` and returns `None`, or panics when
+/// `WIMSE_REQUIRE_PYTHON_SPIFFE=1`.
+pub fn spiffe_python() -> Option<std::path::PathBuf> {
+    let candidates = std::env::var_os("WIMSE_SPIFFE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(wimse_testkit::servers::find_binary("python3"));
+    for python in candidates {
+        let ok = std::process::Command::new(&python)
+            .args(["-c", "import spiffe, h2, grpc"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(python);
+        }
+    }
+    if std::env::var("WIMSE_REQUIRE_PYTHON_SPIFFE").is_ok_and(|v| v == "1") {
+        panic!(
+            "no Python with the spiffe and h2 packages (WIMSE_SPIFFE_PYTHON), and WIMSE_REQUIRE_PYTHON_SPIFFE=1 requires it"
+        );
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: python spiffe package not found");
+    None
+}
+
+/// A script of `tests/python/`.
+pub fn python_script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+}
+
+/// Runs `python script args...` (without blocking the runtime that serves the agent) and parses
+/// the JSON it prints.
+pub async fn run_python(python: &std::path::Path, script: &str, args: &[&str]) -> Value {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python)
+            .arg(python_script(script))
+            .args(args)
+            // The `spiffe` package's import of DSA from `cryptography` warns on every start.
+            .env("PYTHONWARNINGS", "ignore")
+            .output(),
+    )
+    .await
+    .expect("the Python client finished")
+    .expect("Python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{script}: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed {stdout:?}: {e}"))
+}
