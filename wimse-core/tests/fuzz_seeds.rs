@@ -41,12 +41,19 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
 
 /// Each target in `fuzz_targets/` has its body in the table, a `[[bin]]` in the fuzz crate and
 /// a seed directory, and the other way round: a new target cannot miss this test.
+/// Targets whose body belongs to a crate wimse-core cannot depend on, and the test of that
+/// crate that runs their seeds.
+const ELSEWHERE: &[(&str, &str)] =
+    &[("authority_rewriter", "wimse-agent: authority::tests::fuzz_seeds_and_their_mutations_pass_the_checks")];
+
 #[test]
 fn every_target_is_run_and_seeded() {
     let table: BTreeSet<String> = fuzz::TARGETS.iter().map(|(name, _)| (*name).to_owned()).collect();
-    let files: BTreeSet<String> = table.iter().map(|name| format!("{name}.rs")).collect();
+    let all: BTreeSet<String> =
+        table.iter().cloned().chain(ELSEWHERE.iter().map(|(name, _)| (*name).to_owned())).collect();
+    let files: BTreeSet<String> = all.iter().map(|name| format!("{name}.rs")).collect();
     assert_eq!(names(&fuzz_dir().join("fuzz_targets")), files);
-    assert_eq!(names(&fuzz_dir().join("seeds")), table);
+    assert_eq!(names(&fuzz_dir().join("seeds")), all);
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
     for name in &table {
         assert!(manifest.contains(&format!("name = \"{name}\"\npath = \"fuzz_targets/{name}.rs\"")), "[[bin]] {name}");
