@@ -54,9 +54,14 @@ async fn transactions_are_verified_and_extracted() {
     let (status, body) = answer(client.post(format!("{base}/status")).send().await.unwrap()).await;
     assert_eq!((status, body.as_str()), (200, "no transaction"));
 
-    // A route whose policy requires another purpose.
+    // A route whose policy requires another purpose: refused for the purpose, not the caller.
     let (status, body) = answer(with_txn("/refund", &token).send().await.unwrap()).await;
-    assert_eq!((status, reason(&body).as_str()), (403, "policy_denied"));
+    assert_eq!((status, reason(&body).as_str()), (403, "txn_scope_denied"));
+    let title = serde_json::from_str::<Value>(&body).unwrap()["title"].clone();
+    assert_eq!(title, "the Txn-Token's purpose (scope) is not allowed here");
+    // Without a transaction the route's requirement says the request has none.
+    let (status, body) = answer(client.post(format!("{base}/refund")).send().await.unwrap()).await;
+    assert_eq!((status, reason(&body).as_str()), (403, "missing_txn_token"));
     let refund = deployment.txn_token("user-1842", "orders.refund", false);
     assert_eq!(answer(with_txn("/refund", &refund).send().await.unwrap()).await.0, 200);
 
