@@ -24,7 +24,7 @@ type AudienceFn = dyn Fn(&Uri) -> Option<String> + Send + Sync;
 pub struct WimseSignLayer {
     signer: Signer,
     alias: Option<Arc<AudienceFn>>,
-    txn_forwarding: Option<TxnForwarding>,
+    txn_forwarding: TxnForwarding,
 }
 
 impl std::fmt::Debug for WimseSignLayer {
@@ -36,7 +36,7 @@ impl std::fmt::Debug for WimseSignLayer {
 impl WimseSignLayer {
     /// Signs with `signer`.
     pub fn new(signer: Signer) -> Self {
-        Self { signer, alias: None, txn_forwarding: None }
+        Self { signer, alias: None, txn_forwarding: TxnForwarding::unconfigured() }
     }
 
     /// Maps a request URI to the audience its server expects (for servers known by another
@@ -48,14 +48,16 @@ impl WimseSignLayer {
 
     /// The origins of this trust domain's services: a `Txn-Token` (a [`TxnToken`] extension,
     /// or the field) goes to these only and is removed from requests to any other origin (see
-    /// [`TxnForwarding`]). Without this setting a [`TxnToken`] extension is never sent.
+    /// [`TxnForwarding`]). Without this setting a [`TxnToken`] extension is never sent (a
+    /// warning says so, once per origin).
     pub fn trust_domain_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.txn_forwarding = Some(TxnForwarding::new(origins));
+        self.txn_forwarding = TxnForwarding::new(origins);
         self
     }
 
     fn sign<B>(&self, req: &mut Request<B>) -> Result<(), Error> {
-        if let Some(forwarding) = &self.txn_forwarding {
+        let token = req.extensions().get::<TxnToken>().cloned();
+        if self.txn_forwarding.is_configured() || token.is_some() {
             let uri = req.uri();
             // Scheme and authority; `TxnForwarding` normalizes them (and refuses user info). A
             // relative URI names no origin: nothing is forwarded.
@@ -63,8 +65,7 @@ impl WimseSignLayer {
                 (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
                 _ => String::new(),
             };
-            let token = req.extensions().get::<TxnToken>().cloned();
-            forwarding.apply(&origin, req.headers_mut(), token.as_ref())?;
+            self.txn_forwarding.apply(&origin, req.headers_mut(), token.as_ref())?;
         }
         let aud = match req.extensions().get::<AudienceOverride>() {
             Some(AudienceOverride(aud)) => aud.clone(),
