@@ -199,6 +199,18 @@ async fn txn_tokens_are_forwarded_within_the_trust_domain_only() {
     assert_eq!(inside.into_body().as_deref(), Some(token.as_str()));
     let outside = call("https://api.partner.example/charge", true).await.unwrap();
     assert_eq!(outside.into_body(), None, "dropped, even when set by hand");
+    // A path-only request (a tonic Channel's) goes to the layer's origin: forwarded there only.
+    let path_only = |origin: &str| {
+        let layer = WimseSignLayer::for_origin(deployment.signer(ALLOWED), origin)
+            .unwrap()
+            .trust_domain_origins(["http://billing.prod.example"]);
+        let mut req = Request::post("/charge").body(Full::<Bytes>::default()).unwrap();
+        req.extensions_mut().insert(wimse_core::txn::TxnToken(token.clone()));
+        ServiceBuilder::new().layer(layer).service(echo).oneshot(req)
+    };
+    let inside = path_only("http://billing.prod.example").await.unwrap();
+    assert_eq!(inside.into_body().as_deref(), Some(token.as_str()));
+    assert_eq!(path_only("https://api.partner.example").await.unwrap().into_body(), None);
 }
 
 /// A client without `trust_domain_origins` never sends a Txn-Token: it says so in a warning that
