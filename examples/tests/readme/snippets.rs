@@ -138,3 +138,22 @@ mod grpc {
         }
     }
 }
+
+mod grpc_route_policies {
+    use wimse_core::prelude::*;
+    use wimse_tower::WimseLayer;
+
+    // For `Server::builder().layer(..)`, as above.
+    fn orders_layer(verifier: Verifier, domain: TrustDomain) -> Result<WimseLayer, Box<dyn std::error::Error>> {
+        Ok(WimseLayer::new(verifier)
+            .policy(Policy::named("unlisted-methods")) // allows nobody
+            .route_policy("/orders.v1.Orders/Get", Policy::named("readers").allow(Rule::trust_domain(domain)))
+            .route_policy("/orders.v1.Orders/", Policy::named("writers").allow(Rule::exact("spiffe://prod.example/front")?)))
+    }
+
+    #[test]
+    fn builds() {
+        let deployment = wimse_testkit::Deployment::new();
+        orders_layer(deployment.verifier("http://127.0.0.1:50051"), "spiffe://prod.example".parse().unwrap()).unwrap();
+    }
+}
