@@ -2,6 +2,8 @@
 //! deployment lays it out (a trust-anchor file, a settings file, credential files a node agent
 //! keeps current), so each example configures itself exactly as a real service would.
 
+pub mod greeter;
+
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 

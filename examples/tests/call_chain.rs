@@ -15,7 +15,7 @@ fn call_chain_runs_end_to_end() {
         "billing's response is signed by spiffe://prod.example/billing: verified",
         "[ledger]  verified caller spiffe://prod.example/billing | mtls | txn ",
         "ok: the Txn-Token did not cross to partner.example",
-        "ok: a hop whose policy requires another purpose answers 403",
+        "ok: a hop whose policy requires another purpose answers 403 txn_scope_denied",
         "ok: the forged Txn-Token is refused",
         "ok: orders requires a transaction",
         "[orders]  verified caller spiffe://prod.example/partners/partner.example/ns/web | wpt",

@@ -13,7 +13,8 @@ use wimse_core::http::Rejection;
 use wimse_core::policy::Policy;
 use wimse_core::{Error, ErrorKind};
 
-/// Refuses callers `policy` does not allow (403 `policy_denied`) and requests without a verified
+/// Refuses callers `policy` does not allow (403 `policy_denied`, or the reason of a Txn-Token
+/// rule such as `txn_scope_denied`: see [`Policy::check`]) and requests without a verified
 /// caller (401), logging each refusal once on `wimse::audit`.
 ///
 /// Wrap it on a scope or resource inside one wrapped with [`WimseAuth`](crate::WimseAuth) (often

@@ -54,9 +54,14 @@ async fn transactions_are_verified_and_extracted() {
     let (status, body) = answer(client.post(format!("{base}/status")).send().await.unwrap()).await;
     assert_eq!((status, body.as_str()), (200, "no transaction"));
 
-    // A route whose policy requires another purpose.
+    // A route whose policy requires another purpose: refused for the purpose, not the caller.
     let (status, body) = answer(with_txn("/refund", &token).send().await.unwrap()).await;
-    assert_eq!((status, reason(&body).as_str()), (403, "policy_denied"));
+    assert_eq!((status, reason(&body).as_str()), (403, "txn_scope_denied"));
+    let title = serde_json::from_str::<Value>(&body).unwrap()["title"].clone();
+    assert_eq!(title, "the Txn-Token's purpose (scope) is not allowed here");
+    // Without a transaction the route's requirement says the request has none.
+    let (status, body) = answer(client.post(format!("{base}/refund")).send().await.unwrap()).await;
+    assert_eq!((status, reason(&body).as_str()), (403, "missing_txn_token"));
     let refund = deployment.txn_token("user-1842", "orders.refund", false);
     assert_eq!(answer(with_txn("/refund", &refund).send().await.unwrap()).await.0, 200);
 
@@ -182,4 +187,43 @@ async fn a_txn_token_does_not_follow_a_redirect_out_of_the_trust_domain() {
     let response = client.post(format!("{inside_url}/moved")).with_extension(TxnToken(token)).send().await.unwrap();
     assert_eq!(response.status(), 307, "not followed to another origin");
     assert!(!reached.load(Ordering::SeqCst));
+}
+
+/// A client without `trust_domain_origins` drops the Txn-Token the application attached and the
+/// service answers that the request has none: the client says why in a warning naming the fix,
+/// once per origin; one with the origins configured warns the same way for an origin outside.
+#[tokio::test]
+async fn a_txn_token_not_sent_is_a_warning_once_per_origin() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let deployment = Deployment::new();
+    let (first, second) = (serve_with(&deployment, true).await, serve_with(&deployment, true).await);
+    let token = deployment.txn_token("user-1842", "orders.purchase", false);
+    let unconfigured =
+        ClientBuilder::new(reqwest::Client::new()).with(WimseSignMiddleware::new(deployment.signer(ALLOWED))).build();
+    for base in [&first, &first, &second] {
+        let request = unconfigured.post(format!("{base}/status")).with_extension(TxnToken(token.clone()));
+        let (status, body) = answer(request.send().await.unwrap()).await;
+        assert_eq!((status, reason(&body).as_str()), (403, "missing_txn_token"));
+    }
+    // Each test server has its own port: count this test's lines only.
+    let warned = |needle: &str, origin: &str| {
+        logs.lines_with(&["WARN", "Txn-Token not sent", needle, &format!("origin=\"{origin}\"")])
+    };
+    let lines = warned("this client has no trust_domain_origins", &first);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(&format!(".trust_domain_origins([\"{first}\"])")), "the fix: {lines:?}");
+    assert_eq!(warned("this client has no trust_domain_origins", &second).len(), 1);
+
+    // Configured for `first` only: `second` is outside (twice, one warning).
+    let configured = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).trust_domain_origins([first.clone()]))
+        .build();
+    for _ in 0..2 {
+        let request = configured.post(format!("{second}/status")).with_extension(TxnToken(token.clone()));
+        assert_eq!(answer(request.send().await.unwrap()).await.0, 403);
+    }
+    let request = configured.post(format!("{first}/status")).with_extension(TxnToken(token.clone()));
+    assert_eq!(answer(request.send().await.unwrap()).await.0, 200);
+    assert_eq!(warned("is not one of this client's trust_domain_origins", &second).len(), 1);
+    assert!(warned("is not one of this client's trust_domain_origins", &first).is_empty());
 }

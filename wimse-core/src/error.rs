@@ -203,6 +203,12 @@ error_kinds! {
     // ---- authorization (403) ----
     /// The caller is authenticated but a policy does not allow it.
     PolicyDenied => "policy_denied", Answer::Status(403), "the caller is not allowed by policy";
+    /// A policy rule on the Txn-Token's purpose refused the request: its `scope` is not one the
+    /// policy requires ([`Rule::txn_scope`](crate::policy::Rule::txn_scope)), or one it denies.
+    TxnScopeDenied => "txn_scope_denied", Answer::Status(403), "the Txn-Token's purpose (scope) is not allowed here";
+    /// A policy rule on the Txn-Token's subject refused the request
+    /// ([`Rule::txn_subject`](crate::policy::Rule::txn_subject)).
+    TxnSubjectDenied => "txn_subject_denied", Answer::Status(403), "the Txn-Token's subject is not allowed here";
     /// A certificate is not a valid Workload Identity Certificate (no single URI SAN naming a
     /// workload, unparsable).
     InvalidCertificate => "invalid_certificate", Answer::Credential, "the certificate is not a valid workload identity certificate";

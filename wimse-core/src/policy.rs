@@ -1,7 +1,10 @@
 //! Who may call: authorization policies over verified callers.
 //!
-//! A [`Policy`] has deny rules and allow rules. Deny rules are checked first; then the caller
-//! must match at least one allow rule. A policy without allow rules denies everyone.
+//! A [`Policy`] has deny rules, requirements and allow rules. Deny rules are checked first;
+//! then the caller must meet every requirement and match at least one allow rule. A policy
+//! without allow rules denies everyone. The first rule that refuses names the reason: a rule on
+//! the Txn-Token's purpose or subject has its own (`txn_scope_denied`, `txn_subject_denied`),
+//! every other one is `policy_denied` (see [`Policy::check`]).
 //! Identifiers are compared as complete URIs; a path prefix matches only at segment boundaries
 //! and never across trust domains.
 //!
@@ -145,6 +148,67 @@ impl Rule {
     }
 }
 
+/// What a rule looks at in the Txn-Token, when that is all it looks at: names a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnFacet {
+    /// Only whether the request has a transaction.
+    Presence,
+    /// Its purpose (`scope`), and maybe its presence.
+    Scope,
+    /// Its subject (`sub`), and maybe its presence.
+    Subject,
+}
+
+impl Rule {
+    /// The facet of the Txn-Token this rule is about, or `None` when it looks at anything
+    /// else (the caller's identity, a closure) or at both the purpose and the subject.
+    fn txn_facet(&self) -> Option<TxnFacet> {
+        match &self.0 {
+            RuleKind::Transaction => Some(TxnFacet::Presence),
+            RuleKind::TxnScope(_) => Some(TxnFacet::Scope),
+            RuleKind::TxnSubject(_) => Some(TxnFacet::Subject),
+            RuleKind::Not(rule) => rule.txn_facet(),
+            RuleKind::AllOf(rules) | RuleKind::AnyOf(rules) => joined_facet(rules),
+            RuleKind::Any
+            | RuleKind::Exact(_)
+            | RuleKind::OneOf(_)
+            | RuleKind::TrustDomain(_)
+            | RuleKind::PathPrefix(_)
+            | RuleKind::Fn(_) => None,
+        }
+    }
+}
+
+/// The one facet `rules` are all about (a presence rule joins either other), if any; `None`
+/// for no rules.
+fn joined_facet(rules: &[Rule]) -> Option<TxnFacet> {
+    let mut facets = rules.iter().map(Rule::txn_facet);
+    let first = facets.next()??;
+    facets.try_fold(first, |joined, facet| match (joined, facet?) {
+        (TxnFacet::Presence, facet) | (facet, TxnFacet::Presence) => Some(facet),
+        (a, b) => (a == b).then_some(a),
+    })
+}
+
+/// The error for a refusal by a rule about `facet` of the Txn-Token, or about anything else
+/// when `None` (see [`Policy::check`]).
+fn refusal(facet: Option<TxnFacet>, caller: Option<&VerifiedCaller>, detail: String) -> Error {
+    let Some(facet) = facet else { return Error::with_detail(ErrorKind::PolicyDenied, detail) };
+    let (kind, why) = match (caller.and_then(VerifiedCaller::transaction), facet) {
+        (None, _) if caller.and_then(VerifiedCaller::txn_token).is_some() => (
+            ErrorKind::PolicyDenied,
+            ": the request's Txn-Token is not validated by this verifier (VerifierConfig::with_txn_tokens), \
+             so no rule on it can match",
+        ),
+        (None, _) => (ErrorKind::MissingTxnToken, ": the request has no Txn-Token"),
+        (Some(_), TxnFacet::Scope) => (ErrorKind::TxnScopeDenied, ""),
+        (Some(_), TxnFacet::Subject) => (ErrorKind::TxnSubjectDenied, ""),
+        // `not(transaction())`: refused for having one.
+        (Some(_), TxnFacet::Presence) => (ErrorKind::PolicyDenied, ""),
+    };
+    Error::with_detail(kind, format!("{detail}{why}"))
+}
+
 impl fmt::Debug for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
@@ -198,7 +262,8 @@ impl Policy {
 
     /// Adds a requirement: every caller must match it, whoever it is (checked after the deny
     /// rules, before the allow rules). E.g. `require(Rule::txn_scope("orders.purchase"))`: only
-    /// calls made within a transaction for that purpose.
+    /// calls made within a transaction for that purpose (others are refused as
+    /// `txn_scope_denied`, see [`Policy::check`]).
     pub fn require(mut self, rule: Rule) -> Self {
         Arc::make_mut(&mut self.require).push(rule);
         self
@@ -210,23 +275,39 @@ impl Policy {
     }
 
     fn decide(&self, caller: Option<&VerifiedCaller>, id: &WorkloadId) -> Result<()> {
-        if self.deny.iter().any(|r| r.matches(caller, id)) {
-            return Err(Error::with_detail(ErrorKind::PolicyDenied, format!("policy `{}`: deny rule", self.name)));
+        if let Some(deny) = self.deny.iter().find(|r| r.matches(caller, id)) {
+            let detail = format!("policy `{}`: deny rule {deny:?} matched", self.name);
+            return Err(refusal(deny.txn_facet(), caller, detail));
         }
+        let allowed = || self.allow.iter().any(|r| r.matches(caller, id));
         if let Some(unmet) = self.require.iter().find(|r| !r.matches(caller, id)) {
-            return Err(Error::with_detail(
-                ErrorKind::PolicyDenied,
-                format!("policy `{}`: requirement {unmet:?} not met", self.name),
-            ));
+            // The requirement names the refusal; the log also says if the caller was not on
+            // the allow list either, so fixing the requirement alone is not expected to help.
+            let also = if allowed() { "" } else { "; no allow rule matches either" };
+            let detail = format!("policy `{}`: requirement {unmet:?} not met{also}", self.name);
+            return Err(refusal(unmet.txn_facet(), caller, detail));
         }
-        if self.allow.iter().any(|r| r.matches(caller, id)) {
+        if allowed() {
             return Ok(());
         }
-        Err(Error::with_detail(ErrorKind::PolicyDenied, format!("policy `{}`: no allow rule", self.name)))
+        let detail = format!("policy `{}`: no allow rule", self.name);
+        Err(refusal(joined_facet(&self.allow), caller, detail))
     }
 
-    /// Checks a verified caller; [`ErrorKind::PolicyDenied`] (HTTP 403) when refused. The
-    /// error's detail names the policy; the adapter logs it once as the request's audit event.
+    /// Checks a verified caller; a 403 error when refused, whose detail names the policy and
+    /// the rule (the adapter logs it once as the request's audit event).
+    ///
+    /// The rules are checked in order: deny rules, then requirements (in the order added), then
+    /// the allow rules; the first rule that refuses names the reason. A rule about the
+    /// Txn-Token only (built from [`Rule::txn_scope`], [`Rule::txn_subject`],
+    /// [`Rule::transaction`] and the combinators) gives its own kind:
+    /// [`ErrorKind::TxnScopeDenied`] for the purpose, [`ErrorKind::TxnSubjectDenied`] for the
+    /// subject, and [`ErrorKind::MissingTxnToken`] when the request has no Txn-Token at all.
+    /// Every other refusal (identity rules, closures, rules mixing both) is
+    /// [`ErrorKind::PolicyDenied`]. So with an allow list of workloads and
+    /// `require(Rule::txn_scope(..))`, a call with the wrong purpose is `txn_scope_denied`
+    /// whoever makes it (the log says if the caller is not on the allow list either), and an
+    /// unlisted caller with the right purpose is `policy_denied`.
     pub fn check(&self, caller: &VerifiedCaller) -> Result<()> {
         self.decide(Some(caller), caller.id())
     }

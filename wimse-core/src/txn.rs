@@ -42,6 +42,9 @@ use crate::jose::{Backend, SigningKey, jws};
 use crate::trust::TrustStore;
 use crate::wit::{MAX_LEEWAY_SECS, random_id, token_hash};
 
+mod forwarding;
+pub use forwarding::{MAX_WARNED_ORIGINS, TxnForwarding};
+
 /// JOSE `typ` of a Txn-Token (draft -10 §9.1), as emitted; `application/txntoken+jwt` and any
 /// case are accepted too (RFC 7515 §4.1.9).
 pub const TXN_TOKEN_TYP: &str = "txntoken+jwt";
@@ -507,99 +510,5 @@ impl std::fmt::Debug for TxnToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token (draft -10 §15.2): its hash.
         f.debug_tuple("TxnToken").field(&token_hash(&self.0)).finish()
-    }
-}
-
-/// Where a Txn-Token may go: the origins (`scheme://host[:port]`) of this trust domain's
-/// services. A Txn-Token is valid only in its trust domain (draft -10 §14), so the client
-/// adapters add it (from a [`TxnToken`] extension) to requests for these origins and remove
-/// any `Txn-Token` field from requests to every other origin.
-///
-/// ```
-/// use wimse_core::txn::{TxnForwarding, TxnToken};
-///
-/// let forwarding = TxnForwarding::new(["https://billing.prod.example"]);
-/// let token = TxnToken("eyJ…".into());
-/// let mut headers = http::HeaderMap::new();
-/// forwarding.apply("https://billing.prod.example", &mut headers, Some(&token))?;
-/// assert_eq!(headers["txn-token"], "eyJ…");
-/// forwarding.apply("https://api.partner.example", &mut headers, Some(&token))?;
-/// assert!(headers.get("txn-token").is_none());
-/// # Ok::<(), wimse_core::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnForwarding {
-    origins: std::sync::Arc<[String]>,
-}
-
-impl TxnForwarding {
-    /// Forwarding to these origins only: `scheme://host[:port]` (http or https; compared in
-    /// lower case, without a default port or a trailing `/`). An entry that is not such an
-    /// origin (a path, user info) never matches.
-    pub fn new(origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        let origins: Vec<String> = origins.into_iter().filter_map(|o| normalized_origin(&o.into())).collect();
-        Self { origins: origins.into() }
-    }
-
-    /// Whether `origin` is in the trust domain.
-    pub fn allows(&self, origin: &str) -> bool {
-        normalized_origin(origin).is_some_and(|origin| self.origins.contains(&origin))
-    }
-
-    /// Adds `token` to a request for `origin` inside the trust domain (replacing any field set
-    /// by hand); removes the `Txn-Token` field from one outside it.
-    pub fn apply(&self, origin: &str, headers: &mut http::HeaderMap, token: Option<&TxnToken>) -> Result<()> {
-        if !self.allows(origin) {
-            if headers.remove(crate::draft::TXN_TOKEN_HEADER).is_some() || token.is_some() {
-                let origin = normalized_origin(origin).unwrap_or_else(|| "(not an origin)".into());
-                tracing::debug!(origin, "wimse: Txn-Token not sent outside the trust domain");
-                metrics::counter!("wimse_txn_token_dropped_total").increment(1);
-            }
-            return Ok(());
-        }
-        if let Some(TxnToken(token)) = token {
-            let value = http::HeaderValue::from_str(token)
-                .map_err(|_| Error::with_detail(ErrorKind::InvalidHeaderValue, "the Txn-Token is not a field value"))?;
-            headers.insert(crate::draft::TXN_TOKEN_HEADER, value);
-        }
-        Ok(())
-    }
-}
-
-/// `scheme://host[:port]` in lower case without the scheme's default port, or `None` for
-/// anything else (other schemes, user info, a path or query).
-fn normalized_origin(origin: &str) -> Option<String> {
-    let uri: http::Uri = origin.trim_end_matches('/').parse().ok()?;
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let authority = uri.authority()?;
-    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return None;
-    }
-    let default_port = match scheme.as_str() {
-        "https" => 443,
-        "http" => 80,
-        _ => return None,
-    };
-    let host = authority.host().to_ascii_lowercase();
-    Some(match authority.port_u16() {
-        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
-        _ => format!("{scheme}://{host}"),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn origins_are_compared_normalized() {
-        let forwarding =
-            super::TxnForwarding::new(["https://Billing.Prod.Example:443/", "http://127.0.0.1:8080", "https://x/path"]);
-        assert!(forwarding.allows("https://billing.prod.example"));
-        assert!(forwarding.allows("HTTPS://billing.prod.example:443"));
-        assert!(forwarding.allows("http://127.0.0.1:8080/"));
-        assert!(!forwarding.allows("http://127.0.0.1:8081"));
-        assert!(!forwarding.allows("https://user@billing.prod.example"), "user info");
-        assert!(!forwarding.allows("https://billing.prod.example.evil"));
-        assert!(!forwarding.allows("https://x"), "an entry with a path matches nothing");
-        assert!(!forwarding.allows("ftp://billing.prod.example"));
     }
 }

@@ -284,15 +284,52 @@ fn policies_over_the_transaction() {
     let base = || Policy::named("orders").allow(Rule::workload(f.id.clone()));
     assert!(base().require(Rule::txn_scope("orders.purchase")).check(&caller).is_ok());
     let denied = base().require(Rule::txn_scope("orders.refund")).check(&caller).unwrap_err();
-    assert_eq!(denied.kind(), &ErrorKind::PolicyDenied);
+    assert_eq!(denied.kind(), &ErrorKind::TxnScopeDenied);
+    assert_eq!(Rejection::from_error(&denied).status(), 403);
     assert!(denied.detail().unwrap().contains("txn_scope(orders.refund)"), "{denied:?}");
     assert!(base().require(Rule::txn_subject("user-1842")).check(&caller).is_ok());
-    assert!(base().require(Rule::txn_subject("user-1")).check(&caller).is_err());
-    assert!(base().deny(Rule::txn_subject("user-1842")).check(&caller).is_err(), "deny first");
-    // A caller without a transaction meets no transaction rule.
+    let kind = |policy: Policy, caller: &VerifiedCaller| policy.check(caller).unwrap_err().into_kind();
+    assert_eq!(kind(base().require(Rule::txn_subject("user-1")), &caller), ErrorKind::TxnSubjectDenied);
+    assert_eq!(kind(base().deny(Rule::txn_subject("user-1842")), &caller), ErrorKind::TxnSubjectDenied, "deny first");
+    assert_eq!(kind(base().deny(Rule::txn_scope("orders.read")), &caller), ErrorKind::TxnScopeDenied);
+    // Combinations of one facet keep its reason; a rule mixing facets, or the identity, does not.
+    let one_of_scopes = Rule::any_of([Rule::txn_scope("orders.refund"), Rule::txn_scope("orders.cancel")]);
+    assert_eq!(kind(base().require(one_of_scopes), &caller), ErrorKind::TxnScopeDenied);
+    let scope_in_txn = Rule::all_of([Rule::transaction(), Rule::not(Rule::txn_scope("orders.read"))]);
+    assert_eq!(kind(base().require(scope_in_txn), &caller), ErrorKind::TxnScopeDenied);
+    let mixed = Rule::all_of([Rule::txn_scope("orders.purchase"), Rule::txn_subject("user-1")]);
+    assert_eq!(kind(base().require(mixed), &caller), ErrorKind::PolicyDenied);
+    let with_identity = Rule::all_of([Rule::txn_scope("orders.refund"), Rule::workload(f.id.clone())]);
+    assert_eq!(kind(base().require(with_identity), &caller), ErrorKind::PolicyDenied);
+    assert_eq!(kind(base().require(Rule::not(Rule::transaction())), &caller), ErrorKind::PolicyDenied);
+    // The first rule that refuses names the reason: deny rules, then requirements in order,
+    // then the allow list (an unlisted caller with the wrong purpose: the purpose, and the log
+    // says it was not on the list either).
+    let stranger = Policy::named("orders").allow(Rule::exact("spiffe://prod.example/someone-else").unwrap());
+    let both = kind(stranger.clone().require(Rule::txn_scope("orders.refund")), &caller);
+    assert_eq!(both, ErrorKind::TxnScopeDenied);
+    let detail = stranger.clone().require(Rule::txn_scope("orders.refund")).check(&caller).unwrap_err();
+    assert!(detail.detail().unwrap().ends_with("no allow rule matches either"), "{detail:?}");
+    assert_eq!(kind(stranger.clone().require(Rule::txn_scope("orders.purchase")), &caller), ErrorKind::PolicyDenied);
+    let ordered = base().require(Rule::txn_subject("user-1")).require(Rule::txn_scope("orders.refund"));
+    assert_eq!(kind(ordered, &caller), ErrorKind::TxnSubjectDenied);
+    let ordered = base().require(Rule::txn_scope("orders.refund")).require(Rule::txn_subject("user-1"));
+    assert_eq!(kind(ordered, &caller), ErrorKind::TxnScopeDenied);
+    let denied_first = base().deny(Rule::workload(f.id.clone())).require(Rule::txn_scope("orders.refund"));
+    assert_eq!(kind(denied_first, &caller), ErrorKind::PolicyDenied);
+    // An allow list of purposes only.
+    assert_eq!(kind(Policy::named("p").allow(Rule::txn_scope("orders.refund")), &caller), ErrorKind::TxnScopeDenied);
+    // A caller without a transaction meets no transaction rule: the request has none.
     let plain = v.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
-    assert!(base().require(Rule::transaction()).check(&plain).is_err());
+    assert_eq!(kind(base().require(Rule::transaction()), &plain), ErrorKind::MissingTxnToken);
+    assert_eq!(kind(base().require(Rule::txn_scope("orders.purchase")), &plain), ErrorKind::MissingTxnToken);
+    assert_eq!(kind(base().deny(Rule::not(Rule::transaction())), &plain), ErrorKind::MissingTxnToken);
     assert!(base().require(Rule::transaction()).check(&caller).is_ok());
+    // A Txn-Token the verifier does not validate cannot meet a rule: said so, not "none".
+    let unvalidated = f.verifier().verify_sync(&RequestView::new(PATH, &request(&f, &token))).unwrap();
+    let err = base().require(Rule::txn_scope("orders.purchase")).check(&unvalidated).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::PolicyDenied);
+    assert!(err.detail().unwrap().contains("VerifierConfig::with_txn_tokens"), "{err:?}");
     // Identity-only checks (issuance) never satisfy them.
     assert!(!base().require(Rule::transaction()).allows_id(&f.id));
     // The same from a configuration file.

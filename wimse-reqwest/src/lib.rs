@@ -115,7 +115,7 @@ pub struct WimseSignMiddleware {
     alias: Option<Arc<UrlFn<String>>>,
     expected_identity: Option<Arc<UrlFn<WorkloadId>>>,
     responses: Option<ResponseVerifier>,
-    txn_forwarding: Option<TxnForwarding>,
+    txn_forwarding: TxnForwarding,
 }
 
 impl fmt::Debug for WimseSignMiddleware {
@@ -150,7 +150,7 @@ impl WimseSignMiddleware {
             alias: None,
             expected_identity: None,
             responses: None,
-            txn_forwarding: None,
+            txn_forwarding: TxnForwarding::unconfigured(),
         }
     }
 
@@ -193,11 +193,12 @@ impl WimseSignMiddleware {
     /// `Txn-Token` (the field, or a [`TxnToken`] extension) is sent to these only and removed
     /// from requests to any other origin, since a Txn-Token must not leave its trust domain
     /// (draft-ietf-oauth-transaction-tokens-11 §14; see [`TxnForwarding`]). Without this
-    /// setting a [`TxnToken`] extension is never sent, and a `Txn-Token` field set by the
-    /// application is sent as is. Redirects happen below the middleware: give the client
-    /// [`same_origin_redirects`] (or no redirects) so a Txn-Token cannot follow one elsewhere.
+    /// setting a [`TxnToken`] extension is never sent (a warning says so, once per origin),
+    /// and a `Txn-Token` field set by the application is sent as is. Redirects happen below
+    /// the middleware: give the client [`same_origin_redirects`] (or no redirects) so a
+    /// Txn-Token cannot follow one elsewhere.
     pub fn trust_domain_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.txn_forwarding = Some(TxnForwarding::new(origins));
+        self.txn_forwarding = TxnForwarding::new(origins);
         self
     }
 
@@ -236,9 +237,10 @@ impl WimseSignMiddleware {
         mode: ProofMode,
     ) -> std::result::Result<Option<httpsig::RequestSignature>, Error> {
         let aud = self.audience(req, extensions);
-        if let Some(forwarding) = &self.txn_forwarding {
+        let token = extensions.get::<TxnToken>();
+        if self.txn_forwarding.is_configured() || token.is_some() {
             let origin = req.url().origin().ascii_serialization();
-            forwarding.apply(&origin, req.headers_mut(), extensions.get::<TxnToken>())?;
+            self.txn_forwarding.apply(&origin, req.headers_mut(), token)?;
         }
         let extra = Self::add_context_tokens(req, extensions)?;
         match mode {

@@ -8,6 +8,12 @@
 //! [`WimseSignatureLayer`] (HTTP signatures, signed responses) sign requests on a client, and
 //! [`RequirePolicyLayer`] applies an authorization policy per route.
 //!
+//! gRPC: `WimseLayer` goes on a tonic server as it is; on a tonic `Channel`, whose requests
+//! carry only the method's path, build the client layer with [`WimseSignLayer::for_origin`].
+//! With the `tonic` feature a call the client layer refuses reaches the caller as a gRPC status
+//! naming the fix (`FAILED_PRECONDITION`, `UNAUTHENTICATED`) rather than `UNKNOWN`. A runnable
+//! pair: `cargo run -p wimse-examples --bin grpc-server`, then the `grpc-client` command it prints.
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use http::{Request, Response};

@@ -103,16 +103,13 @@ where
 }
 
 /// The signing layer on a tonic channel: requests reach the layer with a path-only URI, so the
-/// audience is the server's origin + the method path.
+/// layer is built for the server's origin and the audience is that origin + the method path.
 fn signed_channel(
     channel: tonic::transport::Channel,
     signer: Signer,
     origin: &str,
 ) -> impl tonic::client::GrpcService<tonic::body::Body, ResponseBody = tonic::body::Body> + Clone {
-    let origin = origin.to_owned();
-    ServiceBuilder::new()
-        .layer(WimseSignLayer::new(signer).audience_alias(move |uri| Some(format!("{origin}{}", uri.path()))))
-        .service(channel)
+    ServiceBuilder::new().layer(WimseSignLayer::for_origin(signer, origin).unwrap()).service(channel)
 }
 
 #[tokio::test]
@@ -144,6 +141,48 @@ async fn tonic_callers_are_verified_and_refused_with_grpc_statuses() {
             .service(channel.clone())
     };
     assert_eq!(hello(wrong, "hi").await.unwrap_err().code(), tonic::Code::Unauthenticated);
+}
+
+/// A layer that cannot name a call's audience (a Channel's path-only URI, no origin) refuses it
+/// before it is sent, with a status whose code and message say what to fix, not `UNKNOWN`.
+#[tokio::test]
+async fn a_channel_without_the_origin_fails_with_a_status_naming_the_fix() {
+    let deployment = Deployment::new();
+    let origin = serve(&deployment).await;
+    let channel = tonic::transport::Endpoint::from_shared(origin.clone()).unwrap().connect().await.unwrap();
+    let unsigned =
+        ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(channel.clone());
+    let status = hello(unsigned, "hi").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().starts_with("wimse: invalid_configuration: "), "{status:?}");
+    assert!(status.message().contains("WimseSignLayer::for_origin(signer, \"http://host:port\")"), "{status:?}");
+    // The wimse error stays reachable as the status's source.
+    let source = std::error::Error::source(&status).and_then(|e| e.downcast_ref::<wimse_core::Error>());
+    assert_eq!(source.map(|e| e.kind()), Some(&ErrorKind::InvalidConfiguration));
+
+    // `.origin(..)` is the same as `for_origin`; an absolute URI keeps its own audience, and an
+    // override still wins over the origin.
+    let layer = WimseSignLayer::new(deployment.signer(ALLOWED)).origin(&format!("{origin}/")).unwrap();
+    let signed = ServiceBuilder::new().layer(layer.clone()).service(channel.clone());
+    assert_eq!(hello(signed, "hi").await.unwrap(), format!("hi, {ALLOWED}"));
+    let elsewhere = {
+        let origin = origin.clone();
+        ServiceBuilder::new()
+            .map_request(move |mut request: http::Request<tonic::body::Body>| {
+                let aud = format!("{origin}/wimse.test.Greeter/Other");
+                request.extensions_mut().insert(wimse_core::sign::AudienceOverride(aud));
+                request
+            })
+            .layer(layer)
+            .service(channel)
+    };
+    assert_eq!(hello(elsewhere, "hi").await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // Only an origin is one: each of these is refused when the layer is built.
+    for bad in ["127.0.0.1:50051", "http://host/path", "https://user@host", "ftp://host", "/path", "http://h?q=1", ""] {
+        let err = WimseSignLayer::for_origin(deployment.signer(ALLOWED), bad).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration, "{bad}");
+    }
 }
 
 /// A gRPC request with an HTTP message signature is refused at once with a clear status, not

@@ -199,4 +199,45 @@ async fn txn_tokens_are_forwarded_within_the_trust_domain_only() {
     assert_eq!(inside.into_body().as_deref(), Some(token.as_str()));
     let outside = call("https://api.partner.example/charge", true).await.unwrap();
     assert_eq!(outside.into_body(), None, "dropped, even when set by hand");
+    // A path-only request (a tonic Channel's) goes to the layer's origin: forwarded there only.
+    let path_only = |origin: &str| {
+        let layer = WimseSignLayer::for_origin(deployment.signer(ALLOWED), origin)
+            .unwrap()
+            .trust_domain_origins(["http://billing.prod.example"]);
+        let mut req = Request::post("/charge").body(Full::<Bytes>::default()).unwrap();
+        req.extensions_mut().insert(wimse_core::txn::TxnToken(token.clone()));
+        ServiceBuilder::new().layer(layer).service(echo).oneshot(req)
+    };
+    let inside = path_only("http://billing.prod.example").await.unwrap();
+    assert_eq!(inside.into_body().as_deref(), Some(token.as_str()));
+    assert_eq!(path_only("https://api.partner.example").await.unwrap().into_body(), None);
+}
+
+/// A client without `trust_domain_origins` never sends a Txn-Token: it says so in a warning that
+/// names the fix, once per origin, and the request goes on without it.
+#[tokio::test]
+async fn a_txn_token_not_sent_is_a_warning_once_per_origin() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let deployment = Deployment::new();
+    let token = deployment.txn_token("user-1842", "orders.read", false);
+    let (first, second) = (serve(&deployment).await, serve(&deployment).await);
+    let client = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(client());
+    let call = |uri: String| {
+        let mut req = Request::get(uri).body(Full::<Bytes>::default()).unwrap();
+        req.extensions_mut().insert(wimse_core::txn::TxnToken(token.clone()));
+        client.clone().oneshot(req)
+    };
+    for base in [&first, &first, &second] {
+        let response = call(format!("{base}/orders")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response).await, format!("{ALLOWED} txn=-"), "signed and sent without the token");
+    }
+    // Each test server has its own port: count this test's lines only.
+    let warned = |origin: &str| {
+        logs.lines_with(&["WARN", "Txn-Token not sent", "trust_domain_origins", &format!("origin=\"{origin}\"")])
+    };
+    let lines = warned(&first);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(&format!(".trust_domain_origins([\"{first}\"])")), "{lines:?}");
+    assert_eq!(warned(&second).len(), 1);
 }

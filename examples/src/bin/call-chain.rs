@@ -573,7 +573,10 @@ async fn run() -> Result<(), Error> {
     println!("\n== front -> orders/refunds with the purchase transaction (the route requires orders.refund)");
     let Answer { status, body, .. } = call(&front, &format!("{orders}/refunds"), Some(&txn)).await?;
     println!("[front]   {status} {body}");
-    expect(status == 403 && body.contains("policy_denied"), "a hop whose policy requires another purpose answers 403")?;
+    expect(
+        status == 403 && body.contains("txn_scope_denied"),
+        "a hop whose policy requires another purpose answers 403 txn_scope_denied",
+    )?;
 
     println!("\n== front -> orders with a Txn-Token front signed itself (bound by tth, wrong signer)");
     let kid =

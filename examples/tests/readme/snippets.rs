@@ -83,22 +83,77 @@ mod transactions {
     }
 }
 
-mod grpc_methods {
+mod grpc {
+    use tokio::net::TcpListener;
+    use tonic::transport::server::TcpIncoming;
+    use wimse_core::prelude::*;
+    use wimse_examples::greeter::{Greeter, GreeterServer, HelloReply, HelloRequest};
+    use wimse_tower::WimseLayer;
+
+    struct MyGreeter;
+
+    impl Greeter for MyGreeter {
+        async fn hello(&self, request: tonic::Request<HelloRequest>) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+            // The caller WimseLayer verified and its policy let in.
+            let caller = request.extensions().get::<VerifiedCaller>().ok_or_else(|| tonic::Status::internal("no caller"))?;
+            Ok(tonic::Response::new(HelloReply { message: format!("hello {}", caller.id()) }))
+        }
+    }
+
+    async fn serve_greeter(listener: TcpListener, verifier: Verifier, policy: Policy) -> Result<(), tonic::transport::Error> {
+        // The verifier's origin is the server's (`VerifierConfig::with_origin("http://127.0.0.1:50051")`).
+        tonic::transport::Server::builder()
+            .layer(WimseLayer::new(verifier).policy(policy))
+            .add_service(GreeterServer::new(MyGreeter))
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+    }
+
+    mod client {
+        use tower::ServiceBuilder;
+        use wimse_core::prelude::*;
+        use wimse_examples::greeter::{GreeterClient, HelloRequest};
+        use wimse_tower::WimseSignLayer;
+
+        async fn greet(signer: Signer, origin: &str) -> Result<String, Box<dyn std::error::Error>> {
+            let channel = tonic::transport::Endpoint::from_shared(origin.to_owned())?.connect().await?;
+            // The audience of each call: origin + `/wimse.example.Greeter/Hello`.
+            let signed = ServiceBuilder::new().layer(WimseSignLayer::for_origin(signer, origin)?).service(channel);
+            let reply = GreeterClient::new(signed).hello(HelloRequest { name: "orders".into() }).await?;
+            Ok(reply.into_inner().message)
+        }
+
+        /// The server and client snippets together on loopback.
+        #[tokio::test]
+        async fn a_signed_call_is_answered_with_the_verified_caller() {
+            let deployment = wimse_testkit::Deployment::new();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let origin = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(super::serve_greeter(listener, deployment.verifier(&origin), deployment.policy()));
+            let answer = greet(deployment.signer(wimse_testkit::ALLOWED), &origin).await.unwrap();
+            assert_eq!(answer, format!("hello {}", wimse_testkit::ALLOWED));
+            let refused = greet(deployment.signer(wimse_testkit::DENIED), &origin).await.unwrap_err();
+            let status = refused.downcast::<tonic::Status>().unwrap();
+            assert_eq!((status.code(), status.message()), (tonic::Code::PermissionDenied, "policy_denied"));
+        }
+    }
+}
+
+mod grpc_route_policies {
     use wimse_core::prelude::*;
     use wimse_tower::WimseLayer;
 
-    fn per_method(verifier: Verifier, domain: TrustDomain) -> Result<WimseLayer, Box<dyn std::error::Error>> {
-        let layer = WimseLayer::new(verifier)
+    // For `Server::builder().layer(..)`, as above.
+    fn orders_layer(verifier: Verifier, domain: TrustDomain) -> Result<WimseLayer, Box<dyn std::error::Error>> {
+        Ok(WimseLayer::new(verifier)
             .policy(Policy::named("unlisted-methods")) // allows nobody
             .route_policy("/orders.v1.Orders/Get", Policy::named("readers").allow(Rule::trust_domain(domain)))
-            .route_policy("/orders.v1.Orders/", Policy::named("writers").allow(Rule::exact("spiffe://prod.example/front")?));
-        // tonic: Server::builder().layer(layer).add_service(OrdersServer::new(orders))
-        Ok(layer)
+            .route_policy("/orders.v1.Orders/", Policy::named("writers").allow(Rule::exact("spiffe://prod.example/front")?)))
     }
 
     #[test]
     fn builds() {
-        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
-        per_method(verifier, "spiffe://prod.example".parse().unwrap()).unwrap();
+        let deployment = wimse_testkit::Deployment::new();
+        orders_layer(deployment.verifier("http://127.0.0.1:50051"), "spiffe://prod.example".parse().unwrap()).unwrap();
     }
 }
