@@ -42,6 +42,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::fmt;
 use std::future::{Ready, ready};
 use std::ops::Deref;

@@ -35,6 +35,8 @@
 //! tokens or the Txn-Token to forward, or picks the proof mode. [`TxnTokenService`] obtains
 //! Txn-Tokens from the trust domain's Transaction Token Service.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod assertion;
 mod bundle;
 mod issuer_source;
