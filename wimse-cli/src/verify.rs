@@ -127,8 +127,9 @@ fn verifier(args: &VerifyArgs) -> Result<Verifier, String> {
 
 fn verify_one(verifier: &Verifier, request: &RawRequest) -> Result<(serde_json::Value, bool), String> {
     let headers = request.header_map().map_err(|e| e.to_string())?;
-    let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default().to_owned();
-    let view = RequestView::new(request.path(), &headers).method(&request.method).authority(&host).body(&request.body);
+    let authority = request.authority().unwrap_or_default();
+    let view =
+        RequestView::new(request.path(), &headers).method(&request.method).authority(authority).body(&request.body);
     Ok(match verifier.verify_sync(&view) {
         Ok(caller) => {
             let method = caller.method().name();
