@@ -149,7 +149,7 @@ impl std::fmt::Debug for IssuedTxnToken {
 /// ```no_run
 /// use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
 ///
-/// # async fn run(signer: wimse_core::sign::Signer) -> Result<(), wimse_core::Error> {
+/// # async fn run(signer: wimse_core::sign::Signer) -> Result<(), Box<dyn std::error::Error>> {
 /// let domain = "spiffe://prod.example".parse()?;
 /// let tts = TxnTokenService::new(signer, "https://issuer.prod.example/v1/token", &domain)?;
 /// // For the user whose access token the edge received:
