@@ -41,16 +41,15 @@ impl Demo {
         &self.dir
     }
 
-    /// Writes `service.toml`: verify callers of `origin` against the anchor file, let only
-    /// [`ALLOWED`] in. Returns its path.
+    /// Writes `service.toml`: verify callers of `origin` against the anchor file beside it (a
+    /// relative path, which is relative to the settings file), let only [`ALLOWED`] in.
+    /// Returns its path.
     pub fn settings(&self, origin: &str) -> Result<PathBuf> {
         let path = self.dir.join("service.toml");
-        let anchor = self.dir.join("issuer.pub.jwk");
         std::fs::write(
             &path,
             format!(
-                "[verifier]\norigins = [\"{origin}\"]\n\n[[verifier.trust]]\ntrust_domain = \"spiffe://prod.example\"\nfile = \"{}\"\n\n[policy]\nname = \"example\"\nallow = {{ workloads = [\"{ALLOWED}\"] }}\n",
-                anchor.display()
+                "[verifier]\norigins = [\"{origin}\"]\n\n[[verifier.trust]]\ntrust_domain = \"spiffe://prod.example\"\nfile = \"issuer.pub.jwk\"\n\n[policy]\nname = \"example\"\nallow = {{ workloads = [\"{ALLOWED}\"] }}\n"
             ),
         )?;
         Ok(path)

@@ -70,6 +70,13 @@ impl Deployment {
         Verifier::new(self.trust(), VerifierConfig::new().with_origin(origin)).expect("verifier config")
     }
 
+    /// A verifier for `origin` whose refusals name the failed check, signed requests' too
+    /// (development only: [`VerifierConfig::reveal_reasons`]).
+    pub fn revealing_verifier(&self, origin: &str) -> Verifier {
+        Verifier::new(self.trust(), VerifierConfig::new().with_origin(origin).reveal_reasons())
+            .expect("verifier config")
+    }
+
     /// The policy of the case table: only [`ALLOWED`].
     pub fn policy(&self) -> Policy {
         Policy::named("testkit").allow(Rule::exact(ALLOWED).expect("id"))
@@ -383,4 +390,59 @@ pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_s
     };
     let kind = refused.downcast_ref::<Error>().map(|e| e.kind().clone());
     assert_eq!(kind, Some(ErrorKind::NoWimseSignature), "{refused:?}");
+}
+
+/// Refusals through the adapter under test with reasons kept from the caller (the default) and
+/// revealed for development ([`VerifierConfig::reveal_reasons`]): `quiet` and `revealing` serve
+/// `POST /pay` like the `plain` server of [`run_signature_cases`], with
+/// [`Deployment::verifier`] and [`Deployment::revealing_verifier`] for their base URLs.
+pub async fn run_reveal_reasons_cases(deployment: &Deployment, quiet: &str, revealing: &str) {
+    let plain = reqwest::Client::new();
+    let signature = ProofMode::HttpSignature { sign_response: false };
+    let refused = |url: String, headers: HeaderMap, body: &'static str| {
+        let request = plain.post(url).headers(headers).body(body);
+        async move {
+            let (status, text) = status_and_body(request.send().await.expect("send")).await;
+            let json: serde_json::Value = serde_json::from_str(&text).expect("a problem document");
+            (status, json)
+        }
+    };
+    // A request signed for the other server: an audience mismatch either way.
+    let (status, problem) = refused(
+        format!("{quiet}/pay"),
+        signed_headers(deployment, &format!("{revealing}/pay"), "x", signature).await,
+        "x",
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["type"].as_str().is_some_and(|t| t.ends_with("wimse-signature-invalid")), "{problem}");
+    assert!(problem.get("reason").is_none() && problem.get("detail").is_none(), "said nothing: {problem}");
+    let (status, problem) = refused(
+        format!("{revealing}/pay"),
+        signed_headers(deployment, &format!("{quiet}/pay"), "x", signature).await,
+        "x",
+    )
+    .await;
+    assert_eq!(status, 400, "still the signature profile's answer: {problem}");
+    assert!(problem["type"].as_str().is_some_and(|t| t.ends_with("wimse-signature-invalid")), "{problem}");
+    assert_eq!(problem["reason"], "audience_mismatch", "{problem}");
+    let detail = problem["detail"].as_str().expect("a detail");
+    assert!(detail.contains(&format!("received wimse-aud \"{quiet}/pay\"")), "{detail}");
+    assert!(detail.contains(&format!("{revealing}/pay")), "what this service accepts: {detail}");
+    // A check made on the body, after the header fields passed.
+    let headers = signed_headers(deployment, &format!("{revealing}/pay"), "amount=1", signature).await;
+    let (status, problem) = refused(format!("{revealing}/pay"), headers, "amount=9").await;
+    assert_eq!((status, &problem["reason"]), (400, &serde_json::json!("content_digest_mismatch")), "{problem}");
+    // A WPT names its reason either way; only the revealing server adds the detail.
+    let wpt = ProofMode::Wpt;
+    let (status, problem) =
+        refused(format!("{quiet}/pay"), signed_headers(deployment, &format!("{revealing}/pay"), "x", wpt).await, "x")
+            .await;
+    assert_eq!((status, &problem["reason"]), (401, &serde_json::json!("audience_mismatch")), "{problem}");
+    assert!(problem.get("detail").is_none(), "{problem}");
+    let (status, problem) =
+        refused(format!("{revealing}/pay"), signed_headers(deployment, &format!("{quiet}/pay"), "x", wpt).await, "x")
+            .await;
+    assert_eq!((status, &problem["reason"]), (401, &serde_json::json!("audience_mismatch")), "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("received aud \"")), "{problem}");
 }

@@ -42,6 +42,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::fmt;
 use std::future::{Ready, ready};
 use std::ops::Deref;
@@ -191,7 +193,7 @@ where
                     "wimse: WimseAuth::from_app_data() found no web::Data<Guard>; refusing every request (500)"
                 );
                 wimse_core::audit::rejected("none", None, &error);
-                return reject(req, &error);
+                return reject(req, Rejection::from_error(&error));
             }
         };
         if has_signature(&ActixHeaders(req.headers())) {
@@ -199,13 +201,13 @@ where
         }
         let pending = match admit(&config, &req) {
             Ok(pending) => pending,
-            Err(error) => return reject(req, &error),
+            Err(error) => return reject(req, config.rejection(&error)),
         };
         let confirm = match pending.map(|pending| config.confirm(pending)) {
             None => None,
             Some(mut confirm) => match confirm.take_ready() {
                 Some(Ok(caller)) => Some(Ok(caller)),
-                Some(Err(error)) => return reject(req, &error),
+                Some(Err(error)) => return reject(req, config.rejection(&error)),
                 None => Some(Err(confirm)),
             },
         };
@@ -217,7 +219,7 @@ where
                 // A shared store: wait for its answer without blocking the worker.
                 Some(Err(confirm)) => match confirm.await {
                     Ok(caller) => Some(caller),
-                    Err(error) => return reject(req, &error).await,
+                    Err(error) => return reject(req, config.rejection(&error)).await,
                 },
             };
             if let Some(caller) = caller {
@@ -230,9 +232,9 @@ where
 
 fn reject<B: 'static>(
     req: ServiceRequest,
-    error: &Error,
+    rejection: Rejection,
 ) -> LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<B>>, actix_web::Error>> {
-    let response = rejection_response(&Rejection::from_error(error));
+    let response = rejection_response(&rejection);
     Box::pin(ready(Ok(req.into_response(response).map_into_right_body())))
 }
 
@@ -266,18 +268,18 @@ where
     let view = RequestView::new(&target, &headers).method(req.method().as_str()).authority(connection.host());
     let exchange = match guard.signed_exchange(view, req.conn_data::<TlsPeer>()) {
         Ok(exchange) => exchange,
-        Err(error) => return reject(req, &error).await,
+        Err(error) => return reject(req, guard.rejection(&error)).await,
     };
     let read =
         actix_web::rt::time::timeout(exchange.body_deadline(), read_body(req.take_payload(), exchange.body_limit()));
     let body = match read.await {
         Ok(Ok(body)) => body,
-        Ok(Err(failure)) => return reject(req, &exchange.refuse_body(failure)).await,
-        Err(_) => return reject(req, &exchange.refuse_body(BodyFailure::TimedOut)).await,
+        Ok(Err(failure)) => return reject(req, guard.rejection(&exchange.refuse_body(failure))).await,
+        Err(_) => return reject(req, guard.rejection(&exchange.refuse_body(BodyFailure::TimedOut))).await,
     };
     let admitted = match exchange.admit_body(&body).await {
         Ok(admitted) => admitted,
-        Err(error) => return reject(req, &error).await,
+        Err(error) => return reject(req, guard.rejection(&error)).await,
     };
     req.set_payload(Payload::from(body));
     if let Some(caller) = admitted.caller {
@@ -304,7 +306,7 @@ where
             }
             builder.body(bytes)
         }
-        Err(error) => rejection_response(&Rejection::from_error(&error)),
+        Err(error) => rejection_response(&guard.rejection(&error)),
     };
     Ok(ServiceResponse::new(http_req, response).map_into_right_body())
 }

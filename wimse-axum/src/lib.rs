@@ -39,6 +39,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::convert::Infallible;
 use std::ops::Deref;
 use std::sync::Arc;

@@ -153,12 +153,18 @@ type CliResult = Result<ExitCode, String>;
 
 /// Logs to standard error, filtered by `RUST_LOG`; by default the identity server and the agent log at
 /// `info` (start, key creation, rotation, store loss, issuance), other commands only errors
-/// (their answer is their output).
+/// (their answer is their output). Colours only when standard error is a terminal, so logs
+/// redirected to a file or a collector carry no escape codes.
 fn install_logging(serving: bool) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let default = if serving { "info" } else { "error" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {

@@ -16,6 +16,8 @@ use crate::files::{now_or, read_input, read_signing_key, read_token};
 use crate::{CliResult, Output};
 use wimse_core::raw::RawRequest;
 
+mod output;
+
 #[derive(Debug, Args)]
 pub(crate) struct SignArgs {
     /// Raw HTTP/1.1 request file (`-` for standard input).
@@ -27,7 +29,10 @@ pub(crate) struct SignArgs {
     /// File holding the workload's WIT.
     #[arg(long)]
     wit: PathBuf,
-    /// Audience. Defaults to `https://HOST/PATH` from the request (query dropped).
+    /// Audience. Defaults to the request's own URL without its query, `SCHEME://AUTHORITY/PATH`:
+    /// scheme and authority from an absolute-form target (`GET http://127.0.0.1:8080/orders
+    /// HTTP/1.1`), else `https` and the `Host` field (an origin-form target does not say its
+    /// scheme: write the absolute form for an http service).
     #[arg(long)]
     aud: Option<String>,
     /// Proof lifetime in seconds.
@@ -45,6 +50,11 @@ pub(crate) struct SignArgs {
     /// Sign as of this Unix time instead of now.
     #[arg(long)]
     now: Option<u64>,
+    /// What to write: `raw` (the signed HTTP/1.1 request), `curl` (a curl command line that
+    /// sends it) or `headers` (its header fields, `Name: value` a line, without `Host` and
+    /// `Content-Length`, for `curl -H @file` or any other client).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "curl", "headers"])]
+    format: String,
     #[command(flatten)]
     output: Output,
 }
@@ -69,14 +79,14 @@ pub(crate) fn run(args: SignArgs) -> CliResult {
     let aud = match args.aud.clone() {
         Some(aud) => aud,
         None => {
-            let host = header_str(&request, "host")?.ok_or("no Host field: give --aud")?;
-            let path = request.path();
-            format!("https://{host}{}", &path[..path.find('?').unwrap_or(path.len())])
+            let url = request_url(&request)?;
+            hint_http(&request, &url);
+            url[..url.find('?').unwrap_or(url.len())].to_owned()
         }
     };
     if args.mode == "httpsig" {
         sign_httpsig(&mut request, key, wit, &aud, &args)?;
-        return write_request(&request, &args.output);
+        return write_request(&request, &args);
     }
     let mut builder = WptBuilder::new(&key, &wit, &aud).lifetime(args.ttl);
     let txn_token = header_str(&request, TXN_TOKEN_HEADER)?.map(str::to_owned);
@@ -95,12 +105,43 @@ pub(crate) fn run(args: SignArgs) -> CliResult {
     let wpt = builder.sign(now_or(args.now)).map_err(|e| e.to_string())?;
     request.headers.push(("Workload-Identity-Token".into(), wit.into_bytes()));
     request.headers.push(("Authorization".into(), format!("WPT {wpt}").into_bytes()));
-    write_request(&request, &args.output)
+    write_request(&request, &args)
 }
 
-fn write_request(request: &RawRequest, output: &Output) -> CliResult {
-    let bytes = request.to_bytes();
-    match &output.out {
+/// The URL the request is for: `SCHEME://AUTHORITY` + its target's path and query, the scheme
+/// `https` unless an absolute-form target names another.
+pub(crate) fn request_url(request: &RawRequest) -> Result<String, String> {
+    let scheme = request.scheme().unwrap_or_else(|| "https".to_owned());
+    if !matches!(scheme.as_str(), "http" | "https") {
+        return Err(format!("the request's target is a {scheme}: URL; only http and https are signed"));
+    }
+    let authority = request.authority().filter(|a| !a.is_empty()).ok_or("no Host field: give --aud")?;
+    Ok(format!("{scheme}://{authority}{}", request.path()))
+}
+
+/// An origin-form target to this machine is taken as https like any other, but a local service
+/// is often plain http: say how to sign for that (on standard error; the output stays clean).
+fn hint_http(request: &RawRequest, url: &str) {
+    let local = request
+        .authority()
+        .and_then(|a| a.parse::<http::uri::Authority>().ok())
+        .is_some_and(|a| wimse_core::http::is_loopback_host(a.host()));
+    if request.scheme().is_none() && local {
+        let http = url.replacen("https://", "http://", 1);
+        eprintln!(
+            "wimse: signed for {url} (a target like `/path` does not say its scheme); for an http service, \
+             write the request target as {http} or give --aud"
+        );
+    }
+}
+
+fn write_request(request: &RawRequest, args: &SignArgs) -> CliResult {
+    let bytes = match args.format.as_str() {
+        "curl" => output::curl_command(request)?.into_bytes(),
+        "headers" => output::header_lines(request).into_bytes(),
+        _ => request.to_bytes(),
+    };
+    match &args.output.out {
         Some(path) => std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?,
         None => std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())?,
     }
@@ -120,7 +161,8 @@ fn sign_httpsig(
         .with_lifetime(args.ttl)
         .with_clock(FixedClock::new(now_or(args.now)));
     let mut headers = request.header_map().map_err(|e| e.to_string())?;
-    let host = header_str(request, "host")?.unwrap_or_default().to_owned();
+    let scheme = request.scheme().unwrap_or_else(|| "https".to_owned());
+    let host = request.authority().unwrap_or_default().to_owned();
     let target = request.path().to_owned();
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -129,7 +171,7 @@ fn sign_httpsig(
     let body = (!request.body.is_empty()).then_some(request.body.as_slice());
     let outgoing = OutgoingRequest {
         method: &request.method,
-        scheme: "https",
+        scheme: &scheme,
         authority: &host,
         path,
         query,

@@ -10,7 +10,7 @@ use wimse_core::id::TrustDomain;
 use wimse_core::sign::Signer;
 use wimse_core::trust::{TrustAnchors, TrustStore};
 use wimse_core::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
-use wimse_reqwest::{TxnTokenRequest, TxnTokenService, self_signed_subject};
+use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
 
 use crate::files::{now_or, read_signing_key, read_text, read_token, write_output};
 use crate::{CliResult, Output};
@@ -108,7 +108,7 @@ fn request(
     };
     let credentials = Credentials::new(read_token(wit)?, read_signing_key(key)?).map_err(|e| e.to_string())?;
     let signer = Signer::new(StaticCredentials::new(credentials));
-    let service = TxnTokenService::new(signer.clone(), tts, domain).map_err(|e| e.to_string())?;
+    let service = TxnTokenService::new(signer, tts, domain).map_err(|e| e.to_string())?;
     let subject_token =
         || args.subject_token.as_ref().ok_or("--subject-token").map_err(str::to_owned).and_then(|p| read_token(p));
     let subject = || args.sub.clone().ok_or_else(|| "--sub".to_owned());
@@ -116,10 +116,7 @@ fn request(
         "access_token" => TxnTokenRequest::for_access_token(subject_token()?, &args.scope),
         "txn_token" => TxnTokenRequest::replacing(subject_token()?, &args.scope),
         "unsigned_json" => TxnTokenRequest::unsigned(&subject()?, &args.scope),
-        "self_signed" => {
-            let token = self_signed_subject(&signer, tts, &subject()?, now_or(None)).map_err(|e| e.to_string())?;
-            TxnTokenRequest::self_signed(token, &args.scope)
-        }
+        "self_signed" => TxnTokenRequest::self_signed_for(subject()?, &args.scope),
         other => {
             TxnTokenRequest::new(subject_token()?, format!("urn:ietf:params:oauth:token-type:{other}"), &args.scope)
         }

@@ -9,6 +9,7 @@ use wimse_core::caller::ProofMethod;
 use wimse_core::http::Rejection;
 use wimse_core::id::TrustDomain;
 use wimse_core::prelude::*;
+use wimse_core::trust::TrustHandle;
 
 use crate::CliResult;
 use crate::files::{now_or, read_input, read_text};
@@ -114,10 +115,17 @@ fn verifier(args: &VerifyArgs) -> Result<Verifier, String> {
     settings.leeway = args.leeway.or(settings.leeway);
     settings.max_signature_age = args.max_age.or(settings.max_signature_age);
     let trust = settings.trust_store().map_err(|e| e.to_string())?;
-    let trust = add_trust_anchors(trust, &args.trust_anchors)?;
+    let trust = TrustHandle::new(add_trust_anchors(trust, &args.trust_anchors)?);
     let now = now_or(args.now);
-    let mut verifier = Verifier::new(trust, settings.config())
+    if settings.trust.iter().any(|entry| entry.bundle_url.is_some()) {
+        // Fetched once, as of the time the run verifies at.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let fetch = wimse_reqwest::fetch_bundles(&settings, &trust, std::sync::Arc::new(FixedClock::new(now)));
+        runtime.block_on(fetch).map_err(|e| e.to_string())?;
+    }
+    let mut verifier = Verifier::new(TrustStore::new(), settings.config())
         .map_err(|e| format!("{e} (give --audience or --origin)"))?
+        .with_trust_handle(trust)
         .with_clock(FixedClock::new(now));
     if let Some(keys) = settings.txn_token_keys().map_err(|e| e.to_string())? {
         verifier = verifier.with_txn_token_keys(keys);
@@ -127,8 +135,9 @@ fn verifier(args: &VerifyArgs) -> Result<Verifier, String> {
 
 fn verify_one(verifier: &Verifier, request: &RawRequest) -> Result<(serde_json::Value, bool), String> {
     let headers = request.header_map().map_err(|e| e.to_string())?;
-    let host = request.header("host").and_then(|h| std::str::from_utf8(h).ok()).unwrap_or_default().to_owned();
-    let view = RequestView::new(request.path(), &headers).method(&request.method).authority(&host).body(&request.body);
+    let authority = request.authority().unwrap_or_default();
+    let view =
+        RequestView::new(request.path(), &headers).method(&request.method).authority(authority).body(&request.body);
     Ok(match verifier.verify_sync(&view) {
         Ok(caller) => {
             let method = caller.method().name();

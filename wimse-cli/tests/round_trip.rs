@@ -746,3 +746,58 @@ fn verify_reads_settings_and_the_environment() {
     let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(shown.contains("bad.toml") && shown.contains("audiances"), "{shown}");
 }
+
+/// `wimse verify --config` reads a settings file as a service does: a relative trust file is
+/// relative to the settings file, wherever the command runs, and a `bundle_url` entry is fetched
+/// from the identity server.
+#[test]
+fn verify_settings_follow_their_file_and_bundle_urls() {
+    let d = setup("settings-sources", "ES256");
+    std::fs::create_dir_all(d.path("conf/trust")).unwrap();
+    std::fs::copy(d.path("issuer.pub.jwk"), d.path("conf/trust/issuer.pub.jwk")).unwrap();
+    let relative = "[verifier]\norigins = [\"https://payments.example\"]\ncontext_tokens = [\"x-ctx\"]\n\n[[verifier.trust]]\ntrust_domain = \"spiffe://prod.example\"\nfile = \"trust/issuer.pub.jwk\"\n";
+    std::fs::write(d.path("conf/service.toml"), relative).unwrap();
+    let run = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wimse"))
+            .args(["verify", "--request", &d.s("signed.http"), "--config", config, "--now", NOW])
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    };
+    let out = run(&d.s("conf/service.toml"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The identity server's bundle, served on loopback.
+    let mut jwk: Value = serde_json::from_str(&std::fs::read_to_string(d.path("issuer.pub.jwk")).unwrap()).unwrap();
+    jwk["use"] = "wit-svid".into();
+    let bundle = serde_json::json!({"keys": [jwk], "spiffe_sequence": 1}).to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}/v1/bundle/spiffe", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/v1/bundle/spiffe", axum::routing::get(move || async move { bundle }));
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let followed = format!(
+        "[verifier]\norigins = [\"https://payments.example\"]\ncontext_tokens = [\"x-ctx\"]\n\n[[verifier.trust]]\ntrust_domain = \"spiffe://prod.example\"\nbundle_url = \"{url}\"\n"
+    );
+    std::fs::write(d.path("followed.toml"), followed).unwrap();
+    let out = run(&d.s("followed.toml"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["caller"]["id"], "spiffe://prod.example/orders");
+    // A bundle URL that does not answer is a configuration error naming the entry (exit 2).
+    let port = wimse_testkit::servers::free_port();
+    std::fs::write(
+        d.path("down.toml"),
+        format!(
+            "[[verifier.trust]]\ntrust_domain = \"spiffe://prod.example\"\nbundle_url = \"http://127.0.0.1:{port}/b\"\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&d.s("down.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("verifier.trust[0].bundle_url"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -12,6 +12,10 @@
 //! trust_domain = "spiffe://prod.example"
 //! file = "/etc/wimse/prod.example.bundle.json"    # a JWK, a JWKS or a SPIFFE bundle
 //!
+//! [[verifier.trust]]                             # or follow an identity server's bundle
+//! trust_domain = "spiffe://partner.example"       # (wimse_reqwest::verifier_from_settings)
+//! bundle_url = "https://issuer.partner.example/v1/bundle/spiffe"
+//!
 //! [policy]
 //! name = "payments"
 //! allow = { workloads = ["spiffe://prod.example/orders"], prefixes = ["spiffe://prod.example/batch"] }
@@ -22,6 +26,11 @@
 //! key_file = "/run/wimse/key.jwk"
 //! ```
 //!
+//! Relative paths in a file (`verifier.trust[].file`, `verifier.txn_tokens.keys_file`,
+//! `credentials.wit_file`, `credentials.key_file`) are relative to the file's directory, so a
+//! service finds them wherever it is started; paths from the environment or set in code are
+//! relative to the working directory, as usual.
+//!
 //! Environment variables override the file (lists are comma-separated):
 //!
 //! | variable | field |
@@ -31,6 +40,7 @@
 //! | `WIMSE_TRUST` | `verifier.trust`, as `spiffe://domain=/path/to/file,…` |
 //! | `WIMSE_LEEWAY` | `verifier.leeway` |
 //! | `WIMSE_PROOFS` | `verifier.proofs` |
+//! | `WIMSE_REVEAL_REASONS` | `verifier.reveal_reasons` (`1`/`true` or `0`/`false`; development only) |
 //! | `WIMSE_POLICY_ALLOW` | `policy.allow.workloads` |
 //! | `WIMSE_WIT_FILE` | `credentials.wit_file` |
 //! | `WIMSE_KEY_FILE` | `credentials.key_file` |
@@ -57,7 +67,7 @@ use crate::cred::FileCredentials;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{TrustDomain, WorkloadId};
 use crate::policy::{Policy, Rule};
-use crate::trust::{TrustAnchors, TrustStore};
+use crate::trust::{TrustAnchors, TrustHandle, TrustStore};
 use crate::txn::TxnTokenValidation;
 use crate::verify::{Verifier, VerifierConfig};
 
@@ -133,6 +143,10 @@ pub struct VerifierSettings {
     /// Validate `Txn-Token`s (Transaction Tokens). Default: not validated.
     #[serde(default)]
     pub txn_tokens: Option<TxnTokenSettings>,
+    /// **Development only**: refusals name the failed check in their problem body, signed
+    /// requests' too (see [`VerifierConfig::reveal_reasons`]). Default false.
+    #[serde(default)]
+    pub reveal_reasons: bool,
 }
 
 /// How Txn-Tokens are validated; see [`TxnTokenValidation`].
@@ -156,14 +170,69 @@ pub struct TxnTokenSettings {
     pub keys_file: Option<PathBuf>,
 }
 
-/// The anchors of one trust domain, from a file holding a JWK, a JWKS or a SPIFFE bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The anchors of one trust domain: a file holding a JWK, a JWKS or a SPIFFE bundle, or the
+/// URL of a SPIFFE bundle an identity server publishes (such as its `/v1/bundle/spiffe`),
+/// followed as it rotates keys. One of `file` and `bundle_url`.
+///
+/// A bundle URL is fetched over the network, which this crate does not do:
+/// [`Settings::verifier`] refuses it, and `wimse_reqwest::verifier_from_settings` fetches it
+/// at start and keeps it current (a `wimse_reqwest::BundleSource` with the options here).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustSettings {
     /// The trust domain, e.g. `spiffe://prod.example`.
     pub trust_domain: String,
     /// The file.
-    pub file: PathBuf,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The bundle's URL: https, or http on loopback.
+    #[serde(default)]
+    pub bundle_url: Option<String>,
+    /// With `bundle_url`: how long fetched keys stay usable without a successful refresh,
+    /// seconds (then 503). Default 3600.
+    #[serde(default)]
+    pub max_stale: Option<u64>,
+    /// With `bundle_url`: the shortest time between two early refreshes (on an unknown key id),
+    /// and the wait before retrying a failed one, seconds. Default 10.
+    #[serde(default)]
+    pub min_refresh_interval: Option<u64>,
+    /// With `bundle_url`: the longest one fetch may take, milliseconds. Default 10000.
+    #[serde(default)]
+    pub fetch_timeout_ms: Option<u64>,
+}
+
+/// Where the anchors of a [`TrustSettings`] entry come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrustSource<'a> {
+    /// A file, read once.
+    File(&'a Path),
+    /// A bundle URL, fetched and refreshed (by `wimse_reqwest`).
+    BundleUrl(&'a str),
+}
+
+impl TrustSettings {
+    /// The trust domain and where its anchors come from; errors name the field of entry `i`.
+    pub fn source(&self, i: usize) -> Result<(TrustDomain, TrustSource<'_>)> {
+        let domain = TrustDomain::parse(&self.trust_domain)
+            .map_err(|e| invalid(format!("verifier.trust[{i}].trust_domain"), e))?;
+        let source = match (&self.file, &self.bundle_url) {
+            (Some(file), None) => TrustSource::File(file),
+            (None, Some(url)) => TrustSource::BundleUrl(url),
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!("verifier.trust[{i}]"), "file and bundle_url are exclusive"));
+            }
+            (None, None) => return Err(invalid(format!("verifier.trust[{i}]"), "set file or bundle_url")),
+        };
+        let refresh_options = self.max_stale.or(self.min_refresh_interval).or(self.fetch_timeout_ms).is_some();
+        if refresh_options && matches!(source, TrustSource::File(_)) {
+            return Err(invalid(
+                format!("verifier.trust[{i}]"),
+                "max_stale, min_refresh_interval and fetch_timeout_ms apply to a bundle_url only",
+            ));
+        }
+        Ok((domain, source))
+    }
 }
 
 /// A policy as data: allowed unless a deny rule matches; no allow rule matching means denied.
@@ -244,18 +313,42 @@ impl Settings {
     }
 
     /// Reads a file: TOML when it ends in `.toml` (feature `toml`), JSON otherwise. Errors name
-    /// the file and the field.
+    /// the file and the field. Relative paths in it are taken relative to the file's directory
+    /// (see [`relative_to`](Self::relative_to)).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let named = |e: Error| invalid(path.display(), e.detail().unwrap_or_default());
         let text = std::fs::read_to_string(path).map_err(|e| invalid(path.display(), e))?;
-        if path.extension().is_some_and(|ext| ext == "toml") {
-            #[cfg(feature = "toml")]
-            return Self::from_toml(&text).map_err(named);
-            #[cfg(not(feature = "toml"))]
+        let is_toml = path.extension().is_some_and(|ext| ext == "toml");
+        #[cfg(not(feature = "toml"))]
+        if is_toml {
             return Err(invalid(path.display(), "TOML needs the `toml` feature of wimse-core"));
         }
-        Self::from_json(&text).map_err(named)
+        #[cfg(feature = "toml")]
+        let settings = if is_toml { Self::from_toml(&text) } else { Self::from_json(&text) };
+        #[cfg(not(feature = "toml"))]
+        let settings = Self::from_json(&text);
+        Ok(settings.map_err(named)?.relative_to(path.parent().unwrap_or(Path::new(""))))
+    }
+
+    /// Makes the relative paths of these settings (trust files, the TTS keys file, credential
+    /// files) relative to `dir`: what [`from_file`](Self::from_file) does with the file's
+    /// directory, so a settings file and the files it names move together. Absolute paths stay.
+    pub fn relative_to(mut self, dir: &Path) -> Self {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = dir.join(&*path);
+            }
+        };
+        self.verifier.trust.iter_mut().filter_map(|entry| entry.file.as_mut()).for_each(resolve);
+        if let Some(file) = self.verifier.txn_tokens.as_mut().and_then(|txn| txn.keys_file.as_mut()) {
+            resolve(file);
+        }
+        if let Some(credentials) = self.credentials.as_mut() {
+            resolve(&mut credentials.wit_file);
+            resolve(&mut credentials.key_file);
+        }
+        self
     }
 
     /// [`from_file`](Self::from_file), then the `WIMSE_*` variables of this process.
@@ -285,11 +378,22 @@ impl Settings {
                             let (domain, file) = entry.split_once('=').ok_or_else(|| {
                                 invalid("WIMSE_TRUST (verifier.trust)", format!("{entry:?} is not DOMAIN=FILE"))
                             })?;
-                            Ok(TrustSettings { trust_domain: domain.to_owned(), file: file.into() })
+                            Ok(TrustSettings {
+                                trust_domain: domain.to_owned(),
+                                file: Some(file.into()),
+                                ..Default::default()
+                            })
                         })
                         .collect::<Result<_>>()?
                 }
                 "WIMSE_LEEWAY" => self.verifier.leeway = Some(number("verifier.leeway")?),
+                "WIMSE_REVEAL_REASONS" => {
+                    self.verifier.reveal_reasons = match value.trim() {
+                        "1" | "true" => true,
+                        "0" | "false" | "" => false,
+                        _ => return Err(invalid("WIMSE_REVEAL_REASONS (verifier.reveal_reasons)", "not 1 or 0")),
+                    }
+                }
                 "WIMSE_PROOFS" => {
                     self.verifier.proofs = serde_json::from_value(serde_json::Value::String(value.trim().into()))
                         .map_err(|_| invalid("WIMSE_PROOFS (verifier.proofs)", "not wpt, http-signature or both"))?
@@ -317,7 +421,8 @@ impl Settings {
         Ok(self)
     }
 
-    /// The verifier these settings describe, its trust anchors read from their files.
+    /// The verifier these settings describe, its trust anchors read from their files (a
+    /// `bundle_url` entry is refused: use `wimse_reqwest::verifier_from_settings`).
     pub fn verifier(&self) -> Result<Verifier> {
         self.verifier.build()
     }
@@ -364,6 +469,9 @@ impl VerifierSettings {
         if let Some(quota) = self.caller_quota {
             config = config.with_caller_quota(quota);
         }
+        if self.reveal_reasons {
+            config = config.reveal_reasons();
+        }
         if let Some(txn) = &self.txn_tokens {
             config.txn_tokens = Some(match txn.validation() {
                 Ok(validation) => validation,
@@ -379,16 +487,33 @@ impl VerifierSettings {
         }
     }
 
-    /// The trust store, read from the files.
+    /// The trust store of the entries that name files, read from them. Entries naming a
+    /// `bundle_url` are checked but not fetched (see `wimse_reqwest::verifier_from_settings`);
+    /// a trust domain's anchors come from its files or from one bundle URL, never both.
     pub fn trust_store(&self) -> Result<TrustStore> {
         let mut store = TrustStore::new();
+        let mut followed = Vec::new();
         for (i, entry) in self.trust.iter().enumerate() {
-            let domain = TrustDomain::parse(&entry.trust_domain)
-                .map_err(|e| invalid(format!("verifier.trust[{i}].trust_domain"), e))?;
-            let anchors = TrustAnchors::from_file(&entry.file)
-                .map_err(|e| invalid(format!("verifier.trust[{i}].file"), e.detail().unwrap_or_default()))?;
-            for key in anchors.keys() {
-                store.add_key(domain.clone(), key.clone());
+            let (domain, source) = entry.source(i)?;
+            match source {
+                TrustSource::File(file) => {
+                    let anchors = TrustAnchors::from_file(file)
+                        .map_err(|e| invalid(format!("verifier.trust[{i}].file"), e.detail().unwrap_or_default()))?;
+                    for key in anchors.keys() {
+                        store.add_key(domain.clone(), key.clone());
+                    }
+                }
+                TrustSource::BundleUrl(_) => followed.push((i, domain)),
+            }
+        }
+        // A refreshed bundle replaces its domain's anchors: files or another URL for the same
+        // domain would be dropped at the first refresh.
+        for (n, (i, domain)) in followed.iter().enumerate() {
+            if store.get(domain).is_some() || followed[..n].iter().any(|(_, earlier)| earlier == domain) {
+                return Err(invalid(
+                    format!("verifier.trust[{i}].bundle_url"),
+                    format!("{domain} has other trust entries; a followed bundle must be its only one"),
+                ));
             }
         }
         Ok(store)
@@ -396,12 +521,26 @@ impl VerifierSettings {
 
     /// The verifier.
     pub fn build(&self) -> Result<Verifier> {
+        let trust = self.trust_store()?;
+        if let Some(i) = self.trust.iter().position(|entry| entry.bundle_url.is_some()) {
+            return Err(invalid(
+                format!("verifier.trust[{i}].bundle_url"),
+                "a bundle URL is fetched by wimse_reqwest::verifier_from_settings (wimse-core reads files only)",
+            ));
+        }
+        self.build_on(TrustHandle::new(trust))
+    }
+
+    /// The verifier on `trust`, a handle holding the anchors of every trust entry (the files'
+    /// and the bundles someone keeps current in it, as `wimse_reqwest::verifier_from_settings`
+    /// does).
+    pub fn build_on(&self, trust: TrustHandle) -> Result<Verifier> {
         if self.trust.is_empty() {
             return Err(invalid("verifier.trust", "no trust anchors: every caller would be refused"));
         }
-        let trust = self.trust_store()?;
-        let mut verifier =
-            Verifier::new(trust, self.config()).map_err(|e| invalid("verifier", e.detail().unwrap_or_default()))?;
+        let mut verifier = Verifier::new(TrustStore::new(), self.config())
+            .map_err(|e| invalid("verifier", e.detail().unwrap_or_default()))?
+            .with_trust_handle(trust);
         if let Some(keys) = self.txn_token_keys()? {
             verifier = verifier.with_txn_token_keys(keys);
         }
@@ -412,13 +551,13 @@ impl VerifierSettings {
 impl VerifierSettings {
     /// The TTS keys of `txn_tokens.keys_file`, if the settings name one (else the verifier's
     /// trust anchors verify Txn-Tokens). Errors name the field.
-    pub fn txn_token_keys(&self) -> Result<Option<crate::trust::TrustHandle>> {
+    pub fn txn_token_keys(&self) -> Result<Option<TrustHandle>> {
         let Some(txn) = &self.txn_tokens else { return Ok(None) };
         let validation = txn.validation()?;
         let Some(file) = &txn.keys_file else { return Ok(None) };
         let keys = TrustAnchors::from_file(file)
             .map_err(|e| invalid("verifier.txn_tokens.keys_file", e.detail().unwrap_or_default()))?;
-        Ok(Some(crate::trust::TrustHandle::new(TrustStore::new().with(validation.trust_domain, keys))))
+        Ok(Some(TrustHandle::new(TrustStore::new().with(validation.trust_domain, keys))))
     }
 }
 

@@ -122,8 +122,9 @@ error_kinds! {
     ExpiredWpt => "expired_wpt", Answer::Credential, "the WPT has expired";
     /// The WPT's `exp` is further away than the maximum proof lifetime.
     WptLifetimeTooLong => "wpt_lifetime_too_long", Answer::Credential, "the WPT expires too far in the future";
-    /// `aud` is not one of the configured audiences.
-    AudienceMismatch => "audience_mismatch", Answer::Credential, "the WPT's aud is not an audience of this service";
+    /// The proof's audience (a WPT's `aud`, a signature's `wimse-aud`) is not one of the
+    /// configured audiences. The detail names the parameter and the value received.
+    AudienceMismatch => "audience_mismatch", Answer::Credential, "the proof's audience does not name this service";
     /// `wth` is not the hash of the WIT presented with the proof.
     WitBindingMismatch => "wit_binding_mismatch", Answer::Credential, "the WPT's wth does not match the WIT";
     /// `tth` and the `Txn-Token` field disagree (either is missing, or the hash differs).

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::audit;
 use crate::caller::{PendingCaller, ProofMethod, TlsPeer, VerifiedCaller};
 use crate::error::{ErrorKind, Result};
-use crate::http::{HeaderSource, has_wimse_credentials};
+use crate::http::{HeaderSource, Rejection, has_wimse_credentials};
 use crate::policy::Policy;
 use crate::sign::Signer;
 use crate::verify::{Confirm, RequestView, Verifier};
@@ -308,6 +308,14 @@ impl Guard {
     /// The verifier.
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
+    }
+
+    /// How an adapter answers `error`: [`Rejection::from_error`], or [`Rejection::revealing`]
+    /// when the verifier was built with
+    /// [`VerifierConfig::reveal_reasons`](crate::verify::VerifierConfig::reveal_reasons)
+    /// (development only).
+    pub fn rejection(&self, error: &crate::Error) -> Rejection {
+        if self.verifier.config().reveal_reasons { Rejection::revealing(error) } else { Rejection::from_error(error) }
     }
 }
 

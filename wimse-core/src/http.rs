@@ -146,9 +146,13 @@ pub struct Problem {
     /// The HTTP status code.
     pub status: u16,
     /// The stable reason code (extension member); absent for signed requests, whose rejections
-    /// do not say which check failed.
+    /// do not say which check failed (unless reasons are [revealed](Rejection::revealing)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// What exactly failed (the error's detail); only when reasons are
+    /// [revealed](Rejection::revealing), for development.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// How a rejected request is answered. Every adapter uses this, so all answer alike:
@@ -185,6 +189,7 @@ impl Rejection {
                     title: "the signed request is invalid".to_owned(),
                     status: 400,
                     reason: None,
+                    detail: None,
                 };
                 return Self { status: StatusCode::BAD_REQUEST, challenge: false, problem, retry_after: None };
             }
@@ -200,8 +205,21 @@ impl Rejection {
             title: kind.description().into_owned(),
             status: status.as_u16(),
             reason: Some(kind.reason()),
+            detail: None,
         };
         Self { status, challenge, problem, retry_after: error.retry_after() }
+    }
+
+    /// [`from_error`](Self::from_error), with the failed check in the problem body whatever the
+    /// proof mode: `reason` (a signed request's too) and `detail`. Status and challenge are
+    /// unchanged. For development only: adapters answer this way when the verifier was built
+    /// with [`VerifierConfig::reveal_reasons`](crate::verify::VerifierConfig::reveal_reasons)
+    /// (see [`Guard::rejection`](crate::guard::Guard::rejection)).
+    pub fn revealing(error: &Error) -> Self {
+        let mut rejection = Self::from_error(error);
+        rejection.problem.reason = Some(error.reason());
+        rejection.problem.detail = error.detail().map(str::to_owned);
+        rejection
     }
 
     /// The status code.

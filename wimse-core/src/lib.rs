@@ -38,6 +38,8 @@
 //!
 //! [WIMSE]: https://datatracker.ietf.org/wg/wimse/about/
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod audit;
 pub mod caller;
 pub mod config;

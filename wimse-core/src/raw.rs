@@ -109,6 +109,21 @@ impl RawRequest {
         }
     }
 
+    /// The scheme of an absolute-form target (`http` in `GET http://api.example/x HTTP/1.1`),
+    /// lower-cased; `None` for an origin-form target, which does not say.
+    pub fn scheme(&self) -> Option<String> {
+        self.target.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase())
+    }
+
+    /// The authority the request is for: an absolute-form target's (RFC 9112 §3.2.2: it wins
+    /// over `Host`), else the `Host` field's; `None` without either, or when `Host` is not text.
+    pub fn authority(&self) -> Option<&str> {
+        match self.target.split_once("://") {
+            Some((_, rest)) => Some(&rest[..rest.find(['/', '?']).unwrap_or(rest.len())]),
+            None => self.header("host").and_then(|host| std::str::from_utf8(host).ok()),
+        }
+    }
+
     /// The first value of the field `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
@@ -210,6 +225,12 @@ mod tests {
         assert_eq!(unterminated.header("host"), Some(&b"a"[..]));
         let absolute = RawRequest::parse(b"GET https://a.example/x/y?z HTTP/1.1\n\n").unwrap();
         assert_eq!(absolute.path(), "/x/y?z");
+        assert_eq!((absolute.scheme().as_deref(), absolute.authority()), (Some("https"), Some("a.example")));
+        // The target's authority wins over Host; an origin-form target has only Host, no scheme.
+        let plain = RawRequest::parse(b"GET HTTP://127.0.0.1:8080?q HTTP/1.1\nHost: other\n\n").unwrap();
+        assert_eq!((plain.scheme().as_deref(), plain.authority()), (Some("http"), Some("127.0.0.1:8080")));
+        assert_eq!((lf.scheme(), lf.authority()), (None, Some("a.example")));
+        assert_eq!(parse_ok(b"GET / HTTP/1.1\n\n").authority(), None);
         assert!(RawRequest::parse(b"garbage\x00\n\n").is_err());
         assert!(RawRequest::parse(b"GET / HTTP/1.1\nHost").is_err());
         let response = RawResponse::parse(b"HTTP/1.1 201 Created\nX: 1\n\nok").unwrap();

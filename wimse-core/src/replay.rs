@@ -14,6 +14,13 @@
 //! Stores answer with a [`Claim`], a future that is ready at once for the in-memory store (no
 //! allocation, no runtime needed) and asynchronous for a shared store such as
 //! [`RedisReplayStore`] (feature `redis`), which never blocks a runtime thread.
+//!
+// Without the feature the type is not here: link to its documentation on docs.rs instead.
+#![cfg_attr(feature = "redis", doc = "[`RedisReplayStore`]: RedisReplayStore")]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[`RedisReplayStore`]: https://docs.rs/wimse-core/latest/wimse_core/replay/struct.RedisReplayStore.html"
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -82,6 +82,12 @@ impl Signer {
         self.source.credentials(self.clock.now())
     }
 
+    /// The current time on this signer's clock (the system clock unless
+    /// [`with_clock`](Self::with_clock)), seconds since the epoch: what its proofs are dated.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
     /// Logs that a request could not be signed: a warning when signing starts failing, then
     /// at most one a minute (with the number left out) while it keeps failing, so an outage of
     /// the credential source does not log once per request. Clients call this on every failure

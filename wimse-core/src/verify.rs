@@ -76,6 +76,11 @@ pub struct VerifierConfig {
     /// its binding to the proof (`tth`, signature coverage) is, and
     /// [`VerifiedCaller::transaction`] is always `None`.
     pub txn_tokens: Option<TxnTokenValidation>,
+    /// **Development only.** Every refusal's problem body names the failed check: its `reason`
+    /// (a signed request's too, which http-signature-08 answers without one) and the error's
+    /// `detail` (e.g. the audience received and the ones accepted). Defaults to `false`; see
+    /// [`reveal_reasons`](Self::reveal_reasons).
+    pub reveal_reasons: bool,
 }
 
 impl Default for VerifierConfig {
@@ -99,6 +104,7 @@ impl Default for VerifierConfig {
             wit_cache_capacity: 10_000,
             caller_quota: DEFAULT_CALLER_QUOTA,
             txn_tokens: None,
+            reveal_reasons: false,
         }
     }
 }
@@ -175,6 +181,15 @@ impl VerifierConfig {
     /// Sets the most live replay claims one caller may hold.
     pub fn with_caller_quota(mut self, claims: usize) -> Self {
         self.caller_quota = claims;
+        self
+    }
+    /// **Development only**: puts the failed check (`reason`, `detail`) into every refusal's
+    /// problem body, signed requests included, for a developer without a tracing subscriber
+    /// (the logs carry the same). It tells any caller why it was refused, which the
+    /// http-signature-08 profile keeps from callers on purpose: never in production. A verifier
+    /// built with it logs a warning (settings: `reveal_reasons = true`, `WIMSE_REVEAL_REASONS=1`).
+    pub fn reveal_reasons(mut self) -> Self {
+        self.reveal_reasons = true;
         self
     }
 
@@ -375,6 +390,12 @@ impl Verifier {
     /// that would refuse everything or weaken checks beyond the bounds (no audience, leeway > 300 s).
     pub fn new(trust: TrustStore, config: VerifierConfig) -> Result<Self> {
         config.validate()?;
+        if config.reveal_reasons {
+            tracing::warn!(
+                "wimse: reveal_reasons is ON: refusals tell every caller which check failed. \
+                 For development only; never run a production service with it"
+            );
+        }
         let wit_validation = WitValidation {
             leeway: config.leeway,
             max_lifetime: config.max_wit_lifetime,

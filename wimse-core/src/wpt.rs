@@ -182,11 +182,12 @@ pub struct VerifiedWpt {
 /// [`ReplayStore`](crate::replay::ReplayStore) afterwards (the [`Verifier`](crate::verify::Verifier)
 /// does, after the policy), so a bad proof or a refused caller never uses up a slot.
 ///
-/// An `audience_mismatch` naming the received `aud` (quoted and cut at 128 characters: it is
+/// An `audience_mismatch` naming the proof's audience `parameter` (a WPT's `aud`, a
+/// signature's `wimse-aud`) and the value received (quoted and cut at 128 characters: it is
 /// the sender's, not a secret, but it goes to logs).
-pub(crate) fn audience_mismatch(aud: &str) -> Error {
+pub(crate) fn audience_mismatch(parameter: &str, aud: &str) -> Error {
     let shown: String = aud.chars().take(128).collect();
-    Error::with_detail(ErrorKind::AudienceMismatch, format!("received aud {shown:?}"))
+    Error::with_detail(ErrorKind::AudienceMismatch, format!("received {parameter} {shown:?}"))
 }
 
 /// `audience_ok` decides whether an `aud` value names this service; it must come from
@@ -263,7 +264,7 @@ pub(crate) fn check(
     // A WPT names one recipient: an array `aud` is refused (the draft shows only strings).
     let Some(aud) = claims.aud.as_str() else { return Err(ErrorKind::MissingClaim("aud").into()) };
     if !audience_ok(aud) {
-        return Err(audience_mismatch(aud));
+        return Err(audience_mismatch("aud", aud));
     }
 
     match &claims.wth {

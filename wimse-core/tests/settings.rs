@@ -147,3 +147,112 @@ fn errors_name_the_field() {
     let detail = err.detail().unwrap();
     assert!(detail.contains("bad.toml") && detail.contains("line 2"), "{detail}");
 }
+
+/// Relative paths in a settings file are relative to the file's directory, wherever the service
+/// is started; paths from the environment stay relative to the working directory.
+#[test]
+fn relative_paths_in_a_file_follow_the_file() {
+    let f = Fixture::new();
+    let dir = Dir::new("relative");
+    std::fs::create_dir_all(dir.0.join("trust")).unwrap();
+    let jwk = serde_json::to_string(f.issuer_key.public_jwk()).unwrap();
+    dir.write("trust/issuer.pub.jwk", &jwk);
+    dir.write("trust/tts.jwk", &jwk);
+    let toml = format!(
+        r#"
+[verifier]
+origins = ["{ORIGIN}"]
+
+[[verifier.trust]]
+trust_domain = "spiffe://prod.example"
+file = "trust/issuer.pub.jwk"
+
+[verifier.txn_tokens]
+trust_domain = "spiffe://prod.example"
+keys_file = "trust/tts.jwk"
+
+[credentials]
+wit_file = "wit.jwt"
+key_file = "/run/wimse/key.jwk"
+"#
+    );
+    let path = dir.write("service.toml", &toml);
+    assert_ne!(std::env::current_dir().unwrap(), dir.0, "the test runs elsewhere");
+    let settings = Settings::from_file(&path).unwrap();
+    assert_eq!(settings.verifier.trust[0].file.as_deref(), Some(dir.0.join("trust/issuer.pub.jwk").as_path()));
+    let txn = settings.verifier.txn_tokens.as_ref().unwrap();
+    assert_eq!(txn.keys_file.as_deref(), Some(dir.0.join("trust/tts.jwk").as_path()));
+    let credentials = settings.credentials.as_ref().unwrap();
+    assert_eq!(credentials.wit_file, dir.0.join("wit.jwt"));
+    assert_eq!(credentials.key_file, std::path::Path::new("/run/wimse/key.jwk"), "absolute paths stay");
+    let verifier = settings.verifier().unwrap().with_clock(FixedClock::new(NOW));
+    verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
+    // From the environment: relative to the working directory, as on a command line.
+    let env = Settings::from_file(&path)
+        .unwrap()
+        .with_env_from([("WIMSE_TRUST", "spiffe://prod.example=trust/issuer.pub.jwk"), ("WIMSE_WIT_FILE", "wit.jwt")])
+        .unwrap();
+    assert_eq!(env.verifier.trust[0].file.as_deref(), Some(std::path::Path::new("trust/issuer.pub.jwk")));
+    assert_eq!(env.credentials.unwrap().wit_file, std::path::Path::new("wit.jwt"));
+    // JSON settings alike.
+    let json = dir.write(
+        "service.json",
+        r#"{"verifier": {"origins": ["https://a.example"], "trust": [{"trust_domain": "spiffe://prod.example", "file": "trust/issuer.pub.jwk"}]}}"#,
+    );
+    Settings::from_file(json).unwrap().verifier().unwrap();
+}
+
+/// A trust entry names a file or a bundle URL (with refresh options); wimse-core reads files
+/// only and says where bundle URLs are followed.
+#[test]
+fn a_trust_entry_is_a_file_or_a_bundle_url() {
+    let dir = Dir::new("sources");
+    let anchor = dir.write("a.jwk", &serde_json::to_string(Fixture::new().issuer_key.public_jwk()).unwrap());
+    let file = format!(r#"{{"trust_domain": "spiffe://prod.example", "file": "{}"}}"#, anchor.display());
+    let url = r#"{"trust_domain": "spiffe://prod.example", "bundle_url": "https://issuer.prod.example/v1/bundle/spiffe", "max_stale": 900}"#;
+    let settings = |trust: &str| {
+        Settings::from_json(&format!(r#"{{"verifier": {{"origins": ["https://a.example"], "trust": [{trust}]}}}}"#))
+            .unwrap()
+    };
+    let both = format!(
+        r#"{{"trust_domain": "spiffe://prod.example", "file": "{}", "bundle_url": "https://i.example/b"}}"#,
+        anchor.display()
+    );
+    let stale_file =
+        format!(r#"{{"trust_domain": "spiffe://prod.example", "file": "{}", "max_stale": 60}}"#, anchor.display());
+    for (trust, field) in [
+        (both.as_str(), "verifier.trust[0]: file and bundle_url are exclusive"),
+        (r#"{"trust_domain": "spiffe://prod.example"}"#, "verifier.trust[0]: set file or bundle_url"),
+        (stale_file.as_str(), "apply to a bundle_url only"),
+        (&format!("{file}, {url}"), "verifier.trust[1].bundle_url: spiffe://prod.example has other trust entries"),
+        (&format!("{url}, {url}"), "verifier.trust[1].bundle_url"),
+        (url, "verifier.trust[0].bundle_url: a bundle URL is fetched by wimse_reqwest::verifier_from_settings"),
+    ] {
+        let err = settings(trust).verifier().unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+        assert!(err.detail().unwrap().contains(field), "{field}: {err:?}");
+    }
+    // The file entries alone are read; a followed domain is left to whoever follows it.
+    let mixed = settings(&format!(
+        r#"{file}, {{"trust_domain": "spiffe://partner.example", "bundle_url": "https://issuer.partner.example/b"}}"#
+    ));
+    let store = mixed.verifier.trust_store().unwrap();
+    assert!(store.get(&"spiffe://prod.example".parse().unwrap()).is_some());
+    assert!(store.get(&"spiffe://partner.example".parse().unwrap()).is_none());
+}
+
+/// Revealing reasons (development only) is off unless the file or the environment asks.
+#[test]
+fn reveal_reasons_is_off_unless_asked() {
+    let base = r#"{"verifier": {"origins": ["https://a.example"]}}"#;
+    assert!(!Settings::from_json(base).unwrap().verifier.config().reveal_reasons);
+    assert!(!VerifierConfig::new().reveal_reasons);
+    let on =
+        Settings::from_json(r#"{"verifier": {"origins": ["https://a.example"], "reveal_reasons": true}}"#).unwrap();
+    assert!(on.verifier.config().reveal_reasons);
+    let env = Settings::from_json(base).unwrap().with_env_from([("WIMSE_REVEAL_REASONS", "1")]).unwrap();
+    assert!(env.verifier.config().reveal_reasons);
+    assert!(!on.with_env_from([("WIMSE_REVEAL_REASONS", "0")]).unwrap().verifier.config().reveal_reasons);
+    let err = Settings::default().with_env_from([("WIMSE_REVEAL_REASONS", "yes")]).unwrap_err();
+    assert!(err.detail().unwrap().contains("WIMSE_REVEAL_REASONS"), "{err:?}");
+}

@@ -34,6 +34,8 @@
 //! # let _ = std::fs::remove_dir_all(dir); Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod config;
 mod http;
 mod keys;

@@ -308,18 +308,20 @@ async fn replacement_and_internal_transactions() {
     );
 
     // A transaction orders starts itself (a batch job), with a self-signed subject token.
-    let subject = self_signed_subject(&orders_signer, orders.endpoint(), "batch-job-7", now()).unwrap();
+    let subject = self_signed_subject(&orders_signer, orders.endpoint(), "batch-job-7").unwrap();
     let batch = orders.request(&TxnTokenRequest::self_signed(subject, "orders.read")).await.unwrap();
     assert_eq!(s.check(&batch.token).subject(), "internal:batch-job-7", "never mistaken for a user");
-    let elsewhere =
-        self_signed_subject(&orders_signer, "https://other-tts.example/token", "batch-job-7", now()).unwrap();
+    // The same in one call: the service signs the subject token when it sends the request.
+    let one_call = orders.request(&TxnTokenRequest::self_signed_for("batch-job-7", "orders.read")).await.unwrap();
+    assert_eq!(s.check(&one_call.token).subject(), "internal:batch-job-7");
+    let elsewhere = self_signed_subject(&orders_signer, "https://other-tts.example/token", "batch-job-7").unwrap();
     assert_eq!(
         kind(orders.request(&TxnTokenRequest::self_signed(elsewhere, "orders.read")).await),
         ErrorKind::ExchangeRefused
     );
     // Signed by another workload's key: not this requester's.
     let front_signer = s.signer(FRONT).await;
-    let theirs = self_signed_subject(&front_signer, orders.endpoint(), "batch-job-7", now()).unwrap();
+    let theirs = self_signed_subject(&front_signer, orders.endpoint(), "batch-job-7").unwrap();
     assert_eq!(
         kind(orders.request(&TxnTokenRequest::self_signed(theirs, "orders.read")).await),
         ErrorKind::ExchangeRefused

@@ -33,11 +33,16 @@
 //! Per request, an [`AudienceOverride`], [`ContextTokens`], [`TxnToken`] or [`ProofMode`] in the
 //! request's extensions (`RequestBuilder::with_extension`) changes the audience, adds context
 //! tokens or the Txn-Token to forward, or picks the proof mode. [`TxnTokenService`] obtains
-//! Txn-Tokens from the trust domain's Transaction Token Service.
+//! Txn-Tokens from the trust domain's Transaction Token Service. [`BundleSource`] keeps a
+//! verifier's anchors current from the identity server's bundle, and
+//! [`verifier_from_settings`] does it for the `bundle_url` entries of a settings file.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod assertion;
 mod bundle;
 mod issuer_source;
+mod settings;
 mod txn;
 
 use std::fmt;
@@ -52,6 +57,7 @@ pub use issuer_source::{
     Bootstrap, DEFAULT_KEY_CHECK_INTERVAL, IssuerCredentials, IssuerCredentialsBuilder,
     KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
 };
+pub use settings::{fetch_bundles, verifier_from_settings};
 pub use txn::{
     ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnTokenRequest, TxnTokenService, same_origin_redirects, self_signed_subject,
 };

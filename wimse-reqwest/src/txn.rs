@@ -24,18 +24,29 @@ use crate::{WimseSignMiddleware, read_capped, secure_or_loopback};
 #[derive(Clone)]
 pub struct TxnTokenRequest {
     scope: String,
-    subject_token: String,
-    subject_token_type: String,
+    subject: Subject,
     request_context: Option<Value>,
     request_details: Option<Value>,
+}
+
+#[derive(Clone)]
+enum Subject {
+    /// A subject token as given, with its RFC 8693 type URN.
+    Token { token: String, token_type: String },
+    /// A self-signed subject token for this subject, signed when the request is sent.
+    SelfSigned(String),
 }
 
 impl std::fmt::Debug for TxnTokenRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the subject token (a user's access token, a Txn-Token).
+        let token_type = match &self.subject {
+            Subject::Token { token_type, .. } => token_type.as_str(),
+            Subject::SelfSigned(_) => SELF_SIGNED_TYPE,
+        };
         f.debug_struct("TxnTokenRequest")
             .field("scope", &self.scope)
-            .field("subject_token_type", &self.subject_token_type)
+            .field("subject_token_type", &token_type)
             .finish_non_exhaustive()
     }
 }
@@ -57,8 +68,21 @@ impl TxnTokenRequest {
         Self::new(serde_json::json!({ "sub": subject }).to_string(), UNSIGNED_JSON_TYPE, scope)
     }
 
-    /// For a transaction this workload starts itself on behalf of `subject`: a `self_signed`
-    /// subject token ([`self_signed_subject`]).
+    /// For a transaction this workload starts itself on behalf of `subject`, in one call: the
+    /// [`TxnTokenService`] signs the `self_signed` subject token ([`self_signed_subject`]: `iss`
+    /// this workload, `aud` its token endpoint, one minute, on the signer's clock) when it sends
+    /// the request.
+    pub fn self_signed_for(subject: impl Into<String>, scope: impl Into<String>) -> Self {
+        Self {
+            scope: scope.into(),
+            subject: Subject::SelfSigned(subject.into()),
+            request_context: None,
+            request_details: None,
+        }
+    }
+
+    /// With a `self_signed` subject token made beforehand ([`self_signed_subject`]);
+    /// [`self_signed_for`](Self::self_signed_for) does both steps.
     pub fn self_signed(token: impl Into<String>, scope: impl Into<String>) -> Self {
         Self::new(token, SELF_SIGNED_TYPE, scope)
     }
@@ -71,8 +95,7 @@ impl TxnTokenRequest {
     ) -> Self {
         Self {
             scope: scope.into(),
-            subject_token: subject_token.into(),
-            subject_token_type: subject_token_type.into(),
+            subject: Subject::Token { token: subject_token.into(), token_type: subject_token_type.into() },
             request_context: None,
             request_details: None,
         }
@@ -92,8 +115,10 @@ impl TxnTokenRequest {
 }
 
 /// A self-signed subject token (draft -10 §11.2.1) for `subject`: `iss` this workload, `aud` the
-/// TTS (its token endpoint), valid for one minute, signed with this workload's key.
-pub fn self_signed_subject(signer: &Signer, tts: &str, subject: &str, now: u64) -> Result<String, Error> {
+/// TTS (its token endpoint), valid for one minute from now on the signer's clock, signed with
+/// this workload's key. [`TxnTokenRequest::self_signed_for`] makes it as part of the request.
+pub fn self_signed_subject(signer: &Signer, tts: &str, subject: &str) -> Result<String, Error> {
+    let now = signer.now();
     let credentials = signer.credentials()?;
     let claims = serde_json::json!({
         "iss": credentials.subject().as_str(), "sub": subject, "aud": tts, "iat": now, "exp": now + 60,
@@ -120,9 +145,25 @@ impl std::fmt::Debug for IssuedTxnToken {
 }
 
 /// A client of the trust domain's Transaction Token Service.
+///
+/// ```no_run
+/// use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
+///
+/// # async fn run(signer: wimse_core::sign::Signer) -> Result<(), Box<dyn std::error::Error>> {
+/// let domain = "spiffe://prod.example".parse()?;
+/// let tts = TxnTokenService::new(signer, "https://issuer.prod.example/v1/token", &domain)?;
+/// // For the user whose access token the edge received:
+/// let txn = tts.request(&TxnTokenRequest::for_access_token("eyJ…", "orders.purchase")).await?;
+/// // For a transaction this workload starts itself (a batch job), in one call:
+/// let batch = tts.request(&TxnTokenRequest::self_signed_for("batch-job-7", "orders.read")).await?;
+/// # let _ = (txn, batch);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct TxnTokenService {
     client: ClientWithMiddleware,
+    signer: Signer,
     endpoint: String,
     audience: String,
 }
@@ -144,8 +185,9 @@ impl TxnTokenService {
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e.to_string()))?;
-        let client = reqwest_middleware::ClientBuilder::new(http).with(WimseSignMiddleware::new(signer)).build();
-        Ok(Self { client, endpoint, audience: trust_domain.as_str().to_owned() })
+        let client =
+            reqwest_middleware::ClientBuilder::new(http).with(WimseSignMiddleware::new(signer.clone())).build();
+        Ok(Self { client, signer, endpoint, audience: trust_domain.as_str().to_owned() })
     }
 
     /// The token endpoint (what a self-signed subject token's `aud` names).
@@ -160,13 +202,19 @@ impl TxnTokenService {
     /// [`ErrorKind::ExchangeRefused`] (503/429 → [`ErrorKind::KeyStoreUnavailable`] /
     /// [`ErrorKind::RateLimited`]).
     pub async fn request(&self, request: &TxnTokenRequest) -> Result<IssuedTxnToken, Error> {
+        let (subject_token, subject_token_type) = match &request.subject {
+            Subject::Token { token, token_type } => (token.clone(), token_type.clone()),
+            Subject::SelfSigned(subject) => {
+                (self_signed_subject(&self.signer, &self.endpoint, subject)?, SELF_SIGNED_TYPE.to_owned())
+            }
+        };
         let mut form = vec![
             ("grant_type", crate::TOKEN_EXCHANGE_GRANT.to_owned()),
             ("requested_token_type", TXN_TOKEN_TYPE.to_owned()),
             ("audience", self.audience.clone()),
             ("scope", request.scope.clone()),
-            ("subject_token", request.subject_token.clone()),
-            ("subject_token_type", request.subject_token_type.clone()),
+            ("subject_token", subject_token),
+            ("subject_token_type", subject_token_type),
         ];
         if let Some(context) = &request.request_context {
             form.push(("request_context", context.to_string()));
@@ -222,4 +270,30 @@ pub fn same_origin_redirects() -> reqwest::redirect::Policy {
             (false, _) => attempt.stop(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wimse_core::cred::{Credentials, StaticCredentials};
+    use wimse_core::jose::{Algorithm, SigningKey};
+    use wimse_core::time::FixedClock;
+    use wimse_core::wit::WitIssuer;
+
+    /// A self-signed subject is dated by the signer's clock, like every proof the signer makes.
+    #[test]
+    fn self_signed_subjects_take_the_signers_time() {
+        let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
+        let key = SigningKey::generate(Algorithm::ES256).unwrap();
+        let id = "spiffe://prod.example/batch".parse().unwrap();
+        let wit = WitIssuer::new(issuer).issue(&id, key.public_jwk(), 1_000).unwrap();
+        let signer =
+            Signer::new(StaticCredentials::new(Credentials::new(wit, key).unwrap())).with_clock(FixedClock::new(1_000));
+        let token = self_signed_subject(&signer, "https://tts.example/v1/token", "job-7").unwrap();
+        let payload = wimse_core::jose::b64url_decode(token.split('.').nth(1).unwrap()).unwrap();
+        let claims: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!((claims["iat"].as_u64(), claims["exp"].as_u64()), (Some(1_000), Some(1_060)));
+        assert_eq!((claims["iss"].as_str(), claims["sub"].as_str()), (Some(id.as_str()), Some("job-7")));
+        assert_eq!(claims["aud"], "https://tts.example/v1/token");
+    }
 }

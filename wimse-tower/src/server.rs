@@ -15,7 +15,6 @@ use tower_service::Service;
 use wimse_core::caller::{TlsPeer, VerifiedCaller};
 use wimse_core::exchange::{BodyFailure, ResponseSigner};
 use wimse_core::guard::Guard;
-use wimse_core::http::Rejection;
 use wimse_core::httpsig::has_signature;
 use wimse_core::policy::Policy;
 use wimse_core::sign::Signer;
@@ -221,7 +220,7 @@ where
                     "HTTP message signatures are not supported for gRPC; use a WPT",
                 );
                 wimse_core::audit::rejected("http-signature", None, &error);
-                return ResponseFuture::rejected(reject(&error, grpc));
+                return ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc));
             }
             // The inner service was made ready by `poll_ready`; hand that one to the future and
             // keep a fresh clone (the usual tower pattern for services called from a future).
@@ -234,7 +233,7 @@ where
         let pending = match self.layer.guard.admit(&view.authority(authority(&req)), tls) {
             Ok(Some(pending)) => pending,
             Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left)), None),
-            Err(error) => return ResponseFuture::rejected(reject(&error, grpc)),
+            Err(error) => return ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc)),
         };
         let mut confirm = self.layer.guard.confirm(pending);
         match confirm.take_ready() {
@@ -245,7 +244,7 @@ where
                 req.extensions_mut().insert(caller);
                 ResponseFuture::inner(self.inner.call(req), deadline)
             }
-            Some(Err(error)) => ResponseFuture::rejected(reject(&error, grpc)),
+            Some(Err(error)) => ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc)),
             // A shared store answers later; the request waits without holding a thread.
             None => {
                 let clone = self.inner.clone();
@@ -260,7 +259,7 @@ where
                             let response = inner.call(req).await?;
                             Ok(response.map(|body| Either::Left(ExpiringBody::new(body, deadline))))
                         }
-                        Err(error) => Ok(reject(&error, grpc)),
+                        Err(error) => Ok(reject(&guard, &error, grpc)),
                     }
                 }))
             }
@@ -276,8 +275,8 @@ fn stream_deadline(guard: &Guard, grpc: bool, caller: &VerifiedCaller) -> Option
     guard.stream_deadline(Some(caller)).map(|left| tokio::time::Instant::now() + left)
 }
 
-fn reject<B>(error: &Error, grpc: bool) -> Response<WimseBody<B>> {
-    rejection_response(Rejection::from_error(error), grpc)
+fn reject<B>(guard: &Guard, error: &Error, grpc: bool) -> Response<WimseBody<B>> {
+    rejection_response(guard.rejection(error), grpc)
 }
 
 /// The signed-request path (the steps are [`wimse_core::exchange`]'s): the header checks, the
@@ -301,20 +300,20 @@ where
     let view = RequestView::new(path, &parts.headers).method(parts.method.as_str()).authority(authority);
     let exchange = match layer.guard.signed_exchange(view, parts.extensions.get::<TlsPeer>()) {
         Ok(exchange) => exchange,
-        Err(error) => return Ok(reject(&error, false)),
+        Err(error) => return Ok(reject(&layer.guard, &error, false)),
     };
     let read = tokio::time::timeout(exchange.body_deadline(), Limited::new(body, exchange.body_limit()).collect());
     let body = match read.await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Ok(reject(&exchange.refuse_body(BodyFailure::TooLarge), false));
+            return Ok(reject(&layer.guard, &exchange.refuse_body(BodyFailure::TooLarge), false));
         }
-        Ok(Err(_)) => return Ok(reject(&exchange.refuse_body(BodyFailure::Unreadable), false)),
-        Err(_) => return Ok(reject(&exchange.refuse_body(BodyFailure::TimedOut), false)),
+        Ok(Err(_)) => return Ok(reject(&layer.guard, &exchange.refuse_body(BodyFailure::Unreadable), false)),
+        Err(_) => return Ok(reject(&layer.guard, &exchange.refuse_body(BodyFailure::TimedOut), false)),
     };
     let admitted = match exchange.admit_body(&body).await {
         Ok(admitted) => admitted,
-        Err(error) => return Ok(reject(&error, false)),
+        Err(error) => return Ok(reject(&layer.guard, &error, false)),
     };
     let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
     if let Some(caller) = admitted.caller {
@@ -326,11 +325,11 @@ where
     };
     let (mut res_parts, res_body) = response.into_parts();
     let Ok(collected) = Limited::new(res_body, layer.guard.max_body()).collect().await else {
-        return Ok(reject(&ResponseSigner::unbufferable(), false));
+        return Ok(reject(&layer.guard, &ResponseSigner::unbufferable(), false));
     };
     let res_body = collected.to_bytes();
     if let Err(error) = signer.sign(res_parts.status.as_u16(), &mut res_parts.headers, &res_body) {
-        return Ok(reject(&error, false));
+        return Ok(reject(&layer.guard, &error, false));
     }
     Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
 }

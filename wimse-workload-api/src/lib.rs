@@ -35,6 +35,7 @@
 //! # drop((signer, bundles)); Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod bundle;

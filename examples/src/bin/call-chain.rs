@@ -596,9 +596,8 @@ async fn run() -> Result<(), Error> {
     println!("\n== partner.example/ns/web: JWT-SVID -> token exchange -> orders, across trust domains");
     let partner_signer = ids.partner_exchange().await?;
     // The partner starts its own transaction (a self-signed subject token) at prod.example's TTS.
-    let endpoint = format!("{}/v1/token", ids.base);
-    let subject = wimse_reqwest::self_signed_subject(&partner_signer, &endpoint, "partner.example", now())?;
-    let partner_txn = ids.txn_token(&partner_signer, TxnTokenRequest::self_signed(subject, "orders.purchase")).await?;
+    let partner_txn =
+        ids.txn_token(&partner_signer, TxnTokenRequest::self_signed_for("partner.example", "orders.purchase")).await?;
     let partner = client(partner_signer, &in_domain);
     let Answer { status, body, .. } = call(&partner, &format!("{orders}/orders"), Some(&partner_txn)).await?;
     println!("[partner] {status} {body}");

@@ -1,10 +1,21 @@
 // The README's Rust snippets, verbatim, one module each: `readme.rs` checks that every
 // ```rust block of the README appears here, and compiling this file checks the code.
 
+// `main` is the README's program; the test runs the service it builds, not the server.
+#[allow(dead_code)]
 mod server {
     use axum::{Router, routing::post};
     use wimse_axum::{Caller, WimseLayer};
     use wimse_core::prelude::*;
+
+    #[tokio::main]
+    async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        // Every refusal is logged with its reason (target `wimse::audit`, never a token): without a
+        // subscriber it shows nowhere, and a signed request's 400 does not name the failed check.
+        tracing_subscriber::fmt().with_env_filter("info").init();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+        Ok(axum::serve(listener, orders_service()?).await?)
+    }
 
     fn orders_service() -> Result<Router, Box<dyn std::error::Error>> {
         // A JWK, a JWKS or a SPIFFE bundle; errors name the file.
@@ -38,6 +49,30 @@ mod settings {
     fn runs_and_names_the_missing_file() {
         let err = layer_from_settings().unwrap_err();
         assert!(err.detail().unwrap().contains("/etc/wimse/service.toml"), "{err:?}");
+    }
+}
+
+mod following_bundles {
+    use wimse_core::prelude::*;
+    use wimse_core::trust::TrustHandle;
+    use wimse_reqwest::BundleSource;
+
+    async fn following_verifier() -> Result<Verifier, Box<dyn std::error::Error>> {
+        let domain: TrustDomain = "spiffe://prod.example".parse()?;
+        let trust = TrustHandle::new(TrustStore::new());
+        // Fetched now; then refreshed on the bundle's hint and at once on an unknown key id.
+        let bundle = BundleSource::new(domain, "https://issuer.prod.example/v1/bundle/spiffe");
+        bundle.refresh(&trust).await?;
+        let _refresher = bundle.spawn(trust.clone());
+        let config = VerifierConfig::new().with_origin("https://orders.prod.example");
+        Ok(Verifier::new(TrustStore::new(), config)?.with_trust_handle(trust))
+    }
+
+    /// The example's identity server does not exist: the verifier is refused, naming the bundle.
+    #[tokio::test]
+    async fn runs_and_names_the_unreachable_bundle() {
+        let err = following_verifier().await.unwrap_err();
+        assert!(err.to_string().contains("bundle fetch"), "{err}");
     }
 }
 
@@ -155,5 +190,32 @@ mod grpc_route_policies {
     fn builds() {
         let deployment = wimse_testkit::Deployment::new();
         orders_layer(deployment.verifier("http://127.0.0.1:50051"), "spiffe://prod.example".parse().unwrap()).unwrap();
+    }
+}
+
+mod txn_client {
+    use wimse_core::prelude::*;
+    use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
+
+    async fn purchase(signer: Signer, access_token: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let domain: TrustDomain = "spiffe://prod.example".parse()?;
+        let tts = TxnTokenService::new(signer, "https://issuer.prod.example/v1/token", &domain)?;
+        // For the user whose access token the edge received. A transaction this workload starts
+        // itself (a batch job) is one call too: TxnTokenRequest::self_signed_for("batch-job-7", scope).
+        let issued = tts.request(&TxnTokenRequest::for_access_token(access_token, "orders.purchase")).await?;
+        Ok(issued.token)
+    }
+
+    /// The example's Transaction Token Service does not exist: the error names it.
+    #[tokio::test]
+    async fn runs_and_names_the_unreachable_service() {
+        let (issuer, key) = (SigningKey::generate(Algorithm::ES256).unwrap(), SigningKey::generate(Algorithm::ES256).unwrap());
+        let now = SystemClock.now();
+        let wit = wimse_core::wit::WitIssuer::new(issuer)
+            .issue(&"spiffe://prod.example/front".parse().unwrap(), key.public_jwk(), now)
+            .unwrap();
+        let signer = Signer::new(StaticCredentials::new(Credentials::new(wit, key).unwrap()));
+        let err = purchase(signer, "eyJ...").await.unwrap_err();
+        assert!(err.to_string().contains("Transaction Token Service"), "{err}");
     }
 }

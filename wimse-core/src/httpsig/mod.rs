@@ -373,7 +373,7 @@ pub fn verify_request_headers<H: HeaderSource + ?Sized>(
     refuse_connect_path(req, &sig)?;
     match verified.aud.as_deref() {
         Some(aud) if audience_ok(aud) => {}
-        Some(aud) => return Err(crate::wpt::audience_mismatch(aud)),
+        Some(aud) => return Err(crate::wpt::audience_mismatch("wimse-aud", aud)),
         None => return Err(Error::with_detail(ErrorKind::AudienceMismatch, "no wimse-aud parameter")),
     }
     let base = signature_base::<H, HeaderMap>(&sig.components, &sig.signature_params, Some(req), None)?;
