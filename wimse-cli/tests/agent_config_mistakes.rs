@@ -54,6 +54,8 @@ async fn serve_fails(config: &Path, env: &[(&str, &str)]) -> (i32, String, Strin
             .arg(config)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            // An agent that does not exit (the failure this tests for) is not left running.
+            .kill_on_drop(true)
             .output(),
     )
     .await

@@ -31,6 +31,7 @@ async fn fetch(binary: &Path, socket: &Path, uid: Option<u32>) -> (i32, String) 
     if let Some(uid) = uid {
         command.uid(uid).gid(uid);
     }
+    command.kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
     (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
 }
