@@ -102,9 +102,10 @@ pub enum WorkloadApiError {
 
 impl WorkloadApiError {
     /// Maps a gRPC status for `profile`. A status of a failed connection (from
-    /// [`Endpoint::channel`]) is the connection's error: [`NoSocket`](Self::NoSocket),
-    /// [`NotASocket`](Self::NotASocket), [`SocketAccessDenied`](Self::SocketAccessDenied),
-    /// [`NotListening`](Self::NotListening) or [`Connect`](Self::Connect).
+    /// `Endpoint::channel`, with the `client` feature) is the connection's error:
+    /// [`NoSocket`](Self::NoSocket), [`NotASocket`](Self::NotASocket),
+    /// [`SocketAccessDenied`](Self::SocketAccessDenied), [`NotListening`](Self::NotListening)
+    /// or [`Connect`](Self::Connect).
     pub fn from_status(status: &tonic::Status, profile: &'static str) -> Self {
         if let Some(error) = connect_error(status) {
             return error.clone();
@@ -135,7 +136,7 @@ impl WorkloadApiError {
     }
 }
 
-/// The error [`Endpoint::channel`]'s connector returned, somewhere in `status`'s sources
+/// The error `Endpoint::channel`'s connector returned, somewhere in `status`'s sources
 /// (tonic and hyper wrap it).
 fn connect_error(status: &tonic::Status) -> Option<&WorkloadApiError> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
