@@ -5,6 +5,13 @@
 //! While the identity server is unreachable the agent keeps serving what it has (until each
 //! credential expires), logs the outage once, a reminder a minute and the recovery, and exposes
 //! it as metrics (`wimse_agent_issuer_reachable`, `wimse_agent_credentials_expire_at_seconds`).
+//!
+//! A refusal is not an outage: the identity server answering 401 (the agent's token) or 403
+//! (this identity) is a configuration or authorization mistake that retrying does not fix. It
+//! is logged as such (the token's once for the agent, an identity's once per identity and
+//! part), counted under its own reason, and tried again on the renewal schedule, not within
+//! seconds. The first answer for every identity is recorded, so that a start where every
+//! identity is refused fails ([`FirstAnswers`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use wimse_core::{Error, ErrorKind};
 use wimse_reqwest::{MAX_DOCUMENT, read_capped};
 
 use crate::config::{AgentConfig, RegistrationEntry};
+use crate::error::Refusal;
 
 /// An identity's current credentials, in the Workload API's encodings. Each part is renewed
 /// on its own: a failing WIC does not hold the WIT back.
@@ -91,7 +99,70 @@ pub(crate) struct Issuance {
     pub(crate) snapshot: watch::Sender<Arc<Snapshot>>,
     /// Counts forced rotations: every renewal task wakes when it changes.
     rotation: watch::Sender<u64>,
+    /// What the first attempt of each renewal task found.
+    pub(crate) first_answers: watch::Sender<FirstAnswers>,
+    /// The agent's token missing, and refused (401): one state each for every task, so that
+    /// they are logged once for the agent, not once per identity.
+    no_token: Health,
+    token_refused: Health,
 }
+
+/// What the first attempts of the renewal tasks (one per identity and part) found.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FirstAnswers {
+    /// Tasks whose first attempt has not ended.
+    pub(crate) pending: usize,
+    /// Some first attempt was granted, or failed in a way a retry can fix (an outage): the
+    /// agent has, or may soon have, something to serve.
+    pub(crate) hopeful: bool,
+    /// The agent had no token (what was wrong with its source).
+    pub(crate) no_token: Option<String>,
+    /// What the identity server refused.
+    pub(crate) refusals: Vec<Refusal>,
+}
+
+/// What a failed attempt means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The agent has no token to send (`token_env`'s variable unset or empty, `token_file`
+    /// unreadable or empty): its configuration. Nothing was sent; retried as an outage is.
+    NoToken,
+    /// The identity server refuses the agent's token (401).
+    TokenRefused,
+    /// The identity server refuses this identity (403).
+    IdentityRefused,
+    /// The identity server is unreachable, failing (5xx), or answered what the agent cannot
+    /// use: an outage, retried with backoff.
+    Outage,
+}
+
+impl Failure {
+    /// What a failed request to the identity server means.
+    fn of_answer(error: &Error) -> Self {
+        match error.kind() {
+            ErrorKind::BootstrapTokenInvalid => Failure::TokenRefused,
+            ErrorKind::IssuanceDenied => Failure::IdentityRefused,
+            _ => Failure::Outage,
+        }
+    }
+
+    /// The `reason` label of `wimse_agent_issuer_failures_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Failure::NoToken => "no_token",
+            Failure::TokenRefused => "bootstrap_token_invalid",
+            Failure::IdentityRefused => "issuance_denied",
+            Failure::Outage => "unavailable",
+        }
+    }
+}
+
+/// After a refusal, the next attempt when the identity's lifetime is not known (nothing was
+/// issued for it yet): a refusal is not retried within seconds.
+const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(300);
+
+/// How often a refusal that persists is logged again (attempts are rarer than this anyway).
+const REFUSAL_REMINDER_SECS: u64 = 600;
 
 /// The part of an identity's credentials one renewal task keeps current.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +199,17 @@ impl Issuance {
             .build()
             .map_err(|e| unavailable(format!("HTTP client: {e}")))?;
         metrics::gauge!("wimse_agent_issuer_reachable").set(0.0);
-        Ok(Self { config, client, snapshot: watch::Sender::new(Arc::default()), rotation: watch::Sender::new(0) })
+        let tasks = config.identities().len() * if config.x509 { 2 } else { 1 };
+        let first_answers = FirstAnswers { pending: tasks, ..FirstAnswers::default() };
+        Ok(Self {
+            config,
+            client,
+            snapshot: watch::Sender::new(Arc::default()),
+            rotation: watch::Sender::new(0),
+            first_answers: watch::Sender::new(first_answers),
+            no_token: Health::new(REFUSAL_REMINDER_SECS),
+            token_refused: Health::new(REFUSAL_REMINDER_SECS),
+        })
     }
 
     pub(crate) fn config(&self) -> &AgentConfig {
@@ -140,24 +221,11 @@ impl Issuance {
         self.rotation.send_modify(|n| *n += 1);
     }
 
-    async fn token(&self) -> Result<String, Error> {
-        let issuer = &self.config.issuer;
-        match (&issuer.token_file, &issuer.token_env) {
-            (Some(path), _) => tokio::fs::read_to_string(path)
-                .await
-                .map(|t| t.trim().to_owned())
-                .map_err(|e| unavailable(format!("{}: {e}", path.display()))),
-            (None, Some(var)) => std::env::var(var).map_err(|_| unavailable(format!("{var} is not set"))),
-            (None, None) => Err(unavailable("no token configured")),
-        }
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.issuer.url.trim_end_matches('/'))
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value, Error> {
-        let token = self.token().await?;
+    async fn post(&self, path: &str, token: &str, body: Value) -> Result<Value, Error> {
         let response = self
             .client
             .post(self.url(path))
@@ -172,16 +240,27 @@ impl Issuance {
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !status.is_success() {
             let reason = value["reason"].as_str().or_else(|| value["error"].as_str()).unwrap_or_default();
-            return Err(unavailable(format!("identity server answered {status} ({reason})")));
+            let mut detail = format!("the identity server answered {status} ({reason})");
+            if let Some(more) = value["detail"].as_str() {
+                detail = format!("{detail}: {more}");
+            }
+            // Refusals that no retry fixes, told apart from an outage.
+            let kind = match status {
+                reqwest::StatusCode::UNAUTHORIZED => ErrorKind::BootstrapTokenInvalid,
+                reqwest::StatusCode::FORBIDDEN => ErrorKind::IssuanceDenied,
+                _ => ErrorKind::CredentialsUnavailable,
+            };
+            return Err(Error::with_detail(kind, detail));
         }
         Ok(value)
     }
 
     /// A new key and WIT for `entry`'s identity.
-    async fn obtain_wit(&self, entry: &RegistrationEntry) -> Result<WitCredentials, Error> {
+    async fn obtain_wit(&self, entry: &RegistrationEntry, token: &str) -> Result<WitCredentials, Error> {
         // ES256: the WIT-SVID profile does not allow EdDSA.
         let key = SigningKey::generate(Algorithm::ES256)?;
-        let issued = self.post("/v1/wit", json!({"sub": entry.spiffe_id.as_str(), "jwk": key.public_jwk()})).await?;
+        let issued =
+            self.post("/v1/wit", token, json!({"sub": entry.spiffe_id.as_str(), "jwk": key.public_jwk()})).await?;
         let wit = issued["wit"].as_str().ok_or_else(|| unavailable("no wit in the answer"))?;
         let credentials = wimse_core::cred::Credentials::new(wit, key.clone())?;
         if credentials.subject() != &entry.spiffe_id {
@@ -191,12 +270,12 @@ impl Issuance {
         Ok(WitCredentials { wit: Arc::from(wit), key: Arc::from(wit_key), expires_at: credentials.expires_at() })
     }
 
-    async fn obtain_x509(&self, entry: &RegistrationEntry) -> Result<X509Credentials, Error> {
+    async fn obtain_x509(&self, entry: &RegistrationEntry, token: &str) -> Result<X509Credentials, Error> {
         let key = rcgen::KeyPair::generate().map_err(|e| unavailable(format!("X.509 key: {e}")))?;
         let spki =
             base64::engine::general_purpose::STANDARD.encode(rcgen::PublicKeyData::subject_public_key_info(&key));
         let body = json!({"sub": entry.spiffe_id.as_str(), "spki": spki, "usage": "both", "dns": entry.dns_names});
-        let issued = self.post("/v1/wic", body).await?;
+        let issued = self.post("/v1/wic", token, body).await?;
         let pem = issued["chain_pem"].as_str().ok_or_else(|| unavailable("no chain_pem in the answer"))?;
         let chain = wimse_core::wic::certificates_from_pem(pem)?;
         let expires_at = issued["expires_at"].as_u64().ok_or_else(|| unavailable("no expires_at in the answer"))?;
@@ -294,50 +373,168 @@ impl Issuance {
             ),
             Report::Quiet => {}
         }
-        metrics::counter!("wimse_agent_issuer_failures_total").increment(1);
+        metrics::counter!("wimse_agent_issuer_failures_total", "reason" => Failure::Outage.label()).increment(1);
         metrics::gauge!("wimse_agent_issuer_reachable").set(0.0);
     }
 
-    async fn obtain(&self, entry: &RegistrationEntry, part: Part) -> Result<(Issued, u64), Error> {
-        let issued = match part {
-            Part::Wit => self.obtain_wit(entry).await.map(|wit| (wit.expires_at, Issued::Wit(wit)))?,
-            Part::X509 => self.obtain_x509(entry).await.map(|x509| (x509.expires_at, Issued::X509(x509)))?,
+    /// A failed attempt for `what` (`WIT of <id>`), logged and counted as what it is: an
+    /// outage as one, a refusal or a missing token as the configuration or authorization
+    /// mistake it is.
+    fn report_failure(&self, outage: &Health, refusal: &Health, what: &str, failure: Failure, error: &Error) {
+        if failure == Failure::Outage {
+            self.failed(outage, what, error);
+            return;
+        }
+        metrics::counter!("wimse_agent_issuer_failures_total", "reason" => failure.label()).increment(1);
+        let detail = error.detail().unwrap_or_default();
+        if failure != Failure::NoToken {
+            // It answered: not an outage, whatever the previous attempts found.
+            self.succeeded(outage, what);
+        }
+        match failure {
+            Failure::Outage => {}
+            Failure::NoToken => {
+                if self.no_token.failed(now()) != Report::Quiet {
+                    tracing::error!(
+                        detail,
+                        "wimse agent: no token for the identity server, a configuration error (not an outage); serving cached credentials until they expire"
+                    );
+                }
+            }
+            Failure::TokenRefused => {
+                if self.token_refused.failed(now()) != Report::Quiet {
+                    tracing::error!(
+                        issuer = %self.config.issuer.url, reason = error.reason(), detail,
+                        token = %crate::token::source_name(&self.config.issuer),
+                        "wimse agent: the identity server refuses the agent's token, a configuration error (not an outage): check the token against the identity server's client entry for the agent; serving cached credentials until they expire, retrying on the renewal schedule (SIGHUP retries at once)"
+                    );
+                }
+            }
+            Failure::IdentityRefused => {
+                if refusal.failed(now()) != Report::Quiet {
+                    tracing::error!(
+                        issuer = %self.config.issuer.url, what, reason = error.reason(), detail,
+                        "wimse agent: the identity server refuses to issue this identity, an authorization error (not an outage): its client entry for the agent must allow it (allowed, allowed_prefixes, allowed_dns_names); serving cached credentials until they expire, retrying on the renewal schedule (SIGHUP retries at once)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A success for `what` ends a missing token, a refused token and a refused identity.
+    fn granted(&self, refusal: &Health, what: &str) {
+        if self.no_token.succeeded() {
+            tracing::info!(token = %crate::token::source_name(&self.config.issuer), "wimse agent: the agent has its token again");
+        }
+        if self.token_refused.succeeded() {
+            tracing::info!(issuer = %self.config.issuer.url, "wimse agent: the identity server accepts the agent's token again");
+        }
+        if refusal.succeeded() {
+            tracing::info!(issuer = %self.config.issuer.url, what, "wimse agent: the identity server issues this identity again");
+        }
+    }
+
+    /// Records the first attempt of a renewal task.
+    fn first_answer(&self, id: &WorkloadId, part: Part, outcome: Result<(), (Failure, &Error)>) {
+        self.first_answers.send_modify(|answers| {
+            answers.pending = answers.pending.saturating_sub(1);
+            match outcome {
+                Ok(()) | Err((Failure::Outage, _)) => answers.hopeful = true,
+                Err((Failure::NoToken, error)) => {
+                    answers.no_token = Some(error.detail().unwrap_or_default().to_owned());
+                }
+                Err((_, error)) => answers.refusals.push(Refusal {
+                    spiffe_id: id.clone(),
+                    part: part.name(),
+                    reason: error.reason(),
+                    detail: error.detail().unwrap_or_default().to_owned(),
+                }),
+            }
+        });
+    }
+
+    /// When to try again after a refusal: on the renewal schedule of the identity's last
+    /// `lifetime` (between half and two thirds of it from now), and no later than the expiry of
+    /// what is served, so that it is withdrawn on time; never sooner than `retry_interval`.
+    fn after_refusal(&self, id: &WorkloadId, part: Part, lifetime: Option<u64>, retry_interval: Duration) -> Duration {
+        let now = now();
+        let schedule = match lifetime {
+            Some(lifetime) => Duration::from_secs_f64(
+                (renewal_time(now, now.saturating_add(lifetime), jitter()) - now as f64).max(0.0),
+            ),
+            None => RETRY_AFTER_REFUSAL.mul_f64(0.5 + jitter() / 2.0),
         };
+        let mut wait = schedule.max(retry_interval);
+        if let Some(expires_at) = self.served_expiry(id, part).filter(|&at| at > now) {
+            wait = wait.min(Duration::from_secs(expires_at - now));
+        }
+        wait
+    }
+
+    /// New credentials for `part` of `entry`'s identity, or why not.
+    async fn obtain(&self, entry: &RegistrationEntry, part: Part) -> Result<(Issued, u64), (Failure, Error)> {
+        // Read for every attempt (a projected token rotates); without one nothing is sent.
+        let token = crate::token::read(&self.config.issuer).await.map_err(|e| (Failure::NoToken, e))?;
+        let issued = match part {
+            Part::Wit => self.obtain_wit(entry, &token).await.map(|wit| (wit.expires_at, Issued::Wit(wit))),
+            Part::X509 => self.obtain_x509(entry, &token).await.map(|x509| (x509.expires_at, Issued::X509(x509))),
+        }
+        .map_err(|e| (Failure::of_answer(&e), e))?;
         // Something already expired (a skewed clock) would be renewed in a tight loop.
         if issued.0 <= now() {
-            return Err(unavailable(format!("the identity server issued an expired {}", part.name())));
+            let error = unavailable(format!("the identity server issued an expired {}", part.name()));
+            return Err((Failure::Outage, error));
         }
         Ok((issued.1, issued.0))
     }
 
     /// Keeps one part of one identity's credentials current until the task is aborted: renews
-    /// between half and two thirds of the lifetime, retries failures with backoff, stops
-    /// serving what expired, and renews at once on a forced rotation.
+    /// between half and two thirds of the lifetime, retries an outage with backoff and a
+    /// refusal on the renewal schedule, stops serving what expired, and renews at once on a
+    /// forced rotation.
     pub(crate) async fn maintain(self: Arc<Self>, entry: RegistrationEntry, part: Part) {
         let retry_interval = Duration::from_millis(self.config.issuer.retry_interval_ms.max(100));
         let mut rotation = self.rotation.subscribe();
         let what = format!("{} of {}", part.name(), entry.spiffe_id);
-        let health = Health::new(60);
+        let outage = Health::new(60);
+        let refusal = Health::new(REFUSAL_REMINDER_SECS);
         let mut failures = 0u32;
+        // The lifetime of the last credentials issued: the renewal schedule.
+        let mut lifetime = None;
+        let mut first = true;
         loop {
             let wait = match self.obtain(&entry, part).await {
                 Ok((issued, expires_at)) => {
-                    self.succeeded(&health, &what);
+                    self.succeeded(&outage, &what);
+                    self.granted(&refusal, &what);
                     failures = 0;
                     let issued_at = now();
+                    lifetime = Some(expires_at.saturating_sub(issued_at));
                     tracing::info!(spiffe_id = %entry.spiffe_id, part = part.name(), expires_at, "wimse agent: obtained credentials");
                     self.publish(&entry.spiffe_id, part, Some(issued));
+                    if std::mem::take(&mut first) {
+                        self.first_answer(&entry.spiffe_id, part, Ok(()));
+                    }
                     let renew_at = renewal_time(issued_at, expires_at, jitter());
                     Duration::from_secs_f64((renew_at - issued_at as f64).max(1.0))
                 }
-                Err(error) => {
-                    self.failed(&health, &what, &error);
+                Err((failure, error)) => {
+                    self.report_failure(&outage, &refusal, &what, failure, &error);
+                    if std::mem::take(&mut first) {
+                        self.first_answer(&entry.spiffe_id, part, Err((failure, &error)));
+                    }
                     failures = failures.saturating_add(1);
                     if self.served_expiry(&entry.spiffe_id, part).is_some_and(|expires_at| expires_at <= now()) {
-                        tracing::error!(spiffe_id = %entry.spiffe_id, part = part.name(), "wimse agent: credentials expired while the identity server was unreachable; no longer served");
+                        tracing::error!(spiffe_id = %entry.spiffe_id, part = part.name(), reason = error.reason(), "wimse agent: credentials expired before they could be renewed; no longer served");
                         self.publish(&entry.spiffe_id, part, None);
                     }
-                    retry_delay(failures, retry_interval, jitter())
+                    match failure {
+                        // Nothing was sent (no token) or the server failed: soon again.
+                        Failure::Outage | Failure::NoToken => retry_delay(failures, retry_interval, jitter()),
+                        Failure::TokenRefused | Failure::IdentityRefused => {
+                            self.after_refusal(&entry.spiffe_id, part, lifetime, retry_interval)
+                        }
+                    }
                 }
             };
             tokio::select! {

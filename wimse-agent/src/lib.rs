@@ -14,12 +14,20 @@
 //! workloads holding that identity. While the identity server is unreachable it keeps serving
 //! what it holds until expiry, and says so in its logs and metrics.
 //!
+//! Configuration mistakes are not outages: [`Agent::start`] fails when the agent has no token
+//! (`token_env`'s variable unset or empty, `token_file` unreadable or empty), and
+//! [`Agent::check_issuance`] when the identity server refuses the agent's token (401) or every
+//! identity (403), each with its own [`StartError`]. While running, such a refusal is logged as
+//! the configuration or authorization error it is and retried on the renewal schedule.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use wimse_agent::{Agent, AgentConfig};
 //!
 //! let config = AgentConfig::from_file("/etc/wimse/agent.json".as_ref())?;
 //! let agent = Agent::start(config)?;
+//! // The identity server's first answers: a refused token or refused identities end here.
+//! agent.check_issuance().await?;
 //! // Until the process ends; pass a shutdown future (a signal, say) to stop earlier.
 //! agent.serve(std::future::pending()).await?;
 //! # Ok(()) }
@@ -31,11 +39,13 @@
 pub mod attest;
 mod authority;
 mod config;
+mod error;
 mod hpack;
 mod issuance;
 mod listener;
 mod service;
 mod slots;
+mod token;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +58,7 @@ use wimse_workload_api::proto::spiffe_workload_api_server::SpiffeWorkloadApiServ
 #[doc(hidden)]
 pub use authority::fuzz as fuzz_authority_rewriter;
 pub use config::{AgentConfig, IssuerConnection, Limits, RegistrationEntry, Selectors};
+pub use error::{Refusal, StartError};
 pub use issuance::{IdentityCredentials, Snapshot, WitCredentials, X509Credentials};
 
 use crate::attest::Attestor;
@@ -70,8 +81,12 @@ impl Drop for Agent {
 
 impl Agent {
     /// Starts obtaining and renewing the credentials of every identity of `config` (on the
-    /// current Tokio runtime), attesting callers through `/proc`.
-    pub fn start(config: AgentConfig) -> wimse_core::Result<Self> {
+    /// current Tokio runtime), attesting callers through `/proc`. Fails on an invalid
+    /// configuration ([`StartError::Configuration`]) and when the agent has no token
+    /// ([`StartError::NoToken`]: `token_env`'s variable unset or empty, `token_file`
+    /// unreadable or empty). See [`check_issuance`](Self::check_issuance) for what the identity
+    /// server answers.
+    pub fn start(config: AgentConfig) -> Result<Self, StartError> {
         let attestor = Attestor::new().map_err(|e| {
             wimse_core::Error::with_detail(wimse_core::ErrorKind::InvalidConfiguration, format!("/proc: {e}"))
         })?;
@@ -79,8 +94,11 @@ impl Agent {
     }
 
     /// Like [`start`](Self::start) with another attestor (tests read a fake `/proc`).
-    pub fn start_with(config: AgentConfig, attestor: Attestor) -> wimse_core::Result<Self> {
+    pub fn start_with(config: AgentConfig, attestor: Attestor) -> Result<Self, StartError> {
         config.validate()?;
+        // Known before anything is asked of the identity server: no token, no credentials.
+        token::read_blocking(&config.issuer)
+            .map_err(|e| StartError::NoToken(e.detail().unwrap_or_default().to_owned()))?;
         let issuance = Arc::new(Issuance::new(config)?);
         let mut tasks = vec![tokio::spawn(issuance.clone().maintain_bundles())];
         let mut started = Vec::new();
@@ -95,6 +113,48 @@ impl Agent {
             }
         }
         Ok(Self { issuance, attestor: Arc::new(attestor), tasks })
+    }
+
+    /// Waits for the identity server's first answer for every identity (and part: WIT,
+    /// X.509-SVID), each attempt bounded by `issuer.timeout_ms`, and fails when they show a
+    /// mistake that no retry fixes: the agent's token refused (401 `bootstrap_token_invalid`:
+    /// [`StartError::TokenRefused`]), every identity refused (403 `issuance_denied`:
+    /// [`StartError::IdentitiesRefused`]) or no token ([`StartError::NoToken`]). Returns `Ok`
+    /// as soon as one identity is issued or the identity server is unreachable or failing (an
+    /// outage is waited out: the agent keeps trying, as it does while running), and when some
+    /// identities are refused and others not (those are logged as refused and retried on the
+    /// renewal schedule).
+    pub async fn check_issuance(&self) -> Result<(), StartError> {
+        let issuer = &self.issuance.config().issuer;
+        // Each first attempt ends within the HTTP timeout; the margin covers key generation.
+        let bound = Duration::from_millis(issuer.timeout_ms.max(100)) + Duration::from_secs(5);
+        let mut answers = self.issuance.first_answers.subscribe();
+        let decided = tokio::time::timeout(bound, answers.wait_for(|a| a.hopeful || a.pending == 0)).await;
+        let answers = match decided {
+            Ok(Ok(answers)) => answers.clone(),
+            // Undecided (a task that ended early): nothing shows a mistake.
+            _ => return Ok(()),
+        };
+        if answers.hopeful {
+            return Ok(());
+        }
+        if let Some(problem) = answers.no_token {
+            return Err(StartError::NoToken(problem));
+        }
+        let url = issuer.url.clone();
+        if let Some(refused) =
+            answers.refusals.iter().find(|r| r.reason == wimse_core::ErrorKind::BootstrapTokenInvalid.reason())
+        {
+            return Err(StartError::TokenRefused {
+                url,
+                source_name: token::source_name(issuer),
+                detail: refused.detail.clone(),
+            });
+        }
+        if answers.refusals.is_empty() {
+            return Ok(());
+        }
+        Err(StartError::IdentitiesRefused { url, refusals: answers.refusals })
     }
 
     /// The credentials and bundles served now.

@@ -172,7 +172,7 @@ async fn endpoint_without_the_wit_profile_is_reported_without_retries() {
 }
 
 /// The identity server refuses an identity's WIC (a DNS name the agent may not ask for): its
-/// WIT is still served, and the refusal is logged.
+/// WIT is still served, and the refusal is logged as one.
 #[tokio::test]
 async fn a_refused_wic_does_not_hold_back_the_wit() {
     let logs = wimse_testkit::logs::Logs::global();
@@ -193,5 +193,7 @@ async fn a_refused_wic_does_not_hold_back_the_wit() {
     assert!(served, "the WIT is served");
     assert!(!agent.ready(Duration::from_millis(300)).await, "no X.509-SVID for it");
     assert!(agent.snapshot().identities[&id].x509.is_none());
-    assert!(!logs.lines_with(&["identity server failed", "X.509-SVID of", "/ns/named"]).is_empty());
+    // Logged as the authorization error it is, not as an outage.
+    assert_eq!(logs.lines_with(&["refuses to issue this identity", "X.509-SVID of", "/ns/named"]).len(), 1);
+    assert!(logs.lines_with(&["identity server failed", "/ns/named"]).is_empty(), "{}", logs.text());
 }

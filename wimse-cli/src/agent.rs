@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use wimse_agent::{Agent, AgentConfig};
+use wimse_agent::{Agent, AgentConfig, StartError};
 use wimse_workload_api::{Endpoint, WorkloadApiClient, WorkloadApiError};
 
 use crate::CliResult;
@@ -19,13 +19,37 @@ pub(crate) struct ServeArgs {
     config: PathBuf,
 }
 
+/// The exit code of a start that failed for `error`; 2 (every `wimse` command's error) for an
+/// invalid configuration. The README's agent section lists them.
+fn start_exit_code(error: &StartError) -> u8 {
+    match error {
+        StartError::NoToken(_) => 3,
+        StartError::TokenRefused { .. } => 4,
+        StartError::IdentitiesRefused { .. } => 5,
+        _ => 2,
+    }
+}
+
+fn start_failed(error: &StartError) -> ExitCode {
+    eprintln!("wimse: {error}");
+    ExitCode::from(start_exit_code(error))
+}
+
 /// Serves until interrupted. SIGHUP obtains new keys and credentials for every identity.
+/// Exits 3 without a token, 4 when the identity server refuses the token, 5 when it refuses
+/// every identity (see [`start_exit_code`]).
 pub(crate) fn serve(args: ServeArgs) -> CliResult {
     let config = AgentConfig::from_file(&args.config).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let socket = config.socket.clone();
-        let agent = Agent::start(config).map_err(|e| e.to_string())?;
+        let agent = match Agent::start(config) {
+            Ok(agent) => agent,
+            Err(error) => return Ok(start_failed(&error)),
+        };
+        if let Err(error) = agent.check_issuance().await {
+            return Ok(start_failed(&error));
+        }
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("SIGHUP handler: {e}"))?;
         let shutdown = async {

@@ -120,6 +120,9 @@ enum IssuerCommand {
 #[derive(Debug, Subcommand)]
 enum AgentCommand {
     /// Serve the SPIFFE Workload API (WIT-SVIDs and X.509-SVIDs) to this machine's workloads.
+    ///
+    /// Exits 3 without a token, 4 when the identity server refuses the agent's token (401), 5
+    /// when it refuses every identity (403), 2 on an invalid configuration.
     Serve(agent::ServeArgs),
     /// Fetch this process's SVIDs from a Workload API endpoint and print them (no keys).
     Fetch(agent::FetchArgs),

@@ -63,17 +63,97 @@ impl Endpoint {
             .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        // A failed connection is told as what is wrong with the endpoint (see
+        // `WorkloadApiError::from_status`), not as the operating system's bare error.
         match self.clone() {
             Endpoint::Unix(path) => lazy.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+                async move {
+                    match tokio::net::UnixStream::connect(&path).await {
+                        Ok(stream) => Ok(hyper_util::rt::TokioIo::new(stream)),
+                        Err(error) => Err(unix_connect_error(&path, error).await),
+                    }
+                }
             })),
             Endpoint::Tcp(addr) => {
                 lazy.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| async move {
-                    tokio::net::TcpStream::connect(addr).await.map(hyper_util::rt::TokioIo::new)
+                    match tokio::net::TcpStream::connect(addr).await {
+                        Ok(stream) => Ok(hyper_util::rt::TokioIo::new(stream)),
+                        Err(error) => Err(tcp_connect_error(addr, error)),
+                    }
                 }))
             }
         }
+    }
+}
+
+/// What a failed `connect` to the socket at `path` means. The file is looked at after the
+/// failure only to tell the cases apart (`connect` answers `ECONNREFUSED` both for a socket
+/// nobody listens on and for a file that is not a socket).
+#[cfg(feature = "client")]
+async fn unix_connect_error(path: &std::path::Path, error: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    let kind = error.kind();
+    let classified = match kind {
+        ErrorKind::NotFound => WorkloadApiError::NoSocket { path: path.to_owned() },
+        ErrorKind::PermissionDenied => WorkloadApiError::SocketAccessDenied { path: path.to_owned() },
+        ErrorKind::ConnectionRefused => match tokio::fs::metadata(path).await {
+            Ok(meta) if is_socket(&meta) => {
+                WorkloadApiError::NotListening { endpoint: Endpoint::Unix(path.to_owned()) }
+            }
+            Ok(meta) => WorkloadApiError::NotASocket { path: path.to_owned(), found: file_kind(&meta) },
+            // Removed since.
+            Err(_) => WorkloadApiError::NoSocket { path: path.to_owned() },
+        },
+        // A component above the socket is not a directory: name the one that is a file.
+        ErrorKind::NotADirectory => {
+            let mut found = None;
+            for ancestor in path.ancestors().skip(1) {
+                if let Ok(meta) = tokio::fs::metadata(ancestor).await
+                    && !meta.is_dir()
+                {
+                    found = Some(WorkloadApiError::NotASocket { path: ancestor.to_owned(), found: file_kind(&meta) });
+                    break;
+                }
+            }
+            found.unwrap_or_else(|| WorkloadApiError::NoSocket { path: path.to_owned() })
+        }
+        _ => WorkloadApiError::Connect { endpoint: Endpoint::Unix(path.to_owned()), reason: error.to_string() },
+    };
+    classified.into_io(kind)
+}
+
+#[cfg(feature = "client")]
+fn tcp_connect_error(addr: SocketAddr, error: std::io::Error) -> std::io::Error {
+    let kind = error.kind();
+    let classified = match kind {
+        std::io::ErrorKind::ConnectionRefused => WorkloadApiError::NotListening { endpoint: Endpoint::Tcp(addr) },
+        _ => WorkloadApiError::Connect { endpoint: Endpoint::Tcp(addr), reason: error.to_string() },
+    };
+    classified.into_io(kind)
+}
+
+#[cfg(feature = "client")]
+fn is_socket(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_socket()
+}
+
+/// What a path that is not a socket is, for the error message.
+#[cfg(feature = "client")]
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a named pipe"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "another kind of file"
     }
 }
 

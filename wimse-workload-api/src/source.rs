@@ -70,8 +70,9 @@ trait Stream: Send + 'static {
 
 /// Opens `stream` and applies its first message, retrying what can be retried (the endpoint
 /// not listening yet, `Unavailable` while it starts, `PermissionDenied` until an entry appears)
-/// with backoff until `timeout`: a workload starting next to its agent waits for it. The last
-/// error is returned at the deadline; `Unimplemented` and `InvalidArgument` at once.
+/// with backoff until `timeout`: a workload starting next to its agent waits for it, and says
+/// so once, at the first failed attempt. The last error is returned at the deadline;
+/// `Unimplemented`, `InvalidArgument` and a path that is not a socket at once.
 async fn start<S: Stream>(
     client: &WorkloadApiClient,
     stream: &mut S,
@@ -80,6 +81,7 @@ async fn start<S: Stream>(
 ) -> Result<tonic::Streaming<S::Message>, WorkloadApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut failures = 0u32;
+    let mut last_error = None;
     loop {
         let attempt = async {
             let (message, messages) = open_first(stream.open(client), stream.profile()).await?;
@@ -89,14 +91,28 @@ async fn start<S: Stream>(
             Ok(Ok(messages)) => return Ok(messages),
             Ok(Err(error)) if !error.is_retryable() => return Err(error),
             Ok(Err(error)) => error,
-            Err(_) => return Err(WorkloadApiError::NoAnswer(format!("nothing within {timeout:?}"))),
+            // What the earlier attempts found says more than the deadline.
+            Err(_) => {
+                return Err(
+                    last_error.unwrap_or_else(|| WorkloadApiError::NoAnswer(format!("nothing within {timeout:?}")))
+                );
+            }
         };
         failures = failures.saturating_add(1);
         let wake = tokio::time::Instant::now() + retry_delay(failures, retry_interval, jitter());
         if wake >= deadline {
             return Err(error);
         }
-        tracing::debug!(endpoint = %client.endpoint(), %error, "wimse: {} not available yet; retrying", S::WHAT);
+        if failures == 1 {
+            tracing::info!(
+                endpoint = %client.endpoint(),
+                "wimse: {} not available yet ({error}); waiting up to {timeout:?} for the Workload API",
+                S::WHAT
+            );
+        } else {
+            tracing::debug!(endpoint = %client.endpoint(), %error, "wimse: {} not available yet; retrying", S::WHAT);
+        }
+        last_error = Some(error);
         tokio::time::sleep_until(wake).await;
     }
 }

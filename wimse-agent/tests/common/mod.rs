@@ -24,32 +24,31 @@ pub fn my_ids() -> (u32, u32) {
     (id("Uid:"), id("Gid:"))
 }
 
-/// A running identity server whose answers can be turned into 503s (an outage).
+/// A running identity server whose answers can be turned into 503s (an outage), and whose
+/// configuration can be changed (a restart with another client entry for the agent).
 pub struct Issuer {
     pub base: String,
     pub down: Arc<AtomicBool>,
-    _dir: TempDir,
+    /// The identity server that answers now.
+    current: Arc<std::sync::Mutex<axum::Router>>,
+    max_lifetime: u64,
+    dir: TempDir,
 }
 
 impl Issuer {
     /// `max_lifetime`: the WITs' (and WICs') lifetime in seconds.
     pub async fn start(max_lifetime: u64) -> Self {
         let dir = TempDir::new("wimse-agent-issuer");
-        let config: wimse_issuer::IssuerConfig = serde_json::from_value(json!({
-            "trust_domain": DOMAIN,
-            "issuer": "https://issuer.prod.example",
-            "key_store": dir.path().join("keys.json"),
-            "dev_mode": true,
-            "clients": [{"name": "node-agent", "dev_secret": AGENT_SECRET, "allowed_prefixes": [format!("{DOMAIN}/ns")],
-                         "max_lifetime": max_lifetime, "allowed_dns_names": ["*.svc.prod.example"]}],
-            "rate_limits": {"per_client": {"burst": 1000, "per_minute": 6000}}
-        }))
-        .unwrap();
-        let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await.unwrap());
+        let current = Arc::new(std::sync::Mutex::new(identity_server(dir.path(), max_lifetime, None).await));
         let down = Arc::new(AtomicBool::new(false));
         let flag = down.clone();
-        let router = wimse_issuer::router(server).layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let answering = current.clone();
+        let router = axum::Router::new()
+            .fallback_service(tower::service_fn(move |request: axum::extract::Request| {
+                let router = answering.lock().unwrap().clone();
+                async move { tower::ServiceExt::oneshot(router, request).await }
+            }))
+            .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let down = flag.load(Ordering::SeqCst);
                 async move {
                     if down {
@@ -59,13 +58,42 @@ impl Issuer {
                     }
                     next.run(request).await
                 }
-            },
-        ));
+            }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
-        Self { base, down, _dir: dir }
+        Self { base, down, current, max_lifetime, dir }
     }
+
+    /// Restarts the identity server (same keys) with the agent's client entry allowing exactly
+    /// the identifiers `allowed` instead of everything under `{DOMAIN}/ns`: an operator's change
+    /// to the client entry.
+    pub async fn reconfigure(&self, allowed: &[String]) {
+        let server = identity_server(self.dir.path(), self.max_lifetime, Some(allowed)).await;
+        *self.current.lock().unwrap() = server;
+    }
+}
+
+/// The identity server on the key store in `dir`, with the agent as its one client, allowed
+/// the identifiers `allowed` (`None`: every identifier under `{DOMAIN}/ns`).
+async fn identity_server(dir: &std::path::Path, max_lifetime: u64, allowed: Option<&[String]>) -> axum::Router {
+    let mut client = json!({"name": "node-agent", "dev_secret": AGENT_SECRET, "max_lifetime": max_lifetime,
+                            "allowed_dns_names": ["*.svc.prod.example"]});
+    match allowed {
+        None => client["allowed_prefixes"] = json!([format!("{DOMAIN}/ns")]),
+        Some(allowed) => client["allowed"] = json!(allowed),
+    }
+    let config: wimse_issuer::IssuerConfig = serde_json::from_value(json!({
+        "trust_domain": DOMAIN,
+        "issuer": "https://issuer.prod.example",
+        "key_store": dir.join("keys.json"),
+        "dev_mode": true,
+        "clients": [client],
+        "rate_limits": {"per_client": {"burst": 1000, "per_minute": 6000}}
+    }))
+    .unwrap();
+    let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await.unwrap());
+    wimse_issuer::router(server)
 }
 
 /// An agent serving on a socket in a temporary directory.
