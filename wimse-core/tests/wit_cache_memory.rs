@@ -21,7 +21,7 @@ fn resident_bytes() -> usize {
 
 #[test]
 fn a_cached_wit_costs_under_one_and_a_half_kilobytes() {
-    const WITS: usize = 4_000;
+    const WITS: usize = 1_000;
     let issuer = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k1");
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
     let trust = TrustStore::new().with(domain, TrustAnchors::new().with_key(issuer.public_key().clone()));
