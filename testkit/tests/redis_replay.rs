@@ -54,6 +54,21 @@ impl Scenario {
     }
 }
 
+/// Two stores (replicas) registered and past their join wait.
+async fn joined_pair(store: impl Fn() -> RedisReplayStore) -> (RedisReplayStore, RedisReplayStore) {
+    let (a, b) = (store(), store());
+    let joined = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if a.join().await.is_ok() && b.join().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    joined.await.expect("the replicas join the store");
+    (a, b)
+}
+
 async fn verify(verifier: &Verifier, headers: &HeaderMap) -> Result<VerifiedCaller, Error> {
     verifier.verify(&RequestView::new(PATH, headers)).await
 }
@@ -120,6 +135,9 @@ async fn exactly_once_across_a_loss(s: &Scenario, a: &Verifier, b: &Verifier, lo
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(named, "the replicas re-seeded the new epoch with the claims they accepted");
+    // Every bucket's new epoch is learned by a heartbeat within a second or two; only then is the
+    // shared clock moved on (an epoch learned later would start at the moved clock).
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     s.pass_recovery_window();
     let fresh = s.request();
@@ -131,8 +149,8 @@ async fn exactly_once_across_a_loss(s: &Scenario, a: &Verifier, b: &Verifier, lo
 async fn replicas_on_one_redis_accept_each_proof_once_even_across_a_restart() {
     let Some(mut redis) = RedisServer::start() else { return };
     let s = Scenario::new();
-    let store = || RedisReplayStore::new(&redis.url()).expect("store");
-    let (a, b) = (s.replica(store()), s.replica(store()));
+    let (a, b) = joined_pair(|| RedisReplayStore::new(&redis.url()).expect("store")).await;
+    let (a, b) = (s.replica(a), s.replica(b));
     let url = redis.url();
     exactly_once_across_a_loss(&s, &a, &b, || redis.restart()).await;
     assert!(redis.key_count() >= 2, "claims and epoch markers live in Redis");
@@ -171,7 +189,8 @@ async fn replicas_on_a_redis_cluster_accept_each_proof_once_even_across_a_restar
     let Some(mut cluster) = RedisCluster::start() else { return };
     let s = Scenario::new();
     let store = || RedisReplayStore::cluster(cluster.urls()).expect("store").timeout(Duration::from_secs(2));
-    let (a, b) = (s.replica(store()), s.replica(store()));
+    let (a, b) = joined_pair(store).await;
+    let (a, b) = (s.replica(a), s.replica(b));
     // Claims spread over the cluster's nodes (hash-tagged buckets).
     for _ in 0..3 {
         let _ = verify_when_reachable(&a, &s.request()).await;
@@ -206,14 +225,12 @@ async fn a_redis_that_loses_everything_refuses_for_seconds_and_never_twice() {
     let deployment = Deployment::new();
     let credentials = deployment.credentials(ALLOWED, false, 0);
     let clock = Arc::new(ShiftedClock::default());
-    let replica = || {
+    let replica = |store: RedisReplayStore| {
         let config = VerifierConfig::new().with_origin(ORIGIN);
-        Verifier::new(deployment.trust(), config)
-            .expect("verifier")
-            .with_clock(clock.clone())
-            .with_replay_store(RedisReplayStore::new(&redis.url()).expect("store"))
+        Verifier::new(deployment.trust(), config).expect("verifier").with_clock(clock.clone()).with_replay_store(store)
     };
-    let replicas = [replica(), replica()];
+    let (a, b) = joined_pair(|| RedisReplayStore::new(&redis.url()).expect("store")).await;
+    let replicas = [replica(a), replica(b)];
     let request = || {
         let wpt = WptBuilder::new(credentials.key(), credentials.wit(), &format!("{ORIGIN}{PATH}"))
             .sign(clock.now())
@@ -289,7 +306,8 @@ async fn a_replica_gone_with_redis_blocks_reseeding() {
     let Some(mut redis) = RedisServer::start() else { return };
     let s = Scenario::new();
     let store = || RedisReplayStore::new(&redis.url()).expect("store");
-    let (a, b) = (s.replica(store()), s.replica(store()));
+    let (a, b) = joined_pair(store).await;
+    let (a, b) = (s.replica(a), s.replica(b));
     let gone_store = store();
     gone_store.join().await.expect("registered");
     let gone = s.replica(gone_store.clone());
@@ -313,4 +331,55 @@ async fn a_replica_gone_with_redis_blocks_reseeding() {
     // Past the window, fresh proofs work; the gone replica's proof has expired meanwhile.
     s.pass_recovery_window();
     verify(&a, &s.request()).await.expect("a proof made after the loss");
+}
+
+/// A Redis that comes back with an older state (a snapshot restored, the last second of an
+/// `appendfsync everysec` log lost, a failover to a lagging replica) keeps its epoch markers but
+/// not its recent claims: its sequences go back, the replicas see it and start a new epoch, so a
+/// proof accepted after the snapshot is not accepted again.
+#[tokio::test]
+async fn a_redis_restored_from_an_older_snapshot_is_noticed() {
+    let Some(redis) = RedisServer::start() else { return };
+    let s = Scenario::new();
+    let (a, b) = joined_pair(|| RedisReplayStore::new(&redis.url()).expect("store")).await;
+    let (a, b) = (s.replica(a), s.replica(b));
+    assert!(is_new_epoch(&verify_when_reachable(&a, &s.request()).await));
+    s.pass_recovery_window();
+    for _ in 0..20 {
+        verify(&a, &s.request()).await.expect("steady state");
+    }
+    // The snapshot: every epoch marker and sequence as they are now.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connection");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*:epoch").query_async(&mut connection).await.unwrap();
+    let seqs: Vec<String> = redis::cmd("KEYS").arg("*:seq").query_async(&mut connection).await.unwrap();
+    let mut snapshot = Vec::new();
+    for key in keys.iter().chain(&seqs) {
+        let value: String = redis::cmd("GET").arg(key).query_async(&mut connection).await.unwrap();
+        snapshot.push((key.clone(), value));
+    }
+    // Proofs accepted after it, on both replicas.
+    let mut after = Vec::new();
+    for i in 0..20 {
+        let proof = s.request();
+        verify(if i % 2 == 0 { &a } else { &b }, &proof).await.expect("accepted");
+        after.push(proof);
+    }
+    // Both replicas' heartbeats read the sequences once more (a replica that never saw the
+    // higher sequence of a bucket cannot tell, until one that did sees the loss: within a
+    // heartbeat; see the module docs).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The store comes back as the snapshot had it: same markers, lower sequences, none of the
+    // later claims.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut connection).await.unwrap();
+    for (key, value) in &snapshot {
+        let _: () = redis::cmd("SET").arg(key).arg(value).query_async(&mut connection).await.unwrap();
+    }
+    // Every later proof is refused by both replicas, whichever sees the loss first.
+    for proof in &after {
+        for replica in [&a, &b] {
+            let result = verify(replica, proof).await;
+            assert!(is_new_epoch(&result) || kind(result) == ErrorKind::ReplayedProof, "a replay after the restore");
+        }
+    }
 }

@@ -2,33 +2,48 @@
 //!
 //! # Surviving a Redis that loses its data
 //!
-//! Claims are spread over 16 hash-tagged buckets; each keeps, in one Redis Cluster
-//! slot, its claims, an **epoch marker** (`<random>:<start>`), the **members** (the replicas
-//! using it, refreshed by a heartbeat every [`HEARTBEAT`]) and which members **re-seeded** the
-//! current epoch. A Redis that lost its data (a restart without persistence, `FLUSHALL`, a
-//! failover to an empty replica) lost all of it; the first replica to notice starts a new epoch.
-//! A proof that could have been accepted before that moment ([`ReplayClaim::earliest_claim`])
-//! may be a replay that nobody remembers any more, so it is refused (503) until one of two
-//! things happens:
+//! Claims are spread over 16 hash-tagged buckets; each keeps, in one Redis Cluster slot, its
+//! claims, an **epoch marker** (`<id>:<start>`), a **sequence** counted up by every claim, the
+//! **members** (the replicas using it, refreshed by a heartbeat every [`HEARTBEAT`]) and which
+//! members **re-seeded** the current epoch. A Redis that lost its data entirely (a restart
+//! without persistence, `FLUSHALL`, a failover to an empty replica) lost the marker; one that
+//! lost only recent writes (a snapshot restored, the last second of an `appendfsync everysec`
+//! log, a failover to a lagging replica) shows a sequence lower than one already seen. Either
+//! way the first replica to notice starts a new epoch. A proof that could have been accepted
+//! before that moment ([`ReplayClaim::earliest_claim`]) may be a replay that nobody remembers
+//! any more, so it is refused (503) until one of two things happens:
 //!
 //! - **re-seeding** (seconds): every replica remembers the claims it accepted while they are
-//!   live, and writes them into the new epoch as soon as it sees it; once every replica that
-//!   could hold live claims has done so, the bucket knows every claim again and older proofs are
-//!   claimed as usual. This needs each replica to know every other: a replica registers before
-//!   it claims anything (it waits [`JOIN_WAIT`] after registering, so every other replica's
-//!   heartbeat has seen it), and a replica relies on this only when its own last look at the
-//!   members was less than [`JOIN_WAIT`] before it saw the new epoch (otherwise a replica that
-//!   joined meanwhile could be missing). A replica that disappeared without re-seeding (crashed
-//!   with Redis, partitioned), one that remembered too many claims to re-seed them all, or one
-//!   that accepted proofs living longer than the configured
-//!   [proof window](RedisReplayStore::proof_window) blocks this path: then
-//! - **the window passes** (at most the proof lifetime): proofs made after the new epoch began
-//!   are claimed as usual, as before.
+//!   live (recorded before each claim is sent), and writes them into the new epoch as soon as it
+//!   sees it; once every replica that could hold live claims has done so, the bucket knows every
+//!   claim again and older proofs are claimed as usual. This needs each replica to know every
+//!   other: a replica registers before it claims anything, and when others use the store it
+//!   waits [`JOIN_WAIT`] after registering before its first claim, so every other replica's
+//!   heartbeat has seen it; a replica relies on re-seeding only when its own last look at the
+//!   members was less than [`JOIN_WAIT`] before it saw the new epoch; a replica whose own
+//!   registration is older than [`FENCE`] (its heartbeats fail) stops claiming; and a member
+//!   stays waited for until its claims have certainly expired. A replica that disappeared without
+//!   re-seeding (crashed with Redis, partitioned) or one that remembered too few claims blocks
+//!   this path: then
+//! - **the window passes**: after the [proof window](RedisReplayStore::proof_window) (the longest
+//!   a claim lives), proofs made after the new epoch began are claimed as usual.
+//!
+//! Claims live at most the proof window: a longer one is refused, so the window bounds every
+//! wait above. Times are the verifiers' (claims carry their expiry as a time to live, so Redis's
+//! own clock never decides it); an epoch starts at the later of its marker's time and the moment
+//! a replica sees it, plus [`START_MARGIN`] for clock differences between replicas.
+//!
+//! What is not detected: for up to one heartbeat after a partial loss, a replica that had not
+//! yet seen the lost sequence numbers accepts claims as usual (so a proof another replica
+//! accepted in that last second may be accepted again, until a replica that saw the higher
+//! sequence notices, within a heartbeat); and claims an eviction policy removes: configure
+//! `maxmemory-policy noeviction`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -52,12 +67,27 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// to about this long are recovered by re-seeding).
 pub const JOIN_WAIT: Duration = Duration::from_secs(10);
 
+/// A replica whose own registration in a bucket is older than this stops claiming in it: the
+/// others may no longer see it, and would not wait for its re-seeding.
+pub const FENCE: Duration = Duration::from_secs(5);
+
+/// Added to an epoch's start for clock differences between replicas.
+pub const START_MARGIN: u64 = 5;
+
+/// The default proof window: the verifier's default longest WPT lifetime (300 s) plus twice its
+/// default leeway (30 s): a WPT is accepted while `exp <= now + 330` and claimed until
+/// `exp + 30`.
+pub const DEFAULT_PROOF_WINDOW: Duration = Duration::from_secs(360);
+
+/// How many accepted claims a replica remembers by default for re-seeding (24 MB).
+pub const DEFAULT_MEMORY: usize = 1_000_000;
+
 /// Claims re-seeded per script call.
 const RESEED_BATCH: usize = 256;
 
-/// One atomic step per claim. KEYS[1]: the bucket's epoch marker; KEYS[2]: the claim.
-/// ARGV[1]: the epoch the replica knows ("" if none); ARGV[2]: a new epoch, created if the
-/// marker is missing (a fresh or emptied store); ARGV[3]: the claim's expiry (EXAT).
+/// One atomic step per claim. KEYS: the bucket's epoch marker, the claim, the sequence. ARGV[1]:
+/// the epoch the replica knows ("" if none); ARGV[2]: a new epoch, created if the marker is
+/// missing (a fresh or emptied store); ARGV[3]: the claim's time to live (ms).
 const CLAIM_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -65,12 +95,13 @@ if not epoch then
   epoch = ARGV[2]
 end
 if epoch ~= ARGV[1] then
-  return {'EPOCH', epoch}
+  return {'EPOCH', epoch, 0}
 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EXAT', ARGV[3]) then
-  return {'OK', ''}
+local seq = redis.call('INCR', KEYS[3])
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then
+  return {'OK', '', seq}
 end
-return {'REPLAY', ''}
+return {'REPLAY', '', seq}
 ";
 
 /// Reads a bucket's epoch marker, creating it (ARGV[1]) when missing.
@@ -83,34 +114,47 @@ end
 return epoch
 ";
 
-/// A replica's heartbeat on one bucket. KEYS: epoch marker, members, re-seeded. ARGV[1]: this
-/// replica; ARGV[2]: its entry (`<wall clock> <flags>`); ARGV[3]: entries older than this (wall
-/// clock) are removed. Returns the epoch (empty when the marker is missing: only a claim starts
-/// an epoch, at the verifiers' time), the members and the re-seeded markers.
+/// Replaces the epoch marker `ARGV[1]` by `ARGV[2]` (a loss of recent writes was seen); returns
+/// the marker now in place.
+const NEW_EPOCH_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if (not epoch) or epoch == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return epoch
+";
+
+/// A replica's heartbeat on one bucket. KEYS: epoch marker, members, re-seeded, sequence.
+/// ARGV[1]: this replica; ARGV[2]: entries older than this many seconds are removed. The entry
+/// is stamped with Redis's own clock, so replicas' clocks never compare. Returns the epoch (empty
+/// when the marker is missing: only a claim starts an epoch, at the verifiers' time), the
+/// members, the re-seeded markers and the sequence.
 const HEARTBEAT_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[1]) or ''
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local now = tonumber(redis.call('TIME')[1])
+redis.call('HSET', KEYS[2], ARGV[1], now)
 local members = redis.call('HGETALL', KEYS[2])
 for i = 1, #members, 2 do
-  local seen = tonumber(string.match(members[i + 1], '^%d+'))
-  if seen and seen < tonumber(ARGV[3]) then
+  if tonumber(members[i + 1]) < now - tonumber(ARGV[2]) then
     redis.call('HDEL', KEYS[2], members[i])
     redis.call('HDEL', KEYS[3], members[i])
   end
 end
-return {epoch, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3])}
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+return {epoch, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]), seq}
 ";
 
 /// Re-seeds a batch of this replica's claims into the current epoch. KEYS: epoch marker,
 /// re-seeded, then the claims. ARGV[1]: the epoch; ARGV[2]: this replica; ARGV[3]: `1` on the
 /// last batch (mark the replica re-seeded), `incomplete` on the last batch of a replica that
-/// could not remember every claim, `0` otherwise; ARGV[4..]: the claims' expiries.
+/// could not remember every claim, `0` otherwise; ARGV[4..]: the claims' times to live (ms).
 const RESEED_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'EPOCH'
 end
 for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], '1', 'NX', 'EXAT', ARGV[i + 1])
+  redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[i + 1])
 end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
@@ -120,7 +164,15 @@ end
 return 'OK'
 ";
 
-/// A bucket's epoch as a replica knows it: the marker's value and when that epoch began.
+/// A bucket's sequence as an answer reports it: counted up by that very claim, or only read.
+#[derive(Debug, Clone, Copy)]
+enum Sequence {
+    Counted(u64),
+    Read(u64),
+}
+
+/// A bucket's epoch as a replica knows it: the marker's value and from when proofs are surely
+/// newer than it (on the verifiers' clock).
 #[derive(Debug, Clone)]
 struct Epoch {
     marker: String,
@@ -128,7 +180,7 @@ struct Epoch {
 }
 
 impl Epoch {
-    /// Markers are `<random id>:<start>`.
+    /// Markers are `<id>:<start>`.
     fn parse(marker: String) -> Option<Self> {
         let start = marker.rsplit_once(':')?.1.parse().ok()?;
         Some(Self { marker, start })
@@ -156,48 +208,84 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
-/// Another replica as this one knows it.
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    /// When this replica last saw it in the bucket's members.
-    seen: Instant,
-    /// It accepted proofs living longer than the proof window: its claims cannot be bounded.
-    unbounded: bool,
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// What a replica knows of one bucket.
 #[derive(Debug, Default)]
 struct Bucket {
     epoch: Option<Epoch>,
-    /// This replica's last heartbeat on the bucket: when it last knew every member.
+    /// When the current epoch was learned: a heartbeat sent before it carries older news.
+    learned: Option<Instant>,
+    /// When this replica last read the members (its heartbeat's send time).
     last_look: Option<Instant>,
+    /// When this replica's own registration was last refreshed (its heartbeat's send time).
+    registered: Option<Instant>,
     /// The current epoch began while this replica knew every member (its last look was recent).
     eligible: bool,
     /// This replica re-seeded its claims into the current epoch.
     reseeded: bool,
+    /// A re-seeding of the current epoch is running.
+    reseeding: bool,
     /// Members that re-seeded the current epoch (as of the last heartbeat).
     peers_reseeded: HashSet<String>,
-    /// Every replica seen in this bucket (the union over heartbeats, so a loss forgets none).
-    members: HashMap<String, Member>,
+    /// Every replica seen in this bucket (the union over heartbeats, so a loss forgets none),
+    /// with when it was last seen.
+    members: HashMap<String, Instant>,
     /// Proofs older than the current epoch may be claimed: every member re-seeded it.
     recovered: bool,
-    /// The claims this replica accepted, oldest first: (key, expiry).
+    /// The highest sequence seen, and when its answer arrived: an answer sent after that with a
+    /// lower one means the store lost recent writes (Redis runs commands in order).
+    sequence: u64,
+    sequence_seen: Option<Instant>,
+    /// The claims this replica accepted (or is claiming), oldest first: (key, expiry).
     remembered: VecDeque<(u128, u64)>,
     /// Until when a claim this replica had to forget could still be live.
     forgot_until: u64,
 }
 
 impl Bucket {
+    /// How long a member is waited for after it was last seen: until every claim it may have
+    /// accepted (while fenced in by [`FENCE`]) has expired.
+    fn relevance(window: Duration) -> Duration {
+        window + FENCE + HEARTBEAT * 2
+    }
+
     /// Re-derives `recovered` from what is known.
     fn recompute(&mut self, me: &str, window: Duration) {
-        let relevant = |member: &Member| member.seen.elapsed() < window + HEARTBEAT * 2;
+        let horizon = Self::relevance(window);
         self.recovered = self.eligible
             && self.reseeded
             && self
                 .members
                 .iter()
                 .filter(|(id, _)| id.as_str() != me)
-                .all(|(id, member)| !relevant(member) || (!member.unbounded && self.peers_reseeded.contains(id)));
+                .all(|(id, seen)| seen.elapsed() >= horizon || self.peers_reseeded.contains(id));
     }
 }
 
@@ -206,16 +294,29 @@ struct Inner {
     settings: Settings,
     /// This replica's name in the buckets' members (random per store).
     replica: String,
-    connection: tokio::sync::Mutex<Option<Connection>>,
+    /// Distinguishes the fresh epoch markers this replica proposes.
+    proposals: AtomicU64,
+    connection: RwLock<Option<Connection>>,
+    connecting: tokio::sync::Mutex<()>,
     buckets: [Mutex<Bucket>; BUCKETS],
-    /// Until when this replica holds claims living longer than the proof window.
-    unbounded_until: std::sync::atomic::AtomicU64,
+    /// Claims remembered, over all buckets (bounded by `memory`).
+    remembered: AtomicUsize,
     /// The latest time a verifier claimed at: claims' expiries are on the verifiers' clock.
-    verifier_now: std::sync::atomic::AtomicU64,
-    /// Set once this replica registered; its first claims wait until then + [`JOIN_WAIT`].
-    joined: tokio::sync::OnceCell<Instant>,
+    verifier_now: AtomicU64,
+    /// Set once this replica registered: from when it may claim (then + [`JOIN_WAIT`] when
+    /// other replicas use the store).
+    joined: std::sync::OnceLock<Instant>,
+    /// A registration task is running (one at a time; no claim's timeout cuts it short).
+    joining: std::sync::atomic::AtomicBool,
+    /// Wakes those waiting for the registration.
+    registered: tokio::sync::Notify,
+    /// The heartbeat task's last tick (ms since `epoch_of_ticks`), to restart a task that died
+    /// with its runtime.
+    last_tick: AtomicU64,
+    ticks_from: Instant,
     script: redis::Script,
     ensure_epoch: redis::Script,
+    new_epoch: redis::Script,
     heartbeat: redis::Script,
     reseed: redis::Script,
 }
@@ -225,7 +326,7 @@ struct Inner {
 /// bounded as a whole by [`timeout`](Self::timeout) (default 250 ms); past it the store
 /// fails closed (503) or, if so configured, open.
 ///
-/// Each claim is one Lua script on one hash slot: `SET key NX EXAT <expiry>` on a fixed-size
+/// Each claim is one Lua script on one hash slot: `SET key NX PX <time to live>` on a fixed-size
 /// key (`<prefix>{<bucket>}:<128-bit digest>`), guarded by the bucket's epoch marker. A store
 /// that lost its data is recovered within seconds by the replicas re-seeding the claims they
 /// accepted, and otherwise refuses the proofs that could predate the loss until they expire:
@@ -233,15 +334,18 @@ struct Inner {
 /// looks like a lost one to a replica that never saw it before: the first minutes after a first
 /// deployment refuse older proofs.
 ///
-/// Each replica heartbeats every [`HEARTBEAT`] (one script per bucket), waits [`JOIN_WAIT`]
-/// after registering before its first claim (once, at start), and remembers the claims it
-/// accepted while they are live (`memory` of them at most; about 40 bytes each).
+/// Each replica heartbeats every [`HEARTBEAT`] (one script per bucket), registers before its
+/// first claim and, when other replicas use the store, waits [`JOIN_WAIT`] before claiming
+/// (claims meanwhile are refused: call [`join`](Self::join) at start, before the service reports
+/// ready), and remembers the claims it accepted while they are live (`memory` of them at most;
+/// 24 bytes each).
 ///
-/// Recommended Redis configuration: persistence (`appendonly yes`, or at least RDB snapshots)
-/// so a restart keeps claims and markers; `maxmemory-policy noeviction` (or a `volatile-*`
-/// policy: claims expire by themselves, markers have no TTL and are never evicted) so Redis
-/// never forgets a live claim to make room; enough `maxmemory` for the peak rate × proof
-/// lifetime × ~100 bytes. When Redis is full it refuses writes and the store fails closed.
+/// Required Redis configuration: `maxmemory-policy noeviction` (any eviction policy removes live
+/// claims, which no replica notices), and enough `maxmemory` for the peak rate × proof window ×
+/// ~100 bytes; when Redis is full it refuses writes and the store fails closed. Recommended:
+/// persistence (`appendonly yes`) so a restart keeps claims and markers; a restart that loses
+/// the last second of writes, a restored snapshot or a failover to a lagging replica is seen by
+/// the sequence and recovered like a total loss.
 #[derive(Clone)]
 pub struct RedisReplayStore {
     inner: Arc<Inner>,
@@ -262,16 +366,9 @@ fn config_error(e: impl fmt::Display) -> Error {
     Error::with_detail(ErrorKind::InvalidConfiguration, format!("redis: {e}"))
 }
 
-fn wall_clock() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::with_detail(ErrorKind::ReplayCacheUnavailable, detail)
 }
-
-/// The default proof window: the verifier's default longest WPT lifetime (300 s) plus its
-/// default leeway (30 s).
-pub const DEFAULT_PROOF_WINDOW: Duration = Duration::from_secs(330);
-
-/// How many accepted claims a replica remembers by default for re-seeding (about 40 MB).
-pub const DEFAULT_MEMORY: usize = 1_000_000;
 
 impl RedisReplayStore {
     /// A store on the Redis server at `url` (`redis://host:port/db`). Fails closed, 250 ms
@@ -305,10 +402,9 @@ impl RedisReplayStore {
     }
 
     /// Registers this replica now and waits until it may claim (see [`JOIN_WAIT`]): call it at
-    /// start, before the service reports ready, so the first requests do not wait. Claims
-    /// register on their own otherwise.
+    /// start, before the service reports ready. Until then claims are refused (503).
     pub async fn join(&self) -> Result<()> {
-        let joined = self.inner.join().await?;
+        let joined = Inner::start_joining(&self.inner).await?;
         tokio::time::sleep_until(joined).await;
         Ok(())
     }
@@ -338,10 +434,10 @@ impl RedisReplayStore {
         self.configure(|s| s.prefix = prefix)
     }
 
-    /// The longest a claim lives (a verifier's longest proof lifetime plus its leeway; default
-    /// [`DEFAULT_PROOF_WINDOW`]). A replica that accepts longer-lived proofs still claims them,
-    /// but no replica re-seeds the store after a loss while they live (the window then passes
-    /// instead).
+    /// The longest a claim lives: the verifiers' longest proof lifetime plus twice their leeway
+    /// (default [`DEFAULT_PROOF_WINDOW`], 360 s, for the verifier's defaults). A proof that would
+    /// be claimed for longer is refused (503): the window bounds how long a replica that vanished
+    /// with Redis is waited for, so it must cover every claim.
     pub fn proof_window(self, window: Duration) -> Self {
         self.configure(|s| s.proof_window = window)
     }
@@ -360,13 +456,20 @@ impl Inner {
             target,
             settings,
             replica: crate::wit::random_id(),
-            connection: tokio::sync::Mutex::new(None),
+            proposals: AtomicU64::new(0),
+            connection: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             buckets: Default::default(),
-            unbounded_until: std::sync::atomic::AtomicU64::new(0),
-            verifier_now: std::sync::atomic::AtomicU64::new(0),
-            joined: tokio::sync::OnceCell::new(),
+            remembered: AtomicUsize::new(0),
+            verifier_now: AtomicU64::new(0),
+            joined: std::sync::OnceLock::new(),
+            joining: std::sync::atomic::AtomicBool::new(false),
+            registered: tokio::sync::Notify::new(),
+            last_tick: AtomicU64::new(0),
+            ticks_from: Instant::now(),
             script: redis::Script::new(CLAIM_SCRIPT),
             ensure_epoch: redis::Script::new(ENSURE_EPOCH_SCRIPT),
+            new_epoch: redis::Script::new(NEW_EPOCH_SCRIPT),
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
             reseed: redis::Script::new(RESEED_SCRIPT),
         }
@@ -376,9 +479,22 @@ impl Inner {
         format!("{}{{{bucket}}}:{name}", self.settings.prefix)
     }
 
+    /// A fresh epoch marker starting at `now` (verifier time).
+    fn fresh_marker(&self, now: u64) -> String {
+        let n = self.proposals.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}:{now}", self.replica)
+    }
+
     async fn connection(&self) -> redis::RedisResult<Connection> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
+        if let Ok(slot) = self.connection.read()
+            && let Some(connection) = slot.as_ref()
+        {
+            return Ok(connection.clone());
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Ok(slot) = self.connection.read()
+            && let Some(connection) = slot.as_ref()
+        {
             return Ok(connection.clone());
         }
         let connection = match &self.target {
@@ -391,33 +507,46 @@ impl Inner {
             }
             Target::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
         };
-        *slot = Some(connection.clone());
+        if let Ok(mut slot) = self.connection.write() {
+            *slot = Some(connection.clone());
+        }
         Ok(connection)
     }
 
-    async fn forget_connection(&self) {
+    fn forget_connection(&self) {
         // The cluster connection does not always recover from every node restarting; a new one is cheap.
-        if matches!(self.target, Target::Cluster(_)) {
-            *self.connection.lock().await = None;
+        if matches!(self.target, Target::Cluster(_))
+            && let Ok(mut slot) = self.connection.write()
+        {
+            *slot = None;
         }
     }
 
     fn bucket(&self, bucket: usize) -> Result<std::sync::MutexGuard<'_, Bucket>> {
-        self.buckets[bucket]
-            .lock()
-            .map_err(|_| Error::with_detail(ErrorKind::ReplayCacheUnavailable, "replay store state poisoned"))
+        self.buckets[bucket].lock().map_err(|_| unavailable("replay store state poisoned"))
+    }
+
+    fn now(&self) -> u64 {
+        self.verifier_now.load(Ordering::Relaxed)
     }
 
     /// Records the epoch a script answered with. A changed marker is a new epoch: this replica
-    /// starts re-seeding it.
-    fn learn_epoch(self: &Arc<Self>, bucket: usize, epoch: Epoch) {
+    /// starts re-seeding it. `seen_at` is when the answer's request was sent: an answer sent
+    /// before the current epoch was learned is older news and ignored.
+    fn learn_epoch(self: &Arc<Self>, bucket: usize, epoch: Epoch, seen_at: Instant) {
         let Ok(mut state) = self.bucket(bucket) else { return };
         let changed = state.epoch.as_ref().is_some_and(|old| old.marker != epoch.marker);
         let first = state.epoch.is_none();
-        if !changed && !first {
+        if !(changed || first) || state.learned.is_some_and(|learned| learned > seen_at) {
             return;
         }
+        let mut epoch = epoch;
         if changed {
+            // The loss happened before now: every proof accepted until now may predate it,
+            // whatever time the marker carries (an older marker may have been restored, or the
+            // replica that made it may run slow).
+            let now = self.now();
+            epoch.start = epoch.start.min(now.saturating_add(START_MARGIN)).max(now) + START_MARGIN;
             // Every member is known only if this replica looked at them shortly before.
             state.eligible = state.last_look.is_some_and(|look| look.elapsed() < JOIN_WAIT);
             tracing::warn!(
@@ -431,59 +560,28 @@ impl Inner {
         state.reseeded = false;
         state.recovered = false;
         state.peers_reseeded.clear();
+        state.sequence = 0;
+        state.sequence_seen = None;
+        state.learned = Some(Instant::now());
         let marker = epoch.marker.clone();
         state.epoch = Some(epoch);
+        state.reseeding = true;
         drop(state);
-        let inner = self.clone();
-        tokio::spawn(async move { inner.reseed_bucket(bucket, marker).await });
+        let inner = Arc::downgrade(self);
+        tokio::spawn(reseed_bucket(inner, bucket, marker));
     }
 
     /// Writes this replica's live claims of `bucket` into the epoch `marker`, then marks it
-    /// re-seeded there. Retried every heartbeat until it works or the epoch changes again.
-    async fn reseed_bucket(self: Arc<Self>, bucket: usize, marker: String) {
-        loop {
-            let now = self.verifier_now.load(std::sync::atomic::Ordering::Relaxed);
-            let (claims, complete) = match self.bucket(bucket) {
-                Ok(state) if state.epoch.as_ref().is_some_and(|e| e.marker == marker) => {
-                    let claims: Vec<(u128, u64)> =
-                        state.remembered.iter().filter(|(_, exp)| *exp > now).copied().collect();
-                    (claims, state.forgot_until <= now)
-                }
-                _ => return,
-            };
-            match self.reseed_once(bucket, &marker, &claims, complete).await {
-                Ok(true) => {
-                    if let Ok(mut state) = self.bucket(bucket)
-                        && state.epoch.as_ref().is_some_and(|e| e.marker == marker)
-                    {
-                        state.reseeded = complete;
-                        state.recompute(&self.replica, self.settings.proof_window);
-                        tracing::info!(
-                            bucket,
-                            claims = claims.len(),
-                            complete,
-                            "wimse: re-seeded the replay store's new epoch"
-                        );
-                    }
-                    return;
-                }
-                // The epoch changed again: that change re-seeds.
-                Ok(false) => return,
-                Err(error) => {
-                    tracing::debug!(bucket, %error, "wimse: re-seeding failed; retrying");
-                    tokio::time::sleep(HEARTBEAT).await;
-                }
+    /// re-seeded there. `Ok(None)`: the epoch changed meanwhile.
+    async fn reseed_once(&self, bucket: usize, marker: &str) -> redis::RedisResult<Option<bool>> {
+        let now = self.now();
+        let (claims, complete) = match self.bucket(bucket) {
+            Ok(state) if state.epoch.as_ref().is_some_and(|e| e.marker == marker) => {
+                let claims: Vec<(u128, u64)> = state.remembered.iter().filter(|(_, exp)| *exp > now).copied().collect();
+                (claims, state.forgot_until <= now)
             }
-        }
-    }
-
-    async fn reseed_once(
-        &self,
-        bucket: usize,
-        marker: &str,
-        claims: &[(u128, u64)],
-        complete: bool,
-    ) -> redis::RedisResult<bool> {
+            _ => return Ok(None),
+        };
         let mut connection = self.connection().await?;
         let batches: Vec<&[(u128, u64)]> =
             if claims.is_empty() { vec![&[]] } else { claims.chunks(RESEED_BATCH).collect() };
@@ -500,225 +598,386 @@ impl Inner {
                 (true, false) => "incomplete",
             });
             for (_, expires_at) in batch {
-                invocation.arg(*expires_at);
+                invocation.arg(ttl_ms(*expires_at, now));
             }
-            let answer: String = match &mut connection {
-                Connection::Single(c) => invocation.invoke_async(c).await?,
-                Connection::Cluster(c) => invocation.invoke_async(c).await?,
-            };
+            let answer: String = invocation.invoke_async(&mut connection).await?;
             if answer != "OK" {
-                return Ok(false);
+                return Ok(None);
             }
         }
-        Ok(true)
+        tracing::info!(bucket, claims = claims.len(), complete, "wimse: re-seeded the replay store's new epoch");
+        Ok(Some(complete))
     }
 
     /// One heartbeat on every bucket: refreshes this replica's membership, learns the members,
-    /// the epoch and who re-seeded it.
+    /// the epoch, who re-seeded it and the sequence. A failing bucket does not stop the others.
     async fn heartbeat(self: &Arc<Self>) -> redis::RedisResult<()> {
         let mut connection = self.connection().await?;
-        let now = wall_clock();
-        let window = self.settings.proof_window.as_secs();
-        let verifier_now = self.verifier_now.load(std::sync::atomic::Ordering::Relaxed);
-        let unbounded = self.unbounded_until.load(std::sync::atomic::Ordering::Relaxed) > verifier_now;
-        let flags = if unbounded { "unbounded" } else { "" };
-        let entry = format!("{now} {flags}");
-        let prune_before = now.saturating_sub(window + 60);
+        let prune_after = self.settings.proof_window.as_secs() + 60;
+        let mut failure = None;
         for bucket in 0..BUCKETS {
+            let sent = Instant::now();
             let mut invocation = self.heartbeat.key(self.key(bucket, "epoch"));
             invocation
                 .key(self.key(bucket, "members"))
                 .key(self.key(bucket, "reseeded"))
+                .key(self.key(bucket, "seq"))
                 .arg(&self.replica)
-                .arg(&entry)
-                .arg(prune_before);
-            let reply: (String, Vec<String>, Vec<String>) = match &mut connection {
-                Connection::Single(c) => tokio::time::timeout(self.settings.timeout, invocation.invoke_async(c)).await,
-                Connection::Cluster(c) => tokio::time::timeout(self.settings.timeout, invocation.invoke_async(c)).await,
-            }
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "heartbeat timed out")))??;
-            let (marker, members, reseeded) = reply;
+                .arg(prune_after);
+            let answer = tokio::time::timeout(self.settings.timeout, invocation.invoke_async(&mut connection)).await;
+            let (marker, members, reseeded, sequence): (String, Vec<String>, Vec<String>, u64) = match answer {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(error)) => {
+                    failure = Some(error);
+                    continue;
+                }
+                Err(_) => {
+                    failure = Some(redis::RedisError::from((redis::ErrorKind::Io, "heartbeat timed out")));
+                    continue;
+                }
+            };
             if let Some(epoch) = Epoch::parse(marker.clone()) {
-                self.learn_epoch(bucket, epoch);
+                self.learn_epoch(bucket, epoch, sent);
             }
-            let Ok(mut state) = self.bucket(bucket) else { continue };
-            let seen = Instant::now();
-            for pair in members.chunks_exact(2) {
-                let unbounded = pair[1].split_whitespace().nth(1) == Some("unbounded");
-                state.members.insert(pair[0].clone(), Member { seen, unbounded });
+            let rolled_back = self.observe_sequence(bucket, &marker, Sequence::Read(sequence), sent);
+            let Some((retry, marker)) = self.after_heartbeat(bucket, sent, &members, &reseeded) else { continue };
+            if rolled_back {
+                self.start_new_epoch(&mut connection, bucket).await?;
+            } else if retry && let Some(marker) = marker {
+                self.mark_reseeding(bucket);
+                tokio::spawn(reseed_bucket(Arc::downgrade(self), bucket, marker));
             }
+        }
+        self.last_tick.store(self.ticks_from.elapsed().as_millis() as u64, Ordering::Relaxed);
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Updates a bucket from a heartbeat's answer (sent at `sent`): this replica's registration,
+    /// the members, who re-seeded, the recovery. Returns whether an incomplete re-seeding is due
+    /// again, and the current marker.
+    fn after_heartbeat(
+        &self,
+        bucket: usize,
+        sent: Instant,
+        members: &[String],
+        reseeded: &[String],
+    ) -> Option<(bool, Option<String>)> {
+        let mut state = self.bucket(bucket).ok()?;
+        state.registered = Some(sent);
+        for pair in members.chunks_exact(2) {
+            state.members.insert(pair[0].clone(), sent);
+        }
+        if state.learned.is_none_or(|learned| learned <= sent)
+            && let Some(epoch) = &state.epoch
+        {
+            let marker = epoch.marker.clone();
             state.peers_reseeded =
                 reseeded.chunks_exact(2).filter(|pair| pair[1] == marker).map(|pair| pair[0].clone()).collect();
-            // Forget replicas gone for longer than their claims can live.
-            let horizon = self.settings.proof_window + HEARTBEAT * 2;
-            state.members.retain(|_, member| member.seen.elapsed() < horizon);
-            state.last_look = Some(seen);
-            state.recompute(&self.replica, self.settings.proof_window);
+        }
+        // Forget replicas gone for longer than their claims can live.
+        let horizon = Bucket::relevance(self.settings.proof_window);
+        state.members.retain(|_, seen| seen.elapsed() < horizon);
+        state.last_look = Some(sent);
+        // An incomplete re-seeding is retried once what was forgotten has expired.
+        let retry = !state.reseeded && !state.reseeding && state.epoch.is_some() && state.forgot_until <= self.now();
+        state.recompute(&self.replica, self.settings.proof_window);
+        Some((retry, state.epoch.as_ref().map(|e| e.marker.clone())))
+    }
+
+    fn mark_reseeding(&self, bucket: usize) {
+        if let Ok(mut state) = self.bucket(bucket) {
+            state.reseeding = true;
+        }
+    }
+
+    /// Records a bucket's sequence in epoch `marker` from an answer whose request was sent at
+    /// `sent`; `true` when
+    /// it went backwards (the store lost recent writes). An answer to a request sent before the
+    /// highest sequence arrived may be lower without any loss.
+    fn observe_sequence(&self, bucket: usize, marker: &str, sequence: Sequence, sent: Instant) -> bool {
+        let Ok(mut state) = self.bucket(bucket) else { return false };
+        // Sequences count within an epoch: an answer about another one says nothing here.
+        if state.epoch.as_ref().is_none_or(|epoch| epoch.marker != marker) {
+            return false;
+        }
+        // A count this answer itself made must be above every count seen before it; one read
+        // without counting must not be below.
+        let (sequence, ahead) = match sequence {
+            Sequence::Counted(n) => (n, n > state.sequence),
+            Sequence::Read(n) => (n, n >= state.sequence),
+        };
+        if ahead {
+            state.sequence = sequence;
+            state.sequence_seen = Some(Instant::now());
+            return false;
+        }
+        if state.sequence_seen.is_some_and(|seen| sent > seen) {
+            tracing::warn!(
+                bucket,
+                seen = state.sequence,
+                now = sequence,
+                "wimse: the Redis replay store lost recent writes"
+            );
+            state.sequence = sequence;
+            state.sequence_seen = Some(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    /// Replaces the bucket's marker by a fresh one (after a loss of recent writes), and learns it.
+    async fn start_new_epoch(self: &Arc<Self>, connection: &mut Connection, bucket: usize) -> redis::RedisResult<()> {
+        let known = match self.bucket(bucket) {
+            Ok(state) => state.epoch.as_ref().map_or_else(String::new, |e| e.marker.clone()),
+            Err(_) => return Ok(()),
+        };
+        let fresh = self.fresh_marker(self.now());
+        let sent = Instant::now();
+        let marker: String =
+            self.new_epoch.key(self.key(bucket, "epoch")).arg(known).arg(&fresh).invoke_async(connection).await?;
+        if let Some(epoch) = Epoch::parse(marker) {
+            self.learn_epoch(bucket, epoch, sent);
         }
         Ok(())
     }
 
-    /// Registers this replica (one heartbeat), starts its heartbeat task, and says from when it
-    /// may claim.
-    async fn join(self: &Arc<Self>) -> Result<Instant> {
-        let joined =
-            self.joined
-                .get_or_try_init(|| async {
-                    self.heartbeat().await.map_err(|e| {
-                        Error::with_detail(ErrorKind::ReplayCacheUnavailable, format!("redis: registering: {e}"))
-                    })?;
-                    let weak = Arc::downgrade(self);
-                    tokio::spawn(heartbeats(weak));
-                    // Alone, nobody has to see this replica before it claims.
-                    let others = self.buckets.iter().any(|bucket| {
-                        bucket.lock().is_ok_and(|state| state.members.keys().any(|id| id != &self.replica))
-                    });
-                    Ok::<_, Error>(if others { Instant::now() + JOIN_WAIT } else { Instant::now() })
-                })
-                .await?;
-        Ok(*joined)
+    /// Registers this replica (one heartbeat, in a task of its own so that no claim's timeout
+    /// cuts it short) and says from when it may claim. Resolves when the registration is done;
+    /// a failed one is retried by the next caller.
+    async fn start_joining(this: &Arc<Self>) -> Result<Instant> {
+        loop {
+            if let Some(joined) = this.joined.get() {
+                return Ok(*joined);
+            }
+            let notified = this.registered.notified();
+            if !this.joining.swap(true, Ordering::AcqRel) {
+                let inner = this.clone();
+                tokio::spawn(async move {
+                    match inner.heartbeat().await {
+                        Ok(()) => {
+                            // Alone, nobody has to see this replica before it claims.
+                            let others = inner.buckets.iter().any(|bucket| {
+                                bucket.lock().is_ok_and(|state| state.members.keys().any(|id| id != &inner.replica))
+                            });
+                            let joined = if others { Instant::now() + JOIN_WAIT } else { Instant::now() };
+                            let _ = inner.joined.set(joined);
+                            tokio::spawn(heartbeats(Arc::downgrade(&inner)));
+                        }
+                        Err(error) => tracing::debug!(%error, "wimse: registering in the replay store failed"),
+                    }
+                    inner.joining.store(false, Ordering::Release);
+                    inner.registered.notify_waiters();
+                });
+            }
+            notified.await;
+            if this.joined.get().is_none() && !this.joining.load(Ordering::Acquire) {
+                return Err(unavailable("redis: registering in the replay store failed"));
+            }
+        }
     }
 
-    /// Remembers a claim this replica accepted, for re-seeding.
-    fn remember(&self, bucket: usize, claim: &ReplayClaim, now: u64) {
-        self.verifier_now.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-        let window = self.settings.proof_window.as_secs();
-        if claim.expires_at().saturating_sub(now) > window {
-            self.unbounded_until.fetch_max(claim.expires_at(), std::sync::atomic::Ordering::Relaxed);
+    /// The heartbeat task died with the runtime it was spawned on: start another here.
+    fn watch_heartbeat(self: &Arc<Self>) {
+        let last = self.last_tick.load(Ordering::Relaxed);
+        let now = self.ticks_from.elapsed().as_millis() as u64;
+        if now.saturating_sub(last) > (HEARTBEAT * 3).as_millis() as u64
+            && self.last_tick.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!("wimse: the replay store's heartbeat stopped; restarting it");
+            tokio::spawn(heartbeats(Arc::downgrade(self)));
         }
+    }
+
+    /// Remembers a claim this replica is about to make, for re-seeding: before the script runs,
+    /// so a re-seeding that starts while the answer is on its way cannot miss it.
+    fn remember(&self, bucket: usize, claim: &ReplayClaim, now: u64) {
         let Ok(mut state) = self.bucket(bucket) else { return };
-        let per_bucket = self.settings.memory.div_ceil(BUCKETS).max(1);
+        let mut dropped = 0;
         while state.remembered.front().is_some_and(|(_, exp)| *exp <= now) {
             state.remembered.pop_front();
+            dropped += 1;
         }
-        if state.remembered.len() >= per_bucket
-            && let Some((_, forgotten)) = state.remembered.pop_front()
-        {
-            state.forgot_until = state.forgot_until.max(forgotten);
+        self.remembered.fetch_sub(dropped, Ordering::Relaxed);
+        if self.remembered.load(Ordering::Relaxed) >= self.settings.memory {
+            // Over the whole store's memory: forget this bucket's oldest (its expiry bounds
+            // how long the bucket cannot be re-seeded completely).
+            if let Some((_, forgotten)) = state.remembered.pop_front() {
+                state.forgot_until = state.forgot_until.max(forgotten);
+                self.remembered.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                state.forgot_until = state.forgot_until.max(claim.expires_at());
+                return;
+            }
         }
         state.remembered.push_back((claim.key(), claim.expires_at()));
+        self.remembered.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn run<C: ConnectionLike>(
+    async fn run(
         self: &Arc<Self>,
-        connection: &mut C,
+        connection: &mut Connection,
         bucket: usize,
         claim: &ReplayClaim,
         now: u64,
     ) -> redis::RedisResult<Result<()>> {
         let epoch_key = self.key(bucket, "epoch");
         let claim_key = self.key(bucket, &format!("{:032x}", claim.key()));
-        let expires_at = claim.expires_at().max(now.saturating_add(1));
+        let seq_key = self.key(bucket, "seq");
         // Twice at most: once to learn a changed epoch, once to claim under it.
         for _ in 0..2 {
             let known = match self.bucket(bucket) {
                 Ok(state) => {
+                    if state.registered.is_none_or(|at| at.elapsed() > FENCE) {
+                        return Ok(Err(unavailable(
+                            "redis: this replica's registration is stale (its heartbeats fail): not claiming",
+                        )));
+                    }
                     if let Some(epoch) = &state.epoch
                         && claim.earliest_claim() <= epoch.start
                         && !state.recovered
                     {
-                        return Ok(Err(Error::with_detail(
-                            ErrorKind::ReplayCacheUnavailable,
-                            format!(
-                                "the replay store began a new epoch at {}; this proof may predate it (re-seeding {})",
-                                epoch.start,
-                                if state.eligible { "under way" } else { "impossible: waiting for the window to pass" }
-                            ),
-                        )));
+                        return Ok(Err(unavailable(format!(
+                            "the replay store began a new epoch at {}; this proof may predate it (re-seeding {})",
+                            epoch.start,
+                            if state.eligible { "under way" } else { "impossible: waiting for the window to pass" }
+                        ))));
                     }
                     state.epoch.clone()
                 }
                 Err(error) => return Ok(Err(error)),
             };
-            let fresh = format!("{}:{now}", crate::wit::random_id());
-            let (status, marker): (String, String) = self
+            self.remember(bucket, claim, now);
+            let fresh = self.fresh_marker(now);
+            let sent = Instant::now();
+            let (status, marker, sequence): (String, String, u64) = self
                 .script
                 .key(&epoch_key)
                 .key(&claim_key)
+                .key(&seq_key)
                 .arg(known.as_ref().map_or("", |e| e.marker.as_str()))
                 .arg(&fresh)
-                .arg(expires_at)
+                .arg(ttl_ms(claim.expires_at(), now))
                 .invoke_async(connection)
                 .await?;
             match status.as_str() {
-                "OK" => {
-                    self.remember(bucket, claim, now);
-                    return Ok(Ok(()));
-                }
-                "REPLAY" => {
+                "OK" | "REPLAY" => {
+                    let marker = known.as_ref().map_or("", |e| e.marker.as_str());
+                    if self.observe_sequence(bucket, marker, Sequence::Counted(sequence), sent) {
+                        // Recent writes were lost: this answer cannot be trusted.
+                        self.start_new_epoch(connection, bucket).await?;
+                        return Ok(Err(unavailable("the replay store lost recent writes; a new epoch began")));
+                    }
+                    if status == "OK" {
+                        return Ok(Ok(()));
+                    }
                     metrics::counter!("wimse_replay_cache_hits_total").increment(1);
                     return Ok(Err(ErrorKind::ReplayedProof.into()));
                 }
                 _ => match Epoch::parse(marker) {
                     Some(epoch) => {
                         let created_here = epoch.marker == fresh;
-                        self.learn_epoch(bucket, epoch);
+                        self.learn_epoch(bucket, epoch, sent);
                         if created_here {
                             // This store is new or lost its state: start every bucket's epoch
                             // now, so the recovery window is the same for all of them instead
-                            // of opening again at each bucket's first use.
-                            self.ensure_epochs(connection, &fresh).await?;
+                            // of opening again at each bucket's first use (once, by the claim
+                            // that found the store empty).
+                            self.ensure_epochs(connection, &fresh).await;
                         }
                     }
-                    None => {
-                        return Ok(Err(Error::with_detail(
-                            ErrorKind::ReplayCacheUnavailable,
-                            "unreadable epoch marker in the replay store",
-                        )));
-                    }
+                    None => return Ok(Err(unavailable("unreadable epoch marker in the replay store"))),
                 },
             }
         }
-        Ok(Err(Error::with_detail(ErrorKind::ReplayCacheUnavailable, "the replay store's epoch keeps changing")))
+        Ok(Err(unavailable("the replay store's epoch keeps changing")))
     }
 
-    async fn ensure_epochs<C: ConnectionLike>(
-        self: &Arc<Self>,
-        connection: &mut C,
-        fresh: &str,
-    ) -> redis::RedisResult<()> {
+    async fn ensure_epochs(self: &Arc<Self>, connection: &mut Connection, fresh: &str) {
         for bucket in 0..BUCKETS {
-            let marker: String =
-                self.ensure_epoch.key(self.key(bucket, "epoch")).arg(fresh).invoke_async(connection).await?;
-            if let Some(epoch) = Epoch::parse(marker) {
-                self.learn_epoch(bucket, epoch);
+            let sent = Instant::now();
+            let marker: redis::RedisResult<String> =
+                self.ensure_epoch.key(self.key(bucket, "epoch")).arg(fresh).invoke_async(connection).await;
+            if let Ok(epoch) = marker
+                && let Some(epoch) = Epoch::parse(epoch)
+            {
+                self.learn_epoch(bucket, epoch, sent);
             }
         }
-        Ok(())
     }
 
     async fn claim(self: Arc<Self>, claim: ReplayClaim, now: u64) -> Result<()> {
+        self.verifier_now.fetch_max(now, Ordering::Relaxed);
+        if claim.expires_at().saturating_sub(now) > self.settings.proof_window.as_secs() {
+            return Err(unavailable(format!(
+                "the proof would be claimed for {} s, longer than the replay store's proof window ({} s): raise RedisReplayStore::proof_window to the verifiers' longest proof lifetime plus twice their leeway",
+                claim.expires_at().saturating_sub(now),
+                self.settings.proof_window.as_secs()
+            )));
+        }
         let bucket = (claim.key() >> 120) as usize % BUCKETS;
-        let attempt = async {
-            match self.connection().await? {
-                Connection::Single(mut c) => self.run(&mut c, bucket, &claim, now).await,
-                Connection::Cluster(mut c) => self.run(&mut c, bucket, &claim, now).await,
+        let deadline = Instant::now() + self.settings.timeout;
+        let outcome = tokio::time::timeout_at(deadline, Inner::start_joining(&self)).await;
+        let failure = match outcome {
+            Ok(Ok(joined)) if Instant::now() < joined => {
+                // Never open: a replica the others cannot see yet must not claim.
+                return Err(unavailable(
+                    "redis: this replica is joining the replay store (RedisReplayStore::join at start waits for it)",
+                ));
             }
-        };
-        let joined = tokio::time::timeout(self.settings.timeout, self.join()).await;
-        let failure = match joined {
-            Ok(Ok(joined)) => {
-                // A new replica claims only once every other one has seen it (see the module).
-                if Instant::now() < joined {
-                    tokio::time::sleep_until(joined).await;
-                }
-                match tokio::time::timeout(self.settings.timeout, attempt).await {
+            Ok(Ok(_)) => {
+                self.watch_heartbeat();
+                let attempt = async {
+                    let mut connection = self.connection().await?;
+                    self.run(&mut connection, bucket, &claim, now).await
+                };
+                match tokio::time::timeout_at(deadline, attempt).await {
                     Ok(Ok(answer)) => return answer,
                     Ok(Err(error)) => format!("redis: {error}"),
                     Err(_) => format!("redis: no answer within {:?}", self.settings.timeout),
                 }
             }
+            // Redis could not be reached to register (FailOpen applies, as to any unreachable
+            // Redis); the registration goes on in its own task.
             Ok(Err(error)) => error.detail().unwrap_or("redis: registering failed").to_owned(),
-            Err(_) => format!("redis: no answer within {:?}", self.settings.timeout),
+            Err(_) => format!("redis: registering took longer than {:?}", self.settings.timeout),
         };
-        self.forget_connection().await;
+        self.forget_connection();
         match self.settings.when_unavailable {
-            WhenUnavailable::FailClosed => Err(Error::with_detail(ErrorKind::ReplayCacheUnavailable, failure)),
+            WhenUnavailable::FailClosed => Err(unavailable(failure)),
             WhenUnavailable::FailOpen => {
                 tracing::warn!(error = %failure, "wimse: replay store unavailable; accepting without a replay check");
                 Ok(())
             }
         }
+    }
+}
+
+/// A claim's time to live in milliseconds, at least a second: Redis's own clock never decides
+/// when a claim expires.
+fn ttl_ms(expires_at: u64, now: u64) -> u64 {
+    expires_at.saturating_sub(now).max(1).saturating_mul(1000)
+}
+
+/// Re-seeds `bucket` into the epoch `marker`, retried every heartbeat until it works, the epoch
+/// changes, or the store is dropped.
+async fn reseed_bucket(store: Weak<Inner>, bucket: usize, marker: String) {
+    loop {
+        let Some(inner) = store.upgrade() else { return };
+        match inner.reseed_once(bucket, &marker).await {
+            Ok(done) => {
+                if let Ok(mut state) = inner.bucket(bucket)
+                    && state.epoch.as_ref().is_some_and(|e| e.marker == marker)
+                {
+                    state.reseeding = false;
+                    state.reseeded = done == Some(true);
+                    state.recompute(&inner.replica, inner.settings.proof_window);
+                }
+                return;
+            }
+            Err(error) => tracing::debug!(bucket, %error, "wimse: re-seeding failed; retrying"),
+        }
+        drop(inner);
+        tokio::time::sleep(HEARTBEAT).await;
     }
 }
 
@@ -732,7 +991,7 @@ async fn heartbeats(store: Weak<Inner>) {
         let Some(inner) = store.upgrade() else { return };
         if let Err(error) = inner.heartbeat().await {
             tracing::debug!(%error, "wimse: replay store heartbeat failed");
-            inner.forget_connection().await;
+            inner.forget_connection();
         }
     }
 }
