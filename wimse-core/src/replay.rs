@@ -184,31 +184,9 @@ impl Future for Claim {
     }
 }
 
-/// Claim keys are SHA-256 output: their own bits are a good hash, and an attacker cannot aim
-/// them at one bucket without breaking SHA-256.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(word);
-        }
-    }
-    fn write_u64(&mut self, value: u64) {
-        self.0 ^= value;
-    }
-}
-
 /// A claim's 128-bit key as two words: aligned to 8 bytes, so a table slot (key and expiry) is
-/// 24 bytes, where a `u128` key would make it 32. Hashed by its low word (the high one picks
-/// the shard).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// 24 bytes, where a `u128` key would make it 32.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct SlotKey(u64, u64);
 
 impl SlotKey {
@@ -217,13 +195,11 @@ impl SlotKey {
     }
 }
 
-impl std::hash::Hash for SlotKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0);
-    }
-}
-
-type ClaimMap = HashMap<SlotKey, u64, BuildHasherDefault<DigestHasher>>;
+/// Claim keys are SHA-256 digests of what the caller sent, but a caller can still grind a few
+/// bits of them (about 32 tries per nonce to pick one of 32 shards), so shards and table slots
+/// are chosen with keys secret to this process: nobody aims at one shard to fill it, or at one
+/// bucket to slow a table down.
+type ClaimMap = HashMap<SlotKey, u64, RandomState>;
 
 /// Number of independently locked shards: many cores verify at once without meeting on one lock.
 const SHARDS: usize = 32;
@@ -257,6 +233,7 @@ impl Shard {
 pub struct InMemoryReplayStore {
     capacity: usize,
     per_shard: usize,
+    shard_hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -272,7 +249,7 @@ impl InMemoryReplayStore {
         let shards = (0..count)
             .map(|_| Mutex::new(Shard { entries: ClaimMap::default(), next_sweep: 0, last_sweep: 0 }))
             .collect();
-        Self { capacity, per_shard, shards }
+        Self { capacity, per_shard, shard_hasher: RandomState::new(), shards }
     }
 
     /// The configured capacity.
@@ -290,8 +267,12 @@ impl InMemoryReplayStore {
         self.len() == 0
     }
 
+    fn shard_index(&self, key: u128) -> usize {
+        (self.shard_hasher.hash_one(key) % self.shards.len() as u64) as usize
+    }
+
     fn claim_now(&self, claim: &ReplayClaim, now: u64) -> Result<()> {
-        let shard = &self.shards[((claim.key >> 64) as usize) % self.shards.len()];
+        let shard = &self.shards[self.shard_index(claim.key)];
         // A poisoned lock means another thread panicked mid-update: fail closed.
         let mut shard =
             shard.lock().map_err(|_| Error::with_detail(ErrorKind::ReplayCacheUnavailable, "replay store poisoned"))?;
@@ -360,7 +341,26 @@ impl CallerClaims {
     }
 }
 
-type CallerShard = Mutex<HashMap<u64, CallerClaims, BuildHasherDefault<DigestHasher>>>;
+/// Quota owners are already keyed hashes (see [`QuotaOwner`]): the table uses them as they are.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` owners are hashed here; fold anything else in rather than ignore it.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type CallerShard = Mutex<HashMap<u64, CallerClaims, BuildHasherDefault<PreHashed>>>;
 
 /// How many live claims each workload identity holds, so none can hold more than `limit`.
 ///
@@ -551,12 +551,26 @@ mod tests {
         // Fill one shard, then a claim for the same shard is refused.
         let first = claims.next().unwrap();
         claim(&store, &first, 10).unwrap();
-        let shard_of = |c: &ReplayClaim| ((c.key >> 64) as usize) % SHARDS;
+        let shard_of = |c: &ReplayClaim| store.shard_index(c.key);
         let same = claims.find(|c| shard_of(c) == shard_of(&first)).unwrap();
         assert_eq!(claim(&store, &same, 10).unwrap_err().kind(), &ErrorKind::ReplayCacheFull);
         // The live entry is still remembered; after it expires the shard takes new claims.
         assert_eq!(claim(&store, &first, 10).unwrap_err().kind(), &ErrorKind::ReplayedProof);
         claim(&store, &same, 101).unwrap();
+    }
+
+    #[test]
+    fn keys_ground_for_one_shard_spread_over_all_of_them() {
+        // A caller who can grind its nonces picks the bits it likes; here, keys that an unkeyed
+        // choice by the low word would all put in shard 0. Three shards' worth of them fit.
+        let store = InMemoryReplayStore::new(SHARDS * 1_000);
+        let ground = (0u32..)
+            .map(|i| ReplayClaim::signature_nonce(&i.to_string(), 100, 0))
+            .filter(|c| (c.key as u64).is_multiple_of(SHARDS as u64));
+        for c in ground.take(3_000) {
+            claim(&store, &c, 10).unwrap();
+        }
+        assert_eq!(store.len(), 3_000);
     }
 
     #[test]
