@@ -29,6 +29,7 @@ impl Redis {
         let started = now();
         for store in [RedisReplayStore::new(&single.url())?, RedisReplayStore::cluster(cluster.urls())?] {
             let store = store.timeout(Duration::from_secs(5));
+            store.join().await?;
             let _ = store.claim(&ReplayClaim::signature_nonce("load-bench", started + 1, 0), started).await;
         }
         Ok(Some(Self { single, cluster, ready_at: started + LEEWAY + 1 }))

@@ -21,6 +21,8 @@ struct Auth {
     verifier: Verifier,
     policy: Policy,
     tls: Option<rustls::ServerConfig>,
+    /// A Redis replay store joins (registers as a replica) before the server says it listens.
+    redis: Option<RedisReplayStore>,
 }
 
 impl Auth {
@@ -38,11 +40,15 @@ impl Auth {
             TrustAnchors::from_jwks_json(&setup.trust_jwks)?.with_algorithms([Algorithm::ES256]),
         );
         let verifier = Verifier::new(trust, config)?;
-        let verifier = match &setup.replay {
-            ReplaySetup::Memory(capacity) => verifier.with_replay_store(InMemoryReplayStore::new(*capacity)),
-            ReplaySetup::Redis(url) => verifier.with_replay_store(RedisReplayStore::new(url)?.timeout(REDIS_TIMEOUT)),
+        let (verifier, redis) = match &setup.replay {
+            ReplaySetup::Memory(capacity) => (verifier.with_replay_store(InMemoryReplayStore::new(*capacity)), None),
+            ReplaySetup::Redis(url) => {
+                let store = RedisReplayStore::new(url)?.timeout(REDIS_TIMEOUT);
+                (verifier.with_replay_store(store.clone()), Some(store))
+            }
             ReplaySetup::Cluster(nodes) => {
-                verifier.with_replay_store(RedisReplayStore::cluster(nodes)?.timeout(REDIS_TIMEOUT))
+                let store = RedisReplayStore::cluster(nodes)?.timeout(REDIS_TIMEOUT);
+                (verifier.with_replay_store(store.clone()), Some(store))
             }
         };
         let policy = Policy::named("load-bench").allow(Rule::exact(CLIENT_ID)?);
@@ -54,7 +60,7 @@ impl Auth {
         } else {
             None
         };
-        Ok(Self { verifier, policy, tls })
+        Ok(Self { verifier, policy, tls, redis })
     }
 }
 
@@ -88,13 +94,23 @@ pub(crate) fn main(mut args: impl Iterator<Item = String>) -> Result<(), Error> 
         Mode::None => None,
         _ => Some(Auth::new(&setup, mode, &format!("{}://{address}", mode.scheme()))?),
     };
-    // The listener is bound: connections wait in its backlog until the server runs.
-    println!("listening {address}");
-    std::io::stdout().flush()?;
     match framework {
         Framework::Axum => serve_axum(listener, auth),
         Framework::Actix => serve_actix(listener, auth),
     }
+}
+
+/// Says the server is ready once its Redis replay store (if any) joined, as a deployment does
+/// before reporting ready: a replica that has not joined refuses claims. Runs on the server's
+/// own runtime, where the store's heartbeat then lives. The listener is bound already:
+/// connections wait in its backlog until the server runs.
+async fn ready(listener: &TcpListener, auth: Option<&Auth>) -> Result<(), Error> {
+    if let Some(store) = auth.and_then(|auth| auth.redis.as_ref()) {
+        store.join().await?;
+    }
+    println!("listening {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    Ok(())
 }
 
 /// axum on a multi-threaded tokio runtime (one worker per CPU).
@@ -103,6 +119,7 @@ fn serve_axum(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
     use axum::routing::get;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        ready(&listener, auth.as_ref()).await?;
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let Some(auth) = auth else {
@@ -124,6 +141,7 @@ fn serve_actix(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
     use actix_web::{App, HttpServer, web};
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     actix_web::rt::System::new().block_on(async move {
+        ready(&listener, auth.as_ref()).await?;
         let server = match auth {
             None => HttpServer::new(|| App::new().route("/bench", web::get().to(anonymous)))
                 .workers(workers)
