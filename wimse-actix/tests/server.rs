@@ -125,3 +125,43 @@ async fn per_scope_policy() {
     assert_eq!(rejected.len(), 1, "{}", logs.text());
     handle.stop(true).await;
 }
+
+/// actix-web decodes `%61` to `a` before routing, so a route policy compared byte for byte
+/// would choose the general policy for `/%61dmin/users` while actix runs the `/admin/` handler.
+#[actix_web::test]
+async fn route_policies_refuse_paths_actix_would_route_elsewhere() {
+    use wimse_core::policy::{Policy, Rule};
+    let deployment = Deployment::new();
+    let (listener, base) = listener();
+    let config = Guard::new(deployment.verifier(&base))
+        .policy(deployment.policy())
+        .route_policy("/admin/", Policy::named("admins").allow(Rule::exact("spiffe://prod.example/admin").unwrap()));
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(WimseAuth::new(config.clone()))
+            .route("/admin/users", web::get().to(whoami))
+            .route("/admin", web::get().to(whoami))
+            .route("/public", web::get().to(whoami))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+
+    let client = deployment.client(ALLOWED);
+    let get = |path: &str| client.get(format!("{base}{path}")).send();
+    assert_eq!(get("/public").await.unwrap().text().await.unwrap(), ALLOWED);
+    for path in ["/admin/users", "/admin"] {
+        let denied = get(path).await.unwrap();
+        assert_eq!(denied.status(), 403, "{path}");
+        assert!(denied.text().await.unwrap().contains("policy_denied"), "{path}");
+    }
+    for path in ["/%61dmin/users", "/adm%69n", "//admin/users"] {
+        let refused = get(path).await.unwrap();
+        assert_eq!(refused.status(), 400, "{path}");
+        assert!(refused.text().await.unwrap().contains("non_canonical_path"), "{path}");
+    }
+    handle.stop(true).await;
+}

@@ -210,6 +210,10 @@ error_kinds! {
     /// A policy rule on the Txn-Token's subject refused the request
     /// ([`Rule::txn_subject`](crate::policy::Rule::txn_subject)).
     TxnSubjectDenied => "txn_subject_denied", Answer::Status(403), "the Txn-Token's subject is not allowed here";
+    /// Route policies are configured and the request's path is not canonical (a `%` escape, an
+    /// empty segment or a `.`/`..` segment): a framework that decodes or normalises it could
+    /// route it where a stricter route policy applies, so no policy is chosen for it (400).
+    NonCanonicalPath => "non_canonical_path", Answer::Status(400), "the path is not canonical, so no route policy can be chosen for it";
     /// A certificate is not a valid Workload Identity Certificate (no single URI SAN naming a
     /// workload, unparsable).
     InvalidCertificate => "invalid_certificate", Answer::Credential, "the certificate is not a valid workload identity certificate";

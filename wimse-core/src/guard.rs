@@ -164,12 +164,17 @@ impl Guard {
     }
 
     /// Applies `policy` instead of the general one to requests whose path is `route` (exactly),
-    /// or starts with `route` when it ends with `/`; the longest matching route wins. For gRPC a
-    /// route is a method (`/orders.v1.Orders/Cancel`) or a service (`/orders.v1.Orders/`); with
-    /// a general policy that allows nobody, unlisted methods are refused. Checked before the
-    /// proof is claimed, like the general policy. Paths are compared byte for byte as received
-    /// (no decoding, no dot segments resolved): for REST routes, prefer the framework's own
-    /// per-route layers, which see its routing.
+    /// or, when `route` ends with `/`, is `route` without its slash or starts with `route`; the
+    /// longest matching route wins. For gRPC a route is a method (`/orders.v1.Orders/Cancel`) or
+    /// a service (`/orders.v1.Orders/`); with a general policy that allows nobody, unlisted
+    /// methods are refused. Checked before the proof is claimed, like the general policy.
+    ///
+    /// Paths are compared byte for byte. Since frameworks decode `%` escapes and some merge
+    /// `//` or resolve dot segments before routing (actix-web matches `/%61dmin` as `/admin`),
+    /// once any route policy is configured a path with a `%` escape, an empty segment or a
+    /// `.`/`..` segment is refused (400 `non_canonical_path`) rather than matched: gRPC method
+    /// paths never have them. For REST routes prefer the framework's own per-route layers
+    /// (axum's `route_layer`, actix-web's `scope(..).wrap(..)`), which see its routing.
     pub fn route_policy(mut self, route: impl Into<String>, policy: Policy) -> Self {
         self.routes.push((route.into(), policy));
         // Longest first, so the first match is the most specific.
@@ -177,14 +182,22 @@ impl Guard {
         self
     }
 
-    /// The policy that applies to `path` (a request target; its query is ignored).
-    pub fn policy_for(&self, path: &str) -> Option<&Policy> {
+    /// The policy that applies to `path` (a request target; its query is ignored); refused when
+    /// route policies are configured and the path is not canonical (see
+    /// [`route_policy`](Self::route_policy)).
+    pub fn policy_for(&self, path: &str) -> Result<Option<&Policy>> {
         let path = path.split_once('?').map_or(path, |(path, _)| path);
+        if self.routes.is_empty() {
+            return Ok(self.policy.as_ref());
+        }
+        if !is_canonical_path(path) {
+            return Err(ErrorKind::NonCanonicalPath.into());
+        }
         let route = self.routes.iter().find(|(route, _)| match route.strip_suffix('/') {
-            Some(_) => path.starts_with(route.as_str()),
+            Some(bare) => path == bare || path.starts_with(route.as_str()),
             None => path == route,
         });
-        route.map(|(_, policy)| policy).or(self.policy.as_ref())
+        Ok(route.map(|(_, policy)| policy).or(self.policy.as_ref()))
     }
 
     /// Lets streamed responses (gRPC streams) run on after the caller's credentials expired.
@@ -252,9 +265,10 @@ impl Guard {
             audit::rejected(pending.method().name(), Some(pending.id()), &error);
             return Err(error);
         }
-        if let Some(policy) = self.policy_for(request.path)
-            && let Err(error) = policy.check(&pending.caller)
-        {
+        if let Err(error) = self.policy_for(request.path).and_then(|policy| match policy {
+            Some(policy) => policy.check(&pending.caller),
+            None => Ok(()),
+        }) {
             audit::rejected(pending.method().name(), Some(pending.id()), &error);
             return Err(error);
         }
@@ -319,6 +333,14 @@ impl Guard {
     }
 }
 
+/// A path a framework routes as written: no `%` escape, no empty segment (`//`), no `.` or `..`
+/// segment. The leading `/` and a trailing one are fine.
+fn is_canonical_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return path.is_empty() || path == "*" };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    !path.contains('%') && (rest.is_empty() || rest.split('/').all(|segment| !matches!(segment, "" | "." | "..")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,14 +392,52 @@ mod tests {
             .policy(named("general"))
             .route_policy("/pkg.Svc/", named("service"))
             .route_policy("/pkg.Svc/Get", named("get"));
-        let name = |path: &str| guard.policy_for(path).map(Policy::name);
+        let name = |path: &str| guard.policy_for(path).unwrap().map(Policy::name);
         assert_eq!(name("/pkg.Svc/Get"), Some("get"));
         assert_eq!(name("/pkg.Svc/Get?x=1"), Some("get"), "the query is not part of the route");
         assert_eq!(name("/pkg.Svc/GetAll"), Some("service"), "an exact route is not a prefix");
         assert_eq!(name("/pkg.Svc/"), Some("service"));
-        assert_eq!(name("/pkg.Svc"), Some("general"), "a prefix route needs its slash");
+        assert_eq!(name("/pkg.Svc"), Some("service"), "a prefix route covers its bare path");
         assert_eq!(name("/pkg.SvcX/Get"), Some("general"));
+        assert_eq!(name("/pkg.SvcX"), Some("general"));
         assert_eq!(name("/other"), Some("general"));
+        assert_eq!(name("/other/"), Some("general"), "a trailing slash is canonical");
+        assert_eq!(name("/"), Some("general"));
+        assert_eq!(name("/pkg.Svc/Get?a=%2F&b=//"), Some("get"), "the query is not the path");
+    }
+
+    #[test]
+    fn with_route_policies_non_canonical_paths_are_refused() {
+        use crate::policy::Rule;
+        use crate::trust::TrustStore;
+        use crate::verify::VerifierConfig;
+        let verifier = || Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        let general = Policy::named("general").allow(Rule::any());
+        let guard = Guard::new(verifier())
+            .policy(general.clone())
+            .route_policy("/admin/", Policy::named("strict").allow(Rule::exact("spiffe://d/admin").unwrap()));
+        // Each of these is routed to /admin/users by some framework (actix-web decodes escapes;
+        // NormalizePath merges slashes; dot segments resolve), so none may fall back to "general".
+        for path in [
+            "/%61dmin/users",
+            "/admin%2Fusers",
+            "//admin/users",
+            "/x/../admin/users",
+            "/./admin/users",
+            "/admin/.",
+            "/admin/..",
+            "/a//b",
+        ] {
+            let error = guard.policy_for(path).unwrap_err();
+            assert_eq!(error.kind(), &ErrorKind::NonCanonicalPath, "{path}");
+            assert_eq!(error.kind().answer(), crate::error::Answer::Status(400));
+        }
+        // Names that merely contain dots are canonical.
+        assert_eq!(guard.policy_for("/admin/v1.2/..x").unwrap().map(Policy::name), Some("strict"));
+        assert_eq!(guard.policy_for("/.well-known/x").unwrap().map(Policy::name), Some("general"));
+        // Without route policies nothing is refused: the general policy applies to every path.
+        let plain = Guard::new(verifier()).policy(general);
+        assert_eq!(plain.policy_for("/%61dmin//x/../").unwrap().map(Policy::name), Some("general"));
     }
 
     #[test]
