@@ -108,9 +108,20 @@ pub mod tls {
 fn admit(config: &Guard, req: &ServiceRequest) -> Result<Option<PendingCaller>, Error> {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let headers = ActixHeaders(req.headers());
-    let connection = req.connection_info();
-    let view = RequestView::new(target, &headers).method(req.method().as_str()).authority(connection.host());
+    let view = RequestView::new(target, &headers).method(req.method().as_str()).authority(authority(req));
     config.admit(&view, req.conn_data::<TlsPeer>())
+}
+
+/// The authority the request was sent to: the target's (HTTP/2 `:authority`, an absolute or
+/// CONNECT target) or the `Host` field. Not `ConnectionInfo::host`, which believes any
+/// `Forwarded` / `X-Forwarded-Host` a client sends, and so would let a caller choose the
+/// `@authority` a CONNECT signature is checked against and a signed response names.
+fn authority(req: &ServiceRequest) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(actix_web::http::header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or_default()
 }
 
 /// actix-web's header map (from `http` 0.2) seen through the core's [`HeaderSource`].
@@ -264,8 +275,8 @@ where
 {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
     let headers = ActixHeaders(req.headers());
-    let connection = req.connection_info().clone();
-    let view = RequestView::new(&target, &headers).method(req.method().as_str()).authority(connection.host());
+    let authority = authority(&req).to_owned();
+    let view = RequestView::new(&target, &headers).method(req.method().as_str()).authority(&authority);
     let exchange = match guard.signed_exchange(view, req.conn_data::<TlsPeer>()) {
         Ok(exchange) => exchange,
         Err(error) => return reject(req, guard.rejection(&error)).await,
@@ -300,7 +311,8 @@ where
         Ok(bytes) => {
             let mut builder = HttpResponse::build(status);
             for (name, value) in &headers {
-                if let Ok(value) = value.to_str() {
+                // Every value as signed, bytes included (a UTF-8 file name, an opaque cookie).
+                if let Ok(value) = actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()) {
                     builder.append_header((name.as_str(), value));
                 }
             }

@@ -11,6 +11,13 @@ async fn echo(caller: Caller, body: String) -> String {
     format!("{} {} {body}", caller.id(), caller.method().name())
 }
 
+/// A response with a header value that is not ASCII (UTF-8 in a file name).
+async fn file(_caller: Caller) -> actix_web::HttpResponse {
+    let disposition =
+        actix_web::http::header::HeaderValue::from_bytes("attachment; filename=\"naïve.txt\"".as_bytes()).unwrap();
+    actix_web::HttpResponse::Ok().insert_header(("content-disposition", disposition)).body("contents")
+}
+
 fn serve(deployment: &Deployment, sign_responses: bool) -> (String, actix_web::dev::ServerHandle) {
     serve_with(deployment, sign_responses, Deployment::verifier)
 }
@@ -27,12 +34,16 @@ fn serve_with(
     if sign_responses {
         config = config.sign_responses(deployment.signer(SERVER));
     }
-    let server =
-        HttpServer::new(move || App::new().wrap(WimseAuth::new(config.clone())).route("/pay", web::post().to(echo)))
-            .workers(1)
-            .listen(listener)
-            .unwrap()
-            .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(WimseAuth::new(config.clone()))
+            .route("/pay", web::post().to(echo))
+            .route("/file", web::post().to(file))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
     let handle = server.handle();
     actix_web::rt::spawn(server);
     (base, handle)
@@ -56,4 +67,30 @@ async fn reasons_are_revealed_only_when_asked() {
     run_reveal_reasons_cases(&deployment, &quiet, &revealing).await;
     a.stop(true).await;
     b.stop(true).await;
+}
+
+/// The signed response keeps every header value as signed, bytes included; and the authority
+/// is the request's own, not one a client names in `X-Forwarded-Host`.
+#[actix_web::test]
+async fn signed_responses_keep_non_ascii_values_and_ignore_forwarded_hosts() {
+    let deployment = Deployment::new();
+    let (base, handle) = serve(&deployment, true);
+    let client = wimse_testkit::signature_client(&deployment, wimse_testkit::ALLOWED, SERVER);
+    let response = client.post(format!("{base}/file")).body("x").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-disposition"].as_bytes(), "attachment; filename=\"naïve.txt\"".as_bytes());
+    assert_eq!(response.text().await.unwrap(), "contents");
+    // A client-chosen forwarded host changes nothing: the request and its signed response are
+    // checked against the authority the request was sent to.
+    let forwarded = client
+        .post(format!("{base}/pay"))
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "host=evil.example")
+        .body("amount=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 200);
+    assert_eq!(forwarded.text().await.unwrap(), format!("{} http-signature amount=1", wimse_testkit::ALLOWED));
+    handle.stop(true).await;
 }

@@ -281,7 +281,9 @@ pub struct RequestView<'a, H: ?Sized> {
     /// The received body, when the adapter read it. A signed request with content must be
     /// given its body ([`body`](Self::body)): without it, one that has a `Content-Digest`, a
     /// non-zero `Content-Length` or a `Transfer-Encoding` is refused
-    /// ([`ErrorKind::BodyNotSupplied`]), never accepted unchecked.
+    /// ([`ErrorKind::BodyNotSupplied`]), never accepted unchecked; so is a signed request of any
+    /// method but GET, HEAD, DELETE, OPTIONS, TRACE and CONNECT (an HTTP/2 body needs no header
+    /// announcing it): give it `Some(b"")` when it is known to be empty.
     pub body: Option<&'a [u8]>,
     /// The body has not been read yet: check what the header fields can tell, and leave the
     /// body to [`PendingCaller::body_received`].

@@ -32,6 +32,21 @@ fn a_body_that_was_not_handed_over_fails_closed() {
     let err = verifier.verify_sync(&view(&headers).body(b"amount=9")).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::ContentDigestMismatch);
     verifier.verify_sync(&view(&headers).body(b"amount=1")).unwrap();
-    // A request without content needs no body.
-    verifier.verify_sync(&view(&signed_post(&f, b""))).unwrap();
+    // A POST whose header fields announce no content may still have some (HTTP/2 DATA frames
+    // need no Content-Length): without its body it is refused; given as empty, accepted.
+    let empty = signed_post(&f, b"");
+    let err = verifier.verify_sync(&view(&empty)).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::BodyNotSupplied);
+    verifier.verify_sync(&view(&empty).body(b"")).unwrap();
+    for method in ["PUT", "PATCH", "report"] {
+        let headers = f.signed_request(method, Some(b""), false);
+        let request = RequestView::new(PATH, &headers).method(method).authority("payments.example");
+        let err = verifier.verify_sync(&request).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::BodyNotSupplied, "{method}");
+    }
+    // Methods without content need no body (unless their fields announce one).
+    for method in ["GET", "HEAD", "DELETE", "OPTIONS", "get"] {
+        let headers = f.signed_request(method, None, false);
+        verifier.verify_sync(&RequestView::new(PATH, &headers).method(method).authority("payments.example")).unwrap();
+    }
 }

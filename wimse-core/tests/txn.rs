@@ -226,7 +226,7 @@ fn signed_requests_name_the_txn_check_too() {
         wimse_core::httpsig::sign_request(&mut headers, &request, &f.wit, &f.workload_key, &options, NOW).unwrap();
         headers
     };
-    let ok = v.verify_sync(&RequestView::new(PATH, &sign(&txn_token(&f))).method("POST")).unwrap();
+    let ok = v.verify_sync(&RequestView::new(PATH, &sign(&txn_token(&f))).method("POST").body(b"")).unwrap();
     assert_eq!(ok.transaction().unwrap().subject(), "user-1842");
     let foreign = forged(
         &f,
@@ -234,7 +234,7 @@ fn signed_requests_name_the_txn_check_too() {
         json!({"aud": "spiffe://partner.example", "iat": NOW, "exp": NOW + 60,
         "txn": "t", "sub": "u", "scope": "s", "req_wl": FRONT}),
     );
-    let error = v.verify_sync(&RequestView::new(PATH, &sign(&foreign)).method("POST")).unwrap_err();
+    let error = v.verify_sync(&RequestView::new(PATH, &sign(&foreign)).method("POST").body(b"")).unwrap_err();
     assert_eq!(error.kind(), &ErrorKind::TxnTokenAudienceMismatch);
     assert_eq!(Rejection::from_error(&error).problem().reason, Some("txn_token_audience_mismatch"));
 }

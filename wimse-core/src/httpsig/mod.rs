@@ -347,8 +347,23 @@ pub fn verify_request<H: HeaderSource + ?Sized>(
     now: u64,
 ) -> Result<VerifiedSignature> {
     let verified = verify_request_headers(req, wit, audience_ok, cfg, now)?;
+    if body.is_none() && !without_content(req.method) {
+        // HTTP/2 and HTTP/3 carry content in DATA frames with no header announcing it: for a
+        // method that usually has content, only the caller knows there is none.
+        return Err(Error::with_detail(
+            ErrorKind::BodyNotSupplied,
+            "a signed request of a method with content must be given its body (empty if it has none)",
+        ));
+    }
     check_body(req.headers, body)?;
     Ok(verified)
+}
+
+/// Methods whose requests have no content in practice (RFC 9110 gives content of GET, HEAD,
+/// DELETE, OPTIONS no meaning; TRACE and CONNECT have none): without a body, a request of one of
+/// these is taken as empty unless its header fields announce content.
+fn without_content(method: &str) -> bool {
+    ["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"].iter().any(|m| m.eq_ignore_ascii_case(method))
 }
 
 /// [`verify_request`] without the content: everything the header fields can tell (parameters,
