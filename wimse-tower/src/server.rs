@@ -210,7 +210,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // How a refusal is answered follows the protocol (HTTP/2 and `te: trailers`), but whether
+        // a response is a stream to bound does not depend on what the caller chose to send:
+        // tonic serves gRPC without `te`, and the bound is what constrains the caller.
         let grpc = wimse_core::http::answers_as_grpc(req.version(), req.headers());
+        let stream = wimse_core::http::is_grpc(req.headers());
         if has_signature(req.headers()) {
             if wimse_core::http::is_grpc(req.headers()) {
                 // A gRPC body is a stream the signature's Content-Digest cannot cover before
@@ -239,7 +243,7 @@ where
         match confirm.take_ready() {
             // The in-memory store answers at once: no allocation, no extra poll.
             Some(Ok(caller)) => {
-                let deadline = stream_deadline(&self.layer.guard, grpc, &caller);
+                let deadline = stream_deadline(&self.layer.guard, stream, &caller);
                 let mut req = req.map(Either::Left);
                 req.extensions_mut().insert(caller);
                 ResponseFuture::inner(self.inner.call(req), deadline)
@@ -253,7 +257,7 @@ where
                 ResponseFuture::boxed(Box::pin(async move {
                     match confirm.await {
                         Ok(caller) => {
-                            let deadline = stream_deadline(&guard, grpc, &caller);
+                            let deadline = stream_deadline(&guard, stream, &caller);
                             let mut req = req.map(Either::Left);
                             req.extensions_mut().insert(caller);
                             let response = inner.call(req).await?;
@@ -268,8 +272,8 @@ where
 }
 
 /// When a gRPC call's response (maybe a stream) must end: when the caller's credentials do.
-fn stream_deadline(guard: &Guard, grpc: bool, caller: &VerifiedCaller) -> Option<tokio::time::Instant> {
-    if !grpc {
+fn stream_deadline(guard: &Guard, stream: bool, caller: &VerifiedCaller) -> Option<tokio::time::Instant> {
+    if !stream {
         return None;
     }
     guard.stream_deadline(Some(caller)).map(|left| tokio::time::Instant::now() + left)

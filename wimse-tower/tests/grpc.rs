@@ -306,6 +306,17 @@ where
 /// (`credentials_expired`) at that moment (the verifier's leeway is 0 here), instead of living on.
 #[tokio::test]
 async fn a_stream_ends_when_the_credentials_that_opened_it_expire() {
+    stream_ends_at_expiry(false).await;
+}
+
+/// The caller whose stream is bounded does not get to unbound it: a gRPC call without
+/// `te: trailers` (which tonic's server does not check, and proxies may drop) ends the same way.
+#[tokio::test]
+async fn a_stream_without_te_trailers_ends_too() {
+    stream_ends_at_expiry(true).await;
+}
+
+async fn stream_ends_at_expiry(strip_te: bool) {
     let deployment = Deployment::new();
     let origin = serve_streams(|origin| {
         let config = VerifierConfig::new().with_origin(origin).with_leeway(0);
@@ -315,8 +326,17 @@ async fn a_stream_ends_when_the_credentials_that_opened_it_expire() {
     // Issued an hour minus two seconds ago by an issuer of one-hour WITs.
     let expiring = Signer::new(StaticCredentials::new(deployment.credentials(ALLOWED, false, 3600 - 2)));
     let channel = tonic::transport::Endpoint::from_shared(origin.clone()).unwrap().connect().await.unwrap();
-    let mut grpc = tonic::client::Grpc::new(signed_channel(channel, expiring, &origin));
-    grpc.ready().await.map_err(|e| e.into().to_string()).unwrap();
+    let channel = ServiceBuilder::new()
+        .map_request(move |mut request: http::Request<tonic::body::Body>| {
+            if strip_te {
+                request.headers_mut().remove("te");
+            }
+            request
+        })
+        .layer(WimseSignLayer::for_origin(expiring, &origin).unwrap())
+        .service(channel);
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| e.to_string()).unwrap();
     let path = http::uri::PathAndQuery::from_static("/wimse.test.Streams/Ticks");
     let response = grpc
         .server_streaming(tonic::Request::new(Hello { text: String::new() }), path, tonic_prost::ProstCodec::default())
