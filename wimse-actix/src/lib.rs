@@ -57,7 +57,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use wimse_core::caller::{PendingCaller, TlsPeer, VerifiedCaller};
-use wimse_core::exchange::{BodyFailure, ResponseSigner};
+use wimse_core::exchange::{BodyFailure, ResponseSigner, SignedExchange};
 use wimse_core::http::{HeaderSource, Rejection};
 use wimse_core::httpsig::has_signature;
 use wimse_core::verify::RequestView;
@@ -281,9 +281,10 @@ where
         Ok(exchange) => exchange,
         Err(error) => return reject(req, guard.rejection(&error)).await,
     };
-    let read =
-        actix_web::rt::time::timeout(exchange.body_deadline(), read_body(req.take_payload(), exchange.body_limit()));
-    let body = match read.await {
+    let mut exchange = exchange;
+    let deadline = exchange.body_deadline();
+    let read = actix_web::rt::time::timeout(deadline, read_body(req.take_payload(), &mut exchange)).await;
+    let body = match read {
         Ok(Ok(body)) => body,
         Ok(Err(failure)) => return reject(req, guard.rejection(&exchange.refuse_body(failure))).await,
         Err(_) => return reject(req, guard.rejection(&exchange.refuse_body(BodyFailure::TimedOut))).await,
@@ -323,14 +324,17 @@ where
     Ok(ServiceResponse::new(http_req, response).map_into_right_body())
 }
 
-/// Reads a whole payload of at most `limit` bytes.
-async fn read_body(mut payload: Payload, limit: usize) -> Result<web::Bytes, BodyFailure> {
+/// Reads a whole payload of at most the exchange's limit, each chunk taken from the guard's
+/// budget of body bytes before it is kept.
+async fn read_body(mut payload: Payload, exchange: &mut SignedExchange<'_>) -> Result<web::Bytes, BodyFailure> {
+    let limit = exchange.body_limit();
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| BodyFailure::Unreadable)?;
         if body.len() + chunk.len() > limit {
             return Err(BodyFailure::TooLarge);
         }
+        exchange.reserve_body(chunk.len())?;
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())

@@ -8,11 +8,14 @@
 //!    parameters, policy, whether a signed response can be given), before a byte of the body is
 //!    read, so an unauthenticated or unauthorized sender never makes the server buffer anything;
 //! 2. read the body, at most [`SignedExchange::body_limit`] bytes within
-//!    [`SignedExchange::body_deadline`] (failures through [`SignedExchange::refuse_body`]);
+//!    [`SignedExchange::body_deadline`], taking each chunk's size from the guard's budget of
+//!    bytes buffered at once ([`SignedExchange::reserve_body`]) before keeping it (failures
+//!    through [`SignedExchange::refuse_body`]);
 //! 3. [`SignedExchange::admit_body`]: the body against `Content-Digest`, then the nonce's replay
 //!    claim; the result is the caller for the handler and, when one is due, a [`ResponseSigner`];
 //! 4. buffer the handler's response and [`ResponseSigner::sign`] it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -32,6 +35,51 @@ pub struct SignedExchange<'g> {
     guard: &'g Guard,
     pending: Option<PendingCaller>,
     response: Option<ResponseSigner>,
+    /// Bytes of the guard's body budget this exchange holds (given back when it ends).
+    reserved: usize,
+}
+
+impl Drop for SignedExchange<'_> {
+    fn drop(&mut self) {
+        self.guard.body_budget_ref().give_back(self.reserved);
+    }
+}
+
+/// How many bytes of signed request bodies one [`Guard`] (and its clones) buffers at once, by
+/// default: 64 MiB. A body is held against it from its first byte until it was checked, so
+/// senders that trickle bodies (slowly, or in tiny frames) cannot make a server hold more.
+pub const DEFAULT_BODY_BUDGET: usize = 64 << 20;
+
+/// The bytes of signed request bodies being buffered, against a limit; shared by a guard's clones.
+#[derive(Debug)]
+pub(crate) struct BodyBudget {
+    limit: usize,
+    in_use: AtomicUsize,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { limit, in_use: AtomicUsize::new(0) }
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes > 0 {
+            self.in_use.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Bytes held now.
+    pub(crate) fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Acquire)
+    }
 }
 
 /// Why a body could not be read, for [`SignedExchange::refuse_body`].
@@ -42,6 +90,8 @@ pub enum BodyFailure {
     TooLarge,
     /// Not complete within [`SignedExchange::body_deadline`] (408).
     TimedOut,
+    /// The guard's budget of body bytes buffered at once is spent (503, retry shortly).
+    OverBudget,
     /// The connection failed while it was read.
     Unreadable,
 }
@@ -127,7 +177,7 @@ impl Guard {
             }
             _ => None,
         };
-        Ok(SignedExchange { guard: self, pending, response })
+        Ok(SignedExchange { guard: self, pending, response, reserved: 0 })
     }
 }
 
@@ -142,6 +192,18 @@ impl SignedExchange<'_> {
         self.guard.max_body_time()
     }
 
+    /// Takes `bytes` more (the next chunk of the body, before it is kept) from the guard's
+    /// budget of body bytes buffered at once; held until this exchange ends.
+    /// [`BodyFailure::OverBudget`] when the budget is spent.
+    pub fn reserve_body(&mut self, bytes: usize) -> std::result::Result<(), BodyFailure> {
+        if self.guard.body_budget_ref().try_take(bytes) {
+            self.reserved += bytes;
+            Ok(())
+        } else {
+            Err(BodyFailure::OverBudget)
+        }
+    }
+
     /// The refusal for a body that could not be read, logged with the caller it names.
     pub fn refuse_body(&self, failure: BodyFailure) -> Error {
         let error = match failure {
@@ -152,6 +214,11 @@ impl SignedExchange<'_> {
                 ErrorKind::BodyTimeout,
                 format!("the body did not arrive within {:?}", self.body_deadline()),
             ),
+            BodyFailure::OverBudget => Error::with_detail(
+                ErrorKind::BodyBudgetExceeded,
+                format!("over the {} bytes of bodies buffered at once", self.guard.body_budget_ref().limit),
+            )
+            .with_retry_after(1),
             BodyFailure::Unreadable => {
                 Error::with_detail(ErrorKind::SignatureMalformed, "the request body could not be read")
                     .in_signature_mode()
@@ -164,11 +231,11 @@ impl SignedExchange<'_> {
 
     /// Checks the body against the request's `Content-Digest`, then claims the signature's
     /// nonce (the only asynchronous step; ready at once with the in-memory store).
-    pub async fn admit_body(self, body: &[u8]) -> Result<Admitted> {
-        let caller = match self.pending {
+    pub async fn admit_body(mut self, body: &[u8]) -> Result<Admitted> {
+        let caller = match self.pending.take() {
             Some(pending) => Some(self.guard.confirm(pending.body_received(body)?).await?),
             None => None,
         };
-        Ok(Admitted { caller, response: self.response })
+        Ok(Admitted { caller, response: self.response.take() })
     }
 }

@@ -54,6 +54,7 @@ pub struct Guard {
     routes: Vec<(String, Policy)>,
     streams_end_at_expiry: bool,
     max_stream_age: Option<Duration>,
+    body_budget: std::sync::Arc<crate::exchange::BodyBudget>,
 }
 
 /// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
@@ -79,7 +80,27 @@ impl Guard {
             routes: Vec::new(),
             streams_end_at_expiry: true,
             max_stream_age: None,
+            body_budget: std::sync::Arc::new(crate::exchange::BodyBudget::new(crate::exchange::DEFAULT_BODY_BUDGET)),
         }
+    }
+
+    /// How many bytes of signed request bodies this guard and its clones buffer at once, all
+    /// requests together (default [`DEFAULT_BODY_BUDGET`](crate::exchange::DEFAULT_BODY_BUDGET));
+    /// a body that would exceed it is refused with 503 `body_budget_exceeded` and `Retry-After`.
+    /// Bounds what many slow or tiny-framed bodies can make a server hold, whoever sends them.
+    pub fn body_budget(mut self, bytes: usize) -> Self {
+        self.body_budget = std::sync::Arc::new(crate::exchange::BodyBudget::new(bytes));
+        self
+    }
+
+    /// Bytes of signed request bodies being buffered now, against the
+    /// [`body_budget`](Self::body_budget).
+    pub fn body_bytes_in_use(&self) -> usize {
+        self.body_budget.in_use()
+    }
+
+    pub(crate) fn body_budget_ref(&self) -> &crate::exchange::BodyBudget {
+        &self.body_budget
     }
 
     /// The largest body buffered for a signed request's digest or a signed response

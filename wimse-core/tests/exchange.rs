@@ -92,3 +92,30 @@ fn a_caller_admitted_on_its_headers_cannot_be_confirmed_without_its_body() {
     assert!(!pending.awaits_body());
     verifier.confirm(pending).take_ready().unwrap().unwrap();
 }
+
+/// Bodies being read are held against one budget shared by the guard's clones: a second body
+/// that would exceed it is refused (503, Retry-After) until the first exchange ends.
+#[test]
+fn bodies_read_at_once_share_one_budget() {
+    let f = Fixture::new();
+    let guard = Guard::new(f.verifier()).body_budget(100);
+    let clone = guard.clone();
+    let (first, second) = (f.signed_request("POST", Some(b"a"), false), f.signed_request("POST", Some(b"b"), false));
+    let mut a = guard.signed_exchange(view(&first), None).unwrap();
+    a.reserve_body(60).unwrap();
+    assert_eq!(guard.body_bytes_in_use(), 60);
+    let mut b = clone.signed_exchange(view(&second), None).unwrap();
+    b.reserve_body(40).unwrap();
+    assert_eq!(b.reserve_body(1), Err(BodyFailure::OverBudget), "the budget is the clones' together");
+    let refused = b.refuse_body(BodyFailure::OverBudget);
+    assert_eq!(refused.kind(), &ErrorKind::BodyBudgetExceeded);
+    let rejection = wimse_core::http::Rejection::from_error(&refused);
+    assert_eq!(rejection.status(), 503);
+    assert_eq!(rejection.retry_after(), Some(1));
+    // An exchange gives its bytes back when it ends, admitted or not.
+    block_on(a.admit_body(b"a")).unwrap();
+    assert_eq!(guard.body_bytes_in_use(), 40);
+    b.reserve_body(60).unwrap();
+    drop(b);
+    assert_eq!(clone.body_bytes_in_use(), 0);
+}

@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 use wimse_core::caller::{TlsPeer, VerifiedCaller};
-use wimse_core::exchange::{BodyFailure, ResponseSigner};
+use wimse_core::exchange::{BodyFailure, ResponseSigner, SignedExchange};
 use wimse_core::guard::Guard;
 use wimse_core::httpsig::has_signature;
 use wimse_core::policy::Policy;
@@ -121,6 +121,12 @@ impl WimseLayer {
     /// (default 10 s; beyond: 408). Nothing is read of a body before its headers are checked.
     pub fn body_deadline(self, deadline: std::time::Duration) -> Self {
         Self::from(Arc::unwrap_or_clone(self.guard).body_deadline(deadline))
+    }
+
+    /// How many bytes of signed request bodies the layer buffers at once, all requests together
+    /// (default [`wimse_core::exchange::DEFAULT_BODY_BUDGET`], 64 MiB); see [`Guard::body_budget`].
+    pub fn body_budget(self, bytes: usize) -> Self {
+        Self::from(Arc::unwrap_or_clone(self.guard).body_budget(bytes))
     }
 
     /// Signs responses that callers ask to be signed, with this service's own credentials.
@@ -306,13 +312,11 @@ where
         Ok(exchange) => exchange,
         Err(error) => return Ok(reject(&layer.guard, &error, false)),
     };
-    let read = tokio::time::timeout(exchange.body_deadline(), Limited::new(body, exchange.body_limit()).collect());
-    let body = match read.await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Ok(reject(&layer.guard, &exchange.refuse_body(BodyFailure::TooLarge), false));
-        }
-        Ok(Err(_)) => return Ok(reject(&layer.guard, &exchange.refuse_body(BodyFailure::Unreadable), false)),
+    let mut exchange = exchange;
+    let read = tokio::time::timeout(exchange.body_deadline(), read_body(body, &mut exchange)).await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(failure)) => return Ok(reject(&layer.guard, &exchange.refuse_body(failure), false)),
         Err(_) => return Ok(reject(&layer.guard, &exchange.refuse_body(BodyFailure::TimedOut), false)),
     };
     let admitted = match exchange.admit_body(&body).await {
@@ -336,6 +340,34 @@ where
         return Ok(reject(&layer.guard, &error, false));
     }
     Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
+}
+
+/// Reads a whole body into one buffer (not one handle per frame, however small the frames), at
+/// most the exchange's limit, each frame taken from the guard's budget of body bytes before it
+/// is kept. Trailers are not part of the content.
+async fn read_body<B>(body: B, exchange: &mut SignedExchange<'_>) -> Result<Bytes, BodyFailure>
+where
+    B: Body,
+{
+    use bytes::Buf as _;
+    let limit = exchange.body_limit();
+    let mut buffer = bytes::BytesMut::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame.map_err(|_| BodyFailure::Unreadable)?.into_data() else { continue };
+        let len = data.remaining();
+        if buffer.len() + len > limit {
+            return Err(BodyFailure::TooLarge);
+        }
+        exchange.reserve_body(len)?;
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            buffer.extend_from_slice(chunk);
+            data.advance(n);
+        }
+    }
+    Ok(buffer.freeze())
 }
 
 type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<WimseBody<B>>, E>> + Send>>;
