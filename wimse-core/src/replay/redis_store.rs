@@ -42,7 +42,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -289,6 +289,11 @@ impl Bucket {
     }
 }
 
+thread_local! {
+    /// Each thread's connection to each live store (see [`Inner::connection`]).
+    static THREAD_CONNECTIONS: std::cell::RefCell<Vec<(Weak<()>, Connection)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 struct Inner {
     target: Target,
     settings: Settings,
@@ -296,8 +301,8 @@ struct Inner {
     replica: String,
     /// Distinguishes the fresh epoch markers this replica proposes.
     proposals: AtomicU64,
-    connection: RwLock<Option<Connection>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Alive while the store is: the threads' cached connections to it are dropped after it.
+    alive: Arc<()>,
     buckets: [Mutex<Bucket>; BUCKETS],
     /// Claims remembered, over all buckets (bounded by `memory`).
     remembered: AtomicUsize,
@@ -457,8 +462,7 @@ impl Inner {
             settings,
             replica: crate::wit::random_id(),
             proposals: AtomicU64::new(0),
-            connection: RwLock::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            alive: Arc::new(()),
             buckets: Default::default(),
             remembered: AtomicUsize::new(0),
             verifier_now: AtomicU64::new(0),
@@ -485,17 +489,17 @@ impl Inner {
         format!("{}-{n}:{now}", self.replica)
     }
 
+    /// This thread's connection to the store (made on first use). One per thread rather than
+    /// one per store: a multiplexed connection's I/O is driven by a task of its own, and on the
+    /// thread (and runtime) that made it; shared by every worker, each claim would wake that
+    /// other thread twice (measured: about a tenth of an actix-web server's CPU spent switching
+    /// to it). Per thread, the claim and its I/O run where the request does.
     async fn connection(&self) -> redis::RedisResult<Connection> {
-        if let Ok(slot) = self.connection.read()
-            && let Some(connection) = slot.as_ref()
-        {
-            return Ok(connection.clone());
-        }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Ok(slot) = self.connection.read()
-            && let Some(connection) = slot.as_ref()
-        {
-            return Ok(connection.clone());
+        if let Some(connection) = THREAD_CONNECTIONS.with_borrow_mut(|cached| {
+            cached.retain(|(store, _)| store.strong_count() > 0);
+            cached.iter().find(|(store, _)| std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive))).map(|(_, c)| c.clone())
+        }) {
+            return Ok(connection);
         }
         let connection = match &self.target {
             Target::Single(client) => {
@@ -507,19 +511,21 @@ impl Inner {
             }
             Target::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
         };
-        if let Ok(mut slot) = self.connection.write() {
-            *slot = Some(connection.clone());
-        }
+        // Cached on the thread this task runs on now (it may have moved while connecting).
+        THREAD_CONNECTIONS.with_borrow_mut(|cached| {
+            cached.retain(|(store, _)| store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive)));
+            cached.push((Arc::downgrade(&self.alive), connection.clone()));
+        });
         Ok(connection)
     }
 
+    /// Drops this thread's connection after a failure: the next use connects afresh (a cluster
+    /// connection does not always recover from every node restarting, and a connection whose
+    /// runtime ended never answers again).
     fn forget_connection(&self) {
-        // The cluster connection does not always recover from every node restarting; a new one is cheap.
-        if matches!(self.target, Target::Cluster(_))
-            && let Ok(mut slot) = self.connection.write()
-        {
-            *slot = None;
-        }
+        THREAD_CONNECTIONS.with_borrow_mut(|cached| {
+            cached.retain(|(store, _)| store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive)));
+        });
     }
 
     fn bucket(&self, bucket: usize) -> Result<std::sync::MutexGuard<'_, Bucket>> {
