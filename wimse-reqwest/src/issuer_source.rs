@@ -155,7 +155,10 @@ impl IssuerCredentialsBuilder {
     /// signed the current WIT (`GET /v1/bundle/jwks`, spread with jitter between half and the
     /// whole interval); when it does not (the key store was lost or replaced, so every verifier
     /// refuses the WIT as `unknown_key`), the WIT is renewed at once instead of at its scheduled
-    /// time. Default [`DEFAULT_KEY_CHECK_INTERVAL`]; `None` turns the check off.
+    /// time (counted in `wimse_wit_forced_renewals_total`). When the renewed WIT is signed by the
+    /// very key the JWKS lacked, the JWKS is what is wrong (a stale cache, a lagging replica):
+    /// the interval then doubles at each such renewal, up to 64 times, until a check finds the
+    /// key again. Default [`DEFAULT_KEY_CHECK_INTERVAL`]; `None` turns the check off.
     pub fn key_check_interval(mut self, interval: Option<Duration>) -> Self {
         self.key_check = interval.map(|i| i.max(Duration::from_millis(100)));
         self
@@ -327,9 +330,18 @@ impl IssuerCredentials {
             let inner = &source.inner;
             let mut failures = 0u32;
             let mut expiry_reported = false;
-            let next_check =
-                || inner.key_check.map(|every| tokio::time::Instant::now() + every.mul_f64(0.5 + jitter() / 2.0));
-            let mut key_check_at = next_check();
+            // Doublings of the key-check interval: a JWKS that keeps lacking the key the server
+            // still signs with is what is wrong, and must not make every workload renew at
+            // each check (up to 64 times the interval).
+            let mut check_backoff = 0u32;
+            // The kid a forced renewal was for: a renewed WIT signed by it again means the JWKS lies.
+            let mut forced_for: Option<String> = None;
+            let next_check = |backoff: u32| {
+                inner.key_check.map(|every| {
+                    tokio::time::Instant::now() + every.mul_f64(f64::from(1u32 << backoff) * (0.5 + jitter() / 2.0))
+                })
+            };
+            let mut key_check_at = next_check(check_backoff);
             loop {
                 let now = inner.clock.now();
                 let schedule = source.schedule();
@@ -337,10 +349,13 @@ impl IssuerCredentials {
                 if failures == 0 && wait > 0.0 {
                     let until_check = key_check_at.map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
                     if until_check == Some(Duration::ZERO) {
-                        key_check_at = next_check();
+                        key_check_at = next_check(check_backoff);
                         if source.signing_key_published().await {
+                            check_backoff = 0;
                             continue;
                         }
+                        forced_for = source.current_kid();
+                        metrics::counter!("wimse_wit_forced_renewals_total").increment(1);
                         tracing::warn!(
                             sub = %inner.sub,
                             "wimse: the identity server no longer publishes the key that signed this WIT (its key store was lost or replaced); renewing now"
@@ -354,6 +369,17 @@ impl IssuerCredentials {
                 }
                 match source.try_renew().await {
                     Ok(()) => {
+                        if let Some(missing) = forced_for.take()
+                            && source.current_kid().as_deref() == Some(missing.as_str())
+                        {
+                            check_backoff = (check_backoff + 1).min(6);
+                            key_check_at = next_check(check_backoff);
+                            tracing::warn!(
+                                sub = %inner.sub,
+                                kid = %missing,
+                                "wimse: the identity server signs with a key its JWKS does not list (a stale cache or a lagging replica?); checking it less often"
+                            );
+                        }
                         if inner.health.succeeded() {
                             tracing::info!(sub = %inner.sub, failed_attempts = failures, "wimse: WIT renewal works again");
                         }
@@ -382,16 +408,17 @@ impl IssuerCredentials {
         })
     }
 
+    /// The `kid` of the key that signed the current WIT.
+    fn current_kid(&self) -> Option<String> {
+        self.inner.current.read().ok()?.as_ref()?.credentials.issuer_kid().map(str::to_owned)
+    }
+
     /// Whether the identity server's JWKS still has the key that signed the current WIT. Any
     /// doubt (no WIT, no `kid`, the server unreachable or answering nonsense) counts as yes:
     /// the scheduled renewal and its retries handle outages.
     async fn signing_key_published(&self) -> bool {
         let inner = &self.inner;
-        let kid = match inner.current.read().ok().and_then(|c| c.as_ref()?.credentials.issuer_kid().map(str::to_owned))
-        {
-            Some(kid) => kid,
-            None => return true,
-        };
+        let Some(kid) = self.current_kid() else { return true };
         let url = format!("{}/v1/bundle/jwks", inner.url.trim_end_matches('/'));
         let fetch = async {
             let response = inner.client.get(url).send().await.ok()?;
