@@ -15,7 +15,6 @@
 //!    claim; the result is the caller for the handler and, when one is due, a [`ResponseSigner`];
 //! 4. buffer the handler's response and [`ResponseSigner::sign`] it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -42,43 +41,6 @@ pub struct SignedExchange<'g> {
 impl Drop for SignedExchange<'_> {
     fn drop(&mut self) {
         self.guard.body_budget_ref().give_back(self.reserved);
-    }
-}
-
-/// How many bytes of signed request bodies one [`Guard`] (and its clones) buffers at once, by
-/// default: 64 MiB. A body is held against it from its first byte until it was checked, so
-/// senders that trickle bodies (slowly, or in tiny frames) cannot make a server hold more.
-pub const DEFAULT_BODY_BUDGET: usize = 64 << 20;
-
-/// The bytes of signed request bodies being buffered, against a limit; shared by a guard's clones.
-#[derive(Debug)]
-pub(crate) struct BodyBudget {
-    limit: usize,
-    in_use: AtomicUsize,
-}
-
-impl BodyBudget {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self { limit, in_use: AtomicUsize::new(0) }
-    }
-
-    fn try_take(&self, bytes: usize) -> bool {
-        self.in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
-            })
-            .is_ok()
-    }
-
-    fn give_back(&self, bytes: usize) {
-        if bytes > 0 {
-            self.in_use.fetch_sub(bytes, Ordering::AcqRel);
-        }
-    }
-
-    /// Bytes held now.
-    pub(crate) fn in_use(&self) -> usize {
-        self.in_use.load(Ordering::Acquire)
     }
 }
 

@@ -12,6 +12,7 @@
 //! Per-route policies applied after the adapter's layer (`RequirePolicyLayer`, actix scopes)
 //! run after the claim; there the per-caller quota is what protects other callers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::audit;
@@ -54,7 +55,44 @@ pub struct Guard {
     routes: Vec<(String, Policy)>,
     streams_end_at_expiry: bool,
     max_stream_age: Option<Duration>,
-    body_budget: std::sync::Arc<crate::exchange::BodyBudget>,
+    body_budget: std::sync::Arc<BodyBudget>,
+}
+
+/// How many bytes of signed request bodies one [`Guard`] (and its clones) buffers at once, by
+/// default: 64 MiB. A body is held against it from its first byte until it was checked, so
+/// senders that trickle bodies (slowly, or in tiny frames) cannot make a server hold more.
+pub const DEFAULT_BODY_BUDGET: usize = 64 << 20;
+
+/// The bytes of signed request bodies being buffered, against a limit; shared by a guard's clones.
+#[derive(Debug)]
+pub(crate) struct BodyBudget {
+    pub(crate) limit: usize,
+    in_use: AtomicUsize,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { limit, in_use: AtomicUsize::new(0) }
+    }
+
+    pub(crate) fn try_take(&self, bytes: usize) -> bool {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn give_back(&self, bytes: usize) {
+        if bytes > 0 {
+            self.in_use.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Bytes held now.
+    pub(crate) fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Acquire)
+    }
 }
 
 /// Largest body an adapter buffers by default to check a signed request's `Content-Digest`
@@ -80,16 +118,16 @@ impl Guard {
             routes: Vec::new(),
             streams_end_at_expiry: true,
             max_stream_age: None,
-            body_budget: std::sync::Arc::new(crate::exchange::BodyBudget::new(crate::exchange::DEFAULT_BODY_BUDGET)),
+            body_budget: std::sync::Arc::new(BodyBudget::new(DEFAULT_BODY_BUDGET)),
         }
     }
 
     /// How many bytes of signed request bodies this guard and its clones buffer at once, all
-    /// requests together (default [`DEFAULT_BODY_BUDGET`](crate::exchange::DEFAULT_BODY_BUDGET));
+    /// requests together (default [`DEFAULT_BODY_BUDGET`]);
     /// a body that would exceed it is refused with 503 `body_budget_exceeded` and `Retry-After`.
     /// Bounds what many slow or tiny-framed bodies can make a server hold, whoever sends them.
     pub fn body_budget(mut self, bytes: usize) -> Self {
-        self.body_budget = std::sync::Arc::new(crate::exchange::BodyBudget::new(bytes));
+        self.body_budget = std::sync::Arc::new(BodyBudget::new(bytes));
         self
     }
 
@@ -99,7 +137,7 @@ impl Guard {
         self.body_budget.in_use()
     }
 
-    pub(crate) fn body_budget_ref(&self) -> &crate::exchange::BodyBudget {
+    pub(crate) fn body_budget_ref(&self) -> &BodyBudget {
         &self.body_budget
     }
 

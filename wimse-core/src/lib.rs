@@ -49,6 +49,7 @@ pub mod draft;
 mod error;
 pub mod exchange;
 pub mod guard;
+mod headers;
 pub mod health;
 pub mod http;
 pub mod httpsig;

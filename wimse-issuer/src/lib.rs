@@ -37,6 +37,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+mod external;
 mod http;
 mod keys;
 #[cfg(feature = "postgres")]

@@ -124,7 +124,7 @@ impl WimseLayer {
     }
 
     /// How many bytes of signed request bodies the layer buffers at once, all requests together
-    /// (default [`wimse_core::exchange::DEFAULT_BODY_BUDGET`], 64 MiB); see [`Guard::body_budget`].
+    /// (default [`wimse_core::guard::DEFAULT_BODY_BUDGET`], 64 MiB); see [`Guard::body_budget`].
     pub fn body_budget(self, bytes: usize) -> Self {
         Self::from(Arc::unwrap_or_clone(self.guard).body_budget(bytes))
     }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::sf::ComponentId;
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::HeaderSource;
+use crate::headers::HeaderSource;
 
 /// What the signature base reads from a request. Values are as received: nothing is
 /// normalized beyond what RFC 9421 §2.2 prescribes.

@@ -91,7 +91,7 @@ pub use sf::{ComponentId, ParsedSignature, parse_signatures};
 
 use crate::draft::{HTTPSIG_LABEL, HTTPSIG_TAG, SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::HeaderSource;
+use crate::headers::HeaderSource;
 use crate::jose::{Backend, SigningKey};
 use crate::replay::MAX_PROOF_ID_LEN;
 use crate::wit::{VerifiedWit, random_id};

@@ -497,7 +497,10 @@ impl Inner {
     async fn connection(&self) -> redis::RedisResult<Connection> {
         if let Some(connection) = THREAD_CONNECTIONS.with_borrow_mut(|cached| {
             cached.retain(|(store, _)| store.strong_count() > 0);
-            cached.iter().find(|(store, _)| std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive))).map(|(_, c)| c.clone())
+            cached
+                .iter()
+                .find(|(store, _)| std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive)))
+                .map(|(_, c)| c.clone())
         }) {
             return Ok(connection);
         }
@@ -513,7 +516,9 @@ impl Inner {
         };
         // Cached on the thread this task runs on now (it may have moved while connecting).
         THREAD_CONNECTIONS.with_borrow_mut(|cached| {
-            cached.retain(|(store, _)| store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive)));
+            cached.retain(|(store, _)| {
+                store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive))
+            });
             cached.push((Arc::downgrade(&self.alive), connection.clone()));
         });
         Ok(connection)
@@ -524,7 +529,9 @@ impl Inner {
     /// runtime ended never answers again).
     fn forget_connection(&self) {
         THREAD_CONNECTIONS.with_borrow_mut(|cached| {
-            cached.retain(|(store, _)| store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive)));
+            cached.retain(|(store, _)| {
+                store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive))
+            });
         });
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde_json::{Value, json};
 use wimse_core::id::{TrustDomain, WorkloadId};
-use wimse_core::jose::{Algorithm, Jwk, PublicKey, jws};
+use wimse_core::jose::{Algorithm, Jwk, jws};
 use wimse_core::policy::Rule;
 use wimse_core::rate::RateLimiter;
 use wimse_core::replay::ReplayClaim;
@@ -16,9 +16,12 @@ use wimse_core::wit::WitIssuer;
 use wimse_core::{Error, ErrorKind, Result};
 
 use crate::config::*;
+use crate::external::validate_external;
 use crate::keys::{Changes, KeyState, Loaded, Reconciled, RotationPolicy, reconcile};
 use crate::store::{FileStorage, IssuanceRecord, KeyStorage};
 use crate::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
+
+mod txn;
 
 struct Platform {
     config: PlatformConfig,
@@ -949,50 +952,6 @@ fn source_key(source: std::net::IpAddr) -> std::net::IpAddr {
 /// Compares two secrets in time that depends only on their lengths, not on where they differ.
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks an externally issued JWT (platform token, access token, JWT-SVID) whose issuer was
-/// already matched: no `crit`, key from the configured keys by `kid`, signature, `exp` (and at
-/// most `max_lifetime` ahead, with 30 s leeway), `nbf`, `aud`.
-/// Returns the claims, or the name of the failed check.
-pub(crate) fn validate_external(
-    token: &jws::UnverifiedJws<'_>,
-    keys: &TrustAnchors,
-    audience: &str,
-    max_lifetime: u64,
-    now: u64,
-) -> std::result::Result<serde_json::Map<String, Value>, &'static str> {
-    // No JWS extension is understood, so none may be critical (RFC 7515 §4.1.11).
-    token.reject_crit().map_err(|_| "unsupported crit")?;
-    let alg = token.algorithm().map_err(|_| "unsupported alg")?;
-    let kid = token.header_str("kid").map_err(|_| "malformed kid")?;
-    let key: &PublicKey = keys.select(kid, alg).map_err(|_| "no issuer key matches")?;
-    if !key.verify(wimse_core::jose::Backend::default(), alg, token.signing_input.as_bytes(), &token.signature) {
-        return Err("bad signature");
-    }
-    let exp = token.claims.get("exp").and_then(Value::as_u64).ok_or("no exp")?;
-    if now >= exp {
-        return Err("expired");
-    }
-    if exp > now.saturating_add(max_lifetime).saturating_add(30) {
-        return Err("expires too far ahead");
-    }
-    match token.claims.get("nbf").map(Value::as_u64) {
-        Some(Some(nbf)) if nbf > now + 30 => return Err("not yet valid"),
-        Some(None) => return Err("malformed nbf"),
-        _ => {}
-    }
-    // One audience per token (workload-identity-practices): a token also meant for another
-    // service is refused here.
-    let audience_ok = match token.claims.get("aud") {
-        Some(Value::String(aud)) => aud == audience,
-        Some(Value::Array(auds)) => auds.len() == 1 && auds[0].as_str() == Some(audience),
-        _ => false,
-    };
-    if !audience_ok {
-        return Err("wrong audience");
-    }
-    Ok(token.claims.clone())
 }
 
 #[cfg(test)]
