@@ -12,7 +12,10 @@
 //! configured policy, then the replay claim (awaited without blocking the worker when the
 //! store is shared). A `WimseAuth` wrapped on a scope with its own policy refuses callers before
 //! their proof is claimed; checks in handlers run after it, where the per-caller quota protects
-//! the other callers.
+//! the other callers. Wrap a request in one `WimseAuth` only: one app-wide and another on a scope
+//! would claim the same proof twice, and every request would fail as `replayed_proof`; for a
+//! stricter policy on a scope under an app-wide `WimseAuth`, wrap the scope in
+//! [`RequirePolicy`].
 //!
 //! ```
 //! use actix_web::{App, web};

@@ -85,7 +85,11 @@ impl ReplayClaim {
     }
 
     /// Any other single-use token: `id` (a `jti`) unique within `namespace` (e.g. an
-    /// assertion's issuer), remembered until `expires_at`.
+    /// assertion's issuer), remembered until `expires_at`. `earliest_claim` must come from the
+    /// token itself (its `iat` or `exp` less its longest lifetime, less the leeway), never from
+    /// the time of the claim: a shared store that lost its state refuses proofs whose
+    /// `earliest_claim` is before its new epoch, and one claimed "now" would always pass, even
+    /// if it was accepted before the loss.
     pub fn token(namespace: &str, id: &str, expires_at: u64, earliest_claim: u64) -> Self {
         Self { key: digest(&[b"token", namespace.as_bytes(), id.as_bytes()]), expires_at, earliest_claim }
     }

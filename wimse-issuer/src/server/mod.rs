@@ -51,6 +51,8 @@ struct PlatformToken {
     issuer: String,
     jti: Option<String>,
     expires_at: u64,
+    /// The earliest moment it could have been accepted (for its replay claim).
+    earliest_claim: u64,
     single_use: bool,
 }
 
@@ -625,10 +627,13 @@ impl IdentityServer {
                 tracing::warn!(target: "wimse::audit", platform = %platform.config.name, sub, "platform token matches no client (subject or claim conditions)");
                 Error::with_detail(ErrorKind::IssuanceDenied, "no client for this platform token (subject or claim conditions)")
             })?;
+        let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
         let token = PlatformToken {
             issuer: iss.to_owned(),
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
-            expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
+            expires_at,
+            // Accepted only while `exp <= now + max_token_lifetime + 30` (validate_external).
+            earliest_claim: expires_at.saturating_sub(platform.config.max_token_lifetime.saturating_add(30)),
             single_use: platform.config.single_use,
         };
         Ok((client, token))
@@ -685,13 +690,15 @@ impl IdentityServer {
         // cannot answer) must not spend the single-use assertion, which the client keeps and
         // may present again with a fresh proof. A replayed assertion spends only its proof.
         let proof_expiry = proof.iat.saturating_add(validation.max_age + validation.leeway);
-        let claim = ReplayClaim::token("dpop", &proof.jti, proof_expiry, now);
+        // Times from the tokens themselves, never from now (see ReplayClaim::token).
+        let claim = ReplayClaim::token("dpop", &proof.jti, proof_expiry, proof.iat.saturating_sub(validation.leeway));
         self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
             ErrorKind::ReplayedProof => Error::with_detail(ErrorKind::InvalidDpopProof, "DPoP proof jti already used"),
             _ => e,
         })?;
         if let Some(jti) = single_use_jti {
-            let claim = ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), now);
+            let claim =
+                ReplayClaim::token(&token.issuer, jti, token.expires_at.saturating_add(30), token.earliest_claim);
             self.storage.claim_once(&claim, now).await.map_err(|e| match e.kind() {
                 ErrorKind::ReplayedProof => refused("assertion jti already used"),
                 _ => e,
