@@ -1,7 +1,7 @@
 //! A Workload API endpoint that cannot be reached says where it looked and what is wrong: no
 //! socket at the path, a path that is not a socket, a socket nobody listens on. (A socket this
 //! process may not connect to is tested with real processes of another uid in
-//! `wimse-cli/tests/agent_endpoint_errors.rs`.)
+//! `wimse-cli/tests/integration/agent_endpoint_errors.rs`.)
 
 use std::path::Path;
 use std::time::Duration;

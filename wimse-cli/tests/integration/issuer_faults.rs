@@ -3,11 +3,9 @@
 //! verifiers (bundle refresh) must recover within one retry interval / one refresh hint of its
 //! return, and the issuer must rotate on its own and say what it does.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{IssuerProcess, SECRET, SUB, domain, time_until, verifies};
+use crate::common::{IssuerProcess, SECRET, SUB, domain, time_until, verifies};
 use serde_json::{Value, json};
 use wimse_core::cred::CredentialSource as _;
 use wimse_core::time::{Clock as _, SystemClock};

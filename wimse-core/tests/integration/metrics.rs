@@ -1,9 +1,7 @@
 //! Metrics through the `metrics` facade: verifications by mode, result and bounded reason;
 //! WIT-cache and replay-cache activity; credential expiry.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use wimse_core::prelude::*;
 

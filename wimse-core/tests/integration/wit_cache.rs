@@ -1,10 +1,8 @@
 //! The verified-WIT cache: one signature check per WIT, never a stale or wrong answer.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use wimse_core::prelude::*;
 
 fn setup() -> (Fixture, Verifier, Arc<FixedClock>) {

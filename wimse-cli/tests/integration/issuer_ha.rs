@@ -4,12 +4,10 @@
 //! after one retry, and every issuance is an audit row. Skipped without PostgreSQL unless
 //! `WIMSE_REQUIRE_POSTGRES=1`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{IssuerProcess, SECRET, SUB};
 use base64::Engine as _;
-use common::{IssuerProcess, SECRET, SUB};
 use serde_json::{Value, json};
 use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::time::{Clock as _, SystemClock};
@@ -26,7 +24,7 @@ async fn bundle(http: &reqwest::Client, base: &str) -> Option<Value> {
 
 fn verifies_against(bundle: &Value, wit: &str) -> bool {
     let anchors = TrustAnchors::from_spiffe_bundle_json(&bundle.to_string()).unwrap();
-    let store = TrustStore::new().with(common::domain(), anchors);
+    let store = TrustStore::new().with(crate::common::domain(), anchors);
     validate_wit(wit, &store, &WitValidation::default(), SystemClock.now()).is_ok()
 }
 

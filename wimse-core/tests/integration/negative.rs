@@ -1,8 +1,6 @@
 //! Negative tests beyond the vectors: each hostile or broken input is refused with its own kind.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 use wimse_core::http::Rejection;

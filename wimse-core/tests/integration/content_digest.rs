@@ -1,9 +1,7 @@
 //! A `Content-Digest` can never go unchecked: a verifier that was not given the body of a
 //! message with content refuses it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use wimse_core::prelude::*;
 

@@ -1,9 +1,7 @@
 //! Clients check signed responses, and remember their nonces (http-signature-08: a response
 //! nonce seen twice is a replay).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use wimse_core::httpsig::{OutgoingResponse, RequestParts, ResponseParts, SignOptions};
 use wimse_core::prelude::*;
 use wimse_core::sign::ResponseVerifier;

@@ -2,9 +2,7 @@
 //! RFC 9421 signature neither switches a WPT request to signature mode nor, when malformed,
 //! breaks the WIMSE one.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use wimse_core::httpsig::has_signature;
 use wimse_core::prelude::*;

@@ -1,9 +1,7 @@
 //! Verifier, policy and credentials built from TOML and JSON files and `WIMSE_*` variables,
 //! with errors that name the field.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use wimse_core::config::{Proofs, Settings};
 use wimse_core::prelude::*;
 

@@ -3,12 +3,10 @@
 //! running: tests/refusals.rs; the `wimse agent serve` exit codes:
 //! wimse-cli/tests/agent_config_mistakes.rs.)
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{AGENT_SECRET, DOMAIN, Issuer, agent_config};
+use crate::common::{AGENT_SECRET, DOMAIN, Issuer, agent_config};
 use serde_json::{Value, json};
 use wimse_agent::{Agent, AgentConfig, StartError};
 use wimse_testkit::servers::TempDir;
@@ -23,7 +21,7 @@ fn with_issuer(issuer: &Issuer, dir: &std::path::Path, entries: Value, fields: V
 }
 
 fn entry(path: &str) -> Value {
-    json!({"spiffe_id": format!("{DOMAIN}{path}"), "selectors": {"uid": common::my_ids().0}})
+    json!({"spiffe_id": format!("{DOMAIN}{path}"), "selectors": {"uid": crate::common::my_ids().0}})
 }
 
 #[tokio::test]

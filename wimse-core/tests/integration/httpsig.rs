@@ -1,8 +1,6 @@
 //! HTTP Message Signatures: RFC 9421 examples and the kanywst/wimsey http-signature suite.
 
-mod common;
-
-use common::{request_headers, testdata};
+use crate::common::{request_headers, testdata};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use wimse_core::httpsig::{

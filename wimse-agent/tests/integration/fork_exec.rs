@@ -7,12 +7,10 @@
 //! The scenarios are in `tests/python/fork_exec.py`; skipped without a Python that has
 //! `spiffe` and `h2`, unless `WIMSE_REQUIRE_PYTHON_SPIFFE=1`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{DOMAIN, Issuer, RunningAgent, my_ids, python_script, spiffe_python, start_agent};
+use crate::common::{DOMAIN, Issuer, RunningAgent, my_ids, python_script, spiffe_python, start_agent};
 use serde_json::{Value, json};
 use wimse_testkit::servers::TempDir;
 

@@ -2,11 +2,9 @@
 //! independent client (the `spiffe` crate), our WIT-SVID client, rotation reaching a
 //! long-running client, and the refusals of the Workload Endpoint standard.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{DOMAIN, Issuer, entry_for_me, my_ids, start_agent};
+use crate::common::{DOMAIN, Issuer, entry_for_me, my_ids, start_agent};
 use serde_json::json;
 use wimse_core::cred::CredentialSource;
 use wimse_core::id::WorkloadId;

@@ -1,10 +1,8 @@
 //! Test vectors: kanywst/wimsey conformance v6 (wpt-02) and the drafts' own examples.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{request_headers, testdata};
+use crate::common::{request_headers, testdata};
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 use wimse_core::prelude::*;

@@ -1,11 +1,9 @@
 //! Replay-protection inputs of any size: oversized proof ids are refused before anything is
 //! stored, and what is stored per proof is fixed-size whatever the input.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use wimse_core::httpsig::MAX_SIGNATURE_FIELDS_LEN;
 use wimse_core::prelude::*;

@@ -1,9 +1,7 @@
 //! Transaction Tokens at a verifier: each validation rule refused with its own kind, the `tth`
 //! binding and the token's own validity checked independently, policies over the transaction.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use serde_json::json;
 use wimse_core::http::Rejection;

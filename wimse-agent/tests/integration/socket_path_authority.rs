@@ -2,12 +2,10 @@
 //! client library in between: served, on first sight and as a dynamic-table reference; a
 //! broken header block still ends the connection.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{DOMAIN, Issuer, entry_for_me, start_agent};
+use crate::common::{DOMAIN, Issuer, entry_for_me, start_agent};
 use prost::Message as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,8 +6,6 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-mod common;
-
 const NOW: &str = "1800000000";
 
 fn dir(name: &str) -> PathBuf {
@@ -129,7 +127,8 @@ fn issue_from_a_transaction_token_service() {
         "txn_tokens": {"requesters": [{"workloads": [front], "scopes": ["orders.read"], "subject_token_types": ["unsigned_json", "self_signed"]}]}
     });
     std::fs::write(d.join("issuer.json"), config.to_string()).unwrap();
-    let mut issuer = common::IssuerProcess::start_on(&d.join("issuer.json"), &d.join("issuer.log"), Vec::new(), port);
+    let mut issuer =
+        crate::common::IssuerProcess::start_on(&d.join("issuer.json"), &d.join("issuer.log"), Vec::new(), port);
     // The workload's credentials, from the identity server.
     ok(&["key", "generate", "-o", &p("front.jwk")]);
     let key: Value = serde_json::from_str(&std::fs::read_to_string(d.join("front.jwk")).unwrap()).unwrap();

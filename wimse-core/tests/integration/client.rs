@@ -1,8 +1,6 @@
 //! Client side: credentials, credential sources and the Signer, checked by the Verifier.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use wimse_core::prelude::*;
 

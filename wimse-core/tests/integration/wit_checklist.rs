@@ -5,9 +5,7 @@
 //! names the MUST and checks the exact reason of every refusal, and that the valid neighbour
 //! passes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use wimse_core::prelude::*;
 use wimse_core::wit::{WitValidation, validate_wit};
 

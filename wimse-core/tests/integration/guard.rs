@@ -1,10 +1,8 @@
 //! The pipeline as adapters drive it: credentials, then the policy, then the replay claim.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use wimse_core::guard::Guard;
 use wimse_core::prelude::*;
 

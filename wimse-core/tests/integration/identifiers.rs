@@ -1,7 +1,5 @@
 //! Identifier parsing against third-party cases, with our own (strict) verdicts where theirs is lenient.
 
-mod common;
-
 use serde_json::Value;
 use wimse_core::id::{IdentifierError, TrustDomain, WorkloadId};
 
@@ -10,7 +8,7 @@ use wimse_core::id::{IdentifierError, TrustDomain, WorkloadId};
 #[test]
 fn sanguinehost_spiffe_id_cases() {
     let cases: Value =
-        serde_json::from_str(&common::testdata("identifiers/sanguinehost-spiffe-id-parse-cases.json")).unwrap();
+        serde_json::from_str(&crate::common::testdata("identifiers/sanguinehost-spiffe-id-parse-cases.json")).unwrap();
     let mut checked = 0;
     for case in cases["cases"].as_array().unwrap() {
         let input = case["input"].as_str().unwrap();
@@ -85,7 +83,7 @@ fn our_verdicts_name_the_rule() {
 #[test]
 fn fkautz_counterexamples() {
     let cases: Value =
-        serde_json::from_str(&common::testdata("identifiers/fkautz-identifier-policy-cases.json")).unwrap();
+        serde_json::from_str(&crate::common::testdata("identifiers/fkautz-identifier-policy-cases.json")).unwrap();
 
     let privileged = WorkloadId::parse(cases["canonicalization"]["privileged_subject"].as_str().unwrap()).unwrap();
     for case in cases["canonicalization"]["cases"].as_array().unwrap() {

@@ -2,9 +2,7 @@
 //! body is read, the body against `Content-Digest` after, the claim last, and no way to confirm a
 //! caller whose body was never checked.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use wimse_core::exchange::BodyFailure;
 use wimse_core::prelude::*;
 

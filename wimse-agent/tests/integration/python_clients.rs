@@ -3,9 +3,7 @@
 //! client sending the other forms (grpc-java's raw path, grpc-swift's percent-encoded one).
 //! Skipped without a Python that has `spiffe` and `h2`, unless `WIMSE_REQUIRE_PYTHON_SPIFFE=1`.
 
-mod common;
-
-use common::{DOMAIN, Issuer, entry_for_me, my_ids, run_python, spiffe_python, start_agent};
+use crate::common::{DOMAIN, Issuer, entry_for_me, my_ids, run_python, spiffe_python, start_agent};
 use serde_json::json;
 
 /// `WorkloadApiClient().fetch_x509_svid()` and `fetch_x509_bundles()` from Python.

@@ -1,0 +1,17 @@
+//! The `wimse` command's integration tests, one module per subject, in one binary (one link
+//! instead of one per file). Each runs the built binary (`CARGO_BIN_EXE_wimse`) or its servers.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod adapters;
+mod agent_attestation;
+mod agent_config_mistakes;
+mod agent_endpoint_errors;
+mod federation;
+mod issuer_faults;
+mod issuer_ha;
+mod logs;
+mod round_trip;
+mod sign_output;
+mod txn;

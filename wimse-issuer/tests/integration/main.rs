@@ -1,0 +1,9 @@
+//! The identity server's integration tests, one module per subject, in one binary (one link
+//! instead of one per file).
+
+mod federation;
+mod federation_interop;
+mod issuer;
+mod postgres;
+mod tts;
+mod wic;
