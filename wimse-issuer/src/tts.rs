@@ -143,14 +143,17 @@ impl ReplayStore for StorageReplay {
     }
 }
 
-impl Tts {
-    pub(crate) fn new(
-        config: &TxnTokenServiceConfig,
-        domain: &TrustDomain,
-        issuer: &IssuerConfig,
-        storage: Arc<dyn KeyStorage>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
+/// The `txn_tokens` section checked, with what checking parsed; [`Tts::new`] builds the service.
+pub(crate) struct CheckedTts {
+    config: TxnTokenServiceConfig,
+    endpoint: String,
+    subject_issuers: Vec<(SubjectIssuer, TrustAnchors)>,
+    requesters: Vec<Requester>,
+}
+
+impl CheckedTts {
+    /// Checks the section (its fields, its subject issuers and requesters) within `issuer`.
+    pub(crate) fn check(config: &TxnTokenServiceConfig, domain: &TrustDomain, issuer: &IssuerConfig) -> Result<Self> {
         let field = |name: String| format!("txn_tokens.{name}");
         if config.rate_limit.burst == 0 || config.rate_limit.per_minute == 0 {
             return Err(config_error(field("rate_limit".into()), "burst and per_minute must be positive"));
@@ -198,6 +201,14 @@ impl Tts {
                     .map_err(|e| config_error(field(format!("requesters[{i}]")), e))?,
             );
         }
+        Ok(Self { config: config.clone(), endpoint, subject_issuers, requesters })
+    }
+}
+
+impl Tts {
+    /// The service for a checked section, claiming its requesters' proofs in `storage`.
+    pub(crate) fn new(checked: CheckedTts, storage: Arc<dyn KeyStorage>, clock: Arc<dyn Clock>) -> Result<Self> {
+        let CheckedTts { config, endpoint, subject_issuers, requesters } = checked;
         let anchors = TrustHandle::default();
         // A small quota of live proofs per requester: the storage's replay claims are shared with
         // the DPoP and assertion grants, and one workload must not fill them.

@@ -263,15 +263,24 @@ async fn the_key_store_is_private() {
 #[tokio::test]
 async fn bad_configuration_names_the_field() {
     let platform = Platform::new();
-    let base = config(&platform, &store_path("config"));
+    let store = store_path("config");
+    let base = config(&platform, &store);
     let check = async |patch: &dyn Fn(&mut Value), field: &str| {
         let mut value = base.clone();
         patch(&mut value);
         let config: IssuerConfig = serde_json::from_value(value).unwrap();
+        // The configuration says what is wrong by itself, before any storage is opened...
+        let invalid = config.validate().unwrap_err();
+        assert_eq!(invalid.kind(), &ErrorKind::InvalidConfiguration);
+        assert!(invalid.detail().unwrap().starts_with(field), "{invalid:?}");
+        // ...and a server refuses to start with that same reason.
         let err = IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap_err();
-        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
-        assert!(err.detail().unwrap().starts_with(field), "{err:?}");
+        assert_eq!(err.detail(), invalid.detail());
     };
+    // The valid one passes, and checking it creates no key store.
+    let valid: IssuerConfig = serde_json::from_value(base.clone()).unwrap();
+    valid.validate().unwrap();
+    assert!(!store.exists(), "validate() opens no storage");
     check(&|v| v["trust_domain"] = "prod.example".into(), "trust_domain").await;
     check(&|v| v["algorithm"] = "HS256".into(), "algorithm").await;
     check(&|v| v["clients"][0]["allowed"][0] = "spiffe://other.example/x".into(), "clients[0].allowed[0]").await;

@@ -365,9 +365,11 @@ async fn configuration_is_checked() {
             "subject_issuers",
         ),
     ] {
+        let invalid = with(txn.clone(), endpoint).validate().unwrap_err();
+        assert!(invalid.detail().unwrap().contains(field), "{invalid:?} should name {field}");
         let error = IdentityServer::open(with(txn, endpoint), SystemClock).await.unwrap_err();
         assert_eq!(error.kind(), &ErrorKind::InvalidConfiguration);
-        assert!(error.detail().unwrap().contains(field), "{error:?} should name {field}");
+        assert_eq!(error.detail(), invalid.detail());
     }
 }
 
