@@ -1,8 +1,8 @@
-//! The architecture's rules, checked on the sources (see ARCHITECTURE.md): no import circle
-//! between the modules of any crate (a module and the modules nested in it are one family: a
-//! child using its parent's helpers is not a circle). wimse-core's layering (imports pointing
-//! down: base < protocol < client < server < config < tools) is checked once its modules sit in
-//! those folders (issue 25).
+//! The architecture's rules, checked on the sources (see ARCHITECTURE.md):
+//! - no import circle between the modules of any crate (a module and the modules nested in it
+//!   are one family: a child using its parent's helpers is not a circle);
+//! - in wimse-core, imports point down the layers only: base < protocol < client < server <
+//!   config < tools (each module's layer is listed in `CORE_LAYERS`; a new module must be placed).
 //!
 //! Edges are the `crate::…` and `super::…` paths in code (comments and doc comments, whose links
 //! are not imports, are left out), resolved to the longest module they name.
@@ -22,6 +22,18 @@ const CRATES: &[&str] = &[
     "wimse-agent",
     "wimse-cli",
     "testkit",
+];
+
+/// wimse-core's layers, lowest first, and the modules in each: a module may import its own layer
+/// and those below. The replay store sits in the base: the server claims proofs in it and the
+/// client claims signed responses' nonces.
+const CORE_LAYERS: &[(&str, &[&str])] = &[
+    ("base", &["error", "id", "jose", "time", "health", "draft", "headers", "rate", "replay"]),
+    ("protocol", &["wit", "wit_svid", "wpt", "txn", "dpop", "wic", "trust", "httpsig"]),
+    ("client", &["cred", "sign"]),
+    ("server", &["http", "verify", "guard", "exchange", "caller", "policy", "token_cache", "audit"]),
+    ("config", &["config"]),
+    ("tools", &["raw"]),
 ];
 
 fn root() -> PathBuf {
@@ -197,7 +209,38 @@ fn no_crate_has_an_import_circle() {
     assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
 }
 
-/// The check above can fail: a made-up circle is found, and paths resolve to their modules.
+/// The layer of a wimse-core module: its first segment's.
+fn layer(module: &str) -> Option<usize> {
+    let first = module.split("::").next().unwrap_or("");
+    CORE_LAYERS.iter().position(|(_, members)| members.contains(&first))
+}
+
+#[test]
+fn wimse_core_imports_point_down_the_layers() {
+    let mut wrong = Vec::new();
+    let mut unplaced = BTreeSet::new();
+    for (module, targets) in graph("wimse-core") {
+        if module.is_empty() {
+            continue; // the crate root assembles everything
+        }
+        let Some(from) = layer(&module) else {
+            unplaced.insert(module);
+            continue;
+        };
+        for target in targets {
+            if let Some(to) = layer(&target)
+                && to > from
+            {
+                wrong.push(format!("{module} ({}) imports {target} ({})", CORE_LAYERS[from].0, CORE_LAYERS[to].0));
+            }
+        }
+    }
+    assert!(unplaced.is_empty(), "wimse-core modules in no layer (add them to CORE_LAYERS): {unplaced:?}");
+    assert!(wrong.is_empty(), "imports that point up:\n{}", wrong.join("\n"));
+}
+
+/// The checks above can fail: a made-up circle is found, paths resolve to their modules, and an
+/// upward import is told from a downward one.
 #[test]
 fn the_checks_find_what_they_look_for() {
     let mut made_up: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -209,5 +252,7 @@ fn the_checks_find_what_they_look_for() {
         referenced("protocol::wit", &code("use crate::server::verify::Verifier; // crate::x::y\n/// [`crate::y`]"));
     assert_eq!(paths.len(), 1);
     assert_eq!(resolve(&paths[0], &modules).as_deref(), Some("server::verify"));
+    assert!(layer("guard") > layer("wit"), "server above protocol");
+    assert!(layer("sign") < layer("verify"), "client below server");
     assert_eq!(referenced("a::b", "super::super::c::d")[0], vec!["c".to_owned(), "d".to_owned()]);
 }

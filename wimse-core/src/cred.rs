@@ -132,7 +132,7 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Res
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     // An exclusive, unpredictable temporary name next to the target: nobody can have prepared
     // it (a symlink, a file with looser permissions), and two writers never share one.
-    let tmp = path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), crate::wit::random_id()));
+    let tmp = path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), crate::jose::random_id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -11,7 +11,8 @@ use crate::draft::{
 };
 use crate::error::{Answer, Error, ErrorKind, Result};
 
-pub use crate::headers::HeaderSource;
+pub use crate::headers::{HeaderSource, single_value};
+use crate::headers::{as_visible_ascii, oversized};
 
 /// The credentials of a WIT + WPT request, as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,52 +23,6 @@ pub struct WptCredentials<'a> {
     pub wpt: &'a str,
     /// The `Txn-Token` value, if present.
     pub txn_token: Option<&'a str>,
-}
-
-/// A field value checked to be visible ASCII (spaces and tabs allowed), trimmed, and whether
-/// it holds a comma: one pass without early exit, so it vectorises (tokens are a few hundred
-/// bytes to 8 KiB).
-fn scan_visible_ascii(value: &[u8]) -> Result<(&str, bool)> {
-    let (visible, comma) = value.iter().fold((true, false), |(ok, comma), &b| {
-        (ok & (matches!(b, b'!'..=b'~') | (b == b' ') | (b == b'\t')), comma | (b == b','))
-    });
-    if !visible {
-        return Err(ErrorKind::InvalidHeaderValue.into());
-    }
-    // Visible ASCII is valid UTF-8.
-    let text = std::str::from_utf8(value).map_err(|_| Error::new(ErrorKind::InvalidHeaderValue))?;
-    Ok((text.trim_matches([' ', '\t']), comma))
-}
-
-fn as_visible_ascii(value: &[u8]) -> Result<&str> {
-    scan_visible_ascii(value).map(|(text, _)| text)
-}
-
-fn oversized(name: &str, len: usize, max: usize) -> Error {
-    Error::with_detail(ErrorKind::OversizedToken, format!("{name}: {len} bytes > {max}"))
-}
-
-/// The value of a field that may appear at most once. `duplicate` is the error for a repeat or a
-/// comma-joined list.
-pub fn single_value<'a, H: HeaderSource + ?Sized>(
-    headers: &'a H,
-    name: &str,
-    max_len: usize,
-    duplicate: ErrorKind,
-) -> Result<Option<&'a str>> {
-    let mut values = headers.header_values(name);
-    let Some(first) = values.next() else { return Ok(None) };
-    if values.next().is_some() {
-        return Err(duplicate.into());
-    }
-    if first.len() > max_len {
-        return Err(oversized(name, first.len(), max_len));
-    }
-    let (value, comma) = scan_visible_ascii(first)?;
-    if comma {
-        return Err(Error::with_detail(duplicate, "comma-joined values"));
-    }
-    Ok(Some(value))
 }
 
 /// Reads the WIT, the WPT and the `Txn-Token` (wpt-02 framing): exactly one

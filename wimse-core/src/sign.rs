@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use crate::cred::CredentialSource;
 use crate::draft::{TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::{HeaderSource, single_value};
+use crate::headers::{HeaderSource, single_value};
 use crate::httpsig::{self, RequestParts, RequestSignature, ResponseParts, SignOptions, SignatureValidation};
 use crate::id::WorkloadId;
 use crate::jose::Backend;
@@ -220,7 +220,7 @@ impl Signer {
 
     /// Signs a response to a signed request whose nonce was `request_nonce`, with this
     /// workload's credentials.
-    pub fn sign_response_headers<H: crate::http::HeaderSource + ?Sized>(
+    pub fn sign_response_headers<H: crate::headers::HeaderSource + ?Sized>(
         &self,
         headers: &mut HeaderMap,
         status: u16,

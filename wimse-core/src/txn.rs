@@ -38,9 +38,10 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::TrustDomain;
+use crate::jose::random_id;
 use crate::jose::{Backend, SigningKey, jws};
 use crate::trust::TrustStore;
-use crate::wit::{MAX_LEEWAY_SECS, random_id, token_hash};
+use crate::wit::{MAX_LEEWAY_SECS, token_hash};
 
 mod forwarding;
 pub use forwarding::{MAX_WARNED_ORIGINS, TxnForwarding};

@@ -1,6 +1,5 @@
 //! Workload Identity Tokens (draft-ietf-wimse-workload-creds-02 §5.1): issuing and validating.
 
-use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -8,6 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::draft::WIT_TYP;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{IdentifierPolicy, WorkloadId};
+use crate::jose::random_id;
 use crate::jose::{Algorithm, Backend, Jwk, PublicKey, SigningKey, b64url_encode, jws};
 use crate::trust::TrustStore;
 
@@ -121,22 +121,6 @@ impl WitIssuer {
         };
         jws::sign(WIT_TYP, self.key.kid(), &claims, &self.key, self.backend)
     }
-}
-
-/// 128 bits from a CSPRNG, base64url: a collision-resistant token id (`jti`, nonce).
-///
-/// With aws-lc-rs, its user-space DRBG (seeded and reseeded from the OS) answers without a
-/// system call per id; otherwise the OS generator does.
-pub(crate) fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    #[cfg(feature = "aws-lc-rs")]
-    let filled = aws_lc_rs::rand::fill(&mut bytes).is_ok();
-    #[cfg(not(feature = "aws-lc-rs"))]
-    let filled = false;
-    if !filled {
-        OsRng.fill_bytes(&mut bytes);
-    }
-    b64url_encode(bytes)
 }
 
 /// How WITs are validated. Defaults are secure; see each field.

@@ -7,9 +7,10 @@ use serde_json::Value;
 
 use crate::draft::WPT_TYP;
 use crate::error::{Error, ErrorKind, Result};
+use crate::jose::random_id;
 use crate::jose::{Backend, SigningKey, b64url_decode_into, jws};
 use crate::replay::MAX_PROOF_ID_LEN;
-use crate::wit::{DEFAULT_MAX_TOKEN_LEN, VerifiedWit, random_id, token_hash};
+use crate::wit::{DEFAULT_MAX_TOKEN_LEN, VerifiedWit, token_hash};
 
 mod token;
 use token::{Number, Text};

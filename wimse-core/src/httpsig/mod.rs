@@ -92,9 +92,10 @@ pub use sf::{ComponentId, ParsedSignature, parse_signatures};
 use crate::draft::{HTTPSIG_LABEL, HTTPSIG_TAG, SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::HeaderSource;
+use crate::jose::random_id;
 use crate::jose::{Backend, SigningKey};
 use crate::replay::MAX_PROOF_ID_LEN;
-use crate::wit::{VerifiedWit, random_id};
+use crate::wit::VerifiedWit;
 use sf::key;
 
 /// Header fields covered whenever present (http-signature-08).

@@ -151,6 +151,22 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(false),
 );
 
+/// 128 bits from a CSPRNG, base64url: a collision-resistant token id (`jti`, nonce).
+///
+/// With aws-lc-rs, its user-space DRBG (seeded and reseeded from the OS) answers without a
+/// system call per id; otherwise the OS generator does.
+pub(crate) fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    #[cfg(feature = "aws-lc-rs")]
+    let filled = aws_lc_rs::rand::fill(&mut bytes).is_ok();
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let filled = false;
+    if !filled {
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    }
+    b64url_encode(bytes)
+}
+
 /// base64url without padding (RFC 7515 §2).
 pub fn b64url_encode(bytes: impl AsRef<[u8]>) -> String {
     B64URL.encode(bytes)

@@ -460,7 +460,7 @@ impl Inner {
         Self {
             target,
             settings,
-            replica: crate::wit::random_id(),
+            replica: crate::jose::random_id(),
             proposals: AtomicU64::new(0),
             alive: Arc::new(()),
             buckets: Default::default(),
