@@ -7,9 +7,9 @@ pub mod greeter;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wimse_core::cred::{Credentials, FileCredentials, write_credential_files};
+use wimse_core::client::cred::{Credentials, FileCredentials, write_credential_files};
 use wimse_core::jose::{Algorithm, SigningKey};
-use wimse_core::wit::WitIssuer;
+use wimse_core::protocol::wit::WitIssuer;
 
 /// The workload every example's policy lets in.
 pub const ALLOWED: &str = "spiffe://prod.example/orders";

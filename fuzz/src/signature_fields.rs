@@ -1,6 +1,6 @@
 //! `Signature-Input` / `Signature` / `Content-Digest` parsing.
 
-use wimse_core::httpsig;
+use wimse_core::protocol::httpsig;
 
 /// One input: UTF-8 text split at the first NUL into `Signature-Input` and `Signature` (the
 /// first part is also read as `Content-Digest` of the second).

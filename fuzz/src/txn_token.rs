@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use wimse_core::prelude::*;
-use wimse_core::txn::{TxnTokenValidation, validate};
+use wimse_core::protocol::txn::{TxnTokenValidation, validate};
 
 const NOW: u64 = 1_800_000_000;
 

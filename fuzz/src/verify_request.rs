@@ -14,8 +14,8 @@
 use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderValue};
-use wimse_core::httpsig::OutgoingRequest;
 use wimse_core::prelude::*;
+use wimse_core::protocol::httpsig::OutgoingRequest;
 
 /// The seeds' time: their WITs were issued a minute before, their proofs at this second.
 pub const NOW: u64 = 1_800_000_000;

@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Extensions, HeaderMap, Method};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use wimse_core::client::sign::AudienceOverride;
 use wimse_core::prelude::*;
-use wimse_core::sign::AudienceOverride;
 use wimse_reqwest::{ProofMode, WimseSignMiddleware};
 
 /// Seconds since the epoch.
@@ -30,8 +30,8 @@ pub const DENIED: &str = "spiffe://prod.example/intruder";
 pub struct Deployment {
     issuer: WitIssuer,
     rogue: WitIssuer,
-    tts: wimse_core::txn::TxnTokenIssuer,
-    rogue_tts: wimse_core::txn::TxnTokenIssuer,
+    tts: wimse_core::protocol::txn::TxnTokenIssuer,
+    rogue_tts: wimse_core::protocol::txn::TxnTokenIssuer,
 }
 
 impl Default for Deployment {
@@ -47,8 +47,8 @@ impl Deployment {
         let (issuer, rogue) = (key("prod-1"), key("prod-1"));
         let domain: TrustDomain = TRUST_DOMAIN.parse().expect("trust domain");
         // The identity server is the Transaction Token Service: the same key signs Txn-Tokens.
-        let tts = wimse_core::txn::TxnTokenIssuer::new(issuer.clone(), &domain);
-        let rogue_tts = wimse_core::txn::TxnTokenIssuer::new(rogue.clone(), &domain);
+        let tts = wimse_core::protocol::txn::TxnTokenIssuer::new(issuer.clone(), &domain);
+        let rogue_tts = wimse_core::protocol::txn::TxnTokenIssuer::new(rogue.clone(), &domain);
         Self { issuer: WitIssuer::new(issuer), rogue: WitIssuer::new(rogue), tts, rogue_tts }
     }
 
@@ -99,12 +99,12 @@ impl Deployment {
     /// same `kid`) for `sub` with purpose `scope`, requested by [`ALLOWED`].
     pub fn txn_token(&self, sub: &str, scope: &str, rogue: bool) -> String {
         let tts = if rogue { &self.rogue_tts } else { &self.tts };
-        tts.issue(&wimse_core::txn::NewTxnToken::new(sub, scope).requested_by(ALLOWED), now()).expect("issue")
+        tts.issue(&wimse_core::protocol::txn::NewTxnToken::new(sub, scope).requested_by(ALLOWED), now()).expect("issue")
     }
 
     /// A verifier for `origin` that validates Txn-Tokens (required or not).
     pub fn txn_verifier(&self, origin: &str, required: bool) -> Verifier {
-        let mut txn = wimse_core::txn::TxnTokenValidation::new(TRUST_DOMAIN.parse().expect("trust domain"));
+        let mut txn = wimse_core::protocol::txn::TxnTokenValidation::new(TRUST_DOMAIN.parse().expect("trust domain"));
         if required {
             txn = txn.required();
         }

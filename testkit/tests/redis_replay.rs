@@ -180,7 +180,7 @@ async fn a_stalled_or_stopped_redis_fails_closed_or_open_as_configured() {
     redis.kill();
     let err = verify(&closed, &s.request()).await.expect_err("fails closed");
     assert_eq!(err.kind(), &ErrorKind::ReplayCacheUnavailable);
-    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 503);
+    assert_eq!(wimse_core::server::framing::Rejection::from_error(&err).status(), 503);
     verify(&open, &s.request()).await.expect("fails open");
 }
 

@@ -59,11 +59,11 @@ use actix_web::web::BytesMut;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
-use wimse_core::caller::{PendingCaller, TlsPeer, VerifiedCaller};
-use wimse_core::exchange::{BodyFailure, ResponseSigner, SignedExchange};
-use wimse_core::http::{HeaderSource, Rejection};
-use wimse_core::httpsig::has_signature;
-use wimse_core::verify::RequestView;
+use wimse_core::protocol::httpsig::has_signature;
+use wimse_core::server::caller::{PendingCaller, TlsPeer, VerifiedCaller};
+use wimse_core::server::exchange::{BodyFailure, ResponseSigner, SignedExchange};
+use wimse_core::server::framing::{HeaderSource, Rejection};
+use wimse_core::server::verify::RequestView;
 use wimse_core::{Error, ErrorKind};
 
 mod require;
@@ -79,10 +79,10 @@ pub mod prelude {
 pub use wimse_core;
 /// What the middleware checks: the verifier, an optional policy, required or optional
 /// authentication. Put it in app data (`web::Data<Guard>`) or give it to [`WimseAuth::new`].
-pub use wimse_core::guard::Guard;
+pub use wimse_core::server::guard::Guard;
 
 /// Mutual TLS (feature `tls`): serve with `HttpServer::listen_rustls_0_23` and a config from
-/// [`wimse_core::wic::server_config`], and pass [`tls::on_connect`] to `HttpServer::on_connect`.
+/// [`wimse_core::protocol::wic::server_config`], and pass [`tls::on_connect`] to `HttpServer::on_connect`.
 #[cfg(feature = "tls")]
 pub mod tls {
     use std::any::Any;
@@ -90,7 +90,7 @@ pub mod tls {
     use actix_tls::accept::rustls_0_23::TlsStream;
     use actix_web::dev::Extensions;
     use actix_web::rt::net::TcpStream;
-    use wimse_core::caller::TlsPeer;
+    use wimse_core::server::caller::TlsPeer;
 
     /// Records the workload of a connection's verified client certificate as its [`TlsPeer`],
     /// which the [`WimseAuth`](crate::WimseAuth) middleware then treats as the caller.
@@ -206,7 +206,7 @@ where
                 tracing::error!(
                     "wimse: WimseAuth::from_app_data() found no web::Data<Guard>; refusing every request (500)"
                 );
-                wimse_core::audit::rejected("none", None, &error);
+                wimse_core::server::audit::rejected("none", None, &error);
                 return reject(req, Rejection::from_error(&error));
             }
         };
@@ -265,7 +265,7 @@ fn http1_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMa
     out
 }
 
-/// The signed-request path (the steps are [`wimse_core::exchange`]'s): the header checks, the
+/// The signed-request path (the steps are [`wimse_core::server::exchange`]'s): the header checks, the
 /// body within its limit and deadline, the claim, the service, the signed response.
 async fn signed<S, B>(
     guard: web::Data<Guard>,
@@ -381,15 +381,15 @@ impl FromRequest for Caller {
 }
 
 /// Extracts the verified transaction (the request's Txn-Token, validated by a verifier
-/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::verify::VerifierConfig::with_txn_tokens));
+/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::server::verify::VerifierConfig::with_txn_tokens));
 /// 403 `missing_txn_token` without one. Use `Option<Transaction>` where it is optional.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transaction(pub std::sync::Arc<wimse_core::txn::VerifiedTxnToken>);
+pub struct Transaction(pub std::sync::Arc<wimse_core::protocol::txn::VerifiedTxnToken>);
 
 impl Deref for Transaction {
-    type Target = wimse_core::txn::VerifiedTxnToken;
+    type Target = wimse_core::protocol::txn::VerifiedTxnToken;
 
-    fn deref(&self) -> &wimse_core::txn::VerifiedTxnToken {
+    fn deref(&self) -> &wimse_core::protocol::txn::VerifiedTxnToken {
         &self.0
     }
 }
@@ -403,7 +403,7 @@ impl FromRequest for Transaction {
         let caller = extensions.get::<VerifiedCaller>();
         ready(caller.and_then(VerifiedCaller::shared_transaction).map(Transaction).ok_or_else(|| {
             let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
-            wimse_core::audit::rejected("none", caller.map(VerifiedCaller::id), &error);
+            wimse_core::server::audit::rejected("none", caller.map(VerifiedCaller::id), &error);
             error.into()
         }))
     }

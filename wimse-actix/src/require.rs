@@ -8,9 +8,9 @@ use actix_web::HttpMessage as _;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use futures_util::future::LocalBoxFuture;
-use wimse_core::caller::VerifiedCaller;
-use wimse_core::http::Rejection;
-use wimse_core::policy::Policy;
+use wimse_core::server::caller::VerifiedCaller;
+use wimse_core::server::framing::Rejection;
+use wimse_core::server::policy::Policy;
 use wimse_core::{Error, ErrorKind};
 
 /// Refuses callers `policy` does not allow (403 `policy_denied`, or the reason of a Txn-Token
@@ -99,7 +99,7 @@ where
                 Box::pin(async move { service.call(req).await.map(ServiceResponse::map_into_left_body) })
             }
             Err((caller, error)) => {
-                wimse_core::audit::rejected(
+                wimse_core::server::audit::rejected(
                     caller.as_ref().map_or("none", |c| c.method().name()),
                     caller.as_ref().map(VerifiedCaller::id),
                     &error,

@@ -262,7 +262,7 @@ impl Issuance {
         let issued =
             self.post("/v1/wit", token, json!({"sub": entry.spiffe_id.as_str(), "jwk": key.public_jwk()})).await?;
         let wit = issued["wit"].as_str().ok_or_else(|| unavailable("no wit in the answer"))?;
-        let credentials = wimse_core::cred::Credentials::new(wit, key.clone())?;
+        let credentials = wimse_core::client::cred::Credentials::new(wit, key.clone())?;
         if credentials.subject() != &entry.spiffe_id {
             return Err(unavailable(format!("the identity server issued a WIT for {}", credentials.subject())));
         }
@@ -277,7 +277,7 @@ impl Issuance {
         let body = json!({"sub": entry.spiffe_id.as_str(), "spki": spki, "usage": "both", "dns": entry.dns_names});
         let issued = self.post("/v1/wic", token, body).await?;
         let pem = issued["chain_pem"].as_str().ok_or_else(|| unavailable("no chain_pem in the answer"))?;
-        let chain = wimse_core::wic::certificates_from_pem(pem)?;
+        let chain = wimse_core::protocol::wic::certificates_from_pem(pem)?;
         let expires_at = issued["expires_at"].as_u64().ok_or_else(|| unavailable("no expires_at in the answer"))?;
         let der = wimse_workload_api::der::concat_certificates(&chain);
         Ok(X509Credentials { chain: Arc::from(der), key: Arc::from(key.serialize_der()), expires_at })
@@ -299,7 +299,7 @@ impl Issuance {
                 return Err(unavailable(format!("X.509 bundle: {}", pem.status())));
             }
             let pem = read_capped(pem, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("X.509 bundle: {e}")))?;
-            let cas = wimse_core::wic::certificates_from_pem(&pem)?;
+            let cas = wimse_core::protocol::wic::certificates_from_pem(&pem)?;
             x509 = Some(wimse_workload_api::der::concat_certificates(&cas));
         }
         let domain = self.config.trust_domain.to_string();

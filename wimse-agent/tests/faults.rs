@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{Issuer, entry_for_me, start_agent};
 use serde_json::json;
-use wimse_core::cred::CredentialSource;
-use wimse_core::trust::{TrustHandle, TrustStore};
+use wimse_core::client::cred::CredentialSource;
+use wimse_core::protocol::trust::{TrustHandle, TrustStore};
 use wimse_workload_api::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use wimse_workload_api::proto::*;
 use wimse_workload_api::{Endpoint, WitBundleWatch, WitSvidSource, WorkloadApiError};

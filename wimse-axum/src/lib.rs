@@ -48,9 +48,9 @@ use std::sync::Arc;
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
-use wimse_core::caller::VerifiedCaller;
-use wimse_core::http::Rejection;
-use wimse_core::txn::VerifiedTxnToken;
+use wimse_core::protocol::txn::VerifiedTxnToken;
+use wimse_core::server::caller::VerifiedCaller;
+use wimse_core::server::framing::Rejection;
 use wimse_core::{Error, ErrorKind};
 
 pub use wimse_core;
@@ -100,7 +100,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Caller {
 }
 
 /// Extracts the verified transaction (the request's Txn-Token, validated by a verifier
-/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::verify::VerifierConfig::with_txn_tokens)).
+/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::server::verify::VerifierConfig::with_txn_tokens)).
 ///
 /// Without one the handler is not called and the client gets 403 `missing_txn_token`. Use
 /// `Option<Transaction>` where a transaction is optional.
@@ -134,7 +134,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Transaction {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         transaction(parts).ok_or_else(|| {
             let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
-            wimse_core::audit::rejected(
+            wimse_core::server::audit::rejected(
                 "none",
                 parts.extensions.get::<VerifiedCaller>().map(VerifiedCaller::id),
                 &error,

@@ -12,10 +12,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use wimse_core::caller::TlsPeer;
+use wimse_core::server::caller::TlsPeer;
 
 /// Accepts TLS connections on `listener` with `config` (see
-/// [`wimse_core::wic::server_config`]) and serves `service` (an axum `Router`, say) on each.
+/// [`wimse_core::protocol::wic::server_config`]) and serves `service` (an axum `Router`, say) on each.
 /// Runs until the listener fails.
 pub async fn serve<S, B>(listener: TcpListener, config: Arc<rustls::ServerConfig>, service: S) -> std::io::Result<()>
 where

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::Value;
-use wimse_core::trust::TrustAnchors;
+use wimse_core::protocol::trust::TrustAnchors;
 
 use crate::files::{read_signing_key, read_token, write_output};
 use crate::{CliResult, Output};

@@ -54,9 +54,8 @@ pub(crate) fn write_output(out: &Output, text: &str) -> Result<(), String> {
 /// rename; to standard output without `-o`.
 pub(crate) fn write_private(out: Option<&Path>, text: &str) -> Result<(), String> {
     match out {
-        Some(path) => {
-            wimse_core::cred::write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
-        }
+        Some(path) => wimse_core::client::cred::write_atomically(path, text.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display())),
         None => std::io::stdout().write_all(text.as_bytes()).map_err(|e| e.to_string()),
     }
 }

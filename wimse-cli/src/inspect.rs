@@ -43,7 +43,7 @@ pub(crate) fn run(args: InspectArgs) -> CliResult {
     let kind = match typ {
         Some(typ) if typ_is(typ, WIT_TYP) => "WIT",
         Some(typ) if typ_is(typ, WPT_TYP) => "WPT",
-        Some(typ) if typ_is(typ, wimse_core::txn::TXN_TOKEN_TYP) => "Txn-Token",
+        Some(typ) if typ_is(typ, wimse_core::protocol::txn::TXN_TOKEN_TYP) => "Txn-Token",
         _ => "unknown",
     };
     let out = json!({

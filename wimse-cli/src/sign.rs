@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use wimse_core::cred::{Credentials, StaticCredentials};
+use wimse_core::client::cred::{Credentials, StaticCredentials};
+use wimse_core::client::sign::Signer;
 use wimse_core::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
-use wimse_core::httpsig::OutgoingRequest;
 use wimse_core::jose::SigningKey;
-use wimse_core::sign::Signer;
+use wimse_core::protocol::httpsig::OutgoingRequest;
+use wimse_core::protocol::wpt::WptBuilder;
 use wimse_core::time::FixedClock;
-use wimse_core::wpt::WptBuilder;
 
 use crate::files::{now_or, read_input, read_signing_key, read_token};
 use crate::{CliResult, Output};
@@ -125,7 +125,7 @@ fn hint_http(request: &RawRequest, url: &str) {
     let local = request
         .authority()
         .and_then(|a| a.parse::<http::uri::Authority>().ok())
-        .is_some_and(|a| wimse_core::http::is_loopback_host(a.host()));
+        .is_some_and(|a| wimse_core::server::framing::is_loopback_host(a.host()));
     if request.scheme().is_none() && local {
         let http = url.replacen("https://", "http://", 1);
         eprintln!(

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use wimse_core::cred::{Credentials, StaticCredentials};
+use wimse_core::client::cred::{Credentials, StaticCredentials};
+use wimse_core::client::sign::Signer;
 use wimse_core::raw::{RawRequest, RawResponse};
-use wimse_core::sign::Signer;
 use wimse_core::time::FixedClock;
 
 use crate::files::{now_or, read_input, read_signing_key, read_token};

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 use wimse_core::id::WorkloadId;
-use wimse_core::wit::WitIssuer;
-use wimse_core::wpt::WptBuilder;
+use wimse_core::protocol::wit::WitIssuer;
+use wimse_core::protocol::wpt::WptBuilder;
 
 use crate::files::{now_or, read_jwk, read_signing_key, read_token, write_output};
 use crate::{CliResult, Output};

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::{Map, Value, json};
-use wimse_core::cred::{Credentials, StaticCredentials};
+use wimse_core::client::cred::{Credentials, StaticCredentials};
+use wimse_core::client::sign::Signer;
 use wimse_core::id::TrustDomain;
-use wimse_core::sign::Signer;
-use wimse_core::trust::{TrustAnchors, TrustStore};
-use wimse_core::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
+use wimse_core::protocol::trust::{TrustAnchors, TrustStore};
+use wimse_core::protocol::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
 use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
 
 use crate::files::{now_or, read_signing_key, read_text, read_token, write_output};
@@ -146,7 +146,7 @@ pub(crate) struct VerifyArgs {
     #[arg(long)]
     audience: Option<String>,
     /// Longest accepted lifetime, seconds.
-    #[arg(long, default_value_t = wimse_core::txn::DEFAULT_MAX_TXN_LIFETIME)]
+    #[arg(long, default_value_t = wimse_core::protocol::txn::DEFAULT_MAX_TXN_LIFETIME)]
     max_lifetime: u64,
     /// Check as of this Unix time instead of now.
     #[arg(long)]

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::json;
-use wimse_core::caller::ProofMethod;
-use wimse_core::http::Rejection;
 use wimse_core::id::TrustDomain;
 use wimse_core::prelude::*;
-use wimse_core::trust::TrustHandle;
+use wimse_core::protocol::trust::TrustHandle;
+use wimse_core::server::caller::ProofMethod;
+use wimse_core::server::framing::Rejection;
 
 use crate::CliResult;
 use crate::files::{now_or, read_input, read_text};

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::json;
+use wimse_core::client::sign::ResponseVerifier;
 use wimse_core::draft::HTTPSIG_TAG;
-use wimse_core::httpsig::{RequestParts, ResponseParts, parse_signatures};
 use wimse_core::id::WorkloadId;
-use wimse_core::sign::ResponseVerifier;
+use wimse_core::protocol::httpsig::{RequestParts, ResponseParts, parse_signatures};
 use wimse_core::time::FixedClock;
 use wimse_core::{Error, ErrorKind};
 

@@ -11,7 +11,7 @@ use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use serde_json::json;
 use wimse_core::id::{TrustDomain, WorkloadId};
-use wimse_core::wic::{
+use wimse_core::protocol::wic::{
     WicAnchors, WicAuthority, WicClientVerifier, WicOptions, WicServerVerifier, WicUsage, certificates_from_pem,
     wimse_error, workload_id_of,
 };

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use wimse_core::prelude::*;
-use wimse_core::wit::{WitValidation, validate_wit};
-use wimse_core::wpt::{ProofContext, WptValidation, validate_wpt};
+use wimse_core::protocol::wit::{WitValidation, validate_wit};
+use wimse_core::protocol::wpt::{ProofContext, WptValidation, validate_wpt};
 
 const NOW: u64 = 1_800_000_000;
 const AUD: &str = "https://payments.example/charge";
@@ -82,7 +82,7 @@ fn benches(c: &mut Criterion) {
 
             // The client side: a fresh WPT per request, with the WIT's hash kept as a `Signer`
             // keeps it.
-            let wit_hash = wimse_core::wit::token_hash(&s.wit);
+            let wit_hash = wimse_core::protocol::wit::token_hash(&s.wit);
             c.bench_with_input(BenchmarkId::new("wpt_sign", &id), &s, |b, s| {
                 b.iter(|| {
                     WptBuilder::new(&s.workload_key, black_box(&s.wit), AUD)
@@ -152,7 +152,7 @@ fn benches(c: &mut Criterion) {
 /// Signing and verifying an HTTP message signature over a request, then over its response,
 /// each with a 1 KiB body (the Content-Digest is computed and checked inside).
 fn signatures(c: &mut Criterion) {
-    use wimse_core::httpsig::{
+    use wimse_core::protocol::httpsig::{
         self, OutgoingRequest, OutgoingResponse, RequestParts, ResponseParts, SignOptions, SignatureValidation,
     };
     let body = vec![b'x'; 1024];
@@ -234,7 +234,7 @@ fn signatures(c: &mut Criterion) {
 /// request path with a Txn-Token bound by `tth`, once for a steady transaction (its token
 /// verified once, then from the cache) and once with a new transaction per request.
 fn txn_tokens(c: &mut Criterion) {
-    use wimse_core::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
+    use wimse_core::protocol::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
     let alg = Algorithm::ES256;
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
     let issuer_key = SigningKey::generate(alg).unwrap().with_kid("k1");

@@ -63,13 +63,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cred::FileCredentials;
+use crate::client::cred::FileCredentials;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{TrustDomain, WorkloadId};
-use crate::policy::{Policy, Rule};
-use crate::trust::{TrustAnchors, TrustHandle, TrustStore};
-use crate::txn::TxnTokenValidation;
-use crate::verify::{Verifier, VerifierConfig};
+use crate::protocol::trust::{TrustAnchors, TrustHandle, TrustStore};
+use crate::protocol::txn::TxnTokenValidation;
+use crate::server::policy::{Policy, Rule};
+use crate::server::verify::{Verifier, VerifierConfig};
 
 fn invalid(field: impl std::fmt::Display, problem: impl std::fmt::Display) -> Error {
     Error::with_detail(ErrorKind::InvalidConfiguration, format!("{field}: {problem}"))

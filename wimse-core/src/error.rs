@@ -9,7 +9,7 @@ use crate::id::IdentifierError;
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How a rejection of each kind is answered over HTTP (see [`crate::http::Rejection`]).
+/// How a rejection of each kind is answered over HTTP (see [`crate::server::framing::Rejection`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
     /// A failure of the caller's credentials: 401 with `WWW-Authenticate: WPT` (and, for a
@@ -198,7 +198,7 @@ error_kinds! {
     /// The body of a signed request did not arrive within the server's deadline (408).
     BodyTimeout => "body_timeout", Answer::Status(408), "the body did not arrive in time";
     /// The server is already buffering as many signed request bodies as its budget allows
-    /// ([`Guard::body_budget`](crate::guard::Guard::body_budget)); retry shortly (503).
+    /// ([`Guard::body_budget`](crate::server::guard::Guard::body_budget)); retry shortly (503).
     BodyBudgetExceeded => "body_budget_exceeded", Answer::Status(503), "too many request bodies are being read at once";
     /// The client asked for a signed response and this server does not sign responses (501).
     SignedResponseUnsupported => "signed_response_unsupported", Answer::Status(501), "this server does not sign responses";
@@ -208,10 +208,10 @@ error_kinds! {
     /// The caller is authenticated but a policy does not allow it.
     PolicyDenied => "policy_denied", Answer::Status(403), "the caller is not allowed by policy";
     /// A policy rule on the Txn-Token's purpose refused the request: its `scope` is not one the
-    /// policy requires ([`Rule::txn_scope`](crate::policy::Rule::txn_scope)), or one it denies.
+    /// policy requires ([`Rule::txn_scope`](crate::server::policy::Rule::txn_scope)), or one it denies.
     TxnScopeDenied => "txn_scope_denied", Answer::Status(403), "the Txn-Token's purpose (scope) is not allowed here";
     /// A policy rule on the Txn-Token's subject refused the request
-    /// ([`Rule::txn_subject`](crate::policy::Rule::txn_subject)).
+    /// ([`Rule::txn_subject`](crate::server::policy::Rule::txn_subject)).
     TxnSubjectDenied => "txn_subject_denied", Answer::Status(403), "the Txn-Token's subject is not allowed here";
     /// Route policies are configured and the request's path is not canonical (a `%` escape, an
     /// empty segment or a `.`/`..` segment): a framework that decodes or normalises it could
@@ -353,7 +353,7 @@ impl Error {
     }
 
     /// Marks the error as a failure of an HTTP-signature request, which http-signature-08 answers
-    /// with a generic 400 (see [`crate::http::Rejection`]).
+    /// with a generic 400 (see [`crate::server::framing::Rejection`]).
     pub fn in_signature_mode(mut self) -> Self {
         self.0.signature_mode = true;
         self

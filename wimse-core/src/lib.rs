@@ -8,10 +8,10 @@
 //! (WIT), `draft-ietf-wimse-wpt-02` (WPT in `Authorization: WPT …`). See [`draft`].
 //!
 //! ## Where to start
-//! - Serving: [`guard::Guard`] (verifier + policy) through an adapter, or
-//!   [`verify::Verifier`] directly; settings from a file with [`config::Settings`]; trust
-//!   anchors from files with [`trust::TrustAnchors::from_file`].
-//! - Calling: [`sign::Signer`] over a [`cred::CredentialSource`] (files, static, or an identity
+//! - Serving: [`crate::server::guard::Guard`] (verifier + policy) through an adapter, or
+//!   [`crate::server::verify::Verifier`] directly; settings from a file with [`config::Settings`]; trust
+//!   anchors from files with [`crate::protocol::trust::TrustAnchors::from_file`].
+//! - Calling: [`crate::client::sign::Signer`] over a [`crate::client::cred::CredentialSource`] (files, static, or an identity
 //!   server through `wimse-reqwest`).
 //! - Everything common is in [`prelude`].
 //!
@@ -40,55 +40,39 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod audit;
-pub mod caller;
+pub mod client;
 pub mod config;
-pub mod cred;
-pub mod dpop;
 pub mod draft;
 mod error;
-pub mod exchange;
-pub mod guard;
 mod headers;
 pub mod health;
-pub mod http;
-pub mod httpsig;
 pub mod id;
 pub mod jose;
-pub mod policy;
+pub mod protocol;
 pub mod rate;
 #[cfg(feature = "raw-http")]
 pub mod raw;
 pub mod replay;
-pub mod sign;
+pub mod server;
 pub mod time;
-mod token_cache;
-pub mod trust;
-pub mod txn;
-pub mod verify;
-#[cfg(feature = "mtls")]
-pub mod wic;
-pub mod wit;
-pub mod wit_svid;
-pub mod wpt;
 
 pub use error::{Answer, Error, ErrorKind, Result};
 
 /// The types most programs need.
 pub mod prelude {
-    pub use crate::caller::{TlsPeer, VerifiedCaller};
-    pub use crate::cred::{CredentialSource, Credentials, FileCredentials, StaticCredentials};
+    pub use crate::client::cred::{CredentialSource, Credentials, FileCredentials, StaticCredentials};
+    pub use crate::client::sign::Signer;
     pub use crate::error::{Error, ErrorKind};
-    pub use crate::guard::Guard;
-    pub use crate::http::{HeaderSource, Rejection};
     pub use crate::id::{TrustDomain, WorkloadId};
     pub use crate::jose::{Algorithm, Backend, Jwk, PublicKey, SigningKey};
-    pub use crate::policy::{Policy, Rule};
+    pub use crate::protocol::trust::{TrustAnchors, TrustStore};
+    pub use crate::protocol::wit::WitIssuer;
+    pub use crate::protocol::wpt::WptBuilder;
     pub use crate::replay::{InMemoryReplayStore, ReplayStore};
-    pub use crate::sign::Signer;
+    pub use crate::server::caller::{TlsPeer, VerifiedCaller};
+    pub use crate::server::framing::{HeaderSource, Rejection};
+    pub use crate::server::guard::Guard;
+    pub use crate::server::policy::{Policy, Rule};
+    pub use crate::server::verify::{RequestView, Verifier, VerifierConfig};
     pub use crate::time::{Clock, FixedClock, SystemClock};
-    pub use crate::trust::{TrustAnchors, TrustStore};
-    pub use crate::verify::{RequestView, Verifier, VerifierConfig};
-    pub use crate::wit::WitIssuer;
-    pub use crate::wpt::WptBuilder;
 }

@@ -1,6 +1,6 @@
 //! Replay protection: every proof is claimed once while it could still be accepted.
 //!
-//! The inbound pipeline ([`crate::verify`]) claims a proof last: after its credentials
+//! The inbound pipeline ([`crate::server::verify`]) claims a proof last: after its credentials
 //! verified and after the policy allowed the caller, so a refused caller costs nothing shared.
 //! A claim is a fixed-size [`ReplayClaim`] (a digest of the sender and the proof id, or of the
 //! HTTP-signature nonce alone), so no input makes an entry larger.

@@ -10,8 +10,8 @@ mod fuzz;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use wimse_core::caller::ProofMethod;
 use wimse_core::prelude::*;
+use wimse_core::server::caller::ProofMethod;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")

@@ -194,10 +194,10 @@ pub(crate) fn dns_name_allowed(allowlist: &[String], name: &str) -> bool {
 }
 
 /// A DNS name or `*.suffix` pattern of an allowlist: a valid DNS name (see
-/// [`wimse_core::wic::check_dns_name`]), optionally behind one leading `*.`.
+/// [`wimse_core::protocol::wic::check_dns_name`]), optionally behind one leading `*.`.
 pub(crate) fn valid_dns_pattern(pattern: &str) -> bool {
     let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    !name.contains('*') && wimse_core::wic::check_dns_name(name).is_ok()
+    !name.contains('*') && wimse_core::protocol::wic::check_dns_name(name).is_ok()
 }
 
 /// The kind of token a [`ExchangeProfile`] accepts.

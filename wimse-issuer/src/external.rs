@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use wimse_core::jose::{PublicKey, jws};
-use wimse_core::trust::TrustAnchors;
+use wimse_core::protocol::trust::TrustAnchors;
 
 /// Checks an externally issued JWT (platform token, access token, JWT-SVID) whose issuer was
 /// already matched: no `crit`, key from the configured keys by `kid`, signature, `exp` (and at

@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
-use wimse_core::http::Rejection;
 use wimse_core::jose::Jwk;
-use wimse_core::txn::TXN_TOKEN_TYPE;
+use wimse_core::protocol::txn::TXN_TOKEN_TYPE;
+use wimse_core::server::framing::Rejection;
 use wimse_core::{Error, ErrorKind};
 
 /// The body of `POST /v1/wit`.
@@ -349,7 +349,7 @@ async fn issue_wic(
     Json(request): Json<WicBody>,
 ) -> Response {
     use base64::Engine as _;
-    use wimse_core::wic::{WicUsage, chain_to_pem};
+    use wimse_core::protocol::wic::{WicUsage, chain_to_pem};
     let Some(bootstrap) = bearer(&headers) else {
         return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
     };

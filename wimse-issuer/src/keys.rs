@@ -254,7 +254,7 @@ impl KeyState {
             !retire
         });
         if self.wic_ca.is_none() {
-            let ca = wimse_core::wic::WicAuthority::new(domain.clone(), now, 10 * 365 * 86_400)?;
+            let ca = wimse_core::protocol::wic::WicAuthority::new(domain.clone(), now, 10 * 365 * 86_400)?;
             self.wic_ca = Some(ca.to_pem());
             changes.wic_authority_created = true;
         }
@@ -282,7 +282,7 @@ impl KeyState {
 pub(crate) struct Loaded {
     pub(crate) state: KeyState,
     signers: Vec<(u64, SigningKey)>,
-    wic_authority: Option<wimse_core::wic::WicAuthority>,
+    wic_authority: Option<wimse_core::protocol::wic::WicAuthority>,
 }
 
 impl Loaded {
@@ -292,7 +292,7 @@ impl Loaded {
             signers.push((key.active_from, SigningKey::from_jwk(&key.jwk).map_err(store_error)?));
         }
         let wic_authority = match &state.wic_ca {
-            Some((cert, key)) => Some(wimse_core::wic::WicAuthority::from_pem(domain.clone(), cert, key)?),
+            Some((cert, key)) => Some(wimse_core::protocol::wic::WicAuthority::from_pem(domain.clone(), cert, key)?),
             None => None,
         };
         Ok(Self { state, signers, wic_authority })
@@ -308,7 +308,7 @@ impl Loaded {
             .ok_or_else(|| store_error("no active signing key"))
     }
 
-    pub(crate) fn wic_authority(&self) -> Result<&wimse_core::wic::WicAuthority> {
+    pub(crate) fn wic_authority(&self) -> Result<&wimse_core::protocol::wic::WicAuthority> {
         self.wic_authority.as_ref().ok_or_else(|| store_error("no WIC authority"))
     }
 }

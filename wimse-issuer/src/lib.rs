@@ -59,7 +59,7 @@ pub use postgres::PostgresStorage;
 pub use server::{IdentityServer, IssuedWit, WicRequest};
 pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage};
 pub use tts::{IssuedTxnToken, TxnTokenRequest};
-pub use wimse_core::trust::STORE_EPOCH_MEMBER;
+pub use wimse_core::protocol::trust::STORE_EPOCH_MEMBER;
 
 /// RFC 8693 token type of OAuth access tokens.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";

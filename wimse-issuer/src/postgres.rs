@@ -86,7 +86,7 @@ fn config_error(field: &str, e: impl std::fmt::Display) -> Error {
 /// Whether every host is on this machine: a Unix socket, `localhost` or a loopback address.
 fn all_local(config: &tokio_postgres::Config) -> bool {
     let hosts_local = config.get_hosts().iter().all(|host| match host {
-        Host::Tcp(name) => wimse_core::http::is_loopback_host(name),
+        Host::Tcp(name) => wimse_core::server::framing::is_loopback_host(name),
         Host::Unix(_) => true,
     });
     hosts_local && config.get_hostaddrs().iter().all(|ip| ip.is_loopback())

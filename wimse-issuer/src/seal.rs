@@ -45,7 +45,7 @@ impl Kek {
     /// From a file that only its owner may read.
     pub(crate) fn from_file(path: &Path) -> Result<Self> {
         let origin = format!("postgres.kek_file {}", path.display());
-        wimse_core::cred::check_private_file(path).map_err(|e| config_error(format!("{origin}: {e}")))?;
+        wimse_core::client::cred::check_private_file(path).map_err(|e| config_error(format!("{origin}: {e}")))?;
         let text = std::fs::read_to_string(path).map_err(|e| config_error(format!("{origin}: {e}")))?;
         Self::from_base64(&text, &origin)
     }

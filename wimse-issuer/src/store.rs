@@ -80,7 +80,7 @@ impl FileStorage {
         let read = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
             Ok(text) => {
                 // It holds the signing keys and the WIC authority's key.
-                wimse_core::cred::check_private_file(&path).map_err(|e| invalid(&path, e))?;
+                wimse_core::client::cred::check_private_file(&path).map_err(|e| invalid(&path, e))?;
                 serde_json::from_str::<KeyState>(&text).map(Some).map_err(|e| invalid(&path, e))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -114,7 +114,7 @@ impl KeyStorage for FileStorage {
         };
         let text = serde_json::to_vec_pretty(&next).map_err(unavailable)?;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || wimse_core::cred::write_atomically(&path, &text))
+        tokio::task::spawn_blocking(move || wimse_core::client::cred::write_atomically(&path, &text))
             .await
             .map_err(unavailable)?
             .map_err(|e| unavailable(format!("{}: {e}", self.path.display())))?;

@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value};
 use wimse_core::id::{TrustDomain, WorkloadId};
 use wimse_core::jose::{PublicKey, jws};
-use wimse_core::policy::{Policy, Rule};
+use wimse_core::protocol::trust::{TrustAnchors, TrustHandle, TrustStore};
+use wimse_core::protocol::txn::{SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, UNSIGNED_JSON_TYPE};
 use wimse_core::replay::{Claim, ReplayClaim, ReplayStore};
+use wimse_core::server::policy::{Policy, Rule};
+use wimse_core::server::verify::{Verifier, VerifierConfig};
 use wimse_core::time::Clock;
-use wimse_core::trust::{TrustAnchors, TrustHandle, TrustStore};
-use wimse_core::txn::{SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, UNSIGNED_JSON_TYPE};
-use wimse_core::verify::{Verifier, VerifierConfig};
 use wimse_core::{Error, ErrorKind, Result};
 
 use crate::config::{ExchangeKind, IssuerConfig, SubjectIssuer, TxnRequester, TxnTokenServiceConfig, config_error};
@@ -287,7 +287,7 @@ pub(crate) struct Subject {
     /// When the subject token expires: the Txn-Token never outlives it.
     pub(crate) expires_at: Option<u64>,
     /// A replacement: the token it replaces.
-    pub(crate) replaces: Option<wimse_core::txn::VerifiedTxnToken>,
+    pub(crate) replaces: Option<wimse_core::protocol::txn::VerifiedTxnToken>,
 }
 
 pub(crate) fn refused(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {

@@ -29,7 +29,7 @@ use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use serde_json::Value;
-use wimse_core::cred::CredentialSource;
+use wimse_core::client::cred::CredentialSource;
 use wimse_core::jose::SigningKey;
 use wimse_core::time::{Clock, SystemClock};
 use wimse_core::{Error, ErrorKind};
@@ -140,7 +140,7 @@ pub fn secure_or_loopback(url: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(url) else { return false };
     match url.scheme() {
         "https" => true,
-        "http" => url.host_str().is_some_and(wimse_core::http::is_loopback_host),
+        "http" => url.host_str().is_some_and(wimse_core::server::framing::is_loopback_host),
         _ => false,
     }
 }
@@ -378,7 +378,7 @@ impl AssertionGrant {
         }
         let mut request = self.http.post(&self.token_url).form(&form);
         if let Some(key) = &self.dpop {
-            request = request.header("dpop", wimse_core::dpop::proof(key, "POST", &self.token_url, now)?);
+            request = request.header("dpop", wimse_core::protocol::dpop::proof(key, "POST", &self.token_url, now)?);
         }
         let response = request.send().await.map_err(|e| unavailable(format!("{}: {e}", self.token_url)))?;
         let status = response.status();
@@ -460,7 +460,7 @@ impl Middleware for OAuthTokenMiddleware {
                 )));
             }
             (true, Some(key)) => {
-                let proof = wimse_core::dpop::proof_for_token(
+                let proof = wimse_core::protocol::dpop::proof_for_token(
                     key,
                     req.method().as_str(),
                     url.as_str(),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::Value;
 use wimse_core::health::{Health, Report};
 use wimse_core::id::TrustDomain;
+use wimse_core::protocol::trust::{TrustAnchors, TrustHandle};
 use wimse_core::time::{Clock, SystemClock};
-use wimse_core::trust::{TrustAnchors, TrustHandle};
 use wimse_core::{Error, ErrorKind};
 
 /// Keeps the anchors of one trust domain in a [`TrustHandle`] up to date from a SPIFFE bundle
@@ -36,7 +36,7 @@ pub struct BundleSource {
     state: Mutex<State>,
 }
 
-pub use wimse_core::trust::STORE_EPOCH_MEMBER;
+pub use wimse_core::protocol::trust::STORE_EPOCH_MEMBER;
 
 /// Epochs remembered as replaced, to refuse their return.
 const REPLACED_EPOCHS: usize = 16;

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wimse_core::cred::{CredentialSource, Credentials};
+use wimse_core::client::cred::{CredentialSource, Credentials};
 use wimse_core::health::{Health, Report};
 use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::time::{Clock, SystemClock};
@@ -262,7 +262,7 @@ impl IssuerCredentials {
                 let token_url = format!("{base}/v1/token");
                 let now = inner.clock.now();
                 let assertion = platform.read(&inner.client, now).await?;
-                let proof = wimse_core::dpop::proof(&key, "POST", &token_url, now)?;
+                let proof = wimse_core::protocol::dpop::proof(&key, "POST", &token_url, now)?;
                 let form = [
                     ("grant_type", crate::JWT_BEARER_GRANT),
                     ("assertion", assertion.as_str()),
@@ -306,7 +306,7 @@ impl IssuerCredentials {
         let credentials = Credentials::new(wit, key)?;
         let issued_at = issued["issued_at"].as_u64().unwrap_or_else(|| inner.clock.now());
         tracing::info!(sub = %credentials.subject(), expires_at = credentials.expires_at(), "wimse: obtained a WIT");
-        wimse_core::cred::record_expiry(&credentials);
+        wimse_core::client::cred::record_expiry(&credentials);
         // Drawn once per WIT: workloads that obtained theirs together renew apart.
         let renew_at = renewal_time(issued_at, credentials.expires_at(), jitter());
         *inner.current.write().map_err(|_| unavailable("credential state poisoned"))? =

@@ -61,7 +61,7 @@ pub use settings::{fetch_bundles, verifier_from_settings};
 pub use txn::{
     ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnTokenRequest, TxnTokenService, same_origin_redirects, self_signed_subject,
 };
-pub use wimse_core::txn::{TxnForwarding, TxnToken};
+pub use wimse_core::protocol::txn::{TxnForwarding, TxnToken};
 
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
@@ -77,16 +77,16 @@ pub mod prelude {
     };
     pub use wimse_core::prelude::*;
 }
-use wimse_core::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts};
+pub use wimse_core::client::sign::AudienceOverride;
+use wimse_core::client::sign::{ResponseVerifier, Signer};
 use wimse_core::id::WorkloadId;
-pub use wimse_core::sign::AudienceOverride;
-use wimse_core::sign::{ResponseVerifier, Signer};
-use wimse_core::trust::TrustStore;
+use wimse_core::protocol::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts};
+use wimse_core::protocol::trust::TrustStore;
 use wimse_core::{Error, ErrorKind};
 
 /// A reqwest client builder that authenticates with mutual TLS (feature `mtls`): it presents the
 /// workload's certificate and verifies servers with `config` (see
-/// [`wimse_core::wic::client_config`], whose server verifier maps each host to the workload it
+/// [`wimse_core::protocol::wic::client_config`], whose server verifier maps each host to the workload it
 /// must be).
 #[cfg(feature = "mtls")]
 pub fn mtls_client_builder(config: rustls::ClientConfig) -> reqwest::ClientBuilder {

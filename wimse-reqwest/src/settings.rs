@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wimse_core::config::{TrustSource, VerifierSettings};
+use wimse_core::protocol::trust::TrustHandle;
+use wimse_core::server::verify::Verifier;
 use wimse_core::time::{Clock, SystemClock};
-use wimse_core::trust::TrustHandle;
-use wimse_core::verify::Verifier;
 use wimse_core::{Error, ErrorKind};
 
 use crate::{BundleSource, secure_or_loopback};

@@ -10,9 +10,9 @@
 
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::Value;
+use wimse_core::client::sign::Signer;
 use wimse_core::id::TrustDomain;
-use wimse_core::sign::Signer;
-use wimse_core::txn::{SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, UNSIGNED_JSON_TYPE};
+use wimse_core::protocol::txn::{SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, UNSIGNED_JSON_TYPE};
 
 /// RFC 8693 token type of OAuth access tokens.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -138,7 +138,7 @@ pub struct IssuedTxnToken {
 impl std::fmt::Debug for IssuedTxnToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuedTxnToken")
-            .field("token_hash", &wimse_core::wit::token_hash(&self.token))
+            .field("token_hash", &wimse_core::protocol::wit::token_hash(&self.token))
             .field("expires_in", &self.expires_in)
             .finish()
     }
@@ -149,7 +149,7 @@ impl std::fmt::Debug for IssuedTxnToken {
 /// ```no_run
 /// use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
 ///
-/// # async fn run(signer: wimse_core::sign::Signer) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run(signer: wimse_core::client::sign::Signer) -> Result<(), Box<dyn std::error::Error>> {
 /// let domain = "spiffe://prod.example".parse()?;
 /// let tts = TxnTokenService::new(signer, "https://issuer.prod.example/v1/token", &domain)?;
 /// // For the user whose access token the edge received:
@@ -275,10 +275,10 @@ pub fn same_origin_redirects() -> reqwest::redirect::Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wimse_core::cred::{Credentials, StaticCredentials};
+    use wimse_core::client::cred::{Credentials, StaticCredentials};
     use wimse_core::jose::{Algorithm, SigningKey};
+    use wimse_core::protocol::wit::WitIssuer;
     use wimse_core::time::FixedClock;
-    use wimse_core::wit::WitIssuer;
 
     /// A self-signed subject is dated by the signer's clock, like every proof the signer makes.
     #[test]

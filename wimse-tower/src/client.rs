@@ -9,8 +9,8 @@ use http::{Request, Uri};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::sign::{AudienceOverride, Signer, audience_for};
-use wimse_core::txn::{TxnForwarding, TxnToken};
+use wimse_core::client::sign::{AudienceOverride, Signer, audience_for};
+use wimse_core::protocol::txn::{TxnForwarding, TxnToken};
 use wimse_core::{Error, ErrorKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,7 +29,7 @@ type AudienceFn = dyn Fn(&Uri) -> Option<String> + Send + Sync;
 /// ```no_run
 /// use tower::ServiceBuilder;
 /// use wimse_tower::WimseSignLayer;
-/// # async fn run(signer: wimse_core::sign::Signer) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run(signer: wimse_core::client::sign::Signer) -> Result<(), Box<dyn std::error::Error>> {
 /// let origin = "http://orders.internal:50051";
 /// let channel = tonic::transport::Endpoint::from_static(origin).connect().await?;
 /// // A Channel's requests carry only the method's path: the layer adds the origin.
@@ -186,7 +186,7 @@ where
             Err(e) => {
                 // Rate-limited: a credential outage must not log once per request.
                 self.layer.signer.log_failure(&e);
-                let error = call_error(e, wimse_core::http::is_grpc(req.headers()));
+                let error = call_error(e, wimse_core::server::framing::is_grpc(req.headers()));
                 SignFuture { future: None, error: Some(error) }
             }
         }

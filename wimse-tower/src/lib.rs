@@ -73,7 +73,7 @@ pub mod prelude {
 use bytes::Bytes;
 use http::Response;
 use http_body_util::{Either, Full};
-use wimse_core::http::Rejection;
+use wimse_core::server::framing::Rejection;
 
 /// A response carrying a rejection's status, headers and problem body; for a gRPC request, the
 /// same rejection as a gRPC status (so tonic clients see `UNAUTHENTICATED`,

@@ -3,7 +3,7 @@
 //!
 //! Order: a per-route policy runs after the layer has claimed the caller's proof against replay,
 //! so a caller it refuses has used a replay slot; the per-caller quota
-//! ([`VerifierConfig::caller_quota`](wimse_core::verify::VerifierConfig::caller_quota)) keeps such
+//! ([`VerifierConfig::caller_quota`](wimse_core::server::verify::VerifierConfig::caller_quota)) keeps such
 //! a caller from exhausting the store for others. A policy given to the layer itself
 //! ([`WimseLayer::policy`](crate::WimseLayer::policy)) runs before the claim.
 
@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::caller::VerifiedCaller;
-use wimse_core::http::Rejection;
-use wimse_core::policy::Policy;
+use wimse_core::server::caller::VerifiedCaller;
+use wimse_core::server::framing::Rejection;
+use wimse_core::server::policy::Policy;
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
@@ -62,7 +62,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let grpc = wimse_core::http::answers_as_grpc(req.version(), req.headers());
+        let grpc = wimse_core::server::framing::answers_as_grpc(req.version(), req.headers());
         let decision = match req.extensions().get::<VerifiedCaller>() {
             Some(caller) => self.policy.check(caller),
             None => Err(Error::with_detail(ErrorKind::MissingWit, "route requires a verified caller")),
@@ -73,7 +73,7 @@ where
                 // The route's own decision, logged like the layer's (the caller may have
                 // passed the layer: this event is the request's final one).
                 let caller = req.extensions().get::<VerifiedCaller>();
-                wimse_core::audit::rejected(
+                wimse_core::server::audit::rejected(
                     caller.map_or("none", |c| c.method().name()),
                     caller.map(VerifiedCaller::id),
                     &e,

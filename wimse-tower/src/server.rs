@@ -12,13 +12,13 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::caller::{TlsPeer, VerifiedCaller};
-use wimse_core::exchange::{BodyFailure, ResponseSigner, SignedExchange};
-use wimse_core::guard::Guard;
-use wimse_core::httpsig::has_signature;
-use wimse_core::policy::Policy;
-use wimse_core::sign::Signer;
-use wimse_core::verify::{RequestView, Verifier};
+use wimse_core::client::sign::Signer;
+use wimse_core::protocol::httpsig::has_signature;
+use wimse_core::server::caller::{TlsPeer, VerifiedCaller};
+use wimse_core::server::exchange::{BodyFailure, ResponseSigner, SignedExchange};
+use wimse_core::server::guard::Guard;
+use wimse_core::server::policy::Policy;
+use wimse_core::server::verify::{RequestView, Verifier};
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
@@ -35,12 +35,12 @@ pub type WimseRequestBody<B> = Either<B, Full<Bytes>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub use wimse_core::guard::DEFAULT_BODY_LIMIT;
+pub use wimse_core::server::guard::DEFAULT_BODY_LIMIT;
 
 /// Verifies the caller of every request: WIT + `Authorization: WPT`, or WIT + HTTP message
-/// signature, through the pipeline of [`Guard`](wimse_core::guard::Guard): credentials, then
+/// signature, through the pipeline of [`Guard`](wimse_core::server::guard::Guard): credentials, then
 /// the policy, then the replay claim (a shared store is awaited without holding a thread; the
-/// in-memory store answers at once, without boxing). Puts the [`VerifiedCaller`](wimse_core::caller::VerifiedCaller) into the request extensions. Rejected requests are
+/// in-memory store answers at once, without boxing). Puts the [`VerifiedCaller`](wimse_core::server::caller::VerifiedCaller) into the request extensions. Rejected requests are
 /// answered by the layer (401 with `WWW-Authenticate: WPT`, 400, 403 for a policy, 413 for a
 /// body over the limit) and never reach the inner service.
 ///
@@ -124,7 +124,7 @@ impl WimseLayer {
     }
 
     /// How many bytes of signed request bodies the layer buffers at once, all requests together
-    /// (default [`wimse_core::guard::DEFAULT_BODY_BUDGET`], 64 MiB); see [`Guard::body_budget`].
+    /// (default [`wimse_core::server::guard::DEFAULT_BODY_BUDGET`], 64 MiB); see [`Guard::body_budget`].
     pub fn body_budget(self, bytes: usize) -> Self {
         Self::from(Arc::unwrap_or_clone(self.guard).body_budget(bytes))
     }
@@ -219,17 +219,17 @@ where
         // How a refusal is answered follows the protocol (HTTP/2 and `te: trailers`), but whether
         // a response is a stream to bound does not depend on what the caller chose to send:
         // tonic serves gRPC without `te`, and the bound is what constrains the caller.
-        let grpc = wimse_core::http::answers_as_grpc(req.version(), req.headers());
-        let stream = wimse_core::http::is_grpc(req.headers());
+        let grpc = wimse_core::server::framing::answers_as_grpc(req.version(), req.headers());
+        let stream = wimse_core::server::framing::is_grpc(req.headers());
         if has_signature(req.headers()) {
-            if wimse_core::http::is_grpc(req.headers()) {
+            if wimse_core::server::framing::is_grpc(req.headers()) {
                 // A gRPC body is a stream the signature's Content-Digest cannot cover before
                 // it ends: refuse plainly rather than buffer a stream.
                 let error = Error::with_detail(
                     ErrorKind::UnsupportedProof,
                     "HTTP message signatures are not supported for gRPC; use a WPT",
                 );
-                wimse_core::audit::rejected("http-signature", None, &error);
+                wimse_core::server::audit::rejected("http-signature", None, &error);
                 return ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc));
             }
             // The inner service was made ready by `poll_ready`; hand that one to the future and
@@ -289,7 +289,7 @@ fn reject<B>(guard: &Guard, error: &Error, grpc: bool) -> Response<WimseBody<B>>
     rejection_response(guard.rejection(error), grpc)
 }
 
-/// The signed-request path (the steps are [`wimse_core::exchange`]'s): the header checks, the
+/// The signed-request path (the steps are [`wimse_core::server::exchange`]'s): the header checks, the
 /// body within its limit and deadline, the claim, the inner service, the signed response.
 async fn signed<S, ReqBody, ResBody>(
     layer: WimseLayer,

@@ -12,11 +12,11 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::guard::DEFAULT_BODY_LIMIT;
-use wimse_core::httpsig::{OutgoingRequest, RequestParts, ResponseParts, has_signature};
+use wimse_core::client::sign::{AudienceOverride, ResponseVerifier, Signer, audience_for};
 use wimse_core::id::WorkloadId;
-use wimse_core::sign::{AudienceOverride, ResponseVerifier, Signer, audience_for};
-use wimse_core::trust::TrustStore;
+use wimse_core::protocol::httpsig::{OutgoingRequest, RequestParts, ResponseParts, has_signature};
+use wimse_core::protocol::trust::TrustStore;
+use wimse_core::server::guard::DEFAULT_BODY_LIMIT;
 use wimse_core::{Error, ErrorKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -170,7 +170,7 @@ async fn a_channel_without_the_origin_fails_with_a_status_naming_the_fix() {
         ServiceBuilder::new()
             .map_request(move |mut request: http::Request<tonic::body::Body>| {
                 let aud = format!("{origin}/wimse.test.Greeter/Other");
-                request.extensions_mut().insert(wimse_core::sign::AudienceOverride(aud));
+                request.extensions_mut().insert(wimse_core::client::sign::AudienceOverride(aud));
                 request
             })
             .layer(layer)
@@ -193,7 +193,7 @@ async fn http_signatures_are_refused_for_grpc() {
     let origin = serve(&deployment).await;
     let signer = deployment.signer(ALLOWED);
     let mut headers = http::HeaderMap::new();
-    let request = wimse_core::httpsig::OutgoingRequest {
+    let request = wimse_core::protocol::httpsig::OutgoingRequest {
         method: "POST",
         scheme: "http",
         authority: origin.trim_start_matches("http://"),
@@ -394,7 +394,7 @@ async fn grpc_is_told_by_its_media_type_and_protocol() {
     let origin = serve_streams(|origin| WimseLayer::new(deployment.verifier(origin))).await;
     let signer = deployment.signer(ALLOWED);
     let mut headers = http::HeaderMap::new();
-    let request = wimse_core::httpsig::OutgoingRequest {
+    let request = wimse_core::protocol::httpsig::OutgoingRequest {
         method: "POST",
         scheme: "http",
         authority: origin.trim_start_matches("http://"),

@@ -11,8 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
+use wimse_core::client::sign::AudienceOverride;
 use wimse_core::prelude::*;
-use wimse_core::sign::AudienceOverride;
 use wimse_testkit::{ALLOWED, DENIED, Deployment};
 use wimse_tower::{WimseLayer, WimseRequestBody, WimseSignLayer};
 
@@ -189,7 +189,7 @@ async fn txn_tokens_are_forwarded_within_the_trust_domain_only() {
     let client = ServiceBuilder::new().layer(layer).service(echo);
     let call = |uri: &str, by_hand: bool| {
         let mut req = Request::post(uri).body(Full::<Bytes>::default()).unwrap();
-        req.extensions_mut().insert(wimse_core::txn::TxnToken(token.clone()));
+        req.extensions_mut().insert(wimse_core::protocol::txn::TxnToken(token.clone()));
         if by_hand {
             req.headers_mut().insert("txn-token", token.parse().unwrap());
         }
@@ -205,7 +205,7 @@ async fn txn_tokens_are_forwarded_within_the_trust_domain_only() {
             .unwrap()
             .trust_domain_origins(["http://billing.prod.example"]);
         let mut req = Request::post("/charge").body(Full::<Bytes>::default()).unwrap();
-        req.extensions_mut().insert(wimse_core::txn::TxnToken(token.clone()));
+        req.extensions_mut().insert(wimse_core::protocol::txn::TxnToken(token.clone()));
         ServiceBuilder::new().layer(layer).service(echo).oneshot(req)
     };
     let inside = path_only("http://billing.prod.example").await.unwrap();
@@ -224,7 +224,7 @@ async fn a_txn_token_not_sent_is_a_warning_once_per_origin() {
     let client = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(client());
     let call = |uri: String| {
         let mut req = Request::get(uri).body(Full::<Bytes>::default()).unwrap();
-        req.extensions_mut().insert(wimse_core::txn::TxnToken(token.clone()));
+        req.extensions_mut().insert(wimse_core::protocol::txn::TxnToken(token.clone()));
         client.clone().oneshot(req)
     };
     for base in [&first, &first, &second] {

@@ -1,6 +1,6 @@
 //! WIT bundles as the WIT-SVID profile reads them.
 
-use wimse_core::trust::TrustAnchors;
+use wimse_core::protocol::trust::TrustAnchors;
 
 /// The WIT anchors of one trust domain's WIT bundle, as the WIT-SVID profile reads it: in a
 /// SPIFFE bundle (keys with `use`) only the keys with `use` = `wit-svid`, else every key; each

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
-use wimse_core::cred::Credentials;
+use wimse_core::client::cred::Credentials;
 use wimse_core::id::{TrustDomain, WorkloadId};
 use wimse_core::jose::{Jwk, SigningKey, jws};
-use wimse_core::trust::TrustAnchors;
-use wimse_core::wic::WorkloadCertificate;
+use wimse_core::protocol::trust::TrustAnchors;
+use wimse_core::protocol::wic::WorkloadCertificate;
 
 use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use crate::proto::{WitBundlesRequest, WitsvidRequest, X509svidRequest};
@@ -28,7 +28,7 @@ pub struct WitSvid {
     pub spiffe_id: WorkloadId,
     /// The operator's hint (empty when none).
     pub hint: String,
-    /// The WIT and its key, ready for a [`Signer`](wimse_core::sign::Signer).
+    /// The WIT and its key, ready for a [`Signer`](wimse_core::client::sign::Signer).
     pub credentials: Arc<Credentials>,
 }
 
@@ -183,16 +183,16 @@ pub(crate) fn parse_wit_svids(message: crate::proto::WitsvidResponse) -> Result<
 pub(crate) fn parse_wit_svid(svid: crate::proto::Witsvid) -> Result<WitSvid, WorkloadApiError> {
     let spiffe_id = WorkloadId::parse(&svid.spiffe_id).map_err(|e| invalid(format!("spiffe_id: {e}")))?;
     let refuse = |what: &str| invalid(format!("WIT-SVID of {spiffe_id}: {what}"));
-    let token = jws::parse(svid.wit_svid.trim(), wimse_core::wit::DEFAULT_MAX_TOKEN_LEN)
+    let token = jws::parse(svid.wit_svid.trim(), wimse_core::protocol::wit::DEFAULT_MAX_TOKEN_LEN)
         .map_err(|e| invalid(format!("WIT-SVID of {spiffe_id}: {e}")))?;
-    wimse_core::wit_svid::check_profile(&token).map_err(|e| refuse(&e.to_string()))?;
+    wimse_core::protocol::wit_svid::check_profile(&token).map_err(|e| refuse(&e.to_string()))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if token.claims.get("nbf").and_then(|v| v.as_u64()).is_some_and(|nbf| nbf > now + NBF_LEEWAY) {
         return Err(refuse("not valid yet (nbf)"));
     }
     let jwk = Jwk::from_json(&svid.wit_svid_key).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
     let key = SigningKey::from_jwk(&jwk).map_err(|e| invalid(format!("key of {spiffe_id}: {e}")))?;
-    if !wimse_core::wit_svid::ALGORITHMS.contains(&key.algorithm().as_str()) {
+    if !wimse_core::protocol::wit_svid::ALGORITHMS.contains(&key.algorithm().as_str()) {
         return Err(refuse("the key's algorithm is not one the WIT-SVID profile allows"));
     }
     let iss = token.claims.get("iss").and_then(|v| v.as_str()).map(str::to_owned);

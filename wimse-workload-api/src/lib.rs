@@ -9,11 +9,11 @@
 //! - [`Endpoint`]: the endpoint address (`unix:///path`, `tcp://ip:port`, or the environment);
 //! - with the `client` feature (default): [`WorkloadApiClient`] for one-shot fetches, and the
 //!   streaming sources that keep wimse's signers and verifiers current without a restart:
-//!   [`WitSvidSource`] (a [`CredentialSource`](wimse_core::cred::CredentialSource) for a
-//!   [`Signer`](wimse_core::sign::Signer)), [`WitBundleWatch`] (WIT bundles into a
-//!   [`TrustHandle`](wimse_core::trust::TrustHandle)) and [`X509SvidWatch`] (X.509-SVIDs and
-//!   bundles into [`CurrentCertificate`](wimse_core::wic::CurrentCertificate) and
-//!   [`WicAnchors`](wimse_core::wic::WicAnchors) for mutual TLS);
+//!   [`WitSvidSource`] (a [`CredentialSource`](wimse_core::client::cred::CredentialSource) for a
+//!   [`Signer`](wimse_core::client::sign::Signer)), [`WitBundleWatch`] (WIT bundles into a
+//!   [`TrustHandle`](wimse_core::protocol::trust::TrustHandle)) and [`X509SvidWatch`] (X.509-SVIDs and
+//!   bundles into [`CurrentCertificate`](wimse_core::protocol::wic::CurrentCertificate) and
+//!   [`WicAnchors`](wimse_core::protocol::wic::WicAnchors) for mutual TLS);
 //! - the generated server trait ([`proto::spiffe_workload_api_server`]) that a node agent
 //!   implements: `wimse agent` (crate `wimse-agent`) does.
 //!
@@ -23,8 +23,8 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use wimse_core::sign::Signer;
-//! use wimse_core::trust::{TrustHandle, TrustStore};
+//! use wimse_core::client::sign::Signer;
+//! use wimse_core::protocol::trust::{TrustHandle, TrustStore};
 //! use wimse_workload_api::{Endpoint, WitBundleWatch, WitSvidSource};
 //!
 //! let endpoint = Endpoint::from_env()?; // SPIFFE_ENDPOINT_SOCKET

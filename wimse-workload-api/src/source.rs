@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use wimse_core::cred::{CredentialSource, Credentials};
+use wimse_core::client::cred::{CredentialSource, Credentials};
 use wimse_core::health::{Health, Report, jitter, retry_delay};
 use wimse_core::id::{TrustDomain, WorkloadId};
+use wimse_core::protocol::trust::TrustHandle;
+use wimse_core::protocol::wic::{CurrentCertificate, WicAnchors};
 use wimse_core::time::{Clock, SystemClock};
-use wimse_core::trust::TrustHandle;
-use wimse_core::wic::{CurrentCertificate, WicAnchors};
 
 use crate::client::{
     WIT_PROFILE, X509_PROFILE, open_first, parse_wit_bundles, parse_wit_svid, parse_x509_svid, x509_bundles,
@@ -237,7 +237,7 @@ impl Stream for WitSvids {
                 expires_at = svid.credentials.expires_at(),
                 "wimse: WIT-SVID from the Workload API"
             );
-            wimse_core::cred::record_expiry(&svid.credentials);
+            wimse_core::client::cred::record_expiry(&svid.credentials);
             self.current.send_replace(Some(svid));
         }
         Ok(())
@@ -531,8 +531,8 @@ impl X509SvidWatch {
         Ok(Self { certificate, current, _task: task })
     }
 
-    /// The certificate to give rustls ([`wimse_core::wic::client_config`],
-    /// [`wimse_core::wic::server_config`]); it follows rotation.
+    /// The certificate to give rustls ([`wimse_core::protocol::wic::client_config`],
+    /// [`wimse_core::protocol::wic::server_config`]); it follows rotation.
     pub fn certificate(&self) -> CurrentCertificate {
         self.certificate.clone()
     }

@@ -52,7 +52,7 @@ async fn a_missing_socket_is_named_with_what_to_do() {
     assert_eq!(waiting.len(), 1, "one line at the first failed attempt:\n{}", logs.text());
     let error = WitBundleWatch::start_with(
         unix(&path),
-        wimse_core::trust::TrustHandle::new(wimse_core::trust::TrustStore::new()),
+        wimse_core::protocol::trust::TrustHandle::new(wimse_core::protocol::trust::TrustStore::new()),
         Duration::from_millis(300),
         Duration::from_millis(100),
     )

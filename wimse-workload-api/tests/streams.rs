@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
-use wimse_core::cred::CredentialSource;
+use wimse_core::client::cred::CredentialSource;
 use wimse_core::id::TrustDomain;
 use wimse_core::jose::{Algorithm, SigningKey};
-use wimse_core::trust::{TrustHandle, TrustStore};
-use wimse_core::wit::WitIssuer;
+use wimse_core::protocol::trust::{TrustHandle, TrustStore};
+use wimse_core::protocol::wit::WitIssuer;
 use wimse_workload_api::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use wimse_workload_api::proto::*;
 use wimse_workload_api::{Endpoint, WitBundleWatch, WitSvidSource};

@@ -35,9 +35,9 @@ use axum::routing::post;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde_json::{Value, json};
 use wimse_core::prelude::*;
-use wimse_core::trust::TrustHandle;
-use wimse_core::txn::{TxnToken, TxnTokenValidation};
-use wimse_core::wic::{
+use wimse_core::protocol::trust::TrustHandle;
+use wimse_core::protocol::txn::{TxnToken, TxnTokenValidation};
+use wimse_core::protocol::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
 use wimse_issuer::IssuerConfig;
@@ -265,7 +265,7 @@ impl IdentityServer {
             .iter()
             .map(|id| json!({"spiffe_id": id, "selectors": {"uid": uid}}))
             .collect();
-        wimse_core::cred::write_atomically(&dir.join("token"), AGENT_SECRET.as_bytes())?;
+        wimse_core::client::cred::write_atomically(&dir.join("token"), AGENT_SECRET.as_bytes())?;
         let config = wimse_agent::AgentConfig::from_json(
             &json!({
                 "socket": dir.join("agent.sock"), "trust_domain": "spiffe://prod.example", "x509": false,
@@ -540,7 +540,7 @@ async fn run() -> Result<(), Error> {
                 .request_details(json!({"action": "purchase", "order": "7d1f"})),
         )
         .await?;
-    let verified = wimse_core::txn::validate(
+    let verified = wimse_core::protocol::txn::validate(
         &txn,
         &ids.trust()?,
         &TxnTokenValidation::new("spiffe://prod.example".parse()?),
@@ -582,8 +582,8 @@ async fn run() -> Result<(), Error> {
     let kid =
         ids.trust()?.get(&"spiffe://prod.example".parse()?).and_then(|a| a.keys().first()?.kid().map(str::to_owned));
     let own_key = front_signer.credentials()?.key().clone().with_kid(kid.unwrap_or_default());
-    let forged = wimse_core::txn::TxnTokenIssuer::new(own_key, &"spiffe://prod.example".parse()?)
-        .issue(&wimse_core::txn::NewTxnToken::new("alice", "orders.refund").requested_by(FRONT), now())?;
+    let forged = wimse_core::protocol::txn::TxnTokenIssuer::new(own_key, &"spiffe://prod.example".parse()?)
+        .issue(&wimse_core::protocol::txn::NewTxnToken::new("alice", "orders.refund").requested_by(FRONT), now())?;
     let Answer { status, body, .. } = call(&front, &format!("{orders}/refunds"), Some(&forged)).await?;
     println!("[front]   {status} {body}");
     expect(status == 400 && body.contains("invalid_txn_token_signature"), "the forged Txn-Token is refused")?;

@@ -9,8 +9,8 @@ use axum::Router;
 use axum::routing::post;
 use reqwest_middleware::ClientBuilder;
 use wimse_axum::{Caller, WimseLayer};
+use wimse_core::client::sign::Signer;
 use wimse_core::config::Settings;
-use wimse_core::sign::Signer;
 use wimse_examples::{ALLOWED, Demo, expect};
 use wimse_reqwest::{ProofMode, WimseSignMiddleware};
 

@@ -11,8 +11,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt as _};
 use wimse_axum::{Caller, WimseLayer};
+use wimse_core::client::sign::Signer;
 use wimse_core::config::Settings;
-use wimse_core::sign::Signer;
 use wimse_examples::{ALLOWED, DENIED, Demo, expect};
 use wimse_tower::WimseSignLayer;
 

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
-use wimse_core::http::Rejection;
 use wimse_core::prelude::*;
+use wimse_core::server::framing::Rejection;
 
 fn main() -> ExitCode {
     match run() {

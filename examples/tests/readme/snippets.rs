@@ -54,7 +54,7 @@ mod settings {
 
 mod following_bundles {
     use wimse_core::prelude::*;
-    use wimse_core::trust::TrustHandle;
+    use wimse_core::protocol::trust::TrustHandle;
     use wimse_reqwest::BundleSource;
 
     async fn following_verifier() -> Result<Verifier, Box<dyn std::error::Error>> {
@@ -95,7 +95,7 @@ mod client {
 
 mod transactions {
     use wimse_core::prelude::*;
-    use wimse_core::txn::TxnTokenValidation;
+    use wimse_core::protocol::txn::TxnTokenValidation;
 
     fn orders_verifier(trust: TrustStore) -> Result<(Verifier, Policy), Box<dyn std::error::Error>> {
         let domain: TrustDomain = "spiffe://prod.example".parse()?;
@@ -211,7 +211,7 @@ mod txn_client {
     async fn runs_and_names_the_unreachable_service() {
         let (issuer, key) = (SigningKey::generate(Algorithm::ES256).unwrap(), SigningKey::generate(Algorithm::ES256).unwrap());
         let now = SystemClock.now();
-        let wit = wimse_core::wit::WitIssuer::new(issuer)
+        let wit = wimse_core::protocol::wit::WitIssuer::new(issuer)
             .issue(&"spiffe://prod.example/front".parse().unwrap(), key.public_jwk(), now)
             .unwrap();
         let signer = Signer::new(StaticCredentials::new(Credentials::new(wit, key).unwrap()));

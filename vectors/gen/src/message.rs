@@ -4,8 +4,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use wimse_core::httpsig::{ComponentId, RequestParts, ResponseParts, content_digest, signature_base};
 use wimse_core::jose::Backend;
+use wimse_core::protocol::httpsig::{ComponentId, RequestParts, ResponseParts, content_digest, signature_base};
 
 use crate::keys::Key;
 

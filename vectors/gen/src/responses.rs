@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::json;
 use wimse_core::ErrorKind::*;
-use wimse_core::httpsig::ComponentId;
+use wimse_core::protocol::httpsig::ComponentId;
 
 use crate::jwt::{fixed_id, set};
 use crate::keys::{Key, Keys};

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 use wimse_core::ErrorKind;
-use wimse_core::wit::token_hash;
+use wimse_core::protocol::wit::token_hash;
 
 use crate::jwt::{fixed_id, header, jwt};
 use crate::keys::{Key, KeyEntry};

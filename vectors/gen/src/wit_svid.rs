@@ -132,7 +132,7 @@ pub(crate) fn suite(keys: &Keys) -> String {
             bundle: canonical(&bundle),
             leeway: LEEWAY,
             max_wit_lifetime: MAX_WIT_LIFETIME,
-            profile_algorithms: wimse_core::wit_svid::ALGORITHMS,
+            profile_algorithms: wimse_core::protocol::wit_svid::ALGORITHMS,
         },
         cases,
     }

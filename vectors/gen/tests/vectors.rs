@@ -9,15 +9,17 @@ use std::collections::{BTreeSet, HashMap};
 use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use wimse_core::client::sign::ResponseVerifier;
 use wimse_core::draft::HTTPSIG_TAG;
-use wimse_core::httpsig::{RequestParts, ResponseParts, SignatureValidation, parse_signatures, signature_base};
 use wimse_core::jose::{Jwk, PublicKey, SigningKey, b64url_encode, jws};
 use wimse_core::prelude::*;
+use wimse_core::protocol::httpsig::{
+    RequestParts, ResponseParts, SignatureValidation, parse_signatures, signature_base,
+};
+use wimse_core::protocol::txn::{TxnTokenValidation, validate};
+use wimse_core::protocol::wit::{WitValidation, validate_wit};
+use wimse_core::protocol::wit_svid::check_profile;
 use wimse_core::raw::{RawRequest, RawResponse};
-use wimse_core::sign::ResponseVerifier;
-use wimse_core::txn::{TxnTokenValidation, validate};
-use wimse_core::wit::{WitValidation, validate_wit};
-use wimse_core::wit_svid::check_profile;
 
 fn load(name: &str) -> Value {
     let text = std::fs::read_to_string(wimse_vectors::vectors_dir().join(name)).unwrap();
@@ -337,7 +339,7 @@ fn txn_token_suite() {
 fn wit_svid_suite() {
     let suite = load("wit-svid.json");
     let v = &suite["verifier"];
-    assert_eq!(strings(&v["profile_algorithms"]), wimse_core::wit_svid::ALGORITHMS);
+    assert_eq!(strings(&v["profile_algorithms"]), wimse_core::protocol::wit_svid::ALGORITHMS);
     let anchors = TrustAnchors::from_spiffe_bundle_json(&v["bundle"].to_string()).unwrap();
     let store = TrustStore::new().with(str_of(v, "trust_domain").parse().unwrap(), anchors);
     let mut validation = WitValidation::default();

@@ -2,7 +2,7 @@
 
 use actix_web::{App, HttpServer, web};
 use wimse_actix::{Caller, Guard, WimseAuth};
-use wimse_core::verify::Verifier;
+use wimse_core::server::verify::Verifier;
 use wimse_testkit::{
     Deployment, SERVER, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_reveal_reasons_cases, run_signature_cases,
 };

@@ -6,7 +6,7 @@ use actix_web::{App, HttpServer, web};
 use rustls::pki_types::ServerName;
 use wimse_actix::{Caller, Guard, WimseAuth};
 use wimse_core::prelude::*;
-use wimse_core::wic::{
+use wimse_core::protocol::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
 };
 use wimse_reqwest::mtls_client_builder;

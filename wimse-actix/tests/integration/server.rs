@@ -130,7 +130,7 @@ async fn per_scope_policy() {
 /// would choose the general policy for `/%61dmin/users` while actix runs the `/admin/` handler.
 #[actix_web::test]
 async fn route_policies_refuse_paths_actix_would_route_elsewhere() {
-    use wimse_core::policy::{Policy, Rule};
+    use wimse_core::server::policy::{Policy, Rule};
     let deployment = Deployment::new();
     let (listener, base) = listener();
     let config = Guard::new(deployment.verifier(&base))

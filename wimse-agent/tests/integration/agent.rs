@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::common::{DOMAIN, Issuer, entry_for_me, my_ids, start_agent};
 use serde_json::json;
-use wimse_core::cred::CredentialSource;
+use wimse_core::client::cred::CredentialSource;
 use wimse_core::id::WorkloadId;
-use wimse_core::trust::{TrustHandle, TrustStore};
+use wimse_core::protocol::trust::{TrustHandle, TrustStore};
 use wimse_workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use wimse_workload_api::proto::{WitsvidRequest, X509BundlesResponse};
 use wimse_workload_api::{WitBundleWatch, WitSvidSource, WorkloadApiClient, WorkloadApiError, X509SvidWatch};
@@ -34,13 +34,13 @@ async fn spiffe_crate_fetches_x509_svids_and_bundles() {
     let bundles = client.fetch_x509_bundles().await.unwrap();
     assert_eq!(bundles.get(&domain).unwrap().authorities(), bundle.authorities());
     // The SVID chains to the bundle as a TLS peer would check it.
-    let anchors = wimse_core::wic::WicAnchors::new();
+    let anchors = wimse_core::protocol::wic::WicAnchors::new();
     let watch = X509SvidWatch::start(agent.endpoint.clone(), anchors.clone(), None).await.unwrap();
     let ours = watch.current().unwrap();
     assert_eq!(ours.spiffe_id.as_str(), format!("{DOMAIN}/ns/payments"));
     assert_eq!(ours.certificate.chain()[0].as_ref(), svid.cert_chain()[0].as_ref());
     use rustls::server::danger::ClientCertVerifier as _;
-    let verifier = wimse_core::wic::WicClientVerifier::new(anchors);
+    let verifier = wimse_core::protocol::wic::WicClientVerifier::new(anchors);
     let chain = ours.certificate.chain();
     verifier.verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now()).unwrap();
 }
@@ -70,15 +70,15 @@ async fn wit_svids_sign_verify_and_rotate() {
     let _bundles = WitBundleWatch::start(agent.endpoint.clone(), trust.clone()).await.unwrap();
     let domain: wimse_core::id::TrustDomain = DOMAIN.parse().unwrap();
     let anchors = trust.read(|store| store.get(&domain).cloned()).expect("WIT anchors from the agent");
-    let verifier = wimse_core::verify::Verifier::new(
+    let verifier = wimse_core::server::verify::Verifier::new(
         TrustStore::new().with(domain, anchors),
-        wimse_core::verify::VerifierConfig::new().with_origin("https://orders.prod.example"),
+        wimse_core::server::verify::VerifierConfig::new().with_origin("https://orders.prod.example"),
     )
     .unwrap();
-    let signer = wimse_core::sign::Signer::new(source.clone());
+    let signer = wimse_core::client::sign::Signer::new(source.clone());
     let mut headers = http::HeaderMap::new();
     signer.sign_headers(&mut headers, "https://orders.prod.example/v1/orders").unwrap();
-    let caller = verifier.verify_sync(&wimse_core::verify::RequestView::new("/v1/orders", &headers)).unwrap();
+    let caller = verifier.verify_sync(&wimse_core::server::verify::RequestView::new("/v1/orders", &headers)).unwrap();
     assert_eq!(caller.id().as_str(), format!("{DOMAIN}/ns/payments-admin"));
 
     // Rotation: new keys and WITs reach the running source through its stream.

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::routing::post;
 use tokio::net::TcpListener;
 use wimse_axum::{Caller, WimseLayer};
-use wimse_core::verify::Verifier;
+use wimse_core::server::verify::Verifier;
 use wimse_testkit::{
     Deployment, SERVER, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_reveal_reasons_cases, run_signature_cases,
 };

@@ -11,7 +11,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpListener;
 use wimse_axum::{Caller, WimseLayer};
 use wimse_core::prelude::*;
-use wimse_core::wic::{
+use wimse_core::protocol::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config,
     server_config, wimse_error,
 };

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use wimse_axum::{Caller, RequirePolicyLayer, Transaction, WimseLayer};
 use wimse_core::prelude::*;
-use wimse_core::txn::{NewTxnToken, TxnTokenIssuer};
+use wimse_core::protocol::txn::{NewTxnToken, TxnTokenIssuer};
 use wimse_reqwest::{TxnToken, WimseSignMiddleware};
 use wimse_testkit::{ALLOWED, Deployment};
 

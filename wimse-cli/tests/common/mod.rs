@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wimse_core::id::TrustDomain;
+use wimse_core::protocol::trust::TrustHandle;
+use wimse_core::protocol::wit::{WitValidation, validate_wit};
 use wimse_core::time::{Clock as _, SystemClock};
-use wimse_core::trust::TrustHandle;
-use wimse_core::wit::{WitValidation, validate_wit};
 
 pub const SECRET: &str = "a-dev-secret-for-fault-tests";
 pub const SUB: &str = "spiffe://prod.example/demo";

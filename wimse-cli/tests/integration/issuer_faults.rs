@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use crate::common::{IssuerProcess, SECRET, SUB, domain, time_until, verifies};
 use serde_json::{Value, json};
-use wimse_core::cred::CredentialSource as _;
+use wimse_core::client::cred::CredentialSource as _;
+use wimse_core::protocol::trust::TrustHandle;
 use wimse_core::time::{Clock as _, SystemClock};
-use wimse_core::trust::TrustHandle;
 use wimse_reqwest::{Bootstrap, BundleSource, IssuerCredentials};
 use wimse_testkit::servers::TempDir;
 

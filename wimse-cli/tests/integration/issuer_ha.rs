@@ -10,9 +10,9 @@ use crate::common::{IssuerProcess, SECRET, SUB};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::protocol::trust::{TrustAnchors, TrustStore};
+use wimse_core::protocol::wit::{WitValidation, validate_wit};
 use wimse_core::time::{Clock as _, SystemClock};
-use wimse_core::trust::{TrustAnchors, TrustStore};
-use wimse_core::wit::{WitValidation, validate_wit};
 use wimse_testkit::servers::{PostgresServer, TempDir};
 
 const ROTATION: u64 = 4;

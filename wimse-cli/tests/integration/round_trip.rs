@@ -387,7 +387,7 @@ fn http_signature_round_trip_and_signed_response() {
         }
         h
     };
-    let req = wimse_core::httpsig::RequestParts {
+    let req = wimse_core::protocol::httpsig::RequestParts {
         method: "POST",
         scheme: "https",
         authority: "payments.example",
@@ -398,8 +398,9 @@ fn http_signature_round_trip_and_signed_response() {
     let mut res_headers = http::HeaderMap::new();
     res_headers.insert("content-type", "application/json".parse().unwrap());
     let body = b"{\"charged\":true}";
-    let response = wimse_core::httpsig::OutgoingResponse { status: 200, body: Some(body), request_nonce: &nonce };
-    wimse_core::httpsig::sign_response(
+    let response =
+        wimse_core::protocol::httpsig::OutgoingResponse { status: 200, body: Some(body), request_nonce: &nonce };
+    wimse_core::protocol::httpsig::sign_response(
         &mut res_headers,
         &response,
         &req,

@@ -119,7 +119,7 @@ fn the_default_audience_is_the_requests_own_url() {
 }
 
 async fn echo(
-    axum::Extension(caller): axum::Extension<wimse_core::caller::VerifiedCaller>,
+    axum::Extension(caller): axum::Extension<wimse_core::server::caller::VerifiedCaller>,
     headers: http::HeaderMap,
     body: String,
 ) -> String {
@@ -143,13 +143,15 @@ async fn curl_and_header_lines_reach_a_real_service() {
     let d = credentials("curl", None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
-    let trust = wimse_core::trust::TrustStore::new().with(
+    let trust = wimse_core::protocol::trust::TrustStore::new().with(
         "spiffe://prod.example".parse().unwrap(),
-        wimse_core::trust::TrustAnchors::from_file(d.s("issuer.pub.jwk")).unwrap(),
+        wimse_core::protocol::trust::TrustAnchors::from_file(d.s("issuer.pub.jwk")).unwrap(),
     );
-    let verifier =
-        wimse_core::verify::Verifier::new(trust, wimse_core::verify::VerifierConfig::new().with_origin(&origin))
-            .unwrap();
+    let verifier = wimse_core::server::verify::Verifier::new(
+        trust,
+        wimse_core::server::verify::VerifierConfig::new().with_origin(&origin),
+    )
+    .unwrap();
     let app =
         axum::Router::new().route("/orders", axum::routing::post(echo)).layer(wimse_tower::WimseLayer::new(verifier));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

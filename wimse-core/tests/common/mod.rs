@@ -89,7 +89,7 @@ impl Fixture {
     /// The headers of a request to `ORIGIN` + `PATH` signed with an HTTP message signature.
     pub fn signed_request(&self, method: &str, body: Option<&[u8]>, sign_response: bool) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        let request = wimse_core::httpsig::OutgoingRequest {
+        let request = wimse_core::protocol::httpsig::OutgoingRequest {
             method,
             scheme: "https",
             authority: "payments.example",
@@ -99,9 +99,16 @@ impl Fixture {
             aud: &format!("{ORIGIN}{PATH}"),
             sign_response,
         };
-        let options = wimse_core::httpsig::SignOptions::default();
-        wimse_core::httpsig::sign_request(&mut headers, &request, &self.wit, &self.workload_key, &options, NOW)
-            .unwrap();
+        let options = wimse_core::protocol::httpsig::SignOptions::default();
+        wimse_core::protocol::httpsig::sign_request(
+            &mut headers,
+            &request,
+            &self.wit,
+            &self.workload_key,
+            &options,
+            NOW,
+        )
+        .unwrap();
         headers
     }
 
@@ -129,6 +136,6 @@ pub fn wpt_claims(wit: &str, exp: u64, extra: &str) -> String {
     format!(
         r#"{{"aud":"{ORIGIN}{PATH}","exp":{exp},"jti":"{}","wth":"{}"{extra}}}"#,
         b64url_encode(exp.to_be_bytes()),
-        wimse_core::wit::token_hash(wit)
+        wimse_core::protocol::wit::token_hash(wit)
     )
 }

@@ -119,7 +119,8 @@ fn file_credentials_follow_rotation_by_content() {
     let new_key = SigningKey::generate(Algorithm::EdDSA).unwrap();
     let new_wit = WitIssuer::new(f.issuer_key.clone()).issue(&f.id, new_key.public_jwk(), NOW + 10).unwrap();
     let pair = Credentials::new(new_wit.clone(), new_key.clone()).unwrap();
-    wimse_core::cred::write_credential_files(&files.0.join("wit.jwt"), &files.0.join("key.jwk"), &pair).unwrap();
+    wimse_core::client::cred::write_credential_files(&files.0.join("wit.jwt"), &files.0.join("key.jwk"), &pair)
+        .unwrap();
     // Before the recheck interval the current pair is kept.
     assert_eq!(source.credentials(NOW + 10).unwrap().wit(), f.wit);
     assert_eq!(source.credentials(NOW + 31).unwrap().wit(), new_wit);
@@ -167,7 +168,7 @@ fn policies_apply_to_verified_callers() {
     let err = deny.check(&caller).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::PolicyDenied);
     assert!(err.detail().unwrap().contains("orders"));
-    let rejection = wimse_core::http::Rejection::from_error(&err);
+    let rejection = wimse_core::server::framing::Rejection::from_error(&err);
     assert_eq!(rejection.status(), 403);
     assert_eq!(rejection.challenge(), None);
 }

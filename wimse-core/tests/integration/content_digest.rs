@@ -18,7 +18,7 @@ fn a_body_that_was_not_handed_over_fails_closed() {
     // Forgetting `.body(..)`: refused, not accepted with the digest unchecked.
     let err = verifier.verify_sync(&view(&headers)).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::BodyNotSupplied);
-    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 500);
+    assert_eq!(wimse_core::server::framing::Rejection::from_error(&err).status(), 500);
     // A body announced only by Content-Length (no digest) is refused the same way...
     let mut no_digest = signed_post(&f, b"");
     no_digest.insert("content-length", HeaderValue::from_static("8"));

@@ -1,10 +1,10 @@
-//! The server side of a signed exchange (`wimse_core::exchange`): every header check before the
+//! The server side of a signed exchange (`wimse_core::server::exchange`): every header check before the
 //! body is read, the body against `Content-Digest` after, the claim last, and no way to confirm a
 //! caller whose body was never checked.
 
 use crate::common::*;
-use wimse_core::exchange::BodyFailure;
 use wimse_core::prelude::*;
+use wimse_core::server::exchange::BodyFailure;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
@@ -107,7 +107,7 @@ fn bodies_read_at_once_share_one_budget() {
     assert_eq!(b.reserve_body(1), Err(BodyFailure::OverBudget), "the budget is the clones' together");
     let refused = b.refuse_body(BodyFailure::OverBudget);
     assert_eq!(refused.kind(), &ErrorKind::BodyBudgetExceeded);
-    let rejection = wimse_core::http::Rejection::from_error(&refused);
+    let rejection = wimse_core::server::framing::Rejection::from_error(&refused);
     assert_eq!(rejection.status(), 503);
     assert_eq!(rejection.retry_after(), Some(1));
     // An exchange gives its bytes back when it ends, admitted or not.

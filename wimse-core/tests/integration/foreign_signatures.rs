@@ -4,8 +4,8 @@
 
 use crate::common::*;
 use http::{HeaderMap, HeaderValue};
-use wimse_core::httpsig::has_signature;
 use wimse_core::prelude::*;
+use wimse_core::protocol::httpsig::has_signature;
 
 fn add_foreign(headers: &mut HeaderMap, input: &str, signature: &str) {
     headers.append("signature-input", HeaderValue::from_str(input).unwrap());
@@ -53,8 +53,8 @@ fn two_wimse_signatures_are_ambiguous_and_a_lone_other_tag_is_named() {
     // Called directly on a message whose only signature has another tag, the verifier says so.
     let mut other = HeaderMap::new();
     add_foreign(&mut other, r#"a=("@method");tag="other""#, "a=:AAAA:");
-    let wit = wimse_core::wit::validate_wit(&f.wit, &f.trust, &Default::default(), NOW).unwrap();
-    let parts = wimse_core::httpsig::RequestParts {
+    let wit = wimse_core::protocol::wit::validate_wit(&f.wit, &f.trust, &Default::default(), NOW).unwrap();
+    let parts = wimse_core::protocol::httpsig::RequestParts {
         method: "GET",
         scheme: "https",
         authority: "payments.example",
@@ -62,7 +62,8 @@ fn two_wimse_signatures_are_ambiguous_and_a_lone_other_tag_is_named() {
         query: None,
         headers: &other,
     };
-    let err = wimse_core::httpsig::verify_request(&parts, None, &wit, |_| true, &Default::default(), NOW).unwrap_err();
+    let err = wimse_core::protocol::httpsig::verify_request(&parts, None, &wit, |_| true, &Default::default(), NOW)
+        .unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::SignatureWrongTag);
 }
 
@@ -83,7 +84,7 @@ fn a_request_without_a_wimse_proof_hears_what_its_signature_lacks() {
     let err = refuse(r#"sig1=("@nonsense" "@nonsense");created=1"#, "sig1=:AAAA:");
     assert_eq!(err.kind(), &ErrorKind::MissingSignatureParameter);
     assert!(err.detail().unwrap().starts_with("tag: the only signature has none"), "{err}");
-    let rejection = wimse_core::http::Rejection::from_error(&err);
+    let rejection = wimse_core::server::framing::Rejection::from_error(&err);
     assert_eq!(rejection.status(), 401);
     assert_eq!(rejection.problem().reason, Some("missing_parameter"));
     // The only signature has another tag: `wrong_tag`, naming it.
@@ -109,5 +110,5 @@ fn a_request_without_a_wimse_proof_hears_what_its_signature_lacks() {
     let tag = r#"tag="wimse-workload-to-workload""#;
     let err = refuse(&format!(r#"a=("@method");{tag}, b=("@method");{tag}"#), "a=:AAAA:, b=:AAAA:");
     assert_eq!(err.kind(), &ErrorKind::AmbiguousWimseSignature);
-    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 400);
+    assert_eq!(wimse_core::server::framing::Rejection::from_error(&err).status(), 400);
 }

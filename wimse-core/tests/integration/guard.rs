@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::common::*;
-use wimse_core::guard::Guard;
 use wimse_core::prelude::*;
+use wimse_core::server::guard::Guard;
 
 #[tokio::test]
 async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
@@ -25,7 +25,7 @@ async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
     assert!(pending.claim().is_some());
     let caller = allowing.confirm(pending).await.unwrap();
     assert_eq!(caller.id(), &f.id);
-    assert_eq!(caller.wit().map(|w| w.hash()), Some(wimse_core::wit::token_hash(&f.wit).as_str()));
+    assert_eq!(caller.wit().map(|w| w.hash()), Some(wimse_core::protocol::wit::token_hash(&f.wit).as_str()));
     assert_eq!(store.len(), 1);
     let owner = verifier.caller_quota().owner(&f.id);
     assert_eq!(verifier.caller_quota().live(owner, NOW), 1);
@@ -37,7 +37,7 @@ async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
     allowing.check(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt())), None).await.unwrap();
     let over = allowing.check(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt())), None).await.unwrap_err();
     assert_eq!(over.kind(), &ErrorKind::ReplayQuotaExceeded);
-    let rejection = wimse_core::http::Rejection::from_error(&over);
+    let rejection = wimse_core::server::framing::Rejection::from_error(&over);
     assert_eq!(rejection.status(), 429);
     assert_eq!(rejection.headers()["retry-after"], "90", "until the oldest claim (exp + leeway) ends");
     assert_eq!(store.len(), 2, "the refused proof was not stored");
@@ -57,7 +57,7 @@ async fn anonymous_requests_pass_an_optional_guard_only() {
 /// mutual-tls-03: an application credential replaces the TLS identity only when configured to.
 #[tokio::test]
 async fn credentials_of_another_workload_than_the_tls_peer_are_refused_by_default() {
-    use wimse_core::wic::{WicAuthority, WicOptions, WicUsage};
+    use wimse_core::protocol::wic::{WicAuthority, WicOptions, WicUsage};
     let f = Fixture::new();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let ca = WicAuthority::new(f.id.trust_domain(), now, 3600).unwrap();
@@ -72,7 +72,7 @@ async fn credentials_of_another_workload_than_the_tls_peer_are_refused_by_defaul
     let headers = f.headers(&f.wit, &f.wpt());
     let err = guard.check(&RequestView::new(PATH, &headers), Some(&proxy)).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::TlsPeerMismatch);
-    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 403);
+    assert_eq!(wimse_core::server::framing::Rejection::from_error(&err).status(), 403);
     // The same workload on both layers is fine; so is the TLS peer alone.
     let caller = guard.check(&RequestView::new(PATH, &headers), Some(&same)).await.unwrap().unwrap();
     assert_eq!(caller.method().name(), "wpt");

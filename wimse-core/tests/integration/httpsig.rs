@@ -3,12 +3,12 @@
 use crate::common::{request_headers, testdata};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use wimse_core::httpsig::{
+use wimse_core::prelude::*;
+use wimse_core::protocol::httpsig::{
     self, OutgoingRequest, OutgoingResponse, ParsedSignature, RequestParts, ResponseParts, SignatureValidation,
     parse_signatures, signature_base,
 };
-use wimse_core::prelude::*;
-use wimse_core::wit::{VerifiedWit, WitValidation, validate_wit};
+use wimse_core::protocol::wit::{VerifiedWit, WitValidation, validate_wit};
 
 fn key(file: &str) -> PublicKey {
     SigningKey::from_jwk(&Jwk::from_json(&testdata(file)).unwrap()).unwrap().public_key().clone()

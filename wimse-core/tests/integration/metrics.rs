@@ -31,7 +31,7 @@ fn verifications_and_caches_are_counted() {
         verifier.verify_sync(&RequestView::new(PATH, &headers)).unwrap();
         verifier.verify_sync(&RequestView::new(PATH, &headers)).unwrap_err();
         verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
-        wimse_core::cred::record_expiry(&Credentials::new(f.wit.clone(), f.workload_key.clone()).unwrap());
+        wimse_core::client::cred::record_expiry(&Credentials::new(f.wit.clone(), f.workload_key.clone()).unwrap());
     });
     let snapshot: Vec<Recorded> = snapshotter
         .snapshot()

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use wimse_core::prelude::*;
-use wimse_core::wic::{
+use wimse_core::protocol::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, WorkloadCertificate,
     client_config, server_config, verified_peer, wimse_error,
 };

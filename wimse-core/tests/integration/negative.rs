@@ -3,9 +3,9 @@
 use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
-use wimse_core::http::Rejection;
 use wimse_core::jose::b64url_encode;
 use wimse_core::prelude::*;
+use wimse_core::server::framing::Rejection;
 
 fn kind(result: Result<VerifiedCaller, Error>) -> ErrorKind {
     result.expect_err("request was accepted").into_kind()
@@ -20,7 +20,7 @@ fn the_happy_path_is_accepted() {
     assert_eq!(caller.id(), &f.id);
     assert_eq!(caller.wit_issuer(), Some("https://issuer.prod.example"));
     assert_eq!(caller.key_thumbprint(), f.workload_key.public_key().thumbprint());
-    assert!(matches!(caller.method(), wimse_core::caller::ProofMethod::Wpt { .. }));
+    assert!(matches!(caller.method(), wimse_core::server::caller::ProofMethod::Wpt { .. }));
     // The hand-built token path used below also works when nothing is wrong.
     let wit = raw_token(WIT_HEADER, &wit_claims(&f, NOW + 600, ""), &f.issuer_key);
     f.verify_wit(&wit).unwrap();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::common::*;
 use http::{HeaderMap, HeaderValue};
-use wimse_core::httpsig::MAX_SIGNATURE_FIELDS_LEN;
 use wimse_core::prelude::*;
+use wimse_core::protocol::httpsig::MAX_SIGNATURE_FIELDS_LEN;
 
 fn verifier_with_store(f: &Fixture) -> (Verifier, Arc<InMemoryReplayStore>) {
     let store = Arc::new(InMemoryReplayStore::new(1000));
@@ -17,7 +17,7 @@ fn wpt_with_jti(f: &Fixture, jti: &str) -> String {
     let claims = format!(
         r#"{{"aud":"{ORIGIN}{PATH}","exp":{},"jti":"{jti}","wth":"{}"}}"#,
         NOW + 60,
-        wimse_core::wit::token_hash(&f.wit)
+        wimse_core::protocol::wit::token_hash(&f.wit)
     );
     raw_token(r#"{"alg":"ES256","typ":"wpt+jwt"}"#, &claims, &f.workload_key)
 }
@@ -71,7 +71,7 @@ fn oversized_nonces_are_refused_and_never_stored() {
     }
     let err = view(&with_nonce(&headers, &"n".repeat(wimse_core::replay::MAX_PROOF_ID_LEN + 1))).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::SignatureMalformed, "{err}");
-    assert_eq!(wimse_core::http::Rejection::from_error(&err).status(), 400);
+    assert_eq!(wimse_core::server::framing::Rejection::from_error(&err).status(), 400);
     assert!(store.is_empty());
     // The genuine request is accepted once: one fixed-size entry.
     view(&headers).unwrap();
@@ -97,8 +97,8 @@ fn a_nonce_is_claimed_once_whoever_sends_it() {
     let wit = WitIssuer::new(f.issuer_key.clone()).issue(&other, key.public_jwk(), NOW - 60).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("workload-identity-token", HeaderValue::from_str(&wit).unwrap());
-    let parsed = wimse_core::httpsig::parse_signatures(&[&input], &["wimse=:AAAA:"]).unwrap().remove(0);
-    let parts = wimse_core::httpsig::RequestParts {
+    let parsed = wimse_core::protocol::httpsig::parse_signatures(&[&input], &["wimse=:AAAA:"]).unwrap().remove(0);
+    let parts = wimse_core::protocol::httpsig::RequestParts {
         method: "GET",
         scheme: "https",
         authority: "payments.example",
@@ -106,7 +106,7 @@ fn a_nonce_is_claimed_once_whoever_sends_it() {
         query: None,
         headers: &headers,
     };
-    let base = wimse_core::httpsig::signature_base::<HeaderMap, HeaderMap>(
+    let base = wimse_core::protocol::httpsig::signature_base::<HeaderMap, HeaderMap>(
         &parsed.components,
         &parsed.signature_params,
         Some(&parts),

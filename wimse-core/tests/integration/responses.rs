@@ -2,9 +2,9 @@
 //! nonce seen twice is a replay).
 
 use crate::common::*;
-use wimse_core::httpsig::{OutgoingResponse, RequestParts, ResponseParts, SignOptions};
+use wimse_core::client::sign::ResponseVerifier;
 use wimse_core::prelude::*;
-use wimse_core::sign::ResponseVerifier;
+use wimse_core::protocol::httpsig::{OutgoingResponse, RequestParts, ResponseParts, SignOptions};
 
 #[test]
 fn a_replayed_response_is_refused() {
@@ -26,7 +26,7 @@ fn a_replayed_response_is_refused() {
     };
     let mut res_headers = http::HeaderMap::new();
     let response = OutgoingResponse { status: 200, body: Some(b"ok"), request_nonce: &request_nonce };
-    wimse_core::httpsig::sign_response(
+    wimse_core::protocol::httpsig::sign_response(
         &mut res_headers,
         &response,
         &req,

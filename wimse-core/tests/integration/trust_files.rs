@@ -1,7 +1,7 @@
 //! Trust anchors from files in each form they are published in, with errors that name the file.
 
 use wimse_core::jose::{Algorithm, SigningKey};
-use wimse_core::trust::TrustAnchors;
+use wimse_core::protocol::trust::TrustAnchors;
 
 struct Dir(std::path::PathBuf);
 

@@ -4,9 +4,9 @@
 use crate::common::*;
 use http::{HeaderMap, HeaderValue};
 use serde_json::json;
-use wimse_core::http::Rejection;
 use wimse_core::prelude::*;
-use wimse_core::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, VerifiedTxnToken, validate};
+use wimse_core::protocol::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, VerifiedTxnToken, validate};
+use wimse_core::server::framing::Rejection;
 
 const FRONT: &str = "spiffe://prod.example/front";
 
@@ -210,7 +210,7 @@ fn signed_requests_name_the_txn_check_too() {
     let sign = |txn: &str| {
         let mut headers = HeaderMap::new();
         headers.insert("txn-token", HeaderValue::from_str(txn).unwrap());
-        let request = wimse_core::httpsig::OutgoingRequest {
+        let request = wimse_core::protocol::httpsig::OutgoingRequest {
             method: "POST",
             scheme: "https",
             authority: "payments.example",
@@ -220,8 +220,9 @@ fn signed_requests_name_the_txn_check_too() {
             aud: &format!("{ORIGIN}{PATH}"),
             sign_response: false,
         };
-        let options = wimse_core::httpsig::SignOptions::default();
-        wimse_core::httpsig::sign_request(&mut headers, &request, &f.wit, &f.workload_key, &options, NOW).unwrap();
+        let options = wimse_core::protocol::httpsig::SignOptions::default();
+        wimse_core::protocol::httpsig::sign_request(&mut headers, &request, &f.wit, &f.workload_key, &options, NOW)
+            .unwrap();
         headers
     };
     let ok = v.verify_sync(&RequestView::new(PATH, &sign(&txn_token(&f))).method("POST").body(b"")).unwrap();
@@ -241,7 +242,7 @@ fn signed_requests_name_the_txn_check_too() {
 fn a_separate_tts_key_source() {
     let f = Fixture::new();
     let tts_key = SigningKey::generate(Algorithm::EdDSA).unwrap().with_kid("tts-1");
-    let keys = wimse_core::trust::TrustHandle::new(
+    let keys = wimse_core::protocol::trust::TrustHandle::new(
         TrustStore::new().with(domain(), TrustAnchors::new().with_key(tts_key.public_key().clone())),
     );
     let v = verifier(&f, TxnTokenValidation::new(domain())).with_txn_token_keys(keys.clone());

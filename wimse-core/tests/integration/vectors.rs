@@ -6,8 +6,8 @@ use crate::common::{request_headers, testdata};
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 use wimse_core::prelude::*;
-use wimse_core::wit::{WitValidation, token_hash, validate_wit};
-use wimse_core::wpt::{ProofContext, WptValidation, validate_wpt};
+use wimse_core::protocol::wit::{WitValidation, token_hash, validate_wit};
+use wimse_core::protocol::wpt::{ProofContext, WptValidation, validate_wpt};
 
 /// The reason codes of the conformance suite, mapped to our error kinds.
 fn expected_kind(reason: &str) -> ErrorKind {

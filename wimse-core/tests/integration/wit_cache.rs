@@ -87,7 +87,7 @@ fn stale_anchors_refuse_cached_wits_like_uncached_ones() {
     let uncached = call(&f, &verifier, &fresh, NOW + 100).unwrap_err();
     assert_eq!(cached.kind(), &ErrorKind::TrustAnchorsUnavailable);
     assert_eq!(uncached.kind(), cached.kind());
-    assert_eq!(wimse_core::http::Rejection::from_error(&cached).status(), 503);
+    assert_eq!(wimse_core::server::framing::Rejection::from_error(&cached).status(), 503);
     // A refreshed bundle brings both back.
     verifier.trust().set(domain, anchors().with_valid_until(NOW + 1000));
     call(&f, &verifier, &f.wit, NOW + 100).unwrap();

@@ -7,7 +7,7 @@
 
 use crate::common::*;
 use wimse_core::prelude::*;
-use wimse_core::wit::{WitValidation, validate_wit};
+use wimse_core::protocol::wit::{WitValidation, validate_wit};
 
 fn check(f: &Fixture, wit: &str) -> Result<(), ErrorKind> {
     validate_wit(wit, &f.trust, &WitValidation::default(), NOW).map(|_| ()).map_err(Error::into_kind)

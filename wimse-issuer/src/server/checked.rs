@@ -130,7 +130,7 @@ impl IssuerConfig {
                 }
             }
             for (j, ip) in c.allowed_ip_addresses.iter().enumerate() {
-                if let Err(e) = wimse_core::wic::check_ip_address(*ip) {
+                if let Err(e) = wimse_core::protocol::wic::check_ip_address(*ip) {
                     return Err(config_error(field(&format!("allowed_ip_addresses[{j}]")), e));
                 }
             }
@@ -178,7 +178,7 @@ impl IssuerConfig {
         }
         if let Some(endpoint) = &self.token_endpoint {
             let uri: axum::http::Uri = endpoint.parse().map_err(|e| config_error("token_endpoint", e))?;
-            let loopback = uri.host().is_some_and(wimse_core::http::is_loopback_host);
+            let loopback = uri.host().is_some_and(wimse_core::server::framing::is_loopback_host);
             let scheme_ok = uri.scheme_str() == Some("https") || (uri.scheme_str() == Some("http") && loopback);
             if !scheme_ok || uri.authority().is_none() || uri.query().is_some() {
                 return Err(config_error(

@@ -80,8 +80,8 @@ impl IdentityServer {
         })?;
         let now = self.clock.now();
         let dpop = dpop.ok_or_else(|| Error::with_detail(ErrorKind::InvalidDpopProof, "no DPoP proof"))?;
-        let validation = wimse_core::dpop::DpopValidation::default();
-        let proof = wimse_core::dpop::verify(dpop, "POST", endpoint, &validation, now)?;
+        let validation = wimse_core::protocol::dpop::DpopValidation::default();
+        let proof = wimse_core::protocol::dpop::verify(dpop, "POST", endpoint, &validation, now)?;
         let (client, token) = self.platform_token(assertion, Some(endpoint), now)?;
         let refused = |d: &'static str| Error::with_detail(ErrorKind::ExchangeRefused, d);
         // Authorize and rate-limit first: a refusal must not spend a single-use assertion, and
@@ -96,7 +96,7 @@ impl IdentityServer {
         };
         let id =
             WorkloadId::parse(&sub).map_err(|_| Error::with_detail(ErrorKind::InvalidScope, "not an identifier"))?;
-        if !wimse_core::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
+        if !wimse_core::server::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
             tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "issuance refused");
             return Err(Error::with_detail(
                 ErrorKind::InvalidScope,

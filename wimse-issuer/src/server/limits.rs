@@ -58,7 +58,7 @@ impl IdentityServer {
         let client = self.authenticate(bootstrap)?;
         self.limit(&format!("client {}", client.config.name))?;
         let id = WorkloadId::parse(sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
-        if !wimse_core::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
+        if !wimse_core::server::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
             tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "issuance refused");
             return Err(Error::with_detail(
                 ErrorKind::IssuanceDenied,

@@ -14,12 +14,12 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use wimse_core::id::{TrustDomain, WorkloadId};
 use wimse_core::jose::{Algorithm, Jwk, jws};
-use wimse_core::policy::Rule;
+use wimse_core::protocol::trust::{STORE_EPOCH_MEMBER, TrustAnchors};
+use wimse_core::protocol::wit::WitIssuer;
 use wimse_core::rate::RateLimiter;
 use wimse_core::replay::ReplayClaim;
+use wimse_core::server::policy::Rule;
 use wimse_core::time::Clock;
-use wimse_core::trust::{STORE_EPOCH_MEMBER, TrustAnchors};
-use wimse_core::wit::WitIssuer;
 use wimse_core::{Error, ErrorKind, Result};
 
 use crate::config::*;
@@ -79,7 +79,7 @@ pub struct WicRequest<'a> {
     /// The workload's public key: an X.509 SubjectPublicKeyInfo, DER.
     pub spki_der: &'a [u8],
     /// What the certificate is for (its extended key usage).
-    pub usage: wimse_core::wic::WicUsage,
+    pub usage: wimse_core::protocol::wic::WicUsage,
     /// DNS names for its subject alternative names (a server certificate).
     pub dns_names: &'a [String],
     /// IP addresses for its subject alternative names.

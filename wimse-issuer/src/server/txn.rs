@@ -2,13 +2,13 @@
 //! issuing to it, with the [`Tts`] the configuration built.
 
 use serde_json::Value;
-use wimse_core::caller::VerifiedCaller;
 use wimse_core::jose::jws;
-use wimse_core::trust::TrustAnchors;
-use wimse_core::txn::{
+use wimse_core::protocol::trust::TrustAnchors;
+use wimse_core::protocol::txn::{
     NewTxnToken, SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, TxnTokenIssuer, TxnTokenValidation, UNSIGNED_JSON_TYPE,
 };
-use wimse_core::verify::RequestView;
+use wimse_core::server::caller::VerifiedCaller;
+use wimse_core::server::verify::RequestView;
 use wimse_core::{Error, ErrorKind, Result};
 
 use super::IdentityServer;
@@ -201,7 +201,7 @@ impl IdentityServer {
                 let strict = TxnTokenValidation::new(self.domain.clone()).with_leeway(0);
                 let original = tts
                     .anchors
-                    .read(|keys| wimse_core::txn::validate(token, keys, &strict, now))
+                    .read(|keys| wimse_core::protocol::txn::validate(token, keys, &strict, now))
                     .map_err(|e| refused(format!("subject Txn-Token: {}", e.reason())))?;
                 let sub = original.subject().to_owned();
                 Ok((

@@ -27,10 +27,10 @@ impl IdentityServer {
         };
         // Only names a TLS client can match: whatever the allowlist says.
         for name in request.dns_names {
-            wimse_core::wic::check_dns_name(name).map_err(refuse)?;
+            wimse_core::protocol::wic::check_dns_name(name).map_err(refuse)?;
         }
         for ip in request.ip_addresses {
-            wimse_core::wic::check_ip_address(*ip).map_err(refuse)?;
+            wimse_core::protocol::wic::check_ip_address(*ip).map_err(refuse)?;
         }
         // Server names go into certificates that mTLS clients trust for those names: a client
         // may name only what its configuration grants.
@@ -46,7 +46,7 @@ impl IdentityServer {
         let now = self.clock.now();
         let max = client.wic_lifetime();
         let lifetime = request.lifetime.unwrap_or(max).clamp(1, max);
-        let mut options = wimse_core::wic::WicOptions::new(request.usage, now, lifetime);
+        let mut options = wimse_core::protocol::wic::WicOptions::new(request.usage, now, lifetime);
         options.dns_names = request.dns_names.to_vec();
         options.ip_addresses = request.ip_addresses.to_vec();
         let chain = self

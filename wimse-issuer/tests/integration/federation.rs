@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use wimse_core::dpop;
 use wimse_core::jose::{Algorithm, Backend, SigningKey, jws};
 use wimse_core::prelude::*;
-use wimse_core::wit::{WitValidation, validate_wit};
+use wimse_core::protocol::dpop;
+use wimse_core::protocol::wit::{WitValidation, validate_wit};
 use wimse_issuer::{IdentityServer, IssuerConfig};
 
 const K8S: &str = "https://kubernetes.default.svc";

@@ -123,10 +123,10 @@ async fn a_joserfc_client_gets_a_wit_from_our_identity_server() {
     assert_eq!(answer["status"], 200, "{answer}");
     assert_eq!(answer["body"]["token_type"], "DPoP");
     let trust = TrustStore::new().with("spiffe://prod.example".parse().unwrap(), server.anchors().unwrap());
-    let wit = wimse_core::wit::validate_wit(
+    let wit = wimse_core::protocol::wit::validate_wit(
         answer["body"]["access_token"].as_str().unwrap(),
         &trust,
-        &wimse_core::wit::WitValidation::default(),
+        &wimse_core::protocol::wit::WitValidation::default(),
         now(),
     )
     .unwrap();

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wimse_core::jose::{Backend, jws};
 use wimse_core::prelude::*;
-use wimse_core::wit::{WitValidation, validate_wit};
+use wimse_core::protocol::wit::{WitValidation, validate_wit};
 use wimse_issuer::{IdentityServer, IssuerConfig};
 
 const NOW: u64 = 1_800_000_000;
@@ -378,7 +378,7 @@ async fn verifiers_follow_the_bundle() {
     clock.advance(901);
     let late = issue_direct(&server, &platform, &key, clock.now()).await;
     assert_eq!(call(&late).unwrap_err().kind(), &ErrorKind::TrustAnchorsUnavailable);
-    assert_eq!(wimse_core::http::Rejection::from_error(&call(&late).unwrap_err()).status(), 503);
+    assert_eq!(wimse_core::server::framing::Rejection::from_error(&call(&late).unwrap_err()).status(), 503);
 }
 
 async fn issue_direct(server: &IdentityServer, platform: &Platform, key: &SigningKey, now: u64) -> String {
@@ -402,7 +402,7 @@ async fn bundle_sequence_never_goes_backwards() {
     let url = format!("http://{}/b", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let trust = wimse_core::trust::TrustHandle::default();
+    let trust = wimse_core::protocol::trust::TrustHandle::default();
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
     let source = BundleSource::new(domain.clone(), url).with_clock(FixedClock::new(NOW));
     assert_eq!(source.refresh(&trust).await.unwrap(), 60);
@@ -428,7 +428,7 @@ async fn background_refresh() {
     let clock = Arc::new(FixedClock::new(NOW));
     let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("spawn"))).unwrap();
     let base = serve(Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap())).await;
-    let trust = wimse_core::trust::TrustHandle::default();
+    let trust = wimse_core::protocol::trust::TrustHandle::default();
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
     let task = BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe"))
         .with_clock(clock.clone())
@@ -651,7 +651,7 @@ fn server_trust(server: &IdentityServer) -> TrustStore {
 async fn wic_issuance() {
     use base64::Engine as _;
     use rustls::server::danger::ClientCertVerifier;
-    use wimse_core::wic::{WicAnchors, WicClientVerifier, certificates_from_pem, workload_id_of};
+    use wimse_core::protocol::wic::{WicAnchors, WicClientVerifier, certificates_from_pem, workload_id_of};
     let platform = Platform::new();
     // WICs may live longer than the client's WITs (1800 s).
     let mut value = config(&platform, &store_path("wic"));
@@ -691,7 +691,7 @@ async fn wic_issuance() {
 #[tokio::test]
 async fn wic_server_names_come_from_the_allowlist() {
     use base64::Engine as _;
-    use wimse_core::wic::certificates_from_pem;
+    use wimse_core::protocol::wic::certificates_from_pem;
     let platform = Platform::new();
     let mut value = config(&platform, &store_path("wic-sans"));
     let strict: IssuerConfig = serde_json::from_value(value.clone()).unwrap();
@@ -748,7 +748,7 @@ async fn oversized_bundles_are_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/b", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let trust = wimse_core::trust::TrustHandle::default();
+    let trust = wimse_core::protocol::trust::TrustHandle::default();
     let err = BundleSource::new("spiffe://prod.example".parse().unwrap(), url).refresh(&trust).await.unwrap_err();
     assert!(err.detail().unwrap().contains("larger than"), "{err:?}");
 }

@@ -182,7 +182,8 @@ async fn postgres_down_refuses_issuance_and_keeps_bundles() {
     assert!(server.maintain().await.is_err(), "maintenance fails too, and says so");
     let bundle = http.get(format!("{base}/v1/bundle/spiffe")).send().await.unwrap();
     assert_eq!(bundle.status(), 200);
-    let anchors = wimse_core::trust::TrustAnchors::from_spiffe_bundle_json(&bundle.text().await.unwrap()).unwrap();
+    let anchors =
+        wimse_core::protocol::trust::TrustAnchors::from_spiffe_bundle_json(&bundle.text().await.unwrap()).unwrap();
     assert!(!anchors.keys().is_empty());
 
     postgres.resume();
@@ -282,7 +283,7 @@ async fn a_txn_token_request_proof_is_claimed_once_across_replicas() {
     let b = replica(config, clock.clone()).await;
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let wit = a.issue_wit(SECRET, SUB, key.public_jwk(), None).await.unwrap().wit;
-    let wpt = wimse_core::wpt::WptBuilder::new(&key, &wit, endpoint).sign(NOW).unwrap();
+    let wpt = wimse_core::protocol::wpt::WptBuilder::new(&key, &wit, endpoint).sign(NOW).unwrap();
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("workload-identity-token", wit.parse().unwrap());
     headers.insert("authorization", format!("WPT {wpt}").parse().unwrap());
@@ -299,10 +300,10 @@ async fn a_txn_token_request_proof_is_claimed_once_across_replicas() {
     };
     let issued = a.issue_txn_token(&requester, &request).await.unwrap();
     // Any replica's keys verify it; the issuance is audited in PostgreSQL.
-    let keys =
-        wimse_core::trust::TrustStore::new().with("spiffe://prod.example".parse().unwrap(), b.anchors().unwrap());
-    let validation = wimse_core::txn::TxnTokenValidation::new("spiffe://prod.example".parse().unwrap());
-    let txn = wimse_core::txn::validate(&issued.token, &keys, &validation, NOW).unwrap();
+    let keys = wimse_core::protocol::trust::TrustStore::new()
+        .with("spiffe://prod.example".parse().unwrap(), b.anchors().unwrap());
+    let validation = wimse_core::protocol::txn::TxnTokenValidation::new("spiffe://prod.example".parse().unwrap());
+    let txn = wimse_core::protocol::txn::validate(&issued.token, &keys, &validation, NOW).unwrap();
     assert_eq!((txn.subject(), txn.txn()), ("batch-7", issued.txn.as_str()));
     let db = sql(&postgres).await;
     let kinds: Vec<String> =

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wimse_core::jose::{Backend, jws};
 use wimse_core::prelude::*;
-use wimse_core::txn::{TxnTokenValidation, VerifiedTxnToken, validate};
+use wimse_core::protocol::txn::{TxnTokenValidation, VerifiedTxnToken, validate};
 use wimse_issuer::{IdentityServer, IssuerConfig};
 use wimse_reqwest::{Bootstrap, IssuerCredentials, TxnTokenRequest, TxnTokenService, self_signed_subject};
 

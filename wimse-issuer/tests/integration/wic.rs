@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wimse_core::jose::{Backend, jws};
 use wimse_core::prelude::*;
-use wimse_core::wic::certificates_from_pem;
+use wimse_core::protocol::wic::certificates_from_pem;
 use wimse_issuer::{IdentityServer, IssuerConfig};
 
 const PLATFORM_ISS: &str = "https://kubernetes.default.svc";

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Form, Query};
 use axum::routing::{get, post};
 use serde_json::json;
-use wimse_core::cred::StaticCredentials;
+use wimse_core::client::cred::StaticCredentials;
 use wimse_core::time::{Clock as _, SystemClock};
 use wimse_reqwest::{AssertionGrant, OAuthTokenMiddleware, PlatformToken, TokenResource};
 use wimse_testkit::{ALLOWED, Deployment};

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use wimse_core::prelude::*;
-use wimse_core::wit::WitIssuer;
+use wimse_core::protocol::wit::WitIssuer;
 use wimse_reqwest::{Bootstrap, IssuerCredentials};
 
 #[derive(Clone)]

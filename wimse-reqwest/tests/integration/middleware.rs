@@ -1,8 +1,8 @@
 //! The middleware's per-request options, checked by the core verifier on the captured request.
 
 use reqwest_middleware::ClientBuilder;
-use wimse_core::httpsig::RequestParts;
 use wimse_core::prelude::*;
+use wimse_core::protocol::httpsig::RequestParts;
 use wimse_reqwest::{AudienceOverride, ContextTokens, WimseSignMiddleware, audience_for_url};
 use wimse_testkit::{ALLOWED, Capture, Deployment, SERVER};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wimse_core::config::Settings;
 use wimse_core::prelude::*;
-use wimse_core::wit::WitIssuer;
-use wimse_core::wpt::WptBuilder;
+use wimse_core::protocol::wit::WitIssuer;
+use wimse_core::protocol::wpt::WptBuilder;
 
 const ORIGIN: &str = "https://orders.example";
 

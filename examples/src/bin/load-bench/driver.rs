@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use rustls::pki_types::ServerName;
-use wimse_core::httpsig::OutgoingRequest;
-use wimse_core::sign::audience_for;
-use wimse_core::wic::{CurrentCertificate, WicServerVerifier, client_config};
+use wimse_core::client::sign::audience_for;
+use wimse_core::protocol::httpsig::OutgoingRequest;
+use wimse_core::protocol::wic::{CurrentCertificate, WicServerVerifier, client_config};
 
 use crate::setup::{CLIENT_ID, Deployment, SERVER_ID, ServerSetup};
 use crate::{Config, Error, Framework, Mode, Options};

@@ -7,8 +7,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use wimse_core::prelude::*;
+use wimse_core::protocol::wic::{
+    CurrentCertificate, WicAnchors, WorkloadCertificate, certificates_from_pem, server_config,
+};
 use wimse_core::replay::RedisReplayStore;
-use wimse_core::wic::{CurrentCertificate, WicAnchors, WorkloadCertificate, certificates_from_pem, server_config};
 
 use crate::setup::{CLIENT_ID, PROOF_LIFETIME, ReplaySetup, ServerSetup, TRUST_DOMAIN};
 use crate::{Error, Framework, Mode};

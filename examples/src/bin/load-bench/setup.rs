@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use wimse_core::prelude::*;
-use wimse_core::wic::{WicAnchors, WicAuthority, WicOptions, WicUsage, WorkloadCertificate};
+use wimse_core::protocol::wic::{WicAnchors, WicAuthority, WicOptions, WicUsage, WorkloadCertificate};
 
 use crate::{Error, Options};
 

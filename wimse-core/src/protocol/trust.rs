@@ -97,7 +97,7 @@ impl TrustAnchors {
     ///
     /// ```
     /// use wimse_core::jose::{Algorithm, SigningKey};
-    /// use wimse_core::trust::TrustAnchors;
+    /// use wimse_core::protocol::trust::TrustAnchors;
     ///
     /// let issuer = SigningKey::generate(Algorithm::ES256)?.with_kid("issuer-1");
     /// let one_jwk = serde_json::to_string(&issuer.public_jwk())?;
@@ -213,7 +213,7 @@ impl TrustAnchors {
     }
 }
 
-/// A shared, updatable [`TrustStore`]: what a [`Verifier`](crate::verify::Verifier) reads on
+/// A shared, updatable [`TrustStore`]: what a [`Verifier`](crate::server::verify::Verifier) reads on
 /// every request and a bundle fetcher replaces in the background. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct TrustHandle {

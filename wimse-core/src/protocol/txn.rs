@@ -7,18 +7,18 @@
 //!   algorithm the keys allow, the signature, `aud` = this trust domain (configuration only),
 //!   `iat`/`exp` within a short maximum lifetime and bounded leeway, and the required claims.
 //! - [`TxnTokenIssuer`] signs them (the TTS; `wimse-issuer` serves it at `/v1/token`).
-//! - A [`Verifier`](crate::verify::Verifier) configured with [`TxnTokenValidation`] checks the
+//! - A [`Verifier`](crate::server::verify::Verifier) configured with [`TxnTokenValidation`] checks the
 //!   `Txn-Token` of every request (independently of the proof's `tth` binding, which it also
 //!   checks) and exposes the result as
-//!   [`VerifiedCaller::transaction`](crate::caller::VerifiedCaller::transaction);
-//!   [`Rule::txn_scope`](crate::policy::Rule::txn_scope) and friends make it a policy input.
+//!   [`VerifiedCaller::transaction`](crate::server::caller::VerifiedCaller::transaction);
+//!   [`Rule::txn_scope`](crate::server::policy::Rule::txn_scope) and friends make it a policy input.
 //!
 //! A Txn-Token is not an authentication credential: the caller is still the workload that
 //! proved its WIT; the token only says on whose behalf and for what the chain runs.
 //!
 //! ```
 //! use wimse_core::prelude::*;
-//! use wimse_core::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
+//! use wimse_core::protocol::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
 //!
 //! let now = 1_800_000_000;
 //! let tts_key = SigningKey::generate(Algorithm::ES256)?.with_kid("tts-1");
@@ -40,8 +40,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::TrustDomain;
 use crate::jose::random_id;
 use crate::jose::{Backend, SigningKey, jws};
-use crate::trust::TrustStore;
-use crate::wit::{MAX_LEEWAY_SECS, token_hash};
+use crate::protocol::trust::TrustStore;
+use crate::protocol::wit::{MAX_LEEWAY_SECS, token_hash};
 
 mod forwarding;
 pub use forwarding::{MAX_WARNED_ORIGINS, TxnForwarding};
@@ -63,7 +63,7 @@ pub const REQ_WL_CHAIN: &str = "req_wl_chain";
 /// minutes or less).
 pub const DEFAULT_MAX_TXN_LIFETIME: u64 = 600;
 /// Default largest Txn-Token accepted: 8 KiB, the framing limit of every token field.
-pub const DEFAULT_MAX_TXN_TOKEN_LEN: usize = crate::wit::DEFAULT_MAX_TOKEN_LEN;
+pub const DEFAULT_MAX_TXN_TOKEN_LEN: usize = crate::protocol::wit::DEFAULT_MAX_TOKEN_LEN;
 
 /// How Txn-Tokens are checked. Build with [`TxnTokenValidation::new`]; defaults are the secure
 /// ones.

@@ -13,9 +13,9 @@
 //!
 //! ```
 //! use http::HeaderMap;
-//! use wimse_core::httpsig::{self, OutgoingRequest, RequestParts, SignOptions, SignatureValidation};
+//! use wimse_core::protocol::httpsig::{self, OutgoingRequest, RequestParts, SignOptions, SignatureValidation};
 //! use wimse_core::prelude::*;
-//! use wimse_core::wit::{WitValidation, validate_wit};
+//! use wimse_core::protocol::wit::{WitValidation, validate_wit};
 //!
 //! # use wimse_core::replay::ReplayClaim;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> { block_on(run()) }
@@ -94,8 +94,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::headers::HeaderSource;
 use crate::jose::random_id;
 use crate::jose::{Backend, SigningKey};
+use crate::protocol::wit::VerifiedWit;
 use crate::replay::MAX_PROOF_ID_LEN;
-use crate::wit::VerifiedWit;
 use sf::key;
 
 /// Header fields covered whenever present (http-signature-08).
@@ -337,7 +337,7 @@ fn no_headers() -> &'static HeaderMap {
 /// already validated. `body` is the received content when the request has one; it is checked
 /// against `Content-Digest`. The nonce is not claimed here: claim
 /// [`ReplayClaim::signature_nonce`](crate::replay::ReplayClaim::signature_nonce) in a
-/// [`ReplayStore`](crate::replay::ReplayStore) afterwards (a [`Verifier`](crate::verify::Verifier)
+/// [`ReplayStore`](crate::replay::ReplayStore) afterwards (a [`Verifier`](crate::server::verify::Verifier)
 /// does, after the policy).
 pub fn verify_request<H: HeaderSource + ?Sized>(
     req: &RequestParts<'_, H>,
@@ -389,7 +389,7 @@ pub fn verify_request_headers<H: HeaderSource + ?Sized>(
     refuse_connect_path(req, &sig)?;
     match verified.aud.as_deref() {
         Some(aud) if audience_ok(aud) => {}
-        Some(aud) => return Err(crate::wpt::audience_mismatch("wimse-aud", aud)),
+        Some(aud) => return Err(crate::protocol::wpt::audience_mismatch("wimse-aud", aud)),
         None => return Err(Error::with_detail(ErrorKind::AudienceMismatch, "no wimse-aud parameter")),
     }
     let base = signature_base::<H, HeaderMap>(&sig.components, &sig.signature_params, Some(req), None)?;

@@ -14,7 +14,7 @@ pub(crate) trait TimeBound {
     fn not_before(&self) -> Option<u64>;
 }
 
-impl TimeBound for crate::wit::VerifiedWit {
+impl TimeBound for crate::protocol::wit::VerifiedWit {
     fn expires_at(&self) -> u64 {
         self.claims().exp
     }
@@ -23,7 +23,7 @@ impl TimeBound for crate::wit::VerifiedWit {
     }
 }
 
-impl TimeBound for crate::txn::VerifiedTxnToken {
+impl TimeBound for crate::protocol::txn::VerifiedTxnToken {
     fn expires_at(&self) -> u64 {
         self.expires_at()
     }
@@ -33,7 +33,7 @@ impl TimeBound for crate::txn::VerifiedTxnToken {
 }
 
 /// The verified-WIT cache.
-pub(crate) type WitCache = TokenCache<crate::wit::VerifiedWit>;
+pub(crate) type WitCache = TokenCache<crate::protocol::wit::VerifiedWit>;
 
 struct Entry<T> {
     wit: Arc<T>,

@@ -1,7 +1,7 @@
 //! The server side of a signed request and its signed response, written once for every adapter.
 //!
 //! An adapter that sees a WIMSE-tagged signature (see
-//! [`has_signature`](crate::httpsig::has_signature)) does four things, and only the reading and
+//! [`has_signature`](crate::protocol::httpsig::has_signature)) does four things, and only the reading and
 //! writing of bodies are its own:
 //!
 //! 1. [`Guard::signed_exchange`]: every check the header fields allow (WIT, signature, audience,
@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::caller::{PendingCaller, TlsPeer, VerifiedCaller};
+use crate::client::sign::Signer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::guard::Guard;
-use crate::http::HeaderSource;
-use crate::httpsig::RequestParts;
-use crate::sign::Signer;
-use crate::verify::RequestView;
+use crate::protocol::httpsig::RequestParts;
+use crate::server::caller::{PendingCaller, TlsPeer, VerifiedCaller};
+use crate::server::framing::HeaderSource;
+use crate::server::guard::Guard;
+use crate::server::verify::RequestView;
 
 /// A signed request admitted on its header fields, waiting for its body. Made by
 /// [`Guard::signed_exchange`].
@@ -110,7 +110,7 @@ impl ResponseSigner {
 }
 
 impl Guard {
-    /// Starts the server side of a signed request (see the [module](crate::exchange)): checks
+    /// Starts the server side of a signed request (see the [module](crate::server::exchange)): checks
     /// everything its header fields allow, the policy, and whether a signed response asked for
     /// can be given (501 otherwise), before any of its body is read. `request` needs its method,
     /// target and authority; its body is not looked at.
@@ -187,7 +187,7 @@ impl SignedExchange<'_> {
             }
         };
         let caller = self.pending.as_ref().map(PendingCaller::id);
-        crate::audit::rejected("http-signature", caller, &error);
+        crate::server::audit::rejected("http-signature", caller, &error);
         error
     }
 

@@ -15,13 +15,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::audit;
-use crate::caller::{PendingCaller, ProofMethod, TlsPeer, VerifiedCaller};
+use crate::client::sign::Signer;
 use crate::error::{ErrorKind, Result};
-use crate::http::{HeaderSource, Rejection, has_wimse_credentials};
-use crate::policy::Policy;
-use crate::sign::Signer;
-use crate::verify::{Confirm, RequestView, Verifier};
+use crate::server::audit;
+use crate::server::caller::{PendingCaller, ProofMethod, TlsPeer, VerifiedCaller};
+use crate::server::framing::{HeaderSource, Rejection, has_wimse_credentials};
+use crate::server::policy::Policy;
+use crate::server::verify::{Confirm, RequestView, Verifier};
 
 /// What a server adapter applies to each request: a [`Verifier`], optionally a [`Policy`], and
 /// whether anonymous requests may pass. Every adapter wraps one, so all decide alike.
@@ -342,7 +342,7 @@ impl Guard {
         request: &RequestView<'_, H>,
     ) -> Result<PendingCaller> {
         let mut pending = PendingCaller::from(peer);
-        let checked = crate::http::single_value(
+        let checked = crate::server::framing::single_value(
             request.headers,
             crate::draft::TXN_TOKEN_HEADER,
             self.verifier.config().max_token_len,
@@ -385,7 +385,7 @@ impl Guard {
 
     /// How an adapter answers `error`: [`Rejection::from_error`], or [`Rejection::revealing`]
     /// when the verifier was built with
-    /// [`VerifierConfig::reveal_reasons`](crate::verify::VerifierConfig::reveal_reasons)
+    /// [`VerifierConfig::reveal_reasons`](crate::server::verify::VerifierConfig::reveal_reasons)
     /// (development only).
     pub fn rejection(&self, error: &crate::Error) -> Rejection {
         if self.verifier.config().reveal_reasons { Rejection::revealing(error) } else { Rejection::from_error(error) }
@@ -406,22 +406,22 @@ mod tests {
 
     #[test]
     fn response_signing_decisions() {
-        use crate::cred::StaticCredentials;
+        use crate::client::cred::StaticCredentials;
         use crate::jose::{Algorithm, SigningKey};
-        use crate::trust::TrustStore;
-        use crate::verify::VerifierConfig;
+        use crate::protocol::trust::TrustStore;
+        use crate::server::verify::VerifierConfig;
         use std::collections::BTreeMap;
         let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
         let key = SigningKey::generate(Algorithm::ES256).unwrap();
-        let wit = crate::wit::WitIssuer::new(issuer)
+        let wit = crate::protocol::wit::WitIssuer::new(issuer)
             .issue(&"spiffe://a.example/s".parse().unwrap(), key.public_jwk(), 1)
             .unwrap();
-        let signer = Signer::new(StaticCredentials::new(crate::cred::Credentials::new(wit, key).unwrap()));
+        let signer = Signer::new(StaticCredentials::new(crate::client::cred::Credentials::new(wit, key).unwrap()));
         let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
         let caller = |sign_response| VerifiedCaller {
             id: "spiffe://a.example/c".parse().unwrap(),
             method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
-            credential: crate::caller::Credential::Certificate { fingerprint: String::new() },
+            credential: crate::server::caller::Credential::Certificate { fingerprint: String::new() },
             txn_token: None,
             transaction: None,
             context_tokens: BTreeMap::new(),
@@ -442,9 +442,9 @@ mod tests {
 
     #[test]
     fn route_policies_choose_the_longest_route_exact_or_prefix() {
-        use crate::policy::Rule;
-        use crate::trust::TrustStore;
-        use crate::verify::VerifierConfig;
+        use crate::protocol::trust::TrustStore;
+        use crate::server::policy::Rule;
+        use crate::server::verify::VerifierConfig;
         let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
         let named = |name: &str| Policy::named(name).allow(Rule::any());
         let guard = Guard::new(verifier)
@@ -467,9 +467,9 @@ mod tests {
 
     #[test]
     fn with_route_policies_non_canonical_paths_are_refused() {
-        use crate::policy::Rule;
-        use crate::trust::TrustStore;
-        use crate::verify::VerifierConfig;
+        use crate::protocol::trust::TrustStore;
+        use crate::server::policy::Rule;
+        use crate::server::verify::VerifierConfig;
         let verifier = || Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
         let general = Policy::named("general").allow(Rule::any());
         let guard = Guard::new(verifier())
@@ -501,27 +501,27 @@ mod tests {
 
     #[test]
     fn streams_end_with_the_credentials_or_their_age() {
+        use crate::protocol::trust::TrustStore;
+        use crate::server::verify::VerifierConfig;
         use crate::time::FixedClock;
-        use crate::trust::TrustStore;
-        use crate::verify::VerifierConfig;
         let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_leeway(5))
             .unwrap()
             .with_clock(FixedClock::new(1_000));
         let issuer = crate::jose::SigningKey::generate(crate::jose::Algorithm::ES256).unwrap();
         let key = crate::jose::SigningKey::generate(crate::jose::Algorithm::ES256).unwrap();
-        let wit = crate::wit::WitIssuer::new(issuer.clone())
+        let wit = crate::protocol::wit::WitIssuer::new(issuer.clone())
             .with_lifetime(100)
             .issue(&"spiffe://a.example/c".parse().unwrap(), key.public_jwk(), 950)
             .unwrap();
         let trust = TrustStore::new().with(
             "spiffe://a.example".parse().unwrap(),
-            crate::trust::TrustAnchors::new().with_key(issuer.public_key().clone()),
+            crate::protocol::trust::TrustAnchors::new().with_key(issuer.public_key().clone()),
         );
-        let validated = crate::wit::validate_wit(&wit, &trust, &Default::default(), 1_000).unwrap();
+        let validated = crate::protocol::wit::validate_wit(&wit, &trust, &Default::default(), 1_000).unwrap();
         let caller = VerifiedCaller {
             id: validated.subject().clone(),
             method: ProofMethod::Wpt { jti: "j".into(), exp: 1_010 },
-            credential: crate::caller::Credential::Wit(std::sync::Arc::new(validated)),
+            credential: crate::server::caller::Credential::Wit(std::sync::Arc::new(validated)),
             txn_token: None,
             transaction: None,
             context_tokens: Default::default(),

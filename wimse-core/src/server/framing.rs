@@ -68,7 +68,7 @@ pub fn extract_wpt_credentials<H: HeaderSource + ?Sized>(
 /// must verify.
 pub fn has_wimse_credentials<H: HeaderSource + ?Sized>(headers: &H) -> bool {
     headers.header_values(WIT_HEADER).next().is_some()
-        || crate::httpsig::has_signature(headers)
+        || crate::protocol::httpsig::has_signature(headers)
         || headers
             .header_values(AUTHORIZATION_HEADER)
             .any(|v| scheme_of(v).eq_ignore_ascii_case(WPT_AUTH_SCHEME.as_bytes()))
@@ -157,8 +157,8 @@ impl Rejection {
     /// [`from_error`](Self::from_error), with the failed check in the problem body whatever the
     /// proof mode: `reason` (a signed request's too) and `detail`. Status and challenge are
     /// unchanged. For development only: adapters answer this way when the verifier was built
-    /// with [`VerifierConfig::reveal_reasons`](crate::verify::VerifierConfig::reveal_reasons)
-    /// (see [`Guard::rejection`](crate::guard::Guard::rejection)).
+    /// with [`VerifierConfig::reveal_reasons`](crate::server::verify::VerifierConfig::reveal_reasons)
+    /// (see [`Guard::rejection`](crate::server::guard::Guard::rejection)).
     pub fn revealing(error: &Error) -> Self {
         let mut rejection = Self::from_error(error);
         rejection.problem.reason = Some(error.reason());
@@ -252,7 +252,7 @@ impl Rejection {
 /// such hosts.
 ///
 /// ```
-/// use wimse_core::http::is_loopback_host;
+/// use wimse_core::server::framing::is_loopback_host;
 /// assert!(is_loopback_host("localhost") && is_loopback_host("127.0.0.1") && is_loopback_host("[::1]"));
 /// assert!(!is_loopback_host("db.internal") && !is_loopback_host("10.0.0.1") && !is_loopback_host("127.0.0.1.nip.io"));
 /// ```

@@ -1,16 +1,16 @@
 //! The SPIFFE WIT-SVID profile of a WIT (spiffe/spiffe `standards/WIT-SVID.md`, incubating): the
-//! rules it adds to a WIT's own validation ([`validate_wit`](crate::wit::validate_wit), which
+//! rules it adds to a WIT's own validation ([`validate_wit`](crate::protocol::wit::validate_wit), which
 //! checks the signature, times and `cnf`).
 //!
 //! A WIT-SVID is a WIT whose header has `typ` `wit+jwt`, a `kid`, and an `alg` from the profile's
 //! list (RSA, ECDSA, RSA-PSS: no EdDSA); its `cnf.jwk.alg` comes from the same list, and it
 //! carries no `aud`. Its keys are the `use` = `wit-svid` entries of the trust domain's SPIFFE
-//! bundle ([`TrustAnchors::from_spiffe_bundle_json`](crate::trust::TrustAnchors::from_spiffe_bundle_json)).
+//! bundle ([`TrustAnchors::from_spiffe_bundle_json`](crate::protocol::trust::TrustAnchors::from_spiffe_bundle_json)).
 //!
 //! ```
 //! use wimse_core::jose::{Algorithm, SigningKey, jws};
 //! use wimse_core::prelude::*;
-//! use wimse_core::wit_svid;
+//! use wimse_core::protocol::wit_svid;
 //!
 //! let issuer = SigningKey::generate(Algorithm::ES256)?.with_kid("wit-1");
 //! let workload = SigningKey::generate(Algorithm::ES256)?;
@@ -33,7 +33,7 @@ pub const ALGORITHMS: [&str; 9] = ["RS256", "RS384", "RS512", "ES256", "ES384", 
 /// ([`ErrorKind::WitWrongType`]), `alg` in [`ALGORITHMS`] ([`ErrorKind::DisallowedAlgorithm`]),
 /// a non-empty `kid` ([`ErrorKind::MissingKeyId`]), no `aud` ([`ErrorKind::ForbiddenClaim`]) and
 /// `cnf.jwk.alg` in [`ALGORITHMS`] ([`ErrorKind::InvalidConfirmationKey`]). The signature, the
-/// times and the rest of `cnf` are [`validate_wit`](crate::wit::validate_wit)'s: a WIT-SVID is
+/// times and the rest of `cnf` are [`validate_wit`](crate::protocol::wit::validate_wit)'s: a WIT-SVID is
 /// valid when both pass.
 pub fn check_profile(token: &UnverifiedJws<'_>) -> Result<()> {
     if !token.header_str("typ")?.is_some_and(|typ| crate::draft::typ_is(typ, WIT_TYP)) {

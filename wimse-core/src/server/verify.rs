@@ -1,6 +1,6 @@
 //! The inbound path's credential and claim stages: a request's headers in, a
 //! [`VerifiedCaller`] or a named rejection out. Adapters drive it through a
-//! [`Guard`](crate::guard::Guard), which adds the policy between the two.
+//! [`Guard`](crate::server::guard::Guard), which adds the policy between the two.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,23 +9,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::audit;
-use crate::caller::{Credential, PendingCaller, ProofMethod, VerifiedCaller};
 use crate::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::{HeaderSource, extract_wpt_credentials, single_value};
-use crate::httpsig::{self, RequestParts, SignatureValidation, has_signature};
 use crate::id::IdentifierPolicy;
 use crate::jose::{Algorithm, Backend};
+use crate::protocol::httpsig::{self, RequestParts, SignatureValidation, has_signature};
+use crate::protocol::trust::{TrustHandle, TrustStore};
+use crate::protocol::txn::{TxnTokenValidation, VerifiedTxnToken};
+use crate::protocol::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
+use crate::protocol::wpt::{ProofContext, WptValidation};
 use crate::replay::{
     CallerQuota, Claim, DEFAULT_CALLER_QUOTA, InMemoryReplayStore, QuotaOwner, ReplayClaim, ReplayStore,
 };
+use crate::server::audit;
+use crate::server::caller::{Credential, PendingCaller, ProofMethod, VerifiedCaller};
+use crate::server::framing::{HeaderSource, extract_wpt_credentials, single_value};
+use crate::server::token_cache::{TokenCache, WitCache};
 use crate::time::{Clock, SystemClock};
-use crate::token_cache::{TokenCache, WitCache};
-use crate::trust::{TrustHandle, TrustStore};
-use crate::txn::{TxnTokenValidation, VerifiedTxnToken};
-use crate::wit::{DEFAULT_MAX_TOKEN_LEN, MAX_LEEWAY_SECS, VerifiedWit, WitValidation, validate_wit};
-use crate::wpt::{ProofContext, WptValidation};
 
 /// Verifier settings. Build with [`VerifierConfig::new`] and the `with_*` methods; the defaults
 /// are the secure ones.
@@ -172,7 +172,7 @@ impl VerifierConfig {
         self
     }
     /// Validates every request's `Txn-Token` (and requires one if `validation.required`); see
-    /// [`crate::txn`]. The TTS keys are the anchors of `validation.trust_domain` in this
+    /// [`crate::protocol::txn`]. The TTS keys are the anchors of `validation.trust_domain` in this
     /// verifier's trust store unless [`Verifier::with_txn_token_keys`] names others.
     pub fn with_txn_tokens(mut self, validation: TxnTokenValidation) -> Self {
         self.txn_tokens = Some(validation);
@@ -519,7 +519,7 @@ impl Verifier {
         }
         metrics::counter!("wimse_txn_token_cache_total", "result" => "miss").increment(1);
         let result = keys.read(|store| {
-            let verified = crate::txn::validate(raw, store, cfg, now)?;
+            let verified = crate::protocol::txn::validate(raw, store, cfg, now)?;
             Ok::<_, Error>((Arc::new(verified), store.get(&cfg.trust_domain).and_then(|a| a.valid_until())))
         });
         match result {
@@ -575,7 +575,7 @@ impl Verifier {
     }
 
     /// The credential and claim stages together, without a policy (adapters use a
-    /// [`Guard`](crate::guard::Guard)): `verifier.verify(&request).await`.
+    /// [`Guard`](crate::server::guard::Guard)): `verifier.verify(&request).await`.
     pub fn verify<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Confirm {
         match self.authenticate(request) {
             Ok(pending) => self.confirm(pending),
@@ -730,8 +730,9 @@ impl Verifier {
 
         let wit = self.validate_wit(credentials.wit, now)?;
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
-        let (exp, jti) = crate::wpt::check(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, now)
-            .map_err(|e| self.config.explain_audience(e, request.path))?;
+        let (exp, jti) =
+            crate::protocol::wpt::check(credentials.wpt, &wit, &context, audience_ok, &self.wpt_validation, now)
+                .map_err(|e| self.config.explain_audience(e, request.path))?;
         let leeway = self.config.leeway;
         // A verifier accepts a WPT only while `exp <= now + max lifetime + leeway`: no verifier
         // could have accepted it before `exp - max lifetime - leeway`.
@@ -767,7 +768,7 @@ fn settle_rejection(caller: &VerifiedCaller, error: Error) -> Error {
 }
 
 /// The answer of [`Verifier::confirm`] (and so of [`Verifier::verify`] and
-/// [`Guard::confirm`](crate::guard::Guard::confirm)): a future resolving to the
+/// [`Guard::confirm`](crate::server::guard::Guard::confirm)): a future resolving to the
 /// [`VerifiedCaller`] once its proof is claimed. Ready at once with the in-memory store
 /// ([`take_ready`](Self::take_ready) takes the answer without a runtime). Dropped before it
 /// resolves, it gives the caller's quota back.

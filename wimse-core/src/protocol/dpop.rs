@@ -3,7 +3,7 @@
 //! the proof's key; `wimse-reqwest` creates the proofs.
 //!
 //! ```
-//! use wimse_core::dpop::{self, DpopValidation};
+//! use wimse_core::protocol::dpop::{self, DpopValidation};
 //! use wimse_core::jose::{Algorithm, SigningKey};
 //!
 //! let key = SigningKey::generate(Algorithm::ES256)?;

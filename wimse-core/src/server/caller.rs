@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::id::WorkloadId;
+use crate::protocol::txn::VerifiedTxnToken;
+use crate::protocol::wit::VerifiedWit;
 use crate::replay::ReplayClaim;
-use crate::txn::VerifiedTxnToken;
-use crate::wit::VerifiedWit;
 
 /// How the caller proved possession of its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl ProofMethod {
     }
 }
 
-/// An authenticated caller. Only a [`Verifier`](crate::verify::Verifier) makes one, and only
+/// An authenticated caller. Only a [`Verifier`](crate::server::verify::Verifier) makes one, and only
 /// after the proof was claimed in its replay store.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VerifiedCaller {
@@ -67,7 +67,7 @@ impl std::fmt::Debug for VerifiedCaller {
             .field("id", &self.id)
             .field("method", &self.method)
             .field("credential", &self.credential)
-            .field("txn_token_hash", &self.txn_token.as_deref().map(crate::wit::token_hash))
+            .field("txn_token_hash", &self.txn_token.as_deref().map(crate::protocol::wit::token_hash))
             .field("transaction", &self.transaction)
             .field("context_tokens", &self.context_tokens.keys().collect::<Vec<_>>())
             .finish()
@@ -99,7 +99,7 @@ impl PartialEq for Credential {
 impl Eq for Credential {}
 
 /// The caller authenticated by the TLS layer (mutual TLS), put into request extensions by a
-/// TLS-terminating adapter. A [`Guard`](crate::guard::Guard) uses it when the request carries no application-level
+/// TLS-terminating adapter. A [`Guard`](crate::server::guard::Guard) uses it when the request carries no application-level
 /// credentials; headers can never override it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPeer(pub(crate) VerifiedCaller);
@@ -114,9 +114,9 @@ impl TlsPeer {
 #[cfg(feature = "mtls")]
 impl TlsPeer {
     /// The peer of a connection whose client certificate chain rustls verified with a
-    /// [`WicClientVerifier`](crate::wic::WicClientVerifier).
+    /// [`WicClientVerifier`](crate::protocol::wic::WicClientVerifier).
     pub fn from_verified_chain(peer_certificates: &[rustls::pki_types::CertificateDer<'_>]) -> crate::Result<Self> {
-        let (id, fingerprint) = crate::wic::verified_peer(peer_certificates)?;
+        let (id, fingerprint) = crate::protocol::wic::verified_peer(peer_certificates)?;
         Ok(Self(VerifiedCaller {
             id,
             method: ProofMethod::MutualTls { certificate_fingerprint: fingerprint.clone() },
@@ -171,7 +171,7 @@ impl VerifiedCaller {
         self.txn_token.as_deref()
     }
     /// The verified transaction (`txn`, `sub`, `scope`, context) of the request's Txn-Token,
-    /// when the verifier validates Txn-Tokens ([`VerifierConfig::with_txn_tokens`](crate::verify::VerifierConfig::with_txn_tokens)).
+    /// when the verifier validates Txn-Tokens ([`VerifierConfig::with_txn_tokens`](crate::server::verify::VerifierConfig::with_txn_tokens)).
     pub fn transaction(&self) -> Option<&VerifiedTxnToken> {
         self.transaction.as_deref()
     }
@@ -187,7 +187,7 @@ impl VerifiedCaller {
 
 /// A caller whose credentials verified but whose proof is not yet claimed against replay.
 /// The policy runs on it (a refused caller never costs a replay slot); only
-/// [`Verifier::confirm`](crate::verify::Verifier::confirm) turns it into a [`VerifiedCaller`],
+/// [`Verifier::confirm`](crate::server::verify::Verifier::confirm) turns it into a [`VerifiedCaller`],
 /// so no adapter can hand a caller to a handler without the claim.
 #[derive(Debug)]
 pub struct PendingCaller {
@@ -221,14 +221,14 @@ impl PendingCaller {
     }
 
     /// Checks the body of a signed request admitted before its body was read (see
-    /// [`RequestView::body_follows`](crate::verify::RequestView::body_follows)) against the
+    /// [`RequestView::body_follows`](crate::server::verify::RequestView::body_follows)) against the
     /// request's `Content-Digest`. A caller without a pending body passes unchanged.
     pub fn body_received(mut self, body: &[u8]) -> crate::Result<Self> {
         if let Some(digests) = self.content.take() {
             let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
-            if let Err(error) = crate::httpsig::check_content(&digests, body) {
+            if let Err(error) = crate::protocol::httpsig::check_content(&digests, body) {
                 let error = error.in_signature_mode();
-                crate::audit::rejected(self.caller.method.name(), Some(&self.caller.id), &error);
+                crate::server::audit::rejected(self.caller.method.name(), Some(&self.caller.id), &error);
                 return Err(error);
             }
         }

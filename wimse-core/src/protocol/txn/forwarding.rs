@@ -25,7 +25,7 @@ pub const MAX_WARNED_ORIGINS: usize = 64;
 /// `trust_domain_origins` is missing; otherwise the origin is not one of them.
 ///
 /// ```
-/// use wimse_core::txn::{TxnForwarding, TxnToken};
+/// use wimse_core::protocol::txn::{TxnForwarding, TxnToken};
 ///
 /// let forwarding = TxnForwarding::new(["https://billing.prod.example"]);
 /// let token = TxnToken("eyJ…".into());

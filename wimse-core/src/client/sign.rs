@@ -6,18 +6,18 @@ use std::sync::Arc;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Uri};
 
-use crate::cred::CredentialSource;
+use crate::client::cred::CredentialSource;
 use crate::draft::{TXN_TOKEN_HEADER, WIT_HEADER, WPT_AUTH_SCHEME};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{HeaderSource, single_value};
-use crate::httpsig::{self, RequestParts, RequestSignature, ResponseParts, SignOptions, SignatureValidation};
 use crate::id::WorkloadId;
 use crate::jose::Backend;
+use crate::protocol::httpsig::{self, RequestParts, RequestSignature, ResponseParts, SignOptions, SignatureValidation};
+use crate::protocol::trust::TrustStore;
+use crate::protocol::wit::{WitValidation, validate_wit};
+use crate::protocol::wpt::WptBuilder;
 use crate::replay::{InMemoryReplayStore, ReplayClaim, ReplayStore};
 use crate::time::{Clock, SystemClock};
-use crate::trust::TrustStore;
-use crate::wit::{WitValidation, validate_wit};
-use crate::wpt::WptBuilder;
 
 /// The audience of a request to `uri`: scheme, authority and path, without query and fragment
 /// (wpt-02 §2). `None` for a URI without scheme or authority.
@@ -78,7 +78,7 @@ impl Signer {
 
     /// The current credentials (this workload's WIT and key), now: e.g. to sign a self-signed
     /// subject token for the Transaction Token Service.
-    pub fn credentials(&self) -> Result<Arc<crate::cred::Credentials>> {
+    pub fn credentials(&self) -> Result<Arc<crate::client::cred::Credentials>> {
         self.source.credentials(self.clock.now())
     }
 

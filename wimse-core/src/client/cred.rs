@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::WorkloadId;
 use crate::jose::{Jwk, PublicKey, SigningKey, jws};
-use crate::wit::DEFAULT_MAX_TOKEN_LEN;
+use crate::protocol::wit::DEFAULT_MAX_TOKEN_LEN;
 
 fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::with_detail(ErrorKind::CredentialsUnavailable, detail)
@@ -48,7 +48,7 @@ impl Credentials {
         }
         let issuer_kid = jws.header.get("kid").and_then(Value::as_str).map(Arc::from);
         let wit = wit.trim();
-        let wit_hash = Arc::from(crate::wit::token_hash(wit));
+        let wit_hash = Arc::from(crate::protocol::wit::token_hash(wit));
         Ok(Self { wit: Arc::from(wit), wit_hash, key, subject, expires_at, issuer_kid })
     }
 
@@ -212,8 +212,8 @@ impl FileCredentials {
     /// credentials.
     ///
     /// ```no_run
-    /// use wimse_core::cred::FileCredentials;
-    /// use wimse_core::sign::Signer;
+    /// use wimse_core::client::cred::FileCredentials;
+    /// use wimse_core::client::sign::Signer;
     ///
     /// // Files a node agent or a Kubernetes volume keeps current; re-read as they change.
     /// let credentials = FileCredentials::new("/run/wimse/wit.jwt", "/run/wimse/key.jwk")?;

@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{IdentifierPolicy, WorkloadId};
 use crate::jose::random_id;
 use crate::jose::{Algorithm, Backend, Jwk, PublicKey, SigningKey, b64url_encode, jws};
-use crate::trust::TrustStore;
+use crate::protocol::trust::TrustStore;
 
 /// Largest token accepted by default, in bytes. Generous for RSA-4096 issuers and keys.
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -43,7 +43,7 @@ pub struct WitClaims {
 ///
 /// ```
 /// use wimse_core::jose::{Algorithm, SigningKey};
-/// use wimse_core::wit::WitIssuer;
+/// use wimse_core::protocol::wit::WitIssuer;
 ///
 /// let issuer = WitIssuer::new(SigningKey::generate(Algorithm::ES256)?.with_kid("2026-11"))
 ///     .with_issuer("https://issuer.prod.example")

@@ -9,8 +9,8 @@ use crate::draft::WPT_TYP;
 use crate::error::{Error, ErrorKind, Result};
 use crate::jose::random_id;
 use crate::jose::{Backend, SigningKey, b64url_decode_into, jws};
+use crate::protocol::wit::{DEFAULT_MAX_TOKEN_LEN, VerifiedWit, token_hash};
 use crate::replay::MAX_PROOF_ID_LEN;
-use crate::wit::{DEFAULT_MAX_TOKEN_LEN, VerifiedWit, token_hash};
 
 mod token;
 use token::{Number, Text};
@@ -22,7 +22,7 @@ pub const MAX_JTI_LEN: usize = MAX_PROOF_ID_LEN;
 ///
 /// ```
 /// use wimse_core::jose::{Algorithm, SigningKey};
-/// use wimse_core::wpt::WptBuilder;
+/// use wimse_core::protocol::wpt::WptBuilder;
 ///
 /// let key = SigningKey::generate(Algorithm::ES256)?;
 /// let wit = "eyJ…the WIT string as sent…";
@@ -61,7 +61,7 @@ impl<'a> WptBuilder<'a> {
     }
 
     /// The WIT's hash (`wth`), when the caller keeps it (see
-    /// [`Credentials::wit_hash`](crate::cred::Credentials::wit_hash)); computed from the WIT
+    /// [`Credentials::wit_hash`](crate::client::cred::Credentials::wit_hash)); computed from the WIT
     /// otherwise.
     pub fn wit_hash(mut self, hash: &'a str) -> Self {
         self.wit_hash = Some(hash);
@@ -180,7 +180,7 @@ pub struct VerifiedWpt {
 ///
 /// It does not check for replay: the caller claims
 /// [`ReplayClaim::wpt`](crate::replay::ReplayClaim::wpt) in a
-/// [`ReplayStore`](crate::replay::ReplayStore) afterwards (the [`Verifier`](crate::verify::Verifier)
+/// [`ReplayStore`](crate::replay::ReplayStore) afterwards (the [`Verifier`](crate::server::verify::Verifier)
 /// does, after the policy), so a bad proof or a refused caller never uses up a slot.
 ///
 /// An `audience_mismatch` naming the proof's audience `parameter` (a WPT's `aud`, a

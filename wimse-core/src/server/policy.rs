@@ -9,7 +9,7 @@
 //! and never across trust domains.
 //!
 //! ```
-//! use wimse_core::policy::{Policy, Rule};
+//! use wimse_core::server::policy::{Policy, Rule};
 //!
 //! let policy = Policy::named("orders-api")
 //!     .allow(Rule::path_prefix("spiffe://prod.example/ns/front")?)
@@ -25,9 +25,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::caller::VerifiedCaller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{IdentifierError, TrustDomain, WorkloadId};
+use crate::server::caller::VerifiedCaller;
 
 type CallerFn = dyn Fn(&VerifiedCaller) -> bool + Send + Sync;
 
@@ -100,7 +100,7 @@ impl Rule {
         Rule(RuleKind::Not(Box::new(rule)))
     }
 
-    /// The request carries a verified Txn-Token (see [`crate::txn`]; the verifier must validate
+    /// The request carries a verified Txn-Token (see [`crate::protocol::txn`]; the verifier must validate
     /// Txn-Tokens, else no caller has a transaction). Transaction rules need the whole caller:
     /// in [`Policy::allows_id`] they never match (so a `not(..)` of one always does).
     pub fn transaction() -> Self {
