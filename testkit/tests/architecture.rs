@@ -253,7 +253,7 @@ fn the_checks_find_what_they_look_for() {
         referenced("protocol::wit", &code("use crate::server::verify::Verifier; // crate::x::y\n/// [`crate::y`]"));
     assert_eq!(paths.len(), 1);
     assert_eq!(resolve(&paths[0], &modules).as_deref(), Some("server::verify"));
-    assert!(layer("server::guard") > layer("protocol::wit"), "server above protocol");
+    assert!(layer("server::pipeline") > layer("protocol::wit"), "server above protocol");
     assert!(layer("client::sign") < layer("server::verify"), "client below server");
     assert_eq!(referenced("a::b", "super::super::c::d")[0], vec!["c".to_owned(), "d".to_owned()]);
 }

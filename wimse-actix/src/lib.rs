@@ -8,7 +8,7 @@
 //! feature `tls`), and the [`Caller`] extractor hands it to handlers. Rejections are answered
 //! exactly like the tower and axum adapters do.
 //!
-//! The middleware runs the pipeline of [`Guard`]: credentials, then the
+//! The middleware runs the pipeline of [`Pipeline`]: credentials, then the
 //! configured policy, then the replay claim (awaited without blocking the worker when the
 //! store is shared). A `WimseAuth` wrapped on a scope with its own policy refuses callers before
 //! their proof is claimed; checks in handlers run after it, where the per-caller quota protects
@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use actix_web::{App, web};
-//! use wimse_actix::{Caller, WimseAuth, Guard};
+//! use wimse_actix::{Caller, WimseAuth, Pipeline};
 //! use wimse_core::prelude::*;
 //!
 //! async fn whoami(caller: Caller) -> String {
@@ -33,7 +33,7 @@
 //!     TrustAnchors::new().with_key(issuer.public_key().clone()),
 //! );
 //! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://billing.example"))?;
-//! let config = Guard::new(verifier).policy(Policy::named("billing").allow(Rule::path_prefix("spiffe://prod.example/orders")?));
+//! let config = Pipeline::new(verifier).policy(Policy::named("billing").allow(Rule::path_prefix("spiffe://prod.example/orders")?));
 //!
 //! // Configure once through app data; the middleware reads it from there.
 //! let app = App::new()
@@ -71,15 +71,15 @@ mod require;
 pub use require::{RequirePolicy, RequirePolicyMiddleware};
 
 /// What an actix-web service needs: the middleware, the extractor, the rejection, and the core
-/// prelude (which has [`Guard`]).
+/// prelude (which has [`Pipeline`]).
 pub mod prelude {
     pub use crate::{Caller, RequirePolicy, Transaction, WimseAuth, WimseRejection};
     pub use wimse_core::prelude::*;
 }
 pub use wimse_core;
 /// What the middleware checks: the verifier, an optional policy, required or optional
-/// authentication. Put it in app data (`web::Data<Guard>`) or give it to [`WimseAuth::new`].
-pub use wimse_core::server::guard::Guard;
+/// authentication. Put it in app data (`web::Data<Pipeline>`) or give it to [`WimseAuth::new`].
+pub use wimse_core::server::pipeline::Pipeline;
 
 /// Mutual TLS (feature `tls`): serve with `HttpServer::listen_rustls_0_23` and a config from
 /// [`wimse_core::protocol::wic::server_config`], and pass [`tls::on_connect`] to `HttpServer::on_connect`.
@@ -107,8 +107,8 @@ pub mod tls {
 }
 
 /// Stages 1–3 of the pipeline (framing, credentials, policy); the claim follows in
-/// [`Guard::confirm`].
-fn admit(config: &Guard, req: &ServiceRequest) -> Result<Option<PendingCaller>, Error> {
+/// [`Pipeline::confirm`].
+fn admit(config: &Pipeline, req: &ServiceRequest) -> Result<Option<PendingCaller>, Error> {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let headers = ActixHeaders(req.headers());
     let view = RequestView::new(target, &headers).method(req.method().as_str()).authority(authority(req));
@@ -139,16 +139,16 @@ impl HeaderSource for ActixHeaders<'_> {
 /// The middleware factory (`App::wrap`, `Scope::wrap`, `Resource::wrap`).
 #[derive(Debug, Clone)]
 pub struct WimseAuth {
-    config: Option<web::Data<Guard>>,
+    config: Option<web::Data<Pipeline>>,
 }
 
 impl WimseAuth {
     /// Uses `config`.
-    pub fn new(config: Guard) -> Self {
+    pub fn new(config: Pipeline) -> Self {
         Self { config: Some(web::Data::new(config)) }
     }
 
-    /// Reads a `web::Data<Guard>` from app data on each request. Without one, requests
+    /// Reads a `web::Data<Pipeline>` from app data on each request. Without one, requests
     /// are refused with a 500 (fail closed).
     pub fn from_app_data() -> Self {
         Self { config: None }
@@ -174,7 +174,7 @@ where
 /// The middleware service made by [`WimseAuth`].
 pub struct WimseAuthMiddleware<S> {
     service: Rc<S>,
-    config: Option<web::Data<Guard>>,
+    config: Option<web::Data<Pipeline>>,
 }
 
 impl<S> fmt::Debug for WimseAuthMiddleware<S> {
@@ -196,15 +196,15 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         // Shared, not copied: the configuration is behind an `Arc` either way.
-        let config = match self.config.as_ref().or_else(|| req.app_data::<web::Data<Guard>>()) {
+        let config = match self.config.as_ref().or_else(|| req.app_data::<web::Data<Pipeline>>()) {
             Some(config) => Ok(config.clone()),
-            None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no Guard in app data")),
+            None => Err(Error::with_detail(ErrorKind::InvalidConfiguration, "no Pipeline in app data")),
         };
         let config = match config {
             Ok(config) => config,
             Err(error) => {
                 tracing::error!(
-                    "wimse: WimseAuth::from_app_data() found no web::Data<Guard>; refusing every request (500)"
+                    "wimse: WimseAuth::from_app_data() found no web::Data<Pipeline>; refusing every request (500)"
                 );
                 wimse_core::server::audit::rejected("none", None, &error);
                 return reject(req, Rejection::from_error(&error));
@@ -268,7 +268,7 @@ fn http1_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMa
 /// The signed-request path (the steps are [`wimse_core::server::exchange`]'s): the header checks, the
 /// body within its limit and deadline, the claim, the service, the signed response.
 async fn signed<S, B>(
-    guard: web::Data<Guard>,
+    guard: web::Data<Pipeline>,
     service: Rc<S>,
     mut req: ServiceRequest,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error>

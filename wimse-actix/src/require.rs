@@ -18,20 +18,20 @@ use wimse_core::{Error, ErrorKind};
 /// caller (401), logging each refusal once on `wimse::audit`.
 ///
 /// Wrap it on a scope or resource inside one wrapped with [`WimseAuth`](crate::WimseAuth) (often
-/// an optional one, so public routes stay open). A policy given to the `Guard` itself refuses
+/// an optional one, so public routes stay open). A policy given to the `Pipeline` itself refuses
 /// callers before their proof is claimed against replay; this one runs after, which is fine for
 /// per-route differences between callers the service accepts at all.
 ///
 /// ```
 /// use actix_web::{App, web};
-/// use wimse_actix::{Caller, Guard, RequirePolicy, WimseAuth};
+/// use wimse_actix::{Caller, Pipeline, RequirePolicy, WimseAuth};
 /// use wimse_core::prelude::*;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin("https://ops.example"))?;
 /// let admins = Policy::named("admin").allow(Rule::exact("spiffe://prod.example/ops")?);
 /// let app = App::new()
-///     .wrap(WimseAuth::new(Guard::new(verifier).optional()))
+///     .wrap(WimseAuth::new(Pipeline::new(verifier).optional()))
 ///     .route("/health", web::get().to(|| async { "ok" }))
 ///     .service(
 ///         web::scope("/admin")

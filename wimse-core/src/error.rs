@@ -198,7 +198,7 @@ error_kinds! {
     /// The body of a signed request did not arrive within the server's deadline (408).
     BodyTimeout => "body_timeout", Answer::Status(408), "the body did not arrive in time";
     /// The server is already buffering as many signed request bodies as its budget allows
-    /// ([`Guard::body_budget`](crate::server::guard::Guard::body_budget)); retry shortly (503).
+    /// ([`Pipeline::body_budget`](crate::server::pipeline::Pipeline::body_budget)); retry shortly (503).
     BodyBudgetExceeded => "body_budget_exceeded", Answer::Status(503), "too many request bodies are being read at once";
     /// The client asked for a signed response and this server does not sign responses (501).
     SignedResponseUnsupported => "signed_response_unsupported", Answer::Status(501), "this server does not sign responses";

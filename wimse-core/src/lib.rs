@@ -8,7 +8,7 @@
 //! (WIT), `draft-ietf-wimse-wpt-02` (WPT in `Authorization: WPT …`). See [`draft`].
 //!
 //! ## Where to start
-//! - Serving: [`crate::server::guard::Guard`] (verifier + policy) through an adapter, or
+//! - Serving: [`crate::server::pipeline::Pipeline`] (verifier + policy) through an adapter, or
 //!   [`crate::server::verify::Verifier`] directly; settings from a file with [`config::Settings`]; trust
 //!   anchors from files with [`crate::protocol::trust::TrustAnchors::from_file`].
 //! - Calling: [`crate::client::sign::Signer`] over a [`crate::client::cred::CredentialSource`] (files, static, or an identity
@@ -71,7 +71,7 @@ pub mod prelude {
     pub use crate::replay::{InMemoryReplayStore, ReplayStore};
     pub use crate::server::caller::{TlsPeer, VerifiedCaller};
     pub use crate::server::framing::{HeaderSource, Rejection};
-    pub use crate::server::guard::Guard;
+    pub use crate::server::pipeline::Pipeline;
     pub use crate::server::policy::{Policy, Rule};
     pub use crate::server::verify::{RequestView, Verifier, VerifierConfig};
     pub use crate::time::{Clock, FixedClock, SystemClock};

@@ -16,7 +16,7 @@ use wimse_core::client::sign::Signer;
 use wimse_core::protocol::httpsig::has_signature;
 use wimse_core::server::caller::{TlsPeer, VerifiedCaller};
 use wimse_core::server::exchange::{BodyFailure, ResponseSigner, SignedExchange};
-use wimse_core::server::guard::Guard;
+use wimse_core::server::pipeline::Pipeline;
 use wimse_core::server::policy::Policy;
 use wimse_core::server::verify::{RequestView, Verifier};
 use wimse_core::{Error, ErrorKind};
@@ -35,10 +35,10 @@ pub type WimseRequestBody<B> = Either<B, Full<Bytes>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub use wimse_core::server::guard::DEFAULT_BODY_LIMIT;
+pub use wimse_core::server::pipeline::DEFAULT_BODY_LIMIT;
 
 /// Verifies the caller of every request: WIT + `Authorization: WPT`, or WIT + HTTP message
-/// signature, through the pipeline of [`Guard`](wimse_core::server::guard::Guard): credentials, then
+/// signature, through the pipeline of [`Pipeline`](wimse_core::server::pipeline::Pipeline): credentials, then
 /// the policy, then the replay claim (a shared store is awaited without holding a thread; the
 /// in-memory store answers at once, without boxing). Puts the [`VerifiedCaller`](wimse_core::server::caller::VerifiedCaller) into the request extensions. Rejected requests are
 /// answered by the layer (401 with `WWW-Authenticate: WPT`, 400, 403 for a policy, 413 for a
@@ -74,13 +74,13 @@ pub use wimse_core::server::guard::DEFAULT_BODY_LIMIT;
 #[derive(Debug, Clone)]
 pub struct WimseLayer {
     // Shared: axum and tower clone the service for every request.
-    guard: Arc<Guard>,
+    guard: Arc<Pipeline>,
 }
 
 impl WimseLayer {
     /// Requires every request to carry valid credentials.
     pub fn new(verifier: Verifier) -> Self {
-        Self::from(Guard::new(verifier))
+        Self::from(Pipeline::new(verifier))
     }
 
     /// Lets requests with no WIMSE credentials at all through, without a `VerifiedCaller`.
@@ -96,7 +96,7 @@ impl WimseLayer {
 
     /// Applies `policy` instead of the general one on `route` (an exact path, or a prefix
     /// ending in `/`; for gRPC a method `/pkg.Service/Method` or a service `/pkg.Service/`);
-    /// see [`Guard::route_policy`]. Checked before the proof is claimed.
+    /// see [`Pipeline::route_policy`]. Checked before the proof is claimed.
     pub fn route_policy(self, route: impl Into<String>, policy: Policy) -> Self {
         Self::from(Arc::unwrap_or_clone(self.guard).route_policy(route, policy))
     }
@@ -124,7 +124,7 @@ impl WimseLayer {
     }
 
     /// How many bytes of signed request bodies the layer buffers at once, all requests together
-    /// (default [`wimse_core::server::guard::DEFAULT_BODY_BUDGET`], 64 MiB); see [`Guard::body_budget`].
+    /// (default [`wimse_core::server::pipeline::DEFAULT_BODY_BUDGET`], 64 MiB); see [`Pipeline::body_budget`].
     pub fn body_budget(self, bytes: usize) -> Self {
         Self::from(Arc::unwrap_or_clone(self.guard).body_budget(bytes))
     }
@@ -141,8 +141,8 @@ impl WimseLayer {
     }
 }
 
-impl From<Guard> for WimseLayer {
-    fn from(guard: Guard) -> Self {
+impl From<Pipeline> for WimseLayer {
+    fn from(guard: Pipeline) -> Self {
         Self { guard: Arc::new(guard) }
     }
 }
@@ -278,14 +278,14 @@ where
 }
 
 /// When a gRPC call's response (maybe a stream) must end: when the caller's credentials do.
-fn stream_deadline(guard: &Guard, stream: bool, caller: &VerifiedCaller) -> Option<tokio::time::Instant> {
+fn stream_deadline(guard: &Pipeline, stream: bool, caller: &VerifiedCaller) -> Option<tokio::time::Instant> {
     if !stream {
         return None;
     }
     guard.stream_deadline(Some(caller)).map(|left| tokio::time::Instant::now() + left)
 }
 
-fn reject<B>(guard: &Guard, error: &Error, grpc: bool) -> Response<WimseBody<B>> {
+fn reject<B>(guard: &Pipeline, error: &Error, grpc: bool) -> Response<WimseBody<B>> {
     rejection_response(guard.rejection(error), grpc)
 }
 

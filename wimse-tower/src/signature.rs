@@ -16,7 +16,7 @@ use wimse_core::client::sign::{AudienceOverride, ResponseVerifier, Signer, audie
 use wimse_core::id::WorkloadId;
 use wimse_core::protocol::httpsig::{OutgoingRequest, RequestParts, ResponseParts, has_signature};
 use wimse_core::protocol::trust::TrustStore;
-use wimse_core::server::guard::DEFAULT_BODY_LIMIT;
+use wimse_core::server::pipeline::DEFAULT_BODY_LIMIT;
 use wimse_core::{Error, ErrorKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

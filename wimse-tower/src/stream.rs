@@ -2,7 +2,7 @@
 //!
 //! A gRPC stream (server or bidirectional streaming) is authorized once, when it opens; left
 //! alone it would outlive the WIT that opened it by as long as the client keeps it open. The
-//! layer bounds it by [`Guard::stream_deadline`](wimse_core::server::guard::Guard::stream_deadline):
+//! layer bounds it by [`Pipeline::stream_deadline`](wimse_core::server::pipeline::Pipeline::stream_deadline):
 //! at the deadline the response ends with the trailers of a gRPC `UNAUTHENTICATED` status
 //! (`grpc-message: credentials_expired`), as a new call with those credentials would be refused.
 

@@ -31,7 +31,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // let only what the settings' policy allows into `/admin`. `verifier_from_settings` also
     // follows trust entries that name an identity server's `bundle_url` (here: a file).
     let settings = Settings::load(demo.settings(&origin)?)?;
-    let guard = Guard::new(wimse_reqwest::verifier_from_settings(&settings.verifier).await?).optional();
+    let guard = Pipeline::new(wimse_reqwest::verifier_from_settings(&settings.verifier).await?).optional();
     let policy = settings.policy()?;
     let server = HttpServer::new(move || {
         App::new()

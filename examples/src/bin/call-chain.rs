@@ -372,7 +372,7 @@ async fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Err
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
     let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders")?);
-    let config = wimse_actix::Guard::new(verifier(ids, &base)?)
+    let config = wimse_actix::Pipeline::new(verifier(ids, &base)?)
         .policy(policy)
         .sign_responses(ids.enroll("spiffe://prod.example/billing").await?);
     let server = actix_web::HttpServer::new(move || {

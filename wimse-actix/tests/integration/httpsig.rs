@@ -1,7 +1,7 @@
 //! HTTP-signature mode end to end against a real actix-web server.
 
 use actix_web::{App, HttpServer, web};
-use wimse_actix::{Caller, Guard, WimseAuth};
+use wimse_actix::{Caller, Pipeline, WimseAuth};
 use wimse_core::server::verify::Verifier;
 use wimse_testkit::{
     Deployment, SERVER, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_reveal_reasons_cases, run_signature_cases,
@@ -29,8 +29,9 @@ fn serve_with(
 ) -> (String, actix_web::dev::ServerHandle) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let mut config =
-        Guard::new(verifier(deployment, &base)).body_limit(SIGNATURE_BODY_LIMIT).body_deadline(SIGNATURE_BODY_DEADLINE);
+    let mut config = Pipeline::new(verifier(deployment, &base))
+        .body_limit(SIGNATURE_BODY_LIMIT)
+        .body_deadline(SIGNATURE_BODY_DEADLINE);
     if sign_responses {
         config = config.sign_responses(deployment.signer(SERVER));
     }

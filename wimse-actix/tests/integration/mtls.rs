@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use actix_web::{App, HttpServer, web};
 use rustls::pki_types::ServerName;
-use wimse_actix::{Caller, Guard, WimseAuth};
+use wimse_actix::{Caller, Pipeline, WimseAuth};
 use wimse_core::prelude::*;
 use wimse_core::protocol::wic::{
     CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, client_config, server_config,
@@ -37,7 +37,7 @@ async fn mutual_tls_callers() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("https://{}", listener.local_addr().unwrap());
     let policy = Policy::named("ledger").allow(Rule::exact("spiffe://prod.example/billing").unwrap());
-    let config = Guard::new(deployment.verifier(&base)).policy(policy);
+    let config = Pipeline::new(deployment.verifier(&base)).policy(policy);
     let server = HttpServer::new(move || {
         App::new().wrap(WimseAuth::new(config.clone())).route("/whoami", web::get().to(whoami))
     })

@@ -1,7 +1,7 @@
 //! A real actix-web server on loopback, called by real reqwest clients.
 
 use actix_web::{App, HttpServer, web};
-use wimse_actix::{Caller, Guard, WimseAuth};
+use wimse_actix::{Caller, Pipeline, WimseAuth};
 use wimse_testkit::{ALLOWED, Deployment, run_cases};
 
 async fn whoami(caller: Caller) -> String {
@@ -22,7 +22,7 @@ fn listener() -> (std::net::TcpListener, String) {
 async fn case_table_with_config_in_app_data() {
     let deployment = Deployment::new();
     let (listener, base) = listener();
-    let config = Guard::new(deployment.verifier(&base)).policy(deployment.policy());
+    let config = Pipeline::new(deployment.verifier(&base)).policy(deployment.policy());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(config.clone()))
@@ -44,7 +44,7 @@ async fn optional_authentication_and_missing_config() {
     let logs = wimse_testkit::logs::Logs::global();
     let deployment = Deployment::new();
     let (listener, base) = listener();
-    let config = Guard::new(deployment.verifier(&base)).optional();
+    let config = Pipeline::new(deployment.verifier(&base)).optional();
     let server = HttpServer::new(move || {
         App::new()
             .service(
@@ -77,8 +77,8 @@ async fn optional_authentication_and_missing_config() {
     let unconfigured = deployment.client(ALLOWED).get(format!("{base}/unconfigured/who")).send().await.unwrap();
     assert_eq!(unconfigured.status(), 500);
     // Said in the logs: what is missing, and the refusal on the audit target.
-    assert!(!logs.lines_with(&["ERROR", "no web::Data<Guard>"]).is_empty(), "{}", logs.text());
-    let audit = logs.lines_with(&["wimse::audit", r#"reason="invalid_configuration""#, "no Guard in app data"]);
+    assert!(!logs.lines_with(&["ERROR", "no web::Data<Pipeline>"]).is_empty(), "{}", logs.text());
+    let audit = logs.lines_with(&["wimse::audit", r#"reason="invalid_configuration""#, "no Pipeline in app data"]);
     assert_eq!(audit.len(), 1, "{}", logs.text());
     handle.stop(true).await;
 }
@@ -92,7 +92,7 @@ async fn per_scope_policy() {
     let logs = wimse_testkit::logs::Logs::global();
     let deployment = Deployment::new();
     let (listener, base) = listener();
-    let guard = Guard::new(deployment.verifier(&base)).optional();
+    let guard = Pipeline::new(deployment.verifier(&base)).optional();
     let policy = deployment.policy();
     let server = HttpServer::new(move || {
         App::new()
@@ -133,7 +133,7 @@ async fn route_policies_refuse_paths_actix_would_route_elsewhere() {
     use wimse_core::server::policy::{Policy, Rule};
     let deployment = Deployment::new();
     let (listener, base) = listener();
-    let config = Guard::new(deployment.verifier(&base))
+    let config = Pipeline::new(deployment.verifier(&base))
         .policy(deployment.policy())
         .route_policy("/admin/", Policy::named("admins").allow(Rule::exact("spiffe://prod.example/admin").unwrap()));
     let server = HttpServer::new(move || {

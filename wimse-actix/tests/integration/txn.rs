@@ -3,7 +3,7 @@
 
 use actix_web::{App, HttpServer, web};
 use reqwest_middleware::ClientBuilder;
-use wimse_actix::{Caller, Guard, Transaction, WimseAuth};
+use wimse_actix::{Caller, Pipeline, Transaction, WimseAuth};
 use wimse_reqwest::{TxnToken, WimseSignMiddleware};
 use wimse_testkit::{ALLOWED, Deployment};
 
@@ -22,7 +22,7 @@ async fn transactions_at_an_actix_service() {
     let deployment = Deployment::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let guard = Guard::new(deployment.txn_verifier(&base, true));
+    let guard = Pipeline::new(deployment.txn_verifier(&base, true));
     let server = HttpServer::new(move || {
         App::new().wrap(WimseAuth::new(guard.clone())).route("/purchase", web::post().to(purchase))
     })

@@ -1,7 +1,7 @@
 //! One audit event per request, with the final decision (target `wimse::audit`), and the
 //! matching metrics. Never logs tokens.
 //!
-//! The verifier and [`Guard`](crate::server::guard::Guard) write these events themselves; adapters call
+//! The verifier and [`Pipeline`](crate::server::pipeline::Pipeline) write these events themselves; adapters call
 //! [`rejected`] for refusals they decide on their own (a route-level policy, a missing
 //! configuration), so that every refusal is logged once with its reason.
 

@@ -99,7 +99,7 @@ impl PartialEq for Credential {
 impl Eq for Credential {}
 
 /// The caller authenticated by the TLS layer (mutual TLS), put into request extensions by a
-/// TLS-terminating adapter. A [`Guard`](crate::server::guard::Guard) uses it when the request carries no application-level
+/// TLS-terminating adapter. A [`Pipeline`](crate::server::pipeline::Pipeline) uses it when the request carries no application-level
 /// credentials; headers can never override it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPeer(pub(crate) VerifiedCaller);

@@ -4,7 +4,7 @@
 //! [`has_signature`](crate::protocol::httpsig::has_signature)) does four things, and only the reading and
 //! writing of bodies are its own:
 //!
-//! 1. [`Guard::signed_exchange`]: every check the header fields allow (WIT, signature, audience,
+//! 1. [`Pipeline::signed_exchange`]: every check the header fields allow (WIT, signature, audience,
 //!    parameters, policy, whether a signed response can be given), before a byte of the body is
 //!    read, so an unauthenticated or unauthorized sender never makes the server buffer anything;
 //! 2. read the body, at most [`SignedExchange::body_limit`] bytes within
@@ -24,14 +24,14 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::httpsig::RequestParts;
 use crate::server::caller::{PendingCaller, TlsPeer, VerifiedCaller};
 use crate::server::framing::HeaderSource;
-use crate::server::guard::Guard;
+use crate::server::pipeline::Pipeline;
 use crate::server::verify::RequestView;
 
 /// A signed request admitted on its header fields, waiting for its body. Made by
-/// [`Guard::signed_exchange`].
+/// [`Pipeline::signed_exchange`].
 #[derive(Debug)]
 pub struct SignedExchange<'g> {
-    guard: &'g Guard,
+    guard: &'g Pipeline,
     pending: Option<PendingCaller>,
     response: Option<ResponseSigner>,
     /// Bytes of the guard's body budget this exchange holds (given back when it ends).
@@ -66,7 +66,7 @@ pub struct Admitted {
     /// The verified caller (`None` for an anonymous request an optional guard lets through).
     pub caller: Option<VerifiedCaller>,
     /// Set when the response must be signed: asked for (`wimse-sign-response`), or every
-    /// response is ([`Guard::always_sign_responses`]).
+    /// response is ([`Pipeline::always_sign_responses`]).
     pub response: Option<ResponseSigner>,
 }
 
@@ -109,7 +109,7 @@ impl ResponseSigner {
     }
 }
 
-impl Guard {
+impl Pipeline {
     /// Starts the server side of a signed request (see the [module](crate::server::exchange)): checks
     /// everything its header fields allow, the policy, and whether a signed response asked for
     /// can be given (501 otherwise), before any of its body is read. `request` needs its method,

@@ -158,7 +158,7 @@ impl Rejection {
     /// proof mode: `reason` (a signed request's too) and `detail`. Status and challenge are
     /// unchanged. For development only: adapters answer this way when the verifier was built
     /// with [`VerifierConfig::reveal_reasons`](crate::server::verify::VerifierConfig::reveal_reasons)
-    /// (see [`Guard::rejection`](crate::server::guard::Guard::rejection)).
+    /// (see [`Pipeline::rejection`](crate::server::pipeline::Pipeline::rejection)).
     pub fn revealing(error: &Error) -> Self {
         let mut rejection = Self::from_error(error);
         rejection.problem.reason = Some(error.reason());

@@ -1,7 +1,7 @@
 //! The server layer: the inbound pipeline every server adapter drives. [`framing`] reads the
 //! WIMSE fields and gives every refusal one format; [`verify`] checks credentials and claims;
-//! [`guard`] is the pipeline as one value (admit: authenticate and the [`policy`]; confirm: the
-//! replay claim); [`exchange`] is a signed request and its signed response; [`caller`] is who
+//! [`pipeline`] holds the steps as one value, a [`Pipeline`](pipeline::Pipeline) (admit:
+//! authenticate and the [`policy`]; confirm: the replay claim); [`exchange`] is a signed request and its signed response; [`caller`] is who
 //! called; [`audit`] records each decision. The verified-token caches are internal.
 //!
 //! May import the client and protocol layers and the base.
@@ -10,7 +10,7 @@ pub mod audit;
 pub mod caller;
 pub mod exchange;
 pub mod framing;
-pub mod guard;
+pub mod pipeline;
 pub mod policy;
 pub(crate) mod token_cache;
 pub mod verify;

@@ -1,6 +1,6 @@
 //! The inbound path's credential and claim stages: a request's headers in, a
 //! [`VerifiedCaller`] or a named rejection out. Adapters drive it through a
-//! [`Guard`](crate::server::guard::Guard), which adds the policy between the two.
+//! [`Pipeline`](crate::server::pipeline::Pipeline), which adds the policy between the two.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -575,7 +575,7 @@ impl Verifier {
     }
 
     /// The credential and claim stages together, without a policy (adapters use a
-    /// [`Guard`](crate::server::guard::Guard)): `verifier.verify(&request).await`.
+    /// [`Pipeline`](crate::server::pipeline::Pipeline)): `verifier.verify(&request).await`.
     pub fn verify<H: HeaderSource + ?Sized>(&self, request: &RequestView<'_, H>) -> Confirm {
         match self.authenticate(request) {
             Ok(pending) => self.confirm(pending),
@@ -768,7 +768,7 @@ fn settle_rejection(caller: &VerifiedCaller, error: Error) -> Error {
 }
 
 /// The answer of [`Verifier::confirm`] (and so of [`Verifier::verify`] and
-/// [`Guard::confirm`](crate::server::guard::Guard::confirm)): a future resolving to the
+/// [`Pipeline::confirm`](crate::server::pipeline::Pipeline::confirm)): a future resolving to the
 /// [`VerifiedCaller`] once its proof is claimed. Ready at once with the in-memory store
 /// ([`take_ready`](Self::take_ready) takes the answer without a runtime). Dropped before it
 /// resolves, it gives the caller's quota back.

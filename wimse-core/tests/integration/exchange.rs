@@ -22,7 +22,7 @@ fn view(headers: &http::HeaderMap) -> RequestView<'_, http::HeaderMap> {
 fn the_body_is_checked_after_the_headers_and_before_the_claim() {
     let f = Fixture::new();
     let headers = f.signed_request("POST", Some(b"amount=1"), false);
-    let guard = Guard::new(f.verifier());
+    let guard = Pipeline::new(f.verifier());
     // Another body than the signed one: refused after the headers passed, nonce not claimed.
     let exchange = guard.signed_exchange(view(&headers), None).unwrap();
     let err = block_on(exchange.admit_body(b"amount=9")).unwrap_err();
@@ -47,15 +47,15 @@ fn header_failures_come_before_the_body() {
     let f = Fixture::new();
     let headers = f.signed_request("POST", Some(b"amount=1"), false);
     // A verifier that takes only WPTs refuses the signed request from its headers.
-    let only_wpt = Guard::new(f.verifier_with(f.config().only_wpt()));
+    let only_wpt = Pipeline::new(f.verifier_with(f.config().only_wpt()));
     let err = only_wpt.signed_exchange(view(&headers), None).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::NoWimseSignature);
     // The policy too.
-    let denying = Guard::new(f.verifier()).policy(Policy::named("nobody"));
+    let denying = Pipeline::new(f.verifier()).policy(Policy::named("nobody"));
     assert_eq!(denying.signed_exchange(view(&headers), None).unwrap_err().kind(), &ErrorKind::PolicyDenied);
     // A signed response asked of a guard that signs none: 501 before the body.
     let asking = f.signed_request("POST", Some(b"amount=1"), true);
-    let guard = Guard::new(f.verifier());
+    let guard = Pipeline::new(f.verifier());
     let err = guard.signed_exchange(view(&asking), None).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::SignedResponseUnsupported);
 }
@@ -64,7 +64,7 @@ fn header_failures_come_before_the_body() {
 fn body_failures_are_named() {
     let f = Fixture::new();
     let headers = f.signed_request("POST", Some(b"amount=1"), false);
-    let guard = Guard::new(f.verifier()).body_limit(10).body_deadline(std::time::Duration::from_millis(250));
+    let guard = Pipeline::new(f.verifier()).body_limit(10).body_deadline(std::time::Duration::from_millis(250));
     let exchange = guard.signed_exchange(view(&headers), None).unwrap();
     assert_eq!(exchange.body_limit(), 10);
     assert_eq!(exchange.body_deadline(), std::time::Duration::from_millis(250));
@@ -96,7 +96,7 @@ fn a_caller_admitted_on_its_headers_cannot_be_confirmed_without_its_body() {
 #[test]
 fn bodies_read_at_once_share_one_budget() {
     let f = Fixture::new();
-    let guard = Guard::new(f.verifier()).body_budget(100);
+    let guard = Pipeline::new(f.verifier()).body_budget(100);
     let clone = guard.clone();
     let (first, second) = (f.signed_request("POST", Some(b"a"), false), f.signed_request("POST", Some(b"b"), false));
     let mut a = guard.signed_exchange(view(&first), None).unwrap();

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use crate::common::*;
 use wimse_core::prelude::*;
-use wimse_core::server::guard::Guard;
+use wimse_core::server::pipeline::Pipeline;
 
 #[tokio::test]
 async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
     let f = Fixture::new();
     let store = Arc::new(InMemoryReplayStore::new(100));
     let verifier = f.verifier_with(f.config().with_caller_quota(2)).with_replay_store(store.clone());
-    let refusing = Guard::new(verifier.clone()).policy(Policy::named("nobody"));
+    let refusing = Pipeline::new(verifier.clone()).policy(Policy::named("nobody"));
     let headers = f.headers(&f.wit, &f.wpt());
     let err = refusing.check(&RequestView::new(PATH, &headers), None).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::PolicyDenied);
@@ -19,7 +19,7 @@ async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
     assert!(store.is_empty(), "a refused caller costs no replay slot");
 
     // The same proof is still good for a guard that allows the caller: it was never claimed.
-    let allowing = Guard::new(verifier.clone()).policy(Policy::allow_all());
+    let allowing = Pipeline::new(verifier.clone()).policy(Policy::allow_all());
     let pending = allowing.admit(&RequestView::new(PATH, &headers), None).unwrap().unwrap();
     assert_eq!(pending.id(), &f.id);
     assert!(pending.claim().is_some());
@@ -47,9 +47,9 @@ async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
 async fn anonymous_requests_pass_an_optional_guard_only() {
     let f = Fixture::new();
     let empty = http::HeaderMap::new();
-    let optional = Guard::new(f.verifier()).optional();
+    let optional = Pipeline::new(f.verifier()).optional();
     assert!(optional.check(&RequestView::new(PATH, &empty), None).await.unwrap().is_none());
-    let required = Guard::new(f.verifier());
+    let required = Pipeline::new(f.verifier());
     let err = required.check(&RequestView::new(PATH, &empty), None).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::MissingWit);
 }
@@ -67,7 +67,7 @@ async fn credentials_of_another_workload_than_the_tls_peer_are_refused_by_defaul
     };
     let proxy = peer_of("spiffe://prod.example/ns/proxy");
     let same = peer_of(f.id.as_str());
-    let guard = Guard::new(f.verifier());
+    let guard = Pipeline::new(f.verifier());
 
     let headers = f.headers(&f.wit, &f.wpt());
     let err = guard.check(&RequestView::new(PATH, &headers), Some(&proxy)).await.unwrap_err();
@@ -80,7 +80,7 @@ async fn credentials_of_another_workload_than_the_tls_peer_are_refused_by_defaul
     let caller = guard.check(&RequestView::new(PATH, &empty), Some(&proxy)).await.unwrap().unwrap();
     assert_eq!(caller.method().name(), "mtls");
     // Configured for a trusted proxy, the application credential is the caller.
-    let proxied = Guard::new(f.verifier()).allow_application_identity();
+    let proxied = Pipeline::new(f.verifier()).allow_application_identity();
     let caller =
         proxied.check(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt())), Some(&proxy)).await.unwrap().unwrap();
     assert_eq!(caller.id(), &f.id);

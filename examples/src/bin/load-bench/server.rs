@@ -150,7 +150,7 @@ fn serve_actix(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
                 .listen(listener)?
                 .run(),
             Some(auth) => {
-                let config = wimse_actix::Guard::new(auth.verifier).policy(auth.policy);
+                let config = wimse_actix::Pipeline::new(auth.verifier).policy(auth.policy);
                 let server = HttpServer::new(move || {
                     App::new()
                         .wrap(wimse_actix::WimseAuth::new(config.clone()))

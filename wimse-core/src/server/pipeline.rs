@@ -5,7 +5,7 @@
 //! 2. *credentials* ([`Verifier::authenticate`]): synchronous, CPU only: the WIT (through the
 //!    verified-WIT cache), the proof's signature, audience and lifetimes;
 //! 3. *policy*: before any shared state is touched, so a refused caller costs nothing shared;
-//! 4. *replay claim* ([`Guard::confirm`]): asynchronous, through the caller's quota into the
+//! 4. *replay claim* ([`Pipeline::confirm`]): asynchronous, through the caller's quota into the
 //!    [`ReplayStore`](crate::replay::ReplayStore); ready at once for the in-memory store;
 //! 5. the handler, with the [`VerifiedCaller`] in the request extensions.
 //!
@@ -33,7 +33,7 @@ use crate::server::verify::{Confirm, RequestView, Verifier};
 /// # let issuer = SigningKey::generate(Algorithm::ES256)?;
 /// let trust = TrustStore::new().with("spiffe://prod.example".parse()?, TrustAnchors::new().with_key(issuer.public_key().clone()));
 /// let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
-/// let guard = Guard::new(verifier).policy(Policy::named("payments").allow(Rule::exact("spiffe://prod.example/orders")?));
+/// let guard = Pipeline::new(verifier).policy(Policy::named("payments").allow(Rule::exact("spiffe://prod.example/orders")?));
 ///
 /// // An unsigned request: refused with its reason, before any handler runs.
 /// let headers = http::HeaderMap::new();
@@ -43,7 +43,7 @@ use crate::server::verify::{Confirm, RequestView, Verifier};
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Guard {
+pub struct Pipeline {
     verifier: Verifier,
     policy: Option<Policy>,
     optional: bool,
@@ -58,7 +58,7 @@ pub struct Guard {
     body_budget: std::sync::Arc<BodyBudget>,
 }
 
-/// How many bytes of signed request bodies one [`Guard`] (and its clones) buffers at once, by
+/// How many bytes of signed request bodies one [`Pipeline`] (and its clones) buffers at once, by
 /// default: 64 MiB. A body is held against it from its first byte until it was checked, so
 /// senders that trickle bodies (slowly, or in tiny frames) cannot make a server hold more.
 pub const DEFAULT_BODY_BUDGET: usize = 64 << 20;
@@ -103,7 +103,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 /// header checks: 10 seconds.
 pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(10);
 
-impl Guard {
+impl Pipeline {
     /// Requires valid credentials on every request.
     pub fn new(verifier: Verifier) -> Self {
         Self {
@@ -426,16 +426,16 @@ mod tests {
             transaction: None,
             context_tokens: BTreeMap::new(),
         };
-        let plain = Guard::new(verifier.clone());
+        let plain = Pipeline::new(verifier.clone());
         assert_eq!(
             plain.response_nonce(Some(&caller(true))).unwrap_err().kind(),
             &ErrorKind::SignedResponseUnsupported
         );
         assert_eq!(plain.response_nonce(Some(&caller(false))).unwrap(), None);
-        let signing = Guard::new(verifier.clone()).sign_responses(signer.clone());
+        let signing = Pipeline::new(verifier.clone()).sign_responses(signer.clone());
         assert_eq!(signing.response_nonce(Some(&caller(true))).unwrap().as_deref(), Some("n"));
         assert_eq!(signing.response_nonce(Some(&caller(false))).unwrap(), None);
-        let always = Guard::new(verifier).sign_responses(signer).always_sign_responses();
+        let always = Pipeline::new(verifier).sign_responses(signer).always_sign_responses();
         assert_eq!(always.response_nonce(Some(&caller(false))).unwrap().as_deref(), Some("n"));
         assert_eq!(always.response_nonce(None).unwrap(), None);
     }
@@ -447,7 +447,7 @@ mod tests {
         use crate::server::verify::VerifierConfig;
         let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
         let named = |name: &str| Policy::named(name).allow(Rule::any());
-        let guard = Guard::new(verifier)
+        let guard = Pipeline::new(verifier)
             .policy(named("general"))
             .route_policy("/pkg.Svc/", named("service"))
             .route_policy("/pkg.Svc/Get", named("get"));
@@ -472,7 +472,7 @@ mod tests {
         use crate::server::verify::VerifierConfig;
         let verifier = || Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
         let general = Policy::named("general").allow(Rule::any());
-        let guard = Guard::new(verifier())
+        let guard = Pipeline::new(verifier())
             .policy(general.clone())
             .route_policy("/admin/", Policy::named("strict").allow(Rule::exact("spiffe://d/admin").unwrap()));
         // Each of these is routed to /admin/users by some framework (actix-web decodes escapes;
@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(guard.policy_for("/admin/v1.2/..x").unwrap().map(Policy::name), Some("strict"));
         assert_eq!(guard.policy_for("/.well-known/x").unwrap().map(Policy::name), Some("general"));
         // Without route policies nothing is refused: the general policy applies to every path.
-        let plain = Guard::new(verifier()).policy(general);
+        let plain = Pipeline::new(verifier()).policy(general);
         assert_eq!(plain.policy_for("/%61dmin//x/../").unwrap().map(Policy::name), Some("general"));
     }
 
@@ -528,7 +528,7 @@ mod tests {
         };
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
         // WIT exp 1050 + leeway 5, now 1000: 55 s.
-        let guard = Guard::new(verifier);
+        let guard = Pipeline::new(verifier);
         assert_eq!(secs(guard.stream_deadline(Some(&caller))), Some(55));
         assert_eq!(
             secs(guard.clone().max_stream_age(Duration::from_secs(10)).stream_deadline(Some(&caller))),
