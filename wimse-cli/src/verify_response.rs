@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::json;
-use wimse_core::client::sign::ResponseVerifier;
+use wimse_core::client::response::ResponseVerifier;
 use wimse_core::draft::HTTPSIG_TAG;
 use wimse_core::id::WorkloadId;
 use wimse_core::protocol::httpsig::{RequestParts, ResponseParts, parse_signatures};

@@ -77,8 +77,9 @@ pub mod prelude {
     };
     pub use wimse_core::prelude::*;
 }
+use wimse_core::client::response::ResponseVerifier;
 pub use wimse_core::client::sign::AudienceOverride;
-use wimse_core::client::sign::{ResponseVerifier, Signer};
+use wimse_core::client::sign::Signer;
 use wimse_core::id::WorkloadId;
 use wimse_core::protocol::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts};
 use wimse_core::protocol::trust::TrustStore;

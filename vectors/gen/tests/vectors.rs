@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wimse_core::client::sign::ResponseVerifier;
+use wimse_core::client::response::ResponseVerifier;
 use wimse_core::draft::HTTPSIG_TAG;
 use wimse_core::jose::{Jwk, PublicKey, SigningKey, b64url_encode, jws};
 use wimse_core::prelude::*;

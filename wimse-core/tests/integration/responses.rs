@@ -2,7 +2,7 @@
 //! nonce seen twice is a replay).
 
 use crate::common::*;
-use wimse_core::client::sign::ResponseVerifier;
+use wimse_core::client::response::ResponseVerifier;
 use wimse_core::prelude::*;
 use wimse_core::protocol::httpsig::{OutgoingResponse, RequestParts, ResponseParts, SignOptions};
 
