@@ -383,3 +383,58 @@ async fn a_redis_restored_from_an_older_snapshot_is_noticed() {
         }
     }
 }
+
+/// A Redis that stalls under a flood of claims (frozen behind a counting proxy): the claims are
+/// refused in time (503), and after the first ones fail, the rest do not each open a connection
+/// of their own: one connection attempt at a time per store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_gets_one_connection_attempt_at_a_time_not_one_per_claim() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use wimse_core::replay::{ReplayClaim, ReplayStore};
+    let Some(redis) = RedisServer::start() else { return };
+    let upstream = format!("127.0.0.1:{}", redis.port());
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", proxy.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = proxy.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let store = RedisReplayStore::new(&url).unwrap().timeout(Duration::from_millis(300));
+    store.join().await.expect("joined through the proxy");
+    let at = now();
+    let claim = |i: usize| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // Made after the store's new epoch began, so only Redis decides.
+            store
+                .claim(
+                    &ReplayClaim::signature_nonce(&format!("flood-{}-{at}-{i}", std::process::id()), at + 60, at + 1),
+                    at,
+                )
+                .await
+        })
+    };
+    let _ = claim(0).await.unwrap();
+    let before = accepted.load(Ordering::SeqCst);
+    redis.pause();
+    for wave in 0..2 {
+        let claims: Vec<_> = (0..100).map(|i| claim(1 + wave * 100 + i)).collect();
+        for claim in claims {
+            assert_eq!(claim.await.unwrap().unwrap_err().kind(), &ErrorKind::ReplayCacheUnavailable);
+        }
+    }
+    redis.resume();
+    let opened = accepted.load(Ordering::SeqCst) - before;
+    // Each attempt lasts until the deadline of the claim that made it cancels it, so attempts
+    // follow one another; opened each by its own claim, the second wave alone opens 100.
+    assert!(opened <= 50, "{opened} connections opened for 200 claims against a stalled Redis");
+}

@@ -303,6 +303,8 @@ struct Inner {
     proposals: AtomicU64,
     /// Alive while the store is: the threads' cached connections to it are dropped after it.
     alive: Arc<()>,
+    /// Held while a connection is made (see [`Inner::connection`]).
+    connecting: tokio::sync::Mutex<()>,
     buckets: [Mutex<Bucket>; BUCKETS],
     /// Claims remembered, over all buckets (bounded by `memory`).
     remembered: AtomicUsize,
@@ -463,6 +465,7 @@ impl Inner {
             replica: crate::jose::random_id(),
             proposals: AtomicU64::new(0),
             alive: Arc::new(()),
+            connecting: tokio::sync::Mutex::new(()),
             buckets: Default::default(),
             remembered: AtomicUsize::new(0),
             verifier_now: AtomicU64::new(0),
@@ -495,13 +498,13 @@ impl Inner {
     /// other thread twice (measured: about a tenth of an actix-web server's CPU spent switching
     /// to it). Per thread, the claim and its I/O run where the request does.
     async fn connection(&self) -> redis::RedisResult<Connection> {
-        if let Some(connection) = THREAD_CONNECTIONS.with_borrow_mut(|cached| {
-            cached.retain(|(store, _)| store.strong_count() > 0);
-            cached
-                .iter()
-                .find(|(store, _)| std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive)))
-                .map(|(_, c)| c.clone())
-        }) {
+        if let Some(connection) = self.thread_connection() {
+            return Ok(connection);
+        }
+        // One connection attempt at a time per store: after a failure, or while Redis stalls,
+        // every claim misses its thread's cache, and they must not each open a socket.
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(connection) = self.thread_connection() {
             return Ok(connection);
         }
         let connection = match &self.target {
@@ -514,14 +517,24 @@ impl Inner {
             }
             Target::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
         };
-        // Cached on the thread this task runs on now (it may have moved while connecting).
+        // Cached on the thread this task runs on now (it may have moved while connecting); the
+        // connections of stores dropped since are let go here, off the claim's fast path.
         THREAD_CONNECTIONS.with_borrow_mut(|cached| {
-            cached.retain(|(store, _)| {
-                store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive))
-            });
+            cached.retain(|(store, _)| store.strong_count() > 0 && !self.is_this_store(store));
             cached.push((Arc::downgrade(&self.alive), connection.clone()));
         });
         Ok(connection)
+    }
+
+    /// This thread's cached connection to this store, if any.
+    fn thread_connection(&self) -> Option<Connection> {
+        THREAD_CONNECTIONS.with_borrow(|cached| {
+            cached.iter().find(|(store, _)| self.is_this_store(store)).map(|(_, connection)| connection.clone())
+        })
+    }
+
+    fn is_this_store(&self, store: &Weak<()>) -> bool {
+        std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive))
     }
 
     /// Drops this thread's connection after a failure: the next use connects afresh (a cluster
@@ -529,9 +542,7 @@ impl Inner {
     /// runtime ended never answers again).
     fn forget_connection(&self) {
         THREAD_CONNECTIONS.with_borrow_mut(|cached| {
-            cached.retain(|(store, _)| {
-                store.strong_count() > 0 && !std::ptr::eq(store.as_ptr(), Arc::as_ptr(&self.alive))
-            });
+            cached.retain(|(store, _)| !self.is_this_store(store));
         });
     }
 
