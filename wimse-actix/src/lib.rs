@@ -52,16 +52,13 @@ use std::future::{Ready, ready};
 use std::ops::Deref;
 use std::rc::Rc;
 
-use actix_web::body::{EitherBody, MessageBody, to_bytes_limited};
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
-use actix_web::web::BytesMut;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
-use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use wimse_core::protocol::httpsig::has_signature;
 use wimse_core::server::caller::{PendingCaller, TlsPeer, VerifiedCaller};
-use wimse_core::server::exchange::{BodyFailure, ResponseSigner, SignedExchange};
 use wimse_core::server::framing::{HeaderSource, Rejection};
 use wimse_core::server::verify::RequestView;
 use wimse_core::{Error, ErrorKind};
@@ -265,8 +262,9 @@ fn http1_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMa
     out
 }
 
-/// The signed-request path (the steps are [`wimse_core::server::exchange`]'s): the header checks, the
-/// body within its limit and deadline, the claim, the service, the signed response.
+/// The signed-request path: the core's [`Pipeline::admit_signed`] over the payload, the
+/// service with the checked bytes, then [`ResponseSigner::sign_body`](wimse_core::server::exchange::ResponseSigner::sign_body)
+/// when a signed response is due.
 async fn signed<S, B>(
     guard: web::Data<Pipeline>,
     service: Rc<S>,
@@ -276,27 +274,18 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
     B: MessageBody + 'static,
 {
-    let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-    let headers = ActixHeaders(req.headers());
-    let authority = authority(&req).to_owned();
-    let view = RequestView::new(&target, &headers).method(req.method().as_str()).authority(&authority);
-    let exchange = match guard.signed_exchange(view, req.conn_data::<TlsPeer>()) {
-        Ok(exchange) => exchange,
-        Err(error) => return reject(req, guard.rejection(&error)).await,
+    let payload = req.take_payload();
+    let admitted = {
+        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let headers = ActixHeaders(req.headers());
+        let view = RequestView::new(target, &headers).method(req.method().as_str()).authority(authority(&req));
+        guard.admit_signed(view, req.conn_data::<TlsPeer>(), payload).await
     };
-    let mut exchange = exchange;
-    let deadline = exchange.body_deadline();
-    let read = actix_web::rt::time::timeout(deadline, read_body(req.take_payload(), &mut exchange)).await;
-    let body = match read {
-        Ok(Ok(body)) => body,
-        Ok(Err(failure)) => return reject(req, guard.rejection(&exchange.refuse_body(failure))).await,
-        Err(_) => return reject(req, guard.rejection(&exchange.refuse_body(BodyFailure::TimedOut))).await,
-    };
-    let admitted = match exchange.admit_body(&body).await {
+    let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(error) => return reject(req, guard.rejection(&error)).await,
     };
-    req.set_payload(Payload::from(body));
+    req.set_payload(Payload::from(admitted.body));
     if let Some(caller) = admitted.caller {
         req.extensions_mut().insert(caller);
     }
@@ -307,11 +296,9 @@ where
     let (http_req, response) = response.into_parts();
     let status = response.status();
     let mut headers = http1_headers(response.headers());
-    let outcome = match to_bytes_limited(response.into_body(), guard.max_body()).await {
-        Ok(Ok(bytes)) => signer.sign(status.as_u16(), &mut headers, &bytes).map(|()| bytes),
-        _ => Err(ResponseSigner::unbufferable()),
-    };
-    let response = match outcome {
+    let mut body = std::pin::pin!(response.into_body());
+    let chunks = futures_util::stream::poll_fn(|cx| body.as_mut().poll_next(cx));
+    let response = match signer.sign_body(status.as_u16(), &mut headers, chunks).await {
         Ok(bytes) => {
             let mut builder = HttpResponse::build(status);
             for (name, value) in &headers {
@@ -325,22 +312,6 @@ where
         Err(error) => rejection_response(&guard.rejection(&error)),
     };
     Ok(ServiceResponse::new(http_req, response).map_into_right_body())
-}
-
-/// Reads a whole payload of at most the exchange's limit, each chunk taken from the guard's
-/// budget of body bytes before it is kept.
-async fn read_body(mut payload: Payload, exchange: &mut SignedExchange<'_>) -> Result<web::Bytes, BodyFailure> {
-    let limit = exchange.body_limit();
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| BodyFailure::Unreadable)?;
-        if body.len() + chunk.len() > limit {
-            return Err(BodyFailure::TooLarge);
-        }
-        exchange.reserve_body(chunk.len())?;
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 pub(crate) fn rejection_response(rejection: &Rejection) -> HttpResponse {

@@ -8,14 +8,13 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 use wimse_core::client::sign::Signer;
 use wimse_core::protocol::httpsig::has_signature;
 use wimse_core::server::caller::{TlsPeer, VerifiedCaller};
-use wimse_core::server::exchange::{BodyFailure, ResponseSigner, SignedExchange};
 use wimse_core::server::pipeline::Pipeline;
 use wimse_core::server::policy::Policy;
 use wimse_core::server::verify::{RequestView, Verifier};
@@ -184,15 +183,16 @@ impl<S> WimseService<S> {
     }
 }
 
-fn path_and_query<B>(req: &Request<B>) -> &str {
-    req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+fn path_and_query_of(uri: &http::Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
 
-fn authority<B>(req: &Request<B>) -> &str {
-    req.uri()
-        .authority()
+/// The authority the request was sent to: the target's (HTTP/2 `:authority`, an absolute or
+/// CONNECT target) or the `Host` field.
+fn authority_of<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> &'a str {
+    uri.authority()
         .map(|a| a.as_str())
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default()
 }
 
@@ -238,9 +238,11 @@ where
             let inner = std::mem::replace(&mut self.inner, clone);
             return ResponseFuture::boxed(Box::pin(signed(self.layer.clone(), inner, req)));
         }
-        let view = RequestView::new(path_and_query(&req), req.headers()).method(req.method().as_str());
+        let view = RequestView::new(path_and_query_of(req.uri()), req.headers())
+            .method(req.method().as_str())
+            .authority(authority_of(req.uri(), req.headers()));
         let tls = req.extensions().get::<TlsPeer>();
-        let pending = match self.layer.guard.admit(&view.authority(authority(&req)), tls) {
+        let pending = match self.layer.guard.admit(&view, tls) {
             Ok(Some(pending)) => pending,
             Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left)), None),
             Err(error) => return ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc)),
@@ -289,8 +291,9 @@ fn reject<B>(guard: &Pipeline, error: &Error, grpc: bool) -> Response<WimseBody<
     rejection_response(guard.rejection(error), grpc)
 }
 
-/// The signed-request path (the steps are [`wimse_core::server::exchange`]'s): the header checks, the
-/// body within its limit and deadline, the claim, the inner service, the signed response.
+/// The signed-request path: the core's [`Pipeline::admit_signed`] over the body's data frames,
+/// the inner service with the checked bytes, then [`ResponseSigner::sign_body`] when a signed
+/// response is due (trailers are not part of the content).
 async fn signed<S, ReqBody, ResBody>(
     layer: WimseLayer,
     mut inner: S,
@@ -304,26 +307,15 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
-    let authority = parts.uri.authority().map(|a| a.as_str()).or(host).unwrap_or_default();
-    let view = RequestView::new(path, &parts.headers).method(parts.method.as_str()).authority(authority);
-    let exchange = match layer.guard.signed_exchange(view, parts.extensions.get::<TlsPeer>()) {
-        Ok(exchange) => exchange,
-        Err(error) => return Ok(reject(&layer.guard, &error, false)),
-    };
-    let mut exchange = exchange;
-    let read = tokio::time::timeout(exchange.body_deadline(), read_body(body, &mut exchange)).await;
-    let body = match read {
-        Ok(Ok(body)) => body,
-        Ok(Err(failure)) => return Ok(reject(&layer.guard, &exchange.refuse_body(failure), false)),
-        Err(_) => return Ok(reject(&layer.guard, &exchange.refuse_body(BodyFailure::TimedOut), false)),
-    };
-    let admitted = match exchange.admit_body(&body).await {
+    let view = RequestView::new(path_and_query_of(&parts.uri), &parts.headers)
+        .method(parts.method.as_str())
+        .authority(authority_of(&parts.uri, &parts.headers));
+    let admitted = layer.guard.admit_signed(view, parts.extensions.get::<TlsPeer>(), body.into_data_stream()).await;
+    let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(error) => return Ok(reject(&layer.guard, &error, false)),
     };
-    let mut req = Request::from_parts(parts, Either::Right(Full::new(body)));
+    let mut req = Request::from_parts(parts, Either::Right(Full::new(admitted.body)));
     if let Some(caller) = admitted.caller {
         req.extensions_mut().insert(caller);
     }
@@ -332,42 +324,10 @@ where
         return Ok(response.map(|body| Either::Left(ExpiringBody::unbounded(body))));
     };
     let (mut res_parts, res_body) = response.into_parts();
-    let Ok(collected) = Limited::new(res_body, layer.guard.max_body()).collect().await else {
-        return Ok(reject(&layer.guard, &ResponseSigner::unbufferable(), false));
-    };
-    let res_body = collected.to_bytes();
-    if let Err(error) = signer.sign(res_parts.status.as_u16(), &mut res_parts.headers, &res_body) {
-        return Ok(reject(&layer.guard, &error, false));
+    match signer.sign_body(res_parts.status.as_u16(), &mut res_parts.headers, res_body.into_data_stream()).await {
+        Ok(body) => Ok(Response::from_parts(res_parts, Either::Right(Full::new(body)))),
+        Err(error) => Ok(reject(&layer.guard, &error, false)),
     }
-    Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
-}
-
-/// Reads a whole body into one buffer (not one handle per frame, however small the frames), at
-/// most the exchange's limit, each frame taken from the guard's budget of body bytes before it
-/// is kept. Trailers are not part of the content.
-async fn read_body<B>(body: B, exchange: &mut SignedExchange<'_>) -> Result<Bytes, BodyFailure>
-where
-    B: Body,
-{
-    use bytes::Buf as _;
-    let limit = exchange.body_limit();
-    let mut buffer = bytes::BytesMut::new();
-    let mut body = std::pin::pin!(body);
-    while let Some(frame) = body.frame().await {
-        let Ok(mut data) = frame.map_err(|_| BodyFailure::Unreadable)?.into_data() else { continue };
-        let len = data.remaining();
-        if buffer.len() + len > limit {
-            return Err(BodyFailure::TooLarge);
-        }
-        exchange.reserve_body(len)?;
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            let n = chunk.len();
-            buffer.extend_from_slice(chunk);
-            data.advance(n);
-        }
-    }
-    Ok(buffer.freeze())
 }
 
 type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<WimseBody<B>>, E>> + Send>>;

@@ -14,6 +14,11 @@
 //! 3. [`SignedExchange::admit_body`]: the body against `Content-Digest`, then the nonce's replay
 //!    claim; the result is the caller for the handler and, when one is due, a [`ResponseSigner`];
 //! 4. buffer the handler's response and [`ResponseSigner::sign`] it.
+//!
+//! With the `server-io` feature, steps 1–3 are one call, [`Pipeline::admit_signed`], which reads
+//! the body from a stream of chunks within its limit, deadline and budget, and step 4 is
+//! [`ResponseSigner::sign_body`]: an adapter keeps only turning its framework's bodies into
+//! streams and back (this is what wimse-tower and wimse-actix do).
 
 use std::time::Duration;
 
@@ -76,6 +81,8 @@ pub struct Admitted {
 pub struct ResponseSigner {
     signer: Signer,
     nonce: String,
+    /// The most response body bytes buffered for signing (the guard's body limit).
+    limit: usize,
     method: String,
     authority: String,
     path: String,
@@ -131,6 +138,7 @@ impl Pipeline {
                 Some(ResponseSigner {
                     signer: signer.clone(),
                     nonce,
+                    limit: self.max_body(),
                     method: request.method.to_owned(),
                     authority: request.authority.to_owned(),
                     path: path.to_owned(),
@@ -200,4 +208,97 @@ impl SignedExchange<'_> {
         };
         Ok(Admitted { caller, response: self.response.take() })
     }
+}
+
+/// A signed request admitted with its whole body, from [`Pipeline::admit_signed`].
+#[cfg(feature = "server-io")]
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AdmittedBody {
+    /// The body the `Content-Digest` was checked against: hand the handler exactly these bytes.
+    pub body: bytes::Bytes,
+    /// The verified caller (`None` for an anonymous request an optional guard lets through).
+    pub caller: Option<VerifiedCaller>,
+    /// Set when the response must be signed ([`ResponseSigner::sign_body`]).
+    pub response: Option<ResponseSigner>,
+}
+
+#[cfg(feature = "server-io")]
+impl Pipeline {
+    /// Steps 1–3 of a signed request at once (see the [module](crate::server::exchange)): the
+    /// header checks, then `body` read chunk by chunk within the limit, the deadline and the
+    /// budget, then its digest and the nonce's claim. Every refusal is logged and is the error
+    /// to answer with ([`Pipeline::rejection`]); nothing of the body is read before the header
+    /// fields passed. Runs on tokio (the body's deadline).
+    pub async fn admit_signed<H, S, D, E>(
+        &self,
+        request: RequestView<'_, H>,
+        tls: Option<&TlsPeer>,
+        body: S,
+    ) -> Result<AdmittedBody>
+    where
+        H: HeaderSource + ?Sized,
+        S: futures_core::Stream<Item = std::result::Result<D, E>>,
+        D: bytes::Buf,
+    {
+        let mut exchange = self.signed_exchange(request, tls)?;
+        let limit = exchange.body_limit();
+        let read =
+            tokio::time::timeout(self.max_body_time(), read_limited(body, limit, |n| exchange.reserve_body(n))).await;
+        let body = match read {
+            Ok(Ok(body)) => body,
+            Ok(Err(failure)) => return Err(exchange.refuse_body(failure)),
+            Err(_) => return Err(exchange.refuse_body(BodyFailure::TimedOut)),
+        };
+        let admitted = exchange.admit_body(&body).await?;
+        Ok(AdmittedBody { body, caller: admitted.caller, response: admitted.response })
+    }
+}
+
+#[cfg(feature = "server-io")]
+impl ResponseSigner {
+    /// Step 4: buffers the handler's response body (at most the guard's body limit) and signs
+    /// it with its status and header fields, to which the signature's are added. The result is
+    /// the body to send; a body over the limit or one that fails is
+    /// [`ErrorKind::SignedResponseUnavailable`]: answer the refusal, never the response unsigned.
+    pub async fn sign_body<S, D, E>(&self, status: u16, headers: &mut HeaderMap, body: S) -> Result<bytes::Bytes>
+    where
+        S: futures_core::Stream<Item = std::result::Result<D, E>>,
+        D: bytes::Buf,
+    {
+        let body = read_limited(body, self.limit, |_| Ok(())).await.map_err(|_| Self::unbufferable())?;
+        self.sign(status, headers, &body)?;
+        Ok(body)
+    }
+}
+
+/// Reads a whole stream of chunks into one buffer (not one handle per chunk, however small),
+/// at most `limit` bytes, asking `reserve` for each chunk's size before keeping it.
+#[cfg(feature = "server-io")]
+async fn read_limited<S, D, E>(
+    body: S,
+    limit: usize,
+    mut reserve: impl FnMut(usize) -> std::result::Result<(), BodyFailure>,
+) -> std::result::Result<bytes::Bytes, BodyFailure>
+where
+    S: futures_core::Stream<Item = std::result::Result<D, E>>,
+    D: bytes::Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+        let mut data = chunk.map_err(|_| BodyFailure::Unreadable)?;
+        let len = data.remaining();
+        if buffer.len().saturating_add(len) > limit {
+            return Err(BodyFailure::TooLarge);
+        }
+        reserve(len)?;
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            buffer.extend_from_slice(chunk);
+            data.advance(n);
+        }
+    }
+    Ok(buffer.freeze())
 }

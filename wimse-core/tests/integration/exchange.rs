@@ -117,3 +117,82 @@ fn bodies_read_at_once_share_one_budget() {
     drop(b);
     assert_eq!(clone.body_bytes_in_use(), 0);
 }
+
+type Chunk = Result<bytes::Bytes, std::io::Error>;
+
+fn chunks(parts: &[&'static [u8]]) -> futures_util::stream::Iter<std::vec::IntoIter<Chunk>> {
+    futures_util::stream::iter(parts.iter().map(|p| Ok(bytes::Bytes::from_static(p))).collect::<Vec<_>>())
+}
+
+/// The whole signed path as the adapters drive it: the body read from a stream of chunks
+/// (joined into one buffer, the digest checked over all of it), the caller, then the response
+/// buffered from a stream and signed.
+#[tokio::test]
+async fn admit_signed_reads_a_stream_and_sign_body_signs_one() {
+    let f = Fixture::new();
+    let signer = Signer::new(StaticCredentials::new(Credentials::new(f.wit.clone(), f.workload_key.clone()).unwrap()))
+        .with_clock(FixedClock::new(NOW));
+    let guard = Pipeline::new(f.verifier()).sign_responses(signer).body_limit(16);
+    let headers = f.signed_request("POST", Some(b"amount=1"), true);
+    let admitted = guard.admit_signed(view(&headers), None, chunks(&[b"amo", b"", b"unt=1"])).await.unwrap();
+    assert_eq!(&admitted.body[..], b"amount=1");
+    assert_eq!(admitted.caller.unwrap().id(), &f.id);
+    assert_eq!(guard.body_bytes_in_use(), 0, "the budget is given back once the body is admitted");
+    let signer = admitted.response.expect("a signed response was asked for");
+    let mut response_headers = http::HeaderMap::new();
+    let body = signer.sign_body(200, &mut response_headers, chunks(&[b"paid", b" 1"])).await.unwrap();
+    assert_eq!(&body[..], b"paid 1");
+    for name in ["signature", "signature-input", "content-digest", "workload-identity-token"] {
+        assert!(response_headers.contains_key(name), "{name}");
+    }
+    // A response over the body limit is never sent unsigned: the signer refuses it.
+    let err = signer.sign_body(200, &mut http::HeaderMap::new(), chunks(&[&[b'x'; 17]])).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::SignedResponseUnavailable);
+    // Same for a response body that fails while it is read.
+    let failing = futures_util::stream::iter(vec![Chunk::Err(std::io::ErrorKind::BrokenPipe.into())]);
+    let err = signer.sign_body(200, &mut http::HeaderMap::new(), failing).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::SignedResponseUnavailable);
+}
+
+/// Each way a body stream can fail has its own refusal, and none keeps budget bytes held.
+#[tokio::test]
+async fn admit_signed_names_each_body_failure() {
+    use futures_util::StreamExt as _;
+    let f = Fixture::new();
+    let deadline = std::time::Duration::from_millis(50);
+    let guard = Pipeline::new(f.verifier()).body_limit(10).body_deadline(deadline).body_budget(12);
+    let refusal = |headers: http::HeaderMap, body| {
+        let guard = guard.clone();
+        async move { guard.admit_signed(view(&headers), None, body).await.unwrap_err() }
+    };
+    let request = || f.signed_request("POST", Some(b"amount=1"), false);
+    // Over the limit, counted over the chunks together.
+    let err = refusal(request(), chunks(&[b"amount", b"=12345"]).boxed()).await;
+    assert_eq!(err.kind(), &ErrorKind::BodyTooLarge);
+    // A failing connection: a malformed signed request (400).
+    let failing = chunks(&[b"amo"])
+        .chain(futures_util::stream::iter(vec![Chunk::Err(std::io::ErrorKind::ConnectionReset.into())]));
+    let err = refusal(request(), failing.boxed()).await;
+    assert_eq!(err.kind(), &ErrorKind::SignatureMalformed);
+    // A body that stops coming: refused at the deadline (408).
+    let stalled = chunks(&[b"amo"]).chain(futures_util::stream::pending());
+    let err = refusal(request(), stalled.boxed()).await;
+    assert_eq!(err.kind(), &ErrorKind::BodyTimeout);
+    assert_eq!(guard.body_bytes_in_use(), 0, "a refused body gives its bytes back");
+    // The header fields are checked before the stream is touched: a denied caller's body is
+    // never polled (this one would fail if it were).
+    let denying = Pipeline::new(f.verifier()).policy(Policy::named("nobody"));
+    let untouched = futures_util::stream::poll_fn(|_| -> std::task::Poll<Option<Chunk>> { panic!("polled") });
+    let headers = request();
+    let err = denying.admit_signed(view(&headers), None, untouched).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::PolicyDenied);
+    // Over the budget shared by the guard's clones: 503.
+    let held = guard.clone();
+    let first = f.signed_request("POST", Some(b"a"), false);
+    let mut holding = held.signed_exchange(view(&first), None).unwrap();
+    holding.reserve_body(8).unwrap();
+    let err = refusal(request(), chunks(&[b"amount=1"]).boxed()).await;
+    assert_eq!(err.kind(), &ErrorKind::BodyBudgetExceeded);
+    drop(holding);
+    assert_eq!(guard.body_bytes_in_use(), 0);
+}
