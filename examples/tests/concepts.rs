@@ -12,6 +12,7 @@ use wimse_axum::{
     Caller, RequirePolicyLayer as AxumRequirePolicyLayer, Transaction, WimseLayer as AxumWimseLayer, WimseRejection,
     WimseSignLayer as AxumWimseSignLayer,
 };
+use wimse_core::client::exchange::{ClientExchange, ProofMode};
 use wimse_core::client::sign::Signer;
 use wimse_core::protocol::txn::VerifiedTxnToken;
 use wimse_core::server::caller::VerifiedCaller;
@@ -19,7 +20,7 @@ use wimse_core::server::framing::Rejection;
 use wimse_core::server::pipeline::Pipeline;
 use wimse_core::server::policy::Policy;
 use wimse_reqwest::{TxnToken, WimseSignMiddleware};
-use wimse_tower::{RequirePolicy, RequirePolicyLayer, WimseLayer, WimseService, WimseSignLayer, WimseSignatureLayer};
+use wimse_tower::{RequirePolicy, RequirePolicyLayer, WimseLayer, WimseService, WimseSign, WimseSignLayer};
 
 /// The names this file imports (as the README spells them).
 const IMPORTED: &[&str] = &[
@@ -34,7 +35,9 @@ const IMPORTED: &[&str] = &[
     "RequirePolicyLayer",
     "RequirePolicy",
     "WimseSignLayer",
-    "WimseSignatureLayer",
+    "WimseSign",
+    "ClientExchange",
+    "ProofMode",
     "Caller",
     "Transaction",
     "WimseRejection",

@@ -61,6 +61,7 @@ pub use error::{Answer, Error, ErrorKind, Result};
 /// The types most programs need.
 pub mod prelude {
     pub use crate::client::cred::{CredentialSource, Credentials, FileCredentials, StaticCredentials};
+    pub use crate::client::exchange::ProofMode;
     pub use crate::client::sign::Signer;
     pub use crate::error::{Error, ErrorKind};
     pub use crate::id::{TrustDomain, WorkloadId};

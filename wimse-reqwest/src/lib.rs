@@ -45,9 +45,6 @@ mod issuer_source;
 mod settings;
 mod txn;
 
-use std::fmt;
-use std::sync::Arc;
-
 pub use assertion::{
     AccessToken, AssertionGrant, JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, OAuthTokenMiddleware, PlatformToken,
     TOKEN_EXCHANGE_GRANT, TokenResource, secure_or_loopback,
@@ -63,7 +60,7 @@ pub use txn::{
 };
 pub use wimse_core::protocol::txn::{TxnForwarding, TxnToken};
 
-use http::{Extensions, HeaderName, HeaderValue};
+use http::Extensions;
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
 use reqwest_middleware::{Middleware, Next, Result};
 pub use wimse_core;
@@ -77,12 +74,11 @@ pub mod prelude {
     };
     pub use wimse_core::prelude::*;
 }
-use wimse_core::client::response::ResponseVerifier;
+use wimse_core::client::exchange::{ClientExchange, Outgoing, OutgoingBody, SentRequest};
+pub use wimse_core::client::exchange::{ContextTokens, ProofMode};
 pub use wimse_core::client::sign::AudienceOverride;
 use wimse_core::client::sign::Signer;
 use wimse_core::id::WorkloadId;
-use wimse_core::protocol::httpsig::{self, OutgoingRequest, RequestParts, ResponseParts};
-use wimse_core::protocol::trust::TrustStore;
 use wimse_core::{Error, ErrorKind};
 
 /// A reqwest client builder that authenticates with mutual TLS (feature `mtls`): it presents the
@@ -94,44 +90,15 @@ pub fn mtls_client_builder(config: rustls::ClientConfig) -> reqwest::ClientBuild
     reqwest::Client::builder().tls_backend_preconfigured(config)
 }
 
-/// Context tokens to add to one request and bind with `oth`: `(header name, value)` pairs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContextTokens(pub Vec<(String, String)>);
-
-/// How a request proves the workload's identity. Set per client, or per request as an extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProofMode {
-    /// WIT + `Authorization: WPT` (wpt-02).
-    #[default]
-    Wpt,
-    /// WIT + HTTP message signature (http-signature-08); `sign_response` asks the server to
-    /// sign its response, which is then required.
-    HttpSignature {
-        /// Require a signed response.
-        sign_response: bool,
-    },
-}
-
-type UrlFn<T> = dyn Fn(&Url) -> Option<T> + Send + Sync;
-
-/// Signs each request with the workload's current credentials.
-#[derive(Clone)]
+/// Proves the workload's identity on each request with its current credentials, with the
+/// rules of the core's [`ClientExchange`] (audience, Txn-Token forwarding, proof mode, when a
+/// response must be a verified signed response).
+///
+/// Redirects happen below the middleware: give the client [`same_origin_redirects`] (or no
+/// redirects) so a Txn-Token sent to an origin of the trust domain cannot follow one elsewhere.
+#[derive(Clone, Debug)]
 pub struct WimseSignMiddleware {
-    signer: Signer,
-    mode: ProofMode,
-    alias: Option<Arc<UrlFn<String>>>,
-    expected_identity: Option<Arc<UrlFn<WorkloadId>>>,
-    responses: Option<ResponseVerifier>,
-    txn_forwarding: TxnForwarding,
-}
-
-impl fmt::Debug for WimseSignMiddleware {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WimseSignMiddleware")
-            .field("signer", &self.signer)
-            .field("mode", &self.mode)
-            .finish_non_exhaustive()
-    }
+    exchange: ClientExchange<Url>,
 }
 
 /// The audience of a request to `url`: scheme, host, port if any, and path.
@@ -151,169 +118,26 @@ fn middleware_error(error: Error) -> reqwest_middleware::Error {
 impl WimseSignMiddleware {
     /// Signs with `signer`, using WPTs.
     pub fn new(signer: Signer) -> Self {
-        Self {
-            signer,
-            mode: ProofMode::Wpt,
-            alias: None,
-            expected_identity: None,
-            responses: None,
-            txn_forwarding: TxnForwarding::unconfigured(),
-        }
+        Self { exchange: ClientExchange::new(signer) }
     }
 
     /// Uses HTTP message signatures instead of WPTs.
     pub fn http_signatures(mut self) -> Self {
-        self.mode = ProofMode::HttpSignature { sign_response: self.responses.is_some() };
+        self.exchange = self.exchange.http_signatures();
         self
     }
 
-    /// Verifies signed responses with these trust anchors. Any signed response is then verified
-    /// (and refused if invalid); in HTTP-signature mode every response must be signed.
-    pub fn signed_responses(mut self, trust: TrustStore) -> Self {
-        self.responses = Some(ResponseVerifier::new(trust));
-        if let ProofMode::HttpSignature { .. } = self.mode {
-            self.mode = ProofMode::HttpSignature { sign_response: true };
-        }
-        self
-    }
-
-    /// Uses another response verifier (for instance with a test clock).
-    pub fn with_response_verifier(mut self, verifier: ResponseVerifier) -> Self {
-        self.responses = Some(verifier);
-        self
-    }
-
-    /// Maps a URL to the audience its server expects; `None` uses the URL itself.
-    pub fn audience_alias(mut self, alias: impl Fn(&Url) -> Option<String> + Send + Sync + 'static) -> Self {
-        self.alias = Some(Arc::new(alias));
-        self
-    }
-
-    /// Maps a URL to the Workload Identifier its server must have (the deployment-defined
-    /// mapping the identifier draft requires). A signed response from another identity is refused.
-    pub fn expected_identity(mut self, map: impl Fn(&Url) -> Option<WorkloadId> + Send + Sync + 'static) -> Self {
-        self.expected_identity = Some(Arc::new(map));
-        self
-    }
-
-    /// The origins (`scheme://host[:port]`) of the services of this workload's trust domain: a
-    /// `Txn-Token` (the field, or a [`TxnToken`] extension) is sent to these only and removed
-    /// from requests to any other origin, since a Txn-Token must not leave its trust domain
-    /// (draft-ietf-oauth-transaction-tokens-11 §14; see [`TxnForwarding`]). Without this
-    /// setting a [`TxnToken`] extension is never sent (a warning says so, once per origin),
-    /// and a `Txn-Token` field set by the application is sent as is. Redirects happen below
-    /// the middleware: give the client [`same_origin_redirects`] (or no redirects) so a
-    /// Txn-Token cannot follow one elsewhere.
-    pub fn trust_domain_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.txn_forwarding = TxnForwarding::new(origins);
-        self
-    }
+    wimse_core::client_exchange_setters!(responses Url);
+    wimse_core::client_exchange_setters!(routing Url);
 
     /// The identity the server at `url` must have, if the mapping names one.
     pub fn expected_identity_for(&self, url: &Url) -> Option<WorkloadId> {
-        self.expected_identity.as_ref().and_then(|map| map(url))
+        self.exchange.expected_identity_for(url)
     }
 
-    fn audience(&self, req: &Request, extensions: &Extensions) -> String {
-        match extensions.get::<AudienceOverride>() {
-            Some(AudienceOverride(aud)) => aud.clone(),
-            None => {
-                self.alias.as_ref().and_then(|alias| alias(req.url())).unwrap_or_else(|| audience_for_url(req.url()))
-            }
-        }
-    }
-
-    fn add_context_tokens(req: &mut Request, extensions: &Extensions) -> std::result::Result<Vec<String>, Error> {
-        let mut names = Vec::new();
-        if let Some(ContextTokens(tokens)) = extensions.get::<ContextTokens>() {
-            for (name, value) in tokens {
-                let invalid = || Error::with_detail(ErrorKind::InvalidHeaderValue, format!("context token `{name}`"));
-                let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
-                req.headers_mut().insert(header.clone(), HeaderValue::from_str(value).map_err(|_| invalid())?);
-                names.push(header.as_str().to_owned());
-            }
-        }
-        Ok(names)
-    }
-
-    /// Signs `req`; returns the request signature's nonce in HTTP-signature mode.
-    fn sign(
-        &self,
-        req: &mut Request,
-        extensions: &Extensions,
-        mode: ProofMode,
-    ) -> std::result::Result<Option<httpsig::RequestSignature>, Error> {
-        let aud = self.audience(req, extensions);
-        let token = extensions.get::<TxnToken>();
-        if self.txn_forwarding.is_configured() || token.is_some() {
-            let origin = req.url().origin().ascii_serialization();
-            self.txn_forwarding.apply(&origin, req.headers_mut(), token)?;
-        }
-        let extra = Self::add_context_tokens(req, extensions)?;
-        match mode {
-            ProofMode::Wpt => self.signer.sign_headers_binding(req.headers_mut(), &aud, &extra).map(|()| None),
-            ProofMode::HttpSignature { sign_response } => {
-                let url = req.url().clone();
-                let authority = signed_authority(req.method(), &url);
-                // Sign into a detached header map so the body can be borrowed, not copied.
-                let mut headers = std::mem::take(req.headers_mut());
-                let body = match req.body() {
-                    None => None,
-                    Some(body) => Some(body.as_bytes().ok_or_else(|| {
-                        Error::with_detail(
-                            ErrorKind::InvalidConfiguration,
-                            "a streaming body cannot be signed: its Content-Digest needs the bytes",
-                        )
-                    })?),
-                };
-                let request = OutgoingRequest {
-                    method: req.method().as_str(),
-                    scheme: url.scheme(),
-                    authority: &authority,
-                    path: url.path(),
-                    query: url.query(),
-                    body,
-                    aud: &aud,
-                    sign_response,
-                };
-                let signature = self.signer.sign_request_signature(&mut headers, &request);
-                *req.headers_mut() = headers;
-                Ok(Some(signature?))
-            }
-        }
-    }
-
-    /// Verifies a signed response (required when it was asked for).
-    async fn check_response(
-        &self,
-        response: Response,
-        request: (reqwest::Method, Url, http::HeaderMap),
-        signature: Option<httpsig::RequestSignature>,
-    ) -> std::result::Result<Response, Error> {
-        let signed = httpsig::has_signature(response.headers());
-        let required = signature.as_ref().is_some_and(|s| s.sign_response);
-        if !signed && !required {
-            return Ok(response);
-        }
-        let Some(signature) = signature else {
-            // A signed response to a WPT request: it carries no request nonce to bind it to.
-            return Ok(response);
-        };
-        // A server MAY sign a response it was not asked to sign: checked when this client can
-        // (it has trust anchors), otherwise ignored (http-signature-08).
-        let Some(verifier) = self.responses.as_ref() else {
-            if required {
-                return Err(Error::with_detail(
-                    ErrorKind::InvalidConfiguration,
-                    "a signed response was asked for but no trust anchors were given to check it (WimseSignMiddleware::signed_responses)",
-                ));
-            }
-            tracing::debug!("wimse: unsolicited signed response not checked (no trust anchors for responses)");
-            return Ok(response);
-        };
-        if !signed {
-            return Err(Error::with_detail(ErrorKind::NoWimseSignature, "the response is not signed"));
-        }
+    /// Verifies the signed response to `sent` (the exchange said it must be) and rebuilds it
+    /// from its buffered body.
+    async fn verified(response: Response, sent: &SentRequest) -> std::result::Result<Response, Error> {
         let status = response.status();
         let version = response.version();
         let headers = response.headers().clone();
@@ -324,18 +148,7 @@ impl WimseSignMiddleware {
             .bytes()
             .await
             .map_err(|_| Error::with_detail(ErrorKind::ContentDigestMismatch, "the response body could not be read"))?;
-        let (method, url, req_headers) = request;
-        let authority = signed_authority(&method, &url);
-        let req = RequestParts {
-            method: method.as_str(),
-            scheme: url.scheme(),
-            authority: &authority,
-            path: url.path(),
-            query: url.query(),
-            headers: &req_headers,
-        };
-        let res = ResponseParts { status: status.as_u16(), headers: &headers };
-        verifier.verify(&req, &res, &body, &signature.nonce, self.expected_identity_for(&url).as_ref())?;
+        sent.verify(status.as_u16(), &headers, &body)?;
         let mut rebuilt = http::Response::builder()
             .status(status)
             .version(version)
@@ -348,24 +161,76 @@ impl WimseSignMiddleware {
     }
 }
 
+/// A reqwest request's target, as the core's client exchange reads it.
+struct Target<'a> {
+    url: &'a Url,
+    method: &'a reqwest::Method,
+    authority: String,
+}
+
+impl Outgoing for Target<'_> {
+    type Uri = Url;
+
+    fn uri(&self) -> &Url {
+        self.url
+    }
+
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    fn scheme(&self) -> Option<&str> {
+        Some(self.url.scheme())
+    }
+
+    fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    fn path(&self) -> &str {
+        self.url.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.url.query()
+    }
+
+    fn audience(&self) -> Option<String> {
+        Some(audience_for_url(self.url))
+    }
+
+    fn origin(&self) -> Option<String> {
+        Some(self.url.origin().ascii_serialization())
+    }
+}
+
 #[async_trait::async_trait]
 impl Middleware for WimseSignMiddleware {
     async fn handle(&self, mut req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
-        let mode = extensions.get::<ProofMode>().copied().unwrap_or(self.mode);
-        let signature = match self.sign(&mut req, extensions, mode) {
-            Ok(signature) => {
-                self.signer.signed();
-                signature
-            }
-            Err(error) => {
-                // Rate-limited: a credential outage must not log once per request.
-                self.signer.log_failure(&error);
-                return Err(reqwest_middleware::Error::middleware(error));
-            }
+        let sent = {
+            // Sign into a detached header map so the body can be borrowed, not copied.
+            let mut headers = std::mem::take(req.headers_mut());
+            let target =
+                Target { url: req.url(), method: req.method(), authority: signed_authority(req.method(), req.url()) };
+            let body = match req.body() {
+                None => OutgoingBody::Bytes(None),
+                Some(body) => match body.as_bytes() {
+                    Some(bytes) => OutgoingBody::Bytes(Some(bytes)),
+                    None => OutgoingBody::Streamed {
+                        why: "a streaming body cannot be signed: its Content-Digest needs the bytes",
+                    },
+                },
+            };
+            let sent = self.exchange.sign(&target, extensions, &mut headers, body);
+            *req.headers_mut() = headers;
+            sent.map_err(reqwest_middleware::Error::middleware)?
         };
-        let request = (req.method().clone(), req.url().clone(), req.headers().clone());
         let response = next.run(req, extensions).await?;
-        self.check_response(response, request, signature).await.map_err(middleware_error)
+        match sent.must_verify(response.headers()) {
+            Ok(false) => Ok(response),
+            Ok(true) => Self::verified(response, &sent).await.map_err(middleware_error),
+            Err(error) => Err(middleware_error(error)),
+        }
     }
 }
 

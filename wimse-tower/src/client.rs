@@ -1,28 +1,51 @@
-//! The client layer: adds a WIT and a fresh WPT to every outgoing request.
+//! The client layer: proves the workload's identity on every outgoing request, by WPT (the
+//! default) or by HTTP message signature, with the rules of the core's
+//! [`ClientExchange`](wimse_core::client::exchange::ClientExchange).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Uri};
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::client::sign::{AudienceOverride, Signer, audience_for};
-use wimse_core::protocol::txn::{TxnForwarding, TxnToken};
+use wimse_core::client::exchange::{ClientExchange, Outgoing, OutgoingBody};
+use wimse_core::client::sign::{Signer, audience_for};
+use wimse_core::server::pipeline::DEFAULT_BODY_LIMIT;
 use wimse_core::{Error, ErrorKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type AudienceFn = dyn Fn(&Uri) -> Option<String> + Send + Sync;
 
-/// Signs each request for tower-based HTTP clients (e.g. hyper-util's `Client`, a tonic
-/// `Channel`).
+/// Body handling of a [`WimseSignLayer`] that proves with WPTs: bodies pass untouched (and
+/// may be streams); the inner service gets the request as it came.
+#[derive(Debug, Clone, Copy)]
+pub struct Streamed;
+
+/// Body handling of a [`WimseSignLayer`] in HTTP-signature mode: bodies are buffered (up to
+/// [`body_limit`](WimseSignLayer::body_limit)) so the signature's `Content-Digest` covers them,
+/// and the inner service gets `Request<Full<Bytes>>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Buffered;
+
+/// Proves the workload's identity on each request of a tower-based HTTP client (hyper-util's
+/// `Client`, a tonic `Channel`): a WIT and a fresh WPT by default, or a WIT and an HTTP message
+/// signature after [`http_signatures`](Self::http_signatures), which buffers bodies and can ask
+/// for and verify signed responses. Per request, a
+/// [`ProofMode`](wimse_core::client::exchange::ProofMode),
+/// [`AudienceOverride`](wimse_core::client::sign::AudienceOverride),
+/// [`ContextTokens`](wimse_core::client::exchange::ContextTokens) or
+/// [`TxnToken`](wimse_core::protocol::txn::TxnToken) extension changes what is sent (a signed
+/// request needs the HTTP-signature layer, which has its body).
 ///
-/// The audience is, in order: an [`AudienceOverride`] in the request extensions, the configured
-/// alias function, the request URI without query when it is absolute, or, for a path-only URI
-/// (what a tonic `Channel` hands its layers), the [origin](Self::origin) + the path. A request
-/// none of these names an audience for is refused before it is sent
+/// The audience is, in order: an `AudienceOverride` in the request extensions, the configured
+/// alias, the request URI without query when it is absolute, or, for a path-only URI (what a
+/// tonic `Channel` hands its layers), the [origin](Self::origin) + the path. A request none of
+/// these names an audience for is refused before it is sent
 /// ([`ErrorKind::InvalidConfiguration`], a message naming the fix; with the `tonic` feature, a
 /// gRPC call gets it as a `FAILED_PRECONDITION` status).
 ///
@@ -38,28 +61,31 @@ type AudienceFn = dyn Fn(&Uri) -> Option<String> + Send + Sync;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct WimseSignLayer {
-    signer: Signer,
-    alias: Option<Arc<AudienceFn>>,
-    origin: Option<Arc<str>>,
-    txn_forwarding: TxnForwarding,
+pub struct WimseSignLayer<M = Streamed> {
+    exchange: ClientExchange<Uri>,
+    body_limit: usize,
+    bodies: PhantomData<fn() -> M>,
 }
 
-impl std::fmt::Debug for WimseSignLayer {
+impl<M> Clone for WimseSignLayer<M> {
+    fn clone(&self) -> Self {
+        Self { exchange: self.exchange.clone(), body_limit: self.body_limit, bodies: PhantomData }
+    }
+}
+
+impl<M> std::fmt::Debug for WimseSignLayer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WimseSignLayer")
-            .field("signer", &self.signer)
-            .field("alias", &self.alias.is_some())
-            .field("origin", &self.origin)
+            .field("exchange", &self.exchange)
+            .field("body_limit", &self.body_limit)
             .finish()
     }
 }
 
 impl WimseSignLayer {
-    /// Signs with `signer`.
+    /// Signs with `signer`, by WPT.
     pub fn new(signer: Signer) -> Self {
-        Self { signer, alias: None, origin: None, txn_forwarding: TxnForwarding::unconfigured() }
+        Self { exchange: ClientExchange::new(signer), body_limit: DEFAULT_BODY_LIMIT, bodies: PhantomData }
     }
 
     /// Signs with `signer` for the server at `origin`: the layer for a tonic `Channel` (see
@@ -68,6 +94,14 @@ impl WimseSignLayer {
         Self::new(signer).origin(origin)
     }
 
+    /// Proves with HTTP message signatures (http-signature-08) over method, path, query,
+    /// fields and body, instead of WPTs: bodies are buffered from now on (see [`Buffered`]).
+    pub fn http_signatures(self) -> WimseSignLayer<Buffered> {
+        WimseSignLayer { exchange: self.exchange.http_signatures(), body_limit: self.body_limit, bodies: PhantomData }
+    }
+}
+
+impl<M> WimseSignLayer<M> {
     /// The server's origin (`scheme://host[:port]`, exactly as its verifier names it in
     /// `VerifierConfig::with_origin`), for requests whose URI is only a path, as a tonic
     /// `Channel` sends them: their audience is this origin + the path (for gRPC,
@@ -75,82 +109,25 @@ impl WimseSignLayer {
     /// [`trust_domain_origins`](Self::trust_domain_origins)). Absolute URIs keep their own.
     /// Refused unless http(s) with a host and no path, query or user info.
     pub fn origin(mut self, origin: &str) -> Result<Self, Error> {
-        let trimmed = origin.trim_end_matches('/');
-        let is_origin = trimmed.parse::<Uri>().is_ok_and(|uri| {
-            matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.authority().is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty())
-                && matches!(uri.path(), "" | "/")
-                && uri.query().is_none()
-        });
-        if !is_origin {
-            return Err(Error::with_detail(
-                ErrorKind::InvalidConfiguration,
-                format!("WimseSignLayer::origin: `{origin}` is not an origin (http(s)://host[:port], no path)"),
-            ));
-        }
-        self.origin = Some(Arc::from(trimmed));
+        self.exchange = self.exchange.origin(origin)?;
         Ok(self)
     }
 
-    /// Maps a request URI to the audience its server expects (for servers known by another
-    /// name than the URL they are reached at). `None` falls back to the URI.
-    pub fn audience_alias(mut self, alias: impl Fn(&Uri) -> Option<String> + Send + Sync + 'static) -> Self {
-        self.alias = Some(Arc::new(alias));
+    wimse_core::client_exchange_setters!(routing Uri);
+}
+
+impl WimseSignLayer<Buffered> {
+    wimse_core::client_exchange_setters!(responses Uri);
+
+    /// The largest request or response body buffered (default 1 MiB).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
         self
-    }
-
-    /// The origins of this trust domain's services: a `Txn-Token` (a [`TxnToken`] extension,
-    /// or the field) goes to these only and is removed from requests to any other origin (see
-    /// [`TxnForwarding`]). Without this setting a [`TxnToken`] extension is never sent (a
-    /// warning says so, once per origin).
-    pub fn trust_domain_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.txn_forwarding = TxnForwarding::new(origins);
-        self
-    }
-
-    /// The request's origin: its URI's scheme and authority, else the configured origin; empty
-    /// when neither (no origin, so nothing is forwarded).
-    fn request_origin(&self, uri: &Uri) -> String {
-        match (uri.scheme_str(), uri.authority()) {
-            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
-            _ => self.origin.as_deref().unwrap_or_default().to_owned(),
-        }
-    }
-
-    fn audience(&self, req: &Request<impl Sized>) -> Result<String, Error> {
-        if let Some(AudienceOverride(aud)) = req.extensions().get::<AudienceOverride>() {
-            return Ok(aud.clone());
-        }
-        let uri = req.uri();
-        if let Some(aud) = self.alias.as_ref().and_then(|alias| alias(uri)).or_else(|| audience_for(uri)) {
-            return Ok(aud);
-        }
-        match &self.origin {
-            Some(origin) if uri.authority().is_none() => Ok(format!("{origin}{}", uri.path())),
-            _ => Err(Error::with_detail(
-                ErrorKind::InvalidConfiguration,
-                "the request URI has no scheme and host (a tonic Channel sends only the path), so the signing \
-                 layer cannot name the audience: build it for the server's origin, \
-                 WimseSignLayer::for_origin(signer, \"http://host:port\"), or give it .origin(..) or \
-                 .audience_alias(..)",
-            )),
-        }
-    }
-
-    fn sign<B>(&self, req: &mut Request<B>) -> Result<(), Error> {
-        let token = req.extensions().get::<TxnToken>().cloned();
-        if self.txn_forwarding.is_configured() || token.is_some() {
-            // Scheme and authority; `TxnForwarding` normalizes them (and refuses user info).
-            let origin = self.request_origin(req.uri());
-            self.txn_forwarding.apply(&origin, req.headers_mut(), token.as_ref())?;
-        }
-        let aud = self.audience(req)?;
-        self.signer.sign_headers(req.headers_mut(), &aud)
     }
 }
 
-impl<S> Layer<S> for WimseSignLayer {
-    type Service = WimseSign<S>;
+impl<S, M> Layer<S> for WimseSignLayer<M> {
+    type Service = WimseSign<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         WimseSign { inner, layer: self.clone() }
@@ -158,13 +135,70 @@ impl<S> Layer<S> for WimseSignLayer {
 }
 
 /// The service made by [`WimseSignLayer`].
-#[derive(Debug, Clone)]
-pub struct WimseSign<S> {
+pub struct WimseSign<S, M = Streamed> {
     inner: S,
-    layer: WimseSignLayer,
+    layer: WimseSignLayer<M>,
 }
 
-impl<S, B> Service<Request<B>> for WimseSign<S>
+impl<S: Clone, M> Clone for WimseSign<S, M> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), layer: self.layer.clone() }
+    }
+}
+
+impl<S: std::fmt::Debug, M> std::fmt::Debug for WimseSign<S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WimseSign").field("inner", &self.inner).field("layer", &self.layer).finish()
+    }
+}
+
+/// A tower request's target, as the core's client exchange reads it.
+struct Target<'a> {
+    uri: &'a Uri,
+    method: &'a http::Method,
+}
+
+impl Outgoing for Target<'_> {
+    type Uri = Uri;
+
+    fn uri(&self) -> &Uri {
+        self.uri
+    }
+
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    fn scheme(&self) -> Option<&str> {
+        self.uri.authority().and(self.uri.scheme_str())
+    }
+
+    fn authority(&self) -> &str {
+        self.uri.authority().map(|a| a.as_str()).unwrap_or_default()
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+
+    fn audience(&self) -> Option<String> {
+        audience_for(self.uri)
+    }
+
+    fn origin(&self) -> Option<String> {
+        Some(format!("{}://{}", self.uri.scheme_str()?, self.uri.authority()?))
+    }
+}
+
+/// What a request in WPT mode asking for an HTTP signature is told.
+const NEEDS_BUFFERING: &str = "an HTTP signature covers the body, which this layer streams: build it with \
+                               WimseSignLayer::http_signatures(), which buffers bodies";
+
+impl<S, B> Service<Request<B>> for WimseSign<S, Streamed>
 where
     S: Service<Request<B>>,
     S::Error: Into<BoxError>,
@@ -177,20 +211,88 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self.layer.sign(&mut req) {
-            Ok(()) => {
-                self.layer.signer.signed();
-                SignFuture { future: Some(self.inner.call(req)), error: None }
-            }
-            Err(e) => {
-                // Rate-limited: a credential outage must not log once per request.
-                self.layer.signer.log_failure(&e);
-                let error = call_error(e, wimse_core::server::framing::is_grpc(req.headers()));
-                SignFuture { future: None, error: Some(error) }
-            }
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let target = Target { uri: &parts.uri, method: &parts.method };
+        let streamed = OutgoingBody::Streamed { why: NEEDS_BUFFERING };
+        if let Err(error) = self.layer.exchange.sign(&target, &parts.extensions, &mut parts.headers, streamed) {
+            let error = call_error(error, wimse_core::server::framing::is_grpc(&parts.headers));
+            return SignFuture { future: None, error: Some(error) };
         }
+        SignFuture { future: Some(self.inner.call(Request::from_parts(parts, body))), error: None }
     }
+}
+
+/// Response future of a [`WimseSign`] in HTTP-signature mode.
+pub type SignatureFuture<B> = Pin<Box<dyn Future<Output = Result<Response<Either<B, Full<Bytes>>>, BoxError>> + Send>>;
+
+impl<S, B, ResBody> Service<Request<B>> for WimseSign<S, Buffered>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Either<ResBody, Full<Bytes>>>;
+    type Error = BoxError;
+    type Future = SignatureFuture<ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The inner service was made ready by `poll_ready`: hand that one to the future.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(sign_and_send(self.layer.clone(), inner, req))
+    }
+}
+
+/// The HTTP-signature path: buffer the body, sign, send, and when the exchange says so,
+/// buffer the response and verify it.
+async fn sign_and_send<S, B, ResBody>(
+    layer: WimseSignLayer<Buffered>,
+    mut inner: S,
+    req: Request<B>,
+) -> Result<Response<Either<ResBody, Full<Bytes>>>, BoxError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let body = Limited::new(body, layer.body_limit)
+        .collect()
+        .await
+        .map_err(|_| Error::with_detail(ErrorKind::BodyTooLarge, "the request body could not be buffered for signing"))?
+        .to_bytes();
+    let target = Target { uri: &parts.uri, method: &parts.method };
+    let sent = layer.exchange.sign(&target, &parts.extensions, &mut parts.headers, OutgoingBody::Bytes(Some(&body)))?;
+    let response = inner.call(Request::from_parts(parts, Full::new(body))).await.map_err(Into::into)?;
+    if !sent.must_verify(response.headers())? {
+        return Ok(response.map(Either::Left));
+    }
+    let (res_parts, res_body) = response.into_parts();
+    let res_body = Limited::new(res_body, layer.body_limit)
+        .collect()
+        .await
+        .map_err(|_| {
+            Error::with_detail(
+                ErrorKind::BodyTooLarge,
+                "the response body could not be buffered to check its signature",
+            )
+        })?
+        .to_bytes();
+    sent.verify(res_parts.status.as_u16(), &res_parts.headers, &res_body)?;
+    Ok(Response::from_parts(res_parts, Either::Right(Full::new(res_body))))
 }
 
 /// The error a refused call ends with: the [`Error`] itself, or for a gRPC call (feature
@@ -216,12 +318,12 @@ fn grpc_status(error: Error) -> tonic::Status {
         _ => tonic::Code::Internal,
     };
     let mut status = tonic::Status::new(code, format!("wimse: {}: {error}", error.reason()));
-    status.set_source(Arc::new(error));
+    status.set_source(std::sync::Arc::new(error));
     status
 }
 
 pin_project! {
-    /// Response future of [`WimseSign`].
+    /// Response future of a [`WimseSign`] that proves with WPTs.
     pub struct SignFuture<F> {
         #[pin]
         future: Option<F>,

@@ -4,8 +4,9 @@
 //! has what a program needs. A runnable example: `cargo run -p wimse-examples --bin tower-client`.
 //!
 //! WIMSE workload identity as tower middleware: [`WimseLayer`] verifies callers on a server
-//! (WPT or HTTP-signature mode, and signs responses when asked), [`WimseSignLayer`] (WPT) and
-//! [`WimseSignatureLayer`] (HTTP signatures, signed responses) sign requests on a client, and
+//! (WPT or HTTP-signature mode, and signs responses when asked), [`WimseSignLayer`] proves the
+//! workload's identity on a client's requests (WPT, or with
+//! [`http_signatures`](WimseSignLayer::http_signatures) HTTP signatures and signed responses), and
 //! [`RequirePolicyLayer`] applies an authorization policy per route.
 //!
 //! gRPC: `WimseLayer` goes on a tonic server as it is; on a tonic `Channel`, whose requests
@@ -52,15 +53,13 @@ mod client;
 mod mtls;
 mod require;
 mod server;
-mod signature;
 mod stream;
 
-pub use client::{SignFuture, WimseSign, WimseSignLayer};
+pub use client::{Buffered, SignFuture, SignatureFuture, Streamed, WimseSign, WimseSignLayer};
 #[cfg(feature = "mtls")]
 pub use mtls::mtls_connector;
 pub use require::{RequirePolicy, RequirePolicyLayer};
 pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, WimseBody, WimseLayer, WimseRequestBody, WimseService};
-pub use signature::{SignatureFuture, WimseSignature, WimseSignatureLayer};
 pub use stream::ExpiringBody;
 pub use wimse_core;
 

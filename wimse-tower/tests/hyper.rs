@@ -120,14 +120,14 @@ async fn signing_errors_fail_the_call() {
 #[tokio::test]
 async fn signature_layer_with_signed_responses() {
     use wimse_testkit::SERVER;
-    use wimse_tower::WimseSignatureLayer;
     let deployment = Deployment::new();
     let base =
         serve_with(|base| WimseLayer::new(deployment.verifier(base)).sign_responses(deployment.signer(SERVER))).await;
     let expected: WorkloadId = SERVER.parse().unwrap();
     let signing = ServiceBuilder::new()
         .layer(
-            WimseSignatureLayer::new(deployment.signer(ALLOWED))
+            WimseSignLayer::new(deployment.signer(ALLOWED))
+                .http_signatures()
                 .signed_responses(deployment.trust())
                 .expected_identity(move |_| Some(expected.clone())),
         )
@@ -146,7 +146,8 @@ async fn signature_layer_with_signed_responses() {
     let other: WorkloadId = "spiffe://prod.example/other".parse().unwrap();
     let suspicious = ServiceBuilder::new()
         .layer(
-            WimseSignatureLayer::new(deployment.signer(ALLOWED))
+            WimseSignLayer::new(deployment.signer(ALLOWED))
+                .http_signatures()
                 .signed_responses(deployment.trust())
                 .expected_identity(move |_| Some(other.clone())),
         )
@@ -163,13 +164,14 @@ async fn signature_layer_with_signed_responses() {
 #[tokio::test]
 async fn unsolicited_signed_responses_are_ignored_without_anchors() {
     use wimse_testkit::SERVER;
-    use wimse_tower::WimseSignatureLayer;
     let deployment = Deployment::new();
     let base = serve_with(|base| {
         WimseLayer::new(deployment.verifier(base)).sign_responses(deployment.signer(SERVER)).always_sign_responses()
     })
     .await;
-    let plain = ServiceBuilder::new().layer(WimseSignatureLayer::new(deployment.signer(ALLOWED))).service(client());
+    let plain = ServiceBuilder::new()
+        .layer(WimseSignLayer::new(deployment.signer(ALLOWED)).http_signatures())
+        .service(client());
     let response =
         plain.oneshot(Request::get(format!("{base}/orders")).body(Full::<Bytes>::default()).unwrap()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -211,6 +213,55 @@ async fn txn_tokens_are_forwarded_within_the_trust_domain_only() {
     let inside = path_only("http://billing.prod.example").await.unwrap();
     assert_eq!(inside.into_body().as_deref(), Some(token.as_str()));
     assert_eq!(path_only("https://api.partner.example").await.unwrap().into_body(), None);
+}
+
+/// The HTTP-signature layer follows the same client rules as the WPT one (they are the core's
+/// `ClientExchange`): Txn-Tokens go to the trust domain's origins only, and a request picks its
+/// proof with a `ProofMode` extension.
+#[tokio::test]
+async fn the_signature_layer_forwards_txn_tokens_and_takes_a_proof_mode_per_request() {
+    let deployment = Deployment::new();
+    let token = deployment.txn_token("user-1842", "orders.read", false);
+    // Reports the Txn-Token and the proof it received.
+    let echo = service_fn(|req: Request<Full<Bytes>>| async move {
+        let txn = req.headers().get("txn-token").map_or("-", |v| v.to_str().unwrap()).to_owned();
+        let proof = if req.headers().contains_key("signature-input") { "signature" } else { "wpt" };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("{txn} {proof}")))))
+    });
+    let layer = WimseSignLayer::new(deployment.signer(ALLOWED))
+        .http_signatures()
+        .trust_domain_origins(["http://billing.prod.example"]);
+    let client = ServiceBuilder::new().layer(layer).service(echo);
+    let call = |uri: &str, mode: Option<ProofMode>| {
+        let mut req = Request::post(uri).body(Full::<Bytes>::default()).unwrap();
+        req.extensions_mut().insert(wimse_core::protocol::txn::TxnToken(token.clone()));
+        req.headers_mut().insert("txn-token", token.parse().unwrap());
+        if let Some(mode) = mode {
+            req.extensions_mut().insert(mode);
+        }
+        let client = client.clone();
+        async move { body_of(client.oneshot(req).await.unwrap()).await }
+    };
+    assert_eq!(call("http://billing.prod.example/charge", None).await, format!("{token} signature"));
+    assert_eq!(call("https://api.partner.example/charge", None).await, "- signature", "dropped, even set by hand");
+    assert_eq!(call("http://billing.prod.example/charge", Some(ProofMode::Wpt)).await, format!("{token} wpt"));
+
+    // The WPT layer streams bodies, so it cannot sign a request an HTTP signature is asked of:
+    // refused before it is sent, naming the fix.
+    let streaming = ServiceBuilder::new().layer(WimseSignLayer::new(deployment.signer(ALLOWED))).service(echo);
+    let mut req = Request::post("http://billing.prod.example/charge").body(Full::<Bytes>::default()).unwrap();
+    req.extensions_mut().insert(ProofMode::HttpSignature { sign_response: false });
+    let err = streaming.oneshot(req).await.unwrap_err();
+    let err = err.downcast_ref::<Error>().unwrap();
+    assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    assert!(err.to_string().contains("http_signatures()"), "{err}");
+}
+
+async fn body_of<B: http_body::Body>(response: Response<B>) -> String
+where
+    B::Error: std::fmt::Debug,
+{
+    String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
 /// A client without `trust_domain_origins` never sends a Txn-Token: it says so in a warning that

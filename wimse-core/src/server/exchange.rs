@@ -82,6 +82,7 @@ pub struct ResponseSigner {
     signer: Signer,
     nonce: String,
     /// The most response body bytes buffered for signing (the guard's body limit).
+    #[cfg_attr(not(feature = "server-io"), allow(dead_code))]
     limit: usize,
     method: String,
     authority: String,

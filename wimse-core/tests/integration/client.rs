@@ -190,3 +190,120 @@ fn file_credentials_on_the_system_clock() {
     let source = FileCredentials::new(&wit, &key).unwrap();
     assert_eq!(source.credentials(now).unwrap().wit(), fresh);
 }
+
+/// A request as a client adapter describes it to `ClientExchange` (here over `http::Uri`).
+struct Target(http::Uri);
+
+impl wimse_core::client::exchange::Outgoing for Target {
+    type Uri = http::Uri;
+    fn uri(&self) -> &http::Uri {
+        &self.0
+    }
+    fn method(&self) -> &str {
+        "POST"
+    }
+    fn scheme(&self) -> Option<&str> {
+        self.0.scheme_str()
+    }
+    fn authority(&self) -> &str {
+        self.0.authority().map_or("", |a| a.as_str())
+    }
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.0.query()
+    }
+    fn audience(&self) -> Option<String> {
+        wimse_core::client::sign::audience_for(&self.0)
+    }
+    fn origin(&self) -> Option<String> {
+        Some(format!("{}://{}", self.0.scheme_str()?, self.0.authority()?))
+    }
+}
+
+/// The audience rule every client adapter shares: override, then alias, then the URI, then
+/// the configured origin + path for a path-only URI, else a refusal naming the fix.
+#[test]
+fn the_client_exchange_chooses_the_audience_in_one_order() {
+    use wimse_core::client::exchange::ClientExchange;
+    use wimse_core::client::sign::AudienceOverride;
+    let f = Fixture::new();
+    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    let plain = ClientExchange::<http::Uri>::new(signer.clone());
+    let none = http::Extensions::new();
+    let mut overridden = http::Extensions::new();
+    overridden.insert(AudienceOverride("https://named.example/x".into()));
+    let absolute = Target("https://payments.example/charge?id=1".parse().unwrap());
+    let path_only = Target("/pkg.Service/Call".parse().unwrap());
+    assert_eq!(plain.audience(&absolute, &none).unwrap(), "https://payments.example/charge");
+    assert_eq!(plain.audience(&absolute, &overridden).unwrap(), "https://named.example/x");
+    let err = plain.audience(&path_only, &none).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    assert!(err.to_string().contains("origin"), "{err}");
+    let aliased = plain.clone().audience_alias(|uri| (uri.path() == "/charge").then(|| "https://alias.example".into()));
+    assert_eq!(aliased.audience(&absolute, &none).unwrap(), "https://alias.example");
+    assert_eq!(aliased.audience(&absolute, &overridden).unwrap(), "https://named.example/x", "override first");
+    let with_origin = plain.origin("http://orders.internal:50051/").unwrap();
+    assert_eq!(with_origin.audience(&path_only, &none).unwrap(), "http://orders.internal:50051/pkg.Service/Call");
+    assert_eq!(with_origin.audience(&absolute, &none).unwrap(), "https://payments.example/charge", "its own first");
+    for bad in ["http://orders.internal/path", "ftp://orders.internal", "http://user@orders.internal", "orders"] {
+        assert!(ClientExchange::<http::Uri>::new(signer.clone()).origin(bad).is_err(), "{bad}");
+    }
+}
+
+/// When a response must be verified, one rule for every client adapter: never for a WPT
+/// request; required when a signed response was asked for; checked when signed and anchors
+/// were given; left alone when signed unasked and no anchors were given.
+#[test]
+fn the_client_exchange_says_when_a_response_must_be_verified() {
+    use wimse_core::client::exchange::{ClientExchange, OutgoingBody, ProofMode};
+    let f = Fixture::new();
+    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    let target = Target("https://payments.example/charge".parse().unwrap());
+    let mut signed = http::HeaderMap::new();
+    signed
+        .insert("signature-input", r#"wimse=("@status");created=1;tag="wimse-workload-to-workload""#.parse().unwrap());
+    signed.insert("signature", "wimse=:AAAA:".parse().unwrap());
+    let unsigned = http::HeaderMap::new();
+    let send = |exchange: &ClientExchange<http::Uri>, mode: Option<ProofMode>| {
+        let mut extensions = http::Extensions::new();
+        if let Some(mode) = mode {
+            extensions.insert(mode);
+        }
+        exchange.sign(&target, &extensions, &mut http::HeaderMap::new(), OutgoingBody::Bytes(Some(b"x"))).unwrap()
+    };
+    // WPT: never (the response has no nonce to be bound to).
+    let wpt = ClientExchange::new(signer.clone()).signed_responses(f.trust.clone());
+    let sent = send(&wpt, None);
+    assert!(sent.signature().is_none());
+    assert!(!sent.must_verify(&signed).unwrap());
+    // Signed, anchors given: a signed response is asked for and required.
+    let checking = ClientExchange::new(signer.clone()).http_signatures().signed_responses(f.trust.clone());
+    let sent = send(&checking, None);
+    assert!(sent.signature().unwrap().sign_response);
+    assert!(sent.must_verify(&signed).unwrap());
+    assert_eq!(sent.must_verify(&unsigned).unwrap_err().kind(), &ErrorKind::NoWimseSignature);
+    // Not asked for this request: an unsigned answer passes, a signed one is still checked.
+    let sent = send(&checking, Some(ProofMode::HttpSignature { sign_response: false }));
+    assert!(!sent.must_verify(&unsigned).unwrap());
+    assert!(sent.must_verify(&signed).unwrap());
+    // A signed response it cannot bind (its signature is garbage) fails verification.
+    assert!(sent.verify(200, &signed, b"").is_err());
+    // No anchors: signed unasked is left alone; asked for, nothing can check it.
+    let blind = ClientExchange::new(signer.clone()).http_signatures();
+    assert!(!send(&blind, None).must_verify(&signed).unwrap());
+    let asked = send(&blind, Some(ProofMode::HttpSignature { sign_response: true }));
+    assert_eq!(asked.must_verify(&unsigned).unwrap_err().kind(), &ErrorKind::InvalidConfiguration);
+    // A streamed body cannot be signed: refused with the adapter's reason.
+    let err = checking
+        .sign(
+            &target,
+            &http::Extensions::new(),
+            &mut http::HeaderMap::new(),
+            OutgoingBody::Streamed { why: "buffer it" },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    assert!(err.to_string().contains("buffer it"));
+}
