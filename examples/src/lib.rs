@@ -60,7 +60,7 @@ impl Demo {
     pub fn credentials(&self, id: &str) -> Result<FileCredentials> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let key = SigningKey::generate(Algorithm::ES256)?;
-        let wit = WitIssuer::new(self.issuer.clone()).with_lifetime(600).issue(&id.parse()?, key.public_jwk(), now)?;
+        let wit = WitIssuer::new(self.issuer.clone()).lifetime(600).issue(&id.parse()?, key.public_jwk(), now)?;
         let name = id.rsplit('/').next().unwrap_or("workload");
         let (wit_path, key_path) = (self.dir.join(format!("{name}.wit.jwt")), self.dir.join(format!("{name}.key.jwk")));
         write_credential_files(&wit_path, &key_path, &Credentials::new(wit, key)?)?;

@@ -14,7 +14,7 @@ fn setup() -> &'static (SigningKey, TrustStore, TxnTokenValidation) {
     SETUP.get_or_init(|| {
         let tts = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("tts-1");
         let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
-        let trust = TrustStore::new().with(domain.clone(), TrustAnchors::new().with_key(tts.public_key().clone()));
+        let trust = TrustStore::new().with(domain.clone(), TrustAnchors::new().key(tts.public_key().clone()));
         (tts, trust, TxnTokenValidation::new(domain))
     })
 }

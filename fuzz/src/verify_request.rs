@@ -52,13 +52,13 @@ fn trust() -> &'static TrustStore {
     static TRUST: OnceLock<TrustStore> = OnceLock::new();
     TRUST.get_or_init(|| {
         TrustStore::new()
-            .with(TRUST_DOMAIN.parse().unwrap(), TrustAnchors::new().with_key(issuer_key().public_key().clone()))
+            .with(TRUST_DOMAIN.parse().unwrap(), TrustAnchors::new().key(issuer_key().public_key().clone()))
     })
 }
 
 /// A fresh verifier of the service at [`ORIGIN`], at [`NOW`].
 pub fn verifier() -> Verifier {
-    Verifier::new(trust().clone(), VerifierConfig::new().with_origin(ORIGIN)).unwrap().with_clock(FixedClock::new(NOW))
+    Verifier::new(trust().clone(), VerifierConfig::new().origin(ORIGIN)).unwrap().clock(FixedClock::new(NOW))
 }
 
 /// The verifier's answer to one input.
@@ -105,7 +105,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let workload = key(WORKLOAD_KEY);
     let wit = WitIssuer::new(issuer_key()).issue(&WORKLOAD.parse().unwrap(), workload.public_jwk(), NOW - 60).unwrap();
     let credentials = Credentials::new(wit, workload).unwrap();
-    let signer = Signer::new(StaticCredentials::new(credentials)).with_clock(FixedClock::new(NOW));
+    let signer = Signer::new(StaticCredentials::new(credentials)).clock(FixedClock::new(NOW));
     let mut wpt = HeaderMap::new();
     signer.sign_headers(&mut wpt, AUDIENCE).unwrap();
     let signed = |body: Option<&[u8]>| {

@@ -61,20 +61,19 @@ impl Deployment {
     pub fn trust(&self) -> TrustStore {
         TrustStore::new().with(
             TRUST_DOMAIN.parse().expect("trust domain"),
-            TrustAnchors::new().with_key(self.issuer.public_key().clone()),
+            TrustAnchors::new().key(self.issuer.public_key().clone()),
         )
     }
 
     /// A verifier for a service reached at `origin`.
     pub fn verifier(&self, origin: &str) -> Verifier {
-        Verifier::new(self.trust(), VerifierConfig::new().with_origin(origin)).expect("verifier config")
+        Verifier::new(self.trust(), VerifierConfig::new().origin(origin)).expect("verifier config")
     }
 
     /// A verifier for `origin` whose refusals name the failed check, signed requests' too
     /// (development only: [`VerifierConfig::reveal_reasons`]).
     pub fn revealing_verifier(&self, origin: &str) -> Verifier {
-        Verifier::new(self.trust(), VerifierConfig::new().with_origin(origin).reveal_reasons())
-            .expect("verifier config")
+        Verifier::new(self.trust(), VerifierConfig::new().origin(origin).reveal_reasons()).expect("verifier config")
     }
 
     /// The policy of the case table: only [`ALLOWED`].
@@ -108,8 +107,7 @@ impl Deployment {
         if required {
             txn = txn.required();
         }
-        Verifier::new(self.trust(), VerifierConfig::new().with_origin(origin).with_txn_tokens(txn))
-            .expect("verifier config")
+        Verifier::new(self.trust(), VerifierConfig::new().origin(origin).txn_tokens(txn)).expect("verifier config")
     }
 
     /// A reqwest client signing as `id`.
@@ -207,7 +205,7 @@ pub async fn run_cases(deployment: &Deployment, base: &str) {
     check("WIT without proof", wit_only, rejected(401, true, "missing_wpt")).await;
 
     let past = Signer::new(StaticCredentials::new(deployment.credentials(ALLOWED, false, 1200)))
-        .with_clock(FixedClock::new(now() - 600));
+        .clock(FixedClock::new(now() - 600));
     check("expired WPT", client_with(past).get(&url).send().await.expect("send"), rejected(401, true, "expired_wpt"))
         .await;
 

@@ -29,11 +29,8 @@ impl Scenario {
     }
 
     fn replica(&self, store: RedisReplayStore) -> Verifier {
-        let config = VerifierConfig::new().with_origin(ORIGIN);
-        Verifier::new(self.deployment.trust(), config)
-            .expect("verifier")
-            .with_clock(self.clock.clone())
-            .with_replay_store(store)
+        let config = VerifierConfig::new().origin(ORIGIN);
+        Verifier::new(self.deployment.trust(), config).expect("verifier").clock(self.clock.clone()).replay_store(store)
     }
 
     /// A request with a fresh WPT made at the shared clock's time.
@@ -226,8 +223,8 @@ async fn a_redis_that_loses_everything_refuses_for_seconds_and_never_twice() {
     let credentials = deployment.credentials(ALLOWED, false, 0);
     let clock = Arc::new(ShiftedClock::default());
     let replica = |store: RedisReplayStore| {
-        let config = VerifierConfig::new().with_origin(ORIGIN);
-        Verifier::new(deployment.trust(), config).expect("verifier").with_clock(clock.clone()).with_replay_store(store)
+        let config = VerifierConfig::new().origin(ORIGIN);
+        Verifier::new(deployment.trust(), config).expect("verifier").clock(clock.clone()).replay_store(store)
     };
     let (a, b) = joined_pair(|| RedisReplayStore::new(&redis.url()).expect("store")).await;
     let replicas = [replica(a), replica(b)];

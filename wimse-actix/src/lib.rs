@@ -30,9 +30,9 @@
 //! # let issuer = SigningKey::generate(Algorithm::ES256)?;
 //! let trust = TrustStore::new().with(
 //!     "spiffe://prod.example".parse()?,
-//!     TrustAnchors::new().with_key(issuer.public_key().clone()),
+//!     TrustAnchors::new().key(issuer.public_key().clone()),
 //! );
-//! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://billing.example"))?;
+//! let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://billing.example"))?;
 //! let config = Pipeline::new(verifier).policy(Policy::named("billing").allow(Rule::path_prefix("spiffe://prod.example/orders")?));
 //!
 //! // Configure once through app data; the middleware reads it from there.
@@ -352,7 +352,7 @@ impl FromRequest for Caller {
 }
 
 /// Extracts the verified transaction (the request's Txn-Token, validated by a verifier
-/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::server::verify::VerifierConfig::with_txn_tokens));
+/// configured with [`VerifierConfig::txn_tokens`](wimse_core::server::verify::VerifierConfig::txn_tokens));
 /// 403 `missing_txn_token` without one. Use `Option<Transaction>` where it is optional.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction(pub std::sync::Arc<wimse_core::protocol::txn::VerifiedTxnToken>);

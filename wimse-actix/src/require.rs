@@ -28,7 +28,7 @@ use wimse_core::{Error, ErrorKind};
 /// use wimse_core::prelude::*;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin("https://ops.example"))?;
+/// # let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().origin("https://ops.example"))?;
 /// let admins = Policy::named("admin").allow(Rule::exact("spiffe://prod.example/ops")?);
 /// let app = App::new()
 ///     .wrap(WimseAuth::new(Pipeline::new(verifier).optional()))

@@ -24,9 +24,9 @@
 //! # let issuer = SigningKey::generate(Algorithm::ES256)?;
 //! let trust = TrustStore::new().with(
 //!     "spiffe://prod.example".parse()?,
-//!     TrustAnchors::new().with_key(issuer.public_key().clone()),
+//!     TrustAnchors::new().key(issuer.public_key().clone()),
 //! );
-//! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://orders.example"))?;
+//! let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://orders.example"))?;
 //! let admins = Policy::named("admin").allow(Rule::exact("spiffe://prod.example/ops")?);
 //!
 //! let app: Router = Router::new()
@@ -100,7 +100,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Caller {
 }
 
 /// Extracts the verified transaction (the request's Txn-Token, validated by a verifier
-/// configured with [`VerifierConfig::with_txn_tokens`](wimse_core::server::verify::VerifierConfig::with_txn_tokens)).
+/// configured with [`VerifierConfig::txn_tokens`](wimse_core::server::verify::VerifierConfig::txn_tokens)).
 ///
 /// Without one the handler is not called and the client gets 403 `missing_txn_token`. Use
 /// `Option<Transaction>` where a transaction is optional.

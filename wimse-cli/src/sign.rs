@@ -157,9 +157,8 @@ fn sign_httpsig(
     args: &SignArgs,
 ) -> Result<(), String> {
     let credentials = Credentials::new(wit, key).map_err(|e| e.to_string())?;
-    let signer = Signer::new(StaticCredentials::new(credentials))
-        .with_lifetime(args.ttl)
-        .with_clock(FixedClock::new(now_or(args.now)));
+    let signer =
+        Signer::new(StaticCredentials::new(credentials)).lifetime(args.ttl).clock(FixedClock::new(now_or(args.now)));
     let mut headers = request.header_map().map_err(|e| e.to_string())?;
     let scheme = request.scheme().unwrap_or_else(|| "https".to_owned());
     let host = request.authority().unwrap_or_default().to_owned();

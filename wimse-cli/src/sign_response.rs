@@ -49,9 +49,8 @@ pub(crate) fn run(args: SignResponseArgs) -> CliResult {
     };
     let credentials =
         Credentials::new(read_token(&args.wit)?, read_signing_key(&args.key)?).map_err(|e| e.to_string())?;
-    let signer = Signer::new(StaticCredentials::new(credentials))
-        .with_lifetime(args.ttl)
-        .with_clock(FixedClock::new(now_or(args.now)));
+    let signer =
+        Signer::new(StaticCredentials::new(credentials)).lifetime(args.ttl).clock(FixedClock::new(now_or(args.now)));
     let req_headers = request.header_map().map_err(|e| e.to_string())?;
     let req = request_parts(&request, &req_headers);
     let mut headers = response.header_map().map_err(|e| e.to_string())?;

@@ -66,9 +66,9 @@ pub(crate) fn wit_issue(args: WitIssueArgs) -> CliResult {
     let issuer_key = read_signing_key(&args.issuer_key)?;
     let sub = WorkloadId::parse(&args.sub).map_err(|e| format!("--sub: {e}"))?;
     let workload_jwk = read_jwk(&args.workload_key)?.to_public();
-    let mut issuer = WitIssuer::new(issuer_key).with_lifetime(args.ttl);
+    let mut issuer = WitIssuer::new(issuer_key).lifetime(args.ttl);
     if let Some(iss) = args.iss {
-        issuer = issuer.with_issuer(iss);
+        issuer = issuer.issuer(iss);
     }
     let wit = issuer.issue(&sub, &workload_jwk, now_or(args.now)).map_err(|e| e.to_string())?;
     write_output(&args.output, &format!("{wit}\n"))?;

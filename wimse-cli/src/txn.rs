@@ -85,7 +85,7 @@ pub(crate) fn issue(args: IssueArgs) -> CliResult {
             token.tctx = details;
             token.rctx = context;
             TxnTokenIssuer::new(key, &domain)
-                .with_lifetime(args.ttl)
+                .lifetime(args.ttl)
                 .issue(&token, now_or(args.now))
                 .map_err(|e| e.to_string())?
         }
@@ -163,9 +163,9 @@ pub(crate) fn verify(args: VerifyArgs) -> CliResult {
     let token = token_arg(&args.token)?;
     let domain = TrustDomain::parse(&args.trust_domain).map_err(|e| format!("--trust-domain: {e}"))?;
     let keys = TrustAnchors::from_json(&read_text(&args.keys)?).map_err(|e| format!("--keys: {e}"))?;
-    let mut validation = TxnTokenValidation::new(domain.clone()).with_max_lifetime(args.max_lifetime);
+    let mut validation = TxnTokenValidation::new(domain.clone()).max_lifetime(args.max_lifetime);
     if let Some(audience) = args.audience {
-        validation = validation.with_audience(audience);
+        validation = validation.audience(audience);
     }
     let (out, code) = match validate(&token, &TrustStore::new().with(domain, keys), &validation, now_or(args.now)) {
         Ok(txn) => (

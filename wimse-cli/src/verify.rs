@@ -125,10 +125,10 @@ fn verifier(args: &VerifyArgs) -> Result<Verifier, String> {
     }
     let mut verifier = Verifier::new(TrustStore::new(), settings.config())
         .map_err(|e| format!("{e} (give --audience or --origin)"))?
-        .with_trust_handle(trust)
-        .with_clock(FixedClock::new(now));
+        .trust_handle(trust)
+        .clock(FixedClock::new(now));
     if let Some(keys) = settings.txn_token_keys().map_err(|e| e.to_string())? {
-        verifier = verifier.with_txn_token_keys(keys);
+        verifier = verifier.txn_token_keys(keys);
     }
     Ok(verifier)
 }

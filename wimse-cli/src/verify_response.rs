@@ -72,7 +72,7 @@ pub(crate) fn request_nonce(request: &RawRequest) -> Result<String, Error> {
 
 fn check(args: &VerifyResponseArgs, request: &RawRequest, response: &RawResponse) -> Result<WorkloadId, Error> {
     let trust = trust_store(&args.trust_anchors).map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e))?;
-    let verifier = ResponseVerifier::new(trust).with_clock(FixedClock::new(now_or(args.now)));
+    let verifier = ResponseVerifier::new(trust).clock(FixedClock::new(now_or(args.now)));
     let bad = |e: RawHttpError| Error::with_detail(ErrorKind::InvalidHeaderValue, e.to_string());
     let req_headers = request.header_map().map_err(bad)?;
     let res_headers = response.header_map().map_err(bad)?;

@@ -36,11 +36,9 @@ fn setup(issuer_alg: Algorithm, workload_alg: Algorithm) -> Setup {
     let issuer_key = SigningKey::generate(issuer_alg).unwrap().with_kid("k1");
     let workload_key = SigningKey::generate(workload_alg).unwrap();
     let id: WorkloadId = "spiffe://prod.example/orders".parse().unwrap();
-    let wit =
-        WitIssuer::new(issuer_key.clone()).with_lifetime(86_000).issue(&id, workload_key.public_jwk(), NOW).unwrap();
+    let wit = WitIssuer::new(issuer_key.clone()).lifetime(86_000).issue(&id, workload_key.public_jwk(), NOW).unwrap();
     let wpt = WptBuilder::new(&workload_key, &wit, AUD).sign(NOW).unwrap();
-    let trust =
-        TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
+    let trust = TrustStore::new().with(id.trust_domain(), TrustAnchors::new().key(issuer_key.public_key().clone()));
     Setup { wit, wpt, trust, workload_key }
 }
 
@@ -124,10 +122,10 @@ fn benches(c: &mut Criterion) {
             let mut made = 0u64;
             let verifier = Verifier::new(
                 s.trust.clone(),
-                VerifierConfig::new().with_origin("https://payments.example").with_backend(backend),
+                VerifierConfig::new().origin("https://payments.example").backend(backend),
             )
             .unwrap()
-            .with_clock(clock.clone());
+            .clock(clock.clone());
             c.bench_with_input(BenchmarkId::new("verify_request", &id), &s, |b, s| {
                 b.iter_batched(
                     || {
@@ -240,10 +238,9 @@ fn txn_tokens(c: &mut Criterion) {
     let issuer_key = SigningKey::generate(alg).unwrap().with_kid("k1");
     let workload_key = SigningKey::generate(alg).unwrap();
     let id: WorkloadId = "spiffe://prod.example/orders".parse().unwrap();
-    let wit =
-        WitIssuer::new(issuer_key.clone()).with_lifetime(86_000).issue(&id, workload_key.public_jwk(), NOW).unwrap();
-    let trust = TrustStore::new().with(domain.clone(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
-    let tts = TxnTokenIssuer::new(issuer_key, &domain).with_lifetime(600);
+    let wit = WitIssuer::new(issuer_key.clone()).lifetime(86_000).issue(&id, workload_key.public_jwk(), NOW).unwrap();
+    let trust = TrustStore::new().with(domain.clone(), TrustAnchors::new().key(issuer_key.public_key().clone()));
+    let tts = TxnTokenIssuer::new(issuer_key, &domain).lifetime(600);
     let new_txn = |n: u64, at: u64| {
         let mut tctx = serde_json::Map::new();
         tctx.insert("order".into(), serde_json::Value::from(n));
@@ -266,12 +263,12 @@ fn txn_tokens(c: &mut Criterion) {
             let verifier = Verifier::new(
                 trust.clone(),
                 VerifierConfig::new()
-                    .with_origin("https://payments.example")
-                    .with_backend(backend)
-                    .with_txn_tokens(TxnTokenValidation::new(domain.clone()).required()),
+                    .origin("https://payments.example")
+                    .backend(backend)
+                    .txn_tokens(TxnTokenValidation::new(domain.clone()).required()),
             )
             .unwrap()
-            .with_clock(clock.clone());
+            .clock(clock.clone());
             let mut made = 0u64;
             // The clock moves on (so claims expire and the replay store stays small); the steady
             // caller's token is renewed halfway through its 600-second life, as a client would.

@@ -50,7 +50,7 @@
 //!
 //! let settings = Settings::from_json(r#"{"verifier": {"origins": ["https://payments.example"]},
 //!                                        "policy": {"name": "payments", "allow": {"workloads": ["spiffe://prod.example/orders"]}}}"#)?
-//!     .with_env_from([("WIMSE_AUDIENCES", "urn:svc:payments")])?;
+//!     .apply_env_from([("WIMSE_AUDIENCES", "urn:svc:payments")])?;
 //! // `settings.verifier()` also reads the trust files; here there are none, so only the config:
 //! assert_eq!(settings.verifier.config().audiences, ["urn:svc:payments"]);
 //! let policy = settings.policy()?;
@@ -353,17 +353,17 @@ impl Settings {
 
     /// [`from_file`](Self::from_file), then the `WIMSE_*` variables of this process.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_file(path)?.with_env()
+        Self::from_file(path)?.apply_env()
     }
 
     /// Applies the `WIMSE_*` variables of this process (see the module documentation).
-    pub fn with_env(self) -> Result<Self> {
+    pub fn apply_env(self) -> Result<Self> {
         let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("WIMSE_")).collect();
-        self.with_env_from(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        self.apply_env_from(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     /// Applies `WIMSE_*` variables given as pairs (for tests and for other sources).
-    pub fn with_env_from<'a>(mut self, vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+    pub fn apply_env_from<'a>(mut self, vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         for (name, value) in vars {
             let number = |field: &str| {
                 value.trim().parse::<u64>().map_err(|_| invalid(format!("{name} ({field})"), "not a number"))
@@ -443,31 +443,31 @@ impl VerifierSettings {
     pub fn config(&self) -> VerifierConfig {
         let mut config = VerifierConfig::new();
         for audience in &self.audiences {
-            config = config.with_audience(audience.clone());
+            config = config.audience(audience.clone());
         }
         for origin in &self.origins {
-            config = config.with_origin(origin.clone());
+            config = config.origin(origin.clone());
         }
         if let Some(leeway) = self.leeway {
-            config = config.with_leeway(leeway);
+            config = config.leeway(leeway);
         }
         if let Some(secs) = self.max_wpt_lifetime {
-            config = config.with_max_wpt_lifetime(secs);
+            config = config.max_wpt_lifetime(secs);
         }
         if let Some(secs) = self.max_wit_lifetime {
-            config = config.with_max_wit_lifetime(secs);
+            config = config.max_wit_lifetime(secs);
         }
         if let Some(secs) = self.max_signature_age {
-            config = config.with_max_signature_age(secs);
+            config = config.max_signature_age(secs);
         }
         for name in &self.context_tokens {
-            config = config.with_context_token(name.clone());
+            config = config.context_token(name.clone());
         }
         for component in &self.required_components {
-            config = config.with_required_component(component.clone());
+            config = config.required_component(component.clone());
         }
         if let Some(quota) = self.caller_quota {
-            config = config.with_caller_quota(quota);
+            config = config.caller_quota(quota);
         }
         if self.reveal_reasons {
             config = config.reveal_reasons();
@@ -540,9 +540,9 @@ impl VerifierSettings {
         }
         let mut verifier = Verifier::new(TrustStore::new(), self.config())
             .map_err(|e| invalid("verifier", e.detail().unwrap_or_default()))?
-            .with_trust_handle(trust);
+            .trust_handle(trust);
         if let Some(keys) = self.txn_token_keys()? {
-            verifier = verifier.with_txn_token_keys(keys);
+            verifier = verifier.txn_token_keys(keys);
         }
         Ok(verifier)
     }
@@ -568,10 +568,10 @@ impl TxnTokenSettings {
             TrustDomain::parse(&self.trust_domain).map_err(|e| invalid("verifier.txn_tokens.trust_domain", e))?;
         let mut validation = TxnTokenValidation::new(domain);
         if let Some(audience) = &self.audience {
-            validation = validation.with_audience(audience.clone());
+            validation = validation.audience(audience.clone());
         }
         if let Some(secs) = self.max_lifetime {
-            validation = validation.with_max_lifetime(secs);
+            validation = validation.max_lifetime(secs);
         }
         if self.required {
             validation = validation.required();

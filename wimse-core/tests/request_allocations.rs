@@ -22,7 +22,7 @@ fn a_wpt_request_allocates_little() {
         let claim = wimse_core::replay::ReplayClaim::wpt(&other, &i.to_string(), NOW + 600, NOW);
         let _ = store.claim(&claim, NOW).into_ready();
     }
-    let verifier = f.verifier().with_replay_store(store);
+    let verifier = f.verifier().replay_store(store);
     let requests: Vec<_> = (0..20).map(|_| f.headers(&f.wit, &f.wpt())).collect();
     // Warm up: the WIT cache, the replay store's first table, lazily parsed keys.
     verifier.verify_sync(&RequestView::new(PATH, &requests[0])).unwrap();

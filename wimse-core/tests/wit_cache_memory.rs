@@ -24,17 +24,16 @@ fn a_cached_wit_costs_under_one_and_a_half_kilobytes() {
     const WITS: usize = 1_000;
     let issuer = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k1");
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
-    let trust = TrustStore::new().with(domain, TrustAnchors::new().with_key(issuer.public_key().clone()));
-    let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://svc.example"))
-        .unwrap()
-        .with_clock(FixedClock::new(NOW));
+    let trust = TrustStore::new().with(domain, TrustAnchors::new().key(issuer.public_key().clone()));
+    let verifier =
+        Verifier::new(trust, VerifierConfig::new().origin("https://svc.example")).unwrap().clock(FixedClock::new(NOW));
     // Distinct workloads, their WITs and proofs made before measuring.
     let requests: Vec<http::HeaderMap> = (0..WITS)
         .map(|i| {
             let key = SigningKey::generate(Algorithm::ES256).unwrap();
             let id: WorkloadId = format!("spiffe://prod.example/ns/team-{i}/sa/service-{i}").parse().unwrap();
             let wit = WitIssuer::new(issuer.clone())
-                .with_issuer("https://issuer.prod.example")
+                .issuer("https://issuer.prod.example")
                 .issue(&id, key.public_jwk(), NOW)
                 .unwrap();
             let wpt = WptBuilder::new(&key, &wit, "https://svc.example/x").sign(NOW).unwrap();

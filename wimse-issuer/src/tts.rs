@@ -212,11 +212,11 @@ impl Tts {
         let anchors = TrustHandle::default();
         // A small quota of live proofs per requester: the storage's replay claims are shared with
         // the DPoP and assertion grants, and one workload must not fill them.
-        let verifier_config = VerifierConfig::new().with_audience(endpoint.clone()).only_wpt().with_caller_quota(1000);
+        let verifier_config = VerifierConfig::new().audience(endpoint.clone()).only_wpt().caller_quota(1000);
         let verifier = Verifier::new(TrustStore::new(), verifier_config)?
-            .with_trust_handle(anchors.clone())
-            .with_replay_store(StorageReplay(storage))
-            .with_clock(clock);
+            .trust_handle(anchors.clone())
+            .replay_store(StorageReplay(storage))
+            .clock(clock);
         Ok(Self {
             lifetime: config.lifetime,
             identifier: endpoint,

@@ -279,7 +279,7 @@ impl AssertionGrant {
     }
 
     /// Uses this HTTP client.
-    pub fn with_client(mut self, http: reqwest::Client) -> Self {
+    pub fn client(mut self, http: reqwest::Client) -> Self {
         self.http = http;
         self
     }
@@ -297,7 +297,7 @@ impl AssertionGrant {
     }
 
     /// Uses another clock.
-    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
     }

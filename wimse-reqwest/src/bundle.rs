@@ -158,13 +158,13 @@ impl BundleSource {
     }
 
     /// Uses this HTTP client (for TLS settings, proxies). The fetch timeout applies on top.
-    pub fn with_client(self, client: reqwest::Client) -> Self {
+    pub fn client(self, client: reqwest::Client) -> Self {
         let _ = self.client.set(client);
         self
     }
 
     /// Uses another clock.
-    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
     }
@@ -182,7 +182,7 @@ impl BundleSource {
     }
 
     /// The HTTP client, made once (with the timeout) unless one was given.
-    fn client(&self) -> &reqwest::Client {
+    fn http_client(&self) -> &reqwest::Client {
         self.client.get_or_init(|| {
             reqwest::Client::builder().connect_timeout(self.timeout).timeout(self.timeout).build().unwrap_or_default()
         })
@@ -194,7 +194,7 @@ impl BundleSource {
             state.last_attempt = Some(now);
         }
         let response =
-            self.client().get(&self.url).send().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
+            self.http_client().get(&self.url).send().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
         if !response.status().is_success() {
             return Err(unavailable(format!("bundle fetch: HTTP {}", response.status())));
         }

@@ -60,7 +60,7 @@ pub async fn fetch_bundles(
                 format!("{field}: {url:?} is not https (http only on loopback)"),
             ));
         }
-        let mut source = BundleSource::new(domain, url).with_clock(clock.clone());
+        let mut source = BundleSource::new(domain, url).clock(clock.clone());
         if let Some(secs) = entry.max_stale {
             source = source.max_stale(secs);
         }

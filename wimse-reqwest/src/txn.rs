@@ -288,7 +288,7 @@ mod tests {
         let id = "spiffe://prod.example/batch".parse().unwrap();
         let wit = WitIssuer::new(issuer).issue(&id, key.public_jwk(), 1_000).unwrap();
         let signer =
-            Signer::new(StaticCredentials::new(Credentials::new(wit, key).unwrap())).with_clock(FixedClock::new(1_000));
+            Signer::new(StaticCredentials::new(Credentials::new(wit, key).unwrap())).clock(FixedClock::new(1_000));
         let token = self_signed_subject(&signer, "https://tts.example/v1/token", "job-7").unwrap();
         let payload = wimse_core::jose::b64url_decode(token.split('.').nth(1).unwrap()).unwrap();
         let claims: Value = serde_json::from_slice(&payload).unwrap();

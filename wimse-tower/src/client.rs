@@ -103,7 +103,7 @@ impl WimseSignLayer {
 
 impl<M> WimseSignLayer<M> {
     /// The server's origin (`scheme://host[:port]`, exactly as its verifier names it in
-    /// `VerifierConfig::with_origin`), for requests whose URI is only a path, as a tonic
+    /// `VerifierConfig::origin`), for requests whose URI is only a path, as a tonic
     /// `Channel` sends them: their audience is this origin + the path (for gRPC,
     /// `/package.Service/Method`), and their Txn-Token goes where this origin's would (see
     /// [`trust_domain_origins`](Self::trust_domain_origins)). Absolute URIs keep their own.

@@ -27,9 +27,9 @@
 //! # let issuer = SigningKey::generate(Algorithm::ES256)?;
 //! let trust = TrustStore::new().with(
 //!     "spiffe://prod.example".parse()?,
-//!     TrustAnchors::new().with_key(issuer.public_key().clone()),
+//!     TrustAnchors::new().key(issuer.public_key().clone()),
 //! );
-//! let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://orders.example"))?;
+//! let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://orders.example"))?;
 //!
 //! let service = ServiceBuilder::new()
 //!     .layer(WimseLayer::new(verifier).policy(Policy::named("orders").allow(Rule::path_prefix("spiffe://prod.example/front")?)))

@@ -56,8 +56,8 @@ pub use wimse_core::server::pipeline::DEFAULT_BODY_LIMIT;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let issuer = SigningKey::generate(Algorithm::ES256)?;
-/// let trust = TrustStore::new().with("spiffe://prod.example".parse()?, TrustAnchors::new().with_key(issuer.public_key().clone()));
-/// let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
+/// let trust = TrustStore::new().with("spiffe://prod.example".parse()?, TrustAnchors::new().key(issuer.public_key().clone()));
+/// let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://payments.example"))?;
 /// let policy = Policy::named("payments").allow(Rule::exact("spiffe://prod.example/orders")?);
 /// let service = ServiceBuilder::new()
 ///     .layer(WimseLayer::new(verifier).policy(policy))

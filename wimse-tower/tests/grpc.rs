@@ -319,7 +319,7 @@ async fn a_stream_without_te_trailers_ends_too() {
 async fn stream_ends_at_expiry(strip_te: bool) {
     let deployment = Deployment::new();
     let origin = serve_streams(|origin| {
-        let config = VerifierConfig::new().with_origin(origin).with_leeway(0);
+        let config = VerifierConfig::new().origin(origin).leeway(0);
         WimseLayer::new(Verifier::new(deployment.trust(), config).unwrap())
     })
     .await;

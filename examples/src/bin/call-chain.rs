@@ -299,8 +299,8 @@ fn client(signer: Signer, in_domain: &[&str]) -> ClientWithMiddleware {
 /// (it is the Transaction Token Service), next to the caller's WIT and proof.
 fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
     let txn = TxnTokenValidation::new("spiffe://prod.example".parse()?).required();
-    Ok(Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(origin).with_txn_tokens(txn))?
-        .with_trust_handle(ids.trust.clone()))
+    Ok(Verifier::new(TrustStore::new(), VerifierConfig::new().origin(origin).txn_tokens(txn))?
+        .trust_handle(ids.trust.clone()))
 }
 
 /// How a hop names the transaction it serves.

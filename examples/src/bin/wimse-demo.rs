@@ -30,7 +30,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     step("identity server for trust domain spiffe://prod.example");
     let issuer_key = SigningKey::generate(Algorithm::ES256)?.with_kid("prod-2026-11");
-    let issuer = WitIssuer::new(issuer_key.clone()).with_issuer("https://issuer.prod.example").with_lifetime(3600);
+    let issuer = WitIssuer::new(issuer_key.clone()).issuer("https://issuer.prod.example").lifetime(3600);
     println!("issuer key (publish this as the trust anchor): {}", issuer_key.public_jwk().to_json());
 
     step("workload spiffe://prod.example/orders gets a key and a WIT");
@@ -46,9 +46,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}"))?);
 
     step("payments verifies the caller");
-    let trust =
-        TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
-    let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
+    let trust = TrustStore::new().with(id.trust_domain(), TrustAnchors::new().key(issuer_key.public_key().clone()));
+    let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://payments.example"))?;
     let request = RequestView::new("/charge", &headers);
     let caller = verifier.verify_sync(&request)?;
     println!("verified caller: {} (key {})", caller.id(), caller.key_thumbprint());

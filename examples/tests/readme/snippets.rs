@@ -21,7 +21,7 @@ mod server {
         // A JWK, a JWKS or a SPIFFE bundle; errors name the file.
         let anchors = TrustAnchors::from_file("/etc/wimse/prod.example.bundle.json")?;
         let trust = TrustStore::new().with("spiffe://prod.example".parse()?, anchors);
-        let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://orders.example"))?;
+        let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://orders.example"))?;
         let policy = Policy::named("orders").allow(Rule::exact("spiffe://prod.example/front")?);
         Ok(Router::new()
             .route("/orders", post(|Caller(caller): Caller| async move { format!("hello {}", caller.id()) }))
@@ -64,8 +64,8 @@ mod following_bundles {
         let bundle = BundleSource::new(domain, "https://issuer.prod.example/v1/bundle/spiffe");
         bundle.refresh(&trust).await?;
         let _refresher = bundle.spawn(trust.clone());
-        let config = VerifierConfig::new().with_origin("https://orders.prod.example");
-        Ok(Verifier::new(TrustStore::new(), config)?.with_trust_handle(trust))
+        let config = VerifierConfig::new().origin("https://orders.prod.example");
+        Ok(Verifier::new(TrustStore::new(), config)?.trust_handle(trust))
     }
 
     /// The example's identity server does not exist: the verifier is refused, naming the bundle.
@@ -101,7 +101,7 @@ mod transactions {
         let domain: TrustDomain = "spiffe://prod.example".parse()?;
         // Required here; optional verifiers let requests without one pass, but refuse invalid ones.
         let txn = TxnTokenValidation::new(domain).required();
-        let config = VerifierConfig::new().with_origin("https://orders.prod.example").with_txn_tokens(txn);
+        let config = VerifierConfig::new().origin("https://orders.prod.example").txn_tokens(txn);
         let verifier = Verifier::new(trust, config)?;
         // The purpose; also Rule::txn_subject and Rule::transaction.
         let refunds = Policy::named("refunds")
@@ -136,7 +136,7 @@ mod grpc {
     }
 
     async fn serve_greeter(listener: TcpListener, verifier: Verifier, policy: Policy) -> Result<(), tonic::transport::Error> {
-        // The verifier's origin is the server's (`VerifierConfig::with_origin("http://127.0.0.1:50051")`).
+        // The verifier's origin is the server's (`VerifierConfig::origin("http://127.0.0.1:50051")`).
         tonic::transport::Server::builder()
             .layer(WimseLayer::new(verifier).policy(policy))
             .add_service(GreeterServer::new(MyGreeter))

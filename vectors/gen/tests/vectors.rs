@@ -61,7 +61,7 @@ fn trust_store(suite: &Value) -> TrustStore {
     for (domain, names) in suite["verifier"]["trust_anchors"].as_object().unwrap() {
         let mut anchors = TrustAnchors::new();
         for name in strings(names) {
-            anchors = anchors.with_key(keys[name].1.clone());
+            anchors = anchors.key(keys[name].1.clone());
         }
         store.insert(domain.parse().unwrap(), anchors);
     }
@@ -121,7 +121,7 @@ fn run_requests(file: &str, config: VerifierConfig, required: &[ErrorKind]) {
         let parts = request_parts(&raw, &headers);
         let path = if raw.method.eq_ignore_ascii_case("CONNECT") { "" } else { raw.path() };
         let view = RequestView::new(path, &headers).method(&raw.method).authority(parts.authority).body(&raw.body);
-        let verifier = Verifier::new(trust.clone(), config.clone()).unwrap().with_clock(FixedClock::new(now));
+        let verifier = Verifier::new(trust.clone(), config.clone()).unwrap().clock(FixedClock::new(now));
         for _ in 1..case["deliveries"].as_u64().unwrap_or(1) {
             verifier.verify_sync(&view).unwrap_or_else(|e| panic!("{id}: an earlier delivery was refused: {e}"));
         }
@@ -192,14 +192,14 @@ fn wpt_suite() {
     let v = &suite["verifier"];
     let mut config = VerifierConfig::new()
         .only_wpt()
-        .with_leeway(u64_of(v, "leeway"))
-        .with_max_wit_lifetime(u64_of(v, "max_wit_lifetime"))
-        .with_max_wpt_lifetime(u64_of(v, "max_wpt_lifetime"));
+        .leeway(u64_of(v, "leeway"))
+        .max_wit_lifetime(u64_of(v, "max_wit_lifetime"))
+        .max_wpt_lifetime(u64_of(v, "max_wpt_lifetime"));
     for aud in strings(&v["audiences"]) {
-        config = config.with_audience(aud);
+        config = config.audience(aud);
     }
     for name in strings(&v["context_tokens"]) {
-        config = config.with_context_token(name);
+        config = config.context_token(name);
     }
     use ErrorKind::*;
     let required = [
@@ -234,11 +234,11 @@ fn http_signature_request_suite() {
     assert_eq!(u64_of(v, "max_signature_lifetime"), SignatureValidation::default().max_lifetime);
     let mut config = VerifierConfig::new()
         .only_http_signatures()
-        .with_leeway(u64_of(v, "leeway"))
-        .with_max_wit_lifetime(u64_of(v, "max_wit_lifetime"))
-        .with_max_signature_age(u64_of(v, "max_signature_age"));
+        .leeway(u64_of(v, "leeway"))
+        .max_wit_lifetime(u64_of(v, "max_wit_lifetime"))
+        .max_signature_age(u64_of(v, "max_signature_age"));
     for aud in strings(&v["audiences"]) {
-        config = config.with_audience(aud);
+        config = config.audience(aud);
     }
     use ErrorKind::*;
     let required = [
@@ -290,7 +290,7 @@ fn http_signature_response_suite() {
         let (req_headers, res_headers) = (request.header_map().unwrap(), response.header_map().unwrap());
         let req = request_parts(&request, &req_headers);
         let res = ResponseParts { status: response.status, headers: &res_headers };
-        let verifier = ResponseVerifier::new(trust.clone()).with_clock(FixedClock::new(now));
+        let verifier = ResponseVerifier::new(trust.clone()).clock(FixedClock::new(now));
         let nonce = str_of(case, "request_nonce");
         check(id, str_of(case, "expect"), verifier.verify(&req, &res, &response.body, nonce, Some(&expected)));
         if str_of(case, "expect") == "valid" {
@@ -308,13 +308,13 @@ fn txn_token_suite() {
     let domain: TrustDomain = str_of(v, "trust_domain").parse().unwrap();
     let mut anchors = TrustAnchors::new();
     for name in strings(&v["tts_keys"]) {
-        anchors = anchors.with_key(keys[name].1.clone());
+        anchors = anchors.key(keys[name].1.clone());
     }
     let store = TrustStore::new().with(domain.clone(), anchors);
     let cfg = TxnTokenValidation::new(domain)
-        .with_audience(str_of(v, "audience"))
-        .with_leeway(u64_of(v, "leeway"))
-        .with_max_lifetime(u64_of(v, "max_lifetime"));
+        .audience(str_of(v, "audience"))
+        .leeway(u64_of(v, "leeway"))
+        .max_lifetime(u64_of(v, "max_lifetime"));
     use ErrorKind::*;
     let required = [
         TxnTokenWrongType,

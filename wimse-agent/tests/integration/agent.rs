@@ -72,7 +72,7 @@ async fn wit_svids_sign_verify_and_rotate() {
     let anchors = trust.read(|store| store.get(&domain).cloned()).expect("WIT anchors from the agent");
     let verifier = wimse_core::server::verify::Verifier::new(
         TrustStore::new().with(domain, anchors),
-        wimse_core::server::verify::VerifierConfig::new().with_origin("https://orders.prod.example"),
+        wimse_core::server::verify::VerifierConfig::new().origin("https://orders.prod.example"),
     )
     .unwrap();
     let signer = wimse_core::client::sign::Signer::new(source.clone());

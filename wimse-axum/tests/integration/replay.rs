@@ -42,7 +42,7 @@ async fn a_stalled_redis_does_not_block_the_runtime() {
     let arrived = Arc::new(AtomicBool::new(false));
     let seen = arrived.clone();
     let base = serve(|base| {
-        let verifier = deployment.verifier(&base).with_replay_store(store);
+        let verifier = deployment.verifier(&base).replay_store(store);
         let protected = Router::new().route("/whoami", get(whoami)).layer(WimseLayer::new(verifier));
         Router::new().merge(protected).route("/health", get(|| async { "ok" })).layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -88,7 +88,7 @@ async fn one_flooding_caller_gets_429_while_others_keep_working() {
     let deployment = Deployment::new();
     let quota = 20;
     let base = serve(|base| {
-        let config = VerifierConfig::new().with_origin(&base).with_caller_quota(quota);
+        let config = VerifierConfig::new().origin(&base).caller_quota(quota);
         let verifier = Verifier::new(deployment.trust(), config).unwrap();
         Router::new().route("/whoami", get(whoami)).layer(WimseLayer::new(verifier).policy(everyone_in(&deployment)))
     })
@@ -119,7 +119,7 @@ async fn a_caller_the_policy_refuses_leaves_the_replay_store_empty() {
     let store = Arc::new(InMemoryReplayStore::new(10));
     let verifier_store = store.clone();
     let base = serve(|base| {
-        let verifier = deployment.verifier(&base).with_replay_store(verifier_store);
+        let verifier = deployment.verifier(&base).replay_store(verifier_store);
         Router::new().route("/whoami", get(whoami)).layer(WimseLayer::new(verifier).policy(deployment.policy()))
     })
     .await;

@@ -149,7 +149,7 @@ async fn curl_and_header_lines_reach_a_real_service() {
     );
     let verifier = wimse_core::server::verify::Verifier::new(
         trust,
-        wimse_core::server::verify::VerifierConfig::new().with_origin(&origin),
+        wimse_core::server::verify::VerifierConfig::new().origin(&origin),
     )
     .unwrap();
     let app =

@@ -43,7 +43,7 @@ impl ResponseVerifier {
     }
 
     /// Uses another clock.
-    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
     }

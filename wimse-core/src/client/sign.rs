@@ -34,7 +34,7 @@ pub struct AudienceOverride(pub String);
 /// # let key = SigningKey::generate(Algorithm::ES256)?;
 /// # let now = 1_800_000_000;
 /// # let wit = WitIssuer::new(issuer).issue(&"spiffe://prod.example/orders".parse()?, key.public_jwk(), now)?;
-/// let signer = Signer::new(StaticCredentials::new(Credentials::new(wit, key)?)).with_clock(FixedClock::new(now));
+/// let signer = Signer::new(StaticCredentials::new(Credentials::new(wit, key)?)).clock(FixedClock::new(now));
 /// let mut headers = http::HeaderMap::new();
 /// signer.sign_headers(&mut headers, "https://payments.example/charge")?;
 /// assert!(headers.contains_key("workload-identity-token"));
@@ -78,7 +78,7 @@ impl Signer {
     }
 
     /// The current time on this signer's clock (the system clock unless
-    /// [`with_clock`](Self::with_clock)), seconds since the epoch: what its proofs are dated.
+    /// [`clock`](Self::clock)), seconds since the epoch: what its proofs are dated.
     pub fn now(&self) -> u64 {
         self.clock.now()
     }
@@ -111,25 +111,25 @@ impl Signer {
     }
 
     /// Proof lifetime in seconds.
-    pub fn with_lifetime(mut self, secs: u64) -> Self {
+    pub fn lifetime(mut self, secs: u64) -> Self {
         self.lifetime = secs;
         self
     }
 
     /// Context-token fields (besides `Txn-Token`) to bind with `oth` when a request carries them.
-    pub fn with_context_tokens(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn context_tokens(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.context_tokens = names.into_iter().map(|n| n.into().to_ascii_lowercase()).collect();
         self
     }
 
     /// Uses another clock.
-    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
     }
 
     /// Chooses the crypto backend.
-    pub fn with_backend(mut self, backend: Backend) -> Self {
+    pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
     }

@@ -64,7 +64,7 @@ impl TrustAnchors {
     }
 
     /// Adds an issuer key.
-    pub fn with_key(mut self, key: PublicKey) -> Self {
+    pub fn key(mut self, key: PublicKey) -> Self {
         self.keys.push(key);
         self
     }
@@ -126,7 +126,7 @@ impl TrustAnchors {
                     return Err(config_error("a trust anchor must not contain private key material"));
                 }
                 let key = PublicKey::from_jwk(&jwk).map_err(|e| config_error(format!("trust anchor JWK: {e}")))?;
-                Ok(Self::new().with_key(key))
+                Ok(Self::new().key(key))
             }
             None => Err(config_error("trust anchors: neither a JWK, a JWKS nor a SPIFFE bundle")),
         }
@@ -301,7 +301,7 @@ impl TrustStore {
     /// Adds one key to `domain`, creating the domain's anchors if needed.
     pub fn add_key(&mut self, domain: TrustDomain, key: PublicKey) {
         let anchors = self.domains.remove(&domain).unwrap_or_default();
-        self.domains.insert(domain, anchors.with_key(key));
+        self.domains.insert(domain, anchors.key(key));
     }
 
     /// Removes a trust domain.

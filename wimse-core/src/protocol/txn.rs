@@ -26,7 +26,7 @@
 //! let tts = TxnTokenIssuer::new(tts_key.clone(), &domain);
 //! let token = tts.issue(&NewTxnToken::new("user-1842", "orders.purchase").requested_by("spiffe://prod.example/front"), now)?;
 //!
-//! let keys = TrustStore::new().with(domain.clone(), TrustAnchors::new().with_key(tts_key.public_key().clone()));
+//! let keys = TrustStore::new().with(domain.clone(), TrustAnchors::new().key(tts_key.public_key().clone()));
 //! let verified = validate(&token, &keys, &TxnTokenValidation::new(domain), now)?;
 //! assert_eq!(verified.subject(), "user-1842");
 //! assert!(verified.has_scope("orders.purchase"));
@@ -107,17 +107,17 @@ impl TxnTokenValidation {
         self
     }
     /// Accepts `aud` = `audience` instead of the trust domain's name.
-    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
         self.audience = audience.into();
         self
     }
     /// Sets the longest accepted lifetime (seconds).
-    pub fn with_max_lifetime(mut self, secs: u64) -> Self {
+    pub fn max_lifetime(mut self, secs: u64) -> Self {
         self.max_lifetime = secs;
         self
     }
     /// Sets the clock leeway (seconds, at most 300).
-    pub fn with_leeway(mut self, secs: u64) -> Self {
+    pub fn leeway(mut self, secs: u64) -> Self {
         self.leeway = secs;
         self
     }
@@ -405,22 +405,22 @@ impl TxnTokenIssuer {
         Self { key, audience: trust_domain.as_str().to_owned(), iss: None, lifetime: 300, backend: Backend::default() }
     }
     /// Names the TTS in `iss`.
-    pub fn with_issuer(mut self, iss: impl Into<String>) -> Self {
+    pub fn issuer(mut self, iss: impl Into<String>) -> Self {
         self.iss = Some(iss.into());
         self
     }
     /// Sets the lifetime (seconds).
-    pub fn with_lifetime(mut self, secs: u64) -> Self {
+    pub fn lifetime(mut self, secs: u64) -> Self {
         self.lifetime = secs;
         self
     }
     /// Sets the `aud` (defaults to the trust domain).
-    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
         self.audience = audience.into();
         self
     }
     /// The lifetime of the tokens it signs.
-    pub fn lifetime(&self) -> u64 {
+    pub fn token_lifetime(&self) -> u64 {
         self.lifetime
     }
 

@@ -46,8 +46,8 @@ pub struct WitClaims {
 /// use wimse_core::protocol::wit::WitIssuer;
 ///
 /// let issuer = WitIssuer::new(SigningKey::generate(Algorithm::ES256)?.with_kid("2026-11"))
-///     .with_issuer("https://issuer.prod.example")
-///     .with_lifetime(3600);
+///     .issuer("https://issuer.prod.example")
+///     .lifetime(3600);
 /// let workload_key = SigningKey::generate(Algorithm::EdDSA)?;
 /// let wit = issuer.issue(&"spiffe://prod.example/payments".parse()?, workload_key.public_jwk(), 1_800_000_000)?;
 /// assert_eq!(wit.split('.').count(), 3);
@@ -69,19 +69,19 @@ impl WitIssuer {
     }
 
     /// Sets the `iss` claim.
-    pub fn with_issuer(mut self, iss: impl Into<String>) -> Self {
+    pub fn issuer(mut self, iss: impl Into<String>) -> Self {
         self.iss = Some(iss.into());
         self
     }
 
     /// Sets the WIT lifetime in seconds.
-    pub fn with_lifetime(mut self, secs: u64) -> Self {
+    pub fn lifetime(mut self, secs: u64) -> Self {
         self.lifetime = secs;
         self
     }
 
     /// Chooses the crypto backend.
-    pub fn with_backend(mut self, backend: Backend) -> Self {
+    pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
     }

@@ -171,7 +171,7 @@ impl VerifiedCaller {
         self.txn_token.as_deref()
     }
     /// The verified transaction (`txn`, `sub`, `scope`, context) of the request's Txn-Token,
-    /// when the verifier validates Txn-Tokens ([`VerifierConfig::with_txn_tokens`](crate::server::verify::VerifierConfig::with_txn_tokens)).
+    /// when the verifier validates Txn-Tokens ([`VerifierConfig::txn_tokens`](crate::server::verify::VerifierConfig::txn_tokens)).
     pub fn transaction(&self) -> Option<&VerifiedTxnToken> {
         self.transaction.as_deref()
     }

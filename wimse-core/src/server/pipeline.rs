@@ -31,8 +31,8 @@ use crate::server::verify::{Confirm, RequestView, Verifier};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let issuer = SigningKey::generate(Algorithm::ES256)?;
-/// let trust = TrustStore::new().with("spiffe://prod.example".parse()?, TrustAnchors::new().with_key(issuer.public_key().clone()));
-/// let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?;
+/// let trust = TrustStore::new().with("spiffe://prod.example".parse()?, TrustAnchors::new().key(issuer.public_key().clone()));
+/// let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://payments.example"))?;
 /// let guard = Pipeline::new(verifier).policy(Policy::named("payments").allow(Rule::exact("spiffe://prod.example/orders")?));
 ///
 /// // An unsigned request: refused with its reason, before any handler runs.
@@ -417,7 +417,7 @@ mod tests {
             .issue(&"spiffe://a.example/s".parse().unwrap(), key.public_jwk(), 1)
             .unwrap();
         let signer = Signer::new(StaticCredentials::new(crate::client::cred::Credentials::new(wit, key).unwrap()));
-        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().audience("a")).unwrap();
         let caller = |sign_response| VerifiedCaller {
             id: "spiffe://a.example/c".parse().unwrap(),
             method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
@@ -445,7 +445,7 @@ mod tests {
         use crate::protocol::trust::TrustStore;
         use crate::server::policy::Rule;
         use crate::server::verify::VerifierConfig;
-        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().audience("a")).unwrap();
         let named = |name: &str| Policy::named(name).allow(Rule::any());
         let guard = Pipeline::new(verifier)
             .policy(named("general"))
@@ -470,7 +470,7 @@ mod tests {
         use crate::protocol::trust::TrustStore;
         use crate::server::policy::Rule;
         use crate::server::verify::VerifierConfig;
-        let verifier = || Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a")).unwrap();
+        let verifier = || Verifier::new(TrustStore::new(), VerifierConfig::new().audience("a")).unwrap();
         let general = Policy::named("general").allow(Rule::any());
         let guard = Pipeline::new(verifier())
             .policy(general.clone())
@@ -504,18 +504,18 @@ mod tests {
         use crate::protocol::trust::TrustStore;
         use crate::server::verify::VerifierConfig;
         use crate::time::FixedClock;
-        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_leeway(5))
+        let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().audience("a").leeway(5))
             .unwrap()
-            .with_clock(FixedClock::new(1_000));
+            .clock(FixedClock::new(1_000));
         let issuer = crate::jose::SigningKey::generate(crate::jose::Algorithm::ES256).unwrap();
         let key = crate::jose::SigningKey::generate(crate::jose::Algorithm::ES256).unwrap();
         let wit = crate::protocol::wit::WitIssuer::new(issuer.clone())
-            .with_lifetime(100)
+            .lifetime(100)
             .issue(&"spiffe://a.example/c".parse().unwrap(), key.public_jwk(), 950)
             .unwrap();
         let trust = TrustStore::new().with(
             "spiffe://a.example".parse().unwrap(),
-            crate::protocol::trust::TrustAnchors::new().with_key(issuer.public_key().clone()),
+            crate::protocol::trust::TrustAnchors::new().key(issuer.public_key().clone()),
         );
         let validated = crate::protocol::wit::validate_wit(&wit, &trust, &Default::default(), 1_000).unwrap();
         let caller = VerifiedCaller {

@@ -197,7 +197,7 @@ fn refusal(facet: Option<TxnFacet>, caller: Option<&VerifiedCaller>, detail: Str
     let (kind, why) = match (caller.and_then(VerifiedCaller::transaction), facet) {
         (None, _) if caller.and_then(VerifiedCaller::txn_token).is_some() => (
             ErrorKind::PolicyDenied,
-            ": the request's Txn-Token is not validated by this verifier (VerifierConfig::with_txn_tokens), \
+            ": the request's Txn-Token is not validated by this verifier (VerifierConfig::txn_tokens), \
              so no rule on it can match",
         ),
         (None, _) => (ErrorKind::MissingTxnToken, ": the request has no Txn-Token"),

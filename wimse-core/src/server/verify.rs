@@ -127,59 +127,59 @@ impl VerifierConfig {
         Self::default()
     }
     /// Accepts WPTs whose `aud` is exactly `aud`.
-    pub fn with_audience(mut self, aud: impl Into<String>) -> Self {
+    pub fn audience(mut self, aud: impl Into<String>) -> Self {
         self.audiences.push(aud.into());
         self
     }
     /// Accepts WPTs whose `aud` is `origin` + request path.
-    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
         self.origins.push(origin.into().trim_end_matches('/').to_owned());
         self
     }
     /// Sets the clock leeway (seconds).
-    pub fn with_leeway(mut self, secs: u64) -> Self {
+    pub fn leeway(mut self, secs: u64) -> Self {
         self.leeway = secs;
         self
     }
     /// Sets the longest accepted WPT lifetime (seconds).
-    pub fn with_max_wpt_lifetime(mut self, secs: u64) -> Self {
+    pub fn max_wpt_lifetime(mut self, secs: u64) -> Self {
         self.max_wpt_lifetime = secs;
         self
     }
     /// Sets the longest accepted WIT lifetime (seconds).
-    pub fn with_max_wit_lifetime(mut self, secs: u64) -> Self {
+    pub fn max_wit_lifetime(mut self, secs: u64) -> Self {
         self.max_wit_lifetime = secs;
         self
     }
     /// Understands the context-token field `name` in `oth`.
-    pub fn with_context_token(mut self, name: impl Into<String>) -> Self {
+    pub fn context_token(mut self, name: impl Into<String>) -> Self {
         self.context_tokens.push(name.into().to_ascii_lowercase());
         self
     }
     /// Chooses the crypto backend.
-    pub fn with_backend(mut self, backend: Backend) -> Self {
+    pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
     }
     /// Sets the maximum age of an HTTP signature (seconds since its `created`).
-    pub fn with_max_signature_age(mut self, secs: u64) -> Self {
+    pub fn max_signature_age(mut self, secs: u64) -> Self {
         self.max_signature_age = secs;
         self
     }
     /// Requires HTTP signatures to cover `component` too (a field name or a derived component).
-    pub fn with_required_component(mut self, component: impl Into<String>) -> Self {
+    pub fn required_component(mut self, component: impl Into<String>) -> Self {
         self.required_components.push(component.into().to_ascii_lowercase());
         self
     }
     /// Validates every request's `Txn-Token` (and requires one if `validation.required`); see
     /// [`crate::protocol::txn`]. The TTS keys are the anchors of `validation.trust_domain` in this
-    /// verifier's trust store unless [`Verifier::with_txn_token_keys`] names others.
-    pub fn with_txn_tokens(mut self, validation: TxnTokenValidation) -> Self {
+    /// verifier's trust store unless [`Verifier::txn_token_keys`] names others.
+    pub fn txn_tokens(mut self, validation: TxnTokenValidation) -> Self {
         self.txn_tokens = Some(validation);
         self
     }
     /// Sets the most live replay claims one caller may hold.
-    pub fn with_caller_quota(mut self, claims: usize) -> Self {
+    pub fn caller_quota(mut self, claims: usize) -> Self {
         self.caller_quota = claims;
         self
     }
@@ -337,9 +337,9 @@ impl<'a, H: ?Sized> RequestView<'a, H> {
 /// let wit = WitIssuer::new(issuer_key.clone()).issue(&id, workload_key.public_jwk(), now)?;
 /// let wpt = WptBuilder::new(&workload_key, &wit, "https://payments.example/charge").sign(now)?;
 ///
-/// let trust = TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
-/// let verifier = Verifier::new(trust, VerifierConfig::new().with_origin("https://payments.example"))?
-///     .with_clock(FixedClock::new(now));
+/// let trust = TrustStore::new().with(id.trust_domain(), TrustAnchors::new().key(issuer_key.public_key().clone()));
+/// let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://payments.example"))?
+///     .clock(FixedClock::new(now));
 ///
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("workload-identity-token", wit.parse()?);
@@ -380,7 +380,7 @@ impl fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier whose anchors are `trust` (shared with whoever updates them).
-    pub fn with_trust_handle(mut self, trust: TrustHandle) -> Self {
+    pub fn trust_handle(mut self, trust: TrustHandle) -> Self {
         self.trust = trust;
         // Generations count per handle: a cache filled under another handle must not answer.
         self.wit_cache = Arc::new(WitCache::new(self.config.wit_cache_capacity));
@@ -437,7 +437,7 @@ impl Verifier {
 
     /// Uses another replay store (shared between replicas, or sized differently). The default
     /// is an [`InMemoryReplayStore`] of default capacity.
-    pub fn with_replay_store(mut self, store: impl ReplayStore + 'static) -> Self {
+    pub fn replay_store(mut self, store: impl ReplayStore + 'static) -> Self {
         self.replay = Arc::new(store);
         self
     }
@@ -445,14 +445,14 @@ impl Verifier {
     /// Verifies Txn-Tokens with the anchors `keys` holds for the configured trust domain (a
     /// Transaction Token Service other than the identity server that signs WITs), instead of
     /// this verifier's own trust store.
-    pub fn with_txn_token_keys(mut self, keys: TrustHandle) -> Self {
+    pub fn txn_token_keys(mut self, keys: TrustHandle) -> Self {
         self.txn_keys = Some(keys);
         self.txn_cache = Arc::new(TokenCache::new(txn_cache_capacity(&self.config)));
         self
     }
 
     /// Uses another clock.
-    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
     }
@@ -867,7 +867,7 @@ mod tests {
 
     #[test]
     fn audience_matching_uses_configuration_only() {
-        let cfg = VerifierConfig::new().with_audience("urn:svc:payments").with_origin("https://pay.example/");
+        let cfg = VerifierConfig::new().audience("urn:svc:payments").origin("https://pay.example/");
         assert!(cfg.audience_matches("urn:svc:payments", "/anything"));
         assert!(cfg.audience_matches("https://pay.example/charge", "/charge?x=1"));
         assert!(cfg.audience_matches("https://pay.example/", ""));
@@ -880,17 +880,12 @@ mod tests {
     fn unsafe_configurations_are_refused() {
         let err = Verifier::new(TrustStore::new(), VerifierConfig::new()).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
-        let err =
-            Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_leeway(301)).unwrap_err();
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().audience("a").leeway(301)).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
-        let err = Verifier::new(
-            TrustStore::new(),
-            VerifierConfig::new().with_audience("a").with_context_token("Authorization"),
-        )
-        .unwrap_err();
-        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
-        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_audience("a").with_caller_quota(0))
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().audience("a").context_token("Authorization"))
             .unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().audience("a").caller_quota(0)).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
     }
 }

@@ -51,16 +51,15 @@ impl Fixture {
         let workload_key = SigningKey::generate(workload).unwrap();
         let id: WorkloadId = "spiffe://prod.example/ns/orders".parse().unwrap();
         let wit = WitIssuer::new(issuer_key.clone())
-            .with_issuer("https://issuer.prod.example")
+            .issuer("https://issuer.prod.example")
             .issue(&id, workload_key.public_jwk(), NOW - 60)
             .unwrap();
-        let trust =
-            TrustStore::new().with(id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
+        let trust = TrustStore::new().with(id.trust_domain(), TrustAnchors::new().key(issuer_key.public_key().clone()));
         Self { issuer_key, workload_key, id, wit, trust }
     }
 
     pub fn config(&self) -> VerifierConfig {
-        VerifierConfig::new().with_origin(ORIGIN)
+        VerifierConfig::new().origin(ORIGIN)
     }
 
     pub fn verifier(&self) -> Verifier {
@@ -68,7 +67,7 @@ impl Fixture {
     }
 
     pub fn verifier_with(&self, config: VerifierConfig) -> Verifier {
-        Verifier::new(self.trust.clone(), config).unwrap().with_clock(FixedClock::new(NOW))
+        Verifier::new(self.trust.clone(), config).unwrap().clock(FixedClock::new(NOW))
     }
 
     pub fn wpt(&self) -> String {

@@ -38,10 +38,9 @@ fn static_credentials_stop_at_expiry() {
 #[test]
 fn signer_output_verifies_and_binds_context_tokens() {
     let f = Fixture::new();
-    let signer = Signer::new(StaticCredentials::new(credentials(&f)))
-        .with_clock(FixedClock::new(NOW))
-        .with_context_tokens(["X-Ctx"]);
-    let verifier = f.verifier_with(f.config().with_context_token("x-ctx"));
+    let signer =
+        Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW)).context_tokens(["X-Ctx"]);
+    let verifier = f.verifier_with(f.config().context_token("x-ctx"));
     let mut headers = HeaderMap::new();
     headers.insert("txn-token", HeaderValue::from_static("txn-1"));
     headers.insert("x-ctx", HeaderValue::from_static("ctx-1"));
@@ -59,7 +58,7 @@ fn signer_output_verifies_and_binds_context_tokens() {
     // Per-call extra bindings.
     let mut headers = HeaderMap::new();
     headers.insert("x-ctx", HeaderValue::from_static("ctx-2"));
-    let plain = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    let plain = Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW));
     plain.sign_headers_binding(&mut headers, &format!("{ORIGIN}{PATH}"), &["x-ctx".into()]).unwrap();
     assert_eq!(verify(&verifier, &headers).unwrap().context_tokens()["x-ctx"], "ctx-2");
 }
@@ -67,7 +66,7 @@ fn signer_output_verifies_and_binds_context_tokens() {
 #[test]
 fn signer_refuses_what_it_cannot_sign() {
     let f = Fixture::new();
-    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    let signer = Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW));
     let mut bearer = HeaderMap::new();
     bearer.insert("authorization", HeaderValue::from_static("Bearer abc"));
     assert_eq!(signer.sign_headers(&mut bearer, "https://a/b").unwrap_err().kind(), &ErrorKind::BearerWithWpt);
@@ -75,7 +74,7 @@ fn signer_refuses_what_it_cannot_sign() {
     two.append("txn-token", HeaderValue::from_static("a"));
     two.append("txn-token", HeaderValue::from_static("b"));
     assert_eq!(signer.sign_headers(&mut two, "https://a/b").unwrap_err().kind(), &ErrorKind::DuplicateContextToken);
-    let expired = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW + 7200));
+    let expired = Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW + 7200));
     assert_eq!(
         expired.sign_headers(&mut HeaderMap::new(), "https://a/b").unwrap_err().kind(),
         &ErrorKind::CredentialsUnavailable
@@ -134,10 +133,10 @@ fn file_credentials_follow_rotation_by_content() {
     assert_eq!(source.credentials(NOW + 93).unwrap().wit(), newer_wit);
 
     // Signed requests verify with whichever pair is current.
-    let signer = Signer::new(source).with_clock(FixedClock::new(NOW + 93));
+    let signer = Signer::new(source).clock(FixedClock::new(NOW + 93));
     let mut headers = HeaderMap::new();
     signer.sign_headers(&mut headers, &format!("{ORIGIN}{PATH}")).unwrap();
-    let verifier = Verifier::new(f.trust.clone(), f.config()).unwrap().with_clock(FixedClock::new(NOW + 93));
+    let verifier = Verifier::new(f.trust.clone(), f.config()).unwrap().clock(FixedClock::new(NOW + 93));
     verify(&verifier, &headers).unwrap();
 }
 
@@ -229,7 +228,7 @@ fn the_client_exchange_chooses_the_audience_in_one_order() {
     use wimse_core::client::exchange::ClientExchange;
     use wimse_core::client::sign::AudienceOverride;
     let f = Fixture::new();
-    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    let signer = Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW));
     let plain = ClientExchange::<http::Uri>::new(signer.clone());
     let none = http::Extensions::new();
     let mut overridden = http::Extensions::new();
@@ -244,9 +243,9 @@ fn the_client_exchange_chooses_the_audience_in_one_order() {
     let aliased = plain.clone().audience_alias(|uri| (uri.path() == "/charge").then(|| "https://alias.example".into()));
     assert_eq!(aliased.audience(&absolute, &none).unwrap(), "https://alias.example");
     assert_eq!(aliased.audience(&absolute, &overridden).unwrap(), "https://named.example/x", "override first");
-    let with_origin = plain.origin("http://orders.internal:50051/").unwrap();
-    assert_eq!(with_origin.audience(&path_only, &none).unwrap(), "http://orders.internal:50051/pkg.Service/Call");
-    assert_eq!(with_origin.audience(&absolute, &none).unwrap(), "https://payments.example/charge", "its own first");
+    let origin = plain.origin("http://orders.internal:50051/").unwrap();
+    assert_eq!(origin.audience(&path_only, &none).unwrap(), "http://orders.internal:50051/pkg.Service/Call");
+    assert_eq!(origin.audience(&absolute, &none).unwrap(), "https://payments.example/charge", "its own first");
     for bad in ["http://orders.internal/path", "ftp://orders.internal", "http://user@orders.internal", "orders"] {
         assert!(ClientExchange::<http::Uri>::new(signer.clone()).origin(bad).is_err(), "{bad}");
     }
@@ -259,7 +258,7 @@ fn the_client_exchange_chooses_the_audience_in_one_order() {
 fn the_client_exchange_says_when_a_response_must_be_verified() {
     use wimse_core::client::exchange::{ClientExchange, OutgoingBody, ProofMode};
     let f = Fixture::new();
-    let signer = Signer::new(StaticCredentials::new(credentials(&f))).with_clock(FixedClock::new(NOW));
+    let signer = Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW));
     let target = Target("https://payments.example/charge".parse().unwrap());
     let mut signed = http::HeaderMap::new();
     signed

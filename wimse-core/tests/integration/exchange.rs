@@ -131,7 +131,7 @@ fn chunks(parts: &[&'static [u8]]) -> futures_util::stream::Iter<std::vec::IntoI
 async fn admit_signed_reads_a_stream_and_sign_body_signs_one() {
     let f = Fixture::new();
     let signer = Signer::new(StaticCredentials::new(Credentials::new(f.wit.clone(), f.workload_key.clone()).unwrap()))
-        .with_clock(FixedClock::new(NOW));
+        .clock(FixedClock::new(NOW));
     let guard = Pipeline::new(f.verifier()).sign_responses(signer).body_limit(16);
     let headers = f.signed_request("POST", Some(b"amount=1"), true);
     let admitted = guard.admit_signed(view(&headers), None, chunks(&[b"amo", b"", b"unt=1"])).await.unwrap();

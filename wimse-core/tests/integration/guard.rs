@@ -10,7 +10,7 @@ use wimse_core::server::pipeline::Pipeline;
 async fn the_policy_runs_before_the_claim_and_the_quota_counts_claims() {
     let f = Fixture::new();
     let store = Arc::new(InMemoryReplayStore::new(100));
-    let verifier = f.verifier_with(f.config().with_caller_quota(2)).with_replay_store(store.clone());
+    let verifier = f.verifier_with(f.config().caller_quota(2)).replay_store(store.clone());
     let refusing = Pipeline::new(verifier.clone()).policy(Policy::named("nobody"));
     let headers = f.headers(&f.wit, &f.wpt());
     let err = refusing.check(&RequestView::new(PATH, &headers), None).await.unwrap_err();

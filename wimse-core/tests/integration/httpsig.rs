@@ -132,8 +132,7 @@ impl Suite {
         let mut issuer = self.0["issuer_verifying_key"].clone();
         issuer["kid"] = "issuer-key-1".into();
         let anchor = PublicKey::from_jwk(&Jwk::from_json(&issuer.to_string()).unwrap()).unwrap();
-        let trust =
-            TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().with_key(anchor));
+        let trust = TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().key(anchor));
         let mut cfg = WitValidation::default();
         cfg.leeway = 0;
         validate_wit(wit, &trust, &cfg, now).unwrap()
@@ -271,7 +270,7 @@ fn kanywst_httpsig_responses() {
 fn our_signatures_round_trip_requests_and_responses() {
     let issuer = SigningKey::generate(Algorithm::ES256).unwrap();
     let trust = TrustStore::new()
-        .with("spiffe://prod.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
+        .with("spiffe://prod.example".parse().unwrap(), TrustAnchors::new().key(issuer.public_key().clone()));
     let now = 1_800_000_000;
     let enroll = |name: &str, alg| {
         let key = SigningKey::generate(alg).unwrap();
@@ -617,7 +616,7 @@ fn workload(now: u64) -> (SigningKey, String, VerifiedWit) {
     let wit =
         WitIssuer::new(issuer.clone()).issue(&"spiffe://d.example/x".parse().unwrap(), key.public_jwk(), now).unwrap();
     let trust = TrustStore::new()
-        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().with_key(issuer.public_key().clone()));
+        .with("spiffe://d.example".parse().unwrap(), TrustAnchors::new().key(issuer.public_key().clone()));
     let verified = validate_wit(&wit, &trust, &WitValidation::default(), now).unwrap();
     (key, wit, verified)
 }

@@ -123,11 +123,8 @@ fn a_wit_signed_with_another_trust_domains_key_is_refused() {
     let f = Fixture::new();
     let other_issuer = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k1");
     let mut trust = f.trust.clone();
-    trust.insert(
-        "spiffe://other.example".parse().unwrap(),
-        TrustAnchors::new().with_key(other_issuer.public_key().clone()),
-    );
-    let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
+    trust.insert("spiffe://other.example".parse().unwrap(), TrustAnchors::new().key(other_issuer.public_key().clone()));
+    let verifier = Verifier::new(trust, f.config()).unwrap().clock(FixedClock::new(NOW));
     let verify = |wit: &str| {
         let wpt = WptBuilder::new(&f.workload_key, wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
         verifier.verify_sync(&RequestView::new(PATH, &f.headers(wit, &wpt)))
@@ -252,7 +249,7 @@ fn replayed_jti_is_refused_per_sender() {
 #[test]
 fn a_full_replay_cache_fails_closed() {
     let f = Fixture::new();
-    let verifier = f.verifier().with_replay_store(InMemoryReplayStore::new(1));
+    let verifier = f.verifier().replay_store(InMemoryReplayStore::new(1));
     verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
     let err = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::ReplayCacheFull);
@@ -354,9 +351,9 @@ fn critical_header_extensions_are_refused() {
 fn key_selection_and_rotation() {
     let f = Fixture::new();
     let next = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k2");
-    let anchors = TrustAnchors::new().with_key(f.issuer_key.public_key().clone()).with_key(next.public_key().clone());
+    let anchors = TrustAnchors::new().key(f.issuer_key.public_key().clone()).key(next.public_key().clone());
     let trust = TrustStore::new().with(f.id.trust_domain(), anchors);
-    let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
+    let verifier = Verifier::new(trust, f.config()).unwrap().clock(FixedClock::new(NOW));
     let verify = |wit: &str| {
         let wpt = WptBuilder::new(&f.workload_key, wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
         verifier.verify_sync(&RequestView::new(PATH, &f.headers(wit, &wpt)))
@@ -377,9 +374,9 @@ fn per_trust_domain_algorithm_allowlist() {
     f.verify_wit(&f.wit).unwrap();
     let trust = TrustStore::new().with(
         f.id.trust_domain(),
-        TrustAnchors::new().with_key(f.issuer_key.public_key().clone()).with_algorithms([Algorithm::ES256]),
+        TrustAnchors::new().key(f.issuer_key.public_key().clone()).with_algorithms([Algorithm::ES256]),
     );
-    let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
+    let verifier = Verifier::new(trust, f.config()).unwrap().clock(FixedClock::new(NOW));
     let err = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::DisallowedAlgorithm);
 }
@@ -409,7 +406,7 @@ fn subject_must_be_a_strict_identifier() {
 #[test]
 fn context_token_binding() {
     let f = Fixture::new();
-    let config = f.config().with_context_token("x-ctx");
+    let config = f.config().context_token("x-ctx");
     let verifier = f.verifier_with(config);
     let aud = format!("{ORIGIN}{PATH}");
     let verify = |headers: &HeaderMap| verifier.verify_sync(&RequestView::new(PATH, headers));
@@ -504,8 +501,8 @@ fn rsa_issuers_sign_rs256_and_ps256_wits() {
         let f = Fixture::new();
         let wit = WitIssuer::new(issuer_key.clone()).issue(&f.id, f.workload_key.public_jwk(), NOW).unwrap();
         let trust =
-            TrustStore::new().with(f.id.trust_domain(), TrustAnchors::new().with_key(issuer_key.public_key().clone()));
-        let verifier = Verifier::new(trust, f.config()).unwrap().with_clock(FixedClock::new(NOW));
+            TrustStore::new().with(f.id.trust_domain(), TrustAnchors::new().key(issuer_key.public_key().clone()));
+        let verifier = Verifier::new(trust, f.config()).unwrap().clock(FixedClock::new(NOW));
         let wpt = WptBuilder::new(&f.workload_key, &wit, &format!("{ORIGIN}{PATH}")).sign(NOW).unwrap();
         verifier.verify_sync(&RequestView::new(PATH, &f.headers(&wit, &wpt))).unwrap();
     }
@@ -517,14 +514,14 @@ fn tokens_cross_backends() {
         for verifier_backend in Backend::available() {
             let f = Fixture::with_algs(Algorithm::EdDSA, Algorithm::ES384);
             let wit = WitIssuer::new(f.issuer_key.clone())
-                .with_backend(issuer_backend)
+                .backend(issuer_backend)
                 .issue(&f.id, f.workload_key.public_jwk(), NOW)
                 .unwrap();
             let wpt = WptBuilder::new(&f.workload_key, &wit, &format!("{ORIGIN}{PATH}"))
                 .backend(issuer_backend)
                 .sign(NOW)
                 .unwrap();
-            let verifier = f.verifier_with(f.config().with_backend(verifier_backend));
+            let verifier = f.verifier_with(f.config().backend(verifier_backend));
             verifier.verify_sync(&RequestView::new(PATH, &f.headers(&wit, &wpt))).unwrap();
         }
     }
@@ -539,17 +536,17 @@ fn audience_errors_explain_and_origins_are_validated() {
     for bad in
         ["127.0.0.1:18083", "api.example", "https://api.example/v1", "ftp://api.example", "https://", "https://a b"]
     {
-        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(bad)).unwrap_err();
+        let err = Verifier::new(TrustStore::new(), VerifierConfig::new().origin(bad)).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration, "{bad}");
         assert!(err.detail().unwrap().contains("scheme://authority"), "{bad}: {err:?}");
     }
     for good in ["https://api.example", "http://127.0.0.1:18083/", "https://[::1]:8443"] {
-        Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin(good)).unwrap();
+        Verifier::new(TrustStore::new(), VerifierConfig::new().origin(good)).unwrap();
     }
 
     // WPT mode: the received aud and what this service accepts.
     let f = Fixture::new();
-    let verifier = f.verifier_with(f.config().with_audience("urn:svc:payments"));
+    let verifier = f.verifier_with(f.config().audience("urn:svc:payments"));
     let wpt = WptBuilder::new(&f.workload_key, &f.wit, "https://other.example/pay").sign(NOW).unwrap();
     let err = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &wpt))).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::AudienceMismatch);
@@ -559,7 +556,7 @@ fn audience_errors_explain_and_origins_are_validated() {
     assert!(!detail.contains(&f.wit[..30]) && !detail.contains(&wpt[..30]), "no token in the detail");
     // Signature mode: explained in the logs, and still a plain 400 for the caller.
     let signed = f.signed_request("GET", None, false);
-    let verifier = f.verifier_with(VerifierConfig::new().with_origin("https://elsewhere.example"));
+    let verifier = f.verifier_with(VerifierConfig::new().origin("https://elsewhere.example"));
     let err = verifier.verify_sync(&RequestView::new(PATH, &signed).authority("payments.example")).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::AudienceMismatch);
     assert!(err.is_signature_mode());

@@ -10,7 +10,7 @@ use wimse_core::protocol::httpsig::MAX_SIGNATURE_FIELDS_LEN;
 
 fn verifier_with_store(f: &Fixture) -> (Verifier, Arc<InMemoryReplayStore>) {
     let store = Arc::new(InMemoryReplayStore::new(1000));
-    (f.verifier().with_replay_store(store.clone()), store)
+    (f.verifier().replay_store(store.clone()), store)
 }
 
 fn wpt_with_jti(f: &Fixture, jti: &str) -> String {
@@ -28,7 +28,7 @@ fn oversized_jtis_are_refused_and_never_stored() {
     let (verifier, store) = verifier_with_store(&f);
     let mut config = f.config();
     config.max_token_len = 4 << 20;
-    let roomy = f.verifier_with(config).with_replay_store(store.clone());
+    let roomy = f.verifier_with(config).replay_store(store.clone());
     // 1 MiB: refused by the token size bound (default) or, with a roomy bound, by the jti bound.
     let huge = wpt_with_jti(&f, &"j".repeat(1 << 20));
     let err = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &huge))).unwrap_err();

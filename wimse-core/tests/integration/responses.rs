@@ -38,7 +38,7 @@ fn a_replayed_response_is_refused() {
     .unwrap();
     let res = ResponseParts { status: 200, headers: &res_headers };
 
-    let verifier = ResponseVerifier::new(f.trust.clone()).with_clock(FixedClock::new(NOW));
+    let verifier = ResponseVerifier::new(f.trust.clone()).clock(FixedClock::new(NOW));
     assert_eq!(verifier.verify(&req, &res, b"ok", &request_nonce, Some(&server_id)).unwrap(), server_id);
     let again = verifier.verify(&req, &res, b"ok", &request_nonce, Some(&server_id)).unwrap_err();
     assert_eq!(again.kind(), &ErrorKind::ReplayedProof);

@@ -51,7 +51,7 @@ deny = {{ workloads = ["spiffe://prod.example/ns/legacy"] }}
     );
     let settings = Settings::from_file(dir.write("service.toml", &toml)).unwrap();
     assert_eq!(settings.verifier.proofs, Proofs::Wpt);
-    let verifier = settings.verifier().unwrap().with_clock(FixedClock::new(NOW));
+    let verifier = settings.verifier().unwrap().clock(FixedClock::new(NOW));
     assert_eq!(verifier.config().leeway, 10);
     assert!(!verifier.config().accept_http_signatures);
     let caller = verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
@@ -72,7 +72,7 @@ fn environment_variables_override_the_file() {
     let trust = format!("spiffe://prod.example={}", anchor.display());
     let settings = Settings::from_json(r#"{"verifier": {"audiences": ["urn:old"]}}"#)
         .unwrap()
-        .with_env_from([
+        .apply_env_from([
             ("WIMSE_AUDIENCES", "urn:svc:a, urn:svc:b"),
             ("WIMSE_ORIGINS", ORIGIN),
             ("WIMSE_TRUST", trust.as_str()),
@@ -87,11 +87,11 @@ fn environment_variables_override_the_file() {
     assert_eq!(verifier.config().leeway, 5);
     assert!(!verifier.config().accept_wpt);
     assert!(settings.policy().unwrap().allows_id(&f.id));
-    let err = Settings::default().with_env_from([("WIMSE_LEEWAY", "soon")]).unwrap_err();
+    let err = Settings::default().apply_env_from([("WIMSE_LEEWAY", "soon")]).unwrap_err();
     assert!(err.detail().unwrap().contains("WIMSE_LEEWAY (verifier.leeway)"), "{err:?}");
-    let err = Settings::default().with_env_from([("WIMSE_TRUST", "spiffe://prod.example")]).unwrap_err();
+    let err = Settings::default().apply_env_from([("WIMSE_TRUST", "spiffe://prod.example")]).unwrap_err();
     assert!(err.detail().unwrap().contains("DOMAIN=FILE"), "{err:?}");
-    let err = Settings::default().with_env_from([("WIMSE_PROOFS", "magic")]).unwrap_err();
+    let err = Settings::default().apply_env_from([("WIMSE_PROOFS", "magic")]).unwrap_err();
     assert!(err.detail().unwrap().contains("WIMSE_PROOFS"), "{err:?}");
 }
 
@@ -183,12 +183,12 @@ key_file = "/run/wimse/key.jwk"
     let credentials = settings.credentials.as_ref().unwrap();
     assert_eq!(credentials.wit_file, dir.0.join("wit.jwt"));
     assert_eq!(credentials.key_file, std::path::Path::new("/run/wimse/key.jwk"), "absolute paths stay");
-    let verifier = settings.verifier().unwrap().with_clock(FixedClock::new(NOW));
+    let verifier = settings.verifier().unwrap().clock(FixedClock::new(NOW));
     verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
     // From the environment: relative to the working directory, as on a command line.
     let env = Settings::from_file(&path)
         .unwrap()
-        .with_env_from([("WIMSE_TRUST", "spiffe://prod.example=trust/issuer.pub.jwk"), ("WIMSE_WIT_FILE", "wit.jwt")])
+        .apply_env_from([("WIMSE_TRUST", "spiffe://prod.example=trust/issuer.pub.jwk"), ("WIMSE_WIT_FILE", "wit.jwt")])
         .unwrap();
     assert_eq!(env.verifier.trust[0].file.as_deref(), Some(std::path::Path::new("trust/issuer.pub.jwk")));
     assert_eq!(env.credentials.unwrap().wit_file, std::path::Path::new("wit.jwt"));
@@ -248,9 +248,9 @@ fn reveal_reasons_is_off_unless_asked() {
     let on =
         Settings::from_json(r#"{"verifier": {"origins": ["https://a.example"], "reveal_reasons": true}}"#).unwrap();
     assert!(on.verifier.config().reveal_reasons);
-    let env = Settings::from_json(base).unwrap().with_env_from([("WIMSE_REVEAL_REASONS", "1")]).unwrap();
+    let env = Settings::from_json(base).unwrap().apply_env_from([("WIMSE_REVEAL_REASONS", "1")]).unwrap();
     assert!(env.verifier.config().reveal_reasons);
-    assert!(!on.with_env_from([("WIMSE_REVEAL_REASONS", "0")]).unwrap().verifier.config().reveal_reasons);
-    let err = Settings::default().with_env_from([("WIMSE_REVEAL_REASONS", "yes")]).unwrap_err();
+    assert!(!on.apply_env_from([("WIMSE_REVEAL_REASONS", "0")]).unwrap().verifier.config().reveal_reasons);
+    let err = Settings::default().apply_env_from([("WIMSE_REVEAL_REASONS", "yes")]).unwrap_err();
     assert!(err.detail().unwrap().contains("WIMSE_REVEAL_REASONS"), "{err:?}");
 }

@@ -16,7 +16,7 @@ fn domain() -> TrustDomain {
 
 /// The TTS of prod.example: here the identity server's key (the fixture's WIT issuer).
 fn tts(f: &Fixture) -> TxnTokenIssuer {
-    TxnTokenIssuer::new(f.issuer_key.clone(), &domain()).with_issuer("https://issuer.prod.example")
+    TxnTokenIssuer::new(f.issuer_key.clone(), &domain()).issuer("https://issuer.prod.example")
 }
 
 fn txn_token(f: &Fixture) -> String {
@@ -24,7 +24,7 @@ fn txn_token(f: &Fixture) -> String {
 }
 
 fn verifier(f: &Fixture, validation: TxnTokenValidation) -> Verifier {
-    f.verifier_with(f.config().with_txn_tokens(validation))
+    f.verifier_with(f.config().txn_tokens(validation))
 }
 
 /// A request with a fresh WPT binding `txn` (by `tth`).
@@ -243,9 +243,9 @@ fn a_separate_tts_key_source() {
     let f = Fixture::new();
     let tts_key = SigningKey::generate(Algorithm::EdDSA).unwrap().with_kid("tts-1");
     let keys = wimse_core::protocol::trust::TrustHandle::new(
-        TrustStore::new().with(domain(), TrustAnchors::new().with_key(tts_key.public_key().clone())),
+        TrustStore::new().with(domain(), TrustAnchors::new().key(tts_key.public_key().clone())),
     );
-    let v = verifier(&f, TxnTokenValidation::new(domain())).with_txn_token_keys(keys.clone());
+    let v = verifier(&f, TxnTokenValidation::new(domain())).txn_token_keys(keys.clone());
     let token =
         TxnTokenIssuer::new(tts_key, &domain()).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW).unwrap();
     assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).unwrap().transaction().is_some());
@@ -260,10 +260,10 @@ fn a_separate_tts_key_source() {
 fn a_cached_token_still_expires() {
     let f = Fixture::new();
     let clock = std::sync::Arc::new(FixedClock::new(NOW));
-    let v = Verifier::new(f.trust.clone(), f.config().with_txn_tokens(TxnTokenValidation::new(domain())))
+    let v = Verifier::new(f.trust.clone(), f.config().txn_tokens(TxnTokenValidation::new(domain())))
         .unwrap()
-        .with_clock(clock.clone());
-    let token = tts(&f).with_lifetime(60).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW).unwrap();
+        .clock(clock.clone());
+    let token = tts(&f).lifetime(60).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW).unwrap();
     assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).is_ok());
     assert!(v.verify_sync(&RequestView::new(PATH, &request(&f, &token))).is_ok(), "from the cache");
     clock.advance(91);
@@ -328,7 +328,7 @@ fn policies_over_the_transaction() {
     let unvalidated = f.verifier().verify_sync(&RequestView::new(PATH, &request(&f, &token))).unwrap();
     let err = base().require(Rule::txn_scope("orders.purchase")).check(&unvalidated).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::PolicyDenied);
-    assert!(err.detail().unwrap().contains("VerifierConfig::with_txn_tokens"), "{err:?}");
+    assert!(err.detail().unwrap().contains("VerifierConfig::txn_tokens"), "{err:?}");
     // Identity-only checks (issuance) never satisfy them.
     assert!(!base().require(Rule::transaction()).allows_id(&f.id));
     // The same from a configuration file.
@@ -371,7 +371,7 @@ fn replacement_narrows_and_keeps_the_transaction() {
 #[test]
 fn configuration_bounds() {
     let f = Fixture::new();
-    let too_lenient = f.config().with_txn_tokens(TxnTokenValidation::new(domain()).with_leeway(301));
+    let too_lenient = f.config().txn_tokens(TxnTokenValidation::new(domain()).leeway(301));
     assert_eq!(Verifier::new(f.trust.clone(), too_lenient).unwrap_err().kind(), &ErrorKind::InvalidConfiguration);
     let bad = wimse_core::config::Settings::from_json(
         &json!({"verifier": {"origins": [ORIGIN], "trust": [], "txn_tokens": {"trust_domain": "not a domain"}}})
@@ -380,7 +380,7 @@ fn configuration_bounds() {
     .unwrap();
     assert!(bad.verifier.txn_tokens.as_ref().unwrap().validation().is_err());
     // Fail closed: the config alone (no files) makes a verifier that refuses to start.
-    let refused = Verifier::new(f.trust.clone(), bad.verifier.config().with_origin(ORIGIN)).unwrap_err();
+    let refused = Verifier::new(f.trust.clone(), bad.verifier.config().origin(ORIGIN)).unwrap_err();
     assert_eq!(refused.kind(), &ErrorKind::InvalidConfiguration);
 }
 
@@ -399,7 +399,7 @@ fn settings_with_a_separate_tts_key_file() {
         .to_string(),
     )
     .unwrap();
-    let v = settings.verifier.build().unwrap().with_clock(FixedClock::new(NOW));
+    let v = settings.verifier.build().unwrap().clock(FixedClock::new(NOW));
     assert_eq!(refused(&v, &f.headers(&f.wit, &f.wpt())), ErrorKind::MissingTxnToken);
     let token =
         TxnTokenIssuer::new(tts_key, &domain()).issue(&NewTxnToken::new("u", "s").requested_by(FRONT), NOW).unwrap();

@@ -48,12 +48,12 @@ fn run(suite: &Value, case: &Case) -> Result<VerifiedCaller, Error> {
     // The WITs carry `kid: issuer-key-1`; the deployment names its anchor key accordingly.
     issuer["kid"] = "issuer-key-1".into();
     let anchor = PublicKey::from_jwk(&Jwk::from_json(&issuer.to_string()).unwrap()).unwrap();
-    let trust = TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().with_key(anchor));
-    let mut config = VerifierConfig::new().with_audience(&case.audience).with_leeway(0);
+    let trust = TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().key(anchor));
+    let mut config = VerifierConfig::new().audience(&case.audience).leeway(0);
     for name in suite["other_tokens"].as_object().unwrap().keys() {
-        config = config.with_context_token(name);
+        config = config.context_token(name);
     }
-    let verifier = Verifier::new(trust, config).unwrap().with_clock(FixedClock::new(case.now));
+    let verifier = Verifier::new(trust, config).unwrap().clock(FixedClock::new(case.now));
     let mut headers = HeaderMap::new();
     headers.insert("workload-identity-token", HeaderValue::from_str(&case.wit).unwrap());
     headers.insert("authorization", HeaderValue::from_str(&format!("WPT {}", case.proof)).unwrap());
@@ -122,10 +122,9 @@ fn kanywst_flat_wpt02_requests() {
             serde_json::from_str(&testdata(&format!("kanywst-wimsey/wpt02-{alg}.issuer-public.jwk.json"))).unwrap();
         issuer["kid"] = "issuer-key-1".into();
         let anchor = PublicKey::from_jwk(&Jwk::from_json(&issuer.to_string()).unwrap()).unwrap();
-        let trust =
-            TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().with_key(anchor));
-        let config = VerifierConfig::new().with_origin("https://workload.example.com").with_context_token("ctx-token");
-        let verifier = Verifier::new(trust, config).unwrap().with_clock(FixedClock::new(1_700_000_000));
+        let trust = TrustStore::new().with("spiffe://example.org".parse().unwrap(), TrustAnchors::new().key(anchor));
+        let config = VerifierConfig::new().origin("https://workload.example.com").context_token("ctx-token");
+        let verifier = Verifier::new(trust, config).unwrap().clock(FixedClock::new(1_700_000_000));
         let caller = verifier.verify_sync(&RequestView::new(&target, &headers)).unwrap();
         assert_eq!(caller.id().as_str(), "spiffe://example.org/workload/api");
         // The flat WIT and WPT files are the tokens in the request.
@@ -142,7 +141,7 @@ fn kanywst_flat_wpt02_requests() {
 fn latest_trust() -> TrustStore {
     let issuer =
         PublicKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-latest-issuer-pubkey.jwk.json")).unwrap()).unwrap();
-    TrustStore::new().with("wimse://example.com".parse().unwrap(), TrustAnchors::new().with_key(issuer))
+    TrustStore::new().with("wimse://example.com".parse().unwrap(), TrustAnchors::new().key(issuer))
 }
 
 fn draft_validation() -> WitValidation {
@@ -218,9 +217,9 @@ fn draft_latest_wpt_validates_as_a_token() {
 #[test]
 fn draft_latest_request_framing_is_the_old_transport() {
     let (target, headers) = request_headers(&testdata("drafts/wimse-latest-wpt-request.http"));
-    let verifier = Verifier::new(latest_trust(), VerifierConfig::new().with_origin("https://workload.example.com"))
+    let verifier = Verifier::new(latest_trust(), VerifierConfig::new().origin("https://workload.example.com"))
         .unwrap()
-        .with_clock(FixedClock::new(1_745_510_000));
+        .clock(FixedClock::new(1_745_510_000));
     let err = verifier.verify_sync(&RequestView::new(&target, &headers)).unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::MissingWpt);
 }
@@ -250,8 +249,7 @@ fn unmerged_oth_example_binds_its_context_token() {
 fn legacy_draft_tokens_fail_the_typ_checks() {
     let s2s05_issuer =
         PublicKey::from_jwk(&Jwk::from_json(&testdata("drafts/wimse-s2s05-issuer-pubkey.jwk.json")).unwrap()).unwrap();
-    let trust =
-        TrustStore::new().with("wimse://example.com".parse().unwrap(), TrustAnchors::new().with_key(s2s05_issuer));
+    let trust = TrustStore::new().with("wimse://example.com".parse().unwrap(), TrustAnchors::new().key(s2s05_issuer));
     for file in ["drafts/wimse-s2s05-wit.jwt", "drafts/wimse-s2s02-wit.jwt"] {
         let err = validate_wit(testdata(file).trim(), &trust, &draft_validation(), 1_700_000_000).unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::WitWrongType, "{file}");

@@ -8,7 +8,7 @@ use wimse_core::prelude::*;
 fn setup() -> (Fixture, Verifier, Arc<FixedClock>) {
     let f = Fixture::new();
     let clock = Arc::new(FixedClock::new(NOW));
-    let verifier = Verifier::new(f.trust.clone(), f.config()).unwrap().with_clock(clock.clone());
+    let verifier = Verifier::new(f.trust.clone(), f.config()).unwrap().clock(clock.clone());
     (f, verifier, clock)
 }
 
@@ -41,7 +41,7 @@ fn anchor_changes_invalidate_the_cache() {
     call(&f, &verifier, &f.wit, NOW).unwrap();
     // The issuer key is rotated out: the cached verification no longer counts.
     let other = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("k2");
-    verifier.trust().set(f.id.trust_domain(), TrustAnchors::new().with_key(other.public_key().clone()));
+    verifier.trust().set(f.id.trust_domain(), TrustAnchors::new().key(other.public_key().clone()));
     assert_eq!(call(&f, &verifier, &f.wit, NOW).unwrap_err().kind(), &ErrorKind::UnknownKey);
     verifier.trust().remove(&f.id.trust_domain());
     assert_eq!(call(&f, &verifier, &f.wit, NOW).unwrap_err().kind(), &ErrorKind::UntrustedTrustDomain);
@@ -52,7 +52,7 @@ fn invalid_tokens_never_enter_and_the_cache_is_bounded() {
     let f = Fixture::new();
     let mut config = f.config();
     config.wit_cache_capacity = 2;
-    let verifier = Verifier::new(f.trust.clone(), config).unwrap().with_clock(FixedClock::new(NOW));
+    let verifier = Verifier::new(f.trust.clone(), config).unwrap().clock(FixedClock::new(NOW));
     for i in 0..50 {
         let mut forged = f.wit.clone();
         forged.push_str(&"A".repeat(i % 3 + 1));
@@ -66,7 +66,7 @@ fn invalid_tokens_never_enter_and_the_cache_is_bounded() {
     assert_eq!(verifier.cached_wits(), 2, "full: later WITs are verified but not cached");
     let mut disabled = f.config();
     disabled.wit_cache_capacity = 0;
-    let verifier = Verifier::new(f.trust.clone(), disabled).unwrap().with_clock(FixedClock::new(NOW));
+    let verifier = Verifier::new(f.trust.clone(), disabled).unwrap().clock(FixedClock::new(NOW));
     call(&f, &verifier, &f.wit, NOW).unwrap();
     assert_eq!(verifier.cached_wits(), 0);
 }
@@ -75,7 +75,7 @@ fn invalid_tokens_never_enter_and_the_cache_is_bounded() {
 fn stale_anchors_refuse_cached_wits_like_uncached_ones() {
     let (f, verifier, clock) = setup();
     let domain = f.id.trust_domain();
-    let anchors = || TrustAnchors::new().with_key(f.issuer_key.public_key().clone());
+    let anchors = || TrustAnchors::new().key(f.issuer_key.public_key().clone());
     // A fetched bundle usable until NOW + 100 (its `max_stale`).
     verifier.trust().set(domain.clone(), anchors().with_valid_until(NOW + 100));
     call(&f, &verifier, &f.wit, NOW).unwrap();

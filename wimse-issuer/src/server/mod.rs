@@ -194,9 +194,9 @@ impl IdentityServer {
     fn sign_wit(&self, id: &WorkloadId, public_jwk: &Jwk, lifetime: u64, now: u64) -> Result<(String, String)> {
         let key = self.read_keys(|loaded| loaded.active_key(now).cloned())?;
         let kid = key.kid().unwrap_or_default().to_owned();
-        let mut issuer = WitIssuer::new(key).with_lifetime(lifetime);
+        let mut issuer = WitIssuer::new(key).lifetime(lifetime);
         if let Some(iss) = &self.config.issuer {
-            issuer = issuer.with_issuer(iss.clone());
+            issuer = issuer.issuer(iss.clone());
         }
         Ok((issuer.issue(id, public_jwk, now)?, kid))
     }

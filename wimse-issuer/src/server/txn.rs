@@ -150,9 +150,9 @@ impl IdentityServer {
         };
         let key = self.read_keys(|loaded| loaded.active_key(now).cloned())?;
         let kid = key.kid().unwrap_or_default().to_owned();
-        let mut issuer = TxnTokenIssuer::new(key, &self.domain).with_lifetime(tts.lifetime);
+        let mut issuer = TxnTokenIssuer::new(key, &self.domain).lifetime(tts.lifetime);
         if let Some(iss) = &self.config.issuer {
-            issuer = issuer.with_issuer(iss.clone());
+            issuer = issuer.issuer(iss.clone());
         }
         let signed = issuer.issue_signed(&token, now).map_err(|e| match e.kind() {
             ErrorKind::ExpiredTxnToken => refused("the subject token expires now"),
@@ -198,7 +198,7 @@ impl IdentityServer {
             TXN_TOKEN_TYPE => {
                 // No leeway: an expired Txn-Token is never replaced (§13.15). The keys are the
                 // ones the requester was just authenticated with.
-                let strict = TxnTokenValidation::new(self.domain.clone()).with_leeway(0);
+                let strict = TxnTokenValidation::new(self.domain.clone()).leeway(0);
                 let original = tts
                     .anchors
                     .read(|keys| wimse_core::protocol::txn::validate(token, keys, &strict, now))

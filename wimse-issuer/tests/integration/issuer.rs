@@ -329,13 +329,12 @@ async fn verifiers_follow_the_bundle() {
     let app = wimse_issuer::router(server.clone());
     let serving = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let verifier =
-        Verifier::new(TrustStore::new(), VerifierConfig::new().with_origin("https://api.example").with_leeway(0))
-            .unwrap()
-            .with_clock(clock.clone());
+    let verifier = Verifier::new(TrustStore::new(), VerifierConfig::new().origin("https://api.example").leeway(0))
+        .unwrap()
+        .clock(clock.clone());
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
     let source =
-        BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe")).with_clock(clock.clone()).max_stale(900);
+        BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe")).clock(clock.clone()).max_stale(900);
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let payments = "spiffe://prod.example/ns/prod/sa/payments";
     let sa = "system:serviceaccount:prod:payments";
@@ -404,7 +403,7 @@ async fn bundle_sequence_never_goes_backwards() {
 
     let trust = wimse_core::protocol::trust::TrustHandle::default();
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
-    let source = BundleSource::new(domain.clone(), url).with_clock(FixedClock::new(NOW));
+    let source = BundleSource::new(domain.clone(), url).clock(FixedClock::new(NOW));
     assert_eq!(source.refresh(&trust).await.unwrap(), 60);
     bundle.lock().unwrap()["spiffe_sequence"] = 3.into();
     bundle.lock().unwrap()["keys"] = json!([]);
@@ -430,9 +429,8 @@ async fn background_refresh() {
     let base = serve(Arc::new(IdentityServer::open(config, clock.clone()).await.unwrap())).await;
     let trust = wimse_core::protocol::trust::TrustHandle::default();
     let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
-    let task = BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe"))
-        .with_clock(clock.clone())
-        .spawn(trust.clone());
+    let task =
+        BundleSource::new(domain.clone(), format!("{base}/v1/bundle/spiffe")).clock(clock.clone()).spawn(trust.clone());
     // Wait (bounded) for the first fetch to land.
     let usable = || trust.read(|s| s.get(&domain).is_some_and(|a| a.usable_at(NOW)));
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -616,10 +614,10 @@ async fn credentials_from_the_identity_server() {
     assert_eq!(first.expires_at(), NOW + 1800);
 
     // The signer and a verifier agree.
-    let verifier = Verifier::new(server_trust(&server), VerifierConfig::new().with_origin("https://api.example"))
+    let verifier = Verifier::new(server_trust(&server), VerifierConfig::new().origin("https://api.example"))
         .unwrap()
-        .with_clock(clock.clone());
-    let signer = Signer::new(source.clone()).with_clock(clock.clone());
+        .clock(clock.clone());
+    let signer = Signer::new(source.clone()).clock(clock.clone());
     let mut headers = http::HeaderMap::new();
     signer.sign_headers(&mut headers, "https://api.example/x").unwrap();
     assert_eq!(verifier.verify_sync(&RequestView::new("/x", &headers)).unwrap().id().as_str(), payments);

@@ -38,7 +38,7 @@ async fn lying_jwks() -> Json<Value> {
 async fn a_jwks_lacking_the_signing_key_slows_the_checks_down() {
     let logs = wimse_testkit::logs::Logs::global();
     let key = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("the-only-key");
-    let fake = FakeIssuer { issuer: Arc::new(WitIssuer::new(key).with_lifetime(3600)), issued: Arc::default() };
+    let fake = FakeIssuer { issuer: Arc::new(WitIssuer::new(key).lifetime(3600)), issued: Arc::default() };
     let issued = fake.issued.clone();
     let app = axum::Router::new()
         .route("/v1/wit", post(issue_wit))

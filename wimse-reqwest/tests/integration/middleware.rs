@@ -25,7 +25,7 @@ async fn audience_defaults_to_the_url_and_can_be_overridden() {
     client.get("https://api.example:8443/v1/items?x=1#f").send().await.unwrap();
     assert_eq!(verify(&verifier, &capture).unwrap().id().as_str(), ALLOWED);
 
-    let by_name = Verifier::new(deployment.trust(), VerifierConfig::new().with_audience("urn:svc:items")).unwrap();
+    let by_name = Verifier::new(deployment.trust(), VerifierConfig::new().audience("urn:svc:items")).unwrap();
     client
         .get("https://10.0.0.7/v1/items")
         .with_extension(AudienceOverride("urn:svc:items".into()))
@@ -51,7 +51,7 @@ async fn per_request_context_tokens_are_added_and_bound() {
     let client = client(WimseSignMiddleware::new(deployment.signer(ALLOWED)), &capture);
     let verifier = Verifier::new(
         deployment.trust(),
-        VerifierConfig::new().with_origin("https://api.example").with_context_token("x-tenant-token"),
+        VerifierConfig::new().origin("https://api.example").context_token("x-tenant-token"),
     )
     .unwrap();
     client
@@ -120,7 +120,7 @@ impl SigningServer {
         let credentials = deployment.credentials(SERVER, forgery == Forgery::Issuer, 0);
         let mut signer = Signer::new(StaticCredentials::new(credentials));
         if forgery == Forgery::Age {
-            signer = signer.with_clock(FixedClock::new(wimse_testkit::now() - 600));
+            signer = signer.clock(FixedClock::new(wimse_testkit::now() - 600));
         }
         Self { signer, forgery }
     }

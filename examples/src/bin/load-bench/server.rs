@@ -30,8 +30,7 @@ struct Auth {
 impl Auth {
     fn new(setup: &ServerSetup, mode: Mode, origin: &str) -> Result<Self, Error> {
         let backend = crate::backend(&setup.backend)?;
-        let mut config =
-            VerifierConfig::new().with_origin(origin).with_backend(backend).with_max_wpt_lifetime(PROOF_LIFETIME);
+        let mut config = VerifierConfig::new().origin(origin).backend(backend).max_wpt_lifetime(PROOF_LIFETIME);
         config = match mode {
             Mode::Wpt => config.only_wpt(),
             Mode::HttpSignature => config.only_http_signatures(),
@@ -43,14 +42,14 @@ impl Auth {
         );
         let verifier = Verifier::new(trust, config)?;
         let (verifier, redis) = match &setup.replay {
-            ReplaySetup::Memory(capacity) => (verifier.with_replay_store(InMemoryReplayStore::new(*capacity)), None),
+            ReplaySetup::Memory(capacity) => (verifier.replay_store(InMemoryReplayStore::new(*capacity)), None),
             ReplaySetup::Redis(url) => {
                 let store = RedisReplayStore::new(url)?.timeout(REDIS_TIMEOUT);
-                (verifier.with_replay_store(store.clone()), Some(store))
+                (verifier.replay_store(store.clone()), Some(store))
             }
             ReplaySetup::Cluster(nodes) => {
                 let store = RedisReplayStore::cluster(nodes)?.timeout(REDIS_TIMEOUT);
-                (verifier.with_replay_store(store.clone()), Some(store))
+                (verifier.replay_store(store.clone()), Some(store))
             }
         };
         let policy = Policy::named("load-bench").allow(Rule::exact(CLIENT_ID)?);

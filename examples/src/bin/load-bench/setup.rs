@@ -66,14 +66,12 @@ impl Deployment {
     pub(crate) fn new(options: &Options) -> Result<Self, Error> {
         let t = now();
         let issuer = WitIssuer::new(SigningKey::generate(Algorithm::ES256)?.with_kid("bench-1"))
-            .with_backend(options.backend)
-            .with_lifetime(3600);
+            .backend(options.backend)
+            .lifetime(3600);
         let client_key = SigningKey::generate(options.algorithm)?;
         let client_wit = issuer.issue(&CLIENT_ID.parse()?, client_key.public_jwk(), t)?;
         let credentials = Credentials::new(client_wit.clone(), client_key.clone())?;
-        let signer = Signer::new(StaticCredentials::new(credentials))
-            .with_lifetime(PROOF_LIFETIME)
-            .with_backend(options.backend);
+        let signer = Signer::new(StaticCredentials::new(credentials)).lifetime(PROOF_LIFETIME).backend(options.backend);
 
         let authority = WicAuthority::new(TRUST_DOMAIN.parse()?, t, 86_400)?;
         let wic_anchors = WicAnchors::new();

@@ -48,7 +48,7 @@
 //! httpsig::sign_request(&mut headers, &request, &wit, &workload_key, &SignOptions::default(), now)?;
 //!
 //! // The receiver: anchors and audience come from its configuration, never from the request.
-//! let anchors = TrustAnchors::new().with_key(issuer.public_key().clone());
+//! let anchors = TrustAnchors::new().key(issuer.public_key().clone());
 //! let trust = TrustStore::new().with(id.trust_domain(), anchors);
 //! let caller_wit = validate_wit(headers["workload-identity-token"].to_str()?, &trust, &WitValidation::default(), now)?;
 //! let parts = RequestParts {
