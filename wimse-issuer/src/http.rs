@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::{IdentityServer, JWT_TOKEN_TYPE};
+use crate::IdentityServer;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,11 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use wimse_core::jose::Jwk;
+use wimse_core::protocol::oauth::{
+    JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
+};
 use wimse_core::protocol::txn::TXN_TOKEN_TYPE;
+use wimse_core::protocol::txn::TxnTokenRequest;
 use wimse_core::server::framing::Rejection;
 use wimse_core::{Error, ErrorKind};
 
@@ -128,10 +132,6 @@ impl std::fmt::Debug for TokenRequest {
     }
 }
 
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-const CLIENT_ASSERTION_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
 fn missing(parameter: &'static str) -> Response {
     let body = serde_json::json!({"error": "invalid_request", "error_description": format!("{parameter} is missing")});
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
@@ -204,12 +204,12 @@ async fn token(
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     };
     let assertion = match (request.grant_type.as_str(), request.client_assertion_type.as_deref()) {
-        (TOKEN_EXCHANGE, _) if request.requested_token_type.as_deref() == Some(TXN_TOKEN_TYPE) => {
+        (TOKEN_EXCHANGE_GRANT, _) if request.requested_token_type.as_deref() == Some(TXN_TOKEN_TYPE) => {
             return txn_token_exchange(&server, &headers, request).await;
         }
-        (TOKEN_EXCHANGE, _) => return token_exchange(&server, request).await,
-        (JWT_BEARER, _) => request.assertion,
-        ("client_credentials", Some(CLIENT_ASSERTION_JWT)) => request.client_assertion,
+        (TOKEN_EXCHANGE_GRANT, _) => return token_exchange(&server, request).await,
+        (JWT_BEARER_GRANT, _) => request.assertion,
+        ("client_credentials", Some(JWT_BEARER_CLIENT_ASSERTION)) => request.client_assertion,
         _ => {
             let body = serde_json::json!({"error": "unsupported_grant_type"});
             return (StatusCode::BAD_REQUEST, Json(body)).into_response();
@@ -296,14 +296,9 @@ async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, reques
     let (Some(audience), Some(scope)) = (&request.audience, &request.scope) else {
         return missing("audience or scope");
     };
-    let txn_request = crate::TxnTokenRequest {
-        audience,
-        scope,
-        subject_token,
-        subject_token_type,
-        request_context: request.request_context.as_deref(),
-        request_details: request.request_details.as_deref(),
-    };
+    let mut txn_request = TxnTokenRequest::new(subject_token, subject_token_type, scope).audience(audience);
+    txn_request.request_context = request.request_context;
+    txn_request.request_details = request.request_details;
     match server.issue_txn_token(&requester, &txn_request).await {
         Ok(issued) => {
             let body = Json(serde_json::json!({

@@ -58,10 +58,6 @@ pub use keys::KeyState;
 pub use postgres::PostgresStorage;
 pub use server::{IdentityServer, IssuedWit, WicRequest};
 pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage};
-pub use tts::{IssuedTxnToken, TxnTokenRequest};
+pub use wimse_core::protocol::oauth::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
 pub use wimse_core::protocol::trust::STORE_EPOCH_MEMBER;
-
-/// RFC 8693 token type of OAuth access tokens.
-pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// RFC 8693 token type of JWTs (JWT-SVIDs, platform tokens; and of the issued WIT).
-pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub use wimse_core::protocol::txn::{IssuedTxnToken, TxnTokenRequest};

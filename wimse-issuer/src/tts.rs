@@ -25,10 +25,8 @@ use wimse_core::{Error, ErrorKind, Result};
 
 use crate::config::{ExchangeKind, IssuerConfig, SubjectIssuer, TxnRequester, TxnTokenServiceConfig, config_error};
 use crate::store::KeyStorage;
-use crate::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
+use wimse_core::protocol::oauth::{ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE};
 
-/// RFC 8693 token type of OpenID Connect ID tokens.
-const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 /// Largest `request_context` / `request_details` accepted (they become `rctx` / `tctx`).
 const MAX_CONTEXT_LEN: usize = 2048;
 /// Largest subject token accepted.
@@ -37,55 +35,6 @@ pub(crate) const MAX_SUBJECT_TOKEN_LEN: usize = 16 * 1024;
 const MAX_SELF_SIGNED_LIFETIME: u64 = 300;
 /// Most scope values in one request.
 pub(crate) const MAX_SCOPE_VALUES: usize = 16;
-
-/// What a workload asks the Transaction Token Service for: the RFC 8693 parameters of the
-/// profile (`grant_type` and `requested_token_type` are checked by the HTTP layer).
-#[derive(Clone, Copy)]
-pub struct TxnTokenRequest<'a> {
-    /// `audience`: must be this trust domain.
-    pub audience: &'a str,
-    /// `scope`: the purpose, space-separated values.
-    pub scope: &'a str,
-    /// `subject_token`.
-    pub subject_token: &'a str,
-    /// `subject_token_type`.
-    pub subject_token_type: &'a str,
-    /// `request_context`: a JSON object, becomes `rctx`.
-    pub request_context: Option<&'a str>,
-    /// `request_details`: a JSON object, becomes `tctx`.
-    pub request_details: Option<&'a str>,
-}
-
-impl std::fmt::Debug for TxnTokenRequest<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the subject token.
-        f.debug_struct("TxnTokenRequest")
-            .field("audience", &self.audience)
-            .field("scope", &self.scope)
-            .field("subject_token_type", &self.subject_token_type)
-            .finish_non_exhaustive()
-    }
-}
-
-/// An issued Txn-Token.
-#[derive(Clone)]
-pub struct IssuedTxnToken {
-    /// The Txn-Token (compact JWS).
-    pub token: String,
-    /// Its transaction id (`txn`), for logs.
-    pub txn: String,
-    /// Seconds until it expires.
-    pub expires_in: u64,
-}
-
-impl std::fmt::Debug for IssuedTxnToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedTxnToken")
-            .field("txn", &self.txn)
-            .field("expires_in", &self.expires_in)
-            .finish_non_exhaustive()
-    }
-}
 
 /// The subject token types by short name (configuration) and URN (requests).
 pub(crate) fn subject_type(name: &str) -> Option<&'static str> {

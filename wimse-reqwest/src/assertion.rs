@@ -31,15 +31,9 @@ use reqwest_middleware::{Middleware, Next};
 use serde_json::Value;
 use wimse_core::client::cred::CredentialSource;
 use wimse_core::jose::SigningKey;
+pub use wimse_core::protocol::oauth::{JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT};
 use wimse_core::time::{Clock, SystemClock};
 use wimse_core::{Error, ErrorKind};
-
-/// The RFC 7523 grant type.
-pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-/// The RFC 8693 grant type.
-pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// The RFC 7523 client assertion type.
-pub const JWT_BEARER_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::with_detail(ErrorKind::CredentialsUnavailable, detail)

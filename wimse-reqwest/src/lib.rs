@@ -55,9 +55,9 @@ pub use issuer_source::{
     KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
 };
 pub use settings::{fetch_bundles, verifier_from_settings};
-pub use txn::{
-    ACCESS_TOKEN_TYPE, IssuedTxnToken, TxnTokenRequest, TxnTokenService, same_origin_redirects, self_signed_subject,
-};
+pub use txn::{TxnTokenService, same_origin_redirects, self_signed_subject};
+pub use wimse_core::protocol::oauth::ACCESS_TOKEN_TYPE;
+pub use wimse_core::protocol::txn::{IssuedTxnToken, TxnTokenRequest};
 pub use wimse_core::protocol::txn::{TxnForwarding, TxnToken};
 
 use http::Extensions;

@@ -12,107 +12,12 @@ use reqwest_middleware::ClientWithMiddleware;
 use serde_json::Value;
 use wimse_core::client::sign::Signer;
 use wimse_core::id::TrustDomain;
-use wimse_core::protocol::txn::{SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, UNSIGNED_JSON_TYPE};
+use wimse_core::protocol::oauth::TOKEN_EXCHANGE_GRANT;
+use wimse_core::protocol::txn::{IssuedTxnToken, SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, TxnSubject, TxnTokenRequest};
 
-/// RFC 8693 token type of OAuth access tokens.
-pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 use wimse_core::{Error, ErrorKind};
 
 use crate::{WimseSignMiddleware, read_capped, secure_or_loopback};
-
-/// A Txn-Token request: the subject of the transaction and its purpose.
-#[derive(Clone)]
-pub struct TxnTokenRequest {
-    scope: String,
-    subject: Subject,
-    request_context: Option<Value>,
-    request_details: Option<Value>,
-}
-
-#[derive(Clone)]
-enum Subject {
-    /// A subject token as given, with its RFC 8693 type URN.
-    Token { token: String, token_type: String },
-    /// A self-signed subject token for this subject, signed when the request is sent.
-    SelfSigned(String),
-}
-
-impl std::fmt::Debug for TxnTokenRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the subject token (a user's access token, a Txn-Token).
-        let token_type = match &self.subject {
-            Subject::Token { token_type, .. } => token_type.as_str(),
-            Subject::SelfSigned(_) => SELF_SIGNED_TYPE,
-        };
-        f.debug_struct("TxnTokenRequest")
-            .field("scope", &self.scope)
-            .field("subject_token_type", &token_type)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TxnTokenRequest {
-    /// For the user whose OAuth access token (RFC 9068 JWT) the edge received, for `scope`.
-    pub fn for_access_token(access_token: impl Into<String>, scope: impl Into<String>) -> Self {
-        Self::new(access_token, ACCESS_TOKEN_TYPE, scope)
-    }
-
-    /// A replacement of `txn_token` (the one received) with a narrower `scope`.
-    pub fn replacing(txn_token: impl Into<String>, scope: impl Into<String>) -> Self {
-        Self::new(txn_token, TXN_TOKEN_TYPE, scope)
-    }
-
-    /// For a transaction this workload starts on behalf of `subject` (`unsigned_json`: the TTS
-    /// must allow this workload to name subjects).
-    pub fn unsigned(subject: &str, scope: impl Into<String>) -> Self {
-        Self::new(serde_json::json!({ "sub": subject }).to_string(), UNSIGNED_JSON_TYPE, scope)
-    }
-
-    /// For a transaction this workload starts itself on behalf of `subject`, in one call: the
-    /// [`TxnTokenService`] signs the `self_signed` subject token ([`self_signed_subject`]: `iss`
-    /// this workload, `aud` its token endpoint, one minute, on the signer's clock) when it sends
-    /// the request.
-    pub fn self_signed_for(subject: impl Into<String>, scope: impl Into<String>) -> Self {
-        Self {
-            scope: scope.into(),
-            subject: Subject::SelfSigned(subject.into()),
-            request_context: None,
-            request_details: None,
-        }
-    }
-
-    /// With a `self_signed` subject token made beforehand ([`self_signed_subject`]);
-    /// [`self_signed_for`](Self::self_signed_for) does both steps.
-    pub fn self_signed(token: impl Into<String>, scope: impl Into<String>) -> Self {
-        Self::new(token, SELF_SIGNED_TYPE, scope)
-    }
-
-    /// Any subject token with its RFC 8693 type URN.
-    pub fn new(
-        subject_token: impl Into<String>,
-        subject_token_type: impl Into<String>,
-        scope: impl Into<String>,
-    ) -> Self {
-        Self {
-            scope: scope.into(),
-            subject: Subject::Token { token: subject_token.into(), token_type: subject_token_type.into() },
-            request_context: None,
-            request_details: None,
-        }
-    }
-
-    /// `request_context` (a JSON object; the TTS may copy it into `rctx`).
-    pub fn request_context(mut self, context: Value) -> Self {
-        self.request_context = Some(context);
-        self
-    }
-
-    /// `request_details` (a JSON object; the TTS may copy it into `tctx`).
-    pub fn request_details(mut self, details: Value) -> Self {
-        self.request_details = Some(details);
-        self
-    }
-}
 
 /// A self-signed subject token (draft -10 §11.2.1) for `subject`: `iss` this workload, `aud` the
 /// TTS (its token endpoint), valid for one minute from now on the signer's clock, signed with
@@ -124,24 +29,6 @@ pub fn self_signed_subject(signer: &Signer, tts: &str, subject: &str) -> Result<
         "iss": credentials.subject().as_str(), "sub": subject, "aud": tts, "iat": now, "exp": now + 60,
     });
     wimse_core::jose::jws::sign("JWT", None, &claims, credentials.key(), Default::default())
-}
-
-/// An issued Txn-Token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct IssuedTxnToken {
-    /// The token, to send as `Txn-Token` (wrap it in [`TxnToken`](crate::TxnToken)).
-    pub token: String,
-    /// Seconds until it expires, as the TTS said.
-    pub expires_in: u64,
-}
-
-impl std::fmt::Debug for IssuedTxnToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedTxnToken")
-            .field("token_hash", &wimse_core::protocol::wit::token_hash(&self.token))
-            .field("expires_in", &self.expires_in)
-            .finish()
-    }
 }
 
 /// A client of the trust domain's Transaction Token Service.
@@ -195,7 +82,8 @@ impl TxnTokenService {
         &self.endpoint
     }
 
-    /// Asks for a Txn-Token. A refusal keeps the TTS's error code in the detail and maps it to a
+    /// Asks for a Txn-Token for this service's trust domain (the request's `audience` is
+    /// not read: the service names its own). A refusal keeps the TTS's error code in the detail and maps it to a
     /// kind: `invalid_scope` → [`ErrorKind::InvalidScope`], `unauthorized_client` →
     /// [`ErrorKind::IssuanceDenied`], `invalid_target` → [`ErrorKind::InvalidTarget`],
     /// `invalid_client` → [`ErrorKind::CredentialsUnavailable`], others →
@@ -203,13 +91,13 @@ impl TxnTokenService {
     /// [`ErrorKind::RateLimited`]).
     pub async fn request(&self, request: &TxnTokenRequest) -> Result<IssuedTxnToken, Error> {
         let (subject_token, subject_token_type) = match &request.subject {
-            Subject::Token { token, token_type } => (token.clone(), token_type.clone()),
-            Subject::SelfSigned(subject) => {
+            TxnSubject::Token { token, token_type } => (token.clone(), token_type.clone()),
+            TxnSubject::SelfSignedFor(subject) => {
                 (self_signed_subject(&self.signer, &self.endpoint, subject)?, SELF_SIGNED_TYPE.to_owned())
             }
         };
         let mut form = vec![
-            ("grant_type", crate::TOKEN_EXCHANGE_GRANT.to_owned()),
+            ("grant_type", TOKEN_EXCHANGE_GRANT.to_owned()),
             ("requested_token_type", TXN_TOKEN_TYPE.to_owned()),
             ("audience", self.audience.clone()),
             ("scope", request.scope.clone()),
@@ -217,10 +105,10 @@ impl TxnTokenService {
             ("subject_token_type", subject_token_type),
         ];
         if let Some(context) = &request.request_context {
-            form.push(("request_context", context.to_string()));
+            form.push(("request_context", context.clone()));
         }
         if let Some(details) = &request.request_details {
-            form.push(("request_details", details.to_string()));
+            form.push(("request_details", details.clone()));
         }
         let unavailable =
             |e: String| Error::with_detail(ErrorKind::KeyStoreUnavailable, format!("Transaction Token Service: {e}"));
@@ -248,7 +136,11 @@ impl TxnTokenService {
             return Err(refused("the answer is not a Txn-Token (issued_token_type, token_type N_A)"));
         }
         let token = answer["access_token"].as_str().ok_or_else(|| refused("no access_token in the answer"))?;
-        Ok(IssuedTxnToken { token: token.to_owned(), expires_in: answer["expires_in"].as_u64().unwrap_or(0) })
+        Ok(IssuedTxnToken {
+            token: token.to_owned(),
+            expires_in: answer["expires_in"].as_u64().unwrap_or(0),
+            txn: None,
+        })
     }
 }
 

@@ -44,7 +44,9 @@ use crate::protocol::trust::TrustStore;
 use crate::protocol::wit::{MAX_LEEWAY_SECS, token_hash};
 
 mod forwarding;
+mod request;
 pub use forwarding::{MAX_WARNED_ORIGINS, TxnForwarding};
+pub use request::{IssuedTxnToken, TxnSubject, TxnTokenRequest};
 
 /// JOSE `typ` of a Txn-Token (draft -10 §9.1), as emitted; `application/txntoken+jwt` and any
 /// case are accepted too (RFC 7515 §4.1.9).

@@ -411,3 +411,27 @@ fn settings_with_a_separate_tts_key_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Txn-Token request and answer are one type for the client that asks and the TTS that
+/// answers; neither shows its tokens in logs.
+#[test]
+fn txn_token_requests_and_answers_never_show_their_tokens() {
+    use wimse_core::protocol::oauth::ACCESS_TOKEN_TYPE;
+    use wimse_core::protocol::txn::{IssuedTxnToken, TxnSubject, TxnTokenRequest};
+    let request = TxnTokenRequest::for_access_token("secret-access-token", "orders.read")
+        .audience("spiffe://prod.example")
+        .request_context(serde_json::json!({"ip": "10.0.0.1"}));
+    assert_eq!(
+        request.subject,
+        TxnSubject::Token { token: "secret-access-token".into(), token_type: ACCESS_TOKEN_TYPE.into() }
+    );
+    assert_eq!(request.audience.as_deref(), Some("spiffe://prod.example"));
+    assert_eq!(request.request_context.as_deref(), Some(r#"{"ip":"10.0.0.1"}"#));
+    let shown = format!("{request:?} {:?}", request.subject);
+    assert!(!shown.contains("secret-access-token") && shown.contains(ACCESS_TOKEN_TYPE), "{shown}");
+    let deferred = TxnTokenRequest::self_signed_for("batch-7", "orders.read");
+    assert_eq!(deferred.subject, TxnSubject::SelfSignedFor("batch-7".into()));
+    let issued = IssuedTxnToken { token: "eyJ.secret.token".into(), expires_in: 300, txn: Some("t-1".into()) };
+    let shown = format!("{issued:?}");
+    assert!(!shown.contains("secret") && shown.contains("t-1"), "{shown}");
+}

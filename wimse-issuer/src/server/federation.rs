@@ -13,7 +13,7 @@ impl IdentityServer {
         token: &str,
         audience: Option<&str>,
         now: u64,
-    ) -> Result<(&Client, PlatformToken)> {
+    ) -> Result<(&Client, AcceptedPlatformToken)> {
         let refused = |d: String| Error::with_detail(ErrorKind::ExchangeRefused, d);
         let parsed = jws::parse(token, 16 * 1024).map_err(|_| refused("not a JWT".into()))?;
         let iss = parsed.claims.get("iss").and_then(Value::as_str).ok_or_else(|| refused("no iss".into()))?;
@@ -54,7 +54,7 @@ impl IdentityServer {
                 Error::with_detail(ErrorKind::IssuanceDenied, "no client for this platform token (subject or claim conditions)")
             })?;
         let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
-        let token = PlatformToken {
+        let token = AcceptedPlatformToken {
             issuer: iss.to_owned(),
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             expires_at,

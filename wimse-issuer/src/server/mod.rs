@@ -62,7 +62,7 @@ struct Exchange {
 }
 
 /// What a validated platform token contributes beyond its client.
-struct PlatformToken {
+struct AcceptedPlatformToken {
     issuer: String,
     jti: Option<String>,
     expires_at: u64,

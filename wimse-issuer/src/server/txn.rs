@@ -16,9 +16,9 @@ use crate::ACCESS_TOKEN_TYPE;
 use crate::config::ExchangeKind;
 use crate::external::validate_external;
 use crate::tts::{
-    IssuedTxnToken, MAX_SCOPE_VALUES, MAX_SUBJECT_TOKEN_LEN, Requester, Subject, Tts, TxnTokenRequest, json_object,
-    refused, self_signed, subject_type,
+    MAX_SCOPE_VALUES, MAX_SUBJECT_TOKEN_LEN, Requester, Subject, Tts, json_object, refused, self_signed, subject_type,
 };
+use wimse_core::protocol::txn::{IssuedTxnToken, TxnSubject, TxnTokenRequest};
 
 impl IdentityServer {
     fn tts(&self) -> Result<&Tts> {
@@ -63,10 +63,14 @@ impl IdentityServer {
     pub async fn issue_txn_token(
         &self,
         requester: &VerifiedCaller,
-        request: &TxnTokenRequest<'_>,
+        request: &TxnTokenRequest,
     ) -> Result<IssuedTxnToken> {
         let tts = self.tts()?;
-        if request.audience != self.domain.as_str() {
+        let TxnSubject::Token { token: subject_token, token_type: subject_token_type } = &request.subject else {
+            // A client signs a self-signed subject before it sends the request.
+            return Err(Error::with_detail(ErrorKind::UnsupportedTokenType, "an unsigned self-signed subject"));
+        };
+        if request.audience.as_deref() != Some(self.domain.as_str()) {
             return Err(Error::with_detail(
                 ErrorKind::InvalidTarget,
                 format!("this service issues for {}", self.domain),
@@ -82,8 +86,8 @@ impl IdentityServer {
             return Err(denied(format!("{who} may not request Txn-Tokens")));
         }
         // Requests name types by URN (RFC 8693 §3); refresh tokens are never subjects (§13.3).
-        let token_type = subject_type(request.subject_token_type)
-            .filter(|_| request.subject_token_type.starts_with("urn:"))
+        let token_type = subject_type(subject_token_type)
+            .filter(|_| subject_token_type.starts_with("urn:"))
             .ok_or_else(|| Error::with_detail(ErrorKind::UnsupportedTokenType, "subject_token_type"))?;
         let entries: Vec<&Requester> = entries.into_iter().filter(|r| r.types.contains(&token_type)).collect();
         if entries.is_empty() {
@@ -101,7 +105,7 @@ impl IdentityServer {
                 .with_retry_after(retry)
         })?;
         let now = self.clock.now();
-        let (subject, issuer) = self.subject(tts, requester, token_type, request.subject_token, now)?;
+        let (subject, issuer) = self.subject(tts, requester, token_type, subject_token, now)?;
         let entries: Vec<&&Requester> =
             entries.iter().filter(|r| issuer.is_none_or(|name| r.issuers.iter().any(|n| n == name))).collect();
         if entries.is_empty() {
@@ -111,7 +115,7 @@ impl IdentityServer {
             )));
         }
         if !entries.iter().any(|r| scopes.iter().all(|s| r.scopes.iter().any(|g| g == s))) {
-            tracing::warn!(target: "wimse::audit", requester = %who, scope = request.scope, "Txn-Token scope refused");
+            tracing::warn!(target: "wimse::audit", requester = %who, scope = %request.scope, "Txn-Token scope refused");
             return Err(Error::with_detail(ErrorKind::InvalidScope, format!("{who} may not request this scope")));
         }
         // Never wider than what the subject token carries (§13.6).
@@ -131,13 +135,13 @@ impl IdentityServer {
             Some(original) => NewTxnToken::replacing(original, &scope, who.as_str())?,
             None => {
                 let mut token = NewTxnToken::new(subject.sub.clone(), scope.clone()).requested_by(who.as_str());
-                if let Some(tctx) = json_object(request.request_details, "request_details")? {
+                if let Some(tctx) = json_object(request.request_details.as_deref(), "request_details")? {
                     token = token.context(tctx);
                 }
                 // The TTS is authoritative for `rctx`: what vouched for the subject is asserted
                 // here, over anything the requester sent, so a receiver can tell a user's access
                 // token from a subject a workload named itself.
-                let mut rctx = json_object(request.request_context, "request_context")?.unwrap_or_default();
+                let mut rctx = json_object(request.request_context.as_deref(), "request_context")?.unwrap_or_default();
                 rctx.insert("subject_token_type".into(), Value::from(token_type));
                 match issuer {
                     Some(name) => rctx.insert("subject_issuer".into(), Value::from(name)),
@@ -162,7 +166,7 @@ impl IdentityServer {
         self.record("txn-token", who.as_str(), who, expires_in, kid, now).await?;
         tracing::info!(target: "wimse::audit", requester = %who, txn = signed.txn, scope, subject_token_type = token_type,
             replacement = subject.replaces.is_some(), expires_in, "Txn-Token issued");
-        Ok(IssuedTxnToken { token: signed.token, txn: signed.txn, expires_in })
+        Ok(IssuedTxnToken { token: signed.token, expires_in, txn: Some(signed.txn) })
     }
 
     /// Validates the subject token; returns the subject and the name of its issuer, if external.

@@ -290,21 +290,14 @@ async fn a_txn_token_request_proof_is_claimed_once_across_replicas() {
     let requester = a.authenticate_requester(&headers).await.unwrap();
     // The same proof at the other replica: already claimed in PostgreSQL.
     assert_eq!(b.authenticate_requester(&headers).await.unwrap_err().kind(), &ErrorKind::ReplayedProof);
-    let request = wimse_issuer::TxnTokenRequest {
-        audience: "spiffe://prod.example",
-        scope: "orders.read",
-        subject_token: r#"{"sub":"batch-7"}"#,
-        subject_token_type: "urn:ietf:params:oauth:token-type:unsigned_json",
-        request_context: None,
-        request_details: None,
-    };
+    let request = wimse_issuer::TxnTokenRequest::unsigned("batch-7", "orders.read").audience("spiffe://prod.example");
     let issued = a.issue_txn_token(&requester, &request).await.unwrap();
     // Any replica's keys verify it; the issuance is audited in PostgreSQL.
     let keys = wimse_core::protocol::trust::TrustStore::new()
         .with("spiffe://prod.example".parse().unwrap(), b.anchors().unwrap());
     let validation = wimse_core::protocol::txn::TxnTokenValidation::new("spiffe://prod.example".parse().unwrap());
     let txn = wimse_core::protocol::txn::validate(&issued.token, &keys, &validation, NOW).unwrap();
-    assert_eq!((txn.subject(), txn.txn()), ("batch-7", issued.txn.as_str()));
+    assert_eq!((txn.subject(), txn.txn()), ("batch-7", issued.txn.as_deref().unwrap()));
     let db = sql(&postgres).await;
     let kinds: Vec<String> =
         db.query("SELECT kind FROM wimse_issuer_audit", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
