@@ -59,7 +59,7 @@ pub use client::{Buffered, SignFuture, SignatureFuture, Streamed, WimseSign, Wim
 #[cfg(feature = "mtls")]
 pub use mtls::mtls_connector;
 pub use require::{RequirePolicy, RequirePolicyLayer};
-pub use server::{DEFAULT_BODY_LIMIT, ResponseFuture, WimseBody, WimseLayer, WimseRequestBody, WimseService};
+pub use server::{DEFAULT_BODY_LIMIT, WimseBody, WimseLayer, WimseRequestBody, WimseResponseFuture, WimseService};
 pub use stream::ExpiringBody;
 pub use wimse_core;
 

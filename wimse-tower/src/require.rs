@@ -18,7 +18,7 @@ use wimse_core::server::policy::Policy;
 use wimse_core::{Error, ErrorKind};
 
 use crate::rejection_response;
-use crate::server::{ResponseFuture, WimseBody};
+use crate::server::{WimseBody, WimseResponseFuture};
 
 /// Requires a verified caller allowed by a policy: 401 with a challenge when the request has no
 /// [`VerifiedCaller`], 403 when the policy denies it.
@@ -55,7 +55,7 @@ where
 {
     type Response = Response<WimseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+    type Future = WimseResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -68,7 +68,7 @@ where
             None => Err(Error::with_detail(ErrorKind::MissingWit, "route requires a verified caller")),
         };
         match decision {
-            Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
+            Ok(()) => WimseResponseFuture::inner(self.inner.call(req), None),
             Err(e) => {
                 // The route's own decision, logged like the layer's (the caller may have
                 // passed the layer: this event is the request's final one).
@@ -78,7 +78,7 @@ where
                     caller.map(VerifiedCaller::id),
                     &e,
                 );
-                ResponseFuture::rejected(rejection_response(Rejection::from_error(&e), grpc))
+                WimseResponseFuture::rejected(rejection_response(Rejection::from_error(&e), grpc))
             }
         }
     }

@@ -209,7 +209,7 @@ where
 {
     type Response = Response<WimseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+    type Future = WimseResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -230,13 +230,13 @@ where
                     "HTTP message signatures are not supported for gRPC; use a WPT",
                 );
                 wimse_core::server::audit::rejected("http-signature", None, &error);
-                return ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc));
+                return WimseResponseFuture::rejected(reject(&self.layer.guard, &error, grpc));
             }
             // The inner service was made ready by `poll_ready`; hand that one to the future and
             // keep a fresh clone (the usual tower pattern for services called from a future).
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
-            return ResponseFuture::boxed(Box::pin(signed(self.layer.clone(), inner, req)));
+            return WimseResponseFuture::boxed(Box::pin(signed(self.layer.clone(), inner, req)));
         }
         let view = RequestView::new(path_and_query_of(req.uri()), req.headers())
             .method(req.method().as_str())
@@ -244,8 +244,8 @@ where
         let tls = req.extensions().get::<TlsPeer>();
         let pending = match self.layer.guard.admit(&view, tls) {
             Ok(Some(pending)) => pending,
-            Ok(None) => return ResponseFuture::inner(self.inner.call(req.map(Either::Left)), None),
-            Err(error) => return ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc)),
+            Ok(None) => return WimseResponseFuture::inner(self.inner.call(req.map(Either::Left)), None),
+            Err(error) => return WimseResponseFuture::rejected(reject(&self.layer.guard, &error, grpc)),
         };
         let mut confirm = self.layer.guard.confirm(pending);
         match confirm.take_ready() {
@@ -254,15 +254,15 @@ where
                 let deadline = stream_deadline(&self.layer.guard, stream, &caller);
                 let mut req = req.map(Either::Left);
                 req.extensions_mut().insert(caller);
-                ResponseFuture::inner(self.inner.call(req), deadline)
+                WimseResponseFuture::inner(self.inner.call(req), deadline)
             }
-            Some(Err(error)) => ResponseFuture::rejected(reject(&self.layer.guard, &error, grpc)),
+            Some(Err(error)) => WimseResponseFuture::rejected(reject(&self.layer.guard, &error, grpc)),
             // A shared store answers later; the request waits without holding a thread.
             None => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let guard = self.layer.guard.clone();
-                ResponseFuture::boxed(Box::pin(async move {
+                WimseResponseFuture::boxed(Box::pin(async move {
                     match confirm.await {
                         Ok(caller) => {
                             let deadline = stream_deadline(&guard, stream, &caller);
@@ -334,7 +334,7 @@ type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<WimseBody
 
 pin_project! {
     /// Response future of [`WimseService`] and [`RequirePolicy`](crate::RequirePolicy).
-    pub struct ResponseFuture<F, B, E> {
+    pub struct WimseResponseFuture<F, B, E> {
         #[pin]
         kind: Kind<F, B, E>,
     }
@@ -349,7 +349,7 @@ pin_project! {
     }
 }
 
-impl<F, B, E> ResponseFuture<F, B, E> {
+impl<F, B, E> WimseResponseFuture<F, B, E> {
     /// The inner service's answer, its body ended at `deadline` if one is given.
     pub(crate) fn inner(future: F, deadline: Option<tokio::time::Instant>) -> Self {
         Self { kind: Kind::Inner { future, deadline } }
@@ -364,7 +364,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B, E>
+impl<F, B, E> Future for WimseResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
