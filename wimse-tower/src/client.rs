@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use wimse_core::client::exchange::{ClientExchange, Outgoing, OutgoingBody};
-use wimse_core::client::sign::{Signer, audience_for};
+use wimse_core::client::exchange::{ClientExchange, HttpTarget, OutgoingBody};
+use wimse_core::client::sign::Signer;
 use wimse_core::server::pipeline::DEFAULT_BODY_LIMIT;
 use wimse_core::{Error, ErrorKind};
 
@@ -152,48 +152,6 @@ impl<S: std::fmt::Debug, M> std::fmt::Debug for WimseSign<S, M> {
     }
 }
 
-/// A tower request's target, as the core's client exchange reads it.
-struct Target<'a> {
-    uri: &'a Uri,
-    method: &'a http::Method,
-}
-
-impl Outgoing for Target<'_> {
-    type Uri = Uri;
-
-    fn uri(&self) -> &Uri {
-        self.uri
-    }
-
-    fn method(&self) -> &str {
-        self.method.as_str()
-    }
-
-    fn scheme(&self) -> Option<&str> {
-        self.uri.authority().and(self.uri.scheme_str())
-    }
-
-    fn authority(&self) -> &str {
-        self.uri.authority().map(|a| a.as_str()).unwrap_or_default()
-    }
-
-    fn path(&self) -> &str {
-        self.uri.path()
-    }
-
-    fn query(&self) -> Option<&str> {
-        self.uri.query()
-    }
-
-    fn audience(&self) -> Option<String> {
-        audience_for(self.uri)
-    }
-
-    fn origin(&self) -> Option<String> {
-        Some(format!("{}://{}", self.uri.scheme_str()?, self.uri.authority()?))
-    }
-}
-
 /// What a request in WPT mode asking for an HTTP signature is told.
 const NEEDS_BUFFERING: &str = "an HTTP signature covers the body, which this layer streams: build it with \
                                WimseSignLayer::http_signatures(), which buffers bodies";
@@ -213,7 +171,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let target = Target { uri: &parts.uri, method: &parts.method };
+        let target = HttpTarget { uri: &parts.uri, method: &parts.method };
         let streamed = OutgoingBody::Streamed { why: NEEDS_BUFFERING };
         if let Err(error) = self.layer.exchange.sign(&target, &parts.extensions, &mut parts.headers, streamed) {
             let error = call_error(error, wimse_core::server::framing::is_grpc(&parts.headers));
@@ -274,7 +232,7 @@ where
         .await
         .map_err(|_| Error::with_detail(ErrorKind::BodyTooLarge, "the request body could not be buffered for signing"))?
         .to_bytes();
-    let target = Target { uri: &parts.uri, method: &parts.method };
+    let target = HttpTarget { uri: &parts.uri, method: &parts.method };
     let sent = layer.exchange.sign(&target, &parts.extensions, &mut parts.headers, OutgoingBody::Bytes(Some(&body)))?;
     let response = inner.call(Request::from_parts(parts, Full::new(body))).await.map_err(Into::into)?;
     if !sent.must_verify(response.headers())? {

@@ -81,6 +81,52 @@ pub trait Outgoing {
     fn origin(&self) -> Option<String>;
 }
 
+/// An `http` request's target (a tower client's): absolute, or only a path (a tonic
+/// `Channel`'s requests), then without scheme and authority.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTarget<'a> {
+    /// The request's URI.
+    pub uri: &'a http::Uri,
+    /// The request's method.
+    pub method: &'a http::Method,
+}
+
+impl Outgoing for HttpTarget<'_> {
+    type Uri = http::Uri;
+
+    fn uri(&self) -> &http::Uri {
+        self.uri
+    }
+
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    fn scheme(&self) -> Option<&str> {
+        self.uri.authority().and(self.uri.scheme_str())
+    }
+
+    fn authority(&self) -> &str {
+        self.uri.authority().map(|a| a.as_str()).unwrap_or_default()
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+
+    fn audience(&self) -> Option<String> {
+        crate::client::sign::audience_for(self.uri)
+    }
+
+    fn origin(&self) -> Option<String> {
+        Some(format!("{}://{}", self.uri.scheme_str()?, self.uri.authority()?))
+    }
+}
+
 /// The body of a request being signed, as the adapter has it.
 #[derive(Debug, Clone, Copy)]
 pub enum OutgoingBody<'a> {

@@ -190,42 +190,11 @@ fn file_credentials_on_the_system_clock() {
     assert_eq!(source.credentials(now).unwrap().wit(), fresh);
 }
 
-/// A request as a client adapter describes it to `ClientExchange` (here over `http::Uri`).
-struct Target(http::Uri);
-
-impl wimse_core::client::exchange::Outgoing for Target {
-    type Uri = http::Uri;
-    fn uri(&self) -> &http::Uri {
-        &self.0
-    }
-    fn method(&self) -> &str {
-        "POST"
-    }
-    fn scheme(&self) -> Option<&str> {
-        self.0.scheme_str()
-    }
-    fn authority(&self) -> &str {
-        self.0.authority().map_or("", |a| a.as_str())
-    }
-    fn path(&self) -> &str {
-        self.0.path()
-    }
-    fn query(&self) -> Option<&str> {
-        self.0.query()
-    }
-    fn audience(&self) -> Option<String> {
-        wimse_core::client::sign::audience_for(&self.0)
-    }
-    fn origin(&self) -> Option<String> {
-        Some(format!("{}://{}", self.0.scheme_str()?, self.0.authority()?))
-    }
-}
-
 /// The audience rule every client adapter shares: override, then alias, then the URI, then
 /// the configured origin + path for a path-only URI, else a refusal naming the fix.
 #[test]
 fn the_client_exchange_chooses_the_audience_in_one_order() {
-    use wimse_core::client::exchange::ClientExchange;
+    use wimse_core::client::exchange::{ClientExchange, HttpTarget};
     use wimse_core::client::sign::AudienceOverride;
     let f = Fixture::new();
     let signer = Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW));
@@ -233,8 +202,12 @@ fn the_client_exchange_chooses_the_audience_in_one_order() {
     let none = http::Extensions::new();
     let mut overridden = http::Extensions::new();
     overridden.insert(AudienceOverride("https://named.example/x".into()));
-    let absolute = Target("https://payments.example/charge?id=1".parse().unwrap());
-    let path_only = Target("/pkg.Service/Call".parse().unwrap());
+    let (absolute, path_only): (http::Uri, http::Uri) =
+        ("https://payments.example/charge?id=1".parse().unwrap(), "/pkg.Service/Call".parse().unwrap());
+    let (absolute, path_only) = (
+        HttpTarget { uri: &absolute, method: &http::Method::POST },
+        HttpTarget { uri: &path_only, method: &http::Method::POST },
+    );
     assert_eq!(plain.audience(&absolute, &none).unwrap(), "https://payments.example/charge");
     assert_eq!(plain.audience(&absolute, &overridden).unwrap(), "https://named.example/x");
     let err = plain.audience(&path_only, &none).unwrap_err();
@@ -256,10 +229,11 @@ fn the_client_exchange_chooses_the_audience_in_one_order() {
 /// were given; left alone when signed unasked and no anchors were given.
 #[test]
 fn the_client_exchange_says_when_a_response_must_be_verified() {
-    use wimse_core::client::exchange::{ClientExchange, OutgoingBody, ProofMode};
+    use wimse_core::client::exchange::{ClientExchange, HttpTarget, OutgoingBody, ProofMode};
     let f = Fixture::new();
     let signer = Signer::new(StaticCredentials::new(credentials(&f))).clock(FixedClock::new(NOW));
-    let target = Target("https://payments.example/charge".parse().unwrap());
+    let uri: http::Uri = "https://payments.example/charge".parse().unwrap();
+    let target = HttpTarget { uri: &uri, method: &http::Method::POST };
     let mut signed = http::HeaderMap::new();
     signed
         .insert("signature-input", r#"wimse=("@status");created=1;tag="wimse-workload-to-workload""#.parse().unwrap());
