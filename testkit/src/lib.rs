@@ -236,6 +236,9 @@ pub async fn run_cases(deployment: &Deployment, base: &str) {
 pub const SERVER: &str = "spiffe://prod.example/server";
 /// The body limit the servers of [`run_signature_cases`] are configured with.
 pub const SIGNATURE_BODY_LIMIT: usize = 64;
+/// The body budget (bytes of signed bodies buffered at once) the servers of
+/// [`run_signature_cases`] are configured with.
+pub const SIGNATURE_BODY_BUDGET: usize = 96;
 /// The body deadline the servers of [`run_signature_cases`] are configured with.
 pub const SIGNATURE_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -295,7 +298,8 @@ async fn status_without_body(base: &str, path: &str, headers: &HeaderMap, announ
 
 /// Runs the HTTP-signature cases against two servers serving `POST /pay` behind the adapter
 /// under test, configured with [`Deployment::verifier`] for their base URL, a body limit of
-/// [`SIGNATURE_BODY_LIMIT`] and a body deadline of [`SIGNATURE_BODY_DEADLINE`], answering `"{caller id} {proof method} {body}"`. `signing` signs
+/// [`SIGNATURE_BODY_LIMIT`], a body budget of [`SIGNATURE_BODY_BUDGET`] and a body deadline of
+/// [`SIGNATURE_BODY_DEADLINE`], answering `"{caller id} {proof method} {body}"`. `signing` signs
 /// responses as [`SERVER`]; `plain` does not sign responses.
 pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_server: &str) {
     let plain = reqwest::Client::new();
@@ -367,6 +371,11 @@ pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_s
     let ask = signed_headers(deployment, &plain_url, "x", ProofMode::HttpSignature { sign_response: true }).await;
     assert_eq!(status_without_body(plain_server, "/pay", &ask, 1).await, 501, "no response signing");
 
+    // Bodies being read share the server's budget: while one caller's body is half sent, a
+    // body that would exceed the budget is refused (503, Retry-After), and the budget comes
+    // back when the half-sent request ends.
+    budget_cases(deployment, signing, &url).await;
+
     // A body over the limit: 413.
     let big = "x".repeat(SIGNATURE_BODY_LIMIT + 1);
     let headers = signed_headers(deployment, &url, &big, mode).await;
@@ -388,6 +397,52 @@ pub async fn run_signature_cases(deployment: &Deployment, signing: &str, plain_s
     };
     let kind = refused.downcast_ref::<Error>().map(|e| e.kind().clone());
     assert_eq!(kind, Some(ErrorKind::NoWimseSignature), "{refused:?}");
+}
+
+async fn budget_cases(deployment: &Deployment, base: &str, url: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let mode = ProofMode::HttpSignature { sign_response: false };
+    let held = "h".repeat(SIGNATURE_BODY_LIMIT - 4);
+    let headers = signed_headers(deployment, url, &held, mode).await;
+    let authority = base.trim_start_matches("http://");
+    let mut half_sent = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let mut head = format!("POST /pay?order=7 HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\n", held.len());
+    for (name, value) in &headers {
+        if name != "content-length" && name != "host" {
+            head.push_str(&format!("{name}: {}\r\n", value.to_str().expect("ascii")));
+        }
+    }
+    head.push_str("\r\n");
+    half_sent.write_all(head.as_bytes()).await.expect("write");
+    half_sent.write_all(&held.as_bytes()[..SIGNATURE_BODY_BUDGET - SIGNATURE_BODY_LIMIT + 8]).await.expect("write");
+    // The server holds the half-sent bytes once it has read them; until then a second body
+    // still fits. Polled, not timed: each attempt is a new signed request.
+    let second = "s".repeat(SIGNATURE_BODY_LIMIT);
+    let mut refused = None;
+    for _ in 0..200 {
+        let headers = signed_headers(deployment, url, &second, mode).await;
+        let response = reqwest::Client::new().post(url).headers(headers).body(second.clone()).send().await.unwrap();
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200, "a body that fits the budget passes");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("a body over the budget is refused while another is half sent");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // The half-sent request ends (its connection closes, or its deadline passes): its bytes
+    // come back.
+    drop(half_sent);
+    for attempt in 0.. {
+        let headers = signed_headers(deployment, url, &second, mode).await;
+        let response = reqwest::Client::new().post(url).headers(headers).body(second.clone()).send().await.unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(attempt < 200, "the budget is given back when a half-sent request ends");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Refusals through the adapter under test with reasons kept from the caller (the default) and

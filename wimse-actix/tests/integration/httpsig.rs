@@ -4,7 +4,8 @@ use actix_web::{App, HttpServer, web};
 use wimse_actix::{Caller, Pipeline, WimseAuth};
 use wimse_core::server::verify::Verifier;
 use wimse_testkit::{
-    Deployment, SERVER, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_reveal_reasons_cases, run_signature_cases,
+    Deployment, SERVER, SIGNATURE_BODY_BUDGET, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_reveal_reasons_cases,
+    run_signature_cases,
 };
 
 async fn echo(caller: Caller, body: String) -> String {
@@ -31,6 +32,7 @@ fn serve_with(
     let base = format!("http://{}", listener.local_addr().unwrap());
     let mut config = Pipeline::new(verifier(deployment, &base))
         .body_limit(SIGNATURE_BODY_LIMIT)
+        .body_budget(SIGNATURE_BODY_BUDGET)
         .body_deadline(SIGNATURE_BODY_DEADLINE);
     if sign_responses {
         config = config.sign_responses(deployment.signer(SERVER));

@@ -7,7 +7,8 @@ use tokio::net::TcpListener;
 use wimse_axum::{Caller, WimseLayer};
 use wimse_core::server::verify::Verifier;
 use wimse_testkit::{
-    Deployment, SERVER, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_reveal_reasons_cases, run_signature_cases,
+    Deployment, SERVER, SIGNATURE_BODY_BUDGET, SIGNATURE_BODY_DEADLINE, SIGNATURE_BODY_LIMIT, run_reveal_reasons_cases,
+    run_signature_cases,
 };
 
 async fn echo(Caller(caller): Caller, body: String) -> String {
@@ -27,6 +28,7 @@ async fn serve_with(
     let base = format!("http://{}", listener.local_addr().unwrap());
     let mut layer = WimseLayer::new(verifier(deployment, &base))
         .body_limit(SIGNATURE_BODY_LIMIT)
+        .body_budget(SIGNATURE_BODY_BUDGET)
         .body_deadline(SIGNATURE_BODY_DEADLINE);
     if sign_responses {
         layer = layer.sign_responses(deployment.signer(SERVER));
