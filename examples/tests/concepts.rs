@@ -9,8 +9,8 @@ use wimse_actix::{
     Transaction as ActixTransaction, WimseAuth, WimseAuthMiddleware, WimseRejection as ActixRejection,
 };
 use wimse_axum::{
-    Caller, RequirePolicyLayer as AxumRequirePolicyLayer, Transaction, WimseLayer as AxumWimseLayer, WimseRejection,
-    WimseSignLayer as AxumWimseSignLayer,
+    Caller, ProofMode as AxumProofMode, RequirePolicyLayer as AxumRequirePolicyLayer, Transaction,
+    WimseLayer as AxumWimseLayer, WimseRejection, WimseSignLayer as AxumWimseSignLayer,
 };
 use wimse_core::client::exchange::{ClientExchange, ProofMode};
 use wimse_core::client::sign::Signer;
@@ -20,7 +20,9 @@ use wimse_core::server::framing::Rejection;
 use wimse_core::server::pipeline::Pipeline;
 use wimse_core::server::policy::Policy;
 use wimse_reqwest::{TxnToken, WimseSignMiddleware};
-use wimse_tower::{RequirePolicy, RequirePolicyLayer, WimseLayer, WimseService, WimseSign, WimseSignLayer};
+use wimse_tower::{
+    ProofMode as TowerProofMode, RequirePolicy, RequirePolicyLayer, WimseLayer, WimseService, WimseSign, WimseSignLayer,
+};
 
 /// The names this file imports (as the README spells them).
 const IMPORTED: &[&str] = &[

@@ -259,11 +259,13 @@ pub fn signature_client(deployment: &Deployment, id: &str, server: &str) -> Clie
 /// Signs a request without sending it, returning its headers.
 async fn signed_headers(deployment: &Deployment, url: &str, body: &str, mode: ProofMode) -> HeaderMap {
     let capture = Capture::default();
+    // With trust anchors: a request asking for a signed response is refused before it is sent
+    // by a client that could not check the answer.
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)))
+        .with(WimseSignMiddleware::new(deployment.signer(ALLOWED)).signed_responses(deployment.trust()))
         .with(capture.clone())
         .build();
-    // A client that cannot check a signed response ends the captured exchange in an error.
+    // The captured exchange has no signed answer: it ends in an error, ignored here.
     let _ = client.post(url).body(body.to_owned()).with_extension(mode).send().await;
     capture.take().expect("captured").headers
 }

@@ -57,7 +57,7 @@ pub use wimse_core;
 
 #[cfg(feature = "tls")]
 pub mod tls;
-pub use wimse_tower::{RequirePolicyLayer, WimseLayer, WimseSignLayer};
+pub use wimse_tower::{ProofMode, RequirePolicyLayer, WimseLayer, WimseSignLayer};
 
 /// What an axum service needs: the layers, the extractor, the rejection, and the core prelude.
 pub mod prelude {

@@ -47,7 +47,7 @@ pub struct Buffered;
 /// tonic `Channel` hands its layers), the [origin](Self::origin) + the path. A request none of
 /// these names an audience for is refused before it is sent
 /// ([`ErrorKind::InvalidConfiguration`], a message naming the fix; with the `tonic` feature, a
-/// gRPC call gets it as a `FAILED_PRECONDITION` status).
+/// gRPC call through the WPT layer gets it as a `FAILED_PRECONDITION` status).
 ///
 /// ```no_run
 /// use tower::ServiceBuilder;

@@ -62,6 +62,8 @@ pub use require::{RequirePolicy, RequirePolicyLayer};
 pub use server::{DEFAULT_BODY_LIMIT, WimseBody, WimseLayer, WimseRequestBody, WimseResponseFuture, WimseService};
 pub use stream::ExpiringBody;
 pub use wimse_core;
+/// Per-request options of the client layer (request extensions).
+pub use wimse_core::client::exchange::{ContextTokens, ProofMode};
 
 /// The layers and the core prelude.
 pub mod prelude {

@@ -286,7 +286,7 @@ impl<U: ?Sized> ClientExchange<U> {
             return Ok(aud);
         }
         match &self.origin {
-            Some(origin) if request.scheme().is_none() => Ok(format!("{origin}{}", request.path())),
+            Some(origin) if is_path_only(request) => Ok(format!("{origin}{}", request.path())),
             _ => Err(Error::with_detail(
                 ErrorKind::InvalidConfiguration,
                 "the request URI has no scheme and host (a tonic Channel sends only the path), so the client \
@@ -329,7 +329,8 @@ impl<U: ?Sized> ClientExchange<U> {
         let token = extensions.get::<TxnToken>();
         if self.txn_forwarding.is_configured() || token.is_some() {
             // No origin (a path-only URI and none configured): nothing is forwarded.
-            let origin = request.origin().or_else(|| self.origin.as_deref().map(str::to_owned)).unwrap_or_default();
+            let configured = || self.origin.as_deref().filter(|_| is_path_only(request)).map(str::to_owned);
+            let origin = request.origin().or_else(configured).unwrap_or_default();
             self.txn_forwarding.apply(&origin, headers, token)?;
         }
         Ok(())
@@ -356,11 +357,23 @@ impl<U: ?Sized> ClientExchange<U> {
                         return Err(Error::with_detail(ErrorKind::InvalidConfiguration, why));
                     }
                 };
-                let scheme = request.scheme().unwrap_or("https");
+                if sign_response && self.responses.is_none() {
+                    // Refused before it is sent: the call must not run when its answer
+                    // cannot be checked.
+                    return Err(Error::with_detail(
+                        ErrorKind::InvalidConfiguration,
+                        "a signed response was asked for but no trust anchors were given to check it (signed_responses)",
+                    ));
+                }
+                // A path-only URI is signed for the configured origin's scheme and authority.
+                let (scheme, authority) = match (&self.origin, is_path_only(request)) {
+                    (Some(origin), true) => origin.split_once("://").unwrap_or(("https", origin)),
+                    _ => (request.scheme().unwrap_or("https"), request.authority()),
+                };
                 let outgoing = OutgoingRequest {
                     method: request.method(),
                     scheme,
-                    authority: request.authority(),
+                    authority,
                     path: request.path(),
                     query: request.query(),
                     body,
@@ -375,7 +388,7 @@ impl<U: ?Sized> ClientExchange<U> {
                         request: Box::new(SignedParts {
                             method: request.method().to_owned(),
                             scheme: scheme.to_owned(),
-                            authority: request.authority().to_owned(),
+                            authority: authority.to_owned(),
                             path: request.path().to_owned(),
                             query: request.query().map(str::to_owned),
                             headers: headers.clone(),
@@ -389,6 +402,15 @@ impl<U: ?Sized> ClientExchange<U> {
     }
 }
 
+/// Fields the exchange itself writes (or forwards), which a context token may not name.
+const PROTOCOL_FIELDS: &[&str] =
+    &["txn-token", "workload-identity-token", "authorization", "signature", "signature-input", "content-digest"];
+
+/// Whether `request`'s URI is only a path (a tonic `Channel`'s): no scheme, no authority.
+fn is_path_only<R: Outgoing + ?Sized>(request: &R) -> bool {
+    request.scheme().is_none() && request.authority().is_empty()
+}
+
 /// Adds the request's [`ContextTokens`]; returns their field names, for the WPT's `oth`.
 fn add_context_tokens(headers: &mut HeaderMap, extensions: &Extensions) -> Result<Vec<String>> {
     let mut names = Vec::new();
@@ -396,6 +418,14 @@ fn add_context_tokens(headers: &mut HeaderMap, extensions: &Extensions) -> Resul
         for (name, value) in tokens {
             let invalid = || Error::with_detail(ErrorKind::InvalidHeaderValue, format!("context token `{name}`"));
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+            if PROTOCOL_FIELDS.contains(&header.as_str()) {
+                // A Txn-Token or a credential set this way would pass around the forwarding
+                // rules and the signer: refused.
+                return Err(Error::with_detail(
+                    ErrorKind::InvalidConfiguration,
+                    format!("context token `{name}` names a protocol field"),
+                ));
+            }
             headers.insert(header.clone(), HeaderValue::from_str(value).map_err(|_| invalid())?);
             names.push(header.as_str().to_owned());
         }
@@ -404,6 +434,7 @@ fn add_context_tokens(headers: &mut HeaderMap, extensions: &Extensions) -> Resul
 }
 
 /// A request as it was sent, for the check of its response. Made by [`ClientExchange::sign`].
+/// Its `Debug` shows the request's header names, never their values.
 #[derive(Debug)]
 pub struct SentRequest {
     signed: Option<SignedRequest>,
@@ -427,7 +458,6 @@ enum ResponseCheck {
 }
 
 /// What a signed response covers of the request (`;req` components).
-#[derive(Debug)]
 struct SignedParts {
     method: String,
     scheme: String,
@@ -435,6 +465,18 @@ struct SignedParts {
     path: String,
     query: Option<String>,
     headers: HeaderMap,
+}
+
+impl fmt::Debug for SignedParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values carry a Txn-Token, context tokens, cookies: names only.
+        f.debug_struct("SignedParts")
+            .field("method", &self.method)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("header_names", &self.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SentRequest {
@@ -523,14 +565,15 @@ macro_rules! client_exchange_setters {
     };
     (responses $uri:ty) => {
         /// Checks signed responses with these trust anchors: in HTTP-signature mode every
-        /// response is then asked for signed, and must be; any signed response is verified.
-        pub fn signed_responses(mut self, trust: wimse_core::protocol::trust::TrustStore) -> Self {
+        /// response is then asked for signed, and must be (unless a request's `ProofMode`
+        /// extension says otherwise); any signed response is verified.
+        pub fn signed_responses(mut self, trust: $crate::protocol::trust::TrustStore) -> Self {
             self.exchange = self.exchange.signed_responses(trust);
             self
         }
 
         /// Checks signed responses with this verifier (for instance one with a test clock).
-        pub fn response_verifier(mut self, verifier: wimse_core::client::response::ResponseVerifier) -> Self {
+        pub fn response_verifier(mut self, verifier: $crate::client::response::ResponseVerifier) -> Self {
             self.exchange = self.exchange.response_verifier(verifier);
             self
         }
@@ -539,7 +582,7 @@ macro_rules! client_exchange_setters {
         /// mapping the identifier draft requires): a signed response from another is refused.
         pub fn expected_identity(
             mut self,
-            map: impl Fn(&$uri) -> Option<wimse_core::id::WorkloadId> + Send + Sync + 'static,
+            map: impl Fn(&$uri) -> Option<$crate::id::WorkloadId> + Send + Sync + 'static,
         ) -> Self {
             self.exchange = self.exchange.expected_identity(map);
             self

@@ -216,9 +216,23 @@ fn the_client_exchange_chooses_the_audience_in_one_order() {
     let aliased = plain.clone().audience_alias(|uri| (uri.path() == "/charge").then(|| "https://alias.example".into()));
     assert_eq!(aliased.audience(&absolute, &none).unwrap(), "https://alias.example");
     assert_eq!(aliased.audience(&absolute, &overridden).unwrap(), "https://named.example/x", "override first");
-    let origin = plain.origin("http://orders.internal:50051/").unwrap();
-    assert_eq!(origin.audience(&path_only, &none).unwrap(), "http://orders.internal:50051/pkg.Service/Call");
-    assert_eq!(origin.audience(&absolute, &none).unwrap(), "https://payments.example/charge", "its own first");
+    let for_origin = plain.origin("http://orders.internal:50051/").unwrap();
+    assert_eq!(for_origin.audience(&path_only, &none).unwrap(), "http://orders.internal:50051/pkg.Service/Call");
+    assert_eq!(for_origin.audience(&absolute, &none).unwrap(), "https://payments.example/charge", "its own first");
+    // The origin stands in for a path-only URI only: a target naming another host (authority
+    // form, no scheme) is refused, not signed for the configured origin.
+    let elsewhere: http::Uri = "other.example:443".parse().unwrap();
+    let elsewhere = HttpTarget { uri: &elsewhere, method: &http::Method::CONNECT };
+    assert_eq!(for_origin.audience(&elsewhere, &none).unwrap_err().kind(), &ErrorKind::InvalidConfiguration);
+    // A path-only request signed with an HTTP signature covers the origin's authority.
+    let mut headers = http::HeaderMap::new();
+    let signing = for_origin.clone().http_signatures();
+    signing.sign(&path_only, &none, &mut headers, wimse_core::client::exchange::OutgoingBody::Bytes(None)).unwrap();
+    let verifier = Verifier::new(f.trust.clone(), VerifierConfig::new().origin("http://orders.internal:50051"))
+        .unwrap()
+        .clock(FixedClock::new(NOW));
+    let view = RequestView::new("/pkg.Service/Call", &headers).method("POST").authority("orders.internal:50051");
+    verifier.verify_sync(&view.body(b"")).unwrap();
     for bad in ["http://orders.internal/path", "ftp://orders.internal", "http://user@orders.internal", "orders"] {
         assert!(ClientExchange::<http::Uri>::new(signer.clone()).origin(bad).is_err(), "{bad}");
     }
@@ -263,11 +277,33 @@ fn the_client_exchange_says_when_a_response_must_be_verified() {
     assert!(sent.must_verify(&signed).unwrap());
     // A signed response it cannot bind (its signature is garbage) fails verification.
     assert!(sent.verify(200, &signed, b"").is_err());
-    // No anchors: signed unasked is left alone; asked for, nothing can check it.
+    // No anchors: signed unasked is left alone; asked for, nothing could check it, so the
+    // request is refused before it is sent.
     let blind = ClientExchange::new(signer.clone()).http_signatures();
     assert!(!send(&blind, None).must_verify(&signed).unwrap());
-    let asked = send(&blind, Some(ProofMode::HttpSignature { sign_response: true }));
-    assert_eq!(asked.must_verify(&unsigned).unwrap_err().kind(), &ErrorKind::InvalidConfiguration);
+    let mut asking = http::Extensions::new();
+    asking.insert(ProofMode::HttpSignature { sign_response: true });
+    let err = blind.sign(&target, &asking, &mut http::HeaderMap::new(), OutgoingBody::Bytes(None)).unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidConfiguration);
+    // Anchors given either way (trust anchors or a verifier) ask for signed responses.
+    let verifying = ClientExchange::new(signer.clone())
+        .http_signatures()
+        .response_verifier(wimse_core::client::response::ResponseVerifier::new(f.trust.clone()));
+    assert!(send(&verifying, None).signature().unwrap().sign_response);
+    // Its Debug names the request's fields, never their values (a Txn-Token, a cookie).
+    let mut carrying = http::Extensions::new();
+    carrying.insert(wimse_core::client::exchange::ContextTokens(vec![("x-ctx".into(), "ctx-secret".into())]));
+    let sent = checking.sign(&target, &carrying, &mut http::HeaderMap::new(), OutgoingBody::Bytes(None)).unwrap();
+    let shown = format!("{sent:?}");
+    assert!(shown.contains("x-ctx") && !shown.contains("ctx-secret"), "{shown}");
+    // A context token may not name a protocol field: a Txn-Token set that way would pass
+    // around the forwarding rules.
+    for name in ["txn-token", "Workload-Identity-Token", "authorization", "signature-input"] {
+        let mut smuggling = http::Extensions::new();
+        smuggling.insert(wimse_core::client::exchange::ContextTokens(vec![(name.into(), "x".into())]));
+        let err = checking.sign(&target, &smuggling, &mut http::HeaderMap::new(), OutgoingBody::Bytes(None));
+        assert_eq!(err.unwrap_err().kind(), &ErrorKind::InvalidConfiguration, "{name}");
+    }
     // A streamed body cannot be signed: refused with the adapter's reason.
     let err = checking
         .sign(

@@ -66,16 +66,16 @@ impl IdentityServer {
         request: &TxnTokenRequest,
     ) -> Result<IssuedTxnToken> {
         let tts = self.tts()?;
-        let TxnSubject::Token { token: subject_token, token_type: subject_token_type } = &request.subject else {
-            // A client signs a self-signed subject before it sends the request.
-            return Err(Error::with_detail(ErrorKind::UnsupportedTokenType, "an unsigned self-signed subject"));
-        };
         if request.audience.as_deref() != Some(self.domain.as_str()) {
             return Err(Error::with_detail(
                 ErrorKind::InvalidTarget,
                 format!("this service issues for {}", self.domain),
             ));
         }
+        let TxnSubject::Token { token: subject_token, token_type: subject_token_type } = &request.subject else {
+            // A client signs a self-signed subject before it sends the request.
+            return Err(Error::with_detail(ErrorKind::UnsupportedTokenType, "an unsigned self-signed subject"));
+        };
         let who = requester.id();
         let denied = |detail: String| {
             tracing::warn!(target: "wimse::audit", requester = %who, refused = %detail, "Txn-Token refused");
