@@ -232,6 +232,9 @@ error_kinds! {
     BootstrapTokenInvalid => "bootstrap_token_invalid", Answer::Status(401), "the bootstrap credential is not valid";
     /// The authenticated client may not obtain this identifier (403).
     IssuanceDenied => "issuance_denied", Answer::Status(403), "the client may not obtain this identifier";
+    /// A credential was asked for with a lifetime of 0 seconds: dead on arrival (400; a
+    /// lifetime over the client's maximum is capped, not refused).
+    InvalidLifetime => "invalid_lifetime", Answer::Status(400), "the requested lifetime is 0";
     /// A name requested for a certificate's subject alternative names is not a valid DNS name
     /// (LDH labels of 1 to 63 bytes, at most 253 bytes, internationalized names as A-labels)
     /// or not a unicast host address (400).

@@ -41,13 +41,14 @@ struct WitRequest {
 fn problem(error: &Error) -> Response {
     let rejection = Rejection::from_error(error);
     let status = match error.kind() {
-        ErrorKind::InvalidSubject(_) | ErrorKind::InvalidKey => StatusCode::BAD_REQUEST,
+        ErrorKind::InvalidSubject(_) | ErrorKind::InvalidKey | ErrorKind::InvalidLifetime => StatusCode::BAD_REQUEST,
         _ => rejection.status(),
     };
     let (parts, mut body) = rejection.into_response().into_parts();
     // What was wrong with the request's own name or key is told to its sender (RFC 9457
     // `detail`): which name, which check, what to send instead.
-    if let (ErrorKind::InvalidSubjectAltName | ErrorKind::InvalidKey, Some(detail)) = (error.kind(), error.detail())
+    if let (ErrorKind::InvalidSubjectAltName | ErrorKind::InvalidKey | ErrorKind::InvalidLifetime, Some(detail)) =
+        (error.kind(), error.detail())
         && let Ok(mut problem) = serde_json::from_slice::<serde_json::Value>(&body)
     {
         problem["detail"] = detail.into();

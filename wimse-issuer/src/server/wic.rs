@@ -45,7 +45,8 @@ impl IdentityServer {
         }
         let now = self.clock.now();
         let max = client.wic_lifetime();
-        let lifetime = request.lifetime.unwrap_or(max).clamp(1, max);
+        super::wit::refuse_zero_lifetime(request.lifetime)?;
+        let lifetime = request.lifetime.unwrap_or(max).min(max);
         let mut options = wimse_core::protocol::wic::WicOptions::new(request.usage, now, lifetime);
         options.dns_names = request.dns_names.to_vec();
         options.ip_addresses = request.ip_addresses.to_vec();

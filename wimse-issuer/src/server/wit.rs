@@ -4,7 +4,8 @@ use super::*;
 
 impl IdentityServer {
     /// Issues a WIT for `sub` bound to `public_jwk`, for the client `bootstrap` authenticates.
-    /// The lifetime is capped at the client's maximum.
+    /// The lifetime is capped at the client's maximum; a lifetime of 0 is refused
+    /// ([`ErrorKind::InvalidLifetime`]).
     pub async fn issue_wit(
         &self,
         bootstrap: &str,
@@ -13,6 +14,7 @@ impl IdentityServer {
         lifetime: Option<u64>,
     ) -> Result<IssuedWit> {
         let (client, id) = self.authorize(bootstrap, sub)?;
+        refuse_zero_lifetime(lifetime)?;
         if public_jwk.has_private_members() {
             return Err(Error::with_detail(ErrorKind::InvalidKey, "send the public key only"));
         }
@@ -102,5 +104,13 @@ impl IdentityServer {
         self.record("exchange", &exchange.profile.name, &id, lifetime, kid, now).await?;
         tracing::info!(target: "wimse::audit", profile = %exchange.profile.name, subject = sub, issued = %id, "token exchanged for a WIT");
         Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
+    }
+}
+
+/// A credential asked for with a lifetime of 0 seconds would be dead on arrival: refused.
+pub(super) fn refuse_zero_lifetime(lifetime: Option<u64>) -> Result<()> {
+    match lifetime {
+        Some(0) => Err(Error::with_detail(ErrorKind::InvalidLifetime, "lifetime: at least 1 second, or leave it out")),
+        _ => Ok(()),
     }
 }

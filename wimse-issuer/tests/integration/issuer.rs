@@ -109,6 +109,19 @@ async fn issuance_policy_bootstrap_and_bundles() {
     assert_eq!(status, 200, "{body}");
     let wit = body["wit"].as_str().unwrap();
     assert_eq!(body["expires_at"], NOW + 1800, "capped at the client's max_lifetime");
+    // A lifetime of 0 would be dead on arrival: refused, saying what to send.
+    let zero = json!({"sub": payments, "jwk": key.public_jwk(), "lifetime": 0});
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/wit"))
+        .bearer_auth(platform.token(PLATFORM_ISS, sa, NOW + 600))
+        .json(&zero)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let dead: Value = response.json().await.unwrap();
+    assert_eq!(dead["reason"], "invalid_lifetime", "{dead}");
+    assert!(dead["detail"].as_str().is_some_and(|d| d.contains("at least 1 second")), "{dead}");
     assert_eq!(validate(wit, &anchors(&base).await, NOW).unwrap().as_str(), payments);
 
     // Limited authority: another identifier, or a sibling of a prefix grant.

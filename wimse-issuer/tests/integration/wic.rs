@@ -279,7 +279,7 @@ async fn wic_lifetimes_follow_the_wit_lifetime() {
     };
     let issuer = Issuer::start("lifetime", json!({})).await;
     let spki = p256_spki();
-    for (asked, lifetime) in [(None, 1800), (Some(300), 300), (Some(1800), 1800), (Some(86_400), 1800), (Some(0), 1)] {
+    for (asked, lifetime) in [(None, 1800), (Some(300), 300), (Some(1800), 1800), (Some(86_400), 1800)] {
         let mut body = json!({"spki": spki, "usage": "client"});
         if let Some(asked) = asked {
             body["lifetime"] = asked.into();
@@ -295,4 +295,14 @@ async fn wic_lifetimes_follow_the_wit_lifetime() {
     let now = wimse_testkit::now();
     let (_, body) = issuer.wic(json!({"spki": spki, "usage": "client", "lifetime": 3600})).await;
     assert!((now + 600..=now + 605).contains(&body["expires_at"].as_u64().unwrap()), "{body}");
+}
+
+/// A certificate asked for with a lifetime of 0 seconds would be dead on arrival: refused
+/// (400 `invalid_lifetime`, saying what to send; it was issued for 1 second before).
+#[tokio::test]
+async fn a_zero_lifetime_is_refused() {
+    let issuer = Issuer::start("zero-lifetime", json!({})).await;
+    let (status, body) = issuer.wic(json!({"spki": p256_spki(), "usage": "client", "lifetime": 0})).await;
+    assert_eq!((status, body["reason"].as_str()), (400, Some("invalid_lifetime")), "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("at least 1 second")), "{body}");
 }
