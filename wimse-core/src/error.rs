@@ -232,6 +232,9 @@ error_kinds! {
     BootstrapTokenInvalid => "bootstrap_token_invalid", Answer::Status(401), "the bootstrap credential is not valid";
     /// The authenticated client may not obtain this identifier (403).
     IssuanceDenied => "issuance_denied", Answer::Status(403), "the client may not obtain this identifier";
+    /// The request's body is not the JSON the endpoint takes: not JSON, not `application/json`,
+    /// a missing or unknown member, a value of the wrong type (400; the detail names it).
+    MalformedRequest => "malformed_request", Answer::Status(400), "the request body is not what the endpoint takes";
     /// A credential was asked for with a lifetime of 0 seconds: dead on arrival (400; a
     /// lifetime over the client's maximum is capped, not refused).
     InvalidLifetime => "invalid_lifetime", Answer::Status(400), "the requested lifetime is 0";

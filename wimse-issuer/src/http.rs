@@ -47,8 +47,13 @@ fn problem(error: &Error) -> Response {
     let (parts, mut body) = rejection.into_response().into_parts();
     // What was wrong with the request's own name or key is told to its sender (RFC 9457
     // `detail`): which name, which check, what to send instead.
-    if let (ErrorKind::InvalidSubjectAltName | ErrorKind::InvalidKey | ErrorKind::InvalidLifetime, Some(detail)) =
-        (error.kind(), error.detail())
+    if let (
+        ErrorKind::InvalidSubjectAltName
+        | ErrorKind::InvalidKey
+        | ErrorKind::InvalidLifetime
+        | ErrorKind::MalformedRequest,
+        Some(detail),
+    ) = (error.kind(), error.detail())
         && let Ok(mut problem) = serde_json::from_slice::<serde_json::Value>(&body)
     {
         problem["detail"] = detail.into();
@@ -85,10 +90,26 @@ async fn limit_sources(
     response
 }
 
+/// A JSON request body; one that does not parse is refused with the same problem JSON as
+/// every other refusal (400 `malformed_request`, the detail naming what is wrong), not with
+/// axum's plain-text 415/422.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(body)) => Ok(Self(body)),
+            Err(rejection) => Err(problem(&Error::with_detail(ErrorKind::MalformedRequest, rejection.body_text()))),
+        }
+    }
+}
+
 async fn issue_wit(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
-    Json(request): Json<WitRequest>,
+    JsonBody(request): JsonBody<WitRequest>,
 ) -> Response {
     let Some(bootstrap) = bearer(&headers) else {
         return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
@@ -342,7 +363,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn issue_wic(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
-    Json(request): Json<WicBody>,
+    JsonBody(request): JsonBody<WicBody>,
 ) -> Response {
     use base64::Engine as _;
     use wimse_core::protocol::wic::{WicUsage, chain_to_pem};

@@ -306,3 +306,32 @@ async fn a_zero_lifetime_is_refused() {
     assert_eq!((status, body["reason"].as_str()), (400, Some("invalid_lifetime")), "{body}");
     assert!(body["detail"].as_str().is_some_and(|d| d.contains("at least 1 second")), "{body}");
 }
+
+/// A body that is not the JSON an endpoint takes is refused with the same problem JSON as
+/// every other refusal (400 `malformed_request`, the detail naming what is wrong), not with a
+/// plain-text 415/422: at `/v1/wic` and at `/v1/wit`.
+#[tokio::test]
+async fn a_malformed_body_is_a_problem_json() {
+    let issuer = Issuer::start("malformed", json!({})).await;
+    let post = |path: &str, content_type: &'static str, body: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{}{path}", issuer.base))
+            .bearer_auth(issuer.token())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    for (path, content_type, body, named) in [
+        ("/v1/wic", "application/json", "{not json", "as JSON"),
+        ("/v1/wic", "application/json", r#"{"sub": "x", "spki": "y", "extra": 1}"#, "extra"),
+        ("/v1/wic", "text/plain", "{}", "Content-Type"),
+        ("/v1/wit", "application/json", r#"{"sub": 7}"#, "invalid type"),
+    ] {
+        let response = post(path, content_type, body).await.unwrap();
+        assert_eq!(response.status(), 400, "{path} {body}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json", "{path} {body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["reason"], "malformed_request", "{problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains(named)), "{named}: {problem}");
+    }
+}
