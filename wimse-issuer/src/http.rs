@@ -95,13 +95,26 @@ async fn limit_sources(
 /// axum's plain-text 415/422.
 struct JsonBody<T>(T);
 
+/// The longest `detail` a malformed body's refusal carries (bytes).
+const MAX_DETAIL: usize = 256;
+
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
     type Rejection = Response;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(request, state).await {
             Ok(Json(body)) => Ok(Self(body)),
-            Err(rejection) => Err(problem(&Error::with_detail(ErrorKind::MalformedRequest, rejection.body_text()))),
+            Err(rejection) => {
+                // serde's message quotes the offending value: bounded, so a huge one is not
+                // sent back (or logged) whole.
+                let mut detail = rejection.body_text();
+                if detail.len() > MAX_DETAIL {
+                    let cut = (0..=MAX_DETAIL).rev().find(|&i| detail.is_char_boundary(i)).unwrap_or(0);
+                    detail.truncate(cut);
+                    detail.push('…');
+                }
+                Err(problem(&Error::with_detail(ErrorKind::MalformedRequest, detail)))
+            }
         }
     }
 }

@@ -165,7 +165,8 @@ impl WimseSignMiddleware {
 struct Target<'a> {
     url: &'a Url,
     method: &'a reqwest::Method,
-    authority: String,
+    /// `@authority`, made only when an HTTP signature needs it (not for a WPT).
+    authority: std::cell::OnceCell<String>,
 }
 
 impl Outgoing for Target<'_> {
@@ -184,7 +185,7 @@ impl Outgoing for Target<'_> {
     }
 
     fn authority(&self) -> &str {
-        &self.authority
+        self.authority.get_or_init(|| signed_authority(self.method, self.url))
     }
 
     fn path(&self) -> &str {
@@ -210,8 +211,7 @@ impl Middleware for WimseSignMiddleware {
         let sent = {
             // Sign into a detached header map so the body can be borrowed, not copied.
             let mut headers = std::mem::take(req.headers_mut());
-            let target =
-                Target { url: req.url(), method: req.method(), authority: signed_authority(req.method(), req.url()) };
+            let target = Target { url: req.url(), method: req.method(), authority: Default::default() };
             let body = match req.body() {
                 None => OutgoingBody::Bytes(None),
                 Some(body) => match body.as_bytes() {

@@ -334,4 +334,17 @@ async fn a_malformed_body_is_a_problem_json() {
         assert_eq!(problem["reason"], "malformed_request", "{problem}");
         assert!(problem["detail"].as_str().is_some_and(|d| d.contains(named)), "{named}: {problem}");
     }
+    // The detail quotes the offending value, but never a huge one whole.
+    let huge = format!(r#"{{"sub": "x", "spki": "y", "lifetime": "{}"}}"#, "9".repeat(3_000));
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/wic", issuer.base))
+        .bearer_auth(issuer.token())
+        .json(&serde_json::from_str::<Value>(&huge).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("invalid type") && detail.len() < 300, "{} bytes: {detail}", detail.len());
 }
