@@ -154,6 +154,43 @@ async fn replicas_on_one_redis_accept_each_proof_once_even_across_a_restart() {
     drop(url);
 }
 
+/// The first claim to reach a Redis that lost everything learns the new epoch from its own
+/// answer and is tried again under it. This replica's re-seeding of that epoch runs meanwhile,
+/// and must not write the proof in flight (it was never accepted): a fresh proof is accepted or
+/// refused as unavailable, never called a replay of itself.
+#[tokio::test]
+async fn a_proof_in_flight_when_redis_loses_everything_is_never_called_its_own_replay() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let s = Scenario::new();
+    let store = RedisReplayStore::new(&redis.url()).expect("store");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while store.join().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the replica joins");
+    let replica = s.replica(store);
+    let _ = verify_when_reachable(&replica, &s.request()).await;
+    s.pass_recovery_window();
+    verify_when_reachable(&replica, &s.request()).await.expect("steady state");
+    for loss in 0..5 {
+        redis.restart();
+        let mut accepted = false;
+        for _ in 0..100 {
+            match verify_when_reachable(&replica, &s.request()).await {
+                Ok(_) => {
+                    accepted = true;
+                    break;
+                }
+                Err(error) => assert_eq!(error.kind(), &ErrorKind::ReplayCacheUnavailable, "loss {loss}: {error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(accepted, "loss {loss}: fresh proofs are accepted again once re-seeded");
+    }
+}
+
 #[tokio::test]
 async fn a_stalled_or_stopped_redis_fails_closed_or_open_as_configured() {
     let Some(mut redis) = RedisServer::start() else { return };

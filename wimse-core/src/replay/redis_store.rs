@@ -14,8 +14,9 @@
 //! any more, so it is refused (503) until one of two things happens:
 //!
 //! - **re-seeding** (seconds): every replica remembers the claims it accepted while they are
-//!   live (recorded before each claim is sent), and writes them into the new epoch as soon as it
-//!   sees it; once every replica that could hold live claims has done so, the bucket knows every
+//!   live (recorded when Redis accepts each one; an acceptance answered after the replica saw
+//!   a new epoch is refused instead, since that epoch's re-seeding may have missed it), and
+//!   writes them into the new epoch as soon as it sees it; once every replica that could hold live claims has done so, the bucket knows every
 //!   claim again and older proofs are claimed as usual. This needs each replica to know every
 //!   other: a replica registers before it claims anything, and when others use the store it
 //!   waits [`JOIN_WAIT`] after registering before its first claim, so every other replica's
@@ -263,7 +264,7 @@ struct Bucket {
     /// lower one means the store lost recent writes (Redis runs commands in order).
     sequence: u64,
     sequence_seen: Option<Instant>,
-    /// The claims this replica accepted (or is claiming), oldest first: (key, expiry).
+    /// The claims this replica accepted, oldest first: (key, expiry).
     remembered: VecDeque<(u128, u64)>,
     /// Until when a claim this replica had to forget could still be live.
     forgot_until: u64,
@@ -812,10 +813,17 @@ impl Inner {
         }
     }
 
-    /// Remembers a claim this replica is about to make, for re-seeding: before the script runs,
-    /// so a re-seeding that starts while the answer is on its way cannot miss it.
-    fn remember(&self, bucket: usize, claim: &ReplayClaim, now: u64) {
-        let Ok(mut state) = self.bucket(bucket) else { return };
+    /// Remembers a claim Redis accepted under the epoch `marker`, for re-seeding. `false`: the
+    /// epoch changed while the answer was on its way, so a re-seeding may already have missed
+    /// this claim; it must be refused. Checked and recorded under the bucket's lock, which a new
+    /// epoch is learned under too, so no re-seeding misses an accepted claim. Only accepted
+    /// claims are remembered: one in flight when an epoch is learned was refused (its answer
+    /// names the new epoch), and re-seeding it would make its own retry look like a replay.
+    fn remember(&self, bucket: usize, claim: &ReplayClaim, now: u64, marker: &str) -> bool {
+        let Ok(mut state) = self.bucket(bucket) else { return false };
+        if state.epoch.as_ref().is_none_or(|epoch| epoch.marker != marker) {
+            return false;
+        }
         let mut dropped = 0;
         while state.remembered.front().is_some_and(|(_, exp)| *exp <= now) {
             state.remembered.pop_front();
@@ -830,11 +838,12 @@ impl Inner {
                 self.remembered.fetch_sub(1, Ordering::Relaxed);
             } else {
                 state.forgot_until = state.forgot_until.max(claim.expires_at());
-                return;
+                return true;
             }
         }
         state.remembered.push_back((claim.key(), claim.expires_at()));
         self.remembered.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     async fn run(
@@ -870,7 +879,6 @@ impl Inner {
                 }
                 Err(error) => return Ok(Err(error)),
             };
-            self.remember(bucket, claim, now);
             let fresh = self.fresh_marker(now);
             let sent = Instant::now();
             let (status, marker, sequence): (String, String, u64) = self
@@ -892,6 +900,11 @@ impl Inner {
                         return Ok(Err(unavailable("the replay store lost recent writes; a new epoch began")));
                     }
                     if status == "OK" {
+                        if !self.remember(bucket, claim, now, marker) {
+                            return Ok(Err(unavailable(
+                                "the replay store began a new epoch while this proof was being claimed",
+                            )));
+                        }
                         return Ok(Ok(()));
                     }
                     metrics::counter!("wimse_replay_cache_hits_total").increment(1);
