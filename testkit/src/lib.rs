@@ -256,8 +256,9 @@ pub fn signature_client(deployment: &Deployment, id: &str, server: &str) -> Clie
         .build()
 }
 
-/// Signs a request without sending it, returning its headers.
-async fn signed_headers(deployment: &Deployment, url: &str, body: &str, mode: ProofMode) -> HeaderMap {
+/// Signs a POST of `body` to `url` as [`ALLOWED`] in `mode` without sending it, returning its
+/// header fields.
+pub async fn signed_headers(deployment: &Deployment, url: &str, body: &str, mode: ProofMode) -> HeaderMap {
     let capture = Capture::default();
     // With trust anchors: a request asking for a signed response is refused before it is sent
     // by a client that could not check the answer.

@@ -238,6 +238,28 @@ error_kinds! {
     /// A credential was asked for with a lifetime of 0 seconds: dead on arrival (400; a
     /// lifetime over the client's maximum is capped, not refused).
     InvalidLifetime => "invalid_lifetime", Answer::Status(400), "the requested lifetime is 0";
+    // ---- gateway ----
+    /// A forward-auth subrequest came from an address that is not a configured proxy: whoever
+    /// sends it chooses which request is checked (403).
+    UntrustedForwarder => "untrusted_forwarder", Answer::Status(403), "the forward-auth request does not come from a trusted proxy";
+    /// A forward-auth subrequest lacks (or repeats) a field naming the original request's
+    /// method, URI or host (400).
+    OriginalRequestMissing => "original_request_missing", Answer::Status(400), "the forward-auth request does not say which request to check";
+    /// An HTTP-signature request with a body reached a gateway mode that does not receive
+    /// bodies (forward-auth): its `Content-Digest` cannot be checked. Send a WPT, or go
+    /// through the reverse proxy (401).
+    BodyNotForwarded => "body_not_forwarded", Answer::Credential, "the signature covers a body this gateway mode does not receive";
+    /// No gateway route is configured for the request's host and path (403).
+    NoRoute => "no_route", Answer::Status(403), "no route is configured for this host and path";
+    /// The egress proxy signs for configured destinations only (403).
+    DestinationNotAllowed => "destination_not_allowed", Answer::Status(403), "the destination is not one the egress proxy may sign for";
+    /// The egress proxy was asked for a tunnel (`CONNECT`), inside which it could not sign
+    /// (405).
+    TunnelRefused => "tunnel_refused", Answer::Status(405), "CONNECT tunnels are refused: send plain HTTP requests to the proxy";
+    /// The upstream could not be reached or broke the exchange (502).
+    UpstreamUnavailable => "upstream_unavailable", Answer::Status(502), "the upstream could not be reached";
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout => "upstream_timeout", Answer::Status(504), "the upstream did not answer in time";
     /// A name requested for a certificate's subject alternative names is not a valid DNS name
     /// (LDH labels of 1 to 63 bytes, at most 253 bytes, internationalized names as A-labels)
     /// or not a unicast host address (400).

@@ -18,6 +18,16 @@ impl HeaderSource for HeaderMap {
     }
 }
 
+/// Fields the protocol itself reads and writes (credentials, proofs, the Txn-Token), which a
+/// context token or a gateway's identity header may not be named.
+const PROTOCOL_FIELDS: &[&str] =
+    &["txn-token", "workload-identity-token", "authorization", "signature", "signature-input", "content-digest"];
+
+/// Whether the lower-case field `name` is one the protocol itself uses.
+pub fn is_protocol_field(name: &str) -> bool {
+    PROTOCOL_FIELDS.contains(&name)
+}
+
 /// A field value checked to be visible ASCII (spaces and tabs allowed), trimmed, and whether
 /// it holds a comma: one pass without early exit, so it vectorises (tokens are a few hundred
 /// bytes to 8 KiB).

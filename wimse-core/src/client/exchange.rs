@@ -402,10 +402,6 @@ impl<U: ?Sized> ClientExchange<U> {
     }
 }
 
-/// Fields the exchange itself writes (or forwards), which a context token may not name.
-const PROTOCOL_FIELDS: &[&str] =
-    &["txn-token", "workload-identity-token", "authorization", "signature", "signature-input", "content-digest"];
-
 /// Whether `request`'s URI is only a path (a tonic `Channel`'s): no scheme, no authority.
 fn is_path_only<R: Outgoing + ?Sized>(request: &R) -> bool {
     request.scheme().is_none() && request.authority().is_empty()
@@ -418,7 +414,7 @@ fn add_context_tokens(headers: &mut HeaderMap, extensions: &Extensions) -> Resul
         for (name, value) in tokens {
             let invalid = || Error::with_detail(ErrorKind::InvalidHeaderValue, format!("context token `{name}`"));
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
-            if PROTOCOL_FIELDS.contains(&header.as_str()) {
+            if crate::headers::is_protocol_field(header.as_str()) {
                 // A Txn-Token or a credential set this way would pass around the forwarding
                 // rules and the signer: refused.
                 return Err(Error::with_detail(

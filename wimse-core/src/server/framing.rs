@@ -11,7 +11,7 @@ use crate::draft::{
 };
 use crate::error::{Answer, Error, ErrorKind, Result};
 
-pub use crate::headers::{HeaderSource, single_value};
+pub use crate::headers::{HeaderSource, is_protocol_field, single_value};
 use crate::headers::{as_visible_ascii, oversized};
 
 /// The credentials of a WIT + WPT request, as sent.

@@ -1,0 +1,238 @@
+//! The gateway's one configuration file: JSON or TOML (by extension), in the settings format
+//! the libraries read (`verifier`, `policy`, `credentials`), plus listeners, routes, egress
+//! destinations and identity header names. `WIMSE_*` variables override the `verifier` part
+//! as they do for any service ([`Settings::apply_env`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wimse_core::config::{CredentialSettings, PolicySettings, Proofs, Settings, VerifierSettings};
+
+use crate::error::GatewayError;
+
+/// Everything `wimse gateway serve --config FILE` reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// How inbound calls are verified (trust anchors, leeway, Txn-Tokens...). Its `origins`
+    /// must be empty: each route names its own, so a proof for one service behind the gateway
+    /// is never accepted for another.
+    #[serde(default)]
+    pub verifier: VerifierSettings,
+    /// The policy of routes that name none.
+    #[serde(default)]
+    pub policy: Option<PolicySettings>,
+    /// The services behind the gateway, matched by host and path prefix (the longest prefix
+    /// wins).
+    #[serde(default)]
+    pub routes: Vec<RouteSettings>,
+    /// The forward-auth endpoint (nginx `auth_request`, Caddy `forward_auth`, Traefik
+    /// `forwardAuth`).
+    #[serde(default)]
+    pub forward_auth: Option<ForwardAuthSettings>,
+    /// The reverse proxy: verifies, then forwards to each route's `upstream`.
+    #[serde(default)]
+    pub reverse_proxy: Option<ReverseProxySettings>,
+    /// The egress signing proxy for applications that cannot link the libraries.
+    #[serde(default)]
+    pub egress: Option<EgressSettings>,
+    /// The header fields carrying the verified identity to the application.
+    #[serde(default)]
+    pub identity_headers: IdentityHeaderNames,
+    /// The gateway's own credentials (egress): files a node agent keeps current. Without them,
+    /// the Workload API at `workload_api` (or `SPIFFE_ENDPOINT_SOCKET`).
+    #[serde(default)]
+    pub credentials: Option<CredentialSettings>,
+    /// The Workload API endpoint for egress credentials (`unix:///path`); default
+    /// `SPIFFE_ENDPOINT_SOCKET`.
+    #[serde(default)]
+    pub workload_api: Option<String>,
+}
+
+/// One service behind the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// The service's external origin (`https://payments.example`): proofs must name it (WPT
+    /// `aud` = origin + path), and requests for its host (default port of its scheme implied)
+    /// are matched against this route.
+    pub origin: String,
+    /// The path prefix (segment boundaries respected); default `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Accepted proofs; default the verifier's.
+    #[serde(default)]
+    pub proofs: Option<Proofs>,
+    /// Who may call; default the top-level policy (none: any verified caller).
+    #[serde(default)]
+    pub policy: Option<PolicySettings>,
+    /// Reverse-proxy mode: where verified requests go (`http://host:port`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+/// Which fields of a forward-auth subrequest name the original request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OriginalRequestFields {
+    /// `X-Original-Method`, `X-Original-URI`, `X-Original-Host`, `X-Original-Proto`, set by the
+    /// nginx configuration (`proxy_set_header`, which replaces a client's own).
+    #[default]
+    XOriginal,
+    /// `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host`, `X-Forwarded-Proto`, set
+    /// by Caddy's `forward_auth` and Traefik's `forwardAuth`.
+    XForwarded,
+}
+
+/// The forward-auth endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthSettings {
+    /// The address to listen on, e.g. `127.0.0.1:9100`.
+    pub listen: SocketAddr,
+    /// The proxies' addresses: a subrequest from any other is refused (403 untrusted_forwarder),
+    /// since whoever sends it chooses which request is checked.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Which fields carry the original request (the other family is ignored, so a client
+    /// cannot slip its own past the proxy). Default `x-original` (nginx).
+    #[serde(default)]
+    pub original_request: OriginalRequestFields,
+}
+
+/// The reverse proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseProxySettings {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// Longest wait for an upstream's answer headers, milliseconds. Default 30000.
+    #[serde(default)]
+    pub upstream_timeout_ms: Option<u64>,
+}
+
+/// The egress signing proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSettings {
+    /// The address applications send to (`HTTP_PROXY=http://this`, absolute-form requests).
+    pub listen: SocketAddr,
+    /// The only origins requests are signed and forwarded to; anything else is refused.
+    pub destinations: Vec<DestinationSettings>,
+    /// Longest wait for a destination's answer headers, milliseconds. Default 30000.
+    #[serde(default)]
+    pub upstream_timeout_ms: Option<u64>,
+}
+
+/// How proofs for a destination are made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EgressProof {
+    /// WIT + WPT (the body streams through).
+    #[default]
+    Wpt,
+    /// WIT + HTTP message signature covering the body (buffered within a limit).
+    HttpSignature,
+}
+
+/// One destination of the egress proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSettings {
+    /// `scheme://authority` as the application names it (`http://orders.internal:8080`).
+    pub origin: String,
+    /// How the gateway proves its identity there; default WPT.
+    #[serde(default)]
+    pub proof: EgressProof,
+    /// The destination is inside this workload's trust domain: the application's `Txn-Token`
+    /// is passed on (bound into the proof). Elsewhere it is removed. Default false.
+    #[serde(default)]
+    pub forward_txn_token: bool,
+    /// Where requests really go, if not `origin` (e.g. `https://orders.internal`, to upgrade to
+    /// TLS); the proofs still name `origin`.
+    #[serde(default)]
+    pub connect_to: Option<String>,
+}
+
+/// The header fields the application receives; any of these arriving from outside is removed
+/// first, in every mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaderNames {
+    /// The caller's workload identifier. Default `x-wimse-caller`.
+    pub caller: String,
+    /// How it proved it: `wpt`, `http-signature` or `mtls`. Default `x-wimse-proof`.
+    pub proof: String,
+    /// The verified Txn-Token's transaction id (`txn`). Default `x-wimse-txn`.
+    pub txn: String,
+    /// The verified Txn-Token's subject. Default `x-wimse-txn-subject`.
+    pub txn_subject: String,
+    /// The verified Txn-Token's scope. Default `x-wimse-txn-scope`.
+    pub txn_scope: String,
+}
+
+impl Default for IdentityHeaderNames {
+    fn default() -> Self {
+        Self {
+            caller: "x-wimse-caller".into(),
+            proof: "x-wimse-proof".into(),
+            txn: "x-wimse-txn".into(),
+            txn_subject: "x-wimse-txn-subject".into(),
+            txn_scope: "x-wimse-txn-scope".into(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads a JSON (`.json`) or TOML (any other extension) file; relative paths in it are
+    /// relative to its directory. `WIMSE_*` variables then apply to the `verifier` part.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, GatewayError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| GatewayError::Config(format!("{}: {e}", path.display())))?;
+        let mut config =
+            if path.extension().is_some_and(|e| e == "json") { Self::from_json(&text) } else { Self::from_toml(&text) }
+                .map_err(|e| GatewayError::Config(format!("{}: {e}", path.display())))?;
+        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        config = config.relative_to(&dir);
+        config.apply_env_from(std::env::vars().collect::<Vec<_>>().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Parses JSON.
+    pub fn from_json(text: &str) -> Result<Self, GatewayError> {
+        serde_json::from_str(text).map_err(|e| GatewayError::Config(e.to_string()))
+    }
+
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
+        toml::from_str(text).map_err(|e| GatewayError::Config(e.to_string()))
+    }
+
+    /// Resolves relative file paths against `dir`.
+    pub fn relative_to(mut self, dir: &Path) -> Self {
+        let settings = self.settings().relative_to(dir);
+        self.take_settings(settings);
+        self
+    }
+
+    /// Applies `WIMSE_*` variables from `vars` to the `verifier`, `policy` and `credentials`
+    /// parts, as [`Settings::apply_env_from`] does for a service.
+    pub fn apply_env_from<'a>(
+        mut self,
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, GatewayError> {
+        let settings = self.settings().apply_env_from(vars).map_err(|e| GatewayError::Config(e.to_string()))?;
+        self.take_settings(settings);
+        Ok(self)
+    }
+
+    fn settings(&self) -> Settings {
+        Settings { verifier: self.verifier.clone(), policy: self.policy.clone(), credentials: self.credentials.clone() }
+    }
+
+    fn take_settings(&mut self, settings: Settings) {
+        self.verifier = settings.verifier;
+        self.policy = settings.policy;
+        self.credentials = settings.credentials;
+    }
+}

@@ -1,0 +1,158 @@
+//! The egress signing proxy, for applications that cannot link the libraries: they send plain
+//! HTTP through it (`HTTP_PROXY`, absolute-form requests), and it adds the gateway workload's
+//! WIT + WPT or an HTTP signature for the real destination, with the same client layer a Rust
+//! service uses ([`WimseSignLayer`]). Only configured destinations are signed for; a
+//! `Txn-Token` goes only to those inside the trust domain; redirects are passed back to the
+//! application, never followed with credentials; `CONNECT` is refused (nothing could be signed
+//! inside a tunnel).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_layer::Layer;
+use tower_service::Service;
+use wimse_core::client::sign::Signer;
+use wimse_core::{Error, ErrorKind};
+use wimse_tower::{Buffered, Streamed, WimseSign, WimseSignLayer};
+
+use crate::config::{EgressProof, EgressSettings};
+use crate::error::GatewayError;
+use crate::identity::IdentityHeaders;
+use crate::reverse_proxy::{UpstreamClient, remove_hop_by_hop, upstream_client};
+use crate::routes::normalize_authority;
+use crate::server::{BoxError, GatewayBody, revealing_rejection};
+
+/// Fields an application may not set on a request the gateway signs: the credentials are the
+/// gateway's to write.
+const CREDENTIAL_FIELDS: &[&str] = &["authorization", "workload-identity-token", "signature", "signature-input"];
+
+/// The largest body an HTTP-signature destination is sent (it is buffered to be digested).
+const SIGNED_BODY_LIMIT: usize = 8 << 20;
+
+#[derive(Debug, Clone)]
+struct Destination {
+    scheme: String,
+    authority: String,
+    proof: EgressProof,
+}
+
+/// The egress proxy of one configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Egress {
+    destinations: Vec<Destination>,
+    wpt: WimseSign<UpstreamClient, Streamed>,
+    signatures: WimseSign<Client<HttpConnector, Full<Bytes>>, Buffered>,
+    timeout: Duration,
+}
+
+impl Egress {
+    pub(crate) fn new(settings: &EgressSettings, signer: Signer) -> Result<Self, GatewayError> {
+        let mut destinations = Vec::new();
+        let mut inside = Vec::new();
+        for (i, destination) in settings.destinations.iter().enumerate() {
+            let invalid = || {
+                GatewayError::Config(format!(
+                    "egress.destinations[{i}].origin {:?} is not http://host[:port]",
+                    destination.origin
+                ))
+            };
+            let origin = destination.origin.trim_end_matches('/');
+            let (scheme, authority) = origin.split_once("://").ok_or_else(invalid)?;
+            // Plain HTTP only for now: the application's request is forwarded as it names it.
+            if scheme != "http" {
+                return Err(invalid());
+            }
+            let authority = normalize_authority(scheme, authority).ok_or_else(invalid)?;
+            if destination.forward_txn_token {
+                inside.push(origin.to_owned());
+            }
+            destinations.push(Destination { scheme: scheme.to_owned(), authority, proof: destination.proof });
+        }
+        let wpt = WimseSignLayer::new(signer.clone()).trust_domain_origins(inside.clone()).layer(upstream_client());
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let buffered_client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let signatures = WimseSignLayer::new(signer)
+            .trust_domain_origins(inside)
+            .http_signatures()
+            .body_limit(SIGNED_BODY_LIMIT)
+            .layer(buffered_client);
+        let timeout = Duration::from_millis(settings.upstream_timeout_ms.unwrap_or(30_000));
+        Ok(Self { destinations, wpt, signatures, timeout })
+    }
+
+    fn destination(&self, uri: &http::Uri) -> Option<&Destination> {
+        let (scheme, authority) = (uri.scheme_str()?, uri.authority()?.as_str());
+        let authority = normalize_authority(scheme, authority)?;
+        self.destinations.iter().find(|d| d.scheme == scheme && d.authority == authority)
+    }
+
+    /// Signs and forwards one request of the application.
+    pub(crate) async fn handle(&self, identity: &IdentityHeaders, request: Request<Incoming>) -> Response<GatewayBody> {
+        if request.method() == Method::CONNECT {
+            tracing::info!("wimse gateway: egress CONNECT refused");
+            return revealing_rejection(&Error::new(ErrorKind::TunnelRefused));
+        }
+        let Some(destination) = self.destination(request.uri()).cloned() else {
+            let detail = if request.uri().authority().is_none() {
+                "send absolute-form requests (set HTTP_PROXY to the gateway)"
+            } else {
+                "not a configured egress destination"
+            };
+            tracing::info!(reason = "destination_not_allowed", "wimse gateway: egress refused");
+            return revealing_rejection(&Error::with_detail(ErrorKind::DestinationNotAllowed, detail));
+        };
+        let (mut parts, body) = request.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        identity.strip(&mut parts.headers);
+        for field in CREDENTIAL_FIELDS {
+            parts.headers.remove(*field);
+        }
+        parts.version = http::Version::HTTP_11;
+        let sent = match destination.proof {
+            EgressProof::Wpt => {
+                let body = body.map_err(|e| -> BoxError { e.into() }).boxed();
+                let mut wpt = self.wpt.clone();
+                let call = async move {
+                    std::future::poll_fn(|cx| wpt.poll_ready(cx)).await?;
+                    let response = wpt.call(Request::from_parts(parts, body)).await?;
+                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed()))
+                };
+                tokio::time::timeout(self.timeout, Box::pin(call)).await
+            }
+            EgressProof::HttpSignature => {
+                let mut signatures = self.signatures.clone();
+                let call = async move {
+                    std::future::poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut signatures, cx)).await?;
+                    let response = signatures.call(Request::from_parts(parts, body)).await?;
+                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed()))
+                };
+                tokio::time::timeout(self.timeout, Box::pin(call)).await
+            }
+        };
+        match sent {
+            Ok(Ok(mut response)) => {
+                remove_hop_by_hop(response.headers_mut());
+                response
+            }
+            Ok(Err(error)) => match error.downcast::<Error>() {
+                // The signer refused (no credentials, a body too large to sign...): say why.
+                Ok(error) => {
+                    tracing::warn!(reason = error.kind().reason(), "wimse gateway: egress request not signed");
+                    revealing_rejection(&error)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "wimse gateway: egress destination unavailable");
+                    revealing_rejection(&Error::new(ErrorKind::UpstreamUnavailable))
+                }
+            },
+            Err(_) => revealing_rejection(&Error::new(ErrorKind::UpstreamTimeout)),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The verified identity as header fields for the application, and the removal of any field
+//! of those names that arrived from outside (in every mode, before results are added), so an
+//! application never sees a caller header the gateway did not write.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use wimse_core::server::caller::VerifiedCaller;
+
+use crate::config::IdentityHeaderNames;
+use crate::error::GatewayError;
+
+/// The identity header names, parsed once.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    caller: HeaderName,
+    proof: HeaderName,
+    txn: HeaderName,
+    txn_subject: HeaderName,
+    txn_scope: HeaderName,
+}
+
+impl IdentityHeaders {
+    /// Parses the configured names; they must be distinct and not a field WIMSE itself reads.
+    pub fn new(names: &IdentityHeaderNames) -> Result<Self, GatewayError> {
+        let parse = |field: &str, name: &str| -> Result<HeaderName, GatewayError> {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                GatewayError::Config(format!("identity_headers.{field}: {name:?} is not a header name"))
+            })?;
+            let framing = ["host", "content-length", "transfer-encoding", "connection", "te", "upgrade"];
+            if wimse_core::server::framing::is_protocol_field(parsed.as_str()) || framing.contains(&parsed.as_str()) {
+                return Err(GatewayError::Config(format!(
+                    "identity_headers.{field}: {name:?} is a field the protocol or HTTP itself uses"
+                )));
+            }
+            Ok(parsed)
+        };
+        let headers = Self {
+            caller: parse("caller", &names.caller)?,
+            proof: parse("proof", &names.proof)?,
+            txn: parse("txn", &names.txn)?,
+            txn_subject: parse("txn_subject", &names.txn_subject)?,
+            txn_scope: parse("txn_scope", &names.txn_scope)?,
+        };
+        let all = headers.names();
+        if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
+            return Err(GatewayError::Config("identity_headers: two fields have the same name".into()));
+        }
+        Ok(headers)
+    }
+
+    fn names(&self) -> [&HeaderName; 5] {
+        [&self.caller, &self.proof, &self.txn, &self.txn_subject, &self.txn_scope]
+    }
+
+    /// Removes every identity field, however many times it arrived.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        for name in self.names() {
+            headers.remove(name);
+        }
+    }
+
+    /// Writes the verified identity (nothing for an anonymous request). A Txn-Token value that
+    /// cannot be a header field (not visible ASCII) is left out, with a debug log.
+    pub fn write(&self, caller: Option<&VerifiedCaller>, headers: &mut HeaderMap) {
+        let Some(caller) = caller else { return };
+        set(headers, &self.caller, caller.id().as_str());
+        set(headers, &self.proof, caller.method().name());
+        if let Some(txn) = caller.transaction() {
+            set(headers, &self.txn, txn.txn());
+            set(headers, &self.txn_subject, txn.subject());
+            set(headers, &self.txn_scope, txn.scope());
+        }
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            headers.insert(name.clone(), value);
+        }
+        Err(_) => {
+            tracing::debug!(field = %name, "wimse gateway: a verified value is not a valid header value; left out")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_distinct_valid_and_not_protocol_fields() {
+        assert!(IdentityHeaders::new(&IdentityHeaderNames::default()).is_ok());
+        let same = IdentityHeaderNames { proof: "X-Wimse-Caller".into(), ..Default::default() };
+        assert!(IdentityHeaders::new(&same).is_err());
+        let invalid = IdentityHeaderNames { caller: "x caller".into(), ..Default::default() };
+        assert!(IdentityHeaders::new(&invalid).is_err());
+        let protocol = IdentityHeaderNames { caller: "Txn-Token".into(), ..Default::default() };
+        assert!(IdentityHeaders::new(&protocol).is_err());
+    }
+
+    #[test]
+    fn every_copy_of_an_identity_field_is_removed() {
+        let headers = IdentityHeaders::new(&IdentityHeaderNames::default()).unwrap();
+        let mut map = HeaderMap::new();
+        map.append("x-wimse-caller", HeaderValue::from_static("spiffe://evil/a"));
+        map.append("X-Wimse-Caller", HeaderValue::from_static("spiffe://evil/b"));
+        map.append("x-wimse-txn-subject", HeaderValue::from_static("admin"));
+        map.append("accept", HeaderValue::from_static("*/*"));
+        headers.strip(&mut map);
+        assert_eq!(map.len(), 1);
+        headers.write(None, &mut map);
+        assert_eq!(map.len(), 1, "nothing is written for an anonymous request");
+    }
+}

@@ -1,0 +1,88 @@
+//! What one configuration builds: the trust anchors (bundles followed), the routes with their
+//! pipelines and reverse-proxy services, the identity headers and the egress proxy. A reload
+//! builds a new one beside the running one and swaps it in only when it is complete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+use wimse_core::client::sign::Signer;
+use wimse_core::protocol::trust::TrustHandle;
+use wimse_core::replay::InMemoryReplayStore;
+use wimse_core::time::SystemClock;
+use wimse_tower::WimseLayer;
+use wimse_workload_api::{Endpoint, WitSvidSource};
+
+use crate::config::GatewayConfig;
+use crate::egress::Egress;
+use crate::error::GatewayError;
+use crate::identity::IdentityHeaders;
+use crate::reverse_proxy::{Forward, RouteProxy, UpstreamClient};
+use crate::routes::RouteTable;
+
+/// One configuration, running.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) config: GatewayConfig,
+    pub(crate) routes: RouteTable,
+    pub(crate) identity: Arc<IdentityHeaders>,
+    /// Per route (in the table's order): its reverse-proxy service, if it has an upstream.
+    pub(crate) proxies: Vec<Option<RouteProxy>>,
+    pub(crate) egress: Option<Egress>,
+    /// The tasks following trust bundles; stopped when this configuration is replaced.
+    bundles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for task in &self.bundles {
+            task.abort();
+        }
+    }
+}
+
+impl Live {
+    /// Builds everything `config` describes. `replays` and `client` outlive configurations.
+    pub(crate) async fn build(
+        config: GatewayConfig,
+        replays: &Arc<InMemoryReplayStore>,
+        client: &UpstreamClient,
+    ) -> Result<Self, GatewayError> {
+        let trust = TrustHandle::new(config.verifier.trust_store()?);
+        let sources = wimse_reqwest::fetch_bundles(&config.verifier, &trust, Arc::new(SystemClock)).await?;
+        let bundles = sources.into_iter().map(|source| source.spawn(trust.clone())).collect();
+        let routes = RouteTable::build(&config, &trust, replays)?;
+        let identity = Arc::new(IdentityHeaders::new(&config.identity_headers)?);
+        let timeout =
+            Duration::from_millis(config.reverse_proxy.as_ref().and_then(|r| r.upstream_timeout_ms).unwrap_or(30_000));
+        let proxies = routes
+            .iter()
+            .map(|route| {
+                route.upstream().map(|upstream| {
+                    let forward = Forward::new(client.clone(), upstream.clone(), identity.clone(), timeout);
+                    WimseLayer::from(route.pipeline().clone()).layer(forward)
+                })
+            })
+            .collect();
+        let egress = match &config.egress {
+            Some(settings) => Some(Egress::new(settings, egress_signer(&config).await?)?),
+            None => None,
+        };
+        Ok(Self { config, routes, identity, proxies, egress, bundles })
+    }
+}
+
+/// The gateway workload's own credentials: files, else the Workload API.
+async fn egress_signer(config: &GatewayConfig) -> Result<Signer, GatewayError> {
+    if let Some(files) = &config.credentials {
+        return Ok(Signer::new(files.build()?));
+    }
+    let endpoint = match &config.workload_api {
+        Some(address) => Endpoint::parse(address),
+        None => Endpoint::from_env(),
+    }
+    .map_err(|e| GatewayError::WorkloadApi(format!("egress needs credentials or a Workload API endpoint: {e}")))?;
+    let source =
+        WitSvidSource::builder(endpoint).start().await.map_err(|e| GatewayError::WorkloadApi(e.to_string()))?;
+    Ok(Signer::new(source))
+}

@@ -1,0 +1,98 @@
+//! The listeners: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on hyper, with bounded
+//! header sizes, the peer's address handed to the handler, and a graceful stop that lets
+//! in-flight requests finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use wimse_core::Error;
+use wimse_core::server::framing::Rejection;
+use wimse_core::server::pipeline::Pipeline;
+
+/// A boxed error, as tower and hyper carry them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every answer the gateway gives (its own, or an upstream's streamed back).
+pub type GatewayBody = BoxBody<Bytes, BoxError>;
+
+/// The most header bytes one HTTP/1.1 request may bring (hyper's buffer), and one HTTP/2
+/// header list: a subrequest larger than this is refused before anything is parsed.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// How long in-flight requests may take to finish once the gateway stops.
+const DRAIN: Duration = Duration::from_secs(30);
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> GatewayBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// The answer to a refused request: status, `WWW-Authenticate`, problem body; as `pipeline`
+/// answers (it may reveal reasons in development), or with the reason withheld as usual.
+pub(crate) fn rejection(pipeline: Option<&Pipeline>, error: &Error) -> Response<GatewayBody> {
+    let rejection = pipeline.map_or_else(|| Rejection::from_error(error), |p| p.rejection(error));
+    let (parts, body) = rejection.into_response().into_parts();
+    Response::from_parts(parts, full(body))
+}
+
+/// The answer to a refused request with its reason in the problem body: for the egress
+/// proxy, whose callers are the gateway's own applications.
+pub(crate) fn revealing_rejection(error: &Error) -> Response<GatewayBody> {
+    let (parts, body) = Rejection::revealing(error).into_response().into_parts();
+    Response::from_parts(parts, full(body))
+}
+
+/// Serves `listener` until `shutdown`, then lets in-flight requests finish (30 s at most).
+pub(crate) async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
+where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEADER_BYTES).timer(hyper_util::rt::TokioTimer::new());
+    builder.http1().header_read_timeout(Duration::from_secs(30));
+    builder.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, "wimse gateway: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let answer = handler(peer, request);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "wimse gateway: connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("wimse gateway: requests still running after {DRAIN:?}; stopping anyway");
+    }
+}
