@@ -1,0 +1,176 @@
+//! The reverse proxy and the egress proxy over real HTTP, with an application behind them
+//! that echoes what it received.
+
+mod common;
+
+use common::{Echo, Files, echo_app, reason};
+use wimse_gateway::Gateway;
+use wimse_reqwest::ProofMode;
+use wimse_testkit::{ALLOWED, Deployment, signature_client};
+
+const GATEWAY_ID: &str = "spiffe://prod.example/gateway";
+
+/// A gateway whose reverse proxy fronts the echo application at `origin`, and whose egress
+/// proxy signs for that origin (inside the trust domain) and for `outside` (outside it).
+async fn start(deployment: &Deployment, files: &Files, app: std::net::SocketAddr, outside: &str) -> Gateway {
+    // The reverse proxy's port must be known for its origin: bind one first, then free it.
+    let port = wimse_testkit::servers::free_port();
+    let config = files.config(&format!(
+        r#"
+[reverse_proxy]
+listen = "127.0.0.1:{port}"
+
+[egress]
+listen = "127.0.0.1:0"
+destinations = [
+  {{ origin = "http://127.0.0.1:{port}", forward_txn_token = true }},
+  {{ origin = "{outside}" }},
+]
+
+[[routes]]
+origin = "http://127.0.0.1:{port}"
+upstream = "http://{app}"
+policy = {{ name = "app", allow = {{ workloads = ["{ALLOWED}", "{GATEWAY_ID}"] }} }}
+"#
+    ));
+    let _ = deployment;
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    gateway
+}
+
+async fn echo(response: reqwest::Response) -> Echo {
+    assert_eq!(response.status(), 200, "{:?}", response.headers());
+    serde_json::from_slice(&response.bytes().await.expect("body")).expect("echo")
+}
+
+#[tokio::test]
+async fn the_reverse_proxy_passes_verified_callers_with_their_identity_and_nothing_spoofed() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let gateway = start(&deployment, &files, app, "http://127.0.0.9:9").await;
+    let base = format!("http://{}", gateway.reverse_proxy_address().expect("address"));
+
+    // WPT, with a spoofed identity field beside it.
+    let client = deployment.client(ALLOWED);
+    let response = client
+        .get(format!("{base}/orders?id=7"))
+        .header("x-wimse-caller", "spiffe://prod.example/admin")
+        .header("x-wimse-caller", "spiffe://prod.example/root")
+        .send()
+        .await
+        .expect("answer");
+    let seen = echo(response).await;
+    assert_eq!(seen.path, "/orders?id=7");
+    assert_eq!(seen.header("x-wimse-caller"), Some(ALLOWED));
+    assert_eq!(seen.count("x-wimse-caller"), 1, "only the gateway's");
+    assert_eq!(seen.header("x-wimse-proof"), Some("wpt"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+
+    // An HTTP signature covering a body: checked (the body is read), then passed on.
+    let signing = signature_client(&deployment, ALLOWED, GATEWAY_ID);
+    let response = signing
+        .post(format!("{base}/charge"))
+        .body("{\"amount\":3}")
+        .with_extension(ProofMode::HttpSignature { sign_response: false })
+        .send()
+        .await
+        .expect("answer");
+    let seen = echo(response).await;
+    assert_eq!(seen.body, "{\"amount\":3}");
+    assert_eq!(seen.header("x-wimse-proof"), Some("http-signature"));
+
+    // No credentials, only a spoofed identity field: refused, the application never asked.
+    let plain = reqwest::Client::new();
+    let refused = plain.get(format!("{base}/orders")).header("x-wimse-caller", ALLOWED).send().await.expect("answer");
+    assert_eq!(reason(refused).await, (401, "missing_wit".into()));
+    // A host no route names.
+    let refused = plain.get(format!("{base}/orders")).header("host", "other.example").send().await.expect("answer");
+    assert_eq!(reason(refused).await, (403, "no_route".into()));
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let gateway = start(&deployment, &files, gone, "http://127.0.0.9:9").await;
+    let base = format!("http://{}", gateway.reverse_proxy_address().expect("address"));
+    let refused = deployment.client(ALLOWED).get(format!("{base}/x")).send().await.expect("answer");
+    assert_eq!(reason(refused).await, (502, "upstream_unavailable".into()));
+}
+
+#[tokio::test]
+async fn the_egress_proxy_signs_for_its_destinations_only_and_keeps_txn_tokens_inside() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    // "Outside" the trust domain: the echo application itself, reached directly.
+    let outside = format!("http://{app}");
+    let gateway = start(&deployment, &files, app, &outside).await;
+    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("address"))).expect("proxy");
+    // The application does not follow redirects itself, to see what the proxy answered.
+    let application =
+        reqwest::Client::builder().proxy(proxy).redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let inside = format!("http://{}", gateway.reverse_proxy_address().expect("address"));
+    let txn = deployment.txn_token("user-7", "orders", false);
+
+    // Inside: signed as the gateway's workload, the Txn-Token bound and passed on; whatever
+    // credentials the application set are replaced.
+    let response = application
+        .get(format!("{inside}/orders"))
+        .header("txn-token", &txn)
+        .header("authorization", "Bearer application-secret")
+        .header("x-wimse-caller", ALLOWED)
+        .send()
+        .await
+        .expect("answer");
+    let seen = echo(response).await;
+    assert_eq!(seen.header("x-wimse-caller"), Some(GATEWAY_ID));
+    assert_eq!(seen.header("txn-token"), Some(txn.as_str()));
+    assert!(seen.header("authorization").is_some_and(|a| a.starts_with("WPT ")));
+
+    // Outside: signed, but the Txn-Token removed.
+    let response = application.get(format!("{outside}/report")).header("txn-token", &txn).send().await.expect("answer");
+    let seen = echo(response).await;
+    assert!(seen.header("workload-identity-token").is_some());
+    assert_eq!(seen.header("txn-token"), None, "a Txn-Token never leaves its trust domain");
+
+    // A redirect comes back to the application; the proxy does not follow it with credentials.
+    let response = application.get(format!("{outside}/redirect")).send().await.expect("answer");
+    assert_eq!(response.status(), 302);
+
+    // Anywhere else: refused, nothing sent.
+    let refused = application.get("http://127.0.0.9:9/steal").send().await.expect("answer");
+    assert_eq!(reason(refused).await, (403, "destination_not_allowed".into()));
+    // A request not in absolute form (sent to the proxy as if it were the server).
+    let direct = reqwest::Client::new();
+    let refused = direct.get(format!("http://{}/x", gateway.egress_address().expect("address"))).send().await.expect("answer");
+    assert_eq!(reason(refused).await, (403, "destination_not_allowed".into()));
+}
+
+#[tokio::test]
+async fn the_egress_proxy_refuses_connect_tunnels() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let gateway = start(&deployment, &files, app, &format!("http://{app}")).await;
+    let address = gateway.egress_address().expect("address");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let target = format!("{app}");
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = vec![0; 4096];
+    let n = stream.read(&mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("tunnel_refused"), "{answer}");
+}
