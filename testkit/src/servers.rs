@@ -638,3 +638,129 @@ mod tests {
         }
     }
 }
+
+/// A process of a test (a proxy, a non-Rust application), on a loopback port, killed when
+/// dropped.
+#[derive(Debug)]
+pub struct Spawned {
+    child: Child,
+    port: u16,
+    name: &'static str,
+}
+
+impl Spawned {
+    /// Starts `command` and waits (10 s at most) until `port` accepts connections; panics with
+    /// `log`'s content if the process exits first.
+    fn start(name: &'static str, mut command: Command, port: u16, log: &Path) -> Self {
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("{name} exited ({status}) before listening on {port}:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "{name} did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, name }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.name;
+    }
+}
+
+/// `nginx` (on `PATH`, or Debian's `/usr/sbin/nginx`), or `None` after `skipped: nginx not
+/// found` unless `WIMSE_REQUIRE_NGINX` is set.
+fn nginx_binary() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/sbin/nginx");
+    if find_binary("nginx").is_none() && debian.is_file() {
+        return Some(debian);
+    }
+    require_binary("nginx", "NGINX")
+}
+
+/// Starts nginx in `dir` (its configuration, logs, temporary files and pid file live there) on
+/// `port` (from [`free_port`]), with one `server` block that includes `server_include` verbatim, and the
+/// `upstreams` (name, loopback port) it names. `None`: nginx is not installed (skipped).
+pub fn start_nginx(dir: &Path, port: u16, server_include: &Path, upstreams: &[(&str, u16)]) -> Option<Spawned> {
+    let binary = nginx_binary()?;
+    let d = dir.display();
+    let upstream_blocks: String =
+        upstreams.iter().map(|(name, port)| format!("  upstream {name} {{ server 127.0.0.1:{port}; }}\n")).collect();
+    let conf = format!(
+        "worker_processes 1;\nerror_log {d}/nginx-error.log info;\npid {d}/nginx.pid;\nevents {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
+         fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n  scgi_temp_path {d}/nginx-scgi;\n\
+         {upstream_blocks}  server {{\n    listen 127.0.0.1:{port};\n    include {};\n  }}\n}}\n",
+        server_include.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let mut command = Command::new(binary);
+    command
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Some(Spawned::start("nginx", command, port, &dir.join("nginx-error.log")))
+}
+
+/// Starts Caddy in `dir` on `port` (from [`free_port`]): global options for a test (no admin endpoint, no
+/// automatic HTTPS, state kept in `dir`), then `import` of `caddyfile` verbatim, with `env`
+/// and `WIMSE_SITE=http://127.0.0.1:<port>` for its `{$VAR}` placeholders. `None`: Caddy is
+/// not installed and `WIMSE_REQUIRE_CADDY` is not set (skipped).
+pub fn start_caddy(dir: &Path, port: u16, caddyfile: &Path, env: &[(&str, String)]) -> Option<Spawned> {
+    let binary = require_binary("caddy", "CADDY")?;
+    let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\nimport {}\n", caddyfile.display());
+    let path = dir.join("Caddyfile.test");
+    std::fs::write(&path, conf).expect("Caddyfile");
+    let log = dir.join("caddy.log");
+    let mut command = Command::new(binary);
+    command
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("XDG_DATA_HOME", dir)
+        .env("XDG_CONFIG_HOME", dir)
+        .env("HOME", dir)
+        .env("WIMSE_SITE", format!("http://127.0.0.1:{port}"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
+    Some(Spawned::start("caddy", command, port, &log))
+}
+
+/// Runs `python3 script <port>` on a free port with `env`, its output in `dir/<name>.log`.
+/// `None`: no `python3` (skipped unless `WIMSE_REQUIRE_PYTHON` is set).
+pub fn start_python(dir: &Path, name: &'static str, script: &Path, env: &[(&str, String)]) -> Option<Spawned> {
+    let binary = require_binary("python3", "PYTHON")?;
+    let port = free_port();
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).expect("log");
+    let mut command = Command::new(binary);
+    command
+        .arg("-u")
+        .arg(script)
+        .arg(port.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(out.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+        .stderr(Stdio::from(out));
+    Some(Spawned::start(name, command, port, &log))
+}

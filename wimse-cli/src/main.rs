@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 mod agent;
 mod exchange;
 mod files;
+mod gateway;
 mod inspect;
 mod issuer;
 mod keys;
@@ -47,6 +48,9 @@ enum Command {
     /// Run a node agent (the SPIFFE Workload API on a Unix socket), or fetch from one.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Run a gateway: forward-auth for nginx/Caddy/Traefik, reverse proxy, egress signing proxy.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Exchange a token of another system for a WIT (RFC 8693).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -118,6 +122,16 @@ enum IssuerCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum GatewayCommand {
+    /// Serve the listeners of a gateway configuration file (TOML, or JSON by extension).
+    ///
+    /// SIGHUP reloads the file (a file that does not build is refused and the running
+    /// configuration kept, with a log line saying why); SIGTERM and SIGINT stop accepting and let
+    /// requests in flight finish (30 s at most). Exits 2 on an invalid configuration.
+    Serve(gateway::ServeArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum AgentCommand {
     /// Serve the SPIFFE Workload API (WIT-SVIDs and X.509-SVIDs) to this machine's workloads.
     ///
@@ -172,7 +186,10 @@ fn install_logging(serving: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_logging(matches!(cli.command, Command::Issuer(_) | Command::Agent(AgentCommand::Serve(_))));
+    install_logging(matches!(
+        cli.command,
+        Command::Issuer(_) | Command::Agent(AgentCommand::Serve(_)) | Command::Gateway(GatewayCommand::Serve(_))
+    ));
     let result = match cli.command {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),
@@ -188,6 +205,7 @@ fn main() -> ExitCode {
         Command::Issuer(IssuerCommand::ReplaceKeyStore(args)) => issuer::replace_key_store(args),
         Command::Agent(AgentCommand::Serve(args)) => agent::serve(args),
         Command::Agent(AgentCommand::Fetch(args)) => agent::fetch(args),
+        Command::Gateway(GatewayCommand::Serve(args)) => gateway::serve(args),
         Command::Token(TokenCommand::Exchange(args)) => exchange::exchange(args),
         Command::Token(TokenCommand::Assert(args)) => exchange::assert(args),
         Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),

@@ -92,7 +92,9 @@ pub(crate) async fn check<B>(
         Ok(caller) => {
             let mut response = Response::new(full(Vec::new()));
             *response.status_mut() = StatusCode::OK;
-            live.identity.write(caller.as_ref(), response.headers_mut());
+            if let Some(caller) = &caller {
+                live.identity.answer(caller, response.headers_mut());
+            }
             response
         }
         Err(error) => {

@@ -58,30 +58,44 @@ impl IdentityHeaders {
         }
     }
 
-    /// Writes the verified identity (nothing for an anonymous request). A Txn-Token value that
-    /// cannot be a header field (not visible ASCII) is left out, with a debug log.
+    /// Writes the verified identity (nothing for an anonymous request) onto a request for the
+    /// application. A Txn-Token value that cannot be a header field (not visible ASCII) is left
+    /// out, with a debug log.
     pub fn write(&self, caller: Option<&VerifiedCaller>, headers: &mut HeaderMap) {
-        let Some(caller) = caller else { return };
-        set(headers, &self.caller, caller.id().as_str());
-        set(headers, &self.proof, caller.method().name());
-        if let Some(txn) = caller.transaction() {
-            set(headers, &self.txn, txn.txn());
-            set(headers, &self.txn_subject, txn.subject());
-            set(headers, &self.txn_scope, txn.scope());
+        if let Some(caller) = caller {
+            self.write_fields(caller, headers, false);
         }
+    }
+
+    /// Writes the verified identity onto a forward-auth answer: every field, empty when the
+    /// caller has no such value. A proxy copies each field of the answer onto the request,
+    /// and Caddy 2.6 copies an absent one as the literal text of its placeholder; an empty one
+    /// it skips, and nginx removes.
+    pub fn answer(&self, caller: &VerifiedCaller, headers: &mut HeaderMap) {
+        self.write_fields(caller, headers, true);
+    }
+
+    fn write_fields(&self, caller: &VerifiedCaller, headers: &mut HeaderMap, every: bool) {
+        set(headers, &self.caller, caller.id().as_str(), every);
+        set(headers, &self.proof, caller.method().name(), every);
+        let txn = caller.transaction();
+        set(headers, &self.txn, txn.map_or("", |t| t.txn()), every);
+        set(headers, &self.txn_subject, txn.map_or("", |t| t.subject()), every);
+        set(headers, &self.txn_scope, txn.map_or("", |t| t.scope()), every);
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    if value.is_empty() {
-        return;
-    }
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str, even_empty: bool) {
     match HeaderValue::from_str(value) {
-        Ok(value) => {
+        Ok(value) if even_empty || !value.is_empty() => {
             headers.insert(name.clone(), value);
         }
+        Ok(_) => {}
         Err(_) => {
-            tracing::debug!(field = %name, "wimse gateway: a verified value is not a valid header value; left out")
+            tracing::debug!(field = %name, "wimse gateway: a verified value is not a valid header value; left out");
+            if even_empty {
+                headers.insert(name.clone(), HeaderValue::from_static(""));
+            }
         }
     }
 }

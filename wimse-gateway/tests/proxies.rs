@@ -150,7 +150,8 @@ async fn the_egress_proxy_signs_for_its_destinations_only_and_keeps_txn_tokens_i
     assert_eq!(reason(refused).await, (403, "destination_not_allowed".into()));
     // A request not in absolute form (sent to the proxy as if it were the server).
     let direct = reqwest::Client::new();
-    let refused = direct.get(format!("http://{}/x", gateway.egress_address().expect("address"))).send().await.expect("answer");
+    let refused =
+        direct.get(format!("http://{}/x", gateway.egress_address().expect("address"))).send().await.expect("answer");
     assert_eq!(reason(refused).await, (403, "destination_not_allowed".into()));
 }
 
@@ -164,10 +165,7 @@ async fn the_egress_proxy_refuses_connect_tunnels() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
     let target = format!("{app}");
-    stream
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
+    stream.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.expect("write");
     let mut answer = vec![0; 4096];
     let n = stream.read(&mut answer).await.expect("read");
     let answer = String::from_utf8_lossy(&answer[..n]);
