@@ -31,6 +31,10 @@ pub struct GatewayConfig {
     /// `forwardAuth`).
     #[serde(default)]
     pub forward_auth: Option<ForwardAuthSettings>,
+    /// Envoy external authorization (gRPC `envoy.service.auth.v3.Authorization/Check`): Envoy,
+    /// Istio, Envoy Gateway.
+    #[serde(default)]
+    pub ext_authz: Option<ExtAuthzSettings>,
     /// The reverse proxy: verifies, then forwards to each route's `upstream`.
     #[serde(default)]
     pub reverse_proxy: Option<ReverseProxySettings>,
@@ -98,6 +102,17 @@ pub struct ForwardAuthSettings {
     /// cannot slip its own past the proxy). Default `x-original` (nginx).
     #[serde(default)]
     pub original_request: OriginalRequestFields,
+}
+
+/// The Envoy external authorization endpoint (gRPC over cleartext HTTP/2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzSettings {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The Envoy proxies' addresses: a check from any other is denied (whoever asks chooses
+    /// which request is checked, and consumes its proof).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// The reverse proxy.

@@ -117,12 +117,12 @@ impl Egress {
         parts.version = http::Version::HTTP_11;
         let sent = match destination.proof {
             EgressProof::Wpt => {
-                let body = body.map_err(|e| -> BoxError { e.into() }).boxed();
+                let body = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
                 let mut wpt = self.wpt.clone();
                 let call = async move {
                     std::future::poll_fn(|cx| wpt.poll_ready(cx)).await?;
                     let response = wpt.call(Request::from_parts(parts, body)).await?;
-                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed()))
+                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed_unsync()))
                 };
                 tokio::time::timeout(self.timeout, Box::pin(call)).await
             }
@@ -131,7 +131,7 @@ impl Egress {
                 let call = async move {
                     std::future::poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut signatures, cx)).await?;
                     let response = signatures.call(Request::from_parts(parts, body)).await?;
-                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed()))
+                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed_unsync()))
                 };
                 tokio::time::timeout(self.timeout, Box::pin(call)).await
             }

@@ -47,7 +47,8 @@ impl IdentityHeaders {
         Ok(headers)
     }
 
-    fn names(&self) -> [&HeaderName; 5] {
+    /// The five field names.
+    pub(crate) fn names(&self) -> [&HeaderName; 5] {
         [&self.caller, &self.proof, &self.txn, &self.txn_subject, &self.txn_scope]
     }
 

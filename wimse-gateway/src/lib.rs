@@ -31,7 +31,9 @@
 
 pub mod config;
 mod egress;
+pub mod envoy;
 mod error;
+mod ext_authz;
 mod forward_auth;
 mod identity;
 mod live;
@@ -59,6 +61,7 @@ use crate::reverse_proxy::{UpstreamClient, upstream_client};
 #[derive(Debug, Default)]
 struct Listeners {
     forward_auth: Option<TcpListener>,
+    ext_authz: Option<TcpListener>,
     reverse_proxy: Option<TcpListener>,
     egress: Option<TcpListener>,
 }
@@ -70,7 +73,8 @@ struct Shared {
     replays: Arc<InMemoryReplayStore>,
     client: UpstreamClient,
     listeners: Mutex<Listeners>,
-    addresses: [Option<SocketAddr>; 3],
+    /// forward-auth, reverse proxy, egress, ext_authz.
+    addresses: [Option<SocketAddr>; 4],
 }
 
 /// A running gateway: its listeners are bound; [`serve`](Self::serve) answers on them. Cheap
@@ -93,9 +97,13 @@ impl Gateway {
     /// Builds `config` (fetching the trust bundles it follows, starting egress credentials) and
     /// binds its listeners (port 0 picks a free port; see the `*_address` getters).
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
-        if config.forward_auth.is_none() && config.reverse_proxy.is_none() && config.egress.is_none() {
+        if config.forward_auth.is_none()
+            && config.ext_authz.is_none()
+            && config.reverse_proxy.is_none()
+            && config.egress.is_none()
+        {
             return Err(GatewayError::Config(
-                "nothing to serve: configure forward_auth, reverse_proxy or egress".into(),
+                "nothing to serve: configure forward_auth, ext_authz, reverse_proxy or egress".into(),
             ));
         }
         let replays = Arc::new(InMemoryReplayStore::default());
@@ -103,17 +111,23 @@ impl Gateway {
         let live = Live::build(config, &replays, &client).await?;
         let listeners = Listeners {
             forward_auth: bind(live.config.forward_auth.as_ref().map(|f| f.listen)).await?,
+            ext_authz: bind(live.config.ext_authz.as_ref().map(|e| e.listen)).await?,
             reverse_proxy: bind(live.config.reverse_proxy.as_ref().map(|r| r.listen)).await?,
             egress: bind(live.config.egress.as_ref().map(|e| e.listen)).await?,
         };
         let address = |listener: &Option<TcpListener>| listener.as_ref().and_then(|l| l.local_addr().ok());
-        let addresses =
-            [address(&listeners.forward_auth), address(&listeners.reverse_proxy), address(&listeners.egress)];
+        let addresses = [
+            address(&listeners.forward_auth),
+            address(&listeners.reverse_proxy),
+            address(&listeners.egress),
+            address(&listeners.ext_authz),
+        ];
         tracing::info!(
             routes = live.routes.len(),
             forward_auth = ?addresses[0],
             reverse_proxy = ?addresses[1],
             egress = ?addresses[2],
+            ext_authz = ?addresses[3],
             "wimse gateway: started"
         );
         let shared = Shared {
@@ -129,6 +143,11 @@ impl Gateway {
     /// Where the forward-auth endpoint listens.
     pub fn forward_auth_address(&self) -> Option<SocketAddr> {
         self.shared.addresses[0]
+    }
+
+    /// Where the Envoy external authorization endpoint (gRPC) listens.
+    pub fn ext_authz_address(&self) -> Option<SocketAddr> {
+        self.shared.addresses[3]
     }
 
     /// Where the reverse proxy listens.
@@ -151,6 +170,7 @@ impl Gateway {
         let listens = |c: &GatewayConfig| {
             (
                 c.forward_auth.as_ref().map(|f| f.listen),
+                c.ext_authz.as_ref().map(|e| e.listen),
                 c.reverse_proxy.as_ref().map(|r| r.listen),
                 c.egress.as_ref().map(|e| e.listen),
             )
@@ -168,7 +188,11 @@ impl Gateway {
     /// finish (30 s at most). Callable once.
     pub async fn serve(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), GatewayError> {
         let listeners = std::mem::take(&mut *self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner()));
-        if listeners.forward_auth.is_none() && listeners.reverse_proxy.is_none() && listeners.egress.is_none() {
+        if listeners.forward_auth.is_none()
+            && listeners.ext_authz.is_none()
+            && listeners.reverse_proxy.is_none()
+            && listeners.egress.is_none()
+        {
             return Err(GatewayError::Config("Gateway::serve was already called".into()));
         }
         let (stop, stopped) = watch::channel(());
@@ -187,6 +211,24 @@ impl Gateway {
                     match &live.config.forward_auth {
                         Some(settings) => forward_auth::check(&live, settings, peer.ip(), request).await,
                         None => server::rejection(None, &wimse_core::ErrorKind::NoRoute.into()),
+                    }
+                }
+            };
+            tasks.spawn(server::serve(listener, handler, stop_signal()));
+        }
+        if let Some(listener) = listeners.ext_authz {
+            let server = envoy::auth::authorization_server::AuthorizationServer::new(ext_authz::ExtAuthz::new(
+                self.shared.live.subscribe(),
+            ));
+            let handler = move |peer: SocketAddr, mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ext_authz::PeerIp(peer.ip()));
+                let mut server = server.clone();
+                async move {
+                    use http_body_util::BodyExt as _;
+                    use tower_service::Service as _;
+                    match server.call(request).await {
+                        Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
+                        Err(never) => match never {},
                     }
                 }
             };

@@ -108,7 +108,7 @@ impl Service<Request<WimseRequestBody<Incoming>>> for Forward {
             Err(_) => return Box::pin(async { Ok(rejection(None, &Error::new(ErrorKind::UpstreamUnavailable))) }),
         };
         parts.version = http::Version::HTTP_11;
-        let body = body.map_err(|e| -> crate::server::BoxError { e.into() }).boxed();
+        let body = body.boxed_unsync();
         let sent = self.client.request(Request::from_parts(parts, body));
         let timeout = self.timeout;
         Box::pin(async move {
@@ -116,7 +116,7 @@ impl Service<Request<WimseRequestBody<Incoming>>> for Forward {
                 Ok(Ok(response)) => {
                     let (mut parts, body) = response.into_parts();
                     remove_hop_by_hop(&mut parts.headers);
-                    Response::from_parts(parts, body.map_err(Into::into).boxed())
+                    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "wimse gateway: upstream unavailable");
@@ -167,7 +167,7 @@ pub(crate) async fn handle(live: &Live, peer: SocketAddr, request: Request<Incom
         Err(never) => match never {},
     };
     match answer {
-        Ok(response) => response.map(|body| body.map_err(Into::into).boxed()),
+        Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
         Err(never) => match never {},
     }
 }

@@ -102,7 +102,7 @@ impl RouteTable {
                 other => other,
             })?);
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Ok(Self { routes })
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,7 +24,7 @@ use wimse_core::server::pipeline::Pipeline;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every answer the gateway gives (its own, or an upstream's streamed back).
-pub type GatewayBody = BoxBody<Bytes, BoxError>;
+pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The most header bytes one HTTP/1.1 request may bring (hyper's buffer), and one HTTP/2
 /// header list: a subrequest larger than this is refused before anything is parsed.
@@ -34,7 +34,7 @@ pub const MAX_HEADER_BYTES: usize = 64 << 10;
 const DRAIN: Duration = Duration::from_secs(30);
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> GatewayBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// The answer to a refused request: status, `WWW-Authenticate`, problem body; as `pipeline`
