@@ -9,6 +9,7 @@ mod agent_attestation;
 mod agent_config_mistakes;
 mod agent_endpoint_errors;
 mod federation;
+mod gateway;
 mod issuer_faults;
 mod issuer_ha;
 mod logs;
