@@ -23,6 +23,11 @@
 //! with every workload's WIT delivered by a `wimse agent`: the SPIFFE Workload API on a Unix
 //! socket (WIT-SVID profile), the agent obtaining the credentials from the identity server.
 //!
+//! One hop is a Python service that links no WIMSE library, behind a real nginx whose
+//! `auth_request` asks the wimse gateway (skipped, with a message, without nginx or python3):
+//! it prints the identity the gateway verified, and calls orders through the gateway's egress
+//! proxy, which signs the call and binds the Txn-Token, verified again by orders.
+//!
 //! Run: `cargo run -p wimse-examples --bin call-chain` (exits 0 when every check holds).
 
 use std::process::ExitCode;
@@ -60,12 +65,15 @@ fn now() -> u64 {
 /// The workloads the identity server knows (each may obtain only its own identifier).
 const FRONT: &str = "spiffe://prod.example/front";
 
-const WORKLOADS: [&str; 4] = [
+const WORKLOADS: [&str; 5] = [
     "spiffe://prod.example/front",
     "spiffe://prod.example/orders",
     "spiffe://prod.example/billing",
     "spiffe://prod.example/intruder",
+    GATEWAY,
 ];
+/// The wimse gateway's own workload: it signs the Python service's outgoing calls.
+const GATEWAY: &str = "spiffe://prod.example/gateway";
 /// The identifier a partner workload gets through token exchange.
 const PARTNER: &str = "spiffe://prod.example/partners/partner.example/ns/web";
 
@@ -414,6 +422,12 @@ async fn place_order(
     Ok(format!("{charged}; {quote}"))
 }
 
+/// What the Python inventory service asks, through the gateway's egress proxy.
+async fn stock(wimse_axum::Caller(caller): wimse_axum::Caller) -> String {
+    println!("[orders]  verified caller {} | {} | {}", caller.id(), caller.method().name(), txn_summary(&caller));
+    format!("orders verified caller {} with {}: 3 in stock", caller.id(), txn_summary(&caller))
+}
+
 /// Refunds need a transaction for that purpose: the route's policy says so.
 async fn refund(wimse_axum::Caller(caller): wimse_axum::Caller) -> String {
     format!("refunded for {}", txn_summary(&caller))
@@ -471,8 +485,11 @@ async fn start_partner() -> Result<String, Error> {
 async fn start_orders(ids: &IdentityServer, billing: String, partner: String) -> Result<String, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let policy =
-        Policy::named("orders").allow(Rule::one_of(["spiffe://prod.example/front".parse()?, PARTNER.parse()?]));
+    let policy = Policy::named("orders").allow(Rule::one_of([
+        "spiffe://prod.example/front".parse()?,
+        PARTNER.parse()?,
+        GATEWAY.parse()?,
+    ]));
     // Orders verifies billing's signed responses against billing's expected identity.
     let billing_id: WorkloadId = "spiffe://prod.example/billing".parse()?;
     let middleware = WimseSignMiddleware::new(ids.enroll("spiffe://prod.example/orders").await?)
@@ -485,11 +502,101 @@ async fn start_orders(ids: &IdentityServer, billing: String, partner: String) ->
     let app = axum::Router::new()
         .route("/orders", post(place_order))
         .route("/orders-signed", post(place_order_signed))
+        .route("/stock", axum::routing::get(stock))
         .route("/refunds", post(refund).route_layer(wimse_axum::RequirePolicyLayer::new(refunds)))
         .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy))
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(base)
+}
+
+// ---- inventory: a Python service behind nginx and the wimse gateway ----
+
+/// The gateway's credentials as the files a node agent would keep current (written once here).
+async fn gateway_credentials(ids: &IdentityServer, dir: &std::path::Path) -> Result<(String, String), Error> {
+    let credentials = ids.enroll(GATEWAY).await?.credentials()?;
+    let (wit, key) = (dir.join("gateway.wit"), dir.join("gateway.key.json"));
+    std::fs::write(&wit, credentials.wit())?;
+    std::fs::write(&key, serde_json::to_string(&credentials.key().to_private_jwk())?)?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((wit.display().to_string(), key.display().to_string()))
+}
+
+/// front -> nginx (auth_request: the wimse gateway verifies front's WPT and Txn-Token) ->
+/// inventory, a Python service that links no WIMSE library -> the gateway's egress proxy
+/// (signs as the gateway, binds the Txn-Token) -> orders, which verifies both. Skipped, with a
+/// message, without nginx or python3.
+async fn gateway_hop(ids: &IdentityServer, orders: &str, front: Signer, txn: &str) -> Result<(), Error> {
+    use wimse_testkit::servers::{free_port, start_nginx, start_python};
+    let dir = std::env::temp_dir().join(format!("wimse-call-chain-{}-gateway", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wimse-gateway/deploy");
+    let site = format!("http://127.0.0.1:{}", free_port());
+    let (wit, key) = gateway_credentials(ids, &dir).await?;
+    let config = wimse_gateway::GatewayConfig::from_toml(&format!(
+        r#"
+[verifier]
+trust = [{{ trust_domain = "spiffe://prod.example", bundle_url = "{base}/v1/bundle/spiffe" }}]
+txn_tokens = {{ trust_domain = "spiffe://prod.example", required = true }}
+[credentials]
+wit_file = {wit:?}
+key_file = {key:?}
+[forward_auth]
+listen = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1"]
+[egress]
+listen = "127.0.0.1:0"
+destinations = [{{ origin = "{orders}", forward_txn_token = true }}]
+[[routes]]
+origin = "{site}"
+policy = {{ name = "inventory", allow = {{ workloads = ["{FRONT}"] }} }}
+"#,
+        base = ids.base
+    ))?;
+    let gateway = wimse_gateway::Gateway::start(config).await?;
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let (checks, egress) =
+        (gateway.forward_auth_address().ok_or("no forward-auth")?, gateway.egress_address().ok_or("no egress")?);
+    let env = [("NEXT_HOP", format!("{orders}/stock")), ("HTTP_PROXY", format!("http://{egress}"))];
+    let Some(app) = start_python(&dir, "inventory", &deploy.join("echo_app.py"), &env) else { return Ok(()) };
+    let port = site.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("port")?;
+    let Some(_nginx) =
+        start_nginx(&dir, port, &deploy.join("nginx.conf"), &[("wimse_gateway", checks.port()), ("app", app.port())])
+    else {
+        return Ok(());
+    };
+    println!(
+        "nginx {site} -> inventory (Python) {} | wimse gateway: forward-auth {checks}, egress {egress}",
+        app.origin()
+    );
+    let front = client(front, &[site.as_str()]);
+    let Answer { status, body, .. } = call(&front, &format!("{site}/hop"), Some(txn)).await?;
+    let log = || std::fs::read_to_string(dir.join("inventory.log")).unwrap_or_default();
+    for line in log().lines().filter(|l| l.starts_with("python app: ")) {
+        println!("[inventory] {line}");
+    }
+    let echo: Value = serde_json::from_str(&body).unwrap_or_default();
+    let next = echo["next"]["body"].as_str().unwrap_or("");
+    let seen = echo["headers"]["x-wimse-caller"][0].as_str().unwrap_or("-");
+    println!("[front]   {status} inventory saw X-Wimse-Caller {seen}; orders answered it: {next}");
+    expect(status == 200 && seen == FRONT, "the gateway verified front for the Python service")?;
+    expect(
+        echo["next"]["status"] == 200 && next.starts_with(&format!("orders verified caller {GATEWAY} with txn ")),
+        "orders verified the Python service's call, signed by the gateway's egress proxy, with the Txn-Token",
+    )?;
+    let anonymous = ClientBuilder::new(reqwest::Client::new()).build();
+    let spoofed = anonymous.post(format!("{site}/hop")).header("x-wimse-caller", FRONT).send().await?;
+    println!("[anonymous] {} for a request straight to nginx with X-Wimse-Caller: {FRONT}", spoofed.status().as_u16());
+    expect(
+        spoofed.status() == 401 && log().matches("python app: ").count() == 1,
+        "a spoofed identity field sent straight to nginx never reaches the Python service",
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 // ---- the chain ----
@@ -560,6 +667,9 @@ async fn run() -> Result<(), Error> {
         "the mTLS hop authenticated billing and verified the transaction",
     )?;
     expect(body.contains("partner.example saw no Txn-Token"), "the Txn-Token did not cross to partner.example")?;
+
+    println!("\n== front -> nginx -> inventory (Python, behind the wimse gateway) -> orders, with the Txn-Token");
+    gateway_hop(&ids, &orders, front_signer.clone(), &txn).await?;
 
     println!("\n== front -> orders -> billing, the second hop with an HTTP signature and a signed response");
     let Answer { status, body, .. } = call(&front, &format!("{orders}/orders-signed"), Some(&txn)).await?;
