@@ -10,7 +10,7 @@ use crate::error::GatewayError;
 
 /// The identity header names, parsed once.
 #[derive(Debug, Clone)]
-pub struct IdentityHeaders {
+pub(crate) struct IdentityHeaders {
     caller: HeaderName,
     proof: HeaderName,
     txn: HeaderName,
@@ -20,7 +20,7 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     /// Parses the configured names; they must be distinct and not a field WIMSE itself reads.
-    pub fn new(names: &IdentityHeaderNames) -> Result<Self, GatewayError> {
+    pub(crate) fn new(names: &IdentityHeaderNames) -> Result<Self, GatewayError> {
         let parse = |field: &str, name: &str| -> Result<HeaderName, GatewayError> {
             let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 GatewayError::Config(format!("identity_headers.{field}: {name:?} is not a header name"))
@@ -53,7 +53,7 @@ impl IdentityHeaders {
     }
 
     /// Removes every identity field, however many times it arrived.
-    pub fn strip(&self, headers: &mut HeaderMap) {
+    pub(crate) fn strip(&self, headers: &mut HeaderMap) {
         for name in self.names() {
             headers.remove(name);
         }
@@ -62,7 +62,7 @@ impl IdentityHeaders {
     /// Writes the verified identity (nothing for an anonymous request) onto a request for the
     /// application. A Txn-Token value that cannot be a header field (not visible ASCII) is left
     /// out, with a debug log.
-    pub fn write(&self, caller: Option<&VerifiedCaller>, headers: &mut HeaderMap) {
+    pub(crate) fn write(&self, caller: Option<&VerifiedCaller>, headers: &mut HeaderMap) {
         if let Some(caller) = caller {
             self.write_fields(caller, headers, false);
         }
@@ -72,7 +72,7 @@ impl IdentityHeaders {
     /// caller has no such value. A proxy copies each field of the answer onto the request,
     /// and Caddy 2.6 copies an absent one as the literal text of its placeholder; an empty one
     /// it skips, and nginx removes.
-    pub fn answer(&self, caller: &VerifiedCaller, headers: &mut HeaderMap) {
+    pub(crate) fn answer(&self, caller: &VerifiedCaller, headers: &mut HeaderMap) {
         self.write_fields(caller, headers, true);
     }
 

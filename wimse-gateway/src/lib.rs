@@ -50,9 +50,7 @@ use wimse_core::replay::InMemoryReplayStore;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;
-pub use identity::IdentityHeaders;
-pub use routes::{Route, RouteTable};
-pub use server::{BoxError, GatewayBody, MAX_HEADER_BYTES};
+pub use server::MAX_HEADER_BYTES;
 
 use crate::live::Live;
 use crate::reverse_proxy::{UpstreamClient, upstream_client};

@@ -15,7 +15,7 @@ use crate::error::GatewayError;
 
 /// One service behind the gateway, ready to check requests.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     origin: String,
     scheme: String,
     authority: String,
@@ -26,17 +26,17 @@ pub struct Route {
 
 impl Route {
     /// The origin proofs must name.
-    pub fn origin(&self) -> &str {
+    pub(crate) fn origin(&self) -> &str {
         &self.origin
     }
 
     /// The checks requests of this route pass.
-    pub fn pipeline(&self) -> &Pipeline {
+    pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
 
     /// Where the reverse proxy sends verified requests.
-    pub fn upstream(&self) -> Option<&http::Uri> {
+    pub(crate) fn upstream(&self) -> Option<&http::Uri> {
         self.upstream.as_ref()
     }
 
@@ -77,14 +77,14 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
 
 /// The routes of one configuration, longest prefix first.
 #[derive(Debug, Clone, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<Route>,
 }
 
 impl RouteTable {
     /// Builds every route's pipeline on `trust`, sharing `replays` (kept across reloads, so a
     /// reload never forgets a claimed proof).
-    pub fn build(
+    pub(crate) fn build(
         config: &GatewayConfig,
         trust: &TrustHandle,
         replays: &Arc<InMemoryReplayStore>,
@@ -109,7 +109,7 @@ impl RouteTable {
     /// The route of a request for `authority` and `path` (with or without its query). A path
     /// that is not canonical (`%`, `//`, `.`, `..`) is refused: the application might route it
     /// elsewhere than the prefix it seems to be under.
-    pub fn find(&self, authority: &str, path: &str) -> Result<(usize, &Route), Error> {
+    pub(crate) fn find(&self, authority: &str, path: &str) -> Result<(usize, &Route), Error> {
         let path = path.split(['?', '#']).next().unwrap_or("");
         if !path.starts_with('/') || !is_canonical_path(path) {
             return Err(ErrorKind::NonCanonicalPath.into());
@@ -122,18 +122,13 @@ impl RouteTable {
     }
 
     /// The routes, in the order [`find`](Self::find)'s index counts them.
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
 
     /// How many routes there are.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.routes.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
     }
 }
 

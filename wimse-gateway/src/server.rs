@@ -21,10 +21,10 @@ use wimse_core::server::framing::Rejection;
 use wimse_core::server::pipeline::Pipeline;
 
 /// A boxed error, as tower and hyper carry them.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every answer the gateway gives (its own, or an upstream's streamed back).
-pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The most header bytes one HTTP/1.1 request may bring (hyper's buffer), and one HTTP/2
 /// header list: a subrequest larger than this is refused before anything is parsed.

@@ -2,11 +2,9 @@
 //! edges (a trusted proxy and its neighbour address, default ports, prefixes and the names
 //! beside them).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Files, allowed, original, reason, wpt_headers};
+use crate::common::{Files, allowed, original, reason, wpt_headers};
 use http::{HeaderMap, HeaderValue};
 use wimse_gateway::Gateway;
 use wimse_reqwest::ProofMode;

@@ -3,11 +3,9 @@
 //! of `deploy/` (the README's) used verbatim. Skipped when nginx, Caddy or python3 is missing,
 //! unless `WIMSE_REQUIRE_NGINX=1`, `WIMSE_REQUIRE_CADDY=1`, `WIMSE_REQUIRE_PYTHON=1`.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{Echo, Files};
+use crate::common::{Echo, Files};
 use reqwest::StatusCode;
 use wimse_gateway::Gateway;
 use wimse_testkit::servers::{Spawned, free_port, start_caddy, start_nginx, start_python};
@@ -238,7 +236,7 @@ async fn caddy_a_client_cannot_choose_which_uri_is_checked() {
     let Some(chain) = Chain::start(Proxy::Caddy).await else { return };
     let credentials = chain.deployment.credentials(ALLOWED, false, 0);
     // A proof for /public, sent to /admin with X-Forwarded-Uri claiming /public.
-    let headers = common::wpt_headers(&credentials, &chain.proxy.origin(), "/public");
+    let headers = crate::common::wpt_headers(&credentials, &chain.proxy.origin(), "/public");
     let response = reqwest::Client::new()
         .get(chain.url("/admin"))
         .headers(headers)

@@ -1,9 +1,7 @@
 //! The reverse proxy and the egress proxy over real HTTP, with an application behind them
 //! that echoes what it received.
 
-mod common;
-
-use common::{Echo, Files, echo_app, reason};
+use crate::common::{Echo, Files, echo_app, reason};
 use wimse_gateway::Gateway;
 use wimse_reqwest::ProofMode;
 use wimse_testkit::{ALLOWED, Deployment, signature_client};
