@@ -43,6 +43,31 @@ fn every_configuration_runs_and_is_tabulated() {
         }
         assert!(stdout.contains(&format!("{framework} WPT server (memory store): CPU per request")), "{stdout}");
     }
+    // The gateway rows run where nginx is installed (always in CI).
+    let nginx =
+        wimse_testkit::servers::find_binary("nginx").is_some() || std::path::Path::new("/usr/sbin/nginx").is_file();
+    if !nginx {
+        assert!(stdout.contains("skipped: the gateway rows (nginx not found)"), "{stdout}");
+        return;
+    }
+    for path in [
+        "nginx -> app",
+        "nginx + auth_request + gateway -> app",
+        "gateway reverse proxy -> app",
+        "gateway forward-auth, verified",
+        "gateway forward-auth, no credentials",
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {path} |")))
+            .unwrap_or_else(|| panic!("no row for {path} in\n{stdout}"));
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 6, "{row}");
+        assert!(cells[1].parse::<f64>().is_ok_and(|rps| rps > 0.0), "{row}");
+        assert!(cells[2].ends_with(" ms") && cells[3].ends_with(" ms"), "{row}");
+        assert!(cells[4].ends_with(" µs") || cells[5].ends_with(" µs"), "{row}");
+    }
+    assert!(stdout.contains("gateway CPU per verified request (nginx + auth_request + gateway -> app): "), "{stdout}");
 }
 
 #[test]

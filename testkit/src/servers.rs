@@ -674,6 +674,11 @@ impl Spawned {
     pub fn origin(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Its process id (for nginx, the master's: its workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Spawned {
@@ -700,8 +705,10 @@ fn nginx_binary() -> Option<PathBuf> {
 pub fn start_nginx(dir: &Path, port: u16, server_include: &Path, upstreams: &[(&str, u16)]) -> Option<Spawned> {
     let binary = nginx_binary()?;
     let d = dir.display();
-    let upstream_blocks: String =
-        upstreams.iter().map(|(name, port)| format!("  upstream {name} {{ server 127.0.0.1:{port}; }}\n")).collect();
+    let upstream_blocks: String = upstreams
+        .iter()
+        .map(|(name, port)| format!("  upstream {name} {{ server 127.0.0.1:{port}; keepalive 32; }}\n"))
+        .collect();
     let conf = format!(
         "worker_processes 1;\nerror_log {d}/nginx-error.log info;\npid {d}/nginx.pid;\nevents {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\

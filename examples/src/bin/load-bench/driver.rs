@@ -27,13 +27,13 @@ pub(crate) struct Row {
 }
 
 /// A server child process, killed when dropped.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl ServerProcess {
-    fn start(framework: Framework, mode: Mode, setup: &ServerSetup) -> Result<Self, Error> {
+    pub(crate) fn start(framework: Framework, mode: Mode, setup: &ServerSetup) -> Result<Self, Error> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve", framework.name(), mode.name()])
             .stdin(Stdio::piped())
@@ -56,7 +56,7 @@ impl ServerProcess {
     }
 
     /// CPU time (user + system, all threads) the server has used so far.
-    fn cpu_time(&self) -> Option<Duration> {
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
         cpu_time_of(&stat, clock_ticks_per_second())
     }
@@ -78,6 +78,21 @@ pub(crate) fn cpu_time_of(stat: &str, ticks_per_second: u64) -> Option<Duration>
     Some(Duration::from_secs_f64((utime + stime) as f64 / ticks_per_second.max(1) as f64))
 }
 
+/// CPU time of process `pid` and of its children (nginx's master and its workers).
+pub(crate) fn process_tree_cpu(pid: u32) -> Option<Duration> {
+    let ticks = clock_ticks_per_second();
+    let mut total = cpu_time_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?, ticks)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Field 4, after the parenthesised command name, is the parent's pid.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if parent == Some(pid.to_string().as_str()) {
+            total += cpu_time_of(&stat, ticks).unwrap_or_default();
+        }
+    }
+    Some(total)
+}
+
 fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -90,7 +105,12 @@ fn clock_ticks_per_second() -> u64 {
 
 /// A client for `mode`: keep-alive connections, and for mTLS the client's WIC, expecting the
 /// server's identity. With `anonymous`, an mTLS client presents no certificate.
-fn client(mode: Mode, deployment: &Deployment, options: &Options, anonymous: bool) -> Result<reqwest::Client, Error> {
+pub(crate) fn client(
+    mode: Mode,
+    deployment: &Deployment,
+    options: &Options,
+    anonymous: bool,
+) -> Result<reqwest::Client, Error> {
     let builder = if mode == Mode::Mtls {
         let expected = SERVER_ID.parse::<wimse_core::id::WorkloadId>()?;
         let verifier = WicServerVerifier::new(deployment.wic_anchors.clone())
@@ -113,7 +133,12 @@ fn client(mode: Mode, deployment: &Deployment, options: &Options, anonymous: boo
 }
 
 /// The authentication fields of `count` requests, signed now.
-fn proofs(mode: Mode, deployment: &Deployment, url: &reqwest::Url, count: usize) -> Result<Vec<HeaderMap>, Error> {
+pub(crate) fn proofs(
+    mode: Mode,
+    deployment: &Deployment,
+    url: &reqwest::Url,
+    count: usize,
+) -> Result<Vec<HeaderMap>, Error> {
     let aud = audience_for(&url.as_str().parse()?).ok_or("no audience")?;
     let authority = format!("{}:{}", url.host_str().ok_or("no host")?, url.port().ok_or("no port")?);
     (0..count)
@@ -142,12 +167,13 @@ fn proofs(mode: Mode, deployment: &Deployment, url: &reqwest::Url, count: usize)
 }
 
 /// Sends each request of `batch` (one per header map) over `concurrency` connections and
-/// returns each request's latency; any answer but 200 stops the run.
-async fn send_all(
+/// returns each request's latency; any answer but `expected` stops the run.
+pub(crate) async fn send_all(
     client: &reqwest::Client,
     url: &reqwest::Url,
     batch: Vec<HeaderMap>,
     concurrency: usize,
+    expected: reqwest::StatusCode,
 ) -> Result<Vec<Duration>, Error> {
     let mut lanes: Vec<Vec<HeaderMap>> = (0..concurrency).map(|_| Vec::new()).collect();
     for (i, headers) in batch.into_iter().enumerate() {
@@ -163,7 +189,7 @@ async fn send_all(
                 let response = client.get(url.clone()).headers(headers).send().await?;
                 let status = response.status();
                 let body = response.bytes().await?;
-                if status != reqwest::StatusCode::OK {
+                if status != expected {
                     return Err(format!("answered {status}: {}", String::from_utf8_lossy(&body)).into());
                 }
                 latencies.push(start.elapsed());
@@ -207,7 +233,7 @@ async fn check_authentication(
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
     sorted.get(index).copied().unwrap_or_default()
 }
@@ -226,12 +252,12 @@ pub(crate) async fn run(
 
     let client = client(mode, deployment, options, false)?;
     let warmup = proofs(mode, deployment, &url, options.warmup)?;
-    send_all(&client, &url, warmup, options.concurrency).await?;
+    send_all(&client, &url, warmup, options.concurrency, reqwest::StatusCode::OK).await?;
 
     let batch = proofs(mode, deployment, &url, options.requests)?;
     let cpu_before = server.cpu_time();
     let start = Instant::now();
-    let mut latencies = send_all(&client, &url, batch, options.concurrency).await?;
+    let mut latencies = send_all(&client, &url, batch, options.concurrency, reqwest::StatusCode::OK).await?;
     let elapsed = start.elapsed();
     let cpu_after = server.cpu_time();
     latencies.sort();

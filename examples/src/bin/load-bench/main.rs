@@ -13,10 +13,15 @@
 //! measures one bare signature verification of the client's algorithm with the same backend in
 //! this process: the floor a verifying server cannot go below.
 //!
+//! The gateway rows (`--only gateway`) put the wimse gateway in front of the same application:
+//! behind nginx's `auth_request`, as a reverse proxy, and its forward-auth endpoint asked
+//! directly (see `gateway.rs`); they need nginx.
+//!
 //! Run: `cargo run --release -p wimse-examples --bin load-bench`
 //! (`-- --help` lists the options: request count, connections, algorithm, backend, filter).
 
 mod driver;
+mod gateway;
 mod redis;
 mod server;
 mod setup;
@@ -153,7 +158,8 @@ const USAGE: &str = "usage: load-bench [--requests N] [--warmup N] [--concurrenc
                   [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING]
 defaults: 20000 requests and 1000 warm-up requests per configuration, 16 connections, ES256,
 the default backend; --only keeps the configurations whose name (e.g. `axum wpt memory`,
-`actix-web wpt redis-cluster`, `axum mtls`) contains SUBSTRING (repeat it to keep several)";
+`actix-web wpt redis-cluster`, `axum mtls`, `gateway` for the gateway rows) contains SUBSTRING
+(repeat it to keep several)";
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, Error> {
@@ -285,7 +291,8 @@ fn drive(options: &Options) -> Result<(), Error> {
         .into_iter()
         .filter(|c| options.only.is_empty() || options.only.iter().any(|only| c.name().contains(only.as_str())))
         .collect();
-    if selected.is_empty() {
+    let gateway_rows = options.only.is_empty() || options.only.iter().any(|only| "gateway".contains(only.as_str()));
+    if selected.is_empty() && !gateway_rows {
         return Err("--only matched no configuration".into());
     }
     let redis = if selected.iter().any(|c| c.store != Store::Memory) {
@@ -316,7 +323,13 @@ fn drive(options: &Options) -> Result<(), Error> {
         );
         rows.push(row);
     }
-    if rows.is_empty() {
+    let gateway = if gateway_rows {
+        floor_rounds.extend(deployment.bare_verification_rounds()?);
+        runtime.block_on(gateway::run(&deployment.server, &deployment, options)).map_err(|e| format!("gateway: {e}"))?
+    } else {
+        None
+    };
+    if rows.is_empty() && gateway.is_none() {
         return Err("--only matched no configuration".into());
     }
     floor_rounds.sort();
@@ -328,7 +341,16 @@ fn drive(options: &Options) -> Result<(), Error> {
         micros(floor),
         floor_rounds.len()
     );
-    print_table(&rows, floor, options);
+    if !rows.is_empty() {
+        print_table(&rows, floor, options);
+    }
+    if let Some(gateway) = gateway {
+        let axum = rows
+            .iter()
+            .find(|r| r.config == Config { framework: Framework::Axum, mode: Mode::Wpt, store: Store::Memory })
+            .and_then(|r| r.cpu_per_request);
+        gateway::print_table(&gateway, floor, axum);
+    }
     Ok(())
 }
 
@@ -341,6 +363,9 @@ fn main() -> ExitCode {
     let result = if args.peek().map(String::as_str) == Some("serve") {
         args.next();
         server::main(args)
+    } else if args.peek().map(String::as_str) == Some("serve-gateway") {
+        args.next();
+        gateway::serve(args)
     } else {
         Options::parse(args).and_then(|options| drive(&options))
     };
