@@ -74,6 +74,11 @@ pub struct RouteSettings {
     /// Reverse-proxy mode: where verified requests go (`http://host:port`).
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Reverse-proxy mode: sign the response when an HTTP-signature caller asks for it
+    /// (`wimse-sign-response`), as the gateway's workload (needs the gateway's credentials).
+    /// Default false: such a caller is answered 501 `signed_response_unsupported`.
+    #[serde(default)]
+    pub sign_responses: bool,
 }
 
 /// Which fields of a forward-auth subrequest name the original request.
@@ -163,10 +168,14 @@ pub struct DestinationSettings {
     /// is passed on (bound into the proof). Elsewhere it is removed. Default false.
     #[serde(default)]
     pub forward_txn_token: bool,
-    /// Where requests really go, if not `origin` (e.g. `https://orders.internal`, to upgrade to
-    /// TLS); the proofs still name `origin`.
+    /// A local port of its own: an application that cannot use a proxy sends plain requests
+    /// (origin-form, `GET /path`) to this address, and they go to `origin`.
     #[serde(default)]
-    pub connect_to: Option<String>,
+    pub listen: Option<SocketAddr>,
+    /// HTTP-signature destinations: the workload that must sign every response (verified
+    /// against the gateway's trust anchors; an unsigned or wrongly signed answer becomes 502).
+    #[serde(default)]
+    pub response_signed_by: Option<String>,
 }
 
 /// The header fields the application receives; any of these arriving from outside is removed

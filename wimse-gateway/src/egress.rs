@@ -18,7 +18,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 use wimse_core::client::sign::Signer;
 use wimse_core::{Error, ErrorKind};
-use wimse_tower::{Buffered, Streamed, WimseSign, WimseSignLayer};
+use wimse_core::id::WorkloadId;
+use wimse_core::protocol::trust::TrustStore;
+use wimse_tower::{Buffered, ProofMode, Streamed, WimseSign, WimseSignLayer};
 
 use crate::config::{EgressProof, EgressSettings};
 use crate::error::GatewayError;
@@ -39,6 +41,8 @@ struct Destination {
     scheme: String,
     authority: String,
     proof: EgressProof,
+    /// The workload that must sign every response.
+    signed_by: Option<WorkloadId>,
 }
 
 /// The egress proxy of one configuration.
@@ -51,7 +55,9 @@ pub(crate) struct Egress {
 }
 
 impl Egress {
-    pub(crate) fn new(settings: &EgressSettings, signer: Signer) -> Result<Self, GatewayError> {
+    /// The egress proxy of `settings`, signing as `signer`, checking signed responses against
+    /// `trust` (the anchors when the configuration was built).
+    pub(crate) fn new(settings: &EgressSettings, signer: Signer, trust: TrustStore) -> Result<Self, GatewayError> {
         let mut destinations = Vec::new();
         let mut inside = Vec::new();
         for (i, destination) in settings.destinations.iter().enumerate() {
@@ -71,20 +77,73 @@ impl Egress {
             if destination.forward_txn_token {
                 inside.push(origin.to_owned());
             }
-            destinations.push(Destination { scheme: scheme.to_owned(), authority, proof: destination.proof });
+            let signed_by = match &destination.response_signed_by {
+                Some(_) if destination.proof != EgressProof::HttpSignature => {
+                    return Err(GatewayError::Config(format!(
+                        "egress.destinations[{i}].response_signed_by: only an HTTP-signature request can ask for a signed response"
+                    )));
+                }
+                Some(id) => Some(id.parse::<WorkloadId>().map_err(|e| {
+                    GatewayError::Config(format!("egress.destinations[{i}].response_signed_by: {e}"))
+                })?),
+                None => None,
+            };
+            destinations.push(Destination { scheme: scheme.to_owned(), authority, proof: destination.proof, signed_by });
         }
         let wpt = WimseSignLayer::new(signer.clone()).trust_domain_origins(inside.clone()).layer(upstream_client());
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let buffered_client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        // A response must come signed by the workload its destination names.
+        let expected: Vec<(String, String, WorkloadId)> = destinations
+            .iter()
+            .filter_map(|d| Some((d.scheme.clone(), d.authority.clone(), d.signed_by.clone()?)))
+            .collect();
         let signatures = WimseSignLayer::new(signer)
             .trust_domain_origins(inside)
             .http_signatures()
+            .signed_responses(trust)
+            .expected_identity(move |uri: &http::Uri| {
+                let (scheme, authority) = (uri.scheme_str()?, uri.authority()?.as_str());
+                let authority = normalize_authority(scheme, authority)?;
+                expected.iter().find(|(s, a, _)| s == scheme && *a == authority).map(|(_, _, id)| id.clone())
+            })
             .body_limit(SIGNED_BODY_LIMIT)
             .layer(buffered_client);
         let timeout = Duration::from_millis(settings.upstream_timeout_ms.unwrap_or(30_000));
         Ok(Self { destinations, wpt, signatures, timeout })
+    }
+
+    /// A request that arrived on destination `index`'s own port, sent on to it: its
+    /// origin-form target completed with the destination's scheme and authority.
+    pub(crate) async fn handle_local(
+        &self,
+        index: usize,
+        identity: &IdentityHeaders,
+        mut request: Request<Incoming>,
+    ) -> Response<GatewayBody> {
+        let Some(destination) = self.destinations.get(index) else {
+            return revealing_rejection(&Error::new(ErrorKind::DestinationNotAllowed));
+        };
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let uri = http::Uri::builder()
+            .scheme(destination.scheme.as_str())
+            .authority(destination.authority.as_str())
+            .path_and_query(path)
+            .build();
+        match uri {
+            Ok(uri) if request.uri().authority().is_none() => {
+                *request.uri_mut() = uri;
+                // The Host the application sent names this local port, not the destination.
+                request.headers_mut().remove(http::header::HOST);
+                self.handle(identity, request).await
+            }
+            _ => revealing_rejection(&Error::with_detail(
+                ErrorKind::DestinationNotAllowed,
+                "a destination's own port takes origin-form requests (GET /path)",
+            )),
+        }
     }
 
     fn destination(&self, uri: &http::Uri) -> Option<&Destination> {
@@ -115,6 +174,9 @@ impl Egress {
             parts.headers.remove(*field);
         }
         parts.version = http::Version::HTTP_11;
+        if destination.signed_by.is_some() {
+            parts.extensions.insert(ProofMode::HttpSignature { sign_response: true });
+        }
         let sent = match destination.proof {
             EgressProof::Wpt => {
                 let body = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();

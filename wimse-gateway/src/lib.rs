@@ -58,6 +58,8 @@ use crate::reverse_proxy::{UpstreamClient, upstream_client};
 /// The bound listeners, taken by [`Gateway::serve`].
 #[derive(Debug, Default)]
 struct Listeners {
+    /// Egress destinations' own ports: (destination index, listener).
+    destinations: Vec<(usize, TcpListener)>,
     forward_auth: Option<TcpListener>,
     ext_authz: Option<TcpListener>,
     reverse_proxy: Option<TcpListener>,
@@ -73,6 +75,8 @@ struct Shared {
     listeners: Mutex<Listeners>,
     /// forward-auth, reverse proxy, egress, ext_authz.
     addresses: [Option<SocketAddr>; 4],
+    /// Egress destinations with a port of their own: (origin, address).
+    destination_addresses: Vec<(String, SocketAddr)>,
 }
 
 /// A running gateway: its listeners are bound; [`serve`](Self::serve) answers on them. Cheap
@@ -80,6 +84,16 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
+}
+
+async fn bind_destinations(config: &GatewayConfig) -> Result<Vec<(usize, TcpListener)>, GatewayError> {
+    let mut bound = Vec::new();
+    for (index, destination) in config.egress.iter().flat_map(|e| e.destinations.iter()).enumerate() {
+        if let Some(listener) = bind(destination.listen).await? {
+            bound.push((index, listener));
+        }
+    }
+    Ok(bound)
 }
 
 async fn bind(address: Option<SocketAddr>) -> Result<Option<TcpListener>, GatewayError> {
@@ -112,6 +126,7 @@ impl Gateway {
             ext_authz: bind(live.config.ext_authz.as_ref().map(|e| e.listen)).await?,
             reverse_proxy: bind(live.config.reverse_proxy.as_ref().map(|r| r.listen)).await?,
             egress: bind(live.config.egress.as_ref().map(|e| e.listen)).await?,
+            destinations: bind_destinations(&live.config).await?,
         };
         let address = |listener: &Option<TcpListener>| listener.as_ref().and_then(|l| l.local_addr().ok());
         let addresses = [
@@ -128,12 +143,20 @@ impl Gateway {
             ext_authz = ?addresses[3],
             "wimse gateway: started"
         );
+        let origins: Vec<&str> =
+            live.config.egress.iter().flat_map(|e| e.destinations.iter().map(|d| d.origin.as_str())).collect();
+        let destination_addresses = listeners
+            .destinations
+            .iter()
+            .filter_map(|(index, listener)| Some((origins.get(*index)?.to_string(), listener.local_addr().ok()?)))
+            .collect();
         let shared = Shared {
             live: watch::Sender::new(Arc::new(live)),
             replays,
             client,
             listeners: Mutex::new(listeners),
             addresses,
+            destination_addresses,
         };
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -146,6 +169,11 @@ impl Gateway {
     /// Where the Envoy external authorization endpoint (gRPC) listens.
     pub fn ext_authz_address(&self) -> Option<SocketAddr> {
         self.shared.addresses[3]
+    }
+
+    /// Where the egress destination `origin` (as configured) takes requests on a port of its own.
+    pub fn destination_address(&self, origin: &str) -> Option<SocketAddr> {
+        self.shared.destination_addresses.iter().find(|(o, _)| o == origin).map(|(_, address)| *address)
     }
 
     /// Where the reverse proxy listens.
@@ -171,6 +199,7 @@ impl Gateway {
                 c.ext_authz.as_ref().map(|e| e.listen),
                 c.reverse_proxy.as_ref().map(|r| r.listen),
                 c.egress.as_ref().map(|e| e.listen),
+                c.egress.iter().flat_map(|e| e.destinations.iter().map(|d| d.listen)).collect::<Vec<_>>(),
             )
         };
         if listens(&config) != listens(&running.config) {
@@ -237,6 +266,19 @@ impl Gateway {
             let handler = move |peer: SocketAddr, request| {
                 let live = shared.live.borrow().clone();
                 async move { reverse_proxy::handle(&live, peer, request).await }
+            };
+            tasks.spawn(server::serve(listener, handler, stop_signal()));
+        }
+        for (index, listener) in listeners.destinations {
+            let shared = self.shared.clone();
+            let handler = move |_: SocketAddr, request| {
+                let live = shared.live.borrow().clone();
+                async move {
+                    match &live.egress {
+                        Some(egress) => egress.handle_local(index, &live.identity, request).await,
+                        None => server::rejection(None, &wimse_core::ErrorKind::DestinationNotAllowed.into()),
+                    }
+                }
             };
             tasks.spawn(server::serve(listener, handler, stop_signal()));
         }

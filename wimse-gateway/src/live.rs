@@ -51,7 +51,14 @@ impl Live {
         let trust = TrustHandle::new(config.verifier.trust_store()?);
         let sources = wimse_reqwest::fetch_bundles(&config.verifier, &trust, Arc::new(SystemClock)).await?;
         let bundles = sources.into_iter().map(|source| source.spawn(trust.clone())).collect();
-        let routes = RouteTable::build(&config, &trust, replays)?;
+        // The gateway's own workload: it signs egress requests and, where routes say so,
+        // responses.
+        let own = if config.egress.is_some() || config.routes.iter().any(|r| r.sign_responses) {
+            Some(own_signer(&config).await?)
+        } else {
+            None
+        };
+        let routes = RouteTable::build(&config, &trust, replays, own.as_ref())?;
         let identity = Arc::new(IdentityHeaders::new(&config.identity_headers)?);
         let timeout =
             Duration::from_millis(config.reverse_proxy.as_ref().and_then(|r| r.upstream_timeout_ms).unwrap_or(30_000));
@@ -65,7 +72,10 @@ impl Live {
             })
             .collect();
         let egress = match &config.egress {
-            Some(settings) => Some(Egress::new(settings, egress_signer(&config).await?)?),
+            Some(settings) => {
+                let signer = own.clone().ok_or_else(|| GatewayError::Config("egress needs credentials".into()))?;
+                Some(Egress::new(settings, signer, trust.read(Clone::clone))?)
+            }
             None => None,
         };
         Ok(Self { config, routes, identity, proxies, egress, bundles })
@@ -73,7 +83,7 @@ impl Live {
 }
 
 /// The gateway workload's own credentials: files, else the Workload API.
-async fn egress_signer(config: &GatewayConfig) -> Result<Signer, GatewayError> {
+async fn own_signer(config: &GatewayConfig) -> Result<Signer, GatewayError> {
     if let Some(files) = &config.credentials {
         return Ok(Signer::new(files.build()?));
     }
@@ -81,7 +91,7 @@ async fn egress_signer(config: &GatewayConfig) -> Result<Signer, GatewayError> {
         Some(address) => Endpoint::parse(address),
         None => Endpoint::from_env(),
     }
-    .map_err(|e| GatewayError::WorkloadApi(format!("egress needs credentials or a Workload API endpoint: {e}")))?;
+    .map_err(|e| GatewayError::WorkloadApi(format!("the gateway's own credentials (egress, signed responses) need `credentials` or a Workload API endpoint: {e}")))?;
     let source =
         WitSvidSource::builder(endpoint).start().await.map_err(|e| GatewayError::WorkloadApi(e.to_string()))?;
     Ok(Signer::new(source))

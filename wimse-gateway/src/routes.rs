@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use wimse_core::client::sign::Signer;
 use wimse_core::config::VerifierSettings;
 use wimse_core::protocol::trust::TrustHandle;
 use wimse_core::replay::InMemoryReplayStore;
@@ -88,6 +89,7 @@ impl RouteTable {
         config: &GatewayConfig,
         trust: &TrustHandle,
         replays: &Arc<InMemoryReplayStore>,
+        own: Option<&Signer>,
     ) -> Result<Self, GatewayError> {
         if !config.verifier.origins.is_empty() || !config.verifier.audiences.is_empty() {
             return Err(GatewayError::Config(
@@ -96,7 +98,7 @@ impl RouteTable {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
-            routes.push(build_route(config, route, trust, replays).map_err(|e| match e {
+            routes.push(build_route(config, route, trust, replays, own).map_err(|e| match e {
                 GatewayError::Config(problem) => GatewayError::Config(format!("routes[{i}]: {problem}")),
                 GatewayError::Setup(error) => GatewayError::Config(format!("routes[{i}]: {error}")),
                 other => other,
@@ -137,6 +139,7 @@ fn build_route(
     route: &RouteSettings,
     trust: &TrustHandle,
     replays: &Arc<InMemoryReplayStore>,
+    own: Option<&Signer>,
 ) -> Result<Route, GatewayError> {
     let origin = route.origin.trim_end_matches('/').to_owned();
     let (scheme, authority) = origin
@@ -157,6 +160,10 @@ fn build_route(
     let mut pipeline = Pipeline::new(verifier);
     if let Some(policy) = route.policy.as_ref().or(config.policy.as_ref()) {
         pipeline = pipeline.policy(policy.build()?);
+    }
+    if route.sign_responses {
+        let signer = own.ok_or_else(|| GatewayError::Config("sign_responses needs the gateway's credentials".into()))?;
+        pipeline = pipeline.sign_responses(signer.clone());
     }
     let upstream = match &route.upstream {
         Some(upstream) => Some(parse_upstream(upstream)?),

@@ -12,7 +12,8 @@ const GATEWAY_ID: &str = "spiffe://prod.example/gateway";
 /// proxy signs for that origin (inside the trust domain) and for `outside` (outside it).
 async fn start(deployment: &Deployment, files: &Files, app: std::net::SocketAddr, outside: &str) -> Gateway {
     // The reverse proxy's port must be known for its origin: bind one first, then free it.
-    let port = wimse_testkit::servers::free_port();
+    let (port, local) = (wimse_testkit::servers::free_port(), wimse_testkit::servers::free_port());
+    // `localhost:<port>` is another route on the same listener: its responses are signed.
     let config = files.config(&format!(
         r#"
 [reverse_proxy]
@@ -21,13 +22,20 @@ listen = "127.0.0.1:{port}"
 [egress]
 listen = "127.0.0.1:0"
 destinations = [
-  {{ origin = "http://127.0.0.1:{port}", forward_txn_token = true }},
+  {{ origin = "http://127.0.0.1:{port}", forward_txn_token = true, listen = "127.0.0.1:{local}" }},
   {{ origin = "{outside}" }},
+  {{ origin = "http://localhost:{port}", proof = "http-signature", response_signed_by = "{GATEWAY_ID}" }},
 ]
 
 [[routes]]
 origin = "http://127.0.0.1:{port}"
 upstream = "http://{app}"
+policy = {{ name = "app", allow = {{ workloads = ["{ALLOWED}", "{GATEWAY_ID}"] }} }}
+
+[[routes]]
+origin = "http://localhost:{port}"
+upstream = "http://{app}"
+sign_responses = true
 policy = {{ name = "app", allow = {{ workloads = ["{ALLOWED}", "{GATEWAY_ID}"] }} }}
 "#
     ));
@@ -169,4 +177,90 @@ async fn the_egress_proxy_refuses_connect_tunnels() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     assert!(answer.contains("tunnel_refused"), "{answer}");
+}
+
+#[tokio::test]
+async fn the_reverse_proxy_signs_responses_where_its_route_says_so() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let gateway = start(&deployment, &files, app, "http://127.0.0.9:9").await;
+    let port = gateway.reverse_proxy_address().expect("address").port();
+    // The client asks for a signed response and verifies it came from the gateway's workload.
+    let signing = signature_client(&deployment, ALLOWED, GATEWAY_ID);
+    let ask = ProofMode::HttpSignature { sign_response: true };
+    let signed = signing.post(format!("http://localhost:{port}/charge")).body("{}").with_extension(ask).send().await;
+    let seen = echo(signed.expect("a signed, verified answer")).await;
+    assert_eq!(seen.header("x-wimse-caller"), Some(ALLOWED));
+    // A route that does not sign: the caller is told so (501), not answered unsigned.
+    let refused = signing.post(format!("http://127.0.0.1:{port}/charge")).body("{}").with_extension(ask).send().await;
+    assert!(refused.is_err() || refused.is_ok_and(|r| r.status() == 501));
+}
+
+#[tokio::test]
+async fn a_destination_with_a_port_of_its_own_takes_plain_requests() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let gateway = start(&deployment, &files, app, "http://127.0.0.9:9").await;
+    let inside = format!("http://{}", gateway.reverse_proxy_address().expect("address"));
+    let local = gateway.destination_address(&inside).expect("a port of its own");
+    // An application that cannot use a proxy: plain requests to the local port.
+    let response = reqwest::Client::new().get(format!("http://{local}/orders?id=1")).send().await.expect("answer");
+    let seen = echo(response).await;
+    assert_eq!(seen.path, "/orders?id=1");
+    assert_eq!(seen.header("x-wimse-caller"), Some(GATEWAY_ID));
+    // Absolute-form requests are not taken there (that is the proxy port's job).
+    let proxy = reqwest::Proxy::http(format!("http://{local}")).expect("proxy");
+    let client = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let refused = client.get(format!("http://{app}/x")).send().await.expect("answer");
+    assert_eq!(reason(refused).await, (403, "destination_not_allowed".into()));
+}
+
+#[tokio::test]
+async fn the_egress_proxy_verifies_the_signed_responses_a_destination_must_send() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let gateway = start(&deployment, &files, app, "http://127.0.0.9:9").await;
+    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("address"))).expect("proxy");
+    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let port = gateway.reverse_proxy_address().expect("address").port();
+    // The destination (the reverse proxy's signing route) signs as the expected workload.
+    let response = application.post(format!("http://localhost:{port}/pay")).body("{\"n\":1}").send().await.expect("answer");
+    let seen = echo(response).await;
+    assert_eq!(seen.body, "{\"n\":1}");
+    assert_eq!(seen.header("x-wimse-proof"), Some("http-signature"));
+}
+
+#[tokio::test]
+async fn a_signed_response_from_another_workload_is_refused() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let port = wimse_testkit::servers::free_port();
+    // The destination must be signed by `spiffe://prod.example/payments`; the gateway's
+    // reverse proxy signs as the gateway.
+    let config = files.config(&format!(
+        r#"
+[reverse_proxy]
+listen = "127.0.0.1:{port}"
+[egress]
+listen = "127.0.0.1:0"
+destinations = [{{ origin = "http://127.0.0.1:{port}", proof = "http-signature", response_signed_by = "spiffe://prod.example/payments" }}]
+[[routes]]
+origin = "http://127.0.0.1:{port}"
+upstream = "http://{app}"
+sign_responses = true
+policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
+"#
+    ));
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("address"))).expect("proxy");
+    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let refused = application.post(format!("http://127.0.0.1:{port}/pay")).body("{}").send().await.expect("answer");
+    // Refused, with the failed check named (the application is the gateway's own caller).
+    assert_eq!(reason(refused).await, (403, "unexpected_peer".into()));
 }
