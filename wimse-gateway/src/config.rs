@@ -44,14 +44,31 @@ pub struct GatewayConfig {
     /// The header fields carrying the verified identity to the application.
     #[serde(default)]
     pub identity_headers: IdentityHeaderNames,
-    /// The gateway's own credentials (egress): files a node agent keeps current. Without them,
-    /// the Workload API at `workload_api` (or `SPIFFE_ENDPOINT_SOCKET`).
+    /// The gateway's own credentials (egress, signed responses): files a node agent keeps
+    /// current. Without them, the identity server of `identity_server`, else the Workload API
+    /// at `workload_api` (or `SPIFFE_ENDPOINT_SOCKET`).
     #[serde(default)]
     pub credentials: Option<CredentialSettings>,
+    /// The gateway's own credentials from an identity server, renewed before they expire.
+    #[serde(default)]
+    pub identity_server: Option<IdentityServerSettings>,
     /// The Workload API endpoint for egress credentials (`unix:///path`); default
     /// `SPIFFE_ENDPOINT_SOCKET`.
     #[serde(default)]
     pub workload_api: Option<String>,
+}
+
+/// Where the gateway obtains its WIT (and renews it): an identity server's `/v1/wit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityServerSettings {
+    /// The identity server's base URL (https, or http on loopback).
+    pub url: String,
+    /// The gateway's workload identifier.
+    pub workload: String,
+    /// A file holding the bootstrap token (a projected service-account token, re-read at every
+    /// renewal, or a dev secret).
+    pub token_file: PathBuf,
 }
 
 /// One service behind the gateway.
@@ -236,6 +253,11 @@ impl GatewayConfig {
     pub fn relative_to(mut self, dir: &Path) -> Self {
         let settings = self.settings().relative_to(dir);
         self.take_settings(settings);
+        if let Some(server) = &mut self.identity_server
+            && server.token_file.is_relative()
+        {
+            server.token_file = dir.join(&server.token_file);
+        }
         self
     }
 

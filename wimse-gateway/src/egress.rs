@@ -17,9 +17,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tower_layer::Layer;
 use tower_service::Service;
 use wimse_core::client::sign::Signer;
-use wimse_core::{Error, ErrorKind};
 use wimse_core::id::WorkloadId;
 use wimse_core::protocol::trust::TrustStore;
+use wimse_core::{Error, ErrorKind};
 use wimse_tower::{Buffered, ProofMode, Streamed, WimseSign, WimseSignLayer};
 
 use crate::config::{EgressProof, EgressSettings};
@@ -83,12 +83,19 @@ impl Egress {
                         "egress.destinations[{i}].response_signed_by: only an HTTP-signature request can ask for a signed response"
                     )));
                 }
-                Some(id) => Some(id.parse::<WorkloadId>().map_err(|e| {
-                    GatewayError::Config(format!("egress.destinations[{i}].response_signed_by: {e}"))
-                })?),
+                Some(id) => {
+                    Some(id.parse::<WorkloadId>().map_err(|e| {
+                        GatewayError::Config(format!("egress.destinations[{i}].response_signed_by: {e}"))
+                    })?)
+                }
                 None => None,
             };
-            destinations.push(Destination { scheme: scheme.to_owned(), authority, proof: destination.proof, signed_by });
+            destinations.push(Destination {
+                scheme: scheme.to_owned(),
+                authority,
+                proof: destination.proof,
+                signed_by,
+            });
         }
         let wpt = WimseSignLayer::new(signer.clone()).trust_domain_origins(inside.clone()).layer(upstream_client());
         let mut connector = HttpConnector::new();

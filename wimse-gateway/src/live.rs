@@ -29,13 +29,14 @@ pub(crate) struct Live {
     /// Per route (in the table's order): its reverse-proxy service, if it has an upstream.
     pub(crate) proxies: Vec<Option<RouteProxy>>,
     pub(crate) egress: Option<Egress>,
-    /// The tasks following trust bundles; stopped when this configuration is replaced.
-    bundles: Vec<tokio::task::JoinHandle<()>>,
+    /// The tasks following trust bundles and renewing the gateway's credentials; stopped when
+    /// this configuration is replaced.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        for task in &self.bundles {
+        for task in &self.tasks {
             task.abort();
         }
     }
@@ -50,11 +51,14 @@ impl Live {
     ) -> Result<Self, GatewayError> {
         let trust = TrustHandle::new(config.verifier.trust_store()?);
         let sources = wimse_reqwest::fetch_bundles(&config.verifier, &trust, Arc::new(SystemClock)).await?;
-        let bundles = sources.into_iter().map(|source| source.spawn(trust.clone())).collect();
         // The gateway's own workload: it signs egress requests and, where routes say so,
         // responses.
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> =
+            sources.into_iter().map(|source| source.spawn(trust.clone())).collect();
         let own = if config.egress.is_some() || config.routes.iter().any(|r| r.sign_responses) {
-            Some(own_signer(&config).await?)
+            let (signer, renewal) = own_signer(&config).await?;
+            tasks.extend(renewal);
+            Some(signer)
         } else {
             None
         };
@@ -78,21 +82,30 @@ impl Live {
             }
             None => None,
         };
-        Ok(Self { config, routes, identity, proxies, egress, bundles })
+        Ok(Self { config, routes, identity, proxies, egress, tasks })
     }
 }
 
-/// The gateway workload's own credentials: files, else the Workload API.
-async fn own_signer(config: &GatewayConfig) -> Result<Signer, GatewayError> {
+/// The gateway workload's own credentials: files, else an identity server (with the task
+/// renewing them), else the Workload API.
+async fn own_signer(config: &GatewayConfig) -> Result<(Signer, Option<tokio::task::JoinHandle<()>>), GatewayError> {
     if let Some(files) = &config.credentials {
-        return Ok(Signer::new(files.build()?));
+        return Ok((Signer::new(files.build()?), None));
+    }
+    if let Some(server) = &config.identity_server {
+        let bootstrap = wimse_reqwest::Bootstrap::TokenFile(server.token_file.clone());
+        let credentials = wimse_reqwest::IssuerCredentials::connect(&server.url, &server.workload, bootstrap)
+            .await
+            .map_err(|e| GatewayError::Config(format!("identity_server: {e}")))?;
+        let renewal = credentials.spawn_renewal();
+        return Ok((Signer::new(credentials), Some(renewal)));
     }
     let endpoint = match &config.workload_api {
         Some(address) => Endpoint::parse(address),
         None => Endpoint::from_env(),
     }
-    .map_err(|e| GatewayError::WorkloadApi(format!("the gateway's own credentials (egress, signed responses) need `credentials` or a Workload API endpoint: {e}")))?;
+    .map_err(|e| GatewayError::WorkloadApi(format!("the gateway's own credentials (egress, signed responses) need `credentials`, `identity_server` or a Workload API endpoint: {e}")))?;
     let source =
         WitSvidSource::builder(endpoint).start().await.map_err(|e| GatewayError::WorkloadApi(e.to_string()))?;
-    Ok(Signer::new(source))
+    Ok((Signer::new(source), None))
 }

@@ -162,7 +162,8 @@ fn build_route(
         pipeline = pipeline.policy(policy.build()?);
     }
     if route.sign_responses {
-        let signer = own.ok_or_else(|| GatewayError::Config("sign_responses needs the gateway's credentials".into()))?;
+        let signer =
+            own.ok_or_else(|| GatewayError::Config("sign_responses needs the gateway's credentials".into()))?;
         pipeline = pipeline.sign_responses(signer.clone());
     }
     let upstream = match &route.upstream {

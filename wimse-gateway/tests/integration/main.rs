@@ -7,6 +7,7 @@ mod common;
 
 mod ext_authz;
 mod forward_auth;
+mod identity_server;
 mod proxies;
 mod readme;
 mod real_proxies;

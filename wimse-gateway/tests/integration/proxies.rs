@@ -227,7 +227,8 @@ async fn the_egress_proxy_verifies_the_signed_responses_a_destination_must_send(
     let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
     let port = gateway.reverse_proxy_address().expect("address").port();
     // The destination (the reverse proxy's signing route) signs as the expected workload.
-    let response = application.post(format!("http://localhost:{port}/pay")).body("{\"n\":1}").send().await.expect("answer");
+    let response =
+        application.post(format!("http://localhost:{port}/pay")).body("{\"n\":1}").send().await.expect("answer");
     let seen = echo(response).await;
     assert_eq!(seen.body, "{\"n\":1}");
     assert_eq!(seen.header("x-wimse-proof"), Some("http-signature"));
