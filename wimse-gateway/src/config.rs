@@ -146,6 +146,38 @@ pub struct ReverseProxySettings {
     /// Longest wait for an upstream's answer headers, milliseconds. Default 30000.
     #[serde(default)]
     pub upstream_timeout_ms: Option<u64>,
+    /// TLS on the listener, with client WICs as mutual-TLS proofs. Default: cleartext.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS on a listener: the gateway's Workload Identity Certificate, and the anchors of client
+/// WICs (a client that presents one is authenticated by it: the `mtls` proof mode). Files are
+/// read at start and on every reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The gateway's WIC chain (PEM, leaf first).
+    pub certificate_file: PathBuf,
+    /// Its private key (PKCS#8 PEM).
+    pub key_file: PathBuf,
+    /// The CA certificates (PEM) of client WICs, per trust domain.
+    #[serde(default)]
+    pub client_trust: Vec<ClientTrustSettings>,
+    /// Refuse connections without a client certificate. Default false: callers without one
+    /// prove themselves per request (WPT, HTTP signature).
+    #[serde(default)]
+    pub require_client_certificate: bool,
+}
+
+/// The CA certificates of one trust domain's WICs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTrustSettings {
+    /// The trust domain, e.g. `spiffe://prod.example`.
+    pub trust_domain: String,
+    /// Its CA certificates (PEM).
+    pub file: PathBuf,
 }
 
 /// The egress signing proxy.
@@ -253,10 +285,20 @@ impl GatewayConfig {
     pub fn relative_to(mut self, dir: &Path) -> Self {
         let settings = self.settings().relative_to(dir);
         self.take_settings(settings);
-        if let Some(server) = &mut self.identity_server
-            && server.token_file.is_relative()
-        {
-            server.token_file = dir.join(&server.token_file);
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        if let Some(server) = &mut self.identity_server {
+            resolve(&mut server.token_file);
+        }
+        if let Some(tls) = self.reverse_proxy.as_mut().and_then(|r| r.tls.as_mut()) {
+            resolve(&mut tls.certificate_file);
+            resolve(&mut tls.key_file);
+            for trust in &mut tls.client_trust {
+                resolve(&mut trust.file);
+            }
         }
         self
     }

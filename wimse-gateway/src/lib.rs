@@ -40,6 +40,7 @@ mod live;
 mod reverse_proxy;
 mod routes;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -241,7 +242,7 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal()));
+            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
         }
         if let Some(listener) = listeners.ext_authz {
             let server = envoy::auth::authorization_server::AuthorizationServer::new(ext_authz::ExtAuthz::new(
@@ -259,7 +260,7 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal()));
+            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
         }
         if let Some(listener) = listeners.reverse_proxy {
             let shared = self.shared.clone();
@@ -267,7 +268,9 @@ impl Gateway {
                 let live = shared.live.borrow().clone();
                 async move { reverse_proxy::handle(&live, peer, request).await }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal()));
+            let shared = self.shared.clone();
+            let tls: server::TlsSource = Arc::new(move || shared.live.borrow().proxy_tls.clone());
+            tasks.spawn(server::serve(listener, handler, stop_signal(), Some(tls)));
         }
         for (index, listener) in listeners.destinations {
             let shared = self.shared.clone();
@@ -280,7 +283,7 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal()));
+            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
         }
         if let Some(listener) = listeners.egress {
             let shared = self.shared.clone();
@@ -293,7 +296,7 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal()));
+            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
         }
         shutdown.await;
         tracing::info!("wimse gateway: stopping; letting requests in flight finish");

@@ -29,6 +29,8 @@ pub(crate) struct Live {
     /// Per route (in the table's order): its reverse-proxy service, if it has an upstream.
     pub(crate) proxies: Vec<Option<RouteProxy>>,
     pub(crate) egress: Option<Egress>,
+    /// The reverse proxy's TLS configuration, if it has one.
+    pub(crate) proxy_tls: Option<Arc<rustls::ServerConfig>>,
     /// The tasks following trust bundles and renewing the gateway's credentials; stopped when
     /// this configuration is replaced.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -82,7 +84,11 @@ impl Live {
             }
             None => None,
         };
-        Ok(Self { config, routes, identity, proxies, egress, tasks })
+        let proxy_tls = match config.reverse_proxy.as_ref().and_then(|r| r.tls.as_ref()) {
+            Some(tls) => Some(crate::tls::server_config(tls)?),
+            None => None,
+        };
+        Ok(Self { config, routes, identity, proxies, egress, proxy_tls, tasks })
     }
 }
 

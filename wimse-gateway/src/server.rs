@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use wimse_core::Error;
+use wimse_core::server::caller::TlsPeer;
 use wimse_core::server::framing::Rejection;
 use wimse_core::server::pipeline::Pipeline;
 
@@ -52,9 +55,22 @@ pub(crate) fn revealing_rejection(error: &Error) -> Response<GatewayBody> {
     Response::from_parts(parts, full(body))
 }
 
-/// Serves `listener` until `shutdown`, then lets in-flight requests finish (30 s at most).
-pub(crate) async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
-where
+/// Where a listener finds its TLS configuration for each new connection (the running
+/// configuration's, so a reload applies to new connections); `None`: cleartext.
+pub(crate) type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
+
+/// The longest a TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves `listener` until `shutdown`, then lets in-flight requests finish (30 s at most). With
+/// `tls`, connections are TLS, and a verified client certificate becomes the [`TlsPeer`] of
+/// each of its requests.
+pub(crate) async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<TlsSource>,
+) where
     H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
@@ -79,14 +95,50 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let answer = handler(peer, request);
-            async move { Ok::<_, Infallible>(answer.await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let service = move |tls_peer: Option<TlsPeer>| {
+            hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                if let Some(tls_peer) = &tls_peer {
+                    request.extensions_mut().insert(tls_peer.clone());
+                }
+                let answer = handler(peer, request);
+                async move { Ok::<_, Infallible>(answer.await) }
+            })
+        };
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let tls_config = tls.as_ref().and_then(|source| source());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls_config {
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service(None)).into_owned()).await,
+                Some(config) => {
+                    let accepted = tokio::time::timeout(HANDSHAKE, TlsAcceptor::from(config).accept(stream)).await;
+                    let tls = match accepted {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::info!(%peer, %error, "wimse gateway: TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "wimse gateway: TLS handshake took too long");
+                            return;
+                        }
+                    };
+                    let tls_peer = match tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(TlsPeer::from_verified_chain)
+                        .transpose()
+                    {
+                        Ok(tls_peer) => tls_peer,
+                        Err(error) => {
+                            tracing::info!(%peer, reason = error.reason(), "wimse gateway: client certificate names no workload");
+                            return;
+                        }
+                    };
+                    watcher.watch(builder.serve_connection(TokioIo::new(tls), service(tls_peer)).into_owned()).await
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "wimse gateway: connection ended with an error");
             }
         });

@@ -541,22 +541,36 @@ impl Default for WicAnchors {
 }
 
 /// Verifies client WICs on a server: one URI SAN, chain to that trust domain's anchors,
-/// `clientAuth` EKU, validity. Client certificates are required.
+/// `clientAuth` EKU, validity. Client certificates are required unless
+/// [`optional`](Self::optional).
 #[derive(Debug, Clone)]
 pub struct WicClientVerifier {
     anchors: WicAnchors,
+    optional: bool,
 }
 
 impl WicClientVerifier {
     /// Verifies against `anchors`.
     pub fn new(anchors: WicAnchors) -> Self {
-        Self { anchors }
+        Self { anchors, optional: false }
+    }
+
+    /// Lets clients connect without a certificate (they then prove who they are per request,
+    /// with a WIT and a WPT or an HTTP signature); a certificate a client does present must
+    /// still verify.
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
     }
 }
 
 impl ClientCertVerifier for WicClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
     }
 
     fn verify_client_cert(
@@ -747,10 +761,19 @@ impl ResolvesClientCert for CurrentCertificate {
 /// A server config that requires and verifies client WICs and presents `certificate`.
 /// Session resumption is off, so every connection is verified against current anchors.
 pub fn server_config(anchors: &WicAnchors, certificate: CurrentCertificate) -> Result<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(anchors.provider.clone())
+    server_config_with(WicClientVerifier::new(anchors.clone()), certificate)
+}
+
+/// [`server_config`] with `verifier` for client certificates (say, an
+/// [`optional`](WicClientVerifier::optional) one).
+pub fn server_config_with(
+    verifier: WicClientVerifier,
+    certificate: CurrentCertificate,
+) -> Result<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(verifier.anchors.provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| cert_error(ErrorKind::InvalidConfiguration, e.to_string()))?
-        .with_client_cert_verifier(Arc::new(WicClientVerifier::new(anchors.clone())))
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(certificate));
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;

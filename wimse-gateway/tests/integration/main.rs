@@ -11,3 +11,4 @@ mod identity_server;
 mod proxies;
 mod readme;
 mod real_proxies;
+mod tls;

@@ -1,0 +1,137 @@
+//! The reverse proxy over TLS: the gateway presents its WIC; a client WIC is the caller's
+//! mutual-TLS proof; a client without one proves itself per request (WPT), unless the
+//! listener requires a certificate; a certificate from an untrusted authority is refused.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use wimse_core::protocol::wic::{
+    CurrentCertificate, WicAnchors, WicAuthority, WicOptions, WicServerVerifier, WicUsage, WorkloadCertificate,
+    client_config,
+};
+use wimse_gateway::Gateway;
+use wimse_testkit::{ALLOWED, Deployment, now};
+
+use crate::common::{Echo, Files, echo_app};
+
+const GATEWAY_ID: &str = "spiffe://prod.example/gateway";
+
+struct Pki {
+    authority: WicAuthority,
+    anchors: WicAnchors,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let authority = WicAuthority::new("spiffe://prod.example".parse().expect("domain"), now(), 86_400).expect("CA");
+        let anchors = WicAnchors::new();
+        anchors.set(authority.trust_domain().clone(), [authority.certificate().clone()]).expect("anchors");
+        Self { authority, anchors }
+    }
+
+    fn client(&self, id: &str) -> WorkloadCertificate {
+        self.authority.issue(&id.parse().expect("id"), &WicOptions::new(WicUsage::Client, now(), 3600)).expect("WIC")
+    }
+
+    /// A client that verifies the gateway's WIC and presents `certificate`, or none.
+    fn https(&self, certificate: Option<&WorkloadCertificate>) -> reqwest::Client {
+        let expected = GATEWAY_ID.parse::<wimse_core::id::WorkloadId>().expect("id");
+        let verifier = WicServerVerifier::new(self.anchors.clone())
+            .expect(move |name| matches!(name, ServerName::IpAddress(_)).then(|| expected.clone()));
+        let config = match certificate {
+            Some(certificate) => client_config(
+                verifier,
+                CurrentCertificate::new(certificate, self.anchors.provider().clone()).expect("certificate"),
+            )
+            .expect("config"),
+            None => rustls::ClientConfig::builder_with_provider(self.anchors.provider().clone())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth(),
+        };
+        wimse_reqwest::mtls_client_builder(config).build().expect("client")
+    }
+}
+
+async fn start(files: &Files, pki: &Pki, app: std::net::SocketAddr, require: bool) -> Gateway {
+    let server = pki
+        .authority
+        .issue(
+            &GATEWAY_ID.parse().expect("id"),
+            &WicOptions::new(WicUsage::Server, now(), 3600).ip_address(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        )
+        .expect("server WIC");
+    let (chain, key) = server.to_pem();
+    std::fs::write(files.dir.join("gateway.pem"), chain).expect("chain");
+    std::fs::write(files.dir.join("gateway.key.pem"), key).expect("key");
+    std::fs::write(files.dir.join("ca.pem"), pki.authority.to_pem().0).expect("ca");
+    let port = wimse_testkit::servers::free_port();
+    let d = files.dir.display();
+    let config = files.config(&format!(
+        r#"
+[reverse_proxy]
+listen = "127.0.0.1:{port}"
+tls = {{ certificate_file = "{d}/gateway.pem", key_file = "{d}/gateway.key.pem", client_trust = [{{ trust_domain = "spiffe://prod.example", file = "{d}/ca.pem" }}], require_client_certificate = {require} }}
+
+[[routes]]
+origin = "https://127.0.0.1:{port}"
+upstream = "http://{app}"
+policy = {{ name = "app", allow = {{ workloads = ["{ALLOWED}"] }} }}
+"#
+    ));
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    gateway
+}
+
+async fn echo(response: reqwest::Response) -> Echo {
+    assert_eq!(response.status(), 200);
+    serde_json::from_slice(&response.bytes().await.expect("body")).expect("echo")
+}
+
+#[tokio::test]
+async fn a_client_wic_is_a_proof_and_a_client_without_one_sends_a_wpt() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let (pki, app) = (Pki::new(), echo_app().await);
+    let gateway = start(&files, &pki, app, false).await;
+    let base = format!("https://{}", gateway.reverse_proxy_address().expect("address"));
+
+    let mtls = pki.https(Some(&pki.client(ALLOWED)));
+    let seen = echo(mtls.get(format!("{base}/orders")).send().await.expect("answer")).await;
+    assert_eq!(seen.header("x-wimse-caller"), Some(ALLOWED));
+    assert_eq!(seen.header("x-wimse-proof"), Some("mtls"));
+
+    // A WIC the policy does not allow.
+    let intruder = pki.https(Some(&pki.client("spiffe://prod.example/intruder")));
+    assert_eq!(intruder.get(format!("{base}/orders")).send().await.expect("answer").status(), 403);
+
+    // No client certificate: TLS, then a WPT like any other request.
+    let plain = pki.https(None);
+    assert_eq!(plain.get(format!("{base}/orders")).send().await.expect("answer").status(), 401);
+    let credentials = deployment.credentials(ALLOWED, false, 0);
+    let headers = crate::common::wpt_headers(&credentials, &base, "/orders");
+    let seen = echo(plain.get(format!("{base}/orders")).headers(headers).send().await.expect("answer")).await;
+    assert_eq!(seen.header("x-wimse-proof"), Some("wpt"));
+}
+
+#[tokio::test]
+async fn a_listener_that_requires_certificates_refuses_clients_without_a_trusted_one() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let (pki, app) = (Pki::new(), echo_app().await);
+    let gateway = start(&files, &pki, app, true).await;
+    let base = format!("https://{}", gateway.reverse_proxy_address().expect("address"));
+    assert!(pki.https(None).get(format!("{base}/orders")).send().await.is_err(), "no certificate, no connection");
+    // A WIC from another authority for the same trust domain.
+    let rogue = Pki::new();
+    let foreign = rogue.client(ALLOWED);
+    assert!(pki.https(Some(&foreign)).get(format!("{base}/orders")).send().await.is_err());
+    let seen =
+        echo(pki.https(Some(&pki.client(ALLOWED))).get(format!("{base}/orders")).send().await.expect("answer")).await;
+    assert_eq!(seen.header("x-wimse-proof"), Some("mtls"));
+}
