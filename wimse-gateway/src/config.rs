@@ -135,6 +135,12 @@ pub struct ExtAuthzSettings {
     /// The Envoy proxies' addresses: a check from any other is denied (whoever asks chooses
     /// which request is checked, and consumes its proof).
     pub trusted_proxies: Vec<IpAddr>,
+    /// The CA certificates of client WICs, per trust domain: with them, the peer certificate
+    /// Envoy reports (`source.certificate`, mutual TLS terminated by Envoy) is verified by the
+    /// gateway against these anchors and, if it is a valid WIC, is the caller's `mtls` proof.
+    /// Without them the attribute is ignored (such callers must send a WPT).
+    #[serde(default)]
+    pub client_trust: Vec<ClientTrustSettings>,
 }
 
 /// The reverse proxy.
@@ -292,6 +298,9 @@ impl GatewayConfig {
         };
         if let Some(server) = &mut self.identity_server {
             resolve(&mut server.token_file);
+        }
+        for trust in self.ext_authz.iter_mut().flat_map(|e| e.client_trust.iter_mut()) {
+            resolve(&mut trust.file);
         }
         if let Some(tls) = self.reverse_proxy.as_mut().and_then(|r| r.tls.as_mut()) {
             resolve(&mut tls.certificate_file);

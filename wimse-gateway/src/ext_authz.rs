@@ -71,7 +71,9 @@ pub(crate) async fn decide(live: &Live, peer: Option<IpAddr>, request: CheckRequ
         tracing::warn!(?peer, "wimse gateway: ext_authz check from an address that is not a trusted proxy");
         return denied(None, &Error::new(ErrorKind::UntrustedForwarder));
     }
-    let Some(http) = request.attributes.and_then(|a| a.request).and_then(|r| r.http) else {
+    let attributes = request.attributes.unwrap_or_default();
+    let certificate = attributes.source.as_ref().map(|s| s.certificate.as_str()).filter(|c| !c.is_empty());
+    let Some(http) = attributes.request.and_then(|r| r.http) else {
         return denied(None, &Error::with_detail(ErrorKind::OriginalRequestMissing, "no attributes.request.http"));
     };
     let headers = match header_map(&http) {
@@ -96,7 +98,19 @@ pub(crate) async fn decide(live: &Live, peer: Option<IpAddr>, request: CheckRequ
     if let Some(body) = body {
         view = view.body(body);
     }
-    match route.pipeline().check(&view, None).await {
+    // The peer's certificate, verified here against the configured WIC anchors (never taken on
+    // Envoy's word); ignored when none are configured.
+    let tls_peer = match (certificate, &live.envoy_peers) {
+        (Some(certificate), Some(anchors)) => match crate::tls::peer_from_envoy(anchors, certificate) {
+            Ok(peer) => Some(peer),
+            Err(error) => {
+                tracing::info!(reason = error.kind().reason(), "wimse gateway: refused");
+                return denied(Some(route.pipeline()), &error);
+            }
+        },
+        _ => None,
+    };
+    match route.pipeline().check(&view, tls_peer.as_ref()).await {
         Ok(caller) => {
             let mut set = HeaderMap::new();
             if let Some(caller) = &caller {

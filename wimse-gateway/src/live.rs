@@ -29,6 +29,8 @@ pub(crate) struct Live {
     /// Per route (in the table's order): its reverse-proxy service, if it has an upstream.
     pub(crate) proxies: Vec<Option<RouteProxy>>,
     pub(crate) egress: Option<Egress>,
+    /// The anchors of client WICs an Envoy check's peer certificate is verified against.
+    pub(crate) envoy_peers: Option<wimse_core::protocol::wic::WicAnchors>,
     /// The reverse proxy's TLS configuration, if it has one.
     pub(crate) proxy_tls: Option<Arc<rustls::ServerConfig>>,
     /// The tasks following trust bundles and renewing the gateway's credentials; stopped when
@@ -88,7 +90,11 @@ impl Live {
             Some(tls) => Some(crate::tls::server_config(tls)?),
             None => None,
         };
-        Ok(Self { config, routes, identity, proxies, egress, proxy_tls, tasks })
+        let envoy_peers = match config.ext_authz.as_ref().filter(|e| !e.client_trust.is_empty()) {
+            Some(ext_authz) => Some(crate::tls::client_anchors(&ext_authz.client_trust, "ext_authz.client_trust")?),
+            None => None,
+        };
+        Ok(Self { config, routes, identity, proxies, egress, envoy_peers, proxy_tls, tasks })
     }
 }
 

@@ -202,3 +202,55 @@ fn envoy_python() -> Option<String> {
     wimse_testkit::servers::skipped("python envoy-data-plane package not found");
     None
 }
+
+/// The peer certificate Envoy reports for a connection it terminated with mutual TLS: verified
+/// by the gateway against its own WIC anchors, then the caller's `mtls` proof.
+#[tokio::test]
+async fn a_peer_certificate_is_verified_against_the_gateways_anchors() {
+    use wimse_core::protocol::wic::{WicAuthority, WicOptions, WicUsage};
+    use wimse_gateway::envoy::auth::attribute_context::Peer;
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, "spiffe://prod.example/gateway");
+    let now = wimse_testkit::now();
+    let authority = WicAuthority::new("spiffe://prod.example".parse().expect("domain"), now, 86_400).expect("CA");
+    std::fs::write(files.dir.join("ca.pem"), authority.to_pem().0).expect("ca");
+    let config = files.config(&format!(
+        r#"
+[ext_authz]
+listen = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1"]
+client_trust = [{{ trust_domain = "spiffe://prod.example", file = "{}" }}]
+
+[[routes]]
+origin = "https://payments.example"
+path_prefix = "/api"
+policy = {{ name = "payments", allow = {{ workloads = ["{ALLOWED}"] }} }}
+"#,
+        files.dir.join("ca.pem").display()
+    ));
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let with_certificate = |authority: &WicAuthority, id: &str| {
+        let wic =
+            authority.issue(&id.parse().expect("id"), &WicOptions::new(WicUsage::Client, now, 3600)).expect("WIC");
+        let encoded =
+            percent_encoding::utf8_percent_encode(&wic.to_pem().0, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let mut request = check_request("GET", "/api/charge", &HeaderMap::new(), b"");
+        request.attributes.as_mut().expect("attributes").source =
+            Some(Peer { certificate: encoded, ..Default::default() });
+        request
+    };
+    let answer = check(&gateway, with_certificate(&authority, ALLOWED)).await;
+    let (set, _) = ok_headers(&answer);
+    assert_eq!(set["x-wimse-caller"], ALLOWED);
+    assert_eq!(set["x-wimse-proof"], "mtls");
+    // Another WIC of the domain, which the policy does not allow.
+    let answer = check(&gateway, with_certificate(&authority, "spiffe://prod.example/intruder")).await;
+    assert_eq!(denied(&answer).0, 403);
+    // A certificate from an authority the gateway does not trust: not taken on Envoy's word.
+    let rogue = WicAuthority::new("spiffe://prod.example".parse().expect("domain"), now, 86_400).expect("CA");
+    let answer = check(&gateway, with_certificate(&rogue, ALLOWED)).await;
+    let (status, reason, _) = denied(&answer);
+    assert_eq!((status, reason.as_str()), (401, "invalid_certificate"));
+}
