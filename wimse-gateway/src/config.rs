@@ -228,9 +228,31 @@ pub struct DestinationSettings {
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// HTTP-signature destinations: the workload that must sign every response (verified
-    /// against the gateway's trust anchors; an unsigned or wrongly signed answer becomes 502).
+    /// against the gateway's trust anchors; refused otherwise, naming the failed check).
     #[serde(default)]
     pub response_signed_by: Option<String>,
+    /// Send the requests over TLS (or mutual TLS) instead: the application still names
+    /// `origin` in plain HTTP, the gateway connects to `upgrade.to` and signs for it.
+    #[serde(default)]
+    pub upgrade: Option<UpgradeSettings>,
+}
+
+/// An egress destination reached over TLS: its server certificate must be a WIC of `server`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSettings {
+    /// Where requests really go: `https://host[:port]` (the proofs name this origin).
+    pub to: String,
+    /// The workload the destination's certificate must name.
+    pub server: String,
+    /// The CA certificates (PEM) of that workload's trust domain.
+    pub trust_file: PathBuf,
+    /// Mutual TLS: the gateway's client WIC chain (PEM) and key (PKCS#8 PEM).
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The header fields the application receives; any of these arriving from outside is removed
@@ -298,6 +320,16 @@ impl GatewayConfig {
         };
         if let Some(server) = &mut self.identity_server {
             resolve(&mut server.token_file);
+        }
+        for upgrade in self.egress.iter_mut().flat_map(|e| e.destinations.iter_mut()).filter_map(|d| d.upgrade.as_mut())
+        {
+            resolve(&mut upgrade.trust_file);
+            if let Some(file) = &mut upgrade.certificate_file {
+                resolve(file);
+            }
+            if let Some(file) = &mut upgrade.key_file {
+                resolve(file);
+            }
         }
         for trust in self.ext_authz.iter_mut().flat_map(|e| e.client_trust.iter_mut()) {
             resolve(&mut trust.file);

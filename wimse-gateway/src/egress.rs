@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_layer::Layer;
@@ -19,10 +20,13 @@ use tower_service::Service;
 use wimse_core::client::sign::Signer;
 use wimse_core::id::WorkloadId;
 use wimse_core::protocol::trust::TrustStore;
+use wimse_core::protocol::wic::{
+    CurrentCertificate, WicAnchors, WicServerVerifier, WorkloadCertificate, certificates_from_pem, client_config,
+};
 use wimse_core::{Error, ErrorKind};
 use wimse_tower::{Buffered, ProofMode, Streamed, WimseSign, WimseSignLayer};
 
-use crate::config::{EgressProof, EgressSettings};
+use crate::config::{EgressProof, EgressSettings, UpgradeSettings};
 use crate::error::GatewayError;
 use crate::identity::IdentityHeaders;
 use crate::reverse_proxy::{UpstreamClient, remove_hop_by_hop, upstream_client};
@@ -43,6 +47,20 @@ struct Destination {
     proof: EgressProof,
     /// The workload that must sign every response.
     signed_by: Option<WorkloadId>,
+    /// Reached over TLS instead.
+    upgrade: Option<Upgrade>,
+}
+
+/// A client over TLS to one destination (its server WIC checked, the gateway's own presented
+/// for mutual TLS when configured).
+type TlsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+#[derive(Debug, Clone)]
+struct Upgrade {
+    /// `https://host[:port]`: where requests go, and what the proofs name.
+    origin: String,
+    wpt: WimseSign<TlsClient<GatewayBody>, Streamed>,
+    signatures: WimseSign<TlsClient<Full<Bytes>>, Buffered>,
 }
 
 /// The egress proxy of one configuration.
@@ -52,6 +70,56 @@ pub(crate) struct Egress {
     wpt: WimseSign<UpstreamClient, Streamed>,
     signatures: WimseSign<Client<HttpConnector, Full<Bytes>>, Buffered>,
     timeout: Duration,
+}
+
+/// The rustls client configuration of `upgrade`.
+fn tls_config(upgrade: &UpgradeSettings) -> Result<rustls::ClientConfig, GatewayError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| GatewayError::Config(format!("upgrade {}: {e}", path.display())))
+    };
+    let server: WorkloadId =
+        upgrade.server.parse().map_err(|e| GatewayError::Config(format!("upgrade.server: {e}")))?;
+    let anchors = WicAnchors::new();
+    anchors.set(server.trust_domain(), certificates_from_pem(&read(&upgrade.trust_file)?)?)?;
+    let verifier = WicServerVerifier::new(anchors.clone()).expect(move |_| Some(server.clone()));
+    Ok(match (&upgrade.certificate_file, &upgrade.key_file) {
+        (Some(chain), Some(key)) => {
+            let certificate = WorkloadCertificate::from_pem(&read(chain)?, &read(key)?)?;
+            client_config(verifier, CurrentCertificate::new(&certificate, anchors.provider().clone())?)?
+        }
+        (None, None) => rustls::ClientConfig::builder_with_provider(anchors.provider().clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GatewayError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+            .with_no_client_auth(),
+        _ => return Err(GatewayError::Config("upgrade: certificate_file and key_file go together".into())),
+    })
+}
+
+fn tls_client<B>(config: rustls::ClientConfig) -> TlsClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(wimse_tower::mtls_connector(config))
+}
+
+/// Calls a signing service once it is ready, within the timeout; its answer with a boxed body.
+/// (A macro, not a generic async function: rustc cannot prove such a function's future `Send`
+/// for the boxed error types involved.)
+macro_rules! call {
+    ($timeout:expr, $service:expr, $request:expr, $body:ty) => {{
+        let mut service = $service;
+        let request = $request;
+        let sent = async move {
+            std::future::poll_fn(|cx| Service::<Request<$body>>::poll_ready(&mut service, cx)).await?;
+            let response = service.call(request).await?;
+            Ok::<_, BoxError>(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+        };
+        tokio::time::timeout($timeout, Box::pin(sent)).await
+    }};
 }
 
 impl Egress {
@@ -74,8 +142,24 @@ impl Egress {
                 return Err(invalid());
             }
             let authority = normalize_authority(scheme, authority).ok_or_else(invalid)?;
+            let upgraded = match &destination.upgrade {
+                Some(upgrade) => {
+                    let to = upgrade.to.trim_end_matches('/');
+                    let valid = to.strip_prefix("https://").and_then(|a| normalize_authority("https", a)).is_some();
+                    if !valid {
+                        return Err(GatewayError::Config(format!(
+                            "egress.destinations[{i}].upgrade.to {to:?} is not https://host[:port]"
+                        )));
+                    }
+                    let config = tls_config(upgrade)
+                        .map_err(|e| GatewayError::Config(format!("egress.destinations[{i}].{e}")))?;
+                    Some((to.to_owned(), config))
+                }
+                None => None,
+            };
+            // The Txn-Token goes where the request really goes, inside the trust domain.
             if destination.forward_txn_token {
-                inside.push(origin.to_owned());
+                inside.push(upgraded.as_ref().map_or(origin, |(to, _)| to.as_str()).to_owned());
             }
             let signed_by = match &destination.response_signed_by {
                 Some(_) if destination.proof != EgressProof::HttpSignature => {
@@ -90,24 +174,38 @@ impl Egress {
                 }
                 None => None,
             };
-            destinations.push(Destination {
-                scheme: scheme.to_owned(),
-                authority,
-                proof: destination.proof,
-                signed_by,
-            });
+            destinations.push((
+                Destination {
+                    scheme: scheme.to_owned(),
+                    authority,
+                    proof: destination.proof,
+                    signed_by,
+                    upgrade: None,
+                },
+                upgraded,
+            ));
         }
-        let wpt = WimseSignLayer::new(signer.clone()).trust_domain_origins(inside.clone()).layer(upstream_client());
+        let wpt_layer = WimseSignLayer::new(signer.clone()).trust_domain_origins(inside.clone());
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let buffered_client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-        // A response must come signed by the workload its destination names.
+        // A response must come signed by the workload its destination names (where the request
+        // really goes: the upgraded origin, if any).
         let expected: Vec<(String, String, WorkloadId)> = destinations
             .iter()
-            .filter_map(|d| Some((d.scheme.clone(), d.authority.clone(), d.signed_by.clone()?)))
+            .filter_map(|(d, upgraded)| {
+                let id = d.signed_by.clone()?;
+                match upgraded {
+                    Some((to, _)) => {
+                        let authority = normalize_authority("https", to.strip_prefix("https://")?)?;
+                        Some(("https".to_owned(), authority, id))
+                    }
+                    None => Some((d.scheme.clone(), d.authority.clone(), id)),
+                }
+            })
             .collect();
-        let signatures = WimseSignLayer::new(signer)
+        let signature_layer = WimseSignLayer::new(signer)
             .trust_domain_origins(inside)
             .http_signatures()
             .signed_responses(trust)
@@ -116,10 +214,25 @@ impl Egress {
                 let authority = normalize_authority(scheme, authority)?;
                 expected.iter().find(|(s, a, _)| s == scheme && *a == authority).map(|(_, _, id)| id.clone())
             })
-            .body_limit(SIGNED_BODY_LIMIT)
-            .layer(buffered_client);
+            .body_limit(SIGNED_BODY_LIMIT);
+        let destinations = destinations
+            .into_iter()
+            .map(|(mut destination, upgraded)| {
+                destination.upgrade = upgraded.map(|(origin, config)| Upgrade {
+                    origin,
+                    wpt: wpt_layer.clone().layer(tls_client(config.clone())),
+                    signatures: signature_layer.clone().layer(tls_client(config)),
+                });
+                destination
+            })
+            .collect();
         let timeout = Duration::from_millis(settings.upstream_timeout_ms.unwrap_or(30_000));
-        Ok(Self { destinations, wpt, signatures, timeout })
+        Ok(Self {
+            destinations,
+            wpt: wpt_layer.layer(upstream_client()),
+            signatures: signature_layer.layer(buffered_client),
+            timeout,
+        })
     }
 
     /// A request that arrived on destination `index`'s own port, sent on to it: its
@@ -184,25 +297,27 @@ impl Egress {
         if destination.signed_by.is_some() {
             parts.extensions.insert(ProofMode::HttpSignature { sign_response: true });
         }
-        let sent = match destination.proof {
-            EgressProof::Wpt => {
-                let body = body.map_err(|e| -> BoxError { e.into() }).boxed_unsync();
-                let mut wpt = self.wpt.clone();
-                let call = async move {
-                    std::future::poll_fn(|cx| wpt.poll_ready(cx)).await?;
-                    let response = wpt.call(Request::from_parts(parts, body)).await?;
-                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed_unsync()))
-                };
-                tokio::time::timeout(self.timeout, Box::pin(call)).await
+        if let Some(upgrade) = &destination.upgrade {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            match format!("{}{path}", upgrade.origin).parse() {
+                Ok(uri) => parts.uri = uri,
+                Err(_) => return revealing_rejection(&Error::new(ErrorKind::DestinationNotAllowed)),
             }
-            EgressProof::HttpSignature => {
-                let mut signatures = self.signatures.clone();
-                let call = async move {
-                    std::future::poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut signatures, cx)).await?;
-                    let response = signatures.call(Request::from_parts(parts, body)).await?;
-                    Ok::<_, BoxError>(response.map(|b| b.map_err(Into::into).boxed_unsync()))
-                };
-                tokio::time::timeout(self.timeout, Box::pin(call)).await
+            parts.headers.remove(http::header::HOST);
+        }
+        let request = Request::from_parts(parts, body);
+        let sent = match (destination.proof, &destination.upgrade) {
+            (EgressProof::Wpt, None) => {
+                let request = request.map(|b| b.map_err(|e| -> BoxError { e.into() }).boxed_unsync());
+                call!(self.timeout, self.wpt.clone(), request, GatewayBody)
+            }
+            (EgressProof::Wpt, Some(upgrade)) => {
+                let request = request.map(|b| b.map_err(|e| -> BoxError { e.into() }).boxed_unsync());
+                call!(self.timeout, upgrade.wpt.clone(), request, GatewayBody)
+            }
+            (EgressProof::HttpSignature, None) => call!(self.timeout, self.signatures.clone(), request, Incoming),
+            (EgressProof::HttpSignature, Some(upgrade)) => {
+                call!(self.timeout, upgrade.signatures.clone(), request, Incoming)
             }
         };
         match sent {

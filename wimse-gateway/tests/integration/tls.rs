@@ -135,3 +135,57 @@ async fn a_listener_that_requires_certificates_refuses_clients_without_a_trusted
         echo(pki.https(Some(&pki.client(ALLOWED))).get(format!("{base}/orders")).send().await.expect("answer")).await;
     assert_eq!(seen.header("x-wimse-proof"), Some("mtls"));
 }
+
+/// The egress proxy upgrades an application's plain request to mutual TLS: the destination's
+/// WIC must name the configured workload, the gateway presents its own client WIC.
+#[tokio::test]
+async fn the_egress_proxy_upgrades_plain_requests_to_mutual_tls() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let (pki, app) = (Pki::new(), echo_app().await);
+    let server = pki
+        .authority
+        .issue(
+            &GATEWAY_ID.parse().expect("id"),
+            &WicOptions::new(WicUsage::Server, now(), 3600).ip_address(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        )
+        .expect("server WIC");
+    let d = files.dir.display();
+    for (name, (chain, key)) in [("server", server.to_pem()), ("client", pki.client(GATEWAY_ID).to_pem())] {
+        std::fs::write(files.dir.join(format!("{name}.pem")), chain).expect("chain");
+        std::fs::write(files.dir.join(format!("{name}.key.pem")), key).expect("key");
+    }
+    std::fs::write(files.dir.join("ca.pem"), pki.authority.to_pem().0).expect("ca");
+    let port = wimse_testkit::servers::free_port();
+    let config = |server_id: &str| {
+        files.config(&format!(
+            r#"
+[reverse_proxy]
+listen = "127.0.0.1:{port}"
+tls = {{ certificate_file = "{d}/server.pem", key_file = "{d}/server.key.pem", client_trust = [{{ trust_domain = "spiffe://prod.example", file = "{d}/ca.pem" }}], require_client_certificate = true }}
+
+[egress]
+listen = "127.0.0.1:0"
+destinations = [{{ origin = "http://orders.internal", upgrade = {{ to = "https://127.0.0.1:{port}", server = "{server_id}", trust_file = "{d}/ca.pem", certificate_file = "{d}/client.pem", key_file = "{d}/client.key.pem" }} }}]
+
+[[routes]]
+origin = "https://127.0.0.1:{port}"
+upstream = "http://{app}"
+policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
+"#
+        ))
+    };
+    let gateway = Gateway::start(config(GATEWAY_ID)).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("egress"))).expect("proxy");
+    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let seen = echo(application.get("http://orders.internal/stock?n=2").send().await.expect("answer")).await;
+    assert_eq!(seen.path, "/stock?n=2");
+    assert_eq!(seen.header("x-wimse-caller"), Some(GATEWAY_ID));
+
+    // A destination whose certificate names another workload than configured: not reached.
+    gateway.reload(config("spiffe://prod.example/orders")).await.expect("reloaded");
+    let refused = application.get("http://orders.internal/stock").send().await.expect("answer");
+    assert_eq!(crate::common::reason(refused).await, (502, "upstream_unavailable".into()));
+}
