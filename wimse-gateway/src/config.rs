@@ -194,9 +194,17 @@ pub struct EgressSettings {
     pub listen: SocketAddr,
     /// The only origins requests are signed and forwarded to; anything else is refused.
     pub destinations: Vec<DestinationSettings>,
+    /// The applications' addresses: whoever reaches the egress proxy gets requests signed as
+    /// the gateway's workload. Default loopback only (`127.0.0.1`, `::1`).
+    #[serde(default = "loopback")]
+    pub allowed_clients: Vec<IpAddr>,
     /// Longest wait for a destination's answer headers, milliseconds. Default 30000.
     #[serde(default)]
     pub upstream_timeout_ms: Option<u64>,
+}
+
+fn loopback() -> Vec<IpAddr> {
+    vec![IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)]
 }
 
 /// How proofs for a destination are made.

@@ -6,6 +6,7 @@
 //! application, never followed with credentials; `CONNECT` is refused (nothing could be signed
 //! inside a tunnel).
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,6 +68,7 @@ struct Upgrade {
 #[derive(Debug, Clone)]
 pub(crate) struct Egress {
     destinations: Vec<Destination>,
+    allowed_clients: Vec<IpAddr>,
     wpt: WimseSign<UpstreamClient, Streamed>,
     signatures: WimseSign<Client<HttpConnector, Full<Bytes>>, Buffered>,
     timeout: Duration,
@@ -229,6 +231,7 @@ impl Egress {
         let timeout = Duration::from_millis(settings.upstream_timeout_ms.unwrap_or(30_000));
         Ok(Self {
             destinations,
+            allowed_clients: settings.allowed_clients.clone(),
             wpt: wpt_layer.layer(upstream_client()),
             signatures: signature_layer.layer(buffered_client),
             timeout,
@@ -240,12 +243,30 @@ impl Egress {
     pub(crate) async fn handle_local(
         &self,
         index: usize,
+        local: SocketAddr,
+        peer: SocketAddr,
         identity: &IdentityHeaders,
         mut request: Request<Incoming>,
     ) -> Response<GatewayBody> {
         let Some(destination) = self.destinations.get(index) else {
             return revealing_rejection(&Error::new(ErrorKind::DestinationNotAllowed));
         };
+        // A Host naming anything but this port (a DNS-rebinding page's own name) is refused.
+        if let Some(host) = request.headers().get(http::header::HOST) {
+            let names_this_port =
+                host.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok()).is_some_and(|a| {
+                    a.port_u16() == Some(local.port())
+                        && (a.host().eq_ignore_ascii_case("localhost")
+                            || a.host()
+                                .trim_matches(['[', ']'])
+                                .parse::<IpAddr>()
+                                .is_ok_and(|ip| ip == local.ip() || ip.is_loopback()))
+                });
+            if !names_this_port {
+                let detail = "the Host field does not name this port";
+                return revealing_rejection(&Error::with_detail(ErrorKind::DestinationNotAllowed, detail));
+            }
+        }
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let uri = http::Uri::builder()
             .scheme(destination.scheme.as_str())
@@ -255,9 +276,7 @@ impl Egress {
         match uri {
             Ok(uri) if request.uri().authority().is_none() => {
                 *request.uri_mut() = uri;
-                // The Host the application sent names this local port, not the destination.
-                request.headers_mut().remove(http::header::HOST);
-                self.handle(identity, request).await
+                self.handle(peer, identity, request).await
             }
             _ => revealing_rejection(&Error::with_detail(
                 ErrorKind::DestinationNotAllowed,
@@ -273,7 +292,27 @@ impl Egress {
     }
 
     /// Signs and forwards one request of the application.
-    pub(crate) async fn handle(&self, identity: &IdentityHeaders, request: Request<Incoming>) -> Response<GatewayBody> {
+    pub(crate) async fn handle(
+        &self,
+        peer: SocketAddr,
+        identity: &IdentityHeaders,
+        request: Request<Incoming>,
+    ) -> Response<GatewayBody> {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if !self.allowed_clients.contains(&ip) {
+            tracing::warn!(%peer, "wimse gateway: egress request from an address not in allowed_clients");
+            let detail = "this address may not use the egress proxy (allowed_clients)";
+            return revealing_rejection(&Error::with_detail(ErrorKind::DestinationNotAllowed, detail));
+        }
+        // A browser page must not get requests signed as this workload (a cross-site form, or
+        // a page on a rebound name): applications do not send these fields.
+        if ["origin", "sec-fetch-site", "sec-fetch-mode"].iter().any(|field| request.headers().contains_key(*field)) {
+            let detail = "requests from a browser are refused";
+            return revealing_rejection(&Error::with_detail(ErrorKind::DestinationNotAllowed, detail));
+        }
         if request.method() == Method::CONNECT {
             tracing::info!("wimse gateway: egress CONNECT refused");
             return revealing_rejection(&Error::new(ErrorKind::TunnelRefused));
@@ -290,20 +329,24 @@ impl Egress {
         let (mut parts, body) = request.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         identity.strip(&mut parts.headers);
+        // The request goes to the destination as configured, whatever Host the application
+        // wrote or however it spelled the authority (the proofs name it this way).
+        parts.headers.remove(http::header::HOST);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let target = match &destination.upgrade {
+            Some(upgrade) => format!("{}{path}", upgrade.origin),
+            None => format!("{}://{}{path}", destination.scheme, destination.authority),
+        };
+        match target.parse() {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => return revealing_rejection(&Error::new(ErrorKind::DestinationNotAllowed)),
+        }
         for field in CREDENTIAL_FIELDS {
             parts.headers.remove(*field);
         }
         parts.version = http::Version::HTTP_11;
         if destination.signed_by.is_some() {
             parts.extensions.insert(ProofMode::HttpSignature { sign_response: true });
-        }
-        if let Some(upgrade) = &destination.upgrade {
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            match format!("{}{path}", upgrade.origin).parse() {
-                Ok(uri) => parts.uri = uri,
-                Err(_) => return revealing_rejection(&Error::new(ErrorKind::DestinationNotAllowed)),
-            }
-            parts.headers.remove(http::header::HOST);
         }
         let request = Request::from_parts(parts, body);
         let sent = match (destination.proof, &destination.upgrade) {

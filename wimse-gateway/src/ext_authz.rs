@@ -80,7 +80,17 @@ pub(crate) async fn decide(live: &Live, peer: Option<IpAddr>, request: CheckRequ
         Ok(headers) => headers,
         Err(error) => return denied(None, &error),
     };
-    let (_, route) = match live.routes.find(&http.host, &http.path) {
+    if let Err(error) = live.identity.refuse_lookalike(&headers) {
+        return denied(None, &error);
+    }
+    // Envoy says when it cut the body at `max_request_bytes`: its digest cannot match.
+    if headers.get("x-envoy-auth-partial-body").is_some_and(|v| v == "true") {
+        let error =
+            Error::with_detail(ErrorKind::BodyNotForwarded, "Envoy sent part of the body (allow_partial_message)");
+        return denied(None, &error);
+    }
+    let scheme = (!http.scheme.is_empty()).then_some(http.scheme.as_str());
+    let (_, route) = match live.routes.find(&http.host, &http.path, scheme) {
         Ok(found) => found,
         Err(error) => {
             tracing::info!(reason = error.kind().reason(), "wimse gateway: refused");

@@ -24,14 +24,20 @@ pub(crate) struct OriginalRequest<'a> {
     pub(crate) method: &'a str,
     pub(crate) uri: &'a str,
     pub(crate) host: &'a str,
+    /// The scheme, when the proxy sends it: then only routes of that scheme match.
+    pub(crate) proto: Option<&'a str>,
 }
 
 impl<'a> OriginalRequest<'a> {
     /// Reads the configured family of fields; each exactly once.
     pub(crate) fn read(headers: &'a HeaderMap, fields: OriginalRequestFields) -> Result<Self, Error> {
-        let [method, uri, host] = match fields {
-            OriginalRequestFields::XOriginal => ["x-original-method", "x-original-uri", "x-original-host"],
-            OriginalRequestFields::XForwarded => ["x-forwarded-method", "x-forwarded-uri", "x-forwarded-host"],
+        let [method, uri, host, proto] = match fields {
+            OriginalRequestFields::XOriginal => {
+                ["x-original-method", "x-original-uri", "x-original-host", "x-original-proto"]
+            }
+            OriginalRequestFields::XForwarded => {
+                ["x-forwarded-method", "x-forwarded-uri", "x-forwarded-host", "x-forwarded-proto"]
+            }
         };
         let read = |name: &str| -> Result<&'a str, Error> {
             let refused =
@@ -48,7 +54,8 @@ impl<'a> OriginalRequest<'a> {
                 _ => Err(refused("is empty or not visible ASCII")),
             }
         };
-        Ok(Self { method: read(method)?, uri: read(uri)?, host: read(host)? })
+        let proto = if headers.contains_key(proto) { Some(read(proto)?) } else { None };
+        Ok(Self { method: read(method)?, uri: read(uri)?, host: read(host)?, proto })
     }
 }
 
@@ -80,7 +87,11 @@ pub(crate) async fn check<B>(
             return rejection(None, &error);
         }
     };
-    let route = match live.routes.find(original.host, original.uri) {
+    if let Err(error) = live.identity.refuse_lookalike(headers) {
+        tracing::warn!(reason = error.kind().reason(), "wimse gateway: refused");
+        return rejection(None, &error);
+    }
+    let route = match live.routes.find(original.host, original.uri, original.proto) {
         Ok((_, route)) => route,
         Err(error) => {
             tracing::info!(reason = error.kind().reason(), method = original.method, "wimse gateway: refused");
@@ -135,7 +146,7 @@ mod tests {
             ("x-original-host", "a.example"),
         ]);
         let read = OriginalRequest::read(&nginx, OriginalRequestFields::XOriginal).unwrap();
-        assert_eq!(read, OriginalRequest { method: "POST", uri: "/charge?x=1", host: "a.example" });
+        assert_eq!(read, OriginalRequest { method: "POST", uri: "/charge?x=1", host: "a.example", proto: None });
         let refused = OriginalRequest::read(&nginx, OriginalRequestFields::XForwarded).unwrap_err();
         assert_eq!(refused.kind(), &ErrorKind::OriginalRequestMissing);
     }

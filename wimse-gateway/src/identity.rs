@@ -52,6 +52,28 @@ impl IdentityHeaders {
         [&self.caller, &self.proof, &self.txn, &self.txn_subject, &self.txn_scope]
     }
 
+    /// Whether a field arrived whose name is an identity field's with `_` for `-`
+    /// (`X_Wimse_Caller`): CGI, WSGI, Rack and PHP applications read both as one variable
+    /// (`HTTP_X_WIMSE_CALLER`), so such a field could stand in for the gateway's. Such
+    /// requests are refused rather than cleaned: no honest client sends one.
+    pub(crate) fn lookalike(&self, headers: &HeaderMap) -> Option<String> {
+        headers.keys().filter(|name| name.as_str().contains('_')).find_map(|name| {
+            let dashed = name.as_str().replace('_', "-");
+            self.names().iter().any(|identity| identity.as_str() == dashed).then(|| name.as_str().to_owned())
+        })
+    }
+
+    /// The refusal of a request that carries a [`lookalike`](Self::lookalike) field.
+    pub(crate) fn refuse_lookalike(&self, headers: &HeaderMap) -> Result<(), wimse_core::Error> {
+        match self.lookalike(headers) {
+            Some(name) => Err(wimse_core::Error::with_detail(
+                wimse_core::ErrorKind::InvalidHeaderValue,
+                format!("the field {name} is an identity field's name with underscores"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Removes every identity field, however many times it arrived.
     pub(crate) fn strip(&self, headers: &mut HeaderMap) {
         for name in self.names() {
@@ -114,6 +136,19 @@ mod tests {
         assert!(IdentityHeaders::new(&invalid).is_err());
         let protocol = IdentityHeaderNames { caller: "Txn-Token".into(), ..Default::default() };
         assert!(IdentityHeaders::new(&protocol).is_err());
+    }
+
+    #[test]
+    fn underscore_lookalikes_of_identity_fields_are_found() {
+        let headers = IdentityHeaders::new(&IdentityHeaderNames::default()).unwrap();
+        let mut map = HeaderMap::new();
+        map.append("x_wimse_caller", HeaderValue::from_static("spiffe://evil/a"));
+        assert_eq!(headers.lookalike(&map).as_deref(), Some("x_wimse_caller"));
+        let mut fine = HeaderMap::new();
+        fine.append("x_request_id", HeaderValue::from_static("1"));
+        fine.append("x-wimse-caller", HeaderValue::from_static("stripped elsewhere"));
+        assert_eq!(headers.lookalike(&fine), None);
+        assert!(headers.refuse_lookalike(&map).is_err_and(|e| e.kind() == &wimse_core::ErrorKind::InvalidHeaderValue));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use wimse_core::replay::InMemoryReplayStore;
+use wimse_core::replay::{CallerQuota, DEFAULT_CALLER_QUOTA, InMemoryReplayStore};
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;
@@ -71,7 +71,7 @@ struct Listeners {
 struct Shared {
     live: watch::Sender<Arc<Live>>,
     /// Shared by every route and kept across reloads: a reload never forgets a claimed proof.
-    replays: Arc<InMemoryReplayStore>,
+    claims: routes::Claims,
     client: UpstreamClient,
     listeners: Mutex<Listeners>,
     /// forward-auth, reverse proxy, egress, ext_authz.
@@ -119,9 +119,12 @@ impl Gateway {
                 "nothing to serve: configure forward_auth, ext_authz, reverse_proxy or egress".into(),
             ));
         }
-        let replays = Arc::new(InMemoryReplayStore::default());
+        // The quota's size is the first configuration's (a reload keeps the quota, with its
+        // counts).
+        let quota = CallerQuota::new(config.verifier.caller_quota.unwrap_or(DEFAULT_CALLER_QUOTA));
+        let claims = routes::Claims { store: Arc::new(InMemoryReplayStore::default()), quota: Arc::new(quota) };
         let client = upstream_client();
-        let live = Live::build(config, &replays, &client).await?;
+        let live = Live::build(config, &claims, &client).await?;
         let listeners = Listeners {
             forward_auth: bind(live.config.forward_auth.as_ref().map(|f| f.listen)).await?,
             ext_authz: bind(live.config.ext_authz.as_ref().map(|e| e.listen)).await?,
@@ -153,7 +156,7 @@ impl Gateway {
             .collect();
         let shared = Shared {
             live: watch::Sender::new(Arc::new(live)),
-            replays,
+            claims,
             client,
             listeners: Mutex::new(listeners),
             addresses,
@@ -206,7 +209,7 @@ impl Gateway {
         if listens(&config) != listens(&running.config) {
             return Err(GatewayError::Config("listener addresses change only with a restart".into()));
         }
-        let live = Live::build(config, &self.shared.replays, &self.shared.client).await?;
+        let live = Live::build(config, &self.shared.claims, &self.shared.client).await?;
         tracing::info!(routes = live.routes.len(), "wimse gateway: configuration reloaded");
         self.shared.live.send_replace(Arc::new(live));
         Ok(())
@@ -274,11 +277,12 @@ impl Gateway {
         }
         for (index, listener) in listeners.destinations {
             let shared = self.shared.clone();
-            let handler = move |_: SocketAddr, request| {
+            let local = listener.local_addr().map_err(|e| GatewayError::Config(e.to_string()))?;
+            let handler = move |peer: SocketAddr, request| {
                 let live = shared.live.borrow().clone();
                 async move {
                     match &live.egress {
-                        Some(egress) => egress.handle_local(index, &live.identity, request).await,
+                        Some(egress) => egress.handle_local(index, local, peer, &live.identity, request).await,
                         None => server::rejection(None, &wimse_core::ErrorKind::DestinationNotAllowed.into()),
                     }
                 }
@@ -287,11 +291,11 @@ impl Gateway {
         }
         if let Some(listener) = listeners.egress {
             let shared = self.shared.clone();
-            let handler = move |_: SocketAddr, request| {
+            let handler = move |peer: SocketAddr, request| {
                 let live = shared.live.borrow().clone();
                 async move {
                     match &live.egress {
-                        Some(egress) => egress.handle(&live.identity, request).await,
+                        Some(egress) => egress.handle(peer, &live.identity, request).await,
                         None => server::rejection(None, &wimse_core::ErrorKind::DestinationNotAllowed.into()),
                     }
                 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tower_layer::Layer;
 use wimse_core::client::sign::Signer;
 use wimse_core::protocol::trust::TrustHandle;
-use wimse_core::replay::InMemoryReplayStore;
 use wimse_core::time::SystemClock;
 use wimse_tower::WimseLayer;
 use wimse_workload_api::{Endpoint, WitSvidSource};
@@ -18,7 +17,7 @@ use crate::egress::Egress;
 use crate::error::GatewayError;
 use crate::identity::IdentityHeaders;
 use crate::reverse_proxy::{Forward, RouteProxy, UpstreamClient};
-use crate::routes::RouteTable;
+use crate::routes::{Claims, RouteTable};
 
 /// One configuration, running.
 #[derive(Debug)]
@@ -47,10 +46,10 @@ impl Drop for Live {
 }
 
 impl Live {
-    /// Builds everything `config` describes. `replays` and `client` outlive configurations.
+    /// Builds everything `config` describes. `claims` and `client` outlive configurations.
     pub(crate) async fn build(
         config: GatewayConfig,
-        replays: &Arc<InMemoryReplayStore>,
+        claims: &Claims,
         client: &UpstreamClient,
     ) -> Result<Self, GatewayError> {
         let trust = TrustHandle::new(config.verifier.trust_store()?);
@@ -66,7 +65,7 @@ impl Live {
         } else {
             None
         };
-        let routes = RouteTable::build(&config, &trust, replays, own.as_ref())?;
+        let routes = RouteTable::build(&config, &trust, claims, own.as_ref())?;
         let identity = Arc::new(IdentityHeaders::new(&config.identity_headers)?);
         let timeout =
             Duration::from_millis(config.reverse_proxy.as_ref().and_then(|r| r.upstream_timeout_ms).unwrap_or(30_000));

@@ -137,14 +137,31 @@ pub(crate) type RouteProxy = WimseService<Forward>;
 /// Handles one request to the reverse proxy.
 pub(crate) async fn handle(live: &Live, peer: SocketAddr, request: Request<Incoming>) -> Response<GatewayBody> {
     let (mut parts, body) = request.into_parts();
+    if let Err(error) = live.identity.refuse_lookalike(&parts.headers) {
+        return rejection(None, &error);
+    }
     live.identity.strip(&mut parts.headers);
     remove_hop_by_hop(&mut parts.headers);
-    let authority = match parts.uri.authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_owned(),
+    // The authority that is routed and verified is the one the application sees: a Host that
+    // differs from the request target's (HTTP/1 absolute form, HTTP/2 `:authority`) is refused.
+    let host = parts.headers.get(HOST).map(|h| h.to_str().unwrap_or("\u{0}").to_owned());
+    let authority = match (parts.uri.authority(), host) {
+        (Some(authority), Some(host)) if !authority.as_str().eq_ignore_ascii_case(&host) => {
+            let error = Error::with_detail(ErrorKind::InvalidHeaderValue, "Host differs from the request target");
+            return rejection(None, &error);
+        }
+        (Some(authority), _) => authority.as_str().to_owned(),
+        (None, Some(host)) => host,
+        (None, None) => String::new(),
     };
+    match HeaderValue::from_str(&authority) {
+        Ok(value) => {
+            parts.headers.insert(HOST, value);
+        }
+        Err(_) => return rejection(None, &Error::new(ErrorKind::InvalidHeaderValue)),
+    }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let (index, route) = match live.routes.find(&authority, &path) {
+    let (index, route) = match live.routes.find(&authority, &path, None) {
         Ok(found) => found,
         Err(error) => {
             tracing::info!(reason = error.kind().reason(), "wimse gateway: refused");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wimse_core::client::sign::Signer;
 use wimse_core::config::VerifierSettings;
 use wimse_core::protocol::trust::TrustHandle;
-use wimse_core::replay::InMemoryReplayStore;
+use wimse_core::replay::{CallerQuota, InMemoryReplayStore};
 use wimse_core::server::pipeline::{Pipeline, is_canonical_path};
 use wimse_core::{Error, ErrorKind};
 
@@ -83,12 +83,12 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds every route's pipeline on `trust`, sharing `replays` (kept across reloads, so a
+    /// Builds every route's pipeline on `trust`, sharing `claims` (kept across reloads, so a
     /// reload never forgets a claimed proof).
     pub(crate) fn build(
         config: &GatewayConfig,
         trust: &TrustHandle,
-        replays: &Arc<InMemoryReplayStore>,
+        claims: &Claims,
         own: Option<&Signer>,
     ) -> Result<Self, GatewayError> {
         if !config.verifier.origins.is_empty() || !config.verifier.audiences.is_empty() {
@@ -98,7 +98,7 @@ impl RouteTable {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
-            routes.push(build_route(config, route, trust, replays, own).map_err(|e| match e {
+            routes.push(build_route(config, route, trust, claims, own).map_err(|e| match e {
                 GatewayError::Config(problem) => GatewayError::Config(format!("routes[{i}]: {problem}")),
                 GatewayError::Setup(error) => GatewayError::Config(format!("routes[{i}]: {error}")),
                 other => other,
@@ -108,18 +108,25 @@ impl RouteTable {
         Ok(Self { routes })
     }
 
-    /// The route of a request for `authority` and `path` (with or without its query). A path
-    /// that is not canonical (`%`, `//`, `.`, `..`) is refused: the application might route it
-    /// elsewhere than the prefix it seems to be under.
-    pub(crate) fn find(&self, authority: &str, path: &str) -> Result<(usize, &Route), Error> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        if !path.starts_with('/') || !is_canonical_path(path) {
+    /// The route of a request for `authority` and `path` (with or without its query), sent
+    /// with `scheme` when the proxy says which. A path an application behind the gateway might
+    /// route elsewhere than the prefix it seems to be under is refused: not canonical (`%`,
+    /// `//`, `.`, `..`), or with a `;` (matrix parameters: Java servlet containers route
+    /// `/admin;x/users` as `/admin/users`), a `\` (read as `/` by some) or a fragment.
+    pub(crate) fn find(&self, authority: &str, path: &str, scheme: Option<&str>) -> Result<(usize, &Route), Error> {
+        if path.contains('#') {
+            return Err(Error::with_detail(ErrorKind::NonCanonicalPath, "a request target has no fragment"));
+        }
+        let path = path.split('?').next().unwrap_or("");
+        if !path.starts_with('/') || !is_canonical_path(path) || path.contains([';', '\\']) {
             return Err(ErrorKind::NonCanonicalPath.into());
         }
         self.routes
             .iter()
             .enumerate()
-            .find(|(_, route)| route.matches(authority, path))
+            .find(|(_, route)| {
+                scheme.is_none_or(|s| s.eq_ignore_ascii_case(&route.scheme)) && route.matches(authority, path)
+            })
             .ok_or_else(|| Error::with_detail(ErrorKind::NoRoute, "no gateway route for this host and path"))
     }
 
@@ -134,11 +141,20 @@ impl RouteTable {
     }
 }
 
+/// What every route's verifier claims proofs in, kept across reloads so a reload forgets no
+/// claim: one replay store, and one per-caller quota on it (per-route quotas would let a caller
+/// allowed on several routes fill the store alone).
+#[derive(Debug, Clone)]
+pub(crate) struct Claims {
+    pub(crate) store: Arc<InMemoryReplayStore>,
+    pub(crate) quota: Arc<CallerQuota>,
+}
+
 fn build_route(
     config: &GatewayConfig,
     route: &RouteSettings,
     trust: &TrustHandle,
-    replays: &Arc<InMemoryReplayStore>,
+    claims: &Claims,
     own: Option<&Signer>,
 ) -> Result<Route, GatewayError> {
     let origin = route.origin.trim_end_matches('/').to_owned();
@@ -156,7 +172,10 @@ fn build_route(
         proofs: route.proofs.unwrap_or(config.verifier.proofs),
         ..config.verifier.clone()
     };
-    let verifier = verifier_settings.build_on(trust.clone())?.replay_store(replays.clone());
+    let verifier = verifier_settings
+        .build_on(trust.clone())?
+        .replay_store(claims.store.clone())
+        .with_caller_quota(claims.quota.clone());
     let mut pipeline = Pipeline::new(verifier);
     if let Some(policy) = route.policy.as_ref().or(config.policy.as_ref()) {
         pipeline = pipeline.policy(policy.build()?);

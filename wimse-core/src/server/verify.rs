@@ -442,6 +442,14 @@ impl Verifier {
         self
     }
 
+    /// Counts callers' live claims in `quota` instead of a quota of its own: verifiers that
+    /// claim in one shared replay store (the routes of a gateway, say) must share their quota
+    /// too, or a caller allowed on several of them could fill the store alone.
+    pub fn with_caller_quota(mut self, quota: Arc<CallerQuota>) -> Self {
+        self.quota = quota;
+        self
+    }
+
     /// Verifies Txn-Tokens with the anchors `keys` holds for the configured trust domain (a
     /// Transaction Token Service other than the identity server that signs WITs), instead of
     /// this verifier's own trust store.

@@ -147,6 +147,60 @@ async fn a_signature_covering_a_body_it_cannot_see_is_refused_with_that_reason()
 }
 
 #[tokio::test]
+async fn paths_an_application_might_route_elsewhere_are_refused() {
+    let s = setup().await;
+    let front = allowed(&s.deployment);
+    // Matrix parameters (servlet containers route /api/admin;x/users as /api/admin/users),
+    // backslashes, fragments.
+    for path in ["/api/admin;x/users", "/api/..;/admin", "/api\\admin", "/api/x#/../admin"] {
+        let headers = original(wpt_headers(&front, PAYMENTS, path), "GET", path, "payments.example");
+        assert_eq!(reason(s.ask(headers).await).await, (400, "non_canonical_path".into()), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_scheme_the_proxy_names_must_be_the_routes() {
+    let s = setup().await;
+    let front = allowed(&s.deployment);
+    let mut https = original(wpt_headers(&front, PAYMENTS, "/api/x"), "GET", "/api/x", "payments.example");
+    https.insert("x-original-proto", HeaderValue::from_static("https"));
+    assert_eq!(s.ask(https).await.status(), 200);
+    // The same host over plain HTTP is no route of this gateway.
+    let mut http = original(wpt_headers(&front, PAYMENTS, "/api/x"), "GET", "/api/x", "payments.example");
+    http.insert("x-original-proto", HeaderValue::from_static("http"));
+    assert_eq!(reason(s.ask(http).await).await, (403, "no_route".into()));
+}
+
+#[tokio::test]
+async fn an_identity_field_spelled_with_underscores_is_refused() {
+    let s = setup().await;
+    let mut headers =
+        original(wpt_headers(&allowed(&s.deployment), PAYMENTS, "/api/x"), "GET", "/api/x", "payments.example");
+    headers.insert("x_wimse_caller", HeaderValue::from_static("spiffe://prod.example/admin"));
+    assert_eq!(reason(s.ask(headers).await).await, (400, "invalid_header_value".into()));
+}
+
+#[tokio::test]
+async fn one_callers_claims_are_counted_once_across_routes() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, "spiffe://prod.example/gateway");
+    let mut config = files.config(routes());
+    config.verifier.caller_quota = Some(2);
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let url = format!("http://{}/", gateway.forward_auth_address().expect("address"));
+    let front = allowed(&deployment);
+    let ask = |origin: &str, host: &str| original(wpt_headers(&front, origin, "/api/x"), "GET", "/api/x", host);
+    let client = reqwest::Client::new();
+    let send = |headers: HeaderMap| client.get(&url).headers(headers).send();
+    assert_eq!(send(ask(PAYMENTS, "payments.example")).await.expect("answer").status(), 200);
+    assert_eq!(send(ask(ORDERS, "orders.example:8080")).await.expect("answer").status(), 200);
+    // Its third live claim, on either route: over the one quota the routes share.
+    assert_eq!(send(ask(ORDERS, "orders.example:8080")).await.expect("answer").status(), 429);
+}
+
+#[tokio::test]
 async fn the_original_request_must_be_named_once_by_the_configured_fields() {
     let s = setup().await;
     let front = allowed(&s.deployment);

@@ -265,3 +265,74 @@ policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
     // Refused, with the failed check named (the application is the gateway's own caller).
     assert_eq!(reason(refused).await, (403, "unexpected_peer".into()));
 }
+
+#[tokio::test]
+async fn a_host_that_differs_from_the_request_target_is_refused() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let gateway = start(&deployment, &files, app, "http://127.0.0.9:9").await;
+    let address = gateway.reverse_proxy_address().expect("address");
+    // Verified for 127.0.0.1:<port>, but the application would see another Host.
+    let credentials = deployment.credentials(ALLOWED, false, 0);
+    let origin = format!("http://{address}");
+    let headers = crate::common::wpt_headers(&credentials, &origin, "/x");
+    let mut request = format!("GET {origin}/x HTTP/1.1\r\nHost: admin.example\r\n");
+    for (name, value) in &headers {
+        request.push_str(&format!("{name}: {}\r\n", value.to_str().expect("ascii")));
+    }
+    request.push_str("\r\n");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = vec![0; 4096];
+    let n = stream.read(&mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // An identity field spelled with underscores, beside valid credentials.
+    let response = deployment
+        .client(ALLOWED)
+        .get(format!("{origin}/x"))
+        .header("x_wimse_caller", "spiffe://prod.example/admin")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(reason(response).await, (400, "invalid_header_value".into()));
+}
+
+#[tokio::test]
+async fn the_egress_proxy_serves_its_applications_only() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let app = echo_app().await;
+    let outside = format!("http://{app}");
+    let gateway = start(&deployment, &files, app, &outside).await;
+    let egress = gateway.egress_address().expect("address");
+    let proxy = reqwest::Proxy::http(format!("http://{egress}")).expect("proxy");
+    // Another address than the configured clients (loopback 127.0.0.1 and ::1 by default).
+    let elsewhere = reqwest::Client::builder()
+        .proxy(proxy.clone())
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().ok())
+        .build()
+        .expect("client");
+    let refused = elsewhere.get(format!("{outside}/x")).send().await.expect("answer");
+    assert_eq!(reason(refused).await, (403, "destination_not_allowed".into()));
+    // A browser's request (a cross-site form post to the proxy's address).
+    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let refused =
+        application.post(format!("{outside}/x")).header("origin", "https://evil.example").send().await.expect("answer");
+    assert_eq!(reason(refused).await, (403, "destination_not_allowed".into()));
+    // The Host the application wrote is not what the destination gets.
+    let seen =
+        echo(application.get(format!("{outside}/x")).header("host", "other.example").send().await.expect("answer"))
+            .await;
+    assert_eq!(seen.header("host"), Some(app.to_string().as_str()));
+    // A destination's own port takes requests that name it, not a rebound name.
+    let inside = format!("http://{}", gateway.reverse_proxy_address().expect("address"));
+    let local = gateway.destination_address(&inside).expect("local port");
+    let plain = reqwest::Client::new();
+    let rebound = plain.get(format!("http://{local}/x")).header("host", format!("evil.example:{}", local.port()));
+    assert_eq!(reason(rebound.send().await.expect("answer")).await, (403, "destination_not_allowed".into()));
+    let named = plain.get(format!("http://localhost:{}/x", local.port())).send().await.expect("answer");
+    assert_eq!(echo(named).await.header("x-wimse-caller"), Some(GATEWAY_ID));
+}
