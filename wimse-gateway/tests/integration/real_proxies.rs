@@ -247,3 +247,52 @@ async fn caddy_a_client_cannot_choose_which_uri_is_checked() {
         .expect("answer");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "the proof names another path than the request's");
 }
+
+/// Both ends not Rust: a Python client (urllib) sends plain HTTP through the egress proxy,
+/// which signs it; the gateway's reverse proxy verifies it and hands it to the Python
+/// application, which sees the verified identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_reaches_a_python_service_through_the_egress_and_reverse_proxies() {
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, GATEWAY_ID);
+    let Some(app) = start_python(&files.dir, "app", &deploy("echo_app.py"), &[]) else { return };
+    let port = free_port();
+    let config = files.config(&format!(
+        r#"
+[reverse_proxy]
+listen = "127.0.0.1:{port}"
+[egress]
+listen = "127.0.0.1:0"
+destinations = [{{ origin = "http://127.0.0.1:{port}" }}]
+[[routes]]
+origin = "http://127.0.0.1:{port}"
+upstream = "{}"
+policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
+"#,
+        app.origin()
+    ));
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let egress = gateway.egress_address().expect("egress");
+    let script = "import sys, urllib.request\n\
+                  opener = urllib.request.build_opener(urllib.request.ProxyHandler({'http': sys.argv[1]}))\n\
+                  print(opener.open(sys.argv[2], data=b'{\"n\": 1}', timeout=10).read().decode())\n";
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", script, &format!("http://{egress}"), &format!("http://127.0.0.1:{port}/orders")])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let seen: Echo = serde_json::from_slice(&output.stdout).expect("echo");
+    assert_eq!((seen.method.as_str(), seen.body.as_str()), ("POST", "{\"n\": 1}"));
+    assert_eq!(seen.header("x-wimse-caller"), Some(GATEWAY_ID));
+    // Straight to the reverse proxy, without the egress proxy's signature: refused.
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", "import sys, urllib.request\ntry:\n    urllib.request.urlopen(sys.argv[1], timeout=10)\nexcept urllib.error.HTTPError as e:\n    print(e.code)\n", &format!("http://127.0.0.1:{port}/orders")])
+        .env("no_proxy", "*")
+        .output()
+        .await
+        .expect("python3 runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "401");
+}
