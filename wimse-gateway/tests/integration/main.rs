@@ -12,3 +12,4 @@ mod proxies;
 mod readme;
 mod real_proxies;
 mod tls;
+mod workload_api;
