@@ -155,3 +155,36 @@ pub async fn reason(response: reqwest::Response) -> (u16, String) {
         serde_json::from_slice(&response.bytes().await.unwrap_or_default()).unwrap_or_default();
     (status, body["reason"].as_str().unwrap_or("").to_owned())
 }
+
+/// Starts `config`'s gateway and serves it until the test ends.
+pub async fn serve(config: GatewayConfig) -> wimse_gateway::Gateway {
+    let gateway = wimse_gateway::Gateway::start(config).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    gateway
+}
+
+/// An application's client that sends everything through `gateway`'s egress proxy.
+pub fn through_egress(gateway: &wimse_gateway::Gateway) -> reqwest::Client {
+    let egress = gateway.egress_address().expect("an egress proxy");
+    let proxy = reqwest::Proxy::http(format!("http://{egress}")).expect("proxy");
+    reqwest::Client::builder().proxy(proxy).build().expect("client")
+}
+
+/// Configuration of a loop through the gateway itself: its egress proxy signs for its own
+/// reverse proxy on `port`, which lets `caller` through to `upstream` (`http://host:port`).
+pub fn egress_to_own_proxy(port: u16, upstream: &str, caller: &str) -> String {
+    format!(
+        r#"
+[reverse_proxy]
+listen = "127.0.0.1:{port}"
+[egress]
+listen = "127.0.0.1:0"
+destinations = [{{ origin = "http://127.0.0.1:{port}" }}]
+[[routes]]
+origin = "http://127.0.0.1:{port}"
+upstream = "{upstream}"
+policy = {{ name = "app", allow = {{ workloads = ["{caller}"] }} }}
+"#
+    )
+}

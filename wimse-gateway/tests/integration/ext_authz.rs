@@ -32,9 +32,7 @@ path_prefix = "/api"
 policy = {{ name = "payments", allow = {{ workloads = ["{ALLOWED}"] }} }}
 "#
     ));
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let gateway = crate::common::serve(config).await;
     (deployment, files, gateway)
 }
 
@@ -228,9 +226,7 @@ policy = {{ name = "payments", allow = {{ workloads = ["{ALLOWED}"] }} }}
 "#,
         files.dir.join("ca.pem").display()
     ));
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let gateway = crate::common::serve(config).await;
     let with_certificate = |authority: &WicAuthority, id: &str| {
         let wic =
             authority.issue(&id.parse().expect("id"), &WicOptions::new(WicUsage::Client, now, 3600)).expect("WIC");

@@ -186,9 +186,7 @@ async fn one_callers_claims_are_counted_once_across_routes() {
     let files = Files::new(&deployment, "spiffe://prod.example/gateway");
     let mut config = files.config(routes());
     config.verifier.caller_quota = Some(2);
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let gateway = crate::common::serve(config).await;
     let url = format!("http://{}/", gateway.forward_auth_address().expect("address"));
     let front = allowed(&deployment);
     let ask = |origin: &str, host: &str| original(wpt_headers(&front, origin, "/api/x"), "GET", "/api/x", host);

@@ -33,35 +33,23 @@ async fn credentials_and_trust_come_from_the_identity_server() {
     let app = echo_app().await;
     let port = wimse_testkit::servers::free_port();
     let file = dir.join("gateway.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
+    let head = format!(
+        r#"
 [verifier]
 trust = [{{ trust_domain = "spiffe://prod.example", bundle_url = "{base}/v1/bundle/spiffe" }}]
 [identity_server]
 url = "{base}"
 workload = "{GATEWAY_ID}"
 token_file = "token"
-[reverse_proxy]
-listen = "127.0.0.1:{port}"
-[egress]
-listen = "127.0.0.1:0"
-destinations = [{{ origin = "http://127.0.0.1:{port}" }}]
-[[routes]]
-origin = "http://127.0.0.1:{port}"
-upstream = "http://{app}"
-policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
 "#
-        ),
-    )
-    .expect("config");
+    );
+    let tail = crate::common::egress_to_own_proxy(port, &format!("http://{app}"), GATEWAY_ID);
+    std::fs::write(&file, format!("{head}{tail}")).expect("config");
     // Relative paths are relative to the file.
     let gateway = Gateway::start(GatewayConfig::load(&file).expect("config")).await.expect("gateway");
     let serving = gateway.clone();
     tokio::spawn(async move { serving.serve(std::future::pending()).await });
-    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("egress"))).expect("proxy");
-    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let application = crate::common::through_egress(&gateway);
     let response = application.get(format!("http://127.0.0.1:{port}/stock")).send().await.expect("answer");
     assert_eq!(response.status(), 200);
     let seen: Echo = serde_json::from_slice(&response.bytes().await.expect("body")).expect("echo");

@@ -40,10 +40,7 @@ policy = {{ name = "app", allow = {{ workloads = ["{ALLOWED}", "{GATEWAY_ID}"] }
 "#
     ));
     let _ = deployment;
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
-    gateway
+    crate::common::serve(config).await
 }
 
 async fn echo(response: reqwest::Response) -> Echo {
@@ -223,8 +220,7 @@ async fn the_egress_proxy_verifies_the_signed_responses_a_destination_must_send(
     let files = Files::new(&deployment, GATEWAY_ID);
     let app = echo_app().await;
     let gateway = start(&deployment, &files, app, "http://127.0.0.9:9").await;
-    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("address"))).expect("proxy");
-    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let application = crate::common::through_egress(&gateway);
     let port = gateway.reverse_proxy_address().expect("address").port();
     // The destination (the reverse proxy's signing route) signs as the expected workload.
     let response =
@@ -256,11 +252,8 @@ sign_responses = true
 policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
 "#
     ));
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
-    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("address"))).expect("proxy");
-    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let gateway = crate::common::serve(config).await;
+    let application = crate::common::through_egress(&gateway);
     let refused = application.post(format!("http://127.0.0.1:{port}/pay")).body("{}").send().await.expect("answer");
     // Refused, with the failed check named (the application is the gateway's own caller).
     assert_eq!(reason(refused).await, (403, "unexpected_peer".into()));

@@ -257,23 +257,8 @@ async fn a_python_client_reaches_a_python_service_through_the_egress_and_reverse
     let files = Files::new(&deployment, GATEWAY_ID);
     let Some(app) = start_python(&files.dir, "app", &deploy("echo_app.py"), &[]) else { return };
     let port = free_port();
-    let config = files.config(&format!(
-        r#"
-[reverse_proxy]
-listen = "127.0.0.1:{port}"
-[egress]
-listen = "127.0.0.1:0"
-destinations = [{{ origin = "http://127.0.0.1:{port}" }}]
-[[routes]]
-origin = "http://127.0.0.1:{port}"
-upstream = "{}"
-policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
-"#,
-        app.origin()
-    ));
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let config = files.config(&crate::common::egress_to_own_proxy(port, &app.origin(), GATEWAY_ID));
+    let gateway = crate::common::serve(config).await;
     let egress = gateway.egress_address().expect("egress");
     let script = "import sys, urllib.request\n\
                   opener = urllib.request.build_opener(urllib.request.ProxyHandler({'http': sys.argv[1]}))\n\

@@ -82,10 +82,7 @@ upstream = "http://{app}"
 policy = {{ name = "app", allow = {{ workloads = ["{ALLOWED}"] }} }}
 "#
     ));
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
-    gateway
+    crate::common::serve(config).await
 }
 
 async fn echo(response: reqwest::Response) -> Echo {
@@ -175,11 +172,8 @@ policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
 "#
         ))
     };
-    let gateway = Gateway::start(config(GATEWAY_ID)).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
-    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("egress"))).expect("proxy");
-    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let gateway = crate::common::serve(config(GATEWAY_ID)).await;
+    let application = crate::common::through_egress(&gateway);
     let seen = echo(application.get("http://orders.internal/stock?n=2").send().await.expect("answer")).await;
     assert_eq!(seen.path, "/stock?n=2");
     assert_eq!(seen.header("x-wimse-caller"), Some(GATEWAY_ID));

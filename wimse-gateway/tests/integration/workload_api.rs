@@ -4,7 +4,6 @@
 use std::pin::Pin;
 
 use tonic::{Request, Response, Status};
-use wimse_gateway::Gateway;
 use wimse_testkit::Deployment;
 use wimse_workload_api::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use wimse_workload_api::proto::*;
@@ -70,26 +69,11 @@ async fn egress_requests_are_signed_with_the_wit_svid_of_the_workload_api() {
     let app = echo_app().await;
     let port = wimse_testkit::servers::free_port();
     // No credential files: the Workload API instead.
-    let mut config = files.config(&format!(
-        r#"
-[reverse_proxy]
-listen = "127.0.0.1:{port}"
-[egress]
-listen = "127.0.0.1:0"
-destinations = [{{ origin = "http://127.0.0.1:{port}" }}]
-[[routes]]
-origin = "http://127.0.0.1:{port}"
-upstream = "http://{app}"
-policy = {{ name = "app", allow = {{ workloads = ["{GATEWAY_ID}"] }} }}
-"#
-    ));
+    let mut config = files.config(&crate::common::egress_to_own_proxy(port, &format!("http://{app}"), GATEWAY_ID));
     config.credentials = None;
     config.workload_api = Some(format!("unix://{}", socket.display()));
-    let gateway = Gateway::start(config).await.expect("gateway");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(std::future::pending()).await });
-    let proxy = reqwest::Proxy::http(format!("http://{}", gateway.egress_address().expect("egress"))).expect("proxy");
-    let application = reqwest::Client::builder().proxy(proxy).build().expect("client");
+    let gateway = crate::common::serve(config).await;
+    let application = crate::common::through_egress(&gateway);
     let response = application.get(format!("http://127.0.0.1:{port}/stock")).send().await.expect("answer");
     assert_eq!(response.status(), 200);
     let seen: Echo = serde_json::from_slice(&response.bytes().await.expect("body")).expect("echo");
