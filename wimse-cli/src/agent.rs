@@ -72,6 +72,20 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// The configuration file to check.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// `wimse agent validate`: exit 0 and a line saying so, or the refusal (exit 2).
+pub(crate) fn validate(args: ValidateArgs) -> CliResult {
+    let config = AgentConfig::from_file(&args.config).map_err(|e| e.to_string())?;
+    println!("{}: a valid agent configuration for {}", args.config.display(), config.trust_domain);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct FetchArgs {
     /// The endpoint (`unix:///path` or `tcp://IP:port`); default `SPIFFE_ENDPOINT_SOCKET`.
     #[arg(long)]

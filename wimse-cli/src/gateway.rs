@@ -16,6 +16,15 @@ pub(crate) struct ServeArgs {
     config: PathBuf,
 }
 
+/// `wimse gateway validate`: the file built as `serve` would build it, nothing served.
+pub(crate) fn validate(args: ServeArgs) -> CliResult {
+    let config = GatewayConfig::load(&args.config).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(wimse_gateway::validate(config)).map_err(|e| e.to_string())?;
+    println!("{}: a valid gateway configuration", args.config.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Serves until SIGTERM or SIGINT; SIGHUP reloads the file.
 pub(crate) fn serve(args: ServeArgs) -> CliResult {
     let config = GatewayConfig::load(&args.config).map_err(|e| e.to_string())?;

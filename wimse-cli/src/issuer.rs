@@ -1,10 +1,15 @@
-//! `wimse issuer serve`: the identity server, from a configuration file.
+//! `wimse issuer serve`: the identity server, from a configuration file, with the signals an
+//! operator expects; `wimse issuer validate`: the same file checked without starting.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use axum::Router;
 use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+use tower::ServiceExt as _;
 use wimse_core::time::SystemClock;
 use wimse_issuer::{IdentityServer, load_config};
 
@@ -18,32 +23,114 @@ pub(crate) struct ServeArgs {
     /// Address to listen on. Port 0 picks a free port; the address is printed.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
+    /// After SIGTERM or SIGINT, how long requests in flight may take to finish, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// The configuration file to check.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Reads and checks `path` as `serve` would, without touching the key store.
+fn checked_config(path: &Path) -> Result<wimse_issuer::IssuerConfig, String> {
+    let config = load_config(path).map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(config)
+}
+
+/// `wimse issuer validate`: exit 0 and a line saying so, or the refusal (exit 2).
+pub(crate) fn validate(args: ValidateArgs) -> CliResult {
+    let config = checked_config(&args.config)?;
+    println!("{}: a valid identity-server configuration for {}", args.config.display(), config.trust_domain);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An identity server from `config`, its key maintenance started, and its router.
+async fn open(config: wimse_issuer::IssuerConfig) -> Result<(Arc<IdentityServer>, Router), String> {
+    let server = Arc::new(IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?);
+    // Rotation and replica synchronisation run on a timer, not on traffic; they stop when the
+    // server is dropped (replaced by a reload, once its last request has finished).
+    server.start_maintenance();
+    Ok((server.clone(), wimse_issuer::router(server)))
+}
+
+/// Serves until SIGTERM or SIGINT (then drains for `--drain-timeout`); SIGHUP reloads the file.
 pub(crate) fn serve(args: ServeArgs) -> CliResult {
     // Refuse to start on a bad configuration, naming the field.
-    let config = load_config(&args.config).map_err(|e| e.to_string())?;
+    let config = checked_config(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let server = Arc::new(IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?);
+        let (server, router) = open(config).await?;
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         let (epoch, sequence) = server.key_state();
         tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, "wimse issuer: started");
         println!("wimse issuer for {} listening on http://{address}", server.trust_domain());
-        // Rotation and replica synchronisation run on a timer, not on traffic.
-        server.start_maintenance();
-        let app = wimse_issuer::router(server);
+        drop(server);
+        // Each request goes to the configuration current when it arrives.
+        let current = Arc::new(RwLock::new(router));
+        let serving = current.clone();
+        let app = Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
+            let router = serving.read().map(|r| r.clone()).unwrap_or_else(|e| e.into_inner().clone());
+            router.oneshot(request)
+        }));
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut hangup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let path = args.config.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = terminate.recv() => break,
+                    _ = hangup.recv() => reload(&path, &current).await,
+                }
+            }
+            tracing::info!("wimse issuer: stopping; letting requests in flight finish");
+            let _ = stop.send(true);
+        });
+        let mut drain = stopping.clone();
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await;
-        served.map_err(|e| e.to_string())?;
+            .with_graceful_shutdown(async move {
+                let _ = drain.wait_for(|stop| *stop).await;
+            });
+        let deadline = Duration::from_secs(args.drain_timeout);
+        let mut stopped = stopping;
+        let overdue = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(deadline).await;
+        };
+        tokio::select! {
+            served = served => served.map_err(|e| e.to_string())?,
+            () = overdue => tracing::warn!(?deadline, "wimse issuer: requests still running after the drain timeout; stopping anyway"),
+        }
         tracing::info!("wimse issuer: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// SIGHUP: the file read and checked again, and a server on it swapped in for the requests
+/// that arrive next; a file that does not load keeps the running configuration.
+async fn reload(path: &Path, current: &RwLock<Router>) {
+    tracing::info!(file = %path.display(), "wimse issuer: SIGHUP; reloading the configuration");
+    let opened = match checked_config(path) {
+        Ok(config) => open(config).await,
+        Err(error) => Err(error),
+    };
+    match opened {
+        Ok((server, router)) => {
+            if let Ok(mut current) = current.write() {
+                *current = router;
+            }
+            tracing::info!(trust_domain = %server.trust_domain(), "wimse issuer: configuration reloaded");
+        }
+        Err(error) => tracing::error!(%error, "wimse issuer: new configuration refused; keeping the running one"),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,10 @@ mod wic;
 #[derive(Debug, Parser)]
 #[command(name = "wimse", version, about, propagate_version = true)]
 struct Cli {
+    /// How the servers log to standard error: `text` (coloured only on a terminal) or `json`
+    /// (one object per line). Default `text`, or `WIMSE_LOG_FORMAT`.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,7 +119,14 @@ enum BundleCommand {
 #[derive(Debug, Subcommand)]
 enum IssuerCommand {
     /// Serve the identity server's HTTP API with a configuration file.
+    ///
+    /// SIGTERM and SIGINT stop accepting and let requests in flight finish (`--drain-timeout`),
+    /// then exit 0; SIGHUP reloads the file for the requests that arrive next (a file that does
+    /// not load is refused and the running configuration kept, with a log line saying why).
+    /// Exits 2 on an invalid configuration.
     Serve(issuer::ServeArgs),
+    /// Check a configuration file without starting (exit 0, or 2 naming the problem).
+    Validate(issuer::ValidateArgs),
     /// Replace the key store on purpose (after a compromise): a new epoch, new signing keys and
     /// WIC authority; every credential issued before stops verifying. Running replicas follow.
     ReplaceKeyStore(issuer::ReplaceArgs),
@@ -129,6 +140,10 @@ enum GatewayCommand {
     /// configuration kept, with a log line saying why); SIGTERM and SIGINT stop accepting and let
     /// requests in flight finish (30 s at most). Exits 2 on an invalid configuration.
     Serve(gateway::ServeArgs),
+    /// Check a configuration file without serving: it is built as `serve` would build it
+    /// (trust bundles fetched, the gateway's credentials obtained). Exit 0, or 2 naming the
+    /// problem.
+    Validate(gateway::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +155,8 @@ enum AgentCommand {
     Serve(agent::ServeArgs),
     /// Fetch this process's SVIDs from a Workload API endpoint and print them (no keys).
     Fetch(agent::FetchArgs),
+    /// Check a configuration file without starting (exit 0, or 2 naming the problem).
+    Validate(agent::ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,24 +189,32 @@ type CliResult = Result<ExitCode, String>;
 /// `info` (start, key creation, rotation, store loss, issuance), other commands only errors
 /// (their answer is their output). Colours only when standard error is a terminal, so logs
 /// redirected to a file or a collector carry no escape codes.
-fn install_logging(serving: bool) {
+fn install_logging(serving: bool, format: Option<&str>) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let default = if serving { "info" } else { "error" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let json = match format {
+        Some(format) => format == "json",
+        None => std::env::var("WIMSE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")),
+    };
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        subscriber.json().with_current_span(false).try_init()
+    } else {
+        subscriber.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_logging(matches!(
-        cli.command,
-        Command::Issuer(_) | Command::Agent(AgentCommand::Serve(_)) | Command::Gateway(GatewayCommand::Serve(_))
-    ));
+    install_logging(
+        matches!(
+            cli.command,
+            Command::Issuer(_) | Command::Agent(AgentCommand::Serve(_)) | Command::Gateway(GatewayCommand::Serve(_))
+        ),
+        cli.log_format.as_deref(),
+    );
     let result = match cli.command {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),
@@ -202,10 +227,13 @@ fn main() -> ExitCode {
         Command::Wic(WicCommand::Issue(args)) => wic::issue(args),
         Command::Wic(WicCommand::Verify(args)) => wic::verify(args),
         Command::Issuer(IssuerCommand::Serve(args)) => issuer::serve(args),
+        Command::Issuer(IssuerCommand::Validate(args)) => issuer::validate(args),
         Command::Issuer(IssuerCommand::ReplaceKeyStore(args)) => issuer::replace_key_store(args),
         Command::Agent(AgentCommand::Serve(args)) => agent::serve(args),
         Command::Agent(AgentCommand::Fetch(args)) => agent::fetch(args),
         Command::Gateway(GatewayCommand::Serve(args)) => gateway::serve(args),
+        Command::Gateway(GatewayCommand::Validate(args)) => gateway::validate(args),
+        Command::Agent(AgentCommand::Validate(args)) => agent::validate(args),
         Command::Token(TokenCommand::Exchange(args)) => exchange::exchange(args),
         Command::Token(TokenCommand::Assert(args)) => exchange::assert(args),
         Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),

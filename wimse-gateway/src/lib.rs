@@ -56,6 +56,15 @@ pub use server::MAX_HEADER_BYTES;
 use crate::live::Live;
 use crate::reverse_proxy::{UpstreamClient, upstream_client};
 
+/// Builds `config` as [`Gateway::start`] would (trust bundles fetched, the gateway's own
+/// credentials obtained, TLS files read), binding and serving nothing: what `wimse gateway
+/// validate` checks.
+pub async fn validate(config: GatewayConfig) -> Result<(), GatewayError> {
+    let quota = CallerQuota::new(config.verifier.caller_quota.unwrap_or(DEFAULT_CALLER_QUOTA));
+    let claims = routes::Claims { store: Arc::new(InMemoryReplayStore::new(1)), quota: Arc::new(quota) };
+    Live::build(config, &claims, &upstream_client()).await.map(drop)
+}
+
 /// The bound listeners, taken by [`Gateway::serve`].
 #[derive(Debug, Default)]
 struct Listeners {

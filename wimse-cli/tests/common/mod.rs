@@ -70,7 +70,8 @@ impl IssuerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, name: &str) {
+    /// Sends the signal `name` (`TERM`, `HUP`...).
+    pub fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("running");
         let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
         assert!(status.success());
@@ -83,6 +84,20 @@ impl IssuerProcess {
 
     pub fn resume(&self) {
         self.signal("CONT");
+    }
+
+    /// Waits up to `limit` for it to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Kills it (SIGKILL: no goodbye).

@@ -172,3 +172,26 @@ async fn an_outage_or_a_partial_refusal_at_start_serves() {
         agent.kill().await.unwrap();
     }
 }
+
+#[test]
+fn validate_checks_a_file_without_starting() {
+    let dir = TempDir::new("wimse-agent-validate");
+    let path = write_config(dir.path(), "http://127.0.0.1:9", json!({"token_env": "WIMSE_AGENT_TOKEN"}), &["/ns/a"]);
+    let run = |path: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
+            .args(["agent", "validate", "--config"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = run(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("agent.sock").exists(), "nothing was started");
+    // An entry outside the trust domain.
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["entries"][0]["spiffe_id"] = json!("spiffe://other.example/ns/a");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = run(&path);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("entries[0]"), "{}", String::from_utf8_lossy(&out.stderr));
+}

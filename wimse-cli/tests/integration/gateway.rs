@@ -63,6 +63,16 @@ async fn signed_curl(d: &Dir, url: &str) -> (String, String) {
     (status.to_owned(), body.to_owned())
 }
 
+/// The gateway process, killed (and waited for) when dropped if it is still running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn signal(pid: u32, name: &str) {
     assert!(Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap().success());
 }
@@ -86,21 +96,26 @@ async fn the_gateway_behind_nginx_reloads_on_sighup_and_stops_on_sigterm() {
     let site = format!("http://127.0.0.1:{site_port}");
     let file = d.s("gateway.toml");
     std::fs::write(&file, config(&d, gateway_port, &site, orders)).unwrap();
+    // `validate` builds it without serving.
+    let validated =
+        Command::new(env!("CARGO_BIN_EXE_wimse")).args(["gateway", "validate", "--config", &file]).output().unwrap();
+    assert!(validated.status.success(), "{}", String::from_utf8_lossy(&validated.stderr));
     let log = std::fs::File::create(d.s("gateway.log")).unwrap();
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_wimse"))
-        .args(["gateway", "serve", "--config", &file])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut gateway = Running(
+        Command::new(env!("CARGO_BIN_EXE_wimse"))
+            .args(["--log-format", "json", "gateway", "serve", "--config", &file])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(gateway.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(gateway.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.contains("forward-auth on http://127.0.0.1"), "{line:?}");
     let Some(_nginx) =
         start_nginx(&d.0, site_port, &deploy("nginx.conf"), &[("wimse_gateway", gateway_port), ("app", app.port())])
     else {
-        let _ = gateway.kill();
         return;
     };
 
@@ -112,7 +127,7 @@ async fn the_gateway_behind_nginx_reloads_on_sighup_and_stops_on_sigterm() {
 
     // SIGHUP with a policy that no longer allows the caller.
     std::fs::write(&file, config(&d, gateway_port, &site, "spiffe://prod.example/other")).unwrap();
-    signal(gateway.id(), "HUP");
+    signal(gateway.0.id(), "HUP");
     let mut refused = false;
     for _ in 0..50 {
         if signed_curl(&d, &format!("{site}/orders")).await.0 == "403" {
@@ -125,7 +140,10 @@ async fn the_gateway_behind_nginx_reloads_on_sighup_and_stops_on_sigterm() {
 
     // SIGHUP with a broken file: refused, the running configuration stays, the log says why.
     std::fs::write(&file, "[[routes]]\norigin = 7\n").unwrap();
-    signal(gateway.id(), "HUP");
+    let refused =
+        Command::new(env!("CARGO_BIN_EXE_wimse")).args(["gateway", "validate", "--config", &file]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "validate refuses it too");
+    signal(gateway.0.id(), "HUP");
     let log = d.s("gateway.log");
     let mut said = false;
     for _ in 0..50 {
@@ -137,12 +155,19 @@ async fn the_gateway_behind_nginx_reloads_on_sighup_and_stops_on_sigterm() {
     }
     assert!(said, "{}", std::fs::read_to_string(&log).unwrap());
     assert_eq!(signed_curl(&d, &format!("{site}/orders")).await.0, "403", "still the reloaded policy");
+    // `--log-format json`: one JSON object per line.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    for line in lines.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(entry["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(lines.contains("wimse gateway: started"), "{lines}");
 
     // SIGTERM: a clean stop.
-    signal(gateway.id(), "TERM");
+    signal(gateway.0.id(), "TERM");
     let mut stopped = None;
     for _ in 0..100 {
-        if let Some(status) = gateway.try_wait().unwrap() {
+        if let Some(status) = gateway.0.try_wait().unwrap() {
             stopped = Some(status);
             break;
         }

@@ -12,6 +12,7 @@ mod federation;
 mod gateway;
 mod issuer_faults;
 mod issuer_ha;
+mod issuer_lifecycle;
 mod logs;
 mod round_trip;
 mod sign_output;
