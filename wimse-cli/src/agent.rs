@@ -17,6 +17,10 @@ pub(crate) struct ServeArgs {
     /// The configuration file (JSON; see `wimse_agent::AgentConfig`).
     #[arg(long)]
     config: PathBuf,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` (every identity has credentials
+    /// and the bundles are fetched) on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 /// The exit code of a start that failed for `error`; 2 (every `wimse` command's error) for an
@@ -49,6 +53,19 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         };
         if let Err(error) = agent.check_issuance().await {
             return Ok(start_failed(&error));
+        }
+        let agent = std::sync::Arc::new(agent);
+        if let Some(listen) = &args.metrics_listen {
+            let probed = agent.clone();
+            let ready = move || {
+                let agent = probed.clone();
+                async move {
+                    let ready = agent.ready(Duration::ZERO).await;
+                    if ready { Ok(()) } else { Err("credentials or bundles missing".to_owned()) }
+                }
+            };
+            let address = crate::ops::serve(listen, ready).await?;
+            println!("wimse agent metrics and health on http://{address}");
         }
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("SIGHUP handler: {e}"))?;

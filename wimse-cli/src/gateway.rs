@@ -14,6 +14,9 @@ pub(crate) struct ServeArgs {
     /// The configuration file (TOML, or JSON for a `.json` name; see `wimse_gateway::GatewayConfig`).
     #[arg(long)]
     config: PathBuf,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 /// `wimse gateway validate`: the file built as `serve` would build it, nothing served.
@@ -31,6 +34,11 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+        if let Some(listen) = &args.metrics_listen {
+            // Serving once started: its configuration is built (trust, routes, credentials).
+            let address = crate::ops::serve(listen, || async { Ok(()) }).await?;
+            println!("wimse gateway metrics and health on http://{address}");
+        }
         let mut hangup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
         let reloader = gateway.clone();

@@ -26,6 +26,10 @@ pub(crate) struct ServeArgs {
     /// After SIGTERM or SIGINT, how long requests in flight may take to finish, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` (key store reachable, signing
+    /// keys loaded) on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -71,12 +75,21 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         let (epoch, sequence) = server.key_state();
         tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, "wimse issuer: started");
         println!("wimse issuer for {} listening on http://{address}", server.trust_domain());
-        drop(server);
         // Each request goes to the configuration current when it arrives.
-        let current = Arc::new(RwLock::new(router));
+        let current = Arc::new(RwLock::new(Current { server, router }));
+        if let Some(listen) = &args.metrics_listen {
+            let probed = current.clone();
+            let ready = move || {
+                let server = probed.read().map(|c| c.server.clone()).unwrap_or_else(|e| e.into_inner().server.clone());
+                async move { server.ready().await.map_err(|e| e.to_string()) }
+            };
+            let address = crate::ops::serve(listen, ready).await?;
+            println!("wimse issuer metrics and health on http://{address}");
+        }
         let serving = current.clone();
         let app = Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
-            let router = serving.read().map(|r| r.clone()).unwrap_or_else(|e| e.into_inner().clone());
+            let router =
+                serving.read().map(|c| c.router.clone()).unwrap_or_else(|e| e.into_inner().router.clone());
             router.oneshot(request)
         }));
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
@@ -114,9 +127,15 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
     })
 }
 
+/// The server the requests that arrive now go to.
+struct Current {
+    server: Arc<IdentityServer>,
+    router: Router,
+}
+
 /// SIGHUP: the file read and checked again, and a server on it swapped in for the requests
 /// that arrive next; a file that does not load keeps the running configuration.
-async fn reload(path: &Path, current: &RwLock<Router>) {
+async fn reload(path: &Path, current: &RwLock<Current>) {
     tracing::info!(file = %path.display(), "wimse issuer: SIGHUP; reloading the configuration");
     let opened = match checked_config(path) {
         Ok(config) => open(config).await,
@@ -124,10 +143,11 @@ async fn reload(path: &Path, current: &RwLock<Router>) {
     };
     match opened {
         Ok((server, router)) => {
+            let domain = server.trust_domain().clone();
             if let Ok(mut current) = current.write() {
-                *current = router;
+                *current = Current { server, router };
             }
-            tracing::info!(trust_domain = %server.trust_domain(), "wimse issuer: configuration reloaded");
+            tracing::info!(trust_domain = %domain, "wimse issuer: configuration reloaded");
         }
         Err(error) => tracing::error!(%error, "wimse issuer: new configuration refused; keeping the running one"),
     }

@@ -12,6 +12,7 @@ mod gateway;
 mod inspect;
 mod issuer;
 mod keys;
+mod ops;
 mod sign;
 mod sign_response;
 mod tokens;

@@ -456,7 +456,25 @@ pub fn router(server: Arc<IdentityServer>) -> Router {
         .route("/v1/bundle/x509", get(x509_bundle))
         .route("/v1/bundle/jwks", get(jwks))
         .route("/v1/bundle/spiffe", get(spiffe_bundle))
+        .route_layer(axum::middleware::from_fn(count_requests))
         .with_state(server)
+}
+
+/// `wimse_issuer_requests_total{endpoint, status}` and `wimse_issuer_request_seconds{endpoint}`
+/// for every request to a route (issuances by result: `/v1/wit` with 200, 401, 403, 503...).
+async fn count_requests(
+    path: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let endpoint = path.as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("wimse_issuer_request_seconds", "endpoint" => endpoint.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("wimse_issuer_requests_total", "endpoint" => endpoint, "status" => status).increment(1);
+    response
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub struct IssuerProcess {
     log: PathBuf,
     port: u16,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -36,7 +37,18 @@ impl IssuerProcess {
 
     /// Starts it on `port` (for a configuration that names its own URL).
     pub fn start_on(config: &Path, log: &Path, env: Vec<(String, String)>, port: u16) -> Self {
-        let mut process = Self { config: config.to_owned(), log: log.to_owned(), port, env, child: None };
+        Self::start_with_args(config, log, env, port, Vec::new())
+    }
+
+    /// Starts it on `port` with more arguments of `wimse issuer serve`.
+    pub fn start_with_args(
+        config: &Path,
+        log: &Path,
+        env: Vec<(String, String)>,
+        port: u16,
+        args: Vec<String>,
+    ) -> Self {
+        let mut process = Self { config: config.to_owned(), log: log.to_owned(), port, env, args, child: None };
         process.restart();
         process
     }
@@ -49,6 +61,7 @@ impl IssuerProcess {
             .args(["issuer", "serve", "--config"])
             .arg(&self.config)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -57,8 +70,11 @@ impl IssuerProcess {
             .unwrap();
         // The first line says it listens; anything else means it did not start.
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         assert!(line.contains("listening on"), "issuer did not start: {line:?}\n{}", self.log_text());
+        // Whatever it prints later (the metrics address) must not meet a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         self.child = Some(child);
     }
 

@@ -119,3 +119,112 @@ fn validate_checks_a_file_without_starting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("trust_domain"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A Python with `prometheus_client`: `WIMSE_OAUTH_PYTHON` (CI installs it there), else
+/// `python3`; `None` after `skipped: python prometheus_client not found` (a failure with
+/// `WIMSE_REQUIRE_PYTHON_PROMETHEUS=1`).
+fn prometheus_python() -> Option<String> {
+    let python = std::env::var("WIMSE_OAUTH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let found = std::process::Command::new(&python)
+        .args(["-c", "import prometheus_client.parser"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(python);
+    }
+    assert!(!wimse_testkit::servers::required("PYTHON_PROMETHEUS"), "{python} cannot import prometheus_client");
+    wimse_testkit::servers::skipped("python prometheus_client not found");
+    None
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_and_readiness_follows_the_database() {
+    use base64::Engine as _;
+    let Some(mut postgres) = wimse_testkit::servers::PostgresServer::start() else { return };
+    let dir = TempDir::new("wimse-lifecycle-metrics");
+    let config = dir.path().join("issuer.json");
+    std::fs::write(
+        &config,
+        json!({
+            "trust_domain": "spiffe://prod.example",
+            "postgres": {"url": postgres.url(), "timeout_ms": 1000},
+            "dev_mode": true,
+            "clients": [{"name": "demo", "dev_secret": SECRET, "allowed": [SUB], "max_lifetime": 3600}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let kek = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let ops = format!("127.0.0.1:{}", wimse_testkit::servers::free_port());
+    let issuer = IssuerProcess::start_with_args(
+        &config,
+        &dir.path().join("issuer.log"),
+        vec![("WIMSE_ISSUER_KEK".into(), kek)],
+        wimse_testkit::servers::free_port(),
+        vec!["--metrics-listen".into(), ops.clone()],
+    );
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let status = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("http://{ops}{path}"));
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(status("/healthz").await, 200);
+    let mut ready = false;
+    for _ in 0..50 {
+        if status("/readyz").await == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "{}", issuer.log_text());
+
+    // An issuance moves the counters.
+    assert_eq!(issue(&issuer, SUB).await, 200);
+    assert_eq!(issue(&issuer, OTHER).await, 403);
+    let text = http.get(format!("http://{ops}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"wimse_issuer_requests_total{endpoint="/v1/wit",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"wimse_issuer_requests_total{endpoint="/v1/wit",status="403"} 1"#), "{text}");
+    // A parser nobody here wrote reads the exposition.
+    if let Some(python) = prometheus_python() {
+        let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+                      families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}\n\
+                      samples = families['wimse_issuer_requests'].samples\n\
+                      print(int(sum(s.value for s in samples if s.labels.get('endpoint') == '/v1/wit')))\n";
+        let mut child = std::process::Command::new(python)
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    }
+
+    // The database stops: not ready within seconds; back: ready again.
+    postgres.stop();
+    let down = time_until_async(Duration::from_secs(10), || status("/readyz"), 503).await;
+    assert!(down, "{}", issuer.log_text());
+    postgres.restart();
+    let up = time_until_async(Duration::from_secs(20), || status("/readyz"), 200).await;
+    assert!(up, "{}", issuer.log_text());
+}
+
+/// Polls `probe` every 100 ms until it answers `want`, for `limit` at most.
+async fn time_until_async<F, Fut>(limit: Duration, probe: F, want: u16) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if probe().await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

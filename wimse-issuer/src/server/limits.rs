@@ -48,7 +48,9 @@ impl IdentityServer {
     /// Counts a failed authentication from `source`.
     pub fn record_failed_authentication(&self, source: std::net::IpAddr) {
         let source = source_key(source);
+        metrics::counter!("wimse_issuer_failed_authentications_total").increment(1);
         if self.failures.take(&source, 1, self.clock.now()).is_err() {
+            metrics::counter!("wimse_issuer_lockouts_total").increment(1);
             tracing::warn!(target: "wimse::audit", %source, "source refused after repeated failed authentications");
         }
     }

@@ -54,6 +54,7 @@ impl IdentityServer {
             })
             .await?;
         self.log_reconciled(&how, &state);
+        metrics::counter!("wimse_issuer_keys_created_total").increment(changes.created.len() as u64);
         for (kid, active_from) in &changes.created {
             tracing::info!(target: "wimse::audit", trust_domain = %self.domain, kid = %kid, active_from, sequence = state.sequence(), "wimse issuer: signing key created");
         }
@@ -91,6 +92,20 @@ impl IdentityServer {
             Reconciled::RollbackRefused { stale_epoch } => {
                 tracing::error!(trust_domain = %domain, %storage, %stale_epoch, %epoch, "wimse issuer: a replaced key store came back (a restored backup?); kept the current one")
             }
+        }
+    }
+
+    /// Whether this server can do its job now: its key store answers (within two seconds) and
+    /// holds signing keys. What a readiness probe asks (`/readyz` of `wimse issuer serve
+    /// --metrics-listen`): a replica whose storage is down is taken out of rotation.
+    pub async fn ready(&self) -> Result<()> {
+        let loaded =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.storage.load()).await.map_err(|_| {
+                Error::with_detail(ErrorKind::KeyStoreUnavailable, "the key store did not answer within 2 s")
+            })??;
+        match loaded {
+            Some(_) if !self.anchors()?.keys().is_empty() => Ok(()),
+            _ => Err(Error::with_detail(ErrorKind::KeyStoreUnavailable, "no signing keys yet")),
         }
     }
 
@@ -158,6 +173,7 @@ impl IdentityServer {
                         }
                     }
                     Err(error) => {
+                        metrics::counter!("wimse_issuer_storage_errors_total").increment(1);
                         if health.failed(server.clock.now()) != wimse_core::health::Report::Quiet {
                             tracing::warn!(trust_domain = %server.domain, reason = error.reason(), detail = error.detail(), "wimse issuer: key maintenance failed; issuing with the keys in memory");
                         }
