@@ -30,6 +30,16 @@ pub(crate) struct ServeArgs {
     /// keys loaded) on this address.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM), read again whenever the file changes.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Listen beyond loopback without TLS (behind a proxy that terminates TLS). Without it, a
+    /// non-loopback `--listen` needs `--tls-cert` and `--tls-key`.
+    #[arg(long)]
+    allow_plaintext: bool,
 }
 
 #[derive(Debug, Args)]
@@ -72,9 +82,23 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(chain), Some(key)) => {
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                let certificate = crate::tls_listener::ReloadingCertificate::new(chain.clone(), key.clone(), provider)?;
+                Some(crate::tls_listener::server_config(certificate)?)
+            }
+            _ => None,
+        };
+        if tls.is_none() && !address.ip().is_loopback() && !args.allow_plaintext {
+            return Err(format!(
+                "refusing to listen on {address} without TLS: give --tls-cert and --tls-key, or --allow-plaintext behind a proxy that terminates TLS"
+            ));
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (epoch, sequence) = server.key_state();
-        tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, "wimse issuer: started");
-        println!("wimse issuer for {} listening on http://{address}", server.trust_domain());
+        tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, tls = tls.is_some(), "wimse issuer: started");
+        println!("wimse issuer for {} listening on {scheme}://{address}", server.trust_domain());
         // Each request goes to the configuration current when it arrives.
         let current = Arc::new(RwLock::new(Current { server, router }));
         if let Some(listen) = &args.metrics_listen {
@@ -108,10 +132,20 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
             let _ = stop.send(true);
         });
         let mut drain = stopping.clone();
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = drain.wait_for(|stop| *stop).await;
-            });
+        let stop_accepting = async move {
+            let _ = drain.wait_for(|stop| *stop).await;
+        };
+        let served: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> = match tls {
+            Some(config) => Box::pin(async move {
+                crate::tls_listener::serve(listener, config, app, stop_accepting).await;
+                Ok(())
+            }),
+            None => Box::pin(
+                axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                    .with_graceful_shutdown(stop_accepting)
+                    .into_future(),
+            ),
+        };
         let deadline = Duration::from_secs(args.drain_timeout);
         let mut stopped = stopping;
         let overdue = async move {

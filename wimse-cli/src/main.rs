@@ -15,6 +15,7 @@ mod keys;
 mod ops;
 mod sign;
 mod sign_response;
+mod tls_listener;
 mod tokens;
 mod txn;
 mod verify;

@@ -314,6 +314,13 @@ pub struct IssuerConfig {
     /// Rate limits on issuance and authentication (defaults in [`RateLimits`]).
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Proxies (load balancers, TLS terminators) in front of the identity server: for a request
+    /// from one of these addresses, the client's address is the rightmost one of
+    /// `X-Forwarded-For` (else `Forwarded: for=`) that is not itself a listed proxy, so rate
+    /// limits and lockouts apply per client instead of to everyone behind the proxy. From any
+    /// other address those fields are ignored (a client cannot choose its own address).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Serve as the trust domain's Transaction Token Service at `token_endpoint` (needs it).
     #[serde(default)]
     pub txn_tokens: Option<TxnTokenServiceConfig>,

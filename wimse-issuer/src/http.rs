@@ -74,7 +74,10 @@ async fn limit_sources(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let source = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| server.client_address(info.0.ip(), request.headers()));
     if let Some(source) = source
         && let Err(error) = server.admit_source(source)
     {

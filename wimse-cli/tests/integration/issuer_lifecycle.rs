@@ -228,3 +228,106 @@ where
     }
     false
 }
+
+/// Behind a trusted proxy, one client's failed logins lock out that client only: its address
+/// comes from the proxy's `X-Forwarded-For`, not the proxy's own.
+#[tokio::test]
+async fn behind_a_trusted_proxy_one_clients_failed_logins_lock_out_that_client_only() {
+    let dir = TempDir::new("wimse-lifecycle-proxy");
+    let path = dir.path().join("issuer.json");
+    let config = json!({
+        "trust_domain": "spiffe://prod.example",
+        "key_store": dir.path().join("keys.json"),
+        "dev_mode": true,
+        "trusted_proxies": ["127.0.0.1"],
+        "clients": [{"name": "demo", "dev_secret": SECRET, "allowed": [SUB], "max_lifetime": 3600}]
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    let issuer = IssuerProcess::start(&path, &dir.path().join("issuer.log"));
+    let ask = |client: &'static str, secret: &'static str| {
+        let url = format!("{}/v1/wit", issuer.base());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(secret)
+                .header("x-forwarded-for", client)
+                .header("content-type", "application/json")
+                .body(wit_request(SUB))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // A misconfigured workload behind the proxy: wrong secret, again and again.
+    let mut locked = false;
+    for _ in 0..20 {
+        if ask("203.0.113.7", "a-wrong-secret-of-some-length").await == 429 {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "the failing client is locked out");
+    assert_eq!(ask("203.0.113.7", SECRET).await, 429, "even with the right secret, for a while");
+    assert_eq!(ask("203.0.113.8", SECRET).await, 200, "another client behind the same proxy is not");
+}
+
+/// A self-signed certificate for 127.0.0.1 written to `dir/<name>.pem` and `<name>.key.pem`.
+fn certificate(dir: &TempDir, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (chain, key) = (dir.path().join(format!("{name}.pem")), dir.path().join(format!("{name}.key.pem")));
+    std::fs::write(&chain, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    (chain, key)
+}
+
+fn curl(ca: &std::path::Path, url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_tls_listener_serves_curl_and_follows_a_renewed_certificate() {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        println!("skipped: curl not found");
+        return;
+    }
+    let dir = TempDir::new("wimse-lifecycle-tls");
+    let (chain, key) = certificate(&dir, "first");
+    let port = wimse_testkit::servers::free_port();
+    let tls = vec!["--tls-cert".into(), chain.display().to_string(), "--tls-key".into(), key.display().to_string()];
+    let issuer = IssuerProcess::start_with_args(
+        &write_config(&dir, &[SUB]),
+        &dir.path().join("issuer.log"),
+        Vec::new(),
+        port,
+        tls,
+    );
+    let url = format!("https://127.0.0.1:{}/v1/bundle/jwks", issuer.base().rsplit(':').next().unwrap());
+    assert_eq!(curl(&chain, &url), "200", "{}", issuer.log_text());
+    // The certificate is renewed in place: the next connection presents the new one.
+    let (renewed, renewed_key) = certificate(&dir, "second");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::copy(&renewed_key, &key).unwrap();
+    std::fs::copy(&renewed, &chain).unwrap();
+    assert_eq!(curl(&renewed, &url), "200", "{}", issuer.log_text());
+    assert!(issuer.log_text().contains("TLS certificate reloaded"), "{}", issuer.log_text());
+}
+
+#[test]
+fn plain_http_beyond_loopback_is_refused_unless_asked_for() {
+    let dir = TempDir::new("wimse-lifecycle-plain");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
+        .args(["issuer", "serve", "--listen", "0.0.0.0:0", "--config"])
+        .arg(write_config(&dir, &[SUB]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without TLS"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -30,6 +30,12 @@ impl IdentityServer {
         })
     }
 
+    /// The address a request from `peer` comes from: `peer`, or the client a trusted proxy
+    /// names (see [`IssuerConfig::trusted_proxies`](crate::IssuerConfig::trusted_proxies)).
+    pub fn client_address(&self, peer: std::net::IpAddr, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+        client_address(peer, headers, &self.config.trusted_proxies)
+    }
+
     /// Admits one request from `source` (the HTTP adapter calls this with the peer address):
     /// refused while the address has spent its failed-authentication budget, or is over its
     /// request budget.
@@ -98,5 +104,100 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is the IPv4 address.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One address of `X-Forwarded-For` or a `Forwarded` `for=` parameter: `a.b.c.d`,
+/// `a.b.c.d:port`, `[v6]`, `[v6]:port`, `v6`, quoted or not.
+fn forwarded_address(text: &str) -> Option<std::net::IpAddr> {
+    let text = text.trim().trim_matches('"');
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok()).map(canonical);
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Some(canonical(ip));
+    }
+    text.parse::<std::net::SocketAddr>().ok().map(|a| canonical(a.ip()))
+}
+
+/// The client's address: `peer`, unless `peer` is one of `trusted`; then the rightmost
+/// address the proxies appended that is not itself trusted. A field that cannot be read (or
+/// names only proxies) leaves the proxy's own address, never one the client wrote further
+/// left.
+pub(crate) fn client_address(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    let peer = canonical(peer);
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<&str> =
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+    if hops.is_empty() {
+        hops = headers
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (name, value) = pair.split_once('=')?;
+                    name.trim().eq_ignore_ascii_case("for").then_some(value)
+                })
+            })
+            .collect();
+    }
+    for hop in hops.iter().rev() {
+        match forwarded_address(hop) {
+            Some(ip) if trusted.contains(&ip) => continue,
+            Some(ip) => return ip,
+            None => return peer,
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_address;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_address_a_trusted_proxy_appended() {
+        let proxy = "10.0.0.1".parse().unwrap();
+        let trusted = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // The client wrote a spoofed address first; the proxies appended the real one.
+        let xff = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.7, 10.0.0.2")]);
+        assert_eq!(client_address(proxy, &xff, &trusted), ip("203.0.113.7"));
+        // Only from a trusted proxy.
+        assert_eq!(client_address(ip("198.51.100.9"), &xff, &trusted), ip("198.51.100.9"));
+        // RFC 7239, with a port and an IPv6 address.
+        let forwarded = headers(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.2")]);
+        assert_eq!(client_address(proxy, &forwarded, &trusted), ip("2001:db8::1"));
+        // Unreadable: the proxy itself, never an address further left.
+        let garbage = headers(&[("x-forwarded-for", "1.2.3.4, not-an-address")]);
+        assert_eq!(client_address(proxy, &garbage, &trusted), proxy);
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &trusted), proxy);
+        // An IPv4 peer on a dual-stack socket.
+        assert_eq!(client_address(ip("::ffff:10.0.0.1"), &xff, &trusted), ip("203.0.113.7"));
     }
 }
