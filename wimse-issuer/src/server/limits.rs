@@ -168,7 +168,7 @@ pub(crate) fn client_address(
 }
 
 #[cfg(test)]
-mod tests {
+mod client_address_tests {
     use super::client_address;
     use axum::http::{HeaderMap, HeaderValue};
 
