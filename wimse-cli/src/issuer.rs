@@ -192,11 +192,36 @@ pub(crate) struct ReplaceArgs {
     /// The identity server's configuration file (its key store or PostgreSQL).
     #[arg(long)]
     config: PathBuf,
+    /// Do not ask: every credential issued before stops verifying. Without it the command asks
+    /// on a terminal for the trust domain, and refuses when there is none to ask on.
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Asks for the trust domain on the terminal; `Err` unless it is typed back.
+fn confirm(trust_domain: &str) -> Result<(), String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            "replace-key-store drops every key: every credential issued before stops verifying; pass --yes to confirm"
+                .into(),
+        );
+    }
+    eprint!(
+        "This drops every signing key of {trust_domain}: every WIT and WIC issued before stops verifying.\nType the trust domain to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim() == trust_domain { Ok(()) } else { Err("not confirmed; nothing was changed".into()) }
 }
 
 /// Writes a new key store over the configured one and prints `{"old_epoch", "new_epoch"}`.
 pub(crate) fn replace_key_store(args: ReplaceArgs) -> CliResult {
     let config = load_config(&args.config).map_err(|e| e.to_string())?;
+    if !args.yes {
+        confirm(&config.trust_domain)?;
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let server = IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?;

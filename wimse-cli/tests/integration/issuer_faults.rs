@@ -163,8 +163,19 @@ async fn replacing_the_key_store_under_a_running_issuer() {
     let old_wit = old.credentials(SystemClock.now()).unwrap().wit().to_owned();
     assert!(time_until(Duration::from_secs(5), || verifies(&trust, &old_wit)).await.is_some());
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
+    // Without --yes (and no terminal to ask on): refused, nothing changed.
+    let store = std::fs::read(dir.path().join("keys.json")).unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
         .args(["issuer", "replace-key-store", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(std::fs::read(dir.path().join("keys.json")).unwrap(), store, "the key store is untouched");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
+        .args(["issuer", "replace-key-store", "--yes", "--config"])
         .arg(&config)
         .output()
         .unwrap();
