@@ -331,3 +331,33 @@ fn plain_http_beyond_loopback_is_refused_unless_asked_for() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without TLS"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// With the default refresh hint (maintenance every minute), a key store replaced on purpose
+/// still reaches the running issuer within seconds: it stops signing with the dropped keys.
+#[tokio::test]
+async fn a_replaced_key_store_reaches_a_running_issuer_within_seconds() {
+    let dir = TempDir::new("wimse-lifecycle-replace");
+    let path = write_config(&dir, &[SUB]);
+    let issuer = IssuerProcess::start(&path, &dir.path().join("issuer.log"));
+    assert_eq!(issue(&issuer, SUB).await, 200);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
+        .args(["issuer", "replace-key-store", "--yes", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replaced = std::time::Instant::now();
+    let epochs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_epoch = epochs["new_epoch"].as_str().unwrap().to_owned();
+    let bundle_url = format!("{}/v1/bundle/spiffe", issuer.base());
+    let mut followed = false;
+    while replaced.elapsed() < Duration::from_secs(5) {
+        let bundle = reqwest::get(&bundle_url).await.unwrap().text().await.unwrap();
+        if bundle.contains(&new_epoch) {
+            followed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(followed, "not followed within 5 s of the replacement:\n{}", issuer.log_text());
+}

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// How often a replica reads the stored key state between maintenances, to follow a replaced
+/// key store (a new epoch) within seconds: one small read (a `SELECT` of the state row on
+/// PostgreSQL) per replica this often.
+const EPOCH_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl IdentityServer {
     /// Keys are published before they sign: the next key appears in the bundle two refresh
     /// hints before it becomes active, so verifiers that refresh on the hint never see a WIT
@@ -111,7 +116,7 @@ impl IdentityServer {
 
     /// Replaces the key store on purpose (after a compromise, or to drop every key at once): a
     /// new epoch, new signing keys, a new WIC authority; the old epoch is remembered so that it
-    /// cannot come back. Other replicas follow at their next maintenance; verifiers accept the
+    /// cannot come back. Other replicas follow within seconds (they read the stored epoch every 2 s); verifiers accept the
     /// new epoch at their next refresh (or at once, on the first unknown `kid`). Every WIT and
     /// WIC issued before is invalid from then on.
     pub async fn replace_key_store(&self) -> Result<(String, String)> {
@@ -153,9 +158,27 @@ impl IdentityServer {
             let health = wimse_core::health::Health::new(60);
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut epoch_check = tokio::time::interval(EPOCH_CHECK.min(interval));
+            epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticker.tick().await;
+                let due = tokio::select! {
+                    _ = ticker.tick() => true,
+                    _ = epoch_check.tick() => false,
+                };
                 let Some(server) = weak.upgrade() else { return };
+                // Between maintenances, one read of the stored state: a key store replaced on
+                // purpose (a new epoch, after a compromise) is followed within seconds, not at
+                // the next maintenance, so no replica signs with the dropped keys for long.
+                if !due {
+                    let stored = tokio::time::timeout(EPOCH_CHECK, server.storage.load()).await;
+                    let ours = server.key_state().0;
+                    match stored {
+                        Ok(Ok(Some(stored))) if stored.epoch() != ours => {
+                            tracing::info!(trust_domain = %server.domain, epoch = %stored.epoch(), "wimse issuer: the key store has a new epoch; following it now");
+                        }
+                        _ => continue,
+                    }
+                }
                 // Run apart so that a panic (a bug, a malformed row) is logged and the timer
                 // goes on, instead of ending rotation silently.
                 let run = tokio::spawn({
@@ -175,7 +198,7 @@ impl IdentityServer {
                     Err(error) => {
                         metrics::counter!("wimse_issuer_storage_errors_total").increment(1);
                         if health.failed(server.clock.now()) != wimse_core::health::Report::Quiet {
-                            tracing::warn!(trust_domain = %server.domain, reason = error.reason(), detail = error.detail(), "wimse issuer: key maintenance failed; issuing with the keys in memory");
+                            tracing::warn!(trust_domain = %server.domain, reason = error.reason(), detail = error.detail(), "wimse issuer: key maintenance failed (the key store does not answer); keys neither rotate nor follow other replicas until it does");
                         }
                     }
                 }
