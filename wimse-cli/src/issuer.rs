@@ -97,7 +97,7 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (epoch, sequence) = server.key_state();
-        tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, tls = tls.is_some(), "wimse issuer: started");
+        tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, tls = tls.is_some(), summary = %server.describe(), "wimse issuer: started");
         println!("wimse issuer for {} listening on {scheme}://{address}", server.trust_domain());
         // Each request goes to the configuration current when it arrives.
         let current = Arc::new(RwLock::new(Current { server, router }));
@@ -177,11 +177,11 @@ async fn reload(path: &Path, current: &RwLock<Current>) {
     };
     match opened {
         Ok((server, router)) => {
-            let domain = server.trust_domain().clone();
+            let (domain, summary) = (server.trust_domain().clone(), server.describe());
             if let Ok(mut current) = current.write() {
                 *current = Current { server, router };
             }
-            tracing::info!(trust_domain = %domain, "wimse issuer: configuration reloaded");
+            tracing::info!(trust_domain = %domain, summary = %summary, "wimse issuer: configuration reloaded");
         }
         Err(error) => tracing::error!(%error, "wimse issuer: new configuration refused; keeping the running one"),
     }

@@ -87,6 +87,10 @@ async fn sighup_applies_a_changed_configuration_and_refuses_a_broken_one() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(allowed, "{}", issuer.log_text());
+    // The start and the reload say which replica, storage and configuration serve.
+    let log = issuer.log_text();
+    assert!(log.contains("summary=replica ") && log.contains("storage file ") && log.contains("1 clients"), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
     // A broken file: refused, said so, and the running configuration serves on.
     std::fs::write(&path, "{\"trust_domain\": 7}").unwrap();
     issuer.signal("HUP");

@@ -227,4 +227,23 @@ impl IdentityServer {
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.domain
     }
+
+    /// This replica's random id (in its audit rows and logs).
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// What an operator checks at start: the replica, the storage, and how many clients,
+    /// platforms and exchange profiles the configuration has (no secret).
+    pub fn describe(&self) -> String {
+        format!(
+            "replica {}, storage {}, {} clients, {} platforms, {} exchange profiles{}",
+            self.replica,
+            self.storage.describe(),
+            self.clients.len(),
+            self.platforms.len(),
+            self.exchanges.len(),
+            if self.config.dev_mode { ", dev mode (dev secrets accepted)" } else { "" }
+        )
+    }
 }
