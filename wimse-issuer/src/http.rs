@@ -459,13 +459,14 @@ pub fn router(server: Arc<IdentityServer>) -> Router {
         .route("/v1/bundle/x509", get(x509_bundle))
         .route("/v1/bundle/jwks", get(jwks))
         .route("/v1/bundle/spiffe", get(spiffe_bundle))
-        .route_layer(axum::middleware::from_fn(count_requests))
+        .route_layer(axum::middleware::from_fn_with_state(server.clone(), count_requests))
         .with_state(server)
 }
 
 /// `wimse_issuer_requests_total{endpoint, status}` and `wimse_issuer_request_seconds{endpoint}`
 /// for every request to a route (issuances by result: `/v1/wit` with 200, 401, 403, 503...).
 async fn count_requests(
+    State(server): State<Arc<IdentityServer>>,
     path: axum::extract::MatchedPath,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -473,6 +474,12 @@ async fn count_requests(
     let endpoint = path.as_str().to_owned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
+    // A server error (the key store down: 503) is the operator's to see, once a minute.
+    if response.status().is_server_error()
+        && server.quiet.first_in_interval(&format!("{} {endpoint}", response.status()), server.clock.now())
+    {
+        tracing::warn!(%endpoint, status = response.status().as_u16(), "wimse issuer: answered a server error (logged once a minute per endpoint and status)");
+    }
     let status = response.status().as_u16().to_string();
     metrics::histogram!("wimse_issuer_request_seconds", "endpoint" => endpoint.clone())
         .record(started.elapsed().as_secs_f64());

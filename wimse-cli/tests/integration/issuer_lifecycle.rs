@@ -275,6 +275,14 @@ async fn behind_a_trusted_proxy_one_clients_failed_logins_lock_out_that_client_o
     assert!(locked, "the failing client is locked out");
     assert_eq!(ask("203.0.113.7", SECRET).await, 429, "even with the right secret, for a while");
     assert_eq!(ask("203.0.113.8", SECRET).await, 200, "another client behind the same proxy is not");
+    // Said once, not once per attempt; never with the secret it sent.
+    let logged = time_until(Duration::from_secs(5), || issuer.log_text().contains("WIT issued")).await;
+    assert!(logged.is_some(), "{}", issuer.log_text());
+    let log = issuer.log_text();
+    let said = log.lines().filter(|l| l.contains("authentication failed") && l.contains("203.0.113.7")).count();
+    assert_eq!(said, 1, "{log}");
+    assert!(log.contains("source refused after repeated failed authentications"), "{log}");
+    assert!(!log.contains("a-wrong-secret"), "{log}");
 }
 
 /// A self-signed certificate for 127.0.0.1 written to `dir/<name>.pem` and `<name>.key.pem`.

@@ -45,9 +45,13 @@ impl IdentityServer {
         let limited = |retry: u64, what: &str| {
             Error::with_detail(ErrorKind::RateLimited, format!("{source}: {what}")).with_retry_after(retry)
         };
-        self.failures
-            .would_allow(&source, 1, now)
-            .map_err(|retry| limited(retry, "too many failed authentications"))?;
+        self.failures.would_allow(&source, 1, now).map_err(|retry| {
+            if self.quiet.first_in_interval(&format!("lockout {source}"), now) {
+                metrics::counter!("wimse_issuer_lockouts_total").increment(1);
+                tracing::warn!(target: "wimse::audit", %source, retry_after = retry, "source refused after repeated failed authentications (logged once a minute per source)");
+            }
+            limited(retry, "too many failed authentications")
+        })?;
         self.per_source.take(&source, 1, now).map_err(|retry| limited(retry, "too many requests"))
     }
 
@@ -55,10 +59,11 @@ impl IdentityServer {
     pub fn record_failed_authentication(&self, source: std::net::IpAddr) {
         let source = source_key(source);
         metrics::counter!("wimse_issuer_failed_authentications_total").increment(1);
-        if self.failures.take(&source, 1, self.clock.now()).is_err() {
-            metrics::counter!("wimse_issuer_lockouts_total").increment(1);
-            tracing::warn!(target: "wimse::audit", %source, "source refused after repeated failed authentications");
+        if self.quiet.first_in_interval(&format!("auth {source}"), self.clock.now()) {
+            tracing::warn!(target: "wimse::audit", %source, "authentication failed (logged once a minute per source)");
         }
+        // Over the budget, the next request is refused (and logged) in `admit_source`.
+        let _ = self.failures.take(&source, 1, self.clock.now());
     }
 
     /// The client `bootstrap` authenticates, if it may obtain `sub`.

@@ -34,6 +34,7 @@ mod checked;
 mod federation;
 mod limits;
 mod maintenance;
+mod quiet;
 mod txn;
 mod wic;
 mod wit;
@@ -117,6 +118,8 @@ pub struct IdentityServer {
     per_client: RateLimiter<String>,
     per_source: RateLimiter<std::net::IpAddr>,
     failures: RateLimiter<std::net::IpAddr>,
+    /// Which refusals were logged lately (once per source and minute).
+    pub(crate) quiet: quiet::Quiet,
     pub(crate) tts: Option<crate::tts::Tts>,
 }
 
@@ -171,6 +174,7 @@ impl IdentityServer {
             per_client: RateLimiter::new(config.rate_limits.per_client),
             per_source: RateLimiter::new(config.rate_limits.per_source),
             failures: RateLimiter::new(config.rate_limits.failed_authentications),
+            quiet: quiet::Quiet::default(),
             config,
         };
         let state = server.storage.load().await?;
