@@ -1,5 +1,6 @@
 //! TLS for the identity server's listener: a certificate and key from PEM files, read again
-//! when either file changes (a renewal by cert-manager or an ACME client needs no restart),
+//! when either file changes (a renewal by cert-manager or an ACME client needs no restart;
+//! checked every [`RECHECK`] off the runtime's threads, never during a handshake),
 //! and the accept loop that serves an axum router over it with each request's peer address
 //! (`ConnectInfo`, for the per-source rate limits) and a graceful stop.
 
@@ -18,6 +19,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tower::ServiceExt as _;
+
+/// How often the certificate and key files are checked for a change.
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// The certificate and key files, and what was read from them (with their modification times).
 #[derive(Debug)]
@@ -55,9 +59,22 @@ impl ReloadingCertificate {
         Ok(certified)
     }
 
-    /// The current certificate: read again when a file's modification time changed; a new
-    /// pair that does not load is logged, and the one in use is kept.
-    fn current(&self) -> Arc<CertifiedKey> {
+    /// Checks the files every [`RECHECK`] on tokio's blocking pool (file I/O never runs on a
+    /// runtime thread, nor during a handshake), until the configuration using it is dropped.
+    pub(crate) fn watch(self: &Arc<Self>) {
+        let watched = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECHECK).await;
+                let Some(certificate) = watched.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || certificate.refresh()).await;
+            }
+        });
+    }
+
+    /// Reads the pair again if a file's modification time changed; a new pair that does not
+    /// load is logged, and the one in use is kept. Blocking file I/O.
+    fn refresh(&self) {
         let (chain_time, key_time) = (modified(&self.chain), modified(&self.key));
         let unchanged = self.loaded.read().map(|l| l.0 == chain_time && l.1 == key_time).unwrap_or(false);
         if !unchanged {
@@ -78,23 +95,25 @@ impl ReloadingCertificate {
                 }
             }
         }
-        self.loaded.read().map(|l| l.2.clone()).unwrap_or_else(|e| e.into_inner().2.clone())
     }
 }
 
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        Some(self.loaded.read().map(|l| l.2.clone()).unwrap_or_else(|e| e.into_inner().2.clone()))
     }
 }
 
-/// A server configuration presenting `certificate` (no client certificates), HTTP/2 and 1.1.
+/// A server configuration presenting `certificate` (no client certificates), HTTP/2 and 1.1;
+/// the files are watched for a change from now on.
 pub(crate) fn server_config(certificate: ReloadingCertificate) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certificate = Arc::new(certificate);
+    certificate.watch();
     let mut config = rustls::ServerConfig::builder_with_provider(certificate.provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(certificate));
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -373,3 +373,29 @@ impl GatewayConfig {
         self.credentials = settings.credentials;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wimse_variables_and_the_files_directory_apply_to_the_gateways_file() {
+        let text = r#"
+[identity_server]
+url = "https://issuer.example"
+workload = "spiffe://prod.example/gateway"
+token_file = "token"
+[reverse_proxy]
+listen = "127.0.0.1:0"
+tls = { certificate_file = "gw.pem", key_file = "/abs/gw.key.pem" }
+"#;
+        let config = GatewayConfig::from_toml(text).unwrap().relative_to(Path::new("/etc/wimse"));
+        assert_eq!(config.identity_server.as_ref().unwrap().token_file, Path::new("/etc/wimse/token"));
+        let tls = config.reverse_proxy.as_ref().unwrap().tls.as_ref().unwrap();
+        assert_eq!(tls.certificate_file, Path::new("/etc/wimse/gw.pem"));
+        assert_eq!(tls.key_file, Path::new("/abs/gw.key.pem"), "absolute paths stay");
+        let config = config.apply_env_from([("WIMSE_LEEWAY", "7"), ("UNRELATED", "x")]).unwrap();
+        assert_eq!(config.verifier.leeway, Some(7));
+        assert!(GatewayConfig::from_toml("[routes]\norigin = 1").is_err());
+    }
+}

@@ -232,11 +232,6 @@ impl IdentityServer {
         &self.domain
     }
 
-    /// This replica's random id (in its audit rows and logs).
-    pub fn replica(&self) -> &str {
-        &self.replica
-    }
-
     /// What an operator checks at start: the replica, the storage, and how many clients,
     /// platforms and exchange profiles the configuration has (no secret).
     pub fn describe(&self) -> String {
