@@ -11,6 +11,28 @@ pub(crate) fn config_error(field: impl Into<String>, problem: impl std::fmt::Dis
     Error::with_detail(ErrorKind::InvalidConfiguration, format!("{}: {problem}", field.into()))
 }
 
+/// The keys of a `jwks` or `jwks_file` pair (`at` names the entry, e.g. `platforms[0]`).
+pub(crate) fn configured_keys(
+    at: &str,
+    jwks: Option<&Value>,
+    file: Option<&std::path::Path>,
+) -> Result<wimse_core::protocol::trust::TrustAnchors> {
+    use wimse_core::protocol::trust::TrustAnchors;
+    match (jwks, file) {
+        (Some(jwks), None) => {
+            TrustAnchors::from_jwks_json(&jwks.to_string()).map_err(|e| config_error(format!("{at}.jwks"), e))
+        }
+        (None, Some(path)) => {
+            let field = format!("{at}.jwks_file");
+            let text =
+                std::fs::read_to_string(path).map_err(|e| config_error(&field, format!("{}: {e}", path.display())))?;
+            TrustAnchors::from_jwks_json(&text).map_err(|e| config_error(&field, format!("{}: {e}", path.display())))
+        }
+        (Some(_), Some(_)) => Err(config_error(at, "set jwks or jwks_file, not both")),
+        (None, None) => Err(config_error(at, "set jwks or jwks_file")),
+    }
+}
+
 /// PostgreSQL storage: several replicas share keys, rotate once between them, and write an
 /// audit row per issuance. `Debug` does not show the connection string (it may hold a password).
 #[derive(Clone, Deserialize, Serialize)]
@@ -85,8 +107,15 @@ pub struct PlatformConfig {
     pub issuer: String,
     /// The `aud` its tokens must carry for this identity server.
     pub audience: String,
-    /// Its signing keys (a JWKS), configured out of band.
-    pub jwks: Value,
+    /// Its keys (a JWKS), configured out of band; or [`jwks_file`](Self::jwks_file) (exactly
+    /// one of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    /// A file holding its JWKS (for a Kubernetes cluster: `kubectl get --raw /openid/v1/jwks`),
+    /// read at start and on every reload (SIGHUP): refresh the file and reload when the keys
+    /// rotate. A relative path is relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
     /// Platform tokens that expire further ahead than this are refused, in seconds (1 to
     /// 604800). Defaults to 86400: projected service-account tokens live an hour, CI OIDC
     /// tokens minutes; a token valid for years is a leaked-forever credential.
@@ -225,8 +254,15 @@ pub struct ExchangeProfile {
     pub issuer: String,
     /// The `aud` they must carry for this identity server.
     pub audience: String,
-    /// The issuer's keys (a JWKS), configured out of band.
-    pub jwks: Value,
+    /// Its keys (a JWKS), configured out of band; or [`jwks_file`](Self::jwks_file) (exactly
+    /// one of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    /// A file holding its JWKS (for a Kubernetes cluster: `kubectl get --raw /openid/v1/jwks`),
+    /// read at start and on every reload (SIGHUP): refresh the file and reload when the keys
+    /// rotate. A relative path is relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
     /// The identifier issued, e.g. `spiffe://prod.example/partners/{sub}`. `{sub}` must be a
     /// single safe path segment (`[A-Za-z0-9._-]`) or the exchange is refused.
     pub subject_template: String,
@@ -373,8 +409,15 @@ pub struct SubjectIssuer {
     pub issuer: String,
     /// The `aud` its tokens must carry for this TTS.
     pub audience: String,
-    /// Its keys (a JWKS), configured out of band.
-    pub jwks: Value,
+    /// Its keys (a JWKS), configured out of band; or [`jwks_file`](Self::jwks_file) (exactly
+    /// one of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    /// A file holding its JWKS (for a Kubernetes cluster: `kubectl get --raw /openid/v1/jwks`),
+    /// read at start and on every reload (SIGHUP): refresh the file and reload when the keys
+    /// rotate. A relative path is relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
     /// Tokens expiring further ahead are refused, seconds (1 to 604800). Defaults to 86400.
     #[serde(default = "default_external_lifetime")]
     pub max_token_lifetime: u64,

@@ -118,8 +118,11 @@ impl CheckedTts {
         })?;
         let mut subject_issuers = Vec::new();
         for (i, s) in config.subject_issuers.iter().enumerate() {
-            let keys = TrustAnchors::from_jwks_json(&s.jwks.to_string())
-                .map_err(|e| config_error(field(format!("subject_issuers[{i}].jwks")), e))?;
+            let keys = crate::config::configured_keys(
+                &field(format!("subject_issuers[{i}]")),
+                s.jwks.as_ref(),
+                s.jwks_file.as_deref(),
+            )?;
             if s.issuer.is_empty() || s.audience.is_empty() || s.audience == endpoint {
                 return Err(config_error(
                     field(format!("subject_issuers[{i}]")),

@@ -14,6 +14,7 @@ mod issuer_faults;
 mod issuer_ha;
 mod issuer_lifecycle;
 mod logs;
+mod readme_replicas;
 mod round_trip;
 mod sign_output;
 mod txn;

@@ -44,8 +44,7 @@ impl IssuerConfig {
         }
         let mut platforms = Vec::new();
         for (i, p) in self.platforms.iter().enumerate() {
-            let keys = TrustAnchors::from_jwks_json(&p.jwks.to_string())
-                .map_err(|e| config_error(format!("platforms[{i}].jwks"), e))?;
+            let keys = configured_keys(&format!("platforms[{i}]"), p.jwks.as_ref(), p.jwks_file.as_deref())?;
             if p.issuer.is_empty() || p.audience.is_empty() {
                 return Err(config_error(format!("platforms[{i}]"), "issuer and audience must be set"));
             }
@@ -141,8 +140,7 @@ impl IssuerConfig {
         }
         let mut exchanges = Vec::new();
         for (i, p) in self.exchange.iter().enumerate() {
-            let keys = TrustAnchors::from_jwks_json(&p.jwks.to_string())
-                .map_err(|e| config_error(format!("exchange[{i}].jwks"), e))?;
+            let keys = configured_keys(&format!("exchange[{i}]"), p.jwks.as_ref(), p.jwks_file.as_deref())?;
             if !p.subject_template.starts_with(&format!("{domain}/")) {
                 return Err(config_error(format!("exchange[{i}].subject_template"), format!("not in {domain}")));
             }

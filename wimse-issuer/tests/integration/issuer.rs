@@ -308,6 +308,33 @@ async fn bad_configuration_names_the_field() {
     check(&|v| v["clients"][0]["allowed_dns_names"] = json!(["*.*.example"]), "clients[0].allowed_dns_names[0]").await;
     check(&|v| v["platforms"][0]["max_token_lifetime"] = 0.into(), "platforms[0].max_token_lifetime").await;
     check(&|v| v["refresh_hint"] = 0.into(), "refresh_hint").await;
+    // A platform's keys: inline or from a file, exactly one, the file readable and a JWKS.
+    check(
+        &|v| v["platforms"][0]["jwks_file"] = "cluster-jwks.json".into(),
+        "platforms[0]: set jwks or jwks_file, not both",
+    )
+    .await;
+    check(&|v| drop(v["platforms"][0].as_object_mut().unwrap().remove("jwks")), "platforms[0]: set jwks or jwks_file")
+        .await;
+    let missing = store.with_file_name("no-such-jwks.json");
+    check(
+        &|v| {
+            v["platforms"][0].as_object_mut().unwrap().remove("jwks");
+            v["platforms"][0]["jwks_file"] = missing.display().to_string().into();
+        },
+        "platforms[0].jwks_file",
+    )
+    .await;
+    let not_a_jwks = store.with_file_name("not-a-jwks.json");
+    std::fs::write(&not_a_jwks, "{\"keys\": 1}").unwrap();
+    check(
+        &|v| {
+            v["platforms"][0].as_object_mut().unwrap().remove("jwks");
+            v["platforms"][0]["jwks_file"] = not_a_jwks.display().to_string().into();
+        },
+        "platforms[0].jwks_file",
+    )
+    .await;
     check(&|v| v["refresh_hint"] = 1800.into(), "rotation_period").await;
     check(
         &|v| {
