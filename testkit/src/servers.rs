@@ -407,6 +407,14 @@ impl PostgresServer {
         self.port
     }
 
+    /// A client program of the same installation (`pg_dump`, `pg_restore`, `psql`), connecting
+    /// to this server as `wimse` over TCP: `-h 127.0.0.1 -p <port> -U wimse` are given.
+    pub fn client(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        command.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "wimse"]);
+        command
+    }
+
     /// Restarts it serving TLS too, with this certificate chain and key (PEM), written into
     /// its data directory owner-only as PostgreSQL requires.
     pub fn enable_tls(&mut self, chain_pem: &str, key_pem: &str) {

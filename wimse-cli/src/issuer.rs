@@ -196,6 +196,83 @@ pub(crate) struct ReplaceArgs {
     /// on a terminal for the trust domain, and refuses when there is none to ask on.
     #[arg(long)]
     yes: bool,
+    /// The key-encryption key is lost: no configured KEK opens the stored keys. Writes a new
+    /// key store (sealed with the configured, new KEK) over the unreadable one; refused when
+    /// the stored keys do open. Stop every replica first: one still running with the lost KEK
+    /// in memory keeps signing with the old keys until it is restarted with the new one.
+    #[arg(long)]
+    kek_lost: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeysArgs {
+    #[command(subcommand)]
+    step: KeyStep,
+    /// The identity server's configuration file (its key store or PostgreSQL).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeyStep {
+    /// Every stored signing key: `kid`, `created`, `active_from`, `role` (active, prepared,
+    /// scheduled, previous).
+    Status,
+    /// Publish a new signing key that signs nothing until `activate`. Refused while another
+    /// key waits.
+    Prepare,
+    /// Make the waiting key sign from now on. Refused until it has been published for two
+    /// refresh hints, unless `--force`.
+    Activate {
+        /// Activate even if verifiers that refresh on the hint may not have the key yet
+        /// (they then fetch it on the first unknown `kid`).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResealArgs {
+    /// The identity server's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Runs `step` on an identity server opened from `config` (its key store read, maintenance
+/// run once) in a runtime of its own.
+fn with_server<T>(config: &Path, step: impl AsyncFnOnce(IdentityServer) -> Result<T, String>) -> Result<T, String> {
+    let config = checked_config(config)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let server = IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?;
+        step(server).await
+    })
+}
+
+/// `wimse issuer keys status|prepare|activate`: prints the outcome as JSON.
+pub(crate) fn keys(args: KeysArgs) -> CliResult {
+    let config = args.config.ok_or("--config is required")?;
+    let output = with_server(&config, async |server| {
+        let show = |e: wimse_core::Error| e.to_string();
+        Ok(match args.step {
+            KeyStep::Status => serde_json::json!({"keys": server.key_statuses().await.map_err(show)?}),
+            KeyStep::Prepare => serde_json::json!({"prepared": server.prepare_key().await.map_err(show)?}),
+            KeyStep::Activate { force } => {
+                serde_json::json!({"activated": server.activate_key(force).await.map_err(show)?})
+            }
+        })
+    })?;
+    println!("{output}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wimse issuer reseal`: prints `{"resealed": bool}`.
+pub(crate) fn reseal(args: ResealArgs) -> CliResult {
+    let config = checked_config(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let resealed = runtime.block_on(IdentityServer::reseal_key_store(&config)).map_err(|e| e.to_string())?;
+    println!("{}", serde_json::json!({"resealed": resealed}));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Asks for the trust domain on the terminal; `Err` unless it is typed back.
@@ -224,8 +301,12 @@ pub(crate) fn replace_key_store(args: ReplaceArgs) -> CliResult {
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let server = IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?;
-        let (old_epoch, new_epoch) = server.replace_key_store().await.map_err(|e| e.to_string())?;
+        let (old_epoch, new_epoch) = if args.kek_lost {
+            IdentityServer::replace_lost_key_store(config, SystemClock).await.map_err(|e| e.to_string())?
+        } else {
+            let server = IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?;
+            server.replace_key_store().await.map_err(|e| e.to_string())?
+        };
         println!("{}", serde_json::json!({"old_epoch": old_epoch, "new_epoch": new_epoch}));
         Ok(ExitCode::SUCCESS)
     })

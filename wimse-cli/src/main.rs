@@ -132,6 +132,15 @@ enum IssuerCommand {
     /// Replace the key store on purpose (after a compromise): a new epoch, new signing keys and
     /// WIC authority; every credential issued before stops verifying. Running replicas follow.
     ReplaceKeyStore(issuer::ReplaceArgs),
+    /// On-demand key rotation in two steps, and the keys' status.
+    ///
+    /// `prepare` publishes a new signing key that signs nothing yet; `activate` makes it sign,
+    /// once it has been published for two refresh hints (verifiers have it). Running replicas
+    /// follow each step within seconds. Prints JSON.
+    Keys(issuer::KeysArgs),
+    /// Seal the stored state again with the configured key-encryption key (after a KEK change:
+    /// the old one in `postgres.previous_kek_files`). Prints `{"resealed": true|false}`.
+    Reseal(issuer::ResealArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +240,8 @@ fn main() -> ExitCode {
         Command::Issuer(IssuerCommand::Serve(args)) => issuer::serve(args),
         Command::Issuer(IssuerCommand::Validate(args)) => issuer::validate(args),
         Command::Issuer(IssuerCommand::ReplaceKeyStore(args)) => issuer::replace_key_store(args),
+        Command::Issuer(IssuerCommand::Keys(args)) => issuer::keys(args),
+        Command::Issuer(IssuerCommand::Reseal(args)) => issuer::reseal(args),
         Command::Agent(AgentCommand::Serve(args)) => agent::serve(args),
         Command::Agent(AgentCommand::Fetch(args)) => agent::fetch(args),
         Command::Gateway(GatewayCommand::Serve(args)) => gateway::serve(args),

@@ -238,6 +238,10 @@ error_kinds! {
     /// A credential was asked for with a lifetime of 0 seconds: dead on arrival (400; a
     /// lifetime over the client's maximum is capped, not refused).
     InvalidLifetime => "invalid_lifetime", Answer::Status(400), "the requested lifetime is 0";
+    /// An operator's key lifecycle step (prepare, activate, re-seal, replace) does not fit the
+    /// key store's state: no prepared key to activate, one already waiting, a key not yet
+    /// published long enough for verifiers to have it; the detail names which (409).
+    KeyLifecycleRefused => "key_lifecycle_refused", Answer::Status(409), "the key store's state does not allow this key lifecycle step";
     // ---- gateway ----
     /// A forward-auth subrequest came from an address that is not a configured proxy: whoever
     /// sends it chooses which request is checked (403).

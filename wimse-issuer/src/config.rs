@@ -50,6 +50,12 @@ pub struct PostgresConfig {
     /// Defaults to `WIMSE_ISSUER_KEK`.
     #[serde(default)]
     pub kek_env: Option<String>,
+    /// Files holding other key-encryption keys (base64, mode 0600) that still open the stored
+    /// state, for a change of KEK without downtime: rows sealed with one of them are sealed
+    /// again with the KEK at the next write (or by `wimse issuer reseal`). See the README's
+    /// "Key lifecycle".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_kek_files: Vec<PathBuf>,
     /// How long one database operation may take, in milliseconds. Defaults to 5000.
     #[serde(default = "default_db_timeout")]
     pub timeout_ms: u64,

@@ -236,10 +236,7 @@ impl KeyState {
             _ => None,
         };
         if let Some(active_from) = due {
-            let kid = format!("{}-{now}-{}", policy.algorithm, &random_id()[..8]);
-            let key = SigningKey::generate(policy.algorithm)?.with_kid(kid.clone());
-            self.keys.push(StoredKey { created: now, active_from, jwk: key.to_private_jwk() });
-            changes.created.push((kid, active_from));
+            changes.created.push((self.add_key(now, active_from, policy)?, active_from));
         }
         // A key is retired once a later key has been active for longer than anything it signed
         // can live.
@@ -265,6 +262,78 @@ impl KeyState {
     }
 
     /// The public keys, as bundle entries.
+    /// A new signing key, created at `now`, signing from `active_from`. Its id.
+    fn add_key(&mut self, now: u64, active_from: u64, policy: &RotationPolicy) -> Result<String> {
+        let kid = format!("{}-{now}-{}", policy.algorithm, &random_id()[..8]);
+        let key = SigningKey::generate(policy.algorithm)?.with_kid(kid.clone());
+        self.keys.push(StoredKey { created: now, active_from, jwk: key.to_private_jwk() });
+        Ok(kid)
+    }
+
+    /// The key that waits to sign (prepared, or made by a timer rotation ahead of its time).
+    fn pending(&self, now: u64) -> Option<&StoredKey> {
+        self.keys.iter().find(|k| k.active_from > now)
+    }
+
+    /// The first step of an on-demand rotation: a new key, published from now on, that does not
+    /// sign until [`activate`](Self::activate). Refused while another key waits. Its id.
+    pub(crate) fn prepare(&mut self, now: u64, policy: &RotationPolicy) -> Result<String> {
+        if let Some(waiting) = self.pending(now) {
+            return Err(lifecycle_refused(format!(
+                "key {} already waits to sign ({}): activate it first",
+                waiting.jwk.kid.as_deref().unwrap_or(""),
+                describe_activation(waiting.active_from)
+            )));
+        }
+        let kid = self.add_key(now, PREPARED, policy)?;
+        self.sequence += 1;
+        Ok(kid)
+    }
+
+    /// The second step: the waiting key signs from `now` on. Refused when none waits, or when it
+    /// has been published for less than the pre-publication time (two refresh hints: verifiers
+    /// that refresh on the hint may not have it yet) unless `force`. Its id.
+    pub(crate) fn activate(&mut self, now: u64, policy: &RotationPolicy, force: bool) -> Result<String> {
+        let Some(waiting) = self.keys.iter_mut().find(|k| k.active_from > now) else {
+            return Err(lifecycle_refused("no key waits to be activated: prepare one first"));
+        };
+        let published_for = now.saturating_sub(waiting.created);
+        if published_for < policy.prepublish && !force {
+            return Err(lifecycle_refused(format!(
+                "key {} has been published for {published_for} s; verifiers that refresh on the hint have it after {} s (two refresh hints): activate it then, or force it",
+                waiting.jwk.kid.as_deref().unwrap_or(""),
+                policy.prepublish
+            )));
+        }
+        waiting.active_from = now;
+        let kid = waiting.jwk.kid.clone().unwrap_or_default();
+        self.sequence += 1;
+        Ok(kid)
+    }
+
+    /// Every key and what it does at `now`, oldest first.
+    pub fn key_statuses(&self, now: u64) -> Vec<KeyStatus> {
+        let active = self.keys.iter().map(|k| k.active_from).filter(|&t| t <= now).max();
+        let mut statuses: Vec<KeyStatus> = self
+            .keys
+            .iter()
+            .map(|k| KeyStatus {
+                kid: k.jwk.kid.clone().unwrap_or_default(),
+                created: k.created,
+                active_from: (k.active_from != PREPARED).then_some(k.active_from),
+                role: match k.active_from {
+                    PREPARED => KeyRole::Prepared,
+                    from if from > now => KeyRole::Scheduled,
+                    from if Some(from) == active => KeyRole::Active,
+                    _ => KeyRole::Previous,
+                },
+            })
+            .collect();
+        // In the order they sign: a prepared key last.
+        statuses.sort_by_key(|k| (k.active_from.unwrap_or(u64::MAX), k.created));
+        statuses
+    }
+
     pub(crate) fn public_keys(&self) -> Vec<Value> {
         self.keys
             .iter()
@@ -278,6 +347,45 @@ impl KeyState {
 }
 
 /// A [`KeyState`] with its keys parsed once, for signing on the request path.
+/// `active_from` of a key an operator prepared: published, signing nothing until activated.
+/// While it waits, timer rotation waits too (one waiting key at a time).
+pub(crate) const PREPARED: u64 = u64::MAX;
+
+fn lifecycle_refused(detail: impl Into<String>) -> Error {
+    Error::with_detail(ErrorKind::KeyLifecycleRefused, detail.into())
+}
+
+fn describe_activation(active_from: u64) -> String {
+    if active_from == PREPARED { "prepared".into() } else { format!("scheduled for {active_from}") }
+}
+
+/// What a signing key does now (`wimse issuer keys status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyStatus {
+    /// Its key id, as in the bundle.
+    pub kid: String,
+    /// When it was made (and published), seconds since the epoch.
+    pub created: u64,
+    /// When it signs (or signed) from; `None` while prepared.
+    pub active_from: Option<u64>,
+    /// What it does now.
+    pub role: KeyRole,
+}
+
+/// The role of a published signing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    /// It signs new credentials.
+    Active,
+    /// Published, waiting for an operator to activate it.
+    Prepared,
+    /// Published, signing from its `active_from` on (a timer rotation ahead of its time).
+    Scheduled,
+    /// It signed before the active one; published until what it signed has expired.
+    Previous,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
     pub(crate) state: KeyState,
@@ -344,6 +452,39 @@ mod tests {
         assert_eq!(state.sequence, 3);
         let loaded = super::Loaded::new(state.clone(), &domain).unwrap();
         assert_eq!(loaded.active_key(11_300).unwrap().kid(), state.keys[0].jwk.kid.as_deref());
+    }
+
+    #[test]
+    fn an_operator_rotation_prepares_then_activates_and_holds_the_timer() {
+        use super::KeyRole::{Active, Prepared, Previous};
+        use wimse_core::ErrorKind;
+        let domain = "spiffe://prod.example".parse().unwrap();
+        let mut state = KeyState::new();
+        state.maintain(10_000, &policy(), &domain).unwrap();
+        let first = state.keys[0].jwk.kid.clone().unwrap();
+        let refused = |e: wimse_core::Error| assert_eq!(e.kind(), &ErrorKind::KeyLifecycleRefused);
+        refused(state.activate(10_010, &policy(), true).unwrap_err());
+        let prepared = state.prepare(10_010, &policy()).unwrap();
+        assert_eq!(state.sequence, 2, "published: the bundle changes");
+        refused(state.prepare(10_011, &policy()).unwrap_err());
+        let roles = |state: &KeyState, now| state.key_statuses(now).into_iter().map(|k| k.role).collect::<Vec<_>>();
+        assert_eq!(roles(&state, 10_011), [Active, Prepared]);
+        // The timer does not rotate past a waiting key, and the first key keeps signing.
+        assert!(!state.maintain(11_500, &policy(), &domain).unwrap().any());
+        let loaded = super::Loaded::new(state.clone(), &domain).unwrap();
+        assert_eq!(loaded.active_key(11_500).unwrap().kid(), Some(first.as_str()));
+        // Published for less than the pre-publication time: only with force.
+        let mut early = state.clone();
+        refused(early.activate(10_109, &policy(), false).unwrap_err());
+        assert_eq!(early.activate(10_109, &policy(), true).unwrap(), prepared);
+        assert_eq!(state.activate(10_110, &policy(), false).unwrap(), prepared);
+        assert_eq!(state.sequence, 3);
+        assert_eq!(roles(&state, 10_110), [Previous, Active]);
+        let loaded = super::Loaded::new(state.clone(), &domain).unwrap();
+        assert_eq!(loaded.active_key(10_110).unwrap().kid(), Some(prepared.as_str()));
+        // The previous key retires once what it signed has expired (longest lifetime 300).
+        assert!(state.maintain(10_409, &policy(), &domain).unwrap().retired.is_empty());
+        assert_eq!(state.maintain(10_410, &policy(), &domain).unwrap().retired, [first]);
     }
 
     #[test]

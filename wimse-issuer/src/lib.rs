@@ -53,11 +53,11 @@ pub use config::{
     SubjectIssuer, TxnRequester, TxnTokenServiceConfig, load_config,
 };
 pub use http::router;
-pub use keys::KeyState;
+pub use keys::{KeyRole, KeyState, KeyStatus};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
 pub use server::{IdentityServer, IssuedWit, WicRequest};
-pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage};
+pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage, Overwrite};
 pub use wimse_core::protocol::oauth::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
 pub use wimse_core::protocol::trust::STORE_EPOCH_MEMBER;
 pub use wimse_core::protocol::txn::{IssuedTxnToken, TxnTokenRequest};

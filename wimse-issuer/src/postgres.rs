@@ -9,7 +9,7 @@ use wimse_core::{Error, ErrorKind, Result};
 use crate::config::PostgresConfig;
 use crate::keys::KeyState;
 use crate::seal::Kek;
-use crate::store::{Change, IssuanceRecord, KeyStorage, unavailable};
+use crate::store::{Change, IssuanceRecord, KeyStorage, Overwrite, unavailable};
 use wimse_core::replay::ReplayClaim;
 
 const SCHEMA: &str = "
@@ -62,6 +62,8 @@ pub struct PostgresStorage {
     tls: Option<MakeRustlsConnect>,
     trust_domain: String,
     kek: Kek,
+    /// Previous key-encryption keys: rows sealed with them still open (and are sealed again).
+    previous_keks: Vec<Kek>,
     timeout: std::time::Duration,
     /// Transactions (one at a time).
     admin: Mutex<Option<Client>>,
@@ -73,6 +75,16 @@ impl std::fmt::Debug for PostgresStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStorage").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
     }
+}
+
+/// What one transaction on the state row does.
+enum Step<'c, 'a> {
+    /// An ordinary change (maintenance, replacement, a lifecycle step).
+    Change(&'c mut Change<'a>),
+    /// Seal the stored state again with the current key-encryption key.
+    Reseal,
+    /// Write a new state over one that no configured key-encryption key opens.
+    OverwriteUnreadable(&'c mut Overwrite<'a>),
 }
 
 fn db_error(e: impl std::fmt::Display) -> Error {
@@ -126,6 +138,11 @@ impl PostgresStorage {
                 ));
             }
         };
+        let previous_keks = config
+            .previous_kek_files
+            .iter()
+            .map(|path| Kek::from_file_for(path, "postgres.previous_kek_files"))
+            .collect::<Result<Vec<_>>>()?;
         if config.timeout_ms == 0 {
             return Err(Error::with_detail(ErrorKind::InvalidConfiguration, "postgres.timeout_ms: must be positive"));
         }
@@ -151,6 +168,7 @@ impl PostgresStorage {
             tls,
             trust_domain: trust_domain.to_owned(),
             kek,
+            previous_keks,
             timeout: std::time::Duration::from_millis(config.timeout_ms),
             admin: Mutex::new(None),
             queries: Mutex::new(None),
@@ -221,24 +239,107 @@ impl PostgresStorage {
         outcome
     }
 
+    /// Runs `step` on the state row in one transaction under the trust domain's advisory lock:
+    /// the state afterwards, and whether it was written.
+    async fn transact(&self, step: Step<'_, '_>) -> Result<(KeyState, bool)> {
+        let mut admin = self.admin.lock().await;
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let client = self.admin_client(&mut admin).await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('wimse-issuer:' || $1::text))", &[&self.trust_domain])
+                .await
+                .map_err(db_error)?;
+            let row = tx
+                .query_opt(
+                    "SELECT sealed, epoch, sequence FROM wimse_issuer_state WHERE trust_domain = $1",
+                    &[&self.trust_domain],
+                )
+                .await
+                .map_err(db_error)?;
+            let opened = row.as_ref().map(|row| self.unseal(row));
+            let (current, write) = match step {
+                Step::Change(change) => {
+                    let (current, stale_seal) = match opened.transpose()? {
+                        Some((state, stale_seal)) => (Some(state), stale_seal),
+                        None => (None, false),
+                    };
+                    // Housekeeping once per maintenance: forget single-use tokens past their expiry.
+                    tx.execute("DELETE FROM wimse_issuer_seen WHERE expires_at < now()", &[]).await.map_err(db_error)?;
+                    // A row still sealed with a previous KEK is sealed again with the current one
+                    // at the next write, or now.
+                    let write = change(current.clone())?.or_else(|| current.clone().filter(|_| stale_seal));
+                    (current, write)
+                }
+                Step::Reseal => {
+                    let (current, stale_seal) = opened.transpose()?.ok_or_else(|| {
+                        Error::with_detail(ErrorKind::KeyLifecycleRefused, "nothing is stored to seal again")
+                    })?;
+                    (Some(current.clone()), stale_seal.then_some(current))
+                }
+                Step::OverwriteUnreadable(make) => match (opened, &row) {
+                    (Some(Ok(_)), _) => {
+                        return Err(Error::with_detail(
+                            ErrorKind::KeyLifecycleRefused,
+                            "the stored keys open with the configured key-encryption key: the KEK is not lost (replace the key store without --kek-lost, or seal it again with reseal)",
+                        ));
+                    }
+                    (Some(Err(error)), Some(row)) if error.kind() == &ErrorKind::InvalidConfiguration => {
+                        let epoch: String = row.try_get(1).map_err(db_error)?;
+                        (None, Some(make(Some(epoch))?))
+                    }
+                    (Some(Err(error)), _) => return Err(error),
+                    (None, _) => (None, Some(make(None)?)),
+                },
+            };
+            let Some(next) = write else {
+                tx.commit().await.map_err(db_error)?;
+                return current.map(|state| (state, false)).ok_or_else(|| db_error("nothing stored"));
+            };
+            let plaintext = serde_json::to_vec(&next).map_err(db_error)?;
+            let sequence = i64::try_from(next.sequence()).map_err(db_error)?;
+            let sealed = self.kek.seal(&plaintext, &self.associated_data(next.epoch(), sequence))?;
+            tx.execute(
+                "INSERT INTO wimse_issuer_state (trust_domain, epoch, sequence, sealed) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (trust_domain) DO UPDATE
+                 SET epoch = EXCLUDED.epoch, sequence = EXCLUDED.sequence, sealed = EXCLUDED.sealed, updated_at = now()",
+                &[&self.trust_domain, &next.epoch(), &sequence, &sealed],
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok((next, true))
+        })
+        .await
+        .unwrap_or_else(|_| Err(db_error(format!("no answer within {:?}", self.timeout))));
+        if outcome.as_ref().is_err_and(|e| e.kind() == &ErrorKind::KeyStoreUnavailable) {
+            *admin = None;
+        }
+        outcome
+    }
+
     /// What a sealed row is bound to: its trust domain, epoch and sequence (the clear columns),
     /// so that no column can be swapped without the seal failing.
     fn associated_data(&self, epoch: &str, sequence: i64) -> Vec<u8> {
         format!("wimse-issuer-state\n{}\n{epoch}\n{sequence}", self.trust_domain).into_bytes()
     }
 
-    /// Opens a `(sealed, epoch, sequence)` row; a malformed row is an error, never a panic.
-    fn unseal(&self, row: &tokio_postgres::Row) -> Result<KeyState> {
+    /// Opens a `(sealed, epoch, sequence)` row with the KEK or one of the previous ones (then
+    /// `true`: it should be sealed again); a malformed row is an error, never a panic.
+    fn unseal(&self, row: &tokio_postgres::Row) -> Result<(KeyState, bool)> {
         let malformed = |e: tokio_postgres::Error| db_error(format!("malformed state row: {e}"));
         let sealed: Vec<u8> = row.try_get(0).map_err(malformed)?;
         let epoch: String = row.try_get(1).map_err(malformed)?;
         let sequence: i64 = row.try_get(2).map_err(malformed)?;
-        let json = self.kek.open(&sealed, &self.associated_data(&epoch, sequence))?;
+        let aad = self.associated_data(&epoch, sequence);
+        let (json, stale_seal) = match self.kek.open(&sealed, &aad) {
+            Ok(json) => (json, false),
+            Err(error) => (self.previous_keks.iter().find_map(|kek| kek.open(&sealed, &aad).ok()).ok_or(error)?, true),
+        };
         let state: KeyState = serde_json::from_slice(&json).map_err(|e| db_error(format!("stored state: {e}")))?;
         if state.epoch() != epoch || i64::try_from(state.sequence()).ok() != Some(sequence) {
             return Err(db_error("stored state does not match its row"));
         }
-        Ok(state)
+        Ok((state, stale_seal))
     }
 }
 
@@ -258,53 +359,21 @@ impl KeyStorage for PostgresStorage {
                 )
                 .await
                 .map_err(db_error)?;
-            row.map(|row| self.unseal(&row)).transpose()
+            row.map(|row| self.unseal(&row).map(|(state, _)| state)).transpose()
         })
         .await
     }
 
     async fn update(&self, change: &mut Change<'_>) -> Result<KeyState> {
-        let mut admin = self.admin.lock().await;
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let client = self.admin_client(&mut admin).await?;
-            let tx = client.transaction().await.map_err(db_error)?;
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext('wimse-issuer:' || $1::text))", &[&self.trust_domain])
-                .await
-                .map_err(db_error)?;
-            let row = tx
-                .query_opt(
-                    "SELECT sealed, epoch, sequence FROM wimse_issuer_state WHERE trust_domain = $1",
-                    &[&self.trust_domain],
-                )
-                .await
-                .map_err(db_error)?;
-            let current = row.map(|row| self.unseal(&row)).transpose()?;
-            // Housekeeping once per maintenance: forget single-use tokens past their expiry.
-            tx.execute("DELETE FROM wimse_issuer_seen WHERE expires_at < now()", &[]).await.map_err(db_error)?;
-            let Some(next) = change(current.clone())? else {
-                tx.commit().await.map_err(db_error)?;
-                return current.ok_or_else(|| db_error("nothing stored"));
-            };
-            let plaintext = serde_json::to_vec(&next).map_err(db_error)?;
-            let sequence = i64::try_from(next.sequence()).map_err(db_error)?;
-            let sealed = self.kek.seal(&plaintext, &self.associated_data(next.epoch(), sequence))?;
-            tx.execute(
-                "INSERT INTO wimse_issuer_state (trust_domain, epoch, sequence, sealed) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (trust_domain) DO UPDATE
-                 SET epoch = EXCLUDED.epoch, sequence = EXCLUDED.sequence, sealed = EXCLUDED.sealed, updated_at = now()",
-                &[&self.trust_domain, &next.epoch(), &sequence, &sealed],
-            )
-            .await
-            .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
-            Ok(next)
-        })
-        .await
-        .unwrap_or_else(|_| Err(db_error(format!("no answer within {:?}", self.timeout))));
-        if outcome.as_ref().is_err_and(|e| e.kind() == &ErrorKind::KeyStoreUnavailable) {
-            *admin = None;
-        }
-        outcome
+        self.transact(Step::Change(change)).await.map(|(state, _)| state)
+    }
+
+    async fn reseal(&self) -> Result<bool> {
+        self.transact(Step::Reseal).await.map(|(_, written)| written)
+    }
+
+    async fn overwrite_unreadable(&self, make: &mut Overwrite<'_>) -> Result<KeyState> {
+        self.transact(Step::OverwriteUnreadable(make)).await.map(|(state, _)| state)
     }
 
     async fn claim_once(&self, claim: &ReplayClaim, _now: u64) -> Result<()> {

@@ -44,7 +44,12 @@ impl Kek {
 
     /// From a file that only its owner may read.
     pub(crate) fn from_file(path: &Path) -> Result<Self> {
-        let origin = format!("postgres.kek_file {}", path.display());
+        Self::from_file_for(path, "postgres.kek_file")
+    }
+
+    /// From a file that only its owner may read, named by the setting `field`.
+    pub(crate) fn from_file_for(path: &Path, field: &str) -> Result<Self> {
+        let origin = format!("{field} {}", path.display());
         wimse_core::client::cred::check_private_file(path).map_err(|e| config_error(format!("{origin}: {e}")))?;
         let text = std::fs::read_to_string(path).map_err(|e| config_error(format!("{origin}: {e}")))?;
         Self::from_base64(&text, &origin)

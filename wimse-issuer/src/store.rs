@@ -14,6 +14,10 @@ use wimse_core::replay::{InMemoryReplayStore, ReplayClaim, ReplayStore as _};
 /// (`None`: nothing yet), returns the state to write, or `None` to leave it as it is.
 pub type Change<'a> = dyn FnMut(Option<KeyState>) -> Result<Option<KeyState>> + Send + 'a;
 
+/// Makes the state written over an unreadable one, given that one's epoch (`None`: nothing
+/// was stored): see [`KeyStorage::overwrite_unreadable`].
+pub type Overwrite<'a> = dyn FnMut(Option<String>) -> Result<KeyState> + Send + 'a;
+
 /// One issuance, for the audit trail. Never holds a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IssuanceRecord {
@@ -45,6 +49,24 @@ pub trait KeyStorage: Send + Sync + std::fmt::Debug + 'static {
     /// Applies `change` atomically: no other replica changes the state between the read and the
     /// write. Returns the state stored afterwards.
     async fn update(&self, change: &mut Change<'_>) -> Result<KeyState>;
+
+    /// Seals the stored state again with the current key-encryption key when it was sealed with
+    /// a previous one; whether it was written. Storages that seal nothing have nothing to do.
+    async fn reseal(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Writes `make(epoch)` over a stored state that no configured key-encryption key opens (the
+    /// KEK is lost), under the storage's lock; `epoch` is the lost state's epoch (kept in the
+    /// clear), so it is remembered as replaced. Refused when the stored state opens. Storages
+    /// that seal nothing refuse: nothing of theirs can be lost that way.
+    async fn overwrite_unreadable(&self, make: &mut Overwrite<'_>) -> Result<KeyState> {
+        let _ = make;
+        Err(Error::with_detail(
+            ErrorKind::KeyLifecycleRefused,
+            format!("{} is not sealed with a key-encryption key: use an ordinary replacement", self.describe()),
+        ))
+    }
 
     /// Records an issuance before the credential is handed out; an error refuses the issuance.
     async fn record(&self, record: &IssuanceRecord) -> Result<()>;

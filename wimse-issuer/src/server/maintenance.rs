@@ -3,7 +3,7 @@
 use super::*;
 
 /// How often a replica reads the stored key state between maintenances, to follow a replaced
-/// key store (a new epoch) within seconds: one small read (a `SELECT` of the state row on
+/// key store (a new epoch) or an operator's key lifecycle step within seconds: one small read (a `SELECT` of the state row on
 /// PostgreSQL) per replica this often.
 const EPOCH_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -169,13 +169,17 @@ impl IdentityServer {
                 // Between maintenances, one read of the stored state: a key store replaced on
                 // purpose (a new epoch, after a compromise) is followed within seconds, not at
                 // the next maintenance, so no replica signs with the dropped keys for long.
+                // The same read follows an operator's prepared or activated key (a higher
+                // sequence) within seconds too, and answers a restored older snapshot (a lower
+                // one) by writing this replica's keys back.
                 if !due {
                     let stored = tokio::time::timeout(EPOCH_CHECK, server.storage.load()).await;
-                    let ours = server.key_state().0;
+                    let (epoch, sequence) = server.key_state();
                     match stored {
-                        Ok(Ok(Some(stored))) if stored.epoch() != ours => {
+                        Ok(Ok(Some(stored))) if stored.epoch() != epoch => {
                             tracing::info!(trust_domain = %server.domain, epoch = %stored.epoch(), "wimse issuer: the key store has a new epoch; following it now");
                         }
+                        Ok(Ok(Some(stored))) if stored.sequence() != sequence => {}
                         _ => continue,
                     }
                 }

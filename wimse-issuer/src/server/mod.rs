@@ -32,6 +32,7 @@ use checked::Checked;
 mod bundles;
 mod checked;
 mod federation;
+mod lifecycle;
 mod limits;
 mod maintenance;
 mod quiet;
@@ -133,7 +134,13 @@ impl IdentityServer {
     /// Checks `config` (errors name the field), opens its storage (`key_store` or `postgres`),
     /// loads the keys or creates them.
     pub async fn open(config: IssuerConfig, clock: impl Clock + 'static) -> Result<Self> {
-        let storage: Arc<dyn KeyStorage> = match (&config.key_store, &config.postgres) {
+        let storage = Self::open_storage(&config).await?;
+        Self::with_storage(config, storage, clock).await
+    }
+
+    /// The storage `config` names (`key_store` or `postgres`), opened but not read.
+    async fn open_storage(config: &IssuerConfig) -> Result<Arc<dyn KeyStorage>> {
+        Ok(match (&config.key_store, &config.postgres) {
             (Some(path), None) => Arc::new(FileStorage::new(path)),
             #[cfg(feature = "postgres")]
             (None, Some(postgres)) => {
@@ -144,8 +151,7 @@ impl IdentityServer {
                 return Err(config_error("postgres", "this build has no PostgreSQL support (feature `postgres`)"));
             }
             _ => return Err(config_error("key_store", "set either key_store (a file) or postgres")),
-        };
-        Self::with_storage(config, storage, clock).await
+        })
     }
 
     /// Like [`open`](Self::open), with the given storage (the configuration's `key_store` and
