@@ -1,4 +1,5 @@
-//! The identity server's HTTP API (axum), over [`IdentityServer`].
+//! The identity server's HTTP API (axum), over [`IdentityServer`]. `wimse-issuer/openapi.json`
+//! describes it in full (generated from these handlers with the `openapi` feature).
 //!
 //! | route | what |
 //! |---|---|
@@ -30,12 +31,45 @@ use wimse_core::{Error, ErrorKind};
 
 /// The body of `POST /v1/wit`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
-struct WitRequest {
+pub(crate) struct WitRequest {
+    /// The workload identifier asked for (e.g. `spiffe://prod.example/payments`): one the
+    /// authenticated client may obtain.
     sub: String,
+    /// The workload's public key (a JWK without private members), bound into the WIT's `cnf`.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::PublicJwk))]
     jwk: Jwk,
+    /// The lifetime asked for, in seconds (capped at the client's `max_lifetime`; 0 is refused).
     #[serde(default)]
     lifetime: Option<u64>,
+}
+
+/// A token endpoint's answer (RFC 6749 §5.1, RFC 8693 §2.2.1).
+#[derive(Debug, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenResponse {
+    /// The issued token: a WIT, or a Txn-Token.
+    access_token: String,
+    /// `urn:ietf:params:oauth:token-type:jwt` (a WIT) or
+    /// `urn:ietf:params:oauth:token-type:txn_token`.
+    issued_token_type: &'static str,
+    /// `N_A` (token exchange), or `DPoP` (a WIT bound to the DPoP proof's key).
+    token_type: &'static str,
+    /// Seconds until it expires.
+    expires_in: u64,
+}
+
+/// The answer of `POST /v1/wic`.
+#[derive(Debug, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WicResponse {
+    /// The certificate and the issuing authority's, PEM, leaf first.
+    chain_pem: String,
+    /// When the certificate expires, seconds since the epoch.
+    expires_at: u64,
 }
 
 fn problem(error: &Error) -> Response {
@@ -122,6 +156,23 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+/// A WIT for the authenticated client's workload.
+///
+/// The client authenticates with `Authorization: Bearer` and its platform token (a Kubernetes
+/// service-account token, a CI OIDC token) or, in dev mode, its dev secret.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/v1/wit", tag = "issuance", request_body = WitRequest,
+    security(("bootstrap" = [])),
+    responses(
+        (status = 200, description = "The WIT", body = crate::IssuedWit),
+        (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bootstrap credential (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The key store does not answer (`key_store_unavailable`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+))]
 async fn issue_wit(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
@@ -145,18 +196,33 @@ async fn issue_wit(
 ///   `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer` and
 ///   `client_assertion`, treated like the grant.
 #[derive(Deserialize)]
-struct TokenRequest {
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub(crate) struct TokenRequest {
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`,
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` or `client_credentials`.
     grant_type: String,
+    /// Token exchange: the token exchanged (a foreign JWT, a JWT-SVID; for a Txn-Token, the
+    /// subject's token).
     subject_token: Option<String>,
+    /// Token exchange: its RFC 8693 type URN.
     subject_token_type: Option<String>,
+    /// Token exchange for a WIT: the public JWK (JSON) the WIT binds.
     wimse_jwk: Option<String>,
+    /// jwt-bearer grant: the platform token.
     assertion: Option<String>,
+    /// Client assertion: `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`.
     client_assertion_type: Option<String>,
+    /// Client assertion: the platform token.
     client_assertion: Option<String>,
+    /// jwt-bearer grant: the identifier asked for; Txn-Token: the scope.
     scope: Option<String>,
+    /// `urn:ietf:params:oauth:token-type:txn_token` for a Txn-Token.
     requested_token_type: Option<String>,
+    /// Txn-Token: the trust domain it is for.
     audience: Option<String>,
+    /// Txn-Token: JSON about the request's context (becomes `rctx`).
     request_context: Option<String>,
+    /// Txn-Token: JSON about the request (becomes `tctx`).
     request_details: Option<String>,
 }
 
@@ -231,6 +297,30 @@ fn grant_description(error: &Error) -> String {
     format!("{description}: {detail}")
 }
 
+/// The token endpoint: RFC 8693 token exchange (a foreign token for a WIT; a Txn-Token from
+/// the Transaction Token Service), RFC 7523 jwt-bearer grant and client assertion (a platform
+/// token and a DPoP proof for a WIT bound to the proof's key).
+///
+/// Txn-Token requests (`requested_token_type` = `urn:ietf:params:oauth:token-type:txn_token`)
+/// authenticate the requesting workload with its `Workload-Identity-Token` header and
+/// `Authorization: WPT` (`aud` = this endpoint).
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/v1/token", tag = "issuance",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    params(
+        ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449), for the jwt-bearer grant"),
+        ("Workload-Identity-Token" = Option<String>, Header, description = "The requesting workload's WIT, for a Txn-Token"),
+    ),
+    responses(
+        (status = 200, description = "The token", body = TokenResponse),
+        (status = 400, description = "RFC 6749 §5.2 error: `invalid_request`, `invalid_grant`, `invalid_scope`, `invalid_target`, `unsupported_grant_type`, `unsupported_token_type`, `invalid_dpop_proof`, `unauthorized_client`", body = crate::openapi::OAuthError),
+        (status = 401, description = "The Txn-Token requester's WIT and WPT did not verify (`invalid_client`)", body = crate::openapi::OAuthError,
+            headers(("WWW-Authenticate" = String, description = "`WPT`"))),
+        (status = 429, description = "Over a budget: the source address's (a problem body) or the client's (`slow_down`); see `Retry-After`", body = crate::openapi::TokenRefusal,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The key store or replay store does not answer (`temporarily_unavailable`)", body = crate::openapi::OAuthError),
+    )
+))]
 async fn token(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
@@ -260,12 +350,12 @@ async fn token(
         _ => return oauth_error(&Error::with_detail(ErrorKind::InvalidDpopProof, "more than one DPoP header")),
     };
     match server.jwt_bearer_grant(&assertion, dpop, request.scope.as_deref()).await {
-        Ok(issued) => Json(serde_json::json!({
-            "access_token": issued.wit,
-            "issued_token_type": JWT_TOKEN_TYPE,
-            "token_type": "DPoP",
-            "expires_in": issued.expires_at.saturating_sub(issued.issued_at),
-        }))
+        Ok(issued) => Json(TokenResponse {
+            expires_in: issued.expires_at.saturating_sub(issued.issued_at),
+            access_token: issued.wit,
+            issued_token_type: JWT_TOKEN_TYPE,
+            token_type: "DPoP",
+        })
         .into_response(),
         Err(error) => oauth_error(&error),
     }
@@ -281,12 +371,12 @@ async fn token_exchange(server: &IdentityServer, request: TokenRequest) -> Respo
         Err(error) => return oauth_error(&error),
     };
     match server.exchange(&subject_token, &subject_token_type, &jwk).await {
-        Ok(issued) => Json(serde_json::json!({
-            "access_token": issued.wit,
-            "issued_token_type": JWT_TOKEN_TYPE,
-            "token_type": "N_A",
-            "expires_in": issued.expires_at.saturating_sub(issued.issued_at),
-        }))
+        Ok(issued) => Json(TokenResponse {
+            expires_in: issued.expires_at.saturating_sub(issued.issued_at),
+            access_token: issued.wit,
+            issued_token_type: JWT_TOKEN_TYPE,
+            token_type: "N_A",
+        })
         .into_response(),
         Err(error) => oauth_error(&error),
     }
@@ -339,12 +429,12 @@ async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, reques
     txn_request.request_details = request.request_details;
     match server.issue_txn_token(&requester, &txn_request).await {
         Ok(issued) => {
-            let body = Json(serde_json::json!({
-                "access_token": issued.token,
-                "issued_token_type": TXN_TOKEN_TYPE,
-                "token_type": "N_A",
-                "expires_in": issued.expires_in,
-            }));
+            let body = Json(TokenResponse {
+                access_token: issued.token,
+                issued_token_type: TXN_TOKEN_TYPE,
+                token_type: "N_A",
+                expires_in: issued.expires_in,
+            });
             ([(axum::http::header::CACHE_CONTROL, "no-store")], body).into_response()
         }
         Err(error) => txn_error(&error),
@@ -353,17 +443,25 @@ async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, reques
 
 /// The body of `POST /v1/wic`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
-struct WicBody {
+pub(crate) struct WicBody {
+    /// The workload identifier asked for (the certificate's URI SAN).
     sub: String,
+    /// The workload's public key: an X.509 SubjectPublicKeyInfo, DER, base64.
     spki: String,
+    /// `client` (the default), `server` or `both`: the extended key usages.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(client|server|both)$"))]
     usage: Option<String>,
+    /// DNS names (server certificates), within the client's `allowed_dns_names`.
     #[serde(default)]
     dns: Vec<String>,
-    /// Parsed here, so a malformed address is a 400 naming it rather than a JSON error.
+    /// IP addresses (server certificates). Parsed here, so a malformed address is a 400 naming
+    /// it rather than a JSON error.
     #[serde(default)]
     ip: Vec<String>,
+    /// The lifetime asked for, in seconds (capped at the client's `max_wic_lifetime`).
     #[serde(default)]
     lifetime: Option<u64>,
 }
@@ -376,6 +474,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// A WIC (an X.509 workload certificate) for the authenticated client's workload, issued by
+/// the trust domain's WIC authority (see `GET /v1/bundle/x509`).
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/v1/wic", tag = "issuance", request_body = WicBody,
+    security(("bootstrap" = [])),
+    responses(
+        (status = 200, description = "The certificate chain", body = WicResponse),
+        (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bootstrap credential (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The key store does not answer (`key_store_unavailable`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+))]
 async fn issue_wic(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
@@ -415,13 +528,19 @@ async fn issue_wic(
         lifetime: request.lifetime,
     };
     match server.issue_wic(bootstrap, &wic).await {
-        Ok((chain, expires_at)) => {
-            Json(serde_json::json!({"chain_pem": chain_to_pem(&chain), "expires_at": expires_at})).into_response()
-        }
+        Ok((chain, expires_at)) => Json(WicResponse { chain_pem: chain_to_pem(&chain), expires_at }).into_response(),
         Err(error) => problem(&error),
     }
 }
 
+/// The WIC certificate authority: the trust anchor of the trust domain's WICs.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/v1/bundle/x509", tag = "bundles",
+    responses(
+        (status = 200, description = "The authority's certificate", body = String, content_type = "application/x-pem-file"),
+        (status = 503, description = "No authority yet (`key_store_unavailable`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    )
+))]
 async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
     match server.wic_bundle_pem() {
         Ok(pem) => ([("content-type", "application/x-pem-file")], pem).into_response(),
@@ -431,10 +550,21 @@ async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
 
 // Bundles are served from memory: rotation runs on a timer (`IdentityServer::start_maintenance`),
 // and verification keeps working while the key store is unreachable.
+/// The signing keys (published and pending) as a JWKS.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/v1/bundle/jwks", tag = "bundles",
+    responses((status = 200, description = "The JWKS", body = crate::openapi::Jwks))
+))]
 async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
     Json(server.jwks()).into_response()
 }
 
+/// The signing keys as a SPIFFE trust bundle: what verifiers fetch (`spiffe_sequence`,
+/// `spiffe_refresh_hint`, the key store's epoch).
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/v1/bundle/spiffe", tag = "bundles",
+    responses((status = 200, description = "The SPIFFE bundle", body = crate::openapi::SpiffeBundle))
+))]
 async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
     Json(server.spiffe_bundle()).into_response()
 }

@@ -40,6 +40,8 @@ mod config;
 mod external;
 mod http;
 mod keys;
+#[cfg(feature = "openapi")]
+mod openapi;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
@@ -54,6 +56,8 @@ pub use config::{
 };
 pub use http::router;
 pub use keys::{KeyRole, KeyState, KeyStatus};
+#[cfg(feature = "openapi")]
+pub use openapi::openapi_json;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
 pub use server::{IdentityServer, IssuedWit, WicRequest};

@@ -92,12 +92,14 @@ pub struct WicRequest<'a> {
 
 /// The result of an issuance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct IssuedWit {
     /// The WIT.
     pub wit: String,
-    /// When it was issued.
+    /// When it was issued, seconds since the epoch.
     pub issued_at: u64,
-    /// Its expiry.
+    /// Its expiry, seconds since the epoch.
     pub expires_at: u64,
 }
 

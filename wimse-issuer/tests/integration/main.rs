@@ -4,6 +4,7 @@
 mod federation;
 mod federation_interop;
 mod issuer;
+mod openapi;
 mod postgres;
 mod tts;
 mod wic;
