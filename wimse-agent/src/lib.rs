@@ -181,6 +181,38 @@ impl Agent {
         tokio::time::timeout(timeout, updates.wait_for(|s| complete(s))).await.is_ok_and(|r| r.is_ok())
     }
 
+    /// Whether the agent can do its job at `now` (what `/readyz` of `wimse agent serve
+    /// --metrics-listen` answers): every identity holds credentials that have not expired (an
+    /// agent whose identity server refuses renewals turns not ready when the last ones expire,
+    /// not while it still serves valid ones) and the bundles are fetched. The reason otherwise.
+    pub fn readiness(&self, now: u64) -> Result<(), String> {
+        let config = self.issuance.config();
+        let snapshot = self.snapshot();
+        for id in config.identities() {
+            let credentials = snapshot.identities.get(&id);
+            match credentials.and_then(|c| c.wit.as_ref()) {
+                None => return Err(format!("{id}: no WIT yet")),
+                Some(wit) if wit.expires_at <= now => {
+                    return Err(format!("{id}: its WIT expired at {}", wit.expires_at));
+                }
+                Some(_) => {}
+            }
+            if config.x509 {
+                match credentials.and_then(|c| c.x509.as_ref()) {
+                    None => return Err(format!("{id}: no X.509-SVID yet")),
+                    Some(x509) if x509.expires_at <= now => {
+                        return Err(format!("{id}: its X.509-SVID expired at {}", x509.expires_at));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if snapshot.wit_bundles.is_empty() || (config.x509 && snapshot.x509_bundles.is_empty()) {
+            return Err("trust bundles not fetched yet".into());
+        }
+        Ok(())
+    }
+
     /// Obtains new keys and credentials for every identity now (the workloads' streams carry
     /// them at once), as on a schedule. Renewal tasks in the middle of an issuance renew again
     /// when it ends.

@@ -91,6 +91,10 @@ async fn identity_server_outage_serves_cached_credentials() {
     assert_eq!(fresh.credentials(wimse_testkit::now()).unwrap().wit(), held.wit());
     let expiry = gauge("wimse_agent_credentials_expire_at_seconds").unwrap();
     assert_eq!(expiry as u64, held.expires_at());
+    // Ready while what it serves is valid; not once it has expired (readiness at that time).
+    assert_eq!(agent.agent.readiness(wimse_testkit::now()), Ok(()));
+    let expired = agent.agent.readiness(held.expires_at()).unwrap_err();
+    assert!(expired.contains("/ns/outage") && expired.contains("expired"), "{expired}");
 
     // Back: the next attempt renews, and the workload gets the new WIT through its stream.
     let mut updates = source.subscribe();
@@ -192,6 +196,8 @@ async fn a_refused_wic_does_not_hold_back_the_wit() {
     .is_ok_and(|r| r.is_ok());
     assert!(served, "the WIT is served");
     assert!(!agent.ready(Duration::from_millis(300)).await, "no X.509-SVID for it");
+    let not_ready = agent.readiness(wimse_testkit::now()).unwrap_err();
+    assert!(not_ready.contains("no X.509-SVID yet") && not_ready.contains("/ns/named"), "{not_ready}");
     assert!(agent.snapshot().identities[&id].x509.is_none());
     // Logged as the authorization error it is, not as an outage.
     assert_eq!(logs.lines_with(&["refuses to issue this identity", "X.509-SVID of", "/ns/named"]).len(), 1);

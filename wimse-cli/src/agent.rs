@@ -60,8 +60,8 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
             let ready = move || {
                 let agent = probed.clone();
                 async move {
-                    let ready = agent.ready(Duration::ZERO).await;
-                    if ready { Ok(()) } else { Err("credentials or bundles missing".to_owned()) }
+                    use wimse_core::time::Clock as _;
+                    agent.readiness(wimse_core::time::SystemClock.now())
                 }
             };
             let address = crate::ops::serve(listen, ready).await?;

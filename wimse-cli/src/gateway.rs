@@ -35,8 +35,13 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
     runtime.block_on(async move {
         let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
         if let Some(listen) = &args.metrics_listen {
-            // Serving once started: its configuration is built (trust, routes, credentials).
-            let address = crate::ops::serve(listen, || async { Ok(()) }).await?;
+            // Ready while its trust anchors are usable and its own credentials current.
+            let probe = gateway.clone();
+            let address = crate::ops::serve(listen, move || {
+                let probe = probe.clone();
+                async move { probe.ready() }
+            })
+            .await?;
             println!("wimse gateway metrics and health on http://{address}");
         }
         let mut hangup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;

@@ -56,6 +56,13 @@ pub struct GatewayConfig {
     /// `SPIFFE_ENDPOINT_SOCKET`.
     #[serde(default)]
     pub workload_api: Option<String>,
+    /// Listen beyond loopback without TLS (a network that is private or encrypted below the
+    /// gateway, such as a service mesh). Without it, a listener on a non-loopback address
+    /// needs `tls` (forward-auth, ext_authz, reverse proxy), and the egress proxy and
+    /// destination ports (which have none: applications reach them on loopback) stay on
+    /// loopback. Default false.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 /// Where the gateway obtains its WIT (and renews it): an identity server's `/v1/wit`.
@@ -124,6 +131,12 @@ pub struct ForwardAuthSettings {
     /// cannot slip its own past the proxy). Default `x-original` (nginx).
     #[serde(default)]
     pub original_request: OriginalRequestFields,
+    /// TLS on the listener (the proxy connects with `https://`); with
+    /// `require_client_certificate`, the proxy must also present a certificate issued under
+    /// `client_trust` (proxies authenticated by certificate as well as by address).
+    /// Default: cleartext, loopback only unless `allow_plaintext`.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
 }
 
 /// The Envoy external authorization endpoint (gRPC over cleartext HTTP/2).
@@ -141,6 +154,12 @@ pub struct ExtAuthzSettings {
     /// Without them the attribute is ignored (such callers must send a WPT).
     #[serde(default)]
     pub client_trust: Vec<ClientTrustSettings>,
+    /// TLS on the listener (gRPC over HTTP/2 with TLS; Envoy's `ext_authz` cluster then uses a
+    /// TLS transport socket); with `require_client_certificate`, Envoy must present a
+    /// certificate issued under the TLS settings' `client_trust`. Default: cleartext HTTP/2,
+    /// loopback only unless `allow_plaintext`.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
 }
 
 /// The reverse proxy.
@@ -201,6 +220,40 @@ pub struct EgressSettings {
     /// Longest wait for a destination's answer headers, milliseconds. Default 30000.
     #[serde(default)]
     pub upstream_timeout_ms: Option<u64>,
+}
+
+impl GatewayConfig {
+    /// Refuses a listener beyond loopback without TLS unless `allow_plaintext` says so: the
+    /// proofs, identity fields and bodies it carries would cross the network in the clear.
+    pub(crate) fn check_plaintext(&self) -> Result<(), GatewayError> {
+        if self.allow_plaintext {
+            return Ok(());
+        }
+        let mut listeners: Vec<(String, SocketAddr, bool)> = Vec::new();
+        if let Some(f) = &self.forward_auth {
+            listeners.push(("forward_auth.listen".into(), f.listen, f.tls.is_some()));
+        }
+        if let Some(e) = &self.ext_authz {
+            listeners.push(("ext_authz.listen".into(), e.listen, e.tls.is_some()));
+        }
+        if let Some(r) = &self.reverse_proxy {
+            listeners.push(("reverse_proxy.listen".into(), r.listen, r.tls.is_some()));
+        }
+        if let Some(e) = &self.egress {
+            listeners.push(("egress.listen".into(), e.listen, false));
+            for (i, d) in e.destinations.iter().enumerate() {
+                if let Some(listen) = d.listen {
+                    listeners.push((format!("egress.destinations[{i}].listen"), listen, false));
+                }
+            }
+        }
+        match listeners.into_iter().find(|(_, address, tls)| !tls && !address.ip().is_loopback()) {
+            Some((field, address, _)) => Err(GatewayError::Config(format!(
+                "{field}: {address} is beyond loopback without TLS; give the listener `tls`, or set allow_plaintext = true if the network below is private or encrypted"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 fn loopback() -> Vec<IpAddr> {
@@ -342,7 +395,12 @@ impl GatewayConfig {
         for trust in self.ext_authz.iter_mut().flat_map(|e| e.client_trust.iter_mut()) {
             resolve(&mut trust.file);
         }
-        if let Some(tls) = self.reverse_proxy.as_mut().and_then(|r| r.tls.as_mut()) {
+        let listeners_tls = [
+            self.reverse_proxy.as_mut().and_then(|r| r.tls.as_mut()),
+            self.forward_auth.as_mut().and_then(|f| f.tls.as_mut()),
+            self.ext_authz.as_mut().and_then(|e| e.tls.as_mut()),
+        ];
+        for tls in listeners_tls.into_iter().flatten() {
             resolve(&mut tls.certificate_file);
             resolve(&mut tls.key_file);
             for trust in &mut tls.client_trust {

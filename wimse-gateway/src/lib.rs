@@ -174,6 +174,15 @@ impl Gateway {
         Ok(Self { shared: Arc::new(shared) })
     }
 
+    /// Whether the running configuration can do its job now (what `/readyz` of `wimse gateway
+    /// serve --metrics-listen` answers): every trust domain's anchors usable (a followed
+    /// bundle not refreshed within its validity is stale) and, when egress or signed responses
+    /// need them, the gateway's own credentials current. The reason otherwise.
+    pub fn ready(&self) -> Result<(), String> {
+        use wimse_core::time::Clock as _;
+        self.shared.live.borrow().ready(wimse_core::time::SystemClock.now())
+    }
+
     /// Where the forward-auth endpoint listens.
     pub fn forward_auth_address(&self) -> Option<SocketAddr> {
         self.shared.addresses[0]
@@ -254,7 +263,15 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
+            let shared = self.shared.clone();
+            let tls = self
+                .shared
+                .live
+                .borrow()
+                .forward_auth_tls
+                .is_some()
+                .then(|| -> server::TlsSource { Arc::new(move || shared.live.borrow().forward_auth_tls.clone()) });
+            tasks.spawn(server::serve(listener, handler, stop_signal(), tls));
         }
         if let Some(listener) = listeners.ext_authz {
             let server = envoy::auth::authorization_server::AuthorizationServer::new(ext_authz::ExtAuthz::new(
@@ -272,7 +289,15 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
+            let shared = self.shared.clone();
+            let tls = self
+                .shared
+                .live
+                .borrow()
+                .ext_authz_tls
+                .is_some()
+                .then(|| -> server::TlsSource { Arc::new(move || shared.live.borrow().ext_authz_tls.clone()) });
+            tasks.spawn(server::serve(listener, handler, stop_signal(), tls));
         }
         if let Some(listener) = listeners.reverse_proxy {
             let shared = self.shared.clone();

@@ -32,6 +32,14 @@ pub(crate) struct Live {
     pub(crate) envoy_peers: Option<wimse_core::protocol::wic::WicAnchors>,
     /// The reverse proxy's TLS configuration, if it has one.
     pub(crate) proxy_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The forward-auth listener's TLS configuration, if it has one.
+    pub(crate) forward_auth_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The ext_authz listener's TLS configuration, if it has one.
+    pub(crate) ext_authz_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The trust anchors every route verifies against (followed bundles replace them).
+    trust: TrustHandle,
+    /// The gateway's own credentials, when egress or signed responses need them.
+    own: Option<Signer>,
     /// The tasks following trust bundles and renewing the gateway's credentials; stopped when
     /// this configuration is replaced.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -46,12 +54,33 @@ impl Drop for Live {
 }
 
 impl Live {
+    /// Whether this configuration can do its job now: every trust domain's anchors usable (a
+    /// followed bundle that could not be refreshed goes stale), and the gateway's own
+    /// credentials current when it needs them. The reason otherwise.
+    pub(crate) fn ready(&self, now: u64) -> Result<(), String> {
+        let stale: Vec<String> = self.trust.read(|store| {
+            store
+                .domains()
+                .filter(|(_, anchors)| !anchors.usable_at(now))
+                .map(|(domain, _)| domain.to_string())
+                .collect()
+        });
+        if !stale.is_empty() {
+            return Err(format!("trust anchors not usable (stale or empty): {}", stale.join(", ")));
+        }
+        if let Some(own) = &self.own {
+            own.credentials().map_err(|e| format!("the gateway's own credentials: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Builds everything `config` describes. `claims` and `client` outlive configurations.
     pub(crate) async fn build(
         config: GatewayConfig,
         claims: &Claims,
         client: &UpstreamClient,
     ) -> Result<Self, GatewayError> {
+        config.check_plaintext()?;
         let trust = TrustHandle::new(config.verifier.trust_store()?);
         let sources = wimse_reqwest::fetch_bundles(&config.verifier, &trust, Arc::new(SystemClock)).await?;
         // The gateway's own workload: it signs egress requests and, where routes say so,
@@ -85,15 +114,31 @@ impl Live {
             }
             None => None,
         };
-        let proxy_tls = match config.reverse_proxy.as_ref().and_then(|r| r.tls.as_ref()) {
-            Some(tls) => Some(crate::tls::server_config(tls)?),
-            None => None,
+        let listener_tls = |tls: Option<&crate::config::TlsSettings>, field: &str| {
+            tls.map(|tls| crate::tls::server_config(tls, field)).transpose()
         };
+        let proxy_tls = listener_tls(config.reverse_proxy.as_ref().and_then(|r| r.tls.as_ref()), "reverse_proxy.tls")?;
+        let forward_auth_tls =
+            listener_tls(config.forward_auth.as_ref().and_then(|f| f.tls.as_ref()), "forward_auth.tls")?;
+        let ext_authz_tls = listener_tls(config.ext_authz.as_ref().and_then(|e| e.tls.as_ref()), "ext_authz.tls")?;
         let envoy_peers = match config.ext_authz.as_ref().filter(|e| !e.client_trust.is_empty()) {
             Some(ext_authz) => Some(crate::tls::client_anchors(&ext_authz.client_trust, "ext_authz.client_trust")?),
             None => None,
         };
-        Ok(Self { config, routes, identity, proxies, egress, envoy_peers, proxy_tls, tasks })
+        Ok(Self {
+            config,
+            routes,
+            identity,
+            proxies,
+            egress,
+            envoy_peers,
+            proxy_tls,
+            forward_auth_tls,
+            ext_authz_tls,
+            trust,
+            own,
+            tasks,
+        })
     }
 }
 

@@ -43,12 +43,13 @@ pub(crate) fn peer_from_envoy(anchors: &WicAnchors, certificate: &str) -> Result
 }
 
 /// The rustls configuration of `settings` (files read now), offering HTTP/2 and HTTP/1.1.
-pub(crate) fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
+/// `field` names the settings in errors (`reverse_proxy.tls`).
+pub(crate) fn server_config(settings: &TlsSettings, field: &str) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
     let certificate = WorkloadCertificate::from_pem(
         &read(&settings.certificate_file, "certificate_file")?,
         &read(&settings.key_file, "key_file")?,
     )?;
-    let anchors = client_anchors(&settings.client_trust, "reverse_proxy.tls.client_trust")?;
+    let anchors = client_anchors(&settings.client_trust, &format!("{field}.client_trust"))?;
     let mut verifier = WicClientVerifier::new(anchors.clone());
     if !settings.require_client_certificate {
         verifier = verifier.optional();

@@ -314,6 +314,11 @@ impl TrustStore {
         self.domains.get(domain)
     }
 
+    /// Every trusted trust domain and its anchors.
+    pub fn domains(&self) -> impl Iterator<Item = (&TrustDomain, &TrustAnchors)> {
+        self.domains.iter()
+    }
+
     /// Number of trusted trust domains.
     pub fn len(&self) -> usize {
         self.domains.len()
