@@ -82,11 +82,16 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
+        // Client WICs (renewal) are asked for when a client renews with one: verified against
+        // this server's WIC authority, followed every 2 s (a replaced key store has a new one).
+        let client_wics = server.renews_with_wics().then(|| {
+            wimse_core::protocol::wic::WicAnchors::with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        });
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(chain), Some(key)) => {
                 let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
                 let certificate = crate::tls_listener::ReloadingCertificate::new(chain.clone(), key.clone(), provider)?;
-                Some(crate::tls_listener::server_config(certificate)?)
+                Some(crate::tls_listener::server_config(certificate, client_wics.clone())?)
             }
             _ => None,
         };
@@ -101,6 +106,9 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         println!("wimse issuer for {} listening on {scheme}://{address}", server.trust_domain());
         // Each request goes to the configuration current when it arrives.
         let current = Arc::new(RwLock::new(Current { server, router }));
+        if let Some(anchors) = client_wics.filter(|_| tls.is_some()) {
+            follow_wic_authority(current.clone(), anchors).await;
+        }
         if let Some(listen) = &args.metrics_listen {
             let probed = current.clone();
             let ready = move || {
@@ -159,6 +167,32 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         tracing::info!("wimse issuer: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Keeps `anchors` on the current server's WIC authority: set now, then checked every 2 s.
+async fn follow_wic_authority(current: Arc<RwLock<Current>>, anchors: wimse_core::protocol::wic::WicAnchors) {
+    use rustls::pki_types::pem::PemObject as _;
+    let update = move || {
+        let server = current.read().map(|c| c.server.clone()).unwrap_or_else(|e| e.into_inner().server.clone());
+        let authority = server.wic_bundle_pem().ok().and_then(|pem| {
+            rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().ok()
+        });
+        match authority {
+            Some(certificates) => {
+                if let Err(error) = anchors.set(server.trust_domain().clone(), certificates) {
+                    tracing::warn!(%error, "wimse issuer: the WIC authority cannot verify client WICs");
+                }
+            }
+            None => anchors.remove(server.trust_domain()),
+        }
+    };
+    update();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            update();
+        }
+    });
 }
 
 /// The server the requests that arrive now go to.

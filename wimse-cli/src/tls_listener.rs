@@ -19,6 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tower::ServiceExt as _;
+use wimse_core::protocol::wic::{WicAnchors, WicClientVerifier};
+use wimse_core::server::caller::TlsPeer;
 
 /// How often the certificate and key files are checked for a change.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -104,16 +106,23 @@ impl ResolvesServerCert for ReloadingCertificate {
     }
 }
 
-/// A server configuration presenting `certificate` (no client certificates), HTTP/2 and 1.1;
-/// the files are watched for a change from now on.
-pub(crate) fn server_config(certificate: ReloadingCertificate) -> Result<Arc<rustls::ServerConfig>, String> {
+/// A server configuration presenting `certificate`, HTTP/2 and 1.1; the files are watched for
+/// a change from now on. With `client_wics`, a client may present a WIC verified against them
+/// (optional: a client without one is served as before; one with an invalid one is refused).
+pub(crate) fn server_config(
+    certificate: ReloadingCertificate,
+    client_wics: Option<WicAnchors>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certificate = Arc::new(certificate);
     certificate.watch();
-    let mut config = rustls::ServerConfig::builder_with_provider(certificate.provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(certificate.provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(certificate);
+        .map_err(|e| e.to_string())?;
+    let builder = match client_wics {
+        Some(anchors) => builder.with_client_cert_verifier(Arc::new(WicClientVerifier::new(anchors).optional())),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -152,8 +161,19 @@ pub(crate) async fn serve(
                 }
                 Err(_) => return,
             };
+            // A client WIC the verifier accepted: the workload it names (renewal).
+            let client_wic = match tls.get_ref().1.peer_certificates().map(TlsPeer::from_verified_chain).transpose() {
+                Ok(peer) => peer.map(|peer| wimse_issuer::ClientWic(peer.caller().id().clone())),
+                Err(error) => {
+                    tracing::debug!(%peer, reason = error.reason(), "wimse issuer: client certificate names no workload");
+                    return;
+                }
+            };
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                if let Some(client_wic) = &client_wic {
+                    request.extensions_mut().insert(client_wic.clone());
+                }
                 let app = app.clone();
                 async move {
                     let response = match app.oneshot(request.map(axum::body::Body::new)).await {

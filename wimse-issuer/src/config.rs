@@ -191,6 +191,13 @@ pub struct ClientConfig {
     /// what limits a stolen key. A request may ask for less (`lifetime`), never for more.
     #[serde(default)]
     pub max_wic_lifetime: Option<u64>,
+    /// A workload of this client that holds a client WIC from this identity server (for an
+    /// identifier the client may obtain) may renew its WIT and WIC by presenting that WIC in the
+    /// TLS handshake instead of a bootstrap credential, for its own identifier only (as SPIRE
+    /// agents renew with their SVID). Needs the TLS listener (`wimse issuer serve --tls-cert`),
+    /// which asks for client certificates when a client at start has this set. Default false.
+    #[serde(default)]
+    pub wic_renewal: bool,
     /// DNS names it may put in a WIC's subject alternative names: exact names
     /// (`billing.prod.example`) or `*.suffix` patterns, which allow any name with at least one
     /// more label (`*.svc.prod.example` allows `a.svc.prod.example`, not `svc.prod.example`,

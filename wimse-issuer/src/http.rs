@@ -72,6 +72,23 @@ pub(crate) struct WicResponse {
     expires_at: u64,
 }
 
+/// A request extension: the identifier of the client WIC this server issued that the peer
+/// presented in the TLS handshake, verified against this server's WIC authority. Only the TLS
+/// listener sets it (`wimse issuer serve --tls-cert`, when a client has
+/// [`wic_renewal`](crate::ClientConfig::wic_renewal)); nothing a client sends can. Without an
+/// `Authorization` header, `/v1/wit` and `/v1/wic` authenticate with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientWic(pub wimse_core::id::WorkloadId);
+
+/// How the request authenticates: its bearer credential, else its client WIC.
+fn presented<'a>(headers: &'a HeaderMap, wic: Option<&'a ClientWic>) -> Option<crate::ClientAuthentication<'a>> {
+    match (bearer(headers), wic) {
+        (Some(bootstrap), _) => Some(crate::ClientAuthentication::Bootstrap(bootstrap)),
+        (None, Some(ClientWic(id))) => Some(crate::ClientAuthentication::Wic(id)),
+        (None, None) => None,
+    }
+}
+
 fn problem(error: &Error) -> Response {
     let rejection = Rejection::from_error(error);
     let status = match error.kind() {
@@ -162,11 +179,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 /// service-account token, a CI OIDC token) or, in dev mode, its dev secret.
 #[cfg_attr(feature = "openapi", utoipa::path(
     post, path = "/v1/wit", tag = "issuance", request_body = WitRequest,
-    security(("bootstrap" = [])),
+    security(("bootstrap" = []), ("client_wic" = [])),
     responses(
         (status = 200, description = "The WIT", body = crate::IssuedWit),
         (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bootstrap credential (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bootstrap credential, and no client WIC of a client with `wic_renewal` (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -176,12 +193,13 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 async fn issue_wit(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
+    wic: Option<axum::Extension<ClientWic>>,
     JsonBody(request): JsonBody<WitRequest>,
 ) -> Response {
-    let Some(bootstrap) = bearer(&headers) else {
+    let Some(presented) = presented(&headers, wic.as_ref().map(|w| &w.0)) else {
         return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
     };
-    match server.issue_wit(bootstrap, &request.sub, &request.jwk, request.lifetime).await {
+    match server.issue_wit(presented, &request.sub, &request.jwk, request.lifetime).await {
         Ok(issued) => Json(issued).into_response(),
         Err(error) => problem(&error),
     }
@@ -478,11 +496,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// the trust domain's WIC authority (see `GET /v1/bundle/x509`).
 #[cfg_attr(feature = "openapi", utoipa::path(
     post, path = "/v1/wic", tag = "issuance", request_body = WicBody,
-    security(("bootstrap" = [])),
+    security(("bootstrap" = []), ("client_wic" = [])),
     responses(
         (status = 200, description = "The certificate chain", body = WicResponse),
         (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bootstrap credential (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bootstrap credential, and no client WIC of a client with `wic_renewal` (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -492,11 +510,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn issue_wic(
     State(server): State<Arc<IdentityServer>>,
     headers: HeaderMap,
+    wic: Option<axum::Extension<ClientWic>>,
     JsonBody(request): JsonBody<WicBody>,
 ) -> Response {
     use base64::Engine as _;
     use wimse_core::protocol::wic::{WicUsage, chain_to_pem};
-    let Some(bootstrap) = bearer(&headers) else {
+    let Some(presented) = presented(&headers, wic.as_ref().map(|w| &w.0)) else {
         return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
     };
     let usage = match request.usage.as_deref() {
@@ -527,7 +546,7 @@ async fn issue_wic(
         ip_addresses: &ip_addresses,
         lifetime: request.lifetime,
     };
-    match server.issue_wic(bootstrap, &wic).await {
+    match server.issue_wic(presented, &wic).await {
         Ok((chain, expires_at)) => Json(WicResponse { chain_pem: chain_to_pem(&chain), expires_at }).into_response(),
         Err(error) => problem(&error),
     }

@@ -54,13 +54,14 @@ pub use config::{
     ClientConfig, ExchangeKind, ExchangeProfile, IssuerConfig, PlatformConfig, PostgresConfig, RateLimits,
     SubjectIssuer, TxnRequester, TxnTokenServiceConfig, load_config,
 };
+pub use http::ClientWic;
 pub use http::router;
 pub use keys::{KeyRole, KeyState, KeyStatus};
 #[cfg(feature = "openapi")]
 pub use openapi::openapi_json;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
-pub use server::{IdentityServer, IssuedWit, WicRequest};
+pub use server::{ClientAuthentication, IdentityServer, IssuedWit, WicRequest};
 pub use store::{Change, FileStorage, IssuanceRecord, KeyStorage, Overwrite};
 pub use wimse_core::protocol::oauth::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
 pub use wimse_core::protocol::trust::STORE_EPOCH_MEMBER;

@@ -94,7 +94,8 @@ pub(crate) struct SpiffeBundle {
     wimse_key_store_epoch: String,
 }
 
-/// The `bootstrap` security scheme: `Authorization: Bearer` with a platform token or a dev secret.
+/// The security schemes: `bootstrap` (`Authorization: Bearer` with a platform token or a dev
+/// secret) and `client_wic` (mutual TLS with a WIC, for renewal).
 struct Bootstrap;
 
 impl Modify for Bootstrap {
@@ -107,6 +108,16 @@ impl Modify for Bootstrap {
             ))
             .build();
         components.add_security_scheme("bootstrap", SecurityScheme::Http(scheme));
+        components.add_security_scheme(
+            "client_wic",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "Renewal: a client WIC this identity server issued, presented in the TLS handshake, for its own identifier (clients with `wic_renewal`)".into(),
+                ),
+                extensions: None,
+                deprecated: None,
+            },
+        );
     }
 }
 

@@ -378,3 +378,110 @@ async fn a_replaced_key_store_reaches_a_running_issuer_within_seconds() {
     }
     assert!(followed, "not followed within 5 s of the replacement:\n{}", issuer.log_text());
 }
+
+/// A client whose workloads renew with their WIC: over the TLS listener, a workload holding a
+/// client WIC from this identity server obtains its WIT and a new WIC without a bootstrap
+/// credential, for its own identifier only; a WIC of a client without `wic_renewal`, or no
+/// certificate at all, is not enough; after a replaced key store its WIC no longer connects.
+#[tokio::test]
+async fn a_workload_renews_with_its_client_wic_over_tls() {
+    use base64::Engine as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    const THIRD: &str = "spiffe://prod.example/third";
+    let dir = TempDir::new("wimse-lifecycle-wic-renewal");
+    let config = json!({
+        "trust_domain": "spiffe://prod.example",
+        "key_store": dir.path().join("keys.json"),
+        "dev_mode": true,
+        "clients": [
+            {"name": "demo", "dev_secret": SECRET, "allowed": [SUB, OTHER], "max_lifetime": 600, "wic_renewal": true},
+            {"name": "plain", "dev_secret": "another-dev-secret-for-plain", "allowed": [THIRD], "max_lifetime": 600}
+        ]
+    });
+    let path = dir.path().join("issuer.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (chain, key) = certificate(&dir, "listener");
+    let tls = vec!["--tls-cert".into(), chain.display().to_string(), "--tls-key".into(), key.display().to_string()];
+    let port = wimse_testkit::servers::free_port();
+    let issuer = IssuerProcess::start_with_args(&path, &dir.path().join("issuer.log"), Vec::new(), port, tls);
+    let base = format!("https://127.0.0.1:{port}");
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&chain).unwrap()).unwrap();
+    let https = |identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>| {
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone());
+        let config = match identity {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        reqwest::Client::builder().tls_backend_preconfigured(config).build().unwrap()
+    };
+    // A client WIC for `sub`, obtained with `secret`.
+    let client_wic = async |secret: &str, sub: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let spki =
+            base64::engine::general_purpose::STANDARD.encode(rcgen::PublicKeyData::subject_public_key_info(&key));
+        let answer = https(None)
+            .post(format!("{base}/v1/wic"))
+            .bearer_auth(secret)
+            .json(&json!({"sub": sub, "spki": spki, "usage": "client"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let pem = answer.json::<serde_json::Value>().await.unwrap()["chain_pem"].as_str().unwrap().to_owned();
+        let chain = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        (chain, PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap())
+    };
+    let ask_wit = async |client: &reqwest::Client, sub: &str| {
+        let answer =
+            client.post(format!("{base}/v1/wit")).body(wit_request(sub)).header("content-type", "application/json");
+        let answer = answer.send().await.unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json::<serde_json::Value>().await.unwrap())
+    };
+
+    let identity = client_wic(SECRET, SUB).await;
+    let renewing = https(Some((identity.0.clone(), identity.1.clone_key())));
+    let (status, issued) = ask_wit(&renewing, SUB).await;
+    assert_eq!(status, 200, "{issued}\n{}", issuer.log_text());
+    assert!(issued["wit"].is_string());
+    // Its own identifier only, although the client may obtain OTHER with its bootstrap.
+    let (status, refused) = ask_wit(&renewing, OTHER).await;
+    assert_eq!((status, refused["reason"].as_str()), (403, Some("issuance_denied")));
+    // A new WIC with the old one.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let spki = base64::engine::general_purpose::STANDARD.encode(rcgen::PublicKeyData::subject_public_key_info(&key));
+    let renewed =
+        renewing.post(format!("{base}/v1/wic")).json(&json!({"sub": SUB, "spki": spki})).send().await.unwrap();
+    assert_eq!(renewed.status(), 200);
+    // No certificate and no bearer: nothing.
+    let (status, refused) = ask_wit(&https(None), SUB).await;
+    assert_eq!((status, refused["reason"].as_str()), (401, Some("bootstrap_token_invalid")));
+    // A client without wic_renewal: its workloads' WICs do not renew.
+    let third = https(Some(client_wic("another-dev-secret-for-plain", THIRD).await));
+    let (status, refused) = ask_wit(&third, THIRD).await;
+    assert_eq!((status, refused["reason"].as_str()), (401, Some("bootstrap_token_invalid")));
+
+    // A replaced key store has a new WIC authority: the old WIC stops connecting within seconds.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wimse"))
+        .args(["issuer", "replace-key-store", "--yes", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = std::time::Instant::now();
+    loop {
+        // A new connection each time (a kept-alive one was verified at its handshake).
+        let client = https(Some((identity.0.clone(), identity.1.clone_key())));
+        if client.post(format!("{base}/v1/wit")).body(wit_request(SUB)).send().await.is_err() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the replaced authority's WIC still connects");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -3,7 +3,22 @@
 use super::*;
 
 impl IdentityServer {
-    pub(super) fn authenticate(&self, bootstrap: &str) -> Result<&Client> {
+    pub(super) fn authenticate(&self, presented: ClientAuthentication<'_>) -> Result<&Client> {
+        let bootstrap = match presented {
+            ClientAuthentication::Bootstrap(bootstrap) => bootstrap,
+            ClientAuthentication::Wic(id) => {
+                let policy =
+                    |c: &Client| wimse_core::server::policy::Policy::named(&c.config.name).allow(c.rule.clone());
+                return self.clients.iter().find(|c| c.config.wic_renewal && policy(c).allows_id(id)).ok_or_else(
+                    || {
+                        Error::with_detail(
+                            ErrorKind::BootstrapTokenInvalid,
+                            format!("no client renews {id} with its WIC"),
+                        )
+                    },
+                );
+            }
+        };
         if self.config.dev_mode
             && let Some(client) = self
                 .clients
@@ -67,10 +82,20 @@ impl IdentityServer {
     }
 
     /// The client `bootstrap` authenticates, if it may obtain `sub`.
-    pub(super) fn authorize(&self, bootstrap: &str, sub: &str) -> Result<(&Client, WorkloadId)> {
-        let client = self.authenticate(bootstrap)?;
+    pub(super) fn authorize(&self, presented: ClientAuthentication<'_>, sub: &str) -> Result<(&Client, WorkloadId)> {
+        let client = self.authenticate(presented)?;
         self.limit(&format!("client {}", client.config.name))?;
         let id = WorkloadId::parse(sub).map_err(|e| Error::new(ErrorKind::InvalidSubject(e)))?;
+        // A WIC renews its own identifier, never another the client could obtain.
+        if let ClientAuthentication::Wic(renewing) = presented
+            && *renewing != id
+        {
+            tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, wic = %renewing, "issuance refused");
+            return Err(Error::with_detail(
+                ErrorKind::IssuanceDenied,
+                format!("a WIC of {renewing} renews {renewing} only"),
+            ));
+        }
         if !wimse_core::server::policy::Policy::named(&client.config.name).allow(client.rule.clone()).allows_id(&id) {
             tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, "issuance refused");
             return Err(Error::with_detail(

@@ -90,6 +90,28 @@ pub struct WicRequest<'a> {
     pub lifetime: Option<u64>,
 }
 
+/// How a client authenticates for `/v1/wit` and `/v1/wic`.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientAuthentication<'a> {
+    /// `Authorization: Bearer`: a platform token or, in dev mode, a dev secret.
+    Bootstrap(&'a str),
+    /// A client WIC this server issued, verified in the TLS handshake: renewal of that
+    /// identifier, by a client with [`wic_renewal`](crate::ClientConfig::wic_renewal).
+    Wic(&'a WorkloadId),
+}
+
+impl<'a> From<&'a str> for ClientAuthentication<'a> {
+    fn from(bootstrap: &'a str) -> Self {
+        Self::Bootstrap(bootstrap)
+    }
+}
+
+impl<'a> From<&'a String> for ClientAuthentication<'a> {
+    fn from(bootstrap: &'a String) -> Self {
+        Self::Bootstrap(bootstrap)
+    }
+}
+
 /// The result of an issuance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -233,6 +255,12 @@ impl IdentityServer {
             replica: self.replica.clone(),
         };
         self.storage.record(&record).await
+    }
+
+    /// Whether a client renews with its WIC ([`ClientConfig::wic_renewal`]): the TLS listener
+    /// then asks for client certificates.
+    pub fn renews_with_wics(&self) -> bool {
+        self.clients.iter().any(|c| c.config.wic_renewal)
     }
 
     /// The trust domain.

@@ -15,12 +15,12 @@ impl IdentityServer {
     /// names (`invalid_subject_alt_name`, 400) and granted by the client's `allowed_dns_names`
     /// and `allowed_ip_addresses` (`issuance_denied`, 403). The lifetime is the one asked for,
     /// capped at the client's maximum. Returns the chain (leaf first) and its expiry.
-    pub async fn issue_wic(
+    pub async fn issue_wic<'a>(
         &self,
-        bootstrap: &str,
+        presented: impl Into<ClientAuthentication<'a>>,
         request: &WicRequest<'_>,
     ) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, u64)> {
-        let (client, id) = self.authorize(bootstrap, request.sub)?;
+        let (client, id) = self.authorize(presented.into(), request.sub)?;
         let refuse = |error: Error| {
             tracing::warn!(target: "wimse::audit", client = %client.config.name, sub = %id, reason = error.reason(), detail = error.detail(), "WIC refused");
             error

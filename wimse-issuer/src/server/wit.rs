@@ -3,17 +3,17 @@
 use super::*;
 
 impl IdentityServer {
-    /// Issues a WIT for `sub` bound to `public_jwk`, for the client `bootstrap` authenticates.
-    /// The lifetime is capped at the client's maximum; a lifetime of 0 is refused
-    /// ([`ErrorKind::InvalidLifetime`]).
-    pub async fn issue_wit(
+    /// Issues a WIT for `sub` bound to `public_jwk`, for the client `presented` authenticates
+    /// (a bootstrap credential as `&str`, or a [`ClientAuthentication::Wic`]). The lifetime is
+    /// capped at the client's maximum; a lifetime of 0 is refused ([`ErrorKind::InvalidLifetime`]).
+    pub async fn issue_wit<'a>(
         &self,
-        bootstrap: &str,
+        presented: impl Into<ClientAuthentication<'a>>,
         sub: &str,
         public_jwk: &Jwk,
         lifetime: Option<u64>,
     ) -> Result<IssuedWit> {
-        let (client, id) = self.authorize(bootstrap, sub)?;
+        let (client, id) = self.authorize(presented.into(), sub)?;
         refuse_zero_lifetime(lifetime)?;
         if public_jwk.has_private_members() {
             return Err(Error::with_detail(ErrorKind::InvalidKey, "send the public key only"));
