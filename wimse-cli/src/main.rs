@@ -13,6 +13,8 @@ mod inspect;
 mod issuer;
 mod keys;
 mod ops;
+#[cfg(feature = "otel")]
+mod otel;
 mod sign;
 mod sign_response;
 mod tls_listener;
@@ -199,33 +201,60 @@ type CliResult = Result<ExitCode, String>;
 /// Logs to standard error, filtered by `RUST_LOG`; by default the identity server and the agent log at
 /// `info` (start, key creation, rotation, store loss, issuance), other commands only errors
 /// (their answer is their output). Colours only when standard error is a terminal, so logs
-/// redirected to a file or a collector carry no escape codes.
-fn install_logging(serving: bool, format: Option<&str>) {
+/// redirected to a file or a collector carry no escape codes. A server (`service`) also exports
+/// its spans over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (feature `otel`): the guard
+/// returned flushes them when dropped.
+fn install_logging(service: Option<&str>, format: Option<&str>) -> Result<Option<Telemetry>, String> {
     use std::io::IsTerminal as _;
-    use tracing_subscriber::EnvFilter;
-    let default = if serving { "info" } else { "error" };
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
+    let default = if service.is_some() { "info" } else { "error" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = match format {
         Some(format) => format == "json",
         None => std::env::var("WIMSE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")),
     };
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json {
-        subscriber.json().with_current_span(false).try_init()
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if json {
+        logs.json().with_current_span(false).boxed()
     } else {
-        subscriber.with_ansi(std::io::stderr().is_terminal()).try_init()
+        logs.with_ansi(std::io::stderr().is_terminal()).boxed()
     };
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    #[cfg(feature = "otel")]
+    if let Some(service) = service
+        && let Some((export, guard)) = otel::layer(service)?
+    {
+        let _ = registry.with(export).try_init();
+        return Ok(Some(guard));
+    }
+    let _ = service;
+    let _ = registry.try_init();
+    Ok(None)
 }
+
+/// What keeps trace export running (and flushes it when dropped).
+#[cfg(feature = "otel")]
+type Telemetry = otel::Export;
+#[cfg(not(feature = "otel"))]
+type Telemetry = ();
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_logging(
-        matches!(
-            cli.command,
-            Command::Issuer(_) | Command::Agent(AgentCommand::Serve(_)) | Command::Gateway(GatewayCommand::Serve(_))
-        ),
-        cli.log_format.as_deref(),
-    );
+    let service = match &cli.command {
+        Command::Issuer(_) => Some("wimse-issuer"),
+        Command::Agent(AgentCommand::Serve(_)) => Some("wimse-agent"),
+        Command::Gateway(GatewayCommand::Serve(_)) => Some("wimse-gateway"),
+        _ => None,
+    };
+    let _telemetry = match install_logging(service, cli.log_format.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("wimse: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),

@@ -102,6 +102,14 @@ impl IdentityHeaders {
         set(headers, &self.caller, caller.id().as_str(), every);
         set(headers, &self.proof, caller.method().name(), every);
         let txn = caller.transaction();
+        // Every verified request's identity passes here: onto the request's span too (exported
+        // over OTLP by `wimse gateway serve` when configured).
+        let span = tracing::Span::current();
+        span.record("wimse.caller", caller.id().as_str());
+        span.record("wimse.proof", caller.method().name());
+        if let Some(txn) = txn {
+            span.record("wimse.txn", txn.txn());
+        }
         set(headers, &self.txn, txn.map_or("", |t| t.txn()), every);
         set(headers, &self.txn_subject, txn.map_or("", |t| t.subject()), every);
         set(headers, &self.txn_scope, txn.map_or("", |t| t.scope()), every);

@@ -271,7 +271,7 @@ impl Gateway {
                 .forward_auth_tls
                 .is_some()
                 .then(|| -> server::TlsSource { Arc::new(move || shared.live.borrow().forward_auth_tls.clone()) });
-            tasks.spawn(server::serve(listener, handler, stop_signal(), tls));
+            tasks.spawn(server::serve("forward_auth", listener, handler, stop_signal(), tls));
         }
         if let Some(listener) = listeners.ext_authz {
             let server = envoy::auth::authorization_server::AuthorizationServer::new(ext_authz::ExtAuthz::new(
@@ -297,7 +297,7 @@ impl Gateway {
                 .ext_authz_tls
                 .is_some()
                 .then(|| -> server::TlsSource { Arc::new(move || shared.live.borrow().ext_authz_tls.clone()) });
-            tasks.spawn(server::serve(listener, handler, stop_signal(), tls));
+            tasks.spawn(server::serve("ext_authz", listener, handler, stop_signal(), tls));
         }
         if let Some(listener) = listeners.reverse_proxy {
             let shared = self.shared.clone();
@@ -307,7 +307,7 @@ impl Gateway {
             };
             let shared = self.shared.clone();
             let tls: server::TlsSource = Arc::new(move || shared.live.borrow().proxy_tls.clone());
-            tasks.spawn(server::serve(listener, handler, stop_signal(), Some(tls)));
+            tasks.spawn(server::serve("reverse_proxy", listener, handler, stop_signal(), Some(tls)));
         }
         for (index, listener) in listeners.destinations {
             let shared = self.shared.clone();
@@ -321,7 +321,7 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
+            tasks.spawn(server::serve("egress", listener, handler, stop_signal(), None));
         }
         if let Some(listener) = listeners.egress {
             let shared = self.shared.clone();
@@ -334,7 +334,7 @@ impl Gateway {
                     }
                 }
             };
-            tasks.spawn(server::serve(listener, handler, stop_signal(), None));
+            tasks.spawn(server::serve("egress", listener, handler, stop_signal(), None));
         }
         shutdown.await;
         tracing::info!("wimse gateway: stopping; letting requests in flight finish");

@@ -65,7 +65,10 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Serves `listener` until `shutdown`, then lets in-flight requests finish (30 s at most). With
 /// `tls`, connections are TLS, and a verified client certificate becomes the [`TlsPeer`] of
 /// each of its requests.
+/// `mode` names the listener on each request's span (`forward_auth`, `ext_authz`,
+/// `reverse_proxy`, `egress`).
 pub(crate) async fn serve<H, F>(
+    mode: &'static str,
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
@@ -100,8 +103,26 @@ pub(crate) async fn serve<H, F>(
                 if let Some(tls_peer) = &tls_peer {
                     request.extensions_mut().insert(tls_peer.clone());
                 }
-                let answer = handler(peer, request);
-                async move { Ok::<_, Infallible>(answer.await) }
+                // One span per request (exported over OTLP when configured); the verified
+                // caller and transaction are recorded on it when the identity is written out.
+                let span = tracing::info_span!(
+                    "wimse.gateway.request",
+                    otel.name = %format!("{mode} {}", request.method()),
+                    otel.kind = "server",
+                    wimse.mode = mode,
+                    http.request.method = %request.method(),
+                    url.path = request.uri().path(),
+                    http.response.status_code = tracing::field::Empty,
+                    wimse.caller = tracing::field::Empty,
+                    wimse.proof = tracing::field::Empty,
+                    wimse.txn = tracing::field::Empty,
+                );
+                let answer = tracing::Instrument::instrument(handler(peer, request), span.clone());
+                async move {
+                    let answer = answer.await;
+                    span.record("http.response.status_code", answer.status().as_u16());
+                    Ok::<_, Infallible>(answer)
+                }
             })
         };
         let (builder, watcher) = (builder.clone(), graceful.watcher());

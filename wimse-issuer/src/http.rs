@@ -620,9 +620,26 @@ async fn count_requests(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    use tracing::Instrument as _;
     let endpoint = path.as_str().to_owned();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    // One span per request (exported over OTLP by `wimse issuer serve` when configured): the
+    // authenticated client and the identifier, or the Txn-Token's requester and `txn`, are
+    // recorded on it once known.
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "wimse.issuer.request",
+        otel.name = %format!("{method} {endpoint}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %endpoint,
+        http.response.status_code = tracing::field::Empty,
+        wimse.caller = tracing::field::Empty,
+        wimse.workload = tracing::field::Empty,
+        wimse.txn = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     // A server error (the key store down: 503) is the operator's to see, once a minute.
     if response.status().is_server_error()
         && server.quiet.first_in_interval(&format!("{} {endpoint}", response.status()), server.clock.now())

@@ -16,6 +16,7 @@ mod issuer_ha;
 mod issuer_lifecycle;
 mod key_lifecycle;
 mod logs;
+mod otel;
 mod readme_replicas;
 mod round_trip;
 mod sign_output;

@@ -103,6 +103,10 @@ impl IdentityServer {
                 format!("{} may not obtain {id}", client.config.name),
             ));
         }
+        // On the request's span (exported over OTLP when configured).
+        let span = tracing::Span::current();
+        span.record("wimse.caller", client.config.name.as_str());
+        span.record("wimse.workload", tracing::field::display(&id));
         Ok((client, id))
     }
 }

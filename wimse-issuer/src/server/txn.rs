@@ -164,6 +164,9 @@ impl IdentityServer {
         })?;
         let expires_in = signed.expires_at.saturating_sub(now);
         self.record("txn-token", who.as_str(), who, expires_in, kid, now).await?;
+        let span = tracing::Span::current();
+        span.record("wimse.caller", who.as_str());
+        span.record("wimse.txn", signed.txn.as_str());
         tracing::info!(target: "wimse::audit", requester = %who, txn = signed.txn, scope, subject_token_type = token_type,
             replacement = subject.replaces.is_some(), expires_in, "Txn-Token issued");
         Ok(IssuedTxnToken { token: signed.token, expires_in, txn: Some(signed.txn) })
