@@ -38,7 +38,7 @@ pub(crate) struct WitRequest {
     /// authenticated client may obtain.
     sub: String,
     /// The workload's public key (a JWK without private members), bound into the WIT's `cnf`.
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::PublicJwk))]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schemas::PublicJwk))]
     jwk: Jwk,
     /// The lifetime asked for, in seconds (capped at the client's `max_lifetime`; 0 is refused).
     #[serde(default)]
@@ -182,12 +182,12 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     security(("bootstrap" = []), ("client_wic" = [])),
     responses(
         (status = 200, description = "The WIT", body = crate::IssuedWit),
-        (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bootstrap credential, and no client WIC of a client with `wic_renewal` (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem, content_type = "application/problem+json",
+        (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::schemas::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bootstrap credential, and no client WIC of a client with `wic_renewal` (`bootstrap_token_invalid`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::schemas::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The key store does not answer (`key_store_unavailable`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The key store does not answer (`key_store_unavailable`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
     )
 ))]
 async fn issue_wit(
@@ -331,12 +331,12 @@ fn grant_description(error: &Error) -> String {
     ),
     responses(
         (status = 200, description = "The token", body = TokenResponse),
-        (status = 400, description = "RFC 6749 §5.2 error: `invalid_request`, `invalid_grant`, `invalid_scope`, `invalid_target`, `unsupported_grant_type`, `unsupported_token_type`, `invalid_dpop_proof`, `unauthorized_client`", body = crate::openapi::OAuthError),
-        (status = 401, description = "The Txn-Token requester's WIT and WPT did not verify (`invalid_client`)", body = crate::openapi::OAuthError,
+        (status = 400, description = "RFC 6749 §5.2 error: `invalid_request`, `invalid_grant`, `invalid_scope`, `invalid_target`, `unsupported_grant_type`, `unsupported_token_type`, `invalid_dpop_proof`, `unauthorized_client`", body = crate::schemas::OAuthError),
+        (status = 401, description = "The Txn-Token requester's WIT and WPT did not verify (`invalid_client`)", body = crate::schemas::OAuthError,
             headers(("WWW-Authenticate" = String, description = "`WPT`"))),
-        (status = 429, description = "Over a budget: the source address's (a problem body) or the client's (`slow_down`); see `Retry-After`", body = crate::openapi::TokenRefusal,
+        (status = 429, description = "Over a budget: the source address's (a problem body) or the client's (`slow_down`); see `Retry-After`", body = crate::schemas::TokenRefusal,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The key store or replay store does not answer (`temporarily_unavailable`)", body = crate::openapi::OAuthError),
+        (status = 503, description = "The key store or replay store does not answer (`temporarily_unavailable`)", body = crate::schemas::OAuthError),
     )
 ))]
 async fn token(
@@ -499,12 +499,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     security(("bootstrap" = []), ("client_wic" = [])),
     responses(
         (status = 200, description = "The certificate chain", body = WicResponse),
-        (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bootstrap credential, and no client WIC of a client with `wic_renewal` (`bootstrap_token_invalid`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem, content_type = "application/problem+json",
+        (status = 400, description = "The body is not what the endpoint takes (`malformed_request`), or names an invalid identifier, key, lifetime or name", body = crate::schemas::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bootstrap credential, and no client WIC of a client with `wic_renewal` (`bootstrap_token_invalid`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client may not obtain this identifier (`issuance_denied`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the client's or source address's budget, or locked out after failed authentications (`rate_limited`); see `Retry-After`", body = crate::schemas::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The key store does not answer (`key_store_unavailable`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The key store does not answer (`key_store_unavailable`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
     )
 ))]
 async fn issue_wic(
@@ -557,7 +557,7 @@ async fn issue_wic(
     get, path = "/v1/bundle/x509", tag = "bundles",
     responses(
         (status = 200, description = "The authority's certificate", body = String, content_type = "application/x-pem-file"),
-        (status = 503, description = "No authority yet (`key_store_unavailable`)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No authority yet (`key_store_unavailable`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
     )
 ))]
 async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
@@ -572,7 +572,7 @@ async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
 /// The signing keys (published and pending) as a JWKS.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/v1/bundle/jwks", tag = "bundles",
-    responses((status = 200, description = "The JWKS", body = crate::openapi::Jwks))
+    responses((status = 200, description = "The JWKS", body = crate::schemas::Jwks))
 ))]
 async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
     Json(server.jwks()).into_response()
@@ -582,7 +582,7 @@ async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
 /// `spiffe_refresh_hint`, the key store's epoch).
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/v1/bundle/spiffe", tag = "bundles",
-    responses((status = 200, description = "The SPIFFE bundle", body = crate::openapi::SpiffeBundle))
+    responses((status = 200, description = "The SPIFFE bundle", body = crate::schemas::SpiffeBundle))
 ))]
 async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
     Json(server.spiffe_bundle()).into_response()

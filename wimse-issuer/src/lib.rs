@@ -44,6 +44,8 @@ mod keys;
 mod openapi;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "openapi")]
+mod schemas;
 #[cfg(feature = "postgres")]
 mod seal;
 mod server;

@@ -212,8 +212,7 @@ async fn request_spans_carry_the_caller_and_the_transaction() {
     }
     let answer = check.send().await.unwrap();
     assert_eq!(answer.status(), 200, "{}", std::fs::read_to_string(p("gateway.log")).unwrap());
-    let checked =
-        exported(&spans, |s| s.service == "wimse-gateway" && s.attributes.contains_key("wimse.caller")).await;
+    let checked = exported(&spans, |s| s.service == "wimse-gateway" && s.attributes.contains_key("wimse.caller")).await;
     assert_eq!(checked.attributes["wimse.caller"], front);
     assert_eq!(checked.attributes["wimse.txn"], txn);
     assert_eq!(checked.attributes["wimse.mode"], "forward_auth");
