@@ -157,6 +157,11 @@ impl Agent {
         Err(StartError::IdentitiesRefused { url, refusals: answers.refusals })
     }
 
+    /// The Workload API socket it serves on.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.issuance.config().socket
+    }
+
     /// The credentials and bundles served now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.issuance.snapshot.borrow().clone()

@@ -39,14 +39,37 @@ fn start_failed(error: &StartError) -> ExitCode {
     ExitCode::from(start_exit_code(error))
 }
 
-/// Serves until interrupted. SIGHUP obtains new keys and credentials for every identity.
-/// Exits 3 without a token, 4 when the identity server refuses the token, 5 when it refuses
-/// every identity (see [`start_exit_code`]).
+/// How long Workload API streams may stay open once the agent stops serving (they never end on
+/// their own: workloads reconnect, to the next configuration or the restarted agent).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// What ends one configuration's serving.
+enum Event {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP with a file that loads: its agent, credentials obtained.
+    Reload(Agent),
+}
+
+/// The agent of the file at `path`, started and past its first issuance (so a reload never
+/// replaces a working agent with one whose token or identities are refused).
+async fn reloaded(path: &std::path::Path) -> Result<Agent, String> {
+    let config = AgentConfig::from_file(path).map_err(|e| e.to_string())?;
+    let agent = Agent::start(config).map_err(|e| e.to_string())?;
+    agent.check_issuance().await.map_err(|e| e.to_string())?;
+    Ok(agent)
+}
+
+/// Serves until SIGTERM or SIGINT (then exits 0 once Workload API streams close, within
+/// [`DRAIN`]). SIGHUP reads the file again: a file that loads replaces the running
+/// configuration (a new agent obtains new keys and credentials for every identity first, then
+/// serves on the socket; workloads reconnect), one that does not is refused with a log line and
+/// the running configuration serves on. Exits 3 without a token, 4 when the identity server
+/// refuses the token, 5 when it refuses every identity (see [`start_exit_code`]).
 pub(crate) fn serve(args: ServeArgs) -> CliResult {
     let config = AgentConfig::from_file(&args.config).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let socket = config.socket.clone();
         let agent = match Agent::start(config) {
             Ok(agent) => agent,
             Err(error) => return Ok(start_failed(&error)),
@@ -54,11 +77,12 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         if let Err(error) = agent.check_issuance().await {
             return Ok(start_failed(&error));
         }
-        let agent = std::sync::Arc::new(agent);
+        let mut agent = std::sync::Arc::new(agent);
+        let current = std::sync::Arc::new(std::sync::RwLock::new(agent.clone()));
         if let Some(listen) = &args.metrics_listen {
-            let probed = agent.clone();
+            let probed = current.clone();
             let ready = move || {
-                let agent = probed.clone();
+                let agent = probed.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone());
                 async move {
                     use wimse_core::time::Clock as _;
                     agent.readiness(wimse_core::time::SystemClock.now())
@@ -67,22 +91,75 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
             let address = crate::ops::serve(listen, ready).await?;
             println!("wimse agent metrics and health on http://{address}");
         }
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("SIGTERM handler: {e}"))?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("SIGHUP handler: {e}"))?;
-        let shutdown = async {
+        let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(1);
+        let path = args.config.clone();
+        tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = terminate.recv() => break,
                     _ = hangup.recv() => {
-                        tracing::info!("wimse agent: SIGHUP; renewing every identity");
-                        agent.rotate();
+                        tracing::info!(file = %path.display(), "wimse agent: SIGHUP; reloading the configuration");
+                        match reloaded(&path).await {
+                            Ok(agent) => {
+                                if events_tx.send(Event::Reload(agent)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => tracing::error!(%error, "wimse agent: new configuration refused; keeping the running one"),
+                        }
                     }
                 }
             }
-        };
-        println!("wimse agent serving the Workload API on unix://{}", socket.display());
-        agent.serve(shutdown).await.map_err(|e| format!("{}: {e}", socket.display()))?;
-        let _ = std::fs::remove_file(&socket);
+            let _ = events_tx.send(Event::Stop).await;
+        });
+        println!("wimse agent serving the Workload API on unix://{}", agent.socket().display());
+        loop {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let mut serving = tokio::spawn({
+                let agent = agent.clone();
+                async move {
+                    agent
+                        .serve(async move {
+                            let _ = stopped.await;
+                        })
+                        .await
+                }
+            });
+            let event = tokio::select! {
+                event = events.recv() => event.unwrap_or(Event::Stop),
+                ended = &mut serving => {
+                    let error = match ended {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "the Workload API server ended".to_owned(),
+                    };
+                    return Err(format!("{}: {error}", agent.socket().display()));
+                }
+            };
+            let _ = stop.send(());
+            if tokio::time::timeout(DRAIN, &mut serving).await.is_err() {
+                tracing::info!(?DRAIN, "wimse agent: Workload API streams still open after the drain time; closing them");
+                serving.abort();
+            }
+            match event {
+                Event::Stop => break,
+                Event::Reload(next) => {
+                    if next.socket() != agent.socket() {
+                        let _ = std::fs::remove_file(agent.socket());
+                    }
+                    agent = std::sync::Arc::new(next);
+                    if let Ok(mut current) = current.write() {
+                        *current = agent.clone();
+                    }
+                    tracing::info!("wimse agent: configuration reloaded; serving it");
+                }
+            }
+        }
+        let _ = std::fs::remove_file(agent.socket());
         tracing::info!("wimse agent: stopped");
         Ok(ExitCode::SUCCESS)
     })

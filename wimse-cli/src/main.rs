@@ -163,7 +163,9 @@ enum GatewayCommand {
 enum AgentCommand {
     /// Serve the SPIFFE Workload API (WIT-SVIDs and X.509-SVIDs) to this machine's workloads.
     ///
-    /// Exits 3 without a token, 4 when the identity server refuses the agent's token (401), 5
+    /// SIGTERM and SIGINT stop serving (open streams closed within 5 s), then exit 0; SIGHUP
+    /// reloads the file once a new agent on it has its credentials (a file that does not load is
+    /// refused and the running configuration kept, with a log line saying why). Exits 3 without a token, 4 when the identity server refuses the agent's token (401), 5
     /// when it refuses every identity (403), 2 on an invalid configuration.
     Serve(agent::ServeArgs),
     /// Fetch this process's SVIDs from a Workload API endpoint and print them (no keys).

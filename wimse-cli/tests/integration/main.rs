@@ -8,6 +8,7 @@ mod adapters;
 mod agent_attestation;
 mod agent_config_mistakes;
 mod agent_endpoint_errors;
+mod agent_lifecycle;
 mod backup_restore;
 mod federation;
 mod gateway;
