@@ -77,8 +77,9 @@ fn sighup_reloads_the_configuration_and_sigterm_stops_it_cleanly() {
     std::fs::write(dir.path().join("token"), SECRET).unwrap();
     write_config(&dir, &issuer.base(), &["alpha"]);
     let log = dir.path().join("agent.log");
+    let metrics = format!("127.0.0.1:{}", wimse_testkit::servers::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_wimse"))
-        .args(["agent", "serve", "--config"])
+        .args(["agent", "serve", "--metrics-listen", &metrics, "--config"])
         .arg(dir.path().join("agent.json"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -88,12 +89,29 @@ fn sighup_reloads_the_configuration_and_sigterm_stops_it_cleanly() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("metrics and health on"), "{line}\n{}", std::fs::read_to_string(&log).unwrap());
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
     assert!(line.contains("serving the Workload API"), "{line}\n{}", std::fs::read_to_string(&log).unwrap());
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let mut agent = Agent(child);
     let socket = dir.path().join("agent.sock");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(fetched(&socket), [format!("{DOMAIN}/ns/alpha")]);
+    // The attested call is counted; the agent is ready (credentials current, bundles fetched).
+    let get = |path: &str| {
+        let out =
+            Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("http://{metrics}{path}")]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    if Command::new("curl").arg("--version").output().is_ok() {
+        let exposed = get("/metrics");
+        assert!(
+            exposed.lines().any(|l| l.starts_with("wimse_agent_calls_total{") && l.contains("FetchWITSVID")),
+            "{exposed}"
+        );
+        assert!(get("/readyz").ends_with("200"), "{}", get("/readyz"));
+    }
 
     // A workload holding a stream open (it would keep a graceful stop waiting forever).
     let runtime = tokio::runtime::Runtime::new().unwrap();

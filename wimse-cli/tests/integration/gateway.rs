@@ -101,17 +101,22 @@ async fn the_gateway_behind_nginx_reloads_on_sighup_and_stops_on_sigterm() {
         Command::new(env!("CARGO_BIN_EXE_wimse")).args(["gateway", "validate", "--config", &file]).output().unwrap();
     assert!(validated.status.success(), "{}", String::from_utf8_lossy(&validated.stderr));
     let log = std::fs::File::create(d.s("gateway.log")).unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut gateway = Running(
         Command::new(env!("CARGO_BIN_EXE_wimse"))
-            .args(["--log-format", "json", "gateway", "serve", "--config", &file])
+            .args(["--log-format", "json", "gateway", "serve", "--config", &file, "--metrics-listen", &metrics])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap(),
     );
+    let mut stdout = BufReader::new(gateway.0.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(gateway.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("metrics and health on"), "{line:?}");
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
     assert!(line.contains("forward-auth on http://127.0.0.1"), "{line:?}");
     let Some(_nginx) =
         start_nginx(&d.0, site_port, &deploy("nginx.conf"), &[("wimse_gateway", gateway_port), ("app", app.port())])
@@ -124,6 +129,15 @@ async fn the_gateway_behind_nginx_reloads_on_sighup_and_stops_on_sigterm() {
     assert_eq!(status, "200", "{body}");
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["headers"]["x-wimse-caller"][0], orders);
+    // Its decision is counted, and the gateway is ready (its anchors are a file: never stale).
+    let exposed = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        exposed.lines().any(|l| l.starts_with("wimse_verifications_total{")
+            && l.contains(r#"result="allow""#)
+            && l.contains(r#"mode="wpt""#)),
+        "{exposed}"
+    );
+    assert_eq!(reqwest::get(format!("http://{metrics}/readyz")).await.unwrap().status(), 200);
 
     // SIGHUP with a policy that no longer allows the caller.
     std::fs::write(&file, config(&d, gateway_port, &site, "spiffe://prod.example/other")).unwrap();
