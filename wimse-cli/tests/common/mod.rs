@@ -82,6 +82,25 @@ impl IssuerProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A WIT for [`SUB`] with the dev secret [`SECRET`] (asserting it is issued).
+    pub async fn issue_wit(&self) -> String {
+        let key = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::ES256).unwrap();
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/wit", self.base()))
+            .bearer_auth(SECRET)
+            .json(&serde_json::json!({"sub": SUB, "jwk": key.public_jwk()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", self.log_text());
+        response.json::<serde_json::Value>().await.unwrap()["wit"].as_str().unwrap().to_owned()
+    }
+
+    /// Its SPIFFE bundle.
+    pub async fn bundle(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/v1/bundle/spiffe", self.base())).await.unwrap().json().await.unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

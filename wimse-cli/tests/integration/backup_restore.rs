@@ -10,25 +10,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_testkit::servers::{PostgresServer, TempDir};
 
 use crate::common::{IssuerProcess, SECRET, SUB};
 
 async fn issue(issuer: &IssuerProcess) {
-    let key = SigningKey::generate(Algorithm::ES256).unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/wit", issuer.base()))
-        .bearer_auth(SECRET)
-        .json(&json!({"sub": SUB, "jwk": key.public_jwk()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    issuer.issue_wit().await;
 }
 
 async fn bundle(issuer: &IssuerProcess) -> Value {
-    reqwest::get(format!("{}/v1/bundle/spiffe", issuer.base())).await.unwrap().json().await.unwrap()
+    issuer.bundle().await
 }
 
 fn has_kid(bundle: &Value, kid: &str) -> bool {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::protocol::trust::STORE_EPOCH_MEMBER;
 use wimse_testkit::servers::{PostgresServer, TempDir};
 
@@ -53,22 +52,13 @@ fn wimse(args: &[&str], config: &Path) -> (bool, Value, String) {
 
 /// The `kid` of a WIT the replica issues now.
 async fn signing_kid(issuer: &IssuerProcess) -> String {
-    let key = SigningKey::generate(Algorithm::ES256).unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/wit", issuer.base()))
-        .bearer_auth(SECRET)
-        .json(&json!({"sub": SUB, "jwk": key.public_jwk()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let wit = response.json::<Value>().await.unwrap()["wit"].as_str().unwrap().to_owned();
+    let wit = issuer.issue_wit().await;
     let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(wit.split('.').next().unwrap()).unwrap();
     serde_json::from_slice::<Value>(&header).unwrap()["kid"].as_str().unwrap().to_owned()
 }
 
 async fn bundle(issuer: &IssuerProcess) -> Value {
-    reqwest::get(format!("{}/v1/bundle/spiffe", issuer.base())).await.unwrap().json().await.unwrap()
+    issuer.bundle().await
 }
 
 fn kids(bundle: &Value) -> Vec<String> {

@@ -59,17 +59,7 @@ impl Pki {
 }
 
 async fn start(files: &Files, pki: &Pki, app: std::net::SocketAddr, require: bool) -> Gateway {
-    let server = pki
-        .authority
-        .issue(
-            &GATEWAY_ID.parse().expect("id"),
-            &WicOptions::new(WicUsage::Server, now(), 3600).ip_address(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        )
-        .expect("server WIC");
-    let (chain, key) = server.to_pem();
-    std::fs::write(files.dir.join("gateway.pem"), chain).expect("chain");
-    std::fs::write(files.dir.join("gateway.key.pem"), key).expect("key");
-    std::fs::write(files.dir.join("ca.pem"), pki.authority.to_pem().0).expect("ca");
+    write_server_files(files, pki);
     let port = wimse_testkit::servers::free_port();
     let d = files.dir.display();
     let config = files.config(&format!(
