@@ -105,6 +105,8 @@ pub(crate) struct Issuance {
     /// they are logged once for the agent, not once per identity.
     no_token: Health,
     token_refused: Health,
+    /// The `ETag` of each bundle served (by path), for conditional refreshes.
+    bundle_etags: std::sync::Mutex<std::collections::HashMap<&'static str, String>>,
 }
 
 /// What the first attempts of the renewal tasks (one per identity and part) found.
@@ -209,6 +211,7 @@ impl Issuance {
             first_answers: watch::Sender::new(first_answers),
             no_token: Health::new(REFUSAL_REMINDER_SECS),
             token_refused: Health::new(REFUSAL_REMINDER_SECS),
+            bundle_etags: Default::default(),
         })
     }
 
@@ -283,32 +286,63 @@ impl Issuance {
         Ok(X509Credentials { chain: Arc::from(der), key: Arc::from(key.serialize_der()), expires_at })
     }
 
-    async fn fetch_bundles(&self) -> Result<(), Error> {
-        let get = |path: &str| self.client.get(self.url(path)).send();
-        let jwks = get("/v1/bundle/jwks").await.map_err(|e| unavailable(format!("identity server: {e}")))?;
-        if !jwks.status().is_success() {
-            return Err(unavailable(format!("WIT bundle: {}", jwks.status())));
+    /// One bundle document, asked for conditionally: `None` when the one served is current
+    /// (304 to its `ETag`).
+    async fn fetch_bundle(&self, path: &'static str, what: &str) -> Result<Option<String>, Error> {
+        let held = self.bundle_etags.lock().ok().and_then(|etags| etags.get(path).cloned());
+        let mut request = self.client.get(self.url(path));
+        if let Some(etag) = &held {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let jwks = read_capped(jwks, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
-        // Checked before it is served, as its clients will read it.
-        wimse_workload_api::wit_bundle_anchors(&jwks).map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
+        let response = request.send().await.map_err(|e| unavailable(format!("identity server: {e}")))?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED && held.is_some() {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(unavailable(format!("{what}: {}", response.status())));
+        }
+        let etag = response.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = read_capped(response, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("{what}: {e}")))?;
+        if let Ok(mut etags) = self.bundle_etags.lock() {
+            match etag.filter(|e| e.len() <= 256) {
+                Some(etag) => etags.insert(path, etag),
+                None => etags.remove(path),
+            };
+        }
+        Ok(Some(text))
+    }
+
+    async fn fetch_bundles(&self) -> Result<(), Error> {
+        let domain = self.config.trust_domain.to_string();
+        let served = self.snapshot.borrow().clone();
+        let mut jwks = match self.fetch_bundle("/v1/bundle/jwks", "WIT bundle").await? {
+            Some(jwks) => {
+                // Checked before it is served, as its clients will read it.
+                wimse_workload_api::wit_bundle_anchors(&jwks).map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
+                Some(jwks)
+            }
+            None if served.wit_bundles.contains_key(&domain) => None,
+            None => return Err(unavailable("WIT bundle: 304 for a bundle not served")),
+        };
         let mut x509 = None;
         if self.config.x509 {
-            let pem = get("/v1/bundle/x509").await.map_err(|e| unavailable(format!("identity server: {e}")))?;
-            if !pem.status().is_success() {
-                return Err(unavailable(format!("X.509 bundle: {}", pem.status())));
+            match self.fetch_bundle("/v1/bundle/x509", "X.509 bundle").await? {
+                Some(pem) => {
+                    let cas = wimse_core::protocol::wic::certificates_from_pem(&pem)?;
+                    x509 = Some(wimse_workload_api::der::concat_certificates(&cas));
+                }
+                None if served.x509_bundles.contains_key(&domain) => {}
+                None => return Err(unavailable("X.509 bundle: 304 for a bundle not served")),
             }
-            let pem = read_capped(pem, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("X.509 bundle: {e}")))?;
-            let cas = wimse_core::protocol::wic::certificates_from_pem(&pem)?;
-            x509 = Some(wimse_workload_api::der::concat_certificates(&cas));
         }
-        let domain = self.config.trust_domain.to_string();
         self.snapshot.send_if_modified(|current| {
-            let changed = current.wit_bundles.get(&domain) != Some(&jwks)
+            let changed = jwks.as_ref().is_some_and(|jwks| current.wit_bundles.get(&domain) != Some(jwks))
                 || x509.as_ref().is_some_and(|der| current.x509_bundles.get(&domain) != Some(der));
             if changed {
                 let mut next = Snapshot::clone(current);
-                next.wit_bundles.insert(domain.clone(), jwks.clone());
+                if let Some(jwks) = jwks.take() {
+                    next.wit_bundles.insert(domain.clone(), jwks);
+                }
                 if let Some(der) = x509.take() {
                     next.x509_bundles.insert(domain.clone(), der);
                 }
@@ -555,7 +589,9 @@ impl Issuance {
                 Ok(()) => {
                     self.succeeded(&health, "bundles");
                     failures = 0;
-                    refresh
+                    // At a random point of the interval's last 30 %: agents started together
+                    // (a node pool scaled up at once) do not stay in step.
+                    refresh.mul_f64(1.0 - 0.3 * jitter())
                 }
                 Err(error) => {
                     self.failed(&health, "bundles", &error);

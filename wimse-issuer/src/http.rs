@@ -555,16 +555,51 @@ async fn issue_wic(
 /// The WIC certificate authority: the trust anchor of the trust domain's WICs.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/v1/bundle/x509", tag = "bundles",
+    params(("If-None-Match" = Option<String>, Header, description = "The `ETag` of the copy held: 304 without a body when it is current")),
     responses(
-        (status = 200, description = "The authority's certificate", body = String, content_type = "application/x-pem-file"),
+        (status = 200, description = "The authority's certificate", body = String, content_type = "application/x-pem-file", headers(("ETag" = String, description = "A digest of the body, the same on every replica"), ("Cache-Control" = String, description = "`public, max-age=` half the refresh hint"))),
+        (status = 304, description = "The copy named by `If-None-Match` is current", headers(("ETag" = String, description = "A digest of the body, the same on every replica"), ("Cache-Control" = String, description = "`public, max-age=` half the refresh hint"))),
         (status = 503, description = "No authority yet (`key_store_unavailable`)", body = crate::schemas::Problem, content_type = "application/problem+json"),
     )
 ))]
-async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
+async fn x509_bundle(State(server): State<Arc<IdentityServer>>, headers: HeaderMap) -> Response {
     match server.wic_bundle_pem() {
-        Ok(pem) => ([("content-type", "application/x-pem-file")], pem).into_response(),
+        Ok(pem) => cacheable(&server, &headers, "application/x-pem-file", pem.into_bytes()),
         Err(error) => problem(&error),
     }
+}
+
+/// A document every verifier polls, answered so that caches and CDNs can serve it: a strong
+/// `ETag` (a digest of the body, the same on every replica holding the same keys),
+/// `Cache-Control: public, max-age` of half the refresh hint (a key is published two hints
+/// before it signs, so a cached copy plus a verifier's own interval still see it in time), and
+/// 304 without a body for a request whose `If-None-Match` names it.
+fn cacheable(server: &IdentityServer, headers: &HeaderMap, content_type: &'static str, body: Vec<u8>) -> Response {
+    use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(&body);
+    let etag = format!("\"{}\"", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]));
+    let max_age = (server.config.refresh_hint / 2).max(1);
+    let cache = format!("public, max-age={max_age}");
+    // RFC 9110 §13.1.2: weak comparison, any of a list, or `*`.
+    let matches = headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|value| value.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag));
+    let status = if matches { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
+    let body = if matches { Vec::new() } else { body };
+    let mut response = (status, body).into_response();
+    let fields = response.headers_mut();
+    if let (Ok(etag), Ok(cache)) = (etag.parse(), cache.parse()) {
+        fields.insert(ETAG, etag);
+        fields.insert(CACHE_CONTROL, cache);
+    }
+    if !matches {
+        fields.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static(content_type));
+    }
+    response
 }
 
 // Bundles are served from memory: rotation runs on a timer (`IdentityServer::start_maintenance`),
@@ -572,20 +607,28 @@ async fn x509_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
 /// The signing keys (published and pending) as a JWKS.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/v1/bundle/jwks", tag = "bundles",
-    responses((status = 200, description = "The JWKS", body = crate::schemas::Jwks))
+    params(("If-None-Match" = Option<String>, Header, description = "The `ETag` of the copy held: 304 without a body when it is current")),
+    responses(
+        (status = 200, description = "The JWKS", body = crate::schemas::Jwks, headers(("ETag" = String, description = "A digest of the body, the same on every replica"), ("Cache-Control" = String, description = "`public, max-age=` half the refresh hint"))),
+        (status = 304, description = "The copy named by `If-None-Match` is current", headers(("ETag" = String, description = "A digest of the body, the same on every replica"), ("Cache-Control" = String, description = "`public, max-age=` half the refresh hint"))),
+    )
 ))]
-async fn jwks(State(server): State<Arc<IdentityServer>>) -> Response {
-    Json(server.jwks()).into_response()
+async fn jwks(State(server): State<Arc<IdentityServer>>, headers: HeaderMap) -> Response {
+    cacheable(&server, &headers, "application/json", server.jwks().to_string().into_bytes())
 }
 
 /// The signing keys as a SPIFFE trust bundle: what verifiers fetch (`spiffe_sequence`,
 /// `spiffe_refresh_hint`, the key store's epoch).
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/v1/bundle/spiffe", tag = "bundles",
-    responses((status = 200, description = "The SPIFFE bundle", body = crate::schemas::SpiffeBundle))
+    params(("If-None-Match" = Option<String>, Header, description = "The `ETag` of the copy held: 304 without a body when it is current")),
+    responses(
+        (status = 200, description = "The SPIFFE bundle", body = crate::schemas::SpiffeBundle, headers(("ETag" = String, description = "A digest of the body, the same on every replica"), ("Cache-Control" = String, description = "`public, max-age=` half the refresh hint"))),
+        (status = 304, description = "The copy named by `If-None-Match` is current", headers(("ETag" = String, description = "A digest of the body, the same on every replica"), ("Cache-Control" = String, description = "`public, max-age=` half the refresh hint"))),
+    )
 ))]
-async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>) -> Response {
-    Json(server.spiffe_bundle()).into_response()
+async fn spiffe_bundle(State(server): State<Arc<IdentityServer>>, headers: HeaderMap) -> Response {
+    cacheable(&server, &headers, "application/json", server.spiffe_bundle().to_string().into_bytes())
 }
 
 /// The HTTP API of `server`. Serve it with

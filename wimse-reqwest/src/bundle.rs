@@ -13,8 +13,11 @@ use wimse_core::{Error, ErrorKind};
 /// Keeps the anchors of one trust domain in a [`TrustHandle`] up to date from a SPIFFE bundle
 /// URL (such as the identity server's `/v1/bundle/spiffe`).
 ///
-/// Refreshes on the bundle's `spiffe_refresh_hint`, and early (rate-limited) when a verifier
-/// met a key id it does not know. Every fetch is bounded by a timeout (10 s by default), so an
+/// Refreshes on the bundle's `spiffe_refresh_hint` (each time at a random point of its last
+/// 30 %, so verifiers started together do not stay in step), and early (rate-limited) when a
+/// verifier met a key id it does not know. Refreshes are conditional: with the `ETag` of the
+/// bundle held, an unchanged bundle is a 304 without a body (the identity server's bundles,
+/// and a cache or CDN in front of them, answer so). Every fetch is bounded by a timeout (10 s by default), so an
 /// endpoint that hangs cannot stop refreshing. When the endpoint is down the last good keys keep
 /// serving until they are `max_stale` seconds old; then verification for the domain answers
 /// 503. Keys absent from a new bundle are dropped.
@@ -48,6 +51,9 @@ struct State {
     replaced: std::collections::VecDeque<String>,
     last_attempt: Option<u64>,
     stale_reported: bool,
+    /// The `ETag` of the bundle held, and its refresh hint, for conditional refreshes.
+    etag: Option<String>,
+    hint: u64,
 }
 
 impl State {
@@ -190,11 +196,27 @@ impl BundleSource {
 
     async fn fetch(&self, trust: &TrustHandle) -> Result<u64, Error> {
         let now = self.clock.now();
-        if let Ok(mut state) = self.state.lock() {
-            state.last_attempt = Some(now);
+        let etag = match self.state.lock() {
+            Ok(mut state) => {
+                state.last_attempt = Some(now);
+                state.etag.clone()
+            }
+            Err(_) => None,
+        };
+        let mut request = self.http_client().get(&self.url);
+        if let Some(etag) = &etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let response =
-            self.http_client().get(&self.url).send().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
+        let response = request.send().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return self.not_modified(trust, etag.is_some(), now);
+        }
+        let new_etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 256)
+            .map(str::to_owned);
         if !response.status().is_success() {
             return Err(unavailable(format!("bundle fetch: HTTP {}", response.status())));
         }
@@ -208,9 +230,31 @@ impl BundleSource {
         let anchors = TrustAnchors::from_spiffe_bundle_json(&text).map_err(|e| unavailable(format!("bundle: {e}")))?;
         state.accept(sequence, epoch.map(str::to_owned));
         state.stale_reported = false;
+        state.etag = new_etag;
+        state.hint = hint;
         trust.set(self.domain.clone(), anchors.with_valid_until(now.saturating_add(self.max_stale)));
         tracing::debug!(trust_domain = %self.domain, sequence, "wimse: trust bundle refreshed");
         Ok(hint)
+    }
+
+    /// A 304 to a conditional refresh: the anchors held are current, usable for `max_stale`
+    /// from now. Refused when nothing was asked conditionally or nothing is held (then the
+    /// next refresh asks for the whole bundle).
+    fn not_modified(&self, trust: &TrustHandle, conditional: bool, now: u64) -> Result<u64, Error> {
+        let mut state = self.state.lock().map_err(|_| unavailable("bundle state poisoned"))?;
+        let held = trust.read(|store| store.get(&self.domain).filter(|a| !a.keys().is_empty()).cloned());
+        match held {
+            Some(anchors) if conditional => {
+                trust.set(self.domain.clone(), anchors.with_valid_until(now.saturating_add(self.max_stale)));
+                state.stale_reported = false;
+                tracing::debug!(trust_domain = %self.domain, "wimse: trust bundle unchanged (304)");
+                Ok(state.hint.max(1))
+            }
+            _ => {
+                state.etag = None;
+                Err(unavailable("bundle fetch: 304 Not Modified for a bundle not held"))
+            }
+        }
     }
 
     /// Refreshes in the background until the task is dropped or aborted. Until the first
@@ -233,7 +277,7 @@ impl BundleSource {
                             if self.health.succeeded() {
                                 tracing::info!(trust_domain = %self.domain, "wimse: trust bundle refreshed again");
                             }
-                            now.saturating_add(hint)
+                            now.saturating_add(jittered(hint, wimse_core::health::jitter()))
                         }
                         Err(error) => {
                             self.report_failure(&error);
@@ -287,9 +331,26 @@ impl BundleSource {
     }
 }
 
+/// The wait until the next refresh: a point of the last 30 % of `hint` chosen by `jitter` in
+/// `[0, 1)`, never longer than the hint (keys are pre-published two hints ahead of signing).
+fn jittered(hint: u64, jitter: f64) -> u64 {
+    let spread = hint.saturating_mul(3) / 10;
+    hint.saturating_sub((spread as f64 * jitter.clamp(0.0, 1.0)) as u64).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::State;
+
+    #[test]
+    fn refreshes_spread_over_the_last_30_percent_of_the_hint() {
+        assert_eq!(super::jittered(300, 0.0), 300);
+        assert_eq!(super::jittered(300, 0.999), 211);
+        assert_eq!(super::jittered(300, 0.5), 255);
+        assert_eq!(super::jittered(1, 0.9), 1, "never zero");
+        let far = super::jittered(u64::MAX, 1.0);
+        assert!(far < u64::MAX && far > u64::MAX / 2, "no overflow: {far}");
+    }
 
     #[test]
     fn sequence_and_epoch_rules() {

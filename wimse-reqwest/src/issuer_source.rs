@@ -85,6 +85,8 @@ struct Inner {
     key_check: Option<Duration>,
     health: Health,
     current: RwLock<Option<Current>>,
+    /// The key ids of the JWKS last read and its `ETag`, for conditional key checks.
+    published: std::sync::Mutex<Option<(String, Vec<String>)>>,
 }
 
 struct Current {
@@ -189,6 +191,7 @@ impl IssuerCredentialsBuilder {
                 key_check: self.key_check,
                 health: Health::new(60),
                 current: RwLock::new(None),
+                published: std::sync::Mutex::new(None),
             }),
         };
         source.renew().await?;
@@ -420,17 +423,33 @@ impl IssuerCredentials {
         let inner = &self.inner;
         let Some(kid) = self.current_kid() else { return true };
         let url = format!("{}/v1/bundle/jwks", inner.url.trim_end_matches('/'));
+        // Conditional: an unchanged JWKS is a 304 without a body (what thousands of workloads
+        // checking every minute cost the identity server).
+        let held = inner.published.lock().ok().and_then(|p| p.clone());
         let fetch = async {
-            let response = inner.client.get(url).send().await.ok()?;
+            let mut request = inner.client.get(url);
+            if let Some((etag, _)) = &held {
+                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+            }
+            let response = request.send().await.ok()?;
+            if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+                return held.as_ref().map(|(_, kids)| kids.clone());
+            }
             if !response.status().is_success() {
                 return None;
             }
+            let etag = response.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT).await.ok()?;
-            serde_json::from_str::<Value>(&text).ok()
+            let jwks = serde_json::from_str::<Value>(&text).ok()?;
+            let kids: Vec<String> =
+                jwks["keys"].as_array()?.iter().filter_map(|k| k["kid"].as_str().map(str::to_owned)).collect();
+            if let Ok(mut published) = inner.published.lock() {
+                *published = etag.filter(|e| e.len() <= 256).map(|etag| (etag, kids.clone()));
+            }
+            Some(kids)
         };
-        let Ok(Some(jwks)) = tokio::time::timeout(inner.timeout, fetch).await else { return true };
-        let Some(keys) = jwks["keys"].as_array() else { return true };
-        keys.iter().any(|key| key["kid"].as_str() == Some(kid.as_str()))
+        let Ok(Some(kids)) = tokio::time::timeout(inner.timeout, fetch).await else { return true };
+        kids.contains(&kid)
     }
 
     fn report_failure(&self, error: &Error, now: u64) {

@@ -29,6 +29,8 @@ pub fn my_ids() -> (u32, u32) {
 pub struct Issuer {
     pub base: String,
     pub down: Arc<AtomicBool>,
+    /// Every bundle request's path and answer status, in order.
+    pub bundle_answers: Arc<std::sync::Mutex<Vec<(String, u16)>>>,
     /// The identity server that answers now.
     current: Arc<std::sync::Mutex<axum::Router>>,
     max_lifetime: u64,
@@ -42,6 +44,8 @@ impl Issuer {
         let current = Arc::new(std::sync::Mutex::new(identity_server(dir.path(), max_lifetime, None).await));
         let down = Arc::new(AtomicBool::new(false));
         let flag = down.clone();
+        let bundle_answers: Arc<std::sync::Mutex<Vec<(String, u16)>>> = Arc::default();
+        let answers = bundle_answers.clone();
         let answering = current.clone();
         let router = axum::Router::new()
             .fallback_service(tower::service_fn(move |request: axum::extract::Request| {
@@ -50,19 +54,25 @@ impl Issuer {
             }))
             .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let down = flag.load(Ordering::SeqCst);
+                let answers = answers.clone();
                 async move {
                     if down {
                         return axum::response::IntoResponse::into_response(
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,
                         );
                     }
-                    next.run(request).await
+                    let path = request.uri().path().to_owned();
+                    let response = next.run(request).await;
+                    if path.starts_with("/v1/bundle/") {
+                        answers.lock().unwrap().push((path, response.status().as_u16()));
+                    }
+                    response
                 }
             }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
-        Self { base, down, current, max_lifetime, dir }
+        Self { base, down, bundle_answers, current, max_lifetime, dir }
     }
 
     /// Restarts the identity server (same keys) with the agent's client entry allowing exactly
