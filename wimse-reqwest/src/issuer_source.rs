@@ -203,11 +203,19 @@ impl IssuerCredentialsBuilder {
 struct Refused {
     error: Error,
     retry_after: Option<u64>,
+    /// The server did not answer, or answered 5xx: an outage, not a refusal.
+    outage: bool,
 }
 
 impl From<Error> for Refused {
     fn from(error: Error) -> Self {
-        Self { error, retry_after: None }
+        Self { error, retry_after: None, outage: false }
+    }
+}
+
+impl Refused {
+    fn outage(error: Error) -> Self {
+        Self { error, retry_after: None, outage: true }
     }
 }
 
@@ -252,7 +260,9 @@ impl IssuerCredentials {
         let inner = &self.inner;
         match tokio::time::timeout(inner.timeout, self.obtain()).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(unavailable(format!("identity server: no answer within {:?}", inner.timeout)).into()),
+            Err(_) => {
+                Err(Refused::outage(unavailable(format!("identity server: no answer within {:?}", inner.timeout))))
+            }
         }
     }
 
@@ -283,7 +293,8 @@ impl IssuerCredentials {
                     .body(body.to_string())
             }
         };
-        let response = request.send().await.map_err(|e| unavailable(format!("identity server: {e}")))?;
+        let response =
+            request.send().await.map_err(|e| Refused::outage(unavailable(format!("identity server: {e}"))))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -292,13 +303,13 @@ impl IssuerCredentials {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let text = crate::bundle::read_capped(response, crate::bundle::MAX_DOCUMENT)
             .await
-            .map_err(|e| unavailable(format!("identity server: {e}")))?;
+            .map_err(|e| Refused::outage(unavailable(format!("identity server: {e}"))))?;
         if !status.is_success() {
             let reason = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v["reason"].as_str().or_else(|| v["error"].as_str()).map(str::to_owned));
             let error = unavailable(format!("identity server answered {status} ({})", reason.unwrap_or_default()));
-            return Err(Refused { error, retry_after });
+            return Err(Refused { error, retry_after, outage: status.is_server_error() });
         }
         let issued: Value =
             serde_json::from_str(&text).map_err(|_| unavailable("identity server answer is not JSON"))?;
@@ -325,7 +336,10 @@ impl IssuerCredentials {
 
     /// Renews in the background until the task is aborted: at [`renewal_time`], and after a
     /// failure again after [`retry_delay`] (honouring a longer `Retry-After` from the server up
-    /// to the WIT's expiry). Logs when renewal starts failing, a reminder a minute while it
+    /// to the WIT's expiry). While the identity server is down (no answer, or 5xx), one renewal
+    /// per process and server retries; the process's other renewals for that server wait for
+    /// it to succeed and then renew spread over one retry interval, so a process with many
+    /// identities costs a down server one request per interval and no burst at its recovery. Logs when renewal starts failing, a reminder a minute while it
     /// fails, once when the WIT expires, and once when renewal works again.
     pub fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {
         let source = self.clone();
@@ -345,6 +359,10 @@ impl IssuerCredentials {
                 })
             };
             let mut key_check_at = next_check(check_backoff);
+            // While the identity server is down, one renewal of this process probes it (see
+            // `outage`); the others wait for it to answer again.
+            let gate = crate::outage::gate(&inner.url);
+            let mut probing = None;
             loop {
                 let now = inner.clock.now();
                 let schedule = source.schedule();
@@ -370,8 +388,18 @@ impl IssuerCredentials {
                         continue;
                     }
                 }
+                if probing.is_none() && gate.probed_elsewhere() {
+                    // Re-checked every interval, in case the prober's task is gone (its guard
+                    // with it): then this one tries itself, and may become the prober.
+                    while gate.probed_elsewhere() && !gate.wait_until_up(inner.retry_interval).await {}
+                    // Spread over one interval: no burst at the recovery (however this renewal
+                    // learnt of it).
+                    tokio::time::sleep(inner.retry_interval.mul_f64(jitter())).await;
+                }
                 match source.try_renew().await {
                     Ok(()) => {
+                        probing = None;
+                        gate.mark_up();
                         if let Some(missing) = forced_for.take()
                             && source.current_kid().as_deref() == Some(missing.as_str())
                         {
@@ -391,6 +419,12 @@ impl IssuerCredentials {
                     }
                     Err(refused) => {
                         failures = failures.saturating_add(1);
+                        if refused.outage {
+                            gate.mark_down();
+                            if probing.is_none() {
+                                probing = gate.try_probe();
+                            }
+                        }
                         let now = inner.clock.now();
                         source.report_failure(&refused.error, now);
                         let expires_at = schedule.map_or(0, |(_, expires_at)| expires_at);

@@ -42,6 +42,7 @@
 mod assertion;
 mod bundle;
 mod issuer_source;
+mod outage;
 mod settings;
 mod txn;
 

@@ -7,5 +7,6 @@ mod federation_interop;
 mod issuer;
 mod openapi;
 mod postgres;
+mod renewal_outage;
 mod tts;
 mod wic;

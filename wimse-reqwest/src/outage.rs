@@ -1,0 +1,96 @@
+//! One probe per identity server per process while it is down: the first renewal that finds
+//! it unreachable (or answering 5xx) keeps retrying on its schedule; every other renewal of the
+//! process for that server waits for it to succeed instead of retrying on its own, then renews
+//! at a random point of the next retry interval. A process holding many identities (a
+//! node agent's worth, or many clients in one service) then costs a down server one request per
+//! retry interval instead of one per identity, and recovers within one interval without a burst.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The outage state of one identity server (by URL) in this process.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    down: AtomicBool,
+    /// Held by the renewal that probes while the server is down.
+    probe: Arc<tokio::sync::Mutex<()>>,
+    recovered: tokio::sync::Notify,
+}
+
+/// Servers known to this process; one entry per identity-server URL (a handful).
+fn gates() -> &'static Mutex<HashMap<String, Arc<Gate>>> {
+    static GATES: OnceLock<Mutex<HashMap<String, Arc<Gate>>>> = OnceLock::new();
+    GATES.get_or_init(Default::default)
+}
+
+/// The gate of the identity server at `url`.
+pub(crate) fn gate(url: &str) -> Arc<Gate> {
+    let mut gates = gates().lock().unwrap_or_else(|e| e.into_inner());
+    gates.entry(url.trim_end_matches('/').to_owned()).or_default().clone()
+}
+
+impl Gate {
+    /// The server failed as an outage does.
+    pub(crate) fn mark_down(&self) {
+        self.down.store(true, Ordering::Release);
+    }
+
+    /// The server answered; wakes the renewals waiting for it. True if it was down.
+    pub(crate) fn mark_up(&self) -> bool {
+        let was_down = self.down.swap(false, Ordering::AcqRel);
+        if was_down {
+            self.recovered.notify_waiters();
+        }
+        was_down
+    }
+
+    /// Becomes the prober, unless another renewal is one.
+    pub(crate) fn try_probe(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.probe.clone().try_lock_owned().ok()
+    }
+
+    /// Waits, up to `limit`, until the server is known to answer again (at once if it is not
+    /// known to be down). True if it recovered (or was not down), false after `limit`.
+    pub(crate) async fn wait_until_up(&self, limit: std::time::Duration) -> bool {
+        let notified = self.recovered.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a recovery in between is not missed.
+        notified.as_mut().enable();
+        if !self.down.load(Ordering::Acquire) {
+            return true;
+        }
+        tokio::time::timeout(limit, notified).await.is_ok()
+    }
+
+    /// Whether it is known to be down and another renewal probes it.
+    pub(crate) fn probed_elsewhere(&self) -> bool {
+        self.down.load(Ordering::Acquire) && self.probe.try_lock().is_err()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_prober_and_the_others_wake_on_recovery() {
+        let gate = super::gate("http://gate-test.invalid/");
+        assert!(gate.wait_until_up(Duration::from_millis(10)).await, "not down: no wait");
+        gate.mark_down();
+        let probe = gate.try_probe().expect("the first renewal probes");
+        assert!(gate.try_probe().is_none(), "one at a time");
+        assert!(gate.probed_elsewhere());
+        assert!(!gate.wait_until_up(Duration::from_millis(20)).await, "still down");
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.wait_until_up(Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(gate.mark_up());
+        assert!(waiting.await.unwrap(), "woken by the recovery");
+        drop(probe);
+        assert!(!gate.probed_elsewhere() && !gate.mark_up());
+        assert!(std::sync::Arc::ptr_eq(&gate, &super::gate("http://gate-test.invalid")), "one per URL");
+    }
+}
