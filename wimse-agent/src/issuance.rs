@@ -287,8 +287,9 @@ impl Issuance {
     }
 
     /// One bundle document, asked for conditionally: `None` when the one served is current
-    /// (304 to its `ETag`).
-    async fn fetch_bundle(&self, path: &'static str, what: &str) -> Result<Option<String>, Error> {
+    /// (304 to its `ETag`), else the document and its `ETag` (recorded by the caller once the
+    /// document is served, so a tag is never held for a document that was not).
+    async fn fetch_bundle(&self, path: &'static str, what: &str) -> Result<Option<(String, Option<String>)>, Error> {
         let held = self.bundle_etags.lock().ok().and_then(|etags| etags.get(path).cloned());
         let mut request = self.client.get(self.url(path));
         if let Some(etag) = &held {
@@ -303,22 +304,30 @@ impl Issuance {
         }
         let etag = response.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let text = read_capped(response, MAX_DOCUMENT).await.map_err(|e| unavailable(format!("{what}: {e}")))?;
+        Ok(Some((text, etag.filter(|e| e.len() <= 256))))
+    }
+
+    /// Records the `ETag`s of documents now served.
+    fn served_etags(&self, tags: &[(&'static str, Option<String>)]) {
         if let Ok(mut etags) = self.bundle_etags.lock() {
-            match etag.filter(|e| e.len() <= 256) {
-                Some(etag) => etags.insert(path, etag),
-                None => etags.remove(path),
-            };
+            for (path, etag) in tags {
+                match etag {
+                    Some(etag) => etags.insert(path, etag.clone()),
+                    None => etags.remove(path),
+                };
+            }
         }
-        Ok(Some(text))
     }
 
     async fn fetch_bundles(&self) -> Result<(), Error> {
         let domain = self.config.trust_domain.to_string();
         let served = self.snapshot.borrow().clone();
+        let mut tags = Vec::new();
         let mut jwks = match self.fetch_bundle("/v1/bundle/jwks", "WIT bundle").await? {
-            Some(jwks) => {
+            Some((jwks, etag)) => {
                 // Checked before it is served, as its clients will read it.
                 wimse_workload_api::wit_bundle_anchors(&jwks).map_err(|e| unavailable(format!("WIT bundle: {e}")))?;
+                tags.push(("/v1/bundle/jwks", etag));
                 Some(jwks)
             }
             None if served.wit_bundles.contains_key(&domain) => None,
@@ -327,9 +336,10 @@ impl Issuance {
         let mut x509 = None;
         if self.config.x509 {
             match self.fetch_bundle("/v1/bundle/x509", "X.509 bundle").await? {
-                Some(pem) => {
+                Some((pem, etag)) => {
                     let cas = wimse_core::protocol::wic::certificates_from_pem(&pem)?;
                     x509 = Some(wimse_workload_api::der::concat_certificates(&cas));
+                    tags.push(("/v1/bundle/x509", etag));
                 }
                 None if served.x509_bundles.contains_key(&domain) => {}
                 None => return Err(unavailable("X.509 bundle: 304 for a bundle not served")),
@@ -350,6 +360,7 @@ impl Issuance {
             }
             changed
         });
+        self.served_etags(&tags);
         Ok(())
     }
 

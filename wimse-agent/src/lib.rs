@@ -187,33 +187,40 @@ impl Agent {
     }
 
     /// Whether the agent can do its job at `now` (what `/readyz` of `wimse agent serve
-    /// --metrics-listen` answers): every identity holds credentials that have not expired (an
-    /// agent whose identity server refuses renewals turns not ready when the last ones expire,
-    /// not while it still serves valid ones) and the bundles are fetched. The reason otherwise.
+    /// --metrics-listen` answers): the bundles are fetched, and some identity holds a WIT (and,
+    /// when the agent serves them, an X.509-SVID) that has not expired. An identity the identity
+    /// server refuses, or one whose credentials lapsed while others are current, does not make
+    /// the whole node unready (its workloads get an error; the log and metrics say why); an agent
+    /// whose identity server is down stays ready while what it serves is valid. The reason
+    /// otherwise.
     pub fn readiness(&self, now: u64) -> Result<(), String> {
         let config = self.issuance.config();
         let snapshot = self.snapshot();
-        for id in config.identities() {
-            let credentials = snapshot.identities.get(&id);
-            match credentials.and_then(|c| c.wit.as_ref()) {
-                None => return Err(format!("{id}: no WIT yet")),
-                Some(wit) if wit.expires_at <= now => {
-                    return Err(format!("{id}: its WIT expired at {}", wit.expires_at));
-                }
-                Some(_) => {}
-            }
-            if config.x509 {
-                match credentials.and_then(|c| c.x509.as_ref()) {
-                    None => return Err(format!("{id}: no X.509-SVID yet")),
-                    Some(x509) if x509.expires_at <= now => {
-                        return Err(format!("{id}: its X.509-SVID expired at {}", x509.expires_at));
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
         if snapshot.wit_bundles.is_empty() || (config.x509 && snapshot.x509_bundles.is_empty()) {
             return Err("trust bundles not fetched yet".into());
+        }
+        let held = |id: &wimse_core::id::WorkloadId, x509: bool| {
+            let credentials = snapshot.identities.get(id);
+            let expires_at = match x509 {
+                false => credentials.and_then(|c| c.wit.as_ref()).map(|c| c.expires_at),
+                true => credentials.and_then(|c| c.x509.as_ref()).map(|c| c.expires_at),
+            };
+            match expires_at {
+                Some(at) if at > now => Ok(()),
+                Some(at) => Err(format!("{id}: its {} expired at {at}", if x509 { "X.509-SVID" } else { "WIT" })),
+                None => Err(format!("{id}: no {} yet", if x509 { "X.509-SVID" } else { "WIT" })),
+            }
+        };
+        let identities = config.identities();
+        for x509 in [false, true] {
+            if x509 && !config.x509 {
+                continue;
+            }
+            let states: Vec<Result<(), String>> = identities.iter().map(|id| held(id, x509)).collect();
+            if !states.iter().any(Result::is_ok) {
+                let first = states.into_iter().find_map(Result::err).unwrap_or_else(|| "no identity".into());
+                return Err(format!("no identity holds current credentials ({first})"));
+            }
         }
         Ok(())
     }
@@ -227,10 +234,17 @@ impl Agent {
 
     /// Serves the Workload API on the configured socket until `shutdown` completes.
     pub async fn serve(&self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let listener = self.bind()?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Binds the configured socket (replacing a socket file already there: connections that
+    /// arrive from now on reach this listener), for [`serve_on`](Self::serve_on).
+    pub fn bind(&self) -> std::io::Result<tokio::net::UnixListener> {
         let config = self.issuance.config();
         let listener = listener::bind(&config.socket)?;
         tracing::info!(socket = %config.socket.display(), entries = config.entries.len(), "wimse agent: serving the Workload API");
-        self.serve_on(listener, shutdown).await
+        Ok(listener)
     }
 
     /// Serves the Workload API on `listener` until `shutdown` completes.

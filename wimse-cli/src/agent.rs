@@ -47,25 +47,54 @@ const DRAIN: Duration = Duration::from_secs(5);
 enum Event {
     /// SIGTERM or SIGINT.
     Stop,
-    /// SIGHUP with a file that loads: its agent, credentials obtained.
-    Reload(Agent),
+    /// SIGHUP with a file that loads: its agent, credentials obtained, its socket bound.
+    Reload(Agent, tokio::net::UnixListener),
 }
 
-/// The agent of the file at `path`, started and past its first issuance (so a reload never
-/// replaces a working agent with one whose token or identities are refused).
-async fn reloaded(path: &std::path::Path) -> Result<Agent, String> {
+/// The agent of the file at `path`, started, past its first issuance (so a reload never
+/// replaces a working agent with one whose token or identities are refused) and bound to its
+/// socket (so one it cannot bind is refused too; from then on new connections reach it).
+async fn reloaded(path: &std::path::Path) -> Result<(Agent, tokio::net::UnixListener), String> {
     let config = AgentConfig::from_file(path).map_err(|e| e.to_string())?;
     let agent = Agent::start(config).map_err(|e| e.to_string())?;
     agent.check_issuance().await.map_err(|e| e.to_string())?;
-    Ok(agent)
+    let listener = agent.bind().map_err(|e| format!("{}: {e}", agent.socket().display()))?;
+    Ok((agent, listener))
+}
+
+/// Serves `agent` on `listener` in a task until told to stop (the sender), then lets its
+/// streams close within [`DRAIN`].
+fn serving(
+    agent: std::sync::Arc<Agent>,
+    listener: tokio::net::UnixListener,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent
+            .serve_on(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, task)
+}
+
+/// Stops one configuration's serving: no new connections, streams closed within [`DRAIN`].
+async fn drain(stop: tokio::sync::oneshot::Sender<()>, mut task: tokio::task::JoinHandle<std::io::Result<()>>) {
+    let _ = stop.send(());
+    if tokio::time::timeout(DRAIN, &mut task).await.is_err() {
+        tracing::info!(?DRAIN, "wimse agent: Workload API streams still open after the drain time; closing them");
+        task.abort();
+    }
 }
 
 /// Serves until SIGTERM or SIGINT (then exits 0 once Workload API streams close, within
 /// [`DRAIN`]). SIGHUP reads the file again: a file that loads replaces the running
-/// configuration (a new agent obtains new keys and credentials for every identity first, then
-/// serves on the socket; workloads reconnect), one that does not is refused with a log line and
-/// the running configuration serves on. Exits 3 without a token, 4 when the identity server
-/// refuses the token, 5 when it refuses every identity (see [`start_exit_code`]).
+/// configuration (a new agent obtains new keys and credentials for every identity and binds the
+/// socket first, then the old one stops; workloads reconnect), one that does not (or whose agent
+/// cannot start or bind) is refused with a log line and the running configuration serves on.
+/// Exits 3 without a token, 4 when the identity server refuses the token, 5 when it refuses
+/// every identity (see [`start_exit_code`]).
 pub(crate) fn serve(args: ServeArgs) -> CliResult {
     let config = AgentConfig::from_file(&args.config).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -104,35 +133,28 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
                     _ = terminate.recv() => break,
                     _ = hangup.recv() => {
                         tracing::info!(file = %path.display(), "wimse agent: SIGHUP; reloading the configuration");
-                        match reloaded(&path).await {
-                            Ok(agent) => {
-                                if events_tx.send(Event::Reload(agent)).await.is_err() {
-                                    return;
+                        // Apart, so SIGTERM is heard while the new agent obtains its credentials.
+                        let (path, events) = (path.clone(), events_tx.clone());
+                        tokio::spawn(async move {
+                            match reloaded(&path).await {
+                                Ok((agent, listener)) => {
+                                    let _ = events.send(Event::Reload(agent, listener)).await;
                                 }
+                                Err(error) => tracing::error!(%error, "wimse agent: new configuration refused; keeping the running one"),
                             }
-                            Err(error) => tracing::error!(%error, "wimse agent: new configuration refused; keeping the running one"),
-                        }
+                        });
                     }
                 }
             }
             let _ = events_tx.send(Event::Stop).await;
         });
+        let listener = agent.bind().map_err(|e| format!("{}: {e}", agent.socket().display()))?;
         println!("wimse agent serving the Workload API on unix://{}", agent.socket().display());
+        let (mut stop, mut task) = serving(agent.clone(), listener);
         loop {
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let mut serving = tokio::spawn({
-                let agent = agent.clone();
-                async move {
-                    agent
-                        .serve(async move {
-                            let _ = stopped.await;
-                        })
-                        .await
-                }
-            });
             let event = tokio::select! {
                 event = events.recv() => event.unwrap_or(Event::Stop),
-                ended = &mut serving => {
+                ended = &mut task => {
                     let error = match ended {
                         Ok(Err(error)) => error.to_string(),
                         _ => "the Workload API server ended".to_owned(),
@@ -140,18 +162,20 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
                     return Err(format!("{}: {error}", agent.socket().display()));
                 }
             };
-            let _ = stop.send(());
-            if tokio::time::timeout(DRAIN, &mut serving).await.is_err() {
-                tracing::info!(?DRAIN, "wimse agent: Workload API streams still open after the drain time; closing them");
-                serving.abort();
-            }
             match event {
-                Event::Stop => break,
-                Event::Reload(next) => {
+                Event::Stop => {
+                    drain(stop, task).await;
+                    break;
+                }
+                Event::Reload(next, listener) => {
+                    // The new agent serves first (its socket already bound), then the old stops.
+                    let next = std::sync::Arc::new(next);
+                    let (next_stop, next_task) = serving(next.clone(), listener);
+                    drain(stop, task).await;
                     if next.socket() != agent.socket() {
                         let _ = std::fs::remove_file(agent.socket());
                     }
-                    agent = std::sync::Arc::new(next);
+                    (agent, stop, task) = (next, next_stop, next_task);
                     if let Ok(mut current) = current.write() {
                         *current = agent.clone();
                     }

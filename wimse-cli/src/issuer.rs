@@ -144,8 +144,8 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
             let _ = drain.wait_for(|stop| *stop).await;
         };
         let served: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> = match tls {
-            Some(config) => Box::pin(async move {
-                crate::tls_listener::serve(listener, config, app, stop_accepting).await;
+            Some(settings) => Box::pin(async move {
+                crate::tls_listener::serve(listener, settings, app, stop_accepting).await;
                 Ok(())
             }),
             None => Box::pin(

@@ -206,12 +206,12 @@ type CliResult = Result<ExitCode, String>;
 /// redirected to a file or a collector carry no escape codes. A server (`service`) also exports
 /// its spans over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (feature `otel`): the guard
 /// returned flushes them when dropped.
-fn install_logging(service: Option<&str>, format: Option<&str>) -> Result<Option<Telemetry>, String> {
+fn install_logging(verbose: bool, service: Option<&str>, format: Option<&str>) -> Option<Telemetry> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{EnvFilter, Layer as _};
-    let default = if service.is_some() { "info" } else { "error" };
+    let default = if verbose { "info" } else { "error" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = match format {
         Some(format) => format == "json",
@@ -225,15 +225,20 @@ fn install_logging(service: Option<&str>, format: Option<&str>) -> Result<Option
     };
     let registry = tracing_subscriber::registry().with(filter).with(logs);
     #[cfg(feature = "otel")]
-    if let Some(service) = service
-        && let Some((export, guard)) = otel::layer(service)?
-    {
-        let _ = registry.with(export).try_init();
-        return Ok(Some(guard));
+    if let Some(service) = service {
+        match otel::layer(service) {
+            Ok(Some((export, guard))) => {
+                let _ = registry.with(export).try_init();
+                return Some(guard);
+            }
+            Ok(None) => {}
+            // Serving matters more than its traces: logged, and the server starts without them.
+            Err(error) => eprintln!("wimse: trace export off: {error}"),
+        }
     }
     let _ = service;
     let _ = registry.try_init();
-    Ok(None)
+    None
 }
 
 /// What keeps trace export running (and flushes it when dropped).
@@ -244,19 +249,15 @@ type Telemetry = ();
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The servers export traces; every identity-server command logs at info by default.
     let service = match &cli.command {
-        Command::Issuer(_) => Some("wimse-issuer"),
+        Command::Issuer(IssuerCommand::Serve(_)) => Some("wimse-issuer"),
         Command::Agent(AgentCommand::Serve(_)) => Some("wimse-agent"),
         Command::Gateway(GatewayCommand::Serve(_)) => Some("wimse-gateway"),
         _ => None,
     };
-    let _telemetry = match install_logging(service, cli.log_format.as_deref()) {
-        Ok(telemetry) => telemetry,
-        Err(message) => {
-            eprintln!("wimse: {message}");
-            return ExitCode::from(2);
-        }
-    };
+    let verbose = service.is_some() || matches!(cli.command, Command::Issuer(_));
+    let _telemetry = install_logging(verbose, service, cli.log_format.as_deref());
     let result = match cli.command {
         Command::Key(KeyCommand::Generate(args)) => keys::generate(args),
         Command::Key(KeyCommand::Public(args)) => keys::public(args),

@@ -106,36 +106,62 @@ impl ResolvesServerCert for ReloadingCertificate {
     }
 }
 
+/// What the TLS listener serves with: the rustls configuration, and the verifier of client
+/// WICs when it asks for them.
+#[derive(Clone)]
+pub(crate) struct TlsSettings {
+    config: Arc<rustls::ServerConfig>,
+    client_wics: Option<Arc<WicClientVerifier>>,
+}
+
 /// A server configuration presenting `certificate`, HTTP/2 and 1.1; the files are watched for
 /// a change from now on. With `client_wics`, a client may present a WIC verified against them
-/// (optional: a client without one is served as before; one with an invalid one is refused).
+/// (optional: a client without one is served as before; one with an invalid one is refused),
+/// and the WIC is verified again for every request (below), so a connection kept open past the
+/// WIC's expiry or a change of authority carries no identity; sessions are then not resumed
+/// (a resumed TLS 1.3 session would carry the old certificate without a verification).
 pub(crate) fn server_config(
     certificate: ReloadingCertificate,
     client_wics: Option<WicAnchors>,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<TlsSettings, String> {
     let certificate = Arc::new(certificate);
     certificate.watch();
     let builder = rustls::ServerConfig::builder_with_provider(certificate.provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = match client_wics {
-        Some(anchors) => builder.with_client_cert_verifier(Arc::new(WicClientVerifier::new(anchors).optional())),
+    let verifier = client_wics.map(|anchors| Arc::new(WicClientVerifier::new(anchors).optional()));
+    let builder = match &verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    if verifier.is_some() {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(TlsSettings { config: Arc::new(config), client_wics: verifier })
+}
+
+/// The workload a connection's client WIC names, verified now (its validity, the current
+/// authority): `None` without a WIC, or when it no longer verifies.
+fn client_wic_now(verifier: &WicClientVerifier, chain: &[CertificateDer<'static>]) -> Option<wimse_issuer::ClientWic> {
+    use rustls::server::danger::ClientCertVerifier as _;
+    let (leaf, intermediates) = chain.split_first()?;
+    verifier.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now()).ok()?;
+    let peer = TlsPeer::from_verified_chain(chain).ok()?;
+    Some(wimse_issuer::ClientWic(peer.caller().id().clone()))
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown`, then lets connections finish their
 /// requests (the caller bounds how long).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    settings: TlsSettings,
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let acceptor = tokio_rustls::TlsAcceptor::from(settings.config.clone());
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -152,6 +178,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let (acceptor, builder, watcher, app) = (acceptor.clone(), builder.clone(), graceful.watcher(), app.clone());
+        let verifier = settings.client_wics.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -161,18 +188,17 @@ pub(crate) async fn serve(
                 }
                 Err(_) => return,
             };
-            // A client WIC the verifier accepted: the workload it names (renewal).
-            let client_wic = match tls.get_ref().1.peer_certificates().map(TlsPeer::from_verified_chain).transpose() {
-                Ok(peer) => peer.map(|peer| wimse_issuer::ClientWic(peer.caller().id().clone())),
-                Err(error) => {
-                    tracing::debug!(%peer, reason = error.reason(), "wimse issuer: client certificate names no workload");
-                    return;
-                }
-            };
+            // A client WIC the handshake verified: checked again for each request below.
+            let chain: Vec<CertificateDer<'static>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                if let Some(client_wic) = &client_wic {
-                    request.extensions_mut().insert(client_wic.clone());
+                if let Some(client_wic) = verifier.as_deref().and_then(|v| client_wic_now(v, &chain)) {
+                    request.extensions_mut().insert(client_wic);
                 }
                 let app = app.clone();
                 async move {

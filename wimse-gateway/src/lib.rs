@@ -263,15 +263,10 @@ impl Gateway {
                     }
                 }
             };
+            // The configuration current at each connection decides TLS (a reload may add it).
             let shared = self.shared.clone();
-            let tls = self
-                .shared
-                .live
-                .borrow()
-                .forward_auth_tls
-                .is_some()
-                .then(|| -> server::TlsSource { Arc::new(move || shared.live.borrow().forward_auth_tls.clone()) });
-            tasks.spawn(server::serve("forward_auth", listener, handler, stop_signal(), tls));
+            let tls: server::TlsSource = Arc::new(move || shared.live.borrow().forward_auth_tls.clone());
+            tasks.spawn(server::serve("forward_auth", listener, handler, stop_signal(), Some(tls)));
         }
         if let Some(listener) = listeners.ext_authz {
             let server = envoy::auth::authorization_server::AuthorizationServer::new(ext_authz::ExtAuthz::new(
@@ -289,15 +284,10 @@ impl Gateway {
                     }
                 }
             };
+            // The configuration current at each connection decides TLS (a reload may add it).
             let shared = self.shared.clone();
-            let tls = self
-                .shared
-                .live
-                .borrow()
-                .ext_authz_tls
-                .is_some()
-                .then(|| -> server::TlsSource { Arc::new(move || shared.live.borrow().ext_authz_tls.clone()) });
-            tasks.spawn(server::serve("ext_authz", listener, handler, stop_signal(), tls));
+            let tls: server::TlsSource = Arc::new(move || shared.live.borrow().ext_authz_tls.clone());
+            tasks.spawn(server::serve("ext_authz", listener, handler, stop_signal(), Some(tls)));
         }
         if let Some(listener) = listeners.reverse_proxy {
             let shared = self.shared.clone();

@@ -54,21 +54,26 @@ impl Drop for Live {
 }
 
 impl Live {
-    /// Whether this configuration can do its job now: every trust domain's anchors usable (a
-    /// followed bundle that could not be refreshed goes stale), and the gateway's own
-    /// credentials current when it needs them. The reason otherwise.
+    /// Whether this configuration can do its job now: some trust domain's anchors usable (a
+    /// followed bundle that could not be refreshed goes stale; one stale federated domain among
+    /// usable ones does not take the gateway out of service, its callers are refused 503), and,
+    /// for a gateway that only signs outbound (egress, no inbound listener), its own credentials
+    /// current. The reason otherwise.
     pub(crate) fn ready(&self, now: u64) -> Result<(), String> {
-        let stale: Vec<String> = self.trust.read(|store| {
-            store
-                .domains()
-                .filter(|(_, anchors)| !anchors.usable_at(now))
-                .map(|(domain, _)| domain.to_string())
-                .collect()
+        let (usable, stale): (Vec<String>, Vec<String>) = self.trust.read(|store| {
+            let (usable, stale): (Vec<_>, Vec<_>) = store.domains().partition(|(_, anchors)| anchors.usable_at(now));
+            (
+                usable.into_iter().map(|(domain, _)| domain.to_string()).collect(),
+                stale.into_iter().map(|(domain, _)| domain.to_string()).collect(),
+            )
         });
-        if !stale.is_empty() {
-            return Err(format!("trust anchors not usable (stale or empty): {}", stale.join(", ")));
+        if usable.is_empty() && !stale.is_empty() {
+            return Err(format!("no trust anchors usable (stale or empty): {}", stale.join(", ")));
         }
-        if let Some(own) = &self.own {
+        let inbound = self.config.forward_auth.is_some()
+            || self.config.ext_authz.is_some()
+            || self.config.reverse_proxy.is_some();
+        if let Some(own) = self.own.as_ref().filter(|_| !inbound) {
             own.credentials().map_err(|e| format!("the gateway's own credentials: {e}"))?;
         }
         Ok(())

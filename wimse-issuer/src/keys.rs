@@ -117,6 +117,13 @@ pub(crate) fn reconcile(
     // keep every key either side published.
     let stored_sequence = stored.sequence;
     let mut merged = stored;
+    // A key both hold signs from the earlier of their times: an operator's activation (or a
+    // timer key's start) is never undone by an older copy that still has the key waiting.
+    for key in &mut merged.keys {
+        if let Some(theirs) = ours.keys.iter().find(|k| k.jwk.kid == key.jwk.kid) {
+            key.active_from = key.active_from.min(theirs.active_from);
+        }
+    }
     merged.keys.extend(missing.into_iter().cloned());
     merged.keys.sort_by_key(|k| k.active_from);
     merged.wic_ca = merged.wic_ca.or_else(|| ours.wic_ca.clone());
@@ -547,6 +554,23 @@ mod reconcile_tests {
         let (kept, how) = reconcile(None, &a, 10_901, &policy()).unwrap();
         assert_eq!((how, kept.sequence, kept.epoch.clone()), (Reconciled::Restored, 3, a.epoch.clone()));
         assert_eq!(reconcile(None, &KeyState::default(), 10_901, &policy()).unwrap().1, Reconciled::Created);
+    }
+
+    #[test]
+    fn an_activation_survives_an_older_copy_of_the_prepared_key() {
+        let domain = "spiffe://prod.example".parse().unwrap();
+        let mut state = KeyState::new();
+        state.maintain(10_000, &policy(), &domain).unwrap();
+        let prepared = state.prepare(10_010, &policy()).unwrap();
+        let snapshot = state.clone(); // taken between prepare and activate
+        state.activate(10_200, &policy(), false).unwrap();
+        // The snapshot restored under a replica that saw the activation: written back merged,
+        // the key still active from 10 200.
+        let (kept, how) = reconcile(Some(snapshot), &state, 10_300, &policy()).unwrap();
+        assert!(matches!(how, Reconciled::Merged { .. }));
+        let key = kept.keys.iter().find(|k| k.jwk.kid.as_deref() == Some(prepared.as_str())).unwrap();
+        assert_eq!(key.active_from, 10_200);
+        assert!(kept.sequence > state.sequence);
     }
 
     #[test]

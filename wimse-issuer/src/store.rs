@@ -97,6 +97,20 @@ impl FileStorage {
         Self { path: path.into(), lock: tokio::sync::Mutex::new(()), seen: InMemoryReplayStore::new(100_000) }
     }
 
+    /// An exclusive lock on `<key_store>.lock`, held until the file handle is dropped. Taken on
+    /// the blocking pool (it may wait for another process).
+    async fn lock_file(&self) -> Result<std::fs::File> {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let path = self.path.with_file_name(name);
+        let locked = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        });
+        locked.await.map_err(unavailable)?.map_err(|e| unavailable(format!("{}.lock: {e}", self.path.display())))
+    }
+
     async fn read(&self) -> Result<Option<KeyState>> {
         let path = self.path.clone();
         let read = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
@@ -130,6 +144,9 @@ impl KeyStorage for FileStorage {
 
     async fn update(&self, change: &mut Change<'_>) -> Result<KeyState> {
         let _guard = self.lock.lock().await;
+        // Other processes on the same file (`wimse issuer keys`, `replace-key-store` beside a
+        // running server) wait for this change, and this one for theirs.
+        let _file_lock = self.lock_file().await?;
         let current = self.read().await?;
         let Some(next) = change(current.clone())? else {
             return current.ok_or_else(|| unavailable("nothing stored"));
@@ -152,5 +169,46 @@ impl KeyStorage for FileStorage {
             Ok(result) => result,
             Err(pending) => pending.await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FileStorage, KeyStorage as _};
+    use crate::keys::KeyState;
+
+    /// Two storages on one file (a running server and a `wimse issuer keys` command): the second
+    /// change waits for the first and sees it, so neither is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_on_one_key_file_change_it_in_turn() {
+        let dir = std::env::temp_dir().join(format!("wimse-file-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.json");
+        let (a, b) = (FileStorage::new(&path), FileStorage::new(&path));
+        a.update(&mut |_| Ok(Some(KeyState::new()))).await.unwrap();
+        let slow = tokio::spawn(async move {
+            a.update(&mut |stored| {
+                let mut state = stored.unwrap();
+                // Holds the file while another process wants it.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                state.sequence += 1;
+                Ok(Some(state))
+            })
+            .await
+            .unwrap()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let second = b
+            .update(&mut |stored| {
+                let mut state = stored.unwrap();
+                state.sequence += 10;
+                Ok(Some(state))
+            })
+            .await
+            .unwrap();
+        slow.await.unwrap();
+        assert_eq!(second.sequence(), 11, "the second change saw the first");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

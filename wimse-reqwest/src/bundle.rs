@@ -178,7 +178,14 @@ impl BundleSource {
     /// Fetches the bundle once, within the timeout, and, if it is acceptable, makes it the
     /// domain's anchors. Returns the refresh hint in seconds.
     pub async fn refresh(&self, trust: &TrustHandle) -> Result<u64, Error> {
-        let result = match tokio::time::timeout(self.timeout, self.fetch(trust)).await {
+        self.refresh_now(trust, false).await
+    }
+
+    /// [`refresh`](Self::refresh); `past_caches` asks HTTP caches in between to check with the
+    /// identity server (`Cache-Control: no-cache`): an early refresh for an unknown key id must
+    /// not get a CDN's copy from before the key was published.
+    async fn refresh_now(&self, trust: &TrustHandle, past_caches: bool) -> Result<u64, Error> {
+        let result = match tokio::time::timeout(self.timeout, self.fetch(trust, past_caches)).await {
             Ok(result) => result,
             Err(_) => Err(unavailable(format!("bundle fetch: no answer within {:?}", self.timeout))),
         };
@@ -194,7 +201,7 @@ impl BundleSource {
         })
     }
 
-    async fn fetch(&self, trust: &TrustHandle) -> Result<u64, Error> {
+    async fn fetch(&self, trust: &TrustHandle, past_caches: bool) -> Result<u64, Error> {
         let now = self.clock.now();
         let etag = match self.state.lock() {
             Ok(mut state) => {
@@ -206,6 +213,9 @@ impl BundleSource {
         let mut request = self.http_client().get(&self.url);
         if let Some(etag) = &etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if past_caches {
+            request = request.header(reqwest::header::CACHE_CONTROL, "no-cache");
         }
         let response = request.send().await.map_err(|e| unavailable(format!("bundle fetch: {e}")))?;
         if response.status() == reqwest::StatusCode::NOT_MODIFIED {
@@ -272,7 +282,7 @@ impl BundleSource {
                 let now = self.clock.now();
                 let early = trust.take_refresh_request(&self.domain) && self.early_allowed(now);
                 if now >= next || early {
-                    next = match self.refresh(&trust).await {
+                    next = match self.refresh_now(&trust, early && now < next).await {
                         Ok(hint) => {
                             if self.health.succeeded() {
                                 tracing::info!(trust_domain = %self.domain, "wimse: trust bundle refreshed again");

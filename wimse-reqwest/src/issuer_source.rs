@@ -424,6 +424,11 @@ impl IssuerCredentials {
                             if probing.is_none() {
                                 probing = gate.try_probe();
                             }
+                        } else {
+                            // The server answered (a refusal of this identity, a rate limit):
+                            // it is up for the others, whatever becomes of this one.
+                            probing = None;
+                            gate.mark_up();
                         }
                         let now = inner.clock.now();
                         source.report_failure(&refused.error, now);

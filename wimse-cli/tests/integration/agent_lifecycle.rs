@@ -127,7 +127,11 @@ fn sighup_reloads_the_configuration_and_sigterm_stops_it_cleanly() {
         assert!(start.elapsed() < Duration::from_secs(20), "not reloaded:\n{}", log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(log_text().contains("configuration reloaded"), "{}", log_text());
+    // Served by the new agent at once; the old one stops once its streams close (5 s at most).
+    while !log_text().contains("configuration reloaded") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A broken file: refused, the running configuration serves on.
     std::fs::write(dir.path().join("agent.json"), "{ not json").unwrap();
@@ -138,6 +142,21 @@ fn sighup_reloads_the_configuration_and_sigterm_stops_it_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(fetched(&socket), want);
+    // A socket it cannot bind (its directory missing): refused the same way.
+    let mut unbindable: Value = serde_json::from_str(&{
+        write_config(&dir, &issuer.base(), &["alpha"]);
+        std::fs::read_to_string(dir.path().join("agent.json")).unwrap()
+    })
+    .unwrap();
+    unbindable["socket"] = dir.path().join("missing/agent.sock").display().to_string().into();
+    std::fs::write(dir.path().join("agent.json"), unbindable.to_string()).unwrap();
+    signal(&agent.0, "HUP");
+    let start = Instant::now();
+    while log_text().matches("new configuration refused").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(15), "{}", log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fetched(&socket), want, "still the running configuration");
 
     // SIGTERM: stops within seconds although a stream is open; exit 0, socket removed.
     signal(&agent.0, "TERM");

@@ -474,9 +474,27 @@ async fn a_workload_renews_with_its_client_wic_over_tls() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A connection kept open from before: its WIC is verified again for each request, so it
+    // stops renewing once the authority changed (no identity: 401).
     let start = std::time::Instant::now();
     loop {
-        // A new connection each time (a kept-alive one was verified at its handshake).
+        match renewing
+            .post(format!("{base}/v1/wit"))
+            .body(wit_request(SUB))
+            .header("content-type", "application/json")
+            .send()
+            .await
+        {
+            Ok(answer) if answer.status() == 401 => break,
+            Ok(answer) => assert_eq!(answer.status(), 200),
+            Err(_) => break,
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "a kept-alive connection still renews");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let start = std::time::Instant::now();
+    loop {
+        // A new connection each time: refused in the handshake.
         let client = https(Some((identity.0.clone(), identity.1.clone_key())));
         if client.post(format!("{base}/v1/wit")).body(wit_request(SUB)).send().await.is_err() {
             break;

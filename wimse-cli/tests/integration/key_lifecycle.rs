@@ -100,17 +100,18 @@ async fn two_step_rotation_reaches_a_running_replica_within_seconds() {
     let prepared = prepared["prepared"].as_str().unwrap().to_owned();
     let prepared_at = Instant::now();
     assert_ne!(prepared, first);
+    // Not activated before verifiers can have it (two refresh hints, 2 s: asked at once).
+    let (ok, _, stderr) = wimse(&["keys", "activate"], &path);
+    assert!(!ok && stderr.contains("has been published for"), "{stderr}");
     assert!(within_5s(async || kids(&bundle(&issuer).await).contains(&prepared)).await, "{}", issuer.log_text());
     assert_eq!(signing_kid(&issuer).await, first, "a prepared key signs nothing");
     let (_, status, _) = wimse(&["keys", "status"], &path);
     assert_eq!(roles(&status), vec![(first.clone(), "active".into()), (prepared.clone(), "prepared".into())]);
     assert!(status["keys"][1]["active_from"].is_null());
 
-    // One waiting key at a time; not activated before verifiers can have it.
+    // One waiting key at a time.
     let (ok, _, stderr) = wimse(&["keys", "prepare"], &path);
     assert!(!ok && stderr.contains("already waits"), "{stderr}");
-    let (ok, _, stderr) = wimse(&["keys", "activate"], &path);
-    assert!(!ok && stderr.contains("has been published for"), "{stderr}");
 
     // Two refresh hints (2 s) after it was published: activated, signing on the replica within seconds.
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(prepared_at.elapsed()) + Duration::from_millis(200)).await;

@@ -1,0 +1,252 @@
+//! The scale harness: how the identity server's costs grow with the number of workloads and
+//! verifiers it serves. The identity server runs in a child process (this binary, `serve`
+//! mode, on loopback), so its CPU time and memory are its own; simulated workloads and
+//! verifiers are tasks of this process, not processes.
+//!
+//! For each size N (default 100, 1 000 and 10 000; `--sizes`):
+//! - **issuance**: N workloads obtain WITs (`POST /v1/wit`, distinct keys and identifiers,
+//!   in turn until at least 5 000 issuances), 64 at a time: issuances per second at saturation, the server's CPU per
+//!   issuance, p99 latency, its memory afterwards;
+//! - **bundles**: N verifiers (`wimse_reqwest::BundleSource`) follow the SPIFFE bundle for 12 s
+//!   with a 2 s refresh hint while keys rotate every 5 s: the server's CPU per verifier and
+//!   second, whole fetches against 304s, and the busiest second against the mean (a herd shows
+//!   as a high ratio).
+//!
+//! Prints a Markdown table and the same rows as CSV (`--csv FILE` writes it). Bounded in time
+//! (about a minute per size on 2 cores) and loopback only.
+//!
+//! Run: `cargo run --release -p wimse-examples --bin scale -- --sizes 100,1000,10000`
+
+mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::protocol::trust::{TrustHandle, TrustStore};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const DOMAIN: &str = "spiffe://prod.example";
+const SECRET: &str = "a-scale-harness-dev-secret";
+/// The fewest issuances measured per size.
+const MIN_OPERATIONS: usize = 5000;
+
+/// One measured row.
+#[derive(Debug, Clone)]
+struct Row {
+    scenario: &'static str,
+    size: usize,
+    /// Operations per second at saturation (issuances), or requests per second (bundles).
+    rate: f64,
+    /// The server's CPU time per operation (per issuance; per verifier-second), microseconds.
+    cpu_us: f64,
+    /// p99 latency (issuance), milliseconds; the busiest second over the mean (bundles).
+    p99_or_peak: f64,
+    /// The server's resident memory at the end, MiB.
+    rss_mib: f64,
+    /// Bundles: the share of refreshes answered 304.
+    not_modified: f64,
+}
+
+async fn issuance(size: usize) -> Result<Row, Error> {
+    let server = server::ServerProcess::start(json!({"refresh_hint": 300, "rotation_period": 86400}))?;
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    let keys: Vec<SigningKey> = (0..size).map(|_| SigningKey::generate(Algorithm::ES256)).collect::<Result<_, _>>()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let keys = Arc::new(keys);
+    // Enough operations to measure CPU time in 10 ms ticks: every workload at least once.
+    let operations = size.max(MIN_OPERATIONS);
+    let cpu_before = server.cpu_time();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..64.min(size) {
+        let (client, base, next, keys) = (client.clone(), base.clone(), next.clone(), keys.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= operations {
+                    return Ok::<_, Error>(latencies);
+                }
+                // Workload `i`, renewing again once every workload has had its turn.
+                let i = n % keys.len();
+                let body = json!({"sub": format!("{DOMAIN}/ns/w{i}"), "jwk": keys[i].public_jwk()});
+                let sent = Instant::now();
+                let response = client.post(format!("{base}/v1/wit")).bearer_auth(SECRET).json(&body).send().await?;
+                if response.status() != 200 {
+                    return Err(format!("issuance answered {}", response.status()).into());
+                }
+                response.bytes().await?;
+                latencies.push(sent.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let elapsed = started.elapsed();
+    let cpu = server.cpu_time().saturating_sub(cpu_before);
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+    Ok(Row {
+        scenario: "issuance",
+        size,
+        rate: operations as f64 / elapsed.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / operations as f64,
+        p99_or_peak: p99.as_secs_f64() * 1e3,
+        rss_mib: server.rss_mib(),
+        not_modified: 0.0,
+    })
+}
+
+async fn bundles(size: usize) -> Result<Row, Error> {
+    const SECONDS: u64 = 12;
+    let server = server::ServerProcess::start(json!({"refresh_hint": 2, "rotation_period": 5}))?;
+    let domain: wimse_core::id::TrustDomain = DOMAIN.parse()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let mut tasks = Vec::new();
+    for _ in 0..size {
+        let source = wimse_reqwest::BundleSource::new(domain.clone(), format!("{}/v1/bundle/spiffe", server.base))
+            .client(client.clone());
+        let trust = TrustHandle::new(TrustStore::new());
+        tasks.push(source.spawn(trust));
+        // Verifiers start over the first second, as a fleet's would over minutes.
+        if size >= 1000 {
+            tokio::time::sleep(Duration::from_micros(1_000_000 / size as u64)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu_before, counts_before) = (server.cpu_time(), server.counts().await?);
+    tokio::time::sleep(Duration::from_secs(SECONDS)).await;
+    let (cpu, counts) = (server.cpu_time().saturating_sub(cpu_before), server.counts().await?);
+    for task in tasks {
+        task.abort();
+    }
+    let whole = counts.whole - counts_before.whole;
+    let not_modified = counts.not_modified - counts_before.not_modified;
+    let per_second: Vec<u64> = counts.per_second.iter().rev().take(SECONDS as usize).copied().collect();
+    let total = (whole + not_modified) as f64;
+    let mean = total / SECONDS as f64;
+    let peak = per_second.iter().copied().max().unwrap_or(0) as f64;
+    Ok(Row {
+        scenario: "bundles",
+        size,
+        rate: mean,
+        cpu_us: cpu.as_secs_f64() * 1e6 / (size as f64 * SECONDS as f64),
+        p99_or_peak: if mean > 0.0 { peak / mean } else { 0.0 },
+        rss_mib: server.rss_mib(),
+        not_modified: if total > 0.0 { not_modified as f64 / total } else { 0.0 },
+    })
+}
+
+fn parse_sizes(args: &[String]) -> Result<(Vec<usize>, Option<String>), Error> {
+    let mut sizes = vec![100, 1000, 10000];
+    let mut csv = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--sizes" => {
+                let list = args.next().ok_or("--sizes needs a list")?;
+                sizes = list.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+                if sizes.iter().any(|s| *s == 0 || *s > 100_000) {
+                    return Err("--sizes: each between 1 and 100000".into());
+                }
+            }
+            "--csv" => csv = Some(args.next().ok_or("--csv needs a file")?.clone()),
+            other => {
+                return Err(
+                    format!("unknown argument {other}; usage: scale [--sizes 100,1000,10000] [--csv FILE]").into()
+                );
+            }
+        }
+    }
+    Ok((sizes, csv))
+}
+
+async fn run(args: Vec<String>) -> Result<(), Error> {
+    let (sizes, csv_file) = parse_sizes(&args)?;
+    let mut rows = Vec::new();
+    for &size in &sizes {
+        eprintln!("scale: {size} workloads, issuance");
+        rows.push(issuance(size).await?);
+        eprintln!("scale: {size} verifiers, bundles");
+        rows.push(bundles(size).await?);
+    }
+    println!(
+        "| scenario | N | rate (/s) | server CPU per op (µs) | p99 ms / peak÷mean | server RSS (MiB) | 304 share |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut csv = String::from(
+        "scenario,n,rate_per_s,server_cpu_us_per_op,p99_ms_or_peak_over_mean,server_rss_mib,not_modified_share\n",
+    );
+    for row in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            row.scenario, row.size, row.rate, row.cpu_us, row.p99_or_peak, row.rss_mib, row.not_modified
+        );
+        csv.push_str(&format!(
+            "{},{},{:.1},{:.2},{:.3},{:.2},{:.3}\n",
+            row.scenario, row.size, row.rate, row.cpu_us, row.p99_or_peak, row.rss_mib, row.not_modified
+        ));
+    }
+    // How each cost per operation grows from the smallest to the largest size.
+    for scenario in ["issuance", "bundles"] {
+        let of: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
+        if let (Some(first), Some(last)) = (of.first(), of.last())
+            && first.cpu_us > 0.0
+        {
+            println!(
+                "{scenario}: CPU per operation x{:.2} from N={} to N={}",
+                last.cpu_us / first.cpu_us,
+                first.size,
+                last.size
+            );
+        }
+    }
+    print!("\n{csv}");
+    if let Some(path) = csv_file {
+        std::fs::write(&path, csv)?;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("scale: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = if args.first().map(String::as_str) == Some("serve") {
+        runtime.block_on(server::serve(args.get(1).cloned().unwrap_or_default()))
+    } else {
+        runtime.block_on(run(args))
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("scale: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_are_parsed_and_bounded() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(super::parse_sizes(&args(&[])).unwrap().0, [100, 1000, 10000]);
+        assert_eq!(super::parse_sizes(&args(&["--sizes", "5,50"])).unwrap().0, [5, 50]);
+        assert!(super::parse_sizes(&args(&["--sizes", "0"])).is_err());
+        assert!(super::parse_sizes(&args(&["--sizes", "x"])).is_err());
+        assert!(super::parse_sizes(&args(&["--bogus"])).is_err());
+    }
+}
