@@ -7,6 +7,9 @@
 //! - **issuance**: N workloads obtain WITs (`POST /v1/wit`, distinct keys and identifiers,
 //!   in turn until at least 5 000 issuances), 64 at a time: issuances per second at saturation, the server's CPU per
 //!   issuance, p99 latency, its memory afterwards;
+//! - **issuance-pg**, **issuance-pg-2**: the same on PostgreSQL (sealed keys, one audit row per
+//!   issuance) through one and two replicas of one database, when PostgreSQL is installed
+//!   (CPU summed over the replicas, not counting PostgreSQL's own);
 //! - **bundles**: N verifiers (`wimse_reqwest::BundleSource`) follow the SPIFFE bundle for 12 s
 //!   with a 2 s refresh hint while keys rotate every 5 s: the server's CPU per verifier and
 //!   second, whole fetches against 304s, and the busiest second against the mean (a herd shows
@@ -53,18 +56,37 @@ struct Row {
 
 async fn issuance(size: usize) -> Result<Row, Error> {
     let server = server::ServerProcess::start(json!({"refresh_hint": 300, "rotation_period": 86400}))?;
+    issue_through("issuance", size, &[server]).await
+}
+
+/// Issuance on PostgreSQL (sealed keys, an audit row per issuance) through `replicas` identity
+/// servers on one database; `None` without PostgreSQL.
+async fn issuance_on_postgres(size: usize, replicas: usize, postgres: &str) -> Result<Row, Error> {
+    let kek = "Y2FwYWNpdHktaGFybmVzcy1rZXktZW5jcnlwdGlvbiE=";
+    let settings = json!({"refresh_hint": 300, "rotation_period": 86400,
+                          "postgres": {"url": postgres, "timeout_ms": 5000, "kek_env": "SCALE_KEK"}});
+    let servers = (0..replicas)
+        .map(|_| server::ServerProcess::start_with(settings.clone(), &[("SCALE_KEK", kek)]))
+        .collect::<Result<Vec<_>, _>>()?;
+    issue_through(if replicas == 1 { "issuance-pg" } else { "issuance-pg-2" }, size, &servers).await
+}
+
+/// N workloads obtain WITs in turn (at least [`MIN_OPERATIONS`]), 64 at a time, spread over
+/// `servers`; their CPU time (summed) per issuance.
+async fn issue_through(scenario: &'static str, size: usize, servers: &[server::ServerProcess]) -> Result<Row, Error> {
     let client = reqwest::Client::new();
-    let base = server.base.clone();
     let keys: Vec<SigningKey> = (0..size).map(|_| SigningKey::generate(Algorithm::ES256)).collect::<Result<_, _>>()?;
     let next = Arc::new(AtomicUsize::new(0));
     let keys = Arc::new(keys);
     // Enough operations to measure CPU time in 10 ms ticks: every workload at least once.
     let operations = size.max(MIN_OPERATIONS);
-    let cpu_before = server.cpu_time();
+    let cpu = || servers.iter().map(server::ServerProcess::cpu_time).sum::<Duration>();
+    let cpu_before = cpu();
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..64.min(size) {
-        let (client, base, next, keys) = (client.clone(), base.clone(), next.clone(), keys.clone());
+    for worker in 0..64.min(size) {
+        let base = servers[worker % servers.len()].base.clone();
+        let (client, next, keys) = (client.clone(), next.clone(), keys.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -90,16 +112,16 @@ async fn issuance(size: usize) -> Result<Row, Error> {
         latencies.extend(worker.await??);
     }
     let elapsed = started.elapsed();
-    let cpu = server.cpu_time().saturating_sub(cpu_before);
+    let cpu = cpu().saturating_sub(cpu_before);
     latencies.sort();
     let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
     Ok(Row {
-        scenario: "issuance",
+        scenario,
         size,
         rate: operations as f64 / elapsed.as_secs_f64(),
         cpu_us: cpu.as_secs_f64() * 1e6 / operations as f64,
         p99_or_peak: p99.as_secs_f64() * 1e3,
-        rss_mib: server.rss_mib(),
+        rss_mib: servers.iter().map(server::ServerProcess::rss_mib).sum::<f64>() / servers.len() as f64,
         not_modified: 0.0,
     })
 }
@@ -170,10 +192,18 @@ fn parse_sizes(args: &[String]) -> Result<(Vec<usize>, Option<String>), Error> {
 
 async fn run(args: Vec<String>) -> Result<(), Error> {
     let (sizes, csv_file) = parse_sizes(&args)?;
+    // PostgreSQL when installed: one database for the issuance-on-PostgreSQL rows.
+    let postgres = wimse_testkit::servers::PostgresServer::start();
     let mut rows = Vec::new();
     for &size in &sizes {
         eprintln!("scale: {size} workloads, issuance");
         rows.push(issuance(size).await?);
+        if let Some(postgres) = &postgres {
+            for replicas in [1, 2] {
+                eprintln!("scale: {size} workloads, issuance on PostgreSQL, {replicas} replica(s)");
+                rows.push(issuance_on_postgres(size, replicas, &postgres.url()).await?);
+            }
+        }
         eprintln!("scale: {size} verifiers, bundles");
         rows.push(bundles(size).await?);
     }
@@ -195,7 +225,7 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
         ));
     }
     // How each cost per operation grows from the smallest to the largest size.
-    for scenario in ["issuance", "bundles"] {
+    for scenario in ["issuance", "issuance-pg", "issuance-pg-2", "bundles"] {
         let of: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
         if let (Some(first), Some(last)) = (of.first(), of.last())
             && first.cpu_us > 0.0

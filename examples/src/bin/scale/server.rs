@@ -31,6 +31,11 @@ impl ServerProcess {
     /// Starts an identity server with `settings` (refresh hint, rotation period) on a file key
     /// store and one dev client for every identifier under `DOMAIN/ns`.
     pub(crate) fn start(settings: Value) -> Result<Self, Error> {
+        Self::start_with(settings, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables (the KEK of a PostgreSQL store).
+    pub(crate) fn start_with(settings: Value, env: &[(&str, &str)]) -> Result<Self, Error> {
         let dir = wimse_testkit::servers::TempDir::new("wimse-scale");
         let mut config = json!({
             "trust_domain": DOMAIN,
@@ -41,6 +46,9 @@ impl ServerProcess {
                             "per_source": {"burst": 1000000, "per_minute": 100000000}}
         });
         if let (Some(config), Some(settings)) = (config.as_object_mut(), settings.as_object()) {
+            if settings.contains_key("postgres") {
+                config.remove("key_store");
+            }
             config.extend(settings.clone());
         }
         let path = dir.path().join("issuer.json");
@@ -48,6 +56,7 @@ impl ServerProcess {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("serve")
             .arg(&path)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
