@@ -10,6 +10,9 @@
 //! - **issuance-pg**, **issuance-pg-2**: the same on PostgreSQL (sealed keys, one audit row per
 //!   issuance) through one and two replicas of one database, when PostgreSQL is installed
 //!   (CPU summed over the replicas, not counting PostgreSQL's own);
+//! - **replay-redis**: N workloads' proofs (at least 20 000) claimed in one Redis through
+//!   `RedisReplayStore`, 64 at a time, when `redis-server` is installed: claims per second, the
+//!   Redis server's CPU per claim and memory;
 //! - **bundles**: N verifiers (`wimse_reqwest::BundleSource`) follow the SPIFFE bundle for 12 s
 //!   with a 2 s refresh hint while keys rotate every 5 s: the server's CPU per verifier and
 //!   second, whole fetches against 304s, and the busiest second against the mean (a herd shows
@@ -36,6 +39,8 @@ const DOMAIN: &str = "spiffe://prod.example";
 const SECRET: &str = "a-scale-harness-dev-secret";
 /// The fewest issuances measured per size.
 const MIN_OPERATIONS: usize = 5000;
+/// The fewest replay claims measured per size.
+const REPLAY_OPERATIONS: usize = 20000;
 
 /// One measured row.
 #[derive(Debug, Clone)]
@@ -126,6 +131,65 @@ async fn issue_through(scenario: &'static str, size: usize, servers: &[server::S
     })
 }
 
+/// N workloads' proofs claimed in one Redis (`RedisReplayStore`), 64 at a time: claims per
+/// second and the Redis server's CPU per claim; `Ok(None)` without `redis-server`.
+async fn replay_on_redis(
+    size: usize,
+    redis: &wimse_testkit::servers::RedisServer,
+    store: Arc<wimse_core::replay::RedisReplayStore>,
+) -> Result<Row, Error> {
+    use wimse_core::replay::{ReplayClaim, ReplayStore as _};
+    use wimse_core::time::Clock as _;
+    let senders: Arc<Vec<wimse_core::id::WorkloadId>> =
+        Arc::new((0..size).map(|i| format!("{DOMAIN}/ns/w{i}").parse()).collect::<Result<_, _>>()?);
+    let operations = size.max(REPLAY_OPERATIONS);
+    let pid = redis.pid().ok_or("redis-server is not running")?;
+    let cpu_before = server::cpu_time_of(pid);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (store, senders, next) = (store.clone(), senders.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= operations {
+                    return Ok::<_, Error>(latencies);
+                }
+                let now = wimse_core::time::SystemClock.now();
+                // Proofs signed after the store started (a store refuses those that could
+                // predate its epoch, which each bucket starts at its first claim).
+                let claim =
+                    ReplayClaim::wpt(&senders[n % senders.len()], &format!("jti-{size}-{n}"), now + 300, now + 1);
+                let sent = Instant::now();
+                match store.claim(&claim, now).into_ready() {
+                    Ok(result) => result?,
+                    Err(pending) => pending.await?,
+                }
+                latencies.push(sent.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let elapsed = started.elapsed();
+    let cpu = server::cpu_time_of(pid).saturating_sub(cpu_before);
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+    Ok(Row {
+        scenario: "replay-redis",
+        size,
+        rate: operations as f64 / elapsed.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / operations as f64,
+        p99_or_peak: p99.as_secs_f64() * 1e3,
+        rss_mib: server::rss_mib_of(pid),
+        not_modified: 0.0,
+    })
+}
+
 async fn bundles(size: usize) -> Result<Row, Error> {
     const SECONDS: u64 = 12;
     let server = server::ServerProcess::start(json!({"refresh_hint": 2, "rotation_period": 5}))?;
@@ -194,6 +258,22 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
     let (sizes, csv_file) = parse_sizes(&args)?;
     // PostgreSQL when installed: one database for the issuance-on-PostgreSQL rows.
     let postgres = wimse_testkit::servers::PostgresServer::start();
+    // And Redis for the replay rows.
+    let redis = wimse_testkit::servers::RedisServer::start();
+    // A new replay store refuses proofs that could predate it, for the clock leeway (30 s) after
+    // its epoch starts: started now, so that the wait overlaps with the other rows.
+    let replay = match &redis {
+        Some(redis) => {
+            use wimse_core::time::Clock as _;
+            let store = wimse_core::replay::RedisReplayStore::new(&redis.url())?.timeout(Duration::from_secs(5));
+            store.join().await?;
+            let now = wimse_core::time::SystemClock.now();
+            let first = wimse_core::replay::ReplayClaim::signature_nonce("scale-harness", now + 1, 0);
+            let _ = wimse_core::replay::ReplayStore::claim(&store, &first, now).into_ready();
+            Some((Arc::new(store), Instant::now() + Duration::from_secs(32)))
+        }
+        None => None,
+    };
     let mut rows = Vec::new();
     for &size in &sizes {
         eprintln!("scale: {size} workloads, issuance");
@@ -203,6 +283,11 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
                 eprintln!("scale: {size} workloads, issuance on PostgreSQL, {replicas} replica(s)");
                 rows.push(issuance_on_postgres(size, replicas, &postgres.url()).await?);
             }
+        }
+        if let (Some(redis), Some((store, ready_at))) = (&redis, &replay) {
+            tokio::time::sleep_until((*ready_at).into()).await;
+            eprintln!("scale: {size} workloads' proofs claimed in Redis");
+            rows.push(replay_on_redis(size, redis, store.clone()).await?);
         }
         eprintln!("scale: {size} verifiers, bundles");
         rows.push(bundles(size).await?);
@@ -225,7 +310,7 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
         ));
     }
     // How each cost per operation grows from the smallest to the largest size.
-    for scenario in ["issuance", "issuance-pg", "issuance-pg-2", "bundles"] {
+    for scenario in ["issuance", "issuance-pg", "issuance-pg-2", "replay-redis", "bundles"] {
         let of: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
         if let (Some(first), Some(last)) = (of.first(), of.last())
             && first.cpu_us > 0.0

@@ -67,24 +67,14 @@ impl ServerProcess {
         Ok(Self { child, base, _dir: dir })
     }
 
-    /// Its CPU time so far (user + system, from `/proc`; zero where that cannot be read).
+    /// Its CPU time so far.
     pub(crate) fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // `getconf CLK_TCK` is 100 on every Linux this runs on.
-        Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / 100.0)
+        cpu_time_of(self.child.id())
     }
 
-    /// Its resident memory, MiB (`VmRSS`).
+    /// Its resident memory, MiB.
     pub(crate) fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+        rss_mib_of(self.child.id())
     }
 
     /// Its bundle answers so far.
@@ -104,6 +94,27 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The CPU time of process `pid` so far (user + system, from `/proc`; zero where that cannot
+/// be read).
+pub(crate) fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // `getconf CLK_TCK` is 100 on every Linux this runs on.
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / 100.0)
+}
+
+/// The resident memory of process `pid`, MiB (`VmRSS`).
+pub(crate) fn rss_mib_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// `serve CONFIG`: the identity server on a loopback port, printing `listening http://ADDR`.
