@@ -13,6 +13,9 @@
 //! - **replay-redis**: N workloads' proofs (at least 20 000) claimed in one Redis through
 //!   `RedisReplayStore`, 64 at a time, when `redis-server` is installed: claims per second, the
 //!   Redis server's CPU per claim and memory;
+//! - **outage**: N workloads (`IssuerCredentials` in this process) renewing six-second WITs
+//!   through an 8 s identity-server outage: WIT requests per second during it (the rate
+//!   column) and the busiest second after it against the steady rate before (the peak column);
 //! - **bundles**: N verifiers (`wimse_reqwest::BundleSource`) follow the SPIFFE bundle for 12 s
 //!   with a 2 s refresh hint while keys rotate every 5 s: the server's CPU per verifier and
 //!   second, whole fetches against 304s, and the busiest second against the mean (a herd shows
@@ -190,6 +193,60 @@ async fn replay_on_redis(
     })
 }
 
+/// N workloads renewing six-second WITs (`IssuerCredentials`, all in this process, so they
+/// share its outage gate) through an 8 s outage of the identity server (`/v1/wit` answering
+/// 503): WIT requests per second during it, and the busiest second after the recovery against
+/// the steady rate before it.
+async fn outage(size: usize) -> Result<Row, Error> {
+    let server = server::ServerProcess::start(json!({"refresh_hint": 300, "rotation_period": 86400,
+        "clients": [{"name": "fleet", "dev_secret": SECRET, "allowed_prefixes": [format!("{DOMAIN}/ns")], "max_lifetime": 6}]}))?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let mut fleet = Vec::new();
+    for i in 0..size {
+        let credentials = wimse_reqwest::IssuerCredentials::builder(
+            &server.base,
+            format!("{DOMAIN}/ns/w{i}"),
+            wimse_reqwest::Bootstrap::Token(SECRET.into()),
+        )
+        .client(client.clone())
+        .retry_interval(Duration::from_secs(1))
+        .key_check_interval(None)
+        .connect()
+        .await?;
+        let renewal = credentials.spawn_renewal();
+        fleet.push((credentials, renewal));
+    }
+    // Steady renewals first (every WIT renewed once), then the outage, then the recovery.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let steady_from = server.counts().await?.wit_per_second.len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.set_down(true).await?;
+    let down_from = server.counts().await?.wit_per_second.len();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    server.set_down(false).await?;
+    let up_from = server.counts().await?.wit_per_second.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let per_second = server.counts().await?.wit_per_second;
+    for (_, renewal) in fleet {
+        renewal.abort();
+    }
+    let window = |from: usize, to: usize| -> Vec<u64> { per_second.get(from..to.min(per_second.len())).unwrap_or(&[]).to_vec() };
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
+    let steady = mean(&window(steady_from, down_from.saturating_sub(1)));
+    let during = mean(&window(down_from + 1, up_from.saturating_sub(1)));
+    let after = window(up_from, up_from + 5);
+    let peak = after.iter().copied().max().unwrap_or(0) as f64;
+    Ok(Row {
+        scenario: "outage",
+        size,
+        rate: during,
+        cpu_us: 0.0,
+        p99_or_peak: if steady > 0.0 { peak / steady } else { 0.0 },
+        rss_mib: server.rss_mib(),
+        not_modified: 0.0,
+    })
+}
+
 async fn bundles(size: usize) -> Result<Row, Error> {
     const SECONDS: u64 = 12;
     let server = server::ServerProcess::start(json!({"refresh_hint": 2, "rotation_period": 5}))?;
@@ -289,6 +346,8 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
             eprintln!("scale: {size} workloads' proofs claimed in Redis");
             rows.push(replay_on_redis(size, redis, store.clone()).await?);
         }
+        eprintln!("scale: {size} workloads renewing through an outage");
+        rows.push(outage(size).await?);
         eprintln!("scale: {size} verifiers, bundles");
         rows.push(bundles(size).await?);
     }

@@ -18,6 +18,10 @@ pub(crate) struct Counts {
     pub(crate) not_modified: u64,
     /// Bundle requests in each second since the server started.
     pub(crate) per_second: Vec<u64>,
+    /// WIT requests (answered or refused) in each second since the server started.
+    pub(crate) wit_per_second: Vec<u64>,
+    /// `/v1/wit` answers 503 (the harness's outage).
+    pub(crate) down: bool,
 }
 
 /// The server child process, killed when dropped.
@@ -85,7 +89,19 @@ impl ServerProcess {
             whole: number(&value["whole"]),
             not_modified: number(&value["not_modified"]),
             per_second: value["per_second"].as_array().map(|a| a.iter().map(number).collect()).unwrap_or_default(),
+            wit_per_second: value["wit_per_second"]
+                .as_array()
+                .map(|a| a.iter().map(number).collect())
+                .unwrap_or_default(),
+            down: false,
         })
+    }
+
+    /// Makes `/v1/wit` answer 503 (an outage) or answer again.
+    pub(crate) async fn set_down(&self, down: bool) -> Result<(), Error> {
+        let path = if down { "__down" } else { "__up" };
+        reqwest::Client::new().post(format!("{}/{path}", self.base)).send().await?.error_for_status()?;
+        Ok(())
     }
 }
 
@@ -117,6 +133,11 @@ pub(crate) fn rss_mib_of(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+async fn set_down(counts: Arc<Mutex<Counts>>, down: bool) -> &'static str {
+    counts.lock().unwrap_or_else(|e| e.into_inner()).down = down;
+    "ok"
+}
+
 /// `serve CONFIG`: the identity server on a loopback port, printing `listening http://ADDR`.
 pub(crate) async fn serve(config: String) -> Result<(), Error> {
     let config = wimse_issuer::load_config(std::path::Path::new(&config))?;
@@ -129,6 +150,17 @@ pub(crate) async fn serve(config: String) -> Result<(), Error> {
             let counts = counts.clone();
             async move {
                 let bundle = request.uri().path().starts_with("/v1/bundle/");
+                if request.uri().path() == "/v1/wit" {
+                    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                    let second = started.elapsed().as_secs() as usize;
+                    if counts.wit_per_second.len() <= second {
+                        counts.wit_per_second.resize(second + 1, 0);
+                    }
+                    counts.wit_per_second[second] += 1;
+                    if counts.down {
+                        return axum::response::IntoResponse::into_response(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                    }
+                }
                 let response = next.run(request).await;
                 if bundle {
                     let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -146,17 +178,21 @@ pub(crate) async fn serve(config: String) -> Result<(), Error> {
             }
         }
     };
+    let (down_state, up_state) = (counts.clone(), counts.clone());
     let report = move || {
         let counts = counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
         async move {
             axum::Json(
-                json!({"whole": counts.whole, "not_modified": counts.not_modified, "per_second": counts.per_second}),
+                json!({"whole": counts.whole, "not_modified": counts.not_modified, "per_second": counts.per_second,
+                       "wit_per_second": counts.wit_per_second}),
             )
         }
     };
     let app = wimse_issuer::router(server)
         .layer(axum::middleware::from_fn(counting))
-        .route("/__counts", axum::routing::get(report));
+        .route("/__counts", axum::routing::get(report))
+        .route("/__down", axum::routing::post(move || set_down(down_state.clone(), true)))
+        .route("/__up", axum::routing::post(move || set_down(up_state.clone(), false)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening http://{}", listener.local_addr()?);
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
