@@ -59,6 +59,15 @@ impl IdentityServer {
             })
             .await?;
         self.log_reconciled(&how, &state);
+        // A prepared key holds timer rotation: said at each maintenance once it has waited
+        // longer than a rotation period, so a forgotten `keys activate` does not go unnoticed.
+        if let Some(waiting) = state
+            .keys
+            .iter()
+            .find(|k| k.active_from == crate::keys::PREPARED && now.saturating_sub(k.created) > policy.rotation_period)
+        {
+            tracing::warn!(trust_domain = %self.domain, kid = waiting.jwk.kid.as_deref().unwrap_or(""), "wimse issuer: a prepared signing key has waited longer than the rotation period, and timer rotation waits for it: activate it (wimse issuer keys activate)");
+        }
         metrics::counter!("wimse_issuer_keys_created_total").increment(changes.created.len() as u64);
         for (kid, active_from) in &changes.created {
             tracing::info!(target: "wimse::audit", trust_domain = %self.domain, kid = %kid, active_from, sequence = state.sequence(), "wimse issuer: signing key created");

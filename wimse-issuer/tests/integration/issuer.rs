@@ -1036,3 +1036,24 @@ async fn an_oidc_discovery_shaped_issuer_is_warned_about_at_start() {
         assert_eq!(warnings(iss), 0, "{iss} for {trust_domain}");
     }
 }
+
+/// A prepared key holds timer rotation: once it has waited longer than a rotation period,
+/// each maintenance says so (a forgotten `keys activate`), and the active key keeps signing.
+#[tokio::test]
+async fn a_forgotten_prepared_key_is_warned_about() {
+    let logs = wimse_testkit::logs::Logs::global();
+    let platform = Platform::new();
+    let clock = Arc::new(FixedClock::new(NOW));
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("forgotten"))).unwrap();
+    let server = IdentityServer::open(config, clock.clone()).await.unwrap();
+    let prepared = server.prepare_key().await.unwrap();
+    let warned = || logs.lines_with(&["WARN", "prepared signing key has waited", &prepared]).len();
+    clock.advance(3600);
+    server.maintain().await.unwrap();
+    assert_eq!(warned(), 0, "not yet longer than the rotation period (3600 s)");
+    clock.advance(1);
+    server.maintain().await.unwrap();
+    assert_eq!(warned(), 1, "{}", logs.text());
+    let statuses = server.key_statuses().await.unwrap();
+    assert_eq!(statuses.len(), 2, "no timer rotation past the waiting key");
+}

@@ -230,7 +230,8 @@ async fn outage(size: usize) -> Result<Row, Error> {
     for (_, renewal) in fleet {
         renewal.abort();
     }
-    let window = |from: usize, to: usize| -> Vec<u64> { per_second.get(from..to.min(per_second.len())).unwrap_or(&[]).to_vec() };
+    let window =
+        |from: usize, to: usize| -> Vec<u64> { per_second.get(from..to.min(per_second.len())).unwrap_or(&[]).to_vec() };
     let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
     let steady = mean(&window(steady_from, down_from.saturating_sub(1)));
     let during = mean(&window(down_from + 1, up_from.saturating_sub(1)));

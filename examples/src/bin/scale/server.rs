@@ -158,7 +158,9 @@ pub(crate) async fn serve(config: String) -> Result<(), Error> {
                     }
                     counts.wit_per_second[second] += 1;
                     if counts.down {
-                        return axum::response::IntoResponse::into_response(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                        return axum::response::IntoResponse::into_response(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        );
                     }
                 }
                 let response = next.run(request).await;
