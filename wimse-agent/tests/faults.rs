@@ -203,26 +203,3 @@ async fn a_refused_wic_does_not_hold_back_the_wit() {
     assert_eq!(logs.lines_with(&["refuses to issue this identity", "X.509-SVID of", "/ns/named"]).len(), 1);
     assert!(logs.lines_with(&["identity server failed", "/ns/named"]).is_empty(), "{}", logs.text());
 }
-
-/// Bundles are refreshed with conditional requests: once fetched, an unchanged bundle costs the
-/// identity server a 304 without a body, and the agent keeps serving what it holds.
-#[tokio::test]
-async fn unchanged_bundles_are_refreshed_with_304s() {
-    let issuer = Issuer::start(600).await;
-    let dir = wimse_testkit::servers::TempDir::new("wimse-agent-304");
-    let token = dir.path().join("agent-token");
-    // Refreshing every second.
-    let extra = json!({"x509": true, "issuer": {"url": issuer.base, "token_file": token, "retry_interval_ms": 200,
-                                                "timeout_ms": 2000, "bundle_refresh_secs": 1}});
-    let config = common::agent_config(&issuer, dir.path(), json!([entry_for_me("/ns/bundles", "")]), extra);
-    let agent = wimse_agent::Agent::start(config).unwrap();
-    assert!(agent.ready(Duration::from_secs(20)).await);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let answers = issuer.bundle_answers.lock().unwrap().clone();
-    for path in ["/v1/bundle/jwks", "/v1/bundle/x509"] {
-        let statuses: Vec<u16> = answers.iter().filter(|(p, _)| p == path).map(|(_, s)| *s).collect();
-        assert_eq!(statuses.first(), Some(&200), "{path}: {statuses:?}");
-        assert!(statuses.len() >= 3 && statuses[1..].iter().all(|s| *s == 304), "{path}: {statuses:?}");
-    }
-    assert!(agent.ready(Duration::ZERO).await, "still serving the bundles it holds");
-}
