@@ -107,6 +107,16 @@ pub fn retry_delay(failures: u32, interval: Duration, jitter: f64) -> Duration {
     doubled.min(interval).mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
 }
 
+/// How long after its identity server's recovery a renewal that waited out the outage is
+/// sent: as long after the recovery as it fell due after the outage began (`fell_due_after`), so
+/// the renewals that fell due during the outage reach the server at the rate they fell due
+/// rather than in one burst, but never more than half of what is left of the current
+/// credentials' lifetime (`until_expiry`: credentials that expired meanwhile go at once); plus
+/// a point of one retry `interval` drawn by `jitter` in `[0, 1)`.
+pub fn recovery_delay(fell_due_after: Duration, interval: Duration, until_expiry: Duration, jitter: f64) -> Duration {
+    fell_due_after.min(until_expiry / 2) + interval.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
 /// A number in `[0, 1)` that differs between processes and calls. Not for secrets: it only
 /// spreads renewals and retries.
 pub fn jitter() -> f64 {
@@ -121,6 +131,24 @@ pub fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::{Health, Report};
+
+    #[test]
+    fn recovery_replays_the_outage_within_the_remaining_lifetime() {
+        use super::recovery_delay;
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        // Fell due as the outage began: within one interval of the recovery.
+        assert_eq!(recovery_delay(s(0), s(5), s(3000), 0.0), s(0));
+        assert_eq!(recovery_delay(s(0), s(5), s(3000), 0.5), Duration::from_millis(2500));
+        // Fell due 300 s into it: 300 s after the recovery (plus the jitter)...
+        assert_eq!(recovery_delay(s(300), s(5), s(3000), 0.0), s(300));
+        // ...but never past half of what is left of the credentials.
+        assert_eq!(recovery_delay(s(300), s(5), s(200), 0.0), s(100));
+        // Expired meanwhile: at once.
+        assert_eq!(recovery_delay(s(300), s(5), s(0), 0.2), s(1));
+        // A jitter out of range is clamped.
+        assert_eq!(recovery_delay(s(0), s(5), s(0), 7.0), s(5));
+    }
 
     #[test]
     fn one_event_per_state_change_and_rare_reminders() {

@@ -338,8 +338,10 @@ impl IssuerCredentials {
     /// failure again after [`retry_delay`] (honouring a longer `Retry-After` from the server up
     /// to the WIT's expiry). While the identity server is down (no answer, or 5xx), one renewal
     /// per process and server retries; the process's other renewals for that server wait for
-    /// it to succeed and then renew spread over one retry interval, so a process with many
-    /// identities costs a down server one request per interval and no burst at its recovery. Logs when renewal starts failing, a reminder a minute while it
+    /// it to succeed and then renew as long after the recovery as they fell due after the outage
+    /// began (at most half of their WIT's remaining lifetime, plus a point of one retry
+    /// interval), so a process with many identities costs a down server one request per interval
+    /// and no burst at its recovery. Logs when renewal starts failing, a reminder a minute while it
     /// fails, once when the WIT expires, and once when renewal works again.
     pub fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {
         let source = self.clone();
@@ -389,12 +391,22 @@ impl IssuerCredentials {
                     }
                 }
                 if probing.is_none() && gate.probed_elsewhere() {
+                    // How long into the outage this renewal fell due.
+                    let fell_due_after = gate.down_since().map_or(Duration::ZERO, |since| since.elapsed());
                     // Re-checked every interval, in case the prober's task is gone (its guard
                     // with it): then this one tries itself, and may become the prober.
                     while gate.probed_elsewhere() && !gate.wait_until_up(inner.retry_interval).await {}
-                    // Spread over one interval: no burst at the recovery (however this renewal
-                    // learnt of it).
-                    tokio::time::sleep(inner.retry_interval.mul_f64(jitter())).await;
+                    // The renewals that fell due during the outage reach the recovered server at
+                    // the rate they fell due, not all at once (see `recovery_delay`).
+                    let until_expiry =
+                        schedule.map_or(0, |(_, expires_at)| expires_at.saturating_sub(inner.clock.now()));
+                    let delay = wimse_core::health::recovery_delay(
+                        fell_due_after,
+                        inner.retry_interval,
+                        Duration::from_secs(until_expiry),
+                        jitter(),
+                    );
+                    tokio::time::sleep(delay).await;
                 }
                 match source.try_renew().await {
                     Ok(()) => {

@@ -1,9 +1,12 @@
 //! One probe per identity server per process while it is down: the first renewal that finds
 //! it unreachable (or answering 5xx) keeps retrying on its schedule; every other renewal of the
 //! process for that server waits for it to succeed instead of retrying on its own, then renews
-//! at a random point of the next retry interval. A process holding many identities (a
-//! node agent's worth, or many clients in one service) then costs a down server one request per
-//! retry interval instead of one per identity, and recovers within one interval without a burst.
+//! as long after the recovery as it fell due after the outage began (never past half of its
+//! WIT's remaining lifetime), plus a random point of one retry interval. A process holding many
+//! identities (a node agent's worth, or many clients in one service) then costs a down server
+//! one request per retry interval instead of one per identity, and after the recovery sends the
+//! renewals that fell due during the outage at the rate they fell due, not in one burst;
+//! renewals whose WIT expired meanwhile are renewed within one interval.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     down: AtomicBool,
+    /// When the server was first found down in the current outage.
+    down_since: Mutex<Option<std::time::Instant>>,
     /// Held by the renewal that probes while the server is down.
     probe: Arc<tokio::sync::Mutex<()>>,
     recovered: tokio::sync::Notify,
@@ -33,13 +38,23 @@ pub(crate) fn gate(url: &str) -> Arc<Gate> {
 impl Gate {
     /// The server failed as an outage does.
     pub(crate) fn mark_down(&self) {
-        self.down.store(true, Ordering::Release);
+        let mut since = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.down.swap(true, Ordering::AcqRel) || since.is_none() {
+            *since = Some(std::time::Instant::now());
+        }
+    }
+
+    /// When the current outage began, if the server is known to be down.
+    pub(crate) fn down_since(&self) -> Option<std::time::Instant> {
+        let since = *self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.filter(|_| self.down.load(Ordering::Acquire))
     }
 
     /// The server answered; wakes the renewals waiting for it. True if it was down.
     pub(crate) fn mark_up(&self) -> bool {
         let was_down = self.down.swap(false, Ordering::AcqRel);
         if was_down {
+            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
             self.recovered.notify_waiters();
         }
         was_down
@@ -92,5 +107,20 @@ mod tests {
         drop(probe);
         assert!(!gate.probed_elsewhere() && !gate.mark_up());
         assert!(std::sync::Arc::ptr_eq(&gate, &super::gate("http://gate-test.invalid")), "one per URL");
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_dated_from_its_first_failure() {
+        let gate = super::gate("http://gate-dating-test.invalid");
+        assert!(gate.down_since().is_none(), "up: no outage");
+        gate.mark_down();
+        let began = gate.down_since().expect("down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.mark_down();
+        assert_eq!(gate.down_since(), Some(began), "later failures do not move its start");
+        gate.mark_up();
+        assert!(gate.down_since().is_none(), "over at the recovery");
+        gate.mark_down();
+        assert!(gate.down_since().expect("down again") > began, "the next outage has its own start");
     }
 }
