@@ -140,7 +140,10 @@ async fn set_down(counts: Arc<Mutex<Counts>>, down: bool) -> &'static str {
 
 /// `serve CONFIG`: the identity server on a loopback port, printing `listening http://ADDR`.
 pub(crate) async fn serve(config: String) -> Result<(), Error> {
-    let config = wimse_issuer::load_config(std::path::Path::new(&config))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut config = wimse_issuer::load_config(std::path::Path::new(&config))?;
+    // Token exchange and Txn-Tokens are served at the token endpoint, which names this address.
+    config.token_endpoint = Some(format!("http://{}/v1/token", listener.local_addr()?));
     let server = Arc::new(wimse_issuer::IdentityServer::open(config, wimse_core::time::SystemClock).await?);
     let counts = Arc::new(Mutex::new(Counts::default()));
     let started = std::time::Instant::now();
@@ -195,7 +198,6 @@ pub(crate) async fn serve(config: String) -> Result<(), Error> {
         .route("/__counts", axum::routing::get(report))
         .route("/__down", axum::routing::post(move || set_down(down_state.clone(), true)))
         .route("/__up", axum::routing::post(move || set_down(up_state.clone(), false)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening http://{}", listener.local_addr()?);
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
     Ok(())
