@@ -265,6 +265,18 @@ pub struct RequireSettings {
     /// Subjects, one of which the Txn-Token must be for.
     #[serde(default)]
     pub txn_subjects: Vec<String>,
+    /// Whether someone must act for the Txn-Token's subject (an agent for a user: `true`), or
+    /// must not (`false`); either by default.
+    #[serde(default)]
+    pub txn_delegated: Option<bool>,
+    /// Workload identifiers, one of which the Txn-Token's delegation chain must name (as its
+    /// current actor or an earlier one).
+    #[serde(default)]
+    pub txn_actors: Vec<String>,
+    /// The most actors the Txn-Token's delegation chain may name (0: no delegation; a request
+    /// without a Txn-Token does not meet it, nor `txn_actors`).
+    #[serde(default)]
+    pub txn_max_actors: Option<usize>,
 }
 
 /// Workloads by exact identifier, by path prefix (segment boundaries respected), or whole trust
@@ -581,7 +593,7 @@ impl TxnTokenSettings {
 }
 
 impl RequireSettings {
-    fn rules(&self) -> Vec<Rule> {
+    fn rules(&self, field: &str) -> Result<Vec<Rule>> {
         let mut rules: Vec<Rule> = self.txn_scopes.iter().map(|s| Rule::txn_scope(s.clone())).collect();
         if self.transaction {
             rules.push(Rule::transaction());
@@ -589,7 +601,28 @@ impl RequireSettings {
         if !self.txn_subjects.is_empty() {
             rules.push(Rule::any_of(self.txn_subjects.iter().map(|s| Rule::txn_subject(s.clone()))));
         }
-        rules
+        match self.txn_delegated {
+            Some(true) => rules.push(Rule::txn_delegated()),
+            Some(false) => rules.push(Rule::not(Rule::txn_delegated())),
+            None => {}
+        }
+        if !self.txn_actors.is_empty() {
+            let actors = self
+                .txn_actors
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    WorkloadId::parse(id)
+                        .map(Rule::txn_actor)
+                        .map_err(|e| invalid(format!("{field}.require.txn_actors[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rules.push(Rule::any_of(actors));
+        }
+        if let Some(max) = self.txn_max_actors {
+            rules.push(Rule::txn_max_actors(max));
+        }
+        Ok(rules)
     }
 }
 
@@ -628,7 +661,7 @@ impl PolicySettings {
         if !deny.is_empty() {
             policy = policy.deny(Rule::any_of(deny));
         }
-        for rule in self.require.rules() {
+        for rule in self.require.rules("policy")? {
             policy = policy.require(rule);
         }
         Ok(policy)

@@ -213,6 +213,11 @@ error_kinds! {
     /// A policy rule on the Txn-Token's subject refused the request
     /// ([`Rule::txn_subject`](crate::server::policy::Rule::txn_subject)).
     TxnSubjectDenied => "txn_subject_denied", Answer::Status(403), "the Txn-Token's subject is not allowed here";
+    /// A policy rule on the Txn-Token's delegation chain (`act`: who acts for the subject)
+    /// refused the request ([`Rule::txn_actor`](crate::server::policy::Rule::txn_actor),
+    /// [`Rule::txn_delegated`](crate::server::policy::Rule::txn_delegated),
+    /// [`Rule::txn_max_actors`](crate::server::policy::Rule::txn_max_actors)).
+    TxnDelegationDenied => "txn_delegation_denied", Answer::Status(403), "the Txn-Token's delegation chain is not allowed here";
     /// Route policies are configured and the request's path is not canonical (a `%` escape, an
     /// empty segment or a `.`/`..` segment): a framework that decodes or normalises it could
     /// route it where a stricter route policy applies, so no policy is chosen for it (400).
@@ -232,6 +237,15 @@ error_kinds! {
     BootstrapTokenInvalid => "bootstrap_token_invalid", Answer::Status(401), "the bootstrap credential is not valid";
     /// The authenticated client may not obtain this identifier (403).
     IssuanceDenied => "issuance_denied", Answer::Status(403), "the client may not obtain this identifier";
+    /// An actor token (RFC 8693 `actor_token`) is not the requester's own verified WIT, or not
+    /// of the WIT token type: an agent acts only as itself (400).
+    ActorTokenInvalid => "actor_token_invalid", Answer::Status(400), "the actor token is not the requester's own WIT";
+    /// The requester may not act for this subject: the Transaction Token Service does not let
+    /// it act for others, or the subject token's `may_act` names another actor (403).
+    DelegationDenied => "delegation_denied", Answer::Status(403), "the requester may not act for this subject";
+    /// Acting for the subject would make the delegation chain (`act`) deeper than the
+    /// Transaction Token Service allows (403).
+    DelegationTooDeep => "delegation_too_deep", Answer::Status(403), "the delegation chain would be deeper than allowed";
     /// The request's body is not the JSON the endpoint takes: not JSON, not `application/json`,
     /// a missing or unknown member, a value of the wrong type (400; the detail names it).
     MalformedRequest => "malformed_request", Answer::Status(400), "the request body is not what the endpoint takes";

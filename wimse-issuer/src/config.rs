@@ -397,6 +397,14 @@ pub struct TxnTokenServiceConfig {
     /// `internal:`, so they never look like a user of a subject issuer.
     #[serde(default)]
     pub named_subject_prefix: Option<String>,
+    /// The most actors a Txn-Token's delegation chain (`act`) may name: an agent acting for a
+    /// user is one, an agent it hands the work to two (1 to 8). Defaults to 2.
+    #[serde(default = "default_max_actors")]
+    pub max_actors: usize,
+}
+
+fn default_max_actors() -> usize {
+    2
 }
 
 fn default_txn_lifetime() -> u64 {
@@ -462,6 +470,12 @@ pub struct TxnRequester {
     /// The names of the [`SubjectIssuer`]s whose tokens they may present.
     #[serde(default)]
     pub subject_issuers: Vec<String>,
+    /// Whether they may act for the subjects of their requests (agents): a request with an
+    /// `actor_token` (the requester's own WIT) gets a Txn-Token naming the requester in its
+    /// `act` claim, after the actors before it, if the subject token's `may_act` (when it has
+    /// one) names the requester and the chain stays within `max_actors`. Default false.
+    #[serde(default)]
+    pub actor: bool,
 }
 
 fn default_alg() -> String {

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /v1/wit` | `Authorization: Bearer <platform token or dev secret>`, JSON `{"sub", "jwk", "lifetime"?}` → `{"wit", "expires_at"}` |
 //! | `POST /v1/token` | RFC 8693 token exchange (form: `grant_type`, `subject_token`, `subject_token_type`, `wimse_jwk`) → `{"access_token": <WIT>, "issued_token_type", "token_type": "N_A", "expires_in"}`; RFC 7523 jwt-bearer grant (`assertion`, `scope`?, `DPoP` header) or client assertion → `{"access_token": <WIT bound to the DPoP key>, "token_type": "DPoP", …}` |
-//! | `POST /v1/token` (Txn-Tokens) | RFC 8693 with `requested_token_type=urn:ietf:params:oauth:token-type:txn_token`, `audience` (the trust domain), `scope`, `subject_token`, `subject_token_type`, `request_context`?, `request_details`?; the requesting workload sends its `Workload-Identity-Token` and `Authorization: WPT` (`aud` = the token endpoint) → `{"access_token": <Txn-Token>, "issued_token_type": "…:txn_token", "token_type": "N_A", "expires_in"}` |
+//! | `POST /v1/token` (Txn-Tokens) | RFC 8693 with `requested_token_type=urn:ietf:params:oauth:token-type:txn_token`, `audience` (the trust domain), `scope`, `subject_token`, `subject_token_type`, `request_context`?, `request_details`?, `actor_token`? + `actor_token_type`? (an agent acting for the subject: its own WIT, type `…:jwt`; recorded as `act`); the requesting workload sends its `Workload-Identity-Token` and `Authorization: WPT` (`aud` = the token endpoint) → `{"access_token": <Txn-Token>, "issued_token_type": "…:txn_token", "token_type": "N_A", "expires_in"}` |
 //! | `POST /v1/wic` | `Authorization: Bearer …`, JSON `{"sub", "spki" (base64 DER), "usage": "client"\|"server"\|"both", "dns"?, "ip"?, "lifetime"?}` → `{"chain_pem", "expires_at"}` |
 //! | `GET /v1/bundle/x509` | the WIC certificate authority (PEM) |
 //! | `GET /v1/bundle/jwks` | the signing keys as a JWKS |
@@ -25,7 +25,7 @@ use wimse_core::protocol::oauth::{
     JWT_BEARER_CLIENT_ASSERTION, JWT_BEARER_GRANT, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
 };
 use wimse_core::protocol::txn::TXN_TOKEN_TYPE;
-use wimse_core::protocol::txn::TxnTokenRequest;
+use wimse_core::protocol::txn::{TxnActor, TxnTokenRequest};
 use wimse_core::server::framing::Rejection;
 use wimse_core::{Error, ErrorKind};
 
@@ -242,6 +242,11 @@ pub(crate) struct TokenRequest {
     request_context: Option<String>,
     /// Txn-Token: JSON about the request (becomes `tctx`).
     request_details: Option<String>,
+    /// Txn-Token: the requester acts for the subject (an agent); its own WIT, the one the
+    /// request is proven with (RFC 8693 §2.1). Becomes the token's `act`.
+    actor_token: Option<String>,
+    /// Txn-Token: `urn:ietf:params:oauth:token-type:jwt`, with `actor_token`.
+    actor_token_type: Option<String>,
 }
 
 impl std::fmt::Debug for TokenRequest {
@@ -353,6 +358,12 @@ async fn token(
         (TOKEN_EXCHANGE_GRANT, _) if request.requested_token_type.as_deref() == Some(TXN_TOKEN_TYPE) => {
             return txn_token_exchange(&server, &headers, request).await;
         }
+        // Delegation is recorded in Txn-Tokens only: a WIT names one workload, never an actor.
+        _ if request.actor_token.is_some() || request.actor_token_type.is_some() => {
+            let body = serde_json::json!({"error": "invalid_request", "reason": "actor_token_invalid",
+                                          "error_description": "actor_token is taken for Txn-Tokens only"});
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
         (TOKEN_EXCHANGE_GRANT, _) => return token_exchange(&server, request).await,
         (JWT_BEARER_GRANT, _) => request.assertion,
         ("client_credentials", Some(JWT_BEARER_CLIENT_ASSERTION)) => request.client_assertion,
@@ -405,7 +416,10 @@ async fn token_exchange(server: &IdentityServer, request: TokenRequest) -> Respo
 /// `invalid_scope`, `invalid_target`, `invalid_request` for an invalid subject token.
 fn txn_error(error: &Error) -> Response {
     let (status, code) = match error.kind() {
-        ErrorKind::IssuanceDenied => (StatusCode::BAD_REQUEST, "unauthorized_client"),
+        ErrorKind::IssuanceDenied | ErrorKind::DelegationDenied | ErrorKind::DelegationTooDeep => {
+            (StatusCode::BAD_REQUEST, "unauthorized_client")
+        }
+        ErrorKind::ActorTokenInvalid => (StatusCode::BAD_REQUEST, "invalid_request"),
         ErrorKind::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
         ErrorKind::InvalidTarget => (StatusCode::BAD_REQUEST, "invalid_target"),
         ErrorKind::ExchangeRefused | ErrorKind::UnsupportedTokenType => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -414,7 +428,10 @@ fn txn_error(error: &Error) -> Response {
         }
         _ => return oauth_error(error),
     };
-    let body = serde_json::json!({"error": code, "error_description": error.kind().description()});
+    // `reason` (an extension member, RFC 6749 §5.2 allows them): which check refused, as the
+    // project's error kinds name it, so a client can tell a delegation refusal from others.
+    let body = serde_json::json!({"error": code, "error_description": error.kind().description(),
+                                  "reason": error.kind().reason()});
     let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
@@ -445,6 +462,11 @@ async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, reques
     let mut txn_request = TxnTokenRequest::new(subject_token, subject_token_type, scope).audience(audience);
     txn_request.request_context = request.request_context;
     txn_request.request_details = request.request_details;
+    txn_request.actor = match (request.actor_token, request.actor_token_type) {
+        (None, None) => TxnActor::None,
+        (Some(token), Some(token_type)) => TxnActor::Token { token, token_type },
+        _ => return missing("actor_token and actor_token_type (one without the other)"),
+    };
     match server.issue_txn_token(&requester, &txn_request).await {
         Ok(issued) => {
             let body = Json(TokenResponse {

@@ -32,6 +32,9 @@ pub(crate) struct OAuthError {
     error: String,
     /// What failed, in words (for `invalid_grant`, also which check).
     error_description: Option<String>,
+    /// The Transaction Token Service's refusals: which check refused, as the project's error
+    /// kinds name it (`delegation_denied`, `delegation_too_deep`, `actor_token_invalid`, …).
+    reason: Option<String>,
 }
 
 /// A refusal of the token endpoint: a problem (the source address's budget) or an RFC 6749

@@ -54,6 +54,8 @@ pub(crate) struct Requester {
     pub(crate) scopes: Vec<String>,
     pub(crate) types: Vec<&'static str>,
     pub(crate) issuers: Vec<String>,
+    /// May act for its subjects (an agent).
+    pub(crate) actor: bool,
 }
 
 /// The TTS part of an [`IdentityServer`].
@@ -73,6 +75,8 @@ pub(crate) struct Tts {
     pub(crate) per_requester: wimse_core::rate::RateLimiter<WorkloadId>,
     /// Prepended to subjects requesters name themselves.
     pub(crate) named_subject_prefix: String,
+    /// The most actors a delegation chain may name.
+    pub(crate) max_actors: usize,
 }
 
 /// Proof `jti`s claimed in the identity server's storage, so a WPT sent to one replica is
@@ -106,6 +110,9 @@ impl CheckedTts {
         let field = |name: String| format!("txn_tokens.{name}");
         if config.rate_limit.burst == 0 || config.rate_limit.per_minute == 0 {
             return Err(config_error(field("rate_limit".into()), "burst and per_minute must be positive"));
+        }
+        if config.max_actors == 0 || config.max_actors > wimse_core::protocol::txn::MAX_ACTORS {
+            return Err(config_error(field("max_actors".into()), "must be between 1 and 8"));
         }
         if config.lifetime == 0 || config.lifetime > 600 {
             return Err(config_error(
@@ -179,6 +186,7 @@ impl Tts {
             applied: Mutex::new(None),
             per_requester: wimse_core::rate::RateLimiter::new(config.rate_limit),
             named_subject_prefix: config.named_subject_prefix.clone().unwrap_or_default(),
+            max_actors: config.max_actors,
         })
     }
 }
@@ -228,6 +236,7 @@ fn requester(
         scopes: r.scopes.clone(),
         types,
         issuers: r.subject_issuers.clone(),
+        actor: r.actor,
     })
 }
 
@@ -238,6 +247,8 @@ pub(crate) struct Subject {
     pub(crate) scope: Option<String>,
     /// When the subject token expires: the Txn-Token never outlives it.
     pub(crate) expires_at: Option<u64>,
+    /// The subject token's `may_act` (RFC 8693 §4.4): who may act for the subject.
+    pub(crate) may_act: Option<Value>,
     /// A replacement: the token it replaces.
     pub(crate) replaces: Option<wimse_core::protocol::txn::VerifiedTxnToken>,
 }

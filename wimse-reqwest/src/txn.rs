@@ -12,8 +12,10 @@ use reqwest_middleware::ClientWithMiddleware;
 use serde_json::Value;
 use wimse_core::client::sign::Signer;
 use wimse_core::id::TrustDomain;
-use wimse_core::protocol::oauth::TOKEN_EXCHANGE_GRANT;
-use wimse_core::protocol::txn::{IssuedTxnToken, SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, TxnSubject, TxnTokenRequest};
+use wimse_core::protocol::oauth::{JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
+use wimse_core::protocol::txn::{
+    IssuedTxnToken, SELF_SIGNED_TYPE, TXN_TOKEN_TYPE, TxnActor, TxnSubject, TxnTokenRequest,
+};
 
 use wimse_core::{Error, ErrorKind};
 
@@ -90,6 +92,17 @@ impl TxnTokenService {
     /// [`ErrorKind::ExchangeRefused`] (503/429 → [`ErrorKind::KeyStoreUnavailable`] /
     /// [`ErrorKind::RateLimited`]).
     pub async fn request(&self, request: &TxnTokenRequest) -> Result<IssuedTxnToken, Error> {
+        match self.request_once(request).await {
+            // The WIT sent as the actor token was renewed before the request was signed (the
+            // TTS compares the two): once more, with the new one.
+            Err(error) if *error.kind() == ErrorKind::ActorTokenInvalid && request.actor == TxnActor::Requester => {
+                self.request_once(request).await
+            }
+            answer => answer,
+        }
+    }
+
+    async fn request_once(&self, request: &TxnTokenRequest) -> Result<IssuedTxnToken, Error> {
         let (subject_token, subject_token_type) = match &request.subject {
             TxnSubject::Token { token, token_type } => (token.clone(), token_type.clone()),
             TxnSubject::SelfSignedFor(subject) => {
@@ -110,6 +123,18 @@ impl TxnTokenService {
         if let Some(details) = &request.request_details {
             form.push(("request_details", details.clone()));
         }
+        match &request.actor {
+            TxnActor::None => {}
+            // Its own WIT: the TTS checks it is the one this request is proven with.
+            TxnActor::Requester => {
+                form.push(("actor_token", self.signer.credentials()?.wit().to_owned()));
+                form.push(("actor_token_type", JWT_TOKEN_TYPE.to_owned()));
+            }
+            TxnActor::Token { token, token_type } => {
+                form.push(("actor_token", token.clone()));
+                form.push(("actor_token_type", token_type.clone()));
+            }
+        }
         let unavailable =
             |e: String| Error::with_detail(ErrorKind::KeyStoreUnavailable, format!("Transaction Token Service: {e}"));
         let response =
@@ -119,13 +144,16 @@ impl TxnTokenService {
         let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         if status != 200 {
             let code = answer["error"].as_str().unwrap_or("no error code").to_owned();
-            let kind = match (status, code.as_str()) {
-                (429, _) => ErrorKind::RateLimited,
-                (503, _) => ErrorKind::KeyStoreUnavailable,
-                (_, "invalid_scope") => ErrorKind::InvalidScope,
-                (_, "unauthorized_client") => ErrorKind::IssuanceDenied,
-                (_, "invalid_target") => ErrorKind::InvalidTarget,
-                (_, "invalid_client") => ErrorKind::CredentialsUnavailable,
+            let kind = match (status, code.as_str(), answer["reason"].as_str()) {
+                (_, _, Some("delegation_denied")) => ErrorKind::DelegationDenied,
+                (_, _, Some("delegation_too_deep")) => ErrorKind::DelegationTooDeep,
+                (_, _, Some("actor_token_invalid")) => ErrorKind::ActorTokenInvalid,
+                (429, _, _) => ErrorKind::RateLimited,
+                (503, _, _) => ErrorKind::KeyStoreUnavailable,
+                (_, "invalid_scope", _) => ErrorKind::InvalidScope,
+                (_, "unauthorized_client", _) => ErrorKind::IssuanceDenied,
+                (_, "invalid_target", _) => ErrorKind::InvalidTarget,
+                (_, "invalid_client", _) => ErrorKind::CredentialsUnavailable,
                 _ => ErrorKind::ExchangeRefused,
             };
             return Err(Error::with_detail(kind, format!("Transaction Token Service answered {status} {code}")));

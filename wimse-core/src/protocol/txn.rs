@@ -37,16 +37,18 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::TrustDomain;
+use crate::id::{TrustDomain, WorkloadId};
 use crate::jose::random_id;
 use crate::jose::{Backend, SigningKey, jws};
 use crate::protocol::trust::TrustStore;
 use crate::protocol::wit::{MAX_LEEWAY_SECS, token_hash};
 
+mod delegation;
 mod forwarding;
 mod request;
+pub use delegation::{MAX_ACTORS, may_act_allows};
 pub use forwarding::{MAX_WARNED_ORIGINS, TxnForwarding};
-pub use request::{IssuedTxnToken, TxnSubject, TxnTokenRequest};
+pub use request::{IssuedTxnToken, TxnActor, TxnSubject, TxnTokenRequest};
 
 /// JOSE `typ` of a Txn-Token (draft -10 §9.1), as emitted; `application/txntoken+jwt` and any
 /// case are accepted too (RFC 7515 §4.1.9).
@@ -154,6 +156,7 @@ pub struct VerifiedTxnToken {
     exp: u64,
     iss: Option<String>,
     requesting_workloads: Vec<String>,
+    actors: Vec<WorkloadId>,
     tctx: Option<Map<String, Value>>,
     rctx: Option<Map<String, Value>>,
     hash: String,
@@ -196,6 +199,17 @@ impl VerifiedTxnToken {
     /// is `req_wl`.
     pub fn requesting_workloads(&self) -> &[String] {
         &self.requesting_workloads
+    }
+    /// The workloads acting for the subject (RFC 8693 `act`), the current actor first, then
+    /// the one that delegated to it, back to the first delegate; empty when no one acts for
+    /// the subject (a transaction of the subject's own, or of a workload for itself). Only the
+    /// first acts now; the others are history.
+    pub fn actors(&self) -> &[WorkloadId] {
+        &self.actors
+    }
+    /// The workload acting for the subject now (the outermost `act`), if any.
+    pub fn actor(&self) -> Option<&WorkloadId> {
+        self.actors.first()
     }
     /// The immutable transaction context (`tctx`), if any.
     pub fn transaction_context(&self) -> Option<&Map<String, Value>> {
@@ -304,6 +318,8 @@ pub fn validate(token: &str, keys: &TrustStore, cfg: &TxnTokenValidation, now: u
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(missing("iss")),
     };
+    let actors = delegation::actors_of(claims.get("act"))
+        .map_err(|reason| Error::with_detail(ErrorKind::TxnTokenMalformed, reason))?;
     Ok(VerifiedTxnToken {
         txn: string("txn")?,
         sub: string("sub")?,
@@ -312,6 +328,7 @@ pub fn validate(token: &str, keys: &TrustStore, cfg: &TxnTokenValidation, now: u
         exp,
         iss,
         requesting_workloads,
+        actors,
         tctx: object("tctx")?,
         rctx: object("rctx")?,
         hash: token_hash(token),
@@ -334,6 +351,9 @@ pub struct NewTxnToken {
     pub tctx: Option<Map<String, Value>>,
     /// `rctx`.
     pub rctx: Option<Map<String, Value>>,
+    /// The workloads acting for `sub` (`act`), the current actor first; at most
+    /// [`MAX_ACTORS`].
+    pub actors: Vec<WorkloadId>,
     /// The latest `exp` allowed (a replacement never outlives the token it replaces).
     pub not_after: Option<u64>,
 }
@@ -348,8 +368,15 @@ impl NewTxnToken {
             requesting_workloads: Vec::new(),
             tctx: None,
             rctx: None,
+            actors: Vec::new(),
             not_after: None,
         }
+    }
+    /// `actor` now acts for the subject, on behalf of the actors before it (it becomes the
+    /// outermost `act`).
+    pub fn acted_by(mut self, actor: WorkloadId) -> Self {
+        self.actors.insert(0, actor);
+        self
     }
     /// Appends a requesting workload (`req_wl`).
     pub fn requested_by(mut self, workload: impl Into<String>) -> Self {
@@ -367,7 +394,8 @@ impl NewTxnToken {
         self
     }
     /// The replacement of `original` (draft -10 §13.15): same `txn`, `sub` (and `aud`), `tctx`,
-    /// `rctx`; `requester` becomes `req_wl` and the earlier requesters stay in the chain; a
+    /// `rctx` and actors (`act`; add one with [`acted_by`](Self::acted_by)); `requester`
+    /// becomes `req_wl` and the earlier requesters stay in the chain; a
     /// `scope` whose values are all the original's. It never outlives the original (the draft
     /// lets a TTS extend it; this one does not). [`ErrorKind::InvalidScope`] if `scope` widens.
     pub fn replacing(original: &VerifiedTxnToken, scope: &str, requester: impl Into<String>) -> Result<Self> {
@@ -385,6 +413,7 @@ impl NewTxnToken {
             requesting_workloads,
             tctx: original.tctx.clone(),
             rctx: original.rctx.clone(),
+            actors: original.actors.clone(),
             not_after: Some(original.exp),
         })
     }
@@ -455,11 +484,19 @@ impl TxnTokenIssuer {
             tctx: Option<&'a Map<String, Value>>,
             #[serde(skip_serializing_if = "Option::is_none")]
             rctx: Option<&'a Map<String, Value>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            act: Option<Value>,
         }
         let txn = token.txn.clone().unwrap_or_else(random_id);
         let exp = now.saturating_add(self.lifetime).min(token.not_after.unwrap_or(u64::MAX));
         if exp <= now {
             return Err(Error::with_detail(ErrorKind::ExpiredTxnToken, "it would expire before it is issued"));
+        }
+        if token.actors.len() > MAX_ACTORS {
+            return Err(Error::with_detail(
+                ErrorKind::InvalidConfiguration,
+                format!("a Txn-Token names at most {MAX_ACTORS} actors"),
+            ));
         }
         let Some((req_wl, req_wl_chain)) = token.requesting_workloads.split_last() else {
             return Err(Error::with_detail(ErrorKind::InvalidConfiguration, "a Txn-Token needs req_wl"));
@@ -476,6 +513,7 @@ impl TxnTokenIssuer {
             req_wl_chain,
             tctx: token.tctx.as_ref(),
             rctx: token.rctx.as_ref(),
+            act: delegation::act_claim(&token.actors),
         };
         let signed = jws::sign(TXN_TOKEN_TYP, self.key.kid(), &claims, &self.key, self.backend)?;
         Ok(SignedTxnToken { token: signed, txn, expires_at: exp })

@@ -3,7 +3,8 @@
 //! A [`Policy`] has deny rules, requirements and allow rules. Deny rules are checked first;
 //! then the caller must meet every requirement and match at least one allow rule. A policy
 //! without allow rules denies everyone. The first rule that refuses names the reason: a rule on
-//! the Txn-Token's purpose or subject has its own (`txn_scope_denied`, `txn_subject_denied`),
+//! the Txn-Token's purpose, subject or delegation chain has its own (`txn_scope_denied`,
+//! `txn_subject_denied`, `txn_delegation_denied`),
 //! every other one is `policy_denied` (see [`Policy::check`]).
 //! Identifiers are compared as complete URIs; a path prefix matches only at segment boundaries
 //! and never across trust domains.
@@ -49,6 +50,9 @@ enum RuleKind {
     Transaction,
     TxnScope(String),
     TxnSubject(String),
+    TxnDelegated,
+    TxnActor(WorkloadId),
+    TxnMaxActors(usize),
 }
 
 impl Rule {
@@ -117,6 +121,24 @@ impl Rule {
         Rule(RuleKind::TxnSubject(subject.into()))
     }
 
+    /// Someone acts for the request's Txn-Token subject: its delegation chain (`act`) names at
+    /// least one actor (an agent acting for a user). `not(txn_delegated())` admits only
+    /// transactions without delegation.
+    pub fn txn_delegated() -> Self {
+        Rule(RuleKind::TxnDelegated)
+    }
+
+    /// The request's Txn-Token's delegation chain names `actor`, as the current actor or an
+    /// earlier one (deny with it to keep a workload out of every chain).
+    pub fn txn_actor(actor: WorkloadId) -> Self {
+        Rule(RuleKind::TxnActor(actor))
+    }
+
+    /// The request's Txn-Token's delegation chain has at most `max` actors (0: no delegation).
+    pub fn txn_max_actors(max: usize) -> Self {
+        Rule(RuleKind::TxnMaxActors(max))
+    }
+
     /// A custom condition.
     pub fn from_fn(f: impl Fn(&VerifiedCaller) -> bool + Send + Sync + 'static) -> Self {
         Rule(RuleKind::Fn(Arc::new(f)))
@@ -144,6 +166,15 @@ impl Rule {
             RuleKind::TxnSubject(sub) => {
                 caller.and_then(VerifiedCaller::transaction).is_some_and(|t| t.subject() == sub)
             }
+            RuleKind::TxnDelegated => {
+                caller.and_then(VerifiedCaller::transaction).is_some_and(|t| !t.actors().is_empty())
+            }
+            RuleKind::TxnActor(actor) => {
+                caller.and_then(VerifiedCaller::transaction).is_some_and(|t| t.actors().contains(actor))
+            }
+            RuleKind::TxnMaxActors(max) => {
+                caller.and_then(VerifiedCaller::transaction).is_some_and(|t| t.actors().len() <= *max)
+            }
         }
     }
 }
@@ -157,6 +188,8 @@ enum TxnFacet {
     Scope,
     /// Its subject (`sub`), and maybe its presence.
     Subject,
+    /// Its delegation chain (`act`), and maybe its presence.
+    Delegation,
 }
 
 impl Rule {
@@ -167,6 +200,7 @@ impl Rule {
             RuleKind::Transaction => Some(TxnFacet::Presence),
             RuleKind::TxnScope(_) => Some(TxnFacet::Scope),
             RuleKind::TxnSubject(_) => Some(TxnFacet::Subject),
+            RuleKind::TxnDelegated | RuleKind::TxnActor(_) | RuleKind::TxnMaxActors(_) => Some(TxnFacet::Delegation),
             RuleKind::Not(rule) => rule.txn_facet(),
             RuleKind::AllOf(rules) | RuleKind::AnyOf(rules) => joined_facet(rules),
             RuleKind::Any
@@ -203,6 +237,7 @@ fn refusal(facet: Option<TxnFacet>, caller: Option<&VerifiedCaller>, detail: Str
         (None, _) => (ErrorKind::MissingTxnToken, ": the request has no Txn-Token"),
         (Some(_), TxnFacet::Scope) => (ErrorKind::TxnScopeDenied, ""),
         (Some(_), TxnFacet::Subject) => (ErrorKind::TxnSubjectDenied, ""),
+        (Some(_), TxnFacet::Delegation) => (ErrorKind::TxnDelegationDenied, ""),
         // `not(transaction())`: refused for having one.
         (Some(_), TxnFacet::Presence) => (ErrorKind::PolicyDenied, ""),
     };
@@ -224,6 +259,9 @@ impl fmt::Debug for Rule {
             RuleKind::Transaction => f.write_str("transaction"),
             RuleKind::TxnScope(s) => write!(f, "txn_scope({s})"),
             RuleKind::TxnSubject(s) => write!(f, "txn_subject({s})"),
+            RuleKind::TxnDelegated => f.write_str("txn_delegated"),
+            RuleKind::TxnActor(a) => write!(f, "txn_actor({a})"),
+            RuleKind::TxnMaxActors(n) => write!(f, "txn_max_actors({n})"),
         }
     }
 }
@@ -299,10 +337,12 @@ impl Policy {
     ///
     /// The rules are checked in order: deny rules, then requirements (in the order added), then
     /// the allow rules; the first rule that refuses names the reason. A rule about the
-    /// Txn-Token only (built from [`Rule::txn_scope`], [`Rule::txn_subject`],
+    /// Txn-Token only (built from [`Rule::txn_scope`], [`Rule::txn_subject`], the delegation
+    /// rules [`Rule::txn_delegated`], [`Rule::txn_actor`], [`Rule::txn_max_actors`],
     /// [`Rule::transaction`] and the combinators) gives its own kind:
     /// [`ErrorKind::TxnScopeDenied`] for the purpose, [`ErrorKind::TxnSubjectDenied`] for the
-    /// subject, and [`ErrorKind::MissingTxnToken`] when the request has no Txn-Token at all.
+    /// subject, [`ErrorKind::TxnDelegationDenied`] for the delegation chain, and
+    /// [`ErrorKind::MissingTxnToken`] when the request has no Txn-Token at all.
     /// Every other refusal (identity rules, closures, rules mixing both) is
     /// [`ErrorKind::PolicyDenied`]. So with an allow list of workloads and
     /// `require(Rule::txn_scope(..))`, a call with the wrong purpose is `txn_scope_denied`

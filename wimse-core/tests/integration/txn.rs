@@ -429,9 +429,99 @@ fn txn_token_requests_and_answers_never_show_their_tokens() {
     assert_eq!(request.request_context.as_deref(), Some(r#"{"ip":"10.0.0.1"}"#));
     let shown = format!("{request:?} {:?}", request.subject);
     assert!(!shown.contains("secret-access-token") && shown.contains(ACCESS_TOKEN_TYPE), "{shown}");
+    let mut acting = request.clone().acting();
+    assert_eq!(acting.actor, wimse_core::protocol::txn::TxnActor::Requester);
+    acting.actor =
+        wimse_core::protocol::txn::TxnActor::Token { token: "secret-wit".into(), token_type: "jwt-type".into() };
+    let shown = format!("{acting:?}");
+    assert!(!shown.contains("secret-wit") && shown.contains("jwt-type"), "{shown}");
     let deferred = TxnTokenRequest::self_signed_for("batch-7", "orders.read");
     assert_eq!(deferred.subject, TxnSubject::SelfSignedFor("batch-7".into()));
     let issued = IssuedTxnToken { token: "eyJ.secret.token".into(), expires_in: 300, txn: Some("t-1".into()) };
     let shown = format!("{issued:?}");
     assert!(!shown.contains("secret") && shown.contains("t-1"), "{shown}");
+}
+
+#[test]
+fn policies_over_the_delegation_chain() {
+    let f = Fixture::new();
+    let v = verifier(&f, TxnTokenValidation::new(domain()));
+    let agent: WorkloadId = "spiffe://prod.example/agents/planner".parse().unwrap();
+    let booker: WorkloadId = "spiffe://prod.example/agents/booker".parse().unwrap();
+    let chain = NewTxnToken::new("user-1842", "orders.purchase").requested_by(FRONT).acted_by(agent.clone());
+    let chain = chain.acted_by(booker.clone());
+    let delegated = tts(&f).issue(&chain, NOW - 5).unwrap();
+    let caller = v.verify_sync(&RequestView::new(PATH, &request(&f, &delegated))).unwrap();
+    let txn = caller.transaction().unwrap();
+    assert_eq!(txn.actors(), [booker.clone(), agent.clone()], "the current actor first");
+    assert_eq!(txn.actor(), Some(&booker));
+    let own = v.verify_sync(&RequestView::new(PATH, &request(&f, &txn_token(&f)))).unwrap();
+    assert!(own.transaction().unwrap().actors().is_empty());
+
+    let base = || Policy::named("tools").allow(Rule::workload(f.id.clone()));
+    let kind = |policy: Policy, caller: &VerifiedCaller| policy.check(caller).unwrap_err().into_kind();
+    assert!(base().require(Rule::txn_delegated()).check(&caller).is_ok());
+    assert_eq!(kind(base().require(Rule::txn_delegated()), &own), ErrorKind::TxnDelegationDenied);
+    assert!(base().require(Rule::not(Rule::txn_delegated())).check(&own).is_ok());
+    assert!(base().require(Rule::txn_actor(agent.clone())).check(&caller).is_ok(), "an earlier actor counts");
+    assert_eq!(kind(base().deny(Rule::txn_actor(agent.clone())), &caller), ErrorKind::TxnDelegationDenied);
+    assert!(base().require(Rule::txn_max_actors(2)).check(&caller).is_ok(), "at the limit");
+    let too_deep = base().require(Rule::txn_max_actors(1)).check(&caller).unwrap_err();
+    assert_eq!(too_deep.kind(), &ErrorKind::TxnDelegationDenied);
+    assert!(too_deep.detail().unwrap().contains("txn_max_actors(1)"), "{too_deep:?}");
+    assert_eq!(Rejection::from_error(&too_deep).status(), 403);
+    assert!(base().require(Rule::txn_max_actors(0)).check(&own).is_ok());
+    // Without a Txn-Token, no chain rule is met: the request has none.
+    let plain = v.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).unwrap();
+    assert_eq!(kind(base().require(Rule::txn_max_actors(3)), &plain), ErrorKind::MissingTxnToken);
+    // The same from a configuration file.
+    let settings = |require: serde_json::Value| {
+        wimse_core::config::Settings::from_json(
+            &json!({"policy": {"name": "tools", "allow": {"workloads": [f.id.as_str()]}, "require": require}})
+                .to_string(),
+        )
+        .unwrap()
+        .policy()
+    };
+    let policy = settings(json!({"txn_delegated": true, "txn_actors": [agent.as_str()], "txn_max_actors": 2})).unwrap();
+    assert!(policy.check(&caller).is_ok());
+    assert_eq!(policy.check(&own).unwrap_err().into_kind(), ErrorKind::TxnDelegationDenied);
+    let undelegated = settings(json!({"txn_delegated": false})).unwrap();
+    assert!(undelegated.check(&own).is_ok() && undelegated.check(&caller).is_err());
+    let error = settings(json!({"txn_actors": ["not an identifier"]})).unwrap_err();
+    assert!(error.detail().unwrap().contains("policy.require.txn_actors[0]"), "{error:?}");
+}
+
+#[test]
+fn a_malformed_chain_is_refused_even_when_signed() {
+    let f = Fixture::new();
+    let v = verifier(&f, TxnTokenValidation::new(domain()));
+    // The TTS key signs claims with a broken `act` (as a buggy or foreign TTS would).
+    for act in [
+        json!("spiffe://prod.example/agents/planner"),
+        json!({"iss": "x"}),
+        json!({"sub": "user-1"}),
+        (0..9).fold(
+            json!({"sub": "spiffe://prod.example/a/0"}),
+            |inner, i| json!({"sub": format!("spiffe://prod.example/a/{}", i + 1), "act": inner}),
+        ),
+    ] {
+        let claims = json!({"iss": "https://issuer.prod.example", "aud": "spiffe://prod.example", "iat": NOW - 5, "exp": NOW + 60,
+                            "txn": "t-1", "sub": "user-1842", "scope": "orders.read", "req_wl": FRONT, "act": act});
+        let token = wimse_core::jose::jws::sign(
+            "txntoken+jwt",
+            f.issuer_key.kid(),
+            &claims,
+            &f.issuer_key,
+            wimse_core::jose::Backend::default(),
+        )
+        .unwrap();
+        assert_eq!(refused(&v, &request(&f, &token)), ErrorKind::TxnTokenMalformed, "{act}");
+    }
+    // More actors than a Txn-Token may name are never issued.
+    let mut many = NewTxnToken::new("u", "s").requested_by(FRONT);
+    for i in 0..9 {
+        many = many.acted_by(format!("spiffe://prod.example/a/{i}").parse().unwrap());
+    }
+    assert_eq!(tts(&f).issue(&many, NOW).unwrap_err().into_kind(), ErrorKind::InvalidConfiguration);
 }

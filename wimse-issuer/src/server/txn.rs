@@ -18,7 +18,9 @@ use crate::external::validate_external;
 use crate::tts::{
     MAX_SCOPE_VALUES, MAX_SUBJECT_TOKEN_LEN, Requester, Subject, Tts, json_object, refused, self_signed, subject_type,
 };
-use wimse_core::protocol::txn::{IssuedTxnToken, TxnSubject, TxnTokenRequest};
+use wimse_core::protocol::oauth::JWT_TOKEN_TYPE;
+use wimse_core::protocol::txn::{IssuedTxnToken, TxnActor, TxnSubject, TxnTokenRequest, may_act_allows};
+use wimse_core::protocol::wit::token_hash;
 
 impl IdentityServer {
     fn tts(&self) -> Result<&Tts> {
@@ -128,6 +130,7 @@ impl IdentityServer {
             ));
         }
         let scope = scopes.join(" ");
+        let actor = self.actor(tts, requester, request, &entries, &scopes, &subject)?;
         let token = match &subject.replaces {
             Some(_) if request.request_details.is_some() || request.request_context.is_some() => {
                 return Err(refused("a replacement keeps the original's tctx and rctx"));
@@ -152,6 +155,11 @@ impl IdentityServer {
                 token
             }
         };
+        let token = match actor {
+            Some(actor) => token.acted_by(actor),
+            None => token,
+        };
+        let actors: Vec<&str> = token.actors.iter().map(|a| a.as_str()).collect();
         let key = self.read_keys(|loaded| loaded.active_key(now).cloned())?;
         let kid = key.kid().unwrap_or_default().to_owned();
         let mut issuer = TxnTokenIssuer::new(key, &self.domain).lifetime(tts.lifetime);
@@ -168,8 +176,67 @@ impl IdentityServer {
         span.record("wimse.caller", who.as_str());
         span.record("wimse.txn", signed.txn.as_str());
         tracing::info!(target: "wimse::audit", requester = %who, txn = signed.txn, scope, subject_token_type = token_type,
-            replacement = subject.replaces.is_some(), expires_in, "Txn-Token issued");
+            replacement = subject.replaces.is_some(), actors = ?actors, expires_in, "Txn-Token issued");
         Ok(IssuedTxnToken { token: signed.token, expires_in, txn: Some(signed.txn) })
+    }
+
+    /// The actor a request names (RFC 8693 `actor_token`), checked: it must be the WIT the
+    /// requester proved (an agent acts only as itself), the requester's entries must let it act,
+    /// the subject token's `may_act` (if any) must name it, and the chain (the replaced token's
+    /// actors and this one) must stay within `max_actors`. `None` when no one acts.
+    fn actor(
+        &self,
+        tts: &Tts,
+        requester: &VerifiedCaller,
+        request: &TxnTokenRequest,
+        entries: &[&&Requester],
+        scopes: &[&str],
+        subject: &Subject,
+    ) -> Result<Option<wimse_core::id::WorkloadId>> {
+        let who = requester.id();
+        let invalid = |detail: &'static str| Error::with_detail(ErrorKind::ActorTokenInvalid, detail);
+        let token = match &request.actor {
+            TxnActor::None => return Ok(None),
+            TxnActor::Requester => return Err(invalid("the request names an actor but carries no actor_token")),
+            TxnActor::Token { token, token_type } => {
+                if token_type != JWT_TOKEN_TYPE {
+                    return Err(invalid("actor_token_type must be urn:ietf:params:oauth:token-type:jwt (a WIT)"));
+                }
+                token
+            }
+        };
+        let wit = requester.wit().ok_or_else(|| invalid("the requester did not prove a WIT"))?;
+        if token.len() > MAX_SUBJECT_TOKEN_LEN || token_hash(token) != wit.hash() {
+            return Err(invalid("actor_token is not the WIT the request was proven with"));
+        }
+        let denied = |detail: String| {
+            tracing::warn!(target: "wimse::audit", requester = %who, refused = %detail, "Txn-Token delegation refused");
+            Error::with_detail(ErrorKind::DelegationDenied, detail)
+        };
+        // The entry that lets it act must also grant the purpose.
+        if !entries.iter().any(|r| r.actor && scopes.iter().all(|s| r.scopes.iter().any(|g| g == s))) {
+            return Err(denied(format!(
+                "{who} may not act for subjects for this scope (no requester entry with `actor: true` grants it)"
+            )));
+        }
+        let issuer = self.config.issuer.as_deref().unwrap_or(self.domain.as_str());
+        match may_act_allows(subject.may_act.as_ref(), who, issuer) {
+            Err(reason) => return Err(refused(format!("subject_token: {reason}"))),
+            Ok(Some(false)) => return Err(denied(format!("the subject token's may_act does not name {who}"))),
+            Ok(_) => {}
+        }
+        let before = subject.replaces.as_ref().map_or(0, |original| original.actors().len());
+        if before + 1 > tts.max_actors {
+            tracing::warn!(target: "wimse::audit", requester = %who, actors = before, "Txn-Token delegation too deep");
+            return Err(Error::with_detail(
+                ErrorKind::DelegationTooDeep,
+                format!(
+                    "the chain already names {before} actor(s); this Transaction Token Service allows {}",
+                    tts.max_actors
+                ),
+            ));
+        }
+        Ok(Some(who.clone()))
     }
 
     /// Validates the subject token; returns the subject and the name of its issuer, if external.
@@ -192,7 +259,7 @@ impl IdentityServer {
                 let sub = object.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
                 let sub =
                     format!("{}{}", tts.named_subject_prefix, sub.ok_or_else(|| refused("subject_token has no sub"))?);
-                Ok((Subject { sub, scope: None, expires_at: None, replaces: None }, None))
+                Ok((Subject { sub, scope: None, expires_at: None, replaces: None, may_act: None }, None))
             }
             SELF_SIGNED_TYPE => {
                 let wit = requester
@@ -200,7 +267,7 @@ impl IdentityServer {
                     .ok_or_else(|| refused("self-signed subject tokens need a WIT-authenticated requester"))?;
                 let sub = self_signed(token, requester.id(), wit.cnf_key(), &tts.identifier, now)?;
                 let sub = format!("{}{sub}", tts.named_subject_prefix);
-                Ok((Subject { sub, scope: None, expires_at: None, replaces: None }, None))
+                Ok((Subject { sub, scope: None, expires_at: None, replaces: None, may_act: None }, None))
             }
             TXN_TOKEN_TYPE => {
                 // No leeway: an expired Txn-Token is never replaced (§13.15). The keys are the
@@ -217,6 +284,7 @@ impl IdentityServer {
                         scope: Some(original.scope().to_owned()),
                         expires_at: Some(original.expires_at()),
                         replaces: Some(original),
+                        may_act: None,
                     },
                     None,
                 ))
@@ -249,6 +317,14 @@ impl IdentityServer {
                 }
                 let claims = validate_external(&parsed, keys, &issuer.audience, issuer.max_token_lifetime, now)
                     .map_err(|d| refused(format!("subject_token: {d}")))?;
+                // Delegation chains come from this TTS only: one claimed by another issuer
+                // would let it name who acted in this trust domain.
+                if claims.contains_key("act") {
+                    return Err(Error::with_detail(
+                        ErrorKind::DelegationDenied,
+                        "the subject token names actors (act): delegation chains come only from this Transaction Token Service",
+                    ));
+                }
                 let sub = claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
                 let sub = sub.ok_or_else(|| refused("subject_token has no sub"))?;
                 let sub = format!("{}{sub}", issuer.subject_prefix.as_deref().unwrap_or_default());
@@ -262,7 +338,8 @@ impl IdentityServer {
                     (false, Some(_)) => return Err(refused("subject_token scope is not a string")),
                 };
                 let expires_at = claims.get("exp").and_then(Value::as_u64);
-                Ok((Subject { sub, scope, expires_at, replaces: None }, Some(issuer.name.as_str())))
+                let may_act = claims.get("may_act").cloned();
+                Ok((Subject { sub, scope, expires_at, replaces: None, may_act }, Some(issuer.name.as_str())))
             }
         }
     }

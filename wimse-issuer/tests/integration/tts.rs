@@ -10,13 +10,20 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wimse_core::jose::{Backend, jws};
 use wimse_core::prelude::*;
+use wimse_core::protocol::txn::TxnActor;
 use wimse_core::protocol::txn::{TxnTokenValidation, VerifiedTxnToken, validate};
 use wimse_issuer::{IdentityServer, IssuerConfig};
 use wimse_reqwest::{Bootstrap, IssuerCredentials, TxnTokenRequest, TxnTokenService, self_signed_subject};
 
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
 const FRONT: &str = "spiffe://prod.example/front";
 const ORDERS: &str = "spiffe://prod.example/orders";
 const INTRUDER: &str = "spiffe://prod.example/intruder";
+/// Agents acting for users (`actor: true`).
+const AGENT: &str = "spiffe://prod.example/agents/planner";
+const SUBAGENT: &str = "spiffe://prod.example/agents/booker";
+const THIRD: &str = "spiffe://prod.example/agents/payer";
 const IDP: &str = "https://idp.prod.example";
 const API: &str = "https://api.prod.example";
 
@@ -45,7 +52,7 @@ impl Setup {
         let dir = std::env::temp_dir().join(format!("wimse-tts-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let clients: Vec<Value> = [FRONT, ORDERS, INTRUDER]
+        let clients: Vec<Value> = [FRONT, ORDERS, INTRUDER, AGENT, SUBAGENT, THIRD]
             .iter()
             .map(|id| json!({"name": id, "dev_secret": secret(id), "allowed": [id], "max_lifetime": 600}))
             .collect();
@@ -64,8 +71,13 @@ impl Setup {
                 "requesters": [
                     {"workloads": [FRONT], "scopes": ["orders.purchase", "orders.read", "orders.admin"],
                      "subject_token_types": ["access_token"], "subject_issuers": ["users"]},
-                    {"workloads": [ORDERS], "scopes": ["orders.read"], "subject_token_types": ["txn_token", "self_signed"]}
-                ]
+                    {"workloads": [ORDERS], "scopes": ["orders.read"], "subject_token_types": ["txn_token", "self_signed"]},
+                    {"workloads": [AGENT], "scopes": ["orders.purchase", "orders.read"], "actor": true,
+                     "subject_token_types": ["access_token"], "subject_issuers": ["users"]},
+                    {"workloads": [SUBAGENT, THIRD], "scopes": ["orders.purchase", "orders.read"], "actor": true,
+                     "subject_token_types": ["txn_token"]}
+                ],
+                "max_actors": 2
             }
         }))
         .unwrap();
@@ -344,6 +356,8 @@ async fn configuration_is_checked() {
     for (txn, endpoint, field) in [
         (json!({"requesters": [requester]}), false, "token_endpoint"),
         (json!({"lifetime": 3600, "requesters": [requester]}), true, "lifetime"),
+        (json!({"max_actors": 0, "requesters": [requester]}), true, "max_actors"),
+        (json!({"max_actors": 9, "requesters": [requester]}), true, "max_actors"),
         (
             json!({"requesters": [{"workloads": ["spiffe://other.example/x"], "scopes": ["a"], "subject_token_types": ["self_signed"]}]}),
             true,
@@ -415,4 +429,111 @@ async fn requesters_are_verified_with_the_keys_after_a_rotation() {
     assert_ne!(first_kid, later_kid, "a new signing key");
     later.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn agents_act_for_users_and_chains_only_grow_narrower() {
+    let s = Setup::start().await;
+    let agent = s.tts(AGENT).await;
+    let user_token = |claims: Value| s.access_token(claims);
+    let ask = |token: String, scope: &str| TxnTokenRequest::for_access_token(token, scope).acting();
+
+    // The agent acts for the user: it is the token's actor.
+    let issued = agent.request(&ask(user_token(json!({})), "orders.purchase orders.read")).await.unwrap();
+    let txn = s.check(&issued.token);
+    assert_eq!(txn.subject(), "users:user-1842");
+    let id = |s: &str| s.parse::<WorkloadId>().unwrap();
+    assert_eq!(txn.actors(), [id(AGENT)]);
+    assert_eq!(txn.actor(), Some(&id(AGENT)));
+    assert_eq!(txn.requesting_workloads(), [AGENT.to_owned()]);
+    // Without `acting()`, the same agent asks for the user's own transaction: no actor.
+    let own = agent.request(&TxnTokenRequest::for_access_token(user_token(json!({})), "orders.read")).await.unwrap();
+    assert!(s.check(&own.token).actors().is_empty());
+
+    // The user's token may say who may act for them (RFC 8693 may_act).
+    let allowed = user_token(json!({"may_act": {"sub": AGENT}}));
+    assert!(agent.request(&ask(allowed, "orders.read")).await.is_ok());
+    let someone_else = user_token(json!({"may_act": {"sub": SUBAGENT}}));
+    assert_eq!(kind(agent.request(&ask(someone_else, "orders.read")).await), ErrorKind::DelegationDenied);
+    let other_issuer = user_token(json!({"may_act": {"sub": AGENT, "iss": "https://elsewhere.example"}}));
+    assert_eq!(kind(agent.request(&ask(other_issuer, "orders.read")).await), ErrorKind::DelegationDenied);
+    let malformed = user_token(json!({"may_act": AGENT}));
+    assert_eq!(kind(agent.request(&ask(malformed, "orders.read")).await), ErrorKind::ExchangeRefused);
+    // An actor chain claimed by another issuer is never taken over.
+    let claimed = user_token(json!({"act": {"sub": THIRD}}));
+    assert_eq!(kind(agent.request(&ask(claimed, "orders.read")).await), ErrorKind::DelegationDenied);
+    // A workload the TTS does not let act.
+    let front = s.tts(FRONT).await;
+    assert_eq!(kind(front.request(&ask(user_token(json!({})), "orders.read")).await), ErrorKind::DelegationDenied);
+
+    // The agent hands the work to a sub-agent: the chain grows, the scope narrows.
+    let booker = s.tts(SUBAGENT).await;
+    let handed = booker.request(&TxnTokenRequest::replacing(&issued.token, "orders.purchase").acting()).await.unwrap();
+    let chain = s.check(&handed.token);
+    assert_eq!(chain.actors(), [id(SUBAGENT), id(AGENT)], "the current actor first");
+    assert_eq!((chain.txn(), chain.subject()), (txn.txn(), txn.subject()), "the same transaction, the same user");
+    assert_eq!(chain.requesting_workloads(), [AGENT.to_owned(), SUBAGENT.to_owned()]);
+    // Never wider than what the agent had.
+    let narrow = booker.request(&TxnTokenRequest::replacing(&issued.token, "orders.read").acting()).await.unwrap();
+    assert_eq!(
+        kind(booker.request(&TxnTokenRequest::replacing(&narrow.token, "orders.purchase").acting()).await),
+        ErrorKind::InvalidScope,
+        "a chain never widens its scope"
+    );
+    // A replacement without acting keeps the chain as it is.
+    let kept = booker.request(&TxnTokenRequest::replacing(&handed.token, "orders.purchase")).await.unwrap();
+    assert_eq!(s.check(&kept.token).actors(), [id(SUBAGENT), id(AGENT)]);
+    // A third actor would exceed max_actors (2).
+    let payer = s.tts(THIRD).await;
+    assert_eq!(
+        kind(payer.request(&TxnTokenRequest::replacing(&handed.token, "orders.purchase").acting()).await),
+        ErrorKind::DelegationTooDeep
+    );
+}
+
+#[tokio::test]
+async fn an_actor_token_is_the_requesters_own_wit() {
+    let s = Setup::start().await;
+    let agent = s.tts(AGENT).await;
+    let ask = || TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.read");
+    // Another workload's WIT (valid, of this trust domain) as the actor token: refused.
+    let others = IssuerCredentials::connect(&s.base, SUBAGENT, Bootstrap::Token(secret(SUBAGENT))).await.unwrap();
+    let other_wit = others.credentials(now()).unwrap().wit().to_owned();
+    let mut forged = ask();
+    forged.actor = TxnActor::Token { token: other_wit.clone(), token_type: JWT.into() };
+    assert_eq!(kind(agent.request(&forged).await), ErrorKind::ActorTokenInvalid);
+    // Garbage, a wrong type, an oversized token.
+    for (token, token_type) in [
+        ("not a token".to_owned(), JWT),
+        (other_wit, "urn:ietf:params:oauth:token-type:access_token"),
+        ("x".repeat(20_000), JWT),
+    ] {
+        let mut request = ask();
+        request.actor = TxnActor::Token { token, token_type: token_type.into() };
+        assert_eq!(kind(agent.request(&request).await), ErrorKind::ActorTokenInvalid);
+    }
+    // Its own WIT, given by hand, is what `acting()` sends.
+    let own = IssuerCredentials::connect(&s.base, AGENT, Bootstrap::Token(secret(AGENT))).await.unwrap();
+    let signer = Signer::new(own.clone());
+    let by_hand = TxnTokenService::new(signer, format!("{}/v1/token", s.base), &s.domain).unwrap();
+    let mut request = ask();
+    request.actor = TxnActor::Token { token: own.credentials(now()).unwrap().wit().to_owned(), token_type: JWT.into() };
+    let issued = by_hand.request(&request).await.unwrap();
+    assert_eq!(s.check(&issued.token).actors().len(), 1);
+
+    // An actor token on the WIT exchange (a WIT names one workload, never an actor).
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", "x"),
+        ("subject_token_type", JWT),
+        ("actor_token", "y"),
+        ("actor_token_type", JWT),
+    ];
+    let response = reqwest::Client::new().post(format!("{}/v1/token", s.base)).form(&form).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["reason"].as_str()),
+        (Some("invalid_request"), Some("actor_token_invalid"))
+    );
 }

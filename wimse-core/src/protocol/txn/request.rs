@@ -23,6 +23,40 @@ pub struct TxnTokenRequest {
     pub request_context: Option<String>,
     /// `request_details`: a JSON object, as text (the TTS may copy it into `tctx`).
     pub request_details: Option<String>,
+    /// Who acts for the subject (RFC 8693 `actor_token`), if anyone.
+    pub actor: TxnActor,
+}
+
+/// The actor of a [`TxnTokenRequest`]: the workload that acts for the subject (an agent for
+/// a user), recorded in the Txn-Token's `act` claim.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum TxnActor {
+    /// No one: the requester asks for the subject's own transaction (or a replacement keeps
+    /// the chain it has).
+    #[default]
+    None,
+    /// The requesting workload itself: a client sends its own WIT as the `actor_token`
+    /// (type [`JWT_TOKEN_TYPE`](crate::protocol::oauth::JWT_TOKEN_TYPE)) when it sends the request; the TTS checks that it is the WIT
+    /// the request was proven with.
+    Requester,
+    /// An `actor_token` as received (the TTS side).
+    Token {
+        /// The actor token.
+        token: String,
+        /// Its type URN.
+        token_type: String,
+    },
+}
+
+impl std::fmt::Debug for TxnActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Requester => f.write_str("Requester"),
+            // Never the token.
+            Self::Token { token_type, .. } => f.debug_struct("Token").field("token_type", token_type).finish(),
+        }
+    }
 }
 
 /// The subject of a [`TxnTokenRequest`].
@@ -51,6 +85,7 @@ impl std::fmt::Debug for TxnTokenRequest {
             .field("scope", &self.scope)
             .field("subject_token_type", &token_type)
             .field("audience", &self.audience)
+            .field("actor", &self.actor)
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +140,16 @@ impl TxnTokenRequest {
     }
 
     fn with_subject(subject: TxnSubject, scope: String) -> Self {
-        Self { scope, subject, audience: None, request_context: None, request_details: None }
+        Self { scope, subject, audience: None, request_context: None, request_details: None, actor: TxnActor::None }
+    }
+
+    /// The requesting workload acts for the subject (an agent for a user, or for the agent
+    /// that handed it the work): the Txn-Token names it as the current actor (`act`), before
+    /// any actors the subject token (a Txn-Token being replaced) already names. The TTS must
+    /// let the requester act (`actor: true`), and a `may_act` in the subject token must name it.
+    pub fn acting(mut self) -> Self {
+        self.actor = TxnActor::Requester;
+        self
     }
 
     /// `audience`: the trust domain the token is for.
