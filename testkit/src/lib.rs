@@ -101,6 +101,14 @@ impl Deployment {
         tts.issue(&wimse_core::protocol::txn::NewTxnToken::new(sub, scope).requested_by(ALLOWED), now()).expect("issue")
     }
 
+    /// A Txn-Token from this deployment's TTS for `sub` and `scope`, with `actors` acting for
+    /// the subject (the current actor first).
+    pub fn delegated_txn_token(&self, sub: &str, scope: &str, actors: &[&str]) -> String {
+        let mut token = wimse_core::protocol::txn::NewTxnToken::new(sub, scope).requested_by(ALLOWED);
+        token.actors = actors.iter().map(|a| a.parse().expect("actor")).collect();
+        self.tts.issue(&token, now()).expect("issue")
+    }
+
     /// A verifier for `origin` that validates Txn-Tokens (required or not).
     pub fn txn_verifier(&self, origin: &str, required: bool) -> Verifier {
         let mut txn = wimse_core::protocol::txn::TxnTokenValidation::new(TRUST_DOMAIN.parse().expect("trust domain"));

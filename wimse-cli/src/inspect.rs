@@ -73,6 +73,7 @@ fn explain(kind: &str, header: &Map<String, Value>, claims: &Map<String, Value>,
             if let Some(sub) = claims.get("sub").and_then(Value::as_str) {
                 notes.push(format!("on behalf of subject {sub}"));
             }
+            notes.extend(delegation(claims.get("act")));
             return times_and_audience(notes, claims, now);
         }
         _ => notes.push(format!(
@@ -149,5 +150,33 @@ mod tests {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(1_745_512_510), "2025-04-24T16:35:10Z");
         assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
+
+/// What an `act` claim says (RFC 8693 §4.1): who acts for the subject now, and who delegated to
+/// it, as far as the chain is readable (unverified: a verifier refuses a malformed one).
+fn delegation(act: Option<&Value>) -> Vec<String> {
+    let mut actors = Vec::new();
+    let mut level = act;
+    while let Some(object) = level.and_then(Value::as_object) {
+        if actors.len() == wimse_core::protocol::txn::MAX_ACTORS {
+            return vec![format!("act is nested deeper than {}: a verifier refuses this token", actors.len())];
+        }
+        match object.get("sub").and_then(Value::as_str) {
+            Some(sub) => actors.push(sub.to_owned()),
+            None => return vec!["an act level has no sub: a verifier refuses this token".into()],
+        }
+        level = object.get("act");
+    }
+    match actors.split_first() {
+        None if act.is_some() => vec!["act is not an object: a verifier refuses this token".into()],
+        None => Vec::new(),
+        Some((current, [])) => vec![format!("acted for by {current}")],
+        Some((current, earlier)) => {
+            vec![format!(
+                "acted for by {current}, on behalf of {} (delegation chain, current actor first)",
+                earlier.join(" ← ")
+            )]
+        }
     }
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::{Map, Value, json};
 use wimse_core::client::cred::{Credentials, StaticCredentials};
 use wimse_core::client::sign::Signer;
-use wimse_core::id::TrustDomain;
+use wimse_core::id::{TrustDomain, WorkloadId};
 use wimse_core::protocol::trust::{TrustAnchors, TrustStore};
 use wimse_core::protocol::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation, validate};
 use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
@@ -55,6 +55,14 @@ pub(crate) struct IssueArgs {
     /// The requesting workload (`req_wl`), with `--tts-key`.
     #[arg(long)]
     req_wl: Option<String>,
+    /// A workload acting for the subject (`act`), with `--tts-key`; repeat for a chain, the
+    /// current actor first.
+    #[arg(long = "actor")]
+    actors: Vec<String>,
+    /// With `--tts`: this workload acts for the subject (an agent for a user); it sends its own
+    /// WIT as the `actor_token`, and the Txn-Token names it as the current actor.
+    #[arg(long, requires = "tts")]
+    acting: bool,
     /// Lifetime in seconds, with `--tts-key`.
     #[arg(long, default_value_t = 300)]
     ttl: u64,
@@ -84,10 +92,18 @@ pub(crate) fn issue(args: IssueArgs) -> CliResult {
             let mut token = NewTxnToken::new(sub.clone(), args.scope.clone()).requested_by(req_wl.clone());
             token.tctx = details;
             token.rctx = context;
+            token.actors = args
+                .actors
+                .iter()
+                .map(|a| WorkloadId::parse(a).map_err(|e| format!("--actor {a}: {e}")))
+                .collect::<Result<_, _>>()?;
             TxnTokenIssuer::new(key, &domain)
                 .lifetime(args.ttl)
                 .issue(&token, now_or(args.now))
                 .map_err(|e| e.to_string())?
+        }
+        (None, Some(_)) if !args.actors.is_empty() => {
+            return Err("--actor is for --tts-key; with --tts, --acting makes this workload the actor".into());
         }
         (None, Some(tts)) => request(&args, tts, &domain, details, context)?,
         _ => return Err("give --tts (ask a Transaction Token Service) or --tts-key (sign locally)".into()),
@@ -126,6 +142,9 @@ fn request(
     }
     if let Some(context) = context {
         request = request.request_context(Value::Object(context));
+    }
+    if args.acting {
+        request = request.acting();
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let issued = runtime.block_on(service.request(&request)).map_err(|e| format!("refused: {e} [{}]", e.reason()))?;
@@ -172,7 +191,7 @@ pub(crate) fn verify(args: VerifyArgs) -> CliResult {
             json!({"valid": true, "txn": txn.txn(), "sub": txn.subject(), "scope": txn.scope(),
                    "req_wl": txn.requesting_workloads(), "iss": txn.issuer(), "iat": txn.issued_at(),
                    "exp": txn.expires_at(), "tctx": txn.transaction_context(), "rctx": txn.request_context(),
-                   "hash": txn.hash()}),
+                   "actors": txn.actors().iter().map(WorkloadId::as_str).collect::<Vec<_>>(), "hash": txn.hash()}),
             ExitCode::SUCCESS,
         ),
         Err(e) => (json!({"valid": false, "reason": e.reason(), "message": e.to_string()}), ExitCode::FAILURE),

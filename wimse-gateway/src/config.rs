@@ -331,6 +331,10 @@ pub struct IdentityHeaderNames {
     pub txn_subject: String,
     /// The verified Txn-Token's scope. Default `x-wimse-txn-scope`.
     pub txn_scope: String,
+    /// The verified Txn-Token's delegation chain (`act`: the workloads acting for the subject,
+    /// the current actor first), space-separated; empty when no one acts for the subject.
+    /// Default `x-wimse-txn-actors`.
+    pub txn_actors: String,
 }
 
 impl Default for IdentityHeaderNames {
@@ -341,6 +345,7 @@ impl Default for IdentityHeaderNames {
             txn: "x-wimse-txn".into(),
             txn_subject: "x-wimse-txn-subject".into(),
             txn_scope: "x-wimse-txn-scope".into(),
+            txn_actors: "x-wimse-txn-actors".into(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) struct IdentityHeaders {
     txn: HeaderName,
     txn_subject: HeaderName,
     txn_scope: HeaderName,
+    txn_actors: HeaderName,
 }
 
 impl IdentityHeaders {
@@ -39,6 +40,7 @@ impl IdentityHeaders {
             txn: parse("txn", &names.txn)?,
             txn_subject: parse("txn_subject", &names.txn_subject)?,
             txn_scope: parse("txn_scope", &names.txn_scope)?,
+            txn_actors: parse("txn_actors", &names.txn_actors)?,
         };
         let all = headers.names();
         if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
@@ -47,9 +49,9 @@ impl IdentityHeaders {
         Ok(headers)
     }
 
-    /// The five field names.
-    pub(crate) fn names(&self) -> [&HeaderName; 5] {
-        [&self.caller, &self.proof, &self.txn, &self.txn_subject, &self.txn_scope]
+    /// The six field names.
+    pub(crate) fn names(&self) -> [&HeaderName; 6] {
+        [&self.caller, &self.proof, &self.txn, &self.txn_subject, &self.txn_scope, &self.txn_actors]
     }
 
     /// Whether a field arrived whose name is an identity field's with `_` for `-`
@@ -113,6 +115,10 @@ impl IdentityHeaders {
         set(headers, &self.txn, txn.map_or("", |t| t.txn()), every);
         set(headers, &self.txn_subject, txn.map_or("", |t| t.subject()), every);
         set(headers, &self.txn_scope, txn.map_or("", |t| t.scope()), every);
+        // The delegation chain, current actor first, space-separated (identifiers are URIs:
+        // never a space in them).
+        let actors = txn.map(|t| t.actors().iter().map(|a| a.as_str()).collect::<Vec<_>>().join(" "));
+        set(headers, &self.txn_actors, actors.as_deref().unwrap_or(""), every);
     }
 }
 

@@ -89,6 +89,66 @@ fn issue_inspect_and_verify_locally() {
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(json_of(&out)["reason"], reason);
     }
+    // A delegation chain (`--actor`, the current actor first), explained and verified.
+    issue(&[
+        "--trust-domain",
+        "spiffe://prod.example",
+        "--sub",
+        "user-1842",
+        "--scope",
+        "orders.purchase",
+        "--req-wl",
+        "spiffe://prod.example/front",
+        "--actor",
+        "spiffe://prod.example/agents/booker",
+        "--actor",
+        "spiffe://prod.example/agents/planner",
+        "--now",
+        NOW,
+        "-o",
+        &p("chain.jwt"),
+    ]);
+    let inspected: Value = serde_json::from_str(&ok(&["txn", "inspect", &p("chain.jwt"), "--now", NOW])).unwrap();
+    let notes = inspected["explanation"].to_string();
+    assert!(
+        notes.contains(
+            "acted for by spiffe://prod.example/agents/booker, on behalf of spiffe://prod.example/agents/planner"
+        ),
+        "{notes}"
+    );
+    let chain = wimse(&[
+        "txn",
+        "verify",
+        &p("chain.jwt"),
+        "--keys",
+        &keys,
+        "--trust-domain",
+        "spiffe://prod.example",
+        "--now",
+        NOW,
+    ]);
+    assert_eq!(
+        json_of(&chain)["actors"],
+        json!(["spiffe://prod.example/agents/booker", "spiffe://prod.example/agents/planner"])
+    );
+    assert_eq!(json_of(&verify(&["--trust-domain", "spiffe://prod.example", "--now", NOW]))["actors"], json!([]));
+    let bad_actor = wimse(&[
+        "txn",
+        "issue",
+        "--tts-key",
+        &tts_key,
+        "--trust-domain",
+        "spiffe://prod.example",
+        "--sub",
+        "u",
+        "--scope",
+        "s",
+        "--req-wl",
+        "spiffe://prod.example/front",
+        "--actor",
+        "not-an-id",
+    ]);
+    assert!(!bad_actor.status.success() && String::from_utf8_lossy(&bad_actor.stderr).contains("--actor"));
     // Signed by a key that is not the TTS's.
     ok(&["key", "generate", "--kid", "tts-1", "-o", &p("other.jwk")]);
     let forged = ok(&[
@@ -124,7 +184,7 @@ fn issue_from_a_transaction_token_service() {
         "trust_domain": "spiffe://prod.example", "key_store": d.join("keys.json"), "dev_mode": true,
         "token_endpoint": format!("{base}/v1/token"),
         "clients": [{"name": "front", "dev_secret": "0123456789abcdef-front", "allowed": [front], "max_lifetime": 600}],
-        "txn_tokens": {"requesters": [{"workloads": [front], "scopes": ["orders.read"], "subject_token_types": ["unsigned_json", "self_signed"]}]}
+        "txn_tokens": {"requesters": [{"workloads": [front], "scopes": ["orders.read"], "subject_token_types": ["unsigned_json", "self_signed"], "actor": true}]}
     });
     std::fs::write(d.join("issuer.json"), config.to_string()).unwrap();
     let mut issuer =
@@ -149,6 +209,29 @@ fn issue_from_a_transaction_token_service() {
     });
     std::fs::write(d.join("front.wit"), wit).unwrap();
     let endpoint = format!("{base}/v1/token");
+    let (wit_file, key_file) = (p("front.wit"), p("front.jwk"));
+    let ask_with = |kind: &str, scope: &str, extra: &[&str]| {
+        let mut args = vec![
+            "txn",
+            "issue",
+            "--tts",
+            &endpoint,
+            "--trust-domain",
+            "spiffe://prod.example",
+            "--wit",
+            &wit_file,
+            "--key",
+            &key_file,
+            "--subject-token-type",
+            kind,
+            "--sub",
+            "batch-7",
+            "--scope",
+            scope,
+        ];
+        args.extend_from_slice(extra);
+        wimse(&args)
+    };
     let ask = |kind: &str, scope: &str| {
         wimse(&[
             "txn",
@@ -186,6 +269,21 @@ fn issue_from_a_transaction_token_service() {
         .unwrap();
         assert_eq!((verified["sub"].as_str(), verified["req_wl"][0].as_str()), (Some("batch-7"), Some(front)));
     }
+    // Acting for the subject: the Txn-Token names this workload as its actor.
+    let acting = ask_with("unsigned_json", "orders.read", &["--acting"]);
+    assert!(acting.status.success(), "{}", String::from_utf8_lossy(&acting.stderr));
+    std::fs::write(d.join("acting.jwt"), &acting.stdout).unwrap();
+    let verified: Value = serde_json::from_str(&ok(&[
+        "txn",
+        "verify",
+        &p("acting.jwt"),
+        "--trust-domain",
+        "spiffe://prod.example",
+        "--keys",
+        &p("bundle.json"),
+    ]))
+    .unwrap();
+    assert_eq!(verified["actors"], json!([front]));
     let refused = ask("unsigned_json", "orders.write");
     assert!(!refused.status.success());
     assert!(

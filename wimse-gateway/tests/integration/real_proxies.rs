@@ -128,6 +128,28 @@ async fn verified_callers_reach_the_application_and_spoofed_identities_never_do(
     assert_eq!(seen.header("x-wimse-txn-subject"), Some("user-7"));
     assert_eq!(seen.header("x-wimse-txn-scope"), Some("orders.read"));
     assert_eq!(seen.header("txn-token"), Some(txn.as_str()), "passed on, for the application's own calls");
+    let actors = seen.header("x-wimse-txn-actors");
+    assert!(matches!(actors, None | Some("")), "no one acts for the user: {actors:?}");
+
+    // An agent acting for the user (a delegation chain): the application sees who acts.
+    let chain_token = chain.deployment.delegated_txn_token(
+        "user-7",
+        "orders.read",
+        &["spiffe://prod.example/agents/booker", "spiffe://prod.example/agents/planner"],
+    );
+    let response = client
+        .get(chain.url("/orders"))
+        .header("txn-token", &chain_token)
+        .header("x-wimse-txn-actors", "spiffe://prod.example/admin")
+        .send()
+        .await
+        .expect("answer");
+    let seen = echo(response).await;
+    assert_eq!(
+        seen.header("x-wimse-txn-actors"),
+        Some("spiffe://prod.example/agents/booker spiffe://prod.example/agents/planner")
+    );
+    assert_eq!(seen.count("x-wimse-txn-actors"), 1, "never the client's");
 }
 
 async fn refusals_pass_through_with_their_status_and_challenge(kind: Proxy) {
