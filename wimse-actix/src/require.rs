@@ -90,7 +90,10 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let decision = match req.extensions().get::<VerifiedCaller>() {
-            Some(caller) => self.policy.check(caller).map_err(|e| (Some(caller.clone()), e)),
+            Some(caller) => self
+                .policy
+                .check_request(caller, req.method().as_str(), req.path())
+                .map_err(|e| (Some(caller.clone()), e)),
             None => Err((None, Error::with_detail(ErrorKind::MissingWit, "scope requires a verified caller"))),
         };
         match decision {

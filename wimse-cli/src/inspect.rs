@@ -143,16 +143,6 @@ pub(crate) fn utc(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::utc(1_745_512_510), "2025-04-24T16:35:10Z");
-        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
-    }
-}
-
 /// What an `act` claim says (RFC 8693 §4.1): who acts for the subject now, and who delegated to
 /// it, as far as the chain is readable (unverified: a verifier refuses a malformed one).
 fn delegation(act: Option<&Value>) -> Vec<String> {
@@ -178,5 +168,15 @@ fn delegation(act: Option<&Value>) -> Vec<String> {
                 earlier.join(" ← ")
             )]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_745_512_510), "2025-04-24T16:35:10Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -250,6 +250,23 @@ pub struct PolicySettings {
     /// What every allowed call must also carry.
     #[serde(default)]
     pub require: RequireSettings,
+    /// Cedar policies deciding instead of `allow` (feature `cedar`; `deny` and `require` still
+    /// apply first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cedar: Option<CedarSettings>,
+}
+
+/// Cedar policy files for a [`PolicySettings`] (see `server::cedar`, feature `cedar`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CedarSettings {
+    /// The policy file (Cedar policy text). A relative path is relative to the settings file.
+    pub policies: PathBuf,
+    /// A Cedar schema file the policies are validated against (strict), optional.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// The service's name: the resource of every request (`Service::"<resource>"`).
+    pub resource: String,
 }
 
 /// Requirements on every call, besides who makes it: the transaction it is part of.
@@ -359,6 +376,12 @@ impl Settings {
         if let Some(credentials) = self.credentials.as_mut() {
             resolve(&mut credentials.wit_file);
             resolve(&mut credentials.key_file);
+        }
+        if let Some(cedar) = self.policy.as_mut().and_then(|p| p.cedar.as_mut()) {
+            resolve(&mut cedar.policies);
+            if let Some(schema) = cedar.schema.as_mut() {
+                resolve(schema);
+            }
         }
         self
     }
@@ -653,10 +676,17 @@ impl PolicySettings {
             return Err(invalid("policy.name", "empty"));
         }
         let allow = self.allow.rules("policy.allow")?;
-        if allow.is_empty() {
-            return Err(invalid("policy.allow", "no rule: every caller would be refused"));
-        }
-        let mut policy = Policy::named(self.name.clone()).allow(Rule::any_of(allow));
+        let mut policy = match &self.cedar {
+            Some(cedar) if !allow.is_empty() => {
+                return Err(invalid(
+                    "policy.allow",
+                    format!("Cedar policies ({}) decide instead", cedar.policies.display()),
+                ));
+            }
+            Some(cedar) => cedar_policy(&self.name, cedar)?,
+            None if allow.is_empty() => return Err(invalid("policy.allow", "no rule: every caller would be refused")),
+            None => Policy::named(self.name.clone()).allow(Rule::any_of(allow)),
+        };
         let deny = self.deny.rules("policy.deny")?;
         if !deny.is_empty() {
             policy = policy.deny(Rule::any_of(deny));
@@ -666,6 +696,23 @@ impl PolicySettings {
         }
         Ok(policy)
     }
+}
+
+#[cfg(feature = "cedar")]
+fn cedar_policy(name: &str, cedar: &CedarSettings) -> Result<Policy> {
+    let policies = crate::server::cedar::CedarPolicies::from_files(
+        name,
+        &cedar.resource,
+        &cedar.policies,
+        cedar.schema.as_deref(),
+    )
+    .map_err(|e| invalid("policy.cedar", e.detail().unwrap_or_default()))?;
+    Ok(Policy::cedar(policies))
+}
+
+#[cfg(not(feature = "cedar"))]
+fn cedar_policy(_: &str, _: &CedarSettings) -> Result<Policy> {
+    Err(invalid("policy.cedar", "this build has no Cedar support (the wimse-core feature `cedar`)"))
 }
 
 impl CredentialSettings {

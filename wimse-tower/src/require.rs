@@ -64,7 +64,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let grpc = wimse_core::server::framing::answers_as_grpc(req.version(), req.headers());
         let decision = match req.extensions().get::<VerifiedCaller>() {
-            Some(caller) => self.policy.check(caller),
+            Some(caller) => self.policy.check_request(caller, req.method().as_str(), req.uri().path()),
             None => Err(Error::with_detail(ErrorKind::MissingWit, "route requires a verified caller")),
         };
         match decision {

@@ -8,6 +8,9 @@
 
 pub mod audit;
 pub mod caller;
+#[cfg(feature = "cedar")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cedar")))]
+pub mod cedar;
 pub mod exchange;
 pub mod framing;
 pub mod pipeline;

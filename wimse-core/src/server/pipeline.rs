@@ -325,7 +325,7 @@ impl Pipeline {
             return Err(error);
         }
         if let Err(error) = self.policy_for(request.path).and_then(|policy| match policy {
-            Some(policy) => policy.check(&pending.caller),
+            Some(policy) => policy.check_request(&pending.caller, request.method, request.path),
             None => Ok(()),
         }) {
             audit::rejected(pending.method().name(), Some(pending.id()), &error);

@@ -266,19 +266,45 @@ impl fmt::Debug for Rule {
     }
 }
 
-/// A named set of deny and allow rules. Cheap to clone.
+/// A named set of deny and allow rules, or of Cedar policies (`Policy::cedar`, feature
+/// `cedar`). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Policy {
     name: Arc<str>,
     deny: Arc<Vec<Rule>>,
     require: Arc<Vec<Rule>>,
     allow: Arc<Vec<Rule>>,
+    /// Decides instead of the allow rules, after the deny rules and requirements.
+    #[cfg(feature = "cedar")]
+    cedar: Option<Arc<crate::server::cedar::CedarPolicies>>,
 }
+
+/// The action a [`Policy::check`] without a request names to Cedar policies.
+pub const DEFAULT_ACTION: &str = "call";
 
 impl Policy {
     /// An empty policy (denies everyone until an allow rule is added). The name appears in logs.
     pub fn named(name: impl Into<String>) -> Self {
-        Self { name: Arc::from(name.into()), deny: Arc::default(), require: Arc::default(), allow: Arc::default() }
+        Self {
+            name: Arc::from(name.into()),
+            deny: Arc::default(),
+            require: Arc::default(),
+            allow: Arc::default(),
+            #[cfg(feature = "cedar")]
+            cedar: None,
+        }
+    }
+
+    /// A policy decided by Cedar policies (deny by default; see [`crate::server::cedar`]):
+    /// the action is the request's method ([`check_request`](Self::check_request)), the
+    /// resource the service the policies were loaded for. Deny rules and requirements added
+    /// to it are checked first; allow rules are not used.
+    #[cfg(feature = "cedar")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cedar")))]
+    pub fn cedar(policies: crate::server::cedar::CedarPolicies) -> Self {
+        let mut policy = Self::named(policies.name().to_owned());
+        policy.cedar = Some(Arc::new(policies));
+        policy
     }
 
     /// A policy that allows every verified caller.
@@ -312,7 +338,7 @@ impl Policy {
         &self.name
     }
 
-    fn decide(&self, caller: Option<&VerifiedCaller>, id: &WorkloadId) -> Result<()> {
+    fn decide(&self, caller: Option<&VerifiedCaller>, id: &WorkloadId, action: Option<(&str, &str)>) -> Result<()> {
         if let Some(deny) = self.deny.iter().find(|r| r.matches(caller, id)) {
             let detail = format!("policy `{}`: deny rule {deny:?} matched", self.name);
             return Err(refusal(deny.txn_facet(), caller, detail));
@@ -325,6 +351,11 @@ impl Policy {
             let detail = format!("policy `{}`: requirement {unmet:?} not met{also}", self.name);
             return Err(refusal(unmet.txn_facet(), caller, detail));
         }
+        #[cfg(feature = "cedar")]
+        if let Some(cedar) = &self.cedar {
+            return self.decide_with_cedar(cedar, caller, action);
+        }
+        let _ = action;
         if allowed() {
             return Ok(());
         }
@@ -349,12 +380,48 @@ impl Policy {
     /// whoever makes it (the log says if the caller is not on the allow list either), and an
     /// unlisted caller with the right purpose is `policy_denied`.
     pub fn check(&self, caller: &VerifiedCaller) -> Result<()> {
-        self.decide(Some(caller), caller.id())
+        self.decide(Some(caller), caller.id(), None)
     }
 
-    /// Whether an identifier alone is allowed (closure rules never match here).
+    /// [`check`](Self::check) for a request of `method` to `path`: what Cedar policies see as
+    /// the action and the context's `path` (rule lists do not look at them). The server
+    /// adapters call this one.
+    pub fn check_request(&self, caller: &VerifiedCaller, method: &str, path: &str) -> Result<()> {
+        self.decide(Some(caller), caller.id(), Some((method, path)))
+    }
+
+    /// Whether an identifier alone is allowed (closure rules never match here, nor Cedar
+    /// policies, which need the whole request).
     pub fn allows_id(&self, id: &WorkloadId) -> bool {
-        self.decide(None, id).is_ok()
+        self.decide(None, id, None).is_ok()
+    }
+
+    #[cfg(feature = "cedar")]
+    fn decide_with_cedar(
+        &self,
+        cedar: &crate::server::cedar::CedarPolicies,
+        caller: Option<&VerifiedCaller>,
+        action: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let Some(caller) = caller else {
+            let detail = format!("policy `{}`: Cedar policies decide on whole requests only", self.name);
+            return Err(Error::with_detail(ErrorKind::PolicyDenied, detail));
+        };
+        let (action, path) = action.unwrap_or((DEFAULT_ACTION, ""));
+        let decision = cedar.decide(caller, action, path);
+        if decision.allowed {
+            return Ok(());
+        }
+        let why = match decision.policies.as_slice() {
+            [] => "no permit policy matched".to_owned(),
+            forbids => format!("forbidden by {}", forbids.join(", ")),
+        };
+        let errors = match decision.errors.first() {
+            Some(first) => format!(" ({} evaluation error(s), first: {first})", decision.errors.len()),
+            None => String::new(),
+        };
+        let detail = format!("policy `{}` (cedar), action {action}: {why}{errors}", self.name);
+        Err(Error::with_detail(ErrorKind::PolicyDenied, detail))
     }
 }
 

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cedar;
 mod client;
 mod content_digest;
 mod exchange;
