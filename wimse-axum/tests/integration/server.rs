@@ -34,6 +34,35 @@ async fn case_table() {
     run_cases(&deployment, &base).await;
 }
 
+/// The case table with a Cedar policy that says what the table's rule list says: the same
+/// answers, on the layer and on a route.
+#[tokio::test]
+async fn case_table_with_cedar_policies() {
+    let cedar = || {
+        let text = format!(
+            r#"@id("the-allowed-caller") permit(principal == Workload::"{ALLOWED}", action == Action::"GET", resource);"#
+        );
+        let policies = wimse_core::server::cedar::CedarPolicies::new("testkit", "whoami", &text, None).unwrap();
+        wimse_core::server::policy::Policy::cedar(policies)
+    };
+    let deployment = Deployment::new();
+    let base = serve(|base| {
+        Router::new().route("/whoami", get(whoami)).layer(WimseLayer::new(deployment.verifier(&base)).policy(cedar()))
+    })
+    .await;
+    run_cases(&deployment, &base).await;
+    // The action is the method: a POST is not permitted (refused before routing).
+    let posted = deployment.client(ALLOWED).post(format!("{base}/whoami")).send().await.unwrap();
+    assert_eq!(posted.status(), 403);
+    let base = serve(|base| {
+        Router::new()
+            .route("/whoami", get(whoami).route_layer(RequirePolicyLayer::new(cedar())))
+            .layer(WimseLayer::new(deployment.verifier(&base)).optional())
+    })
+    .await;
+    run_cases(&deployment, &base).await;
+}
+
 #[tokio::test]
 async fn per_route_policy_and_optional_authentication() {
     let deployment = Deployment::new();
