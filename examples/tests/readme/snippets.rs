@@ -219,3 +219,47 @@ mod txn_client {
         assert!(err.to_string().contains("Transaction Token Service"), "{err}");
     }
 }
+
+mod agents {
+    use wimse_core::prelude::*;
+    use wimse_core::server::cedar::CedarPolicies;
+    use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
+
+    async fn act_for_user(signer: Signer, access_token: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let domain: TrustDomain = "spiffe://prod.example".parse()?;
+        let tts = TxnTokenService::new(signer, "https://issuer.prod.example/v1/token", &domain)?;
+        // This agent acts for the user: its own WIT goes along as the actor token.
+        let request = TxnTokenRequest::for_access_token(access_token, "travel.book").acting();
+        Ok(tts.request(&request).await?.token)
+    }
+
+    fn tools_policy() -> Result<Policy, wimse_core::Error> {
+        let policies = r#"
+            @id("agents-book-for-users")
+            permit(principal in TrustDomain::"spiffe://prod.example", action == Action::"POST", resource)
+            when { context.delegated && context.actor_count <= 2 && context.txn_scope.contains("travel.book") };
+            @id("never-the-retired-agent")
+            forbid(principal, action, resource)
+            when { context.txn_actors.contains("spiffe://prod.example/agents/legacy") };
+        "#;
+        Ok(Policy::cedar(CedarPolicies::new("tools", "tools", policies, None)?))
+    }
+
+    /// The example's Transaction Token Service does not exist: the error names it.
+    #[tokio::test]
+    async fn runs_and_names_the_unreachable_service() {
+        let (issuer, key) = (SigningKey::generate(Algorithm::ES256).unwrap(), SigningKey::generate(Algorithm::ES256).unwrap());
+        let now = SystemClock.now();
+        let wit = wimse_core::protocol::wit::WitIssuer::new(issuer)
+            .issue(&"spiffe://prod.example/agents/planner".parse().unwrap(), key.public_jwk(), now)
+            .unwrap();
+        let signer = Signer::new(StaticCredentials::new(Credentials::new(wit, key).unwrap()));
+        let err = act_for_user(signer, "eyJ...").await.unwrap_err();
+        assert!(err.to_string().contains("Transaction Token Service"), "{err}");
+    }
+
+    #[test]
+    fn the_policy_loads() {
+        assert_eq!(tools_policy().unwrap().name(), "tools");
+    }
+}
