@@ -144,30 +144,21 @@ pub(crate) fn utc(secs: u64) -> String {
 }
 
 /// What an `act` claim says (RFC 8693 §4.1): who acts for the subject now, and who delegated to
-/// it, as far as the chain is readable (unverified: a verifier refuses a malformed one).
+/// it (unverified: a verifier refuses a malformed chain, and this says so).
 fn delegation(act: Option<&Value>) -> Vec<String> {
-    let mut actors = Vec::new();
-    let mut level = act;
-    while let Some(object) = level.and_then(Value::as_object) {
-        if actors.len() == wimse_core::protocol::txn::MAX_ACTORS {
-            return vec![format!("act is nested deeper than {}: a verifier refuses this token", actors.len())];
-        }
-        match object.get("sub").and_then(Value::as_str) {
-            Some(sub) => actors.push(sub.to_owned()),
-            None => return vec!["an act level has no sub: a verifier refuses this token".into()],
-        }
-        level = object.get("act");
-    }
-    match actors.split_first() {
-        None if act.is_some() => vec!["act is not an object: a verifier refuses this token".into()],
-        None => Vec::new(),
-        Some((current, [])) => vec![format!("acted for by {current}")],
-        Some((current, earlier)) => {
-            vec![format!(
-                "acted for by {current}, on behalf of {} (delegation chain, current actor first)",
-                earlier.join(" ← ")
-            )]
-        }
+    match wimse_core::protocol::txn::parse_actors(act) {
+        Err(reason) => vec![format!("{reason}: a verifier refuses this token")],
+        Ok(actors) => match actors.split_first() {
+            None => Vec::new(),
+            Some((current, [])) => vec![format!("acted for by {current}")],
+            Some((current, earlier)) => {
+                let earlier: Vec<&str> = earlier.iter().map(|a| a.as_str()).collect();
+                vec![format!(
+                    "acted for by {current}, on behalf of {} (delegation chain, current actor first)",
+                    earlier.join(" ← ")
+                )]
+            }
+        },
     }
 }
 

@@ -283,7 +283,7 @@ pub struct RequireSettings {
     #[serde(default)]
     pub txn_subjects: Vec<String>,
     /// Whether someone must act for the Txn-Token's subject (an agent for a user: `true`), or
-    /// must not (`false`); either by default.
+    /// must not (`false`: requests without a Txn-Token meet this); either by default.
     #[serde(default)]
     pub txn_delegated: Option<bool>,
     /// Workload identifiers, one of which the Txn-Token's delegation chain must name (as its

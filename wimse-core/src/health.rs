@@ -108,13 +108,17 @@ pub fn retry_delay(failures: u32, interval: Duration, jitter: f64) -> Duration {
 }
 
 /// How long after its identity server's recovery a renewal that waited out the outage is
-/// sent: as long after the recovery as it fell due after the outage began (`fell_due_after`), so
-/// the renewals that fell due during the outage reach the server at the rate they fell due
-/// rather than in one burst, but never more than half of what is left of the current
-/// credentials' lifetime (`until_expiry`: credentials that expired meanwhile go at once); plus
-/// a point of one retry `interval` drawn by `jitter` in `[0, 1)`.
+/// sent: as long after the recovery as it fell due after the outage began (`fell_due_after`),
+/// plus a point of one retry `interval` drawn by `jitter` in `[0, 1)`, so the renewals that
+/// fell due during the outage reach the server at the rate they fell due rather than in one
+/// burst; but never more than half of what is left of the current credentials' lifetime
+/// (`until_expiry`), and for credentials that expired meanwhile only the jitter.
 pub fn recovery_delay(fell_due_after: Duration, interval: Duration, until_expiry: Duration, jitter: f64) -> Duration {
-    fell_due_after.min(until_expiry / 2) + interval.mul_f64(jitter.clamp(0.0, 1.0))
+    let jittered = interval.mul_f64(jitter.clamp(0.0, 1.0));
+    if until_expiry.is_zero() {
+        return jittered;
+    }
+    (fell_due_after + jittered).min(until_expiry / 2)
 }
 
 /// A number in `[0, 1)` that differs between processes and calls. Not for secrets: it only
@@ -142,9 +146,12 @@ mod tests {
         assert_eq!(recovery_delay(s(0), s(5), s(3000), 0.5), Duration::from_millis(2500));
         // Fell due 300 s into it: 300 s after the recovery (plus the jitter)...
         assert_eq!(recovery_delay(s(300), s(5), s(3000), 0.0), s(300));
-        // ...but never past half of what is left of the credentials.
+        assert_eq!(recovery_delay(s(300), s(5), s(3000), 0.2), s(301));
+        // ...but never past half of what is left of the credentials, jitter included.
         assert_eq!(recovery_delay(s(300), s(5), s(200), 0.0), s(100));
-        // Expired meanwhile: at once.
+        assert_eq!(recovery_delay(s(0), s(10), s(8), 0.9), s(4));
+        assert_eq!(recovery_delay(s(300), s(5), s(9), 0.0), Duration::from_millis(4500));
+        // Expired meanwhile: the jitter only.
         assert_eq!(recovery_delay(s(300), s(5), s(0), 0.2), s(1));
         // A jitter out of range is clamped.
         assert_eq!(recovery_delay(s(0), s(5), s(0), 7.0), s(5));

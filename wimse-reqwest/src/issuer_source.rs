@@ -396,17 +396,20 @@ impl IssuerCredentials {
                     // Re-checked every interval, in case the prober's task is gone (its guard
                     // with it): then this one tries itself, and may become the prober.
                     while gate.probed_elsewhere() && !gate.wait_until_up(inner.retry_interval).await {}
-                    // The renewals that fell due during the outage reach the recovered server at
-                    // the rate they fell due, not all at once (see `recovery_delay`).
-                    let until_expiry =
-                        schedule.map_or(0, |(_, expires_at)| expires_at.saturating_sub(inner.clock.now()));
-                    let delay = wimse_core::health::recovery_delay(
-                        fell_due_after,
-                        inner.retry_interval,
-                        Duration::from_secs(until_expiry),
-                        jitter(),
-                    );
-                    tokio::time::sleep(delay).await;
+                    // Recovered: the renewals that fell due during the outage reach the server at
+                    // the rate they fell due, not all at once (see `recovery_delay`). Still down
+                    // with no prober (its task is gone): this one tries now, and may probe.
+                    if !gate.is_down() {
+                        let until_expiry =
+                            schedule.map_or(0, |(_, expires_at)| expires_at.saturating_sub(inner.clock.now()));
+                        let delay = wimse_core::health::recovery_delay(
+                            fell_due_after,
+                            inner.retry_interval,
+                            Duration::from_secs(until_expiry),
+                            jitter(),
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
                 }
                 match source.try_renew().await {
                     Ok(()) => {

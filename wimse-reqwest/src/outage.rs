@@ -12,12 +12,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// How long an outage may go unreported (no failure seen) before a failure starts a new one.
+const STALE_OUTAGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The outage state of one identity server (by URL) in this process.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     down: AtomicBool,
-    /// When the server was first found down in the current outage.
-    down_since: Mutex<Option<std::time::Instant>>,
+    /// When the server was first found down in the current outage, and last found down.
+    down_since: Mutex<Option<(std::time::Instant, std::time::Instant)>>,
     /// Held by the renewal that probes while the server is down.
     probe: Arc<tokio::sync::Mutex<()>>,
     recovered: tokio::sync::Notify,
@@ -38,23 +41,36 @@ pub(crate) fn gate(url: &str) -> Arc<Gate> {
 impl Gate {
     /// The server failed as an outage does.
     pub(crate) fn mark_down(&self) {
+        let now = std::time::Instant::now();
         let mut since = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.down.swap(true, Ordering::AcqRel) || since.is_none() {
-            *since = Some(std::time::Instant::now());
-        }
+        let was_down = self.down.swap(true, Ordering::AcqRel);
+        *since = match *since {
+            // An outage nobody reported on for a while (its renewals were dropped before the
+            // recovery) is over as far as this one knows: a new one begins.
+            Some((began, last)) if was_down && now.duration_since(last) < STALE_OUTAGE => Some((began, now)),
+            _ => Some((now, now)),
+        };
     }
 
     /// When the current outage began, if the server is known to be down.
     pub(crate) fn down_since(&self) -> Option<std::time::Instant> {
         let since = *self.down_since.lock().unwrap_or_else(|e| e.into_inner());
-        since.filter(|_| self.down.load(Ordering::Acquire))
+        since.map(|(began, _)| began).filter(|_| self.down.load(Ordering::Acquire))
+    }
+
+    /// Whether the server is known to be down.
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
     }
 
     /// The server answered; wakes the renewals waiting for it. True if it was down.
     pub(crate) fn mark_up(&self) -> bool {
+        // Under the lock, so a failure reported meanwhile cannot leave it down without a start.
+        let mut since = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
         let was_down = self.down.swap(false, Ordering::AcqRel);
+        *since = None;
+        drop(since);
         if was_down {
-            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
             self.recovered.notify_waiters();
         }
         was_down

@@ -90,7 +90,10 @@ impl TxnTokenService {
     /// [`ErrorKind::IssuanceDenied`], `invalid_target` → [`ErrorKind::InvalidTarget`],
     /// `invalid_client` → [`ErrorKind::CredentialsUnavailable`], others →
     /// [`ErrorKind::ExchangeRefused`] (503/429 → [`ErrorKind::KeyStoreUnavailable`] /
-    /// [`ErrorKind::RateLimited`]).
+    /// [`ErrorKind::RateLimited`]). The TTS's `reason` member, when it names a delegation
+    /// refusal, decides first: [`ErrorKind::DelegationDenied`], [`ErrorKind::DelegationTooDeep`],
+    /// [`ErrorKind::ActorTokenInvalid`] (a request [`acting`](TxnTokenRequest::acting) whose
+    /// WIT was renewed between reading it and signing is sent once more).
     pub async fn request(&self, request: &TxnTokenRequest) -> Result<IssuedTxnToken, Error> {
         match self.request_once(request).await {
             // The WIT sent as the actor token was renewed before the request was signed (the

@@ -72,6 +72,11 @@ const WORKLOADS: [&str; 5] = [
     "spiffe://prod.example/intruder",
     GATEWAY,
 ];
+/// AI agents acting for users: the planner asks for Txn-Tokens naming itself as actor, and
+/// hands work to the booker; the payer would be a third actor, one too many.
+const PLANNER: &str = "spiffe://prod.example/agents/planner";
+const BOOKER: &str = "spiffe://prod.example/agents/booker";
+const PAYER: &str = "spiffe://prod.example/agents/payer";
 /// The wimse gateway's own workload: it signs the Python service's outgoing calls.
 const GATEWAY: &str = "spiffe://prod.example/gateway";
 /// The identifier a partner workload gets through token exchange.
@@ -118,6 +123,7 @@ impl IdentityServer {
         // RFC 7523 assertion, matched by namespace and service account. The others use dev secrets.
         let mut clients: Vec<Value> = WORKLOADS
             .iter()
+            .chain(&[PLANNER, BOOKER, PAYER])
             .filter(|id| **id != FRONT)
             .map(|id| json!({"name": id, "dev_secret": dev_secret(id), "allowed": [id], "max_lifetime": 3600}))
             .collect();
@@ -149,8 +155,15 @@ impl IdentityServer {
                     {"workloads": [FRONT], "scopes": ["orders.purchase", "orders.read"],
                      "subject_token_types": ["access_token"], "subject_issuers": ["shop-users"]},
                     {"prefixes": ["spiffe://prod.example/partners"], "scopes": ["orders.purchase"],
-                     "subject_token_types": ["self_signed"]}
-                ]
+                     "subject_token_types": ["self_signed"]},
+                    // Agents act for users (`act`): the planner from the user's access token,
+                    // the others only on a Txn-Token handed to them; two actors at most.
+                    {"workloads": [PLANNER], "scopes": ["orders.purchase", "orders.read"], "actor": true,
+                     "subject_token_types": ["access_token"], "subject_issuers": ["shop-users"]},
+                    {"workloads": [BOOKER, PAYER], "scopes": ["orders.purchase", "orders.read"], "actor": true,
+                     "subject_token_types": ["txn_token"]}
+                ],
+                "max_actors": 2
             }
         }))?;
         let server = Arc::new(wimse_issuer::IdentityServer::open(config, SystemClock).await?);
@@ -599,6 +612,101 @@ policy = {{ name = "inventory", allow = {{ workloads = ["{FRONT}"] }} }}
     Ok(())
 }
 
+// ---- tools: the service agents call (axum) ----
+
+/// A tool: who called, for whom, through which agents.
+async fn tool(wimse_axum::Caller(caller): wimse_axum::Caller, uri: axum::http::Uri) -> String {
+    let line = match caller.transaction() {
+        Some(txn) if !txn.actors().is_empty() => {
+            let chain: Vec<&str> = txn.actors().iter().map(|a| a.as_str()).collect();
+            format!("agent {} for user {} (chain {})", caller.id(), txn.subject(), chain.join(" <- "))
+        }
+        Some(txn) => format!("{} for user {} (no agent)", caller.id(), txn.subject()),
+        None => format!("{} (no transaction)", caller.id()),
+    };
+    println!("[tools]   {}: {line}", uri.path());
+    line
+}
+
+/// The tools service: searching needs the user's read delegation, booking the purchase one,
+/// and the chain may name two agents at most; the tools are for agents only.
+async fn start_tools(ids: &IdentityServer) -> Result<String, Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let origin = format!("http://{}", listener.local_addr()?);
+    let agents = || Rule::path_prefix("spiffe://prod.example/agents");
+    let tool_policy = |name: &str, scope: &str| {
+        Ok::<_, Error>(
+            Policy::named(name.to_owned())
+                .allow(agents()?)
+                .require(Rule::txn_delegated())
+                .require(Rule::txn_max_actors(2))
+                .require(Rule::txn_scope(scope.to_owned())),
+        )
+    };
+    let app = axum::Router::new()
+        .route(
+            "/tools/search",
+            axum::routing::post(tool)
+                .route_layer(wimse_axum::RequirePolicyLayer::new(tool_policy("search", "orders.read")?)),
+        )
+        .route(
+            "/tools/book",
+            axum::routing::post(tool)
+                .route_layer(wimse_axum::RequirePolicyLayer::new(tool_policy("book", "orders.purchase")?)),
+        )
+        .route(
+            "/tools/refund",
+            axum::routing::post(tool)
+                .route_layer(wimse_axum::RequirePolicyLayer::new(tool_policy("refund", "orders.refund")?)),
+        )
+        .layer(wimse_axum::WimseLayer::new(verifier(ids, &origin)?).policy(Policy::named("tools").allow(agents()?)));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(origin)
+}
+
+/// The agent pass: a user asks the planner agent to act; it obtains a Txn-Token naming itself
+/// as actor, calls tools, hands the work to the booker; a third agent is one too many.
+async fn agent_pass(ids: &IdentityServer) -> Result<(), Error> {
+    let tools = start_tools(ids).await?;
+    println!("tools (axum) {tools}: search needs orders.read, book orders.purchase, refund orders.refund");
+    let planner_signer = ids.enroll(PLANNER).await?;
+    // alice's access token grants orders.purchase and orders.read; she delegates both.
+    let acting = TxnTokenRequest::for_access_token(ids.user_access_token()?, "orders.purchase orders.read").acting();
+    let txn = ids.txn_token(&planner_signer, acting).await?;
+    let planner = client(planner_signer, &[tools.as_str()]);
+    let Answer { status, body, .. } = call(&planner, &format!("{tools}/tools/search"), Some(&txn)).await?;
+    println!("[planner] {status} {body}");
+    expect(
+        status == 200 && body.contains(&format!("agent {PLANNER} for user alice (chain {PLANNER})")),
+        "the planner acts for alice",
+    )?;
+    let Answer { status, body, .. } = call(&planner, &format!("{tools}/tools/refund"), Some(&txn)).await?;
+    println!("[planner] {status} {body}");
+    expect(status == 403 && body.contains("txn_scope_denied"), "a tool outside alice's delegation answers 403")?;
+
+    // The planner hands booking to the booker: a narrower Txn-Token, the chain one longer.
+    let booker_signer = ids.enroll(BOOKER).await?;
+    let handed = ids.txn_token(&booker_signer, TxnTokenRequest::replacing(&txn, "orders.purchase").acting()).await?;
+    let booker = client(booker_signer, &[tools.as_str()]);
+    let Answer { status, body, .. } = call(&booker, &format!("{tools}/tools/book"), Some(&handed)).await?;
+    println!("[booker]  {status} {body}");
+    expect(
+        status == 200 && body.contains(&format!("agent {BOOKER} for user alice (chain {BOOKER} <- {PLANNER})")),
+        "the booker acts for alice on the planner's behalf",
+    )?;
+    let Answer { status, .. } = call(&booker, &format!("{tools}/tools/search"), Some(&handed)).await?;
+    println!("[booker]  {status} for a search: its Txn-Token was narrowed to orders.purchase");
+    expect(status == 403, "the chain only narrows: the booker cannot search")?;
+
+    // A third agent would make the chain three actors long: the TTS refuses.
+    let payer_signer = ids.enroll(PAYER).await?;
+    let refused = ids.txn_token(&payer_signer, TxnTokenRequest::replacing(&handed, "orders.purchase").acting()).await;
+    let reason = refused.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+    println!("[payer]   refused by the Transaction Token Service: {reason}");
+    expect(reason.contains("delegation"), "re-delegating beyond two actors is refused")?;
+    Ok(())
+}
+
 // ---- the chain ----
 
 struct Answer {
@@ -729,6 +837,9 @@ async fn run() -> Result<(), Error> {
     let Answer { status, challenge, .. } = call(&anonymous, &format!("{orders}/orders"), None).await?;
     println!("[anonymous] {status} WWW-Authenticate: {}", challenge.as_deref().unwrap_or("-"));
     expect(status == 401 && challenge.as_deref() == Some("WPT"), "orders asks for credentials")?;
+
+    println!("\n== agents: alice asks the planner agent to act for her; it hands booking to the booker agent");
+    agent_pass(&ids).await?;
 
     println!("\n== the chain again, every workload's WIT from a node agent (SPIFFE Workload API, WIT-SVIDs)");
     let _agent = ids.start_agent().await?;

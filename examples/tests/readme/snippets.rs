@@ -222,7 +222,6 @@ mod txn_client {
 
 mod agents {
     use wimse_core::prelude::*;
-    use wimse_core::server::cedar::CedarPolicies;
     use wimse_reqwest::{TxnTokenRequest, TxnTokenService};
 
     async fn act_for_user(signer: Signer, access_token: &str) -> Result<String, Box<dyn std::error::Error>> {
@@ -231,18 +230,6 @@ mod agents {
         // This agent acts for the user: its own WIT goes along as the actor token.
         let request = TxnTokenRequest::for_access_token(access_token, "travel.book").acting();
         Ok(tts.request(&request).await?.token)
-    }
-
-    fn tools_policy() -> Result<Policy, wimse_core::Error> {
-        let policies = r#"
-            @id("agents-book-for-users")
-            permit(principal in TrustDomain::"spiffe://prod.example", action == Action::"POST", resource)
-            when { context.delegated && context.actor_count <= 2 && context.txn_scope.contains("travel.book") };
-            @id("never-the-retired-agent")
-            forbid(principal, action, resource)
-            when { context.txn_actors.contains("spiffe://prod.example/agents/legacy") };
-        "#;
-        Ok(Policy::cedar(CedarPolicies::new("tools", "tools", policies, None)?))
     }
 
     /// The example's Transaction Token Service does not exist: the error names it.
@@ -258,8 +245,4 @@ mod agents {
         assert!(err.to_string().contains("Transaction Token Service"), "{err}");
     }
 
-    #[test]
-    fn the_policy_loads() {
-        assert_eq!(tools_policy().unwrap().name(), "tools");
-    }
 }

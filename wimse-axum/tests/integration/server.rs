@@ -35,7 +35,8 @@ async fn case_table() {
 }
 
 /// The case table with a Cedar policy that says what the table's rule list says: the same
-/// answers, on the layer and on a route.
+/// answers, on the layer and on a route (feature `cedar`).
+#[cfg(feature = "cedar")]
 #[tokio::test]
 async fn case_table_with_cedar_policies() {
     let cedar = || {

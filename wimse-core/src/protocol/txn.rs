@@ -46,7 +46,7 @@ use crate::protocol::wit::{MAX_LEEWAY_SECS, token_hash};
 mod delegation;
 mod forwarding;
 mod request;
-pub use delegation::{MAX_ACTORS, may_act_allows};
+pub use delegation::{MAX_ACTORS, may_act_allows, parse_actors};
 pub use forwarding::{MAX_WARNED_ORIGINS, TxnForwarding};
 pub use request::{IssuedTxnToken, TxnActor, TxnSubject, TxnTokenRequest};
 
@@ -157,6 +157,7 @@ pub struct VerifiedTxnToken {
     iss: Option<String>,
     requesting_workloads: Vec<String>,
     actors: Vec<WorkloadId>,
+    may_act: Option<Value>,
     tctx: Option<Map<String, Value>>,
     rctx: Option<Map<String, Value>>,
     hash: String,
@@ -210,6 +211,11 @@ impl VerifiedTxnToken {
     /// The workload acting for the subject now (the outermost `act`), if any.
     pub fn actor(&self) -> Option<&WorkloadId> {
         self.actors.first()
+    }
+    /// Who the subject allowed to act for it (RFC 8693 `may_act`, carried over by the TTS
+    /// from the subject token), if it said.
+    pub fn may_act(&self) -> Option<&Value> {
+        self.may_act.as_ref()
     }
     /// The immutable transaction context (`tctx`), if any.
     pub fn transaction_context(&self) -> Option<&Map<String, Value>> {
@@ -320,6 +326,11 @@ pub fn validate(token: &str, keys: &TrustStore, cfg: &TxnTokenValidation, now: u
     };
     let actors = delegation::actors_of(claims.get("act"))
         .map_err(|reason| Error::with_detail(ErrorKind::TxnTokenMalformed, reason))?;
+    let may_act = match claims.get("may_act") {
+        None => None,
+        Some(value @ Value::Object(_)) => Some(value.clone()),
+        Some(_) => return Err(Error::with_detail(ErrorKind::TxnTokenMalformed, "may_act is not an object")),
+    };
     Ok(VerifiedTxnToken {
         txn: string("txn")?,
         sub: string("sub")?,
@@ -329,6 +340,7 @@ pub fn validate(token: &str, keys: &TrustStore, cfg: &TxnTokenValidation, now: u
         iss,
         requesting_workloads,
         actors,
+        may_act,
         tctx: object("tctx")?,
         rctx: object("rctx")?,
         hash: token_hash(token),
@@ -354,6 +366,9 @@ pub struct NewTxnToken {
     /// The workloads acting for `sub` (`act`), the current actor first; at most
     /// [`MAX_ACTORS`].
     pub actors: Vec<WorkloadId>,
+    /// `may_act`: who the subject allowed to act for it, carried from the subject token so
+    /// that a later replacement adding the first actor is held to it.
+    pub may_act: Option<Value>,
     /// The latest `exp` allowed (a replacement never outlives the token it replaces).
     pub not_after: Option<u64>,
 }
@@ -369,6 +384,7 @@ impl NewTxnToken {
             tctx: None,
             rctx: None,
             actors: Vec::new(),
+            may_act: None,
             not_after: None,
         }
     }
@@ -414,6 +430,7 @@ impl NewTxnToken {
             tctx: original.tctx.clone(),
             rctx: original.rctx.clone(),
             actors: original.actors.clone(),
+            may_act: original.may_act.clone(),
             not_after: Some(original.exp),
         })
     }
@@ -486,6 +503,8 @@ impl TxnTokenIssuer {
             rctx: Option<&'a Map<String, Value>>,
             #[serde(skip_serializing_if = "Option::is_none")]
             act: Option<Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            may_act: Option<&'a Value>,
         }
         let txn = token.txn.clone().unwrap_or_else(random_id);
         let exp = now.saturating_add(self.lifetime).min(token.not_after.unwrap_or(u64::MAX));
@@ -514,6 +533,7 @@ impl TxnTokenIssuer {
             tctx: token.tctx.as_ref(),
             rctx: token.rctx.as_ref(),
             act: delegation::act_claim(&token.actors),
+            may_act: token.may_act.as_ref(),
         };
         let signed = jws::sign(TXN_TOKEN_TYP, self.key.kid(), &claims, &self.key, self.backend)?;
         Ok(SignedTxnToken { token: signed, txn, expires_at: exp })

@@ -12,12 +12,14 @@
 //! - **context**: `proof` (`wpt`, `http-signature`, `mtls`), `path` (the request's path),
 //!   `transaction` (Bool: a verified Txn-Token is present), `txn_scope` (its scope values, a
 //!   Set), `txn_actors` (the workloads acting for its subject, a Set), `delegated` (Bool: anyone
-//!   acts for the subject), `actor_count` (Long), and `txn_subject` (String) only when there is
-//!   a Txn-Token (test it with `context has txn_subject`).
+//!   acts for the subject), `actor_count` (Long), `txn_subject` (String) only when there is a
+//!   Txn-Token (test it with `context has txn_subject`), and `txn_actor` (String, the current
+//!   actor) only when someone acts for the subject.
 //!
 //! With a schema, declare the context every action takes as
 //! `{ proof: String, path: String, transaction: Bool, txn_scope: Set<String>, delegated: Bool,
-//! actor_count: Long, txn_actors: Set<String>, txn_subject?: String }`, and the entity types
+//! actor_count: Long, txn_actors: Set<String>, txn_subject?: String, txn_actor?: String }`, and
+//! the entity types
 //! `TrustDomain`, `Workload in [TrustDomain] { trust_domain: String, path: Set<String> }` and
 //! `Service`.
 //!
@@ -30,7 +32,10 @@
 //! Policies are parsed (and validated against a schema, when one is given, in strict mode)
 //! when loaded: a file that does not parse or breaks its schema is refused, naming the line
 //! and column. Deny by default: a request no `permit` matches, or one a `forbid` matches, is
-//! refused; so is one whose evaluation fails (an attribute the schema does not allow). The
+//! refused; so is one for which any policy's evaluation fails (an attribute that is missing,
+//! such as `txn_subject` without a Txn-Token), since Cedar would skip a failing `forbid`. The
+//! `path` is the request's path without its query; the pipeline refuses non-canonical paths
+//! (`%` escapes, `//`, `.` segments) before Cedar sees them. The
 //! policies that decided (their `@id` annotation, else Cedar's id) are in the audit event and
 //! in the refusal's detail.
 //!
@@ -119,8 +124,8 @@ pub struct CedarDecision {
     /// The policies that decided it (the `permit`s that allowed it, or the `forbid`s that
     /// refused it; none when nothing matched), by `@id`.
     pub policies: Vec<String>,
-    /// Evaluation errors (a policy that could not be evaluated is skipped, so an error never
-    /// allows anything).
+    /// Evaluation errors: any one denies the request (Cedar itself would skip the failing
+    /// policy, which for a `forbid` would allow).
     pub errors: Vec<String>,
 }
 
@@ -292,7 +297,8 @@ impl CedarPolicies {
         let actors: Vec<&str> = txn.map(|t| t.actors().iter().map(|a| a.as_str()).collect()).unwrap_or_default();
         let mut context = vec![
             ("proof".to_owned(), RestrictedExpression::new_string(caller.method().name().into())),
-            ("path".to_owned(), RestrictedExpression::new_string(path.into())),
+            // The path without its query: a policy on `/admin` must not be passed by `/admin?x`.
+            ("path".to_owned(), RestrictedExpression::new_string(path.split('?').next().unwrap_or_default().into())),
             ("transaction".to_owned(), RestrictedExpression::new_bool(txn.is_some())),
             ("txn_scope".to_owned(), strings(txn.map(|t| t.scopes().collect()).unwrap_or_default())),
             ("delegated".to_owned(), RestrictedExpression::new_bool(!actors.is_empty())),
@@ -301,6 +307,10 @@ impl CedarPolicies {
         ];
         if let Some(txn) = txn {
             context.push(("txn_subject".to_owned(), RestrictedExpression::new_string(txn.subject().into())));
+            if let Some(actor) = txn.actor() {
+                // The current actor (the Set above has lost the chain's order).
+                context.push(("txn_actor".to_owned(), RestrictedExpression::new_string(actor.as_str().into())));
+            }
         }
         let policies = self.by_principal.get(&principal).unwrap_or(&self.general);
         let action = EntityUid::from_type_name_and_id(self.types.action.clone(), EntityId::new(action));
@@ -311,10 +321,13 @@ impl CedarPolicies {
         let name = |id: &cedar_policy::PolicyId| {
             self.names.get(AsRef::<str>::as_ref(id)).cloned().unwrap_or_else(|| id.to_string())
         };
+        let errors: Vec<String> = response.diagnostics().errors().map(ToString::to_string).collect();
         Ok(CedarDecision {
-            allowed: response.decision() == Decision::Allow,
+            // Cedar skips a policy whose evaluation fails: a failing `forbid` would then allow
+            // what it was written to refuse. Any error denies.
+            allowed: response.decision() == Decision::Allow && errors.is_empty(),
             policies: response.diagnostics().reason().map(name).collect(),
-            errors: response.diagnostics().errors().map(ToString::to_string).collect(),
+            errors,
         })
     }
 }
@@ -322,6 +335,15 @@ impl CedarPolicies {
 /// The general policies (any principal) and, per principal named exactly, its policies with
 /// the general ones.
 fn index(parsed: &PolicySet) -> std::result::Result<(PolicySet, HashMap<EntityUid, PolicySet>), String> {
+    // Each principal's set holds the general policies again: when that would take more than
+    // this many entries, no index (every request is decided over the whole set).
+    const MAX_INDEXED: usize = 200_000;
+    let general_count =
+        parsed.policies().filter(|p| !matches!(p.principal_constraint(), PrincipalConstraint::Eq(_))).count();
+    let exact_count = parsed.policies().count() - general_count;
+    if general_count.saturating_mul(exact_count) > MAX_INDEXED {
+        return Ok((parsed.clone(), HashMap::new()));
+    }
     let mut general = PolicySet::new();
     let mut exact: HashMap<EntityUid, Vec<cedar_policy::Policy>> = HashMap::new();
     for policy in parsed.policies() {

@@ -392,13 +392,7 @@ impl Pipeline {
     }
 }
 
-/// A path a framework routes as written: no `%` escape, no empty segment (`//`), no `.` or `..`
-/// segment. The leading `/` and a trailing one are fine.
-pub fn is_canonical_path(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else { return path.is_empty() || path == "*" };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    !path.contains('%') && (rest.is_empty() || rest.split('/').all(|segment| !matches!(segment, "" | "." | "..")))
-}
+pub use crate::server::policy::is_canonical_path;
 
 #[cfg(test)]
 mod tests {

@@ -279,9 +279,6 @@ pub struct Policy {
     cedar: Option<Arc<crate::server::cedar::CedarPolicies>>,
 }
 
-/// The action a [`Policy::check`] without a request names to Cedar policies.
-pub const DEFAULT_ACTION: &str = "call";
-
 impl Policy {
     /// An empty policy (denies everyone until an allow rule is added). The name appears in logs.
     pub fn named(name: impl Into<String>) -> Self {
@@ -407,7 +404,19 @@ impl Policy {
             let detail = format!("policy `{}`: Cedar policies decide on whole requests only", self.name);
             return Err(Error::with_detail(ErrorKind::PolicyDenied, detail));
         };
-        let (action, path) = action.unwrap_or((DEFAULT_ACTION, ""));
+        // Cedar policies decide on the request's method and path: without them, refused rather
+        // than decided on a made-up action a `forbid` on the method or path would not match.
+        let Some((action, path)) = action else {
+            let detail = format!("policy `{}`: Cedar policies need the request (Policy::check_request)", self.name);
+            return Err(Error::with_detail(ErrorKind::PolicyDenied, detail));
+        };
+        if !is_canonical_path(path.split('?').next().unwrap_or_default()) {
+            let detail = format!(
+                "policy `{}`: the path is not canonical; Cedar policies on paths could be passed by it",
+                self.name
+            );
+            return Err(Error::with_detail(ErrorKind::NonCanonicalPath, detail));
+        }
         let decision = cedar.decide(caller, action, path);
         if decision.allowed {
             return Ok(());
@@ -423,6 +432,14 @@ impl Policy {
         let detail = format!("policy `{}` (cedar), action {action}: {why}{errors}", self.name);
         Err(Error::with_detail(ErrorKind::PolicyDenied, detail))
     }
+}
+
+/// A path a framework routes as written: no `%` escape, no empty segment (`//`), no `.` or `..`
+/// segment. The leading `/` and a trailing one are fine.
+pub fn is_canonical_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return path.is_empty() || path == "*" };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    !path.contains('%') && (rest.is_empty() || rest.split('/').all(|segment| !matches!(segment, "" | "." | "..")))
 }
 
 #[cfg(test)]

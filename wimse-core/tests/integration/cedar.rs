@@ -20,7 +20,7 @@ const BOOKER: &str = "spiffe://prod.example/agents/booker";
 const SCHEMA: &str = r#"
 type WimseContext = {
     proof: String, path: String, transaction: Bool, txn_scope: Set<String>,
-    delegated: Bool, actor_count: Long, txn_actors: Set<String>, txn_subject?: String,
+    delegated: Bool, actor_count: Long, txn_actors: Set<String>, txn_subject?: String, txn_actor?: String,
 };
 entity TrustDomain;
 entity Workload in [TrustDomain] { trust_domain: String, path: Set<String> };
@@ -195,8 +195,14 @@ fn actions_resources_and_the_deciding_policies() {
     let cedar = CedarPolicies::new("orders", "orders", text, Some(SCHEMA)).unwrap();
     let allowed = cedar.decide(&front, "POST", "/charge");
     assert_eq!((allowed.allowed, allowed.policies.as_slice()), (true, ["front-posts".to_owned()].as_slice()));
-    // `check` without a request names the action `call`, which these policies do not permit.
-    assert!(policy.check(&front).is_err());
+    // `check` without the request: refused (a forbid on the method or path could not apply).
+    assert!(policy.check(&front).unwrap_err().detail().unwrap().contains("check_request"));
+    // The path without its query, and no non-canonical path reaches the policies.
+    assert!(policy.check_request(&front, "GET", "/charge?x=%2e").is_ok());
+    for odd in ["/%63harge", "//charge", "/./charge", "/x/../charge"] {
+        let refused = policy.check_request(&front, "GET", odd).unwrap_err();
+        assert_eq!(refused.kind(), &ErrorKind::NonCanonicalPath, "{odd}");
+    }
     // Cedar decides on whole requests only: an identifier alone never passes.
     assert!(!policy.allows_id(&FRONT.parse().unwrap()));
     // Deny rules and requirements added to a Cedar policy are checked first.
@@ -242,4 +248,47 @@ fn settings_files_name_cedar_policies() {
         "{broken:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_evaluation_error_never_allows() {
+    let callers = Callers::new();
+    // Without a schema, a forbid reading `txn_subject` errors for a request without a
+    // Txn-Token; Cedar would skip it and let the permit allow.
+    let text = r#"
+        permit(principal, action, resource);
+        @id("users-only")
+        forbid(principal, action, resource) unless { context.txn_subject like "users:*" };
+    "#;
+    let policy = Policy::cedar(CedarPolicies::new("p", "orders", text, None).unwrap());
+    let error = policy.check_request(&callers.caller(FRONT, None), "GET", PATH).unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::PolicyDenied);
+    assert!(error.detail().unwrap().contains("evaluation error"), "{error:?}");
+    // With a transaction, no error: the forbid decides (the subject is not a `users:` one).
+    let refused = policy.check_request(&callers.caller(FRONT, Some(("orders.read", &[]))), "GET", PATH).unwrap_err();
+    assert!(refused.detail().unwrap().contains("forbidden by users-only"), "{refused:?}");
+    // The current actor is in the context when someone acts.
+    let current = r#"permit(principal, action, resource) when { context has txn_actor && context.txn_actor == "spiffe://prod.example/agents/booker" };"#;
+    let policy = Policy::cedar(CedarPolicies::new("p", "orders", current, Some(SCHEMA)).unwrap());
+    assert!(policy.check_request(&callers.caller(FRONT, Some(("s", &[BOOKER, PLANNER]))), "GET", PATH).is_ok());
+    assert!(policy.check_request(&callers.caller(FRONT, Some(("s", &[PLANNER, BOOKER]))), "GET", PATH).is_err());
+}
+
+/// The README's example policy ("Agents") loads, validated against the documented context.
+#[test]
+fn the_readme_policy_loads_against_the_documented_schema() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let policy = readme.split("```cedar\n").nth(1).and_then(|rest| rest.split("\n```").next()).expect("a cedar block");
+    let schema = SCHEMA.replace(r#"action "GET", "POST", "call""#, r#"action "GET", "POST""#);
+    let cedar = CedarPolicies::new("tools", "tools", policy, Some(&schema)).unwrap();
+    let callers = Callers::new();
+    let acting = callers.caller(PLANNER, Some(("travel.book", &[PLANNER])));
+    assert!(cedar.decide(&acting, "POST", "/book").allowed);
+    let legacy = callers.caller(PLANNER, Some(("travel.book", &["spiffe://prod.example/agents/legacy"])));
+    let refused = cedar.decide(&legacy, "POST", "/book");
+    assert_eq!(
+        (refused.allowed, refused.policies.as_slice()),
+        (false, ["never-the-retired-agent".to_owned()].as_slice())
+    );
+    assert!(!cedar.decide(&callers.caller(PLANNER, Some(("travel.book", &[]))), "POST", "/book").allowed);
 }

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[cfg(feature = "cedar")]
 mod cedar;
 mod client;
 mod content_digest;

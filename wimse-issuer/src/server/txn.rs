@@ -138,6 +138,8 @@ impl IdentityServer {
             Some(original) => NewTxnToken::replacing(original, &scope, who.as_str())?,
             None => {
                 let mut token = NewTxnToken::new(subject.sub.clone(), scope.clone()).requested_by(who.as_str());
+                // Carried, so that whoever later adds the first actor is held to it.
+                token.may_act = subject.may_act.clone();
                 if let Some(tctx) = json_object(request.request_details.as_deref(), "request_details")? {
                     token = token.context(tctx);
                 }
@@ -219,13 +221,22 @@ impl IdentityServer {
                 "{who} may not act for subjects for this scope (no requester entry with `actor: true` grants it)"
             )));
         }
-        let issuer = self.config.issuer.as_deref().unwrap_or(self.domain.as_str());
-        match may_act_allows(subject.may_act.as_ref(), who, issuer) {
-            Err(reason) => return Err(refused(format!("subject_token: {reason}"))),
-            Ok(Some(false)) => return Err(denied(format!("the subject token's may_act does not name {who}"))),
-            Ok(_) => {}
+        let chain = subject.replaces.as_ref().map_or(&[][..], |original| original.actors());
+        if chain.first() == Some(who) {
+            return Err(denied(format!("{who} already acts for this subject")));
         }
-        let before = subject.replaces.as_ref().map_or(0, |original| original.actors().len());
+        // The subject's `may_act` names its first actor: from the subject token, or carried in
+        // the Txn-Token being replaced (a workload that did not act could otherwise pass the
+        // user's token on to an agent the user did not name).
+        if chain.is_empty() {
+            let issuer = self.config.issuer.as_deref().unwrap_or(self.domain.as_str());
+            match may_act_allows(subject.may_act.as_ref(), who, issuer) {
+                Err(reason) => return Err(refused(format!("subject_token: {reason}"))),
+                Ok(Some(false)) => return Err(denied(format!("the subject's may_act does not name {who}"))),
+                Ok(_) => {}
+            }
+        }
+        let before = chain.len();
         if before + 1 > tts.max_actors {
             tracing::warn!(target: "wimse::audit", requester = %who, actors = before, "Txn-Token delegation too deep");
             return Err(Error::with_detail(
@@ -283,8 +294,8 @@ impl IdentityServer {
                         sub,
                         scope: Some(original.scope().to_owned()),
                         expires_at: Some(original.expires_at()),
+                        may_act: original.may_act().cloned(),
                         replaces: Some(original),
-                        may_act: None,
                     },
                     None,
                 ))
@@ -339,6 +350,10 @@ impl IdentityServer {
                 };
                 let expires_at = claims.get("exp").and_then(Value::as_u64);
                 let may_act = claims.get("may_act").cloned();
+                // Carried into the Txn-Token: a malformed one would make it unverifiable.
+                if may_act.as_ref().is_some_and(|m| m.get("sub").and_then(Value::as_str).is_none()) {
+                    return Err(refused("subject_token: may_act is not an object with a sub"));
+                }
                 Ok((Subject { sub, scope, expires_at, replaces: None, may_act }, Some(issuer.name.as_str())))
             }
         }

@@ -492,6 +492,38 @@ async fn agents_act_for_users_and_chains_only_grow_narrower() {
 }
 
 #[tokio::test]
+async fn may_act_follows_the_transaction_and_an_agent_acts_once() {
+    let s = Setup::start().await;
+    let front = s.tts(FRONT).await;
+    let booker = s.tts(SUBAGENT).await;
+    let replace = |token: &str| TxnTokenRequest::replacing(token, "orders.read").acting();
+    // The user named the planner. The edge (not acting) passes the user's transaction on; a
+    // sub-agent the user did not name cannot become its first actor.
+    let for_planner = s.access_token(json!({"may_act": {"sub": AGENT}}));
+    let plain = front.request(&TxnTokenRequest::for_access_token(for_planner, "orders.read")).await.unwrap();
+    assert_eq!(s.check(&plain.token).may_act(), Some(&json!({"sub": AGENT})), "carried in the Txn-Token");
+    assert_eq!(kind(booker.request(&replace(&plain.token)).await), ErrorKind::DelegationDenied);
+    // Had the user named the booker, it could.
+    let for_booker = s.access_token(json!({"may_act": {"sub": SUBAGENT}}));
+    let plain = front.request(&TxnTokenRequest::for_access_token(for_booker, "orders.read")).await.unwrap();
+    let acting = booker.request(&replace(&plain.token)).await.unwrap();
+    let id = |s: &str| s.parse::<WorkloadId>().unwrap();
+    assert_eq!(s.check(&acting.token).actors(), [id(SUBAGENT)]);
+    // Acting twice in a row would only spend the chain's depth.
+    assert_eq!(kind(booker.request(&replace(&acting.token)).await), ErrorKind::DelegationDenied);
+    // A may_act that is not an object with a sub is refused, acting or not (the Txn-Token
+    // carrying it would be unverifiable).
+    for malformed in [json!("x"), json!({"iss": IDP}), json!({"sub": 7})] {
+        let token = s.access_token(json!({"may_act": malformed}));
+        assert_eq!(
+            kind(front.request(&TxnTokenRequest::for_access_token(token, "orders.read")).await),
+            ErrorKind::ExchangeRefused,
+            "{malformed}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_actor_token_is_the_requesters_own_wit() {
     let s = Setup::start().await;
     let agent = s.tts(AGENT).await;

@@ -27,6 +27,12 @@ pub(crate) fn act_claim(actors: &[WorkloadId]) -> Option<Value> {
     })
 }
 
+/// The actors of an `act` claim (unverified: for tools explaining a token), the current one
+/// first; see [`actors_of`].
+pub fn parse_actors(act: Option<&Value>) -> Result<Vec<WorkloadId>, &'static str> {
+    actors_of(act)
+}
+
 /// The actors of an `act` claim, the current one first. Each level must be an object whose
 /// `sub` is a workload identifier (other members, such as `iss`, are allowed and ignored), at
 /// most [`MAX_ACTORS`] deep; otherwise the reason it is not.
