@@ -27,8 +27,9 @@ pub(crate) fn act_claim(actors: &[WorkloadId]) -> Option<Value> {
     })
 }
 
-/// The actors of an `act` claim (unverified: for tools explaining a token), the current one
-/// first; see [`actors_of`].
+/// The actors of an `act` claim, the current one first, as a verifier reads them: each level
+/// an object whose `sub` is a workload identifier, at most [`MAX_ACTORS`] deep; otherwise the
+/// reason it is not. For tools explaining a token they have not verified.
 pub fn parse_actors(act: Option<&Value>) -> Result<Vec<WorkloadId>, &'static str> {
     actors_of(act)
 }
