@@ -135,7 +135,13 @@ fn invalid(detail: String) -> Error {
 
 /// `line L, column C` of byte `offset` in `text`.
 fn position(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
+    // Cedar's offsets are into this very text; should one not fall on a character boundary,
+    // the position is approximate rather than a panic.
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!("line {line}, column {column}")
@@ -361,4 +367,17 @@ fn index(parsed: &PolicySet) -> std::result::Result<(PolicySet, HashMap<EntityUi
         by_principal.insert(principal, set);
     }
     Ok((general, by_principal))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn positions_are_lines_and_columns_even_inside_a_character() {
+        let text = "permit(\n  é x";
+        assert_eq!(super::position(text, 0), "line 1, column 1");
+        assert_eq!(super::position(text, 10), "line 2, column 3", "the byte after `  `");
+        // Byte 11 is inside `é`: the position before it, never a panic.
+        assert_eq!(super::position(text, 11), "line 2, column 3");
+        assert_eq!(super::position(text, 999), "line 2, column 6", "past the end: after the last character");
+    }
 }

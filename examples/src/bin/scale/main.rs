@@ -102,6 +102,25 @@ impl Row {
             per_unit_kib: 0.0,
         }
     }
+
+    /// A row of `operations` run at saturation (see [`saturate`]): their rate, the servers'
+    /// `cpu` per operation, the p99 of their latencies, and `rss_mib`.
+    fn saturated(
+        scenario: &'static str,
+        size: usize,
+        operations: usize,
+        (latencies, elapsed): (Vec<Duration>, Duration),
+        cpu: Duration,
+        rss_mib: f64,
+    ) -> Self {
+        Self {
+            rate: operations as f64 / elapsed.as_secs_f64(),
+            cpu_us: cpu.as_secs_f64() * 1e6 / operations as f64,
+            p99_or_peak: p99_ms(&latencies),
+            rss_mib,
+            ..Self::new(scenario, size)
+        }
+    }
 }
 
 /// Runs `operations` calls of `operation(n)` (n from 0), `workers` at a time: their latencies
@@ -172,7 +191,7 @@ async fn issue_through(scenario: &'static str, size: usize, servers: &[server::S
     let operations = size.max(MIN_OPERATIONS);
     let cpu = || servers.iter().map(server::ServerProcess::cpu_time).sum::<Duration>();
     let cpu_before = cpu();
-    let (latencies, elapsed) = saturate(operations, 64.min(size), move |worker, n| {
+    let measured = saturate(operations, 64.min(size), move |worker, n| {
         let (client, keys, bases) = (client.clone(), keys.clone(), bases.clone());
         async move {
             // Workload `i`, renewing again once every workload has had its turn.
@@ -188,14 +207,8 @@ async fn issue_through(scenario: &'static str, size: usize, servers: &[server::S
         }
     })
     .await?;
-    let cpu = cpu().saturating_sub(cpu_before);
-    Ok(Row {
-        rate: operations as f64 / elapsed.as_secs_f64(),
-        cpu_us: cpu.as_secs_f64() * 1e6 / operations as f64,
-        p99_or_peak: p99_ms(&latencies),
-        rss_mib: servers.iter().map(server::ServerProcess::rss_mib).sum::<f64>() / servers.len() as f64,
-        ..Row::new(scenario, size)
-    })
+    let rss = servers.iter().map(server::ServerProcess::rss_mib).sum::<f64>() / servers.len() as f64;
+    Ok(Row::saturated(scenario, size, operations, measured, cpu().saturating_sub(cpu_before), rss))
 }
 
 /// N workloads' proofs claimed in Redis (`RedisReplayStore` on one node, or on a Cluster), 64 at
@@ -213,7 +226,7 @@ async fn replay_on_redis(
     let operations = size.max(REPLAY_OPERATIONS);
     let cpu = || pids.iter().map(|pid| server::cpu_time_of(*pid)).sum::<Duration>();
     let cpu_before = cpu();
-    let (latencies, elapsed) = saturate(operations, 64, move |_, n| {
+    let measured = saturate(operations, 64, move |_, n| {
         let (store, senders) = (store.clone(), senders.clone());
         async move {
             let now = wimse_core::time::SystemClock.now();
@@ -228,14 +241,8 @@ async fn replay_on_redis(
         }
     })
     .await?;
-    let cpu = cpu().saturating_sub(cpu_before);
-    Ok(Row {
-        rate: operations as f64 / elapsed.as_secs_f64(),
-        cpu_us: cpu.as_secs_f64() * 1e6 / operations as f64,
-        p99_or_peak: p99_ms(&latencies),
-        rss_mib: pids.iter().map(|pid| server::rss_mib_of(*pid)).sum(),
-        ..Row::new(scenario, size)
-    })
+    let rss = pids.iter().map(|pid| server::rss_mib_of(*pid)).sum();
+    Ok(Row::saturated(scenario, size, operations, measured, cpu().saturating_sub(cpu_before), rss))
 }
 
 /// N workloads renewing six-second WITs (`IssuerCredentials`, all in this process, so they

@@ -2,7 +2,6 @@
 //! (users' access tokens for Txn-Tokens) at saturation, with N distinct external subjects.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use wimse_core::client::sign::Signer;
@@ -11,7 +10,7 @@ use wimse_core::time::Clock as _;
 use wimse_reqwest::{Bootstrap, IssuerCredentials, TxnTokenRequest, TxnTokenService};
 
 use crate::server::ServerProcess;
-use crate::{DOMAIN, Error, MIN_OPERATIONS, Row, SECRET, p99_ms, saturate};
+use crate::{DOMAIN, Error, MIN_OPERATIONS, Row, SECRET, saturate};
 
 /// The platform whose tokens are exchanged (a CI system or a Kubernetes cluster's issuer).
 const PLATFORM: &str = "https://platform.prod.example";
@@ -42,7 +41,7 @@ pub(crate) async fn exchange(size: usize) -> Result<Row, Error> {
     let client = reqwest::Client::new();
     let operations = size.max(MIN_OPERATIONS);
     let cpu_before = server.cpu_time();
-    let (latencies, elapsed) = saturate(operations, 64, move |_, n| {
+    let measured = saturate(operations, 64, move |_, n| {
         let (client, tokens, endpoint, jwk) = (client.clone(), tokens.clone(), endpoint.clone(), jwk.clone());
         async move {
             let form = [
@@ -60,7 +59,8 @@ pub(crate) async fn exchange(size: usize) -> Result<Row, Error> {
         }
     })
     .await?;
-    Ok(measured("exchange", size, &server, operations, cpu_before, &latencies, elapsed))
+    let cpu = server.cpu_time().saturating_sub(cpu_before);
+    Ok(Row::saturated("exchange", size, operations, measured, cpu, server.rss_mib()))
 }
 
 /// Txn-Tokens per second: 64 edge workloads (WIT + WPT each request) exchange the access tokens
@@ -97,7 +97,7 @@ pub(crate) async fn txn_tokens(size: usize) -> Result<Row, Error> {
     let (edges, tokens) = (Arc::new(edges), Arc::new(tokens));
     let operations = size.max(MIN_OPERATIONS);
     let cpu_before = server.cpu_time();
-    let (latencies, elapsed) = saturate(operations, EDGES, move |edge, n| {
+    let measured = saturate(operations, EDGES, move |edge, n| {
         let (edges, tokens) = (edges.clone(), tokens.clone());
         async move {
             let request = TxnTokenRequest::for_access_token(tokens[n % tokens.len()].clone(), "orders.read");
@@ -106,24 +106,6 @@ pub(crate) async fn txn_tokens(size: usize) -> Result<Row, Error> {
         }
     })
     .await?;
-    Ok(measured("txn-token", size, &server, operations, cpu_before, &latencies, elapsed))
-}
-
-fn measured(
-    scenario: &'static str,
-    size: usize,
-    server: &ServerProcess,
-    operations: usize,
-    cpu_before: Duration,
-    latencies: &[Duration],
-    elapsed: Duration,
-) -> Row {
     let cpu = server.cpu_time().saturating_sub(cpu_before);
-    Row {
-        rate: operations as f64 / elapsed.as_secs_f64(),
-        cpu_us: cpu.as_secs_f64() * 1e6 / operations as f64,
-        p99_or_peak: p99_ms(latencies),
-        rss_mib: server.rss_mib(),
-        ..Row::new(scenario, size)
-    }
+    Ok(Row::saturated("txn-token", size, operations, measured, cpu, server.rss_mib()))
 }
