@@ -304,8 +304,8 @@ struct Inner {
     proposals: AtomicU64,
     /// Alive while the store is: the threads' cached connections to it are dropped after it.
     alive: Arc<()>,
-    /// Held while a connection is made (see [`Inner::connection`]).
-    connecting: tokio::sync::Mutex<()>,
+    /// The connection attempt under way, if any (see [`Inner::connection`]).
+    connecting: Mutex<Option<Attempt>>,
     buckets: [Mutex<Bucket>; BUCKETS],
     /// Claims remembered, over all buckets (bounded by `memory`).
     remembered: AtomicUsize,
@@ -458,6 +458,28 @@ impl RedisReplayStore {
     }
 }
 
+/// A connection attempt that claims share: its outcome, once known, and the thread of the
+/// claim that started it.
+#[derive(Clone)]
+struct Attempt {
+    outcome: tokio::sync::watch::Receiver<Option<std::result::Result<Connection, String>>>,
+    thread: std::thread::ThreadId,
+}
+
+/// Opens a connection to `target`.
+async fn connect(target: &Target, timeout: Duration) -> redis::RedisResult<Connection> {
+    Ok(match target {
+        Target::Single(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            Connection::Single(client.get_connection_manager_with_config(config).await?)
+        }
+        Target::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+    })
+}
+
 impl Inner {
     fn new(target: Target, settings: Settings) -> Self {
         Self {
@@ -466,7 +488,7 @@ impl Inner {
             replica: crate::jose::random_id(),
             proposals: AtomicU64::new(0),
             alive: Arc::new(()),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: Mutex::new(None),
             buckets: Default::default(),
             remembered: AtomicUsize::new(0),
             verifier_now: AtomicU64::new(0),
@@ -504,27 +526,57 @@ impl Inner {
         }
         // One connection attempt at a time per store: after a failure, or while Redis stalls,
         // every claim misses its thread's cache, and they must not each open a socket.
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(connection) = self.thread_connection() {
-            return Ok(connection);
-        }
-        let connection = match &self.target {
-            Target::Single(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.settings.timeout))
-                    .set_response_timeout(Some(self.settings.timeout))
-                    .set_number_of_retries(1);
-                Connection::Single(client.get_connection_manager_with_config(config).await?)
-            }
-            Target::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+        let mut attempt = self.attempt();
+        let outcome = match attempt.outcome.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_) => None,
         };
-        // Cached on the thread this task runs on now (it may have moved while connecting); the
-        // connections of stores dropped since are let go here, off the claim's fast path.
+        match outcome {
+            Some(Ok(connection)) => {
+                // Kept only by the thread that started the attempt: a claim on another thread
+                // uses it once, and its thread's next claim connects for itself.
+                if std::thread::current().id() == attempt.thread {
+                    self.keep_on_this_thread(connection.clone());
+                }
+                Ok(connection)
+            }
+            Some(Err(error)) => Err(redis::RedisError::from((redis::ErrorKind::Io, "connecting failed", error))),
+            None => Err(redis::RedisError::from((redis::ErrorKind::Io, "the connection attempt was abandoned"))),
+        }
+    }
+
+    /// The connection attempt under way, or a new one. The attempt runs in a task of its own,
+    /// bounded by the store's timeout: a claim that gives up waiting does not end it, so claims
+    /// whose deadlines pass one after another do not start one attempt each.
+    fn attempt(&self) -> Attempt {
+        let mut connecting = self.connecting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(attempt) = connecting.as_ref()
+            && attempt.outcome.borrow().is_none()
+        {
+            return attempt.clone();
+        }
+        let (sender, outcome) = tokio::sync::watch::channel(None);
+        let attempt = Attempt { outcome, thread: std::thread::current().id() };
+        *connecting = Some(attempt.clone());
+        let (target, timeout) = (self.target.clone(), self.settings.timeout);
+        tokio::spawn(async move {
+            let connected = match tokio::time::timeout(timeout, connect(&target, timeout)).await {
+                Ok(Ok(connection)) => Ok(connection),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!("no connection within {timeout:?}")),
+            };
+            let _ = sender.send(Some(connected));
+        });
+        attempt
+    }
+
+    /// Caches `connection` as this thread's connection to the store; the connections of stores
+    /// dropped since are let go here, off the claim's fast path.
+    fn keep_on_this_thread(&self, connection: Connection) {
         THREAD_CONNECTIONS.with_borrow_mut(|cached| {
             cached.retain(|(store, _)| store.strong_count() > 0 && !self.is_this_store(store));
-            cached.push((Arc::downgrade(&self.alive), connection.clone()));
+            cached.push((Arc::downgrade(&self.alive), connection));
         });
-        Ok(connection)
     }
 
     /// This thread's cached connection to this store, if any.
