@@ -222,6 +222,16 @@ error_kinds! {
     /// empty segment or a `.`/`..` segment): a framework that decodes or normalises it could
     /// route it where a stricter route policy applies, so no policy is chosen for it (400).
     NonCanonicalPath => "non_canonical_path", Answer::Status(400), "the path is not canonical, so no route policy can be chosen for it";
+    // ---- MCP (the Model Context Protocol behind WIMSE, wimse-mcp) ----
+    /// A message posted to an MCP server is not one JSON-RPC request object whose `method` (and
+    /// a tool call's `params`) can be read unambiguously: a batch, another JSON value, a repeated
+    /// member, or an `Mcp-Method`/`Mcp-Name` header that disagrees with the body (400).
+    McpRequestMalformed => "mcp_request_malformed", Answer::Status(400), "the MCP request is not a JSON-RPC request this server can authorize";
+    /// An MCP `tools/call` names no tool (`params.name` absent or not a string) (400).
+    McpToolNameMissing => "mcp_tool_name_missing", Answer::Status(400), "the MCP tool call names no tool";
+    /// An MCP tool name is empty, longer than 128 bytes, or has a character outside
+    /// `A-Z a-z 0-9 _ - .` (400).
+    McpToolNameInvalid => "mcp_tool_name_invalid", Answer::Status(400), "the MCP tool name is empty, too long or has characters tool names may not have";
     /// A certificate is not a valid Workload Identity Certificate (no single URI SAN naming a
     /// workload, unparsable).
     InvalidCertificate => "invalid_certificate", Answer::Credential, "the certificate is not a valid workload identity certificate";

@@ -1,0 +1,332 @@
+//! An rmcp MCP server behind `WimseLayer` and `McpToolGuardLayer`, called over real HTTP by an
+//! rmcp client whose requests `wimse-reqwest` signs: an agent acting for a user calls the tools
+//! its delegation covers, and every other request is refused with its own reason.
+
+use axum::Router;
+use reqwest_middleware::ClientBuilder;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolRequestParams, ClientConfig};
+use rmcp::service::ServiceError;
+use rmcp::transport::streamable_http_server::StreamableHttpService;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::{ServiceExt, schemars, tool, tool_router};
+use wimse_core::prelude::*;
+use wimse_core::protocol::txn::TxnToken;
+use wimse_mcp::{McpToolGuardLayer, SignedMcpClient, ToolPolicies, server_config, verified_caller};
+use wimse_reqwest::{ProofMode, WimseSignMiddleware};
+use wimse_testkit::{Capture, Deployment};
+
+const AGENT: &str = "spiffe://prod.example/agents/planner";
+const OTHER_AGENT: &str = "spiffe://prod.example/agents/stranger";
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct Query {
+    city: String,
+}
+
+#[derive(Debug, Clone)]
+struct Travel;
+
+#[tool_router(server_handler)]
+impl Travel {
+    #[tool(description = "Finds flights to a city")]
+    fn search(
+        &self,
+        Parameters(Query { city }): Parameters<Query>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> String {
+        answer("search", &city, &parts)
+    }
+
+    #[tool(description = "Books a flight to a city")]
+    fn book(
+        &self,
+        Parameters(Query { city }): Parameters<Query>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> String {
+        answer("book", &city, &parts)
+    }
+}
+
+/// What a tool saw of its caller: "search Oslo: agent X for user Y (chain A > B)".
+fn answer(tool: &str, city: &str, parts: &http::request::Parts) -> String {
+    let Some(caller) = verified_caller(parts) else { return format!("{tool} {city}: no verified caller") };
+    match caller.transaction() {
+        Some(txn) => {
+            let chain: Vec<String> = txn.actors().iter().map(ToString::to_string).collect();
+            format!("{tool} {city}: agent {} for user {} (chain {})", caller.id(), txn.subject(), chain.join(" > "))
+        }
+        None => format!("{tool} {city}: {} for itself", caller.id()),
+    }
+}
+
+/// Serves the tools behind the WIMSE layer (Txn-Tokens validated) and the guard: `search`
+/// needs a delegated transaction with the purpose `travel:read`, `book` one with `travel:book`.
+async fn serve(deployment: &Deployment) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let delegated = |scope: &str| {
+        Policy::named(scope)
+            .allow(Rule::path_prefix("spiffe://prod.example/agents").unwrap())
+            .require(Rule::txn_delegated())
+            .require(Rule::txn_scope(scope))
+    };
+    let tools = ToolPolicies::new().tool("search", delegated("travel:read")).tool("book", delegated("travel:book"));
+    let mcp = StreamableHttpService::new(
+        || Ok(Travel),
+        NeverSessionManager::default().into(),
+        server_config([listener.local_addr().unwrap().to_string()]),
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(wimse_tower::WimseLayer::new(deployment.txn_verifier(&base, false)))
+        .layer(McpToolGuardLayer::new(tools))
+        .service(mcp);
+    let app = Router::new().route_service("/mcp", service);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+type Agent = rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>;
+
+/// An MCP client signing as `id` (with WPTs), carrying `txn` to the server's origin.
+async fn agent(deployment: &Deployment, base: &str, id: &str, txn: Option<String>) -> Agent {
+    agent_with(WimseSignMiddleware::new(deployment.signer(id)), base, txn).await
+}
+
+async fn agent_with(signing: WimseSignMiddleware, base: &str, txn: Option<String>) -> Agent {
+    let http = ClientBuilder::new(reqwest::Client::new()).with(signing.trust_domain_origins([base])).build();
+    let mut client = SignedMcpClient::new(http);
+    if let Some(txn) = txn {
+        client = client.txn_token(TxnToken(txn));
+    }
+    ClientConfig::default().serve(client.transport(format!("{base}/mcp"))).await.expect("the MCP client starts")
+}
+
+fn call(tool: &str, city: &str) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool.to_owned())
+        .with_arguments(serde_json::json!({ "city": city }).as_object().cloned().unwrap())
+}
+
+fn text(result: &rmcp::model::CallToolResult) -> String {
+    result.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect()
+}
+
+/// The `data.reason` of a refused call.
+fn reason(error: &ServiceError) -> String {
+    match error {
+        ServiceError::McpError(data) => {
+            data.data.as_ref().and_then(|d| d["reason"].as_str()).unwrap_or_default().to_owned()
+        }
+        other => format!("not a JSON-RPC error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn an_agent_calls_the_tools_its_delegation_covers_and_no_other() {
+    let deployment = Deployment::new();
+    let base = serve(&deployment).await;
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[AGENT]);
+    let client = agent(&deployment, &base, AGENT, Some(txn)).await;
+
+    let tools = client.list_tools(Default::default()).await.expect("tools/list passes the guard");
+    let mut names: Vec<_> = tools.tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["book", "search"]);
+
+    let found = client.call_tool(call("search", "Oslo")).await.expect("search is delegated");
+    assert_eq!(text(&found), format!("search Oslo: agent {AGENT} for user user:alice (chain {AGENT})"));
+
+    // Alice's delegation is for reading: booking is refused before the tool runs.
+    let refused = client.call_tool(call("book", "Oslo")).await.expect_err("book is not delegated");
+    assert_eq!(reason(&refused), "txn_scope_denied", "{refused}");
+    // A tool nobody configured.
+    let unknown = client.call_tool(call("delete_everything", "Oslo")).await.expect_err("no policy");
+    assert_eq!(reason(&unknown), "policy_denied", "{unknown}");
+    let _ = client.cancel().await;
+}
+
+#[tokio::test]
+async fn an_agent_signing_its_requests_with_http_signatures_calls_tools_too() {
+    let deployment = Deployment::new();
+    let base = serve(&deployment).await;
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[AGENT]);
+    let signing = WimseSignMiddleware::new(deployment.signer(AGENT)).http_signatures();
+    let client = agent_with(signing, &base, Some(txn)).await;
+    let found = client.call_tool(call("search", "Lima")).await.expect("search is delegated");
+    assert!(text(&found).starts_with(&format!("search Lima: agent {AGENT} for user user:alice")), "{}", text(&found));
+    let refused = client.call_tool(call("book", "Lima")).await.expect_err("book is not delegated");
+    assert_eq!(reason(&refused), "txn_scope_denied", "{refused}");
+    let _ = client.cancel().await;
+}
+
+#[tokio::test]
+async fn without_a_delegation_or_as_another_agent_the_tools_are_refused() {
+    let deployment = Deployment::new();
+    let base = serve(&deployment).await;
+    // The agent on its own account, without a user's transaction.
+    let alone = agent(&deployment, &base, AGENT, None).await;
+    let refused = alone.call_tool(call("search", "Oslo")).await.expect_err("no transaction");
+    assert_eq!(reason(&refused), "missing_txn_token", "{refused}");
+    let _ = alone.cancel().await;
+    // The user's own transaction, with no agent acting for them in it.
+    let own = agent(&deployment, &base, AGENT, Some(deployment.txn_token("user:alice", "travel:read", false))).await;
+    let refused = own.call_tool(call("search", "Oslo")).await.expect_err("not delegated");
+    assert_eq!(reason(&refused), "txn_delegation_denied", "{refused}");
+    let _ = own.cancel().await;
+    // A workload outside the agents' path, with a transaction naming it as the actor.
+    let stranger = "spiffe://prod.example/batch";
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[stranger]);
+    let outsider = agent(&deployment, &base, stranger, Some(txn)).await;
+    let refused = outsider.call_tool(call("search", "Oslo")).await.expect_err("not an agent");
+    assert_eq!(reason(&refused), "policy_denied", "{refused}");
+    let _ = outsider.cancel().await;
+    // An agent whose token names another agent as the actor is refused too: the chain, not
+    // the caller, says who acts.
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[OTHER_AGENT]);
+    let borrowed = agent(&deployment, &base, AGENT, Some(txn)).await;
+    let found =
+        borrowed.call_tool(call("search", "Oslo")).await.expect("the policy does not tie the chain to the caller");
+    assert!(text(&found).contains(&format!("chain {OTHER_AGENT}")), "{}", text(&found));
+    let _ = borrowed.cancel().await;
+}
+
+/// Posts `body` to the MCP endpoint with `headers` and returns the status and the JSON body.
+async fn post(base: &str, headers: &http::HeaderMap, body: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/mcp"))
+        .headers(headers.clone())
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// The header fields `id` signs a POST of `body` to the MCP endpoint with (a WPT), carrying
+/// `txn`; captured, not sent.
+async fn signed(deployment: &Deployment, base: &str, id: &str, txn: &str, body: &str) -> http::HeaderMap {
+    let capture = Capture::default();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(WimseSignMiddleware::new(deployment.signer(id)).trust_domain_origins([base]))
+        .with(capture.clone())
+        .build();
+    let url = format!("{base}/mcp");
+    let _ = client
+        .post(url)
+        .body(body.to_owned())
+        .with_extension(TxnToken(txn.to_owned()))
+        .with_extension(ProofMode::Wpt)
+        .send()
+        .await;
+    capture.take().expect("captured").headers
+}
+
+#[tokio::test]
+async fn unsigned_replayed_and_malformed_requests_are_refused() {
+    let deployment = Deployment::new();
+    let base = serve(&deployment).await;
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[AGENT]);
+    let search =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"city":"Rome"}}}"#;
+
+    // Unsigned: the layer answers 401 before the guard or the tools see anything; an rmcp
+    // client without the middleware cannot even start.
+    let (status, problem) = post(&base, &http::HeaderMap::new(), search).await;
+    assert_eq!(status, 401, "{problem}");
+    let plain = SignedMcpClient::new(ClientBuilder::new(reqwest::Client::new()).build());
+    let started = ClientConfig::default().serve(plain.transport(format!("{base}/mcp"))).await;
+    let Err(error) = started.map(drop) else { panic!("an unsigned client is refused") };
+    let error = error.to_string();
+    assert!(error.contains("401"), "{error}");
+
+    // Signed once, sent twice: the second is a replay.
+    let headers = signed(&deployment, &base, AGENT, &txn, search).await;
+    let (status, first) = post(&base, &headers, search).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(
+        first["result"]["content"][0]["text"].as_str().unwrap_or_default().contains("for user user:alice"),
+        "{first}"
+    );
+    let (status, replayed) = post(&base, &headers, search).await;
+    assert_eq!(status, 401, "{replayed}");
+    assert_eq!(replayed["reason"], "replayed_proof", "{replayed}");
+
+    // Properly signed, but not a tool call the guard can read: each with its own reason.
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{}}}"#.to_owned(),
+            400,
+            "mcp_tool_name_missing",
+        ),
+        (
+            format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"{}"}}}}"#, "s".repeat(129)),
+            400,
+            "mcp_tool_name_invalid",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"search","name":"book"}}"#.to_owned(),
+            400,
+            "mcp_request_malformed",
+        ),
+        (
+            r#"[{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"book"}}]"#.to_owned(),
+            400,
+            "mcp_request_malformed",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"book"}}"#.to_owned(),
+            403,
+            "txn_scope_denied",
+        ),
+    ];
+    for (body, status, reason) in cases {
+        let headers = signed(&deployment, &base, AGENT, &txn, &body).await;
+        let (got, answer) = post(&base, &headers, &body).await;
+        assert_eq!((got, answer["error"]["data"]["reason"].as_str()), (status, Some(reason)), "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    }
+    // An Mcp-Name header naming another tool than the body (a router deciding on the header
+    // would see `search`).
+    let book = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"book","arguments":{"city":"Rome"}}}"#;
+    let mut headers = signed(&deployment, &base, AGENT, &txn, book).await;
+    headers.insert("mcp-name", http::HeaderValue::from_static("search"));
+    let (status, answer) = post(&base, &headers, book).await;
+    assert_eq!((status, answer["error"]["data"]["reason"].as_str()), (400, Some("mcp_request_malformed")), "{answer}");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_before_it_is_parsed() {
+    let deployment = Deployment::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mcp = StreamableHttpService::new(
+        || Ok(Travel),
+        NeverSessionManager::default().into(),
+        server_config([listener.local_addr().unwrap().to_string()]),
+    );
+    let tools = ToolPolicies::new().others(Policy::allow_all());
+    let service = tower::ServiceBuilder::new()
+        .layer(wimse_tower::WimseLayer::new(deployment.txn_verifier(&base, false)))
+        .layer(McpToolGuardLayer::new(tools).body_limit(256))
+        .service(mcp);
+    tokio::spawn(async move { axum::serve(listener, Router::new().route_service("/mcp", service)).await.unwrap() });
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[AGENT]);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search","arguments":{{"city":"{}"}}}}}}"#,
+        "x".repeat(300)
+    );
+    let headers = signed(&deployment, &base, AGENT, &txn, &body).await;
+    let (status, answer) = post(&base, &headers, &body).await;
+    assert_eq!((status, answer["error"]["data"]["reason"].as_str()), (413, Some("body_too_large")), "{answer}");
+    // Within the limit, the same tool answers (any caller: `others` allows all).
+    let small =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search","arguments":{"city":"Oslo"}}}"#;
+    let headers = signed(&deployment, &base, AGENT, &txn, small).await;
+    let (status, answer) = post(&base, &headers, small).await;
+    assert_eq!(status, 200, "{answer}");
+}
