@@ -3,6 +3,7 @@
 //! keeps current), so each example configures itself exactly as a real service would.
 
 pub mod greeter;
+pub mod mcp;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -65,6 +66,35 @@ impl Demo {
         let (wit_path, key_path) = (self.dir.join(format!("{name}.wit.jwt")), self.dir.join(format!("{name}.key.jwk")));
         write_credential_files(&wit_path, &key_path, &Credentials::new(wit, key)?)?;
         Ok(FileCredentials::new(wit_path, key_path)?)
+    }
+}
+
+impl Demo {
+    /// A verifier for `origin` trusting this trust domain's identity server, which is also its
+    /// Transaction Token Service: it validates the Txn-Tokens requests carry.
+    pub fn txn_verifier(&self, origin: &str) -> Result<wimse_core::server::verify::Verifier> {
+        use wimse_core::prelude::*;
+        let domain: TrustDomain = "spiffe://prod.example".parse()?;
+        let trust = TrustStore::new().with(domain.clone(), TrustAnchors::new().key(self.issuer.public_key().clone()));
+        let txn = wimse_core::protocol::txn::TxnTokenValidation::new(domain);
+        Ok(Verifier::new(trust, VerifierConfig::new().origin(origin).txn_tokens(txn))?)
+    }
+
+    /// Writes `<file>`: a Txn-Token of this trust domain for the user `subject` with the purpose
+    /// `scope`, `actors` acting for them (the current one first), as the Transaction Token
+    /// Service would issue it to the first actor.
+    pub fn txn_token(&self, file: &str, subject: &str, scope: &str, actors: &[&str]) -> Result<PathBuf> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let tts =
+            wimse_core::protocol::txn::TxnTokenIssuer::new(self.issuer.clone(), &"spiffe://prod.example".parse()?);
+        let mut token = wimse_core::protocol::txn::NewTxnToken::new(subject, scope);
+        if let Some(first) = actors.first() {
+            token = token.requested_by(*first);
+        }
+        token.actors = actors.iter().map(|a| a.parse()).collect::<std::result::Result<_, _>>()?;
+        let path = self.dir.join(file);
+        std::fs::write(&path, tts.issue(&token, now)?)?;
+        Ok(path)
     }
 }
 

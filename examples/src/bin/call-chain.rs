@@ -612,91 +612,87 @@ policy = {{ name = "inventory", allow = {{ workloads = ["{FRONT}"] }} }}
     Ok(())
 }
 
-// ---- tools: the service agents call (axum) ----
+// ---- tools: the MCP server agents call (rmcp behind WimseLayer) ----
 
-/// A tool: who called, for whom, through which agents.
-async fn tool(wimse_axum::Caller(caller): wimse_axum::Caller, uri: axum::http::Uri) -> String {
-    let line = match caller.transaction() {
-        Some(txn) if !txn.actors().is_empty() => {
-            let chain: Vec<&str> = txn.actors().iter().map(|a| a.as_str()).collect();
-            format!("agent {} for user {} (chain {})", caller.id(), txn.subject(), chain.join(" <- "))
-        }
-        Some(txn) => format!("{} for user {} (no agent)", caller.id(), txn.subject()),
-        None => format!("{} (no transaction)", caller.id()),
-    };
-    println!("[tools]   {}: {line}", uri.path());
-    line
-}
-
-/// The tools service: searching needs the user's read delegation, booking the purchase one,
-/// and the chain may name two agents at most; the tools are for agents only.
+/// The MCP tool service (`wimse_examples::mcp`): searching needs the user's read delegation,
+/// booking the purchase one, refunds the refund one; the chain may name two agents at most.
 async fn start_tools(ids: &IdentityServer) -> Result<String, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let origin = format!("http://{}", listener.local_addr()?);
-    let agents = || Rule::path_prefix("spiffe://prod.example/agents");
-    let tool_policy = |name: &str, scope: &str| {
-        Ok::<_, Error>(
-            Policy::named(name.to_owned())
-                .allow(agents()?)
-                .require(Rule::txn_delegated())
-                .require(Rule::txn_max_actors(2))
-                .require(Rule::txn_scope(scope.to_owned())),
-        )
-    };
-    let app = axum::Router::new()
-        .route(
-            "/tools/search",
-            axum::routing::post(tool)
-                .route_layer(wimse_axum::RequirePolicyLayer::new(tool_policy("search", "orders.read")?)),
-        )
-        .route(
-            "/tools/book",
-            axum::routing::post(tool)
-                .route_layer(wimse_axum::RequirePolicyLayer::new(tool_policy("book", "orders.purchase")?)),
-        )
-        .route(
-            "/tools/refund",
-            axum::routing::post(tool)
-                .route_layer(wimse_axum::RequirePolicyLayer::new(tool_policy("refund", "orders.refund")?)),
-        )
-        .layer(wimse_axum::WimseLayer::new(verifier(ids, &origin)?).policy(Policy::named("tools").allow(agents()?)));
+    let host = listener.local_addr()?.to_string();
+    let origin = format!("http://{host}");
+    let app = wimse_examples::mcp::router(verifier(ids, &origin)?, host)?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(origin)
+    Ok(format!("{origin}/mcp"))
+}
+
+type McpAgent = rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::ClientConfig>;
+
+/// An MCP client signing as `signer`'s agent, carrying `txn` to the tool service.
+async fn mcp_agent(signer: Signer, tools: &str, txn: &str) -> Result<McpAgent, Error> {
+    use rmcp::ServiceExt;
+    let origin = tools.trim_end_matches("/mcp");
+    let signed = wimse_mcp::SignedMcpClient::new(client(signer, &[origin])).txn_token(TxnToken(txn.to_owned()));
+    Ok(rmcp::model::ClientConfig::default().serve(signed.transport(tools.to_owned())).await?)
+}
+
+/// Calls `tool` and returns its text, or the refusal's status and reason ("403 txn_scope_denied").
+async fn call_tool(agent: &McpAgent, tool: &str, item: &str) -> Result<String, String> {
+    let arguments = json!({ "item": item }).as_object().cloned();
+    let params = rmcp::model::CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments.unwrap_or_default());
+    match agent.call_tool(params).await {
+        Ok(result) => Ok(result.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect()),
+        Err(rmcp::service::ServiceError::McpError(error)) => {
+            let data = error.data.unwrap_or_default();
+            Err(format!("{} {}: {}", data["status"], data["reason"].as_str().unwrap_or_default(), error.message))
+        }
+        Err(other) => Err(other.to_string()),
+    }
 }
 
 /// The agent pass: a user asks the planner agent to act; it obtains a Txn-Token naming itself
 /// as actor, calls tools, hands the work to the booker; a third agent is one too many.
 async fn agent_pass(ids: &IdentityServer) -> Result<(), Error> {
     let tools = start_tools(ids).await?;
-    println!("tools (axum) {tools}: search needs orders.read, book orders.purchase, refund orders.refund");
+    println!("tools (MCP, rmcp) {tools}: search needs orders.read, book orders.purchase, refund orders.refund");
     let planner_signer = ids.enroll(PLANNER).await?;
     // alice's access token grants orders.purchase and orders.read; she delegates both.
     let acting = TxnTokenRequest::for_access_token(ids.user_access_token()?, "orders.purchase orders.read").acting();
     let txn = ids.txn_token(&planner_signer, acting).await?;
-    let planner = client(planner_signer, &[tools.as_str()]);
-    let Answer { status, body, .. } = call(&planner, &format!("{tools}/tools/search"), Some(&txn)).await?;
-    println!("[planner] {status} {body}");
+    let planner = mcp_agent(planner_signer, &tools, &txn).await?;
+    let listed = planner.list_tools(Default::default()).await?;
+    let names: Vec<&str> = listed.tools.iter().map(|t| t.name.as_ref()).collect();
+    println!("[planner] tools/list: {}", names.join(", "));
+    let answer = call_tool(&planner, "search", "flights to Oslo").await;
+    println!("[planner] search -> {answer:?}");
     expect(
-        status == 200 && body.contains(&format!("agent {PLANNER} for user alice (chain {PLANNER})")),
+        answer.is_ok_and(|text| text.contains(&format!("agent {PLANNER} for user alice (chain {PLANNER})"))),
         "the planner acts for alice",
     )?;
-    let Answer { status, body, .. } = call(&planner, &format!("{tools}/tools/refund"), Some(&txn)).await?;
-    println!("[planner] {status} {body}");
-    expect(status == 403 && body.contains("txn_scope_denied"), "a tool outside alice's delegation answers 403")?;
+    let answer = call_tool(&planner, "refund", "order 7d1f").await;
+    println!("[planner] refund -> {answer:?}");
+    expect(
+        answer.is_err_and(|refusal| refusal.starts_with("403 txn_scope_denied")),
+        "a tool outside alice's delegation answers 403",
+    )?;
 
     // The planner hands booking to the booker: a narrower Txn-Token, the chain one longer.
     let booker_signer = ids.enroll(BOOKER).await?;
     let handed = ids.txn_token(&booker_signer, TxnTokenRequest::replacing(&txn, "orders.purchase").acting()).await?;
-    let booker = client(booker_signer, &[tools.as_str()]);
-    let Answer { status, body, .. } = call(&booker, &format!("{tools}/tools/book"), Some(&handed)).await?;
-    println!("[booker]  {status} {body}");
+    let booker = mcp_agent(booker_signer, &tools, &handed).await?;
+    let answer = call_tool(&booker, "book", "flight OSL-123").await;
+    println!("[booker]  book -> {answer:?}");
     expect(
-        status == 200 && body.contains(&format!("agent {BOOKER} for user alice (chain {BOOKER} <- {PLANNER})")),
+        answer.is_ok_and(|text| text.contains(&format!("agent {BOOKER} for user alice (chain {BOOKER} <- {PLANNER})"))),
         "the booker acts for alice on the planner's behalf",
     )?;
-    let Answer { status, .. } = call(&booker, &format!("{tools}/tools/search"), Some(&handed)).await?;
-    println!("[booker]  {status} for a search: its Txn-Token was narrowed to orders.purchase");
-    expect(status == 403, "the chain only narrows: the booker cannot search")?;
+    let answer = call_tool(&booker, "search", "hotels").await;
+    println!("[booker]  search -> {answer:?} (its Txn-Token was narrowed to orders.purchase)");
+    expect(
+        answer.is_err_and(|refusal| refusal.starts_with("403 ")),
+        "the chain only narrows: the booker cannot search",
+    )?;
+    let _ = planner.cancel().await;
+    let _ = booker.cancel().await;
 
     // A third agent would make the chain three actors long: the TTS refuses.
     let payer_signer = ids.enroll(PAYER).await?;
