@@ -246,3 +246,62 @@ mod agents {
     }
 
 }
+
+#[allow(dead_code)]
+mod mcp {
+    use reqwest_middleware::ClientWithMiddleware;
+    use rmcp::handler::server::tool::Extension;
+    use rmcp::model::{CallToolRequestParams, ClientConfig};
+    use rmcp::transport::streamable_http_server::StreamableHttpService;
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+    use rmcp::{ServiceExt, tool, tool_router};
+    use wimse_axum::WimseLayer;
+    use wimse_core::prelude::*;
+    use wimse_core::protocol::txn::TxnToken;
+    use wimse_mcp::{McpToolGuardLayer, SignedMcpClient, ToolPolicies, server_config, verified_caller};
+
+    #[derive(Clone)]
+    struct Travel;
+
+    #[tool_router(server_handler)]
+    impl Travel {
+        #[tool(description = "Finds flights")]
+        fn search(&self, Extension(parts): Extension<http::request::Parts>) -> String {
+            match verified_caller(&parts).and_then(|caller| Some((caller, caller.transaction()?))) {
+                Some((agent, txn)) => format!("flights, for {} acting for {}", agent.id(), txn.subject()),
+                None => "no delegated caller".into(),
+            }
+        }
+    }
+
+    fn travel_tools(verifier: Verifier) -> Result<axum::Router, Box<dyn std::error::Error>> {
+        // An agent acting for a user whose delegation includes `travel.read`; other tools: refused.
+        let search = Policy::named("search")
+            .allow(Rule::path_prefix("spiffe://prod.example/agents")?)
+            .require(Rule::txn_delegated())
+            .require(Rule::txn_scope("travel.read"));
+        let mcp = StreamableHttpService::new(|| Ok(Travel), NeverSessionManager::default().into(), server_config(["tools.prod.example"]));
+        let service = tower::ServiceBuilder::new()
+            .layer(WimseLayer::new(verifier))
+            .layer(McpToolGuardLayer::new(ToolPolicies::new().tool("search", search)))
+            .service(mcp);
+        Ok(axum::Router::new().route_service("/mcp", service))
+    }
+
+    async fn agent(http: ClientWithMiddleware, txn: String) -> Result<String, Box<dyn std::error::Error>> {
+        let client = SignedMcpClient::new(http).txn_token(TxnToken(txn));
+        let agent = ClientConfig::default().serve(client.transport("https://tools.prod.example/mcp")).await?;
+        let found = agent.call_tool(CallToolRequestParams::new("search")).await?;
+        Ok(format!("{:?}", found.content))
+    }
+
+    /// The service builds; the agent, pointed at a name that does not resolve, fails to start.
+    #[tokio::test]
+    async fn builds_and_the_agent_names_its_failure() {
+        let trust = TrustStore::new();
+        let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://tools.prod.example")).unwrap();
+        assert!(travel_tools(verifier).is_ok());
+        let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
+        assert!(agent(http, "eyJ...".into()).await.is_err());
+    }
+}
