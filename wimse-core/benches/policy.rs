@@ -1,5 +1,5 @@
 //! One authorization decision over a 50-policy set: the rule lists of `Policy`, and the same
-//! decision by Cedar policies (feature `cedar`, on for the benches). The caller carries a
+//! decision by Cedar policies (feature `cedar`), repeated (from the decision cache) and new. The caller carries a
 //! Txn-Token with a delegation chain, so the Cedar context is complete.
 //!
 //! `cargo bench -p wimse-core --bench policy`
@@ -60,7 +60,16 @@ fn decisions(c: &mut Criterion) {
     group.bench_function("rule list", |b| {
         b.iter(|| black_box(rules.check_request(black_box(&caller), "GET", "/charge")))
     });
+    // The same request again: answered from the set's decision cache.
     group.bench_function("cedar", |b| b.iter(|| black_box(cedar.check_request(black_box(&caller), "GET", "/charge"))));
+    // A request never decided before (a new path each time): Cedar evaluates it.
+    let mut n = 0u64;
+    group.bench_function("cedar, first decision", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(cedar.check_request(black_box(&caller), "GET", &format!("/charge/{n}")))
+        })
+    });
     group.finish();
 }
 

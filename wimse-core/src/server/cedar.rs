@@ -92,6 +92,10 @@ pub struct CedarPolicies {
     /// what a request costs besides its context. Emptied when it reaches
     /// [`MAX_CACHED_PRINCIPALS`].
     entities: std::sync::RwLock<HashMap<WorkloadId, Arc<Entities>>>,
+    /// Each decision made, by everything it depends on ([`decision_key`]): the same caller
+    /// doing the same thing in the same transaction is decided once. Emptied when it reaches
+    /// [`MAX_CACHED_DECISIONS`].
+    decisions: std::sync::RwLock<HashMap<String, CedarDecision>>,
     types: Types,
 }
 
@@ -104,6 +108,20 @@ struct Types {
 
 /// The most principals whose entities are kept.
 pub const MAX_CACHED_PRINCIPALS: usize = 10_000;
+
+/// The most decisions kept (a few hundred bytes each): a caller varying its paths can only
+/// empty the cache, and its decisions are then made again.
+pub const MAX_CACHED_DECISIONS: usize = 16_384;
+
+/// What a decision depends on, and only that: the caller, its proof, the action, the path
+/// without its query, and the Txn-Token (its hash: subject, scope and actors are in it).
+/// Policies never change in a set (a reload makes a new one) and read no clock.
+fn decision_key(caller: &VerifiedCaller, action: &str, path: &str) -> String {
+    let path = path.split('?').next().unwrap_or_default();
+    let txn = caller.transaction().map_or("", |t| t.hash());
+    // Newlines never occur in identifiers, methods, paths or hashes, so the key is unambiguous.
+    format!("{}\n{}\n{action}\n{path}\n{txn}", caller.id(), caller.method().name())
+}
 
 impl std::fmt::Debug for CedarPolicies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,6 +233,7 @@ impl CedarPolicies {
             names,
             authorizer: Authorizer::new(),
             entities: std::sync::RwLock::default(),
+            decisions: std::sync::RwLock::default(),
             types: Types {
                 workload: type_name("Workload")?,
                 trust_domain: type_name("TrustDomain")?,
@@ -251,11 +270,24 @@ impl CedarPolicies {
     /// `tool:search`) at `path` on this service. Logs the decision and the policies that made
     /// it (target `wimse::audit`).
     pub fn decide(&self, caller: &VerifiedCaller, action: &str, path: &str) -> CedarDecision {
-        let decision = self.evaluate(caller, action, path).unwrap_or_else(|error| CedarDecision {
-            allowed: false,
-            policies: Vec::new(),
-            errors: vec![error.detail().unwrap_or_default().to_owned()],
-        });
+        let key = decision_key(caller, action, path);
+        let cached = self.decisions.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let decision = match cached {
+            Some(decision) => decision,
+            None => {
+                let decision = self.evaluate(caller, action, path).unwrap_or_else(|error| CedarDecision {
+                    allowed: false,
+                    policies: Vec::new(),
+                    errors: vec![error.detail().unwrap_or_default().to_owned()],
+                });
+                let mut decisions = self.decisions.write().unwrap_or_else(|e| e.into_inner());
+                if decisions.len() >= MAX_CACHED_DECISIONS {
+                    decisions.clear();
+                }
+                decisions.insert(key, decision.clone());
+                decision
+            }
+        };
         tracing::debug!(target: "wimse::audit", policy_set = %self.name, caller = %caller.id(), action,
             allowed = decision.allowed, policies = ?decision.policies, errors = decision.errors.len(), "cedar decision");
         decision

@@ -292,3 +292,38 @@ fn the_readme_policy_loads_against_the_documented_schema() {
     );
     assert!(!cedar.decide(&callers.caller(PLANNER, Some(("travel.book", &[]))), "POST", "/book").allowed);
 }
+
+/// Decisions are cached by everything they depend on: a decision for one transaction, proof,
+/// path or action never answers for another, and the cache stays bounded.
+#[test]
+fn cached_decisions_never_answer_for_another_request() {
+    let callers = Callers::new();
+    let text = r#"
+        @id("planner-reads")
+        permit(principal, action == Action::"GET", resource)
+        when { context.txn_scope.contains("orders.read") && context.txn_actors.contains("spiffe://prod.example/agents/planner") && context.path == "/charge" };
+        @id("never-by-signature")
+        forbid(principal, action, resource) when { context.proof == "http-signature" };
+    "#;
+    let cedar = CedarPolicies::new("orders", "orders", text, Some(SCHEMA)).unwrap();
+    let reading = callers.caller(PLANNER, Some(("orders.read", &[PLANNER])));
+    let writing = callers.caller(PLANNER, Some(("orders.write", &[PLANNER])));
+    let by_booker = callers.caller(PLANNER, Some(("orders.read", &[BOOKER])));
+    let without = callers.caller(PLANNER, None);
+    for _ in 0..2 {
+        // Twice: the second round answers from the cache, and must answer the same.
+        assert!(cedar.decide(&reading, "GET", "/charge").allowed);
+        assert!(cedar.decide(&reading, "GET", "/charge?page=2").allowed, "the query is not part of the path");
+        assert!(!cedar.decide(&writing, "GET", "/charge").allowed, "another transaction's scope");
+        assert!(!cedar.decide(&by_booker, "GET", "/charge").allowed, "another chain");
+        assert!(!cedar.decide(&without, "GET", "/charge").allowed, "no transaction");
+        assert!(!cedar.decide(&reading, "POST", "/charge").allowed, "another action");
+        assert!(!cedar.decide(&reading, "GET", "/refund").allowed, "another path");
+    }
+    // Many distinct requests: the cache empties itself and decides on.
+    for i in 0..wimse_core::server::cedar::MAX_CACHED_DECISIONS + 10 {
+        assert!(!cedar.decide(&reading, "GET", &format!("/other/{i}")).allowed);
+    }
+    assert!(cedar.decide(&reading, "GET", "/charge").allowed);
+    assert!(!cedar.decide(&writing, "GET", "/charge").allowed);
+}
