@@ -330,3 +330,52 @@ async fn an_oversized_body_is_refused_before_it_is_parsed() {
     let (status, answer) = post(&base, &headers, small).await;
     assert_eq!(status, 200, "{answer}");
 }
+
+/// One Cedar policy set decides every tool (feature `cedar`): the action is `tool:<name>`, and
+/// the context has the user's delegation; the deciding policy is named in the refusal.
+#[cfg(feature = "cedar")]
+#[tokio::test]
+async fn cedar_policies_decide_tool_calls_by_name() {
+    use wimse_core::server::cedar::CedarPolicies;
+    let deployment = Deployment::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let policies = r#"
+        @id("agents-search-for-readers")
+        permit(principal in TrustDomain::"spiffe://prod.example", action == Action::"tool:search", resource)
+        when { context.delegated && context.txn_scope.contains("travel:read") && context.path == "/mcp" };
+        @id("no-booking-by-the-planner")
+        forbid(principal == Workload::"spiffe://prod.example/agents/planner", action == Action::"tool:book", resource);
+        @id("agents-book-for-buyers")
+        permit(principal in TrustDomain::"spiffe://prod.example", action == Action::"tool:book", resource)
+        when { context.delegated && context.txn_scope.contains("travel:book") };
+    "#;
+    let tools =
+        ToolPolicies::new().others(Policy::cedar(CedarPolicies::new("tools", "travel", policies, None).unwrap()));
+    let mcp = StreamableHttpService::new(
+        || Ok(Travel),
+        NeverSessionManager::default().into(),
+        server_config([listener.local_addr().unwrap().to_string()]),
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(wimse_tower::WimseLayer::new(deployment.txn_verifier(&base, false)))
+        .layer(McpToolGuardLayer::new(tools))
+        .service(mcp);
+    tokio::spawn(async move { axum::serve(listener, Router::new().route_service("/mcp", service)).await.unwrap() });
+
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read travel:book", &[AGENT]);
+    let client = agent(&deployment, &base, AGENT, Some(txn)).await;
+    let found = client.call_tool(call("search", "Oslo")).await.expect("permitted by agents-search-for-readers");
+    assert!(text(&found).contains("for user user:alice"), "{}", text(&found));
+    let refused = client.call_tool(call("book", "Oslo")).await.expect_err("forbidden for the planner");
+    assert_eq!(reason(&refused), "policy_denied", "{refused}");
+    assert!(refused.to_string().contains("no-booking-by-the-planner"), "{refused}");
+    let _ = client.cancel().await;
+    // Another agent, the same delegation: booking is permitted.
+    let txn = deployment.delegated_txn_token("user:alice", "travel:book", &[OTHER_AGENT]);
+    let booker = agent(&deployment, &base, OTHER_AGENT, Some(txn)).await;
+    booker.call_tool(call("book", "Oslo")).await.expect("permitted by agents-book-for-buyers");
+    let refused = booker.call_tool(call("search", "Oslo")).await.expect_err("no read delegation");
+    assert_eq!(reason(&refused), "policy_denied", "{refused}");
+    let _ = booker.cancel().await;
+}
