@@ -20,6 +20,7 @@ const CRATES: &[&str] = &[
     "wimse-issuer",
     "wimse-workload-api",
     "wimse-agent",
+    "wimse-mcp",
     "wimse-cli",
     "testkit",
 ];

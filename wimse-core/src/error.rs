@@ -320,6 +320,9 @@ error_kinds! {
     /// The identity server's key store (its file, or PostgreSQL) cannot be read or written:
     /// nothing is issued until it answers.
     KeyStoreUnavailable => "key_store_unavailable", Answer::Status(503), "the identity server's key store is unavailable";
+    /// The audit log cannot take the record (its queue is full with `WhenFull::Refuse`, or its
+    /// writer stopped): nothing is decided without a record (503).
+    AuditLogUnavailable => "audit_log_unavailable", Answer::Status(503), "the audit log is unavailable";
     /// The replay cache is full of live entries; the proof is refused rather than risking a replay.
     ReplayCacheFull => "replay_cache_full", Answer::Status(503), "the replay cache is full";
     /// The request uses a proof this kind of request cannot carry (an HTTP message signature on

@@ -2,11 +2,12 @@
 //! WIMSE fields and gives every refusal one format; [`verify`] checks credentials and claims;
 //! [`pipeline`] holds the steps as one value, a [`Pipeline`](pipeline::Pipeline) (admit:
 //! authenticate and the [`policy`]; confirm: the replay claim); [`exchange`] is a signed request and its signed response; [`caller`] is who
-//! called; [`audit`] records each decision. The verified-token caches are internal.
+//! called; [`audit`] records each decision, and [`audit_log`] keeps tamper-evident records of them. The verified-token caches are internal.
 //!
 //! May import the client and protocol layers and the base.
 
 pub mod audit;
+pub mod audit_log;
 pub mod caller;
 #[cfg(feature = "cedar")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cedar")))]

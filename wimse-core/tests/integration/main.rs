@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod audit_log;
 #[cfg(feature = "cedar")]
 mod cedar;
 mod client;

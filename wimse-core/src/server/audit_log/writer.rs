@@ -1,0 +1,272 @@
+//! The writer of an audit log: a thread of its own, fed through a bounded queue.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{AuditEvent, AuditRecord, CHECKPOINT_TYPE, CheckpointClaims, FORMAT_VERSION, RecordKind, line_hash};
+use crate::error::{Error, ErrorKind, Result};
+use crate::jose::{Backend, SigningKey, jws};
+
+/// What [`AuditLog::record`] does when the writer is behind and its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// The record is dropped, counted ([`AuditLog::dropped`]) and logged; the request goes on.
+    #[default]
+    Drop,
+    /// The record is refused: [`AuditLog::record`] fails with `audit_log_unavailable` (503), so
+    /// nothing is decided without a record.
+    Refuse,
+}
+
+/// How an [`AuditLog`] writes.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// A checkpoint after this many records (default 1 000).
+    pub checkpoint_every: u64,
+    /// A checkpoint at least this often while records are written (default 10 s).
+    pub checkpoint_interval: Duration,
+    /// Records waiting for the writer, at most (default 65 536).
+    pub queue: usize,
+    /// When the queue is full.
+    pub when_full: WhenFull,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self { checkpoint_every: 1_000, checkpoint_interval: Duration::from_secs(10), queue: 65_536, when_full: WhenFull::Drop }
+    }
+}
+
+enum Message {
+    Record(Box<AuditEvent>, u64),
+    Close(std::sync::mpsc::Sender<Result<()>>),
+}
+
+/// A tamper-evident audit log being written (see the [module](super)). Cheap to clone; every
+/// clone writes into the same chain.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    queue: SyncSender<Message>,
+    when_full: WhenFull,
+    dropped: Arc<AtomicU64>,
+}
+
+fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::with_detail(ErrorKind::AuditLogUnavailable, detail)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The head file beside a log: its newest checkpoint line.
+pub(super) fn head_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".head");
+    PathBuf::from(name)
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log at `path`, written by `service` and checkpointed with `key`
+    /// (its public key, given to [`check`](super::check), verifies the log). An existing log is
+    /// continued: its last line must be a whole record, else the log was changed or cut, and
+    /// opening fails rather than chaining onto it.
+    pub fn open(path: impl AsRef<Path>, service: &str, key: SigningKey, options: AuditOptions) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        let (seq, prev) = resume(&path)?;
+        let file = open_append(&path)?;
+        let (queue, received) = std::sync::mpsc::sync_channel(options.queue.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut writer = Writer {
+            path,
+            file,
+            service: service.to_owned(),
+            key,
+            options: options.clone(),
+            seq,
+            prev,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            dropped: dropped.clone(),
+            reported_drops: 0,
+        };
+        std::thread::Builder::new()
+            .name("wimse-audit".into())
+            .spawn(move || writer.run(received))
+            .map_err(|e| unavailable(format!("audit writer thread: {e}")))?;
+        Ok(Self { queue, when_full: options.when_full, dropped })
+    }
+
+    /// Hands `event` to the writer, stamped now; never waits.
+    pub fn record(&self, event: AuditEvent) -> Result<()> {
+        match self.queue.try_send(Message::Record(Box::new(event), now_ms())) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => match self.when_full {
+                WhenFull::Drop => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("wimse_audit_records_dropped_total").increment(1);
+                    Ok(())
+                }
+                WhenFull::Refuse => Err(unavailable("the audit log's queue is full")),
+            },
+            Err(TrySendError::Disconnected(_)) => Err(unavailable("the audit writer stopped")),
+        }
+    }
+
+    /// Records dropped because the queue was full (with [`WhenFull::Drop`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes what is queued, a closing checkpoint, and stops the writer; waits for it (blocking:
+    /// from async code, call it in `spawn_blocking`).
+    pub fn close(self) -> Result<()> {
+        let (done, outcome) = std::sync::mpsc::channel();
+        self.queue.send(Message::Close(done)).map_err(|_| unavailable("the audit writer stopped"))?;
+        outcome.recv().map_err(|_| unavailable("the audit writer stopped"))?
+    }
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| unavailable(format!("audit log {}: {e}", path.display())))
+}
+
+/// The next sequence number and the hash of the last line of an existing log.
+fn resume(path: &Path) -> Result<(u64, String)> {
+    let Ok(mut file) = File::open(path) else { return Ok((0, String::new())) };
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if length == 0 {
+        return Ok((0, String::new()));
+    }
+    // The last line is within the last 1 MiB (a record is far smaller).
+    let start = length.saturating_sub(1 << 20);
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_to_end(&mut tail))
+        .map_err(|e| unavailable(format!("audit log {}: {e}", path.display())))?;
+    let cut = || unavailable(format!("audit log {}: its last line is not a whole record (changed or cut); move it away to start a new log", path.display()));
+    let Some(body) = tail.strip_suffix(b"\n") else { return Err(cut()) };
+    let last = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
+    let record: AuditRecord = serde_json::from_slice(last).map_err(|_| cut())?;
+    Ok((record.seq + 1, line_hash(last)))
+}
+
+struct Writer {
+    path: PathBuf,
+    file: File,
+    service: String,
+    key: SigningKey,
+    options: AuditOptions,
+    seq: u64,
+    prev: String,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    dropped: Arc<AtomicU64>,
+    reported_drops: u64,
+}
+
+impl Writer {
+    fn run(&mut self, received: Receiver<Message>) {
+        loop {
+            let message = received.recv_timeout(self.options.checkpoint_interval.max(Duration::from_millis(10)));
+            let outcome = match message {
+                Ok(Message::Record(event, ts_ms)) => self.append(RecordKind::Decision, Some(*event), ts_ms).map(drop),
+                Ok(Message::Close(done)) => {
+                    let closed = self.checkpoint(RecordKind::Close);
+                    let _ = done.send(closed);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => Ok(()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.checkpoint(RecordKind::Close);
+                    return;
+                }
+            };
+            let due = self.since_checkpoint >= self.options.checkpoint_every
+                || (self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval);
+            let outcome = outcome.and_then(|()| if due { self.checkpoint(RecordKind::Checkpoint) } else { Ok(()) });
+            if let Err(error) = outcome {
+                tracing::error!(%error, "wimse: writing the audit log failed");
+            }
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > self.reported_drops {
+                tracing::warn!(dropped, "wimse: audit records dropped: the writer is behind (AuditOptions::queue)");
+                self.reported_drops = dropped;
+            }
+        }
+    }
+
+    /// The file at the log's path: reopened when the log was rotated (moved or removed).
+    fn current_file(&mut self) -> Result<&mut File> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let ours = self.file.metadata().map(|m| (m.dev(), m.ino())).ok();
+            let at_path = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
+            if ours.is_none() || ours != at_path {
+                // The chain goes on in the new file: its first record names the old one's last.
+                self.file = open_append(&self.path)?;
+            }
+        }
+        Ok(&mut self.file)
+    }
+
+    /// Writes one record; returns its line (without the newline).
+    fn append(&mut self, kind: RecordKind, event: Option<AuditEvent>, ts_ms: u64) -> Result<Vec<u8>> {
+        let record = AuditRecord {
+            v: FORMAT_VERSION,
+            seq: self.seq,
+            ts_ms,
+            service: self.service.clone(),
+            kind,
+            event,
+            signature: None,
+            prev: std::mem::take(&mut self.prev),
+        };
+        let signed = match kind {
+            RecordKind::Decision => record,
+            RecordKind::Checkpoint | RecordKind::Close => {
+                let claims =
+                    CheckpointClaims { service: record.service.clone(), seq: record.seq, prev: record.prev.clone(), ts_ms };
+                let kid = self.key.public_key().thumbprint().to_owned();
+                let signature = jws::sign(CHECKPOINT_TYPE, Some(&kid), &claims, &self.key, Backend::default())?;
+                AuditRecord { signature: Some(signature), ..record }
+            }
+        };
+        let mut line = serde_json::to_vec(&signed).map_err(|e| unavailable(format!("audit record: {e}")))?;
+        self.prev = line_hash(&line);
+        self.seq += 1;
+        line.push(b'\n');
+        let path = self.path.display().to_string();
+        self.current_file()?.write_all(&line).map_err(|e| unavailable(format!("audit log {path}: {e}")))?;
+        if kind == RecordKind::Decision {
+            self.since_checkpoint += 1;
+        }
+        line.pop();
+        Ok(line)
+    }
+
+    /// Writes a signed checkpoint, makes the log durable, and replaces the head file with it.
+    fn checkpoint(&mut self, kind: RecordKind) -> Result<()> {
+        let line = self.append(kind, None, now_ms())?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        let path = self.path.display().to_string();
+        self.file.sync_data().map_err(|e| unavailable(format!("audit log {path}: {e}")))?;
+        let head = head_path(&self.path);
+        let mut tmp = head.clone().into_os_string();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, line)
+            .and_then(|()| std::fs::rename(&tmp, &head))
+            .map_err(|e| unavailable(format!("audit head {}: {e}", head.display())))
+    }
+}

@@ -1,0 +1,222 @@
+//! Tamper-evident audit logs: a log written by `AuditLog` verifies intact, and every kind of
+//! tampering the format promises to show is shown where it happened: one byte changed, a record
+//! deleted, two records swapped, the tail cut before a checkpoint; a foreign key, a forged
+//! checkpoint, rotation, restart, and a full queue.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wimse_core::jose::{Algorithm, PublicKey, SigningKey};
+use wimse_core::server::audit_log::{
+    AuditEvent, AuditLog, AuditOptions, FindingKind, Report, WhenFull, check, line_hash,
+};
+
+const SERVICE: &str = "spiffe://prod.example/orders";
+
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wimse-audit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn event(i: usize) -> AuditEvent {
+    AuditEvent {
+        request_id: Some(format!("req-{i}")),
+        txn: Some("txn-1".into()),
+        caller: Some("spiffe://prod.example/front".into()),
+        proof: Some("wpt".into()),
+        subject: Some("alice".into()),
+        actors: vec!["spiffe://prod.example/agents/planner".into()],
+        action: Some("POST".into()),
+        resource: Some("/orders".into()),
+        decision: if i % 3 == 0 { "deny".into() } else { "allow".into() },
+        reason: (i % 3 == 0).then(|| "policy_denied".into()),
+        ..Default::default()
+    }
+}
+
+/// Writes `records` decisions, a checkpoint every 5, and closes the log.
+fn write_log(path: &Path, key: &SigningKey, records: usize) {
+    let options = AuditOptions { checkpoint_every: 5, ..Default::default() };
+    let log = AuditLog::open(path, SERVICE, key.clone(), options).unwrap();
+    for i in 0..records {
+        log.record(event(i)).unwrap();
+    }
+    log.close().unwrap();
+}
+
+fn verify(lines: &[Vec<u8>], key: &PublicKey, head: Option<&[u8]>) -> Report {
+    let mut text = Vec::new();
+    for line in lines {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    check(vec![("log".to_owned(), BufReader::new(&text[..]))], std::slice::from_ref(key), head)
+}
+
+fn lines(path: &Path) -> Vec<Vec<u8>> {
+    std::fs::read(path).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+}
+
+fn kinds(report: &Report) -> Vec<(usize, FindingKind)> {
+    report.findings.iter().map(|f| (f.line, f.kind)).collect()
+}
+
+#[test]
+fn an_untouched_log_is_intact_and_signed_to_its_end() {
+    let dir = dir("intact");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    write_log(&path, &key, 12);
+    let lines = lines(&path);
+    // 12 decisions, checkpoints after the 5th and 10th, and the closing one.
+    assert_eq!(lines.len(), 15);
+    let head = std::fs::read(dir.join("orders.audit.jsonl.head")).unwrap();
+    let report = verify(&lines, key.public_key(), Some(&head));
+    assert!(report.is_intact(), "{:?}", report.findings);
+    assert_eq!((report.records, report.checkpoints, report.signed_through, report.unsigned_tail, report.closed), (15, 3, Some(14), 0, true));
+    // The format: each record names the hash of the line before it.
+    let second: serde_json::Value = serde_json::from_slice(&lines[1]).unwrap();
+    assert_eq!(second["prev"], line_hash(&lines[0]));
+    assert_eq!(second["caller"], "spiffe://prod.example/front");
+    assert_eq!(second["actors"][0], "spiffe://prod.example/agents/planner");
+    let first: serde_json::Value = serde_json::from_slice(&lines[0]).unwrap();
+    assert_eq!((first["v"].as_u64(), first["seq"].as_u64(), first["prev"].as_str()), (Some(1), Some(0), Some("")));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn each_kind_of_tampering_is_found_where_it_happened() {
+    let dir = dir("tamper");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    write_log(&path, &key, 12);
+    let original = lines(&path);
+    let head = std::fs::read(dir.join("orders.audit.jsonl.head")).unwrap();
+
+    // One byte changed in line 3 (a decision: allow -> alloW): line 4 no longer chains to it.
+    let mut changed = original.clone();
+    let at = changed[2].windows(5).position(|w| w == b"allow").unwrap();
+    changed[2][at + 4] = b'W';
+    assert_eq!(kinds(&verify(&changed, key.public_key(), Some(&head))), [(4, FindingKind::Changed)]);
+    // One byte changed that breaks the JSON: the line itself is named.
+    let mut broken = original.clone();
+    broken[1][0] = b'[';
+    assert_eq!(kinds(&verify(&broken, key.public_key(), Some(&head)))[0], (2, FindingKind::NotARecord));
+
+    // One record deleted (line 3): the next is found missing its predecessor.
+    let mut deleted = original.clone();
+    deleted.remove(2);
+    let report = verify(&deleted, key.public_key(), Some(&head));
+    assert_eq!(kinds(&report), [(3, FindingKind::Missing)]);
+    assert!(report.findings[0].message.contains("record 2 is missing"), "{:?}", report.findings);
+
+    // Two records swapped (lines 2 and 3).
+    let mut swapped = original.clone();
+    swapped.swap(1, 2);
+    let found = kinds(&verify(&swapped, key.public_key(), Some(&head)));
+    assert!(found.contains(&(2, FindingKind::Missing)) && found.contains(&(3, FindingKind::Reordered)), "{found:?}");
+
+    // The tail cut before a checkpoint: the log alone is consistent, the head file shows the cut.
+    let cut = original[..8].to_vec();
+    let alone = verify(&cut, key.public_key(), None);
+    assert!(alone.is_intact() && !alone.closed && alone.unsigned_tail == 2, "{alone:?}");
+    let report = verify(&cut, key.public_key(), Some(&head));
+    assert_eq!(kinds(&report), [(0, FindingKind::Truncated)]);
+    assert!(report.findings[0].message.contains("the log ends at record 7"), "{:?}", report.findings);
+
+    // A checkpoint whose record was edited (its prev) no longer matches its signature, and a
+    // checkpoint signed by another key is named as such.
+    let mut forged = original.clone();
+    let checkpoint = String::from_utf8(forged[5].clone()).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+    value["ts_ms"] = (value["ts_ms"].as_u64().unwrap() + 1).into();
+    forged[5] = serde_json::to_vec(&value).unwrap();
+    let found = kinds(&verify(&forged, key.public_key(), Some(&head)));
+    assert!(found.contains(&(6, FindingKind::BadCheckpoint)), "{found:?}");
+    let stranger = SigningKey::generate(Algorithm::ES256).unwrap();
+    let report = verify(&original, stranger.public_key(), None);
+    assert!(report.findings.iter().all(|f| f.kind == FindingKind::UnknownKey) && report.findings.len() == 3, "{report:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_restart_continues_the_chain_and_a_rotation_splits_it_across_files() {
+    let dir = dir("rotate");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    write_log(&path, &key, 3);
+    // Restarted: the chain goes on from the last line.
+    write_log(&path, &key, 3);
+    let report = verify(&lines(&path), key.public_key(), None);
+    assert!(report.is_intact() && report.records == 8, "{report:?}");
+
+    // Rotated while running (moved away, as logrotate does): the writer reopens the path.
+    let options = AuditOptions { checkpoint_every: 2, ..Default::default() };
+    let log = AuditLog::open(&path, SERVICE, key.clone(), options).unwrap();
+    log.record(event(1)).unwrap();
+    log.record(event(2)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let rotated = dir.join("orders.audit.jsonl.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    log.record(event(3)).unwrap();
+    log.close().unwrap();
+    let older = std::fs::read(&rotated).unwrap();
+    let newer = std::fs::read(&path).unwrap();
+    let files = vec![("old".to_owned(), BufReader::new(&older[..])), ("new".to_owned(), BufReader::new(&newer[..]))];
+    let report = check(files, std::slice::from_ref(key.public_key()), None);
+    assert!(report.is_intact() && report.closed, "{report:?}");
+    // The newer file alone starts mid-chain: not a finding, but said.
+    let alone = check(vec![("new".to_owned(), BufReader::new(&newer[..]))], std::slice::from_ref(key.public_key()), None);
+    assert!(alone.is_intact() && alone.first_seq > Some(0), "{alone:?}");
+    // Given in the wrong order, the files do not chain.
+    let files = vec![("new".to_owned(), BufReader::new(&newer[..])), ("old".to_owned(), BufReader::new(&older[..]))];
+    assert!(!check(files, std::slice::from_ref(key.public_key()), None).is_intact());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_log_cut_mid_record_is_not_continued() {
+    let dir = dir("cut");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    write_log(&path, &key, 3);
+    let mut text = std::fs::read(&path).unwrap();
+    text.truncate(text.len() - 10);
+    std::fs::write(&path, &text).unwrap();
+    let refused = AuditLog::open(&path, SERVICE, key.clone(), AuditOptions::default()).unwrap_err();
+    assert_eq!(refused.reason(), "audit_log_unavailable");
+    assert!(refused.detail().unwrap().contains("not a whole record"), "{refused:?}");
+    let report = check(vec![("log".to_owned(), BufReader::new(&text[..]))], std::slice::from_ref(key.public_key()), None);
+    assert_eq!(kinds(&report).last(), Some(&(4, FindingKind::NotARecord)), "{report:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_or_refuses_as_configured() {
+    let dir = dir("full");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    // A queue of one, flooded faster than a checkpointing writer drains it.
+    for when_full in [WhenFull::Drop, WhenFull::Refuse] {
+        let path = dir.join(format!("{when_full:?}.jsonl"));
+        let options = AuditOptions { checkpoint_every: 1, queue: 1, when_full, ..Default::default() };
+        let log = AuditLog::open(&path, SERVICE, key.clone(), options).unwrap();
+        let outcomes: Vec<_> = (0..2_000).map(|i| log.record(event(i))).collect();
+        let refused = outcomes.iter().filter(|o| o.is_err()).count();
+        match when_full {
+            WhenFull::Drop => assert!(refused == 0 && log.dropped() > 0, "dropped {}", log.dropped()),
+            WhenFull::Refuse => {
+                assert!(refused > 0 && log.dropped() == 0);
+                let error = outcomes.into_iter().find_map(Result::err).unwrap();
+                assert_eq!(error.reason(), "audit_log_unavailable");
+            }
+        }
+        log.close().unwrap();
+        // What was written is intact whatever was dropped.
+        let report = verify(&lines(&path), key.public_key(), None);
+        assert!(report.is_intact(), "{report:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
