@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod agent;
+mod audit;
 mod exchange;
 mod files;
 mod gateway;
@@ -68,6 +69,9 @@ enum Command {
     /// Trust bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Tamper-evident audit logs: verify them, trace a transaction across services' logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Decode a token and explain it. Verifies nothing.
     Inspect(inspect::InspectArgs),
     /// Verify the WIT + WPT (or WIT + HTTP signature) of a raw HTTP/1.1 request; prints JSON, exits 1 on rejection.
@@ -89,6 +93,16 @@ enum TxnCommand {
     Inspect(txn::InspectArgs),
     /// Verify a Txn-Token against the TTS keys; prints JSON, exits 1 on rejection.
     Verify(txn::VerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check a log's chain and checkpoints against the audit keys; says where it was changed,
+    /// exits 1 if it was.
+    Verify(audit::VerifyArgs),
+    /// Collect one transaction's records from many services' logs: who called whom, with which
+    /// proof, for whom, decided how; as text, and as a picture (DOT, SVG).
+    Trace(audit::TraceArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +296,8 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Exchange(args)) => exchange::exchange(args),
         Command::Token(TokenCommand::Assert(args)) => exchange::assert(args),
         Command::Bundle(BundleCommand::Fetch(args)) => exchange::fetch(args),
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify(args),
+        Command::Audit(AuditCommand::Trace(args)) => audit::trace(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::SignResponse(args) => sign_response::run(args),

@@ -28,6 +28,20 @@ use sse_stream::{Sse, SseStream};
 use wimse_core::protocol::txn::TxnToken;
 
 const SESSION_HEADER: &str = "mcp-session-id";
+/// The fields a custom header may not set: the transport's, and the credentials, proofs and
+/// Txn-Token the WIMSE middleware writes.
+const RESERVED_HEADERS: &[&str] = &[
+    "accept",
+    "content-type",
+    SESSION_HEADER,
+    LAST_EVENT_ID_HEADER,
+    "authorization",
+    "workload-identity-token",
+    "txn-token",
+    "signature",
+    "signature-input",
+    "content-digest",
+];
 const LAST_EVENT_ID_HEADER: &str = "last-event-id";
 const EVENT_STREAM: &str = "text/event-stream";
 const JSON: &str = "application/json";
@@ -40,14 +54,28 @@ pub struct SignedMcpClient {
 }
 
 impl SignedMcpClient {
-    /// Sends through `http` (built with `WimseSignMiddleware`, and any other middleware).
+    /// Sends through `signing` on a reqwest client that follows redirects within the origin
+    /// only ([`wimse_reqwest::same_origin_redirects`]): the WIT, the Txn-Token and the tool
+    /// arguments never follow a redirect to another host.
+    pub fn from_middleware(signing: wimse_reqwest::WimseSignMiddleware) -> Result<Self, SignedMcpError> {
+        let http = reqwest::Client::builder()
+            .redirect(wimse_reqwest::same_origin_redirects())
+            .build()
+            .map_err(|e| SignedMcpError(e.into()))?;
+        Ok(Self::new(reqwest_middleware::ClientBuilder::new(http).with(signing).build()))
+    }
+
+    /// Sends through `http` (built with `WimseSignMiddleware`, and any other middleware). Build
+    /// its reqwest client with [`wimse_reqwest::same_origin_redirects`] (or no redirects):
+    /// reqwest follows redirects below the middleware, and would carry the credentials and
+    /// the Txn-Token along to another origin.
     pub fn new(http: ClientWithMiddleware) -> Self {
         Self { http, txn: None }
     }
 
     /// Carries `token` (the transaction the agent works in: the user it acts for and the
     /// chain of agents) on every request. The middleware sends it only to the origins it is
-    /// told are the trust domain's (`trust_domain_origins`), and refuses it elsewhere.
+    /// told are the trust domain's (`trust_domain_origins`), and refuses the request elsewhere.
     pub fn txn_token(mut self, token: TxnToken) -> Self {
         self.txn = Some(token);
         self
@@ -112,7 +140,10 @@ fn with_headers(
         return Err(StreamableHttpError::ReservedHeaderConflict("authorization".into()));
     }
     for (name, value) in custom_headers {
-        if name == http::header::AUTHORIZATION || name.as_str().eq_ignore_ascii_case(SESSION_HEADER) {
+        // The fields this client, the transport and the WIMSE middleware write: a custom
+        // header must not add a second one, nor smuggle a credential or a Txn-Token past the
+        // middleware's rules.
+        if RESERVED_HEADERS.contains(&name.as_str()) {
             return Err(StreamableHttpError::ReservedHeaderConflict(name.as_str().to_owned()));
         }
         request = request.header(name, value);
@@ -134,7 +165,7 @@ fn failed(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Failure
 
 /// The events of an SSE body, none larger than `limit` bytes.
 fn events(response: reqwest::Response, limit: usize) -> BoxStream<'static, Result<Sse, SseError>> {
-    let bytes = EventBound { inner: response.bytes_stream().boxed(), limit, in_event: 0, last: 0, over: false };
+    let bytes = EventBound::new(response.bytes_stream().boxed(), limit);
     SseStream::from_bytes_stream(bytes).boxed()
 }
 
@@ -148,14 +179,45 @@ enum EventStreamError {
 }
 
 /// Counts the bytes of the current SSE event (since the last blank line) and ends the stream
-/// with an error when one exceeds the limit, before the parser buffers it.
+/// with an error when one exceeds the limit, before the parser buffers it. Lines end with CRLF,
+/// LF or CR, as the SSE parser reads them.
 struct EventBound {
     inner: BoxStream<'static, reqwest::Result<Bytes>>,
     limit: usize,
+    /// Bytes of the current event.
     in_event: usize,
-    /// The last byte seen, so a `\n\n` split over two chunks still ends an event.
-    last: u8,
+    /// Bytes of the current line.
+    in_line: usize,
+    /// The last byte was a CR (a LF right after it ends no second line).
+    after_cr: bool,
     over: bool,
+}
+
+impl EventBound {
+    fn new(inner: BoxStream<'static, reqwest::Result<Bytes>>, limit: usize) -> Self {
+        Self { inner, limit, in_event: 0, in_line: 0, after_cr: false, over: false }
+    }
+
+    /// Counts `byte`; false when the event is over the limit.
+    fn within_limit_after(&mut self, byte: u8) -> bool {
+        match byte {
+            b'\n' if self.after_cr => self.after_cr = false,
+            b'\r' | b'\n' => {
+                self.after_cr = byte == b'\r';
+                if self.in_line == 0 {
+                    // A blank line: the event ends.
+                    self.in_event = 0;
+                }
+                self.in_line = 0;
+            }
+            _ => {
+                self.after_cr = false;
+                self.in_line += 1;
+                self.in_event += 1;
+            }
+        }
+        self.in_event <= self.limit
+    }
 }
 
 impl Stream for EventBound {
@@ -168,17 +230,7 @@ impl Stream for EventBound {
         match self.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 for &byte in chunk.iter() {
-                    // "\r\n\r\n" ends an event too: a lone "\r" is not counted as a line end
-                    // here, so such an event is measured with its "\r"s, a few bytes high.
-                    if byte == b'\n' && self.last == b'\n' {
-                        self.in_event = 0;
-                    } else if byte != b'\r' {
-                        self.in_event += 1;
-                    }
-                    if byte != b'\r' {
-                        self.last = byte;
-                    }
-                    if self.in_event > self.limit {
+                    if !self.within_limit_after(byte) {
                         self.over = true;
                         return Poll::Ready(Some(Err(EventStreamError::TooLarge(self.limit))));
                     }
@@ -252,7 +304,14 @@ impl StreamableHttpClient for SignedMcpClient {
         let session = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let awaits_no_answer = !matches!(message, JsonRpcMessage::Request(_));
         if !status.is_success() {
-            let body = match read_at_most(response, limits.max_json_response_size).await? {
+            // A JSON-RPC error is read whole (within the JSON limit); any other body only as far
+            // as an error message quotes it.
+            let limit = if media.as_deref() == Some(JSON) {
+                limits.max_json_response_size
+            } else {
+                limits.max_error_response_size
+            };
+            let body = match read_at_most(response, limit).await? {
                 Ok(body) => body,
                 Err(prefix) => {
                     return Err(failed(status, &headers, &prefix[..prefix.len().min(limits.max_error_response_size)]));
@@ -360,8 +419,7 @@ mod tests {
 
     fn bound(chunks: &[&'static str], limit: usize) -> Vec<Result<usize, String>> {
         let chunks: Vec<reqwest::Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))).collect();
-        let stream =
-            EventBound { inner: futures_util::stream::iter(chunks).boxed(), limit, in_event: 0, last: 0, over: false };
+        let stream = EventBound::new(futures_util::stream::iter(chunks).boxed(), limit);
         let waker = std::task::Waker::noop();
         let mut stream = std::pin::pin!(stream);
         let mut seen = Vec::new();
@@ -372,10 +430,27 @@ mod tests {
     }
 
     #[test]
+    fn custom_headers_cannot_set_credentials_proofs_or_the_transport_s_fields() {
+        let request = || ClientWithMiddleware::from(reqwest::Client::new()).post("http://127.0.0.1:9/mcp");
+        for name in
+            ["Txn-Token", "workload-identity-token", "Authorization", "signature-input", "Accept", "mcp-session-id"]
+        {
+            let headers = HashMap::from([(HeaderName::try_from(name).unwrap(), HeaderValue::from_static("x"))]);
+            let refused = with_headers(request(), None, headers).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(refused.contains(&name.to_ascii_lowercase()), "{name}: {refused}");
+        }
+        let allowed = HashMap::from([(HeaderName::from_static("x-request-tag"), HeaderValue::from_static("a"))]);
+        assert!(with_headers(request(), None, allowed).is_ok());
+        // A bearer token configured on the transport would replace the WPT: refused.
+        assert!(with_headers(request(), Some("token".into()), HashMap::new()).is_err());
+    }
+
+    #[test]
     fn sse_events_are_bounded_one_by_one_across_chunks() {
         // Two events of 10 bytes each pass a 12-byte limit, split anywhere.
         assert!(bound(&["data: 1234\n", "\n", "data: 5678\n\n"], 12).iter().all(Result::is_ok));
         assert!(bound(&["data: 1234\r\n\r\ndata: 5678\r\n\r\n"], 12).iter().all(Result::is_ok));
+        assert!(bound(&["data: 1234\r", "\rdata: 5678\r\r", "data: 9012\r\n", "\r\n"], 12).iter().all(Result::is_ok));
         // One event of 22 bytes does not, and nothing follows its error.
         let seen = bound(&["data: 1234\n", "data: 5678901\n", "\n", "data: x\n\n"], 12);
         assert_eq!(seen.len(), 2);

@@ -14,7 +14,13 @@
 //! - a `tools/call` without a tool name: `mcp_tool_name_missing`; a name over 128 bytes or
 //!   outside `A-Z a-z 0-9 _ - .`: `mcp_tool_name_invalid`;
 //! - a tool no policy names, or whose policy refuses the caller: the policy's own reason
-//!   (`policy_denied`, `txn_scope_denied`, `txn_delegation_denied`…).
+//!   (`policy_denied`, `txn_scope_denied`, `txn_delegation_denied`…);
+//! - `tasks/*` (a task is reached by its id alone, whoever asks): `policy_denied`;
+//! - a body slower than the deadline (10 s): `body_timeout`.
+//!
+//! Mount the MCP service on its own route (axum's `route_service`), not under `nest_service`:
+//! a nested service sees its path without the prefix, and policies on paths would see another
+//! path than the one `WimseLayer` verified.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,6 +44,9 @@ pub const MAX_TOOL_NAME: usize = 128;
 
 /// The largest MCP message body the guard reads by default (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// How long the guard waits for a body by default (a slow sender holds a buffer no longer).
+pub const DEFAULT_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The header a streamable HTTP client may repeat a request's method in (MCP 2026-07-28).
 const MCP_METHOD_HEADER: &str = "mcp-method";
@@ -236,12 +245,19 @@ fn refusal<B>(id: serde_json::Value, error: &Error) -> Response<Either<B, Full<B
 pub struct McpToolGuardLayer {
     policies: Arc<ToolPolicies>,
     body_limit: usize,
+    body_deadline: std::time::Duration,
 }
 
 impl McpToolGuardLayer {
     /// Guards with `policies`, reading bodies up to [`DEFAULT_BODY_LIMIT`].
     pub fn new(policies: ToolPolicies) -> Self {
-        Self { policies: Arc::new(policies), body_limit: DEFAULT_BODY_LIMIT }
+        Self { policies: Arc::new(policies), body_limit: DEFAULT_BODY_LIMIT, body_deadline: DEFAULT_BODY_DEADLINE }
+    }
+
+    /// How long a body may take to arrive (else `body_timeout`, 408).
+    pub fn body_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.body_deadline = deadline;
+        self
     }
 
     /// The largest body read (a larger one is refused with `body_too_large`, 413).
@@ -255,7 +271,12 @@ impl<S> Layer<S> for McpToolGuardLayer {
     type Service = McpToolGuard<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        McpToolGuard { inner, policies: self.policies.clone(), body_limit: self.body_limit }
+        McpToolGuard {
+            inner,
+            policies: self.policies.clone(),
+            body_limit: self.body_limit,
+            body_deadline: self.body_deadline,
+        }
     }
 }
 
@@ -265,6 +286,7 @@ pub struct McpToolGuard<S> {
     inner: S,
     policies: Arc<ToolPolicies>,
     body_limit: usize,
+    body_deadline: std::time::Duration,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -291,13 +313,19 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let policies = self.policies.clone();
-        let limit = self.body_limit;
+        let (limit, deadline) = (self.body_limit, self.body_deadline);
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let caller = parts.extensions.get::<VerifiedCaller>().cloned();
-            let body = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(error) => {
+            let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
+            let body = match read {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Err(_) => {
+                    let error =
+                        Error::with_detail(ErrorKind::BodyTimeout, format!("no whole MCP message within {deadline:?}"));
+                    return Ok(refuse(serde_json::Value::Null, caller.as_ref(), &error));
+                }
+                Ok(Err(error)) => {
                     let error = if error.is::<http_body_util::LengthLimitError>() {
                         Error::with_detail(ErrorKind::BodyTooLarge, format!("an MCP message over {limit} bytes"))
                     } else {
@@ -312,11 +340,24 @@ where
                         Some(caller) => {
                             policies.check(caller, &name, parts.uri.path()).map_err(|e| (id, e)).map(|()| Some(name))
                         }
+                        // Misplaced (outside WimseLayer, or behind an optional one): closed.
                         None => Err((
                             id,
-                            Error::with_detail(ErrorKind::MissingWit, "the MCP server requires a verified caller"),
+                            Error::with_detail(
+                                ErrorKind::InvalidConfiguration,
+                                "McpToolGuardLayer has no verified caller: place it inside a WimseLayer that is not optional",
+                            ),
                         )),
                     },
+                    // Tasks are reached by their id alone, whoever asks: a task of a tool the
+                    // caller may not call would hand over its result. Not served.
+                    Ok(Message::Other { id, method: Some(method) }) if method.starts_with("tasks/") => Err((
+                        id,
+                        Error::with_detail(
+                            ErrorKind::PolicyDenied,
+                            format!("`{method}`: MCP tasks are not served behind McpToolGuardLayer"),
+                        ),
+                    )),
                     Ok(Message::Other { method, .. }) => {
                         tracing::trace!(
                             method = method.as_deref().unwrap_or("(response)"),

@@ -95,8 +95,7 @@ async fn agent(deployment: &Deployment, base: &str, id: &str, txn: Option<String
 }
 
 async fn agent_with(signing: WimseSignMiddleware, base: &str, txn: Option<String>) -> Agent {
-    let http = ClientBuilder::new(reqwest::Client::new()).with(signing.trust_domain_origins([base])).build();
-    let mut client = SignedMcpClient::new(http);
+    let mut client = SignedMcpClient::from_middleware(signing.trust_domain_origins([base])).unwrap();
     if let Some(txn) = txn {
         client = client.txn_token(TxnToken(txn));
     }
@@ -378,4 +377,95 @@ async fn cedar_policies_decide_tool_calls_by_name() {
     let refused = booker.call_tool(call("search", "Oslo")).await.expect_err("no read delegation");
     assert_eq!(reason(&refused), "policy_denied", "{refused}");
     let _ = booker.cancel().await;
+}
+
+/// Serves the tools with `guard` but without `WimseLayer` in front (a misplaced guard).
+async fn serve_unguarded() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mcp = StreamableHttpService::new(
+        || Ok(Travel),
+        NeverSessionManager::default().into(),
+        server_config([listener.local_addr().unwrap().to_string()]),
+    );
+    let guard = McpToolGuardLayer::new(ToolPolicies::new().others(Policy::allow_all()))
+        .body_deadline(std::time::Duration::from_millis(300));
+    let service = tower::ServiceBuilder::new().layer(guard).service(mcp);
+    tokio::spawn(async move { axum::serve(listener, Router::new().route_service("/mcp", service)).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn a_guard_without_a_verified_caller_fails_closed_and_slow_bodies_time_out() {
+    let base = serve_unguarded().await;
+    let call =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"city":"Oslo"}}}"#;
+    let (status, answer) = post(&base, &http::HeaderMap::new(), call).await;
+    assert_eq!((status, answer["error"]["data"]["reason"].as_str()), (500, Some("invalid_configuration")), "{answer}");
+
+    // A body announced and never sent: the guard stops waiting at its deadline.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_exact(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(&answer[9..12], b"408", "{}", String::from_utf8_lossy(&answer));
+}
+
+#[tokio::test]
+async fn mcp_tasks_are_not_served_behind_the_guard() {
+    let deployment = Deployment::new();
+    let base = serve(&deployment).await;
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[AGENT]);
+    for method in ["tasks/get", "tasks/result", "tasks/cancel", "tasks/list"] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":9,"method":"{method}","params":{{"taskId":"0b2f"}}}}"#);
+        let headers = signed(&deployment, &base, AGENT, &txn, &body).await;
+        let (status, answer) = post(&base, &headers, &body).await;
+        assert_eq!(
+            (status, answer["error"]["data"]["reason"].as_str()),
+            (403, Some("policy_denied")),
+            "{method}: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_agent_never_follows_a_redirect_to_another_origin() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let deployment = Deployment::new();
+    // Elsewhere: counts what reaches it, and whether a Txn-Token or a WIT came along.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_url = format!("http://{}/mcp", elsewhere.local_addr().unwrap());
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counted = reached.clone();
+    let catcher = axum::routing::any(move |headers: http::HeaderMap| async move {
+        assert!(headers.get("txn-token").is_none() && headers.get("workload-identity-token").is_none());
+        counted.fetch_add(1, Ordering::SeqCst);
+        "caught"
+    });
+    tokio::spawn(async move { axum::serve(elsewhere, Router::new().route("/mcp", catcher)).await.unwrap() });
+    // The tool server's origin answers every request with a redirect there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let target = elsewhere_url.clone();
+    let redirect = axum::routing::any(move || {
+        let target = target.clone();
+        async move { (http::StatusCode::TEMPORARY_REDIRECT, [(http::header::LOCATION, target)]) }
+    });
+    tokio::spawn(async move { axum::serve(listener, Router::new().route("/mcp", redirect)).await.unwrap() });
+    let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[AGENT]);
+    let signing = WimseSignMiddleware::new(deployment.signer(AGENT)).trust_domain_origins([base.as_str()]);
+    let client = SignedMcpClient::from_middleware(signing).unwrap().txn_token(TxnToken(txn));
+    let started = ClientConfig::default().serve(client.transport(format!("{base}/mcp"))).await;
+    let Err(error) = started.map(drop) else { panic!("a redirect elsewhere is not followed") };
+    assert!(error.to_string().contains("307"), "{error}");
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "nothing reached the other origin");
 }

@@ -631,7 +631,8 @@ type McpAgent = rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::Cli
 async fn mcp_agent(signer: Signer, tools: &str, txn: &str) -> Result<McpAgent, Error> {
     use rmcp::ServiceExt;
     let origin = tools.trim_end_matches("/mcp");
-    let signed = wimse_mcp::SignedMcpClient::new(client(signer, &[origin])).txn_token(TxnToken(txn.to_owned()));
+    let signing = WimseSignMiddleware::new(signer).trust_domain_origins([origin]);
+    let signed = wimse_mcp::SignedMcpClient::from_middleware(signing)?.txn_token(TxnToken(txn.to_owned()));
     Ok(rmcp::model::ClientConfig::default().serve(signed.transport(tools.to_owned())).await?)
 }
 

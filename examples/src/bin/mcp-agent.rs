@@ -47,8 +47,9 @@ async fn main() -> Result<(), Error> {
     let txn = TxnToken(std::fs::read_to_string(dir.join("alice.txn"))?);
     // Txn-Tokens go only to the trust domain's origins: here, the tool server.
     let signing = WimseSignMiddleware::new(Signer::new(credentials)).trust_domain_origins([origin.as_str()]);
-    let http = ClientBuilder::new(reqwest::Client::new()).with(signing).build();
-    let agent = ClientConfig::default().serve(SignedMcpClient::new(http).txn_token(txn).transport(url.clone())).await?;
+    // Redirects only within the origin: the credentials never follow one elsewhere.
+    let client = SignedMcpClient::from_middleware(signing)?.txn_token(txn);
+    let agent = ClientConfig::default().serve(client.transport(url.clone())).await?;
 
     let tools = agent.list_tools(Default::default()).await?;
     let names: Vec<&str> = tools.tools.iter().map(|t| t.name.as_ref()).collect();

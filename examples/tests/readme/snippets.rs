@@ -249,7 +249,6 @@ mod agents {
 
 #[allow(dead_code)]
 mod mcp {
-    use reqwest_middleware::ClientWithMiddleware;
     use rmcp::handler::server::tool::Extension;
     use rmcp::model::{CallToolRequestParams, ClientConfig};
     use rmcp::transport::streamable_http_server::StreamableHttpService;
@@ -259,6 +258,7 @@ mod mcp {
     use wimse_core::prelude::*;
     use wimse_core::protocol::txn::TxnToken;
     use wimse_mcp::{McpToolGuardLayer, SignedMcpClient, ToolPolicies, server_config, verified_caller};
+    use wimse_reqwest::WimseSignMiddleware;
 
     #[derive(Clone)]
     struct Travel;
@@ -288,8 +288,9 @@ mod mcp {
         Ok(axum::Router::new().route_service("/mcp", service))
     }
 
-    async fn agent(http: ClientWithMiddleware, txn: String) -> Result<String, Box<dyn std::error::Error>> {
-        let client = SignedMcpClient::new(http).txn_token(TxnToken(txn));
+    async fn agent(signing: WimseSignMiddleware, txn: String) -> Result<String, Box<dyn std::error::Error>> {
+        // Redirects within the origin only: the WIT and the Txn-Token never follow one elsewhere.
+        let client = SignedMcpClient::from_middleware(signing)?.txn_token(TxnToken(txn));
         let agent = ClientConfig::default().serve(client.transport("https://tools.prod.example/mcp")).await?;
         let found = agent.call_tool(CallToolRequestParams::new("search")).await?;
         Ok(format!("{:?}", found.content))
@@ -301,7 +302,12 @@ mod mcp {
         let trust = TrustStore::new();
         let verifier = Verifier::new(trust, VerifierConfig::new().origin("https://tools.prod.example")).unwrap();
         assert!(travel_tools(verifier).is_ok());
-        let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
-        assert!(agent(http, "eyJ...".into()).await.is_err());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let key = SigningKey::generate(Algorithm::ES256).unwrap();
+        let wit = wimse_core::protocol::wit::WitIssuer::new(SigningKey::generate(Algorithm::ES256).unwrap())
+            .issue(&"spiffe://prod.example/agents/planner".parse().unwrap(), key.public_jwk(), now)
+            .unwrap();
+        let signer = Signer::new(StaticCredentials::new(Credentials::new(wit, key).unwrap()));
+        assert!(agent(WimseSignMiddleware::new(signer), "eyJ...".into()).await.is_err());
     }
 }

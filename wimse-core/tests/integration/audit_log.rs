@@ -31,8 +31,8 @@ fn event(i: usize) -> AuditEvent {
         actors: vec!["spiffe://prod.example/agents/planner".into()],
         action: Some("POST".into()),
         resource: Some("/orders".into()),
-        decision: if i % 3 == 0 { "deny".into() } else { "allow".into() },
-        reason: (i % 3 == 0).then(|| "policy_denied".into()),
+        decision: if i.is_multiple_of(3) { "deny".into() } else { "allow".into() },
+        reason: i.is_multiple_of(3).then(|| "policy_denied".into()),
         ..Default::default()
     }
 }
@@ -76,7 +76,10 @@ fn an_untouched_log_is_intact_and_signed_to_its_end() {
     let head = std::fs::read(dir.join("orders.audit.jsonl.head")).unwrap();
     let report = verify(&lines, key.public_key(), Some(&head));
     assert!(report.is_intact(), "{:?}", report.findings);
-    assert_eq!((report.records, report.checkpoints, report.signed_through, report.unsigned_tail, report.closed), (15, 3, Some(14), 0, true));
+    assert_eq!(
+        (report.records, report.checkpoints, report.signed_through, report.unsigned_tail, report.closed),
+        (15, 3, Some(14), 0, true)
+    );
     // The format: each record names the hash of the line before it.
     let second: serde_json::Value = serde_json::from_slice(&lines[1]).unwrap();
     assert_eq!(second["prev"], line_hash(&lines[0]));
@@ -138,7 +141,10 @@ fn each_kind_of_tampering_is_found_where_it_happened() {
     assert!(found.contains(&(6, FindingKind::BadCheckpoint)), "{found:?}");
     let stranger = SigningKey::generate(Algorithm::ES256).unwrap();
     let report = verify(&original, stranger.public_key(), None);
-    assert!(report.findings.iter().all(|f| f.kind == FindingKind::UnknownKey) && report.findings.len() == 3, "{report:?}");
+    assert!(
+        report.findings.iter().all(|f| f.kind == FindingKind::UnknownKey) && report.findings.len() == 3,
+        "{report:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -169,7 +175,8 @@ fn a_restart_continues_the_chain_and_a_rotation_splits_it_across_files() {
     let report = check(files, std::slice::from_ref(key.public_key()), None);
     assert!(report.is_intact() && report.closed, "{report:?}");
     // The newer file alone starts mid-chain: not a finding, but said.
-    let alone = check(vec![("new".to_owned(), BufReader::new(&newer[..]))], std::slice::from_ref(key.public_key()), None);
+    let alone =
+        check(vec![("new".to_owned(), BufReader::new(&newer[..]))], std::slice::from_ref(key.public_key()), None);
     assert!(alone.is_intact() && alone.first_seq > Some(0), "{alone:?}");
     // Given in the wrong order, the files do not chain.
     let files = vec![("new".to_owned(), BufReader::new(&newer[..])), ("old".to_owned(), BufReader::new(&older[..]))];
@@ -189,7 +196,8 @@ fn a_log_cut_mid_record_is_not_continued() {
     let refused = AuditLog::open(&path, SERVICE, key.clone(), AuditOptions::default()).unwrap_err();
     assert_eq!(refused.reason(), "audit_log_unavailable");
     assert!(refused.detail().unwrap().contains("not a whole record"), "{refused:?}");
-    let report = check(vec![("log".to_owned(), BufReader::new(&text[..]))], std::slice::from_ref(key.public_key()), None);
+    let report =
+        check(vec![("log".to_owned(), BufReader::new(&text[..]))], std::slice::from_ref(key.public_key()), None);
     assert_eq!(kinds(&report).last(), Some(&(4, FindingKind::NotARecord)), "{report:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

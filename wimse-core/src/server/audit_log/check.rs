@@ -87,8 +87,12 @@ fn verify_checkpoint(record: &AuditRecord, keys: &[PublicKey]) -> Result<(), (Fi
     }
     let claims: CheckpointClaims = serde_json::from_value(serde_json::Value::Object(parsed.claims))
         .map_err(|_| bad("the signature's payload is not a checkpoint"))?;
-    let expected =
-        CheckpointClaims { service: record.service.clone(), seq: record.seq, prev: record.prev.clone(), ts_ms: record.ts_ms };
+    let expected = CheckpointClaims {
+        service: record.service.clone(),
+        seq: record.seq,
+        prev: record.prev.clone(),
+        ts_ms: record.ts_ms,
+    };
     if claims != expected {
         return Err(bad("the signature is for another checkpoint (its record was changed)"));
     }
@@ -120,7 +124,12 @@ pub fn check<R: BufRead>(files: Vec<(String, R)>, keys: &[PublicKey], head: Opti
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => {
-                    report.findings.push(Finding { file: name.clone(), line: 0, kind: FindingKind::Unreadable, message: e.to_string() });
+                    report.findings.push(Finding {
+                        file: name.clone(),
+                        line: 0,
+                        kind: FindingKind::Unreadable,
+                        message: e.to_string(),
+                    });
                     break;
                 }
             }
@@ -189,16 +198,29 @@ fn chain_problem(chain: &Chain, record: &AuditRecord, line: usize) -> Option<(Fi
     let expected = prev_seq + 1;
     if &record.prev == prev_hash {
         return (record.seq != expected).then(|| {
-            (FindingKind::Changed, format!("line {line} was changed: its number is {}, {expected} expected", record.seq))
+            (
+                FindingKind::Changed,
+                format!("line {line} was changed: its number is {}, {expected} expected", record.seq),
+            )
         });
     }
     Some(if record.seq == expected {
         (FindingKind::Changed, format!("line {} was changed: line {line} names another hash for it", line - 1))
     } else if record.seq > expected {
-        let missing = if record.seq - 1 == expected { format!("record {expected} is") } else { format!("records {expected} to {} are", record.seq - 1) };
+        let missing = if record.seq - 1 == expected {
+            format!("record {expected} is")
+        } else {
+            format!("records {expected} to {} are", record.seq - 1)
+        };
         (FindingKind::Missing, format!("{missing} missing before line {line}: deleted"))
     } else {
-        (FindingKind::Reordered, format!("line {line} (record {}) comes after record {prev_seq}: records were reordered or repeated", record.seq))
+        (
+            FindingKind::Reordered,
+            format!(
+                "line {line} (record {}) comes after record {prev_seq}: records were reordered or repeated",
+                record.seq
+            ),
+        )
     })
 }
 
@@ -229,7 +251,10 @@ fn check_head(report: &mut Report, chain: &Chain, head: &[u8], keys: &[PublicKey
         ),
         _ => (
             FindingKind::Truncated,
-            format!("the log ends at {last}, before its newest checkpoint (record {}, in the head file): the tail was cut", record.seq),
+            format!(
+                "the log ends at {last}, before its newest checkpoint (record {}, in the head file): the tail was cut",
+                record.seq
+            ),
         ),
     };
     report.findings.push(head_finding(kind, message));

@@ -38,7 +38,12 @@ pub struct AuditOptions {
 
 impl Default for AuditOptions {
     fn default() -> Self {
-        Self { checkpoint_every: 1_000, checkpoint_interval: Duration::from_secs(10), queue: 65_536, when_full: WhenFull::Drop }
+        Self {
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_secs(10),
+            queue: 65_536,
+            when_full: WhenFull::Drop,
+        }
     }
 }
 
@@ -153,7 +158,12 @@ fn resume(path: &Path) -> Result<(u64, String)> {
     file.seek(SeekFrom::Start(start))
         .and_then(|_| file.read_to_end(&mut tail))
         .map_err(|e| unavailable(format!("audit log {}: {e}", path.display())))?;
-    let cut = || unavailable(format!("audit log {}: its last line is not a whole record (changed or cut); move it away to start a new log", path.display()));
+    let cut = || {
+        unavailable(format!(
+            "audit log {}: its last line is not a whole record (changed or cut); move it away to start a new log",
+            path.display()
+        ))
+    };
     let Some(body) = tail.strip_suffix(b"\n") else { return Err(cut()) };
     let last = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
     let record: AuditRecord = serde_json::from_slice(last).map_err(|_| cut())?;
@@ -235,8 +245,12 @@ impl Writer {
         let signed = match kind {
             RecordKind::Decision => record,
             RecordKind::Checkpoint | RecordKind::Close => {
-                let claims =
-                    CheckpointClaims { service: record.service.clone(), seq: record.seq, prev: record.prev.clone(), ts_ms };
+                let claims = CheckpointClaims {
+                    service: record.service.clone(),
+                    seq: record.seq,
+                    prev: record.prev.clone(),
+                    ts_ms,
+                };
                 let kid = self.key.public_key().thumbprint().to_owned();
                 let signature = jws::sign(CHECKPOINT_TYPE, Some(&kid), &claims, &self.key, Backend::default())?;
                 AuditRecord { signature: Some(signature), ..record }
