@@ -374,7 +374,10 @@ impl FromRequest for Transaction {
         let caller = extensions.get::<VerifiedCaller>();
         ready(caller.and_then(VerifiedCaller::shared_transaction).map(Transaction).ok_or_else(|| {
             let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
-            wimse_core::server::audit::rejected("none", caller.map(VerifiedCaller::id), &error);
+            match caller {
+                Some(caller) => wimse_core::server::audit::refused(caller, &error),
+                None => wimse_core::server::audit::rejected("none", None, &error),
+            }
             error.into()
         }))
     }

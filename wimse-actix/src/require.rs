@@ -102,11 +102,10 @@ where
                 Box::pin(async move { service.call(req).await.map(ServiceResponse::map_into_left_body) })
             }
             Err((caller, error)) => {
-                wimse_core::server::audit::rejected(
-                    caller.as_ref().map_or("none", |c| c.method().name()),
-                    caller.as_ref().map(VerifiedCaller::id),
-                    &error,
-                );
+                match &caller {
+                    Some(caller) => wimse_core::server::audit::refused(caller, &error),
+                    None => wimse_core::server::audit::rejected("none", None, &error),
+                }
                 let response = crate::rejection_response(&Rejection::from_error(&error));
                 Box::pin(ready(Ok(req.into_response(response).map_into_right_body())))
             }

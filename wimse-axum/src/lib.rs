@@ -134,11 +134,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Transaction {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         transaction(parts).ok_or_else(|| {
             let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
-            wimse_core::server::audit::rejected(
-                "none",
-                parts.extensions.get::<VerifiedCaller>().map(VerifiedCaller::id),
-                &error,
-            );
+            match parts.extensions.get::<VerifiedCaller>() {
+                Some(caller) => wimse_core::server::audit::refused(caller, &error),
+                None => wimse_core::server::audit::rejected("none", None, &error),
+            }
             WimseRejection::from(error)
         })
     }

@@ -338,7 +338,13 @@ where
                 let decision = match read_message(&body, &parts.headers) {
                     Ok(Message::ToolCall { id, name }) => match &caller {
                         Some(caller) => {
-                            policies.check(caller, &name, parts.uri.path()).map_err(|e| (id, e)).map(|()| Some(name))
+                            // Recorded as a decision on the tool (the layer recorded the POST).
+                            let decided = policies.check(caller, &name, parts.uri.path());
+                            wimse_core::server::audit::decided(caller, &format!("tool:{name}"), decided.as_ref().err());
+                            match decided {
+                                Ok(()) => Ok(Some(name)),
+                                Err(error) => return Ok(refusal(id, &error)),
+                            }
                         }
                         // Misplaced (outside WimseLayer, or behind an optional one): closed.
                         None => Err((
@@ -387,11 +393,10 @@ fn refuse<B>(
     caller: Option<&VerifiedCaller>,
     error: &Error,
 ) -> Response<Either<B, Full<Bytes>>> {
-    wimse_core::server::audit::rejected(
-        caller.map_or("none", |c| c.method().name()),
-        caller.map(VerifiedCaller::id),
-        error,
-    );
+    match caller {
+        Some(caller) => wimse_core::server::audit::refused(caller, error),
+        None => wimse_core::server::audit::rejected("none", None, error),
+    }
     refusal(id, error)
 }
 

@@ -72,12 +72,10 @@ where
             Err(e) => {
                 // The route's own decision, logged like the layer's (the caller may have
                 // passed the layer: this event is the request's final one).
-                let caller = req.extensions().get::<VerifiedCaller>();
-                wimse_core::server::audit::rejected(
-                    caller.map_or("none", |c| c.method().name()),
-                    caller.map(VerifiedCaller::id),
-                    &e,
-                );
+                match req.extensions().get::<VerifiedCaller>() {
+                    Some(caller) => wimse_core::server::audit::refused(caller, &e),
+                    None => wimse_core::server::audit::rejected("none", None, &e),
+                }
                 WimseResponseFuture::rejected(rejection_response(Rejection::from_error(&e), grpc))
             }
         }

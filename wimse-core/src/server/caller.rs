@@ -38,6 +38,16 @@ pub enum ProofMethod {
 }
 
 impl ProofMethod {
+    /// The proof's own id: a WPT's `jti`, a signature's `nonce` (none for mutual TLS). Unique
+    /// per request and signed by the caller: what the audit log names a request by.
+    pub fn proof_id(&self) -> Option<&str> {
+        match self {
+            ProofMethod::Wpt { jti, .. } => Some(jti),
+            ProofMethod::HttpSignature { nonce, .. } => Some(nonce),
+            ProofMethod::MutualTls { .. } => None,
+        }
+    }
+
     /// `"wpt"` or `"http-signature"`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -58,6 +68,8 @@ pub struct VerifiedCaller {
     pub(crate) txn_token: Option<String>,
     pub(crate) transaction: Option<Arc<VerifiedTxnToken>>,
     pub(crate) context_tokens: BTreeMap<String, String>,
+    /// Where this request's decisions are recorded, when its verifier keeps an audit log.
+    pub(crate) audit: Option<Arc<crate::server::audit_log::AuditContext>>,
 }
 
 impl std::fmt::Debug for VerifiedCaller {
@@ -124,6 +136,7 @@ impl TlsPeer {
             txn_token: None,
             transaction: None,
             context_tokens: BTreeMap::new(),
+            audit: None,
         }))
     }
 }
@@ -228,7 +241,7 @@ impl PendingCaller {
             let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
             if let Err(error) = crate::protocol::httpsig::check_content(&digests, body) {
                 let error = error.in_signature_mode();
-                crate::server::audit::rejected(self.caller.method.name(), Some(&self.caller.id), &error);
+                crate::server::audit::refused(&self.caller, &error);
                 return Err(error);
             }
         }

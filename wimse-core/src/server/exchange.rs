@@ -195,8 +195,10 @@ impl SignedExchange<'_> {
                     .in_signature_mode()
             }
         };
-        let caller = self.pending.as_ref().map(PendingCaller::id);
-        crate::server::audit::rejected("http-signature", caller, &error);
+        match &self.pending {
+            Some(pending) => crate::server::audit::refused(&pending.caller, &error),
+            None => crate::server::audit::rejected("http-signature", None, &error),
+        }
         error
     }
 

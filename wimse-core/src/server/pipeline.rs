@@ -321,14 +321,14 @@ impl Pipeline {
                 ErrorKind::TlsPeerMismatch,
                 format!("TLS peer {}, request credentials {}", peer.caller().id(), pending.id()),
             );
-            audit::rejected(pending.method().name(), Some(pending.id()), &error);
+            audit::refused(&pending.caller, &error);
             return Err(error);
         }
         if let Err(error) = self.policy_for(request.path).and_then(|policy| match policy {
             Some(policy) => policy.check_request(&pending.caller, request.method, request.path),
             None => Ok(()),
         }) {
-            audit::rejected(pending.method().name(), Some(pending.id()), &error);
+            audit::refused(&pending.caller, &error);
             return Err(error);
         }
         Ok(Some(pending))
@@ -342,6 +342,7 @@ impl Pipeline {
         request: &RequestView<'_, H>,
     ) -> Result<PendingCaller> {
         let mut pending = PendingCaller::from(peer);
+        pending.caller.audit = self.verifier.audit_context(request.method, request.path);
         let checked = crate::server::framing::single_value(
             request.headers,
             crate::draft::TXN_TOKEN_HEADER,
@@ -353,7 +354,7 @@ impl Pipeline {
             self.verifier.attach_transaction(&mut pending.caller)
         });
         if let Err(error) = checked {
-            audit::rejected(pending.method().name(), Some(pending.id()), &error);
+            audit::refused(&pending.caller, &error);
             return Err(error);
         }
         Ok(pending)
@@ -419,6 +420,7 @@ mod tests {
             txn_token: None,
             transaction: None,
             context_tokens: BTreeMap::new(),
+            audit: None,
         };
         let plain = Pipeline::new(verifier.clone());
         assert_eq!(
@@ -519,6 +521,7 @@ mod tests {
             txn_token: None,
             transaction: None,
             context_tokens: Default::default(),
+            audit: None,
         };
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
         // WIT exp 1050 + leeway 5, now 1000: 55 s.

@@ -367,6 +367,7 @@ pub struct Verifier {
     replay: Arc<dyn ReplayStore>,
     quota: Arc<CallerQuota>,
     clock: Arc<dyn Clock>,
+    audit_log: Option<crate::server::audit_log::AuditLog>,
 }
 
 impl fmt::Debug for Verifier {
@@ -432,6 +433,7 @@ impl Verifier {
             wpt_validation: Arc::new(wpt_validation),
             replay: Arc::new(InMemoryReplayStore::default()),
             clock: Arc::new(SystemClock),
+            audit_log: None,
         })
     }
 
@@ -457,6 +459,28 @@ impl Verifier {
         self.txn_keys = Some(keys);
         self.txn_cache = Arc::new(TokenCache::new(txn_cache_capacity(&self.config)));
         self
+    }
+
+    /// Records every decision on the requests this verifier authenticates in `log` (the
+    /// verifier's, the pipeline's and the adapters' decisions on the caller): a tamper-evident
+    /// audit trail ([`audit_log`](crate::server::audit_log)).
+    pub fn audit_log(mut self, log: crate::server::audit_log::AuditLog) -> Self {
+        self.audit_log = Some(log);
+        self
+    }
+
+    /// Where the decisions on a request for `method` and `path` are recorded, if anywhere.
+    pub(crate) fn audit_context(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Option<Arc<crate::server::audit_log::AuditContext>> {
+        let log = self.audit_log.as_ref()?;
+        Some(Arc::new(crate::server::audit_log::AuditContext {
+            log: log.clone(),
+            action: method.to_owned(),
+            resource: path.split('?').next().unwrap_or_default().to_owned(),
+        }))
     }
 
     /// Uses another clock.
@@ -495,8 +519,19 @@ impl Verifier {
             self.attach_transaction(&mut pending.caller)?;
             Ok(pending)
         });
-        if let Err(error) = &result {
-            audit::rejected(if signed { "http-signature" } else { "wpt" }, None, error);
+        match &result {
+            Err(error) => {
+                let mode = if signed { "http-signature" } else { "wpt" };
+                audit::rejected(mode, None, error);
+                if let Some(log) = &self.audit_log {
+                    audit::log_unverified(log, mode, request.method, request.path, error);
+                }
+            }
+            Ok(_) => {}
+        }
+        let mut result = result;
+        if let Ok(pending) = &mut result {
+            pending.caller.audit = self.audit_context(request.method, request.path);
         }
         result
     }
@@ -557,7 +592,7 @@ impl Verifier {
             return Confirm::done(Err(settle_rejection(&caller, error)));
         }
         let Some(claim) = claim else {
-            audit::allowed(caller.method.name(), &caller.id, caller.transaction().map(|t| t.txn()));
+            audit::admitted(&caller);
             return Confirm::done(Ok(caller));
         };
         let now = self.clock.now();
@@ -718,6 +753,7 @@ impl Verifier {
             txn_token: txn_token.map(str::to_owned),
             transaction: None,
             context_tokens: context.into_iter().map(|(k, v)| (k, v.to_owned())).collect(),
+            audit: None,
         }
     }
 
@@ -771,7 +807,7 @@ fn settle_rejection(caller: &VerifiedCaller, error: Error) -> Error {
         ProofMethod::HttpSignature { .. } => error.in_signature_mode(),
         _ => error,
     };
-    audit::rejected(caller.method.name(), Some(&caller.id), &error);
+    audit::refused(caller, &error);
     error
 }
 
@@ -806,7 +842,7 @@ impl Waiting {
         })?;
         match result {
             Ok(()) => {
-                audit::allowed(caller.method.name(), &caller.id, caller.transaction().map(|t| t.txn()));
+                audit::admitted(&caller);
                 Ok(caller)
             }
             Err(error) => {

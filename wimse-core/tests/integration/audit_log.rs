@@ -228,3 +228,74 @@ fn a_full_queue_drops_and_counts_or_refuses_as_configured() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A verifier with an audit log records each decision on the requests it sees: the allowed
+/// caller with its transaction and delegation chain, a refusal before any caller was verified,
+/// and a policy's refusal; each named by the proof's id.
+#[test]
+fn a_verifier_records_every_decision_in_its_audit_log() {
+    use crate::common::*;
+    use http::HeaderValue;
+    use wimse_core::prelude::*;
+    use wimse_core::protocol::txn::{NewTxnToken, TxnTokenIssuer, TxnTokenValidation};
+    use wimse_core::server::pipeline::Pipeline;
+
+    let dir = dir("verifier");
+    let f = Fixture::new();
+    let audit_key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    let log = AuditLog::open(&path, SERVICE, audit_key.clone(), AuditOptions::default()).unwrap();
+    let domain: TrustDomain = "spiffe://prod.example".parse().unwrap();
+    let verifier =
+        f.verifier_with(f.config().txn_tokens(TxnTokenValidation::new(domain.clone()))).audit_log(log.clone());
+
+    // Allowed, in alice's transaction, with an agent acting for her.
+    let mut token = NewTxnToken::new("alice", "orders.read").requested_by("spiffe://prod.example/front");
+    token.actors = vec!["spiffe://prod.example/agents/planner".parse().unwrap()];
+    let txn = TxnTokenIssuer::new(f.issuer_key.clone(), &domain).issue(&token, NOW - 5).unwrap();
+    let wpt = WptBuilder::new(&f.workload_key, &f.wit, &format!("{ORIGIN}{PATH}")).txn_token(&txn).sign(NOW).unwrap();
+    let mut headers = f.headers(&f.wit, &wpt);
+    headers.insert("txn-token", HeaderValue::from_str(&txn).unwrap());
+    let caller = verifier.verify_sync(&RequestView::new(PATH, &headers).method("POST")).unwrap();
+    // Refused before any caller: no proof.
+    let mut bare = http::HeaderMap::new();
+    bare.insert("workload-identity-token", HeaderValue::from_str(&f.wit).unwrap());
+    assert!(verifier.verify_sync(&RequestView::new("/refunds?id=7", &bare)).is_err());
+    // Refused by the pipeline's policy.
+    let pipeline = Pipeline::new(verifier.clone()).policy(Policy::named("nobody"));
+    let fresh = f.headers(&f.wit, &f.wpt());
+    assert!(pipeline.admit(&RequestView::new(PATH, &fresh), None).is_err());
+    log.close().unwrap();
+
+    let records: Vec<serde_json::Value> = lines(&path).iter().map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let decisions: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "decision").collect();
+    assert_eq!(decisions.len(), 3, "{records:?}");
+    let allowed = decisions[0];
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["caller"], f.id.as_str());
+    assert_eq!(
+        (allowed["action"].as_str(), allowed["resource"].as_str(), allowed["proof"].as_str()),
+        (Some("POST"), Some(PATH), Some("wpt"))
+    );
+    assert_eq!(
+        (allowed["subject"].as_str(), allowed["actors"][0].as_str()),
+        (Some("alice"), Some("spiffe://prod.example/agents/planner"))
+    );
+    let verified = caller.transaction().unwrap();
+    assert_eq!(allowed["txn"], verified.txn());
+    assert_eq!(allowed["request_id"].as_str(), caller.method().proof_id());
+    let unverified = decisions[1];
+    assert_eq!(
+        (unverified["decision"].as_str(), unverified["reason"].as_str(), unverified["resource"].as_str()),
+        (Some("deny"), Some("missing_wpt"), Some("/refunds"))
+    );
+    assert!(unverified.get("caller").is_none(), "{unverified}");
+    let by_policy = decisions[2];
+    assert_eq!(
+        (by_policy["decision"].as_str(), by_policy["reason"].as_str(), by_policy["caller"].as_str()),
+        (Some("deny"), Some("policy_denied"), Some(f.id.as_str()))
+    );
+    // And the log verifies.
+    assert!(verify(&lines(&path), audit_key.public_key(), None).is_intact());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -120,3 +120,27 @@ struct CheckpointClaims {
 pub fn line_hash(line: &[u8]) -> String {
     crate::jose::b64url_encode(Sha256::digest(line))
 }
+
+/// Where a verified request's decisions go: its verifier's log, and the request's action and
+/// resource (method and path without query) as the verifier saw them.
+#[derive(Clone)]
+pub(crate) struct AuditContext {
+    pub(crate) log: AuditLog,
+    pub(crate) action: String,
+    pub(crate) resource: String,
+}
+
+impl std::fmt::Debug for AuditContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditContext").field("action", &self.action).field("resource", &self.resource).finish()
+    }
+}
+
+/// Two callers are equal whichever log records them.
+impl PartialEq for AuditContext {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.action, &self.resource) == (&other.action, &other.resource)
+    }
+}
+
+impl Eq for AuditContext {}
