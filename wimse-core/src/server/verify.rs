@@ -519,15 +519,12 @@ impl Verifier {
             self.attach_transaction(&mut pending.caller)?;
             Ok(pending)
         });
-        match &result {
-            Err(error) => {
-                let mode = if signed { "http-signature" } else { "wpt" };
-                audit::rejected(mode, None, error);
-                if let Some(log) = &self.audit_log {
-                    audit::log_unverified(log, mode, request.method, request.path, error);
-                }
+        if let Err(error) = &result {
+            let mode = if signed { "http-signature" } else { "wpt" };
+            audit::rejected(mode, None, error);
+            if let Some(log) = &self.audit_log {
+                audit::log_unverified(log, mode, request.method, request.path, error);
             }
-            Ok(_) => {}
         }
         let mut result = result;
         if let Ok(pending) = &mut result {
