@@ -28,10 +28,25 @@ fn call_chain_runs_end_to_end() {
         "ok: re-delegating beyond two actors is refused",
         "[orders] WIT-SVID from the node agent at unix://",
         "ok: the chain succeeds with WIT-SVIDs from the agent",
+        "ok: billing's audit log verifies",
+        "log of spiffe://prod.example/tools: verified",
+        " | POST /orders | wpt | allow",
+        " | POST /record | mtls | allow",
+        " | tool:refund /mcp | wpt | deny (txn_scope_denied) | agents spiffe://prod.example/agents/planner",
+        "ok: the audit logs trace the transaction through its hops",
         "all hops behaved as expected",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in\n{stdout}");
     }
+    // The picture: SVG where Graphviz is installed (required in CI), else the DOT file.
+    let picture = stdout.lines().find_map(|l| l.split_once("as a picture: ").map(|(_, p)| p.to_owned())).unwrap();
+    if std::env::var("WIMSE_REQUIRE_GRAPHVIZ").is_ok_and(|v| v == "1") {
+        assert!(picture.ends_with(".svg"), "{picture}");
+    } else if picture.ends_with(".dot") {
+        eprintln!("skipped: graphviz not found (the demo wrote DOT)");
+    }
+    let drawn = std::fs::read_to_string(&picture).unwrap();
+    assert!(drawn.contains("spiffe://prod.example/orders"), "{drawn}");
     // The hop through a Python service behind nginx and the gateway, unless nginx or python3
     // is missing (then it says so, and CI, which requires both, fails).
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1,13 +1,12 @@
 //! `wimse audit verify | trace`: tamper-evident audit logs (`wimse_core::server::audit_log`).
 
-use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 use wimse_core::jose::{Jwk, PublicKey};
-use wimse_core::server::audit_log::{AuditRecord, RecordKind, Report, check};
+use wimse_core::server::audit_log::{Report, check};
 
 use crate::CliResult;
 
@@ -119,84 +118,20 @@ pub(crate) fn verify(args: VerifyArgs) -> CliResult {
     }
 }
 
-/// One hop of a transaction: a decision record, with the service that wrote it.
-struct Hop {
-    record: AuditRecord,
-}
-
-impl Hop {
-    fn get<'a>(&'a self, field: impl Fn(&'a wimse_core::server::audit_log::AuditEvent) -> Option<&'a str>) -> &'a str {
-        self.record.event.as_ref().and_then(field).unwrap_or("-")
-    }
-}
-
 pub(crate) fn trace(args: TraceArgs) -> CliResult {
     let keys = read_keys(&args.keys)?;
-    // The files by service (the first record names it), each service's in the order given.
-    let mut by_service: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let mut hops = Vec::new();
-    for file in &args.files {
-        let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let mut service = None;
-        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(record) = serde_json::from_slice::<AuditRecord>(line) else { continue };
-            service.get_or_insert_with(|| record.service.clone());
-            let in_txn = record.event.as_ref().and_then(|e| e.txn.as_deref()) == Some(args.txn.as_str());
-            if record.kind == RecordKind::Decision && in_txn {
-                hops.push(Hop { record });
-            }
-        }
-        by_service.entry(service.unwrap_or_else(|| file.display().to_string())).or_default().push(file.clone());
-    }
-    let mut unverified = 0;
-    for (service, files) in &by_service {
-        let report = verify_files(files, &keys, None)?;
-        let verdict = if report.is_intact() && report.checkpoints > 0 {
-            "verified".to_owned()
-        } else if report.findings.iter().all(|f| f.kind == wimse_core::server::audit_log::FindingKind::UnknownKey)
-            && !report.findings.is_empty()
-        {
-            unverified += 1;
-            "NOT VERIFIED: its audit key was not given".to_owned()
-        } else if report.is_intact() {
-            unverified += 1;
-            "NOT VERIFIED: no checkpoint yet".to_owned()
-        } else {
-            unverified += 1;
-            format!("TAMPERED: {}", report.findings.first().map_or("", |f| f.message.as_str()))
-        };
-        println!("log of {service}: {verdict}");
-    }
-    hops.sort_by_key(|h| (h.record.ts_ms, h.record.service.clone(), h.record.seq));
-    if hops.is_empty() {
-        println!("transaction {}: no record in these logs", args.txn);
+    let files = args
+        .files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let trace = wimse_core::server::audit_log::trace(&files, &args.txn, &keys);
+    print!("{}", trace.text());
+    if trace.hops.is_empty() {
         return Ok(ExitCode::from(1));
     }
-    let subject = hops.iter().find_map(|h| h.record.event.as_ref().and_then(|e| e.subject.clone()));
-    println!(
-        "transaction {}: {} hops{}",
-        args.txn,
-        hops.len(),
-        subject.map(|s| format!(", for {s}")).unwrap_or_default()
-    );
-    for (n, hop) in hops.iter().enumerate() {
-        let event = hop.record.event.clone().unwrap_or_default();
-        let actors =
-            if event.actors.is_empty() { String::new() } else { format!(" | agents {}", event.actors.join(" <- ")) };
-        let reason = event.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        println!(
-            "{:>2}. {} -> {} | {} {} | {} | {}{reason}{actors}",
-            n + 1,
-            hop.get(|e| e.caller.as_deref()),
-            hop.record.service,
-            hop.get(|e| e.action.as_deref()),
-            hop.get(|e| e.resource.as_deref()),
-            hop.get(|e| e.proof.as_deref()),
-            event.decision,
-        );
-    }
     if args.dot.is_some() || args.svg.is_some() {
-        let dot = to_dot(&args.txn, &hops);
+        let dot = trace.dot();
         if let Some(path) = &args.dot {
             std::fs::write(path, &dot).map_err(|e| format!("{}: {e}", path.display()))?;
             println!("picture (DOT): {}", path.display());
@@ -206,48 +141,7 @@ pub(crate) fn trace(args: TraceArgs) -> CliResult {
             println!("picture (SVG): {}", path.display());
         }
     }
-    Ok(if unverified == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-/// A DOT string literal.
-fn quoted(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// The chain of custody as a Graphviz graph: workloads as boxes, each hop an arrow labelled with
-/// its order, action, proof, decision and agents.
-fn to_dot(txn: &str, hops: &[Hop]) -> String {
-    let mut dot = format!(
-        "digraph custody {{\n  label={};\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n",
-        quoted(&format!("transaction {txn}"))
-    );
-    for (n, hop) in hops.iter().enumerate() {
-        let event = hop.record.event.clone().unwrap_or_default();
-        let mut label = format!(
-            "{}. {} {}\\n{} · {}",
-            n + 1,
-            hop.get(|e| e.action.as_deref()),
-            hop.get(|e| e.resource.as_deref()),
-            hop.get(|e| e.proof.as_deref()),
-            event.decision
-        );
-        if let Some(reason) = &event.reason {
-            label.push_str(&format!(" ({reason})"));
-        }
-        if !event.actors.is_empty() {
-            label.push_str(&format!("\\nagents {}", event.actors.join(" <- ")));
-        }
-        let colour = if event.decision == "allow" { "darkgreen" } else { "red" };
-        // The label's own text is escaped; its `\n`s are Graphviz line breaks.
-        let label = quoted(&label).replace("\\\\n", "\\n");
-        dot.push_str(&format!(
-            "  {} -> {} [label={label}, color={colour}, fontcolor={colour}];\n",
-            quoted(hop.get(|e| e.caller.as_deref())),
-            quoted(&hop.record.service)
-        ));
-    }
-    dot.push_str("}\n");
-    dot
+    Ok(if trace.all_verified() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn render_svg(dot: &str, path: &Path) -> Result<(), String> {

@@ -97,6 +97,93 @@ struct IdentityServer {
     user_idp: SigningKey,
     /// Once set, workloads obtain their WITs from this node agent instead.
     agent: std::sync::OnceLock<wimse_workload_api::Endpoint>,
+    /// Every service's audit log.
+    audit: AuditLogs,
+}
+
+/// The services' tamper-evident audit logs (`<name>.audit.jsonl`), one per service, each
+/// checkpointed with an audit key of its own whose public half is written beside it.
+struct AuditLogs {
+    dir: std::path::PathBuf,
+    logs: std::sync::Mutex<std::collections::BTreeMap<String, wimse_core::server::audit_log::AuditLog>>,
+}
+
+impl AuditLogs {
+    fn new() -> Result<Self, Error> {
+        let dir = std::env::temp_dir().join(format!("wimse-call-chain-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir, logs: Default::default() })
+    }
+
+    /// The log of the service `name` (`orders`…): opened once, shared by its restarts.
+    fn log(&self, name: &str) -> Result<wimse_core::server::audit_log::AuditLog, Error> {
+        use wimse_core::server::audit_log::{AuditLog, AuditOptions};
+        let mut logs = self.logs.lock().map_err(|_| "audit logs poisoned")?;
+        if let Some(log) = logs.get(name) {
+            return Ok(log.clone());
+        }
+        let key = SigningKey::generate(Algorithm::ES256)?;
+        std::fs::write(self.dir.join(format!("{name}.audit.pub.jwk")), serde_json::to_string(key.public_jwk())?)?;
+        let options = AuditOptions { checkpoint_every: 8, ..Default::default() };
+        let path = self.dir.join(format!("{name}.audit.jsonl"));
+        let log = AuditLog::open(path, &format!("spiffe://prod.example/{name}"), key, options)?;
+        logs.insert(name.to_owned(), log.clone());
+        Ok(log)
+    }
+
+    /// Closes every log, checks each, and traces each of `txns` through them: prints the logs'
+    /// paths, each chain of custody, and the paths of their pictures.
+    async fn finish(&self, txns: &[&str]) -> Result<(), Error> {
+        use wimse_core::server::audit_log::{check, trace};
+        let logs: Vec<(String, wimse_core::server::audit_log::AuditLog)> =
+            std::mem::take(&mut *self.logs.lock().map_err(|_| "audit logs poisoned")?).into_iter().collect();
+        let mut files = Vec::new();
+        let mut keys = Vec::new();
+        for (name, log) in logs {
+            tokio::task::spawn_blocking(move || log.close()).await??;
+            let path = self.dir.join(format!("{name}.audit.jsonl"));
+            let jwk = Jwk::from_json(&std::fs::read_to_string(self.dir.join(format!("{name}.audit.pub.jwk")))?)?;
+            let key = wimse_core::jose::PublicKey::from_jwk(&jwk)?;
+            let content = std::fs::read(&path)?;
+            let report =
+                check(vec![(name.clone(), std::io::BufReader::new(&content[..]))], std::slice::from_ref(&key), None);
+            println!(
+                "[audit]   {} ({} records, {})",
+                path.display(),
+                report.records,
+                if report.is_intact() { "intact" } else { "TAMPERED" }
+            );
+            expect(report.is_intact() && report.closed, &format!("{name}'s audit log verifies"))?;
+            files.push((path.display().to_string(), content));
+            keys.push(key);
+        }
+        for (n, txn) in txns.iter().enumerate() {
+            let custody = trace(&files, txn, &keys);
+            print!("{}", custody.text());
+            let dot = self.dir.join(format!("transaction-{}.dot", n + 1));
+            std::fs::write(&dot, custody.dot())?;
+            let svg = dot.with_extension("svg");
+            // Rendered where Graphviz is installed; the DOT file otherwise.
+            let rendered = std::process::Command::new("dot")
+                .arg("-Tsvg")
+                .arg("-o")
+                .arg(&svg)
+                .arg(&dot)
+                .stderr(std::process::Stdio::null())
+                .status();
+            let picture = if rendered.is_ok_and(|s| s.success()) { svg } else { dot };
+            println!("[audit]   the transaction's chain of custody, as a picture: {}", picture.display());
+            expect(
+                custody.all_verified() && custody.hops.len() >= 3,
+                "the audit logs trace the transaction through its hops",
+            )?;
+        }
+        println!(
+            "[audit]   check one yourself: wimse audit verify --key {0}/orders.audit.pub.jwk {0}/orders.audit.jsonl",
+            self.dir.display()
+        );
+        Ok(())
+    }
 }
 
 /// The node agent's bootstrap secret (a real deployment uses the agent's platform token).
@@ -179,7 +266,8 @@ impl IdentityServer {
         let wic = WicAuthority::new("spiffe://prod.example".parse()?, now(), 86_400)?;
         let wic_anchors = WicAnchors::new();
         wic_anchors.set(wic.trust_domain().clone(), [wic.certificate().clone()])?;
-        Ok(Self { base, trust, wic, wic_anchors, partner_spire, cluster, user_idp, agent: Default::default() })
+        let audit = AuditLogs::new()?;
+        Ok(Self { base, trust, wic, wic_anchors, partner_spire, cluster, user_idp, agent: Default::default(), audit })
     }
 
     /// A Workload Identity Certificate for `id`, as the workload's current TLS certificate.
@@ -317,11 +405,13 @@ fn client(signer: Signer, in_domain: &[&str]) -> ClientWithMiddleware {
 }
 
 /// Every service of prod.example requires a Txn-Token, verified with the identity server's keys
-/// (it is the Transaction Token Service), next to the caller's WIT and proof.
-fn verifier(ids: &IdentityServer, origin: &str) -> Result<Verifier, Error> {
+/// (it is the Transaction Token Service), next to the caller's WIT and proof; each records its
+/// decisions in its audit log.
+fn verifier(ids: &IdentityServer, service: &str, origin: &str) -> Result<Verifier, Error> {
     let txn = TxnTokenValidation::new("spiffe://prod.example".parse()?).required();
     Ok(Verifier::new(TrustStore::new(), VerifierConfig::new().origin(origin).txn_tokens(txn))?
-        .trust_handle(ids.trust.clone()))
+        .trust_handle(ids.trust.clone())
+        .audit_log(ids.audit.log(service)?))
 }
 
 /// How a hop names the transaction it serves.
@@ -376,7 +466,7 @@ async fn start_ledger(ids: &IdentityServer) -> Result<String, Error> {
     let policy = Policy::named("ledger").allow(Rule::exact("spiffe://prod.example/billing")?);
     let app = axum::Router::new()
         .route("/record", post(record))
-        .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy));
+        .layer(wimse_axum::WimseLayer::new(verifier(ids, "ledger", &base)?).policy(policy));
     tokio::spawn(wimse_axum::tls::serve(listener, Arc::new(tls), app));
     Ok(base)
 }
@@ -393,7 +483,7 @@ async fn start_billing(ids: &IdentityServer, ledger: &str) -> Result<String, Err
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://{}", listener.local_addr()?);
     let policy = Policy::named("billing").allow(Rule::exact("spiffe://prod.example/orders")?);
-    let config = wimse_actix::Pipeline::new(verifier(ids, &base)?)
+    let config = wimse_actix::Pipeline::new(verifier(ids, "billing", &base)?)
         .policy(policy)
         .sign_responses(ids.enroll("spiffe://prod.example/billing").await?);
     let server = actix_web::HttpServer::new(move || {
@@ -517,7 +607,7 @@ async fn start_orders(ids: &IdentityServer, billing: String, partner: String) ->
         .route("/orders-signed", post(place_order_signed))
         .route("/stock", axum::routing::get(stock))
         .route("/refunds", post(refund).route_layer(wimse_axum::RequirePolicyLayer::new(refunds)))
-        .layer(wimse_axum::WimseLayer::new(verifier(ids, &base)?).policy(policy))
+        .layer(wimse_axum::WimseLayer::new(verifier(ids, "orders", &base)?).policy(policy))
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(base)
@@ -620,7 +710,7 @@ async fn start_tools(ids: &IdentityServer) -> Result<String, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let host = listener.local_addr()?.to_string();
     let origin = format!("http://{host}");
-    let app = wimse_examples::mcp::router(verifier(ids, &origin)?, host)?;
+    let app = wimse_examples::mcp::router(verifier(ids, "tools", &origin)?, host)?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(format!("{origin}/mcp"))
 }
@@ -651,8 +741,9 @@ async fn call_tool(agent: &McpAgent, tool: &str, item: &str) -> Result<String, S
 }
 
 /// The agent pass: a user asks the planner agent to act; it obtains a Txn-Token naming itself
-/// as actor, calls tools, hands the work to the booker; a third agent is one too many.
-async fn agent_pass(ids: &IdentityServer) -> Result<(), Error> {
+/// as actor, calls tools, hands the work to the booker; a third agent is one too many. Returns
+/// the transaction's id.
+async fn agent_pass(ids: &IdentityServer) -> Result<String, Error> {
     let tools = start_tools(ids).await?;
     println!("tools (MCP, rmcp) {tools}: search needs orders.read, book orders.purchase, refund orders.refund");
     let planner_signer = ids.enroll(PLANNER).await?;
@@ -701,7 +792,8 @@ async fn agent_pass(ids: &IdentityServer) -> Result<(), Error> {
     let reason = refused.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
     println!("[payer]   refused by the Transaction Token Service: {reason}");
     expect(reason.contains("delegation"), "re-delegating beyond two actors is refused")?;
-    Ok(())
+    let validation = TxnTokenValidation::new("spiffe://prod.example".parse()?);
+    Ok(wimse_core::protocol::txn::validate(&txn, &ids.trust()?, &validation, now())?.txn().to_owned())
 }
 
 // ---- the chain ----
@@ -760,6 +852,7 @@ async fn run() -> Result<(), Error> {
     )?;
     println!("[front]   Txn-Token for {} | txn {} purpose {}", verified.subject(), verified.txn(), verified.scope());
     let summary = format!("txn {} purpose orders.purchase", verified.txn());
+    let first_txn = verified.txn().to_owned();
 
     println!("\n== front -> orders -> billing -> ledger, with the Txn-Token");
     let front = client(front_signer.clone(), &in_domain);
@@ -836,7 +929,7 @@ async fn run() -> Result<(), Error> {
     expect(status == 401 && challenge.as_deref() == Some("WPT"), "orders asks for credentials")?;
 
     println!("\n== agents: alice asks the planner agent to act for her; it hands booking to the booker agent");
-    agent_pass(&ids).await?;
+    let agents_txn = agent_pass(&ids).await?;
 
     println!("\n== the chain again, every workload's WIT from a node agent (SPIFFE Workload API, WIT-SVIDs)");
     let _agent = ids.start_agent().await?;
@@ -855,6 +948,9 @@ async fn run() -> Result<(), Error> {
     _agent.abort();
     let _ =
         std::fs::remove_dir_all(std::env::temp_dir().join(format!("wimse-call-chain-{}-agent", std::process::id())));
+
+    println!("\n== the audit logs: every service's decisions, hash-chained and signed; one transaction traced");
+    ids.audit.finish(&[&first_txn, &agents_txn]).await?;
 
     println!("\nall hops behaved as expected");
     Ok(())

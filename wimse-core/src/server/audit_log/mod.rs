@@ -4,6 +4,8 @@
 //! - [`AuditLog`] writes them from a thread of its own (never on the request path: a record is
 //!   handed over through a bounded queue; when it is full, the record is dropped and counted,
 //!   or the request refused, as configured).
+//! - [`trace`] collects one transaction's records from the logs of many services: the chain of
+//!   custody, as text and as a Graphviz picture.
 //! - [`check`] verifies one or more files in order against the audit keys given to it (never a
 //!   key from the log) and says where a log was changed: an edited line, a removed, reordered or
 //!   inserted record, a checkpoint whose signature fails, a tail cut before the newest
@@ -17,12 +19,14 @@
 //! The record format (version 1) is stable; see [`AuditRecord`].
 
 mod check;
+mod trace;
 mod writer;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use check::{Finding, FindingKind, MAX_LINE, Report, check};
+pub use trace::{LogVerdict, ServiceLog, Trace, trace};
 pub use writer::{AuditLog, AuditOptions, WhenFull};
 
 /// The version of the record format.
