@@ -9,6 +9,7 @@ mod agent_attestation;
 mod agent_config_mistakes;
 mod agent_endpoint_errors;
 mod agent_lifecycle;
+mod audit;
 mod backup_restore;
 mod federation;
 mod gateway;
