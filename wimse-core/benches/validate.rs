@@ -119,32 +119,96 @@ fn benches(c: &mut Criterion) {
             // in the untimed setup so each timed call sees a fresh `jti`; the clock advances one
             // second per 100 requests, so about 9000 proofs are live in the cache at any time.
             let clock = SharedClock(Arc::new(FixedClock::new(NOW)));
-            let mut made = 0u64;
             let verifier = Verifier::new(
                 s.trust.clone(),
                 VerifierConfig::new().origin("https://payments.example").backend(backend),
             )
             .unwrap()
             .clock(clock.clone());
-            c.bench_with_input(BenchmarkId::new("verify_request", &id), &s, |b, s| {
-                b.iter_batched(
-                    || {
-                        made += 1;
-                        if made.is_multiple_of(100) {
-                            clock.0.advance(1);
-                        }
-                        let wpt = WptBuilder::new(&s.workload_key, &s.wit, AUD).sign(clock.now()).unwrap();
-                        let mut headers = HeaderMap::new();
-                        headers.insert("workload-identity-token", HeaderValue::from_str(&s.wit).unwrap());
-                        headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}")).unwrap());
-                        headers
-                    },
-                    |headers| verifier.verify_sync(&RequestView::new("/charge", &headers)).unwrap(),
-                    criterion::BatchSize::SmallInput,
-                )
-            });
+            verify_requests(c, BenchmarkId::new("verify_request", &id), &s, &verifier, &clock);
         }
     }
+}
+
+/// The whole request path: framing, WIT (from the verified-WIT cache after the first request),
+/// WPT, in-memory replay cache. Proofs are made in the untimed setup so each timed call sees a
+/// fresh `jti`; the clock advances one second per 100 requests, so about 9000 proofs are live in
+/// the cache at any time.
+fn verify_requests(c: &mut Criterion, id: BenchmarkId, s: &Setup, verifier: &Verifier, clock: &SharedClock) {
+    let mut made = 0u64;
+    c.bench_with_input(id, s, |b, s| {
+        b.iter_batched(
+            || {
+                made += 1;
+                if made.is_multiple_of(100) {
+                    clock.0.advance(1);
+                }
+                let wpt = WptBuilder::new(&s.workload_key, &s.wit, AUD).sign(clock.now()).unwrap();
+                let mut headers = HeaderMap::new();
+                headers.insert("workload-identity-token", HeaderValue::from_str(&s.wit).unwrap());
+                headers.insert("authorization", HeaderValue::from_str(&format!("WPT {wpt}")).unwrap());
+                headers
+            },
+            |headers| verifier.verify_sync(&RequestView::new("/charge", &headers)).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+/// The cost of an audit log: a request verified with and without one (the record handed to the
+/// writer's queue), and a record's whole cost including the writer's work (hashing, writing,
+/// a checkpoint every 1 000): `iters` records written and the log closed, per record.
+fn audit(c: &mut Criterion) {
+    use wimse_core::server::audit_log::{AuditEvent, AuditLog, AuditOptions};
+    let s = setup(Algorithm::ES256, Algorithm::ES256);
+    let dir = std::env::temp_dir().join(format!("wimse-bench-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let log = AuditLog::open(
+        dir.join("verify.jsonl"),
+        "spiffe://prod.example/payments",
+        key.clone(),
+        AuditOptions::default(),
+    )
+    .unwrap();
+    let clock = SharedClock(Arc::new(FixedClock::new(NOW)));
+    let verifier = Verifier::new(s.trust.clone(), VerifierConfig::new().origin("https://payments.example"))
+        .unwrap()
+        .clock(clock.clone())
+        .audit_log(log.clone());
+    verify_requests(c, BenchmarkId::new("verify_request_audited", "aws-lc-rs/ES256"), &s, &verifier, &clock);
+    println!("audit records dropped (writer behind): {}", log.dropped());
+
+    let event = AuditEvent {
+        request_id: Some("Wb6vJ1rX4m0aQ2lKc9s8Tg".into()),
+        txn: Some("K6Ml7L1Lm8ousHE2KqHY6A".into()),
+        caller: Some("spiffe://prod.example/front".into()),
+        proof: Some("wpt".into()),
+        subject: Some("alice".into()),
+        actors: vec!["spiffe://prod.example/agents/planner".into()],
+        action: Some("POST".into()),
+        resource: Some("/charge".into()),
+        decision: "allow".into(),
+        ..Default::default()
+    };
+    let mut round = 0;
+    c.bench_function("audit_record_written", |b| {
+        b.iter_custom(|iters| {
+            round += 1;
+            let path = dir.join(format!("written-{round}.jsonl"));
+            let options = AuditOptions { queue: 1 << 20, ..Default::default() };
+            let log = AuditLog::open(&path, "spiffe://prod.example/payments", key.clone(), options).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                log.record(black_box(event.clone())).unwrap();
+            }
+            log.close().unwrap();
+            let elapsed = start.elapsed();
+            let _ = std::fs::remove_file(&path);
+            elapsed
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Signing and verifying an HTTP message signature over a request, then over its response,
@@ -300,5 +364,5 @@ fn txn_tokens(c: &mut Criterion) {
     }
 }
 
-criterion_group!(validate, benches, signatures, txn_tokens);
+criterion_group!(validate, benches, signatures, txn_tokens, audit);
 criterion_main!(validate);

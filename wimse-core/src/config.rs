@@ -24,10 +24,17 @@
 //! [credentials]
 //! wit_file = "/run/wimse/wit.jwt"
 //! key_file = "/run/wimse/key.jwk"
+//!
+//! [audit]                                        # a tamper-evident log of every decision
+//! file = "/var/log/wimse/payments.audit.jsonl"
+//! service = "spiffe://prod.example/payments"
+//! key = "/etc/wimse/audit.key.jwk"                # checkpoints are signed with it
+//! checkpoint_every = 1000
+//! when_full = "drop"                              # or "refuse" (503) when the writer is behind
 //! ```
 //!
 //! Relative paths in a file (`verifier.trust[].file`, `verifier.txn_tokens.keys_file`,
-//! `credentials.wit_file`, `credentials.key_file`) are relative to the file's directory, so a
+//! `credentials.wit_file`, `credentials.key_file`, `audit.file`, `audit.key`) are relative to the file's directory, so a
 //! service finds them wherever it is started; paths from the environment or set in code are
 //! relative to the working directory, as usual.
 //!
@@ -88,6 +95,49 @@ pub struct Settings {
     /// This workload's own credentials, for the calls it makes.
     #[serde(default)]
     pub credentials: Option<CredentialSettings>,
+    /// A tamper-evident audit log of every decision ([`crate::server::audit_log`]).
+    #[serde(default)]
+    pub audit: Option<AuditSettings>,
+}
+
+/// Where and how decisions are recorded ([`AuditLog`](crate::server::audit_log::AuditLog)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// The log (JSON lines; its head file is written beside it). Relative to the settings file.
+    pub file: PathBuf,
+    /// The writing service's identifier, named in every record.
+    pub service: String,
+    /// The audit key checkpoints are signed with (a private JWK). Relative to the settings file.
+    pub key: PathBuf,
+    /// A checkpoint after this many records (default 1 000).
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+    /// When the writer is behind: `drop` the record (counted; the default) or `refuse` the
+    /// request (503).
+    #[serde(default)]
+    pub when_full: Option<String>,
+}
+
+impl AuditSettings {
+    /// Opens the log (once per file in a process: opening it again shares the writer).
+    pub fn open(&self) -> Result<crate::server::audit_log::AuditLog> {
+        use crate::server::audit_log::{AuditLog, AuditOptions, WhenFull};
+        let text = std::fs::read_to_string(&self.key)
+            .map_err(|e| invalid("audit.key", format!("{}: {e}", self.key.display())))?;
+        let jwk = crate::jose::Jwk::from_json(&text).map_err(|e| invalid("audit.key", e))?;
+        let key = crate::jose::SigningKey::from_jwk(&jwk).map_err(|e| invalid("audit.key", e))?;
+        let mut options = AuditOptions::default();
+        if let Some(every) = self.checkpoint_every {
+            options.checkpoint_every = every.max(1);
+        }
+        options.when_full = match self.when_full.as_deref() {
+            None | Some("drop") => WhenFull::Drop,
+            Some("refuse") => WhenFull::Refuse,
+            Some(other) => return Err(invalid("audit.when_full", format!("`{other}`: `drop` or `refuse`"))),
+        };
+        AuditLog::open(&self.file, &self.service, key, options)
+    }
 }
 
 /// Which proofs a verifier accepts.
@@ -377,6 +427,10 @@ impl Settings {
             resolve(&mut credentials.wit_file);
             resolve(&mut credentials.key_file);
         }
+        if let Some(audit) = self.audit.as_mut() {
+            resolve(&mut audit.file);
+            resolve(&mut audit.key);
+        }
         if let Some(cedar) = self.policy.as_mut().and_then(|p| p.cedar.as_mut()) {
             resolve(&mut cedar.policies);
             if let Some(schema) = cedar.schema.as_mut() {
@@ -459,7 +513,11 @@ impl Settings {
     /// The verifier these settings describe, its trust anchors read from their files (a
     /// `bundle_url` entry is refused: use `wimse_reqwest::verifier_from_settings`).
     pub fn verifier(&self) -> Result<Verifier> {
-        self.verifier.build()
+        let verifier = self.verifier.build()?;
+        Ok(match &self.audit {
+            Some(audit) => verifier.audit_log(audit.open()?),
+            None => verifier,
+        })
     }
 
     /// The policy, or an error naming `policy` when there is none.

@@ -427,7 +427,12 @@ impl GatewayConfig {
     }
 
     fn settings(&self) -> Settings {
-        Settings { verifier: self.verifier.clone(), policy: self.policy.clone(), credentials: self.credentials.clone() }
+        Settings {
+            verifier: self.verifier.clone(),
+            policy: self.policy.clone(),
+            credentials: self.credentials.clone(),
+            audit: None,
+        }
     }
 
     fn take_settings(&mut self, settings: Settings) {

@@ -299,3 +299,56 @@ fn a_verifier_records_every_decision_in_its_audit_log() {
     assert!(verify(&lines(&path), audit_key.public_key(), None).is_intact());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Opened twice in one process, a log has one writer (two would each chain onto their own last
+/// line); settings files name the log, its service and key, relative to the file.
+#[test]
+fn one_writer_per_file_and_settings_name_the_log() {
+    let dir = dir("settings");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("shared.audit.jsonl");
+    let first = AuditLog::open(&path, SERVICE, key.clone(), AuditOptions::default()).unwrap();
+    let second =
+        AuditLog::open(dir.join(".").join("shared.audit.jsonl"), SERVICE, key.clone(), AuditOptions::default())
+            .unwrap();
+    let other = AuditLog::open(&path, "spiffe://prod.example/other", key.clone(), AuditOptions::default()).unwrap_err();
+    assert!(other.detail().unwrap().contains("already written by"), "{other:?}");
+    for i in 0..4 {
+        first.record(event(i)).unwrap();
+        second.record(event(i)).unwrap();
+    }
+    drop(second);
+    first.close().unwrap();
+    let report = verify(&lines(&path), key.public_key(), None);
+    assert!(report.is_intact() && report.records == 9, "{report:?}");
+
+    // From a settings file: the verifier it builds records into the log.
+    std::fs::write(dir.join("audit.key.jwk"), serde_json::to_string(&key.to_private_jwk()).unwrap()).unwrap();
+    std::fs::write(dir.join("issuer.pub.jwk"), serde_json::to_string(key.public_jwk()).unwrap()).unwrap();
+    let settings = format!(
+        r#"{{"verifier": {{"origins": ["https://orders.example"], "trust": [{{"trust_domain": "spiffe://prod.example", "file": "issuer.pub.jwk"}}]}},
+            "audit": {{"file": "orders.audit.jsonl", "service": "{SERVICE}", "key": "audit.key.jwk", "checkpoint_every": 2, "when_full": "refuse"}}}}"#
+    );
+    std::fs::write(dir.join("service.json"), settings).unwrap();
+    let loaded = wimse_core::config::Settings::from_file(dir.join("service.json")).unwrap();
+    assert_eq!(loaded.audit.as_ref().unwrap().file, dir.join("orders.audit.jsonl"));
+    let verifier = loaded.verifier().unwrap();
+    let headers = http::HeaderMap::new();
+    assert!(verifier.verify_sync(&wimse_core::server::verify::RequestView::new("/orders", &headers)).is_err());
+    let log = loaded.audit.as_ref().unwrap().open().unwrap();
+    log.close().unwrap();
+    let written = lines(&dir.join("orders.audit.jsonl"));
+    let first_record: serde_json::Value = serde_json::from_slice(&written[0]).unwrap();
+    assert_eq!(
+        (first_record["decision"].as_str(), first_record["reason"].as_str()),
+        (Some("deny"), Some("missing_wit"))
+    );
+    // A bad choice is named.
+    let bad = format!(
+        r#"{{"verifier": {{"origins": ["https://orders.example"], "trust": [{{"trust_domain": "spiffe://prod.example", "file": "issuer.pub.jwk"}}]}}, "audit": {{"file": "x.jsonl", "service": "{SERVICE}", "key": "audit.key.jwk", "when_full": "block"}}}}"#
+    );
+    std::fs::write(dir.join("bad.json"), bad).unwrap();
+    let refused = wimse_core::config::Settings::from_file(dir.join("bad.json")).unwrap().verifier().unwrap_err();
+    assert!(refused.detail().unwrap().contains("audit.when_full"), "{refused:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -3,9 +3,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{AuditEvent, AuditRecord, CHECKPOINT_TYPE, CheckpointClaims, FORMAT_VERSION, RecordKind, line_hash};
@@ -47,19 +47,61 @@ impl Default for AuditOptions {
     }
 }
 
-enum Message {
-    Record(Box<AuditEvent>, u64),
-    Close(std::sync::mpsc::Sender<Result<()>>),
+/// How often the writer takes what was queued. Records wait this long at most before they are
+/// written; in exchange no request wakes the writer (a wake-up is a system call on the request
+/// path).
+const POLL: Duration = Duration::from_millis(5);
+
+/// What the request path and the writer share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Records handed over and not yet taken by the writer, with their time.
+    queue: Mutex<Vec<(AuditEvent, u64)>>,
+    /// A close asked for: where to answer.
+    closing: Mutex<Option<Sender<Result<()>>>>,
+    /// The writer is running.
+    running: AtomicBool,
 }
 
 /// A tamper-evident audit log being written (see the [module](super)). Cheap to clone; every
-/// clone writes into the same chain.
+/// clone writes into the same chain. When the last clone is dropped, the writer writes a closing
+/// checkpoint and stops.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    queue: SyncSender<Message>,
+    shared: Arc<Shared>,
+    capacity: usize,
     when_full: WhenFull,
     dropped: Arc<AtomicU64>,
+    writer: std::thread::Thread,
+    service: Arc<str>,
 }
+
+/// A log open in this process, without keeping it open.
+struct OpenLog {
+    shared: Weak<Shared>,
+    capacity: usize,
+    when_full: WhenFull,
+    dropped: Arc<AtomicU64>,
+    writer: std::thread::Thread,
+    service: Arc<str>,
+}
+
+impl OpenLog {
+    fn upgrade(&self) -> Option<AuditLog> {
+        let shared = self.shared.upgrade().filter(|s| s.running.load(Ordering::Acquire))?;
+        Some(AuditLog {
+            shared,
+            capacity: self.capacity,
+            when_full: self.when_full,
+            dropped: self.dropped.clone(),
+            writer: self.writer.clone(),
+            service: self.service.clone(),
+        })
+    }
+}
+
+/// The logs open in this process, by their canonical path.
+static OPEN: Mutex<std::collections::BTreeMap<PathBuf, OpenLog>> = Mutex::new(std::collections::BTreeMap::new());
 
 fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::with_detail(ErrorKind::AuditLogUnavailable, detail)
@@ -67,6 +109,10 @@ fn unavailable(detail: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The head file beside a log: its newest checkpoint line.
@@ -83,9 +129,21 @@ impl AuditLog {
     /// opening fails rather than chaining onto it.
     pub fn open(path: impl AsRef<Path>, service: &str, key: SigningKey, options: AuditOptions) -> Result<Self> {
         let path = path.as_ref().to_owned();
-        let (seq, prev) = resume(&path)?;
+        // One writer per file in a process: two would each chain onto their own last line.
+        let mut open = lock(&OPEN);
         let file = open_append(&path)?;
-        let (queue, received) = std::sync::mpsc::sync_channel(options.queue.max(1));
+        let canonical =
+            std::fs::canonicalize(&path).map_err(|e| unavailable(format!("audit log {}: {e}", path.display())))?;
+        open.retain(|_, log| log.upgrade().is_some());
+        if let Some(log) = open.get(&canonical).and_then(OpenLog::upgrade) {
+            if &*log.service != service {
+                return Err(unavailable(format!("audit log {} is already written by {}", path.display(), log.service)));
+            }
+            return Ok(log.clone());
+        }
+        let (seq, prev) = resume(&path)?;
+        let shared = Arc::new(Shared::default());
+        shared.running.store(true, Ordering::Release);
         let dropped = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
             path,
@@ -99,28 +157,53 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             dropped: dropped.clone(),
             reported_drops: 0,
+            pending: Vec::new(),
         };
-        std::thread::Builder::new()
+        let weak = Arc::downgrade(&shared);
+        let thread = std::thread::Builder::new()
             .name("wimse-audit".into())
-            .spawn(move || writer.run(received))
+            .spawn(move || writer.run(weak))
             .map_err(|e| unavailable(format!("audit writer thread: {e}")))?;
-        Ok(Self { queue, when_full: options.when_full, dropped })
+        let writer = thread.thread().clone();
+        let log = Self {
+            shared,
+            capacity: options.queue.max(1),
+            when_full: options.when_full,
+            dropped,
+            writer,
+            service: service.into(),
+        };
+        let weak = OpenLog {
+            shared: Arc::downgrade(&log.shared),
+            capacity: log.capacity,
+            when_full: log.when_full,
+            dropped: log.dropped.clone(),
+            writer: log.writer.clone(),
+            service: log.service.clone(),
+        };
+        open.insert(canonical, weak);
+        Ok(log)
     }
 
-    /// Hands `event` to the writer, stamped now; never waits.
+    /// Hands `event` to the writer, stamped now; never waits for I/O.
     pub fn record(&self, event: AuditEvent) -> Result<()> {
-        match self.queue.try_send(Message::Record(Box::new(event), now_ms())) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => match self.when_full {
+        if !self.shared.running.load(Ordering::Acquire) {
+            return Err(unavailable("the audit writer stopped"));
+        }
+        let mut queue = lock(&self.shared.queue);
+        if queue.len() >= self.capacity {
+            drop(queue);
+            return match self.when_full {
                 WhenFull::Drop => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("wimse_audit_records_dropped_total").increment(1);
                     Ok(())
                 }
                 WhenFull::Refuse => Err(unavailable("the audit log's queue is full")),
-            },
-            Err(TrySendError::Disconnected(_)) => Err(unavailable("the audit writer stopped")),
+            };
         }
+        queue.push((event, now_ms()));
+        Ok(())
     }
 
     /// Records dropped because the queue was full (with [`WhenFull::Drop`]).
@@ -129,10 +212,12 @@ impl AuditLog {
     }
 
     /// Writes what is queued, a closing checkpoint, and stops the writer; waits for it (blocking:
-    /// from async code, call it in `spawn_blocking`).
+    /// from async code, call it in `spawn_blocking`). Records handed over afterwards, by other
+    /// clones, are refused.
     pub fn close(self) -> Result<()> {
         let (done, outcome) = std::sync::mpsc::channel();
-        self.queue.send(Message::Close(done)).map_err(|_| unavailable("the audit writer stopped"))?;
+        *lock(&self.shared.closing) = Some(done);
+        self.writer.unpark();
         outcome.recv().map_err(|_| unavailable("the audit writer stopped"))?
     }
 }
@@ -182,29 +267,41 @@ struct Writer {
     last_checkpoint: Instant,
     dropped: Arc<AtomicU64>,
     reported_drops: u64,
+    /// Lines appended and not yet written.
+    pending: Vec<u8>,
 }
 
 impl Writer {
-    fn run(&mut self, received: Receiver<Message>) {
+    fn run(&mut self, shared: Weak<Shared>) {
+        let mut batch = Vec::new();
         loop {
-            let message = received.recv_timeout(self.options.checkpoint_interval.max(Duration::from_millis(10)));
-            let outcome = match message {
-                Ok(Message::Record(event, ts_ms)) => self.append(RecordKind::Decision, Some(*event), ts_ms).map(drop),
-                Ok(Message::Close(done)) => {
-                    let closed = self.checkpoint(RecordKind::Close);
-                    let _ = done.send(closed);
-                    return;
+            std::thread::park_timeout(POLL);
+            let Some(live) = shared.upgrade() else {
+                // Every handle is gone: the log ends in order.
+                if let Err(error) = self.close() {
+                    tracing::error!(%error, "wimse: closing the audit log failed");
                 }
-                Err(RecvTimeoutError::Timeout) => Ok(()),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.checkpoint(RecordKind::Close);
-                    return;
-                }
+                return;
             };
-            let due = self.since_checkpoint >= self.options.checkpoint_every
-                || (self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval);
-            let outcome = outcome.and_then(|()| if due { self.checkpoint(RecordKind::Checkpoint) } else { Ok(()) });
-            if let Err(error) = outcome {
+            // A close asked for before the batch is taken: every record handed over before it
+            // is written.
+            let closing = lock(&live.closing).take();
+            std::mem::swap(&mut *lock(&live.queue), &mut batch);
+            if closing.is_some() {
+                live.running.store(false, Ordering::Release);
+            }
+            drop(live);
+            for (event, ts_ms) in batch.drain(..) {
+                let appended = self.append(RecordKind::Decision, Some(event), ts_ms).map(drop);
+                if let Err(error) = appended.and_then(|()| self.checkpoint_if_due()) {
+                    tracing::error!(%error, "wimse: writing the audit log failed");
+                }
+            }
+            if let Some(done) = closing {
+                let _ = done.send(self.close());
+                return;
+            }
+            if let Err(error) = self.flush().and_then(|()| self.checkpoint_if_due()) {
                 tracing::error!(%error, "wimse: writing the audit log failed");
             }
             let dropped = self.dropped.load(Ordering::Relaxed);
@@ -213,6 +310,31 @@ impl Writer {
                 self.reported_drops = dropped;
             }
         }
+    }
+
+    /// Writes a checkpoint when enough records, or enough time, passed since the last.
+    fn checkpoint_if_due(&mut self) -> Result<()> {
+        let due = self.since_checkpoint >= self.options.checkpoint_every
+            || (self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval);
+        if due { self.checkpoint(RecordKind::Checkpoint) } else { Ok(()) }
+    }
+
+    /// Writes what is pending and the closing checkpoint.
+    fn close(&mut self) -> Result<()> {
+        self.checkpoint(RecordKind::Close)
+    }
+
+    /// Writes the pending lines to the file.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.display().to_string();
+        let pending = std::mem::take(&mut self.pending);
+        let written = self.current_file()?.write_all(&pending);
+        self.pending = pending;
+        self.pending.clear();
+        written.map_err(|e| unavailable(format!("audit log {path}: {e}")))
     }
 
     /// The file at the log's path: reopened when the log was rotated (moved or removed).
@@ -256,22 +378,21 @@ impl Writer {
                 AuditRecord { signature: Some(signature), ..record }
             }
         };
-        let mut line = serde_json::to_vec(&signed).map_err(|e| unavailable(format!("audit record: {e}")))?;
+        let line = serde_json::to_vec(&signed).map_err(|e| unavailable(format!("audit record: {e}")))?;
         self.prev = line_hash(&line);
         self.seq += 1;
-        line.push(b'\n');
-        let path = self.path.display().to_string();
-        self.current_file()?.write_all(&line).map_err(|e| unavailable(format!("audit log {path}: {e}")))?;
+        self.pending.extend_from_slice(&line);
+        self.pending.push(b'\n');
         if kind == RecordKind::Decision {
             self.since_checkpoint += 1;
         }
-        line.pop();
         Ok(line)
     }
 
     /// Writes a signed checkpoint, makes the log durable, and replaces the head file with it.
     fn checkpoint(&mut self, kind: RecordKind) -> Result<()> {
         let line = self.append(kind, None, now_ms())?;
+        self.flush()?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         let path = self.path.display().to_string();
