@@ -634,6 +634,50 @@ impl Drop for AuthlibServer {
     }
 }
 
+/// A Shared Signals transmitter written on joserfc and Flask (`oauth/ssf_transmitter.py`), on
+/// a loopback port, with one poll stream per `(bearer token, audience)`. Killed when dropped.
+#[derive(Debug)]
+pub struct SsfTransmitter {
+    port: u16,
+    _dir: TempDir,
+    child: Child,
+}
+
+impl SsfTransmitter {
+    /// Starts it, or `None` when no suitable Python is installed (see [`oauth_python`]).
+    pub fn start(issuer: &str, streams: &[(&str, &str)]) -> Option<Self> {
+        let python = oauth_python()?;
+        let port = free_port();
+        let dir = TempDir::new("wimse-ssf");
+        let streams: Vec<serde_json::Value> =
+            streams.iter().map(|(token, audience)| serde_json::json!({"token": token, "audience": audience})).collect();
+        let config = serde_json::json!({ "issuer": issuer, "port": port, "streams": streams });
+        let path = dir.write_file("config.json", &config.to_string());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("oauth/ssf_transmitter.py");
+        let child = Command::new(python)
+            .arg(script)
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the SSF transmitter starts");
+        wait_for_port(port);
+        Some(Self { port, _dir: dir, child })
+    }
+
+    /// Its base URL (`/jwks`, `/emit`, `/poll`, `/errors`).
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SsfTransmitter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::flag_value;

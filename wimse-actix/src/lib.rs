@@ -375,7 +375,7 @@ impl FromRequest for Transaction {
         ready(caller.and_then(VerifiedCaller::shared_transaction).map(Transaction).ok_or_else(|| {
             let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
             match caller {
-                Some(caller) => wimse_core::server::audit::refused(caller, &error),
+                Some(caller) => caller.audit_refused(&error),
                 None => wimse_core::server::audit::rejected("none", None, &error),
             }
             error.into()

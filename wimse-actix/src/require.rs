@@ -103,7 +103,7 @@ where
             }
             Err((caller, error)) => {
                 match &caller {
-                    Some(caller) => wimse_core::server::audit::refused(caller, &error),
+                    Some(caller) => caller.audit_refused(&error),
                     None => wimse_core::server::audit::rejected("none", None, &error),
                 }
                 let response = crate::rejection_response(&Rejection::from_error(&error));

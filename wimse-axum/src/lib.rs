@@ -135,7 +135,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Transaction {
         transaction(parts).ok_or_else(|| {
             let error = Error::with_detail(ErrorKind::MissingTxnToken, "handler requires a verified Txn-Token");
             match parts.extensions.get::<VerifiedCaller>() {
-                Some(caller) => wimse_core::server::audit::refused(caller, &error),
+                Some(caller) => caller.audit_refused(&error),
                 None => wimse_core::server::audit::rejected("none", None, &error),
             }
             WimseRejection::from(error)

@@ -23,6 +23,9 @@ pub(crate) struct VerifyArgs {
     /// Do not read a head file.
     #[arg(long, conflicts_with = "head")]
     no_head: bool,
+    /// The files are a rotated log's later part: its first record need not be the log's first.
+    #[arg(long)]
+    continued: bool,
     /// The log's files, oldest first (a rotated log: `audit.jsonl.1 audit.jsonl`).
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -85,8 +88,9 @@ fn describe(report: &Report) -> String {
     let signed =
         report.signed_through.map_or("no checkpoint verified".to_owned(), |s| format!("signed through record {s}"));
     let end = if report.closed { "closed" } else { "open (still being written, or not closed in order)" };
+    let first = report.first_seq.map_or("no record".to_owned(), |s| format!("from record {s}"));
     out.push_str(&format!(
-        "{} records, {} checkpoints, {signed}, {} records after the last checkpoint, {end}\n",
+        "{} records {first}, {} checkpoints, {signed}, {} records after the last checkpoint, {end}\n",
         report.records, report.checkpoints, report.unsigned_tail
     ));
     out
@@ -104,7 +108,10 @@ pub(crate) fn verify(args: VerifyArgs) -> CliResult {
         (None, true) => None,
     };
     let head = head_path.as_deref().map(crate::files::read_input).transpose()?;
-    let report = verify_files(&args.files, &keys, head.as_deref())?;
+    let mut report = verify_files(&args.files, &keys, head.as_deref())?;
+    if args.continued {
+        report.findings.retain(|f| f.kind != wimse_core::server::audit_log::FindingKind::StartMissing);
+    }
     print!("{}", describe(&report));
     match head_path {
         Some(path) => println!("held to the head file {}", path.display()),

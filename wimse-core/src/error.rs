@@ -222,6 +222,11 @@ error_kinds! {
     /// empty segment or a `.`/`..` segment): a framework that decodes or normalises it could
     /// route it where a stricter route policy applies, so no policy is chosen for it (400).
     NonCanonicalPath => "non_canonical_path", Answer::Status(400), "the path is not canonical, so no route policy can be chosen for it";
+    /// A risk signal (Shared Signals: CAEP `credential-change`, `session-revoked`, RISC
+    /// `account-disabled`) revoked the calling workload's credential, or disabled it (403).
+    WorkloadRevoked => "workload_revoked", Answer::Status(403), "the workload's credential was revoked by a risk signal";
+    /// A risk signal revoked the Txn-Token's subject (the user), or disabled it (403).
+    SubjectRevoked => "subject_revoked", Answer::Status(403), "the Txn-Token's subject was revoked by a risk signal";
     // ---- MCP (the Model Context Protocol behind WIMSE, wimse-mcp) ----
     /// A message posted to an MCP server is not one JSON-RPC request object whose `method` (and
     /// a tool call's `params`) can be read unambiguously: a batch, another JSON value, a repeated

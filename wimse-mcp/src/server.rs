@@ -340,8 +340,9 @@ where
                         Some(caller) => {
                             // Recorded as a decision on the tool (the layer recorded the POST).
                             let decided = policies.check(caller, &name, parts.uri.path());
-                            wimse_core::server::audit::decided(caller, &format!("tool:{name}"), decided.as_ref().err());
-                            match decided {
+                            let recorded = caller.audit_decision(&format!("tool:{name}"), decided.as_ref().err());
+                            // An allow the audit log refuses to record (`WhenFull::Refuse`) is refused.
+                            match decided.and(recorded) {
                                 Ok(()) => Ok(Some(name)),
                                 Err(error) => return Ok(refusal(id, &error)),
                             }
@@ -394,7 +395,7 @@ fn refuse<B>(
     error: &Error,
 ) -> Response<Either<B, Full<Bytes>>> {
     match caller {
-        Some(caller) => wimse_core::server::audit::refused(caller, error),
+        Some(caller) => caller.audit_refused(error),
         None => wimse_core::server::audit::rejected("none", None, error),
     }
     refusal(id, error)

@@ -73,7 +73,7 @@ where
                 // The route's own decision, logged like the layer's (the caller may have
                 // passed the layer: this event is the request's final one).
                 match req.extensions().get::<VerifiedCaller>() {
-                    Some(caller) => wimse_core::server::audit::refused(caller, &e),
+                    Some(caller) => caller.audit_refused(&e),
                     None => wimse_core::server::audit::rejected("none", None, &e),
                 }
                 WimseResponseFuture::rejected(rejection_response(Rejection::from_error(&e), grpc))

@@ -4,5 +4,6 @@
 mod httpsig;
 mod mtls;
 mod replay;
+mod revocation;
 mod server;
 mod txn;

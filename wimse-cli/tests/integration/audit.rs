@@ -96,6 +96,18 @@ fn verify_accepts_an_intact_log_and_places_each_tampering() {
         assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
         assert!(stdout(&out).contains("TAMPERED") && stdout(&out).contains(expected), "{what}: {}", stdout(&out));
     }
+    // The start cut: refused, unless the files are said to be a rotated log's later part.
+    std::fs::write(&log, &pristine).unwrap();
+    rewrite(&log, |l| drop(l.remove(0)));
+    let out = wimse(&["audit", "verify", "--no-head", "--key", pubkey.to_str().unwrap(), log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("the records before it are missing"), "{}", stdout(&out));
+    let args =
+        ["audit", "verify", "--no-head", "--continued", "--key", pubkey.to_str().unwrap(), log.to_str().unwrap()];
+    let continued = wimse(&args);
+    assert!(continued.status.success() && stdout(&continued).contains("from record 1"), "{}", stdout(&continued));
+    std::fs::write(&log, &pristine).unwrap();
+    rewrite(&log, |l| l.truncate(5));
     // Without the head file the cut tail is not visible, and the output says so.
     let out = wimse(&["audit", "verify", "--no-head", "--key", pubkey.to_str().unwrap(), log.to_str().unwrap()]);
     assert!(

@@ -8,7 +8,6 @@
 use crate::error::Error;
 use crate::id::WorkloadId;
 use crate::server::audit_log::{AuditEvent, AuditLog};
-use crate::server::caller::VerifiedCaller;
 
 /// The request was let through as `caller`, within transaction `txn` (its verified Txn-Token's
 /// id) if any.
@@ -52,52 +51,6 @@ pub fn rejected(mode: &'static str, caller: Option<&WorkloadId>, error: &Error) 
     }
     metrics::counter!("wimse_verifications_total", "mode" => mode, "result" => "reject", "reason" => reason)
         .increment(1);
-}
-
-/// `caller` was let through: the event of [`allowed`], and the record in the caller's audit
-/// log when its verifier keeps one ([`Verifier::audit_log`](crate::server::verify::Verifier::audit_log)).
-pub fn admitted(caller: &VerifiedCaller) {
-    allowed(caller.method().name(), caller.id(), caller.transaction().map(|t| t.txn()));
-    log(caller, None, None);
-}
-
-/// `caller` was refused with `error`: the event of [`rejected`], and the record in the caller's
-/// audit log when its verifier keeps one.
-pub fn refused(caller: &VerifiedCaller, error: &Error) {
-    rejected(caller.method().name(), Some(caller.id()), error);
-    log(caller, Some(error), None);
-}
-
-/// Records a decision on `action` (an MCP tool, `tool:<name>`, rather than the HTTP method) in
-/// the caller's audit log, if any: `error` is the refusal, `None` an allow.
-pub fn decided(caller: &VerifiedCaller, action: &str, error: Option<&Error>) {
-    if let Some(error) = error {
-        rejected(caller.method().name(), Some(caller.id()), error);
-    }
-    log(caller, error, Some(action));
-}
-
-/// Writes the record of a decision on `caller`'s request into its verifier's audit log.
-fn log(caller: &VerifiedCaller, error: Option<&Error>, action: Option<&str>) {
-    let Some(context) = caller.audit.as_deref() else { return };
-    let txn = caller.transaction();
-    let event = AuditEvent {
-        request_id: caller.method().proof_id().map(str::to_owned),
-        parent_request_id: None,
-        txn: txn.map(|t| t.txn().to_owned()),
-        caller: Some(caller.id().to_string()),
-        proof: Some(caller.method().name().to_owned()),
-        subject: txn.map(|t| t.subject().to_owned()),
-        actors: txn.map(|t| t.actors().iter().map(ToString::to_string).collect()).unwrap_or_default(),
-        action: Some(action.unwrap_or(&context.action).to_owned()),
-        resource: Some(context.resource.clone()),
-        decision: if error.is_some() { "deny".into() } else { "allow".into() },
-        reason: error.map(|e| e.reason().to_owned()),
-        policy: None,
-    };
-    if let Err(failure) = context.log.record(event) {
-        tracing::error!(error = %failure, "wimse: the decision could not be recorded in the audit log");
-    }
 }
 
 /// A request refused before any caller was verified: recorded in `log` with what is known.

@@ -141,6 +141,66 @@ impl TlsPeer {
     }
 }
 
+/// Audit: each decision on the caller's request, as an event (target `wimse::audit`) and, when
+/// its verifier keeps an audit log ([`Verifier::audit_log`](crate::server::verify::Verifier::audit_log)),
+/// as a record.
+impl VerifiedCaller {
+    /// The request was let through: the event of [`audit::allowed`](crate::server::audit::allowed)
+    /// and the record. `Err` when the log refuses the record (`WhenFull::Refuse`): the request
+    /// must then be refused.
+    pub fn audit_admitted(&self) -> crate::Result<()> {
+        match self.audit_record(None, None) {
+            Ok(()) => {
+                crate::server::audit::allowed(self.method().name(), self.id(), self.transaction().map(|t| t.txn()));
+                Ok(())
+            }
+            Err(error) => {
+                crate::server::audit::rejected(self.method().name(), Some(self.id()), &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// The request was refused with `error`: the event of [`audit::rejected`](crate::server::audit::rejected)
+    /// and the record.
+    pub fn audit_refused(&self, error: &crate::Error) {
+        crate::server::audit::rejected(self.method().name(), Some(self.id()), error);
+        let _ = self.audit_record(Some(error), None);
+    }
+
+    /// A decision on `action` (an MCP tool, `tool:<name>`, rather than the HTTP method):
+    /// `error` is the refusal, `None` an allow. `Err` when the log refuses an allow's record.
+    pub fn audit_decision(&self, action: &str, error: Option<&crate::Error>) -> crate::Result<()> {
+        if let Some(error) = error {
+            crate::server::audit::rejected(self.method().name(), Some(self.id()), error);
+        }
+        self.audit_record(error, Some(action))
+    }
+
+    /// Writes the record of a decision into the verifier's audit log, if any.
+    fn audit_record(&self, error: Option<&crate::Error>, action: Option<&str>) -> crate::Result<()> {
+        let Some(context) = self.audit.as_deref() else { return Ok(()) };
+        let txn = self.transaction();
+        let event = crate::server::audit_log::AuditEvent {
+            request_id: self.method().proof_id().map(str::to_owned),
+            parent_request_id: None,
+            txn: txn.map(|t| t.txn().to_owned()),
+            caller: Some(self.id().to_string()),
+            proof: Some(self.method().name().to_owned()),
+            subject: txn.map(|t| t.subject().to_owned()),
+            actors: txn.map(|t| t.actors().iter().map(ToString::to_string).collect()).unwrap_or_default(),
+            action: Some(action.unwrap_or(&context.action).to_owned()),
+            resource: Some(context.resource.clone()),
+            decision: if error.is_some() { "deny".into() } else { "allow".into() },
+            reason: error.map(|e| e.reason().to_owned()),
+            policy: None,
+        };
+        context.log.record(event).inspect_err(|failure| {
+            tracing::error!(error = %failure, "wimse: the decision could not be recorded in the audit log");
+        })
+    }
+}
+
 impl VerifiedCaller {
     /// The caller's Workload Identifier (the WIT's `sub`).
     pub fn id(&self) -> &WorkloadId {
@@ -241,7 +301,7 @@ impl PendingCaller {
             let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
             if let Err(error) = crate::protocol::httpsig::check_content(&digests, body) {
                 let error = error.in_signature_mode();
-                crate::server::audit::refused(&self.caller, &error);
+                self.caller.audit_refused(&error);
                 return Err(error);
             }
         }

@@ -196,7 +196,7 @@ impl SignedExchange<'_> {
             }
         };
         match &self.pending {
-            Some(pending) => crate::server::audit::refused(&pending.caller, &error),
+            Some(pending) => pending.caller.audit_refused(&error),
             None => crate::server::audit::rejected("http-signature", None, &error),
         }
         error

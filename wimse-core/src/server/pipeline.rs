@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use crate::client::sign::Signer;
 use crate::error::{ErrorKind, Result};
-use crate::server::audit;
 use crate::server::caller::{PendingCaller, ProofMethod, TlsPeer, VerifiedCaller};
 use crate::server::framing::{HeaderSource, Rejection, has_wimse_credentials};
 use crate::server::policy::Policy;
@@ -321,14 +320,14 @@ impl Pipeline {
                 ErrorKind::TlsPeerMismatch,
                 format!("TLS peer {}, request credentials {}", peer.caller().id(), pending.id()),
             );
-            audit::refused(&pending.caller, &error);
+            pending.caller.audit_refused(&error);
             return Err(error);
         }
         if let Err(error) = self.policy_for(request.path).and_then(|policy| match policy {
             Some(policy) => policy.check_request(&pending.caller, request.method, request.path),
             None => Ok(()),
         }) {
-            audit::refused(&pending.caller, &error);
+            pending.caller.audit_refused(&error);
             return Err(error);
         }
         Ok(Some(pending))
@@ -351,10 +350,11 @@ impl Pipeline {
         )
         .and_then(|txn| {
             pending.caller.txn_token = txn.map(str::to_owned);
-            self.verifier.attach_transaction(&mut pending.caller)
+            self.verifier.attach_transaction(&mut pending.caller)?;
+            self.verifier.check_revocations(&pending.caller)
         });
         if let Err(error) = checked {
-            audit::refused(&pending.caller, &error);
+            pending.caller.audit_refused(&error);
             return Err(error);
         }
         Ok(pending)

@@ -368,6 +368,7 @@ pub struct Verifier {
     quota: Arc<CallerQuota>,
     clock: Arc<dyn Clock>,
     audit_log: Option<crate::server::audit_log::AuditLog>,
+    revocations: Option<crate::server::signals::Revocations>,
 }
 
 impl fmt::Debug for Verifier {
@@ -434,6 +435,7 @@ impl Verifier {
             replay: Arc::new(InMemoryReplayStore::default()),
             clock: Arc::new(SystemClock),
             audit_log: None,
+            revocations: None,
         })
     }
 
@@ -467,6 +469,32 @@ impl Verifier {
     pub fn audit_log(mut self, log: crate::server::audit_log::AuditLog) -> Self {
         self.audit_log = Some(log);
         self
+    }
+
+    /// Refuses callers whose credential, and Txn-Tokens whose subject, a risk signal revoked
+    /// ([`signals`](crate::server::signals)): checked on every request, cached credentials
+    /// included.
+    pub fn revocations(mut self, revocations: crate::server::signals::Revocations) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// Refuses `caller` if a risk signal revoked its credential or its Txn-Token's subject.
+    pub(crate) fn check_revocations(&self, caller: &VerifiedCaller) -> Result<()> {
+        let Some(revocations) = &self.revocations else { return Ok(()) };
+        if revocations.is_empty() {
+            return Ok(());
+        }
+        let issued_at = match &caller.credential {
+            crate::server::caller::Credential::Wit(wit) => wit.claims().iat,
+            // A certificate's issuance is not read here: anything against it refuses.
+            _ => None,
+        };
+        revocations.check_workload(&caller.id, issued_at)?;
+        if let Some(txn) = caller.transaction() {
+            revocations.check_subject(txn.subject(), txn.issued_at())?;
+        }
+        Ok(())
     }
 
     /// Where the decisions on a request for `method` and `path` are recorded, if anywhere.
@@ -517,6 +545,7 @@ impl Verifier {
         // The Txn-Token's own validity, checked after (and independently of) its binding.
         let result = result.and_then(|mut pending| {
             self.attach_transaction(&mut pending.caller)?;
+            self.check_revocations(&pending.caller)?;
             Ok(pending)
         });
         if let Err(error) = &result {
@@ -589,8 +618,7 @@ impl Verifier {
             return Confirm::done(Err(settle_rejection(&caller, error)));
         }
         let Some(claim) = claim else {
-            audit::admitted(&caller);
-            return Confirm::done(Ok(caller));
+            return Confirm::done(caller.audit_admitted().map(|()| caller));
         };
         let now = self.clock.now();
         let owner = self.quota.owner(&caller.id);
@@ -804,7 +832,7 @@ fn settle_rejection(caller: &VerifiedCaller, error: Error) -> Error {
         ProofMethod::HttpSignature { .. } => error.in_signature_mode(),
         _ => error,
     };
-    audit::refused(caller, &error);
+    caller.audit_refused(&error);
     error
 }
 
@@ -838,10 +866,8 @@ impl Waiting {
             Error::with_detail(ErrorKind::ReplayCacheUnavailable, "confirmation polled after completion")
         })?;
         match result {
-            Ok(()) => {
-                audit::admitted(&caller);
-                Ok(caller)
-            }
+            // Nothing is let through without its record when the log refuses (`WhenFull::Refuse`).
+            Ok(()) => caller.audit_admitted().map(|()| caller),
             Err(error) => {
                 self.quota.release(self.owner, self.expires_at);
                 Err(settle_rejection(&caller, error))

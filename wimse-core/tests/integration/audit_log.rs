@@ -109,6 +109,10 @@ fn each_kind_of_tampering_is_found_where_it_happened() {
     broken[1][0] = b'[';
     assert_eq!(kinds(&verify(&broken, key.public_key(), Some(&head)))[0], (2, FindingKind::NotARecord));
 
+    // The start deleted (the first two lines): the first record given is not a log's first.
+    let headless = original[2..].to_vec();
+    assert_eq!(kinds(&verify(&headless, key.public_key(), Some(&head))), [(1, FindingKind::StartMissing)]);
+
     // One record deleted (line 3): the next is found missing its predecessor.
     let mut deleted = original.clone();
     deleted.remove(2);
@@ -174,10 +178,11 @@ fn a_restart_continues_the_chain_and_a_rotation_splits_it_across_files() {
     let files = vec![("old".to_owned(), BufReader::new(&older[..])), ("new".to_owned(), BufReader::new(&newer[..]))];
     let report = check(files, std::slice::from_ref(key.public_key()), None);
     assert!(report.is_intact() && report.closed, "{report:?}");
-    // The newer file alone starts mid-chain: not a finding, but said.
+    // The newer file alone starts mid-chain: said, and nothing else is wrong.
     let alone =
         check(vec![("new".to_owned(), BufReader::new(&newer[..]))], std::slice::from_ref(key.public_key()), None);
-    assert!(alone.is_intact() && alone.first_seq > Some(0), "{alone:?}");
+    assert_eq!(kinds(&alone), [(1, FindingKind::StartMissing)], "{alone:?}");
+    assert!(alone.first_seq > Some(0));
     // Given in the wrong order, the files do not chain.
     let files = vec![("new".to_owned(), BufReader::new(&newer[..])), ("old".to_owned(), BufReader::new(&older[..]))];
     assert!(!check(files, std::slice::from_ref(key.public_key()), None).is_intact());
@@ -350,5 +355,98 @@ fn one_writer_per_file_and_settings_name_the_log() {
     std::fs::write(dir.join("bad.json"), bad).unwrap();
     let refused = wimse_core::config::Settings::from_file(dir.join("bad.json")).unwrap().verifier().unwrap_err();
     assert!(refused.detail().unwrap().contains("audit.when_full"), "{refused:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A log cut before its newest checkpoint is not continued on restart (the next checkpoint
+/// would hide the cut), a second close does not hang, and a log that refuses records when its
+/// writer is behind refuses the requests it cannot record.
+#[test]
+fn a_cut_log_is_not_resumed_and_a_refusing_log_refuses_requests() {
+    use crate::common::*;
+    use wimse_core::prelude::*;
+    let dir = dir("resume");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    write_log(&path, &key, 12);
+    let mut cut = Vec::new();
+    for line in &lines(&path)[..8] {
+        cut.extend_from_slice(line);
+        cut.push(b'\n');
+    }
+    std::fs::write(&path, &cut).unwrap();
+    let refused = AuditLog::open(&path, SERVICE, key.clone(), AuditOptions::default()).unwrap_err();
+    assert!(refused.detail().unwrap().contains("does not hold its newest checkpoint"), "{refused:?}");
+
+    // Closed twice (by two clones): the second answers at once.
+    let fresh = dir.join("twice.audit.jsonl");
+    let first = AuditLog::open(&fresh, SERVICE, key.clone(), AuditOptions::default()).unwrap();
+    let second = first.clone();
+    first.close().unwrap();
+    assert_eq!(second.close().unwrap_err().reason(), "audit_log_unavailable");
+    // And reopened, the chain goes on.
+    let again = AuditLog::open(&fresh, SERVICE, key.clone(), AuditOptions::default()).unwrap();
+    again.record(event(1)).unwrap();
+    again.close().unwrap();
+    let head = std::fs::read(dir.join("twice.audit.jsonl.head")).unwrap();
+    assert!(verify(&lines(&fresh), key.public_key(), Some(&head)).is_intact());
+
+    // A queue of one that refuses when full: requests beyond what it can take are refused.
+    let f = Fixture::new();
+    let options = AuditOptions { queue: 1, when_full: WhenFull::Refuse, ..Default::default() };
+    let log = AuditLog::open(dir.join("refusing.audit.jsonl"), SERVICE, key.clone(), options).unwrap();
+    let verifier = f.verifier().audit_log(log.clone());
+    let outcomes: Vec<_> = (0..50)
+        .map(|_| verifier.verify_sync(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt()))).map(|_| ()))
+        .collect();
+    let refusals: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(!refusals.is_empty(), "a full refusing log refuses requests");
+    assert!(refusals.iter().all(|e| e.reason() == "audit_log_unavailable"), "{refusals:?}");
+    log.close().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn traces_mark_unsigned_hops_and_escape_what_records_say() {
+    use wimse_core::server::audit_log::trace;
+    let dir = dir("trace");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    // A resource written to break out of the DOT label, and a control character.
+    let mut hostile = event(1);
+    hostile.resource = Some(r#"/x" ] ; evil [label="owned\"#.into());
+    hostile.caller = Some("spiffe://prod.example/front\nforged line".into());
+    let log = AuditLog::open(&path, SERVICE, key.clone(), AuditOptions::default()).unwrap();
+    log.record(hostile).unwrap();
+    log.close().unwrap();
+    // A record appended after the closing checkpoint (by whoever can write the file).
+    let mut text = std::fs::read(&path).unwrap();
+    let last = lines(&path).last().unwrap().clone();
+    let appended = serde_json::json!({"v": 1, "seq": 2, "ts_ms": 1, "service": SERVICE, "kind": "decision",
+        "txn": "txn-1", "caller": "spiffe://prod.example/ghost", "decision": "allow", "prev": line_hash(&last)});
+    text.extend_from_slice(serde_json::to_string(&appended).unwrap().as_bytes());
+    text.push(b'\n');
+    let files = vec![("orders".to_owned(), text)];
+    let custody = trace(&files, "txn-1", std::slice::from_ref(key.public_key()));
+    assert_eq!(custody.hops.len(), 2);
+    let (ghost, real) = if custody.hops[0].seq == 2 {
+        (&custody.hops[0], &custody.hops[1])
+    } else {
+        (&custody.hops[1], &custody.hops[0])
+    };
+    assert!(custody.is_signed(real) && !custody.is_signed(ghost));
+    let text = custody.text();
+    assert!(
+        text.contains("spiffe://prod.example/ghost -> ") && text.contains("[not signed by a checkpoint]"),
+        "{text}"
+    );
+    assert!(!text.contains("\nforged line"), "a record adds no line: {text}");
+    let dot = custody.dot();
+    assert!(dot.contains(r#"/x\" ] ; evil [label=\"owned\\"#), "{dot}");
+    // Every quote inside a label is escaped: the labels' own quotes pair up.
+    for line in dot.lines().filter(|l| l.contains("->")) {
+        let unescaped = line.replace(r"\\", "").replace(r#"\""#, "");
+        assert_eq!(unescaped.matches('"').count(), 6, "{line}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -27,6 +27,9 @@ pub enum FindingKind {
     UnknownKey,
     /// The log ends before its newest checkpoint (the tail was cut).
     Truncated,
+    /// The first record given is not a log's first: the records before it were deleted, or are
+    /// in an older file not given (a rotated log's later file).
+    StartMissing,
 }
 
 /// One finding: where, what, and a sentence saying it.
@@ -104,9 +107,13 @@ fn verify_checkpoint(record: &AuditRecord, keys: &[PublicKey]) -> Result<(), (Fi
 struct Chain {
     prev_hash: Option<String>,
     prev_seq: Option<u64>,
-    hashes_seen: std::collections::HashSet<String>,
+    /// The head checkpoint's number and hash, and whether the line at that number matched.
+    head: Option<(u64, String)>,
+    head_seen: Option<bool>,
     last_seq: Option<u64>,
     since_checkpoint: u64,
+    /// Where the line before is: (file, line).
+    prev_place: Option<(String, usize)>,
 }
 
 /// Verifies `files` (their lines, in the order written: a rotated log's older files first)
@@ -114,6 +121,19 @@ struct Chain {
 pub fn check<R: BufRead>(files: Vec<(String, R)>, keys: &[PublicKey], head: Option<&[u8]>) -> Report {
     let mut report = Report::default();
     let mut chain = Chain::default();
+    let head = head.map(|h| h.strip_suffix(b"\n").unwrap_or(h));
+    let head_record = match head.map(serde_json::from_slice::<AuditRecord>) {
+        Some(Ok(record)) if record.kind != RecordKind::Decision => Some(record),
+        Some(_) => {
+            let message = "the head file is not a checkpoint".to_owned();
+            report.findings.push(Finding { file: "head".into(), line: 0, kind: FindingKind::NotARecord, message });
+            None
+        }
+        None => None,
+    };
+    if let (Some(record), Some(head)) = (&head_record, head) {
+        chain.head = Some((record.seq, line_hash(head)));
+    }
     for (name, mut reader) in files {
         let mut number = 0;
         let mut line = Vec::new();
@@ -146,23 +166,38 @@ pub fn check<R: BufRead>(files: Vec<(String, R)>, keys: &[PublicKey], head: Opti
             };
             report.records += 1;
             let hash = line_hash(body);
-            chain.hashes_seen.insert(hash.clone());
             let record = match serde_json::from_slice::<AuditRecord>(body) {
                 Ok(record) if record.v == FORMAT_VERSION => record,
                 _ => {
                     let message = format!("line {number} is not an audit record: it was changed");
                     report.findings.push(finding(FindingKind::NotARecord, message));
                     chain.prev_hash = Some(hash);
-                    chain.prev_seq = chain.prev_seq.map(|s| s + 1);
+                    chain.prev_seq = chain.prev_seq.map(|s| s.saturating_add(1));
+                    chain.prev_place = Some((name.clone(), number));
                     continue;
                 }
             };
-            report.first_seq.get_or_insert(record.seq);
+            if report.first_seq.is_none() {
+                report.first_seq = Some(record.seq);
+                if record.seq != 0 || !record.prev.is_empty() {
+                    let message = format!(
+                        "the first record given is record {}: the records before it are missing (deleted, or in an older file not given)",
+                        record.seq
+                    );
+                    report.findings.push(finding(FindingKind::StartMissing, message));
+                }
+            }
             if let Some(problem) = chain_problem(&chain, &record, number) {
                 report.findings.push(finding(problem.0, problem.1));
             }
+            if let Some((head_seq, head_hash)) = &chain.head
+                && record.seq == *head_seq
+            {
+                chain.head_seen = Some(chain.head_seen.unwrap_or(true) && &hash == head_hash);
+            }
             chain.prev_hash = Some(hash);
             chain.prev_seq = Some(record.seq);
+            chain.prev_place = Some((name.clone(), number));
             chain.last_seq = Some(record.seq);
             match record.kind {
                 RecordKind::Decision => {
@@ -182,8 +217,8 @@ pub fn check<R: BufRead>(files: Vec<(String, R)>, keys: &[PublicKey], head: Opti
         }
     }
     report.unsigned_tail = chain.since_checkpoint;
-    if let Some(head) = head {
-        check_head(&mut report, &chain, head, keys);
+    if let Some(record) = &head_record {
+        check_head(&mut report, &chain, record, keys);
     }
     report
 }
@@ -191,21 +226,23 @@ pub fn check<R: BufRead>(files: Vec<(String, R)>, keys: &[PublicKey], head: Opti
 /// How `record` (at `line`) fails to follow the chain, if it does.
 fn chain_problem(chain: &Chain, record: &AuditRecord, line: usize) -> Option<(FindingKind, String)> {
     let (Some(prev_hash), Some(prev_seq)) = (&chain.prev_hash, chain.prev_seq) else {
-        // The first record read: a log's first names no hash; a later file's names the last
-        // line of the file before it, which was not given.
+        // The first record read: whether it starts a log is checked apart (`StartMissing`).
         return None;
     };
-    let expected = prev_seq + 1;
+    let expected = prev_seq.saturating_add(1);
     if &record.prev == prev_hash {
         return (record.seq != expected).then(|| {
-            (
-                FindingKind::Changed,
-                format!("line {line} was changed: its number is {}, {expected} expected", record.seq),
-            )
+            let message = format!("line {line} was changed: its number is {}, {expected} expected", record.seq);
+            (FindingKind::Changed, message)
         });
     }
+    let before = match &chain.prev_place {
+        Some((file, number)) if line == 1 => format!("line {number} of {file}"),
+        Some((_, number)) => format!("line {number}"),
+        None => "the line before".to_owned(),
+    };
     Some(if record.seq == expected {
-        (FindingKind::Changed, format!("line {} was changed: line {line} names another hash for it", line - 1))
+        (FindingKind::Changed, format!("{before} was changed: line {line} names another hash for it"))
     } else if record.seq > expected {
         let missing = if record.seq - 1 == expected {
             format!("record {expected} is")
@@ -214,48 +251,41 @@ fn chain_problem(chain: &Chain, record: &AuditRecord, line: usize) -> Option<(Fi
         };
         (FindingKind::Missing, format!("{missing} missing before line {line}: deleted"))
     } else {
-        (
-            FindingKind::Reordered,
-            format!(
-                "line {line} (record {}) comes after record {prev_seq}: records were reordered or repeated",
-                record.seq
-            ),
-        )
+        let message = format!(
+            "line {line} (record {}) comes after record {prev_seq}: records were reordered or repeated",
+            record.seq
+        );
+        (FindingKind::Reordered, message)
     })
 }
 
 /// The head file's checkpoint must be in the log: else the tail was cut (or the head is not
 /// this log's).
-fn check_head(report: &mut Report, chain: &Chain, head: &[u8], keys: &[PublicKey]) {
+fn check_head(report: &mut Report, chain: &Chain, record: &AuditRecord, keys: &[PublicKey]) {
     let head_finding = |kind, message| Finding { file: "head".into(), line: 0, kind, message };
-    let head = head.strip_suffix(b"\n").unwrap_or(head);
-    let record = match serde_json::from_slice::<AuditRecord>(head) {
-        Ok(record) if record.kind != RecordKind::Decision => record,
-        _ => {
-            report.findings.push(head_finding(FindingKind::NotARecord, "the head file is not a checkpoint".into()));
-            return;
-        }
-    };
-    if let Err((kind, message)) = verify_checkpoint(&record, keys) {
+    if let Err((kind, message)) = verify_checkpoint(record, keys) {
         report.findings.push(head_finding(kind, format!("head: {message}")));
         return;
     }
-    if chain.hashes_seen.contains(&line_hash(head)) {
+    // A head older than the files given (a rotated log's later file, checked alone).
+    if report.first_seq.is_some_and(|first| record.seq < first) {
         return;
     }
-    let last = chain.last_seq.map_or("no record".to_owned(), |s| format!("record {s}"));
-    let (kind, message) = match chain.last_seq {
-        Some(last_seq) if last_seq >= record.seq => (
+    match chain.head_seen {
+        Some(true) => {}
+        Some(false) => report.findings.push(head_finding(
             FindingKind::Changed,
             format!("the log's record {} is not the checkpoint the head file holds: it was changed", record.seq),
-        ),
-        _ => (
-            FindingKind::Truncated,
-            format!(
-                "the log ends at {last}, before its newest checkpoint (record {}, in the head file): the tail was cut",
-                record.seq
-            ),
-        ),
-    };
-    report.findings.push(head_finding(kind, message));
+        )),
+        None => {
+            let last = chain.last_seq.map_or("no record".to_owned(), |s| format!("record {s}"));
+            report.findings.push(head_finding(
+                FindingKind::Truncated,
+                format!(
+                    "the log ends at {last}, before its newest checkpoint (record {}, in the head file): the tail was cut",
+                    record.seq
+                ),
+            ));
+        }
+    }
 }

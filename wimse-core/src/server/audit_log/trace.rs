@@ -44,10 +44,12 @@ pub struct Trace {
 }
 
 fn verdict(report: &Report) -> LogVerdict {
-    if let Some(finding) = report.findings.iter().find(|f| f.kind != FindingKind::UnknownKey) {
+    // A later file of a rotated log starts mid-chain: said by `first_seq`, not tampering here.
+    let tampering = |f: &&super::Finding| !matches!(f.kind, FindingKind::UnknownKey | FindingKind::StartMissing);
+    if let Some(finding) = report.findings.iter().find(tampering) {
         return LogVerdict::Tampered(format!("{}:{}: {}", finding.file, finding.line, finding.message));
     }
-    if !report.findings.is_empty() {
+    if report.findings.iter().any(|f| f.kind == FindingKind::UnknownKey) {
         LogVerdict::UnknownKey
     } else if report.checkpoints == 0 {
         LogVerdict::Unsigned
@@ -90,7 +92,34 @@ fn field(value: Option<&String>) -> &str {
     value.map_or("-", String::as_str)
 }
 
+/// A DOT string's content: quotes and backslashes escaped, control characters dropped (no
+/// field of a record, which the log's writer or an attacker chose, can end the string).
+fn dot_escape(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}
+
+/// A field for one line of text: control characters dropped, so a record cannot add lines.
+fn plain(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
 impl Trace {
+    /// Whether `hop` is covered by a verified checkpoint of its service's log (records after
+    /// the last checkpoint are chained, not signed).
+    pub fn is_signed(&self, hop: &AuditRecord) -> bool {
+        self.logs.iter().any(|log| {
+            log.service == hop.service
+                && log.verdict == LogVerdict::Verified
+                && log.report.signed_through.is_some_and(|signed| hop.seq <= signed)
+        })
+    }
+
     /// Whether every log was verified.
     pub fn all_verified(&self) -> bool {
         self.logs.iter().all(|log| log.verdict == LogVerdict::Verified)
@@ -119,8 +148,9 @@ impl Trace {
                 format!(" | agents {}", event.actors.join(" <- "))
             };
             let reason = event.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-            out.push_str(&format!(
-                "{:>2}. {} -> {} | {} {} | {} | {}{reason}{actors}\n",
+            let unsigned = if self.is_signed(hop) { "" } else { " [not signed by a checkpoint]" };
+            let line = format!(
+                "{:>2}. {} -> {} | {} {} | {} | {}{reason}{actors}{unsigned}",
                 n + 1,
                 field(event.caller.as_ref()),
                 hop.service,
@@ -128,7 +158,9 @@ impl Trace {
                 field(event.resource.as_ref()),
                 field(event.proof.as_ref()),
                 event.decision,
-            ));
+            );
+            out.push_str(&plain(&line));
+            out.push('\n');
         }
         out
     }
@@ -136,32 +168,30 @@ impl Trace {
     /// The chain of custody as a Graphviz graph: workloads as boxes, each hop an arrow with its
     /// order, action, proof, decision and agents (green allowed, red refused).
     pub fn dot(&self) -> String {
-        let quoted = |text: &str| format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
         let mut dot = format!(
-            "digraph custody {{\n  label={};\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n  edge [fontname=\"Helvetica\", fontsize=10];\n",
-            quoted(&format!("transaction {}", self.txn))
+            "digraph custody {{\n  label=\"{}\";\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n  edge [fontname=\"Helvetica\", fontsize=10];\n",
+            dot_escape(&format!("transaction {}", self.txn))
         );
         for (n, hop) in self.hops.iter().enumerate() {
             let event = hop.event.clone().unwrap_or_default();
-            // Each line escaped on its own, joined by Graphviz's line break.
+            let reason = event.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
             let mut lines = vec![
                 format!("{}. {} {}", n + 1, field(event.action.as_ref()), field(event.resource.as_ref())),
-                format!(
-                    "{}, {}{}",
-                    field(event.proof.as_ref()),
-                    event.decision,
-                    event.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
-                ),
+                format!("{}, {}{reason}", field(event.proof.as_ref()), event.decision),
             ];
             if !event.actors.is_empty() {
                 lines.push(format!("agents {}", event.actors.join(" <- ")));
             }
-            let label = lines.iter().map(|l| quoted(l).trim_matches('"').to_owned()).collect::<Vec<_>>().join("\\n");
+            if !self.is_signed(hop) {
+                lines.push("not signed by a checkpoint".to_owned());
+            }
+            // Each line escaped on its own, joined by Graphviz's line break.
+            let label = lines.iter().map(|l| dot_escape(l)).collect::<Vec<_>>().join("\\n");
             let colour = if event.decision == "allow" { "darkgreen" } else { "red" };
             dot.push_str(&format!(
-                "  {} -> {} [label=\"{label}\", color={colour}, fontcolor={colour}];\n",
-                quoted(field(event.caller.as_ref())),
-                quoted(&hop.service)
+                "  \"{}\" -> \"{}\" [label=\"{label}\", color={colour}, fontcolor={colour}];\n",
+                dot_escape(field(event.caller.as_ref())),
+                dot_escape(&hop.service)
             ));
         }
         dot.push_str("}\n");

@@ -84,6 +84,8 @@ struct OpenLog {
     dropped: Arc<AtomicU64>,
     writer: std::thread::Thread,
     service: Arc<str>,
+    /// The writer thread has ended (its closing checkpoint is written).
+    finished: Arc<AtomicBool>,
 }
 
 impl OpenLog {
@@ -129,17 +131,33 @@ impl AuditLog {
     /// opening fails rather than chaining onto it.
     pub fn open(path: impl AsRef<Path>, service: &str, key: SigningKey, options: AuditOptions) -> Result<Self> {
         let path = path.as_ref().to_owned();
+        let options = AuditOptions { checkpoint_every: options.checkpoint_every.max(1), ..options };
         // One writer per file in a process: two would each chain onto their own last line.
         let mut open = lock(&OPEN);
         let file = open_append(&path)?;
         let canonical =
             std::fs::canonicalize(&path).map_err(|e| unavailable(format!("audit log {}: {e}", path.display())))?;
-        open.retain(|_, log| log.upgrade().is_some());
-        if let Some(log) = open.get(&canonical).and_then(OpenLog::upgrade) {
-            if &*log.service != service {
-                return Err(unavailable(format!("audit log {} is already written by {}", path.display(), log.service)));
+        open.retain(|_, log| !log.finished.load(Ordering::Acquire));
+        if let Some(existing) = open.get(&canonical) {
+            if let Some(log) = existing.upgrade() {
+                if &*log.service != service {
+                    let detail = format!("audit log {} is already written by {}", path.display(), log.service);
+                    return Err(unavailable(detail));
+                }
+                return Ok(log);
             }
-            return Ok(log.clone());
+            // Closing: its last checkpoint is not written yet. Continuing before it is would
+            // fork the chain.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !existing.finished.load(Ordering::Acquire) {
+                if Instant::now() > deadline {
+                    return Err(unavailable(format!(
+                        "audit log {}: its previous writer does not finish",
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         let (seq, prev) = resume(&path)?;
         let shared = Arc::new(Shared::default());
@@ -159,10 +177,15 @@ impl AuditLog {
             reported_drops: 0,
             pending: Vec::new(),
         };
-        let weak = Arc::downgrade(&shared);
+        let owned = shared.clone();
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
         let thread = std::thread::Builder::new()
             .name("wimse-audit".into())
-            .spawn(move || writer.run(weak))
+            .spawn(move || {
+                writer.run(owned);
+                done.store(true, Ordering::Release);
+            })
             .map_err(|e| unavailable(format!("audit writer thread: {e}")))?;
         let writer = thread.thread().clone();
         let log = Self {
@@ -180,6 +203,7 @@ impl AuditLog {
             dropped: log.dropped.clone(),
             writer: log.writer.clone(),
             service: log.service.clone(),
+            finished,
         };
         open.insert(canonical, weak);
         Ok(log)
@@ -187,10 +211,10 @@ impl AuditLog {
 
     /// Hands `event` to the writer, stamped now; never waits for I/O.
     pub fn record(&self, event: AuditEvent) -> Result<()> {
+        let mut queue = lock(&self.shared.queue);
         if !self.shared.running.load(Ordering::Acquire) {
             return Err(unavailable("the audit writer stopped"));
         }
-        let mut queue = lock(&self.shared.queue);
         if queue.len() >= self.capacity {
             drop(queue);
             return match self.when_full {
@@ -216,7 +240,15 @@ impl AuditLog {
     /// clones, are refused.
     pub fn close(self) -> Result<()> {
         let (done, outcome) = std::sync::mpsc::channel();
-        *lock(&self.shared.closing) = Some(done);
+        {
+            let mut closing = lock(&self.shared.closing);
+            // Checked under the lock the writer takes a close under: a second close does not
+            // wait for a writer that is gone.
+            if !self.shared.running.load(Ordering::Acquire) {
+                return Err(unavailable("the audit writer stopped"));
+            }
+            *closing = Some(done);
+        }
         self.writer.unpark();
         outcome.recv().map_err(|_| unavailable("the audit writer stopped"))?
     }
@@ -232,11 +264,23 @@ fn open_append(path: &Path) -> Result<File> {
 
 /// The next sequence number and the hash of the last line of an existing log.
 fn resume(path: &Path) -> Result<(u64, String)> {
-    let Ok(mut file) = File::open(path) else { return Ok((0, String::new())) };
+    let head = std::fs::read(head_path(path)).ok();
+    let Ok(mut file) = File::open(path) else {
+        return match head {
+            // The log is gone but its head is not: a rotated-away log whose chain goes on
+            // here, from the head (the records after it, if any, are in the moved file).
+            Some(head) => resume_from_head(path, &head),
+            None => Ok((0, String::new())),
+        };
+    };
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
     if length == 0 {
-        return Ok((0, String::new()));
+        return match head {
+            Some(head) => resume_from_head(path, &head),
+            None => Ok((0, String::new())),
+        };
     }
+
     // The last line is within the last 1 MiB (a record is far smaller).
     let start = length.saturating_sub(1 << 20);
     let mut tail = Vec::new();
@@ -252,7 +296,41 @@ fn resume(path: &Path) -> Result<(u64, String)> {
     let Some(body) = tail.strip_suffix(b"\n") else { return Err(cut()) };
     let last = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
     let record: AuditRecord = serde_json::from_slice(last).map_err(|_| cut())?;
-    Ok((record.seq + 1, line_hash(last)))
+    if let Some(head) = &head {
+        contains_head(path, head)?;
+    }
+    Ok((record.seq.checked_add(1).ok_or_else(cut)?, line_hash(last)))
+}
+
+/// Continues a chain from its head checkpoint alone (the log file was moved away).
+fn resume_from_head(path: &Path, head: &[u8]) -> Result<(u64, String)> {
+    let head = head.strip_suffix(b"\n").unwrap_or(head);
+    let record: AuditRecord = serde_json::from_slice(head)
+        .map_err(|_| unavailable(format!("audit head {}: not a checkpoint", head_path(path).display())))?;
+    Ok((record.seq.saturating_add(1), line_hash(head)))
+}
+
+/// A log continued must still hold its newest checkpoint (the head file's line): a log cut
+/// before it, or changed at it, is not continued (the next checkpoint would hide the cut).
+fn contains_head(path: &Path, head: &[u8]) -> Result<()> {
+    use std::io::BufRead as _;
+    let head = head.strip_suffix(b"\n").unwrap_or(head);
+    let file = File::open(path).map_err(|e| unavailable(format!("audit log {}: {e}", path.display())))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) if line.strip_suffix(b"\n") == Some(head) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(unavailable(format!("audit log {}: {e}", path.display()))),
+        }
+    }
+    Err(unavailable(format!(
+        "audit log {}: it does not hold its newest checkpoint (the head file's): it was cut or changed; move both away to start a new log",
+        path.display()
+    )))
 }
 
 struct Writer {
@@ -272,25 +350,23 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, shared: Weak<Shared>) {
+    fn run(&mut self, live: Arc<Shared>) {
         let mut batch = Vec::new();
         loop {
             std::thread::park_timeout(POLL);
-            let Some(live) = shared.upgrade() else {
-                // Every handle is gone: the log ends in order.
-                if let Err(error) = self.close() {
-                    tracing::error!(%error, "wimse: closing the audit log failed");
-                }
-                return;
-            };
+            // Every handle gone (the registry holds none): the log ends in order, after what
+            // they handed over.
+            let orphaned = Arc::strong_count(&live) == 1;
             // A close asked for before the batch is taken: every record handed over before it
-            // is written.
+            // is written, and none after (decided under the queue's lock).
             let closing = lock(&live.closing).take();
-            std::mem::swap(&mut *lock(&live.queue), &mut batch);
-            if closing.is_some() {
-                live.running.store(false, Ordering::Release);
+            {
+                let mut queue = lock(&live.queue);
+                std::mem::swap(&mut *queue, &mut batch);
+                if closing.is_some() || orphaned {
+                    live.running.store(false, Ordering::Release);
+                }
             }
-            drop(live);
             for (event, ts_ms) in batch.drain(..) {
                 let appended = self.append(RecordKind::Decision, Some(event), ts_ms).map(drop);
                 if let Err(error) = appended.and_then(|()| self.checkpoint_if_due()) {
@@ -299,6 +375,12 @@ impl Writer {
             }
             if let Some(done) = closing {
                 let _ = done.send(self.close());
+                return;
+            }
+            if orphaned {
+                if let Err(error) = self.close() {
+                    tracing::error!(%error, "wimse: closing the audit log failed");
+                }
                 return;
             }
             if let Err(error) = self.flush().and_then(|()| self.checkpoint_if_due()) {
@@ -331,10 +413,15 @@ impl Writer {
         }
         let path = self.path.display().to_string();
         let pending = std::mem::take(&mut self.pending);
-        let written = self.current_file()?.write_all(&pending);
+        let written = self
+            .current_file()
+            .and_then(|file| file.write_all(&pending).map_err(|e| unavailable(format!("audit log {path}: {e}"))));
         self.pending = pending;
-        self.pending.clear();
-        written.map_err(|e| unavailable(format!("audit log {path}: {e}")))
+        // Kept on failure (a full disk): written with the next flush, the chain unbroken.
+        if written.is_ok() {
+            self.pending.clear();
+        }
+        written
     }
 
     /// The file at the log's path: reopened when the log was rotated (moved or removed).
@@ -380,7 +467,7 @@ impl Writer {
         };
         let line = serde_json::to_vec(&signed).map_err(|e| unavailable(format!("audit record: {e}")))?;
         self.prev = line_hash(&line);
-        self.seq += 1;
+        self.seq = self.seq.saturating_add(1);
         self.pending.extend_from_slice(&line);
         self.pending.push(b'\n');
         if kind == RecordKind::Decision {
@@ -400,7 +487,12 @@ impl Writer {
         let head = head_path(&self.path);
         let mut tmp = head.clone().into_os_string();
         tmp.push(".tmp");
-        std::fs::write(&tmp, line)
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            let mut file = File::create(tmp)?;
+            file.write_all(&line)?;
+            file.sync_all()
+        };
+        write(Path::new(&tmp))
             .and_then(|()| std::fs::rename(&tmp, &head))
             .map_err(|e| unavailable(format!("audit head {}: {e}", head.display())))
     }
