@@ -200,6 +200,12 @@ impl Revocations {
         }
     }
 
+    /// Whether a signal disabled `subject` (until `account-enabled`).
+    pub fn is_disabled(&self, subject: &str) -> bool {
+        !self.is_empty()
+            && self.state.read().unwrap_or_else(|e| e.into_inner()).subjects.get(subject).is_some_and(|e| e.disabled)
+    }
+
     /// Refuses a workload whose credential (issued at `issued_at`) a signal revoked
     /// ([`ErrorKind::WorkloadRevoked`]).
     pub fn check_workload(&self, id: &WorkloadId, issued_at: Option<u64>) -> Result<()> {

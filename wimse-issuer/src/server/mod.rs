@@ -146,6 +146,8 @@ pub struct IdentityServer {
     /// Which refusals were logged lately (once per source and minute).
     pub(crate) quiet: quiet::Quiet,
     pub(crate) tts: Option<crate::tts::Tts>,
+    /// Workloads a risk signal disabled are issued nothing.
+    revocations: Option<wimse_core::server::signals::Revocations>,
 }
 
 impl std::fmt::Debug for IdentityServer {
@@ -205,6 +207,7 @@ impl IdentityServer {
             per_source: RateLimiter::new(config.rate_limits.per_source),
             failures: RateLimiter::new(config.rate_limits.failed_authentications),
             quiet: quiet::Quiet::default(),
+            revocations: None,
             config,
         };
         let state = server.storage.load().await?;
@@ -224,8 +227,29 @@ impl IdentityServer {
         f(&self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
+    /// Issues nothing to a workload, or for a user, that a risk signal disabled (RISC
+    /// `account-disabled`, from a `SetReceiver` filling `revocations`); a workload whose
+    /// credentials a signal revoked gets new ones (issued after the event, they pass).
+    pub fn revocations(mut self, revocations: wimse_core::server::signals::Revocations) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// Refuses `subject` (a workload identifier, or a Txn-Token's subject) when a risk signal
+    /// disabled it.
+    pub(crate) fn refuse_disabled(&self, subject: &str) -> Result<()> {
+        match &self.revocations {
+            Some(revocations) if revocations.is_disabled(subject) => {
+                tracing::warn!(target: "wimse::audit", subject, "issuance refused: disabled by a risk signal");
+                Err(Error::with_detail(ErrorKind::IssuanceDenied, format!("{subject} is disabled by a risk signal")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Signs a WIT for `id` with the active key. Returns it and the key id.
     fn sign_wit(&self, id: &WorkloadId, public_jwk: &Jwk, lifetime: u64, now: u64) -> Result<(String, String)> {
+        self.refuse_disabled(id.as_str())?;
         let key = self.read_keys(|loaded| loaded.active_key(now).cloned())?;
         let kid = key.kid().unwrap_or_default().to_owned();
         let mut issuer = WitIssuer::new(key).lifetime(lifetime);

@@ -130,6 +130,9 @@ impl IdentityServer {
             ));
         }
         let scope = scopes.join(" ");
+        // A user (or workload) a risk signal disabled gets no transaction, new or replaced.
+        self.refuse_disabled(&subject.sub)?;
+        self.refuse_disabled(who.as_str())?;
         let actor = self.actor(tts, requester, request, &entries, &scopes, &subject)?;
         let token = match &subject.replaces {
             Some(_) if request.request_details.is_some() || request.request_context.is_some() => {

@@ -1057,3 +1057,34 @@ async fn a_forgotten_prepared_key_is_warned_about() {
     let statuses = server.key_statuses().await.unwrap();
     assert_eq!(statuses.len(), 2, "no timer rotation past the waiting key");
 }
+
+/// A workload a risk signal disabled (RISC `account-disabled`, through a `SetReceiver`) is
+/// issued nothing until it is enabled again; a workload whose credentials were revoked gets
+/// new ones; other workloads are unaffected.
+#[tokio::test]
+async fn a_disabled_workload_is_issued_nothing() {
+    use wimse_core::server::signals::Revocations;
+    let platform = Platform::new();
+    let config: IssuerConfig = serde_json::from_value(config(&platform, &store_path("disabled"))).unwrap();
+    let revocations = Revocations::new();
+    let server =
+        Arc::new(IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap().revocations(revocations.clone()));
+    let base = serve(server.clone()).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let (payments, batch) = ("spiffe://prod.example/ns/prod/sa/payments", "spiffe://prod.example/ns/batch/nightly");
+    let payments_token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    let batch_token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:batch", NOW + 600);
+
+    revocations.disable(payments, NOW).unwrap();
+    let (status, body) = request_wit(&base, &payments_token, payments, &key).await;
+    assert_eq!((status, body["reason"].as_str()), (403, Some("issuance_denied")), "{body}");
+    let refused = server.issue_wit(&payments_token, payments, key.public_jwk(), Some(600)).await.unwrap_err();
+    assert!(refused.detail().unwrap().contains("disabled by a risk signal"), "{refused:?}");
+    assert_eq!(request_wit(&base, &batch_token, batch, &key).await.0, 200, "others are unaffected");
+
+    // Revoked credentials are replaced by new ones; enabled again, it is issued to.
+    revocations.revoke_before(batch, NOW, NOW).unwrap();
+    assert_eq!(request_wit(&base, &batch_token, batch, &key).await.0, 200);
+    revocations.enable(payments, NOW).unwrap();
+    assert_eq!(request_wit(&base, &payments_token, payments, &key).await.0, 200);
+}

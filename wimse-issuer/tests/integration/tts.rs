@@ -40,6 +40,8 @@ struct Setup {
     server: Arc<IdentityServer>,
     idp: SigningKey,
     domain: TrustDomain,
+    /// What risk signals disabled (none unless a test says so).
+    revocations: wimse_core::server::signals::Revocations,
 }
 
 impl Setup {
@@ -81,10 +83,12 @@ impl Setup {
             }
         }))
         .unwrap();
-        let server = Arc::new(IdentityServer::open(config, SystemClock).await.unwrap());
+        let revocations = wimse_core::server::signals::Revocations::new();
+        let server =
+            Arc::new(IdentityServer::open(config, SystemClock).await.unwrap().revocations(revocations.clone()));
         let app = wimse_issuer::router(server.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base, server, idp, domain: "spiffe://prod.example".parse().unwrap() }
+        Self { base, server, idp, domain: "spiffe://prod.example".parse().unwrap(), revocations }
     }
 
     async fn signer(&self, id: &str) -> Signer {
@@ -568,4 +572,23 @@ async fn an_actor_token_is_the_requesters_own_wit() {
         (body["error"].as_str(), body["reason"].as_str()),
         (Some("invalid_request"), Some("actor_token_invalid"))
     );
+}
+
+/// A user a risk signal disabled gets no Txn-Token, new or replaced; others do.
+#[tokio::test]
+async fn a_disabled_user_gets_no_transaction() {
+    let s = Setup::start().await;
+    let front = s.tts(FRONT).await;
+    let issued =
+        front.request(&TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.read")).await.unwrap();
+    s.revocations.disable("users:user-1842", now()).unwrap();
+    let refused = front.request(&TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.read")).await;
+    assert_eq!(kind(refused), ErrorKind::IssuanceDenied);
+    let orders = s.tts(ORDERS).await;
+    assert!(
+        orders.request(&TxnTokenRequest::replacing(&issued.token, "orders.read")).await.is_err(),
+        "nor a replacement"
+    );
+    let other = s.access_token(json!({"sub": "user-77"}));
+    assert!(front.request(&TxnTokenRequest::for_access_token(other, "orders.read")).await.is_ok());
 }
