@@ -61,11 +61,27 @@ fn answer(tool: &str, city: &str, parts: &http::request::Parts) -> String {
     }
 }
 
+/// Serves the tools at `/mcp` behind `guard`, and behind a `WimseLayer` with the verifier
+/// `verifier` makes for the server's base URL (none: a misplaced guard).
+async fn serve_tools(verifier: impl FnOnce(&str) -> Option<Verifier>, guard: McpToolGuardLayer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hosts = [listener.local_addr().unwrap().to_string()];
+    let mcp = StreamableHttpService::new(|| Ok(Travel), NeverSessionManager::default().into(), server_config(hosts));
+    let app = match verifier(&base) {
+        Some(verifier) => {
+            let layers = tower::ServiceBuilder::new().layer(wimse_tower::WimseLayer::new(verifier)).layer(guard);
+            Router::new().route_service("/mcp", layers.service(mcp))
+        }
+        None => Router::new().route_service("/mcp", tower::ServiceBuilder::new().layer(guard).service(mcp)),
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
 /// Serves the tools behind the WIMSE layer (Txn-Tokens validated) and the guard: `search`
 /// needs a delegated transaction with the purpose `travel:read`, `book` one with `travel:book`.
 async fn serve(deployment: &Deployment) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let delegated = |scope: &str| {
         Policy::named(scope)
             .allow(Rule::path_prefix("spiffe://prod.example/agents").unwrap())
@@ -73,18 +89,7 @@ async fn serve(deployment: &Deployment) -> String {
             .require(Rule::txn_scope(scope))
     };
     let tools = ToolPolicies::new().tool("search", delegated("travel:read")).tool("book", delegated("travel:book"));
-    let mcp = StreamableHttpService::new(
-        || Ok(Travel),
-        NeverSessionManager::default().into(),
-        server_config([listener.local_addr().unwrap().to_string()]),
-    );
-    let service = tower::ServiceBuilder::new()
-        .layer(wimse_tower::WimseLayer::new(deployment.txn_verifier(&base, false)))
-        .layer(McpToolGuardLayer::new(tools))
-        .service(mcp);
-    let app = Router::new().route_service("/mcp", service);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    serve_tools(|base| Some(deployment.txn_verifier(base, false)), McpToolGuardLayer::new(tools)).await
 }
 
 type Agent = rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>;
@@ -301,19 +306,8 @@ async fn unsigned_replayed_and_malformed_requests_are_refused() {
 #[tokio::test]
 async fn an_oversized_body_is_refused_before_it_is_parsed() {
     let deployment = Deployment::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let mcp = StreamableHttpService::new(
-        || Ok(Travel),
-        NeverSessionManager::default().into(),
-        server_config([listener.local_addr().unwrap().to_string()]),
-    );
-    let tools = ToolPolicies::new().others(Policy::allow_all());
-    let service = tower::ServiceBuilder::new()
-        .layer(wimse_tower::WimseLayer::new(deployment.txn_verifier(&base, false)))
-        .layer(McpToolGuardLayer::new(tools).body_limit(256))
-        .service(mcp);
-    tokio::spawn(async move { axum::serve(listener, Router::new().route_service("/mcp", service)).await.unwrap() });
+    let guard = McpToolGuardLayer::new(ToolPolicies::new().others(Policy::allow_all())).body_limit(256);
+    let base = serve_tools(|base| Some(deployment.txn_verifier(base, false)), guard).await;
     let txn = deployment.delegated_txn_token("user:alice", "travel:read", &[AGENT]);
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search","arguments":{{"city":"{}"}}}}}}"#,
@@ -337,8 +331,6 @@ async fn an_oversized_body_is_refused_before_it_is_parsed() {
 async fn cedar_policies_decide_tool_calls_by_name() {
     use wimse_core::server::cedar::CedarPolicies;
     let deployment = Deployment::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let policies = r#"
         @id("agents-search-for-readers")
         permit(principal in TrustDomain::"spiffe://prod.example", action == Action::"tool:search", resource)
@@ -351,16 +343,7 @@ async fn cedar_policies_decide_tool_calls_by_name() {
     "#;
     let tools =
         ToolPolicies::new().others(Policy::cedar(CedarPolicies::new("tools", "travel", policies, None).unwrap()));
-    let mcp = StreamableHttpService::new(
-        || Ok(Travel),
-        NeverSessionManager::default().into(),
-        server_config([listener.local_addr().unwrap().to_string()]),
-    );
-    let service = tower::ServiceBuilder::new()
-        .layer(wimse_tower::WimseLayer::new(deployment.txn_verifier(&base, false)))
-        .layer(McpToolGuardLayer::new(tools))
-        .service(mcp);
-    tokio::spawn(async move { axum::serve(listener, Router::new().route_service("/mcp", service)).await.unwrap() });
+    let base = serve_tools(|base| Some(deployment.txn_verifier(base, false)), McpToolGuardLayer::new(tools)).await;
 
     let txn = deployment.delegated_txn_token("user:alice", "travel:read travel:book", &[AGENT]);
     let client = agent(&deployment, &base, AGENT, Some(txn)).await;
@@ -379,25 +362,12 @@ async fn cedar_policies_decide_tool_calls_by_name() {
     let _ = booker.cancel().await;
 }
 
-/// Serves the tools with `guard` but without `WimseLayer` in front (a misplaced guard).
-async fn serve_unguarded() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let mcp = StreamableHttpService::new(
-        || Ok(Travel),
-        NeverSessionManager::default().into(),
-        server_config([listener.local_addr().unwrap().to_string()]),
-    );
-    let guard = McpToolGuardLayer::new(ToolPolicies::new().others(Policy::allow_all()))
-        .body_deadline(std::time::Duration::from_millis(300));
-    let service = tower::ServiceBuilder::new().layer(guard).service(mcp);
-    tokio::spawn(async move { axum::serve(listener, Router::new().route_service("/mcp", service)).await.unwrap() });
-    base
-}
-
 #[tokio::test]
 async fn a_guard_without_a_verified_caller_fails_closed_and_slow_bodies_time_out() {
-    let base = serve_unguarded().await;
+    // A misplaced guard: no WimseLayer in front.
+    let guard = McpToolGuardLayer::new(ToolPolicies::new().others(Policy::allow_all()))
+        .body_deadline(std::time::Duration::from_millis(300));
+    let base = serve_tools(|_| None, guard).await;
     let call =
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"city":"Oslo"}}}"#;
     let (status, answer) = post(&base, &http::HeaderMap::new(), call).await;
