@@ -30,7 +30,8 @@ pub struct AuditOptions {
     pub checkpoint_every: u64,
     /// A checkpoint at least this often while records are written (default 10 s).
     pub checkpoint_interval: Duration,
-    /// Records waiting for the writer, at most (default 65 536).
+    /// Records waiting for the writer, at most (default 65 536; 0 keeps none: every record is
+    /// dropped or refused, as `when_full` says).
     pub queue: usize,
     /// When the queue is full.
     pub when_full: WhenFull,
@@ -190,7 +191,7 @@ impl AuditLog {
         let writer = thread.thread().clone();
         let log = Self {
             shared,
-            capacity: options.queue.max(1),
+            capacity: options.queue,
             when_full: options.when_full,
             dropped,
             writer,
