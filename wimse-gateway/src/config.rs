@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wimse_core::config::{CredentialSettings, PolicySettings, Proofs, Settings, VerifierSettings};
+use wimse_core::config::{AuditSettings, CredentialSettings, PolicySettings, Proofs, Settings, VerifierSettings};
 
 use crate::error::GatewayError;
 
@@ -63,6 +63,10 @@ pub struct GatewayConfig {
     /// loopback. Default false.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// A tamper-evident audit log of every decision of every route (one log, one writer, kept
+    /// across reloads), as a service's `[audit]`.
+    #[serde(default)]
+    pub audit: Option<AuditSettings>,
 }
 
 /// Where the gateway obtains its WIT (and renews it): an identity server's `/v1/wit`.
@@ -431,13 +435,14 @@ impl GatewayConfig {
             verifier: self.verifier.clone(),
             policy: self.policy.clone(),
             credentials: self.credentials.clone(),
-            audit: None,
+            audit: self.audit.clone(),
         }
     }
 
     fn take_settings(&mut self, settings: Settings) {
         self.verifier = settings.verifier;
         self.policy = settings.policy;
+        self.audit = settings.audit;
         self.credentials = settings.credentials;
     }
 }

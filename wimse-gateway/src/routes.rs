@@ -172,10 +172,14 @@ fn build_route(
         proofs: route.proofs.unwrap_or(config.verifier.proofs),
         ..config.verifier.clone()
     };
-    let verifier = verifier_settings
+    let mut verifier = verifier_settings
         .build_on(trust.clone())?
         .replay_store(claims.store.clone())
         .with_caller_quota(claims.quota.clone());
+    if let Some(audit) = &config.audit {
+        // Every route's verifier writes into the one log (opening it again shares its writer).
+        verifier = verifier.audit_log(audit.open()?);
+    }
     let mut pipeline = Pipeline::new(verifier);
     if let Some(policy) = route.policy.as_ref().or(config.policy.as_ref()) {
         pipeline = pipeline.policy(policy.build()?);

@@ -284,3 +284,57 @@ async fn a_reload_applies_to_the_next_request_and_a_bad_one_keeps_the_running_co
     moved.forward_auth.as_mut().expect("forward_auth").listen = "127.0.0.1:1".parse().expect("address");
     assert!(s.gateway.reload(moved).await.is_err());
 }
+
+/// With `[audit]`, every route's decisions go into one tamper-evident log.
+#[tokio::test]
+async fn decisions_are_recorded_in_the_audit_log() {
+    use wimse_core::jose::{Algorithm, SigningKey};
+    use wimse_core::server::audit_log::check;
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, "spiffe://prod.example/gateway");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    std::fs::write(files.dir.join("audit.key.jwk"), serde_json::to_string(&key.to_private_jwk()).unwrap()).unwrap();
+    let log = files.dir.join("gateway.audit.jsonl");
+    let audit = format!(
+        "[audit]\nfile = {:?}\nservice = \"spiffe://prod.example/gateway\"\nkey = {:?}\n",
+        log,
+        files.dir.join("audit.key.jwk")
+    );
+    let gateway = Gateway::start(files.config(&format!("{}{audit}", routes()))).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let url = format!("http://{}/", gateway.forward_auth_address().expect("address"));
+    let client = reqwest::Client::new();
+    let ask = |headers: HeaderMap| client.get(&url).headers(headers).send();
+    let allowed_request = original(
+        wpt_headers(&allowed(&deployment), PAYMENTS, "/api/charge"),
+        "POST",
+        "/api/charge",
+        "payments.example",
+    );
+    assert_eq!(ask(allowed_request).await.unwrap().status(), 200);
+    let denied = deployment.credentials(DENIED, false, 0);
+    let denied_request =
+        original(wpt_headers(&denied, PAYMENTS, "/api/charge"), "POST", "/api/charge", "payments.example");
+    assert_eq!(ask(denied_request).await.unwrap().status(), 403);
+    // Written within the writer's poll; then the records and the chain are checked.
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        records = text.lines().filter(|l| l.contains("\"decision\"")).map(str::to_owned).collect();
+        if records.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records[0].contains(ALLOWED) && records[0].contains("\"decision\":\"allow\""), "{}", records[0]);
+    assert!(records[1].contains(DENIED) && records[1].contains("\"reason\":\"policy_denied\""), "{}", records[1]);
+    let text = std::fs::read(&log).unwrap();
+    let report = check(
+        vec![("gateway".to_owned(), std::io::BufReader::new(&text[..]))],
+        std::slice::from_ref(key.public_key()),
+        None,
+    );
+    assert!(report.findings.is_empty(), "{report:?}");
+}
