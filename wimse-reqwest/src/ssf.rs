@@ -112,7 +112,13 @@ impl SsfPoller {
             Polled { more_available: answer["moreAvailable"].as_bool().unwrap_or(false), ..Default::default() };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         for (jti, token) in sets {
-            match token.as_str().map(|token| self.receiver.receive(token, now)) {
+            // Applying a SET may write the revocations' state file: off the runtime's threads.
+            let receiver = self.receiver.clone();
+            let token = token.as_str().map(str::to_owned);
+            let outcome = tokio::task::spawn_blocking(move || token.map(|token| receiver.receive(&token, now)))
+                .await
+                .map_err(|e| unavailable(format!("SSF poll: {e}")))?;
+            match outcome {
                 Some(Ok(_)) => {
                     polled.applied += 1;
                     self.ack.push(jti);

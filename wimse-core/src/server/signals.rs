@@ -72,6 +72,9 @@ pub struct Revocations {
     max_subjects: usize,
     hold: u64,
     persist: Option<PathBuf>,
+    /// Held while the state file is written, outside the state's lock: the request path never
+    /// waits for a disk, and each write takes a snapshot newer than the one before it.
+    persisting: Arc<Mutex<()>>,
 }
 
 impl Default for Revocations {
@@ -84,7 +87,14 @@ impl Revocations {
     /// Nothing revoked; at most 100 000 subjects; each kept 24 hours (the longest credential
     /// lifetime the verifiers accept by default).
     pub fn new() -> Self {
-        Self { state: Arc::default(), count: Arc::default(), max_subjects: 100_000, hold: 86_400, persist: None }
+        Self {
+            state: Arc::default(),
+            count: Arc::default(),
+            max_subjects: 100_000,
+            hold: 86_400,
+            persist: None,
+            persisting: Arc::default(),
+        }
     }
 
     /// At most `n` subjects: when full, the entry that would be forgotten soonest makes room
@@ -130,6 +140,12 @@ impl Revocations {
 
     /// Applies `change` to `subject`'s entry (made if new), then prunes, bounds and persists.
     fn update(&self, subject: &str, now: u64, change: impl FnOnce(&mut Entry)) -> Result<()> {
+        self.change(subject, now, change);
+        self.persist()
+    }
+
+    /// Applies `change` to `subject`'s entry under the state's lock.
+    fn change(&self, subject: &str, now: u64, change: impl FnOnce(&mut Entry)) {
         let mut state = self.write();
         state.subjects.retain(|_, e| e.disabled || e.until > now);
         if !state.subjects.contains_key(subject) && state.subjects.len() >= self.max_subjects {
@@ -146,16 +162,18 @@ impl Revocations {
         change(entry);
         entry.until = entry.until.max(now.saturating_add(self.hold));
         self.count.store(state.subjects.len(), Ordering::Release);
-        match &self.persist {
-            Some(path) => {
-                let bytes = serde_json::to_vec(&state.subjects)
-                    .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e.to_string()))?;
-                crate::client::cred::write_atomically(path, &bytes).map_err(|e| {
-                    Error::with_detail(ErrorKind::InvalidConfiguration, format!("revocations {}: {e}", path.display()))
-                })
-            }
-            None => Ok(()),
-        }
+    }
+
+    /// Writes the state file, if any: the snapshot is taken under the state's read lock, the
+    /// file written after it is released.
+    fn persist(&self) -> Result<()> {
+        let Some(path) = &self.persist else { return Ok(()) };
+        let _one_writer = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = serde_json::to_vec(&self.state.read().unwrap_or_else(|e| e.into_inner()).subjects)
+            .map_err(|e| Error::with_detail(ErrorKind::InvalidConfiguration, e.to_string()))?;
+        crate::client::cred::write_atomically(path, &bytes).map_err(|e| {
+            Error::with_detail(ErrorKind::InvalidConfiguration, format!("revocations {}: {e}", path.display()))
+        })
     }
 
     /// Refuses `subject`'s credentials issued before `at` (seconds).
@@ -440,7 +458,8 @@ impl SetReceiver {
     }
 
     /// The answer of a push endpoint (RFC 8935) to `content_type` and `body`: 202 with no body,
-    /// or 400 with `{"err", "description"}`.
+    /// or 400 with `{"err", "description"}`. With [`Revocations::persist_to`], a SET that
+    /// applies writes the state file: from async code, call it in `spawn_blocking`.
     pub fn push(&self, content_type: Option<&str>, body: &[u8], now: u64) -> (u16, Option<String>) {
         let media = content_type.map(|c| c.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
         let outcome = if media.as_deref() != Some("application/secevent+jwt") {
