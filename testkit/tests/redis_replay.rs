@@ -479,3 +479,67 @@ async fn a_stalled_redis_gets_one_connection_attempt_at_a_time_not_one_per_claim
     eprintln!("{opened} connections opened for 200 claims against a stalled Redis");
     assert!(opened <= 30, "{opened} connections opened for 200 claims against a stalled Redis");
 }
+
+/// Claims go straight to their bucket's node. When the cluster moves a bucket's slot (with its
+/// keys) to another node, the old node answers with a redirect: the claim follows it through
+/// the cluster client, a proof claimed before the move is still refused after it, and fresh
+/// proofs in that bucket are claimed once each on the new node.
+#[tokio::test]
+async fn a_bucket_moved_to_another_node_still_accepts_each_proof_once() {
+    use wimse_core::replay::{ReplayClaim, ReplayStore};
+    let Some(cluster) = RedisCluster::start() else { return };
+    let store = RedisReplayStore::cluster(cluster.urls()).expect("store").timeout(Duration::from_secs(2));
+    store.join().await.expect("joined");
+    let claim = |claim: ReplayClaim, now: u64| store.claim(&claim, now);
+    // The store's first claim starts its epochs; proofs made afterwards are claimed as usual.
+    let start = now() + 100;
+    let _ = claim(ReplayClaim::signature_nonce("first", start + 60, start), start).await;
+    let t = start + 10;
+    // Proofs of bucket 0 (the top bits of their key), whose slot (13 907) the third node serves.
+    let mut bucket_0 = (0..)
+        .map(|i| ReplayClaim::signature_nonce(&format!("nonce-{i}"), t + 60, t))
+        .filter(|c| (c.key() >> 120) % 16 == 0);
+    let (before, after) = (bucket_0.next().expect("claim"), bucket_0.next().expect("claim"));
+    claim(before, t).await.expect("claimed before the move");
+
+    let (from, to) = (&cluster.nodes()[2], &cluster.nodes()[0]);
+    move_slot(from, to, &cluster, 13_907);
+
+    let replayed = claim(before, t).await.expect_err("a replay after the move");
+    assert_eq!(*replayed.kind(), ErrorKind::ReplayedProof, "{replayed}");
+    claim(after, t).await.expect("a fresh proof after the move");
+    let replayed = claim(after, t).await.expect_err("its replay");
+    assert_eq!(*replayed.kind(), ErrorKind::ReplayedProof, "{replayed}");
+    assert!(to.key_count() > 0 && from.command(&["CLUSTER", "COUNTKEYSINSLOT", "13907"]) == "int(0)");
+}
+
+/// Moves `slot` and its keys from one node to another, as `redis-cli --cluster reshard` does.
+fn move_slot(from: &RedisServer, to: &RedisServer, cluster: &RedisCluster, slot: u16) {
+    let id = |node: &RedisServer| node_text(node, &["CLUSTER", "MYID"]);
+    let (from_id, to_id, slot) = (id(from), id(to), slot.to_string());
+    to.command(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    from.command(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let keys = redis_keys(from, &slot);
+    assert!(!keys.is_empty(), "the bucket's keys are on the node it moves from");
+    let port = to.port().to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().map(String::as_str));
+    from.command(&migrate);
+    for node in cluster.nodes() {
+        node.command(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+}
+
+fn node_text(node: &RedisServer, args: &[&str]) -> String {
+    let client = redis::Client::open(node.url()).expect("url");
+    let mut connection = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    let mut cmd = redis::cmd(args[0]);
+    cmd.arg(&args[1..]);
+    cmd.query(&mut connection).expect("command")
+}
+
+fn redis_keys(node: &RedisServer, slot: &str) -> Vec<String> {
+    let client = redis::Client::open(node.url()).expect("url");
+    let mut connection = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
+    redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1000).query(&mut connection).expect("keys")
+}

@@ -46,9 +46,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use tokio::time::Instant;
 
 use super::{Claim, ReplayClaim, ReplayStore, WhenUnavailable};
@@ -191,7 +192,8 @@ impl Epoch {
 #[derive(Clone)]
 enum Target {
     Single(redis::Client),
-    Cluster(Box<ClusterClient>),
+    /// The cluster, and how to reach one of its nodes (credentials, TLS) for the direct routes.
+    Cluster(Box<ClusterClient>, Box<ConnectionInfo>),
 }
 
 #[derive(Clone)]
@@ -205,15 +207,37 @@ struct Settings {
 
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Single(MultiplexedConnection),
+    /// The cluster client routes everything but claims; claims go straight to their bucket's
+    /// node when its route is known (see [`DirectRoutes`]).
+    Cluster(ClusterConnection, Option<Arc<DirectRoutes>>),
+}
+
+/// Each bucket's master node, connected directly. The cluster client sends every command
+/// through a routing task of its own before the node's connection, one more task hop (and
+/// wake-up) per claim. A bucket's keys share one hash tag, so one slot and one node; a claim
+/// answered with a redirect (the slot moved, a failover) is sent again through the cluster
+/// client, which follows the cluster's changes, and this thread's routes are rebuilt on its
+/// next connection.
+struct DirectRoutes {
+    by_bucket: Vec<MultiplexedConnection>,
+}
+
+impl Connection {
+    /// The node connection of `bucket`, when claims go straight to it.
+    fn direct_route(&self, bucket: usize) -> Option<MultiplexedConnection> {
+        match self {
+            Connection::Cluster(_, Some(direct)) => direct.by_bucket.get(bucket).cloned(),
+            _ => None,
+        }
+    }
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c, _) => c.req_packed_command(cmd),
         }
     }
 
@@ -225,14 +249,14 @@ impl ConnectionLike for Connection {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c, _) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
+            Connection::Cluster(c, _) => c.get_db(),
         }
     }
 }
@@ -362,7 +386,7 @@ pub struct RedisReplayStore {
 impl fmt::Debug for RedisReplayStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisReplayStore")
-            .field("cluster", &matches!(self.inner.target, Target::Cluster(_)))
+            .field("cluster", &matches!(self.inner.target, Target::Cluster(..)))
             .field("timeout", &self.inner.settings.timeout)
             .field("when_unavailable", &self.inner.settings.when_unavailable)
             .field("proof_window", &self.inner.settings.proof_window)
@@ -389,13 +413,15 @@ impl RedisReplayStore {
     /// A store on a Redis Cluster reached through any of `nodes` (`redis://host:port`).
     pub fn cluster<S: AsRef<str>>(nodes: impl IntoIterator<Item = S>) -> Result<Self> {
         let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        let first = nodes.first().ok_or_else(|| config_error("a Redis Cluster needs at least one node"))?;
+        let node = first.as_str().into_connection_info().map_err(config_error)?;
         let client = ClusterClient::builder(nodes)
             .connection_timeout(Duration::from_millis(250))
             .response_timeout(Duration::from_millis(250))
             .retries(1)
             .build()
             .map_err(config_error)?;
-        Ok(Self::with_target(Target::Cluster(Box::new(client))))
+        Ok(Self::with_target(Target::Cluster(Box::new(client), Box::new(node))))
     }
 
     fn with_target(target: Target) -> Self {
@@ -466,18 +492,113 @@ struct Attempt {
     thread: std::thread::ThreadId,
 }
 
-/// Opens a connection to `target`.
+/// Opens a connection to `target`. No response timeout of the client's own: every use is
+/// bounded by the store's timeout around it (one timer per claim, not two).
 async fn connect(target: &Target, timeout: Duration) -> redis::RedisResult<Connection> {
     Ok(match target {
         Target::Single(client) => {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1);
-            Connection::Single(client.get_connection_manager_with_config(config).await?)
+            Connection::Single(client.get_multiplexed_async_connection_with_config(&node_config(timeout)).await?)
         }
-        Target::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+        Target::Cluster(client, node) => {
+            let mut router = client.get_async_connection().await?;
+            let direct = match direct_routes(&mut router, node, timeout).await {
+                Ok(direct) => Some(Arc::new(direct)),
+                Err(error) => {
+                    // Claims then take the cluster client's route: slower, as correct.
+                    tracing::debug!(%error, "wimse: no direct routes to the cluster's nodes");
+                    None
+                }
+            };
+            Connection::Cluster(router, direct)
+        }
     })
+}
+
+fn node_config(timeout: Duration) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(None)
+}
+
+/// Connects to the master of each bucket's slot, as the cluster announces them
+/// (`CLUSTER SLOTS`), with `node`'s credentials and TLS settings.
+async fn direct_routes(
+    router: &mut ClusterConnection,
+    node: &ConnectionInfo,
+    timeout: Duration,
+) -> redis::RedisResult<DirectRoutes> {
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(router).await?;
+    let masters = slot_masters(&ranges)
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "unreadable CLUSTER SLOTS answer")))?;
+    let mut connections: HashMap<(String, u16), MultiplexedConnection> = HashMap::new();
+    let mut by_bucket = Vec::with_capacity(BUCKETS);
+    for bucket in 0..BUCKETS {
+        let slot = bucket_slot(bucket);
+        let (host, port) = masters
+            .iter()
+            .find(|(start, end, _, _)| (*start..=*end).contains(&slot))
+            .map(|(_, _, host, port)| (host.clone(), *port))
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "a bucket's slot has no master")))?;
+        let connection = match connections.entry((host, port)) {
+            std::collections::hash_map::Entry::Occupied(known) => known.get().clone(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                let (host, port) = new.key().clone();
+                let addr = match node.addr() {
+                    ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+                        ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
+                    }
+                    _ => ConnectionAddr::Tcp(host, port),
+                };
+                let client = redis::Client::open(node.clone().set_addr(addr))?;
+                let connection = client.get_multiplexed_async_connection_with_config(&node_config(timeout)).await?;
+                new.insert(connection).clone()
+            }
+        };
+        by_bucket.push(connection);
+    }
+    Ok(DirectRoutes { by_bucket })
+}
+
+/// `(first slot, last slot, master host, master port)` of each range of a `CLUSTER SLOTS`
+/// answer; `None` when it cannot be read or names a master without a usable host.
+fn slot_masters(ranges: &[redis::Value]) -> Option<Vec<(u16, u16, String, u16)>> {
+    use redis::Value;
+    let int = |value: &Value| match value {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    ranges
+        .iter()
+        .map(|range| {
+            let Value::Array(fields) = range else { return None };
+            let Value::Array(master) = fields.get(2)? else { return None };
+            let host = match master.first()? {
+                Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok()?,
+                Value::SimpleString(text) => text.clone(),
+                _ => return None,
+            };
+            // An empty or `?` host means "the address you reached me at": not known here.
+            if host.is_empty() || host == "?" {
+                return None;
+            }
+            Some((int(fields.first()?)?, int(fields.get(1)?)?, host, int(master.get(1)?)?))
+        })
+        .collect()
+}
+
+/// The cluster slot of `bucket`'s keys, whose hash tag is the bucket's number.
+fn bucket_slot(bucket: usize) -> u16 {
+    key_slot(bucket.to_string().as_bytes())
+}
+
+/// Redis Cluster's slot of a hash tag: CRC16 (XMODEM) modulo 16 384.
+fn key_slot(tag: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16_384
 }
 
 impl Inner {
@@ -677,7 +798,7 @@ impl Inner {
             for (_, expires_at) in batch {
                 invocation.arg(ttl_ms(*expires_at, now));
             }
-            let answer: String = invocation.invoke_async(&mut connection).await?;
+            let answer: String = bounded(self.settings.timeout, invocation.invoke_async(&mut connection)).await?;
             if answer != "OK" {
                 return Ok(None);
             }
@@ -701,15 +822,11 @@ impl Inner {
                 .key(self.key(bucket, "seq"))
                 .arg(&self.replica)
                 .arg(prune_after);
-            let answer = tokio::time::timeout(self.settings.timeout, invocation.invoke_async(&mut connection)).await;
+            let answer = bounded(self.settings.timeout, invocation.invoke_async(&mut connection)).await;
             let (marker, members, reseeded, sequence): (String, Vec<String>, Vec<String>, u64) = match answer {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(error)) => {
+                Ok(reply) => reply,
+                Err(error) => {
                     failure = Some(error);
-                    continue;
-                }
-                Err(_) => {
-                    failure = Some(redis::RedisError::from((redis::ErrorKind::Io, "heartbeat timed out")));
                     continue;
                 }
             };
@@ -810,8 +927,9 @@ impl Inner {
         };
         let fresh = self.fresh_marker(self.now());
         let sent = Instant::now();
-        let marker: String =
-            self.new_epoch.key(self.key(bucket, "epoch")).arg(known).arg(&fresh).invoke_async(connection).await?;
+        let mut invocation = self.new_epoch.key(self.key(bucket, "epoch"));
+        invocation.arg(known).arg(&fresh);
+        let marker: String = bounded(self.settings.timeout, invocation.invoke_async(connection)).await?;
         if let Some(epoch) = Epoch::parse(marker) {
             self.learn_epoch(bucket, epoch, sent);
         }
@@ -933,16 +1051,29 @@ impl Inner {
             };
             let fresh = self.fresh_marker(now);
             let sent = Instant::now();
-            let (status, marker, sequence): (String, String, u64) = self
-                .script
-                .key(&epoch_key)
+            let mut invocation = self.script.key(&epoch_key);
+            invocation
                 .key(&claim_key)
                 .key(&seq_key)
                 .arg(known.as_ref().map_or("", |e| e.marker.as_str()))
                 .arg(&fresh)
-                .arg(ttl_ms(claim.expires_at(), now))
-                .invoke_async(connection)
-                .await?;
+                .arg(ttl_ms(claim.expires_at(), now));
+            let answer = match connection.direct_route(bucket) {
+                Some(mut node) => match invocation.invoke_async(&mut node).await {
+                    // A redirect (the slot moved, a failover) means the node did not run the
+                    // script: the cluster client knows where to go, and this thread's routes
+                    // are rebuilt on its next claim. An I/O error is not retried: the script
+                    // may have run, and a second run would answer "replayed".
+                    Err(error) if error.is_cluster_error() => {
+                        tracing::debug!(bucket, %error, "wimse: the cluster moved a bucket; claiming through the cluster client");
+                        self.forget_connection();
+                        invocation.invoke_async(connection).await
+                    }
+                    answer => answer,
+                },
+                None => invocation.invoke_async(connection).await,
+            };
+            let (status, marker, sequence): (String, String, u64) = answer?;
             match status.as_str() {
                 "OK" | "REPLAY" => {
                     let marker = known.as_ref().map_or("", |e| e.marker.as_str());
@@ -1041,6 +1172,17 @@ impl Inner {
     }
 }
 
+/// `call`, failed as an I/O error when Redis does not answer within `timeout` (the connections
+/// have no response timeout of their own: a claim's deadline covers the claim as a whole).
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "no answer in time"))))
+}
+
 /// A claim's time to live in milliseconds, at least a second: Redis's own clock never decides
 /// when a claim expires.
 fn ttl_ms(expires_at: u64, now: u64) -> u64 {
@@ -1090,5 +1232,54 @@ impl ReplayStore for RedisReplayStore {
         let inner = self.inner.clone();
         let claim = *claim;
         Claim::pending(async move { inner.claim(claim, now).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // The CRC16 check value, and slots Redis itself gives (`CLUSTER KEYSLOT {0}` …).
+        assert_eq!(key_slot(b"123456789"), 0x31c3);
+        assert_eq!(bucket_slot(0), 13_907);
+        assert_eq!(bucket_slot(1), 9_842);
+        assert_eq!(bucket_slot(15), 4_178);
+    }
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn cluster_slots_are_read_and_unusable_hosts_refused() {
+        let ranges = vec![
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node("127.0.0.1", 7000), node("127.0.0.1", 7003)]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node("10.0.0.2", 7001)]),
+        ];
+        assert_eq!(
+            slot_masters(&ranges),
+            Some(vec![(0, 5460, "127.0.0.1".to_owned(), 7000), (5461, 16383, "10.0.0.2".to_owned(), 7001)])
+        );
+        for host in ["", "?"] {
+            let ranges = vec![Value::Array(vec![Value::Int(0), Value::Int(16383), node(host, 7000)])];
+            assert_eq!(slot_masters(&ranges), None, "host {host:?}");
+        }
+        let malformed = [
+            vec![Value::Int(3)],
+            vec![Value::Array(vec![Value::Int(0), Value::Int(16383)])],
+            vec![Value::Array(vec![Value::Int(-1), Value::Int(16383), node("h", 1)])],
+            vec![Value::Array(vec![Value::Int(0), Value::Int(16383), node("h", 70_000)])],
+        ];
+        for ranges in malformed {
+            assert_eq!(slot_masters(&ranges), None, "{ranges:?}");
+        }
     }
 }
