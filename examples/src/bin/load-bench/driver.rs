@@ -93,7 +93,8 @@ pub(crate) fn process_tree_cpu(pid: u32) -> Option<Duration> {
     Some(total)
 }
 
-fn clock_ticks_per_second() -> u64 {
+/// `getconf CLK_TCK`: the unit of `/proc/<pid>/stat`'s times (100 when it cannot be read).
+pub(crate) fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
