@@ -26,6 +26,13 @@ pub const WPT_AUTH_SCHEME: &str = "WPT";
 pub const WPT_CHALLENGE: &str = "WPT";
 /// Header field of a Transaction Token, bound by the WPT `tth` claim.
 pub const TXN_TOKEN_HEADER: &str = "txn-token";
+/// Header field naming the request that caused this one: the proof id (WPT `jti`, signature
+/// `nonce`) of the request the caller was serving when it made this call. Not a draft field:
+/// this implementation's, so that audit records link the hops of a call chain. Bound like a
+/// context token (the WPT's `oth`; covered by an HTTP signature when present), so a verifier
+/// records it only as the authenticated caller's own statement. See
+/// `wimse_core::client::exchange::ContextTokens::parent_request`.
+pub const PARENT_REQUEST_HEADER: &str = "wimse-parent-request";
 
 /// JOSE `typ` of a WIT, as emitted (the short form; see [`typ_is`] for what is accepted).
 pub const WIT_TYP: &str = "wit+jwt";

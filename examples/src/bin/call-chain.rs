@@ -47,8 +47,8 @@ use wimse_core::protocol::wic::{
 };
 use wimse_issuer::IssuerConfig;
 use wimse_reqwest::{
-    Bootstrap, BundleSource, IssuerCredentials, PlatformToken, ProofMode, TxnTokenRequest, TxnTokenService,
-    WimseSignMiddleware,
+    Bootstrap, BundleSource, ContextTokens, IssuerCredentials, PlatformToken, ProofMode, TxnTokenRequest,
+    TxnTokenService, WimseSignMiddleware,
 };
 use wimse_workload_api::WitSvidSource;
 
@@ -177,6 +177,11 @@ impl AuditLogs {
                 custody.all_verified() && custody.hops.len() >= 3,
                 "the audit logs trace the transaction through its hops",
             )?;
+            if n == 0 {
+                // Billing's hops were made during orders' (the parent request each carried).
+                let linked = custody.hops.iter().filter(|hop| matches!(custody.parent(hop), Some(Ok(_)))).count();
+                expect(linked >= 1, "each call from orders to billing is linked to the request it served")?;
+            }
         }
         println!(
             "[audit]   check one yourself: wimse audit verify --key {0}/orders.audit.pub.jwk {0}/orders.audit.jsonl",
@@ -554,6 +559,10 @@ async fn call_billing(
     let mut request = orders.client.post(format!("{}/charge", orders.billing)).with_extension(mode);
     if let Some(token) = caller.txn_token() {
         request = request.with_extension(TxnToken(token.to_owned()));
+    }
+    // Names the request this call serves, so billing's audit record links to orders' own.
+    if let Some(request_id) = caller.method().proof_id() {
+        request = request.with_extension(ContextTokens::default().parent_request(request_id));
     }
     let response = request.send().await.map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
     let status = response.status();

@@ -56,6 +56,28 @@ pub enum ProofMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContextTokens(pub Vec<(String, String)>);
 
+impl ContextTokens {
+    /// Names the request this call is made for: `request_id` is the proof id of the request
+    /// being served (`VerifiedCaller::method().proof_id()`), carried in
+    /// [`PARENT_REQUEST_HEADER`](crate::draft::PARENT_REQUEST_HEADER) and bound like a context
+    /// token (the WPT's `oth`; covered by an HTTP signature), so the next hop's audit record
+    /// names its parent and `wimse audit trace` links the two. Every verifier of this
+    /// implementation understands the field; send it only to those (another verifier may
+    /// refuse an `oth` entry it does not know).
+    ///
+    /// ```
+    /// use wimse_core::client::exchange::ContextTokens;
+    ///
+    /// let tokens = ContextTokens::default().parent_request("HmRfK1q2bGkPm0Ny3Zc9Ww");
+    /// assert_eq!(tokens.0, [("wimse-parent-request".to_owned(), "HmRfK1q2bGkPm0Ny3Zc9Ww".to_owned())]);
+    /// ```
+    pub fn parent_request(mut self, request_id: &str) -> Self {
+        self.0.retain(|(name, _)| name != crate::draft::PARENT_REQUEST_HEADER);
+        self.0.push((crate::draft::PARENT_REQUEST_HEADER.to_owned(), request_id.to_owned()));
+        self
+    }
+}
+
 /// One outgoing request as an adapter reads it: its URI type (what the mappings are given)
 /// and the parts a signature covers.
 pub trait Outgoing {

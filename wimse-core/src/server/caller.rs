@@ -183,7 +183,7 @@ impl VerifiedCaller {
         let txn = self.transaction();
         let event = crate::server::audit_log::AuditEvent {
             request_id: self.method().proof_id().map(str::to_owned),
-            parent_request_id: None,
+            parent_request_id: self.context_tokens.get(crate::draft::PARENT_REQUEST_HEADER).cloned(),
             txn: txn.map(|t| t.txn().to_owned()),
             caller: Some(self.id().to_string()),
             proof: Some(self.method().name().to_owned()),

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::draft::{AUTHORIZATION_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
+use crate::draft::{AUTHORIZATION_HEADER, PARENT_REQUEST_HEADER, TXN_TOKEN_HEADER, WIT_HEADER};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::IdentifierPolicy;
 use crate::jose::{Algorithm, Backend};
@@ -412,7 +412,17 @@ impl Verifier {
             leeway: config.leeway,
             max_lifetime: config.max_wpt_lifetime,
             max_token_len: config.max_token_len,
-            context_tokens: config.context_tokens.clone(),
+            // The parent request's field is understood by every verifier here (see
+            // `parent_request`).
+            context_tokens: config
+                .context_tokens
+                .iter()
+                .cloned()
+                .chain(
+                    (!config.context_tokens.iter().any(|n| n == PARENT_REQUEST_HEADER))
+                        .then(|| PARENT_REQUEST_HEADER.to_owned()),
+                )
+                .collect(),
             backend: config.backend,
         };
         let signature_validation = SignatureValidation {
@@ -711,7 +721,12 @@ impl Verifier {
         );
         let method =
             ProofMethod::HttpSignature { nonce: sig.nonce, expires: sig.expires, sign_response: sig.sign_response };
-        let caller = self.caller(&wit, method, txn_token, BTreeMap::new());
+        // Covered when present (`COVERED_IF_PRESENT`), so authenticated like the Txn-Token.
+        let mut context = BTreeMap::new();
+        if let Some(parent) = parent_request(request.headers)? {
+            context.insert(PARENT_REQUEST_HEADER.to_owned(), parent);
+        }
+        let caller = self.caller(&wit, method, txn_token, context);
         Ok(PendingCaller { caller, claim: Some(claim), content })
     }
 
@@ -796,6 +811,10 @@ impl Verifier {
                 context.other_tokens.insert(name.clone(), value);
             }
         }
+        if let Some(parent) = parent_request(request.headers)? {
+            // Bound by `oth` like any context token: `check` refuses it unbound or changed.
+            context.other_tokens.insert(PARENT_REQUEST_HEADER.to_owned(), parent);
+        }
 
         let wit = self.validate_wit(credentials.wit, now)?;
         let audience_ok = |aud: &str| self.config.audience_matches(aud, request.path);
@@ -811,6 +830,23 @@ impl Verifier {
         let caller = self.caller(&wit, method, context.txn_token, context.other_tokens);
         Ok(PendingCaller { caller, claim: Some(claim), content: None })
     }
+}
+
+/// The request's [`PARENT_REQUEST_HEADER`]: one field, a proof id (at most
+/// [`MAX_PROOF_ID_LEN`](crate::replay::MAX_PROOF_ID_LEN) bytes of `A-Z a-z 0-9 - _ . ~`), so
+/// what audit records keep of it is bounded and plain.
+fn parent_request<H: HeaderSource + ?Sized>(headers: &H) -> Result<Option<&str>> {
+    let limit = crate::replay::MAX_PROOF_ID_LEN;
+    let value = single_value(headers, PARENT_REQUEST_HEADER, limit, ErrorKind::DuplicateContextToken)?;
+    if let Some(value) = value
+        && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)))
+    {
+        return Err(Error::with_detail(
+            ErrorKind::InvalidHeaderValue,
+            format!("{PARENT_REQUEST_HEADER} is not a proof id (A-Z a-z 0-9 - _ . ~)"),
+        ));
+    }
+    Ok(value)
 }
 
 /// Every field line of `name` as text (a signed request's `Content-Digest`, kept until its body

@@ -449,3 +449,174 @@ fn traces_mark_unsigned_hops_and_escape_what_records_say() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A hop's record names its parent request only when the caller bound it: in the WPT's `oth`,
+/// or covered by its HTTP signature. Unbound, changed, repeated or malformed, the field is
+/// refused, never recorded.
+#[test]
+fn a_hop_records_its_parent_request_only_when_the_caller_bound_it() {
+    use crate::common::*;
+    use http::HeaderValue;
+    use wimse_core::draft::PARENT_REQUEST_HEADER;
+    use wimse_core::prelude::*;
+
+    let dir = dir("parent");
+    let f = Fixture::new();
+    let audit_key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let path = dir.join("orders.audit.jsonl");
+    let log = AuditLog::open(&path, SERVICE, audit_key.clone(), AuditOptions::default()).unwrap();
+    let verifier = f.verifier_with(f.config()).audit_log(log.clone());
+    let verify = |headers: &http::HeaderMap| verifier.verify_sync(&RequestView::new(PATH, headers).method("GET"));
+    let with_parent = |headers: &mut http::HeaderMap, parent: &str| {
+        headers.insert(PARENT_REQUEST_HEADER, HeaderValue::from_str(parent).unwrap());
+    };
+    let bound_wpt = |parent: &str| {
+        WptBuilder::new(&f.workload_key, &f.wit, &format!("{ORIGIN}{PATH}"))
+            .other_token(PARENT_REQUEST_HEADER, parent)
+            .sign(NOW)
+            .unwrap()
+    };
+
+    // Bound in the WPT's `oth`: recorded.
+    let mut headers = f.headers(&f.wit, &bound_wpt("parent-1"));
+    with_parent(&mut headers, "parent-1");
+    verify(&headers).expect("a bound parent");
+    // Covered by an HTTP signature: recorded.
+    let mut signed = http::HeaderMap::new();
+    with_parent(&mut signed, "parent.2~x");
+    let request = wimse_core::protocol::httpsig::OutgoingRequest {
+        method: "GET",
+        scheme: "https",
+        authority: "payments.example",
+        path: PATH,
+        query: None,
+        body: None,
+        aud: &format!("{ORIGIN}{PATH}"),
+        sign_response: false,
+    };
+    let options = wimse_core::protocol::httpsig::SignOptions::default();
+    wimse_core::protocol::httpsig::sign_request(&mut signed, &request, &f.wit, &f.workload_key, &options, NOW).unwrap();
+    verify(&signed).expect("a covered parent");
+
+    let refusals: Vec<(http::HeaderMap, &str)> = vec![
+        // Not in the WPT's `oth`.
+        (
+            {
+                let mut h = f.headers(&f.wit, &f.wpt());
+                with_parent(&mut h, "parent-3");
+                h
+            },
+            "other_token_binding_mismatch",
+        ),
+        // Bound, then changed on the way.
+        (
+            {
+                let mut h = f.headers(&f.wit, &bound_wpt("parent-4"));
+                with_parent(&mut h, "parent-5");
+                h
+            },
+            "other_token_binding_mismatch",
+        ),
+        // Added after the HTTP signature.
+        (
+            {
+                let mut h = f.signed_request("GET", None, false);
+                with_parent(&mut h, "parent-6");
+                h
+            },
+            "missing_required_component",
+        ),
+        // Two fields.
+        (
+            {
+                let mut h = f.headers(&f.wit, &bound_wpt("parent-7"));
+                with_parent(&mut h, "parent-7");
+                h.append(PARENT_REQUEST_HEADER, HeaderValue::from_static("parent-8"));
+                h
+            },
+            "duplicate_context_token",
+        ),
+        // Not a proof id, even bound.
+        (
+            {
+                let mut h = f.headers(&f.wit, &bound_wpt("a b"));
+                with_parent(&mut h, "a b");
+                h
+            },
+            "invalid_header_value",
+        ),
+        (
+            {
+                let long = "p".repeat(257);
+                let mut h = f.headers(&f.wit, &bound_wpt(&long));
+                with_parent(&mut h, &long);
+                h
+            },
+            "oversized_token",
+        ),
+    ];
+    for (headers, reason) in &refusals {
+        let refused = verify(headers).expect_err(reason);
+        assert_eq!(refused.reason(), *reason, "{refused}");
+    }
+    log.close().unwrap();
+
+    let records: Vec<serde_json::Value> = lines(&path).iter().map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let decisions: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "decision").collect();
+    assert_eq!(decisions.len(), 2 + refusals.len(), "{records:?}");
+    assert_eq!(decisions[0]["parent_request_id"], "parent-1");
+    assert_eq!(
+        (decisions[1]["proof"].as_str(), decisions[1]["parent_request_id"].as_str()),
+        (Some("http-signature"), Some("parent.2~x"))
+    );
+    for refused in &decisions[2..] {
+        assert_eq!(refused["decision"], "deny");
+        assert!(refused.get("parent_request_id").is_none(), "{refused}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A trace links each hop to the one it was made during (its parent request), across services'
+/// logs, and says when the parent is in none of the logs given.
+#[test]
+fn traces_link_each_hop_to_the_request_it_was_made_during() {
+    use wimse_core::server::audit_log::trace;
+    let dir = dir("trace-parents");
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let write = |service: &str, events: Vec<AuditEvent>| {
+        let path = dir.join(format!("{service}.audit.jsonl"));
+        let log = AuditLog::open(&path, service, key.clone(), AuditOptions::default()).unwrap();
+        for event in events {
+            log.record(event).unwrap();
+            // Distinct times, so the hops' order is the calls' order.
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        log.close().unwrap();
+        (service.to_owned(), std::fs::read(&path).unwrap())
+    };
+    let hop = |request: &str, parent: Option<&str>, caller: &str| AuditEvent {
+        request_id: Some(request.into()),
+        parent_request_id: parent.map(Into::into),
+        caller: Some(caller.into()),
+        decision: "allow".into(),
+        ..event(1)
+    };
+    let files = vec![
+        write("front", vec![hop("r-front", None, "spiffe://prod.example/edge")]),
+        write("orders", vec![hop("r-orders", Some("r-front"), "spiffe://prod.example/front")]),
+        write("stock", vec![hop("r-stock", Some("r-elsewhere"), "spiffe://prod.example/orders")]),
+    ];
+    let custody = trace(&files, "txn-1", std::slice::from_ref(key.public_key()));
+    assert_eq!(custody.hops.len(), 3);
+    assert_eq!(custody.parent(&custody.hops[0]), None);
+    assert_eq!(custody.parent(&custody.hops[1]), Some(Ok(0)));
+    assert_eq!(custody.parent(&custody.hops[2]), Some(Err("r-elsewhere".to_owned())));
+    let text = custody.text();
+    assert!(
+        text.lines().any(|l| l.starts_with(" 2. spiffe://prod.example/front -> orders") && l.contains("| during 1")),
+        "{text}"
+    );
+    assert!(text.contains("during request r-elsewhere (not in these logs)"), "{text}");
+    assert!(custody.dot().contains(r"\nduring 1"), "{}", custody.dot());
+    let _ = std::fs::remove_dir_all(dir);
+}

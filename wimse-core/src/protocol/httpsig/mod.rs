@@ -98,9 +98,17 @@ use crate::protocol::wit::VerifiedWit;
 use crate::replay::MAX_PROOF_ID_LEN;
 use sf::key;
 
-/// Header fields covered whenever present (http-signature-08).
-pub const COVERED_IF_PRESENT: [&str; 5] =
-    ["content-type", "content-digest", "authorization", "txn-token", "workload-identity-token"];
+/// Header fields covered whenever present: http-signature-08's five, and this
+/// implementation's [`PARENT_REQUEST_HEADER`](crate::draft::PARENT_REQUEST_HEADER) (a signer
+/// may cover more fields than a profile asks; a verifier that does not know it ignores it).
+pub const COVERED_IF_PRESENT: [&str; 6] = [
+    "content-type",
+    "content-digest",
+    "authorization",
+    "txn-token",
+    "workload-identity-token",
+    crate::draft::PARENT_REQUEST_HEADER,
+];
 
 /// Whether a message carries a WIMSE HTTP signature: a `Signature-Input` member tagged
 /// `wimse-workload-to-workload`. Signatures with other tags (a proxy's own, say) do not count,

@@ -120,6 +120,24 @@ impl Trace {
         })
     }
 
+    /// The hop `hop` was made during, as its caller said ([`super::AuditEvent::parent_request_id`]):
+    /// `Ok(n)` the index of that hop here, `Err(id)` a request these logs do not hold.
+    pub fn parent(&self, hop: &AuditRecord) -> Option<std::result::Result<usize, String>> {
+        let parent = hop.event.as_ref()?.parent_request_id.as_ref()?;
+        let found = self.hops.iter().position(|other| {
+            other.event.as_ref().and_then(|e| e.request_id.as_ref()) == Some(parent) && !std::ptr::eq(other, hop)
+        });
+        Some(found.ok_or_else(|| parent.clone()))
+    }
+
+    /// The parent of `hop` in words: `during 2`, or the request id these logs do not hold.
+    fn during(&self, hop: &AuditRecord) -> Option<String> {
+        match self.parent(hop)? {
+            Ok(n) => Some(format!("during {}", n + 1)),
+            Err(id) => Some(format!("during request {id} (not in these logs)")),
+        }
+    }
+
     /// Whether every log was verified.
     pub fn all_verified(&self) -> bool {
         self.logs.iter().all(|log| log.verdict == LogVerdict::Verified)
@@ -149,8 +167,9 @@ impl Trace {
             };
             let reason = event.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
             let unsigned = if self.is_signed(hop) { "" } else { " [not signed by a checkpoint]" };
+            let during = self.during(hop).map(|d| format!(" | {d}")).unwrap_or_default();
             let line = format!(
-                "{:>2}. {} -> {} | {} {} | {} | {}{reason}{actors}{unsigned}",
+                "{:>2}. {} -> {} | {} {} | {} | {}{reason}{actors}{during}{unsigned}",
                 n + 1,
                 field(event.caller.as_ref()),
                 hop.service,
@@ -181,6 +200,9 @@ impl Trace {
             ];
             if !event.actors.is_empty() {
                 lines.push(format!("agents {}", event.actors.join(" <- ")));
+            }
+            if let Some(during) = self.during(hop) {
+                lines.push(during);
             }
             if !self.is_signed(hop) {
                 lines.push("not signed by a checkpoint".to_owned());
