@@ -31,6 +31,12 @@ pub struct AgentConfig {
     /// Bounds on what callers may hold.
     #[serde(default)]
     pub limits: Limits,
+    /// A tamper-evident audit log of every attestation: each Workload API call authorized
+    /// (the caller's uid, pid and executable, the identities it was given) or refused (the
+    /// failed check): `file`, `service`, `key` (a private JWK; paths relative to the working
+    /// directory), `checkpoint_every`, `when_full`, as a service's `[audit]`. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<wimse_core::config::AuditSettings>,
 }
 
 fn yes() -> bool {

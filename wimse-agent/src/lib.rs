@@ -71,6 +71,8 @@ pub struct Agent {
     issuance: Arc<Issuance>,
     attestor: Arc<Attestor>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where attestations are recorded (`AgentConfig::audit`).
+    audit: Option<wimse_core::server::audit_log::AuditLog>,
 }
 
 impl Drop for Agent {
@@ -99,6 +101,7 @@ impl Agent {
         // Known before anything is asked of the identity server: no token, no credentials.
         token::read_blocking(&config.issuer)
             .map_err(|e| StartError::NoToken(e.detail().unwrap_or_default().to_owned()))?;
+        let audit = config.audit.as_ref().map(wimse_core::config::AuditSettings::open).transpose()?;
         let issuance = Arc::new(Issuance::new(config)?);
         let mut tasks = vec![tokio::spawn(issuance.clone().maintain_bundles())];
         let mut started = Vec::new();
@@ -112,7 +115,7 @@ impl Agent {
                 }
             }
         }
-        Ok(Self { issuance, attestor: Arc::new(attestor), tasks })
+        Ok(Self { issuance, attestor: Arc::new(attestor), tasks, audit })
     }
 
     /// Waits for the identity server's first answer for every identity (and part: WIT,
@@ -261,6 +264,7 @@ impl Agent {
             self.attestor.clone(),
             limits,
             config.trust_domain.to_string(),
+            self.audit.clone(),
         );
         let service = SpiffeWorkloadApiServer::new(service).max_decoding_message_size(limits.max_request_bytes);
         tonic::transport::Server::builder()

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use wimse_core::id::WorkloadId;
 use wimse_core::rate::{Rate, RateLimiter};
+use wimse_core::server::audit_log::{AuditEvent, AuditLog};
 use wimse_workload_api::proto::spiffe_workload_api_server::SpiffeWorkloadApi;
 use wimse_workload_api::proto::{
     WitBundlesRequest, WitBundlesResponse, Witsvid, WitsvidRequest, WitsvidResponse, X509BundlesRequest,
@@ -34,8 +35,22 @@ pub(crate) struct WorkloadApi {
     refusals: Arc<Refusals>,
 }
 
-/// Counts every refusal and logs it, at most ten a minute per uid.
-struct Refusals(RateLimiter<u32>);
+/// Counts every refusal and logs it, at most ten a minute per uid; records each in the audit
+/// log, if any.
+struct Refusals {
+    logged: RateLimiter<u32>,
+    audit: Option<AuditLog>,
+}
+
+/// The audit record of an attestation: `attest:<rpc>` by the caller the kernel names.
+fn attestation(rpc: &str, peer: Option<&PeerCredentials>, exe: Option<&std::path::Path>) -> AuditEvent {
+    let caller = peer.map(|p| {
+        let pid = p.pid.map(|pid| format!(" pid:{pid}")).unwrap_or_default();
+        let exe = exe.map(|exe| format!(" exe:{}", exe.display())).unwrap_or_default();
+        format!("uid:{}{pid}{exe}", p.uid)
+    });
+    AuditEvent { caller, action: Some(format!("attest:{rpc}")), ..Default::default() }
+}
 
 impl Refusals {
     fn refuse(
@@ -46,8 +61,17 @@ impl Refusals {
         status: Status,
     ) -> Status {
         metrics::counter!("wimse_agent_refused_total", "reason" => reason).increment(1);
+        if let Some(audit) = &self.audit {
+            // Dropped (counted) when the log's queue is full: a flood of refused calls
+            // never holds more memory than the queue.
+            let _ = audit.record(AuditEvent {
+                decision: "deny".into(),
+                reason: Some(reason.to_owned()),
+                ..attestation(rpc, peer, None)
+            });
+        }
         let uid = peer.map_or(u32::MAX, |p| p.uid);
-        if self.0.take(&uid, 1, now()).is_ok() {
+        if self.logged.take(&uid, 1, now()).is_ok() {
             tracing::warn!(
                 rpc,
                 reason,
@@ -68,6 +92,7 @@ impl WorkloadApi {
         attestor: Arc<Attestor>,
         limits: Limits,
         trust_domain: String,
+        audit: Option<AuditLog>,
     ) -> Self {
         Self {
             snapshot,
@@ -75,7 +100,7 @@ impl WorkloadApi {
             attestor,
             trust_domain,
             streams: Places::new(limits.max_streams, limits.max_streams_per_uid, "wimse_agent_streams"),
-            refusals: Arc::new(Refusals(RateLimiter::new(Rate { burst: 10, per_minute: 10 }))),
+            refusals: Arc::new(Refusals { logged: RateLimiter::new(Rate { burst: 10, per_minute: 10 }), audit }),
         }
     }
 }
@@ -175,6 +200,18 @@ impl WorkloadApi {
             return Err(self.refuse(rpc, "no_matching_entry", Some(&peer.credentials), status));
         }
         metrics::counter!("wimse_agent_calls_total", "rpc" => rpc).increment(1);
+        if let Some(audit) = &self.refusals.audit {
+            let identities: Vec<String> = identities.iter().map(|(id, _)| id.to_string()).collect();
+            let event = AuditEvent {
+                decision: "allow".into(),
+                resource: Some(identities.join(" ")),
+                ..attestation(rpc, Some(&peer.credentials), caller.exe.as_deref())
+            };
+            if let Err(error) = audit.record(event) {
+                // A log that refuses when full refuses the call: nothing is handed out unrecorded.
+                return Err(Status::unavailable(format!("the audit log refused the record: {error}")));
+            }
+        }
         tracing::debug!(rpc, uid = caller.uid, pid = caller.pid, identities = identities.len(), "wimse agent: call");
         Ok(Authorized { rpc, peer, caller, identities, slot })
     }

@@ -322,6 +322,12 @@ impl Default for RateLimits {
 pub struct IssuerConfig {
     /// The trust domain it issues for, e.g. `spiffe://prod.example`.
     pub trust_domain: String,
+    /// A tamper-evident audit log of every issuance and refusal
+    /// ([`IdentityServer::audit_log`](crate::IdentityServer::audit_log)): `file`, `service`,
+    /// `key` (a private JWK; paths relative to the working directory), `checkpoint_every`,
+    /// `when_full` (`drop` or `refuse`), as a service's `[audit]`. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<wimse_core::config::AuditSettings>,
     /// The `iss` claim of issued WITs (none by default). For a `spiffe://` trust domain its
     /// WITs are WIT-SVIDs, whose `iss` SHOULD NOT be compatible with OpenID Connect Discovery
     /// (an `https` URL without query or fragment): the server logs a warning at start if it is.

@@ -197,11 +197,16 @@ async fn issue_wit(
     JsonBody(request): JsonBody<WitRequest>,
 ) -> Response {
     let Some(presented) = presented(&headers, wic.as_ref().map(|w| &w.0)) else {
-        return problem(&Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential"));
+        let error = Error::with_detail(ErrorKind::BootstrapTokenInvalid, "no bearer bootstrap credential");
+        server.audit_refusal("wit", None, Some(&request.sub), &error);
+        return problem(&error);
     };
     match server.issue_wit(presented, &request.sub, &request.jwk, request.lifetime).await {
         Ok(issued) => Json(issued).into_response(),
-        Err(error) => problem(&error),
+        Err(error) => {
+            server.audit_refusal("wit", None, Some(&request.sub), &error);
+            problem(&error)
+        }
     }
 }
 
@@ -386,7 +391,10 @@ async fn token(
             token_type: "DPoP",
         })
         .into_response(),
-        Err(error) => oauth_error(&error),
+        Err(error) => {
+            server.audit_refusal("jwt-bearer", None, request.scope.as_deref(), &error);
+            oauth_error(&error)
+        }
     }
 }
 
@@ -407,7 +415,10 @@ async fn token_exchange(server: &IdentityServer, request: TokenRequest) -> Respo
             token_type: "N_A",
         })
         .into_response(),
-        Err(error) => oauth_error(&error),
+        Err(error) => {
+            server.audit_refusal("exchange", None, None, &error);
+            oauth_error(&error)
+        }
     }
 }
 
@@ -451,7 +462,10 @@ fn txn_error(error: &Error) -> Response {
 async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, request: TokenRequest) -> Response {
     let requester = match server.authenticate_requester(headers).await {
         Ok(requester) => requester,
-        Err(error) => return txn_error(&error),
+        Err(error) => {
+            server.audit_refusal("txn-token", None, request.scope.as_deref(), &error);
+            return txn_error(&error);
+        }
     };
     let (Some(subject_token), Some(subject_token_type)) = (&request.subject_token, &request.subject_token_type) else {
         return missing("subject_token");
@@ -477,7 +491,10 @@ async fn txn_token_exchange(server: &IdentityServer, headers: &HeaderMap, reques
             });
             ([(axum::http::header::CACHE_CONTROL, "no-store")], body).into_response()
         }
-        Err(error) => txn_error(&error),
+        Err(error) => {
+            server.audit_refusal("txn-token", Some(requester.id().to_string()), Some(scope), &error);
+            txn_error(&error)
+        }
     }
 }
 
@@ -570,7 +587,10 @@ async fn issue_wic(
     };
     match server.issue_wic(presented, &wic).await {
         Ok((chain, expires_at)) => Json(WicResponse { chain_pem: chain_to_pem(&chain), expires_at }).into_response(),
-        Err(error) => problem(&error),
+        Err(error) => {
+            server.audit_refusal("wic", None, Some(&request.sub), &error);
+            problem(&error)
+        }
     }
 }
 

@@ -255,3 +255,59 @@ async fn unchanged_bundles_are_refreshed_with_304s() {
     }
     assert!(agent.ready(Duration::ZERO).await, "still serving the bundles it holds");
 }
+
+/// With `audit` in its configuration, the agent records each attestation: the calls it
+/// authorized (who, by uid, pid and executable, and which identities it was given) and the
+/// ones it refused (which check), in a log that verifies.
+#[tokio::test]
+async fn attestations_are_recorded_in_the_audit_log() {
+    use wimse_core::jose::{Algorithm, SigningKey};
+    let issuer = Issuer::start(600).await;
+    let dir = std::env::temp_dir().join(format!("wimse-agent-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    std::fs::write(dir.join("audit.jwk"), serde_json::to_string(&key.to_private_jwk()).unwrap()).unwrap();
+    let log = dir.join("agent.audit.jsonl");
+    let audit = json!({"audit": {"file": log, "service": format!("{DOMAIN}/agent"), "key": dir.join("audit.jwk")}});
+    let entries = json!([entry_for_me("/ns/payments", "internal")]);
+    let agent = start_agent(&issuer, entries, audit).await;
+
+    let client = WorkloadApiClient::new(agent.endpoint.clone());
+    assert_eq!(client.fetch_wit_svids(None, Duration::from_secs(5)).await.unwrap().len(), 1);
+    // Without the security header: refused.
+    let mut raw = SpiffeWorkloadApiClient::new(agent.endpoint.channel());
+    assert!(raw.fetch_witsvid(WitsvidRequest::default()).await.is_err());
+
+    let started = std::time::Instant::now();
+    let decisions = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let decisions: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["kind"] == "decision")
+            .collect();
+        if decisions.len() >= 2 {
+            break decisions;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{decisions:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let allowed = decisions.iter().find(|r| r["decision"] == "allow").expect("an authorized call");
+    assert_eq!(allowed["action"], "attest:FetchWITSVID");
+    assert_eq!(allowed["resource"].as_str(), Some(format!("{DOMAIN}/ns/payments").as_str()));
+    let caller = allowed["caller"].as_str().unwrap();
+    assert!(caller.starts_with(&format!("uid:{} pid:{}", my_ids().0, std::process::id())), "{caller}");
+    let refused = decisions.iter().find(|r| r["decision"] == "deny").expect("a refused call");
+    assert_eq!(
+        (refused["action"].as_str(), refused["reason"].as_str()),
+        (Some("attest:FetchWITSVID"), Some("missing_security_header"))
+    );
+    let report = wimse_core::server::audit_log::check(
+        vec![("agent".to_owned(), std::io::BufReader::new(std::fs::File::open(&log).unwrap()))],
+        std::slice::from_ref(key.public_key()),
+        None,
+    );
+    assert!(report.is_intact(), "{report:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

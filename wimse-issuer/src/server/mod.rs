@@ -148,6 +148,7 @@ pub struct IdentityServer {
     pub(crate) tts: Option<crate::tts::Tts>,
     /// Workloads a risk signal disabled are issued nothing.
     revocations: Option<wimse_core::server::signals::Revocations>,
+    audit: Option<wimse_core::server::audit_log::AuditLog>,
 }
 
 impl std::fmt::Debug for IdentityServer {
@@ -188,6 +189,7 @@ impl IdentityServer {
         clock: impl Clock + 'static,
     ) -> Result<Self> {
         let Checked { domain, alg, platforms, clients, exchanges, tts } = config.check()?;
+        let audit = config.audit.as_ref().map(wimse_core::config::AuditSettings::open).transpose()?;
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let tts = tts.map(|checked| crate::tts::Tts::new(checked, storage.clone(), clock.clone())).transpose()?;
         let server = Self {
@@ -208,6 +210,7 @@ impl IdentityServer {
             failures: RateLimiter::new(config.rate_limits.failed_authentications),
             quiet: quiet::Quiet::default(),
             revocations: None,
+            audit,
             config,
         };
         let state = server.storage.load().await?;
@@ -235,6 +238,42 @@ impl IdentityServer {
         self
     }
 
+    /// Records every issuance and every refusal of the issuing endpoints (`/v1/wit`, `/token`,
+    /// `/v1/wic`) in `log`, a tamper-evident audit log (see
+    /// [`wimse_core::server::audit_log`]): action `issue:wit`, `issue:exchange`,
+    /// `issue:jwt-bearer`, `issue:wic` or `issue:txn-token`; the requesting client (or
+    /// workload) as the caller; the identifier issued for (a Txn-Token's scope) as the
+    /// resource; a Txn-Token's transaction, subject and actors. A refusal names the failed
+    /// check, and the caller only when it was authenticated.
+    pub fn audit_log(mut self, log: wimse_core::server::audit_log::AuditLog) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    /// Writes `event` into the audit log, if any (a full log drops or refuses as configured:
+    /// a refusing log refuses the issuance).
+    pub(crate) fn audit(&self, event: wimse_core::server::audit_log::AuditEvent) -> Result<()> {
+        match &self.audit {
+            Some(log) => log.record(event).inspect_err(|failure| {
+                tracing::error!(error = %failure, "wimse issuer: the decision could not be recorded in the audit log");
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a refusal of `action` on `resource` (the identifier or scope asked for), by
+    /// `caller` when it was authenticated.
+    pub(crate) fn audit_refusal(&self, action: &str, caller: Option<String>, resource: Option<&str>, error: &Error) {
+        let _ = self.audit(wimse_core::server::audit_log::AuditEvent {
+            caller,
+            action: Some(format!("issue:{action}")),
+            resource: resource.map(str::to_owned),
+            decision: "deny".into(),
+            reason: Some(error.reason().to_owned()),
+            ..Default::default()
+        });
+    }
+
     /// Refuses `subject` (a workload identifier, or a Txn-Token's subject) when a risk signal
     /// disabled it.
     pub(crate) fn refuse_disabled(&self, subject: &str) -> Result<()> {
@@ -259,7 +298,8 @@ impl IdentityServer {
         Ok((issuer.issue(id, public_jwk, now)?, kid))
     }
 
-    /// Records an issuance in the storage (an audit row with PostgreSQL) before it is handed out.
+    /// Records an issuance in the storage (an audit row with PostgreSQL) and in the audit log
+    /// before it is handed out.
     pub(crate) async fn record(
         &self,
         kind: &'static str,
@@ -269,6 +309,32 @@ impl IdentityServer {
         key_id: String,
         at: u64,
     ) -> Result<()> {
+        let event = wimse_core::server::audit_log::AuditEvent {
+            caller: Some(client.to_owned()),
+            resource: Some(id.to_string()),
+            ..Default::default()
+        };
+        self.record_with(kind, client, id, lifetime, key_id, at, event).await
+    }
+
+    /// [`Self::record`], with what the audit record says beyond the issuance (a Txn-Token's
+    /// transaction, subject, actors and scope).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn record_with(
+        &self,
+        kind: &'static str,
+        client: &str,
+        id: &WorkloadId,
+        lifetime: u64,
+        key_id: String,
+        at: u64,
+        event: wimse_core::server::audit_log::AuditEvent,
+    ) -> Result<()> {
+        self.audit(wimse_core::server::audit_log::AuditEvent {
+            action: Some(format!("issue:{kind}")),
+            decision: "allow".into(),
+            ..event
+        })?;
         let record = IssuanceRecord {
             at,
             kind,

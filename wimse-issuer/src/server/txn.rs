@@ -176,7 +176,15 @@ impl IdentityServer {
             _ => e,
         })?;
         let expires_in = signed.expires_at.saturating_sub(now);
-        self.record("txn-token", who.as_str(), who, expires_in, kid, now).await?;
+        let event = wimse_core::server::audit_log::AuditEvent {
+            txn: Some(signed.txn.clone()),
+            caller: Some(who.to_string()),
+            subject: Some(token.sub.clone()),
+            actors: actors.iter().map(|a| (*a).to_owned()).collect(),
+            resource: Some(scope.to_owned()),
+            ..Default::default()
+        };
+        self.record_with("txn-token", who.as_str(), who, expires_in, kid, now, event).await?;
         let span = tracing::Span::current();
         span.record("wimse.caller", who.as_str());
         span.record("wimse.txn", signed.txn.as_str());

@@ -1088,3 +1088,63 @@ async fn a_disabled_workload_is_issued_nothing() {
     revocations.enable(payments, NOW).unwrap();
     assert_eq!(request_wit(&base, &payments_token, payments, &key).await.0, 200);
 }
+
+/// With `audit` in its configuration, the identity server records every issuance and every
+/// refusal of its issuing endpoints in a tamper-evident log: what was issued to whom, which
+/// check refused, and nothing of the tokens themselves.
+#[tokio::test]
+async fn issuances_and_refusals_are_recorded_in_the_audit_log() {
+    use wimse_core::server::audit_log::check;
+    let platform = Platform::new();
+    let store = store_path("audited");
+    let dir = store.parent().unwrap().to_owned();
+    let audit_key = SigningKey::generate(Algorithm::ES256).unwrap();
+    std::fs::write(dir.join("audit.jwk"), serde_json::to_string(&audit_key.to_private_jwk()).unwrap()).unwrap();
+    let mut config = config(&platform, &store);
+    config["audit"] = json!({"file": dir.join("issuer.audit.jsonl"), "service": "spiffe://prod.example/issuer",
+                             "key": dir.join("audit.jwk"), "checkpoint_every": 2});
+    let config: IssuerConfig = serde_json::from_value(config).unwrap();
+    let server = Arc::new(IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap());
+    let base = serve(server.clone()).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let payments = "spiffe://prod.example/ns/prod/sa/payments";
+    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+
+    assert_eq!(request_wit(&base, &token, payments, &key).await.0, 200);
+    // Another identity than the client's, and a forged platform token.
+    assert_eq!(request_wit(&base, &token, "spiffe://prod.example/ns/prod/sa/admin", &key).await.0, 403);
+    let forged = Platform::new().token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    assert_eq!(request_wit(&base, &forged, payments, &key).await.0, 401);
+    drop(server);
+
+    let path = dir.join("issuer.audit.jsonl");
+    let wait = std::time::Instant::now();
+    let records = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if records.iter().filter(|r| r["kind"] == "decision").count() == 3 {
+            break records;
+        }
+        assert!(wait.elapsed() < std::time::Duration::from_secs(10), "{records:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let decisions: Vec<&Value> = records.iter().filter(|r| r["kind"] == "decision").collect();
+    /// A record's action, decision, resource, caller and reason.
+    fn summary(r: &Value) -> [Option<&str>; 5] {
+        ["action", "decision", "resource", "caller", "reason"].map(|member| r[member].as_str())
+    }
+    assert_eq!(summary(decisions[0]), [Some("issue:wit"), Some("allow"), Some(payments), Some("payments-sa"), None]);
+    let admin = "spiffe://prod.example/ns/prod/sa/admin";
+    assert_eq!(summary(decisions[1]), [Some("issue:wit"), Some("deny"), Some(admin), None, Some("issuance_denied")]);
+    assert_eq!(summary(decisions[2])[1], Some("deny"));
+    assert!(summary(decisions[2])[4].is_some());
+    // No token, bootstrap credential or key is written into the log.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(&token) && !text.contains(&forged) && !text.contains("\"jwk\""));
+    let report = check(
+        vec![("issuer".to_owned(), std::io::BufReader::new(text.as_bytes()))],
+        std::slice::from_ref(audit_key.public_key()),
+        None,
+    );
+    assert!(report.is_intact() && report.checkpoints >= 1, "{report:?}");
+}

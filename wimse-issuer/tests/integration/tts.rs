@@ -42,6 +42,8 @@ struct Setup {
     domain: TrustDomain,
     /// What risk signals disabled (none unless a test says so).
     revocations: wimse_core::server::signals::Revocations,
+    /// The server's audit log.
+    audit: std::path::PathBuf,
 }
 
 impl Setup {
@@ -58,8 +60,12 @@ impl Setup {
             .iter()
             .map(|id| json!({"name": id, "dev_secret": secret(id), "allowed": [id], "max_lifetime": 600}))
             .collect();
+        let audit_key = SigningKey::generate(Algorithm::ES256).unwrap();
+        std::fs::write(dir.join("audit.jwk"), serde_json::to_string(&audit_key.to_private_jwk()).unwrap()).unwrap();
+        let audit = dir.join("issuer.audit.jsonl");
         let config: IssuerConfig = serde_json::from_value(json!({
             "trust_domain": "spiffe://prod.example",
+            "audit": {"file": audit, "service": "spiffe://prod.example/issuer", "key": dir.join("audit.jwk")},
             "issuer": "https://issuer.prod.example",
             "key_store": dir.join("keys.json"),
             "dev_mode": true,
@@ -88,7 +94,7 @@ impl Setup {
             Arc::new(IdentityServer::open(config, SystemClock).await.unwrap().revocations(revocations.clone()));
         let app = wimse_issuer::router(server.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base, server, idp, domain: "spiffe://prod.example".parse().unwrap(), revocations }
+        Self { base, server, idp, domain: "spiffe://prod.example".parse().unwrap(), revocations, audit }
     }
 
     async fn signer(&self, id: &str) -> Signer {
@@ -116,6 +122,26 @@ impl Setup {
     fn check(&self, token: &str) -> VerifiedTxnToken {
         let keys = TrustStore::new().with(self.domain.clone(), self.server.anchors().unwrap());
         validate(token, &keys, &TxnTokenValidation::new(self.domain.clone()), now()).unwrap()
+    }
+}
+
+impl Setup {
+    /// The decisions in the audit log, once it holds `count` of them (its writer runs apart).
+    async fn decisions(&self, count: usize) -> Vec<Value> {
+        let started = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
+            let decisions: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|r| r["kind"] == "decision")
+                .collect();
+            if decisions.len() >= count {
+                return decisions;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{decisions:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -591,4 +617,44 @@ async fn a_disabled_user_gets_no_transaction() {
     );
     let other = s.access_token(json!({"sub": "user-77"}));
     assert!(front.request(&TxnTokenRequest::for_access_token(other, "orders.read")).await.is_ok());
+}
+
+/// The TTS's audit records: each Txn-Token issued (its transaction, subject, actors, scope, the
+/// requester) and each refusal with the failed check and the authenticated requester.
+#[tokio::test]
+async fn txn_tokens_issued_and_refused_are_audited() {
+    let s = Setup::start().await;
+    let agent = s.tts(AGENT).await;
+    let token = s.access_token(json!({}));
+    let issued =
+        agent.request(&TxnTokenRequest::for_access_token(token.clone(), "orders.read").acting()).await.unwrap();
+    let txn = s.check(&issued.token);
+    let refused = agent.request(&TxnTokenRequest::for_access_token(token, "orders.admin")).await;
+    assert_eq!(kind(refused), ErrorKind::InvalidScope);
+
+    let decisions = s.decisions(3).await;
+    // Each requester's WIT is issued first (`issue:wit`), then its Txn-Tokens.
+    let txn_records: Vec<&Value> = decisions.iter().filter(|r| r["action"] == "issue:txn-token").collect();
+    assert_eq!(txn_records.len(), 2, "{decisions:?}");
+    let (allowed, denied) = (txn_records[0], txn_records[1]);
+    assert_eq!(
+        (
+            allowed["decision"].as_str(),
+            allowed["txn"].as_str(),
+            allowed["subject"].as_str(),
+            allowed["caller"].as_str()
+        ),
+        (Some("allow"), Some(txn.txn()), Some("users:user-1842"), Some(AGENT))
+    );
+    assert_eq!((allowed["actors"][0].as_str(), allowed["resource"].as_str()), (Some(AGENT), Some("orders.read")));
+    assert_eq!(
+        (
+            denied["decision"].as_str(),
+            denied["reason"].as_str(),
+            denied["caller"].as_str(),
+            denied["resource"].as_str()
+        ),
+        (Some("deny"), Some("invalid_scope"), Some(AGENT), Some("orders.admin"))
+    );
+    assert!(decisions.iter().any(|r| r["action"] == "issue:wit" && r["resource"] == AGENT));
 }
