@@ -69,6 +69,13 @@ pub fn workload_id_of(cert: &CertificateDer<'_>) -> Result<WorkloadId> {
     }
 }
 
+/// A certificate's `notBefore`, in seconds since the epoch (`None`: unreadable, or before
+/// 1970).
+pub fn not_before_of(cert: &CertificateDer<'_>) -> Option<u64> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    u64::try_from(parsed.validity().not_before.timestamp()).ok()
+}
+
 /// What a WIC may be used for (its extended key usage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WicUsage {

@@ -94,6 +94,9 @@ pub(crate) enum Credential {
     #[cfg_attr(not(feature = "mtls"), allow(dead_code))]
     Certificate {
         fingerprint: String,
+        /// The certificate's `notBefore` (seconds since the epoch): the latest its issuance
+        /// can have been, for revocations by time.
+        not_before: Option<u64>,
     },
 }
 
@@ -102,7 +105,7 @@ impl PartialEq for Credential {
         match (self, other) {
             // The same token (its hash) means the same claims and key.
             (Credential::Wit(a), Credential::Wit(b)) => a.hash() == b.hash(),
-            (Credential::Certificate { fingerprint: a }, Credential::Certificate { fingerprint: b }) => a == b,
+            (Credential::Certificate { fingerprint: a, .. }, Credential::Certificate { fingerprint: b, .. }) => a == b,
             _ => false,
         }
     }
@@ -129,10 +132,11 @@ impl TlsPeer {
     /// [`WicClientVerifier`](crate::protocol::wic::WicClientVerifier).
     pub fn from_verified_chain(peer_certificates: &[rustls::pki_types::CertificateDer<'_>]) -> crate::Result<Self> {
         let (id, fingerprint) = crate::protocol::wic::verified_peer(peer_certificates)?;
+        let not_before = peer_certificates.first().and_then(crate::protocol::wic::not_before_of);
         Ok(Self(VerifiedCaller {
             id,
             method: ProofMethod::MutualTls { certificate_fingerprint: fingerprint.clone() },
-            credential: Credential::Certificate { fingerprint },
+            credential: Credential::Certificate { fingerprint, not_before },
             txn_token: None,
             transaction: None,
             context_tokens: BTreeMap::new(),
@@ -227,7 +231,7 @@ impl VerifiedCaller {
     pub fn key_thumbprint(&self) -> &str {
         match &self.credential {
             Credential::Wit(wit) => wit.cnf_key().thumbprint(),
-            Credential::Certificate { fingerprint } => fingerprint,
+            Credential::Certificate { fingerprint, .. } => fingerprint,
         }
     }
     /// The caller's verified WIT (`None` for a mutual-TLS caller).

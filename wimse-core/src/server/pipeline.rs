@@ -416,7 +416,7 @@ mod tests {
         let caller = |sign_response| VerifiedCaller {
             id: "spiffe://a.example/c".parse().unwrap(),
             method: ProofMethod::HttpSignature { nonce: "n".into(), expires: 2, sign_response },
-            credential: crate::server::caller::Credential::Certificate { fingerprint: String::new() },
+            credential: crate::server::caller::Credential::Certificate { fingerprint: String::new(), not_before: None },
             txn_token: None,
             transaction: None,
             context_tokens: BTreeMap::new(),

@@ -497,8 +497,10 @@ impl Verifier {
         }
         let issued_at = match &caller.credential {
             crate::server::caller::Credential::Wit(wit) => wit.claims().iat,
-            // A certificate's issuance is not read here: anything against it refuses.
-            _ => None,
+            // Issued no later than its `notBefore`. Issuers backdate it for clock differences
+            // (ours by 60 s), so a certificate issued within that margin after a revocation is
+            // refused too: on the safe side, and only for that margin.
+            crate::server::caller::Credential::Certificate { not_before, .. } => *not_before,
         };
         revocations.check_workload(&caller.id, issued_at)?;
         if let Some(txn) = caller.transaction() {

@@ -85,3 +85,33 @@ async fn credentials_of_another_workload_than_the_tls_peer_are_refused_by_defaul
         proxied.check(&RequestView::new(PATH, &f.headers(&f.wit, &f.wpt())), Some(&proxy)).await.unwrap().unwrap();
     assert_eq!(caller.id(), &f.id);
 }
+
+/// A revoked workload's mutual-TLS certificates are refused by their issuance time (read from
+/// `notBefore`): one issued before the revocation is refused, one issued after it admitted,
+/// and a disabled workload refused whatever its certificate.
+#[tokio::test]
+async fn certificates_issued_before_a_revocation_are_refused_and_later_ones_admitted() {
+    use wimse_core::protocol::wic::{WicAuthority, WicOptions, WicUsage};
+    use wimse_core::server::signals::Revocations;
+    let f = Fixture::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ca = WicAuthority::new(f.id.trust_domain(), now - 7200, 7 * 3600).unwrap();
+    let id: WorkloadId = "spiffe://prod.example/ns/payments".parse().unwrap();
+    // WicOptions backdate `notBefore` 60 s before the issuance time given.
+    let peer_issued_at = |at: u64| {
+        let cert = ca.issue(&id, &WicOptions::new(WicUsage::Client, at, 3600)).unwrap();
+        TlsPeer::from_verified_chain(cert.chain()).unwrap()
+    };
+    let (old, renewed) = (peer_issued_at(now - 1000), peer_issued_at(now - 100));
+    let revocations = Revocations::new();
+    revocations.revoke_before(id.as_str(), now - 500, now).unwrap();
+    let guard = Pipeline::new(f.verifier().revocations(revocations.clone()));
+    let empty = http::HeaderMap::new();
+    let err = guard.check(&RequestView::new(PATH, &empty), Some(&old)).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::WorkloadRevoked);
+    let caller = guard.check(&RequestView::new(PATH, &empty), Some(&renewed)).await.unwrap().unwrap();
+    assert_eq!((caller.id(), caller.method().name()), (&id, "mtls"));
+    revocations.disable(id.as_str(), now).unwrap();
+    let err = guard.check(&RequestView::new(PATH, &empty), Some(&renewed)).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::WorkloadRevoked);
+}
