@@ -63,13 +63,16 @@ pub(crate) fn validate(args: ValidateArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An identity server from `config`, its key maintenance started, and its router.
-async fn open(config: wimse_issuer::IssuerConfig) -> Result<(Arc<IdentityServer>, Router), String> {
+/// An identity server from `config`, its key maintenance started, its router, and the feed of
+/// its revocation signals (`signals`; polling while it lives).
+async fn open(config: wimse_issuer::IssuerConfig) -> Result<Current, String> {
+    let signals = config.signals.as_ref().map(wimse_reqwest::signals_from_settings).transpose();
+    let signals = signals.map_err(|e| format!("signals: {e}"))?;
     let server = Arc::new(IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?);
     // Rotation and replica synchronisation run on a timer, not on traffic; they stop when the
     // server is dropped (replaced by a reload, once its last request has finished).
     server.start_maintenance();
-    Ok((server.clone(), wimse_issuer::router(server)))
+    Ok(Current { server: server.clone(), router: wimse_issuer::router(server), _signals: signals })
 }
 
 /// Serves until SIGTERM or SIGINT (then drains for `--drain-timeout`); SIGHUP reloads the file.
@@ -78,7 +81,8 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
     let config = checked_config(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let (server, router) = open(config).await?;
+        let opened = open(config).await?;
+        let server = opened.server.clone();
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
@@ -105,7 +109,7 @@ pub(crate) fn serve(args: ServeArgs) -> CliResult {
         tracing::info!(trust_domain = %server.trust_domain(), %address, %epoch, sequence, tls = tls.is_some(), summary = %server.describe(), "wimse issuer: started");
         println!("wimse issuer for {} listening on {scheme}://{address}", server.trust_domain());
         // Each request goes to the configuration current when it arrives.
-        let current = Arc::new(RwLock::new(Current { server, router }));
+        let current = Arc::new(RwLock::new(opened));
         if let Some(anchors) = client_wics.filter(|_| tls.is_some()) {
             follow_wic_authority(current.clone(), anchors).await;
         }
@@ -199,6 +203,8 @@ async fn follow_wic_authority(current: Arc<RwLock<Current>>, anchors: wimse_core
 struct Current {
     server: Arc<IdentityServer>,
     router: Router,
+    /// Polls the revocation signals while this configuration serves.
+    _signals: Option<wimse_reqwest::SignalFeed>,
 }
 
 /// SIGHUP: the file read and checked again, and a server on it swapped in for the requests
@@ -210,10 +216,10 @@ async fn reload(path: &Path, current: &RwLock<Current>) {
         Err(error) => Err(error),
     };
     match opened {
-        Ok((server, router)) => {
-            let (domain, summary) = (server.trust_domain().clone(), server.describe());
+        Ok(opened) => {
+            let (domain, summary) = (opened.server.trust_domain().clone(), opened.server.describe());
             if let Ok(mut current) = current.write() {
-                *current = Current { server, router };
+                *current = opened;
             }
             tracing::info!(trust_domain = %domain, summary = %summary, "wimse issuer: configuration reloaded");
         }

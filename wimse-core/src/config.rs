@@ -31,10 +31,20 @@
 //! key = "/etc/wimse/audit.key.jwk"                # checkpoints are signed with it
 //! checkpoint_every = 1000
 //! when_full = "drop"                              # or "refuse" (503) when the writer is behind
+//!
+//! [signals]                                      # revocations from a Shared Signals transmitter
+//! issuer = "https://ssf.prod.example"
+//! audience = "https://payments.example"
+//! jwks_file = "/etc/wimse/ssf-transmitter.jwks.json"
+//! state_file = "/var/lib/wimse/revocations.json"  # kept across restarts
+//! poll_url = "https://ssf.prod.example/poll/payments"   # polled by wimse_reqwest::signals_from_settings
+//! poll_token_file = "/run/secrets/ssf-token"   # or poll_token_env = "SSF_POLL_TOKEN"
+//! poll_interval = 5
 //! ```
 //!
 //! Relative paths in a file (`verifier.trust[].file`, `verifier.txn_tokens.keys_file`,
-//! `credentials.wit_file`, `credentials.key_file`, `audit.file`, `audit.key`) are relative to the file's directory, so a
+//! `credentials.wit_file`, `credentials.key_file`, `audit.file`, `audit.key`, `signals.jwks_file`,
+//! `signals.state_file`, `signals.poll_token_file`) are relative to the file's directory, so a
 //! service finds them wherever it is started; paths from the environment or set in code are
 //! relative to the working directory, as usual.
 //!
@@ -98,6 +108,107 @@ pub struct Settings {
     /// A tamper-evident audit log of every decision ([`crate::server::audit_log`]).
     #[serde(default)]
     pub audit: Option<AuditSettings>,
+    /// Revocation and risk signals from a Shared Signals transmitter
+    /// ([`crate::server::signals`]).
+    #[serde(default)]
+    pub signals: Option<SignalSettings>,
+}
+
+/// Revocation and risk signals from one Shared Signals transmitter: the SETs it sends (pushed
+/// to a route of the service, or polled: `poll_url`) are validated with its keys and applied to
+/// the revocations every request is checked against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSettings {
+    /// The transmitter's `iss`.
+    pub issuer: String,
+    /// This receiver's `aud` (its stream's audience).
+    pub audience: String,
+    /// The transmitter's public keys: a JWK, a JWKS or a SPIFFE bundle file (never a key from a
+    /// SET). Relative to the settings file.
+    pub jwks_file: PathBuf,
+    /// Where what the signals revoked is kept, so a restart does not readmit anyone
+    /// (recommended). Relative to the settings file.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// The oldest SET accepted, in seconds (default 600; raise it to the transmitter's
+    /// retention when polls may resume after a long outage).
+    #[serde(default)]
+    pub max_age: Option<u64>,
+    /// How long a subject's entry is kept after its last event, in seconds (default 86 400:
+    /// the longest credential lifetime).
+    #[serde(default)]
+    pub hold: Option<u64>,
+    /// At most this many subjects are held (default 100 000).
+    #[serde(default)]
+    pub max_subjects: Option<usize>,
+    /// Poll delivery (RFC 8936): the stream's poll URL, https (http on loopback). Polled by
+    /// `wimse_reqwest::signals_from_settings`; without it, SETs are pushed to the service
+    /// ([`SetReceiver::push`](crate::server::signals::SetReceiver::push)).
+    #[serde(default)]
+    pub poll_url: Option<String>,
+    /// A file holding the stream's bearer token for polling (a mounted secret), read at start.
+    /// Relative to the settings file.
+    #[serde(default)]
+    pub poll_token_file: Option<PathBuf>,
+    /// Else the environment variable holding it.
+    #[serde(default)]
+    pub poll_token_env: Option<String>,
+    /// Seconds between polls when nothing more is waiting (default 5).
+    #[serde(default)]
+    pub poll_interval: Option<u64>,
+}
+
+/// The revocations opened from settings in this process, by transmitter, audience and state
+/// file, so a verifier and the delivery (a poller, a push route) built from the same settings
+/// share one state. An entry no one else holds any more is dropped at the next lookup (a
+/// service built again reads its state file afresh).
+type OpenRevocations = Vec<((String, String, Option<PathBuf>), crate::server::signals::Revocations)>;
+static REVOCATIONS: std::sync::Mutex<OpenRevocations> = std::sync::Mutex::new(Vec::new());
+
+impl SignalSettings {
+    /// A receiver as these settings describe it: the transmitter's keys from `jwks_file`, and
+    /// the revocations it fills, shared by every receiver and verifier built from the same
+    /// transmitter, audience and state file in this process while any of them lives (the
+    /// first reads the state file).
+    pub fn receiver(&self) -> Result<std::sync::Arc<crate::server::signals::SetReceiver>> {
+        use crate::server::signals::{Revocations, SetReceiver};
+        let keys = TrustAnchors::from_file(&self.jwks_file)
+            .map_err(|e| invalid("signals.jwks_file", format!("{}: {e}", self.jwks_file.display())))?
+            .keys()
+            .to_vec();
+        if keys.is_empty() {
+            return Err(invalid("signals.jwks_file", "no keys"));
+        }
+        let key = (self.issuer.clone(), self.audience.clone(), self.state_file.clone());
+        let mut open = REVOCATIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.retain(|(_, revocations)| revocations.holders() > 1);
+        let revocations = match open.iter().find(|(k, _)| *k == key) {
+            Some((_, revocations)) => revocations.clone(),
+            None => {
+                let mut revocations = Revocations::new();
+                if let Some(n) = self.max_subjects {
+                    revocations = revocations.max_subjects(n);
+                }
+                if let Some(seconds) = self.hold {
+                    revocations = revocations.hold(seconds);
+                }
+                if let Some(state) = &self.state_file {
+                    revocations = revocations
+                        .persist_to(state)
+                        .map_err(|e| invalid("signals.state_file", format!("{}: {e}", state.display())))?;
+                }
+                open.push((key, revocations.clone()));
+                revocations
+            }
+        };
+        drop(open);
+        let mut receiver = SetReceiver::new(&self.issuer, &self.audience, keys, revocations);
+        if let Some(seconds) = self.max_age {
+            receiver = receiver.max_age(seconds);
+        }
+        Ok(std::sync::Arc::new(receiver))
+    }
 }
 
 /// Where and how decisions are recorded ([`AuditLog`](crate::server::audit_log::AuditLog)).
@@ -431,6 +542,15 @@ impl Settings {
             resolve(&mut audit.file);
             resolve(&mut audit.key);
         }
+        if let Some(signals) = self.signals.as_mut() {
+            resolve(&mut signals.jwks_file);
+            if let Some(state) = signals.state_file.as_mut() {
+                resolve(state);
+            }
+            if let Some(token) = signals.poll_token_file.as_mut() {
+                resolve(token);
+            }
+        }
         if let Some(cedar) = self.policy.as_mut().and_then(|p| p.cedar.as_mut()) {
             resolve(&mut cedar.policies);
             if let Some(schema) = cedar.schema.as_mut() {
@@ -513,9 +633,19 @@ impl Settings {
     /// The verifier these settings describe, its trust anchors read from their files (a
     /// `bundle_url` entry is refused: use `wimse_reqwest::verifier_from_settings`).
     pub fn verifier(&self) -> Result<Verifier> {
-        let verifier = self.verifier.build()?;
-        Ok(match &self.audit {
+        self.complete(self.verifier.build()?)
+    }
+
+    /// Gives `verifier` what these settings add to the verifier section: the `[audit]` log and
+    /// the `[signals]` revocations (the receiver is [`SignalSettings::receiver`]'s, shared
+    /// with its delivery).
+    pub fn complete(&self, verifier: Verifier) -> Result<Verifier> {
+        let verifier = match &self.audit {
             Some(audit) => verifier.audit_log(audit.open()?),
+            None => verifier,
+        };
+        Ok(match &self.signals {
+            Some(signals) => verifier.revocations(signals.receiver()?.revocations().clone()),
             None => verifier,
         })
     }

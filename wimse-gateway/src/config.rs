@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wimse_core::config::{AuditSettings, CredentialSettings, PolicySettings, Proofs, Settings, VerifierSettings};
+use wimse_core::config::{
+    AuditSettings, CredentialSettings, PolicySettings, Proofs, Settings, SignalSettings, VerifierSettings,
+};
 
 use crate::error::GatewayError;
 
@@ -67,6 +69,11 @@ pub struct GatewayConfig {
     /// across reloads), as a service's `[audit]`.
     #[serde(default)]
     pub audit: Option<AuditSettings>,
+    /// Revocation and risk signals, as a service's `[signals]`: every route refuses what the
+    /// transmitter revokes; `poll_url` is polled (what the signals revoked is kept across
+    /// reloads, and across restarts with `state_file`).
+    #[serde(default)]
+    pub signals: Option<SignalSettings>,
 }
 
 /// Where the gateway obtains its WIT (and renews it): an identity server's `/v1/wit`.
@@ -436,6 +443,7 @@ impl GatewayConfig {
             policy: self.policy.clone(),
             credentials: self.credentials.clone(),
             audit: self.audit.clone(),
+            signals: self.signals.clone(),
         }
     }
 
@@ -443,6 +451,7 @@ impl GatewayConfig {
         self.verifier = settings.verifier;
         self.policy = settings.policy;
         self.audit = settings.audit;
+        self.signals = settings.signals;
         self.credentials = settings.credentials;
     }
 }

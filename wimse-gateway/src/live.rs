@@ -43,6 +43,10 @@ pub(crate) struct Live {
     /// The tasks following trust bundles and renewing the gateway's credentials; stopped when
     /// this configuration is replaced.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The revocation signals' receiver and poller (`signals`), held for as long as this
+    /// configuration serves (dropping it stops polling); the revocations themselves are shared
+    /// with the next configuration.
+    _signals: Option<wimse_reqwest::SignalFeed>,
 }
 
 impl Drop for Live {
@@ -99,6 +103,8 @@ impl Live {
         } else {
             None
         };
+        // Before the routes: their verifiers share this feed's revocations.
+        let signals = config.signals.as_ref().map(wimse_reqwest::signals_from_settings).transpose()?;
         let routes = RouteTable::build(&config, &trust, claims, own.as_ref())?;
         let identity = Arc::new(IdentityHeaders::new(&config.identity_headers)?);
         let timeout =
@@ -143,6 +149,7 @@ impl Live {
             trust,
             own,
             tasks,
+            _signals: signals,
         })
     }
 }

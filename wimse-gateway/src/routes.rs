@@ -180,6 +180,10 @@ fn build_route(
         // Every route's verifier writes into the one log (opening it again shares its writer).
         verifier = verifier.audit_log(audit.open()?);
     }
+    if let Some(signals) = &config.signals {
+        // The same revocations for every route, and for the configuration's poller.
+        verifier = verifier.revocations(signals.receiver()?.revocations().clone());
+    }
     let mut pipeline = Pipeline::new(verifier);
     if let Some(policy) = route.policy.as_ref().or(config.policy.as_ref()) {
         pipeline = pipeline.policy(policy.build()?);

@@ -328,6 +328,12 @@ pub struct IssuerConfig {
     /// `when_full` (`drop` or `refuse`), as a service's `[audit]`. None by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<wimse_core::config::AuditSettings>,
+    /// Revocation and risk signals, as a service's `[signals]`: no WIT to a workload, and no
+    /// Txn-Token for a user or requester, that a signal disabled
+    /// ([`IdentityServer::revocations`](crate::IdentityServer::revocations)). `wimse issuer
+    /// serve` polls `poll_url`. Paths relative to the working directory. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<wimse_core::config::SignalSettings>,
     /// The `iss` claim of issued WITs (none by default). For a `spiffe://` trust domain its
     /// WITs are WIT-SVIDs, whose `iss` SHOULD NOT be compatible with OpenID Connect Discovery
     /// (an `https` URL without query or fragment): the server logs a warning at start if it is.

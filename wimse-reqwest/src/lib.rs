@@ -57,7 +57,7 @@ pub use issuer_source::{
     KUBERNETES_SERVICE_ACCOUNT_TOKEN, renewal_time, retry_delay,
 };
 pub use settings::{fetch_bundles, verifier_from_settings};
-pub use ssf::{Polled, SsfPoller};
+pub use ssf::{Polled, SignalFeed, SsfPoller, signals_from_settings};
 pub use txn::{TxnTokenService, same_origin_redirects, self_signed_subject};
 pub use wimse_core::protocol::oauth::ACCESS_TOKEN_TYPE;
 pub use wimse_core::protocol::txn::{IssuedTxnToken, TxnTokenRequest};

@@ -151,3 +151,84 @@ impl SsfPoller {
         })
     }
 }
+
+/// The `[signals]` of a settings file at work: its receiver, sharing its revocations with the
+/// verifiers built from the same settings (`Settings::verifier`, `Settings::complete`), and,
+/// with `poll_url`, the poller following the stream on the current Tokio runtime. Dropping it
+/// stops the polling. Without `poll_url`, SETs are pushed: hand each to
+/// [`receiver`](Self::receiver)'s `push` (on a blocking thread: it may write the state file).
+#[derive(Debug)]
+pub struct SignalFeed {
+    receiver: Arc<SetReceiver>,
+    poller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SignalFeed {
+    /// The receiver (for a push route, or to read its revocations).
+    pub fn receiver(&self) -> &Arc<SetReceiver> {
+        &self.receiver
+    }
+
+    /// Whether SETs are polled.
+    pub fn polls(&self) -> bool {
+        self.poller.is_some()
+    }
+}
+
+impl Drop for SignalFeed {
+    fn drop(&mut self) {
+        if let Some(poller) = &self.poller {
+            poller.abort();
+        }
+    }
+}
+
+/// Starts what `settings` describe: the receiver, and the poller when `poll_url` is set (its
+/// bearer token from `poll_token_file` or `poll_token_env`; an unreadable file or unset
+/// variable is an error naming it).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), wimse_core::Error> {
+/// let settings = wimse_core::config::Settings::load("/etc/wimse/service.toml")?;
+/// let verifier = settings.verifier()?; // refuses what the signals revoke
+/// let _feed = match &settings.signals {
+///     Some(signals) => Some(wimse_reqwest::signals_from_settings(signals)?),
+///     None => None,
+/// };
+/// # let _ = verifier;
+/// # Ok(())
+/// # }
+/// ```
+pub fn signals_from_settings(settings: &wimse_core::config::SignalSettings) -> Result<SignalFeed, Error> {
+    let invalid = |field: &str, problem: String| {
+        Error::with_detail(ErrorKind::InvalidConfiguration, format!("signals.{field}: {problem}"))
+    };
+    let receiver = settings.receiver()?;
+    let Some(url) = &settings.poll_url else { return Ok(SignalFeed { receiver, poller: None }) };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(invalid("poll_url", "polling needs a Tokio runtime: call this from within one".to_owned()));
+    }
+    let token = match (&settings.poll_token_file, &settings.poll_token_env) {
+        (Some(file), _) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| invalid("poll_token_file", format!("{}: {e}", file.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, Some(variable)) => Some(
+            std::env::var(variable)
+                .map_err(|_| invalid("poll_token_env", format!("{variable} is not set")))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let mut poller = SsfPoller::new(url.clone(), receiver.clone())?;
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        poller = poller.bearer(token);
+    }
+    if let Some(seconds) = settings.poll_interval {
+        poller = poller.interval(Duration::from_secs(seconds.max(1)));
+    }
+    Ok(SignalFeed { receiver, poller: Some(poller.spawn()) })
+}

@@ -179,3 +179,70 @@ async fn a_user_revoked_by_a_pushed_set_has_their_txn_tokens_refused() {
     assert_eq!(answer["err"], "invalid_key");
     assert_eq!(send(deployment.txn_token("bob", "orders.read", false)).await.0, 200);
 }
+
+/// A service configured from a settings file alone: `[signals]` names the transmitter, its
+/// keys, the state file and the stream to poll; the verifier the settings build refuses a
+/// workload the transmitter revokes within a poll, and a service built again from the same file
+/// (a restart) still refuses it.
+#[tokio::test]
+async fn a_settings_file_alone_follows_the_transmitter_and_keeps_its_revocations() {
+    let streams = [("settings-replica", "https://orders.prod.example")];
+    let Some(transmitter) = SsfTransmitter::start(ISSUER, &streams) else { return };
+    let deployment = Deployment::new();
+    let dir = wimse_testkit::servers::TempDir::new("wimse-signal-settings");
+    let jwks = reqwest::get(format!("{}/jwks", transmitter.base())).await.unwrap().text().await.unwrap();
+    std::fs::write(dir.path().join("transmitter.jwks.json"), jwks).unwrap();
+    std::fs::write(dir.path().join("issuer.jwk"), deployment.issuer_public_jwk().to_json()).unwrap();
+    std::fs::write(dir.path().join("ssf-token"), "settings-replica\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    // Relative paths: from the settings file's directory.
+    let settings = serde_json::json!({
+        "verifier": {"origins": [base], "trust": [{"trust_domain": "spiffe://prod.example", "file": "issuer.jwk"}]},
+        "signals": {"issuer": ISSUER, "audience": "https://orders.prod.example", "jwks_file": "transmitter.jwks.json",
+                    "state_file": "revocations.json", "poll_url": format!("{}/poll", transmitter.base()),
+                    "poll_token_file": "ssf-token", "poll_interval": 1}
+    });
+    let path = dir.path().join("service.json");
+    std::fs::write(&path, settings.to_string()).unwrap();
+
+    let serve = |listener: tokio::net::TcpListener| {
+        let settings = wimse_core::config::Settings::load(&path).unwrap();
+        let feed = wimse_reqwest::signals_from_settings(settings.signals.as_ref().unwrap()).unwrap();
+        assert!(feed.polls());
+        let app = Router::new()
+            .route("/work", post(|Caller(caller): Caller| async move { caller.id().to_string() }))
+            .layer(WimseLayer::new(settings.verifier().unwrap()));
+        (tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }), feed)
+    };
+    let (server, feed) = serve(listener);
+    let (compromised, healthy) = (deployment.client(REVOKED), deployment.client(ALLOWED));
+    let url = format!("{base}/work");
+    assert_eq!(status(&compromised, &url).await.0, 200);
+    emit(&transmitter.base(), serde_json::json!({"event": CREDENTIAL_CHANGE, "format": "uri", "subject": REVOKED}))
+        .await;
+    let mut refused = None;
+    for _ in 0..60 {
+        let (code, body) = status(&compromised, &url).await;
+        if code == 403 {
+            refused = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused.expect("refused within a few polls").contains("workload_revoked"));
+    assert_eq!(status(&healthy, &url).await.0, 200);
+
+    // Restarted: the old server, its verifier and its feed gone, the same file built again.
+    server.abort();
+    let _ = server.await;
+    drop(feed);
+    // The aborted poller lets go of the old state; the new service reads the state file.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let state = std::fs::read_to_string(dir.path().join("revocations.json")).unwrap();
+    assert!(state.contains(REVOKED), "{state}");
+    let listener = tokio::net::TcpListener::bind(base.trim_start_matches("http://")).await.unwrap();
+    let (_server, _feed) = serve(listener);
+    assert_eq!(status(&compromised, &url).await.0, 403, "a restart does not readmit it");
+    assert_eq!(status(&healthy, &url).await.0, 200);
+}

@@ -84,6 +84,12 @@ impl Default for Revocations {
 }
 
 impl Revocations {
+    /// How many clones of this state exist (the settings' registry drops an entry only it
+    /// holds).
+    pub(crate) fn holders(&self) -> usize {
+        Arc::strong_count(&self.state)
+    }
+
     /// Nothing revoked; at most 100 000 subjects; each kept 24 hours (the longest credential
     /// lifetime the verifiers accept by default).
     pub fn new() -> Self {

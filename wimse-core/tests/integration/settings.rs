@@ -254,3 +254,49 @@ fn reveal_reasons_is_off_unless_asked() {
     let err = Settings::default().apply_env_from([("WIMSE_REVEAL_REASONS", "yes")]).unwrap_err();
     assert!(err.detail().unwrap().contains("WIMSE_REVEAL_REASONS"), "{err:?}");
 }
+
+/// `[signals]`: the verifier the settings build and a receiver from the same settings share one
+/// state (a SET the receiver applies refuses the caller at once); built again once nothing holds
+/// the old state, the settings read the state file; a missing key file is named.
+#[test]
+fn signal_settings_share_one_state_and_a_rebuilt_service_reads_its_file() {
+    use wimse_core::jose::{Algorithm, Backend, SigningKey, jws};
+    let f = Fixture::new();
+    let dir = Dir::new("signals");
+    let transmitter = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("ssf-1");
+    dir.write("issuer.pub.jwk", &serde_json::to_string(f.issuer_key.public_jwk()).unwrap());
+    dir.write("ssf.jwks.json", &serde_json::json!({"keys": [transmitter.public_jwk()]}).to_string());
+    let settings = serde_json::json!({
+        "verifier": {"origins": [ORIGIN], "trust": [{"trust_domain": "spiffe://prod.example", "file": "issuer.pub.jwk"}]},
+        "signals": {"issuer": "https://ssf.example", "audience": "https://payments.example",
+                    "jwks_file": "ssf.jwks.json", "state_file": "revocations.json"}
+    });
+    let path = dir.write("service.json", &settings.to_string());
+    let settings = Settings::from_file(&path).unwrap();
+    let verifier = settings.verifier().unwrap().clock(FixedClock::new(NOW));
+    let request = || f.headers(&f.wit, &f.wpt());
+    verifier.verify_sync(&RequestView::new(PATH, &request())).unwrap();
+
+    let receiver = settings.signals.as_ref().unwrap().receiver().unwrap();
+    let set = serde_json::json!({"iss": "https://ssf.example", "aud": "https://payments.example", "iat": NOW, "jti": "set-1",
+        "events": {wimse_core::server::signals::ACCOUNT_DISABLED: {"subject": {"format": "uri", "uri": f.id.as_str()}}}});
+    let token = jws::sign("secevent+jwt", Some("ssf-1"), &set, &transmitter, Backend::default()).unwrap();
+    receiver.receive(&token, NOW).unwrap();
+    let refused = verifier.verify_sync(&RequestView::new(PATH, &request())).unwrap_err();
+    assert_eq!(refused.kind(), &ErrorKind::WorkloadRevoked, "the verifier shares the receiver's state");
+
+    drop((verifier, receiver));
+    let rebuilt = Settings::from_file(&path).unwrap().verifier().unwrap().clock(FixedClock::new(NOW));
+    let refused = rebuilt.verify_sync(&RequestView::new(PATH, &request())).unwrap_err();
+    assert_eq!(refused.kind(), &ErrorKind::WorkloadRevoked, "read from the state file");
+    // Nothing holds that state any more: built again without the file, nothing is revoked
+    // (so the refusal above came from the file, not from a state kept alive in the process).
+    drop(rebuilt);
+    std::fs::remove_file(dir.0.join("revocations.json")).unwrap();
+    let fresh = Settings::from_file(&path).unwrap().verifier().unwrap().clock(FixedClock::new(NOW));
+    fresh.verify_sync(&RequestView::new(PATH, &request())).unwrap();
+
+    std::fs::remove_file(dir.0.join("ssf.jwks.json")).unwrap();
+    let error = Settings::from_file(&path).unwrap().signals.unwrap().receiver().unwrap_err();
+    assert!(error.to_string().contains("signals.jwks_file"), "{error}");
+}

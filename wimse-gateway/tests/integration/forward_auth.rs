@@ -338,3 +338,46 @@ async fn decisions_are_recorded_in_the_audit_log() {
     );
     assert!(report.findings.is_empty(), "{report:?}");
 }
+
+/// With `[signals]`, every route refuses what the transmitter revokes, and a reload keeps it
+/// (the revocations are shared from one configuration to the next).
+#[tokio::test]
+async fn signals_revoke_across_every_route_and_a_reload() {
+    use wimse_core::jose::{Algorithm, Backend, SigningKey, jws};
+    use wimse_core::server::signals::ACCOUNT_DISABLED;
+    let deployment = Deployment::new();
+    let files = Files::new(&deployment, "spiffe://prod.example/gateway");
+    let transmitter = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("ssf-1");
+    let jwks = serde_json::json!({"keys": [transmitter.public_jwk()]}).to_string();
+    std::fs::write(files.dir.join("ssf.jwks.json"), jwks).unwrap();
+    let signals = format!(
+        "[signals]\nissuer = \"https://ssf.example\"\naudience = \"https://gateway.example\"\njwks_file = {:?}\n",
+        files.dir.join("ssf.jwks.json")
+    );
+    let text = format!("{}{signals}", routes());
+    let gateway = Gateway::start(files.config(&text)).await.expect("gateway");
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(std::future::pending()).await });
+    let url = format!("http://{}/", gateway.forward_auth_address().expect("address"));
+    let client = reqwest::Client::new();
+    let ask = |origin: &str, path: &str, host: &str| {
+        let headers = original(wpt_headers(&allowed(&deployment), origin, path), "POST", path, host);
+        client.get(&url).headers(headers).send()
+    };
+    assert_eq!(ask(PAYMENTS, "/api/charge", "payments.example").await.unwrap().status(), 200);
+
+    // A SET pushed to a receiver built from the same settings (a push route would hold one).
+    let receiver = files.config(&text).signals.expect("signals").receiver().unwrap();
+    let set = serde_json::json!({"iss": "https://ssf.example", "aud": "https://gateway.example",
+        "iat": wimse_testkit::now(), "jti": "set-1",
+        "events": {ACCOUNT_DISABLED: {"subject": {"format": "uri", "uri": ALLOWED}}}});
+    let token = jws::sign("secevent+jwt", Some("ssf-1"), &set, &transmitter, Backend::default()).unwrap();
+    receiver.receive(&token, wimse_testkit::now()).unwrap();
+    drop(receiver);
+    for (origin, path, host) in [(PAYMENTS, "/api/charge", "payments.example"), (ORDERS, "/x", "orders.example:8080")] {
+        let answer = ask(origin, path, host).await.unwrap();
+        assert_eq!(reason(answer).await, (403, "workload_revoked".to_owned()), "{origin}{path}");
+    }
+    gateway.reload(files.config(&text)).await.expect("reload");
+    assert_eq!(ask(PAYMENTS, "/api/charge", "payments.example").await.unwrap().status(), 403, "kept across a reload");
+}

@@ -190,6 +190,10 @@ impl IdentityServer {
     ) -> Result<Self> {
         let Checked { domain, alg, platforms, clients, exchanges, tts } = config.check()?;
         let audit = config.audit.as_ref().map(wimse_core::config::AuditSettings::open).transpose()?;
+        // Shared with whatever delivers the signals from the same settings (a poller, a push
+        // route).
+        let revocations =
+            config.signals.as_ref().map(|signals| signals.receiver().map(|r| r.revocations().clone())).transpose()?;
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let tts = tts.map(|checked| crate::tts::Tts::new(checked, storage.clone(), clock.clone())).transpose()?;
         let server = Self {
@@ -209,7 +213,7 @@ impl IdentityServer {
             per_source: RateLimiter::new(config.rate_limits.per_source),
             failures: RateLimiter::new(config.rate_limits.failed_authentications),
             quiet: quiet::Quiet::default(),
-            revocations: None,
+            revocations,
             audit,
             config,
         };

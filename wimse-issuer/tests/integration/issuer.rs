@@ -1148,3 +1148,36 @@ async fn issuances_and_refusals_are_recorded_in_the_audit_log() {
     );
     assert!(report.is_intact() && report.checkpoints >= 1, "{report:?}");
 }
+
+/// With `signals` in its configuration, the identity server refuses what the transmitter
+/// disabled: a receiver built from the same settings (a push route, `wimse issuer serve`'s
+/// poller) shares its revocations.
+#[tokio::test]
+async fn signals_in_the_configuration_disable_issuance() {
+    use wimse_core::jose::{Backend, jws};
+    use wimse_core::server::signals::ACCOUNT_DISABLED;
+    let platform = Platform::new();
+    let store = store_path("signals");
+    let dir = store.parent().unwrap().to_owned();
+    let transmitter = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("ssf-1");
+    std::fs::write(dir.join("ssf.jwks.json"), json!({"keys": [transmitter.public_jwk()]}).to_string()).unwrap();
+    let mut config = config(&platform, &store);
+    config["signals"] = json!({"issuer": "https://ssf.example", "audience": "https://issuer.prod.example",
+                               "jwks_file": dir.join("ssf.jwks.json"), "state_file": dir.join("revocations.json")});
+    let config: IssuerConfig = serde_json::from_value(config).unwrap();
+    let receiver = config.signals.as_ref().unwrap().receiver().unwrap();
+    let server = Arc::new(IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap());
+    let base = serve(server.clone()).await;
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let payments = "spiffe://prod.example/ns/prod/sa/payments";
+    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    assert_eq!(request_wit(&base, &token, payments, &key).await.0, 200);
+
+    let set = json!({"iss": "https://ssf.example", "aud": "https://issuer.prod.example", "iat": NOW, "jti": "set-1",
+                     "events": {ACCOUNT_DISABLED: {"subject": {"format": "uri", "uri": payments}}}});
+    receiver
+        .receive(&jws::sign("secevent+jwt", Some("ssf-1"), &set, &transmitter, Backend::default()).unwrap(), NOW)
+        .unwrap();
+    let (status, body) = request_wit(&base, &token, payments, &key).await;
+    assert_eq!((status, body["reason"].as_str()), (403, Some("issuance_denied")), "{body}");
+}
