@@ -87,7 +87,18 @@ impl Fixture {
 
     /// The headers of a request to `ORIGIN` + `PATH` signed with an HTTP message signature.
     pub fn signed_request(&self, method: &str, body: Option<&[u8]>, sign_response: bool) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+        self.sign_headers(HeaderMap::new(), method, body, sign_response)
+    }
+
+    /// `headers` (the fields to cover beside the credentials) signed as
+    /// [`signed_request`](Self::signed_request) does.
+    pub fn sign_headers(
+        &self,
+        mut headers: HeaderMap,
+        method: &str,
+        body: Option<&[u8]>,
+        sign_response: bool,
+    ) -> HeaderMap {
         let request = wimse_core::protocol::httpsig::OutgoingRequest {
             method,
             scheme: "https",

@@ -484,19 +484,7 @@ fn a_hop_records_its_parent_request_only_when_the_caller_bound_it() {
     // Covered by an HTTP signature: recorded.
     let mut signed = http::HeaderMap::new();
     with_parent(&mut signed, "parent.2~x");
-    let request = wimse_core::protocol::httpsig::OutgoingRequest {
-        method: "GET",
-        scheme: "https",
-        authority: "payments.example",
-        path: PATH,
-        query: None,
-        body: None,
-        aud: &format!("{ORIGIN}{PATH}"),
-        sign_response: false,
-    };
-    let options = wimse_core::protocol::httpsig::SignOptions::default();
-    wimse_core::protocol::httpsig::sign_request(&mut signed, &request, &f.wit, &f.workload_key, &options, NOW).unwrap();
-    verify(&signed).expect("a covered parent");
+    verify(&f.sign_headers(signed, "GET", None, false)).expect("a covered parent");
 
     let refusals: Vec<(http::HeaderMap, &str)> = vec![
         // Not in the WPT's `oth`.

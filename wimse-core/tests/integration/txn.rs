@@ -210,20 +210,7 @@ fn signed_requests_name_the_txn_check_too() {
     let sign = |txn: &str| {
         let mut headers = HeaderMap::new();
         headers.insert("txn-token", HeaderValue::from_str(txn).unwrap());
-        let request = wimse_core::protocol::httpsig::OutgoingRequest {
-            method: "POST",
-            scheme: "https",
-            authority: "payments.example",
-            path: PATH,
-            query: None,
-            body: None,
-            aud: &format!("{ORIGIN}{PATH}"),
-            sign_response: false,
-        };
-        let options = wimse_core::protocol::httpsig::SignOptions::default();
-        wimse_core::protocol::httpsig::sign_request(&mut headers, &request, &f.wit, &f.workload_key, &options, NOW)
-            .unwrap();
-        headers
+        f.sign_headers(headers, "POST", None, false)
     };
     let ok = v.verify_sync(&RequestView::new(PATH, &sign(&txn_token(&f))).method("POST").body(b"")).unwrap();
     assert_eq!(ok.transaction().unwrap().subject(), "user-1842");

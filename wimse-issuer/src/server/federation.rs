@@ -130,7 +130,7 @@ impl IdentityServer {
                 _ => e,
             })?;
         }
-        self.record("jwt-bearer", &client.config.name, &id, lifetime, kid, now).await?;
+        self.record("jwt-bearer", &client.config.name, &id, lifetime, kid, now, Default::default()).await?;
         tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIT issued for an RFC 7523 assertion");
         Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
     }

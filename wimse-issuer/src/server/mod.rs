@@ -303,28 +303,11 @@ impl IdentityServer {
     }
 
     /// Records an issuance in the storage (an audit row with PostgreSQL) and in the audit log
-    /// before it is handed out.
-    pub(crate) async fn record(
-        &self,
-        kind: &'static str,
-        client: &str,
-        id: &WorkloadId,
-        lifetime: u64,
-        key_id: String,
-        at: u64,
-    ) -> Result<()> {
-        let event = wimse_core::server::audit_log::AuditEvent {
-            caller: Some(client.to_owned()),
-            resource: Some(id.to_string()),
-            ..Default::default()
-        };
-        self.record_with(kind, client, id, lifetime, key_id, at, event).await
-    }
-
-    /// [`Self::record`], with what the audit record says beyond the issuance (a Txn-Token's
-    /// transaction, subject, actors and scope).
+    /// before it is handed out. `event` holds what the audit record says beyond the issuance
+    /// (a Txn-Token's transaction, subject, actors and scope); its caller and resource default
+    /// to the client and the identifier.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn record_with(
+    pub(crate) async fn record(
         &self,
         kind: &'static str,
         client: &str,
@@ -334,6 +317,9 @@ impl IdentityServer {
         at: u64,
         event: wimse_core::server::audit_log::AuditEvent,
     ) -> Result<()> {
+        let mut event = event;
+        event.caller.get_or_insert_with(|| client.to_owned());
+        event.resource.get_or_insert_with(|| id.to_string());
         self.audit(wimse_core::server::audit_log::AuditEvent {
             action: Some(format!("issue:{kind}")),
             decision: "allow".into(),

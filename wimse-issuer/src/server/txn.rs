@@ -184,7 +184,7 @@ impl IdentityServer {
             resource: Some(scope.to_owned()),
             ..Default::default()
         };
-        self.record_with("txn-token", who.as_str(), who, expires_in, kid, now, event).await?;
+        self.record("txn-token", who.as_str(), who, expires_in, kid, now, event).await?;
         let span = tracing::Span::current();
         span.record("wimse.caller", who.as_str());
         span.record("wimse.txn", signed.txn.as_str());

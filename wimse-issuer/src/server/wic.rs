@@ -56,7 +56,8 @@ impl IdentityServer {
                 ErrorKind::InvalidKey | ErrorKind::InvalidSubjectAltName => refuse(error),
                 _ => error,
             })?;
-        self.record("wic", &client.config.name, &id, lifetime, "wic-authority".to_owned(), now).await?;
+        self.record("wic", &client.config.name, &id, lifetime, "wic-authority".to_owned(), now, Default::default())
+            .await?;
         tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIC issued");
         Ok((chain, options.not_after))
     }

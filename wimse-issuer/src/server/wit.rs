@@ -21,7 +21,7 @@ impl IdentityServer {
         let lifetime = lifetime.unwrap_or(client.config.max_lifetime).min(client.config.max_lifetime);
         let now = self.clock.now();
         let (wit, kid) = self.sign_wit(&id, public_jwk, lifetime, now)?;
-        self.record("wit", &client.config.name, &id, lifetime, kid, now).await?;
+        self.record("wit", &client.config.name, &id, lifetime, kid, now, Default::default()).await?;
         tracing::info!(target: "wimse::audit", client = %client.config.name, sub = %id, lifetime, "WIT issued");
         Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
     }
@@ -101,7 +101,7 @@ impl IdentityServer {
         let lifetime = exchange.profile.max_lifetime;
         let now = self.clock.now();
         let (wit, kid) = self.sign_wit(&id, public_jwk, lifetime, now)?;
-        self.record("exchange", &exchange.profile.name, &id, lifetime, kid, now).await?;
+        self.record("exchange", &exchange.profile.name, &id, lifetime, kid, now, Default::default()).await?;
         tracing::info!(target: "wimse::audit", profile = %exchange.profile.name, subject = sub, issued = %id, "token exchanged for a WIT");
         Ok(IssuedWit { wit, issued_at: now, expires_at: now + lifetime })
     }

@@ -1089,6 +1089,24 @@ async fn a_disabled_workload_is_issued_nothing() {
     assert_eq!(request_wit(&base, &payments_token, payments, &key).await.0, 200);
 }
 
+/// A server on `config` (with the extra members `extra`), served on loopback, and the payments
+/// workload's request: its identifier, its platform token and a key.
+async fn payments_on(
+    platform: &Platform,
+    store: &std::path::Path,
+    extra: Value,
+) -> (String, &'static str, String, SigningKey) {
+    let mut config = config(platform, store);
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    let config: IssuerConfig = serde_json::from_value(config).unwrap();
+    let server = Arc::new(IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap());
+    let base = serve(server).await;
+    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    (base, "spiffe://prod.example/ns/prod/sa/payments", token, SigningKey::generate(Algorithm::ES256).unwrap())
+}
+
 /// With `audit` in its configuration, the identity server records every issuance and every
 /// refusal of its issuing endpoints in a tamper-evident log: what was issued to whom, which
 /// check refused, and nothing of the tokens themselves.
@@ -1100,22 +1118,15 @@ async fn issuances_and_refusals_are_recorded_in_the_audit_log() {
     let dir = store.parent().unwrap().to_owned();
     let audit_key = SigningKey::generate(Algorithm::ES256).unwrap();
     std::fs::write(dir.join("audit.jwk"), serde_json::to_string(&audit_key.to_private_jwk()).unwrap()).unwrap();
-    let mut config = config(&platform, &store);
-    config["audit"] = json!({"file": dir.join("issuer.audit.jsonl"), "service": "spiffe://prod.example/issuer",
-                             "key": dir.join("audit.jwk"), "checkpoint_every": 2});
-    let config: IssuerConfig = serde_json::from_value(config).unwrap();
-    let server = Arc::new(IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap());
-    let base = serve(server.clone()).await;
-    let key = SigningKey::generate(Algorithm::ES256).unwrap();
-    let payments = "spiffe://prod.example/ns/prod/sa/payments";
-    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    let audit = json!({"audit": {"file": dir.join("issuer.audit.jsonl"), "service": "spiffe://prod.example/issuer",
+                                 "key": dir.join("audit.jwk"), "checkpoint_every": 2}});
+    let (base, payments, token, key) = payments_on(&platform, &store, audit).await;
 
     assert_eq!(request_wit(&base, &token, payments, &key).await.0, 200);
     // Another identity than the client's, and a forged platform token.
     assert_eq!(request_wit(&base, &token, "spiffe://prod.example/ns/prod/sa/admin", &key).await.0, 403);
     let forged = Platform::new().token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
     assert_eq!(request_wit(&base, &forged, payments, &key).await.0, 401);
-    drop(server);
 
     let path = dir.join("issuer.audit.jsonl");
     let wait = std::time::Instant::now();
@@ -1161,16 +1172,11 @@ async fn signals_in_the_configuration_disable_issuance() {
     let dir = store.parent().unwrap().to_owned();
     let transmitter = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("ssf-1");
     std::fs::write(dir.join("ssf.jwks.json"), json!({"keys": [transmitter.public_jwk()]}).to_string()).unwrap();
-    let mut config = config(&platform, &store);
-    config["signals"] = json!({"issuer": "https://ssf.example", "audience": "https://issuer.prod.example",
-                               "jwks_file": dir.join("ssf.jwks.json"), "state_file": dir.join("revocations.json")});
-    let config: IssuerConfig = serde_json::from_value(config).unwrap();
-    let receiver = config.signals.as_ref().unwrap().receiver().unwrap();
-    let server = Arc::new(IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap());
-    let base = serve(server.clone()).await;
-    let key = SigningKey::generate(Algorithm::ES256).unwrap();
-    let payments = "spiffe://prod.example/ns/prod/sa/payments";
-    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    let signals = json!({"issuer": "https://ssf.example", "audience": "https://issuer.prod.example",
+                         "jwks_file": dir.join("ssf.jwks.json"), "state_file": dir.join("revocations.json")});
+    let receiver =
+        serde_json::from_value::<wimse_core::config::SignalSettings>(signals.clone()).unwrap().receiver().unwrap();
+    let (base, payments, token, key) = payments_on(&platform, &store, json!({"signals": signals})).await;
     assert_eq!(request_wit(&base, &token, payments, &key).await.0, 200);
 
     let set = json!({"iss": "https://ssf.example", "aud": "https://issuer.prod.example", "iat": NOW, "jti": "set-1",
