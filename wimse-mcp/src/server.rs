@@ -89,6 +89,11 @@ impl ToolPolicies {
         };
         policy.check_request(caller, &format!("tool:{name}"), path)
     }
+
+    /// The policy that decides on the tool `name`, if any (its own, else `others`).
+    pub fn policy_of(&self, name: &str) -> Option<&Policy> {
+        self.tools.get(name).or(self.others.as_ref())
+    }
 }
 
 /// Checks a tool name: 1 to [`MAX_TOOL_NAME`] bytes of `A-Z a-z 0-9 _ - .` (ASCII only, so a
@@ -340,7 +345,13 @@ where
                         Some(caller) => {
                             // Recorded as a decision on the tool (the layer recorded the POST).
                             let decided = policies.check(caller, &name, parts.uri.path());
-                            let recorded = caller.audit_decision(&format!("tool:{name}"), decided.as_ref().err());
+                            let action = format!("tool:{name}");
+                            let recorded = match policies.policy_of(&name) {
+                                Some(policy) => {
+                                    caller.audit_decision_by(&action, policy.name(), decided.as_ref().err())
+                                }
+                                None => caller.audit_decision(&action, decided.as_ref().err()),
+                            };
                             // An allow the audit log refuses to record (`WhenFull::Refuse`) is refused.
                             match decided.and(recorded) {
                                 Ok(()) => Ok(Some(name)),

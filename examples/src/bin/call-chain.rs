@@ -181,6 +181,15 @@ impl AuditLogs {
                 // Billing's hops were made during orders' (the parent request each carried).
                 let linked = custody.hops.iter().filter(|hop| matches!(custody.parent(hop), Some(Ok(_)))).count();
                 expect(linked >= 1, "each call from orders to billing is linked to the request it served")?;
+            } else {
+                // Each tool call's record names the tool's policy, which decided it.
+                let tools = custody
+                    .hops
+                    .iter()
+                    .filter_map(|hop| hop.event.as_ref())
+                    .filter(|event| event.action.as_deref().is_some_and(|action| action.starts_with("tool:")));
+                let named = tools.clone().all(|event| event.policy.is_some());
+                expect(tools.count() >= 2 && named, "each MCP tool decision names the policy that decided it")?;
             }
         }
         println!(

@@ -183,6 +183,31 @@ impl VerifiedCaller {
 
     /// Writes the record of a decision into the verifier's audit log, if any.
     fn audit_record(&self, error: Option<&crate::Error>, action: Option<&str>) -> crate::Result<()> {
+        self.audit_record_by(error, action, None)
+    }
+
+    /// A decision on `action` by the policy named `policy` (an MCP tool's), `error` the
+    /// refusal. `Err` when the log refuses an allow's record.
+    pub fn audit_decision_by(&self, action: &str, policy: &str, error: Option<&crate::Error>) -> crate::Result<()> {
+        if let Some(error) = error {
+            crate::server::audit::rejected(self.method().name(), Some(self.id()), error);
+        }
+        self.audit_record_by(error, Some(action), Some(policy))
+    }
+
+    /// Names the policy deciding on this request in its audit records.
+    pub(crate) fn audit_policy(&mut self, policy: &str) {
+        if let Some(context) = self.audit.as_mut() {
+            Arc::make_mut(context).policy = Some(policy.to_owned());
+        }
+    }
+
+    fn audit_record_by(
+        &self,
+        error: Option<&crate::Error>,
+        action: Option<&str>,
+        policy: Option<&str>,
+    ) -> crate::Result<()> {
         let Some(context) = self.audit.as_deref() else { return Ok(()) };
         let txn = self.transaction();
         let event = crate::server::audit_log::AuditEvent {
@@ -197,7 +222,7 @@ impl VerifiedCaller {
             resource: Some(context.resource.clone()),
             decision: if error.is_some() { "deny".into() } else { "allow".into() },
             reason: error.map(|e| e.reason().to_owned()),
-            policy: None,
+            policy: policy.or(context.policy.as_deref()).map(str::to_owned),
         };
         context.log.record(event).inspect_err(|failure| {
             tracing::error!(error = %failure, "wimse: the decision could not be recorded in the audit log");

@@ -312,6 +312,7 @@ impl Pipeline {
             (true, None) => return Ok(None),
             (false, _) => self.verifier.authenticate(request)?,
         };
+        let mut pending = pending;
         if let Some(peer) = tls
             && peer.caller().id() != pending.id()
             && !self.application_identity
@@ -324,7 +325,10 @@ impl Pipeline {
             return Err(error);
         }
         if let Err(error) = self.policy_for(request.path).and_then(|policy| match policy {
-            Some(policy) => policy.check_request(&pending.caller, request.method, request.path),
+            Some(policy) => {
+                pending.caller.audit_policy(policy.name());
+                policy.check_request(&pending.caller, request.method, request.path)
+            }
             None => Ok(()),
         }) {
             pending.caller.audit_refused(&error);

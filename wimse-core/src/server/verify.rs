@@ -520,6 +520,7 @@ impl Verifier {
             log: log.clone(),
             action: method.to_owned(),
             resource: path.split('?').next().unwrap_or_default().to_owned(),
+            policy: None,
         }))
     }
 

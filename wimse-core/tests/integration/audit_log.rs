@@ -300,6 +300,8 @@ fn a_verifier_records_every_decision_in_its_audit_log() {
         (by_policy["decision"].as_str(), by_policy["reason"].as_str(), by_policy["caller"].as_str()),
         (Some("deny"), Some("policy_denied"), Some(f.id.as_str()))
     );
+    assert_eq!(by_policy["policy"], "nobody", "the deciding policy is named");
+    assert!(allowed.get("policy").is_none(), "no policy decided the first request: {allowed}");
     // And the log verifies.
     assert!(verify(&lines(&path), audit_key.public_key(), None).is_intact());
     let _ = std::fs::remove_dir_all(dir);

@@ -132,6 +132,8 @@ pub(crate) struct AuditContext {
     pub(crate) log: AuditLog,
     pub(crate) action: String,
     pub(crate) resource: String,
+    /// The policy that decided (the pipeline's, or the route's), once one did.
+    pub(crate) policy: Option<String>,
 }
 
 impl std::fmt::Debug for AuditContext {
