@@ -427,9 +427,11 @@ async fn token_exchange(server: &IdentityServer, request: TokenRequest) -> Respo
 /// `invalid_scope`, `invalid_target`, `invalid_request` for an invalid subject token.
 fn txn_error(error: &Error) -> Response {
     let (status, code) = match error.kind() {
-        ErrorKind::IssuanceDenied | ErrorKind::DelegationDenied | ErrorKind::DelegationTooDeep => {
-            (StatusCode::BAD_REQUEST, "unauthorized_client")
-        }
+        ErrorKind::IssuanceDenied
+        | ErrorKind::DelegationDenied
+        | ErrorKind::DelegationTooDeep
+        | ErrorKind::WorkloadRevoked
+        | ErrorKind::SubjectRevoked => (StatusCode::BAD_REQUEST, "unauthorized_client"),
         ErrorKind::ActorTokenInvalid => (StatusCode::BAD_REQUEST, "invalid_request"),
         ErrorKind::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
         ErrorKind::InvalidTarget => (StatusCode::BAD_REQUEST, "invalid_target"),

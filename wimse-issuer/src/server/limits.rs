@@ -7,6 +7,15 @@ impl IdentityServer {
         let bootstrap = match presented {
             ClientAuthentication::Bootstrap(bootstrap) => bootstrap,
             ClientAuthentication::Wic(id) => {
+                // The WIC's issuance time is not known here: a workload a signal revoked (or
+                // disabled) renews with its bootstrap credential, never with a WIC that may be
+                // the revoked one.
+                if let Some(revocations) = &self.revocations {
+                    revocations.check_workload(id, None).map_err(|e| {
+                        tracing::warn!(target: "wimse::audit", sub = %id, "WIC renewal refused: revoked by a risk signal");
+                        Error::with_detail(ErrorKind::BootstrapTokenInvalid, e.detail().unwrap_or_default().to_owned())
+                    })?;
+                }
                 let policy =
                     |c: &Client| wimse_core::server::policy::Policy::named(&c.config.name).allow(c.rule.clone());
                 return self.clients.iter().find(|c| c.config.wic_renewal && policy(c).allows_id(id)).ok_or_else(

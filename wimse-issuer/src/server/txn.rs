@@ -57,7 +57,12 @@ impl IdentityServer {
             let detail = format!("{} may not request Txn-Tokens", pending.id());
             return Err(Error::with_detail(ErrorKind::IssuanceDenied, detail));
         }
-        tts.verifier.confirm(pending).await
+        let requester = tts.verifier.confirm(pending).await?;
+        // A requester whose WIT a signal revoked (or disabled) gets no Txn-Token.
+        if let Some(revocations) = &self.revocations {
+            revocations.check_workload(requester.id(), requester.wit().and_then(|wit| wit.claims().iat))?;
+        }
+        Ok(requester)
     }
 
     /// Issues a Txn-Token to `requester` (authenticated with

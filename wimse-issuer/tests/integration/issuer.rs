@@ -1187,3 +1187,29 @@ async fn signals_in_the_configuration_disable_issuance() {
     let (status, body) = request_wit(&base, &token, payments, &key).await;
     assert_eq!((status, body["reason"].as_str()), (403, Some("issuance_denied")), "{body}");
 }
+
+/// A workload a signal revoked renews with its bootstrap credential, never with its client WIC
+/// (which may be the revoked credential: its issuance time is not known at renewal).
+#[tokio::test]
+async fn a_revoked_workload_does_not_renew_with_its_wic() {
+    use wimse_core::server::signals::Revocations;
+    use wimse_issuer::ClientAuthentication;
+    let platform = Platform::new();
+    let mut config = config(&platform, &store_path("wic-renewal-revoked"));
+    config["clients"][0]["wic_renewal"] = json!(true);
+    let config: IssuerConfig = serde_json::from_value(config).unwrap();
+    let revocations = Revocations::new();
+    let server = IdentityServer::open(config, FixedClock::new(NOW)).await.unwrap().revocations(revocations.clone());
+    let payments: WorkloadId = "spiffe://prod.example/ns/prod/sa/payments".parse().unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let renew =
+        || server.issue_wit(ClientAuthentication::Wic(&payments), payments.as_str(), key.public_jwk(), Some(600));
+    renew().await.expect("renewed with its WIC");
+    revocations.revoke_before(payments.as_str(), NOW, NOW).unwrap();
+    assert_eq!(renew().await.unwrap_err().kind(), &ErrorKind::BootstrapTokenInvalid);
+    let token = platform.token(PLATFORM_ISS, "system:serviceaccount:prod:payments", NOW + 600);
+    server
+        .issue_wit(&token, payments.as_str(), key.public_jwk(), Some(600))
+        .await
+        .expect("with its bootstrap credential");
+}

@@ -658,3 +658,24 @@ async fn txn_tokens_issued_and_refused_are_audited() {
     );
     assert!(decisions.iter().any(|r| r["action"] == "issue:wit" && r["resource"] == AGENT));
 }
+
+/// A requester whose credentials a signal revoked gets no Txn-Token with its old WIT, and one
+/// with a WIT issued after the event does.
+#[tokio::test]
+async fn a_revoked_requester_gets_no_transaction_with_its_old_wit() {
+    let s = Setup::start().await;
+    let front = s.tts(FRONT).await;
+    let ask = || TxnTokenRequest::for_access_token(s.access_token(json!({})), "orders.read");
+    front.request(&ask()).await.unwrap();
+    // Revoked a second after its WIT was issued (`iat` has a second's resolution).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    s.revocations.revoke_before(FRONT, now(), now()).unwrap();
+    let refused = front.request(&ask()).await.expect_err("refused");
+    assert!(format!("{refused:?}").contains("unauthorized_client"), "{refused:?}");
+    let decisions = s.decisions(3).await;
+    assert!(decisions.iter().any(|r| r["reason"] == "workload_revoked"), "{decisions:?}");
+    // A WIT issued after the event.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let renewed = s.tts(FRONT).await;
+    renewed.request(&ask()).await.expect("a new WIT passes");
+}
