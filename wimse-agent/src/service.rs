@@ -46,7 +46,8 @@ struct Refusals {
 fn attestation(rpc: &str, peer: Option<&PeerCredentials>, exe: Option<&std::path::Path>) -> AuditEvent {
     let caller = peer.map(|p| {
         let pid = p.pid.map(|pid| format!(" pid:{pid}")).unwrap_or_default();
-        let exe = exe.map(|exe| format!(" exe:{}", exe.display())).unwrap_or_default();
+        // Quoted: a path may hold spaces (and look like another field).
+        let exe = exe.map(|exe| format!(" exe:{:?}", exe.display().to_string())).unwrap_or_default();
         format!("uid:{}{pid}{exe}", p.uid)
     });
     AuditEvent { caller, action: Some(format!("attest:{rpc}")), ..Default::default() }

@@ -66,6 +66,9 @@ pub(crate) fn validate(args: ValidateArgs) -> CliResult {
 /// An identity server from `config`, its key maintenance started, its router, and the feed of
 /// its revocation signals (`signals`; polling while it lives).
 async fn open(config: wimse_issuer::IssuerConfig) -> Result<Current, String> {
+    if config.signals.as_ref().is_some_and(|signals| signals.poll_url.is_none()) {
+        return Err("signals.poll_url: `wimse issuer serve` polls its SETs (it has no push route)".into());
+    }
     let signals = config.signals.as_ref().map(wimse_reqwest::signals_from_settings).transpose();
     let signals = signals.map_err(|e| format!("signals: {e}"))?;
     let server = Arc::new(IdentityServer::open(config, SystemClock).await.map_err(|e| e.to_string())?);

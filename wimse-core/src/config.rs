@@ -159,18 +159,19 @@ pub struct SignalSettings {
     pub poll_interval: Option<u64>,
 }
 
-/// The revocations opened from settings in this process, by transmitter, audience and state
-/// file, so a verifier and the delivery (a poller, a push route) built from the same settings
-/// share one state. An entry no one else holds any more is dropped at the next lookup (a
-/// service built again reads its state file afresh).
-type OpenRevocations = Vec<((String, String, Option<PathBuf>), crate::server::signals::Revocations)>;
-static REVOCATIONS: std::sync::Mutex<OpenRevocations> = std::sync::Mutex::new(Vec::new());
+/// The receivers opened from settings in this process, so the verifiers and the delivery (a
+/// poller, a push route) built from the same settings share one state: the revocations and the
+/// SETs already received. An entry whose state no one else holds any more is dropped at the
+/// next lookup (a service built again reads its state file afresh).
+static RECEIVERS: std::sync::Mutex<Vec<std::sync::Arc<crate::server::signals::SetReceiver>>> =
+    std::sync::Mutex::new(Vec::new());
 
 impl SignalSettings {
-    /// A receiver as these settings describe it: the transmitter's keys from `jwks_file`, and
-    /// the revocations it fills, shared by every receiver and verifier built from the same
-    /// transmitter, audience and state file in this process while any of them lives (the
-    /// first reads the state file).
+    /// A receiver as these settings describe it: the transmitter's keys read from `jwks_file`
+    /// now, sharing its revocations and the SETs received with every receiver and verifier built
+    /// from the same transmitter, audience and state file in this process while any of them
+    /// lives (the first reads the state file; its `hold` and `max_subjects` stay). A state file
+    /// already used for another stream in this process is refused.
     pub fn receiver(&self) -> Result<std::sync::Arc<crate::server::signals::SetReceiver>> {
         use crate::server::signals::{Revocations, SetReceiver};
         let keys = TrustAnchors::from_file(&self.jwks_file)
@@ -180,34 +181,44 @@ impl SignalSettings {
         if keys.is_empty() {
             return Err(invalid("signals.jwks_file", "no keys"));
         }
-        let key = (self.issuer.clone(), self.audience.clone(), self.state_file.clone());
-        let mut open = REVOCATIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        open.retain(|(_, revocations)| revocations.holders() > 1);
-        let revocations = match open.iter().find(|(k, _)| *k == key) {
-            Some((_, revocations)) => revocations.clone(),
-            None => {
-                let mut revocations = Revocations::new();
-                if let Some(n) = self.max_subjects {
-                    revocations = revocations.max_subjects(n);
-                }
-                if let Some(seconds) = self.hold {
-                    revocations = revocations.hold(seconds);
-                }
-                if let Some(state) = &self.state_file {
-                    revocations = revocations
-                        .persist_to(state)
-                        .map_err(|e| invalid("signals.state_file", format!("{}: {e}", state.display())))?;
-                }
-                open.push((key, revocations.clone()));
-                revocations
-            }
+        let max_age = self.max_age.unwrap_or(crate::server::signals::DEFAULT_MAX_AGE);
+        let mut open = RECEIVERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.retain(|receiver| receiver.revocations().holders() > 1);
+        let same_file = |receiver: &SetReceiver| {
+            self.state_file.is_some() && receiver.revocations().state_file() == self.state_file.as_deref()
         };
-        drop(open);
-        let mut receiver = SetReceiver::new(&self.issuer, &self.audience, keys, revocations);
-        if let Some(seconds) = self.max_age {
-            receiver = receiver.max_age(seconds);
+        let same_stream =
+            |receiver: &SetReceiver| (receiver.issuer(), receiver.audience()) == (&*self.issuer, &*self.audience);
+        if let Some(other) = open.iter().find(|r| same_file(r) && !same_stream(r)) {
+            return Err(invalid(
+                "signals.state_file",
+                format!(
+                    "already the state of the stream of {} for {} in this process",
+                    other.issuer(),
+                    other.audience()
+                ),
+            ));
         }
-        Ok(std::sync::Arc::new(receiver))
+        let found = open.iter().find(|r| same_stream(r) && r.revocations().state_file() == self.state_file.as_deref());
+        if let Some(receiver) = found {
+            return Ok(std::sync::Arc::new(receiver.with_keys(keys, max_age)));
+        }
+        let mut revocations = Revocations::new();
+        if let Some(n) = self.max_subjects {
+            revocations = revocations.max_subjects(n);
+        }
+        if let Some(seconds) = self.hold {
+            revocations = revocations.hold(seconds);
+        }
+        if let Some(state) = &self.state_file {
+            revocations = revocations
+                .persist_to(state)
+                .map_err(|e| invalid("signals.state_file", format!("{}: {e}", state.display())))?;
+        }
+        let receiver =
+            std::sync::Arc::new(SetReceiver::new(&self.issuer, &self.audience, keys, revocations).max_age(max_age));
+        open.push(receiver.clone());
+        Ok(std::sync::Arc::new(receiver.with_keys(receiver.keys().to_vec(), max_age)))
     }
 }
 

@@ -103,7 +103,13 @@ impl Live {
         } else {
             None
         };
-        // Before the routes: their verifiers share this feed's revocations.
+        // Before the routes: their verifiers share this feed's revocations. The gateway has no
+        // push route: without a stream to poll, nothing would ever revoke.
+        if config.signals.as_ref().is_some_and(|signals| signals.poll_url.is_none()) {
+            return Err(GatewayError::Config(
+                "signals.poll_url: the gateway polls its SETs (it has no push route)".into(),
+            ));
+        }
         let signals = config.signals.as_ref().map(wimse_reqwest::signals_from_settings).transpose()?;
         let routes = RouteTable::build(&config, &trust, claims, own.as_ref())?;
         let identity = Arc::new(IdentityHeaders::new(&config.identity_headers)?);

@@ -346,7 +346,10 @@ where
                             // Recorded as a decision on the tool (the layer recorded the POST).
                             let decided = policies.check(caller, &name, parts.uri.path());
                             let action = format!("tool:{name}");
-                            let recorded = match policies.policy_of(&name) {
+                            // The tool's policy is named when it decided (a name refused before
+                            // it ran is not its decision).
+                            let by = policies.policy_of(&name).filter(|_| check_tool_name(&name).is_ok());
+                            let recorded = match by {
                                 Some(policy) => {
                                     caller.audit_decision_by(&action, policy.name(), decided.as_ref().err())
                                 }

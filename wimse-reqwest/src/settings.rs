@@ -17,14 +17,15 @@ use crate::{BundleSource, secure_or_loopback};
 /// fetched now (a failure is an error naming the entry) and then kept current by a
 /// [`BundleSource`] in the background, on the current Tokio runtime for as long as it runs:
 /// refreshed on the bundle's hint and early on an unknown key id, so a service configured
-/// from a file alone follows the identity server's key rotation.
+/// from a file alone follows the identity server's key rotation. It reads the verifier section
+/// only: `Settings::complete` adds the `[audit]` log and the `[signals]` revocations.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), wimse_core::Error> {
 /// // [[verifier.trust]] trust_domain = "spiffe://prod.example"
 /// //                    bundle_url = "https://issuer.prod.example/v1/bundle/spiffe"
 /// let settings = wimse_core::config::Settings::load("/etc/wimse/service.toml")?;
-/// let verifier = wimse_reqwest::verifier_from_settings(&settings.verifier).await?;
+/// let verifier = settings.complete(wimse_reqwest::verifier_from_settings(&settings.verifier).await?)?;
 /// # let _ = verifier;
 /// # Ok(())
 /// # }

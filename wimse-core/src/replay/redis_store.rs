@@ -501,7 +501,11 @@ async fn connect(target: &Target, timeout: Duration) -> redis::RedisResult<Conne
         }
         Target::Cluster(client, node) => {
             let mut router = client.get_async_connection().await?;
-            let direct = match direct_routes(&mut router, node, timeout).await {
+            // Half the connection's budget at most: slow nodes leave the claims to the cluster
+            // client rather than failing the whole connection.
+            let routes = tokio::time::timeout(timeout / 2, direct_routes(&mut router, node, timeout)).await;
+            let routes = routes.unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))));
+            let direct = match routes {
                 Ok(direct) => Some(Arc::new(direct)),
                 Err(error) => {
                     // Claims then take the cluster client's route: slower, as correct.

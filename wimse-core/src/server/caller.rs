@@ -94,8 +94,9 @@ pub(crate) enum Credential {
     #[cfg_attr(not(feature = "mtls"), allow(dead_code))]
     Certificate {
         fingerprint: String,
-        /// The certificate's `notBefore` (seconds since the epoch): the latest its issuance
-        /// can have been, for revocations by time.
+        /// The certificate's `notBefore` (seconds since the epoch), taken as its issuance time
+        /// for revocations: CAs backdate it (ours by 60 s) and never set it after issuance, so a
+        /// certificate issued before a revocation is refused.
         not_before: Option<u64>,
     },
 }
@@ -195,7 +196,13 @@ impl VerifiedCaller {
         self.audit_record_by(error, Some(action), Some(policy))
     }
 
-    /// Names the policy deciding on this request in its audit records.
+    /// A refusal by the policy named `policy`.
+    pub(crate) fn audit_refused_by(&self, policy: &str, error: &crate::Error) {
+        crate::server::audit::rejected(self.method().name(), Some(self.id()), error);
+        let _ = self.audit_record_by(Some(error), None, Some(policy));
+    }
+
+    /// Names the policy that allowed this request in its allow's audit record.
     pub(crate) fn audit_policy(&mut self, policy: &str) {
         if let Some(context) = self.audit.as_mut() {
             Arc::make_mut(context).policy = Some(policy.to_owned());
@@ -222,7 +229,7 @@ impl VerifiedCaller {
             resource: Some(context.resource.clone()),
             decision: if error.is_some() { "deny".into() } else { "allow".into() },
             reason: error.map(|e| e.reason().to_owned()),
-            policy: policy.or(context.policy.as_deref()).map(str::to_owned),
+            policy: policy.or(context.policy.as_deref().filter(|_| error.is_none())).map(str::to_owned),
         };
         context.log.record(event).inspect_err(|failure| {
             tracing::error!(error = %failure, "wimse: the decision could not be recorded in the audit log");

@@ -324,15 +324,21 @@ impl Pipeline {
             pending.caller.audit_refused(&error);
             return Err(error);
         }
-        if let Err(error) = self.policy_for(request.path).and_then(|policy| match policy {
-            Some(policy) => {
-                pending.caller.audit_policy(policy.name());
-                policy.check_request(&pending.caller, request.method, request.path)
+        let policy = match self.policy_for(request.path) {
+            Ok(policy) => policy,
+            Err(error) => {
+                pending.caller.audit_refused(&error);
+                return Err(error);
             }
-            None => Ok(()),
-        }) {
-            pending.caller.audit_refused(&error);
-            return Err(error);
+        };
+        if let Some(policy) = policy {
+            if let Err(error) = policy.check_request(&pending.caller, request.method, request.path) {
+                pending.caller.audit_refused_by(policy.name(), &error);
+                return Err(error);
+            }
+            // Named in the allow's record (written once the proof is claimed), not in later
+            // refusals, which the policy did not decide.
+            pending.caller.audit_policy(policy.name());
         }
         Ok(Some(pending))
     }

@@ -90,6 +90,11 @@ impl Revocations {
         Arc::strong_count(&self.state)
     }
 
+    /// The file the state is written to, if any.
+    pub fn state_file(&self) -> Option<&Path> {
+        self.persist.as_deref()
+    }
+
     /// Nothing revoked; at most 100 000 subjects; each kept 24 hours (the longest credential
     /// lifetime the verifiers accept by default).
     pub fn new() -> Self {
@@ -277,6 +282,9 @@ pub struct Received {
     pub ignored: Vec<String>,
 }
 
+/// The oldest SET a receiver accepts by default, in seconds.
+pub const DEFAULT_MAX_AGE: u64 = 600;
+
 /// Validates SETs from one transmitter and applies them (see the [module](self)).
 #[derive(Debug)]
 pub struct SetReceiver {
@@ -286,7 +294,9 @@ pub struct SetReceiver {
     max_age: u64,
     leeway: u64,
     revocations: Revocations,
-    seen: Mutex<Seen>,
+    /// Shared with the receivers made by [`with_keys`](Self::with_keys): a SET is applied once
+    /// whichever of them receives it.
+    seen: Arc<Mutex<Seen>>,
 }
 
 /// The `jti`s received, bounded: the oldest are forgotten first, after they are too old to be
@@ -341,10 +351,39 @@ impl SetReceiver {
             issuer: issuer.into(),
             audience: audience.into(),
             keys,
-            max_age: 600,
+            max_age: DEFAULT_MAX_AGE,
             leeway: 30,
             revocations,
-            seen: Mutex::default(),
+            seen: Arc::default(),
+        }
+    }
+
+    /// The transmitter it accepts SETs from (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The audience it accepts SETs for (`aud`).
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The transmitter's keys it verifies SETs with.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// A receiver of the same stream with `keys` (the transmitter's, read again after a
+    /// rotation) and `max_age`, sharing this one's revocations and the SETs already received.
+    pub fn with_keys(&self, keys: Vec<PublicKey>, max_age: u64) -> Self {
+        Self {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            keys,
+            max_age,
+            leeway: self.leeway,
+            revocations: self.revocations.clone(),
+            seen: self.seen.clone(),
         }
     }
 

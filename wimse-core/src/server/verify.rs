@@ -497,9 +497,9 @@ impl Verifier {
         }
         let issued_at = match &caller.credential {
             crate::server::caller::Credential::Wit(wit) => wit.claims().iat,
-            // Issued no later than its `notBefore`. Issuers backdate it for clock differences
-            // (ours by 60 s), so a certificate issued within that margin after a revocation is
-            // refused too: on the safe side, and only for that margin.
+            // Its `notBefore`: issuers backdate it for clock differences (ours by 60 s) and do
+            // not set it after the issuance, so a certificate issued before a revocation is
+            // refused, and one issued within that margin after it too (on the safe side).
             crate::server::caller::Credential::Certificate { not_before, .. } => *not_before,
         };
         revocations.check_workload(&caller.id, issued_at)?;

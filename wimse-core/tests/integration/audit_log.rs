@@ -574,7 +574,7 @@ fn traces_link_each_hop_to_the_request_it_was_made_during() {
     let dir = dir("trace-parents");
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let write = |service: &str, events: Vec<AuditEvent>| {
-        let path = dir.join(format!("{service}.audit.jsonl"));
+        let path = dir.join(format!("{}.audit.jsonl", service.rsplit('/').next().unwrap()));
         let log = AuditLog::open(&path, service, key.clone(), AuditOptions::default()).unwrap();
         for event in events {
             log.record(event).unwrap();
@@ -591,21 +591,25 @@ fn traces_link_each_hop_to_the_request_it_was_made_during() {
         decision: "allow".into(),
         ..event(1)
     };
+    // Each log's service is its workload's identifier, as callers are named.
+    let (front, orders, stock) =
+        ("spiffe://prod.example/front", "spiffe://prod.example/orders", "spiffe://prod.example/stock");
     let files = vec![
-        write("front", vec![hop("r-front", None, "spiffe://prod.example/edge")]),
-        write("orders", vec![hop("r-orders", Some("r-front"), "spiffe://prod.example/front")]),
-        write("stock", vec![hop("r-stock", Some("r-elsewhere"), "spiffe://prod.example/orders")]),
+        write(front, vec![hop("r-front", None, "spiffe://prod.example/edge")]),
+        write(orders, vec![hop("r-orders", Some("r-front"), front)]),
+        write(stock, vec![hop("r-stock", Some("r-elsewhere"), orders)]),
+        // Naming a request that its caller (orders) did not serve: not linked.
+        write("spiffe://prod.example/ledger", vec![hop("r-ledger", Some("r-front"), orders)]),
     ];
     let custody = trace(&files, "txn-1", std::slice::from_ref(key.public_key()));
-    assert_eq!(custody.hops.len(), 3);
+    assert_eq!(custody.hops.len(), 4);
     assert_eq!(custody.parent(&custody.hops[0]), None);
     assert_eq!(custody.parent(&custody.hops[1]), Some(Ok(0)));
     assert_eq!(custody.parent(&custody.hops[2]), Some(Err("r-elsewhere".to_owned())));
+    assert_eq!(custody.parent(&custody.hops[3]), Some(Err("r-front".to_owned())), "a request of another service");
     let text = custody.text();
-    assert!(
-        text.lines().any(|l| l.starts_with(" 2. spiffe://prod.example/front -> orders") && l.contains("| during 1")),
-        "{text}"
-    );
+    let linked = format!(" 2. {front} -> {orders}");
+    assert!(text.lines().any(|l| l.starts_with(&linked) && l.contains("| during 1")), "{text}");
     assert!(text.contains("during request r-elsewhere (not in these logs)"), "{text}");
     assert!(custody.dot().contains(r"\nduring 1"), "{}", custody.dot());
     let _ = std::fs::remove_dir_all(dir);

@@ -284,6 +284,15 @@ fn signal_settings_share_one_state_and_a_rebuilt_service_reads_its_file() {
     receiver.receive(&token, NOW).unwrap();
     let refused = verifier.verify_sync(&RequestView::new(PATH, &request())).unwrap_err();
     assert_eq!(refused.kind(), &ErrorKind::WorkloadRevoked, "the verifier shares the receiver's state");
+    // Another receiver from the same settings (a reload, a push route) knows the SET.
+    let again = settings.signals.as_ref().unwrap().receiver().unwrap();
+    assert!(again.receive(&token, NOW).is_err(), "a SET is applied once, whichever receiver gets it");
+    drop(again);
+    // The same state file for another stream: refused.
+    let mut other = settings.signals.clone().unwrap();
+    other.audience = "https://billing.example".into();
+    let error = other.receiver().unwrap_err();
+    assert!(error.to_string().contains("signals.state_file"), "{error}");
 
     drop((verifier, receiver));
     let rebuilt = Settings::from_file(&path).unwrap().verifier().unwrap().clock(FixedClock::new(NOW));

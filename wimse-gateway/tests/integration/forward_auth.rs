@@ -350,11 +350,15 @@ async fn signals_revoke_across_every_route_and_a_reload() {
     let transmitter = SigningKey::generate(Algorithm::ES256).unwrap().with_kid("ssf-1");
     let jwks = serde_json::json!({"keys": [transmitter.public_jwk()]}).to_string();
     std::fs::write(files.dir.join("ssf.jwks.json"), jwks).unwrap();
+    // A stream nothing answers on (the SET below reaches the shared state another way); the
+    // gateway refuses signals it could not receive at all.
     let signals = format!(
         "[signals]\nissuer = \"https://ssf.example\"\naudience = \"https://gateway.example\"\njwks_file = {:?}\n",
         files.dir.join("ssf.jwks.json")
     );
-    let text = format!("{}{signals}", routes());
+    let unreceivable = format!("{}{signals}", routes());
+    assert!(Gateway::start(files.config(&unreceivable)).await.is_err(), "signals without a stream to poll");
+    let text = format!("{unreceivable}poll_url = \"http://127.0.0.1:9/poll\"\npoll_interval = 60\n");
     let gateway = Gateway::start(files.config(&text)).await.expect("gateway");
     let serving = gateway.clone();
     tokio::spawn(async move { serving.serve(std::future::pending()).await });

@@ -268,10 +268,19 @@ impl IdentityServer {
     /// Records a refusal of `action` on `resource` (the identifier or scope asked for), by
     /// `caller` when it was authenticated.
     pub(crate) fn audit_refusal(&self, action: &str, caller: Option<String>, resource: Option<&str>, error: &Error) {
+        // What an unauthenticated sender chose (an identifier, a scope) is kept to 256 bytes:
+        // a flood of refusals holds at most the queue's records of that size.
+        let capped = |text: &str| {
+            let mut end = text.len().min(256);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            if end < text.len() { format!("{}…", &text[..end]) } else { text.to_owned() }
+        };
         let _ = self.audit(wimse_core::server::audit_log::AuditEvent {
             caller,
             action: Some(format!("issue:{action}")),
-            resource: resource.map(str::to_owned),
+            resource: resource.map(capped),
             decision: "deny".into(),
             reason: Some(error.reason().to_owned()),
             ..Default::default()
@@ -320,11 +329,6 @@ impl IdentityServer {
         let mut event = event;
         event.caller.get_or_insert_with(|| client.to_owned());
         event.resource.get_or_insert_with(|| id.to_string());
-        self.audit(wimse_core::server::audit_log::AuditEvent {
-            action: Some(format!("issue:{kind}")),
-            decision: "allow".into(),
-            ..event
-        })?;
         let record = IssuanceRecord {
             at,
             kind,
@@ -334,7 +338,13 @@ impl IdentityServer {
             key_id,
             replica: self.replica.clone(),
         };
-        self.storage.record(&record).await
+        // The storage first: an issuance it refuses is refused, and recorded once, as a refusal.
+        self.storage.record(&record).await?;
+        self.audit(wimse_core::server::audit_log::AuditEvent {
+            action: Some(format!("issue:{kind}")),
+            decision: "allow".into(),
+            ..event
+        })
     }
 
     /// Whether a client renews with its WIC ([`ClientConfig::wic_renewal`]): the TLS listener

@@ -121,11 +121,16 @@ impl Trace {
     }
 
     /// The hop `hop` was made during, as its caller said ([`super::AuditEvent::parent_request_id`]):
-    /// `Ok(n)` the index of that hop here, `Err(id)` a request these logs do not hold.
+    /// `Ok(n)` the index of that hop here, `Err(id)` a request these logs do not hold. Only a
+    /// hop served by this hop's caller (its log's service is the caller's identifier) can be
+    /// its parent: a caller cannot hang its call under another service's request.
     pub fn parent(&self, hop: &AuditRecord) -> Option<std::result::Result<usize, String>> {
-        let parent = hop.event.as_ref()?.parent_request_id.as_ref()?;
+        let event = hop.event.as_ref()?;
+        let parent = event.parent_request_id.as_ref()?;
         let found = self.hops.iter().position(|other| {
-            other.event.as_ref().and_then(|e| e.request_id.as_ref()) == Some(parent) && !std::ptr::eq(other, hop)
+            other.event.as_ref().and_then(|e| e.request_id.as_ref()) == Some(parent)
+                && event.caller.as_deref() == Some(other.service.as_str())
+                && !std::ptr::eq(other, hop)
         });
         Some(found.ok_or_else(|| parent.clone()))
     }
