@@ -111,7 +111,8 @@ impl Live {
             ));
         }
         let signals = config.signals.as_ref().map(wimse_reqwest::signals_from_settings).transpose()?;
-        let routes = RouteTable::build(&config, &trust, claims, own.as_ref())?;
+        let revocations = signals.as_ref().map(|feed| feed.receiver().revocations());
+        let routes = RouteTable::build(&config, &trust, claims, own.as_ref(), revocations)?;
         let identity = Arc::new(IdentityHeaders::new(&config.identity_headers)?);
         let timeout =
             Duration::from_millis(config.reverse_proxy.as_ref().and_then(|r| r.upstream_timeout_ms).unwrap_or(30_000));

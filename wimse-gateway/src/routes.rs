@@ -9,6 +9,7 @@ use wimse_core::config::VerifierSettings;
 use wimse_core::protocol::trust::TrustHandle;
 use wimse_core::replay::{CallerQuota, InMemoryReplayStore};
 use wimse_core::server::pipeline::{Pipeline, is_canonical_path};
+use wimse_core::server::signals::Revocations;
 use wimse_core::{Error, ErrorKind};
 
 use crate::config::{GatewayConfig, RouteSettings};
@@ -84,21 +85,24 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     /// Builds every route's pipeline on `trust`, sharing `claims` (kept across reloads, so a
-    /// reload never forgets a claimed proof).
+    /// reload never forgets a claimed proof) and `revocations` (the configuration's signals).
     pub(crate) fn build(
         config: &GatewayConfig,
         trust: &TrustHandle,
         claims: &Claims,
         own: Option<&Signer>,
+        revocations: Option<&Revocations>,
     ) -> Result<Self, GatewayError> {
         if !config.verifier.origins.is_empty() || !config.verifier.audiences.is_empty() {
             return Err(GatewayError::Config(
                 "verifier.origins and verifier.audiences must be empty: each route names its origin".into(),
             ));
         }
+        // Opened once: every route's verifier writes into the one log.
+        let recording = Recording { audit: config.audit.as_ref().map(|audit| audit.open()).transpose()?, revocations };
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
-            routes.push(build_route(config, route, trust, claims, own).map_err(|e| match e {
+            routes.push(build_route(config, route, trust, claims, own, &recording).map_err(|e| match e {
                 GatewayError::Config(problem) => GatewayError::Config(format!("routes[{i}]: {problem}")),
                 GatewayError::Setup(error) => GatewayError::Config(format!("routes[{i}]: {error}")),
                 other => other,
@@ -150,12 +154,20 @@ pub(crate) struct Claims {
     pub(crate) quota: Arc<CallerQuota>,
 }
 
+/// What every route's verifier records into and is refused by: the audit log and the
+/// revocations, the same for all.
+struct Recording<'a> {
+    audit: Option<wimse_core::server::audit_log::AuditLog>,
+    revocations: Option<&'a Revocations>,
+}
+
 fn build_route(
     config: &GatewayConfig,
     route: &RouteSettings,
     trust: &TrustHandle,
     claims: &Claims,
     own: Option<&Signer>,
+    recording: &Recording<'_>,
 ) -> Result<Route, GatewayError> {
     let origin = route.origin.trim_end_matches('/').to_owned();
     let (scheme, authority) = origin
@@ -176,13 +188,11 @@ fn build_route(
         .build_on(trust.clone())?
         .replay_store(claims.store.clone())
         .with_caller_quota(claims.quota.clone());
-    if let Some(audit) = &config.audit {
-        // Every route's verifier writes into the one log (opening it again shares its writer).
-        verifier = verifier.audit_log(audit.open()?);
+    if let Some(audit) = &recording.audit {
+        verifier = verifier.audit_log(audit.clone());
     }
-    if let Some(signals) = &config.signals {
-        // The same revocations for every route, and for the configuration's poller.
-        verifier = verifier.revocations(signals.receiver()?.revocations().clone());
+    if let Some(revocations) = recording.revocations {
+        verifier = verifier.revocations(revocations.clone());
     }
     let mut pipeline = Pipeline::new(verifier);
     if let Some(policy) = route.policy.as_ref().or(config.policy.as_ref()) {
