@@ -7,6 +7,8 @@
 //! fresh proofs one after another until `--claims` (60 000) are made; the program prints claims
 //! per second and this process's CPU time (user + system, from `/proc/self/stat`, so Linux
 //! only) per claim. Redis's own CPU is not counted. Each row runs `--rounds` (3) times.
+//! `--store redis|redis-cluster` and `--runtime multi-thread|per-thread` run only those rows
+//! (to profile one of them).
 //!
 //! Run: `cargo run --release -p wimse-examples --bin load-bench -- claims` (needs
 //! `redis-server`).
@@ -35,6 +37,14 @@ enum Runtime {
 }
 
 impl Runtime {
+    /// The name `--runtime` takes.
+    fn flag(self) -> &'static str {
+        match self {
+            Runtime::MultiThread => "multi-thread",
+            Runtime::PerThread => "per-thread",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Runtime::MultiThread => "multi-thread (axum)",
@@ -52,6 +62,7 @@ struct ClaimTime(u64);
 pub(crate) fn main(mut args: impl Iterator<Item = String>) -> Result<(), Error> {
     let mut claims = 60_000;
     let mut rounds = 3;
+    let (mut only_store, mut only_runtime) = (None, None);
     while let Some(arg) = args.next() {
         let value = |name: &str, args: &mut dyn Iterator<Item = String>| -> Result<usize, Error> {
             Ok(args.next().ok_or(format!("{name} needs a value"))?.parse()?)
@@ -59,11 +70,21 @@ pub(crate) fn main(mut args: impl Iterator<Item = String>) -> Result<(), Error> 
         match arg.as_str() {
             "--claims" => claims = value("--claims", &mut args)?,
             "--rounds" => rounds = value("--rounds", &mut args)?,
-            _ => return Err("usage: load-bench claims [--claims N] [--rounds N]".into()),
+            "--store" => only_store = Some(args.next().ok_or("--store needs redis or redis-cluster")?),
+            "--runtime" => only_runtime = Some(args.next().ok_or("--runtime needs multi-thread or per-thread")?),
+            _ => {
+                return Err("usage: load-bench claims [--claims N] [--rounds N] [--store redis|redis-cluster] [--runtime multi-thread|per-thread]".into());
+            }
         }
     }
     if claims == 0 || rounds == 0 {
         return Err("--claims and --rounds must be at least 1".into());
+    }
+    if only_store.as_deref().is_some_and(|s| s != "redis" && s != "redis-cluster") {
+        return Err("--store takes redis or redis-cluster".into());
+    }
+    if only_runtime.as_deref().is_some_and(|r| r != "multi-thread" && r != "per-thread") {
+        return Err("--runtime takes multi-thread or per-thread".into());
     }
     let (Some(single), Some(cluster)) = (RedisServer::start(), RedisCluster::start()) else {
         println!("skipped: redis-server not found");
@@ -90,7 +111,13 @@ pub(crate) fn main(mut args: impl Iterator<Item = String>) -> Result<(), Error> 
     let mut rows: Vec<(&str, Runtime, Vec<f64>, Vec<f64>)> = Vec::new();
     for round in 0..rounds {
         for (name, store) in &stores {
+            if only_store.as_deref().is_some_and(|only| only != *name) {
+                continue;
+            }
             for runtime in [Runtime::MultiThread, Runtime::PerThread] {
+                if only_runtime.as_deref().is_some_and(|only| only != runtime.flag()) {
+                    continue;
+                }
                 let tag = format!("{name}-{round}-{}", runtime.name());
                 let (rate, cpu) = measure(store, runtime, claims, &tag, at)?;
                 let cpu = cpu.as_secs_f64() * 1e6;

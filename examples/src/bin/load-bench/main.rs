@@ -161,8 +161,10 @@ defaults: 20000 requests and 1000 warm-up requests per configuration, 16 connect
 the default backend; --only keeps the configurations whose name (e.g. `axum wpt memory`,
 `actix-web wpt redis-cluster`, `axum mtls`, `gateway` for the gateway rows) contains SUBSTRING
 (repeat it to keep several)
-       load-bench claims [--claims N] [--rounds N]
-the client CPU of a Redis claim alone (no HTTP, no signature): 60000 claims per row, 3 rounds";
+       load-bench claims [--claims N] [--rounds N] [--store redis|redis-cluster]
+                         [--runtime multi-thread|per-thread]
+the client CPU of a Redis claim alone (no HTTP, no signature): 60000 claims per row, 3 rounds,
+every store and runtime unless --store or --runtime keeps one";
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, Error> {
