@@ -19,7 +19,8 @@ fn every_configuration_runs_and_is_tabulated() {
     assert!(stdout.contains("one bare ES256 signature verification"), "{stdout}");
     // The Redis rows run where redis-server is installed (always in CI).
     let redis = wimse_testkit::servers::find_binary("redis-server").is_some();
-    let mut expected = vec![("none", "-"), ("wpt", "memory"), ("http-signature", "memory"), ("mtls", "-")];
+    let mut expected =
+        vec![("none", "-"), ("wpt", "memory"), ("wpt", "hand-off"), ("http-signature", "memory"), ("mtls", "-")];
     if redis {
         expected.extend([("wpt", "redis"), ("wpt", "redis-cluster")]);
     } else {
@@ -95,4 +96,23 @@ fn bad_options_are_refused_with_a_message() {
     assert!(ok && stdout.contains("usage: load-bench"), "{stdout}");
     let (ok, _, stderr) = load_bench(&["serve", "nginx", "wpt"]);
     assert!(!ok && stderr.contains("usage: load-bench serve"), "{stderr}");
+    let (ok, _, stderr) = load_bench(&["claims", "--store", "memcached"]);
+    assert!(!ok && stderr.contains("--store takes redis or redis-cluster"), "{stderr}");
+    let (ok, _, stderr) = load_bench(&["claims", "--runtime", "green-threads"]);
+    assert!(!ok && stderr.contains("--runtime takes multi-thread or per-thread"), "{stderr}");
+}
+
+/// `claims --store --runtime` measures one row: the claim's client CPU through the real store.
+#[test]
+fn the_claims_benchmark_runs_one_chosen_row() {
+    let (ok, stdout, stderr) =
+        load_bench(&["claims", "--claims", "200", "--rounds", "1", "--store", "redis", "--runtime", "per-thread"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    if wimse_testkit::servers::find_binary("redis-server").is_none() {
+        assert!(stdout.contains("skipped: redis-server not found"), "{stdout}");
+        return;
+    }
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| redis")).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(rows[0].starts_with("| redis | per-thread (actix-web) |") && rows[0].contains(" µs ("), "{stdout}");
 }

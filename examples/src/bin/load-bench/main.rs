@@ -1,6 +1,7 @@
-//! Load benchmark: an axum and an actix-web server on loopback, each in six configurations
-//! (no authentication; WPT with the in-memory replay store, with Redis and with a three-node
-//! Redis Cluster; HTTP message signatures; mutual TLS), driven from this process while the
+//! Load benchmark: an axum and an actix-web server on loopback, each in seven configurations
+//! (no authentication; WPT with the in-memory replay store, with it answering from a task of its
+//! own (`hand-off`), with Redis and with a three-node Redis Cluster; HTTP message signatures;
+//! mutual TLS), driven from this process while the
 //! server runs in a child process. The Redis rows need `redis-server` (the driver starts it and
 //! the cluster on loopback); without it they are skipped with a message.
 //!
@@ -93,6 +94,10 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Store {
     Memory,
+    /// The in-memory store answering from a task of its own: the request waits for it as for
+    /// Redis (the request's task suspended, another task run, the request's task woken), without
+    /// a socket. What an asynchronous store costs before its own work.
+    MemoryHandOff,
     Redis,
     RedisCluster,
 }
@@ -101,9 +106,14 @@ impl Store {
     fn name(self) -> &'static str {
         match self {
             Store::Memory => "memory",
+            Store::MemoryHandOff => "hand-off",
             Store::Redis => "redis",
             Store::RedisCluster => "redis-cluster",
         }
+    }
+
+    fn is_redis(self) -> bool {
+        matches!(self, Store::Redis | Store::RedisCluster)
     }
 }
 
@@ -122,7 +132,7 @@ impl Config {
             for mode in Mode::ALL {
                 all.push(Config { framework, mode, store: Store::Memory });
             }
-            for store in [Store::Redis, Store::RedisCluster] {
+            for store in [Store::MemoryHandOff, Store::Redis, Store::RedisCluster] {
                 all.push(Config { framework, mode: Mode::Wpt, store });
             }
         }
@@ -300,11 +310,11 @@ fn drive(options: &Options) -> Result<(), Error> {
     if selected.is_empty() && !gateway_rows {
         return Err("--only matched no configuration".into());
     }
-    let redis = if selected.iter().any(|c| c.store != Store::Memory) {
+    let redis = if selected.iter().any(|c| c.store.is_redis()) {
         let redis = runtime.block_on(redis::Redis::start())?;
         if redis.is_none() {
             println!("skipped: the Redis rows (redis-server not found)");
-            selected.retain(|c| c.store == Store::Memory);
+            selected.retain(|c| !c.store.is_redis());
         }
         redis
     } else {
@@ -315,8 +325,11 @@ fn drive(options: &Options) -> Result<(), Error> {
     for config in selected {
         let name = config.name();
         let mut setup = deployment.server.clone();
-        if let Some(redis) = redis.as_ref().filter(|_| config.store != Store::Memory) {
+        if let Some(redis) = redis.as_ref().filter(|_| config.store.is_redis()) {
             setup.replay = runtime.block_on(redis.replay_setup(config.store));
+        }
+        if config.store == Store::MemoryHandOff {
+            setup.replay = setup.replay.handed_off();
         }
         floor_rounds.extend(deployment.bare_verification_rounds()?);
         let row =

@@ -44,10 +44,22 @@ pub(crate) struct ServerSetup {
 pub(crate) enum ReplaySetup {
     /// In memory, with this capacity: every proof of a run stays live until it expires.
     Memory(usize),
+    /// In memory, with this capacity, answering from a task of its own (see `Store`).
+    MemoryHandOff(usize),
     /// Redis at this URL.
     Redis(String),
     /// A Redis Cluster reached through these nodes.
     Cluster(Vec<String>),
+}
+
+impl ReplaySetup {
+    /// The in-memory store of this setup, answering from a task of its own.
+    pub(crate) fn handed_off(self) -> Self {
+        match self {
+            ReplaySetup::Memory(capacity) => ReplaySetup::MemoryHandOff(capacity),
+            other => other,
+        }
+    }
 }
 
 /// Everything the driver holds.
