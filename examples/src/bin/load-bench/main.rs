@@ -325,8 +325,8 @@ fn drive(options: &Options) -> Result<(), Error> {
     for config in selected {
         let name = config.name();
         let mut setup = deployment.server.clone();
-        if let Some(redis) = redis.as_ref().filter(|_| config.store.is_redis()) {
-            setup.replay = runtime.block_on(redis.replay_setup(config.store));
+        if let Some(replay) = redis.as_ref().and_then(|redis| runtime.block_on(redis.replay_setup(config.store))) {
+            setup.replay = replay;
         }
         if config.store == Store::MemoryHandOff {
             setup.replay = setup.replay.handed_off();

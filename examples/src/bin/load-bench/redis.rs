@@ -35,16 +35,19 @@ impl Redis {
         Ok(Some(Self { single, cluster, ready_at: started + LEEWAY + 1 }))
     }
 
-    /// The setup for a server on `store`, once proofs signed now are accepted by it.
-    pub(crate) async fn replay_setup(&self, store: Store) -> ReplaySetup {
+    /// The setup for a server on `store` (`None` for the in-memory ones), once proofs signed
+    /// now are accepted by it.
+    pub(crate) async fn replay_setup(&self, store: Store) -> Option<ReplaySetup> {
+        let setup = match store {
+            Store::Redis => ReplaySetup::Redis(self.single.url()),
+            Store::RedisCluster => ReplaySetup::Cluster(self.cluster.urls()),
+            Store::Memory | Store::MemoryHandOff => return None,
+        };
         let wait = self.ready_at.saturating_sub(now());
         if wait > 0 {
             println!("waiting {wait} s until proofs are newer than the Redis stores' epoch");
             tokio::time::sleep(Duration::from_secs(wait)).await;
         }
-        match store {
-            Store::Redis => ReplaySetup::Redis(self.single.url()),
-            _ => ReplaySetup::Cluster(self.cluster.urls()),
-        }
+        Some(setup)
     }
 }
