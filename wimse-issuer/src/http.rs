@@ -161,12 +161,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
             Err(rejection) => {
                 // serde's message quotes the offending value: bounded, so a huge one is not
                 // sent back (or logged) whole.
-                let mut detail = rejection.body_text();
-                if detail.len() > MAX_DETAIL {
-                    let cut = (0..=MAX_DETAIL).rev().find(|&i| detail.is_char_boundary(i)).unwrap_or(0);
-                    detail.truncate(cut);
-                    detail.push('…');
-                }
+                let detail = crate::server::clipped(&rejection.body_text(), MAX_DETAIL);
                 Err(problem(&Error::with_detail(ErrorKind::MalformedRequest, detail)))
             }
         }

@@ -157,6 +157,16 @@ impl std::fmt::Debug for IdentityServer {
     }
 }
 
+/// `text` cut to at most `max` bytes (on a character boundary), marked `…` when cut: what a
+/// sender chose, bounded before it is echoed or recorded.
+pub(crate) fn clipped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}…", &text[..cut])
+}
+
 impl IdentityServer {
     /// Checks `config` (errors name the field), opens its storage (`key_store` or `postgres`),
     /// loads the keys or creates them.
@@ -270,17 +280,10 @@ impl IdentityServer {
     pub(crate) fn audit_refusal(&self, action: &str, caller: Option<String>, resource: Option<&str>, error: &Error) {
         // What an unauthenticated sender chose (an identifier, a scope) is kept to 256 bytes:
         // a flood of refusals holds at most the queue's records of that size.
-        let capped = |text: &str| {
-            let mut end = text.len().min(256);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            if end < text.len() { format!("{}…", &text[..end]) } else { text.to_owned() }
-        };
         let _ = self.audit(wimse_core::server::audit_log::AuditEvent {
             caller,
             action: Some(format!("issue:{action}")),
-            resource: resource.map(capped),
+            resource: resource.map(|text| clipped(text, 256)),
             decision: "deny".into(),
             reason: Some(error.reason().to_owned()),
             ..Default::default()
@@ -370,5 +373,20 @@ impl IdentityServer {
             self.exchanges.len(),
             if self.config.dev_mode { ", dev mode (dev secrets accepted)" } else { "" }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clipped;
+
+    #[test]
+    fn clipped_text_is_cut_on_a_character_boundary_and_marked() {
+        assert_eq!(clipped("short", 256), "short");
+        assert_eq!(clipped(&"a".repeat(256), 256), "a".repeat(256));
+        assert_eq!(clipped(&"a".repeat(257), 256), format!("{}…", "a".repeat(256)));
+        // "é" is two bytes: byte 3 falls inside the second one, so the cut is at 2.
+        assert_eq!(clipped("ééé", 3), "é…");
+        assert_eq!(clipped("é", 1), "…");
     }
 }
