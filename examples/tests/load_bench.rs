@@ -33,7 +33,7 @@ fn every_configuration_runs_and_is_tabulated() {
                 .find(|l| l.starts_with(&format!("| {framework} | {mode} | {store} |")))
                 .unwrap_or_else(|| panic!("no row for {framework} {mode} {store} in\n{stdout}"));
             let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-            assert_eq!(cells.len(), 9, "{row}");
+            assert_eq!(cells.len(), 10, "{row}");
             let rps: f64 = cells[3].parse().unwrap_or_else(|_| panic!("requests/s in {row}"));
             assert!(rps > 0.0, "{row}");
             for latency in &cells[4..6] {
@@ -41,6 +41,7 @@ fn every_configuration_runs_and_is_tabulated() {
             }
             // CPU time comes from /proc on Linux.
             assert!(cells[6].ends_with(" µs") && cells[7].ends_with('x'), "{row}");
+            assert!(cells[9].parse::<f64>().is_ok_and(|switches| switches >= 0.0), "{row}");
         }
         assert!(stdout.contains(&format!("{framework} WPT server (memory store): CPU per request")), "{stdout}");
     }
@@ -80,6 +81,23 @@ fn a_filter_runs_only_matching_configurations() {
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| axum") || l.starts_with("| actix")).collect();
     assert_eq!(rows.len(), 1, "{stdout}");
     assert!(rows[0].starts_with("| axum | wpt | memory |"), "{stdout}");
+}
+
+/// `--pin`: the server on half the CPUs, the driver on the others (a one-CPU machine is refused
+/// with a message); the server process really runs on its own half.
+#[test]
+fn pinning_puts_the_server_on_cpus_of_its_own() {
+    let (ok, stdout, stderr) = load_bench(&["--requests", "50", "--warmup", "5", "--only", "axum wpt memory", "--pin"]);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        assert!(!ok && stderr.contains("--pin needs at least two CPUs"), "{stderr}");
+        return;
+    }
+    assert!(ok, "{stdout}\n{stderr}");
+    let pinned = stdout.lines().find_map(|l| l.strip_prefix("pinned: server on CPUs ")).expect("the split is printed");
+    let (server, others) = pinned.split_once("; driver, Redis and nginx on CPUs ").expect("both halves");
+    assert!(!server.is_empty() && !others.is_empty() && server != others, "{pinned}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("| axum | wpt | memory |")).count(), 1, "{stdout}");
 }
 
 #[test]

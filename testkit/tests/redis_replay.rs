@@ -543,3 +543,99 @@ fn redis_keys(node: &RedisServer, slot: &str) -> Vec<String> {
     let mut connection = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connection");
     redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1000).query(&mut connection).expect("keys")
 }
+
+/// Two stores, on one Redis and on a cluster, joined, with a first claim made (it starts their
+/// epochs): proofs made at the time returned are claimed as usual.
+async fn joined_stores(redis: &RedisServer, cluster: &RedisCluster) -> (Vec<RedisReplayStore>, u64) {
+    use wimse_core::replay::{ReplayClaim, ReplayStore};
+    let single = RedisReplayStore::new(&redis.url()).expect("store").timeout(Duration::from_secs(2));
+    let clustered = RedisReplayStore::cluster(cluster.urls()).expect("store").timeout(Duration::from_secs(2));
+    let start = now() + 100;
+    for store in [&single, &clustered] {
+        store.join().await.expect("joined");
+        let _ = store.claim(&ReplayClaim::signature_nonce("first", start + 60, start), start).await;
+    }
+    (vec![single, clustered], start + 10)
+}
+
+/// Claims each spawned at once (so ready together: they share batches), answered in order.
+async fn claim_all(
+    store: &RedisReplayStore,
+    claims: impl IntoIterator<Item = wimse_core::replay::ReplayClaim>,
+    now: u64,
+) -> Vec<Result<(), ErrorKind>> {
+    use wimse_core::replay::ReplayStore;
+    let tasks: Vec<_> = claims
+        .into_iter()
+        .map(|claim| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim(&claim, now).await.map_err(|e| e.into_kind()) })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("claim task"));
+    }
+    answers
+}
+
+fn nonce(wave: &str, i: usize, t: u64) -> wimse_core::replay::ReplayClaim {
+    wimse_core::replay::ReplayClaim::signature_nonce(&format!("{wave}-{i}"), t + 60, t)
+}
+
+/// Claims that are ready together are sent to Redis as one batch, on one Redis and on the
+/// cluster's nodes: each still gets its own answer (a proof and its copy claimed in the same
+/// batch: one accepted, one replayed), and a script Redis forgot is loaded again for every
+/// claim of a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_sent_together_are_each_answered_as_if_alone() {
+    let Some(redis) = RedisServer::start() else { return };
+    let Some(cluster) = RedisCluster::start() else { return };
+    let (stores, t) = joined_stores(&redis, &cluster).await;
+    let forget_scripts: [&dyn Fn(); 2] = [&|| drop(redis.command(&["SCRIPT", "FLUSH"])), &|| {
+        cluster.nodes().iter().for_each(|node| drop(node.command(&["SCRIPT", "FLUSH"])))
+    }];
+    for (store, forget_scripts) in stores.iter().zip(forget_scripts) {
+        // 48 proofs, each claimed twice at once: one of each pair accepted, one replayed.
+        let answers = claim_all(store, (0..48).flat_map(|i| [nonce("twice", i, t), nonce("twice", i, t)]), t).await;
+        for (i, pair) in answers.chunks(2).enumerate() {
+            let accepted = pair.iter().filter(|a| a.is_ok()).count();
+            let replayed = pair.iter().filter(|a| **a == Err(ErrorKind::ReplayedProof)).count();
+            assert_eq!((accepted, replayed), (1, 1), "proof {i}: {pair:?}");
+        }
+
+        // Redis forgot the claim script (a restart with persistence, `SCRIPT FLUSH`): every
+        // claim of the next batch gets it loaded again and is answered.
+        forget_scripts();
+        let answers = claim_all(store, (0..48).map(|i| nonce("reloaded", i, t)), t).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    }
+}
+
+/// A claim whose request went away (its future dropped) after it joined a batch does not take
+/// the batch with it: the batch is still sent, the claims that stayed are answered, and the
+/// dropped ones reached Redis all the same (their proofs are spent). On one thread, so the
+/// dropped claims find the thread's connection made and join a batch on their first poll.
+#[tokio::test]
+async fn a_claim_dropped_after_joining_a_batch_leaves_the_others_answered() {
+    use std::future::Future;
+    use wimse_core::replay::ReplayStore;
+    let Some(redis) = RedisServer::start() else { return };
+    let Some(cluster) = RedisCluster::start() else { return };
+    let (stores, t) = joined_stores(&redis, &cluster).await;
+    for store in &stores {
+        // Every bucket's epoch known first: a claim in a bucket whose epoch this replica has
+        // not learned yet takes a second round trip, which a dropped claim never makes.
+        let warm = claim_all(store, (0..128).map(|i| nonce("warm", i, t)), t).await;
+        assert!(warm.iter().all(Result::is_ok), "{warm:?}");
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        for i in 0..24 {
+            let mut dropped = std::pin::pin!(store.claim(&nonce("dropped", i, t), t));
+            assert!(dropped.as_mut().poll(&mut context).is_pending(), "a claim waits for Redis");
+        }
+        let kept = claim_all(store, (0..24).map(|i| nonce("kept", i, t)), t).await;
+        assert!(kept.iter().all(Result::is_ok), "{kept:?}");
+        let again = claim_all(store, (0..24).map(|i| nonce("dropped", i, t)), t).await;
+        assert!(again.iter().all(|a| *a == Err(ErrorKind::ReplayedProof)), "{again:?}");
+    }
+}

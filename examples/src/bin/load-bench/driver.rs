@@ -12,6 +12,7 @@ use wimse_core::client::sign::audience_for;
 use wimse_core::protocol::httpsig::OutgoingRequest;
 use wimse_core::protocol::wic::{CurrentCertificate, WicServerVerifier, client_config};
 
+use crate::pin::{Pinning, server_command};
 use crate::setup::{CLIENT_ID, Deployment, SERVER_ID, ServerSetup};
 use crate::{Config, Error, Framework, Mode, Options};
 
@@ -24,6 +25,9 @@ pub(crate) struct Row {
     pub(crate) p99: Duration,
     /// `None` where the server's CPU time cannot be read (not Linux).
     pub(crate) cpu_per_request: Option<Duration>,
+    /// How often the server's threads were switched out per request (they waited with nothing
+    /// to run, or were preempted): each switch costs the server CPU time of its own.
+    pub(crate) switches_per_request: Option<f64>,
 }
 
 /// A server child process, killed when dropped.
@@ -33,8 +37,13 @@ pub(crate) struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub(crate) fn start(framework: Framework, mode: Mode, setup: &ServerSetup) -> Result<Self, Error> {
-        let mut child = Command::new(std::env::current_exe()?)
+    pub(crate) fn start(
+        framework: Framework,
+        mode: Mode,
+        setup: &ServerSetup,
+        pinning: Option<&Pinning>,
+    ) -> Result<Self, Error> {
+        let mut child = server_command(pinning)?
             .args(["serve", framework.name(), mode.name()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -60,6 +69,21 @@ impl ServerProcess {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
         cpu_time_of(&stat, clock_ticks_per_second())
     }
+
+    /// Context switches (voluntary and not) of the server's threads so far.
+    pub(crate) fn context_switches(&self) -> Option<u64> {
+        let mut total = 0;
+        for thread in std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?.flatten() {
+            total += context_switches_of(&std::fs::read_to_string(thread.path().join("status")).ok()?)?;
+        }
+        Some(total)
+    }
+}
+
+/// The voluntary and non-voluntary context switches a `/proc/<pid>/task/<tid>/status` counts.
+pub(crate) fn context_switches_of(status: &str) -> Option<u64> {
+    let count = |name: &str| status.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok());
+    Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?)
 }
 
 impl Drop for ServerProcess {
@@ -247,7 +271,7 @@ pub(crate) async fn run(
     options: &Options,
 ) -> Result<Row, Error> {
     let mode = config.mode;
-    let server = ServerProcess::start(config.framework, mode, setup)?;
+    let server = ServerProcess::start(config.framework, mode, setup, options.pinning.as_ref())?;
     let url: reqwest::Url = format!("{}://{}/bench", mode.scheme(), server.address).parse()?;
     check_authentication(mode, deployment, options, &url).await?;
 
@@ -257,10 +281,12 @@ pub(crate) async fn run(
 
     let batch = proofs(mode, deployment, &url, options.requests)?;
     let cpu_before = server.cpu_time();
+    let switches_before = server.context_switches();
     let start = Instant::now();
     let mut latencies = send_all(&client, &url, batch, options.concurrency, reqwest::StatusCode::OK).await?;
     let elapsed = start.elapsed();
     let cpu_after = server.cpu_time();
+    let switches_after = server.context_switches();
     latencies.sort();
     let requests = u32::try_from(options.requests)?;
     Ok(Row {
@@ -269,6 +295,9 @@ pub(crate) async fn run(
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         cpu_per_request: cpu_before.zip(cpu_after).map(|(before, after)| after.saturating_sub(before) / requests),
+        switches_per_request: switches_before
+            .zip(switches_after)
+            .map(|(before, after)| after.saturating_sub(before) as f64 / f64::from(requests)),
     })
 }
 
@@ -283,6 +312,13 @@ mod tests {
         assert_eq!(cpu_time_of(stat, 100), Some(Duration::from_secs(3)));
         assert_eq!(cpu_time_of("4242 (truncated) S 1 2", 100), None);
         assert_eq!(cpu_time_of("no parenthesis", 100), None);
+    }
+
+    #[test]
+    fn context_switches_are_both_kinds_added() {
+        let status = "Name:\tload-bench\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(context_switches_of(status), Some(127));
+        assert_eq!(context_switches_of("voluntary_ctxt_switches:\t120\n"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use wimse_testkit::servers::{Spawned, free_port, start_nginx};
 
 use crate::driver::{ServerProcess, client, percentile, process_tree_cpu, proofs, send_all};
+use crate::pin::{Pinning, server_command};
 use crate::setup::{Deployment, ServerSetup, TRUST_DOMAIN};
 use crate::{Error, Framework, Mode, Options, micros, millis};
 
@@ -41,8 +42,8 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn start(config: &str) -> Result<Self, Error> {
-        let mut child = Command::new(std::env::current_exe()?)
+    fn start(config: &str, pinning: Option<&Pinning>) -> Result<Self, Error> {
+        let mut child = server_command(pinning)?
             .arg("serve-gateway")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -172,7 +173,7 @@ pub(crate) async fn run(
 ) -> Result<Option<Vec<GatewayRow>>, Error> {
     let dir = std::env::temp_dir().join(format!("wimse-load-bench-gateway-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let app = ServerProcess::start(Framework::Axum, Mode::None, setup)?;
+    let app = ServerProcess::start(Framework::Axum, Mode::None, setup, options.pinning.as_ref())?;
     let app_port = app.address.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("app port")?;
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wimse-gateway/deploy");
     let bench = Bench { dir, deploy, _app: app, app_port };
@@ -215,7 +216,10 @@ pub(crate) async fn run(
     std::fs::write(&trust, &setup.trust_jwks)?;
     let (forward_auth, proxy, site_port) = (free_port(), free_port(), free_port());
     let site = format!("http://127.0.0.1:{site_port}");
-    let gateway = GatewayProcess::start(&gateway_config(&trust, forward_auth, proxy, &site, bench.app_port))?;
+    let gateway = GatewayProcess::start(
+        &gateway_config(&trust, forward_auth, proxy, &site, bench.app_port),
+        options.pinning.as_ref(),
+    )?;
     let gateway_cpu = || gateway.cpu();
 
     // 2. nginx + auth_request + the gateway, in front of the application.

@@ -24,6 +24,7 @@
 mod claims;
 mod driver;
 mod gateway;
+mod pin;
 mod redis;
 mod server;
 mod setup;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use wimse_core::prelude::*;
 
 use crate::driver::Row;
+use crate::pin::Pinning;
 use crate::setup::Deployment;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -163,14 +165,18 @@ struct Options {
     algorithm: Algorithm,
     backend: Backend,
     only: Vec<String>,
+    /// `--pin`: the server on CPUs of its own.
+    pinning: Option<Pinning>,
 }
 
 const USAGE: &str = "usage: load-bench [--requests N] [--warmup N] [--concurrency N] [--alg ES256|ES384|EdDSA]
-                  [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING]
+                  [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING] [--pin]
 defaults: 20000 requests and 1000 warm-up requests per configuration, 16 connections, ES256,
 the default backend; --only keeps the configurations whose name (e.g. `axum wpt memory`,
 `actix-web wpt redis-cluster`, `axum mtls`, `gateway` for the gateway rows) contains SUBSTRING
-(repeat it to keep several)
+(repeat it to keep several); --pin runs each server on half the CPUs and the driver, Redis and
+nginx on the other half (with taskset), so the server's CPU time is not also what sharing cores
+with them costs it
        load-bench claims [--claims N] [--rounds N] [--store redis|redis-cluster]
                          [--runtime multi-thread|per-thread]
 the client CPU of a Redis claim alone (no HTTP, no signature): 60000 claims per row, 3 rounds,
@@ -185,8 +191,13 @@ impl Options {
             algorithm: Algorithm::ES256,
             backend: Backend::default(),
             only: Vec::new(),
+            pinning: None,
         };
         while let Some(flag) = args.next() {
+            if flag == "--pin" {
+                options.pinning = Some(Pinning::split()?);
+                continue;
+            }
             let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
             let count = |v: &str| -> Result<usize, Error> {
                 v.parse::<usize>()
@@ -251,9 +262,9 @@ fn machine() -> String {
 fn print_table(rows: &[Row], floor: Duration, options: &Options) {
     let alg = options.algorithm.as_str();
     println!(
-        "\n| server | proof | replay store | requests/s | p50 | p99 | server CPU per request | ÷ one bare {alg} verification | over no auth |"
+        "\n| server | proof | replay store | requests/s | p50 | p99 | server CPU per request | ÷ one bare {alg} verification | over no auth | server context switches per request |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let baseline = rows.iter().find(|r| r.config.framework == row.config.framework && r.config.mode == Mode::None);
         let over = match (row.cpu_per_request, baseline.and_then(|b| b.cpu_per_request)) {
@@ -261,7 +272,7 @@ fn print_table(rows: &[Row], floor: Duration, options: &Options) {
             _ => "-".to_owned(),
         };
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
             row.config.framework.name(),
             row.config.mode.name(),
             if row.config.claims() { row.config.store.name() } else { "-" },
@@ -271,6 +282,7 @@ fn print_table(rows: &[Row], floor: Duration, options: &Options) {
             row.cpu_per_request.map_or_else(|| "n/a".to_owned(), micros),
             ratio(row.cpu_per_request, floor),
             over,
+            row.switches_per_request.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.2}")),
         );
     }
     for row in rows.iter().filter(|r| r.config.mode == Mode::Wpt) {
@@ -300,6 +312,9 @@ fn drive(options: &Options) -> Result<(), Error> {
         options.backend.name(),
         machine(),
     );
+    if let Some(pinning) = &options.pinning {
+        println!("pinned: {}", pinning.describe());
+    }
     let deployment = Deployment::new(options)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut selected: Vec<Config> = Config::all()
