@@ -83,11 +83,12 @@ fn a_filter_runs_only_matching_configurations() {
     assert!(rows[0].starts_with("| axum | wpt | memory |"), "{stdout}");
 }
 
-/// `--pin`: the server on half the CPUs, the driver on the others (a one-CPU machine is refused
-/// with a message); the server process really runs on its own half.
+/// `--pin`: the server on half the CPUs (here with two workers, whatever that half holds), the
+/// driver on the others (a one-CPU machine is refused with a message).
 #[test]
 fn pinning_puts_the_server_on_cpus_of_its_own() {
-    let (ok, stdout, stderr) = load_bench(&["--requests", "50", "--warmup", "5", "--only", "axum wpt memory", "--pin"]);
+    let (ok, stdout, stderr) =
+        load_bench(&["--requests", "50", "--warmup", "5", "--only", "axum wpt memory", "--pin", "--workers", "2"]);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
         assert!(!ok && stderr.contains("--pin needs at least two CPUs"), "{stderr}");
@@ -104,6 +105,8 @@ fn pinning_puts_the_server_on_cpus_of_its_own() {
 fn bad_options_are_refused_with_a_message() {
     let (ok, _, stderr) = load_bench(&["--requests", "0"]);
     assert!(!ok && stderr.contains("--requests: not a positive number"), "{stderr}");
+    let (ok, _, stderr) = load_bench(&["--workers", "0"]);
+    assert!(!ok && stderr.contains("--workers: not a positive number"), "{stderr}");
     let (ok, _, stderr) = load_bench(&["--alg", "RS256"]);
     assert!(!ok && stderr.contains("ES256, ES384 or EdDSA"), "{stderr}");
     let (ok, _, stderr) = load_bench(&["--backend", "openssl"]);

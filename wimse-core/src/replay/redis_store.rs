@@ -400,8 +400,8 @@ struct Inner {
 ///
 /// Each claim is one Lua script on one hash slot: `SET key NX PX <time to live>` on a fixed-size
 /// key (`<prefix>{<bucket>}:<128-bit digest>`), guarded by the bucket's epoch marker. Claims
-/// that are ready at the same moment are sent to their node together, as one pipeline of such
-/// scripts (one write and one read for all, each claim still answered on its own). A store
+/// that are ready at the same moment are sent to their node together, written and answered
+/// together (up to 64 at a time), each claim still its own script with its own answer. A store
 /// that lost its data is recovered within seconds by the replicas re-seeding the claims they
 /// accepted, and otherwise refuses the proofs that could predate the loss until they expire:
 /// see [the module](self) for how, and what each replica must know for it. A brand-new store

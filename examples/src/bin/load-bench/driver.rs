@@ -70,13 +70,17 @@ impl ServerProcess {
         cpu_time_of(&stat, clock_ticks_per_second())
     }
 
-    /// Context switches (voluntary and not) of the server's threads so far.
+    /// Context switches (voluntary and not) of the server's threads so far (a thread that
+    /// ended meanwhile is not counted: the servers' workers live as long as they do).
     pub(crate) fn context_switches(&self) -> Option<u64> {
-        let mut total = 0;
-        for thread in std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?.flatten() {
-            total += context_switches_of(&std::fs::read_to_string(thread.path().join("status")).ok()?)?;
-        }
-        Some(total)
+        let threads = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        Some(
+            threads
+                .flatten()
+                .filter_map(|thread| std::fs::read_to_string(thread.path().join("status")).ok())
+                .filter_map(|status| context_switches_of(&status))
+                .sum(),
+        )
     }
 }
 

@@ -167,16 +167,20 @@ struct Options {
     only: Vec<String>,
     /// `--pin`: the server on CPUs of its own.
     pinning: Option<Pinning>,
+    /// `--workers`: each server's worker threads (default: one per CPU it may use).
+    workers: Option<usize>,
 }
 
 const USAGE: &str = "usage: load-bench [--requests N] [--warmup N] [--concurrency N] [--alg ES256|ES384|EdDSA]
-                  [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING] [--pin]
+                  [--backend aws-lc-rs|rust-crypto] [--only SUBSTRING] [--pin] [--workers N]
 defaults: 20000 requests and 1000 warm-up requests per configuration, 16 connections, ES256,
 the default backend; --only keeps the configurations whose name (e.g. `axum wpt memory`,
 `actix-web wpt redis-cluster`, `axum mtls`, `gateway` for the gateway rows) contains SUBSTRING
 (repeat it to keep several); --pin runs each server on half the CPUs and the driver, Redis and
 nginx on the other half (with taskset), so the server's CPU time is not also what sharing cores
-with them costs it
+with them costs it (the gateway rows' application and gateway share the servers' half);
+--workers sets the axum and actix-web servers' worker threads (default: one per CPU they may
+use, so one per CPU of their half with --pin)
        load-bench claims [--claims N] [--rounds N] [--store redis|redis-cluster]
                          [--runtime multi-thread|per-thread]
 the client CPU of a Redis claim alone (no HTTP, no signature): 60000 claims per row, 3 rounds,
@@ -192,10 +196,12 @@ impl Options {
             backend: Backend::default(),
             only: Vec::new(),
             pinning: None,
+            workers: None,
         };
+        let mut pin = false;
         while let Some(flag) = args.next() {
             if flag == "--pin" {
-                options.pinning = Some(Pinning::split()?);
+                pin = true;
                 continue;
             }
             let value = args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -214,11 +220,16 @@ impl Options {
                 }
                 "--backend" => options.backend = backend(&value)?,
                 "--only" => options.only.push(value),
+                "--workers" => options.workers = Some(count(&value)?),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
             }
         }
         if !matches!(options.algorithm, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA) {
             return Err("--alg: workload keys are ES256, ES384 or EdDSA".into());
+        }
+        // Once, after every option was read: a repeated --pin must not halve the halves.
+        if pin {
+            options.pinning = Some(Pinning::split()?);
         }
         Ok(options)
     }

@@ -114,9 +114,10 @@ pub(crate) fn main(mut args: impl Iterator<Item = String>) -> Result<(), Error> 
         Mode::None => None,
         _ => Some(Auth::new(&setup, mode, &format!("{}://{address}", mode.scheme()))?),
     };
+    let workers = setup.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     match framework {
-        Framework::Axum => serve_axum(listener, auth),
-        Framework::Actix => serve_actix(listener, auth),
+        Framework::Axum => serve_axum(listener, auth, workers),
+        Framework::Actix => serve_actix(listener, auth, workers),
     }
 }
 
@@ -133,11 +134,11 @@ async fn ready(listener: &TcpListener, auth: Option<&Auth>) -> Result<(), Error>
     Ok(())
 }
 
-/// axum on a multi-threaded tokio runtime (one worker per CPU).
-fn serve_axum(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
+/// axum on a multi-threaded tokio runtime with `workers` workers.
+fn serve_axum(listener: TcpListener, auth: Option<Auth>, workers: usize) -> Result<(), Error> {
     use axum::Router;
     use axum::routing::get;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     runtime.block_on(async move {
         ready(&listener, auth.as_ref()).await?;
         listener.set_nonblocking(true)?;
@@ -156,10 +157,9 @@ fn serve_axum(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
     })
 }
 
-/// actix-web with one worker per CPU.
-fn serve_actix(listener: TcpListener, auth: Option<Auth>) -> Result<(), Error> {
+/// actix-web with `workers` workers.
+fn serve_actix(listener: TcpListener, auth: Option<Auth>, workers: usize) -> Result<(), Error> {
     use actix_web::{App, HttpServer, web};
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     actix_web::rt::System::new().block_on(async move {
         ready(&listener, auth.as_ref()).await?;
         let server = match auth {

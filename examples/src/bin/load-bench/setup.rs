@@ -37,6 +37,8 @@ pub(crate) struct ServerSetup {
     pub(crate) backend: String,
     /// Where the server claims proofs.
     pub(crate) replay: ReplaySetup,
+    /// Worker threads (`--workers`); `None`: one per CPU the server may use.
+    pub(crate) workers: Option<usize>,
 }
 
 /// The server's replay store.
@@ -101,6 +103,7 @@ impl Deployment {
             server_key_pem,
             backend: options.backend.name().to_owned(),
             replay: ReplaySetup::Memory((options.requests + options.warmup + 1_000).max(100_000)),
+            workers: options.workers,
         };
         Ok(Self {
             server,
