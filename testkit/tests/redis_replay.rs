@@ -613,9 +613,11 @@ async fn claims_sent_together_are_each_answered_as_if_alone() {
 }
 
 /// A claim whose request went away (its future dropped) after it joined a batch does not take
-/// the batch with it: the batch is still sent, the claims that stayed are answered, and the
-/// dropped ones reached Redis all the same (their proofs are spent). On one thread, so the
-/// dropped claims find the thread's connection made and join a batch on their first poll.
+/// the batch with it, even the claim that leads the batch: dropped while it waits for the
+/// others to join, the batch is still sent (the dropped claims reached Redis all the same:
+/// their proofs are spent); dropped while the batch is on its way, the claims that stayed get
+/// their answers. On one thread, so the dropped claims find the thread's connection made and
+/// join a batch on their first poll.
 #[tokio::test]
 async fn a_claim_dropped_after_joining_a_batch_leaves_the_others_answered() {
     use std::future::Future;
@@ -637,5 +639,22 @@ async fn a_claim_dropped_after_joining_a_batch_leaves_the_others_answered() {
         assert!(kept.iter().all(Result::is_ok), "{kept:?}");
         let again = claim_all(store, (0..24).map(|i| nonce("dropped", i, t)), t).await;
         assert!(again.iter().all(|a| *a == Err(ErrorKind::ReplayedProof)), "{again:?}");
+
+        // The leader polled until its batch is on its way (a first poll yields to the tasks
+        // ready now, which join the batch; the second sends it), then dropped.
+        let mut leader = Box::pin(store.claim(&nonce("leader", 0, t), t));
+        assert!(leader.as_mut().poll(&mut context).is_pending(), "the leader waits for the others");
+        let followers: Vec<_> = (0..23)
+            .map(|i| {
+                let (store, claim) = (store.clone(), nonce("follower", i, t));
+                tokio::spawn(async move { store.claim(&claim, t).await.map_err(|e| e.into_kind()) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(leader.as_mut().poll(&mut context).is_pending(), "the batch is on its way");
+        drop(leader);
+        for follower in followers {
+            assert_eq!(follower.await.expect("claim task"), Ok(()), "a follower of a dropped leader is answered");
+        }
     }
 }

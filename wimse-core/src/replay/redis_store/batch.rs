@@ -3,9 +3,9 @@
 //! On tokio's multi-threaded runtime a task woken by another runs right after it (the worker's
 //! LIFO slot): a connection's I/O task, woken by each claim, wrote each claim on its own (1.02
 //! `writev` per claim, measured with strace), and each write also runs Redis's side of loopback
-//! TCP. Here the first claim of a batch hands the batch to a task that first lets every other
-//! ready task run (`yield_now`), so the claims of the requests that arrived together join it,
-//! then sends them as one pipeline: one message to the connection's I/O task, written at once
+//! TCP. Here the first claim of a batch leads it: it first lets every other ready task run
+//! (`yield_now`), so the claims of the requests that arrived together join it, then sends them
+//! as one pipeline: one message to the connection's I/O task, written at once
 //! (0.43 `writev` per claim), answered at once. Each claim is still its own script with its own
 //! answer (a pipeline's server errors are per command), a batch holds at most [`MAX_BATCH`]
 //! claims, and it is bounded by the store's timeout: a stalled Redis does not accumulate tasks.
@@ -17,6 +17,7 @@
 //! claim (measured with `load-bench claims`); the cap bounds how many claims one failure takes.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,29 +76,25 @@ impl Batched {
     pub(super) async fn send(&self, command: Cmd) -> RedisResult<Value> {
         let (answer, receiver) = oneshot::channel();
         let (first, full) = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).add(command, answer);
-        // Tasks of their own, not this claim's: a request that goes away (its client
+        // A task of its own, not this claim's: a request that goes away (its client
         // disconnected, its deadline passed) must not take the others' claims with it.
         if let Some(full) = full {
             tokio::spawn(self.clone().send_all(full));
         }
         if first {
-            tokio::spawn(self.clone().flush());
-        }
-        receiver.await.unwrap_or_else(|_| Err(closed()))
-    }
-
-    /// Sends the batch once every task ready now had its turn to join it. Dropped before it
-    /// ran (its runtime shutting down), it empties the queue, so the claims in it are refused
-    /// at once and the next claim starts a batch of its own.
-    fn flush(self) -> impl Future<Output = ()> + Send {
-        let unsent = Unsent(Some(self.queue.clone()));
-        async move {
+            // This claim leads its batch: it lets every task ready now run (and add its claim),
+            // then sends the batch and hands out the answers. Its request may go away meanwhile:
+            // `Lead` then hands what is left to a task of its own.
+            let mut lead = Lead { waiting: Some(self.clone()), sending: None };
             tokio::task::yield_now().await;
-            let claims = unsent.take();
+            lead.waiting = None;
+            let claims = drain(&self.queue);
             if !claims.is_empty() {
-                self.send_all(claims).await;
+                lead.sending.insert(Box::pin(self.clone().send_all(claims))).await;
+                lead.sending = None;
             }
         }
+        receiver.await.unwrap_or_else(|_| Err(closed()))
     }
 
     /// Sends the claims as one pipeline (one message to the connection's I/O task, so one
@@ -136,19 +133,29 @@ fn deliver(answers: Vec<Answer>, answer: RedisResult<Vec<Value>>) {
     }
 }
 
-/// The queue of a batch whose task has not taken it yet.
-struct Unsent(Option<Arc<Mutex<Queue>>>);
-
-impl Unsent {
-    fn take(mut self) -> Vec<(Cmd, Answer)> {
-        self.0.take().map(|queue| drain(&queue)).unwrap_or_default()
-    }
+/// The batch a claim leads, while its sending is the claim's own work: waiting for the other
+/// ready tasks to add theirs, then sending it. Dropped before the batch was answered (the
+/// claim's request went away), it hands the rest to a task of its own, so no other claim of
+/// the batch is left without its answer; without a runtime to run it (one shutting down), the
+/// queue is emptied, so its claims are refused at once instead of waiting for nobody.
+struct Lead {
+    waiting: Option<Batched>,
+    sending: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl Drop for Unsent {
+impl Drop for Lead {
     fn drop(&mut self) {
-        if let Some(queue) = self.0.take() {
-            drop(drain(&queue));
+        let runtime = tokio::runtime::Handle::try_current();
+        if let Some(batched) = self.waiting.take() {
+            // Taken from the queue here, not in the task: a task its runtime never runs then
+            // drops the claims (refused), instead of leaving them queued with no leader.
+            let claims = drain(&batched.queue);
+            if let (false, Ok(runtime)) = (claims.is_empty(), &runtime) {
+                runtime.spawn(batched.send_all(claims));
+            }
+        }
+        if let (Some(sending), Ok(runtime)) = (self.sending.take(), &runtime) {
+            runtime.spawn(sending);
         }
     }
 }
@@ -203,26 +210,5 @@ mod tests {
         for receiver in &mut receivers {
             assert_eq!(receiver.try_recv().unwrap().unwrap_err().kind(), redis::ErrorKind::Parse);
         }
-    }
-
-    /// A flush task dropped before it ran (its runtime shutting down) empties the queue: the
-    /// claims in it are refused at once, not left waiting for a task that never comes, and the
-    /// next claim starts a batch of its own.
-    #[test]
-    fn a_batch_whose_task_never_runs_is_refused_not_stranded() {
-        let queue: Arc<Mutex<Queue>> = Arc::default();
-        let (answer, mut receiver) = oneshot::channel();
-        queue.lock().unwrap().claims.push((redis::cmd("PING"), answer));
-        drop(Unsent(Some(queue.clone())));
-        assert!(queue.lock().unwrap().claims.is_empty());
-        assert!(
-            matches!(receiver.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
-            "the claim's answer is gone: it is refused"
-        );
-
-        let (answer, _receiver) = oneshot::channel();
-        queue.lock().unwrap().claims.push((redis::cmd("PING"), answer));
-        assert_eq!(Unsent(Some(queue.clone())).take().len(), 1, "a task that runs takes its batch");
-        assert!(queue.lock().unwrap().claims.is_empty());
     }
 }
