@@ -49,7 +49,7 @@ impl Pinning {
         command
     }
 
-    /// `server on CPU 0; driver, Redis and nginx on CPU 1`.
+    /// `server on CPUs 0; driver, Redis and nginx on CPUs 1`.
     pub(crate) fn describe(&self) -> String {
         format!("server on CPUs {}; driver, Redis and nginx on CPUs {}", self.server, self.others)
     }

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 /// The most claims one batch holds: a full batch is sent at once, and the next claim starts
 /// another. Bounds how long a claim waits for the answers before it.
-pub(super) const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 64;
 
 /// A node connection whose claims are sent in batches.
 #[derive(Clone)]
@@ -47,8 +47,8 @@ struct Queue {
 }
 
 impl Queue {
-    /// Adds a claim: `true` when it is the first of its batch (its task must be started), and
-    /// the batch before it when that one was full (to be sent at once).
+    /// Adds a claim: `true` when it is the first of its batch (so it leads it), and the batch
+    /// before it when that one was full (to be sent at once).
     fn add(&mut self, command: Cmd, answer: Answer) -> (bool, Option<Vec<(Cmd, Answer)>>) {
         let full = (self.claims.len() >= MAX_BATCH).then(|| std::mem::take(&mut self.claims));
         self.claims.push((command, answer));
@@ -67,6 +67,7 @@ impl Batched {
         &self.connection
     }
 
+    /// The connection itself, to send what is not batched through it.
     pub(super) fn connection_mut(&mut self) -> &mut MultiplexedConnection {
         &mut self.connection
     }
@@ -165,7 +166,7 @@ fn drain(queue: &Mutex<Queue>) -> Vec<(Cmd, Answer)> {
 }
 
 fn closed() -> RedisError {
-    RedisError::from((redis::ErrorKind::Io, "the batch's task ended without an answer"))
+    RedisError::from((redis::ErrorKind::Io, "the claim's batch was dropped without an answer"))
 }
 
 #[cfg(test)]
